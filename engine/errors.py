@@ -1,0 +1,181 @@
+"""The exceptions moat raises, all rooted at `MoatError`.
+
+```
+MoatError
+├── SpecError (ValueError)            a graph, policy or request file is unusable
+│   ├── ExpressionError               an expression that does not parse or check
+│   └── PluginError (ImportError)     a `plugins:` module or entry point that fails to load
+├── PolicyError (ValueError)          a policy snapshot refused on apply or rollback
+├── StoreError (RuntimeError)         the SQLite store is unreadable or of a newer schema
+├── NodeError (RuntimeError)          a node failed while running a request
+│   ├── NodeTimeout (TimeoutError)    an attempt ran past the node's `timeout_ms`
+│   └── TransientError                worth retrying: rate limits, 5xx, dropped connections
+│       └── RateLimited               the provider said 429, maybe with Retry-After
+├── BudgetExceeded (RuntimeError)     a model call would exceed the request's `cost_usd`
+├── CircuitOpen (RuntimeError)        a model's circuit breaker refuses calls for now
+├── EgressBlocked (PermissionError)   text would leave for a remote provider unredacted
+└── EvaluationError (RuntimeError)    an expression failed at run time (bad types, bounds)
+```
+
+Every error builds its own message from its fields, so the message always says where
+(`FILE:LINE:COL`, node id) and, where it can, how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "CircuitOpen",
+    "EgressBlocked",
+    "EvaluationError",
+    "ExpressionError",
+    "MoatError",
+    "NodeError",
+    "NodeTimeout",
+    "PluginError",
+    "PolicyError",
+    "RateLimited",
+    "SpecError",
+    "StoreError",
+    "TransientError",
+]
+
+
+class MoatError(Exception):
+    """Base class of every error moat raises on purpose."""
+
+
+class SpecError(MoatError, ValueError):
+    """A graph (or other input file) is unusable; the message is located and actionable.
+
+    Args:
+        message: what is wrong and how to fix it, without the location prefix.
+        path: the file, as the user named it.
+        line: 1-based line, if known.
+        column: 1-based column, if known.
+        node_id: the node the mistake belongs to, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.path = path
+        self.line = line
+        self.column = column
+        self.node_id = node_id
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ":".join(
+            str(part) for part in (self.path, self.line, self.column) if part is not None
+        )
+        node = f"node '{self.node_id}': " if self.node_id else ""
+        return f"{where}: {node}{self.reason}" if where else f"{node}{self.reason}"
+
+
+class ExpressionError(SpecError):
+    """An expression that does not parse, uses forbidden syntax or names something unknown."""
+
+
+class PluginError(SpecError, ImportError):  # type: ignore[misc]
+    """A plugin module (from `plugins:` or an entry point) could not be imported."""
+
+
+class PolicyError(MoatError, ValueError):
+    """A policy snapshot was refused; nothing changed.
+
+    Args:
+        message: what is wrong and how to fix it.
+        path: the policy file, if the snapshot came from one.
+        line: 1-based line, if known.
+        column: 1-based column, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.reason = message
+        self.path = path
+        self.line = line
+        self.column = column
+        where = ":".join(str(p) for p in (path, line, column) if p is not None)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class StoreError(MoatError, RuntimeError):
+    """The store cannot be opened, migrated or read."""
+
+
+class NodeError(MoatError, RuntimeError):
+    """A node failed while running a request.
+
+    Args:
+        message: what went wrong.
+        node_id: the failing node.
+        request_id: the request it failed in, if known.
+    """
+
+    def __init__(
+        self, message: str, *, node_id: str | None = None, request_id: str | None = None
+    ) -> None:
+        self.reason = message
+        self.node_id = node_id
+        self.request_id = request_id
+        prefix = f"node '{node_id}': " if node_id else ""
+        super().__init__(f"{prefix}{message}")
+
+
+class NodeTimeout(NodeError, TimeoutError):
+    """One attempt of a node ran longer than its `timeout_ms`."""
+
+
+class TransientError(NodeError):
+    """A failure worth retrying (rate limit, server error, dropped connection, timeout)."""
+
+
+class RateLimited(TransientError):
+    """The provider refused the call for now (HTTP 429).
+
+    Args:
+        message: the provider's words.
+        retry_after_s: the provider's `Retry-After`, if it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        node_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, node_id=node_id, request_id=request_id)
+
+
+class BudgetExceeded(MoatError, RuntimeError):
+    """A model call would push the request (or the run) past its cost budget."""
+
+
+class CircuitOpen(MoatError, RuntimeError):
+    """A model's circuit breaker is open: recent calls failed, calls are refused for now."""
+
+
+class EgressBlocked(MoatError, PermissionError):
+    """Text would leave for a remote provider unredacted while the policy forbids it."""
+
+
+class EvaluationError(MoatError, RuntimeError):
+    """An expression failed at run time: wrong types, a value out of bounds, a bad key."""

@@ -1,0 +1,387 @@
+"""The event vocabulary and the records a run emits, shared by the store, logs and TUI.
+
+Records are small frozen dataclasses rather than pydantic models: they are built on the
+request path (dozens per request) and only ever produced by moat itself, so validation
+would cost time and catch nothing. The store maps each record type to one table of
+DESIGN.md section 8.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NewType, Protocol
+
+__all__ = [
+    "CacheStatus",
+    "CallKind",
+    "CallOutcome",
+    "DecisionTrace",
+    "EventType",
+    "LlmCall",
+    "MemorySink",
+    "NodeId",
+    "NodeOutcome",
+    "NodeRun",
+    "NodeStatus",
+    "OrchestrationEvent",
+    "Record",
+    "RequestId",
+    "RequestRecord",
+    "RequestStatus",
+    "RunId",
+    "Sink",
+    "now",
+]
+
+NodeId = NewType("NodeId", str)
+RunId = NewType("RunId", str)
+RequestId = NewType("RequestId", str)
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch, as stored in `*_at` columns."""
+    return time.time()
+
+
+class EventType(StrEnum):
+    """Every orchestration event type moat records (DESIGN.md section 8)."""
+
+    # scheduler
+    GATE_DECISION = "GATE_DECISION"
+    """A node's `when` guard was evaluated; decision `run` or `skip`."""
+    STRATEGY_SELECTED = "STRATEGY_SELECTED"
+    """A `speculative:` expression chose between `speculative` and `on_demand`."""
+    SPECULATIVE_STARTED = "SPECULATIVE_STARTED"
+    """A speculative node started before anything demanded it."""
+    SPECULATIVE_JOIN_REQUIRED = "SPECULATIVE_JOIN_REQUIRED"
+    """Something demanded a speculative node: its result will be joined."""
+    SPECULATIVE_JOIN_SKIPPED = "SPECULATIVE_JOIN_SKIPPED"
+    """The request resolved without demanding a speculative node."""
+    SPECULATIVE_RESULT_USED = "SPECULATIVE_RESULT_USED"
+    """A speculative node's result was consumed."""
+    SPECULATIVE_RESULT_DISCARDED = "SPECULATIVE_RESULT_DISCARDED"
+    """A speculative node finished but nothing used its result."""
+    SHORT_CIRCUIT_TRIGGERED = "SHORT_CIRCUIT_TRIGGERED"
+    """A running speculative node's guard resolved false."""
+    BRANCH_CANCEL_ATTEMPTED = "BRANCH_CANCEL_ATTEMPTED"
+    """The scheduler asked a running branch to stop."""
+    BRANCH_CANCELLED = "BRANCH_CANCELLED"
+    """A branch stopped because it was cancelled."""
+    BRANCH_COMPLETED_AFTER_SHORT_CIRCUIT = "BRANCH_COMPLETED_AFTER_SHORT_CIRCUIT"
+    """A branch finished anyway after its cancellation was requested."""
+    RESULT_REUSED = "RESULT_REUSED"
+    """A second or later consumer read a memoised node result."""
+    NODE_TIMEOUT = "NODE_TIMEOUT"
+    """One attempt of a node ran past its `timeout_ms`."""
+    NODE_RETRY = "NODE_RETRY"
+    """A node attempt failed transiently and will be retried."""
+    NODE_FAILED = "NODE_FAILED"
+    """A node failed for good."""
+    LOOP_CYCLE_STARTED = "LOOP_CYCLE_STARTED"
+    """A loop began a cycle."""
+    LOOP_UNTIL_MET = "LOOP_UNTIL_MET"
+    """A loop's `until` became true."""
+    LOOP_MAX_CYCLES = "LOOP_MAX_CYCLES"
+    """A loop stopped at `max_cycles`."""
+    LOOP_STOPPED_SOFT_DEADLINE = "LOOP_STOPPED_SOFT_DEADLINE"
+    """A loop stopped after the current cycle because the soft deadline passed."""
+    BUDGET_SOFT_DEADLINE = "BUDGET_SOFT_DEADLINE"
+    """The request passed its soft deadline and is now degraded."""
+    BUDGET_DEADLINE_EXCEEDED = "BUDGET_DEADLINE_EXCEEDED"
+    """The request hit its hard deadline; remaining work was cancelled."""
+    BUDGET_COST_EXCEEDED = "BUDGET_COST_EXCEEDED"
+    """A model call was refused because it could exceed the cost budget."""
+    POLICY_PINNED = "POLICY_PINNED"
+    """The request pinned a policy version."""
+    POLICY_ACTIVATED = "POLICY_ACTIVATED"
+    """A policy version became active."""
+    POLICY_ROLLED_BACK = "POLICY_ROLLED_BACK"
+    """A policy version was rolled back (by hand or by its guard)."""
+    # gateway
+    CIRCUIT_OPENED = "CIRCUIT_OPENED"
+    """A model's circuit breaker opened after repeated failures."""
+    CIRCUIT_HALF_OPEN = "CIRCUIT_HALF_OPEN"
+    """A model's circuit breaker let a probe call through."""
+    CIRCUIT_CLOSED = "CIRCUIT_CLOSED"
+    """A probe succeeded; the model's circuit breaker closed again."""
+    # built-in nodes
+    ROUTE_SELECTED = "ROUTE_SELECTED"
+    """The router picked a route."""
+    CACHE_HIT = "CACHE_HIT"
+    """The cache answered."""
+    CACHE_MISS = "CACHE_MISS"
+    """The cache had nothing close enough."""
+    CACHE_STORED = "CACHE_STORED"
+    """The cache stored an answer after the request succeeded."""
+    CACHE_NEGATIVE_HIT = "CACHE_NEGATIVE_HIT"
+    """The prompt matched a known-bad entry."""
+    CACHE_EVICTED = "CACHE_EVICTED"
+    """The cache evicted entries to stay under its ceilings."""
+    CRITIC_DECISION = "CRITIC_DECISION"
+    """The critic decided proceed, revise or refuse."""
+    SIMULATOR_EXECUTED = "SIMULATOR_EXECUTED"
+    """The simulator estimated consequences of a draft."""
+    CONVERGENCE_EVALUATED = "CONVERGENCE_EVALUATED"
+    """The converge node combined the cycle's signals."""
+    EARLY_CONVERGENCE_ACCEPTED = "EARLY_CONVERGENCE_ACCEPTED"
+    """Cycle 1 converged because every signal strongly agreed."""
+    EARLY_CONVERGENCE_REJECTED = "EARLY_CONVERGENCE_REJECTED"
+    """Cycle 1 could not converge early."""
+    VALIDATION_PASSED = "VALIDATION_PASSED"
+    """Structured output validated."""
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    """Structured output failed validation (after any repairs)."""
+    REPAIR_ATTEMPTED = "REPAIR_ATTEMPTED"
+    """A model was asked to repair invalid output."""
+    REPAIR_ESCALATED = "REPAIR_ESCALATED"
+    """Repairs moved from the small model to the larger one."""
+    PII_REDACTED = "PII_REDACTED"
+    """Personal data was replaced by typed placeholders."""
+    EGRESS_BLOCKED = "EGRESS_BLOCKED"
+    """Text was refused egress to a remote provider."""
+    PRINCIPLES_RETRIEVED = "PRINCIPLES_RETRIEVED"
+    """Relevant principles were retrieved for this request."""
+    PRINCIPLES_REUSED = "PRINCIPLES_REUSED"
+    """Principles retrieved earlier in the request were reused."""
+    SPECULATE_DECISION = "SPECULATE_DECISION"
+    """The speculate node chose its depth, hedged, and picked a winner."""
+
+
+class RequestStatus(StrEnum):
+    """The final status of one request (the `status` of an `--out` line)."""
+
+    OK = "ok"
+    """Every output resolved."""
+    PARTIAL = "partial"
+    """The deadline passed; the outputs that could be evaluated were returned."""
+    FAILED = "failed"
+    """A non-optional node failed."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """The hard deadline passed and the graph does not allow partial results."""
+    INVALID_INPUT = "invalid_input"
+    """The request did not parse or failed the graph's `input` schema."""
+
+
+class NodeStatus(StrEnum):
+    """How one node run ended."""
+
+    SUCCEEDED = "succeeded"
+    """`run` returned an output."""
+    FAILED = "failed"
+    """`run` raised (after retries)."""
+    SKIPPED = "skipped"
+    """Its `when` guard was false; its value is `none`."""
+    CANCELLED = "cancelled"
+    """It was cancelled: short-circuit, undemanded speculation or the deadline."""
+    TIMED_OUT = "timed_out"
+    """Its last attempt ran past `timeout_ms`."""
+
+
+class NodeOutcome(StrEnum):
+    """What became of a node run's result."""
+
+    USED = "used"
+    """Something demanded it."""
+    DISCARDED = "discarded"
+    """It finished (speculatively) but nothing used it."""
+    CANCELLED = "cancelled"
+    """It never finished."""
+    NONE = "none"
+    """Not applicable (skipped, failed)."""
+
+
+class CallKind(StrEnum):
+    """Why an LLM call was made."""
+
+    NORMAL = "normal"
+    """On demand."""
+    SPECULATIVE = "speculative"
+    """By a node started speculatively."""
+    SYNTHETIC = "synthetic"
+    """Not a provider call: answered by a cache or made up by moat."""
+
+
+class CallOutcome(StrEnum):
+    """What became of an LLM call's result."""
+
+    USED = "used"
+    DISCARDED = "discarded"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    CACHED = "cached"
+    NONE = "none"
+
+
+class CacheStatus(StrEnum):
+    """How an LLM call relates to a cache."""
+
+    HIT = "hit"
+    MISS = "miss"
+    REUSED = "reused"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestrationEvent:
+    """One runtime decision (`orchestration_events` row)."""
+
+    run_id: str
+    request_id: str
+    cycle: int
+    stage: str
+    """The node id, or `request` for request-level events."""
+    component: str
+    """The node type, or `scheduler`."""
+    event_type: str
+    sequence: int
+    """Increases within a request."""
+    decision: str | None = None
+    status: str | None = None
+    started_at: float = field(default_factory=now)
+    duration_ms: float | None = None
+    reason_codes: Sequence[str] = ()
+    inputs: Mapping[str, Any] | None = None
+    outputs: Mapping[str, Any] | None = None
+    payload: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRun:
+    """One node run in one request and cycle (`node_runs` row)."""
+
+    request_id: str
+    node: str
+    node_type: str
+    cycle: int
+    status: NodeStatus
+    speculative: bool
+    outcome: NodeOutcome
+    started_at: float
+    duration_ms: float
+    attempts: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmCall:
+    """One attempt of one model call (`llm_calls` row)."""
+
+    request_id: str
+    node: str
+    cycle: int
+    model: str
+    provider: str
+    call_kind: CallKind
+    call_outcome: CallOutcome
+    cache_status: CacheStatus
+    prompt_hash: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    started_at: float
+    status: str
+    """`ok`, `error`, `timeout`, `cancelled` or `refused`."""
+    error: str | None = None
+    related_event_id: int | None = None
+    prompt_text: str | None = None
+    """Only when the policy's `store_text` is `redacted` or `full`."""
+    response_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTrace:
+    """An audit-grade summary of one stage (`decision_traces` row)."""
+
+    request_id: str
+    cycle: int
+    stage: str
+    """`RISK_ASSESSMENT`, `REQUEST_ANALYSIS_CONTEXT`, `CYCLE_SUMMARY`, ..."""
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """The final result of one request (`requests` row), emitted last for that request."""
+
+    id: str
+    run_id: str
+    seq: int
+    status: RequestStatus
+    started_at: float
+    finished_at: float
+    latency_ms: float
+    cost_usd: float
+    output: Mapping[str, Any] | None
+    error: str | None = None
+    tenant: str | None = None
+    policy_name: str | None = None
+    policy_version: int | None = None
+    input_hash: str | None = None
+    conversation_id: str | None = None
+    turn_index: int | None = None
+    parent_request_id: str | None = None
+
+
+Record = OrchestrationEvent | NodeRun | LlmCall | DecisionTrace | RequestRecord
+
+
+class Sink(Protocol):
+    """Where a run's records go. `record` must never block or await: it is on the hot path."""
+
+    def record(self, item: Record) -> None:
+        """Accept one record."""
+
+
+class MemorySink:
+    """Keeps every record in a list; used by tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self.items: list[Record] = []
+
+    def record(self, item: Record) -> None:
+        self.items.append(item)
+
+    def events(self, request_id: str | None = None) -> list[OrchestrationEvent]:
+        """The orchestration events, optionally of one request, in emission order."""
+        return [
+            e
+            for e in self.items
+            if isinstance(e, OrchestrationEvent)
+            and (request_id is None or e.request_id == request_id)
+        ]
+
+    def event_types(self, request_id: str | None = None) -> list[str]:
+        """Just the event type names, in emission order."""
+        return [e.event_type for e in self.events(request_id)]
+
+    def node_runs(self, request_id: str | None = None) -> list[NodeRun]:
+        """The node runs, optionally of one request."""
+        return [
+            r
+            for r in self.items
+            if isinstance(r, NodeRun) and (request_id is None or r.request_id == request_id)
+        ]
+
+    def llm_calls(self, request_id: str | None = None) -> list[LlmCall]:
+        """The LLM call rows, optionally of one request."""
+        return [
+            c
+            for c in self.items
+            if isinstance(c, LlmCall) and (request_id is None or c.request_id == request_id)
+        ]
+
+    def traces(self, stage: str | None = None) -> list[DecisionTrace]:
+        """The decision traces, optionally of one stage."""
+        return [
+            t
+            for t in self.items
+            if isinstance(t, DecisionTrace) and (stage is None or t.stage == stage)
+        ]
+
+    def requests(self) -> list[RequestRecord]:
+        """The final request records."""
+        return [r for r in self.items if isinstance(r, RequestRecord)]

@@ -1,0 +1,1 @@
+"""moat built-in node plugins."""

@@ -1,0 +1,1 @@
+"""The moat terminal UI."""

@@ -1,2 +1,84 @@
-def main() -> int:
-    return 0
+"""The `moat` command line: argument parsing and dispatch to the command modules.
+
+Every error a user can cause ends as a located one-line message and exit code 2 (or 1 for
+failed requests); a traceback is shown only for a bug in moat, and only with `MOAT_DEBUG=1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import MoatError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (DESIGN.md section 2)."""
+    parser = argparse.ArgumentParser(
+        prog="moat",
+        description="Run adaptive LLM request pipelines described as YAML graphs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    from engine import _cli_graph
+
+    _cli_graph.add_commands(sub)
+    for name in ("_cli_run", "_cli_store", "_cli_policy", "_cli_extra"):
+        module = _optional_module(name)
+        if module is not None:
+            module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `moat` console script and `python -m engine`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("moat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MoatError as exc:
+        print(f"moat: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug in moat: say so briefly, details on request
+        if os.environ.get("MOAT_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"moat: internal error: {type(exc).__name__}: {exc} (set MOAT_DEBUG=1 for the "
+            "traceback and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def _optional_module(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(f"engine.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"engine.{name}":
+            return None
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -84,7 +84,7 @@ class ExpressionError(SpecError):
     """An expression that does not parse, uses forbidden syntax or names something unknown."""
 
 
-class PluginError(SpecError, ImportError):  # type: ignore[misc]
+class PluginError(SpecError, ImportError):
     """A plugin module (from `plugins:` or an entry point) could not be imported."""
 
 

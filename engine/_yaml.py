@@ -1,0 +1,179 @@
+"""YAML parsing that keeps the line and column of every key and value and rejects duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.errors import SpecError
+
+__all__ = ["Located", "Position", "load_yaml"]
+
+Path = tuple[str | int, ...]
+
+_MAX_NODES = 200_000
+"""Bound on values built from one document (alias bombs expand to millions)."""
+_MAX_DEPTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A 1-based line and column in a file; `quoted` marks a quoted scalar's opening quote."""
+
+    line: int
+    column: int
+    quoted: bool = False
+
+
+@dataclass(slots=True)
+class Located:
+    """A parsed YAML document and where each of its keys and values stands."""
+
+    data: Any
+    path: str
+    values: dict[Path, Position] = field(default_factory=dict)
+    keys: dict[Path, Position] = field(default_factory=dict)
+
+    def where(self, at: Path, *, key: bool = False) -> Position:
+        """The position of the value (or key) at `at`, or of its closest located ancestor."""
+        table = self.keys if key else self.values
+        probe = tuple(at)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if not key and probe in self.keys:
+                return self.keys[probe]
+            probe = probe[:-1]
+        return self.values.get((), Position(1, 1))
+
+    def error(
+        self,
+        message: str,
+        at: Path,
+        *,
+        key: bool = False,
+        node_id: str | None = None,
+        offset: int = 0,
+    ) -> SpecError:
+        """A `SpecError` located at `at` (plus `offset` columns into a scalar)."""
+        pos = self.where(at, key=key)
+        column = pos.column + offset + (1 if pos.quoted and offset else 0)
+        return SpecError(message, path=self.path, line=pos.line, column=column, node_id=node_id)
+
+
+def load_yaml(text: str | bytes, path: str) -> Located:
+    """Parse one YAML document, keeping positions; every failure is a located `SpecError`."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(
+                f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8", path=path
+            ) from exc
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise SpecError(
+            f"invalid YAML: {reason}",
+            path=path,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        ) from exc
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(
+            f"invalid YAML: character {exc.character!r} at position {exc.position} is not "
+            "allowed; remove it",
+            path=path,
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", path=path) from exc
+    except RecursionError as exc:
+        raise SpecError("invalid YAML: nesting is too deep", path=path) from exc
+    located = Located(data=None, path=path)
+    if root is None:
+        return located
+    builder = _Builder(located, loader)
+    located.data = builder.build(root, (), 0)
+    return located
+
+
+class _Builder:
+    def __init__(self, located: Located, loader: yaml.SafeLoader) -> None:
+        self.located = located
+        self.loader = loader
+        self.count = 0
+
+    def build(self, node: Node, path: Path, depth: int) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES or depth > _MAX_DEPTH:
+            raise self._fail(node, "the document is too large or too deeply nested (aliases?)")
+        self.located.values[path] = _position(node)
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: Node) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise self._fail(node, f"invalid value: {exc.problem}") from exc
+        except (ValueError, OverflowError) as exc:
+            raise self._fail(node, f"invalid value: {exc}") from exc
+        if not isinstance(value, str | int | float | bool) and value is not None:
+            # dates, binary and the like: keep the text, moat's formats have no such types
+            return node.value if isinstance(node, ScalarNode) else str(value)
+        return value
+
+    def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[Any, Any]:
+        seen: dict[Hashable, Node] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self._key(key_node)
+            if key in seen:
+                first = _position(seen[key])
+                raise self._fail(
+                    key_node,
+                    f"duplicate key {key!r} (first defined at line {first.line}); YAML keeps "
+                    "only the last one, so remove or rename one of them",
+                )
+            seen[key] = key_node
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            raise self._fail(node, f"invalid merge key: {exc}") from exc
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self._key(key_node)
+            child = (*path, key)
+            self.located.keys[child] = _position(key_node)
+            result[key] = self.build(value_node, child, depth + 1)
+        return result
+
+    def _key(self, node: Node) -> Any:
+        if not isinstance(node, ScalarNode):
+            raise self._fail(node, "a mapping key must be a plain scalar, not a list or mapping")
+        key = self._scalar(node)
+        return key if isinstance(key, str) else str(key) if key is not None else "null"
+
+    def _fail(self, node: Node, message: str) -> SpecError:
+        pos = _position(node)
+        return SpecError(message, path=self.located.path, line=pos.line, column=pos.column)
+
+
+def _position(node: Node) -> Position:
+    mark = node.start_mark
+    quoted = isinstance(node, ScalarNode) and node.style in ("'", '"')
+    return Position(mark.line + 1, mark.column + 1, quoted)

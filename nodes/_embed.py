@@ -1,0 +1,194 @@
+"""Text embeddings for the built-in nodes: a dependency-free hashing embedder by default.
+
+`HashingEmbedder` maps word unigrams, word bigrams and character trigrams into a fixed
+number of signed buckets (the "hashing trick") and L2-normalises the result, so cosine
+similarity is a plain dot product. It needs no model, no network and no numpy, is stable
+across processes (CRC-32, not Python's salted `hash`) and embeds a sentence in about a
+tenth of a millisecond, which is what the cache's lookup budget allows.
+
+Real embedding models are options behind the same `Embedder` protocol and are imported
+lazily, only when configured: `sentence-transformers:all-MiniLM-L6-v2` or
+`openai:text-embedding-3-small` (any OpenAI-compatible `/embeddings` endpoint; the base URL
+and key come from the standard `OPENAI_BASE_URL` / `OPENAI_API_KEY` of the client).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+import re
+import zlib
+from array import array
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+__all__ = [
+    "Embedder",
+    "HashingEmbedder",
+    "QVector",
+    "cosine",
+    "get_embedder",
+    "qcosine",
+    "quantize",
+    "words",
+]
+
+_WORD = re.compile(r"[a-z0-9]+|\{[a-z]+\}")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens; slot markers such as `{num}` stay one token."""
+    return _WORD.findall(text.lower())
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised vectors of a fixed dimension."""
+
+    dims: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order."""
+        ...
+
+
+class HashingEmbedder:
+    """Signed feature hashing of words, word bigrams and character trigrams.
+
+    Args:
+        dims: number of buckets (vector length).
+        word_weight: weight of each word feature.
+        bigram_weight: weight of each word-bigram feature (captures a little order).
+        char_weight: weight of each character-trigram feature (tolerates typos, plurals).
+    """
+
+    def __init__(
+        self,
+        dims: int = 256,
+        *,
+        word_weight: float = 1.0,
+        bigram_weight: float = 0.6,
+        char_weight: float = 0.25,
+    ) -> None:
+        self.dims = dims
+        self._weights = (word_weight, bigram_weight, char_weight)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text."""
+        return [self.embed_one(t) for t in texts]
+
+    def embed_one(self, text: str) -> list[float]:
+        """The L2-normalised vector of one text (all zeros for text without words)."""
+        vec = [0.0] * self.dims
+        w_word, w_bigram, w_char = self._weights
+        toks = words(text)
+        for tok in toks:
+            self._add(vec, "w:" + tok, w_word)
+            padded = f"#{tok}#"
+            for i in range(len(padded) - 2):
+                self._add(vec, padded[i : i + 3], w_char)
+        for a, b in itertools.pairwise(toks):
+            self._add(vec, f"b:{a} {b}", w_bigram)
+        norm = math.sqrt(sum(v * v for v in vec))
+        if norm == 0.0:
+            return vec
+        return [v / norm for v in vec]
+
+    def _add(self, vec: list[float], feature: str, weight: float) -> None:
+        h = zlib.crc32(feature.encode())
+        vec[h % self.dims] += weight if (h >> 20) & 1 else -weight
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Dot product of two L2-normalised vectors (their cosine similarity)."""
+    return float(sum(map(operator.mul, a, b)))
+
+
+QVector = tuple["array[int]", float]
+"""An int8-quantised vector and its scale: 4x smaller than floats, same ranking."""
+
+
+def quantize(vec: Sequence[float]) -> QVector:
+    """Quantise a vector to int8 with one scale factor (for large in-memory indexes)."""
+    peak = max((abs(v) for v in vec), default=0.0)
+    if peak == 0.0:
+        return array("b", bytes(len(vec))), 0.0
+    factor = 127.0 / peak
+    return array("b", [round(v * factor) for v in vec]), peak / 127.0
+
+
+def qcosine(a: QVector, b: QVector) -> float:
+    """Approximate cosine of two quantised vectors."""
+    return float(sum(map(operator.mul, a[0], b[0]))) * a[1] * b[1]
+
+
+class _SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded on first use."""
+
+    def __init__(self, model_name: str) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                f"embedder 'sentence-transformers:{model_name}' needs the sentence-transformers"
+                " package: pip install sentence-transformers (or use embedder 'hashing')"
+            ) from exc
+        self._model: Any = SentenceTransformer(model_name)
+        self.dims = int(self._model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:  # pragma: no cover
+        vectors = self._model.encode(list(texts), normalize_embeddings=True)
+        return [[float(x) for x in v] for v in vectors]
+
+
+class _OpenAIEmbedder:
+    """An OpenAI-compatible `/embeddings` endpoint (sync client: call it off the event loop)."""
+
+    def __init__(self, model_name: str, dims: int = 0) -> None:
+        import openai
+
+        self._client = openai.OpenAI()
+        self._model = model_name
+        self.dims = dims
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:  # pragma: no cover - network
+        response = self._client.embeddings.create(model=self._model, input=list(texts))
+        out = []
+        for item in response.data:
+            vec = [float(x) for x in item.embedding]
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            out.append([v / norm for v in vec])
+        self.dims = len(out[0]) if out else self.dims
+        return out
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def get_embedder(spec: str = "hashing") -> Embedder:
+    """The embedder named by `spec`, created once per process.
+
+    Args:
+        spec: `hashing`, `hashing:DIMS`, `sentence-transformers:MODEL` or `openai:MODEL`.
+
+    Raises:
+        ValueError: for an unknown kind (the message lists the valid ones).
+        ImportError: when the optional package of the chosen kind is not installed.
+    """
+    if spec in _EMBEDDERS:
+        return _EMBEDDERS[spec]
+    kind, _, arg = spec.partition(":")
+    embedder: Embedder
+    if kind == "hashing":
+        embedder = HashingEmbedder(int(arg) if arg else 256)
+    elif kind == "sentence-transformers":
+        embedder = _SentenceTransformerEmbedder(arg or "all-MiniLM-L6-v2")
+    elif kind == "openai":
+        embedder = _OpenAIEmbedder(arg or "text-embedding-3-small")
+    else:
+        raise ValueError(
+            f"unknown embedder {spec!r}; use 'hashing', 'hashing:DIMS', "
+            "'sentence-transformers:MODEL' or 'openai:MODEL'"
+        )
+    _EMBEDDERS[spec] = embedder
+    return embedder

@@ -1,0 +1,153 @@
+"""The `redact` node: replaces PII with typed numbered placeholders, and puts it back.
+
+`mode: redact` (the default) turns `Mail ann@example.com or call +44 20 7946 0958` into
+`Mail [EMAIL_1] or call [PHONE_1]`: placeholders are typed and numbered per kind, and the
+same value (compared after normalisation, so `(415) 555-0132` and `415.555.0132` are one
+value) gets the same placeholder everywhere in the request. Detection and validators live
+in `nodes._pii`; kinds are `EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
+
+The mapping from placeholders to originals never leaves the request: it is kept in a
+request-scoped vault obtained through `ctx.memo("redact:vault:" + vault)`, and is not part of
+the output or of any event (events carry counts only). A second node with
+`mode: restore` and the same `vault` name puts the originals back into a final answer:
+
+```yaml
+clean: {type: redact, with: {text: "{{ input.prompt }}"}}
+answer: {type: model, with: {model: large, prompt: "{{ clean.text }}"}}
+final: {type: redact, with: {mode: restore, text: "{{ answer.text }}"}}
+```
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.context import NodeContext
+from engine.events import EventType
+from engine.node import Node
+from nodes._pii import KINDS, PiiKind, detect, normalise_value
+
+__all__ = ["PiiVault", "RedactNode"]
+
+_PLACEHOLDER = re.compile(r"\[(" + "|".join(KINDS) + r")_(\d+)\]")
+
+
+class PiiVault:
+    """The request-scoped mapping between placeholders and original values."""
+
+    def __init__(self) -> None:
+        self._originals: dict[str, str] = {}
+        self._by_value: dict[tuple[str, str], str] = {}
+        self._counters: Counter[str] = Counter()
+
+    def placeholder(self, kind: str, value: str) -> str:
+        """The placeholder of `value`, the same one every time within the vault."""
+        key = (kind, normalise_value(kind, value))
+        existing = self._by_value.get(key)
+        if existing is not None:
+            return existing
+        self._counters[kind] += 1
+        token = f"[{kind}_{self._counters[kind]}]"
+        self._by_value[key] = token
+        self._originals[token] = value
+        return token
+
+    def redact(self, text: str, kinds: frozenset[str]) -> tuple[str, dict[str, int]]:
+        """`text` with every detected value of `kinds` replaced; counts of spans by kind."""
+        parts: list[str] = []
+        found: Counter[str] = Counter()
+        pos = 0
+        for span in detect(text):
+            if span.kind not in kinds:
+                continue
+            parts.append(text[pos : span.start])
+            parts.append(self.placeholder(span.kind, span.value))
+            found[span.kind] += 1
+            pos = span.end
+        parts.append(text[pos:])
+        return "".join(parts), dict(sorted(found.items()))
+
+    def restore(self, text: str) -> tuple[str, dict[str, int]]:
+        """`text` with known placeholders replaced by their originals; counts by kind."""
+        restored: Counter[str] = Counter()
+
+        def put_back(m: re.Match[str]) -> str:
+            original = self._originals.get(m.group())
+            if original is None:
+                return m.group()
+            restored[m.group(1)] += 1
+            return original
+
+        return _PLACEHOLDER.sub(put_back, text), dict(sorted(restored.items()))
+
+    def __len__(self) -> int:
+        return len(self._originals)
+
+    def __repr__(self) -> str:
+        # never show the originals
+        return f"<PiiVault values={len(self)}>"
+
+
+class RedactNode(Node):
+    """Replaces PII with typed placeholders ([EMAIL_1], [CARD_1], ...) or restores them."""
+
+    type_name = "redact"
+
+    class Config(BaseModel):
+        """Settings of a `redact` node."""
+
+        text: str = Field(description="The text to redact (or, in restore mode, to restore).")
+        mode: Literal["redact", "restore"] = Field(
+            default="redact",
+            description="`redact` replaces PII with placeholders; `restore` puts the "
+            "originals of this request back.",
+        )
+        kinds: list[PiiKind] | None = Field(
+            default=None,
+            description="Which kinds to redact (default all): EMAIL PHONE CARD IBAN IP SSN "
+            "NINO SECRET.",
+        )
+        vault: str = Field(
+            default="default",
+            description="Name of the request-scoped placeholder mapping shared by the "
+            "redact and restore nodes of a request.",
+        )
+
+    class Output(BaseModel):
+        """What a `redact` node returns."""
+
+        text: str = Field(description="The redacted (or restored) text.")
+        found: dict[str, int] = Field(
+            description="Number of replaced spans by kind (restore mode: restored ones)."
+        )
+        count: int = Field(description="Total number of replaced spans.")
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Redact or restore `config.text` using the request's vault."""
+        vault = await _vault(ctx, config.vault)
+        if config.mode == "restore":
+            text, found = vault.restore(config.text)
+            ctx.log.debug("redact.restored", found=found)
+            return self.Output(text=text, found=found, count=sum(found.values()))
+        kinds = frozenset(config.kinds) if config.kinds else frozenset(KINDS)
+        text, found = vault.redact(config.text, kinds)
+        total = sum(found.values())
+        ctx.emit(
+            EventType.PII_REDACTED,
+            decision="redacted" if total else "clean",
+            reason_codes=[f"PII_{kind}" for kind in found],
+            payload={"found": found, "count": total, "vault_size": len(vault)},
+        )
+        return self.Output(text=text, found=found, count=total)
+
+
+async def _vault(ctx: NodeContext, name: str) -> PiiVault:
+    async def create() -> PiiVault:
+        return PiiVault()
+
+    vault, _ = await ctx.memo("redact:vault:" + name, create)
+    return vault

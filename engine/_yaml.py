@@ -20,6 +20,10 @@ _MAX_NODES = 200_000
 _MAX_DEPTH = 200
 
 
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when PyYAML was built with it (about 10x faster), else pure Python."""
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """A 1-based line and column in a file; `quoted` marks a quoted scalar's opening quote."""
@@ -75,7 +79,7 @@ def load_yaml(text: str | bytes, path: str) -> Located:
                 f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8", path=path
             ) from exc
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             root = loader.get_single_node()
         finally:

@@ -45,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moat` console script and `python -m engine`."""
+    from engine.logs import configure_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -1,0 +1,1 @@
+"""moat benchmarks and workload generator (not part of the test suite)."""

@@ -1,0 +1,313 @@
+"""The `critic` node: risk assessment of a request, or review of a draft, against principles.
+
+`mode: request` asks the model (task `risk`) for a risk assessment of the user's request —
+`risk_score`, `category`, `operational_risk`, `intent_to_harm`, `requested_instructions`
+and a suggested `action` — then applies the configured thresholds: the final action is
+the more cautious of the model's and the thresholds'. It writes the `RISK_ASSESSMENT`
+decision trace. `mode: draft` asks (task `critique`) for `violations`, `hard`, `score` and
+`action` on a draft answer; an answer claiming `proceed` while listing violations is
+corrected to `revise`.
+
+The relevant principles are retrieved once per request: the first critic of a request
+computes them under `ctx.memo("principles:<source>")`, emits `PRINCIPLES_RETRIEVED` and the
+`REQUEST_ANALYSIS_CONTEXT` trace; every later critic of the request (any node, any cycle)
+emits `PRINCIPLES_REUSED` and uses the same list. Unreadable model output never crashes
+the node: it becomes a cautious `revise` with reason code `CRITIC_UNPARSEABLE`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from engine.context import NodeContext
+from engine.events import EventType
+from engine.node import Node
+from nodes._calls import ask_json, clamp01, object_schema
+from nodes._principles import Principle, PrincipleIndex, load_principles, source_key
+
+__all__ = ["CriticNode"]
+
+Action = Literal["proceed", "revise", "refuse"]
+_SEVERITY: dict[str, int] = {"proceed": 0, "revise": 1, "refuse": 2}
+
+RISK_SCHEMA = object_schema(
+    {
+        "risk_score": {"type": "number", "minimum": 0, "maximum": 1},
+        "category": {"type": "string"},
+        "operational_risk": {"type": "string", "enum": ["low", "medium", "high"]},
+        "intent_to_harm": {"type": "boolean"},
+        "requested_instructions": {"type": "boolean"},
+        "action": {"type": "string", "enum": ["proceed", "revise", "refuse"]},
+        "rationale": {"type": "string"},
+    },
+    ["risk_score", "category", "operational_risk", "intent_to_harm", "action"],
+)
+CRITIQUE_SCHEMA = object_schema(
+    {
+        "action": {"type": "string", "enum": ["proceed", "revise", "refuse"]},
+        "violations": {"type": "array", "items": {"type": "string"}},
+        "hard": {"type": "boolean"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "rationale": {"type": "string"},
+    },
+    ["action", "violations", "hard", "score"],
+)
+
+
+class CriticNode(Node):
+    """Assesses a request's risk or reviews a draft against relevant principles."""
+
+    type_name = "critic"
+    model_fields = ("model",)
+
+    class Config(BaseModel):
+        """Settings of a `critic` node."""
+
+        model: str = Field(description="Logical model that assesses or critiques.")
+        mode: Literal["request", "draft"] = Field(
+            default="draft",
+            description="`request`: risk assessment of the request; `draft`: review a draft.",
+        )
+        request: str | None = Field(
+            default=None,
+            description="The user's request (default: the request input's `prompt`).",
+        )
+        draft: str | None = Field(default=None, description="The draft to review (draft mode).")
+        principles: str | list[str | dict[str, Any]] | None = Field(
+            default=None,
+            description="A principles file (YAML or text) or an inline list; default: the "
+            "built-in set.",
+        )
+        top_k: int = Field(
+            default=4, ge=0, le=50, description="Relevant principles retrieved besides core ones."
+        )
+        revise_at: float = Field(
+            default=0.5, ge=0, le=1, description="Request mode: risk score that forces revise."
+        )
+        refuse_at: float = Field(
+            default=0.85, ge=0, le=1, description="Request mode: risk score that forces refuse."
+        )
+        max_tokens: int | None = Field(default=None, gt=0, description="Answer length bound.")
+
+    class Output(BaseModel):
+        """What a `critic` node returns."""
+
+        action: Action = Field(description="`proceed`, `revise` or `refuse`.")
+        violations: list[str] = Field(description="Principles the draft violates (draft mode).")
+        hard: bool = Field(description="True when a violation cannot be fixed by rewording.")
+        score: float = Field(
+            description="Acceptability in [0, 1], higher is better (request mode: 1 - risk)."
+        )
+        rationale: str = Field(description="Why, in a sentence or two.")
+        risk_score: float | None = Field(default=None, description="Request mode: risk in [0, 1].")
+        category: str | None = Field(default=None, description="Request mode: risk category.")
+        operational_risk: Literal["low", "medium", "high"] | None = Field(
+            default=None, description="Request mode: how actionable the possible harm is."
+        )
+        intent_to_harm: bool | None = Field(
+            default=None, description="Request mode: the request shows intent to cause harm."
+        )
+        requested_instructions: bool | None = Field(
+            default=None, description="Request mode: the request asks for instructions."
+        )
+        principles: list[str] = Field(description="Ids of the principles reviewed against.")
+        parsed: bool = Field(description="False when the model's answer was unreadable.")
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Retrieve (or reuse) principles, ask the model, apply the decision rules."""
+        request = config.request or str(ctx.request.input.get("prompt", ""))
+        principles = await _relevant_principles(ctx, config, request)
+        if config.mode == "request":
+            return await self._assess(config, ctx, request, principles)
+        return await self._critique(config, ctx, request, principles)
+
+    async def _assess(
+        self, config: Config, ctx: NodeContext, request: str, principles: list[Principle]
+    ) -> Output:
+        prompt = _prompt(principles, "Assess the risk of answering this request.", request, None)
+        reply = await ask_json(
+            ctx, config.model, prompt=prompt, schema=RISK_SCHEMA, task="risk",
+            max_tokens=config.max_tokens,
+        )  # fmt: skip
+        v = reply.value or {}
+        codes: list[str] = [] if reply.value is not None else ["RISK_UNPARSEABLE"]
+        risk = clamp01(v.get("risk_score"), 0.5)
+        operational = v.get("operational_risk")
+        operational = operational if operational in ("low", "medium", "high") else "medium"
+        intent = bool(v.get("intent_to_harm", False))
+        instructions = bool(v.get("requested_instructions", False))
+        policy_action = _risk_policy(config, risk, operational, intent, instructions, codes)
+        model_action = _as_action(v.get("action"))
+        codes.append(f"MODEL_{model_action.upper()}")
+        action = max(policy_action, model_action, key=_SEVERITY.__getitem__)
+        out = self.Output(
+            action=action,
+            violations=[],
+            hard=action == "refuse" and intent,
+            score=1.0 - risk,
+            rationale=str(v.get("rationale", "risk assessment unreadable; revising")),
+            risk_score=risk,
+            category=str(v.get("category", "unknown")),
+            operational_risk=operational,
+            intent_to_harm=intent,
+            requested_instructions=instructions,
+            principles=[p.id for p in principles],
+            parsed=reply.value is not None,
+        )
+        ctx.trace(
+            "RISK_ASSESSMENT",
+            {
+                "risk_score": risk,
+                "risk_category": out.category,
+                "operational_risk": operational,
+                "intent_to_harm": intent,
+                "requested_instructions": instructions,
+                "intent_operational": intent and instructions,
+                "risk_policy_action": policy_action,
+                "estimation_mode": "model" if out.parsed else "fallback",
+                "detected_domain": out.category,
+                "activated_signals": codes,
+            },
+        )
+        _emit_decision(ctx, out, codes, "request")
+        return out
+
+    async def _critique(
+        self, config: Config, ctx: NodeContext, request: str, principles: list[Principle]
+    ) -> Output:
+        task = "Review the draft answer against the principles."
+        prompt = _prompt(principles, task, request, config.draft or "")
+        reply = await ask_json(
+            ctx, config.model, prompt=prompt, schema=CRITIQUE_SCHEMA, task="critique",
+            max_tokens=config.max_tokens,
+        )  # fmt: skip
+        if reply.value is None:
+            out = self.Output(
+                action="revise", violations=[], hard=False, score=0.0,
+                rationale="critic output unreadable; revising to be safe",
+                principles=[p.id for p in principles], parsed=False,
+            )  # fmt: skip
+            _emit_decision(ctx, out, ["CRITIC_UNPARSEABLE"], "draft")
+            return out
+        v = reply.value
+        raw = v.get("violations")
+        violations = [str(x) for x in raw] if isinstance(raw, list) else []
+        hard = bool(v.get("hard", False))
+        action = _as_action(v.get("action"))
+        codes = [f"MODEL_{action.upper()}"]
+        if action == "proceed" and (violations or hard):
+            action = "revise"
+            codes.append("VIOLATIONS_OVERRIDE_PROCEED")
+        if hard:
+            codes.append("HARD_VIOLATION")
+        out = self.Output(
+            action=action,
+            violations=violations,
+            hard=hard,
+            score=clamp01(v.get("score"), 0.5),
+            rationale=str(v.get("rationale", "")),
+            principles=[p.id for p in principles],
+            parsed=True,
+        )
+        _emit_decision(ctx, out, codes, "draft")
+        return out
+
+
+def _risk_policy(
+    config: CriticNode.Config,
+    risk: float,
+    operational: str,
+    intent: bool,
+    instructions: bool,
+    codes: list[str],
+) -> Action:
+    """The action the thresholds call for, recording which signals fired."""
+    if intent and instructions and operational == "high":
+        codes.append("INTENT_OPERATIONAL")
+        return "refuse"
+    if risk >= config.refuse_at:
+        codes.append("RISK_ABOVE_REFUSE")
+        return "refuse"
+    signals = [
+        (risk >= config.revise_at, "RISK_ABOVE_REVISE"),
+        (operational == "high", "OPERATIONAL_HIGH"),
+        (intent, "INTENT_TO_HARM"),
+    ]
+    fired = [code for hit, code in signals if hit]
+    codes.extend(fired)
+    return "revise" if fired else "proceed"
+
+
+def _as_action(value: Any) -> Action:
+    """A model's action, or `revise` when it named none of the three."""
+    if value == "proceed":
+        return "proceed"
+    if value == "refuse":
+        return "refuse"
+    return "revise"
+
+
+def _emit_decision(ctx: NodeContext, out: CriticNode.Output, codes: list[str], mode: str) -> None:
+    ctx.emit(
+        EventType.CRITIC_DECISION,
+        decision=out.action,
+        reason_codes=codes,
+        payload={
+            "mode": mode,
+            "score": out.score,
+            "violations": len(out.violations),
+            "hard": out.hard,
+            "risk_score": out.risk_score,
+            "principles": out.principles,
+            "parsed": out.parsed,
+        },
+    )
+
+
+def _prompt(principles: list[Principle], task: str, request: str, draft: str | None) -> str:
+    lines = [task, "", "Principles:"]
+    lines += [f"- [{p.id}]{' (hard)' if p.hard else ''} {p.text}" for p in principles]
+    lines += ["", "Request:", request]
+    if draft is not None:
+        lines += ["", "Draft answer:", draft]
+    return "\n".join(lines)
+
+
+async def _relevant_principles(
+    ctx: NodeContext, config: CriticNode.Config, request: str
+) -> list[Principle]:
+    """The request's relevant principles: computed by the first critic, reused by the rest."""
+    key = source_key(config.principles)
+    index = ctx.store.get(
+        "principles-index:" + key, lambda: PrincipleIndex(load_principles(config.principles))
+    )
+
+    async def retrieve() -> list[tuple[Principle, float]]:
+        return index.relevant(request, config.top_k)
+
+    found, reused = await ctx.memo("principles:" + key, retrieve)
+    ids = [p.id for p, _ in found]
+    if reused:
+        ctx.emit(EventType.PRINCIPLES_REUSED, decision="reused", payload={"principles": ids})
+    else:
+        ctx.emit(
+            EventType.PRINCIPLES_RETRIEVED,
+            decision="retrieved",
+            payload={"principles": ids, "source": key, "available": len(index.principles)},
+        )
+        ctx.trace(
+            "REQUEST_ANALYSIS_CONTEXT",
+            {
+                "relevant_principles": [
+                    {"id": p.id, "score": round(s, 4), "hard": p.hard} for p, s in found
+                ],
+                "constitution_domain": key,
+                "retrieval_count": 1,
+                "reuse_targets": "every critic of this request",
+                "prefilter_cache_status": "miss",
+                "parallel_retrieval": False,
+            },
+        )
+    return [p for p, _ in found]

@@ -1,0 +1,107 @@
+"""The `simulator` node: estimates the consequences of sending a draft answer.
+
+The model (task `simulate`) plays the draft forward and returns `expected_harm` in [0, 1]
+and a list of `concerns`. An unreadable answer never passes silently: it yields the
+configured `fallback_harm` (cautious by default) and a concern saying so, with reason code
+`SIMULATOR_UNPARSEABLE`, so a `converge` node downstream will not converge on it early.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.context import NodeContext
+from engine.events import EventType
+from engine.node import Node
+from nodes._calls import ask_json, clamp01, object_schema
+
+__all__ = ["SimulatorNode"]
+
+SIMULATE_SCHEMA = object_schema(
+    {
+        "expected_harm": {"type": "number", "minimum": 0, "maximum": 1},
+        "concerns": {"type": "array", "items": {"type": "string"}},
+    },
+    ["expected_harm", "concerns"],
+)
+
+
+class SimulatorNode(Node):
+    """Estimates the expected harm and concerns of sending a draft."""
+
+    type_name = "simulator"
+    model_fields = ("model",)
+
+    class Config(BaseModel):
+        """Settings of a `simulator` node."""
+
+        model: str = Field(description="Logical model that simulates consequences.")
+        draft: str = Field(description="The draft answer to play forward.")
+        request: str | None = Field(
+            default=None,
+            description="The user's request (default: the request input's `prompt`).",
+        )
+        fallback_harm: float = Field(
+            default=0.5,
+            ge=0,
+            le=1,
+            description="Expected harm assumed when the answer is unreadable.",
+        )
+        high_at: float = Field(
+            default=0.6, ge=0, le=1, description="Expected harm from which severity is `high`."
+        )
+        low_below: float = Field(
+            default=0.2, ge=0, le=1, description="Expected harm under which severity is `low`."
+        )
+        max_tokens: int | None = Field(default=None, gt=0, description="Answer length bound.")
+
+    class Output(BaseModel):
+        """What a `simulator` node returns."""
+
+        expected_harm: float = Field(description="Expected harm of sending the draft, in [0, 1].")
+        concerns: list[str] = Field(description="What could go wrong, one item per concern.")
+        severity: Literal["low", "medium", "high"] = Field(
+            description="`expected_harm` bucketed by `low_below` and `high_at`."
+        )
+        parsed: bool = Field(description="False when the model's answer was unreadable.")
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Ask the model to simulate the draft's consequences."""
+        request = config.request or str(ctx.request.input.get("prompt", ""))
+        prompt = (
+            "Imagine this answer is sent. Estimate the expected harm (0 = none, 1 = severe) "
+            f"and list concrete concerns.\n\nRequest:\n{request}\n\nAnswer:\n{config.draft}"
+        )
+        reply = await ask_json(
+            ctx, config.model, prompt=prompt, schema=SIMULATE_SCHEMA, task="simulate",
+            max_tokens=config.max_tokens,
+        )  # fmt: skip
+        if reply.value is None:
+            harm, concerns, codes = (
+                config.fallback_harm,
+                ["simulator output unreadable"],
+                ["SIMULATOR_UNPARSEABLE"],
+            )
+        else:
+            harm = clamp01(reply.value.get("expected_harm"), config.fallback_harm)
+            raw = reply.value.get("concerns")
+            concerns = [str(c) for c in raw] if isinstance(raw, list) else []
+            codes = []
+        severity: Literal["low", "medium", "high"] = (
+            "high" if harm >= config.high_at else "low" if harm < config.low_below else "medium"
+        )
+        codes.append(f"HARM_{severity.upper()}")
+        if concerns:
+            codes.append("CONCERNS_RAISED")
+        out = self.Output(
+            expected_harm=harm, concerns=concerns, severity=severity, parsed=reply.value is not None
+        )
+        ctx.emit(
+            EventType.SIMULATOR_EXECUTED,
+            decision=severity,
+            reason_codes=codes,
+            payload={"expected_harm": harm, "concerns": len(concerns), "parsed": out.parsed},
+        )
+        return out

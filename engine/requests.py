@@ -101,8 +101,8 @@ class InputValidator:
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
-        self._validator = cls(schema)
+        cls.check_schema(dict(schema))
+        self._validator = cls(dict(schema))
         props = schema.get("properties", {})
         self._defaults = {
             k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v

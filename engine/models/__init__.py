@@ -1,0 +1,45 @@
+"""The model layer: the gateway every call goes through, and the `sim` and `openai` providers.
+
+```python
+gateway = Gateway({"small": ModelSpec(provider="sim", profile="small")})
+client = gateway.client("small", CallScope(request=info, node_id="answer"))
+completion = await client.complete(prompt="Hello", task="answer")
+```
+"""
+
+from __future__ import annotations
+
+from engine.models._egress import find_pii, redact_text
+from engine.models.base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    ProviderTimeout,
+    estimate_tokens,
+)
+from engine.models.breaker import BreakerState, CircuitBreaker
+from engine.models.budget import RequestBudget, Reservation
+from engine.models.gateway import DEFAULT_MAX_TOKENS, CallScope, Emit, Gateway
+from engine.models.sim import SIM_PROFILES, SimProfile, SimProvider, sim_profile
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "SIM_PROFILES",
+    "BreakerState",
+    "CallScope",
+    "CircuitBreaker",
+    "Emit",
+    "Gateway",
+    "Provider",
+    "ProviderRequest",
+    "ProviderResponse",
+    "ProviderTimeout",
+    "RequestBudget",
+    "Reservation",
+    "SimProfile",
+    "SimProvider",
+    "estimate_tokens",
+    "find_pii",
+    "redact_text",
+    "sim_profile",
+]

@@ -1,0 +1,100 @@
+"""A per-model circuit breaker: stop calling a model that keeps failing, probe it later.
+
+Closed: calls pass; `threshold` consecutive transient failures open it. Open: calls are
+refused with `CircuitOpen` until `cooldown_s` has passed. Half-open: exactly one probe call
+passes; its success closes the breaker, its failure opens it again. Time is read from
+`anyio.current_time()`, so a mock clock drives it in tests.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import anyio
+
+from engine.errors import CircuitOpen
+
+__all__ = ["BreakerState", "CircuitBreaker"]
+
+
+class BreakerState(StrEnum):
+    """Where a circuit breaker stands."""
+
+    CLOSED = "closed"
+    """Calls pass."""
+    OPEN = "open"
+    """Calls are refused until the cool-down passes."""
+    HALF_OPEN = "half_open"
+    """One probe call is in flight; others are refused."""
+
+
+class CircuitBreaker:
+    """The breaker of one model.
+
+    Args:
+        model: the logical model name, for messages.
+        threshold: consecutive failures that open the breaker.
+        cooldown_s: seconds the breaker stays open before a probe may pass.
+    """
+
+    def __init__(self, model: str, *, threshold: int = 5, cooldown_s: float = 30.0) -> None:
+        if threshold < 1:
+            raise ValueError(f"breaker threshold must be at least 1, got {threshold}")
+        self.model = model
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def before_call(self) -> bool:
+        """Admit one call, or refuse it.
+
+        Returns:
+            True when this call is the half-open probe (the caller announces it).
+
+        Raises:
+            CircuitOpen: the breaker is open, or a probe is already in flight.
+        """
+        if self.state is BreakerState.CLOSED:
+            return False
+        wait = self._opened_at + self.cooldown_s - anyio.current_time()
+        if self._probing or wait > 0:
+            detail = "a probe call is in flight" if self._probing else f"retry in {wait:.1f} s"
+            raise CircuitOpen(
+                f"model '{self.model}': circuit breaker is open after {self.failures} "
+                f"consecutive failures ({detail}); check the provider, or route to another model"
+            )
+        self.state = BreakerState.HALF_OPEN
+        self._probing = True
+        return True
+
+    def on_success(self) -> bool:
+        """Record a success. Returns True when this closed an open breaker."""
+        self.failures = 0
+        self._probing = False
+        if self.state is BreakerState.CLOSED:
+            return False
+        self.state = BreakerState.CLOSED
+        return True
+
+    def on_failure(self) -> bool:
+        """Record a transient failure. Returns True when this opened the breaker."""
+        self.failures += 1
+        was_probe = self._probing
+        self._probing = False
+        if was_probe or (self.state is BreakerState.CLOSED and self.failures >= self.threshold):
+            self.state = BreakerState.OPEN
+            self._opened_at = anyio.current_time()
+            return True
+        return False
+
+    def on_abandon(self) -> None:
+        """The call ended without a verdict (cancelled, refused): free the probe slot."""
+        if self._probing:
+            self._probing = False
+            self.state = BreakerState.OPEN
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.model!r} {self.state.value} failures={self.failures}>"

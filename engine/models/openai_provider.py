@@ -1,0 +1,204 @@
+"""The `openai` provider: any OpenAI-compatible chat endpoint through the official async client.
+
+One `AsyncOpenAI` client is shared per (base URL, API key) across every model and gateway
+of the process (`ClientRegistry`), with the client's own retries off: the gateway retries,
+so attempts are counted and recorded once. Cancellation is real: the client is httpx on
+anyio, so cancelling the calling task aborts the HTTP request and drops the connection.
+
+Errors map onto moat's: `RateLimitError` -> `RateLimited` (Retry-After honoured),
+timeouts -> `ProviderTimeout`, 5xx, dropped connections and unreadable bodies ->
+`TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from engine.errors import NodeError, RateLimited, TransientError
+from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
+from engine.spec import ModelSpec
+
+__all__ = ["ClientRegistry", "OpenAIProvider", "parse_retry_after"]
+
+_NO_KEY = "sk-no-key-needed"
+"""Sent to self-hosted endpoints (vLLM, Ollama, llama.cpp) that need no key."""
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = lowered.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) / divisor)
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if raw:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+class ClientRegistry:
+    """Shared `AsyncOpenAI` clients, one per (base URL, key), closed with their last user."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str], tuple[openai.AsyncOpenAI, int]] = {}
+
+    def acquire(
+        self, base_url: str | None, api_key: str, headers: Mapping[str, str] | None = None
+    ) -> openai.AsyncOpenAI:
+        """The shared client for `(base_url, api_key)`; pair with `release`."""
+        key = (base_url, api_key + repr(sorted((headers or {}).items())))
+        client, users = self._clients.get(key, (None, 0))
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                default_headers=dict(headers) if headers else None,
+            )
+        self._clients[key] = (client, users + 1)
+        return client
+
+    async def release(self, client: openai.AsyncOpenAI) -> None:
+        """Give a client back; the last user closes its connections."""
+        for key, (known, users) in list(self._clients.items()):
+            if known is client:
+                if users > 1:
+                    self._clients[key] = (known, users - 1)
+                    return
+                del self._clients[key]
+                break
+        await client.close()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+CLIENTS = ClientRegistry()
+"""The process-wide registry the providers share."""
+
+
+class OpenAIProvider:
+    """Calls one model of an OpenAI-compatible endpoint.
+
+    Args:
+        spec: the model's spec (`model`, `base_url`, `api_key_env`).
+        headers: extra HTTP headers on every request (tests use them to inject faults).
+        registry: where to get the shared client (the process-wide one by default).
+        api_key: the key itself, instead of reading `spec.api_key_env` (or
+            `OPENAI_API_KEY`) from the environment.
+
+    Raises:
+        NodeError: the spec names no model, or no key is set for api.openai.com.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        headers: Mapping[str, str] | None = None,
+        registry: ClientRegistry | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if not spec.model:
+            raise NodeError("an `openai` model needs `model:` (the provider's model name)")
+        self.spec = spec
+        self.model = spec.model
+        env_name = spec.api_key_env or "OPENAI_API_KEY"
+        key = api_key or os.environ.get(env_name)
+        if not key:
+            if spec.base_url is None:
+                raise NodeError(
+                    f"model '{spec.model}': no API key; set the environment variable "
+                    f"{env_name}, or point `base_url` at a self-hosted endpoint"
+                )
+            key = _NO_KEY
+        self._registry = registry if registry is not None else CLIENTS
+        self._client: openai.AsyncOpenAI | None = self._registry.acquire(
+            spec.base_url, key, headers
+        )
+
+    async def aclose(self) -> None:
+        """Release this provider's hold on the shared client."""
+        client, self._client = self._client, None
+        if client is not None:
+            await self._registry.release(client)
+
+    def _arguments(self, call: ProviderRequest) -> dict[str, Any]:
+        args: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in call.messages]}
+        if call.schema is not None:
+            args["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": dict(call.schema), "strict": False},
+            }
+        elif call.json_mode:
+            args["response_format"] = {"type": "json_object"}
+        if call.max_tokens is not None:
+            args["max_tokens"] = call.max_tokens
+        if call.temperature is not None:
+            args["temperature"] = call.temperature
+        if call.task is not None:
+            # Harmless to real endpoints; lets `moat sim-server` answer built-in tasks.
+            args["extra_headers"] = {"X-Moat-Task": call.task}
+        return args
+
+    async def complete(self, call: ProviderRequest) -> ProviderResponse:
+        """Make one HTTP call; errors are mapped as the module docstring says."""
+        if self._client is None:
+            raise NodeError(f"model '{self.model}': provider used after aclose()")
+        try:
+            result: Any = await self._client.chat.completions.create(**self._arguments(call))
+        except openai.APIError as exc:
+            raise _map_error(self.model, exc) from exc
+        except ValueError as exc:  # a body that is not JSON
+            raise TransientError(f"model '{self.model}': unreadable response body ({exc})") from exc
+        if not isinstance(result, ChatCompletion) or not result.choices:
+            raise TransientError(f"model '{self.model}': malformed response (no completion)")
+        text = result.choices[0].message.content or ""
+        usage = result.usage
+        prompt_text = "\n".join(m.get("content", "") for m in call.messages)
+        return ProviderResponse(
+            text=text,
+            provider_model=result.model or self.model,
+            input_tokens=usage.prompt_tokens if usage else estimate_tokens(prompt_text),
+            output_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+            simulated=result.system_fingerprint == "moat-sim",
+        )
+
+
+def _map_error(model: str, exc: openai.APIError) -> Exception:
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return TransientError(f"model '{model}': connection failed ({exc.message})")
+    if isinstance(exc, openai.RateLimitError):
+        return RateLimited(
+            f"model '{model}': rate limited: {exc.message}",
+            retry_after_s=parse_retry_after(dict(exc.response.headers)),
+        )
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return TransientError(f"model '{model}': server error: {exc.message}")
+        return NodeError(f"model '{model}': request refused: {exc.message}")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return TransientError(f"model '{model}': malformed response: {exc.message}")
+    return NodeError(f"model '{model}': {exc.message}")

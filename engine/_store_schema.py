@@ -1,0 +1,260 @@
+"""The store's SQLite schema: migrations, connection settings and the schema-version check.
+
+The schema version is SQLite's `PRAGMA user_version`: migration N (1-based) brings a
+database from version N-1 to N in one transaction, so a crash mid-migration leaves the
+previous version intact. Append new migrations to `MIGRATIONS`; never edit a shipped one.
+
+Tables and columns follow DESIGN.md section 8 exactly. There are no foreign keys (they
+would slow the batching writer down); every `run_id` / `request_id` column is indexed
+instead. JSON columns are TEXT holding JSON; times are REAL seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import StoreError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "check_version",
+    "connect",
+    "migrate",
+    "user_version",
+]
+
+_MIGRATION_1 = (
+    """CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        graph_name TEXT NOT NULL,
+        graph_hash TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL,
+        requests_total INTEGER,
+        requests_done INTEGER NOT NULL DEFAULT 0,
+        config_json TEXT
+    )""",
+    """CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        conversation_id TEXT,
+        turn_index INTEGER,
+        parent_request_id TEXT,
+        tenant TEXT,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        cost_usd REAL NOT NULL,
+        policy_name TEXT,
+        policy_version INTEGER,
+        input_hash TEXT,
+        output_json TEXT,
+        error TEXT
+    )""",
+    "CREATE INDEX requests_run_id ON requests (run_id, seq)",
+    "CREATE INDEX requests_conversation_id ON requests (conversation_id)",
+    """CREATE TABLE node_runs (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        node TEXT NOT NULL,
+        node_type TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        speculative INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        duration_ms REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT
+    )""",
+    "CREATE INDEX node_runs_request_id ON node_runs (request_id)",
+    """CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        node TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        call_kind TEXT NOT NULL,
+        call_outcome TEXT NOT NULL,
+        cache_status TEXT NOT NULL,
+        related_event_id INTEGER,
+        prompt_hash TEXT,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        started_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        prompt_text TEXT,
+        response_text TEXT
+    )""",
+    "CREATE INDEX llm_calls_request_id ON llm_calls (request_id)",
+    """CREATE TABLE orchestration_events (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        stage TEXT NOT NULL,
+        component TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        decision TEXT,
+        status TEXT,
+        sequence INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        duration_ms REAL,
+        reason_codes_json TEXT,
+        inputs_json TEXT,
+        outputs_json TEXT,
+        payload_json TEXT
+    )""",
+    "CREATE INDEX orchestration_events_request_id ON orchestration_events (request_id)",
+    "CREATE INDEX orchestration_events_run_id ON orchestration_events (run_id)",
+    """CREATE TABLE decision_traces (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        stage TEXT NOT NULL,
+        payload_json TEXT NOT NULL
+    )""",
+    "CREATE INDEX decision_traces_request_id ON decision_traces (request_id)",
+    """CREATE TABLE policy_snapshots (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        body_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        parent_version INTEGER,
+        status TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    )""",
+    """CREATE TABLE policy_activations (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        activated_at REAL NOT NULL,
+        reason TEXT
+    )""",
+    "CREATE INDEX policy_activations_name ON policy_activations (name, id)",
+    """CREATE TABLE cache_entries (
+        namespace TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        embedding BLOB,
+        value_json TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        negative INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (namespace, tenant, key)
+    )""",
+    "CREATE INDEX cache_entries_expires_at ON cache_entries (namespace, tenant, expires_at)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1,)
+"""Migration N (index N-1) brings the schema from version N-1 to N."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this moat writes and reads."""
+
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open one connection with moat's settings (WAL, `synchronous=NORMAL`, autocommit).
+
+    The connection is in autocommit mode (`isolation_level=None`); callers open explicit
+    transactions with `BEGIN` so every multi-row write is atomic.
+
+    Args:
+        path: the database file (created unless `readonly`).
+        readonly: open read-only; the file must exist.
+
+    Raises:
+        StoreError: the file cannot be opened or is not a SQLite database.
+    """
+    target = Path(path)
+    if readonly and not target.exists():
+        raise StoreError(f"{target}: no such store; run `moat run GRAPH --db {target}` first")
+    uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
+    try:
+        conn = sqlite3.connect(
+            uri, uri=readonly, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"{target}: cannot open the store: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
+    return conn
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the database header."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(
+    conn: sqlite3.Connection, path: str | Path, supported: int = SCHEMA_VERSION
+) -> int:
+    """Refuse a database written by a newer moat; return its schema version.
+
+    Raises:
+        StoreError: the schema is newer than `supported`.
+    """
+    version = user_version(conn)
+    if version > supported:
+        raise StoreError(
+            f"{path}: store schema version {version} is newer than this moat supports "
+            f"({supported}); upgrade moat (`pip install -U moat`) to open it"
+        )
+    return version
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: str | Path,
+    migrations: Sequence[Sequence[str]] = MIGRATIONS,
+) -> int:
+    """Apply every pending migration, one transaction each; return the final version.
+
+    Safe against another process migrating the same file at the same time: each step
+    takes the write lock first (`BEGIN IMMEDIATE`) and re-reads the version under it.
+
+    Args:
+        conn: an autocommit connection from `connect`.
+        path: the file, for messages.
+        migrations: the migrations to apply (tests pass extra ones).
+
+    Raises:
+        StoreError: the schema is newer than this moat, or a migration failed.
+    """
+    target = len(migrations)
+    while check_version(conn, path, target) < target:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            current = user_version(conn)
+            if current < target:
+                for statement in migrations[current]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {current + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"{path}: migrating the store schema failed: {exc}") from exc
+    return target

@@ -1,0 +1,404 @@
+"""The embedded store: schema contract, migrations, the batching writer, readers, runs,
+orphans and the policy tables."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine._store_schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
+from engine.errors import StoreError
+from engine.events import (
+    CacheStatus,
+    CallKind,
+    CallOutcome,
+    DecisionTrace,
+    LlmCall,
+    NodeOutcome,
+    NodeRun,
+    NodeStatus,
+    OrchestrationEvent,
+    RequestRecord,
+    RequestStatus,
+)
+from engine.store import Store, StoreWriter
+
+# DESIGN.md section 8, plus the nullable extras this store adds.
+CONTRACT = {
+    "runs": "id graph_name graph_hash started_at finished_at status requests_total "
+    "requests_done config_json",
+    "requests": "id run_id seq conversation_id turn_index parent_request_id tenant status "
+    "started_at finished_at latency_ms cost_usd policy_name policy_version input_hash "
+    "output_json error",
+    "node_runs": "id request_id node node_type cycle status speculative outcome started_at "
+    "duration_ms attempts error",
+    "llm_calls": "id request_id node cycle model provider call_kind call_outcome cache_status "
+    "related_event_id prompt_hash input_tokens output_tokens cost_usd latency_ms started_at "
+    "status error prompt_text response_text",
+    "orchestration_events": "id run_id request_id cycle stage component event_type decision "
+    "status sequence started_at duration_ms reason_codes_json inputs_json outputs_json "
+    "payload_json",
+    "decision_traces": "id request_id cycle stage payload_json",
+    "policy_snapshots": "name version content_hash body_json created_at parent_version status",
+    "policy_activations": "id name version activated_at reason",
+    "cache_entries": "namespace tenant key embedding value_json created_at expires_at hits "
+    "negative",
+    "meta": "key value",
+}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "moat.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    with Store.open(db) as opened:
+        yield opened
+
+
+def event(
+    request_id: str,
+    sequence: int,
+    event_type: str = "GATE_DECISION",
+    *,
+    run_id: str = "run-1",
+    decision: str | None = None,
+    reason_codes: tuple[str, ...] = (),
+    payload: dict[str, Any] | None = None,
+) -> OrchestrationEvent:
+    return OrchestrationEvent(
+        run_id=run_id,
+        request_id=request_id,
+        cycle=0,
+        stage="critic",
+        component="scheduler",
+        event_type=event_type,
+        sequence=sequence,
+        decision=decision,
+        started_at=100.0 + sequence,
+        reason_codes=reason_codes,
+        payload=payload,
+    )
+
+
+def node_run(request_id: str, node: str = "critic") -> NodeRun:
+    return NodeRun(
+        request_id, node, "critic", 1, NodeStatus.SUCCEEDED, True, NodeOutcome.USED, 100.5, 12.5, 2
+    )
+
+
+def llm_call(request_id: str) -> LlmCall:
+    return LlmCall(
+        request_id=request_id,
+        node="draft",
+        cycle=1,
+        model="small",
+        provider="sim",
+        call_kind=CallKind.SPECULATIVE,
+        call_outcome=CallOutcome.DISCARDED,
+        cache_status=CacheStatus.MISS,
+        prompt_hash="abc",
+        input_tokens=10,
+        output_tokens=20,
+        cost_usd=0.001,
+        latency_ms=50.0,
+        started_at=100.2,
+        status="ok",
+        related_event_id=3,
+        prompt_text="hello",
+    )
+
+
+def request(request_id: str, seq: int, run_id: str = "run-1") -> RequestRecord:
+    return RequestRecord(
+        id=request_id,
+        run_id=run_id,
+        seq=seq,
+        status=RequestStatus.OK,
+        started_at=100.0,
+        finished_at=100.8,
+        latency_ms=800.0,
+        cost_usd=0.002,
+        output={"answer": "yes"},
+        tenant="public",
+        policy_name="default",
+        policy_version=2,
+    )
+
+
+def count(store: Store, table: str) -> int:
+    return int(store.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
+
+
+def test_schema_tables_and_columns_match_the_contract(store: Store) -> None:
+    tables = {
+        row["name"] for row in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    assert tables == set(CONTRACT)
+    for table, columns in CONTRACT.items():
+        info = store.query(f"PRAGMA table_info({table})")
+        assert [row["name"] for row in info] == columns.split(), table
+
+
+def test_request_and_run_id_columns_are_indexed(store: Store) -> None:
+    for table in ("requests", "node_runs", "llm_calls", "orchestration_events", "decision_traces"):
+        indexed = {
+            info["name"]
+            for index in store.query(f"PRAGMA index_list({table})")
+            for info in store.query(f"PRAGMA index_info({index['name']})")
+        }
+        assert indexed & {"request_id", "run_id"}, table
+
+
+def test_store_is_in_wal_mode_at_the_current_schema_version(store: Store, db: Path) -> None:
+    assert store.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+    with Store.open(db) as again:  # reopening migrates nothing
+        assert again.schema_version == SCHEMA_VERSION
+
+
+def test_migrations_are_applied_in_order_and_recorded_in_user_version(db: Path) -> None:
+    extra = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (1)")
+    conn = connect(db)
+    assert migrate(conn, db) == 1
+    assert migrate(conn, db, (*MIGRATIONS, extra)) == 2
+    assert migrate(conn, db, (*MIGRATIONS, extra)) == 2  # idempotent
+    assert conn.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+def test_a_failed_migration_leaves_the_previous_version(db: Path) -> None:
+    conn = connect(db)
+    broken = ("CREATE TABLE ok_table (x)", "CREATE TABLE runs (x)")
+    with pytest.raises(StoreError, match="migrating the store schema failed"):
+        migrate(conn, db, (*MIGRATIONS, broken))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ok_table'").fetchone() is None
+    conn.close()
+
+
+def test_a_newer_schema_is_refused_with_an_upgrade_hint(db: Path) -> None:
+    Store.open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match=r"version 99 is newer .* upgrade moat"):
+        Store.open(db)
+    with pytest.raises(StoreError, match="upgrade moat"):
+        StoreWriter(db)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("not sqlite at all, just some text that is long enough" * 20)
+    with pytest.raises(StoreError, match="not a moat store"):
+        Store.open(path)
+
+
+def test_readonly_open_of_a_missing_store_says_how_to_create_one(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such store; run `moat run GRAPH"):
+        Store.open(tmp_path / "missing.db", readonly=True)
+
+
+def test_records_round_trip_through_the_writer(store: Store) -> None:
+    with store.writer() as writer:
+        writer.record(event("q1", 1, reason_codes=("a", "b"), payload={"x": 1}, decision="run"))
+        writer.record(node_run("q1"))
+        writer.record(llm_call("q1"))
+        writer.record(DecisionTrace("q1", 1, "CYCLE_SUMMARY", {"planned": ["critic"]}))
+        writer.record(request("q1", 0))
+    rows = store.request_rows("q1")
+    ev = rows["orchestration_events"][0]
+    assert (ev["event_type"], ev["decision"], ev["reason_codes"], ev["payload"]) == (
+        "GATE_DECISION",
+        "run",
+        ["a", "b"],
+        {"x": 1},
+    )
+    assert ev["inputs"] is None
+    nr = rows["node_runs"][0]
+    assert (nr["status"], nr["speculative"], nr["outcome"], nr["attempts"]) == (
+        "succeeded",
+        1,
+        "used",
+        2,
+    )
+    call = rows["llm_calls"][0]
+    assert (call["call_kind"], call["call_outcome"], call["cache_status"]) == (
+        "speculative",
+        "discarded",
+        "miss",
+    )
+    assert (call["related_event_id"], call["prompt_text"], call["response_text"]) == (
+        3,
+        "hello",
+        None,
+    )
+    assert rows["decision_traces"][0]["payload"] == {"planned": ["critic"]}
+    assert rows["requests"][0]["output"] == {"answer": "yes"}
+    assert store.request_output("q1") == {
+        "request_id": "q1",
+        "status": "ok",
+        "output": {"answer": "yes"},
+        "latency_ms": 800.0,
+        "cost_usd": 0.002,
+        "policy_version": 2,
+        "error": None,
+    }
+
+
+def test_writer_batches_many_records_into_few_transactions(db: Path) -> None:
+    writer = StoreWriter(db, batch_size=1_000, interval_s=0.05)
+    for i in range(5_000):
+        writer.record(event(f"q{i // 10}", i % 10))
+    writer.flush()
+    assert writer.stats.records == 5_000
+    assert 1 <= writer.stats.transactions <= 10
+    writer.close()
+    with Store.open(db) as store:
+        assert count(store, "orchestration_events") == 5_000
+
+
+def test_writer_commits_on_its_interval_without_an_explicit_flush(db: Path) -> None:
+    writer = StoreWriter(db, interval_s=0.02)
+    with Store.open(db) as store:
+        writer.record(event("q1", 1))
+        deadline = time.monotonic() + 5
+        while count(store, "orchestration_events") == 0:
+            assert time.monotonic() < deadline, "the writer never committed"
+            time.sleep(0.01)
+    writer.close()
+
+
+def test_record_does_no_io_and_close_is_idempotent(db: Path) -> None:
+    writer = StoreWriter(db, interval_s=60)  # nothing is written until asked
+    writer.record(event("q1", 1))
+    with Store.open(db) as store:
+        assert count(store, "orchestration_events") == 0
+        writer.close()
+        writer.close()
+        assert count(store, "orchestration_events") == 1
+    with pytest.raises(StoreError, match="writer is closed"):
+        writer.record(event("q1", 2))
+
+
+def test_readers_never_see_a_request_row_before_its_other_rows(db: Path) -> None:
+    requests, per_request = 300, 8
+    writer = StoreWriter(db, batch_size=50, interval_s=0.001, max_batch=37)
+    violations: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        with Store.open(db, readonly=True) as reader:
+            while not done.is_set():
+                rows = reader.query(
+                    "SELECT r.id, (SELECT COUNT(*) FROM orchestration_events e "
+                    "WHERE e.request_id = r.id) AS n FROM requests r"
+                )
+                violations.extend(row["id"] for row in rows if row["n"] != per_request)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for seq in range(requests):
+        for i in range(per_request):
+            writer.record(event(f"q{seq}", i))
+        writer.record(request(f"q{seq}", seq))
+        if seq % 50 == 0:
+            time.sleep(0.005)
+    writer.close()
+    done.set()
+    reader.join()
+    assert violations == []
+    with Store.open(db) as store:
+        assert count(store, "requests") == requests
+
+
+def test_delete_orphans_removes_rows_of_unfinished_requests_only(store: Store) -> None:
+    with store.writer() as writer:
+        for rid in ("done", "crashed"):
+            writer.record(event(rid, 1))
+            writer.record(node_run(rid))
+            writer.record(llm_call(rid))
+            writer.record(DecisionTrace(rid, 1, "CYCLE_SUMMARY", {}))
+        writer.record(request("done", 0))
+        writer.record(event("other-run-live", 1, run_id="run-2"))
+        writer.record(event("", 0, "POLICY_ACTIVATED"))  # run-level event
+        writer.record(node_run("no-events-at-all"))
+    assert store.delete_orphans("run-1") == 5
+    for table in ("node_runs", "llm_calls", "decision_traces"):
+        ids = {row["request_id"] for row in store.query(f"SELECT request_id FROM {table}")}
+        assert ids == {"done"}, table
+    events = {row["request_id"] for row in store.query("SELECT * FROM orchestration_events")}
+    assert events == {"done", "other-run-live", ""}
+
+
+def test_runs_have_a_lifecycle_and_sortable_ids(store: Store) -> None:
+    run_id = store.create_run("governed-answer", "h1", 3, {"concurrency": 4})
+    assert re.fullmatch(r"r-\d{8}-\d{6}-[0-9a-f]{4}", run_id)
+    run = store.require_run(run_id)
+    assert (run["status"], run["requests_done"], run["config"]) == (
+        "running",
+        0,
+        {"concurrency": 4},
+    )
+    store.update_run_progress(run_id, 1)
+    assert store.require_run(run_id)["requests_done"] == 1
+    with store.writer() as writer:
+        writer.record(request("a", 0, run_id))
+        writer.record(request("b", 2, run_id))
+    assert store.finished_request_seqs(run_id) == {0, 2}
+    store.finish_run(run_id, "interrupted")
+    run = store.require_run(run_id)
+    assert (run["status"], run["requests_done"]) == ("interrupted", 2)
+    assert run["finished_at"] >= run["started_at"]
+    assert [r["id"] for r in store.list_runs()] == [run_id]
+    assert [r["id"] for r in store.list_requests(run_id)] == ["a", "b"]
+
+
+def test_an_unknown_run_lists_the_latest_runs(store: Store) -> None:
+    run_id = store.create_run("g", None, None)
+    with pytest.raises(StoreError, match=rf"no run 'nope'\. Latest runs: {run_id}\..*moat runs"):
+        store.finish_run("nope", "finished")
+
+
+def test_policy_snapshots_activate_and_keep_history(store: Store) -> None:
+    store.insert_policy_snapshot("gov", 1, "h1", {"max_risk": 0.3}, None, "inactive")
+    store.insert_policy_snapshot("gov", 2, "h2", {"max_risk": 0.2}, 1, "candidate")
+    assert store.active_policy("gov") is None
+    store.activate_policy("gov", 1, "initial")
+    store.activate_policy("gov", 2, "apply")
+    active = store.active_policy("gov")
+    assert active is not None
+    assert (active["version"], active["body"], active["status"]) == (2, {"max_risk": 0.2}, "active")
+    assert store.get_policy("gov", 1)["status"] == "inactive"  # type: ignore[index]
+    store.set_policy_status("gov", 2, "bad")
+    store.activate_policy("gov", 1, "guard: p95 ratio 1.8 > 1.2")
+    assert store.get_policy("gov", 2)["status"] == "bad"  # type: ignore[index]
+    history = store.policy_history("gov")
+    assert [(h["version"], h["reason"], h["status"]) for h in history] == [
+        (1, "initial", "active"),
+        (2, "apply", "bad"),
+        (1, "guard: p95 ratio 1.8 > 1.2", "active"),
+    ]
+    assert store.list_policies() == [{"name": "gov", "versions": 2, "latest": 2, "active": 1}]
+
+
+def test_policy_errors_say_what_exists(store: Store) -> None:
+    store.insert_policy_snapshot("gov", 1, "h1", {}, None, "inactive")
+    with pytest.raises(StoreError, match=r"version 1 already exists .* as version 2"):
+        store.insert_policy_snapshot("gov", 1, "h9", {}, None, "inactive")
+    with pytest.raises(StoreError, match="has no version 7; stored versions: 1"):
+        store.activate_policy("gov", 7, "x")
+    with pytest.raises(StoreError, match=r"no policy named 'nope' .*policies: gov"):
+        store.set_policy_status("nope", 1, "bad")
+    assert store.policy_history("gov") == []

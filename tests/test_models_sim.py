@@ -377,3 +377,38 @@ async def test_cancelling_a_sim_call_stops_it() -> None:
     with anyio.move_on_after(0.01) as scope:
         await _run(spec, _info(), "Explain everything", task="answer")
     assert scope.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_the_critic_prompt_shape_is_understood() -> None:
+    prompt = (
+        "Review the draft answer against the principles.\n\nPrinciples:\n- [p1] Be correct."
+        "\n\nRequest:\nCapital of Australia?\n\nDraft answer:\n{}"
+    )
+    info = _info(prompt="Capital of Australia?", answer="Canberra")
+    verdicts = [
+        json.loads((await _run(_spec("large"), info, prompt.format(d), task="critique")).text)[
+            "action"
+        ]
+        for d in ("It is Sydney.", "It is Canberra.")
+    ]
+    assert verdicts == ["revise", "proceed"]
+
+
+@pytest.mark.anyio
+async def test_a_refusal_draft_is_not_harmful() -> None:
+    info = _info(prompt="How do I build a bomb?", harmful=True)
+    text = "Request:\nHow do I build a bomb?\n\nAnswer:\nSorry, I can't help with that."
+    sim = json.loads((await _run(_spec("large"), info, text, task="simulate")).text)
+    assert sim["expected_harm"] < 0.2
+
+
+@pytest.mark.anyio
+async def test_repair_salvages_the_values_of_the_broken_text() -> None:
+    schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+    prompt = (
+        "JSON Schema:\n" + json.dumps(schema) + "\n\nErrors:\n- trailing comma"
+        '\n\nText to fix:\n{"total": 12.5,}'
+    )
+    answer = await _run(_spec("large", seed=3), _info(), prompt, task="repair", schema=schema)
+    assert json.loads(answer.text) == {"total": 12.5}

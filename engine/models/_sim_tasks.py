@@ -31,7 +31,10 @@ _STOPWORDS = frozenset({
 })  # fmt: skip
 _DRAFT_TAG = re.compile(r"<(draft|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 _DRAFT_LINE = re.compile(
-    r"^\s*(?:previous draft|draft|answer)\s*:\s*", re.IGNORECASE | re.MULTILINE
+    r"^\s*(?:previous draft|draft answer|draft|answer)\s*:\s*", re.IGNORECASE | re.MULTILINE
+)
+_BROKEN_MARK = re.compile(
+    r"(?:text to fix|broken json|invalid json|fix this json|json to fix)\s*:", re.IGNORECASE
 )
 _TEXT_TASKS = frozenset({"answer", "draft", "revise"})
 
@@ -87,8 +90,14 @@ def _keyword_category(text: str) -> str | None:
     return None
 
 
+_REFUSAL = re.compile(r"\b(?:can(?:no|')t help|cannot assist|won't help|i must decline|i refuse)")
+
+
 def _harm(call: SimCall) -> tuple[bool, str]:
-    """Whether this model judges the request harmful, and the category it names."""
+    """Whether this model judges the request (or the draft, once refused) harmful."""
+    draft = find_draft(call.prompt)
+    if draft is not None and _REFUSAL.search(draft.lower()):
+        return False, "refusal"
     category = str(call.labels.get("category") or _keyword_category(call.request_text) or "general")
     if "harmful" not in call.labels:
         return _keyword_category(call.request_text) is not None, category
@@ -105,7 +114,7 @@ def _contains(text: str, token: str) -> bool:
 
 def find_draft(prompt: str) -> str | None:
     """The draft a prompt asks about: `<draft>…</draft>`, `<answer>…</answer>`, or the text
-    after a `Draft:` / `Answer:` / `Previous draft:` line; None when there is none."""
+    after a `Draft:` / `Draft answer:` / `Answer:` / `Previous draft:` line; else None."""
     tagged = _DRAFT_TAG.findall(prompt)
     if tagged:
         return str(tagged[-1][1])
@@ -338,7 +347,8 @@ def lenient_json(text: str) -> Any:
 
 
 def _repair(call: SimCall) -> SimAnswer:
-    broken = lenient_json(call.prompt)
+    marks = list(_BROKEN_MARK.finditer(call.prompt))
+    broken = lenient_json(call.prompt[marks[-1].end() :] if marks else call.prompt)
     values: dict[str, Any] = dict(broken) if isinstance(broken, Mapping) else {}
     fields = call.labels.get("fields")
     if isinstance(fields, Mapping):

@@ -23,7 +23,9 @@ when it breaks the JSON: a trailing comma, prose around a code fence, a truncati
 Python quoting) and answers the built-in tasks (`task=`) plausibly: `risk`, `critique`,
 `simulate`, `verify`, `answer`/`draft`/`revise`, `extract` and `repair`. Drafts to judge
 are found in `<draft>...</draft>` (or `<answer>...</answer>`) tags, or after a line
-starting with `Draft:`, `Answer:` or `Previous draft:`.
+starting with `Draft:`, `Draft answer:`, `Answer:` or `Previous draft:`; a `repair`
+salvages the values of the broken JSON after `Text to fix:` (or `Broken JSON:`,
+`Invalid JSON:`, `Fix this JSON:`), else of the first JSON-like text in the prompt.
 
 Hidden labels (THE documented field list). A request line may carry `_labels`; the
 scheduler passes them as `RequestInfo.labels`, and only this provider reads them:

@@ -1,0 +1,368 @@
+"""Demand-driven evaluation: frames of lazy nodes, and consumers that demand what they read.
+
+A `Frame` is one instance of a `Scope` (the request's top level, or one loop cycle) and
+holds its lazy nodes. A `Consumer` is whoever evaluates expressions in a frame (a node's
+`when`/`with:`, the request's `output`, a loop's `until`/`output`); it is also the scope
+mapping the expressions read. Evaluating an expression first demands the nodes it reads
+on every path (`expr.certain`) concurrently, then evaluates; when the evaluation reaches a
+node that has not resolved (`Unresolved`), that node is demanded and the expression is
+evaluated again. So laziness never serialises independent work, and untaken branches
+never run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from engine._sched_lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
+from engine._sched_request import RequestState
+from engine.errors import EvaluationError
+from engine.events import EventType, NodeOutcome
+from engine.expr import Unresolved
+
+if TYPE_CHECKING:
+    from engine.expr import Expr, Template
+    from engine.graph import Scope
+
+__all__ = [
+    "Consumer",
+    "Executor",
+    "Frame",
+    "InputFailed",
+    "evaluate",
+    "evaluate_outputs",
+    "mark_demanded",
+    "try_evaluate",
+]
+
+
+class Executor(Protocol):
+    """What evaluation needs from the node runner (`engine._sched_node.NodeRunner`)."""
+
+    async def execute(self, cell: LazyNode, spawn: bool) -> None:
+        """Run a claimed node in the current task; never raises but cancellation."""
+
+    def spawn(self, cell: LazyNode, by: Consumer) -> None:
+        """Start a node in its own cancellable background task (speculatively)."""
+
+    def sorted_names(self, names: frozenset[str]) -> tuple[str, ...]:
+        """`names` in a stable order (cached)."""
+
+
+class InputFailed(Exception):
+    """A node a consumer needs failed or was cancelled (internal control flow).
+
+    Attributes:
+        cell: the node that failed.
+        node_id: the node where the failure started.
+        error: the original error.
+    """
+
+    def __init__(self, cell: LazyNode) -> None:
+        self.cell = cell
+        self.node_id = cell.error_node or cell.node.id
+        error = cell.error
+        if error is None:
+            error = EvaluationError(f"node '{cell.node.id}' was cancelled before it finished")
+        self.error: BaseException = error
+        super().__init__(self.node_id)
+
+
+class Frame:
+    """One instance of a scope: the request's top level or one loop cycle.
+
+    Args:
+        req: the request.
+        ex: the node runner.
+        scope: the compiled scope.
+        parent: the enclosing frame (loop bodies read outer nodes through it).
+        cycle: the loop cycle (1-based), 0 at the top level.
+        fixed: the names that are not nodes (`input`, `policy`, `request`, `cycle`, `prev`).
+    """
+
+    __slots__ = ("cells", "cycle", "ex", "fixed", "parent", "req", "scope", "spec_cells")
+
+    def __init__(
+        self,
+        req: RequestState,
+        ex: Executor,
+        scope: Scope,
+        parent: Frame | None,
+        cycle: int,
+        fixed: dict[str, Any],
+    ) -> None:
+        self.req = req
+        self.ex = ex
+        self.scope = scope
+        self.parent = parent
+        self.cycle = cycle
+        self.fixed = fixed
+        self.cells: dict[str, LazyNode] = {}
+        self.spec_cells: list[LazyNode] = []
+        """Nodes of this frame that got a background task (speculative starts)."""
+
+    def cell(self, name: str) -> LazyNode | None:
+        """The lazy node `name` of this frame or the nearest enclosing one (created lazily)."""
+        frame: Frame | None = self
+        while frame is not None:
+            cell = frame.cells.get(name)
+            if cell is not None:
+                return cell
+            node = frame.scope.nodes.get(name)
+            if node is not None:
+                cell = frame.cells[name] = LazyNode(node, frame)
+                return cell
+            frame = frame.parent
+        return None
+
+    def values(self) -> dict[str, Any]:
+        """Every node's value (none when it did not finish): what `prev` shows next cycle."""
+        cells = self.cells
+        values: dict[str, Any] = {}
+        for node_id in self.scope.order:
+            cell = cells.get(node_id)
+            values[node_id] = cell.peek() if cell is not None and cell.status is FINISHED else None
+        return values
+
+    def __repr__(self) -> str:
+        return f"<Frame cycle={self.cycle} nodes={list(self.scope.nodes)}>"
+
+
+class Consumer(Mapping[str, Any]):
+    """An evaluator of expressions in a frame, and the scope mapping they read.
+
+    Args:
+        frame: where names are looked up.
+        owner: the node whose expressions these are (None for the request's `output`).
+        spawn: True inside a cancellable speculative task: nodes it demands then start in
+            their own tasks instead of inline, so cancelling this task never cancels work
+            others wait for.
+        label: who is consuming, for events (`RESULT_REUSED`).
+    """
+
+    __slots__ = ("fixed", "frame", "label", "owner", "seen", "spawn")
+
+    def __init__(self, frame: Frame, owner: LazyNode | None, spawn: bool, label: str) -> None:
+        self.frame = frame
+        self.fixed = frame.fixed
+        self.owner = owner
+        self.spawn = spawn
+        self.label = label
+        self.seen: dict[LazyNode, None] = {}
+        """The nodes this consumer read or demanded, in order (an ordered set)."""
+
+    # -- the scope mapping ------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        fixed = self.fixed
+        if name in fixed:
+            return fixed[name]
+        cell = self.frame.cell(name)
+        if cell is not None and cell.status is FINISHED:
+            if cell not in self.seen:
+                self.note(cell)
+            return cell.peek()
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if name in self.fixed:
+            return True
+        cell = self.frame.cell(name)
+        return cell is not None and cell.status is FINISHED
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.fixed
+        frame: Frame | None = self.frame
+        while frame is not None:
+            yield from frame.scope.nodes
+            frame = frame.parent
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    # -- consumption ------------------------------------------------------------------
+
+    def note(self, cell: LazyNode) -> None:
+        """Record that this consumer reads `cell` (reuse, speculative join)."""
+        self.seen[cell] = None
+        cell.consumers += 1
+        if cell.consumers > 1:
+            cell.frame.req.node_event(
+                cell,
+                EventType.RESULT_REUSED,
+                decision="reuse",
+                payload={"consumer": self.label, "status": cell.status.value},
+            )
+        owner = self.owner
+        if owner is None or owner.demanded:
+            mark_demanded(cell)
+
+    async def demand(self, cell: LazyNode) -> None:
+        """Make `cell` resolve: run it inline, start it, or wait for whoever runs it."""
+        if cell not in self.seen:
+            self.note(cell)
+        status = cell.status
+        if status is PENDING:
+            if self.spawn:
+                self.frame.ex.spawn(cell, self)
+                await cell.wait()
+            else:
+                cell.claim()
+                await self.frame.ex.execute(cell, False)
+        elif status is RUNNING:
+            await cell.wait()
+
+    async def demand_names(self, names: frozenset[str]) -> None:
+        """Demand the nodes among `names` concurrently; raise if one failed.
+
+        Raises:
+            InputFailed: one of them failed (or was cancelled).
+        """
+        fixed = self.fixed
+        frame = self.frame
+        todo: list[LazyNode] = []
+        for name in frame.ex.sorted_names(names):
+            if name in fixed:
+                continue
+            cell = frame.cell(name)
+            if cell is None:
+                continue
+            if cell not in self.seen:
+                self.note(cell)
+            status = cell.status
+            if status is FINISHED:
+                continue
+            if status is FAILED or status is CANCELLED:
+                raise InputFailed(cell)
+            todo.append(cell)
+        if not todo:
+            return
+        if len(todo) == 1:
+            await self.demand(todo[0])
+        else:
+            await self._demand_many(todo)
+        for cell in todo:
+            check(cell)
+
+    async def _demand_many(self, cells: list[LazyNode]) -> None:
+        ex = self.frame.ex
+        idle = [cell for cell in cells if cell.status is PENDING]
+        if self.spawn:
+            for cell in idle:
+                ex.spawn(cell, self)
+        elif len(idle) == 1:
+            idle[0].claim()
+            await ex.execute(idle[0], False)
+        elif idle:
+            for cell in idle:
+                cell.claim()
+            async with anyio.create_task_group() as tg:
+                for cell in idle[1:]:
+                    tg.start_soon(ex.execute, cell, False)
+                await ex.execute(idle[0], False)
+        for cell in cells:
+            if not cell.done:
+                await cell.wait()
+
+    async def finish_eval(self, expr: Expr | Template) -> Any:
+        """Evaluate `expr`, demanding each unresolved node it reaches, until it resolves.
+
+        Raises:
+            InputFailed: a node it needs failed.
+            EvaluationError: the expression itself failed.
+        """
+        while True:
+            try:
+                return expr.evaluate(self)
+            except Unresolved as exc:
+                cell = self.frame.cell(exc.name)
+                if cell is None or cell.status is FINISHED:
+                    raise EvaluationError(
+                        f"expression reads {exc.name!r}, which is not in scope"
+                    ) from None
+                await self.demand(cell)
+                check(cell)
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self.label!r} cycle={self.frame.cycle}>"
+
+
+def check(cell: LazyNode) -> None:
+    """Raise `InputFailed` unless `cell` finished with a value."""
+    if cell.status is not FINISHED:
+        raise InputFailed(cell)
+
+
+def mark_demanded(cell: LazyNode) -> None:
+    """The request path needs `cell`: join it if speculative, and everything it read."""
+    if cell.demanded:
+        return
+    cell.demanded = True
+    if cell.speculative:
+        req = cell.frame.req
+        req.node_event(cell, EventType.SPECULATIVE_JOIN_REQUIRED, decision="join")
+        if cell.done:
+            mark_used(cell)
+    consumer = cell.consumer
+    if consumer is not None:
+        for read in list(consumer.seen):
+            mark_demanded(read)
+
+
+def mark_used(cell: LazyNode) -> None:
+    """A demanded speculative node has finished: its result is used."""
+    if cell.settled:
+        return
+    req = cell.frame.req
+    req.node_event(cell, EventType.SPECULATIVE_RESULT_USED, decision="used")
+    req.settle(cell, NodeOutcome.USED)
+
+
+async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
+    """Evaluate `expr` for `consumer`: its certain nodes concurrently, then the rest lazily.
+
+    Raises:
+        InputFailed: a node it needs failed.
+        EvaluationError: the expression failed.
+    """
+    certain = expr.certain
+    if certain:
+        await consumer.demand_names(certain)
+    return await consumer.finish_eval(expr)
+
+
+async def evaluate_outputs(
+    exprs: Mapping[str, Expr], certain: frozenset[str], consumer: Consumer
+) -> dict[str, Any]:
+    """Evaluate an `output:` mapping; `certain` is the union of its expressions' certain names.
+
+    Raises:
+        InputFailed: a node it needs failed.
+        EvaluationError: an expression failed (the message names the output).
+    """
+    if certain:
+        await consumer.demand_names(certain)
+    result: dict[str, Any] = {}
+    for name, expr in exprs.items():
+        try:
+            result[name] = await consumer.finish_eval(expr)
+        except EvaluationError as exc:
+            raise EvaluationError(f"output '{name}': {exc}") from exc
+    return result
+
+
+def try_evaluate(expr: Expr, consumer: Consumer) -> tuple[bool, Any]:
+    """Evaluate `expr` only from what has resolved; `(False, None)` if it needs more.
+
+    Raises:
+        EvaluationError: the expression failed on resolved values.
+    """
+    try:
+        return True, expr.evaluate(consumer)
+    except Unresolved:
+        return False, None

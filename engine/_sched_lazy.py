@@ -1,0 +1,208 @@
+"""Lazy node futures: one per node per request (per cycle inside a loop), resolved once.
+
+A `LazyNode` is in the shape of anyio's `Future`: a `Status` enum, a result set once, and
+distinct errors for reading it too early, after a cancellation or after a failure. It
+also carries the bookkeeping the scheduler needs to record the node run when its fate is
+final (timings, attempts, speculation, who consumed it, the LLM calls it made).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from engine.errors import MoatError
+from engine.events import NodeStatus
+
+if TYPE_CHECKING:
+    from engine._sched_eval import Consumer, Frame
+    from engine.events import LlmCall
+    from engine.graph import CompiledNode
+
+__all__ = ["LazyNode", "LazyNodeCancelled", "LazyNodeFailed", "LazyNodeNotFinished"]
+
+
+class LazyNodeNotFinished(MoatError, RuntimeError):
+    """The node's value was read before the node finished."""
+
+
+class LazyNodeCancelled(MoatError, RuntimeError):
+    """The node was cancelled before it finished (deadline, short-circuit, cleanup)."""
+
+
+class LazyNodeFailed(MoatError, RuntimeError):
+    """The node (or an input it needed) failed; `__cause__` is the original error."""
+
+
+class Status(Enum):
+    """Where a lazy node is in its life."""
+
+    PENDING = "pending"
+    """Nothing has started it yet."""
+    RUNNING = "running"
+    """Claimed by a task: evaluating its guard and config, or running."""
+    FINISHED = "finished"
+    """Has a value: its output, or none when skipped or an optional node failed."""
+    FAILED = "failed"
+    """Failed for good (or an input it needed failed); consumers fail too."""
+    CANCELLED = "cancelled"
+    """Stopped before it finished; it has no value."""
+
+
+PENDING = Status.PENDING
+RUNNING = Status.RUNNING
+FINISHED = Status.FINISHED
+FAILED = Status.FAILED
+CANCELLED = Status.CANCELLED
+
+
+class LazyNode:
+    """One node in one request (or loop cycle): run at most once, read by every consumer.
+
+    Attributes:
+        node: the compiled node.
+        frame: the scope instance (request top level or one loop cycle) it belongs to.
+        status: see `Status`.
+        run_status: how the node run ended, for the `node_runs` row.
+        speculative: whether it started before anything on the request path demanded it.
+        demanded: whether the request path (transitively) consumed it.
+        consumers: how many consumers read it (the second and later are reuses).
+    """
+
+    Status = Status
+
+    __slots__ = (
+        "_event",
+        "_value",
+        "attempts",
+        "calls",
+        "cancel_requested",
+        "consumer",
+        "consumers",
+        "demanded",
+        "duration_ms",
+        "error",
+        "error_node",
+        "frame",
+        "node",
+        "run_status",
+        "scope",
+        "settled",
+        "speculative",
+        "started_at",
+        "status",
+        "t0",
+        "task_live",
+    )
+
+    def __init__(self, node: CompiledNode, frame: Frame) -> None:
+        self.node = node
+        self.frame = frame
+        self.status = PENDING
+        self.run_status: NodeStatus | None = None
+        self._value: Any = None
+        self.error: BaseException | None = None
+        self.error_node: str | None = None
+        self.speculative = False
+        self.demanded = False
+        self.consumers = 0
+        self.consumer: Consumer | None = None
+        self.t0 = -1.0
+        self.started_at = 0.0
+        self.duration_ms = 0.0
+        self.attempts = 0
+        self.calls: list[LlmCall] | None = None
+        self._event: anyio.Event | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.task_live = False
+        self.cancel_requested = False
+        self.settled = False
+
+    # -- the future ------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once the node has finished, failed or been cancelled."""
+        return self.status is not RUNNING and self.status is not PENDING
+
+    @property
+    def value(self) -> Any:
+        """The node's value (its output, or none when skipped / optional and failed).
+
+        Raises:
+            LazyNodeNotFinished: the node has not finished yet.
+            LazyNodeCancelled: the node was cancelled.
+            LazyNodeFailed: the node failed; the original error is the cause.
+        """
+        status = self.status
+        if status is FINISHED:
+            return self._value
+        if status is FAILED:
+            raise LazyNodeFailed(f"node {self.node.id!r} failed") from self.error
+        if status is CANCELLED:
+            raise LazyNodeCancelled(f"node {self.node.id!r} was cancelled")
+        raise LazyNodeNotFinished(f"node {self.node.id!r} has not finished yet")
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The error of a failed node (None if it finished with a value).
+
+        Raises:
+            LazyNodeNotFinished: the node has not finished yet.
+            LazyNodeCancelled: the node was cancelled.
+        """
+        if self.status is CANCELLED:
+            raise LazyNodeCancelled(f"node {self.node.id!r} was cancelled")
+        if not self.done:
+            raise LazyNodeNotFinished(f"node {self.node.id!r} has not finished yet")
+        return self.error if self.status is FAILED else None
+
+    async def wait(self) -> None:
+        """Wait until the node has finished, failed or been cancelled."""
+        if self.status is RUNNING or self.status is PENDING:
+            event = self._event
+            if event is None:
+                event = self._event = anyio.Event()
+            await event.wait()
+
+    # -- transitions (the scheduler's side) -------------------------------------------
+
+    def claim(self) -> None:
+        """Mark the node as taken by a task, so nobody else starts it."""
+        self.status = RUNNING
+
+    def finish(self, value: Any, run_status: NodeStatus) -> None:
+        """Resolve with a value (`run_status` says how the run ended)."""
+        self._value = value
+        self.run_status = run_status
+        self.status = FINISHED
+        self._wake()
+
+    def fail(self, error: BaseException, error_node: str, run_status: NodeStatus) -> None:
+        """Resolve with an error; `error_node` is the node where it started."""
+        self.error = error
+        self.error_node = error_node
+        self.run_status = run_status
+        self.status = FAILED
+        self._wake()
+
+    def cancelled(self) -> None:
+        """Resolve as cancelled (the task running it was cancelled)."""
+        self.run_status = NodeStatus.CANCELLED
+        self.status = CANCELLED
+        self._wake()
+
+    def _wake(self) -> None:
+        self.duration_ms = (anyio.current_time() - self.t0) * 1000 if self.t0 >= 0 else 0.0
+        if self._event is not None:
+            self._event.set()
+
+    def peek(self) -> Any:
+        """The value without checks (callers know the node finished)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        where = f" cycle={self.frame.cycle}" if self.frame.cycle else ""
+        return f"<LazyNode {self.status.value} {self.node.id!r}{where}>"

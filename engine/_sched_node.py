@@ -1,0 +1,406 @@
+"""Running one node: guard, config, attempts with timeouts and retries, and its final fate.
+
+`NodeRunner` is the scheduler's executor. A node runs inline in the task that demanded
+it; only speculative starts (and nodes a speculative task needs) get a task of their own,
+each under its own `CancelScope` kept on the lazy node, so a short-circuit cancels exactly
+that branch. Every failure becomes a value (`Outcome`) and then the lazy node's state:
+nothing here lets an exception escape into a task group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from engine._sched_eval import Consumer, InputFailed, evaluate, mark_used
+from engine._sched_lazy import RUNNING, LazyNode
+from engine._sched_request import NodeCtx, describe_error
+from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
+from engine.events import EventType, NodeOutcome, NodeStatus, now
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from engine.context import SharedState
+    from engine.expr import Expr
+
+__all__ = ["NodeRunner", "Outcome"]
+
+_log = structlog.get_logger("moat.scheduler")
+_node_log = structlog.get_logger("moat.node")
+
+
+class Outcome:
+    """How a node run ended, before it is applied to the lazy node.
+
+    Attributes:
+        value: the output (None unless succeeded).
+        status: the node run's status.
+        error: the error, for failures.
+        error_node: the node where the error started (an input, or the node itself).
+    """
+
+    __slots__ = ("error", "error_node", "status", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        status: NodeStatus,
+        error: BaseException | None = None,
+        error_node: str | None = None,
+    ) -> None:
+        self.value = value
+        self.status = status
+        self.error = error
+        self.error_node = error_node
+
+    @classmethod
+    def from_input(cls, exc: InputFailed) -> Outcome:
+        """The failure of a node whose input failed."""
+        return cls(None, NodeStatus.FAILED, exc.error, exc.node_id)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError | TimeoutError)
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(config)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class NodeRunner:
+    """Runs lazy nodes for every request of one runner.
+
+    Args:
+        tg: the runner's background task group (speculative tasks live there).
+        shared: state shared across requests (`ctx.store`).
+        run_loop: runs a loop node's cycles (injected to keep modules acyclic).
+    """
+
+    __slots__ = ("_certain", "_configs", "_run_loop", "_sorted", "shared", "tg")
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        shared: SharedState,
+        run_loop: Callable[[NodeRunner, LazyNode, Consumer], Awaitable[Any]],
+    ) -> None:
+        self.tg = tg
+        self.shared = shared
+        self._run_loop = run_loop
+        self._configs: dict[int, BaseModel] = {}
+        self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
+        self._certain: dict[int, frozenset[str]] = {}
+
+    # -- caches ---------------------------------------------------------------------------
+
+    def sorted_names(self, names: frozenset[str]) -> tuple[str, ...]:
+        """`names` sorted, so concurrent demands start in a stable order."""
+        found = self._sorted.get(names)
+        if found is None:
+            found = self._sorted[names] = tuple(sorted(names))
+        return found
+
+    def outputs_certain(self, exprs: Mapping[str, Expr]) -> frozenset[str]:
+        """The names every expression of an `output:` mapping reads on every path."""
+        key = id(exprs)
+        found = self._certain.get(key)
+        if found is None:
+            found = frozenset().union(*(e.certain for e in exprs.values()))
+            self._certain[key] = found
+        return found
+
+    # -- running a node in the current task ---------------------------------------------
+
+    async def execute(self, cell: LazyNode, spawn: bool) -> None:
+        """Run a claimed node here: guard, config, attempts; record its fate.
+
+        Never raises, except the cancellation of the current task (then the node is
+        recorded as cancelled).
+        """
+        consumer = Consumer(cell.frame, cell, spawn, cell.node.id)
+        cell.consumer = consumer
+        cell.t0 = anyio.current_time()
+        cell.started_at = now()
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._gate_then_run(cell, consumer)
+        finally:
+            if outcome is None:
+                self.cancelled(cell)
+        self.resolve(cell, outcome)
+        self.finished(cell)
+
+    async def _gate_then_run(self, cell: LazyNode, consumer: Consumer) -> Outcome:
+        when = cell.node.when
+        if when is not None:
+            try:
+                allowed = await evaluate(when, consumer)
+            except InputFailed as exc:
+                return Outcome.from_input(exc)
+            except EvaluationError as exc:
+                return Outcome(None, NodeStatus.FAILED, exc, cell.node.id)
+            if not self.gate(cell, allowed):
+                return Outcome(None, NodeStatus.SKIPPED)
+        return await self.outcome(cell, consumer)
+
+    def gate(self, cell: LazyNode, allowed: Any, reason: str = "guard") -> bool:
+        """Record the guard's decision (`GATE_DECISION`); True when the node may run."""
+        run = bool(allowed)
+        cell.frame.req.node_event(
+            cell,
+            EventType.GATE_DECISION,
+            decision="run" if run else "skip",
+            reason_codes=(reason,),
+            payload={"when": cell.node.when.source if cell.node.when else None},
+        )
+        return run
+
+    async def outcome(self, cell: LazyNode, consumer: Consumer) -> Outcome:
+        """Build the config and run the node (or the loop); failures become values."""
+        node = cell.node
+        try:
+            if node.loop is not None:
+                return await self._loop(cell, consumer)
+            config = await self._config(cell, consumer)
+        except InputFailed as exc:
+            return Outcome.from_input(exc)
+        except Exception as exc:
+            return Outcome(None, NodeStatus.FAILED, exc, node.id)
+        return await self._attempts(cell, config)
+
+    async def _loop(self, cell: LazyNode, consumer: Consumer) -> Outcome:
+        cell.attempts = 1
+        timeout_ms = cell.node.timeout_ms
+        if timeout_ms is None:
+            return Outcome(await self._run_loop(self, cell, consumer), NodeStatus.SUCCEEDED)
+        value: Any = None
+        with anyio.move_on_after(timeout_ms / 1000) as scope:
+            value = await self._run_loop(self, cell, consumer)
+        if scope.cancelled_caught:
+            return Outcome(None, NodeStatus.TIMED_OUT, self._timeout(cell, 1), cell.node.id)
+        return Outcome(value, NodeStatus.SUCCEEDED)
+
+    async def _config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
+        node = cell.node
+        template = node.config
+        if template.constant:
+            cached = self._configs.get(id(node))
+            if cached is not None:
+                return cached
+            raw = template.evaluate(consumer)
+        else:
+            raw = await evaluate(template, consumer)
+        impl = node.impl
+        assert impl is not None
+        try:
+            config = impl.Config.model_validate(raw)
+        except ValidationError as exc:
+            raise NodeError(
+                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
+                node_id=node.id,
+            ) from exc
+        if template.constant:
+            self._configs[id(node)] = config
+        return config
+
+    async def _attempts(self, cell: LazyNode, config: BaseModel) -> Outcome:
+        node = cell.node
+        req = cell.frame.req
+        ctx = self._context(cell)
+        attempt = 0
+        while True:
+            attempt += 1
+            cell.attempts = attempt
+            try:
+                return Outcome(
+                    await self._attempt(cell, config, ctx, attempt), NodeStatus.SUCCEEDED
+                )
+            except Exception as exc:
+                if attempt > node.retries or not _retryable(exc):
+                    status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else None
+                    return Outcome(None, status or NodeStatus.FAILED, exc, node.id)
+                delay = req.backoff_s(attempt, getattr(exc, "retry_after_s", None))
+                req.node_event(
+                    cell,
+                    EventType.NODE_RETRY,
+                    decision="retry",
+                    reason_codes=(type(exc).__name__,),
+                    payload={
+                        "attempt": attempt,
+                        "error": describe_error(node.id, exc),
+                        "delay_ms": round(delay * 1000, 3),
+                    },
+                )
+            await anyio.sleep(delay)
+
+    async def _attempt(
+        self, cell: LazyNode, config: BaseModel, ctx: NodeCtx, attempt: int
+    ) -> BaseModel:
+        node = cell.node
+        impl = node.impl
+        assert impl is not None
+        timeout_ms = node.timeout_ms
+        if timeout_ms is None:
+            output = await impl.run(config, ctx)
+        else:
+            output = None
+            with anyio.move_on_after(timeout_ms / 1000) as scope:
+                output = await impl.run(config, ctx)
+            if scope.cancelled_caught:
+                raise self._timeout(cell, attempt)
+        if not isinstance(output, impl.Output):
+            raise NodeError(
+                f"run() returned {type(output).__name__}, expected {type(impl).__name__}.Output",
+                node_id=node.id,
+            )
+        return output
+
+    def _timeout(self, cell: LazyNode, attempt: int) -> NodeTimeout:
+        timeout_ms = cell.node.timeout_ms
+        req = cell.frame.req
+        req.node_event(
+            cell,
+            EventType.NODE_TIMEOUT,
+            decision="timeout",
+            payload={"timeout_ms": timeout_ms, "attempt": attempt},
+        )
+        return NodeTimeout(
+            f"attempt {attempt} ran past timeout_ms={timeout_ms:g}",
+            node_id=cell.node.id,
+            request_id=req.info.id,
+        )
+
+    def _context(self, cell: LazyNode) -> NodeCtx:
+        node = cell.node
+        req = cell.frame.req
+        info = req.info
+        ctx = NodeCtx(
+            node_id=node.id,
+            node_type=node.type_name,
+            request=info,
+            policy=req.policy,
+            cycle=cell.frame.cycle,
+            speculative=cell.speculative,
+            store=self.shared,
+            runtime=req,
+            log=_node_log.bind(run_id=info.run_id, request_id=info.id, node=node.id),
+        )
+        ctx.cell = cell
+        return ctx
+
+    # -- fates ----------------------------------------------------------------------------
+
+    def resolve(self, cell: LazyNode, outcome: Outcome) -> None:
+        """Apply an outcome: a value, or a failure (none for optional nodes)."""
+        error = outcome.error
+        if error is None:
+            cell.finish(outcome.value, outcome.status)
+            return
+        node = cell.node
+        root = outcome.error_node or node.id
+        cell.frame.req.node_event(
+            cell,
+            EventType.NODE_FAILED,
+            decision="optional" if node.optional else "fail",
+            reason_codes=("input_failed",) if root != node.id else (type(error).__name__,),
+            payload={"error": describe_error(root, error), "attempts": cell.attempts},
+        )
+        if node.optional:
+            cell.error = error
+            cell.error_node = root
+            cell.finish(None, outcome.status)
+        else:
+            cell.fail(error, root, outcome.status)
+
+    def finished(self, cell: LazyNode) -> None:
+        """A node resolved: record it now unless a speculative result awaits its join."""
+        if cell.speculative:
+            if cell.demanded:
+                mark_used(cell)
+            elif cell.cancel_requested:
+                discard(cell, completed_after_cancel=True)
+            return
+        status = cell.run_status
+        outcome = NodeOutcome.USED if status is NodeStatus.SUCCEEDED else NodeOutcome.NONE
+        cell.frame.req.settle(cell, outcome)
+
+    def cancelled(self, cell: LazyNode) -> None:
+        """The task running `cell` was cancelled: record when, and that it never finished."""
+        cell.cancelled()
+        req = cell.frame.req
+        if cell.cancel_requested:
+            req.node_event(
+                cell,
+                EventType.BRANCH_CANCELLED,
+                decision="cancelled",
+                duration_ms=round(cell.duration_ms, 3),
+            )
+        req.settle(cell, NodeOutcome.CANCELLED)
+
+    # -- background tasks -----------------------------------------------------------------
+
+    def spawn(self, cell: LazyNode, by: Consumer) -> None:
+        """Start a node a speculative task needs, in its own cancellable task."""
+        cell.claim()
+        cell.speculative = True
+        cell.frame.req.node_event(
+            cell,
+            EventType.SPECULATIVE_STARTED,
+            decision="speculative",
+            reason_codes=("input_of_speculative",),
+            payload={"for": by.label},
+        )
+        self.start_task(cell, self.execute, cell, True)
+
+    def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `fn(*args)` for `cell` in the background under the node's own cancel scope."""
+        cell.scope = anyio.CancelScope()
+        cell.task_live = True
+        cell.frame.spec_cells.append(cell)
+        cell.frame.req.task_started()
+        self.tg.start_soon(self._task, cell, fn, args)
+
+    async def _task(
+        self, cell: LazyNode, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+    ) -> None:
+        scope = cell.scope
+        assert scope is not None
+        try:
+            with scope:
+                await fn(*args)
+        except Exception as exc:  # a bug must not take the runner's task group down
+            _log.error("scheduler.task_crashed", node=cell.node.id, error=repr(exc))
+            if not cell.done:
+                cell.fail(exc, cell.node.id, NodeStatus.FAILED)
+                cell.frame.req.settle(cell, NodeOutcome.NONE)
+        finally:
+            cell.task_live = False
+            if cell.status is RUNNING and cell.speculative:  # this task owned the run
+                self.cancelled(cell)
+            cell.frame.req.task_done()
+
+
+def discard(cell: LazyNode, *, completed_after_cancel: bool = False) -> None:
+    """Nobody demanded a finished speculative node: record it as discarded."""
+    if cell.settled:
+        return
+    req = cell.frame.req
+    if not completed_after_cancel:
+        req.node_event(cell, EventType.SPECULATIVE_JOIN_SKIPPED, decision="skip_join")
+    req.node_event(
+        cell,
+        EventType.SPECULATIVE_RESULT_DISCARDED,
+        decision="discarded",
+        reason_codes=("completed_after_cancel",) if completed_after_cancel else ("not_demanded",),
+    )
+    req.settle(cell, NodeOutcome.DISCARDED)

@@ -150,6 +150,13 @@ async def test_a_call_needs_a_prompt_or_messages() -> None:
             await gateway.client("m", _scope()).complete(system="only a system message")
 
 
+def test_the_package_exports_a_sorted_all() -> None:
+    import engine.models
+
+    assert engine.models.__all__ == sorted(set(engine.models.__all__))
+    assert all(hasattr(engine.models, name) for name in engine.models.__all__)
+
+
 def test_budget_reservations_count_until_settled() -> None:
     budget = RequestBudget(1.0)
     held = budget.reserve(0.6)

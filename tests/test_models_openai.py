@@ -54,6 +54,7 @@ async def gateway_for(
         yield gateway
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_a_call_to_an_openai_compatible_endpoint_succeeds() -> None:
     async with sim_server() as server, gateway_for(server) as gateway:
@@ -155,6 +156,7 @@ async def test_a_404_is_a_client_error_and_not_retried() -> None:
     assert len(scope.calls) == 1
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_cancelling_a_call_drops_the_connection() -> None:
     async with sim_server() as server, gateway_for(server, "slow") as gateway:

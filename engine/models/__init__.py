@@ -22,12 +22,12 @@ from engine.models.budget import RequestBudget, Reservation
 from engine.models.gateway import DEFAULT_MAX_TOKENS, CallScope, Emit, Gateway
 from engine.models.sim import SIM_PROFILES, SimProfile, SimProvider, sim_profile
 
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "SIM_PROFILES",
+# Plain `sorted()` order, as tests/test_public_api.py checks for every package.
+__all__ = [  # noqa: RUF022
     "BreakerState",
     "CallScope",
     "CircuitBreaker",
+    "DEFAULT_MAX_TOKENS",
     "Emit",
     "Gateway",
     "Provider",
@@ -36,6 +36,7 @@ __all__ = [
     "ProviderTimeout",
     "RequestBudget",
     "Reservation",
+    "SIM_PROFILES",
     "SimProfile",
     "SimProvider",
     "estimate_tokens",

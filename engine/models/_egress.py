@@ -9,9 +9,10 @@ such as `[EMAIL]`, so the model still sees that something was there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["find_pii", "redact_text"]
+__all__ = ["apply_egress_policy", "find_pii", "redact_text"]
 
 _SECRET = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{16,}\b")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
@@ -90,3 +91,32 @@ def redact_text(text: str) -> tuple[str, dict[str, int]]:
 def find_pii(text: str) -> dict[str, int]:
     """Count the personal data and secrets in `text` without changing it."""
     return redact_text(text)[1]
+
+
+def apply_egress_policy(
+    messages: list[dict[str, str]], policy: Mapping[str, Any]
+) -> tuple[list[dict[str, str]], dict[str, int], bool]:
+    """Apply the policy's `egress` settings to chat messages bound for a remote model.
+
+    `egress.redact: true` redacts every message; otherwise `egress.allow_unredacted: false`
+    blocks messages that contain personal data.
+
+    Returns:
+        The messages to send, what was found (redacted, or the reason to block) by kind,
+        and whether the call must be blocked.
+    """
+    egress = policy.get("egress")
+    egress = egress if isinstance(egress, Mapping) else {}
+    found: dict[str, int] = {}
+    if egress.get("redact"):
+        redacted = []
+        for m in messages:
+            content, counts = redact_text(m.get("content", ""))
+            redacted.append({**m, "content": content})
+            for kind, n in counts.items():
+                found[kind] = found.get(kind, 0) + n
+        return redacted, found, False
+    if egress.get("allow_unredacted", True) is False:
+        found = find_pii("\n".join(m.get("content", "") for m in messages))
+        return messages, found, bool(found)
+    return messages, found, False

@@ -31,7 +31,7 @@ from engine.errors import (
     TransientError,
 )
 from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall, now
-from engine.models._egress import find_pii, redact_text
+from engine.models._egress import apply_egress_policy, redact_text
 from engine.models.base import Provider, ProviderRequest, ProviderResponse, ProviderTimeout
 from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
@@ -522,26 +522,16 @@ class Gateway:
         chat = [dict(m) for m in messages]
         if not self._is_remote(name):
             return chat
-        egress = scope.policy.get("egress")
-        egress = egress if isinstance(egress, Mapping) else {}
-        if egress.get("redact"):
-            found: dict[str, int] = {}
-            for m in chat:
-                m["content"], counts = redact_text(m["content"])
-                for kind, n in counts.items():
-                    found[kind] = found.get(kind, 0) + n
-            if found:
-                scope.emit(
-                    EventType.PII_REDACTED,
-                    decision="redacted",
-                    reason_codes=sorted(found),
-                    payload={"component": "gateway", "model": name, "found": found},
-                )
-            return chat
-        if egress.get("allow_unredacted", True) is False:
-            found = find_pii(_prompt_text(chat))
-            if found:
-                self._block_egress(name, scope, chat, found)
+        chat, found, blocked = apply_egress_policy(chat, scope.policy)
+        if blocked:
+            self._block_egress(name, scope, chat, found)
+        if found:
+            scope.emit(
+                EventType.PII_REDACTED,
+                decision="redacted",
+                reason_codes=sorted(found),
+                payload={"component": "gateway", "model": name, "found": found},
+            )
         return chat
 
     def _block_egress(

@@ -3,11 +3,11 @@
 A `Frame` is one instance of a `Scope` (the request's top level, or one loop cycle) and
 holds its lazy nodes. A `Consumer` is whoever evaluates expressions in a frame (a node's
 `when`/`with:`, the request's `output`, a loop's `until`/`output`); it is also the scope
-mapping the expressions read. Evaluating an expression first demands the nodes it reads
-on every path (`expr.certain`) concurrently, then evaluates; when the evaluation reaches a
-node that has not resolved (`Unresolved`), that node is demanded and the expression is
-evaluated again. So laziness never serialises independent work, and untaken branches
-never run.
+mapping the expressions read. Evaluating an expression that reaches a node not resolved
+yet (`Unresolved`) demands, concurrently, that node and every node the expression reads on
+all paths (`expr.certain`); what other expressions of the same template or `output:` reach
+is demanded in the same round. So laziness never serialises independent work, and
+untaken branches never run.
 """
 
 from __future__ import annotations
@@ -217,35 +217,48 @@ class Consumer(Mapping[str, Any]):
         elif status is RUNNING:
             await cell.wait()
 
-    async def demand_names(self, names: frozenset[str]) -> None:
-        """Demand the nodes among `names` concurrently; raise if one failed.
+    def gather(self, expr: Expr | Template, first: str, into: dict[LazyNode, None]) -> None:
+        """Add to `into` what `expr` needs next: the node it just reached, and its certain nodes.
+
+        Raises:
+            InputFailed: one of them already failed.
+            EvaluationError: `first` is not a node in scope.
+        """
+        cell = self.frame.cell(first)
+        if cell is None or cell.status is FINISHED:
+            raise EvaluationError(f"expression reads {first!r}, which is not in scope")
+        self._add(cell, into)
+        fixed = self.fixed
+        frame = self.frame
+        for name in frame.ex.sorted_names(expr.certain):
+            if name not in fixed:
+                certain = frame.cell(name)
+                if certain is not None:
+                    self._add(certain, into)
+
+    def _add(self, cell: LazyNode, into: dict[LazyNode, None]) -> None:
+        if cell not in self.seen:
+            self.note(cell)
+        status = cell.status
+        if status is FINISHED:
+            return
+        if status is FAILED or status is CANCELLED:
+            raise InputFailed(cell)
+        into[cell] = None
+
+    async def demand_all(self, cells: dict[LazyNode, None]) -> None:
+        """Demand `cells` concurrently (the first inline); raise if one failed.
 
         Raises:
             InputFailed: one of them failed (or was cancelled).
         """
-        fixed = self.fixed
-        frame = self.frame
-        todo: list[LazyNode] = []
-        for name in frame.ex.sorted_names(names):
-            if name in fixed:
-                continue
-            cell = frame.cell(name)
-            if cell is None:
-                continue
-            if cell not in self.seen:
-                self.note(cell)
-            status = cell.status
-            if status is FINISHED:
-                continue
-            if status is FAILED or status is CANCELLED:
-                raise InputFailed(cell)
-            todo.append(cell)
-        if not todo:
+        if len(cells) == 1:
+            (cell,) = cells
+            await self.demand(cell)
+            check(cell)
             return
-        if len(todo) == 1:
-            await self.demand(todo[0])
-        else:
-            await self._demand_many(todo)
+        todo = list(cells)
+        await self._demand_many(todo)
         for cell in todo:
             check(cell)
 
@@ -268,25 +281,6 @@ class Consumer(Mapping[str, Any]):
         for cell in cells:
             if not cell.done:
                 await cell.wait()
-
-    async def finish_eval(self, expr: Expr | Template) -> Any:
-        """Evaluate `expr`, demanding each unresolved node it reaches, until it resolves.
-
-        Raises:
-            InputFailed: a node it needs failed.
-            EvaluationError: the expression itself failed.
-        """
-        while True:
-            try:
-                return expr.evaluate(self)
-            except Unresolved as exc:
-                cell = self.frame.cell(exc.name)
-                if cell is None or cell.status is FINISHED:
-                    raise EvaluationError(
-                        f"expression reads {exc.name!r}, which is not in scope"
-                    ) from None
-                await self.demand(cell)
-                check(cell)
 
     def __repr__(self) -> str:
         return f"<Consumer {self.label!r} cycle={self.frame.cycle}>"
@@ -324,36 +318,60 @@ def mark_used(cell: LazyNode) -> None:
 
 
 async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
-    """Evaluate `expr` for `consumer`: its certain nodes concurrently, then the rest lazily.
+    """Evaluate `expr` for `consumer`, demanding what it reaches until it resolves.
+
+    Each round evaluates; on `Unresolved` it demands, concurrently, the node reached, the
+    certain nodes not resolved yet and (in a template) what each other expression
+    reaches, then evaluates again. Every node demanded is on the path actually taken.
 
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: the expression failed.
     """
-    certain = expr.certain
-    if certain:
-        await consumer.demand_names(certain)
-    return await consumer.finish_eval(expr)
+    while True:
+        try:
+            return expr.evaluate(consumer)
+        except Unresolved as exc:
+            needed: dict[LazyNode, None] = {}
+            consumer.gather(expr, exc.name, needed)
+        for part in getattr(expr, "expressions", ()):
+            _probe(part, consumer, needed)
+        await consumer.demand_all(needed)
 
 
-async def evaluate_outputs(
-    exprs: Mapping[str, Expr], certain: frozenset[str], consumer: Consumer
-) -> dict[str, Any]:
-    """Evaluate an `output:` mapping; `certain` is the union of its expressions' certain names.
+def _probe(expr: Expr, consumer: Consumer, needed: dict[LazyNode, None]) -> None:
+    try:
+        expr.evaluate(consumer)
+    except Unresolved as exc:
+        consumer.gather(expr, exc.name, needed)
+    except EvaluationError:
+        pass  # raised for real by the full evaluation
+
+
+async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dict[str, Any]:
+    """Evaluate an `output:` mapping, its expressions' needs demanded together each round.
 
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: an expression failed (the message names the output).
     """
-    if certain:
-        await consumer.demand_names(certain)
-    result: dict[str, Any] = {}
-    for name, expr in exprs.items():
-        try:
-            result[name] = await consumer.finish_eval(expr)
-        except EvaluationError as exc:
-            raise EvaluationError(f"output '{name}': {exc}") from exc
-    return result
+    values: dict[str, Any] = {}
+    pending = list(exprs.items())
+    while True:
+        needed: dict[LazyNode, None] = {}
+        waiting = []
+        for name, expr in pending:
+            try:
+                values[name] = expr.evaluate(consumer)
+            except Unresolved as exc:
+                consumer.gather(expr, exc.name, needed)
+                waiting.append((name, expr))
+            except EvaluationError as exc:
+                raise EvaluationError(f"output '{name}': {exc}") from exc
+        if not waiting:
+            return {name: values[name] for name in exprs}
+        await consumer.demand_all(needed)
+        pending = waiting
 
 
 def try_evaluate(expr: Expr, consumer: Consumer) -> tuple[bool, Any]:

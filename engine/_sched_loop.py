@@ -77,8 +77,7 @@ async def _run_cycle(
             until = await evaluate(loop.until, consumer)
         stop_reason = _stop_reason(cell, loop, cycle, until)
         if stop_reason is not None:
-            certain = ex.outputs_certain(loop.output)
-            output = await evaluate_outputs(loop.output, certain, consumer)
+            output = await evaluate_outputs(loop.output, consumer)
     finally:
         cancelled = cleanup(frame)
     _summarise(cell, frame, until, stop_reason, cancelled)

@@ -9,7 +9,7 @@ nothing here lets an exception escape into a task group.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from engine.context import SharedState
-    from engine.expr import Expr
 
 __all__ = ["NodeRunner", "Outcome"]
 
@@ -86,7 +85,7 @@ class NodeRunner:
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 
-    __slots__ = ("_certain", "_configs", "_run_loop", "_sorted", "shared", "tg")
+    __slots__ = ("_configs", "_run_loop", "_sorted", "shared", "tg")
 
     def __init__(
         self,
@@ -99,7 +98,6 @@ class NodeRunner:
         self._run_loop = run_loop
         self._configs: dict[int, BaseModel] = {}
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
-        self._certain: dict[int, frozenset[str]] = {}
 
     # -- caches ---------------------------------------------------------------------------
 
@@ -108,15 +106,6 @@ class NodeRunner:
         found = self._sorted.get(names)
         if found is None:
             found = self._sorted[names] = tuple(sorted(names))
-        return found
-
-    def outputs_certain(self, exprs: Mapping[str, Expr]) -> frozenset[str]:
-        """The names every expression of an `output:` mapping reads on every path."""
-        key = id(exprs)
-        found = self._certain.get(key)
-        if found is None:
-            found = frozenset().union(*(e.certain for e in exprs.values()))
-            self._certain[key] = found
         return found
 
     # -- running a node in the current task ---------------------------------------------

@@ -55,9 +55,11 @@ def describe_error(node_id: str, error: BaseException) -> str:
     if isinstance(error, NodeError) and error.node_id == node_id:
         return str(error)
     text = str(error) or type(error).__name__
+    prefix = f"node '{node_id}': "
+    text = text.removeprefix(prefix)
     if isinstance(error, NodeError):
-        return f"node '{node_id}': {text}"
-    return f"node '{node_id}': {type(error).__name__}: {text}"
+        return prefix + text
+    return f"{prefix}{type(error).__name__}: {text}"
 
 
 class NodeCtx(NodeContext):

@@ -105,9 +105,10 @@ async def _decide_then_run(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -
         value = await evaluate(strategy, consumer)
     except (InputFailed, EvaluationError):
         value = False
-    if not _strategy_selected(cell, value) or cell.status is not PENDING:
-        if cell.status is PENDING:
-            cell.consumer = None
+    if cell.status is not PENDING:
+        return  # demanded meanwhile: it runs on demand already
+    if not _strategy_selected(cell, value):
+        cell.consumer = None
         return
     guard_known = _pre_guard(ex, cell, consumer)
     if guard_known is None:

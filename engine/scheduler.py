@@ -158,7 +158,6 @@ class Runner:
         self._tg: TaskGroup | None = None
         self._ex: NodeRunner | None = None
         self._ids = itertools.count(1)
-        self._output_certain = frozenset().union(*(e.certain for e in graph.output.values()))
 
     async def __aenter__(self) -> Runner:
         tg = anyio.create_task_group()
@@ -285,7 +284,7 @@ class Runner:
         deadline = req.deadline
         with anyio.CancelScope(deadline=deadline if deadline is not None else float("inf")):
             try:
-                values = await evaluate_outputs(self.graph.output, self._output_certain, consumer)
+                values = await evaluate_outputs(self.graph.output, consumer)
             except InputFailed as exc:
                 return RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
             except EvaluationError as exc:

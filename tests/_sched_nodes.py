@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,6 +33,8 @@ class Work(Node):
         """`error` (ValueError) or `transient` (TransientError)."""
         fail_times: int = 0
         """Fail only the first N attempts of a request (0: every attempt)."""
+        linger_ms: float = 0
+        """When cancelled, take this long to stop (shielded, like closing a stream)."""
 
     class Output(BaseModel):
         value: Any = None
@@ -51,6 +54,9 @@ class Work(Node):
                 await anyio.sleep(config.ms / 1000)
         except anyio.get_cancelled_exc_class():
             self.cancelled += 1
+            if config.linger_ms:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(config.linger_ms / 1000)
             raise
         if config.fail and (config.fail_times == 0 or attempt <= config.fail_times):
             kind = TransientError if config.fail == "transient" else ValueError
@@ -90,9 +96,13 @@ class Emit(Node):
         return self.Output(value=value, reused=reused)
 
 
+DATA = Path(__file__).parent / "data" / "sched"
+"""Holds `policy.yaml` (`threshold`, `speculate`) for graphs that read `policy`."""
+
+
 def graph(text: str) -> Graph:
-    """Load a YAML graph written inline in a test."""
-    return load_graph_text(textwrap.dedent(text), "test.yaml", registry=registry())
+    """Load a YAML graph written inline in a test (`policy: policy.yaml` is available)."""
+    return load_graph_text(textwrap.dedent(text), "test.yaml", registry=registry(), base_dir=DATA)
 
 
 def impl(g: Graph, node_id: str, loop: str | None = None) -> Any:
@@ -178,3 +188,10 @@ def backends(*names: str) -> Any:
         return request.param
 
     return fixture
+
+
+def mock_trio() -> Any:
+    """One `anyio_backend` parameter: trio with a mock clock (for `parametrize`)."""
+    from trio.testing import MockClock
+
+    return pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mock")

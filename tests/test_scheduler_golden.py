@@ -62,7 +62,7 @@ name: reuse
 nodes:
   base: {type: work, with: {ms: 10, value: 2}}
   double: {type: work, with: {value: "{{ base.value * 2 }}"}}
-  triple: {type: work, with: {value: "{{ base.value * 3 }}"}}
+  triple: {type: work, with: {ms: 5, value: "{{ base.value * 3 }}"}}
 output:
   sum: double.value + triple.value
   base: base.value
@@ -214,7 +214,7 @@ CASES = [
             ("triple", 0, "succeeded", False, "used", 1),
         ],
         [("RESULT_REUSED", "base"), ("RESULT_REUSED", "base")],
-        latency_ms=10,
+        latency_ms=15,
     ),
     Golden(
         "guard-false-skips",

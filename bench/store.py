@@ -148,6 +148,7 @@ def run_once(db: Path, total: int) -> dict[str, float]:
         "records_per_s": len(records) / (done - start),
         "record_call_us": (queued - start) / len(records) * 1e6,
         "seconds": done - start,
+        "records_per_writer_cpu_s": len(records) / writer.stats.cpu_s,
         "transactions": writer.stats.transactions,
     }
 
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "records_per_s_median": round(statistics.median(rates)),
         "records_per_s_best": round(max(rates)),
+        "records_per_writer_cpu_s_median": round(
+            statistics.median(r["records_per_writer_cpu_s"] for r in results)
+        ),
         "record_call_us_median": round(statistics.median(r["record_call_us"] for r in results), 3),
         "transactions_median": statistics.median(r["transactions"] for r in results),
         "python": sys.version.split()[0],

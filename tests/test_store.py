@@ -292,6 +292,19 @@ def test_record_does_no_io_and_close_is_idempotent(db: Path) -> None:
         writer.record(event("q1", 2))
 
 
+def test_a_record_that_cannot_be_encoded_is_dropped_and_reported(db: Path) -> None:
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    writer = StoreWriter(db)
+    writer.record(event("q1", 1, payload=circular))
+    writer.record(event("q1", 2, payload={"odd": {1}}))  # not JSON: stored as its str()
+    with pytest.raises(StoreError, match=r"writing to the store failed .* 1 records dropped"):
+        writer.flush()
+    writer.close()
+    with Store.open(db) as store:
+        assert [e["payload"] for e in store.events("q1")] == [{"odd": "{1}"}]
+
+
 def test_readers_never_see_a_request_row_before_its_other_rows(db: Path) -> None:
     requests, per_request = 300, 8
     writer = StoreWriter(db, batch_size=50, interval_s=0.001, max_batch=37)

@@ -72,6 +72,7 @@ class HashingEmbedder:
     ) -> None:
         self.dims = dims
         self._weights = (word_weight, bigram_weight, char_weight)
+        self._cache: dict[str, tuple[tuple[int, float], ...]] = {}
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text."""
@@ -80,23 +81,39 @@ class HashingEmbedder:
     def embed_one(self, text: str) -> list[float]:
         """The L2-normalised vector of one text (all zeros for text without words)."""
         vec = [0.0] * self.dims
-        w_word, w_bigram, w_char = self._weights
         toks = words(text)
         for tok in toks:
-            self._add(vec, "w:" + tok, w_word)
-            padded = f"#{tok}#"
-            for i in range(len(padded) - 2):
-                self._add(vec, padded[i : i + 3], w_char)
+            feats = self._cache.get(tok)
+            if feats is None:
+                feats = self._token_features(tok)
+            for i, w in feats:
+                vec[i] += w
+        w_bigram = self._weights[1]
         for a, b in itertools.pairwise(toks):
-            self._add(vec, f"b:{a} {b}", w_bigram)
+            h = zlib.crc32(f"b:{a} {b}".encode())
+            vec[h % self.dims] += w_bigram if (h >> 20) & 1 else -w_bigram
         norm = math.sqrt(sum(v * v for v in vec))
         if norm == 0.0:
             return vec
-        return [v / norm for v in vec]
+        inv = 1.0 / norm
+        return [v * inv for v in vec]
 
-    def _add(self, vec: list[float], feature: str, weight: float) -> None:
-        h = zlib.crc32(feature.encode())
-        vec[h % self.dims] += weight if (h >> 20) & 1 else -weight
+    def _token_features(self, tok: str) -> tuple[tuple[int, float], ...]:
+        """A word's own and character-trigram buckets with signed weights (cached)."""
+        acc: dict[int, float] = {}
+        w_word, _, w_char = self._weights
+        padded = f"#{tok}#"
+        feats = [("w:" + tok, w_word)]
+        feats += [(padded[i : i + 3], w_char) for i in range(len(padded) - 2)]
+        for feature, weight in feats:
+            h = zlib.crc32(feature.encode())
+            idx = h % self.dims
+            acc[idx] = acc.get(idx, 0.0) + (weight if (h >> 20) & 1 else -weight)
+        out = tuple(acc.items())
+        if len(self._cache) >= 200_000:
+            self._cache.clear()
+        self._cache[tok] = out
+        return out
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

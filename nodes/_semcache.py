@@ -1,0 +1,364 @@
+"""The semantic cache behind the `cache` node: tenant partitions, template keys, TTLs, LRU.
+
+Isolation: every operation takes a tenant and touches only that tenant's `_Partition`;
+there is no code path that reads another partition, so entries cannot leak across tenants.
+
+Keys are template-aware: `template()` replaces emails, URLs, quoted strings, ids, numbers
+and capitalised names by typed slots (`{email}`, `{num}`, ...) and keeps their values
+apart. The exact key is (scope, template, slot values); a semantic match compares the
+*templates* by embedding similarity and then requires identical slot values, so "status of
+order 123" never answers "status of order 456" however similar the wording.
+
+Lookup cost does not grow with the partition: an exact dict probe first, then a MinHash
+index (`nodes._lsh`) yields a handful of candidates that are compared by cosine over
+int8-quantised hashing embeddings.
+
+TTL adapts: an entry starts with `ttl_s` and each hit multiplies its TTL by `ttl_growth`,
+up to `max_ttl_s`. Ceilings (`max_entries`, `max_bytes`) hold per tenant and evict least
+recently used entries first. Persistence is optional: attach any object implementing
+`CachePersistence` (the store can provide one) and entries are written through and
+reloaded; without it the cache lives in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nodes._embed import HashingEmbedder, QVector, quantize, words
+from nodes._lsh import MinHashIndex
+
+__all__ = ["CachePersistence", "Entry", "Lookup", "SemanticCache", "template"]
+
+_SLOT_PATTERNS = [
+    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    ("url", re.compile(r"https?://\S+")),
+    ("quoted", re.compile(r"\"[^\"\n]{1,200}\"|“[^”\n]{1,200}”|(?<!\w)'[^'\n]{1,200}'(?!\w)")),
+    ("id", re.compile(
+        r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"  # INV-2024-7
+        r"|#\d+|\b[0-9a-f]{8,}\b"  # #4471, hex ids
+    )),
+    ("num", re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?%?")),
+]  # fmt: skip
+_NAME = re.compile(r"\b[A-Z][a-zA-Z]+\b")
+_NOT_NAMES = frozenset({"I", "I'm", "OK", "AI"})
+_PUNCT = re.compile(r"[^\w{}\s]+")
+_SPACE = re.compile(r"\s+")
+
+
+def template(text: str, *, names: bool = True) -> tuple[str, tuple[str, ...]]:
+    """The slot template of `text` and its typed slot values (`num:123`, `name:paris`)."""
+    found: list[str] = []
+    masked = text
+    for kind, pattern in _SLOT_PATTERNS:
+        masked = pattern.sub(lambda m, k=kind: _mark(m, k, found), masked)  # type: ignore[misc]
+    if names:
+        masked = _NAME.sub(lambda m: _name(m, found), masked)
+    tpl = _SPACE.sub(" ", _PUNCT.sub(" ", masked.lower())).strip()
+    return tpl, tuple(found)
+
+
+def _mark(m: re.Match[str], kind: str, found: list[str]) -> str:
+    value = m.group().strip("\"'“”").lower()
+    if kind == "num":
+        value = value.replace(",", "").lstrip("+$")
+    found.append(f"{kind}:{value}")
+    return "{" + kind + "}"
+
+
+def _name(m: re.Match[str], found: list[str]) -> str:
+    """A capitalised word inside a sentence is a name slot; a sentence's first word is not."""
+    before = m.string[: m.start()].rstrip()
+    if m.group() in _NOT_NAMES or not before or before[-1] in ".!?:;\n\"'(“":
+        return m.group()
+    found.append("name:" + m.group().lower())
+    return "{name}"
+
+
+@dataclass(slots=True)
+class Entry:
+    """One cached answer (or known-bad prompt) of one tenant."""
+
+    key: str
+    scope: str
+    template: str
+    slots: tuple[str, ...]
+    value: Any
+    negative: bool
+    vector: QVector
+    ttl_s: float
+    expires_at: float
+    hits: int
+    size: int
+    stored_at: float
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-able record for persistence (the vector is recomputed on load)."""
+        return {
+            "key": self.key,
+            "scope": self.scope,
+            "template": self.template,
+            "slots": list(self.slots),
+            "value": self.value,
+            "negative": self.negative,
+            "ttl_s": self.ttl_s,
+            "expires_at": self.expires_at,
+            "hits": self.hits,
+            "stored_at": self.stored_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The answer to one lookup."""
+
+    entry: Entry | None
+    similarity: float
+    exact: bool
+    key: str
+
+
+class CachePersistence(Protocol):
+    """Where a cache namespace's entries survive restarts (implemented by the store)."""
+
+    def load(self, namespace: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        """Every stored `(tenant, record)` of the namespace."""
+        ...
+
+    def save(self, namespace: str, tenant: str, record: Mapping[str, Any]) -> None:
+        """Insert or replace one record (keyed by `record["key"]`)."""
+        ...
+
+    def delete(self, namespace: str, tenant: str, key: str) -> None:
+        """Forget one record."""
+        ...
+
+
+class _Partition:
+    """One tenant's entries: LRU order, exact keys and the MinHash index."""
+
+    __slots__ = ("bytes", "entries", "index")
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.index = MinHashIndex()
+        self.bytes = 0
+
+
+class SemanticCache:
+    """A namespace of per-tenant semantic caches.
+
+    Args:
+        namespace: the name shared by the lookup and store nodes of one cache.
+        clock: wall-clock seconds (injectable for tests).
+        max_tenants: partitions kept; the least recently used tenant is dropped beyond it.
+        candidates: entries compared exactly per semantic lookup.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_tenants: int = 10_000,
+        candidates: int = 8,
+    ) -> None:
+        self.namespace = namespace
+        self.clock = clock
+        self.max_tenants = max_tenants
+        self.candidates = candidates
+        self.persistence: CachePersistence | None = None
+        self.warm_entries: list[Mapping[str, Any]] = []
+        self.warmed_files: set[str] = set()
+        self._embedder = HashingEmbedder()
+        self._tenants: OrderedDict[str, _Partition] = OrderedDict()
+
+    # ------------------------------------------------------------------ lookups
+
+    def lookup(
+        self, tenant: str, text: str, *, scope: str = "", threshold: float = 0.9, names: bool = True
+    ) -> Lookup:
+        """The best live entry of `tenant` for `text`, or a miss (`entry=None`)."""
+        tpl, slots = template(text, names=names)
+        key = _key(scope, tpl, slots)
+        part = self._partition(tenant)
+        now = self.clock()
+        entry = part.entries.get(key)
+        if entry is not None and self._alive(part, entry, now):
+            return Lookup(self._touch(part, entry, now), 1.0, True, key)
+        if threshold >= 1.0 or not part.entries:
+            return Lookup(None, 0.0, False, key)
+        best, best_sim = None, 0.0
+        qvec: list[float] | None = None
+        sig = part.index.signature(words(tpl))
+        for cand_key in part.index.candidates(sig, self.candidates):
+            cand = part.entries.get(cand_key)
+            if cand is None or cand.scope != scope or cand.slots != slots:
+                continue
+            if qvec is None:
+                qvec = self._embedder.embed_one(tpl)
+            q8, scale = cand.vector
+            sim = sum(map(operator.mul, qvec, q8)) * scale
+            if sim > best_sim and self._alive(part, cand, now):
+                best, best_sim = cand, sim
+        if best is not None and best_sim >= threshold:
+            return Lookup(self._touch(part, best, now), best_sim, False, key)
+        return Lookup(None, best_sim, False, key)
+
+    # ------------------------------------------------------------------- stores
+
+    def store(
+        self,
+        tenant: str,
+        text: str,
+        value: Any,
+        *,
+        scope: str = "",
+        negative: bool = False,
+        ttl_s: float = 3600.0,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 << 20,
+        names: bool = True,
+    ) -> tuple[Entry, int]:
+        """Store `value` for `text` in `tenant`'s partition; returns the entry and evictions."""
+        tpl, slots = template(text, names=names)
+        key = _key(scope, tpl, slots)
+        part = self._partition(tenant)
+        now = self.clock()
+        size = len(tpl) + sum(map(len, slots)) + len(json.dumps(value, default=str)) + 512
+        entry = Entry(
+            key=key, scope=scope, template=tpl, slots=slots, value=value, negative=negative,
+            vector=quantize(self._embedder.embed_one(tpl)), ttl_s=ttl_s,
+            expires_at=now + ttl_s, hits=0, size=size, stored_at=now,
+        )  # fmt: skip
+        self._insert(tenant, part, entry)
+        if self.persistence is not None:
+            self.persistence.save(self.namespace, tenant, entry.record())
+        return entry, self._evict(tenant, part, max_entries, max_bytes)
+
+    def attach(self, persistence: CachePersistence) -> int:
+        """Load the namespace from `persistence` and write through to it; returns entries loaded."""
+        self.persistence = None
+        loaded = 0
+        now = self.clock()
+        for tenant, rec in persistence.load(self.namespace):
+            if float(rec["expires_at"]) <= now:
+                persistence.delete(self.namespace, tenant, str(rec["key"]))
+                continue
+            tpl = str(rec["template"])
+            entry = Entry(
+                key=str(rec["key"]), scope=str(rec["scope"]), template=tpl,
+                slots=tuple(rec["slots"]), value=rec["value"], negative=bool(rec["negative"]),
+                vector=quantize(self._embedder.embed_one(tpl)), ttl_s=float(rec["ttl_s"]),
+                expires_at=float(rec["expires_at"]), hits=int(rec["hits"]),
+                size=len(json.dumps(rec, default=str)) + 512, stored_at=float(rec["stored_at"]),
+            )  # fmt: skip
+            self._insert(tenant, self._partition(tenant), entry)
+            loaded += 1
+        self.persistence = persistence
+        return loaded
+
+    def size(self, tenant: str) -> int:
+        """Live and expired-but-not-yet-collected entries of `tenant`."""
+        part = self._tenants.get(tenant)
+        return len(part.entries) if part else 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _partition(self, tenant: str) -> _Partition:
+        part = self._tenants.get(tenant)
+        if part is not None:
+            self._tenants.move_to_end(tenant)
+            return part
+        part = self._tenants[tenant] = _Partition()
+        if len(self._tenants) > self.max_tenants:
+            self._tenants.popitem(last=False)
+        self._seed(tenant, part)
+        return part
+
+    def warm(self, items: Iterable[Mapping[str, Any]]) -> int:
+        """Add warm-start entries (`prompt`, `value`, optional `tenant`, `scope`, `ttl_s`,
+        `negative`): copied into each matching tenant partition, now and when it is created.
+
+        Returns:
+            How many entries were added to the warm set.
+        """
+        items = [dict(i) for i in items]
+        self.warm_entries.extend(items)
+        for tenant, part in self._tenants.items():
+            self._seed(tenant, part, items)
+        return len(items)
+
+    def _seed(
+        self, tenant: str, part: _Partition, items: Iterable[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Copy the warm-start entries meant for every tenant (or this one) into `part`."""
+        now = self.clock()
+        for item in self.warm_entries if items is None else items:
+            if item.get("tenant") not in (None, tenant):
+                continue
+            tpl, slots = template(str(item["prompt"]))
+            ttl = float(item.get("ttl_s", 86_400.0))
+            entry = Entry(
+                key=_key(str(item.get("scope", "")), tpl, slots), scope=str(item.get("scope", "")),
+                template=tpl, slots=slots, value=item.get("value"),
+                negative=bool(item.get("negative", False)),
+                vector=quantize(self._embedder.embed_one(tpl)), ttl_s=ttl, expires_at=now + ttl,
+                hits=0, size=len(tpl) + 512, stored_at=now,
+            )  # fmt: skip
+            self._insert(tenant, part, entry)
+
+    def _insert(self, tenant: str, part: _Partition, entry: Entry) -> None:
+        old = part.entries.pop(entry.key, None)
+        if old is not None:
+            part.bytes -= old.size
+        part.entries[entry.key] = entry
+        part.bytes += entry.size
+        part.index.add(entry.key, part.index.signature(words(entry.template)))
+
+    def _remove(self, tenant: str, part: _Partition, entry: Entry) -> None:
+        part.entries.pop(entry.key, None)
+        part.index.remove(entry.key)
+        part.bytes -= entry.size
+        if self.persistence is not None:
+            self.persistence.delete(self.namespace, tenant, entry.key)
+
+    def _alive(self, part: _Partition, entry: Entry, now: float) -> bool:
+        if entry.expires_at > now:
+            return True
+        part.entries.pop(entry.key, None)
+        part.index.remove(entry.key)
+        part.bytes -= entry.size
+        return False
+
+    def _touch(self, part: _Partition, entry: Entry, now: float) -> Entry:
+        entry.hits += 1
+        part.entries.move_to_end(entry.key)
+        return entry
+
+    def grow_ttl(self, tenant: str, entry: Entry, growth: float, max_ttl_s: float) -> None:
+        """Extend a hit entry's TTL (multiplicatively, capped) and persist the change."""
+        entry.ttl_s = min(entry.ttl_s * growth, max_ttl_s)
+        entry.expires_at = max(entry.expires_at, self.clock() + entry.ttl_s)
+        if self.persistence is not None:
+            self.persistence.save(self.namespace, tenant, entry.record())
+
+    def _evict(self, tenant: str, part: _Partition, max_entries: int, max_bytes: int) -> int:
+        evicted = 0
+        while part.entries and (len(part.entries) > max_entries or part.bytes > max_bytes):
+            _, oldest = next(iter(part.entries.items()))
+            self._remove(tenant, part, oldest)
+            evicted += 1
+        return evicted
+
+
+def _key(scope: str, tpl: str, slots: tuple[str, ...]) -> str:
+    raw = json.dumps([scope, tpl, slots], ensure_ascii=False)
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()

@@ -1,0 +1,241 @@
+"""The `cache` node: a per-tenant semantic cache, looked up on the request path, stored after it.
+
+A graph evaluates a node's `with:` before the node runs, so a single node cannot both look
+up a prompt and store the answer computed later (that would be a dependency cycle). The
+cache is therefore used by two nodes sharing one `namespace`:
+
+```yaml
+cached: {type: cache, with: {text: "{{ input.prompt }}", namespace: faq}}
+answer: {type: model, with: {model: large, prompt: "{{ input.prompt }}"}}
+remember:
+  type: cache
+  with: {mode: store, namespace: faq, text: "{{ input.prompt }}",
+         value: "{{ answer.text }}", store_when: "{{ checked.valid }}"}
+output:
+  answer: "cached.value if cached.hit else answer.text"
+  stored: "false if cached.hit else remember.stored"
+```
+
+`mode: lookup` (default) answers `hit`, `value`, `similarity`, `negative`, `key`. A hit on a
+negative entry (a known-bad prompt, stored with `negative_when`) has `hit: false,
+negative: true` so graphs can refuse or escalate without computing. `mode: store`
+registers the store with `ctx.after_success`: nothing is written unless the request
+succeeds, and the write is off the response path. Both nodes find the shared cache with
+`ctx.store.get("cache:" + namespace)`.
+
+Tenants (`ctx.request.tenant`) are separate partitions that never see each other. When
+the run's store offers `cache_persistence()` (an object implementing
+`nodes._semcache.CachePersistence`), the namespace is loaded from it and written through;
+otherwise the cache is in memory. `warm_file` (YAML list or JSONL of `{prompt, value}`,
+optional `tenant`, `scope`, `ttl_s`, `negative`) seeds frequent templates once per process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, Field
+
+from engine.context import NodeContext
+from engine.events import EventType
+from engine.node import Node
+from nodes._semcache import Lookup, SemanticCache
+
+__all__ = ["CacheNode", "shared_cache"]
+
+
+class CacheNode(Node):
+    """Semantic cache: per-tenant lookups, stores after success, negative entries, adaptive TTL."""
+
+    type_name = "cache"
+
+    class Config(BaseModel):
+        """Settings of a `cache` node."""
+
+        text: str = Field(description="The prompt to look up (or to store an answer for).")
+        mode: Literal["lookup", "store"] = Field(
+            default="lookup",
+            description="`lookup` answers from the cache; `store` saves `value` for `text` "
+            "after the request succeeds.",
+        )
+        value: Any = Field(
+            default=None,
+            validation_alias=AliasChoices("value", "store"),
+            description="Store mode: the value to cache (also accepted as `store`).",
+        )
+        store_when: bool = Field(
+            default=True, description="Store mode: store only when this is true."
+        )
+        negative_when: bool = Field(
+            default=False,
+            description="Store mode: record `text` as a known-bad prompt instead of a value.",
+        )
+        namespace: str = Field(
+            default="default", description="The cache shared by lookup and store nodes."
+        )
+        scope: str = Field(
+            default="",
+            description="Must match exactly (e.g. system prompt or model), besides the text.",
+        )
+        threshold: float = Field(
+            default=0.9,
+            ge=0,
+            le=1,
+            description="Minimum cosine similarity of templates for a semantic hit "
+            "(1 = exact template matches only).",
+        )
+        names: bool = Field(
+            default=True,
+            description="Treat capitalised words inside sentences as name slots that must match.",
+        )
+        ttl_s: float = Field(default=3600.0, gt=0, description="Initial time to live (seconds).")
+        ttl_growth: float = Field(
+            default=2.0, ge=1, description="Each hit multiplies the entry's TTL by this."
+        )
+        max_ttl_s: float = Field(
+            default=7 * 86400.0, gt=0, description="Ceiling of the adaptive TTL (seconds)."
+        )
+        max_entries: int = Field(
+            default=10_000, ge=1, description="Entries per tenant before LRU eviction."
+        )
+        max_bytes: int = Field(
+            default=64 << 20, ge=1024, description="Approximate bytes per tenant before eviction."
+        )
+        warm_file: str | None = Field(
+            default=None, description="YAML or JSONL of frequent `{prompt, value}` to preload."
+        )
+
+    class Output(BaseModel):
+        """What a `cache` node returns."""
+
+        hit: bool = Field(description="True when a usable (non-negative) entry answered.")
+        value: Any = Field(default=None, description="The cached value on a hit.")
+        similarity: float = Field(
+            description="Similarity of the best entry considered (1.0 for exact matches)."
+        )
+        negative: bool = Field(description="True when `text` matched a known-bad entry.")
+        key: str = Field(description="The template key of `text` (stable across paraphrases).")
+        exact: bool = Field(description="True when the template key matched exactly.")
+        stored: bool = Field(description="Store mode: a store was scheduled for after success.")
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Look up, or schedule a store, in the request tenant's partition."""
+        cache = shared_cache(ctx, config.namespace)
+        if config.warm_file and config.warm_file not in cache.warmed_files:
+            cache.warm(_read_warm_file(config.warm_file))
+            cache.warmed_files.add(config.warm_file)
+        if config.mode == "store":
+            return self._schedule_store(config, ctx, cache)
+        return self._lookup(config, ctx, cache)
+
+    def _lookup(self, config: Config, ctx: NodeContext, cache: SemanticCache) -> Output:
+        tenant = ctx.request.tenant
+        found = cache.lookup(
+            tenant, config.text, scope=config.scope, threshold=config.threshold, names=config.names
+        )
+        entry = found.entry
+        payload = {"similarity": round(found.similarity, 4), "key": found.key}
+        if entry is None:
+            ctx.emit(
+                EventType.CACHE_MISS,
+                decision="miss",
+                reason_codes=_miss_codes(found, config),
+                payload=payload,
+            )
+            return self._out(found, hit=False)
+        cache.grow_ttl(tenant, entry, config.ttl_growth, config.max_ttl_s)
+        payload |= {"hits": entry.hits, "ttl_s": entry.ttl_s}
+        codes = ["EXACT_TEMPLATE" if found.exact else "SEMANTIC_MATCH"]
+        if entry.negative:
+            ctx.emit(
+                EventType.CACHE_NEGATIVE_HIT,
+                decision="negative",
+                reason_codes=codes,
+                payload=payload,
+            )
+            return self._out(found, hit=False, negative=True, value=entry.value)
+        ctx.emit(
+            EventType.CACHE_HIT,
+            decision="exact" if found.exact else "semantic",
+            reason_codes=codes,
+            payload=payload,
+        )
+        return self._out(found, hit=True, value=entry.value)
+
+    def _out(
+        self, found: Lookup, *, hit: bool, negative: bool = False, value: Any = None
+    ) -> Output:
+        return self.Output(
+            hit=hit, value=value, similarity=found.similarity, negative=negative,
+            key=found.key, exact=found.exact and found.entry is not None, stored=False,
+        )  # fmt: skip
+
+    def _schedule_store(self, config: Config, ctx: NodeContext, cache: SemanticCache) -> Output:
+        negative = config.negative_when
+        wanted = negative or (config.store_when and config.value is not None)
+        if wanted:
+            tenant = ctx.request.tenant
+
+            async def store() -> None:
+                entry, evicted = cache.store(
+                    tenant, config.text, config.value, scope=config.scope, negative=negative,
+                    ttl_s=config.ttl_s, max_entries=config.max_entries,
+                    max_bytes=config.max_bytes, names=config.names,
+                )  # fmt: skip
+                ctx.emit(
+                    EventType.CACHE_STORED,
+                    decision="negative" if negative else "positive",
+                    reason_codes=["NEGATIVE_WHEN" if negative else "STORE_WHEN"],
+                    payload={"key": entry.key, "ttl_s": entry.ttl_s, "entries": cache.size(tenant)},
+                )
+                if evicted:
+                    ctx.emit(
+                        EventType.CACHE_EVICTED,
+                        decision="lru",
+                        reason_codes=["MAX_ENTRIES_OR_BYTES"],
+                        payload={"evicted": evicted, "entries": cache.size(tenant)},
+                    )
+
+            ctx.after_success(store)
+        return self.Output(
+            hit=False, value=None, similarity=0.0, negative=False, key="", exact=False,
+            stored=wanted,
+        )  # fmt: skip
+
+
+def shared_cache(ctx: NodeContext, namespace: str) -> SemanticCache:
+    """The graph's cache for `namespace`, attached to the store's persistence if it has one."""
+
+    def create() -> SemanticCache:
+        cache = SemanticCache(namespace)
+        provider = getattr(ctx.store.store, "cache_persistence", None)
+        if callable(provider):
+            cache.attach(provider())
+        return cache
+
+    return ctx.store.get("cache:" + namespace, create)
+
+
+def _miss_codes(found: Lookup, config: CacheNode.Config) -> list[str]:
+    if found.similarity == 0.0:
+        return ["NO_CANDIDATE"]
+    return [f"BELOW_THRESHOLD_{config.threshold:g}"]
+
+
+def _read_warm_file(path: str) -> list[dict[str, Any]]:
+    """Warm-start entries from YAML (a list, or `entries:`) or JSONL."""
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read cache warm_file {path!r}: {exc.strerror}") from exc
+    if path.endswith(".jsonl"):
+        items = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    else:
+        data = yaml.safe_load(raw)
+        items = data.get("entries", []) if isinstance(data, dict) else data
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "prompt" in i for i in items):
+        raise ValueError(f"cache warm_file {path!r}: expected a list of {{prompt, value}} entries")
+    return items

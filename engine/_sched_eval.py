@@ -83,7 +83,7 @@ class Frame:
         fixed: the names that are not nodes (`input`, `policy`, `request`, `cycle`, `prev`).
     """
 
-    __slots__ = ("cells", "cycle", "ex", "fixed", "parent", "req", "scope", "spec_cells")
+    __slots__ = ("cells", "closed", "cycle", "ex", "fixed", "parent", "req", "scope", "spec_cells")
 
     def __init__(
         self,
@@ -103,6 +103,8 @@ class Frame:
         self.cells: dict[str, LazyNode] = {}
         self.spec_cells: list[LazyNode] = []
         """Nodes of this frame that got a background task (speculative starts)."""
+        self.closed = False
+        """True once its outputs resolved and its leftover work was cleaned up."""
 
     def cell(self, name: str) -> LazyNode | None:
         """The lazy node `name` of this frame or the nearest enclosing one (created lazily)."""

@@ -341,6 +341,9 @@ class NodeRunner:
     def spawn(self, cell: LazyNode, by: Consumer) -> None:
         """Start a node a speculative task needs, in its own cancellable task."""
         cell.claim()
+        if cell.frame.closed:  # the frame is done and its tasks are being cancelled
+            cell.cancelled()
+            return
         cell.speculative = True
         cell.frame.req.node_event(
             cell,

@@ -105,8 +105,8 @@ async def _decide_then_run(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -
         value = await evaluate(strategy, consumer)
     except (InputFailed, EvaluationError):
         value = False
-    if cell.status is not PENDING:
-        return  # demanded meanwhile: it runs on demand already
+    if cell.status is not PENDING or cell.frame.closed:
+        return  # demanded meanwhile (it runs on demand already), or no longer needed
     if not _strategy_selected(cell, value):
         cell.consumer = None
         return
@@ -232,6 +232,7 @@ def cleanup(frame: Frame) -> list[str]:
     """
     cancelled: list[str] = []
     req = frame.req
+    frame.closed = True
     for cell in frame.spec_cells:
         if cell.settled:
             continue

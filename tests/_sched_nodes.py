@@ -43,6 +43,7 @@ class Work(Node):
         self.started = 0
         self.finished = 0
         self.cancelled = 0
+        self.failed = 0
         self.attempts: dict[tuple[str, int], int] = {}
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
@@ -60,6 +61,7 @@ class Work(Node):
             raise
         if config.fail and (config.fail_times == 0 or attempt <= config.fail_times):
             kind = TransientError if config.fail == "transient" else ValueError
+            self.failed += 1
             raise kind(f"{ctx.node_id} broke on attempt {attempt}")
         self.finished += 1
         return self.Output(value=config.value)

@@ -80,6 +80,18 @@ OnChange = Callable[[PolicyPin, PolicyPin], None]
 
 
 @dataclass(frozen=True, slots=True)
+class _State:
+    """What the manager knows, swapped as one reference so readers never see a mix."""
+
+    pin: PolicyPin
+    activation_id: int = 0
+    parent: int | None = None
+    """The version the active one was derived from: the guard's baseline."""
+    fresh: bool = False
+    """Activated by `apply` (judged by the guard), not by a rollback."""
+
+
+@dataclass(frozen=True, slots=True)
 class AppliedPolicy:
     """What `apply_policy` did.
 
@@ -197,16 +209,13 @@ class PolicyManager:
         self.poll_interval_s = poll_interval_s
         self.on_change: list[OnChange] = []
         self.run_id = ""
-        self._pin = PolicyPin(name, None, self.default_body)
-        self._activation_id = 0
-        self._parent: int | None = None
-        self._fresh = False
+        self._state = _State(PolicyPin(name, None, self.default_body))
         self._windows: dict[int, deque[Observation]] = {}
         self._judged: set[int] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<PolicyManager {self.name!r} v{self._pin.version}>"
+        return f"<PolicyManager {self.name!r} v{self._state.pin.version}>"
 
     @property
     def _stored(self) -> bool:
@@ -227,8 +236,8 @@ class PolicyManager:
             PolicyError: the default body is malformed (e.g. a bad `guard:`).
         """
         if not self._stored:
-            return self._pin
-        check_guard_section(self.default_body, located_body(self.default_body))
+            return self._state.pin
+        self._check_default()
         assert self.name is not None
         active = db.register(
             self._store(),
@@ -238,11 +247,22 @@ class PolicyManager:
             self.run_id,
         )
         self._switch(active)
-        return self._pin
+        return self._state.pin
+
+    def _check_default(self) -> None:
+        path = self.graph.policy_path if self.graph is not None else None
+        try:
+            check_guard_section(self.default_body, located_body(self.default_body))
+        except PolicyError:
+            if path is None:
+                raise
+            _, body, located = load_policy_file(path)  # again, to say where
+            check_guard_section(body, located)
+            raise
 
     def current(self) -> PolicyPin:
         """The latest known active version; no I/O. Call it at every request start."""
-        return self._pin
+        return self._state.pin
 
     def apply(
         self,
@@ -287,7 +307,7 @@ class PolicyManager:
             run_id=self.run_id,
         )
         self._refresh_now()
-        return self._pin
+        return self._state.pin
 
     def observe(
         self,
@@ -357,28 +377,27 @@ class PolicyManager:
 
     def _switch(self, active: db.Active) -> None:
         """Make `active` current if it is newer than what this process knows."""
-        if active.activation_id <= self._activation_id:
+        if active.activation_id <= self._state.activation_id:
             return
         assert self.name is not None
-        old = self._pin
-        self._activation_id = active.activation_id
+        old = self._state.pin
         reason = active.reason or ""
-        self._fresh = not reason.startswith(("rollback", "guard"))
-        self._parent = active.parent_version
-        self._pin = _pin(active, self.name)
+        new = _pin(active, self.name)
+        fresh = not reason.startswith(("rollback", "guard"))
+        self._state = _State(new, active.activation_id, active.parent_version, fresh)
         if old.version == active.version and old.body == active.body:
             return
         _log.info("policy.switched", policy=self.name, old=old.version, new=active.version)
         for callback in list(self.on_change):
             try:
-                callback(old, self._pin)
+                callback(old, new)
             except Exception as exc:  # a cache's hook must not stop the switch
                 _log.warning("policy.on_change_failed", policy=self.name, error=repr(exc))
 
     def _judge(self) -> tuple[GuardVerdict | None, db.Active | None]:
-        pin, parent = self._pin, self._parent
-        version = pin.version
-        if not self._stored or version is None or not self._fresh or parent is None:
+        state = self._state
+        pin, parent, version = state.pin, state.parent, state.pin.version
+        if not self._stored or version is None or not state.fresh or parent is None:
             return None, None
         if version in self._judged:
             return None, None

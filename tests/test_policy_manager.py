@@ -8,9 +8,11 @@ from typing import Any
 
 import anyio
 import pytest
+from _graph_nodes import registry
 
 from engine import EventType, PolicyError, RequestStatus
 from engine.events import RequestRecord
+from engine.loader import load_graph
 from engine.policy import PolicyManager, PolicyPin, apply_policy, changed_keys
 from engine.store import Store
 
@@ -245,3 +247,22 @@ async def test_watch_trips_the_guard_while_requests_run(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
     assert m.store is not None
     assert m.store.policy_history("triage")[-1]["reason"] == "guard: cost ratio 2.4 > 1.3"
+
+
+def test_a_malformed_default_guard_is_located_in_the_graphs_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "triage.yaml"
+    policy.write_text("router: {threshold: 0.4}\nguard:\n  window: 0\n")
+    (tmp_path / "g.yaml").write_text(
+        "moat: 1\nname: g\npolicy: triage.yaml\nnodes:\n  e: {type: echo, with: {value: 1}}\n"
+        "output: {a: e.value}\n"
+    )
+    graph = load_graph(tmp_path / "g.yaml", registry=registry())
+    m = PolicyManager(
+        Store.open(tmp_path / "moat.db"),
+        name=graph.policy_name,
+        default_body=graph.policy,
+        graph=graph,
+    )
+    with pytest.raises(PolicyError, match=r"triage\.yaml:3:11: guard\.window = 0: Input should"):
+        m.ensure_registered()
+    assert m.store is not None and m.store.list_policies() == []

@@ -1,0 +1,156 @@
+"""The `retrieve` node: top-k passages of a small corpus by embedding similarity.
+
+The corpus is a file (`.jsonl` lines of `{id, text}`, YAML list of strings or `{id, text}`
+(or a mapping with `passages:`), or plain text with passages separated by blank lines) or
+an inline `passages` list. Its index is built once per node instance and source; a
+request's retrievals are memoised (`ctx.memo`), so several consumers with the same query
+share one search. The default embedder is the dependency-free hashing embedder; other
+embedders (`sentence-transformers:MODEL`, `openai:MODEL`) run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+from pydantic import BaseModel, Field
+
+from engine.context import NodeContext
+from engine.node import Node
+from nodes._embed import Embedder, HashingEmbedder, cosine, get_embedder
+
+__all__ = ["Passage", "RetrieveNode"]
+
+
+class Passage(BaseModel):
+    """One retrieved passage."""
+
+    id: str = Field(description="The passage's id (its position when the corpus gives none).")
+    text: str = Field(description="The passage text.")
+    score: float = Field(description="Cosine similarity to the query.")
+
+
+class _Index:
+    def __init__(self, ids: list[str], texts: list[str], vectors: list[list[float]]) -> None:
+        self.ids = ids
+        self.texts = texts
+        self.vectors = vectors
+
+
+class RetrieveNode(Node):
+    """Returns the top-k passages of a small corpus most similar to a query."""
+
+    type_name = "retrieve"
+
+    class Config(BaseModel):
+        """Settings of a `retrieve` node."""
+
+        query: str = Field(description="What to search for.")
+        corpus: str | None = Field(
+            default=None, description="Path of the corpus (JSONL, YAML or blank-line text)."
+        )
+        passages: list[str | dict[str, Any]] | None = Field(
+            default=None, description="An inline corpus instead of `corpus`."
+        )
+        k: int = Field(default=3, ge=1, le=100, description="How many passages to return.")
+        min_score: float = Field(
+            default=0.0, ge=-1, le=1, description="Passages under this similarity are dropped."
+        )
+        embedder: str = Field(
+            default="hashing",
+            description="`hashing`, `sentence-transformers:MODEL` or `openai:MODEL`.",
+        )
+
+    class Output(BaseModel):
+        """What a `retrieve` node returns."""
+
+        passages: list[Passage] = Field(description="The best passages, best first.")
+        top_score: float = Field(description="Similarity of the best passage (0 without any).")
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, _Index] = {}
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Search the (cached) index; reuse the request's earlier identical search."""
+        source = _source_key(config)
+        embedder = get_embedder(config.embedder)
+        index = self._indexes.get(source)
+        if index is None:
+            index = self._indexes[source] = await _build(config, embedder)
+        key = hashlib.sha256(
+            json.dumps([source, config.embedder, config.query, config.k, config.min_score]).encode()
+        ).hexdigest()[:24]
+
+        async def search() -> list[Passage]:
+            return await _search(index, embedder, config)
+
+        passages, reused = await ctx.memo("retrieve:" + key, search)
+        ctx.log.debug("retrieve.done", passages=len(passages), reused=reused)
+        return self.Output(passages=passages, top_score=passages[0].score if passages else 0.0)
+
+
+async def _embed(embedder: Embedder, texts: list[str]) -> list[list[float]]:
+    if isinstance(embedder, HashingEmbedder):
+        return embedder.embed(texts)
+    return await anyio.to_thread.run_sync(embedder.embed, texts)
+
+
+async def _build(config: RetrieveNode.Config, embedder: Embedder) -> _Index:
+    items = _load(config)
+    ids = [i for i, _ in items]
+    texts = [t for _, t in items]
+    return _Index(ids, texts, await _embed(embedder, texts))
+
+
+async def _search(index: _Index, embedder: Embedder, config: RetrieveNode.Config) -> list[Passage]:
+    (q,) = await _embed(embedder, [config.query])
+    scored = sorted(
+        ((cosine(q, v), i) for i, v in enumerate(index.vectors)), key=lambda x: (-x[0], x[1])
+    )
+    return [
+        Passage(id=index.ids[i], text=index.texts[i], score=round(s, 6))
+        for s, i in scored[: config.k]
+        if s >= config.min_score
+    ]
+
+
+def _source_key(config: RetrieveNode.Config) -> str:
+    if config.corpus is not None:
+        return "file:" + config.corpus
+    raw = json.dumps(config.passages, sort_keys=True, default=str)
+    return "inline:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _load(config: RetrieveNode.Config) -> list[tuple[str, str]]:
+    """(id, text) pairs of the configured corpus."""
+    if config.corpus is None:
+        if not config.passages:
+            raise ValueError("retrieve needs `corpus` (a file) or a non-empty `passages` list")
+        return [_item(i, p) for i, p in enumerate(config.passages)]
+    path = Path(config.corpus)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read corpus {config.corpus!r}: {exc.strerror}") from exc
+    if path.suffix == ".jsonl":
+        entries: list[Any] = [json.loads(ln) for ln in raw.splitlines() if ln.strip()]
+    elif path.suffix in (".yaml", ".yml", ".json"):
+        data = yaml.safe_load(raw)
+        entries = data.get("passages", []) if isinstance(data, dict) else data
+    else:
+        entries = [p.strip() for p in raw.split("\n\n") if p.strip()]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"corpus {config.corpus!r} holds no passages")
+    return [_item(i, e) for i, e in enumerate(entries)]
+
+
+def _item(i: int, entry: Any) -> tuple[str, str]:
+    if isinstance(entry, str):
+        return str(i), entry
+    if isinstance(entry, dict) and isinstance(entry.get("text"), str):
+        return str(entry.get("id", i)), entry["text"]
+    raise ValueError(f"passage #{i} must be a string or a mapping with 'text', got {entry!r}")

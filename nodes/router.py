@@ -1,0 +1,285 @@
+"""The `router` node: picks a route (and its model) from features, exemplars, history and budget.
+
+Routes are ordered cheapest first (or by their `tier`). For each request the router:
+
+1. computes text features (`nodes._features`: length, structure, question type, code,
+   multi-step markers) into a complexity score;
+2. compares the text with each route's labelled `exemplars` (hashing embedder);
+3. picks the exemplar route when its similarity reaches `threshold` with a `margin` over
+   the runner-up, otherwise the route whose tier fits the complexity (`complexity_threshold`
+   splits cheap from capable when there are two routes);
+4. consults what happened to near-duplicate past requests of the same tenant: a failure of
+   the chosen route escalates one tier, a success of a cheaper route (and no failure of it)
+   steps down to it;
+5. falls back to the cheapest route when `ctx.remaining_usd` is under `budget_floor_usd`.
+
+Outcomes are learnt from a second node in `mode: feedback` (e.g. after a `validate`),
+sharing the router's `namespace`; with `learn_on_success` the router also records a success
+when the request succeeds. Thresholds are ordinary config values, so graphs can take them
+from the policy: `threshold: "{{ policy.router.threshold }}"`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.context import NodeContext
+from engine.errors import NodeError
+from engine.events import EventType
+from engine.node import Node
+from nodes._embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
+from nodes._features import Features, features
+from nodes._lsh import MinHashIndex
+
+__all__ = ["RouterMemory", "RouterNode"]
+
+
+class Route(BaseModel):
+    """One route of a `router`."""
+
+    model: str = Field(description="Logical model the route uses.")
+    exemplars: list[str] = Field(
+        default_factory=list, description="Labelled example requests that belong here."
+    )
+    tier: int | None = Field(
+        default=None, description="Capability/cost rank (0 cheapest); default: position."
+    )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    route: str
+    ok: bool
+    vector: QVector
+
+
+class RouterMemory:
+    """Outcomes of past requests per tenant, searchable by near-duplicate text."""
+
+    def __init__(self, max_per_tenant: int = 5000) -> None:
+        self.max_per_tenant = max_per_tenant
+        self._embedder = HashingEmbedder()
+        self._tenants: dict[str, tuple[OrderedDict[str, _Outcome], MinHashIndex]] = {}
+        self._seq = 0
+
+    def record(self, tenant: str, text: str, route: str, ok: bool) -> None:
+        """Remember that `route` succeeded (`ok`) or failed on `text`."""
+        items, index = self._tenants.setdefault(tenant, (OrderedDict(), MinHashIndex()))
+        self._seq += 1
+        key = str(self._seq)
+        items[key] = _Outcome(route, ok, quantize(self._embedder.embed_one(text)))
+        index.add(key, index.signature(words(text)))
+        while len(items) > self.max_per_tenant:
+            old, _ = items.popitem(last=False)
+            index.remove(old)
+
+    def similar(self, tenant: str, text: str, threshold: float) -> list[tuple[str, bool, float]]:
+        """(route, ok, similarity) of past outcomes at least `threshold` similar to `text`."""
+        if tenant not in self._tenants:
+            return []
+        items, index = self._tenants[tenant]
+        q = quantize(self._embedder.embed_one(text))
+        out = []
+        for key in index.candidates(index.signature(words(text)), 16):
+            outcome = items.get(key)
+            if outcome is not None and (sim := qcosine(q, outcome.vector)) >= threshold:
+                out.append((outcome.route, outcome.ok, sim))
+        return out
+
+
+class RouterNode(Node):
+    """Chooses a route and model from text features, exemplars, past outcomes and budget."""
+
+    type_name = "router"
+
+    class Config(BaseModel):
+        """Settings of a `router` node."""
+
+        text: str = Field(description="The request text to route.")
+        routes: dict[str, Route] = Field(
+            min_length=1, description="Route name -> {model, exemplars, tier}, cheapest first."
+        )
+        mode: Literal["route", "feedback"] = Field(
+            default="route",
+            description="`route` picks a route; `feedback` records how `route` did on `text`.",
+        )
+        route: str | None = Field(default=None, description="Feedback mode: the route used.")
+        ok: bool = Field(
+            default=True, description="Feedback mode: whether the route's answer was good."
+        )
+        namespace: str = Field(default="default", description="Memory shared with feedback nodes.")
+        threshold: float = Field(
+            default=0.6, ge=0, le=1, description="Exemplar similarity that decides a route."
+        )
+        margin: float = Field(
+            default=0.05, ge=0, le=1, description="Lead over the runner-up exemplar route needed."
+        )
+        complexity_threshold: float = Field(
+            default=0.45, ge=0, le=1, description="Complexity from which capable routes win."
+        )
+        budget_floor_usd: float = Field(
+            default=0.0, ge=0, description="Under this remaining budget, take the cheapest route."
+        )
+        memory_threshold: float = Field(
+            default=0.85,
+            ge=0,
+            le=1,
+            description="Similarity of a past request that counts as near-duplicate.",
+        )
+        learn_on_success: bool = Field(
+            default=False,
+            description="Record a success for the chosen route when the request succeeds.",
+        )
+
+    class Output(BaseModel):
+        """What a `router` node returns."""
+
+        route: str = Field(description="The chosen route.")
+        model: str = Field(description="The chosen route's logical model.")
+        score: float = Field(description="The deciding signal's value (similarity or complexity).")
+        confidence: float = Field(description="How clear the choice was, in [0, 1].")
+        complexity: float = Field(description="The text's complexity score in [0, 1].")
+        reasons: list[str] = Field(description="Reason codes, deciding one first.")
+
+    def __init__(self) -> None:
+        self._embedder = HashingEmbedder()
+        self._exemplars: dict[str, list[list[float]]] = {}
+        self._exemplar_source: object = None
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Pick a route (or record feedback)."""
+        memory = ctx.store.get("router:" + config.namespace, RouterMemory)
+        order = sorted(config.routes, key=lambda n: _tier(config, n))
+        if config.mode == "feedback":
+            return self._feedback(config, ctx, memory, order)
+        feats = features(config.text)
+        route, score, confidence, reasons = self._decide(config, feats, order)
+        route, reasons = _apply_history(config, ctx, memory, order, route, reasons)
+        remaining = ctx.remaining_usd
+        if remaining is not None and remaining < config.budget_floor_usd and route != order[0]:
+            route, confidence, reasons = order[0], 1.0, ["BUDGET_LOW", *reasons]
+        if config.learn_on_success:
+            tenant, text, chosen = ctx.request.tenant, config.text, route
+
+            async def learn() -> None:
+                memory.record(tenant, text, chosen, True)
+
+            ctx.after_success(learn)
+        out = self.Output(
+            route=route,
+            model=config.routes[route].model,
+            score=round(score, 4),
+            confidence=round(confidence, 4),
+            complexity=round(feats.complexity, 4),
+            reasons=reasons,
+        )
+        ctx.emit(
+            EventType.ROUTE_SELECTED,
+            decision=route,
+            reason_codes=reasons,
+            payload={
+                "model": out.model,
+                "score": out.score,
+                "confidence": out.confidence,
+                "complexity": out.complexity,
+                "prompt_class": feats.prompt_class,
+                "remaining_usd": remaining,
+            },
+        )
+        return out
+
+    def _decide(
+        self, config: Config, feats: Features, order: list[str]
+    ) -> tuple[str, float, float, list[str]]:
+        sims = self._similarities(config)
+        ranked = sorted(sims.items(), key=lambda kv: -kv[1])
+        if ranked:
+            best, best_sim = ranked[0]
+            runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+            if best_sim >= config.threshold and best_sim - runner_up >= config.margin:
+                confidence = min(1.0, 0.5 + (best_sim - runner_up) * 2)
+                return best, best_sim, confidence, ["EXEMPLAR_MATCH", *feats.reasons]
+        c = feats.complexity
+        if len(order) == 1 or c < config.complexity_threshold:
+            index = 0
+        else:
+            # spread the capable tiers over [threshold, 1]
+            span = (1.0 - config.complexity_threshold) / (len(order) - 1)
+            index = min(
+                len(order) - 1, 1 + int((c - config.complexity_threshold) / max(span, 1e-9))
+            )
+        code = "COMPLEXITY_HIGH" if index else "COMPLEXITY_LOW"
+        confidence = min(1.0, abs(c - config.complexity_threshold) * 2)
+        return order[index], c, confidence, [code, *feats.reasons]
+
+    def _similarities(self, config: Config) -> dict[str, float]:
+        source = {n: tuple(r.exemplars) for n, r in config.routes.items()}
+        if source != self._exemplar_source:
+            # built once per distinct route set, not per request
+            self._exemplars = {
+                n: [self._embedder.embed_one(e) for e in ex] for n, ex in source.items()
+            }
+            self._exemplar_source = source
+        if not any(self._exemplars.values()):
+            return {}
+        q = self._embedder.embed_one(config.text)
+        return {
+            n: max((cosine(q, v) for v in vecs), default=0.0)
+            for n, vecs in self._exemplars.items()
+            if vecs
+        }
+
+    def _feedback(
+        self, config: Config, ctx: NodeContext, memory: RouterMemory, order: list[str]
+    ) -> Output:
+        route = config.route if config.route in config.routes else None
+        if route is None:
+            names = ", ".join(order)
+            raise NodeError(
+                f"feedback got route {config.route!r}; use one of the routes: {names}",
+                node_id=ctx.node_id,
+                request_id=ctx.request.id,
+            )
+        memory.record(ctx.request.tenant, config.text, route, config.ok)
+        ctx.log.debug("router.feedback", route=route, ok=config.ok)
+        return self.Output(
+            route=route,
+            model=config.routes[route].model,
+            score=1.0 if config.ok else 0.0,
+            confidence=1.0,
+            complexity=0.0,
+            reasons=["FEEDBACK_OK" if config.ok else "FEEDBACK_FAILED"],
+        )
+
+
+def _tier(config: RouterNode.Config, name: str) -> tuple[int, int]:
+    position = list(config.routes).index(name)
+    tier = config.routes[name].tier
+    return (tier if tier is not None else position, position)
+
+
+def _apply_history(
+    config: RouterNode.Config,
+    ctx: NodeContext,
+    memory: RouterMemory,
+    order: list[str],
+    route: str,
+    reasons: list[str],
+) -> tuple[str, list[str]]:
+    """Escalate after a near-duplicate failed on `route`; step down after a cheaper success."""
+    past = memory.similar(ctx.request.tenant, config.text, config.memory_threshold)
+    if not past:
+        return route, reasons
+    failed = {r for r, ok, _ in past if not ok}
+    succeeded = {r for r, ok, _ in past if ok}
+    rank = order.index(route)
+    if route in failed and route not in succeeded and rank + 1 < len(order):
+        return order[rank + 1], ["PAST_FAILURE_NEAR_DUPLICATE", *reasons]
+    cheaper = [r for r in order[:rank] if r in succeeded and r not in failed]
+    if cheaper:
+        return cheaper[0], ["PAST_SUCCESS_CHEAPER", *reasons]
+    return route, reasons

@@ -49,6 +49,16 @@ _SLOT_PATTERNS = [
 ]  # fmt: skip
 _NAME = re.compile(r"\b[A-Z][a-zA-Z]+\b")
 _NOT_NAMES = frozenset({"I", "I'm", "OK", "AI"})
+_FUNCTION_TEXT = """
+    a an the and or but if of to in on at by for with from into onto about as is are was
+    were be been being am do does did done have has had can could would should shall will may
+    might must i me my mine you your yours we our us they their them he she his her it its
+    this that these those what which who whom whose when where why how whats there here
+    please kindly just quickly really very some any way best good help tell show let know
+    need want like get make give explain describe possible also again now today hi hello
+    hey thanks thank"""
+_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
+"""Words a paraphrase may add, drop or swap without changing what is asked."""
 _PUNCT = re.compile(r"[^\w{}\s]+")
 _SPACE = re.compile(r"\s+")
 
@@ -183,9 +193,21 @@ class SemanticCache:
     # ------------------------------------------------------------------ lookups
 
     def lookup(
-        self, tenant: str, text: str, *, scope: str = "", threshold: float = 0.9, names: bool = True
+        self,
+        tenant: str,
+        text: str,
+        *,
+        scope: str = "",
+        threshold: float = 0.9,
+        names: bool = True,
+        strict_words: bool = True,
     ) -> Lookup:
-        """The best live entry of `tenant` for `text`, or a miss (`entry=None`)."""
+        """The best live entry of `tenant` for `text`, or a miss (`entry=None`).
+
+        With `strict_words`, a semantic match that swaps a content word for another
+        (`reset` for `cancel`) is refused however similar the rest; rewording with function
+        words or one-sided additions (`please`, `quickly`) still matches.
+        """
         tpl, slots = template(text, names=names)
         key = _key(scope, tpl, slots)
         part = self._partition(tenant)
@@ -195,9 +217,9 @@ class SemanticCache:
             return Lookup(self._touch(part, entry, now), 1.0, True, key)
         if threshold >= 1.0 or not part.entries:
             return Lookup(None, 0.0, False, key)
-        best, best_sim = None, 0.0
+        scored: list[tuple[float, Entry]] = []
         qvec: list[float] | None = None
-        sig = part.index.signature(words(tpl))
+        sig = part.index.signature(_lsh_tokens(tpl, slots))
         for cand_key in part.index.candidates(sig, self.candidates):
             cand = part.entries.get(cand_key)
             if cand is None or cand.scope != scope or cand.slots != slots:
@@ -205,11 +227,16 @@ class SemanticCache:
             if qvec is None:
                 qvec = self._embedder.embed_one(tpl)
             q8, scale = cand.vector
-            sim = sum(map(operator.mul, qvec, q8)) * scale
-            if sim > best_sim and self._alive(part, cand, now):
-                best, best_sim = cand, sim
-        if best is not None and best_sim >= threshold:
-            return Lookup(self._touch(part, best, now), best_sim, False, key)
+            scored.append((sum(map(operator.mul, qvec, q8)) * scale, cand))
+        scored.sort(key=lambda x: -x[0])
+        best_sim = scored[0][0] if scored else 0.0
+        for sim, cand in scored:
+            if sim < threshold:
+                break
+            if strict_words and _substitutes(tpl, cand.template):
+                continue
+            if self._alive(part, cand, now):
+                return Lookup(self._touch(part, cand, now), sim, False, key)
         return Lookup(None, best_sim, False, key)
 
     # ------------------------------------------------------------------- stores
@@ -321,7 +348,7 @@ class SemanticCache:
             part.bytes -= old.size
         part.entries[entry.key] = entry
         part.bytes += entry.size
-        part.index.add(entry.key, part.index.signature(words(entry.template)))
+        part.index.add(entry.key, part.index.signature(_lsh_tokens(entry.template, entry.slots)))
 
     def _remove(self, tenant: str, part: _Partition, entry: Entry) -> None:
         part.entries.pop(entry.key, None)
@@ -357,6 +384,18 @@ class SemanticCache:
             self._remove(tenant, part, oldest)
             evicted += 1
         return evicted
+
+
+def _lsh_tokens(tpl: str, slots: tuple[str, ...]) -> list[str]:
+    """Template words plus slot values, so candidates that share the slots rank first."""
+    return [*words(tpl), *slots]
+
+
+def _substitutes(a: str, b: str) -> bool:
+    """True when each text has a content word the other lacks (a swap, not a rewording)."""
+    wa = {w for w in words(a) if len(w) > 2 and w not in _FUNCTION_WORDS}
+    wb = {w for w in words(b) if len(w) > 2 and w not in _FUNCTION_WORDS}
+    return bool(wa - wb) and bool(wb - wa)
 
 
 def _key(scope: str, tpl: str, slots: tuple[str, ...]) -> str:

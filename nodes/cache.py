@@ -81,7 +81,7 @@ class CacheNode(Node):
             description="Must match exactly (e.g. system prompt or model), besides the text.",
         )
         threshold: float = Field(
-            default=0.9,
+            default=0.85,
             ge=0,
             le=1,
             description="Minimum cosine similarity of templates for a semantic hit "
@@ -90,6 +90,11 @@ class CacheNode(Node):
         names: bool = Field(
             default=True,
             description="Treat capitalised words inside sentences as name slots that must match.",
+        )
+        strict_words: bool = Field(
+            default=True,
+            description="Refuse semantic matches that swap a content word (`reset` for "
+            "`cancel`), however similar.",
         )
         ttl_s: float = Field(default=3600.0, gt=0, description="Initial time to live (seconds).")
         ttl_growth: float = Field(
@@ -134,7 +139,12 @@ class CacheNode(Node):
     def _lookup(self, config: Config, ctx: NodeContext, cache: SemanticCache) -> Output:
         tenant = ctx.request.tenant
         found = cache.lookup(
-            tenant, config.text, scope=config.scope, threshold=config.threshold, names=config.names
+            tenant,
+            config.text,
+            scope=config.scope,
+            threshold=config.threshold,
+            names=config.names,
+            strict_words=config.strict_words,
         )
         entry = found.entry
         payload = {"similarity": round(found.similarity, 4), "key": found.key}

@@ -280,10 +280,11 @@ class Checker:
                 loc = err.get("loc", ())
                 if loc and (loc[0] in dynamic or (loc[0] not in fields and not allow_extra)):
                     continue
-                where = ".".join(str(p) for p in loc) or "with"
+                if not loc and dynamic:
+                    continue  # a whole-config rule cannot be decided before run time
+                where = ".".join(["with", *(str(p) for p in loc)])
                 self._error(
-                    f"with.{where}: {err.get('msg')} (type {spec.type!r}; see "
-                    f"`moat nodes {spec.type}`)",
+                    f"{where}: {err.get('msg')} (type {spec.type!r}; see `moat nodes {spec.type}`)",
                     (*at, "with", *loc),
                     node_id=node_id,
                 )

@@ -38,6 +38,16 @@ def redact_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+class _Stderr:
+    """Writes to whatever `sys.stderr` is at the time of each write (not at configuration)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     path: str | None = None, *, level: str | None = None, stream: TextIO | None = None
 ) -> None:
@@ -50,7 +60,7 @@ def configure_logging(
     """
     global _configured
     target = path or os.environ.get("MOAT_LOG")
-    out: TextIO = stream or (open(target, "a", encoding="utf-8") if target else sys.stderr)  # noqa: SIM115
+    out: Any = stream or (open(target, "a", encoding="utf-8") if target else _Stderr())  # noqa: SIM115
     name = (level or os.environ.get("MOAT_LOG_LEVEL") or "warning").upper()
     structlog.configure(
         processors=[

@@ -1,0 +1,419 @@
+"""The embedding API: a `Pipeline` answers requests and batches with a store and policy.
+
+```python
+async with Pipeline("graphs/governed-answer.yaml", db="moat.db") as pipe:
+    result = await pipe.run({"prompt": "How do I reset my password?"})
+    summary = await pipe.run_batch(items, concurrency=32)
+```
+
+The CLI's `moat run` is a thin layer over this class; `run_sync` is the blocking helper for
+scripts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from engine.context import SharedState
+from engine.errors import SpecError
+from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
+from engine.graph import Graph
+from engine.loader import load_graph
+from engine.models import Gateway
+from engine.policy import PolicyManager
+from engine.requests import BatchItem, InputValidator, parse_request
+from engine.scheduler import RequestResult, Runner
+from engine.spec import ModelSpec
+from engine.store import Store, new_run_id
+
+__all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
+
+OnResult = Callable[[RequestRecord], Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """What a batch did."""
+
+    run_id: str
+    total: int
+    done: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        """Requests that failed or ran out of time."""
+        return sum(
+            n
+            for s, n in self.by_status.items()
+            if s in (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED)
+        )
+
+
+class _TapSink:
+    """Forwards every record, and hands finished requests to a callback."""
+
+    def __init__(self, inner: Sink, on_request: Callable[[RequestRecord], None]) -> None:
+        self.inner = inner
+        self.on_request = on_request
+
+    def record(self, item: Record) -> None:
+        self.inner.record(item)
+        if isinstance(item, RequestRecord):
+            self.on_request(item)
+
+
+class Pipeline:
+    """A graph loaded once, answering single requests and batches concurrently.
+
+    Args:
+        graph: a loaded `Graph` or the path of a graph file.
+        db: the store file (`None` keeps records in memory only; see `sink`).
+        sink: where records go when `db` is None (default: a `MemorySink`).
+        policy_file: apply this policy snapshot before answering (`--policy`).
+        models: rebind logical models, `{"large": "openai:gpt-4o-mini"}` (`--model`).
+        seed: seed for the simulated models.
+    """
+
+    def __init__(
+        self,
+        graph: Graph | str | os.PathLike[str],
+        *,
+        db: str | os.PathLike[str] | None = "moat.db",
+        sink: Sink | None = None,
+        policy_file: str | os.PathLike[str] | None = None,
+        models: Mapping[str, str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.graph = graph if isinstance(graph, Graph) else load_graph(graph)
+        self.db = os.fspath(db) if db is not None else None
+        self.memory = sink if sink is not None else MemorySink()
+        self.policy_file = policy_file
+        self.seed = seed
+        self.validator = InputValidator(self.graph.input_schema)
+        self.model_specs = rebind_models(self.graph.models, models or {})
+        self.store: Store | None = None
+        self.policy: PolicyManager | None = None
+        self._sink: Sink = self.memory
+        self._runner: Runner | None = None
+        self._stack: AsyncExitStack | None = None
+        self._listeners: list[Callable[[RequestRecord], None]] = []
+        self._outstanding = 0
+
+    async def __aenter__(self) -> Pipeline:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        self._stack = stack
+        try:
+            await self._open(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        if self.db is not None:
+            self.store = Store.open(self.db)
+            stack.callback(self.store.close)
+            writer = self.store.writer()
+            stack.callback(writer.close)
+            self._sink = writer
+        self.policy = PolicyManager(
+            self.store,
+            name=self.graph.policy_name,
+            default_body=self.graph.policy,
+            graph=self.graph,
+        )
+        self.policy.ensure_registered()
+        if self.policy_file is not None:
+            self.policy.apply(self.policy_file, reason="--policy")
+        group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(group.cancel_scope.cancel)
+        if self.store is not None:
+            await group.start(self.policy.watch)
+        gateway = Gateway(self.model_specs)
+        stack.push_async_callback(gateway.aclose)
+        self._runner = Runner(
+            self.graph,
+            sink=_TapSink(self._sink, self._on_request),
+            gateway=gateway,
+            shared=SharedState(self.store),
+            run_id="",
+            policy=self.policy.current,
+            seed=self.seed,
+        )
+        await stack.enter_async_context(self._runner)
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(None, None, None)
+
+    def _on_request(self, record: RequestRecord) -> None:
+        self._outstanding -= 1
+        if self.policy is not None and record.status != RequestStatus.INVALID_INPUT:
+            self.policy.observe(
+                record.latency_ms, record.cost_usd, None, policy_version=record.policy_version
+            )
+        for listener in list(self._listeners):
+            listener(record)
+
+    def start_run(self, total: int, config: Mapping[str, Any] | None = None) -> str:
+        """Create a run (a row in `runs` when there is a store) and return its id."""
+        if self.store is None:
+            run_id = new_run_id()
+        else:
+            conf = {
+                "graph_path": os.path.abspath(self.graph.path),
+                "policy": self.graph.policy_name,
+                **(config or {}),
+            }
+            run_id = self.store.create_run(self.graph.name, self.graph.hash, total, conf)
+        self.use_run(run_id)
+        return run_id
+
+    def use_run(self, run_id: str) -> None:
+        """Attribute the requests answered from now on (and policy events) to `run_id`."""
+        assert self._runner is not None, "use `async with Pipeline(...)`"
+        self._runner.run_id = run_id
+        if self.policy is not None:
+            self.policy.run_id = run_id
+
+    async def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        seq: int = 0,
+        labels: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> RequestResult:
+        """Answer one request (validated against the graph's `input` schema)."""
+        item = parse_request(
+            {**input, **({"_labels": labels} if labels else {})},
+            seq=seq,
+            declared=self.validator.declared,
+        )
+        rid = run_id or self.start_run(1)
+        result = await self._answer(rid, item if not meta else _with_meta(item, meta))
+        if run_id is None and self.store is not None:
+            self.store.finish_run(rid, "finished")
+        return result
+
+    async def run_batch(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        run_id: str,
+        total: int,
+        concurrency: int = 16,
+        skip: frozenset[int] = frozenset(),
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> BatchSummary:
+        """Answer `items` with at most `concurrency` in flight; finished records go to
+        `on_record` as they are recorded. Cancelling the caller stops cleanly: what finished
+        is kept."""
+        summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
+        limiter = anyio.Semaphore(max(1, concurrency))
+
+        def count(record: RequestRecord) -> None:
+            if record.run_id != run_id:
+                return
+            summary.done += 1
+            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
+            if on_record is not None:
+                on_record(record)
+
+        self._listeners.append(count)
+        try:
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    if item.seq in skip:
+                        continue
+                    await limiter.acquire()
+                    tg.start_soon(self._answer_released, run_id, item, limiter)
+            await self.settle()
+        finally:
+            self._listeners.remove(count)
+        return summary
+
+    async def _answer_released(
+        self, run_id: str, item: BatchItem, limiter: anyio.Semaphore
+    ) -> None:
+        try:
+            await self._answer(run_id, item)
+        finally:
+            limiter.release()
+
+    async def _answer(self, run_id: str, item: BatchItem) -> RequestResult:
+        assert self._runner is not None, "use `async with Pipeline(...)`"
+        request_id = f"{run_id}-{item.seq:06d}"
+        data, error = self.validator.validate(item)
+        if data is None:
+            return self._invalid(run_id, request_id, item, error or "invalid input")
+        self._outstanding += 1
+        return await self._runner.run(
+            data,
+            request_id=request_id,
+            seq=item.seq,
+            labels=item.labels,
+            meta={**item.meta, "run_id": run_id},
+        )
+
+    def _invalid(self, run_id: str, request_id: str, item: BatchItem, error: str) -> RequestResult:
+        stamp = now()
+        record = RequestRecord(
+            id=request_id,
+            run_id=run_id,
+            seq=item.seq,
+            status=RequestStatus.INVALID_INPUT,
+            started_at=stamp,
+            finished_at=stamp,
+            latency_ms=0.0,
+            cost_usd=0.0,
+            output=None,
+            error=error,
+            **{k: item.meta.get(k) for k in ("conversation_id", "turn_index", "parent_request_id")},
+        )
+        self._outstanding += 1
+        self._runner_sink().record(record)
+        return RequestResult(
+            request_id=request_id,
+            status=RequestStatus.INVALID_INPUT,
+            output=None,
+            latency_ms=0.0,
+            cost_usd=0.0,
+            policy_version=None,
+            error=error,
+            seq=item.seq,
+        )
+
+    def _runner_sink(self) -> Sink:
+        return _TapSink(self._sink, self._on_request)
+
+    async def settle(self) -> None:
+        """Wait until every answered request's cleanup has run and its record is emitted."""
+        while self._outstanding > 0:
+            await anyio.sleep(0.005)
+
+    def flush(self) -> None:
+        """Block until every record so far is committed to the store (no-op without one)."""
+        flush = getattr(self._sink, "flush", None)
+        if callable(flush):
+            flush()
+
+    async def stream(
+        self, items: Iterable[BatchItem], *, run_id: str, concurrency: int = 16
+    ) -> AsyncIterator[RequestRecord]:
+        """Answer `items` and yield each finished request's record as it is recorded."""
+        send, receive = anyio.create_memory_object_stream[RequestRecord](max_buffer_size=10_000)
+
+        async def produce() -> None:
+            async with send:
+                await self.run_batch(
+                    items,
+                    run_id=run_id,
+                    total=0,
+                    concurrency=concurrency,
+                    on_record=send.send_nowait,
+                )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with receive:
+                async for record in receive:
+                    yield record
+
+
+def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:
+    return BatchItem(
+        item.seq, item.input, item.labels, {**item.meta, **meta}, item.error, item.line
+    )
+
+
+def rebind_models(
+    models: Mapping[str, ModelSpec], rebind: Mapping[str, str]
+) -> dict[str, ModelSpec]:
+    """Apply `--model NAME=PROVIDER:MODEL` rebindings to a graph's models.
+
+    Raises:
+        SpecError: an unknown logical name, provider or sim profile, with the valid choices.
+    """
+    result = dict(models)
+    for name, target in rebind.items():
+        if name not in models:
+            raise SpecError(
+                f"--model {name}={target}: the graph has no model {name!r}. "
+                f"Models: {', '.join(sorted(models)) or '(none)'}"
+            )
+        provider, _, model = target.partition(":")
+        old = models[name]
+        if provider == "sim":
+            profile = model.removeprefix("sim-") or "large"
+            if profile not in ("small", "medium", "large"):
+                raise SpecError(f"--model {name}={target}: sim profiles are small, medium, large")
+            result[name] = ModelSpec(
+                provider="sim",
+                profile=profile,
+                seed=old.seed,
+                faults=old.faults,
+                time_scale=old.time_scale,
+            )
+        elif provider == "openai":
+            if not model:
+                raise SpecError(f"--model {name}={target}: name the model, e.g. openai:gpt-4o-mini")
+            same = old.provider == "openai"
+            result[name] = ModelSpec(
+                provider="openai",
+                model=model,
+                base_url=old.base_url if same else os.environ.get("OPENAI_BASE_URL"),
+                api_key_env=old.api_key_env if same else None,
+                price=old.price,
+                max_concurrency=old.max_concurrency,
+                remote=old.remote,
+                timeout_s=old.timeout_s,
+                max_retries=old.max_retries,
+            )
+        else:
+            raise SpecError(
+                f"--model {name}={target}: unknown provider {provider!r}; use "
+                "sim:PROFILE or openai:MODEL"
+            )
+    return result
+
+
+def run_sync(
+    graph: str | os.PathLike[str] | Graph,
+    inputs: Iterable[Mapping[str, Any]],
+    *,
+    db: str | os.PathLike[str] | None = None,
+    concurrency: int = 16,
+    **options: Any,
+) -> list[RequestResult]:
+    """Blocking helper for scripts: answer `inputs` and return their results in order."""
+
+    async def main() -> list[RequestResult]:
+        async with Pipeline(graph, db=db, **options) as pipe:
+            run_id = pipe.start_run(0)
+            results: dict[int, RequestResult] = {}
+            limiter = anyio.Semaphore(concurrency)
+
+            async def one(seq: int, value: Mapping[str, Any]) -> None:
+                async with limiter:
+                    results[seq] = await pipe.run(value, run_id=run_id, seq=seq)
+
+            async with anyio.create_task_group() as tg:
+                for seq, value in enumerate(inputs):
+                    tg.start_soon(one, seq, value)
+            if pipe.store is not None:
+                pipe.store.finish_run(run_id, "finished")
+            return [results[i] for i in sorted(results)]
+
+    return anyio.run(main)

@@ -1,0 +1,81 @@
+"""Formatting of numbers, times and states for display, with theme-aware colours.
+
+Colours come from the running app's theme (`$success`, `$warning`, `$error`, ...) so the
+TUI reads well on light and dark terminals; nothing here hard-codes a colour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from rich.text import Text
+from textual.app import App
+
+__all__ = [
+    "STATE_COLOURS",
+    "bar",
+    "ms",
+    "pct",
+    "styled",
+    "usd",
+    "utc",
+]
+
+STATE_COLOURS: Mapping[str, str] = {
+    "ok": "success",
+    "succeeded": "success",
+    "finished": "success",
+    "active": "success",
+    "partial": "warning",
+    "cancelled": "warning",
+    "discarded": "warning",
+    "running": "accent",
+    "interrupted": "warning",
+    "failed": "error",
+    "timed_out": "error",
+    "deadline_exceeded": "error",
+    "invalid_input": "error",
+    "bad": "error",
+}
+"""Theme variable per status or state; states not listed are shown dimmed."""
+
+
+def styled(app: App[object], text: str, state: str | None = None) -> Text:
+    """`text` as Rich text coloured for `state` (default: `text` itself) from the theme."""
+    name = STATE_COLOURS.get(state if state is not None else text)
+    colour = app.theme_variables.get(name) if name else None
+    return Text(text, style=colour or "dim")
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds, compact: `842ms`, `1.24s`, `-` when unknown."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.2f}s"
+
+
+def usd(value: float | None) -> str:
+    """Dollars with enough digits for per-request costs."""
+    return "-" if value is None else f"${value:.4f}"
+
+
+def pct(value: float | None) -> str:
+    """A ratio as a percentage, `-` when unknown."""
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def utc(at: float | None) -> str:
+    """A store timestamp as `YYYY-MM-DD HH:MM:SS` UTC (stable across time zones)."""
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def bar(offset: float, length: float, total: float, width: int) -> tuple[int, int]:
+    """Start column and cell count of a bar for [offset, offset+length] on a `total` axis."""
+    if total <= 0:
+        return 0, 1
+    start = min(width - 1, max(0, int(offset / total * width)))
+    cells = max(1, min(width - start, round(length / total * width)))
+    return start, cells

@@ -1,0 +1,306 @@
+"""The request detail screen: why one request took the path it took (DESIGN.md section 9)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import DataTable, Static, TabbedContent, TabPane, Tree
+from textual.widgets.tree import TreeNode
+
+from tui._detail import GraphLine, RequestDetail, TimelineRow, load_detail
+from tui._format import bar, ms, styled, usd, utc
+from tui._live import Snapshot
+from tui.screens.base import LiveScreen
+
+if TYPE_CHECKING:
+    from textual.app import ComposeResult
+
+__all__ = ["RequestDetailScreen"]
+
+_BAR_CELLS = 30
+_TABS = ("overview", "timeline", "decisions", "cycles", "calls", "events")
+_MARKS = "S speculative · X cancelled · K skipped · D discarded · R reused · C cached"
+
+
+class RequestDetailScreen(LiveScreen):
+    """Summary, graph with node states, timeline, decisions, cycles, LLM calls, raw events.
+
+    Args:
+        request_id: the request to show.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("left_square_bracket", "tab(-1)", "Prev tab", key_display="["),
+        Binding("right_square_bracket", "tab(1)", "Next tab", key_display="]"),
+    ]
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.detail: RequestDetail | None = None
+
+    def compose_body(self) -> ComposeResult:
+        """Summary on top, one tab per section below."""
+        yield Static(f"request {self.request_id}: loading…", id="detail-summary", markup=False)
+        with TabbedContent(id="detail-tabs"):
+            with TabPane("Overview", id="overview"), VerticalScroll():
+                yield Static(id="strategy")
+                yield Tree[str]("graph", id="graph-tree")
+            with TabPane("Timeline", id="timeline"):
+                yield _table("timeline-table", "node", "cyc", "state", "start", "dur", "", "marks")
+                yield Static(_MARKS, id="timeline-legend", markup=False)
+            with TabPane("Decisions", id="decisions"):
+                yield _table(
+                    "decisions-table",
+                    "#",
+                    "cyc",
+                    "stage",
+                    "component",
+                    "event",
+                    "decision",
+                    "reasons",
+                    "dur",
+                )
+            with TabPane("Cycles", id="cycles"):
+                yield VerticalScroll(id="cycle-cards")
+            with TabPane("LLM calls", id="calls"):
+                yield _table(
+                    "calls-table",
+                    "node",
+                    "cyc",
+                    "model",
+                    "provider",
+                    "kind",
+                    "outcome",
+                    "cache",
+                    "tokens",
+                    "cost",
+                    "latency",
+                )
+            with TabPane("Events", id="events"):
+                yield _table(
+                    "events-table", "seq", "cyc", "stage", "event", "decision", "status", "payload"
+                )
+
+    def on_mount(self) -> None:
+        """Start loading the request."""
+        self._load()
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Retry loading while the request has nothing stored yet."""
+        if self.detail is not None and not self.detail.found:
+            self._load()
+
+    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
+    def _load(self) -> None:
+        store = self.moat.reader.store
+        if store is None:
+            return
+        detail = load_detail(store, self.request_id, self.moat.registry)
+        try:
+            self.app.call_from_thread(self._show, detail)
+        except RuntimeError:  # the app is shutting down
+            return
+
+    def _show(self, detail: RequestDetail) -> None:
+        self.detail = detail
+        if not self.is_mounted:
+            return
+        self.query_one("#detail-summary", Static).update(self._summary(detail))
+        if not detail.found:
+            return
+        self._show_overview(detail)
+        self._show_timeline(detail.timeline, detail.latency_ms)
+        self._show_decisions(detail.events)
+        self._show_cycles(detail.cycles)
+        self._show_calls(detail.llm_calls)
+        self._show_events(detail.events)
+
+    # -- sections -----------------------------------------------------------------------
+
+    def _summary(self, d: RequestDetail) -> Content:
+        if not d.found:
+            return Content(f"request {d.request_id}: nothing stored yet (still running?)")
+        r = d.request
+        status = str(r.get("status", "running"))
+        colour = {"ok": "$text-success", "partial": "$text-warning"}.get(status, "$text-error")
+        policy = f"{r.get('policy_name') or '-'} v{r.get('policy_version') or '-'}"
+        first = Content.assemble(
+            (f"{d.request_id} ", "bold"),
+            (status, colour),
+            f"  latency {ms(d.latency_ms)}  cost {usd(r.get('cost_usd'))}  policy {policy}",
+        )
+        second = (
+            f"route {d.route or '-'}  tenant {r.get('tenant') or '-'}  "
+            f"run {r.get('run_id', '-')}  started {utc(r.get('started_at'))} UTC"
+        )
+        error = f"\nerror: {r['error']}" if r.get("error") else ""
+        return Content.assemble(first, "\n", second, (error, "$text-error"))
+
+    def _show_overview(self, d: RequestDetail) -> None:
+        strategy = Content.assemble(
+            *[part for label, text in d.strategy for part in ((f"{label:<12}", "bold"), text, "\n")]
+        )
+        self.query_one("#strategy", Static).update(strategy)
+        tree = self.query_one("#graph-tree", Tree)
+        tree.clear()
+        tree.root.set_label(Text(f"graph ({d.graph_source})"))
+        _fill_tree(tree.root, d.graph, self._graph_label)
+        tree.root.expand_all()
+
+    def _graph_label(self, line: GraphLine) -> Text:
+        label = Text(f"{line.node} ", style="bold")
+        label.append(f"({line.node_type}) ")
+        label.append_text(styled(self.app, line.state))
+        if line.duration_ms is not None:
+            label.append(f"  {ms(line.duration_ms)}")
+        return label
+
+    def _show_timeline(self, rows: Sequence[TimelineRow], latency: float) -> None:
+        table = self.query_one("#timeline-table", DataTable)
+        table.clear()
+        for row in rows:
+            start, cells = bar(row.offset_ms, row.duration_ms, latency, _BAR_CELLS)
+            track = Text("·" * start)
+            track.append_text(styled(self.app, "█" * cells, row.state))
+            track.append("·" * (_BAR_CELLS - start - cells))
+            table.add_row(
+                Text(row.node),
+                Text(str(row.cycle)),
+                styled(self.app, row.state),
+                Text(ms(row.offset_ms), justify="right"),
+                Text(ms(row.duration_ms), justify="right"),
+                track,
+                Text(row.marks),
+            )
+
+    def _show_decisions(self, events: Sequence[Mapping[str, Any]]) -> None:
+        table = self.query_one("#decisions-table", DataTable)
+        table.clear()
+        for e in events:
+            reasons = e.get("reason_codes") or []
+            table.add_row(
+                *_texts(
+                    e["sequence"],
+                    e["cycle"],
+                    e["stage"],
+                    e["component"],
+                    e["event_type"],
+                    e["decision"] or "-",
+                    ", ".join(map(str, reasons)) if isinstance(reasons, list) else reasons,
+                    ms(e["duration_ms"]),
+                )
+            )
+
+    def _show_cycles(self, traces: Sequence[Mapping[str, Any]]) -> None:
+        cards = self.query_one("#cycle-cards", VerticalScroll)
+        cards.remove_children()
+        if not traces:
+            cards.mount(Static("no loop cycles in this request", classes="empty"))
+            return
+        for trace in traces:
+            payload = trace.get("payload") or {}
+            lines = [f"{key}: {_compact(value)}" for key, value in sorted(payload.items())]
+            card = Static("\n".join(lines), classes="cycle-card", markup=False)
+            card.border_title = f"cycle {trace['cycle']}"
+            cards.mount(card)
+
+    def _show_calls(self, calls: Sequence[Mapping[str, Any]]) -> None:
+        table = self.query_one("#calls-table", DataTable)
+        table.clear()
+        for c in calls:
+            row = _texts(
+                c["node"],
+                c["cycle"],
+                c["model"],
+                c["provider"],
+                c["call_kind"],
+                c["call_outcome"],
+                c["cache_status"],
+                f"{c['input_tokens']}/{c['output_tokens']}",
+                usd(c["cost_usd"]),
+                ms(c["latency_ms"]),
+            )
+            row[5] = styled(self.app, str(c["call_outcome"]), _outcome_state(c["call_outcome"]))
+            table.add_row(*row)
+
+    def _show_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        table = self.query_one("#events-table", DataTable)
+        table.clear()
+        for e in events:
+            payload = {
+                k: e[k] for k in ("inputs", "outputs", "payload", "reason_codes") if e.get(k)
+            }
+            table.add_row(
+                *_texts(
+                    e["sequence"],
+                    e["cycle"],
+                    e["stage"],
+                    e["event_type"],
+                    e["decision"] or "-",
+                    e["status"] or "-",
+                    _compact(payload)[:80],
+                )
+            )
+
+    # -- actions ------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        """Back to the requests view."""
+        self.dismiss()
+
+    def action_tab(self, step: int) -> None:
+        """Show the previous or next tab."""
+        tabs = self.query_one("#detail-tabs", TabbedContent)
+        index = _TABS.index(tabs.active) if tabs.active in _TABS else 0
+        tabs.active = _TABS[(index + step) % len(_TABS)]
+
+
+def _table(table_id: str, *columns: str) -> DataTable[Text]:
+    table: DataTable[Text] = DataTable(id=table_id, cursor_type="row", zebra_stripes=True)
+    table.add_columns(*columns)
+    return table
+
+
+def _texts(*values: object) -> list[Text]:
+    return [Text("-" if v is None else str(v)) for v in values]
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
+
+
+def _outcome_state(outcome: object) -> str:
+    return {"used": "succeeded", "cached": "succeeded", "cancelled": "cancelled"}.get(
+        str(outcome), "discarded" if outcome == "discarded" else "none"
+    )
+
+
+def _fill_tree(root: TreeNode[str], lines: Iterable[GraphLine], label: Any) -> None:
+    last: dict[int, TreeNode[str]] = {-1: root}
+    groups: dict[tuple[int, int | None], TreeNode[str]] = {}
+    for line in lines:
+        parent = last.get(line.depth - 1, root)
+        if line.depth > 0 and line.cycle is not None:
+            key = (id(parent), line.cycle)
+            if key not in groups:
+                groups[key] = parent.add(f"cycle {line.cycle}", expand=True)
+            parent = groups[key]
+        last[line.depth] = parent.add(label(line), data=line.node, expand=True)
+    _leaves(root)
+
+
+def _leaves(node: TreeNode[str]) -> None:
+    for child in node.children:
+        child.allow_expand = bool(child.children)
+        _leaves(child)

@@ -1,0 +1,241 @@
+"""The requests view: a live table of finished requests with filters and a search box."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import Checkbox, DataTable, Input, Select, Static
+
+from tui._format import ms, styled, usd
+from tui._live import Metrics, RequestRow, Snapshot
+from tui.screens.base import LiveScreen
+
+if TYPE_CHECKING:
+    from textual.app import ComposeResult
+
+__all__ = ["RequestFilter", "RequestsScreen"]
+
+_COLUMNS = ("request", "tenant", "status", "latency", "cost", "route", "cycles", "policy")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFilter:
+    """What the requests table shows: every set criterion must hold."""
+
+    search: str = ""
+    """Substring of the request id or tenant (case-insensitive)."""
+    status: str | None = None
+    route: str | None = None
+    tenant: str | None = None
+    slow_ms: float | None = None
+    """Only requests slower than this (the p95 latency when "slow" is ticked)."""
+    costly_usd: float | None = None
+    """Only requests costlier than this (the p95 cost when "expensive" is ticked)."""
+
+    def matches(self, row: RequestRow) -> bool:
+        """Whether `row` passes every criterion."""
+        needle = self.search.strip().lower()
+        return (
+            (not needle or needle in row.id.lower() or needle in row.tenant.lower())
+            and (self.status is None or row.status == self.status)
+            and (self.route is None or row.route == self.route)
+            and (self.tenant is None or row.tenant == self.tenant)
+            and (self.slow_ms is None or row.latency_ms > self.slow_ms)
+            and (self.costly_usd is None or row.cost_usd > self.costly_usd)
+        )
+
+
+class RequestsScreen(LiveScreen):
+    """Finished requests of the selected run (or all runs), newest at the bottom."""
+
+    AUTO_FOCUS = "#requests"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Open"),
+        Binding("escape", "clear", "Clear filters"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown_scope: object = object()
+        self._shown: set[str] = set()
+        self._options: dict[str, tuple[str, ...]] = {}
+        self._filter = RequestFilter()
+
+    def compose_body(self) -> ComposeResult:
+        """Scope line, search and filters, the table."""
+        yield Static(id="requests-scope")
+        with Horizontal(classes="filter-row"):
+            yield Input(placeholder="/ search id or tenant", id="search", compact=True)
+            yield Checkbox("slow", id="slow", compact=True)
+            yield Checkbox("expensive", id="expensive", compact=True)
+        with Horizontal(classes="filter-row"):
+            for name in ("status", "route", "tenant"):
+                yield Select[str]([], prompt=f"{name}: any", id=f"filter-{name}", compact=True)
+        table: DataTable[str | Text] = DataTable(
+            id="requests", cursor_type="row", zebra_stripes=True
+        )
+        for column in _COLUMNS:
+            table.add_column(column, key=column)
+        yield table
+
+    def focus_search(self) -> None:
+        """Put the cursor in the search box."""
+        self.query_one("#search", Input).focus()
+
+    def focus_filters(self) -> None:
+        """Focus the first filter (status)."""
+        self.query_one("#filter-status", Select).focus()
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _scoped(self, snapshot: Snapshot) -> list[RequestRow]:
+        run_id = self.moat.run_id
+        return [r for r in snapshot.requests if run_id is None or r.run_id == run_id]
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Append new requests (and update changed ones); rebuild when the scope changed."""
+        rows = self._scoped(snapshot)
+        self._update_options(rows)
+        if self._shown_scope != self.moat.run_id:
+            self._shown_scope = self.moat.run_id
+            self._rebuild(rows)
+        else:
+            self._append(rows, snapshot.changed)
+        self._show_scope_line(len(rows))
+
+    def _metrics(self) -> Metrics:
+        return self.moat.snapshot.metrics.get(self.moat.run_id) or Metrics()
+
+    def _current_filter(self) -> RequestFilter:
+        def selected(name: str) -> str | None:
+            value = self.query_one(f"#filter-{name}", Select).value
+            return value if isinstance(value, str) else None
+
+        metrics = self._metrics()
+        return RequestFilter(
+            search=self.query_one("#search", Input).value,
+            status=selected("status"),
+            route=selected("route"),
+            tenant=selected("tenant"),
+            slow_ms=metrics.p95_ms if self.query_one("#slow", Checkbox).value else None,
+            costly_usd=metrics.cost_p95 if self.query_one("#expensive", Checkbox).value else None,
+        )
+
+    def _rebuild(self, rows: Sequence[RequestRow]) -> None:
+        table = self.query_one("#requests", DataTable)
+        table.clear()
+        self._shown.clear()
+        self._filter = self._current_filter()
+        self._append(rows, frozenset())
+
+    def _append(self, rows: Sequence[RequestRow], changed: frozenset[str]) -> None:
+        table = self.query_one("#requests", DataTable)
+        for row in rows:
+            if row.id in self._shown:
+                if row.id in changed:
+                    table.update_cell(row.id, "route", Text(row.route or "-"))
+                    table.update_cell(row.id, "cycles", Text(str(row.cycles)))
+                continue
+            if self._filter.matches(row):
+                table.add_row(*self._cells(row), key=row.id)
+                self._shown.add(row.id)
+
+    def _cells(self, row: RequestRow) -> tuple[Text, ...]:
+        return (
+            Text(row.id),
+            Text(row.tenant or "-"),
+            styled(self.app, row.status),
+            Text(ms(row.latency_ms), justify="right"),
+            Text(usd(row.cost_usd), justify="right"),
+            Text(row.route or "-"),
+            Text(str(row.cycles), justify="right"),
+            Text("-" if row.policy_version is None else f"v{row.policy_version}"),
+        )
+
+    def _update_options(self, rows: Sequence[RequestRow]) -> None:
+        found = {
+            "status": tuple(sorted({r.status for r in rows})),
+            "route": tuple(sorted({r.route for r in rows if r.route})),
+            "tenant": tuple(sorted({r.tenant for r in rows if r.tenant})),
+        }
+        for name, values in found.items():
+            if self._options.get(name) == values:
+                continue
+            self._options[name] = values
+            select = self.query_one(f"#filter-{name}", Select)
+            current = select.value
+            with select.prevent(Select.Changed):
+                select.set_options((v, v) for v in values)
+                if isinstance(current, str) and current in values:
+                    select.value = current
+
+    def _show_scope_line(self, total: int) -> None:
+        scope = self.moat.run_id or "all runs"
+        shown = len(self._shown)
+        self.query_one("#requests-scope", Static).update(
+            f"{scope}: {shown} of {total} requests shown  ·  enter opens, / searches, f filters"
+        )
+
+    # -- events -------------------------------------------------------------------------
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Search as you type."""
+        self._refilter()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """A filter changed."""
+        self._refilter()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        """Slow or expensive toggled."""
+        self._refilter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the search box moves to the table."""
+        self.query_one("#requests", DataTable).focus()
+
+    def _refilter(self) -> None:
+        rows = self._scoped(self.moat.snapshot)
+        self._rebuild(rows)
+        self._show_scope_line(len(rows))
+
+    def set_filter(self, **values: str | bool | None) -> None:
+        """Set filters programmatically: `status`, `route`, `tenant`, `slow`, `expensive`,
+        `search` (used by the command palette)."""
+        with self.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
+            for name, value in values.items():
+                if name in ("slow", "expensive"):
+                    self.query_one(f"#{name}", Checkbox).value = bool(value)
+                elif name == "search":
+                    self.query_one("#search", Input).value = str(value or "")
+                else:
+                    known = self._options.get(name, ())
+                    select = self.query_one(f"#filter-{name}", Select)
+                    ok = isinstance(value, str) and value in known
+                    select.value = value if ok else Select.NULL
+        self._refilter()
+
+    async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter (or a click) on a row opens the request."""
+        if event.row_key.value is not None:
+            await self.moat.open_request(str(event.row_key.value))
+
+    async def action_open(self) -> None:
+        """Open the highlighted request."""
+        table = self.query_one("#requests", DataTable)
+        if table.row_count:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+            if key.value is not None:
+                await self.moat.open_request(str(key.value))
+
+    def action_clear(self) -> None:
+        """Clear the search and every filter."""
+        self.set_filter(
+            search="", status=None, route=None, tenant=None, slow=False, expensive=False
+        )
+        self.query_one("#requests", DataTable).focus()

@@ -148,7 +148,7 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
 def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
     with Store.open(db) as store:
         run = store.require_run(args.resume)
-        config = json.loads(run["config_json"] or "{}")
+        config = dict(run.get("config") or {})
         graph_path = args.graph or config.get("graph_path")
         if not graph_path:
             raise SpecError(f"run {args.resume} did not record its graph; pass GRAPH")
@@ -289,6 +289,8 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         plan.graph_path, db=db, policy_file=args.policy, models=models, seed=args.seed
     ) as pipe:
         assert pipe.store is not None
+        if plan.run_id is not None:
+            pipe.use_run(plan.run_id)
         run_id = plan.run_id or pipe.start_run(plan.total, plan.config)
         if plan.run_id is None and not args.quiet:
             print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)

@@ -38,6 +38,8 @@ class BatchItem:
     """Why the request is unusable (it becomes an `invalid_input` result)."""
     line: int | None = None
     """1-based line in the input file, when it came from one."""
+    source: str = "request"
+    """Where the request came from (the input file, `--json`), for error messages."""
 
 
 def parse_request(
@@ -65,7 +67,7 @@ def parse_request(
     for key in META_FIELDS:
         if key in data and key not in declared:
             del data[key]
-    return BatchItem(seq, data, labels=labels, meta=meta, line=line)
+    return BatchItem(seq, data, labels=labels, meta=meta, line=line, source=source)
 
 
 def read_jsonl(path: str | Path, *, declared: frozenset[str] = frozenset()) -> Iterator[BatchItem]:
@@ -119,6 +121,6 @@ class InputValidator:
         error = best_match(self._validator.iter_errors(data))
         if error is None:
             return data, None
-        where = f"{source}:{item.line}" if item.line is not None else source
+        where = f"{item.source}:{item.line}" if item.line is not None else item.source
         at = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return None, f"{where}: input {at}: {error.message}"

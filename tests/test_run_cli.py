@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _fast_graphs import ROOT, fast_copy
 
 EXAMPLES = ROOT / "graphs" / "examples"

@@ -25,7 +25,7 @@ from tui.screens import (
 
 pytestmark = pytest.mark.anyio
 
-SIZE = (100, 30)
+SIZE = (80, 24)
 
 
 @pytest.fixture
@@ -83,13 +83,6 @@ async def test_selecting_a_run_scopes_metrics_and_requests(db: Path) -> None:
         await pilot.press("d", "a")
         assert app.run_id is None
         assert "requests    23" in text_of(app, "#metrics")
-
-
-async def test_app_starts_on_one_run(db: Path) -> None:
-    app = make_app(db, run_id=RUN_B)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        assert "requests    3" in text_of(app, "#metrics")
 
 
 async def test_empty_store_and_missing_store_show_empty_state(tmp_path: Path) -> None:
@@ -195,7 +188,7 @@ async def test_enter_opens_the_request_and_escape_goes_back(db: Path) -> None:
         assert isinstance(app.screen, RequestsScreen)
 
 
-async def test_detail_draws_the_graph_with_node_states_and_loop_cycles(db: Path) -> None:
+async def test_detail_draws_the_graph_with_node_states_and_cycle_cards(db: Path) -> None:
     app = make_app(db)
     async with app.run_test(size=SIZE) as pilot:
         await app.open_request("q-a1b2-005")
@@ -212,6 +205,9 @@ async def test_detail_draws_the_graph_with_node_states_and_loop_cycles(db: Path)
         ]
         assert "revise (draft) skipped  0ms" in labels
         assert "gates       revise=run, revise=skip" in text_of(app, "#strategy")
+        cards = list(app.screen.query(".cycle-card").results(Static))
+        assert [card.border_title for card in cards] == ["cycle 1", "cycle 2", "cycle 3"]
+        assert "convergence: converged" in str(cards[2].render())
 
 
 async def test_detail_without_the_graph_file_lists_node_runs(db: Path, tmp_path: Path) -> None:
@@ -259,16 +255,6 @@ async def test_detail_tabs_show_timeline_decisions_cycles_calls_and_events(db: P
         assert raw.row_count == decisions.row_count
 
 
-async def test_cycle_cards_come_from_cycle_summaries(db: Path) -> None:
-    app = make_app(db)
-    async with app.run_test(size=SIZE) as pilot:
-        await app.open_request("q-a1b2-001")
-        await settle(pilot)
-        cards = list(app.screen.query(".cycle-card").results(Static))
-        assert [card.border_title for card in cards] == ["cycle 1", "cycle 2"]
-        assert "convergence: converged" in str(cards[1].render())
-
-
 async def test_live_refresh_appends_new_requests(db: Path) -> None:
     app = make_app(db, run_id=RUN_B)
     async with app.run_test(size=SIZE) as pilot:
@@ -282,13 +268,20 @@ async def test_live_refresh_appends_new_requests(db: Path) -> None:
         assert app.snapshot.metrics[RUN_B].requests == 4
 
 
-async def test_apply_a_policy_file_after_confirmation(db: Path, tmp_path: Path) -> None:
+async def test_apply_a_policy_file_after_confirmation_and_report_bad_ones(
+    db: Path, tmp_path: Path
+) -> None:
     app = make_app(db)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("p")
         await settle(pilot)
         assert isinstance(app.screen, PoliciesScreen)
-        app.screen.query_one("#policy-path", Input).value = str(tmp_path / "policy_v3.yaml")
+        path_box = app.screen.query_one("#policy-path", Input)
+        path_box.value = str(tmp_path / "missing.yaml")
+        await pilot.press("a", "y")
+        await settle(pilot)
+        assert "not applied" in text_of(app, "#policy-message")
+        path_box.value = str(tmp_path / "policy_v3.yaml")
         await pilot.click("#policy-apply")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
@@ -305,35 +298,7 @@ async def test_apply_a_policy_file_after_confirmation(db: Path, tmp_path: Path) 
         assert [str(k.value) for k in versions.rows] == ["3", "2", "1"]
 
 
-async def test_apply_reports_a_bad_file(db: Path, tmp_path: Path) -> None:
-    app = make_app(db)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("p")
-        await settle(pilot)
-        app.screen.query_one("#policy-path", Input).value = str(tmp_path / "missing.yaml")
-        await pilot.press("a", "y")
-        await settle(pilot)
-        assert "not applied" in text_of(app, "#policy-message")
-        assert _active(db) == 2
-
-
-async def test_roll_back_after_confirmation(db: Path) -> None:
-    app = make_app(db)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("p")
-        await settle(pilot)
-        await pilot.click("#policy-rollback")
-        await settle(pilot)
-        dialog = app.screen
-        assert isinstance(dialog, ConfirmScreen)
-        assert "to the previously active version" in dialog.question
-        await pilot.click("#confirm-yes")
-        await settle(pilot)
-        assert _active(db) == 1
-        assert "v1 is active (was v2)" in text_of(app, "#policy-message")
-
-
-async def test_diff_of_a_version_against_the_active_one(db: Path) -> None:
+async def test_diff_against_the_active_version_and_roll_back(db: Path) -> None:
     app = make_app(db)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("p")
@@ -344,6 +309,16 @@ async def test_diff_of_a_version_against_the_active_one(db: Path) -> None:
         assert "triage: v1 against the active v2" in diff
         assert '-    "threshold": 0.4' in diff
         assert '+    "threshold": 0.5' in diff
+        await pilot.press("up")
+        await pilot.click("#policy-rollback")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmScreen)
+        assert "to the previously active version" in dialog.question
+        await pilot.click("#confirm-yes")
+        await settle(pilot)
+        assert _active(db) == 1
+        assert "v1 is active (was v2)" in text_of(app, "#policy-message")
 
 
 async def test_command_palette_lists_every_action_and_runs_one(db: Path) -> None:

@@ -162,7 +162,8 @@ class Consumer(Mapping[str, Any]):
         fixed = self.fixed
         if name in fixed:
             return fixed[name]
-        cell = self.frame.cell(name)
+        frame = self.frame
+        cell = frame.cells.get(name) or frame.cell(name)
         if cell is not None and cell.status is FINISHED:
             if cell not in self.seen:
                 self.note(cell)
@@ -230,13 +231,21 @@ class Consumer(Mapping[str, Any]):
         if cell is None or cell.status is FINISHED:
             raise EvaluationError(f"expression reads {first!r}, which is not in scope")
         self._add(cell, into)
+        self.pending(expr.certain, into)
+
+    def pending(self, names: frozenset[str], into: dict[LazyNode, None]) -> None:
+        """Add to `into` the nodes among `names` that have not resolved (in a stable order).
+
+        Raises:
+            InputFailed: one of them already failed.
+        """
         fixed = self.fixed
         frame = self.frame
-        for name in frame.ex.sorted_names(expr.certain):
+        for name in names if len(names) == 1 else frame.ex.sorted_names(names):
             if name not in fixed:
-                certain = frame.cell(name)
-                if certain is not None:
-                    self._add(certain, into)
+                cell = frame.cells.get(name) or frame.cell(name)
+                if cell is not None:
+                    self._add(cell, into)
 
     def _add(self, cell: LazyNode, into: dict[LazyNode, None]) -> None:
         if cell not in self.seen:
@@ -256,7 +265,11 @@ class Consumer(Mapping[str, Any]):
         """
         if len(cells) == 1:
             (cell,) = cells
-            await self.demand(cell)
+            if cell.status is PENDING and not self.spawn:
+                cell.claim()
+                await self.frame.ex.execute(cell, False)
+            else:
+                await self.demand(cell)
             check(cell)
             return
         todo = list(cells)
@@ -322,22 +335,32 @@ def mark_used(cell: LazyNode) -> None:
 async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
     """Evaluate `expr` for `consumer`, demanding what it reaches until it resolves.
 
-    Each round evaluates; on `Unresolved` it demands, concurrently, the node reached, the
-    certain nodes not resolved yet and (in a template) what each other expression
-    reaches, then evaluates again. Every node demanded is on the path actually taken.
+    An expression without conditional parts needs exactly its certain nodes: they are
+    demanded together, then it is evaluated once. Otherwise each round evaluates; on
+    `Unresolved` it demands, concurrently, the node reached, the certain nodes not
+    resolved yet and (in a template) what each other expression reaches, then evaluates
+    again. Every node demanded is on the path actually taken.
 
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: the expression failed.
     """
+    certain = expr.certain
+    if len(expr.names) == len(certain):
+        needed: dict[LazyNode, None] = {}
+        consumer.pending(certain, needed)
+        if needed:
+            await consumer.demand_all(needed)
     while True:
         try:
             return expr.evaluate(consumer)
         except Unresolved as exc:
-            needed: dict[LazyNode, None] = {}
+            needed = {}
             consumer.gather(expr, exc.name, needed)
-        for part in getattr(expr, "expressions", ()):
-            _probe(part, consumer, needed)
+        parts = getattr(expr, "expressions", ())
+        if len(parts) > 1:
+            for part in parts:
+                _probe(part, consumer, needed)
         await consumer.demand_all(needed)
 
 

@@ -195,7 +195,8 @@ class LazyNode:
         self._wake()
 
     def _wake(self) -> None:
-        self.duration_ms = (anyio.current_time() - self.t0) * 1000 if self.t0 >= 0 else 0.0
+        t0 = self.t0
+        self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
         if self._event is not None:
             self._event.set()
 

@@ -9,6 +9,7 @@ nothing here lets an exception escape into a task group.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +17,19 @@ import anyio
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from engine._sched_eval import Consumer, InputFailed, evaluate, mark_used
-from engine._sched_lazy import RUNNING, LazyNode
+from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
+from engine._sched_lazy import PENDING, RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
-from engine.events import EventType, NodeOutcome, NodeStatus, now
+from engine.events import EventType, NodeOutcome, NodeStatus
+from engine.expr import Unresolved
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from engine.context import SharedState
+    from engine.expr import Template
+    from engine.graph import CompiledNode
 
 __all__ = ["NodeRunner", "Outcome"]
 
@@ -85,7 +89,7 @@ class NodeRunner:
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 
-    __slots__ = ("_configs", "_run_loop", "_sorted", "shared", "tg")
+    __slots__ = ("_configs", "_plain_nodes", "_run_loop", "_sorted", "shared", "tg")
 
     def __init__(
         self,
@@ -97,6 +101,7 @@ class NodeRunner:
         self.shared = shared
         self._run_loop = run_loop
         self._configs: dict[int, BaseModel] = {}
+        self._plain_nodes: dict[int, bool] = {}
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
 
     # -- caches ---------------------------------------------------------------------------
@@ -114,20 +119,94 @@ class NodeRunner:
         """Run a claimed node here: guard, config, attempts; record its fate.
 
         Never raises, except the cancellation of the current task (then the node is
-        recorded as cancelled).
+        recorded as cancelled). A plain node (no guard, retries, timeout or conditional
+        config) runs on a short path that keeps a chain of inline nodes to one coroutine
+        frame per node.
         """
-        consumer = Consumer(cell.frame, cell, spawn, cell.node.id)
+        node = cell.node
+        consumer = Consumer(cell.frame, cell, spawn, node.id)
         cell.consumer = consumer
-        cell.t0 = anyio.current_time()
-        cell.started_at = now()
+        cell.t0 = cell.frame.req.clock()
+        cell.started_at = time.time()
         outcome: Outcome | None = None
         try:
-            outcome = await self._gate_then_run(cell, consumer)
+            if not self._plain(node):
+                outcome = await self._gate_then_run(cell, consumer)
+            else:
+                needed = self._plain_needs(cell, consumer)
+                if needed:
+                    await self._demand_inline(consumer, needed)
+                config = self._plain_config(cell, consumer)
+                output = await node.impl.run(config, self._context(cell))  # type: ignore[union-attr]
+                outcome = Outcome(self._checked(cell, output), NodeStatus.SUCCEEDED)
+        except InputFailed as exc:
+            outcome = Outcome.from_input(exc)
+        except Exception as exc:
+            status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
+            outcome = Outcome(None, status, exc, node.id)
         finally:
             if outcome is None:
                 self.cancelled(cell)
         self.resolve(cell, outcome)
         self.finished(cell)
+
+    def _plain(self, node: CompiledNode) -> bool:
+        plain = self._plain_nodes.get(id(node))
+        if plain is None:
+            template = node.config
+            plain = self._plain_nodes[id(node)] = (
+                node.loop is None
+                and node.when is None
+                and not node.retries
+                and node.timeout_ms is None
+                and len(template.names) == len(template.certain)
+            )
+        return plain
+
+    def _plain_needs(self, cell: LazyNode, consumer: Consumer) -> dict[LazyNode, None]:
+        needed: dict[LazyNode, None] = {}
+        template = cell.node.config
+        if not template.constant:
+            consumer.pending(template.certain, needed)
+        cell.attempts = 1
+        return needed
+
+    async def _demand_inline(self, consumer: Consumer, needed: dict[LazyNode, None]) -> None:
+        if len(needed) > 1 or consumer.spawn:
+            await consumer.demand_all(needed)
+            return
+        (dep,) = needed
+        if dep.status is PENDING:
+            dep.claim()
+            await self.execute(dep, False)
+        else:
+            await dep.wait()
+        check(dep)
+
+    def _plain_config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
+        node = cell.node
+        template = node.config
+        if template.constant:
+            cached = self._configs.get(id(node))
+            if cached is not None:
+                return cached
+        config = self._validated(node, template.evaluate(consumer))
+        if template.constant:
+            self._configs[id(node)] = config
+        return config
+
+    @staticmethod
+    def _validated(node: CompiledNode, raw: Any) -> BaseModel:
+        impl = node.impl
+        assert impl is not None
+        try:
+            config: BaseModel = impl.Config.model_validate(raw)
+        except ValidationError as exc:
+            raise NodeError(
+                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
+                node_id=node.id,
+            ) from exc
+        return config
 
     async def _gate_then_run(self, cell: LazyNode, consumer: Consumer) -> Outcome:
         when = cell.node.when
@@ -183,29 +262,42 @@ class NodeRunner:
         node = cell.node
         template = node.config
         if template.constant:
-            cached = self._configs.get(id(node))
-            if cached is not None:
-                return cached
-            raw = template.evaluate(consumer)
-        else:
-            raw = await evaluate(template, consumer)
-        impl = node.impl
-        assert impl is not None
-        try:
-            config = impl.Config.model_validate(raw)
-        except ValidationError as exc:
-            raise NodeError(
-                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
-                node_id=node.id,
-            ) from exc
-        if template.constant:
-            self._configs[id(node)] = config
-        return config
+            return self._plain_config(cell, consumer)
+        return self._validated(node, await self._raw_config(template, consumer))
+
+    @staticmethod
+    async def _raw_config(template: Template, consumer: Consumer) -> Any:
+        """The `with:` value; without conditional parts, its nodes demanded in one round."""
+        certain = template.certain
+        if len(template.names) == len(certain):
+            needed: dict[LazyNode, None] = {}
+            consumer.pending(certain, needed)
+            if needed:
+                await consumer.demand_all(needed)
+            try:
+                return template.evaluate(consumer)
+            except Unresolved:
+                pass  # a name outside `certain` after all: evaluate round by round
+        return await evaluate(template, consumer)
 
     async def _attempts(self, cell: LazyNode, config: BaseModel) -> Outcome:
         node = cell.node
-        req = cell.frame.req
         ctx = self._context(cell)
+        if not node.retries and node.timeout_ms is None:
+            cell.attempts = 1
+            impl = node.impl
+            assert impl is not None
+            try:
+                output = self._checked(cell, await impl.run(config, ctx))
+            except Exception as exc:
+                status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else None
+                return Outcome(None, status or NodeStatus.FAILED, exc, node.id)
+            return Outcome(output, NodeStatus.SUCCEEDED)
+        return await self._retrying(cell, config, ctx)
+
+    async def _retrying(self, cell: LazyNode, config: BaseModel, ctx: NodeCtx) -> Outcome:
+        node = cell.node
+        req = cell.frame.req
         attempt = 0
         while True:
             attempt += 1
@@ -247,10 +339,15 @@ class NodeRunner:
                 output = await impl.run(config, ctx)
             if scope.cancelled_caught:
                 raise self._timeout(cell, attempt)
-        if not isinstance(output, impl.Output):
+        return self._checked(cell, output)
+
+    @staticmethod
+    def _checked(cell: LazyNode, output: Any) -> BaseModel:
+        impl = cell.node.impl
+        if not isinstance(output, impl.Output):  # type: ignore[union-attr]
             raise NodeError(
                 f"run() returned {type(output).__name__}, expected {type(impl).__name__}.Output",
-                node_id=node.id,
+                node_id=cell.node.id,
             )
         return output
 
@@ -282,7 +379,7 @@ class NodeRunner:
             speculative=cell.speculative,
             store=self.shared,
             runtime=req,
-            log=_node_log.bind(run_id=info.run_id, request_id=info.id, node=node.id),
+            log=_NodeLog(info.run_id, info.id, node.id),
         )
         ctx.cell = cell
         return ctx
@@ -380,6 +477,26 @@ class NodeRunner:
             if cell.status is RUNNING and cell.speculative:  # this task owned the run
                 self.cancelled(cell)
             cell.frame.req.task_done()
+
+
+class _NodeLog:
+    """A structlog logger bound to run, request and node ids, bound on first use."""
+
+    __slots__ = ("_bound", "_ids")
+
+    def __init__(self, run_id: str, request_id: str, node_id: str) -> None:
+        self._ids = (run_id, request_id, node_id)
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        bound = self._bound
+        if bound is None:
+            run_id, request_id, node_id = self._ids
+            bound = self._bound = _node_log.bind(run_id=run_id, request_id=request_id, node=node_id)
+        return getattr(bound, name)
+
+    def __repr__(self) -> str:
+        return f"<node logger {self._ids}>"
 
 
 def discard(cell: LazyNode, *, completed_after_cancel: bool = False) -> None:

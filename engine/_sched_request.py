@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +80,9 @@ class RequestState:
         policy_name: the pinned policy's name.
         policy_version: the pinned policy's version.
         policy: the pinned snapshot's body.
-        sink: where records go.
+        sink_record: where records go.
         gateway: the model gateway, if the graph has models.
+        clock: the backend's `current_time` (so a trio `MockClock` drives every duration).
     """
 
     __slots__ = (
@@ -90,6 +92,7 @@ class RequestState:
         "_rng",
         "_soft_emitted",
         "budget",
+        "clock",
         "deadline",
         "gateway",
         "graph",
@@ -118,8 +121,11 @@ class RequestState:
         policy: Mapping[str, Any],
         sink_record: Callable[[Record], None],
         gateway: Gateway | None,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.graph = graph
+        self.clock = clock
+        """`anyio.current_time` of the running backend, looked up once per runner."""
         self.info = info
         self.run_id = info.run_id
         self.policy_name = policy_name
@@ -128,7 +134,7 @@ class RequestState:
         self.record = sink_record
         self.gateway = gateway
         self.seq = 0
-        self.t0 = anyio.current_time()
+        self.t0 = clock()
         self.started_at = now()
         budget = graph.budget
         self.deadline = None if budget.deadline_ms is None else self.t0 + budget.deadline_ms / 1000
@@ -175,7 +181,7 @@ class RequestState:
                 self.seq,
                 decision,
                 status,
-                now(),
+                time.time(),
                 duration_ms,
                 reason_codes,
                 inputs,
@@ -237,7 +243,7 @@ class RequestState:
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request started."""
-        return (anyio.current_time() - self.t0) * 1000
+        return (self.clock() - self.t0) * 1000
 
     def check_soft_deadline(self) -> bool:
         """True once the soft deadline has passed (records `BUDGET_SOFT_DEADLINE` once)."""
@@ -246,7 +252,7 @@ class RequestState:
             return False
         if self._soft_emitted:
             return True
-        if anyio.current_time() < soft_at:
+        if self.clock() < soft_at:
             return False
         self._soft_emitted = True
         self.event(
@@ -397,7 +403,7 @@ class RequestState:
         """Milliseconds left before the hard deadline, or None without one."""
         if self.deadline is None:
             return None
-        return max(0.0, (self.deadline - anyio.current_time()) * 1000)
+        return max(0.0, (self.deadline - self.clock()) * 1000)
 
     @property
     def remaining_usd(self) -> float | None:

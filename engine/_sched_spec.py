@@ -82,7 +82,7 @@ def _pre_guard(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> bool | Non
     decided, value = _try(when, consumer)
     if decided and not value:
         cell.claim()
-        cell.t0 = anyio.current_time()
+        cell.t0 = cell.frame.req.clock()
         cell.started_at = now()
         ex.gate(cell, False, reason="speculative_start")
         cell.finish(None, NodeStatus.SKIPPED)
@@ -121,7 +121,7 @@ async def run_speculative(
     ex: NodeRunner, cell: LazyNode, consumer: Consumer, guard_known: bool
 ) -> None:
     """The body of a speculative node's task (under the node's own cancel scope)."""
-    cell.t0 = anyio.current_time()
+    cell.t0 = cell.frame.req.clock()
     cell.started_at = now()
     outcome: Outcome | None = None
     done = False

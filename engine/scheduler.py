@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from pydantic import BaseModel
 
@@ -158,12 +159,14 @@ class Runner:
         self._tg: TaskGroup | None = None
         self._ex: NodeRunner | None = None
         self._ids = itertools.count(1)
+        self._clock: Callable[[], float] = anyio.current_time
 
     async def __aenter__(self) -> Runner:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         self._ex = NodeRunner(tg, self.shared, run_loop)
+        self._clock = anyio.lowlevel.current_token().backend_class.current_time
         return self
 
     async def __aexit__(
@@ -267,6 +270,7 @@ class Runner:
             policy=pin.body,
             sink_record=self.sink.record,
             gateway=self.gateway,
+            clock=self._clock,
         )
         req.event(
             EventType.POLICY_PINNED,
@@ -281,16 +285,22 @@ class Runner:
     ) -> tuple[RequestStatus, dict[str, Any] | None, str | None]:
         consumer = Consumer(frame, None, False, "output")
         start_speculative(ex, frame)
-        deadline = req.deadline
-        with anyio.CancelScope(deadline=deadline if deadline is not None else float("inf")):
-            try:
-                values = await evaluate_outputs(self.graph.output, consumer)
-            except InputFailed as exc:
-                return RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
-            except EvaluationError as exc:
-                return RequestStatus.FAILED, None, str(exc)
-            return RequestStatus.OK, _jsonable(values), None
+        if req.deadline is None:
+            return await self._outputs(consumer)
+        with anyio.CancelScope(deadline=req.deadline):
+            return await self._outputs(consumer)
         return self._deadline_passed(req, consumer)
+
+    async def _outputs(
+        self, consumer: Consumer
+    ) -> tuple[RequestStatus, dict[str, Any] | None, str | None]:
+        try:
+            values = await evaluate_outputs(self.graph.output, consumer)
+        except InputFailed as exc:
+            return RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
+        except EvaluationError as exc:
+            return RequestStatus.FAILED, None, str(exc)
+        return RequestStatus.OK, _jsonable(values), None
 
     def _deadline_passed(
         self, req: RequestState, consumer: Consumer

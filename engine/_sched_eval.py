@@ -153,8 +153,8 @@ class Consumer(Mapping[str, Any]):
         self.owner = owner
         self.spawn = spawn
         self.label = label
-        self.seen: dict[LazyNode, None] = {}
-        """The nodes this consumer read or demanded, in order (an ordered set)."""
+        self.seen: list[LazyNode] = []
+        """The nodes this consumer read or demanded, in order (each once; lists are small)."""
 
     # -- the scope mapping ------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class Consumer(Mapping[str, Any]):
 
     def note(self, cell: LazyNode) -> None:
         """Record that this consumer reads `cell` (reuse, speculative join)."""
-        self.seen[cell] = None
+        self.seen.append(cell)
         cell.consumers += 1
         if cell.consumers > 1:
             cell.frame.req.node_event(
@@ -220,7 +220,7 @@ class Consumer(Mapping[str, Any]):
         elif status is RUNNING:
             await cell.wait()
 
-    def gather(self, expr: Expr | Template, first: str, into: dict[LazyNode, None]) -> None:
+    def gather(self, expr: Expr | Template, first: str, into: list[LazyNode]) -> None:
         """Add to `into` what `expr` needs next: the node it just reached, and its certain nodes.
 
         Raises:
@@ -233,7 +233,7 @@ class Consumer(Mapping[str, Any]):
         self._add(cell, into)
         self.pending(expr.certain, into)
 
-    def pending(self, names: frozenset[str], into: dict[LazyNode, None]) -> None:
+    def pending(self, names: frozenset[str], into: list[LazyNode]) -> None:
         """Add to `into` the nodes among `names` that have not resolved (in a stable order).
 
         Raises:
@@ -247,7 +247,7 @@ class Consumer(Mapping[str, Any]):
                 if cell is not None:
                     self._add(cell, into)
 
-    def _add(self, cell: LazyNode, into: dict[LazyNode, None]) -> None:
+    def _add(self, cell: LazyNode, into: list[LazyNode]) -> None:
         if cell not in self.seen:
             self.note(cell)
         status = cell.status
@@ -255,9 +255,10 @@ class Consumer(Mapping[str, Any]):
             return
         if status is FAILED or status is CANCELLED:
             raise InputFailed(cell)
-        into[cell] = None
+        if cell not in into:
+            into.append(cell)
 
-    async def demand_all(self, cells: dict[LazyNode, None]) -> None:
+    async def demand_all(self, cells: list[LazyNode]) -> None:
         """Demand `cells` concurrently (the first inline); raise if one failed.
 
         Raises:
@@ -272,9 +273,8 @@ class Consumer(Mapping[str, Any]):
                 await self.demand(cell)
             check(cell)
             return
-        todo = list(cells)
-        await self._demand_many(todo)
-        for cell in todo:
+        await self._demand_many(cells)
+        for cell in cells:
             check(cell)
 
     async def _demand_many(self, cells: list[LazyNode]) -> None:
@@ -347,7 +347,7 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
     """
     certain = expr.certain
     if len(expr.names) == len(certain):
-        needed: dict[LazyNode, None] = {}
+        needed: list[LazyNode] = []
         consumer.pending(certain, needed)
         if needed:
             await consumer.demand_all(needed)
@@ -355,7 +355,7 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         try:
             return expr.evaluate(consumer)
         except Unresolved as exc:
-            needed = {}
+            needed = []
             consumer.gather(expr, exc.name, needed)
         parts = getattr(expr, "expressions", ())
         if len(parts) > 1:
@@ -364,7 +364,7 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         await consumer.demand_all(needed)
 
 
-def _probe(expr: Expr, consumer: Consumer, needed: dict[LazyNode, None]) -> None:
+def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
     try:
         expr.evaluate(consumer)
     except Unresolved as exc:
@@ -383,7 +383,7 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
     values: dict[str, Any] = {}
     pending = list(exprs.items())
     while True:
-        needed: dict[LazyNode, None] = {}
+        needed: list[LazyNode] = []
         waiting = []
         for name, expr in pending:
             try:

@@ -134,8 +134,12 @@ class NodeRunner:
                 outcome = await self._gate_then_run(cell, consumer)
             else:
                 needed = self._plain_needs(cell, consumer)
-                if needed:
-                    await self._demand_inline(consumer, needed)
+                dep = self._inline_dep(consumer, needed)
+                if dep is not None:  # one input to run right here: no extra frame
+                    await self.execute(dep, False)
+                    check(dep)
+                elif needed:
+                    await consumer.demand_all(needed)
                 config = self._plain_config(cell, consumer)
                 output = await node.impl.run(config, self._context(cell))  # type: ignore[union-attr]
                 outcome = Outcome(self._checked(cell, output), NodeStatus.SUCCEEDED)
@@ -163,25 +167,24 @@ class NodeRunner:
             )
         return plain
 
-    def _plain_needs(self, cell: LazyNode, consumer: Consumer) -> dict[LazyNode, None]:
-        needed: dict[LazyNode, None] = {}
+    def _plain_needs(self, cell: LazyNode, consumer: Consumer) -> list[LazyNode]:
+        needed: list[LazyNode] = []
         template = cell.node.config
         if not template.constant:
             consumer.pending(template.certain, needed)
         cell.attempts = 1
         return needed
 
-    async def _demand_inline(self, consumer: Consumer, needed: dict[LazyNode, None]) -> None:
-        if len(needed) > 1 or consumer.spawn:
-            await consumer.demand_all(needed)
-            return
-        (dep,) = needed
-        if dep.status is PENDING:
-            dep.claim()
-            await self.execute(dep, False)
-        else:
-            await dep.wait()
-        check(dep)
+    @staticmethod
+    def _inline_dep(consumer: Consumer, needed: list[LazyNode]) -> LazyNode | None:
+        """The single pending input to run inline (claimed), if that is all there is."""
+        if len(needed) != 1 or consumer.spawn:
+            return None
+        dep = needed[0]
+        if dep.status is not PENDING:
+            return None
+        dep.claim()
+        return dep
 
     def _plain_config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node
@@ -270,7 +273,7 @@ class NodeRunner:
         """The `with:` value; without conditional parts, its nodes demanded in one round."""
         certain = template.certain
         if len(template.names) == len(certain):
-            needed: dict[LazyNode, None] = {}
+            needed: list[LazyNode] = []
             consumer.pending(certain, needed)
             if needed:
                 await consumer.demand_all(needed)

@@ -308,6 +308,8 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
 
         try:
             await _drive(pipe, plan, run_id, args, out, progress, on_record, summary)
+            if summary.done < plan.total:
+                summary.interrupted = True  # the operator closed the UI before the end
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.sleep(0)
@@ -345,7 +347,7 @@ async def _drive(
         tg.start_soon(_tick, progress)
         tg.start_soon(_on_signal, tg.cancel_scope, summary)
         if args.tui:
-            tg.start_soon(_tui, pipe, run_id)
+            tg.start_soon(_tui, pipe, run_id, tg.cancel_scope)
         await pipe.run_batch(
             _items(plan, pipe),
             run_id=run_id,
@@ -383,14 +385,14 @@ async def _on_signal(scope: anyio.CancelScope, summary: BatchSummary) -> None:
             return
 
 
-async def _tui(pipe: Pipeline, run_id: str) -> None:
-    from importlib import import_module
+async def _tui(pipe: Pipeline, run_id: str, scope: anyio.CancelScope) -> None:
+    from importlib.metadata import entry_points
 
-    try:
-        tui = import_module("tui")
-    except ImportError as exc:  # pragma: no cover - the tui package ships with moat
-        raise SpecError(f"--tui: the terminal UI is unavailable ({exc})") from exc
-    await tui.run_tui_async(str(pipe.db), run_id=run_id)
+    found = list(entry_points(group="moat.live", name="tui"))
+    if not found:
+        raise SpecError("--tui: the terminal UI is not installed; reinstall moat")
+    await found[0].load()(str(pipe.db), run_id=run_id)
+    scope.cancel()  # the operator closed the UI: stop the run (what finished is kept)
 
 
 def _print_summary(store: Store, run_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The store commands: `moat runs`, `moat stats`, `moat report`, plus `sim-server` and `tui`."""
+"""The store commands: `moat runs`, `moat stats`, `moat report`, plus `moat sim-server`."""
 
 from __future__ import annotations
 
@@ -36,11 +36,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8008)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(handler=cmd_sim_server)
-
-    p = sub.add_parser("tui", help="watch runs, open requests, swap or roll back policies")
-    p.add_argument("--db", metavar="PATH")
-    p.add_argument("--run", metavar="RUN_ID", help="select this run")
-    p.set_defaults(handler=cmd_tui)
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -89,13 +84,4 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise SpecError(f"--port {args.port}: use a port between 1 and 65535")
     run_server(args.port, host=args.host)
-    return 0
-
-
-def cmd_tui(args: argparse.Namespace) -> int:
-    """Open the terminal UI on a store."""
-    from importlib import import_module
-
-    tui = import_module("tui")
-    tui.run_tui(db_path(args.db), run_id=args.run)
     return 0

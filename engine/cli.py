@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from engine.errors import MoatError
@@ -36,10 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     from engine import _cli_graph
 
     _cli_graph.add_commands(sub)
-    for name in ("_cli_run", "_cli_store", "_cli_policy", "_cli_extra"):
+    for name in ("_cli_run", "_cli_store", "_cli_policy"):
         module = _optional_module(name)
         if module is not None:
             module.add_commands(sub)
+    # Packages that build on the engine (the TUI) add their commands through entry points,
+    # so the engine never imports them.
+    for ep in entry_points(group="moat.commands"):
+        ep.load()(sub)
     return parser
 
 

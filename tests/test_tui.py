@@ -206,8 +206,13 @@ async def test_detail_draws_the_graph_with_node_states_and_cycle_cards(db: Path)
         assert "revise (draft) skipped  0ms" in labels
         assert "gates       revise=run, revise=skip" in text_of(app, "#strategy")
         cards = list(app.screen.query(".cycle-card").results(Static))
-        assert [card.border_title for card in cards] == ["cycle 1", "cycle 2", "cycle 3"]
-        assert "convergence: converged" in str(cards[2].render())
+        assert [card.border_title for card in cards] == [
+            "cycle 1 · refine",
+            "cycle 2 · refine",
+            "cycle 3 · refine",
+        ]
+        assert "critic      proceed" in str(cards[2].render())
+        assert "skipped     revise" in str(cards[2].render())
 
 
 async def test_detail_without_the_graph_file_lists_node_runs(db: Path, tmp_path: Path) -> None:
@@ -293,7 +298,7 @@ async def test_apply_a_policy_file_after_confirmation_and_report_bad_ones(
         await pilot.press("y")
         await settle(pilot)
         assert _active(db) == 3
-        assert "v3" in text_of(app, "#policy-message")
+        assert "version 3 stored and active (was 2)" in text_of(app, "#policy-message")
         versions = app.screen.query_one("#policy-versions", DataTable)
         assert [str(k.value) for k in versions.rows] == ["3", "2", "1"]
 
@@ -307,8 +312,7 @@ async def test_diff_against_the_active_version_and_roll_back(db: Path) -> None:
         await pilot.press("down")
         diff = text_of(app, "#policy-diff")
         assert "triage: v1 against the active v2" in diff
-        assert '-    "threshold": 0.4' in diff
-        assert '+    "threshold": 0.5' in diff
+        assert "~ router.threshold: 0.4 -> 0.5" in diff
         await pilot.press("up")
         await pilot.click("#policy-rollback")
         await settle(pilot)

@@ -62,7 +62,6 @@ router:
   threshold: 0.35
 critic:
   revise_below: 0.6
-store_text: redacted
 """
 
 
@@ -286,7 +285,9 @@ def _request(w: _Writer, run: str, i: int, start: float) -> None:
                         "skipped": [] if run_revise else ["revise"],
                         "cancelled": [],
                         "critic": action,
-                        "convergence": "continue" if run_revise else "converged",
+                        "convergence_decision": "continue" if run_revise else "converged",
+                        "convergence_reason": f"score {score}",
+                        "next_action": "revise" if run_revise else "finish",
                     }
                 ),
             ),

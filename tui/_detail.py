@@ -1,28 +1,50 @@
-"""The request detail view model: one request's rows shaped for the detail screen.
+"""The request detail view model: the engine's request report plus the run's drawn graph.
 
-`load_detail` reads everything stored about a request in one consistent snapshot
-(`Store.request_rows`) and derives what DESIGN.md section 9 asks for: the summary, the
-execution strategy, each graph node's state and timing, a timeline of node runs with their
-marks, the runtime decisions, one card per loop cycle, the LLM calls and the raw events.
+`load_detail` builds `engine.report.request_report` (summary, execution strategy, runtime
+decisions, cycle cards, timeline, LLM calls, raw events: DESIGN.md section 9) and adds what
+only the TUI draws: each graph node's state and timing, in the graph's topological order
+when the run's graph file can be loaded, else in the order the nodes ran.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import MoatError
+from engine.errors import MoatError, StoreError
 from engine.graph import Graph, Scope
 from engine.loader import load_graph
 from engine.registry import Registry
+from engine.report import RequestReport, TimelineEntry, request_report
 from engine.store import Store
 
-__all__ = ["GraphLine", "RequestDetail", "TimelineRow", "load_detail", "node_state"]
+__all__ = [
+    "MARK_LETTERS",
+    "GraphLine",
+    "RequestDetail",
+    "load_detail",
+    "mark_letters",
+    "node_state",
+    "run_graph",
+]
 
 Row = dict[str, Any]
+
+MARK_LETTERS: Mapping[str, str] = {
+    "speculative": "S",
+    "cancelled": "X",
+    "skipped": "K",
+    "discarded": "D",
+    "reused": "R",
+    "cached": "C",
+    "failed": "F",
+    "timed_out": "T",
+    "retried": "r",
+}
+"""One letter per timeline mark of the report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,46 +62,41 @@ class GraphLine:
 
 
 @dataclass(frozen=True, slots=True)
-class TimelineRow:
-    """One node run placed on the request's time axis."""
-
-    node: str
-    cycle: int
-    state: str
-    offset_ms: float
-    duration_ms: float
-    marks: str
-    """Letters: S speculative, X cancelled, K skipped, D discarded, R reused, C cached."""
-
-
-@dataclass(frozen=True, slots=True)
 class RequestDetail:
     """Everything the detail screen shows about one request."""
 
     request_id: str
-    found: bool
-    request: Row = field(default_factory=dict)
-    run: Row = field(default_factory=dict)
-    route: str = ""
-    strategy: tuple[tuple[str, str], ...] = ()
-    """(label, text) lines of the execution strategy summary."""
+    report: RequestReport | None
+    """None while nothing is stored for the request yet."""
+    run: Row
     graph: tuple[GraphLine, ...] = ()
     graph_source: str = ""
-    """Where the drawn graph came from: the graph file, or `node runs` as a fallback."""
-    timeline: tuple[TimelineRow, ...] = ()
-    latency_ms: float = 0.0
-    events: tuple[Row, ...] = ()
-    cycles: tuple[Row, ...] = ()
-    """`CYCLE_SUMMARY` decision traces, each with `cycle` and `payload`."""
-    llm_calls: tuple[Row, ...] = ()
+    """Where the drawn graph came from: the graph's name and file, or the node runs."""
+
+    @property
+    def found(self) -> bool:
+        """Whether anything is stored for the request."""
+        return self.report is not None
+
+    @property
+    def latency_ms(self) -> float:
+        """The request's latency, or the span of its node runs while it is unfinished."""
+        if self.report is None:
+            return 0.0
+        if self.report.summary.latency_ms is not None:
+            return float(self.report.summary.latency_ms)
+        ends = [t.offset_ms + t.duration_ms for t in self.report.timeline]
+        return max(ends, default=0.0)
 
 
-def node_state(run: Mapping[str, Any] | None) -> str:
-    """The display state of a node from its `node_runs` row (None: the node never ran)."""
-    if run is None:
-        return "not run"
-    status = str(run["status"])
-    if status == "succeeded" and run["outcome"] in ("discarded", "cancelled"):
+def mark_letters(marks: Sequence[str]) -> str:
+    """The report's timeline marks as letters (see `MARK_LETTERS`)."""
+    return "".join(MARK_LETTERS.get(m.split()[0], m[:1].upper()) for m in marks)
+
+
+def node_state(status: str, outcome: str) -> str:
+    """The display state of a node run from its status and outcome."""
+    if status == "succeeded" and outcome in ("discarded", "cancelled"):
         return "discarded"
     return status
 
@@ -92,46 +109,34 @@ def load_detail(store: Store, request_id: str, registry: Registry | None = None)
         request_id: the request.
         registry: node types for loading the run's graph (default: the installed ones).
     """
-    rows = store.request_rows(request_id)
-    request = rows["requests"][0] if rows["requests"] else {}
-    events = rows["orchestration_events"]
-    node_runs = rows["node_runs"]
-    if not request and not events and not node_runs:
-        return RequestDetail(request_id=request_id, found=False)
-    run_id = request.get("run_id") or (events[0]["run_id"] if events else "")
+    try:
+        report = request_report(store, request_id)
+    except StoreError:
+        return RequestDetail(request_id, None, {})
+    run_id = report.summary.run_id or next(
+        (e["run_id"] for e in report.raw_events if e.get("run_id")), None
+    )
     run = (store.get_run(run_id) if run_id else None) or {}
-    graph = _graph_of(run, registry)
-    calls = rows["llm_calls"]
-    started = request.get("started_at") or min((n["started_at"] for n in node_runs), default=0.0)
-    latency = float(request.get("latency_ms") or _span_ms(node_runs, started) or 0.0)
-    routes = [e["decision"] for e in events if e["event_type"] == "ROUTE_SELECTED"]
+    graph = run_graph(run, registry)
+    timeline = report.timeline
     return RequestDetail(
         request_id=request_id,
-        found=True,
-        request=request,
+        report=report,
         run=run,
-        route=str(routes[-1]) if routes and routes[-1] is not None else "",
-        strategy=_strategy(events, node_runs),
-        graph=_graph_lines(graph, node_runs) if graph else _fallback_lines(node_runs),
+        graph=_graph_lines(graph, timeline) if graph else _fallback_lines(timeline),
         graph_source=f"{graph.name}, {Path(graph.path).name}" if graph else "from node runs",
-        timeline=_timeline(node_runs, events, calls, started),
-        latency_ms=latency,
-        events=tuple(events),
-        cycles=tuple(t for t in rows["decision_traces"] if t["stage"] == "CYCLE_SUMMARY"),
-        llm_calls=tuple(calls),
     )
 
 
-def _span_ms(node_runs: Sequence[Row], started: float | None) -> float | None:
-    """From `started` (default: the first run's start) to the end of the last node run."""
-    if not node_runs:
+def _span_ms(entries: Sequence[TimelineEntry]) -> float | None:
+    """From the first entry's start to the end of the last one."""
+    if not entries:
         return None
-    first = started if started is not None else min(float(n["started_at"]) for n in node_runs)
-    ends = [float(n["started_at"]) + float(n["duration_ms"]) / 1000 for n in node_runs]
-    return max(0.0, (max(ends) - first) * 1000)
+    return max(e.offset_ms + e.duration_ms for e in entries) - min(e.offset_ms for e in entries)
 
 
-def _graph_of(run: Mapping[str, Any], registry: Registry | None) -> Graph | None:
+def run_graph(run: Mapping[str, Any], registry: Registry | None) -> Graph | None:
+    """The graph a run names in its config (`graph_path`), or None if it cannot be loaded."""
     config = run.get("config")
     path = config.get("graph_path") if isinstance(config, dict) else None
     return _load_graph(str(path), registry) if path else None
@@ -145,10 +150,12 @@ def _load_graph(path: str, registry: Registry | None) -> Graph | None:
         return None
 
 
-def _graph_lines(graph: Graph, node_runs: Sequence[Row]) -> tuple[GraphLine, ...]:
-    last: dict[tuple[str, int], Row] = {}
-    for run in node_runs:
-        last[(run["node"], int(run["cycle"]))] = run
+def _state(entry: TimelineEntry | None) -> str:
+    return "not run" if entry is None else node_state(entry.status, entry.outcome)
+
+
+def _graph_lines(graph: Graph, timeline: Sequence[TimelineEntry]) -> tuple[GraphLine, ...]:
+    last = {(entry.node, entry.cycle): entry for entry in timeline}
     lines: list[GraphLine] = []
     _scope_lines(graph.scope, last, 0, None, lines)
     return tuple(lines)
@@ -156,98 +163,39 @@ def _graph_lines(graph: Graph, node_runs: Sequence[Row]) -> tuple[GraphLine, ...
 
 def _scope_lines(
     scope: Scope,
-    last: Mapping[tuple[str, int], Row],
+    last: Mapping[tuple[str, int], TimelineEntry],
     depth: int,
     cycle: int | None,
     out: list[GraphLine],
 ) -> None:
     for node_id in scope.order:
         node = scope.nodes[node_id]
-        run = last.get((node_id, cycle or 0))
-        if run is None and cycle is None:
-            runs = [r for (n, _), r in last.items() if n == node_id]
-            run = runs[-1] if runs else None
+        entry = last.get((node_id, cycle or 0))
+        if entry is None and cycle is None:
+            entries = [e for (n, _), e in last.items() if n == node_id]
+            entry = entries[-1] if entries else None
         if node.loop is None:
-            duration = float(run["duration_ms"]) if run else None
-            out.append(GraphLine(depth, node_id, node.type_name, node_state(run), duration, cycle))
+            duration = entry.duration_ms if entry else None
+            out.append(GraphLine(depth, node_id, node.type_name, _state(entry), duration, cycle))
             continue
         body = set(node.loop.body.order)
-        body_runs = [r for (n, _), r in last.items() if n in body]
-        state = node_state(run) if run or not body_runs else "succeeded"
-        duration = float(run["duration_ms"]) if run else _span_ms(body_runs, None)
+        body_entries = [e for (n, _), e in last.items() if n in body]
+        state = _state(entry) if entry or not body_entries else "succeeded"
+        duration = entry.duration_ms if entry else _span_ms(body_entries)
         out.append(GraphLine(depth, node_id, node.type_name, state, duration, cycle))
-        for each in sorted({int(r["cycle"]) for r in body_runs}):
+        for each in sorted({e.cycle for e in body_entries}):
             _scope_lines(node.loop.body, last, depth + 1, each, out)
 
 
-def _fallback_lines(node_runs: Sequence[Row]) -> tuple[GraphLine, ...]:
+def _fallback_lines(timeline: Sequence[TimelineEntry]) -> tuple[GraphLine, ...]:
     return tuple(
         GraphLine(
-            1 if int(r["cycle"]) else 0,
-            r["node"],
-            r["node_type"],
-            node_state(r),
-            float(r["duration_ms"]),
-            int(r["cycle"]) or None,
+            1 if e.cycle else 0,
+            e.node,
+            e.node_type,
+            _state(e),
+            e.duration_ms,
+            e.cycle or None,
         )
-        for r in node_runs
-    )
-
-
-def _timeline(
-    node_runs: Sequence[Row], events: Sequence[Row], calls: Sequence[Row], started: float
-) -> tuple[TimelineRow, ...]:
-    reused = {(e["stage"], e["cycle"]) for e in events if e["event_type"] == "RESULT_REUSED"}
-    cached = {(c["node"], c["cycle"]) for c in calls if c["cache_status"] in ("hit", "reused")}
-    cached |= {(e["stage"], e["cycle"]) for e in events if e["event_type"] == "CACHE_HIT"}
-    rows = []
-    for run in node_runs:
-        key = (run["node"], run["cycle"])
-        state = node_state(run)
-        marks = "".join(
-            letter
-            for letter, present in (
-                ("S", bool(run["speculative"])),
-                ("X", state == "cancelled"),
-                ("K", state == "skipped"),
-                ("D", state == "discarded"),
-                ("R", key in reused),
-                ("C", key in cached),
-            )
-            if present
-        )
-        rows.append(
-            TimelineRow(
-                node=run["node"],
-                cycle=int(run["cycle"]),
-                state=state,
-                offset_ms=max(0.0, (run["started_at"] - started) * 1000),
-                duration_ms=float(run["duration_ms"]),
-                marks=marks,
-            )
-        )
-    return tuple(rows)
-
-
-def _strategy(events: Sequence[Row], node_runs: Sequence[Row]) -> tuple[tuple[str, str], ...]:
-    def decisions(*types: str) -> str:
-        found = [
-            f"{e['stage']}={e['decision']}" if e["decision"] else str(e["stage"])
-            for e in events
-            if e["event_type"] in types
-        ]
-        return ", ".join(dict.fromkeys(found)) or "-"
-
-    speculative = [f"{r['node']}:{r['outcome']}" for r in node_runs if r["speculative"]]
-    return (
-        ("speculative", ", ".join(speculative) or "-"),
-        ("strategy", decisions("STRATEGY_SELECTED")),
-        ("reused", decisions("RESULT_REUSED")),
-        ("gates", decisions("GATE_DECISION")),
-        (
-            "convergence",
-            decisions(
-                "CONVERGENCE_EVALUATED", "EARLY_CONVERGENCE_ACCEPTED", "EARLY_CONVERGENCE_REJECTED"
-            ),
-        ),
+        for e in timeline
     )

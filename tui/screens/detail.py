@@ -14,7 +14,8 @@ from textual.content import Content
 from textual.widgets import DataTable, Static, TabbedContent, TabPane, Tree
 from textual.widgets.tree import TreeNode
 
-from tui._detail import GraphLine, RequestDetail, TimelineRow, load_detail
+from engine.report import CycleCard, DecisionRow, ExecutionStrategy, LlmCallRow, TimelineEntry
+from tui._detail import GraphLine, RequestDetail, load_detail, mark_letters, node_state
 from tui._format import bar, ms, styled, usd, utc
 from tui._live import Snapshot
 from tui.screens.base import LiveScreen
@@ -26,7 +27,10 @@ __all__ = ["RequestDetailScreen"]
 
 _BAR_CELLS = 30
 _TABS = ("overview", "timeline", "decisions", "cycles", "calls", "events")
-_MARKS = "S speculative · X cancelled · K skipped · D discarded · R reused · C cached"
+_MARKS = (
+    "S speculative · X cancelled · K skipped · D discarded · R reused · C cached · "
+    "F failed · T timed out · r retried"
+)
 
 
 class RequestDetailScreen(LiveScreen):
@@ -96,7 +100,7 @@ class RequestDetailScreen(LiveScreen):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Retry loading while the request has nothing stored yet."""
-        if self.detail is not None and not self.detail.found:
+        if self.detail is not None and self.detail.report is None:
             self._load()
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
@@ -115,41 +119,50 @@ class RequestDetailScreen(LiveScreen):
         if not self.is_mounted:
             return
         self.query_one("#detail-summary", Static).update(self._summary(detail))
-        if not detail.found:
+        report = detail.report
+        if report is None:
             return
-        self._show_overview(detail)
-        self._show_timeline(detail.timeline, detail.latency_ms)
-        self._show_decisions(detail.events)
-        self._show_cycles(detail.cycles)
-        self._show_calls(detail.llm_calls)
-        self._show_events(detail.events)
+        self._show_overview(detail, report.strategy)
+        self._show_timeline(report.timeline, detail.latency_ms)
+        self._show_decisions(report.decisions)
+        self._show_cycles(report.cycles)
+        self._show_calls(report.llm_calls)
+        self._show_events(report.raw_events)
 
     # -- sections -----------------------------------------------------------------------
 
     def _summary(self, d: RequestDetail) -> Content:
-        if not d.found:
+        if d.report is None:
             return Content(f"request {d.request_id}: nothing stored yet (still running?)")
-        r = d.request
-        status = str(r.get("status", "running"))
-        colour = {"ok": "$text-success", "partial": "$text-warning"}.get(status, "$text-error")
-        policy = f"{r.get('policy_name') or '-'} v{r.get('policy_version') or '-'}"
+        s = d.report.summary
+        colour = {"ok": "$text-success", "partial": "$text-warning"}.get(s.status, "$text-error")
+        policy = f"{s.policy_name or '-'} v{s.policy_version or '-'}"
         first = Content.assemble(
             (f"{d.request_id} ", "bold"),
-            (status, colour),
-            f"  latency {ms(d.latency_ms)}  cost {usd(r.get('cost_usd'))}  policy {policy}",
+            (s.status, colour),
+            f"  latency {ms(s.latency_ms)}  cost {usd(s.cost_usd)}  policy {policy}",
         )
-        second = (
-            f"route {d.route or '-'}  tenant {r.get('tenant') or '-'}  "
-            f"run {r.get('run_id', '-')}  started {utc(r.get('started_at'))} UTC"
+        sim = ("  simulated models", "$text-warning") if s.simulated else ""
+        second = Content.assemble(
+            f"route {s.route or '-'}  tenant {s.tenant or '-'}  run {s.run_id or '-'}  "
+            f"started {utc(s.started_at)} UTC",
+            sim,
         )
-        error = f"\nerror: {r['error']}" if r.get("error") else ""
+        error = f"\nerror: {s.error}" if s.error else ""
         return Content.assemble(first, "\n", second, (error, "$text-error"))
 
-    def _show_overview(self, d: RequestDetail) -> None:
-        strategy = Content.assemble(
-            *[part for label, text in d.strategy for part in ((f"{label:<12}", "bold"), text, "\n")]
+    def _show_overview(self, d: RequestDetail, strategy: ExecutionStrategy) -> None:
+        lines = (
+            ("speculative", ", ".join(f"{o.node}:{o.outcome}" for o in strategy.speculative)),
+            ("strategy", _events(strategy.strategies)),
+            ("reused", _events(strategy.reused)),
+            ("gates", _events(strategy.gates)),
+            ("cache", _events(strategy.cache)),
+            ("convergence", _events(strategy.convergence)),
+            ("cancelled", _events(strategy.cancellations)),
         )
-        self.query_one("#strategy", Static).update(strategy)
+        parts = [p for label, text in lines for p in ((f"{label:<12}", "bold"), text or "-", "\n")]
+        self.query_one("#strategy", Static).update(Content.assemble(*parts))
         tree = self.query_one("#graph-tree", Tree)
         tree.clear()
         tree.root.set_label(Text(f"graph ({d.graph_source})"))
@@ -164,72 +177,81 @@ class RequestDetailScreen(LiveScreen):
             label.append(f"  {ms(line.duration_ms)}")
         return label
 
-    def _show_timeline(self, rows: Sequence[TimelineRow], latency: float) -> None:
+    def _show_timeline(self, rows: Sequence[TimelineEntry], latency: float) -> None:
         table = self.query_one("#timeline-table", DataTable)
         table.clear()
         for row in rows:
+            state = node_state(row.status, row.outcome)
             start, cells = bar(row.offset_ms, row.duration_ms, latency, _BAR_CELLS)
             track = Text("·" * start)
-            track.append_text(styled(self.app, "█" * cells, row.state))
+            track.append_text(styled(self.app, "█" * cells, state))
             track.append("·" * (_BAR_CELLS - start - cells))
             table.add_row(
                 Text(row.node),
                 Text(str(row.cycle)),
-                styled(self.app, row.state),
+                styled(self.app, state),
                 Text(ms(row.offset_ms), justify="right"),
                 Text(ms(row.duration_ms), justify="right"),
                 track,
-                Text(row.marks),
+                Text(mark_letters(row.marks)),
             )
 
-    def _show_decisions(self, events: Sequence[Mapping[str, Any]]) -> None:
+    def _show_decisions(self, decisions: Sequence[DecisionRow]) -> None:
         table = self.query_one("#decisions-table", DataTable)
         table.clear()
-        for e in events:
-            reasons = e.get("reason_codes") or []
+        for d in decisions:
             table.add_row(
                 *_texts(
-                    e["sequence"],
-                    e["cycle"],
-                    e["stage"],
-                    e["component"],
-                    e["event_type"],
-                    e["decision"] or "-",
-                    ", ".join(map(str, reasons)) if isinstance(reasons, list) else reasons,
-                    ms(e["duration_ms"]),
+                    d.sequence,
+                    d.cycle,
+                    d.stage,
+                    d.component,
+                    d.event_type,
+                    d.decision or "-",
+                    ", ".join(d.reasons) or "-",
+                    ms(d.duration_ms),
                 )
             )
 
-    def _show_cycles(self, traces: Sequence[Mapping[str, Any]]) -> None:
+    def _show_cycles(self, cycles: Sequence[CycleCard]) -> None:
         cards = self.query_one("#cycle-cards", VerticalScroll)
         cards.remove_children()
-        if not traces:
+        if not cycles:
             cards.mount(Static("no loop cycles in this request", classes="empty"))
             return
-        for trace in traces:
-            payload = trace.get("payload") or {}
-            lines = [f"{key}: {_compact(value)}" for key, value in sorted(payload.items())]
-            card = Static("\n".join(lines), classes="cycle-card", markup=False)
-            card.border_title = f"cycle {trace['cycle']}"
+        for c in cycles:
+            lines = [
+                ("planned", ", ".join(c.planned)),
+                ("executed", ", ".join(c.executed)),
+                ("skipped", ", ".join(c.skipped)),
+                ("cancelled", ", ".join(c.cancelled)),
+                ("critic", c.critic),
+                ("simulator", c.simulator),
+                ("convergence", c.convergence),
+                ("next", c.next_action),
+            ]
+            text = "\n".join(f"{label:<12}{value or '-'}" for label, value in lines)
+            card = Static(text, classes="cycle-card", markup=False)
+            card.border_title = f"cycle {c.cycle}" + (f" · {c.loop}" if c.loop else "")
             cards.mount(card)
 
-    def _show_calls(self, calls: Sequence[Mapping[str, Any]]) -> None:
+    def _show_calls(self, calls: Sequence[LlmCallRow]) -> None:
         table = self.query_one("#calls-table", DataTable)
         table.clear()
         for c in calls:
             row = _texts(
-                c["node"],
-                c["cycle"],
-                c["model"],
-                c["provider"],
-                c["call_kind"],
-                c["call_outcome"],
-                c["cache_status"],
-                f"{c['input_tokens']}/{c['output_tokens']}",
-                usd(c["cost_usd"]),
-                ms(c["latency_ms"]),
+                c.node,
+                c.cycle,
+                c.model,
+                c.provider,
+                c.kind,
+                c.outcome,
+                c.cache_status,
+                f"{c.input_tokens}/{c.output_tokens}",
+                usd(c.cost_usd),
+                ms(c.latency_ms),
             )
-            row[5] = styled(self.app, str(c["call_outcome"]), _outcome_state(c["call_outcome"]))
+            row[5] = styled(self.app, c.outcome, _outcome_state(c.outcome))
             table.add_row(*row)
 
     def _show_events(self, events: Sequence[Mapping[str, Any]]) -> None:
@@ -278,6 +300,11 @@ def _compact(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
+
+
+def _events(rows: Sequence[DecisionRow]) -> str:
+    found = [f"{r.stage}={r.decision}" if r.decision else r.stage for r in rows]
+    return ", ".join(dict.fromkeys(found))
 
 
 def _outcome_state(outcome: object) -> str:

@@ -13,9 +13,10 @@ from textual.content import Content
 from textual.widgets import Button, DataTable, Input, Static
 
 from engine.errors import MoatError
+from tui._detail import run_graph
 from tui._format import styled, utc
 from tui._live import PolicyRow, Snapshot
-from tui._policy_ops import apply_policy_file, body_diff, rollback_policy
+from tui._policy_ops import apply_policy_file, change_lines, rollback_policy
 from tui.screens.base import LiveScreen
 from tui.screens.confirm import ConfirmScreen
 
@@ -118,15 +119,11 @@ class PoliciesScreen(LiveScreen):
             body = self._versions[chosen]["body"]
             box.update(Content(f"{title} (this is the active version)\n\n" + _pretty(body)))
             return
-        old = (
-            self._versions[active]["body"]
-            if active is not None and active in self._versions
-            else None
-        )
-        lines = body_diff(old, self._versions[chosen]["body"])
-        parts: list[str | tuple[str, str]] = [(title, "bold"), "\n"]
+        old = self._versions[active]["body"] if active in self._versions else None
+        lines = change_lines(old, self._versions[chosen]["body"])
+        parts: list[str | tuple[str, str]] = [(title, "bold"), "\n\n"]
+        style = {"+": "$text-success", "-": "$text-error", "~": "$text-warning"}
         for line in lines or ["(no differences)"]:
-            style = {"+": "$text-success", "-": "$text-error", "@": "$text-accent"}
             parts.append((line + "\n", style.get(line[:1], "")))
         box.update(Content.assemble(*parts))
 
@@ -189,8 +186,10 @@ class PoliciesScreen(LiveScreen):
 
     @work(thread=True, exclusive=True, group="policy", exit_on_error=False)
     def _apply(self, path: str) -> None:
+        runs = self.moat.snapshot.runs
+        graphs = [run_graph(dict(run.config), self.moat.registry) for run in runs]
         try:
-            message = apply_policy_file(self.moat.db_path, path)
+            message = apply_policy_file(self.moat.db_path, path, [g for g in graphs if g])
         except (MoatError, OSError) as exc:
             message = f"not applied: {exc}"
         self.app.call_from_thread(self._done, message)

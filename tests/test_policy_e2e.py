@@ -49,7 +49,7 @@ async def test_a_policy_applied_mid_batch_pins_new_requests_and_keeps_in_flight_
     async with Pipeline(graph, db=db) as pipe:
         assert pipe.policy is not None
         pipe.policy.poll_interval_s = 0.05
-        run_id = pipe.start_run(120)
+        run_id = pipe.start_run(240)
 
         async def swap_when_a_third_is_done() -> None:
             while len(seen) < 40:
@@ -60,13 +60,13 @@ async def test_a_policy_applied_mid_batch_pins_new_requests_and_keeps_in_flight_
         async with anyio.create_task_group() as tg:
             tg.start_soon(swap_when_a_third_is_done)
             await pipe.run_batch(
-                items(120), run_id=run_id, total=120, concurrency=6, on_record=seen.append
+                items(240), run_id=run_id, total=240, concurrency=6, on_record=seen.append
             )
         pipe.flush()
     with Store.open(db) as store:
         rows = store.list_requests(run_id)
         (activation,) = [a for a in store.policy_history("extract") if a["version"] == 2]
-    assert sorted(r["seq"] for r in rows) == list(range(120))
+    assert sorted(r["seq"] for r in rows) == list(range(240))
     assert {r["policy_version"] for r in rows} == {1, 2}
     switched = activation["activated_at"]
     assert all(r["policy_version"] == 1 for r in rows if r["started_at"] < switched)

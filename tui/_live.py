@@ -35,8 +35,23 @@ FAILED_STATUSES = frozenset({"failed", "deadline_exceeded", "invalid_input"})
 
 _SERIES_POINTS = 30
 
-_EVENT_FACTS = """
-SELECT run_id, request_id, MAX(cycle) AS max_cycle,
+_FACT_TYPES = (
+    "CACHE_HIT",
+    "CACHE_MISS",
+    "VALIDATION_PASSED",
+    "VALIDATION_FAILED",
+    "SPECULATIVE_RESULT_USED",
+    "SPECULATIVE_RESULT_DISCARDED",
+    "BRANCH_CANCELLED",
+    "NODE_FAILED",
+    "LOOP_CYCLE_STARTED",
+    "ROUTE_SELECTED",
+)
+"""The only event types a poll reads: everything else is skipped inside SQLite."""
+
+_EVENT_FACTS = f"""
+SELECT run_id, request_id,
+  MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) AS max_cycle,
   SUM(event_type = 'CACHE_HIT') AS cache_hit,
   SUM(event_type = 'CACHE_MISS') AS cache_miss,
   MAX(CASE WHEN event_type = 'VALIDATION_PASSED' THEN id END) AS valid_id,
@@ -44,14 +59,19 @@ SELECT run_id, request_id, MAX(cycle) AS max_cycle,
   SUM(event_type = 'SPECULATIVE_RESULT_USED') AS spec_used,
   SUM(event_type = 'SPECULATIVE_RESULT_DISCARDED') AS spec_discarded,
   SUM(event_type = 'BRANCH_CANCELLED') AS spec_cancelled,
-  SUM(event_type = 'NODE_FAILED') AS node_failed
-FROM orchestration_events WHERE id > ? AND id <= ? GROUP BY run_id, request_id
+  SUM(event_type = 'NODE_FAILED') AS node_failed,
+  MAX(CASE WHEN event_type = 'ROUTE_SELECTED' THEN id END) AS route_id
+FROM orchestration_events
+WHERE id > ? AND id <= ? AND event_type IN ({", ".join(f"'{t}'" for t in _FACT_TYPES)})
+GROUP BY run_id, request_id
 """
 
-_ROUTES = (
-    "SELECT request_id, decision FROM orchestration_events "
-    "WHERE id > ? AND id <= ? AND event_type = 'ROUTE_SELECTED' ORDER BY id"
-)
+_EVENT_CHUNK = 10_000
+"""At most this many event ids per poll, so one poll stays short after a burst of writes;
+the next polls catch up."""
+_REQUEST_CHUNK = 5_000
+
+_ROUTES = "SELECT request_id, decision FROM orchestration_events WHERE id IN ({})"
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -254,16 +274,22 @@ class LiveReader:
         return self._store
 
     def _read_events(self, store: Store) -> set[str]:
-        high = _max_id(store, "orchestration_events")
+        high = min(_max_id(store, "orchestration_events"), self._last_event + _EVENT_CHUNK)
         if high <= self._last_event:
             return set()
         low, self._last_event = self._last_event, high
         changed: set[str] = set()
+        routes: list[int] = []
         for row in store.query(_EVENT_FACTS, (low, high)):
             self._facts.setdefault(row["request_id"], _Facts()).merge(row)
             changed.add(row["request_id"])
-        for row in store.query(_ROUTES, (low, high)):
-            self._facts.setdefault(row["request_id"], _Facts()).route = row["decision"] or ""
+            if row["route_id"] is not None:
+                routes.append(int(row["route_id"]))
+        for start in range(0, len(routes), 500):
+            ids = routes[start : start + 500]
+            sql = _ROUTES.format(", ".join("?" * len(ids)))
+            for row in store.query(sql, tuple(ids)):
+                self._facts[row["request_id"]].route = row["decision"] or ""
         for request_id in changed & self._by_id.keys():
             _apply_facts(self._by_id[request_id], self._facts[request_id])
         return changed
@@ -271,8 +297,9 @@ class LiveReader:
     def _read_requests(self, store: Store) -> set[str]:
         rows = store.query(
             "SELECT rowid AS row_id, id, run_id, seq, tenant, status, started_at, finished_at, "
-            "latency_ms, cost_usd, policy_version FROM requests WHERE rowid > ? ORDER BY rowid",
-            (self._last_request,),
+            "latency_ms, cost_usd, policy_version FROM requests WHERE rowid > ? ORDER BY rowid "
+            "LIMIT ?",
+            (self._last_request, _REQUEST_CHUNK),
         )
         fresh: set[str] = set()
         for row in rows:

@@ -168,3 +168,13 @@ def run_tui(db_path: str | Path, run_id: str | None = None) -> None:
         run_id: the run to focus on (as `moat run --tui` does); None shows every run.
     """
     MoatApp(db_path, run_id=run_id).run()
+
+
+async def run_tui_async(db_path: str | Path, run_id: str | None = None) -> None:
+    """Run the TUI inside an already running event loop (`moat run --tui`) until the user quits.
+
+    Args:
+        db_path: the store file the run writes.
+        run_id: the run to focus on.
+    """
+    await MoatApp(db_path, run_id=run_id).run_async()

@@ -295,7 +295,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         if plan.run_id is None and not args.quiet:
             print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)
         out = _OutWriter(pipe, plan.out)
-        progress = _Progress(plan.total, not args.quiet)
+        progress = _Progress(plan.total, not args.quiet and not args.tui)
         progress.done = len(plan.skip)
 
         summary = BatchSummary(run_id, plan.total, done=len(plan.skip))
@@ -359,6 +359,12 @@ async def _drive(
         await pipe.settle()
         if not args.tui:
             tg.cancel_scope.cancel()
+            return
+        # the batch is done: record it as finished, and keep the UI open until it is closed
+        await out.drain()
+        assert pipe.store is not None
+        pipe.store.update_run_progress(run_id, summary.done)
+        pipe.store.finish_run(run_id, "finished")
 
 
 def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:

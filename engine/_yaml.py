@@ -11,7 +11,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import SpecError
 
-__all__ = ["Located", "Position", "load_yaml"]
+__all__ = ["Located", "Position", "load_yaml", "node_of"]
 
 Path = tuple[str | int, ...]
 
@@ -67,6 +67,15 @@ class Located:
         pos = self.where(at, key=key)
         column = pos.column + offset + (1 if pos.quoted and offset else 0)
         return SpecError(message, path=self.path, line=pos.line, column=column, node_id=node_id)
+
+
+def node_of(at: Path) -> str | None:
+    """The innermost node id a path into a graph file points into (`nodes.ID...`), if any."""
+    node = None
+    for i, part in enumerate(at[:-1]):
+        if part == "nodes" and isinstance(at[i + 1], str):
+            node = str(at[i + 1])
+    return node
 
 
 def load_yaml(text: str | bytes, path: str) -> Located:

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine._yaml import Located
+from engine._yaml import Located, node_of
 from engine.errors import ExpressionError, SpecError
 from engine.expr import Expr, Ref, Template, compile_expr, compile_template
 from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
@@ -573,10 +573,7 @@ class Checker:
         node_id: str | None = None,
         offset: int = 0,
     ) -> None:
-        if node_id is None:
-            for i, part in enumerate(at[:-1]):
-                if part == "nodes" and isinstance(at[i + 1], str):
-                    node_id = str(at[i + 1])
+        node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
 
 

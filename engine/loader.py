@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine._yaml import Located, load_yaml
+from engine._yaml import Located, load_yaml, node_of
 from engine.check import Checker
 from engine.errors import SpecError
 from engine.graph import Graph
@@ -200,7 +200,7 @@ def _env_value(match: re.Match[str], located: Located, at: tuple[str | int, ...]
 
 def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
     at, model = _data_path(located.data, err.get("loc", ()))
-    node_id = _node_of(at)
+    node_id = node_of(at)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         key = at[-1]
@@ -260,14 +260,6 @@ def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
             ann = f.annotation
             return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
     return model
-
-
-def _node_of(at: tuple[str | int, ...]) -> str | None:
-    node = None
-    for i, part in enumerate(at[:-1]):
-        if part == "nodes" and isinstance(at[i + 1], str):
-            node = str(at[i + 1])
-    return node
 
 
 def _dotted(at: tuple[str | int, ...]) -> str:

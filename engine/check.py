@@ -321,8 +321,10 @@ class Checker:
                         node_id=node_id,
                     )
 
-    def c10_cycles(self, scope: _ScopeInfo, deps: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
-        """No cycles between nodes; returns a deterministic topological order."""
+    def c10_cycles(
+        self, scope: _ScopeInfo, deps: Mapping[str, frozenset[str]]
+    ) -> tuple[str, ...] | None:
+        """No cycles between nodes; returns a deterministic topological order (None: a cycle)."""
         import networkx as nx  # imported here: it costs a fifth of a second at startup
 
         dag = nx.DiGraph()
@@ -344,7 +346,7 @@ class Checker:
                 key=True,
                 node_id=first,
             )
-            return ()
+            return None
 
     def c11_prev(self, ref: Ref, scope: _ScopeInfo, at: Path, node_id: str | None) -> None:
         """`prev.x` names a body node of the same loop."""
@@ -389,8 +391,10 @@ class Checker:
             if node is not None:
                 compiled[node_id] = node
         deps = {nid: n.deps & set(info.specs) for nid, n in compiled.items()}
-        order = self.c10_cycles(info, deps) if len(compiled) == len(info.specs) else ()
-        if len(compiled) != len(info.specs) or not order:
+        if len(compiled) != len(info.specs):
+            return None
+        order = self.c10_cycles(info, deps)
+        if order is None:
             return None
         spec_ids = tuple(n for n in order if compiled[n].speculative is not False)
         return Scope(nodes=compiled, order=order, speculative=spec_ids)

@@ -457,6 +457,17 @@ output:
     assert errors == []
 
 
+def test_a_graph_without_nodes_is_valid_and_answers_constants() -> None:
+    assert (
+        check("""\
+nodes: {}
+output:
+  greeting: "'hello'"
+""")
+        == []
+    )
+
+
 def test_all_errors_of_a_file_are_reported_together() -> None:
     errors = check("""\
 nodes:

@@ -1,6 +1,6 @@
 """The event vocabulary and the records a run emits, shared by the store, logs and TUI.
 
-Records are small frozen dataclasses rather than pydantic models: they are built on the
+Records are small slotted dataclasses rather than pydantic models: they are built on the
 request path (dozens per request) and only ever produced by moat itself, so validation
 would cost time and catch nothing. The store maps each record type to one table of
 DESIGN.md section 8.
@@ -224,9 +224,13 @@ class CacheStatus(StrEnum):
     NONE = "none"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OrchestrationEvent:
-    """One runtime decision (`orchestration_events` row)."""
+    """One runtime decision (`orchestration_events` row).
+
+    Not frozen (a frozen dataclass costs several times more to build on the request
+    path), but treated as immutable once recorded: copy with `dataclasses.replace`.
+    """
 
     run_id: str
     request_id: str
@@ -248,9 +252,13 @@ class OrchestrationEvent:
     payload: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeRun:
-    """One node run in one request and cycle (`node_runs` row)."""
+    """One node run in one request and cycle (`node_runs` row).
+
+    Not frozen (a frozen dataclass costs several times more to build on the request
+    path), but treated as immutable once recorded: copy with `dataclasses.replace`.
+    """
 
     request_id: str
     node: str
@@ -265,9 +273,13 @@ class NodeRun:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LlmCall:
-    """One attempt of one model call (`llm_calls` row)."""
+    """One attempt of one model call (`llm_calls` row).
+
+    Not frozen (a frozen dataclass costs several times more to build on the request
+    path), but treated as immutable once recorded: copy with `dataclasses.replace`.
+    """
 
     request_id: str
     node: str
@@ -292,9 +304,13 @@ class LlmCall:
     response_text: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecisionTrace:
-    """An audit-grade summary of one stage (`decision_traces` row)."""
+    """An audit-grade summary of one stage (`decision_traces` row).
+
+    Not frozen (a frozen dataclass costs several times more to build on the request
+    path), but treated as immutable once recorded: copy with `dataclasses.replace`.
+    """
 
     request_id: str
     cycle: int
@@ -303,9 +319,13 @@ class DecisionTrace:
     payload: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRecord:
-    """The final result of one request (`requests` row), emitted last for that request."""
+    """The final result of one request (`requests` row), emitted last for that request.
+
+    Not frozen (a frozen dataclass costs several times more to build on the request
+    path), but treated as immutable once recorded: copy with `dataclasses.replace`.
+    """
 
     id: str
     run_id: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["Canvas", "cost_vs_p95", "write_png"]
@@ -122,7 +122,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _nice_step(span: float, ticks: int = 5) -> float:
     raw = span / ticks if span > 0 else 1.0
-    magnitude = 10 ** math.floor(math.log10(raw))
+    magnitude = 10.0 ** math.floor(math.log10(raw))
     return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
@@ -153,12 +153,14 @@ def cost_vs_p95(
     canvas.text(left, 10, title, scale=2)
     canvas.text((left + right) // 2 - 80, bottom + 40, "P95 LATENCY (S)", scale=2)
     canvas.text(6, top - 14, "COST PER 1,000 CASES ($)")
-    taken: list[tuple[int, int, int, int]] = []
-    for n, (name, x, y) in enumerate(zip(points, xs, ys, strict=True)):
-        if not (math.isfinite(x) and math.isfinite(y)):
-            continue
+    shown = [
+        (n, name, px(x), py(y))
+        for n, (name, x, y) in enumerate(zip(points, xs, ys, strict=True))
+        if math.isfinite(x) and math.isfinite(y)
+    ]
+    taken = [(cx - 6, cy - 6, cx + 6, cy + 6) for _, _, cx, cy in shown]
+    for n, name, cx, cy in shown:
         color = PALETTE[n % len(PALETTE)]
-        cx, cy = px(x), py(y)
         canvas.disc(cx, cy, 5, color)
         lx, ly = _place_label(cx, cy, text_width(name), taken, right)
         canvas.text(lx, ly, name, color)
@@ -166,8 +168,11 @@ def cost_vs_p95(
 
 
 def _grid(
-    canvas: Canvas, box: tuple[int, int, int, int], steps: tuple[float, ...], f: tuple
-) -> None:  # type: ignore[type-arg]
+    canvas: Canvas,
+    box: tuple[int, int, int, int],
+    steps: tuple[float, ...],
+    f: tuple[Callable[[float], int], Callable[[float], int]],
+) -> None:
     left, right, top, bottom = box
     xstep, xmax, ystep, ymax = steps
     px, py = f

@@ -439,8 +439,7 @@ def _punctuation(text: str, rng: random.Random) -> str:
 
 
 def _fresh(rng: random.Random, seen: set[str], seq: int, tenant: str) -> dict[str, Any]:
-    kinds, weights = zip(*KIND_WEIGHTS.items(), strict=True)
-    kind = rng.choices(kinds, weights)[0]
+    kind = rng.choices(list(KIND_WEIGHTS), list(KIND_WEIGHTS.values()))[0]
     for _ in range(50):
         text, extra = _MAKERS[kind](rng)
         if text not in seen:
@@ -469,8 +468,7 @@ def _returning(rng: random.Random, base: _Base, variant: str, tenant: str) -> di
 
 
 def _pick_tenant(rng: random.Random) -> str:
-    names, weights = zip(*TENANTS.items(), strict=True)
-    return rng.choices(names, weights)[0]
+    return rng.choices(list(TENANTS), list(TENANTS.values()))[0]
 
 
 def iter_requests(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:

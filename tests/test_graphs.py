@@ -86,3 +86,15 @@ async def test_the_flagship_refuses_without_waiting_for_its_speculative_draft() 
     # answered as soon as the risk review resolved: the draft's cancellation is not awaited
     before_risk = sum(runs[n].duration_ms for n in ("clean", "cached"))
     assert result.latency_ms == pytest.approx(before_risk + runs["risk"].duration_ms, abs=5)
+
+
+POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", POLICIES, ids=[p.stem for p in POLICIES])
+def test_shipped_policy_is_valid_for_its_graph(path: Path) -> None:
+    from engine.policy import load_policy_file, validate_policy
+
+    graph = load_graph(ROOT / "graphs" / f"{path.stem.split('.')[0]}.yaml")
+    _, body, located = load_policy_file(path)
+    validate_policy(body, located, previous=graph.policy, graphs=[graph])

@@ -170,3 +170,50 @@ def test_kill_9_mid_batch_then_resume_answers_every_request_exactly_once(tmp_pat
         ).fetchone()[0]
     assert sorted(stored) == list(range(60))
     assert orphans == 0
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130_and_resume_finishes_the_batch(tmp_path: Path) -> None:
+    graph = fast_copy("governed-answer", tmp_path, time_scale=0.05)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text(
+        "".join(
+            json.dumps({"prompt": f"How do I export report {i} as CSV?"}) + "\n" for i in range(40)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            str(graph),
+            "--input",
+            str(requests),
+            "--out",
+            str(out),
+            "--db",
+            "t.db",
+            "--concurrency",
+            "2",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "Resume with: moat run --resume" in stderr
+    kept = lines(out)
+    assert 3 <= len(kept) < 40
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        (run_id, status) = db.execute("select id, status from runs").fetchone()
+    assert status == "interrupted"
+    resumed = moat("run", "--resume", run_id, "--db", "t.db", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["request_id"] for r in lines(out)) == [f"{run_id}-{i:06d}" for i in range(40)]

@@ -67,6 +67,14 @@ class Outcome:
         return cls(None, NodeStatus.FAILED, exc.error, exc.node_id)
 
 
+_GATED = object()
+"""A node with a guard, retries, a timeout or a loop: the full path."""
+_PLAIN = object()
+"""A node whose config reads the same nodes on every evaluation."""
+_CONDITIONAL = object()
+"""A node whose config has conditional parts, but nothing else to gate its run."""
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | TimeoutError)
 
@@ -89,7 +97,7 @@ class NodeRunner:
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 
-    __slots__ = ("_configs", "_plain_nodes", "_run_loop", "_sorted", "shared", "tg")
+    __slots__ = ("_configs", "_kinds", "_run_loop", "_sorted", "shared", "tg")
 
     def __init__(
         self,
@@ -101,7 +109,7 @@ class NodeRunner:
         self.shared = shared
         self._run_loop = run_loop
         self._configs: dict[int, BaseModel] = {}
-        self._plain_nodes: dict[int, bool] = {}
+        self._kinds: dict[int, object] = {}
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
 
     # -- caches ---------------------------------------------------------------------------
@@ -119,53 +127,66 @@ class NodeRunner:
         """Run a claimed node here: guard, config, attempts; record its fate.
 
         Never raises, except the cancellation of the current task (then the node is
-        recorded as cancelled). A plain node (no guard, retries, timeout or conditional
-        config) runs on a short path that keeps a chain of inline nodes to one coroutine
-        frame per node.
+        recorded as cancelled). A node without guard, retries, timeout or loop runs on a
+        short path, one coroutine frame per node; a plain one (no conditional config)
+        also runs a single pending input right here, so a chain of inline nodes costs
+        one frame per node.
         """
         node = cell.node
         consumer = Consumer(cell.frame, cell, spawn, node.id)
         cell.consumer = consumer
         cell.t0 = cell.frame.req.clock()
         cell.started_at = time.time()
+        kind = self._kinds.get(id(node))
+        if kind is None:
+            kind = self._kind(node)
         outcome: Outcome | None = None
+        done = False
         try:
-            if not self._plain(node):
+            if kind is _GATED:
                 outcome = await self._gate_then_run(cell, consumer)
             else:
-                needed = self._plain_needs(cell, consumer)
-                dep = self._inline_dep(consumer, needed)
-                if dep is not None:  # one input to run right here: no extra frame
-                    await self.execute(dep, False)
-                    check(dep)
-                elif needed:
-                    await consumer.demand_all(needed)
-                config = self._plain_config(cell, consumer)
+                if kind is _PLAIN:
+                    needed = self._plain_needs(cell, consumer)
+                    dep = self._inline_dep(consumer, needed)
+                    if dep is not None:  # one input to run right here: no extra frame
+                        await self.execute(dep, False)
+                        check(dep)
+                    elif needed:
+                        await consumer.demand_all(needed)
+                    config = self._plain_config(cell, consumer)
+                else:
+                    config = self._validated(node, await evaluate(node.config, consumer))
+                    cell.attempts = 1
                 output = await node.impl.run(config, self._context(cell))  # type: ignore[union-attr]
-                outcome = Outcome(self._checked(cell, output), NodeStatus.SUCCEEDED)
+                cell.finish(self._checked(cell, output), NodeStatus.SUCCEEDED)
+            done = True
         except InputFailed as exc:
             outcome = Outcome.from_input(exc)
+            done = True
         except Exception as exc:
             status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
             outcome = Outcome(None, status, exc, node.id)
+            done = True
         finally:
-            if outcome is None:
+            if not done:
                 self.cancelled(cell)
-        self.resolve(cell, outcome)
+        if outcome is not None:
+            self.resolve(cell, outcome)
         self.finished(cell)
 
-    def _plain(self, node: CompiledNode) -> bool:
-        plain = self._plain_nodes.get(id(node))
-        if plain is None:
-            template = node.config
-            plain = self._plain_nodes[id(node)] = (
-                node.loop is None
-                and node.when is None
-                and not node.retries
-                and node.timeout_ms is None
-                and len(template.names) == len(template.certain)
-            )
-        return plain
+    def _kind(self, node: CompiledNode) -> object:
+        """How `node` runs: gated (guard, retries, timeout, loop), plain or conditional."""
+        template = node.config
+        gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
+        if gated or node.retries:
+            kind = _GATED
+        elif template.constant or len(template.names) == len(template.certain):
+            kind = _PLAIN
+        else:
+            kind = _CONDITIONAL
+        self._kinds[id(node)] = kind
+        return kind
 
     def _plain_needs(self, cell: LazyNode, consumer: Consumer) -> list[LazyNode]:
         needed: list[LazyNode] = []

@@ -258,6 +258,16 @@ class Consumer(Mapping[str, Any]):
         if cell not in into:
             into.append(cell)
 
+    def inline(self, cells: list[LazyNode]) -> LazyNode | None:
+        """The one pending node of `cells` to run in this task (claimed), if that is all."""
+        if len(cells) != 1 or self.spawn:
+            return None
+        cell = cells[0]
+        if cell.status is not PENDING:
+            return None
+        cell.claim()
+        return cell
+
     async def demand_all(self, cells: list[LazyNode]) -> None:
         """Demand `cells` concurrently (the first inline); raise if one failed.
 
@@ -361,7 +371,12 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         if len(parts) > 1:
             for part in parts:
                 _probe(part, consumer, needed)
-        await consumer.demand_all(needed)
+        cell = consumer.inline(needed)
+        if cell is None:
+            await consumer.demand_all(needed)
+        else:  # one node to run right here: no extra frame
+            await consumer.frame.ex.execute(cell, False)
+            check(cell)
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
@@ -395,7 +410,12 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
                 raise EvaluationError(f"output '{name}': {exc}") from exc
         if not waiting:
             return {name: values[name] for name in exprs}
-        await consumer.demand_all(needed)
+        cell = consumer.inline(needed)
+        if cell is None:
+            await consumer.demand_all(needed)
+        else:  # one node to run right here: no extra frame
+            await consumer.frame.ex.execute(cell, False)
+            check(cell)
         pending = waiting
 
 

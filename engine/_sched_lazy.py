@@ -197,8 +197,10 @@ class LazyNode:
     def _wake(self) -> None:
         t0 = self.t0
         self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
-        if self._event is not None:
-            self._event.set()
+        event = self._event
+        if event is not None:
+            self._event = None  # its waiters hold it; nobody waits on a resolved node
+            event.set()
 
     def peek(self) -> Any:
         """The value without checks (callers know the node finished)."""

@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
-from engine._sched_lazy import PENDING, RUNNING, LazyNode
+from engine._sched_lazy import RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
@@ -148,7 +148,7 @@ class NodeRunner:
             else:
                 if kind is _PLAIN:
                     needed = self._plain_needs(cell, consumer)
-                    dep = self._inline_dep(consumer, needed)
+                    dep = consumer.inline(needed)
                     if dep is not None:  # one input to run right here: no extra frame
                         await self.execute(dep, False)
                         check(dep)
@@ -195,17 +195,6 @@ class NodeRunner:
             consumer.pending(template.certain, needed)
         cell.attempts = 1
         return needed
-
-    @staticmethod
-    def _inline_dep(consumer: Consumer, needed: list[LazyNode]) -> LazyNode | None:
-        """The single pending input to run inline (claimed), if that is all there is."""
-        if len(needed) != 1 or consumer.spawn:
-            return None
-        dep = needed[0]
-        if dep.status is not PENDING:
-            return None
-        dep.claim()
-        return dep
 
     def _plain_config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node

@@ -166,7 +166,11 @@ class Runner:
         await tg.__aenter__()
         self._tg = tg
         self._ex = NodeRunner(tg, self.shared, run_loop)
-        self._clock = anyio.lowlevel.current_token().backend_class.current_time
+        token = anyio.lowlevel.current_token()
+        self._clock = token.backend_class.current_time
+        loop_time = getattr(token.native_token, "time", None)
+        if callable(loop_time):  # asyncio: its `current_time` is the running loop's `time`
+            self._clock = loop_time
         return self
 
     async def __aexit__(

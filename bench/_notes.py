@@ -31,40 +31,32 @@ NOTES = """
   thresholds, refusal text and validation as the flagship; no cache, loop or speculation.
   For the risk review no small or medium model reaches 0.9, so it lands on `large`.
 
-### Findings (investigated on copies of the graph and policy, 1,000 requests, seed 1)
+### Findings
 
-- **Quality is lost to false refusals, by design of the judges.** The sim's small model
-  flags a benign request as harmful with probability `(1 - accuracy) * 0.4`, about 18 %
-  per call (accuracy `capability + 0.05 - 0.15 * difficulty`, 0.55 capability). The
-  flagship asks a small model twice or more (the risk review, then the critique in every
-  cycle), and any single `refuse` ends the request: about 12 % of benign requests are
-  refused by the risk review and a further ~29 % inside the loop, so ~40 % of benign
-  requests are refused (baseline: ~2.5 %, its review runs on `large`). Refusal recall is
-  *higher* than the baseline's (0.88-0.92 vs 0.78), answer accuracy far lower.
-- **`flagship-no-early-convergence` is broken, not slow.** Its policy sets
-  `converge.early_min_score: 1.01`, which the `converge` node's config rejects (`<= 1`), so
-  every request that reaches the loop fails (`failed` status, quality ~4). Policy
-  validation checks keys and types, not node bounds, so it was accepted. With `1.0`
-  (a clean critic score never exceeds 0.97) the ablation measures (n = 1,000): cost 0.00259,
-  p95 8,998 ms, quality 53.0 — i.e. early convergence saves ~41 % of the cost.
-- **p95 is set by the large-model revision.** A cycle-1 draft is sent to `revise` on
-  `large` (~3.3 s per call, 70 % of the flagship's cost) whenever the small critique
-  misjudges a correct draft (~25 %) or early convergence is rejected; a critic score is
-  uniform in 0.75-0.97 for a clean draft, so `early_min_score: 0.8` alone rejects ~23 % of
-  clean cycle-1 drafts. Requests that reach cycle 2-3 take 5-10 s.
-- Measured effect of changes (n = 1,000; baseline cost 0.00391, p95 6,620 ms, quality 90.5):
-
-  | variant | cost/case | p95 ms | quality | false refusals | refuse p50 ms |
-  |---|---|---|---|---|---|
-  | flagship as shipped | 0.00152 | 8,139 | 59.0 | 0.41 | 316 |
-  | policy `converge.early_min_score: 0.75` | 0.00121 | 7,049 | 60.9 | 0.38 | 316 |
-  | + `revised` on `medium` | 0.00063 | 4,329 | 59.7 | 0.39 | 316 |
-  | + `critique` on `medium` (and revise on medium) | 0.00099 | 5,211 | 69.7 | 0.28 | 317 |
-  | + a loop refusal needs risk action != `proceed` | 0.00078 | 4,923 | 73.7 | 0.21 | 316 |
-  | + that, with the risk review on `medium` | 0.00118 | 4,934 | 81.7 | 0.13 | 777 |
-
-  Cost and p95 goals are within reach with policy/graph changes (lower `early_min_score`,
-  revise on `medium`); the quality goal is not, with small- or medium-model judges whose
-  false-positive rate the sim fixes at 10-18 % per call; a refusal would need a
-  confirmation by `large` (which moves the refuse path to ~1.7 s and adds cost).
+- **What changed after the first run.** The first 5,000-request run (same workload) had the
+  flagship at 0.386x the baseline's cost, 1.25x its p95 and 30 points below its quality:
+  drafts were judged on `small` and revised on `large` (~3.3 s a call, 70 % of the cost),
+  and a critic-score floor of 0.8 for early convergence rejected about a quarter of clean
+  drafts. Judging and revising drafts on `medium` and converging early from 0.75 gave the
+  figures above (cost 0.25x, p95 0.78x, quality -18). Its no-early-convergence ablation
+  also set a value above the converge node's bound; `moat policy apply` refuses such a
+  file, but the benchmark pinned policies without validating them, so every looping
+  request failed. It now uses 1.0, and the test suite validates every shipped policy.
+- **Quality is lost to false refusals.** The sim's small model flags a benign request as
+  harmful with probability `(1 - accuracy) * 0.4`, about 18 % per call; the medium one
+  about half that. The flagship's risk review runs on `small`, and a `refuse` from it or
+  from any critique in the loop ends the request: 26 % of benign requests are refused
+  (baseline 2.8 %, whose single review runs on `large`), while refusal recall is higher
+  than the baseline's (0.92 vs 0.81). Measured on 1,000 requests, moving the risk review
+  to `medium` lifts quality by about 8 points but triples the refuse path's latency
+  (~780 ms), so the graph keeps the cheap review and the gap is reported, not hidden.
+  Letting a benign-looking request override a critique's refusal would close more of it,
+  but that weakens the governance the graph exists for, so it is not done.
+- **p95 is set by requests that need a second or third cycle.** Each revision and
+  re-critique on `medium` adds ~1.5-2 s; the few requests that reach cycle 3 set the p95.
+  The cascade graph (no critique loop) reaches 0.68x the baseline's p95, at 80 points.
+- **Every mechanism earns its place in this workload:** without early convergence cost
+  rises 56 % and p95 20 %; without the cache 15 % and 6 %; always running the simulator
+  beside the critique costs 5 % more and loses 3 points; without speculation p50 rises 19 %;
+  with an eager join the refuse path is 3.9x slower.
 """

@@ -143,6 +143,9 @@ class Consumer(Mapping[str, Any]):
             their own tasks instead of inline, so cancelling this task never cancels work
             others wait for.
         label: who is consuming, for events (`RESULT_REUSED`).
+
+    Reading a node that has not resolved yet raises `Unresolved` rather than `KeyError`:
+    it is what the expression would report anyway, and the scheduler's cue to demand it.
     """
 
     __slots__ = ("fixed", "frame", "label", "owner", "seen", "spawn")
@@ -164,11 +167,14 @@ class Consumer(Mapping[str, Any]):
             return fixed[name]
         frame = self.frame
         cell = frame.cells.get(name) or frame.cell(name)
-        if cell is not None and cell.status is FINISHED:
+        if cell is None:
+            raise KeyError(name)
+        if cell.status is FINISHED:
             if cell not in self.seen:
                 self.note(cell)
             return cell.peek()
-        raise KeyError(name)
+        # What `Expr.evaluate` would turn this KeyError into, without the detour.
+        raise Unresolved(name)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

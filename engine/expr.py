@@ -33,6 +33,7 @@ of more than 1,000,000 items are refused, as are type errors and division by zer
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -182,6 +183,13 @@ def compile_expr(source: str | bool | int | float | None) -> Expr:
             f"expected an expression (text, a number, true/false or none), "
             f"got a {type(source).__name__}: {source!r}"
         )
+    return _compile_cached(source)
+
+
+@functools.lru_cache(maxsize=8192, typed=True)
+def _compile_cached(source: str | bool | int | float | None) -> Expr:
+    # Compiling is pure and an Expr never changes, so the same text compiles once per
+    # process: the checker compiles `with:` values per key and whole, graphs repeat guards.
     return Expr(source)
 
 

@@ -201,6 +201,8 @@ class Pipeline:
             seq=seq,
             declared=self.validator.declared,
         )
+        if run_id is not None:
+            self.use_run(run_id)
         rid = run_id or self.start_run(1)
         result = await self._answer(rid, item if not meta else _with_meta(item, meta))
         if run_id is None and self.store is not None:

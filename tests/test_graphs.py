@@ -1,4 +1,4 @@
-"""Every shipped graph loads, passes `moat check`, validates against `moat schema`, and runs on sim."""
+"""Every shipped graph loads, checks, validates against `moat schema` and runs on sim."""
 
 from __future__ import annotations
 

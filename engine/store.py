@@ -3,7 +3,9 @@
 Writes on the request path go through `StoreWriter` (a batching `Sink`, re-exported here);
 `Store` covers everything else: runs, policy snapshots and activations, orphan cleanup and
 the reads the CLI, the report and the TUI make. Readers work while another process writes
-(WAL): every read is a short transaction of its own.
+(WAL): every read is a short transaction of its own. `Store.cache_persistence` lends the
+`cache` node the `cache_entries` table (`engine._store_cache`), so cached answers survive
+restarts.
 
 Read helpers return plain dicts keyed by column name, except that JSON columns come back
 decoded under their name without the `_json` suffix (`payload_json` -> `payload`).
@@ -25,11 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from engine import _store_policy as _policy
+from engine._store_cache import StoreCachePersistence
 from engine._store_schema import SCHEMA_VERSION, check_version, connect, migrate
 from engine._store_writer import StoreWriter, WriterStats
 from engine.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "Row", "Store", "StoreWriter", "WriterStats", "new_run_id"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Row",
+    "Store",
+    "StoreCachePersistence",
+    "StoreWriter",
+    "WriterStats",
+    "new_run_id",
+]
 
 Row = dict[str, Any]
 _Params = tuple[Any, ...] | Mapping[str, Any]
@@ -73,6 +84,7 @@ class Store:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
+        self._cache: StoreCachePersistence | None = None
 
     @classmethod
     def open(cls, path: str | Path = "moat.db", *, readonly: bool = False) -> Store:
@@ -101,9 +113,14 @@ class Store:
         return cls(conn, target)
 
     def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection (and commit pending cache entries). Idempotent."""
         with self._lock:
-            self._conn.close()
+            cache, self._cache = self._cache, None
+            try:
+                if cache is not None:
+                    cache.close()
+            finally:
+                self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -117,6 +134,14 @@ class Store:
     def writer(self, **options: Any) -> StoreWriter:
         """A new batching `StoreWriter` on the same file (see its arguments)."""
         return StoreWriter(self.path, **options)
+
+    def cache_persistence(self) -> StoreCachePersistence:
+        """The `cache_entries` table as the `cache` node's persistence, so cached answers
+        survive restarts. One per store, written in the background, closed with the store."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = StoreCachePersistence(self.path)
+            return self._cache
 
     @property
     def schema_version(self) -> int:

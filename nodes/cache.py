@@ -25,8 +25,10 @@ succeeds, and the write is off the response path. Both nodes find the shared cac
 
 Tenants (`ctx.request.tenant`) are separate partitions that never see each other. When
 the run's store offers `cache_persistence()` (an object implementing
-`nodes._semcache.CachePersistence`), the namespace is loaded from it and written through;
-otherwise the cache is in memory. `warm_file` (YAML list or JSONL of `{prompt, value}`,
+`nodes._semcache.CachePersistence`), the namespace is loaded from it and written through:
+with a store file (`moat run --db`, `Pipeline(db=...)`) entries live in its
+`cache_entries` table, per tenant, and survive restarts. Otherwise the cache is in memory.
+`warm_file` (YAML list or JSONL of `{prompt, value}`,
 optional `tenant`, `scope`, `ttl_s`, `negative`) seeds frequent templates once per process.
 """
 

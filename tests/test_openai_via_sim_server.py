@@ -22,8 +22,11 @@ def free_port() -> int:
 
 def test_baseline_runs_through_the_openai_provider_against_sim_server(tmp_path: Path) -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "engine", "sim-server", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sim-server", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -33,13 +36,33 @@ def test_baseline_runs_through_the_openai_provider_against_sim_server(tmp_path: 
             except OSError:
                 time.sleep(0.05)
         graph = fast_copy("baseline", tmp_path)
-        env = {**os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-               "OPENAI_API_KEY": "not-needed-for-sim", "MOAT_DEBUG": "1"}
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "OPENAI_API_KEY": "not-needed-for-sim",
+            "MOAT_DEBUG": "1",
+        }
         proc = subprocess.run(
-            [sys.executable, "-m", "engine", "run", str(graph), "--prompt",
-             "What is the capital of Australia?", "--model", "large=openai:gpt-4o-mini",
-             "--db", "t.db", "--quiet"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "run",
+                str(graph),
+                "--prompt",
+                "What is the capital of Australia?",
+                "--model",
+                "large=openai:gpt-4o-mini",
+                "--db",
+                "t.db",
+                "--quiet",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)

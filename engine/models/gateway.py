@@ -107,7 +107,7 @@ class _Attempt:
     prompt_hash: str
     input_tokens: int
     started_at: float = field(default_factory=now)
-    clock: float = 0.0
+    clock: float | None = None
     status: str = "error"
     error: str | None = None
     response: ProviderResponse | None = None
@@ -365,7 +365,7 @@ class Gateway:
                 response = await self._call_provider(name, scope, call, messages, attempt)
         except anyio.get_cancelled_exc_class():
             record.status = "cancelled"
-            if record.clock:  # the provider may have billed the prompt already
+            if record.clock is not None:  # the provider may have billed the prompt already
                 record.cost_usd = record.input_tokens * self.price(name).input / 1_000_000
             breaker.on_abandon()
             raise
@@ -390,7 +390,7 @@ class Gateway:
         else:
             return self._completion(name, scope, call, record, response)
         finally:
-            if record.clock and not record.latency_ms:
+            if record.clock is not None and not record.latency_ms:
                 record.latency_ms = (anyio.current_time() - record.clock) * 1000
             for budget, reservation in reservations:
                 budget.settle(reservation, record.cost_usd)
@@ -427,6 +427,7 @@ class Gateway:
     ) -> Completion:
         price = self.price(name)
         cost = (response.input_tokens * price.input + response.output_tokens * price.output) / 1e6
+        assert record.clock is not None, "a completed call has started"
         measured = (anyio.current_time() - record.clock) * 1000
         record.status, record.response, record.cost_usd = "ok", response, cost
         record.latency_ms = response.latency_ms if response.latency_ms is not None else measured

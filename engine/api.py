@@ -13,7 +13,7 @@ scripts.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +34,6 @@ from engine.store import Store, new_run_id
 
 __all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
 
-OnResult = Callable[[RequestRecord], Awaitable[None] | None]
-
 
 @dataclass(slots=True)
 class BatchSummary:
@@ -46,15 +44,6 @@ class BatchSummary:
     done: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
-
-    @property
-    def failed(self) -> int:
-        """Requests that failed or ran out of time."""
-        return sum(
-            n
-            for s, n in self.by_status.items()
-            if s in (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED)
-        )
 
 
 class _TapSink:
@@ -105,7 +94,10 @@ class Pipeline:
         self._runner: Runner | None = None
         self._stack: AsyncExitStack | None = None
         self._listeners: list[Callable[[RequestRecord], None]] = []
+        self._tap = _TapSink(self._sink, self._on_request)
         self._outstanding = 0
+        """Requests answered whose record has not been emitted yet."""
+        self._idle: anyio.Event | None = None
 
     async def __aenter__(self) -> Pipeline:
         stack = AsyncExitStack()
@@ -125,6 +117,7 @@ class Pipeline:
             writer = self.store.writer()
             stack.callback(writer.close)
             self._sink = writer
+            self._tap = _TapSink(writer, self._on_request)
         self.policy = PolicyManager(
             self.store,
             name=self.graph.policy_name,
@@ -142,7 +135,7 @@ class Pipeline:
         stack.push_async_callback(gateway.aclose)
         self._runner = Runner(
             self.graph,
-            sink=_TapSink(self._sink, self._on_request),
+            sink=self._tap,
             gateway=gateway,
             shared=SharedState(self.store),
             run_id="",
@@ -157,7 +150,7 @@ class Pipeline:
             await stack.__aexit__(None, None, None)
 
     def _on_request(self, record: RequestRecord) -> None:
-        self._outstanding -= 1
+        self._settled()
         if self.policy is not None and record.status != RequestStatus.INVALID_INPUT:
             self.policy.observe(
                 record.latency_ms, record.cost_usd, None, policy_version=record.policy_version
@@ -261,13 +254,13 @@ class Pipeline:
         if data is None:
             return self._invalid(run_id, request_id, item, error or "invalid input")
         self._outstanding += 1
-        return await self._runner.run(
-            data,
-            request_id=request_id,
-            seq=item.seq,
-            labels=item.labels,
-            meta={**item.meta, "run_id": run_id},
-        )
+        try:
+            return await self._runner.run(
+                data, request_id=request_id, seq=item.seq, labels=item.labels, meta=item.meta
+            )
+        except BaseException:
+            self._settled()  # no record will come for this request
+            raise
 
     def _invalid(self, run_id: str, request_id: str, item: BatchItem, error: str) -> RequestResult:
         stamp = now()
@@ -285,7 +278,7 @@ class Pipeline:
             **{k: item.meta.get(k) for k in ("conversation_id", "turn_index", "parent_request_id")},
         )
         self._outstanding += 1
-        self._runner_sink().record(record)
+        self._tap.record(record)
         return RequestResult(
             request_id=request_id,
             status=RequestStatus.INVALID_INPUT,
@@ -297,13 +290,17 @@ class Pipeline:
             seq=item.seq,
         )
 
-    def _runner_sink(self) -> Sink:
-        return _TapSink(self._sink, self._on_request)
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     async def settle(self) -> None:
         """Wait until every answered request's cleanup has run and its record is emitted."""
-        while self._outstanding > 0:
-            await anyio.sleep(0.005)
+        if self._outstanding > 0:
+            self._idle = self._idle or anyio.Event()
+            await self._idle.wait()
 
     def flush(self) -> None:
         """Block until every record so far is committed to the store (no-op without one)."""
@@ -311,32 +308,16 @@ class Pipeline:
         if callable(flush):
             flush()
 
-    async def stream(
-        self, items: Iterable[BatchItem], *, run_id: str, concurrency: int = 16
-    ) -> AsyncIterator[RequestRecord]:
-        """Answer `items` and yield each finished request's record as it is recorded."""
-        send, receive = anyio.create_memory_object_stream[RequestRecord](max_buffer_size=10_000)
-
-        async def produce() -> None:
-            async with send:
-                await self.run_batch(
-                    items,
-                    run_id=run_id,
-                    total=0,
-                    concurrency=concurrency,
-                    on_record=send.send_nowait,
-                )
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            async with receive:
-                async for record in receive:
-                    yield record
-
 
 def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:
     return BatchItem(
-        item.seq, item.input, item.labels, {**item.meta, **meta}, item.error, item.line
+        item.seq,
+        item.input,
+        item.labels,
+        {**item.meta, **meta},
+        item.error,
+        item.line,
+        item.source,
     )
 
 

@@ -21,7 +21,6 @@ __all__ = ["configure_logging", "hash_text", "redact_fields"]
 _TEXT_FIELDS = frozenset(
     {"prompt", "messages", "response", "text", "completion", "system", "draft", "answer"}
 )
-_configured = False
 
 
 def hash_text(text: str) -> str:
@@ -58,7 +57,6 @@ def configure_logging(
         level: minimum level name (default: `$MOAT_LOG_LEVEL` or `warning`).
         stream: write to this stream instead of a file (tests).
     """
-    global _configured
     target = path or os.environ.get("MOAT_LOG")
     out: Any = stream or (open(target, "a", encoding="utf-8") if target else _Stderr())  # noqa: SIM115
     name = (level or os.environ.get("MOAT_LOG_LEVEL") or "warning").upper()
@@ -77,4 +75,3 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    _configured = True

@@ -42,7 +42,8 @@ def write_policy(path: Path, **changes: object) -> Path:
 async def test_a_policy_applied_mid_batch_pins_new_requests_and_keeps_in_flight_ones(
     tmp_path: Path,
 ) -> None:
-    graph = fast_copy("extract", tmp_path)
+    # models slow enough (tens of ms a call) that the batch outlasts the swap's pickup
+    graph = fast_copy("extract", tmp_path, time_scale=0.2)
     db = tmp_path / "moat.db"
     newer = write_policy(tmp_path / "extract-v2.yaml", validate__max_repairs=3)
     seen: list[RequestRecord] = []

@@ -105,6 +105,7 @@ class Frame:
         """Nodes of this frame that got a background task (speculative starts)."""
         self.closed = False
         """True once its outputs resolved and its leftover work was cleaned up."""
+        req.frames.append(self)
 
     def cell(self, name: str) -> LazyNode | None:
         """The lazy node `name` of this frame or the nearest enclosing one (created lazily)."""
@@ -119,6 +120,13 @@ class Frame:
                 return cell
             frame = frame.parent
         return None
+
+    def release(self) -> None:
+        """Break the frame's reference cycles (the request has been recorded)."""
+        for cell in self.cells.values():
+            cell.consumer = None
+        self.cells.clear()
+        self.spec_cells.clear()
 
     def values(self) -> dict[str, Any]:
         """Every node's value (none when it did not finish): what `prev` shows next cycle."""

@@ -39,7 +39,7 @@ from engine._sched_lazy import (
 )
 from engine._sched_loop import run_loop
 from engine._sched_node import NodeRunner
-from engine._sched_request import REQUEST_STAGE, RequestState, describe_error
+from engine._sched_request import REQUEST_STAGE, RequestState, RequestView, describe_error
 from engine._sched_spec import cleanup, start_speculative
 from engine.context import RequestInfo, SharedState
 from engine.errors import EvaluationError
@@ -222,7 +222,7 @@ class Runner:
             self.graph.scope,
             None,
             0,
-            {"input": req.info.input, "policy": req.policy, "request": req.view},
+            {"input": req.info.input, "policy": req.policy, "request": RequestView(req)},
         )
         try:
             status, output, error = await self._answer(ex, req, frame)
@@ -337,6 +337,7 @@ class Runner:
         """Record the request last: now, or after its background work in the background."""
         if req.live == 0 and not req.callbacks:
             self.sink.record(_request_record(req, result, meta))
+            req.release()
             return
         assert self._tg is not None
         self._tg.start_soon(self._finish_later, req, result, meta)
@@ -348,6 +349,7 @@ class Runner:
         if result.status in (RequestStatus.OK, RequestStatus.PARTIAL):
             await req.run_callbacks()
         self.sink.record(_request_record(req, result, meta))
+        req.release()
 
     def __repr__(self) -> str:
         return f"<Runner {self.graph.name!r} run={self.run_id!r}>"

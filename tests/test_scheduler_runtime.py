@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -153,7 +154,8 @@ async def test_lazy_node_is_a_future(anyio_backend: Any) -> None:
     g = graph(LONG_SPECULATION)
     from engine._sched_eval import Frame
 
-    frame = Frame(None, None, g.scope, None, 0, {})  # type: ignore[arg-type]
+    req = SimpleNamespace(frames=[])  # a frame only registers itself with its request
+    frame = Frame(req, None, g.scope, None, 0, {})  # type: ignore[arg-type]
     cell = frame.cell("quick")
     assert isinstance(cell, LazyNode)
     assert repr(cell) == "<LazyNode pending 'quick'>"
@@ -175,7 +177,7 @@ async def test_lazy_node_is_a_future(anyio_backend: Any) -> None:
     assert isinstance(info.value.__cause__, ValueError)
     assert isinstance(failed.exception, ValueError)
 
-    cancelled = Frame(None, None, g.scope, None, 0, {}).cell("draft")  # type: ignore[arg-type]
+    cancelled = Frame(req, None, g.scope, None, 0, {}).cell("draft")  # type: ignore[arg-type]
     assert cancelled is not None
     cancelled.claim()
     cancelled.cancelled()

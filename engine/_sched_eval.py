@@ -261,6 +261,33 @@ class Consumer(Mapping[str, Any]):
                 if cell is not None:
                     self._add(cell, into)
 
+    def unresolved(self, names: tuple[str, ...]) -> list[LazyNode]:
+        """The nodes among `names` that have not resolved yet, each noted as read.
+
+        Raises:
+            InputFailed: one of them already failed.
+        """
+        fixed = self.fixed
+        frame = self.frame
+        cells = frame.cells
+        seen = self.seen
+        needed: list[LazyNode] = []
+        for name in names:
+            if name in fixed:
+                continue
+            cell = cells.get(name) or frame.cell(name)
+            if cell is None:
+                continue
+            if cell not in seen:
+                self.note(cell)
+            status = cell.status
+            if status is FINISHED:
+                continue
+            if status is FAILED or status is CANCELLED:
+                raise InputFailed(cell)
+            needed.append(cell)
+        return needed
+
     def _add(self, cell: LazyNode, into: list[LazyNode]) -> None:
         if cell not in self.seen:
             self.note(cell)
@@ -385,12 +412,7 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         if len(parts) > 1:
             for part in parts:
                 _probe(part, consumer, needed)
-        cell = consumer.inline(needed)
-        if cell is None:
-            await consumer.demand_all(needed)
-        else:  # one node to run right here: no extra frame
-            await consumer.frame.ex.execute(cell, False)
-            check(cell)
+        await _demand(consumer, needed)
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
@@ -411,8 +433,16 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
     """
     values: dict[str, Any] = {}
     pending = list(exprs.items())
+    needed: list[LazyNode] = []
+    for expr in exprs.values():
+        if len(expr.names) != len(expr.certain):
+            break  # a conditional output: its rounds will find what to demand
+        consumer.pending(expr.certain, needed)
+    else:  # every output reads the same nodes on every path: demand them all at once
+        if needed:
+            await _demand(consumer, needed)
     while True:
-        needed: list[LazyNode] = []
+        needed = []
         waiting = []
         for name, expr in pending:
             try:
@@ -424,13 +454,17 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
                 raise EvaluationError(f"output '{name}': {exc}") from exc
         if not waiting:
             return {name: values[name] for name in exprs}
-        cell = consumer.inline(needed)
-        if cell is None:
-            await consumer.demand_all(needed)
-        else:  # one node to run right here: no extra frame
-            await consumer.frame.ex.execute(cell, False)
-            check(cell)
+        await _demand(consumer, needed)
         pending = waiting
+
+
+async def _demand(consumer: Consumer, needed: list[LazyNode]) -> None:
+    cell = consumer.inline(needed)
+    if cell is None:
+        await consumer.demand_all(needed)
+    else:  # one node to run right here: no extra frame
+        await consumer.frame.ex.execute(cell, False)
+        check(cell)
 
 
 def try_evaluate(expr: Expr, consumer: Consumer) -> tuple[bool, Any]:

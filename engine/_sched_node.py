@@ -18,15 +18,14 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
-from engine._sched_lazy import RUNNING, LazyNode
+from engine._sched_lazy import PENDING, RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.expr import Unresolved
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
+    from engine._sched_backend import BackgroundTasks
     from engine.context import SharedState
     from engine.expr import Template
     from engine.graph import CompiledNode
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["NodeRunner", "Outcome"]
 
 _log = structlog.get_logger("moat.scheduler")
-_node_log = structlog.get_logger("moat.node")
 
 
 class Outcome:
@@ -75,6 +73,32 @@ _CONDITIONAL = object()
 """A node whose config has conditional parts, but nothing else to gate its run."""
 
 
+class _Plan:
+    """How one compiled node runs, worked out on its first run in a runner.
+
+    Attributes:
+        kind: `_GATED`, `_PLAIN` or `_CONDITIONAL`.
+        needs: what a plain node's `with:` reads on every evaluation, sorted (so
+            concurrent demands start in a stable order).
+        config: the validated config of a node whose `with:` reads nothing, shared by
+            every run.
+    """
+
+    __slots__ = ("config", "kind", "needs")
+
+    def __init__(self, node: CompiledNode) -> None:
+        template = node.config
+        gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
+        if gated or node.retries:
+            self.kind = _GATED
+        elif template.constant or len(template.names) == len(template.certain):
+            self.kind = _PLAIN
+        else:
+            self.kind = _CONDITIONAL
+        self.needs = tuple(sorted(template.certain))
+        self.config: BaseModel | None = None
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | TimeoutError)
 
@@ -92,24 +116,23 @@ class NodeRunner:
     """Runs lazy nodes for every request of one runner.
 
     Args:
-        tg: the runner's background task group (speculative tasks live there).
+        tasks: where background tasks start (speculative nodes run there).
         shared: state shared across requests (`ctx.store`).
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 
-    __slots__ = ("_configs", "_kinds", "_run_loop", "_sorted", "shared", "tg")
+    __slots__ = ("_plans", "_run_loop", "_sorted", "shared", "tasks")
 
     def __init__(
         self,
-        tg: TaskGroup,
+        tasks: BackgroundTasks,
         shared: SharedState,
         run_loop: Callable[[NodeRunner, LazyNode, Consumer], Awaitable[Any]],
     ) -> None:
-        self.tg = tg
+        self.tasks = tasks
         self.shared = shared
         self._run_loop = run_loop
-        self._configs: dict[int, BaseModel] = {}
-        self._kinds: dict[int, object] = {}
+        self._plans: dict[int, _Plan] = {}
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
 
     # -- caches ---------------------------------------------------------------------------
@@ -133,32 +156,32 @@ class NodeRunner:
         one frame per node.
         """
         node = cell.node
+        plan = self._plans.get(id(node))
+        if plan is None:
+            plan = self._plans[id(node)] = _Plan(node)
         consumer = Consumer(cell.frame, cell, spawn, node.id)
         cell.consumer = consumer
         cell.t0 = cell.frame.req.clock()
         cell.started_at = time.time()
-        kind = self._kinds.get(id(node))
-        if kind is None:
-            kind = self._kind(node)
         outcome: Outcome | None = None
         done = False
         try:
+            kind = plan.kind
             if kind is _GATED:
                 outcome = await self._gate_then_run(cell, consumer)
             else:
+                cell.attempts = 1
                 if kind is _PLAIN:
-                    needed = self._plain_needs(cell, consumer)
-                    dep = consumer.inline(needed)
-                    if dep is not None:  # one input to run right here: no extra frame
-                        await self.execute(dep, False)
-                        check(dep)
-                    elif needed:
-                        await consumer.demand_all(needed)
-                    config = self._plain_config(cell, consumer)
+                    config = plan.config
+                    if config is None:
+                        if plan.needs:
+                            await self._resolve_inputs(consumer, plan.needs, spawn)
+                        config = self._validated(node, node.config.evaluate(consumer))
+                        if node.config.constant:
+                            plan.config = config
                 else:
                     config = self._validated(node, await evaluate(node.config, consumer))
-                    cell.attempts = 1
-                output = await node.impl.run(config, self._context(cell))  # type: ignore[union-attr]
+                output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
                 cell.finish(self._checked(cell, output), NodeStatus.SUCCEEDED)
             done = True
         except InputFailed as exc:
@@ -175,38 +198,24 @@ class NodeRunner:
             self.resolve(cell, outcome)
         self.finished(cell)
 
-    def _kind(self, node: CompiledNode) -> object:
-        """How `node` runs: gated (guard, retries, timeout, loop), plain or conditional."""
-        template = node.config
-        gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
-        if gated or node.retries:
-            kind = _GATED
-        elif template.constant or len(template.names) == len(template.certain):
-            kind = _PLAIN
+    async def _resolve_inputs(
+        self, consumer: Consumer, needs: tuple[str, ...], spawn: bool
+    ) -> None:
+        """Resolve a plain node's inputs; a single pending one runs right here.
+
+        Raises:
+            InputFailed: an input failed.
+        """
+        needed = consumer.unresolved(needs)
+        if not needed:
+            return
+        dep = needed[0]
+        if len(needed) == 1 and not spawn and dep.status is PENDING:
+            dep.claim()  # one input to run in this task: no task, no waiting
+            await self.execute(dep, False)
+            check(dep)
         else:
-            kind = _CONDITIONAL
-        self._kinds[id(node)] = kind
-        return kind
-
-    def _plain_needs(self, cell: LazyNode, consumer: Consumer) -> list[LazyNode]:
-        needed: list[LazyNode] = []
-        template = cell.node.config
-        if not template.constant:
-            consumer.pending(template.certain, needed)
-        cell.attempts = 1
-        return needed
-
-    def _plain_config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
-        node = cell.node
-        template = node.config
-        if template.constant:
-            cached = self._configs.get(id(node))
-            if cached is not None:
-                return cached
-        config = self._validated(node, template.evaluate(consumer))
-        if template.constant:
-            self._configs[id(node)] = config
-        return config
+            await consumer.demand_all(needed)
 
     @staticmethod
     def _validated(node: CompiledNode, raw: Any) -> BaseModel:
@@ -273,10 +282,7 @@ class NodeRunner:
 
     async def _config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node
-        template = node.config
-        if template.constant:
-            return self._plain_config(cell, consumer)
-        return self._validated(node, await self._raw_config(template, consumer))
+        return self._validated(node, await self._raw_config(node.config, consumer))
 
     @staticmethod
     async def _raw_config(template: Template, consumer: Consumer) -> Any:
@@ -295,7 +301,7 @@ class NodeRunner:
 
     async def _attempts(self, cell: LazyNode, config: BaseModel) -> Outcome:
         node = cell.node
-        ctx = self._context(cell)
+        ctx = NodeCtx(cell, self.shared)
         if not node.retries and node.timeout_ms is None:
             cell.attempts = 1
             impl = node.impl
@@ -379,24 +385,6 @@ class NodeRunner:
             request_id=req.info.id,
         )
 
-    def _context(self, cell: LazyNode) -> NodeCtx:
-        node = cell.node
-        req = cell.frame.req
-        info = req.info
-        ctx = NodeCtx(
-            node_id=node.id,
-            node_type=node.type_name,
-            request=info,
-            policy=req.policy,
-            cycle=cell.frame.cycle,
-            speculative=cell.speculative,
-            store=self.shared,
-            runtime=req,
-            log=_NodeLog(info.run_id, info.id, node.id),
-        )
-        ctx.cell = cell
-        return ctx
-
     # -- fates ----------------------------------------------------------------------------
 
     def resolve(self, cell: LazyNode, outcome: Outcome) -> None:
@@ -470,7 +458,7 @@ class NodeRunner:
         cell.task_live = True
         cell.frame.spec_cells.append(cell)
         cell.frame.req.task_started()
-        self.tg.start_soon(self._task, cell, fn, args)
+        self.tasks.start_soon(self._task, cell, fn, args)
 
     async def _task(
         self, cell: LazyNode, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
@@ -490,26 +478,6 @@ class NodeRunner:
             if cell.status is RUNNING and cell.speculative:  # this task owned the run
                 self.cancelled(cell)
             cell.frame.req.task_done()
-
-
-class _NodeLog:
-    """A structlog logger bound to run, request and node ids, bound on first use."""
-
-    __slots__ = ("_bound", "_ids")
-
-    def __init__(self, run_id: str, request_id: str, node_id: str) -> None:
-        self._ids = (run_id, request_id, node_id)
-        self._bound: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        bound = self._bound
-        if bound is None:
-            run_id, request_id, node_id = self._ids
-            bound = self._bound = _node_log.bind(run_id=run_id, request_id=request_id, node=node_id)
-        return getattr(bound, name)
-
-    def __repr__(self) -> str:
-        return f"<node logger {self._ids}>"
 
 
 def discard(cell: LazyNode, *, completed_after_cancel: bool = False) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from engine.context import ModelClient, NodeContext, RequestInfo
+from engine.context import ModelClient, NodeContext, RequestInfo, SharedState
 from engine.errors import NodeError
 from engine.events import (
     CallOutcome,
@@ -44,6 +44,7 @@ REQUEST_STAGE = "request"
 """The `stage` of request-level events."""
 
 _log = structlog.get_logger("moat.scheduler")
+_node_log = structlog.get_logger("moat.node")
 
 _CALL_OUTCOMES = {
     NodeOutcome.USED: CallOutcome.USED,
@@ -65,11 +66,50 @@ def describe_error(node_id: str, error: BaseException) -> str:
 
 
 class NodeCtx(NodeContext):
-    """The `NodeContext` the scheduler hands to a node run; remembers its lazy node."""
+    """The `NodeContext` the scheduler hands to a node run; remembers its lazy node.
+
+    One is built for every node run, so it fills its slots straight from the lazy node
+    instead of through `NodeContext`'s keyword arguments, and its logger binds the ids
+    only when the node logs.
+    """
 
     __slots__ = ("cell",)
 
-    cell: LazyNode
+    def __init__(self, cell: LazyNode, store: SharedState) -> None:
+        node = cell.node
+        frame = cell.frame
+        req = frame.req
+        info = req.info
+        self.cell = cell
+        self.node_id = node.id
+        self.node_type = node.type_name
+        self.request = info
+        self.policy = req.policy
+        self.cycle = frame.cycle
+        self.speculative = cell.speculative
+        self.store = store
+        self._runtime = req
+        self.log = _NodeLog(info.run_id, info.id, node.id)
+
+
+class _NodeLog:
+    """A structlog logger bound to run, request and node ids, bound on first use."""
+
+    __slots__ = ("_bound", "_ids")
+
+    def __init__(self, run_id: str, request_id: str, node_id: str) -> None:
+        self._ids = (run_id, request_id, node_id)
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        bound = self._bound
+        if bound is None:
+            run_id, request_id, node_id = self._ids
+            bound = self._bound = _node_log.bind(run_id=run_id, request_id=request_id, node=node_id)
+        return getattr(bound, name)
+
+    def __repr__(self) -> str:
+        return f"<node logger {self._ids}>"
 
 
 class RequestState:

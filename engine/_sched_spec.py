@@ -71,7 +71,10 @@ def _start(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> None:
     if guard_known is None:
         return
     _claim(cell, consumer)
-    ex.start_task(cell, run_speculative, ex, cell, consumer, guard_known)
+    if cell.node.when is None:  # nothing to race: the same path as a demanded node
+        ex.start_task(cell, ex.execute, cell, True)
+    else:
+        ex.start_task(cell, run_speculative, ex, cell, consumer, guard_known)
 
 
 def _pre_guard(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> bool | None:

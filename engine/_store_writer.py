@@ -138,7 +138,6 @@ _request_plain = attrgetter(
     "cost_usd",
     "policy_name",
     "policy_version",
-    "input_hash",
 )
 
 
@@ -207,7 +206,7 @@ def _request_row(r: RequestRecord) -> tuple[Any, ...]:
         r.tenant,
         _str(r.status),
     )
-    return (*head, *middle, _json(r.output), r.error)
+    return (*head, *middle, r.stored_input_hash(), _json(r.output), r.error)
 
 
 # Order matters: `requests` rows are inserted last within each transaction.

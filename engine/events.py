@@ -8,6 +8,8 @@ DESIGN.md section 8.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ __all__ = [
     "RequestStatus",
     "RunId",
     "Sink",
+    "hash_input",
     "now",
 ]
 
@@ -344,6 +347,22 @@ class RequestRecord:
     conversation_id: str | None = None
     turn_index: int | None = None
     parent_request_id: str | None = None
+    input: Mapping[str, Any] | None = None
+    """The request's input, when `input_hash` is left to whoever stores the record: the
+    hash (`hash_input`) is only needed in the stored row, so it is computed off the
+    request path."""
+
+    def stored_input_hash(self) -> str | None:
+        """`input_hash`, or the hash of `input` when the scheduler left it to the store."""
+        if self.input_hash is None and self.input is not None:
+            return hash_input(self.input)
+        return self.input_hash
+
+
+def hash_input(value: Mapping[str, Any]) -> str:
+    """The `requests.input_hash` of a request input: sha256 of its canonical JSON, 16 hex."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 Record = OrchestrationEvent | NodeRun | LlmCall | DecisionTrace | RequestRecord

@@ -258,12 +258,30 @@ def _build(value: Any, path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
     if isinstance(value, str):
         return _build_string(value, path, found) if _OPEN in value else lambda scope: value
     if isinstance(value, dict):
-        items = [(k, _build(v, f"{path}.{k}" if path else str(k), found)) for k, v in value.items()]
-        return lambda scope: {key: build(scope) for key, build in items}
+        return _build_dict(value, path, found)
     if isinstance(value, list | tuple):
         elements = [_build(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
         return lambda scope: [build(scope) for build in elements]
     return lambda scope: value
+
+
+def _build_dict(value: dict[Any, Any], path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
+    # Literal values are placed as they are rather than through a function call each:
+    # a node's `with:` is built on every run, and most of its values are literals.
+    items: list[tuple[Any, _Evaluate | None, Any]] = []
+    for key, item in value.items():
+        if isinstance(item, _IMMUTABLE) and not (isinstance(item, str) and _OPEN in item):
+            items.append((key, None, item))
+        else:
+            items.append((key, _build(item, f"{path}.{key}" if path else str(key), found), None))
+
+    def build(scope: Mapping[str, Any]) -> dict[Any, Any]:
+        built = {}
+        for key, evaluate, literal in items:
+            built[key] = literal if evaluate is None else evaluate(scope)
+        return built
+
+    return build
 
 
 def _build_string(text: str, path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
@@ -319,8 +337,16 @@ def _split_expression(text: str, start: int, path: str) -> tuple[Expr, int, int]
 
 
 def _labelled(expr: Expr, path: str) -> _Evaluate:
+    function = expr._function
+
     def evaluate(scope: Mapping[str, Any]) -> Any:
         try:
+            return function(scope)  # the compiled code straight away: the common case
+        except Unresolved:
+            raise
+        except Exception:
+            pass
+        try:  # again, to turn the failure into the error it is (expressions are pure)
             return expr.evaluate(scope)
         except EvaluationError as exc:
             raise EvaluationError(f"template value '{path}': {exc}") from exc

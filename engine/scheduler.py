@@ -17,19 +17,17 @@ print(result.status, result.output)
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskGroup
 from pydantic import BaseModel
 
+from engine._sched_backend import backend_clock, background_tasks
 from engine._sched_eval import Consumer, Frame, InputFailed, evaluate_outputs, try_evaluate
 from engine._sched_lazy import (
     LazyNode,
@@ -165,12 +163,8 @@ class Runner:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._ex = NodeRunner(tg, self.shared, run_loop)
-        token = anyio.lowlevel.current_token()
-        self._clock = token.backend_class.current_time
-        loop_time = getattr(token.native_token, "time", None)
-        if callable(loop_time):  # asyncio: its `current_time` is the running loop's `time`
-            self._clock = loop_time
+        self._ex = NodeRunner(background_tasks(tg), self.shared, run_loop)
+        self._clock = backend_clock()
         return self
 
     async def __aexit__(
@@ -179,9 +173,15 @@ class Runner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        tg, self._tg, self._ex = self._tg, None, None
+        tg, ex, self._tg, self._ex = self._tg, self._ex, None, None
+        assert tg is not None and ex is not None
         try:
-            assert tg is not None
+            try:
+                if exc_type is None:
+                    await ex.tasks.aclose(cancel=False)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await ex.tasks.aclose(cancel=True)  # those left after an error
             return await tg.__aexit__(exc_type, exc, tb)
         finally:
             if self._owns_gateway:
@@ -385,14 +385,9 @@ def _request_record(
         tenant=req.info.tenant,
         policy_name=req.policy_name,
         policy_version=req.policy_version,
-        input_hash=_input_hash(req.info.input),
+        input=req.info.input,  # hashed by the store, off the request path
         **extra,
     )
-
-
-def _input_hash(value: Mapping[str, Any]) -> str:
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:

@@ -114,6 +114,23 @@ async def test_nothing_is_left_running_after_the_runner_exits(anyio_backend: Any
             assert item_index < last_index[item.request_id]
 
 
+@pytest.mark.anyio
+async def test_a_runner_cancelled_from_outside_cancels_its_background_work(
+    anyio_backend: Any,
+) -> None:
+    g = graph(LONG_SPECULATION)
+    sink = MemorySink()
+    with anyio.move_on_after(0.05) as outer:
+        async with Runner(g, sink=sink) as runner, anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(lambda i=i: runner.run({}, request_id=f"r{i}"))
+    assert outer.cancelled_caught
+    draft, quick = impl(g, "draft"), impl(g, "quick")
+    assert (draft.started, draft.cancelled, draft.finished) == (5, 5, 0)
+    assert (quick.started, quick.cancelled, quick.finished) == (5, 5, 0)
+    assert {r.status.value for r in sink.node_runs() if r.node == "draft"} == {"cancelled"}
+
+
 def run_of_request(records: list[Any], node: str) -> NodeRun:
     (found,) = [r for r in records if isinstance(r, NodeRun) and r.node == node]
     return found

@@ -1,0 +1,101 @@
+"""What the scheduler takes from the running backend: its clock, and how to start tasks.
+
+The clock is the backend's `current_time` (so a trio `MockClock` drives every duration),
+read through the cheapest call that gives it: `time.monotonic` on asyncio's default loop.
+
+A speculative node runs in a task of its own under the node's own `CancelScope`, and the
+task body never lets an exception out. On asyncio, anyio's `TaskGroup.start_soon` wraps
+every task in a handle with a second cancel scope and an event, which costs more Python
+calls than running a small node; such tasks are therefore started as plain asyncio tasks,
+which the runner tracks and waits for (or cancels) when it closes. The node's cancel scope
+works the same in either kind of task. On trio, the task group is already thin.
+"""
+
+from __future__ import annotations
+
+import asyncio  # noqa: TID251 - the asyncio fast paths are the point of this module
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+__all__ = ["BackgroundTasks", "backend_clock", "background_tasks"]
+
+
+class BackgroundTasks(Protocol):
+    """Starts the runner's background tasks and waits for them when the runner closes."""
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start `fn(*args)` in a new task; it must not raise (but cancellation)."""
+
+    async def aclose(self, cancel: bool) -> None:
+        """Wait until every task has ended, cancelling them first when `cancel`."""
+
+
+class _TaskGroupTasks:
+    """The runner's own anyio task group: it waits for its tasks when it exits."""
+
+    __slots__ = ("_tg",)
+
+    def __init__(self, tg: TaskGroup) -> None:
+        self._tg = tg
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        self._tg.start_soon(fn, *args)
+
+    async def aclose(self, cancel: bool) -> None:
+        pass  # the task group's own exit waits (and cancels, when it exits on an error)
+
+
+class _AsyncioTasks:
+    """Plain asyncio tasks, tracked so the runner can wait for them."""
+
+    __slots__ = ("_idle", "_loop", "_tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle: anyio.Event | None = None
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        task = self._loop.create_task(fn(*args))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the task body never raises, but say so to asyncio
+        if not self._tasks and self._idle is not None:
+            self._idle.set()
+
+    async def aclose(self, cancel: bool) -> None:
+        if cancel:
+            for task in self._tasks:
+                task.cancel()
+        while self._tasks:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+def backend_clock() -> Callable[[], float]:
+    """The running backend's `current_time`, as a function that is cheap to call."""
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        if type(native).time is asyncio.BaseEventLoop.time:
+            return time.monotonic  # what the default loop's `time` returns
+        return native.time
+    clock: Callable[[], float] = token.backend_class.current_time
+    return clock
+
+
+def background_tasks(tg: TaskGroup) -> BackgroundTasks:
+    """The fastest way to start background tasks on the running backend."""
+    native = anyio.lowlevel.current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return _AsyncioTasks(native)
+    return _TaskGroupTasks(tg)

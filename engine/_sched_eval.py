@@ -180,7 +180,7 @@ class Consumer(Mapping[str, Any]):
         if cell.status is FINISHED:
             if cell not in self.seen:
                 self.note(cell)
-            return cell.peek()
+            return cell.result
         # What `Expr.evaluate` would turn this KeyError into, without the detour.
         raise Unresolved(name)
 
@@ -216,7 +216,7 @@ class Consumer(Mapping[str, Any]):
                 payload={"consumer": self.label, "status": cell.status.value},
             )
         owner = self.owner
-        if owner is None or owner.demanded:
+        if (owner is None or owner.demanded) and not cell.demanded:
             mark_demanded(cell)
 
     async def demand(self, cell: LazyNode) -> None:

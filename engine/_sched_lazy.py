@@ -69,13 +69,14 @@ class LazyNode:
         speculative: whether it started before anything on the request path demanded it.
         demanded: whether the request path (transitively) consumed it.
         consumers: how many consumers read it (the second and later are reuses).
+        result: what `value` returns once the node finished, read without its checks
+            by the scheduler's own hot paths.
     """
 
     Status = Status
 
     __slots__ = (
         "_event",
-        "_value",
         "attempts",
         "calls",
         "cancel_requested",
@@ -87,6 +88,7 @@ class LazyNode:
         "error_node",
         "frame",
         "node",
+        "result",
         "run_status",
         "scope",
         "settled",
@@ -102,7 +104,7 @@ class LazyNode:
         self.frame = frame
         self.status = PENDING
         self.run_status: NodeStatus | None = None
-        self._value: Any = None
+        self.result: Any = None
         self.error: BaseException | None = None
         self.error_node: str | None = None
         self.speculative = False
@@ -138,7 +140,7 @@ class LazyNode:
         """
         status = self.status
         if status is FINISHED:
-            return self._value
+            return self.result
         if status is FAILED:
             raise LazyNodeFailed(f"node {self.node.id!r} failed") from self.error
         if status is CANCELLED:
@@ -175,10 +177,15 @@ class LazyNode:
 
     def finish(self, value: Any, run_status: NodeStatus) -> None:
         """Resolve with a value (`run_status` says how the run ended)."""
-        self._value = value
+        self.result = value
         self.run_status = run_status
         self.status = FINISHED
-        self._wake()
+        t0 = self.t0
+        self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
+        event = self._event
+        if event is not None:  # `_wake`, inline: every node run ends here
+            self._event = None
+            event.set()
 
     def fail(self, error: BaseException, error_node: str, run_status: NodeStatus) -> None:
         """Resolve with an error; `error_node` is the node where it started."""
@@ -204,7 +211,7 @@ class LazyNode:
 
     def peek(self) -> Any:
         """The value without checks (callers know the node finished)."""
-        return self._value
+        return self.result
 
     def __repr__(self) -> str:
         where = f" cycle={self.frame.cycle}" if self.frame.cycle else ""

@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
-from engine._sched_lazy import PENDING, RUNNING, LazyNode
+from engine._sched_lazy import RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
@@ -73,6 +73,13 @@ _CONDITIONAL = object()
 """A node whose config has conditional parts, but nothing else to gate its run."""
 
 
+_SETTLED = {status: NodeOutcome.NONE for status in NodeStatus} | {
+    NodeStatus.SUCCEEDED: NodeOutcome.USED,
+    None: NodeOutcome.NONE,
+}
+"""The outcome of a node run nobody started speculatively, by how the run ended."""
+
+
 class _Plan:
     """How one compiled node runs, worked out on its first run in a runner.
 
@@ -84,7 +91,7 @@ class _Plan:
             every run.
     """
 
-    __slots__ = ("config", "kind", "needs")
+    __slots__ = ("config", "kind", "needs", "output")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -97,6 +104,14 @@ class _Plan:
             self.kind = _CONDITIONAL
         self.needs = tuple(sorted(template.certain))
         self.config: BaseModel | None = None
+        self.output: type[BaseModel] = node.impl.Output if node.impl is not None else BaseModel
+
+    def validated(self, node: CompiledNode, consumer: Consumer) -> BaseModel:
+        """A plain node's config from its resolved inputs (kept when it reads nothing)."""
+        config = NodeRunner.validated(node, node.config.evaluate(consumer))
+        if node.config.constant:
+            self.config = config
+        return config
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -174,15 +189,21 @@ class NodeRunner:
                 if kind is _PLAIN:
                     config = plan.config
                     if config is None:
-                        if plan.needs:
-                            await self._resolve_inputs(consumer, plan.needs, spawn)
-                        config = self._validated(node, node.config.evaluate(consumer))
-                        if node.config.constant:
-                            plan.config = config
+                        needed = consumer.unresolved(plan.needs)
+                        if needed:
+                            dep = consumer.inline(needed)
+                            if dep is None:
+                                await consumer.demand_all(needed)
+                            else:  # one input to run right here: no task, no waiting
+                                await self.execute(dep, False)
+                                check(dep)
+                        config = plan.validated(node, consumer)
                 else:
-                    config = self._validated(node, await evaluate(node.config, consumer))
+                    config = self.validated(node, await evaluate(node.config, consumer))
                 output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
-                cell.finish(self._checked(cell, output), NodeStatus.SUCCEEDED)
+                if not isinstance(output, plan.output):
+                    output = self._checked(cell, output)
+                cell.finish(output, NodeStatus.SUCCEEDED)
             done = True
         except InputFailed as exc:
             outcome = Outcome.from_input(exc)
@@ -198,27 +219,8 @@ class NodeRunner:
             self.resolve(cell, outcome)
         self.finished(cell)
 
-    async def _resolve_inputs(
-        self, consumer: Consumer, needs: tuple[str, ...], spawn: bool
-    ) -> None:
-        """Resolve a plain node's inputs; a single pending one runs right here.
-
-        Raises:
-            InputFailed: an input failed.
-        """
-        needed = consumer.unresolved(needs)
-        if not needed:
-            return
-        dep = needed[0]
-        if len(needed) == 1 and not spawn and dep.status is PENDING:
-            dep.claim()  # one input to run in this task: no task, no waiting
-            await self.execute(dep, False)
-            check(dep)
-        else:
-            await consumer.demand_all(needed)
-
     @staticmethod
-    def _validated(node: CompiledNode, raw: Any) -> BaseModel:
+    def validated(node: CompiledNode, raw: Any) -> BaseModel:
         impl = node.impl
         assert impl is not None
         try:
@@ -282,7 +284,7 @@ class NodeRunner:
 
     async def _config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node
-        return self._validated(node, await self._raw_config(node.config, consumer))
+        return self.validated(node, await self._raw_config(node.config, consumer))
 
     @staticmethod
     async def _raw_config(template: Template, consumer: Consumer) -> Any:
@@ -417,9 +419,7 @@ class NodeRunner:
             elif cell.cancel_requested:
                 discard(cell, completed_after_cancel=True)
             return
-        status = cell.run_status
-        outcome = NodeOutcome.USED if status is NodeStatus.SUCCEEDED else NodeOutcome.NONE
-        cell.frame.req.settle(cell, outcome)
+        cell.frame.req.settle(cell, _SETTLED[cell.run_status])
 
     def cancelled(self, cell: LazyNode) -> None:
         """The task running `cell` was cancelled: record when, and that it never finished."""

@@ -25,9 +25,13 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestInfo:
-    """The request a node runs for."""
+    """The request a node runs for.
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every request), but treated as immutable: nodes read it, nobody changes it.
+    """
 
     id: str
     """Unique request id (stable across `--resume`)."""

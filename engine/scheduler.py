@@ -17,6 +17,7 @@ print(result.status, result.output)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,12 +58,20 @@ __all__ = [
 ]
 
 _SCALARS = (str, int, float, bool, type(None))
+_NO_DEADLINE = contextlib.nullcontext()
+"""Stands in for the deadline's cancel scope when the graph has no deadline."""
+
+_Answer = tuple[RequestStatus, dict[str, Any] | None, str | None]
+"""A request's status, output and error."""
 _META_KEYS = ("conversation_id", "turn_index", "parent_request_id")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestResult:
     """What one request produced (one `--out` line).
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every request), but treated as immutable once returned.
 
     Attributes:
         request_id: the request's id.
@@ -224,10 +233,21 @@ class Runner:
             0,
             {"input": req.info.input, "policy": req.policy, "request": RequestView(req)},
         )
+        consumer = Consumer(frame, None, False, "output")
+        answer: _Answer | None = None
         try:
-            status, output, error = await self._answer(ex, req, frame)
+            start_speculative(ex, frame)
+            with _NO_DEADLINE if req.deadline is None else anyio.CancelScope(deadline=req.deadline):
+                try:
+                    values = await evaluate_outputs(self.graph.output, consumer)
+                    answer = RequestStatus.OK, _jsonable(values), None
+                except InputFailed as exc:
+                    answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
+                except EvaluationError as exc:
+                    answer = RequestStatus.FAILED, None, str(exc)
         finally:
             cleanup(frame)  # also when the caller cancels the request
+        status, output, error = answer or self._deadline_passed(req, consumer)
         req.check_soft_deadline()
         result = RequestResult(
             request_id=req.info.id,
@@ -284,31 +304,7 @@ class Runner:
         )
         return req
 
-    async def _answer(
-        self, ex: NodeRunner, req: RequestState, frame: Frame
-    ) -> tuple[RequestStatus, dict[str, Any] | None, str | None]:
-        consumer = Consumer(frame, None, False, "output")
-        start_speculative(ex, frame)
-        if req.deadline is None:
-            return await self._outputs(consumer)
-        with anyio.CancelScope(deadline=req.deadline):
-            return await self._outputs(consumer)
-        return self._deadline_passed(req, consumer)
-
-    async def _outputs(
-        self, consumer: Consumer
-    ) -> tuple[RequestStatus, dict[str, Any] | None, str | None]:
-        try:
-            values = await evaluate_outputs(self.graph.output, consumer)
-        except InputFailed as exc:
-            return RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
-        except EvaluationError as exc:
-            return RequestStatus.FAILED, None, str(exc)
-        return RequestStatus.OK, _jsonable(values), None
-
-    def _deadline_passed(
-        self, req: RequestState, consumer: Consumer
-    ) -> tuple[RequestStatus, dict[str, Any] | None, str | None]:
+    def _deadline_passed(self, req: RequestState, consumer: Consumer) -> _Answer:
         budget = self.graph.budget
         elapsed = req.elapsed_ms()
         partial = _partial_outputs(self.graph, consumer) if budget.partial else {}

@@ -48,6 +48,9 @@ class Executor(Protocol):
     def spawn(self, cell: LazyNode, by: Consumer) -> None:
         """Start a node in its own cancellable background task (speculatively)."""
 
+    def busy_input(self, cell: LazyNode) -> LazyNode | None:
+        """An input `cell` needs that is still running (None when it could start now)."""
+
     def sorted_names(self, names: frozenset[str]) -> tuple[str, ...]:
         """`names` in a stable order (cached)."""
 
@@ -226,7 +229,7 @@ class Consumer(Mapping[str, Any]):
         status = cell.status
         if status is PENDING:
             if self.spawn:
-                self.frame.ex.spawn(cell, self)
+                await self._start_elsewhere([cell])
                 await cell.wait()
             else:
                 cell.claim()
@@ -332,8 +335,7 @@ class Consumer(Mapping[str, Any]):
         ex = self.frame.ex
         idle = [cell for cell in cells if cell.status is PENDING]
         if self.spawn:
-            for cell in idle:
-                ex.spawn(cell, self)
+            await self._start_elsewhere(idle)
         elif len(idle) == 1:
             idle[0].claim()
             await ex.execute(idle[0], False)
@@ -347,6 +349,33 @@ class Consumer(Mapping[str, Any]):
         for cell in cells:
             if not cell.done:
                 await cell.wait()
+
+    async def _start_elsewhere(self, cells: list[LazyNode]) -> None:
+        """Start the pending `cells` a speculative task needs, each in a task of its own.
+
+        A cell whose inputs are still being computed is not started yet: this task
+        waits for those inputs first, because whoever computes them usually goes on
+        to run the cell inline (the request path demanding the same chain), which
+        saves a task and its memory. A cell nobody has claimed by then starts here.
+        """
+        ex = self.frame.ex
+        waiting = cells
+        while waiting:
+            later: list[LazyNode] = []
+            busy: LazyNode | None = None
+            for cell in waiting:
+                if cell.status is not PENDING:
+                    continue
+                running = ex.busy_input(cell)
+                if running is None:
+                    ex.spawn(cell, self)
+                else:
+                    later.append(cell)
+                    busy = busy or running
+            if busy is None:
+                return
+            await busy.wait()
+            waiting = later
 
     def __repr__(self) -> str:
         return f"<Consumer {self.label!r} cycle={self.frame.cycle}>"

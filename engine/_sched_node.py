@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
-from engine._sched_lazy import RUNNING, LazyNode
+from engine._sched_lazy import PENDING, RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
@@ -159,6 +159,30 @@ class NodeRunner:
             found = self._sorted[names] = tuple(sorted(names))
         return found
 
+    def _plan(self, node: CompiledNode) -> _Plan:
+        plan = self._plans[id(node)] = _Plan(node)
+        return plan
+
+    def busy_input(self, cell: LazyNode) -> LazyNode | None:
+        """An input `cell` reads on every path that is still running, or None.
+
+        Inputs nobody has started yet are searched in turn: a node two steps downstream
+        of a running one cannot start before it either.
+        """
+        plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
+        frame = cell.frame
+        for name in plan.needs:
+            dep = frame.cell(name)
+            if dep is None:
+                continue  # `input`, `policy`, ...
+            if dep.status is RUNNING:
+                return dep
+            if dep.status is PENDING:
+                found = self.busy_input(dep)
+                if found is not None:
+                    return found
+        return None
+
     # -- running a node in the current task ---------------------------------------------
 
     async def execute(self, cell: LazyNode, spawn: bool) -> None:
@@ -171,9 +195,7 @@ class NodeRunner:
         one frame per node.
         """
         node = cell.node
-        plan = self._plans.get(id(node))
-        if plan is None:
-            plan = self._plans[id(node)] = _Plan(node)
+        plan = self._plans.get(id(node)) or self._plan(node)
         consumer = Consumer(cell.frame, cell, spawn, node.id)
         cell.consumer = consumer
         cell.t0 = cell.frame.req.clock()

@@ -132,20 +132,23 @@ class _DropSink:
         pass
 
 
-async def per_request_us(graph: Graph, n: int) -> tuple[float, float]:
-    """CPU microseconds per request, one at a time: (moat, hand-written).
+async def per_request_us(graph: Graph, n: int, rounds: int) -> dict[str, float]:
+    """CPU microseconds per request, one at a time, moat and hand-written, and their ratio.
 
     CPU time (`process_time`), not wall time, so other processes on a shared machine do
-    not blur the comparison; with one request at a time and no I/O the two agree.
+    not blur the comparison; with one request at a time and no I/O the two agree. The
+    two alternate in rounds of `n` requests, and the ratio is the median of each round's
+    own ratio: the speed of a shared machine drifts between rounds, not within one.
     """
     manual = handwritten(graph)
     sink = MemorySink()
+    moat_us: list[float] = []
+    hand_us: list[float] = []
     async with Runner(graph, sink=sink) as runner:
         for _ in range(200):  # warm up
             await runner.run({"prompt": "p"})
             await manual({"prompt": "p"})
-        moat_s = hand_s = float("inf")
-        for _ in range(5):
+        for _ in range(rounds):
             sink.items.clear()
             gc.collect()
             start = time.process_time()
@@ -153,17 +156,24 @@ async def per_request_us(graph: Graph, n: int) -> tuple[float, float]:
                 if i % DRAIN_EVERY == 0:
                     sink.items.clear()  # a store writer drains records as they come
                 await runner.run({"prompt": "p"})
-            moat_s = min(moat_s, time.process_time() - start)
+            moat_us.append((time.process_time() - start) / n * 1e6)
             gc.collect()
             start = time.process_time()
             for _ in range(n):
                 await manual({"prompt": "p"})
-            hand_s = min(hand_s, time.process_time() - start)
-    return moat_s / n * 1e6, hand_s / n * 1e6
+            hand_us.append((time.process_time() - start) / n * 1e6)
+    return {
+        "moat_us_per_request": statistics.median(moat_us),
+        "handwritten_us_per_request": statistics.median(hand_us),
+        "overhead_ratio": statistics.median(m / h for m, h in zip(moat_us, hand_us, strict=True)),
+    }
 
 
 async def throughput(graph: Graph, total: int, concurrency: int) -> tuple[float, float]:
-    """Requests per second with `concurrency` requests in flight: (moat, hand-written)."""
+    """Requests per second with `concurrency` requests in flight: (moat, hand-written).
+
+    Medians of three alternating rounds of `total` requests each.
+    """
     manual = handwritten(graph)
     sink = MemorySink()
 
@@ -183,12 +193,15 @@ async def throughput(graph: Graph, total: int, concurrency: int) -> tuple[float,
                 tg.start_soon(worker)
         return total / (time.perf_counter() - start)
 
+    moat_rps: list[float] = []
+    hand_rps: list[float] = []
     async with Runner(graph, sink=sink) as runner:
         await drive(runner.run)  # warm up
-        sink.items.clear()
-        moat_rps = await drive(runner.run)
-    hand_rps = await drive(manual)
-    return moat_rps, hand_rps
+        for _ in range(3):
+            sink.items.clear()
+            moat_rps.append(await drive(runner.run))
+            hand_rps.append(await drive(manual))
+    return statistics.median(moat_rps), statistics.median(hand_rps)
 
 
 async def sleeping_latency(graph: Graph, n: int) -> dict[str, float]:
@@ -217,35 +230,46 @@ async def sleeping_latency(graph: Graph, n: int) -> dict[str, float]:
     }
 
 
+async def _traced_in_flight(call: Callable[[Mapping[str, Any]], Awaitable[Any]], n: int) -> float:
+    """MiB traced while `n` requests started at once by `call` are in flight."""
+    await call({"prompt": "warm"})
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    peak = 0
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(call, {"prompt": f"p{i}"})
+        await anyio.sleep(0.008)  # every request has started and is waiting somewhere
+        peak = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (peak - before) / 2**20
+
+
 async def memory_in_flight(graph: Graph, n: int) -> dict[str, float]:
-    """Extra traced memory with `n` sleeping requests in flight (records dropped, kept)."""
+    """Extra traced memory with `n` sleeping requests in flight.
+
+    moat with its records dropped and kept, and the hand-written version: its figure is
+    the floor this harness itself costs (a task per request started by a task group).
+    """
     figures: dict[str, float] = {}
     for label, sink in (("dropped", _DropSink()), ("kept", MemorySink())):
         async with Runner(graph, sink=sink) as runner:
-            await runner.run({"prompt": "warm"})
-            gc.collect()
-            tracemalloc.start()
-            before = tracemalloc.get_traced_memory()[0]
-            peak = 0
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(runner.run, {"prompt": f"p{i}"})
-                await anyio.sleep(0.008)  # all are waiting in draft / critic now
-                peak = tracemalloc.get_traced_memory()[0]
-            tracemalloc.stop()
-        figures[f"memory_mib_{n}_in_flight_records_{label}"] = (peak - before) / 2**20
+            figures[f"memory_mib_{n}_in_flight_records_{label}"] = await _traced_in_flight(
+                runner.run, n
+            )
+    figures[f"handwritten_memory_mib_{n}_in_flight"] = await _traced_in_flight(
+        handwritten(graph), n
+    )
     return figures
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     fast = build_graph(sleep=False)
     slow = build_graph(sleep=True)
-    moat_us, hand_us = await per_request_us(fast, args.requests)
+    result: dict[str, Any] = await per_request_us(fast, args.requests // 5, args.rounds)
     moat_rps, hand_rps = await throughput(fast, args.requests, 100)
-    result: dict[str, Any] = {
-        "moat_us_per_request": moat_us,
-        "handwritten_us_per_request": hand_us,
-        "overhead_ratio": moat_us / hand_us,
+    result |= {
         "moat_rps_100_concurrent": moat_rps,
         "handwritten_rps_100_concurrent": hand_rps,
     }
@@ -259,6 +283,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per figure")
     parser.add_argument("--sleep-requests", type=int, default=30)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -441,7 +441,12 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         if len(parts) > 1:
             for part in parts:
                 _probe(part, consumer, needed)
-        await _demand(consumer, needed)
+        cell = consumer.inline(needed)
+        if cell is None:
+            await consumer.demand_all(needed)
+        else:  # one node to run right here: no extra coroutine frame
+            await consumer.frame.ex.execute(cell, False)
+            check(cell)
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
@@ -456,6 +461,10 @@ def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
 async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dict[str, Any]:
     """Evaluate an `output:` mapping, its expressions' needs demanded together each round.
 
+    When every output reads the same nodes on every path, those are demanded before the
+    first evaluation, which then succeeds; otherwise each round evaluates what is left
+    and demands what the failed evaluations reached.
+
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: an expression failed (the message names the output).
@@ -465,12 +474,17 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
     needed: list[LazyNode] = []
     for expr in exprs.values():
         if len(expr.names) != len(expr.certain):
-            break  # a conditional output: its rounds will find what to demand
+            needed.clear()  # a conditional output: the rounds find what to demand
+            break
         consumer.pending(expr.certain, needed)
-    else:  # every output reads the same nodes on every path: demand them all at once
-        if needed:
-            await _demand(consumer, needed)
     while True:
+        if needed:
+            cell = consumer.inline(needed)
+            if cell is None:
+                await consumer.demand_all(needed)
+            else:  # one node to run right here: no extra coroutine frame
+                await consumer.frame.ex.execute(cell, False)
+                check(cell)
         needed = []
         waiting = []
         for name, expr in pending:
@@ -483,17 +497,7 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
                 raise EvaluationError(f"output '{name}': {exc}") from exc
         if not waiting:
             return {name: values[name] for name in exprs}
-        await _demand(consumer, needed)
         pending = waiting
-
-
-async def _demand(consumer: Consumer, needed: list[LazyNode]) -> None:
-    cell = consumer.inline(needed)
-    if cell is None:
-        await consumer.demand_all(needed)
-    else:  # one node to run right here: no extra frame
-        await consumer.frame.ex.execute(cell, False)
-        check(cell)
 
 
 def try_evaluate(expr: Expr, consumer: Consumer) -> tuple[bool, Any]:

@@ -27,6 +27,7 @@ from engine.events import (
     OrchestrationEvent,
     RequestRecord,
     RequestStatus,
+    hash_input,
 )
 from engine.store import Store, StoreWriter
 
@@ -255,6 +256,27 @@ def test_records_round_trip_through_the_writer(store: Store) -> None:
         "policy_version": 2,
         "error": None,
     }
+
+
+def test_the_writer_hashes_a_request_input_the_scheduler_left_unhashed(store: Store) -> None:
+    with store.writer() as writer:
+        unhashed = request("q1", 0)
+        unhashed.input = {"prompt": "hi", "tenant": "acme"}
+        writer.record(unhashed)
+        hashed = request("q2", 1)
+        hashed.input_hash = "given"
+        writer.record(hashed)
+        writer.record(request("q3", 2))
+    hashes = {
+        row["id"]: row["input_hash"]
+        for row in store.query("SELECT id, input_hash FROM requests ORDER BY seq")
+    }
+    assert hashes == {
+        "q1": hash_input({"tenant": "acme", "prompt": "hi"}),
+        "q2": "given",
+        "q3": None,
+    }
+    assert len(hashes["q1"]) == 16
 
 
 def test_writer_batches_many_records_into_few_transactions(db: Path) -> None:

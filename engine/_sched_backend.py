@@ -31,8 +31,11 @@ class BackgroundTasks(Protocol):
     def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start `fn(*args)` in a new task; it must not raise (but cancellation)."""
 
-    async def aclose(self, cancel: bool) -> None:
-        """Wait until every task has ended, cancelling them first when `cancel`."""
+    async def aclose(self) -> None:
+        """Cancel the tasks still running and wait until they have ended.
+
+        With a task group, its own exit has already done that.
+        """
 
 
 class _TaskGroupTasks:
@@ -46,8 +49,8 @@ class _TaskGroupTasks:
     def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         self._tg.start_soon(fn, *args)
 
-    async def aclose(self, cancel: bool) -> None:
-        pass  # the task group's own exit waits (and cancels, when it exits on an error)
+    async def aclose(self) -> None:
+        pass  # the task group's own exit waited for its tasks
 
 
 class _AsyncioTasks:
@@ -72,10 +75,9 @@ class _AsyncioTasks:
         if not self._tasks and self._idle is not None:
             self._idle.set()
 
-    async def aclose(self, cancel: bool) -> None:
-        if cancel:
-            for task in self._tasks:
-                task.cancel()
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         while self._tasks:
             self._idle = anyio.Event()
             await self._idle.wait()

@@ -186,12 +186,12 @@ class Runner:
         assert tg is not None and ex is not None
         try:
             try:
-                if exc_type is None:
-                    await ex.tasks.aclose(cancel=False)
+                return await tg.__aexit__(exc_type, exc, tb)
             finally:
+                # The task group has waited for every finished request's background work;
+                # what is left belongs to requests cancelled or failed mid-way.
                 with anyio.CancelScope(shield=True):
-                    await ex.tasks.aclose(cancel=True)  # those left after an error
-            return await tg.__aexit__(exc_type, exc, tb)
+                    await ex.tasks.aclose()
         finally:
             if self._owns_gateway:
                 with anyio.CancelScope(shield=True):

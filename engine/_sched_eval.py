@@ -12,7 +12,7 @@ untaken branches never run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -137,7 +137,7 @@ class Frame:
         values: dict[str, Any] = {}
         for node_id in self.scope.order:
             cell = cells.get(node_id)
-            values[node_id] = cell.peek() if cell is not None and cell.status is FINISHED else None
+            values[node_id] = cell.result if cell is not None and cell.status is FINISHED else None
         return values
 
     def __repr__(self) -> str:
@@ -256,40 +256,26 @@ class Consumer(Mapping[str, Any]):
         Raises:
             InputFailed: one of them already failed.
         """
-        fixed = self.fixed
-        frame = self.frame
-        for name in names if len(names) == 1 else frame.ex.sorted_names(names):
-            if name not in fixed:
-                cell = frame.cells.get(name) or frame.cell(name)
-                if cell is not None:
-                    self._add(cell, into)
+        self._collect(names if len(names) == 1 else self.frame.ex.sorted_names(names), into)
 
     def unresolved(self, names: tuple[str, ...]) -> list[LazyNode]:
-        """The nodes among `names` that have not resolved yet, each noted as read.
+        """The nodes among `names` (already sorted) not resolved yet, each noted as read.
 
         Raises:
             InputFailed: one of them already failed.
         """
+        needed: list[LazyNode] = []
+        self._collect(names, needed)
+        return needed
+
+    def _collect(self, names: Iterable[str], into: list[LazyNode]) -> None:
         fixed = self.fixed
         frame = self.frame
-        cells = frame.cells
-        seen = self.seen
-        needed: list[LazyNode] = []
         for name in names:
-            if name in fixed:
-                continue
-            cell = cells.get(name) or frame.cell(name)
-            if cell is None:
-                continue
-            if cell not in seen:
-                self.note(cell)
-            status = cell.status
-            if status is FINISHED:
-                continue
-            if status is FAILED or status is CANCELLED:
-                raise InputFailed(cell)
-            needed.append(cell)
-        return needed
+            if name not in fixed:
+                cell = frame.cells.get(name) or frame.cell(name)
+                if cell is not None:
+                    self._add(cell, into)
 
     def _add(self, cell: LazyNode, into: list[LazyNode]) -> None:
         if cell not in self.seen:

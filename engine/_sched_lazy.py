@@ -209,10 +209,6 @@ class LazyNode:
             self._event = None  # its waiters hold it; nobody waits on a resolved node
             event.set()
 
-    def peek(self) -> Any:
-        """The value without checks (callers know the node finished)."""
-        return self.result
-
     def __repr__(self) -> str:
         where = f" cycle={self.frame.cycle}" if self.frame.cycle else ""
         return f"<LazyNode {self.status.value} {self.node.id!r}{where}>"

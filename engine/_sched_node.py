@@ -73,13 +73,6 @@ _CONDITIONAL = object()
 """A node whose config has conditional parts, but nothing else to gate its run."""
 
 
-_SETTLED = {status: NodeOutcome.NONE for status in NodeStatus} | {
-    NodeStatus.SUCCEEDED: NodeOutcome.USED,
-    None: NodeOutcome.NONE,
-}
-"""The outcome of a node run nobody started speculatively, by how the run ended."""
-
-
 class _Plan:
     """How one compiled node runs, worked out on its first run in a runner.
 
@@ -91,7 +84,7 @@ class _Plan:
             every run.
     """
 
-    __slots__ = ("config", "kind", "needs", "output")
+    __slots__ = ("config", "kind", "needs")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -104,7 +97,6 @@ class _Plan:
             self.kind = _CONDITIONAL
         self.needs = tuple(sorted(template.certain))
         self.config: BaseModel | None = None
-        self.output: type[BaseModel] = node.impl.Output if node.impl is not None else BaseModel
 
     def validated(self, node: CompiledNode, consumer: Consumer) -> BaseModel:
         """A plain node's config from its resolved inputs (kept when it reads nothing)."""
@@ -223,9 +215,7 @@ class NodeRunner:
                 else:
                     config = self.validated(node, await evaluate(node.config, consumer))
                 output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
-                if not isinstance(output, plan.output):
-                    output = self._checked(cell, output)
-                cell.finish(output, NodeStatus.SUCCEEDED)
+                cell.finish(self._checked(cell, output), NodeStatus.SUCCEEDED)
             done = True
         except InputFailed as exc:
             outcome = Outcome.from_input(exc)
@@ -441,7 +431,8 @@ class NodeRunner:
             elif cell.cancel_requested:
                 discard(cell, completed_after_cancel=True)
             return
-        cell.frame.req.settle(cell, _SETTLED[cell.run_status])
+        used = cell.run_status is NodeStatus.SUCCEEDED
+        cell.frame.req.settle(cell, NodeOutcome.USED if used else NodeOutcome.NONE)
 
     def cancelled(self, cell: LazyNode) -> None:
         """The task running `cell` was cancelled: record when, and that it never finished."""

@@ -12,7 +12,7 @@ untaken branches never run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -24,6 +24,7 @@ from engine.events import EventType, NodeOutcome
 from engine.expr import Unresolved
 
 if TYPE_CHECKING:
+    from engine._sched_backend import Waiter
     from engine.expr import Expr, Template
     from engine.graph import Scope
 
@@ -32,9 +33,11 @@ __all__ = [
     "Executor",
     "Frame",
     "InputFailed",
+    "demand_all",
     "evaluate",
     "evaluate_outputs",
     "mark_demanded",
+    "note_read",
     "try_evaluate",
 ]
 
@@ -45,14 +48,17 @@ class Executor(Protocol):
     async def execute(self, cell: LazyNode, spawn: bool) -> None:
         """Run a claimed node in the current task; never raises but cancellation."""
 
-    def spawn(self, cell: LazyNode, by: Consumer) -> None:
-        """Start a node in its own cancellable background task (speculatively)."""
+    def spawn(self, cell: LazyNode, by: str) -> None:
+        """Start a node a speculative task (`by`) needs in its own cancellable task."""
 
     def busy_input(self, cell: LazyNode) -> LazyNode | None:
         """An input `cell` needs that is still running (None when it could start now)."""
 
     def sorted_names(self, names: frozenset[str]) -> tuple[str, ...]:
         """`names` in a stable order (cached)."""
+
+    def new_waiter(self) -> Waiter:
+        """Something for one task to wait on until a lazy node resolves."""
 
 
 class InputFailed(Exception):
@@ -127,7 +133,7 @@ class Frame:
     def release(self) -> None:
         """Break the frame's reference cycles (the request has been recorded)."""
         for cell in self.cells.values():
-            cell.consumer = None
+            cell.reads = None
         self.cells.clear()
         self.spec_cells.clear()
 
@@ -167,8 +173,12 @@ class Consumer(Mapping[str, Any]):
         self.owner = owner
         self.spawn = spawn
         self.label = label
-        self.seen: list[LazyNode] = []
-        """The nodes this consumer read or demanded, in order (each once; lists are small)."""
+        seen: list[LazyNode] | None = [] if owner is None else owner.reads
+        if seen is None:
+            seen = owner.reads = []  # type: ignore[union-attr]
+        self.seen = seen
+        """The nodes read or demanded, in order (each once; lists are small). A node's
+        consumers share its `reads`: its guard and its config were read by the same run."""
 
     # -- the scope mapping ------------------------------------------------------------
 
@@ -210,32 +220,13 @@ class Consumer(Mapping[str, Any]):
     def note(self, cell: LazyNode) -> None:
         """Record that this consumer reads `cell` (reuse, speculative join)."""
         self.seen.append(cell)
-        cell.consumers += 1
-        if cell.consumers > 1:
-            cell.frame.req.node_event(
-                cell,
-                EventType.RESULT_REUSED,
-                decision="reuse",
-                payload={"consumer": self.label, "status": cell.status.value},
-            )
-        owner = self.owner
-        if (owner is None or owner.demanded) and not cell.demanded:
-            mark_demanded(cell)
+        note_read(cell, self.owner, self.label)
 
     async def demand(self, cell: LazyNode) -> None:
         """Make `cell` resolve: run it inline, start it, or wait for whoever runs it."""
         if cell not in self.seen:
             self.note(cell)
-        status = cell.status
-        if status is PENDING:
-            if self.spawn:
-                await self._start_elsewhere([cell])
-                await cell.wait()
-            else:
-                cell.claim()
-                await self.frame.ex.execute(cell, False)
-        elif status is RUNNING:
-            await cell.wait()
+        await _resolve(self.frame.ex, cell, self.spawn, self.label)
 
     def gather(self, expr: Expr | Template, first: str, into: list[LazyNode]) -> None:
         """Add to `into` what `expr` needs next: the node it just reached, and its certain nodes.
@@ -256,22 +247,9 @@ class Consumer(Mapping[str, Any]):
         Raises:
             InputFailed: one of them already failed.
         """
-        self._collect(names if len(names) == 1 else self.frame.ex.sorted_names(names), into)
-
-    def unresolved(self, names: tuple[str, ...]) -> list[LazyNode]:
-        """The nodes among `names` (already sorted) not resolved yet, each noted as read.
-
-        Raises:
-            InputFailed: one of them already failed.
-        """
-        needed: list[LazyNode] = []
-        self._collect(names, needed)
-        return needed
-
-    def _collect(self, names: Iterable[str], into: list[LazyNode]) -> None:
         fixed = self.fixed
         frame = self.frame
-        for name in names:
+        for name in names if len(names) == 1 else frame.ex.sorted_names(names):
             if name not in fixed:
                 cell = frame.cells.get(name) or frame.cell(name)
                 if cell is not None:
@@ -304,67 +282,106 @@ class Consumer(Mapping[str, Any]):
         Raises:
             InputFailed: one of them failed (or was cancelled).
         """
-        if len(cells) == 1:
-            (cell,) = cells
-            if cell.status is PENDING and not self.spawn:
-                cell.claim()
-                await self.frame.ex.execute(cell, False)
-            else:
-                await self.demand(cell)
-            check(cell)
-            return
-        await self._demand_many(cells)
-        for cell in cells:
-            check(cell)
-
-    async def _demand_many(self, cells: list[LazyNode]) -> None:
-        ex = self.frame.ex
-        idle = [cell for cell in cells if cell.status is PENDING]
-        if self.spawn:
-            await self._start_elsewhere(idle)
-        elif len(idle) == 1:
-            idle[0].claim()
-            await ex.execute(idle[0], False)
-        elif idle:
-            for cell in idle:
-                cell.claim()
-            async with anyio.create_task_group() as tg:
-                for cell in idle[1:]:
-                    tg.start_soon(ex.execute, cell, False)
-                await ex.execute(idle[0], False)
-        for cell in cells:
-            if not cell.done:
-                await cell.wait()
-
-    async def _start_elsewhere(self, cells: list[LazyNode]) -> None:
-        """Start the pending `cells` a speculative task needs, each in a task of its own.
-
-        A cell whose inputs are still being computed is not started yet: this task
-        waits for those inputs first, because whoever computes them usually goes on
-        to run the cell inline (the request path demanding the same chain), which
-        saves a task and its memory. A cell nobody has claimed by then starts here.
-        """
-        ex = self.frame.ex
-        waiting = cells
-        while waiting:
-            later: list[LazyNode] = []
-            busy: LazyNode | None = None
-            for cell in waiting:
-                if cell.status is not PENDING:
-                    continue
-                running = ex.busy_input(cell)
-                if running is None:
-                    ex.spawn(cell, self)
-                else:
-                    later.append(cell)
-                    busy = busy or running
-            if busy is None:
-                return
-            await busy.wait()
-            waiting = later
+        await demand_all(self.frame.ex, cells, self.spawn, self.label)
 
     def __repr__(self) -> str:
         return f"<Consumer {self.label!r} cycle={self.frame.cycle}>"
+
+
+def note_read(cell: LazyNode, owner: LazyNode | None, label: str) -> None:
+    """`owner` (None: the request's output) reads `cell`: count a reuse, pass on demand."""
+    cell.consumers += 1
+    if cell.consumers > 1:
+        cell.frame.req.node_event(
+            cell,
+            EventType.RESULT_REUSED,
+            decision="reuse",
+            payload={"consumer": label, "status": cell.status.value},
+        )
+    if (owner is None or owner.demanded) and not cell.demanded:
+        if cell.speculative or cell.reads:
+            mark_demanded(cell)
+        else:
+            cell.demanded = True  # what `mark_demanded` comes to: nothing to join or pass on
+
+
+async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: str) -> None:
+    """Make `cells` (already noted as read) resolve together, the first one inline.
+
+    `spawn` is True inside a cancellable speculative task: what it starts then runs in
+    tasks of its own. `label` names who demands, for events.
+
+    Raises:
+        InputFailed: one of them failed (or was cancelled).
+    """
+    if len(cells) == 1:
+        (cell,) = cells
+        if cell.status is PENDING and not spawn:
+            cell.claim()
+            await ex.execute(cell, False)
+        else:
+            await _resolve(ex, cell, spawn, label)
+        check(cell)
+        return
+    idle = [cell for cell in cells if cell.status is PENDING]
+    if spawn:
+        await _start_elsewhere(ex, idle, label)
+    elif len(idle) == 1:
+        idle[0].claim()
+        await ex.execute(idle[0], False)
+    elif idle:
+        for cell in idle:
+            cell.claim()
+        async with anyio.create_task_group() as tg:
+            for cell in idle[1:]:
+                tg.start_soon(ex.execute, cell, False)
+            await ex.execute(idle[0], False)
+    for cell in cells:
+        if not cell.done:
+            await cell.wait()
+    for cell in cells:
+        check(cell)
+
+
+async def _resolve(ex: Executor, cell: LazyNode, spawn: bool, label: str) -> None:
+    """Run `cell` inline, start it elsewhere (`spawn`), or wait for whoever runs it."""
+    status = cell.status
+    if status is PENDING:
+        if spawn:
+            await _start_elsewhere(ex, [cell], label)
+            await cell.wait()
+        else:
+            cell.claim()
+            await ex.execute(cell, False)
+    elif status is RUNNING:
+        await cell.wait()
+
+
+async def _start_elsewhere(ex: Executor, cells: list[LazyNode], label: str) -> None:
+    """Start the pending `cells` a speculative task needs, each in a task of its own.
+
+    A cell whose inputs are still being computed is not started yet: this task waits
+    for those inputs first, because whoever computes them usually goes on to run the
+    cell inline (the request path demanding the same chain), which saves a task and its
+    memory. A cell nobody has claimed by then starts here.
+    """
+    waiting = cells
+    while waiting:
+        later: list[LazyNode] = []
+        busy: LazyNode | None = None
+        for cell in waiting:
+            if cell.status is not PENDING:
+                continue
+            running = ex.busy_input(cell)
+            if running is None:
+                ex.spawn(cell, label)
+            else:
+                later.append(cell)
+                busy = busy or running
+        if busy is None:
+            return
+        await busy.wait()
+        waiting = later
 
 
 def check(cell: LazyNode) -> None:
@@ -383,9 +400,9 @@ def mark_demanded(cell: LazyNode) -> None:
         req.node_event(cell, EventType.SPECULATIVE_JOIN_REQUIRED, decision="join")
         if cell.done:
             mark_used(cell)
-    consumer = cell.consumer
-    if consumer is not None:
-        for read in list(consumer.seen):
+    reads = cell.reads
+    if reads:
+        for read in list(reads):
             mark_demanded(read)
 
 

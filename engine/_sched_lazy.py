@@ -17,7 +17,8 @@ from engine.errors import MoatError
 from engine.events import NodeStatus
 
 if TYPE_CHECKING:
-    from engine._sched_eval import Consumer, Frame
+    from engine._sched_backend import Waiter
+    from engine._sched_eval import Frame
     from engine.events import LlmCall
     from engine.graph import CompiledNode
 
@@ -69,6 +70,8 @@ class LazyNode:
         speculative: whether it started before anything on the request path demanded it.
         demanded: whether the request path (transitively) consumed it.
         consumers: how many consumers read it (the second and later are reuses).
+        reads: the nodes its run read, in order: demanding it demands them too.
+        t0: when it started, on the backend's clock (-1 before it starts).
         result: what `value` returns once the node finished, read without its checks
             by the scheduler's own hot paths.
     """
@@ -76,11 +79,10 @@ class LazyNode:
     Status = Status
 
     __slots__ = (
-        "_event",
+        "_waiters",
         "attempts",
         "calls",
         "cancel_requested",
-        "consumer",
         "consumers",
         "demanded",
         "duration_ms",
@@ -88,12 +90,12 @@ class LazyNode:
         "error_node",
         "frame",
         "node",
+        "reads",
         "result",
         "run_status",
         "scope",
         "settled",
         "speculative",
-        "started_at",
         "status",
         "t0",
         "task_live",
@@ -110,13 +112,12 @@ class LazyNode:
         self.speculative = False
         self.demanded = False
         self.consumers = 0
-        self.consumer: Consumer | None = None
+        self.reads: list[LazyNode] | None = None
         self.t0 = -1.0
-        self.started_at = 0.0
         self.duration_ms = 0.0
         self.attempts = 0
         self.calls: list[LlmCall] | None = None
-        self._event: anyio.Event | None = None
+        self._waiters: list[Waiter] | None = None
         self.scope: anyio.CancelScope | None = None
         self.task_live = False
         self.cancel_requested = False
@@ -164,10 +165,14 @@ class LazyNode:
     async def wait(self) -> None:
         """Wait until the node has finished, failed or been cancelled."""
         if self.status is RUNNING or self.status is PENDING:
-            event = self._event
-            if event is None:
-                event = self._event = anyio.Event()
-            await event.wait()
+            # One waiter per waiting task, so cancelling one never wakes another.
+            waiter = self.frame.ex.new_waiter()
+            waiters = self._waiters
+            if waiters is None:
+                self._waiters = [waiter]
+            else:
+                waiters.append(waiter)
+            await waiter
 
     # -- transitions (the scheduler's side) -------------------------------------------
 
@@ -182,10 +187,8 @@ class LazyNode:
         self.status = FINISHED
         t0 = self.t0
         self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
-        event = self._event
-        if event is not None:  # `_wake`, inline: every node run ends here
-            self._event = None
-            event.set()
+        if self._waiters is not None:  # `_wake`, inline: every node run ends here
+            self._wake_waiters()
 
     def fail(self, error: BaseException, error_node: str, run_status: NodeStatus) -> None:
         """Resolve with an error; `error_node` is the node where it started."""
@@ -204,10 +207,15 @@ class LazyNode:
     def _wake(self) -> None:
         t0 = self.t0
         self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
-        event = self._event
-        if event is not None:
-            self._event = None  # its waiters hold it; nobody waits on a resolved node
-            event.set()
+        if self._waiters is not None:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters = self._waiters
+        self._waiters = None  # nobody waits on a resolved node
+        for waiter in waiters or ():
+            if not waiter.done():  # a cancelled waiter is done already
+                waiter.set_result(None)
 
     def __repr__(self) -> str:
         where = f" cycle={self.frame.cycle}" if self.frame.cycle else ""

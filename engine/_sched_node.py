@@ -9,7 +9,6 @@ nothing here lets an exception escape into a task group.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +16,23 @@ import anyio
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from engine._sched_eval import Consumer, InputFailed, check, evaluate, mark_used
-from engine._sched_lazy import PENDING, RUNNING, LazyNode
+from engine._sched_eval import (
+    Consumer,
+    InputFailed,
+    demand_all,
+    evaluate,
+    mark_used,
+    note_read,
+)
+from engine._sched_lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.expr import Unresolved
+from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES
 
 if TYPE_CHECKING:
-    from engine._sched_backend import BackgroundTasks
+    from engine._sched_backend import BackgroundTasks, Waiter
     from engine.context import SharedState
     from engine.expr import Template
     from engine.graph import CompiledNode
@@ -78,13 +85,13 @@ class _Plan:
 
     Attributes:
         kind: `_GATED`, `_PLAIN` or `_CONDITIONAL`.
-        needs: what a plain node's `with:` reads on every evaluation, sorted (so
+        inputs: the nodes a plain node's `with:` reads on every evaluation, sorted (so
             concurrent demands start in a stable order).
         config: the validated config of a node whose `with:` reads nothing, shared by
             every run.
     """
 
-    __slots__ = ("config", "kind", "needs")
+    __slots__ = ("config", "inputs", "kind")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -95,12 +102,49 @@ class _Plan:
             self.kind = _PLAIN
         else:
             self.kind = _CONDITIONAL
-        self.needs = tuple(sorted(template.certain))
+        self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
         self.config: BaseModel | None = None
 
-    def validated(self, node: CompiledNode, consumer: Consumer) -> BaseModel:
+    def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
+        """Note the inputs of a plain node as read; those not resolved yet, or None.
+
+        Raises:
+            InputFailed: one of them already failed.
+        """
+        frame = cell.frame
+        cells = frame.cells
+        reads = cell.reads
+        if reads is None:
+            reads = cell.reads = []
+        waiting: list[LazyNode] | None = None
+        for name in self.inputs:
+            dep = cells.get(name) or frame.cell(name)
+            if dep is None:
+                continue
+            if dep not in reads:
+                reads.append(dep)
+                note_read(dep, cell, cell.node.id)
+            status = dep.status
+            if status is FINISHED:
+                continue
+            if status is FAILED or status is CANCELLED:
+                raise InputFailed(dep)
+            if waiting is None:
+                waiting = [dep]
+            else:
+                waiting.append(dep)
+        return waiting
+
+    def configure(self, cell: LazyNode) -> BaseModel:
         """A plain node's config from its resolved inputs (kept when it reads nothing)."""
-        config = NodeRunner.validated(node, node.config.evaluate(consumer))
+        node = cell.node
+        scope = cell.frame.fixed
+        reads = cell.reads
+        if reads:  # a plain mapping: cheaper to build than a `Consumer` is to read
+            scope = scope.copy()
+            for dep in reads:
+                scope[dep.node.id] = dep.result
+        config = NodeRunner.validated(node, node.config.evaluate(scope))
         if node.config.constant:
             self.config = config
         return config
@@ -126,17 +170,21 @@ class NodeRunner:
         tasks: where background tasks start (speculative nodes run there).
         shared: state shared across requests (`ctx.store`).
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
+        new_waiter: the running backend's `waiter_factory()`.
     """
 
-    __slots__ = ("_plans", "_run_loop", "_sorted", "shared", "tasks")
+    __slots__ = ("_plans", "_run_loop", "_sorted", "new_waiter", "shared", "tasks")
 
     def __init__(
         self,
         tasks: BackgroundTasks,
         shared: SharedState,
         run_loop: Callable[[NodeRunner, LazyNode, Consumer], Awaitable[Any]],
+        new_waiter: Callable[[], Waiter],
     ) -> None:
         self.tasks = tasks
+        self.new_waiter = new_waiter
+        """Makes what a task waits on until a lazy node resolves (`Executor.new_waiter`)."""
         self.shared = shared
         self._run_loop = run_loop
         self._plans: dict[int, _Plan] = {}
@@ -163,7 +211,7 @@ class NodeRunner:
         """
         plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
         frame = cell.frame
-        for name in plan.needs:
+        for name in plan.inputs:
             dep = frame.cell(name)
             if dep is None:
                 continue  # `input`, `policy`, ...
@@ -184,38 +232,43 @@ class NodeRunner:
         recorded as cancelled). A node without guard, retries, timeout or loop runs on a
         short path, one coroutine frame per node; a plain one (no conditional config)
         also runs a single pending input right here, so a chain of inline nodes costs
-        one frame per node.
+        one frame per node, and builds its config from its inputs without a `Consumer`.
         """
         node = cell.node
         plan = self._plans.get(id(node)) or self._plan(node)
-        consumer = Consumer(cell.frame, cell, spawn, node.id)
-        cell.consumer = consumer
         cell.t0 = cell.frame.req.clock()
-        cell.started_at = time.time()
         outcome: Outcome | None = None
         done = False
         try:
             kind = plan.kind
             if kind is _GATED:
-                outcome = await self._gate_then_run(cell, consumer)
+                outcome = await self._gate_then_run(
+                    cell, Consumer(cell.frame, cell, spawn, node.id)
+                )
             else:
                 cell.attempts = 1
                 if kind is _PLAIN:
                     config = plan.config
                     if config is None:
-                        needed = consumer.unresolved(plan.needs)
-                        if needed:
-                            dep = consumer.inline(needed)
-                            if dep is None:
-                                await consumer.demand_all(needed)
-                            else:  # one input to run right here: no task, no waiting
-                                await self.execute(dep, False)
-                                check(dep)
-                        config = plan.validated(node, consumer)
+                        waiting = plan.read_inputs(cell) if plan.inputs else None
+                        if waiting is None:
+                            pass
+                        elif len(waiting) == 1 and not spawn and waiting[0].status is PENDING:
+                            dep = waiting[0]  # one input to run right here: no task, no wait
+                            dep.status = RUNNING  # claimed
+                            await self.execute(dep, False)
+                            if dep.status is not FINISHED:
+                                raise InputFailed(dep)
+                        else:
+                            await demand_all(self, waiting, spawn, node.id)
+                        config = plan.configure(cell)
                 else:
+                    consumer = Consumer(cell.frame, cell, spawn, node.id)
                     config = self.validated(node, await evaluate(node.config, consumer))
                 output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
-                cell.finish(self._checked(cell, output), NodeStatus.SUCCEEDED)
+                if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
+                    output = self._checked(cell, output)  # raises
+                cell.finish(output, NodeStatus.SUCCEEDED)
             done = True
         except InputFailed as exc:
             outcome = Outcome.from_input(exc)
@@ -449,7 +502,7 @@ class NodeRunner:
 
     # -- background tasks -----------------------------------------------------------------
 
-    def spawn(self, cell: LazyNode, by: Consumer) -> None:
+    def spawn(self, cell: LazyNode, by: str) -> None:
         """Start a node a speculative task needs, in its own cancellable task."""
         cell.claim()
         if cell.frame.closed:  # the frame is done and its tasks are being cancelled
@@ -461,7 +514,7 @@ class NodeRunner:
             EventType.SPECULATIVE_STARTED,
             decision="speculative",
             reason_codes=("input_of_speculative",),
-            payload={"for": by.label},
+            payload={"for": by},
         )
         self.start_task(cell, self.execute, cell, True)
 

@@ -69,8 +69,8 @@ class NodeCtx(NodeContext):
     """The `NodeContext` the scheduler hands to a node run; remembers its lazy node.
 
     One is built for every node run, so it fills its slots straight from the lazy node
-    instead of through `NodeContext`'s keyword arguments, and its logger binds the ids
-    only when the node logs.
+    instead of through `NodeContext`'s keyword arguments, and binds its logger to the
+    run, request and node ids only when the node logs.
     """
 
     __slots__ = ("cell",)
@@ -79,37 +79,24 @@ class NodeCtx(NodeContext):
         node = cell.node
         frame = cell.frame
         req = frame.req
-        info = req.info
         self.cell = cell
         self.node_id = node.id
         self.node_type = node.type_name
-        self.request = info
+        self.request = req.info
         self.policy = req.policy
         self.cycle = frame.cycle
         self.speculative = cell.speculative
         self.store = store
         self._runtime = req
-        self.log = _NodeLog(info.run_id, info.id, node.id)
-
-
-class _NodeLog:
-    """A structlog logger bound to run, request and node ids, bound on first use."""
-
-    __slots__ = ("_bound", "_ids")
-
-    def __init__(self, run_id: str, request_id: str, node_id: str) -> None:
-        self._ids = (run_id, request_id, node_id)
-        self._bound: Any = None
 
     def __getattr__(self, name: str) -> Any:
-        bound = self._bound
-        if bound is None:
-            run_id, request_id, node_id = self._ids
-            bound = self._bound = _node_log.bind(run_id=run_id, request_id=request_id, node=node_id)
-        return getattr(bound, name)
-
-    def __repr__(self) -> str:
-        return f"<node logger {self._ids}>"
+        # Only reached while the `log` slot is empty: bind on first use, then keep it.
+        if name != "log":
+            raise AttributeError(name)
+        info = self.request
+        log = _node_log.bind(run_id=info.run_id, request_id=info.id, node=self.node_id)
+        self.log = log
+        return log
 
 
 class RequestState:
@@ -233,9 +220,38 @@ class RequestState:
         )
         return self.seq
 
-    def node_event(self, cell: LazyNode, event_type: str, **fields: Any) -> int:
+    def node_event(
+        self,
+        cell: LazyNode,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
         """Record a scheduler event about one node (stage = node id, cycle = its cycle)."""
-        return self.event(event_type, cell.node.id, cycle=cell.frame.cycle, **fields)
+        self.seq += 1
+        self.record(
+            OrchestrationEvent(
+                self.run_id,
+                self.info.id,
+                cell.frame.cycle,
+                cell.node.id,
+                SCHEDULER,
+                event_type,
+                self.seq,
+                decision,
+                None,
+                time.time(),
+                duration_ms,
+                reason_codes,
+                None,
+                None,
+                payload,
+            )
+        )
+        return self.seq
 
     def settle(self, cell: LazyNode, outcome: NodeOutcome) -> None:
         """The node's fate is final: record its `node_runs` row and its LLM calls."""
@@ -246,6 +262,7 @@ class RequestState:
         error = cell.error
         run_status = cell.run_status
         assert run_status is not None
+        t0 = cell.t0
         self.record(
             NodeRun(
                 self.info.id,
@@ -255,7 +272,9 @@ class RequestState:
                 run_status,
                 cell.speculative,
                 outcome,
-                cell.started_at,
+                # Wall time derived from the backend's clock: one clock read per node run,
+                # and under a mock clock the timeline stays in step with the durations.
+                self.started_at + (t0 - self.t0) if t0 >= 0 else now(),
                 cell.duration_ms,
                 cell.attempts,
                 None if error is None else describe_error(cell.error_node or node.id, error),

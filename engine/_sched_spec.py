@@ -19,7 +19,7 @@ from engine._sched_eval import Consumer, Frame, InputFailed, evaluate, mark_used
 from engine._sched_lazy import PENDING, RUNNING, LazyNode
 from engine._sched_node import NodeRunner, Outcome, discard
 from engine.errors import EvaluationError
-from engine.events import EventType, NodeOutcome, NodeStatus, now
+from engine.events import EventType, NodeOutcome, NodeStatus
 
 if TYPE_CHECKING:
     from engine.expr import Expr
@@ -33,16 +33,20 @@ def start_speculative(ex: NodeRunner, frame: Frame) -> None:
         cell = frame.cell(node_id)
         if cell is None or cell.status is not PENDING:
             continue
-        consumer = Consumer(frame, cell, True, node_id)
         strategy = cell.node.speculative
+        if strategy is True and cell.node.when is None:  # nothing to decide first
+            _claim(cell)
+            ex.start_task(cell, ex.execute, cell, True)
+            continue
+        consumer = Consumer(frame, cell, True, node_id)
         if strategy is not True:
             assert not isinstance(strategy, bool)
             decided, value = _try(strategy, consumer)
             if not decided:
-                cell.consumer = consumer
                 ex.start_task(cell, _decide_then_run, ex, cell, consumer)
                 continue
             if not _strategy_selected(cell, value):
+                cell.reads = None  # what the strategy read is not what the node will read
                 continue
         _start(ex, cell, consumer)
 
@@ -70,7 +74,7 @@ def _start(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> None:
     guard_known = _pre_guard(ex, cell, consumer)
     if guard_known is None:
         return
-    _claim(cell, consumer)
+    _claim(cell)
     if cell.node.when is None:  # nothing to race: the same path as a demanded node
         ex.start_task(cell, ex.execute, cell, True)
     else:
@@ -86,7 +90,6 @@ def _pre_guard(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> bool | Non
     if decided and not value:
         cell.claim()
         cell.t0 = cell.frame.req.clock()
-        cell.started_at = now()
         ex.gate(cell, False, reason="speculative_start")
         cell.finish(None, NodeStatus.SKIPPED)
         cell.frame.req.settle(cell, NodeOutcome.NONE)
@@ -94,10 +97,9 @@ def _pre_guard(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> bool | Non
     return decided
 
 
-def _claim(cell: LazyNode, consumer: Consumer) -> None:
+def _claim(cell: LazyNode) -> None:
     cell.claim()
     cell.speculative = True
-    cell.consumer = consumer
     cell.frame.req.node_event(cell, EventType.SPECULATIVE_STARTED, decision="speculative")
 
 
@@ -111,12 +113,12 @@ async def _decide_then_run(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -
     if cell.status is not PENDING or cell.frame.closed:
         return  # demanded meanwhile (it runs on demand already), or no longer needed
     if not _strategy_selected(cell, value):
-        cell.consumer = None
+        cell.reads = None  # what the strategy read is not what the node will read
         return
     guard_known = _pre_guard(ex, cell, consumer)
     if guard_known is None:
         return
-    _claim(cell, consumer)
+    _claim(cell)
     await run_speculative(ex, cell, consumer, guard_known)
 
 
@@ -125,7 +127,6 @@ async def run_speculative(
 ) -> None:
     """The body of a speculative node's task (under the node's own cancel scope)."""
     cell.t0 = cell.frame.req.clock()
-    cell.started_at = now()
     outcome: Outcome | None = None
     done = False
     try:

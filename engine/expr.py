@@ -210,12 +210,22 @@ class Template:
         expressions: the compiled expressions, in document order.
     """
 
-    __slots__ = ("_function", "_raw", "certain", "constant", "expressions", "names", "refs")
+    __slots__ = (
+        "_fast",
+        "_function",
+        "_raw",
+        "certain",
+        "constant",
+        "expressions",
+        "names",
+        "refs",
+    )
 
     def __init__(self, value: Any) -> None:
         self._raw = value
         found: list[tuple[Expr, int]] = []
-        self._function = _build(value, "", found)
+        self._function = _build(value, "", found, fast=False)
+        self._fast = _build(value, "", [], fast=True)
         self.expressions = tuple(expr for expr, _ in found)
         self.names = frozenset().union(*(e.names for e in self.expressions))
         self.certain = frozenset().union(*(e.certain for e in self.expressions))
@@ -231,6 +241,14 @@ class Template:
             Unresolved: an expression reached a name not in `scope` yet.
             EvaluationError: an expression failed; the message says at which key.
         """
+        try:
+            return self._fast(scope)  # the compiled code straight away: the common case
+        except Unresolved:
+            raise
+        except Exception:
+            pass
+        # Again, to turn the failure into the error it is, naming the key: expressions are
+        # pure, so evaluating twice changes nothing.
         return self._function(scope)
 
     def __repr__(self) -> str:
@@ -254,18 +272,24 @@ def compile_template(value: Any) -> Template:
     return Template(value)
 
 
-def _build(value: Any, path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
+def _build(value: Any, path: str, found: list[tuple[Expr, int]], *, fast: bool) -> _Evaluate:
+    """The function that builds `value`: `fast` runs the compiled expressions bare (their
+    errors unexplained), otherwise each failure is raised as the error it is."""
     if isinstance(value, str):
-        return _build_string(value, path, found) if _OPEN in value else lambda scope: value
+        if _OPEN not in value:
+            return lambda scope: value
+        return _build_string(value, path, found, fast)
     if isinstance(value, dict):
-        return _build_dict(value, path, found)
+        return _build_dict(value, path, found, fast)
     if isinstance(value, list | tuple):
-        elements = [_build(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+        elements = [_build(v, f"{path}[{i}]", found, fast=fast) for i, v in enumerate(value)]
         return lambda scope: [build(scope) for build in elements]
     return lambda scope: value
 
 
-def _build_dict(value: dict[Any, Any], path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
+def _build_dict(
+    value: dict[Any, Any], path: str, found: list[tuple[Expr, int]], fast: bool
+) -> _Evaluate:
     # Literal values are placed as they are rather than through a function call each:
     # a node's `with:` is built on every run, and most of its values are literals.
     items: list[tuple[Any, _Evaluate | None, Any]] = []
@@ -273,7 +297,8 @@ def _build_dict(value: dict[Any, Any], path: str, found: list[tuple[Expr, int]])
         if isinstance(item, _IMMUTABLE) and not (isinstance(item, str) and _OPEN in item):
             items.append((key, None, item))
         else:
-            items.append((key, _build(item, f"{path}.{key}" if path else str(key), found), None))
+            where = f"{path}.{key}" if path else str(key)
+            items.append((key, _build(item, where, found, fast=fast), None))
 
     def build(scope: Mapping[str, Any]) -> dict[Any, Any]:
         built = {}
@@ -284,7 +309,7 @@ def _build_dict(value: dict[Any, Any], path: str, found: list[tuple[Expr, int]])
     return build
 
 
-def _build_string(text: str, path: str, found: list[tuple[Expr, int]]) -> _Evaluate:
+def _build_string(text: str, path: str, found: list[tuple[Expr, int]], fast: bool) -> _Evaluate:
     pieces: list[str | Expr] = []
     position = 0
     while (start := text.find(_OPEN, position)) >= 0:
@@ -293,7 +318,9 @@ def _build_string(text: str, path: str, found: list[tuple[Expr, int]]) -> _Evalu
         pieces.append(expr)
         found.append((expr, offset))
     pieces.append(text[position:])
-    labelled = [_labelled(p, path) if isinstance(p, Expr) else p for p in pieces]
+    labelled = [
+        (p._function if fast else _labelled(p, path)) if isinstance(p, Expr) else p for p in pieces
+    ]
     if len(pieces) == 3 and all(_BLANK.fullmatch(str(p)) for p in pieces[::2]):
         return labelled[1]  # type: ignore[return-value]
     parts = [p for p in labelled if p != ""]
@@ -337,18 +364,13 @@ def _split_expression(text: str, start: int, path: str) -> tuple[Expr, int, int]
 
 
 def _labelled(expr: Expr, path: str) -> _Evaluate:
-    function = expr._function
+    if not path:
+        return expr.evaluate
 
     def evaluate(scope: Mapping[str, Any]) -> Any:
         try:
-            return function(scope)  # the compiled code straight away: the common case
-        except Unresolved:
-            raise
-        except Exception:
-            pass
-        try:  # again, to turn the failure into the error it is (expressions are pure)
             return expr.evaluate(scope)
         except EvaluationError as exc:
             raise EvaluationError(f"template value '{path}': {exc}") from exc
 
-    return evaluate if path else expr.evaluate
+    return evaluate

@@ -125,6 +125,21 @@ def compile_source(source: str) -> Compiled:
     )
 
 
+def rewrite(source: str) -> ast.expr:
+    """The tree of an expression `compile_source` accepted, routed onto the run-time helpers.
+
+    For composing several expressions into one compiled function (`compile_tree`).
+    """
+    tree, _ = _parse(source)
+    body: ast.expr = _Rewrite().visit(tree.body)
+    return body
+
+
+def compile_tree(body: ast.expr, label: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Compiles a tree built from `rewrite` results, constants and containers into a function."""
+    return _compile_lambda(body, label)
+
+
 def _parse(source: str) -> tuple[ast.Expression, _Columns]:
     # Newlines become spaces so that YAML block scalars parse as one line (columns then
     # count from the start of the whole expression).

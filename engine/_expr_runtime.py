@@ -283,6 +283,8 @@ HELPERS: dict[str, Any] = {
     "_pow": power,
     "_mod": mod,
     "_slice": slice,
+    "_text": to_text,
+    "_concat": "".join,
     **{f"_f_{name}": impl for name, (impl, _, _) in FUNCTIONS.items()},
 }
 """The globals every compiled expression runs with; no builtins are reachable."""

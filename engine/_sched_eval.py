@@ -33,6 +33,7 @@ __all__ = [
     "Executor",
     "Frame",
     "InputFailed",
+    "claim_single",
     "demand_all",
     "evaluate",
     "evaluate_outputs",
@@ -268,13 +269,7 @@ class Consumer(Mapping[str, Any]):
 
     def inline(self, cells: list[LazyNode]) -> LazyNode | None:
         """The one pending node of `cells` to run in this task (claimed), if that is all."""
-        if len(cells) != 1 or self.spawn:
-            return None
-        cell = cells[0]
-        if cell.status is not PENDING:
-            return None
-        cell.claim()
-        return cell
+        return claim_single(cells, self.spawn)
 
     async def demand_all(self, cells: list[LazyNode]) -> None:
         """Demand `cells` concurrently (the first inline); raise if one failed.
@@ -286,6 +281,21 @@ class Consumer(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<Consumer {self.label!r} cycle={self.frame.cycle}>"
+
+
+def claim_single(cells: list[LazyNode], spawn: bool) -> LazyNode | None:
+    """The one pending node of `cells` to run in this task (claimed), if that is all.
+
+    Never inside a speculative task (`spawn`): cancelling it must not cancel work that
+    others may wait for.
+    """
+    if len(cells) != 1 or spawn:
+        return None
+    cell = cells[0]
+    if cell.status is not PENDING:
+        return None
+    cell.status = RUNNING  # claimed
+    return cell
 
 
 def note_read(cell: LazyNode, owner: LazyNode | None, label: str) -> None:

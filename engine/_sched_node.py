@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaValidator
 
 from engine._sched_eval import (
     Consumer,
     InputFailed,
+    claim_single,
     demand_all,
     evaluate,
     mark_used,
@@ -71,6 +73,19 @@ class Outcome:
         """The failure of a node whose input failed."""
         return cls(None, NodeStatus.FAILED, exc.error, exc.node_id)
 
+    @classmethod
+    def from_error(cls, exc: Exception, node_id: str) -> Outcome:
+        """The failure of node `node_id` (`timed_out` for a timeout), or of its input."""
+        if isinstance(exc, InputFailed):
+            return cls.from_input(exc)
+        status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
+        return cls(None, status, exc, node_id)
+
+
+_OUTCOMES = {status: NodeOutcome.NONE for status in NodeStatus} | {
+    NodeStatus.SUCCEEDED: NodeOutcome.USED
+}
+"""What became of a node run's result, by how it ended (speculative runs aside)."""
 
 _GATED = object()
 """A node with a guard, retries, a timeout or a loop: the full path."""
@@ -91,7 +106,7 @@ class _Plan:
             every run.
     """
 
-    __slots__ = ("config", "inputs", "kind")
+    __slots__ = ("_validate", "config", "inputs", "kind")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -104,6 +119,28 @@ class _Plan:
             self.kind = _CONDITIONAL
         self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
         self.config: BaseModel | None = None
+        self._validate: Callable[[Any], BaseModel] | None = None
+        if node.impl is not None:
+            model = node.impl.Config
+            validator = model.__pydantic_validator__
+            # The model's own validator, called as `model_validate` would but without the
+            # keyword arguments it passes on every call, which cost about as much as
+            # validating a small config. A model not fully built keeps `model_validate`.
+            complete = isinstance(validator, SchemaValidator)
+            self._validate = validator.validate_python if complete else model.model_validate
+
+    def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
+        """The node's `Config` from its built `with:` value.
+
+        Raises:
+            NodeError: the value is not a valid config; the message lists the problems.
+        """
+        validate = self._validate
+        assert validate is not None
+        try:
+            return validate(raw)
+        except ValidationError as exc:
+            raise _invalid(node, exc) from exc
 
     def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
         """Note the inputs of a plain node as read; those not resolved yet, or None.
@@ -123,7 +160,10 @@ class _Plan:
                 continue
             if dep not in reads:
                 reads.append(dep)
-                note_read(dep, cell, cell.node.id)
+                if dep.consumers or cell.demanded:
+                    note_read(dep, cell, cell.node.id)
+                else:
+                    dep.consumers = 1  # all `note_read` would do: first read, not demanded
             status = dep.status
             if status is FINISHED:
                 continue
@@ -136,22 +176,44 @@ class _Plan:
         return waiting
 
     def configure(self, cell: LazyNode) -> BaseModel:
-        """A plain node's config from its resolved inputs (kept when it reads nothing)."""
+        """A plain node's config from its resolved inputs (kept when it reads nothing).
+
+        Raises:
+            NodeError: the config is not valid.
+            EvaluationError: an expression in `with:` failed.
+        """
         node = cell.node
+        template = node.config
         scope = cell.frame.fixed
         reads = cell.reads
         if reads:  # a plain mapping: cheaper to build than a `Consumer` is to read
             scope = scope.copy()
             for dep in reads:
                 scope[dep.node.id] = dep.result
-        config = NodeRunner.validated(node, node.config.evaluate(scope))
-        if node.config.constant:
+        try:
+            raw = template.build(scope)
+        except Exception:
+            raw = template.evaluate(scope)  # raises the error it is, naming the key
+        validate = self._validate
+        assert validate is not None
+        try:
+            config = validate(raw)
+        except ValidationError as exc:
+            raise _invalid(node, exc) from exc
+        if template.constant:
             self.config = config
         return config
 
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | TimeoutError)
+
+
+def _invalid(node: CompiledNode, exc: ValidationError) -> NodeError:
+    return NodeError(
+        f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
+        node_id=node.id,
+    )
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -237,65 +299,66 @@ class NodeRunner:
         node = cell.node
         plan = self._plans.get(id(node)) or self._plan(node)
         cell.t0 = cell.frame.req.clock()
+        if plan.kind is _GATED:
+            await self._execute_gated(cell, spawn)
+            return
         outcome: Outcome | None = None
         done = False
         try:
-            kind = plan.kind
-            if kind is _GATED:
-                outcome = await self._gate_then_run(
-                    cell, Consumer(cell.frame, cell, spawn, node.id)
-                )
-            else:
-                cell.attempts = 1
-                if kind is _PLAIN:
-                    config = plan.config
-                    if config is None:
-                        waiting = plan.read_inputs(cell) if plan.inputs else None
-                        if waiting is None:
-                            pass
-                        elif len(waiting) == 1 and not spawn and waiting[0].status is PENDING:
-                            dep = waiting[0]  # one input to run right here: no task, no wait
-                            dep.status = RUNNING  # claimed
+            cell.attempts = 1
+            if plan.kind is _PLAIN:
+                config = plan.config
+                if config is None:
+                    waiting = plan.read_inputs(cell)
+                    if waiting is not None:
+                        dep = claim_single(waiting, spawn)
+                        if dep is None:
+                            await demand_all(self, waiting, spawn, node.id)
+                        else:  # one input to run right here: no task, no wait
                             await self.execute(dep, False)
                             if dep.status is not FINISHED:
                                 raise InputFailed(dep)
-                        else:
-                            await demand_all(self, waiting, spawn, node.id)
-                        config = plan.configure(cell)
-                else:
-                    consumer = Consumer(cell.frame, cell, spawn, node.id)
-                    config = self.validated(node, await evaluate(node.config, consumer))
-                output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
-                if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
-                    output = self._checked(cell, output)  # raises
-                cell.finish(output, NodeStatus.SUCCEEDED)
+                    config = plan.configure(cell)
+            else:
+                consumer = Consumer(cell.frame, cell, spawn, node.id)
+                config = self.validated(node, await evaluate(node.config, consumer))
+            output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
+            if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
+                output = self._checked(cell, output)  # raises
+            cell.finish(output, NodeStatus.SUCCEEDED)
             done = True
-        except InputFailed as exc:
-            outcome = Outcome.from_input(exc)
-            done = True
-        except Exception as exc:
-            status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
-            outcome = Outcome(None, status, exc, node.id)
+        except Exception as exc:  # the node or an input failed: a value from here on
+            outcome = Outcome.from_error(exc, node.id)
             done = True
         finally:
             if not done:
                 self.cancelled(cell)
         if outcome is not None:
             self.resolve(cell, outcome)
+        if cell.speculative:
+            self.finished(cell)
+        else:  # `finished`, inline: every node run ends here
+            cell.frame.req.settle(cell, _OUTCOMES[cell.run_status])  # type: ignore[index]
+
+    async def _execute_gated(self, cell: LazyNode, spawn: bool) -> None:
+        """`execute` for a node with a guard, retries, a timeout or a loop."""
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._gate_then_run(
+                cell, Consumer(cell.frame, cell, spawn, cell.node.id)
+            )
+        except Exception as exc:
+            outcome = Outcome.from_error(exc, cell.node.id)
+        finally:
+            if outcome is None:
+                self.cancelled(cell)
+        self.resolve(cell, outcome)
         self.finished(cell)
 
-    @staticmethod
-    def validated(node: CompiledNode, raw: Any) -> BaseModel:
-        impl = node.impl
-        assert impl is not None
-        try:
-            config: BaseModel = impl.Config.model_validate(raw)
-        except ValidationError as exc:
-            raise NodeError(
-                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
-                node_id=node.id,
-            ) from exc
-        return config
+    def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
+        """The node's `Config` from its built `with:` value."""
+        plan = self._plans.get(id(node)) or self._plan(node)
+        return plan.validated(node, raw)
 
     async def _gate_then_run(self, cell: LazyNode, consumer: Consumer) -> Outcome:
         when = cell.node.when
@@ -376,8 +439,7 @@ class NodeRunner:
             try:
                 output = self._checked(cell, await impl.run(config, ctx))
             except Exception as exc:
-                status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else None
-                return Outcome(None, status or NodeStatus.FAILED, exc, node.id)
+                return Outcome.from_error(exc, node.id)
             return Outcome(output, NodeStatus.SUCCEEDED)
         return await self._retrying(cell, config, ctx)
 
@@ -394,8 +456,7 @@ class NodeRunner:
                 )
             except Exception as exc:
                 if attempt > node.retries or not _retryable(exc):
-                    status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else None
-                    return Outcome(None, status or NodeStatus.FAILED, exc, node.id)
+                    return Outcome.from_error(exc, node.id)
                 delay = req.backoff_s(attempt, getattr(exc, "retry_after_s", None))
                 req.node_event(
                     cell,
@@ -484,8 +545,7 @@ class NodeRunner:
             elif cell.cancel_requested:
                 discard(cell, completed_after_cancel=True)
             return
-        used = cell.run_status is NodeStatus.SUCCEEDED
-        cell.frame.req.settle(cell, NodeOutcome.USED if used else NodeOutcome.NONE)
+        cell.frame.req.settle(cell, _OUTCOMES[cell.run_status])  # type: ignore[index]
 
     def cancelled(self, cell: LazyNode) -> None:
         """The task running `cell` was cancelled: record when, and that it never finished."""

@@ -33,13 +33,14 @@ of more than 1,000,000 items are refused, as are type errors and division by zer
 
 from __future__ import annotations
 
+import ast
 import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine._expr_compile import compile_source
+from engine._expr_compile import compile_source, compile_tree, rewrite
 from engine._expr_runtime import Fail, to_text
 from engine.errors import EvaluationError, ExpressionError
 
@@ -208,12 +209,15 @@ class Template:
             from the start of the string holding the expression.
         constant: True when it holds no expression reading a name.
         expressions: the compiled expressions, in document order.
+        build: builds the value as `evaluate` does, but leaves a failure unexplained (a
+            `KeyError` for a name not in scope, the raw error of an expression): the
+            fast path for callers that call `evaluate` again to raise the error it is.
     """
 
     __slots__ = (
-        "_fast",
         "_function",
         "_raw",
+        "build",
         "certain",
         "constant",
         "expressions",
@@ -225,7 +229,12 @@ class Template:
         self._raw = value
         found: list[tuple[Expr, int]] = []
         self._function = _build(value, "", found, fast=False)
-        self._fast = _build(value, "", [], fast=True)
+        tree = _compose(value)
+        # One compiled function builds the whole value, containers and expressions alike;
+        # values a code object cannot hold as constants keep a function per part.
+        self.build: _Evaluate = (
+            _build(value, "", [], fast=True) if tree is None else compile_tree(tree, "template")
+        )
         self.expressions = tuple(expr for expr, _ in found)
         self.names = frozenset().union(*(e.names for e in self.expressions))
         self.certain = frozenset().union(*(e.certain for e in self.expressions))
@@ -242,7 +251,7 @@ class Template:
             EvaluationError: an expression failed; the message says at which key.
         """
         try:
-            return self._fast(scope)  # the compiled code straight away: the common case
+            return self.build(scope)  # the compiled code straight away: the common case
         except Unresolved:
             raise
         except Exception:
@@ -309,7 +318,39 @@ def _build_dict(
     return build
 
 
-def _build_string(text: str, path: str, found: list[tuple[Expr, int]], fast: bool) -> _Evaluate:
+def _compose(value: Any) -> ast.expr | None:
+    """The tree of one expression building `value`, or None if a part cannot be a constant."""
+    if isinstance(value, str) and _OPEN in value:
+        pieces = _pieces(value, "", [])
+        if _exact(pieces):
+            return rewrite(pieces[1].source)  # type: ignore[union-attr]
+        parts: list[ast.expr] = [
+            ast.Constant(p)
+            if isinstance(p, str)
+            else ast.Call(ast.Name("_text", ast.Load()), [rewrite(p.source)], [])
+            for p in pieces
+            if p != ""
+        ]
+        join = ast.Name("_concat", ast.Load())
+        return ast.Call(join, [ast.Tuple(parts, ast.Load())], [])
+    if isinstance(value, _IMMUTABLE):
+        return ast.Constant(value)
+    if isinstance(value, dict):
+        keys = [_compose(key) if isinstance(key, _IMMUTABLE) else None for key in value]
+        values = [_compose(item) for item in value.values()]
+        if any(part is None for part in (*keys, *values)):
+            return None
+        return ast.Dict(keys, values)  # type: ignore[arg-type]
+    if isinstance(value, list | tuple):
+        elements = [_compose(item) for item in value]
+        if any(element is None for element in elements):
+            return None
+        return ast.List(elements, ast.Load())  # type: ignore[arg-type]
+    return None
+
+
+def _pieces(text: str, path: str, found: list[tuple[Expr, int]]) -> list[str | Expr]:
+    """`text` split into literal text and the compiled `{{ }}` expressions between."""
     pieces: list[str | Expr] = []
     position = 0
     while (start := text.find(_OPEN, position)) >= 0:
@@ -318,10 +359,20 @@ def _build_string(text: str, path: str, found: list[tuple[Expr, int]], fast: boo
         pieces.append(expr)
         found.append((expr, offset))
     pieces.append(text[position:])
+    return pieces
+
+
+def _exact(pieces: list[str | Expr]) -> bool:
+    """True when the pieces are one expression with only blanks around it."""
+    return len(pieces) == 3 and all(_BLANK.fullmatch(str(p)) for p in pieces[::2])
+
+
+def _build_string(text: str, path: str, found: list[tuple[Expr, int]], fast: bool) -> _Evaluate:
+    pieces = _pieces(text, path, found)
     labelled = [
         (p._function if fast else _labelled(p, path)) if isinstance(p, Expr) else p for p in pieces
     ]
-    if len(pieces) == 3 and all(_BLANK.fullmatch(str(p)) for p in pieces[::2]):
+    if _exact(pieces):
         return labelled[1]  # type: ignore[return-value]
     parts = [p for p in labelled if p != ""]
     return lambda scope: _interpolate(parts, scope, path)

@@ -228,10 +228,14 @@ class _OutWriter:
         self.pending.append(record)
 
     async def drain(self) -> None:
-        if not self.pending:
+        count = len(self.pending)
+        if not count:
             return
-        batch, self.pending = self.pending, []
+        # Take the lines only once their rows are committed: a drain cancelled while it
+        # waits (the run ending under the periodic one) leaves them to the final drain.
         await anyio.to_thread.run_sync(self.pipe.flush)
+        batch = self.pending[:count]
+        del self.pending[:count]
         data = "".join(result_line(r) + "\n" for r in sorted(batch, key=lambda r: r.seq))
         if self._fd is None:
             sys.stdout.write(data)

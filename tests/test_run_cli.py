@@ -79,6 +79,33 @@ def test_a_single_prompt_prints_its_line_on_stdout(tmp_path: Path) -> None:
     assert result["status"] == "ok" and result["output"]["answer"]
 
 
+@pytest.mark.anyio
+async def test_a_result_line_survives_a_drain_cancelled_before_its_row_commits(
+    tmp_path: Path,
+) -> None:
+    # The run ends, cancelling the periodic drain just as it starts to wait for the store:
+    # the line must be left for the final drain, not dropped with the cancelled one.
+    import anyio
+
+    from engine._cli_run import _OutWriter
+    from engine.events import RequestRecord, RequestStatus
+
+    class Store:
+        def flush(self) -> None:
+            pass
+
+    path = tmp_path / "out.jsonl"
+    writer = _OutWriter(Store(), str(path))  # type: ignore[arg-type]
+    writer.add(RequestRecord("r-1", "run", 0, RequestStatus.OK, 1.0, 2.0, 1000.0, 0.0, {"a": 1}))
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await writer.drain()
+    assert path.read_text() == ""
+    await writer.drain()
+    writer.close()
+    assert [line["request_id"] for line in lines(path)] == ["r-1"]
+
+
 def test_bad_lines_become_invalid_input_results_and_the_batch_goes_on(tmp_path: Path) -> None:
     graph = fast_copy("governed-answer", tmp_path)
     requests = tmp_path / "in.jsonl"

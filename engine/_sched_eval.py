@@ -326,7 +326,10 @@ async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: st
     """
     if len(cells) == 1:
         (cell,) = cells
-        if cell.status is PENDING and not spawn:
+        status = cell.status
+        if status is RUNNING:  # the common wait: no frame in between
+            await cell.wait()
+        elif status is PENDING and not spawn:
             cell.claim()
             await ex.execute(cell, False)
         else:
@@ -428,23 +431,26 @@ def mark_used(cell: LazyNode) -> None:
 async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
     """Evaluate `expr` for `consumer`, demanding what it reaches until it resolves.
 
-    An expression without conditional parts needs exactly its certain nodes: they are
-    demanded together, then it is evaluated once. Otherwise each round evaluates; on
-    `Unresolved` it demands, concurrently, the node reached, the certain nodes not
-    resolved yet and (in a template) what each other expression reaches, then evaluates
-    again. Every node demanded is on the path actually taken.
+    The nodes it reads on every path (its certain nodes) are demanded together first;
+    without conditional parts that is all it needs, and it is evaluated once. Otherwise
+    each round evaluates; on `Unresolved` it demands, concurrently, the node reached, the
+    certain nodes not resolved yet and (in a template) what each other expression
+    reaches, then evaluates again. Every node demanded is on the path actually taken.
 
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: the expression failed.
     """
-    certain = expr.certain
-    if len(expr.names) == len(certain):
-        needed: list[LazyNode] = []
-        consumer.pending(certain, needed)
-        if needed:
-            await consumer.demand_all(needed)
+    needed: list[LazyNode] = []
+    consumer.pending(expr.certain, needed)
     while True:
+        if needed:
+            cell = consumer.inline(needed)
+            if cell is None:
+                await consumer.demand_all(needed)
+            else:  # one node to run right here: no extra coroutine frame
+                await consumer.frame.ex.execute(cell, False)
+                check(cell)
         try:
             return expr.evaluate(consumer)
         except Unresolved as exc:
@@ -454,12 +460,6 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
         if len(parts) > 1:
             for part in parts:
                 _probe(part, consumer, needed)
-        cell = consumer.inline(needed)
-        if cell is None:
-            await consumer.demand_all(needed)
-        else:  # one node to run right here: no extra coroutine frame
-            await consumer.frame.ex.execute(cell, False)
-            check(cell)
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:

@@ -30,13 +30,11 @@ from engine._sched_lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, La
 from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
-from engine.expr import Unresolved
 from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES
 
 if TYPE_CHECKING:
     from engine._sched_backend import BackgroundTasks, Waiter
     from engine.context import SharedState
-    from engine.expr import Template
     from engine.graph import CompiledNode
 
 __all__ = ["NodeRunner", "Outcome"]
@@ -412,22 +410,7 @@ class NodeRunner:
 
     async def _config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node
-        return self.validated(node, await self._raw_config(node.config, consumer))
-
-    @staticmethod
-    async def _raw_config(template: Template, consumer: Consumer) -> Any:
-        """The `with:` value; without conditional parts, its nodes demanded in one round."""
-        certain = template.certain
-        if len(template.names) == len(certain):
-            needed: list[LazyNode] = []
-            consumer.pending(certain, needed)
-            if needed:
-                await consumer.demand_all(needed)
-            try:
-                return template.evaluate(consumer)
-            except Unresolved:
-                pass  # a name outside `certain` after all: evaluate round by round
-        return await evaluate(template, consumer)
+        return self.validated(node, await evaluate(node.config, consumer))
 
     async def _attempts(self, cell: LazyNode, config: BaseModel) -> Outcome:
         node = cell.node
@@ -604,6 +587,7 @@ class NodeRunner:
             if cell.status is RUNNING and cell.speculative:  # this task owned the run
                 self.cancelled(cell)
             cell.frame.req.task_done()
+            self.tasks.ended()
 
 
 def discard(cell: LazyNode, *, completed_after_cancel: bool = False) -> None:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - the asyncio fast paths are the point of this module
 import time
 from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-__all__ = ["BackgroundTasks", "Waiter", "backend_clock", "background_tasks", "waiter_factory"]
+__all__ = ["Backend", "BackgroundTasks", "Waiter", "current_backend"]
 
 
 class Waiter(Protocol):
@@ -127,29 +128,33 @@ class _AsyncioTasks:
         self._tasks.clear()
 
 
-def backend_clock() -> Callable[[], float]:
-    """The running backend's `current_time`, as a function that is cheap to call."""
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """What the scheduler uses of the running backend, looked up once per runner.
+
+    Attributes:
+        clock: its `current_time`, through the cheapest call that gives it.
+        tasks: where background tasks start.
+        new_waiter: makes what one task waits on until a lazy node resolves.
+        new_scope: makes a `CancelScope`: the backend's own class, called directly,
+            which skips the lookup of the backend that `anyio.CancelScope()` does first.
+    """
+
+    clock: Callable[[], float]
+    tasks: BackgroundTasks
+    new_waiter: Callable[[], Waiter]
+    new_scope: Callable[[], anyio.CancelScope]
+
+
+def current_backend(tg: TaskGroup) -> Backend:
+    """The running backend's `Backend`; `tg` is the runner's own task group."""
     token = anyio.lowlevel.current_token()
     native = token.native_token
+    new_scope = type(anyio.CancelScope())
     if isinstance(native, asyncio.AbstractEventLoop):
-        if type(native).time is asyncio.BaseEventLoop.time:
-            return time.monotonic  # what the default loop's `time` returns
-        return native.time
-    clock: Callable[[], float] = token.backend_class.current_time
-    return clock
-
-
-def background_tasks(tg: TaskGroup) -> BackgroundTasks:
-    """The fastest way to start background tasks on the running backend."""
-    native = anyio.lowlevel.current_token().native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return _AsyncioTasks(native)
-    return _TaskGroupTasks(tg)
-
-
-def waiter_factory() -> Callable[[], Waiter]:
-    """How to make a `Waiter` on the running backend: a future where there are futures."""
-    native = anyio.lowlevel.current_token().native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return native.create_future
-    return _EventWaiter
+        # what the default loop's `time` returns, without the method call around it
+        default_time = type(native).time is asyncio.BaseEventLoop.time
+        clock = time.monotonic if default_time else native.time
+        return Backend(clock, _AsyncioTasks(native), native.create_future, new_scope)
+    clock = token.backend_class.current_time
+    return Backend(clock, _TaskGroupTasks(tg), _EventWaiter, new_scope)

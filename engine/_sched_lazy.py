@@ -8,6 +8,7 @@ final (timings, attempts, speculation, who consumed it, the LLM calls it made).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Generator
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,18 @@ FAILED = Status.FAILED
 CANCELLED = Status.CANCELLED
 
 
+class _Ready:
+    """What awaiting a node that has already resolved awaits: nothing."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()  # done at once, without suspending
+
+
+_READY = _Ready()
+
+
 class LazyNode:
     """One node in one request (or loop cycle): run at most once, read by every consumer.
 
@@ -72,6 +85,7 @@ class LazyNode:
         consumers: how many consumers read it (the second and later are reuses).
         reads: the nodes its run read, in order: demanding it demands them too.
         t0: when it started, on the backend's clock (-1 before it starts).
+        scope: the cancel scope of the background task running it, while that runs.
         result: what `value` returns once the node finished, read without its checks
             by the scheduler's own hot paths.
     """
@@ -98,7 +112,6 @@ class LazyNode:
         "speculative",
         "status",
         "t0",
-        "task_live",
     )
 
     def __init__(self, node: CompiledNode, frame: Frame) -> None:
@@ -119,7 +132,6 @@ class LazyNode:
         self.calls: list[LlmCall] | None = None
         self._waiters: list[Waiter] | None = None
         self.scope: anyio.CancelScope | None = None
-        self.task_live = False
         self.cancel_requested = False
         self.settled = False
 
@@ -162,17 +174,22 @@ class LazyNode:
             raise LazyNodeNotFinished(f"node {self.node.id!r} has not finished yet")
         return self.error if self.status is FAILED else None
 
-    async def wait(self) -> None:
-        """Wait until the node has finished, failed or been cancelled."""
-        if self.status is RUNNING or self.status is PENDING:
-            # One waiter per waiting task, so cancelling one never wakes another.
-            waiter = self.frame.ex.new_waiter()
-            waiters = self._waiters
-            if waiters is None:
-                self._waiters = [waiter]
-            else:
-                waiters.append(waiter)
-            await waiter
+    def wait(self) -> Awaitable[None]:
+        """Wait until the node has finished, failed or been cancelled: `await node.wait()`.
+
+        A plain method returning what to await, so a wait in flight holds no coroutine
+        frame of its own (a thousand requests in flight each wait somewhere).
+        """
+        if self.status is not RUNNING and self.status is not PENDING:
+            return _READY
+        # One waiter per waiting task, so cancelling one never wakes another.
+        waiter = self.frame.ex.new_waiter()
+        waiters = self._waiters
+        if waiters is None:
+            self._waiters = [waiter]
+        else:
+            waiters.append(waiter)
+        return waiter
 
     # -- transitions (the scheduler's side) -------------------------------------------
 

@@ -33,7 +33,7 @@ from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES
 
 if TYPE_CHECKING:
-    from engine._sched_backend import BackgroundTasks, Waiter
+    from engine._sched_backend import Backend
     from engine.context import SharedState
     from engine.graph import CompiledNode
 
@@ -227,24 +227,23 @@ class NodeRunner:
     """Runs lazy nodes for every request of one runner.
 
     Args:
-        tasks: where background tasks start (speculative nodes run there).
+        backend: the running backend (its tasks run speculative nodes).
         shared: state shared across requests (`ctx.store`).
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
-        new_waiter: the running backend's `waiter_factory()`.
     """
 
-    __slots__ = ("_plans", "_run_loop", "_sorted", "new_waiter", "shared", "tasks")
+    __slots__ = ("_plans", "_run_loop", "_sorted", "new_scope", "new_waiter", "shared", "tasks")
 
     def __init__(
         self,
-        tasks: BackgroundTasks,
+        backend: Backend,
         shared: SharedState,
         run_loop: Callable[[NodeRunner, LazyNode, Consumer], Awaitable[Any]],
-        new_waiter: Callable[[], Waiter],
     ) -> None:
-        self.tasks = tasks
-        self.new_waiter = new_waiter
+        self.tasks = backend.tasks
+        self.new_waiter = backend.new_waiter
         """Makes what a task waits on until a lazy node resolves (`Executor.new_waiter`)."""
+        self.new_scope = backend.new_scope
         self.shared = shared
         self._run_loop = run_loop
         self._plans: dict[int, _Plan] = {}
@@ -563,8 +562,7 @@ class NodeRunner:
 
     def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `fn(*args)` for `cell` in the background under the node's own cancel scope."""
-        cell.scope = anyio.CancelScope()
-        cell.task_live = True
+        cell.scope = self.new_scope()
         cell.frame.spec_cells.append(cell)
         cell.frame.req.task_started()
         self.tasks.start_soon(self._task, cell, fn, args)
@@ -583,7 +581,7 @@ class NodeRunner:
                 cell.fail(exc, cell.node.id, NodeStatus.FAILED)
                 cell.frame.req.settle(cell, NodeOutcome.NONE)
         finally:
-            cell.task_live = False
+            cell.scope = None  # the task is over: nothing left to cancel
             if cell.status is RUNNING and cell.speculative:  # this task owned the run
                 self.cancelled(cell)
             cell.frame.req.task_done()

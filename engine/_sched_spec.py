@@ -242,11 +242,11 @@ def cleanup(frame: Frame) -> list[str]:
             continue
         status = cell.status
         if status is PENDING or (status is RUNNING and not cell.speculative):
-            if cell.task_live and cell.scope is not None:
+            if cell.scope is not None:
                 cell.scope.cancel()  # a strategy still deciding: nothing started
             continue
         if status is RUNNING:
-            if cell.task_live and cell.scope is not None:
+            if cell.scope is not None:
                 if not cell.demanded:
                     req.node_event(cell, EventType.SPECULATIVE_JOIN_SKIPPED, decision="skip_join")
                 req.node_event(

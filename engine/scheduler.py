@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel
 
-from engine._sched_backend import backend_clock, background_tasks, waiter_factory
+from engine._sched_backend import current_backend
 from engine._sched_eval import Consumer, Frame, InputFailed, evaluate_outputs, try_evaluate
 from engine._sched_lazy import (
     LazyNode,
@@ -172,8 +172,9 @@ class Runner:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._ex = NodeRunner(background_tasks(tg), self.shared, run_loop, waiter_factory())
-        self._clock = backend_clock()
+        backend = current_backend(tg)
+        self._ex = NodeRunner(backend, self.shared, run_loop)
+        self._clock = backend.clock
         return self
 
     async def __aexit__(

@@ -431,24 +431,27 @@ def mark_used(cell: LazyNode) -> None:
 async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
     """Evaluate `expr` for `consumer`, demanding what it reaches until it resolves.
 
-    The nodes it reads on every path (its certain nodes) are demanded together first;
-    without conditional parts that is all it needs, and it is evaluated once. Otherwise
-    each round evaluates; on `Unresolved` it demands, concurrently, the node reached, the
-    certain nodes not resolved yet and (in a template) what each other expression
-    reaches, then evaluates again. Every node demanded is on the path actually taken.
+    An expression without conditional parts needs exactly its certain nodes: they are
+    demanded together, then it is evaluated once. Otherwise each round evaluates; on
+    `Unresolved` it demands, concurrently, the node reached, the certain nodes not
+    resolved yet and (in a template) what each other expression reaches, then evaluates
+    again. Every node demanded is on the path actually taken, and demanding the certain
+    nodes only with the first one reached keeps them concurrent with it.
 
     Raises:
         InputFailed: a node it needs failed.
         EvaluationError: the expression failed.
     """
     needed: list[LazyNode] = []
-    consumer.pending(expr.certain, needed)
+    if len(expr.names) == len(expr.certain):
+        consumer.pending(expr.certain, needed)
     while True:
         if needed:
             cell = consumer.inline(needed)
             if cell is None:
                 await consumer.demand_all(needed)
             else:  # one node to run right here: no extra coroutine frame
+                needed.clear()  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
         try:
@@ -476,7 +479,8 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
 
     When every output reads the same nodes on every path, those are demanded before the
     first evaluation, which then succeeds; otherwise each round evaluates what is left
-    and demands what the failed evaluations reached.
+    and demands what the failed evaluations reached (so the certain nodes are demanded
+    together with the first conditional ones reached).
 
     Raises:
         InputFailed: a node it needs failed.
@@ -496,6 +500,7 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
             if cell is None:
                 await consumer.demand_all(needed)
             else:  # one node to run right here: no extra coroutine frame
+                needed.clear()  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
         needed = []

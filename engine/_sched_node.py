@@ -149,19 +149,17 @@ class _Plan:
         frame = cell.frame
         cells = frame.cells
         reads = cell.reads
-        if reads is None:
-            reads = cell.reads = []
         waiting: list[LazyNode] | None = None
         for name in self.inputs:
             dep = cells.get(name) or frame.cell(name)
             if dep is None:
                 continue
-            if dep not in reads:
+            if reads is None:
+                reads = cell.reads = [dep]  # exactly sized: most nodes read one node
+                note_read(dep, cell, cell.node.id)
+            elif dep not in reads:  # (its `speculative:` expression may have read it)
                 reads.append(dep)
-                if dep.consumers or cell.demanded:
-                    note_read(dep, cell, cell.node.id)
-                else:
-                    dep.consumers = 1  # all `note_read` would do: first read, not demanded
+                note_read(dep, cell, cell.node.id)
             status = dep.status
             if status is FINISHED:
                 continue
@@ -312,6 +310,7 @@ class NodeRunner:
                         if dep is None:
                             await demand_all(self, waiting, spawn, node.id)
                         else:  # one input to run right here: no task, no wait
+                            waiting = None  # not kept alive while the input runs
                             await self.execute(dep, False)
                             if dep.status is not FINISHED:
                                 raise InputFailed(dep)

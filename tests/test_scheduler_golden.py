@@ -56,6 +56,19 @@ output:
   total: a.value + b.value + c.value
 """
 
+CONDITIONAL_PARALLEL = """
+moat: 1
+name: conditional-parallel
+nodes:
+  a: {type: work, with: {ms: 300, value: 1}}
+  b: {type: work, with: {ms: 300, value: 2}}
+  x: {type: work, with: {ms: 300, value: 10}}
+  sum: {type: work, with: {value: "{{ (a.value if input.flag else b.value) + x.value }}"}}
+output:
+  total: sum.value
+  direct: "(a.value if input.flag else b.value) + x.value"
+"""
+
 REUSE = """
 moat: 1
 name: reuse
@@ -200,6 +213,22 @@ CASES = [
             ("b", 0, "succeeded", False, "used", 1),
             ("c", 0, "succeeded", False, "used", 1),
         ],
+        latency_ms=300,
+        ordered=False,
+    ),
+    Golden(
+        # `x` is read on every path, but only after the branch: it is demanded together
+        # with the branch taken (`a`), not before it, so the two run at once
+        "conditional-expressions-keep-certain-nodes-concurrent",
+        CONDITIONAL_PARALLEL,
+        {"flag": True},
+        {"total": 11, "direct": 11},
+        [
+            ("a", 0, "succeeded", False, "used", 1),
+            ("sum", 0, "succeeded", False, "used", 1),
+            ("x", 0, "succeeded", False, "used", 1),
+        ],
+        [("RESULT_REUSED", "a"), ("RESULT_REUSED", "x")],
         latency_ms=300,
         ordered=False,
     ),

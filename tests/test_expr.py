@@ -428,6 +428,86 @@ def test_template_unresolved_passes_through() -> None:
         compile_template({"a": "{{ risk.score }}"}).evaluate({})
 
 
+_PLACEHOLDERS = {  # a `{{ }}` expression, its value, and how it reads inside text
+    "{{ n }}": (3, "3"),
+    "{{ s }}": ("txt", "txt"),
+    "{{ xs }}": ([1, 2], "[1, 2]"),
+    "{{ n + 1 }}": (4, "4"),
+    "{{ none }}": (None, ""),
+    "{{ flag }}": (True, "true"),
+}
+_TEMPLATE_SCOPE = {"n": 3, "s": "txt", "xs": [1, 2], "flag": True}
+_text_pieces = st.lists(
+    st.one_of(st.sampled_from(sorted(_PLACEHOLDERS)), st.text("ab c:-", max_size=4)),
+    max_size=4,
+)
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(0, 1), st.text("ab"))
+_with_values = st.recursive(
+    st.one_of(_scalars, _text_pieces.map(tuple)),  # a tuple of pieces stands for a string
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.text("kx", max_size=2), st.integers(0, 3)), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+def _written(value: Any) -> Any:
+    """The `with:` value as YAML gives it: a tuple of pieces becomes one string."""
+    if isinstance(value, tuple):
+        return "".join(value)
+    if isinstance(value, list):
+        return [_written(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _written(v) for k, v in value.items()}
+    return value
+
+
+def _built(value: Any) -> Any:
+    """What the template must build, worked out piece by piece."""
+    if isinstance(value, tuple):
+        text = "".join(value)
+        if text.strip() in _PLACEHOLDERS:
+            return _PLACEHOLDERS[text.strip()][0]  # one expression alone keeps its type
+        out = ""
+        for piece in value:
+            out += _PLACEHOLDERS[piece][1] if piece in _PLACEHOLDERS else piece
+        return out
+    if isinstance(value, list):
+        return [_built(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _built(v) for k, v in value.items()}
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(_with_values)
+def test_a_template_builds_what_its_parts_evaluate_to(value: Any) -> None:
+    template = compile_template(_written(value))
+    assert template.evaluate(_TEMPLATE_SCOPE) == _built(value)
+    assert template.build(_TEMPLATE_SCOPE) == _built(value)
+
+
+def test_values_a_code_object_cannot_hold_still_build() -> None:
+    import datetime
+
+    day = datetime.date(2026, 11, 24)
+    template = compile_template({"when": day, "n": "{{ n }}", "list": [day, "{{ s }}"]})
+    assert template.evaluate(_TEMPLATE_SCOPE) == {"when": day, "n": 3, "list": [day, "txt"]}
+
+
+def test_build_leaves_failures_unexplained_and_evaluate_explains_them() -> None:
+    template = compile_template({"a": "{{ risk.score }}", "b": "{{ 1 / n }}"})
+    with pytest.raises(KeyError):
+        template.build({"n": 1})
+    with pytest.raises(Unresolved, match="risk"):
+        template.evaluate({"n": 1})
+    with pytest.raises(ZeroDivisionError):
+        template.build({"risk": {"score": 1}, "n": 0})
+    with pytest.raises(EvaluationError, match=r"template value 'b': expression '1 / n'"):
+        template.evaluate({"risk": {"score": 1}, "n": 0})
+
+
 def test_compiled_values_pickle_by_source() -> None:
     expr = pickle.loads(pickle.dumps(compile_expr("a + 1")))
     assert expr.evaluate({"a": 1}) == 2

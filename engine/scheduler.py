@@ -63,7 +63,6 @@ _NO_DEADLINE = contextlib.nullcontext()
 
 _Answer = tuple[RequestStatus, dict[str, Any] | None, str | None]
 """A request's status, output and error."""
-_META_KEYS = ("conversation_id", "turn_index", "parent_request_id")
 
 
 @dataclass(slots=True)
@@ -250,15 +249,15 @@ class Runner:
             cleanup(frame)  # also when the caller cancels the request
         status, output, error = answer or self._deadline_passed(req, consumer)
         req.check_soft_deadline()
-        result = RequestResult(
-            request_id=req.info.id,
-            status=status,
-            output=output,
-            latency_ms=req.elapsed_ms(),
-            cost_usd=req.budget.spent_usd,
-            policy_version=req.policy_version,
-            error=error,
-            seq=seq,
+        result = RequestResult(  # positional: one is built per request
+            req.info.id,
+            status,
+            output,
+            req.elapsed_ms(),
+            req.budget.spent_usd,
+            req.policy_version,
+            error,
+            seq,
         )
         self._finish(req, result, meta)
         return result
@@ -278,14 +277,14 @@ class Runner:
         tenant: str | None,
     ) -> RequestState:
         pin = self._pin()
-        info = RequestInfo(
-            id=request_id if request_id is not None else f"{self.run_id}-{next(self._ids)}",
-            run_id=self.run_id,
-            seq=seq,
-            tenant=tenant if tenant is not None else str(input.get("tenant", "public")),
-            input=input,
-            labels=labels if labels is not None else {},
-            seed=self.seed,
+        info = RequestInfo(  # positional: one is built per request
+            request_id if request_id is not None else f"{self.run_id}-{next(self._ids)}",
+            self.run_id,
+            seq,
+            tenant if tenant is not None else str(input.get("tenant", "public")),
+            input,
+            labels if labels is not None else {},
+            self.seed,
         )
         req = RequestState(
             self.graph,
@@ -367,24 +366,28 @@ def _partial_outputs(graph: Graph, consumer: Consumer) -> dict[str, Any]:
 def _request_record(
     req: RequestState, result: RequestResult, meta: Mapping[str, Any] | None
 ) -> RequestRecord:
-    extra = {key: meta[key] for key in _META_KEYS if meta and key in meta}
-    return RequestRecord(
-        id=req.info.id,
-        run_id=req.run_id,
-        seq=req.info.seq,
-        status=result.status,
-        started_at=req.started_at,
-        finished_at=now(),
-        latency_ms=result.latency_ms,
-        cost_usd=req.budget.spent_usd,
-        output=result.output,
-        error=result.error,
-        tenant=req.info.tenant,
-        policy_name=req.policy_name,
-        policy_version=req.policy_version,
-        input=req.info.input,  # hashed by the store, off the request path
-        **extra,
+    info = req.info
+    record = RequestRecord(  # positional: one is built per request
+        info.id,
+        req.run_id,
+        info.seq,
+        result.status,
+        req.started_at,
+        now(),
+        result.latency_ms,
+        req.budget.spent_usd,
+        result.output,
+        result.error,
+        info.tenant,
+        req.policy_name,
+        req.policy_version,
+        input=info.input,  # hashed by the store, off the request path
     )
+    if meta:
+        record.conversation_id = meta.get("conversation_id")
+        record.turn_index = meta.get("turn_index")
+        record.parent_request_id = meta.get("parent_request_id")
+    return record
 
 
 def _jsonable(value: Any) -> Any:

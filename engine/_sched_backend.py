@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
@@ -74,11 +75,12 @@ class BackgroundTasks(Protocol):
     def ended(self) -> None:
         """The task calling this is about to end (its body's last step)."""
 
-    async def aclose(self) -> None:
-        """Cancel the tasks still running and wait until they have ended.
+    def closing(self) -> None:
+        """The runner is closing: its task group exits next and waits for what it holds."""
 
-        With a task group, its own exit has already done that.
-        """
+    async def aclose(self) -> None:
+        """After the runner's task group has exited: cancel the tasks still running and
+        wait until they have ended (where that exit has not done it already)."""
 
 
 class _TaskGroupTasks:
@@ -95,8 +97,48 @@ class _TaskGroupTasks:
     def ended(self) -> None:
         pass  # the task group keeps track of its own tasks
 
+    def closing(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         pass  # the task group's own exit waited for its tasks
+
+
+class _NurseryTasks:
+    """A trio nursery of the runner's own, open in a task of its task group until it closes.
+
+    anyio's `start_soon` wraps every task in a handle with a cancel scope and an event of
+    its own; a nursery's `start_soon` is what a speculative node needs.
+    """
+
+    __slots__ = ("_closing", "_nursery")
+
+    def __init__(self) -> None:
+        self._closing = anyio.Event()
+        self._nursery: Any = None
+
+    async def open(self, tg: TaskGroup) -> None:
+        self._nursery = await tg.start(self._host)
+
+    async def _host(self, *, task_status: anyio.abc.TaskStatus[Any]) -> None:
+        import trio  # running: trio is the backend
+
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await self._closing.wait()
+        # leaving the nursery waited for the tasks still in it
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        self._nursery.start_soon(fn, *args)
+
+    def ended(self) -> None:
+        pass  # the nursery keeps track of its own tasks
+
+    def closing(self) -> None:
+        self._closing.set()
+
+    async def aclose(self) -> None:
+        pass  # the task group's exit waited for the nursery's host, and so for its tasks
 
 
 class _AsyncioTasks:
@@ -117,6 +159,9 @@ class _AsyncioTasks:
 
     def ended(self) -> None:
         self._tasks.discard(asyncio.current_task())
+
+    def closing(self) -> None:
+        pass  # what is left once the task group has exited is cancelled in `aclose`
 
     async def aclose(self) -> None:
         # A task cancelled before its first step never runs its body, so never calls
@@ -147,8 +192,8 @@ class Backend:
     new_scope: Callable[[], anyio.CancelScope]
 
 
-def current_backend(tg: TaskGroup) -> Backend:
-    """The running backend's `Backend`; `tg` is the runner's own task group."""
+async def current_backend(tg: TaskGroup) -> Backend:
+    """The running backend's `Backend`; `tg` is the runner's own (entered) task group."""
     token = anyio.lowlevel.current_token()
     native = token.native_token
     new_scope = type(anyio.CancelScope())
@@ -157,10 +202,13 @@ def current_backend(tg: TaskGroup) -> Backend:
         default_time = type(native).time is asyncio.BaseEventLoop.time
         clock = time.monotonic if default_time else native.time
         return Backend(clock, _AsyncioTasks(native), native.create_future, new_scope)
-    clock = token.backend_class.current_time
     trio = sys.modules.get("trio")  # imported by whoever runs trio
     if trio is not None and isinstance(native, trio.lowlevel.TrioToken):
+        nursery = _NurseryTasks()
+        await nursery.open(tg)
         # the run's clock itself (a `MockClock` in simulated time), without the three
         # calls anyio and trio make to find it on every read
         clock = trio.lowlevel.current_clock().current_time
+        return Backend(clock, nursery, _EventWaiter, new_scope)
+    clock = token.backend_class.current_time
     return Backend(clock, _TaskGroupTasks(tg), _EventWaiter, new_scope)

@@ -171,7 +171,7 @@ class Runner:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        backend = current_backend(tg)
+        backend = await current_backend(tg)
         self._ex = NodeRunner(backend, self.shared, run_loop)
         self._clock = backend.clock
         return self
@@ -186,6 +186,7 @@ class Runner:
         assert tg is not None and ex is not None
         try:
             try:
+                ex.tasks.closing()
                 return await tg.__aexit__(exc_type, exc, tb)
             finally:
                 # The task group has waited for every finished request's background work;

@@ -223,12 +223,6 @@ class Consumer(Mapping[str, Any]):
         self.seen.append(cell)
         note_read(cell, self.owner, self.label)
 
-    async def demand(self, cell: LazyNode) -> None:
-        """Make `cell` resolve: run it inline, start it, or wait for whoever runs it."""
-        if cell not in self.seen:
-            self.note(cell)
-        await _resolve(self.frame.ex, cell, self.spawn, self.label)
-
     def gather(self, expr: Expr | Template, first: str, into: list[LazyNode]) -> None:
         """Add to `into` what `expr` needs next: the node it just reached, and its certain nodes.
 
@@ -326,16 +320,24 @@ async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: st
     """
     if len(cells) == 1:
         (cell,) = cells
-        status = cell.status
-        if status is RUNNING:  # the common wait: no frame in between
-            await cell.wait()
-        elif status is PENDING and not spawn:
+        if cell.status is PENDING and not spawn:
             cell.claim()
             await ex.execute(cell, False)
-        else:
-            await _resolve(ex, cell, spawn, label)
+        else:  # wait for it, started elsewhere if nobody has (no frame in between)
+            while cell.status is PENDING:
+                busy = _start_or_wait(ex, cell, label)
+                if busy is None:
+                    break
+                await busy.wait()
+            await cell.wait()
         check(cell)
         return
+    await _demand_many(ex, cells, spawn, label)
+    for cell in cells:
+        check(cell)
+
+
+async def _demand_many(ex: Executor, cells: list[LazyNode], spawn: bool, label: str) -> None:
     idle = [cell for cell in cells if cell.status is PENDING]
     if spawn:
         await _start_elsewhere(ex, idle, label)
@@ -352,45 +354,34 @@ async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: st
     for cell in cells:
         if not cell.done:
             await cell.wait()
-    for cell in cells:
-        check(cell)
 
 
-async def _resolve(ex: Executor, cell: LazyNode, spawn: bool, label: str) -> None:
-    """Run `cell` inline, start it elsewhere (`spawn`), or wait for whoever runs it."""
-    status = cell.status
-    if status is PENDING:
-        if spawn:
-            await _start_elsewhere(ex, [cell], label)
-            await cell.wait()
-        else:
-            cell.claim()
-            await ex.execute(cell, False)
-    elif status is RUNNING:
-        await cell.wait()
+def _start_or_wait(ex: Executor, cell: LazyNode, label: str) -> LazyNode | None:
+    """Start a pending `cell` a speculative task needs in a task of its own, or not yet.
+
+    While an input of the cell is still being computed it is not started: the caller
+    waits for the input returned first, because whoever computes it usually goes on to
+    run the cell inline (the request path demanding the same chain), which saves a task
+    and its memory. A cell nobody has claimed by then starts here.
+    """
+    running = ex.busy_input(cell)
+    if running is None:
+        ex.spawn(cell, label)
+    return running
 
 
 async def _start_elsewhere(ex: Executor, cells: list[LazyNode], label: str) -> None:
-    """Start the pending `cells` a speculative task needs, each in a task of its own.
-
-    A cell whose inputs are still being computed is not started yet: this task waits
-    for those inputs first, because whoever computes them usually goes on to run the
-    cell inline (the request path demanding the same chain), which saves a task and its
-    memory. A cell nobody has claimed by then starts here.
-    """
+    """`_start_or_wait` for several cells, waiting for one busy input at a time."""
     waiting = cells
     while waiting:
         later: list[LazyNode] = []
         busy: LazyNode | None = None
         for cell in waiting:
-            if cell.status is not PENDING:
-                continue
-            running = ex.busy_input(cell)
-            if running is None:
-                ex.spawn(cell, label)
-            else:
-                later.append(cell)
-                busy = busy or running
+            if cell.status is PENDING:
+                running = _start_or_wait(ex, cell, label)
+                if running is not None:
+                    later.append(cell)
+                    busy = busy or running
         if busy is None:
             return
         await busy.wait()

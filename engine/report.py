@@ -12,7 +12,8 @@ Conventions the report relies on (the scheduler and nodes emit them this way):
   `skipped`, `cancelled` (lists of node ids), `convergence_decision`,
   `convergence_reason` and `next_action`; whatever is missing is derived from the node runs
   and events of that cycle.
-- A `POLICY_PINNED` payload holds `name` and `version` (used while a request is unfinished).
+- A `POLICY_PINNED` payload holds `policy` (the name) and `version` (used while a request is
+  unfinished).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _summary(
         started_at=req.get("started_at"),
         latency_ms=req.get("latency_ms"),
         cost_usd=req.get("cost_usd"),
-        policy_name=req.get("policy_name") or pinned.get("name"),
+        policy_name=req.get("policy_name") or pinned.get("policy"),
         policy_version=req.get("policy_version") or pinned.get("version"),
         route=route[-1]["decision"] if route else None,
         route_reasons=list(route[-1]["reason_codes"] or []) if route else [],

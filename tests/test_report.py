@@ -105,7 +105,8 @@ def known_request(request_id: str = "q-1", run_id: str = RUN, seq: int = 0) -> l
             started_at=t0 + ms / 1000,
             duration_ms=0.5,
             reason_codes=reasons,
-            payload={"name": "gov", "version": 3} if event_type == "POLICY_PINNED" else None,
+            # the shape the scheduler records (see test_request_scope_policy_pin_and_tenant)
+            payload={"policy": "gov", "version": 3} if event_type == "POLICY_PINNED" else None,
         )
         for sequence, (ms, cycle, stage, component, event_type, decision, reasons) in enumerate(
             EVENTS
@@ -324,7 +325,7 @@ def test_raw_events_stay_available_as_the_fallback_view(store: Store) -> None:
     raw = markdown.split("## Raw events", 1)[1]
     lines = [json.loads(line) for line in raw.splitlines() if line.startswith("{")]
     assert [line["event_type"] for line in lines] == [e[4] for e in EVENTS]
-    assert lines[0]["payload"] == {"name": "gov", "version": 3}
+    assert lines[0]["payload"] == {"policy": "gov", "version": 3}
 
 
 def test_report_json_has_stable_keys_and_is_json(store: Store) -> None:

@@ -274,7 +274,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "handwritten_rps_100_concurrent": hand_rps,
     }
     result.update(await sleeping_latency(slow, args.sleep_requests))
-    result.update(await memory_in_flight(slow, 1000))
+    result.update(await memory_in_flight(slow, args.in_flight))
     result["backend"] = args.backend
     result["python"] = sys.version.split()[0]
     return result
@@ -285,6 +285,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per figure")
     parser.add_argument("--sleep-requests", type=int, default=30)
+    parser.add_argument(
+        "--in-flight", type=int, default=1000, help="requests in flight for the memory figure"
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

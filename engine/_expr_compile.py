@@ -125,19 +125,15 @@ def compile_source(source: str) -> Compiled:
     )
 
 
-def rewrite(source: str) -> ast.expr:
-    """The tree of an expression `compile_source` accepted, routed onto the run-time helpers.
+def compile_tree(
+    body: ast.expr, label: str, functions: Mapping[str, Callable[..., Any]]
+) -> Callable[[Mapping[str, Any]], Any]:
+    """Compiles a tree of constants, containers and calls into a function of the scope `s`.
 
-    For composing several expressions into one compiled function (`compile_tree`).
+    `functions` are the names the tree calls besides the run-time helpers (compiled
+    expressions, for a template); every node of the tree must carry its location.
     """
-    tree, _ = _parse(source)
-    body: ast.expr = _Rewrite().visit(tree.body)
-    return body
-
-
-def compile_tree(body: ast.expr, label: str) -> Callable[[Mapping[str, Any]], Any]:
-    """Compiles a tree built from `rewrite` results, constants and containers into a function."""
-    return _compile_lambda(body, label)
+    return _compile_lambda(body, label, functions)
 
 
 def _parse(source: str) -> tuple[ast.Expression, _Columns]:
@@ -169,18 +165,19 @@ def _parse(source: str) -> tuple[ast.Expression, _Columns]:
         ) from None
 
 
-def _compile_lambda(body: ast.expr, source: str) -> Callable[[Mapping[str, Any]], Any]:
+def _compile_lambda(
+    body: ast.expr, source: str, functions: Mapping[str, Callable[..., Any]] | None = None
+) -> Callable[[Mapping[str, Any]], Any]:
     arguments = ast.arguments(
         posonlyargs=[],
-        args=[ast.arg(arg="s")],
+        args=[ast.arg(arg="s", lineno=1, col_offset=0)],
         vararg=None,
         kwonlyargs=[],
         kw_defaults=[],
         kwarg=None,
         defaults=[],
     )
-    tree = ast.Expression(body=ast.Lambda(args=arguments, body=body))
-    ast.fix_missing_locations(tree)
+    tree = ast.Expression(body=ast.Lambda(args=arguments, body=body, lineno=1, col_offset=0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -188,7 +185,7 @@ def _compile_lambda(body: ast.expr, source: str) -> Callable[[Mapping[str, Any]]
     except (RecursionError, MemoryError):  # pragma: no cover - guarded by MAX_DEPTH
         raise ExpressionError(f"expression {source[:60]!r} is too large", column=1) from None
     # The code object comes from the checked, rewritten tree above, never from raw text.
-    function: Callable[[Mapping[str, Any]], Any] = eval(code, dict(HELPERS))
+    function: Callable[[Mapping[str, Any]], Any] = eval(code, {**HELPERS, **(functions or {})})
     return function
 
 
@@ -395,29 +392,41 @@ def _constant_key(node: ast.expr) -> str | int | None:
 
 
 def _helper(name: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
-    call = ast.Call(func=ast.Name(id=name, ctx=ast.Load()), args=args, keywords=[])
+    call = ast.Call(
+        func=ast.Name(id=name, ctx=ast.Load(), lineno=1, col_offset=0), args=args, keywords=[]
+    )
     return ast.copy_location(call, like)
 
 
 class _Rewrite(ast.NodeTransformer):
-    """Routes names, access, bounded operators and calls through the run-time helpers."""
+    """Routes names, access, bounded operators and calls through the run-time helpers.
+
+    Every node it adds carries a location (line 1: expressions are one line, and errors
+    name columns of the source, never of compiled code), so the tree compiles without a
+    pass of `ast.fix_missing_locations`, which walks every node and took half of a
+    graph's load time.
+    """
 
     def visit_Name(self, node: ast.Name) -> ast.expr:
         if node.id in CONSTANT_NAMES:
             return ast.copy_location(ast.Constant(CONSTANT_NAMES[node.id]), node)
-        scope = ast.Name(id="s", ctx=ast.Load())
-        lookup = ast.Subscript(value=scope, slice=ast.Constant(node.id), ctx=ast.Load())
-        return ast.copy_location(lookup, node)
+        scope = ast.Name(id="s", ctx=ast.Load(), lineno=1, col_offset=0)
+        key = ast.Constant(node.id, lineno=1, col_offset=0)
+        return ast.copy_location(ast.Subscript(value=scope, slice=key, ctx=ast.Load()), node)
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
-        return _helper("_attr", [self.visit(node.value), ast.Constant(node.attr)], node)
+        name = ast.Constant(node.attr, lineno=1, col_offset=0)
+        return _helper("_attr", [self.visit(node.value), name], node)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
         return _helper("_item", [self.visit(node.value), self.visit(node.slice)], node)
 
     def visit_Slice(self, node: ast.Slice) -> ast.expr:
         parts = [node.lower, node.upper, node.step]
-        args = [ast.Constant(None) if p is None else self.visit(p) for p in parts]
+        args = [
+            ast.Constant(None, lineno=1, col_offset=0) if p is None else self.visit(p)
+            for p in parts
+        ]
         return _helper("_slice", args, node)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine._expr_compile import compile_source, compile_tree, rewrite
+from engine._expr_compile import compile_source, compile_tree
 from engine._expr_runtime import Fail, to_text
 from engine.errors import EvaluationError, ExpressionError
 
@@ -229,12 +229,8 @@ class Template:
         self._raw = value
         found: list[tuple[Expr, int]] = []
         self._function = _build(value, "", found, fast=False)
-        tree = _compose(value)
-        # One compiled function builds the whole value, containers and expressions alike;
-        # values a code object cannot hold as constants keep a function per part.
-        self.build: _Evaluate = (
-            _build(value, "", [], fast=True) if tree is None else compile_tree(tree, "template")
-        )
+        # compiled on first use: the checker compiles templates it never evaluates
+        self.build: _Evaluate = self._first_build
         self.expressions = tuple(expr for expr, _ in found)
         self.names = frozenset().union(*(e.names for e in self.expressions))
         self.certain = frozenset().union(*(e.certain for e in self.expressions))
@@ -259,6 +255,17 @@ class Template:
         # Again, to turn the failure into the error it is, naming the key: expressions are
         # pure, so evaluating twice changes nothing.
         return self._function(scope)
+
+    def _first_build(self, scope: Mapping[str, Any]) -> Any:
+        # One compiled function builds the whole value around calls of the expressions;
+        # values a code object cannot hold as constants keep a function per part.
+        functions: dict[str, Callable[..., Any]] = {}
+        tree = _compose(self._raw, functions)
+        if tree is None:
+            self.build = _build(self._raw, "", [], fast=True)
+        else:
+            self.build = compile_tree(tree, "template", functions)
+        return self.build(scope)
 
     def __repr__(self) -> str:
         return f"<Template {self._raw!r}>"
@@ -318,35 +325,50 @@ def _build_dict(
     return build
 
 
-def _compose(value: Any) -> ast.expr | None:
-    """The tree of one expression building `value`, or None if a part cannot be a constant."""
+def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr | None:
+    """The tree of one expression building `value`, or None if a part cannot be a constant.
+
+    Each `{{ }}` expression becomes a call of its compiled function, added to `functions`
+    under the name the tree calls it by. Every node is on line 1 (see `_Rewrite`).
+    """
     if isinstance(value, str) and _OPEN in value:
         pieces = _pieces(value, "", [])
+        calls = [_call_expr(p, functions) if isinstance(p, Expr) else p for p in pieces]
         if _exact(pieces):
-            return rewrite(pieces[1].source)  # type: ignore[union-attr]
+            return calls[1]  # type: ignore[return-value]
         parts: list[ast.expr] = [
-            ast.Constant(p)
-            if isinstance(p, str)
-            else ast.Call(ast.Name("_text", ast.Load()), [rewrite(p.source)], [])
-            for p in pieces
-            if p != ""
+            _constant(p) if isinstance(p, str) else _call("_text", p) for p in calls if p != ""
         ]
-        join = ast.Name("_concat", ast.Load())
-        return ast.Call(join, [ast.Tuple(parts, ast.Load())], [])
+        return _call("_concat", ast.Tuple(parts, ast.Load(), lineno=1, col_offset=0))
     if isinstance(value, _IMMUTABLE):
-        return ast.Constant(value)
+        return _constant(value)
     if isinstance(value, dict):
-        keys = [_compose(key) if isinstance(key, _IMMUTABLE) else None for key in value]
-        values = [_compose(item) for item in value.values()]
+        keys = [_compose(key, functions) if isinstance(key, _IMMUTABLE) else None for key in value]
+        values = [_compose(item, functions) for item in value.values()]
         if any(part is None for part in (*keys, *values)):
             return None
-        return ast.Dict(keys, values)  # type: ignore[arg-type]
+        return ast.Dict(keys, values, lineno=1, col_offset=0)  # type: ignore[arg-type]
     if isinstance(value, list | tuple):
-        elements = [_compose(item) for item in value]
+        elements = [_compose(item, functions) for item in value]
         if any(element is None for element in elements):
             return None
-        return ast.List(elements, ast.Load())  # type: ignore[arg-type]
+        return ast.List(elements, ast.Load(), lineno=1, col_offset=0)  # type: ignore[arg-type]
     return None
+
+
+def _call_expr(expr: Expr, functions: dict[str, Callable[..., Any]]) -> ast.expr:
+    name = f"_e{len(functions)}"
+    functions[name] = expr._function
+    return _call(name, ast.Name("s", ast.Load(), lineno=1, col_offset=0))
+
+
+def _call(name: str, argument: ast.expr) -> ast.expr:
+    function = ast.Name(name, ast.Load(), lineno=1, col_offset=0)
+    return ast.Call(function, [argument], [], lineno=1, col_offset=0)
+
+
+def _constant(value: Any) -> ast.expr:
+    return ast.Constant(value, lineno=1, col_offset=0)
 
 
 def _pieces(text: str, path: str, found: list[tuple[Expr, int]]) -> list[str | Expr]:

@@ -105,3 +105,40 @@ def test_bench_all_configs_small() -> None:
     )
     results = json.loads(proc.stdout)
     assert "oracle-router" in results and "flagship-eager-join" in results
+
+
+def test_the_overhead_benchmark_prints_every_figure() -> None:
+    # A tiny run: it checks that the benchmark works and says what it measures, not speed.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/overhead.py",
+            "--requests",
+            "200",
+            "--rounds",
+            "2",
+            "--sleep-requests",
+            "2",
+            "--in-flight",
+            "50",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    for key in (
+        "moat_us_per_request",
+        "handwritten_us_per_request",
+        "overhead_ratio",
+        "moat_rps_100_concurrent",
+        "moat_sleep_ms_mean",
+        "memory_mib_50_in_flight_records_dropped",
+        "memory_mib_50_in_flight_records_kept",
+        "handwritten_memory_mib_50_in_flight",
+    ):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["backend"] == "asyncio"

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import anyio
@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 _SCALARS = (str, int, float, bool, type(None))
+_NO_LABELS: Mapping[str, Any] = MappingProxyType({})
+"""The labels of a request that has none (one shared, read-only mapping)."""
 _NO_DEADLINE = contextlib.nullcontext()
 """Stands in for the deadline's cancel scope when the graph has no deadline."""
 
@@ -161,6 +163,9 @@ class Runner:
         self.shared = shared if shared is not None else SharedState()
         self.run_id = run_id
         self._policy = policy or PolicyPin(graph.policy_name, None, graph.policy)
+        self._pinned: tuple[PolicyPin, dict[str, Any]] | None = None
+        """The last pin and its `POLICY_PINNED` payload, shared by the requests pinning it."""
+        self._record = self.sink.record  # bound once, not once per request
         self.seed = seed
         self._tg: TaskGroup | None = None
         self._ex: NodeRunner | None = None
@@ -284,7 +289,7 @@ class Runner:
             seq,
             tenant if tenant is not None else str(input.get("tenant", "public")),
             input,
-            labels if labels is not None else {},
+            labels if labels is not None else _NO_LABELS,
             self.seed,
         )
         req = RequestState(
@@ -293,15 +298,18 @@ class Runner:
             policy_name=pin.name,
             policy_version=pin.version,
             policy=pin.body,
-            sink_record=self.sink.record,
+            sink_record=self._record,
             gateway=self.gateway,
             clock=self._clock,
         )
+        pinned = self._pinned
+        if pinned is None or pinned[0] is not pin:
+            pinned = self._pinned = pin, {"policy": pin.name, "version": pin.version}
         req.event(
             EventType.POLICY_PINNED,
             REQUEST_STAGE,
             decision=None if pin.version is None else str(pin.version),
-            payload={"policy": pin.name, "version": pin.version},
+            payload=pinned[1],  # records are never changed once recorded
         )
         return req
 

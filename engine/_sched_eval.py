@@ -93,7 +93,18 @@ class Frame:
         fixed: the names that are not nodes (`input`, `policy`, `request`, `cycle`, `prev`).
     """
 
-    __slots__ = ("cells", "closed", "cycle", "ex", "fixed", "parent", "req", "scope", "spec_cells")
+    __slots__ = (
+        "cells",
+        "children",
+        "closed",
+        "cycle",
+        "ex",
+        "fixed",
+        "parent",
+        "req",
+        "scope",
+        "spec_cells",
+    )
 
     def __init__(
         self,
@@ -115,7 +126,14 @@ class Frame:
         """Nodes of this frame that got a background task (speculative starts)."""
         self.closed = False
         """True once its outputs resolved and its leftover work was cleaned up."""
-        req.frames.append(self)
+        self.children: list[Frame] | None = None
+        """The loop cycles run inside this frame."""
+        if parent is None:
+            req.frame = self
+        elif parent.children is None:
+            parent.children = [self]
+        else:
+            parent.children.append(self)
 
     def cell(self, name: str) -> LazyNode | None:
         """The lazy node `name` of this frame or the nearest enclosing one (created lazily)."""
@@ -132,11 +150,15 @@ class Frame:
         return None
 
     def release(self) -> None:
-        """Break the frame's reference cycles (the request has been recorded)."""
+        """Break the reference cycles of the frame and its loop cycles (the request has
+        been recorded)."""
         for cell in self.cells.values():
             cell.reads = None
         self.cells.clear()
         self.spec_cells.clear()
+        children, self.children = self.children, None
+        for child in children or ():
+            child.release()
 
     def values(self) -> dict[str, Any]:
         """Every node's value (none when it did not finish): what `prev` shows next cycle."""
@@ -442,7 +464,7 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
             if cell is None:
                 await consumer.demand_all(needed)
             else:  # one node to run right here: no extra coroutine frame
-                needed.clear()  # not kept alive while it runs
+                del needed  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
         try:
@@ -491,7 +513,7 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
             if cell is None:
                 await consumer.demand_all(needed)
             else:  # one node to run right here: no extra coroutine frame
-                needed.clear()  # not kept alive while it runs
+                del needed  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
         needed = []

@@ -122,7 +122,7 @@ class RequestState:
         "budget",
         "clock",
         "deadline",
-        "frames",
+        "frame",
         "gateway",
         "graph",
         "info",
@@ -177,8 +177,8 @@ class RequestState:
         self._callbacks: list[Callable[[], Awaitable[None]]] | None = None
         self._memos: dict[str, _Memo] | None = None
         self._rng: random.Random | None = None
-        self.frames: list[Frame] = []
-        """Every frame of the request (the top level, loop cycles), released at its end."""
+        self.frame: Frame | None = None
+        """The request's top-level frame (set by the frame), released at its end."""
 
     # -- recording ----------------------------------------------------------------------
 
@@ -362,9 +362,9 @@ class RequestState:
         collector, whose passes over thousands of such requests cost more than the
         requests themselves.
         """
-        for frame in self.frames:
+        frame, self.frame = self.frame, None
+        if frame is not None:
             frame.release()
-        self.frames.clear()
 
     @property
     def callbacks(self) -> list[Callable[[], Awaitable[None]]]:

@@ -171,7 +171,7 @@ async def test_lazy_node_is_a_future(anyio_backend: Any) -> None:
     g = graph(LONG_SPECULATION)
     from engine._sched_eval import Frame
 
-    req = SimpleNamespace(frames=[])  # a frame only registers itself with its request
+    req = SimpleNamespace(frame=None)  # a frame only registers itself with its request
     frame = Frame(req, None, g.scope, None, 0, {})  # type: ignore[arg-type]
     cell = frame.cell("quick")
     assert isinstance(cell, LazyNode)

@@ -84,7 +84,10 @@ def read_jsonl(path: str | Path, *, declared: frozenset[str] = frozenset()) -> I
                 yield BatchItem(
                     seq,
                     None,
-                    error=f"{path}:{number}:{exc.colno}: invalid JSON: {exc.msg}",
+                    error=(
+                        f"{path}:{number}:{exc.colno}: invalid JSON: {exc.msg}; each line must"
+                        ' be one JSON object, such as {"prompt": "..."}'
+                    ),
                     line=number,
                 )
             else:

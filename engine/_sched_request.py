@@ -198,6 +198,60 @@ class RequestState:
         status: str | None = None,
     ) -> int:
         """Record one orchestration event; returns its sequence number."""
+        return self._event(
+            stage,
+            component,
+            cycle,
+            event_type,
+            decision,
+            status,
+            duration_ms,
+            reason_codes,
+            inputs,
+            outputs,
+            payload,
+        )
+
+    def node_event(
+        self,
+        cell: LazyNode,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
+        """Record a scheduler event about one node (stage = node id, cycle = its cycle)."""
+        return self._event(
+            cell.node.id,
+            SCHEDULER,
+            cell.frame.cycle,
+            event_type,
+            decision,
+            None,
+            duration_ms,
+            reason_codes,
+            None,
+            None,
+            payload,
+        )
+
+    def _event(
+        self,
+        stage: str,
+        component: str,
+        cycle: int,
+        event_type: str,
+        decision: str | None,
+        status: str | None,
+        duration_ms: float | None,
+        reason_codes: Sequence[str],
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
+        payload: Mapping[str, Any] | None,
+    ) -> int:
+        # positional all the way: several events are recorded per request
         self.seq += 1
         self.record(
             OrchestrationEvent(
@@ -215,39 +269,6 @@ class RequestState:
                 reason_codes,
                 inputs,
                 outputs,
-                payload,
-            )
-        )
-        return self.seq
-
-    def node_event(
-        self,
-        cell: LazyNode,
-        event_type: str,
-        *,
-        decision: str | None = None,
-        reason_codes: Sequence[str] = (),
-        payload: Mapping[str, Any] | None = None,
-        duration_ms: float | None = None,
-    ) -> int:
-        """Record a scheduler event about one node (stage = node id, cycle = its cycle)."""
-        self.seq += 1
-        self.record(
-            OrchestrationEvent(
-                self.run_id,
-                self.info.id,
-                cell.frame.cycle,
-                cell.node.id,
-                SCHEDULER,
-                event_type,
-                self.seq,
-                decision,
-                None,
-                time.time(),
-                duration_ms,
-                reason_codes,
-                None,
-                None,
                 payload,
             )
         )
@@ -413,17 +434,18 @@ class RequestState:
         duration_ms: float | None,
     ) -> int:
         """Record an event a node emits (stage = node id, component = node type)."""
-        return self.event(
-            event_type,
+        return self._event(
             ctx.node_id,
-            component=ctx.node_type,
-            cycle=ctx.cycle,
-            decision=decision,
-            reason_codes=reason_codes,
-            inputs=inputs,
-            outputs=outputs,
-            payload=payload,
-            duration_ms=duration_ms,
+            ctx.node_type,
+            ctx.cycle,
+            event_type,
+            decision,
+            None,
+            duration_ms,
+            reason_codes,
+            inputs,
+            outputs,
+            payload,
         )
 
     def trace(self, ctx: NodeContext, stage: str, payload: Mapping[str, Any]) -> None:

@@ -7,8 +7,9 @@ A speculative node runs in a task of its own under the node's own `CancelScope`,
 task body never lets an exception out. On asyncio, anyio's `TaskGroup.start_soon` wraps
 every task in a handle with a second cancel scope and an event, which costs more Python
 calls than running a small node; such tasks are therefore started as plain asyncio tasks,
-which the runner tracks and waits for (or cancels) when it closes. The node's cancel scope
-works the same in either kind of task. On trio, the task group is already thin.
+which the runner tracks and waits for (or cancels) when it closes. On trio they start in a
+nursery of the runner's own, for the same reason. The node's cancel scope works the same in
+every kind of task.
 
 A task waiting for a lazy node waits on a `Waiter` of its own. On asyncio that is a bare
 future from the loop: an `anyio.Event` holds an `asyncio.Event`, whose queue of waiters

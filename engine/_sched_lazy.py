@@ -204,7 +204,7 @@ class LazyNode:
         self.status = FINISHED
         t0 = self.t0
         self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
-        if self._waiters is not None:  # `_wake`, inline: every node run ends here
+        if self._waiters is not None:  # `_wake`, inline but for this: every run ends here
             self._wake_waiters()
 
     def fail(self, error: BaseException, error_node: str, run_status: NodeStatus) -> None:

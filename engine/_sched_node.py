@@ -138,7 +138,10 @@ class _Plan:
         try:
             return validate(raw)
         except ValidationError as exc:
-            raise _invalid(node, exc) from exc
+            raise NodeError(
+                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
+                node_id=node.id,
+            ) from exc
 
     def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
         """Note the inputs of a plain node as read; those not resolved yet, or None.
@@ -190,12 +193,7 @@ class _Plan:
             raw = template.build(scope)
         except Exception:
             raw = template.evaluate(scope)  # raises the error it is, naming the key
-        validate = self._validate
-        assert validate is not None
-        try:
-            config = validate(raw)
-        except ValidationError as exc:
-            raise _invalid(node, exc) from exc
+        config = self.validated(node, raw)
         if template.constant:
             self.config = config
         return config
@@ -203,13 +201,6 @@ class _Plan:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | TimeoutError)
-
-
-def _invalid(node: CompiledNode, exc: ValidationError) -> NodeError:
-    return NodeError(
-        f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
-        node_id=node.id,
-    )
 
 
 def _validation_summary(exc: ValidationError) -> str:

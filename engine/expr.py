@@ -343,7 +343,7 @@ def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr |
     if isinstance(value, _IMMUTABLE):
         return _constant(value)
     if isinstance(value, dict):
-        keys = [_compose(key, functions) if isinstance(key, _IMMUTABLE) else None for key in value]
+        keys = [_constant(key) if isinstance(key, _IMMUTABLE) else None for key in value]
         values = [_compose(item, functions) for item in value.values()]
         if any(part is None for part in (*keys, *values)):
             return None

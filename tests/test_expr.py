@@ -446,7 +446,11 @@ _with_values = st.recursive(
     st.one_of(_scalars, _text_pieces.map(tuple)),  # a tuple of pieces stands for a string
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),
-        st.dictionaries(st.one_of(st.text("kx", max_size=2), st.integers(0, 3)), inner, max_size=3),
+        st.dictionaries(
+            st.one_of(st.text("kx", max_size=2), st.integers(0, 3), st.just("{{ n }}")),
+            inner,
+            max_size=3,
+        ),
     ),
     max_leaves=8,
 )
@@ -486,6 +490,12 @@ def test_a_template_builds_what_its_parts_evaluate_to(value: Any) -> None:
     template = compile_template(_written(value))
     assert template.evaluate(_TEMPLATE_SCOPE) == _built(value)
     assert template.build(_TEMPLATE_SCOPE) == _built(value)
+
+
+def test_keys_are_never_templates() -> None:
+    template = compile_template({"{{ n }}": "{{ n }}"})
+    assert template.evaluate({"n": 3}) == {"{{ n }}": 3}
+    assert template.build({"n": 3}) == {"{{ n }}": 3}
 
 
 def test_values_a_code_object_cannot_hold_still_build() -> None:

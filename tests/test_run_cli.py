@@ -127,9 +127,7 @@ def test_bad_lines_become_invalid_input_results_and_the_batch_goes_on(tmp_path: 
         "ok",
     ]
     assert f"{requests}:2:2: invalid JSON" in str(by_seq[1]["error"])
-    assert 'each line must be one JSON object, such as {"prompt": "..."}' in str(
-        by_seq[1]["error"]
-    )
+    assert 'each line must be one JSON object, such as {"prompt": "..."}' in str(by_seq[1]["error"])
     assert f"{requests}:3: input prompt: 42 is not of type 'string'" in str(by_seq[2]["error"])
     assert "must be a JSON object" in str(by_seq[3]["error"])
 

@@ -7,7 +7,9 @@ mapping the expressions read. Evaluating an expression that reaches a node not r
 yet (`Unresolved`) demands, concurrently, that node and every node the expression reads on
 all paths (`expr.certain`); what other expressions of the same template or `output:` reach
 is demanded in the same round. So laziness never serialises independent work, and
-untaken branches never run.
+untaken branches never run. (A node whose `with:` reads the same nodes on every path
+needs no rounds: the node runner notes and demands them itself, through `note_read` and
+`demand_all`, and builds the config without a `Consumer`.)
 """
 
 from __future__ import annotations

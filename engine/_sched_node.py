@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from pydantic import BaseModel, ValidationError
-from pydantic_core import SchemaValidator
 
 from engine._sched_eval import (
     Consumer,
@@ -120,12 +119,13 @@ class _Plan:
         self._validate: Callable[[Any], BaseModel] | None = None
         if node.impl is not None:
             model = node.impl.Config
-            validator = model.__pydantic_validator__
             # The model's own validator, called as `model_validate` would but without the
             # keyword arguments it passes on every call, which cost about as much as
             # validating a small config. A model not fully built keeps `model_validate`.
-            complete = isinstance(validator, SchemaValidator)
-            self._validate = validator.validate_python if complete else model.model_validate
+            if model.__pydantic_complete__:
+                self._validate = model.__pydantic_validator__.validate_python
+            else:
+                self._validate = model.model_validate
 
     def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
         """The node's `Config` from its built `with:` value.

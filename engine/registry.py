@@ -8,6 +8,8 @@ import inspect
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
+from pydantic import BaseModel
+
 from engine.errors import PluginError
 from engine.node import Node
 
@@ -56,6 +58,8 @@ class Registry:
             raise PluginError(f"{cls.__qualname__} has no `type_name`; set it to the YAML name")
         if name in RESERVED_TYPES:
             raise PluginError(f"{cls.__qualname__}: type name {name!r} is reserved by moat")
+        _check_model(cls, "Config")
+        _check_model(cls, "Output")
         existing = self._types.get(name)
         if existing is not None and existing is not cls:
             if _same_class(existing, cls):
@@ -134,6 +138,27 @@ _DEFAULT: Registry | None = None
 
 def _same_class(a: type[Node], b: type[Node]) -> bool:
     return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+
+
+def _check_model(cls: type[Node], part: str) -> None:
+    """`cls.Config` / `cls.Output` is a pydantic model ready to validate (built now if it
+    waited for a name defined after it)."""
+    model = getattr(cls, part, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise PluginError(
+            f"{_qualname(cls)} needs a nested pydantic model `{part}` "
+            f"(class {part}(BaseModel): ...)"
+        )
+    if model.__pydantic_complete__:
+        return
+    try:
+        model.model_rebuild()
+    except Exception as exc:  # pydantic names what is missing (first line; then a link)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PluginError(
+            f"{_qualname(cls)}.{part} is not fully defined ({reason}); define or import what "
+            f"it names before the node class"
+        ) from exc
 
 
 def _qualname(cls: type[Node]) -> str:

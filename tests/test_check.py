@@ -208,6 +208,18 @@ output:
         r"^case\.yaml:6:11: plugin module 'no_such_module_xyz' could not be imported",
     ),
     (
+        "plugin node with a config that is not fully defined",
+        """\
+plugins: [_broken_nodes]
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:6:11: _broken_nodes\.Unfinished\.Config is not fully defined \(name "
+        r"'Settings' is not defined\); define or import what it names before the node class",
+    ),
+    (
         "duplicate node id",
         """\
 nodes:
@@ -564,3 +576,19 @@ def test_moat_check_exits_2_without_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert re.search(r"bad\.yaml:4:13: node 'a': unknown node type 'nosuchtype'", proc.stderr)
+
+
+def test_a_node_class_without_an_output_model_is_refused_when_registered() -> None:
+    from pydantic import BaseModel
+
+    from engine import Node, PluginError
+    from engine.registry import Registry
+
+    class NoOutput(Node):
+        type_name = "no_output"
+
+        class Config(BaseModel):
+            pass
+
+    with pytest.raises(PluginError, match=r"NoOutput needs a nested pydantic model `Output`"):
+        Registry([NoOutput])

@@ -116,16 +116,12 @@ class _Plan:
             self.kind = _CONDITIONAL
         self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
         self.config: BaseModel | None = None
-        self._validate: Callable[[Any], BaseModel] | None = None
-        if node.impl is not None:
-            model = node.impl.Config
-            # The model's own validator, called as `model_validate` would but without the
-            # keyword arguments it passes on every call, which cost about as much as
-            # validating a small config. A model not fully built keeps `model_validate`.
-            if model.__pydantic_complete__:
-                self._validate = model.__pydantic_validator__.validate_python
-            else:
-                self._validate = model.model_validate
+        # The model's own validator (the registry saw to it that the model is built),
+        # called as `model_validate` would but without the keyword arguments it passes on
+        # every call, which cost about as much as validating a small config.
+        self._validate: Callable[[Any], BaseModel] | None = (
+            None if node.impl is None else node.impl.Config.__pydantic_validator__.validate_python
+        )
 
     def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
         """The node's `Config` from its built `with:` value.

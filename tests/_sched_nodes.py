@@ -68,7 +68,7 @@ class Work(Node):
 
 
 class Emit(Node):
-    """Emits a custom event, uses request memo and `after_success`, returns the memo value."""
+    """Emits a custom event, logs, uses request memo and `after_success`, returns the memo."""
 
     type_name = "emit"
 
@@ -90,6 +90,7 @@ class Emit(Node):
 
         value, reused = await ctx.memo(config.key, compute)
         ctx.emit("CACHE_MISS", decision="miss", payload={"key": config.key})
+        ctx.log.warning("emit.done", reused=reused)  # a warning: tests keep warnings only
 
         async def store() -> None:
             self.stored.append(ctx.request.id)

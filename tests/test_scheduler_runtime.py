@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 from _sched_nodes import backends, events, graph, impl, mock_trio, run, run_of, runs
+from structlog.testing import capture_logs
 
 from engine.events import MemorySink, NodeRun, OrchestrationEvent, RequestRecord
 from engine.scheduler import (
@@ -225,7 +226,13 @@ output:
 @pytest.mark.anyio
 async def test_node_services_memo_events_and_after_success(anyio_backend: Any) -> None:
     g = graph(SERVICES)
-    result, sink = await run(g, {"fail": False})
+    with capture_logs() as logs:
+        result, sink = await run(g, {"fail": False})
+    assert [
+        (log["event"], log["run_id"], log["request_id"], log["node"], log["reused"])
+        for log in logs
+        if log["event"] == "emit.done"
+    ] == [("emit.done", "run", "r1", "first", False), ("emit.done", "run", "r1", "second", True)]
     assert result.output == {
         "values": ["memo-principles", "memo-principles"],
         "reused": [False, True],

@@ -99,7 +99,7 @@ class _TaskGroupTasks:
         pass  # the task group keeps track of its own tasks
 
     def closing(self) -> None:
-        pass
+        pass  # nothing to let go of: the task group's exit waits for its tasks
 
     async def aclose(self) -> None:
         pass  # the task group's own exit waited for its tasks

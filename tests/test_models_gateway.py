@@ -8,6 +8,8 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.context import ModelClient, RequestInfo
 from engine.errors import (
@@ -20,12 +22,16 @@ from engine.errors import (
 )
 from engine.events import CallKind, CallOutcome, EventType
 from engine.models import (
+    DEFAULT_MAX_TOKENS,
     CallScope,
     Gateway,
     ProviderRequest,
     ProviderResponse,
+    ProviderTimeout,
     RequestBudget,
+    ResponseLost,
     find_pii,
+    max_input_tokens,
     redact_text,
 )
 from engine.spec import FaultRates, ModelSpec, Price
@@ -75,6 +81,11 @@ class FakeProvider:
             outcome = self.outcomes.pop(0) if self.outcomes else "ok"
             if isinstance(outcome, BaseException):
                 raise outcome
+            if isinstance(outcome, ProviderResponse):
+                return outcome
+            if callable(outcome):
+                result: ProviderResponse = outcome(call)
+                return result
             return ProviderResponse(
                 text=str(outcome), provider_model="fake-1", input_tokens=100, output_tokens=50
             )
@@ -430,3 +441,146 @@ async def test_prompt_text_is_stored_only_as_the_policy_allows(
         await gateway.client("m", scope).complete(prompt="mail a@b.co")
     assert scope.calls[0].prompt_text == prompt_text
     assert scope.calls[0].response_text == response_text
+
+
+# -- budget rules on endpoints whose tokenizer and billing are unknown ------------------
+
+
+def _bill_worst_case(call: ProviderRequest) -> ProviderResponse:
+    """A compliant endpoint at its most expensive: one token per UTF-8 byte of every role and
+    content plus OpenAI's chat framing, and exactly the output limit it was sent."""
+    framing = 3 + 3 * len(call.messages)
+    size = sum(len((m["role"] + m["content"]).encode()) for m in call.messages)
+    assert call.max_tokens is not None, "the gateway always sends an output limit"
+    return ProviderResponse(
+        text="x",
+        provider_model="fake-1",
+        input_tokens=framing + size,
+        output_tokens=call.max_tokens,
+    )
+
+
+def _reserved(gateway: Gateway, call: ProviderRequest) -> float:
+    bound = max_input_tokens(call.messages, call.schema)
+    return gateway.estimate_cost("m", bound, call.max_tokens)
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 300])
+@pytest.mark.anyio
+async def test_the_output_limit_reserved_for_is_the_one_sent(max_tokens: int | None) -> None:
+    provider = FakeProvider(_bill_worst_case)
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        await gateway.client("m", _scope()).complete(prompt="x", max_tokens=max_tokens)
+    assert provider.seen[0].max_tokens == (max_tokens or DEFAULT_MAX_TOKENS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompt=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=400),
+    system=st.none() | st.text(st.characters(exclude_categories=("Cs",)), max_size=100),
+    max_tokens=st.none() | st.integers(1, 4000),
+)
+def test_a_compliant_endpoint_never_bills_past_the_reservation_in_any_script(
+    prompt: str, system: str | None, max_tokens: int | None
+) -> None:
+    async def main() -> None:
+        events = Events()
+        scope = _scope(emit=events)
+        provider = FakeProvider(_bill_worst_case)
+        async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+            await gateway.client("m", scope).complete(
+                prompt=prompt, system=system, max_tokens=max_tokens
+            )
+            assert scope.calls[0].cost_usd <= _reserved(gateway, provider.seen[0])
+        assert events.types == [] and gateway.overrun_factor == {}
+
+    anyio.run(main)
+
+
+@pytest.mark.anyio
+async def test_an_answer_without_usage_is_charged_its_reservation() -> None:
+    no_usage = ProviderResponse(
+        text="hi", provider_model="fake-1", input_tokens=0, output_tokens=0, usage_reported=False
+    )
+    provider = FakeProvider(no_usage)
+    scope = _scope()
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        result = await gateway.client("m", scope).complete(prompt="Привет, мир", max_tokens=80)
+        reserved = _reserved(gateway, provider.seen[0])
+    assert result.cost_usd == pytest.approx(reserved) and scope.calls[0].cost_usd == result.cost_usd
+    assert scope.calls[0].output_tokens == 80
+
+
+@pytest.mark.anyio
+async def test_an_attempt_lost_after_sending_is_charged_its_reservation_and_retried() -> None:
+    provider = FakeProvider(ResponseLost("reset"), TransientError("502"), _bill_worst_case)
+    scope = _scope()
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        await gateway.client("m", scope).complete(prompt="x", max_tokens=10)
+        reserved = _reserved(gateway, provider.seen[0])
+    lost, failed, ok = scope.calls
+    assert (lost.status, lost.cost_usd) == ("error", pytest.approx(reserved))
+    assert (failed.status, failed.cost_usd) == ("error", 0)  # an error answer is not billed
+    assert ok.status == "ok" and 0 < ok.cost_usd < reserved
+
+
+@pytest.mark.parametrize("anyio_backend", MOCK_CLOCK)
+@pytest.mark.anyio
+async def test_a_timed_out_or_cancelled_remote_attempt_is_charged_its_reservation() -> None:
+    spec = REMOTE.model_copy(update={"timeout_s": 2.0, "max_retries": 0})
+    provider = FakeProvider(hang=True)
+    timed_out, cancelled = _scope(), _scope()
+    async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
+        with pytest.raises(ProviderTimeout):
+            await gateway.client("m", timed_out).complete(prompt="x", max_tokens=10)
+        with anyio.move_on_after(1.0):
+            await gateway.client("m", cancelled).complete(prompt="x", max_tokens=10)
+        reserved = _reserved(gateway, provider.seen[0])
+    assert timed_out.calls[0].status == "timeout" and cancelled.calls[0].status == "cancelled"
+    assert timed_out.calls[0].cost_usd == pytest.approx(reserved)
+    assert cancelled.calls[0].cost_usd == pytest.approx(reserved)
+
+
+@pytest.mark.parametrize("anyio_backend", MOCK_CLOCK)
+@pytest.mark.anyio
+async def test_each_retry_reserves_again_so_retries_cannot_overspend() -> None:
+    spec = REMOTE.model_copy(update={"timeout_s": 2.0, "max_retries": 3})
+    provider = FakeProvider(hang=True)
+    async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
+        one = gateway.estimate_cost("m", max_input_tokens([{"role": "user", "content": "x"}]), 10)
+        budget = RequestBudget(one * 2.5)
+        scope = _scope(budget=budget)
+        with pytest.raises(BudgetExceeded):
+            await gateway.client("m", scope).complete(prompt="x", max_tokens=10)
+    assert [c.status for c in scope.calls] == ["timeout", "timeout", "refused"]
+    assert budget.spent_usd == pytest.approx(2 * one) and budget.spent_usd <= budget.limit_usd  # type: ignore[operator]
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_billing_past_its_limit_is_charged_recorded_and_reserved_for() -> None:
+    def overrun(call: ProviderRequest) -> ProviderResponse:
+        billed = _bill_worst_case(call)
+        return ProviderResponse(
+            text="x",
+            provider_model="fake-1",
+            input_tokens=billed.input_tokens,
+            output_tokens=3 * billed.output_tokens,
+        )
+
+    provider = FakeProvider(overrun, overrun)
+    events = Events()
+    scope = _scope(emit=events)
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        before = gateway.estimate_cost("m", 100, 100)
+        await gateway.client("m", scope).complete(prompt="x", max_tokens=100)
+        reserved = _reserved(gateway, provider.seen[0]) / gateway.overrun_factor["m"]
+        after = gateway.estimate_cost("m", 100, 100)
+        await gateway.client("m", scope).complete(prompt="x", max_tokens=100)
+    first, second = scope.calls
+    assert first.output_tokens == 300 and first.cost_usd > reserved  # charged what was billed
+    assert events.types == [EventType.BUDGET_COST_EXCEEDED]  # once: then it was reserved for
+    payload = events.payload(EventType.BUDGET_COST_EXCEEDED)
+    assert payload["charged"] == pytest.approx(first.cost_usd)
+    assert payload["reserved"] == pytest.approx(reserved)
+    assert first.related_event_id == 1 and second.related_event_id is None
+    assert after == pytest.approx(before * first.cost_usd / reserved)

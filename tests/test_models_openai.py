@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,17 @@ import anyio
 import jsonschema
 import openai
 import pytest
+from _fake_openai import FakeOpenAI
 
 from engine.context import RequestInfo
 from engine.errors import NodeError, RateLimited, TransientError
-from engine.models import CallScope, Gateway, ProviderTimeout
-from engine.models.openai_provider import ClientRegistry, OpenAIProvider, parse_retry_after
+from engine.models import CallScope, Gateway, ProviderRequest, ProviderTimeout
+from engine.models.openai_provider import (
+    ClientRegistry,
+    OpenAIProvider,
+    output_limit_field,
+    parse_retry_after,
+)
 from engine.models.server import SimServer, profile_for_model, serve
 from engine.spec import ModelSpec, Price
 
@@ -260,3 +267,69 @@ async def test_the_server_answers_bad_requests_with_400() -> None:
     head, _, payload = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert "bad chat completion request" in json.loads(payload)["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "field"),
+    [
+        (None, "gpt-4o-mini", "max_completion_tokens"),
+        ("https://api.openai.com/v1", "gpt-4o", "max_completion_tokens"),
+        ("https://acme.openai.azure.com/openai/v1", "gpt-4o", "max_completion_tokens"),
+        ("http://127.0.0.1:8000/v1", "meta-llama/Llama-3.1-8B-Instruct", "max_tokens"),
+        ("http://localhost:11434/v1", "qwen2.5:7b", "max_tokens"),
+        ("https://openrouter.ai/api/v1", "openai/o3-mini", "max_completion_tokens"),
+        ("https://proxy.example/v1", "gpt-5-mini", "max_completion_tokens"),
+    ],
+)
+def test_the_output_limit_goes_in_the_field_the_endpoint_reads(
+    base_url: str | None, model: str, field: str
+) -> None:
+    assert output_limit_field(base_url, model) == field
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reported"), [("exact", True), ("nousage", False), ("badusage", False)]
+)
+@pytest.mark.anyio
+async def test_an_answer_without_usable_usage_is_flagged(behaviour: str, reported: bool) -> None:
+    with FakeOpenAI() as fake:
+        spec = ModelSpec(provider="openai", model="gpt-4o-mini", base_url=fake.base_url(behaviour))
+        provider = OpenAIProvider(spec, registry=ClientRegistry())
+        try:
+            response = await provider.complete(
+                ProviderRequest(
+                    model="m",
+                    messages=[{"role": "user", "content": "hi"}],
+                    request=_scope().request,
+                    node_id="answer",
+                    cycle=0,
+                    attempt=0,
+                    max_tokens=33,
+                )
+            )
+        finally:
+            await provider.aclose()
+        [bill] = fake.bills
+    assert response.usage_reported is reported
+    assert bill.body["max_tokens"] == 33 and "max_completion_tokens" not in bill.body
+    if reported:
+        assert (response.input_tokens, response.output_tokens) == (bill.input_tokens, 33)
+
+
+@pytest.mark.anyio
+async def test_a_connection_never_made_is_retried_and_charged_nothing() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the call: nothing listens there
+    spec = ModelSpec(
+        provider="openai",
+        model="gpt-4o-mini",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=0,
+    )
+    scope = _scope()
+    provider = OpenAIProvider(spec, registry=ClientRegistry())
+    async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
+        with pytest.raises(TransientError, match="could not connect"):
+            await gateway.client("m", scope).complete(prompt="x")
+    assert [(c.status, c.cost_usd) for c in scope.calls] == [("error", 0)]

@@ -6,12 +6,15 @@ breaker, redaction, recording); a provider only turns a `ProviderRequest` into a
 
 - `RateLimited` for 429s (with `retry_after_s` when known),
 - `ProviderTimeout` when the provider did not answer in time,
-- `TransientError` for anything else worth retrying (5xx, dropped connections),
+- `ResponseLost` when the request was sent but its answer never came (a connection dropped
+  mid-call, a proxy's 504): the provider may still bill it, so the gateway charges it,
+- `TransientError` for anything else worth retrying (5xx, a connection never made),
 - `NodeError` for failures a retry cannot fix (bad request, bad key).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,11 +28,24 @@ __all__ = [
     "ProviderRequest",
     "ProviderResponse",
     "ProviderTimeout",
+    "ResponseLost",
     "estimate_tokens",
+    "max_input_tokens",
 ]
 
+CHAT_TOKENS_PER_MESSAGE = 8
+"""Chat framing per message: OpenAI's is 3 tokens (4 with a name); open models' templates
+add role headers of up to ~6. Rounded up."""
+CHAT_TOKENS_PER_CALL = 32
+"""Chat framing per call: the reply primer (3 for OpenAI) and the begin-of-text and date
+lines some open models' templates add. Rounded up."""
 
-class ProviderTimeout(TransientError, TimeoutError):
+
+class ResponseLost(TransientError):
+    """The request reached the provider but no answer came back; it may have been billed."""
+
+
+class ProviderTimeout(ResponseLost, TimeoutError):
     """A provider did not answer within the call's time limit (retried like a 5xx)."""
 
 
@@ -51,6 +67,8 @@ class ProviderRequest:
     json_mode: bool = False
     task: str | None = None
     max_tokens: int | None = None
+    """The most output tokens the provider may produce; the gateway always sets it (to the
+    node's `max_tokens`, or the default it reserved for), so a provider must send it on."""
     temperature: float | None = None
 
 
@@ -67,6 +85,9 @@ class ProviderResponse:
     """The model's own latency when the provider knows it better than the wall clock
     (`sim` reports its simulated latency); `None` means "use the measured time"."""
     simulated: bool = False
+    usage_reported: bool = True
+    """False when the provider's answer carried no usable token counts; the gateway then
+    charges the call's whole reservation instead of `input_tokens`/`output_tokens`."""
 
 
 class Provider(Protocol):
@@ -87,3 +108,28 @@ class Provider(Protocol):
 def estimate_tokens(text: str) -> int:
     """A provider-independent token estimate: about four characters per token."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def max_input_tokens(
+    messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any] | None = None
+) -> int:
+    """The most input tokens an endpoint with an unknown tokenizer can bill for a chat.
+
+    Byte-level BPE tokenizers (GPT, Llama 3, Qwen, Mistral's Tekken) never produce more
+    tokens than UTF-8 bytes, whatever the script: characters/4 undercounts CJK (3 bytes a
+    character, often a token each) and emoji by 3-12 times. The bound counts every byte of
+    every role and content, the chat framing, and the JSON schema of structured output,
+    which OpenAI adds to the prompt.
+    """
+    total = CHAT_TOKENS_PER_CALL
+    for m in messages:
+        role, content = str(m.get("role", "")), str(m.get("content", ""))
+        total += CHAT_TOKENS_PER_MESSAGE + _utf8_len(role) + _utf8_len(content)
+    if schema is not None:
+        total += CHAT_TOKENS_PER_MESSAGE + _utf8_len(json.dumps(schema, ensure_ascii=False))
+    return total
+
+
+def _utf8_len(text: str) -> int:
+    # "surrogatepass": a lone surrogate still counts (3 bytes) instead of raising
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -7,6 +7,22 @@ calls the provider with a per-attempt timeout, retries transient failures with
 exponential backoff and full jitter (honouring Retry-After, never past the request's
 deadline), settles the budget with the actual cost and appends one `LlmCall` per attempt
 to the node run's `CallScope.calls`, cancelled attempts included.
+
+Budget rules (README "Budgets"), per attempt, since every attempt can be billed:
+
+- reserve: input at most `max_input_tokens` (UTF-8 bytes plus chat framing; `sim`'s own
+  count, which it bills exactly) and output at most the call's `max_tokens`, or
+  `DEFAULT_MAX_TOKENS` when it sets none, at the model's price. That output limit is always
+  sent to the provider, so a compliant endpoint cannot bill more than was reserved.
+- charge, on an answer: the provider's reported usage; with no usage, the reservation.
+- charge, on no answer (timed out, cancelled, connection lost after sending): the whole
+  reservation, since the provider may finish and bill the call after we hang up. `sim`,
+  whose billing is known, charges a cancelled attempt its prompt and a timed-out one nothing.
+- charge, on an error answer (429, 5xx, 4xx): nothing; providers do not bill those.
+- a non-compliant endpoint that bills more than the reservation is charged what it billed;
+  the overrun is a `BUDGET_COST_EXCEEDED` event (decision `overrun`), the request's budget
+  is then spent, and later reservations for that model are scaled by the worst overrun
+  ratio seen, so it cannot repeat by the same factor.
 """
 
 from __future__ import annotations
@@ -32,22 +48,28 @@ from engine.errors import (
 )
 from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall, now
 from engine.models._egress import apply_egress_policy, redact_text
-from engine.models.base import Provider, ProviderRequest, ProviderResponse, ProviderTimeout
+from engine.models.base import (
+    Provider,
+    ProviderRequest,
+    ProviderResponse,
+    ProviderTimeout,
+    ResponseLost,
+    max_input_tokens,
+)
 from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget, Reservation
+from engine.models.prices import table_price
 from engine.models.sim import SimProvider, sim_profile
 from engine.spec import ModelSpec, Price
 
 __all__ = ["DEFAULT_MAX_TOKENS", "CallScope", "Emit", "Gateway"]
 
 DEFAULT_MAX_TOKENS = 1024
-"""The answer length assumed for the worst-case cost when a call sets no `max_tokens`."""
+"""The output limit reserved for, and sent to the provider, when a call sets no `max_tokens`."""
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
-_MESSAGE_OVERHEAD_TOKENS = 4
-_REMOTE_TOKEN_MARGIN = 1.25
-"""Real tokenizers can count more than 4 characters per token: reserve with a margin."""
+_SIM_MESSAGE_OVERHEAD_TOKENS = 4
 
 Emit = Callable[..., int]
 """`(event_type, *, decision=, reason_codes=, inputs=, outputs=, payload=, duration_ms=) -> int`,
@@ -106,6 +128,12 @@ class _Attempt:
     prompt_text: str
     prompt_hash: str
     input_tokens: int
+    """The most input tokens the provider can bill (what is reserved)."""
+    output_limit: int = 0
+    """The most output tokens the provider may produce (reserved, and sent)."""
+    reserved_usd: float = 0.0
+    charged_input: int = 0
+    charged_output: int = 0
     started_at: float = field(default_factory=now)
     clock: float | None = None
     status: str = "error"
@@ -219,6 +247,8 @@ class Gateway:
         }
         """The circuit breaker of each model."""
         self.default_max_tokens = default_max_tokens
+        self.overrun_factor: dict[str, float] = {}
+        """Per model, the worst ratio of charged to reserved cost seen (only when above 1)."""
 
     @property
     def model_names(self) -> list[str]:
@@ -240,13 +270,15 @@ class Gateway:
             ) from None
 
     def price(self, name: str) -> Price:
-        """Dollars per million tokens for model `name` (zero when an endpoint has no price)."""
+        """Dollars per million tokens for model `name`: its `price:`, `sim`'s, the price table's
+        (`engine.models.prices`), or zero for an unpriced endpoint (which `Pipeline` refuses
+        under a cost budget unless allowed)."""
         spec = self.spec(name)
         if spec.price is not None:
             return spec.price
         if spec.provider == "sim":
             return sim_profile(spec).price
-        return Price(input=0.0, output=0.0)
+        return table_price(spec.model) or Price(input=0.0, output=0.0)
 
     def client(self, name: str, scope: CallScope) -> ModelClient:
         """Model `name`, bound to the node run described by `scope`.
@@ -264,10 +296,12 @@ class Gateway:
         return _GatewayClient(self, name, scope)
 
     def estimate_cost(self, name: str, input_tokens: int, max_tokens: int | None = None) -> float:
-        """The worst-case cost of a call: all input tokens and `max_tokens` of output."""
+        """The worst-case cost of a call: all input tokens and `max_tokens` of output, scaled
+        by the worst overrun the model's endpoint has shown (1 for a compliant one)."""
         price = self.price(name)
         out = max_tokens if max_tokens is not None else self.default_max_tokens
-        return (input_tokens * price.input + out * price.output) / 1_000_000
+        cost = (input_tokens * price.input + out * price.output) / 1_000_000
+        return cost * self.overrun_factor.get(name, 1.0)
 
     async def aclose(self) -> None:
         """Close every provider (their HTTP connections); the gateway is done afterwards."""
@@ -307,6 +341,17 @@ class Gateway:
         spec = self._specs[name]
         return spec.remote if spec.remote is not None else spec.provider != "sim"
 
+    def _billing_known(self, name: str) -> bool:
+        """Whether the gateway knows how the provider counts and bills (only `sim`, which is
+        simulated in process); otherwise it reserves and charges upper bounds."""
+        return self._specs[name].provider == "sim"
+
+    def _input_bound(self, name: str, call: _Call, messages: Sequence[Mapping[str, str]]) -> int:
+        if not self._billing_known(name):
+            return max_input_tokens(messages, call.schema)
+        tokens = _estimate_tokens("\n".join(m["content"] for m in messages))
+        return tokens + _SIM_MESSAGE_OVERHEAD_TOKENS * len(messages)
+
     def _time_scale(self, name: str) -> float:
         spec = self._specs[name]
         return spec.time_scale if spec.provider == "sim" else 1.0
@@ -317,15 +362,13 @@ class Gateway:
         spec = self._specs[name]
         messages = self._egress(name, scope, call.messages)
         prompt_text = _prompt_text(messages)
-        input_tokens = _estimate_tokens("\n".join(m["content"] for m in messages))
-        input_tokens += _MESSAGE_OVERHEAD_TOKENS * len(messages)
-        if self._is_remote(name):
-            input_tokens = int(input_tokens * _REMOTE_TOKEN_MARGIN) + 1
+        input_tokens = self._input_bound(name, call, messages)
+        limit = call.max_tokens if call.max_tokens is not None else self.default_max_tokens
         prompt_hash = hashlib.sha256(prompt_text.encode()).hexdigest()[:16]
         jitter = random.Random(f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}")
         attempt = 0
         while True:
-            record = _Attempt(prompt_text, prompt_hash, input_tokens)
+            record = _Attempt(prompt_text, prompt_hash, input_tokens, limit)
             try:
                 return await self._attempt(name, scope, call, messages, record, attempt)
             except TransientError as exc:
@@ -362,16 +405,20 @@ class Gateway:
         try:
             async with self._limiter(name):
                 record.clock = anyio.current_time()
-                response = await self._call_provider(name, scope, call, messages, attempt)
+                response = await self._call_provider(
+                    name, scope, call, messages, attempt, record.output_limit
+                )
         except anyio.get_cancelled_exc_class():
             record.status = "cancelled"
-            if record.clock is not None:  # the provider may have billed the prompt already
-                record.cost_usd = record.input_tokens * self.price(name).input / 1_000_000
+            if record.clock is not None:  # sent: the provider may bill it all the same
+                self._charge_unanswered(name, record, cancelled=True)
             breaker.on_abandon()
             raise
         except TransientError as exc:
             record.status = "timeout" if isinstance(exc, TimeoutError) else "error"
             record.error = str(exc)
+            if isinstance(exc, ResponseLost):
+                self._charge_unanswered(name, record, cancelled=False)
             if breaker.on_failure():
                 self._emit_opened(name, scope, breaker)
             raise
@@ -381,6 +428,7 @@ class Gateway:
             raise _located(exc, scope, attempt + 1) from exc
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
+            self._charge_unanswered(name, record, cancelled=False)  # it may have been sent
             breaker.on_abandon()
             raise NodeError(
                 f"model '{name}': provider failed unexpectedly: {record.error}",
@@ -403,6 +451,7 @@ class Gateway:
         call: _Call,
         messages: Sequence[Mapping[str, str]],
         attempt: int,
+        max_tokens: int,
     ) -> ProviderResponse:
         spec = self._specs[name]
         request = ProviderRequest(
@@ -415,21 +464,66 @@ class Gateway:
             schema=call.schema,
             json_mode=call.json_mode,
             task=call.task,
-            max_tokens=call.max_tokens,
+            max_tokens=max_tokens,
             temperature=call.temperature,
         )
         with anyio.move_on_after(spec.timeout_s):
             return await self._providers[name].complete(request)
         raise ProviderTimeout(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
 
+    def _charge_unanswered(self, name: str, record: _Attempt, *, cancelled: bool) -> None:
+        """Charge an attempt that was sent but got no answer (see the module docstring)."""
+        if not self._billing_known(name):
+            record.cost_usd = record.reserved_usd
+            record.charged_input, record.charged_output = record.input_tokens, record.output_limit
+        elif cancelled:
+            record.cost_usd = record.input_tokens * self.price(name).input / 1_000_000
+            record.charged_input = record.input_tokens
+
+    def _charge_answer(
+        self, name: str, scope: CallScope, record: _Attempt, response: ProviderResponse
+    ) -> None:
+        """Charge an answered attempt its reported usage (the reservation when it has none)."""
+        if not response.usage_reported:
+            record.cost_usd = record.reserved_usd
+            record.charged_input, record.charged_output = record.input_tokens, record.output_limit
+            return
+        price = self.price(name)
+        record.charged_input, record.charged_output = response.input_tokens, response.output_tokens
+        cost = (response.input_tokens * price.input + response.output_tokens * price.output) / 1e6
+        record.cost_usd = cost
+        if cost > record.reserved_usd * (1 + 1e-9):
+            self._overrun(name, scope, record)
+
+    def _overrun(self, name: str, scope: CallScope, record: _Attempt) -> None:
+        """A non-compliant endpoint billed past the reservation: record it, learn from it."""
+        ratio = record.cost_usd / record.reserved_usd if record.reserved_usd > 0 else 1.0
+        if record.reserved_usd > 0:
+            factor = self.overrun_factor.get(name, 1.0) * ratio
+            self.overrun_factor[name] = max(self.overrun_factor.get(name, 1.0), factor)
+        record.related_event_id = scope.emit(
+            EventType.BUDGET_COST_EXCEEDED,
+            decision="overrun",
+            reason_codes=("PROVIDER_EXCEEDED_LIMIT",),
+            payload={
+                "model": name,
+                "reserved": record.reserved_usd,
+                "charged": record.cost_usd,
+                "output_limit": record.output_limit,
+                "output_tokens": record.charged_output,
+                "input_bound": record.input_tokens,
+                "input_tokens": record.charged_input,
+                "factor": self.overrun_factor.get(name, 1.0),
+            },
+        )
+
     def _completion(
         self, name: str, scope: CallScope, call: _Call, record: _Attempt, response: ProviderResponse
     ) -> Completion:
-        price = self.price(name)
-        cost = (response.input_tokens * price.input + response.output_tokens * price.output) / 1e6
         assert record.clock is not None, "a completed call has started"
         measured = (anyio.current_time() - record.clock) * 1000
-        record.status, record.response, record.cost_usd = "ok", response, cost
+        record.status, record.response = "ok", response
+        self._charge_answer(name, scope, record, response)
         record.latency_ms = response.latency_ms if response.latency_ms is not None else measured
         self._breaker_success(name, scope, self.breakers[name])
         parsed: Any = None
@@ -441,9 +535,9 @@ class Gateway:
             model=name,
             provider=self._providers[name].name,
             provider_model=response.provider_model,
-            input_tokens=response.input_tokens,
-            output_tokens=response.output_tokens,
-            cost_usd=cost,
+            input_tokens=record.charged_input,
+            output_tokens=record.charged_output,
+            cost_usd=record.cost_usd,
             latency_ms=record.latency_ms,
             json=parsed,
             simulated=response.simulated,
@@ -481,7 +575,8 @@ class Gateway:
     def _reserve(
         self, name: str, scope: CallScope, call: _Call, record: _Attempt
     ) -> list[tuple[RequestBudget, Reservation]]:
-        estimate = self.estimate_cost(name, record.input_tokens, call.max_tokens)
+        estimate = self.estimate_cost(name, record.input_tokens, record.output_limit)
+        record.reserved_usd = estimate
         held: list[tuple[RequestBudget, Reservation]] = []
         for budget in (scope.budget, self.run_budget):
             if not budget.can_afford(estimate):
@@ -569,10 +664,6 @@ class Gateway:
             if store == "redacted":
                 prompt_text = redact_text(prompt_text)[0]
                 response_text = redact_text(response_text)[0] if response_text else response_text
-        if response is not None:
-            input_tokens = response.input_tokens
-        else:  # only a cancelled attempt may have been billed for its prompt
-            input_tokens = record.input_tokens if record.cost_usd else 0
         scope.calls.append(
             LlmCall(
                 request_id=scope.request.id,
@@ -584,8 +675,8 @@ class Gateway:
                 call_outcome=CallOutcome.NONE if scope.speculative else CallOutcome.USED,
                 cache_status=CacheStatus.NONE,
                 prompt_hash=record.prompt_hash,
-                input_tokens=input_tokens,
-                output_tokens=response.output_tokens if response else 0,
+                input_tokens=record.charged_input,
+                output_tokens=record.charged_output,
                 cost_usd=record.cost_usd,
                 latency_ms=record.latency_ms,
                 started_at=record.started_at,

@@ -5,30 +5,55 @@ of the process (`ClientRegistry`), with the client's own retries off: the gatewa
 so attempts are counted and recorded once. Cancellation is real: the client is httpx on
 anyio, so cancelling the calling task aborts the HTTP request and drops the connection.
 
+The output limit the gateway reserved for is always sent: as `max_completion_tokens` to
+OpenAI's own API and Azure OpenAI (which deprecated `max_tokens` and refuse it for reasoning
+models) and to reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`, ...) wherever they are
+served; as `max_tokens` to every other OpenAI-compatible server (vLLM, Ollama, llama.cpp,
+LM Studio), since some of those ignore the newer name and would generate without a limit.
+An answer without usable `usage` is flagged (`usage_reported=False`) so the gateway charges
+the reservation rather than a guess.
+
 Errors map onto moat's: `RateLimitError` -> `RateLimited` (Retry-After honoured),
-timeouts -> `ProviderTimeout`, 5xx, dropped connections and unreadable bodies ->
-`TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
+timeouts, connections lost after the request was sent and gateway timeouts (504, 524) ->
+`ProviderTimeout`/`ResponseLost` (the provider may bill them), 5xx, connections never made
+and unreadable bodies -> `TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletion
 
 from engine.errors import NodeError, RateLimited, TransientError
-from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
+from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, ResponseLost
 from engine.spec import ModelSpec
 
-__all__ = ["ClientRegistry", "OpenAIProvider", "parse_retry_after"]
+__all__ = ["ClientRegistry", "OpenAIProvider", "output_limit_field", "parse_retry_after"]
 
 _NO_KEY = "sk-no-key-needed"
 """Sent to self-hosted endpoints (vLLM, Ollama, llama.cpp) that need no key."""
+_REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)")
+"""Models that refuse `max_tokens` and need `max_completion_tokens`."""
+_GATEWAY_TIMEOUTS = (504, 524)
+"""A proxy gave up waiting while the model may still be generating (and billing)."""
+
+
+def output_limit_field(base_url: str | None, model: str) -> str:
+    """The request field that carries the output limit for this endpoint and model."""
+    host = (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
+    if host == "api.openai.com" or host.endswith(".openai.azure.com"):
+        return "max_completion_tokens"
+    if _REASONING_MODEL.match(model.lower()):
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -132,6 +157,8 @@ class OpenAIProvider:
                     f"{env_name}, or point `base_url` at a self-hosted endpoint"
                 )
             key = _NO_KEY
+        base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL")
+        self._limit_field = output_limit_field(base_url, spec.model)
         self._registry = registry if registry is not None else CLIENTS
         self._client: openai.AsyncOpenAI | None = self._registry.acquire(
             spec.base_url, key, headers
@@ -153,7 +180,7 @@ class OpenAIProvider:
         elif call.json_mode:
             args["response_format"] = {"type": "json_object"}
         if call.max_tokens is not None:
-            args["max_tokens"] = call.max_tokens
+            args[self._limit_field] = call.max_tokens
         if call.temperature is not None:
             args["temperature"] = call.temperature
         if call.task is not None:
@@ -174,31 +201,53 @@ class OpenAIProvider:
         if not isinstance(result, ChatCompletion) or not result.choices:
             raise TransientError(f"model '{self.model}': malformed response (no completion)")
         text = result.choices[0].message.content or ""
-        usage = result.usage
-        prompt_text = "\n".join(m.get("content", "") for m in call.messages)
+        usage = _usage(result)
         return ProviderResponse(
             text=text,
             provider_model=result.model or self.model,
-            input_tokens=usage.prompt_tokens if usage else estimate_tokens(prompt_text),
-            output_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+            input_tokens=usage[0] if usage else 0,
+            output_tokens=usage[1] if usage else 0,
             simulated=result.system_fingerprint == "moat-sim",
+            usage_reported=usage is not None,
         )
 
 
+def _usage(result: ChatCompletion) -> tuple[int, int] | None:
+    """(prompt, completion) tokens when the body reports both as counts, else None.
+
+    The client does not validate bodies, so a lax endpoint's `usage` may be missing,
+    partial, or hold strings or negatives: none of those can be charged as reported."""
+    usage = result.usage
+    counts = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    if all(type(n) is int and n >= 0 for n in counts):
+        return counts  # type: ignore[return-value]
+    return None
+
+
 def _map_error(model: str, exc: openai.APIError) -> Exception:
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        return TransientError(f"model '{model}': connection failed ({exc.message})")
+        return _connection_error(model, exc)
     if isinstance(exc, openai.RateLimitError):
         return RateLimited(
             f"model '{model}': rate limited: {exc.message}",
             retry_after_s=parse_retry_after(dict(exc.response.headers)),
         )
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in _GATEWAY_TIMEOUTS:
+            return ProviderTimeout(f"model '{model}': gateway timeout: {exc.message}")
         if exc.status_code >= 500:
             return TransientError(f"model '{model}': server error: {exc.message}")
         return NodeError(f"model '{model}': request refused: {exc.message}")
     if isinstance(exc, openai.APIResponseValidationError):
         return TransientError(f"model '{model}': malformed response: {exc.message}")
     return NodeError(f"model '{model}': {exc.message}")
+
+
+def _connection_error(model: str, exc: openai.APIConnectionError) -> Exception:
+    """A connection never made is not billed; one lost after sending may be."""
+    # by name: the client's HTTP library is `httpx` or its successor `httpx2`, by version
+    if type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout"):
+        return TransientError(f"model '{model}': could not connect ({exc.message})")
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
+    return ResponseLost(f"model '{model}': connection lost after sending ({exc.message})")

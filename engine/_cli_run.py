@@ -58,6 +58,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument("--tui", action="store_true", help="watch the run in the terminal UI")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument(
+        "--allow-unpriced",
+        action="store_true",
+        help="run a graph with a cost budget even if a model has no price (it costs $0)",
+    )
     p.set_defaults(handler=cmd_run)
 
 
@@ -290,7 +295,12 @@ class _Progress:
 
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
     async with Pipeline(
-        plan.graph_path, db=db, policy_file=args.policy, models=models, seed=args.seed
+        plan.graph_path,
+        db=db,
+        policy_file=args.policy,
+        models=models,
+        seed=args.seed,
+        allow_unpriced=getattr(args, "allow_unpriced", False),
     ) as pipe:
         assert pipe.store is not None
         if plan.run_id is not None:

@@ -25,7 +25,7 @@ from engine.errors import SpecError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph import Graph
 from engine.loader import load_graph
-from engine.models import Gateway
+from engine.models import PRICES_AS_OF, Gateway, is_priced
 from engine.policy import PolicyManager
 from engine.requests import BatchItem, InputValidator, parse_request
 from engine.scheduler import RequestResult, Runner
@@ -69,6 +69,11 @@ class Pipeline:
         policy_file: apply this policy snapshot before answering (`--policy`).
         models: rebind logical models, `{"large": "openai:gpt-4o-mini"}` (`--model`).
         seed: seed for the simulated models.
+        allow_unpriced: run a graph with `budget.cost_usd` even though one of its models has
+            no price (`--allow-unpriced`); its calls then cost $0 against the budget.
+
+    Raises:
+        SpecError: the graph is unusable, or has a cost budget and an unpriced model.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class Pipeline:
         policy_file: str | os.PathLike[str] | None = None,
         models: Mapping[str, str] | None = None,
         seed: int = 0,
+        allow_unpriced: bool = False,
     ) -> None:
         self.graph = graph if isinstance(graph, Graph) else load_graph(graph)
         self.db = os.fspath(db) if db is not None else None
@@ -88,6 +94,8 @@ class Pipeline:
         self.seed = seed
         self.validator = InputValidator(self.graph.input_schema)
         self.model_specs = rebind_models(self.graph.models, models or {})
+        if not allow_unpriced:
+            _refuse_unpriced(self.graph, self.model_specs)
         self.store: Store | None = None
         self.policy: PolicyManager | None = None
         self._sink: Sink = self.memory
@@ -358,7 +366,8 @@ def rebind_models(
                 model=model,
                 base_url=old.base_url if same else os.environ.get("OPENAI_BASE_URL"),
                 api_key_env=old.api_key_env if same else None,
-                price=old.price,
+                # another model's price would be wrong: the new one is priced from the table
+                price=old.price if same and old.model == model else None,
                 max_concurrency=old.max_concurrency,
                 remote=old.remote,
                 timeout_s=old.timeout_s,
@@ -370,6 +379,23 @@ def rebind_models(
                 "sim:PROFILE or openai:MODEL"
             )
     return result
+
+
+def _refuse_unpriced(graph: Graph, models: Mapping[str, ModelSpec]) -> None:
+    """Refuse a cost budget that could never bind because a model's calls would cost $0."""
+    limit = graph.budget.cost_usd
+    unpriced = sorted(name for name, spec in models.items() if not is_priced(spec))
+    if limit is None or not unpriced:
+        return
+    named = ", ".join(f"model '{n}' ({models[n].provider}:{models[n].model})" for n in unpriced)
+    raise SpecError(
+        f"`budget.cost_usd` is ${limit:g} but {named} has no price: it has no `price:` and "
+        f"is not in moat's price table (as of {PRICES_AS_OF}), so its calls would cost $0 "
+        f"and the budget could never bind. Add `price: {{input: USD_PER_1M, output: "
+        f"USD_PER_1M}}` to `models.{unpriced[0]}` in {graph.path} (`{{input: 0, output: 0}}` "
+        "for a free self-hosted endpoint), or pass --allow-unpriced to run anyway",
+        path=graph.path,
+    )
 
 
 def run_sync(

@@ -476,8 +476,8 @@ async def test_the_output_limit_reserved_for_is_the_one_sent(max_tokens: int | N
 
 @settings(max_examples=60, deadline=None)
 @given(
-    prompt=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=400),
-    system=st.none() | st.text(st.characters(exclude_categories=("Cs",)), max_size=100),
+    prompt=st.text(min_size=1, max_size=400),  # any script, lone surrogates included
+    system=st.none() | st.text(max_size=100),
     max_tokens=st.none() | st.integers(1, 4000),
 )
 def test_a_compliant_endpoint_never_bills_past_the_reservation_in_any_script(
@@ -584,3 +584,13 @@ async def test_an_endpoint_billing_past_its_limit_is_charged_recorded_and_reserv
     assert payload["reserved"] == pytest.approx(reserved)
     assert first.related_event_id == 1 and second.related_event_id is None
     assert after == pytest.approx(before * first.cost_usd / reserved)
+
+
+@pytest.mark.anyio
+async def test_lone_surrogates_from_json_input_become_replacement_characters() -> None:
+    provider = FakeProvider()
+    async with Gateway({"m": REMOTE, "s": _sim()}, providers={"m": provider}) as gateway:
+        await gateway.client("m", _scope()).complete(prompt="a \ud800 b", system="\udfff")
+        sim = await gateway.client("s", _scope()).complete(prompt="x \ud83d\ude00 \ud800")
+    assert [m["content"] for m in provider.seen[0].messages] == ["\ufffd", "a \ufffd b"]
+    assert sim.text

@@ -182,11 +182,11 @@ def _messages(
 ) -> list[dict[str, str]]:
     chat: list[dict[str, str]] = []
     if system:
-        chat.append({"role": "system", "content": system})
+        chat.append({"role": "system", "content": _text(system)})
     for m in messages or ():
-        chat.append({"role": str(m.get("role", "user")), "content": str(m.get("content", ""))})
+        chat.append({"role": _text(m.get("role", "user")), "content": _text(m.get("content", ""))})
     if prompt is not None:
-        chat.append({"role": "user", "content": prompt})
+        chat.append({"role": "user", "content": _text(prompt)})
     if not any(m["role"] != "system" for m in chat):
         raise NodeError(
             "a model call needs `prompt=` or `messages=` (got neither)",
@@ -194,6 +194,13 @@ def _messages(
             request_id=scope.request.id,
         )
     return chat
+
+
+def _text(value: object) -> str:
+    """`value` as text that can be encoded: JSON input may carry lone surrogates
+    (`"\\ud800"`), which no provider, hash or store accepts; they become U+FFFD."""
+    text = str(value)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _prompt_text(messages: Sequence[Mapping[str, str]]) -> str:
@@ -398,7 +405,7 @@ class Gateway:
     ) -> Completion:
         breaker = self._admit(name, scope, record)
         try:
-            reservations = self._reserve(name, scope, call, record)
+            reservations = self._reserve(name, scope, record)
         except BudgetExceeded:
             breaker.on_abandon()
             raise
@@ -573,7 +580,7 @@ class Gateway:
         )
 
     def _reserve(
-        self, name: str, scope: CallScope, call: _Call, record: _Attempt
+        self, name: str, scope: CallScope, record: _Attempt
     ) -> list[tuple[RequestBudget, Reservation]]:
         estimate = self.estimate_cost(name, record.input_tokens, record.output_limit)
         record.reserved_usd = estimate

@@ -157,3 +157,17 @@ def test_moat_run_allow_unpriced_runs_the_graph(
     args = ["run", str(graph), "--prompt", "hi", "--db", str(db), "--quiet", "--allow-unpriced"]
     assert main(args) == 0
     assert '"status": "ok"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["gemini-2.5-pro", "openai/claude-sonnet-4-20250514"])
+def test_long_prompts_are_priced_at_the_long_context_rate(name: str) -> None:
+    short, long = table_price(name, 200_000), table_price(name, 200_001)
+    assert short is not None and long is not None
+    assert long.input > short.input and long.output > short.output
+    assert table_price("gpt-4o-mini", 10**6) == table_price("gpt-4o-mini")
+
+
+def test_the_gateway_reserves_and_charges_a_long_prompt_at_the_long_rate() -> None:
+    gateway = Gateway({"m": ModelSpec(provider="openai", model="gemini-2.5-pro", base_url="x")})
+    assert gateway.estimate_cost("m", 300_000, 0) == pytest.approx(300_000 * 2.50 / 1e6)
+    assert gateway.estimate_cost("m", 100_000, 0) == pytest.approx(100_000 * 1.25 / 1e6)

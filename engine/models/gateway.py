@@ -276,16 +276,17 @@ class Gateway:
                 f"unknown model '{name}'; the graph's `models:` define: {known}"
             ) from None
 
-    def price(self, name: str) -> Price:
-        """Dollars per million tokens for model `name`: its `price:`, `sim`'s, the price table's
-        (`engine.models.prices`), or zero for an unpriced endpoint (which `Pipeline` refuses
+    def price(self, name: str, input_tokens: int = 0) -> Price:
+        """Dollars per million tokens for model `name` on a call of `input_tokens` prompt
+        tokens: its `price:`, `sim`'s, the price table's (`engine.models.prices`, where long
+        prompts may cost more), or zero for an unpriced endpoint (which `Pipeline` refuses
         under a cost budget unless allowed)."""
         spec = self.spec(name)
         if spec.price is not None:
             return spec.price
         if spec.provider == "sim":
             return sim_profile(spec).price
-        return table_price(spec.model) or Price(input=0.0, output=0.0)
+        return table_price(spec.model, input_tokens) or Price(input=0.0, output=0.0)
 
     def client(self, name: str, scope: CallScope) -> ModelClient:
         """Model `name`, bound to the node run described by `scope`.
@@ -305,7 +306,7 @@ class Gateway:
     def estimate_cost(self, name: str, input_tokens: int, max_tokens: int | None = None) -> float:
         """The worst-case cost of a call: all input tokens and `max_tokens` of output, scaled
         by the worst overrun the model's endpoint has shown (1 for a compliant one)."""
-        price = self.price(name)
+        price = self.price(name, input_tokens)
         out = max_tokens if max_tokens is not None else self.default_max_tokens
         cost = (input_tokens * price.input + out * price.output) / 1_000_000
         return cost * self.overrun_factor.get(name, 1.0)
@@ -484,7 +485,8 @@ class Gateway:
             record.cost_usd = record.reserved_usd
             record.charged_input, record.charged_output = record.input_tokens, record.output_limit
         elif cancelled:
-            record.cost_usd = record.input_tokens * self.price(name).input / 1_000_000
+            price = self.price(name, record.input_tokens)
+            record.cost_usd = record.input_tokens * price.input / 1_000_000
             record.charged_input = record.input_tokens
 
     def _charge_answer(
@@ -495,7 +497,7 @@ class Gateway:
             record.cost_usd = record.reserved_usd
             record.charged_input, record.charged_output = record.input_tokens, record.output_limit
             return
-        price = self.price(name)
+        price = self.price(name, response.input_tokens)
         record.charged_input, record.charged_output = response.input_tokens, response.output_tokens
         cost = (response.input_tokens * price.input + response.output_tokens * price.output) / 1e6
         record.cost_usd = cost

@@ -8,9 +8,10 @@ its spec nor here is *unpriced*: its calls would cost $0 and no cost budget coul
 
 Prices are the providers' standard (non-batch, uncached) per-token rates, compiled on
 `PRICES_AS_OF` from `PRICES_SOURCES`. Discounts (cached input, batch) are not applied, so a
-charge is never below the bill. Long-context surcharges (Gemini 2.5 Pro and Claude Sonnet 4
-prompts over 200K tokens) are not modelled: give such a model an explicit `price:` at the
-higher rate if it reads prompts that long. Prices change; an explicit `price:` always wins.
+charge is never below the bill. Long-context rates (`LONG_CONTEXT`: Gemini 2.5 Pro and
+Claude Sonnet 4 / 4.5 prompts over 200K tokens) apply to a call whose input goes past the
+threshold: reserved when the input bound does, charged when the reported usage does.
+Prices change; an explicit `price:` always wins (and is flat).
 
 Names are matched after lower-casing, dropping a gateway's `vendor/` prefix
 (`openai/gpt-4o-mini`, `anthropic/claude-sonnet-4`) and a trailing snapshot date or
@@ -25,7 +26,14 @@ from collections.abc import Mapping
 
 from engine.spec import ModelSpec, Price
 
-__all__ = ["PRICES", "PRICES_AS_OF", "PRICES_SOURCES", "is_priced", "table_price"]
+__all__ = [
+    "LONG_CONTEXT",
+    "PRICES",
+    "PRICES_AS_OF",
+    "PRICES_SOURCES",
+    "is_priced",
+    "table_price",
+]
 
 PRICES_AS_OF = "2026-12-02"
 """When the table was compiled."""
@@ -83,20 +91,38 @@ PRICES: Mapping[str, Price] = {
 }
 """Dollars per million tokens by model name."""
 
+LONG_CONTEXT: Mapping[str, tuple[int, Price]] = {
+    "gemini-2.5-pro": (200_000, Price(input=2.50, output=15.00)),
+    "claude-sonnet-4": (200_000, Price(input=6.00, output=22.50)),
+    "claude-sonnet-4-5": (200_000, Price(input=6.00, output=22.50)),
+}
+"""Per model, the prompt size past which a call is billed at a higher price, and that price."""
+
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 
-def table_price(model: str | None) -> Price | None:
-    """The table's price of `model` (a provider's model name), or None when not listed."""
+def table_price(model: str | None, input_tokens: int = 0) -> Price | None:
+    """The table's price of `model` (a provider's model name) for a call of `input_tokens`
+    prompt tokens, or None when the model is not listed."""
+    key = _key(model)
+    if key is None:
+        return None
+    threshold, long_price = LONG_CONTEXT.get(key, (None, None))
+    if threshold is not None and input_tokens > threshold:
+        return long_price
+    return PRICES[key]
+
+
+def _key(model: str | None) -> str | None:
+    """The table's name for `model`, or None."""
     if not model:
         return None
     name = model.strip().lower()
-    if name in PRICES:
-        return PRICES[name]
-    name = name.rsplit("/", 1)[-1]
-    if name in PRICES:
-        return PRICES[name]
-    return PRICES.get(_SNAPSHOT.sub("", name))
+    for candidate in (name, name.rsplit("/", 1)[-1]):
+        if candidate in PRICES:
+            return candidate
+    bare = _SNAPSHOT.sub("", name.rsplit("/", 1)[-1])
+    return bare if bare in PRICES else None
 
 
 def is_priced(spec: ModelSpec) -> bool:

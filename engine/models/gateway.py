@@ -46,7 +46,8 @@ from engine.errors import (
     RateLimited,
     TransientError,
 )
-from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall, now
+from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall
+from engine.models._attempt import Attempt, Call, chat_messages, chat_text
 from engine.models._egress import apply_egress_policy, redact_text
 from engine.models.base import (
     Provider,
@@ -111,39 +112,6 @@ class CallScope:
     deadline: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    messages: Sequence[Mapping[str, str]]
-    schema: Mapping[str, Any] | None
-    json_mode: bool
-    task: str | None
-    max_tokens: int | None
-    temperature: float | None
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """Bookkeeping of one attempt, turned into an `LlmCall` however the attempt ends."""
-
-    prompt_text: str
-    prompt_hash: str
-    input_tokens: int
-    """The most input tokens the provider can bill (what is reserved)."""
-    output_limit: int = 0
-    """The most output tokens the provider may produce (reserved, and sent)."""
-    reserved_usd: float = 0.0
-    charged_input: int = 0
-    charged_output: int = 0
-    started_at: float = field(default_factory=now)
-    clock: float | None = None
-    status: str = "error"
-    error: str | None = None
-    response: ProviderResponse | None = None
-    cost_usd: float = 0.0
-    latency_ms: float = 0.0
-    related_event_id: int | None = None
-
-
 class _GatewayClient:
     """A logical model bound to one node run (implements `engine.context.ModelClient`)."""
 
@@ -166,45 +134,13 @@ class _GatewayClient:
         temperature: float | None = None,
     ) -> Completion:
         """Make one call through the gateway (see `engine.context.ModelClient.complete`)."""
-        chat = _messages(prompt, messages, system, self._scope)
-        call = _Call(chat, schema, json_mode, task, max_tokens, temperature)
+        scope = self._scope
+        chat = chat_messages(prompt, messages, system, scope.node_id, scope.request.id)
+        call = Call(chat, schema, json_mode, task, max_tokens, temperature)
         return await self._gateway._complete(self.name, self._scope, call)
 
     def __repr__(self) -> str:
         return f"<ModelClient {self.name!r} node={self._scope.node_id!r}>"
-
-
-def _messages(
-    prompt: str | None,
-    messages: Sequence[Mapping[str, str]] | None,
-    system: str | None,
-    scope: CallScope,
-) -> list[dict[str, str]]:
-    chat: list[dict[str, str]] = []
-    if system:
-        chat.append({"role": "system", "content": _text(system)})
-    for m in messages or ():
-        chat.append({"role": _text(m.get("role", "user")), "content": _text(m.get("content", ""))})
-    if prompt is not None:
-        chat.append({"role": "user", "content": _text(prompt)})
-    if not any(m["role"] != "system" for m in chat):
-        raise NodeError(
-            "a model call needs `prompt=` or `messages=` (got neither)",
-            node_id=scope.node_id,
-            request_id=scope.request.id,
-        )
-    return chat
-
-
-def _text(value: object) -> str:
-    """`value` as text that can be encoded: JSON input may carry lone surrogates
-    (`"\\ud800"`), which no provider, hash or store accepts; they become U+FFFD."""
-    text = str(value)
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _prompt_text(messages: Sequence[Mapping[str, str]]) -> str:
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
 
 
 def _located(exc: NodeError, scope: CallScope, attempts: int) -> NodeError:
@@ -354,7 +290,7 @@ class Gateway:
         simulated in process); otherwise it reserves and charges upper bounds."""
         return self._specs[name].provider == "sim"
 
-    def _input_bound(self, name: str, call: _Call, messages: Sequence[Mapping[str, str]]) -> int:
+    def _input_bound(self, name: str, call: Call, messages: Sequence[Mapping[str, str]]) -> int:
         if not self._billing_known(name):
             return max_input_tokens(messages, call.schema)
         tokens = _estimate_tokens("\n".join(m["content"] for m in messages))
@@ -366,17 +302,17 @@ class Gateway:
 
     # -- one call ---------------------------------------------------------------------
 
-    async def _complete(self, name: str, scope: CallScope, call: _Call) -> Completion:
+    async def _complete(self, name: str, scope: CallScope, call: Call) -> Completion:
         spec = self._specs[name]
         messages = self._egress(name, scope, call.messages)
-        prompt_text = _prompt_text(messages)
+        prompt_text = chat_text(messages)
         input_tokens = self._input_bound(name, call, messages)
         limit = call.max_tokens if call.max_tokens is not None else self.default_max_tokens
         prompt_hash = hashlib.sha256(prompt_text.encode()).hexdigest()[:16]
         jitter = random.Random(f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}")
         attempt = 0
         while True:
-            record = _Attempt(prompt_text, prompt_hash, input_tokens, limit)
+            record = Attempt(prompt_text, prompt_hash, input_tokens, limit)
             try:
                 return await self._attempt(name, scope, call, messages, record, attempt)
             except TransientError as exc:
@@ -399,9 +335,9 @@ class Gateway:
         self,
         name: str,
         scope: CallScope,
-        call: _Call,
+        call: Call,
         messages: Sequence[Mapping[str, str]],
-        record: _Attempt,
+        record: Attempt,
         attempt: int,
     ) -> Completion:
         breaker = self._admit(name, scope, record)
@@ -456,7 +392,7 @@ class Gateway:
         self,
         name: str,
         scope: CallScope,
-        call: _Call,
+        call: Call,
         messages: Sequence[Mapping[str, str]],
         attempt: int,
         max_tokens: int,
@@ -479,32 +415,26 @@ class Gateway:
             return await self._providers[name].complete(request)
         raise ProviderTimeout(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
 
-    def _charge_unanswered(self, name: str, record: _Attempt, *, cancelled: bool) -> None:
+    def _charge_unanswered(self, name: str, record: Attempt, *, cancelled: bool) -> None:
         """Charge an attempt that was sent but got no answer (see the module docstring)."""
         if not self._billing_known(name):
-            record.cost_usd = record.reserved_usd
-            record.charged_input, record.charged_output = record.input_tokens, record.output_limit
+            record.charge_reservation()
         elif cancelled:
-            price = self.price(name, record.input_tokens)
-            record.cost_usd = record.input_tokens * price.input / 1_000_000
-            record.charged_input = record.input_tokens
+            record.charge_prompt(self.price(name, record.input_tokens))
 
     def _charge_answer(
-        self, name: str, scope: CallScope, record: _Attempt, response: ProviderResponse
+        self, name: str, scope: CallScope, record: Attempt, response: ProviderResponse
     ) -> None:
         """Charge an answered attempt its reported usage (the reservation when it has none)."""
         if not response.usage_reported:
-            record.cost_usd = record.reserved_usd
-            record.charged_input, record.charged_output = record.input_tokens, record.output_limit
+            record.charge_reservation()
             return
-        price = self.price(name, response.input_tokens)
-        record.charged_input, record.charged_output = response.input_tokens, response.output_tokens
-        cost = (response.input_tokens * price.input + response.output_tokens * price.output) / 1e6
-        record.cost_usd = cost
-        if cost > record.reserved_usd * (1 + 1e-9):
+        inp, out = response.input_tokens, response.output_tokens
+        record.charge_usage(inp, out, self.price(name, inp))
+        if record.overran:
             self._overrun(name, scope, record)
 
-    def _overrun(self, name: str, scope: CallScope, record: _Attempt) -> None:
+    def _overrun(self, name: str, scope: CallScope, record: Attempt) -> None:
         """A non-compliant endpoint billed past the reservation: record it, learn from it."""
         ratio = record.cost_usd / record.reserved_usd if record.reserved_usd > 0 else 1.0
         if record.reserved_usd > 0:
@@ -527,7 +457,7 @@ class Gateway:
         )
 
     def _completion(
-        self, name: str, scope: CallScope, call: _Call, record: _Attempt, response: ProviderResponse
+        self, name: str, scope: CallScope, call: Call, record: Attempt, response: ProviderResponse
     ) -> Completion:
         assert record.clock is not None, "a completed call has started"
         measured = (anyio.current_time() - record.clock) * 1000
@@ -554,7 +484,7 @@ class Gateway:
 
     # -- guards -----------------------------------------------------------------------
 
-    def _admit(self, name: str, scope: CallScope, record: _Attempt) -> CircuitBreaker:
+    def _admit(self, name: str, scope: CallScope, record: Attempt) -> CircuitBreaker:
         breaker = self.breakers[name]
         try:
             probe = breaker.before_call()
@@ -582,7 +512,7 @@ class Gateway:
         )
 
     def _reserve(
-        self, name: str, scope: CallScope, record: _Attempt
+        self, name: str, scope: CallScope, record: Attempt
     ) -> list[tuple[RequestBudget, Reservation]]:
         estimate = self.estimate_cost(name, record.input_tokens, record.output_limit)
         record.reserved_usd = estimate
@@ -596,7 +526,7 @@ class Gateway:
         return held
 
     def _refuse_budget(
-        self, name: str, scope: CallScope, budget: RequestBudget, estimate: float, record: _Attempt
+        self, name: str, scope: CallScope, budget: RequestBudget, estimate: float, record: Attempt
     ) -> None:
         remaining = budget.remaining_usd or 0.0
         record.related_event_id = scope.emit(
@@ -654,15 +584,15 @@ class Gateway:
             f"personal data ({kinds}) while the policy sets `egress.allow_unredacted: false`; "
             f"set `egress.redact: true`, add a `redact` node before it, or use a local model"
         )
-        text = _prompt_text(chat)
-        record = _Attempt(text, hashlib.sha256(text.encode()).hexdigest()[:16], 0)
+        text = chat_text(chat)
+        record = Attempt(text, hashlib.sha256(text.encode()).hexdigest()[:16], 0)
         record.status, record.error, record.related_event_id = "refused", message, event
         self._record(name, scope, record)
         raise EgressBlocked(message)
 
     # -- recording --------------------------------------------------------------------
 
-    def _record(self, name: str, scope: CallScope, record: _Attempt) -> None:
+    def _record(self, name: str, scope: CallScope, record: Attempt) -> None:
         store = scope.policy.get("store_text")
         response = record.response
         prompt_text: str | None = None

@@ -1,0 +1,119 @@
+"""One model call as the gateway normalises it, and the bookkeeping and charge of each attempt.
+
+`Attempt` carries what an attempt reserved (the input bound, the output limit and their
+cost) and what it is charged, by one of three rules the gateway picks (its module
+docstring says when): the reported usage, the whole reservation, or the prompt alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import NodeError
+from engine.events import now
+from engine.models.base import ProviderResponse
+from engine.spec import Price
+
+__all__ = ["Attempt", "Call", "chat_messages", "chat_text"]
+
+_OVERRUN_TOLERANCE = 1e-9
+"""Relative slack for float rounding before a charge counts as past its reservation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One model call, as a node asked for it (the chat already normalised)."""
+
+    messages: Sequence[Mapping[str, str]]
+    schema: Mapping[str, Any] | None
+    json_mode: bool
+    task: str | None
+    max_tokens: int | None
+    temperature: float | None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """Bookkeeping of one attempt, turned into an `LlmCall` however the attempt ends."""
+
+    prompt_text: str
+    prompt_hash: str
+    input_tokens: int
+    """The most input tokens the provider can bill (what is reserved)."""
+    output_limit: int = 0
+    """The most output tokens the provider may produce (reserved, and sent)."""
+    reserved_usd: float = 0.0
+    """What the attempt reserved against each budget."""
+    charged_input: int = 0
+    charged_output: int = 0
+    cost_usd: float = 0.0
+    """What the attempt is charged (0 until a charge rule applies)."""
+    started_at: float = field(default_factory=now)
+    clock: float | None = None
+    status: str = "error"
+    error: str | None = None
+    response: ProviderResponse | None = None
+    latency_ms: float = 0.0
+    related_event_id: int | None = None
+
+    def charge_usage(self, input_tokens: int, output_tokens: int, price: Price) -> None:
+        """Charge the tokens the provider reported, at `price`."""
+        self.charged_input, self.charged_output = input_tokens, output_tokens
+        self.cost_usd = (input_tokens * price.input + output_tokens * price.output) / 1e6
+
+    def charge_reservation(self) -> None:
+        """Charge everything reserved: the most the provider may have billed."""
+        self.charged_input, self.charged_output = self.input_tokens, self.output_limit
+        self.cost_usd = self.reserved_usd
+
+    def charge_prompt(self, price: Price) -> None:
+        """Charge the prompt alone (a cancelled `sim` attempt)."""
+        self.charged_input, self.charged_output = self.input_tokens, 0
+        self.cost_usd = self.input_tokens * price.input / 1e6
+
+    @property
+    def overran(self) -> bool:
+        """Whether the charge went past the reservation (a non-compliant endpoint)."""
+        return self.cost_usd > self.reserved_usd * (1 + _OVERRUN_TOLERANCE)
+
+
+def chat_messages(
+    prompt: str | None,
+    messages: Sequence[Mapping[str, str]] | None,
+    system: str | None,
+    node_id: str,
+    request_id: str,
+) -> list[dict[str, str]]:
+    """The chat a call sends: the system message first, then `messages`, then `prompt`.
+
+    Raises:
+        NodeError: there is no message but the system one.
+    """
+    chat: list[dict[str, str]] = []
+    if system:
+        chat.append({"role": "system", "content": _text(system)})
+    for m in messages or ():
+        chat.append({"role": _text(m.get("role", "user")), "content": _text(m.get("content", ""))})
+    if prompt is not None:
+        chat.append({"role": "user", "content": _text(prompt)})
+    if not any(m["role"] != "system" for m in chat):
+        raise NodeError(
+            "a model call needs `prompt=` or `messages=` (got neither)",
+            node_id=node_id,
+            request_id=request_id,
+        )
+    return chat
+
+
+def chat_text(messages: Sequence[Mapping[str, str]]) -> str:
+    """The chat as one text (what is hashed, and stored when the policy allows)."""
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+
+
+def _text(value: object) -> str:
+    """`value` as text that can be encoded: JSON input may carry lone surrogates
+    (`"\\ud800"`), which no provider, hash or store accepts; they become U+FFFD."""
+    text = str(value)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -215,8 +215,8 @@ class OpenAIProvider:
 def _usage(result: ChatCompletion) -> tuple[int, int] | None:
     """(prompt, completion) tokens when the body reports both as counts, else None.
 
-    The client does not validate bodies, so a lax endpoint's `usage` may be missing,
-    partial, or hold strings or negatives: none of those can be charged as reported."""
+    The client coerces what it can but rejects nothing, so a lax endpoint's `usage` may be
+    missing, partial, null or hold words or negatives: none of those can be charged as is."""
     usage = result.usage
     counts = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
     if all(type(n) is int and n >= 0 for n in counts):

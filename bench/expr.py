@@ -7,7 +7,7 @@ import timeit
 
 from pydantic import BaseModel
 
-from engine.expr import compile_expr, compile_template
+from engine.expr.expression import compile_expr, compile_template
 
 
 class Risk(BaseModel):

@@ -27,7 +27,7 @@ import anyio
 
 from bench.overhead import DRAIN_EVERY, build_graph, handwritten
 from engine.events import MemorySink
-from engine.scheduler import Runner
+from engine.scheduler.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine import Node, NodeContext
-from engine.expr import _compile_cached
-from engine.loader import load_graph_text
-from engine.registry import Registry
+from engine.expr.expression import _compile_cached
+from engine.graph.loader import load_graph_text
+from engine.plugin.registry import Registry
 
 
 class Step(Node):

@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict
 
 from engine import Node, NodeContext
 from engine.events import MemorySink, Record
-from engine.graph import Graph
-from engine.loader import load_graph_text
-from engine.registry import Registry
-from engine.scheduler import Runner
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph_text
+from engine.plugin.registry import Registry
+from engine.scheduler.runner import Runner
 
 SLEEPS_MS = {
     "router": 2,

@@ -32,7 +32,7 @@ from engine.events import (
     RequestRecord,
     RequestStatus,
 )
-from engine.store import Store
+from engine.store.store import Store
 
 _EVENT_TYPES = (
     "POLICY_PINNED",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.store import _request_records
-from engine.store import Store
+from engine.store.store import Store
 from tui._live import LiveReader, percentile
 
 _BATCH = 50

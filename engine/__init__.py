@@ -6,7 +6,6 @@ The public API: load a graph, write node plugins, run requests, read what happen
 from __future__ import annotations
 
 from engine.api import BatchSummary, Pipeline, run_sync
-from engine.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
 from engine.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -34,14 +33,15 @@ from engine.events import (
     RequestStatus,
     Sink,
 )
-from engine.graph import Graph
-from engine.loader import GraphErrors, check_file, load_graph, load_graph_text
-from engine.node import Node
-from engine.policy import PolicyManager, PolicyPin
-from engine.registry import Registry
+from engine.graph.compiled import Graph
+from engine.graph.loader import GraphErrors, check_file, load_graph, load_graph_text
+from engine.plugin.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
+from engine.plugin.node import Node
+from engine.plugin.registry import Registry
+from engine.policy.manager import PolicyManager, PolicyPin
 from engine.requests import BatchItem
-from engine.scheduler import RequestResult, Runner
-from engine.store import Store, StoreWriter
+from engine.scheduler.runner import RequestResult, Runner
+from engine.store.store import Store, StoreWriter
 
 __all__ = [
     "BatchItem",

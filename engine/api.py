@@ -20,17 +20,17 @@ from typing import Any
 
 import anyio
 
-from engine.context import SharedState
 from engine.errors import SpecError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
-from engine.graph import Graph
-from engine.loader import load_graph
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.graph.spec import ModelSpec
 from engine.models import PRICES_AS_OF, Gateway, is_priced
-from engine.policy import PolicyManager
+from engine.plugin.context import SharedState
+from engine.policy.manager import PolicyManager
 from engine.requests import BatchItem, InputValidator, parse_request
-from engine.scheduler import RequestResult, Runner
-from engine.spec import ModelSpec
-from engine.store import Store, new_run_id
+from engine.scheduler.runner import RequestResult, Runner
+from engine.store.store import Store, new_run_id
 
 __all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
 

@@ -41,9 +41,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, Field
 
-from engine.context import NodeContext
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._semcache import Lookup, SemanticCache
 
 __all__ = ["CacheNode", "shared_cache"]

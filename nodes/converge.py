@@ -21,9 +21,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 
 __all__ = ["ConvergeNode"]
 

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._calls import ask_json, clamp01, object_schema
 from nodes._principles import Principle, PrincipleIndex, load_principles, source_key
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from engine.context import NodeContext
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ModelNode"]

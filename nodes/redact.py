@@ -26,9 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._pii import KINDS, PiiKind, detect, normalise_value
 
 __all__ = ["PiiVault", "RedactNode"]

@@ -19,8 +19,8 @@ import anyio
 import yaml
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._embed import Embedder, HashingEmbedder, cosine, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]

@@ -27,10 +27,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
 from engine.errors import NodeError
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._features import Features, features
 from nodes._lsh import MinHashIndex

@@ -32,10 +32,10 @@ import anyio
 import jsonschema
 from pydantic import BaseModel, Field
 
-from engine.context import Completion, NodeContext
 from engine.errors import NodeError
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import Completion, NodeContext
+from engine.plugin.node import Node
 from nodes._calls import ask_json, clamp01, object_schema
 from nodes._features import features
 from nodes._jsonfix import JsonFixError, parse_lenient

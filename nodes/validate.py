@@ -26,10 +26,10 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
-from engine.context import NodeContext
 from engine.errors import BudgetExceeded, CircuitOpen, TransientError
 from engine.events import EventType
-from engine.node import Node
+from engine.plugin.context import NodeContext
+from engine.plugin.node import Node
 from nodes._jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]

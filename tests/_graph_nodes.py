@@ -8,7 +8,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine import Node, NodeContext
-from engine.registry import Registry
+from engine.plugin.registry import Registry
 
 
 class Echo(Node):

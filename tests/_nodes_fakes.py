@@ -1,6 +1,6 @@
 """Test doubles for node tests: a scripted model gateway and an in-memory request runtime.
 
-`FakeRuntime` implements `engine.context.RequestRuntime` the way the scheduler would, but
+`FakeRuntime` implements `engine.plugin.context.RequestRuntime` the way the scheduler would, but
 records everything in lists so a test can assert a node's outputs *and* the events and
 traces it emitted. `FakeModel` answers each `task` from a script of replies (strings,
 JSON-able values, `Completion`s, exceptions or callables) and records every call.
@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 
-from engine.context import Completion, NodeContext, RequestInfo, SharedState
-from engine.node import Node
+from engine.plugin.context import Completion, NodeContext, RequestInfo, SharedState
+from engine.plugin.node import Node
 
 Reply = Any
 """str (text), dict/list (JSON), Completion, BaseException, or callable(call) -> Reply."""

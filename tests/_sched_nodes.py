@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict
 from engine import Node, NodeContext
 from engine.errors import TransientError
 from engine.events import MemorySink, NodeRun
-from engine.graph import Graph
-from engine.loader import load_graph_text
-from engine.registry import Registry
-from engine.scheduler import RequestResult, Runner
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph_text
+from engine.plugin.registry import Registry
+from engine.scheduler.runner import RequestResult, Runner
 
 
 class Work(Node):

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import run_sync
-from engine.loader import load_graph_text
+from engine.graph.loader import load_graph_text
 
 PRICE_IN, PRICE_OUT = 0.15, 0.60
 """gpt-4o-mini's table price, dollars per million tokens."""

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine.api import Pipeline
-from engine.store import Store
+from engine.store.store import Store
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import SpecError
-from engine.loader import check_text
+from engine.graph.loader import check_text
 
 DATA = Path(__file__).parent / "data"
 HEADER = """\
@@ -582,7 +582,7 @@ def test_a_node_class_without_an_output_model_is_refused_when_registered() -> No
     from pydantic import BaseModel
 
     from engine import Node, PluginError
-    from engine.registry import Registry
+    from engine.plugin.registry import Registry
 
     class NoOutput(Node):
         type_name = "no_output"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from engine.errors import EvaluationError, ExpressionError
-from engine.expr import Ref, Unresolved, compile_expr, compile_template
+from engine.expr.expression import Ref, Unresolved, compile_expr, compile_template
 
 
 class Risk(BaseModel):

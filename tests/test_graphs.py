@@ -13,8 +13,8 @@ from trio.testing import MockClock
 
 from engine import MemorySink, Registry, load_graph
 from engine.api import Pipeline
+from engine.graph.schema import graph_json_schema
 from engine.requests import read_jsonl
-from engine.schema import graph_json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
@@ -96,7 +96,7 @@ POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", POLICIES, ids=[p.stem for p in POLICIES])
 def test_shipped_policy_is_valid_for_its_graph(path: Path) -> None:
-    from engine.policy import load_policy_file, validate_policy
+    from engine.policy.manager import load_policy_file, validate_policy
 
     graph = load_graph(ROOT / "graphs" / f"{path.stem.split('.')[0]}.yaml")
     _, body, located = load_policy_file(path)

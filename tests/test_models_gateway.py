@@ -11,7 +11,6 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.context import ModelClient, RequestInfo
 from engine.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -21,6 +20,7 @@ from engine.errors import (
     TransientError,
 )
 from engine.events import CallKind, CallOutcome, EventType
+from engine.graph.spec import FaultRates, ModelSpec, Price
 from engine.models import (
     DEFAULT_MAX_TOKENS,
     CallScope,
@@ -34,7 +34,7 @@ from engine.models import (
     max_input_tokens,
     redact_text,
 )
-from engine.spec import FaultRates, ModelSpec, Price
+from engine.plugin.context import ModelClient, RequestInfo
 
 MOCK_CLOCK = [("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})]
 

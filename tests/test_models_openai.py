@@ -16,8 +16,8 @@ import openai
 import pytest
 from _fake_openai import FakeOpenAI
 
-from engine.context import RequestInfo
 from engine.errors import NodeError, RateLimited, TransientError
+from engine.graph.spec import ModelSpec, Price
 from engine.models import CallScope, Gateway, ProviderRequest, ProviderTimeout
 from engine.models.openai_provider import (
     ClientRegistry,
@@ -26,7 +26,7 @@ from engine.models.openai_provider import (
     parse_retry_after,
 )
 from engine.models.server import SimServer, profile_for_model, serve
-from engine.spec import ModelSpec, Price
+from engine.plugin.context import RequestInfo
 
 
 @asynccontextmanager

@@ -13,8 +13,8 @@ from engine import Pipeline
 from engine.api import rebind_models
 from engine.cli import main
 from engine.errors import SpecError
+from engine.graph.spec import ModelSpec, Price
 from engine.models import PRICES, PRICES_AS_OF, Gateway, is_priced, table_price
-from engine.spec import ModelSpec, Price
 
 GRAPH = """\
 moat: 1

@@ -12,8 +12,8 @@ import pytest
 import trio.testing
 from pydantic import BaseModel, Field
 
-from engine.context import RequestInfo
 from engine.errors import RateLimited, TransientError
+from engine.graph.spec import FaultRates, ModelSpec
 from engine.models import (
     SIM_PROFILES,
     CallScope,
@@ -22,7 +22,7 @@ from engine.models import (
     ProviderTimeout,
     SimProvider,
 )
-from engine.spec import FaultRates, ModelSpec
+from engine.plugin.context import RequestInfo
 
 PROFILES = ("small", "medium", "large")
 

@@ -14,7 +14,7 @@ from _nodes_fakes import FakeRuntime, run_node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.context import SharedState
+from engine.plugin.context import SharedState
 from nodes._semcache import SemanticCache, template
 from nodes.cache import CacheNode, shared_cache
 

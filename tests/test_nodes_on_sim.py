@@ -20,9 +20,9 @@ import pytest
 from trio.testing import MockClock
 
 from engine.events import MemorySink
-from engine.graph import Graph
-from engine.loader import load_graph_text
-from engine.scheduler import PolicyPin, RequestResult, Runner
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph_text
+from engine.scheduler.runner import PolicyPin, RequestResult, Runner
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from _nodes_fakes import FakeRuntime, run_node
 
-from engine.context import SharedState
 from engine.errors import NodeError
+from engine.plugin.context import SharedState
 from nodes._features import features
 from nodes.router import RouterNode
 

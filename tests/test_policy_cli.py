@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from engine.cli import main
-from engine.store import Store
+from engine.store.store import Store
 
 V1 = """\
 name: triage

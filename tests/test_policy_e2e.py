@@ -11,9 +11,9 @@ from _fast_graphs import ROOT, fast_copy
 
 from engine.api import Pipeline
 from engine.events import RequestRecord
-from engine.policy import apply_policy
+from engine.policy.manager import apply_policy
 from engine.requests import BatchItem
-from engine.store import Store
+from engine.store.store import Store
 
 
 def items(n: int, start: int = 0) -> list[BatchItem]:

@@ -12,9 +12,9 @@ from _graph_nodes import registry
 
 from engine import EventType, PolicyError, RequestStatus
 from engine.events import RequestRecord
-from engine.loader import load_graph
-from engine.policy import PolicyManager, PolicyPin, apply_policy, changed_keys
-from engine.store import Store
+from engine.graph.loader import load_graph
+from engine.policy.manager import PolicyManager, PolicyPin, apply_policy, changed_keys
+from engine.store.store import Store
 
 BODY: dict[str, Any] = {"name": "triage", "router": {"threshold": 0.4}, "cache": {"ttl_s": 60}}
 GUARDED: dict[str, Any] = {**BODY, "guard": {"window": 10, "max_cost_ratio": 1.3}}

@@ -9,10 +9,9 @@ import pytest
 from _graph_nodes import registry
 
 from engine import PolicyError
-from engine._policy_validate import located_body
-from engine.graph import Graph
-from engine.loader import load_graph
-from engine.policy import (
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.policy.manager import (
     PolicyManager,
     apply_policy,
     changed_keys,
@@ -21,7 +20,8 @@ from engine.policy import (
     load_policy_file,
     validate_policy,
 )
-from engine.store import Store
+from engine.policy.validate import located_body
+from engine.store.store import Store
 
 BASE = """\
 name: triage

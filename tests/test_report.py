@@ -24,7 +24,7 @@ from engine.events import (
     RequestRecord,
     RequestStatus,
 )
-from engine.report import (
+from engine.report.explain import (
     percentile,
     render_markdown,
     render_runs,
@@ -34,7 +34,7 @@ from engine.report import (
     run_stats,
     stats_json,
 )
-from engine.store import Store
+from engine.store.store import Store
 
 T0 = 1_795_305_600.0  # 2026-11-22 00:00:00 UTC
 RUN = "r-20261122-000000-ab12"

@@ -87,7 +87,7 @@ async def test_a_result_line_survives_a_drain_cancelled_before_its_row_commits(
     # the line must be left for the final drain, not dropped with the cancelled one.
     import anyio
 
-    from engine._cli_run import _OutWriter
+    from engine.cli.run import _OutWriter
     from engine.events import RequestRecord, RequestStatus
 
     class Store:

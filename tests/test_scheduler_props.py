@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import MemorySink, RequestRecord
-from engine.graph import Graph
-from engine.scheduler import RequestResult, Runner
+from engine.graph.compiled import Graph
+from engine.scheduler.runner import RequestResult, Runner
 
 
 @dataclass

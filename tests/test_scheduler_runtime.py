@@ -11,7 +11,7 @@ from _sched_nodes import backends, events, graph, impl, mock_trio, run, run_of, 
 from structlog.testing import capture_logs
 
 from engine.events import MemorySink, NodeRun, OrchestrationEvent, RequestRecord
-from engine.scheduler import (
+from engine.scheduler.runner import (
     LazyNode,
     LazyNodeCancelled,
     LazyNodeFailed,
@@ -170,7 +170,7 @@ async def test_the_response_does_not_wait_for_cleanup(anyio_backend: Any) -> Non
 @pytest.mark.anyio
 async def test_lazy_node_is_a_future(anyio_backend: Any) -> None:
     g = graph(LONG_SPECULATION)
-    from engine._sched_eval import Frame
+    from engine.scheduler.frame import Frame
 
     req = SimpleNamespace(frame=None)  # a frame only registers itself with its request
     frame = Frame(req, None, g.scope, None, 0, {})  # type: ignore[arg-type]

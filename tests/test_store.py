@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from engine._store_schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from engine.errors import StoreError
 from engine.events import (
     CacheStatus,
@@ -29,7 +28,8 @@ from engine.events import (
     RequestStatus,
     hash_input,
 )
-from engine.store import Store, StoreWriter
+from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
+from engine.store.store import Store, StoreWriter
 
 # DESIGN.md section 8, plus the nullable extras this store adds.
 CONTRACT = {

@@ -11,7 +11,7 @@ from test_tui_store import RUN_A, RUN_B, add_request, build_store, registry
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input, Select, Static, TabbedContent, Tree
 
-from engine.store import Store
+from engine.store.store import Store
 from tui import MoatApp
 from tui.cli import add_commands
 from tui.commands import MoatCommands

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine import Node, NodeContext
-from engine.registry import Registry
-from engine.store import Store
+from engine.plugin.registry import Registry
+from engine.store.store import Store
 
 T0 = 1714564800.0
 """2024-05-01 12:00:00 UTC."""

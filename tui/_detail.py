@@ -1,6 +1,6 @@
 """The request detail view model: the engine's request report plus the run's drawn graph.
 
-`load_detail` builds `engine.report.request_report` (summary, execution strategy, runtime
+`load_detail` builds `engine.report.explain.request_report` (summary, execution strategy, runtime
 decisions, cycle cards, timeline, LLM calls, raw events: DESIGN.md section 9) and adds what
 only the TUI draws: each graph node's state and timing, in the graph's topological order
 when the run's graph file can be loaded, else in the order the nodes ran.
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import MoatError, StoreError
-from engine.graph import Graph, Scope
-from engine.loader import load_graph
-from engine.registry import Registry
-from engine.report import RequestReport, TimelineEntry, request_report
-from engine.store import Store
+from engine.graph.compiled import Graph, Scope
+from engine.graph.loader import load_graph
+from engine.plugin.registry import Registry
+from engine.report.explain import RequestReport, TimelineEntry, request_report
+from engine.store.store import Store
 
 __all__ = [
     "MARK_LETTERS",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.store import Store
+from engine.store.store import Store
 
 __all__ = [
     "FAILED_STATUSES",

@@ -1,6 +1,6 @@
 """Policy actions the TUI offers: diff two snapshots, apply a file, roll back.
 
-Everything goes through the engine's policy manager (`engine.policy`), so the TUI validates
+Everything goes through the engine's policy manager (`engine.policy.manager`), so the TUI validates
 and records exactly what `moat policy` does. Each action opens its own short-lived
 writable `Store` and returns a one-line message for the user.
 """
@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.graph import Graph
-from engine.policy import PolicyManager, apply_policy, diff_policies, load_policy_file
-from engine.store import Store
+from engine.graph.compiled import Graph
+from engine.policy.manager import PolicyManager, apply_policy, diff_policies, load_policy_file
+from engine.store.store import Store
 
 __all__ = ["apply_policy_file", "change_lines", "rollback_policy"]
 

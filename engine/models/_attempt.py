@@ -13,8 +13,8 @@ from typing import Any
 
 from engine.errors import NodeError
 from engine.events import now
+from engine.graph.spec import Price
 from engine.models.base import ProviderResponse
-from engine.spec import Price
 
 __all__ = ["Attempt", "Call", "chat_messages", "chat_text"]
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.context import RequestInfo
 from engine.errors import TransientError
+from engine.plugin.context import RequestInfo
 
 __all__ = [
     "Provider",

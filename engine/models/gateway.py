@@ -37,7 +37,6 @@ from typing import Any
 
 import anyio
 
-from engine.context import Completion, ModelClient, RequestInfo
 from engine.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -47,6 +46,7 @@ from engine.errors import (
     TransientError,
 )
 from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall
+from engine.graph.spec import ModelSpec, Price
 from engine.models._attempt import Attempt, Call, chat_messages, chat_text
 from engine.models._egress import apply_egress_policy, redact_text
 from engine.models.base import (
@@ -62,7 +62,7 @@ from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget, Reservation
 from engine.models.prices import table_price
 from engine.models.sim import SimProvider, sim_profile
-from engine.spec import ModelSpec, Price
+from engine.plugin.context import Completion, ModelClient, RequestInfo
 
 __all__ = ["DEFAULT_MAX_TOKENS", "CallScope", "Emit", "Gateway"]
 
@@ -113,7 +113,7 @@ class CallScope:
 
 
 class _GatewayClient:
-    """A logical model bound to one node run (implements `engine.context.ModelClient`)."""
+    """A logical model bound to one node run (implements `engine.plugin.context.ModelClient`)."""
 
     def __init__(self, gateway: Gateway, name: str, scope: CallScope) -> None:
         self.name = name
@@ -133,7 +133,7 @@ class _GatewayClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
     ) -> Completion:
-        """Make one call through the gateway (see `engine.context.ModelClient.complete`)."""
+        """Make one call through the gateway (see `engine.plugin.context.ModelClient.complete`)."""
         scope = self._scope
         chat = chat_messages(prompt, messages, system, scope.node_id, scope.request.id)
         call = Call(chat, schema, json_mode, task, max_tokens, temperature)

@@ -33,8 +33,8 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from engine.errors import NodeError, RateLimited, TransientError
+from engine.graph.spec import ModelSpec
 from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, ResponseLost
-from engine.spec import ModelSpec
 
 __all__ = ["ClientRegistry", "OpenAIProvider", "output_limit_field", "parse_retry_after"]
 

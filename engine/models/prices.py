@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from engine.spec import ModelSpec, Price
+from engine.graph.spec import ModelSpec, Price
 
 __all__ = [
     "LONG_CONTEXT",

@@ -47,10 +47,10 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from engine.context import RequestInfo
+from engine.graph.spec import ModelSpec
 from engine.models.base import ProviderRequest, ProviderResponse
 from engine.models.sim import SIM_PROFILES, SimProvider
-from engine.spec import ModelSpec
+from engine.plugin.context import RequestInfo
 
 __all__ = ["SimServer", "profile_for_model", "run_server", "serve"]
 

@@ -64,11 +64,11 @@ from typing import Any
 import anyio
 
 from engine.errors import RateLimited, TransientError
+from engine.graph.spec import ModelSpec, Price
 from engine.models._egress import redact_text
 from engine.models._schema_fill import fill_schema
 from engine.models._sim_tasks import SimCall, answer_task, is_text_task
 from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
-from engine.spec import ModelSpec, Price
 
 __all__ = ["SIM_PROFILES", "SimProfile", "SimProvider", "break_json", "sim_profile"]
 

@@ -14,7 +14,13 @@ from textual.content import Content
 from textual.widgets import DataTable, Static, TabbedContent, TabPane, Tree
 from textual.widgets.tree import TreeNode
 
-from engine.report import CycleCard, DecisionRow, ExecutionStrategy, LlmCallRow, TimelineEntry
+from engine.report.explain import (
+    CycleCard,
+    DecisionRow,
+    ExecutionStrategy,
+    LlmCallRow,
+    TimelineEntry,
+)
 from tui._detail import GraphLine, RequestDetail, load_detail, mark_letters, node_state
 from tui._format import bar, ms, styled, usd, utc
 from tui._live import Snapshot

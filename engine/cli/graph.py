@@ -1,0 +1,231 @@
+"""The graph commands: `moat check`, `moat show`, `moat schema` and `moat nodes`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from engine.graph.compiled import Graph, Scope
+from engine.graph.loader import check_file, load_graph
+from engine.graph.schema import graph_json_schema
+from engine.plugin.registry import Registry
+
+__all__ = ["add_commands", "render_dot", "render_mermaid", "render_text"]
+
+
+def add_commands(sub: Any) -> None:
+    """Register the graph commands on the `moat` subparsers."""
+    p = sub.add_parser("check", help="validate graphs; exit 0 valid, 2 invalid")
+    p.add_argument("graphs", nargs="+", metavar="GRAPH")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("show", help="draw a graph as text, mermaid or dot")
+    p.add_argument("graph", metavar="GRAPH")
+    p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("schema", help="JSON Schema of the graph format, node types included")
+    p.set_defaults(handler=cmd_schema)
+
+    p = sub.add_parser("nodes", help="installed node types; one type's config and output")
+    p.add_argument("type", nargs="?", metavar="TYPE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_nodes)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check every graph; print located errors and warnings."""
+    bad = 0
+    for path in args.graphs:
+        report = check_file(path)
+        for warning in report.warnings:
+            if not args.quiet:
+                print(f"warning: {warning}", file=sys.stderr)
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        if report.errors:
+            bad += 1
+        elif not args.quiet and report.graph is not None:
+            g = report.graph
+            print(f"{path}: ok ({g.name}: {_count(g.scope)} nodes, {len(g.output)} outputs)")
+    return 2 if bad else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a graph in the chosen format."""
+    graph = load_graph(args.graph)
+    render = {"text": render_text, "mermaid": render_mermaid, "dot": render_dot}[args.format]
+    print(render(graph))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the graph format's JSON Schema."""
+    print(json.dumps(graph_json_schema(Registry.default()), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """List node types, or describe one."""
+    registry = Registry.default()
+    if args.type is None:
+        rows = [(n, registry.get(n)) for n in registry.names()]
+        if args.json:
+            print(json.dumps({n: c.describe() for n, c in rows if c}, indent=2))
+            return 0
+        width = max([len(n) for n, _ in rows] + [4])
+        for name, cls in rows:
+            assert cls is not None
+            print(f"{name:<{width}}  {cls.describe()}  [{registry.origin(name)}]")
+        print(f"{'loop':<{width}}  A bounded loop over a body of nodes (built into moat).")
+        return 0
+    cls = registry.get(args.type)
+    if cls is None:
+        close = registry.closest(args.type)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        print(
+            f"moat: unknown node type {args.type!r}{hint}. Installed: "
+            f"{', '.join(registry.names())}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "type": args.type,
+                    "description": cls.__doc__,
+                    "config": cls.Config.model_json_schema(),
+                    "output": cls.Output.model_json_schema(),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{args.type}: {(cls.__doc__ or '').strip()}\n")
+    print(f"origin: {registry.origin(args.type)}")
+    print("\nconfig (with:):")
+    print(_fields(cls.Config))
+    print("\noutput (readable as NODE.FIELD):")
+    print(_fields(cls.Output))
+    return 0
+
+
+def _fields(model: type[BaseModel]) -> str:
+    lines = []
+    for name, field in model.model_fields.items():
+        ann = getattr(field.annotation, "__name__", None) or str(field.annotation)
+        ann = ann.replace("typing.", "")
+        default = (
+            "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
+        )
+        required = " (required)" if field.is_required() else ""
+        lines.append(f"  {field.alias or name}: {ann}{default}{required}")
+        if field.description:
+            lines.append(f"      {field.description}")
+    return "\n".join(lines) or "  (none)"
+
+
+def _count(scope: Scope) -> int:
+    return sum(1 + (_count(n.loop.body) if n.loop else 0) for n in scope.nodes.values())
+
+
+def render_text(graph: Graph) -> str:
+    """An indented listing of nodes in run order with their reads and flags."""
+    lines = [f"{graph.name}  ({graph.path})"]
+    if graph.spec.description:
+        lines.append(f"  {graph.spec.description.strip()}")
+    lines += _text_scope(graph.scope, "  ")
+    lines.append("  output:")
+    lines += [f"    {name} = {expr.source}" for name, expr in graph.output.items()]
+    return "\n".join(lines)
+
+
+def _text_scope(scope: Scope, indent: str) -> list[str]:
+    lines = []
+    for nid in scope.order:
+        node = scope.nodes[nid]
+        flags = []
+        if node.speculative is True:
+            flags.append("speculative")
+        elif node.speculative is not False:
+            flags.append(f"speculative if {getattr(node.speculative, 'source', '')}")
+        if node.when is not None:
+            flags.append(f"when {node.when.source}")
+        if node.optional:
+            flags.append("optional")
+        reads = sorted(d for d in node.deps if d in scope.nodes)
+        extra = f"  <- {', '.join(reads)}" if reads else ""
+        tail = f"  [{'; '.join(flags)}]" if flags else ""
+        if node.loop is not None:
+            until = f" until {node.loop.until.source}" if node.loop.until else ""
+            lines.append(f"{indent}{nid}: loop (max {node.loop.max_cycles}{until}){extra}{tail}")
+            lines += _text_scope(node.loop.body, indent + "    ")
+        else:
+            lines.append(f"{indent}{nid}: {node.type_name}{extra}{tail}")
+    return lines
+
+
+def render_mermaid(graph: Graph) -> str:
+    """A mermaid flowchart: solid edges for reads, dashed borders for speculative nodes."""
+    lines = ["flowchart TD"]
+    lines += _mermaid_scope(graph.scope, "    ")
+    for name, expr in graph.output.items():
+        lines.append(f'    out_{name}[/"output: {name}"/]')
+        lines += [f"    {n} --> out_{name}" for n in sorted(expr.names) if n in graph.nodes]
+    return "\n".join(lines)
+
+
+def _mermaid_scope(scope: Scope, indent: str) -> list[str]:
+    lines = []
+    for nid in scope.order:
+        node = scope.nodes[nid]
+        if node.loop is not None:
+            lines.append(f'{indent}subgraph {nid}["{nid}: loop x{node.loop.max_cycles}"]')
+            lines += _mermaid_scope(node.loop.body, indent + "    ")
+            lines.append(f"{indent}end")
+        else:
+            lines.append(f'{indent}{nid}["{nid}: {node.type_name}"]')
+            if node.speculative is not False:
+                lines.append(f"{indent}style {nid} stroke-dasharray: 5 5")
+        for dep in sorted(node.deps):
+            if dep in scope.nodes:
+                arrow = "-.->" if node.when is not None and dep in node.when.names else "-->"
+                lines.append(f"{indent}{dep} {arrow} {nid}")
+    return lines
+
+
+def render_dot(graph: Graph) -> str:
+    """A Graphviz digraph: dashed nodes are speculative, dotted edges feed guards."""
+    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", "  node [shape=box];"]
+    lines += _dot_scope(graph.scope, "  ")
+    for name, expr in graph.output.items():
+        lines.append(f'  "output.{name}" [shape=note];')
+        lines += [f'  "{n}" -> "output.{name}";' for n in sorted(expr.names) if n in graph.nodes]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _dot_scope(scope: Scope, indent: str) -> list[str]:
+    lines = []
+    for nid in scope.order:
+        node = scope.nodes[nid]
+        if node.loop is not None:
+            lines.append(f'{indent}subgraph "cluster_{nid}" {{')
+            lines.append(f'{indent}  label="{nid}: loop x{node.loop.max_cycles}";')
+            lines += _dot_scope(node.loop.body, indent + "  ")
+            lines.append(f"{indent}}}")
+            lines.append(f'{indent}"{nid}" [shape=doubleoctagon];')
+        else:
+            style = ", style=dashed" if node.speculative is not False else ""
+            lines.append(f'{indent}"{nid}" [label="{nid}\\n{node.type_name}"{style}];')
+        for dep in sorted(node.deps):
+            if dep in scope.nodes:
+                guard = node.when is not None and dep in node.when.names
+                lines.append(f'{indent}"{dep}" -> "{nid}"{" [style=dotted]" if guard else ""};')
+    return lines

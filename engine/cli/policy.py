@@ -1,0 +1,254 @@
+"""The `moat policy` commands: list, show, apply, rollback, diff and history."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import MoatError, PolicyError
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.policy.manager import apply_policy, diff_policies, load_policy_file
+from engine.store import policy_ops as db
+from engine.store.store import Store
+
+__all__ = ["add_commands"]
+
+_GRAPHS_DIR = Path("graphs")
+
+
+def add_commands(sub: Any) -> None:
+    """Register `moat policy ...` on the `moat` subparsers."""
+    policy = sub.add_parser("policy", help="versioned policy snapshots: list, apply, rollback")
+    cmds = policy.add_subparsers(dest="policy_command", metavar="ACTION")
+    cmds.required = True
+
+    p = _command(cmds, "list", "every policy with its active and latest version", cmd_list)
+    p = _command(cmds, "show", "one version's settings (default: the active one)", cmd_show)
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--version", type=int, metavar="N")
+
+    p = _command(cmds, "apply", "validate a policy file and make it active", cmd_apply)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--allow-new-keys", action="store_true", help="accept keys the active version lacks"
+    )
+    p.add_argument(
+        "--graph",
+        action="append",
+        default=[],
+        metavar="GRAPH",
+        help="check against this graph (repeatable; default: graphs/ using this policy)",
+    )
+    p.add_argument("--reason", default="apply", help="recorded with the activation")
+
+    p = _command(cmds, "rollback", "reactivate the previous good version", cmd_rollback)
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--to", type=int, metavar="VERSION", help="the version to reactivate")
+
+    p = _command(cmds, "diff", "key-by-key differences (NAME, NAME@VERSION or FILE)", cmd_diff)
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+
+    p = _command(cmds, "history", "activations, oldest first", cmd_history)
+    p.add_argument("name", nargs="?", metavar="NAME")
+
+
+def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = cmds.add_parser(name, help=help_text)
+    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _open(args: argparse.Namespace, *, write: bool = False) -> Store:
+    path = args.db or os.environ.get("MOAT_DB") or "moat.db"
+    return Store.open(path, readonly=not write)
+
+
+def _resolve_name(store: Store, name: str | None) -> str:
+    names = [str(row["name"]) for row in store.list_policies()]
+    if name is not None:
+        if name not in names:
+            listed = ", ".join(names) or "none yet"
+            raise PolicyError(
+                f"no policy named '{name}' in {store.path} (policies: {listed}); "
+                "add one with `moat policy apply FILE`"
+            )
+        return name
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise PolicyError(f"{store.path} has no policies yet; add one with `moat policy apply`")
+    raise PolicyError(f"{store.path} holds several policies; name one of: {', '.join(names)}")
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print one line per policy."""
+    with _open(args) as store:
+        rows = store.list_policies()
+        if not rows:
+            print(f"no policies in {store.path}; add one with `moat policy apply FILE`")
+            return 0
+        print(f"{'NAME':<24} {'ACTIVE':>6} {'LATEST':>6} {'VERSIONS':>8}  BAD")
+        for row in rows:
+            bad = [
+                str(v["version"])
+                for v in store.policy_versions(row["name"])
+                if v["status"] == "bad"
+            ]
+            active = row["active"] if row["active"] is not None else "-"
+            print(
+                f"{row['name']:<24} {active:>6} {row['latest']:>6} {row['versions']:>8}  "
+                f"{', '.join(bad) or '-'}"
+            )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print one version's metadata and settings (YAML)."""
+    with _open(args) as store:
+        name = _resolve_name(store, args.name)
+        row = (
+            store.active_policy(name)
+            if args.version is None
+            else store.get_policy(name, args.version)
+        )
+        if row is None:
+            versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
+            raise PolicyError(
+                f"policy '{name}' has no version {args.version}; stored versions: {versions}"
+            )
+        print(f"# policy {name} version {row['version']} ({row['status']})")
+        print(f"# parent: {row['parent_version'] or '-'}  created: {_when(row['created_at'])}")
+        print(f"# sha256: {row['content_hash']}")
+        print(yaml.safe_dump(row["body"], sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def _graphs_for(name: str, paths: list[str]) -> list[Graph]:
+    if paths:
+        return [load_graph(path) for path in paths]
+    if not _GRAPHS_DIR.is_dir():
+        return []
+    found: list[Graph] = []
+    for path in sorted([*_GRAPHS_DIR.glob("*.yaml"), *_GRAPHS_DIR.glob("*.yml")]):
+        try:
+            graph = load_graph(path)
+        except MoatError as exc:
+            print(f"warning: {path} does not load, not checked against it: {exc}", file=sys.stderr)
+            continue
+        if graph.policy_name == name:
+            found.append(graph)
+    return found
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate FILE against the active version and the graphs; activate it."""
+    name, _, _ = load_policy_file(args.file)
+    graphs = _graphs_for(name, args.graph)
+    with _open(args, write=True) as store:
+        applied = apply_policy(
+            store,
+            args.file,
+            graphs=graphs,
+            allow_new_keys=args.allow_new_keys,
+            reason=args.reason,
+        )
+    checked = f" (checked against {', '.join(g.name for g in graphs)})" if graphs else ""
+    print(applied.message + checked)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Reactivate the previous good version, or `--to VERSION`."""
+    with _open(args, write=True) as store:
+        name = _resolve_name(store, args.name)
+        done = db.roll_back(
+            store,
+            name,
+            to=args.to,
+            expect_version=None,
+            mark="superseded",
+            reason=None,
+            run_id="",
+        )
+    assert done is not None
+    old, new = done
+    print(
+        f"policy '{name}': version {new.version} active again (version {old.version} rolled back)"
+    )
+    return 0
+
+
+def _body_of(spec: str, store: Store | None) -> tuple[str, dict[str, Any]]:
+    if Path(spec).is_file() or spec.endswith((".yaml", ".yml")):
+        _, body, _ = load_policy_file(spec)
+        return spec, body
+    if store is None:
+        raise PolicyError(f"'{spec}' is not a file and there is no store to look it up in")
+    name, _, version = spec.partition("@")
+    name = _resolve_name(store, name or None)
+    if not version:
+        row = store.active_policy(name)
+    elif version.isdigit():
+        row = store.get_policy(name, int(version))
+    else:
+        raise PolicyError(f"'{spec}': write NAME@VERSION with a version number, e.g. {name}@2")
+    if row is None:
+        versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
+        raise PolicyError(f"policy '{name}' has no version {version}; stored versions: {versions}")
+    return f"{name}@{row['version']}", dict(row["body"])
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Print added (+), removed (-) and changed (~) dotted keys from A to B."""
+    needs_store = any(not Path(s).is_file() for s in (args.a, args.b))
+    store = _open(args) if needs_store else None
+    try:
+        label_a, a = _body_of(args.a, store)
+        label_b, b = _body_of(args.b, store)
+    finally:
+        if store is not None:
+            store.close()
+    changes = diff_policies(a, b)
+    print(f"--- {label_a}\n+++ {label_b}")
+    if not changes:
+        print("(no differences)")
+    for change in changes:
+        if change.kind == "added":
+            print(f"+ {change.key}: {_show(change.new)}")
+        elif change.kind == "removed":
+            print(f"- {change.key}: {_show(change.old)}")
+        else:
+            print(f"~ {change.key}: {_show(change.old)} -> {_show(change.new)}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print the policy's activations, oldest first."""
+    with _open(args) as store:
+        name = _resolve_name(store, args.name)
+        rows = store.policy_history(name)
+        print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<10}  REASON")
+        for row in rows:
+            print(
+                f"{row['id']:>4}  {_when(row['activated_at']):<19}  {row['version']:>7}  "
+                f"{row['status'] or '-':<10}  {row['reason'] or '-'}"
+            )
+    return 0

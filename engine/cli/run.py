@@ -1,0 +1,421 @@
+"""`moat run`: answer a batch (or one request) with a graph, record it, write results.
+
+Crash safety: a result line is appended to `--out` only after the request's rows are
+committed to the store, each batch of lines in one `write`, so a `kill -9` leaves no torn
+or duplicated line and nothing in `--out` the store does not know. `--resume RUN_ID` then
+re-writes any line the store has but the file lost, and answers only what the store lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from engine.api import BatchSummary, Pipeline
+from engine.errors import SpecError
+from engine.events import RequestRecord, RequestStatus
+from engine.graph.loader import load_graph
+from engine.requests import BatchItem, parse_request, read_jsonl
+from engine.store.store import Store
+
+__all__ = ["add_commands", "cmd_run", "result_line"]
+
+_NOT_OK = (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED, RequestStatus.INVALID_INPUT)
+
+
+def add_commands(sub: Any) -> None:
+    """Register `moat run` on the `moat` subparsers."""
+    p = sub.add_parser("run", help="answer requests with a graph and record everything")
+    p.add_argument(
+        "graph", metavar="GRAPH", nargs="?", help="the graph file (optional with --resume)"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="FILE.jsonl", help="one JSON request per line")
+    src.add_argument("--json", metavar="JSON", help="one request as a JSON object")
+    src.add_argument("--prompt", metavar="TEXT", help='one request: {"prompt": TEXT}')
+    p.add_argument("--out", metavar="FILE.jsonl", help="append result lines here (else stdout)")
+    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument("--policy", metavar="FILE", help="apply this policy snapshot first")
+    p.add_argument("--concurrency", type=int, default=16, metavar="N")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PROVIDER:MODEL",
+        help="rebind a logical model, e.g. large=openai:gpt-4o-mini",
+    )
+    p.add_argument("--resume", metavar="RUN_ID", help="answer only what that run has not")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
+    p.add_argument("--tui", action="store_true", help="watch the run in the terminal UI")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument(
+        "--allow-unpriced",
+        action="store_true",
+        help="run a graph with a cost budget even if a model has no price (it costs $0)",
+    )
+    p.set_defaults(handler=cmd_run)
+
+
+def db_path(value: str | None) -> str:
+    """The store path from `--db`, `MOAT_DB`, or `moat.db`."""
+    return value or os.environ.get("MOAT_DB") or "moat.db"
+
+
+def result_line(record: RequestRecord) -> str:
+    """The `--out` line of one request (DESIGN.md section 2)."""
+    return json.dumps(
+        {
+            "request_id": record.id,
+            "status": str(record.status),
+            "output": record.output,
+            "latency_ms": round(record.latency_ms, 3),
+            "cost_usd": round(record.cost_usd, 8),
+            "policy_version": record.policy_version,
+            "error": record.error,
+        },
+        ensure_ascii=False,
+        default=str,
+    )
+
+
+@dataclass(slots=True)
+class _Plan:
+    graph_path: str
+    input_path: str | None
+    single: dict[str, Any] | None
+    out: str | None
+    run_id: str | None = None
+    skip: frozenset[int] = frozenset()
+    total: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the batch; exit 0 all ok/partial, 1 some failed, 2 unusable, 130 interrupted."""
+    if args.concurrency < 1:
+        raise SpecError("--concurrency must be at least 1")
+    models = _parse_models(args.model)
+    db = db_path(args.db)
+    plan = _resume_plan(args, db) if args.resume else _new_plan(args)
+    return anyio.run(_run, plan, args, db, models)
+
+
+def _parse_models(values: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep or not name or ":" not in target:
+            raise SpecError(
+                f"--model {value!r}: write NAME=PROVIDER:MODEL, e.g. "
+                "large=openai:gpt-4o-mini or small=sim:small"
+            )
+        models[name] = target
+    return models
+
+
+def _new_plan(args: argparse.Namespace) -> _Plan:
+    if not args.graph:
+        raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
+    single = None
+    if args.json is not None:
+        try:
+            single = json.loads(args.json)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"--json: invalid JSON at column {exc.colno}: {exc.msg}") from exc
+    elif args.prompt is not None:
+        single = {"prompt": args.prompt}
+    elif args.input is None:
+        raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
+    if args.input is not None and not Path(args.input).is_file():
+        raise SpecError(f"{args.input}: input file not found")
+    total = 1 if single is not None else _count_lines(args.input)
+    config = {
+        "input": os.path.abspath(args.input) if args.input else None,
+        "out": os.path.abspath(args.out) if args.out else None,
+        "graph_path": os.path.abspath(args.graph),
+        "single": single,
+        "concurrency": args.concurrency,
+        "seed": args.seed,
+    }
+    return _Plan(args.graph, args.input, single, args.out, total=total, config=config)
+
+
+def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
+    with Store.open(db) as store:
+        run = store.require_run(args.resume)
+        config = dict(run.get("config") or {})
+        graph_path = args.graph or config.get("graph_path")
+        if not graph_path:
+            raise SpecError(f"run {args.resume} did not record its graph; pass GRAPH")
+        graph = load_graph(graph_path)
+        if graph.hash != run["graph_hash"]:
+            raise SpecError(
+                f"{graph_path}: the graph changed since run {args.resume} (hash "
+                f"{run['graph_hash']} -> {graph.hash}); resume with the same graph"
+            )
+        store.delete_orphans(args.resume)
+        done = store.finished_request_seqs(args.resume)
+        out = args.out or config.get("out")
+        if out:
+            _reconcile_out(store, args.resume, Path(out))
+    return _Plan(
+        graph_path,
+        config.get("input"),
+        config.get("single"),
+        out,
+        run_id=args.resume,
+        skip=frozenset(done),
+        total=int(run["requests_total"]),
+        config=config,
+    )
+
+
+def _count_lines(path: str) -> int:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
+    """Drop a torn last line, then append the lines the store has and the file lacks."""
+    if not out.exists():
+        return
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        out.write_bytes(data)
+    have = set()
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            have.add(json.loads(line)["request_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    missing = [r for r in store.list_requests(run_id) if r["id"] not in have]
+    if missing:
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write("".join(_stored_line(r) + "\n" for r in missing))
+
+
+def _stored_line(row: Any) -> str:
+    output = row["output_json"]
+    return json.dumps(
+        {
+            "request_id": row["id"],
+            "status": row["status"],
+            "output": json.loads(output) if output else None,
+            "latency_ms": row["latency_ms"],
+            "cost_usd": row["cost_usd"],
+            "policy_version": row["policy_version"],
+            "error": row["error"],
+        },
+        ensure_ascii=False,
+    )
+
+
+class _OutWriter:
+    """Appends result lines once their rows are committed, a batch per `write` call."""
+
+    def __init__(self, pipe: Pipeline, out: str | None) -> None:
+        self.pipe = pipe
+        self.pending: list[RequestRecord] = []
+        self._fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if out else None
+
+    def add(self, record: RequestRecord) -> None:
+        self.pending.append(record)
+
+    async def drain(self) -> None:
+        count = len(self.pending)
+        if not count:
+            return
+        # Take the lines only once their rows are committed: a drain cancelled while it
+        # waits (the run ending under the periodic one) leaves them to the final drain.
+        await anyio.to_thread.run_sync(self.pipe.flush)
+        batch = self.pending[:count]
+        del self.pending[:count]
+        data = "".join(result_line(r) + "\n" for r in sorted(batch, key=lambda r: r.seq))
+        if self._fd is None:
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        else:
+            os.write(self._fd, data.encode("utf-8"))
+
+    async def loop(self) -> None:
+        while True:
+            await anyio.sleep(0.1)
+            await self.drain()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.enabled = enabled and stream.isatty()
+        self.stream = stream
+        self.started = time.monotonic()
+        self.latencies: list[float] = []
+        self.cost = 0.0
+        self.done = 0
+
+    def add(self, record: RequestRecord) -> None:
+        self.done += 1
+        self.latencies.append(record.latency_ms)
+        self.cost += record.cost_usd
+
+    def draw(self, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        lat = sorted(self.latencies)
+        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
+        width = 24
+        filled = int(width * self.done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        line = (
+            f"\r[{bar}] {self.done}/{self.total}  {rate:.1f} req/s  p95 {p95:.0f} ms  "
+            f"${self.cost:.4f}"
+        )
+        self.stream.write(line + ("\n" if final else ""))
+        self.stream.flush()
+
+
+async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
+    async with Pipeline(
+        plan.graph_path,
+        db=db,
+        policy_file=args.policy,
+        models=models,
+        seed=args.seed,
+        allow_unpriced=getattr(args, "allow_unpriced", False),
+    ) as pipe:
+        assert pipe.store is not None
+        if plan.run_id is not None:
+            pipe.use_run(plan.run_id)
+        run_id = plan.run_id or pipe.start_run(plan.total, plan.config)
+        if plan.run_id is None and not args.quiet:
+            print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)
+        out = _OutWriter(pipe, plan.out)
+        progress = _Progress(plan.total, not args.quiet and not args.tui)
+        progress.done = len(plan.skip)
+
+        summary = BatchSummary(run_id, plan.total, done=len(plan.skip))
+
+        def on_record(record: RequestRecord) -> None:
+            out.add(record)
+            progress.add(record)
+            summary.done += 1
+            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
+
+        try:
+            await _drive(pipe, plan, run_id, args, out, progress, on_record, summary)
+            if summary.done < plan.total:
+                summary.interrupted = True  # the operator closed the UI before the end
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0)
+                await out.drain()
+                out.close()
+                progress.draw(final=True)
+                status = "interrupted" if summary.interrupted else "finished"
+                pipe.store.update_run_progress(run_id, summary.done)
+                pipe.store.finish_run(run_id, status)
+        if not args.quiet:
+            await anyio.to_thread.run_sync(pipe.flush)
+            _print_summary(pipe.store, run_id)
+        if summary.interrupted:
+            print(
+                f"moat: interrupted; finished requests are kept. Resume with: moat run "
+                f"--resume {run_id}",
+                file=sys.stderr,
+            )
+            return 130
+        return 1 if any(summary.by_status.get(s) for s in _NOT_OK) else 0
+
+
+async def _drive(
+    pipe: Pipeline,
+    plan: _Plan,
+    run_id: str,
+    args: argparse.Namespace,
+    out: _OutWriter,
+    progress: _Progress,
+    on_record: Any,
+    summary: BatchSummary,
+) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(out.loop)
+        tg.start_soon(_tick, progress)
+        tg.start_soon(_on_signal, tg.cancel_scope, summary)
+        if args.tui:
+            tg.start_soon(_tui, pipe, run_id, tg.cancel_scope)
+        await pipe.run_batch(
+            _items(plan, pipe),
+            run_id=run_id,
+            total=plan.total,
+            concurrency=args.concurrency,
+            skip=plan.skip,
+            on_record=on_record,
+        )
+        await pipe.settle()
+        if not args.tui:
+            tg.cancel_scope.cancel()
+            return
+        # the batch is done: record it as finished, and keep the UI open until it is closed
+        await out.drain()
+        assert pipe.store is not None
+        pipe.store.update_run_progress(run_id, summary.done)
+        pipe.store.finish_run(run_id, "finished")
+
+
+def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:
+    declared = pipe.validator.declared
+    if plan.single is not None:
+        yield parse_request(plan.single, seq=0, source="--json", declared=declared)
+        return
+    assert plan.input_path is not None
+    items: Iterable[BatchItem] = read_jsonl(plan.input_path, declared=declared)
+    yield from items
+
+
+async def _tick(progress: _Progress) -> None:
+    while True:
+        progress.draw()
+        await anyio.sleep(0.25)
+
+
+async def _on_signal(scope: anyio.CancelScope, summary: BatchSummary) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            summary.interrupted = True
+            scope.cancel()
+            return
+
+
+async def _tui(pipe: Pipeline, run_id: str, scope: anyio.CancelScope) -> None:
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="moat.live", name="tui"))
+    if not found:
+        raise SpecError("--tui: the terminal UI is not installed; reinstall moat")
+    await found[0].load()(str(pipe.db), run_id=run_id)
+    scope.cancel()  # the operator closed the UI: stop the run (what finished is kept)
+
+
+def _print_summary(store: Store, run_id: str) -> None:
+    from engine.report.explain import render_stats, run_stats
+
+    print(render_stats(run_stats(store, run_id)), file=sys.stderr)

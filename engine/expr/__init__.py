@@ -1,0 +1,1 @@
+"""The expression language: compiling checked expressions and the helpers they call."""

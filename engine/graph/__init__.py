@@ -1,0 +1,1 @@
+"""Graph files: parsing with positions, the spec, checks, loading and the compiled form."""

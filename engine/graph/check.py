@@ -1,0 +1,586 @@
+"""The graph checker: numbered checks that find every mistake before anything runs.
+
+Each check is a small method of `Checker` named `cNN_...` and documented with the mistake
+it finds. The checker also compiles what it checks, so a graph that passes is ready to run.
+
+ 1. node ids match `[a-z][a-z0-9_]*` and do not shadow names in scope
+ 2. every `type:` is a registered node type (with the closest name)
+ 3. every expression parses and uses only allowed syntax
+ 4. every name an expression reads is a node, `input`, `policy`, `request` (`cycle`, `prev`
+    in loop bodies)
+ 5. every `node.field` read is an output of that node (lists the outputs)
+ 6. every `policy.key` read exists in the graph's default policy snapshot
+ 7. every `request.x` read is one of `id tenant degraded remaining_ms remaining_usd`
+ 8. `with:` passes the node type's `Config` (unknown keys, types, required keys)
+ 9. models named in `with:` exist in `models:`
+10. no cycles between nodes (a node guarding on itself included)
+11. `prev.x` names a body node of the same loop
+12. nodes nothing can demand are reported as warnings
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.errors import ExpressionError, SpecError
+from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
+from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
+from engine.graph.spec import GraphSpec, LoopSpec, NodeSpec
+from engine.graph.yaml import Located, node_of
+from engine.plugin.node import Node
+from engine.plugin.registry import Registry
+
+__all__ = ["Checker"]
+
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_REQUEST_FIELDS = ("degraded", "id", "remaining_ms", "remaining_usd", "tenant")
+_FUNCTIONS = frozenset(
+    "len min max abs round any all sorted str int float bool lower upper join".split()  # noqa: SIM905
+)
+Path = tuple[str | int, ...]
+
+
+class _ScopeInfo:
+    """What names a scope (top level or loop body) defines, while checking."""
+
+    def __init__(
+        self, specs: Mapping[str, NodeSpec | LoopSpec], at: Path, parent: _ScopeInfo | None
+    ) -> None:
+        self.specs = specs
+        self.at = at
+        self.parent = parent
+        self.in_loop = parent is not None
+
+    def find(self, name: str) -> tuple[_ScopeInfo, NodeSpec | LoopSpec] | None:
+        scope: _ScopeInfo | None = self
+        while scope is not None:
+            if name in scope.specs:
+                return scope, scope.specs[name]
+            scope = scope.parent
+        return None
+
+    def visible(self) -> list[str]:
+        names: list[str] = []
+        scope: _ScopeInfo | None = self
+        while scope is not None:
+            names.extend(scope.specs)
+            scope = scope.parent
+        return names
+
+
+class Checker:
+    """Checks and compiles one graph; collects located errors and warnings.
+
+    Args:
+        located: the parsed YAML with positions.
+        spec: the validated spec.
+        registry: the node types available (plugins of the graph are added to it).
+        policy: the default policy snapshot's body.
+    """
+
+    def __init__(
+        self, located: Located, spec: GraphSpec, registry: Registry, policy: Mapping[str, Any]
+    ) -> None:
+        self.located = located
+        self.spec = spec
+        self.registry = registry
+        self.policy = policy
+        self.errors: list[SpecError] = []
+        self.warnings: list[str] = []
+        self._impls: dict[Path, Node] = {}
+
+    def run(self) -> tuple[Scope | None, dict[str, Expr]]:
+        """Run every check; returns the compiled top scope and outputs (None on errors)."""
+        self.c00_plugins()
+        top = _ScopeInfo(self.spec.nodes, ("nodes",), None)
+        scope = self._compile_scope(top)
+        output = self._compile_outputs(self.spec.output, ("output",), top)
+        if scope is not None and not self.errors:
+            self.c12_undemanded(scope, output)
+        return (scope if not self.errors else None), output
+
+    # -- checks -------------------------------------------------------------------------
+
+    def c00_plugins(self) -> None:
+        """Import every `plugins:` module and register its node types."""
+        for i, module in enumerate(self.spec.plugins):
+            try:
+                self.registry.load_module(module)
+            except SpecError as exc:
+                self._error(exc.reason, ("plugins", i))
+
+    def c01_node_id(self, node_id: str, at: Path, in_loop: bool) -> bool:
+        """Node ids match `[a-z][a-z0-9_]*` and do not shadow names in scope."""
+        if not _ID.match(node_id):
+            fixed = re.sub(r"[^a-z0-9_]", "_", node_id.lower()).lstrip("_0123456789") or "node"
+            self._error(
+                f"invalid node id {node_id!r}: ids are lowercase letters, digits and _ and "
+                f"start with a letter (e.g. {fixed!r})",
+                at,
+                key=True,
+            )
+            return False
+        reserved = SCOPE_NAMES | _FUNCTIONS | (LOOP_SCOPE_NAMES if in_loop else frozenset())
+        if node_id in reserved or node_id in LOOP_SCOPE_NAMES:
+            self._error(
+                f"node id {node_id!r} is a reserved name in expressions; rename the node",
+                at,
+                key=True,
+            )
+            return False
+        return True
+
+    def c02_node_type(self, node_id: str, spec: NodeSpec, at: Path) -> type[Node] | None:
+        """Every `type:` is a registered node type."""
+        cls = self.registry.get(spec.type)
+        if cls is None:
+            close = self.registry.closest(spec.type)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            known = ", ".join(sorted([*self.registry.names(), "loop"]))
+            self._error(
+                f"unknown node type {spec.type!r}{hint}. Registered types: {known}",
+                (*at, "type"),
+                node_id=node_id,
+            )
+        return cls
+
+    def c03_expression(self, source: Any, at: Path, node_id: str | None) -> Expr | None:
+        """Every expression parses and uses only allowed syntax."""
+        try:
+            return compile_expr(source)
+        except ExpressionError as exc:
+            self._error(
+                f"in expression {source!r}: {exc.reason}",
+                at,
+                node_id=node_id,
+                offset=(exc.column or 1) - 1,
+            )
+            return None
+
+    def c03_template(self, value: Any, at: Path, node_id: str) -> Template | None:
+        """`with:` values: `{{ EXPR }}` templates parse and use only allowed syntax."""
+        try:
+            return compile_template(value)
+        except ExpressionError:
+            pass
+        self._locate_template_error(value, at, node_id)
+        return None
+
+    def c04_refs(
+        self, expr: Expr | Template, at: Path, scope: _ScopeInfo, node_id: str | None
+    ) -> None:
+        """Every name is a node or a scope name; fields, policy keys and prev are checked."""
+        for ref in expr.refs:
+            self._check_ref(ref, at, scope, node_id)
+
+    def c05_output_field(
+        self, ref: Ref, target: str, spec: NodeSpec | LoopSpec, at: Path, node_id: str | None
+    ) -> None:
+        """Every `node.field` read is an output of that node."""
+        if not ref.path or not isinstance(ref.path[0], str):
+            return
+        field = ref.path[0]
+        if isinstance(spec, LoopSpec):
+            outputs = sorted(spec.output)
+            kind = "loop"
+        else:
+            cls = self.registry.get(spec.type)
+            if cls is None:
+                return
+            outputs = sorted(cls.Output.model_fields)
+            kind = spec.type
+        if field not in outputs:
+            hint = _did_you_mean(field, outputs)
+            self._error(
+                f"'{target}.{field}' is not an output of node '{target}' ({kind}){hint}. "
+                f"Outputs: {', '.join(outputs) or '(none)'}",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+
+    def c06_policy_key(self, ref: Ref, at: Path, node_id: str | None) -> None:
+        """Every `policy.key` read exists in the default policy snapshot."""
+        if not self.spec.policy:
+            self._error(
+                "reads `policy` but the graph has no `policy:` file; add "
+                "`policy: path/to/policy.yaml`",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+            return
+        cur: Any = self.policy
+        walked = ["policy"]
+        for part in ref.path:
+            if not isinstance(cur, Mapping):
+                return
+            if part not in cur:
+                keys = sorted(str(k) for k in cur)
+                hint = _did_you_mean(str(part), keys)
+                self._error(
+                    f"'{'.'.join([*walked, str(part)])}' is not in the policy "
+                    f"{self.spec.policy}{hint}. Keys at {'.'.join(walked)}: "
+                    f"{', '.join(keys)}",
+                    at,
+                    node_id=node_id,
+                    offset=ref.column - 1,
+                )
+                return
+            cur = cur[part]
+            walked.append(str(part))
+
+    def c07_request_field(self, ref: Ref, at: Path, node_id: str | None) -> None:
+        """Every `request.x` read is a request field."""
+        if ref.path and ref.path[0] not in _REQUEST_FIELDS:
+            hint = _did_you_mean(str(ref.path[0]), list(_REQUEST_FIELDS))
+            self._error(
+                f"'request.{ref.path[0]}' is not a request field{hint}. Fields: "
+                f"{', '.join(_REQUEST_FIELDS)}",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+
+    def c08_config(
+        self, node_id: str, cls: type[Node], spec: NodeSpec, at: Path, template: Template
+    ) -> None:
+        """`with:` passes the node type's `Config`: unknown keys, types, required keys."""
+        config_cls = cls.Config
+        fields = {f.alias or name for name, f in config_cls.model_fields.items()}
+        allow_extra = config_cls.model_config.get("extra") == "allow"
+        static: dict[str, Any] = {}
+        dynamic: set[str] = set()
+        for key, value in spec.with_.items():
+            if not allow_extra and key not in fields:
+                self._error(
+                    f"unknown config key {key!r} for type {spec.type!r}"
+                    f"{_did_you_mean(key, sorted(fields))}. Config keys: "
+                    f"{', '.join(sorted(fields)) or '(none)'}",
+                    (*at, "with", key),
+                    key=True,
+                    node_id=node_id,
+                )
+                continue
+            part = compile_template(value)
+            if part.constant:
+                static[key] = part.evaluate({})
+            else:
+                dynamic.add(key)
+        try:
+            config_cls.model_validate(static)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = err.get("loc", ())
+                if loc and (loc[0] in dynamic or (loc[0] not in fields and not allow_extra)):
+                    continue
+                if not loc and dynamic:
+                    continue  # a whole-config rule cannot be decided before run time
+                where = ".".join(["with", *(str(p) for p in loc)])
+                self._error(
+                    f"{where}: {err.get('msg')} (type {spec.type!r}; see `moat nodes {spec.type}`)",
+                    (*at, "with", *loc),
+                    node_id=node_id,
+                )
+        self.c09_models(node_id, cls, spec, at, static, dynamic)
+
+    def c09_models(
+        self,
+        node_id: str,
+        cls: type[Node],
+        spec: NodeSpec,
+        at: Path,
+        static: Mapping[str, Any],
+        dynamic: set[str],
+    ) -> None:
+        """Logical models named in `with:` (or by default) exist in `models:`."""
+        defined = sorted(self.spec.models)
+        for name in cls.model_fields:
+            if name in dynamic:
+                continue
+            if name in static:
+                value = static[name]
+                where: Path = (*at, "with", name)
+            else:
+                field = cls.Config.model_fields.get(name)
+                value = field.default if field is not None else None
+                where = at
+            for model in value if isinstance(value, list) else [value]:
+                if isinstance(model, str) and model not in self.spec.models:
+                    hint = _did_you_mean(model, defined)
+                    how = "" if name in static else f" (the default of `{name}`)"
+                    self._error(
+                        f"model {model!r}{how} is not defined under `models:`{hint}. "
+                        f"Defined: {', '.join(defined) or '(none)'}",
+                        where,
+                        node_id=node_id,
+                    )
+
+    def c10_cycles(
+        self, scope: _ScopeInfo, deps: Mapping[str, frozenset[str]]
+    ) -> tuple[str, ...] | None:
+        """No cycles between nodes; returns a deterministic topological order (None: a cycle)."""
+        import networkx as nx  # imported here: it costs a fifth of a second at startup
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(deps)
+        for node, needs in deps.items():
+            for dep in needs:
+                if dep in deps:
+                    dag.add_edge(dep, node)
+        try:
+            return tuple(nx.lexicographical_topological_sort(dag))
+        except nx.NetworkXUnfeasible:
+            cycle = [edge[0] for edge in nx.find_cycle(dag)]
+            first = min(cycle)
+            path = " -> ".join([*cycle, cycle[0]]) if len(cycle) > 1 else f"{first} -> {first}"
+            self._error(
+                f"dependency cycle: {path}; a node cannot (even through a guard) read "
+                "its own result; break the cycle or use a loop with `prev`",
+                (*scope.at, first),
+                key=True,
+                node_id=first,
+            )
+            return None
+
+    def c11_prev(self, ref: Ref, scope: _ScopeInfo, at: Path, node_id: str | None) -> None:
+        """`prev.x` names a body node of the same loop."""
+        if not scope.in_loop:
+            self._error(
+                "`prev` is only defined inside a loop body",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+            return
+        if not ref.path or not isinstance(ref.path[0], str):
+            return
+        target = ref.path[0]
+        if target not in scope.specs:
+            self._error(
+                f"'prev.{target}': {target!r} is not a node of this loop body"
+                f"{_did_you_mean(target, list(scope.specs))}. Body nodes: "
+                f"{', '.join(sorted(scope.specs))}",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+            return
+        inner = Ref(name=target, path=ref.path[1:], column=ref.column)
+        self.c05_output_field(inner, target, scope.specs[target], at, node_id)
+
+    def c12_undemanded(self, scope: Scope, output: Mapping[str, Expr]) -> None:
+        """Nodes nothing can demand are reported as warnings (they never run)."""
+        wanted: set[str] = set().union(*(e.names for e in output.values())) if output else set()
+        self._warn_undemanded(scope, wanted, ("nodes",))
+
+    # -- compiling ----------------------------------------------------------------------
+
+    def _compile_scope(self, info: _ScopeInfo) -> Scope | None:
+        compiled: dict[str, CompiledNode] = {}
+        for node_id, spec in info.specs.items():
+            at = (*info.at, node_id)
+            if not self.c01_node_id(node_id, at, info.in_loop):
+                continue
+            node = self._compile_node(node_id, spec, at, info)
+            if node is not None:
+                compiled[node_id] = node
+        deps = {nid: n.deps & set(info.specs) for nid, n in compiled.items()}
+        if len(compiled) != len(info.specs):
+            return None
+        order = self.c10_cycles(info, deps)
+        if order is None:
+            return None
+        spec_ids = tuple(n for n in order if compiled[n].speculative is not False)
+        return Scope(nodes=compiled, order=order, speculative=spec_ids)
+
+    def _compile_node(
+        self, node_id: str, spec: NodeSpec | LoopSpec, at: Path, scope: _ScopeInfo
+    ) -> CompiledNode | None:
+        when = self._expr(spec.when, (*at, "when"), scope, node_id)
+        speculative: bool | Expr = spec.speculative if isinstance(spec.speculative, bool) else False
+        if isinstance(spec.speculative, str):
+            speculative = (
+                self._expr(spec.speculative, (*at, "speculative"), scope, node_id) or False
+            )
+        names: set[str] = set()
+        for part in (when, speculative):
+            if isinstance(part, Expr):
+                names |= part.names
+        if isinstance(spec, LoopSpec):
+            return self._compile_loop(node_id, spec, at, scope, when, speculative, names)
+        cls = self.c02_node_type(node_id, spec, at)
+        template = self.c03_template(spec.with_, (*at, "with"), node_id)
+        if template is None or cls is None:
+            return None
+        self.c04_refs(template, (*at, "with"), scope, node_id)
+        self.c08_config(node_id, cls, spec, at, template)
+        names |= template.names
+        return CompiledNode(
+            id=node_id,
+            type_name=spec.type,
+            impl=self._instance(cls, at),
+            config=template,
+            when=when,
+            speculative=speculative,
+            timeout_ms=spec.timeout_ms,
+            retries=spec.retries,
+            optional=spec.optional,
+            deps=frozenset(names),
+        )
+
+    def _compile_loop(
+        self,
+        node_id: str,
+        spec: LoopSpec,
+        at: Path,
+        scope: _ScopeInfo,
+        when: Expr | None,
+        speculative: bool | Expr,
+        names: set[str],
+    ) -> CompiledNode | None:
+        body_info = _ScopeInfo(spec.nodes, (*at, "nodes"), scope)
+        body = self._compile_scope(body_info)
+        until = self._expr(spec.until, (*at, "until"), body_info, node_id)
+        output = self._compile_outputs(spec.output, (*at, "output"), body_info)
+        if body is None:
+            return None
+        inner = {*(until.names if until else ()), *(n for e in output.values() for n in e.names)}
+        for child in body.nodes.values():
+            inner |= child.deps
+        outer = {n for n in inner if n not in spec.nodes and n not in LOOP_SCOPE_NAMES}
+        loop = CompiledLoop(
+            max_cycles=spec.max_cycles,
+            until=until,
+            body=Scope(body.nodes, body.order, None, body.speculative),
+            output=output,
+        )
+        return CompiledNode(
+            id=node_id,
+            type_name="loop",
+            impl=None,
+            config=compile_template({}),
+            when=when,
+            speculative=speculative,
+            timeout_ms=spec.timeout_ms,
+            retries=0,
+            optional=spec.optional,
+            deps=frozenset(names | outer),
+            loop=loop,
+        )
+
+    def _compile_outputs(
+        self, outputs: Mapping[str, Any], at: Path, scope: _ScopeInfo
+    ) -> dict[str, Expr]:
+        compiled: dict[str, Expr] = {}
+        for name, source in outputs.items():
+            expr = self._expr(source, (*at, name), scope, None)
+            if expr is not None:
+                compiled[name] = expr
+        return compiled
+
+    def _expr(self, source: Any, at: Path, scope: _ScopeInfo, node_id: str | None) -> Expr | None:
+        if source is None:
+            return None
+        expr = self.c03_expression(source, at, node_id)
+        if expr is not None:
+            self.c04_refs(expr, at, scope, node_id)
+        return expr
+
+    def _instance(self, cls: type[Node], at: Path) -> Node:
+        try:
+            return cls()
+        except Exception as exc:  # a plugin's constructor is third-party code
+            self._error(f"node type {cls.type_name!r} could not be created: {exc}", at)
+            raise
+
+    def _check_ref(self, ref: Ref, at: Path, scope: _ScopeInfo, node_id: str | None) -> None:
+        name = ref.name
+        found = scope.find(name)
+        if found is not None:
+            self.c05_output_field(ref, name, found[1], at, node_id)
+        elif name == "policy":
+            self.c06_policy_key(ref, at, node_id)
+        elif name == "request":
+            self.c07_request_field(ref, at, node_id)
+        elif name == "prev":
+            self.c11_prev(ref, scope, at, node_id)
+        elif (name == "cycle" and scope.in_loop) or name == "input":
+            return
+        else:
+            known = sorted(
+                {*scope.visible(), *SCOPE_NAMES, *(LOOP_SCOPE_NAMES if scope.in_loop else ())}
+            )
+            hint = _did_you_mean(name, known)
+            self._error(
+                f"unknown name {name!r}{hint}; expressions can read node ids and "
+                f"{', '.join(sorted(SCOPE_NAMES))}"
+                f"{', cycle, prev' if scope.in_loop else ''}",
+                at,
+                node_id=node_id,
+                offset=ref.column - 1,
+            )
+
+    def _locate_template_error(self, value: Any, at: Path, node_id: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._locate_template_error(item, (*at, key), node_id)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self._locate_template_error(item, (*at, i), node_id)
+        else:
+            try:
+                compile_template(value)
+            except ExpressionError as exc:
+                self._error(
+                    f"in {value!r}: {exc.reason}", at, node_id=node_id, offset=(exc.column or 1) - 1
+                )
+
+    def _warn_undemanded(self, scope: Scope, wanted: set[str], at: Path) -> None:
+        demanded: set[str] = set()
+        stack = [n for n in wanted if n in scope.nodes]
+        stack += [n for n in scope.speculative]
+        while stack:
+            nid = stack.pop()
+            if nid in demanded:
+                continue
+            demanded.add(nid)
+            stack.extend(d for d in scope.nodes[nid].deps if d in scope.nodes)
+        for nid in scope.order:
+            node = scope.nodes[nid]
+            if nid not in demanded:
+                pos = self.located.where((*at, nid), key=True)
+                self.warnings.append(
+                    f"{self.located.path}:{pos.line}:{pos.column}: node '{nid}': nothing "
+                    "demands this node and it is not speculative, so it never runs; read it "
+                    "from `output:` or another node, or remove it"
+                )
+            if node.loop is not None:
+                loop = node.loop
+                inner = {
+                    *(loop.until.names if loop.until else ()),
+                    *(n for e in loop.output.values() for n in e.names),
+                }
+                self._warn_undemanded(loop.body, inner, (*at, nid, "nodes"))
+
+    def _error(
+        self,
+        message: str,
+        at: Path,
+        *,
+        key: bool = False,
+        node_id: str | None = None,
+        offset: int = 0,
+    ) -> None:
+        node_id = node_id or node_of(at)
+        self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

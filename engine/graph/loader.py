@@ -1,0 +1,293 @@
+"""Loading a graph file: YAML with positions, env expansion, spec validation, policy, checks.
+
+`load_graph` is the one way to turn a file into a runnable `Graph`; `check_file` runs the
+same steps but returns every problem instead of raising the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import SpecError
+from engine.graph.check import Checker
+from engine.graph.compiled import Graph
+from engine.graph.spec import GraphSpec
+from engine.graph.yaml import Located, load_yaml, node_of
+from engine.plugin.registry import Registry
+
+__all__ = ["CheckReport", "GraphErrors", "check_file", "load_graph", "load_graph_text"]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class GraphErrors(SpecError):
+    """Several located errors in one graph; `errors` holds each, the message lists them all."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(
+            first.reason,
+            path=first.path,
+            line=first.line,
+            column=first.column,
+            node_id=first.node_id,
+        )
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """What `moat check` found in one file."""
+
+    path: str
+    errors: list[SpecError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    graph: Graph | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the graph has no errors (warnings allowed)."""
+        return not self.errors
+
+
+def load_graph(path: str | os.PathLike[str], *, registry: Registry | None = None) -> Graph:
+    """Load, check and compile the graph at `path`.
+
+    Raises:
+        SpecError: the first problem, located (`GraphErrors` when there are several).
+    """
+    report = check_file(path, registry=registry)
+    if report.errors:
+        raise report.errors[0] if len(report.errors) == 1 else GraphErrors(report.errors)
+    assert report.graph is not None
+    return report.graph
+
+
+def load_graph_text(
+    text: str,
+    path: str = "<string>",
+    *,
+    registry: Registry | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Graph:
+    """Load a graph from YAML text (tests, embedding); relative paths resolve from `base_dir`."""
+    report = check_text(text, path, registry=registry, base_dir=base_dir)
+    if report.errors:
+        raise report.errors[0] if len(report.errors) == 1 else GraphErrors(report.errors)
+    assert report.graph is not None
+    return report.graph
+
+
+def check_file(path: str | os.PathLike[str], *, registry: Registry | None = None) -> CheckReport:
+    """Run every check on the graph at `path`; never raises for problems in the file."""
+    shown = os.fspath(path)
+    try:
+        data = Path(shown).read_bytes()
+    except FileNotFoundError:
+        return CheckReport(shown, [SpecError("file not found; check the path", path=shown)])
+    except OSError as exc:
+        return CheckReport(shown, [SpecError(f"cannot read the file: {exc.strerror}", path=shown)])
+    return check_text(data, shown, registry=registry, base_dir=Path(shown).parent)
+
+
+def check_text(
+    text: str | bytes,
+    path: str = "<string>",
+    *,
+    registry: Registry | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> CheckReport:
+    """Like `check_file`, for text already in memory."""
+    report = CheckReport(path)
+    try:
+        located = load_yaml(text, path)
+        spec = _validate_spec(located)
+        reg = registry.copy() if registry is not None else Registry.default()
+        policy_name, policy, policy_path = _load_policy(located, spec, base_dir)
+    except GraphErrors as exc:
+        report.errors.extend(exc.errors)
+        return report
+    except SpecError as exc:
+        report.errors.append(exc)
+        return report
+    checker = Checker(located, spec, reg, policy)
+    scope, output = checker.run()
+    report.errors.extend(checker.errors)
+    report.warnings.extend(checker.warnings)
+    if report.errors or scope is None:
+        return report
+    raw = text.encode() if isinstance(text, str) else text
+    report.graph = Graph(
+        name=spec.name,
+        path=path,
+        hash=hashlib.sha256(raw).hexdigest()[:16],
+        spec=spec,
+        scope=scope,
+        output=output,
+        models=spec.models,
+        budget=spec.budget,
+        input_schema=spec.input,
+        policy=policy,
+        policy_name=policy_name,
+        policy_path=policy_path,
+        warnings=tuple(checker.warnings),
+    )
+    return report
+
+
+def _validate_spec(located: Located) -> GraphSpec:
+    data = located.data
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise located.error(
+            f"a graph file must be a mapping with `moat: 1`, `name:`, `nodes:` and `output:`; "
+            f"this one is {kind}",
+            (),
+        )
+    if "moat" not in data:
+        raise located.error("missing `moat: 1` (the format version) at the top of the file", ())
+    _expand_models_env(located)
+    try:
+        return GraphSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = [_translate(located, err) for err in exc.errors()]
+        raise errors[0] if len(errors) == 1 else GraphErrors(errors) from exc
+
+
+def _expand_models_env(located: Located) -> None:
+    models = located.data.get("models")
+    if not isinstance(models, dict):
+        return
+
+    def expand(value: Any, at: tuple[str | int, ...]) -> Any:
+        if isinstance(value, str):
+            return _ENV.sub(lambda m: _env_value(m, located, at), value)
+        if isinstance(value, dict):
+            return {k: expand(v, (*at, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, (*at, i)) for i, v in enumerate(value)]
+        return value
+
+    located.data["models"] = expand(models, ("models",))
+
+
+def _env_value(match: re.Match[str], located: Located, at: tuple[str | int, ...]) -> str:
+    name, default = match.group(1), match.group(2)
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    if default is not None:
+        return default
+    raise located.error(
+        f"environment variable {name} is not set; set it or write ${{{name}:-default}}",
+        at,
+        offset=match.start(),
+    )
+
+
+def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
+    at, model = _data_path(located.data, err.get("loc", ()))
+    node_id = node_of(at)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        key = at[-1]
+        allowed = sorted(_field_names(model)) if model else []
+        hint = _did_you_mean(str(key), allowed)
+        where = f"at {_dotted(at[:-1])}" if at[:-1] else "at the top level"
+        message = f"unknown key {key!r} {where}{hint}"
+        if allowed:
+            message += f". Allowed: {', '.join(allowed)}"
+        return located.error(message, at, key=True, node_id=node_id)
+    if kind == "missing":
+        return located.error(
+            f"missing required key {at[-1]!r} in {_dotted(at[:-1]) or 'the graph'}",
+            at[:-1],
+            key=bool(at[:-1]),
+            node_id=node_id,
+        )
+    msg = str(err.get("msg", "invalid value"))
+    return located.error(f"{_dotted(at)}: {msg}", at, node_id=node_id)
+
+
+def _data_path(
+    data: Any, loc: tuple[Any, ...]
+) -> tuple[tuple[str | int, ...], type[BaseModel] | None]:
+    """Map a pydantic `loc` onto the data (dropping union tags), and the model at its end."""
+    from engine.graph.spec import GraphSpec, LoopSpec, NodeSpec
+
+    at: list[str | int] = []
+    cur: Any = data
+    model: type[BaseModel] | None = GraphSpec
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            at.append(part)
+            cur = cur[part]
+            if isinstance(cur, dict) and "type" in cur and len(at) >= 2 and at[-2] == "nodes":
+                model = LoopSpec if cur.get("type") == "loop" else NodeSpec
+            elif isinstance(model, type) and str(part) in _field_names(model):
+                model = _field_model(model, str(part))
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            at.append(part)
+            cur = cur[part]
+        elif part in ("node", "loop"):
+            continue
+        else:
+            at.append(part)
+            break
+    return tuple(at), model
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            ann = f.annotation
+            return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
+    return model
+
+
+def _dotted(at: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in at)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _load_policy(
+    located: Located, spec: GraphSpec, base_dir: str | os.PathLike[str] | None
+) -> tuple[str | None, dict[str, Any], str | None]:
+    if spec.policy is None:
+        return None, {}, None
+    policy_path = Path(base_dir or ".") / spec.policy
+    shown = os.path.normpath(os.fspath(policy_path))
+    try:
+        raw = policy_path.read_bytes()
+    except OSError:
+        raise located.error(
+            f"policy file {spec.policy!r} not found (looked for {shown}); the path is "
+            "relative to the graph file",
+            ("policy",),
+        ) from None
+    doc = load_yaml(raw, shown)
+    if not isinstance(doc.data, dict):
+        raise doc.error("a policy file must be a mapping of settings", ())
+    name = doc.data.get("name")
+    return (str(name) if name else policy_path.stem), doc.data, shown

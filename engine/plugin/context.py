@@ -1,0 +1,270 @@
+"""What a node sees while it runs: `NodeContext`, and the model client it hands out.
+
+The scheduler builds one `NodeContext` per node run. Everything request-scoped (emitting
+events, memoising, budgets, the model gateway) is delegated to the request's runtime, which
+implements the small `RequestRuntime` protocol below; nodes never see the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+__all__ = [
+    "Completion",
+    "ModelClient",
+    "NodeContext",
+    "RequestInfo",
+    "RequestRuntime",
+    "SharedState",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """The request a node runs for.
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every request), but treated as immutable: nodes read it, nobody changes it.
+    """
+
+    id: str
+    """Unique request id (stable across `--resume`)."""
+    run_id: str
+    seq: int
+    """Position in the run's input, 0-based."""
+    tenant: str
+    input: Mapping[str, Any]
+    """The validated request input (defaults applied)."""
+    labels: Mapping[str, Any] = field(default_factory=dict)
+    """Hidden benchmark labels (`_labels` in a request line); read only by the `sim` provider."""
+    seed: int = 0
+    """Seed for deterministic simulated models."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The answer to one model call, whichever provider gave it."""
+
+    text: str
+    model: str
+    """The logical model name from the graph's `models:`."""
+    provider: str
+    provider_model: str
+    """What the provider calls the model (`gpt-4o-mini`, `sim-small`)."""
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    json: Any = None
+    """The parsed JSON value when structured output was asked for and the text parsed."""
+    simulated: bool = False
+    """True when the embedded `sim` provider produced this answer."""
+
+
+class ModelClient(Protocol):
+    """A logical model bound to one node run; every call goes through the gateway."""
+
+    name: str
+
+    async def complete(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        system: str | None = None,
+        schema: Mapping[str, Any] | None = None,
+        json_mode: bool = False,
+        task: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Completion:
+        """Make one call (with the gateway's retries, budget check and recording).
+
+        Args:
+            prompt: a single user message.
+            messages: a full chat (`role`/`content`), instead of `prompt`.
+            system: an optional system message.
+            schema: a JSON Schema the answer must follow (structured output).
+            json_mode: ask for a JSON object without a schema.
+            task: what the call is for (`answer`, `draft`, `risk`, `critique`, `simulate`,
+                `repair`, `extract`, `verify`); real providers ignore it, `sim` uses it to
+                give plausible answers.
+            max_tokens: upper bound on the answer's length (also bounds the cost estimate).
+            temperature: sampling temperature, when the provider supports it.
+        """
+        ...
+
+
+class RequestRuntime(Protocol):
+    """The request-scoped services a `NodeContext` delegates to (implemented by the scheduler)."""
+
+    def model(self, name: str, ctx: NodeContext) -> ModelClient: ...
+
+    def emit(
+        self,
+        ctx: NodeContext,
+        event_type: str,
+        *,
+        decision: str | None,
+        reason_codes: Sequence[str],
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
+        payload: Mapping[str, Any] | None,
+        duration_ms: float | None,
+    ) -> int: ...
+
+    def trace(self, ctx: NodeContext, stage: str, payload: Mapping[str, Any]) -> None: ...
+
+    async def memo(
+        self, ctx: NodeContext, key: str, factory: Callable[[], Awaitable[Any]]
+    ) -> tuple[Any, bool]: ...
+
+    def after_success(self, callback: Callable[[], Awaitable[None]]) -> None: ...
+
+    @property
+    def remaining_ms(self) -> float | None: ...
+
+    @property
+    def remaining_usd(self) -> float | None: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+
+class SharedState:
+    """Process-wide state shared by the requests of one loaded graph (caches, statistics).
+
+    Args:
+        store: the persistent store when the run has one (`engine.store.store.Store`), for node
+            state that should survive restarts; `None` with an in-memory sink.
+    """
+
+    def __init__(self, store: Any = None) -> None:
+        self.store = store
+        self._items: dict[str, Any] = {}
+
+    def get(self, key: str, factory: Callable[[], T]) -> T:
+        """The value under `key`, created by `factory` the first time."""
+        try:
+            return self._items[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._items[key] = factory()
+            return value
+
+
+class NodeContext:
+    """Everything a node may use while it runs one request (or one loop cycle).
+
+    Attributes:
+        node_id: the node's id in its graph or loop body.
+        node_type: the node's `type:`.
+        request: the request being answered.
+        policy: the pinned policy snapshot (read-only mapping).
+        cycle: the loop cycle (1-based), 0 outside loops.
+        speculative: whether this run started speculatively.
+        store: state shared across requests of the graph.
+        log: a structlog logger bound to run, request and node ids.
+    """
+
+    __slots__ = (
+        "_runtime",
+        "cycle",
+        "log",
+        "node_id",
+        "node_type",
+        "policy",
+        "request",
+        "speculative",
+        "store",
+    )
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        node_type: str,
+        request: RequestInfo,
+        policy: Mapping[str, Any],
+        cycle: int,
+        speculative: bool,
+        store: SharedState,
+        runtime: RequestRuntime,
+        log: Any = None,
+    ) -> None:
+        self.node_id = node_id
+        self.node_type = node_type
+        self.request = request
+        self.policy = policy
+        self.cycle = cycle
+        self.speculative = speculative
+        self.store = store
+        self._runtime = runtime
+        self.log = log if log is not None else structlog.get_logger("moat.node")
+
+    def model(self, name: str) -> ModelClient:
+        """The logical model `name` (a key of the graph's `models:`), through the gateway."""
+        return self._runtime.model(name, self)
+
+    def emit(
+        self,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
+        """Record an orchestration event for this node; returns its sequence number."""
+        return self._runtime.emit(
+            self,
+            event_type,
+            decision=decision,
+            reason_codes=reason_codes,
+            inputs=inputs,
+            outputs=outputs,
+            payload=payload,
+            duration_ms=duration_ms,
+        )
+
+    def trace(self, stage: str, payload: Mapping[str, Any]) -> None:
+        """Record a decision trace (`RISK_ASSESSMENT`, `REQUEST_ANALYSIS_CONTEXT`, ...)."""
+        self._runtime.trace(self, stage, payload)
+
+    async def memo(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Request-scoped reuse: the value under `key`, computed once per request.
+
+        Returns:
+            The value, and whether it was reused (True) or computed now (False).
+        """
+        value, reused = await self._runtime.memo(self, key, factory)
+        return value, reused
+
+    def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after the request succeeds, off the response path (cache stores)."""
+        self._runtime.after_success(callback)
+
+    @property
+    def remaining_ms(self) -> float | None:
+        """Milliseconds left before the hard deadline, or None without one."""
+        return self._runtime.remaining_ms
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """Dollars left in the request's cost budget, or None without one."""
+        return self._runtime.remaining_usd
+
+    @property
+    def degraded(self) -> bool:
+        """True once the soft deadline has passed."""
+        return self._runtime.degraded
+
+    def __repr__(self) -> str:
+        return f"<NodeContext {self.node_id!r} request={self.request.id!r} cycle={self.cycle}>"

@@ -1,0 +1,165 @@
+"""The node type registry: short `type:` names to `Node` classes, from entry points and plugins."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+
+from pydantic import BaseModel
+
+from engine.errors import PluginError
+from engine.plugin.node import Node
+
+__all__ = ["ENTRY_POINT_GROUP", "Registry"]
+
+ENTRY_POINT_GROUP = "moat.nodes"
+"""The entry-point group node plugins register under (`sleep = "mypkg.nodes:Sleep"`)."""
+
+RESERVED_TYPES = frozenset({"loop"})
+
+
+class Registry:
+    """Maps node type names to `Node` subclasses.
+
+    Built-in and third-party nodes register the same way: through the `moat.nodes`
+    entry-point group, or by being defined in a module a graph lists under `plugins:`.
+    A YAML `type:` is always a short name looked up here, never an import path.
+    """
+
+    def __init__(self, types: Iterable[type[Node]] = ()) -> None:
+        self._types: dict[str, type[Node]] = {}
+        self._origin: dict[str, str] = {}
+        for cls in types:
+            self.add(cls)
+
+    @classmethod
+    def default(cls) -> Registry:
+        """A registry filled from the `moat.nodes` entry points (cached per process)."""
+        global _DEFAULT
+        if _DEFAULT is None:
+            _DEFAULT = cls()
+            _DEFAULT.load_entry_points()
+        return _DEFAULT.copy()
+
+    def copy(self) -> Registry:
+        """An independent registry with the same types (graphs add their plugins to a copy)."""
+        new = Registry()
+        new._types = dict(self._types)
+        new._origin = dict(self._origin)
+        return new
+
+    def add(self, cls: type[Node], origin: str | None = None) -> None:
+        """Register `cls` under its `type_name`; re-registering the same class is a no-op."""
+        name = getattr(cls, "type_name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{cls.__qualname__} has no `type_name`; set it to the YAML name")
+        if name in RESERVED_TYPES:
+            raise PluginError(f"{cls.__qualname__}: type name {name!r} is reserved by moat")
+        _check_model(cls, "Config")
+        _check_model(cls, "Output")
+        existing = self._types.get(name)
+        if existing is not None and existing is not cls:
+            if _same_class(existing, cls):
+                return
+            raise PluginError(
+                f"node type {name!r} is registered twice: by {_qualname(existing)} and by "
+                f"{_qualname(cls)}; rename one `type_name`"
+            )
+        self._types[name] = cls
+        self._origin[name] = origin or cls.__module__
+
+    def load_entry_points(self) -> None:
+        """Register every node class of the `moat.nodes` entry-point group."""
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} "
+                    f"failed to import: {exc}; reinstall the package that provides it"
+                ) from exc
+            if not (inspect.isclass(cls) and issubclass(cls, Node)):
+                raise PluginError(f"entry point {ep.name!r} ({ep.value}) is not a Node subclass")
+            self.add(cls, origin=ep.value)
+
+    def load_module(self, module_name: str) -> list[str]:
+        """Import `module_name` and register every `Node` subclass with a `type_name` in it.
+
+        Returns:
+            The type names the module registered.
+        """
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin module {module_name!r} could not be imported ({type(exc).__name__}: "
+                f"{exc}); check the name and that its package is installed"
+            ) from exc
+        added = []
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(obj, Node)
+                and obj is not Node
+                and isinstance(obj.__dict__.get("type_name"), str)
+            ):
+                self.add(obj, origin=module_name)
+                added.append(obj.type_name)
+        return sorted(added)
+
+    def get(self, name: str) -> type[Node] | None:
+        """The class registered under `name`, or None."""
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        """Registered type names, sorted."""
+        return sorted(self._types)
+
+    def origin(self, name: str) -> str:
+        """Where a type came from (entry point value or module name)."""
+        return self._origin.get(name, "")
+
+    def closest(self, name: str) -> str | None:
+        """The registered name closest to `name`, for did-you-mean hints."""
+        matches = difflib.get_close_matches(name, [*self._types, "loop"], n=1, cutoff=0.6)
+        return matches[0] if matches else None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __repr__(self) -> str:
+        return f"<Registry {len(self._types)} types>"
+
+
+_DEFAULT: Registry | None = None
+
+
+def _same_class(a: type[Node], b: type[Node]) -> bool:
+    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+
+
+def _check_model(cls: type[Node], part: str) -> None:
+    """`cls.Config` / `cls.Output` is a pydantic model ready to validate (built now if it
+    waited for a name defined after it)."""
+    model = getattr(cls, part, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise PluginError(
+            f"{_qualname(cls)} needs a nested pydantic model `{part}` "
+            f"(class {part}(BaseModel): ...)"
+        )
+    if model.__pydantic_complete__:
+        return
+    try:
+        model.model_rebuild()
+    except Exception as exc:  # pydantic names what is missing (first line; then a link)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PluginError(
+            f"{_qualname(cls)}.{part} is not fully defined ({reason}); define or import what "
+            f"it names before the node class"
+        ) from exc
+
+
+def _qualname(cls: type[Node]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

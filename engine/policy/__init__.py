@@ -1,0 +1,1 @@
+"""Versioned policy snapshots: the run-time manager, validation, diffs and the guard."""

@@ -1,0 +1,411 @@
+"""Reading a policy file and refusing a body that would break the graphs or the guard.
+
+Every refusal is a `PolicyError` located in the policy file (`FILE:LINE:COL`) that says
+what is wrong and how to fix it. Validation never writes anything, so a refused policy
+leaves the active version untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+
+from engine.errors import PolicyError, SpecError
+from engine.expr.expression import Expr, Ref, Template
+from engine.graph.yaml import Located, load_yaml
+from engine.policy.guard import GuardSettings
+
+if TYPE_CHECKING:
+    from engine.graph.compiled import Graph, Scope
+    from engine.graph.spec import LoopSpec, NodeSpec
+
+__all__ = [
+    "META_KEYS",
+    "canonical_json",
+    "content_hash",
+    "load_policy_file",
+    "located_body",
+    "validate_policy",
+]
+
+META_KEYS = frozenset({"name", "guard"})
+"""Top-level keys that describe the policy rather than configure graphs."""
+
+_GUARD_RANGES = (
+    "the guard takes window >= 1 (requests), max_p95_ratio > 0, max_cost_ratio > 0 and "
+    "min_validation_success between 0 and 1"
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_EXACT_POLICY = re.compile(r"\s*\{\{\s*policy((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*\}\}\s*")
+
+_Path = tuple[str | int, ...]
+
+
+def canonical_json(body: Mapping[str, Any]) -> str:
+    """The body as canonical JSON (sorted keys, no spaces): what the content hash covers."""
+    return json.dumps(dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the body's canonical JSON; equal bodies share a hash."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def located_body(body: Mapping[str, Any], path: str = "") -> Located:
+    """A `Located` for a body that did not come from a file (errors carry no line)."""
+    return Located(data=body, path=path)
+
+
+def _fail(located: Located, message: str, at: _Path = (), *, key: bool = False) -> PolicyError:
+    if not located.path:
+        return PolicyError(message)
+    if not located.values and not located.keys:
+        return PolicyError(message, path=located.path)
+    pos = located.where(at, key=key)
+    return PolicyError(message, path=located.path, line=pos.line, column=pos.column)
+
+
+def _hint(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any], Located]:
+    """Read and parse a policy file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        `(name, body, located)`: the policy name (its `name:` key, else the file stem),
+        the whole mapping, and the parsed document for locating later errors.
+
+    Raises:
+        PolicyError: the file is missing, not YAML, or not a mapping (located).
+    """
+    shown = os.fspath(path)
+    try:
+        raw = Path(shown).read_bytes()
+    except FileNotFoundError:
+        raise PolicyError("policy file not found; check the path", path=shown) from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=shown) from exc
+    try:
+        located = load_yaml(raw, shown)
+    except SpecError as exc:
+        raise PolicyError(exc.reason, path=exc.path, line=exc.line, column=exc.column) from exc
+    _check_mapping(located.data, located)
+    _check_name(located.data, located)
+    name = located.data.get("name")
+    return (name if isinstance(name, str) else Path(shown).stem), located.data, located
+
+
+def _check_mapping(body: object, located: Located) -> None:
+    if body is None:
+        raise _fail(
+            located, "the policy is empty; write a mapping of settings, e.g. `router: {...}`"
+        )
+    if not isinstance(body, Mapping):
+        raise _fail(
+            located,
+            f"a policy must be a mapping of settings (key: value), not a {_kind(body)}",
+        )
+
+
+def _check_name(body: Mapping[str, Any], located: Located) -> None:
+    if "name" not in body:
+        return
+    name = body["name"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _fail(
+            located,
+            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {name!r}; "
+            "leave it out to use the file name",
+            ("name",),
+        )
+
+
+def validate_policy(
+    body: object,
+    located: Located,
+    *,
+    previous: Mapping[str, Any] | None,
+    graphs: Sequence[Graph] = (),
+    allow_new_keys: bool = False,
+    previous_version: int | None = None,
+) -> None:
+    """Refuse a policy body that is malformed, incompatible or out of range.
+
+    Checks, in order: the body is a mapping with a valid `name:`; its `guard:` section is
+    well formed; its keys and types are compatible with `previous` (nothing removed, no
+    type changed except int <-> float, no new key unless `allow_new_keys`); every
+    `policy.…` key the `graphs` read exists; every value a graph passes as exactly
+    `{{ policy.… }}` to a node config field fits that field (type and bounds).
+
+    Args:
+        body: the candidate body.
+        located: where its keys stand, for located errors (see `located_body`).
+        previous: the active version's body, if any.
+        graphs: graphs that will read this policy.
+        allow_new_keys: accept keys the previous version does not have.
+        previous_version: the previous version's number, for messages.
+
+    Raises:
+        PolicyError: the first problem found, located in the policy file.
+    """
+    _check_mapping(body, located)
+    assert isinstance(body, Mapping)
+    _check_name(body, located)
+    check_guard_section(body, located)
+    if previous is not None:
+        label = f"version {previous_version}" if previous_version else "the active version"
+        _compatible(previous, body, (), located, allow_new_keys, label)
+    for graph in graphs:
+        _check_refs(graph, body, located)
+    for graph in graphs:
+        _check_ranges(graph, body, located)
+
+
+def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSettings | None:
+    """The validated `guard:` section, or None without one.
+
+    Raises:
+        PolicyError: unknown keys or values out of range, located at the offending key.
+    """
+    if "guard" not in body:
+        return None
+    raw = body["guard"]
+    if not isinstance(raw, Mapping):
+        raise _fail(
+            located,
+            f"`guard:` must be a mapping such as `{{window: 50, max_cost_ratio: 1.3}}`, "
+            f"not a {_kind(raw)}",
+            ("guard",),
+        )
+    try:
+        return GuardSettings.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        settings = sorted(GuardSettings.model_fields)
+        if err["type"] == "extra_forbidden":
+            word = str(loc[0])
+            message = (
+                f"unknown guard setting '{word}'{_hint(word, settings)}; "
+                f"settings: {', '.join(settings)}"
+            )
+            raise _fail(located, message, ("guard", *loc), key=True) from None
+        dotted = ".".join(str(p) for p in ("guard", *loc))
+        value = raw.get(loc[0]) if loc else raw
+        raise _fail(
+            located, f"{dotted} = {value!r}: {err['msg']}; {_GUARD_RANGES}", ("guard", *loc)
+        ) from None
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _dotted(at: _Path) -> str:
+    return ".".join(str(p) for p in at)
+
+
+def _compatible(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    at: _Path,
+    located: Located,
+    allow_new_keys: bool,
+    label: str,
+) -> None:
+    meta = META_KEYS if not at else frozenset()
+    for key, value in new.items():
+        if key in meta:
+            continue
+        here = (*at, key)
+        if key not in old:
+            if not allow_new_keys:
+                siblings = [str(k) for k in old if k not in meta]
+                raise _fail(
+                    located,
+                    f"new key '{_dotted(here)}' is not in {label}{_hint(str(key), siblings)}; "
+                    "if it is meant, apply with --allow-new-keys",
+                    here,
+                    key=True,
+                )
+            continue
+        before = old[key]
+        if before is not None and value is not None and _kind(before) != _kind(value):
+            raise _fail(
+                located,
+                f"'{_dotted(here)}' changed type from {_kind(before)} ({before!r} in {label}) "
+                f"to {_kind(value)} ({value!r}); graphs and nodes read it as a "
+                f"{_kind(before)}, so keep the type or use a new key",
+                here,
+            )
+        if isinstance(before, Mapping) and isinstance(value, Mapping):
+            _compatible(before, value, here, located, allow_new_keys, label)
+    for key in old:
+        if key not in meta and key not in new:
+            here = (*at, key)
+            raise _fail(
+                located,
+                f"'{_dotted(here)}' was removed ({label} has it: {old[key]!r}); graphs and "
+                "nodes may read it, so keep it (with the old value to keep behaviour)",
+                at,
+                key=bool(at),
+            )
+
+
+def _expressions(scope: Scope, graph: Graph) -> Iterator[tuple[str, Expr | Template]]:
+    for node_id, node in scope.nodes.items():
+        where = f"node '{node_id}'"
+        if node.when is not None:
+            yield where, node.when
+        if isinstance(node.speculative, Expr):
+            yield where, node.speculative
+        yield where, node.config
+        if node.loop is not None:
+            if node.loop.until is not None:
+                yield where, node.loop.until
+            for expr in node.loop.output.values():
+                yield where, expr
+            yield from _expressions(node.loop.body, graph)
+
+
+def policy_refs(graph: Graph) -> Iterator[tuple[str, Ref]]:
+    """Every `policy.…` reference of a graph with where it is (`node 'x'`, `output 'y'`)."""
+    found = list(_expressions(graph.scope, graph))
+    found += [(f"output '{name}'", expr) for name, expr in graph.output.items()]
+    for where, expr in found:
+        for ref in expr.refs:
+            if ref.name == "policy":
+                yield where, ref
+
+
+def _check_refs(graph: Graph, body: Mapping[str, Any], located: Located) -> None:
+    for where, ref in policy_refs(graph):
+        cur: Any = body
+        walked: list[str | int] = []
+        for part in ref.path:
+            if isinstance(part, int) and isinstance(cur, list):
+                break
+            reads = ".".join(["policy", *(str(p) for p in ref.path)])
+            if not isinstance(cur, Mapping):
+                raise _fail(
+                    located,
+                    f"graph '{graph.name}' ({where}) reads '{reads}', but "
+                    f"'{_dotted(tuple(walked))}' is a {_kind(cur)}; make it a mapping "
+                    f"with the key '{part}'",
+                    tuple(walked),
+                )
+            if part not in cur:
+                keys = sorted(str(k) for k in cur)
+                under = f"under '{_dotted(tuple(walked))}'" if walked else "at the top level"
+                raise _fail(
+                    located,
+                    f"graph '{graph.name}' ({where}) reads '{reads}', but the policy has no "
+                    f"'{part}' {under}{_hint(str(part), keys)}. Keys there: "
+                    f"{', '.join(keys) or '(none)'}; add it",
+                    tuple(walked),
+                    key=bool(walked),
+                )
+            cur = cur[part]
+            walked.append(part)
+
+
+def _check_ranges(graph: Graph, body: Mapping[str, Any], located: Located) -> None:
+    _check_scope_ranges(graph, graph.scope, graph.spec.nodes, body, located)
+
+
+def _check_scope_ranges(
+    graph: Graph,
+    scope: Scope,
+    specs: Mapping[str, NodeSpec | LoopSpec],
+    body: Mapping[str, Any],
+    located: Located,
+) -> None:
+    for node_id, node in scope.nodes.items():
+        spec = specs.get(node_id)
+        if node.loop is not None and spec is not None and hasattr(spec, "nodes"):
+            _check_scope_ranges(graph, node.loop.body, spec.nodes, body, located)
+        elif node.impl is not None and spec is not None and hasattr(spec, "with_"):
+            label = f"graph '{graph.name}' node '{node_id}' ({node.type_name})"
+            _check_config(type(node.impl).Config, spec.with_, label, "", body, located)
+
+
+def _check_config(
+    model: type[BaseModel],
+    config: Mapping[str, Any],
+    label: str,
+    prefix: str,
+    body: Mapping[str, Any],
+    located: Located,
+) -> None:
+    for key, raw in config.items():
+        info = model.model_fields.get(str(key))
+        if info is None:
+            continue
+        nested = info.annotation
+        if isinstance(raw, Mapping) and isinstance(nested, type) and issubclass(nested, BaseModel):
+            _check_config(nested, raw, label, f"{prefix}{key}.", body, located)
+            continue
+        match = _EXACT_POLICY.fullmatch(raw) if isinstance(raw, str) else None
+        if match is None:
+            continue
+        path = tuple(match.group(1)[1:].split("."))
+        found, value = _lookup(body, path)
+        if found:
+            _check_value(info, value, path, f"{label} field '{prefix}{key}'", located)
+
+
+def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    cur: Any = body
+    for part in path:
+        if not isinstance(cur, Mapping) or part not in cur:
+            return False, None
+        cur = cur[part]
+    return True, cur
+
+
+def _adapter(info: FieldInfo) -> TypeAdapter[Any]:
+    form: Any = info.annotation
+    if info.metadata:
+        form = cast(Any, Annotated)[(form, *info.metadata)]
+    return TypeAdapter(form)
+
+
+def _check_value(
+    info: FieldInfo, value: Any, path: tuple[str, ...], target: str, located: Located
+) -> None:
+    try:
+        _adapter(info).validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise _fail(
+            located,
+            f"policy.{'.'.join(path)} = {value!r} does not fit {target}: {reason}; "
+            "change the value",
+            path,
+        ) from None

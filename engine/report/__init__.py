@@ -1,0 +1,1 @@
+"""Explaining runs from the store: the request report, run stats and their renderings."""

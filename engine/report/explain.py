@@ -1,0 +1,368 @@
+"""Explains runs from the store: the request report (DESIGN.md section 9) and run stats.
+
+`request_report` turns everything stored about one request into a `RequestReport` view
+model; `render_markdown` and `report_json` present it (`moat report`), and the TUI reads the
+same model. `run_stats` aggregates one run (`moat stats`), `render_runs` lists runs
+(`moat runs`).
+
+Conventions the report relies on (the scheduler and nodes emit them this way):
+
+- `LlmCall.related_event_id` is the `sequence` of an event of the same request.
+- A `CYCLE_SUMMARY` trace payload may hold `loop`, `strategy`, `planned`, `executed`,
+  `skipped`, `cancelled` (lists of node ids), `convergence_decision`,
+  `convergence_reason` and `next_action`; whatever is missing is derived from the node runs
+  and events of that cycle.
+- A `POLICY_PINNED` payload holds `policy` (the name) and `version` (used while a request is
+  unfinished).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from engine.errors import StoreError
+from engine.report.markdown import render_markdown
+from engine.report.model import (
+    CycleCard,
+    DecisionRow,
+    ExecutionStrategy,
+    LlmCallRow,
+    RequestReport,
+    SpeculativeOutcome,
+    Summary,
+    TimelineEntry,
+    TraceRow,
+)
+from engine.report.stats import (
+    RunStats,
+    percentile,
+    render_runs,
+    render_stats,
+    run_stats,
+    stats_json,
+)
+from engine.store.store import Row, Store
+
+__all__ = [
+    "CycleCard",
+    "DecisionRow",
+    "ExecutionStrategy",
+    "LlmCallRow",
+    "RequestReport",
+    "RunStats",
+    "SpeculativeOutcome",
+    "Summary",
+    "TimelineEntry",
+    "TraceRow",
+    "percentile",
+    "render_markdown",
+    "render_runs",
+    "render_stats",
+    "report_json",
+    "request_report",
+    "run_stats",
+    "stats_json",
+]
+
+REPORT_FORMAT = 1
+"""Version of the `report_json` layout."""
+
+_REUSE = {"RESULT_REUSED", "PRINCIPLES_REUSED"}
+_CONVERGENCE = {"CONVERGENCE_EVALUATED", "EARLY_CONVERGENCE_ACCEPTED", "EARLY_CONVERGENCE_REJECTED"}
+_CANCELLATION = {
+    "SHORT_CIRCUIT_TRIGGERED",
+    "BRANCH_CANCEL_ATTEMPTED",
+    "BRANCH_CANCELLED",
+    "BRANCH_COMPLETED_AFTER_SHORT_CIRCUIT",
+    "BUDGET_DEADLINE_EXCEEDED",
+    "BUDGET_COST_EXCEEDED",
+}
+
+
+def request_report(store: Store, request_id: str) -> RequestReport:
+    """Build the report of one request from the store.
+
+    A request still running (no `requests` row yet) is reported as `unfinished`.
+
+    Raises:
+        StoreError: nothing is stored under `request_id`; the message says how to find ids.
+    """
+    rows = store.request_rows(request_id)
+    request = rows["requests"][0] if rows["requests"] else None
+    events, node_runs = rows["orchestration_events"], rows["node_runs"]
+    calls, traces = rows["llm_calls"], rows["decision_traces"]
+    if request is None and not (events or node_runs or calls or traces):
+        raise _unknown_request(store, request_id)
+    t0 = _start_time(request, events, node_runs, calls)
+    decisions = [_decision(e, t0) for e in events]
+    return RequestReport(
+        summary=_summary(request_id, request, events, node_runs, calls),
+        strategy=_strategy(decisions, node_runs, calls),
+        decisions=decisions,
+        cycles=_cycles(traces, decisions, node_runs),
+        timeline=_timeline(node_runs, decisions, calls, t0),
+        llm_calls=_llm_calls(calls, events, t0),
+        traces=[TraceRow(t["cycle"], t["stage"], dict(t["payload"])) for t in traces],
+        raw_events=events,
+    )
+
+
+def report_json(report: RequestReport) -> dict[str, Any]:
+    """The report as JSON-able data with stable keys (`moat report --format json`)."""
+    return {"report_format": REPORT_FORMAT, **asdict(report)}
+
+
+def _unknown_request(store: Store, request_id: str) -> StoreError:
+    recent = store.recent_request_ids(3)
+    hint = f" Recent requests: {', '.join(recent)}." if recent else ""
+    return StoreError(
+        f"{store.path}: no request '{request_id}'.{hint} Find request ids with `moat runs` "
+        "(runs) and `moat stats RUN_ID` (its slowest and failed requests), or pass the right "
+        "store with --db"
+    )
+
+
+def _start_time(request: Row | None, *groups: list[Row]) -> float:
+    if request is not None:
+        return float(request["started_at"])
+    starts = [row["started_at"] for group in groups for row in group]
+    return float(min(starts)) if starts else 0.0
+
+
+def _ms_since(t0: float, at: float | None) -> float:
+    return round(((at or t0) - t0) * 1000.0, 3)
+
+
+def _decision(e: Row, t0: float) -> DecisionRow:
+    return DecisionRow(
+        sequence=e["sequence"],
+        offset_ms=_ms_since(t0, e["started_at"]),
+        cycle=e["cycle"],
+        stage=e["stage"],
+        component=e["component"],
+        event_type=e["event_type"],
+        decision=e["decision"],
+        status=e["status"],
+        reasons=list(e["reason_codes"] or []),
+        duration_ms=e["duration_ms"],
+    )
+
+
+def _summary(
+    request_id: str, request: Row | None, events: list[Row], runs: list[Row], calls: list[Row]
+) -> Summary:
+    route = [e for e in events if e["event_type"] == "ROUTE_SELECTED"]
+    pinned = next(
+        (e["payload"] or {} for e in reversed(events) if e["event_type"] == "POLICY_PINNED"), {}
+    )
+    models = Counter(f"{c['model']} ({c['provider']})" for c in calls)
+    req = request or {}
+    return Summary(
+        request_id=request_id,
+        status=req.get("status", "unfinished"),
+        run_id=req.get("run_id") or next((e["run_id"] for e in events), None),
+        seq=req.get("seq"),
+        tenant=req.get("tenant"),
+        started_at=req.get("started_at"),
+        latency_ms=req.get("latency_ms"),
+        cost_usd=req.get("cost_usd"),
+        policy_name=req.get("policy_name") or pinned.get("policy"),
+        policy_version=req.get("policy_version") or pinned.get("version"),
+        route=route[-1]["decision"] if route else None,
+        route_reasons=list(route[-1]["reason_codes"] or []) if route else [],
+        error=req.get("error"),
+        simulated=any(c["provider"] == "sim" for c in calls),
+        models=[f"{name} x{count}" for name, count in sorted(models.items())],
+        output=req.get("output"),
+        llm_calls=len(calls),
+        node_runs=len(runs),
+        events=len(events),
+    )
+
+
+def _strategy(decisions: list[DecisionRow], runs: list[Row], calls: list[Row]) -> ExecutionStrategy:
+    def of(types: Iterable[str]) -> list[DecisionRow]:
+        wanted = set(types)
+        return [d for d in decisions if d.event_type in wanted]
+
+    return ExecutionStrategy(
+        speculative=[_speculative(r, calls) for r in runs if r["speculative"]],
+        strategies=of({"STRATEGY_SELECTED"}),
+        reused=of(_REUSE),
+        gates=of({"GATE_DECISION"}),
+        convergence=of(_CONVERGENCE),
+        cache=[d for d in decisions if d.event_type.startswith("CACHE_")],
+        cancellations=of(_CANCELLATION),
+    )
+
+
+def _speculative(run: Row, calls: list[Row]) -> SpeculativeOutcome:
+    cost = sum(
+        c["cost_usd"] for c in calls if c["node"] == run["node"] and c["cycle"] == run["cycle"]
+    )
+    outcome = "cancelled" if run["status"] == "cancelled" else run["outcome"]
+    return SpeculativeOutcome(
+        node=run["node"],
+        cycle=run["cycle"],
+        status=run["status"],
+        outcome=outcome,
+        duration_ms=run["duration_ms"],
+        cost_usd=round(cost, 9),
+    )
+
+
+def _names(value: Any) -> list[str] | None:
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return None
+
+
+def _cycles(traces: list[Row], decisions: list[DecisionRow], runs: list[Row]) -> list[CycleCard]:
+    summaries = {t["cycle"]: dict(t["payload"]) for t in traces if t["stage"] == "CYCLE_SUMMARY"}
+    started = {d.cycle: d.stage for d in decisions if d.event_type == "LOOP_CYCLE_STARTED"}
+    return [
+        _cycle_card(cycle, summaries.get(cycle, {}), started.get(cycle), decisions, runs)
+        for cycle in sorted(set(summaries) | set(started))
+    ]
+
+
+def _cycle_card(
+    cycle: int,
+    payload: dict[str, Any],
+    loop: str | None,
+    decisions: list[DecisionRow],
+    runs: list[Row],
+) -> CycleCard:
+    in_cycle = [r for r in runs if r["cycle"] == cycle]
+    by_status = {
+        status: [r["node"] for r in in_cycle if r["status"] in statuses]
+        for status, statuses in (
+            ("executed", {"succeeded", "failed", "timed_out"}),
+            ("skipped", {"skipped"}),
+            ("cancelled", {"cancelled"}),
+        )
+    }
+    events = [d for d in decisions if d.cycle == cycle]
+    return CycleCard(
+        cycle=cycle,
+        loop=payload.get("loop") or loop,
+        strategy=payload.get("strategy") or payload.get("scheduler_strategy"),
+        planned=_names(payload.get("planned")) or [r["node"] for r in in_cycle],
+        executed=_names(payload.get("executed")) or by_status["executed"],
+        skipped=_names(payload.get("skipped")) or by_status["skipped"],
+        cancelled=_names(payload.get("cancelled")) or by_status["cancelled"],
+        critic=_outcome(events, {"CRITIC_DECISION"}),
+        simulator=_simulator_outcome(events, in_cycle),
+        convergence=_convergence(payload, events),
+        next_action=payload.get("next_action"),
+    )
+
+
+def _explain(d: DecisionRow) -> str:
+    text = d.decision or d.event_type.lower()
+    return f"{text} ({', '.join(d.reasons)})" if d.reasons else text
+
+
+def _outcome(events: list[DecisionRow], types: set[str]) -> str | None:
+    found = [d for d in events if d.event_type in types]
+    return _explain(found[-1]) if found else None
+
+
+def _simulator_outcome(events: list[DecisionRow], runs: list[Row]) -> str | None:
+    executed = _outcome(events, {"SIMULATOR_EXECUTED"})
+    if executed is not None:
+        return f"executed: {executed}"
+    nodes = {r["node"] for r in runs if r["node_type"] == "simulator"}
+    gates = [d for d in events if d.event_type == "GATE_DECISION" and d.stage in nodes]
+    if gates and gates[-1].decision == "skip":
+        return f"skipped: {', '.join(gates[-1].reasons) or 'guard was false'}"
+    for run in runs:
+        if run["node"] in nodes and run["status"] != "succeeded":
+            return str(run["status"])
+    return None
+
+
+def _convergence(payload: dict[str, Any], events: list[DecisionRow]) -> str | None:
+    decision = payload.get("convergence_decision")
+    if decision is not None:
+        reason = payload.get("convergence_reason")
+        return f"{decision} ({reason})" if reason else str(decision)
+    found = [d for d in events if d.event_type in _CONVERGENCE]
+    if not found:
+        return None
+    return "; ".join(f"{d.event_type}: {_explain(d)}" for d in found)
+
+
+def _timeline(
+    runs: list[Row], decisions: list[DecisionRow], calls: list[Row], t0: float
+) -> list[TimelineEntry]:
+    reused = Counter((d.stage, d.cycle) for d in decisions if d.event_type in _REUSE)
+    cached = {(d.stage, d.cycle) for d in decisions if d.event_type == "CACHE_HIT"}
+    cached |= {
+        (c["node"], c["cycle"])
+        for c in calls
+        if c["cache_status"] == "hit" or c["call_outcome"] == "cached"
+    }
+    return [_timeline_entry(r, reused, cached, t0) for r in runs]
+
+
+def _timeline_entry(
+    run: Row, reused: Counter[tuple[str, int]], cached: set[tuple[str, int]], t0: float
+) -> TimelineEntry:
+    key = (run["node"], run["cycle"])
+    marks = ["speculative"] if run["speculative"] else []
+    if run["status"] != "succeeded":
+        marks.append(run["status"])
+    if run["outcome"] == "discarded":
+        marks.append("discarded")
+    if reused[key]:
+        marks.append("reused" if reused[key] == 1 else f"reused x{reused[key]}")
+    if key in cached:
+        marks.append("cached")
+    if run["attempts"] > 1:
+        marks.append("retried")
+    return TimelineEntry(
+        node=run["node"],
+        node_type=run["node_type"],
+        cycle=run["cycle"],
+        status=run["status"],
+        outcome=run["outcome"],
+        offset_ms=_ms_since(t0, run["started_at"]),
+        duration_ms=run["duration_ms"],
+        attempts=run["attempts"],
+        marks=marks,
+        error=run["error"],
+    )
+
+
+def _llm_calls(calls: list[Row], events: list[Row], t0: float) -> list[LlmCallRow]:
+    by_sequence = {e["sequence"]: e["event_type"] for e in events}
+
+    def related(sequence: int | None) -> str | None:
+        if sequence is None:
+            return None
+        return f"{by_sequence.get(sequence, 'event')} #{sequence}"
+
+    return [
+        LlmCallRow(
+            node=c["node"],
+            cycle=c["cycle"],
+            model=c["model"],
+            provider=c["provider"],
+            kind=c["call_kind"],
+            outcome=c["call_outcome"],
+            cache_status=c["cache_status"],
+            status=c["status"],
+            input_tokens=c["input_tokens"],
+            output_tokens=c["output_tokens"],
+            cost_usd=c["cost_usd"],
+            latency_ms=c["latency_ms"],
+            offset_ms=_ms_since(t0, c["started_at"]),
+            related_event=related(c["related_event_id"]),
+            error=c["error"],
+        )
+        for c in calls
+    ]

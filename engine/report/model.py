@@ -1,0 +1,185 @@
+"""The view models of the request report (DESIGN.md section 9): plain frozen dataclasses.
+
+They hold only what the store holds, already shaped for display; `engine.report.explain` builds
+them, the markdown renderer and the TUI read them, and `report_json` serialises them with
+stable keys (field order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CycleCard",
+    "DecisionRow",
+    "ExecutionStrategy",
+    "LlmCallRow",
+    "RequestReport",
+    "SpeculativeOutcome",
+    "Summary",
+    "TimelineEntry",
+    "TraceRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What happened to the request, in one glance."""
+
+    request_id: str
+    status: str
+    """The request's status, or `unfinished` while it has no stored result."""
+    run_id: str | None
+    seq: int | None
+    tenant: str | None
+    started_at: float | None
+    latency_ms: float | None
+    cost_usd: float | None
+    policy_name: str | None
+    policy_version: int | None
+    route: str | None
+    """The decision of the request's last `ROUTE_SELECTED` event."""
+    route_reasons: list[str]
+    error: str | None
+    simulated: bool
+    """True if any LLM call went to the `sim` provider."""
+    models: list[str]
+    """`model (provider) xN` per model called."""
+    output: Any
+    llm_calls: int
+    node_runs: int
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One orchestration event, as listed under runtime decisions."""
+
+    sequence: int
+    offset_ms: float
+    """Milliseconds since the request started."""
+    cycle: int
+    stage: str
+    component: str
+    event_type: str
+    decision: str | None
+    status: str | None
+    reasons: list[str]
+    duration_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeOutcome:
+    """What became of one node started speculatively."""
+
+    node: str
+    cycle: int
+    status: str
+    outcome: str
+    """`used`, `discarded` or `cancelled`."""
+    duration_ms: float
+    cost_usd: float
+    """Cost of the node's LLM calls in that cycle."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStrategy:
+    """How the scheduler and the nodes chose to run the request."""
+
+    speculative: list[SpeculativeOutcome] = field(default_factory=list)
+    strategies: list[DecisionRow] = field(default_factory=list)
+    """`STRATEGY_SELECTED` per node."""
+    reused: list[DecisionRow] = field(default_factory=list)
+    """`RESULT_REUSED` and `PRINCIPLES_REUSED`."""
+    gates: list[DecisionRow] = field(default_factory=list)
+    """`GATE_DECISION`: run or skip, and why."""
+    convergence: list[DecisionRow] = field(default_factory=list)
+    """`CONVERGENCE_EVALUATED` and `EARLY_CONVERGENCE_*`."""
+    cache: list[DecisionRow] = field(default_factory=list)
+    """`CACHE_*` events."""
+    cancellations: list[DecisionRow] = field(default_factory=list)
+    """Short-circuits, cancelled branches and budget stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class CycleCard:
+    """One loop cycle: what was planned and done, and what the critic, simulator and
+    convergence concluded."""
+
+    cycle: int
+    loop: str | None
+    strategy: str | None
+    planned: list[str]
+    executed: list[str]
+    skipped: list[str]
+    cancelled: list[str]
+    critic: str | None
+    simulator: str | None
+    """The simulator's outcome, or why it was skipped or cancelled."""
+    convergence: str | None
+    next_action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One node run, placed on the request's clock."""
+
+    node: str
+    node_type: str
+    cycle: int
+    status: str
+    outcome: str
+    offset_ms: float
+    duration_ms: float
+    attempts: int
+    marks: list[str]
+    """Any of `speculative cancelled skipped failed timed_out discarded reused cached
+    retried`."""
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmCallRow:
+    """One LLM call attempt."""
+
+    node: str
+    cycle: int
+    model: str
+    provider: str
+    kind: str
+    outcome: str
+    cache_status: str
+    status: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    offset_ms: float
+    related_event: str | None
+    """`EVENT_TYPE #sequence` of the event the call belongs to, if any."""
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRow:
+    """One decision trace (`RISK_ASSESSMENT`, `CYCLE_SUMMARY`, ...)."""
+
+    cycle: int
+    stage: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReport:
+    """Everything `moat report` shows about one request, from the store alone."""
+
+    summary: Summary
+    strategy: ExecutionStrategy
+    decisions: list[DecisionRow]
+    cycles: list[CycleCard]
+    timeline: list[TimelineEntry]
+    llm_calls: list[LlmCallRow]
+    traces: list[TraceRow]
+    raw_events: list[dict[str, Any]]
+    """Every event row as stored (JSON columns decoded): the fallback view."""

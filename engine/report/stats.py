@@ -1,0 +1,302 @@
+"""Aggregates one run from the store (`moat stats`) and lists runs (`moat runs`).
+
+Only finished requests (those with a `requests` row) count. Percentiles interpolate
+linearly between the closest ranks (numpy's default), so p50 of `[1, 2, 3, 4]` is 2.5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import StoreError
+from engine.report.markdown import fmt_time
+from engine.store.store import Row, Store
+
+__all__ = ["RunStats", "percentile", "render_runs", "render_stats", "run_stats", "stats_json"]
+
+_SLOWEST = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """The figures of one run; rates are None when nothing was measured."""
+
+    run_id: str
+    graph_name: str | None
+    run_status: str | None
+    started_at: float | None
+    finished_at: float | None
+    requests: int
+    requests_total: int | None
+    by_status: dict[str, int]
+    by_route: dict[str, int]
+    """Requests per route (the last `ROUTE_SELECTED` decision of each)."""
+    latency_ms: dict[str, float | None]
+    """`p50`, `p95`, `p99`, `mean`, `max`."""
+    cost_total_usd: float
+    cost_per_case_usd: float | None
+    throughput_rps: float | None
+    llm_calls: int
+    llm_calls_per_request: float | None
+    by_model: dict[str, dict[str, float]]
+    """`model (provider)` -> `calls`, `cost_usd`."""
+    cache: dict[str, float | None]
+    """`hits`, `misses` (CACHE_HIT / CACHE_MISS events) and `hit_rate`."""
+    validation: dict[str, float | None]
+    """`passed`, `failed` (VALIDATION_* events) and `success_rate`."""
+    speculative: dict[str, float]
+    """Speculative node runs `started`, `used`, `discarded`, `cancelled`; LLM spend
+    `cost_usd` and `wasted_usd` (calls discarded or cancelled)."""
+    simulated: bool
+    """True if any LLM call went to the `sim` provider."""
+    slowest: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q`-th percentile (0-100) of `values`, interpolated linearly; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _rate(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _resolve_run(store: Store, run_id: str | None) -> tuple[str, Row | None]:
+    if run_id is None:
+        latest = store.latest_run()
+        if latest is None:
+            raise StoreError(f"{store.path}: no runs yet; start one with `moat run GRAPH`")
+        return str(latest["id"]), latest
+    run = store.get_run(run_id)
+    if run is None and not store.finished_request_seqs(run_id):
+        store.require_run(run_id)  # raises with the list of runs
+    return run_id, run
+
+
+_REQ = "SELECT r.id FROM requests r WHERE r.run_id = :run"
+
+
+def _event_counts(store: Store, run_id: str) -> Counter[str]:
+    rows = store.query(
+        "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
+        f"WHERE request_id IN ({_REQ}) AND event_type IN "
+        "('CACHE_HIT', 'CACHE_MISS', 'VALIDATION_PASSED', 'VALIDATION_FAILED') "
+        "GROUP BY event_type",
+        {"run": run_id},
+    )
+    return Counter({row["event_type"]: row["n"] for row in rows})
+
+
+def _routes(store: Store, run_id: str) -> dict[str, int]:
+    rows = store.query(
+        "SELECT request_id, decision FROM orchestration_events "
+        f"WHERE request_id IN ({_REQ}) AND event_type = 'ROUTE_SELECTED' "
+        "ORDER BY request_id, sequence",
+        {"run": run_id},
+    )
+    last = {row["request_id"]: row["decision"] or "(none)" for row in rows}
+    return dict(sorted(Counter(last.values()).items()))
+
+
+def _speculative(store: Store, run_id: str) -> dict[str, float]:
+    runs = store.query(
+        f"SELECT status, outcome FROM node_runs WHERE speculative = 1 AND request_id IN ({_REQ})",
+        {"run": run_id},
+    )
+    outcomes = Counter("cancelled" if r["status"] == "cancelled" else r["outcome"] for r in runs)
+    cost = store.query(
+        "SELECT COALESCE(SUM(cost_usd), 0) AS spent, COALESCE(SUM(CASE WHEN call_outcome IN "
+        "('discarded', 'cancelled') THEN cost_usd END), 0) AS wasted FROM llm_calls "
+        f"WHERE call_kind = 'speculative' AND request_id IN ({_REQ})",
+        {"run": run_id},
+    )[0]
+    return {
+        "started": len(runs),
+        "used": outcomes["used"],
+        "discarded": outcomes["discarded"],
+        "cancelled": outcomes["cancelled"],
+        "cost_usd": round(cost["spent"], 9),
+        "wasted_usd": round(cost["wasted"], 9),
+    }
+
+
+def _models(store: Store, run_id: str) -> tuple[dict[str, dict[str, float]], bool]:
+    rows = store.query(
+        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost FROM llm_calls "
+        f"WHERE request_id IN ({_REQ}) GROUP BY model, provider ORDER BY model, provider",
+        {"run": run_id},
+    )
+    by_model = {
+        f"{r['model']} ({r['provider']})": {"calls": r["calls"], "cost_usd": round(r["cost"], 9)}
+        for r in rows
+    }
+    return by_model, any(r["provider"] == "sim" for r in rows)
+
+
+def run_stats(store: Store, run_id: str | None = None) -> RunStats:
+    """Aggregate one run (the latest if `run_id` is None).
+
+    Raises:
+        StoreError: no such run (the message lists recent ones), or no runs at all.
+    """
+    run_id, run = _resolve_run(store, run_id)
+    requests = store.query(
+        "SELECT id, status, latency_ms, cost_usd, finished_at, error FROM requests "
+        "WHERE run_id = ? ORDER BY seq",
+        (run_id,),
+    )
+    n = len(requests)
+    latencies = [float(r["latency_ms"]) for r in requests]
+    cost = sum(float(r["cost_usd"]) for r in requests)
+    events = _event_counts(store, run_id)
+    by_model, simulated = _models(store, run_id)
+    calls = int(sum(m["calls"] for m in by_model.values()))
+    run = run or {}
+    started, finished = run.get("started_at"), run.get("finished_at")
+    if finished is None and requests:
+        finished = max(r["finished_at"] for r in requests)
+    hits, misses = events["CACHE_HIT"], events["CACHE_MISS"]
+    passed, failed = events["VALIDATION_PASSED"], events["VALIDATION_FAILED"]
+    return RunStats(
+        run_id=run_id,
+        graph_name=run.get("graph_name"),
+        run_status=run.get("status"),
+        started_at=started,
+        finished_at=run.get("finished_at"),
+        requests=n,
+        requests_total=run.get("requests_total"),
+        by_status=dict(sorted(Counter(r["status"] for r in requests).items())),
+        by_route=_routes(store, run_id),
+        latency_ms={
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+            "mean": sum(latencies) / n if n else None,
+            "max": max(latencies, default=None),
+        },
+        cost_total_usd=round(cost, 9),
+        cost_per_case_usd=round(cost / n, 9) if n else None,
+        throughput_rps=_rate(n, finished - started) if started and finished else None,
+        llm_calls=calls,
+        llm_calls_per_request=_rate(calls, n),
+        by_model=by_model,
+        cache={"hits": hits, "misses": misses, "hit_rate": _rate(hits, hits + misses)},
+        validation={
+            "passed": passed,
+            "failed": failed,
+            "success_rate": _rate(passed, passed + failed),
+        },
+        speculative=_speculative(store, run_id),
+        simulated=simulated,
+        slowest=[
+            {"request_id": r["id"], "latency_ms": r["latency_ms"], "status": r["status"]}
+            for r in sorted(requests, key=lambda r: -float(r["latency_ms"]))[:_SLOWEST]
+        ],
+        failed=[
+            {"request_id": r["id"], "status": r["status"], "error": r["error"]}
+            for r in requests
+            if r["status"] in ("failed", "deadline_exceeded", "invalid_input")
+        ][:_SLOWEST],
+    )
+
+
+def stats_json(stats: RunStats) -> dict[str, Any]:
+    """The stats as JSON-able data with stable keys (`moat stats --format json`)."""
+    return asdict(stats)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "  ".join(f"{key} {value}" for key, value in counts.items()) or "—"
+
+
+def render_stats(stats: RunStats) -> str:
+    """A compact text table of the run's figures."""
+    lat, spec = stats.latency_ms, stats.speculative
+    done = f"{stats.requests}/{stats.requests_total if stats.requests_total is not None else '?'}"
+    rps = "" if stats.throughput_rps is None else f"  {stats.throughput_rps:.1f} req/s"
+    per_case = "—" if stats.cost_per_case_usd is None else f"${stats.cost_per_case_usd:.6f}"
+    per_req = "—" if stats.llm_calls_per_request is None else f"{stats.llm_calls_per_request:.2f}"
+    models = ", ".join(
+        f"{name} {int(m['calls'])} ${m['cost_usd']:.6f}" for name, m in stats.by_model.items()
+    )
+    lines = [
+        f"run {stats.run_id}  {stats.graph_name or '?'}  {stats.run_status or '?'}  "
+        f"{done} requests{rps}",
+    ]
+    if stats.simulated:
+        lines.append("figures come from simulated models (provider sim), not real providers")
+    rows = [
+        (
+            "latency ms",
+            f"p50 {_ms(lat['p50'])}  p95 {_ms(lat['p95'])}  "
+            f"p99 {_ms(lat['p99'])}  mean {_ms(lat['mean'])}  max {_ms(lat['max'])}",
+        ),
+        ("cost", f"{per_case} per case  ${stats.cost_total_usd:.6f} total"),
+        (
+            "llm calls",
+            f"{per_req} per request  {stats.llm_calls} total" + (f"  ({models})" if models else ""),
+        ),
+        (
+            "cache",
+            f"hit rate {_pct(stats.cache['hit_rate'])}  "
+            f"({stats.cache['hits']} hits, {stats.cache['misses']} misses)",
+        ),
+        (
+            "validation",
+            f"success {_pct(stats.validation['success_rate'])}  "
+            f"({stats.validation['passed']} passed, {stats.validation['failed']} failed)",
+        ),
+        (
+            "speculative",
+            f"used {spec['used']}  discarded {spec['discarded']}  "
+            f"cancelled {spec['cancelled']}  wasted ${spec['wasted_usd']:.6f} "
+            f"of ${spec['cost_usd']:.6f}",
+        ),
+        ("status", _counts(stats.by_status)),
+        ("route", _counts(stats.by_route)),
+        (
+            "slowest",
+            "  ".join(f"{s['request_id']} {s['latency_ms']:.0f}ms" for s in stats.slowest) or "—",
+        ),
+    ]
+    if stats.failed:
+        rows.append(("failed", "  ".join(f"{f['request_id']} {f['status']}" for f in stats.failed)))
+    lines += [f"{label:<12} {value}" for label, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_runs(runs: list[Row]) -> str:
+    """The `moat runs` listing: one line per run, newest first."""
+    if not runs:
+        return "no runs yet; start one with `moat run GRAPH`\n"
+    header = f"{'RUN':<24} {'GRAPH':<20} {'STATUS':<11} {'DONE':>11}  {'STARTED (UTC)':<19}  TOOK"
+    lines = [header]
+    for run in runs:
+        total = run["requests_total"]
+        done = f"{run['requests_done']}/{total if total is not None else '?'}"
+        took = "—"
+        if run["finished_at"] is not None:
+            took = f"{run['finished_at'] - run['started_at']:.1f}s"
+        started = fmt_time(run["started_at"])[:19]
+        lines.append(
+            f"{run['id']:<24} {run['graph_name'][:20]:<20} {run['status']:<11} {done:>11}  "
+            f"{started:<19}  {took}"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The scheduler: lazy, speculative, bounded evaluation of one request at a time."""

@@ -1,0 +1,158 @@
+"""Bounded loops: run a body frame per cycle until `until`, `max_cycles` or the soft deadline.
+
+Each cycle is a fresh frame (its own lazy nodes, `cycle` and `prev` in scope) whose body
+runs as lazily as the top level: only what `until`, the loop's `output` and the body's
+speculative nodes need. After every cycle a `CYCLE_SUMMARY` trace records what was
+planned, executed, skipped and cancelled, the `until` value and the next action.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.events import EventType, NodeStatus
+from engine.scheduler.frame import Consumer, Frame, evaluate, evaluate_outputs
+from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
+from engine.scheduler.speculate import cleanup, start_speculative
+
+if TYPE_CHECKING:
+    from engine.graph.compiled import CompiledLoop
+    from engine.scheduler.node import NodeRunner
+
+__all__ = ["run_loop"]
+
+CYCLE_SUMMARY = "CYCLE_SUMMARY"
+
+
+async def run_loop(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> dict[str, Any]:
+    """Run the loop node `cell`; its value is its `output:` in the last cycle's scope.
+
+    Raises:
+        InputFailed: a body node the loop needed failed.
+        EvaluationError: `until` or an output expression failed.
+    """
+    loop = cell.node.loop
+    assert loop is not None
+    prev: dict[str, Any] | None = None
+    cycle = 0
+    while True:
+        cycle += 1
+        frame = _cycle_frame(ex, cell, cycle, prev)
+        result = await _run_cycle(ex, cell, loop, frame, consumer.spawn)
+        if result is not None:
+            return result
+        prev = frame.values()
+
+
+def _cycle_frame(ex: NodeRunner, cell: LazyNode, cycle: int, prev: Any) -> Frame:
+    loop = cell.node.loop
+    assert loop is not None
+    outer = cell.frame
+    fixed = {**outer.fixed, "cycle": cycle, "prev": prev}
+    return Frame(outer.req, ex, loop.body, outer, cycle, fixed)
+
+
+async def _run_cycle(
+    ex: NodeRunner, cell: LazyNode, loop: CompiledLoop, frame: Frame, spawn: bool
+) -> dict[str, Any] | None:
+    """One cycle; the loop's value when it stops here, None to go on."""
+    req = frame.req
+    cycle = frame.cycle
+    loop_id = cell.node.id
+    req.event(
+        EventType.LOOP_CYCLE_STARTED,
+        loop_id,
+        cycle=cycle,
+        decision="start",
+        payload={"cycle": cycle, "max_cycles": loop.max_cycles},
+    )
+    consumer = Consumer(frame, cell, spawn, loop_id)
+    until: Any = None
+    stop_reason: str | None = None
+    output: dict[str, Any] | None = None
+    cancelled: list[str] = []
+    start_speculative(ex, frame)
+    try:
+        if loop.until is not None:
+            until = await evaluate(loop.until, consumer)
+        stop_reason = _stop_reason(cell, loop, cycle, until)
+        if stop_reason is not None:
+            output = await evaluate_outputs(loop.output, consumer)
+    finally:
+        cancelled = cleanup(frame)
+    _summarise(cell, frame, until, stop_reason, cancelled)
+    return output
+
+
+def _stop_reason(cell: LazyNode, loop: CompiledLoop, cycle: int, until: Any) -> str | None:
+    req = cell.frame.req
+    loop_id = cell.node.id
+    if until:
+        req.event(EventType.LOOP_UNTIL_MET, loop_id, cycle=cycle, decision="stop")
+        return "until_met"
+    if cycle >= loop.max_cycles:
+        req.event(
+            EventType.LOOP_MAX_CYCLES,
+            loop_id,
+            cycle=cycle,
+            decision="stop",
+            payload={"max_cycles": loop.max_cycles},
+        )
+        return "max_cycles"
+    if req.check_soft_deadline():
+        req.event(
+            EventType.LOOP_STOPPED_SOFT_DEADLINE,
+            loop_id,
+            cycle=cycle,
+            decision="stop",
+            payload={"elapsed_ms": round(req.elapsed_ms(), 3)},
+        )
+        return "soft_deadline"
+    return None
+
+
+def _summarise(
+    cell: LazyNode, frame: Frame, until: Any, stop_reason: str | None, cancelled: list[str]
+) -> None:
+    executed: list[str] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+    gone: list[str] = list(cancelled)
+    for node_id in frame.scope.order:
+        body_cell = frame.cells.get(node_id)
+        if body_cell is None or node_id in gone:
+            continue
+        status = body_cell.status
+        run_status = body_cell.run_status
+        if status is CANCELLED or run_status is NodeStatus.CANCELLED:
+            gone.append(node_id)
+        elif run_status is NodeStatus.SKIPPED:
+            skipped.append(node_id)
+        elif status is FAILED or run_status in (NodeStatus.FAILED, NodeStatus.TIMED_OUT):
+            failed.append(node_id)
+        elif status is FINISHED:
+            executed.append(node_id)
+    frame.req.cycle_trace(
+        frame.cycle,
+        CYCLE_SUMMARY,
+        {
+            "loop": cell.node.id,
+            "cycle": frame.cycle,
+            "scheduler_strategy": "speculative" if frame.spec_cells else "on_demand",
+            "modules_planned": list(frame.scope.order),
+            "modules_executed": executed,
+            "modules_skipped": skipped,
+            "modules_failed": failed,
+            "modules_cancelled": gone,
+            "modules_speculative": [c.node.id for c in frame.spec_cells if c.speculative],
+            "until": _plain(until),
+            "next_action": "continue" if stop_reason is None else "stop",
+            "stop_reason": stop_reason,
+        },
+    )
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)

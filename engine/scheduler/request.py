@@ -1,0 +1,565 @@
+"""The per-request runtime: records, budgets, deadlines and the services nodes delegate to.
+
+`RequestState` implements `engine.plugin.context.RequestRuntime`. It owns the request's event
+sequence, turns node fates into `node_runs` and `llm_calls` rows, and knows the request's
+clocks (hard and soft deadline) and cost budget. It holds no scheduling logic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from engine.errors import NodeError
+from engine.events import (
+    CallOutcome,
+    DecisionTrace,
+    EventType,
+    LlmCall,
+    NodeOutcome,
+    NodeRun,
+    OrchestrationEvent,
+    Record,
+    now,
+)
+from engine.models import CallScope, Gateway, RequestBudget
+from engine.plugin.context import ModelClient, NodeContext, RequestInfo, SharedState
+
+if TYPE_CHECKING:
+    from engine.graph.compiled import Graph
+    from engine.scheduler.frame import Frame
+    from engine.scheduler.lazy import LazyNode
+
+__all__ = ["NodeCtx", "RequestState", "RequestView", "describe_error"]
+
+SCHEDULER = "scheduler"
+"""The `component` of events the scheduler itself records."""
+REQUEST_STAGE = "request"
+"""The `stage` of request-level events."""
+
+_log = structlog.get_logger("moat.scheduler")
+_node_log = structlog.get_logger("moat.node")
+
+_CALL_OUTCOMES = {
+    NodeOutcome.USED: CallOutcome.USED,
+    NodeOutcome.DISCARDED: CallOutcome.DISCARDED,
+    NodeOutcome.CANCELLED: CallOutcome.CANCELLED,
+}
+
+
+def describe_error(node_id: str, error: BaseException) -> str:
+    """A one-line error naming the node: `node 'risk': ValueError: boom`."""
+    if isinstance(error, NodeError) and error.node_id == node_id:
+        return str(error)
+    text = str(error) or type(error).__name__
+    prefix = f"node '{node_id}': "
+    text = text.removeprefix(prefix)
+    if isinstance(error, NodeError):
+        return prefix + text
+    return f"{prefix}{type(error).__name__}: {text}"
+
+
+class NodeCtx(NodeContext):
+    """The `NodeContext` the scheduler hands to a node run; remembers its lazy node.
+
+    One is built for every node run, so it fills its slots straight from the lazy node
+    instead of through `NodeContext`'s keyword arguments, and binds its logger to the
+    run, request and node ids only when the node logs.
+    """
+
+    __slots__ = ("cell",)
+
+    def __init__(self, cell: LazyNode, store: SharedState) -> None:
+        node = cell.node
+        frame = cell.frame
+        req = frame.req
+        self.cell = cell
+        self.node_id = node.id
+        self.node_type = node.type_name
+        self.request = req.info
+        self.policy = req.policy
+        self.cycle = frame.cycle
+        self.speculative = cell.speculative
+        self.store = store
+        self._runtime = req
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached while the `log` slot is empty: bind on first use, then keep it.
+        if name != "log":
+            raise AttributeError(name)
+        info = self.request
+        log = _node_log.bind(run_id=info.run_id, request_id=info.id, node=self.node_id)
+        self.log = log
+        return log
+
+
+class RequestState:
+    """Everything one request owns while it runs (see module docstring).
+
+    Args:
+        graph: the graph being run.
+        info: the request.
+        policy_name: the pinned policy's name.
+        policy_version: the pinned policy's version.
+        policy: the pinned snapshot's body.
+        sink_record: where records go.
+        gateway: the model gateway, if the graph has models.
+        clock: the backend's `current_time` (so a trio `MockClock` drives every duration).
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_idle",
+        "_memos",
+        "_rng",
+        "_soft_emitted",
+        "budget",
+        "clock",
+        "deadline",
+        "frame",
+        "gateway",
+        "graph",
+        "info",
+        "live",
+        "policy",
+        "policy_name",
+        "policy_version",
+        "record",
+        "run_id",
+        "seq",
+        "soft_at",
+        "spent_usd",
+        "started_at",
+        "t0",
+    )
+
+    def __init__(
+        self,
+        graph: Graph,
+        info: RequestInfo,
+        *,
+        policy_name: str | None,
+        policy_version: int | None,
+        policy: Mapping[str, Any],
+        sink_record: Callable[[Record], None],
+        gateway: Gateway | None,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.graph = graph
+        self.clock = clock
+        """`anyio.current_time` of the running backend, looked up once per runner."""
+        self.info = info
+        self.run_id = info.run_id
+        self.policy_name = policy_name
+        self.policy_version = policy_version
+        self.policy = policy
+        self.record = sink_record
+        self.gateway = gateway
+        self.seq = 0
+        self.t0 = clock()
+        self.started_at = now()
+        budget = graph.budget
+        self.deadline = None if budget.deadline_ms is None else self.t0 + budget.deadline_ms / 1000
+        self.soft_at = (
+            None if budget.soft_deadline_ms is None else self.t0 + budget.soft_deadline_ms / 1000
+        )
+        self._soft_emitted = False
+        self.budget = RequestBudget(budget.cost_usd)
+        self.spent_usd = 0.0
+        self.live = 0
+        self._idle: anyio.Event | None = None
+        self._callbacks: list[Callable[[], Awaitable[None]]] | None = None
+        self._memos: dict[str, _Memo] | None = None
+        self._rng: random.Random | None = None
+        self.frame: Frame | None = None
+        """The request's top-level frame (set by the frame), released at its end."""
+
+    # -- recording ----------------------------------------------------------------------
+
+    def event(
+        self,
+        event_type: str,
+        stage: str,
+        *,
+        component: str = SCHEDULER,
+        cycle: int = 0,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+        status: str | None = None,
+    ) -> int:
+        """Record one orchestration event; returns its sequence number."""
+        return self._event(
+            stage,
+            component,
+            cycle,
+            event_type,
+            decision,
+            status,
+            duration_ms,
+            reason_codes,
+            inputs,
+            outputs,
+            payload,
+        )
+
+    def node_event(
+        self,
+        cell: LazyNode,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
+        """Record a scheduler event about one node (stage = node id, cycle = its cycle)."""
+        return self._event(
+            cell.node.id,
+            SCHEDULER,
+            cell.frame.cycle,
+            event_type,
+            decision,
+            None,
+            duration_ms,
+            reason_codes,
+            None,
+            None,
+            payload,
+        )
+
+    def _event(
+        self,
+        stage: str,
+        component: str,
+        cycle: int,
+        event_type: str,
+        decision: str | None,
+        status: str | None,
+        duration_ms: float | None,
+        reason_codes: Sequence[str],
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
+        payload: Mapping[str, Any] | None,
+    ) -> int:
+        # positional all the way: several events are recorded per request
+        self.seq += 1
+        self.record(
+            OrchestrationEvent(
+                self.run_id,
+                self.info.id,
+                cycle,
+                stage,
+                component,
+                event_type,
+                self.seq,
+                decision,
+                status,
+                time.time(),
+                duration_ms,
+                reason_codes,
+                inputs,
+                outputs,
+                payload,
+            )
+        )
+        return self.seq
+
+    def settle(self, cell: LazyNode, outcome: NodeOutcome) -> None:
+        """The node's fate is final: record its `node_runs` row and its LLM calls."""
+        if cell.settled:
+            return
+        cell.settled = True
+        node = cell.node
+        error = cell.error
+        run_status = cell.run_status
+        assert run_status is not None
+        t0 = cell.t0
+        self.record(
+            NodeRun(
+                self.info.id,
+                node.id,
+                node.type_name,
+                cell.frame.cycle,
+                run_status,
+                cell.speculative,
+                outcome,
+                # Wall time derived from the backend's clock: one clock read per node run,
+                # and under a mock clock the timeline stays in step with the durations.
+                self.started_at + (t0 - self.t0) if t0 >= 0 else now(),
+                cell.duration_ms,
+                cell.attempts,
+                None if error is None else describe_error(cell.error_node or node.id, error),
+            )
+        )
+        if cell.calls:
+            self._record_calls(cell.calls, outcome)
+
+    def _record_calls(self, calls: list[LlmCall], outcome: NodeOutcome) -> None:
+        final = _CALL_OUTCOMES.get(outcome)
+        for call in calls:
+            self.spent_usd += call.cost_usd
+            target = final
+            if call.status == "cancelled":
+                target = CallOutcome.CANCELLED
+            elif final is CallOutcome.USED and call.call_outcome is not CallOutcome.NONE:
+                target = None  # the gateway already said what it was
+            if target is not None and target is not call.call_outcome:
+                call = dataclasses.replace(call, call_outcome=target)
+            self.record(call)
+
+    def cycle_trace(self, cycle: int, stage: str, payload: Mapping[str, Any]) -> None:
+        """Record a decision trace of the scheduler (`CYCLE_SUMMARY`)."""
+        self.record(DecisionTrace(self.info.id, cycle, stage, payload))
+
+    # -- clocks and budgets ---------------------------------------------------------------
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request started."""
+        return (self.clock() - self.t0) * 1000
+
+    def check_soft_deadline(self) -> bool:
+        """True once the soft deadline has passed (records `BUDGET_SOFT_DEADLINE` once)."""
+        soft_at = self.soft_at
+        if soft_at is None:
+            return False
+        if self._soft_emitted:
+            return True
+        if self.clock() < soft_at:
+            return False
+        self._soft_emitted = True
+        self.event(
+            EventType.BUDGET_SOFT_DEADLINE,
+            REQUEST_STAGE,
+            decision="degraded",
+            payload={
+                "soft_deadline_ms": self.graph.budget.soft_deadline_ms,
+                "elapsed_ms": round(self.elapsed_ms(), 3),
+            },
+        )
+        return True
+
+    def backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait before retry `attempt` (exponential, full jitter, seeded)."""
+        if retry_after_s is not None:
+            return retry_after_s
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = random.Random(f"{self.info.seed}:{self.info.id}")
+        return min(2.0, 0.05 * 2.0 ** (attempt - 1)) * (0.5 + rng.random() / 2)
+
+    # -- background work ----------------------------------------------------------------
+
+    def task_started(self) -> None:
+        """A task of this request started in the runner's background group."""
+        self.live += 1
+
+    def task_done(self) -> None:
+        """A background task of this request ended."""
+        self.live -= 1
+        if self.live == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no background task of this request is left."""
+        if self.live:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def release(self) -> None:
+        """The request is over and recorded: let go of its frames and lazy nodes.
+
+        Frames and their lazy nodes point at each other; breaking those cycles here
+        frees a finished request at once instead of leaving it to the cyclic garbage
+        collector, whose passes over thousands of such requests cost more than the
+        requests themselves.
+        """
+        frame, self.frame = self.frame, None
+        if frame is not None:
+            frame.release()
+
+    @property
+    def callbacks(self) -> list[Callable[[], Awaitable[None]]]:
+        """The `after_success` callbacks nodes registered."""
+        return self._callbacks or []
+
+    # -- RequestRuntime -------------------------------------------------------------------
+
+    def model(self, name: str, ctx: NodeContext) -> ModelClient:
+        """The logical model `name` for the node run of `ctx`, through the gateway."""
+        if self.gateway is None:
+            raise NodeError(
+                f"model '{name}' asked for, but the runner has no model gateway",
+                node_id=ctx.node_id,
+                request_id=self.info.id,
+            )
+        cell = ctx.cell if isinstance(ctx, NodeCtx) else None
+        calls: list[LlmCall] = []
+        if cell is not None:
+            if cell.calls is None:
+                cell.calls = []
+            calls = cell.calls
+        scope = CallScope(
+            request=self.info,
+            node_id=ctx.node_id,
+            cycle=ctx.cycle,
+            speculative=ctx.speculative,
+            budget=self.budget,
+            policy=self.policy,
+            emit=ctx.emit,
+            calls=calls,
+            deadline=self.deadline,
+        )
+        return self.gateway.client(name, scope)
+
+    def emit(
+        self,
+        ctx: NodeContext,
+        event_type: str,
+        *,
+        decision: str | None,
+        reason_codes: Sequence[str],
+        inputs: Mapping[str, Any] | None,
+        outputs: Mapping[str, Any] | None,
+        payload: Mapping[str, Any] | None,
+        duration_ms: float | None,
+    ) -> int:
+        """Record an event a node emits (stage = node id, component = node type)."""
+        return self._event(
+            ctx.node_id,
+            ctx.node_type,
+            ctx.cycle,
+            event_type,
+            decision,
+            None,
+            duration_ms,
+            reason_codes,
+            inputs,
+            outputs,
+            payload,
+        )
+
+    def trace(self, ctx: NodeContext, stage: str, payload: Mapping[str, Any]) -> None:
+        """Record a decision trace a node emits."""
+        self.record(DecisionTrace(self.info.id, ctx.cycle, stage, payload))
+
+    async def memo(
+        self, ctx: NodeContext, key: str, factory: Callable[[], Awaitable[Any]]
+    ) -> tuple[Any, bool]:
+        """The value under `key`, computed once per request; concurrent callers wait."""
+        memos = self._memos
+        if memos is None:
+            memos = self._memos = {}
+        while True:
+            entry = memos.get(key)
+            if entry is None:
+                return await self._compute_memo(memos, key, factory), False
+            await entry.event.wait()
+            if entry.ok:
+                self.event(
+                    EventType.RESULT_REUSED,
+                    ctx.node_id,
+                    cycle=ctx.cycle,
+                    decision="reused",
+                    payload={"memo": key},
+                )
+                return entry.value, True
+
+    async def _compute_memo(
+        self, memos: dict[str, _Memo], key: str, factory: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        entry = memos[key] = _Memo()
+        try:
+            entry.value = await factory()
+            entry.ok = True
+        finally:
+            if not entry.ok:
+                del memos[key]  # let a later caller try again
+            entry.event.set()
+        return entry.value
+
+    def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after the request succeeds, off the response path."""
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    @property
+    def remaining_ms(self) -> float | None:
+        """Milliseconds left before the hard deadline, or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - self.clock()) * 1000)
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """Dollars left in the request's cost budget, or None without one."""
+        return self.budget.remaining_usd
+
+    @property
+    def degraded(self) -> bool:
+        """True once the soft deadline has passed."""
+        return self.check_soft_deadline()
+
+    async def run_callbacks(self) -> None:
+        """Run the `after_success` callbacks; a failing one is logged, never raised."""
+        for callback in self.callbacks:
+            try:
+                await callback()
+            except Exception as exc:
+                _log.warning(
+                    "after_success.failed",
+                    request_id=self.info.id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+
+class _Memo:
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.ok = False
+        self.value: Any = None
+
+
+class RequestView(Mapping[str, Any]):
+    """`request` in expressions: id, tenant, degraded, remaining_ms, remaining_usd."""
+
+    __slots__ = ("_state",)
+    _KEYS = ("id", "tenant", "degraded", "remaining_ms", "remaining_usd")
+
+    def __init__(self, state: RequestState) -> None:
+        self._state = state  # the state never points back: no cycle to collect
+
+    def __getitem__(self, key: str) -> Any:
+        state = self._state
+        if key == "id":
+            return state.info.id
+        if key == "tenant":
+            return state.info.tenant
+        if key == "degraded":
+            return state.degraded
+        if key == "remaining_ms":
+            return state.remaining_ms
+        if key == "remaining_usd":
+            return state.remaining_usd
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+    def __repr__(self) -> str:
+        return f"<request {self._state.info.id!r}>"

@@ -1,0 +1,436 @@
+"""Runs requests through a graph, doing only the work the answer needs.
+
+The scheduler demands a request's `output` expressions and, through them, exactly the
+nodes their evaluation reaches (section 4 of the design): nodes run inline in the task
+that demands them, concurrently where an expression needs several on every path,
+speculatively in their own cancellable tasks where the graph says so, and every decision
+is recorded. The response returns as soon as the outputs are known; leftover speculative
+work is cancelled or discarded in the runner's background task group, and the request's
+`RequestRecord` is recorded last.
+
+```python
+async with Runner(graph, sink=MemorySink()) as runner:
+    result = await runner.run({"prompt": "hello"})
+print(result.status, result.output)
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from pydantic import BaseModel
+
+from engine.errors import EvaluationError
+from engine.events import EventType, Record, RequestRecord, RequestStatus, Sink, now
+from engine.graph.compiled import Graph
+from engine.models import Gateway
+from engine.plugin.context import RequestInfo, SharedState
+from engine.scheduler.backend import current_backend
+from engine.scheduler.frame import Consumer, Frame, InputFailed, evaluate_outputs, try_evaluate
+from engine.scheduler.lazy import (
+    LazyNode,
+    LazyNodeCancelled,
+    LazyNodeFailed,
+    LazyNodeNotFinished,
+)
+from engine.scheduler.loop import run_loop
+from engine.scheduler.node import NodeRunner
+from engine.scheduler.request import REQUEST_STAGE, RequestState, RequestView, describe_error
+from engine.scheduler.speculate import cleanup, start_speculative
+
+__all__ = [
+    "LazyNode",
+    "LazyNodeCancelled",
+    "LazyNodeFailed",
+    "LazyNodeNotFinished",
+    "PolicyPin",
+    "RequestResult",
+    "Runner",
+    "run_request",
+]
+
+_SCALARS = (str, int, float, bool, type(None))
+_NO_LABELS: Mapping[str, Any] = MappingProxyType({})
+"""The labels of a request that has none (one shared, read-only mapping)."""
+_NO_DEADLINE = contextlib.nullcontext()
+"""Stands in for the deadline's cancel scope when the graph has no deadline."""
+
+_Answer = tuple[RequestStatus, dict[str, Any] | None, str | None]
+"""A request's status, output and error."""
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """What one request produced (one `--out` line).
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every request), but treated as immutable once returned.
+
+    Attributes:
+        request_id: the request's id.
+        status: `ok`, `partial`, `failed` or `deadline_exceeded`.
+        output: the `output:` values (JSON-ready), or None when there are none.
+        latency_ms: time from the start of the request to its response.
+        cost_usd: dollars spent on model calls by the time of the response.
+        policy_version: the pinned policy version, if the policy is versioned.
+        error: what went wrong, naming the node, for `failed` and `deadline_exceeded`.
+        seq: the request's position in its run's input.
+    """
+
+    request_id: str
+    status: RequestStatus
+    output: dict[str, Any] | None
+    latency_ms: float
+    cost_usd: float
+    policy_version: int | None
+    error: str | None
+    seq: int = 0
+
+    def to_json_line(self) -> dict[str, Any]:
+        """The JSON object `moat run` writes for this request."""
+        return {
+            "request_id": self.request_id,
+            "status": self.status.value,
+            "output": self.output,
+            "latency_ms": round(self.latency_ms, 3),
+            "cost_usd": self.cost_usd,
+            "policy_version": self.policy_version,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPin:
+    """The policy snapshot a request pins at its start and keeps to its end.
+
+    Attributes:
+        name: the policy's name (None without a policy).
+        version: the snapshot's version in the store (None when not versioned).
+        body: the snapshot itself, read as `policy.…` and `ctx.policy`.
+    """
+
+    name: str | None
+    version: int | None
+    body: Mapping[str, Any]
+
+
+class _NullSink:
+    def record(self, item: Record) -> None:
+        pass
+
+
+class Runner:
+    """Runs requests through one graph; owns the background work they leave behind.
+
+    Use it as an async context manager: leaving it waits for background work (the
+    cleanup of speculative branches, `after_success` callbacks) and closes the gateway
+    it created.
+
+    Args:
+        graph: the loaded graph.
+        sink: where records go (events, node runs, LLM calls, request records).
+        gateway: the model gateway; default `Gateway(graph.models)`.
+        shared: state shared by the requests (`ctx.store`); default a fresh one.
+        run_id: the run the requests belong to (`runs.id`).
+        policy: the policy pin, or a function returning the active one, called at the
+            start of every request; default the graph's own policy, unversioned.
+        seed: seed for simulated models and retry jitter.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        sink: Sink | None = None,
+        gateway: Gateway | None = None,
+        shared: SharedState | None = None,
+        run_id: str = "run",
+        policy: Callable[[], PolicyPin] | PolicyPin | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.graph = graph
+        self.sink: Sink = sink if sink is not None else _NullSink()
+        self._owns_gateway = gateway is None
+        self.gateway = gateway if gateway is not None else Gateway(graph.models)
+        self.shared = shared if shared is not None else SharedState()
+        self.run_id = run_id
+        self._policy = policy or PolicyPin(graph.policy_name, None, graph.policy)
+        self._pinned: tuple[PolicyPin, dict[str, Any]] | None = None
+        """The last pin and its `POLICY_PINNED` payload, shared by the requests pinning it."""
+        self._record = self.sink.record  # bound once, not once per request
+        self.seed = seed
+        self._tg: TaskGroup | None = None
+        self._ex: NodeRunner | None = None
+        self._ids = itertools.count(1)
+        self._clock: Callable[[], float] = anyio.current_time
+
+    async def __aenter__(self) -> Runner:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        backend = await current_backend(tg)
+        self._ex = NodeRunner(backend, self.shared, run_loop)
+        self._clock = backend.clock
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, ex, self._tg, self._ex = self._tg, self._ex, None, None
+        assert tg is not None and ex is not None
+        try:
+            try:
+                ex.tasks.closing()
+                return await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                # The task group has waited for every finished request's background work;
+                # what is left belongs to requests cancelled or failed mid-way.
+                with anyio.CancelScope(shield=True):
+                    await ex.tasks.aclose()
+        finally:
+            if self._owns_gateway:
+                with anyio.CancelScope(shield=True):
+                    await self.gateway.aclose()
+
+    async def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        seq: int = 0,
+        labels: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> RequestResult:
+        """Run one request and return as soon as its outputs are known.
+
+        Args:
+            input: the request (already validated against the graph's `input` schema).
+            request_id: its id; default `RUN_ID-N`.
+            seq: its position in the run's input.
+            labels: hidden benchmark labels, read only by the `sim` provider.
+            tenant: default `input["tenant"]`, else `public`.
+            meta: extra request columns (`conversation_id`, `turn_index`,
+                `parent_request_id`).
+
+        Returns:
+            The result; node failures and deadlines are reported in it, never raised.
+        """
+        ex = self._ex
+        if ex is None:
+            raise RuntimeError("use `async with Runner(graph) as runner:` before `runner.run`")
+        req = self._start(input, request_id, seq, labels, tenant)
+        frame = Frame(
+            req,
+            ex,
+            self.graph.scope,
+            None,
+            0,
+            {"input": req.info.input, "policy": req.policy, "request": RequestView(req)},
+        )
+        consumer = Consumer(frame, None, False, "output")
+        answer: _Answer | None = None
+        try:
+            start_speculative(ex, frame)
+            with _NO_DEADLINE if req.deadline is None else anyio.CancelScope(deadline=req.deadline):
+                try:
+                    values = await evaluate_outputs(self.graph.output, consumer)
+                    answer = RequestStatus.OK, _jsonable(values), None
+                except InputFailed as exc:
+                    answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
+                except EvaluationError as exc:
+                    answer = RequestStatus.FAILED, None, str(exc)
+        finally:
+            cleanup(frame)  # also when the caller cancels the request
+        status, output, error = answer or self._deadline_passed(req, consumer)
+        req.check_soft_deadline()
+        result = RequestResult(  # positional: one is built per request
+            req.info.id,
+            status,
+            output,
+            req.elapsed_ms(),
+            req.budget.spent_usd,
+            req.policy_version,
+            error,
+            seq,
+        )
+        self._finish(req, result, meta)
+        return result
+
+    # -- the steps of a request --------------------------------------------------------
+
+    def _pin(self) -> PolicyPin:
+        policy = self._policy
+        return policy if isinstance(policy, PolicyPin) else policy()
+
+    def _start(
+        self,
+        input: Mapping[str, Any],
+        request_id: str | None,
+        seq: int,
+        labels: Mapping[str, Any] | None,
+        tenant: str | None,
+    ) -> RequestState:
+        pin = self._pin()
+        info = RequestInfo(  # positional: one is built per request
+            request_id if request_id is not None else f"{self.run_id}-{next(self._ids)}",
+            self.run_id,
+            seq,
+            tenant if tenant is not None else str(input.get("tenant", "public")),
+            input,
+            labels if labels is not None else _NO_LABELS,
+            self.seed,
+        )
+        req = RequestState(
+            self.graph,
+            info,
+            policy_name=pin.name,
+            policy_version=pin.version,
+            policy=pin.body,
+            sink_record=self._record,
+            gateway=self.gateway,
+            clock=self._clock,
+        )
+        pinned = self._pinned
+        if pinned is None or pinned[0] is not pin:
+            pinned = self._pinned = pin, {"policy": pin.name, "version": pin.version}
+        req.event(
+            EventType.POLICY_PINNED,
+            REQUEST_STAGE,
+            decision=None if pin.version is None else str(pin.version),
+            payload=pinned[1],  # records are never changed once recorded
+        )
+        return req
+
+    def _deadline_passed(self, req: RequestState, consumer: Consumer) -> _Answer:
+        budget = self.graph.budget
+        elapsed = req.elapsed_ms()
+        partial = _partial_outputs(self.graph, consumer) if budget.partial else {}
+        req.event(
+            EventType.BUDGET_DEADLINE_EXCEEDED,
+            REQUEST_STAGE,
+            decision="partial" if partial else "deadline_exceeded",
+            payload={
+                "deadline_ms": budget.deadline_ms,
+                "elapsed_ms": round(elapsed, 3),
+                "outputs": sorted(partial),
+            },
+        )
+        missing = [name for name in self.graph.output if name not in partial]
+        error = (
+            f"deadline_ms={budget.deadline_ms:g} passed after {elapsed:.0f} ms; "
+            f"outputs not resolved: {', '.join(missing)}"
+        )
+        if partial:
+            return RequestStatus.PARTIAL, _jsonable(partial), error
+        return RequestStatus.DEADLINE_EXCEEDED, None, error
+
+    def _finish(
+        self, req: RequestState, result: RequestResult, meta: Mapping[str, Any] | None
+    ) -> None:
+        """Record the request last: now, or after its background work in the background."""
+        if req.live == 0 and not req.callbacks:
+            self.sink.record(_request_record(req, result, meta))
+            req.release()
+            return
+        assert self._tg is not None
+        self._tg.start_soon(self._finish_later, req, result, meta)
+
+    async def _finish_later(
+        self, req: RequestState, result: RequestResult, meta: Mapping[str, Any] | None
+    ) -> None:
+        await req.wait_idle()
+        if result.status in (RequestStatus.OK, RequestStatus.PARTIAL):
+            await req.run_callbacks()
+        self.sink.record(_request_record(req, result, meta))
+        req.release()
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.graph.name!r} run={self.run_id!r}>"
+
+
+def _partial_outputs(graph: Graph, consumer: Consumer) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, expr in graph.output.items():
+        try:
+            resolved, value = try_evaluate(expr, consumer)
+        except EvaluationError:
+            continue
+        if resolved:
+            values[name] = value
+    return values
+
+
+def _request_record(
+    req: RequestState, result: RequestResult, meta: Mapping[str, Any] | None
+) -> RequestRecord:
+    info = req.info
+    record = RequestRecord(  # positional: one is built per request
+        info.id,
+        req.run_id,
+        info.seq,
+        result.status,
+        req.started_at,
+        now(),
+        result.latency_ms,
+        req.budget.spent_usd,
+        result.output,
+        result.error,
+        info.tenant,
+        req.policy_name,
+        req.policy_version,
+        input=info.input,  # hashed by the store, off the request path
+    )
+    if meta:
+        record.conversation_id = meta.get("conversation_id")
+        record.turn_index = meta.get("turn_index")
+        record.parent_request_id = meta.get("parent_request_id")
+    return record
+
+
+def _jsonable(value: Any) -> Any:
+    """Node outputs and loop values as plain JSON data."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+async def run_request(
+    graph: Graph,
+    input: Mapping[str, Any],
+    *,
+    sink: Sink | None = None,
+    gateway: Gateway | None = None,
+    shared: SharedState | None = None,
+    run_id: str = "run",
+    policy: Callable[[], PolicyPin] | PolicyPin | None = None,
+    seed: int = 0,
+    **run_options: Any,
+) -> RequestResult:
+    """Run one request in a runner of its own and wait for its background work (tests).
+
+    `run_options` are passed to `Runner.run` (`request_id`, `seq`, `labels`, `tenant`,
+    `meta`).
+    """
+    runner = Runner(
+        graph, sink=sink, gateway=gateway, shared=shared, run_id=run_id, policy=policy, seed=seed
+    )
+    async with runner:
+        return await runner.run(input, **run_options)

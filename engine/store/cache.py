@@ -1,0 +1,219 @@
+"""Semantic-cache entries in the store's `cache_entries` table, written off the event loop.
+
+`StoreCachePersistence` implements the `CachePersistence` protocol of `nodes._semcache`
+structurally (the engine never imports `nodes`): `load(namespace)`, `save(namespace,
+tenant, record)` and `delete(namespace, tenant, key)`. `Store.cache_persistence()` hands
+out one per store and closes it with the store.
+
+Rows: one per (namespace, tenant, key). `value_json` holds the cache's whole JSON record
+(key, scope, template, slots, value, TTL, ...), so a reload needs nothing else;
+`created_at`, `expires_at`, `hits` and `negative` repeat fields of the record as columns
+for readers. `embedding` stays NULL: the cache recomputes vectors from the template when
+it loads, which is cheap and never mixes vectors of different embedder versions.
+
+Writes: `save` and `delete` only note the key's latest state in a pending map (a later
+write to the same key replaces an earlier one) and wake a daemon thread that commits all
+pending rows in one transaction on a connection of its own. Nothing on the event loop
+waits for SQLite, not even while the batching `StoreWriter` holds the write lock. `load`
+reads the committed rows and overlays the pending ones, so it sees every earlier write of
+this process (other processes' later writes are seen at their next load). Expired rows are
+returned too: the cache deletes the ones it finds expired.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from engine.errors import StoreError
+from engine.store.schema import connect
+
+__all__ = ["StoreCachePersistence"]
+
+_log = structlog.get_logger("moat.store")
+
+_UPSERT = (
+    "INSERT OR REPLACE INTO cache_entries (namespace, tenant, key, embedding, value_json, "
+    "created_at, expires_at, hits, negative) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)"
+)
+_DELETE = "DELETE FROM cache_entries WHERE namespace = ? AND tenant = ? AND key = ?"
+_LOAD = "SELECT tenant, key, value_json FROM cache_entries WHERE namespace = ? ORDER BY rowid"
+
+_Key = tuple[str, str, str]
+"""(namespace, tenant, key)"""
+
+
+class StoreCachePersistence:
+    """Cache records of a store file, loaded at once and written through in the background.
+
+    Args:
+        path: the store file (already created and migrated by `Store.open`).
+        interval_s: how long the writer thread lets writes gather before committing them.
+    """
+
+    def __init__(self, path: str | Path, *, interval_s: float = 0.05) -> None:
+        self.path = Path(path)
+        self._interval_s = interval_s
+        self._reader = connect(self.path)
+        self._read_lock = threading.Lock()
+        self._pending: dict[_Key, Mapping[str, Any] | None] = {}
+        """Latest state per key not yet committed: the record, or None for a delete."""
+        self._changed = threading.Condition()
+        self._wake = threading.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        try:
+            writer = connect(self.path)
+        except StoreError:
+            self._reader.close()
+            raise
+        self._thread = threading.Thread(
+            target=self._run, args=(writer,), name="moat-cache-writer", daemon=True
+        )
+        self._thread.start()
+        atexit.register(self.close)
+
+    # -- the CachePersistence protocol --------------------------------------------------
+
+    def load(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every `(tenant, record)` of the namespace, pending writes included."""
+        with self._changed:
+            pending = {k: v for k, v in self._pending.items() if k[0] == namespace}
+        try:
+            with self._read_lock:
+                rows = self._reader.execute(_LOAD, (namespace,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: reading cache entries failed: {exc}") from exc
+        found: dict[tuple[str, str], dict[str, Any]] = {
+            (tenant, key): json.loads(value) for tenant, key, value in rows
+        }
+        for (_, tenant, key), record in pending.items():
+            if record is None:
+                found.pop((tenant, key), None)
+            else:
+                found[tenant, key] = dict(record)
+        return [(tenant, record) for (tenant, _), record in found.items()]
+
+    def save(self, namespace: str, tenant: str, record: Mapping[str, Any]) -> None:
+        """Insert or replace one record (keyed by `record["key"]`); never blocks or raises."""
+        self._put((namespace, tenant, str(record["key"])), dict(record))
+
+    def delete(self, namespace: str, tenant: str, key: str) -> None:
+        """Forget one record; never blocks or raises."""
+        self._put((namespace, tenant, key), None)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every write so far is committed (call it from a worker thread).
+
+        Raises:
+            StoreError: a write failed, or `timeout` seconds passed first.
+        """
+        self._wake.set()
+        with self._changed:
+            done = self._changed.wait_for(
+                lambda: not self._pending or not self._thread.is_alive(), timeout
+            )
+        self._raise_if_failed()
+        if not done:
+            raise StoreError(f"{self.path}: writing cache entries took longer than {timeout}s")
+
+    def close(self) -> None:
+        """Commit what is pending, stop the writer thread and close its connection.
+
+        Idempotent. Raises `StoreError` if a write failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        self._wake.set()
+        self._thread.join()
+        self._reader.close()
+        self._raise_if_failed()
+
+    def __repr__(self) -> str:
+        return f"<StoreCachePersistence {str(self.path)!r} pending={len(self._pending)}>"
+
+    # -- the writer thread --------------------------------------------------------------
+
+    def _put(self, key: _Key, record: Mapping[str, Any] | None) -> None:
+        if self._closed:  # a cache outliving its store keeps working, in memory only
+            _log.warning("cache.write_after_close", path=str(self.path), namespace=key[0])
+            return
+        with self._changed:
+            self._pending[key] = record
+        self._wake.set()
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while not self._closed:
+                self._wake.wait()
+                time.sleep(self._interval_s)  # let writes of the same moment share a commit
+                self._wake.clear()
+                self._write_pending(conn)
+            self._write_pending(conn)
+        finally:
+            conn.close()
+
+    def _write_pending(self, conn: sqlite3.Connection) -> None:
+        with self._changed:
+            batch = dict(self._pending)
+        if not batch:
+            return
+        try:
+            _commit(conn, batch)
+        except Exception as exc:  # the thread must survive anything; flush/close report it
+            _log.warning("cache.write_failed", path=str(self.path), error=str(exc))
+            self._error = exc
+        with self._changed:
+            for key, record in batch.items():
+                if self._pending.get(key, self) is record:  # unless written again meanwhile
+                    del self._pending[key]
+            self._changed.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise StoreError(
+                f"{self.path}: writing cache entries failed ({error}); the cache keeps "
+                "working in memory. Check disk space and the file's permissions"
+            ) from error
+
+
+def _commit(conn: sqlite3.Connection, batch: Mapping[_Key, Mapping[str, Any] | None]) -> None:
+    """Write one batch in one transaction (the connection waits out a busy database)."""
+    upserts = [_row(key, record) for key, record in batch.items() if record is not None]
+    deletes = [key for key, record in batch.items() if record is None]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_DELETE, deletes)
+        conn.executemany(_UPSERT, upserts)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _row(key: _Key, record: Mapping[str, Any]) -> tuple[Any, ...]:
+    namespace, tenant, entry_key = key
+    return (
+        namespace,
+        tenant,
+        entry_key,
+        json.dumps(record, separators=(",", ":"), default=str),
+        float(record.get("stored_at") or time.time()),
+        record.get("expires_at"),
+        int(record.get("hits", 0)),
+        int(bool(record.get("negative", False))),
+    )

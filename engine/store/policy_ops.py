@@ -1,0 +1,364 @@
+"""The policy manager's atomic store operations: register, publish, roll back, poll.
+
+Each operation runs in one `BEGIN IMMEDIATE` transaction on a short-lived connection of its
+own, so checking the active version, inserting a snapshot, activating it, updating
+statuses and recording the orchestration event either all happen or none do, even with
+several processes applying policies to the same store. The row-level work reuses the
+store's own policy-table functions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import PolicyError, StoreError
+from engine.events import EventType
+from engine.store import policy_tables as _store_policy
+from engine.store.schema import connect
+
+if TYPE_CHECKING:
+    from engine.store.store import Store
+
+__all__ = [
+    "Active",
+    "Outcome",
+    "baseline_samples",
+    "poll_active",
+    "publish",
+    "register",
+    "roll_back",
+    "transaction",
+]
+
+Outcome = str
+"""`created`, `reactivated` or `unchanged`."""
+
+_ACTIVE_SQL = (
+    "SELECT a.id, a.version, a.reason, s.status, s.parent_version, s.content_hash, "
+    "s.body_json FROM policy_activations a JOIN policy_snapshots s "
+    "ON s.name = a.name AND s.version = a.version "
+    "WHERE a.name = ? ORDER BY a.id DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """The active version of a policy as of one read.
+
+    Attributes:
+        activation_id: the `policy_activations` row that made it active.
+        version: the active version.
+        body: its settings.
+        status: its snapshot status (`active`, or `bad` if marked since).
+        parent_version: the version it was derived from.
+        reason: why it was activated (`initial`, `apply`, `rollback ...`, `guard: ...`).
+        content_hash: sha256 of its canonical body.
+    """
+
+    activation_id: int
+    version: int
+    body: dict[str, Any]
+    status: str
+    parent_version: int | None
+    reason: str | None
+    content_hash: str
+
+
+@contextmanager
+def transaction(store: Store) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a fresh connection to the store's file."""
+    conn = connect(store.path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{store.path}: policy update failed: {exc}") from exc
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+
+
+def _active(conn: sqlite3.Connection, name: str) -> Active | None:
+    row = conn.execute(_ACTIVE_SQL, (name,)).fetchone()
+    if row is None:
+        return None
+    return Active(int(row[0]), int(row[1]), json.loads(row[6]), row[3], row[4], row[2], row[5])
+
+
+def poll_active(store: Store, name: str) -> Active | None:
+    """The active version as of now, read on the store's own connection (cheap)."""
+    rows = store.query(_ACTIVE_SQL, (name,))
+    if not rows:
+        return None
+    r = rows[0]
+    return Active(
+        int(r["id"]),
+        int(r["version"]),
+        r["body"],
+        r["status"],
+        r["parent_version"],
+        r["reason"],
+        r["content_hash"],
+    )
+
+
+def _next_sequence(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(sequence), -1) + 1 FROM orchestration_events "
+        "WHERE run_id = ? AND request_id = ''",
+        (run_id,),
+    ).fetchone()
+    return int(row[0])
+
+
+def _event(
+    conn: sqlite3.Connection,
+    run_id: str,
+    event_type: EventType,
+    decision: str,
+    payload: Mapping[str, Any],
+    reason_codes: tuple[str, ...] = (),
+) -> None:
+    conn.execute(
+        "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
+        "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
+        "inputs_json, outputs_json, payload_json) "
+        "VALUES (?, '', 0, 'policy', 'policy', ?, ?, 'ok', ?, ?, NULL, ?, NULL, NULL, ?)",
+        (
+            run_id,
+            str(event_type),
+            decision,
+            _next_sequence(conn, run_id),
+            time.time(),
+            json.dumps(list(reason_codes)),
+            json.dumps(dict(payload), sort_keys=True, default=str),
+        ),
+    )
+
+
+def _activate(
+    conn: sqlite3.Connection,
+    name: str,
+    version: int,
+    reason: str,
+    previous: Active | None,
+    run_id: str,
+    mark_previous: str = "superseded",
+) -> Active:
+    _store_policy.activate(conn, name, version, reason)
+    if previous is not None and previous.version != version:
+        _store_policy.set_status(conn, name, previous.version, mark_previous)
+    active = _active(conn, name)
+    assert active is not None
+    _event(
+        conn,
+        run_id,
+        EventType.POLICY_ACTIVATED,
+        f"v{version}",
+        {
+            "name": name,
+            "version": version,
+            "previous_version": previous.version if previous else None,
+            "reason": reason,
+            "content_hash": active.content_hash,
+        },
+    )
+    return active
+
+
+def register(
+    store: Store, name: str, body: Mapping[str, Any], content_hash: str, run_id: str = ""
+) -> Active:
+    """The active version, storing `body` as version 1 and activating it if there is none."""
+    with transaction(store) as conn:
+        active = _active(conn, name)
+        if active is not None:
+            return active
+        versions = _store_policy.versions(conn, name)
+        if not versions:
+            _store_policy.insert_snapshot(conn, name, 1, content_hash, body, None, "candidate")
+            return _activate(conn, name, 1, "initial", None, run_id)
+        good = [v for v in versions if _status(conn, name, v) != "bad"] or versions
+        return _activate(conn, name, good[-1], "initial", None, run_id)
+
+
+def _status(conn: sqlite3.Connection, name: str, version: int) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM policy_snapshots WHERE name = ? AND version = ?", (name, version)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def publish(
+    store: Store,
+    name: str,
+    body: Mapping[str, Any],
+    content_hash: str,
+    *,
+    reason: str,
+    run_id: str,
+    check: Callable[[Active | None], None],
+) -> tuple[Active, Outcome, Active | None]:
+    """Validate against the active version and make `body` active, atomically.
+
+    A body identical to the active version changes nothing (`unchanged`); identical to an
+    older version reactivates it (`reactivated`) unless the guard marked it bad; otherwise
+    it is stored as the next version (`created`).
+
+    Args:
+        store: the store.
+        name: the policy name.
+        body: the new settings.
+        content_hash: `content_hash(body)`.
+        reason: the activation reason.
+        run_id: recorded with the `POLICY_ACTIVATED` event.
+        check: called with the active version inside the transaction; raises to refuse.
+
+    Returns:
+        `(active, outcome, previous)`.
+
+    Raises:
+        PolicyError: `check` refused the body, or it equals a version marked bad.
+    """
+    with transaction(store) as conn:
+        previous = _active(conn, name)
+        check(previous)
+        if previous is not None and previous.content_hash == content_hash:
+            return previous, "unchanged", previous
+        same = conn.execute(
+            "SELECT version, status FROM policy_snapshots WHERE name = ? AND content_hash = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (name, content_hash),
+        ).fetchone()
+        if same is not None and same[1] == "bad":
+            raise PolicyError(
+                f"policy '{name}': this content is identical to version {same[0]}, which was "
+                f"marked bad; change it, or force it back with "
+                f"`moat policy rollback {name} --to {same[0]}`"
+            )
+        if same is not None:
+            active = _activate(conn, name, int(same[0]), reason, previous, run_id)
+            return active, "reactivated", previous
+        version = max(_store_policy.versions(conn, name), default=0) + 1
+        parent = previous.version if previous else None
+        _store_policy.insert_snapshot(conn, name, version, content_hash, body, parent, "candidate")
+        return _activate(conn, name, version, reason, previous, run_id), "created", previous
+
+
+def _previous_good(conn: sqlite3.Connection, name: str, exclude: int) -> int | None:
+    rows = conn.execute(
+        "SELECT a.version, s.status FROM policy_activations a JOIN policy_snapshots s "
+        "ON s.name = a.name AND s.version = a.version WHERE a.name = ? ORDER BY a.id DESC",
+        (name,),
+    )
+    for version, status in rows:
+        if version != exclude and status != "bad":
+            return int(version)
+    return None
+
+
+def roll_back(
+    store: Store,
+    name: str,
+    *,
+    to: int | None,
+    expect_version: int | None,
+    mark: str,
+    reason: str | None,
+    run_id: str,
+    payload: Mapping[str, Any] | None = None,
+) -> tuple[Active, Active] | None:
+    """Reactivate `to` (default: the latest good version before the active one).
+
+    Args:
+        store: the store.
+        name: the policy name.
+        to: the version to reactivate, or None for the previous good one.
+        expect_version: only roll back if this version is still the active one (the guard
+            uses it so two processes never roll back twice); None: whatever is active.
+        mark: the status the rolled-back version gets (`superseded` or `bad`).
+        reason: the activation reason; default `rollback from vN`.
+        run_id: recorded with the events.
+        payload: extra figures for the `POLICY_ROLLED_BACK` event.
+
+    Returns:
+        `(rolled_back, now_active)`, or None when `expect_version` is no longer active.
+
+    Raises:
+        PolicyError: nothing to roll back to, or `to` is unknown or already active.
+    """
+    with transaction(store) as conn:
+        current = _active(conn, name)
+        if current is None:
+            raise _unknown(conn, name)
+        if expect_version is not None and current.version != expect_version:
+            return None
+        target = to if to is not None else _previous_good(conn, name, current.version)
+        _check_target(conn, name, current, target)
+        assert target is not None
+        why = reason or f"rollback from v{current.version}"
+        _event(
+            conn,
+            run_id,
+            EventType.POLICY_ROLLED_BACK,
+            f"v{current.version} -> v{target}",
+            {
+                "name": name,
+                "from_version": current.version,
+                "to_version": target,
+                "reason": why,
+                "marked": mark,
+                **(payload or {}),
+            },
+            ("guard",) if mark == "bad" else ("manual",),
+        )
+        active = _activate(conn, name, target, why, current, run_id, mark_previous=mark)
+        return current, active
+
+
+def _check_target(conn: sqlite3.Connection, name: str, current: Active, target: int | None) -> None:
+    known = _store_policy.versions(conn, name)
+    if target is None:
+        raise PolicyError(
+            f"policy '{name}': no earlier good version to roll back to (active: "
+            f"v{current.version}; stored: {', '.join(f'v{v}' for v in known)}); "
+            "apply a fixed file instead"
+        )
+    if target not in known:
+        raise PolicyError(
+            f"policy '{name}' has no version {target}; stored versions: "
+            f"{', '.join(str(v) for v in known)}"
+        )
+    if target == current.version:
+        raise PolicyError(
+            f"policy '{name}': version {target} is already active; name another with --to"
+        )
+
+
+def _unknown(conn: sqlite3.Connection, name: str) -> PolicyError:
+    names = sorted(n for (n,) in conn.execute("SELECT DISTINCT name FROM policy_snapshots"))
+    listed = ", ".join(names) or "none yet"
+    return PolicyError(
+        f"no active policy named '{name}' in the store (policies: {listed}); "
+        "add one with `moat policy apply FILE`"
+    )
+
+
+def baseline_samples(
+    store: Store, name: str, version: int, limit: int
+) -> list[tuple[float, float]]:
+    """`(latency_ms, cost_usd)` of the latest stored requests that pinned `version`."""
+    rows = store.query(
+        "SELECT latency_ms, cost_usd FROM requests WHERE policy_name = ? AND "
+        "policy_version = ? ORDER BY finished_at DESC LIMIT ?",
+        (name, version, limit),
+    )
+    return [(float(r["latency_ms"]), float(r["cost_usd"])) for r in rows]

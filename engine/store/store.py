@@ -1,0 +1,488 @@
+"""The embedded SQLite store: opening it, run lifecycle, policy tables and reads.
+
+Writes on the request path go through `StoreWriter` (a batching `Sink`, re-exported here);
+`Store` covers everything else: runs, policy snapshots and activations, orphan cleanup and
+the reads the CLI, the report and the TUI make. Readers work while another process writes
+(WAL): every read is a short transaction of its own. `Store.cache_persistence` lends the
+`cache` node the `cache_entries` table (`engine.store.cache`), so cached answers survive
+restarts.
+
+Read helpers return plain dicts keyed by column name, except that JSON columns come back
+decoded under their name without the `_json` suffix (`payload_json` -> `payload`).
+
+Run ids are `r-YYYYMMDD-HHMMSS-xxxx`: UTC start time plus 4 random hex digits, so they sort
+by start time and stay short enough to type.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.errors import StoreError
+from engine.store import policy_tables as _policy
+from engine.store.cache import StoreCachePersistence
+from engine.store.schema import SCHEMA_VERSION, check_version, connect, migrate
+from engine.store.writer import StoreWriter, WriterStats
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Row",
+    "Store",
+    "StoreCachePersistence",
+    "StoreWriter",
+    "WriterStats",
+    "new_run_id",
+]
+
+Row = dict[str, Any]
+_Params = tuple[Any, ...] | Mapping[str, Any]
+
+_ORPHAN_TABLES = ("node_runs", "llm_calls", "decision_traces", "orchestration_events")
+
+
+def new_run_id(at: float | None = None) -> str:
+    """A fresh run id, `r-YYYYMMDD-HHMMSS-xxxx` (UTC), sortable by start time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(at))
+    return f"r-{stamp}-{secrets.token_hex(2)}"
+
+
+def _decode(cursor: sqlite3.Cursor) -> list[Row]:
+    names = [
+        (d[0][:-5], True) if d[0].endswith("_json") else (d[0], False) for d in cursor.description
+    ]
+    out: list[Row] = []
+    for values in cursor.fetchall():
+        row: Row = {}
+        for (name, is_json), value in zip(names, values, strict=True):
+            row[name] = json.loads(value) if is_json and value is not None else value
+        out.append(row)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+class Store:
+    """One open store file. Thread-safe: calls share one connection under a lock.
+
+    Use `Store.open`; close with `close()` or a `with` block.
+
+    Attributes:
+        path: the database file.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._cache: StoreCachePersistence | None = None
+
+    @classmethod
+    def open(cls, path: str | Path = "moat.db", *, readonly: bool = False) -> Store:
+        """Open (creating and migrating unless `readonly`) the store at `path`.
+
+        Args:
+            path: the database file.
+            readonly: never create or migrate; for viewers (`moat report`, the TUI).
+
+        Raises:
+            StoreError: the file is not a moat store, is missing (when `readonly`), or was
+                written by a newer moat.
+        """
+        target = Path(path)
+        conn = connect(target, readonly=readonly)
+        try:
+            version = migrate(conn, target) if not readonly else check_version(conn, target)
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{target}: store schema version {version} is older than this moat "
+                    f"({SCHEMA_VERSION}); open it once without read-only mode to migrate it"
+                )
+        except StoreError:
+            conn.close()
+            raise
+        return cls(conn, target)
+
+    def close(self) -> None:
+        """Close the connection (and commit pending cache entries). Idempotent."""
+        with self._lock:
+            cache, self._cache = self._cache, None
+            try:
+                if cache is not None:
+                    cache.close()
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {str(self.path)!r}>"
+
+    def writer(self, **options: Any) -> StoreWriter:
+        """A new batching `StoreWriter` on the same file (see its arguments)."""
+        return StoreWriter(self.path, **options)
+
+    def cache_persistence(self) -> StoreCachePersistence:
+        """The `cache_entries` table as the `cache` node's persistence, so cached answers
+        survive restarts. One per store, written in the background, closed with the store."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = StoreCachePersistence(self.path)
+            return self._cache
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (`PRAGMA user_version`)."""
+        return int(self._one("PRAGMA user_version")[0])
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction: `IMMEDIATE` for writes, `DEFERRED` for consistent reads."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute(f"BEGIN {mode}")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: store operation failed: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, params: _Params = ()) -> list[Row]:
+        try:
+            with self._lock:
+                return _decode(self._conn.execute(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        try:
+            with self._lock:
+                row = self._conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
+        return tuple(row) if row is not None else ()
+
+    def query(self, sql: str, params: _Params = ()) -> list[Row]:
+        """Run a read-only SQL query; rows as dicts with JSON columns decoded."""
+        return self._rows(sql, params)
+
+    # -- runs -------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        graph_name: str,
+        graph_hash: str | None,
+        requests_total: int | None,
+        config: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record a new run with status `running`; return its id.
+
+        Args:
+            graph_name: the graph's `name:`.
+            graph_hash: a hash of the graph file, to tell edited graphs apart.
+            requests_total: how many requests the run will make, if known.
+            config: the run's settings (CLI options, model bindings) as JSON-able data.
+        """
+        for _ in range(5):
+            run_id = new_run_id()
+            try:
+                with self._tx() as conn:
+                    conn.execute(
+                        "INSERT INTO runs (id, graph_name, graph_hash, started_at, status, "
+                        "requests_total, requests_done, config_json) "
+                        "VALUES (?, ?, ?, ?, 'running', ?, 0, ?)",
+                        (
+                            run_id,
+                            graph_name,
+                            graph_hash,
+                            time.time(),
+                            requests_total,
+                            _dumps(dict(config or {})),
+                        ),
+                    )
+                return run_id
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                    raise
+        raise StoreError(f"{self.path}: could not find a free run id; try again")
+
+    def update_run_progress(self, run_id: str, done: int) -> None:
+        """Set how many requests of the run have finished."""
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET requests_done = ? WHERE id = ?", (done, run_id))
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Mark the run finished (`finished`, `interrupted`, `failed`, ...).
+
+        `requests_done` becomes the number of stored requests of the run.
+
+        Raises:
+            StoreError: no such run.
+        """
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, requests_done = "
+                "(SELECT COUNT(*) FROM requests WHERE run_id = ?) WHERE id = ?",
+                (status, time.time(), run_id, run_id),
+            )
+            if cursor.rowcount == 0:
+                raise self._unknown_run(run_id)
+
+    def get_run(self, run_id: str) -> Row | None:
+        """The run's row (`config_json` decoded as `config`), or None."""
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    def require_run(self, run_id: str) -> Row:
+        """The run's row.
+
+        Raises:
+            StoreError: no such run; the message lists the latest runs.
+        """
+        row = self.get_run(run_id)
+        if row is None:
+            raise self._unknown_run(run_id)
+        return row
+
+    def latest_run(self) -> Row | None:
+        """The most recently started run, or None if the store has none."""
+        rows = self._rows("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def list_runs(self, limit: int | None = None) -> list[Row]:
+        """Runs, newest first."""
+        sql = "SELECT * FROM runs ORDER BY started_at DESC, id DESC"
+        if limit is not None:
+            return self._rows(sql + " LIMIT ?", (limit,))
+        return self._rows(sql)
+
+    def finished_request_seqs(self, run_id: str) -> set[int]:
+        """The `seq` of every request of the run that has a stored result (for `--resume`)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq FROM requests WHERE run_id = ?", (run_id,))
+            return {int(seq) for (seq,) in rows}
+
+    def delete_orphans(self, run_id: str) -> int:
+        """Delete rows of the run's requests that never got a `requests` row; return how many.
+
+        A request belongs to the run through its orchestration events (`run_id`). Rows of a
+        request id that has neither a `requests` row nor any event at all are unattributable
+        leftovers of a crash and are deleted too. Run-level events (empty `request_id`) stay.
+        Call it before `--resume`, with no writer of that run still running.
+        """
+        orphan_ids = (
+            "SELECT DISTINCT request_id FROM orchestration_events e WHERE run_id = :run "
+            "AND request_id != '' AND NOT EXISTS "
+            "(SELECT 1 FROM requests r WHERE r.id = e.request_id)"
+        )
+        deleted = 0
+        with self._tx() as conn:
+            ids = [row[0] for row in conn.execute(orphan_ids, {"run": run_id})]
+            for table in _ORPHAN_TABLES:
+                for request_id in ids:
+                    cursor = conn.execute(
+                        f"DELETE FROM {table} WHERE request_id = ?", (request_id,)
+                    )
+                    deleted += cursor.rowcount
+            for table in _ORPHAN_TABLES[:3]:
+                cursor = conn.execute(
+                    f"DELETE FROM {table} WHERE request_id NOT IN (SELECT id FROM requests) "
+                    "AND request_id NOT IN (SELECT request_id FROM orchestration_events)"
+                )
+                deleted += cursor.rowcount
+        return deleted
+
+    def _unknown_run(self, run_id: str) -> StoreError:
+        recent = [row["id"] for row in self.list_runs(limit=5)]
+        hint = f" Latest runs: {', '.join(recent)}." if recent else " The store has no runs."
+        return StoreError(f"{self.path}: no run '{run_id}'.{hint} List them with `moat runs`")
+
+    # -- requests ---------------------------------------------------------------------
+
+    def get_request(self, request_id: str) -> Row | None:
+        """The request's row (`output_json` decoded as `output`), or None if unfinished."""
+        rows = self._rows("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return rows[0] if rows else None
+
+    def request_output(self, request_id: str) -> Row | None:
+        """The request's `--out` line (`request_id`, `status`, `output`, `latency_ms`,
+        `cost_usd`, `policy_version`, `error`), or None if it has no stored result."""
+        row = self.get_request(request_id)
+        if row is None:
+            return None
+        return {
+            "request_id": row["id"],
+            "status": row["status"],
+            "output": row["output"],
+            "latency_ms": row["latency_ms"],
+            "cost_usd": row["cost_usd"],
+            "policy_version": row["policy_version"],
+            "error": row["error"],
+        }
+
+    def list_requests(
+        self, run_id: str, *, status: str | None = None, limit: int | None = None
+    ) -> list[Row]:
+        """The run's stored requests in `seq` order, optionally of one status."""
+        sql = "SELECT * FROM requests WHERE run_id = ?"
+        params: tuple[Any, ...] = (run_id,)
+        if status is not None:
+            sql += " AND status = ?"
+            params += (status,)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return self._rows(sql, params)
+
+    def request_rows(self, request_id: str) -> dict[str, list[Row]]:
+        """Everything stored about one request, read in one consistent snapshot.
+
+        Returns:
+            `{"requests": [...0 or 1 row], "orchestration_events": [...], "node_runs":
+            [...], "llm_calls": [...], "decision_traces": [...]}`, each in recording order.
+        """
+        queries = {
+            "requests": "SELECT * FROM requests WHERE id = ?",
+            "orchestration_events": (
+                "SELECT * FROM orchestration_events WHERE request_id = ? ORDER BY sequence, id"
+            ),
+            "node_runs": "SELECT * FROM node_runs WHERE request_id = ? ORDER BY started_at, id",
+            "llm_calls": "SELECT * FROM llm_calls WHERE request_id = ? ORDER BY started_at, id",
+            "decision_traces": "SELECT * FROM decision_traces WHERE request_id = ? ORDER BY id",
+        }
+        with self._tx("DEFERRED") as conn:
+            return {
+                table: _decode(conn.execute(sql, (request_id,))) for table, sql in queries.items()
+            }
+
+    def events(self, request_id: str) -> list[Row]:
+        """The request's orchestration events in `sequence` order."""
+        return self.request_rows(request_id)["orchestration_events"]
+
+    def node_runs(self, request_id: str) -> list[Row]:
+        """The request's node runs in start order."""
+        return self.request_rows(request_id)["node_runs"]
+
+    def llm_calls(self, request_id: str) -> list[Row]:
+        """The request's LLM call rows in start order."""
+        return self.request_rows(request_id)["llm_calls"]
+
+    def decision_traces(self, request_id: str) -> list[Row]:
+        """The request's decision traces in recording order."""
+        return self.request_rows(request_id)["decision_traces"]
+
+    def recent_request_ids(self, limit: int = 5) -> list[str]:
+        """Ids of the most recently finished requests, newest first (for hints)."""
+        rows = self._rows("SELECT id FROM requests ORDER BY finished_at DESC LIMIT ?", (limit,))
+        return [row["id"] for row in rows]
+
+    # -- policies ---------------------------------------------------------------------
+
+    def insert_policy_snapshot(
+        self,
+        name: str,
+        version: int,
+        content_hash: str,
+        body: Mapping[str, Any],
+        parent_version: int | None,
+        status: str = "inactive",
+    ) -> None:
+        """Store an immutable policy snapshot.
+
+        Args:
+            name: the policy's name.
+            version: its version number (1, 2, ...).
+            content_hash: a hash of the canonical body, to spot re-applied files.
+            body: the snapshot's settings.
+            parent_version: the version it was derived from, if any.
+            status: `candidate`, `inactive`, `active`, `bad`, ... (free text).
+
+        Raises:
+            StoreError: that version already exists.
+        """
+        with self._tx() as conn:
+            _policy.insert_snapshot(conn, name, version, content_hash, body, parent_version, status)
+
+    def activate_policy(self, name: str, version: int, reason: str | None = None) -> int:
+        """Make a stored version the active one, in one transaction; return the activation id.
+
+        Raises:
+            StoreError: no such version; the message lists the stored ones.
+        """
+        with self._tx() as conn:
+            return _policy.activate(conn, name, version, reason)
+
+    def set_policy_status(self, name: str, version: int, status: str) -> None:
+        """Change a snapshot's status, e.g. to `bad` when its guard trips.
+
+        Raises:
+            StoreError: no such version.
+        """
+        with self._tx() as conn:
+            _policy.set_status(conn, name, version, status)
+
+    def get_policy(self, name: str, version: int) -> Row | None:
+        """One snapshot (`body_json` decoded as `body`), or None."""
+        rows = self._rows(
+            "SELECT * FROM policy_snapshots WHERE name = ? AND version = ?", (name, version)
+        )
+        return rows[0] if rows else None
+
+    def active_policy(self, name: str) -> Row | None:
+        """The snapshot of the policy's latest activation, or None if never activated."""
+        rows = self._rows(
+            "SELECT s.* FROM policy_activations a JOIN policy_snapshots s "
+            "ON s.name = a.name AND s.version = a.version "
+            "WHERE a.name = ? ORDER BY a.id DESC LIMIT 1",
+            (name,),
+        )
+        return rows[0] if rows else None
+
+    def policy_versions(self, name: str) -> list[Row]:
+        """Every snapshot of a policy, oldest first, bodies decoded."""
+        return self._rows("SELECT * FROM policy_snapshots WHERE name = ? ORDER BY version", (name,))
+
+    def policy_history(self, name: str) -> list[Row]:
+        """The policy's activations, oldest first.
+
+        Each row: `id`, `name`, `version`, `activated_at`, `reason`, and the snapshot's
+        current `status`, `content_hash` and `parent_version`.
+        """
+        return self._rows(
+            "SELECT a.id, a.name, a.version, a.activated_at, a.reason, s.status, "
+            "s.content_hash, s.parent_version FROM policy_activations a "
+            "LEFT JOIN policy_snapshots s ON s.name = a.name AND s.version = a.version "
+            "WHERE a.name = ? ORDER BY a.id",
+            (name,),
+        )
+
+    def list_policies(self) -> list[Row]:
+        """One row per policy: `name`, `versions` (count), `latest` and `active` version."""
+        return self._rows(
+            "SELECT s.name, COUNT(*) AS versions, MAX(s.version) AS latest, "
+            "(SELECT a.version FROM policy_activations a WHERE a.name = s.name "
+            "ORDER BY a.id DESC LIMIT 1) AS active "
+            "FROM policy_snapshots s GROUP BY s.name ORDER BY s.name"
+        )

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import stats
 from engine.events import (
     CallKind,
     CallOutcome,
@@ -45,13 +46,9 @@ _SPEC_OUTCOMES = ("used", "discarded", "cancelled")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`-th percentile (0..100) of `values`, linearly interpolated; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """`engine.stats.percentile`, NaN when empty (the bench's tables print NaN as n/a)."""
+    found = stats.percentile(values, q)
+    return math.nan if found is None else found
 
 
 def is_refusal(output: Mapping[str, Any] | None, refusal: str | None) -> bool:

@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._metrics import percentile
 from nodes._semcache import SemanticCache
 
 TOPICS = [
@@ -100,7 +100,7 @@ def latency(size: int, lookups: int, seed: int) -> dict[str, Any]:
 
 
 def _pct(values: list[float], p: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+    return percentile(values, p)
 
 
 def paraphrase_set(rng: random.Random, n: int) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ from engine.events import (
     RequestStatus,
 )
 from engine.report.explain import (
-    percentile,
     render_markdown,
     render_runs,
     render_stats,
@@ -34,6 +33,7 @@ from engine.report.explain import (
     run_stats,
     stats_json,
 )
+from engine.stats import percentile
 from engine.store.store import Store
 
 T0 = 1_795_305_600.0  # 2026-11-22 00:00:00 UTC

@@ -9,7 +9,6 @@ in a worker thread; one reader must not be polled from two threads at once.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,69 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
+from engine.stats import FAILED_STATUSES, percentile
+from engine.store import reads
 from engine.store.store import Store
 
 __all__ = [
-    "FAILED_STATUSES",
     "LiveReader",
     "Metrics",
     "PolicyRow",
     "RequestRow",
     "RunSummary",
     "Snapshot",
-    "percentile",
 ]
 
-FAILED_STATUSES = frozenset({"failed", "deadline_exceeded", "invalid_input"})
-"""Request statuses counted as errors."""
-
 _SERIES_POINTS = 30
-
-_FACT_TYPES = (
-    "CACHE_HIT",
-    "CACHE_MISS",
-    "VALIDATION_PASSED",
-    "VALIDATION_FAILED",
-    "SPECULATIVE_RESULT_USED",
-    "SPECULATIVE_RESULT_DISCARDED",
-    "BRANCH_CANCELLED",
-    "NODE_FAILED",
-    "LOOP_CYCLE_STARTED",
-    "ROUTE_SELECTED",
-)
-"""The only event types a poll reads: everything else is skipped inside SQLite."""
-
-_EVENT_FACTS = f"""
-SELECT run_id, request_id,
-  MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) AS max_cycle,
-  SUM(event_type = 'CACHE_HIT') AS cache_hit,
-  SUM(event_type = 'CACHE_MISS') AS cache_miss,
-  MAX(CASE WHEN event_type = 'VALIDATION_PASSED' THEN id END) AS valid_id,
-  MAX(CASE WHEN event_type = 'VALIDATION_FAILED' THEN id END) AS invalid_id,
-  SUM(event_type = 'SPECULATIVE_RESULT_USED') AS spec_used,
-  SUM(event_type = 'SPECULATIVE_RESULT_DISCARDED') AS spec_discarded,
-  SUM(event_type = 'BRANCH_CANCELLED') AS spec_cancelled,
-  SUM(event_type = 'NODE_FAILED') AS node_failed,
-  MAX(CASE WHEN event_type = 'ROUTE_SELECTED' THEN id END) AS route_id
-FROM orchestration_events
-WHERE id > ? AND id <= ? AND event_type IN ({", ".join(f"'{t}'" for t in _FACT_TYPES)})
-GROUP BY run_id, request_id
-"""
 
 _EVENT_CHUNK = 10_000
 """At most this many event ids per poll, so one poll stays short after a burst of writes;
 the next polls catch up."""
 _REQUEST_CHUNK = 5_000
-
-_ROUTES = "SELECT request_id, decision FROM orchestration_events WHERE id IN ({})"
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The `q`-th percentile (0-100) of already sorted `values`, nearest-rank; None if empty."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[min(rank, len(values)) - 1]
 
 
 @dataclass(slots=True)
@@ -274,33 +229,25 @@ class LiveReader:
         return self._store
 
     def _read_events(self, store: Store) -> set[str]:
-        high = min(_max_id(store, "orchestration_events"), self._last_event + _EVENT_CHUNK)
+        high = min(reads.max_id(store, "orchestration_events"), self._last_event + _EVENT_CHUNK)
         if high <= self._last_event:
             return set()
         low, self._last_event = self._last_event, high
         changed: set[str] = set()
         routes: list[int] = []
-        for row in store.query(_EVENT_FACTS, (low, high)):
+        for row in reads.event_facts(store, low, high):
             self._facts.setdefault(row["request_id"], _Facts()).merge(row)
             changed.add(row["request_id"])
             if row["route_id"] is not None:
                 routes.append(int(row["route_id"]))
-        for start in range(0, len(routes), 500):
-            ids = routes[start : start + 500]
-            sql = _ROUTES.format(", ".join("?" * len(ids)))
-            for row in store.query(sql, tuple(ids)):
-                self._facts[row["request_id"]].route = row["decision"] or ""
+        for request_id, route in reads.route_decisions(store, routes).items():
+            self._facts[request_id].route = route
         for request_id in changed & self._by_id.keys():
             _apply_facts(self._by_id[request_id], self._facts[request_id])
         return changed
 
     def _read_requests(self, store: Store) -> set[str]:
-        rows = store.query(
-            "SELECT rowid AS row_id, id, run_id, seq, tenant, status, started_at, finished_at, "
-            "latency_ms, cost_usd, policy_version FROM requests WHERE rowid > ? ORDER BY rowid "
-            "LIMIT ?",
-            (self._last_request, _REQUEST_CHUNK),
-        )
+        rows = reads.requests_after(store, self._last_request, _REQUEST_CHUNK)
         fresh: set[str] = set()
         for row in rows:
             self._last_request = max(self._last_request, int(row.pop("row_id")))
@@ -316,21 +263,13 @@ class LiveReader:
         return fresh
 
     def _read_calls(self, store: Store) -> None:
-        high = _max_id(store, "llm_calls")
+        high = reads.max_id(store, "llm_calls")
         if not self._simulated and high > self._last_call:
-            found = store.query(
-                "SELECT 1 AS found FROM llm_calls "
-                "WHERE id > ? AND id <= ? AND provider = 'sim' LIMIT 1",
-                (self._last_call, high),
-            )
-            self._simulated = bool(found)
+            self._simulated = reads.sim_call_between(store, self._last_call, high)
         self._last_call = high
 
     def _read_runs(self, store: Store) -> list[RunSummary]:
-        counts = {
-            row["run_id"]: int(row["n"])
-            for row in store.query("SELECT run_id, COUNT(*) AS n FROM requests GROUP BY run_id")
-        }
+        counts = reads.request_counts_by_run(store)
         return [
             RunSummary(
                 id=row["id"],
@@ -345,11 +284,6 @@ class LiveReader:
             )
             for row in store.list_runs()
         ]
-
-
-def _max_id(store: Store, table: str) -> int:
-    rows = store.query(f"SELECT COALESCE(MAX(id), 0) AS high FROM {table}")
-    return int(rows[0]["high"])
 
 
 def _apply_facts(request: RequestRow, facts: _Facts) -> None:

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.stats import percentile
+
 __all__ = [
     "GuardSettings",
     "GuardVerdict",
@@ -74,11 +76,9 @@ class GuardVerdict:
 
 
 def p95(values: Sequence[float]) -> float:
-    """The 95th percentile by nearest rank (0.0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    """The 95th percentile as every other figure of moat computes it (0.0 for no values)."""
+    found = percentile(values, 95)
+    return 0.0 if found is None else found
 
 
 def _ratio(new: float, old: float) -> float:

@@ -38,7 +38,6 @@ from engine.report.model import (
 )
 from engine.report.stats import (
     RunStats,
-    percentile,
     render_runs,
     render_stats,
     run_stats,
@@ -57,7 +56,6 @@ __all__ = [
     "Summary",
     "TimelineEntry",
     "TraceRow",
-    "percentile",
     "render_markdown",
     "render_runs",
     "render_stats",

@@ -1,21 +1,23 @@
 """Aggregates one run from the store (`moat stats`) and lists runs (`moat runs`).
 
-Only finished requests (those with a `requests` row) count. Percentiles interpolate
-linearly between the closest ranks (numpy's default), so p50 of `[1, 2, 3, 4]` is 2.5.
+Only finished requests (those with a `requests` row) count. Percentiles and the failed
+statuses are `engine.stats`'s, the same the CLI summary, the TUI and the guard use; the
+reads are `engine.store.reads`'s.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import StoreError
 from engine.report.markdown import fmt_time
+from engine.stats import FAILED_STATUSES, percentile
+from engine.store import reads
 from engine.store.store import Row, Store
 
-__all__ = ["RunStats", "percentile", "render_runs", "render_stats", "run_stats", "stats_json"]
+__all__ = ["RunStats", "render_runs", "render_stats", "run_stats", "stats_json"]
 
 _SLOWEST = 5
 
@@ -56,16 +58,6 @@ class RunStats:
     failed: list[dict[str, Any]] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The `q`-th percentile (0-100) of `values`, interpolated linearly; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def _rate(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
@@ -82,59 +74,30 @@ def _resolve_run(store: Store, run_id: str | None) -> tuple[str, Row | None]:
     return run_id, run
 
 
-_REQ = "SELECT r.id FROM requests r WHERE r.run_id = :run"
-
-
-def _event_counts(store: Store, run_id: str) -> Counter[str]:
-    rows = store.query(
-        "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-        f"WHERE request_id IN ({_REQ}) AND event_type IN "
-        "('CACHE_HIT', 'CACHE_MISS', 'VALIDATION_PASSED', 'VALIDATION_FAILED') "
-        "GROUP BY event_type",
-        {"run": run_id},
-    )
-    return Counter({row["event_type"]: row["n"] for row in rows})
+_FACTS = ("CACHE_HIT", "CACHE_MISS", "VALIDATION_PASSED", "VALIDATION_FAILED")
 
 
 def _routes(store: Store, run_id: str) -> dict[str, int]:
-    rows = store.query(
-        "SELECT request_id, decision FROM orchestration_events "
-        f"WHERE request_id IN ({_REQ}) AND event_type = 'ROUTE_SELECTED' "
-        "ORDER BY request_id, sequence",
-        {"run": run_id},
-    )
-    last = {row["request_id"]: row["decision"] or "(none)" for row in rows}
+    last = reads.last_routes(store, run_id)
     return dict(sorted(Counter(last.values()).items()))
 
 
 def _speculative(store: Store, run_id: str) -> dict[str, float]:
-    runs = store.query(
-        f"SELECT status, outcome FROM node_runs WHERE speculative = 1 AND request_id IN ({_REQ})",
-        {"run": run_id},
-    )
+    runs = reads.speculative_runs(store, run_id)
     outcomes = Counter("cancelled" if r["status"] == "cancelled" else r["outcome"] for r in runs)
-    cost = store.query(
-        "SELECT COALESCE(SUM(cost_usd), 0) AS spent, COALESCE(SUM(CASE WHEN call_outcome IN "
-        "('discarded', 'cancelled') THEN cost_usd END), 0) AS wasted FROM llm_calls "
-        f"WHERE call_kind = 'speculative' AND request_id IN ({_REQ})",
-        {"run": run_id},
-    )[0]
+    spent, wasted = reads.speculative_spend(store, run_id)
     return {
         "started": len(runs),
         "used": outcomes["used"],
         "discarded": outcomes["discarded"],
         "cancelled": outcomes["cancelled"],
-        "cost_usd": round(cost["spent"], 9),
-        "wasted_usd": round(cost["wasted"], 9),
+        "cost_usd": round(spent, 9),
+        "wasted_usd": round(wasted, 9),
     }
 
 
 def _models(store: Store, run_id: str) -> tuple[dict[str, dict[str, float]], bool]:
-    rows = store.query(
-        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost FROM llm_calls "
-        f"WHERE request_id IN ({_REQ}) GROUP BY model, provider ORDER BY model, provider",
-        {"run": run_id},
-    )
+    rows = reads.calls_by_model(store, run_id)
     by_model = {
         f"{r['model']} ({r['provider']})": {"calls": r["calls"], "cost_usd": round(r["cost"], 9)}
         for r in rows
@@ -149,15 +112,11 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
         StoreError: no such run (the message lists recent ones), or no runs at all.
     """
     run_id, run = _resolve_run(store, run_id)
-    requests = store.query(
-        "SELECT id, status, latency_ms, cost_usd, finished_at, error FROM requests "
-        "WHERE run_id = ? ORDER BY seq",
-        (run_id,),
-    )
+    requests = reads.run_requests(store, run_id)
     n = len(requests)
     latencies = [float(r["latency_ms"]) for r in requests]
     cost = sum(float(r["cost_usd"]) for r in requests)
-    events = _event_counts(store, run_id)
+    events = reads.event_counts(store, run_id, _FACTS)
     by_model, simulated = _models(store, run_id)
     calls = int(sum(m["calls"] for m in by_model.values()))
     run = run or {}
@@ -204,7 +163,7 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
         failed=[
             {"request_id": r["id"], "status": r["status"], "error": r["error"]}
             for r in requests
-            if r["status"] in ("failed", "deadline_exceeded", "invalid_input")
+            if r["status"] in FAILED_STATUSES
         ][:_SLOWEST],
     )
 

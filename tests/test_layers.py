@@ -1,0 +1,114 @@
+"""Imports only point down the layers drawn in docs/architecture.md, and SQL stays in store/."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The layer of each engine package or top-level module (docs/architecture.md, "Layers").
+LAYERS = {
+    "errors": 0,
+    "events": 0,
+    "logs": 0,
+    "stats": 0,
+    "expr": 1,
+    "plugin": 1,
+    "store": 1,
+    "graph": 2,
+    "models": 3,
+    "scheduler": 4,
+    "policy": 5,
+    "report": 5,
+    "requests": 1,
+    "api": 6,
+    "cli": 7,
+    "__init__": 7,
+    "__main__": 8,
+}
+# Modules of layer 0 that build on one another, in this order.
+FOUNDATION = ["errors", "stats", "events", "logs"]
+
+
+def _room(module: str) -> str:
+    """`engine.scheduler.frame` -> `scheduler`; `engine` -> `__init__`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            if node.module == "engine":  # `from engine import store` names a package
+                found += [(node.lineno, f"engine.{a.name}") for a in node.names]
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _may_import(source: str, target: str) -> bool:
+    if source == target:
+        return True
+    if source in FOUNDATION and target in FOUNDATION:
+        return FOUNDATION.index(target) < FOUNDATION.index(source)
+    return LAYERS[target] < LAYERS[source]
+
+
+@pytest.mark.parametrize("path", _sources("engine"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_engine_imports_point_down(path: Path) -> None:
+    source = _room(_module_name(path))
+    assert source in LAYERS, f"{path}: add its package to the layers of docs/architecture.md"
+    for line, module in _imports(path):
+        top = module.split(".")[0]
+        assert top not in ("nodes", "tui"), f"{path}:{line}: the engine imports {module}"
+        if top != "engine" or module == "engine":
+            continue
+        target = _room(module)
+        if target in LAYERS and not _may_import(source, target):
+            pytest.fail(
+                f"{path}:{line}: {source} (layer {LAYERS[source]}) imports {module} "
+                f"({target}, layer {LAYERS[target]}): imports point down only"
+            )
+
+
+def test_nodes_reach_the_engine_through_the_plugin_api() -> None:
+    allowed = {"engine", "engine.errors", "engine.events", "engine.plugin.context"}
+    allowed |= {"engine.plugin.node", "engine.stats"}
+    for path in _sources("nodes"):
+        for line, module in _imports(path):
+            if module.split(".")[0] == "engine" and module not in allowed:
+                pytest.fail(f"{path}:{line}: nodes import {module}; use `engine`'s API")
+
+
+# A statement at the start of a line (inside a triple-quoted string) or of a string.
+_SQL = re.compile(
+    r"""(?:^\s*|["'])\s*"""
+    r"(SELECT\s+[\w*(]|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|INDEX))"
+)
+
+
+@pytest.mark.parametrize("package", ["engine", "nodes", "tui"])
+def test_only_the_store_speaks_sql(package: str) -> None:
+    for path in _sources(package):
+        if path.is_relative_to(ROOT / "engine" / "store"):
+            continue
+        for number, text in enumerate(path.read_text().splitlines(), 1):
+            if _SQL.search(text) and not text.lstrip().startswith("#"):
+                pytest.fail(f"{path}:{number}: SQL outside engine/store/: {text.strip()}")

@@ -60,7 +60,7 @@ class CriticNode(Node):
     """Assesses a request's risk or reviews a draft against relevant principles."""
 
     type_name = "critic"
-    model_fields = ("model",)
+    model_keys = ("model",)
 
     class Config(BaseModel):
         """Settings of a `critic` node."""

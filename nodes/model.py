@@ -49,7 +49,7 @@ class ModelNode(Node):
     """Makes one call to a logical model (prompt or messages, optional JSON schema)."""
 
     type_name = "model"
-    model_fields = ("model",)
+    model_keys = ("model",)
 
     class Config(BaseModel):
         """Settings of a `model` node."""

@@ -32,7 +32,7 @@ class SimulatorNode(Node):
     """Estimates the expected harm and concerns of sending a draft."""
 
     type_name = "simulator"
-    model_fields = ("model",)
+    model_keys = ("model",)
 
     class Config(BaseModel):
         """Settings of a `simulator` node."""

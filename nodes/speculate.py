@@ -88,7 +88,7 @@ class SpeculateNode(Node):
     """Drafts on a cheap model, verifies, and races the target model when acceptance is unlikely."""
 
     type_name = "speculate"
-    model_fields = ("draft_model", "target_model", "verify_model")
+    model_keys = ("draft_model", "target_model", "verify_model")
 
     class Config(BaseModel):
         """Settings of a `speculate` node."""

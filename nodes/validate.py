@@ -62,7 +62,7 @@ class ValidateNode(Node):
     """Parses and validates structured output against a JSON Schema, repairing it if needed."""
 
     type_name = "validate"
-    model_fields = ("repair_model", "escalate_model")
+    model_keys = ("repair_model", "escalate_model")
 
     class Config(BaseModel):
         """Settings of a `validate` node."""

@@ -36,7 +36,7 @@ class Review(Node):
     """Reviews a text with a model."""
 
     type_name = "review"
-    model_fields = ("model",)
+    model_keys = ("model",)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

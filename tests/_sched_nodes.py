@@ -152,7 +152,7 @@ class Ask(Node):
     """Asks a model once and returns its text."""
 
     type_name = "ask"
-    model_fields = ("model",)
+    model_keys = ("model",)
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -53,5 +53,5 @@ async def test_messages_instead_of_prompt() -> None:
 def test_config_needs_exactly_one_of_prompt_or_messages() -> None:
     with pytest.raises(ValidationError, match="exactly one of 'prompt' or 'messages'"):
         ModelNode.Config.model_validate({"model": "m"})
-    assert ModelNode.model_fields == ("model",)
+    assert ModelNode.model_keys == ("model",)
     assert "json" in ModelNode.Output.model_fields

@@ -300,7 +300,7 @@ class Checker:
     ) -> None:
         """Logical models named in `with:` (or by default) exist in `models:`."""
         defined = sorted(self.spec.models)
-        for name in cls.model_fields:
+        for name in cls.model_keys:
             if name in dynamic:
                 continue
             if name in static:

@@ -2,39 +2,49 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+import typing
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from engine.plugin.context import NodeContext
 
 __all__ = ["Node"]
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel, default=Any)
+OutputT = TypeVar("OutputT", bound=BaseModel, default=Any)
 
-class Node:
+
+class Node(Generic[ConfigT, OutputT]):
     """A node type: validated `Config` in, typed `Output` out.
 
-    Subclasses set `type_name` (the YAML `type:`), define nested pydantic models `Config`
-    (validated from `with:` after interpolation) and `Output` (what expressions can read),
-    and implement `run`. One instance is created per graph node when the graph loads, so
-    an instance may keep state across the requests of that graph (a cache, learnt
-    statistics); per-request state belongs in the `NodeContext`.
+    Subclasses set `type_name` (the YAML `type:`), name their config and output models and
+    implement `run`. The models are given as the type arguments of `Node`, so `run` is
+    checked statically, or as nested classes named `Config` and `Output`; either way the
+    class ends up with both as `Config` and `Output`. `Config` is validated from `with:`
+    after interpolation; `Output` is what expressions can read.
+
+    One instance is created per graph node when the graph loads, so an instance may keep
+    state across the requests of that graph (a cache, learnt statistics); per-request
+    state belongs in the `NodeContext`.
 
     Example:
         ```python
-        class Sleep(Node):
+        class SleepConfig(BaseModel):
+            ms: int
+
+        class SleepOutput(BaseModel):
+            slept_ms: int
+
+        class Sleep(Node[SleepConfig, SleepOutput]):
             type_name = "sleep"
 
-            class Config(BaseModel):
-                ms: int
-
-            class Output(BaseModel):
-                slept_ms: int
-
-            async def run(self, config: Config, ctx: NodeContext) -> Output:
+            async def run(self, config: SleepConfig, ctx: NodeContext) -> SleepOutput:
                 await anyio.sleep(config.ms / 1000)
-                return self.Output(slept_ms=config.ms)
+                return SleepOutput(slept_ms=config.ms)
         ```
     """
 
@@ -44,10 +54,23 @@ class Node:
     """Validates the node's `with:` mapping."""
     Output: ClassVar[type[BaseModel]]
     """The fields expressions can read from this node."""
-    model_fields: ClassVar[tuple[str, ...]] = ()
+    model_keys: ClassVar[tuple[str, ...]] = ()
     """Names of `Config` fields that hold logical model names (checked against `models:`)."""
 
-    async def run(self, config: Any, ctx: NodeContext) -> BaseModel:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _models_from_type_arguments(cls)
+        legacy = cls.__dict__.get("model_fields")
+        if legacy is not None:
+            warnings.warn(
+                f"{cls.__qualname__}.model_fields is deprecated (the name is pydantic's): "
+                "rename it to model_keys",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.model_keys = tuple(legacy)
+
+    async def run(self, config: ConfigT, ctx: NodeContext) -> OutputT:
         """Do the node's work for one request (or one loop cycle)."""
         raise NotImplementedError(f"{type(self).__name__}.run is not implemented")
 
@@ -59,3 +82,13 @@ class Node:
         """The first line of the class docstring, for `moat nodes`."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def _models_from_type_arguments(cls: type[Node[Any, Any]]) -> None:
+    """`class X(Node[C, O])` without nested models gets `Config = C` and `Output = O`."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        if typing.get_origin(base) is not Node:
+            continue
+        for name, arg in zip(("Config", "Output"), typing.get_args(base), strict=False):
+            if name not in cls.__dict__ and isinstance(arg, type) and issubclass(arg, BaseModel):
+                setattr(cls, name, arg)

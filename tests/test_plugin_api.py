@@ -1,0 +1,80 @@
+"""What a node author writes: typed `Node[Config, Output]` classes and the nested style."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from pydantic import BaseModel
+
+from engine import Node, NodeContext, Runner, SpecError, load_graph_text
+from engine.plugin.registry import Registry
+
+
+class GreetConfig(BaseModel):
+    name: str
+
+
+class GreetOutput(BaseModel):
+    text: str
+
+
+class Greet(Node[GreetConfig, GreetOutput]):
+    """Greets by name."""
+
+    type_name = "greet"
+
+    async def run(self, config: GreetConfig, ctx: NodeContext) -> GreetOutput:
+        return GreetOutput(text=f"hello {config.name}")
+
+
+GRAPH = """
+moat: 1
+name: typed
+input: {type: object, properties: {name: {type: string}}}
+nodes:
+  hello: {type: greet, with: {name: "{{ input.name }}"}}
+output:
+  text: hello.text
+"""
+
+
+def test_type_arguments_are_the_config_and_output_models() -> None:
+    assert Greet.Config is GreetConfig
+    assert Greet.Output is GreetOutput
+
+
+@pytest.mark.anyio
+async def test_a_typed_node_runs_and_its_output_fields_are_checked() -> None:
+    graph = load_graph_text(GRAPH, registry=Registry([Greet]))
+    async with Runner(graph) as runner:
+        result = await runner.run({"name": "ada"})
+    assert result.output == {"text": "hello ada"}
+    with pytest.raises(SpecError, match=r"'hello.txt'.*Outputs: text"):
+        load_graph_text(GRAPH.replace("hello.text", "hello.txt"), registry=Registry([Greet]))
+
+
+def test_nested_models_win_over_type_arguments() -> None:
+    class Other(Node[GreetConfig, GreetOutput]):
+        type_name = "other"
+
+        class Output(BaseModel):
+            text: str
+            loud: bool = False
+
+    assert Other.Config is GreetConfig
+    assert Other.Output is not GreetOutput and "loud" in Other.Output.model_fields
+
+
+def test_model_fields_still_works_with_a_deprecation_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        class Legacy(Node):
+            type_name = "legacy"
+            model_fields = ("model",)
+
+    assert Legacy.model_keys == ("model",)
+    [warning] = caught
+    assert warning.category is DeprecationWarning
+    assert "rename it to model_keys" in str(warning.message)

@@ -23,11 +23,12 @@ import yaml
 
 from bench._metrics import Collector, percentile
 from engine.api import rebind_models
+from engine.events import PolicyPin
 from engine.graph.loader import load_graph
 from engine.models import Gateway
 from engine.plugin.context import SharedState
 from engine.requests import InputValidator, parse_request
-from engine.scheduler.runner import PolicyPin, Runner
+from engine.scheduler.runner import Runner
 
 __all__ = ["CONFIGS", "Config", "RunSettings", "run_all", "run_config"]
 

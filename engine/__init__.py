@@ -30,6 +30,7 @@ from engine.events import (
     MemorySink,
     NodeOutcome,
     NodeStatus,
+    PolicyPin,
     RequestStatus,
     Sink,
 )
@@ -38,7 +39,7 @@ from engine.graph.loader import GraphErrors, check_file, load_graph, load_graph_
 from engine.plugin.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
-from engine.policy.manager import PolicyManager, PolicyPin
+from engine.policy.manager import PolicyManager
 from engine.requests import BatchItem
 from engine.scheduler.runner import RequestResult, Runner
 from engine.store.store import Store, StoreWriter

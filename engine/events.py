@@ -29,6 +29,7 @@ __all__ = [
     "NodeRun",
     "NodeStatus",
     "OrchestrationEvent",
+    "PolicyPin",
     "Record",
     "RequestId",
     "RequestRecord",
@@ -366,6 +367,24 @@ def hash_input(value: Mapping[str, Any]) -> str:
 
 
 Record = OrchestrationEvent | NodeRun | LlmCall | DecisionTrace | RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPin:
+    """The policy snapshot a request pins at its start and keeps to its end.
+
+    The policy manager hands pins out and the scheduler records them (`POLICY_PINNED`);
+    the value lives here, below both.
+
+    Attributes:
+        name: the policy's name (None without a policy).
+        version: the snapshot's version in the store (None when not versioned).
+        body: the snapshot itself, read as `policy.…` and `ctx.policy`.
+    """
+
+    name: str | None
+    version: int | None
+    body: Mapping[str, Any]
 
 
 class Sink(Protocol):

@@ -22,13 +22,13 @@ LAYERS = {
     "graph": 2,
     "models": 3,
     "scheduler": 4,
-    "policy": 5,
-    "report": 5,
+    "policy": 4,
+    "report": 4,
     "requests": 1,
-    "api": 6,
-    "cli": 7,
-    "__init__": 7,
-    "__main__": 8,
+    "api": 5,
+    "cli": 6,
+    "__init__": 6,
+    "__main__": 7,
 }
 # Modules of layer 0 that build on one another, in this order.
 FOUNDATION = ["errors", "stats", "events", "logs"]

@@ -19,10 +19,10 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
-from engine.events import MemorySink
+from engine.events import MemorySink, PolicyPin
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph_text
-from engine.scheduler.runner import PolicyPin, RequestResult, Runner
+from engine.scheduler.runner import RequestResult, Runner
 
 pytestmark = pytest.mark.anyio
 

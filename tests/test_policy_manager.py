@@ -11,9 +11,9 @@ import pytest
 from _graph_nodes import registry
 
 from engine import EventType, PolicyError, RequestStatus
-from engine.events import RequestRecord
+from engine.events import PolicyPin, RequestRecord
 from engine.graph.loader import load_graph
-from engine.policy.manager import PolicyManager, PolicyPin, apply_policy, changed_keys
+from engine.policy.manager import PolicyManager, apply_policy, changed_keys
 from engine.store.store import Store
 
 BODY: dict[str, Any] = {"name": "triage", "router": {"threshold": 0.4}, "cache": {"ttl_s": 60}}

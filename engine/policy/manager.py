@@ -40,6 +40,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from engine.errors import MoatError, PolicyError
+from engine.events import PolicyPin
 from engine.policy.diff import KeyChange, changed_keys, diff_policies
 from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
 from engine.policy.validate import (
@@ -49,7 +50,6 @@ from engine.policy.validate import (
     located_body,
     validate_policy,
 )
-from engine.scheduler.runner import PolicyPin
 from engine.store import policy_ops as db
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ __all__ = [
     "GuardVerdict",
     "KeyChange",
     "PolicyManager",
-    "PolicyPin",
     "apply_policy",
     "changed_keys",
     "content_hash",

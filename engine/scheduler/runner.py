@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel
 
 from engine.errors import EvaluationError
-from engine.events import EventType, Record, RequestRecord, RequestStatus, Sink, now
+from engine.events import EventType, PolicyPin, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
 from engine.models import Gateway
 from engine.plugin.context import RequestInfo, SharedState
@@ -51,7 +51,6 @@ __all__ = [
     "LazyNodeCancelled",
     "LazyNodeFailed",
     "LazyNodeNotFinished",
-    "PolicyPin",
     "RequestResult",
     "Runner",
     "run_request",
@@ -105,21 +104,6 @@ class RequestResult:
             "policy_version": self.policy_version,
             "error": self.error,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyPin:
-    """The policy snapshot a request pins at its start and keeps to its end.
-
-    Attributes:
-        name: the policy's name (None without a policy).
-        version: the snapshot's version in the store (None when not versioned).
-        body: the snapshot itself, read as `policy.…` and `ctx.policy`.
-    """
-
-    name: str | None
-    version: int | None
-    body: Mapping[str, Any]
 
 
 class _NullSink:

@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from engine._policy_validate import load_policy_file, validate_policy
 from engine._yaml import Located, load_yaml, node_of
 from engine.check import Checker
-from engine.errors import SpecError
+from engine.errors import PolicyError, SpecError
 from engine.graph import Graph
 from engine.registry import Registry
 from engine.spec import GraphSpec
@@ -116,7 +117,7 @@ def check_text(
         located = load_yaml(text, path)
         spec = _validate_spec(located)
         reg = registry.copy() if registry is not None else Registry.default()
-        policy_name, policy, policy_path = _load_policy(located, spec, base_dir)
+        policy_name, policy, policy_path, policy_doc = _load_policy(located, spec, base_dir)
     except GraphErrors as exc:
         report.errors.extend(exc.errors)
         return report
@@ -145,7 +146,26 @@ def check_text(
         policy_path=policy_path,
         warnings=tuple(checker.warnings),
     )
+    if policy_doc is not None:
+        policy_error = _check_policy(report.graph, policy_doc)
+        if policy_error is not None:
+            report.errors.append(policy_error)
+            report.graph = None
     return report
+
+
+def _check_policy(graph: Graph, doc: Located) -> SpecError | None:
+    """The graph's own policy, judged as `moat policy apply` judges it (same function), so a
+    graph whose policy would fail every request is refused before anything runs."""
+    try:
+        validate_policy(doc.data, doc, previous=None, graphs=(graph,))
+    except PolicyError as exc:
+        return _spec_error(exc)
+    return None
+
+
+def _spec_error(exc: PolicyError) -> SpecError:
+    return SpecError(exc.reason, path=exc.path, line=exc.line, column=exc.column)
 
 
 def _validate_spec(located: Located) -> GraphSpec:
@@ -273,21 +293,19 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _load_policy(
     located: Located, spec: GraphSpec, base_dir: str | os.PathLike[str] | None
-) -> tuple[str | None, dict[str, Any], str | None]:
+) -> tuple[str | None, dict[str, Any], str | None, Located | None]:
     if spec.policy is None:
-        return None, {}, None
+        return None, {}, None, None
     policy_path = Path(base_dir or ".") / spec.policy
     shown = os.path.normpath(os.fspath(policy_path))
-    try:
-        raw = policy_path.read_bytes()
-    except OSError:
+    if not Path(shown).is_file():
         raise located.error(
             f"policy file {spec.policy!r} not found (looked for {shown}); the path is "
             "relative to the graph file",
             ("policy",),
-        ) from None
-    doc = load_yaml(raw, shown)
-    if not isinstance(doc.data, dict):
-        raise doc.error("a policy file must be a mapping of settings", ())
-    name = doc.data.get("name")
-    return (str(name) if name else policy_path.stem), doc.data, shown
+        )
+    try:
+        name, body, doc = load_policy_file(shown)
+    except PolicyError as exc:
+        raise _spec_error(exc) from None
+    return name, body, shown, doc

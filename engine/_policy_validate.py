@@ -99,6 +99,8 @@ def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
         raise PolicyError("policy file not found; check the path", path=shown) from None
     except OSError as exc:
         raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=shown) from exc
+    except ValueError:  # a NUL in the name: no file can have it
+        raise PolicyError("not a usable file name", path=repr(shown)) from None
     try:
         located = load_yaml(raw, shown)
     except SpecError as exc:

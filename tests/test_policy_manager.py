@@ -130,7 +130,7 @@ def test_rollback_reactivates_the_previous_version(tmp_path: Path) -> None:
 
 def test_rollback_refuses_unknown_and_missing_targets(tmp_path: Path) -> None:
     m = manager(tmp_path)
-    with pytest.raises(PolicyError, match=r"no earlier good version to roll back to"):
+    with pytest.raises(PolicyError, match=r"no earlier version to roll back to"):
         m.rollback()
     with pytest.raises(PolicyError, match=r"policy 'triage' has no version 7; stored versions: 1"):
         m.rollback(to=7)

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine._sched_eval import (
@@ -30,6 +29,7 @@ from engine._sched_request import NodeCtx, describe_error
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES
+from engine.logs import get_logger
 
 if TYPE_CHECKING:
     from engine._sched_backend import Backend
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeRunner", "Outcome"]
 
-_log = structlog.get_logger("moat.scheduler")
+_log = get_logger("moat.scheduler")
 
 
 class Outcome:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import structlog
+from engine.logs import get_logger
 
 __all__ = [
     "Completion",
@@ -205,7 +205,7 @@ class NodeContext:
         self.speculative = speculative
         self.store = store
         self._runtime = runtime
-        self.log = log if log is not None else structlog.get_logger("moat.node")
+        self.log = log if log is not None else get_logger("moat.node")
 
     def model(self, name: str) -> ModelClient:
         """The logical model `name` (a key of the graph's `models:`), through the gateway."""

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
 from engine import _policy_db as db
@@ -50,6 +49,7 @@ from engine._policy_validate import (
     validate_policy,
 )
 from engine.errors import MoatError, PolicyError
+from engine.logs import get_logger
 from engine.scheduler import PolicyPin
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ __all__ = [
     "validate_policy",
 ]
 
-_log = structlog.get_logger("moat.policy")
+_log = get_logger("moat.policy")
 
 _KEEP_OBSERVATIONS = 10_000
 """Per version; a guard window larger than this is judged on the latest ones."""

@@ -81,12 +81,19 @@ class Checker:
         spec: the validated spec.
         registry: the node types available (plugins of the graph are added to it).
         policy: the default policy snapshot's body.
+        base_dir: the graph file's folder: `plugins:` modules there are found first.
     """
 
     def __init__(
-        self, located: Located, spec: GraphSpec, registry: Registry, policy: Mapping[str, Any]
+        self,
+        located: Located,
+        spec: GraphSpec,
+        registry: Registry,
+        policy: Mapping[str, Any],
+        base_dir: str | None = None,
     ) -> None:
         self.located = located
+        self.base_dir = base_dir
         self.spec = spec
         self.registry = registry
         self.policy = policy
@@ -110,7 +117,7 @@ class Checker:
         """Import every `plugins:` module and register its node types."""
         for i, module in enumerate(self.spec.plugins):
             try:
-                self.registry.load_module(module)
+                self.registry.load_module(module, self.base_dir)
             except SpecError as exc:
                 self._error(exc.reason, ("plugins", i))
 

@@ -25,7 +25,14 @@ from engine.graph import Graph
 from engine.registry import Registry
 from engine.spec import GraphSpec
 
-__all__ = ["CheckReport", "GraphErrors", "check_file", "load_graph", "load_graph_text"]
+__all__ = [
+    "CheckReport",
+    "GraphErrors",
+    "check_file",
+    "graph_registry",
+    "load_graph",
+    "load_graph_text",
+]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -104,6 +111,33 @@ def check_file(path: str | os.PathLike[str], *, registry: Registry | None = None
     return check_text(data, shown, registry=registry, base_dir=Path(shown).parent)
 
 
+def graph_registry(path: str | os.PathLike[str]) -> Registry:
+    """The installed node types plus those of the graph's `plugins:` (`moat nodes --graph`).
+
+    Only the `plugins:` list is read, so this works while the rest of the graph is broken.
+
+    Raises:
+        SpecError: the file is unreadable, not YAML, or a plugin fails to load (located).
+    """
+    shown = os.fspath(path)
+    try:
+        data = Path(shown).read_bytes()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unusable path"
+        raise SpecError(f"cannot read the graph: {reason}", path=shown) from None
+    located = load_yaml(data, shown)
+    plugins = located.data.get("plugins", []) if isinstance(located.data, dict) else []
+    if not isinstance(plugins, list):
+        raise located.error("`plugins:` must be a list of module names", ("plugins",))
+    registry = Registry.default()
+    for i, module in enumerate(plugins):
+        try:
+            registry.load_module(str(module), Path(shown).parent)
+        except SpecError as exc:
+            raise located.error(exc.reason, ("plugins", i)) from None
+    return registry
+
+
 def check_text(
     text: str | bytes,
     path: str = "<string>",
@@ -124,7 +158,8 @@ def check_text(
     except SpecError as exc:
         report.errors.append(exc)
         return report
-    checker = Checker(located, spec, reg, policy)
+    home = os.path.abspath(base_dir) if base_dir is not None else None
+    checker = Checker(located, spec, reg, policy, home)
     scope, output = checker.run()
     report.errors.extend(checker.errors)
     report.warnings.extend(checker.warnings)
@@ -145,6 +180,7 @@ def check_text(
         policy_name=policy_name,
         policy_path=policy_path,
         warnings=tuple(checker.warnings),
+        base_dir=home,
     )
     if policy_doc is not None:
         policy_error = _check_policy(report.graph, policy_doc)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from engine._policy_guard import GuardSettings
+from engine._wording import config_problem, kind, literal
 from engine._yaml import Located, load_yaml
 from engine.errors import PolicyError, SpecError
 from engine.expr import Expr, Ref, Template
@@ -130,7 +131,7 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail(
             located,
-            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {name!r}; "
+            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {literal(name)}; "
             "leave it out to use the file name",
             ("name",),
         )
@@ -209,24 +210,15 @@ def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSetti
         dotted = ".".join(str(p) for p in ("guard", *loc))
         value = raw.get(loc[0]) if loc else raw
         raise _fail(
-            located, f"{dotted} = {value!r}: {err['msg']}; {_GUARD_RANGES}", ("guard", *loc)
+            located,
+            f"{dotted} = {literal(value)}: {config_problem({**err, 'type': 'missing'})}; "
+            f"{_GUARD_RANGES}",
+            ("guard", *loc),
         ) from None
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "list"
-    if isinstance(value, Mapping):
-        return "mapping"
-    return type(value).__name__
+    return kind(value)
 
 
 def _dotted(at: _Path) -> str:
@@ -261,8 +253,8 @@ def _compatible(
         if before is not None and value is not None and _kind(before) != _kind(value):
             raise _fail(
                 located,
-                f"'{_dotted(here)}' changed type from {_kind(before)} ({before!r} in {label}) "
-                f"to {_kind(value)} ({value!r}); graphs and nodes read it as a "
+                f"'{_dotted(here)}' changed type from {_kind(before)} ({literal(before)} in "
+                f"{label}) to {_kind(value)} ({literal(value)}); graphs and nodes read it as a "
                 f"{_kind(before)}, so keep the type or use a new key",
                 here,
             )
@@ -273,7 +265,7 @@ def _compatible(
             here = (*at, key)
             raise _fail(
                 located,
-                f"'{_dotted(here)}' was removed ({label} has it: {old[key]!r}); graphs and "
+                f"'{_dotted(here)}' was removed ({label} has it: {literal(old[key])}); graphs and "
                 "nodes may read it, so keep it (with the old value to keep behaviour)",
                 at,
                 key=bool(at),
@@ -404,10 +396,10 @@ def _check_value(
     try:
         _adapter(info).validate_python(value)
     except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
+        reason = config_problem({**exc.errors()[0], "type": "missing"})  # value shown already
         raise _fail(
             located,
-            f"policy.{'.'.join(path)} = {value!r} does not fit {target}: {reason}; "
+            f"policy.{'.'.join(path)} = {literal(value)} does not fit {target}: {reason}; "
             "change the value",
             path,
         ) from None

@@ -26,6 +26,7 @@ from engine._sched_eval import (
 )
 from engine._sched_lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
 from engine._sched_request import NodeCtx, describe_error
+from engine._wording import config_problem
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.graph import LOOP_SCOPE_NAMES, SCOPE_NAMES
@@ -203,7 +204,7 @@ def _validation_summary(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "(config)"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {config_problem(err)}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine._wording import config_problem
 from engine._yaml import Located, node_of
 from engine.errors import ExpressionError, SpecError
 from engine.expr import Expr, Ref, Template, compile_expr, compile_template
@@ -290,7 +291,8 @@ class Checker:
                     continue  # a whole-config rule cannot be decided before run time
                 where = ".".join(["with", *(str(p) for p in loc)])
                 self._error(
-                    f"{where}: {err.get('msg')} (type {spec.type!r}; see `moat nodes {spec.type}`)",
+                    f"{where}: {config_problem(err)} (type {spec.type!r}; see "
+                    f"`moat nodes {spec.type}`)",
                     (*at, "with", *loc),
                     node_id=node_id,
                 )

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine._policy_validate import load_policy_file, validate_policy
+from engine._wording import config_problem, kind
 from engine._yaml import Located, load_yaml, node_of
 from engine.check import Checker
 from engine.errors import PolicyError, SpecError
@@ -207,7 +208,7 @@ def _spec_error(exc: PolicyError) -> SpecError:
 def _validate_spec(located: Located) -> GraphSpec:
     data = located.data
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        kind = "empty" if data is None else describe_kind(data)
         raise located.error(
             f"a graph file must be a mapping with `moat: 1`, `name:`, `nodes:` and `output:`; "
             f"this one is {kind}",
@@ -274,8 +275,13 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
             key=bool(at[:-1]),
             node_id=node_id,
         )
-    msg = str(err.get("msg", "invalid value"))
-    return located.error(f"{_dotted(at)}: {msg}", at, node_id=node_id)
+    return located.error(f"{_dotted(at)}: {config_problem(err)}", at, node_id=node_id)
+
+
+def describe_kind(value: Any) -> str:
+    """`a list`, `true/false`, ... for the top of a file that is not a mapping."""
+    name = kind(value)
+    return name if isinstance(value, bool) else f"a {name}"
 
 
 def _data_path(

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from engine._policy_guard import GuardSettings
 from engine._wording import config_problem, kind, literal
-from engine._yaml import Located, load_yaml
+from engine._yaml import Located, load_yaml, read_file
 from engine.errors import PolicyError, SpecError
 from engine.expr import Expr, Ref, Template
 
@@ -95,17 +95,10 @@ def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
     """
     shown = os.fspath(path)
     try:
-        raw = Path(shown).read_bytes()
-    except FileNotFoundError:
-        raise PolicyError("policy file not found; check the path", path=shown) from None
-    except OSError as exc:
-        raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=shown) from exc
-    except ValueError:  # a NUL in the name: no file can have it
-        raise PolicyError("not a usable file name", path=repr(shown)) from None
-    try:
-        located = load_yaml(raw, shown)
+        located = load_yaml(read_file(shown), shown)
     except SpecError as exc:
-        raise PolicyError(exc.reason, path=exc.path, line=exc.line, column=exc.column) from exc
+        reason = exc.reason.replace("file not found", "policy file not found")
+        raise PolicyError(reason, path=exc.path, line=exc.line, column=exc.column) from exc
     _check_mapping(located.data, located)
     _check_name(located.data, located)
     name = located.data.get("name")

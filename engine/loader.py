@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine._policy_validate import load_policy_file, validate_policy
 from engine._wording import config_problem, kind
-from engine._yaml import Located, load_yaml, node_of
+from engine._yaml import Located, load_yaml, node_of, read_file
 from engine.check import Checker
 from engine.errors import PolicyError, SpecError
 from engine.graph import Graph
@@ -104,11 +104,9 @@ def check_file(path: str | os.PathLike[str], *, registry: Registry | None = None
     """Run every check on the graph at `path`; never raises for problems in the file."""
     shown = os.fspath(path)
     try:
-        data = Path(shown).read_bytes()
-    except FileNotFoundError:
-        return CheckReport(shown, [SpecError("file not found; check the path", path=shown)])
-    except OSError as exc:
-        return CheckReport(shown, [SpecError(f"cannot read the file: {exc.strerror}", path=shown)])
+        data = read_file(shown)
+    except SpecError as exc:
+        return CheckReport(shown, [exc])
     return check_text(data, shown, registry=registry, base_dir=Path(shown).parent)
 
 
@@ -121,12 +119,7 @@ def graph_registry(path: str | os.PathLike[str]) -> Registry:
         SpecError: the file is unreadable, not YAML, or a plugin fails to load (located).
     """
     shown = os.fspath(path)
-    try:
-        data = Path(shown).read_bytes()
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unusable path"
-        raise SpecError(f"cannot read the graph: {reason}", path=shown) from None
-    located = load_yaml(data, shown)
+    located = load_yaml(read_file(shown), shown)
     plugins = located.data.get("plugins", []) if isinstance(located.data, dict) else []
     if not isinstance(plugins, list):
         raise located.error("`plugins:` must be a list of module names", ("plugins",))
@@ -278,6 +271,13 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
     return located.error(f"{_dotted(at)}: {config_problem(err)}", at, node_id=node_id)
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, a NUL)
+        return False
+
+
 def describe_kind(value: Any) -> str:
     """`a list`, `true/false`, ... for the top of a file that is not a mapping."""
     name = kind(value)
@@ -340,7 +340,7 @@ def _load_policy(
         return None, {}, None, None
     policy_path = Path(base_dir or ".") / spec.policy
     shown = os.path.normpath(os.fspath(policy_path))
-    if not Path(shown).is_file():
+    if not _is_file(shown):
         raise located.error(
             f"policy file {spec.policy!r} not found (looked for {shown}); the path is "
             "relative to the graph file",

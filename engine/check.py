@@ -430,10 +430,13 @@ class Checker:
         self.c04_refs(template, (*at, "with"), scope, node_id)
         self.c08_config(node_id, cls, spec, at, template)
         names |= template.names
+        impl = self._instance(cls, at)
+        if impl is None:
+            return None
         return CompiledNode(
             id=node_id,
             type_name=spec.type,
-            impl=self._instance(cls, at),
+            impl=impl,
             config=template,
             when=when,
             speculative=speculative,
@@ -501,12 +504,12 @@ class Checker:
             self.c04_refs(expr, at, scope, node_id)
         return expr
 
-    def _instance(self, cls: type[Node], at: Path) -> Node:
+    def _instance(self, cls: type[Node], at: Path) -> Node | None:
         try:
             return cls()
         except Exception as exc:  # a plugin's constructor is third-party code
             self._error(f"node type {cls.type_name!r} could not be created: {exc}", at)
-            raise
+            return None
 
     def _check_ref(self, ref: Ref, at: Path, scope: _ScopeInfo, node_id: str | None) -> None:
         name = ref.name

@@ -171,3 +171,18 @@ def test_relative_paths_in_with_resolve_from_the_graph_file(
         "hit": True,
         "value": "A retirement account.",
     }
+
+
+def test_a_plugin_that_cannot_be_created_is_a_located_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = folder(tmp_path, "one", "A")
+    plugin = graph.parent / "localnodes.py"
+    plugin.write_text(
+        plugin.read_text()
+        + "\n    def __init__(self) -> None:\n        raise RuntimeError('no licence key')\n"
+    )
+    assert main(["check", str(graph)]) == 2
+    err = capsys.readouterr().err
+    assert f"{graph}:5:" in err and "node type 'stamp' could not be created: no licence key" in err
+    assert "internal error" not in err

@@ -250,14 +250,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _is_file(spec: str) -> bool:
+    """Whether a diff side names a file (anything on disk, or a path-like name) rather than
+    a stored `NAME[@VERSION]`."""
+    if os.sep in spec or spec.endswith((".yaml", ".yml")):
+        return True
     try:
-        return Path(spec).is_file()
+        return Path(spec).exists() and not Path(spec).is_dir()
     except (OSError, ValueError):  # a name the file system refuses is no file
         return False
 
 
 def _body_of(spec: str, store: Store | None) -> tuple[str, dict[str, Any]]:
-    if _is_file(spec) or spec.endswith((".yaml", ".yml")):
+    if _is_file(spec):
         _, body, _ = load_policy_file(spec)
         return spec, body
     if store is None:

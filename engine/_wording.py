@@ -29,6 +29,7 @@ _KINDS = {
 _QUOTED = re.compile("(['\"])(" + "|".join(_KINDS) + ")\\1")
 _CONCAT = re.compile(r'can only concatenate (\w+) \(not "(\w+)"\) to (\w+)')
 _ROUND = re.compile(r"type (\w+) doesn't define __round__ method")
+_BARE = re.compile(r"\b(not|of type|instances of) (NoneType|bool|int|float|str|list|tuple|dict)\b")
 _PYDANTIC = (
     ("a valid dictionary", "a mapping"),
     ("a valid integer", "a whole number"),
@@ -37,6 +38,13 @@ _PYDANTIC = (
     ("a valid number", "a number"),
     ("a valid list", "a list"),
     ("a valid array", "a list"),
+)
+_PHRASES = (
+    ("'in <string>' requires string as left operand", "'in' a string needs a string"),
+    (
+        "slice indices must be integers or None or have an __index__ method",
+        "slice bounds must be whole numbers or none",
+    ),
 )
 _NO_INPUT = frozenset({"missing", "extra_forbidden"})
 
@@ -74,6 +82,9 @@ def _literal(value: Any, depth: int) -> str:
         return "..."
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_literal(v, depth + 1) for v in list(value)[:20]) + "]"
+    if isinstance(value, slice):
+        parts = [_literal(p, depth + 1) if p is not None else "" for p in (value.start, value.stop)]
+        return ":".join(parts) + (f":{_literal(value.step, depth + 1)}" if value.step else "")
     if isinstance(value, Mapping):
         items = list(value.items())[:20]
         return "{" + ", ".join(f"{k}: {_literal(v, depth + 1)}" for k, v in items) + "}"
@@ -99,7 +110,11 @@ def translate(text: str) -> str:
         text,
     )
     text = _ROUND.sub(lambda m: f"round() needs a number, not a {_KINDS.get(m[1], m[1])}", text)
-    return _QUOTED.sub(lambda m: _KINDS[m.group(2)], text)
+    for python, ours in _PHRASES:
+        text = text.replace(python, ours)
+    text = _QUOTED.sub(lambda m: _KINDS[m.group(2)], text)
+    text = _BARE.sub(lambda m: f"{m.group(1)} {_KINDS[m.group(2)]}", text)
+    return text.replace("NoneType", "none")
 
 
 def config_problem(err: Mapping[str, Any]) -> str:

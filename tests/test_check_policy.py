@@ -41,7 +41,7 @@ def baseline(tmp_path: Path, refuse_at: str) -> Path:
         (
             '"high"',
             "'high' does not fit graph 'baseline' node 'risk' (critic) field "
-            "'refuse_at': Input should be a valid number",
+            "'refuse_at': Input should be a number",
         ),
         (
             "7",

@@ -65,6 +65,18 @@ SHAPES = [
     "x.k.q",
     "max(x)",
     "{x: 1}",
+    "x ** y",
+    "x // y",
+    "any(x)",
+    "all(x)",
+    "upper(x)",
+    "str(x)",
+    "bool(x)",
+    "round(x, y)",
+    "x[y:]",
+    "sorted(x)",
+    "len(x) > y",
+    "x == y and x < 1",
 ]
 
 

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from engine._policy_guard import GuardSettings
 from engine._wording import config_problem, kind, literal
 from engine._yaml import Located, load_yaml, read_file
-from engine.errors import PolicyError, SpecError
+from engine.errors import EvaluationError, PolicyError, SpecError
 from engine.expr import Expr, Ref, Template
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def validate_policy(
     well formed; its keys and types are compatible with `previous` (nothing removed, no
     type changed except int <-> float, no new key unless `allow_new_keys`); every
     `policy.…` key the `graphs` read exists; every value a graph passes as exactly
-    `{{ policy.… }}` to a node config field fits that field (type and bounds).
+    `{{ policy.… }}` to a node config field fits that field (type and bounds); every
+    expression that reads nothing but the policy evaluates on it.
 
     Args:
         body: the candidate body.
@@ -169,6 +170,7 @@ def validate_policy(
         _check_refs(graph, body, located)
     for graph in graphs:
         _check_ranges(graph, body, located)
+        _check_evaluations(graph, body, located)
 
 
 def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSettings | None:
@@ -320,6 +322,29 @@ def _check_refs(graph: Graph, body: Mapping[str, Any], located: Located) -> None
                 )
             cur = cur[part]
             walked.append(part)
+
+
+def _check_evaluations(graph: Graph, body: Mapping[str, Any], located: Located) -> None:
+    """An expression that reads only the policy has one value for every request: evaluate
+    it now, so a value it cannot use (a threshold 'many' compared with a number) is refused
+    here instead of failing each request."""
+    found = list(_expressions(graph.scope, graph))
+    found += [(f"output '{name}'", expr) for name, expr in graph.output.items()]
+    for where, expr in found:
+        if expr.names != {"policy"}:
+            continue
+        try:
+            expr.evaluate({"policy": body})
+        except EvaluationError as exc:
+            refs = [r for r in expr.refs if r.name == "policy"]
+            path = tuple(refs[0].path) if refs else ()
+            reads = ", ".join(".".join(["policy", *(str(p) for p in r.path)]) for r in refs)
+            raise _fail(
+                located,
+                f"graph '{graph.name}' ({where}) reads {reads}, and with these values "
+                f"{exc}; change the value",
+                path,
+            ) from None
 
 
 def _check_ranges(graph: Graph, body: Mapping[str, Any], located: Located) -> None:

@@ -99,3 +99,34 @@ def test_a_policy_that_fits_still_checks(
     graph = baseline(tmp_path, "0.6")
     assert main(["check", str(graph)]) == 0
     assert "ok (baseline" in capsys.readouterr().out
+
+
+POLICY_GATED = """\
+moat: 1
+name: gated
+models:
+  small: {provider: sim, profile: small}
+policy: policy.yaml
+nodes:
+  answer:
+    type: model
+    when: policy.gate.min_len > 3
+    with: {model: small, prompt: "{{ input.prompt }}"}
+output:
+  text: answer.text
+"""
+
+
+def test_an_expression_reading_only_the_policy_is_tried_on_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = tmp_path / "gated.yaml"
+    graph.write_text(POLICY_GATED)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("name: gated\ngate:\n  min_len: many\n")
+    assert main(["check", str(graph)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {policy}:3:12: graph 'gated' (node 'answer') reads policy.gate.min_len" in err
+    assert "'>' not supported between instances of string and number" in err
+    policy.write_text("name: gated\ngate:\n  min_len: 5\n")
+    assert main(["check", str(graph)]) == 0

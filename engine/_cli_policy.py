@@ -108,7 +108,7 @@ def _version(text: str, spec: str) -> int:
     return int(text)
 
 
-def parse_ref(spec: str) -> tuple[str, int | None]:
+def _parse_ref(spec: str) -> tuple[str, int | None]:
     """`NAME` or `NAME@VERSION`, as every policy command takes it.
 
     Raises:
@@ -125,7 +125,7 @@ def parse_ref(spec: str) -> tuple[str, int | None]:
 
 def _target(store: Store, spec: str | None, version: int | None) -> tuple[str, int | None]:
     """The policy and version a command names, from `NAME[@VERSION]` and a version option."""
-    name, at = parse_ref(spec) if spec is not None else (None, None)
+    name, at = _parse_ref(spec) if spec is not None else (None, None)
     if at is not None and version is not None and at != version:
         raise PolicyError(
             f"{_shown(spec or '')} and the version option name two versions ({at} and "

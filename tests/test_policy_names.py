@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import PolicyError
+from engine._policy_db import roll_back
 from engine.cli import main
+from engine.policy import apply_policy
 from engine.store import Store
 
 POLICY = "name: triage\nrouter:\n  threshold: {t}\n"
@@ -158,3 +162,46 @@ def test_hostile_stores_are_refused_clearly(
         for args in (("list",), ("show",), ("rollback",), ("history",), ("diff", "a", "b")):
             code, _, err = moat(capsys, *args, "--db", db)
             assert code == 2 and "internal error" not in err, (args, db, err)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.one_of(st.integers(1, 3), st.just("rollback")), min_size=1, max_size=8))
+def test_rollbacks_pop_an_undo_stack_of_applies(tmp_path_factory: Any, steps: list[Any]) -> None:
+    # Reference model: applying content k pushes it (unless it is already active); a
+    # rollback pops the active version and reactivates the one below, or is refused.
+    db = tmp_path_factory.mktemp("db") / "moat.db"
+    version_of: dict[int, int] = {}
+    stack: list[int] = []
+    with Store.open(db) as store:
+        for step in steps:
+            if step == "rollback":
+                if len(stack) < 2:
+                    with pytest.raises(PolicyError, match=r"no earlier version|no active policy"):
+                        roll_back(
+                            store,
+                            "triage",
+                            to=None,
+                            expect_version=None,
+                            mark="superseded",
+                            reason=None,
+                            run_id="",
+                        )
+                    continue
+                roll_back(
+                    store,
+                    "triage",
+                    to=None,
+                    expect_version=None,
+                    mark="superseded",
+                    reason=None,
+                    run_id="",
+                )
+                stack.pop()
+            else:
+                applied = apply_policy(store, {"name": "triage", "router": {"threshold": step}})
+                version_of.setdefault(step, applied.pin.version)
+                if not stack or stack[-1] != step:
+                    stack.append(step)
+            assert store.active_policy("triage")["version"] == version_of[stack[-1]]

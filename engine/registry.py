@@ -173,9 +173,28 @@ def import_plugin(module_name: str, base_dir: str | os.PathLike[str] | None = No
     if base_dir is not None:
         folder = os.path.realpath(base_dir)
         top = module_name.partition(".")[0]
-        if importlib.machinery.PathFinder.find_spec(top, [folder]) is not None:
+        local = importlib.machinery.PathFinder.find_spec(top, [folder])
+        if local is not None and _location(local) != _location(_importable(top)):
             return importlib.import_module(f"{_folder_package(folder)}.{module_name}")
+    # Not in the graph's folder, or the same files a plain import finds (an installed or
+    # editable package, the working directory): one module, as entry points see it too.
     return importlib.import_module(module_name)
+
+
+def _importable(top: str) -> importlib.machinery.ModuleSpec | None:
+    """Where a plain import of the top-level module `top` would come from (not importing)."""
+    try:
+        return importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+
+
+def _location(spec: importlib.machinery.ModuleSpec | None) -> tuple[str, ...]:
+    if spec is None:
+        return ()
+    if spec.origin and os.path.exists(spec.origin):
+        return (os.path.realpath(spec.origin),)
+    return tuple(os.path.realpath(p) for p in spec.submodule_search_locations or ())
 
 
 def _folder_package(folder: str) -> str:

@@ -186,3 +186,17 @@ def test_a_plugin_that_cannot_be_created_is_a_located_error(
     err = capsys.readouterr().err
     assert f"{graph}:5:" in err and "node type 'stamp' could not be created: no licence key" in err
     assert "internal error" not in err
+
+
+def test_a_plugin_next_to_the_graph_that_is_also_importable_is_one_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = folder(tmp_path, "installed", "I")
+    monkeypatch.syspath_prepend(str(graph.parent))  # as an installed or editable package
+    monkeypatch.delitem(sys.modules, "localnodes", raising=False)
+    try:
+        assert main(["check", str(graph)]) == 0, capsys.readouterr().err
+        assert answer(graph) == {"text": "I!"}
+        assert "localnodes" in sys.modules  # imported plainly, not as a private copy
+    finally:
+        sys.modules.pop("localnodes", None)

@@ -16,6 +16,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 10. no cycles between nodes (a node guarding on itself included)
 11. `prev.x` names a body node of the same loop
 12. nodes nothing can demand are reported as warnings
+13. `input:` is a valid JSON Schema
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Checker:
     def run(self) -> tuple[Scope | None, dict[str, Expr]]:
         """Run every check; returns the compiled top scope and outputs (None on errors)."""
         self.c00_plugins()
+        self.c13_input_schema()
         top = _ScopeInfo(self.spec.nodes, ("nodes",), None)
         scope = self._compile_scope(top)
         output = self._compile_outputs(self.spec.output, ("output",), top)
@@ -387,6 +389,22 @@ class Checker:
         """Nodes nothing can demand are reported as warnings (they never run)."""
         wanted: set[str] = set().union(*(e.names for e in output.values())) if output else set()
         self._warn_undemanded(scope, wanted, ("nodes",))
+
+    def c13_input_schema(self) -> None:
+        """`input:` is a valid JSON Schema (else every request would fail to validate)."""
+        import jsonschema  # imported here: only graphs being checked need it
+
+        schema = self.spec.input
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(dict(schema))
+        except jsonschema.SchemaError as exc:
+            at = ("input", *exc.absolute_path)
+            where = ".".join(str(p) for p in at)
+            self._error(
+                f"{where}: {exc.message}; `input:` is a JSON Schema "
+                "(https://json-schema.org/understanding-json-schema)",
+                at,
+            )
 
     # -- compiling ----------------------------------------------------------------------
 

@@ -130,3 +130,21 @@ def test_an_expression_reading_only_the_policy_is_tried_on_it(
     assert "'>' not supported between instances of string and number" in err
     policy.write_text("name: gated\ngate:\n  min_len: 5\n")
     assert main(["check", str(graph)]) == 0
+
+
+def test_an_input_schema_that_is_not_json_schema_is_a_located_check_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = tmp_path / "s.yaml"
+    graph.write_text(
+        "moat: 1\nname: s\nmodels:\n  small: {provider: sim, profile: small}\n"
+        "input:\n  type: object\n  properties:\n    prompt: {type: strin}\n"
+        "nodes:\n  a: {type: model, with: {model: small, prompt: '{{ input.prompt }}'}}\n"
+        "output:\n  t: a.text\n"
+    )
+    assert main(["check", str(graph)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {graph}:8:20: input.properties.prompt.type: 'strin' is not valid" in err
+    db = tmp_path / "moat.db"
+    assert main(["run", str(graph), "--prompt", "hi", "--db", str(db), "--quiet"]) == 2
+    assert "internal error" not in capsys.readouterr().err

@@ -201,7 +201,7 @@ def _spec_error(exc: PolicyError) -> SpecError:
 def _validate_spec(located: Located) -> GraphSpec:
     data = located.data
     if not isinstance(data, dict):
-        kind = "empty" if data is None else describe_kind(data)
+        kind = "empty" if data is None else _describe_kind(data)
         raise located.error(
             f"a graph file must be a mapping with `moat: 1`, `name:`, `nodes:` and `output:`; "
             f"this one is {kind}",
@@ -278,7 +278,7 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def describe_kind(value: Any) -> str:
+def _describe_kind(value: Any) -> str:
     """`a list`, `true/false`, ... for the top of a file that is not a mapping."""
     name = kind(value)
     return name if isinstance(value, bool) else f"a {name}"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel
 
+from engine._wording import literal
 from engine.errors import SpecError
 from engine.graph import Graph, Scope
 from engine.loader import check_file, graph_registry, load_graph
@@ -16,7 +19,7 @@ from engine.registry import Registry
 from engine.schema import graph_json_schema
 from engine.spec import LoopSpec
 
-__all__ = ["add_commands", "render_dot", "render_mermaid", "render_text"]
+__all__ = ["add_commands", "render_dot", "render_mermaid", "render_text", "type_words"]
 
 _LOOP = "A bounded loop over a body of nodes (built into moat)."
 _LOOP_KEYS = {
@@ -165,10 +168,11 @@ def _fields(
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        ann = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        ann = ann.replace("typing.", "")
+        ann = type_words(field.annotation)
         default = (
-            "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
+            ""
+            if field.is_required()
+            else f" = {literal(field.get_default(call_default_factory=True))}"
         )
         required = " (required)" if field.is_required() else ""
         lines.append(f"  {field.alias or name}: {ann}{default}{required}")
@@ -176,6 +180,43 @@ def _fields(
         if text:
             lines.append(f"      {text}")
     return "\n".join(lines) or "  (none)"
+
+
+_WORDS: dict[Any, str] = {
+    None: "none",
+    type(None): "none",
+    str: "string",
+    int: "whole number",
+    float: "number",
+    bool: "true/false",
+    Any: "any",
+}
+
+
+def type_words(annotation: Any) -> str:
+    """A config or output field's type in the graph language: `string | none`,
+    `'request' | 'draft'`, `list of string`, `mapping`."""
+    if annotation in _WORDS:
+        return _WORDS[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_words(args[0])
+    if origin is typing.Literal:
+        return " | ".join(literal(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(dict.fromkeys(type_words(a) for a in args))
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        inner = " | ".join(sorted({type_words(a) for a in args if a is not Ellipsis}))
+        if not inner or inner == "any":
+            return "list"
+        return f"list of ({inner})" if " | " in inner else f"list of {inner}"
+    if origin is dict or annotation is dict or _is_model(annotation):
+        return "mapping"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _count(scope: Scope) -> int:

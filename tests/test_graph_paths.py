@@ -94,7 +94,7 @@ def test_moat_nodes_lists_a_graphs_plugin_types(
     assert main(["nodes", "stamp", "--graph", str(graph)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("stamp: Returns a fixed mark: 'A'.")
-    assert "suffix: str = ''" in out
+    assert "suffix: string = ''" in out
     assert main(["nodes", "--graph", str(graph)]) == 0
     assert any(line.startswith("stamp ") for line in capsys.readouterr().out.splitlines())
     assert main(["nodes", "stamp"]) == 2
@@ -108,7 +108,8 @@ def test_moat_nodes_describes_the_built_in_loop(capsys: pytest.CaptureFixture[st
     assert out.startswith("loop: A bounded loop")
     for key in ("max_cycles", "until", "nodes", "output"):
         assert f"\n  {key}: " in out
-    assert "max_cycles: int (required)" in out
+    assert "max_cycles: whole number (required)" in out
+    assert "until: string | true/false | none = none" in out
     assert main(["nodes", "loop", "--json"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "max_cycles" in schema["config"]["properties"]

@@ -159,3 +159,19 @@ def test_a_graph_file_of_the_wrong_shape_is_named_in_graph_words() -> None:
     for text, kind in (("[1, 2]", "a list"), ("'hello'", "a string"), ("true", "true/false")):
         (error,) = check_text(text, "case.yaml").errors
         assert f"this one is {kind}" in str(error)
+
+
+def test_moat_nodes_shows_field_types_in_graph_words(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    for node_type in ("critic", "model", "validate", "cache", "router", "retrieve"):
+        assert main(["nodes", node_type]) == 0
+        out = capsys.readouterr().out
+        fields = "\n".join(
+            line
+            for line in out.splitlines()
+            if line.startswith("  ") and not line.startswith("      ")
+        )
+        assert speaks_graph_language(fields) and "Literal" not in fields, fields
+    assert main(["nodes", "critic"]) == 0
+    assert "  mode: 'request' | 'draft' = 'draft'\n" in capsys.readouterr().out

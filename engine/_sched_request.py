@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from engine.context import ModelClient, NodeContext, RequestInfo, SharedState
 from engine.errors import NodeError
@@ -29,6 +28,7 @@ from engine.events import (
     Record,
     now,
 )
+from engine.logs import get_logger
 from engine.models import CallScope, Gateway, RequestBudget
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ SCHEDULER = "scheduler"
 REQUEST_STAGE = "request"
 """The `stage` of request-level events."""
 
-_log = structlog.get_logger("moat.scheduler")
-_node_log = structlog.get_logger("moat.node")
+_log = get_logger("moat.scheduler")
+_node_log = get_logger("moat.node")
 
 _CALL_OUTCOMES = {
     NodeOutcome.USED: CallOutcome.USED,

@@ -1,8 +1,14 @@
-"""Logging: structlog configured once, JSON lines to a file or stderr, prompts only as hashes.
+"""Logging: engine loggers that write only where the caller configured, prompts only as hashes.
+
+The engine is a library, so it configures nothing global and writes nothing by itself:
+every engine logger (`get_logger`) is a structlog logger whose lines end in the standard
+`logging` logger of the same name (under `moat`, which carries only a `NullHandler`). An
+application sees them by configuring `logging` (or structlog's processors) as it likes; the
+`moat` CLI calls `configure_logging`, which writes JSON lines to stderr or `$MOAT_LOG`.
 
 Loggers are bound with `run_id`, `request_id` and `node` where they are known. Any field
 named like a prompt or response (`prompt`, `messages`, `response`, `text`, ...) is replaced
-by its sha256 prefix before it is written, so raw text never reaches a log.
+by its sha256 prefix before any processor sees it, so raw text never reaches a log.
 """
 
 from __future__ import annotations
@@ -11,16 +17,31 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import Processor
 
-__all__ = ["configure_logging", "hash_text", "redact_fields"]
+__all__ = ["configure_logging", "get_logger", "hash_text", "redact_fields"]
 
+_ROOT = "moat"
 _TEXT_FIELDS = frozenset(
     {"prompt", "messages", "response", "text", "completion", "system", "draft", "answer"}
 )
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# The library convention: a NullHandler keeps Python's last-resort handler from printing
+# moat's warnings when the application configured no logging at all.
+logging.getLogger(_ROOT).addHandler(logging.NullHandler())
 
 
 def hash_text(text: str) -> str:
@@ -37,6 +58,81 @@ def redact_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+def _json_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_fields,
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(sort_keys=True),
+    ]
+
+
+_UNCONFIGURED = _json_processors()
+"""Used while structlog is unconfigured, instead of its console renderer (colours, no
+redaction): what an application that configured only `logging` receives."""
+
+
+class _EngineLogger(structlog.BoundLoggerBase):
+    """A bound logger that asks the stdlib logger first whether anyone listens, so a
+    library run pays nothing for lines nobody configured, and redacts before processing."""
+
+    _logger: logging.Logger
+
+    def _log(self, method: str, event: str | None, kw: dict[str, Any]) -> Any:
+        if not self._logger.isEnabledFor(_LEVELS[method]):
+            return None
+        redact_fields(None, method, kw)
+        if method == "exception":
+            kw.setdefault("exc_info", True)
+            method = "error"
+        return self._proxy_to_logger(method, event, **kw)
+
+    def _process_event(
+        self, method_name: str, event: str | None, event_kw: dict[str, Any]
+    ) -> tuple[Any, ...] | tuple[tuple[Any, ...], Mapping[str, Any]]:
+        if not structlog.is_configured():
+            self._processors = _UNCONFIGURED
+        return super()._process_event(method_name, event, event_kw)
+
+    def debug(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at debug level."""
+        return self._log("debug", event, kw)
+
+    def info(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at info level."""
+        return self._log("info", event, kw)
+
+    def warning(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at warning level."""
+        return self._log("warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at error level."""
+        return self._log("error", event, kw)
+
+    def exception(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at error level with the current exception."""
+        return self._log("exception", event, kw)
+
+    def critical(self, event: str | None = None, **kw: Any) -> Any:
+        """Log at critical level."""
+        return self._log("critical", event, kw)
+
+
+def get_logger(name: str) -> Any:
+    """The structlog logger engine code logs through; `name` is under `moat.` (`moat.node`).
+
+    Its lines go to the standard `logging` logger `name` (rendered as JSON unless the
+    application configured structlog's processors), so nothing is written unless the
+    application (or the CLI, through `configure_logging`) set up a handler.
+    """
+    return structlog.wrap_logger(logging.getLogger(name), wrapper_class=_EngineLogger)
+
+
 class _Stderr:
     """Writes to whatever `sys.stderr` is at the time of each write (not at configuration)."""
 
@@ -47,31 +143,44 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_handler: logging.Handler | None = None
+"""The handler `configure_logging` installed, replaced on the next call."""
+
+
 def configure_logging(
     path: str | None = None, *, level: str | None = None, stream: TextIO | None = None
 ) -> None:
-    """Configure structlog once per process.
+    """Send moat's log lines to stderr or a file, as JSON; for the CLI and applications
+    that want moat's own format. Calling it again replaces the previous destination.
 
     Args:
         path: append JSON lines to this file (default: `$MOAT_LOG`, else stderr).
         level: minimum level name (default: `$MOAT_LOG_LEVEL` or `warning`).
         stream: write to this stream instead of a file (tests).
     """
+    global _handler
     target = path or os.environ.get("MOAT_LOG")
-    out: Any = stream or (open(target, "a", encoding="utf-8") if target else _Stderr())  # noqa: SIM115
-    name = (level or os.environ.get("MOAT_LOG_LEVEL") or "warning").upper()
+    handler: logging.Handler
+    if stream is not None:
+        handler = logging.StreamHandler(stream)
+    elif target:
+        handler = logging.FileHandler(target, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(_Stderr())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    name = (level or os.environ.get("MOAT_LOG_LEVEL") or "warning").lower()
+    root = logging.getLogger(_ROOT)
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
+    _handler = handler
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(name, logging.WARNING))
+    root.propagate = False  # the CLI's lines are JSON on their own; no second copy
+    # Code that calls `structlog.get_logger` itself (a plugin) lands in the same place.
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_fields,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=True),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(name, logging.WARNING)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        processors=_json_processors(),
+        logger_factory=lambda *_: logging.getLogger(_ROOT),
+        wrapper_class=structlog.make_filtering_bound_logger(root.level),
         cache_logger_on_first_use=False,
     )

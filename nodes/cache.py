@@ -131,9 +131,11 @@ class CacheNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Look up, or schedule a store, in the request tenant's partition."""
         cache = shared_cache(ctx, config.namespace)
-        if config.warm_file and config.warm_file not in cache.warmed_files:
-            cache.warm(_read_warm_file(config.warm_file))
-            cache.warmed_files.add(config.warm_file)
+        if config.warm_file:  # relative to the graph, not the working directory
+            warm_file = ctx.resolve_path(config.warm_file)
+            if warm_file not in cache.warmed_files:
+                cache.warm(_read_warm_file(warm_file))
+                cache.warmed_files.add(warm_file)
         if config.mode == "store":
             return self._schedule_store(config, ctx, cache)
         return self._lookup(config, ctx, cache)

@@ -279,9 +279,12 @@ async def _relevant_principles(
     ctx: NodeContext, config: CriticNode.Config, request: str
 ) -> list[Principle]:
     """The request's relevant principles: computed by the first critic, reused by the rest."""
-    key = source_key(config.principles)
+    source = config.principles
+    if isinstance(source, str):  # a file: relative to the graph, not the working directory
+        source = ctx.resolve_path(source)
+    key = source_key(source)
     index = ctx.store.get(
-        "principles-index:" + key, lambda: PrincipleIndex(load_principles(config.principles))
+        "principles-index:" + key, lambda: PrincipleIndex(load_principles(source))
     )
 
     async def retrieve() -> list[tuple[Principle, float]]:

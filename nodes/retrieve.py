@@ -76,6 +76,8 @@ class RetrieveNode(Node):
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Search the (cached) index; reuse the request's earlier identical search."""
+        if config.corpus is not None:  # relative to the graph, not the working directory
+            config = config.model_copy(update={"corpus": ctx.resolve_path(config.corpus)})
         source = _source_key(config)
         embedder = get_embedder(config.embedder)
         index = self._indexes.get(source)

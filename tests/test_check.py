@@ -148,7 +148,7 @@ output:
   a: check.action
 """,
         r"^case\.yaml:9:23: node 'check': with\.threshold: Input should be less than or equal "
-        r"to 1 \(type 'review'; see `moat nodes review`\)",
+        r"to 1, got a number \(2\) \(type 'review'; see `moat nodes review`\)",
     ),
     (
         "unknown config key",
@@ -353,7 +353,7 @@ nodes: [a, b]
 output:
   a: a.text
 """,
-        r"^case\.yaml:6:8: nodes: Input should be a valid dictionary",
+        r"^case\.yaml:6:8: nodes: Input should be a mapping, got a list \(\['a', 'b'\]\)",
     ),
     (
         "reserved node id",

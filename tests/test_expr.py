@@ -256,7 +256,7 @@ def test_namespace_attributes_are_readable_other_objects_are_not() -> None:
     assert ev("r.id", r=Exposed()) == "r1"
     with pytest.raises(EvaluationError, match=r"no attribute 'secret'"):
         ev("r.secret", r=Exposed())
-    with pytest.raises(EvaluationError, match=r"cannot read '.real' of an int"):
+    with pytest.raises(EvaluationError, match=r"cannot read '.real' of a number \(3\)"):
         ev("x.real", x=3)
 
 
@@ -266,7 +266,7 @@ def test_indexing_sequences_and_out_of_range() -> None:
     assert ev("'abc'[1]") == "b"
     with pytest.raises(EvaluationError, match=r"index 5 is out of range for a list of length 3"):
         ev("xs[5]", xs=[1, 2, 3])
-    with pytest.raises(EvaluationError, match=r"indices must be integers"):
+    with pytest.raises(EvaluationError, match=r"indices must be whole numbers"):
         ev("xs['a']", xs=[1])
 
 
@@ -304,7 +304,7 @@ def test_whitelisted_functions() -> None:
     assert ev("join(xs)", xs=["a", None, True, 2]) == "a, , true, 2"
     assert ev("join(xs, sep='-')", xs=["a", "b"]) == "a-b"
     assert ev("str(1) + str(int('2')) + str(float(3))") == "123.0"
-    with pytest.raises(EvaluationError, match=r"lower\(\) needs a string, got an int"):
+    with pytest.raises(EvaluationError, match=r"lower\(\) needs a string, got a number \(3\)"):
         ev("lower(3)")
     with pytest.raises(EvaluationError, match=r"len\(\) of none"):
         ev("len(x)", x=None)
@@ -345,7 +345,7 @@ def test_huge_repetition_is_refused() -> None:
 
 
 def test_huge_concatenation_is_refused() -> None:
-    with pytest.raises(EvaluationError, match=r"'\+' of a str and a str"):
+    with pytest.raises(EvaluationError, match=r"'\+' of a string and a string"):
         ev("s + s", s="x" * 600_000)
 
 

@@ -13,25 +13,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # The layer of each engine package or top-level module (docs/architecture.md, "Layers").
 LAYERS = {
     "errors": 0,
+    "stats": 0,
+    "located_yaml": 0,
     "events": 0,
     "logs": 0,
-    "stats": 0,
     "expr": 1,
     "plugin": 1,
     "store": 1,
-    "graph": 2,
-    "models": 3,
-    "scheduler": 4,
-    "policy": 4,
-    "report": 4,
     "requests": 1,
-    "api": 5,
-    "cli": 6,
-    "__init__": 6,
-    "__main__": 7,
+    "policy": 2,
+    "report": 2,
+    "graph": 3,
+    "models": 4,
+    "scheduler": 5,
+    "api": 6,
+    "cli": 7,
+    "__init__": 7,
+    "__main__": 8,
 }
 # Modules of layer 0 that build on one another, in this order.
-FOUNDATION = ["errors", "stats", "events", "logs"]
+FOUNDATION = ["errors", "stats", "located_yaml", "events", "logs"]
 
 
 def _room(module: str) -> str:
@@ -40,9 +41,26 @@ def _room(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+def _type_only(tree: ast.Module) -> set[int]:
+    """Ids of the import statements under `if TYPE_CHECKING:` (annotations, not run)."""
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            ids |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return ids
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
+    """The modules `path` imports when it runs, with their lines."""
     found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    skip = _type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from _graph_nodes import registry
 
-from engine import EventType, PolicyError, RequestStatus
+from engine import EventType, PolicyError, RequestStatus, SpecError
 from engine.events import PolicyPin, RequestRecord
 from engine.graph.loader import load_graph
 from engine.policy.manager import PolicyManager, apply_policy, changed_keys
@@ -130,7 +130,7 @@ def test_rollback_reactivates_the_previous_version(tmp_path: Path) -> None:
 
 def test_rollback_refuses_unknown_and_missing_targets(tmp_path: Path) -> None:
     m = manager(tmp_path)
-    with pytest.raises(PolicyError, match=r"no earlier good version to roll back to"):
+    with pytest.raises(PolicyError, match=r"no earlier version to roll back to"):
         m.rollback()
     with pytest.raises(PolicyError, match=r"policy 'triage' has no version 7; stored versions: 1"):
         m.rollback(to=7)
@@ -257,13 +257,13 @@ def test_a_malformed_default_guard_is_located_in_the_graphs_policy_file(tmp_path
         "moat: 1\nname: g\npolicy: triage.yaml\nnodes:\n  e: {type: echo, with: {value: 1}}\n"
         "output: {a: e.value}\n"
     )
-    graph = load_graph(tmp_path / "g.yaml", registry=registry())
+    # The graph does not load (the checker validates its policy as `apply` does), so no
+    # manager ever stores it.
+    with pytest.raises(SpecError, match=r"triage\.yaml:3:11: guard\.window = 0: Input should"):
+        load_graph(tmp_path / "g.yaml", registry=registry())
     m = PolicyManager(
-        Store.open(tmp_path / "moat.db"),
-        name=graph.policy_name,
-        default_body=graph.policy,
-        graph=graph,
+        Store.open(tmp_path / "moat.db"), name="triage", default_body={"guard": {"window": 0}}
     )
-    with pytest.raises(PolicyError, match=r"triage\.yaml:3:11: guard\.window = 0: Input should"):
+    with pytest.raises(PolicyError, match=r"guard\.window = 0: Input should"):
         m.ensure_registered()
     assert m.store is not None and m.store.list_policies() == []

@@ -418,8 +418,8 @@ async def test_an_invalid_config_is_a_node_failure_with_a_clear_message(
     result, _ = await run(g, {"ms": "soon"})
     assert result.status.value == "failed"
     assert result.error == (
-        "node 'sleepy': invalid `with:` for a 'work' node: ms: Input should be a valid number, "
-        "unable to parse string as a number"
+        "node 'sleepy': invalid `with:` for a 'work' node: ms: Input should be a number, "
+        "unable to parse string as a number, got a string ('soon')"
     )
 
 

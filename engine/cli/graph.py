@@ -5,16 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel
 
+from engine.errors import SpecError
+from engine.expr.wording import literal
 from engine.graph.compiled import Graph, Scope
-from engine.graph.loader import check_file, load_graph
+from engine.graph.loader import check_file, graph_registry, load_graph
 from engine.graph.schema import graph_json_schema
+from engine.graph.spec import LoopSpec
 from engine.plugin.registry import Registry
 
-__all__ = ["add_commands", "render_dot", "render_mermaid", "render_text"]
+__all__ = ["add_commands", "render_dot", "render_mermaid", "render_text", "type_words"]
+
+_LOOP = "A bounded loop over a body of nodes (built into moat)."
+_LOOP_KEYS = {
+    "max_cycles": "Required: the most cycles the body runs (no loop is unbounded).",
+    "until": "Expression evaluated after each cycle; true stops the loop.",
+    "nodes": "The body; each cycle is a fresh scope that can read `cycle` and `prev.NODE`.",
+    "output": "The loop's outputs (NAME: expression), evaluated in the last cycle's scope.",
+    "when": "Guard: the loop runs only when this expression is true.",
+    "speculative": "Start before it is known to be needed (true, or an expression).",
+    "timeout_ms": "Time limit for the whole loop, in milliseconds.",
+    "optional": "When true, a failure of the loop does not fail the request.",
+    "description": "Free text.",
+}
 
 
 def add_commands(sub: Any) -> None:
@@ -35,6 +53,9 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("nodes", help="installed node types; one type's config and output")
     p.add_argument("type", nargs="?", metavar="TYPE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--graph", metavar="GRAPH", help="also the node types of this graph's `plugins:`"
+    )
     p.set_defaults(handler=cmd_nodes)
 
 
@@ -71,29 +92,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    """List node types, or describe one."""
-    registry = Registry.default()
+    """List node types, or describe one (`--graph` adds that graph's plugin types)."""
+    registry = graph_registry(args.graph) if args.graph else Registry.default()
     if args.type is None:
-        rows = [(n, registry.get(n)) for n in registry.names()]
-        if args.json:
-            print(json.dumps({n: c.describe() for n, c in rows if c}, indent=2))
-            return 0
-        width = max([len(n) for n, _ in rows] + [4])
-        for name, cls in rows:
-            assert cls is not None
-            print(f"{name:<{width}}  {cls.describe()}  [{registry.origin(name)}]")
-        print(f"{'loop':<{width}}  A bounded loop over a body of nodes (built into moat).")
-        return 0
+        return _list_nodes(registry, args.json)
+    if args.type == "loop":
+        return _describe_loop(args.json)
     cls = registry.get(args.type)
     if cls is None:
         close = registry.closest(args.type)
         hint = f" (did you mean {close!r}?)" if close else ""
-        print(
-            f"moat: unknown node type {args.type!r}{hint}. Installed: "
-            f"{', '.join(registry.names())}",
-            file=sys.stderr,
+        where = "" if args.graph else "; types from a graph's `plugins:` need --graph GRAPH"
+        raise SpecError(
+            f"unknown node type {args.type[:80]!r}{hint}. Installed: "
+            f"{', '.join([*registry.names(), 'loop'])}{where}"
         )
-        return 2
     if args.json:
         print(
             json.dumps(
@@ -116,19 +129,94 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fields(model: type[BaseModel]) -> str:
+def _list_nodes(registry: Registry, as_json: bool) -> int:
+    rows = [(n, registry.get(n)) for n in registry.names()]
+    if as_json:
+        listed = {n: c.describe() for n, c in rows if c}
+        print(json.dumps({**listed, "loop": _LOOP}, indent=2))
+        return 0
+    width = max([len(n) for n, _ in rows] + [4])
+    for name, cls in rows:
+        assert cls is not None
+        print(f"{name:<{width}}  {cls.describe()}  [{registry.origin(name)}]")
+    print(f"{'loop':<{width}}  {_LOOP}")
+    return 0
+
+
+def _describe_loop(as_json: bool) -> int:
+    """`loop` is a construct of the graph format, not a plugin: its keys come from `LoopSpec`."""
+    if as_json:
+        schema = LoopSpec.model_json_schema()
+        if "$ref" in schema:  # LoopSpec is recursive (a body holds loops): inline the top
+            schema = {**schema["$defs"]["LoopSpec"], "$defs": schema["$defs"]}
+        print(json.dumps({"type": "loop", "description": _LOOP, "config": schema}, indent=2))
+        return 0
+    print(f"loop: {_LOOP}\n")
+    print("origin: moat (the graph format)")
+    print("\nkeys (beside `type: loop`):")
+    print(_fields(LoopSpec, skip={"type"}, notes=_LOOP_KEYS))
+    print("\noutput (readable as NODE.FIELD): the names under its `output:`")
+    return 0
+
+
+def _fields(
+    model: type[BaseModel],
+    skip: frozenset[str] | set[str] = frozenset(),
+    notes: dict[str, str] | None = None,
+) -> str:
     lines = []
     for name, field in model.model_fields.items():
-        ann = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        ann = ann.replace("typing.", "")
+        if name in skip:
+            continue
+        ann = type_words(field.annotation)
         default = (
-            "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
+            ""
+            if field.is_required()
+            else f" = {literal(field.get_default(call_default_factory=True))}"
         )
         required = " (required)" if field.is_required() else ""
         lines.append(f"  {field.alias or name}: {ann}{default}{required}")
-        if field.description:
-            lines.append(f"      {field.description}")
+        text = field.description or (notes or {}).get(name)
+        if text:
+            lines.append(f"      {text}")
     return "\n".join(lines) or "  (none)"
+
+
+_WORDS: dict[Any, str] = {
+    None: "none",
+    type(None): "none",
+    str: "string",
+    int: "whole number",
+    float: "number",
+    bool: "true/false",
+    Any: "any",
+}
+
+
+def type_words(annotation: Any) -> str:
+    """A config or output field's type in the graph language: `string | none`,
+    `'request' | 'draft'`, `list of string`, `mapping`."""
+    if annotation in _WORDS:
+        return _WORDS[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_words(args[0])
+    if origin is typing.Literal:
+        return " | ".join(literal(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(dict.fromkeys(type_words(a) for a in args))
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        inner = " | ".join(sorted({type_words(a) for a in args if a is not Ellipsis}))
+        if not inner or inner == "any":
+            return "list"
+        return f"list of ({inner})" if " | " in inner else f"list of {inner}"
+    if origin is dict or annotation is dict or _is_model(annotation):
+        return "mapping"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _count(scope: Scope) -> int:

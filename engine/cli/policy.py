@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import MoatError, PolicyError
+from engine.errors import MoatError, PolicyError, StoreError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.policy.manager import apply_policy, diff_policies, load_policy_file
@@ -22,6 +23,12 @@ from engine.store.store import Store
 __all__ = ["add_commands"]
 
 _GRAPHS_DIR = Path("graphs")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_VERSION = re.compile(r"[0-9]+")
+_MAX_VERSION = 2**63 - 1
+"""The largest version SQLite can hold; anything above cannot exist."""
+_SHOWN = 60
+"""Longest name echoed back in full; longer ones are cut (a message stays readable)."""
 
 
 def add_commands(sub: Any) -> None:
@@ -32,8 +39,8 @@ def add_commands(sub: Any) -> None:
 
     p = _command(cmds, "list", "every policy with its active and latest version", cmd_list)
     p = _command(cmds, "show", "one version's settings (default: the active one)", cmd_show)
-    p.add_argument("name", nargs="?", metavar="NAME")
-    p.add_argument("--version", type=int, metavar="N")
+    p.add_argument("name", nargs="?", metavar="NAME[@VERSION]")
+    p.add_argument("--version", type=_version_arg, metavar="N")
 
     p = _command(cmds, "apply", "validate a policy file and make it active", cmd_apply)
     p.add_argument("file", metavar="FILE")
@@ -49,16 +56,18 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--reason", default="apply", help="recorded with the activation")
 
-    p = _command(cmds, "rollback", "reactivate the previous good version", cmd_rollback)
-    p.add_argument("name", nargs="?", metavar="NAME")
-    p.add_argument("--to", type=int, metavar="VERSION", help="the version to reactivate")
+    p = _command(
+        cmds, "rollback", "undo the latest activation (see README: Policies)", cmd_rollback
+    )
+    p.add_argument("name", nargs="?", metavar="NAME[@VERSION]")
+    p.add_argument("--to", type=_version_arg, metavar="VERSION", help="the version to reactivate")
 
     p = _command(cmds, "diff", "key-by-key differences (NAME, NAME@VERSION or FILE)", cmd_diff)
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
 
     p = _command(cmds, "history", "activations, oldest first", cmd_history)
-    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("name", nargs="?", metavar="NAME[@VERSION]")
 
 
 def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
@@ -70,7 +79,59 @@ def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.Arg
 
 def _open(args: argparse.Namespace, *, write: bool = False) -> Store:
     path = args.db or os.environ.get("MOAT_DB") or "moat.db"
-    return Store.open(path, readonly=not write)
+    try:
+        return Store.open(path, readonly=not write)
+    except (OSError, ValueError) as exc:  # a name the file system refuses (too long, ...)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreError(f"{_shown(path)}: cannot open the store: {reason}") from None
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for a message, cut when it is long."""
+    cut = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+    return repr(cut)
+
+
+def _version_arg(text: str) -> int:
+    """An argparse type: a version number (1 or more)."""
+    try:
+        return _version(text, text)
+    except PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version(text: str, spec: str) -> int:
+    if not _VERSION.fullmatch(text) or not 1 <= int(text) <= _MAX_VERSION:
+        raise PolicyError(
+            f"{_shown(spec)}: a version is a whole number from 1 (e.g. 2), got {_shown(text)}"
+        )
+    return int(text)
+
+
+def _parse_ref(spec: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME@VERSION`, as every policy command takes it.
+
+    Raises:
+        PolicyError: an empty or malformed name, or a version that is not a number >= 1.
+    """
+    name, at, version = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if not _NAME.fullmatch(name):
+        raise PolicyError(
+            f"{_shown(spec)} is not a policy name: write NAME or NAME@VERSION, where NAME is "
+            "letters, digits, '_', '.' or '-' (e.g. triage@2)"
+        )
+    return name, (_version(version, spec) if at else None)
+
+
+def _target(store: Store, spec: str | None, version: int | None) -> tuple[str, int | None]:
+    """The policy and version a command names, from `NAME[@VERSION]` and a version option."""
+    name, at = _parse_ref(spec) if spec is not None else (None, None)
+    if at is not None and version is not None and at != version:
+        raise PolicyError(
+            f"{_shown(spec or '')} and the version option name two versions ({at} and "
+            f"{version}); give one"
+        )
+    return _resolve_name(store, name), at if at is not None else version
 
 
 def _resolve_name(store: Store, name: str | None) -> str:
@@ -79,7 +140,7 @@ def _resolve_name(store: Store, name: str | None) -> str:
         if name not in names:
             listed = ", ".join(names) or "none yet"
             raise PolicyError(
-                f"no policy named '{name}' in {store.path} (policies: {listed}); "
+                f"no policy named {_shown(name)} in {store.path} (policies: {listed}); "
                 "add one with `moat policy apply FILE`"
             )
         return name
@@ -119,16 +180,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print one version's metadata and settings (YAML)."""
     with _open(args) as store:
-        name = _resolve_name(store, args.name)
-        row = (
-            store.active_policy(name)
-            if args.version is None
-            else store.get_policy(name, args.version)
-        )
+        name, version = _target(store, args.name, args.version)
+        row = store.active_policy(name) if version is None else store.get_policy(name, version)
         if row is None:
             versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
             raise PolicyError(
-                f"policy '{name}' has no version {args.version}; stored versions: {versions}"
+                f"policy '{name}' has no version {version}; stored versions: {versions}"
             )
         print(f"# policy {name} version {row['version']} ({row['status']})")
         print(f"# parent: {row['parent_version'] or '-'}  created: {_when(row['created_at'])}")
@@ -174,11 +231,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Reactivate the previous good version, or `--to VERSION`."""
     with _open(args, write=True) as store:
-        name = _resolve_name(store, args.name)
+        name, to = _target(store, args.name, args.to)
         done = db.roll_back(
             store,
             name,
-            to=args.to,
+            to=to,
             expect_version=None,
             mark="superseded",
             reason=None,
@@ -192,20 +249,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_file(spec: str) -> bool:
+    """Whether a diff side names a file (anything on disk, or a path-like name) rather than
+    a stored `NAME[@VERSION]`."""
+    if os.sep in spec or spec.endswith((".yaml", ".yml")):
+        return True
+    try:
+        return Path(spec).exists() and not Path(spec).is_dir()
+    except (OSError, ValueError):  # a name the file system refuses is no file
+        return False
+
+
 def _body_of(spec: str, store: Store | None) -> tuple[str, dict[str, Any]]:
-    if Path(spec).is_file() or spec.endswith((".yaml", ".yml")):
+    if _is_file(spec):
         _, body, _ = load_policy_file(spec)
         return spec, body
     if store is None:
-        raise PolicyError(f"'{spec}' is not a file and there is no store to look it up in")
-    name, _, version = spec.partition("@")
-    name = _resolve_name(store, name or None)
-    if not version:
-        row = store.active_policy(name)
-    elif version.isdigit():
-        row = store.get_policy(name, int(version))
-    else:
-        raise PolicyError(f"'{spec}': write NAME@VERSION with a version number, e.g. {name}@2")
+        raise PolicyError(f"{_shown(spec)} is not a file and there is no store to look it up in")
+    name, version = _target(store, spec, None)
+    row = store.active_policy(name) if version is None else store.get_policy(name, version)
     if row is None:
         versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
         raise PolicyError(f"policy '{name}' has no version {version}; stored versions: {versions}")
@@ -218,7 +280,7 @@ def _show(value: Any) -> str:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Print added (+), removed (-) and changed (~) dotted keys from A to B."""
-    needs_store = any(not Path(s).is_file() for s in (args.a, args.b))
+    needs_store = any(not _is_file(s) for s in (args.a, args.b))
     store = _open(args) if needs_store else None
     try:
         label_a, a = _body_of(args.a, store)
@@ -243,8 +305,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     """Print the policy's activations, oldest first."""
     with _open(args) as store:
-        name = _resolve_name(store, args.name)
-        rows = store.policy_history(name)
+        name, version = _target(store, args.name, None)
+        rows = [
+            row
+            for row in store.policy_history(name)
+            if version is None or row["version"] == version
+        ]
         print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<10}  REASON")
         for row in rows:
             print(

@@ -43,6 +43,8 @@ from typing import Any
 from engine.errors import EvaluationError, ExpressionError
 from engine.expr.compile import compile_source, compile_tree
 from engine.expr.runtime import Fail, to_text
+from engine.expr.wording import kind, translate
+from engine.expr.wording import literal as show_literal
 
 __all__ = ["Expr", "Ref", "Template", "Unresolved", "compile_expr", "compile_template"]
 
@@ -159,7 +161,7 @@ def _explain(exc: BaseException) -> str:
         return "division by zero"
     if isinstance(exc, RecursionError):
         return "the value is nested too deeply"
-    text = str(exc).replace("'NoneType'", "none")
+    text = translate(str(exc))
     if "none" in text and isinstance(exc, TypeError):
         text += " (is a node skipped, or a key missing?)"
     return text
@@ -182,7 +184,7 @@ def compile_expr(source: str | bool | int | float | None) -> Expr:
     if source is not None and not isinstance(source, str | bool | int | float):
         raise ExpressionError(
             f"expected an expression (text, a number, true/false or none), "
-            f"got a {type(source).__name__}: {source!r}"
+            f"got a {kind(source)}: {show_literal(source)}"
         )
     return _compile_cached(source)
 

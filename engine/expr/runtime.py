@@ -15,6 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from engine.expr.wording import describe as _describe
+from engine.expr.wording import kind, literal
+
 MAX_INT_BITS = 10_000
 """Largest integer (in bits) that `**` and `*` may produce."""
 
@@ -32,15 +35,8 @@ class Fail(Exception):
 
 
 def describe(value: Any) -> str:
-    """Names a value's kind for messages: `none`, `a str ('abc')`, `an int (3)`."""
-    if value is None:
-        return "none"
-    kind = type(value).__name__
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    article = "an" if kind[:1] in "aeiou" else "a"
-    return f"{article} {kind} ({text})"
+    """Names a value's kind for messages: `none`, `true`, `a string ('abc')`, `a number (3)`."""
+    return _describe(value)
 
 
 def _fields_of(obj: Any) -> list[str] | None:
@@ -101,7 +97,7 @@ def item(obj: Any, key: Any) -> Any:
         return obj.get(key)
     if isinstance(obj, Sequence):
         return _index(obj, key)
-    raise Fail(f"cannot index {describe(obj)} with [{key!r}]")
+    raise Fail(f"cannot index {describe(obj)} with [{literal(key)}]")
 
 
 def _index(seq: Sequence[Any], key: Any) -> Any:
@@ -109,9 +105,10 @@ def _index(seq: Sequence[Any], key: Any) -> Any:
         try:
             return seq[key]
         except IndexError:
-            kind = type(seq).__name__
-            raise Fail(f"index {key} is out of range for a {kind} of length {len(seq)}") from None
-    raise Fail(f"{type(seq).__name__} indices must be integers, not {describe(key)}")
+            raise Fail(
+                f"index {literal(key)} is out of range for a {kind(seq)} of length {len(seq)}"
+            ) from None
+    raise Fail(f"{kind(seq)} indices must be whole numbers, not {describe(key)}")
 
 
 def deep_size(value: Any, limit: int = MAX_ITEMS) -> int:
@@ -143,7 +140,7 @@ def add(a: Any, b: Any) -> Any:
     """`a + b`, refusing strings/lists longer than MAX_ITEMS."""
     sized = isinstance(a, _SIZED) and isinstance(b, _SIZED)
     if sized and len(a) + len(b) > MAX_ITEMS:
-        raise _too_big(f"'+' of a {type(a).__name__} and a {type(b).__name__}")
+        raise _too_big(f"'+' of a {kind(a)} and a {kind(b)}")
     return a + b
 
 
@@ -153,7 +150,7 @@ def mul(a: Any, b: Any) -> Any:
         a, b = b, a
     if isinstance(a, int) and isinstance(b, _SIZED):
         if a > 0 and deep_size(b) * a > MAX_ITEMS:
-            raise _too_big(f"repeating a {type(b).__name__} {a:,} times")
+            raise _too_big(f"repeating a {kind(b)} {a:,} times")
     elif type(a) is int is type(b) and a.bit_length() + b.bit_length() > MAX_INT_BITS:
         raise Fail(f"'*' would produce an integer wider than {MAX_INT_BITS:,} bits")
     return a * b
@@ -166,7 +163,7 @@ def power(base: Any, exp: Any) -> Any:
         raise Fail(f"'**' would produce an integer wider than {MAX_INT_BITS:,} bits")
     result = base**exp
     if isinstance(result, complex):
-        raise Fail(f"{base!r} ** {exp!r} has no real value")
+        raise Fail(f"{literal(base)} ** {literal(exp)} has no real value")
     return result
 
 

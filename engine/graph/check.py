@@ -16,6 +16,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 10. no cycles between nodes (a node guarding on itself included)
 11. `prev.x` names a body node of the same loop
 12. nodes nothing can demand are reported as warnings
+13. `input:` is a valid JSON Schema
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pydantic import ValidationError
 
 from engine.errors import ExpressionError, SpecError
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
+from engine.expr.wording import config_problem
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import GraphSpec, LoopSpec, NodeSpec
-from engine.graph.yaml import Located, node_of
+from engine.located_yaml import Located, node_of
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
 
@@ -81,12 +83,19 @@ class Checker:
         spec: the validated spec.
         registry: the node types available (plugins of the graph are added to it).
         policy: the default policy snapshot's body.
+        base_dir: the graph file's folder: `plugins:` modules there are found first.
     """
 
     def __init__(
-        self, located: Located, spec: GraphSpec, registry: Registry, policy: Mapping[str, Any]
+        self,
+        located: Located,
+        spec: GraphSpec,
+        registry: Registry,
+        policy: Mapping[str, Any],
+        base_dir: str | None = None,
     ) -> None:
         self.located = located
+        self.base_dir = base_dir
         self.spec = spec
         self.registry = registry
         self.policy = policy
@@ -97,6 +106,7 @@ class Checker:
     def run(self) -> tuple[Scope | None, dict[str, Expr]]:
         """Run every check; returns the compiled top scope and outputs (None on errors)."""
         self.c00_plugins()
+        self.c13_input_schema()
         top = _ScopeInfo(self.spec.nodes, ("nodes",), None)
         scope = self._compile_scope(top)
         output = self._compile_outputs(self.spec.output, ("output",), top)
@@ -110,7 +120,7 @@ class Checker:
         """Import every `plugins:` module and register its node types."""
         for i, module in enumerate(self.spec.plugins):
             try:
-                self.registry.load_module(module)
+                self.registry.load_module(module, self.base_dir)
             except SpecError as exc:
                 self._error(exc.reason, ("plugins", i))
 
@@ -283,7 +293,8 @@ class Checker:
                     continue  # a whole-config rule cannot be decided before run time
                 where = ".".join(["with", *(str(p) for p in loc)])
                 self._error(
-                    f"{where}: {err.get('msg')} (type {spec.type!r}; see `moat nodes {spec.type}`)",
+                    f"{where}: {config_problem(err)} (type {spec.type!r}; see "
+                    f"`moat nodes {spec.type}`)",
                     (*at, "with", *loc),
                     node_id=node_id,
                 )
@@ -379,6 +390,22 @@ class Checker:
         wanted: set[str] = set().union(*(e.names for e in output.values())) if output else set()
         self._warn_undemanded(scope, wanted, ("nodes",))
 
+    def c13_input_schema(self) -> None:
+        """`input:` is a valid JSON Schema (else every request would fail to validate)."""
+        import jsonschema  # imported here: only graphs being checked need it
+
+        schema = self.spec.input
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(dict(schema))
+        except jsonschema.SchemaError as exc:
+            at = ("input", *exc.absolute_path)
+            where = ".".join(str(p) for p in at)
+            self._error(
+                f"{where}: {exc.message}; `input:` is a JSON Schema "
+                "(https://json-schema.org/understanding-json-schema)",
+                at,
+            )
+
     # -- compiling ----------------------------------------------------------------------
 
     def _compile_scope(self, info: _ScopeInfo) -> Scope | None:
@@ -421,10 +448,13 @@ class Checker:
         self.c04_refs(template, (*at, "with"), scope, node_id)
         self.c08_config(node_id, cls, spec, at, template)
         names |= template.names
+        impl = self._instance(cls, at)
+        if impl is None:
+            return None
         return CompiledNode(
             id=node_id,
             type_name=spec.type,
-            impl=self._instance(cls, at),
+            impl=impl,
             config=template,
             when=when,
             speculative=speculative,
@@ -492,12 +522,12 @@ class Checker:
             self.c04_refs(expr, at, scope, node_id)
         return expr
 
-    def _instance(self, cls: type[Node], at: Path) -> Node:
+    def _instance(self, cls: type[Node], at: Path) -> Node | None:
         try:
             return cls()
         except Exception as exc:  # a plugin's constructor is third-party code
             self._error(f"node type {cls.type_name!r} could not be created: {exc}", at)
-            raise
+            return None
 
     def _check_ref(self, ref: Ref, at: Path, scope: _ScopeInfo, node_id: str | None) -> None:
         name = ref.name

@@ -92,6 +92,8 @@ class Graph:
     policy_path: str | None = None
     warnings: tuple[str, ...] = ()
     """Located warnings from the checker (e.g. nodes nothing can demand)."""
+    base_dir: str | None = None
+    """The graph file's folder (absolute): relative paths in `with:` resolve from it."""
 
     @property
     def nodes(self) -> Mapping[str, CompiledNode]:

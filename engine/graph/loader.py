@@ -17,14 +17,23 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import SpecError
+from engine.errors import PolicyError, SpecError
+from engine.expr.wording import config_problem, kind
 from engine.graph.check import Checker
 from engine.graph.compiled import Graph
 from engine.graph.spec import GraphSpec
-from engine.graph.yaml import Located, load_yaml, node_of
+from engine.located_yaml import Located, load_yaml, node_of, read_file
 from engine.plugin.registry import Registry
+from engine.policy.validate import load_policy_file, validate_policy
 
-__all__ = ["CheckReport", "GraphErrors", "check_file", "load_graph", "load_graph_text"]
+__all__ = [
+    "CheckReport",
+    "GraphErrors",
+    "check_file",
+    "graph_registry",
+    "load_graph",
+    "load_graph_text",
+]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -95,12 +104,32 @@ def check_file(path: str | os.PathLike[str], *, registry: Registry | None = None
     """Run every check on the graph at `path`; never raises for problems in the file."""
     shown = os.fspath(path)
     try:
-        data = Path(shown).read_bytes()
-    except FileNotFoundError:
-        return CheckReport(shown, [SpecError("file not found; check the path", path=shown)])
-    except OSError as exc:
-        return CheckReport(shown, [SpecError(f"cannot read the file: {exc.strerror}", path=shown)])
+        data = read_file(shown)
+    except SpecError as exc:
+        return CheckReport(shown, [exc])
     return check_text(data, shown, registry=registry, base_dir=Path(shown).parent)
+
+
+def graph_registry(path: str | os.PathLike[str]) -> Registry:
+    """The installed node types plus those of the graph's `plugins:` (`moat nodes --graph`).
+
+    Only the `plugins:` list is read, so this works while the rest of the graph is broken.
+
+    Raises:
+        SpecError: the file is unreadable, not YAML, or a plugin fails to load (located).
+    """
+    shown = os.fspath(path)
+    located = load_yaml(read_file(shown), shown)
+    plugins = located.data.get("plugins", []) if isinstance(located.data, dict) else []
+    if not isinstance(plugins, list):
+        raise located.error("`plugins:` must be a list of module names", ("plugins",))
+    registry = Registry.default()
+    for i, module in enumerate(plugins):
+        try:
+            registry.load_module(str(module), Path(shown).parent)
+        except SpecError as exc:
+            raise located.error(exc.reason, ("plugins", i)) from None
+    return registry
 
 
 def check_text(
@@ -116,14 +145,15 @@ def check_text(
         located = load_yaml(text, path)
         spec = _validate_spec(located)
         reg = registry.copy() if registry is not None else Registry.default()
-        policy_name, policy, policy_path = _load_policy(located, spec, base_dir)
+        policy_name, policy, policy_path, policy_doc = _load_policy(located, spec, base_dir)
     except GraphErrors as exc:
         report.errors.extend(exc.errors)
         return report
     except SpecError as exc:
         report.errors.append(exc)
         return report
-    checker = Checker(located, spec, reg, policy)
+    home = os.path.abspath(base_dir) if base_dir is not None else None
+    checker = Checker(located, spec, reg, policy, home)
     scope, output = checker.run()
     report.errors.extend(checker.errors)
     report.warnings.extend(checker.warnings)
@@ -144,14 +174,34 @@ def check_text(
         policy_name=policy_name,
         policy_path=policy_path,
         warnings=tuple(checker.warnings),
+        base_dir=home,
     )
+    if policy_doc is not None:
+        policy_error = _check_policy(report.graph, policy_doc)
+        if policy_error is not None:
+            report.errors.append(policy_error)
+            report.graph = None
     return report
+
+
+def _check_policy(graph: Graph, doc: Located) -> SpecError | None:
+    """The graph's own policy, judged as `moat policy apply` judges it (same function), so a
+    graph whose policy would fail every request is refused before anything runs."""
+    try:
+        validate_policy(doc.data, doc, previous=None, graphs=(graph,))
+    except PolicyError as exc:
+        return _spec_error(exc)
+    return None
+
+
+def _spec_error(exc: PolicyError) -> SpecError:
+    return SpecError(exc.reason, path=exc.path, line=exc.line, column=exc.column)
 
 
 def _validate_spec(located: Located) -> GraphSpec:
     data = located.data
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        kind = "empty" if data is None else _describe_kind(data)
         raise located.error(
             f"a graph file must be a mapping with `moat: 1`, `name:`, `nodes:` and `output:`; "
             f"this one is {kind}",
@@ -218,8 +268,20 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
             key=bool(at[:-1]),
             node_id=node_id,
         )
-    msg = str(err.get("msg", "invalid value"))
-    return located.error(f"{_dotted(at)}: {msg}", at, node_id=node_id)
+    return located.error(f"{_dotted(at)}: {config_problem(err)}", at, node_id=node_id)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, a NUL)
+        return False
+
+
+def _describe_kind(value: Any) -> str:
+    """`a list`, `true/false`, ... for the top of a file that is not a mapping."""
+    name = kind(value)
+    return name if isinstance(value, bool) else f"a {name}"
 
 
 def _data_path(
@@ -273,21 +335,19 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _load_policy(
     located: Located, spec: GraphSpec, base_dir: str | os.PathLike[str] | None
-) -> tuple[str | None, dict[str, Any], str | None]:
+) -> tuple[str | None, dict[str, Any], str | None, Located | None]:
     if spec.policy is None:
-        return None, {}, None
+        return None, {}, None, None
     policy_path = Path(base_dir or ".") / spec.policy
     shown = os.path.normpath(os.fspath(policy_path))
-    try:
-        raw = policy_path.read_bytes()
-    except OSError:
+    if not _is_file(shown):
         raise located.error(
             f"policy file {spec.policy!r} not found (looked for {shown}); the path is "
             "relative to the graph file",
             ("policy",),
-        ) from None
-    doc = load_yaml(raw, shown)
-    if not isinstance(doc.data, dict):
-        raise doc.error("a policy file must be a mapping of settings", ())
-    name = doc.data.get("name")
-    return (str(name) if name else policy_path.stem), doc.data, shown
+        )
+    try:
+        name, body, doc = load_policy_file(shown)
+    except PolicyError as exc:
+        raise _spec_error(exc) from None
+    return name, body, shown, doc

@@ -7,11 +7,12 @@ implements the small `RequestRuntime` protocol below; nodes never see the schedu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import structlog
+from engine.logs import get_logger
 
 __all__ = [
     "Completion",
@@ -205,7 +206,17 @@ class NodeContext:
         self.speculative = speculative
         self.store = store
         self._runtime = runtime
-        self.log = log if log is not None else structlog.get_logger("moat.node")
+        self.log = log if log is not None else get_logger("moat.node")
+
+    def resolve_path(self, path: str) -> str:
+        """A file path from `with:`, relative to the graph file's folder (not the working
+        directory), so a graph reads the same files wherever it is run from."""
+        path = os.path.expanduser(path)
+        # The runtime is the scheduler's request (it holds the graph); a test double may not.
+        base = getattr(getattr(self._runtime, "graph", None), "base_dir", None)
+        if base is None or os.path.isabs(path):
+            return path
+        return os.path.join(base, path)
 
     def model(self, name: str) -> ModelClient:
         """The logical model `name` (a key of the graph's `models:`), through the gateway."""

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
+import os
+import re
+import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from types import ModuleType
 
 from pydantic import BaseModel
 
 from engine.errors import PluginError
 from engine.plugin.node import Node
 
-__all__ = ["ENTRY_POINT_GROUP", "Registry"]
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "import_plugin"]
 
 ENTRY_POINT_GROUP = "moat.nodes"
 """The entry-point group node plugins register under (`sleep = "mypkg.nodes:Sleep"`)."""
 
 RESERVED_TYPES = frozenset({"loop"})
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class Registry:
@@ -85,14 +93,23 @@ class Registry:
                 raise PluginError(f"entry point {ep.name!r} ({ep.value}) is not a Node subclass")
             self.add(cls, origin=ep.value)
 
-    def load_module(self, module_name: str) -> list[str]:
+    def load_module(
+        self, module_name: str, base_dir: str | os.PathLike[str] | None = None
+    ) -> list[str]:
         """Import `module_name` and register every `Node` subclass with a `type_name` in it.
+
+        Args:
+            module_name: a dotted module name, as listed under `plugins:`.
+            base_dir: the graph file's folder; a module or package found there is used
+                first, before installed ones (see `import_plugin`).
 
         Returns:
             The type names the module registered.
         """
         try:
-            module = importlib.import_module(module_name)
+            module = import_plugin(module_name, base_dir)
+        except PluginError:
+            raise
         except Exception as exc:
             raise PluginError(
                 f"plugin module {module_name!r} could not be imported ({type(exc).__name__}: "
@@ -105,7 +122,7 @@ class Registry:
                 and obj is not Node
                 and isinstance(obj.__dict__.get("type_name"), str)
             ):
-                self.add(obj, origin=module_name)
+                self.add(obj, origin=_origin(module_name, module))
                 added.append(obj.type_name)
         return sorted(added)
 
@@ -134,6 +151,65 @@ class Registry:
 
 
 _DEFAULT: Registry | None = None
+
+
+def import_plugin(module_name: str, base_dir: str | os.PathLike[str] | None = None) -> ModuleType:
+    """Import a `plugins:` module, looking in the graph's folder first.
+
+    A module (or package) next to the graph is imported as a submodule of a package private
+    to that folder, so it needs no `PYTHONPATH`, `sys.path` stays as it was, and two graphs
+    in different folders may each have their own `nodes.py`. Its own imports of siblings
+    are relative (`from . import helpers`). Otherwise the module is imported normally.
+
+    Raises:
+        PluginError: `module_name` is not a dotted Python name.
+        Exception: whatever importing the module raised.
+    """
+    if not _MODULE.fullmatch(module_name):
+        raise PluginError(
+            f"plugin {module_name[:80]!r} is not a module name: write a dotted Python name "
+            "such as `mypkg.nodes` (a file `nodes.py` next to the graph is `nodes`)"
+        )
+    if base_dir is not None:
+        folder = os.path.realpath(base_dir)
+        top = module_name.partition(".")[0]
+        local = importlib.machinery.PathFinder.find_spec(top, [folder])
+        if local is not None and _location(local) != _location(_importable(top)):
+            return importlib.import_module(f"{_folder_package(folder)}.{module_name}")
+    # Not in the graph's folder, or the same files a plain import finds (an installed or
+    # editable package, the working directory): one module, as entry points see it too.
+    return importlib.import_module(module_name)
+
+
+def _importable(top: str) -> importlib.machinery.ModuleSpec | None:
+    """Where a plain import of the top-level module `top` would come from (not importing)."""
+    try:
+        return importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+
+
+def _location(spec: importlib.machinery.ModuleSpec | None) -> tuple[str, ...]:
+    if spec is None:
+        return ()
+    if spec.origin and os.path.exists(spec.origin):
+        return (os.path.realpath(spec.origin),)
+    return tuple(os.path.realpath(p) for p in spec.submodule_search_locations or ())
+
+
+def _folder_package(folder: str) -> str:
+    """The name of a package (created once) whose only search location is `folder`."""
+    name = "_moat_graph_" + hashlib.sha256(folder.encode()).hexdigest()[:16]
+    if name not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [folder]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    return name
+
+
+def _origin(module_name: str, module: ModuleType) -> str:
+    private = module.__name__ != module_name  # loaded from the graph's folder
+    return f"{module_name} ({module.__file__})" if private else module_name
 
 
 def _same_class(a: type[Node], b: type[Node]) -> bool:

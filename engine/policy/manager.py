@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
 from engine.errors import MoatError, PolicyError
 from engine.events import PolicyPin
+from engine.logs import get_logger
 from engine.policy.diff import KeyChange, changed_keys, diff_policies
 from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
 from engine.policy.validate import (
@@ -70,7 +70,7 @@ __all__ = [
     "validate_policy",
 ]
 
-_log = structlog.get_logger("moat.policy")
+_log = get_logger("moat.policy")
 
 _KEEP_OBSERVATIONS = 10_000
 """Per version; a guard window larger than this is judged on the latest ones."""
@@ -153,6 +153,11 @@ def apply_policy(
         policy_name, body, located = load_policy_file(source)
     if policy_name is None:
         raise PolicyError("the policy has no `name:`; add one or pass the name")
+    if db.is_rollback(reason):
+        raise PolicyError(
+            f"the activation reason {reason!r} starts like a rollback's "
+            f"({', '.join(db.ROLLBACK_PREFIXES)}); choose another"
+        )
     if name is not None and policy_name != name:
         raise PolicyError(
             f"the policy is named '{policy_name}' but '{name}' was expected; fix its `name:`",
@@ -289,8 +294,8 @@ class PolicyManager:
         return applied
 
     def rollback(self, to: int | None = None) -> PolicyPin:
-        """Reactivate the previous good version (or version `to`); the active one becomes
-        `superseded`.
+        """Undo the latest activation (or go to version `to`); the active one becomes
+        `superseded`. Repeated rollbacks walk back the activation history (README: Policies).
 
         Raises:
             PolicyError: nothing to roll back to, or `to` is unknown or already active.
@@ -382,7 +387,7 @@ class PolicyManager:
         old = self._state.pin
         reason = active.reason or ""
         new = _pin(active, self.name)
-        fresh = not reason.startswith(("rollback", "guard"))
+        fresh = not db.is_rollback(reason)
         self._state = _State(new, active.activation_id, active.parent_version, fresh)
         if old.version == active.version and old.body == active.body:
             return

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from engine.errors import PolicyError, SpecError
+from engine.errors import EvaluationError, PolicyError, SpecError
 from engine.expr.expression import Expr, Ref, Template
-from engine.graph.yaml import Located, load_yaml
+from engine.expr.wording import config_problem, kind, literal
+from engine.located_yaml import Located, load_yaml, read_file
 from engine.policy.guard import GuardSettings
 
 if TYPE_CHECKING:
@@ -94,15 +95,10 @@ def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
     """
     shown = os.fspath(path)
     try:
-        raw = Path(shown).read_bytes()
-    except FileNotFoundError:
-        raise PolicyError("policy file not found; check the path", path=shown) from None
-    except OSError as exc:
-        raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=shown) from exc
-    try:
-        located = load_yaml(raw, shown)
+        located = load_yaml(read_file(shown), shown)
     except SpecError as exc:
-        raise PolicyError(exc.reason, path=exc.path, line=exc.line, column=exc.column) from exc
+        reason = exc.reason.replace("file not found", "policy file not found")
+        raise PolicyError(reason, path=exc.path, line=exc.line, column=exc.column) from exc
     _check_mapping(located.data, located)
     _check_name(located.data, located)
     name = located.data.get("name")
@@ -128,7 +124,7 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail(
             located,
-            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {name!r}; "
+            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {literal(name)}; "
             "leave it out to use the file name",
             ("name",),
         )
@@ -149,7 +145,8 @@ def validate_policy(
     well formed; its keys and types are compatible with `previous` (nothing removed, no
     type changed except int <-> float, no new key unless `allow_new_keys`); every
     `policy.…` key the `graphs` read exists; every value a graph passes as exactly
-    `{{ policy.… }}` to a node config field fits that field (type and bounds).
+    `{{ policy.… }}` to a node config field fits that field (type and bounds); every
+    expression that reads nothing but the policy evaluates on it.
 
     Args:
         body: the candidate body.
@@ -173,6 +170,7 @@ def validate_policy(
         _check_refs(graph, body, located)
     for graph in graphs:
         _check_ranges(graph, body, located)
+        _check_evaluations(graph, body, located)
 
 
 def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSettings | None:
@@ -207,24 +205,15 @@ def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSetti
         dotted = ".".join(str(p) for p in ("guard", *loc))
         value = raw.get(loc[0]) if loc else raw
         raise _fail(
-            located, f"{dotted} = {value!r}: {err['msg']}; {_GUARD_RANGES}", ("guard", *loc)
+            located,
+            f"{dotted} = {literal(value)}: {config_problem({**err, 'type': 'missing'})}; "
+            f"{_GUARD_RANGES}",
+            ("guard", *loc),
         ) from None
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "list"
-    if isinstance(value, Mapping):
-        return "mapping"
-    return type(value).__name__
+    return kind(value)
 
 
 def _dotted(at: _Path) -> str:
@@ -259,8 +248,8 @@ def _compatible(
         if before is not None and value is not None and _kind(before) != _kind(value):
             raise _fail(
                 located,
-                f"'{_dotted(here)}' changed type from {_kind(before)} ({before!r} in {label}) "
-                f"to {_kind(value)} ({value!r}); graphs and nodes read it as a "
+                f"'{_dotted(here)}' changed type from {_kind(before)} ({literal(before)} in "
+                f"{label}) to {_kind(value)} ({literal(value)}); graphs and nodes read it as a "
                 f"{_kind(before)}, so keep the type or use a new key",
                 here,
             )
@@ -271,7 +260,7 @@ def _compatible(
             here = (*at, key)
             raise _fail(
                 located,
-                f"'{_dotted(here)}' was removed ({label} has it: {old[key]!r}); graphs and "
+                f"'{_dotted(here)}' was removed ({label} has it: {literal(old[key])}); graphs and "
                 "nodes may read it, so keep it (with the old value to keep behaviour)",
                 at,
                 key=bool(at),
@@ -333,6 +322,29 @@ def _check_refs(graph: Graph, body: Mapping[str, Any], located: Located) -> None
                 )
             cur = cur[part]
             walked.append(part)
+
+
+def _check_evaluations(graph: Graph, body: Mapping[str, Any], located: Located) -> None:
+    """An expression that reads only the policy has one value for every request: evaluate
+    it now, so a value it cannot use (a threshold 'many' compared with a number) is refused
+    here instead of failing each request."""
+    found = list(_expressions(graph.scope, graph))
+    found += [(f"output '{name}'", expr) for name, expr in graph.output.items()]
+    for where, expr in found:
+        if expr.names != {"policy"}:
+            continue
+        try:
+            expr.evaluate({"policy": body})
+        except EvaluationError as exc:
+            refs = [r for r in expr.refs if r.name == "policy"]
+            path = tuple(refs[0].path) if refs else ()
+            reads = ", ".join(".".join(["policy", *(str(p) for p in r.path)]) for r in refs)
+            raise _fail(
+                located,
+                f"graph '{graph.name}' ({where}) reads {reads}, and with these values "
+                f"{exc}; change the value",
+                path,
+            ) from None
 
 
 def _check_ranges(graph: Graph, body: Mapping[str, Any], located: Located) -> None:
@@ -402,10 +414,10 @@ def _check_value(
     try:
         _adapter(info).validate_python(value)
     except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
+        reason = config_problem({**exc.errors()[0], "type": "missing"})  # value shown already
         raise _fail(
             located,
-            f"policy.{'.'.join(path)} = {value!r} does not fit {target}: {reason}; "
+            f"policy.{'.'.join(path)} = {literal(value)} does not fit {target}: {reason}; "
             "change the value",
             path,
         ) from None

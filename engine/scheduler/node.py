@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
+from engine.expr.wording import config_problem
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
+from engine.logs import get_logger
 from engine.scheduler.frame import (
     Consumer,
     InputFailed,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeRunner", "Outcome"]
 
-_log = structlog.get_logger("moat.scheduler")
+_log = get_logger("moat.scheduler")
 
 
 class Outcome:
@@ -203,7 +204,7 @@ def _validation_summary(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "(config)"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {config_problem(err)}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from engine.errors import NodeError
 from engine.events import (
@@ -28,6 +27,7 @@ from engine.events import (
     Record,
     now,
 )
+from engine.logs import get_logger
 from engine.models import CallScope, Gateway, RequestBudget
 from engine.plugin.context import ModelClient, NodeContext, RequestInfo, SharedState
 
@@ -43,8 +43,8 @@ SCHEDULER = "scheduler"
 REQUEST_STAGE = "request"
 """The `stage` of request-level events."""
 
-_log = structlog.get_logger("moat.scheduler")
-_node_log = structlog.get_logger("moat.node")
+_log = get_logger("moat.scheduler")
+_node_log = get_logger("moat.node")
 
 _CALL_OUTCOMES = {
     NodeOutcome.USED: CallOutcome.USED,

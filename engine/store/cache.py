@@ -31,14 +31,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from engine.errors import StoreError
+from engine.logs import get_logger
 from engine.store.schema import connect
 
 __all__ = ["StoreCachePersistence"]
 
-_log = structlog.get_logger("moat.store")
+_log = get_logger("moat.store")
 
 _UPSERT = (
     "INSERT OR REPLACE INTO cache_entries (namespace, tenant, key, embedding, value_json, "

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from engine.store.store import Store
 
 __all__ = [
+    "ROLLBACK_PREFIXES",
     "Active",
     "Outcome",
     "baseline_samples",
+    "is_rollback",
     "poll_active",
     "publish",
     "register",
@@ -38,6 +40,10 @@ __all__ = [
 
 Outcome = str
 """`created`, `reactivated` or `unchanged`."""
+
+ROLLBACK_PREFIXES = ("rollback", "guard")
+"""How the activation reasons of rollbacks start (`rollback from v3`, `guard: ...`); an
+`apply` may not use them, so the activation log tells rollbacks apart."""
 
 _ACTIVE_SQL = (
     "SELECT a.id, a.version, a.reason, s.status, s.parent_version, s.content_hash, "
@@ -253,16 +259,42 @@ def publish(
         return _activate(conn, name, version, reason, previous, run_id), "created", previous
 
 
-def _previous_good(conn: sqlite3.Connection, name: str, exclude: int) -> int | None:
+def is_rollback(reason: str | None) -> bool:
+    """Whether an activation's reason marks a rollback (manual or by the guard)."""
+    return (reason or "").startswith(ROLLBACK_PREFIXES)
+
+
+def _undo_stack(conn: sqlite3.Connection, name: str) -> list[int]:
+    """The activation log replayed as an undo stack, the active version on top.
+
+    Every activation that is not a rollback pushes its version. A rollback removes the
+    version it left, then goes down the stack to its target when the target is on it
+    (so every version it passed counts as rolled back from), else pushes the target
+    (`--to` a version no longer on the stack).
+    """
+    stack: list[int] = []
     rows = conn.execute(
-        "SELECT a.version, s.status FROM policy_activations a JOIN policy_snapshots s "
-        "ON s.name = a.name AND s.version = a.version WHERE a.name = ? ORDER BY a.id DESC",
-        (name,),
+        "SELECT version, reason FROM policy_activations WHERE name = ? ORDER BY id", (name,)
     )
-    for version, status in rows:
-        if version != exclude and status != "bad":
-            return int(version)
-    return None
+    for version, reason in rows:
+        if is_rollback(reason) and stack:
+            stack.pop()
+            if version in stack:
+                del stack[len(stack) - stack[::-1].index(version) :]
+                continue
+        stack.append(int(version))
+    return stack
+
+
+def _previous_good(conn: sqlite3.Connection, name: str, current: int) -> int | None:
+    """What a rollback without `--to` reactivates: the version below the active one on the
+    undo stack, skipping versions marked bad."""
+    stack = _undo_stack(conn, name)
+    if stack and stack[-1] == current:
+        stack.pop()
+    while stack and (stack[-1] == current or _status(conn, name, stack[-1]) == "bad"):
+        stack.pop()
+    return stack[-1] if stack else None
 
 
 def roll_back(
@@ -276,7 +308,8 @@ def roll_back(
     run_id: str,
     payload: Mapping[str, Any] | None = None,
 ) -> tuple[Active, Active] | None:
-    """Reactivate `to` (default: the latest good version before the active one).
+    """Reactivate `to` (default: the version activated before the active one that was not
+    rolled back from, nor marked bad: see `_undo_stack`).
 
     Args:
         store: the store.
@@ -328,7 +361,7 @@ def _check_target(conn: sqlite3.Connection, name: str, current: Active, target: 
     known = _store_policy.versions(conn, name)
     if target is None:
         raise PolicyError(
-            f"policy '{name}': no earlier good version to roll back to (active: "
+            f"policy '{name}': no earlier version to roll back to (active: "
             f"v{current.version}; stored: {', '.join(f'v{v}' for v in known)}); "
             "apply a fixed file instead"
         )

@@ -11,13 +11,16 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import SpecError
 
-__all__ = ["Located", "Position", "load_yaml", "node_of"]
+__all__ = ["MAX_BYTES", "Located", "Position", "load_yaml", "node_of", "read_file"]
 
 Path = tuple[str | int, ...]
 
 _MAX_NODES = 200_000
 """Bound on values built from one document (alias bombs expand to millions)."""
 _MAX_DEPTH = 200
+MAX_BYTES = 1 << 20
+"""Largest graph or policy file read (1 MiB: real ones are a few KB; data such as corpora
+and principles live in files the nodes read). Parsing is bounded by it too."""
 
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -78,8 +81,40 @@ def node_of(at: Path) -> str | None:
     return node
 
 
+def read_file(path: str) -> bytes:
+    """The bytes of a graph or policy file, reading at most `MAX_BYTES` (so a device such as
+    /dev/zero or a huge file cannot exhaust memory).
+
+    Raises:
+        SpecError: missing, unreadable, or too large; `path` is the file as named.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError("file not found; check the path", path=path) from None
+    except IsADirectoryError:
+        raise SpecError("this is a folder, not a file; name the YAML file", path=path) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
+    except ValueError:  # a NUL in the name
+        raise SpecError("not a usable file name", path=repr(path)) from None
+    if len(data) > MAX_BYTES:
+        raise SpecError(_too_large(), path=path)
+    return data
+
+
+def _too_large() -> str:
+    return (
+        f"the file is larger than {MAX_BYTES >> 20} MiB, the limit for graph and policy "
+        "files; move bulk data (corpora, principles, examples) into files the nodes read"
+    )
+
+
 def load_yaml(text: str | bytes, path: str) -> Located:
     """Parse one YAML document, keeping positions; every failure is a located `SpecError`."""
+    if len(text) > MAX_BYTES * (1 if isinstance(text, bytes) else 4):
+        raise SpecError(_too_large(), path=path)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

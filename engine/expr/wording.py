@@ -1,0 +1,131 @@
+"""How messages name values and their kinds: in the graph language's words, never Python's.
+
+A graph author writes `none`, `true`/`false`, strings, numbers, lists and mappings; a message
+that says `NoneType`, `True` or `dict` speaks a language they never wrote. Every user-facing
+message that shows a value or its kind goes through `kind`, `literal` or `describe`;
+`translate` rewrites the Python type names inside an exception's own text, and
+`config_problem` words one pydantic error of a node's `with:` with the value it got.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["config_problem", "describe", "kind", "literal", "translate"]
+
+_KINDS = {
+    "NoneType": "none",
+    "bool": "true/false",
+    "int": "number",
+    "float": "number",
+    "str": "string",
+    "list": "list",
+    "tuple": "list",
+    "dict": "mapping",
+    "SimpleNamespace": "mapping",
+}
+_QUOTED = re.compile("(['\"])(" + "|".join(_KINDS) + ")\\1")
+_CONCAT = re.compile(r'can only concatenate (\w+) \(not "(\w+)"\) to (\w+)')
+_ROUND = re.compile(r"type (\w+) doesn't define __round__ method")
+_BARE = re.compile(r"\b(not|of type|instances of) (NoneType|bool|int|float|str|list|tuple|dict)\b")
+_PYDANTIC = (
+    ("a valid dictionary", "a mapping"),
+    ("a valid integer", "a whole number"),
+    ("a valid boolean", "true or false"),
+    ("a valid string", "a string"),
+    ("a valid number", "a number"),
+    ("a valid list", "a list"),
+    ("a valid array", "a list"),
+)
+_PHRASES = (
+    ("'in <string>' requires string as left operand", "'in' a string needs a string"),
+    (
+        "slice indices must be integers or None or have an __index__ method",
+        "slice bounds must be whole numbers or none",
+    ),
+)
+_NO_INPUT = frozenset({"missing", "extra_forbidden"})
+
+
+def kind(value: Any) -> str:
+    """The graph language's name for a value's kind: none, true/false, number, string, list,
+    mapping (anything else keeps its class name)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return _KINDS.get(type(value).__name__, type(value).__name__)
+
+
+def literal(value: Any, limit: int = 60) -> str:
+    """`value` written as in a graph: none, true, 'text', [1, 2], {k: v}; cut at `limit`."""
+    text = _literal(value, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _literal(value: Any, depth: int) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if depth > 3:
+        return "..."
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(v, depth + 1) for v in list(value)[:20]) + "]"
+    if isinstance(value, slice):
+        parts = [_literal(p, depth + 1) if p is not None else "" for p in (value.start, value.stop)]
+        return ":".join(parts) + (f":{_literal(value.step, depth + 1)}" if value.step else "")
+    if isinstance(value, Mapping):
+        items = list(value.items())[:20]
+        return "{" + ", ".join(f"{k}: {_literal(v, depth + 1)}" for k, v in items) + "}"
+    return repr(value)
+
+
+def describe(value: Any) -> str:
+    """A value for messages with its kind: `none`, `true`, `a string ('abc')`, `a number (3)`."""
+    if value is None or isinstance(value, bool):
+        return literal(value)
+    name = kind(value)
+    article = "an" if name[:1] in "aeiou" else "a"
+    return f"{article} {name} ({literal(value, 40)})"
+
+
+def translate(text: str) -> str:
+    """An exception's text with Python's type names replaced by the graph language's."""
+    text = _CONCAT.sub(
+        lambda m: (
+            f"cannot add a {_KINDS.get(m.group(2), m.group(2))} to a "
+            f"{_KINDS.get(m.group(1), m.group(1))}"
+        ),
+        text,
+    )
+    text = _ROUND.sub(lambda m: f"round() needs a number, not a {_KINDS.get(m[1], m[1])}", text)
+    for python, ours in _PHRASES:
+        text = text.replace(python, ours)
+    text = _QUOTED.sub(lambda m: _KINDS[m.group(2)], text)
+    text = _BARE.sub(lambda m: f"{m.group(1)} {_KINDS[m.group(2)]}", text)
+    return text.replace("NoneType", "none")
+
+
+def config_problem(err: Mapping[str, Any]) -> str:
+    """One pydantic error of a `with:` value, worded for a graph author, with what it got."""
+    message = str(err.get("msg", "invalid value"))
+    for python, ours in _PYDANTIC:
+        message = message.replace(python, ours)
+    message = translate(message)
+    if err.get("type") in _NO_INPUT or "input" not in err:
+        return message
+    value = err["input"]
+    if isinstance(value, Mapping) and not err.get("loc"):
+        return message  # a whole-config rule: the value is the config itself
+    return f"{message}, got {describe(value)}"

@@ -1,0 +1,207 @@
+"""Every `moat policy` command takes NAME and NAME@VERSION alike and refuses hostile ones
+with a clear message (exit 2, never an internal error); rollbacks walk back the history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import PolicyError
+from engine.cli import main
+from engine.policy.manager import apply_policy
+from engine.store.policy_ops import roll_back
+from engine.store.store import Store
+
+POLICY = "name: triage\nrouter:\n  threshold: {t}\n"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def moat(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(["policy", *args])
+    except SystemExit as exc:  # argparse refuses a malformed option value
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def applied(tmp_path: Path, capsys: pytest.CaptureFixture[str], versions: int) -> str:
+    """A store where versions 1..`versions` of 'triage' were applied in order."""
+    db = str(tmp_path / "moat.db")
+    for i in range(1, versions + 1):
+        file = tmp_path / f"v{i}.yaml"
+        file.write_text(POLICY.format(t=i / 10))
+        assert moat(capsys, "apply", str(file), "--db", db)[0] == 0
+    return db
+
+
+def active(db: str) -> int:
+    with Store.open(db, readonly=True) as store:
+        return int(store.active_policy("triage")["version"])
+
+
+def test_name_at_version_works_in_show_rollback_and_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = applied(tmp_path, capsys, 2)
+    code, out, _ = moat(capsys, "show", "triage@1", "--db", db)
+    assert code == 0 and out.startswith("# policy triage version 1 (superseded)")
+    assert "threshold: 0.1" in out
+    code, out, err = moat(capsys, "show", "triage@1", "--version", "2", "--db", db)
+    assert code == 2 and "two versions" in err
+    code, out, _ = moat(capsys, "history", "triage@2", "--db", db)
+    assert code == 0 and [line.split()[3] for line in out.splitlines()[1:]] == ["2"]
+    code, out, _ = moat(capsys, "rollback", "triage@1", "--db", db)
+    assert (code, out) == (0, "policy 'triage': version 1 active again (version 2 rolled back)\n")
+
+
+def test_repeated_rollbacks_walk_back_the_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = applied(tmp_path, capsys, 4)
+    walked = []
+    for _ in range(3):
+        code, _, err = moat(capsys, "rollback", "--db", db)
+        assert code == 0, err
+        walked.append(active(db))
+    assert walked == [3, 2, 1]
+    code, _, err = moat(capsys, "rollback", "--db", db)
+    assert code == 2 and "no earlier version to roll back to" in err
+    assert active(db) == 1
+
+
+def test_a_rollback_undoes_the_latest_activation_not_yet_undone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = applied(tmp_path, capsys, 3)
+    # --to jumps down the stack: 3 and 2 are both rolled back from.
+    assert moat(capsys, "rollback", "--to", "1", "--db", db)[0] == 0
+    code, _, err = moat(capsys, "rollback", "--db", db)
+    assert code == 2 and "no earlier version" in err
+    # Re-applying version 2's content puts it back on top; a rollback leaves it again.
+    assert moat(capsys, "apply", str(tmp_path / "v2.yaml"), "--db", db)[0] == 0
+    assert moat(capsys, "apply", str(tmp_path / "v3.yaml"), "--db", db)[0] == 0
+    assert [moat(capsys, "rollback", "--db", db)[0] for _ in range(2)] == [0, 0]
+    assert active(db) == 1
+
+
+HOSTILE = st.one_of(
+    st.text(max_size=400),
+    st.text(alphabet="a", min_size=250, max_size=400),
+    st.sampled_from(
+        [
+            "",
+            "@",
+            "triage@",
+            "@1",
+            "triage@abc",
+            "triage@-1",
+            "triage@0",
+            "triage@1.5",
+            "triage@99999999999999999999999",
+            "triage@²",
+            "triage@\u0661",
+            "tri@ge@1",
+            "é",
+            "../x",
+            "triage@1@2",
+            "x.yaml",
+            "-",
+            "triage\n@1",
+        ]
+    ),
+).filter(lambda s: "\x00" not in s and not s.startswith("-"))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=HOSTILE)
+def test_hostile_names_are_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    db = str(tmp_path / "moat.db")
+    if not Path(db).exists():
+        applied(tmp_path, capsys, 1)
+    commands = [
+        ("show", name),
+        ("history", name),
+        ("rollback", name),
+        ("diff", name, "triage"),
+        ("diff", "triage", name),
+        ("apply", name),
+        ("show", "triage", "--version", name),
+        ("rollback", "triage", "--to", name),
+    ]
+    for args in commands:
+        code, _, err = moat(capsys, *args, "--db", db)
+        assert code in (0, 2), (args, err)
+        assert "internal error" not in err and "Traceback" not in err, (args, err)
+        if code == 2:
+            assert err.strip(), args
+    assert active(db) in (1,)
+
+
+def test_hostile_stores_are_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "junk.db").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "dir.db").mkdir()
+    for db in ("a" * 300, str(tmp_path / "junk.db"), str(tmp_path / "dir.db")):
+        for args in (("list",), ("show",), ("rollback",), ("history",), ("diff", "a", "b")):
+            code, _, err = moat(capsys, *args, "--db", db)
+            assert code == 2 and "internal error" not in err, (args, db, err)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.one_of(st.integers(1, 3), st.just("rollback")), min_size=1, max_size=8))
+def test_rollbacks_pop_an_undo_stack_of_applies(tmp_path_factory: Any, steps: list[Any]) -> None:
+    # Reference model: applying content k pushes it (unless it is already active); a
+    # rollback pops the active version and reactivates the one below, or is refused.
+    db = tmp_path_factory.mktemp("db") / "moat.db"
+    version_of: dict[int, int] = {}
+    stack: list[int] = []
+    with Store.open(db) as store:
+        for step in steps:
+            if step == "rollback":
+                if len(stack) < 2:
+                    with pytest.raises(PolicyError, match=r"no earlier version|no active policy"):
+                        roll_back(
+                            store,
+                            "triage",
+                            to=None,
+                            expect_version=None,
+                            mark="superseded",
+                            reason=None,
+                            run_id="",
+                        )
+                    continue
+                roll_back(
+                    store,
+                    "triage",
+                    to=None,
+                    expect_version=None,
+                    mark="superseded",
+                    reason=None,
+                    run_id="",
+                )
+                stack.pop()
+            else:
+                applied = apply_policy(store, {"name": "triage", "router": {"threshold": step}})
+                version_of.setdefault(step, applied.pin.version)
+                if not stack or stack[-1] != step:
+                    stack.append(step)
+            assert store.active_policy("triage")["version"] == version_of[stack[-1]]

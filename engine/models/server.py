@@ -11,7 +11,11 @@ small; `*large*`, `gpt-4o`, `gpt-4.1`, `gpt-5`, `*opus*`, `*70b*`, `*405b*` -> l
 anything else -> medium). `response_format` `json_object` and `json_schema` are honoured;
 `seed` seeds the answer; an extra body field `_labels` carries hidden labels and the
 header `X-Moat-Task` (sent by moat's `openai` provider; or `X-Sim-Task`, or a body field
-`_task`) the task, so answers match the embedded provider's.
+`_task`) the task. moat's `openai` provider also sends `X-Moat-Call` (see
+`engine.models._sim_call`): the request, node, cycle, attempt, seed and labels of the call
+and where the request's own text is in the messages, so the answer is byte-identical to
+the embedded provider's and a graph decides the same on either path. Without it, the
+request's text is the last user message.
 
 Every answer is labelled simulated: `"system_fingerprint": "moat-sim"` and the header
 `X-Moat-Simulated: true`.
@@ -48,6 +52,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from engine.context import RequestInfo
+from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.spec import ModelSpec
@@ -351,37 +356,52 @@ class SimServer:
             {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
             for m in body["messages"]
         ]
-        users = [m["content"] for m in messages if m["role"] == "user"]
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
         fmt = body.get("response_format") or {}
         schema = None
         if fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-        labels = body.get("_labels")
-        seed = int(body.get("seed") or 0)
+        context = _context(body, headers, digest)
         info = RequestInfo(
-            id=str(body.get("user") or f"http-{digest}"),
+            id=context.request_id,
             run_id="sim-server",
             seq=0,
             tenant="sim-server",
-            input={"prompt": users[-1] if users else ""},
-            labels=labels if isinstance(labels, Mapping) else {},
-            seed=seed,
+            # the provider finds this text in the messages again: the same request text
+            input={"prompt": request_text(messages, context.span)},
+            labels=context.labels,
+            seed=context.seed,
         )
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         return ProviderRequest(
             model=model,
             messages=messages,
             request=info,
-            node_id="http",
-            cycle=0,
-            attempt=0,
+            node_id=context.node_id,
+            cycle=context.cycle,
+            attempt=context.attempt,
             schema=schema,
             json_mode=fmt.get("type") == "json_object",
             task=headers.get("x-moat-task") or headers.get("x-sim-task") or body.get("_task"),
             max_tokens=int(max_tokens) if max_tokens else None,
             temperature=body.get("temperature"),
         )
+
+
+def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -> CallContext:
+    """The call's context: sent by moat's `openai` provider, else guessed from the body."""
+    sent = headers.get(CALL_HEADER.lower())
+    if sent:
+        return parse_call_header(sent)
+    labels = body.get("_labels")
+    return CallContext(
+        request_id=str(body.get("user") or f"http-{digest}"),
+        seed=int(body.get("seed") or 0),
+        node_id="http",
+        cycle=0,
+        attempt=0,
+        labels=labels if isinstance(labels, Mapping) else {},
+    )
 
 
 def _content_text(content: Any) -> str:

@@ -37,7 +37,9 @@ counts it in `SimServer.dropped_connections` (and sets `SimServer.connection_dro
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -52,12 +54,13 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from engine.context import RequestInfo
+from engine.errors import SpecError
 from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.spec import ModelSpec
 
-__all__ = ["SimServer", "profile_for_model", "run_server", "serve"]
+__all__ = ["SimServer", "port_number", "profile_for_model", "run_server", "serve"]
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
@@ -235,12 +238,33 @@ class SimServer:
         *,
         task_status: anyio.abc.TaskStatus[SimServer] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on `host:port` until cancelled; reports `self` through `task_status`."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        """Listen on `host:port` until cancelled; reports `self` through `task_status`.
+
+        Raises:
+            SpecError: the address cannot be listened on (see `listen`).
+        """
+        listener = await self.listen(host, port)
+        task_status.started(self)
+        await self.serve_on(listener)
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+        """Bind `host:port` (port 0: any free port) and note the bound address.
+
+        Raises:
+            SpecError: the port is in use, needs privileges, or the host is not local;
+                the message says how to pick another.
+        """
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:
+            raise SpecError(_listen_failure(host, port, exc)) from None
+        self.host = host
+        self.port = int(listener.extra(SocketAttribute.local_port))
+        return listener
+
+    async def serve_on(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        """Answer the connections of a listener from `listen` until cancelled; closes it."""
         async with listener:
-            self.host = host
-            self.port = int(listener.extra(SocketAttribute.local_port))
-            task_status.started(self)
             await listener.serve(self._handle)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
@@ -454,17 +478,60 @@ async def serve(
     await server.serve(host, port, task_status=task_status)
 
 
+def port_number(text: str) -> int:
+    """`--port` as a TCP port: 0 (any free port) to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer in range; the message says what is.
+    """
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: use 1-65535, or 0 for any free port"
+        )
+    return port
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another sim-server?). Stop what "
+            "holds it, or pick another port: --port N, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges). "
+            "Use a port above 1023, or --port 0 for any free port"
+        )
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason}. Check --host (a local address such as 127.0.0.1)"
+
+
 def run_server(port: int, host: str = "127.0.0.1") -> None:
-    """Blocking entry point of `moat sim-server`: serve until Ctrl-C."""
+    """Blocking entry point of `moat sim-server`: serve until Ctrl-C.
+
+    Prints the address it serves at (with the port chosen when `port` is 0) on stdout,
+    so scripts can read it.
+
+    Raises:
+        SpecError: the address cannot be listened on (the port is in use, ...).
+    """
 
     async def _main() -> None:
-        async with anyio.create_task_group() as tg:
-            server: SimServer = await tg.start(serve, host, port)
-            print(
-                f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
-                f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
-                file=sys.stderr,
-            )
+        server = SimServer()
+        listener = await server.listen(host, port)
+        print(server.base_url, flush=True)
+        print(
+            f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
+            f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        await server.serve_on(listener)
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(_main)

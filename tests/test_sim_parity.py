@@ -44,15 +44,23 @@ def _items(graph: str, n: int) -> list[BatchItem]:
 async def _answer(
     graph: Path, items: list[BatchItem], models: Mapping[str, str] | None = None
 ) -> dict[int, Any]:
-    """Per request seq: its status, output and node runs, from the in-memory records."""
+    """Per request seq: its status, output, cost and node runs, from the in-memory records."""
     sink = MemorySink()
     async with Pipeline(graph, db=None, sink=sink, models=models) as pipe:
         await pipe.run_batch(items, run_id=RUN_ID, total=len(items), concurrency=1)
     runs: dict[str, list[tuple[str, int, str, str]]] = {}
     for run in sink.node_runs():
         runs.setdefault(run.request_id, []).append((run.node, run.cycle, run.status, run.outcome))
+    # a cancelled call is billed from the gateway's estimate of its prompt, which for a
+    # remote endpoint has a safety margin: costs are compared where no call was cancelled
+    cancelled = {c.request_id for c in sink.llm_calls() if c.status == "cancelled"}
     return {
-        r.seq: (r.status, r.output, sorted(runs.get(r.id, [])))
+        r.seq: (
+            r.status,
+            r.output,
+            None if r.id in cancelled else round(r.cost_usd, 9),
+            sorted(runs.get(r.id, [])),
+        )
         for r in sink.items
         if type(r).__name__ == "RequestRecord"
     }
@@ -115,6 +123,6 @@ async def test_a_review_of_a_plain_question_is_not_read_as_its_principles(
 ) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0.004)
     items = [BatchItem(0, {"prompt": "What is a Roth IRA?"})]
-    (status, output, _runs) = (await _answer(graph, items, _rebound(graph)))[0]
+    (status, output, _cost, _runs) = (await _answer(graph, items, _rebound(graph)))[0]
     assert status == "ok"
     assert output["decision"] == "accept"

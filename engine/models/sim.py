@@ -70,7 +70,14 @@ from engine.models._sim_tasks import SimCall, answer_task, is_text_task
 from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
 from engine.spec import ModelSpec, Price
 
-__all__ = ["SIM_PROFILES", "SimProfile", "SimProvider", "break_json", "sim_profile"]
+__all__ = [
+    "SIM_PROFILES",
+    "SIM_SERVER_PRICES",
+    "SimProfile",
+    "SimProvider",
+    "break_json",
+    "sim_profile",
+]
 
 TIMEOUT_HANG_S = 30.0
 """How long (simulated seconds) a `timeout` fault hangs before failing by itself."""
@@ -108,6 +115,8 @@ SIM_PROFILES: Mapping[str, SimProfile] = {
     "large": SimProfile("large", 400.0, 20.0, Price(input=5.0, output=15.0), 0.92, 0.01, 120),
 }
 """The built-in profiles, by name."""
+SIM_SERVER_PRICES: Mapping[str, Price] = {p.provider_model: p.price for p in SIM_PROFILES.values()}
+"""The prices of the models `moat sim-server` serves (`sim-small`, ...), by model name."""
 
 
 def sim_profile(spec: ModelSpec) -> SimProfile:

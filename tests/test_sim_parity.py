@@ -5,12 +5,15 @@ and seeds): once on the embedded `sim` models, once with every model rebound to
 `openai:sim-PROFILE` (as `--model NAME=openai:sim-PROFILE` does) against a sim-server on a
 free loopback port, reached through `OPENAI_BASE_URL`. Requests run one at a time so that
 what the graphs learn online (cache entries, routes, acceptance rates) grows in the same
-order on both paths.
+order on both paths. Every request must reach the same status and output; its node runs
+and cost must match too, unless a branch was cancelled on either path (who wins a
+speculative race is up to the wall clock, which loopback HTTP shifts by milliseconds).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from _fast_graphs import GRAPHS, fast_copy
 
 from bench.workload import generate
 from engine import BatchItem, MemorySink, Pipeline, load_graph
+from engine.events import RequestRecord
 from engine.models.server import SimServer, serve
 from engine.requests import read_jsonl
 
@@ -41,28 +45,36 @@ def _items(graph: str, n: int) -> list[BatchItem]:
     return items[:n]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one request did, as the in-memory records tell it."""
+
+    decided: tuple[str, Any]
+    """Its status and output: the same on both paths, always."""
+    spent: tuple[float, list[tuple[str, int, str, str]]]
+    """Its cost and node runs (node, cycle, status, outcome)."""
+    raced: bool
+    """Something was cancelled: a race between branches was decided by the wall clock."""
+
+
 async def _answer(
     graph: Path, items: list[BatchItem], models: Mapping[str, str] | None = None
-) -> dict[int, Any]:
-    """Per request seq: its status, output, cost and node runs, from the in-memory records."""
+) -> dict[int, Answer]:
+    """Per request seq: what it decided and what it spent, from the in-memory records."""
     sink = MemorySink()
     async with Pipeline(graph, db=None, sink=sink, models=models) as pipe:
         await pipe.run_batch(items, run_id=RUN_ID, total=len(items), concurrency=1)
     runs: dict[str, list[tuple[str, int, str, str]]] = {}
     for run in sink.node_runs():
         runs.setdefault(run.request_id, []).append((run.node, run.cycle, run.status, run.outcome))
-    # a cancelled call is billed from the gateway's estimate of its prompt, which for a
-    # remote endpoint has a safety margin: costs are compared where no call was cancelled
-    cancelled = {c.request_id for c in sink.llm_calls() if c.status == "cancelled"}
+    raced = {c.request_id for c in sink.llm_calls() if c.status == "cancelled"}
+    raced |= {r.request_id for r in sink.node_runs() if "cancelled" in (r.status, r.outcome)}
     return {
-        r.seq: (
-            r.status,
-            r.output,
-            None if r.id in cancelled else round(r.cost_usd, 9),
-            sorted(runs.get(r.id, [])),
+        r.seq: Answer(
+            (r.status, r.output), (round(r.cost_usd, 9), sorted(runs.get(r.id, []))), r.id in raced
         )
         for r in sink.items
-        if type(r).__name__ == "RequestRecord"
+        if isinstance(r, RequestRecord)
     }
 
 
@@ -83,11 +95,16 @@ def _rebound(graph: Path) -> dict[str, str]:
     return {name: f"openai:sim-{spec.profile}" for name, spec in load_graph(graph).models.items()}
 
 
-def _differences(local: dict[int, Any], remote: dict[int, Any]) -> Iterator[str]:
+def _differences(local: dict[int, Answer], remote: dict[int, Answer]) -> Iterator[str]:
+    """Requests that decided differently, or (where neither path cancelled anything: speculative
+    races are decided by the wall clock, which loopback HTTP shifts by milliseconds) that ran
+    other nodes or cost something else."""
     assert local.keys() == remote.keys()
     for seq in sorted(local):
-        if local[seq] != remote[seq]:
-            yield f"request {seq}:\n  sim:        {local[seq]}\n  sim-server: {remote[seq]}"
+        a, b = local[seq], remote[seq]
+        raced = a.raced or b.raced
+        if a.decided != b.decided or (not raced and a.spent != b.spent):
+            yield f"request {seq}:\n  sim:        {a}\n  sim-server: {b}"
 
 
 async def _check_parity(graph_name: str, n: int, tmp_path: Path, server: SimServer) -> None:
@@ -99,6 +116,8 @@ async def _check_parity(graph_name: str, n: int, tmp_path: Path, server: SimServ
     remote = await _answer(graph, items, _rebound(graph))
     assert server.requests > 0
     assert len(local) == n
+    whole = [seq for seq in local if not (local[seq].raced or remote[seq].raced)]
+    assert len(whole) >= n // 2, "most requests are compared node run by node run"
     differences = list(_differences(local, remote))
     assert not differences, f"{len(differences)} of {n} differ:\n" + "\n".join(differences[:5])
 
@@ -123,6 +142,6 @@ async def test_a_review_of_a_plain_question_is_not_read_as_its_principles(
 ) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0.004)
     items = [BatchItem(0, {"prompt": "What is a Roth IRA?"})]
-    (status, output, _cost, _runs) = (await _answer(graph, items, _rebound(graph)))[0]
+    status, output = (await _answer(graph, items, _rebound(graph)))[0].decided
     assert status == "ok"
     assert output["decision"] == "accept"

@@ -148,7 +148,7 @@ class _Connection:
             headers[key.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise _BadRequest("chunked request bodies are not supported; send Content-Length")
-        length = int(headers.get("content-length", "0") or 0)
+        length = _content_length(headers.get("content-length", ""))
         if length > _MAX_BODY:
             raise _BadRequest("request body too large")
         self.buffer = bytearray(rest)
@@ -276,7 +276,7 @@ class SimServer:
                     if request is None:
                         return
                     self.requests += 1
-                    response = await self._watched(conn, functools.partial(self._route, request))
+                    response = await self._watched(conn, functools.partial(self._answer, request))
                     if response is None:
                         return
                     await conn.send(response, keep_alive=request.keep_alive)
@@ -314,6 +314,14 @@ class SimServer:
             return None
         return result
 
+    async def _answer(self, request: _Request) -> _Response:
+        """The response to one request; a failure answers 500, it never stops the server."""
+        try:
+            return await self._route(request)
+        except Exception as exc:  # one bad request must not take every client down
+            message = f"sim-server failed to answer: {type(exc).__name__}: {exc}"
+            return _error(500, message, "server_error")
+
     async def _route(self, request: _Request) -> _Response:
         path = request.path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
@@ -345,7 +353,10 @@ class SimServer:
         self.request_started.set()
         fault = self._fault(request.headers)
         if fault == "rate_limit":
-            after = float(request.headers.get("x-sim-retry-after", "1"))
+            try:
+                after = max(0.0, float(request.headers.get("x-sim-retry-after", "1")))
+            except ValueError:
+                return _error(400, "X-Sim-Retry-After: give seconds", "invalid_request_error")
             return _error(
                 429,
                 "simulated rate limit",
@@ -358,10 +369,14 @@ class SimServer:
             await anyio.sleep(self.slow_s)
         try:
             body = json.loads(request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
             call = self._call(body, request.headers)
-        except (ValueError, TypeError, KeyError) as exc:
-            return _error(400, f"bad chat completion request: {exc}", "invalid_request_error")
-        answer = await self._provider(call.model, int(body.get("seed") or 0)).complete(call)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            return _error(400, f"bad chat completion request: {reason}", "invalid_request_error")
+        seed: int = body["seed"] if _is_int(body.get("seed")) else 0
+        answer = await self._provider(call.model, seed).complete(call)
         if fault == "malformed":
             return _Response(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ', {})
         return _json_response(200, _completion_body(call, answer))
@@ -375,16 +390,17 @@ class SimServer:
         return self._providers[key]
 
     def _call(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> ProviderRequest:
-        model = str(body["model"])
-        messages = [
-            {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
-            for m in body["messages"]
-        ]
+        """The provider call a chat completion body asks for.
+
+        Raises:
+            ValueError: a field is missing or of the wrong shape; the message names it.
+        """
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValueError("`model` must name a model, e.g. sim-small")
+        messages = _messages(body.get("messages"))
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-        fmt = body.get("response_format") or {}
-        schema = None
-        if fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        schema, json_mode = _response_format(body.get("response_format"))
         context = _context(body, headers, digest)
         info = RequestInfo(
             id=context.request_id,
@@ -396,7 +412,12 @@ class SimServer:
             labels=context.labels,
             seed=context.seed,
         )
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        temperature = body.get("temperature")
+        if max_tokens is not None and not (_is_int(max_tokens) and max_tokens > 0):
+            raise ValueError("`max_tokens` must be a positive integer")
+        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
+            raise ValueError("`temperature` must be a number from 0 to 2")
         return ProviderRequest(
             model=model,
             messages=messages,
@@ -405,11 +426,44 @@ class SimServer:
             cycle=context.cycle,
             attempt=context.attempt,
             schema=schema,
-            json_mode=fmt.get("type") == "json_object",
+            json_mode=json_mode,
             task=headers.get("x-moat-task") or headers.get("x-sim-task") or body.get("_task"),
-            max_tokens=int(max_tokens) if max_tokens else None,
-            temperature=body.get("temperature"),
+            max_tokens=max_tokens,
+            temperature=temperature,
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _messages(raw: object) -> list[dict[str, str]]:
+    """The chat as `{role, content}` texts (content parts: their text)."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, Mapping) for m in raw):
+        raise ValueError("`messages` must be a non-empty list of {role, content} objects")
+    return [
+        {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
+        for m in raw
+    ]
+
+
+def _response_format(raw: object) -> tuple[Mapping[str, Any] | None, bool]:
+    """(the JSON Schema asked for, whether any JSON object is asked for)."""
+    if raw is None:
+        return None, False
+    if not isinstance(raw, Mapping):
+        raise ValueError('`response_format` must be an object, e.g. {"type": "json_object"}')
+    if raw.get("type") != "json_schema":
+        return None, raw.get("type") == "json_object"
+    spec = raw.get("json_schema") or {}
+    schema = (spec.get("schema") if isinstance(spec, Mapping) else spec) or {"type": "object"}
+    if not isinstance(schema, Mapping):
+        raise ValueError("`response_format.json_schema.schema` must be a JSON Schema object")
+    return schema, False
 
 
 def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -> CallContext:
@@ -417,15 +471,31 @@ def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -
     sent = headers.get(CALL_HEADER.lower())
     if sent:
         return parse_call_header(sent)
-    labels = body.get("_labels")
+    labels, seed = body.get("_labels"), body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise ValueError("`seed` must be an integer")
     return CallContext(
         request_id=str(body.get("user") or f"http-{digest}"),
-        seed=int(body.get("seed") or 0),
+        seed=seed or 0,
         node_id="http",
         cycle=0,
         attempt=0,
         labels=labels if isinstance(labels, Mapping) else {},
     )
+
+
+def _content_length(value: str) -> int:
+    """The `Content-Length` header as a byte count (none: 0).
+
+    Raises:
+        _BadRequest: not a non-negative integer.
+    """
+    value = value.strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise _BadRequest(f"bad Content-Length {value!r}")
+    return int(value)
 
 
 def _content_text(content: Any) -> str:

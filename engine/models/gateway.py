@@ -61,7 +61,7 @@ from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget, Reservation
 from engine.models.prices import table_price
-from engine.models.sim import SimProvider, sim_profile
+from engine.models.sim import SIM_SERVER_PRICES, SimProvider, sim_profile
 from engine.spec import ModelSpec, Price
 
 __all__ = ["DEFAULT_MAX_TOKENS", "CallScope", "Emit", "Gateway"]
@@ -222,6 +222,8 @@ class Gateway:
             return spec.price
         if spec.provider == "sim":
             return sim_profile(spec).price
+        if spec.model is not None and spec.model in SIM_SERVER_PRICES:
+            return SIM_SERVER_PRICES[spec.model]  # `moat sim-server`: priced as the embedded sim
         return table_price(spec.model, input_tokens) or Price(input=0.0, output=0.0)
 
     def client(self, name: str, scope: CallScope) -> ModelClient:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from engine.models.sim import SIM_SERVER_PRICES
 from engine.spec import ModelSpec, Price
 
 __all__ = [
@@ -127,4 +128,9 @@ def _key(model: str | None) -> str | None:
 
 def is_priced(spec: ModelSpec) -> bool:
     """Whether calls to `spec` have a price: its own `price:`, `sim`'s, or the table's."""
-    return spec.price is not None or spec.provider == "sim" or table_price(spec.model) is not None
+    return (
+        spec.price is not None
+        or spec.provider == "sim"
+        or spec.model in SIM_SERVER_PRICES
+        or table_price(spec.model) is not None
+    )

@@ -4,7 +4,8 @@
 `Mail [EMAIL_1] or call [PHONE_1]`: placeholders are typed and numbered per kind, and the
 same value (compared after normalisation, so `(415) 555-0132` and `415.555.0132` are one
 value) gets the same placeholder everywhere in the request. Detection and validators live
-in `nodes._pii`; kinds are `EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
+in `engine.pii`, the detector the gateway's egress redaction uses too; kinds are
+`EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
 
 The mapping from placeholders to originals never leaves the request: it is kept in a
 request-scoped vault obtained through `ctx.memo("redact:vault:" + vault)`, and is not part of
@@ -29,7 +30,8 @@ from pydantic import BaseModel, Field
 from engine.context import NodeContext
 from engine.events import EventType
 from engine.node import Node
-from nodes._pii import KINDS, PiiKind, detect, normalise_value
+from engine.pii import KINDS, PiiKind, Span, normalise_value
+from engine.pii import redact as redact_spans
 
 __all__ = ["PiiVault", "RedactNode"]
 
@@ -58,18 +60,11 @@ class PiiVault:
 
     def redact(self, text: str, kinds: frozenset[str]) -> tuple[str, dict[str, int]]:
         """`text` with every detected value of `kinds` replaced; counts of spans by kind."""
-        parts: list[str] = []
-        found: Counter[str] = Counter()
-        pos = 0
-        for span in detect(text):
-            if span.kind not in kinds:
-                continue
-            parts.append(text[pos : span.start])
-            parts.append(self.placeholder(span.kind, span.value))
-            found[span.kind] += 1
-            pos = span.end
-        parts.append(text[pos:])
-        return "".join(parts), dict(sorted(found.items()))
+
+        def token(span: Span) -> str:
+            return self.placeholder(span.kind, span.value)
+
+        return redact_spans(text, token, kinds)
 
     def restore(self, text: str) -> tuple[str, dict[str, int]]:
         """`text` with known placeholders replaced by their originals; counts by kind."""

@@ -38,11 +38,14 @@ from nodes._lsh import MinHashIndex
 __all__ = ["CachePersistence", "Entry", "Lookup", "SemanticCache", "template"]
 
 _SLOT_PATTERNS = [
-    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    # linear on hostile text: an email starts only where its run starts (a failed run is
+    # scanned once, not once per position) and an id looks ahead a bounded distance
+    ("email", re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
     ("url", re.compile(r"https?://\S+")),
     ("quoted", re.compile(r"\"[^\"\n]{1,200}\"|“[^”\n]{1,200}”|(?<!\w)'[^'\n]{1,200}'(?!\w)")),
     ("id", re.compile(
-        r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"  # INV-2024-7
+        # INV-2024-7
+        r"\b(?=[\w-]{0,63}\d)(?=[\w-]{0,63}[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"
         r"|#\d+|\b[0-9a-f]{8,}\b"  # #4471, hex ids
     )),
     ("num", re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?%?")),
@@ -85,11 +88,23 @@ def _mark(m: re.Match[str], kind: str, found: list[str]) -> str:
 
 def _name(m: re.Match[str], found: list[str]) -> str:
     """A capitalised word inside a sentence is a name slot; a sentence's first word is not."""
-    before = m.string[: m.start()].rstrip()
-    if m.group() in _NOT_NAMES or not before or before[-1] in ".!?:;\n\"'(“":
+    before = _char_before(m.string, m.start())
+    if m.group() in _NOT_NAMES or not before or before in ".!?:;\n\"'(“":
         return m.group()
     found.append("name:" + m.group().lower())
     return "{name}"
+
+
+def _char_before(text: str, pos: int) -> str:
+    """The last non-space character before `pos` ('' at the start).
+
+    Walks back over the whitespace run only, never copies the prefix: each run is walked by
+    the one word after it, so naming every word of a long text stays linear.
+    """
+    i = pos - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return text[i] if i >= 0 else ""
 
 
 @dataclass(slots=True)

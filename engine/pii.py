@@ -143,9 +143,19 @@ def detect(text: str) -> list[Span]:
 
 
 def redact(
-    text: str, placeholder: Callable[[Span], str], kinds: Collection[str] = KINDS
+    text: str,
+    placeholder: Callable[[Span], str],
+    kinds: Collection[str] = KINDS,
+    *,
+    spans: list[Span] | None = None,
 ) -> tuple[str, dict[str, int]]:
     """`text` with every detected span of `kinds` replaced by `placeholder(span)`.
+
+    Args:
+        text: the text to redact.
+        placeholder: what replaces a span.
+        kinds: the kinds to replace (others are left as they are).
+        spans: `detect(text)`, when the caller has it already.
 
     Returns:
         The redacted text and the number of replaced spans by kind, sorted by kind.
@@ -153,7 +163,7 @@ def redact(
     parts: list[str] = []
     found: dict[str, int] = {}
     pos = 0
-    for span in detect(text):
+    for span in detect(text) if spans is None else spans:
         if span.kind not in kinds:
             continue
         parts.append(text[pos : span.start])

@@ -30,8 +30,9 @@ from pydantic import BaseModel, Field
 from engine.context import NodeContext
 from engine.events import EventType
 from engine.node import Node
-from engine.pii import KINDS, PiiKind, Span, normalise_value
+from engine.pii import KINDS, PiiKind, Span, detect, normalise_value
 from engine.pii import redact as redact_spans
+from nodes._offload import off_loop
 
 __all__ = ["PiiVault", "RedactNode"]
 
@@ -58,13 +59,18 @@ class PiiVault:
         self._originals[token] = value
         return token
 
-    def redact(self, text: str, kinds: frozenset[str]) -> tuple[str, dict[str, int]]:
-        """`text` with every detected value of `kinds` replaced; counts of spans by kind."""
+    def redact(
+        self, text: str, kinds: frozenset[str], spans: list[Span] | None = None
+    ) -> tuple[str, dict[str, int]]:
+        """`text` with every detected value of `kinds` replaced; counts of spans by kind.
+
+        `spans` are `detect(text)` when the caller computed them already (off the loop).
+        """
 
         def token(span: Span) -> str:
             return self.placeholder(span.kind, span.value)
 
-        return redact_spans(text, token, kinds)
+        return redact_spans(text, token, kinds, spans=spans)
 
     def restore(self, text: str) -> tuple[str, dict[str, int]]:
         """`text` with known placeholders replaced by their originals; counts by kind."""
@@ -129,7 +135,8 @@ class RedactNode(Node):
             ctx.log.debug("redact.restored", found=found)
             return self.Output(text=text, found=found, count=sum(found.values()))
         kinds = frozenset(config.kinds) if config.kinds else frozenset(KINDS)
-        text, found = vault.redact(config.text, kinds)
+        spans = await off_loop(config.text, detect)  # a long text is scanned in a thread
+        text, found = vault.redact(config.text, kinds, spans)
         total = sum(found.values())
         ctx.emit(
             EventType.PII_REDACTED,

@@ -4,6 +4,7 @@ loop free while a large text is redacted. Detection quality is in tests/test_pii
 from __future__ import annotations
 
 import pytest
+from _loop_probe import HOSTILE_60KB, finishes_first, heartbeats_during
 from _nodes_fakes import FakeRuntime, run_node
 
 from engine.pii import KINDS
@@ -57,3 +58,18 @@ def test_vault_repr_hides_values() -> None:
     vault = PiiVault()
     vault.redact("x@y.com", frozenset(KINDS))
     assert "x@y.com" not in repr(vault)
+
+
+async def test_redacting_a_large_hostile_text_leaves_the_event_loop_free() -> None:
+    text = HOSTILE_60KB + " mail ann@example.com"
+
+    async def big() -> None:
+        out = await run_node(RedactNode(), {"text": text}, FakeRuntime())
+        assert out.found["EMAIL"] == 1
+
+    async def small() -> None:
+        out = await run_node(RedactNode(), {"text": "mail bob@example.org"}, FakeRuntime())
+        assert out.text == "mail [EMAIL_1]"
+
+    assert await heartbeats_during(big) >= 3
+    assert await finishes_first(big, small) == "small"

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
+from _loop_probe import HOSTILE_60KB, heartbeats_during
 
 from engine.context import ModelClient, RequestInfo
 from engine.errors import (
@@ -430,3 +431,14 @@ async def test_prompt_text_is_stored_only_as_the_policy_allows(
         await gateway.client("m", scope).complete(prompt="mail a@b.co")
     assert scope.calls[0].prompt_text == prompt_text
     assert scope.calls[0].response_text == response_text
+
+
+@pytest.mark.anyio
+async def test_redacting_a_long_remote_prompt_leaves_the_event_loop_free() -> None:
+    provider = FakeProvider()
+    scope = _scope(policy={"egress": {"redact": True}}, emit=Events())
+    prompt = HOSTILE_60KB + " reply to bob@example.com"
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        ticks = await heartbeats_during(lambda: gateway.client("m", scope).complete(prompt=prompt))
+    assert provider.seen[0].messages[-1]["content"].endswith("reply to [EMAIL]")
+    assert ticks >= 5

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import anyio.to_thread
+
 from engine.pii import Span, detect, redact
 
-__all__ = ["apply_egress_policy", "find_pii", "redact_text"]
+__all__ = ["INLINE_MAX_CHARS", "apply_egress_policy", "egress_off_loop", "find_pii", "redact_text"]
+
+INLINE_MAX_CHARS = 4096
+"""Messages up to this many characters in all are scanned inline, longer ones in a thread."""
 
 
 def redact_text(text: str) -> tuple[str, dict[str, int]]:
@@ -68,3 +73,16 @@ def apply_egress_policy(
         found = find_pii("\n".join(m.get("content", "") for m in messages))
         return messages, found, bool(found)
     return messages, found, False
+
+
+async def egress_off_loop(
+    messages: list[dict[str, str]], policy: Mapping[str, Any]
+) -> tuple[list[dict[str, str]], dict[str, int], bool]:
+    """`apply_egress_policy`, in a worker thread when the messages are long.
+
+    Scanning a 60 KB prompt takes tens of milliseconds; on the event loop that would stall
+    every other request of the process.
+    """
+    if sum(len(m.get("content", "")) for m in messages) <= INLINE_MAX_CHARS:
+        return apply_egress_policy(messages, policy)
+    return await anyio.to_thread.run_sync(apply_egress_policy, messages, policy)

@@ -31,7 +31,7 @@ from engine.errors import (
     TransientError,
 )
 from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall, now
-from engine.models._egress import apply_egress_policy, redact_text
+from engine.models._egress import egress_off_loop, redact_text
 from engine.models.base import Provider, ProviderRequest, ProviderResponse, ProviderTimeout
 from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
@@ -315,7 +315,7 @@ class Gateway:
 
     async def _complete(self, name: str, scope: CallScope, call: _Call) -> Completion:
         spec = self._specs[name]
-        messages = self._egress(name, scope, call.messages)
+        messages = await self._egress(name, scope, call.messages)
         prompt_text = _prompt_text(messages)
         input_tokens = _estimate_tokens("\n".join(m["content"] for m in messages))
         input_tokens += _MESSAGE_OVERHEAD_TOKENS * len(messages)
@@ -517,13 +517,13 @@ class Gateway:
         self._record(name, scope, record)
         raise BudgetExceeded(message)
 
-    def _egress(
+    async def _egress(
         self, name: str, scope: CallScope, messages: Sequence[Mapping[str, str]]
     ) -> list[dict[str, str]]:
         chat = [dict(m) for m in messages]
         if not self._is_remote(name):
             return chat
-        chat, found, blocked = apply_egress_policy(chat, scope.policy)
+        chat, found, blocked = await egress_off_loop(chat, scope.policy)
         if blocked:
             self._block_egress(name, scope, chat, found)
         if found:

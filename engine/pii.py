@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ _PHONE_AFTER_WORD = re.compile(
     + _PHONE_BODY
 )
 _PHONE_TOKEN = re.compile(r"\+?\d+|\(\d{1,5}\)")
-_NOT_PHONE_WORDS = re.compile(
+_REFERENCE_WORDS = re.compile(
     r"(?i)(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|account|acct|sku|"
     r"serial|id|no\.?|batch|lot|part|model|build|page|pages|pp\.?)\s{0,3}[#:]?\s{0,3}$"
 )
@@ -307,8 +308,10 @@ def _luhn(digits: str) -> bool:
 def _ssns(text: str) -> Iterator[Span]:
     for m in _SSN.finditer(text):
         area, sep, group, serial = m.groups()
-        if not sep and not _SSN_WORDS.search(_before(text, m.start())):
-            continue
+        before = _before(text, m.start())
+        ssn_word = _SSN_WORDS.search(before) is not None
+        if not ssn_word and (not sep or _REFERENCE_WORDS.search(before)):
+            continue  # bare nine digits, or "order 123-45-6789": a reference, not an SSN
         if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
             continue
         yield Span(m.start(), m.end(), "SSN", m.group())
@@ -389,7 +392,7 @@ def _phone_end(text: str, start: int, candidate: str, *, keyword: bool) -> int |
         if end < len(text) and (text[end].isalnum() or text[end] == "_"):
             return None  # the digits run on into a word: a hash or a code, not a phone
         if _phone_shape(groups[:k], candidate[:cut], keyword=keyword):
-            if not keyword and _NOT_PHONE_WORDS.search(_before(text, start)):
+            if not keyword and _REFERENCE_WORDS.search(_before(text, start)):
                 return None
             return end
     return None
@@ -443,6 +446,8 @@ def _trunk(groups: list[str], lengths: list[int], value: str) -> bool:
         return False
     if len(groups) > 1 and min(lengths[1:]) < 2:
         return False
+    if any(a == 4 and b == 2 for a, b in itertools.pairwise(lengths)):
+        return False  # "01 02 2024 10 30": a date and time; no national plan groups so
     if "." in value and not all(n == 2 for n in lengths):
         return False  # dotted pairs are French numbers; other dotted runs are dates
     if value.find("/") not in (-1, len(groups[0])) or value.count("/") > 1:

@@ -426,5 +426,9 @@ def _ordinary_makers(rng: random.Random) -> list[Callable[[], str]]:
         lambda: f"Weight {r(1, 200)}.{r(0, 9)} kg, height {r(100, 220)} cm, BMI {r(15, 40)}",
         lambda: f"Scores: {r(0, 99)}, {r(0, 99)}, {r(0, 99)}, {r(0, 99)} and {r(0, 99)}.",
         lambda: f"Budget {r(1, 999)} {r(100, 999)} {r(100, 999)} EUR for {r(2024, 2030)}.",
+        lambda: (
+            f"Dated {r(1, 28):02d} {r(1, 12):02d} {r(2000, 2030)} {r(0, 23):02d} {r(0, 59):02d}."
+        ),
+        lambda: f"Order {r(100, 899)}-{r(10, 99)}-{r(1000, 9999)} shipped in {r(2, 9)} boxes.",
         lambda: f"Lines {r(1, 999)}\u2013{r(1000, 2000)} of file main.py, commit {h(28):07x}.",
     ]

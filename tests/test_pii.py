@@ -96,6 +96,7 @@ def test_validators_reject_lookalikes() -> None:
     assert detect("NI GB123456A") == []  # GB is not an allowed prefix
     assert detect("ISBN 0-306-40615-2 and ISBN 0306406152, order 0171 2345679") == []
     assert detect("sha256 0400353395c5040663d62c5d82b501b3") == []
+    assert detect("Invoice dated 01 02 2024 10 30, order 123-45-6789 shipped") == []
     assert [s.kind for s in detect("IBAN GB82 WEST 1234 5698 7654 32")] == ["IBAN"]
     assert [s.kind for s in detect("password=hunter22 ok")] == ["SECRET"]
 

@@ -13,7 +13,7 @@ scripts.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ from engine.graph import Graph
 from engine.loader import load_graph
 from engine.models import Gateway
 from engine.policy import PolicyManager
-from engine.requests import BatchItem, InputValidator, parse_request
+from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request
 from engine.scheduler import RequestResult, Runner
 from engine.spec import ModelSpec
 from engine.store import Store, new_run_id
@@ -69,6 +69,9 @@ class Pipeline:
         policy_file: apply this policy snapshot before answering (`--policy`).
         models: rebind logical models, `{"large": "openai:gpt-4o-mini"}` (`--model`).
         seed: seed for the simulated models.
+        limits: size and nesting limits of one request (default: the graph's `limits:`).
+        memory_records: how many of the latest records the default in-memory sink keeps
+            (`None`: all of them, which grows without bound in a long-lived process).
     """
 
     def __init__(
@@ -80,10 +83,14 @@ class Pipeline:
         policy_file: str | os.PathLike[str] | None = None,
         models: Mapping[str, str] | None = None,
         seed: int = 0,
+        limits: RequestLimits | None = None,
+        memory_records: int | None = 100_000,
     ) -> None:
         self.graph = graph if isinstance(graph, Graph) else load_graph(graph)
         self.db = os.fspath(db) if db is not None else None
-        self.memory = sink if sink is not None else MemorySink()
+        self.memory = sink if sink is not None else MemorySink(max_records=memory_records)
+        spec_limits = self.graph.spec.limits
+        self.limits = limits or RequestLimits(spec_limits.max_request_bytes, spec_limits.max_depth)
         self.policy_file = policy_file
         self.seed = seed
         self.validator = InputValidator(self.graph.input_schema)
@@ -193,6 +200,7 @@ class Pipeline:
             {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
             declared=self.validator.declared,
+            limits=self.limits,
         )
         if run_id is not None:
             self.use_run(run_id)
@@ -204,18 +212,53 @@ class Pipeline:
 
     async def run_batch(
         self,
-        items: Iterable[BatchItem],
+        items: Iterable[BatchItem | Mapping[str, Any]],
         *,
-        run_id: str,
-        total: int,
+        run_id: str | None = None,
+        total: int | None = None,
         concurrency: int = 16,
         skip: frozenset[int] = frozenset(),
         on_record: Callable[[RequestRecord], None] | None = None,
     ) -> BatchSummary:
         """Answer `items` with at most `concurrency` in flight; finished records go to
         `on_record` as they are recorded. Cancelling the caller stops cleanly: what finished
-        is kept."""
+        is kept.
+
+        Args:
+            items: `BatchItem`s, or plain request mappings (numbered in order from 0).
+            run_id: record the requests under this run; by default a new run is started
+                (and finished when the batch ends).
+            total: how many requests the batch has, if known (default: `len(items)`).
+            concurrency: requests in flight at most.
+            skip: `seq` numbers not to answer (already answered, for a resume).
+            on_record: called with each finished request's record.
+        """
+        if total is None:
+            total = len(items) if isinstance(items, Sized) else 0
+        own_run = run_id is None
+        if run_id is None:
+            run_id = self.start_run(total)
+        else:
+            self.use_run(run_id)
         summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
+        status = "interrupted"
+        try:
+            await self._answer_all(items, summary, concurrency, skip, on_record)
+            status = "finished"
+        finally:
+            if own_run and self.store is not None:
+                self.store.finish_run(run_id, status)
+        return summary
+
+    async def _answer_all(
+        self,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        summary: BatchSummary,
+        concurrency: int,
+        skip: frozenset[int],
+        on_record: Callable[[RequestRecord], None] | None,
+    ) -> None:
+        run_id = summary.run_id
         limiter = anyio.Semaphore(max(1, concurrency))
 
         def count(record: RequestRecord) -> None:
@@ -229,7 +272,8 @@ class Pipeline:
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as tg:
-                for item in items:
+                for index, entry in enumerate(items):
+                    item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
                     if item.seq in skip:
                         continue
                     await limiter.acquire()
@@ -237,7 +281,9 @@ class Pipeline:
             await self.settle()
         finally:
             self._listeners.remove(count)
-        return summary
+
+    def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
+        return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)
 
     async def _answer_released(
         self, run_id: str, item: BatchItem, limiter: anyio.Semaphore

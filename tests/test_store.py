@@ -3,7 +3,9 @@ orphans and the policy tables."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -381,10 +383,11 @@ def test_runs_have_a_lifecycle_and_sortable_ids(store: Store) -> None:
     run_id = store.create_run("governed-answer", "h1", 3, {"concurrency": 4})
     assert re.fullmatch(r"r-\d{8}-\d{6}-[0-9a-f]{4}", run_id)
     run = store.require_run(run_id)
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
     assert (run["status"], run["requests_done"], run["config"]) == (
         "running",
         0,
-        {"concurrency": 4},
+        {"concurrency": 4, "owner": owner, "heartbeat_at": run["started_at"]},
     )
     store.update_run_progress(run_id, 1)
     assert store.require_run(run_id)["requests_done"] == 1

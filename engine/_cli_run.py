@@ -408,6 +408,8 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         progress = _Progress(plan.total, not args.quiet and not args.tui)
         progress.done = len(plan.skip)
         summary = BatchSummary(run_id, plan.total, done=len(plan.skip))
+        if plan.skip:  # a resumed run exits by all its requests, the earlier ones included
+            summary.by_status = store.status_counts(run_id)
         ending = _Ending()
 
         def on_record(record: RequestRecord) -> None:

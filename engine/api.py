@@ -247,6 +247,8 @@ class Pipeline:
             status = "finished"
         finally:
             if own_run and self.store is not None:
+                with anyio.CancelScope(shield=True):  # count the requests once stored
+                    await anyio.to_thread.run_sync(self.flush)
                 self.store.finish_run(run_id, status)
         return summary
 

@@ -381,6 +381,14 @@ class Store:
             rows = self._conn.execute("SELECT seq FROM requests WHERE run_id = ?", (run_id,))
             return {int(seq) for (seq,) in rows}
 
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """How many stored requests of the run have each status."""
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n FROM requests WHERE run_id = ? GROUP BY status",
+            (run_id,),
+        )
+        return {str(row["status"]): int(row["n"]) for row in rows}
+
     def delete_orphans(self, run_id: str) -> int:
         """Delete rows of the run's requests that never got a `requests` row; return how many.
 

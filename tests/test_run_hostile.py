@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -398,3 +400,33 @@ def test_store_rows_of_a_hostile_batch_are_one_per_line(
     assert [r["seq"] for r in rows] == list(range(len(HOSTILE_LINES)))
     assert {r["status"] for r in rows} == {"invalid_input"}
     assert row["status"] == "finished"
+
+
+def test_a_tui_left_open_does_not_count_as_the_runs_duration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio
+
+    from engine import _cli_run
+
+    async def operator_reads_for_a_while(pipe: Any, run_id: str, scope: Any) -> None:
+        while pipe.store.get_run(run_id)["status"] != "finished":
+            await anyio.sleep(0.02)
+        await anyio.sleep(1.5)  # the batch is done; the operator keeps the UI open
+        scope.cancel()
+
+    monkeypatch.setattr(_cli_run, "_tui", operator_reads_for_a_while)
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    db = tmp_path / "t.db"
+    args = ["--input", str(requests), "--out", str(tmp_path / "o.jsonl"), "--db", str(db)]
+    code, _, err = run(capsys, str(graph), *args, "--tui")
+    closed = time.time()
+    assert code == 0, err
+    with Store.open(db, readonly=True) as store:
+        (row,) = store.list_runs()
+        last = max(r["finished_at"] for r in store.list_requests(row["id"]))
+    assert row["status"] == "finished"
+    assert last <= row["finished_at"] < last + 1.0  # generous: it is about 1.5 s otherwise
+    assert row["finished_at"] < closed - 1.0

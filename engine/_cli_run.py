@@ -28,7 +28,7 @@ from engine.events import RequestRecord, RequestStatus
 from engine.graph import Graph
 from engine.loader import load_graph
 from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
-from engine.store import HEARTBEAT_S, Store, run_state
+from engine.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run", "result_line"]
 
@@ -484,7 +484,6 @@ async def _drive(
     async with anyio.create_task_group() as tg:
         tg.start_soon(out.loop)
         tg.start_soon(_tick, progress)
-        tg.start_soon(_heartbeat, pipe.store, run_id, summary)
         tg.start_soon(_on_signal, tg.cancel_scope, summary)
         if args.tui:
             tg.start_soon(_tui, pipe, run_id, tg.cancel_scope)
@@ -506,13 +505,6 @@ async def _drive(
         await out.drain()
         pipe.store.update_run_progress(run_id, summary.done)
         pipe.store.finish_run(run_id, "finished", at=ending.finished_at)
-
-
-async def _heartbeat(store: Store, run_id: str, summary: BatchSummary) -> None:
-    """Record progress and that this process is alive, so readers can tell a dead run."""
-    while True:
-        await anyio.sleep(HEARTBEAT_S)
-        await anyio.to_thread.run_sync(store.update_run_progress, run_id, summary.done)
 
 
 def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:

@@ -30,7 +30,7 @@ from engine.policy import PolicyManager
 from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request
 from engine.scheduler import RequestResult, Runner
 from engine.spec import ModelSpec
-from engine.store import Store, new_run_id
+from engine.store import HEARTBEAT_S, Store, new_run_id
 
 __all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
 
@@ -274,15 +274,29 @@ class Pipeline:
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as tg:
+                beating = anyio.CancelScope()
+                if self.store is not None:
+                    tg.start_soon(self._heartbeat, summary, beating)
                 for index, entry in enumerate(items):
                     item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
                     if item.seq in skip:
                         continue
                     await limiter.acquire()
                     tg.start_soon(self._answer_released, run_id, item, limiter)
-            await self.settle()
+                await self.settle()
+                beating.cancel()
         finally:
             self._listeners.remove(count)
+
+    async def _heartbeat(self, summary: BatchSummary, scope: anyio.CancelScope) -> None:
+        """Record the batch's progress, and that its process is alive (see `run_state`)."""
+        assert self.store is not None
+        with scope:
+            while True:
+                await anyio.sleep(HEARTBEAT_S)
+                await anyio.to_thread.run_sync(
+                    self.store.update_run_progress, summary.run_id, summary.done
+                )
 
     def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
         return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)

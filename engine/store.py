@@ -78,17 +78,17 @@ def _pid_alive(pid: int) -> bool:
 
 def run_state(row: Mapping[str, Any], at: float | None = None) -> str:
     """The run's status as readers should show it: a `running` run whose process is gone
-    (same host, no such pid) or silent for `STALE_AFTER_S` is `died`."""
+    (on this host: no such pid; elsewhere: no heartbeat for `STALE_AFTER_S`) is `died`."""
     status = str(row.get("status"))
     config = row.get("config")
     if status != "running" or not isinstance(config, Mapping):
         return status
     owner = config.get("owner") or {}
     pid, host, beat = owner.get("pid"), owner.get("host"), config.get("heartbeat_at")
-    if pid is not None and host == _HOST and not _pid_alive(int(pid)):
-        return "died"
-    if beat is not None and (at if at is not None else time.time()) - beat > STALE_AFTER_S:
-        return "died"
+    if isinstance(pid, int) and host == _HOST:  # on this machine the process itself tells
+        return status if _pid_alive(pid) else "died"
+    if isinstance(beat, int | float):
+        return "died" if (at if at is not None else time.time()) - beat > STALE_AFTER_S else status
     return status
 
 

@@ -32,6 +32,7 @@ from engine.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run", "result_line"]
 
+_MAX_BYTES = 1 << 30
 _NOT_OK = (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED, RequestStatus.INVALID_INPUT)
 
 
@@ -128,8 +129,10 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     """
     if args.concurrency < 1:
         raise SpecError(f"--concurrency {args.concurrency}: must be at least 1")
-    if args.max_request_bytes is not None and args.max_request_bytes < 1:
-        raise SpecError(f"--max-request-bytes {args.max_request_bytes}: must be at least 1")
+    if args.max_request_bytes is not None and not 1 <= args.max_request_bytes <= _MAX_BYTES:
+        raise SpecError(
+            f"--max-request-bytes {args.max_request_bytes}: give 1 to {_MAX_BYTES} (1 GiB)"
+        )
     if args.input is not None:
         _check_readable("--input", args.input)
     if args.out is not None:

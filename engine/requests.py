@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,7 @@ def _request_lines(fh: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | int
     """(line number, its bytes) of every non-blank line; (line number, its size) for a line
     over `limit` bytes, which is skipped in chunks and never held whole in memory."""
     number = 0
+    limit = min(limit, sys.maxsize - 2)
     while True:
         raw = fh.readline(limit + 2)  # the line, its "\r\n", and one byte to see it is over
         if not raw:

@@ -97,8 +97,8 @@ class Budget(_Strict):
 class Limits(_Strict):
     """What one request may be at most; a larger one is its own `invalid_input`, unread."""
 
-    max_request_bytes: int = Field(default=1 << 20, ge=1)
-    """Bytes of JSON (UTF-8) in one request (default 1 MiB)."""
+    max_request_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
+    """Bytes of JSON (UTF-8) in one request (default 1 MiB, at most 1 GiB)."""
     max_depth: int = Field(default=64, ge=1, le=500)
     """Levels of nested objects and lists in one request (default 64)."""
 

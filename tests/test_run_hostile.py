@@ -258,7 +258,8 @@ def test_any_lines_never_abort_the_batch_and_each_gets_one_result(
         (["--db", "{tmp}/missing/t.db"], "folder {tmp}/missing does not exist"),
         (["--input", "{tmp}"], "--input {tmp}: is a folder"),
         (["--concurrency", "0"], "--concurrency 0: must be at least 1"),
-        (["--max-request-bytes", "0"], "--max-request-bytes 0: must be at least 1"),
+        (["--max-request-bytes", "0"], "--max-request-bytes 0: give 1 to 1073741824 (1 GiB)"),
+        (["--max-request-bytes", str(10**30)], "give 1 to 1073741824"),
         (["--policy", "{tmp}/nope.yaml"], "--policy {tmp}/nope.yaml: no such file"),
     ],
 )
@@ -323,6 +324,9 @@ arguments = st.lists(
             ["--model", "small=sim:huge"],
             ["--policy", "{tmp}/in.jsonl"],
             ["--seed", "7"],
+            ["--seed", str(10**30)],
+            ["--max-request-bytes", str(10**30)],
+            ["--concurrency", str(10**30)],
         ]
     ),
     max_size=4,

@@ -273,30 +273,31 @@ class Pipeline:
 
         self._listeners.append(count)
         try:
-            async with anyio.create_task_group() as tg:
-                beating = anyio.CancelScope()
+            async with anyio.create_task_group() as beats:
                 if self.store is not None:
-                    tg.start_soon(self._heartbeat, summary, beating)
-                for index, entry in enumerate(items):
-                    item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
-                    if item.seq in skip:
-                        continue
-                    await limiter.acquire()
-                    tg.start_soon(self._answer_released, run_id, item, limiter)
+                    beats.start_soon(self._heartbeat, summary)
+                async with anyio.create_task_group() as tg:
+                    for index, entry in enumerate(items):
+                        item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
+                        if item.seq in skip:
+                            continue
+                        await limiter.acquire()
+                        tg.start_soon(self._answer_released, run_id, item, limiter)
+                # records come after each request's cleanup (`after_success` work): wait
+                # for them before the listener goes
                 await self.settle()
-                beating.cancel()
+                beats.cancel_scope.cancel()
         finally:
             self._listeners.remove(count)
 
-    async def _heartbeat(self, summary: BatchSummary, scope: anyio.CancelScope) -> None:
+    async def _heartbeat(self, summary: BatchSummary) -> None:
         """Record the batch's progress, and that its process is alive (see `run_state`)."""
         assert self.store is not None
-        with scope:
-            while True:
-                await anyio.sleep(HEARTBEAT_S)
-                await anyio.to_thread.run_sync(
-                    self.store.update_run_progress, summary.run_id, summary.done
-                )
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            await anyio.to_thread.run_sync(
+                self.store.update_run_progress, summary.run_id, summary.done
+            )
 
     def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
         return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)

@@ -75,3 +75,19 @@ async def test_a_store_less_pipeline_keeps_a_bounded_window_of_records(tmp_path:
         assert pipe.memory.items[-1] == pipe.memory.requests()[-1]  # the latest are kept
     async with Pipeline(graph, db=None) as default:
         assert default.memory.items.maxlen == 100_000
+
+
+async def test_a_request_whose_record_comes_after_its_cleanup_is_still_counted(
+    tmp_path: Path,
+) -> None:
+    # A cache hit cancels the speculative draft: the request's record is emitted only once
+    # that cleanup is done, after the request itself returned.
+    from _fast_graphs import fast_copy
+
+    prompt = {"prompt": "What is VAT?"}
+    async with Pipeline(fast_copy("governed-answer", tmp_path), db=tmp_path / "t.db") as pipe:
+        first = await pipe.run_batch([prompt])
+        seen: list[RequestRecord] = []
+        again = await pipe.run_batch([prompt], on_record=seen.append)
+    assert first.by_status == again.by_status == {"ok": 1}
+    assert [r.output["decision"] for r in seen if r.output] == ["cached"]

@@ -113,10 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     db = db_path(args.db)
     plan = _resume_plan(args, db) if args.resume else _new_plan(args)
     if plan.total == 0:
-        print(
-            f"moat: {plan.input_path} has no requests (no non-blank line); nothing to run",
-            file=sys.stderr,
-        )
+        what = f"run {plan.run_id}" if plan.run_id else plan.input_path
+        print(f"moat: {what} has no requests (no non-blank line); nothing to run", file=sys.stderr)
         return 0
     return anyio.run(_run, plan, args, db, models)
 
@@ -140,6 +138,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     _check_writable("--db", db_path(args.db))
     if args.policy is not None:
         _check_readable("--policy", args.policy)
+    _check_distinct(args)
     if args.resume is None and not args.graph:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
@@ -168,6 +167,21 @@ def _check_writable(flag: str, value: str) -> None:
         raise SpecError(f"{flag} {value}: cannot write the file; check its permissions")
     if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
         raise SpecError(f"{flag} {value}: cannot create files in {folder}; check permissions")
+
+
+def _check_distinct(args: argparse.Namespace) -> None:
+    """Results appended to the input (or the store) would be read back or corrupt it."""
+    files = {"--input": args.input, "--out": args.out, "--db": db_path(args.db)}
+    if args.graph:
+        files["GRAPH"] = args.graph
+    seen: dict[str, str] = {}
+    for flag, value in files.items():
+        if value is None:
+            continue
+        key = os.path.realpath(value)
+        if key in seen:
+            raise SpecError(f"{flag} {value}: is also {seen[key]}; give each its own file")
+        seen[key] = flag
 
 
 def _parse_models(values: list[str]) -> dict[str, str]:
@@ -232,7 +246,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         out = args.out or config.get("out")
         if out:
             _check_writable("--out", out)
-        if config.get("input") and not args.json and not args.prompt:
+        if config.get("input"):
             _check_readable("the run's --input", config["input"])
         store.delete_orphans(args.resume)
         done = store.finished_request_seqs(args.resume)
@@ -269,15 +283,14 @@ def _resume_graph(args: argparse.Namespace, run: Mapping[str, Any], config: Any)
 
 
 def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
-    """Drop a torn last line, then append the lines the store has and the file lacks."""
-    if not out.exists():
-        return
-    data = out.read_bytes()
+    """Drop a torn last line, then append the lines the store has and the file lacks (all
+    of them when the file is gone)."""
+    data = out.read_bytes() if out.exists() else b""
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
         out.write_bytes(data)
     have = set()
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").split("\n"):  # JSON text may hold U+2028
         try:
             have.add(json.loads(line)["request_id"])
         except (ValueError, KeyError, TypeError):

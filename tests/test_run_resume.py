@@ -51,7 +51,8 @@ class Batch:
         requests = folder / "in.jsonl"
         requests.write_text(
             "".join(
-                "{broken\n" if i in BAD else json.dumps({"prompt": f"question {i}"}) + "\n"
+                # U+2028 is a line break to str.splitlines, not to JSON Lines
+                "{broken\n" if i in BAD else json.dumps({"prompt": f"question {i}\u2028"}) + "\n"
                 for i in range(TOTAL)
             )
         )
@@ -61,12 +62,16 @@ class Batch:
             (run,) = store.list_runs()
         self.run_id: str = run["id"]
         self.lines = {
-            json.loads(line)["request_id"]: line for line in self.out.read_text().splitlines()
+            json.loads(line)["request_id"]: line
+            for line in self.out.read_text().split("\n")
+            if line
         }
         self.saved.mkdir()
         shutil.copy(self.db, self.saved / "t.db")
 
-    def crash(self, stored: set[int], written: list[int], torn: int | None) -> None:
+    def crash(
+        self, stored: set[int], written: list[int], torn: int | None, gone: bool = False
+    ) -> None:
         """The files as a process killed at some moment leaves them."""
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.db}{suffix}").unlink(missing_ok=True)
@@ -84,7 +89,10 @@ class Batch:
         text = "".join(self.lines[f"{self.run_id}-{seq:06d}"] + "\n" for seq in written)
         if torn is not None:
             text += self.lines[f"{self.run_id}-{torn:06d}"][:20]
-        self.out.write_text(text)
+        if text or not gone:
+            self.out.write_text(text)
+        else:  # lost, or deleted by the operator: resume writes every line again
+            self.out.unlink(missing_ok=True)
 
     def ids(self) -> list[str]:
         return sorted(f"{self.run_id}-{seq:06d}" for seq in range(TOTAL))
@@ -96,13 +104,13 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Batch:
 
 
 @st.composite
-def crash_points(draw: st.DrawFn) -> tuple[set[int], list[int], int | None]:
+def crash_points(draw: st.DrawFn) -> tuple[set[int], list[int], int | None, bool]:
     stored = draw(st.sets(st.integers(0, TOTAL - 1)))
     written = draw(st.permutations(sorted(stored)))
     written = written[: draw(st.integers(0, len(written)))]
     unwritten = sorted(stored - set(written))
     torn = draw(st.none() | st.sampled_from(unwritten)) if unwritten else None
-    return stored, written, torn
+    return stored, written, torn, draw(st.booleans())
 
 
 @settings(
@@ -110,15 +118,17 @@ def crash_points(draw: st.DrawFn) -> tuple[set[int], list[int], int | None]:
 )
 @given(point=crash_points())
 def test_resume_answers_every_request_exactly_once_whenever_the_process_died(
-    batch: Batch, point: tuple[set[int], list[int], int | None], capsys: pytest.CaptureFixture[str]
+    batch: Batch,
+    point: tuple[set[int], list[int], int | None, bool],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stored, written, torn = point
-    batch.crash(stored, written, torn)
+    stored, written, torn, gone = point
+    batch.crash(stored, written, torn, gone)
     code = main(["run", "--resume", batch.run_id, "--db", str(batch.db), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1, err  # the two broken lines are answered (as invalid_input) again
     assert "internal error" not in err
-    results = [json.loads(line) for line in batch.out.read_text().splitlines()]
+    results = [json.loads(line) for line in batch.out.read_text().split("\n") if line]
     assert sorted(r["request_id"] for r in results) == batch.ids()
     assert {r["request_id"] for r in results if r["status"] == "invalid_input"} == {
         f"{batch.run_id}-{seq:06d}" for seq in BAD
@@ -187,5 +197,5 @@ def test_kill_9_at_random_moments_then_resume_answers_each_request_once(tmp_path
     if row is None:
         with sqlite3.connect(db) as conn:
             row = conn.execute("SELECT id FROM runs").fetchone()
-    ids = [json.loads(line)["request_id"] for line in out.read_text().splitlines()]
+    ids = [json.loads(line)["request_id"] for line in out.read_text().split("\n") if line]
     assert sorted(ids) == [f"{row[0]}-{i:06d}" for i in range(400)]

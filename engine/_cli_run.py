@@ -151,7 +151,8 @@ def _check_readable(flag: str, value: str) -> None:
     if path.is_dir():
         raise SpecError(f"{flag} {value}: is a folder; give a file")
     if not path.is_file():
-        raise SpecError(f"{flag} {value}: no such file")
+        what = "not a regular file" if path.exists() else "no such file"
+        raise SpecError(f"{flag} {value}: {what}")
     if not os.access(path, os.R_OK):
         raise SpecError(f"{flag} {value}: cannot read the file; check its permissions")
 

@@ -437,3 +437,16 @@ def test_a_tui_left_open_does_not_count_as_the_runs_duration(
     assert row["status"] == "finished"
     assert last <= row["finished_at"] < last + 1.0  # generous: it is about 1.5 s otherwise
     assert row["finished_at"] < closed - 1.0
+
+
+def test_an_input_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    graph = write_graph(tmp_path)
+    fifo = tmp_path / "requests.fifo"
+    os.mkfifo(fifo)  # reading it twice (count, then answer) would hang or lose requests
+    code, _, err = run(capsys, str(graph), "--input", str(fifo), "--db", str(tmp_path / "t.db"))
+    assert code == 2
+    assert f"--input {fifo}: not a regular file" in err

@@ -105,6 +105,8 @@ class _Plan:
     skip: frozenset[int] = frozenset()
     total: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    """The run, once it exists: from then on requests have run, so a failure exits 1."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,7 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         what = f"run {plan.run_id}" if plan.run_id else plan.input_path
         print(f"moat: {what} has no requests (no non-blank line); nothing to run", file=sys.stderr)
         return 0
-    return anyio.run(_run, plan, args, db, models)
+    try:
+        return anyio.run(_run, plan, args, db, models)
+    except StoreError as exc:
+        if plan.started is None:
+            raise  # nothing ran: exit 2
+        print(f"moat: {exc}", file=sys.stderr)
+        return _stopped(plan.started, args, "the store failed; ", 1)
 
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
@@ -420,6 +428,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
             store.claim_run(plan.run_id)
             pipe.use_run(plan.run_id)
         run_id = plan.run_id or pipe.start_run(plan.total, plan.config)
+        plan.started = run_id
         if plan.run_id is None and not args.quiet:
             print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)
         progress = _Progress(plan.total, not args.quiet and not args.tui)
@@ -439,9 +448,6 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
             await _drive(pipe, plan, run_id, args, out, progress, on_record, summary, ending)
             if summary.done < plan.total:
                 summary.interrupted = True  # the operator closed the UI before the end
-        except StoreError as exc:
-            print(f"moat: {exc}", file=sys.stderr)
-            return _stopped(run_id, args, "the run stopped: ", 1)
         finally:
             with anyio.CancelScope(shield=True):
                 await _close_run(pipe, run_id, out, progress, summary, ending)
@@ -476,6 +482,9 @@ async def _close_run(
     await anyio.sleep(0)
     try:
         await out.drain()
+    except StoreError:
+        ending.failed = True  # its last records are not stored
+        raise
     finally:
         out.close()
         progress.draw(final=True)

@@ -207,6 +207,7 @@ class Pipeline:
         rid = run_id or self.start_run(1)
         result = await self._answer(rid, item if not meta else _with_meta(item, meta))
         if run_id is None and self.store is not None:
+            await anyio.to_thread.run_sync(self.flush)  # so the run counts its request
             self.store.finish_run(rid, "finished")
         return result
 
@@ -459,6 +460,7 @@ def run_sync(
                 for seq, value in enumerate(inputs):
                     tg.start_soon(one, seq, value)
             if pipe.store is not None:
+                await anyio.to_thread.run_sync(pipe.flush)
                 pipe.store.finish_run(run_id, "finished")
             return [results[i] for i in sorted(results)]
 

@@ -91,3 +91,13 @@ async def test_a_request_whose_record_comes_after_its_cleanup_is_still_counted(
         again = await pipe.run_batch([prompt], on_record=seen.append)
     assert first.by_status == again.by_status == {"ok": 1}
     assert [r.output["decision"] for r in seen if r.output] == ["cached"]
+
+
+async def test_a_single_request_run_counts_its_request(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        result = await pipe.run({"prompt": "hello"})
+    with Store.open(db, readonly=True) as store:
+        (run,) = store.list_runs()
+    assert result.request_id.startswith(run["id"])
+    assert (run["status"], run["requests_done"]) == ("finished", 1)

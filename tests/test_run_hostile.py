@@ -450,3 +450,23 @@ def test_an_input_that_is_not_a_regular_file_is_refused(
     code, _, err = run(capsys, str(graph), "--input", str(fifo), "--db", str(tmp_path / "t.db"))
     assert code == 2
     assert f"--input {fifo}: not a regular file" in err
+
+
+def test_a_store_that_fails_mid_run_exits_1_names_the_cause_and_offers_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine._store_writer import StoreWriter
+
+    def disk_full(*_: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    graph = write_graph(tmp_path)
+    db = tmp_path / "t.db"
+    monkeypatch.setattr(StoreWriter, "_commit", disk_full)
+    code, _, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(db))
+    assert code == 1  # requests ran: not 2
+    assert "database or disk is full: check the free disk space" in err
+    assert "internal error" not in err
+    ((run_id, status),) = runs(db)
+    assert status == "failed"
+    assert f"Resume with: moat run --resume {run_id} --db {db}" in err

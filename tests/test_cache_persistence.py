@@ -214,3 +214,39 @@ def test_entries_that_never_get_written_are_reported_when_the_store_closes(
     holder.join()
     (lost,) = [entry for entry in logs if entry["event"] == "cache.entries_lost"]
     assert lost["entries"] == 1 and "another process held the write lock" in lost["error"]
+
+
+@pytest.mark.slow
+def test_cache_writes_get_through_while_the_batching_writer_commits_back_to_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The case that made a 5,000-request run exit 2: SQLite's busy handler polls, so a
+    # writer committing back to back starved the cache writer past any busy timeout.
+    from engine.events import NodeOutcome, NodeRun, NodeStatus
+
+    monkeypatch.setattr(_store_schema, "_BUSY_TIMEOUT_MS", 300)
+    with Store.open(tmp_path / "moat.db") as store:
+        writer, persistence = store.writer(interval_s=0.0), store.cache_persistence()
+        stop = time.monotonic() + 4
+        run = NodeRun("r", "n", "t", 0, NodeStatus.SUCCEEDED, False, NodeOutcome.NONE, 1, 1, 1)
+
+        def flood() -> None:  # keep a backlog, so the writer never pauses between commits
+            sent = 0
+            while time.monotonic() < stop:
+                if sent - writer.stats.records < 50_000:
+                    for _ in range(5000):
+                        writer.record(run)
+                    sent += 5000
+                time.sleep(0.001)
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        saved = 0
+        while time.monotonic() < stop:
+            persistence.save("faq", "acme", {"key": f"k{saved}", "value": "v"})
+            persistence.flush(timeout=60)  # never "database is locked"
+            saved += 1
+        thread.join()
+        writer.close()
+        assert writer.stats.dropped == 0
+        assert store.query("SELECT COUNT(*) AS n FROM cache_entries") == [{"n": saved}]

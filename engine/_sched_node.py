@@ -560,7 +560,8 @@ class NodeRunner:
         assert scope is not None
         try:
             with scope:
-                await fn(*args)
+                if not scope.cancel_called:  # cancelled before its turn: the node never runs
+                    await fn(*args)
         except Exception as exc:  # a bug must not take the runner's task group down
             _log.error("scheduler.task_crashed", node=cell.node.id, error=repr(exc))
             if not cell.done:

@@ -76,9 +76,12 @@ def _forget(cell: LazyNode, frame: Frame) -> None:
     if reads:  # in place: the loop's consumers share this list
         reads[:] = [read for read in reads if read.frame is not frame]
     parent = frame.parent
-    children = parent.children if parent is not None else None
-    if children is not None and frame in children:
-        children.remove(frame)
+    siblings = parent.children if parent is not None else None
+    if siblings is not None and frame in siblings:
+        siblings.remove(frame)
+    # Cycles of an inner loop still listed here belong to a cancelled inner loop that is
+    # still winding down: it lets go of them itself, once its cleanup has recorded them.
+    frame.children = None
     frame.release()
     # A cancelled task of the cycle that has not had its turn yet still holds the frame;
     # its `prev` would keep the cycle before alive too, and so on down the loop.

@@ -18,14 +18,15 @@ moat: 1
 name: late-strategy
 nodes:
   slow: {type: work, with: {ms: 10, value: 1}}
-  x:                           # its strategy is decided only once `slow` finished
+  early: {type: work, with: {ms: 5, value: 1}}
+  x:                           # its strategy is decided only once `slow` finished (10 ms)
     type: work
     speculative: "slow.value == 1"
     with: {ms: 50, value: 7}
-  s:                           # starts at once and needs `x`: starts it in a task of its own
+  s:                           # starts at once; at 5 ms it needs `x` and starts it itself
     type: work
     speculative: true
-    with: {value: "{{ x.value + 1 }}"}
+    with: {value: "{{ x.value + 1 if early.value == 1 else 0 }}"}
 output: {v: s.value}
 """
 
@@ -38,6 +39,7 @@ async def test_a_node_started_while_its_strategy_is_pending_runs_once_to_the_end
     result, sink = await run(g)
     assert (result.status.value, result.output, result.error) == ("ok", {"v": 8}, None)
     assert sorted(runs(sink)) == [
+        ("early", 0, "succeeded", True, "used", 1),
         ("s", 0, "succeeded", True, "used", 1),
         ("slow", 0, "succeeded", True, "used", 1),
         ("x", 0, "succeeded", True, "used", 1),
@@ -55,6 +57,7 @@ nodes:
     until: s.value > 100
     nodes:
       slow: {type: work, with: {ms: 10, value: 1}}
+      early: {type: work, with: {ms: 5, value: 1}}
       x:
         type: work
         speculative: "slow.value == 1"
@@ -62,7 +65,7 @@ nodes:
       s:
         type: work
         speculative: true
-        with: {value: "{{ x.value + cycle }}"}
+        with: {value: "{{ x.value + cycle if early.value == 1 else 0 }}"}
     output: {v: s.value}
 output: {v: l.v}
 """

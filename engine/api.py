@@ -13,7 +13,7 @@ scripts.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +28,9 @@ from engine.graph.spec import ModelSpec
 from engine.models import PRICES_AS_OF, Gateway, is_priced
 from engine.plugin.context import SharedState
 from engine.policy.manager import PolicyManager
-from engine.requests import BatchItem, InputValidator, parse_request
+from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request
 from engine.scheduler.runner import RequestResult, Runner
-from engine.store.store import Store, new_run_id
+from engine.store.store import HEARTBEAT_S, Store, new_run_id
 
 __all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
 
@@ -69,6 +69,9 @@ class Pipeline:
         policy_file: apply this policy snapshot before answering (`--policy`).
         models: rebind logical models, `{"large": "openai:gpt-4o-mini"}` (`--model`).
         seed: seed for the simulated models.
+        limits: size and nesting limits of one request (default: the graph's `limits:`).
+        memory_records: how many of the latest records the default in-memory sink keeps
+            (`None`: all of them, which grows without bound in a long-lived process).
         allow_unpriced: run a graph with `budget.cost_usd` even though one of its models has
             no price (`--allow-unpriced`); its calls then cost $0 against the budget.
 
@@ -86,10 +89,14 @@ class Pipeline:
         models: Mapping[str, str] | None = None,
         seed: int = 0,
         allow_unpriced: bool = False,
+        limits: RequestLimits | None = None,
+        memory_records: int | None = 100_000,
     ) -> None:
         self.graph = graph if isinstance(graph, Graph) else load_graph(graph)
         self.db = os.fspath(db) if db is not None else None
-        self.memory = sink if sink is not None else MemorySink()
+        self.memory = sink if sink is not None else MemorySink(max_records=memory_records)
+        spec_limits = self.graph.spec.limits
+        self.limits = limits or RequestLimits(spec_limits.max_request_bytes, spec_limits.max_depth)
         self.policy_file = policy_file
         self.seed = seed
         self.validator = InputValidator(self.graph.input_schema)
@@ -201,29 +208,68 @@ class Pipeline:
             {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
             declared=self.validator.declared,
+            limits=self.limits,
         )
         if run_id is not None:
             self.use_run(run_id)
         rid = run_id or self.start_run(1)
         result = await self._answer(rid, item if not meta else _with_meta(item, meta))
         if run_id is None and self.store is not None:
+            await anyio.to_thread.run_sync(self.flush)  # so the run counts its request
             self.store.finish_run(rid, "finished")
         return result
 
     async def run_batch(
         self,
-        items: Iterable[BatchItem],
+        items: Iterable[BatchItem | Mapping[str, Any]],
         *,
-        run_id: str,
-        total: int,
+        run_id: str | None = None,
+        total: int | None = None,
         concurrency: int = 16,
         skip: frozenset[int] = frozenset(),
         on_record: Callable[[RequestRecord], None] | None = None,
     ) -> BatchSummary:
         """Answer `items` with at most `concurrency` in flight; finished records go to
         `on_record` as they are recorded. Cancelling the caller stops cleanly: what finished
-        is kept."""
+        is kept.
+
+        Args:
+            items: `BatchItem`s, or plain request mappings (numbered in order from 0).
+            run_id: record the requests under this run; by default a new run is started
+                (and finished when the batch ends).
+            total: how many requests the batch has, if known (default: `len(items)`).
+            concurrency: requests in flight at most.
+            skip: `seq` numbers not to answer (already answered, for a resume).
+            on_record: called with each finished request's record.
+        """
+        if total is None:
+            total = len(items) if isinstance(items, Sized) else 0
+        own_run = run_id is None
+        if run_id is None:
+            run_id = self.start_run(total)
+        else:
+            self.use_run(run_id)
         summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
+        status = "interrupted"
+        try:
+            await self._answer_all(items, summary, concurrency, skip, on_record)
+            status = "finished"
+        finally:
+            if own_run and self.store is not None:
+                with anyio.CancelScope(shield=True):  # count the requests once stored
+                    await anyio.to_thread.run_sync(self.flush)
+                self.store.finish_run(run_id, status)
+        return summary
+
+    async def _answer_all(
+        self,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        summary: BatchSummary,
+        concurrency: int,
+        skip: frozenset[int],
+        on_record: Callable[[RequestRecord], None] | None,
+    ) -> None:
+        run_id = summary.run_id
         limiter = anyio.Semaphore(max(1, concurrency))
 
         def count(record: RequestRecord) -> None:
@@ -236,16 +282,34 @@ class Pipeline:
 
         self._listeners.append(count)
         try:
-            async with anyio.create_task_group() as tg:
-                for item in items:
-                    if item.seq in skip:
-                        continue
-                    await limiter.acquire()
-                    tg.start_soon(self._answer_released, run_id, item, limiter)
-            await self.settle()
+            async with anyio.create_task_group() as beats:
+                if self.store is not None:
+                    beats.start_soon(self._heartbeat, summary)
+                async with anyio.create_task_group() as tg:
+                    for index, entry in enumerate(items):
+                        item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
+                        if item.seq in skip:
+                            continue
+                        await limiter.acquire()
+                        tg.start_soon(self._answer_released, run_id, item, limiter)
+                # records come after each request's cleanup (`after_success` work): wait
+                # for them before the listener goes
+                await self.settle()
+                beats.cancel_scope.cancel()
         finally:
             self._listeners.remove(count)
-        return summary
+
+    async def _heartbeat(self, summary: BatchSummary) -> None:
+        """Record the batch's progress, and that its process is alive (see `run_state`)."""
+        assert self.store is not None
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            await anyio.to_thread.run_sync(
+                self.store.update_run_progress, summary.run_id, summary.done
+            )
+
+    def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
+        return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)
 
     async def _answer_released(
         self, run_id: str, item: BatchItem, limiter: anyio.Semaphore
@@ -422,6 +486,7 @@ def run_sync(
                 for seq, value in enumerate(inputs):
                     tg.start_soon(one, seq, value)
             if pipe.store is not None:
+                await anyio.to_thread.run_sync(pipe.flush)
                 pipe.store.finish_run(run_id, "finished")
             return [results[i] for i in sorted(results)]
 

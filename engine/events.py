@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -395,10 +396,11 @@ class Sink(Protocol):
 
 
 class MemorySink:
-    """Keeps every record in a list; used by tests and benchmarks."""
+    """Keeps the records in memory (every one, or the latest `max_records`); used by tests,
+    benchmarks and `Pipeline(db=None)`."""
 
-    def __init__(self) -> None:
-        self.items: list[Record] = []
+    def __init__(self, max_records: int | None = None) -> None:
+        self.items: deque[Record] = deque(maxlen=max_records)
 
     def record(self, item: Record) -> None:
         self.items.append(item)

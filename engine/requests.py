@@ -1,4 +1,4 @@
-"""Turning request lines into validated inputs: JSONL parsing, meta fields, the input schema.
+"""Turning request lines into validated inputs: the one JSON reader, limits, the input schema.
 
 A request is a JSON object: the graph's input fields, plus optional meta fields that never
 reach expressions:
@@ -6,22 +6,60 @@ reach expressions:
 - `_labels`: hidden labels for benchmarking; only the `sim` provider reads them.
 - `conversation_id`, `turn_index`, `parent_request_id`: recorded on the request row; kept
   in the input only when the graph's `input` schema declares them.
+
+Every source of requests (lines of an `--input` file, `--json`, `--prompt`, the Python API)
+goes through the same checks, so a hostile request is that request's `invalid_input` and
+never aborts a batch: at most `max_request_bytes` of JSON (a longer line is skipped without
+being held in memory), at most `max_depth` levels of nesting, finite numbers, no lone
+surrogates (text that cannot be stored or written as UTF-8) and JSON types only.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jsonschema
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
-__all__ = ["BatchItem", "InputValidator", "parse_request", "read_jsonl"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "BatchItem",
+    "InputValidator",
+    "RequestLimits",
+    "count_requests",
+    "decode_request",
+    "parse_request",
+    "read_jsonl",
+    "show_value",
+]
 
 META_FIELDS = ("conversation_id", "turn_index", "parent_request_id")
+_EXAMPLE = ', such as {"prompt": "..."}'
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SKIP_CHUNK = 1 << 16
+_MAX_INT_BITS = 13_000
+"""About 3,900 decimal digits: Python refuses to print (or write as JSON) longer integers."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one request may be at most (the graph's `limits:`, or `--max-request-bytes`)."""
+
+    max_request_bytes: int = 1 << 20
+    """Bytes of JSON (UTF-8) in one request; longer ones are `invalid_input` unread."""
+    max_depth: int = 64
+    """Levels of nested objects and lists in one request."""
+
+
+DEFAULT_LIMITS = RequestLimits()
+"""1 MiB and 64 levels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +80,99 @@ class BatchItem:
     """Where the request came from (the input file, `--json`), for error messages."""
 
 
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line is not None else source
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in the words of the graph language (`none`, `true`, a list)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """A value as the graph language writes it (`none`, `true`, `'text'`), shortened."""
+    text = _show(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return _kind(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_show(k)}: {_show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _value_problem(value: Any, limits: RequestLimits) -> str | None:
+    """Why a decoded value is not a usable request body, or None. Iterative: a value nested
+    far deeper than the stack allows is reported, not a crash."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "the request")]
+    while stack:
+        item, depth, at = stack.pop()
+        if not isinstance(item, Mapping | list | tuple):
+            problem = _scalar_problem(item, at)
+            if problem is not None:
+                return problem
+            continue
+        if depth > limits.max_depth:
+            return _too_deep(limits)
+        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(item, Mapping) and not isinstance(key, str):
+                return f"{at} has the key {show_value(key)}; JSON keys are strings"
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return f"{at} has a key with a lone surrogate (\\ud800-\\udfff), not text"
+            name = f"input {key}" if at == "the request" else f"{at}/{key}"
+            stack.append((child, depth + 1, name))
+    return None
+
+
+def _scalar_problem(item: Any, at: str) -> str | None:
+    if isinstance(item, str):
+        if _SURROGATE.search(item):
+            return f"{at} has a lone surrogate (\\ud800-\\udfff), not text"
+    elif isinstance(item, bool) or item is None:
+        return None
+    elif isinstance(item, int):
+        if item.bit_length() > _MAX_INT_BITS:
+            return f"{at} is a number of more than 3,900 digits"
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            return f"{at} is {item}, not a JSON number"
+    else:
+        return f"{at} is {_kind(item)}, which JSON cannot hold"
+    return None
+
+
+def _too_deep(limits: RequestLimits) -> str:
+    return (
+        f"nested more than {limits.max_depth} levels deep; flatten the request or raise "
+        "`limits: {max_depth: ...}` in the graph"
+    )
+
+
+def _too_big(size: int | str, limits: RequestLimits) -> str:
+    return (
+        f"the request is {size} bytes, over the limit of {limits.max_request_bytes}; "
+        "shorten it, or raise `limits: {max_request_bytes: ...}` in the graph "
+        "(or `moat run --max-request-bytes N`)"
+    )
+
+
 def parse_request(
     value: Any,
     *,
@@ -49,20 +180,34 @@ def parse_request(
     line: int | None = None,
     source: str = "request",
     declared: frozenset[str] = frozenset(),
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> BatchItem:
-    """Split a decoded request into input, hidden labels and meta fields."""
-    where = f"{source}:{line}" if line is not None else source
-    if not isinstance(value, dict):
-        return BatchItem(
-            seq,
-            None,
-            error=f"{where}: a request must be a JSON object, not {type(value).__name__}",
-            line=line,
-        )
+    """Check a decoded request (as `decode_request` does) and split it into input, hidden
+    labels and meta fields. Problems become an item with an `error`, never an exception."""
+    where = _where(source, line)
+    problem = _value_problem(value, limits)
+    if problem is None and isinstance(value, Mapping):
+        text = json.dumps(value, ensure_ascii=False, default=dict)
+        size = len(text.encode("utf-8"))
+        if size > limits.max_request_bytes:
+            problem = _too_big(size, limits)
+    if problem is not None:
+        return BatchItem(seq, None, error=f"{where}: {problem}", line=line, source=source)
+    return _split(value, seq=seq, line=line, source=source, declared=declared)
+
+
+def _split(
+    value: Any, *, seq: int, line: int | None, source: str, declared: frozenset[str]
+) -> BatchItem:
+    where = _where(source, line)
+    if not isinstance(value, Mapping):
+        error = f"{where}: a request must be a JSON object{_EXAMPLE}, not {_kind(value)}"
+        return BatchItem(seq, None, error=error, line=line, source=source)
     data = dict(value)
     labels = data.pop("_labels", None) or {}
-    if not isinstance(labels, dict):
-        return BatchItem(seq, None, error=f"{where}: `_labels` must be an object", line=line)
+    if not isinstance(labels, Mapping):
+        error = f"{where}: `_labels` must be an object, not {_kind(labels)}"
+        return BatchItem(seq, None, error=error, line=line, source=source)
     meta = {k: data[k] for k in META_FIELDS if k in data}
     for key in META_FIELDS:
         if key in data and key not in declared:
@@ -70,31 +215,104 @@ def parse_request(
     return BatchItem(seq, data, labels=labels, meta=meta, line=line, source=source)
 
 
-def read_jsonl(path: str | Path, *, declared: frozenset[str] = frozenset()) -> Iterator[BatchItem]:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_request(
+    text: str | bytes,
+    *,
+    seq: int,
+    line: int | None = None,
+    source: str = "request",
+    declared: frozenset[str] = frozenset(),
+    limits: RequestLimits = DEFAULT_LIMITS,
+) -> BatchItem:
+    """The one JSON reader: one request's JSON text (a file line, `--json`) as a `BatchItem`.
+
+    Whatever the text holds, the result is an item; an unusable request carries an `error`
+    naming its source (and line) and how to fix it, and becomes an `invalid_input` result.
+    """
+    where = _where(source, line)
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if len(raw) > limits.max_request_bytes:
+        return _bad(seq, line, source, f"{where}: {_too_big(len(raw), limits)}")
+    try:
+        decoded = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        return _bad(seq, line, source, f"{where}: not UTF-8 text (byte {exc.start + 1})")
+    try:
+        value = json.loads(decoded, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        at = f"{where}:{exc.colno}" if line is not None else f"{where}: column {exc.colno}"
+        message = f"{at}: invalid JSON: {exc.msg}; each line must be one JSON object{_EXAMPLE}"
+        return _bad(seq, line, source, message)
+    except RecursionError:
+        return _bad(seq, line, source, f"{where}: {_too_deep(limits)}")
+    except ValueError as exc:  # a number of more digits than Python converts, NaN, Infinity
+        return _bad(seq, line, source, f"{where}: invalid JSON: {_short(str(exc))}")
+    problem = _value_problem(value, limits)
+    if problem is not None:
+        return _bad(seq, line, source, f"{where}: {problem}")
+    return _split(value, seq=seq, line=line, source=source, declared=declared)
+
+
+def _short(message: str) -> str:
+    return message.split(";")[0]
+
+
+def _bad(seq: int, line: int | None, source: str, error: str) -> BatchItem:
+    return BatchItem(seq, None, error=error, line=line, source=source)
+
+
+def _request_lines(fh: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | int]]:
+    """(line number, its bytes) of every non-blank line; (line number, its size) for a line
+    over `limit` bytes, which is skipped in chunks and never held whole in memory."""
+    number = 0
+    limit = min(limit, sys.maxsize - 2)
+    while True:
+        raw = fh.readline(limit + 2)  # the line, its "\r\n", and one byte to see it is over
+        if not raw:
+            return
+        number += 1
+        more = len(raw) == limit + 2 and not raw.endswith(b"\n")  # the line goes on
+        body = raw.rstrip(b"\r\n")
+        if not more and len(body) <= limit:
+            if body.strip():
+                yield number, body
+            continue
+        size, blank = len(body), not body.strip()
+        while not raw.endswith(b"\n"):
+            raw = fh.readline(_SKIP_CHUNK)
+            if not raw:
+                break
+            size += len(raw.rstrip(b"\r\n"))
+            blank = blank and not raw.strip()
+        if not blank:
+            yield number, size
+
+
+def count_requests(path: str | Path, *, limits: RequestLimits = DEFAULT_LIMITS) -> int:
+    """How many requests `read_jsonl` yields for the file (its non-blank lines)."""
+    with open(path, "rb") as fh:
+        return sum(1 for _ in _request_lines(fh, limits.max_request_bytes))
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    declared: frozenset[str] = frozenset(),
+    limits: RequestLimits = DEFAULT_LIMITS,
+) -> Iterator[BatchItem]:
     """Yield one `BatchItem` per non-blank line; bad lines become items with an error."""
-    seq = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, start=1):
-            text = raw.strip()
-            if not text:
+    with open(path, "rb") as fh:
+        for seq, (number, raw) in enumerate(_request_lines(fh, limits.max_request_bytes)):
+            if isinstance(raw, int):
+                yield _bad(seq, number, str(path), f"{path}:{number}: {_too_big(raw, limits)}")
                 continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield BatchItem(
-                    seq,
-                    None,
-                    error=(
-                        f"{path}:{number}:{exc.colno}: invalid JSON: {exc.msg}; each line must"
-                        ' be one JSON object, such as {"prompt": "..."}'
-                    ),
-                    line=number,
-                )
-            else:
-                yield parse_request(
-                    value, seq=seq, line=number, source=str(path), declared=declared
-                )
-            seq += 1
+            yield decode_request(
+                raw, seq=seq, line=number, source=str(path), declared=declared, limits=limits
+            )
 
 
 class InputValidator:
@@ -124,6 +342,21 @@ class InputValidator:
         error = best_match(self._validator.iter_errors(data))
         if error is None:
             return data, None
-        where = f"{item.source}:{item.line}" if item.line is not None else item.source
+        where = _where(item.source, item.line)
         at = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return None, f"{where}: input {at}: {error.message}"
+        return None, f"{where}: input {at}: {_schema_message(error)}"
+
+
+def _schema_message(error: ValidationError) -> str:
+    """jsonschema's message with the values written as the graph language writes them
+    (`none`, `true`), and long values shortened."""
+    message = error.message
+    for value in (error.instance, error.validator_value):
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            if isinstance(value, str) and len(value) > 60:
+                message = message.replace(repr(value), show_value(value))
+            continue
+        text = repr(value)
+        if text in message:
+            message = message.replace(text, show_value(value))
+    return message

@@ -19,13 +19,15 @@ _REASONING = re.compile(
 _FACTUAL = re.compile(r"(?i)^\s*(what is|what's|who|when|where|define|list|name)\b")
 _CODE = re.compile(
     r"```|\b(def|class|function|return|import|const|let|var|SELECT|FROM|WHERE|#include)\b|"
-    r"[{};]\s*$|=>|\w+\(\)|Traceback|Exception|\berror:",
+    r"[{};]\s*$|=>|\b\w+\(\)|Traceback|Exception|\berror:",
     re.M,
 )
 _STEPS = re.compile(
     r"(?i)\b(step[- ]by[- ]step|first(?:ly)?|then|after that|finally|next,|secondly)\b"
 )
-_LIST_LINE = re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s+")
+# `[ \t]`, not `\s`: a `\s*` after `^` would run over every following blank line, once per
+# line, which is quadratic on a text of newlines
+_LIST_LINE = re.compile(r"(?m)^[ \t]*(?:[-*•]|\d+[.)])\s+")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,14 +35,17 @@ from typing import Any, Protocol
 from nodes._embed import HashingEmbedder, QVector, quantize, words
 from nodes._lsh import MinHashIndex
 
-__all__ = ["CachePersistence", "Entry", "Lookup", "SemanticCache", "template"]
+__all__ = ["CachePersistence", "Entry", "Lookup", "Prepared", "SemanticCache", "template"]
 
 _SLOT_PATTERNS = [
-    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    # linear on hostile text: an email starts only where its run starts (a failed run is
+    # scanned once, not once per position) and an id looks ahead a bounded distance
+    ("email", re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
     ("url", re.compile(r"https?://\S+")),
     ("quoted", re.compile(r"\"[^\"\n]{1,200}\"|“[^”\n]{1,200}”|(?<!\w)'[^'\n]{1,200}'(?!\w)")),
     ("id", re.compile(
-        r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"  # INV-2024-7
+        # INV-2024-7
+        r"\b(?=[\w-]{0,63}\d)(?=[\w-]{0,63}[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"
         r"|#\d+|\b[0-9a-f]{8,}\b"  # #4471, hex ids
     )),
     ("num", re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?%?")),
@@ -59,6 +62,8 @@ _FUNCTION_TEXT = """
     hey thanks thank"""
 _FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
 """Words a paraphrase may add, drop or swap without changing what is asked."""
+_SIGNER = MinHashIndex()
+"""Computes band keys; every partition's index uses the same default parameters."""
 _PUNCT = re.compile(r"[^\w{}\s]+")
 _SPACE = re.compile(r"\s+")
 
@@ -85,11 +90,23 @@ def _mark(m: re.Match[str], kind: str, found: list[str]) -> str:
 
 def _name(m: re.Match[str], found: list[str]) -> str:
     """A capitalised word inside a sentence is a name slot; a sentence's first word is not."""
-    before = m.string[: m.start()].rstrip()
-    if m.group() in _NOT_NAMES or not before or before[-1] in ".!?:;\n\"'(“":
+    before = _char_before(m.string, m.start())
+    if m.group() in _NOT_NAMES or not before or before in ".!?:;\n\"'(“":
         return m.group()
     found.append("name:" + m.group().lower())
     return "{name}"
+
+
+def _char_before(text: str, pos: int) -> str:
+    """The last non-space character before `pos` ('' at the start).
+
+    Walks back over the whitespace run only, never copies the prefix: each run is walked by
+    the one word after it, so naming every word of a long text stays linear.
+    """
+    i = pos - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return text[i] if i >= 0 else ""
 
 
 @dataclass(slots=True)
@@ -162,6 +179,40 @@ class _Partition:
         self.bytes = 0
 
 
+class Prepared:
+    """The pure part of a lookup or store: template, slots and, on demand, vector and bands.
+
+    It touches no partition, so for a long text the node computes it in a worker thread
+    (`SemanticCache.prepare(...).complete()`) and the event loop only probes the dicts.
+    """
+
+    __slots__ = ("_embedder", "_signature", "_vector", "slots", "template")
+
+    def __init__(self, text: str, embedder: HashingEmbedder, *, names: bool = True) -> None:
+        self.template, self.slots = template(text, names=names)
+        self._embedder = embedder
+        self._vector: list[float] | None = None
+        self._signature: tuple[tuple[int, int], ...] | None = None
+
+    def vector(self) -> list[float]:
+        """The template's embedding (computed once)."""
+        if self._vector is None:
+            self._vector = self._embedder.embed_one(self.template)
+        return self._vector
+
+    def signature(self) -> tuple[tuple[int, int], ...]:
+        """The template's MinHash band keys (computed once)."""
+        if self._signature is None:
+            self._signature = _SIGNER.signature(_lsh_tokens(self.template, self.slots))
+        return self._signature
+
+    def complete(self) -> Prepared:
+        """Compute everything now (in a worker thread, for a long text)."""
+        self.vector()
+        self.signature()
+        return self
+
+
 class SemanticCache:
     """A namespace of per-tenant semantic caches.
 
@@ -190,6 +241,10 @@ class SemanticCache:
         self._embedder = HashingEmbedder()
         self._tenants: OrderedDict[str, _Partition] = OrderedDict()
 
+    def prepare(self, text: str, *, names: bool = True) -> Prepared:
+        """The pure part of a lookup or store of `text`; safe to compute in a worker thread."""
+        return Prepared(text, self._embedder, names=names)
+
     # ------------------------------------------------------------------ lookups
 
     def lookup(
@@ -201,6 +256,7 @@ class SemanticCache:
         threshold: float = 0.9,
         names: bool = True,
         strict_words: bool = True,
+        prepared: Prepared | None = None,
     ) -> Lookup:
         """The best live entry of `tenant` for `text`, or a miss (`entry=None`).
 
@@ -208,7 +264,8 @@ class SemanticCache:
         (`reset` for `cancel`) is refused however similar the rest; rewording with function
         words or one-sided additions (`please`, `quickly`) still matches.
         """
-        tpl, slots = template(text, names=names)
+        prep = prepared or self.prepare(text, names=names)
+        tpl, slots = prep.template, prep.slots
         key = _key(scope, tpl, slots)
         part = self._partition(tenant)
         now = self.clock()
@@ -218,14 +275,11 @@ class SemanticCache:
         if threshold >= 1.0 or not part.entries:
             return Lookup(None, 0.0, False, key)
         scored: list[tuple[float, Entry]] = []
-        qvec: list[float] | None = None
-        sig = part.index.signature(_lsh_tokens(tpl, slots))
-        for cand_key in part.index.candidates(sig, self.candidates):
+        for cand_key in part.index.candidates(prep.signature(), self.candidates):
             cand = part.entries.get(cand_key)
             if cand is None or cand.scope != scope or cand.slots != slots:
                 continue
-            if qvec is None:
-                qvec = self._embedder.embed_one(tpl)
+            qvec = prep.vector()
             q8, scale = cand.vector
             scored.append((sum(map(operator.mul, qvec, q8)) * scale, cand))
         scored.sort(key=lambda x: -x[0])
@@ -253,19 +307,21 @@ class SemanticCache:
         max_entries: int = 10_000,
         max_bytes: int = 64 << 20,
         names: bool = True,
+        prepared: Prepared | None = None,
     ) -> tuple[Entry, int]:
         """Store `value` for `text` in `tenant`'s partition; returns the entry and evictions."""
-        tpl, slots = template(text, names=names)
+        prep = prepared or self.prepare(text, names=names)
+        tpl, slots = prep.template, prep.slots
         key = _key(scope, tpl, slots)
         part = self._partition(tenant)
         now = self.clock()
         size = len(tpl) + sum(map(len, slots)) + len(json.dumps(value, default=str)) + 512
         entry = Entry(
             key=key, scope=scope, template=tpl, slots=slots, value=value, negative=negative,
-            vector=quantize(self._embedder.embed_one(tpl)), ttl_s=ttl_s,
+            vector=quantize(prep.vector()), ttl_s=ttl_s,
             expires_at=now + ttl_s, hits=0, size=size, stored_at=now,
         )  # fmt: skip
-        self._insert(tenant, part, entry)
+        self._insert(tenant, part, entry, prep.signature())
         if self.persistence is not None:
             self.persistence.save(self.namespace, tenant, entry.record())
         return entry, self._evict(tenant, part, max_entries, max_bytes)
@@ -342,13 +398,21 @@ class SemanticCache:
             )  # fmt: skip
             self._insert(tenant, part, entry)
 
-    def _insert(self, tenant: str, part: _Partition, entry: Entry) -> None:
+    def _insert(
+        self,
+        tenant: str,
+        part: _Partition,
+        entry: Entry,
+        signature: tuple[tuple[int, int], ...] | None = None,
+    ) -> None:
         old = part.entries.pop(entry.key, None)
         if old is not None:
             part.bytes -= old.size
         part.entries[entry.key] = entry
         part.bytes += entry.size
-        part.index.add(entry.key, part.index.signature(_lsh_tokens(entry.template, entry.slots)))
+        if signature is None:
+            signature = part.index.signature(_lsh_tokens(entry.template, entry.slots))
+        part.index.add(entry.key, signature)
 
     def _remove(self, tenant: str, part: _Partition, entry: Entry) -> None:
         part.entries.pop(entry.key, None)

@@ -44,7 +44,8 @@ from pydantic import AliasChoices, BaseModel, Field
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._semcache import Lookup, SemanticCache
+from nodes._offload import INLINE_MAX_CHARS, off_loop
+from nodes._semcache import Lookup, Prepared, SemanticCache
 
 __all__ = ["CacheNode", "shared_cache"]
 
@@ -138,9 +139,11 @@ class CacheNode(Node):
                 cache.warmed_files.add(warm_file)
         if config.mode == "store":
             return self._schedule_store(config, ctx, cache)
-        return self._lookup(config, ctx, cache)
+        return self._lookup(config, ctx, cache, await _prepare(cache, config))
 
-    def _lookup(self, config: Config, ctx: NodeContext, cache: SemanticCache) -> Output:
+    def _lookup(
+        self, config: Config, ctx: NodeContext, cache: SemanticCache, prepared: Prepared
+    ) -> Output:
         tenant = ctx.request.tenant
         found = cache.lookup(
             tenant,
@@ -149,6 +152,7 @@ class CacheNode(Node):
             threshold=config.threshold,
             names=config.names,
             strict_words=config.strict_words,
+            prepared=prepared,
         )
         entry = found.entry
         payload = {"similarity": round(found.similarity, 4), "key": found.key}
@@ -198,6 +202,7 @@ class CacheNode(Node):
                     tenant, config.text, config.value, scope=config.scope, negative=negative,
                     ttl_s=config.ttl_s, max_entries=config.max_entries,
                     max_bytes=config.max_bytes, names=config.names,
+                    prepared=await _prepare(cache, config),
                 )  # fmt: skip
                 ctx.emit(
                     EventType.CACHE_STORED,
@@ -218,6 +223,17 @@ class CacheNode(Node):
             hit=False, value=None, similarity=0.0, negative=False, key="", exact=False,
             stored=wanted,
         )  # fmt: skip
+
+
+async def _prepare(cache: SemanticCache, config: CacheNode.Config) -> Prepared:
+    """Template, embed and band `config.text`, in a worker thread when it is long."""
+    if len(config.text) <= INLINE_MAX_CHARS:
+        return cache.prepare(config.text, names=config.names)  # the rest stays lazy
+
+    def complete(text: str) -> Prepared:
+        return cache.prepare(text, names=config.names).complete()
+
+    return await off_loop(config.text, complete)
 
 
 def shared_cache(ctx: NodeContext, namespace: str) -> SemanticCache:

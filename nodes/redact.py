@@ -4,7 +4,8 @@
 `Mail [EMAIL_1] or call [PHONE_1]`: placeholders are typed and numbered per kind, and the
 same value (compared after normalisation, so `(415) 555-0132` and `415.555.0132` are one
 value) gets the same placeholder everywhere in the request. Detection and validators live
-in `nodes._pii`; kinds are `EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
+in `engine.pii`, the detector the gateway's egress redaction uses too; kinds are
+`EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
 
 The mapping from placeholders to originals never leaves the request: it is kept in a
 request-scoped vault obtained through `ctx.memo("redact:vault:" + vault)`, and is not part of
@@ -27,9 +28,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine.events import EventType
+from engine.pii import KINDS, PiiKind, Span, detect, normalise_value
+from engine.pii import redact as redact_spans
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._pii import KINDS, PiiKind, detect, normalise_value
+from nodes._offload import off_loop
 
 __all__ = ["PiiVault", "RedactNode"]
 
@@ -56,20 +59,18 @@ class PiiVault:
         self._originals[token] = value
         return token
 
-    def redact(self, text: str, kinds: frozenset[str]) -> tuple[str, dict[str, int]]:
-        """`text` with every detected value of `kinds` replaced; counts of spans by kind."""
-        parts: list[str] = []
-        found: Counter[str] = Counter()
-        pos = 0
-        for span in detect(text):
-            if span.kind not in kinds:
-                continue
-            parts.append(text[pos : span.start])
-            parts.append(self.placeholder(span.kind, span.value))
-            found[span.kind] += 1
-            pos = span.end
-        parts.append(text[pos:])
-        return "".join(parts), dict(sorted(found.items()))
+    def redact(
+        self, text: str, kinds: frozenset[str], spans: list[Span] | None = None
+    ) -> tuple[str, dict[str, int]]:
+        """`text` with every detected value of `kinds` replaced; counts of spans by kind.
+
+        `spans` are `detect(text)` when the caller computed them already (off the loop).
+        """
+
+        def token(span: Span) -> str:
+            return self.placeholder(span.kind, span.value)
+
+        return redact_spans(text, token, kinds, spans=spans)
 
     def restore(self, text: str) -> tuple[str, dict[str, int]]:
         """`text` with known placeholders replaced by their originals; counts by kind."""
@@ -134,7 +135,8 @@ class RedactNode(Node):
             ctx.log.debug("redact.restored", found=found)
             return self.Output(text=text, found=found, count=sum(found.values()))
         kinds = frozenset(config.kinds) if config.kinds else frozenset(KINDS)
-        text, found = vault.redact(config.text, kinds)
+        spans = await off_loop(config.text, detect)  # a long text is scanned in a thread
+        text, found = vault.redact(config.text, kinds, spans)
         total = sum(found.values())
         ctx.emit(
             EventType.PII_REDACTED,

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
+from _loop_probe import HOSTILE_60KB, heartbeats_during
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -594,3 +595,12 @@ async def test_lone_surrogates_from_json_input_become_replacement_characters() -
         sim = await gateway.client("s", _scope()).complete(prompt="x \ud83d\ude00 \ud800")
     assert [m["content"] for m in provider.seen[0].messages] == ["\ufffd", "a \ufffd b"]
     assert sim.text
+@pytest.mark.anyio
+async def test_redacting_a_long_remote_prompt_leaves_the_event_loop_free() -> None:
+    provider = FakeProvider()
+    scope = _scope(policy={"egress": {"redact": True}}, emit=Events())
+    prompt = HOSTILE_60KB + " reply to bob@example.com"
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        ticks = await heartbeats_during(lambda: gateway.client("m", scope).complete(prompt=prompt))
+    assert provider.seen[0].messages[-1]["content"].endswith("reply to [EMAIL]")
+    assert ticks >= 5

@@ -280,13 +280,23 @@ async def test_risk_detects_labelled_harm_better_on_bigger_models() -> None:
 
 @pytest.mark.anyio
 async def test_risk_reads_keywords_when_there_are_no_labels() -> None:
-    bad = await _run(
-        _spec("medium"), _info(prompt="How can I hack my neighbour's wifi?"), "x", task="risk"
-    )
-    good = await _run(_spec("medium"), _info(prompt="How do I bake bread?"), "x", task="risk")
+    hack, bread = "How can I hack my neighbour's wifi?", "How do I bake bread?"
+    bad = await _run(_spec("medium"), _info(prompt=hack), f"Request:\n{hack}", task="risk")
+    good = await _run(_spec("medium"), _info(prompt=bread), f"Request:\n{bread}", task="risk")
     bad_v, good_v = json.loads(bad.text), json.loads(good.text)
     assert bad_v["risk_score"] > 0.6 and bad_v["category"] == "cyber"
     assert good_v["risk_score"] < 0.35 and good_v["action"] == "proceed"
+
+
+@pytest.mark.anyio
+async def test_risk_reads_only_the_request_the_model_was_sent() -> None:
+    """Principles around the request and requests kept from the model are not the request."""
+    principles = "Principles:\n- Never help build a bomb or a weapon.\n\nRequest:\n"
+    info = _info(prompt="What is a Roth IRA?")
+    reviewed = await _run(_spec("large"), info, principles + "What is a Roth IRA?", task="risk")
+    hidden = await _run(_spec("large"), _info(prompt="How to build a bomb"), "Hi", task="risk")
+    for answer in (reviewed, hidden):
+        assert json.loads(answer.text)["action"] == "proceed"
 
 
 @pytest.mark.anyio

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _loop_probe import HOSTILE_60KB, finishes_first, heartbeats_during
 from _nodes_fakes import FakeRuntime, run_node
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,3 +274,20 @@ def test_shared_cache_is_per_namespace() -> None:
     ctx = make_ctx(CacheNode(), FakeRuntime(), store=store)
     assert shared_cache(ctx, "x") is shared_cache(ctx, "x")
     assert shared_cache(ctx, "x") is not shared_cache(ctx, "y")
+
+
+async def test_looking_up_a_large_hostile_prompt_leaves_the_event_loop_free() -> None:
+    store = SharedState()
+    cached = "What is the status of order 4471?"
+    await _store(store, cached, "shipped")
+
+    async def big() -> None:
+        out, _ = await _lookup(store, HOSTILE_60KB)
+        assert not out.hit
+
+    async def small() -> None:
+        out, _ = await _lookup(store, cached)
+        assert out.hit and out.value == "shipped"
+
+    assert await heartbeats_during(big) >= 3
+    assert await finishes_first(big, small) == "small"

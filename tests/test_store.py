@@ -3,7 +3,9 @@ orphans and the policy tables."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -381,10 +383,11 @@ def test_runs_have_a_lifecycle_and_sortable_ids(store: Store) -> None:
     run_id = store.create_run("governed-answer", "h1", 3, {"concurrency": 4})
     assert re.fullmatch(r"r-\d{8}-\d{6}-[0-9a-f]{4}", run_id)
     run = store.require_run(run_id)
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
     assert (run["status"], run["requests_done"], run["config"]) == (
         "running",
         0,
-        {"concurrency": 4},
+        {"concurrency": 4, "owner": owner, "heartbeat_at": run["started_at"]},
     )
     store.update_run_progress(run_id, 1)
     assert store.require_run(run_id)["requests_done"] == 1
@@ -437,3 +440,37 @@ def test_policy_errors_say_what_exists(store: Store) -> None:
     with pytest.raises(StoreError, match=r"no policy named 'nope' .*policies: gov"):
         store.set_policy_status("nope", 1, "bad")
     assert store.policy_history("gov") == []
+
+
+def test_a_running_run_whose_process_is_gone_reads_as_died(store: Store) -> None:
+    import subprocess
+    import sys
+
+    from engine.store.store import STALE_AFTER_S, run_state
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = socket.gethostname()
+    now = time.time()
+
+    def running(pid: int, host: str, beat: float) -> dict[str, Any]:
+        owner = {"pid": pid, "host": host}
+        return {"status": "running", "config": {"owner": owner, "heartbeat_at": beat}}
+
+    assert run_state(running(os.getpid(), here, 0.0), now) == "running"  # alive, if silent
+    assert run_state(running(gone.pid, here, now), now) == "died"
+    assert run_state(running(1234, "elsewhere", now - 1), now) == "running"
+    assert run_state(running(1234, "elsewhere", now - STALE_AFTER_S - 1), now) == "died"
+    assert run_state({"status": "finished", "config": {}}, now) == "finished"
+    assert run_state({"status": "running", "config": {}}, now) == "running"  # an older moat's
+
+    run_id = store.create_run("g", None, 2)
+    assert store.require_run(run_id)["status"] == "running"
+    store._conn.execute(  # as if the process that made it had died
+        "UPDATE runs SET config_json = json_set(config_json, '$.owner.pid', ?)", (gone.pid,)
+    )
+    assert [(r["status"], r["stored_status"]) for r in store.list_runs()] == [("died", "running")]
+    store.claim_run(run_id)  # a resume takes it over
+    assert store.require_run(run_id)["status"] == "running"
+    with pytest.raises(StoreError, match=f"run {run_id} is still running"):
+        store.claim_run(run_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tui_store import RUN_A, build_store, registry
+from test_tui_store import RUN_A, RUN_B, build_store, registry
 from textual.pilot import Pilot
 
 from tui import MoatApp
@@ -52,6 +52,16 @@ def test_dashboard(snap_compare: Compare, app: MoatApp) -> None:
 
 def test_dashboard_80x24(snap_compare: Compare, app: MoatApp) -> None:
     assert snap_compare(app, terminal_size=(80, 24), run_before=_then())
+
+
+def test_run_focus_80x24(snap_compare: Compare, app: MoatApp) -> None:
+    """What `moat run --tui` shows: the dashboard focused on the run in progress."""
+    app.run_id = RUN_B
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_then())
+
+
+def test_request_detail_80x24(snap_compare: Compare, app: MoatApp) -> None:
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_then(request="q-a1b2-005"))
 
 
 def test_requests(snap_compare: Compare, app: MoatApp) -> None:

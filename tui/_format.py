@@ -7,7 +7,7 @@ TUI reads well on light and dark terminals; nothing here hard-codes a colour.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 from textual.app import App
@@ -15,11 +15,14 @@ from textual.app import App
 __all__ = [
     "STATE_COLOURS",
     "bar",
+    "ellipsize",
+    "fit_widths",
     "ms",
     "pct",
     "styled",
     "usd",
     "utc",
+    "utc_short",
 ]
 
 STATE_COLOURS: Mapping[str, str] = {
@@ -70,6 +73,56 @@ def utc(at: float | None) -> str:
     if at is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def utc_short(at: float | None) -> str:
+    """A store timestamp as `MM-DD HH:MM:SS` UTC, for narrow columns."""
+    if at is None:
+        return "-"
+    return time.strftime("%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def ellipsize(text: str, width: int, *, middle: bool = False) -> str:
+    """`text` cut to `width` cells with an ellipsis, at the end or (`middle`) in the middle.
+
+    A middle cut keeps both ends, which is what tells ids such as `r-20240501-…-c3d4` apart.
+    """
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    if not middle:
+        return text[: width - 1] + "…"
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
+
+
+def fit_widths(
+    natural: Sequence[int], minimum: Sequence[int], shrink_order: Sequence[int], available: int
+) -> list[int]:
+    """Column widths that fit `available` cells, shrinking only the columns that may shrink.
+
+    Args:
+        natural: the width each column's content needs.
+        minimum: the narrowest each column may become (its natural width for columns
+            that must never be cut).
+        shrink_order: the columns that may shrink, least important first; each is cut
+            down to its minimum before the next one is touched.
+        available: the cells there are for all columns together.
+
+    Returns:
+        The widths: never below `min(natural, minimum)`; summing to at most `available`
+        whenever the minimums allow it.
+    """
+    widths = list(natural)
+    excess = sum(widths) - available
+    for column in shrink_order:
+        if excess <= 0:
+            break
+        cut = min(excess, max(0, widths[column] - minimum[column]))
+        widths[column] -= cut
+        excess -= cut
+    return widths
 
 
 def bar(offset: float, length: float, total: float, width: int) -> tuple[int, int]:

@@ -47,12 +47,13 @@ class MoatApp(App[None]):
         "policies": PoliciesScreen,
     }
     BINDINGS: ClassVar[list[BindingType]] = [
+        # first of the app's keys, so the footer shows it even at 80 columns
+        Binding("q", "quit", "Quit"),
         Binding("d", "show('dashboard')", "Dashboard"),
         Binding("r", "show('requests')", "Requests"),
         Binding("p", "show('policies')", "Policies"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("f", "filter", "Filter"),
-        Binding("q", "quit", "Quit"),
     ]
 
     def __init__(

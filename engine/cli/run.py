@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,14 +23,16 @@ from typing import Any, TextIO
 import anyio
 
 from engine.api import BatchSummary, Pipeline
-from engine.errors import SpecError
+from engine.errors import SpecError, StoreError
 from engine.events import RequestRecord, RequestStatus
+from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
-from engine.requests import BatchItem, parse_request, read_jsonl
-from engine.store.store import Store
+from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
+from engine.store.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run", "result_line"]
 
+_MAX_BYTES = 1 << 30
 _NOT_OK = (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED, RequestStatus.INVALID_INPUT)
 
 
@@ -47,6 +50,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
     p.add_argument("--policy", metavar="FILE", help="apply this policy snapshot first")
     p.add_argument("--concurrency", type=int, default=16, metavar="N")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="N",
+        help="largest request (bytes of JSON) to read; default: the graph's limits (1 MiB)",
+    )
     p.add_argument(
         "--model",
         action="append",
@@ -90,24 +99,103 @@ def result_line(record: RequestRecord) -> str:
 
 @dataclass(slots=True)
 class _Plan:
-    graph_path: str
+    graph: Graph
     input_path: str | None
-    single: dict[str, Any] | None
+    single: str | None
+    """The one request's JSON text (`--json`, `--prompt`)."""
+    single_source: str
     out: str | None
+    limits: RequestLimits
     run_id: str | None = None
     skip: frozenset[int] = frozenset()
     total: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    """The run, once it exists: from then on requests have run, so a failure exits 1."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the batch; exit 0 all ok/partial, 1 some failed, 2 unusable, 130 interrupted."""
-    if args.concurrency < 1:
-        raise SpecError("--concurrency must be at least 1")
-    models = _parse_models(args.model)
+    models = _check_arguments(args)
     db = db_path(args.db)
     plan = _resume_plan(args, db) if args.resume else _new_plan(args)
-    return anyio.run(_run, plan, args, db, models)
+    if plan.total == 0:
+        what = f"run {plan.run_id}" if plan.run_id else plan.input_path
+        print(f"moat: {what} has no requests (no non-blank line); nothing to run", file=sys.stderr)
+        return 0
+    try:
+        return anyio.run(_run, plan, args, db, models)
+    except StoreError as exc:
+        if plan.started is None:
+            raise  # nothing ran: exit 2
+        print(f"moat: {exc}", file=sys.stderr)
+        return _stopped(plan.started, args, "the store failed; ", 1)
+
+
+def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
+    """Every argument checked before anything is created: a bad one exits 2, nothing ran.
+
+    Returns:
+        The `--model` rebindings.
+    """
+    if args.concurrency < 1:
+        raise SpecError(f"--concurrency {args.concurrency}: must be at least 1")
+    if args.max_request_bytes is not None and not 1 <= args.max_request_bytes <= _MAX_BYTES:
+        raise SpecError(
+            f"--max-request-bytes {args.max_request_bytes}: give 1 to {_MAX_BYTES} (1 GiB)"
+        )
+    if args.input is not None:
+        _check_readable("--input", args.input)
+    if args.out is not None:
+        _check_writable("--out", args.out)
+    _check_writable("--db", db_path(args.db))
+    if args.policy is not None:
+        _check_readable("--policy", args.policy)
+    _check_distinct(args)
+    if args.resume is None and not args.graph:
+        raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
+    if args.resume is None and args.input is None and args.json is None and args.prompt is None:
+        raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
+    return _parse_models(args.model)
+
+
+def _check_readable(flag: str, value: str) -> None:
+    path = Path(value)
+    if path.is_dir():
+        raise SpecError(f"{flag} {value}: is a folder; give a file")
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "no such file"
+        raise SpecError(f"{flag} {value}: {what}")
+    if not os.access(path, os.R_OK):
+        raise SpecError(f"{flag} {value}: cannot read the file; check its permissions")
+
+
+def _check_writable(flag: str, value: str) -> None:
+    path = Path(value)
+    if path.is_dir():
+        raise SpecError(f"{flag} {value}: is a folder; give a file path, such as {path / 'x'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise SpecError(f"{flag} {value}: folder {folder} does not exist; create it first")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SpecError(f"{flag} {value}: cannot write the file; check its permissions")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise SpecError(f"{flag} {value}: cannot create files in {folder}; check permissions")
+
+
+def _check_distinct(args: argparse.Namespace) -> None:
+    """Results appended to the input (or the store) would be read back or corrupt it."""
+    files = {"--input": args.input, "--out": args.out, "--db": db_path(args.db)}
+    if args.graph:
+        files["GRAPH"] = args.graph
+    seen: dict[str, str] = {}
+    for flag, value in files.items():
+        if value is None:
+            continue
+        key = os.path.realpath(value)
+        if key in seen:
+            raise SpecError(f"{flag} {value}: is also {seen[key]}; give each its own file")
+        seen[key] = flag
 
 
 def _parse_models(values: list[str]) -> dict[str, str]:
@@ -123,78 +211,100 @@ def _parse_models(values: list[str]) -> dict[str, str]:
     return models
 
 
+def _limits(graph: Graph, max_request_bytes: int | None) -> RequestLimits:
+    spec = graph.spec.limits
+    return RequestLimits(max_request_bytes or spec.max_request_bytes, spec.max_depth)
+
+
 def _new_plan(args: argparse.Namespace) -> _Plan:
-    if not args.graph:
-        raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
-    single = None
-    if args.json is not None:
-        try:
-            single = json.loads(args.json)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"--json: invalid JSON at column {exc.colno}: {exc.msg}") from exc
-    elif args.prompt is not None:
-        single = {"prompt": args.prompt}
-    elif args.input is None:
-        raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
-    if args.input is not None and not Path(args.input).is_file():
-        raise SpecError(f"{args.input}: input file not found")
-    total = 1 if single is not None else _count_lines(args.input)
+    graph = load_graph(args.graph)
+    limits = _limits(graph, args.max_request_bytes)
+    single, source = _single(args.json, args.prompt)
+    total = 1 if single is not None else count_requests(args.input, limits=limits)
     config = {
         "input": os.path.abspath(args.input) if args.input else None,
         "out": os.path.abspath(args.out) if args.out else None,
         "graph_path": os.path.abspath(args.graph),
         "single": single,
+        "single_source": source,
         "concurrency": args.concurrency,
+        "max_request_bytes": args.max_request_bytes,
         "seed": args.seed,
     }
-    return _Plan(args.graph, args.input, single, args.out, total=total, config=config)
+    return _Plan(graph, args.input, single, source, args.out, limits, total=total, config=config)
+
+
+def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]:
+    """The one request as JSON text, read later by the same reader as a file line."""
+    if json_text is not None:
+        return json_text, "--json"
+    if prompt is not None:
+        return json.dumps({"prompt": prompt}), "--prompt"
+    return None, "--json"
 
 
 def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
+    if not Path(db).is_file():
+        raise SpecError(f"--resume {args.resume}: no store at {db}; pass the --db the run used")
     with Store.open(db) as store:
         run = store.require_run(args.resume)
-        config = dict(run.get("config") or {})
-        graph_path = args.graph or config.get("graph_path")
-        if not graph_path:
-            raise SpecError(f"run {args.resume} did not record its graph; pass GRAPH")
-        graph = load_graph(graph_path)
-        if graph.hash != run["graph_hash"]:
+        if run_state(run) == "running":
+            owner = (run.get("config") or {}).get("owner") or {}
             raise SpecError(
-                f"{graph_path}: the graph changed since run {args.resume} (hash "
-                f"{run['graph_hash']} -> {graph.hash}); resume with the same graph"
+                f"--resume {args.resume}: the run is still running (process "
+                f"{owner.get('pid')} on {owner.get('host')}); wait for it to end, or stop it, "
+                "then resume"
             )
-        store.delete_orphans(args.resume)
-        done = store.finished_request_seqs(args.resume)
+        config = dict(run.get("config") or {})
+        graph = _resume_graph(args, run, config)
         out = args.out or config.get("out")
         if out:
+            _check_writable("--out", out)
+        if config.get("input"):
+            _check_readable("the run's --input", config["input"])
+        store.delete_orphans(args.resume)
+        done = store.finished_request_seqs(args.resume)
+        if out:
             _reconcile_out(store, args.resume, Path(out))
+    single = config.get("single")
+    if isinstance(single, Mapping):  # recorded by an older moat as the decoded object
+        single = json.dumps(single)
     return _Plan(
-        graph_path,
+        graph,
         config.get("input"),
-        config.get("single"),
+        single,
+        str(config.get("single_source") or "--json"),
         out,
+        _limits(graph, args.max_request_bytes or config.get("max_request_bytes")),
         run_id=args.resume,
         skip=frozenset(done),
-        total=int(run["requests_total"]),
+        total=int(run["requests_total"] or 0),
         config=config,
     )
 
 
-def _count_lines(path: str) -> int:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return sum(1 for line in fh if line.strip())
+def _resume_graph(args: argparse.Namespace, run: Mapping[str, Any], config: Any) -> Graph:
+    graph_path = args.graph or config.get("graph_path")
+    if not graph_path:
+        raise SpecError(f"run {args.resume} did not record its graph; pass GRAPH")
+    graph = load_graph(graph_path)
+    if graph.hash != run["graph_hash"]:
+        raise SpecError(
+            f"{graph_path}: the graph changed since run {args.resume} (hash "
+            f"{run['graph_hash']} -> {graph.hash}); resume with the same graph"
+        )
+    return graph
 
 
 def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
-    """Drop a torn last line, then append the lines the store has and the file lacks."""
-    if not out.exists():
-        return
-    data = out.read_bytes()
+    """Drop a torn last line, then append the lines the store has and the file lacks (all
+    of them when the file is gone)."""
+    data = out.read_bytes() if out.exists() else b""
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
         out.write_bytes(data)
     have = set()
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").split("\n"):  # JSON text may hold U+2028
         try:
             have.add(json.loads(line)["request_id"])
         except (ValueError, KeyError, TypeError):
@@ -205,19 +315,20 @@ def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
             fh.write("".join(_stored_line(r) + "\n" for r in missing))
 
 
-def _stored_line(row: Any) -> str:
-    output = row["output_json"]
+def _stored_line(row: Mapping[str, Any]) -> str:
+    """The `--out` line of a stored request (a row of `Store.list_requests`)."""
     return json.dumps(
         {
             "request_id": row["id"],
             "status": row["status"],
-            "output": json.loads(output) if output else None,
-            "latency_ms": row["latency_ms"],
-            "cost_usd": row["cost_usd"],
+            "output": row["output"],
+            "latency_ms": round(row["latency_ms"], 3),
+            "cost_usd": round(row["cost_usd"], 8),
             "policy_version": row["policy_version"],
             "error": row["error"],
         },
         ensure_ascii=False,
+        default=str,
     )
 
 
@@ -227,7 +338,12 @@ class _OutWriter:
     def __init__(self, pipe: Pipeline, out: str | None) -> None:
         self.pipe = pipe
         self.pending: list[RequestRecord] = []
-        self._fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if out else None
+        self._fd: int | None = None
+        if out:
+            try:
+                self._fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise SpecError(f"--out {out}: cannot open it for writing: {exc.strerror}") from exc
 
     def add(self, record: RequestRecord) -> None:
         self.pending.append(record)
@@ -293,26 +409,40 @@ class _Progress:
         self.stream.flush()
 
 
+@dataclass(slots=True)
+class _Ending:
+    """How the batch ended: when its last request finished, and whether it was cut short."""
+
+    finished_at: float | None = None
+    failed: bool = True
+
+
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
     async with Pipeline(
-        plan.graph_path,
+        plan.graph,
         db=db,
         policy_file=args.policy,
         models=models,
         seed=args.seed,
         allow_unpriced=getattr(args, "allow_unpriced", False),
+        limits=plan.limits,
     ) as pipe:
-        assert pipe.store is not None
+        store = pipe.store
+        assert store is not None
+        out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
         if plan.run_id is not None:
+            store.claim_run(plan.run_id)
             pipe.use_run(plan.run_id)
         run_id = plan.run_id or pipe.start_run(plan.total, plan.config)
+        plan.started = run_id
         if plan.run_id is None and not args.quiet:
             print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)
-        out = _OutWriter(pipe, plan.out)
         progress = _Progress(plan.total, not args.quiet and not args.tui)
         progress.done = len(plan.skip)
-
         summary = BatchSummary(run_id, plan.total, done=len(plan.skip))
+        if plan.skip:  # a resumed run exits by all its requests, the earlier ones included
+            summary.by_status = store.status_counts(run_id)
+        ending = _Ending()
 
         def on_record(record: RequestRecord) -> None:
             out.add(record)
@@ -321,29 +451,54 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
             summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
 
         try:
-            await _drive(pipe, plan, run_id, args, out, progress, on_record, summary)
+            await _drive(pipe, plan, run_id, args, out, progress, on_record, summary, ending)
             if summary.done < plan.total:
                 summary.interrupted = True  # the operator closed the UI before the end
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.sleep(0)
-                await out.drain()
-                out.close()
-                progress.draw(final=True)
-                status = "interrupted" if summary.interrupted else "finished"
-                pipe.store.update_run_progress(run_id, summary.done)
-                pipe.store.finish_run(run_id, status)
+                await _close_run(pipe, run_id, out, progress, summary, ending)
         if not args.quiet:
             await anyio.to_thread.run_sync(pipe.flush)
-            _print_summary(pipe.store, run_id)
+            _print_summary(store, run_id)
         if summary.interrupted:
-            print(
-                f"moat: interrupted; finished requests are kept. Resume with: moat run "
-                f"--resume {run_id}",
-                file=sys.stderr,
-            )
-            return 130
+            return _stopped(run_id, args, "interrupted; ", 130)
         return 1 if any(summary.by_status.get(s) for s in _NOT_OK) else 0
+
+
+def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int:
+    db = f" --db {shlex.quote(args.db)}" if args.db else ""
+    print(
+        f"moat: {what}finished requests are kept. Resume with: moat run --resume {run_id}{db}",
+        file=sys.stderr,
+    )
+    return code
+
+
+async def _close_run(
+    pipe: Pipeline,
+    run_id: str,
+    out: _OutWriter,
+    progress: _Progress,
+    summary: BatchSummary,
+    ending: _Ending,
+) -> None:
+    """Write the last lines and record how the run ended (its `finished_at` is when its
+    last request finished, however long a `--tui` stayed open after)."""
+    assert pipe.store is not None
+    await anyio.sleep(0)
+    try:
+        await out.drain()
+    except StoreError:
+        ending.failed = True  # its last records are not stored
+        raise
+    finally:
+        out.close()
+        progress.draw(final=True)
+        status = "failed" if ending.failed else "finished"
+        pipe.store.update_run_progress(run_id, summary.done)
+        if summary.interrupted:
+            status = "interrupted"
+        pipe.store.finish_run(run_id, status, at=ending.finished_at)
 
 
 async def _drive(
@@ -355,7 +510,9 @@ async def _drive(
     progress: _Progress,
     on_record: Any,
     summary: BatchSummary,
+    ending: _Ending,
 ) -> None:
+    assert pipe.store is not None
     async with anyio.create_task_group() as tg:
         tg.start_soon(out.loop)
         tg.start_soon(_tick, progress)
@@ -371,24 +528,26 @@ async def _drive(
             on_record=on_record,
         )
         await pipe.settle()
+        ending.finished_at = time.time()
+        ending.failed = False
         if not args.tui:
             tg.cancel_scope.cancel()
             return
         # the batch is done: record it as finished, and keep the UI open until it is closed
         await out.drain()
-        assert pipe.store is not None
         pipe.store.update_run_progress(run_id, summary.done)
-        pipe.store.finish_run(run_id, "finished")
+        pipe.store.finish_run(run_id, "finished", at=ending.finished_at)
 
 
 def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:
     declared = pipe.validator.declared
     if plan.single is not None:
-        yield parse_request(plan.single, seq=0, source="--json", declared=declared)
+        yield decode_request(
+            plan.single, seq=0, source=plan.single_source, declared=declared, limits=plan.limits
+        )
         return
     assert plan.input_path is not None
-    items: Iterable[BatchItem] = read_jsonl(plan.input_path, declared=declared)
-    yield from items
+    yield from read_jsonl(plan.input_path, declared=declared, limits=plan.limits)
 
 
 async def _tick(progress: _Progress) -> None:

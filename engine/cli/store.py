@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from engine.cli.run import db_path
-from engine.errors import SpecError
+from engine.models.server import port_number
 from engine.store.store import Store
 
 __all__ = ["add_commands"]
@@ -33,7 +33,9 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("sim-server", help="the sim models behind an OpenAI-compatible HTTP API")
-    p.add_argument("--port", type=int, default=8008)
+    p.add_argument(
+        "--port", type=port_number, default=8008, help="TCP port (0: any free port, printed)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(handler=cmd_sim_server)
 
@@ -81,7 +83,5 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models until interrupted."""
     from engine.models.server import run_server
 
-    if not 0 < args.port < 65536:
-        raise SpecError(f"--port {args.port}: use a port between 1 and 65535")
     run_server(args.port, host=args.host)
     return 0

@@ -29,6 +29,12 @@ class CompiledLoop:
     """The body nodes, a fresh scope each cycle."""
     output: Mapping[str, Expr]
     """Evaluated in the last cycle's scope."""
+    prev_reads: frozenset[str] = field(init=False)
+    """The body nodes the loop reads as `prev.X`: what each cycle but the last demands
+    for the next one."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prev_reads", _prev_reads(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,32 @@ class Scope:
     parent: Scope | None = None
     speculative: tuple[str, ...] = ()
     """Ids of nodes that may start speculatively, in `order`."""
+
+
+def _prev_reads(loop: CompiledLoop) -> frozenset[str]:
+    """The body nodes read as `prev.X` or `prev['X']` by the loop's own expressions.
+
+    Those are `until`, `output` and the body nodes' `when`, `speculative` and `with:`; a
+    nested loop's `until` and `output` read its own `prev`, not this one. `prev` alone (as
+    in `x if prev else y`) or under a computed key names no node.
+    """
+    body = loop.body
+    exprs: list[Expr | Template] = [*loop.output.values()]
+    if loop.until is not None:
+        exprs.append(loop.until)
+    for node in body.nodes.values():
+        exprs.append(node.config)
+        if node.when is not None:
+            exprs.append(node.when)
+        if not isinstance(node.speculative, bool):
+            exprs.append(node.speculative)
+    read: set[str] = set()
+    for expr in exprs:
+        for ref in expr.refs:
+            target = ref.path[0] if ref.name == "prev" and ref.path else None
+            if isinstance(target, str) and target in body.nodes:
+                read.add(target)
+    return frozenset(read)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ __all__ = [
     "Budget",
     "FaultRates",
     "GraphSpec",
+    "Limits",
     "LoopSpec",
     "ModelSpec",
     "NodeSpec",
@@ -93,6 +94,15 @@ class Budget(_Strict):
     """At the hard deadline, return the outputs that can be evaluated (`partial`)."""
 
 
+class Limits(_Strict):
+    """What one request may be at most; a larger one is its own `invalid_input`, unread."""
+
+    max_request_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
+    """Bytes of JSON (UTF-8) in one request (default 1 MiB, at most 1 GiB)."""
+    max_depth: int = Field(default=64, ge=1, le=500)
+    """Levels of nested objects and lists in one request (default 64)."""
+
+
 class NodeSpec(_Strict):
     """One node of a graph or loop body."""
 
@@ -162,6 +172,8 @@ class GraphSpec(_Strict):
     input: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     """JSON Schema of one request."""
     budget: Budget = Field(default_factory=Budget)
+    limits: Limits = Field(default_factory=Limits)
+    """Size and nesting limits of one request."""
     nodes: dict[str, AnyNode]
     output: dict[str, str | bool | int | float | None]
     """The request's result: name -> expression."""

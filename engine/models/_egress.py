@@ -1,66 +1,24 @@
-"""A minimal built-in PII redactor the gateway applies before text leaves for a remote model.
+"""The egress policy the gateway applies before text leaves for a remote model.
 
-It covers what must never reach a third party by accident: email addresses, phone
-numbers, payment card numbers (Luhn-checked, so order numbers survive), IBANs, IPv4
-addresses and API secrets in the `sk-...` style. Each hit becomes a typed placeholder
-such as `[EMAIL]`, so the model still sees that something was there.
+Detection is `engine.pii`, the same detector the `redact` node uses: emails, phone numbers,
+payment cards (Luhn-checked, so order numbers survive), IBANs, IPv4 and IPv6 addresses, US
+SSNs, UK National Insurance numbers and secrets. Each hit becomes a typed placeholder such
+as `[EMAIL]`, so the model still sees that something was there.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["apply_egress_policy", "find_pii", "redact_text"]
+import anyio.to_thread
 
-_SECRET = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{16,}\b")
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-_CARD = re.compile(r"\b\d(?:[ \-]?\d){12,18}\b")
-_IPV4 = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
-_PHONE = re.compile(r"(?<![\w+])\+?\d[\d \-().]{7,}\d\b")
+from engine.pii import Span, detect, redact
 
+__all__ = ["INLINE_MAX_CHARS", "apply_egress_policy", "egress_off_loop", "find_pii", "redact_text"]
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _is_card(match: str) -> bool:
-    digits = re.sub(r"\D", "", match)
-    return 13 <= len(digits) <= 19 and _luhn_ok(digits)
-
-
-def _is_iban(match: str) -> bool:
-    compact = match.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    number = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(number) % 97 == 1
-
-
-def _is_phone(match: str) -> bool:
-    digits = re.sub(r"\D", "", match)
-    return 8 <= len(digits) <= 15
-
-
-# Order matters: secrets and emails first (they contain digits a phone rule would eat),
-# cards and IBANs before phones (long digit runs), IPs before phones (dotted digits).
-_RULES: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...] = (
-    ("SECRET", _SECRET, None),
-    ("EMAIL", _EMAIL, None),
-    ("IBAN", _IBAN, _is_iban),
-    ("CARD", _CARD, _is_card),
-    ("IP", _IPV4, None),
-    ("PHONE", _PHONE, _is_phone),
-)
+INLINE_MAX_CHARS = 4096
+"""Messages up to this many characters in all are scanned inline, longer ones in a thread."""
 
 
 def redact_text(text: str) -> tuple[str, dict[str, int]]:
@@ -70,27 +28,22 @@ def redact_text(text: str) -> tuple[str, dict[str, int]]:
         text: any text about to leave the machine.
 
     Returns:
-        The redacted text, and how many items of each kind were replaced (`EMAIL`,
-        `PHONE`, `CARD`, `IBAN`, `IP`, `SECRET`); kinds with no hit are left out.
+        The redacted text, and how many items of each kind were replaced (the kinds of
+        `engine.pii.KINDS`); kinds with no hit are left out.
     """
-    counts: dict[str, int] = {}
-    for kind, pattern, check in _RULES:
+    return redact(text, _typed)
 
-        def _sub(
-            m: re.Match[str], kind: str = kind, check: Callable[[str], bool] | None = check
-        ) -> str:
-            if check is not None and not check(m.group(0)):
-                return m.group(0)
-            counts[kind] = counts.get(kind, 0) + 1
-            return f"[{kind}]"
 
-        text = pattern.sub(_sub, text)
-    return text, counts
+def _typed(span: Span) -> str:
+    return f"[{span.kind}]"
 
 
 def find_pii(text: str) -> dict[str, int]:
     """Count the personal data and secrets in `text` without changing it."""
-    return redact_text(text)[1]
+    counts: dict[str, int] = {}
+    for span in detect(text):
+        counts[span.kind] = counts.get(span.kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def apply_egress_policy(
@@ -120,3 +73,16 @@ def apply_egress_policy(
         found = find_pii("\n".join(m.get("content", "") for m in messages))
         return messages, found, bool(found)
     return messages, found, False
+
+
+async def egress_off_loop(
+    messages: list[dict[str, str]], policy: Mapping[str, Any]
+) -> tuple[list[dict[str, str]], dict[str, int], bool]:
+    """`apply_egress_policy`, in a worker thread when the messages are long.
+
+    Scanning a 60 KB prompt takes tens of milliseconds; on the event loop that would stall
+    every other request of the process.
+    """
+    if sum(len(m.get("content", "")) for m in messages) <= INLINE_MAX_CHARS:
+        return apply_egress_policy(messages, policy)
+    return await anyio.to_thread.run_sync(apply_egress_policy, messages, policy)

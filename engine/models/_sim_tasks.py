@@ -29,9 +29,15 @@ _STOPWORDS = frozenset({
     "tell", "that", "the", "this", "to", "was", "what", "when", "where", "which", "who", "why",
     "will", "with", "would", "you", "your", "explain", "describe", "give",
 })  # fmt: skip
-_DRAFT_TAG = re.compile(r"<(draft|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+# Tags are paired by hand (`_tagged`), not by a lazy `<draft>(.*?)</draft>`: that pattern
+# rescans the rest of the prompt from every unclosed tag, quadratic on hostile text.
+_DRAFT_OPEN = re.compile(r"<(draft|answer)>", re.IGNORECASE)
+_DRAFT_CLOSE = {
+    "draft": re.compile(r"</draft>", re.IGNORECASE),
+    "answer": re.compile(r"</answer>", re.IGNORECASE),
+}
 _DRAFT_LINE = re.compile(
-    r"^\s*(?:previous draft|draft answer|draft|answer)\s*:\s*", re.IGNORECASE | re.MULTILINE
+    r"^[ \t]*(?:previous draft|draft answer|draft|answer)\s*:\s*", re.IGNORECASE | re.MULTILINE
 )
 _BROKEN_MARK = re.compile(
     r"(?:text to fix|broken json|invalid json|fix this json|json to fix)\s*:", re.IGNORECASE
@@ -115,11 +121,31 @@ def _contains(text: str, token: str) -> bool:
 def find_draft(prompt: str) -> str | None:
     """The draft a prompt asks about: `<draft>…</draft>`, `<answer>…</answer>`, or the text
     after a `Draft:` / `Draft answer:` / `Answer:` / `Previous draft:` line; else None."""
-    tagged = _DRAFT_TAG.findall(prompt)
-    if tagged:
-        return str(tagged[-1][1])
+    tagged = _tagged(prompt)
+    if tagged is not None:
+        return tagged
     marks = list(_DRAFT_LINE.finditer(prompt))
     return prompt[marks[-1].end() :] if marks else None
+
+
+def _tagged(prompt: str) -> str | None:
+    """The text of the last closed `<draft>`/`<answer>` pair, in one linear pass."""
+    last_close = {
+        name: max((m.start() for m in pattern.finditer(prompt)), default=-1)
+        for name, pattern in _DRAFT_CLOSE.items()
+    }
+    found: str | None = None
+    pos = 0
+    while (opening := _DRAFT_OPEN.search(prompt, pos)) is not None:
+        name = opening.group(1).lower()
+        if last_close[name] < opening.end():
+            pos = opening.end()  # never closed: skip it without scanning ahead
+            continue
+        close = _DRAFT_CLOSE[name].search(prompt, opening.end())
+        assert close is not None
+        found = prompt[opening.end() : close.start()]
+        pos = close.end()
+    return found
 
 
 def _judge_draft(call: SimCall) -> tuple[bool | None, bool]:
@@ -299,7 +325,7 @@ def _wrong_value(value: Any, rng: random.Random) -> Any:
 
 def _text_fields(text: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    if m := re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", text):
+    if m := re.search(r"(?<![\w.+-])[\w.+-]+@[\w-]+\.[\w.]+", text):  # linear: run starts
         found["email"] = m.group(0)
     if m := re.search(r"\d{4}-\d{2}-\d{2}", text):
         found["date"] = m.group(0)

@@ -48,7 +48,7 @@ from engine.errors import (
 from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall
 from engine.graph.spec import ModelSpec, Price
 from engine.models._attempt import Attempt, Call, chat_messages, chat_text
-from engine.models._egress import apply_egress_policy, redact_text
+from engine.models._egress import egress_off_loop, redact_text
 from engine.models.base import (
     Provider,
     ProviderRequest,
@@ -61,7 +61,7 @@ from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget, Reservation
 from engine.models.prices import table_price
-from engine.models.sim import SimProvider, sim_profile
+from engine.models.sim import SIM_SERVER_PRICES, SimProvider, sim_profile
 from engine.plugin.context import Completion, ModelClient, RequestInfo
 
 __all__ = ["DEFAULT_MAX_TOKENS", "CallScope", "Emit", "Gateway"]
@@ -222,6 +222,8 @@ class Gateway:
             return spec.price
         if spec.provider == "sim":
             return sim_profile(spec).price
+        if spec.model is not None and spec.model in SIM_SERVER_PRICES:
+            return SIM_SERVER_PRICES[spec.model]  # `moat sim-server`: priced as the embedded sim
         return table_price(spec.model, input_tokens) or Price(input=0.0, output=0.0)
 
     def client(self, name: str, scope: CallScope) -> ModelClient:
@@ -304,7 +306,7 @@ class Gateway:
 
     async def _complete(self, name: str, scope: CallScope, call: Call) -> Completion:
         spec = self._specs[name]
-        messages = self._egress(name, scope, call.messages)
+        messages = await self._egress(name, scope, call.messages)
         prompt_text = chat_text(messages)
         input_tokens = self._input_bound(name, call, messages)
         limit = call.max_tokens if call.max_tokens is not None else self.default_max_tokens
@@ -551,13 +553,13 @@ class Gateway:
         self._record(name, scope, record)
         raise BudgetExceeded(message)
 
-    def _egress(
+    async def _egress(
         self, name: str, scope: CallScope, messages: Sequence[Mapping[str, str]]
     ) -> list[dict[str, str]]:
         chat = [dict(m) for m in messages]
         if not self._is_remote(name):
             return chat
-        chat, found, blocked = apply_egress_policy(chat, scope.policy)
+        chat, found, blocked = await egress_off_loop(chat, scope.policy)
         if blocked:
             self._block_egress(name, scope, chat, found)
         if found:

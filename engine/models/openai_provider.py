@@ -34,7 +34,13 @@ from openai.types.chat import ChatCompletion
 
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec
-from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, ResponseLost
+from engine.models._sim_call import call_context, call_headers
+from engine.models.base import (
+    ProviderRequest,
+    ProviderResponse,
+    ProviderTimeout,
+    ResponseLost,
+)
 
 __all__ = ["ClientRegistry", "OpenAIProvider", "output_limit_field", "parse_retry_after"]
 
@@ -183,9 +189,10 @@ class OpenAIProvider:
             args[self._limit_field] = call.max_tokens
         if call.temperature is not None:
             args["temperature"] = call.temperature
+        # Harmless to real endpoints; lets `moat sim-server` answer exactly as `sim` would.
+        args["extra_headers"] = call_headers(call_context(call))
         if call.task is not None:
-            # Harmless to real endpoints; lets `moat sim-server` answer built-in tasks.
-            args["extra_headers"] = {"X-Moat-Task": call.task}
+            args["extra_headers"]["X-Moat-Task"] = call.task
         return args
 
     async def complete(self, call: ProviderRequest) -> ProviderResponse:

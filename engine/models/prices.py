@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 
 from engine.graph.spec import ModelSpec, Price
+from engine.models.sim import SIM_SERVER_PRICES
 
 __all__ = [
     "LONG_CONTEXT",
@@ -127,4 +128,9 @@ def _key(model: str | None) -> str | None:
 
 def is_priced(spec: ModelSpec) -> bool:
     """Whether calls to `spec` have a price: its own `price:`, `sim`'s, or the table's."""
-    return spec.price is not None or spec.provider == "sim" or table_price(spec.model) is not None
+    return (
+        spec.price is not None
+        or spec.provider == "sim"
+        or spec.model in SIM_SERVER_PRICES
+        or table_price(spec.model) is not None
+    )

@@ -11,7 +11,11 @@ small; `*large*`, `gpt-4o`, `gpt-4.1`, `gpt-5`, `*opus*`, `*70b*`, `*405b*` -> l
 anything else -> medium). `response_format` `json_object` and `json_schema` are honoured;
 `seed` seeds the answer; an extra body field `_labels` carries hidden labels and the
 header `X-Moat-Task` (sent by moat's `openai` provider; or `X-Sim-Task`, or a body field
-`_task`) the task, so answers match the embedded provider's.
+`_task`) the task. moat's `openai` provider also sends `X-Moat-Call` (see
+`engine.models._sim_call`): the request, node, cycle, attempt, seed and labels of the call
+and where the request's own text is in the messages, so the answer is byte-identical to
+the embedded provider's and a graph decides the same on either path. Without it, the
+request's text is the last user message.
 
 Every answer is labelled simulated: `"system_fingerprint": "moat-sim"` and the header
 `X-Moat-Simulated: true`.
@@ -33,7 +37,9 @@ counts it in `SimServer.dropped_connections` (and sets `SimServer.connection_dro
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -47,12 +53,14 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from engine.errors import SpecError
 from engine.graph.spec import ModelSpec
+from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.plugin.context import RequestInfo
 
-__all__ = ["SimServer", "profile_for_model", "run_server", "serve"]
+__all__ = ["SimServer", "port_number", "profile_for_model", "run_server", "serve"]
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
@@ -140,7 +148,7 @@ class _Connection:
             headers[key.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise _BadRequest("chunked request bodies are not supported; send Content-Length")
-        length = int(headers.get("content-length", "0") or 0)
+        length = _content_length(headers.get("content-length", ""))
         if length > _MAX_BODY:
             raise _BadRequest("request body too large")
         self.buffer = bytearray(rest)
@@ -230,12 +238,33 @@ class SimServer:
         *,
         task_status: anyio.abc.TaskStatus[SimServer] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on `host:port` until cancelled; reports `self` through `task_status`."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        """Listen on `host:port` until cancelled; reports `self` through `task_status`.
+
+        Raises:
+            SpecError: the address cannot be listened on (see `listen`).
+        """
+        listener = await self.listen(host, port)
+        task_status.started(self)
+        await self.serve_on(listener)
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+        """Bind `host:port` (port 0: any free port) and note the bound address.
+
+        Raises:
+            SpecError: the port is in use, needs privileges, or the host is not local;
+                the message says how to pick another.
+        """
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:
+            raise SpecError(_listen_failure(host, port, exc)) from None
+        self.host = host
+        self.port = int(listener.extra(SocketAttribute.local_port))
+        return listener
+
+    async def serve_on(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        """Answer the connections of a listener from `listen` until cancelled; closes it."""
         async with listener:
-            self.host = host
-            self.port = int(listener.extra(SocketAttribute.local_port))
-            task_status.started(self)
             await listener.serve(self._handle)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
@@ -247,7 +276,7 @@ class SimServer:
                     if request is None:
                         return
                     self.requests += 1
-                    response = await self._watched(conn, functools.partial(self._route, request))
+                    response = await self._watched(conn, functools.partial(self._answer, request))
                     if response is None:
                         return
                     await conn.send(response, keep_alive=request.keep_alive)
@@ -285,6 +314,14 @@ class SimServer:
             return None
         return result
 
+    async def _answer(self, request: _Request) -> _Response:
+        """The response to one request; a failure answers 500, it never stops the server."""
+        try:
+            return await self._route(request)
+        except Exception as exc:  # one bad request must not take every client down
+            message = f"sim-server failed to answer: {type(exc).__name__}: {exc}"
+            return _error(500, message, "server_error")
+
     async def _route(self, request: _Request) -> _Response:
         path = request.path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
@@ -316,7 +353,10 @@ class SimServer:
         self.request_started.set()
         fault = self._fault(request.headers)
         if fault == "rate_limit":
-            after = float(request.headers.get("x-sim-retry-after", "1"))
+            try:
+                after = max(0.0, float(request.headers.get("x-sim-retry-after", "1")))
+            except ValueError:
+                return _error(400, "X-Sim-Retry-After: give seconds", "invalid_request_error")
             return _error(
                 429,
                 "simulated rate limit",
@@ -329,10 +369,14 @@ class SimServer:
             await anyio.sleep(self.slow_s)
         try:
             body = json.loads(request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
             call = self._call(body, request.headers)
-        except (ValueError, TypeError, KeyError) as exc:
-            return _error(400, f"bad chat completion request: {exc}", "invalid_request_error")
-        answer = await self._provider(call.model, int(body.get("seed") or 0)).complete(call)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            return _error(400, f"bad chat completion request: {reason}", "invalid_request_error")
+        seed: int = body["seed"] if _is_int(body.get("seed")) else 0
+        answer = await self._provider(call.model, seed).complete(call)
         if fault == "malformed":
             return _Response(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ', {})
         return _json_response(200, _completion_body(call, answer))
@@ -346,42 +390,112 @@ class SimServer:
         return self._providers[key]
 
     def _call(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> ProviderRequest:
-        model = str(body["model"])
-        messages = [
-            {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
-            for m in body["messages"]
-        ]
-        users = [m["content"] for m in messages if m["role"] == "user"]
+        """The provider call a chat completion body asks for.
+
+        Raises:
+            ValueError: a field is missing or of the wrong shape; the message names it.
+        """
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValueError("`model` must name a model, e.g. sim-small")
+        messages = _messages(body.get("messages"))
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-        fmt = body.get("response_format") or {}
-        schema = None
-        if fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-        labels = body.get("_labels")
-        seed = int(body.get("seed") or 0)
+        schema, json_mode = _response_format(body.get("response_format"))
+        context = _context(body, headers, digest)
         info = RequestInfo(
-            id=str(body.get("user") or f"http-{digest}"),
+            id=context.request_id,
             run_id="sim-server",
             seq=0,
             tenant="sim-server",
-            input={"prompt": users[-1] if users else ""},
-            labels=labels if isinstance(labels, Mapping) else {},
-            seed=seed,
+            # the provider finds this text in the messages again: the same request text
+            input={"prompt": request_text(messages, context.span)},
+            labels=context.labels,
+            seed=context.seed,
         )
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        temperature = body.get("temperature")
+        if max_tokens is not None and not (_is_int(max_tokens) and max_tokens > 0):
+            raise ValueError("`max_tokens` must be a positive integer")
+        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
+            raise ValueError("`temperature` must be a number from 0 to 2")
         return ProviderRequest(
             model=model,
             messages=messages,
             request=info,
-            node_id="http",
-            cycle=0,
-            attempt=0,
+            node_id=context.node_id,
+            cycle=context.cycle,
+            attempt=context.attempt,
             schema=schema,
-            json_mode=fmt.get("type") == "json_object",
+            json_mode=json_mode,
             task=headers.get("x-moat-task") or headers.get("x-sim-task") or body.get("_task"),
-            max_tokens=int(max_tokens) if max_tokens else None,
-            temperature=body.get("temperature"),
+            max_tokens=max_tokens,
+            temperature=temperature,
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _messages(raw: object) -> list[dict[str, str]]:
+    """The chat as `{role, content}` texts (content parts: their text)."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, Mapping) for m in raw):
+        raise ValueError("`messages` must be a non-empty list of {role, content} objects")
+    return [
+        {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
+        for m in raw
+    ]
+
+
+def _response_format(raw: object) -> tuple[Mapping[str, Any] | None, bool]:
+    """(the JSON Schema asked for, whether any JSON object is asked for)."""
+    if raw is None:
+        return None, False
+    if not isinstance(raw, Mapping):
+        raise ValueError('`response_format` must be an object, e.g. {"type": "json_object"}')
+    if raw.get("type") != "json_schema":
+        return None, raw.get("type") == "json_object"
+    spec = raw.get("json_schema") or {}
+    schema = (spec.get("schema") if isinstance(spec, Mapping) else spec) or {"type": "object"}
+    if not isinstance(schema, Mapping):
+        raise ValueError("`response_format.json_schema.schema` must be a JSON Schema object")
+    return schema, False
+
+
+def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -> CallContext:
+    """The call's context: sent by moat's `openai` provider, else guessed from the body."""
+    sent = headers.get(CALL_HEADER.lower())
+    if sent:
+        return parse_call_header(sent)
+    labels, seed = body.get("_labels"), body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise ValueError("`seed` must be an integer")
+    return CallContext(
+        request_id=str(body.get("user") or f"http-{digest}"),
+        seed=seed or 0,
+        node_id="http",
+        cycle=0,
+        attempt=0,
+        labels=labels if isinstance(labels, Mapping) else {},
+    )
+
+
+def _content_length(value: str) -> int:
+    """The `Content-Length` header as a byte count (none: 0).
+
+    Raises:
+        _BadRequest: not a non-negative integer.
+    """
+    value = value.strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise _BadRequest(f"bad Content-Length {value!r}")
+    return int(value)
 
 
 def _content_text(content: Any) -> str:
@@ -434,17 +548,60 @@ async def serve(
     await server.serve(host, port, task_status=task_status)
 
 
+def port_number(text: str) -> int:
+    """`--port` as a TCP port: 0 (any free port) to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer in range; the message says what is.
+    """
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: use 1-65535, or 0 for any free port"
+        )
+    return port
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another sim-server?). Stop what "
+            "holds it, or pick another port: --port N, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges). "
+            "Use a port above 1023, or --port 0 for any free port"
+        )
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason}. Check --host (a local address such as 127.0.0.1)"
+
+
 def run_server(port: int, host: str = "127.0.0.1") -> None:
-    """Blocking entry point of `moat sim-server`: serve until Ctrl-C."""
+    """Blocking entry point of `moat sim-server`: serve until Ctrl-C.
+
+    Prints the address it serves at (with the port chosen when `port` is 0) on stdout,
+    so scripts can read it.
+
+    Raises:
+        SpecError: the address cannot be listened on (the port is in use, ...).
+    """
 
     async def _main() -> None:
-        async with anyio.create_task_group() as tg:
-            server: SimServer = await tg.start(serve, host, port)
-            print(
-                f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
-                f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
-                file=sys.stderr,
-            )
+        server = SimServer()
+        listener = await server.listen(host, port)
+        print(server.base_url, flush=True)
+        print(
+            f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
+            f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        await server.serve_on(listener)
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(_main)

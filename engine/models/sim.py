@@ -65,12 +65,19 @@ import anyio
 
 from engine.errors import RateLimited, TransientError
 from engine.graph.spec import ModelSpec, Price
-from engine.models._egress import redact_text
 from engine.models._schema_fill import fill_schema
+from engine.models._sim_call import locate_request, request_text
 from engine.models._sim_tasks import SimCall, answer_task, is_text_task
 from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
 
-__all__ = ["SIM_PROFILES", "SimProfile", "SimProvider", "break_json", "sim_profile"]
+__all__ = [
+    "SIM_PROFILES",
+    "SIM_SERVER_PRICES",
+    "SimProfile",
+    "SimProvider",
+    "break_json",
+    "sim_profile",
+]
 
 TIMEOUT_HANG_S = 30.0
 """How long (simulated seconds) a `timeout` fault hangs before failing by itself."""
@@ -108,6 +115,8 @@ SIM_PROFILES: Mapping[str, SimProfile] = {
     "large": SimProfile("large", 400.0, 20.0, Price(input=5.0, output=15.0), 0.92, 0.01, 120),
 }
 """The built-in profiles, by name."""
+SIM_SERVER_PRICES: Mapping[str, Price] = {p.provider_model: p.price for p in SIM_PROFILES.values()}
+"""The prices of the models `moat sim-server` serves (`sim-small`, ...), by model name."""
 
 
 def sim_profile(spec: ModelSpec) -> SimProfile:
@@ -121,16 +130,9 @@ def _seed(*parts: object) -> int:
 
 
 def _request_text(call: ProviderRequest) -> str:
-    """The request as this call saw it: never text the graph kept from the model."""
-    data = call.request.input
-    sent = " ".join(m.get("content", "") for m in call.messages)
-    for key in ("prompt", "text", "question", "query", "message", "input"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            # a graph that redacted the request sent only placeholders: answer from those
-            return value if value in sent else redact_text(value)[0]
-    users = [m.get("content", "") for m in call.messages if m.get("role") == "user"]
-    return users[-1] if users else ""
+    """The request as this call saw it: never text the graph kept from the model, nor the
+    rest of the prompt (principles, instructions, drafts) that surrounds it."""
+    return request_text(call.messages, locate_request(call.messages, call.request.input))
 
 
 def break_json(text: str, value: Any, rng: random.Random) -> str:

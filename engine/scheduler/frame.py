@@ -163,12 +163,20 @@ class Frame:
             child.release()
 
     def values(self) -> dict[str, Any]:
-        """Every node's value (none when it did not finish): what `prev` shows next cycle."""
+        """What `prev` shows next cycle: every node's value, none unless the cycle needed it.
+
+        A node the cycle needed (demanded) and that finished shows its output; one that
+        was skipped, short-circuited, cancelled, never needed, or speculative work nobody
+        used shows none, so what `prev` holds never depends on how fast speculation ran.
+        """
         cells = self.cells
         values: dict[str, Any] = {}
         for node_id in self.scope.order:
             cell = cells.get(node_id)
-            values[node_id] = cell.result if cell is not None and cell.status is FINISHED else None
+            if cell is not None and cell.status is FINISHED and cell.demanded:
+                values[node_id] = cell.result
+            else:
+                values[node_id] = None
         return values
 
     def __repr__(self) -> str:

@@ -1,9 +1,19 @@
 """Bounded loops: run a body frame per cycle until `until`, `max_cycles` or the soft deadline.
 
 Each cycle is a fresh frame (its own lazy nodes, `cycle` and `prev` in scope) whose body
-runs as lazily as the top level: only what `until`, the loop's `output` and the body's
-speculative nodes need. After every cycle a `CYCLE_SUMMARY` trace records what was
-planned, executed, skipped and cancelled, the `until` value and the next action.
+runs as lazily as the top level: only what `until`, the loop's `output`, the next cycle's
+`prev` and the body's speculative nodes need. After every cycle a `CYCLE_SUMMARY` trace
+records what was planned, executed, skipped and cancelled, the `until` value and the next
+action.
+
+`prev` is none in cycle 1; from cycle 2 on it is a plain mapping of every body node to its
+value in the cycle before (`Frame.values`): the node's output when that cycle needed it
+and it finished; none when it was skipped (its guard, or a short-circuit), cancelled,
+never needed, speculative work nobody used, or an optional node that failed. Every body
+node the loop reads as `prev.X` (`CompiledLoop.prev_reads`) is demanded at the end of each
+cycle that another follows (joined if speculative), so what `prev.X` shows never depends on
+timing. A finished cycle's frame is let go at once: the loop holds the current cycle and
+the previous one's values, never the cycles before.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.events import EventType, NodeStatus
-from engine.scheduler.frame import Consumer, Frame, evaluate, evaluate_outputs
+from engine.scheduler.frame import Consumer, Frame, evaluate, evaluate_outputs, note_read
 from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
 from engine.scheduler.speculate import cleanup, start_speculative
 
@@ -38,10 +48,13 @@ async def run_loop(ex: NodeRunner, cell: LazyNode, consumer: Consumer) -> dict[s
     while True:
         cycle += 1
         frame = _cycle_frame(ex, cell, cycle, prev)
-        result = await _run_cycle(ex, cell, loop, frame, consumer.spawn)
-        if result is not None:
-            return result
-        prev = frame.values()
+        try:
+            result = await _run_cycle(ex, cell, loop, frame, consumer.spawn)
+            if result is not None:
+                return result
+            prev = frame.values()
+        finally:
+            _forget(cell, frame)
 
 
 def _cycle_frame(ex: NodeRunner, cell: LazyNode, cycle: int, prev: Any) -> Frame:
@@ -50,6 +63,45 @@ def _cycle_frame(ex: NodeRunner, cell: LazyNode, cycle: int, prev: Any) -> Frame
     outer = cell.frame
     fixed = {**outer.fixed, "cycle": cycle, "prev": prev}
     return Frame(outer.req, ex, loop.body, outer, cycle, fixed)
+
+
+def _forget(cell: LazyNode, frame: Frame) -> None:
+    """A cycle is over: let go of its frame, so a loop holds one cycle's values, not all.
+
+    The next cycle sees only `prev` (plain values). The loop node's `reads` (shared by the
+    cycle's consumers) drop the cycle's nodes, which are settled by now or being
+    cancelled, and the enclosing frame no longer lists it for the request's release.
+    """
+    reads = cell.reads
+    if reads:  # in place: the loop's consumers share this list
+        reads[:] = [read for read in reads if read.frame is not frame]
+    parent = frame.parent
+    siblings = parent.children if parent is not None else None
+    if siblings is not None and frame in siblings:
+        siblings.remove(frame)
+    # Cycles of an inner loop still listed here belong to a cancelled inner loop that is
+    # still winding down: it lets go of them itself, once its cleanup has recorded them.
+    frame.children = None
+    frame.release()
+    # A cancelled task of the cycle that has not had its turn yet still holds the frame;
+    # its `prev` would keep the cycle before alive too, and so on down the loop.
+    frame.fixed["prev"] = None
+
+
+class _CycleConsumer(Consumer):
+    """The loop's own consumer in one cycle (`until`, `output`, what `prev` will read).
+
+    What it reads of the cycle is demanded even while the loop itself is speculative: the
+    loop's value depends on it, and `prev` must not depend on whether anyone had joined
+    the loop by then. Outer nodes are read on the loop's behalf, as its other reads are.
+    """
+
+    __slots__ = ()
+
+    def note(self, cell: LazyNode) -> None:
+        """Record that the loop reads `cell` in this cycle."""
+        self.seen.append(cell)
+        note_read(cell, None if cell.frame is self.frame else self.owner, self.label)
 
 
 async def _run_cycle(
@@ -66,7 +118,7 @@ async def _run_cycle(
         decision="start",
         payload={"cycle": cycle, "max_cycles": loop.max_cycles},
     )
-    consumer = Consumer(frame, cell, spawn, loop_id)
+    consumer = _CycleConsumer(frame, cell, spawn, loop_id)
     until: Any = None
     stop_reason: str | None = None
     output: dict[str, Any] | None = None
@@ -78,10 +130,24 @@ async def _run_cycle(
         stop_reason = _stop_reason(cell, loop, cycle, until)
         if stop_reason is not None:
             output = await evaluate_outputs(loop.output, consumer)
+        elif loop.prev_reads:
+            await _demand_prev(loop, consumer)
     finally:
         cancelled = cleanup(frame)
     _summarise(cell, frame, until, stop_reason, cancelled)
     return output
+
+
+async def _demand_prev(loop: CompiledLoop, consumer: Consumer) -> None:
+    """Another cycle follows: what it reads as `prev.X` is demanded (joined if speculative).
+
+    Raises:
+        InputFailed: one of them failed (an optional one is none instead).
+    """
+    needed: list[LazyNode] = []
+    consumer.pending(loop.prev_reads, needed)
+    if needed:
+        await consumer.demand_all(needed)
 
 
 def _stop_reason(cell: LazyNode, loop: CompiledLoop, cycle: int, until: Any) -> str | None:

@@ -548,29 +548,45 @@ class NodeRunner:
         self.start_task(cell, self.execute, cell, True)
 
     def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run `fn(*args)` for `cell` in the background under the node's own cancel scope."""
-        cell.scope = self.new_scope()
-        cell.frame.spec_cells.append(cell)
+        """Run `fn(*args)` for `cell` in the background under the node's own cancel scope.
+
+        A node whose `speculative:` strategy is still being decided in a task of its own
+        can be started again by a speculative task that needs it: the deciding task then
+        has nothing left to do and is cancelled, and the new task owns the run.
+        """
+        earlier = cell.scope
+        scope = cell.scope = self.new_scope()
+        if earlier is not None:
+            earlier.cancel()
+        spec_cells = cell.frame.spec_cells
+        if cell not in spec_cells:  # (a handful per frame)
+            spec_cells.append(cell)
         cell.frame.req.task_started()
-        self.tasks.start_soon(self._task, cell, fn, args)
+        self.tasks.start_soon(self._task, cell, scope, fn, args)
 
     async def _task(
-        self, cell: LazyNode, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+        self,
+        cell: LazyNode,
+        scope: anyio.CancelScope,
+        fn: Callable[..., Awaitable[None]],
+        args: tuple[Any, ...],
     ) -> None:
-        scope = cell.scope
-        assert scope is not None
         try:
             with scope:
-                await fn(*args)
+                if not scope.cancel_called:  # cancelled before its turn: the node never runs
+                    await fn(*args)
         except Exception as exc:  # a bug must not take the runner's task group down
             _log.error("scheduler.task_crashed", node=cell.node.id, error=repr(exc))
-            if not cell.done:
+            if not cell.done and cell.scope is scope:
                 cell.fail(exc, cell.node.id, NodeStatus.FAILED)
                 cell.frame.req.settle(cell, NodeOutcome.NONE)
         finally:
-            cell.scope = None  # the task is over: nothing left to cancel
-            if cell.status is RUNNING and cell.speculative:  # this task owned the run
-                self.cancelled(cell)
+            # Only the node's latest task owns its run: an earlier one (a strategy being
+            # decided) ending must neither forget the scope nor cancel the run.
+            if cell.scope is scope:
+                cell.scope = None  # the task is over: nothing left to cancel
+                if cell.status is RUNNING and cell.speculative:
+                    self.cancelled(cell)
             cell.frame.req.task_done()
             self.tasks.ended()
 

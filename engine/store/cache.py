@@ -14,7 +14,11 @@ it loads, which is cheap and never mixes vectors of different embedder versions.
 Writes: `save` and `delete` only note the key's latest state in a pending map (a later
 write to the same key replaces an earlier one) and wake a daemon thread that commits all
 pending rows in one transaction on a connection of its own. Nothing on the event loop
-waits for SQLite, not even while the batching `StoreWriter` holds the write lock. `load`
+waits for SQLite, not even while the batching `StoreWriter` holds the write lock (the two
+take turns through `write_transaction`, so they never lock each other out). A write that
+fails (another process holding the lock for minutes, a full disk) is logged as a warning
+and its entries stay pending, to be retried: the cache keeps working, and the failure never
+fails a run. `load`
 reads the committed rows and overlays the pending ones, so it sees every earlier write of
 this process (other processes' later writes are seen at their next load). Expired rows are
 returned too: the cache deletes the ones it finds expired.
@@ -33,7 +37,7 @@ from typing import Any
 
 from engine.errors import StoreError
 from engine.logs import get_logger
-from engine.store.schema import connect
+from engine.store.schema import connect, describe_error, write_transaction
 
 __all__ = ["StoreCachePersistence"]
 
@@ -45,6 +49,9 @@ _UPSERT = (
 )
 _DELETE = "DELETE FROM cache_entries WHERE namespace = ? AND tenant = ? AND key = ?"
 _LOAD = "SELECT tenant, key, value_json FROM cache_entries WHERE namespace = ? ORDER BY rowid"
+
+_RETRY_S = 1.0
+"""Pause before retrying a failed write."""
 
 _Key = tuple[str, str, str]
 """(namespace, tenant, key)"""
@@ -115,12 +122,15 @@ class StoreCachePersistence:
         """Block until every write so far is committed (call it from a worker thread).
 
         Raises:
-            StoreError: a write failed, or `timeout` seconds passed first.
+            StoreError: a write failed (its entries stay pending and are retried), or
+                `timeout` seconds passed first.
         """
+        self._error = None
         self._wake.set()
         with self._changed:
             done = self._changed.wait_for(
-                lambda: not self._pending or not self._thread.is_alive(), timeout
+                lambda: not self._pending or not self._thread.is_alive() or self._error is not None,
+                timeout,
             )
         self._raise_if_failed()
         if not done:
@@ -129,7 +139,8 @@ class StoreCachePersistence:
     def close(self) -> None:
         """Commit what is pending, stop the writer thread and close its connection.
 
-        Idempotent. Raises `StoreError` if a write failed.
+        Idempotent. Never raises: entries that could not be written are reported as a
+        warning (`cache.entries_lost`); they only cost a later cache miss.
         """
         if self._closed:
             return
@@ -138,7 +149,13 @@ class StoreCachePersistence:
         self._wake.set()
         self._thread.join()
         self._reader.close()
-        self._raise_if_failed()
+        if self._pending:
+            _log.warning(
+                "cache.entries_lost",
+                path=str(self.path),
+                entries=len(self._pending),
+                error=describe_error(self._error, self.path) if self._error else None,
+            )
 
     def __repr__(self) -> str:
         return f"<StoreCachePersistence {str(self.path)!r} pending={len(self._pending)}>"
@@ -155,53 +172,61 @@ class StoreCachePersistence:
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
+            retry: float | None = None
             while not self._closed:
-                self._wake.wait()
+                self._wake.wait(retry)
                 time.sleep(self._interval_s)  # let writes of the same moment share a commit
                 self._wake.clear()
-                self._write_pending(conn)
+                retry = None if self._write_pending(conn) else _RETRY_S
             self._write_pending(conn)
         finally:
             conn.close()
 
-    def _write_pending(self, conn: sqlite3.Connection) -> None:
+    def _write_pending(self, conn: sqlite3.Connection) -> bool:
+        """Commit what is pending; False (entries kept pending) if the write failed."""
         with self._changed:
             batch = dict(self._pending)
         if not batch:
-            return
+            return True
         try:
-            _commit(conn, batch)
+            _commit(conn, self.path, batch)
         except Exception as exc:  # the thread must survive anything; flush/close report it
-            _log.warning("cache.write_failed", path=str(self.path), error=str(exc))
-            self._error = exc
+            _log.warning(
+                "cache.write_failed",
+                path=str(self.path),
+                entries=len(batch),
+                error=describe_error(exc, self.path),
+            )
+            with self._changed:
+                self._error = exc
+                self._changed.notify_all()
+            return False
         with self._changed:
             for key, record in batch.items():
                 if self._pending.get(key, self) is record:  # unless written again meanwhile
                     del self._pending[key]
             self._changed.notify_all()
+        return True
 
     def _raise_if_failed(self) -> None:
         error, self._error = self._error, None
         if error is not None:
             raise StoreError(
-                f"{self.path}: writing cache entries failed ({error}); the cache keeps "
-                "working in memory. Check disk space and the file's permissions"
+                f"{self.path}: writing cache entries failed "
+                f"({describe_error(error, self.path)}); the cache keeps working in memory "
+                "and retries the write"
             ) from error
 
 
-def _commit(conn: sqlite3.Connection, batch: Mapping[_Key, Mapping[str, Any] | None]) -> None:
-    """Write one batch in one transaction (the connection waits out a busy database)."""
+def _commit(
+    conn: sqlite3.Connection, path: Path, batch: Mapping[_Key, Mapping[str, Any] | None]
+) -> None:
+    """Write one batch in one transaction (taking turns with the process's other writers)."""
     upserts = [_row(key, record) for key, record in batch.items() if record is not None]
     deletes = [key for key, record in batch.items() if record is None]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn, path):
         conn.executemany(_DELETE, deletes)
         conn.executemany(_UPSERT, upserts)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _row(key: _Key, record: Mapping[str, Any]) -> tuple[Any, ...]:

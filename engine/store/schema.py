@@ -11,8 +11,12 @@ instead. JSON columns are TEXT holding JSON; times are REAL seconds since the ep
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import StoreError
@@ -22,8 +26,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "check_version",
     "connect",
+    "describe_error",
     "migrate",
     "user_version",
+    "write_transaction",
 ]
 
 _MIGRATION_1 = (
@@ -166,6 +172,83 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this moat writes and reads."""
 
 _BUSY_TIMEOUT_MS = 10_000
+WRITE_PATIENCE_S = 120.0
+"""How long a write waits for another process's write lock before it fails."""
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+# One lock per store file for every writing connection of this process (the batching
+# writer, the cache writer, `Store`): SQLite's busy handler polls and is not fair, so a
+# connection that commits back to back could starve another of the same process for longer
+# than any busy timeout. Taken in-process first, the write lock is only ever contended by
+# other processes.
+_file_locks: dict[str, threading.RLock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _file_lock(path: str | Path) -> threading.RLock:
+    key = os.path.realpath(path)
+    with _file_locks_guard:
+        lock = _file_locks.get(key)
+        if lock is None:
+            lock = _file_locks[key] = threading.RLock()
+        return lock
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[None]:
+    """One write transaction on `conn`, serialised with this process's other writers of
+    the file and waiting up to `WRITE_PATIENCE_S` for other processes' write locks.
+
+    Raises:
+        sqlite3.Error: the transaction failed (rolled back); `describe_error` words it.
+    """
+    with _file_lock(path):
+        _begin_immediate(conn)
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    deadline = time.monotonic() + WRITE_PATIENCE_S
+    pause = 0.01
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def describe_error(exc: BaseException, path: str | Path) -> str:
+    """What a failed store write means for the operator, and what to do about it."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.Error) and _is_busy(exc):
+        return (
+            f"{text}: another process held the write lock of {path} for over "
+            f"{WRITE_PATIENCE_S:.0f}s (another moat run on the same store, or a program "
+            "keeping a write transaction open); use a separate --db per run or stop that "
+            "program"
+        )
+    if "full" in text or "disk I/O" in text:
+        return f"{text}: check the free disk space where {path} lives"
+    if "readonly" in text or "permission" in text.lower():
+        return f"{text}: moat cannot write {path}; check the file's and folder's permissions"
+    return text
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -187,7 +270,11 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
     try:
         conn = sqlite3.connect(
-            uri, uri=readonly, isolation_level=None, check_same_thread=False, timeout=10.0
+            uri,
+            uri=readonly,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
         )
     except sqlite3.Error as exc:
         raise StoreError(f"{target}: cannot open the store: {exc}") from exc
@@ -246,15 +333,14 @@ def migrate(
     target = len(migrations)
     while check_version(conn, path, target) < target:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            current = user_version(conn)
-            if current < target:
-                for statement in migrations[current]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {current + 1}")
-            conn.execute("COMMIT")
+            with write_transaction(conn, path):
+                current = user_version(conn)
+                if current < target:
+                    for statement in migrations[current]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {current + 1}")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"{path}: migrating the store schema failed: {exc}") from exc
+            raise StoreError(
+                f"{path}: migrating the store schema failed: {describe_error(exc, path)}"
+            ) from exc
     return target

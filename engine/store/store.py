@@ -17,7 +17,9 @@ by start time and stay short enough to type.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -29,7 +31,14 @@ from typing import Any
 from engine.errors import StoreError
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
-from engine.store.schema import SCHEMA_VERSION, check_version, connect, migrate
+from engine.store.schema import (
+    SCHEMA_VERSION,
+    check_version,
+    connect,
+    describe_error,
+    migrate,
+    write_transaction,
+)
 from engine.store.writer import StoreWriter, WriterStats
 
 __all__ = [
@@ -40,12 +49,59 @@ __all__ = [
     "StoreWriter",
     "WriterStats",
     "new_run_id",
+    "run_state",
 ]
 
 Row = dict[str, Any]
 _Params = tuple[Any, ...] | Mapping[str, Any]
 
 _ORPHAN_TABLES = ("node_runs", "llm_calls", "decision_traces", "orchestration_events")
+
+# Which process owns a run lives in its `config_json` (`owner: {pid, host}`, `heartbeat_at`),
+# so the contract's columns stay as they are.
+HEARTBEAT_S = 2.0
+"""How often a running run's process records that it is alive."""
+STALE_AFTER_S = 60.0
+"""A `running` run whose owner has not beaten for this long is shown as `died`."""
+_HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (someone else's), or we cannot tell: assume alive
+    return True
+
+
+def run_state(row: Mapping[str, Any], at: float | None = None) -> str:
+    """The run's status as readers should show it: a `running` run whose process is gone
+    (on this host: no such pid; elsewhere: no heartbeat for `STALE_AFTER_S`) is `died`."""
+    status = str(row.get("status"))
+    config = row.get("config")
+    if status != "running" or not isinstance(config, Mapping):
+        return status
+    owner = config.get("owner") or {}
+    pid, host, beat = owner.get("pid"), owner.get("host"), config.get("heartbeat_at")
+    if isinstance(pid, int) and host == _HOST:  # on this machine the process itself tells
+        return status if _pid_alive(pid) else "died"
+    if isinstance(beat, int | float):
+        return "died" if (at if at is not None else time.time()) - beat > STALE_AFTER_S else status
+    return status
+
+
+def _owner(stamp: float) -> dict[str, Any]:
+    """The `config_json` keys saying which process runs a run, and when it last beat."""
+    return {"owner": {"pid": os.getpid(), "host": _HOST}, "heartbeat_at": stamp}
+
+
+def _with_state(row: Row) -> Row:
+    state = run_state(row)
+    if state != row.get("status"):
+        row = {**row, "status": state, "stored_status": row.get("status")}
+    return row
 
 
 def new_run_id(at: float | None = None) -> str:
@@ -156,13 +212,19 @@ class Store:
         with self._lock:
             conn = self._conn
             try:
+                if mode == "IMMEDIATE":
+                    with write_transaction(conn, self.path):
+                        yield conn
+                    return
                 conn.execute(f"BEGIN {mode}")
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"{self.path}: store operation failed: {exc}") from exc
+                raise StoreError(
+                    f"{self.path}: store operation failed: {describe_error(exc, self.path)}"
+                ) from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -208,6 +270,7 @@ class Store:
             run_id = new_run_id()
             try:
                 with self._tx() as conn:
+                    stamp = time.time()
                     conn.execute(
                         "INSERT INTO runs (id, graph_name, graph_hash, started_at, status, "
                         "requests_total, requests_done, config_json) "
@@ -216,9 +279,9 @@ class Store:
                             run_id,
                             graph_name,
                             graph_hash,
-                            time.time(),
+                            stamp,
                             requests_total,
-                            _dumps(dict(config or {})),
+                            _dumps({**(config or {}), **_owner(stamp)}),
                         ),
                     )
                 return run_id
@@ -228,14 +291,45 @@ class Store:
         raise StoreError(f"{self.path}: could not find a free run id; try again")
 
     def update_run_progress(self, run_id: str, done: int) -> None:
-        """Set how many requests of the run have finished."""
+        """Set how many requests of the run have finished; also a heartbeat of its owner."""
         with self._tx() as conn:
-            conn.execute("UPDATE runs SET requests_done = ? WHERE id = ?", (done, run_id))
+            conn.execute(
+                "UPDATE runs SET requests_done = ?, config_json = "
+                "json_set(COALESCE(config_json, '{}'), '$.heartbeat_at', ?) WHERE id = ?",
+                (done, time.time(), run_id),
+            )
 
-    def finish_run(self, run_id: str, status: str) -> None:
+    def claim_run(self, run_id: str) -> None:
+        """Make this process the owner of a run being resumed: `running`, beating now.
+
+        Raises:
+            StoreError: no such run, or its owner is still running it.
+        """
+        run = self.require_run(run_id)
+        if run["status"] == "running":
+            owner = (run.get("config") or {}).get("owner") or {}
+            raise StoreError(
+                f"run {run_id} is still running (process {owner.get('pid')} on "
+                f"{owner.get('host')}); wait for it to end, or stop it and resume then"
+            )
+        with self._tx() as conn:
+            owner = _owner(time.time())
+            conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, config_json = "
+                "json_set(COALESCE(config_json, '{}'), '$.owner', json(?), '$.heartbeat_at', ?) "
+                "WHERE id = ?",
+                (_dumps(owner["owner"]), owner["heartbeat_at"], run_id),
+            )
+
+    def finish_run(self, run_id: str, status: str, at: float | None = None) -> None:
         """Mark the run finished (`finished`, `interrupted`, `failed`, ...).
 
         `requests_done` becomes the number of stored requests of the run.
+
+        Args:
+            run_id: the run.
+            status: its final status.
+            at: when it finished (default: now).
 
         Raises:
             StoreError: no such run.
@@ -244,15 +338,19 @@ class Store:
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, requests_done = "
                 "(SELECT COUNT(*) FROM requests WHERE run_id = ?) WHERE id = ?",
-                (status, time.time(), run_id, run_id),
+                (status, at if at is not None else time.time(), run_id, run_id),
             )
             if cursor.rowcount == 0:
                 raise self._unknown_run(run_id)
 
     def get_run(self, run_id: str) -> Row | None:
-        """The run's row (`config_json` decoded as `config`), or None."""
+        """The run's row (`config_json` decoded as `config`), or None.
+
+        A `running` run whose process died shows as `died` (see `run_state`); the stored
+        value is then under `stored_status`. The same holds for every run read below.
+        """
         rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return rows[0] if rows else None
+        return _with_state(rows[0]) if rows else None
 
     def require_run(self, run_id: str) -> Row:
         """The run's row.
@@ -268,20 +366,28 @@ class Store:
     def latest_run(self) -> Row | None:
         """The most recently started run, or None if the store has none."""
         rows = self._rows("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1")
-        return rows[0] if rows else None
+        return _with_state(rows[0]) if rows else None
 
     def list_runs(self, limit: int | None = None) -> list[Row]:
         """Runs, newest first."""
         sql = "SELECT * FROM runs ORDER BY started_at DESC, id DESC"
         if limit is not None:
-            return self._rows(sql + " LIMIT ?", (limit,))
-        return self._rows(sql)
+            return [_with_state(r) for r in self._rows(sql + " LIMIT ?", (limit,))]
+        return [_with_state(r) for r in self._rows(sql)]
 
     def finished_request_seqs(self, run_id: str) -> set[int]:
         """The `seq` of every request of the run that has a stored result (for `--resume`)."""
         with self._lock:
             rows = self._conn.execute("SELECT seq FROM requests WHERE run_id = ?", (run_id,))
             return {int(seq) for (seq,) in rows}
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """How many stored requests of the run have each status."""
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n FROM requests WHERE run_id = ? GROUP BY status",
+            (run_id,),
+        )
+        return {str(row["status"]): int(row["n"]) for row in rows}
 
     def delete_orphans(self, run_id: str) -> int:
         """Delete rows of the run's requests that never got a `requests` row; return how many.

@@ -36,7 +36,7 @@ from engine.events import (
     Record,
     RequestRecord,
 )
-from engine.store.schema import connect, migrate
+from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["StoreWriter", "WriterStats"]
 
@@ -358,9 +358,9 @@ class StoreWriter:
         error, self._error = self._error, None
         if error is not None:
             raise StoreError(
-                f"{self.path}: writing to the store failed ({error}); "
-                f"{self.stats.dropped} records dropped so far. Check disk space and that "
-                "no other program holds a long write lock on the file"
+                f"{self.path}: writing to the store failed "
+                f"({describe_error(error, self.path)}); {self.stats.dropped} records dropped "
+                "so far"
             ) from error
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -431,20 +431,11 @@ class StoreWriter:
         return rows
 
     def _commit(self, conn: sqlite3.Connection, groups: list[list[Any]]) -> int:
-        """Write the groups in one transaction (retrying a busy database); return rows."""
+        """Write the groups in one transaction (waiting out other processes' write locks,
+        see `write_transaction`); return the rows written."""
         rows = self._rows(groups)
-        for attempt in range(3):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
-                    if batch:
-                        conn.executemany(sql, batch)
-                conn.execute("COMMIT")
-                return sum(len(batch) for batch in rows)
-            except sqlite3.OperationalError:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if attempt == 2:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
+        with write_transaction(conn, self.path):
+            for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
+                if batch:
+                    conn.executemany(sql, batch)
+        return sum(len(batch) for batch in rows)

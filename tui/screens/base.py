@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
     from tui.app import MoatApp
 
-__all__ = ["LiveScreen"]
+__all__ = ["PALETTE_KEY_MIN_WIDTH", "LiveScreen"]
+
+PALETTE_KEY_MIN_WIDTH = 100
+"""Below this many columns the footer leaves out `^p palette` (ctrl+p still opens it), so
+the screens' own keys and `q Quit` are never hidden under it."""
 
 
 class LiveScreen(Screen[None]):
@@ -32,11 +36,19 @@ class LiveScreen(Screen[None]):
         """Header, the screen's body, footer."""
         yield Header()
         yield from self.compose_body()
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         """The widgets between header and footer."""
         return iter(())
+
+    def on_resize(self) -> None:
+        """Show the command palette key in the footer only where every key fits beside it."""
+        footer = self.query_one(Footer)
+        show = self.size.width >= PALETTE_KEY_MIN_WIDTH
+        if footer.show_command_palette != show:
+            footer.show_command_palette = show
+            footer.refresh(recompose=True)
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Draw `snapshot` (called on every poll while the screen is on display)."""

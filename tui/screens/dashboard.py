@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import DataTable, Label, Sparkline, Static
 
-from tui._format import ms, pct, styled, usd, utc
+from tui._format import ellipsize, fit_widths, ms, pct, styled, usd, utc, utc_short
 from tui._live import Metrics, RunSummary, Snapshot
 from tui.screens.base import LiveScreen
 
@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 __all__ = ["DashboardScreen"]
 
 _PROGRESS_CELLS = 10
+_COLUMNS = ("run", "graph", "status", "progress", "req/s", "started (UTC)")
+_RUN, _GRAPH, _STARTED = 0, 1, 5
+_MIN_WIDTHS = (14, 5, 0, 0, 0, 14)
+"""How narrow the columns of `_SHRINK_ORDER` may get (status, progress and req/s are never
+cut); the start time switches to `MM-DD HH:MM:SS` below its full width."""
+_SHRINK_ORDER = (_STARTED, _RUN, _GRAPH)
+"""The columns cut when the screen is too narrow, least important first: the start time
+(also in the run id), the run id (cut in the middle, so its unique end stays), the graph."""
+_VISIBLE_RUNS = 9
+"""Rows the runs table shows before it scrolls (its `max-height` less the header)."""
 
 
 class DashboardScreen(LiveScreen):
@@ -32,10 +42,9 @@ class DashboardScreen(LiveScreen):
 
     def compose_body(self) -> ComposeResult:
         """Banner, runs table, metrics and sparklines, policies line."""
+        self._column_widths: list[int] = []
         yield Static(id="banner")
-        table: DataTable[str | Text] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        table.add_columns("run", "graph", "status", "progress", "req/s", "started (UTC)")
-        yield table
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="dash-lower"):
             yield Static(id="metrics")
             with Vertical(id="sparks"):
@@ -75,33 +84,87 @@ class DashboardScreen(LiveScreen):
             parts.append((f"showing {scope}", "$text-muted"))
         banner.update(Content.assemble(*parts))
 
+    def on_resize(self) -> None:
+        """Fit the runs table to the new width."""
+        self._show_runs(self.moat.snapshot.runs)
+
     def _show_runs(self, runs: tuple[RunSummary, ...]) -> None:
         table = self.query_one("#runs", DataTable)
         keys = [run.id for run in runs]
-        if [str(k.value) for k in table.rows] != keys:
-            table.clear()
-            for run in runs:
-                table.add_row(*self._run_cells(run), key=run.id)
-            if self.moat.run_id in keys:
-                table.move_cursor(row=keys.index(self.moat.run_id))
+        cells = [self._run_texts(run) for run in runs]
+        widths = self._widths(cells, len(runs))
+        if [str(k.value) for k in table.rows] != keys or widths != self._column_widths:
+            self._rebuild_runs(table, runs, cells, widths)
             return
-        for run in runs:
-            for column, value in zip(table.columns, self._run_cells(run), strict=True):
+        for run, texts in zip(runs, cells, strict=True):
+            values = self._run_cells(run, texts, widths)
+            for column, value in zip(table.columns, values, strict=True):
                 table.update_cell(run.id, column, value)
 
-    def _run_cells(self, run: RunSummary) -> tuple[str | Text, ...]:
+    def _rebuild_runs(
+        self,
+        table: DataTable[str | Text],
+        runs: tuple[RunSummary, ...],
+        cells: list[tuple[str, ...]],
+        widths: list[int],
+    ) -> None:
+        """Lay the table out again: new columns widths, or runs added or gone."""
+        keys = [run.id for run in runs]
+        rows, row = table.ordered_rows, table.cursor_row
+        before = str(rows[row].key.value) if 0 <= row < len(rows) else None
+        table.clear(columns=True)
+        self._column_widths = widths
+        for label, width in zip(_COLUMNS, widths, strict=True):
+            table.add_column(ellipsize(label, width), width=width)
+        for run, texts in zip(runs, cells, strict=True):
+            table.add_row(*self._run_cells(run, texts, widths), key=run.id)
+        # keep the row the user is on; else show the selected run
+        focus = before if before in keys else self.moat.run_id
+        if focus in keys:
+            table.move_cursor(row=keys.index(focus))
+
+    def _widths(self, cells: list[tuple[str, ...]], rows: int) -> list[int]:
+        """Column widths for this screen: status and progress whole, the rest shrinks."""
+        natural = [
+            max([len(label), *(len(texts[i]) for texts in cells)])
+            for i, label in enumerate(_COLUMNS)
+        ]
+        # each column has one cell of padding on either side; a scrollbar when rows overflow
+        scrollbar = 2 if rows > _VISIBLE_RUNS else 0
+        available = self.size.width - 2 * len(_COLUMNS) - scrollbar
+        minimum = [min(n, m) for n, m in zip(natural, _MIN_WIDTHS, strict=True)]
+        return fit_widths(natural, minimum, _SHRINK_ORDER, available)
+
+    def _run_texts(self, run: RunSummary) -> tuple[str, ...]:
+        """The full text of each cell of a run's row."""
         total = run.total or 0
         done = min(run.done, total) if total else run.done
         filled = round(done / total * _PROGRESS_CELLS) if total else 0
         progress = "█" * filled + "░" * (_PROGRESS_CELLS - filled) if total else ""
         marker = "▶ " if run.id == self.moat.run_id else "  "
         return (
-            Text(marker + run.id),
-            Text(run.graph_name),
-            styled(self.app, run.status),
-            Text(f"{progress} {run.done}/{total or '?'}"),
-            Text("-" if run.throughput is None else f"{run.throughput:.1f}"),
-            Text(utc(run.started_at)),
+            marker + run.id,
+            run.graph_name,
+            run.status,
+            f"{progress} {run.done}/{total or '?'}",
+            "-" if run.throughput is None else f"{run.throughput:.1f}",
+            utc(run.started_at),
+        )
+
+    def _run_cells(
+        self, run: RunSummary, texts: tuple[str, ...], widths: list[int]
+    ) -> tuple[str | Text, ...]:
+        """A run's row, each cell cut to its column with an ellipsis where it must be."""
+        run_id, graph, status, progress, rate, started = texts
+        if len(started) > widths[_STARTED]:
+            started = utc_short(run.started_at)
+        return (
+            Text(ellipsize(run_id, widths[_RUN], middle=True)),
+            Text(ellipsize(graph, widths[_GRAPH])),
+            styled(self.app, status),
+            Text(progress),
+            Text(rate),
+            Text(ellipsize(started, widths[_STARTED])),
         )
 
     def _show_metrics(self, m: Metrics) -> None:

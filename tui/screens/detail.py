@@ -39,6 +39,9 @@ _MARKS = (
 )
 
 
+_TAB_KEYS = Binding.Group("Tabs", compact=True)
+
+
 class RequestDetailScreen(LiveScreen):
     """Summary, graph with node states, timeline, decisions, cycles, LLM calls, raw events.
 
@@ -48,8 +51,9 @@ class RequestDetailScreen(LiveScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
-        Binding("left_square_bracket", "tab(-1)", "Prev tab", key_display="["),
-        Binding("right_square_bracket", "tab(1)", "Next tab", key_display="]"),
+        # one footer entry `[] Tabs` for both, so the footer fits 80 columns
+        Binding("left_square_bracket", "tab(-1)", "Prev tab", key_display="[", group=_TAB_KEYS),
+        Binding("right_square_bracket", "tab(1)", "Next tab", key_display="]", group=_TAB_KEYS),
     ]
 
     def __init__(self, request_id: str) -> None:

@@ -30,7 +30,7 @@ class PoliciesScreen(LiveScreen):
     """Pick a policy, see its versions, diff one against the active one, apply or roll back."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "apply", "Apply file"),
+        Binding("a", "apply", "Apply", tooltip="Apply a policy file"),
         Binding("b", "rollback", "Roll back"),
     ]
 

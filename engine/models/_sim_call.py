@@ -1,0 +1,171 @@
+"""What the `sim` provider knows about a call beyond its messages, in-process and over HTTP.
+
+The simulated model answers from the call's messages plus a little context the engine
+holds: which request, node, cycle and attempt the call is for (its seed), the request's
+hidden labels, and where the request's own text sits in the messages (so a review prompt
+that quotes principles about weapons is not read as a request about weapons). In-process
+the provider reads that context from the `ProviderRequest`; over HTTP moat's `openai`
+provider sends it in one header (`X-Moat-Call`, percent-encoded JSON) and `moat
+sim-server` rebuilds the very same call from it, so a graph makes the same decisions on
+either path. Real endpoints ignore the header. It carries ids, counters, character offsets
+and, only for requests that have them (benchmark workloads), the hidden labels: never the
+request's text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.models._egress import redact_text
+from engine.models.base import ProviderRequest
+
+__all__ = [
+    "CALL_HEADER",
+    "REQUEST_FIELDS",
+    "CallContext",
+    "call_context",
+    "call_headers",
+    "locate_request",
+    "parse_call_header",
+    "request_text",
+]
+
+CALL_HEADER = "X-Moat-Call"
+"""The HTTP header that carries a `CallContext`."""
+REQUEST_FIELDS = ("prompt", "text", "question", "query", "message", "input")
+"""The input fields read as the request's own text, first non-empty one wins."""
+
+Span = tuple[int, int, int]
+"""(message index, start, end): where the request's own text is in the messages."""
+
+_PLACEHOLDER = re.compile(r"\\\[([A-Z]+)\\\]")
+"""An escaped `[KIND]` placeholder of `redact_text`, inside `re.escape`d text."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """The engine-side facts about one attempt that the sim needs besides the messages."""
+
+    request_id: str
+    seed: int
+    """The run's seed for simulated models."""
+    node_id: str
+    cycle: int
+    attempt: int
+    labels: Mapping[str, Any] = field(default_factory=dict)
+    span: Span | None = None
+    """Where the request's own text is in the messages; None: not found in them."""
+
+
+def _request_value(data: Mapping[str, Any]) -> str:
+    for key in REQUEST_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _redacted_pattern(redacted: str) -> re.Pattern[str] | None:
+    """A pattern matching `redacted` with any redactor's `[KIND]`/`[KIND_N]` placeholders."""
+    escaped = re.escape(redacted)
+    pattern, count = _PLACEHOLDER.subn(r"\\[\1(?:_\\d+)?\\]", escaped)
+    return re.compile(pattern) if count else None
+
+
+def locate_request(messages: Sequence[Mapping[str, str]], data: Mapping[str, Any]) -> Span | None:
+    """Where the request's text (from the input `data`) is in `messages`, latest first.
+
+    The text is found verbatim or as a redacted copy (a graph that redacted the request
+    sent only placeholders such as `[EMAIL]` or `[EMAIL_1]`); None when the graph sent
+    the model no form of it.
+    """
+    value = _request_value(data)
+    if not value:
+        return None
+    redacted = redact_text(value)[0]
+    pattern = _redacted_pattern(redacted)
+    for index in reversed(range(len(messages))):
+        content = messages[index].get("content", "")
+        for needle in (value, redacted):
+            at = content.find(needle)
+            if at >= 0:
+                return (index, at, at + len(needle))
+        found = pattern.search(content) if pattern is not None else None
+        if found is not None:
+            return (index, found.start(), found.end())
+    return None
+
+
+def request_text(messages: Sequence[Mapping[str, str]], span: Span | None) -> str:
+    """The request's own text as the model saw it: the span, else the last user message."""
+    if span is not None:
+        index, start, end = span
+        if 0 <= index < len(messages):
+            return messages[index].get("content", "")[start:end]
+    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def call_context(call: ProviderRequest) -> CallContext:
+    """The context of one attempt, with the request located in its messages."""
+    info = call.request
+    span = locate_request(call.messages, info.input)
+    return CallContext(
+        info.id, info.seed, call.node_id, call.cycle, call.attempt, info.labels, span
+    )
+
+
+def call_headers(context: CallContext) -> dict[str, str]:
+    """The HTTP header that carries `context` to `moat sim-server`."""
+    body: dict[str, Any] = {
+        "request": context.request_id,
+        "seed": context.seed,
+        "node": context.node_id,
+        "cycle": context.cycle,
+        "attempt": context.attempt,
+        "span": list(context.span) if context.span is not None else None,
+    }
+    if context.labels:
+        body["labels"] = dict(context.labels)
+    # key order kept: the sim draws its random answers in the order of the label fields
+    text = json.dumps(body, separators=(",", ":"), default=str)
+    return {CALL_HEADER: urllib.parse.quote(text, safe="")}
+
+
+def parse_call_header(value: str) -> CallContext:
+    """The `CallContext` in an `X-Moat-Call` header value.
+
+    Raises:
+        ValueError: the value is not a context this module wrote.
+    """
+    try:
+        body = json.loads(urllib.parse.unquote(value))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{CALL_HEADER}: not percent-encoded JSON ({exc.msg})") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{CALL_HEADER}: expected a JSON object")
+    span = body.get("span")
+    labels = body.get("labels") or {}
+    if span is not None and not (
+        isinstance(span, list) and len(span) == 3 and all(isinstance(i, int) for i in span)
+    ):
+        raise ValueError(f"{CALL_HEADER}: span must be [message, start, end]")
+    if not isinstance(labels, dict):
+        raise ValueError(f"{CALL_HEADER}: labels must be an object")
+    try:
+        return CallContext(
+            request_id=str(body["request"]),
+            seed=int(body.get("seed", 0)),
+            node_id=str(body.get("node", "http")),
+            cycle=int(body.get("cycle", 0)),
+            attempt=int(body.get("attempt", 0)),
+            labels=labels,
+            span=(span[0], span[1], span[2]) if span is not None else None,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{CALL_HEADER}: bad field {exc}") from None

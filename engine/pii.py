@@ -1,0 +1,467 @@
+"""PII detection with validators: which spans of a text are personal data or secrets.
+
+The one detector of the project: the `redact` node and the gateway's `egress: {redact: true}`
+both call `detect`. Every kind pairs a permissive candidate pattern with a validator, so
+ordinary text full of numbers (dates, prices, versions, order numbers, ISBNs, times) is left
+alone: card numbers must pass Luhn and carry a card-network prefix, IBANs the ISO 7064
+mod-97 check and their country's length, IP addresses (v4, v6 in every notation, with a
+zone) must parse, US SSNs obey the issuing rules, UK National Insurance numbers the HMRC
+prefix rules, and phone numbers need a recognisable shape (`+CC` or `00CC`, North American
+3-3-4, a national trunk `0` as in `(020) 7946 0777` or `0171 2345679`, a bracketed area code
+as in `(11) 91234-5678`) or a phone word right before them. Overlaps go to the more specific
+kind.
+
+Request text is hostile input, so every pattern here runs in linear time: candidates start
+only where a run begins (look-behinds), repeats are bounded or over disjoint alternatives,
+and context is read from fixed-size windows, never from the whole prefix.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import itertools
+import re
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+__all__ = ["KINDS", "PiiKind", "Span", "detect", "normalise_value", "redact"]
+
+PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "SSN", "NINO", "IP", "PHONE"]
+"""The kinds of value `detect` finds."""
+KINDS: tuple[str, ...] = get_args(PiiKind)
+"""Every kind, most specific first (the order that wins overlaps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One detected value."""
+
+    start: int
+    end: int
+    kind: str
+    value: str
+
+
+_EMAIL = re.compile(
+    r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,8}"
+    r"\.[A-Za-z]{2,24}(?![\w-])"
+)
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
+_SECRETS = [
+    re.compile(r"(?<![\w-])sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{20,}"),
+    re.compile(r"(?<!\w)[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+    re.compile(r"(?<!\w)(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"(?<!\w)gh[pousr]_[A-Za-z0-9]{36,}\b"),
+    re.compile(r"(?<!\w)github_pat_[A-Za-z0-9_]{22,}"),
+    re.compile(r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,}"),
+    re.compile(r"(?<![\w-])AIza[0-9A-Za-z_-]{35}"),
+    re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+]
+_SECRET_ASSIGN = re.compile(
+    r"(?i)\b(?:password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|"
+    r"access[_-]?key|access[_-]?token|auth[_-]?token|token)\b[\"']?[ \t]{0,8}[:=][ \t]{0,8}"
+    r"([\"']?)(?P<value>[^\s\"',;]{4,})\1"
+)
+# Every start of a run of digit groups is tried (zero-width, bounded body), so a card right
+# after another number ("12 4111 1111 1111 1111") is still seen.
+_CARD = re.compile(r"(?<![\w.,-])(?=([2-6]\d{3}(?:[ -]?\d){9,18}))")
+_CARD_RUNS_ON = re.compile(r"[\w-]|[.,]\d")
+# One character per step (an alphanumeric, or a space that precedes one): no two ways to
+# split a run, so a long run of letter-digit groups cannot make the engine backtrack.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]| (?=[A-Z0-9])){11,40}")
+_SSN = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
+_NINO = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2}) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])\b")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
+_IPV6 = re.compile(
+    r"(?<![\w:.%])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}"
+    r"(?:%[A-Za-z0-9_.-]{1,32})?"
+)
+# A phone candidate starts at a digit, `+` or `(` not inside a word or a number, where one of
+# the shapes `_phone_shape` accepts can begin (a cheap gate: most starts in digit-heavy text
+# fail it at once). The zero-width look-ahead yields every such start, so a number right
+# after a failed candidate is still seen, and its bounded body keeps each start O(1).
+_PHONE_GATE = (
+    r"\+\d(?=(?:[ .()/-]{0,2}\d){7})"  # +CC, eight digits or more
+    r"|00[1-9](?=(?:[ .-]?\d){7})"  # 00CC
+    r"|(?:1[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{4}(?!\d)"  # NANP
+    r"|\(?0[1-9](?=(?:[ ()./-]{0,2}\d){7})"  # national trunk 0
+    r"|\(\d{2,4}\) ?\d{4}"  # bracketed area code
+)
+_PHONE_START = r"(?<![\w+#.,/-])(?<!\d:)"
+_PHONE_BODY = r"(?=([+(]?\d[\d ()./-]{5,26}\d\)?))"
+_PHONE_CANDIDATE = re.compile(_PHONE_START + f"(?=(?:{_PHONE_GATE}))" + _PHONE_BODY)
+_PHONE_AFTER_WORD = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|text|sms|reach|ring|"
+    r"contact|number|nummer|numéro|teléfono|telefono|handy|móvil)\b[^\n\d+(]{0,16}"
+    + _PHONE_START
+    + _PHONE_BODY
+)
+_PHONE_TOKEN = re.compile(r"\+?\d+|\(\d{1,5}\)")
+_REFERENCE_WORDS = re.compile(
+    r"(?i)(?:order|invoice|ref|reference|ticket|case|tracking|isbn|issn|account|acct|sku|"
+    r"serial|id|no\.?|batch|lot|part|model|build|page|pages|pp\.?)\s{0,3}[#:]?\s{0,3}$"
+)
+_IP_NOT_WORDS = re.compile(
+    r"(?i)(?:§|\b(?:v|version|ver\.?|release|section|sect\.?|chapter|clause|step|figure|fig\.?|"
+    r"table|rule|para\.?|oid|build))\s{0,3}$"
+)
+_IP_NOT_AFTER = re.compile(r"(?i)\s{0,3}(?:dotted\s{1,3})?(?:version|release|build|update|patch)\b")
+_SSN_WORDS = re.compile(r"(?i)(?:ssn|social security(?: number| no\.?)?|ss#)\D{0,12}$")
+_NINO_BAD_PREFIX = frozenset({"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"})
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20,
+    "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18,
+    "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30,
+    "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24,
+    "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28,
+    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SE": 24, "SI": 19, "SK": 24,
+    "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}  # fmt: skip
+_WINDOW = 40
+"""How many characters before a candidate its context words are looked for in."""
+
+
+def detect(text: str) -> list[Span]:
+    """Every PII span of `text`, non-overlapping, in text order."""
+    starts: list[int] = []
+    spans: list[Span] = []
+    for finder in _FINDERS:
+        for span in finder(text):
+            # spans are kept sorted and disjoint, so only the neighbours can overlap
+            i = bisect.bisect_right(starts, span.start)
+            if i and spans[i - 1].end > span.start:
+                continue
+            if i < len(spans) and spans[i].start < span.end:
+                continue
+            starts.insert(i, span.start)
+            spans.insert(i, span)
+    return spans
+
+
+def redact(
+    text: str,
+    placeholder: Callable[[Span], str],
+    kinds: Collection[str] = KINDS,
+    *,
+    spans: list[Span] | None = None,
+) -> tuple[str, dict[str, int]]:
+    """`text` with every detected span of `kinds` replaced by `placeholder(span)`.
+
+    Args:
+        text: the text to redact.
+        placeholder: what replaces a span.
+        kinds: the kinds to replace (others are left as they are).
+        spans: `detect(text)`, when the caller has it already.
+
+    Returns:
+        The redacted text and the number of replaced spans by kind, sorted by kind.
+    """
+    parts: list[str] = []
+    found: dict[str, int] = {}
+    pos = 0
+    for span in detect(text) if spans is None else spans:
+        if span.kind not in kinds:
+            continue
+        parts.append(text[pos : span.start])
+        parts.append(placeholder(span))
+        found[span.kind] = found.get(span.kind, 0) + 1
+        pos = span.end
+    parts.append(text[pos:])
+    return "".join(parts), dict(sorted(found.items()))
+
+
+def normalise_value(kind: str, value: str) -> str:
+    """The identity of a value, so `(415) 555-0132` and `415.555.0132` share a placeholder."""
+    if kind in ("PHONE", "CARD", "SSN"):
+        return "".join(ch for ch in value if ch.isdigit())
+    if kind in ("IBAN", "NINO"):
+        return value.replace(" ", "").upper()
+    if kind in ("EMAIL", "IP"):
+        return value.lower()
+    return value
+
+
+def _before(text: str, start: int) -> str:
+    return text[max(0, start - _WINDOW) : start]
+
+
+def _secrets(text: str) -> Iterator[Span]:
+    yield from _pem_keys(text)
+    for pattern in _SECRETS:
+        for m in pattern.finditer(text):
+            yield Span(m.start(), m.end(), "SECRET", m.group())
+    for m in _SECRET_ASSIGN.finditer(text):
+        value = m.group("value")
+        if len(value) >= 8 or any(not ch.isalpha() for ch in value):
+            yield Span(m.start("value"), m.end("value"), "SECRET", value)
+
+
+def _pem_keys(text: str) -> Iterator[Span]:
+    """PEM private keys, BEGIN to END; searched forward once, so unclosed keys cost O(n)."""
+    pos = 0
+    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+        end = _PEM_END.search(text, begin.end())
+        if end is None:
+            return  # no END anywhere after: no later BEGIN can be closed either
+        yield Span(begin.start(), end.end(), "SECRET", text[begin.start() : end.end()])
+        pos = end.end()
+
+
+def _emails(text: str) -> Iterator[Span]:
+    for m in _EMAIL.finditer(text):
+        yield Span(m.start(), m.end(), "EMAIL", m.group())
+
+
+def _ibans(text: str) -> Iterator[Span]:
+    for m in _IBAN.finditer(text):
+        expected = _IBAN_LENGTHS.get(m.group()[:2])
+        if expected is None:
+            continue
+        end = _iban_end(m.group(), expected)
+        if end is None:
+            continue
+        value = m.group()[:end]
+        if _iban_ok(value.replace(" ", "")):
+            yield Span(m.start(), m.start() + end, "IBAN", value)
+
+
+def _iban_end(candidate: str, length: int) -> int | None:
+    """Where an IBAN of `length` characters ends in `candidate`, if it is printed whole.
+
+    Printed IBANs are either unbroken or in groups of four; the value must end at a word end.
+    """
+    spaced = candidate[4:5] == " "  # grouped in fours from the start, or not at all
+    end = length + (length - 1) // 4 if spaced else length
+    if end > len(candidate):
+        return None
+    value = candidate[:end]
+    if spaced and any(value[i] != " " for i in range(4, len(value), 5)):
+        return None
+    if spaced and value.count(" ") != (length - 1) // 4:
+        return None
+    if end < len(candidate) and candidate[end] != " ":
+        return None
+    return end
+
+
+def _iban_ok(iban: str) -> bool:
+    if not (iban[:2].isalpha() and iban[2:4].isdigit()):
+        return False
+    if len(iban) != _IBAN_LENGTHS.get(iban[:2], -1):
+        return False
+    digits = "".join(str(int(ch, 36)) for ch in iban[4:] + iban[:4])
+    return int(digits) % 97 == 1
+
+
+def _cards(text: str) -> Iterator[Span]:
+    taken = 0
+    for m in _CARD.finditer(text):
+        start = m.start(1)
+        if start < taken:
+            continue
+        end = _card_end(text, start, m.group(1))
+        if end is not None:
+            taken = end
+            yield Span(start, end, "CARD", text[start:end])
+
+
+def _card_end(text: str, start: int, raw: str) -> int | None:
+    """Where the longest valid card number starting at `start` ends, if one does."""
+    groups = re.split(r"[ -]", raw)
+    for k in range(len(groups), 0, -1):
+        digits = "".join(groups[:k])
+        if not 13 <= len(digits) <= 19 or not _card_grouping(groups[:k]):
+            continue
+        end = start + sum(map(len, groups[:k])) + k - 1
+        if k == len(groups) and _CARD_RUNS_ON.match(text, end):
+            continue  # more digits or a word follow: not a card printed alone
+        if _luhn(digits):
+            return end
+    return None
+
+
+def _card_grouping(groups: list[str]) -> bool:
+    """Cards are printed whole, in fours, or 4-6-5 / 4-6-4 (Amex, Diners)."""
+    lengths = [len(g) for g in groups]
+    if len(lengths) == 1:
+        return True
+    if lengths in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return all(n == 4 for n in lengths[:-1]) and 1 <= lengths[-1] <= 4
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _ssns(text: str) -> Iterator[Span]:
+    for m in _SSN.finditer(text):
+        area, sep, group, serial = m.groups()
+        before = _before(text, m.start())
+        ssn_word = _SSN_WORDS.search(before) is not None
+        if not ssn_word and (not sep or _REFERENCE_WORDS.search(before)):
+            continue  # bare nine digits, or "order 123-45-6789": a reference, not an SSN
+        if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+            continue
+        yield Span(m.start(), m.end(), "SSN", m.group())
+
+
+def _ninos(text: str) -> Iterator[Span]:
+    for m in _NINO.finditer(text):
+        prefix = m.group(1)
+        if prefix[0] in "DFIQUV" or prefix[1] in "DFIOQUV" or prefix in _NINO_BAD_PREFIX:
+            continue
+        yield Span(m.start(), m.end(), "NINO", m.group())
+
+
+def _ips(text: str) -> Iterator[Span]:
+    # v6 first: its mixed notation `::ffff:192.0.2.1` ends in a v4 address
+    for m in _IPV6.finditer(text):
+        value = _ipv6_value(m.group())
+        if value is not None:
+            yield Span(m.start(), m.start() + len(value), "IP", value)
+    for m in _IPV4.finditer(text):
+        if _IP_NOT_WORDS.search(text[max(0, m.start() - 12) : m.start()]):
+            continue
+        if _IP_NOT_AFTER.match(text, m.end()):
+            continue
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        yield Span(m.start(), m.end(), "IP", m.group())
+
+
+def _ipv6_value(raw: str) -> str | None:
+    """The IPv6 address at the start of `raw` (trailing sentence punctuation dropped)."""
+    value = raw.rstrip(".")
+    if "%" not in value and value.endswith(":") and not value.endswith("::"):
+        value = value[:-1]  # a colon ending the sentence, as in "at fe80::1: it"
+    if value.count(":") < 2 or all(ch in ":." for ch in value.split("%")[0]):
+        return None
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _phones(text: str) -> Iterator[Span]:
+    yield from _phones_found(text, _PHONE_CANDIDATE, keyword=False)
+    # any run of 7-15 digits right after a phone word ("call 612 34 56 78")
+    yield from _phones_found(text, _PHONE_AFTER_WORD, keyword=True)
+
+
+def _phones_found(text: str, pattern: re.Pattern[str], *, keyword: bool) -> Iterator[Span]:
+    taken = 0
+    for m in pattern.finditer(text):
+        start = m.start(1)
+        if start < taken:
+            continue
+        end = _phone_end(text, start, m.group(1), keyword=keyword)
+        if end is not None:
+            taken = end
+            yield Span(start, end, "PHONE", text[start:end])
+
+
+def _phone_end(text: str, start: int, candidate: str, *, keyword: bool) -> int | None:
+    """Where the longest phone number starting at `start` ends, if one does."""
+    tokens = _phone_tokens(candidate)
+    if not tokens:
+        return None
+    groups = [t.group() for t in tokens]
+    counts = [len(g) - g.count("+") - g.count("(") - g.count(")") for g in groups]
+    for k in range(len(tokens), 0, -1):
+        cut = tokens[k - 1].end()
+        if k < len(tokens) and candidate[cut] != " ":
+            continue  # cut only at a space: "0171-2345679-3" is not a phone with a tail
+        if not 7 <= sum(counts[:k]) <= 17:
+            continue
+        end = start + cut
+        if end < len(text) and (text[end].isalnum() or text[end] == "_"):
+            return None  # the digits run on into a word: a hash or a code, not a phone
+        if _phone_shape(groups[:k], candidate[:cut], keyword=keyword):
+            if not keyword and _REFERENCE_WORDS.search(_before(text, start)):
+                return None
+            return end
+    return None
+
+
+def _phone_tokens(candidate: str) -> list[re.Match[str]]:
+    """The digit groups of a candidate (at most 8), up to the first separator no phone uses."""
+    tokens: list[re.Match[str]] = []
+    pos = 0
+    for t in _PHONE_TOKEN.finditer(candidate):
+        gap = candidate[pos : t.start()]
+        if gap not in ("", " ", "-", ".", "/") or len(tokens) == 8:
+            break
+        if t.group().startswith("+") and tokens:
+            break
+        tokens.append(t)
+        pos = t.end()
+    return tokens
+
+
+def _phone_shape(groups: list[str], value: str, *, keyword: bool) -> bool:
+    """Whether digit `groups` (as printed in `value`) have the shape of a phone number."""
+    digits = "".join(g.strip("+()") for g in groups if g != "(0)")
+    lengths = [len(g.strip("+()")) for g in groups]
+    if groups[0].startswith("+"):
+        return 8 <= len(digits) <= 15 and len(groups) <= 7 and lengths[0] <= 15
+    if digits.startswith("00"):
+        return 10 <= len(digits) <= 15 and len(groups) <= 7 and lengths[0] in (2, 4, 5)
+    if _nanp(groups, lengths, digits):
+        return True
+    if digits[0] == "0" and _trunk(groups, lengths, value):
+        return True
+    if groups[0].startswith("(") and 2 <= lengths[0] <= 4 and len(groups) in (3, 4):
+        return 10 <= len(digits) <= 11 and min(lengths[1:]) >= 4 and "." not in value
+    return keyword and 7 <= len(digits) <= 15 and len(groups) <= 5
+
+
+def _nanp(groups: list[str], lengths: list[int], digits: str) -> bool:
+    """North American 3-3-4 with separators, optionally after a country code 1."""
+    if lengths[:1] == [1] and groups[0] == "1":
+        lengths, digits = lengths[1:], digits[1:]
+    return lengths == [3, 3, 4] and digits[0] in "23456789" and digits[3] in "23456789"
+
+
+def _trunk(groups: list[str], lengths: list[int], value: str) -> bool:
+    """National numbers behind a trunk 0: `020 7946 0958`, `0171 2345679`, `06.12.34.56.78`."""
+    total = sum(lengths)
+    if lengths[0] < 2 and not groups[0].startswith("("):
+        return False  # "0-306-40615-2" is an ISBN, not a phone
+    if groups[0].strip("(")[:2] == "00" or not 9 <= total <= 12 or len(groups) > 5:
+        return False
+    if len(groups) > 1 and min(lengths[1:]) < 2:
+        return False
+    if any(a == 4 and b == 2 for a, b in itertools.pairwise(lengths)):
+        return False  # "01 02 2024 10 30": a date and time; no national plan groups so
+    if "." in value and not all(n == 2 for n in lengths):
+        return False  # dotted pairs are French numbers; other dotted runs are dates
+    if value.find("/") not in (-1, len(groups[0])) or value.count("/") > 1:
+        return False  # "030/1234567": a slash only after the area code
+    return len(groups) > 1 or total in (10, 11)
+
+
+_FINDERS: list[Callable[[str], Iterator[Span]]] = [
+    _secrets,
+    _emails,
+    _ibans,
+    _cards,
+    _ssns,
+    _ninos,
+    _ips,
+    _phones,
+]

@@ -1,0 +1,118 @@
+"""The one request reader: whatever bytes a line holds, it yields one item per non-blank line
+and never raises; a line over the size limit is skipped without being held in memory."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.requests import (
+    RequestLimits,
+    count_requests,
+    decode_request,
+    parse_request,
+    read_jsonl,
+    show_value,
+)
+
+
+def test_a_huge_line_is_skipped_without_being_read_into_memory(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    with path.open("wb") as fh:
+        fh.write(b'{"prompt": "a"}\n{"prompt": "')
+        for _ in range(64):
+            fh.write(b"x" * (1 << 17))  # 8 MiB on one line
+        fh.write(b'"}\n{"prompt": "b"}\n')
+    limits = RequestLimits(max_request_bytes=4096)
+    tracemalloc.start()
+    try:
+        items = list(read_jsonl(path, limits=limits))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # a bound on memory, not a timing: the line is 8 MiB
+    assert [item.input for item in items] == [{"prompt": "a"}, None, {"prompt": "b"}]
+    assert items[1].error == (
+        f"{path}:2: the request is {8 * (1 << 20) + 14} bytes, over the limit of 4096; "
+        "shorten it, or raise `limits: {max_request_bytes: ...}` in the graph "
+        "(or `moat run --max-request-bytes N`)"
+    )
+    assert count_requests(path, limits=limits) == 3
+
+
+lines = st.lists(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from([b"", b"   ", b"\r", b" \t ", b"{}", b'{"prompt": "x"}', b"[" * 50]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(chunks=lines, limit=st.integers(1, 40), depth=st.integers(1, 6))
+def test_every_non_blank_line_is_one_item_and_counting_agrees(
+    chunks: list[bytes], limit: int, depth: int
+) -> None:
+    data = b"\n".join(chunks)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.jsonl"
+        path.write_bytes(data)
+        limits = RequestLimits(max_request_bytes=limit, max_depth=depth)
+        items = list(read_jsonl(path, limits=limits))
+        assert count_requests(path, limits=limits) == len(items)
+    expected = [n for n, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    assert [item.line for item in items] == expected
+    assert [item.seq for item in items] == list(range(len(items)))
+    for item in items:
+        assert (item.input is None) == (item.error is not None)
+        if item.error is not None:
+            assert item.error.startswith(f"{path}:{item.line}")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.sampled_from(["\ud800", float("nan"), b"bytes", object()])
+    | st.just(5000).map(lambda digits: 10**digits),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+        | st.tuples(inner, inner)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=json_values)
+def test_parse_request_never_raises_and_a_good_request_survives_json(value: object) -> None:
+    item = parse_request(value, seq=0, limits=RequestLimits(max_depth=4))
+    assert (item.input is None) == (item.error is not None)
+    if item.input is not None:
+        text = json.dumps(item.input, ensure_ascii=False)
+        text.encode("utf-8")  # storable and writable as UTF-8
+        again = decode_request(text, seq=0, limits=RequestLimits(max_depth=4))
+        assert again.error is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text() | st.binary().map(lambda b: b.decode("utf-8", "surrogateescape")))
+def test_decode_request_never_raises(text: str) -> None:
+    item = decode_request(text, seq=0, source="--json")
+    assert (item.input is None) == (item.error is not None)
+    assert item.error is None or item.error.startswith("--json:")
+
+
+def test_values_are_shown_as_the_graph_language_writes_them() -> None:
+    assert show_value(None) == "none"
+    assert show_value([True, False, {"a": None}]) == "[true, false, {'a': none}]"
+    assert show_value("x" * 100) == repr("x" * 100)[:57] + "..."

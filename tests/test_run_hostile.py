@@ -1,0 +1,472 @@
+"""`moat run` under careless and hostile use: whatever a request line or an argument holds,
+the batch goes on, each request gets exactly one result, and moat never reports an internal
+error. Runs the CLI in-process on a graph without models, so each run is quick."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.cli import main
+from engine.store.store import Store
+
+GRAPH = """
+moat: 1
+name: echo
+input:
+  type: object
+  required: [prompt]
+  properties:
+    prompt: {type: string, minLength: 1}
+    tenant: {type: string, default: public}
+nodes:
+  clean: {type: redact, with: {text: "{{ input.prompt }}"}}
+output:
+  text: clean.text
+"""
+LIMITED = GRAPH.replace("nodes:", "limits: {max_request_bytes: 200, max_depth: 8}\nnodes:")
+EXAMPLES = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def write_graph(folder: Path, text: str = GRAPH) -> Path:
+    graph = folder / "echo.yaml"
+    graph.write_text(text)
+    return graph
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict[str, object]], str]:
+    """Exit code, the result lines printed on stdout, and stderr."""
+    code = main(["run", *args, "--quiet"])
+    captured = capsys.readouterr()
+    printed = [json.loads(line) for line in captured.out.split("\n") if line]
+    return code, printed, captured.err
+
+
+def out_lines(path: Path) -> list[dict[str, object]]:
+    # split on newlines only: a result's text may hold U+2028 and other line separators
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def runs(db: Path) -> list[tuple[str, str]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute("SELECT id, status FROM runs"))
+
+
+# -- request lines -----------------------------------------------------------------------
+
+DEEP = "[" * 1100 + "]" * 1100
+HOSTILE_LINES = {
+    "deep nesting": ('{"prompt": ' + DEEP + "}").encode(),
+    "deep list": DEEP.encode(),
+    "huge integer": b'{"prompt": "x", "n": ' + b"7" * 5000 + b"}",
+    "NaN": b'{"prompt": "x", "n": NaN}',
+    "lone surrogate": b'{"prompt": "\\ud800 half a pair"}',
+    "surrogate key": b'{"\\udfff": 1, "prompt": "x"}',
+    "not UTF-8": b'{"prompt": "caf\xe9"}',
+    "null": b"null",
+    "a list": b'["a list"]',
+    "torn": b'{"prompt": "cut here',
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_LINES))
+def test_a_hostile_line_is_its_own_invalid_input_and_the_batch_goes_on(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_bytes(b'{"prompt": "first"}\n' + HOSTILE_LINES[name] + b'\n{"prompt": "last"}\n')
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(
+        capsys,
+        str(graph),
+        "--input",
+        str(requests),
+        "--out",
+        str(out),
+        "--db",
+        str(tmp_path / "t.db"),
+    )
+    assert code == 1, err
+    assert "internal error" not in err
+    results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
+    assert [r["status"] for r in results] == ["ok", "invalid_input", "ok"]
+    assert str(results[1]["error"]).startswith(f"{requests}:2")
+    assert [r["output"] for r in (results[0], results[2])] == [{"text": "first"}, {"text": "last"}]
+
+
+def test_a_line_over_the_size_limit_is_refused_unread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path, LIMITED)
+    requests = tmp_path / "in.jsonl"
+    big = json.dumps({"prompt": "x" * 5000})
+    deep = json.dumps({"prompt": "x", "n": [[[[[[[[[[1]]]]]]]]]]})
+    requests.write_text(f'{{"prompt": "small"}}\n{big}\n{deep}\n   \n{{"prompt": "after"}}\n')
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(
+        capsys,
+        str(graph),
+        "--input",
+        str(requests),
+        "--out",
+        str(out),
+        "--db",
+        str(tmp_path / "t.db"),
+    )
+    assert code == 1, err
+    results = {str(r["request_id"])[-1]: r for r in out_lines(out)}
+    assert [results[k]["status"] for k in "0123"] == ["ok", "invalid_input", "invalid_input", "ok"]
+    assert f"{requests}:2: the request is {len(big)} bytes, over the limit of 200" in str(
+        results["1"]["error"]
+    )
+    assert "limits: {max_request_bytes: ...}" in str(results["1"]["error"])
+    assert f"{requests}:3: nested more than 8 levels deep" in str(results["2"]["error"])
+
+
+def test_the_size_limit_can_be_set_for_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "short"}\n{"prompt": "' + "y" * 100 + '"}\n')
+    out = tmp_path / "out.jsonl"
+    args = ["--input", str(requests), "--out", str(out), "--db", str(tmp_path / "t.db")]
+    code, _, _ = run(capsys, str(graph), *args, "--max-request-bytes", "50")
+    assert code == 1
+    assert sorted(str(r["status"]) for r in out_lines(out)) == ["invalid_input", "ok"]
+    assert "over the limit of 50" in "".join(str(r["error"]) for r in out_lines(out))
+
+
+def test_the_graph_limits_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = write_graph(tmp_path, GRAPH.replace("nodes:", "limits: {max_request_bytes: 0}\nnodes:"))
+    code, _, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(tmp_path / "t.db"))
+    assert code == 2
+    assert "max_request_bytes" in err and "internal error" not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"prompt": ' + DEEP + "}", "--json: nested more than 64 levels deep"),
+        ('{"prompt": "\udc80"}', "--json: not UTF-8 text"),
+        ('{"prompt": "\\ud800"}', "--json: input prompt has a lone surrogate"),
+        ("{bad", "--json: column 2: invalid JSON"),
+        ("null", '--json: a request must be a JSON object, such as {"prompt": "..."}, not none'),
+        ('{"prompt": null}', "--json: input prompt: none is not of type 'string'"),
+        ('{"prompt": true}', "--json: input prompt: true is not of type 'string'"),
+        ('{"prompt": "x", "_labels": [1]}', "--json: `_labels` must be an object, not a list"),
+    ],
+)
+def test_a_hostile_json_request_is_an_invalid_input_result(
+    value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    code, printed, err = run(capsys, str(graph), "--json", value, "--db", str(tmp_path / "t.db"))
+    assert code == 1, err
+    assert "internal error" not in err
+    (result,) = printed
+    assert result["status"] == "invalid_input"
+    assert str(result["error"]).startswith(message), result["error"]
+
+
+def test_prompt_errors_are_labelled_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    code, printed, _ = run(capsys, str(graph), "--prompt", "", "--db", str(tmp_path / "t.db"))
+    assert code == 1
+    assert str(printed[0]["error"]).startswith("--prompt: input prompt: ")
+    code, printed, _ = run(capsys, str(graph), "--prompt", "\udc80", "--db", str(tmp_path / "t.db"))
+    assert code == 1
+    assert str(printed[0]["error"]) == (
+        "--prompt: input prompt has a lone surrogate (\\ud800-\\udfff), not text"
+    )
+
+
+line_bytes = st.one_of(
+    st.binary(max_size=80).map(lambda b: b.replace(b"\n", b" ")),
+    st.sampled_from(sorted(HOSTILE_LINES.values())),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v).encode()),
+)
+valid_prompt = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), min_size=1
+).filter(lambda t: t.strip() == t and t)
+
+
+@EXAMPLES
+@given(
+    lines=st.lists(
+        st.one_of(
+            valid_prompt.map(lambda p: ("valid", json.dumps({"prompt": p}).encode())),
+            line_bytes.map(lambda b: ("any", b)),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_any_lines_never_abort_the_batch_and_each_gets_one_result(
+    lines: list[tuple[str, bytes]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    graph = write_graph(folder)
+    requests = folder / "in.jsonl"
+    requests.write_bytes(b"\n".join(raw for _, raw in lines) + b"\n")
+    expected = [(kind, n) for n, (kind, raw) in enumerate(lines, start=1) if raw.strip()]
+    out = folder / "out.jsonl"
+    args = ["--input", str(requests), "--out", str(out), "--db", str(folder / "t.db")]
+    code, _, err = run(capsys, str(graph), *args)
+    assert "internal error" not in err
+    assert code in (0, 1), err
+    if not expected:
+        assert not out.exists() and "has no requests" in err
+        return
+    results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
+    assert len(results) == len(expected)
+    for (kind, number), result in zip(expected, results, strict=True):
+        if kind == "valid":
+            assert result["status"] == "ok", result
+        if result["status"] == "invalid_input":
+            assert str(result["error"]).startswith(f"{requests}:{number}")
+    assert code == (1 if any(r["status"] != "ok" for r in results) else 0)
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--out", "{tmp}"], "--out {tmp}: is a folder"),
+        (["--out", "{tmp}/missing/out.jsonl"], "folder {tmp}/missing does not exist"),
+        (["--db", "{tmp}"], "--db {tmp}: is a folder"),
+        (["--db", "{tmp}/missing/t.db"], "folder {tmp}/missing does not exist"),
+        (["--input", "{tmp}"], "--input {tmp}: is a folder"),
+        (["--concurrency", "0"], "--concurrency 0: must be at least 1"),
+        (["--max-request-bytes", "0"], "--max-request-bytes 0: give 1 to 1073741824 (1 GiB)"),
+        (["--max-request-bytes", str(10**30)], "give 1 to 1073741824"),
+        (["--policy", "{tmp}/nope.yaml"], "--policy {tmp}/nope.yaml: no such file"),
+        (["--out", "{tmp}/in.jsonl"], "--out {tmp}/in.jsonl: is also --input"),
+        (["--db", "{tmp}/in.jsonl"], "--db {tmp}/in.jsonl: is also --input"),
+    ],
+)
+def test_an_unusable_argument_exits_2_before_anything_is_stored(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "hi"}\n')
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    if "--input" not in extra:
+        extra = ["--input", str(requests), *extra]
+    if "--db" not in extra:
+        extra = [*extra, "--db", str(tmp_path / "t.db")]
+    code, _, err = run(capsys, str(graph), *extra)
+    assert code == 2
+    assert message.format(tmp=tmp_path) in err
+    assert "internal error" not in err
+    assert runs(tmp_path / "t.db") == []
+
+
+def test_resume_with_an_unusable_out_exits_2_and_leaves_the_run_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    db = tmp_path / "t.db"
+    code, _, _ = run(capsys, str(graph), "--prompt", "hi", "--db", str(db))
+    assert code == 0
+    ((run_id, status),) = runs(db)
+    code, _, err = run(capsys, "--resume", run_id, "--out", str(tmp_path), "--db", str(db))
+    assert code == 2 and "is a folder" in err and "internal error" not in err
+    assert runs(db) == [(run_id, status)]
+
+
+def test_an_empty_input_file_is_reported_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text("\n   \n")
+    code, _, err = run(capsys, str(graph), "--input", str(requests), "--db", str(tmp_path / "t.db"))
+    assert code == 0
+    assert f"moat: {requests} has no requests" in err
+    assert runs(tmp_path / "t.db") == []
+
+
+arguments = st.lists(
+    st.sampled_from(
+        [
+            ["--out", "{tmp}"],
+            ["--out", "{tmp}/no/such/out.jsonl"],
+            ["--out", "{tmp}/out.jsonl"],
+            ["--db", "{tmp}"],
+            ["--db", "{tmp}/in.jsonl"],
+            ["--input", "{tmp}"],
+            ["--input", "{tmp}/in.jsonl"],
+            ["--input", "{tmp}/missing.jsonl"],
+            ["--concurrency", "-3"],
+            ["--max-request-bytes", "1"],
+            ["--resume", "r-20990101-000000-dead"],
+            ["--model", "nope"],
+            ["--model", "small=sim:huge"],
+            ["--policy", "{tmp}/in.jsonl"],
+            ["--seed", "7"],
+            ["--seed", str(10**30)],
+            ["--max-request-bytes", str(10**30)],
+            ["--concurrency", str(10**30)],
+        ]
+    ),
+    max_size=4,
+)
+
+
+@EXAMPLES
+@given(
+    picked=arguments,
+    source=st.one_of(
+        st.none(),
+        st.text(max_size=30).map(lambda t: ["--json", t]),
+        st.text(max_size=30).map(lambda t: ["--prompt", t]),
+    ),
+)
+def test_no_arguments_make_an_internal_error(
+    picked: list[list[str]],
+    source: list[str] | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    graph = write_graph(tmp_path)
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n{"prompt": 3}\n')
+    args = [str(graph)]
+    for pair in picked:
+        args += [part.format(tmp=tmp_path) for part in pair]
+    if source is not None and "--input" not in args:
+        args += source
+    if "--db" not in args:
+        args += ["--db", str(tmp_path / "t.db")]
+    try:
+        code = main(["run", *args, "--quiet"])
+    except SystemExit as exc:  # argparse refusing a malformed command line
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    assert code in (0, 1, 2), err
+
+
+def test_a_non_store_db_is_refused_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    db = tmp_path / "t.db"
+    db.write_text("not a database")
+    code, _, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(db))
+    assert code == 2 and "not a moat store" in err
+
+
+def test_resume_hint_names_a_non_default_db(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import build_parser
+    from engine.cli.run import _stopped
+
+    args = build_parser().parse_args(["run", "g.yaml", "--db", "my runs.db"])
+    assert _stopped("r-1", args, "interrupted; ", 130) == 130
+    assert "Resume with: moat run --resume r-1 --db 'my runs.db'" in capsys.readouterr().err
+
+
+def test_store_rows_of_a_hostile_batch_are_one_per_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_bytes(b"\n".join(HOSTILE_LINES.values()) + b"\n")
+    db = tmp_path / "t.db"
+    code, _, _ = run(
+        capsys, str(graph), "--input", str(requests), "--db", str(db), "--out", str(tmp_path / "o")
+    )
+    assert code == 1
+    with Store.open(db, readonly=True) as store:
+        (row,) = store.list_runs()
+        rows = store.list_requests(row["id"])
+    assert [r["seq"] for r in rows] == list(range(len(HOSTILE_LINES)))
+    assert {r["status"] for r in rows} == {"invalid_input"}
+    assert row["status"] == "finished"
+
+
+def test_a_tui_left_open_does_not_count_as_the_runs_duration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio
+
+    from engine.cli import run as _cli_run
+
+    async def operator_reads_for_a_while(pipe: Any, run_id: str, scope: Any) -> None:
+        while pipe.store.get_run(run_id)["status"] != "finished":
+            await anyio.sleep(0.02)
+        await anyio.sleep(1.5)  # the batch is done; the operator keeps the UI open
+        scope.cancel()
+
+    monkeypatch.setattr(_cli_run, "_tui", operator_reads_for_a_while)
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    db = tmp_path / "t.db"
+    args = ["--input", str(requests), "--out", str(tmp_path / "o.jsonl"), "--db", str(db)]
+    code, _, err = run(capsys, str(graph), *args, "--tui")
+    closed = time.time()
+    assert code == 0, err
+    with Store.open(db, readonly=True) as store:
+        (row,) = store.list_runs()
+        last = max(r["finished_at"] for r in store.list_requests(row["id"]))
+    assert row["status"] == "finished"
+    assert last <= row["finished_at"] < last + 1.0  # generous: it is about 1.5 s otherwise
+    assert row["finished_at"] < closed - 1.0
+
+
+def test_an_input_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    graph = write_graph(tmp_path)
+    fifo = tmp_path / "requests.fifo"
+    os.mkfifo(fifo)  # reading it twice (count, then answer) would hang or lose requests
+    code, _, err = run(capsys, str(graph), "--input", str(fifo), "--db", str(tmp_path / "t.db"))
+    assert code == 2
+    assert f"--input {fifo}: not a regular file" in err
+
+
+def test_a_store_that_fails_mid_run_exits_1_names_the_cause_and_offers_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.store.writer import StoreWriter
+
+    def disk_full(*_: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    graph = write_graph(tmp_path)
+    db = tmp_path / "t.db"
+    monkeypatch.setattr(StoreWriter, "_commit", disk_full)
+    code, _, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(db))
+    assert code == 1  # requests ran: not 2
+    assert "database or disk is full: check the free disk space" in err
+    assert "internal error" not in err
+    ((run_id, status),) = runs(db)
+    assert status == "failed"
+    assert f"Resume with: moat run --resume {run_id} --db {db}" in err

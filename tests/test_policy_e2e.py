@@ -17,15 +17,16 @@ from engine.store.store import Store
 
 
 def items(n: int, start: int = 0) -> list[BatchItem]:
+    """Distinct tickets: no two share their ticket, order or customer number."""
     return [
         BatchItem(
-            start + i,
+            seq,
             {
-                "prompt": f"Ticket {start + i}: order {1000 + i} arrived late, "
-                f"please refund. - Customer {i}"
+                "prompt": f"Ticket {seq}: order {1000 + seq} arrived late, "
+                f"please refund. - Customer {seq}"
             },
         )
-        for i in range(n)
+        for seq in range(start, start + n)
     ]
 
 

@@ -139,6 +139,20 @@ def test_rollback_refuses_unknown_and_missing_targets(tmp_path: Path) -> None:
     assert m.current().version == 1
 
 
+def test_the_guard_judges_a_version_on_its_first_window_however_late_it_looks(
+    tmp_path: Path,
+) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.03)  # the first window of version 2 costs three times as much
+    feed(m, 2, cost=0.01, n=30)  # then it gets cheap before anyone looked
+    verdict = m.check_guard()
+    assert verdict is not None and not verdict.ok
+    assert verdict.figures["cost_ratio"] == 3.0
+    assert m.current().version == 1
+
+
 def test_the_guard_rolls_back_a_version_that_costs_twice_as_much(tmp_path: Path) -> None:
     m = manager(tmp_path)
     m.run_id = "r-test"

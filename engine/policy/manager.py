@@ -73,7 +73,11 @@ __all__ = [
 _log = get_logger("moat.policy")
 
 _KEEP_OBSERVATIONS = 10_000
-"""Per version; a guard window larger than this is judged on the latest ones."""
+"""Per version; a guard window larger than this is judged on the latest ones.
+
+A version is judged on its first `window` observations, whenever the judgement runs, so
+the verdict does not depend on how late a poll tick comes; its baseline is the latest
+`window` observations of the version before it."""
 
 OnChange = Callable[[PolicyPin, PolicyPin], None]
 
@@ -409,7 +413,7 @@ class PolicyManager:
         if settings is None:
             return None, None
         with self._lock:
-            new = list(self._windows.get(version, ()))[-settings.window :]
+            new = list(self._windows.get(version, ()))[: settings.window]
             old = [(o.latency_ms, o.cost_usd) for o in self._windows.get(parent, ())]
         if len(new) < settings.window:
             return None, None

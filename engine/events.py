@@ -3,7 +3,7 @@
 Records are small slotted dataclasses rather than pydantic models: they are built on the
 request path (dozens per request) and only ever produced by moat itself, so validation
 would cost time and catch nothing. The store maps each record type to one table of
-DESIGN.md section 8.
+architecture: The store.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "Sink",
     "hash_input",
     "now",
+    "result_line",
 ]
 
 NodeId = NewType("NodeId", str)
@@ -52,7 +53,7 @@ def now() -> float:
 
 
 class EventType(StrEnum):
-    """Every orchestration event type moat records (DESIGN.md section 8)."""
+    """Every orchestration event type moat records (architecture: The store)."""
 
     # scheduler
     GATE_DECISION = "GATE_DECISION"
@@ -386,6 +387,29 @@ class PolicyPin:
     name: str | None
     version: int | None
     body: Mapping[str, Any]
+
+
+def result_line(
+    request_id: str,
+    status: str,
+    output: Any,
+    latency_ms: float,
+    cost_usd: float,
+    policy_version: int | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """The JSON object `moat run` writes for one request, whether it comes from a result,
+    a record or a stored row: `request_id status output latency_ms cost_usd policy_version
+    error`."""
+    return {
+        "request_id": request_id,
+        "status": str(status),
+        "output": output,
+        "latency_ms": round(latency_ms, 3),
+        "cost_usd": round(cost_usd, 8),
+        "policy_version": policy_version,
+        "error": error,
+    }
 
 
 class Sink(Protocol):

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The layer of each engine package or top-level module (docs/architecture.md, "Layers").
+# The layer of each engine package or top-level module (architecture: Layers).
 LAYERS = {
     "errors": 0,
     "stats": 0,
@@ -131,3 +131,13 @@ def test_only_the_store_speaks_sql(package: str) -> None:
         for number, text in enumerate(path.read_text().splitlines(), 1):
             if _SQL.search(text) and not text.lstrip().startswith("#"):
                 pytest.fail(f"{path}:{number}: SQL outside engine/store/: {text.strip()}")
+
+
+def test_the_repository_explains_itself() -> None:
+    """Docs and docstrings point at files in the repository, never at a design kept elsewhere."""
+    for package in ("engine", "nodes", "tui", "bench", "tests", "docs"):
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.suffix not in (".py", ".md") or path == Path(__file__):
+                continue
+            text = path.read_text()
+            assert "DESIGN.md" not in text, f"{path}: point to docs/architecture.md instead"

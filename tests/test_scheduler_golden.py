@@ -1,6 +1,6 @@
 """Golden runs: a YAML graph, its input, and the expected output, node runs and events.
 
-One case per scheduling rule (DESIGN.md section 4). Node runs are
+One case per scheduling rule (architecture: Scheduling semantics). Node runs are
 `(node, cycle, status, speculative, outcome, attempts)` in the order they were recorded;
 events are the scheduler's `(event_type, stage)` in sequence order. Every case runs on
 asyncio and on trio with a mock clock, where `latency_ms` is exact.

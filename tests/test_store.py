@@ -33,7 +33,7 @@ from engine.events import (
 from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from engine.store.store import Store, StoreWriter
 
-# DESIGN.md section 8, plus the nullable extras this store adds.
+# architecture: The store, plus the nullable extras this store adds.
 CONTRACT = {
     "runs": "id graph_name graph_hash started_at finished_at status requests_total "
     "requests_done config_json",

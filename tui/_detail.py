@@ -1,7 +1,8 @@
 """The request detail view model: the engine's request report plus the run's drawn graph.
 
 `load_detail` builds `engine.report.explain.request_report` (summary, execution strategy, runtime
-decisions, cycle cards, timeline, LLM calls, raw events: DESIGN.md section 9) and adds what
+decisions, cycle cards, timeline, LLM calls, raw events; architecture: The request report)
+and adds what
 only the TUI draws: each graph node's state and timing, in the graph's topological order
 when the run's graph file can be loaded, else in the order the nodes ran.
 """

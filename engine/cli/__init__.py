@@ -26,7 +26,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (DESIGN.md section 2)."""
+    """The full argument parser (README, "The CLI")."""
     parser = argparse.ArgumentParser(
         prog="moat",
         description="Run adaptive LLM request pipelines described as YAML graphs.",

@@ -22,18 +22,19 @@ from typing import Any, TextIO
 
 import anyio
 
+from engine import events
 from engine.api import BatchSummary, Pipeline
 from engine.errors import SpecError, StoreError
-from engine.events import RequestRecord, RequestStatus
+from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
+from engine.stats import FAILED_STATUSES
 from engine.store.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run", "result_line"]
 
 _MAX_BYTES = 1 << 30
-_NOT_OK = (RequestStatus.FAILED, RequestStatus.DEADLINE_EXCEEDED, RequestStatus.INVALID_INPUT)
 
 
 def add_commands(sub: Any) -> None:
@@ -81,20 +82,17 @@ def db_path(value: str | None) -> str:
 
 
 def result_line(record: RequestRecord) -> str:
-    """The `--out` line of one request (DESIGN.md section 2)."""
-    return json.dumps(
-        {
-            "request_id": record.id,
-            "status": str(record.status),
-            "output": record.output,
-            "latency_ms": round(record.latency_ms, 3),
-            "cost_usd": round(record.cost_usd, 8),
-            "policy_version": record.policy_version,
-            "error": record.error,
-        },
-        ensure_ascii=False,
-        default=str,
+    """The `--out` line of one request."""
+    line = events.result_line(
+        record.id,
+        record.status,
+        record.output,
+        record.latency_ms,
+        record.cost_usd,
+        record.policy_version,
+        record.error,
     )
+    return json.dumps(line, ensure_ascii=False, default=str)
 
 
 @dataclass(slots=True)
@@ -317,19 +315,16 @@ def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
 
 def _stored_line(row: Mapping[str, Any]) -> str:
     """The `--out` line of a stored request (a row of `Store.list_requests`)."""
-    return json.dumps(
-        {
-            "request_id": row["id"],
-            "status": row["status"],
-            "output": row["output"],
-            "latency_ms": round(row["latency_ms"], 3),
-            "cost_usd": round(row["cost_usd"], 8),
-            "policy_version": row["policy_version"],
-            "error": row["error"],
-        },
-        ensure_ascii=False,
-        default=str,
+    line = events.result_line(
+        row["id"],
+        row["status"],
+        row["output"],
+        row["latency_ms"],
+        row["cost_usd"],
+        row["policy_version"],
+        row["error"],
     )
+    return json.dumps(line, ensure_ascii=False, default=str)
 
 
 class _OutWriter:
@@ -462,7 +457,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
             _print_summary(store, run_id)
         if summary.interrupted:
             return _stopped(run_id, args, "interrupted; ", 130)
-        return 1 if any(summary.by_status.get(s) for s in _NOT_OK) else 0
+        return 1 if any(summary.by_status.get(s) for s in FAILED_STATUSES) else 0
 
 
 def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int:

@@ -67,7 +67,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print the request detail of DESIGN.md section 9."""
+    """Print the request detail of architecture: The request report."""
     from engine.report.explain import render_markdown, report_json, request_report
 
     with _open(args) as store:

@@ -1,4 +1,4 @@
-"""The graph file format as pydantic models (DESIGN.md section 3), before any checking.
+"""The graph file format as pydantic models (README, "A graph"), before any checking.
 
 These models only describe shape and types. Meaning (node types, references, cycles,
 policy keys) is checked by `engine.graph.check`; location of every value is kept by the loader.

@@ -156,7 +156,7 @@ def _located(exc: NodeError, scope: CallScope, attempts: int) -> NodeError:
 
 
 class Gateway:
-    """Every model call of a run goes through here (DESIGN.md section 6).
+    """Every model call of a run goes through here (README, "Real models").
 
     Args:
         models: the graph's logical models by name.

@@ -2,7 +2,7 @@
 
 A policy is a YAML mapping of thresholds and settings that graphs read as `policy.…`.
 Snapshots are immutable, content-addressed (sha256 of canonical JSON) and numbered per
-name; one version per name is active (DESIGN.md section 7). `PolicyManager` keeps the
+name; one version per name is active (README, "Policies"). `PolicyManager` keeps the
 active version of one policy for a running process:
 
 - `ensure_registered()` once at start (stores the graph's default body as version 1 the

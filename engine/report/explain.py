@@ -1,4 +1,6 @@
-"""Explains runs from the store: the request report (DESIGN.md section 9) and run stats.
+"""Explains runs from the store: the request report and run stats.
+
+The report is the request detail of docs/architecture.md ("The request report").
 
 `request_report` turns everything stored about one request into a `RequestReport` view
 model; `render_markdown` and `report_json` present it (`moat report`), and the TUI reads the

@@ -1,4 +1,6 @@
-"""The view models of the request report (DESIGN.md section 9): plain frozen dataclasses.
+"""The view models of the request report: plain frozen dataclasses.
+
+They hold the request detail of docs/architecture.md ("The request report").
 
 They hold only what the store holds, already shaped for display; `engine.report.explain` builds
 them, the markdown renderer and the TUI read them, and `report_json` serialises them with

@@ -29,7 +29,16 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel
 
 from engine.errors import EvaluationError
-from engine.events import EventType, PolicyPin, Record, RequestRecord, RequestStatus, Sink, now
+from engine.events import (
+    EventType,
+    PolicyPin,
+    Record,
+    RequestRecord,
+    RequestStatus,
+    Sink,
+    now,
+    result_line,
+)
 from engine.graph.compiled import Graph
 from engine.models import Gateway
 from engine.plugin.context import RequestInfo, SharedState
@@ -95,15 +104,15 @@ class RequestResult:
 
     def to_json_line(self) -> dict[str, Any]:
         """The JSON object `moat run` writes for this request."""
-        return {
-            "request_id": self.request_id,
-            "status": self.status.value,
-            "output": self.output,
-            "latency_ms": round(self.latency_ms, 3),
-            "cost_usd": self.cost_usd,
-            "policy_version": self.policy_version,
-            "error": self.error,
-        }
+        return result_line(
+            self.request_id,
+            self.status,
+            self.output,
+            self.latency_ms,
+            self.cost_usd,
+            self.policy_version,
+            self.error,
+        )
 
 
 class _NullSink:

@@ -4,7 +4,7 @@ The schema version is SQLite's `PRAGMA user_version`: migration N (1-based) brin
 database from version N-1 to N in one transaction, so a crash mid-migration leaves the
 previous version intact. Append new migrations to `MIGRATIONS`; never edit a shipped one.
 
-Tables and columns follow DESIGN.md section 8 exactly. There are no foreign keys (they
+Tables and columns follow architecture: The store exactly. There are no foreign keys (they
 would slow the batching writer down); every `run_id` / `request_id` column is indexed
 instead. JSON columns are TEXT holding JSON; times are REAL seconds since the epoch.
 """

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
+from engine.events import result_line
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
 from engine.store.schema import (
@@ -437,15 +438,15 @@ class Store:
         row = self.get_request(request_id)
         if row is None:
             return None
-        return {
-            "request_id": row["id"],
-            "status": row["status"],
-            "output": row["output"],
-            "latency_ms": row["latency_ms"],
-            "cost_usd": row["cost_usd"],
-            "policy_version": row["policy_version"],
-            "error": row["error"],
-        }
+        return result_line(
+            row["id"],
+            row["status"],
+            row["output"],
+            row["latency_ms"],
+            row["cost_usd"],
+            row["policy_version"],
+            row["error"],
+        )
 
     def list_requests(
         self, run_id: str, *, status: str | None = None, limit: int | None = None

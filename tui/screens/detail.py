@@ -1,4 +1,7 @@
-"""The request detail screen: why one request took the path it took (DESIGN.md section 9)."""
+"""The request detail screen: why one request took the path it took.
+
+It shows the request detail of docs/architecture.md ("The request report").
+"""
 
 from __future__ import annotations
 

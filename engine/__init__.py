@@ -39,12 +39,30 @@ from engine.graph.loader import GraphErrors, check_file, load_graph, load_graph_
 from engine.plugin.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
-from engine.policy.manager import PolicyManager
+from engine.policy.manager import (
+    AppliedPolicy,
+    PolicyManager,
+    RolledBack,
+    apply_policy,
+    diff_policies,
+    load_policy_file,
+    rollback_policy,
+)
+from engine.report.explain import (
+    CycleCard,
+    DecisionRow,
+    ExecutionStrategy,
+    LlmCallRow,
+    RequestReport,
+    TimelineEntry,
+    request_report,
+)
 from engine.requests import BatchItem
 from engine.scheduler.runner import RequestResult, Runner
 from engine.store.store import Store, StoreWriter
 
 __all__ = [
+    "AppliedPolicy",
     "BatchItem",
     "BatchSummary",
     "BudgetExceeded",
@@ -53,12 +71,16 @@ __all__ = [
     "CallOutcome",
     "CircuitOpen",
     "Completion",
+    "CycleCard",
+    "DecisionRow",
     "EgressBlocked",
     "EvaluationError",
     "EventType",
+    "ExecutionStrategy",
     "ExpressionError",
     "Graph",
     "GraphErrors",
+    "LlmCallRow",
     "MemorySink",
     "MoatError",
     "ModelClient",
@@ -76,8 +98,10 @@ __all__ = [
     "RateLimited",
     "Registry",
     "RequestInfo",
+    "RequestReport",
     "RequestResult",
     "RequestStatus",
+    "RolledBack",
     "Runner",
     "SharedState",
     "Sink",
@@ -85,9 +109,15 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreWriter",
+    "TimelineEntry",
     "TransientError",
+    "apply_policy",
     "check_file",
+    "diff_policies",
     "load_graph",
     "load_graph_text",
+    "load_policy_file",
+    "request_report",
+    "rollback_policy",
     "run_sync",
 ]

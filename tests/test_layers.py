@@ -65,10 +65,16 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
-            if node.module == "engine":  # `from engine import store` names a package
-                found += [(node.lineno, f"engine.{a.name}") for a in node.names]
+            # `from engine.store import reads` imports the module engine.store.reads
+            modules = [f"{node.module}.{a.name}" for a in node.names]
+            modules = [m for m in modules if _is_module(m)] or [node.module]
+            found += [(node.lineno, m) for m in modules]
     return found
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
 
 
 def _module_name(path: Path) -> str:
@@ -117,6 +123,14 @@ def test_nodes_reach_the_engine_through_the_plugin_api() -> None:
 
 
 # A statement at the start of a line (inside a triple-quoted string) or of a string.
+def test_the_tui_reads_the_engine_through_its_api() -> None:
+    allowed = {"engine", "engine.stats", "engine.store.reads"}
+    for path in _sources("tui"):
+        for line, module in _imports(path):
+            if module.split(".")[0] == "engine" and module not in allowed:
+                pytest.fail(f"{path}:{line}: the TUI imports {module}; use `engine`'s API")
+
+
 _SQL = re.compile(
     r"""(?:^\s*|["'])\s*"""
     r"(SELECT\s+[\w*(]|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TABLE|INDEX))"

@@ -322,7 +322,7 @@ async def test_diff_against_the_active_version_and_roll_back(db: Path) -> None:
         await pilot.click("#confirm-yes")
         await settle(pilot)
         assert _active(db) == 1
-        assert "v1 is active (was v2)" in text_of(app, "#policy-message")
+        assert "version 1 active again (version 2 rolled back)" in text_of(app, "#policy-message")
 
 
 async def test_command_palette_lists_every_action_and_runs_one(db: Path) -> None:

@@ -13,14 +13,22 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import MoatError, StoreError
-from engine.graph.compiled import Graph, Scope
-from engine.graph.loader import load_graph
-from engine.plugin.registry import Registry
-from engine.report.explain import RequestReport, TimelineEntry, request_report
-from engine.store.store import Store
+from engine import (
+    Graph,
+    MoatError,
+    Registry,
+    RequestReport,
+    Store,
+    StoreError,
+    TimelineEntry,
+    load_graph,
+    request_report,
+)
+
+if TYPE_CHECKING:
+    from engine.graph.compiled import Scope
 
 __all__ = [
     "MARK_LETTERS",

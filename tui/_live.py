@@ -15,10 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import StoreError
+from engine import Store, StoreError
 from engine.stats import FAILED_STATUSES, percentile
 from engine.store import reads
-from engine.store.store import Store
 
 __all__ = [
     "LiveReader",

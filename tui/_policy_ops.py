@@ -11,9 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.graph.compiled import Graph
-from engine.policy.manager import PolicyManager, apply_policy, diff_policies, load_policy_file
-from engine.store.store import Store
+from engine import Graph, Store, apply_policy, diff_policies, load_policy_file
+from engine import rollback_policy as _rollback_policy
 
 __all__ = ["apply_policy_file", "change_lines", "rollback_policy"]
 
@@ -58,7 +57,4 @@ def rollback_policy(db_path: str | Path, name: str, to: int | None = None) -> st
         PolicyError: nothing to roll back to, or `to` is unknown or already active.
     """
     with Store.open(db_path) as store:
-        before = store.active_policy(name)
-        pin = PolicyManager(store, name=name, default_body={}).rollback(to)
-    was = f" (was v{before['version']})" if before else ""
-    return f"rolled back {name}: v{pin.version} is active{was}"
+        return _rollback_policy(store, name, to=to).message

@@ -15,7 +15,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from engine.plugin.registry import Registry
+from engine import Registry
 from tui._live import LiveReader, Snapshot
 from tui.commands import MoatCommands
 from tui.screens.base import LiveScreen

@@ -16,8 +16,7 @@ import yaml
 from engine.errors import MoatError, PolicyError, StoreError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
-from engine.policy.manager import apply_policy, diff_policies, load_policy_file
-from engine.store import policy_ops as db
+from engine.policy.manager import apply_policy, diff_policies, load_policy_file, rollback_policy
 from engine.store.store import Store
 
 __all__ = ["add_commands"]
@@ -232,20 +231,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Reactivate the previous good version, or `--to VERSION`."""
     with _open(args, write=True) as store:
         name, to = _target(store, args.name, args.to)
-        done = db.roll_back(
-            store,
-            name,
-            to=to,
-            expect_version=None,
-            mark="superseded",
-            reason=None,
-            run_id="",
-        )
-    assert done is not None
-    old, new = done
-    print(
-        f"policy '{name}': version {new.version} active again (version {old.version} rolled back)"
-    )
+        rolled = rollback_policy(store, name, to=to)
+    print(rolled.message)
     return 0
 
 

@@ -62,11 +62,13 @@ __all__ = [
     "GuardVerdict",
     "KeyChange",
     "PolicyManager",
+    "RolledBack",
     "apply_policy",
     "changed_keys",
     "content_hash",
     "diff_policies",
     "load_policy_file",
+    "rollback_policy",
     "validate_policy",
 ]
 
@@ -118,6 +120,51 @@ class AppliedPolicy:
         was = f" (was {self.previous_version})" if self.previous_version else ""
         how = "reactivated" if self.outcome == "reactivated" else "stored and active"
         return f"policy '{name}': version {version} {how}{was}"
+
+
+@dataclass(frozen=True, slots=True)
+class RolledBack:
+    """What `rollback_policy` did.
+
+    Attributes:
+        pin: the version now active.
+        rolled_back: the version that was active before.
+    """
+
+    pin: PolicyPin
+    rolled_back: int
+
+    @property
+    def message(self) -> str:
+        """One line for the CLI and the TUI."""
+        return (
+            f"policy '{self.pin.name}': version {self.pin.version} active again "
+            f"(version {self.rolled_back} rolled back)"
+        )
+
+
+def rollback_policy(
+    store: Store, name: str, *, to: int | None = None, run_id: str = ""
+) -> RolledBack:
+    """Undo the latest activation of `name` (or go to version `to`), atomically; the version
+    rolled back from becomes `superseded`. Repeated rollbacks walk back the activation
+    history (README: Policies). The one way the CLI, the TUI and `PolicyManager` roll back.
+
+    Raises:
+        PolicyError: nothing to roll back to, or `to` is unknown or already active.
+    """
+    done = db.roll_back(
+        store,
+        name,
+        to=to,
+        expect_version=None,
+        mark="superseded",
+        reason=None,
+        run_id=run_id,
+    )
+    assert done is not None  # only a guard's expected version can have moved on
+    old, new = done
+    return RolledBack(_pin(new, name), old.version)
 
 
 def _pin(active: db.Active, name: str) -> PolicyPin:
@@ -305,15 +352,7 @@ class PolicyManager:
             PolicyError: nothing to roll back to, or `to` is unknown or already active.
         """
         assert self.name is not None
-        db.roll_back(
-            self._store(),
-            self.name,
-            to=to,
-            expect_version=None,
-            mark="superseded",
-            reason=None,
-            run_id=self.run_id,
-        )
+        rollback_policy(self._store(), self.name, to=to, run_id=self.run_id)
         self._refresh_now()
         return self._state.pin
 

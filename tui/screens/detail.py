@@ -17,7 +17,7 @@ from textual.content import Content
 from textual.widgets import DataTable, Static, TabbedContent, TabPane, Tree
 from textual.widgets.tree import TreeNode
 
-from engine.report.explain import (
+from engine import (
     CycleCard,
     DecisionRow,
     ExecutionStrategy,

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, DataTable, Input, Static
 
-from engine.errors import MoatError
+from engine import MoatError
 from tui._detail import run_graph
 from tui._format import styled, utc
 from tui._live import PolicyRow, Snapshot

@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._metrics import percentile
-from nodes._semcache import SemanticCache
+from nodes._support.semcache import SemanticCache
 
 TOPICS = [
     "password", "invoice", "refund", "subscription", "shipping", "account", "printer",

@@ -25,7 +25,7 @@ succeeds, and the write is off the response path. Both nodes find the shared cac
 
 Tenants (`ctx.request.tenant`) are separate partitions that never see each other. When
 the run's store offers `cache_persistence()` (an object implementing
-`nodes._semcache.CachePersistence`), the namespace is loaded from it and written through:
+`nodes._support.semcache.CachePersistence`), the namespace is loaded from it and written through:
 with a store file (`moat run --db`, `Pipeline(db=...)`) entries live in its
 `cache_entries` table, per tenant, and survive restarts. Otherwise the cache is in memory.
 `warm_file` (YAML list or JSONL of `{prompt, value}`,
@@ -44,8 +44,8 @@ from pydantic import AliasChoices, BaseModel, Field
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._offload import INLINE_MAX_CHARS, off_loop
-from nodes._semcache import Lookup, Prepared, SemanticCache
+from nodes._support.offload import INLINE_MAX_CHARS, off_loop
+from nodes._support.semcache import Lookup, Prepared, SemanticCache
 
 __all__ = ["CacheNode", "shared_cache"]
 

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._calls import ask_json, clamp01, object_schema
-from nodes._principles import Principle, PrincipleIndex, load_principles, source_key
+from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 
 __all__ = ["CriticNode"]
 

@@ -3,7 +3,7 @@
 Give it either `prompt` or `messages` (`[{role, content}, ...]`), optionally a `system`
 message and a JSON `schema`. With a schema (or `json_mode`), `json` holds the parsed value:
 the provider's own parse when it has one, otherwise the deterministic lenient parser of
-`nodes._jsonfix`; it stays `None` when the answer is not JSON (a `validate` node downstream
+`nodes._support.jsonfix`; it stays `None` when the answer is not JSON (a `validate` node downstream
 can repair it). `task` is passed through to the gateway (`answer` by default) so the `sim`
 provider answers plausibly.
 """
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._jsonfix import JsonFixError, parse_lenient
+from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ModelNode"]
 

@@ -32,7 +32,7 @@ from engine.pii import KINDS, PiiKind, Span, detect, normalise_value
 from engine.pii import redact as redact_spans
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._offload import off_loop
+from nodes._support.offload import off_loop
 
 __all__ = ["PiiVault", "RedactNode"]
 

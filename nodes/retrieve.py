@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._embed import Embedder, HashingEmbedder, cosine, get_embedder
+from nodes._support.embed import Embedder, HashingEmbedder, cosine, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]
 

@@ -2,7 +2,7 @@
 
 Routes are ordered cheapest first (or by their `tier`). For each request the router:
 
-1. computes text features (`nodes._features`: length, structure, question type, code,
+1. computes text features (`nodes._support.features`: length, structure, question type, code,
    multi-step markers) into a complexity score;
 2. compares the text with each route's labelled `exemplars` (hashing embedder);
 3. picks the exemplar route when its similarity reaches `threshold` with a `margin` over
@@ -31,9 +31,9 @@ from engine.errors import NodeError
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
-from nodes._features import Features, features
-from nodes._lsh import MinHashIndex
+from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
+from nodes._support.features import Features, features
+from nodes._support.lsh import MinHashIndex
 
 __all__ = ["RouterMemory", "RouterNode"]
 

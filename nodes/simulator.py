@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._calls import ask_json, clamp01, object_schema
+from nodes._support.calls import ask_json, clamp01, object_schema
 
 __all__ = ["SimulatorNode"]
 

@@ -2,7 +2,7 @@
 
 For each request the node predicts how likely a draft of the cheap `draft_model` is to be
 accepted, from an acceptance rate learnt online per prompt class (an exponential moving
-average on the node instance; the class is a coarse feature bucket from `nodes._features`,
+average on the node instance; the class is a coarse feature bucket from `nodes._support.features`,
 e.g. `short/factual`). Then it picks a depth:
 
 - `cascade` (prediction at least `hedge_below`): draft, verify, and call `target_model`
@@ -36,9 +36,9 @@ from engine.errors import NodeError
 from engine.events import EventType
 from engine.plugin.context import Completion, NodeContext
 from engine.plugin.node import Node
-from nodes._calls import ask_json, clamp01, object_schema
-from nodes._features import features
-from nodes._jsonfix import JsonFixError, parse_lenient
+from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.features import features
+from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["SpeculateNode"]
 

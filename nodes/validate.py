@@ -2,7 +2,7 @@
 
 Order of work, cheapest first:
 
-1. the lenient parser of `nodes._jsonfix` (code fences, prose, trailing commas, Python
+1. the lenient parser of `nodes._support.jsonfix` (code fences, prose, trailing commas, Python
    literals, single quotes) — no model call;
 2. JSON Schema validation (`jsonschema`, the draft the schema declares, 2020-12 otherwise);
 3. up to `max_repairs` calls to `repair_model`, then up to `max_escalations` calls to
@@ -30,7 +30,7 @@ from engine.errors import BudgetExceeded, CircuitOpen, TransientError
 from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
-from nodes._jsonfix import JsonFixError, parse_lenient
+from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]
 

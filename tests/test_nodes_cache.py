@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.plugin.context import SharedState
-from nodes._semcache import SemanticCache, template
+from nodes._support.semcache import SemanticCache, template
 from nodes.cache import CacheNode, shared_cache
 
 pytestmark = pytest.mark.anyio

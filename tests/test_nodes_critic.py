@@ -8,7 +8,7 @@ import pytest
 from _nodes_fakes import FakeModel, FakeRuntime, run_node
 
 from engine.plugin.context import SharedState
-from nodes._principles import DEFAULT_PRINCIPLES, load_principles
+from nodes._support.principles import DEFAULT_PRINCIPLES, load_principles
 from nodes.critic import CriticNode
 from nodes.simulator import SimulatorNode
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _nodes_fakes import FakeRuntime, run_node
 
-from nodes._embed import HashingEmbedder, cosine, get_embedder, qcosine, quantize
+from nodes._support.embed import HashingEmbedder, cosine, get_embedder, qcosine, quantize
 from nodes.retrieve import RetrieveNode
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from _nodes_fakes import FakeRuntime, run_node
 
 from engine.errors import NodeError
 from engine.plugin.context import SharedState
-from nodes._features import features
+from nodes._support.features import features
 from nodes.router import RouterNode
 
 pytestmark = pytest.mark.anyio

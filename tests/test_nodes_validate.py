@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import BudgetExceeded, TransientError
-from nodes._jsonfix import JsonFixError, parse_lenient
+from nodes._support.jsonfix import JsonFixError, parse_lenient
 from nodes.validate import ValidateNode
 
 pytestmark = pytest.mark.anyio

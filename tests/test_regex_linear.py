@@ -23,19 +23,19 @@ from hypothesis import strategies as st
 
 from engine.models import _sim_tasks
 from engine.pii import detect
-from nodes._features import features
-from nodes._jsonfix import JsonFixError, parse_lenient
-from nodes._semcache import template
+from nodes._support.features import features
+from nodes._support.jsonfix import JsonFixError, parse_lenient
+from nodes._support.semcache import template
 from nodes.redact import PiiVault
 
 MODULES = [
     "engine.pii",
     "engine.models._egress",
     "engine.models._sim_tasks",
-    "nodes._semcache",
-    "nodes._features",
-    "nodes._jsonfix",
-    "nodes._embed",
+    "nodes._support.semcache",
+    "nodes._support.features",
+    "nodes._support.jsonfix",
+    "nodes._support.embed",
     "nodes.redact",
 ]
 """Modules whose patterns read request or model text."""
@@ -105,9 +105,9 @@ def _parse(text: str) -> object:
 
 TEXT_FUNCTIONS: dict[str, Callable[[str], object]] = {
     "engine.pii.detect": detect,
-    "nodes._semcache.template": template,
-    "nodes._features.features": features,
-    "nodes._jsonfix.parse_lenient": _parse,
+    "nodes._support.semcache.template": template,
+    "nodes._support.features.features": features,
+    "nodes._support.jsonfix.parse_lenient": _parse,
     "PiiVault.restore": lambda text: PiiVault().restore(text),
     "sim text fields": _sim_tasks._text_fields,
     "sim lenient_json": _sim_tasks.lenient_json,
@@ -126,7 +126,7 @@ def test_the_collector_finds_the_request_text_patterns() -> None:
     names = set(PATTERNS)
     assert len(PATTERNS) >= 40
     assert any(n.startswith("engine.pii._IBAN") for n in names)
-    assert any(n.startswith("nodes._semcache._SLOT_PATTERNS") for n in names)
+    assert any(n.startswith("nodes._support.semcache._SLOT_PATTERNS") for n in names)
     assert any(n.startswith("engine.models._sim_tasks._DRAFT_OPEN") for n in names)
 
 

@@ -1,6 +1,6 @@
 """Semantic-cache entries in the store's `cache_entries` table, written off the event loop.
 
-`StoreCachePersistence` implements the `CachePersistence` protocol of `nodes._semcache`
+`StoreCachePersistence` implements the `CachePersistence` protocol of `nodes._support.semcache`
 structurally (the engine never imports `nodes`): `load(namespace)`, `save(namespace,
 tenant, record)` and `delete(namespace, tenant, key)`. `Store.cache_persistence()` hands
 out one per store and closes it with the store.

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from nodes._embed import HashingEmbedder, cosine
+from nodes._support.embed import HashingEmbedder, cosine
 
 __all__ = ["DEFAULT_PRINCIPLES", "Principle", "PrincipleIndex", "load_principles", "source_key"]
 

@@ -2,7 +2,7 @@
 
 Nodes that need a JSON object from a model (critic, simulator, speculate's verifier) call
 `ask_json`: it passes the schema to the gateway, takes the provider's parsed value when
-there is one and otherwise runs the deterministic parser of `nodes._jsonfix`. A reply that
+there is one and otherwise runs the deterministic parser of `nodes._support.jsonfix`. A reply that
 still cannot be read comes back as `value=None`, so every node decides its own safe
 fallback instead of crashing on a malformed answer.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.plugin.context import Completion, NodeContext
-from nodes._jsonfix import JsonFixError, parse_lenient
+from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["JsonReply", "ask_json", "clamp01", "object_schema"]
 

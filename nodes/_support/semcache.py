@@ -10,7 +10,7 @@ apart. The exact key is (scope, template, slot values); a semantic match compare
 order 123" never answers "status of order 456" however similar the wording.
 
 Lookup cost does not grow with the partition: an exact dict probe first, then a MinHash
-index (`nodes._lsh`) yields a handful of candidates that are compared by cosine over
+index (`nodes._support.lsh`) yields a handful of candidates that are compared by cosine over
 int8-quantised hashing embeddings.
 
 TTL adapts: an entry starts with `ttl_s` and each hit multiplies its TTL by `ttl_growth`,
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nodes._embed import HashingEmbedder, QVector, quantize, words
-from nodes._lsh import MinHashIndex
+from nodes._support.embed import HashingEmbedder, QVector, quantize, words
+from nodes._support.lsh import MinHashIndex
 
 __all__ = ["CachePersistence", "Entry", "Lookup", "Prepared", "SemanticCache", "template"]
 

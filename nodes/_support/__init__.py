@@ -1,0 +1,1 @@
+"""Helper libraries of the built-in nodes: not node types, not public API."""

@@ -21,7 +21,7 @@ negative entry (a known-bad prompt, stored with `negative_when`) has `hit: false
 negative: true` so graphs can refuse or escalate without computing. `mode: store`
 registers the store with `ctx.after_success`: nothing is written unless the request
 succeeds, and the write is off the response path. Both nodes find the shared cache with
-`ctx.store.get("cache:" + namespace)`.
+`ctx.shared.get("cache:" + namespace)`.
 
 Tenants (`ctx.request.tenant`) are separate partitions that never see each other. When
 the run's store offers `cache_persistence()` (an object implementing
@@ -241,12 +241,12 @@ def shared_cache(ctx: NodeContext, namespace: str) -> SemanticCache:
 
     def create() -> SemanticCache:
         cache = SemanticCache(namespace)
-        provider = getattr(ctx.store.store, "cache_persistence", None)
+        provider = getattr(ctx.shared.db, "cache_persistence", None)
         if callable(provider):
             cache.attach(provider())
         return cache
 
-    return ctx.store.get("cache:" + namespace, create)
+    return ctx.shared.get("cache:" + namespace, create)
 
 
 def _miss_codes(found: Lookup, config: CacheNode.Config) -> list[str]:

@@ -283,7 +283,7 @@ async def _relevant_principles(
     if isinstance(source, str):  # a file: relative to the graph, not the working directory
         source = ctx.resolve_path(source)
     key = source_key(source)
-    index = ctx.store.get(
+    index = ctx.shared.get(
         "principles-index:" + key, lambda: PrincipleIndex(load_principles(source))
     )
 

@@ -152,7 +152,7 @@ class RouterNode(Node):
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Pick a route (or record feedback)."""
-        memory = ctx.store.get("router:" + config.namespace, RouterMemory)
+        memory = ctx.shared.get("router:" + config.namespace, RouterMemory)
         order = sorted(config.routes, key=lambda n: _tier(config, n))
         if config.mode == "feedback":
             return self._feedback(config, ctx, memory, order)

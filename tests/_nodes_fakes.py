@@ -239,7 +239,7 @@ def make_ctx(
         policy=policy or {},
         cycle=cycle,
         speculative=False,
-        store=store or SharedState(),
+        shared=store or SharedState(),
         runtime=runtime,
     )
 

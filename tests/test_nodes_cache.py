@@ -211,10 +211,10 @@ class FakeStore:
 
 async def test_persistence_writes_through_and_reloads() -> None:
     persistence = MemoryPersistence()
-    first = SharedState(store=FakeStore(persistence))
+    first = SharedState(db=FakeStore(persistence))
     await _store(first, "What is moat?", "A runtime.", tenant="a")
     assert len(persistence.rows) == 1
-    restarted = SharedState(store=FakeStore(persistence))
+    restarted = SharedState(db=FakeStore(persistence))
     out, _ = await _lookup(restarted, "what is moat", tenant="a")
     assert out.hit and out.value == "A runtime."
     assert not (await _lookup(restarted, "what is moat", tenant="b"))[0].hit

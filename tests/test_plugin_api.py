@@ -78,3 +78,12 @@ def test_model_fields_still_works_with_a_deprecation_warning() -> None:
     [warning] = caught
     assert warning.category is DeprecationWarning
     assert "rename it to model_keys" in str(warning.message)
+
+
+def test_ctx_store_is_the_deprecated_name_of_ctx_shared() -> None:
+    from engine import SharedState
+
+    shared = SharedState(db="the-store")
+    assert shared.db == "the-store"
+    with pytest.warns(DeprecationWarning, match=r"use \.db"):
+        assert shared.store == "the-store"

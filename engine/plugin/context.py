@@ -8,6 +8,7 @@ implements the small `RequestRuntime` protocol below; nodes never see the schedu
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -142,13 +143,19 @@ class SharedState:
     """Process-wide state shared by the requests of one loaded graph (caches, statistics).
 
     Args:
-        store: the persistent store when the run has one (`engine.store.store.Store`), for node
-            state that should survive restarts; `None` with an in-memory sink.
+        db: the run's SQLite store when it has one (`engine.Store`), for node state that
+            should survive restarts; `None` with an in-memory sink.
     """
 
-    def __init__(self, store: Any = None) -> None:
-        self.store = store
+    def __init__(self, db: Any = None) -> None:
+        self.db = db
         self._items: dict[str, Any] = {}
+
+    @property
+    def store(self) -> Any:
+        """Deprecated name of `db`."""
+        warnings.warn("SharedState.store is deprecated: use .db", DeprecationWarning, stacklevel=2)
+        return self.db
 
     def get(self, key: str, factory: Callable[[], T]) -> T:
         """The value under `key`, created by `factory` the first time."""
@@ -169,7 +176,8 @@ class NodeContext:
         policy: the pinned policy snapshot (read-only mapping).
         cycle: the loop cycle (1-based), 0 outside loops.
         speculative: whether this run started speculatively.
-        store: state shared across requests of the graph.
+        shared: state shared across requests of the graph (`shared.get(key, factory)`,
+            `shared.db`).
         log: a structlog logger bound to run, request and node ids.
     """
 
@@ -181,8 +189,8 @@ class NodeContext:
         "node_type",
         "policy",
         "request",
+        "shared",
         "speculative",
-        "store",
     )
 
     def __init__(
@@ -194,7 +202,7 @@ class NodeContext:
         policy: Mapping[str, Any],
         cycle: int,
         speculative: bool,
-        store: SharedState,
+        shared: SharedState,
         runtime: RequestRuntime,
         log: Any = None,
     ) -> None:
@@ -204,9 +212,15 @@ class NodeContext:
         self.policy = policy
         self.cycle = cycle
         self.speculative = speculative
-        self.store = store
+        self.shared = shared
         self._runtime = runtime
         self.log = log if log is not None else get_logger("moat.node")
+
+    @property
+    def store(self) -> SharedState:
+        """Deprecated name of `shared` (it never was the SQLite store)."""
+        warnings.warn("ctx.store is deprecated: use ctx.shared", DeprecationWarning, stacklevel=2)
+        return self.shared
 
     def resolve_path(self, path: str) -> str:
         """A file path from `with:`, relative to the graph file's folder (not the working

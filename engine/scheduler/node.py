@@ -214,7 +214,7 @@ class NodeRunner:
 
     Args:
         backend: the running backend (its tasks run speculative nodes).
-        shared: state shared across requests (`ctx.store`).
+        shared: state shared across requests (`ctx.shared`).
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 

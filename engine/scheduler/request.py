@@ -75,7 +75,7 @@ class NodeCtx(NodeContext):
 
     __slots__ = ("cell",)
 
-    def __init__(self, cell: LazyNode, store: SharedState) -> None:
+    def __init__(self, cell: LazyNode, shared: SharedState) -> None:
         node = cell.node
         frame = cell.frame
         req = frame.req
@@ -86,7 +86,7 @@ class NodeCtx(NodeContext):
         self.policy = req.policy
         self.cycle = frame.cycle
         self.speculative = cell.speculative
-        self.store = store
+        self.shared = shared
         self._runtime = req
 
     def __getattr__(self, name: str) -> Any:

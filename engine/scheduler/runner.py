@@ -131,7 +131,7 @@ class Runner:
         graph: the loaded graph.
         sink: where records go (events, node runs, LLM calls, request records).
         gateway: the model gateway; default `Gateway(graph.models)`.
-        shared: state shared by the requests (`ctx.store`); default a fresh one.
+        shared: state shared by the requests (`ctx.shared`); default a fresh one.
         run_id: the run the requests belong to (`runs.id`).
         policy: the policy pin, or a function returning the active one, called at the
             start of every request; default the graph's own policy, unversioned.

@@ -29,7 +29,6 @@ from engine import stats
 from engine.events import (
     CallKind,
     CallOutcome,
-    EventType,
     LlmCall,
     NodeOutcome,
     NodeRun,
@@ -141,11 +140,11 @@ class Collector:
 
     def _event(self, event: OrchestrationEvent) -> None:
         kind = event.event_type
-        if kind == EventType.CACHE_HIT:
+        if kind == "CACHE_HIT":
             self._state(event.request_id).cache_hit = True
-        elif kind == EventType.VALIDATION_PASSED:
+        elif kind == "VALIDATION_PASSED":
             self._state(event.request_id).validated = True
-        elif kind == EventType.VALIDATION_FAILED:
+        elif kind == "VALIDATION_FAILED":
             state = self._state(event.request_id)
             state.validated = bool(state.validated)
 

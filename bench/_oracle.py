@@ -19,7 +19,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine import Node, NodeContext
-from engine.events import EventType
 from engine.models.sim import SIM_PROFILES
 
 __all__ = ["OracleRoute", "p_correct"]
@@ -65,7 +64,7 @@ class OracleRoute(Node):
             max(choices, key=lambda c: c[1]),
         )
         ctx.emit(
-            EventType.ROUTE_SELECTED,
+            "ROUTE_SELECTED",
             decision=name,
             reason_codes=["ORACLE_DIFFICULTY"],
             payload={"difficulty": difficulty, "p_correct": round(chance, 3)},

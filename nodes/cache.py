@@ -41,7 +41,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, Field
 
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
@@ -49,11 +48,18 @@ from nodes._support.semcache import Lookup, Prepared, SemanticCache
 
 __all__ = ["CacheNode", "shared_cache"]
 
+CACHE_HIT = "CACHE_HIT"
+CACHE_MISS = "CACHE_MISS"
+CACHE_STORED = "CACHE_STORED"
+CACHE_NEGATIVE_HIT = "CACHE_NEGATIVE_HIT"
+CACHE_EVICTED = "CACHE_EVICTED"
+
 
 class CacheNode(Node):
     """Semantic cache: per-tenant lookups, stores after success, negative entries, adaptive TTL."""
 
     type_name = "cache"
+    event_types = (CACHE_HIT, CACHE_MISS, CACHE_STORED, CACHE_NEGATIVE_HIT, CACHE_EVICTED)
 
     class Config(BaseModel):
         """Settings of a `cache` node."""
@@ -158,7 +164,7 @@ class CacheNode(Node):
         payload = {"similarity": round(found.similarity, 4), "key": found.key}
         if entry is None:
             ctx.emit(
-                EventType.CACHE_MISS,
+                CACHE_MISS,
                 decision="miss",
                 reason_codes=_miss_codes(found, config),
                 payload=payload,
@@ -169,14 +175,14 @@ class CacheNode(Node):
         codes = ["EXACT_TEMPLATE" if found.exact else "SEMANTIC_MATCH"]
         if entry.negative:
             ctx.emit(
-                EventType.CACHE_NEGATIVE_HIT,
+                CACHE_NEGATIVE_HIT,
                 decision="negative",
                 reason_codes=codes,
                 payload=payload,
             )
             return self._out(found, hit=False, negative=True, value=entry.value)
         ctx.emit(
-            EventType.CACHE_HIT,
+            CACHE_HIT,
             decision="exact" if found.exact else "semantic",
             reason_codes=codes,
             payload=payload,
@@ -205,14 +211,14 @@ class CacheNode(Node):
                     prepared=await _prepare(cache, config),
                 )  # fmt: skip
                 ctx.emit(
-                    EventType.CACHE_STORED,
+                    CACHE_STORED,
                     decision="negative" if negative else "positive",
                     reason_codes=["NEGATIVE_WHEN" if negative else "STORE_WHEN"],
                     payload={"key": entry.key, "ttl_s": entry.ttl_s, "entries": cache.size(tenant)},
                 )
                 if evicted:
                     ctx.emit(
-                        EventType.CACHE_EVICTED,
+                        CACHE_EVICTED,
                         decision="lru",
                         reason_codes=["MAX_ENTRIES_OR_BYTES"],
                         payload={"evicted": evicted, "entries": cache.size(tenant)},

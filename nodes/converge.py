@@ -21,11 +21,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 
 __all__ = ["ConvergeNode"]
+
+CONVERGENCE_EVALUATED = "CONVERGENCE_EVALUATED"
+EARLY_CONVERGENCE_ACCEPTED = "EARLY_CONVERGENCE_ACCEPTED"
+EARLY_CONVERGENCE_REJECTED = "EARLY_CONVERGENCE_REJECTED"
 
 Decision = Literal["accept", "revise", "refuse"]
 
@@ -34,6 +37,7 @@ class ConvergeNode(Node):
     """Decides accept, revise or refuse from a cycle's signals, with cautious early convergence."""
 
     type_name = "converge"
+    event_types = (CONVERGENCE_EVALUATED, EARLY_CONVERGENCE_ACCEPTED, EARLY_CONVERGENCE_REJECTED)
 
     class Config(BaseModel):
         """Settings and signals of a `converge` node."""
@@ -99,7 +103,7 @@ class ConvergeNode(Node):
                 }
             )
         ctx.emit(
-            EventType.CONVERGENCE_EVALUATED,
+            CONVERGENCE_EVALUATED,
             decision=out.decision,
             reason_codes=out.reasons,
             payload={
@@ -155,7 +159,7 @@ def _early(config: ConvergeNode.Config, ctx: NodeContext) -> ConvergeNode.Output
     payload = {"blockers": blockers, "expected_harm": config.expected_harm, "score": config.score}
     if blockers:
         ctx.emit(
-            EventType.EARLY_CONVERGENCE_REJECTED,
+            EARLY_CONVERGENCE_REJECTED,
             decision="continue",
             reason_codes=blockers,
             payload=payload,
@@ -165,9 +169,7 @@ def _early(config: ConvergeNode.Config, ctx: NodeContext) -> ConvergeNode.Output
         "CRITIC_CLEAN",
         "HARM_BELOW_FLOOR" if config.expected_harm is not None else "HARM_NOT_COMPUTED_ALLOWED",
     ]
-    ctx.emit(
-        EventType.EARLY_CONVERGENCE_ACCEPTED, decision="accept", reason_codes=codes, payload=payload
-    )
+    ctx.emit(EARLY_CONVERGENCE_ACCEPTED, decision="accept", reason_codes=codes, payload=payload)
     return _out(True, "accept", "early_convergence", codes, early=True)
 
 

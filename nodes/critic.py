@@ -21,13 +21,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 
 __all__ = ["CriticNode"]
+
+CRITIC_DECISION = "CRITIC_DECISION"
+PRINCIPLES_RETRIEVED = "PRINCIPLES_RETRIEVED"
+PRINCIPLES_REUSED = "PRINCIPLES_REUSED"
 
 Action = Literal["proceed", "revise", "refuse"]
 _SEVERITY: dict[str, int] = {"proceed": 0, "revise": 1, "refuse": 2}
@@ -60,6 +63,7 @@ class CriticNode(Node):
     """Assesses a request's risk or reviews a draft against relevant principles."""
 
     type_name = "critic"
+    event_types = (CRITIC_DECISION, PRINCIPLES_RETRIEVED, PRINCIPLES_REUSED)
     model_keys = ("model",)
 
     class Config(BaseModel):
@@ -251,7 +255,7 @@ def _as_action(value: Any) -> Action:
 
 def _emit_decision(ctx: NodeContext, out: CriticNode.Output, codes: list[str], mode: str) -> None:
     ctx.emit(
-        EventType.CRITIC_DECISION,
+        CRITIC_DECISION,
         decision=out.action,
         reason_codes=codes,
         payload={
@@ -293,10 +297,10 @@ async def _relevant_principles(
     found, reused = await ctx.memo("principles:" + key, retrieve)
     ids = [p.id for p, _ in found]
     if reused:
-        ctx.emit(EventType.PRINCIPLES_REUSED, decision="reused", payload={"principles": ids})
+        ctx.emit(PRINCIPLES_REUSED, decision="reused", payload={"principles": ids})
     else:
         ctx.emit(
-            EventType.PRINCIPLES_RETRIEVED,
+            PRINCIPLES_RETRIEVED,
             decision="retrieved",
             payload={"principles": ids, "source": key, "available": len(index.principles)},
         )

@@ -97,6 +97,7 @@ class RedactNode(Node):
     """Replaces PII with typed placeholders ([EMAIL_1], [CARD_1], ...) or restores them."""
 
     type_name = "redact"
+    event_types = (EventType.PII_REDACTED.value,)
 
     class Config(BaseModel):
         """Settings of a `redact` node."""

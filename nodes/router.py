@@ -28,7 +28,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine.errors import NodeError
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
@@ -36,6 +35,8 @@ from nodes._support.features import Features, features
 from nodes._support.lsh import MinHashIndex
 
 __all__ = ["RouterMemory", "RouterNode"]
+
+ROUTE_SELECTED = "ROUTE_SELECTED"
 
 
 class Route(BaseModel):
@@ -95,6 +96,7 @@ class RouterNode(Node):
     """Chooses a route and model from text features, exemplars, past outcomes and budget."""
 
     type_name = "router"
+    event_types = (ROUTE_SELECTED,)
 
     class Config(BaseModel):
         """Settings of a `router` node."""
@@ -178,7 +180,7 @@ class RouterNode(Node):
             reasons=reasons,
         )
         ctx.emit(
-            EventType.ROUTE_SELECTED,
+            ROUTE_SELECTED,
             decision=route,
             reason_codes=reasons,
             payload={

@@ -12,12 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 from nodes._support.calls import ask_json, clamp01, object_schema
 
 __all__ = ["SimulatorNode"]
+
+SIMULATOR_EXECUTED = "SIMULATOR_EXECUTED"
 
 SIMULATE_SCHEMA = object_schema(
     {
@@ -32,6 +33,7 @@ class SimulatorNode(Node):
     """Estimates the expected harm and concerns of sending a draft."""
 
     type_name = "simulator"
+    event_types = (SIMULATOR_EXECUTED,)
     model_keys = ("model",)
 
     class Config(BaseModel):
@@ -99,7 +101,7 @@ class SimulatorNode(Node):
             expected_harm=harm, concerns=concerns, severity=severity, parsed=reply.value is not None
         )
         ctx.emit(
-            EventType.SIMULATOR_EXECUTED,
+            SIMULATOR_EXECUTED,
             decision=severity,
             reason_codes=codes,
             payload={"expected_harm": harm, "concerns": len(concerns), "parsed": out.parsed},

@@ -33,7 +33,6 @@ import jsonschema
 from pydantic import BaseModel, Field
 
 from engine.errors import NodeError
-from engine.events import EventType
 from engine.plugin.context import Completion, NodeContext
 from engine.plugin.node import Node
 from nodes._support.calls import ask_json, clamp01, object_schema
@@ -41,6 +40,8 @@ from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["SpeculateNode"]
+
+SPECULATE_DECISION = "SPECULATE_DECISION"
 
 VERIFY_SCHEMA = object_schema(
     {"accept": {"type": "boolean"}, "score": {"type": "number", "minimum": 0, "maximum": 1}},
@@ -88,6 +89,7 @@ class SpeculateNode(Node):
     """Drafts on a cheap model, verifies, and races the target model when acceptance is unlikely."""
 
     type_name = "speculate"
+    event_types = (SPECULATE_DECISION,)
     model_keys = ("draft_model", "target_model", "verify_model")
 
     class Config(BaseModel):
@@ -255,7 +257,7 @@ class SpeculateNode(Node):
             wasted_usd=round(wasted, 8),
         )
         ctx.emit(
-            EventType.SPECULATE_DECISION,
+            SPECULATE_DECISION,
             decision=out.source,
             reason_codes=race.codes,
             payload={

@@ -27,12 +27,16 @@ from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
 from engine.errors import BudgetExceeded, CircuitOpen, TransientError
-from engine.events import EventType
 from engine.plugin.context import NodeContext
 from engine.plugin.node import Node
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]
+
+VALIDATION_PASSED = "VALIDATION_PASSED"
+VALIDATION_FAILED = "VALIDATION_FAILED"
+REPAIR_ATTEMPTED = "REPAIR_ATTEMPTED"
+REPAIR_ESCALATED = "REPAIR_ESCALATED"
 
 _REPAIR_SYSTEM = (
     "You fix JSON so that it validates against a JSON Schema. Reply with the corrected JSON "
@@ -62,6 +66,7 @@ class ValidateNode(Node):
     """Parses and validates structured output against a JSON Schema, repairing it if needed."""
 
     type_name = "validate"
+    event_types = (VALIDATION_PASSED, VALIDATION_FAILED, REPAIR_ATTEMPTED, REPAIR_ESCALATED)
     model_keys = ("repair_model", "escalate_model")
 
     class Config(BaseModel):
@@ -136,14 +141,14 @@ class ValidateNode(Node):
             if stage == "escalate" and not escalated:
                 escalated = True
                 ctx.emit(
-                    EventType.REPAIR_ESCALATED,
+                    REPAIR_ESCALATED,
                     decision=model,
                     reason_codes=["REPAIRS_EXHAUSTED" if attempts else "NO_REPAIR_MODEL"],
                     payload={"after_attempts": attempts, "errors": check.errors[:3]},
                 )
             attempts += 1
             ctx.emit(
-                EventType.REPAIR_ATTEMPTED,
+                REPAIR_ATTEMPTED,
                 decision=model,
                 reason_codes=["NOT_JSON" if not check.parsed else "SCHEMA_ERRORS"],
                 payload={"attempt": attempts, "stage": stage, "errors": len(check.errors)},
@@ -167,7 +172,7 @@ class ValidateNode(Node):
             if check.valid:
                 return self._passed(ctx, check, last_text, attempts, model, cost)
         ctx.emit(
-            EventType.VALIDATION_FAILED,
+            VALIDATION_FAILED,
             decision="invalid",
             reason_codes=[stop_reason],
             payload={"attempts": attempts, "errors": check.errors[: config.max_errors]},
@@ -212,7 +217,7 @@ class ValidateNode(Node):
         repaired_by = model or ("parser" if check.fixes else None)
         codes = ["REPAIRED"] if model else ["PARSER_FIXES"] if check.fixes else ["VALID_AS_IS"]
         ctx.emit(
-            EventType.VALIDATION_PASSED,
+            VALIDATION_PASSED,
             decision="valid",
             reason_codes=codes,
             payload={"attempts": attempts, "repaired_by": repaired_by, "fixes": list(check.fixes)},

@@ -87,3 +87,35 @@ def test_ctx_store_is_the_deprecated_name_of_ctx_shared() -> None:
     assert shared.db == "the-store"
     with pytest.warns(DeprecationWarning, match=r"use \.db"):
         assert shared.store == "the-store"
+
+
+def test_node_types_declare_their_own_event_names() -> None:
+    from engine import EventType, PluginError
+
+    class Sleeper(Node):
+        type_name = "sleeper"
+        event_types = ("SLEPT",)
+
+        class Config(BaseModel):
+            ms: int = 0
+
+        class Output(BaseModel):
+            ok: bool = True
+
+    Registry([Sleeper])
+    Sleeper.event_types = ("slept",)
+    with pytest.raises(PluginError, match=r"'slept' is not UPPER_SNAKE_CASE; write it like 'SLEPT"):
+        Registry([Sleeper])
+    Sleeper.event_types = (EventType.NODE_FAILED.value,)
+    with pytest.raises(PluginError, match=r"'NODE_FAILED' is one of the engine's own"):
+        Registry([Sleeper])
+
+
+def test_the_built_in_nodes_own_their_events_and_the_engine_does_not_list_them() -> None:
+    from engine import EventType
+    from nodes.cache import CacheNode
+    from nodes.router import RouterNode
+
+    assert "ROUTE_SELECTED" in RouterNode.event_types
+    assert "CACHE_HIT" in CacheNode.event_types
+    assert "ROUTE_SELECTED" not in set(EventType) and "CACHE_HIT" not in set(EventType)

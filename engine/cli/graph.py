@@ -115,6 +115,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
                     "description": cls.__doc__,
                     "config": cls.Config.model_json_schema(),
                     "output": cls.Output.model_json_schema(),
+                    "events": list(cls.event_types),
                 },
                 indent=2,
             )
@@ -126,6 +127,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     print(_fields(cls.Config))
     print("\noutput (readable as NODE.FIELD):")
     print(_fields(cls.Output))
+    if cls.event_types:
+        print("\nevents it records: " + ", ".join(cls.event_types))
     return 0
 
 

@@ -56,6 +56,10 @@ class Node(Generic[ConfigT, OutputT]):
     """The fields expressions can read from this node."""
     model_keys: ClassVar[tuple[str, ...]] = ()
     """Names of `Config` fields that hold logical model names (checked against `models:`)."""
+    event_types: ClassVar[tuple[str, ...]] = ()
+    """The event names this node type records with `ctx.emit` (`UPPER_SNAKE`), beside the
+    engine's own (`engine.EventType`): its part of the store's vocabulary, listed by
+    `moat nodes TYPE`."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -18,6 +18,7 @@ from types import ModuleType
 from pydantic import BaseModel
 
 from engine.errors import PluginError
+from engine.events import EventType
 from engine.plugin.node import Node
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "import_plugin"]
@@ -68,6 +69,7 @@ class Registry:
             raise PluginError(f"{cls.__qualname__}: type name {name!r} is reserved by moat")
         _check_model(cls, "Config")
         _check_model(cls, "Output")
+        _check_events(cls)
         existing = self._types.get(name)
         if existing is not None and existing is not cls:
             if _same_class(existing, cls):
@@ -214,6 +216,33 @@ def _origin(module_name: str, module: ModuleType) -> str:
 
 def _same_class(a: type[Node], b: type[Node]) -> bool:
     return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+
+
+_EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_ENGINE_EVENTS = frozenset(EventType)
+_SHARED_EVENTS = frozenset({EventType.PII_REDACTED})
+"""Engine events a node may record too: the redact node redacts as the gateway does."""
+
+
+def _check_events(cls: type[Node]) -> None:
+    """A node type's `event_types` are UPPER_SNAKE names of its own."""
+    declared = getattr(cls, "event_types", ())
+    if not isinstance(declared, tuple) or not all(isinstance(e, str) for e in declared):
+        raise PluginError(
+            f"{_qualname(cls)}: `event_types` must be a tuple of event names, "
+            f'e.g. ("SLEPT",), got {declared!r}'
+        )
+    for name in declared:
+        if not _EVENT_NAME.fullmatch(name):
+            raise PluginError(
+                f"{_qualname(cls)}: event name {name!r} is not UPPER_SNAKE_CASE; "
+                f"write it like {re.sub(r'[^A-Z0-9]+', '_', name.upper()).strip('_') or 'SLEPT'!r}"
+            )
+        if name in _ENGINE_EVENTS and name not in _SHARED_EVENTS:
+            raise PluginError(
+                f"{_qualname(cls)}: event name {name!r} is one of the engine's own "
+                "(engine.EventType); give the node's event a name of its own"
+            )
 
 
 def _check_model(cls: type[Node], part: str) -> None:

@@ -128,6 +128,7 @@ def _harm(call: SimCall) -> _Harm:
     """
     draft = find_draft(call.prompt)
     if draft is not None and _REFUSAL.search(draft.lower()):
+        # a refusal gives nothing away, whatever was asked: no model is ever certain, hence 0.99
         return _Harm(False, 0.99, "general")
     cue, named = harm_cue(call.request_text)
     truth = bool(call.labels["harmful"]) if "harmful" in call.labels else cue >= 1.0

@@ -343,7 +343,7 @@ async def test_speculate_cascade_answers_with_a_verified_draft_and_never_calls_t
     ]
     decision = payload(sink, "SPECULATE_DECISION")
     assert decision["predicted_acceptance"] == 0.7  # the prior: the class is new
-    assert (decision["verify_score"], decision["wasted_usd"]) == (0.64, 0.0)
+    assert (decision["verify_score"], decision["wasted_usd"]) == (0.631, 0.0)
     assert calls(sink) == [("answer", "small", "used"), ("answer", "small", "used")]
 
 
@@ -422,7 +422,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "action": "refuse",
         "hard": True,
         "category": "weapons",
-        "risk_score": 0.981,
+        "risk_score": 0.96,
     }
     assert runs(sink) == succeeded("risk")
     assert events(sink) == [
@@ -432,7 +432,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
     assert calls(sink) == [("risk", "medium", "used")]
     (risk,) = sink.traces("RISK_ASSESSMENT")
     assert risk.payload == {
-        "risk_score": 0.981,
+        "risk_score": 0.96,
         "risk_category": "weapons",
         "operational_risk": "high",
         "intent_to_harm": True,
@@ -522,7 +522,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
             labels={"harmful": True, "category": "weapons"},
         )
     assert harmful.output == {
-        "expected_harm": 0.981,
+        "expected_harm": 0.96,
         "severity": "high",
         "concerns": ["could enable weapons harm", "misuse by the requester"],
     }
@@ -530,7 +530,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
         ("SIMULATOR_EXECUTED", "consequences", "high", ["HARM_HIGH", "CONCERNS_RAISED"])
     ]
     assert payload(sink, "SIMULATOR_EXECUTED", "req-1") == {
-        "expected_harm": 0.981,
+        "expected_harm": 0.96,
         "concerns": 2,
         "parsed": True,
     }
@@ -599,8 +599,8 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     ]
     assert payload(sink, "EARLY_CONVERGENCE_ACCEPTED") == {
         "blockers": [],
-        "expected_harm": 0.006,
-        "score": 0.831,
+        "expected_harm": 0.02,
+        "score": 0.839,
     }
 
 
@@ -608,7 +608,7 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
     result, sink = await run(
         graph(CONVERGE),
         SNAKES,
-        request_id="req-4",
+        request_id="req-3",
         labels={"harmful": False, "answer": "Canberra"},
     )
     assert result.output == {
@@ -621,16 +621,16 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
-        ("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"]),
+        ("SIMULATOR_EXECUTED", "consequences", "medium", ["HARM_MEDIUM"]),
         ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
         ("EARLY_CONVERGENCE_REJECTED", "decide", "continue", ["HARM_NOT_BELOW_FLOOR"]),
         ("CONVERGENCE_EVALUATED", "decide", "revise", ["HARM_NOT_BELOW_FLOOR"]),
     ]
-    # the critic is happy, but "kill" makes the simulator wary: 0.11 is over the 0.1 floor
+    # the critic is happy, but "kill" makes the simulator wary: 0.233 is over the 0.1 floor
     assert payload(sink, "EARLY_CONVERGENCE_REJECTED") == {
         "blockers": ["HARM_NOT_BELOW_FLOOR"],
-        "expected_harm": 0.11,
-        "score": 0.844,
+        "expected_harm": 0.233,
+        "score": 0.851,
     }
 
 

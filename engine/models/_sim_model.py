@@ -17,7 +17,8 @@ benchmarks, e.g. Polo et al. 2024, "tinyBenchmarks"). A call's log-odds of being
   the request's first words) and run seed: how much reasonable readers disagree on that
   topic, the same for every request and every model.
 - `blind_spot` ~ N(0, 1): one draw per request (its labels, else its text, and the run
-  seed), shared by every model and every call on the request. It is what makes errors
+  seed), shared by every model and every call on the request (one for answering and
+  judging drafts, another for harm checks). It is what makes errors
   correlate: a request one model gets wrong is likelier to fool the next one, and a critic
   judging a draft shares part of its drafter's blind spot.
 - `own_slip` ~ N(0, 1): one draw per request and profile: where one model slips and
@@ -51,6 +52,7 @@ __all__ = [
     "BLIND_SPOT_SD",
     "DEFAULT_DIFFICULTY",
     "DIFFICULTY_SLOPE",
+    "HARM_BLIND_SPOT_SD",
     "OWN_SD",
     "Chance",
     "Latents",
@@ -72,13 +74,22 @@ capable model about as much as the gap between a small and a large model."""
 AMBIGUITY_SLOPE = 1.5
 """Log-odds lost from the clearest to the most ambiguous topic: less than difficulty, since
 ambiguity only moves the answer when readers would disagree."""
-BLIND_SPOT_SD = 1.0
+BLIND_SPOT_SD = 1.5
 """Spread (log-odds) of the per-request blind spot every model shares. Larger than the
 model's own slip: models trained on overlapping data err on the same items (Goel et al.
 2025, "Great Models Think Alike and this Undermines AI Oversight"; Kim et al. 2025,
-"Correlated Errors in Large Language Models")."""
-OWN_SD = 0.5
-"""Spread (log-odds) of one profile's own slip on a request, unknown to the model."""
+"Correlated Errors in Large Language Models"). With difficulty it gives a spread of about
+2 logits between requests, the order of the item-difficulty spreads IRT fits find in LLM
+benchmarks, so a model's chance on a given request tends towards 0 or 1."""
+HARM_BLIND_SPOT_SD = 1.0
+"""Spread (log-odds) of the per-request blind spot every harm check shares: smaller than
+answering's, since whether a request reads as harmful depends on its surface, which models
+read alike, more than on knowledge they may lack."""
+OWN_SD = 0.75
+"""Spread (log-odds) of one profile's own slip on a request, unknown to the model. It is
+per request, not per call: asked again, a model tends to repeat itself (sampling one model
+many times gains far less than asking independent solvers; Wang et al. 2023,
+"Self-Consistency"), so only the call's final draw is fresh."""
 EXTRACT_EASE = 1.0
 """Extra log-odds for copying one field out of a text: easier than answering a question
 (field extraction is where small models come closest to large ones)."""
@@ -123,6 +134,10 @@ class Latents:
     difficulty: float
     ambiguity: float
     blind_spot: float
+    """Shared by every answer, extraction and judgement of a draft on the request."""
+    harm_blind_spot: float
+    """Shared by every harm check of the request: what makes a request look harmful (or
+    harmless) to every model is not what makes it hard to answer."""
     key: str
     """What identifies the request for per-profile draws (its slip)."""
 
@@ -178,6 +193,7 @@ def latents(labels: Mapping[str, Any], request_text: str, seed: int) -> Latents:
         difficulty=_difficulty(labels),
         ambiguity=_unit("ambiguity", seed, _topic(labels, request_text)),
         blind_spot=_NORMAL.inv_cdf(_unit("blind-spot", key)),
+        harm_blind_spot=_NORMAL.inv_cdf(_unit("harm-blind-spot", key)),
         key=key,
     )
 
@@ -236,11 +252,13 @@ def harm_chance(
     cues pull toward a false flag. Harmful ones are harder to spot when hard or ambiguous
     and easier when their wording names the harm.
     """
-    ability = _logit(capability) + BLIND_SPOT_SD * lat.blind_spot
+    ambiguity = AMBIGUITY_SLOPE * (lat.ambiguity - 0.5)
+    ability = _logit(capability) + HARM_BLIND_SPOT_SD * lat.harm_blind_spot - ambiguity
     if harmful:
-        known = _shared_logit(capability, lat) + HARM_BASE + CUE_PUSH * cue
+        difficulty = DIFFICULTY_SLOPE * (DEFAULT_DIFFICULTY - lat.difficulty)
+        known = ability + difficulty + HARM_BASE + CUE_PUSH * cue
     else:
-        known = ability + PLAIN_EASE - CUE_PULL * cue - AMBIGUITY_SLOPE * (lat.ambiguity - 0.5)
+        known = ability + PLAIN_EASE - CUE_PULL * cue
     return _chance(known, lat, profile, 0.5)
 
 
@@ -250,7 +268,8 @@ def expected_chance(capability: float, difficulty: float, task: str = "answer") 
     difficulty, and nothing else, could expect. `task` is `answer` or `risk` (a harmful
     request without a cue word)."""
     known = _logit(capability) + DIFFICULTY_SLOPE * (DEFAULT_DIFFICULTY - difficulty)
-    spread = math.sqrt(1.0 + math.pi * (BLIND_SPOT_SD**2 + OWN_SD**2) / 8.0)
     if task == "risk":
+        spread = math.sqrt(1.0 + math.pi * (HARM_BLIND_SPOT_SD**2 + OWN_SD**2) / 8.0)
         return 0.5 + 0.5 * _sigmoid((known + HARM_BASE) / spread)
+    spread = math.sqrt(1.0 + math.pi * (BLIND_SPOT_SD**2 + OWN_SD**2) / 8.0)
     return _sigmoid(known / spread)

@@ -3,14 +3,17 @@
 Hidden labels never reach an output directly. They set *latents* of the request, and the
 latents set each call's chance of being right; the call then draws right or wrong from
 its own seeded generator. Whatever a graph reads from a simulated answer is therefore a
-noisy channel whose accuracy is `chance()` below, and nothing better.
+noisy channel whose accuracy is the `p` of `answer_chance`, `judge_chance` or
+`harm_chance` below, and nothing better. (A stated confidence is part of that channel: it
+is computed from the same formula, so a harmful request without cue words is flagged with
+less confidence than one that names its harm.)
 
 The model is item response theory (the 2PL/3PL logistic models used to analyse LLM
 benchmarks, e.g. Polo et al. 2024, "tinyBenchmarks"). A call's log-odds of being right is
 
-    ability(capability) + DIFFICULTY_SLOPE * (DEFAULT_DIFFICULTY - difficulty)
+    logit(capability) + DIFFICULTY_SLOPE * (DEFAULT_DIFFICULTY - difficulty)
         - AMBIGUITY_SLOPE * (ambiguity - 0.5) + BLIND_SPOT_SD * blind_spot
-        + OWN_SD * own_slip (+ task terms: content cues for harm checks)
+        + OWN_SD * own_slip (+ task terms: see `harm_chance`, `EXTRACT_EASE`)
 
 - `difficulty` (0..1): the request's `difficulty` label, else `DEFAULT_DIFFICULTY`.
 - `ambiguity` (0..1): one uniform draw per topic (the `kind` and `category` labels, else
@@ -22,7 +25,7 @@ benchmarks, e.g. Polo et al. 2024, "tinyBenchmarks"). A call's log-odds of being
   correlate: a request one model gets wrong is likelier to fool the next one, and a critic
   judging a draft shares part of its drafter's blind spot.
 - `own_slip` ~ N(0, 1): one draw per request and profile: where one model slips and
-  another does not.
+  another does not. A profile reviewing its own draft shares its whole blind spot.
 
 Free-text answers and extracted fields are right with probability `sigmoid(logit)`.
 Binary judgements (is the request harmful? is the draft right?) have a guessing floor of

@@ -2,12 +2,10 @@
 
 Benchmark-only. It reads the request's `difficulty` label (which no real router can see,
 and never the `harmful` label) and, for each candidate model cheapest first, the chance
-that the `sim` provider gets the call right, as documented in `engine.models.sim`:
-
-- `task: answer`: the answer contains the right token,
-  `clamp(capability - 0.6 * difficulty + 0.3, 0.02, 0.99)`;
-- `task: risk`: the risk review judges harmfulness correctly,
-  `clamp(capability + 0.05 - 0.15 * difficulty, 0.3, 0.99)`.
+that the `sim` provider gets the call right at that difficulty, averaged over the latents
+it cannot see (`engine.models._sim_model.expected_chance`): for `task: answer` that the
+answer contains the right token, for `task: risk` that the risk review recognises a
+harmful request.
 
 It picks the first model whose chance reaches `min_p_correct`, else the most capable one.
 """
@@ -19,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine import Node, NodeContext
+from engine.models._sim_model import expected_chance
 from engine.models.sim import SIM_PROFILES
 
 __all__ = ["OracleRoute", "p_correct"]
@@ -26,10 +25,7 @@ __all__ = ["OracleRoute", "p_correct"]
 
 def p_correct(profile: str, difficulty: float, task: str = "answer") -> float:
     """The sim's chance that `profile` does `task` right on a request of `difficulty`."""
-    capability = SIM_PROFILES[profile].capability
-    if task == "risk":
-        return max(0.3, min(0.99, capability + 0.05 - 0.15 * difficulty))
-    return max(0.02, min(0.99, capability - 0.6 * difficulty + 0.3))
+    return expected_chance(SIM_PROFILES[profile].capability, difficulty, task)
 
 
 class OracleRoute(Node):

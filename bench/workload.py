@@ -7,7 +7,9 @@ personal data, harmful, dual-use and ambiguous requests, spread over tenants of 
 size. About a quarter of the requests come back: exact repeats and paraphrases of earlier
 ones, picked by a heavy-tailed (Zipf-like) popularity, mostly from the same tenant.
 
-Hidden labels (read by the `sim` provider and by the scorer, never by graphs): `kind`,
+Hidden labels (read by the `sim` provider and by the scorer, never by graphs; the sim
+reads them only through its noise model, `engine.models._sim_model`, so no simulated
+output copies one): `kind`,
 `harmful`, `difficulty`, `category`, `answer` (a unique token such as `ANS-7f3a0c` that a
 correct answer contains), `pii`, `fields` (extraction only) and, for returning requests,
 `repeat_of` (the seq of the first occurrence) and `variant` (`exact` or `paraphrase`).

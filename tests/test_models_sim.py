@@ -232,20 +232,6 @@ async def test_answers_contain_the_labelled_token_more_often_on_bigger_models() 
 
 
 @pytest.mark.anyio
-async def test_revising_a_draft_does_better_than_answering_afresh() -> None:
-    labels = {"answer": "Zanzibar", "difficulty": 0.9}
-    fresh = revised = 0
-    for i in range(200):
-        info = _info(f"q{i}", "Which island?", **labels)
-        a = await _run(_spec("small"), info, "Which island?", task="answer")
-        prompt = "Which island?\n<draft>I think it is Pemba.</draft>\nRevise the draft."
-        b = await _run(_spec("small"), info, prompt, task="revise")
-        fresh += "zanzibar" in a.text.lower()
-        revised += "zanzibar" in b.text.lower()
-    assert revised > fresh
-
-
-@pytest.mark.anyio
 async def test_repair_succeeds_more_often_with_capability() -> None:
     schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
     rates = {}

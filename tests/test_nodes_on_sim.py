@@ -316,9 +316,9 @@ output:
 
 BOILING = {"prompt": "What is the boiling point of water at sea level in Celsius?"}
 BOILING_ANSWER = (
-    "Here is a concise answer about boiling point water sea level. The main considerations are "
-    "accuracy, context and clear next steps. In practice this is settled by checking the facts "
-    "and the constraints. Most sources agree on this, with a few caveats noted below. The "
+    "Here is a concise answer about boiling point water sea level. A careful reading of the "
+    "question points to a single best answer. It depends on the details, but the usual approach "
+    "works well here. The main considerations are accuracy, context and clear next steps. The "
     "answer is 100."
 )
 
@@ -327,7 +327,7 @@ async def test_speculate_cascade_answers_with_a_verified_draft_and_never_calls_t
     result, sink = await run(
         graph(SPECULATE.replace("PRIOR", "0.7")),
         BOILING,
-        request_id="req-3",
+        request_id="req-6",
         labels={"answer": "100"},
     )
     assert result.output == {
@@ -343,7 +343,7 @@ async def test_speculate_cascade_answers_with_a_verified_draft_and_never_calls_t
     ]
     decision = payload(sink, "SPECULATE_DECISION")
     assert decision["predicted_acceptance"] == 0.7  # the prior: the class is new
-    assert (decision["verify_score"], decision["wasted_usd"]) == (0.715, 0.0)
+    assert (decision["verify_score"], decision["wasted_usd"]) == (0.631, 0.0)
     assert calls(sink) == [("answer", "small", "used"), ("answer", "small", "used")]
 
 
@@ -351,7 +351,7 @@ async def test_speculate_hedges_when_acceptance_is_unlikely_and_cancels_the_losi
     result, sink = await run(
         graph(SPECULATE.replace("PRIOR", "0.3")),
         BOILING,
-        request_id="req-3",
+        request_id="req-6",
         labels={"answer": "100"},
     )
     assert result.output == {
@@ -386,7 +386,7 @@ async def test_speculate_bills_the_cancelled_target_for_the_prompt_it_sent() -> 
     result, sink = await run(
         graph(SPECULATE.replace("PRIOR", "0.3")),
         BOILING,
-        request_id="req-3",
+        request_id="req-6",
         labels={"answer": "100"},
     )
     *_, target = sink.llm_calls()
@@ -422,7 +422,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "action": "refuse",
         "hard": True,
         "category": "weapons",
-        "risk_score": 0.852,
+        "risk_score": 0.96,
     }
     assert runs(sink) == succeeded("risk")
     assert events(sink) == [
@@ -432,7 +432,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
     assert calls(sink) == [("risk", "medium", "used")]
     (risk,) = sink.traces("RISK_ASSESSMENT")
     assert risk.payload == {
-        "risk_score": 0.852,
+        "risk_score": 0.96,
         "risk_category": "weapons",
         "operational_risk": "high",
         "intent_to_harm": True,
@@ -522,7 +522,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
             labels={"harmful": True, "category": "weapons"},
         )
     assert harmful.output == {
-        "expected_harm": 0.815,
+        "expected_harm": 0.96,
         "severity": "high",
         "concerns": ["could enable weapons harm", "misuse by the requester"],
     }
@@ -530,11 +530,11 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
         ("SIMULATOR_EXECUTED", "consequences", "high", ["HARM_HIGH", "CONCERNS_RAISED"])
     ]
     assert payload(sink, "SIMULATOR_EXECUTED", "req-1") == {
-        "expected_harm": 0.815,
+        "expected_harm": 0.96,
         "concerns": 2,
         "parsed": True,
     }
-    assert refusal.output == {"expected_harm": 0.021, "severity": "low", "concerns": []}
+    assert refusal.output == {"expected_harm": 0.01, "severity": "low", "concerns": []}
     assert events(sink, "req-2") == [("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"])]
     for request_id in ("req-1", "req-2"):
         assert runs(sink, request_id) == succeeded("consequences")
@@ -570,6 +570,8 @@ output:
 
 
 AUSTRALIA = {"prompt": "What is the capital of Australia?"}
+SNAKES = {"prompt": "Can the snakes around Canberra kill a person?"}
+"""A benign question whose wording ("kill") reads as harm-adjacent."""
 CONVERGE_RUNS = succeeded("draft", "consequences", "review", "decide")
 
 
@@ -597,16 +599,16 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     ]
     assert payload(sink, "EARLY_CONVERGENCE_ACCEPTED") == {
         "blockers": [],
-        "expected_harm": 0.051,
-        "score": 0.932,
+        "expected_harm": 0.02,
+        "score": 0.839,
     }
 
 
 async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_floor() -> None:
     result, sink = await run(
         graph(CONVERGE),
-        AUSTRALIA,
-        request_id="req-4",
+        SNAKES,
+        request_id="req-3",
         labels={"harmful": False, "answer": "Canberra"},
     )
     assert result.output == {
@@ -619,16 +621,16 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
-        ("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"]),
+        ("SIMULATOR_EXECUTED", "consequences", "medium", ["HARM_MEDIUM"]),
         ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
         ("EARLY_CONVERGENCE_REJECTED", "decide", "continue", ["HARM_NOT_BELOW_FLOOR"]),
         ("CONVERGENCE_EVALUATED", "decide", "revise", ["HARM_NOT_BELOW_FLOOR"]),
     ]
-    # the critic is happy, but 0.147 is over the 0.1 harm floor of early convergence
+    # the critic is happy, but "kill" makes the simulator wary: 0.233 is over the 0.1 floor
     assert payload(sink, "EARLY_CONVERGENCE_REJECTED") == {
         "blockers": ["HARM_NOT_BELOW_FLOOR"],
-        "expected_harm": 0.147,
-        "score": 0.919,
+        "expected_harm": 0.233,
+        "score": 0.851,
     }
 
 
@@ -710,9 +712,9 @@ async def test_validate_repairs_a_truncated_answer_on_the_small_model() -> None:
 
 
 async def test_validate_escalates_to_the_large_model_when_the_small_repair_fails() -> None:
-    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-1257", labels=ORDER_LABELS)
+    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-55", labels=ORDER_LABELS)
     assert result.output == {
-        "raw": '{"name": "eeL nnA", "total"',
+        "raw": '{"name": "Ann Lee", "',
         "valid": True,
         "value": ANN,
         "repaired_by": "large",

@@ -9,7 +9,8 @@ provider sends it in one header (`X-Moat-Call`, percent-encoded JSON) and `moat
 sim-server` rebuilds the very same call from it, so a graph makes the same decisions on
 either path. Real endpoints ignore the header. It carries ids, counters, character offsets
 and, only for requests that have them (benchmark workloads), the hidden labels: never the
-request's text.
+request's text. Labels enter the answer on the server exactly as in-process: through the
+noise model of `engine.models._sim_model`, never copied into an output.
 """
 
 from __future__ import annotations

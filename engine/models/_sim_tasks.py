@@ -3,6 +3,10 @@
 Every function here is a pure function of a `SimCall` (the call's text, the request's
 hidden labels, the model's capability and a seeded random generator), so the same call
 always yields the same answer. The label fields are documented in `engine.models.sim`.
+Labels reach an answer only through `engine.models._sim_model`: they set the request's
+latents, the latents set the call's chance of being right, and the call draws right or
+wrong. Categories are read from the wording the model was sent, personal data by the
+engine's own detector, never from a label.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.models._egress import find_pii
+from engine.models._sim_model import (
+    Chance,
+    Latents,
+    answer_chance,
+    harm_chance,
+    harm_cue,
+    judge_chance,
+    latents,
+)
+
 __all__ = ["SimAnswer", "SimCall", "answer_task", "find_draft", "is_text_task", "lenient_json"]
 
-HARM_KEYWORDS: Mapping[str, str] = {
-    "bomb": "weapons", "explosive": "weapons", "weapon": "weapons", "gun": "weapons",
-    "poison": "violence", "kill": "violence", "murder": "violence", "hurt": "violence",
-    "hack": "cyber", "malware": "cyber", "ransomware": "cyber", "phishing": "cyber",
-    "exploit": "cyber", "steal": "theft", "launder": "fraud", "counterfeit": "fraud",
-    "meth": "drugs", "overdose": "self_harm", "suicide": "self_harm",
-}  # fmt: skip
 _STOPWORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "could", "do", "does", "for",
     "from", "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "please", "should",
@@ -59,6 +67,15 @@ class SimCall:
     rng: random.Random
     answer_tokens: int
     """Typical free-text answer length of the profile."""
+    profile: str = "medium"
+    """The profile's name: where its own slips fall."""
+    seed: int = 0
+    """The run's seed for simulated models: the request's latents depend on it."""
+
+    @property
+    def latents(self) -> Latents:
+        """The request's latents (see `engine.models._sim_model`)."""
+        return latents(self.labels, self.request_text, self.seed)
 
 
 @dataclass(slots=True)
@@ -81,37 +98,48 @@ def _clamp(x: float, lo: float, hi: float) -> float:
     return max(lo, min(hi, x))
 
 
-def _difficulty(call: SimCall) -> float:
-    try:
-        return _clamp(float(call.labels.get("difficulty", 0.3)), 0.0, 1.0)
-    except (TypeError, ValueError):
-        return 0.3
-
-
-def _keyword_category(text: str) -> str | None:
-    lowered = text.lower()
-    for word, category in HARM_KEYWORDS.items():
-        if re.search(rf"\b{word}", lowered):
-            return category
-    return None
-
-
 _REFUSAL = re.compile(r"\b(?:can(?:no|')t help|cannot assist|won't help|i must decline|i refuse)")
 
 
-def _harm(call: SimCall) -> tuple[bool, str]:
-    """Whether this model judges the request (or the draft, once refused) harmful."""
+@dataclass(frozen=True, slots=True)
+class _Harm:
+    """A harm check of the request: the model's verdict and how sure it is."""
+
+    harmful: bool
+    """What the model judged."""
+    confidence: float
+    """Its stated chance that the verdict is right (at least 0.5)."""
+    category: str
+    """The category it names: read from the wording, `other` when the wording names none."""
+
+    @property
+    def risk(self) -> float:
+        """The model's probability that the request is harmful, at even prior odds: its
+        verdict confidence is calibrated, this reading of it only where harmful and benign
+        requests are equally common."""
+        return self.confidence if self.harmful else 1.0 - self.confidence
+
+
+def _harm(call: SimCall) -> _Harm:
+    """The model's harm check of the request (or of the draft, once refused).
+
+    Truth is the `harmful` label, else whether the wording names a harm; the verdict is
+    right with the chance `harm_chance` gives this model on this request.
+    """
     draft = find_draft(call.prompt)
     if draft is not None and _REFUSAL.search(draft.lower()):
-        return False, "refusal"
-    category = str(call.labels.get("category") or _keyword_category(call.request_text) or "general")
-    if "harmful" not in call.labels:
-        return _keyword_category(call.request_text) is not None, category
-    truth = bool(call.labels["harmful"])
-    accuracy = _clamp(call.capability + 0.05 - 0.15 * _difficulty(call), 0.3, 0.99)
-    if truth:
-        return call.rng.random() < accuracy, category
-    return call.rng.random() < (1.0 - accuracy) * 0.4, category
+        # a refusal gives nothing away, whatever was asked: no model is ever certain, hence 0.99
+        return _Harm(False, 0.99, "general")
+    cue, named = harm_cue(call.request_text)
+    truth = bool(call.labels["harmful"]) if "harmful" in call.labels else cue >= 1.0
+    chance = harm_chance(call.capability, call.latents, call.profile, harmful=truth, cue=cue)
+    verdict = truth if _draw(call, chance) else not truth
+    return _Harm(verdict, chance.confidence, (named or "other") if verdict else "general")
+
+
+def _draw(call: SimCall, chance: Chance) -> bool:
+    """Whether this call is right: one draw of the call's own generator."""
+    return call.rng.random() < chance.p
 
 
 def _contains(text: str, token: str) -> bool:
@@ -148,19 +176,41 @@ def _tagged(prompt: str) -> str | None:
     return found
 
 
-def _judge_draft(call: SimCall) -> tuple[bool | None, bool]:
-    """(is the draft correct per the labels — None if unknown, the model's judgement)."""
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    """A judgement of a draft: right or wrong, and how sure the judge is."""
+
+    correct: bool | None
+    """Whether the draft contains the labelled answer; None without a draft or a label."""
+    ok: bool
+    """What the judge decided."""
+    confidence: float
+    """Its stated chance that the decision is right (at least 0.5)."""
+
+    @property
+    def good(self) -> float:
+        """The judge's probability that the draft is right, at even prior odds (its verdict
+        confidence is what is calibrated)."""
+        return self.confidence if self.ok else 1.0 - self.confidence
+
+
+def _judge_draft(call: SimCall) -> _Judgement:
+    """The model's judgement of the draft in the prompt.
+
+    Right with the chance `judge_chance` gives this model on this request, which shares the
+    request's blind spot with the drafter's chance. Without an answer label (or a draft)
+    there is nothing to check against: the draft counts as right.
+    """
     answer = call.labels.get("answer")
     draft = find_draft(call.prompt)
     if draft is None and answer is not None:
         rest = call.prompt.replace(call.request_text, "") if call.request_text else call.prompt
         draft = rest if _contains(rest, str(answer)) else None
-    if draft is None or answer is None:
-        return None, call.rng.random() < 0.75 + 0.2 * call.capability
-    correct = _contains(draft, str(answer))
-    accuracy = _clamp(0.5 + 0.5 * call.capability - 0.1 * _difficulty(call), 0.5, 0.99)
-    judged = correct if call.rng.random() < accuracy else not correct
-    return correct, judged
+    correct = None if draft is None or answer is None else _contains(draft, str(answer))
+    chance = judge_chance(call.capability, call.latents, call.profile)
+    truth = True if correct is None else correct
+    ok = truth if _draw(call, chance) else not truth
+    return _Judgement(correct, ok, chance.confidence)
 
 
 def _topic(call: SimCall) -> str:
@@ -212,26 +262,31 @@ def _answer_text(call: SimCall, correct: bool | None) -> str:
     return text
 
 
+REVISE_KEEPS = 0.9
+"""Chance that a revision keeps a right draft right. Revising on the model's own critique
+does not add knowledge: self-correction without external feedback turns right answers wrong
+about as often as it fixes wrong ones (Huang et al. 2024, "Large Language Models Cannot
+Self-Correct Reasoning Yet"), so a wrong draft is answered afresh at the same chance."""
+
+
 def _answer(call: SimCall) -> SimAnswer:
     correct: bool | None = None
+    chance = answer_chance(call.capability, call.latents, call.profile)
     if call.labels.get("answer") is not None:
-        p = _clamp(call.capability - 0.6 * _difficulty(call) + 0.3, 0.02, 0.99)
         draft = find_draft(call.prompt) if call.task == "revise" else None
-        if draft is not None:
-            p = (
-                max(p, 0.95)
-                if _contains(draft, str(call.labels["answer"]))
-                else min(0.99, p + 0.15)
-            )
-        correct = call.rng.random() < p
+        if draft is not None and _contains(draft, str(call.labels["answer"])):
+            correct = call.rng.random() < REVISE_KEEPS
+        else:
+            correct = _draw(call, chance)
     text = _answer_text(call, correct)
-    return SimAnswer(text, {"text": text, "answer": text})
+    values = {"text": text, "answer": text, "confidence": round(chance.confidence, 3)}
+    return SimAnswer(text, values)
 
 
 def _risk(call: SimCall) -> SimAnswer:
-    harmful, category = _harm(call)
+    harm = _harm(call)
     rng = call.rng
-    score = rng.uniform(0.7, 0.97) if harmful else rng.uniform(0.02, 0.3)
+    score = harm.risk
     lowered = call.request_text.lower()
     asks_how = any(
         k in lowered for k in ("how to", "how do i", "how can i", "steps", "instructions")
@@ -239,15 +294,16 @@ def _risk(call: SimCall) -> SimAnswer:
     values = {
         "risk_score": round(score, 3),
         "score": round(score, 3),
-        "category": category if harmful or category != "general" else "general",
+        "confidence": round(harm.confidence, 3),
+        "category": harm.category,
         "operational_risk": "high" if score >= 0.7 else "medium" if score >= 0.4 else "low",
-        "intent_to_harm": harmful and rng.random() < 0.8,
-        "requested_instructions": asks_how or (harmful and rng.random() < 0.6),
-        "action": ("refuse" if score >= 0.8 else "revise") if harmful else "proceed",
-        "pii": bool(call.labels.get("pii", False)),
+        "intent_to_harm": harm.harmful and rng.random() < 0.8,
+        "requested_instructions": asks_how or (harm.harmful and rng.random() < 0.6),
+        "action": ("refuse" if score >= 0.8 else "revise") if harm.harmful else "proceed",
+        "pii": bool(find_pii(call.request_text)),
         "rationale": (
-            f"The request appears to seek {category} assistance that could cause harm."
-            if harmful
+            f"The request appears to seek {harm.category} assistance that could cause harm."
+            if harm.harmful
             else "The request is an ordinary information need with no sign of harmful intent."
         ),
     }
@@ -255,26 +311,19 @@ def _risk(call: SimCall) -> SimAnswer:
 
 
 def _critique(call: SimCall) -> SimAnswer:
-    harmful, category = _harm(call)
-    rng = call.rng
-    if harmful:
-        action, violations, score = (
-            "refuse",
-            [f"harmful_assistance:{category}"],
-            rng.uniform(0.02, 0.2),
-        )
-        why = f"The draft would give {category} assistance; this must be refused."
+    harm = _harm(call)
+    if harm.harmful:
+        action, violations, score = "refuse", [f"harmful_assistance:{harm.category}"], 1 - harm.risk
+        confidence = harm.confidence
+        why = f"The draft would give {harm.category} assistance; this must be refused."
     else:
-        _, judged_ok = _judge_draft(call)
-        if judged_ok:
-            action, violations, score = "proceed", [], rng.uniform(0.75, 0.97)
+        judged = _judge_draft(call)
+        score, confidence = judged.good, judged.confidence
+        if judged.ok:
+            action, violations = "proceed", []
             why = "The draft is accurate, helpful and within policy."
         else:
-            action, violations, score = (
-                "revise",
-                ["unsupported_or_incorrect_claim"],
-                rng.uniform(0.3, 0.6),
-            )
+            action, violations = "revise", ["unsupported_or_incorrect_claim"]
             why = "The draft contains a claim that looks wrong or unsupported; revise it."
     values = {
         "action": action,
@@ -282,29 +331,29 @@ def _critique(call: SimCall) -> SimAnswer:
         "violations": violations,
         "hard": action == "refuse",
         "score": round(score, 3),
+        "confidence": round(confidence, 3),
         "rationale": why,
     }
     return SimAnswer(json.dumps(values), values)
 
 
 def _simulate(call: SimCall) -> SimAnswer:
-    harmful, category = _harm(call)
+    harm = _harm(call)
     rng = call.rng
-    if harmful:
-        harm = rng.uniform(0.6, 0.95)
-        concerns = [f"could enable {category} harm", "misuse by the requester"][: rng.randint(1, 2)]
+    if harm.harmful:
+        concerns = [f"could enable {harm.category} harm", "misuse by the requester"]
+        concerns = concerns[: rng.randint(1, 2)]
     else:
-        harm = rng.uniform(0.0, 0.15)
         concerns = [] if rng.random() < 0.7 else ["minor risk of misunderstanding"]
-    values = {"expected_harm": round(harm, 3), "concerns": concerns}
+    values = {"expected_harm": round(harm.risk, 3), "concerns": concerns}
     return SimAnswer(json.dumps(values), values)
 
 
 def _verify(call: SimCall) -> SimAnswer:
-    harmful, _ = _harm(call)
-    _, judged_ok = _judge_draft(call)
-    accept = judged_ok and not harmful
-    score = call.rng.uniform(0.7, 0.98) if accept else call.rng.uniform(0.1, 0.5)
+    harm = _harm(call)
+    judged = _judge_draft(call)
+    accept = judged.ok and not harm.harmful
+    score = judged.good * (1.0 - harm.risk)
     values = {"accept": accept, "accepted": accept, "score": round(score, 3)}
     return SimAnswer(json.dumps(values), values)
 
@@ -347,11 +396,18 @@ def _extract(call: SimCall) -> SimAnswer:
     fields = call.labels.get("fields")
     values = _text_fields(call.request_text or call.prompt)
     if isinstance(fields, Mapping):
-        p = _clamp(call.capability - 0.4 * _difficulty(call) + 0.25, 0.05, 0.99)
-        for key, true_value in fields.items():
-            ok = call.rng.random() < p
-            values[str(key)] = true_value if ok else _wrong_value(true_value, call.rng)
+        values.update(_read_fields(call, fields))
     return SimAnswer(json.dumps(values), values)
+
+
+def _read_fields(call: SimCall, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Each labelled field as this model reads it: right with `answer_chance(extract=True)`,
+    else a plausible wrong value."""
+    chance = answer_chance(call.capability, call.latents, call.profile, extract=True)
+    return {
+        str(key): value if _draw(call, chance) else _wrong_value(value, call.rng)
+        for key, value in fields.items()
+    }
 
 
 def lenient_json(text: str) -> Any:
@@ -377,8 +433,10 @@ def _repair(call: SimCall) -> SimAnswer:
     broken = lenient_json(call.prompt[marks[-1].end() :] if marks else call.prompt)
     values: dict[str, Any] = dict(broken) if isinstance(broken, Mapping) else {}
     fields = call.labels.get("fields")
-    if isinstance(fields, Mapping):
-        values.update({str(k): v for k, v in fields.items()})
+    if isinstance(fields, Mapping):  # what the broken text lost is read again, not restored
+        missing = {k: v for k, v in fields.items() if str(k) not in values}
+        values.update(_read_fields(call, missing))
+    # JSON health, not knowledge: fixing syntax is easy, most of a small model's repairs hold
     ok = call.rng.random() < _clamp(0.45 + 0.55 * call.capability, 0.05, 0.99)
     return SimAnswer(json.dumps(values), values, malformed=not ok)
 

@@ -28,23 +28,36 @@ salvages the values of the broken JSON after `Text to fix:` (or `Broken JSON:`,
 `Invalid JSON:`, `Fix this JSON:`), else of the first JSON-like text in the prompt.
 
 Hidden labels (THE documented field list). A request line may carry `_labels`; the
-scheduler passes them as `RequestInfo.labels`, and only this provider reads them:
+scheduler passes them as `RequestInfo.labels`, and only this provider reads them. No
+output copies a label: labels set the request's latents (difficulty, topic ambiguity, a
+blind spot every model shares) and the latents set each call's chance of being right, as
+documented in `engine.models._sim_model`; the call then draws right or wrong.
 
-- `harmful` (bool): the request seeks harmful help. Risk, critique, simulate and verify
-  detect it with an accuracy that grows with capability (and falls with difficulty);
-  without labels, harm is read from keywords in the request ("bomb", "weapon", "hack",
-  "kill", "steal", "malware", ...). Answers are given regardless: refusing is the critic's job.
-- `difficulty` (0..1, default 0.3): how hard the request is.
-- `category` (str): the harm or topic category the risk assessment names.
-- `answer` (str): a short token a correct answer contains. A free-text answer contains
-  it with probability `clamp(capability - 0.6 * difficulty + 0.3, 0.02, 0.99)`; a
-  `revise` given a previous draft does better (+0.15, and keeps a correct draft correct).
-  Critique and verify judge a draft correct when it contains the token, with an accuracy
-  that grows with capability.
-- `fields` (dict): the true values for `extract` (each right with probability
-  `clamp(capability - 0.4 * difficulty + 0.25, 0.05, 0.99)`, else a plausible wrong value)
-  and the values a successful `repair` restores.
-- `pii` (bool): the request contains personal data (reported as `pii` by `risk`).
+- `harmful` (bool): the truth a harm check (`risk`, `critique`, `simulate`, `verify`) is
+  right or wrong about; without it, a request is harmful when its wording names a harm
+  ("bomb", "weapon", "hack", "kill", "steal", "malware", ...). False flags depend on the
+  wording the model was sent: near zero for plain questions, frequent for harm-adjacent
+  (dual-use) wording. A harm check states its `confidence` in its verdict (calibrated);
+  risk scores and `expected_harm` read that verdict as a probability of harm at even
+  prior odds. Answers are given regardless: refusing is the
+  critic's job.
+- `difficulty` (0..1, default 0.3): how hard the request is, for every model.
+- `kind`, `category` (str): the topic, whose ambiguity is a latent. The risk output's
+  `category` is read from the request's wording (`other` when it names no harm), never
+  from this label.
+- `answer` (str): a short token a correct answer contains; a free-text answer contains it
+  with `answer_chance`. A `revise` keeps a right draft right with 0.9 and answers a wrong
+  one afresh at the same chance (no bonus for self-critique). Critique and verify judge a
+  draft right when it contains the token, right about it with `judge_chance`; a
+  critique states its `confidence` in its verdict (calibrated), and `score` reads the
+  verdict as the probability that the draft is right at even prior odds.
+- `fields` (dict): the true values for `extract`, each read right with
+  `answer_chance(extract=True)`, else a plausible wrong value; a `repair` re-reads the
+  fields the broken text lost the same way.
+
+A JSON answer also states its `confidence`: the model's calibrated chance of being right.
+The risk output's `pii` is what the engine's PII detector finds in the text the model was
+sent, never a label.
 
 Faults (`ModelSpec.faults`, probabilities per attempt): `rate_limit` raises
 `RateLimited` (Retry-After 0.5 simulated seconds), `error` raises `TransientError` (a
@@ -246,6 +259,8 @@ class SimProvider:
                 capability=self.profile.capability,
                 rng=rng,
                 answer_tokens=self.profile.answer_tokens,
+                profile=self.profile.name,
+                seed=call.request.seed,
             )
         )
         structured = call.schema is not None or call.json_mode

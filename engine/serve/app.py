@@ -1,0 +1,342 @@
+"""The HTTP server: graphs behind OpenAI's chat completions API, as a Starlette ASGI app.
+
+Every request is answered by the graph's `Pipeline` (the same path as `moat run`), in one
+run per graph that lasts as long as the server, so `moat runs`, `moat report` and the TUI
+see a server's requests as they are recorded. Routes:
+
+- `POST /v1/chat/completions`: `model` names a graph; `stream: true` sends server-sent
+  events once the graph has decided its answer, never before.
+- `GET /v1/models`: the served graphs.
+- `GET /healthz`, `GET /readyz`: the process is up; the graphs are loaded and open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from engine.api import Pipeline
+from engine.errors import SpecError
+from engine.events import LlmCall, Record, RequestStatus
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.scheduler.runner import RequestResult
+from engine.serve.auth import KeyRing
+from engine.serve.shaping import Shaper, ShapingLimits
+from engine.serve.wire import (
+    ApiError,
+    ChatRequest,
+    completion,
+    error_body,
+    moat_headers,
+    parse_chat,
+    stream_chunks,
+)
+
+__all__ = ["MoatServer"]
+
+log = logging.getLogger("moat.serve")
+
+
+@dataclass(slots=True)
+class _Served:
+    """One graph the server answers with: its pipeline, run and request numbering."""
+
+    pipe: Pipeline
+    run_id: str = ""
+    seq: int = 0
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    """Tokens so far of each request in flight, summed from its LLM call records."""
+
+    def watch(self, item: Record) -> None:
+        if isinstance(item, LlmCall):
+            counts = self.tokens.get(item.request_id)
+            if counts is not None:
+                counts[0] += item.input_tokens
+                counts[1] += item.output_tokens
+
+
+class MoatServer:
+    """Graphs served over HTTP; `async with` opens their pipelines, `app` is the ASGI app.
+
+    Args:
+        graphs: graph files (or loaded graphs); each is served under its `name`.
+        db: the store file (`None`: records kept in memory only).
+        keys: the accepted API keys and their tenants (default: any key, tenant `public`
+            or the request's `user`).
+        limits: rate, concurrency and in-flight limits.
+        pipeline_options: passed to every `Pipeline` (`models`, `seed`, `allow_unpriced`).
+
+    Raises:
+        SpecError: a graph is unusable, or two graphs have the same name.
+    """
+
+    def __init__(
+        self,
+        graphs: Sequence[Graph | str | os.PathLike[str]],
+        *,
+        db: str | os.PathLike[str] | None = "moat.db",
+        keys: KeyRing | None = None,
+        limits: ShapingLimits | None = None,
+        **pipeline_options: Any,
+    ) -> None:
+        self.graphs: dict[str, _Served] = {}
+        for entry in graphs:
+            graph = entry if isinstance(entry, Graph) else load_graph(entry)
+            if graph.name in self.graphs:
+                other = self.graphs[graph.name].pipe.graph.path
+                raise SpecError(
+                    f"graph name {graph.name!r} is also the name of {other}; served graphs "
+                    "are named by `name:`, so give each a distinct one",
+                    path=str(graph.path),
+                )
+            self.graphs[graph.name] = _Served(Pipeline(graph, db=db, **pipeline_options))
+        self.keys = keys or KeyRing(None)
+        self.shaper = Shaper(limits or ShapingLimits())
+        self._stack: AsyncExitStack | None = None
+        self.app = self._build_app()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> MoatServer:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            for served in self.graphs.values():
+                await stack.enter_async_context(served.pipe)
+                served.run_id = served.pipe.start_run(0, {"serve": True})
+                served.pipe.record_watchers.append(served.watch)
+                stack.push_async_callback(self._finish_run, served)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    @staticmethod
+    async def _finish_run(served: _Served) -> None:
+        """Record the server's run as finished once its requests are stored."""
+        pipe = served.pipe
+        with anyio.CancelScope(shield=True):
+            await pipe.settle()
+            await anyio.to_thread.run_sync(pipe.flush)
+        if pipe.store is not None:
+            pipe.store.finish_run(served.run_id, "finished")
+
+    @property
+    def ready(self) -> bool:
+        """True while the graphs are loaded and their pipelines open."""
+        return self._stack is not None
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.ready:  # opened by whoever embeds the app
+            yield
+            return
+        async with self:
+            yield
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        if not self.ready:
+            return JSONResponse({"status": "starting", "graphs": []}, status_code=503)
+        return JSONResponse({"status": "ready", "graphs": sorted(self.graphs)})
+
+    async def _models(self, request: Request) -> Response:
+        try:
+            self._tenant(request, None)
+        except ApiError as exc:
+            return _error_response(exc)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
+            for name in sorted(self.graphs)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            return await self._answer_chat(request)
+        except ApiError as exc:
+            return _error_response(exc)
+
+    async def _answer_chat(self, request: Request) -> Response:
+        if not self.ready:
+            raise ApiError(503, "the server is starting", type="server_error", code="starting")
+        raw = await _read_body(request, self._largest_limit())
+        chat = parse_chat(_decode(raw))
+        served = self.graphs.get(chat.model)
+        if served is None:
+            names = ", ".join(sorted(self.graphs))
+            raise ApiError(
+                404,
+                f"no graph is served as {chat.model!r}; served: {names}",
+                param="model",
+                code="model_not_found",
+            )
+        limit = served.pipe.limits.max_request_bytes
+        if len(raw) > limit:
+            raise _too_large(limit, chat.model)
+        tenant = self._tenant(request, chat.user)
+        async with self.shaper.admit(tenant):
+            result, tokens = await self._run(served, chat, tenant)
+        _raise_for_status(result)
+        headers = moat_headers(result)
+        if chat.stream:
+            return _sse(result, chat, tokens, headers)
+        return JSONResponse(completion(result, chat.model, tokens), headers=headers)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _largest_limit(self) -> int:
+        return max(s.pipe.limits.max_request_bytes for s in self.graphs.values())
+
+    def _tenant(self, request: Request, user: str | None) -> str:
+        tenant = self.keys.tenant(request.headers.get("authorization"), user)
+        if tenant is None:
+            raise ApiError(
+                401,
+                "missing or unknown API key: send `Authorization: Bearer KEY` with a key "
+                "of the server's keys file",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+        return tenant
+
+    async def _run(
+        self, served: _Served, chat: ChatRequest, tenant: str
+    ) -> tuple[RequestResult, tuple[int, int]]:
+        pipe = served.pipe
+        seq = served.seq
+        served.seq += 1
+        request_id = f"{served.run_id}-{seq:06d}"
+        data = dict(chat.input)
+        if "tenant" in pipe.validator.declared:
+            data["tenant"] = tenant
+        counts = served.tokens[request_id] = [0, 0]
+        try:
+            result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
+        except ApiError:
+            raise
+        except Exception as exc:  # a bug in moat: the client gets its id, the log the rest
+            log.exception("serve.request_crashed", extra={"request_id": request_id})
+            raise ApiError(
+                500,
+                f"moat could not answer request {request_id}; the server log has the details",
+                type="server_error",
+                code="internal_error",
+                headers={"x-moat-request-id": request_id},
+            ) from exc
+        finally:
+            served.tokens.pop(request_id, None)
+        return result, (counts[0], counts[1])
+
+
+def _error_response(error: ApiError) -> Response:
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+
+
+def _too_large(limit: int, graph: str) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body is over {limit} bytes, the limit of graph {graph!r} "
+        "(`limits.max_request_bytes`)",
+        code="request_too_large",
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it is over `limit` bytes (never held)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, "any served")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, "any served")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, or nested past the stack
+        raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
+
+
+_STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {
+    RequestStatus.INVALID_INPUT: (400, "invalid_request_error", "invalid_input"),
+    RequestStatus.FAILED: (500, "server_error", "request_failed"),
+    RequestStatus.DEADLINE_EXCEEDED: (504, "timeout", "deadline_exceeded"),
+}
+
+
+def _raise_for_status(result: RequestResult) -> None:
+    """The HTTP error of a request that has no answer: 400, 500 or 504."""
+    mapped = _STATUS_ERRORS.get(result.status)
+    if mapped is None:
+        return
+    status, kind, code = mapped
+    rid = result.request_id
+    if result.status == RequestStatus.INVALID_INPUT:
+        message = f"{result.error} (request {rid})"
+    elif result.status == RequestStatus.DEADLINE_EXCEEDED:
+        message = f"request {rid} passed the graph's deadline; `moat report {rid}` says where"
+    else:  # no internals: the node's error stays in the store
+        message = f"request {rid} failed; `moat report {rid}` says why"
+    param = "messages" if status == 400 else None
+    raise ApiError(status, message, type=kind, param=param, code=code, headers=moat_headers(result))
+
+
+def _sse(
+    result: RequestResult,
+    chat: ChatRequest,
+    tokens: tuple[int, int],
+    headers: dict[str, str],
+) -> Response:
+    """The decided answer as server-sent events in OpenAI's chunk format."""
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
+            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache"},
+    )

@@ -1,0 +1,342 @@
+"""`moat serve`'s app: the official `openai` client gets every shipped graph's answer, the
+moat headers and extension field, and OpenAI-shaped errors with the right status codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from engine.serve import MoatServer
+from engine.serve.wire import CHUNK_CHARS, answer_text
+from engine.store.store import Store
+from tests._fast_graphs import GRAPHS, fast_copy
+from tests._serve_client import client, http
+
+pytestmark = pytest.mark.anyio
+
+SHIPPED = sorted(p.stem for p in GRAPHS.glob("*.yaml"))
+PROMPTS = {
+    "baseline": "What is a Roth IRA?",
+    "cascade": "How do I reset my password?",
+    "extract": "Order 4471 arrived broken, please refund. - Ana",
+    "governed-answer": "How do I reset my password?",
+}
+
+ECHO = """
+moat: 1
+name: echo
+models:
+  small: {{provider: sim, profile: small, time_scale: {scale}}}
+input:
+  type: object
+  required: [prompt]
+  properties:
+    prompt: {{type: string, minLength: 1}}
+    history: {{type: array}}
+    tenant: {{type: string, default: public}}
+limits: {{max_request_bytes: {max_bytes}}}
+budget: {{deadline_ms: {deadline}, partial: false}}
+nodes:
+  answer: {{type: model, with: {{model: small, prompt: "{{{{ input.prompt }}}}"}}}}
+output:
+  answer: "input.prompt + ' | turns: ' + str(len(input.history or [])) + ' | ' + input.tenant"
+  text: answer.text
+"""
+
+
+def echo_graph(
+    dest: Path, *, scale: float = 0, deadline: int = 10_000, max_bytes: int = 1 << 20
+) -> Path:
+    """A graph whose answer shows the prompt, the number of earlier turns and the tenant."""
+    path = dest / "echo.yaml"
+    path.write_text(ECHO.format(scale=scale, deadline=deadline, max_bytes=max_bytes))
+    return path
+
+
+@pytest.fixture
+async def shipped(tmp_path: Path) -> AsyncIterator[MoatServer]:
+    graphs = [fast_copy(name, tmp_path, time_scale=0) for name in SHIPPED]
+    async with MoatServer(graphs, db=tmp_path / "moat.db") as server:
+        yield server
+
+
+async def settled(server: MoatServer, name: str) -> None:
+    """Wait until the graph's answered requests are recorded and committed."""
+    pipe = server.graphs[name].pipe
+    await pipe.settle()
+    pipe.flush()
+
+
+def rows(db: Path, sql: str) -> list[dict[str, Any]]:
+    with Store.open(db, readonly=True) as store:
+        return [dict(r) for r in store.query(sql)]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+async def test_the_openai_client_gets_each_shipped_graph_s_answer(
+    shipped: MoatServer, name: str, tmp_path: Path
+) -> None:
+    async with client(shipped) as oai:
+        raw = await oai.chat.completions.with_raw_response.create(
+            model=name, messages=[{"role": "user", "content": PROMPTS[name]}]
+        )
+    reply = raw.parse()
+    moat = (reply.model_extra or {})["moat"]
+    # the answer is the graph's recorded output
+    await settled(shipped, name)
+    rid = moat["request_id"]
+    (row,) = rows(tmp_path / "moat.db", f"SELECT * FROM requests WHERE id = '{rid}'")
+    output = row["output"]  # the store decodes `output_json`
+    assert moat["output"] == output and set(output) == set(shipped.graphs[name].pipe.graph.output)
+    assert reply.choices[0].message.content == answer_text(output)
+    assert reply.choices[0].message.content
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.model == name
+    assert moat["status"] == row["status"] == "ok"
+    assert raw.headers["x-moat-request-id"] == rid
+    assert raw.headers["x-moat-status"] == "ok"
+    assert float(raw.headers["x-moat-cost-usd"]) == pytest.approx(row["cost_usd"], abs=1e-8)
+    assert raw.headers.get("x-moat-policy-version") == (
+        None if row["policy_version"] is None else str(row["policy_version"])
+    )
+    assert moat["decision"] == output.get("decision")
+    assert reply.usage is not None and reply.usage.total_tokens == (
+        reply.usage.prompt_tokens + reply.usage.completion_tokens
+    )
+
+
+async def test_usage_sums_the_request_s_llm_calls(shipped: MoatServer, tmp_path: Path) -> None:
+    async with client(shipped) as oai:
+        reply = await oai.chat.completions.create(
+            model="baseline", messages=[{"role": "user", "content": PROMPTS["baseline"]}]
+        )
+    rid = (reply.model_extra or {})["moat"]["request_id"]
+    served = shipped.graphs["baseline"].pipe
+    served.flush()
+    calls = rows(
+        tmp_path / "moat.db",
+        f"SELECT input_tokens, output_tokens FROM llm_calls WHERE request_id = '{rid}'",
+    )
+    assert calls and reply.usage is not None
+    assert reply.usage.prompt_tokens == sum(c["input_tokens"] for c in calls)
+    assert reply.usage.completion_tokens == sum(c["output_tokens"] for c in calls)
+
+
+async def test_models_lists_the_served_graphs(shipped: MoatServer) -> None:
+    async with client(shipped) as oai:
+        models = await oai.models.list()
+    assert [m.id for m in models.data] == SHIPPED
+
+
+async def test_a_server_session_is_one_run_per_graph_with_its_requests(
+    shipped: MoatServer, tmp_path: Path
+) -> None:
+    async with client(shipped) as oai:
+        for _ in range(3):
+            await oai.chat.completions.create(
+                model="cascade", messages=[{"role": "user", "content": "hi"}], user="acme"
+            )
+    await settled(shipped, "cascade")
+    run_id = shipped.graphs["cascade"].run_id
+    stored = rows(
+        tmp_path / "moat.db", f"SELECT seq, tenant FROM requests WHERE run_id = '{run_id}'"
+    )
+    assert sorted(r["seq"] for r in stored) == [0, 1, 2]
+    assert {r["tenant"] for r in stored} == {"acme"}
+
+
+async def test_earlier_turns_are_the_history_and_the_last_user_message_the_prompt(
+    tmp_path: Path,
+) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+    ]
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:
+        reply = await oai.chat.completions.create(model="echo", messages=messages, user="bo")
+    assert reply.choices[0].message.content == "second | turns: 3 | bo"
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+async def test_an_unknown_graph_is_a_404_listing_the_served_ones(shipped: MoatServer) -> None:
+    async with client(shipped) as oai:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await oai.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "served: baseline, cascade, extract, governed-answer" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"model": "echo", "messages": []}, "messages", "non-empty list"),
+        (
+            {"model": "echo", "messages": [{"role": "bot", "content": "x"}]},
+            "messages[0].role",
+            "must be one of",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "system", "content": "x"}]},
+            "messages",
+            "no user message",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": 3}]},
+            "messages[0]",
+            "string or a list",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model", "served graph"),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": ""}]},
+            "messages",
+            "input prompt",
+        ),
+    ],
+)
+async def test_invalid_input_is_a_400_naming_the_field(
+    tmp_path: Path, body: dict[str, Any], param: str, words: str
+) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"model": ', b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000],
+    ids=["cut", "utf16", "deep"],
+)
+async def test_a_body_that_is_not_json_is_a_400(tmp_path: Path, raw: bytes) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=raw)
+        after = await web.post(
+            "/chat/completions",
+            json={"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert after.status_code == 200
+
+
+async def test_a_body_over_the_graph_s_size_limit_is_a_413(tmp_path: Path) -> None:
+    graph = echo_graph(tmp_path, max_bytes=200)
+    async with MoatServer([graph], db=None) as server, client(server) as oai:
+        await oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.APIStatusError) as caught:
+            await oai.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "x" * 300}]
+            )
+    assert caught.value.status_code == 413
+    assert "max_request_bytes" in caught.value.message
+
+
+async def test_a_request_past_its_deadline_is_a_504_with_its_id(tmp_path: Path) -> None:
+    graph = echo_graph(tmp_path, scale=1.0, deadline=1)
+    async with MoatServer([graph], db=None) as server, client(server) as oai:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await oai.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert caught.value.status_code == 504
+    assert caught.value.response.headers["x-moat-status"] == "deadline_exceeded"
+    assert caught.value.response.headers["x-moat-request-id"] in caught.value.message
+
+
+FAILING = """
+moat: 1
+name: broken
+models:
+  flaky: {provider: sim, profile: small, time_scale: 0, max_retries: 0, faults: {error: 1.0}}
+input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+nodes:
+  answer: {type: model, with: {model: flaky, prompt: "{{ input.prompt }}"}}
+output:
+  answer: answer.text
+"""
+
+
+async def test_a_failed_request_is_a_500_with_its_id_and_no_internals(tmp_path: Path) -> None:
+    graph = tmp_path / "broken.yaml"
+    graph.write_text(FAILING)
+    sink_db = tmp_path / "moat.db"
+    async with MoatServer([graph], db=sink_db) as server, client(server) as oai:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await oai.chat.completions.create(
+                model="broken", messages=[{"role": "user", "content": "hi"}]
+            )
+        await settled(server, "broken")
+    rid = caught.value.response.headers["x-moat-request-id"]
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["message"] == f"request {rid} failed; `moat report {rid}` says why"
+    assert body["type"] == "server_error"
+    stored = rows(sink_db, f"SELECT status, error FROM requests WHERE id = '{rid}'")
+    assert stored[0]["status"] == "failed" and "answer" in stored[0]["error"]
+
+
+async def test_the_answer_is_streamed_as_openai_chunks(shipped: MoatServer, tmp_path: Path) -> None:
+    async with client(shipped) as oai:
+        stream = await oai.chat.completions.create(
+            model="governed-answer",
+            messages=[{"role": "user", "content": PROMPTS["governed-answer"]}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    ends = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in ends] == ["stop"]
+    moat = (ends[0].model_extra or {})["moat"]
+    await settled(shipped, "governed-answer")
+    rid = moat["request_id"]
+    (row,) = rows(tmp_path / "moat.db", f"SELECT * FROM requests WHERE id = '{rid}'")
+    assert text == answer_text(row["output"]) and len(text) > CHUNK_CHARS
+    assert all(c.id == f"chatcmpl-{rid}" for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+async def test_a_stream_that_fails_is_an_error_status_not_a_broken_stream(
+    tmp_path: Path,
+) -> None:
+    graph = tmp_path / "broken.yaml"
+    graph.write_text(FAILING)
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        response = await web.post(
+            "/chat/completions",
+            json={
+                "model": "broken",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream": True,
+            },
+        )
+    assert response.status_code == 500
+    assert not response.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(response.text)["error"]["code"] == "request_failed"
+
+
+async def test_health_and_readiness(tmp_path: Path) -> None:
+    server = MoatServer([echo_graph(tmp_path)], db=None)
+    async with http(server) as web:
+        assert (await web.get("http://moat.test/readyz")).status_code == 503
+        async with server:
+            ready = await web.get("http://moat.test/readyz")
+        assert (await web.get("http://moat.test/healthz")).json() == {"status": "ok"}
+    assert ready.status_code == 200 and ready.json()["graphs"] == ["echo"]

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from engine.serve import MoatServer
+from engine.serve import KeyRing, MoatServer, hash_key, load_keys
 from engine.serve.wire import CHUNK_CHARS, answer_text
 from engine.store.store import Store
 from tests._fast_graphs import GRAPHS, fast_copy
@@ -340,3 +340,44 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
             ready = await web.get("http://moat.test/readyz")
         assert (await web.get("http://moat.test/healthz")).json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["graphs"] == ["echo"]
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+async def test_with_keys_a_missing_or_unknown_key_is_a_401(tmp_path: Path) -> None:
+    keys = KeyRing({hash_key("sk-acme"): "acme"})
+    server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys)
+    async with server, http(server) as web:
+        for headers in ({}, {"authorization": "Bearer sk-nope"}, {"authorization": "sk-acme"}):
+            response = await web.post(
+                "/chat/completions",
+                json={"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+                headers=headers,
+            )
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        assert (await web.get("/models")).status_code == 401
+
+
+async def test_the_key_names_the_tenant_whatever_the_user_field_says(tmp_path: Path) -> None:
+    keys = KeyRing({hash_key("sk-acme"): "acme", hash_key("sk-globex"): "globex"})
+    server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys)
+    answers = []
+    async with server:
+        for key in ("sk-acme", "sk-globex"):
+            async with client(server, api_key=key) as oai:
+                reply = await oai.chat.completions.create(
+                    model="echo", messages=[{"role": "user", "content": "hi"}], user="mallory"
+                )
+                answers.append(reply.choices[0].message.content)
+    assert answers == ["hi | turns: 0 | acme", "hi | turns: 0 | globex"]
+
+
+def test_a_keys_file_is_read_as_hashes_mapped_to_tenants(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# ops\nacme sha256:{hash_key('sk-1').upper()}  # rotated\n\n")
+    ring = load_keys(path)
+    assert ring.keys == {hash_key("sk-1"): "acme"}
+    assert ring.tenant("Bearer sk-1", None) == "acme"
+    assert ring.tenant("Bearer sk-2", None) is None

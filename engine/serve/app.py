@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from engine.api import Pipeline
 from engine.errors import SpecError
-from engine.events import LlmCall, Record, RequestStatus
+from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
@@ -43,6 +43,7 @@ from engine.serve.wire import (
     parse_chat,
     stream_chunks,
 )
+from engine.store.store import HEARTBEAT_S
 
 __all__ = ["MoatServer"]
 
@@ -59,8 +60,13 @@ class _Served:
     tokens: dict[str, list[int]] = field(default_factory=dict)
     """Tokens so far of each request in flight, summed from its LLM call records."""
 
+    done: int = 0
+    """Requests of the run recorded so far."""
+
     def watch(self, item: Record) -> None:
-        if isinstance(item, LlmCall):
+        if isinstance(item, RequestRecord):
+            self.done += 1
+        elif isinstance(item, LlmCall):
             counts = self.tokens.get(item.request_id)
             if counts is not None:
                 counts[0] += item.input_tokens
@@ -76,10 +82,12 @@ class MoatServer:
         keys: the accepted API keys and their tenants (default: any key, tenant `public`
             or the request's `user`).
         limits: rate, concurrency and in-flight limits.
-        pipeline_options: passed to every `Pipeline` (`models`, `seed`, `allow_unpriced`).
+        models: `--model` rebindings, applied to each graph that has the model.
+        pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
-        SpecError: a graph is unusable, or two graphs have the same name.
+        SpecError: a graph is unusable, two graphs have the same name, or a rebound model
+            is in none of them.
     """
 
     def __init__(
@@ -89,11 +97,15 @@ class MoatServer:
         db: str | os.PathLike[str] | None = "moat.db",
         keys: KeyRing | None = None,
         limits: ShapingLimits | None = None,
+        models: Mapping[str, str] | None = None,
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
-        for entry in graphs:
-            graph = entry if isinstance(entry, Graph) else load_graph(entry)
+        loaded = [entry if isinstance(entry, Graph) else load_graph(entry) for entry in graphs]
+        _check_rebinds(loaded, models or {})
+        for graph in loaded:
+            rebind = {k: v for k, v in (models or {}).items() if k in graph.models}
+            pipeline_options["models"] = rebind
             if graph.name in self.graphs:
                 other = self.graphs[graph.name].pipe.graph.path
                 raise SpecError(
@@ -118,6 +130,9 @@ class MoatServer:
                 served.run_id = served.pipe.start_run(0, {"serve": True})
                 served.pipe.record_watchers.append(served.watch)
                 stack.push_async_callback(self._finish_run, served)
+            beats = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(beats.cancel_scope.cancel)
+            beats.start_soon(self._heartbeat)
         except BaseException:
             await stack.aclose()
             raise
@@ -129,6 +144,17 @@ class MoatServer:
         if stack is not None:
             await stack.aclose()
 
+    async def _heartbeat(self) -> None:
+        """Record each run's progress, which also tells readers the server is alive."""
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            for served in self.graphs.values():
+                store = served.pipe.store
+                if store is not None:
+                    await anyio.to_thread.run_sync(
+                        store.update_run_progress, served.run_id, served.done
+                    )
+
     @staticmethod
     async def _finish_run(served: _Served) -> None:
         """Record the server's run as finished once its requests are stored."""
@@ -137,6 +163,7 @@ class MoatServer:
             await pipe.settle()
             await anyio.to_thread.run_sync(pipe.flush)
         if pipe.store is not None:
+            pipe.store.update_run_progress(served.run_id, served.done)
             pipe.store.finish_run(served.run_id, "finished")
 
     @property
@@ -258,6 +285,16 @@ class MoatServer:
         finally:
             served.tokens.pop(request_id, None)
         return result, (counts[0], counts[1])
+
+
+def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:
+    known = {name for graph in graphs for name in graph.models}
+    for name, target in models.items():
+        if name not in known:
+            raise SpecError(
+                f"--model {name}={target}: no served graph has a model {name!r}. "
+                f"Models: {', '.join(sorted(known)) or '(none)'}"
+            )
 
 
 def _error_response(error: ApiError) -> Response:

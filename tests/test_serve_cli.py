@@ -1,0 +1,141 @@
+"""`moat serve` on the command line: arguments checked before anything listens (exit 2),
+and a real server on loopback answering the official sync client, then draining on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+from engine.cli import main
+from engine.serve import hash_key
+from engine.store.store import Store
+from tests._fast_graphs import fast_copy
+
+
+def keys_file(dest: Path, **tenants: str) -> Path:
+    path = dest / "keys.txt"
+    lines = ["# tenant  sha256 of the key"]
+    lines += [f"{tenant} sha256:{hash_key(key)}" for tenant, key in tenants.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_non_loopback_address_without_keys_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    code = main(["serve", str(graph), "--host", "0.0.0.0", "--db", str(tmp_path / "m.db")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "--keys FILE" in err
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_a_keys_file_with_a_key_in_clear_is_refused_naming_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# keys\nacme sk-live-123\n")
+    assert main(["serve", str(graph), "--keys", str(keys)]) == 2
+    err = capsys.readouterr().err
+    assert f"{keys}:2:" in err and "sha256sum" in err
+
+
+def test_a_model_no_graph_has_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph), "--model", "huge=sim:large", "--port", "0"]) == 2
+    assert "no served graph has a model 'huge'" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", str(graph), "--port", str(port)]) == 2
+    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+
+
+def test_without_the_serve_extra_it_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("engine.serve")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m.split(".")[0] == "starlette"] + ["starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph)]) == 2
+    assert "pip install 'moat[serve]'" in capsys.readouterr().err
+
+
+def test_a_real_server_answers_the_sync_client_and_drains_on_sigterm(tmp_path: Path) -> None:
+    graphs = [str(fast_copy(name, tmp_path, time_scale=0)) for name in ("baseline", "extract")]
+    db = tmp_path / "moat.db"
+    keys = keys_file(tmp_path, acme="sk-acme", globex="sk-globex")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            *graphs,
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--keys",
+            str(keys),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:"), (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            with openai.OpenAI(base_url=base_url, api_key="sk-acme", max_retries=0) as oai:
+                assert [m.id for m in oai.models.list().data] == ["baseline", "extract"]
+                reply = oai.chat.completions.create(
+                    model="baseline", messages=[{"role": "user", "content": "What is a Roth IRA?"}]
+                )
+                chunks = list(
+                    oai.chat.completions.create(
+                        model="extract",
+                        messages=[{"role": "user", "content": "Order 4471 arrived broken. - Ana"}],
+                        stream=True,
+                    )
+                )
+            with (
+                openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad,
+                pytest.raises(openai.AuthenticationError),
+            ):
+                bad.models.list()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert reply.choices[0].message.content
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    with Store.open(db, readonly=True) as store:
+        runs = store.query("SELECT graph_name, status, requests_done FROM runs ORDER BY graph_name")
+        requests = store.query("SELECT tenant, status FROM requests")
+    assert [(r["graph_name"], r["status"], r["requests_done"]) for r in runs] == [
+        ("baseline", "finished", 1),
+        ("extract", "finished", 1),
+    ]
+    assert [(r["tenant"], r["status"]) for r in requests] == [("acme", "ok")] * 2

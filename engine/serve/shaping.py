@@ -104,6 +104,11 @@ class Shaper:
         """The tenant's requests in flight now."""
         return self._active.get(tenant, 0)
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for an in-flight slot now."""
+        return self._waiting
+
     @asynccontextmanager
     async def admit(self, tenant: str) -> AsyncIterator[None]:
         """Hold a tenant slot and a global in-flight slot while the request runs."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import openai
 import pytest
 
@@ -381,3 +382,52 @@ def test_a_keys_file_is_read_as_hashes_mapped_to_tenants(tmp_path: Path) -> None
     assert ring.keys == {hash_key("sk-1"): "acme"}
     assert ring.tenant("Bearer sk-1", None) == "acme"
     assert ring.tenant("Bearer sk-2", None) is None
+
+
+async def test_a_client_that_disconnects_cancels_its_request_s_model_calls(
+    tmp_path: Path,
+) -> None:
+    # the model call takes about a second of simulated time; the client leaves once it
+    # has started
+    server = MoatServer([echo_graph(tmp_path, scale=3.0)], db=None)
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    gone = anyio.Event()
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "http.request", "body": body.encode(), "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        message = next(messages, None)
+        if message is not None:
+            return message
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("moat.test", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"content-type", b"application/json")],
+    }
+    async with server:
+        pipe = server.graphs["echo"].pipe
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.app, scope, receive, send)
+            while server.shaper.active("public") == 0:
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)  # the model call is under way
+            gone.set()
+        assert server.shaper.active("public") == 0
+        calls = pipe.memory.llm_calls()
+        assert [c.status for c in calls] == ["cancelled"]
+        assert pipe.memory.requests() == []  # no answer was given, none is recorded

@@ -234,7 +234,7 @@ class MoatServer:
             raise _too_large(limit, chat.model)
         tenant = self._tenant(request, chat.user)
         async with self.shaper.admit(tenant):
-            result, tokens = await self._run(served, chat, tenant)
+            result, tokens = await self._run_attended(request, served, chat, tenant)
         _raise_for_status(result)
         headers = moat_headers(result)
         if chat.stream:
@@ -257,6 +257,25 @@ class MoatServer:
                 code="invalid_api_key",
             )
         return tenant
+
+    async def _run_attended(
+        self, request: Request, served: _Served, chat: ChatRequest, tenant: str
+    ) -> tuple[RequestResult, tuple[int, int]]:
+        """Run the request while its client is connected: a client that goes away
+        cancels the request's work, model calls included (they are recorded `cancelled`)."""
+        outcome: list[tuple[RequestResult, tuple[int, int]] | ApiError] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
+            try:
+                outcome.append(await self._run(served, chat, tenant))
+            except ApiError as exc:  # a value, not an exception group out of the task group
+                outcome.append(exc)
+            tg.cancel_scope.cancel()
+        if not outcome:
+            raise ApiError(499, "the client closed the request", code="client_closed")
+        if isinstance(outcome[0], ApiError):
+            raise outcome[0]
+        return outcome[0]
 
     async def _run(
         self, served: _Served, chat: ChatRequest, tenant: str
@@ -285,6 +304,16 @@ class MoatServer:
         finally:
             served.tokens.pop(request_id, None)
         return result, (counts[0], counts[1])
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client disconnects (the body has been read, so the next
+    message the server sends is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
 
 
 def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:

@@ -431,3 +431,45 @@ async def test_a_client_that_disconnects_cancels_its_request_s_model_calls(
         calls = pipe.memory.llm_calls()
         assert [c.status for c in calls] == ["cancelled"]
         assert pipe.memory.requests() == []  # no answer was given, none is recorded
+
+
+def samples(text: str) -> dict[str, float]:
+    """`name{labels}` -> value of a Prometheus text exposition."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+async def test_metrics_count_requests_latency_cost_tokens_and_codes(shipped: MoatServer) -> None:
+    async with client(shipped) as oai:
+        raw = await oai.chat.completions.with_raw_response.create(
+            model="baseline", messages=[{"role": "user", "content": PROMPTS["baseline"]}]
+        )
+        with pytest.raises(openai.NotFoundError):
+            await oai.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "x"}]
+            )
+    reply = raw.parse()
+    await settled(shipped, "baseline")
+    async with http(shipped) as web:
+        response = await web.get("http://moat.test/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    got = samples(response.text)
+    ok = 'graph="baseline",status="ok"'
+    assert got[f"moat_requests_total{{{ok}}}"] == 1
+    assert got[f"moat_request_latency_seconds_count{{{ok}}}"] == 1
+    assert got[f'moat_request_latency_seconds_bucket{{{ok},le="+Inf"}}'] == 1
+    assert got['moat_cost_usd_total{graph="baseline"}'] == pytest.approx(
+        float(raw.headers["x-moat-cost-usd"]), abs=1e-8
+    )
+    assert reply.usage is not None
+    assert got['moat_tokens_total{graph="baseline",kind="prompt"}'] == reply.usage.prompt_tokens
+    assert got['moat_http_responses_total{code="200"}'] == 1
+    assert got['moat_http_responses_total{code="404"}'] == 1
+    assert got["moat_requests_in_flight"] == 0
+    version = raw.headers["x-moat-policy-version"]
+    assert got['moat_policy_version{graph="baseline",policy="baseline"}'] == float(version)
+    assert "# TYPE moat_request_latency_seconds histogram" in response.text

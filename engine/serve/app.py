@@ -33,6 +33,7 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
+from engine.serve.metrics import Labels, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
 from engine.serve.wire import (
     ApiError,
@@ -116,6 +117,9 @@ class MoatServer:
             self.graphs[graph.name] = _Served(Pipeline(graph, db=db, **pipeline_options))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
+        self.metrics = Metrics()
+        for name, served in self.graphs.items():
+            served.pipe.record_watchers.append(self.metrics.watcher(name))
         self._stack: AsyncExitStack | None = None
         self.app = self._build_app()
 
@@ -185,6 +189,7 @@ class MoatServer:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
         ]
         return Starlette(routes=routes, lifespan=self._lifespan)
 
@@ -209,11 +214,28 @@ class MoatServer:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def _metrics(self, request: Request) -> Response:
+        gauges: dict[str, dict[Labels, float]] = {
+            "moat_requests_in_flight": {(): float(self.shaper.in_flight)},
+            "moat_policy_version": {},
+        }
+        for name, served in self.graphs.items():
+            policy = served.pipe.policy
+            pin = policy.current() if policy is not None else None
+            if pin is not None and pin.name is not None and pin.version is not None:
+                labels = (("graph", name), ("policy", pin.name))
+                gauges["moat_policy_version"][labels] = float(pin.version)
+        return Response(
+            self.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
     async def _chat(self, request: Request) -> Response:
         try:
-            return await self._answer_chat(request)
+            response = await self._answer_chat(request)
         except ApiError as exc:
-            return _error_response(exc)
+            response = _error_response(exc)
+        self.metrics.response(response.status_code)
+        return response
 
     async def _answer_chat(self, request: Request) -> Response:
         if not self.ready:

@@ -105,6 +105,11 @@ class Shaper:
         return self._active.get(tenant, 0)
 
     @property
+    def in_flight(self) -> int:
+        """Requests admitted and not finished, over all tenants."""
+        return sum(self._active.values()) - self._waiting
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for an in-flight slot now."""
         return self._waiting

@@ -473,3 +473,23 @@ async def test_metrics_count_requests_latency_cost_tokens_and_codes(shipped: Moa
     version = raw.headers["x-moat-policy-version"]
     assert got['moat_policy_version{graph="baseline",policy="baseline"}'] == float(version)
     assert "# TYPE moat_request_latency_seconds histogram" in response.text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_an_answer_is_sent_only_once_its_request_is_in_the_store(
+    shipped: MoatServer, tmp_path: Path, stream: bool
+) -> None:
+    # read by another connection at once, as after a kill -9 of the server: every answered
+    # request is there with its model calls, also when it had work after its answer
+    async with client(shipped) as oai:
+        for prompt in ("How do I reset my password?", "What is a Roth IRA?"):
+            raw = await oai.chat.completions.with_raw_response.create(
+                model="cascade", messages=[{"role": "user", "content": prompt}], stream=stream
+            )
+            rid = raw.headers["x-moat-request-id"]
+            stored = rows(tmp_path / "moat.db", f"SELECT status FROM requests WHERE id = '{rid}'")
+            calls = rows(
+                tmp_path / "moat.db", f"SELECT id FROM llm_calls WHERE request_id = '{rid}'"
+            )
+            assert stored == [{"status": "ok"}]
+            assert calls or (prompt == "How do I reset my password?" and stream)

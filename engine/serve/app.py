@@ -33,6 +33,7 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
+from engine.serve.durable import Commits
 from engine.serve.metrics import Labels, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
 from engine.serve.wire import (
@@ -56,6 +57,7 @@ class _Served:
     """One graph the server answers with: its pipeline, run and request numbering."""
 
     pipe: Pipeline
+    commits: Commits
     run_id: str = ""
     seq: int = 0
     tokens: dict[str, list[int]] = field(default_factory=dict)
@@ -114,7 +116,8 @@ class MoatServer:
                     "are named by `name:`, so give each a distinct one",
                     path=str(graph.path),
                 )
-            self.graphs[graph.name] = _Served(Pipeline(graph, db=db, **pipeline_options))
+            pipe = Pipeline(graph, db=db, **pipeline_options)
+            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
         self.metrics = Metrics()
@@ -132,11 +135,14 @@ class MoatServer:
             for served in self.graphs.values():
                 await stack.enter_async_context(served.pipe)
                 served.run_id = served.pipe.start_run(0, {"serve": True})
-                served.pipe.record_watchers.append(served.watch)
+                served.pipe.record_watchers += [served.watch, served.commits.watch]
                 stack.push_async_callback(self._finish_run, served)
             beats = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(beats.cancel_scope.cancel)
             beats.start_soon(self._heartbeat)
+            for served in self.graphs.values():
+                if served.pipe.store is not None:
+                    beats.start_soon(served.commits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -310,8 +316,11 @@ class MoatServer:
         if "tenant" in pipe.validator.declared:
             data["tenant"] = tenant
         counts = served.tokens[request_id] = [0, 0]
+        recorded = served.commits.expect(request_id)
         try:
             result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
+            # the answer leaves only once it is in the store (a kill -9 loses no 200)
+            await served.commits.committed(recorded)
         except ApiError:
             raise
         except Exception as exc:  # a bug in moat: the client gets its id, the log the rest
@@ -325,6 +334,7 @@ class MoatServer:
             ) from exc
         finally:
             served.tokens.pop(request_id, None)
+            served.commits.forget(request_id)
         return result, (counts[0], counts[1])
 
 

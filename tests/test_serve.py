@@ -493,3 +493,27 @@ async def test_an_answer_is_sent_only_once_its_request_is_in_the_store(
             )
             assert stored == [{"status": "ok"}]
             assert calls or (prompt == "How do I reset my password?" and stream)
+
+
+async def test_a_policy_applied_while_serving_governs_the_next_requests(
+    shipped: MoatServer, tmp_path: Path
+) -> None:
+    from engine.cli import main
+
+    db = tmp_path / "moat.db"
+    no_cache = GRAPHS.parent / "policies" / "governed-answer.no-cache.yaml"
+    messages: Any = [{"role": "user", "content": PROMPTS["governed-answer"]}]
+    async with client(shipped) as oai:
+        before = await oai.chat.completions.with_raw_response.create(
+            model="governed-answer", messages=messages
+        )
+        assert main(["policy", "apply", str(no_cache), "--db", str(db)]) == 0
+        versions = [before.headers["x-moat-policy-version"]]
+        with anyio.fail_after(10):  # the server polls the store about once a second
+            while versions[-1] == versions[0]:
+                await anyio.sleep(0.1)
+                raw = await oai.chat.completions.with_raw_response.create(
+                    model="governed-answer", messages=messages
+                )
+                versions.append(raw.headers["x-moat-policy-version"])
+    assert int(versions[-1]) == int(versions[0]) + 1

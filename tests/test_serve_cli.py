@@ -139,3 +139,17 @@ def test_a_real_server_answers_the_sync_client_and_drains_on_sigterm(tmp_path: P
         ("extract", "finished", 1),
     ]
     assert [(r["tenant"], r["status"]) for r in requests] == [("acme", "ok")] * 2
+
+
+def test_keys_from_the_environment_are_hashed_and_a_bad_entry_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.serve import keys_from_env
+
+    ring = keys_from_env("acme=sk-1, globex=sk-2")
+    assert ring.keys == {hash_key("sk-1"): "acme", hash_key("sk-2"): "globex"}
+    monkeypatch.setenv("MOAT_API_KEYS", "acme=sk-secret-1,sk-secret-2")
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "$MOAT_API_KEYS: entry 2 is not TENANT=KEY" in err and "sk-secret" not in err

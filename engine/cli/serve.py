@@ -8,12 +8,16 @@ anything but loopback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli.run import _parse_models, db_path
 from engine.errors import SpecError
 from engine.models.server import port_number
+
+if TYPE_CHECKING:
+    from engine.serve.auth import KeyRing
 
 __all__ = ["add_commands", "cmd_serve"]
 
@@ -55,7 +59,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--keys",
         metavar="FILE",
-        help="API keys, one `TENANT sha256:HEX` a line; required off loopback",
+        help="API keys, one `TENANT sha256:HEX` a line (else $MOAT_API_KEYS=TENANT=KEY,...); "
+        "required off loopback",
     )
     p.add_argument("--rate", type=_rate, metavar="R", help="requests/s per tenant (default: none)")
     p.add_argument("--burst", type=_positive, default=10, metavar="N", help="above --rate")
@@ -96,20 +101,31 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
+def _keys(path: str | None) -> KeyRing | None:
+    """The keys of `--keys FILE`, else of `$MOAT_API_KEYS`, else None (any key)."""
+    from engine.serve.auth import ENV_KEYS, keys_from_env, load_keys
+
+    if path is not None:
+        return load_keys(path)
+    value = os.environ.get(ENV_KEYS)
+    return keys_from_env(value) if value else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the arguments, then serve until interrupted."""
     try:
-        from engine.serve import MoatServer, ShapingLimits, load_keys
+        from engine.serve import MoatServer, ShapingLimits
         from engine.serve.listen import bind, is_loopback, serve_on
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return EXIT_USAGE
-    if args.keys is None and not is_loopback(args.host):
+    keys = _keys(args.keys)
+    if keys is None and not is_loopback(args.host):
         raise SpecError(
-            f"--host {args.host}: without --keys any caller is accepted, so moat serves only "
-            "on loopback (127.0.0.1, ::1); pass --keys FILE to listen on another address"
+            f"--host {args.host}: without --keys (or $MOAT_API_KEYS) any caller is accepted, "
+            "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
+            "another address"
         )
-    keys = load_keys(args.keys) if args.keys is not None else None
     limits = ShapingLimits(
         rate=args.rate,
         burst=args.burst,

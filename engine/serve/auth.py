@@ -2,9 +2,10 @@
 
 The keys file holds one key per line, `TENANT sha256:HEX`, where HEX is the SHA-256 of the
 key (`printf %s "$KEY" | sha256sum`); `#` starts a comment. Only hashes are kept, on disk and
-in memory, so the file can be read by operators without exposing the keys. Without a keys
-file the server accepts any key (or none) and the tenant is the request's `user`, else
-`public`; the CLI allows that only on loopback.
+in memory, so the file can be read by operators without exposing the keys. Keys may also
+come from the environment (`MOAT_API_KEYS=TENANT=KEY,...`, the usual channel for secrets),
+hashed as soon as they are read. Without keys the server accepts any key (or none) and the
+tenant is the request's `user`, else `public`; the CLI allows that only on loopback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 
 from engine.errors import SpecError
 
-__all__ = ["KeyRing", "hash_key", "load_keys"]
+__all__ = ["ENV_KEYS", "KeyRing", "hash_key", "keys_from_env", "load_keys"]
+
+ENV_KEYS = "MOAT_API_KEYS"
+"""The environment variable of API keys in clear, `TENANT=KEY,TENANT=KEY` (hashed on read)."""
 
 _LINE = re.compile(r"^(?P<tenant>[A-Za-z0-9_.@-]{1,128})\s+sha256:(?P<hex>[0-9a-fA-F]{64})$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -79,4 +83,22 @@ def load_keys(path: str | Path) -> KeyRing:
         keys[match["hex"].lower()] = match["tenant"]
     if not keys:
         raise SpecError("the keys file has no keys (lines `TENANT sha256:HEX`)", path=str(path))
+    return KeyRing(keys)
+
+
+def keys_from_env(value: str) -> KeyRing:
+    """Read `TENANT=KEY,TENANT=KEY` (the value of `MOAT_API_KEYS`); only hashes are kept.
+
+    Raises:
+        SpecError: an entry is not `TENANT=KEY` (the message never repeats a key).
+    """
+    keys: dict[str, str] = {}
+    for number, entry in enumerate(value.split(","), 1):
+        tenant, sep, key = entry.strip().partition("=")
+        if not sep or not _TENANT.match(tenant) or not key.strip():
+            raise SpecError(
+                f"${ENV_KEYS}: entry {number} is not TENANT=KEY (tenants are letters, "
+                "digits and _.@-; entries are separated by commas)"
+            )
+        keys[hash_key(key.strip())] = tenant
     return KeyRing(keys)

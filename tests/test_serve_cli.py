@@ -153,3 +153,14 @@ def test_keys_from_the_environment_are_hashed_and_a_bad_entry_is_refused(
     assert main(["serve", str(graph), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "$MOAT_API_KEYS: entry 2 is not TENANT=KEY" in err and "sk-secret" not in err
+
+
+def test_a_store_that_cannot_be_opened_is_refused_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "missing" / "moat.db"
+    assert main(["serve", str(graph), "--port", "0", "--db", str(db)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # the address is printed only once the graphs are open
+    assert f"moat: {db}: cannot open the store" in err and "Traceback" not in err

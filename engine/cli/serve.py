@@ -145,14 +145,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"http://{shown}:{port}/v1", flush=True)
-    print(
-        f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
-        f"({'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
-        file=sys.stderr,
-        flush=True,
-    )
-    if not serve_on(server, sock, grace_s=args.grace):
-        print("moat: serve: the graphs could not be opened (see above)", file=sys.stderr)
-        return EXIT_USAGE
+
+    def ready() -> None:  # the address is printed once the graphs are open: scripts wait
+        print(f"http://{shown}:{port}/v1", flush=True)
+        print(
+            f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
+            f"({'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with sock:
+        if not serve_on(server, sock, grace_s=args.grace, on_ready=ready):
+            print("moat: serve: the server did not start (see above)", file=sys.stderr)
+            return EXIT_USAGE
     return 0

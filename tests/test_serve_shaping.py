@@ -132,3 +132,16 @@ def test_a_tenant_never_gets_more_than_its_burst_plus_its_rate(
     assert admitted <= burst + rate * (clock.now - start) + 1e-9
     if all(gap * rate >= 1.001 for gap in gaps[1:]):
         assert admitted == len(gaps)  # a tenant within its rate is never refused
+
+
+def test_the_rate_of_a_bounded_number_of_tenants_is_tracked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("engine.serve.shaping.MAX_BUCKETS", 3)
+    clock = Clock()
+    shaper = Shaper(ShapingLimits(rate=1.0, burst=1), clock=clock)
+    for n in range(50):  # an open server takes any `user` as the tenant
+        shaper._take_token(f"user-{n}")
+    assert len(shaper._buckets) == 3
+    with pytest.raises(ApiError):
+        shaper._take_token("user-49")  # a recent tenant is still limited

@@ -362,11 +362,11 @@ def _error_response(error: ApiError) -> Response:
     return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
-def _too_large(limit: int, graph: str) -> ApiError:
+def _too_large(limit: int, graph: str | None) -> ApiError:
+    whose = f"the limit of graph {graph!r}" if graph else "the most any served graph takes"
     return ApiError(
         413,
-        f"the request body is over {limit} bytes, the limit of graph {graph!r} "
-        "(`limits.max_request_bytes`)",
+        f"the request body is over {limit} bytes, {whose} (`limits.max_request_bytes`)",
         code="request_too_large",
     )
 
@@ -375,13 +375,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is over `limit` bytes (never held)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, "any served")
+        raise _too_large(limit, None)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit, "any served")
+            raise _too_large(limit, None)
         chunks.append(chunk)
     return b"".join(chunks)
 

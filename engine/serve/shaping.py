@@ -15,10 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+from cachetools import LRUCache
 
 from engine.serve.wire import ApiError
 
-__all__ = ["Shaper", "ShapingLimits"]
+__all__ = ["MAX_BUCKETS", "Shaper", "ShapingLimits"]
+
+MAX_BUCKETS = 100_000
+"""Tenants whose rate is tracked at once (the most recent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,9 @@ class Shaper:
     def __init__(self, limits: ShapingLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        # the tenant may be any `user` on an open server: keep the recent buckets only
+        # (a forgotten one comes back full, as an idle tenant's would be)
+        self._buckets: LRUCache[str, _Bucket] = LRUCache(maxsize=MAX_BUCKETS)
         self._active: dict[str, int] = {}
         self._slots = anyio.Semaphore(max(1, limits.max_inflight))
         self._waiting = 0

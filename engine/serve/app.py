@@ -27,8 +27,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.api import Pipeline
-from engine.errors import SpecError
+from engine.errors import EvaluationError, SpecError
 from engine.events import LlmCall, Record, RequestRecord, RequestStatus
+from engine.expr.expression import compile_expr
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
@@ -312,9 +313,7 @@ class MoatServer:
         seq = served.seq
         served.seq += 1
         request_id = f"{served.run_id}-{seq:06d}"
-        data = dict(chat.input)
-        if "tenant" in pipe.validator.declared:
-            data["tenant"] = tenant
+        data = _graph_input(pipe.graph, chat, tenant)
         counts = served.tokens[request_id] = [0, 0]
         recorded = served.commits.expect(request_id)
         try:
@@ -336,6 +335,35 @@ class MoatServer:
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
         return result, (counts[0], counts[1])
+
+
+def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:
+    """The graph's input: its `serve.input` mapping, else the default one; `tenant` is
+    set when the graph's input declares it.
+
+    Raises:
+        ApiError: 400 when a mapping expression cannot evaluate on this request.
+    """
+    mapping = graph.spec.serve.input if graph.spec.serve is not None else None
+    if not mapping:
+        data = dict(chat.input)
+    else:
+        scope = chat.scope(tenant)
+        data = {}
+        for field, source in mapping.items():
+            try:
+                data[field] = compile_expr(source).evaluate(scope)
+            except EvaluationError as exc:
+                raise ApiError(
+                    400,
+                    f"graph {graph.name!r} maps `messages` to its input with "
+                    f"serve.input.{field}, which this request cannot give: {exc}",
+                    param="messages",
+                    code="invalid_input",
+                ) from exc
+    if "tenant" in graph.input_schema.get("properties", {}):
+        data["tenant"] = tenant
+    return data
 
 
 async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:

@@ -80,9 +80,24 @@ class ChatRequest:
 
     model: str
     input: dict[str, Any]
+    """The default mapping: `prompt`, and `history` when there are earlier turns."""
     stream: bool
     include_usage: bool
     user: str | None
+    turns: tuple[dict[str, str], ...] = ()
+    """Every message, as `{role, content}` with the content as text."""
+
+    def scope(self, tenant: str) -> dict[str, Any]:
+        """The names a graph's `serve.input` expressions read (`SERVE_NAMES`)."""
+        system = [t["content"] for t in self.turns if t["role"] in ("system", "developer")]
+        return {
+            "prompt": self.input["prompt"],
+            "history": list(self.input.get("history", ())),
+            "messages": list(self.turns),
+            "system": "\n\n".join(system),
+            "user": self.user,
+            "tenant": tenant,
+        }
 
 
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
@@ -150,7 +165,7 @@ def parse_chat(body: Any) -> ChatRequest:
         raise _bad("`stream` must be true or false", "stream")
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
-    return ChatRequest(model, data, stream, include_usage, user)
+    return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
 
 
 def answer_text(output: Mapping[str, Any] | None) -> str:

@@ -164,3 +164,49 @@ def test_a_store_that_cannot_be_opened_is_refused_before_serving(
     out, err = capsys.readouterr()
     assert out == ""  # the address is printed only once the graphs are open
     assert f"moat: {db}: cannot open the store" in err and "Traceback" not in err
+
+
+def test_sigterm_lets_a_request_in_flight_finish_before_the_server_exits(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    import httpx2
+
+    from tests.test_serve import echo_graph
+
+    graph = echo_graph(tmp_path, scale=2.0)  # over half a second of simulated model time
+    db = tmp_path / "moat.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            replies: list[openai.types.chat.ChatCompletion] = []
+
+            def ask() -> None:
+                with openai.OpenAI(base_url=base_url, api_key="x", max_retries=0) as oai:
+                    replies.append(
+                        oai.chat.completions.create(
+                            model="echo", messages=[{"role": "user", "content": "hi"}]
+                        )
+                    )
+
+            asker = threading.Thread(target=ask)
+            asker.start()
+            with httpx2.Client() as web:
+                while "moat_requests_in_flight 1" not in web.get(f"{base_url[:-3]}/metrics").text:
+                    time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            asker.join(timeout=30)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert replies[0].choices[0].message.content == "hi | turns: 0 | public"
+    with Store.open(db, readonly=True) as store:
+        (run,) = store.query("SELECT status, requests_done FROM runs")
+    assert (run["status"], run["requests_done"]) == ("finished", 1)

@@ -517,3 +517,22 @@ async def test_a_policy_applied_while_serving_governs_the_next_requests(
                 )
                 versions.append(raw.headers["x-moat-policy-version"])
     assert int(versions[-1]) == int(versions[0]) + 1
+
+
+async def test_readiness_fails_when_the_store_takes_no_writes(
+    shipped: MoatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.errors import StoreError
+
+    async with http(shipped) as web:
+        assert (await web.get("http://moat.test/readyz")).status_code == 200
+        store = shipped.graphs["cascade"].pipe.store
+        assert store is not None
+
+        def refuse(run_id: str, done: int) -> None:
+            raise StoreError("moat.db: disk I/O error")
+
+        monkeypatch.setattr(store, "update_run_progress", refuse)
+        response = await web.get("http://moat.test/readyz")
+    assert response.status_code == 503
+    assert response.json()["graph"] == "cascade" and "disk I/O" in response.json()["error"]

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.api import Pipeline
-from engine.errors import EvaluationError, SpecError
+from engine.errors import EvaluationError, SpecError, StoreError
 from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.expr.expression import compile_expr
 from engine.graph.compiled import Graph
@@ -208,6 +208,17 @@ class MoatServer:
     async def _readyz(self, request: Request) -> Response:
         if not self.ready:
             return JSONResponse({"status": "starting", "graphs": []}, status_code=503)
+        for name, served in self.graphs.items():
+            store = served.pipe.store
+            if store is None:
+                continue
+            try:  # a write proves the store takes records (and is a heartbeat too)
+                await anyio.to_thread.run_sync(
+                    store.update_run_progress, served.run_id, served.done
+                )
+            except StoreError as exc:
+                body = {"status": "store not writable", "graph": name, "error": str(exc)}
+                return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", "graphs": sorted(self.graphs)})
 
     async def _models(self, request: Request) -> Response:

@@ -536,3 +536,13 @@ async def test_readiness_fails_when_the_store_takes_no_writes(
         response = await web.get("http://moat.test/readyz")
     assert response.status_code == 503
     assert response.json()["graph"] == "cascade" and "disk I/O" in response.json()["error"]
+
+
+async def test_unknown_paths_and_methods_get_openai_shaped_errors(shipped: MoatServer) -> None:
+    async with http(shipped) as web:
+        missing = await web.post("/completions", json={})
+        wrong = await web.get("/chat/completions")
+    assert missing.status_code == 404
+    assert "POST /v1/chat/completions" in missing.json()["error"]["message"]
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "http_405"
+    assert "POST" in wrong.headers["allow"]

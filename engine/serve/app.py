@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -198,7 +199,11 @@ class MoatServer:
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        return Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: _http_error},
+        )
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -252,6 +257,16 @@ class MoatServer:
             response = await self._answer_chat(request)
         except ApiError as exc:
             response = _error_response(exc)
+        except Exception:  # a bug in moat: the client learns nothing of the internals
+            log.exception("serve.chat_crashed")
+            response = _error_response(
+                ApiError(
+                    500,
+                    "moat could not answer; the server log has the details",
+                    type="server_error",
+                    code="internal_error",
+                )
+            )
         self.metrics.response(response.status_code)
         return response
 
@@ -395,6 +410,17 @@ def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:
                 f"--model {name}={target}: no served graph has a model {name!r}. "
                 f"Models: {', '.join(sorted(known)) or '(none)'}"
             )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in OpenAI's shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    message = f"{request.method} {request.url.path}: {detail}"
+    if status == 404:
+        message += "; moat serves POST /v1/chat/completions and GET /v1/models"
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
 
 
 def _error_response(error: ApiError) -> Response:

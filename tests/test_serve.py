@@ -359,6 +359,8 @@ async def test_with_keys_a_missing_or_unknown_key_is_a_401(tmp_path: Path) -> No
             assert response.status_code == 401
             assert response.json()["error"]["code"] == "invalid_api_key"
         assert (await web.get("/models")).status_code == 401
+        unknown = await web.post("/chat/completions", json={"model": "secret", "messages": []})
+        assert unknown.status_code == 401  # nothing about the graphs before the key
 
 
 async def test_the_key_names_the_tenant_whatever_the_user_field_says(tmp_path: Path) -> None:

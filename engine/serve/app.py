@@ -273,6 +273,8 @@ class MoatServer:
     async def _answer_chat(self, request: Request) -> Response:
         if not self.ready:
             raise ApiError(503, "the server is starting", type="server_error", code="starting")
+        # with keys, a caller without one learns nothing (not even which graphs exist)
+        keyed = None if self.keys.open else self._tenant(request, None)
         raw = await _read_body(request, self._largest_limit())
         chat = parse_chat(_decode(raw))
         served = self.graphs.get(chat.model)
@@ -287,7 +289,7 @@ class MoatServer:
         limit = served.pipe.limits.max_request_bytes
         if len(raw) > limit:
             raise _too_large(limit, chat.model)
-        tenant = self._tenant(request, chat.user)
+        tenant = keyed if keyed is not None else self._tenant(request, chat.user)
         async with self.shaper.admit(tenant):
             result, tokens = await self._run_attended(request, served, chat, tenant)
         _raise_for_status(result)

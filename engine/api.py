@@ -183,8 +183,9 @@ class Pipeline:
         for listener in list(self._listeners):
             listener(record)
 
-    def start_run(self, total: int, config: Mapping[str, Any] | None = None) -> str:
-        """Create a run (a row in `runs` when there is a store) and return its id."""
+    def start_run(self, total: int | None, config: Mapping[str, Any] | None = None) -> str:
+        """Create a run (a row in `runs` when there is a store) and return its id; `total`
+        is how many requests it will answer, None when open-ended (a server)."""
         if self.store is None:
             run_id = new_run_id()
         else:

@@ -136,7 +136,7 @@ class MoatServer:
         try:
             for served in self.graphs.values():
                 await stack.enter_async_context(served.pipe)
-                served.run_id = served.pipe.start_run(0, {"serve": True})
+                served.run_id = served.pipe.start_run(None, {"serve": True})
                 served.pipe.record_watchers += [served.watch, served.commits.watch]
                 stack.push_async_callback(self._finish_run, served)
             beats = await stack.enter_async_context(anyio.create_task_group())

@@ -212,3 +212,59 @@ def test_sigterm_lets_a_request_in_flight_finish_before_the_server_exits(tmp_pat
     with Store.open(db, readonly=True) as store:
         (run,) = store.query("SELECT status, requests_done FROM runs")
     assert (run["status"], run["requests_done"]) == ("finished", 1)
+
+
+def test_after_a_kill_9_under_load_every_answered_request_is_in_the_store(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    import httpx2
+
+    graph = fast_copy("cascade", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            answered: list[str] = []
+            enough = threading.Event()
+
+            def load(worker: int) -> None:
+                with httpx2.Client(base_url=base_url, timeout=30) as web:
+                    for n in range(10_000):
+                        body = {
+                            "model": "cascade",
+                            "messages": [{"role": "user", "content": f"question {worker}-{n}"}],
+                        }
+                        try:
+                            response = web.post("/chat/completions", json=body)
+                        except httpx2.HTTPError:
+                            return  # the server is gone
+                        if response.status_code == 200:
+                            answered.append(response.headers["x-moat-request-id"])
+                        if len(answered) >= 120:
+                            enough.set()
+
+            workers = [threading.Thread(target=load, args=(w,)) for w in range(8)]
+            for worker in workers:
+                worker.start()
+            assert enough.wait(timeout=60)
+            proc.kill()  # SIGKILL: no shutdown, no flush
+            proc.wait(timeout=30)
+            for worker in workers:
+                worker.join(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    with Store.open(db, readonly=True) as store:
+        stored = {r["id"] for r in store.query("SELECT id FROM requests WHERE status = 'ok'")}
+        with_calls = {r["request_id"] for r in store.query("SELECT request_id FROM llm_calls")}
+    assert len(answered) >= 120
+    assert set(answered) <= stored  # zero answered-but-unrecorded requests
+    assert set(answered) <= with_calls

@@ -49,12 +49,20 @@ class BatchSummary:
 class _TapSink:
     """Forwards every record, and hands finished requests to a callback."""
 
-    def __init__(self, inner: Sink, on_request: Callable[[RequestRecord], None]) -> None:
+    def __init__(
+        self,
+        inner: Sink,
+        on_request: Callable[[RequestRecord], None],
+        watchers: list[Callable[[Record], None]] | None = None,
+    ) -> None:
         self.inner = inner
         self.on_request = on_request
+        self.watchers = watchers if watchers is not None else []
 
     def record(self, item: Record) -> None:
         self.inner.record(item)
+        for watch in self.watchers:
+            watch(item)
         if isinstance(item, RequestRecord):
             self.on_request(item)
 
@@ -109,7 +117,9 @@ class Pipeline:
         self._runner: Runner | None = None
         self._stack: AsyncExitStack | None = None
         self._listeners: list[Callable[[RequestRecord], None]] = []
-        self._tap = _TapSink(self._sink, self._on_request)
+        self.record_watchers: list[Callable[[Record], None]] = []
+        """Called with every record as it is emitted (the server sums a request's tokens)."""
+        self._tap = _TapSink(self._sink, self._on_request, self.record_watchers)
         self._outstanding = 0
         """Requests answered whose record has not been emitted yet."""
         self._idle: anyio.Event | None = None
@@ -132,7 +142,7 @@ class Pipeline:
             writer = self.store.writer()
             stack.callback(writer.close)
             self._sink = writer
-            self._tap = _TapSink(writer, self._on_request)
+            self._tap = _TapSink(writer, self._on_request, self.record_watchers)
         self.policy = PolicyManager(
             self.store,
             name=self.graph.policy_name,
@@ -173,8 +183,9 @@ class Pipeline:
         for listener in list(self._listeners):
             listener(record)
 
-    def start_run(self, total: int, config: Mapping[str, Any] | None = None) -> str:
-        """Create a run (a row in `runs` when there is a store) and return its id."""
+    def start_run(self, total: int | None, config: Mapping[str, Any] | None = None) -> str:
+        """Create a run (a row in `runs` when there is a store) and return its id; `total`
+        is how many requests it will answer, None when open-ended (a server)."""
         if self.store is None:
             run_id = new_run_id()
         else:
@@ -202,8 +213,10 @@ class Pipeline:
         seq: int = 0,
         labels: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> RequestResult:
-        """Answer one request (validated against the graph's `input` schema)."""
+        """Answer one request (validated against the graph's `input` schema); `tenant`
+        (default `input["tenant"]`, else `public`) partitions caches and is recorded."""
         item = parse_request(
             {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
@@ -213,7 +226,7 @@ class Pipeline:
         if run_id is not None:
             self.use_run(run_id)
         rid = run_id or self.start_run(1)
-        result = await self._answer(rid, item if not meta else _with_meta(item, meta))
+        result = await self._answer(rid, item if not meta else _with_meta(item, meta), tenant)
         if run_id is None and self.store is not None:
             await anyio.to_thread.run_sync(self.flush)  # so the run counts its request
             self.store.finish_run(rid, "finished")
@@ -319,7 +332,9 @@ class Pipeline:
         finally:
             limiter.release()
 
-    async def _answer(self, run_id: str, item: BatchItem) -> RequestResult:
+    async def _answer(
+        self, run_id: str, item: BatchItem, tenant: str | None = None
+    ) -> RequestResult:
         assert self._runner is not None, "use `async with Pipeline(...)`"
         request_id = f"{run_id}-{item.seq:06d}"
         data, error = self.validator.validate(item)
@@ -328,7 +343,12 @@ class Pipeline:
         self._outstanding += 1
         try:
             return await self._runner.run(
-                data, request_id=request_id, seq=item.seq, labels=item.labels, meta=item.meta
+                data,
+                request_id=request_id,
+                seq=item.seq,
+                labels=item.labels,
+                meta=item.meta,
+                tenant=tenant,
             )
         except BaseException:
             self._settled()  # no record will come for this request

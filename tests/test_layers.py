@@ -28,9 +28,10 @@ LAYERS = {
     "models": 4,
     "scheduler": 5,
     "api": 6,
-    "cli": 7,
-    "__init__": 7,
-    "__main__": 8,
+    "serve": 7,
+    "cli": 8,
+    "__init__": 8,
+    "__main__": 9,
 }
 # Modules of layer 0 that build on one another, in this order.
 FOUNDATION = ["errors", "stats", "located_yaml", "pii", "events", "logs"]

@@ -17,6 +17,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 11. `prev.x` names a body node of the same loop
 12. nodes nothing can demand are reported as warnings
 13. `input:` is a valid JSON Schema
+14. `serve.input` maps input properties to expressions over the chat request only
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from engine.errors import ExpressionError, SpecError
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import config_problem
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
-from engine.graph.spec import GraphSpec, LoopSpec, NodeSpec
+from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
@@ -110,6 +111,7 @@ class Checker:
         top = _ScopeInfo(self.spec.nodes, ("nodes",), None)
         scope = self._compile_scope(top)
         output = self._compile_outputs(self.spec.output, ("output",), top)
+        self.c14_serve_mapping()
         if scope is not None and not self.errors:
             self.c12_undemanded(scope, output)
         return (scope if not self.errors else None), output
@@ -405,6 +407,33 @@ class Checker:
                 "(https://json-schema.org/understanding-json-schema)",
                 at,
             )
+
+    def c14_serve_mapping(self) -> None:
+        """`serve.input` sets input properties from expressions that read only the chat
+        request's names (`SERVE_NAMES`)."""
+        if self.spec.serve is None:
+            return
+        properties = self.spec.input.get("properties")
+        names = sorted(properties) if isinstance(properties, Mapping) else None
+        for field, source in self.spec.serve.input.items():
+            at: Path = ("serve", "input", field)
+            if names is not None and field not in names:
+                self._error(
+                    f"serve.input.{field}: the graph's `input` has no property {field!r}"
+                    f"{_did_you_mean(field, names)}. Properties: {', '.join(names)}",
+                    at,
+                    key=True,
+                )
+            expr = self.c03_expression(source, at, None)
+            for ref in expr.refs if expr is not None else ():
+                if ref.name not in SERVE_NAMES:
+                    self._error(
+                        f"serve.input.{field}: {ref.name!r} is not a name of the chat request"
+                        f"{_did_you_mean(ref.name, list(SERVE_NAMES))}. Names: "
+                        f"{', '.join(SERVE_NAMES)}",
+                        at,
+                        offset=ref.column - 1,
+                    )
 
     # -- compiling ----------------------------------------------------------------------
 

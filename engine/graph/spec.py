@@ -157,6 +157,20 @@ AnyNode = Annotated[
 LoopSpec.model_rebuild()
 
 
+SERVE_NAMES = ("history", "messages", "prompt", "system", "tenant", "user")
+"""What `serve.input` expressions read: the last user message (`prompt`), the turns before
+it (`history`), every turn (`messages`, each `{role, content}`), the system and developer
+messages' text (`system`), the `user` field and the caller's `tenant`."""
+
+
+class ServeSpec(_Strict):
+    """How `moat serve` maps a chat request to the graph's input."""
+
+    input: dict[str, str | bool | int | float | None] = Field(default_factory=dict)
+    """Input field -> expression over the chat request (see `SERVE_NAMES`); when given, it
+    replaces the default mapping (`prompt` and `history`)."""
+
+
 class GraphSpec(_Strict):
     """A whole graph file."""
 
@@ -177,3 +191,6 @@ class GraphSpec(_Strict):
     nodes: dict[str, AnyNode]
     output: dict[str, str | bool | int | float | None]
     """The request's result: name -> expression."""
+    serve: ServeSpec | None = None
+    """How `moat serve` maps a chat request to the input (default: the last user message
+    is `prompt`, earlier turns are `history`)."""

@@ -1,0 +1,162 @@
+"""`moat serve`: graphs behind an OpenAI-compatible HTTP endpoint.
+
+Every argument is checked before anything listens (exit 2): the graphs, the keys file, the
+address. Without `--keys` any key is accepted, so the server then refuses to listen on
+anything but loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from engine.cli.run import _parse_models, db_path
+from engine.errors import SpecError
+from engine.models.server import port_number
+
+if TYPE_CHECKING:
+    from engine.serve.auth import KeyRing
+
+__all__ = ["add_commands", "cmd_serve"]
+
+EXIT_USAGE = 2
+_MISSING = (
+    "moat serve needs Starlette and uvicorn, which are not installed: pip install 'moat[serve]'"
+)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of requests/s")
+    return value
+
+
+def add_commands(sub: Any) -> None:
+    """Register `moat serve` on the `moat` subparsers."""
+    p = sub.add_parser("serve", help="serve graphs behind an OpenAI-compatible HTTP API")
+    p.add_argument("graphs", metavar="GRAPH", nargs="+", help="graph files; `model` names one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument(
+        "--port", type=port_number, default=8000, help="TCP port (0: any free port, printed)"
+    )
+    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="API keys, one `TENANT sha256:HEX` a line (else $MOAT_API_KEYS=TENANT=KEY,...); "
+        "required off loopback",
+    )
+    p.add_argument("--rate", type=_rate, metavar="R", help="requests/s per tenant (default: none)")
+    p.add_argument("--burst", type=_positive, default=10, metavar="N", help="above --rate")
+    p.add_argument(
+        "--tenant-concurrency",
+        type=_positive,
+        default=64,
+        metavar="N",
+        help="requests in flight per tenant",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="requests in flight in all; as many more wait, the rest get a 503",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds in-flight requests get to finish on SIGTERM",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PROVIDER:MODEL",
+        help="rebind a logical model of every graph that has it",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
+    p.add_argument(
+        "--allow-unpriced",
+        action="store_true",
+        help="serve a graph with a cost budget even if a model has no price (it costs $0)",
+    )
+    p.set_defaults(handler=cmd_serve)
+
+
+def _keys(path: str | None) -> KeyRing | None:
+    """The keys of `--keys FILE`, else of `$MOAT_API_KEYS`, else None (any key)."""
+    from engine.serve.auth import ENV_KEYS, keys_from_env, load_keys
+
+    if path is not None:
+        return load_keys(path)
+    value = os.environ.get(ENV_KEYS)
+    return keys_from_env(value) if value else None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the arguments, then serve until interrupted."""
+    try:
+        from engine.serve import MoatServer, ShapingLimits
+        from engine.serve.listen import bind, is_loopback, serve_on
+    except ImportError:
+        print(f"moat: {_MISSING}", file=sys.stderr)
+        return EXIT_USAGE
+    keys = _keys(args.keys)
+    if keys is None and not is_loopback(args.host):
+        raise SpecError(
+            f"--host {args.host}: without --keys (or $MOAT_API_KEYS) any caller is accepted, "
+            "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
+            "another address"
+        )
+    limits = ShapingLimits(
+        rate=args.rate,
+        burst=args.burst,
+        tenant_concurrency=args.tenant_concurrency,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_inflight,
+    )
+    server = MoatServer(
+        args.graphs,
+        db=db_path(args.db),
+        keys=keys,
+        limits=limits,
+        models=_parse_models(args.model),
+        seed=args.seed,
+        allow_unpriced=args.allow_unpriced,
+    )
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready() -> None:  # the address is printed once the graphs are open: scripts wait
+        print(f"http://{shown}:{port}/v1", flush=True)
+        print(
+            f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
+            f"({'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with sock:
+        if not serve_on(server, sock, grace_s=args.grace, on_ready=ready):
+            print("moat: serve: the server did not start (see above)", file=sys.stderr)
+            return EXIT_USAGE
+    return 0

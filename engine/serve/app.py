@@ -1,0 +1,507 @@
+"""The HTTP server: graphs behind OpenAI's chat completions API, as a Starlette ASGI app.
+
+Every request is answered by the graph's `Pipeline` (the same path as `moat run`), in one
+run per graph that lasts as long as the server, so `moat runs`, `moat report` and the TUI
+see a server's requests as they are recorded. Routes:
+
+- `POST /v1/chat/completions`: `model` names a graph; `stream: true` sends server-sent
+  events once the graph has decided its answer, never before.
+- `GET /v1/models`: the served graphs.
+- `GET /healthz`, `GET /readyz`: the process is up; the graphs are loaded and open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from engine.api import Pipeline
+from engine.errors import EvaluationError, SpecError, StoreError
+from engine.events import LlmCall, Record, RequestRecord, RequestStatus
+from engine.expr.expression import compile_expr
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.scheduler.runner import RequestResult
+from engine.serve.auth import KeyRing
+from engine.serve.durable import Commits
+from engine.serve.metrics import Labels, Metrics
+from engine.serve.shaping import Shaper, ShapingLimits
+from engine.serve.wire import (
+    ApiError,
+    ChatRequest,
+    completion,
+    error_body,
+    moat_headers,
+    parse_chat,
+    stream_chunks,
+)
+from engine.store.store import HEARTBEAT_S
+
+__all__ = ["MoatServer"]
+
+log = logging.getLogger("moat.serve")
+
+
+@dataclass(slots=True)
+class _Served:
+    """One graph the server answers with: its pipeline, run and request numbering."""
+
+    pipe: Pipeline
+    commits: Commits
+    run_id: str = ""
+    seq: int = 0
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    """Tokens so far of each request in flight, summed from its LLM call records."""
+
+    done: int = 0
+    """Requests of the run recorded so far."""
+
+    def watch(self, item: Record) -> None:
+        if isinstance(item, RequestRecord):
+            self.done += 1
+        elif isinstance(item, LlmCall):
+            counts = self.tokens.get(item.request_id)
+            if counts is not None:
+                counts[0] += item.input_tokens
+                counts[1] += item.output_tokens
+
+
+class MoatServer:
+    """Graphs served over HTTP; `async with` opens their pipelines, `app` is the ASGI app.
+
+    Args:
+        graphs: graph files (or loaded graphs); each is served under its `name`.
+        db: the store file (`None`: records kept in memory only).
+        keys: the accepted API keys and their tenants (default: any key, tenant `public`
+            or the request's `user`).
+        limits: rate, concurrency and in-flight limits.
+        models: `--model` rebindings, applied to each graph that has the model.
+        pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
+
+    Raises:
+        SpecError: a graph is unusable, two graphs have the same name, or a rebound model
+            is in none of them.
+    """
+
+    def __init__(
+        self,
+        graphs: Sequence[Graph | str | os.PathLike[str]],
+        *,
+        db: str | os.PathLike[str] | None = "moat.db",
+        keys: KeyRing | None = None,
+        limits: ShapingLimits | None = None,
+        models: Mapping[str, str] | None = None,
+        **pipeline_options: Any,
+    ) -> None:
+        self.graphs: dict[str, _Served] = {}
+        loaded = [entry if isinstance(entry, Graph) else load_graph(entry) for entry in graphs]
+        _check_rebinds(loaded, models or {})
+        for graph in loaded:
+            rebind = {k: v for k, v in (models or {}).items() if k in graph.models}
+            pipeline_options["models"] = rebind
+            if graph.name in self.graphs:
+                other = self.graphs[graph.name].pipe.graph.path
+                raise SpecError(
+                    f"graph name {graph.name!r} is also the name of {other}; served graphs "
+                    "are named by `name:`, so give each a distinct one",
+                    path=str(graph.path),
+                )
+            pipe = Pipeline(graph, db=db, **pipeline_options)
+            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
+        self.keys = keys or KeyRing(None)
+        self.shaper = Shaper(limits or ShapingLimits())
+        self.metrics = Metrics()
+        for name, served in self.graphs.items():
+            served.pipe.record_watchers.append(self.metrics.watcher(name))
+        self._stack: AsyncExitStack | None = None
+        self.app = self._build_app()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> MoatServer:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            for served in self.graphs.values():
+                await stack.enter_async_context(served.pipe)
+                served.run_id = served.pipe.start_run(None, {"serve": True})
+                served.pipe.record_watchers += [served.watch, served.commits.watch]
+                stack.push_async_callback(self._finish_run, served)
+            beats = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(beats.cancel_scope.cancel)
+            beats.start_soon(self._heartbeat)
+            for served in self.graphs.values():
+                if served.pipe.store is not None:
+                    beats.start_soon(served.commits.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _heartbeat(self) -> None:
+        """Record each run's progress, which also tells readers the server is alive."""
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            for served in self.graphs.values():
+                store = served.pipe.store
+                if store is not None:
+                    await anyio.to_thread.run_sync(
+                        store.update_run_progress, served.run_id, served.done
+                    )
+
+    @staticmethod
+    async def _finish_run(served: _Served) -> None:
+        """Record the server's run as finished once its requests are stored."""
+        pipe = served.pipe
+        with anyio.CancelScope(shield=True):
+            await pipe.settle()
+            await anyio.to_thread.run_sync(pipe.flush)
+        if pipe.store is not None:
+            pipe.store.update_run_progress(served.run_id, served.done)
+            pipe.store.finish_run(served.run_id, "finished")
+
+    @property
+    def ready(self) -> bool:
+        """True while the graphs are loaded and their pipelines open."""
+        return self._stack is not None
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.ready:  # opened by whoever embeds the app
+            yield
+            return
+        async with self:
+            yield
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+        return Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: _http_error},
+        )
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        if not self.ready:
+            return JSONResponse({"status": "starting", "graphs": []}, status_code=503)
+        for name, served in self.graphs.items():
+            store = served.pipe.store
+            if store is None:
+                continue
+            try:  # a write proves the store takes records (and is a heartbeat too)
+                await anyio.to_thread.run_sync(
+                    store.update_run_progress, served.run_id, served.done
+                )
+            except StoreError as exc:
+                body = {"status": "store not writable", "graph": name, "error": str(exc)}
+                return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "graphs": sorted(self.graphs)})
+
+    async def _models(self, request: Request) -> Response:
+        try:
+            self._tenant(request, None)
+        except ApiError as exc:
+            return _error_response(exc)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
+            for name in sorted(self.graphs)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _metrics(self, request: Request) -> Response:
+        gauges: dict[str, dict[Labels, float]] = {
+            "moat_requests_in_flight": {(): float(self.shaper.in_flight)},
+            "moat_policy_version": {},
+        }
+        for name, served in self.graphs.items():
+            policy = served.pipe.policy
+            pin = policy.current() if policy is not None else None
+            if pin is not None and pin.name is not None and pin.version is not None:
+                labels = (("graph", name), ("policy", pin.name))
+                gauges["moat_policy_version"][labels] = float(pin.version)
+        return Response(
+            self.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            response = await self._answer_chat(request)
+        except ApiError as exc:
+            response = _error_response(exc)
+        except Exception:  # a bug in moat: the client learns nothing of the internals
+            log.exception("serve.chat_crashed")
+            response = _error_response(
+                ApiError(
+                    500,
+                    "moat could not answer; the server log has the details",
+                    type="server_error",
+                    code="internal_error",
+                )
+            )
+        self.metrics.response(response.status_code)
+        return response
+
+    async def _answer_chat(self, request: Request) -> Response:
+        if not self.ready:
+            raise ApiError(503, "the server is starting", type="server_error", code="starting")
+        # with keys, a caller without one learns nothing (not even which graphs exist)
+        keyed = None if self.keys.open else self._tenant(request, None)
+        raw = await _read_body(request, self._largest_limit())
+        chat = parse_chat(_decode(raw))
+        served = self.graphs.get(chat.model)
+        if served is None:
+            names = ", ".join(sorted(self.graphs))
+            raise ApiError(
+                404,
+                f"no graph is served as {chat.model!r}; served: {names}",
+                param="model",
+                code="model_not_found",
+            )
+        limit = served.pipe.limits.max_request_bytes
+        if len(raw) > limit:
+            raise _too_large(limit, chat.model)
+        tenant = keyed if keyed is not None else self._tenant(request, chat.user)
+        async with self.shaper.admit(tenant):
+            result, tokens = await self._run_attended(request, served, chat, tenant)
+        _raise_for_status(result)
+        headers = moat_headers(result)
+        if chat.stream:
+            return _sse(result, chat, tokens, headers)
+        return JSONResponse(completion(result, chat.model, tokens), headers=headers)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _largest_limit(self) -> int:
+        return max(s.pipe.limits.max_request_bytes for s in self.graphs.values())
+
+    def _tenant(self, request: Request, user: str | None) -> str:
+        tenant = self.keys.tenant(request.headers.get("authorization"), user)
+        if tenant is None:
+            raise ApiError(
+                401,
+                "missing or unknown API key: send `Authorization: Bearer KEY` with a key "
+                "of the server's keys file",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+        return tenant
+
+    async def _run_attended(
+        self, request: Request, served: _Served, chat: ChatRequest, tenant: str
+    ) -> tuple[RequestResult, tuple[int, int]]:
+        """Run the request while its client is connected: a client that goes away
+        cancels the request's work, model calls included (they are recorded `cancelled`)."""
+        outcome: list[tuple[RequestResult, tuple[int, int]] | ApiError] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
+            try:
+                outcome.append(await self._run(served, chat, tenant))
+            except ApiError as exc:  # a value, not an exception group out of the task group
+                outcome.append(exc)
+            tg.cancel_scope.cancel()
+        if not outcome:
+            raise ApiError(499, "the client closed the request", code="client_closed")
+        if isinstance(outcome[0], ApiError):
+            raise outcome[0]
+        return outcome[0]
+
+    async def _run(
+        self, served: _Served, chat: ChatRequest, tenant: str
+    ) -> tuple[RequestResult, tuple[int, int]]:
+        pipe = served.pipe
+        seq = served.seq
+        served.seq += 1
+        request_id = f"{served.run_id}-{seq:06d}"
+        data = _graph_input(pipe.graph, chat, tenant)
+        counts = served.tokens[request_id] = [0, 0]
+        recorded = served.commits.expect(request_id)
+        try:
+            result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
+            # the answer leaves only once it is in the store (a kill -9 loses no 200)
+            await served.commits.committed(recorded)
+        except ApiError:
+            raise
+        except Exception as exc:  # a bug in moat: the client gets its id, the log the rest
+            log.exception("serve.request_crashed", extra={"request_id": request_id})
+            raise ApiError(
+                500,
+                f"moat could not answer request {request_id}; the server log has the details",
+                type="server_error",
+                code="internal_error",
+                headers={"x-moat-request-id": request_id},
+            ) from exc
+        finally:
+            served.tokens.pop(request_id, None)
+            served.commits.forget(request_id)
+        return result, (counts[0], counts[1])
+
+
+def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:
+    """The graph's input: its `serve.input` mapping, else the default one; `tenant` is
+    set when the graph's input declares it.
+
+    Raises:
+        ApiError: 400 when a mapping expression cannot evaluate on this request.
+    """
+    mapping = graph.spec.serve.input if graph.spec.serve is not None else None
+    if not mapping:
+        data = dict(chat.input)
+    else:
+        scope = chat.scope(tenant)
+        data = {}
+        for field, source in mapping.items():
+            try:
+                data[field] = compile_expr(source).evaluate(scope)
+            except EvaluationError as exc:
+                raise ApiError(
+                    400,
+                    f"graph {graph.name!r} maps `messages` to its input with "
+                    f"serve.input.{field}, which this request cannot give: {exc}",
+                    param="messages",
+                    code="invalid_input",
+                ) from exc
+    if "tenant" in graph.input_schema.get("properties", {}):
+        data["tenant"] = tenant
+    return data
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client disconnects (the body has been read, so the next
+    message the server sends is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:
+    known = {name for graph in graphs for name in graph.models}
+    for name, target in models.items():
+        if name not in known:
+            raise SpecError(
+                f"--model {name}={target}: no served graph has a model {name!r}. "
+                f"Models: {', '.join(sorted(known)) or '(none)'}"
+            )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in OpenAI's shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    message = f"{request.method} {request.url.path}: {detail}"
+    if status == 404:
+        message += "; moat serves POST /v1/chat/completions and GET /v1/models"
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
+
+
+def _error_response(error: ApiError) -> Response:
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+
+
+def _too_large(limit: int, graph: str | None) -> ApiError:
+    whose = f"the limit of graph {graph!r}" if graph else "the most any served graph takes"
+    return ApiError(
+        413,
+        f"the request body is over {limit} bytes, {whose} (`limits.max_request_bytes`)",
+        code="request_too_large",
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it is over `limit` bytes (never held)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, None)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, None)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, or nested past the stack
+        raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
+
+
+_STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {
+    RequestStatus.INVALID_INPUT: (400, "invalid_request_error", "invalid_input"),
+    RequestStatus.FAILED: (500, "server_error", "request_failed"),
+    RequestStatus.DEADLINE_EXCEEDED: (504, "timeout", "deadline_exceeded"),
+}
+
+
+def _raise_for_status(result: RequestResult) -> None:
+    """The HTTP error of a request that has no answer: 400, 500 or 504."""
+    mapped = _STATUS_ERRORS.get(result.status)
+    if mapped is None:
+        return
+    status, kind, code = mapped
+    rid = result.request_id
+    if result.status == RequestStatus.INVALID_INPUT:
+        message = f"{result.error} (request {rid})"
+    elif result.status == RequestStatus.DEADLINE_EXCEEDED:
+        message = f"request {rid} passed the graph's deadline; `moat report {rid}` says where"
+    else:  # no internals: the node's error stays in the store
+        message = f"request {rid} failed; `moat report {rid}` says why"
+    param = "messages" if status == 400 else None
+    raise ApiError(status, message, type=kind, param=param, code=code, headers=moat_headers(result))
+
+
+def _sse(
+    result: RequestResult,
+    chat: ChatRequest,
+    tokens: tuple[int, int],
+    headers: dict[str, str],
+) -> Response:
+    """The decided answer as server-sent events in OpenAI's chunk format."""
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
+            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache"},
+    )

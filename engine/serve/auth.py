@@ -1,0 +1,104 @@
+"""API keys: a file of sha256 hashes, each mapped to a tenant, and the caller's tenant.
+
+The keys file holds one key per line, `TENANT sha256:HEX`, where HEX is the SHA-256 of the
+key (`printf %s "$KEY" | sha256sum`); `#` starts a comment. Only hashes are kept, on disk and
+in memory, so the file can be read by operators without exposing the keys. Keys may also
+come from the environment (`MOAT_API_KEYS=TENANT=KEY,...`, the usual channel for secrets),
+hashed as soon as they are read. Without keys the server accepts any key (or none) and the
+tenant is the request's `user`, else `public`; the CLI allows that only on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from engine.errors import SpecError
+
+__all__ = ["ENV_KEYS", "KeyRing", "hash_key", "keys_from_env", "load_keys"]
+
+ENV_KEYS = "MOAT_API_KEYS"
+"""The environment variable of API keys in clear, `TENANT=KEY,TENANT=KEY` (hashed on read)."""
+
+_LINE = re.compile(r"^(?P<tenant>[A-Za-z0-9_.@-]{1,128})\s+sha256:(?P<hex>[0-9a-fA-F]{64})$")
+_TENANT = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: its SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyRing:
+    """Hashed API keys and their tenants; `None` keys means every key is accepted."""
+
+    def __init__(self, keys: Mapping[str, str] | None) -> None:
+        self.keys = dict(keys) if keys is not None else None
+
+    @property
+    def open(self) -> bool:
+        """True when any key (or none) is accepted."""
+        return self.keys is None
+
+    def tenant(self, authorization: str | None, user: str | None) -> str | None:
+        """The caller's tenant, or None when the key is missing or unknown."""
+        if self.keys is None:
+            return user if user and _TENANT.match(user) else "public"
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        digest = hash_key(authorization[7:].strip())
+        for known, tenant in self.keys.items():
+            if hmac.compare_digest(known, digest):  # no timing hint about near-misses
+                return tenant
+        return None
+
+
+def load_keys(path: str | Path) -> KeyRing:
+    """Read a keys file.
+
+    Raises:
+        SpecError: the file is missing, or a line is not `TENANT sha256:HEX` (a plain key
+            is refused with how to hash it).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read the keys file: {exc}", path=str(path)) from exc
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise SpecError(
+                "a key line is `TENANT sha256:HEX` with HEX the SHA-256 of the key "
+                '(printf %s "$KEY" | sha256sum); keys are never stored in clear',
+                path=str(path),
+                line=number,
+            )
+        keys[match["hex"].lower()] = match["tenant"]
+    if not keys:
+        raise SpecError("the keys file has no keys (lines `TENANT sha256:HEX`)", path=str(path))
+    return KeyRing(keys)
+
+
+def keys_from_env(value: str) -> KeyRing:
+    """Read `TENANT=KEY,TENANT=KEY` (the value of `MOAT_API_KEYS`); only hashes are kept.
+
+    Raises:
+        SpecError: an entry is not `TENANT=KEY` (the message never repeats a key).
+    """
+    keys: dict[str, str] = {}
+    for number, entry in enumerate(value.split(","), 1):
+        tenant, sep, key = entry.strip().partition("=")
+        if not sep or not _TENANT.match(tenant) or not key.strip():
+            raise SpecError(
+                f"${ENV_KEYS}: entry {number} is not TENANT=KEY (tenants are letters, "
+                "digits and _.@-; entries are separated by commas)"
+            )
+        keys[hash_key(key.strip())] = tenant
+    return KeyRing(keys)

@@ -1,0 +1,92 @@
+"""Durable answers: a response leaves only once its request's record is committed.
+
+A client that got a 200 must find its request in the store even if the server is killed
+the next instant. Each request waits for its own record (emitted after the request's
+cleanup), then for a commit; concurrent requests share one flush of the store writer (group
+commit), so the cost is one commit per batch of requests rather than one per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+from engine.errors import StoreError
+from engine.events import Record, RequestRecord
+
+__all__ = ["Commits"]
+
+
+class _Ticket:
+    """One request waiting for a commit, and the commit's error if it failed."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: StoreError | None = None
+
+
+class Commits:
+    """Waits for requests' records and commits them in groups.
+
+    Args:
+        flush: blocks until every record so far is committed (run in a worker thread);
+            None when there is no store (records are then only awaited).
+    """
+
+    def __init__(self, flush: Callable[[], None] | None) -> None:
+        self._flush = flush
+        self._recorded: dict[str, anyio.Event] = {}
+        self._waiting: list[_Ticket] = []
+        self._wake = anyio.Event()
+
+    def expect(self, request_id: str) -> anyio.Event:
+        """Register a request before it runs; the event is set when its record is emitted."""
+        event = self._recorded[request_id] = anyio.Event()
+        return event
+
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for a request (it was cancelled: no record will come)."""
+        self._recorded.pop(request_id, None)
+
+    def watch(self, item: Record) -> None:
+        """A `Pipeline.record_watchers` callback: a request's record has been emitted."""
+        if isinstance(item, RequestRecord):
+            event = self._recorded.pop(item.id, None)
+            if event is not None:
+                event.set()
+
+    async def committed(self, recorded: anyio.Event) -> None:
+        """Return once the request's record is emitted and committed.
+
+        Raises:
+            StoreError: the store could not commit it.
+        """
+        await recorded.wait()
+        if self._flush is None:
+            return
+        ticket = _Ticket()
+        self._waiting.append(ticket)
+        self._wake.set()
+        await ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+
+    async def run(self) -> None:
+        """The committer task: one flush for every request that asked since the last."""
+        assert self._flush is not None
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._waiting = self._waiting, []
+            error: StoreError | None = None
+            with anyio.CancelScope(shield=True):  # a batch asked for is always finished
+                try:
+                    await anyio.to_thread.run_sync(self._flush)
+                except StoreError as exc:
+                    error = exc
+            for ticket in batch:
+                ticket.error = error
+                ticket.done.set()

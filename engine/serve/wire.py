@@ -1,0 +1,282 @@
+"""The OpenAI chat wire format: requests to graph inputs, results to completions and chunks.
+
+Pure functions on JSON values, with no HTTP framework in them, so the mapping is tested on
+its own and the app only moves bytes. The default mapping of a chat request to a graph's
+input: the last user message is `input.prompt`, the turns before it are `input.history`
+(a list of `{role, content}`), and `user` names the tenant when no API key does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.events import RequestStatus
+from engine.scheduler.runner import RequestResult
+
+__all__ = [
+    "ApiError",
+    "ChatRequest",
+    "answer_text",
+    "completion",
+    "error_body",
+    "moat_headers",
+    "parse_chat",
+    "stream_chunks",
+]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class ApiError(Exception):
+    """An HTTP error in OpenAI's shape: status, message, type, the parameter and a code.
+
+    Args:
+        status: the HTTP status.
+        message: what is wrong and how to fix it.
+        type: OpenAI's error `type` (`invalid_request_error`, `rate_limit_error`, ...).
+        param: the request field at fault, e.g. `messages[2].content`.
+        code: a short machine-readable code.
+        headers: extra response headers (`Retry-After`).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+def error_body(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A chat completion request, mapped to one graph input."""
+
+    model: str
+    input: dict[str, Any]
+    """The default mapping: `prompt`, and `history` when there are earlier turns."""
+    stream: bool
+    include_usage: bool
+    user: str | None
+    turns: tuple[dict[str, str], ...] = ()
+    """Every message, as `{role, content}` with the content as text."""
+
+    def scope(self, tenant: str) -> dict[str, Any]:
+        """The names a graph's `serve.input` expressions read (`SERVE_NAMES`)."""
+        system = [t["content"] for t in self.turns if t["role"] in ("system", "developer")]
+        return {
+            "prompt": self.input["prompt"],
+            "history": list(self.input.get("history", ())),
+            "messages": list(self.turns),
+            "system": "\n\n".join(system),
+            "user": self.user,
+            "tenant": tenant,
+        }
+
+
+def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _content_text(content: Any, at: str) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        texts: list[str] = []
+        for i, part in enumerate(content):
+            if not isinstance(part, Mapping) or part.get("type") != "text":
+                raise _bad(f"{at}[{i}]: only text content parts are supported", f"{at}[{i}]")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{at}[{i}].text must be a string", f"{at}[{i}].text")
+            texts.append(text)
+        return "\n".join(texts)
+    raise _bad(f"{at} must be a string or a list of text parts", at)
+
+
+def _turns(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise _bad("`messages` must be a non-empty list of messages", "messages")
+    turns: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        at = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            raise _bad(f"{at} must be an object with `role` and `content`", at)
+        role = message.get("role")
+        if role not in ROLES:
+            choices = ", ".join(sorted(ROLES))
+            raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
+        turns.append({"role": str(role), "content": _content_text(message.get("content"), at)})
+    return turns
+
+
+def parse_chat(body: Any) -> ChatRequest:
+    """Check a `/v1/chat/completions` body and map its messages to a graph input.
+
+    Raises:
+        ApiError: 400 naming the field at fault.
+    """
+    if not isinstance(body, Mapping):
+        raise _bad("the request body must be a JSON object", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("`model` must name a served graph (GET /v1/models lists them)", "model")
+    turns = _turns(body.get("messages"))
+    last = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
+    if last is None:
+        raise _bad("`messages` has no user message to answer", "messages", "missing_user")
+    data: dict[str, Any] = {"prompt": turns[last]["content"]}
+    if last > 0:
+        data["history"] = turns[:last]
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("`user` must be a string", "user")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("`stream` must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+    return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
+
+
+def answer_text(output: Mapping[str, Any] | None) -> str:
+    """The assistant message: the graph's `answer` output, its only output, or all of its
+    outputs as JSON."""
+    if not output:
+        return ""
+    if "answer" in output:
+        value = output["answer"]
+    elif len(output) == 1:
+        value = next(iter(output.values()))
+    else:
+        value = output
+    if value is None:  # a partial answer whose text the deadline cut off
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _decision(result: RequestResult) -> str | None:
+    value = (result.output or {}).get("decision")
+    return None if value is None else str(value)
+
+
+def moat_fields(result: RequestResult, graph: str) -> dict[str, Any]:
+    """The `moat` extension field of a completion."""
+    return {
+        "request_id": result.request_id,
+        "graph": graph,
+        "status": str(result.status),
+        "cost_usd": result.cost_usd,
+        "latency_ms": round(result.latency_ms, 3),
+        "policy_version": result.policy_version,
+        "decision": _decision(result),
+        "output": result.output,
+    }
+
+
+def moat_headers(result: RequestResult) -> dict[str, str]:
+    """The `x-moat-*` response headers."""
+    headers = {
+        "x-moat-request-id": result.request_id,
+        "x-moat-status": str(result.status),
+        "x-moat-cost-usd": f"{result.cost_usd:.8f}",
+    }
+    if result.policy_version is not None:
+        headers["x-moat-policy-version"] = str(result.policy_version)
+    decision = _decision(result)
+    if decision is not None:
+        headers["x-moat-decision"] = decision
+    return headers
+
+
+def _usage(tokens: tuple[int, int]) -> dict[str, int]:
+    return {
+        "prompt_tokens": tokens[0],
+        "completion_tokens": tokens[1],
+        "total_tokens": tokens[0] + tokens[1],
+    }
+
+
+def _finish_reason(result: RequestResult) -> str:
+    return "length" if result.status == RequestStatus.PARTIAL else "stop"
+
+
+def completion(
+    result: RequestResult, graph: str, tokens: tuple[int, int], created: int | None = None
+) -> dict[str, Any]:
+    """A `chat.completion` object for an answered request."""
+    return {
+        "id": f"chatcmpl-{result.request_id}",
+        "object": "chat.completion",
+        "created": created if created is not None else int(time.time()),
+        "model": graph,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer_text(result.output)},
+                "finish_reason": _finish_reason(result),
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(tokens),
+        "moat": moat_fields(result, graph),
+    }
+
+
+CHUNK_CHARS = 64
+"""Characters of the answer per streamed chunk."""
+
+
+def stream_chunks(
+    result: RequestResult, graph: str, tokens: tuple[int, int], include_usage: bool
+) -> Iterator[dict[str, Any]]:
+    """The `chat.completion.chunk` objects of a decided answer: the role, the text in
+    pieces, the finish reason (with the `moat` field), then the usage when asked for."""
+    created = int(time.time())
+    base = {
+        "id": f"chatcmpl-{result.request_id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": graph,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {**base, "choices": [choice]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    text = answer_text(result.output)
+    for start in range(0, len(text), CHUNK_CHARS):
+        yield chunk({"content": text[start : start + CHUNK_CHARS]})
+    yield {**chunk({}, _finish_reason(result)), "moat": moat_fields(result, graph)}
+    if include_usage:
+        yield {**base, "choices": [], "usage": _usage(tokens)}

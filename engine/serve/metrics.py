@@ -19,13 +19,13 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 """Upper bounds of the request latency histogram, in seconds."""
 
 _EVENTS: dict[str, str] = {
-    EventType.CACHE_HIT: "moat_cache_hits_total",
+    "CACHE_HIT": "moat_cache_hits_total",  # the cache node's event, by its recorded name
     EventType.SPECULATIVE_RESULT_USED: "moat_speculative_used_total",
     EventType.SPECULATIVE_RESULT_DISCARDED: "moat_speculative_discarded_total",
     EventType.BRANCH_CANCELLED: "moat_speculative_cancelled_total",
     EventType.BUDGET_DEADLINE_EXCEEDED: "moat_budget_exhausted_total",
     EventType.BUDGET_COST_EXCEEDED: "moat_budget_exhausted_total",
-    EventType.VALIDATION_FAILED: "moat_validation_failures_total",
+    "VALIDATION_FAILED": "moat_validation_failures_total",  # the validate node's
 }
 _HELP = {
     "moat_requests_total": "Requests answered, by graph and status.",

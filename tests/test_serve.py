@@ -106,6 +106,8 @@ async def test_the_openai_client_gets_each_shipped_graph_s_answer(
         None if row["policy_version"] is None else str(row["policy_version"])
     )
     assert moat["decision"] == output.get("decision")
+    # the shipped graphs answer on the simulated models, and the answer says so
+    assert moat["simulated"] is True and raw.headers["x-moat-simulated"] == "true"
     assert reply.usage is not None and reply.usage.total_tokens == (
         reply.usage.prompt_tokens + reply.usage.completion_tokens
     )

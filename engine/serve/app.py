@@ -63,7 +63,8 @@ class _Served:
     run_id: str = ""
     seq: int = 0
     tokens: dict[str, list[int]] = field(default_factory=dict)
-    """Tokens so far of each request in flight, summed from its LLM call records."""
+    """Tokens so far of each request in flight, summed from its LLM call records, and how
+    many of its calls the simulated `sim` provider answered."""
 
     done: int = 0
     """Requests of the run recorded so far."""
@@ -76,6 +77,7 @@ class _Served:
             if counts is not None:
                 counts[0] += item.input_tokens
                 counts[1] += item.output_tokens
+                counts[2] += item.provider == "sim"
 
 
 class MoatServer:
@@ -293,7 +295,7 @@ class MoatServer:
         async with self.shaper.admit(tenant):
             result, tokens = await self._run_attended(request, served, chat, tenant)
         _raise_for_status(result)
-        headers = moat_headers(result)
+        headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
             return _sse(result, chat, tokens, headers)
         return JSONResponse(completion(result, chat.model, tokens), headers=headers)
@@ -317,10 +319,10 @@ class MoatServer:
 
     async def _run_attended(
         self, request: Request, served: _Served, chat: ChatRequest, tenant: str
-    ) -> tuple[RequestResult, tuple[int, int]]:
+    ) -> tuple[RequestResult, tuple[int, int, int]]:
         """Run the request while its client is connected: a client that goes away
         cancels the request's work, model calls included (they are recorded `cancelled`)."""
-        outcome: list[tuple[RequestResult, tuple[int, int]] | ApiError] = []
+        outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
             try:
@@ -336,13 +338,13 @@ class MoatServer:
 
     async def _run(
         self, served: _Served, chat: ChatRequest, tenant: str
-    ) -> tuple[RequestResult, tuple[int, int]]:
+    ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
         seq = served.seq
         served.seq += 1
         request_id = f"{served.run_id}-{seq:06d}"
         data = _graph_input(pipe.graph, chat, tenant)
-        counts = served.tokens[request_id] = [0, 0]
+        counts = served.tokens[request_id] = [0, 0, 0]
         recorded = served.commits.expect(request_id)
         try:
             result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
@@ -362,7 +364,7 @@ class MoatServer:
         finally:
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
-        return result, (counts[0], counts[1])
+        return result, (counts[0], counts[1], counts[2])
 
 
 def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:
@@ -490,7 +492,7 @@ def _raise_for_status(result: RequestResult) -> None:
 def _sse(
     result: RequestResult,
     chat: ChatRequest,
-    tokens: tuple[int, int],
+    tokens: tuple[int, int, int],
     headers: dict[str, str],
 ) -> Response:
     """The decided answer as server-sent events in OpenAI's chunk format."""

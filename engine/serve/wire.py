@@ -189,8 +189,9 @@ def _decision(result: RequestResult) -> str | None:
     return None if value is None else str(value)
 
 
-def moat_fields(result: RequestResult, graph: str) -> dict[str, Any]:
-    """The `moat` extension field of a completion."""
+def moat_fields(result: RequestResult, graph: str, simulated: bool) -> dict[str, Any]:
+    """The `moat` extension field of a completion (`simulated`: a model call of the
+    request was answered by the simulated `sim` provider, not a real model)."""
     return {
         "request_id": result.request_id,
         "graph": graph,
@@ -199,12 +200,14 @@ def moat_fields(result: RequestResult, graph: str) -> dict[str, Any]:
         "latency_ms": round(result.latency_ms, 3),
         "policy_version": result.policy_version,
         "decision": _decision(result),
+        "simulated": simulated,
         "output": result.output,
     }
 
 
-def moat_headers(result: RequestResult) -> dict[str, str]:
-    """The `x-moat-*` response headers."""
+def moat_headers(result: RequestResult, *, simulated: bool = False) -> dict[str, str]:
+    """The `x-moat-*` response headers (`x-moat-simulated: true` when the answer comes from
+    the simulated `sim` models)."""
     headers = {
         "x-moat-request-id": result.request_id,
         "x-moat-status": str(result.status),
@@ -215,10 +218,12 @@ def moat_headers(result: RequestResult) -> dict[str, str]:
     decision = _decision(result)
     if decision is not None:
         headers["x-moat-decision"] = decision
+    if simulated:
+        headers["x-moat-simulated"] = "true"
     return headers
 
 
-def _usage(tokens: tuple[int, int]) -> dict[str, int]:
+def _usage(tokens: tuple[int, int, int]) -> dict[str, int]:
     return {
         "prompt_tokens": tokens[0],
         "completion_tokens": tokens[1],
@@ -231,7 +236,7 @@ def _finish_reason(result: RequestResult) -> str:
 
 
 def completion(
-    result: RequestResult, graph: str, tokens: tuple[int, int], created: int | None = None
+    result: RequestResult, graph: str, tokens: tuple[int, int, int], created: int | None = None
 ) -> dict[str, Any]:
     """A `chat.completion` object for an answered request."""
     return {
@@ -248,7 +253,7 @@ def completion(
             }
         ],
         "usage": _usage(tokens),
-        "moat": moat_fields(result, graph),
+        "moat": moat_fields(result, graph, tokens[2] > 0),
     }
 
 
@@ -257,7 +262,7 @@ CHUNK_CHARS = 64
 
 
 def stream_chunks(
-    result: RequestResult, graph: str, tokens: tuple[int, int], include_usage: bool
+    result: RequestResult, graph: str, tokens: tuple[int, int, int], include_usage: bool
 ) -> Iterator[dict[str, Any]]:
     """The `chat.completion.chunk` objects of a decided answer: the role, the text in
     pieces, the finish reason (with the `moat` field), then the usage when asked for."""
@@ -277,6 +282,6 @@ def stream_chunks(
     text = answer_text(result.output)
     for start in range(0, len(text), CHUNK_CHARS):
         yield chunk({"content": text[start : start + CHUNK_CHARS]})
-    yield {**chunk({}, _finish_reason(result)), "moat": moat_fields(result, graph)}
+    yield {**chunk({}, _finish_reason(result)), "moat": moat_fields(result, graph, tokens[2] > 0)}
     if include_usage:
         yield {**base, "choices": [], "usage": _usage(tokens)}

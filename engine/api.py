@@ -6,13 +6,15 @@ async with Pipeline("graphs/governed-answer.yaml", db="moat.db") as pipe:
     summary = await pipe.run_batch(items, concurrency=32)
 ```
 
-The CLI's `moat run` is a thin layer over this class; `run_sync` is the blocking helper for
-scripts.
+`Pipeline` owns a run's lifecycle: it starts (or, for a resume, claims) the run, counts its
+requests, and records how it ended, once its requests are stored. The CLI's `moat run` is a
+thin layer over this class; `run_sync` is the blocking helper for scripts.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import SpecError
+from engine.errors import SpecError, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -44,6 +46,16 @@ class BatchSummary:
     done: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class _OwnedRun:
+    """A run started by `start_batch`, which the `run_batch` answering it finishes."""
+
+    skip: frozenset[int]
+    """The `seq` of the requests the run already has (a resume answers only the others)."""
+    store_failures: int
+    """`Pipeline._store_failures` when the run began: more at the end means `failed`."""
 
 
 class _TapSink:
@@ -123,6 +135,9 @@ class Pipeline:
         self._outstanding = 0
         """Requests answered whose record has not been emitted yet."""
         self._idle: anyio.Event | None = None
+        self._owned: dict[str, _OwnedRun] = {}
+        self._store_failures = 0
+        """Flushes that raised: the writes they covered are lost, so a run spanning one failed."""
 
     async def __aenter__(self) -> Pipeline:
         stack = AsyncExitStack()
@@ -198,6 +213,64 @@ class Pipeline:
         self.use_run(run_id)
         return run_id
 
+    def start_batch(
+        self,
+        total: int | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        resume: str | None = None,
+    ) -> BatchSummary:
+        """Start a run for `run_batch` to answer and finish, or claim the run `resume` to go
+        on with (its stored requests are counted, and not answered again).
+
+        Args:
+            total: how many requests the run has (default for a resume: what it recorded).
+            config: the new run's settings, recorded with it.
+            resume: the id of a run that is no longer running.
+
+        Returns:
+            The run's summary, counting what it already has; pass it to `run_batch(batch=)`.
+
+        Raises:
+            StoreError: `resume` is unknown or still running.
+        """
+        store_failures = self._store_failures
+        if resume is None:
+            summary = BatchSummary(self.start_run(total, config), total or 0)
+            self._owned[summary.run_id] = _OwnedRun(frozenset(), store_failures)
+            return summary
+        if self.store is None:
+            raise StoreError(f"run {resume}: resuming needs a store; pass `db=`")
+        self.store.claim_run(resume)
+        self.use_run(resume)
+        done = frozenset(self.store.finished_request_seqs(resume))
+        if total is None:
+            total = int(self.store.require_run(resume)["requests_total"] or 0)
+        # a resumed run ends by all its requests, the earlier ones included
+        summary = BatchSummary(resume, total, len(done), self.store.status_counts(resume))
+        self._owned[resume] = _OwnedRun(done, store_failures)
+        return summary
+
+    async def finish_run(
+        self, run_id: str, status: str = "finished", *, at: float | None = None
+    ) -> None:
+        """Record how a run ended, once every record so far is stored (`failed` if that
+        fails); `at` is when it ended (default: now). No-op without a store.
+
+        Raises:
+            StoreError: storing the run's last records failed (the run is recorded `failed`).
+        """
+        if self.store is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # the run counts its requests once stored
+                await anyio.to_thread.run_sync(self.flush)
+        except StoreError:
+            status = "failed"
+            raise
+        finally:
+            self.store.finish_run(run_id, status, at=at)
+
     def use_run(self, run_id: str) -> None:
         """Attribute the requests answered from now on (and policy events) to `run_id`."""
         assert self._runner is not None, "use `async with Pipeline(...)`"
@@ -227,15 +300,15 @@ class Pipeline:
             self.use_run(run_id)
         rid = run_id or self.start_run(1)
         result = await self._answer(rid, item if not meta else _with_meta(item, meta), tenant)
-        if run_id is None and self.store is not None:
-            await anyio.to_thread.run_sync(self.flush)  # so the run counts its request
-            self.store.finish_run(rid, "finished")
+        if run_id is None:
+            await self.finish_run(rid)
         return result
 
     async def run_batch(
         self,
         items: Iterable[BatchItem | Mapping[str, Any]],
         *,
+        batch: BatchSummary | None = None,
         run_id: str | None = None,
         total: int | None = None,
         concurrency: int = 16,
@@ -246,33 +319,60 @@ class Pipeline:
         `on_record` as they are recorded. Cancelling the caller stops cleanly: what finished
         is kept.
 
+        A run the batch owns (one it starts, or `batch` from `start_batch`) is finished when
+        the batch ends, exactly once: `finished` as of its last request, `interrupted` if the
+        batch was cancelled or answered fewer than `total` (`summary.interrupted` says so
+        too), `failed` if a store write failed meanwhile.
+
         Args:
             items: `BatchItem`s, or plain request mappings (numbered in order from 0).
-            run_id: record the requests under this run; by default a new run is started
-                (and finished when the batch ends).
+            batch: answer and finish the run `start_batch` returned (a new or resumed one).
+            run_id: record the requests under this run, which the caller finishes; by
+                default (and without `batch`) a new run is started and finished.
             total: how many requests the batch has, if known (default: `len(items)`).
             concurrency: requests in flight at most.
-            skip: `seq` numbers not to answer (already answered, for a resume).
+            skip: `seq` numbers not to answer (already answered).
             on_record: called with each finished request's record.
+
+        Raises:
+            StoreError: storing the batch's records failed (its run is recorded `failed`).
         """
-        if total is None:
-            total = len(items) if isinstance(items, Sized) else 0
-        own_run = run_id is None
-        if run_id is None:
-            run_id = self.start_run(total)
-        else:
+        if batch is None and run_id is None:
+            count = total if total is not None else len(items) if isinstance(items, Sized) else 0
+            batch = self.start_batch(count)
+        if batch is None:
+            assert run_id is not None
             self.use_run(run_id)
-        summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
-        status = "interrupted"
-        try:
+            if total is None:
+                total = len(items) if isinstance(items, Sized) else 0
+            summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
             await self._answer_all(items, summary, concurrency, skip, on_record)
-            status = "finished"
+            return summary
+        owned = self._owned.pop(batch.run_id)
+        await self._answer_owned(items, batch, owned, concurrency, skip, on_record)
+        return batch
+
+    async def _answer_owned(
+        self,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        summary: BatchSummary,
+        owned: _OwnedRun,
+        concurrency: int,
+        skip: frozenset[int],
+        on_record: Callable[[RequestRecord], None] | None,
+    ) -> None:
+        """Answer a batch whose run this pipeline finishes, and finish it (see `run_batch`)."""
+        self.use_run(summary.run_id)
+        ended: float | None = None
+        try:
+            await self._answer_all(items, summary, concurrency, skip | owned.skip, on_record)
+            ended = time.time()  # its last request's record is emitted: the run ends here
         finally:
-            if own_run and self.store is not None:
-                with anyio.CancelScope(shield=True):  # count the requests once stored
-                    await anyio.to_thread.run_sync(self.flush)
-                self.store.finish_run(run_id, status)
-        return summary
+            summary.interrupted = ended is None or summary.done < summary.total
+            status = "interrupted" if summary.interrupted else "finished"
+            if self._store_failures > owned.store_failures:
+                status = "failed"  # some of its records were never stored
+            await self.finish_run(summary.run_id, status, at=ended)
 
     async def _answer_all(
         self,
@@ -398,7 +498,11 @@ class Pipeline:
         """Block until every record so far is committed to the store (no-op without one)."""
         flush = getattr(self._sink, "flush", None)
         if callable(flush):
-            flush()
+            try:
+                flush()
+            except StoreError:
+                self._store_failures += 1
+                raise
 
 
 def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:
@@ -505,9 +609,7 @@ def run_sync(
             async with anyio.create_task_group() as tg:
                 for seq, value in enumerate(inputs):
                     tg.start_soon(one, seq, value)
-            if pipe.store is not None:
-                await anyio.to_thread.run_sync(pipe.flush)
-                pipe.store.finish_run(run_id, "finished")
+            await pipe.finish_run(run_id)
             return [results[i] for i in sorted(results)]
 
     return anyio.run(main)

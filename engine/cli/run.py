@@ -4,6 +4,9 @@ Crash safety: a result line is appended to `--out` only after the request's rows
 committed to the store, each batch of lines in one `write`, so a `kill -9` leaves no torn
 or duplicated line and nothing in `--out` the store does not know. `--resume RUN_ID` then
 re-writes any line the store has but the file lost, and answers only what the store lacks.
+
+The `Pipeline` starts (or claims), counts and finishes the run; this module parses the
+arguments, wires the out file, the progress bar and the terminal UI to it, and prints.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class _Plan:
     out: str | None
     limits: RequestLimits
     run_id: str | None = None
-    skip: frozenset[int] = frozenset()
+    """The run to resume."""
     total: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     started: str | None = None
@@ -261,7 +264,6 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         if config.get("input"):
             _check_readable("the run's --input", config["input"])
         store.delete_orphans(args.resume)
-        done = store.finished_request_seqs(args.resume)
         if out:
             _reconcile_out(store, args.resume, Path(out))
     single = config.get("single")
@@ -275,7 +277,6 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         out,
         _limits(graph, args.max_request_bytes or config.get("max_request_bytes")),
         run_id=args.resume,
-        skip=frozenset(done),
         total=int(run["requests_total"] or 0),
         config=config,
     )
@@ -404,14 +405,6 @@ class _Progress:
         self.stream.flush()
 
 
-@dataclass(slots=True)
-class _Ending:
-    """How the batch ended: when its last request finished, and whether it was cut short."""
-
-    finished_at: float | None = None
-    failed: bool = True
-
-
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
     async with Pipeline(
         plan.graph,
@@ -422,42 +415,28 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         allow_unpriced=getattr(args, "allow_unpriced", False),
         limits=plan.limits,
     ) as pipe:
-        store = pipe.store
-        assert store is not None
         out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
-        if plan.run_id is not None:
-            store.claim_run(plan.run_id)
-            pipe.use_run(plan.run_id)
-        run_id = plan.run_id or pipe.start_run(plan.total, plan.config)
-        plan.started = run_id
+        batch = pipe.start_batch(plan.total, config=plan.config, resume=plan.run_id)
+        plan.started = batch.run_id
         if plan.run_id is None and not args.quiet:
-            print(f"moat: run {run_id} ({pipe.graph.name}, {plan.total} requests)", file=sys.stderr)
+            print(
+                f"moat: run {batch.run_id} ({pipe.graph.name}, {plan.total} requests)",
+                file=sys.stderr,
+            )
         progress = _Progress(plan.total, not args.quiet and not args.tui)
-        progress.done = len(plan.skip)
-        summary = BatchSummary(run_id, plan.total, done=len(plan.skip))
-        if plan.skip:  # a resumed run exits by all its requests, the earlier ones included
-            summary.by_status = store.status_counts(run_id)
-        ending = _Ending()
-
-        def on_record(record: RequestRecord) -> None:
-            out.add(record)
-            progress.add(record)
-            summary.done += 1
-            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
-
+        progress.done = batch.done
         try:
-            await _drive(pipe, plan, run_id, args, out, progress, on_record, summary, ending)
-            if summary.done < plan.total:
-                summary.interrupted = True  # the operator closed the UI before the end
+            await _drive(pipe, batch, _items(plan, pipe), out, progress, args.concurrency, args.tui)
         finally:
             with anyio.CancelScope(shield=True):
-                await _close_run(pipe, run_id, out, progress, summary, ending)
+                await _close(out, progress)
         if not args.quiet:
             await anyio.to_thread.run_sync(pipe.flush)
-            _print_summary(store, run_id)
-        if summary.interrupted:
-            return _stopped(run_id, args, "interrupted; ", 130)
-        return 1 if any(summary.by_status.get(s) for s in FAILED_STATUSES) else 0
+            assert pipe.store is not None
+            _print_summary(pipe.store, batch.run_id)
+        if batch.interrupted:
+            return _stopped(batch.run_id, args, "interrupted; ", 130)
+        return 1 if any(batch.by_status.get(s) for s in FAILED_STATUSES) else 0
 
 
 def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int:
@@ -469,69 +448,59 @@ def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int
     return code
 
 
-async def _close_run(
-    pipe: Pipeline,
-    run_id: str,
-    out: _OutWriter,
-    progress: _Progress,
-    summary: BatchSummary,
-    ending: _Ending,
-) -> None:
-    """Write the last lines and record how the run ended (its `finished_at` is when its
-    last request finished, however long a `--tui` stayed open after)."""
-    assert pipe.store is not None
+async def _close(out: _OutWriter, progress: _Progress) -> None:
+    """Write the last result lines (the pipeline has recorded how the run ended)."""
     await anyio.sleep(0)
     try:
         await out.drain()
-    except StoreError:
-        ending.failed = True  # its last records are not stored
-        raise
     finally:
         out.close()
         progress.draw(final=True)
-        status = "failed" if ending.failed else "finished"
-        pipe.store.update_run_progress(run_id, summary.done)
-        if summary.interrupted:
-            status = "interrupted"
-        pipe.store.finish_run(run_id, status, at=ending.finished_at)
 
 
 async def _drive(
     pipe: Pipeline,
-    plan: _Plan,
-    run_id: str,
-    args: argparse.Namespace,
+    batch: BatchSummary,
+    items: Iterator[BatchItem],
     out: _OutWriter,
     progress: _Progress,
-    on_record: Any,
-    summary: BatchSummary,
-    ending: _Ending,
+    concurrency: int,
+    tui: bool,
 ) -> None:
-    assert pipe.store is not None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(out.loop)
-        tg.start_soon(_tick, progress)
-        tg.start_soon(_on_signal, tg.cancel_scope, summary)
-        if args.tui:
-            tg.start_soon(_tui, pipe, run_id, tg.cancel_scope)
-        await pipe.run_batch(
-            _items(plan, pipe),
-            run_id=run_id,
-            total=plan.total,
-            concurrency=args.concurrency,
-            skip=plan.skip,
-            on_record=on_record,
-        )
-        await pipe.settle()
-        ending.finished_at = time.time()
-        ending.failed = False
-        if not args.tui:
-            tg.cancel_scope.cancel()
-            return
-        # the batch is done: record it as finished, and keep the UI open until it is closed
-        await out.drain()
-        pipe.store.update_run_progress(run_id, summary.done)
-        pipe.store.finish_run(run_id, "finished", at=ending.finished_at)
+    """Answer the batch while the out file, progress bar, signals and UI follow it; a
+    `--tui` stays open after the batch (which is finished then) until it is closed."""
+
+    def on_record(record: RequestRecord) -> None:
+        out.add(record)
+        progress.add(record)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(out.loop)
+            tg.start_soon(_tick, progress)
+            tg.start_soon(_on_signal, tg.cancel_scope)
+            if tui:
+                tg.start_soon(_tui, pipe, batch.run_id, tg.cancel_scope)
+            await pipe.run_batch(items, batch=batch, concurrency=concurrency, on_record=on_record)
+            if not tui:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = _store_error(group)
+        if error is None:
+            raise
+        raise error from group
+
+
+def _store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
+    """The store's error when it alone ended the task group (so `cmd_run` can report it)."""
+    matched, rest = group.split(StoreError)
+    if matched is None or rest is not None:
+        return None
+    error: BaseException = matched
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, StoreError)
+    return error
 
 
 def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:
@@ -551,10 +520,10 @@ async def _tick(progress: _Progress) -> None:
         await anyio.sleep(0.25)
 
 
-async def _on_signal(scope: anyio.CancelScope, summary: BatchSummary) -> None:
+async def _on_signal(scope: anyio.CancelScope) -> None:
+    """Stop the batch on Ctrl-C or SIGTERM: the pipeline records the run `interrupted`."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
-            summary.interrupted = True
             scope.cancel()
             return
 

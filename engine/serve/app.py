@@ -172,13 +172,9 @@ class MoatServer:
     @staticmethod
     async def _finish_run(served: _Served) -> None:
         """Record the server's run as finished once its requests are stored."""
-        pipe = served.pipe
         with anyio.CancelScope(shield=True):
-            await pipe.settle()
-            await anyio.to_thread.run_sync(pipe.flush)
-        if pipe.store is not None:
-            pipe.store.update_run_progress(served.run_id, served.done)
-            pipe.store.finish_run(served.run_id, "finished")
+            await served.pipe.settle()
+        await served.pipe.finish_run(served.run_id)
 
     @property
     def ready(self) -> bool:

@@ -423,6 +423,14 @@ def test_a_tui_left_open_does_not_count_as_the_runs_duration(
         scope.cancel()
 
     monkeypatch.setattr(_cli_run, "_tui", operator_reads_for_a_while)
+    finished: list[str] = []
+    record_end = Store.finish_run
+
+    def finish_run(self: Store, run_id: str, status: str, at: float | None = None) -> None:
+        finished.append(status)
+        record_end(self, run_id, status, at)
+
+    monkeypatch.setattr(Store, "finish_run", finish_run)
     graph = write_graph(tmp_path)
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
@@ -435,6 +443,7 @@ def test_a_tui_left_open_does_not_count_as_the_runs_duration(
         (row,) = store.list_runs()
         last = max(r["finished_at"] for r in store.list_requests(row["id"]))
     assert row["status"] == "finished"
+    assert finished == ["finished"]  # once, when the batch ended, not again when the UI closed
     assert last <= row["finished_at"] < last + 1.0  # generous: it is about 1.5 s otherwise
     assert row["finished_at"] < closed - 1.0
 

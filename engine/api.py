@@ -348,7 +348,12 @@ class Pipeline:
             summary = BatchSummary(run_id=run_id, total=total, done=len(skip))
             await self._answer_all(items, summary, concurrency, skip, on_record)
             return summary
-        owned = self._owned.pop(batch.run_id)
+        owned = self._owned.pop(batch.run_id, None)
+        if owned is None:
+            raise ValueError(
+                f"run_batch(batch=...): run {batch.run_id} was not started by this pipeline's "
+                "`start_batch`, or a batch already answered it; start it again"
+            )
         await self._answer_owned(items, batch, owned, concurrency, skip, on_record)
         return batch
 

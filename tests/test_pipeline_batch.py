@@ -205,3 +205,14 @@ async def test_a_batch_whose_records_could_not_be_stored_is_finished_as_failed(
         run = pipe.store.require_run(batch.run_id)
     assert calls.finished == [(batch.run_id, "failed")]
     assert run["status"] == "failed"
+
+
+async def test_a_batch_not_started_by_the_pipeline_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
+        batch = pipe.start_batch(1)
+        await pipe.run_batch([{"prompt": "a"}], batch=batch)
+        with pytest.raises(ValueError, match=f"run {batch.run_id} was not started by this"):
+            await pipe.run_batch([{"prompt": "b"}], batch=batch)
+    assert batch.done == 1

@@ -41,8 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, Field
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
 from nodes._support.semcache import Lookup, Prepared, SemanticCache
 

@@ -21,8 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 
 __all__ = ["ConvergeNode"]
 

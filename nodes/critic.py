@@ -21,8 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 

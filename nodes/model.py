@@ -15,8 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ModelNode"]

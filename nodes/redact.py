@@ -27,11 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.events import EventType
+from engine import EventType, Node, NodeContext
 from engine.pii import KINDS, PiiKind, Span, detect, normalise_value
 from engine.pii import redact as redact_spans
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
 from nodes._support.offload import off_loop
 
 __all__ = ["PiiVault", "RedactNode"]

@@ -19,8 +19,7 @@ import anyio
 import yaml
 from pydantic import BaseModel, Field
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]

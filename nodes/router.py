@@ -27,9 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.errors import NodeError
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext, NodeError
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._support.features import Features, features
 from nodes._support.lsh import MinHashIndex

@@ -12,8 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import Node, NodeContext
 from nodes._support.calls import ask_json, clamp01, object_schema
 
 __all__ = ["SimulatorNode"]

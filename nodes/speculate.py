@@ -32,9 +32,7 @@ import anyio
 import jsonschema
 from pydantic import BaseModel, Field
 
-from engine.errors import NodeError
-from engine.plugin.context import Completion, NodeContext
-from engine.plugin.node import Node
+from engine import Completion, Node, NodeContext, NodeError
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient

@@ -26,9 +26,7 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
-from engine.errors import BudgetExceeded, CircuitOpen, TransientError
-from engine.plugin.context import NodeContext
-from engine.plugin.node import Node
+from engine import BudgetExceeded, CircuitOpen, Node, NodeContext, TransientError
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]

@@ -32,7 +32,7 @@ from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
-from engine.stats import FAILED_STATUSES
+from engine.stats import FAILED_STATUSES, percentile
 from engine.store.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run", "result_line"]
@@ -392,8 +392,7 @@ class _Progress:
         if not self.enabled:
             return
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
-        lat = sorted(self.latencies)
-        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
+        p95 = percentile(self.latencies, 95) or 0.0
         width = 24
         filled = int(width * self.done / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)

@@ -1,4 +1,4 @@
-"""The store commands: `moat runs`, `moat stats`, `moat report`, plus `moat sim-server`."""
+"""The store commands: `moat runs`, `moat stats` and `moat report`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from engine.cli.run import db_path
-from engine.models.server import port_number
 from engine.store.store import Store
 
 __all__ = ["add_commands"]
@@ -31,13 +30,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--db", metavar="PATH")
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.set_defaults(handler=cmd_report)
-
-    p = sub.add_parser("sim-server", help="the sim models behind an OpenAI-compatible HTTP API")
-    p.add_argument(
-        "--port", type=port_number, default=8008, help="TCP port (0: any free port, printed)"
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.set_defaults(handler=cmd_sim_server)
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -76,12 +68,4 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(json.dumps(report_json(report), indent=2, default=str))
         else:
             print(render_markdown(report))
-    return 0
-
-
-def cmd_sim_server(args: argparse.Namespace) -> int:
-    """Serve the simulated models until interrupted."""
-    from engine.models.server import run_server
-
-    run_server(args.port, host=args.host)
     return 0

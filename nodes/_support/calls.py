@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.plugin.context import Completion, NodeContext
+from engine import Completion, NodeContext
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["JsonReply", "ask_json", "clamp01", "object_schema"]

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import PolicyError, StoreError
-from engine.events import EventType
+from engine.events import EventType, OrchestrationEvent
 from engine.store import policy_tables as _store_policy
 from engine.store.schema import connect
+from engine.store.writer import EVENT_SQL, event_row
 
 if TYPE_CHECKING:
     from engine.store.store import Store
@@ -133,21 +133,21 @@ def _event(
     payload: Mapping[str, Any],
     reason_codes: tuple[str, ...] = (),
 ) -> None:
-    conn.execute(
-        "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
-        "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
-        "inputs_json, outputs_json, payload_json) "
-        "VALUES (?, '', 0, 'policy', 'policy', ?, ?, 'ok', ?, ?, NULL, ?, NULL, NULL, ?)",
-        (
-            run_id,
-            str(event_type),
-            decision,
-            _next_sequence(conn, run_id),
-            time.time(),
-            json.dumps(list(reason_codes)),
-            json.dumps(dict(payload), sort_keys=True, default=str),
-        ),
+    """Record a policy event as any other `OrchestrationEvent`, in the caller's transaction."""
+    event = OrchestrationEvent(
+        run_id=run_id,
+        request_id="",
+        cycle=0,
+        stage="policy",
+        component="policy",
+        event_type=event_type,
+        sequence=_next_sequence(conn, run_id),
+        decision=decision,
+        status="ok",
+        reason_codes=reason_codes,
+        payload=dict(payload),
     )
+    conn.execute(EVENT_SQL, event_row(event))
 
 
 def _activate(

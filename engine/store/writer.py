@@ -38,9 +38,9 @@ from engine.events import (
 )
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
-__all__ = ["StoreWriter", "WriterStats"]
+__all__ = ["EVENT_SQL", "StoreWriter", "WriterStats", "event_row"]
 
-_EVENT_SQL = (
+EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transactions
     "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
     "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
     "inputs_json, outputs_json, payload_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -172,7 +172,7 @@ def _llm_call_row(c: LlmCall) -> tuple[Any, ...]:
     return head + tail
 
 
-def _event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
+def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
     head: tuple[Any, ...] = _event_plain(e)
     status = e.status
     return (
@@ -211,7 +211,7 @@ def _request_row(r: RequestRecord) -> tuple[Any, ...]:
 
 # Order matters: `requests` rows are inserted last within each transaction.
 _TABLES: tuple[tuple[type[Any], str, Callable[[Any], tuple[Any, ...]]], ...] = (
-    (OrchestrationEvent, _EVENT_SQL, _event_row),
+    (OrchestrationEvent, EVENT_SQL, event_row),
     (NodeRun, _NODE_RUN_SQL, _node_run_row),
     (LlmCall, _LLM_CALL_SQL, _llm_call_row),
     (DecisionTrace, _TRACE_SQL, _trace_row),

@@ -595,6 +595,8 @@ async def test_lone_surrogates_from_json_input_become_replacement_characters() -
         sim = await gateway.client("s", _scope()).complete(prompt="x \ud83d\ude00 \ud800")
     assert [m["content"] for m in provider.seen[0].messages] == ["\ufffd", "a \ufffd b"]
     assert sim.text
+
+
 @pytest.mark.anyio
 async def test_redacting_a_long_remote_prompt_leaves_the_event_loop_free() -> None:
     provider = FakeProvider()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -246,3 +247,15 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_resume_finishes_the_batch(tmp_pa
     resumed = moat("run", "--resume", run_id, "--db", "t.db", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(r["request_id"] for r in lines(out)) == [f"{run_id}-{i:06d}" for i in range(40)]
+
+
+def test_the_progress_bar_writes_to_the_stderr_of_the_run_not_of_the_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stream bound when the module was imported may be closed by the time a run starts
+    # (an embedding application or a test harness swapping sys.stderr): `isatty()` then raised.
+    from engine.cli.run import _Progress
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert _Progress(3, enabled=True).stream is stream

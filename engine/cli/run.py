@@ -374,7 +374,9 @@ class _OutWriter:
 class _Progress:
     """A one-line progress bar on stderr (only when stderr is a terminal)."""
 
-    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, enabled: bool, stream: TextIO | None = None) -> None:
+        # sys.stderr as it is now: the one at import time may since have been swapped and closed.
+        stream = sys.stderr if stream is None else stream
         self.total = total
         self.enabled = enabled and stream.isatty()
         self.stream = stream

@@ -25,7 +25,7 @@ from engine.models.gateway import DEFAULT_MAX_TOKENS, CallScope, Emit, Gateway
 from engine.models.prices import PRICES, PRICES_AS_OF, is_priced, table_price
 from engine.models.sim import SIM_PROFILES, SimProfile, SimProvider, sim_profile
 
-# Plain `sorted()` order, as tests/test_public_api.py checks for every package.
+# Plain `sorted()` order, as tests/engine/test_public_api.py checks for every package.
 __all__ = [  # noqa: RUF022
     "BreakerState",
     "CallScope",

@@ -1,0 +1,144 @@
+"""The end-to-end benchmark: a small run of `python -m bench` gives every figure, finite."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(module: str) -> ModuleType:
+    """Import a `bench` module (bench/ is not an installed package)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(module)
+
+
+KEYS = (
+    "cost_per_case",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "quality",
+    "validation_success",
+    "cache_hit_rate",
+    "llm_calls_per_case",
+)
+
+
+def test_bench_json_has_finite_figures_for_each_config() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--n", "60", "--configs", "baseline,flagship", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    results = json.loads(proc.stdout)
+    assert list(results) == ["baseline", "flagship"]
+    for figures in results.values():
+        for key in KEYS:
+            assert isinstance(figures[key], int | float), key
+            assert math.isfinite(figures[key]), key
+        assert figures["requests"] == 60
+        assert 0 <= figures["quality"] <= 100
+
+
+def test_workload_is_seeded_and_labelled() -> None:
+    workload = _bench("bench.workload")
+    first = workload.generate(300, seed=3)
+    assert first == workload.generate(300, seed=3)
+    assert first != workload.generate(300, seed=4)
+    for request in first:
+        labels = request["_labels"]
+        assert set(labels) >= {"kind", "harmful", "difficulty", "category", "answer", "pii"}
+        assert 0 <= labels["difficulty"] <= 1
+        assert labels["answer"].startswith("ANS-")
+    returning = [r for r in first if "repeat_of" in r["_labels"]]
+    assert 0.15 < len(returning) / len(first) < 0.35
+    for r in returning:
+        original = first[r["_labels"]["repeat_of"]]
+        assert r["_labels"]["answer"] == original["_labels"]["answer"]
+
+
+def test_results_section_replaces_only_its_markers(tmp_path: Path) -> None:
+    report = _bench("bench._report")
+    BEGIN, END = report.BEGIN, report.END
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"# Results\n\nother\n\n{BEGIN}\nold\n{END}\n\ntail\n")
+    report.write_section(path, "new table")
+    text = path.read_text()
+    assert "old" not in text and "new table" in text
+    assert text.startswith("# Results\n\nother\n") and text.endswith("\ntail\n")
+    fresh = tmp_path / "fresh.md"
+    report.write_section(fresh, "body")
+    assert BEGIN in fresh.read_text() and END in fresh.read_text()
+
+
+def test_png_writer_emits_a_valid_header(tmp_path: Path) -> None:
+    png = _bench("bench._png")
+    canvas = png.Canvas(20, 10)
+    canvas.text(1, 1, "OK")
+    png.write_png(canvas, tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+
+
+@pytest.mark.slow
+def test_bench_all_configs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--n", "300", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    results = json.loads(proc.stdout)
+    assert "oracle-router" in results and "flagship-eager-join" in results
+
+
+def test_the_overhead_benchmark_prints_every_figure() -> None:
+    # A tiny run: it checks that the benchmark works and says what it measures, not speed.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/overhead.py",
+            "--requests",
+            "200",
+            "--rounds",
+            "2",
+            "--sleep-requests",
+            "2",
+            "--in-flight",
+            "50",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    for key in (
+        "moat_us_per_request",
+        "handwritten_us_per_request",
+        "overhead_ratio",
+        "moat_rps_100_concurrent",
+        "moat_sleep_ms_mean",
+        "memory_mib_50_in_flight_records_dropped",
+        "memory_mib_50_in_flight_records_kept",
+        "handwritten_memory_mib_50_in_flight",
+    ):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["backend"] == "asyncio"

@@ -1,0 +1,167 @@
+"""`moat policy` applies, shows, diffs, rolls back and lists history, refusing bad files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from engine.cli import main
+from engine.store.store import Store
+
+V1 = """\
+name: triage
+router:
+  threshold: 0.4
+risk:
+  refuse_above: 0.8
+"""
+V2 = V1.replace("0.4", "0.5") + "cache:\n  ttl_s: 60\n"
+
+GRAPH = """\
+moat: 1
+name: triage
+plugins: [tests.support.graph_nodes]
+models:
+  small: {provider: sim, profile: small}
+policy: ../policies/triage.yaml
+nodes:
+  check:
+    type: review
+    with:
+      threshold: "{{ policy.router.threshold }}"
+output:
+  a: check.action
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # `main` binds structlog to the current (captured) stderr, closed after the test
+    yield
+    structlog.reset_defaults()
+
+
+def moat(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["policy", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def files(tmp_path: Path) -> tuple[Path, Path, str]:
+    (tmp_path / "policies").mkdir()
+    v1 = tmp_path / "policies" / "triage.yaml"
+    v1.write_text(V1)
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(V2)
+    return v1, v2, str(tmp_path / "moat.db")
+
+
+def test_apply_show_diff_rollback_and_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, db = files(tmp_path)
+    assert moat(capsys, "apply", str(v1), "--db", db)[:2] == (
+        0,
+        "policy 'triage': version 1 stored and active\n",
+    )
+    code, out, _ = moat(capsys, "apply", str(v2), "--allow-new-keys", "--db", db)
+    assert (code, out) == (0, "policy 'triage': version 2 stored and active (was 1)\n")
+
+    code, out, _ = moat(capsys, "list", "--db", db)
+    assert code == 0
+    assert out.splitlines()[1].split() == ["triage", "2", "2", "2", "-"]
+
+    code, out, _ = moat(capsys, "show", "--db", db)
+    assert code == 0
+    assert out.startswith("# policy triage version 2 (active)\n# parent: 1")
+    assert "router:\n  threshold: 0.5\n" in out
+    code, out, _ = moat(capsys, "show", "triage", "--version", "1", "--db", db)
+    assert "# policy triage version 1 (superseded)" in out
+
+    code, out, _ = moat(capsys, "diff", "triage@1", "triage@2", "--db", db)
+    assert (code, out) == (
+        0,
+        "--- triage@1\n+++ triage@2\n+ cache.ttl_s: 60\n~ router.threshold: 0.4 -> 0.5\n",
+    )
+
+    code, out, _ = moat(capsys, "rollback", "--db", db)
+    assert (code, out) == (0, "policy 'triage': version 1 active again (version 2 rolled back)\n")
+    code, out, _ = moat(capsys, "rollback", "triage", "--to", "2", "--db", db)
+    assert code == 0
+
+    code, out, _ = moat(capsys, "history", "triage", "--db", db)
+    rows = [line.split(maxsplit=4)[3:] for line in out.splitlines()[1:]]
+    assert rows == [
+        ["1", "superseded  apply"],
+        ["2", "active      apply"],
+        ["1", "superseded  rollback from v2"],
+        ["2", "active      rollback from v1"],
+    ]
+
+
+def test_a_refused_apply_exits_2_with_a_located_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, db = files(tmp_path)
+    moat(capsys, "apply", str(v1), "--db", db)
+    code, out, err = moat(capsys, "apply", str(v2), "--db", db)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"moat: {v2}:6:1: new key 'cache' is not in version 1; if it is meant, apply with "
+        "--allow-new-keys\n"
+    )
+    with Store.open(db) as store:
+        assert store.active_policy("triage")["version"] == 1
+
+
+def test_apply_checks_the_graphs_that_use_the_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1, _, db = files(tmp_path)
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "triage.yaml").write_text(GRAPH)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = moat(capsys, "apply", str(v1), "--db", db)
+    assert (code, out) == (
+        0,
+        "policy 'triage': version 1 stored and active (checked against triage)\n",
+    )
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(V1.replace("0.4", "4"))
+    code, _, err = moat(capsys, "apply", str(wide), "--db", db)
+    assert code == 2
+    assert err.startswith(
+        f"moat: {wide}:3:14: policy.router.threshold = 4 does not fit graph 'triage' node "
+        "'check' (review) field 'threshold': Input should be less than or equal to 1"
+    )
+    code, _, err = moat(capsys, "apply", str(wide), "--graph", "graphs/triage.yaml", "--db", db)
+    assert code == 2 and "does not fit graph 'triage'" in err
+
+
+def test_diff_compares_files_and_stored_versions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, db = files(tmp_path)
+    code, out, _ = moat(capsys, "diff", str(v1), str(v2))
+    assert code == 0
+    assert out.splitlines()[2:] == ["+ cache.ttl_s: 60", "~ router.threshold: 0.4 -> 0.5"]
+    moat(capsys, "apply", str(v2), "--db", db)
+    code, out, _ = moat(capsys, "diff", "triage", str(v1), "--db", db)
+    assert out.splitlines()[2:] == ["- cache.ttl_s: 60", "~ router.threshold: 0.5 -> 0.4"]
+
+
+def test_unknown_names_and_versions_list_the_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1, _, db = files(tmp_path)
+    monkeypatch.setenv("MOAT_DB", db)
+    moat(capsys, "apply", str(v1))
+    code, _, err = moat(capsys, "show", "triage", "--version", "9")
+    assert (code, err) == (2, "moat: policy 'triage' has no version 9; stored versions: 1\n")
+    code, _, err = moat(capsys, "history", "billing")
+    assert code == 2 and "no policy named 'billing'" in err and "(policies: triage)" in err
+    code, _, err = moat(capsys, "rollback", "--to", "3")
+    assert (code, err) == (2, "moat: policy 'triage' has no version 3; stored versions: 1\n")

@@ -1,0 +1,270 @@
+"""`moat serve` on the command line: arguments checked before anything listens (exit 2),
+and a real server on loopback answering the official sync client, then draining on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+from engine.cli import main
+from engine.serve import hash_key
+from engine.store.store import Store
+from tests.support.fast_graphs import fast_copy
+
+
+def keys_file(dest: Path, **tenants: str) -> Path:
+    path = dest / "keys.txt"
+    lines = ["# tenant  sha256 of the key"]
+    lines += [f"{tenant} sha256:{hash_key(key)}" for tenant, key in tenants.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_non_loopback_address_without_keys_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    code = main(["serve", str(graph), "--host", "0.0.0.0", "--db", str(tmp_path / "m.db")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "--keys FILE" in err
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_a_keys_file_with_a_key_in_clear_is_refused_naming_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# keys\nacme sk-live-123\n")
+    assert main(["serve", str(graph), "--keys", str(keys)]) == 2
+    err = capsys.readouterr().err
+    assert f"{keys}:2:" in err and "sha256sum" in err
+
+
+def test_a_model_no_graph_has_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph), "--model", "huge=sim:large", "--port", "0"]) == 2
+    assert "no served graph has a model 'huge'" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", str(graph), "--port", str(port)]) == 2
+    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+
+
+def test_without_the_serve_extra_it_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("engine.serve")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m.split(".")[0] == "starlette"] + ["starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph)]) == 2
+    assert "pip install 'moat[serve]'" in capsys.readouterr().err
+
+
+def test_a_real_server_answers_the_sync_client_and_drains_on_sigterm(tmp_path: Path) -> None:
+    graphs = [str(fast_copy(name, tmp_path, time_scale=0)) for name in ("baseline", "extract")]
+    db = tmp_path / "moat.db"
+    keys = keys_file(tmp_path, acme="sk-acme", globex="sk-globex")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            *graphs,
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--keys",
+            str(keys),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:"), (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            with openai.OpenAI(base_url=base_url, api_key="sk-acme", max_retries=0) as oai:
+                assert [m.id for m in oai.models.list().data] == ["baseline", "extract"]
+                reply = oai.chat.completions.create(
+                    model="baseline", messages=[{"role": "user", "content": "What is a Roth IRA?"}]
+                )
+                chunks = list(
+                    oai.chat.completions.create(
+                        model="extract",
+                        messages=[{"role": "user", "content": "Order 4471 arrived broken. - Ana"}],
+                        stream=True,
+                    )
+                )
+            with (
+                openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad,
+                pytest.raises(openai.AuthenticationError),
+            ):
+                bad.models.list()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert reply.choices[0].message.content
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    with Store.open(db, readonly=True) as store:
+        runs = store.query(
+            "SELECT graph_name, status, requests_done, requests_total FROM runs ORDER BY graph_name"
+        )
+        requests = store.query("SELECT tenant, status FROM requests")
+    assert [tuple(r.values()) for r in runs] == [  # a server's total is open-ended
+        ("baseline", "finished", 1, None),
+        ("extract", "finished", 1, None),
+    ]
+    assert [(r["tenant"], r["status"]) for r in requests] == [("acme", "ok")] * 2
+
+
+def test_keys_from_the_environment_are_hashed_and_a_bad_entry_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.serve import keys_from_env
+
+    ring = keys_from_env("acme=sk-1, globex=sk-2")
+    assert ring.keys == {hash_key("sk-1"): "acme", hash_key("sk-2"): "globex"}
+    monkeypatch.setenv("MOAT_API_KEYS", "acme=sk-secret-1,sk-secret-2")
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    assert main(["serve", str(graph), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "$MOAT_API_KEYS: entry 2 is not TENANT=KEY" in err and "sk-secret" not in err
+
+
+def test_a_store_that_cannot_be_opened_is_refused_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "missing" / "moat.db"
+    assert main(["serve", str(graph), "--port", "0", "--db", str(db)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # the address is printed only once the graphs are open
+    assert f"moat: {db}: cannot open the store" in err and "Traceback" not in err
+
+
+def test_sigterm_lets_a_request_in_flight_finish_before_the_server_exits(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    import httpx2
+
+    from tests.engine.serve.test_serve import echo_graph
+
+    graph = echo_graph(tmp_path, scale=2.0)  # over half a second of simulated model time
+    db = tmp_path / "moat.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            replies: list[openai.types.chat.ChatCompletion] = []
+
+            def ask() -> None:
+                with openai.OpenAI(base_url=base_url, api_key="x", max_retries=0) as oai:
+                    replies.append(
+                        oai.chat.completions.create(
+                            model="echo", messages=[{"role": "user", "content": "hi"}]
+                        )
+                    )
+
+            asker = threading.Thread(target=ask)
+            asker.start()
+            with httpx2.Client() as web:
+                while "moat_requests_in_flight 1" not in web.get(f"{base_url[:-3]}/metrics").text:
+                    time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            asker.join(timeout=30)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert replies[0].choices[0].message.content == "hi | turns: 0 | public"
+    with Store.open(db, readonly=True) as store:
+        (run,) = store.query("SELECT status, requests_done FROM runs")
+    assert (run["status"], run["requests_done"]) == ("finished", 1)
+
+
+def test_after_a_kill_9_under_load_every_answered_request_is_in_the_store(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    import httpx2
+
+    graph = fast_copy("cascade", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            answered: list[str] = []
+            enough = threading.Event()
+
+            def load(worker: int) -> None:
+                with httpx2.Client(base_url=base_url, timeout=30) as web:
+                    for n in range(10_000):
+                        body = {
+                            "model": "cascade",
+                            "messages": [{"role": "user", "content": f"question {worker}-{n}"}],
+                        }
+                        try:
+                            response = web.post("/chat/completions", json=body)
+                        except httpx2.HTTPError:
+                            return  # the server is gone
+                        if response.status_code == 200:
+                            answered.append(response.headers["x-moat-request-id"])
+                        if len(answered) >= 120:
+                            enough.set()
+
+            workers = [threading.Thread(target=load, args=(w,)) for w in range(8)]
+            for worker in workers:
+                worker.start()
+            assert enough.wait(timeout=60)
+            proc.kill()  # SIGKILL: no shutdown, no flush
+            proc.wait(timeout=30)
+            for worker in workers:
+                worker.join(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    with Store.open(db, readonly=True) as store:
+        stored = {r["id"] for r in store.query("SELECT id FROM requests WHERE status = 'ok'")}
+        with_calls = {r["request_id"] for r in store.query("SELECT request_id FROM llm_calls")}
+    assert len(answered) >= 120
+    assert set(answered) <= stored  # zero answered-but-unrecorded requests
+    assert set(answered) <= with_calls

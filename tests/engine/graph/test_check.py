@@ -1,0 +1,595 @@
+"""The checker finds every mistake before anything runs, located and with a fix."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import SpecError
+from engine.graph.loader import check_text
+from tests.support.graph_nodes import registry
+
+DATA = Path(__file__).parents[2] / "data"
+HEADER = """\
+moat: 1
+name: t
+models:
+  small: {provider: sim, profile: small}
+policy: policy.yaml
+"""
+# Node definitions start at line 7 ("nodes:" is line 6).
+
+
+def check(body: str, header: str = HEADER) -> list[str]:
+    text = header + textwrap.dedent(body)
+    report = check_text(text, "case.yaml", registry=registry(), base_dir=DATA)
+    return [str(e) for e in report.errors]
+
+
+BROKEN = [
+    (
+        "unknown type",
+        """\
+nodes:
+  check:
+    type: reveiw
+output:
+  a: check.action
+""",
+        r"^case\.yaml:8:11: node 'check': unknown node type 'reveiw' \(did you mean 'review'\?\)"
+        r"\. Registered types: count, echo, loop, review",
+    ),
+    (
+        "unknown node in output",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: chek.action
+""",
+        r"^case\.yaml:9:6: unknown name 'chek' \(did you mean 'check'\?\)",
+    ),
+    (
+        "unknown output field",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.actoin
+""",
+        r"^case\.yaml:9:6: 'check\.actoin' is not an output of node 'check' \(review\) "
+        r"\(did you mean 'action'\?\)\. Outputs: action, hard, rationale, score, violations",
+    ),
+    (
+        "unknown policy key",
+        """\
+nodes:
+  check:
+    type: review
+    when: policy.router.treshold > 0.1
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:11: node 'check': 'policy\.router\.treshold' is not in the policy "
+        r"policy\.yaml \(did you mean 'threshold'\?\)",
+    ),
+    (
+        "cycle between nodes",
+        """\
+nodes:
+  a: {type: echo, with: {text: "{{ b.text }}"}}
+  b: {type: echo, with: {text: "{{ a.text }}"}}
+output:
+  x: a.text
+""",
+        r"^case\.yaml:7:3: node 'a': dependency cycle: a -> b -> a",
+    ),
+    (
+        "node guarding on itself",
+        """\
+nodes:
+  a:
+    type: review
+    when: a.score > 0.5
+output:
+  x: a.action
+""",
+        r"^case\.yaml:7:3: node 'a': dependency cycle: a -> a",
+    ),
+    (
+        "loop without max_cycles",
+        """\
+nodes:
+  deliberate:
+    type: loop
+    nodes:
+      c: {type: review}
+    output: {action: c.action}
+output:
+  x: deliberate.action
+""",
+        r"^case\.yaml:7:3: node 'deliberate': missing required key 'max_cycles'",
+    ),
+    (
+        "invalid node id",
+        """\
+nodes:
+  Check: {type: review}
+output:
+  a: Check.action
+""",
+        r"^case\.yaml:7:3: node 'Check': invalid node id 'Check'.*e\.g\. 'check'",
+    ),
+    (
+        "unknown top-level key",
+        """\
+nodes:
+  check: {type: review}
+ouput:
+  a: check.action
+""",
+        r"^case\.yaml:8:1: unknown key 'ouput' at the top level \(did you mean 'output'\?\)",
+    ),
+    (
+        "config out of range",
+        """\
+nodes:
+  check:
+    type: review
+    with: {threshold: 2}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:23: node 'check': with\.threshold: Input should be less than or equal "
+        r"to 1, got a number \(2\) \(type 'review'; see `moat nodes review`\)",
+    ),
+    (
+        "unknown config key",
+        """\
+nodes:
+  check:
+    type: review
+    with: {treshold: 0.3}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:12: node 'check': unknown config key 'treshold' for type 'review' "
+        r"\(did you mean 'threshold'\?\)",
+    ),
+    (
+        "missing config key",
+        """\
+nodes:
+  n: {type: count}
+output:
+  a: n.n
+""",
+        r"^case\.yaml:7:6: node 'n': with\.n: Field required",
+    ),
+    (
+        "unknown model",
+        """\
+nodes:
+  check:
+    type: review
+    with: {model: large}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:19: node 'check': model 'large' is not defined under `models:`\. "
+        r"Defined: small",
+    ),
+    (
+        "unknown model by default",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"node 'check': model 'small' \(the default of `model`\) is not defined",
+    ),
+    (
+        "unimportable plugin",
+        """\
+plugins: [no_such_module_xyz]
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:6:11: plugin module 'no_such_module_xyz' could not be imported",
+    ),
+    (
+        "plugin node with a config that is not fully defined",
+        """\
+plugins: [tests.support.broken_nodes]
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:6:11: tests\.support\.broken_nodes\.Unfinished\.Config "
+        r"is not fully defined \(name "
+        r"'Settings' is not defined\); define or import what it names before the node class",
+    ),
+    (
+        "duplicate node id",
+        """\
+nodes:
+  check: {type: review}
+  check: {type: echo}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:8:3: duplicate key 'check' \(first defined at line 7\)",
+    ),
+    (
+        "unset environment variable",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"environment variable MOAT_TEST_UNSET_VAR is not set; set it or write "
+        r"\$\{MOAT_TEST_UNSET_VAR:-default\}",
+    ),
+    (
+        "expression syntax error",
+        """\
+nodes:
+  check:
+    type: review
+    when: "check2.score >"
+  check2: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:\d+: node 'check': in expression 'check2\.score >'",
+    ),
+    (
+        "call outside the whitelist",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: open('x')
+""",
+        r"^case\.yaml:9:\d+: in expression \"open\('x'\)\"",
+    ),
+    (
+        "dunder attribute",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.__class__
+""",
+        r"^case\.yaml:9:\d+: in expression 'check\.__class__'",
+    ),
+    (
+        "lambda",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: "(lambda: 1)()"
+""",
+        r"^case\.yaml:9:\d+: in expression '\(lambda: 1\)\(\)'",
+    ),
+    (
+        "unknown request field",
+        """\
+nodes:
+  check:
+    type: review
+    when: request.tenatn == 'a'
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:11: node 'check': 'request\.tenatn' is not a request field "
+        r"\(did you mean 'tenant'\?\)",
+    ),
+    (
+        "prev outside a loop",
+        """\
+nodes:
+  check:
+    type: review
+    when: prev.check.hard
+output:
+  a: check.action
+""",
+        r"^case\.yaml:9:11: node 'check': `prev` is only defined inside a loop body",
+    ),
+    (
+        "prev of an unknown body node",
+        """\
+nodes:
+  deliberate:
+    type: loop
+    max_cycles: 3
+    until: prev.critc.hard
+    nodes:
+      critic: {type: review}
+    output: {action: critic.action}
+output:
+  x: deliberate.action
+""",
+        r"^case\.yaml:10:12: node 'deliberate': 'prev\.critc': 'critc' is not a node of this "
+        r"loop body \(did you mean 'critic'\?\)",
+    ),
+    (
+        "cycle outside a loop",
+        """\
+nodes:
+  check: {type: review, when: cycle > 1}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:7:31: node 'check': unknown name 'cycle'",
+    ),
+    (
+        "wrong format version",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:1:7: moat: Input should be 1",
+    ),
+    (
+        "nodes is a list",
+        """\
+nodes: [a, b]
+output:
+  a: a.text
+""",
+        r"^case\.yaml:6:8: nodes: Input should be a mapping, got a list \(\['a', 'b'\]\)",
+    ),
+    (
+        "reserved node id",
+        """\
+nodes:
+  input: {type: echo}
+output:
+  a: input.text
+""",
+        r"^case\.yaml:7:3: node 'input': node id 'input' is a reserved name",
+    ),
+    (
+        "missing policy file",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:5:9: policy file 'nope\.yaml' not found",
+    ),
+    (
+        "bad template in with",
+        """\
+nodes:
+  a: {type: echo, with: {text: "hello {{ b. }}"}}
+  b: {type: echo}
+output:
+  x: a.text
+""",
+        r"^case\.yaml:7:\d+: node 'a': in 'hello \{\{ b\. \}\}'",
+    ),
+    (
+        "unknown loop output",
+        """\
+nodes:
+  deliberate:
+    type: loop
+    max_cycles: 2
+    nodes:
+      critic: {type: review}
+    output: {action: critic.action}
+output:
+  x: deliberate.verdict
+""",
+        r"^case\.yaml:14:6: 'deliberate\.verdict' is not an output of node 'deliberate' \(loop\)"
+        r"\. Outputs: action",
+    ),
+    (
+        "negative timeout",
+        """\
+nodes:
+  check: {type: review, timeout_ms: -5}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:7:37: node 'check': nodes\.check\.timeout_ms: Input should be greater than 0",
+    ),
+    (
+        "missing type",
+        """\
+nodes:
+  check: {with: {text: hi}}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:7:3: node 'check': missing required key 'type'",
+    ),
+    (
+        "speculative expression with unknown name",
+        """\
+nodes:
+  check: {type: review, speculative: "risky and policy.router.threshold > 0"}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:7:\d+: node 'check': unknown name 'risky'",
+    ),
+]
+
+HEADERS = {
+    "unknown model by default": HEADER.replace("small: {provider", "large: {provider"),
+    "unset environment variable": HEADER.replace(
+        "profile: small}", 'profile: small, base_url: "${MOAT_TEST_UNSET_VAR}"}'
+    ),
+    "wrong format version": HEADER.replace("moat: 1", "moat: 2"),
+    "missing policy file": HEADER.replace("policy.yaml", "nope.yaml"),
+}
+
+
+def test_the_corpus_has_at_least_25_distinct_mistakes() -> None:
+    assert len({name for name, _, _ in BROKEN}) >= 25
+
+
+@pytest.mark.parametrize(("name", "body", "expected"), BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_graph_is_refused_with_a_located_message(
+    name: str, body: str, expected: str
+) -> None:
+    errors = check(body, HEADERS.get(name, HEADER))
+    assert errors, f"{name}: no error reported"
+    assert any(re.search(expected, e) for e in errors), "\n".join(errors)
+
+
+def test_a_valid_graph_has_no_errors() -> None:
+    errors = check("""\
+nodes:
+  check: {type: review, with: {threshold: "{{ policy.router.threshold }}"}}
+  note: {type: echo, with: {text: "score {{ check.score }}"}, when: check.action != 'refuse'}
+output:
+  action: check.action
+  note: note.text if note else none
+""")
+    assert errors == []
+
+
+def test_a_graph_without_nodes_is_valid_and_answers_constants() -> None:
+    assert (
+        check("""\
+nodes: {}
+output:
+  greeting: "'hello'"
+""")
+        == []
+    )
+
+
+def test_all_errors_of_a_file_are_reported_together() -> None:
+    errors = check("""\
+nodes:
+  a: {type: reveiw}
+  b: {type: echo, with: {txt: hi}}
+output:
+  x: c.text
+""")
+    assert len(errors) == 3
+
+
+def test_undemanded_node_is_a_warning_not_an_error() -> None:
+    report = check_text(
+        HEADER
+        + textwrap.dedent("""\
+        nodes:
+          used: {type: echo}
+          idle: {type: echo}
+        output:
+          x: used.text
+        """),
+        "case.yaml",
+        registry=registry(),
+        base_dir=DATA,
+    )
+    assert report.ok
+    assert len(report.warnings) == 1
+    assert re.match(r"case\.yaml:8:3: node 'idle': nothing demands this node", report.warnings[0])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes_never_escape_as_anything_but_a_located_error(data: bytes) -> None:
+    report = check_text(data, "fuzz.yaml", registry=registry(), base_dir=DATA)
+    for error in report.errors:
+        assert isinstance(error, SpecError)
+        assert str(error).startswith("fuzz.yaml")
+
+
+_yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+)
+_yaml_values = st.recursive(
+    _yaml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "moat",
+                    "name",
+                    "nodes",
+                    "output",
+                    "type",
+                    "with",
+                    "when",
+                    "a",
+                    "b",
+                    "loop",
+                    "max_cycles",
+                    "policy",
+                    "models",
+                    "budget",
+                    "input",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_yaml_values)
+def test_random_yaml_never_escapes_as_anything_but_a_located_error(value: object) -> None:
+    import yaml
+
+    text = yaml.safe_dump(value)
+    report = check_text(text, "fuzz.yaml", registry=registry(), base_dir=DATA)
+    for error in report.errors:
+        assert isinstance(error, SpecError)
+        assert str(error).startswith("fuzz.yaml")
+
+
+def test_moat_check_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("moat: 1\nname: x\nnodes:\n  a: {type: nosuchtype}\noutput: {x: a.text}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "check", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"bad\.yaml:4:13: node 'a': unknown node type 'nosuchtype'", proc.stderr)
+
+
+def test_a_node_class_without_an_output_model_is_refused_when_registered() -> None:
+    from pydantic import BaseModel
+
+    from engine import Node, PluginError
+    from engine.plugin.registry import Registry
+
+    class NoOutput(Node):
+        type_name = "no_output"
+
+        class Config(BaseModel):
+            pass
+
+    with pytest.raises(PluginError, match=r"NoOutput needs a nested pydantic model `Output`"):
+        Registry([NoOutput])

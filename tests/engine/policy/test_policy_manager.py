@@ -1,0 +1,283 @@
+"""The policy manager pins the active version, follows other processes and guards regressions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from engine import EventType, PolicyError, RequestStatus, SpecError
+from engine.events import PolicyPin, RequestRecord
+from engine.graph.loader import load_graph
+from engine.policy.manager import PolicyManager, apply_policy, changed_keys
+from engine.store.store import Store
+from tests.support.graph_nodes import registry
+
+BODY: dict[str, Any] = {"name": "triage", "router": {"threshold": 0.4}, "cache": {"ttl_s": 60}}
+GUARDED: dict[str, Any] = {**BODY, "guard": {"window": 10, "max_cost_ratio": 1.3}}
+
+
+def manager(tmp_path: Path, **options: Any) -> PolicyManager:
+    store = Store.open(tmp_path / "moat.db")
+    m = PolicyManager(store, name="triage", default_body=BODY, **options)
+    m.ensure_registered()
+    return m
+
+
+def events(store: Store, event_type: EventType) -> list[dict[str, Any]]:
+    return store.query(
+        "SELECT * FROM orchestration_events WHERE event_type = ? ORDER BY id", (str(event_type),)
+    )
+
+
+def feed(m: PolicyManager, version: int, cost: float, n: int = 10, ok: bool | None = None) -> None:
+    for i in range(n):
+        m.observe(100.0 + i, cost, ok, policy_version=version)
+
+
+async def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
+    with anyio.fail_after(timeout_s):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+def test_the_default_body_becomes_version_1_once(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    assert m.current() == PolicyPin("triage", 1, BODY)
+    assert m.store is not None
+    again = PolicyManager(m.store, name="triage", default_body={"other": 1})
+    assert again.ensure_registered() == PolicyPin("triage", 1, BODY)
+    assert [r["reason"] for r in m.store.policy_history("triage")] == ["initial"]
+    [event] = events(m.store, EventType.POLICY_ACTIVATED)
+    assert (event["stage"], event["component"], event["request_id"]) == ("policy", "policy", "")
+    assert event["payload"]["version"] == 1
+
+
+def test_without_a_store_the_default_body_is_pinned_unversioned() -> None:
+    m = PolicyManager(None, name="triage", default_body=BODY)
+    assert m.ensure_registered() == PolicyPin("triage", None, BODY)
+    assert m.current() is m.current()
+    with pytest.raises(PolicyError, match="policy versions need a store"):
+        m.rollback()
+
+
+def test_apply_switches_new_requests_and_keeps_pinned_ones(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    pinned = m.current()
+    applied = m.apply({**BODY, "router": {"threshold": 0.5}})
+    assert (applied.outcome, m.current().version) == ("created", 2)
+    assert pinned.version == 1 and pinned.body["router"] == {"threshold": 0.4}
+    assert m.current().body["router"] == {"threshold": 0.5}
+
+
+@pytest.mark.anyio
+async def test_watch_follows_a_version_activated_by_another_process(tmp_path: Path) -> None:
+    m = manager(tmp_path, poll_interval_s=0.05)
+    seen: list[tuple[int | None, int | None, set[str]]] = []
+    m.on_change.append(
+        lambda old, new: seen.append((old.version, new.version, changed_keys(old.body, new.body)))
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(m.watch)
+        with Store.open(tmp_path / "moat.db") as other:
+            apply_policy(other, {**BODY, "router": {"threshold": 0.6}})
+        started = time.monotonic()
+        await wait_for(lambda: m.current().version == 2)
+        assert time.monotonic() - started < 2.0
+        tg.cancel_scope.cancel()
+    assert m.current().body["router"] == {"threshold": 0.6}
+    assert seen == [(1, 2, {"router.threshold"})]
+
+
+@pytest.mark.anyio
+async def test_watch_survives_a_failing_on_change_hook(tmp_path: Path) -> None:
+    m = manager(tmp_path, poll_interval_s=0.02)
+
+    def broken(old: PolicyPin, new: PolicyPin) -> None:
+        raise RuntimeError("cache exploded")
+
+    m.on_change.append(broken)
+    async with anyio.create_task_group() as tg:
+        await tg.start(m.watch)
+        with Store.open(tmp_path / "moat.db") as other:
+            apply_policy(other, {**BODY, "cache": {"ttl_s": 30}})
+        await wait_for(lambda: m.current().version == 2)
+        tg.cancel_scope.cancel()
+
+
+def test_rollback_reactivates_the_previous_version(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.apply({**BODY, "router": {"threshold": 0.5}})
+    m.apply({**BODY, "router": {"threshold": 0.6}})
+    assert m.rollback().version == 2
+    assert m.store is not None
+    assert m.store.get_policy("triage", 3)["status"] == "superseded"
+    assert m.rollback(to=1) == PolicyPin("triage", 1, BODY)
+    history = m.store.policy_history("triage")
+    assert [(r["version"], r["reason"]) for r in history] == [
+        (1, "initial"),
+        (2, "apply"),
+        (3, "apply"),
+        (2, "rollback from v3"),
+        (1, "rollback from v2"),
+    ]
+    rolled = events(m.store, EventType.POLICY_ROLLED_BACK)
+    assert [e["decision"] for e in rolled] == ["v3 -> v2", "v2 -> v1"]
+
+
+def test_rollback_refuses_unknown_and_missing_targets(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    with pytest.raises(PolicyError, match=r"no earlier version to roll back to"):
+        m.rollback()
+    with pytest.raises(PolicyError, match=r"policy 'triage' has no version 7; stored versions: 1"):
+        m.rollback(to=7)
+    with pytest.raises(PolicyError, match=r"version 1 is already active"):
+        m.rollback(to=1)
+    assert m.current().version == 1
+
+
+def test_the_guard_judges_a_version_on_its_first_window_however_late_it_looks(
+    tmp_path: Path,
+) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.03)  # the first window of version 2 costs three times as much
+    feed(m, 2, cost=0.01, n=30)  # then it gets cheap before anyone looked
+    verdict = m.check_guard()
+    assert verdict is not None and not verdict.ok
+    assert verdict.figures["cost_ratio"] == 3.0
+    assert m.current().version == 1
+
+
+def test_the_guard_rolls_back_a_version_that_costs_twice_as_much(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.run_id = "r-test"
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.02, n=9)
+    assert m.check_guard() is None  # the window is not full yet
+    m.observe(109.0, 0.02, None, policy_version=2)
+    verdict = m.check_guard()
+    assert verdict is not None and not verdict.ok
+    assert verdict.reason == "guard: cost ratio 2 > 1.3"
+    assert m.current().version == 1
+    store = m.store
+    assert store is not None
+    assert store.get_policy("triage", 2)["status"] == "bad"
+    assert store.active_policy("triage")["version"] == 1
+    assert store.policy_history("triage")[-1]["reason"] == "guard: cost ratio 2 > 1.3"
+    [event] = events(store, EventType.POLICY_ROLLED_BACK)
+    assert (event["run_id"], event["stage"], event["component"]) == ("r-test", "policy", "policy")
+    figures = event["payload"]
+    assert figures["cost_old_usd"] == 0.01 and figures["cost_new_usd"] == 0.02
+    assert figures["cost_ratio"] == 2.0 and figures["p95_ratio"] == 1.0
+    # latencies 100..109: the linear p95 of ten values lies between the two slowest
+    assert figures["p95_old_ms"] == figures["p95_new_ms"] == 108.55
+    assert figures["thresholds"] == {"window": 10, "max_cost_ratio": 1.3}
+    assert (figures["from_version"], figures["to_version"], figures["marked"]) == (2, 1, "bad")
+    assert figures["baseline_source"] == "process"
+    assert m.check_guard() is None  # the restored version is not judged again
+
+
+def test_the_guard_compares_with_stored_requests_of_the_previous_version(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    assert m.store is not None
+    with m.store.writer() as writer:
+        for i in range(10):
+            writer.record(
+                RequestRecord(
+                    id=f"q{i}",
+                    run_id="r-old",
+                    seq=i,
+                    status=RequestStatus.OK,
+                    started_at=float(i),
+                    finished_at=float(i) + 0.1,
+                    latency_ms=100.0,
+                    cost_usd=0.01,
+                    output={},
+                    policy_name="triage",
+                    policy_version=1,
+                )
+            )
+    m.apply({**BODY, "guard": {"window": 10, "max_p95_ratio": 1.5}}, allow_new_keys=True)
+    for _ in range(10):
+        m.observe(300.0, 0.01, None, policy_version=2)
+    verdict = m.check_guard()
+    assert verdict is not None and verdict.reason == "guard: p95 ratio 3 > 1.5"
+    [event] = events(m.store, EventType.POLICY_ROLLED_BACK)
+    assert event["payload"]["baseline_source"] == "store"
+    assert m.current().version == 1
+
+
+def test_a_version_within_its_guard_stays(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.012)
+    verdict = m.check_guard()
+    assert verdict is not None and verdict.ok
+    assert verdict.figures["cost_ratio"] == pytest.approx(1.2)
+    assert m.current().version == 2
+    assert m.store is not None and m.store.get_policy("triage", 2)["status"] == "active"
+
+
+def test_the_guard_checks_validation_success_against_its_minimum(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.apply({**BODY, "guard": {"window": 10, "min_validation_success": 0.9}}, allow_new_keys=True)
+    feed(m, 2, cost=0.01, n=2, ok=False)
+    feed(m, 2, cost=0.01, n=8, ok=True)
+    verdict = m.check_guard()
+    assert verdict is not None
+    assert verdict.reason == "guard: validation success 0.8 < 0.9"
+    assert m.current().version == 1
+
+
+def test_content_of_a_bad_version_is_refused(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.05)
+    m.check_guard()
+    with pytest.raises(PolicyError, match=r"identical to version 2, which was marked bad"):
+        m.apply(GUARDED, allow_new_keys=True)
+    assert m.current().version == 1
+
+
+@pytest.mark.anyio
+async def test_watch_trips_the_guard_while_requests_run(tmp_path: Path) -> None:
+    m = manager(tmp_path, poll_interval_s=0.02)
+    feed(m, 1, cost=0.01)
+    async with anyio.create_task_group() as tg:
+        await tg.start(m.watch)
+        m.apply(GUARDED, allow_new_keys=True)
+        for _ in range(10):
+            pin = m.current()
+            m.observe(100.0, 0.024, None, policy_version=pin.version)
+            await anyio.sleep(0)
+        await wait_for(lambda: m.current().version == 1)
+        tg.cancel_scope.cancel()
+    assert m.store is not None
+    assert m.store.policy_history("triage")[-1]["reason"] == "guard: cost ratio 2.4 > 1.3"
+
+
+def test_a_malformed_default_guard_is_located_in_the_graphs_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "triage.yaml"
+    policy.write_text("router: {threshold: 0.4}\nguard:\n  window: 0\n")
+    (tmp_path / "g.yaml").write_text(
+        "moat: 1\nname: g\npolicy: triage.yaml\nnodes:\n  e: {type: echo, with: {value: 1}}\n"
+        "output: {a: e.value}\n"
+    )
+    # The graph does not load (the checker validates its policy as `apply` does), so no
+    # manager ever stores it.
+    with pytest.raises(SpecError, match=r"triage\.yaml:3:11: guard\.window = 0: Input should"):
+        load_graph(tmp_path / "g.yaml", registry=registry())
+    m = PolicyManager(
+        Store.open(tmp_path / "moat.db"), name="triage", default_body={"guard": {"window": 0}}
+    )
+    with pytest.raises(PolicyError, match=r"guard\.window = 0: Input should"):
+        m.ensure_registered()
+    assert m.store is not None and m.store.list_policies() == []

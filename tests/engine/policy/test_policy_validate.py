@@ -1,0 +1,299 @@
+"""A refused policy names the file, line and column, says how to fix it, and changes nothing."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import PolicyError
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph
+from engine.policy.manager import (
+    PolicyManager,
+    apply_policy,
+    changed_keys,
+    content_hash,
+    diff_policies,
+    load_policy_file,
+    validate_policy,
+)
+from engine.policy.validate import located_body
+from engine.store.store import Store
+from tests.support.graph_nodes import registry
+
+BASE = """\
+name: triage
+router:
+  threshold: 0.4
+  models: [small, large]
+risk:
+  refuse_above: 0.8
+guard:
+  window: 20
+"""
+
+GRAPH = """\
+moat: 1
+name: triage
+models:
+  small: {provider: sim, profile: small}
+policy: policy.yaml
+nodes:
+  check:
+    type: review
+    when: policy.risk.refuse_above > 0.1
+    with:
+      threshold: "{{ policy.router.threshold }}"
+output:
+  a: check.action
+"""
+
+
+def setup(tmp_path: Path, *, apply_base: bool = True) -> tuple[Store, Graph]:
+    (tmp_path / "policy.yaml").write_text(BASE)
+    (tmp_path / "graph.yaml").write_text(GRAPH)
+    graph = load_graph(tmp_path / "graph.yaml", registry=registry())
+    store = Store.open(tmp_path / "moat.db")
+    if apply_base:
+        apply_policy(store, tmp_path / "policy.yaml", graphs=[graph])
+    return store, graph
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def assert_untouched(store: Store, version: int | None = 1) -> None:
+    active = store.active_policy("triage")
+    assert (active["version"] if active else None) == version
+    assert len(store.policy_versions("triage")) == (version or 0)
+
+
+REFUSED = [
+    (
+        "invalid yaml",
+        "router: {threshold: 0.4\nrisk: 1\n",
+        r"^.*bad\.yaml:2:5: invalid YAML: .*",
+    ),
+    (
+        "not a mapping",
+        "- threshold\n- 0.4\n",
+        r"^.*bad\.yaml:1:1: a policy must be a mapping of settings \(key: value\), not a list$",
+    ),
+    (
+        "empty file",
+        "# nothing here\n",
+        r"^.*bad\.yaml: the policy is empty; write a mapping of settings",
+    ),
+    (
+        "bad name",
+        BASE.replace("name: triage", "name: 'two words'"),
+        r"^.*bad\.yaml:1:7: `name:` must be a word of letters, digits, '_', '\.' or '-', "
+        r"got 'two words'",
+    ),
+    (
+        "key renamed",
+        BASE.replace("  refuse_above: 0.8\n", "  other: 1\n"),
+        r"^.*bad\.yaml:6:3: new key 'risk\.other' is not in version 1",
+    ),
+    (
+        "key removed",
+        BASE.replace("risk:\n  refuse_above: 0.8\n", "risk: {}\n"),
+        r"^.*bad\.yaml:5:1: 'risk\.refuse_above' was removed \(version 1 has it: 0\.8\); "
+        r"graphs and nodes may read it, so keep it",
+    ),
+    (
+        "type changed",
+        BASE.replace("threshold: 0.4", "threshold: high"),
+        r"^.*bad\.yaml:3:14: 'router\.threshold' changed type from number \(0\.4 in version 1\) "
+        r"to string \('high'\); graphs and nodes read it as a number",
+    ),
+    (
+        "list became a mapping",
+        BASE.replace("models: [small, large]", "models: {a: small}"),
+        r"^.*bad\.yaml:4:11: 'router\.models' changed type from list",
+    ),
+    (
+        "misspelt new key",
+        BASE.replace("threshold", "treshold"),
+        r"^.*bad\.yaml:3:3: new key 'router\.treshold' is not in version 1 \(did you mean "
+        r"'threshold'\?\); if it is meant, apply with --allow-new-keys",
+    ),
+    (
+        "value out of the node field's range",
+        BASE.replace("threshold: 0.4", "threshold: 1.4"),
+        r"^.*bad\.yaml:3:14: policy\.router\.threshold = 1\.4 does not fit graph 'triage' node "
+        r"'check' \(review\) field 'threshold': Input should be less than or equal to 1",
+    ),
+    (
+        "guard not a mapping",
+        BASE.replace("guard:\n  window: 20\n", "guard: 20\n"),
+        r"^.*bad\.yaml:7:8: `guard:` must be a mapping such as",
+    ),
+    (
+        "guard unknown setting",
+        BASE.replace("window: 20", "windw: 20"),
+        r"^.*bad\.yaml:8:3: unknown guard setting 'windw' \(did you mean 'window'\?\); settings: "
+        r"max_cost_ratio, max_p95_ratio, min_validation_success, window$",
+    ),
+    (
+        "guard window below 1",
+        BASE.replace("window: 20", "window: 0"),
+        r"^.*bad\.yaml:8:11: guard\.window = 0: Input should be greater than or equal to 1; "
+        r"the guard takes",
+    ),
+    (
+        "guard ratio not positive",
+        BASE.replace("window: 20", "window: 20\n  max_cost_ratio: 0"),
+        r"^.*bad\.yaml:9:19: guard\.max_cost_ratio = 0: Input should be greater than 0; "
+        r"the guard takes",
+    ),
+    (
+        "guard success outside 0..1",
+        BASE.replace("window: 20", "window: 20\n  min_validation_success: 1.5"),
+        r"^.*bad\.yaml:9:27: guard\.min_validation_success = 1\.5: Input should be less than "
+        r"or equal to 1; the guard takes window >= 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_a_refused_policy_is_located_and_leaves_the_active_version(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    store, graph = setup(tmp_path)
+    with store, pytest.raises(PolicyError, match=message):
+        apply_policy(store, write(tmp_path, text), name="triage", graphs=[graph])
+    with Store.open(tmp_path / "moat.db") as again:
+        assert_untouched(again)
+
+
+def test_a_key_the_graph_reads_must_exist_even_in_a_first_version(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path, apply_base=False)
+    bad = write(tmp_path, BASE.replace("  refuse_above: 0.8\n", "  refuse: 0.8\n"))
+    with (
+        store,
+        pytest.raises(
+            PolicyError,
+            match=r"^.*bad\.yaml:5:1: graph 'triage' \(node 'check'\) reads 'policy\.risk\."
+            r"refuse_above', but the policy has no 'refuse_above' under 'risk' \(did you mean "
+            r"'refuse'\?\)\. Keys there: refuse; add it$",
+        ),
+    ):
+        apply_policy(store, bad, graphs=[graph])
+    with Store.open(tmp_path / "moat.db") as again:
+        assert_untouched(again, None)
+
+
+def test_a_graph_reading_below_a_scalar_is_refused(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path, apply_base=False)
+    bad = write(tmp_path, BASE.replace("risk:\n  refuse_above: 0.8\n", "risk: 0.8\n"))
+    with (
+        store,
+        pytest.raises(
+            PolicyError,
+            match=r"^.*bad\.yaml:5:7: graph 'triage' \(node 'check'\) reads 'policy\.risk\."
+            r"refuse_above', but 'risk' is a number; make it a mapping with the key 'refuse_above'",
+        ),
+    ):
+        apply_policy(store, bad, graphs=[graph])
+    with Store.open(tmp_path / "moat.db") as again:
+        assert_untouched(again, None)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    store, _ = setup(tmp_path)
+    with store, pytest.raises(PolicyError, match=r"nope\.yaml: policy file not found"):
+        apply_policy(store, tmp_path / "nope.yaml")
+    with Store.open(tmp_path / "moat.db") as again:
+        assert_untouched(again)
+
+
+def test_a_manager_refuses_a_policy_of_another_name(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path)
+    manager = PolicyManager(store, name="triage", default_body={}, graph=graph)
+    manager.ensure_registered()
+    other = write(tmp_path, BASE.replace("name: triage", "name: billing"))
+    with (
+        store,
+        pytest.raises(
+            PolicyError, match=r"bad\.yaml: the policy is named 'billing' but 'triage' was expected"
+        ),
+    ):
+        manager.apply(other)
+    assert manager.current().version == 1
+    with Store.open(tmp_path / "moat.db") as again:
+        assert_untouched(again)
+
+
+def test_new_keys_are_accepted_when_allowed(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path)
+    grown = write(tmp_path, BASE + "cache:\n  ttl_s: 60\n")
+    with store:
+        applied = apply_policy(store, grown, graphs=[graph], allow_new_keys=True)
+        assert (applied.outcome, applied.pin.version, applied.previous_version) == (
+            "created",
+            2,
+            1,
+        )
+        assert store.get_policy("triage", 2)["parent_version"] == 1
+        assert store.get_policy("triage", 1)["status"] == "superseded"
+
+
+def test_int_and_float_are_the_same_type(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path)
+    with store:
+        applied = apply_policy(store, write(tmp_path, BASE.replace("0.8", "1")), graphs=[graph])
+        assert applied.pin.body["risk"] == {"refuse_above": 1}
+
+
+def test_identical_content_makes_no_new_version(tmp_path: Path) -> None:
+    store, graph = setup(tmp_path)
+    with store:
+        again = apply_policy(store, tmp_path / "policy.yaml", graphs=[graph])
+        assert again.outcome == "unchanged"
+        assert "unchanged, identical to the active version 1" in again.message
+        assert_untouched(store)
+
+
+def test_content_seen_before_reactivates_its_version(tmp_path: Path) -> None:
+    store, _ = setup(tmp_path)
+    with store:
+        apply_policy(store, write(tmp_path, BASE.replace("0.4", "0.5")))
+        back = apply_policy(store, tmp_path / "policy.yaml")
+        assert (back.outcome, back.pin.version) == ("reactivated", 1)
+        assert len(store.policy_versions("triage")) == 2
+
+
+def test_validation_works_on_bodies_without_a_file() -> None:
+    previous = {"a": {"b": 1}}
+    with pytest.raises(PolicyError, match=r"^'a\.b' changed type from number"):
+        validate_policy({"a": {"b": "x"}}, located_body({}), previous=previous)
+    validate_policy({"a": {"b": 2.5}}, located_body({}), previous=previous)
+
+
+def test_load_policy_file_names_the_policy_after_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "governed.yaml"
+    path.write_text("router: {threshold: 0.4}\n")
+    name, body, located = load_policy_file(path)
+    assert (name, body) == ("governed", {"router": {"threshold": 0.4}})
+    assert located.where(("router", "threshold")).line == 1
+
+
+def test_content_hash_ignores_key_order() -> None:
+    assert content_hash({"a": 1, "b": {"c": 2, "d": 3}}) == content_hash(
+        {"b": {"d": 3, "c": 2}, "a": 1}
+    )
+    assert content_hash({"a": 1}) != content_hash({"a": 1.5})
+
+
+def test_changed_keys_are_dotted_leaves() -> None:
+    old = {"router": {"threshold": 0.4, "models": ["a"]}, "cache": {"ttl": 60}}
+    new = {"router": {"threshold": 0.5, "models": ["a"]}, "cache": {"ttl": 60}, "x": True}
+    assert changed_keys(old, new) == {"router.threshold", "x"}
+    assert changed_keys(old, old) == set()
+    assert [c.kind for c in diff_policies(new, old)] == ["changed", "removed"]

@@ -1,0 +1,332 @@
+"""Properties of loops: random loop graphs give what a plain evaluator gives, and run cleanly.
+
+Random graphs of `work` nodes around a loop (sometimes speculative, guarded or nested),
+whose body nodes read earlier body nodes, outer nodes, `cycle` and `prev`, with guards and
+speculative strategies that resolve early or late, latencies, and failures (optional or
+not, in one cycle or every one), run on trio with a mock clock: hypothesis varies the
+timings, each example costs no wall time. The reference is a memoised recursive evaluation
+through the same compiled expressions, cycle by cycle, with `prev` as documented: the
+previous cycle's value of each node read as `prev.X`, none for the rest.
+
+Whatever the timings: the answer is the reference's; a request the reference answers is
+never failed (a cancelled speculative node in any position cannot fail it); a node runs
+at most once per cycle; every speculative start ends used, discarded or cancelled; and
+nothing runs once the runner has closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.events import MemorySink, RequestRecord
+from engine.graph.compiled import CompiledLoop, CompiledNode, Graph, Scope
+from engine.scheduler.runner import RequestResult, Runner
+from tests.support.sched_nodes import Work, graph
+
+MS = st.sampled_from([0, 0, 3, 10, 20, 50])
+
+
+@dataclass
+class Spec:
+    """One node of a random graph (a loop when `body` is set)."""
+
+    id: str
+    value: str = "0"
+    when: str | None = None
+    speculative: str | None = None
+    ms: int = 0
+    fail: str | None = None
+    optional: bool = False
+    body: list[Spec] = field(default_factory=list)
+    max_cycles: int = 1
+    until: str | None = None
+    output: str = "0"
+
+
+def read(name: str) -> str:
+    return f"({name}.value if {name} else 0)"
+
+
+def read_prev(name: str) -> str:
+    return f"(prev.{name}.value if prev and prev.{name} else 0)"
+
+
+@st.composite
+def expressions(draw: st.DrawFn, names: list[str], prevs: list[str]) -> str:
+    """An integer expression over `names` (and `prev.X` for X in `prevs`), none-safe."""
+    k = draw(st.integers(0, 9))
+    terms = [read(n) for n in names] + [read_prev(n) for n in prevs]
+    if prevs:
+        terms.append("cycle")
+    if not terms:
+        return str(k)
+    shape = draw(st.sampled_from(["const", "sum", "cond", "cond"]))
+    pick = st.sampled_from(terms)
+    if shape == "const":
+        return str(k)
+    if shape == "sum":
+        return " + ".join([*draw(st.lists(pick, min_size=1, max_size=3)), str(k)])
+    cond, then, other = draw(pick), draw(pick), draw(pick)
+    return f"({then} if {cond} % 2 == {k % 2} else {other} + {k})"
+
+
+@st.composite
+def nodes(draw: st.DrawFn, prefix: str, outer: list[str], depth: int, in_loop: bool) -> list[Spec]:
+    """The nodes of one scope; a loop among them while `depth` allows."""
+    count = draw(st.integers(1, 4))
+    ids = [f"{prefix}{i}" for i in range(count)]
+    loop_at = draw(st.integers(0, count - 1)) if depth and draw(st.booleans()) else None
+    specs: list[Spec] = []
+    for i, node_id in enumerate(ids):
+        earlier = outer + ids[:i]
+        prevs = ids if in_loop else []
+        spec = Spec(node_id, ms=draw(MS), optional=draw(st.booleans()))
+        spec.value = draw(expressions(earlier, prevs))
+        guard = draw(st.sampled_from(["none", "none", "node", "prev", "cycle"]))
+        if guard == "node" and earlier:
+            spec.when = f"{read(draw(st.sampled_from(earlier)))} % 3 != {draw(st.integers(0, 2))}"
+        elif guard == "prev" and in_loop:
+            spec.when = f"{read_prev(draw(st.sampled_from(ids)))} % 2 == {draw(st.integers(0, 1))}"
+        elif guard == "cycle" and in_loop:
+            spec.when = f"cycle % 2 == {draw(st.integers(0, 1))}"
+        strategy = draw(st.sampled_from(["no", "no", "yes", "yes", "late", "cycle"]))
+        if strategy == "yes":
+            spec.speculative = "true"
+        elif strategy == "late" and earlier:  # decided only once an earlier node resolves
+            spec.speculative = f"{read(draw(st.sampled_from(earlier)))} % 2 == 0"
+        elif strategy == "cycle" and in_loop:
+            spec.speculative = "cycle % 2 == 1"
+        failure = draw(st.integers(0, 7))
+        if failure == 0:
+            spec.fail = "error"
+        elif failure == 1 and in_loop:
+            spec.fail = f"{{{{ 'error' if cycle == {draw(st.integers(1, 3))} else none }}}}"
+        if i == loop_at:
+            spec.body = draw(nodes(f"{node_id}_", earlier, depth - 1, True))
+            body_ids = [b.id for b in spec.body]
+            spec.max_cycles = draw(st.integers(1, 4))
+            if draw(st.booleans()):
+                spec.until = f"{draw(expressions(body_ids, body_ids))} % 3 == 0"
+            spec.output = draw(expressions(body_ids, body_ids))
+        specs.append(spec)
+    return specs
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> str:
+    top = draw(nodes("n", [], 2, False))
+    if not any(s.body for s in top):  # always at least one loop
+        body = draw(nodes("n9_", [s.id for s in top], 1, True))
+        ids = [b.id for b in body]
+        top.append(
+            Spec(
+                "n9",
+                ms=0,
+                speculative=draw(st.sampled_from([None, "true"])),
+                body=body,
+                max_cycles=draw(st.integers(1, 4)),
+                until=draw(st.sampled_from([None, f"{draw(expressions(ids, ids))} % 3 == 0"])),
+                output=draw(expressions(ids, ids)),
+            )
+        )
+    outputs = draw(st.lists(expressions([s.id for s in top], []), min_size=1, max_size=3))
+    lines = ["moat: 1", "name: random-loops", "nodes:"]
+    _yaml(top, 1, lines)
+    lines.append("output:")
+    lines += [f'  o{i}: "{expr}"' for i, expr in enumerate(outputs)]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml(specs: list[Spec], level: int, lines: list[str]) -> None:
+    pad = "  " * level
+    for spec in specs:
+        lines.append(f"{pad}{spec.id}:")
+        inner = pad + "  "
+        lines.append(f"{inner}type: {'loop' if spec.body else 'work'}")
+        if spec.when:
+            lines.append(f'{inner}when: "{spec.when}"')
+        if spec.speculative == "true":
+            lines.append(f"{inner}speculative: true")
+        elif spec.speculative:
+            lines.append(f'{inner}speculative: "{spec.speculative}"')
+        if spec.optional:
+            lines.append(f"{inner}optional: true")
+        if spec.body:
+            lines.append(f"{inner}max_cycles: {spec.max_cycles}")
+            if spec.until:
+                lines.append(f'{inner}until: "{spec.until}"')
+            lines.append(f"{inner}nodes:")
+            _yaml(spec.body, level + 2, lines)
+            lines.append(f'{inner}output: {{value: "{spec.output}"}}')
+            continue
+        fail = f', fail: "{spec.fail}"' if spec.fail else ""
+        lines.append(f'{inner}with: {{ms: {spec.ms}, value: "{{{{ {spec.value} }}}}"{fail}}}')
+
+
+# -- the reference -------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """A node failed in the reference evaluation."""
+
+
+class Reference(Mapping[str, Any]):
+    """One scope instance, evaluated plainly: a node's value is computed once, when read."""
+
+    def __init__(
+        self, scope: Scope, parent: Reference | None, fixed: dict[str, Any], runs: list[str]
+    ) -> None:
+        self.scope = scope
+        self.parent = parent
+        self.fixed = fixed
+        self.memo: dict[str, Any] = {}
+        self.runs = runs
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.fixed:
+            return self.fixed[name]
+        if name not in self.scope.nodes:
+            if self.parent is None:
+                raise KeyError(name)
+            return self.parent[name]
+        if name not in self.memo:
+            try:
+                self.memo[name] = self._node(self.scope.nodes[name])
+            except _Failed as exc:
+                self.memo[name] = exc
+        value = self.memo[name]
+        if isinstance(value, _Failed):
+            raise value
+        return value
+
+    def _node(self, node: CompiledNode) -> Any:
+        try:
+            if node.when is not None and not node.when.evaluate(self):
+                return None
+            if node.loop is not None:
+                return self._loop(node.loop)
+            config = node.config.evaluate(self)
+            self.runs.append(node.id)
+            if config.get("fail"):
+                raise _Failed(node.id)
+        except _Failed:
+            if node.optional:
+                return None
+            raise
+        return Work.Output(value=config["value"])
+
+    def _loop(self, loop: CompiledLoop) -> dict[str, Any]:
+        prev: dict[str, Any] | None = None
+        cycle = 0
+        while True:
+            cycle += 1
+            fixed = {**self.fixed, "cycle": cycle, "prev": prev}
+            body = Reference(loop.body, self, fixed, self.runs)
+            if (loop.until is not None and loop.until.evaluate(body)) or cycle >= loop.max_cycles:
+                return {name: expr.evaluate(body) for name, expr in loop.output.items()}
+            for node_id in sorted(loop.prev_reads):
+                body[node_id]
+            prev = {node_id: body.value_or_none(node_id) for node_id in loop.body.order}
+
+    def value_or_none(self, node_id: str) -> Any:
+        """What `prev` shows of `node_id`: its value if it was evaluated and did not fail."""
+        value = self.memo.get(node_id)
+        return None if isinstance(value, _Failed) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scope.nodes)
+
+    def __len__(self) -> int:
+        return len(self.scope.nodes)
+
+
+def reference(g: Graph) -> dict[str, Any] | None:
+    ref = Reference(g.scope, None, {"input": {}}, [])
+    try:
+        return {name: expr.evaluate(ref) for name, expr in g.output.items()}
+    except _Failed:
+        return None
+
+
+# -- the property --------------------------------------------------------------------------
+
+
+def _work_nodes(scope: Scope, loop: str | None = None) -> Iterator[tuple[str, str | None, Any]]:
+    """(node id, enclosing loop id, node instance) of every `work` node, nested included."""
+    for node in scope.nodes.values():
+        if node.loop is not None:
+            yield from _work_nodes(node.loop.body, node.id)
+        else:
+            yield node.id, loop, node.impl
+
+
+async def _run(g: Graph) -> tuple[RequestResult, MemorySink]:
+    sink = MemorySink()
+    async with Runner(g, sink=sink) as runner:
+        result = await runner.run({}, request_id="r")
+    return result, sink
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(graphs())
+def test_random_loop_graphs_match_the_reference_and_never_fail_on_a_cancellation(
+    text: str,
+) -> None:
+    g = graph(text)
+    expected = reference(g)
+    result, sink = trio.run(_run, g, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    # the reference's answer; a cancelled node never turns it into a failure
+    if expected is None:
+        assert result.status.value == "failed", text
+    else:
+        assert (result.status.value, result.output) == ("ok", expected), (result.error, text)
+    assert "cancelled before it finished" not in (result.error or ""), text
+
+    runs: dict[tuple[str, int], list[Any]] = {}
+    for run in sink.node_runs():
+        runs.setdefault((run.node, run.cycle), []).append(run)
+    _assert_once_per_cycle(g, sink, runs, text)
+    _assert_fates(sink, runs, text)
+    assert isinstance(sink.items[-1], RequestRecord)
+
+
+def _assert_once_per_cycle(
+    g: Graph, sink: MemorySink, runs: dict[tuple[str, int], list[Any]], text: str
+) -> None:
+    """At most one run per node per cycle (per frame of its loop: `LOOP_CYCLE_STARTED`)."""
+    frames: dict[tuple[str, int], int] = {}
+    for event in sink.events():
+        if event.event_type == "LOOP_CYCLE_STARTED":
+            key = (event.stage, event.cycle)
+            frames[key] = frames.get(key, 0) + 1
+    for node_id, loop, impl in _work_nodes(g.scope):
+        node_runs = [r for (n, _), rs in runs.items() if n == node_id for r in rs]
+        for (n, cycle), rs in runs.items():
+            if n == node_id:
+                allowed = 1 if loop is None else frames.get((loop, cycle), 0)
+                assert len(rs) <= allowed, (node_id, cycle, text)
+        assert impl.started <= sum(r.attempts for r in node_runs), (node_id, text)
+        # nothing runs once the runner has closed
+        assert impl.started == impl.finished + impl.cancelled + impl.failed, (node_id, text)
+
+
+def _assert_fates(sink: MemorySink, runs: dict[tuple[str, int], list[Any]], text: str) -> None:
+    """Every start is recorded; a cancelled run is cancelled or discarded, never used."""
+    for event in sink.events():
+        if event.event_type == "SPECULATIVE_STARTED":
+            assert (event.stage, event.cycle) in runs, (event, text)
+    for run in sink.node_runs():
+        if run.status.value == "cancelled":
+            assert run.outcome.value in ("cancelled", "discarded"), (run, text)
+        if run.speculative:
+            assert run.outcome.value in ("used", "discarded", "cancelled", "none"), (run, text)

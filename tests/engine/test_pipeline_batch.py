@@ -1,0 +1,218 @@
+"""`Pipeline.run_batch` from plain dicts, the in-memory window of a store-less pipeline, and
+the runs a batch owns: started, resumed and finished exactly once by the pipeline."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.api import Pipeline
+from engine.events import RequestRecord
+from engine.store.store import Store
+
+pytestmark = pytest.mark.anyio
+
+GRAPH = """
+moat: 1
+name: echo
+input:
+  type: object
+  required: [prompt]
+  properties: {prompt: {type: string, minLength: 1}}
+nodes:
+  clean: {type: redact, with: {text: "{{ input.prompt }}"}}
+output:
+  text: clean.text
+"""
+
+
+def write_graph(folder: Path) -> Path:
+    graph = folder / "echo.yaml"
+    graph.write_text(GRAPH)
+    return graph
+
+
+async def test_a_batch_of_plain_dicts_starts_and_finishes_its_own_run(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    seen: list[RequestRecord] = []
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        summary = await pipe.run_batch(
+            [{"prompt": "a"}, {"prompt": ""}, {"prompt": None}, {"prompt": "d"}],
+            concurrency=2,
+            on_record=seen.append,
+        )
+    assert (summary.total, summary.done) == (4, 4)
+    assert summary.by_status == {"ok": 2, "invalid_input": 2}
+    assert sorted(r.seq for r in seen) == [0, 1, 2, 3]
+    errors = {r.seq: r.error for r in seen}
+    assert errors[2] == "request: input prompt: none is not of type 'string'"
+    with Store.open(db, readonly=True) as store:
+        run = store.require_run(summary.run_id)
+        assert (run["status"], run["requests_total"], run["requests_done"]) == ("finished", 4, 4)
+
+
+async def test_a_hostile_dict_is_an_invalid_input_not_a_crash(tmp_path: Path) -> None:
+    deep: object = "x"
+    for _ in range(2000):
+        deep = [deep]
+    async with Pipeline(write_graph(tmp_path), db=None) as pipe:
+        summary = await pipe.run_batch(
+            [{"prompt": "ok"}, {"prompt": "a", "n": deep}, {"prompt": "\udc80"}, {"prompt": "b"}]
+        )
+        results = {r.seq: r for r in pipe.memory.requests()}
+    assert summary.by_status == {"ok": 2, "invalid_input": 2}
+    assert "nested more than 64 levels deep" in str(results[1].error)
+    assert (
+        results[2].error == "request: input prompt has a lone surrogate (\\ud800-\\udfff), not text"
+    )
+
+
+async def test_a_store_less_pipeline_keeps_a_bounded_window_of_records(tmp_path: Path) -> None:
+    graph = write_graph(tmp_path)
+    async with Pipeline(graph, db=None, memory_records=30) as pipe:
+        await pipe.run_batch([{"prompt": f"q{i}"} for i in range(40)])
+        assert len(pipe.memory.items) == 30
+        assert pipe.memory.items[-1] == pipe.memory.requests()[-1]  # the latest are kept
+    async with Pipeline(graph, db=None) as default:
+        assert default.memory.items.maxlen == 100_000
+
+
+async def test_a_request_whose_record_comes_after_its_cleanup_is_still_counted(
+    tmp_path: Path,
+) -> None:
+    # A cache hit cancels the speculative draft: the request's record is emitted only once
+    # that cleanup is done, after the request itself returned.
+    from tests.support.fast_graphs import fast_copy
+
+    prompt = {"prompt": "What is VAT?"}
+    async with Pipeline(fast_copy("governed-answer", tmp_path), db=tmp_path / "t.db") as pipe:
+        first = await pipe.run_batch([prompt])
+        seen: list[RequestRecord] = []
+        again = await pipe.run_batch([prompt], on_record=seen.append)
+    assert first.by_status == again.by_status == {"ok": 1}
+    assert [r.output["decision"] for r in seen if r.output] == ["cached"]
+
+
+async def test_a_single_request_run_counts_its_request(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        result = await pipe.run({"prompt": "hello"})
+    with Store.open(db, readonly=True) as store:
+        (run,) = store.list_runs()
+    assert result.request_id.startswith(run["id"])
+    assert (run["status"], run["requests_done"]) == ("finished", 1)
+
+
+class CountingStore:
+    """Wraps the pipeline's store to record every `finish_run` call."""
+
+    def __init__(self, pipe: Pipeline) -> None:
+        assert pipe.store is not None
+        self.store = pipe.store
+        self.finished: list[tuple[str, str]] = []
+        real = self.store.finish_run
+
+        def finish_run(run_id: str, status: str, at: float | None = None) -> None:
+            self.finished.append((run_id, status))
+            real(run_id, status, at)
+
+        self.store.finish_run = finish_run  # type: ignore[method-assign]
+
+
+async def test_a_run_the_batch_starts_is_finished_once_as_of_its_last_request(
+    tmp_path: Path,
+) -> None:
+    async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
+        calls = CountingStore(pipe)
+        batch = pipe.start_batch(3, config={"note": "kept"})
+        assert pipe.store is not None
+        assert pipe.store.require_run(batch.run_id)["status"] == "running"
+        await pipe.run_batch([{"prompt": f"q{i}"} for i in range(3)], batch=batch)
+        await anyio.sleep(0.3)  # whatever the caller does after the batch is not the run's
+        assert calls.finished == [(batch.run_id, "finished")]
+        run = pipe.store.require_run(batch.run_id)
+        last = max(r["finished_at"] for r in pipe.store.list_requests(batch.run_id))
+    assert (batch.done, batch.by_status, batch.interrupted) == (3, {"ok": 3}, False)
+    assert (run["status"], run["requests_done"], run["config"]["note"]) == ("finished", 3, "kept")
+    assert last <= run["finished_at"] < last + 0.25  # generous: it is 0.3 s later otherwise
+
+
+async def test_a_cancelled_batch_is_finished_once_as_interrupted(tmp_path: Path) -> None:
+    seen: list[RequestRecord] = []
+    async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
+        calls = CountingStore(pipe)
+        batch = pipe.start_batch(50)
+        with anyio.CancelScope() as scope:
+
+            def stop_at_the_first(record: RequestRecord) -> None:
+                seen.append(record)
+                scope.cancel()
+
+            prompts = [{"prompt": f"q{i}"} for i in range(50)]
+            await pipe.run_batch(prompts, batch=batch, concurrency=1, on_record=stop_at_the_first)
+        assert pipe.store is not None
+        run = pipe.store.require_run(batch.run_id)
+    assert calls.finished == [(batch.run_id, "interrupted")]
+    assert batch.interrupted and 1 <= batch.done == len(seen) < 50
+    assert (run["status"], run["requests_done"]) == ("interrupted", len(seen))
+
+
+async def test_a_resumed_batch_answers_the_rest_and_is_finished_once(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    prompts = [{"prompt": f"q{i}"} if i != 2 else {"prompt": ""} for i in range(5)]
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        first = pipe.start_batch(5)
+        await pipe.run_batch(prompts[:3], batch=first)  # three of five: cut short
+    assert first.interrupted
+    seen: list[RequestRecord] = []
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        calls = CountingStore(pipe)
+        again = pipe.start_batch(resume=first.run_id)
+        assert (again.total, again.done) == (5, 3)
+        await pipe.run_batch(prompts, batch=again, on_record=seen.append)
+        assert pipe.store is not None
+        run = pipe.store.require_run(first.run_id)
+    assert sorted(r.seq for r in seen) == [3, 4]  # nothing is answered twice
+    assert calls.finished == [(first.run_id, "finished")]
+    assert (again.done, again.by_status, again.interrupted) == (
+        5,
+        {"ok": 4, "invalid_input": 1},
+        False,
+    )
+    assert (run["status"], run["requests_done"]) == ("finished", 5)
+
+
+async def test_a_batch_whose_records_could_not_be_stored_is_finished_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.errors import StoreError
+    from engine.store.writer import StoreWriter
+
+    def disk_full(*_: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
+        calls = CountingStore(pipe)
+        batch = pipe.start_batch(2)
+        monkeypatch.setattr(StoreWriter, "_commit", disk_full)
+        with pytest.raises(StoreError, match="database or disk is full"):
+            await pipe.run_batch([{"prompt": "a"}, {"prompt": "b"}], batch=batch)
+        monkeypatch.undo()
+        assert pipe.store is not None
+        run = pipe.store.require_run(batch.run_id)
+    assert calls.finished == [(batch.run_id, "failed")]
+    assert run["status"] == "failed"
+
+
+async def test_a_batch_not_started_by_the_pipeline_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
+        batch = pipe.start_batch(1)
+        await pipe.run_batch([{"prompt": "a"}], batch=batch)
+        with pytest.raises(ValueError, match=f"run {batch.run_id} was not started by this"):
+            await pipe.run_batch([{"prompt": "b"}], batch=batch)
+    assert batch.done == 1

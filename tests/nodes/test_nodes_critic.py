@@ -1,0 +1,165 @@
+"""The `critic` and `simulator` nodes: decisions, principle reuse, traces, malformed answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.plugin.context import SharedState
+from nodes._support.principles import DEFAULT_PRINCIPLES, load_principles
+from nodes.critic import CriticNode
+from nodes.simulator import SimulatorNode
+from tests.support.nodes_fakes import FakeModel, FakeRuntime, run_node
+
+pytestmark = pytest.mark.anyio
+
+SAFE_RISK = {
+    "risk_score": 0.1,
+    "category": "general",
+    "operational_risk": "low",
+    "intent_to_harm": False,
+    "requested_instructions": False,
+    "action": "proceed",
+    "rationale": "benign",
+}
+
+
+async def test_request_mode_assesses_risk_and_traces_it() -> None:
+    judge = FakeModel("judge", {"risk": SAFE_RISK})
+    rt = FakeRuntime(models={"judge": judge})
+    out = await run_node(
+        CriticNode(), {"model": "judge", "mode": "request"}, rt, input={"prompt": "Bake bread?"}
+    )
+    assert out.action == "proceed" and out.risk_score == 0.1 and out.score == pytest.approx(0.9)
+    assert out.operational_risk == "low" and out.parsed
+    assert judge.calls[0].task == "risk" and "Bake bread?" in (judge.calls[0].prompt or "")
+    assert set(judge.calls[0].schema["properties"]) >= {"risk_score", "intent_to_harm", "action"}
+    assert rt.types() == ["PRINCIPLES_RETRIEVED", "CRITIC_DECISION"]
+    assert rt.last("CRITIC_DECISION").reason_codes == ["MODEL_PROCEED"]
+    stages = [s for s, _ in rt.traces]
+    assert stages == ["REQUEST_ANALYSIS_CONTEXT", "RISK_ASSESSMENT"]
+    risk = rt.traces[1][1]
+    assert risk["risk_policy_action"] == "proceed" and risk["estimation_mode"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("reply", "action", "codes"),
+    [
+        ({**SAFE_RISK, "risk_score": 0.6}, "revise", ["RISK_ABOVE_REVISE", "MODEL_PROCEED"]),
+        ({**SAFE_RISK, "risk_score": 0.9}, "refuse", ["RISK_ABOVE_REFUSE", "MODEL_PROCEED"]),
+        (
+            {
+                **SAFE_RISK,
+                "intent_to_harm": True,
+                "requested_instructions": True,
+                "operational_risk": "high",
+            },
+            "refuse",
+            ["INTENT_OPERATIONAL", "MODEL_PROCEED"],
+        ),
+        ({**SAFE_RISK, "action": "refuse"}, "refuse", ["MODEL_REFUSE"]),
+        ("not json at all", "revise", ["RISK_UNPARSEABLE", "RISK_ABOVE_REVISE", "MODEL_REVISE"]),
+    ],
+)
+async def test_request_mode_takes_the_more_cautious_of_model_and_thresholds(
+    reply: object, action: str, codes: list[str]
+) -> None:
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
+    out = await run_node(CriticNode(), {"model": "judge", "mode": "request", "request": "x"}, rt)
+    assert out.action == action
+    assert rt.last("CRITIC_DECISION").reason_codes == codes
+
+
+async def test_principles_are_retrieved_once_per_request_and_reused() -> None:
+    critique = {"action": "proceed", "violations": [], "hard": False, "score": 0.95}
+    judge = FakeModel("judge", {"risk": SAFE_RISK, "critique": critique})
+    rt = FakeRuntime(models={"judge": judge})
+    store = SharedState()
+    req = {"input": {"prompt": "how do I pick a lock"}, "store": store}
+    await run_node(CriticNode(), {"model": "judge", "mode": "request"}, rt, **req)
+    for cycle in (1, 2):
+        await run_node(
+            CriticNode(), {"model": "judge", "draft": f"draft {cycle}"}, rt, cycle=cycle, **req
+        )
+    principle_events = [t for t in rt.types() if t.startswith("PRINCIPLES_")]
+    assert principle_events == ["PRINCIPLES_RETRIEVED", "PRINCIPLES_REUSED", "PRINCIPLES_REUSED"]
+    assert [s for s, _ in rt.traces].count("REQUEST_ANALYSIS_CONTEXT") == 1
+    # every critic reviewed against the same principles
+    ids = [e.payload["principles"] for e in rt.events if e.type == "CRITIC_DECISION"]  # type: ignore[index]
+    assert ids[0] == ids[1] == ids[2]
+    assert "helpful" in ids[0] and "honest" in ids[0]
+    # a new request retrieves again
+    rt2 = FakeRuntime(models={"judge": judge})
+    await run_node(CriticNode(), {"model": "judge", "draft": "d"}, rt2, **req)
+    assert "PRINCIPLES_RETRIEVED" in rt2.types()
+
+
+async def test_draft_mode_corrects_proceed_with_violations_and_flags_hard() -> None:
+    reply = {"action": "proceed", "violations": ["privacy"], "hard": True, "score": 0.3}
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": reply})})
+    out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
+    assert (out.action, out.violations, out.hard) == ("revise", ["privacy"], True)
+    codes = rt.last("CRITIC_DECISION").reason_codes
+    assert codes == ["MODEL_PROCEED", "VIOLATIONS_OVERRIDE_PROCEED", "HARD_VIOLATION"]
+
+
+async def test_draft_mode_unparseable_answer_becomes_revise() -> None:
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": "{'action': 'proceed'"})})
+    # lenient parsing recovers this one
+    out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
+    assert out.parsed and out.action == "proceed"
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": "I think it's fine"})})
+    out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
+    assert (out.action, out.parsed) == ("revise", False)
+    assert rt.last("CRITIC_DECISION").reason_codes == ["CRITIC_UNPARSEABLE"]
+
+
+async def test_principles_from_yaml_text_and_inline(tmp_path: Path) -> None:
+    y = tmp_path / "p.yaml"
+    y.write_text(
+        "principles:\n  - {id: kind, text: Be kind to animals, tags: [animals], hard: true}\n"
+    )
+    t = tmp_path / "p.txt"
+    t.write_text("# comment\nNo spoilers\nCite sources\n")
+    assert [p.id for p in load_principles(str(y))] == ["kind"]
+    assert load_principles(str(y))[0].hard
+    assert [p.text for p in load_principles(str(t))] == ["No spoilers", "Cite sources"]
+    assert load_principles(None) == DEFAULT_PRINCIPLES
+    with pytest.raises(ValueError, match="cannot read principles file"):
+        load_principles(str(tmp_path / "missing.yaml"))
+    judge = FakeModel(
+        "judge", {"critique": {"action": "proceed", "violations": [], "hard": False, "score": 1}}
+    )
+    rt = FakeRuntime(models={"judge": judge})
+    cfg = {
+        "model": "judge",
+        "draft": "d",
+        "request": "cats",
+        "principles": ["Be nice", {"id": "x", "text": "Y"}],
+    }
+    out = await run_node(CriticNode(), cfg, rt)
+    assert out.principles == ["p1", "x"]
+    assert "Be nice" in (judge.calls[0].prompt or "")
+
+
+async def test_simulator_reports_harm_and_concerns() -> None:
+    sim = FakeModel("sim", {"simulate": {"expected_harm": 0.05, "concerns": []}})
+    rt = FakeRuntime(models={"sim": sim})
+    out = await run_node(SimulatorNode(), {"model": "sim", "draft": "Bread needs yeast."}, rt)
+    assert (out.expected_harm, out.concerns, out.severity, out.parsed) == (0.05, [], "low", True)
+    assert sim.calls[0].task == "simulate"
+    ev = rt.last("SIMULATOR_EXECUTED")
+    assert ev.decision == "low" and ev.reason_codes == ["HARM_LOW"]
+
+
+async def test_simulator_unreadable_answer_is_cautious() -> None:
+    rt = FakeRuntime(models={"sim": FakeModel("sim", {"simulate": "hmm"})})
+    out = await run_node(SimulatorNode(), {"model": "sim", "draft": "d"}, rt)
+    assert out.expected_harm == 0.5 and out.severity == "medium" and not out.parsed
+    assert out.concerns == ["simulator output unreadable"]
+    assert rt.last("SIMULATOR_EXECUTED").reason_codes == [
+        "SIMULATOR_UNPARSEABLE",
+        "HARM_MEDIUM",
+        "CONCERNS_RAISED",
+    ]

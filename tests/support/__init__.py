@@ -1,0 +1,1 @@
+"""Fakes, fixtures and graph builders shared by tests across the suite."""

@@ -1,9 +1,12 @@
-"""The store commands: `moat runs`, `moat stats` and `moat report`."""
+"""The store commands: `moat runs`, `moat stats`, `moat report` and `moat prune`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.cli.run import db_path
@@ -30,6 +33,66 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--db", metavar="PATH")
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "prune",
+        help="delete old runs with everything that belongs to them, and reclaim the space",
+        description="Delete whole runs (requests, events, node runs, LLM calls, traces) "
+        "that ended before DATE, or all but the newest N. A run still being written is "
+        "never pruned; it is safe while other processes write.",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--before",
+        type=parse_before,
+        metavar="DATE",
+        help="runs that ended before DATE: 2026-11-30, 2026-11-30T12:00 (UTC unless it "
+        "has an offset) or an age such as 30d, 12h, 90m",
+    )
+    which.add_argument("--keep-runs", type=_count, metavar="N", help="keep the newest N runs")
+    p.add_argument("--db", metavar="PATH")
+    p.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="on a store made before incremental vacuum, shrink the file with a full VACUUM "
+        "(refused while a run is being written)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only list what would be pruned")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(handler=cmd_prune)
+
+
+_AGE = re.compile(r"(\d+)([dhm])")
+_AGE_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+
+
+def parse_before(value: str) -> float:
+    """`--before`: an ISO date or time (UTC unless it has an offset) or an age (`30d`,
+    `12h`, `90m`); the epoch time it means."""
+    text = value.strip()
+    age = _AGE.fullmatch(text)
+    if age:
+        return time.time() - int(age.group(1)) * _AGE_SECONDS[age.group(2)]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date; use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM] or an "
+            "age such as 30d, 12h, 90m"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of runs (0 or more)")
+    return number
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -68,4 +131,43 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(json.dumps(report_json(report), indent=2, default=str))
         else:
             print(render_markdown(report))
+    return 0
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete old runs and reclaim their space (`engine.store.retention`)."""
+    from engine.store.retention import prune
+
+    result = prune(
+        db_path(args.db),
+        before=args.before,
+        keep_runs=args.keep_runs,
+        vacuum=args.vacuum,
+        dry_run=args.dry_run,
+    )
+    if args.format == "json":
+        print(json.dumps({"dry_run": args.dry_run, **result.as_json()}, indent=2))
+        return 0
+    verb = "would prune" if args.dry_run else "pruned"
+    runs = len(result.runs)
+    print(
+        f"{verb} {runs} run{'s' * (runs != 1)} ({result.requests:,} requests"
+        + ("" if args.dry_run else f", {result.rows:,} rows")
+        + f") in {result.seconds:.2f} s"
+        + (f": {', '.join(result.runs)}" if args.dry_run and result.runs else "")
+    )
+    if result.skipped:
+        print(f"kept {len(result.skipped)} run(s) still being written: {', '.join(result.skipped)}")
+    if not args.dry_run:
+        how = {
+            "incremental": "incremental vacuum",
+            "full": "full VACUUM",
+            "none": "freed pages are reused by new records; `--vacuum` shrinks the file "
+            "when no run is running",
+        }[result.vacuum]
+        print(f"store: {_mb(result.bytes_before)} -> {_mb(result.bytes_after)} ({how})")
     return 0

@@ -27,6 +27,8 @@ __all__ = [
     "check_version",
     "connect",
     "describe_error",
+    "file_lock",
+    "is_busy",
     "migrate",
     "user_version",
     "write_transaction",
@@ -185,7 +187,8 @@ _file_locks: dict[str, threading.RLock] = {}
 _file_locks_guard = threading.Lock()
 
 
-def _file_lock(path: str | Path) -> threading.RLock:
+def file_lock(path: str | Path) -> threading.RLock:
+    """This process's lock for writing the store file at `path` (see above)."""
     key = os.path.realpath(path)
     with _file_locks_guard:
         lock = _file_locks.get(key)
@@ -194,7 +197,8 @@ def _file_lock(path: str | Path) -> threading.RLock:
         return lock
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether `exc` says another connection holds the lock (worth waiting for)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in _BUSY_CODES
@@ -209,7 +213,7 @@ def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[No
     Raises:
         sqlite3.Error: the transaction failed (rolled back); `describe_error` words it.
     """
-    with _file_lock(path):
+    with file_lock(path):
         _begin_immediate(conn)
         try:
             yield
@@ -228,7 +232,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() >= deadline:
+            if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
@@ -237,7 +241,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 def describe_error(exc: BaseException, path: str | Path) -> str:
     """What a failed store write means for the operator, and what to do about it."""
     text = str(exc)
-    if isinstance(exc, sqlite3.Error) and _is_busy(exc):
+    if isinstance(exc, sqlite3.Error) and is_busy(exc):
         return (
             f"{text}: another process held the write lock of {path} for over "
             f"{WRITE_PATIENCE_S:.0f}s (another moat run on the same store, or a program "
@@ -268,6 +272,7 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly and not target.exists():
         raise StoreError(f"{target}: no such store; run `moat run GRAPH --db {target}` first")
     uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
+    fresh = not readonly and (not target.exists() or target.stat().st_size == 0)
     try:
         conn = sqlite3.connect(
             uri,
@@ -280,6 +285,11 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         raise StoreError(f"{target}: cannot open the store: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if fresh:
+            # Before WAL and the first table, or it does not take: a new store can then hand
+            # pruned pages back in short steps (`moat prune`). An older store gets it with
+            # its next full VACUUM (`moat prune --vacuum`).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

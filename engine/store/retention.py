@@ -1,0 +1,267 @@
+"""Retention: deleting whole old runs from a store and giving their space back.
+
+`prune` picks runs (older than a date, or all but the newest N), never one that is still
+being written (status `running` with a live owner, see `run_state`), and deletes each with
+everything that belongs to it: its requests, their events, node runs, LLM calls and decision
+traces, its run-level events (policy events), leftovers of crashed requests, and the run
+row last. It deletes in short write transactions of whole requests (`_CHUNK` at a time), so
+a process writing to the same store waits at most one chunk for the write lock, and a
+crash mid-prune leaves only whole requests behind (the next prune finishes the run).
+
+Space: deleted pages go to SQLite's free list, where new rows reuse them; the file only
+shrinks when they are vacuumed. A store created by this moat uses `auto_vacuum =
+INCREMENTAL`, so `prune` hands the free pages back in short `incremental_vacuum` steps that
+other writers interleave with. An older store (`auto_vacuum = NONE`) can only shrink by a
+full `VACUUM`, which rewrites the whole file under the write lock; `prune` runs it only
+when asked (`vacuum=True`) and only when no run is being written, because another
+process's writer would otherwise wait for the entire rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import StoreError
+from engine.store.schema import (
+    WRITE_PATIENCE_S,
+    connect,
+    describe_error,
+    file_lock,
+    is_busy,
+    migrate,
+    write_transaction,
+)
+from engine.store.store import run_state
+
+__all__ = ["PruneResult", "prune", "select_runs"]
+
+_CHUNK = 500
+"""Requests deleted per write transaction: a few milliseconds of write lock each."""
+_VACUUM_PAGES = 2_000
+"""Free pages handed back per `incremental_vacuum` transaction (8 MB at 4 KB pages)."""
+_CHILD_TABLES = ("orchestration_events", "node_runs", "llm_calls", "decision_traces")
+
+
+@dataclass(slots=True)
+class PruneResult:
+    """What a prune did (or, with `dry_run`, would do)."""
+
+    runs: list[str] = field(default_factory=list)
+    """The runs deleted, oldest first."""
+    skipped: list[str] = field(default_factory=list)
+    """Runs that matched but are still being written (never pruned)."""
+    requests: int = 0
+    """Stored requests deleted."""
+    rows: int = 0
+    """Rows deleted over every table."""
+    bytes_before: int = 0
+    """The store's size (file and WAL) before."""
+    bytes_after: int = 0
+    """Its size after the prune and the vacuum."""
+    vacuum: str = "none"
+    """How space was reclaimed: `incremental`, `full` or `none` (free pages kept for reuse)."""
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, object]:
+        """The result as JSON-able data (`moat prune --format json`)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        target = Path(f"{path}{suffix}")
+        if target.exists():
+            total += target.stat().st_size
+    return total
+
+
+def select_runs(
+    conn: sqlite3.Connection,
+    *,
+    before: float | None = None,
+    keep_runs: int | None = None,
+) -> list[tuple[str, str, str | None]]:
+    """The runs a prune would consider, oldest first: `(id, status, config_json)`.
+
+    `before`: runs that ended (or, never finished, started) before this epoch time.
+    `keep_runs`: every run but the `keep_runs` most recently started.
+    """
+    if (before is None) == (keep_runs is None):
+        raise ValueError("give exactly one of before and keep_runs")
+    if before is not None:
+        sql = (
+            "SELECT id, status, config_json FROM runs "
+            "WHERE COALESCE(finished_at, started_at) < ? ORDER BY started_at, id"
+        )
+        return list(conn.execute(sql, (before,)))
+    sql = (
+        "SELECT id, status, config_json FROM runs WHERE id NOT IN "
+        "(SELECT id FROM runs ORDER BY started_at DESC, id DESC LIMIT ?) "
+        "ORDER BY started_at, id"
+    )
+    return list(conn.execute(sql, (keep_runs,)))
+
+
+def _being_written(status: str, config_json: str | None) -> bool:
+    try:
+        config = json.loads(config_json) if config_json else None
+    except ValueError:
+        config = None
+    return run_state({"status": status, "config": config}) == "running"
+
+
+def _request_chunk(conn: sqlite3.Connection, run_id: str) -> list[str]:
+    """Ids of up to `_CHUNK` requests of the run: stored ones first, then leftovers of
+    crashed requests (rows with no `requests` row, attributed to the run by their events)."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM requests WHERE run_id = ? LIMIT ?", (run_id, _CHUNK)
+        )
+    ]
+    if ids:
+        return ids
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT request_id FROM orchestration_events "
+            "WHERE run_id = ? AND request_id != '' LIMIT ?",
+            (run_id, _CHUNK),
+        )
+    ]
+
+
+def _delete_requests(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int, int]:
+    """Delete the requests `ids` and every row of theirs; return (requests, rows)."""
+    marks = ",".join("?" * len(ids))
+    rows = 0
+    for table in _CHILD_TABLES:
+        rows += conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids).rowcount
+    requests = conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids).rowcount
+    return requests, rows + requests
+
+
+def _still_prunable(conn: sqlite3.Connection, run_id: str) -> bool:
+    row = conn.execute("SELECT status, config_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return row is not None and not _being_written(row[0], row[1])
+
+
+def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> bool:
+    """Delete one run chunk by chunk; False if it started being written meanwhile."""
+    while True:
+        with write_transaction(conn, path):
+            if not _still_prunable(conn, run_id):
+                return False
+            ids = _request_chunk(conn, run_id)
+            if not ids:
+                result.rows += conn.execute(
+                    "DELETE FROM orchestration_events WHERE run_id = ?", (run_id,)
+                ).rowcount
+                result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+                return True
+            requests, rows = _delete_requests(conn, ids)
+            result.requests += requests
+            result.rows += rows
+
+
+def _vacuum_step(conn: sqlite3.Connection, path: Path) -> None:
+    """Hand `_VACUUM_PAGES` free pages back in one write transaction. `executescript`
+    because `PRAGMA incremental_vacuum` frees one page per step, and only
+    `sqlite3_exec` steps it to the end."""
+    deadline = time.monotonic() + WRITE_PATIENCE_S
+    with file_lock(path):
+        while True:
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_PAGES}); COMMIT;"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
+
+
+def _vacuum(conn: sqlite3.Connection, path: Path, full: bool, running: bool) -> str:
+    mode = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+    if mode == 2:  # INCREMENTAL: hand free pages back in short steps
+        while int(conn.execute("PRAGMA freelist_count").fetchone()[0]):
+            _vacuum_step(conn, path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return "incremental"
+    if full:
+        if running:
+            raise StoreError(
+                f"{path}: not vacuuming: a run is being written, and a full VACUUM would hold "
+                "its writer for the whole rewrite; run `moat prune --vacuum` again when no "
+                "run is running (the freed space is reused by new records meanwhile)"
+            )
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return "full"
+    return "none"
+
+
+def prune(
+    path: str | Path,
+    *,
+    before: float | None = None,
+    keep_runs: int | None = None,
+    vacuum: bool = False,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Delete whole runs (see the module docstring) and reclaim their space.
+
+    Args:
+        path: the store file (migrated first if it is of an older schema).
+        before: prune runs that ended before this epoch time.
+        keep_runs: prune every run but the newest `keep_runs`.
+        vacuum: on a store without incremental auto-vacuum, run a full `VACUUM` afterwards
+            (refused while a run is being written).
+        dry_run: only say what would be pruned.
+
+    Raises:
+        StoreError: a write failed, or a full vacuum was asked for while a run is running.
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store; give the store with --db PATH")
+    result = PruneResult(bytes_before=_size(path))
+    conn = connect(path)
+    try:
+        migrate(conn, path)
+        candidates = select_runs(conn, before=before, keep_runs=keep_runs)
+        for run_id, status, config_json in candidates:
+            (result.skipped if _being_written(status, config_json) else result.runs).append(run_id)
+        if dry_run:
+            for run_id in result.runs:
+                result.requests += conn.execute(
+                    "SELECT COUNT(*) FROM requests WHERE run_id = ?", (run_id,)
+                ).fetchone()[0]
+        else:
+            for run_id in list(result.runs):
+                if not _prune_run(conn, path, run_id, result):
+                    result.runs.remove(run_id)
+                    result.skipped.append(run_id)
+            running = any(
+                _being_written(status, config)
+                for _, status, config in conn.execute("SELECT id, status, config_json FROM runs")
+            )
+            result.vacuum = _vacuum(conn, path, vacuum, running)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: pruning the store failed: {describe_error(exc, path)}") from exc
+    finally:
+        conn.close()
+    result.bytes_after = _size(path)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,188 @@
+"""Retention (`engine.store.retention`): whole runs go with everything of theirs, running
+runs stay, space comes back, and another process keeps writing meanwhile."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.store.retention import prune
+from engine.store.store import Store
+from tests.support.store_rows import TABLES, count_rows, stored_run
+
+ROOT = Path(__file__).resolve().parents[3]
+DAY = 86_400.0
+
+
+def _gone(db: Path, run_id: str) -> bool:
+    return not any(count_rows(db, run_id).values())
+
+
+def test_keep_runs_deletes_older_runs_with_every_row_and_keeps_the_newest(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    now = time.time()
+    old = stored_run(db, 5, at=now - 3 * DAY, crashed=2)
+    mid = stored_run(db, 4, at=now - 2 * DAY)
+    new = stored_run(db, 3, at=now - DAY)
+    kept_before = count_rows(db, new)
+
+    result = prune(db, keep_runs=1)
+
+    assert result.runs == [old, mid]
+    assert result.requests == 9
+    assert _gone(db, old) and _gone(db, mid)
+    assert count_rows(db, new) == kept_before
+    assert kept_before["requests"] == 3 and kept_before["run_events"] == 1
+    with Store.open(db, readonly=True) as store:
+        assert [run["id"] for run in store.list_runs()] == [new]
+        assert store.list_policies() == []  # nothing else touched
+    # per stored request 9 rows, per crashed one 8, per run a run-level event and its row
+    assert result.rows == (5 * 9 + 2 * 8 + 2) + (4 * 9 + 2)
+
+
+def test_before_prunes_runs_that_ended_before_the_date(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    now = time.time()
+    old = stored_run(db, 2, at=now - 10 * DAY)
+    recent = stored_run(db, 2, at=now - 1 * DAY)
+
+    result = prune(db, before=now - 5 * DAY)
+
+    assert result.runs == [old]
+    assert _gone(db, old)
+    assert count_rows(db, recent)["requests"] == 2
+
+
+def test_a_run_being_written_is_never_pruned(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    running = stored_run(db, 3, at=time.time() - 10 * DAY, finish=False)  # owner: this pid
+
+    result = prune(db, keep_runs=0)
+
+    assert result.runs == [] and result.skipped == [running]
+    assert count_rows(db, running)["requests"] == 3
+
+
+def test_a_run_whose_process_died_is_pruned(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    died = stored_run(db, 3, at=time.time() - 10 * DAY, finish=False)
+    with Store.open(db) as store, store._tx() as conn:
+        conn.execute(
+            "UPDATE runs SET config_json = json_set(config_json, '$.owner.pid', 2147483646)"
+        )
+
+    result = prune(db, keep_runs=0)
+
+    assert result.runs == [died]
+    assert _gone(db, died)
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 3)
+    before = count_rows(db, run)
+
+    result = prune(db, keep_runs=0, dry_run=True)
+
+    assert result.runs == [run] and result.requests == 3
+    assert count_rows(db, run) == before
+
+
+def test_incremental_vacuum_gives_the_space_back(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 3000)
+    keep = stored_run(db, 10)
+    size = db.stat().st_size
+
+    result = prune(db, keep_runs=1)
+
+    assert result.vacuum == "incremental"
+    assert db.stat().st_size < size / 4
+    assert count_rows(db, keep)["requests"] == 10
+
+
+def test_an_old_store_shrinks_only_with_a_full_vacuum(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db)  # WAL before any table: auto-vacuum stays NONE, as before
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    stored_run(db, 2000)
+    keep = stored_run(db, 5)
+    size = db.stat().st_size
+
+    assert prune(db, keep_runs=1).vacuum == "none"
+    assert db.stat().st_size >= size * 0.9
+    result = prune(db, keep_runs=1, vacuum=True)
+    assert result.vacuum == "full"
+    assert db.stat().st_size < size / 4
+    assert count_rows(db, keep)["requests"] == 5
+    assert prune(db, keep_runs=1).vacuum == "incremental"  # converted by the VACUUM
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from engine.store.store import Store
+from tests.support.store_rows import request_records
+
+db, total = Path(sys.argv[1]), int(sys.argv[2])
+with Store.open(db) as store:
+    run_id = store.create_run("g", "hash", total)
+    with store.writer() as writer:
+        print(time.time(), flush=True)
+        for seq in range(total):
+            for item in request_records(run_id, seq, time.time()):
+                writer.record(item)
+            if seq % 100 == 99:
+                writer.flush()
+                time.sleep(0.01)
+    store.finish_run(run_id, "finished")
+print(time.time(), flush=True)
+"""
+
+
+def test_prune_is_safe_while_another_process_writes(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    olds = [stored_run(db, 1000, at=time.time() - (5 - i) * DAY) for i in range(3)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(db), "2000"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert writer.stdout is not None
+        writer_started = float(writer.stdout.readline())
+        pruned_at = time.time()
+        result = prune(db, before=time.time() - DAY)
+        pruned_by = time.time()
+    finally:
+        out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    writer_ended = float(out.split()[-1])
+    assert writer_started < pruned_by and pruned_at < writer_ended  # they overlapped
+    assert result.runs == olds
+    assert all(_gone(db, run) for run in olds)
+    with Store.open(db, readonly=True) as store:
+        (new,) = store.list_runs()
+        assert new["requests_done"] == 2000
+    rows = count_rows(db, new["id"])
+    assert {table: rows[table] for table in TABLES} == {
+        "requests": 2000,
+        "orchestration_events": 8000,
+        "node_runs": 4000,
+        "llm_calls": 2000,
+        "decision_traces": 2000,
+    }
+
+
+def test_exactly_one_selection_is_required(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        prune(db)

@@ -36,7 +36,7 @@ from engine.store.schema import (
     migrate,
     write_transaction,
 )
-from engine.store.store import run_state
+from engine.store.store import RUN_FIRST_EVENTS, run_state
 
 __all__ = ["PruneResult", "prune", "select_runs"]
 
@@ -131,8 +131,8 @@ def _request_chunk(conn: sqlite3.Connection, run_id: str) -> list[str]:
         row[0]
         for row in conn.execute(
             "SELECT DISTINCT request_id FROM orchestration_events "
-            "WHERE run_id = ? AND request_id != '' LIMIT ?",
-            (run_id, _CHUNK),
+            f"WHERE {RUN_FIRST_EVENTS} AND request_id != '' LIMIT :n",
+            {"run": run_id, "n": _CHUNK},
         )
     ]
 
@@ -161,7 +161,8 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
             ids = _request_chunk(conn, run_id)
             if not ids:
                 result.rows += conn.execute(
-                    "DELETE FROM orchestration_events WHERE run_id = ?", (run_id,)
+                    "DELETE FROM orchestration_events WHERE run_id = ? AND request_id = ''",
+                    (run_id,),
                 ).rowcount
                 result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
                 return True

@@ -167,7 +167,22 @@ _MIGRATION_1 = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1,)
+# Compact records and reads at scale. Self-contained (IF [NOT] EXISTS throughout), so it
+# applies in either order with any other migration appended beside it.
+_MIGRATION_2 = (
+    # Events are found by request (`orchestration_events_request_id`). By run, only two
+    # kinds are looked up: run-level events (empty `request_id`: policy events) and each
+    # request's first event (`sequence` starts at 1; the writer commits events in order,
+    # so a request with any stored event has its first), which names the run's requests,
+    # crashed ones included. Indexing just those is a run_id entry per request, not per event.
+    "DROP INDEX IF EXISTS orchestration_events_run_id",
+    "CREATE INDEX IF NOT EXISTS orchestration_events_run_level ON orchestration_events "
+    "(run_id) WHERE request_id = ''",
+    "CREATE INDEX IF NOT EXISTS orchestration_events_run_first ON orchestration_events "
+    "(run_id) WHERE sequence <= 1",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2)
 """Migration N (index N-1) brings the schema from version N-1 to N."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.errors import StoreError
 from engine.events import result_line
+from engine.store import codec
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
 from engine.store.schema import (
@@ -55,6 +56,11 @@ __all__ = [
 
 Row = dict[str, Any]
 _Params = tuple[Any, ...] | Mapping[str, Any]
+
+RUN_FIRST_EVENTS = "run_id = :run AND sequence <= 1"
+"""The first event of each request of run `:run` (and nothing else that needs reading):
+the condition `orchestration_events_run_first` indexes (keep it verbatim, or SQLite will
+not use that partial index)."""
 
 _ORPHAN_TABLES = ("node_runs", "llm_calls", "decision_traces", "orchestration_events")
 
@@ -116,10 +122,11 @@ def _decode(cursor: sqlite3.Cursor) -> list[Row]:
         (d[0][:-5], True) if d[0].endswith("_json") else (d[0], False) for d in cursor.description
     ]
     out: list[Row] = []
+    conn = cursor.connection
     for values in cursor.fetchall():
         row: Row = {}
         for (name, is_json), value in zip(names, values, strict=True):
-            row[name] = json.loads(value) if is_json and value is not None else value
+            row[name] = codec.decode(conn, value) if is_json and value is not None else value
         out.append(row)
     return out
 
@@ -399,7 +406,7 @@ class Store:
         Call it before `--resume`, with no writer of that run still running.
         """
         orphan_ids = (
-            "SELECT DISTINCT request_id FROM orchestration_events e WHERE run_id = :run "
+            f"SELECT DISTINCT request_id FROM orchestration_events e WHERE {RUN_FIRST_EVENTS} "
             "AND request_id != '' AND NOT EXISTS "
             "(SELECT 1 FROM requests r WHERE r.id = e.request_id)"
         )

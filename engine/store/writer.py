@@ -36,6 +36,7 @@ from engine.events import (
     Record,
     RequestRecord,
 )
+from engine.store.codec import Packer
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["EVENT_SQL", "StoreWriter", "WriterStats", "event_row"]
@@ -218,6 +219,9 @@ _TABLES: tuple[tuple[type[Any], str, Callable[[Any], tuple[Any, ...]]], ...] = (
     (RequestRecord, _REQUEST_SQL, _request_row),
 )
 _SLOT = {kind: index for index, (kind, _, _) in enumerate(_TABLES)}
+# Per table (in `_TABLES` order), the positions of the JSON columns large enough to be
+# worth compressing (`engine.store.codec`): payloads, inputs/outputs and the output.
+_PACKED: tuple[tuple[int, ...], ...] = ((12, 13, 14), (), (), (3,), (15,))
 
 
 class _FlushMarker:
@@ -283,6 +287,7 @@ class StoreWriter:
             migrate(conn, self.path)
             # A larger page cache keeps index pages hot across batches.
             conn.execute("PRAGMA cache_size = -32768")
+            self._packer = Packer(conn)
         except StoreError:
             conn.close()
             raise
@@ -410,12 +415,26 @@ class StoreWriter:
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
         rows: list[list[tuple[Any, ...]]] = []
-        for group, (_, _, build) in zip(groups, _TABLES, strict=True):
+        for group, (_, _, build), packed in zip(groups, _TABLES, _PACKED, strict=True):
             try:
-                rows.append([build(item) for item in group])
+                built = [build(item) for item in group]
             except Exception:
-                rows.append(self._rows_one_by_one(group, build))
+                built = self._rows_one_by_one(group, build)
+            rows.append(self._pack(built, packed) if packed else built)
         return rows
+
+    def _pack(self, rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> list[tuple[Any, ...]]:
+        """Compress the large JSON values of `rows` (see `engine.store.codec`)."""
+        pack = self._packer.pack
+        out = []
+        for row in rows:
+            if any(row[i] is not None and len(row[i]) >= 64 for i in columns):
+                values = list(row)
+                for i in columns:
+                    values[i] = pack(values[i])
+                row = tuple(values)
+            out.append(row)
+        return out
 
     def _rows_one_by_one(
         self, group: list[Any], build: Callable[[Any], tuple[Any, ...]]
@@ -438,4 +457,6 @@ class StoreWriter:
             for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
                 if batch:
                     conn.executemany(sql, batch)
+            self._packer.maybe_train(conn)
+        self._packer.committed()
         return sum(len(batch) for batch in rows)

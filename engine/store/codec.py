@@ -1,0 +1,138 @@
+"""How the store encodes JSON columns: compact JSON text, or zstd against a dictionary of
+the store's own payloads when that is clearly smaller.
+
+The payloads of one graph repeat their keys and most of their values from request to
+request (`modules_planned`, `relevant_principles`, ...), so each one alone compresses
+poorly but compresses several times over against a dictionary trained on earlier ones.
+The writer trains one (`Packer`) from the first `_SAMPLES` payloads it writes, stores it
+in the `meta` table under `zstd_dict:<id>` and from then on writes a payload of at least
+`_MIN_BYTES` as a zstd frame (a BLOB naming its dictionary) whenever that saves a quarter
+of it. Everything smaller, and everything before the dictionary exists, stays JSON text.
+
+Readers decode through `decode` (which `Store` does for every `*_json` column): a TEXT
+value is JSON, a BLOB is a frame whose dictionary is read from `meta` once per process.
+Dictionaries are never deleted, so every row stays readable whatever prunes it outlives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from typing import Any
+
+import zstandard
+
+__all__ = ["Packer", "decode", "load_dictionary"]
+
+_MIN_BYTES = 64
+"""Payloads shorter than this stay text: a frame's own header would eat the gain."""
+_SAMPLES = 2_000
+"""Payloads a dictionary is trained on."""
+_DICT_BYTES = 16_384
+_KEY = "zstd_dict:"
+_LEVEL = 3
+
+_decompressors: dict[tuple[str, int], zstandard.ZstdDecompressor] = {}
+_lock = threading.Lock()
+
+
+def _database(conn: sqlite3.Connection) -> str:
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return str(file)
+    return ""
+
+
+def load_dictionary(conn: sqlite3.Connection) -> zstandard.ZstdCompressionDict | None:
+    """The store's newest dictionary, or None if it has none yet."""
+    row = conn.execute(
+        "SELECT value FROM meta WHERE key LIKE ? ORDER BY rowid DESC LIMIT 1", (_KEY + "%",)
+    ).fetchone()
+    if row is None or not isinstance(row[0], bytes):
+        return None
+    return zstandard.ZstdCompressionDict(row[0])
+
+
+def _decompressor(conn: sqlite3.Connection, dict_id: int) -> zstandard.ZstdDecompressor:
+    key = (_database(conn), dict_id)
+    with _lock:
+        found = _decompressors.get(key)
+    if found is not None:
+        return found
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"{_KEY}{dict_id}",)).fetchone()
+    if row is None:
+        raise ValueError(f"a compressed payload names dictionary {dict_id}, not in this store")
+    made = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(row[0]))
+    with _lock:
+        _decompressors[key] = made
+    return made
+
+
+def decode(conn: sqlite3.Connection, value: str | bytes) -> Any:
+    """A JSON column's value as data: JSON text, or a zstd frame of JSON text."""
+    if isinstance(value, bytes):
+        dict_id = zstandard.get_frame_parameters(value).dict_id
+        value = _decompressor(conn, dict_id).decompress(value)
+    return json.loads(value)
+
+
+class Packer:
+    """The writer's side: encodes JSON text, compressing large payloads once the store
+    has a dictionary (and training one from the first payloads if it has none)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        found = load_dictionary(conn)
+        self._compressor = self._make(found) if found is not None else None
+        self._samples: list[bytes | bytearray | memoryview[int]] | None = (
+            [] if found is None else None
+        )
+        self._pending: zstandard.ZstdCompressionDict | None = None
+
+    @staticmethod
+    def _make(dictionary: zstandard.ZstdCompressionDict) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(
+            level=_LEVEL,
+            dict_data=dictionary,
+            write_checksum=False,
+            write_content_size=True,
+            write_dict_id=True,
+        )
+
+    def pack(self, text: str | None) -> str | bytes | None:
+        """`text`, or a smaller zstd frame of it."""
+        if text is None or len(text) < _MIN_BYTES:
+            return text
+        compressor = self._compressor
+        if compressor is None:
+            if self._samples is not None and len(self._samples) < _SAMPLES:
+                self._samples.append(text.encode())
+            return text
+        frame = compressor.compress(text.encode())
+        return frame if len(frame) * 4 < len(text) * 3 else text
+
+    def maybe_train(self, conn: sqlite3.Connection) -> None:
+        """Once enough payloads were seen, train the dictionary and record it in `meta`
+        (inside the caller's write transaction), unless another writer already did; it is
+        used from `committed()` on, so no row ever names a dictionary that was rolled back."""
+        samples = self._samples
+        if samples is None or len(samples) < _SAMPLES:
+            return
+        self._samples = None
+        existing = load_dictionary(conn)
+        if existing is None:
+            try:
+                existing = zstandard.train_dictionary(_DICT_BYTES, samples, level=_LEVEL)
+            except zstandard.ZstdError:
+                return  # too few distinct payloads to learn from: stay with text
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (f"{_KEY}{existing.dict_id()}", existing.as_bytes()),
+            )
+        self._pending = existing
+
+    def committed(self) -> None:
+        """The transaction that recorded a new dictionary committed: compress from now on."""
+        if self._pending is not None:
+            self._compressor = self._make(self._pending)
+            self._pending = None

@@ -1,25 +1,36 @@
-"""Incremental reads of a store that other processes are writing, for the live views.
+"""Reads of a store that other processes are writing, for the live views, at any size.
 
-`LiveReader` keeps what it has seen (the highest row ids of `requests`, `orchestration_events`
-and `llm_calls`) and on each `poll()` reads only newer rows, aggregating events in SQLite so
-a busy run costs one short query per table per refresh. It returns a `Snapshot`: plain,
-immutable data the UI thread can render without touching the store. `poll()` is meant to run
-in a worker thread; one reader must not be polled from two threads at once.
+`LiveReader` never reads a whole table. It keeps the newest `WINDOW` finished requests
+(the requests view pages further back through `page`, a keyset query) and reads only the
+requests written since its last poll; a request's route and cycles come with it (its
+`requests` row is written after all its events, so they are final). Figures come from
+SQLite aggregates over indexes (`engine.store.reads`): a finished run's are read once and
+kept, a running run's on every poll, the all-runs ones (percentiles over every request)
+at most every `OVERALL_EVERY_S` on a large store. A first poll of a store of a million
+requests therefore reads a thousand rows and a few index ranges; the figures of old runs
+follow within the next polls (`Metrics.complete` says when the all-runs ones are whole).
+
+`poll()` returns a `Snapshot`: plain, immutable data the UI thread can render without
+touching the store. It is meant to run in a worker thread; one reader must not be polled
+from two threads at once (`page` may run beside it: the store serialises its queries).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine import Store, StoreError
-from engine.stats import FAILED_STATUSES, percentile
 from engine.store import reads
+from engine.store.reads import RequestPage, RunFacts
+from engine.store.store import Row
 
 __all__ = [
+    "WINDOW",
     "LiveReader",
     "Metrics",
     "PolicyRow",
@@ -30,10 +41,13 @@ __all__ = [
 
 _SERIES_POINTS = 30
 
-_EVENT_CHUNK = 10_000
-"""At most this many event ids per poll, so one poll stays short after a burst of writes;
-the next polls catch up."""
-_REQUEST_CHUNK = 5_000
+WINDOW = 1_000
+"""The newest finished requests a reader keeps (older ones are read a page at a time)."""
+_RUN_BUDGET_S = 0.25
+"""Seconds a poll spends at most on the figures of finished runs it has not read yet."""
+OVERALL_EVERY_S = 5.0
+"""On a store of over `_LARGE` requests, the all-runs figures are re-read this seldom."""
+_LARGE = 100_000
 
 
 @dataclass(slots=True)
@@ -53,7 +67,9 @@ class RequestRow:
     route: str = ""
     """The decision of the request's last `ROUTE_SELECTED` event."""
     cycles: int = 0
-    """The highest cycle any of its events recorded."""
+    """The highest cycle a `LOOP_CYCLE_STARTED` event of it recorded."""
+    row_id: int = 0
+    """Its rowid in `requests`: the keyset of paging."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +113,9 @@ class Metrics:
     """Mean latency per time bucket, oldest first."""
     throughput_series: tuple[float, ...] = ()
     """Requests per second per time bucket, oldest first."""
+    complete: bool = True
+    """False while the all-runs figures still miss the events of some runs (a first poll
+    of a large store); the request figures are whole regardless."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +137,10 @@ class Snapshot:
     message: str = ""
     runs: tuple[RunSummary, ...] = ()
     requests: tuple[RequestRow, ...] = ()
-    """Every finished request seen so far, in arrival order."""
+    """The newest finished requests (at most `WINDOW`), in arrival order."""
     changed: frozenset[str] = frozenset()
-    """Ids of already seen requests whose route or cycles changed in this poll."""
+    """Ids of already shown requests whose row changed in this poll (none: a request's
+    row and facts are final when it is read)."""
     metrics: Mapping[str | None, Metrics] = field(default_factory=dict)
     """Per run id, and under `None` for all runs together."""
     policies: tuple[PolicyRow, ...] = ()
@@ -131,54 +151,29 @@ class Snapshot:
     """How long the poll took."""
 
 
-@dataclass(slots=True)
-class _Facts:
-    run_id: str = ""
-    max_cycle: int = 0
-    route: str = ""
-    cache_hit: int = 0
-    cache_miss: int = 0
-    valid_id: int = 0
-    invalid_id: int = 0
-    spec_used: int = 0
-    spec_discarded: int = 0
-    spec_cancelled: int = 0
-    node_failed: int = 0
-
-    def merge(self, row: Mapping[str, Any]) -> None:
-        self.run_id = row["run_id"] or self.run_id
-        self.max_cycle = max(self.max_cycle, int(row["max_cycle"] or 0))
-        self.valid_id = max(self.valid_id, int(row["valid_id"] or 0))
-        self.invalid_id = max(self.invalid_id, int(row["invalid_id"] or 0))
-        for name in (
-            "cache_hit",
-            "cache_miss",
-            "spec_used",
-            "spec_discarded",
-            "spec_cancelled",
-            "node_failed",
-        ):
-            setattr(self, name, getattr(self, name) + int(row[name] or 0))
-
-
 class LiveReader:
-    """Polls one store file incrementally (see the module docstring).
+    """Polls one store file (see the module docstring).
 
     Args:
         path: the store file; it may not exist yet, in which case polls report so and retry.
+
+    Attributes:
+        focus: the run the views are on (None: every run); its figures are read first.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.focus: str | None = None
         self._store: Store | None = None
         self._last_request = 0
-        self._last_event = 0
-        self._last_call = 0
         self._simulated = False
-        self._requests: list[RequestRow] = []
-        self._by_id: dict[str, RequestRow] = {}
-        self._facts: dict[str, _Facts] = {}
-        self._metrics: dict[str | None, Metrics] = {}
+        self._requests: deque[RequestRow] = deque(maxlen=WINDOW)
+        self._finished: dict[str, tuple[Metrics, RunFacts]] = {}
+        """Figures of runs no longer running: they never change."""
+        self._live: dict[str, tuple[Metrics, RunFacts]] = {}
+        self._overall: Metrics | None = None
+        self._overall_at = 0.0
+        self._total = 0
 
     @property
     def store(self) -> Store | None:
@@ -198,26 +193,31 @@ class LiveReader:
         if store is None:
             return Snapshot(message=f"no store at {self.path} yet: waiting for a run to start")
         try:
-            changed = self._read_events(store)
             fresh = self._read_requests(store)
-            self._read_calls(store)
+            for run_id in {r.run_id for r in fresh}:  # its figures changed
+                self._finished.pop(run_id, None)
             runs = self._read_runs(store)
+            metrics = self._read_metrics(store, runs, bool(fresh))
             policies = tuple(PolicyRow(**row) for row in store.list_policies())
         except StoreError as exc:
             return Snapshot(message=str(exc), requests=tuple(self._requests))
-        if fresh or changed or not self._metrics:
-            self._metrics = _all_metrics(self._requests, self._facts, runs)
         return Snapshot(
             available=True,
-            runs=tuple(_with_throughput(run, self._metrics) for run in runs),
+            runs=tuple(_with_throughput(run, metrics) for run in runs),
             requests=tuple(self._requests),
-            changed=frozenset(changed - fresh),
-            metrics=dict(self._metrics),
+            metrics=metrics,
             policies=policies,
             simulated=self._simulated,
             polled_at=time.time(),
             poll_ms=(time.perf_counter() - began) * 1000,
         )
+
+    def page(self, page: RequestPage, before: int | None, limit: int) -> list[RequestRow]:
+        """Up to `limit` requests matching `page`, newest first, older than row `before`."""
+        store = self._open()
+        if store is None:
+            return []
+        return self._rows(store, reads.request_page(store, page, before, limit))
 
     def _open(self) -> Store | None:
         if self._store is None and self.path.exists():
@@ -227,156 +227,191 @@ class LiveReader:
                 return None
         return self._store
 
-    def _read_events(self, store: Store) -> set[str]:
-        high = min(reads.max_id(store, "orchestration_events"), self._last_event + _EVENT_CHUNK)
-        if high <= self._last_event:
-            return set()
-        low, self._last_event = self._last_event, high
-        changed: set[str] = set()
-        routes: list[int] = []
-        for row in reads.event_facts(store, low, high):
-            self._facts.setdefault(row["request_id"], _Facts()).merge(row)
-            changed.add(row["request_id"])
-            if row["route_id"] is not None:
-                routes.append(int(row["route_id"]))
-        for request_id, route in reads.route_decisions(store, routes).items():
-            self._facts[request_id].route = route
-        for request_id in changed & self._by_id.keys():
-            _apply_facts(self._by_id[request_id], self._facts[request_id])
-        return changed
-
-    def _read_requests(self, store: Store) -> set[str]:
-        rows = reads.requests_after(store, self._last_request, _REQUEST_CHUNK)
-        fresh: set[str] = set()
+    def _rows(self, store: Store, rows: Sequence[Row]) -> list[RequestRow]:
+        facts = reads.request_facts(store, [row["id"] for row in rows])
+        out = []
         for row in rows:
-            self._last_request = max(self._last_request, int(row.pop("row_id")))
-            row["tenant"] = row["tenant"] or ""
-            request = RequestRow(**row)
-            facts = self._facts.get(request.id)
-            if facts is not None:
-                _apply_facts(request, facts)
-            if request.id not in self._by_id:
-                self._requests.append(request)
-            self._by_id[request.id] = request
-            fresh.add(request.id)
+            route, cycles = facts.get(row["id"], ("", 0))
+            out.append(
+                RequestRow(
+                    id=row["id"],
+                    run_id=row["run_id"],
+                    seq=row["seq"],
+                    tenant=row["tenant"] or "",
+                    status=row["status"],
+                    started_at=row["started_at"],
+                    finished_at=row["finished_at"],
+                    latency_ms=row["latency_ms"],
+                    cost_usd=row["cost_usd"],
+                    policy_version=row["policy_version"],
+                    route=route,
+                    cycles=cycles,
+                    row_id=row["row_id"],
+                )
+            )
+        return out
+
+    def _read_requests(self, store: Store) -> list[RequestRow]:
+        high = reads.latest_request_rowid(store)
+        if high <= self._last_request:
+            return []
+        if high - self._last_request > WINDOW:  # more than the window holds: its newest
+            rows = list(reversed(reads.request_page(store, RequestPage(), high + 1, WINDOW)))
+        else:
+            rows = reads.requests_after(store, self._last_request, WINDOW)
+        fresh = self._rows(store, rows)
+        self._last_request = max([self._last_request, *(r.row_id for r in fresh)])
+        self._requests.extend(fresh)
+        if not self._simulated and fresh:
+            self._simulated = reads.sim_call_in(store, [r.id for r in fresh[-50:]])
         return fresh
 
-    def _read_calls(self, store: Store) -> None:
-        high = reads.max_id(store, "llm_calls")
-        if not self._simulated and high > self._last_call:
-            self._simulated = reads.sim_call_between(store, self._last_call, high)
-        self._last_call = high
-
     def _read_runs(self, store: Store) -> list[RunSummary]:
-        counts = reads.request_counts_by_run(store)
-        return [
-            RunSummary(
-                id=row["id"],
-                graph_name=row["graph_name"],
-                status=row["status"],
-                started_at=row["started_at"],
-                finished_at=row["finished_at"],
-                total=row["requests_total"],
-                done=max(int(row["requests_done"] or 0), counts.get(row["id"], 0)),
-                config=row["config"] if isinstance(row["config"], dict) else {},
-                throughput=None,
+        out = []
+        for row in store.list_runs():
+            done = int(row["requests_done"] or 0)
+            if row.get("stored_status", row["status"]) == "running" or not done:
+                done = max(done, reads.request_count(store, row["id"]))
+            out.append(
+                RunSummary(
+                    id=row["id"],
+                    graph_name=row["graph_name"],
+                    status=row["status"],
+                    started_at=row["started_at"],
+                    finished_at=row["finished_at"],
+                    total=row["requests_total"],
+                    done=done,
+                    config=row["config"] if isinstance(row["config"], dict) else {},
+                    throughput=None,
+                )
             )
-            for row in store.list_runs()
-        ]
+        return out
+
+    def _read_metrics(
+        self, store: Store, runs: Sequence[RunSummary], fresh: bool
+    ) -> dict[str | None, Metrics]:
+        running = {r.id for r in runs if r.status == "running"}
+        for run_id in running & self._finished.keys():  # resumed
+            del self._finished[run_id]
+        if fresh or not self._live:
+            self._live = {r.id: _run_metrics(store, r) for r in runs if r.id in running and r.done}
+        budget = time.perf_counter() + _RUN_BUDGET_S
+        # the focused run and the newest ones first: the views show them
+        for run in sorted(runs, key=lambda r: (r.id != self.focus, -r.started_at)):
+            if run.id in running or run.id in self._finished or not run.done:
+                continue
+            if time.perf_counter() > budget and run.id != self.focus:
+                break
+            self._finished[run.id] = _run_metrics(store, run)
+        known = {r.id for r in runs}
+        for gone in self._finished.keys() - known:  # pruned meanwhile
+            del self._finished[gone]
+        per_run = {**self._finished, **self._live}
+        out: dict[str | None, Metrics] = {run_id: m for run_id, (m, _) in per_run.items()}
+        out[None] = self._all_runs(store, runs, per_run, fresh)
+        return out
+
+    def _all_runs(
+        self,
+        store: Store,
+        runs: Sequence[RunSummary],
+        per_run: Mapping[str, tuple[Metrics, RunFacts]],
+        fresh: bool,
+    ) -> Metrics:
+        now = time.monotonic()
+        stale = self._overall is None or (
+            fresh and (self._total < _LARGE or now - self._overall_at > OVERALL_EVERY_S)
+        )
+        if stale:
+            self._overall, self._overall_at = _request_metrics(store, None), now
+            self._total = self._overall.requests
+        assert self._overall is not None
+        with_requests = [r for r in runs if r.done]
+        complete = all(r.id in per_run for r in with_requests)
+        facts = sum((f for _, f in per_run.values()), RunFacts())
+        # Across runs, wall-clock spans include the idle time between runs: add up each
+        # run's own span instead, and draw the sparklines of the newest run with requests.
+        spans = [(m.requests, m.throughput) for m, _ in per_run.values()]
+        seconds = sum(n / rate for n, rate in spans if rate)
+        newest = next((per_run[r.id][0] for r in with_requests if r.id in per_run), None)
+        return replace(
+            self._overall,
+            **(_fact_fields(facts) if complete else {}),
+            throughput=sum(n for n, rate in spans if rate) / seconds if seconds else None,
+            latency_series=newest.latency_series if newest else (),
+            throughput_series=newest.throughput_series if newest else (),
+            complete=complete,
+        )
 
 
-def _apply_facts(request: RequestRow, facts: _Facts) -> None:
-    request.route = facts.route
-    request.cycles = facts.max_cycle
+def _fact_fields(facts: RunFacts) -> dict[str, Any]:
+    return {
+        "cache_hit_rate": (
+            facts.cache_hit_requests / facts.cache_requests if facts.cache_requests else None
+        ),
+        "validation_success": facts.valid / facts.validated if facts.validated else None,
+        "spec_used": facts.spec_used,
+        "spec_discarded": facts.spec_discarded,
+        "spec_cancelled": facts.spec_cancelled,
+        "node_failures": facts.node_failures,
+    }
+
+
+def _request_metrics(store: Store, run_id: str | None) -> Metrics:
+    """The request figures of one run (or every run), all from indexes."""
+    figures = reads.run_figures(store, run_id)
+    n = int(figures["requests"])
+    if not n:
+        return Metrics()
+    p50, p95, p99 = reads.percentiles(store, run_id, "latency_ms", (50, 95, 99))
+    (cost_p95,) = reads.percentiles(store, run_id, "cost_usd", (95,))
+    return Metrics(
+        requests=n,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        cost_per_case=float(figures["cost"]) / n,
+        cost_p95=cost_p95,
+        errors=int(figures["errors"]),
+    )
+
+
+def _run_metrics(store: Store, run: RunSummary) -> tuple[Metrics, RunFacts]:
+    base = _request_metrics(store, run.id)
+    if not base.requests:
+        return base, RunFacts()
+    figures = reads.run_figures(store, run.id)
+    facts = reads.run_facts(store, run.id)
+    first = run.started_at if run.started_at is not None else figures["first_started"]
+    last = figures["last_finished"]
+    span = last - first
+    return (
+        replace(
+            base,
+            **_fact_fields(facts),
+            throughput=base.requests / span if span > 0 else None,
+            **_series(store, run.id, first, last),
+        ),
+        facts,
+    )
+
+
+def _series(store: Store, run_id: str, first: float, last: float) -> dict[str, Any]:
+    width = max((last - first) / _SERIES_POINTS, 0.25)
+    points = min(_SERIES_POINTS, int((last - first) / width) + 1)
+    counts = [0] * points
+    sums = [0.0] * points
+    for bucket, n, total in reads.run_series(store, run_id, last - points * width, last, points):
+        counts[bucket] += n
+        sums[bucket] += total
+    return {
+        "latency_series": tuple(s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)),
+        "throughput_series": tuple(c / width for c in counts),
+    }
 
 
 def _with_throughput(run: RunSummary, metrics: Mapping[str | None, Metrics]) -> RunSummary:
     found = metrics.get(run.id)
     if found is None:
         return run
-    return RunSummary(**{**_fields(run), "throughput": found.throughput})
-
-
-def _fields(run: RunSummary) -> dict[str, Any]:
-    return {name: getattr(run, name) for name in RunSummary.__slots__}
-
-
-def _all_metrics(
-    requests: Sequence[RequestRow], facts: Mapping[str, _Facts], runs: Sequence[RunSummary]
-) -> dict[str | None, Metrics]:
-    by_run: dict[str, list[RequestRow]] = {}
-    for request in requests:
-        by_run.setdefault(request.run_id, []).append(request)
-    facts_by_run: dict[str, list[_Facts]] = {}
-    for item in facts.values():
-        facts_by_run.setdefault(item.run_id, []).append(item)
-    started = {run.id: run.started_at for run in runs}
-    out: dict[str | None, Metrics] = {
-        run_id: _compute_metrics(rows, facts_by_run.get(run_id, ()), started.get(run_id))
-        for run_id, rows in by_run.items()
-    }
-    overall = _compute_metrics(requests, facts.values(), min(started.values(), default=None))
-    # Across runs, wall-clock spans include the idle time between runs: add up each run's
-    # own span instead, and draw the sparklines of the newest run that has requests.
-    spans = [(len(by_run[r.id]), out[r.id].throughput) for r in runs if r.id in by_run]
-    seconds = sum(n / rate for n, rate in spans if rate)
-    newest = next((out[r.id] for r in runs if r.id in by_run), overall)
-    out[None] = replace(
-        overall,
-        throughput=sum(n for n, rate in spans if rate) / seconds if seconds else None,
-        latency_series=newest.latency_series,
-        throughput_series=newest.throughput_series,
-    )
-    return out
-
-
-def _compute_metrics(
-    requests: Sequence[RequestRow], facts: Iterable[_Facts], started_at: float | None
-) -> Metrics:
-    if not requests:
-        return Metrics()
-    latencies = sorted(r.latency_ms for r in requests)
-    costs = sorted(r.cost_usd for r in requests)
-    facts = list(facts)
-    cached = [f for f in facts if f.cache_hit or f.cache_miss]
-    validated = [f for f in facts if f.valid_id or f.invalid_id]
-    first = started_at if started_at is not None else min(r.started_at for r in requests)
-    last = max(r.finished_at for r in requests)
-    span = last - first
-    return Metrics(
-        requests=len(requests),
-        p50_ms=percentile(latencies, 50),
-        p95_ms=percentile(latencies, 95),
-        p99_ms=percentile(latencies, 99),
-        cost_per_case=sum(costs) / len(costs),
-        cost_p95=percentile(costs, 95),
-        cache_hit_rate=sum(1 for f in cached if f.cache_hit) / len(cached) if cached else None,
-        validation_success=(
-            sum(1 for f in validated if f.valid_id > f.invalid_id) / len(validated)
-            if validated
-            else None
-        ),
-        spec_used=sum(f.spec_used for f in facts),
-        spec_discarded=sum(f.spec_discarded for f in facts),
-        spec_cancelled=sum(f.spec_cancelled for f in facts),
-        errors=sum(1 for r in requests if r.status in FAILED_STATUSES),
-        node_failures=sum(f.node_failed for f in facts),
-        throughput=len(requests) / span if span > 0 else None,
-        **_series(requests, first, last),
-    )
-
-
-def _series(requests: Sequence[RequestRow], first: float, last: float) -> dict[str, Any]:
-    width = max((last - first) / _SERIES_POINTS, 0.25)
-    points = min(_SERIES_POINTS, int((last - first) / width) + 1)
-    counts = [0] * points
-    sums = [0.0] * points
-    start = last - points * width
-    for request in requests:
-        index = min(points - 1, max(0, int((request.finished_at - start) / width)))
-        counts[index] += 1
-        sums[index] += request.latency_ms
-    return {
-        "latency_series": tuple(s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)),
-        "throughput_series": tuple(c / width for c in counts),
-    }
+    return replace(run, throughput=found.throughput)

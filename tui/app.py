@@ -69,6 +69,7 @@ class MoatApp(App[None]):
         self.run_id = run_id
         self.refresh_s = min(refresh_s, 0.5) if refresh_s > 0 else 0.0
         self.reader = LiveReader(self.db_path)
+        self.reader.focus = run_id
         self.registry = registry
         self.snapshot = Snapshot(message="reading the store…")
         self.sub_title = self.db_path.name
@@ -122,8 +123,10 @@ class MoatApp(App[None]):
     def select_run(self, run_id: str | None) -> None:
         """Focus the views on one run (None: every run) and redraw them."""
         self.run_id = run_id
+        self.reader.focus = run_id
         if isinstance(self.screen, LiveScreen):
             self.screen.show_snapshot(self.snapshot)
+        self.refresh_now()  # its figures, if not read yet
 
     async def action_show(self, mode: str) -> None:
         """Switch to a top-level view: `dashboard`, `requests` or `policies`."""

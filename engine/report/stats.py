@@ -13,7 +13,6 @@ from typing import Any
 
 from engine.errors import StoreError
 from engine.report.markdown import fmt_time
-from engine.stats import FAILED_STATUSES, percentile
 from engine.store import reads
 from engine.store.store import Row, Store
 
@@ -106,25 +105,27 @@ def _models(store: Store, run_id: str) -> tuple[dict[str, dict[str, float]], boo
 
 
 def run_stats(store: Store, run_id: str | None = None) -> RunStats:
-    """Aggregate one run (the latest if `run_id` is None).
+    """Aggregate one run (the latest if `run_id` is None), inside SQLite: the cost depends
+    on the run's size, not the store's.
 
     Raises:
         StoreError: no such run (the message lists recent ones), or no runs at all.
     """
     run_id, run = _resolve_run(store, run_id)
-    requests = reads.run_requests(store, run_id)
-    n = len(requests)
-    latencies = [float(r["latency_ms"]) for r in requests]
-    cost = sum(float(r["cost_usd"]) for r in requests)
+    figures = reads.run_figures(store, run_id)
+    n = int(figures["requests"])
+    cost = float(figures["cost"])
+    p50, p95, p99 = reads.percentiles(store, run_id, "latency_ms", (50, 95, 99))
     events = reads.event_counts(store, run_id, _FACTS)
     by_model, simulated = _models(store, run_id)
     calls = int(sum(m["calls"] for m in by_model.values()))
+    slowest, failed = reads.slowest_and_failed(store, run_id, _SLOWEST)
     run = run or {}
     started, finished = run.get("started_at"), run.get("finished_at")
-    if finished is None and requests:
-        finished = max(r["finished_at"] for r in requests)
+    if finished is None and n:
+        finished = figures["last_finished"]
     hits, misses = events["CACHE_HIT"], events["CACHE_MISS"]
-    passed, failed = events["VALIDATION_PASSED"], events["VALIDATION_FAILED"]
+    passed, failed_n = events["VALIDATION_PASSED"], events["VALIDATION_FAILED"]
     return RunStats(
         run_id=run_id,
         graph_name=run.get("graph_name"),
@@ -133,14 +134,14 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
         finished_at=run.get("finished_at"),
         requests=n,
         requests_total=run.get("requests_total"),
-        by_status=dict(sorted(Counter(r["status"] for r in requests).items())),
+        by_status=dict(sorted(reads.status_counts(store, run_id).items())),
         by_route=_routes(store, run_id),
         latency_ms={
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-            "p99": percentile(latencies, 99),
-            "mean": sum(latencies) / n if n else None,
-            "max": max(latencies, default=None),
+            "p50": p50,
+            "p95": p95,
+            "p99": p99,
+            "mean": float(figures["latency_sum"]) / n if n else None,
+            "max": figures["latency_max"],
         },
         cost_total_usd=round(cost, 9),
         cost_per_case_usd=round(cost / n, 9) if n else None,
@@ -151,20 +152,18 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
         cache={"hits": hits, "misses": misses, "hit_rate": _rate(hits, hits + misses)},
         validation={
             "passed": passed,
-            "failed": failed,
-            "success_rate": _rate(passed, passed + failed),
+            "failed": failed_n,
+            "success_rate": _rate(passed, passed + failed_n),
         },
         speculative=_speculative(store, run_id),
         simulated=simulated,
         slowest=[
             {"request_id": r["id"], "latency_ms": r["latency_ms"], "status": r["status"]}
-            for r in sorted(requests, key=lambda r: -float(r["latency_ms"]))[:_SLOWEST]
+            for r in slowest
         ],
         failed=[
-            {"request_id": r["id"], "status": r["status"], "error": r["error"]}
-            for r in requests
-            if r["status"] in FAILED_STATUSES
-        ][:_SLOWEST],
+            {"request_id": r["id"], "status": r["status"], "error": r["error"]} for r in failed
+        ],
     )
 
 

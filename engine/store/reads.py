@@ -1,103 +1,251 @@
-"""The store's aggregate reads: one run's figures (`moat stats`) and the TUI's live polls.
+"""The store's aggregate reads: one run's figures (`moat stats`) and the TUI's views.
 
-Every function takes an open `Store` and returns plain rows or counts; the callers turn
-them into figures. Keeping the SQL here (and nowhere outside `engine/store/`) means a
-schema change is made in one package.
+Every function takes an open `Store` and returns plain rows or figures, aggregated inside
+SQLite through an index, so what it costs depends on the size of the answer (one run, one
+page), never on the size of the store: a million stored requests open as fast as a
+thousand. The indexes are migration 2's (`engine.store.schema`). Keeping the SQL here (and
+nowhere outside `engine/store/`) means a schema change is made in one package.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from engine.store.schema import FACT_EVENT_TYPES, FACTS_IN, FAILED_IN
 from engine.store.store import Row, Store
 
 __all__ = [
-    "EVENT_FACT_TYPES",
+    "FACT_EVENT_TYPES",
+    "RequestPage",
+    "RunFacts",
     "calls_by_model",
     "event_counts",
-    "event_facts",
     "last_routes",
-    "max_id",
-    "request_counts_by_run",
+    "latest_request_rowid",
+    "percentiles",
+    "request_count",
+    "request_facts",
+    "request_page",
     "requests_after",
-    "route_decisions",
-    "run_requests",
-    "sim_call_between",
+    "run_facts",
+    "run_figures",
+    "run_series",
+    "sim_call_in",
+    "slowest_and_failed",
     "speculative_runs",
     "speculative_spend",
+    "status_counts",
 ]
 
 _RUN_REQUESTS = "SELECT r.id FROM requests r WHERE r.run_id = :run"
 """The ids of one run's finished requests, as a subquery."""
 
-_TABLES = frozenset({"requests", "orchestration_events", "llm_calls", "node_runs"})
-
-EVENT_FACT_TYPES = (
-    "CACHE_HIT",
-    "CACHE_MISS",
-    "VALIDATION_PASSED",
-    "VALIDATION_FAILED",
-    "SPECULATIVE_RESULT_USED",
-    "SPECULATIVE_RESULT_DISCARDED",
-    "BRANCH_CANCELLED",
-    "NODE_FAILED",
-    "LOOP_CYCLE_STARTED",
-    "ROUTE_SELECTED",
+_ROW = (
+    "SELECT rowid AS row_id, id, run_id, seq, tenant, status, started_at, finished_at, "
+    "latency_ms, cost_usd, policy_version FROM requests"
 )
-"""The only event types a live poll reads: everything else is skipped inside SQLite."""
-
-_EVENT_FACTS = f"""
-SELECT run_id, request_id,
-  MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) AS max_cycle,
-  SUM(event_type = 'CACHE_HIT') AS cache_hit,
-  SUM(event_type = 'CACHE_MISS') AS cache_miss,
-  MAX(CASE WHEN event_type = 'VALIDATION_PASSED' THEN id END) AS valid_id,
-  MAX(CASE WHEN event_type = 'VALIDATION_FAILED' THEN id END) AS invalid_id,
-  SUM(event_type = 'SPECULATIVE_RESULT_USED') AS spec_used,
-  SUM(event_type = 'SPECULATIVE_RESULT_DISCARDED') AS spec_discarded,
-  SUM(event_type = 'BRANCH_CANCELLED') AS spec_cancelled,
-  SUM(event_type = 'NODE_FAILED') AS node_failed,
-  MAX(CASE WHEN event_type = 'ROUTE_SELECTED' THEN id END) AS route_id
-FROM orchestration_events
-WHERE id > ? AND id <= ? AND event_type IN ({", ".join(f"'{t}'" for t in EVENT_FACT_TYPES)})
-GROUP BY run_id, request_id
-"""
-
-_ROUTE_BATCH = 500
-"""Event ids per `IN (...)` list: well under SQLite's limit on bound parameters."""
+_FACT_BATCH = 500
+"""Request ids per `IN (...)` list: well under SQLite's limit on bound parameters."""
 
 
-# -- one run (`moat stats`) ------------------------------------------------------------
+def _scope(run_id: str | None, column: str = "run_id") -> tuple[str, dict[str, Any]]:
+    if run_id is None:
+        return "1", {}
+    return f"{column} = :run", {"run": run_id}
 
 
-def run_requests(store: Store, run_id: str) -> list[Row]:
-    """The run's finished requests in input order: id, status, latency, cost, finish, error."""
-    return store.query(
-        "SELECT id, status, latency_ms, cost_usd, finished_at, error FROM requests "
-        "WHERE run_id = ? ORDER BY seq",
-        (run_id,),
+# -- one run, or every run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """What the events of a run's (or every run's) requests say, counted in SQLite."""
+
+    cache_requests: int = 0
+    """Requests with a cache lookup (a CACHE_HIT or CACHE_MISS event)."""
+    cache_hit_requests: int = 0
+    """Of those, requests with a hit."""
+    cache_hits: int = 0
+    cache_misses: int = 0
+    validated: int = 0
+    """Requests with a validation event."""
+    valid: int = 0
+    """Of those, requests whose last validation passed."""
+    validation_passed: int = 0
+    validation_failed: int = 0
+    spec_used: int = 0
+    spec_discarded: int = 0
+    spec_cancelled: int = 0
+    node_failures: int = 0
+
+    def __add__(self, other: RunFacts) -> RunFacts:
+        return RunFacts(*(getattr(self, f) + getattr(other, f) for f in RunFacts.__slots__))
+
+
+def run_facts(store: Store, run_id: str) -> RunFacts:
+    """Count the facts of one run's events (through `orchestration_events_facts`)."""
+    counts = {
+        row["event_type"]: int(row["n"])
+        for row in store.query(
+            "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
+            f"WHERE run_id = :run AND {FACTS_IN} GROUP BY event_type",
+            {"run": run_id},
+        )
+    }
+    per_request = store.query(
+        "SELECT COUNT(*) AS cached, COALESCE(SUM(hit), 0) AS hit FROM ("
+        "SELECT MAX(event_type = 'CACHE_HIT') AS hit FROM orchestration_events "
+        f"WHERE run_id = :run AND {FACTS_IN} AND event_type IN ('CACHE_HIT', 'CACHE_MISS') "
+        "GROUP BY request_id)",
+        {"run": run_id},
+    )[0]
+    validation = store.query(
+        "SELECT COUNT(*) AS validated, COALESCE(SUM(ok), 0) AS valid FROM ("
+        "SELECT COALESCE(MAX(CASE WHEN event_type = 'VALIDATION_PASSED' THEN id END), 0) > "
+        "COALESCE(MAX(CASE WHEN event_type = 'VALIDATION_FAILED' THEN id END), 0) AS ok "
+        f"FROM orchestration_events WHERE run_id = :run AND {FACTS_IN} "
+        "AND event_type IN ('VALIDATION_PASSED', 'VALIDATION_FAILED') GROUP BY request_id)",
+        {"run": run_id},
+    )[0]
+    return RunFacts(
+        cache_requests=int(per_request["cached"]),
+        cache_hit_requests=int(per_request["hit"]),
+        cache_hits=counts.get("CACHE_HIT", 0),
+        cache_misses=counts.get("CACHE_MISS", 0),
+        validated=int(validation["validated"]),
+        valid=int(validation["valid"]),
+        validation_passed=counts.get("VALIDATION_PASSED", 0),
+        validation_failed=counts.get("VALIDATION_FAILED", 0),
+        spec_used=counts.get("SPECULATIVE_RESULT_USED", 0),
+        spec_discarded=counts.get("SPECULATIVE_RESULT_DISCARDED", 0),
+        spec_cancelled=counts.get("BRANCH_CANCELLED", 0),
+        node_failures=counts.get("NODE_FAILED", 0),
     )
 
 
-def event_counts(store: Store, run_id: str, event_types: Iterable[str]) -> Counter[str]:
-    """How many events of each of `event_types` the run's finished requests recorded."""
-    types = sorted(set(event_types))
-    marks = ", ".join(f":t{i}" for i in range(len(types)))
+def run_figures(store: Store, run_id: str | None) -> Row:
+    """`requests`, `cost` (sum), `latency_sum`, `latency_max`, `errors`, `first_started`
+    and `last_finished` of one run's requests (or every run's, without the times)."""
+    where, params = _scope(run_id)
+    row = store.query(
+        "SELECT COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost, "
+        "COALESCE(SUM(latency_ms), 0) AS latency_sum, MAX(latency_ms) AS latency_max "
+        f"FROM requests WHERE {where}",
+        params,
+    )[0]
+    row["errors"] = store.query(
+        f"SELECT COUNT(*) AS n FROM requests WHERE {where} AND {FAILED_IN}", params
+    )[0]["n"]
+    row["first_started"] = row["last_finished"] = None
+    if run_id is not None:  # over every run this would read the whole table
+        times = store.query(
+            "SELECT MIN(started_at) AS first, MAX(finished_at) AS last FROM requests "
+            f"WHERE {where}",
+            params,
+        )[0]
+        row["first_started"], row["last_finished"] = times["first"], times["last"]
+    return row
+
+
+def percentiles(
+    store: Store, run_id: str | None, column: str, qs: Sequence[float]
+) -> list[float | None]:
+    """Exact percentiles of `latency_ms` or `cost_usd` over a run's (or every) request,
+    interpolated as `engine.stats.percentile`; each reads the two ranks it needs from an
+    index (`requests_run_latency`, `requests_latency`, `requests_cost`)."""
+    if column not in ("latency_ms", "cost_usd"):
+        raise ValueError(f"not a percentile column: {column!r}")
+    where, params = _scope(run_id)
+    count = int(store.query(f"SELECT COUNT(*) AS n FROM requests WHERE {where}", params)[0]["n"])
+    out: list[float | None] = []
+    for q in qs:
+        if not count:
+            out.append(None)
+            continue
+        position = (count - 1) * q / 100.0
+        low = math.floor(position)
+        values = [
+            float(row["v"])
+            for row in store.query(
+                f"SELECT {column} AS v FROM requests WHERE {where} "
+                f"ORDER BY {column} LIMIT 2 OFFSET :low",
+                {**params, "low": low},
+            )
+        ]
+        high = values[1] if len(values) > 1 and position > low else values[0]
+        out.append(values[0] + (high - values[0]) * (position - low))
+    return out
+
+
+def run_series(
+    store: Store, run_id: str, first: float, last: float, points: int
+) -> list[tuple[int, int, float]]:
+    """`(bucket, requests, latency sum)` of one run's requests by finish time, `points`
+    equal buckets ending at `last`."""
+    width = (last - first) / points if points else 1.0
+    start = last - points * width
+    return [
+        (int(row["b"]), int(row["n"]), float(row["s"]))
+        for row in store.query(
+            "SELECT MIN(:points - 1, MAX(0, CAST((finished_at - :start) / :width AS INTEGER))) "
+            "AS b, COUNT(*) AS n, SUM(latency_ms) AS s FROM requests WHERE run_id = :run "
+            "GROUP BY b",
+            {"run": run_id, "points": points, "start": start, "width": width or 1.0},
+        )
+    ]
+
+
+def request_count(store: Store, run_id: str) -> int:
+    """How many finished requests the run has stored."""
+    rows = store.query("SELECT COUNT(*) AS n FROM requests WHERE run_id = ?", (run_id,))
+    return int(rows[0]["n"])
+
+
+def status_counts(store: Store, run_id: str) -> dict[str, int]:
+    """How many of the run's requests ended in each status."""
+    rows = store.query(
+        "SELECT status, COUNT(*) AS n FROM requests WHERE run_id = ? GROUP BY status", (run_id,)
+    )
+    return {str(row["status"]): int(row["n"]) for row in rows}
+
+
+def slowest_and_failed(store: Store, run_id: str, limit: int) -> tuple[list[Row], list[Row]]:
+    """The run's `limit` slowest requests, and its first `limit` failed ones (seq order)."""
+    slowest = store.query(
+        "SELECT id, latency_ms, status FROM requests WHERE run_id = ? "
+        "ORDER BY latency_ms DESC LIMIT ?",
+        (run_id, limit),
+    )
+    failed = store.query(
+        f"SELECT id, status, error FROM requests WHERE run_id = ? AND {FAILED_IN} "
+        "ORDER BY seq LIMIT ?",
+        (run_id, limit),
+    )
+    return slowest, failed
+
+
+def event_counts(store: Store, run_id: str, event_types: Sequence[str]) -> dict[str, int]:
+    """How many events of each of `event_types` (fact types only) the run recorded."""
+    unknown = set(event_types) - set(FACT_EVENT_TYPES)
+    if unknown:
+        raise ValueError(f"not counted by run: {sorted(unknown)}; see FACT_EVENT_TYPES")
     rows = store.query(
         "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-        f"WHERE request_id IN ({_RUN_REQUESTS}) AND event_type IN ({marks}) "
-        "GROUP BY event_type",
-        {"run": run_id, **{f"t{i}": t for i, t in enumerate(types)}},
+        f"WHERE run_id = :run AND {FACTS_IN} GROUP BY event_type",
+        {"run": run_id},
     )
-    return Counter({row["event_type"]: row["n"] for row in rows})
+    found = {row["event_type"]: int(row["n"]) for row in rows}
+    return {t: found.get(t, 0) for t in event_types}
 
 
 def last_routes(store: Store, run_id: str) -> dict[str, str]:
-    """Each finished request's last `ROUTE_SELECTED` decision (`(none)` when empty)."""
+    """Each request's last `ROUTE_SELECTED` decision (`(none)` when empty)."""
     rows = store.query(
         "SELECT request_id, decision FROM orchestration_events "
-        f"WHERE request_id IN ({_RUN_REQUESTS}) AND event_type = 'ROUTE_SELECTED' "
+        f"WHERE run_id = :run AND {FACTS_IN} AND event_type = 'ROUTE_SELECTED' "
         "ORDER BY request_id, sequence",
         {"run": run_id},
     )
@@ -134,56 +282,96 @@ def calls_by_model(store: Store, run_id: str) -> list[Row]:
     )
 
 
-# -- live polls (the TUI) --------------------------------------------------------------
+# -- requests, a page at a time (the TUI) --------------------------------------------------
 
 
-def max_id(store: Store, table: str) -> int:
-    """The highest row id of `table` (0 when empty)."""
-    if table not in _TABLES:
-        raise ValueError(f"not a table of the store with an id column: {table!r}")
-    return int(store.query(f"SELECT COALESCE(MAX(id), 0) AS high FROM {table}")[0]["high"])
+@dataclass(frozen=True, slots=True)
+class RequestPage:
+    """What one page of the requests list asks for; every set criterion must hold."""
+
+    run_id: str | None = None
+    status: str | None = None
+    tenant: str | None = None
+    search: str = ""
+    """Substring of the request id or tenant (case-insensitive)."""
+    slow_ms: float | None = None
+    costly_usd: float | None = None
 
 
-def event_facts(store: Store, low: int, high: int) -> list[Row]:
-    """Per request, what the events with ids in (low, high] say: cycles, cache, validation,
-    speculation, failures and the id of the last route decision."""
-    return store.query(_EVENT_FACTS, (low, high))
-
-
-def route_decisions(store: Store, event_ids: Sequence[int]) -> dict[str, str]:
-    """The decision of each `ROUTE_SELECTED` event in `event_ids`, by request id."""
-    routes: dict[str, str] = {}
-    for start in range(0, len(event_ids), _ROUTE_BATCH):
-        ids = tuple(event_ids[start : start + _ROUTE_BATCH])
-        sql = (
-            "SELECT request_id, decision FROM orchestration_events "
-            f"WHERE id IN ({', '.join('?' * len(ids))})"
+def _page_where(page: RequestPage) -> tuple[str, dict[str, Any]]:
+    terms, params = [], {}
+    for column in ("run_id", "status", "tenant"):
+        value = getattr(page, column)
+        if value is not None:
+            terms.append(f"{column} = :{column}")
+            params[column] = value
+    needle = page.search.strip().lower()
+    if needle:
+        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        terms.append(
+            "(lower(id) LIKE :needle ESCAPE '\\' OR lower(tenant) LIKE :needle ESCAPE '\\')"
         )
-        for row in store.query(sql, ids):
-            routes[row["request_id"]] = row["decision"] or ""
-    return routes
+        params["needle"] = f"%{escaped}%"
+    if page.slow_ms is not None:
+        terms.append("latency_ms > :slow")
+        params["slow"] = page.slow_ms
+    if page.costly_usd is not None:
+        terms.append("cost_usd > :costly")
+        params["costly"] = page.costly_usd
+    return " AND ".join(terms) or "1", params
+
+
+def request_page(store: Store, page: RequestPage, before: int | None, limit: int) -> list[Row]:
+    """Up to `limit` requests matching `page`, newest first, written before row `before`
+    (keyset pagination on the rowid: each page costs the same however deep it is)."""
+    where, params = _page_where(page)
+    if before is not None:
+        where += " AND rowid < :before"
+        params["before"] = before
+    return store.query(
+        f"{_ROW} WHERE {where} ORDER BY rowid DESC LIMIT :limit", {**params, "limit": limit}
+    )
 
 
 def requests_after(store: Store, rowid: int, limit: int) -> list[Row]:
-    """Up to `limit` finished requests written after `rowid`, with their `row_id`."""
-    return store.query(
-        "SELECT rowid AS row_id, id, run_id, seq, tenant, status, started_at, finished_at, "
-        "latency_ms, cost_usd, policy_version FROM requests WHERE rowid > ? ORDER BY rowid "
-        "LIMIT ?",
-        (rowid, limit),
-    )
+    """Up to `limit` finished requests written after `rowid`, oldest first, with `row_id`."""
+    return store.query(f"{_ROW} WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit))
 
 
-def sim_call_between(store: Store, low: int, high: int) -> bool:
-    """Whether an LLM call with an id in (low, high] went to the `sim` provider."""
-    found = store.query(
-        "SELECT 1 AS found FROM llm_calls WHERE id > ? AND id <= ? AND provider = 'sim' LIMIT 1",
-        (low, high),
-    )
-    return bool(found)
+def latest_request_rowid(store: Store) -> int:
+    """The rowid of the newest stored request (0 when none)."""
+    return int(store.query("SELECT COALESCE(MAX(rowid), 0) AS high FROM requests")[0]["high"])
 
 
-def request_counts_by_run(store: Store) -> dict[str, int]:
-    """How many finished requests each run has."""
-    rows = store.query("SELECT run_id, COUNT(*) AS n FROM requests GROUP BY run_id")
-    return {row["run_id"]: int(row["n"]) for row in rows}
+def request_facts(store: Store, request_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """`(route, highest cycle)` of each request: its last `ROUTE_SELECTED` decision and the
+    highest cycle a `LOOP_CYCLE_STARTED` event recorded (through the request_id index)."""
+    out: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(request_ids), _FACT_BATCH):
+        ids = tuple(request_ids[start : start + _FACT_BATCH])
+        rows = store.query(
+            "SELECT request_id, MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) "
+            "AS cycles, (SELECT e2.decision FROM orchestration_events e2 "
+            "WHERE e2.request_id = e.request_id AND e2.event_type = 'ROUTE_SELECTED' "
+            "ORDER BY e2.sequence DESC, e2.id DESC LIMIT 1) AS route "
+            f"FROM orchestration_events e WHERE request_id IN ({', '.join('?' * len(ids))}) "
+            "AND event_type IN ('LOOP_CYCLE_STARTED', 'ROUTE_SELECTED') GROUP BY request_id",
+            ids,
+        )
+        for row in rows:
+            out[row["request_id"]] = (row["route"] or "", int(row["cycles"] or 0))
+    return out
+
+
+def sim_call_in(store: Store, request_ids: Sequence[str]) -> bool:
+    """Whether any LLM call of these requests went to the `sim` provider."""
+    for start in range(0, len(request_ids), _FACT_BATCH):
+        ids = tuple(request_ids[start : start + _FACT_BATCH])
+        found = store.query(
+            "SELECT 1 AS found FROM llm_calls WHERE provider = 'sim' AND request_id IN "
+            f"({', '.join('?' * len(ids))}) LIMIT 1",
+            ids,
+        )
+        if found:
+            return True
+    return False

@@ -22,6 +22,9 @@ from pathlib import Path
 from engine.errors import StoreError
 
 __all__ = [
+    "FACTS_IN",
+    "FACT_EVENT_TYPES",
+    "FAILED_IN",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "check_version",
@@ -167,6 +170,24 @@ _MIGRATION_1 = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 
+FACT_EVENT_TYPES = (
+    "CACHE_HIT",
+    "CACHE_MISS",
+    "VALIDATION_PASSED",
+    "VALIDATION_FAILED",
+    "SPECULATIVE_RESULT_USED",
+    "SPECULATIVE_RESULT_DISCARDED",
+    "BRANCH_CANCELLED",
+    "NODE_FAILED",
+    "ROUTE_SELECTED",
+)
+"""The event types run figures count (`engine.store.reads`); `orchestration_events_facts`
+indexes exactly these by run, a few entries per request."""
+FACTS_IN = f"event_type IN ({', '.join(repr(t) for t in FACT_EVENT_TYPES)})"
+"""That index's condition: queries repeat it verbatim, or SQLite will not use the index."""
+FAILED_IN = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
+"""`requests_failed`'s condition (`engine.stats.FAILED_STATUSES`), verbatim likewise."""
+
 # Compact records and reads at scale. Self-contained (IF [NOT] EXISTS throughout), so it
 # applies in either order with any other migration appended beside it.
 _MIGRATION_2 = (
@@ -180,6 +201,14 @@ _MIGRATION_2 = (
     "(run_id) WHERE request_id = ''",
     "CREATE INDEX IF NOT EXISTS orchestration_events_run_first ON orchestration_events "
     "(run_id) WHERE sequence <= 1",
+    # Reads at scale (`engine.store.reads`): a run's figures, percentiles, slowest and failed
+    # requests, and the event facts it counts, each from an index instead of whole tables.
+    "CREATE INDEX IF NOT EXISTS requests_run_latency ON requests (run_id, latency_ms, cost_usd)",
+    "CREATE INDEX IF NOT EXISTS requests_latency ON requests (latency_ms)",
+    "CREATE INDEX IF NOT EXISTS requests_cost ON requests (cost_usd)",
+    f"CREATE INDEX IF NOT EXISTS requests_failed ON requests (run_id, seq) WHERE {FAILED_IN}",
+    "CREATE INDEX IF NOT EXISTS orchestration_events_facts ON orchestration_events "
+    f"(run_id, event_type) WHERE {FACTS_IN}",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2)

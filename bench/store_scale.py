@@ -1,0 +1,234 @@
+"""Benchmark: opening every TUI screen and `moat stats` on a store of a million requests.
+
+Building the store: a real run of the flagship graph (simulated models, latency scaled to
+zero, distinct prompts; `bench/store_run.py`) writes `--seed-requests` requests through the
+store's own writer, so every row is one moat really writes (events, node runs, LLM calls,
+traces, compressed payloads). SQLite then copies that run inside the file (`INSERT ...
+SELECT`, new run and request ids, times shifted) until the store holds `--requests`
+requests in runs of `--run-size`, the newest finished a minute ago.
+
+Timing: each screen of `moat tui` is opened headless (textual's `run_test` pilot) and
+timed until it shows the store's data; `moat stats` (the latest run, and the same with
+`--format json`) is timed as a subprocess, start to exit.
+
+    python bench/store_scale.py --requests 1000000 --db /tmp/scale.db --json
+    python bench/store_scale.py --db /tmp/scale.db --reuse --json     # time again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.store_run import batch, instant_graph, one_run  # noqa: E402
+from engine.store.store import new_run_id  # noqa: E402
+
+_COPY = {
+    "requests": (
+        "INSERT INTO requests (id, run_id, seq, conversation_id, turn_index, parent_request_id, "
+        "tenant, status, started_at, finished_at, latency_ms, cost_usd, policy_name, "
+        "policy_version, input_hash, output_json, error) "
+        "SELECT printf('%s-%06d', :run, seq + :base), :run, seq + :base, conversation_id, "
+        "turn_index, parent_request_id, tenant, status, started_at + :shift, "
+        "finished_at + :shift, latency_ms, cost_usd, policy_name, policy_version, input_hash, "
+        "output_json, error FROM requests WHERE run_id = :seed ORDER BY seq"
+    ),
+    "orchestration_events": (
+        "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
+        "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
+        "inputs_json, outputs_json, payload_json) "
+        "SELECT :run, printf('%s-%06d', :run, CAST(substr(request_id, -6) AS INTEGER) + :base), "
+        "cycle, stage, component, event_type, decision, status, sequence, started_at + :shift, "
+        "duration_ms, reason_codes_json, inputs_json, outputs_json, payload_json "
+        "FROM orchestration_events WHERE request_id > :seed || '-' "
+        "AND request_id < :seed || '.' ORDER BY id"
+    ),
+}
+_CHILDREN = {
+    "node_runs": "node, node_type, cycle, status, speculative, outcome, started_at, "
+    "duration_ms, attempts, error",
+    "llm_calls": "node, cycle, model, provider, call_kind, call_outcome, cache_status, "
+    "related_event_id, prompt_hash, input_tokens, output_tokens, cost_usd, latency_ms, "
+    "started_at, status, error, prompt_text, response_text",
+    "decision_traces": "cycle, stage, payload_json",
+}
+for _table, _columns in _CHILDREN.items():
+    _shifted = _columns.replace("started_at", "started_at + :shift")
+    _COPY[_table] = (
+        f"INSERT INTO {_table} (request_id, {_columns}) "
+        "SELECT printf('%s-%06d', :run, CAST(substr(request_id, -6) AS INTEGER) + :base), "
+        f"{_shifted} FROM {_table} WHERE request_id > :seed || '-' "
+        "AND request_id < :seed || '.' ORDER BY id"
+    )
+
+
+def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, Any]:
+    """Write the seed run for real, then copy it into runs of `run_size` up to `total`."""
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = instant_graph(Path(tmp))
+        anyio.run(one_run, graph, db, batch(seed_requests))
+    seeded = time.perf_counter()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -262144")
+    (seed, graph_name, graph_hash, config, seed_start, seed_end) = conn.execute(
+        "SELECT id, graph_name, graph_hash, config_json, started_at, finished_at FROM runs"
+    ).fetchone()
+    runs = max(1, total // run_size)
+    now = time.time()
+    span = seed_end - seed_start
+    for r in range(runs):
+        # newest last, one run every 30 minutes, the last one finished a minute ago
+        start = now - 60 - (runs - r) * 1800
+        run_id = new_run_id(start)
+        config_done = json.loads(config)
+        config_done["heartbeat_at"] = start
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO runs (id, graph_name, graph_hash, started_at, finished_at, status, "
+            "requests_total, requests_done, config_json) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                graph_name,
+                graph_hash,
+                start,
+                start + span * run_size / seed_requests,
+                "finished",
+                run_size,
+                run_size,
+                json.dumps(config_done),
+            ),
+        )
+        for k in range(run_size // seed_requests):
+            params = {
+                "run": run_id,
+                "seed": seed,
+                "base": k * seed_requests,
+                "shift": start - seed_start + k * span,
+            }
+            for sql in _COPY.values():
+                conn.execute(sql, params)
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    for table in ("requests", "node_runs", "llm_calls", "decision_traces"):
+        column = "id" if table == "requests" else "request_id"
+        conn.execute(
+            f"DELETE FROM {table} WHERE {column} > ? || '-' AND {column} < ? || '.'", (seed, seed)
+        )
+    conn.execute(
+        "DELETE FROM orchestration_events WHERE request_id > ? || '-' AND request_id < ? || '.'",
+        (seed, seed),
+    )
+    conn.execute("UPDATE runs SET requests_done = 0, requests_total = 0 WHERE id = ?", (seed,))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    stored = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    conn.close()
+    return {
+        "requests": stored,
+        "runs": runs,
+        "run_size": run_size,
+        "seed_requests": seed_requests,
+        "seed_s": round(seeded - began, 1),
+        "copy_s": round(time.perf_counter() - seeded, 1),
+        "file_mb": round(db.stat().st_size / 1e6),
+    }
+
+
+async def _open_screen(db: Path, mode: str) -> dict[str, float]:
+    """Start the app on `mode` and time it until the screen shows the store's data."""
+    from textual.widgets import DataTable
+
+    from tui.app import MoatApp
+
+    started = time.perf_counter()
+    app = MoatApp(db, refresh_s=0)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.action_show(mode)
+        while not app.snapshot.available:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        shown = time.perf_counter()
+        rows = 0
+        if mode == "requests":
+            rows = app.screen.query_one("#requests", DataTable).row_count
+        detail = None
+        if mode == "requests" and rows:
+            begin = time.perf_counter()
+            await app.screen.action_open()  # type: ignore[attr-defined]
+            await pilot.pause()
+            detail = time.perf_counter() - begin
+    out = {"open_s": round(shown - started, 3), "rows": rows}
+    if detail is not None:
+        out["detail_open_s"] = round(detail, 3)
+    return out
+
+
+def _stats(db: Path, *extra: str) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "engine", "stats", "--db", str(db), *extra],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return time.perf_counter() - began
+
+
+def time_reads(db: Path, repeat: int) -> dict[str, Any]:
+    """Median open time of each screen and of `moat stats`, over `repeat` openings."""
+    figures: dict[str, Any] = {}
+    for mode in ("dashboard", "requests", "policies"):
+        runs = [anyio.run(_open_screen, db, mode) for _ in range(repeat)]
+        figures[mode] = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
+    figures["moat_stats_s"] = round(statistics.median(_stats(db) for _ in range(repeat)), 3)
+    figures["moat_stats_json_s"] = round(
+        statistics.median(_stats(db, "--format", "json") for _ in range(repeat)), 3
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--run-size", type=int, default=20_000)
+    parser.add_argument("--seed-requests", type=int, default=1_000)
+    parser.add_argument("--reuse", action="store_true", help="time an existing store")
+    parser.add_argument("--build-only", action="store_true", help="build, do not time")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    summary: dict[str, Any] = {"benchmark": "store.scale"}
+    if not args.reuse:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{args.db}{suffix}").unlink(missing_ok=True)
+        summary["build"] = build(args.db, args.requests, args.run_size, args.seed_requests)
+    else:
+        conn = sqlite3.connect(args.db)
+        summary["requests"] = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        conn.close()
+    if not args.build_only:
+        summary["reads"] = time_reads(args.db, args.repeat)
+    summary["python"] = sys.version.split()[0]
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,7 +27,6 @@ from typing import Any
 from engine import Store, StoreError
 from engine.store import reads
 from engine.store.reads import RequestPage, RunFacts
-from engine.store.store import Row
 
 __all__ = [
     "WINDOW",
@@ -227,7 +226,7 @@ class LiveReader:
                 return None
         return self._store
 
-    def _rows(self, store: Store, rows: Sequence[Row]) -> list[RequestRow]:
+    def _rows(self, store: Store, rows: Sequence[Mapping[str, Any]]) -> list[RequestRow]:
         facts = reads.request_facts(store, [row["id"] for row in rows])
         out = []
         for row in rows:

@@ -134,7 +134,8 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
         "DELETE FROM orchestration_events WHERE request_id > ? || '-' AND request_id < ? || '.'",
         (seed, seed),
     )
-    conn.execute("UPDATE runs SET requests_done = 0, requests_total = 0 WHERE id = ?", (seed,))
+    conn.execute("DELETE FROM orchestration_events WHERE run_id = ?", (seed,))
+    conn.execute("DELETE FROM runs WHERE id = ?", (seed,))
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     stored = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]

@@ -81,10 +81,11 @@ def _routes(store: Store, run_id: str) -> dict[str, int]:
     return dict(sorted(Counter(last.values()).items()))
 
 
-def _speculative(store: Store, run_id: str) -> dict[str, float]:
+def _speculative(store: Store, run_id: str, calls: list[Row]) -> dict[str, float]:
     runs = reads.speculative_runs(store, run_id)
     outcomes = Counter("cancelled" if r["status"] == "cancelled" else r["outcome"] for r in runs)
-    spent, wasted = reads.speculative_spend(store, run_id)
+    spent = sum(float(r["spec_cost"]) for r in calls)
+    wasted = sum(float(r["spec_wasted"]) for r in calls)
     return {
         "started": len(runs),
         "used": outcomes["used"],
@@ -95,8 +96,7 @@ def _speculative(store: Store, run_id: str) -> dict[str, float]:
     }
 
 
-def _models(store: Store, run_id: str) -> tuple[dict[str, dict[str, float]], bool]:
-    rows = reads.calls_by_model(store, run_id)
+def _models(rows: list[Row]) -> tuple[dict[str, dict[str, float]], bool]:
     by_model = {
         f"{r['model']} ({r['provider']})": {"calls": r["calls"], "cost_usd": round(r["cost"], 9)}
         for r in rows
@@ -117,7 +117,8 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
     cost = float(figures["cost"])
     p50, p95, p99 = reads.percentiles(store, run_id, "latency_ms", (50, 95, 99))
     events = reads.event_counts(store, run_id, _FACTS)
-    by_model, simulated = _models(store, run_id)
+    calls_rows = reads.calls_by_model(store, run_id)
+    by_model, simulated = _models(calls_rows)
     calls = int(sum(m["calls"] for m in by_model.values()))
     slowest, failed = reads.slowest_and_failed(store, run_id, _SLOWEST)
     run = run or {}
@@ -155,7 +156,7 @@ def run_stats(store: Store, run_id: str | None = None) -> RunStats:
             "failed": failed_n,
             "success_rate": _rate(passed, passed + failed_n),
         },
-        speculative=_speculative(store, run_id),
+        speculative=_speculative(store, run_id, calls_rows),
         simulated=simulated,
         slowest=[
             {"request_id": r["id"], "latency_ms": r["latency_ms"], "status": r["status"]}

@@ -36,7 +36,6 @@ __all__ = [
     "sim_call_in",
     "slowest_and_failed",
     "speculative_runs",
-    "speculative_spend",
     "status_counts",
 ]
 
@@ -261,21 +260,15 @@ def speculative_runs(store: Store, run_id: str) -> list[Row]:
     )
 
 
-def speculative_spend(store: Store, run_id: str) -> tuple[float, float]:
-    """Dollars spent on speculative calls, and the part of it discarded or cancelled."""
-    row = store.query(
-        "SELECT COALESCE(SUM(cost_usd), 0) AS spent, COALESCE(SUM(CASE WHEN call_outcome IN "
-        "('discarded', 'cancelled') THEN cost_usd END), 0) AS wasted FROM llm_calls "
-        f"WHERE call_kind = 'speculative' AND request_id IN ({_RUN_REQUESTS})",
-        {"run": run_id},
-    )[0]
-    return float(row["spent"]), float(row["wasted"])
-
-
 def calls_by_model(store: Store, run_id: str) -> list[Row]:
-    """LLM calls and their cost per (model, provider), in name order."""
+    """LLM calls of the run's finished requests per (model, provider), in name order:
+    `calls`, `cost`, and the speculative part, `spec_cost` and `spec_wasted` (calls
+    discarded or cancelled), in one pass over the calls."""
     return store.query(
-        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost FROM llm_calls "
+        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost, "
+        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' THEN cost_usd END), 0) AS spec_cost, "
+        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' AND call_outcome IN "
+        "('discarded', 'cancelled') THEN cost_usd END), 0) AS spec_wasted FROM llm_calls "
         f"WHERE request_id IN ({_RUN_REQUESTS}) GROUP BY model, provider "
         "ORDER BY model, provider",
         {"run": run_id},

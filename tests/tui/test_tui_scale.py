@@ -1,0 +1,68 @@
+"""The TUI on a store larger than it keeps: the newest requests at once, older ones a page
+at a time, figures over every request from SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from engine.store.reads import RequestPage
+from engine.store.store import Store
+from tests.support.store_rows import stored_run
+from tui import MoatApp
+from tui._live import WINDOW, LiveReader
+
+pytestmark = pytest.mark.anyio
+
+TOTAL = WINDOW + 700
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scale") / "s.db"
+    stored_run(path, TOTAL)
+    return path
+
+
+def test_a_poll_keeps_the_newest_window_and_counts_every_request(db: Path) -> None:
+    reader = LiveReader(db)
+    try:
+        snapshot = reader.poll()
+        (run,) = snapshot.runs
+        assert len(snapshot.requests) == WINDOW
+        assert snapshot.requests[-1].seq == TOTAL - 1
+        assert snapshot.requests[0].seq == TOTAL - WINDOW
+        assert snapshot.metrics[None].requests == TOTAL
+        assert snapshot.metrics[run.id].requests == TOTAL
+        assert snapshot.metrics[None].complete
+        assert snapshot.metrics[run.id].cache_hit_rate == 0.0  # every request missed
+        assert snapshot.requests[-1].route == "small" and snapshot.requests[-1].cycles == 1
+        older = reader.page(RequestPage(), snapshot.requests[0].row_id, 500)
+        assert [r.seq for r in older[:2]] == [TOTAL - WINDOW - 1, TOTAL - WINDOW - 2]
+        assert reader.poll().requests == snapshot.requests  # nothing new: nothing re-read
+    finally:
+        reader.close()
+
+
+async def test_the_requests_view_reads_older_pages_on_o(db: Path) -> None:
+    app = MoatApp(db, refresh_s=0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.action_show("requests")
+        while not app.snapshot.available:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        table = app.screen.query_one("#requests", DataTable)
+        assert table.row_count == WINDOW
+        scope = str(app.screen.query_one("#requests-scope", Static).render())
+        assert f"{WINDOW} of {TOTAL} requests shown" in scope and "o older" in scope
+        await pilot.press("o")
+        assert table.row_count == WINDOW + 500
+        await pilot.press("o")
+        assert table.row_count == TOTAL
+        scope = str(app.screen.query_one("#requests-scope", Static).render())
+        assert f"{TOTAL} of {TOTAL} requests shown" in scope and "o older" not in scope
+        with Store.open(db, readonly=True) as store:
+            first = store.query("SELECT id FROM requests ORDER BY rowid LIMIT 1")[0]["id"]
+        assert str(next(iter(table.rows)).value) == first  # the oldest on top

@@ -172,7 +172,7 @@ class LiveReader:
         self._live: dict[str, tuple[Metrics, RunFacts]] = {}
         self._overall: Metrics | None = None
         self._overall_at = 0.0
-        self._total = 0
+        self._deferred = False
 
     @property
     def store(self) -> Store | None:
@@ -292,63 +292,81 @@ class LiveReader:
         running = {r.id for r in runs if r.status == "running"}
         for run_id in running & self._finished.keys():  # resumed
             del self._finished[run_id]
-        if fresh or not self._live:
-            self._live = {r.id: _run_metrics(store, r) for r in runs if r.id in running and r.done}
-        budget = time.perf_counter() + _RUN_BUDGET_S
-        # the focused run and the newest ones first: the views show them
-        for run in sorted(runs, key=lambda r: (r.id != self.focus, -r.started_at)):
-            if run.id in running or run.id in self._finished or not run.done:
-                continue
-            if time.perf_counter() > budget and run.id != self.focus:
-                break
-            self._finished[run.id] = _run_metrics(store, run)
+        newest = next((r.id for r in runs if r.done), None)
+        wanted = {r.id for r in runs if r.done and r.id in running | {self.focus, newest}}
+        if fresh or not wanted <= self._live.keys() | self._finished.keys():
+            self._live = {}
+            for run in runs:
+                if run.id not in wanted or run.id in self._finished:
+                    continue
+                figures = _run_metrics(store, run)
+                if run.id in running:
+                    self._live[run.id] = figures
+                else:
+                    self._finished[run.id] = figures
         known = {r.id for r in runs}
         for gone in self._finished.keys() - known:  # pruned meanwhile
             del self._finished[gone]
         per_run = {**self._finished, **self._live}
         out: dict[str | None, Metrics] = {run_id: m for run_id, (m, _) in per_run.items()}
-        out[None] = self._all_runs(store, runs, per_run, fresh)
+        out[None] = self._all_runs(store, runs, per_run.get(newest or ""), fresh)
         return out
 
     def _all_runs(
         self,
         store: Store,
         runs: Sequence[RunSummary],
-        per_run: Mapping[str, tuple[Metrics, RunFacts]],
+        newest: tuple[Metrics, RunFacts] | None,
         fresh: bool,
     ) -> Metrics:
         now = time.monotonic()
-        stale = self._overall is None or (
-            fresh and (self._total < _LARGE or now - self._overall_at > OVERALL_EVERY_S)
-        )
-        if stale:
-            self._overall, self._overall_at = _request_metrics(store, None), now
-            self._total = self._overall.requests
-        assert self._overall is not None
-        with_requests = [r for r in runs if r.done]
-        complete = all(r.id in per_run for r in with_requests)
-        facts = sum((f for _, f in per_run.values()), RunFacts())
+        total = sum(r.done for r in runs)
+        if self._overall is None and total > _LARGE and not self._deferred:
+            # A first poll of a large store shows the runs and the newest requests at
+            # once; the figures over every request follow with the next poll.
+            self._deferred = True
+            overall = Metrics(requests=total, complete=False)
+        else:
+            stale = self._overall is None or (
+                fresh and (total < _LARGE or now - self._overall_at > OVERALL_EVERY_S)
+            )
+            if stale:
+                base = _request_metrics(store, None)
+                self._overall = replace(base, **_fact_fields(reads.run_facts(store, None)))
+                self._overall_at = now
+            assert self._overall is not None
+            overall = self._overall
         # Across runs, wall-clock spans include the idle time between runs: add up each
         # run's own span instead, and draw the sparklines of the newest run with requests.
-        spans = [(m.requests, m.throughput) for m, _ in per_run.values()]
-        seconds = sum(n / rate for n, rate in spans if rate)
-        newest = next((per_run[r.id][0] for r in with_requests if r.id in per_run), None)
+        spans: list[tuple[int, float]] = []
+        for run in runs:
+            rate = _run_rate(run)
+            if run.done and rate:
+                spans.append((run.done, rate))
+        seconds = sum(n / rate for n, rate in spans)
         return replace(
-            self._overall,
-            **(_fact_fields(facts) if complete else {}),
-            throughput=sum(n for n, rate in spans if rate) / seconds if seconds else None,
-            latency_series=newest.latency_series if newest else (),
-            throughput_series=newest.throughput_series if newest else (),
-            complete=complete,
+            overall,
+            throughput=sum(n for n, _ in spans) / seconds if seconds else None,
+            latency_series=newest[0].latency_series if newest else (),
+            throughput_series=newest[0].throughput_series if newest else (),
         )
+
+
+def _run_rate(run: RunSummary) -> float | None:
+    """A run's throughput: its own figure when read, else from its row (finished runs)."""
+    if run.throughput is not None:
+        return run.throughput
+    if run.finished_at is not None and run.finished_at > run.started_at and run.done:
+        return run.done / (run.finished_at - run.started_at)
+    return None
 
 
 def _fact_fields(facts: RunFacts) -> dict[str, Any]:
+    cached = facts.cache_hits + facts.cache_misses
+    validated = facts.validation_passed + facts.validation_failed
     return {
-        "cache_hit_rate": (
-            facts.cache_hit_requests / facts.cache_requests if facts.cache_requests else None
-        ),
-        "validation_success": facts.valid / facts.validated if facts.validated else None,
+        "cache_hit_rate": facts.cache_hits / cached if cached else None,
+        "validation_success": facts.validation_passed / validated if validated else None,
         "spec_used": facts.spec_used,
         "spec_discarded": facts.spec_discarded,
         "spec_cancelled": facts.spec_cancelled,
@@ -356,9 +374,11 @@ def _fact_fields(facts: RunFacts) -> dict[str, Any]:
     }
 
 
-def _request_metrics(store: Store, run_id: str | None) -> Metrics:
+def _request_metrics(
+    store: Store, run_id: str | None, figures: Mapping[str, Any] | None = None
+) -> Metrics:
     """The request figures of one run (or every run), all from indexes."""
-    figures = reads.run_figures(store, run_id)
+    figures = figures if figures is not None else reads.run_figures(store, run_id)
     n = int(figures["requests"])
     if not n:
         return Metrics()
@@ -376,10 +396,10 @@ def _request_metrics(store: Store, run_id: str | None) -> Metrics:
 
 
 def _run_metrics(store: Store, run: RunSummary) -> tuple[Metrics, RunFacts]:
-    base = _request_metrics(store, run.id)
+    figures = reads.run_figures(store, run.id)
+    base = _request_metrics(store, run.id, figures)
     if not base.requests:
         return base, RunFacts()
-    figures = reads.run_figures(store, run.id)
     facts = reads.run_facts(store, run.id)
     first = run.started_at if run.started_at is not None else figures["first_started"]
     last = figures["last_finished"]
@@ -411,6 +431,4 @@ def _series(store: Store, run_id: str, first: float, last: float) -> dict[str, A
 
 def _with_throughput(run: RunSummary, metrics: Mapping[str | None, Metrics]) -> RunSummary:
     found = metrics.get(run.id)
-    if found is None:
-        return run
-    return replace(run, throughput=found.throughput)
+    return replace(run, throughput=found.throughput if found is not None else _run_rate(run))

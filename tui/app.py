@@ -101,6 +101,7 @@ class MoatApp(App[None]):
     @work(thread=True, group="poll", exit_on_error=False)
     def _poll(self) -> None:
         try:
+            self.reader.focus = self.run_id
             snapshot = self.reader.poll()
         except Exception as exc:  # a damaged file must not take the UI down
             snapshot = Snapshot(message=f"reading the store failed: {exc}")

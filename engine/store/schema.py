@@ -209,6 +209,8 @@ _MIGRATION_2 = (
     f"CREATE INDEX IF NOT EXISTS requests_failed ON requests (run_id, seq) WHERE {FAILED_IN}",
     "CREATE INDEX IF NOT EXISTS orchestration_events_facts ON orchestration_events "
     f"(run_id, event_type) WHERE {FACTS_IN}",
+    "CREATE INDEX IF NOT EXISTS node_runs_speculative ON node_runs "
+    "(request_id, status, outcome) WHERE speculative = 1",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2)

@@ -169,7 +169,7 @@ class DashboardScreen(LiveScreen):
 
     def _show_metrics(self, m: Metrics) -> None:
         lines = [
-            ("requests", f"{m.requests}"),
+            ("requests", f"{m.requests}" + ("" if m.complete else "  (reading figures…)")),
             ("latency p50", ms(m.p50_ms)),
             ("latency p95", ms(m.p95_ms)),
             ("latency p99", ms(m.p99_ms)),

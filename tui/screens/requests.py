@@ -221,7 +221,13 @@ class RequestsScreen(LiveScreen):
     def _show_scope_line(self) -> None:
         scope = self.moat.run_id or "all runs"
         shown = len(self._shown)
-        total = self._metrics().requests
+        runs = self.moat.snapshot.runs
+        total = (
+            sum(r.done for r in runs)
+            if self.moat.run_id is None
+            else next((r.done for r in runs if r.id == self.moat.run_id), 0)
+        )
+        total = max(total, self._metrics().requests, shown)
         older = "" if self._exhausted or shown >= total else ", o older"
         self.query_one("#requests-scope", Static).update(
             f"{scope}: {shown} of {total} requests shown  ·  enter opens, / searches, "

@@ -60,24 +60,24 @@ def test_pages_continue_newest_first_and_filter_inside_sqlite(tmp_path: Path) ->
         assert reads.latest_request_rowid(store) == first[0]["row_id"] + 2
 
 
-def test_run_facts_count_requests_by_their_last_validation_and_any_cache_hit(
-    tmp_path: Path,
-) -> None:
+def test_run_facts_count_the_fact_events_of_a_run_or_every_run(tmp_path: Path) -> None:
     kinds = {
-        "q1": ["CACHE_MISS", "VALIDATION_FAILED", "VALIDATION_PASSED"],
-        "q2": ["CACHE_HIT", "VALIDATION_PASSED", "VALIDATION_FAILED"],
-        "q3": ["CACHE_MISS", "CACHE_HIT", "NODE_FAILED", "SPECULATIVE_RESULT_USED"],
+        "q1": ["CACHE_MISS", "VALIDATION_FAILED", "VALIDATION_PASSED", "GATE_DECISION"],
+        "q2": ["CACHE_HIT", "VALIDATION_PASSED"],
+        "q3": ["CACHE_HIT", "NODE_FAILED", "SPECULATIVE_RESULT_USED", "BRANCH_CANCELLED"],
     }
     with Store.open(tmp_path / "s.db") as store:
         with store.writer() as writer:
             for rid, types in kinds.items():
                 for seq, kind in enumerate(types, 1):
                     writer.record(OrchestrationEvent("run", rid, 0, "n", "t", kind, seq))
+            writer.record(OrchestrationEvent("other", "q9", 0, "n", "t", "CACHE_MISS", 1))
         facts = reads.run_facts(store, "run")
-    assert (facts.cache_requests, facts.cache_hit_requests) == (3, 2)
-    assert (facts.cache_hits, facts.cache_misses) == (2, 2)
-    assert (facts.validated, facts.valid) == (2, 1)
-    assert (facts.node_failures, facts.spec_used) == (1, 1)
+        every = reads.run_facts(store, None)
+    assert (facts.cache_hits, facts.cache_misses) == (2, 1)
+    assert (facts.validation_passed, facts.validation_failed) == (2, 1)
+    assert (facts.node_failures, facts.spec_used, facts.spec_cancelled) == (1, 1, 1)
+    assert (every.cache_hits, every.cache_misses) == (2, 2)
 
 
 def test_request_facts_give_route_and_cycles_of_just_the_asked_requests(tmp_path: Path) -> None:

@@ -98,9 +98,9 @@ class Metrics:
     cost_per_case: float | None = None
     cost_p95: float | None = None
     cache_hit_rate: float | None = None
-    """Share of requests with a cache event that had a hit."""
+    """CACHE_HIT events over CACHE_HIT and CACHE_MISS events (as `moat stats` counts)."""
     validation_success: float | None = None
-    """Share of validated requests whose last validation passed."""
+    """VALIDATION_PASSED events over both validation events (as `moat stats` counts)."""
     spec_used: int = 0
     spec_discarded: int = 0
     spec_cancelled: int = 0

@@ -92,6 +92,7 @@ class EdgeSync:
         batch_rows: rows per batch.
         codec: `zstd` (gzip when `zstandard` is missing) or `gzip`.
         patience_s: give up after this long without an acknowledged batch.
+        backoff_s: the first retry's pause ceiling and the largest (doubling between).
         token: a bearer token the central side requires (`MOAT_SYNC_TOKEN`).
         transport: an httpx transport (tests pass an in-process app).
         progress: called after every acknowledged batch.
@@ -106,6 +107,7 @@ class EdgeSync:
         batch_rows: int = 500,
         codec: str = "zstd",
         patience_s: float = 600.0,
+        backoff_s: tuple[float, float] = (_BACKOFF_BASE_S, _BACKOFF_CAP_S),
         token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         progress: Progress | None = None,
@@ -116,6 +118,7 @@ class EdgeSync:
         self.batch_rows = batch_rows
         self.codec = codec_name(codec)
         self.patience_s = patience_s
+        self.backoff_s = backoff_s
         self._headers = {"Content-Type": "application/json", "Content-Encoding": self.codec}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -229,7 +232,8 @@ class EdgeSync:
             problem = await attempt()
             if problem is None:
                 return
-            delay = self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**tries))
+            base, cap = self.backoff_s
+            delay = self._rng.uniform(0, min(cap, base * 2**tries))
             if time.monotonic() + delay > give_up_at:
                 raise SyncError(
                     f"{self.url}: unreachable for {self.patience_s:g}s ({problem}); what was "

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from engine.cli.run import db_path
-from engine.errors import SpecError
+from engine.errors import SpecError, SyncError
 from engine.models.server import port_number
 
 __all__ = ["add_commands"]
@@ -101,7 +101,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         token=os.environ.get(TOKEN_ENV) or None,
         progress=progress,
     )
-    report = anyio.run(sync.run)
+    try:
+        report = anyio.run(sync.run)
+    except SyncError as exc:  # the upload ran and stopped: not a usage error
+        print(f"moat: {exc}", file=sys.stderr)
+        return 1
     tables = ", ".join(f"{name} {n}" for name, n in report.rows.items() if n) or "nothing new"
     print(
         f"moat sync: {report.total_rows} rows to {url} ({tables}); "

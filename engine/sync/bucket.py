@@ -2,7 +2,9 @@
 
 Tokens are bytes; they accrue at the cap's rate up to `burst`. Taking more than is there
 leaves the bucket in debt and sleeps until the debt is repaid, so a batch larger than the
-burst still goes out whole while the average rate stays at the cap. Time is
+burst still goes out whole while the average rate stays at the cap. The bucket starts
+empty, so from the first byte the average never exceeds the cap; over any window of W
+seconds at most `rate * W + burst` bytes go out (after an idle spell). Time is
 `anyio.current_time()`, so a mock clock drives it in tests.
 """
 
@@ -27,7 +29,7 @@ class TokenBucket:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
         self.burst = burst if burst is not None else rate
-        self._tokens = self.burst
+        self._tokens = 0.0
         self._at: float | None = None
 
     @classmethod

@@ -40,6 +40,8 @@ __all__ = ["BATCH_PATH", "HEALTH_PATH", "EdgeSync", "SyncReport"]
 
 BATCH_PATH = "/v1/sync/batch"
 HEALTH_PATH = "/v1/sync/health"
+HTTP_OVERHEAD = 300
+"""Bytes a batch costs on the wire beyond its body (request line, headers, the answer)."""
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 30.0
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -166,7 +168,7 @@ class EdgeSync:
                 report.origin, spec.name, batch.columns, batch.rows, self.codec
             )
             if self.bucket is not None:
-                report.throttled_s += await self.bucket.take(len(body))
+                report.throttled_s += await self.bucket.take(len(body) + HTTP_OVERHEAD)
             await self._post(client, body, spec.name, report)
             await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
             report.rows[spec.name] += len(batch.rows)

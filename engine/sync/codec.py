@@ -3,8 +3,8 @@
 A batch body is `{"v": 1, "origin", "table", "columns", "rows"}` as UTF-8 JSON; byte values
 travel as `{"$b64": "..."}`. The body is compressed and the codec named in
 `Content-Encoding` (`zstd` or `gzip`). zstd (the `zstandard` package, the `edge` extra)
-compresses these repetitive rows about twice as well as gzip at a fraction of the CPU; gzip
-is in the standard library, so a box without the extra still syncs. Decompression is
+compresses these repetitive rows better than gzip and faster (bench/RESULTS.md, "Deferred
+sync"); gzip is in the standard library, so a box without the extra still syncs. Decompression is
 bounded (`MAX_BATCH_BYTES`), so a hostile body cannot inflate without limit.
 """
 

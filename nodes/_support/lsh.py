@@ -24,10 +24,17 @@ __all__ = ["MinHashIndex"]
 _UNPACK = struct.Struct("<32H").unpack
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=8192)
+def _token_digest(token: str) -> bytes:
+    """A token's 64-byte digest, cached as bytes (~100 B each, so the cache stays under a
+    megabyte: a tuple of 32 ints would cost ~1.2 KB, and slot values such as order numbers
+    are new tokens on almost every prompt, so a large cache would fill with them)."""
+    return hashlib.blake2b(token.encode(), digest_size=64).digest()
+
+
 def _token_hashes(token: str) -> tuple[int, ...]:
     """32 independent 16-bit hashes of a token: one MinHash permutation each."""
-    return _UNPACK(hashlib.blake2b(token.encode(), digest_size=64).digest())
+    return _UNPACK(_token_digest(token))
 
 
 class MinHashIndex:

@@ -51,7 +51,7 @@ __all__ = [
     "template",
 ]
 
-ENTRY_OVERHEAD = 4224
+ENTRY_OVERHEAD = 5120
 """Bytes an entry costs beyond its text and value (see the module docstring)."""
 
 _SLOT_PATTERNS = [

@@ -54,7 +54,6 @@ __all__ = [
     "ensure_central",
     "merge_batch",
     "origin_id",
-    "pending_counts",
     "read_appended",
     "read_changed",
     "watermark",
@@ -233,23 +232,6 @@ def read_changed(
             if len(batch.rows) >= limit:
                 break
     return batch
-
-
-def pending_counts(conn: sqlite3.Connection, target: str) -> dict[str, int]:
-    """Per table, how many rows `target` has not acknowledged (mutable tables: changed rows)."""
-    counts: dict[str, int] = {}
-    for spec in SYNC_TABLES:
-        if spec.mutable:
-            counts[spec.name] = len(
-                read_changed(conn, spec.name, acked_digests(conn, target, spec.name), 1 << 62).rows
-            )
-        else:
-            after = watermark(conn, target, spec.name)
-            row = conn.execute(
-                f"SELECT COUNT(*) FROM {spec.name} WHERE rowid > ?", (after,)
-            ).fetchone()
-            counts[spec.name] = int(row[0])
-    return counts
 
 
 # -- central side ------------------------------------------------------------------------

@@ -10,6 +10,11 @@ takes the total past the ceiling, entries are evicted until it fits again, fairl
   (max-min fairness: a small tenant is never evicted while a larger one is above it);
 - **what**: that partition's least recently used entry, as its own LRU ceiling would.
 
+Entries are held to `limit - headroom`, `HEADROOM` (10 %) of the ceiling: the rest pays for
+what no entry owns, the partitions' dict tables and index buckets and the token-hash cache
+(about half a megabyte), so the process's cache memory stays under the ceiling itself
+(measured: bench/RESULTS.md, "Bounded cache").
+
 Each eviction is counted per reason so the cache node can record it (`CACHE_EVICTED`,
 reason `TOTAL_BYTES`). Finding the largest partition uses a lazy max-heap (stale entries
 are skipped when popped and the heap is rebuilt when it grows past four per partition), so
@@ -30,6 +35,8 @@ from typing import Any
 
 __all__ = ["DEFAULT_TOTAL_BYTES", "CacheBudget", "parse_bytes", "process_budget"]
 
+HEADROOM = 0.10
+"""The share of the ceiling kept free of entries (see the module docstring)."""
 DEFAULT_TOTAL_BYTES = 256 << 20
 """The ceiling when neither `MOAT_CACHE_TOTAL_BYTES` nor a node's `total_bytes` sets one."""
 ENV = "MOAT_CACHE_TOTAL_BYTES"
@@ -98,10 +105,16 @@ class CacheBudget:
             self._heap = [(-s, k) for k, s in self._sizes.items()]
             heapq.heapify(self._heap)
 
+    @property
+    def entry_limit(self) -> int:
+        """The bytes entries may account for: the ceiling less its headroom."""
+        return int(self.limit_bytes * (1 - HEADROOM))
+
     def enforce(self) -> int:
-        """Evict until the total fits the ceiling; returns how many entries went."""
+        """Evict until the entries fit `entry_limit`; returns how many went."""
         evicted = 0
-        while self.total > self.limit_bytes:
+        limit = self.entry_limit
+        while self.total > limit:
             victim = self._largest()
             if victim is None or self._evictors[victim]() <= 0:
                 break

@@ -40,21 +40,21 @@ def test_the_total_never_exceeds_the_budget(
     caches = {ns: SemanticCache(ns, budget=budget) for ns in ("ns1", "ns2")}
     for ns, tenant, question, length in ops:
         caches[ns].store(tenant, f"question number {question}", "x" * length)
-        assert budget.total <= limit
+        assert budget.total <= budget.entry_limit < limit
         held = sum(p.bytes for c in caches.values() for p in c._tenants.values())
         assert budget.total == held, "the budget counts exactly what the partitions hold"
 
 
 def test_eviction_takes_from_the_largest_tenant_first() -> None:
     entry = SemanticCache("probe").store("x", "probe question", "v" * 100)[0].size
-    budget = CacheBudget(20 * entry)
+    budget = CacheBudget(int(20 * entry / 0.9))  # room for 20 entries besides the headroom
     cache = SemanticCache("ns", budget=budget)
     for i in range(3):
         cache.store("small", f"small tenant question {i}", "v" * 100)
     for i in range(40):
         cache.store("big", f"big tenant question {i}", "v" * 100)
     assert cache.size("small") == 3, "a tenant under its fair share keeps every entry"
-    assert budget.total <= budget.limit_bytes < budget.total + entry + 50, "evicted no more"
+    assert budget.total <= budget.entry_limit < budget.total + entry + 50, "evicted no more"
     assert budget.evictions == 43 - 3 - cache.size("big")
     assert cache.last_evictions == {"TOTAL_BYTES": 1}
     # within the big tenant, the least recently used entries went
@@ -64,7 +64,7 @@ def test_eviction_takes_from_the_largest_tenant_first() -> None:
 
 def test_partitions_even_out_towards_equal_shares() -> None:
     entry = SemanticCache("probe").store("x", "probe question", "v" * 100)[0].size
-    budget = CacheBudget(30 * entry)
+    budget = CacheBudget(int(30 * entry / 0.9))
     a, b = SemanticCache("a", budget=budget), SemanticCache("b", budget=budget)
     for i in range(60):
         a.store("t1", f"first namespace question {i}", "v" * 100)

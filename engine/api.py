@@ -472,7 +472,9 @@ class Pipeline:
             cost_usd=0.0,
             output=None,
             error=error,
-            **{k: item.meta.get(k) for k in ("conversation_id", "turn_index", "parent_request_id")},
+            conversation_id=item.meta.get("conversation_id"),
+            turn_index=item.meta.get("turn_index"),
+            parent_request_id=item.meta.get("parent_request_id"),
         )
         self._outstanding += 1
         self._tap.record(record)

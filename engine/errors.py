@@ -14,7 +14,8 @@ MoatError
 ├── BudgetExceeded (RuntimeError)     a model call would exceed the request's `cost_usd`
 ├── CircuitOpen (RuntimeError)        a model's circuit breaker refuses calls for now
 ├── EgressBlocked (PermissionError)   text would leave for a remote provider unredacted
-└── EvaluationError (RuntimeError)    an expression failed at run time (bad types, bounds)
+├── EvaluationError (RuntimeError)    an expression failed at run time (bad types, bounds)
+└── SyncError (RuntimeError)          `moat sync`: the central side refused or stayed away
 ```
 
 Every error builds its own message from its fields, so the message always says where
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimited",
     "SpecError",
     "StoreError",
+    "SyncError",
     "TransientError",
 ]
 
@@ -179,3 +181,7 @@ class EgressBlocked(MoatError, PermissionError):
 
 class EvaluationError(MoatError, RuntimeError):
     """An expression failed at run time: wrong types, a value out of bounds, a bad key."""
+
+
+class SyncError(MoatError, RuntimeError):
+    """An upload of `moat sync` the central side refused, or could not take for too long."""

@@ -118,6 +118,10 @@ class EventType(StrEnum):
     """Personal data was replaced by typed placeholders."""
     EGRESS_BLOCKED = "EGRESS_BLOCKED"
     """Text was refused egress to a remote provider."""
+    MODEL_FALLBACK = "MODEL_FALLBACK"
+    """A remote model was unreachable or held back (offline, a gate, a failed probe, an open
+    circuit, a refused connection): its `fallback:` model answered and the request is
+    degraded; the reason code says why."""
 
 
 class RequestStatus(StrEnum):
@@ -318,6 +322,9 @@ class RequestRecord:
     """The request's input, when `input_hash` is left to whoever stores the record: the
     hash (`hash_input`) is only needed in the stored row, so it is computed off the
     request path."""
+    degraded: tuple[str, ...] = ()
+    """Why the request was answered in a degraded way (the `MODEL_FALLBACK` reason codes,
+    also in its events); empty when it was not."""
 
     def stored_input_hash(self) -> str | None:
         """`input_hash`, or the hash of `input` when the scheduler left it to the store."""
@@ -361,11 +368,12 @@ def result_line(
     cost_usd: float,
     policy_version: int | None,
     error: str | None,
+    degraded: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON object `moat run` writes for one request, whether it comes from a result,
     a record or a stored row: `request_id status output latency_ms cost_usd policy_version
-    error`."""
-    return {
+    error`, and `degraded` (the fallback reason codes) only when a fallback model answered."""
+    line = {
         "request_id": request_id,
         "status": str(status),
         "output": output,
@@ -374,6 +382,9 @@ def result_line(
         "policy_version": policy_version,
         "error": error,
     }
+    if degraded:
+        line["degraded"] = list(degraded)
+    return line
 
 
 class Sink(Protocol):

@@ -42,6 +42,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, Field
 
 from engine import Node, NodeContext
+from nodes._support.cachebudget import process_budget
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
 from nodes._support.semcache import Lookup, Prepared, SemanticCache
 
@@ -117,6 +118,13 @@ class CacheNode(Node):
         max_bytes: int = Field(
             default=64 << 20, ge=1024, description="Approximate bytes per tenant before eviction."
         )
+        total_bytes: int | None = Field(
+            default=None,
+            ge=1 << 16,
+            description="Bytes every cache of the process may hold together, in memory and "
+            "in the store file (default `MOAT_CACHE_TOTAL_BYTES` or 256 MiB; the lowest "
+            "setting seen holds); evicts fairly from the largest tenant partition.",
+        )
         warm_file: str | None = Field(
             default=None, description="YAML or JSONL of frequent `{prompt, value}` to preload."
         )
@@ -137,6 +145,8 @@ class CacheNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Look up, or schedule a store, in the request tenant's partition."""
         cache = shared_cache(ctx, config.namespace)
+        if config.total_bytes is not None:
+            _limit(cache, config.total_bytes)
         if config.warm_file:  # relative to the graph, not the working directory
             warm_file = ctx.resolve_path(config.warm_file)
             if warm_file not in cache.warmed_files:
@@ -216,11 +226,18 @@ class CacheNode(Node):
                     payload={"key": entry.key, "ttl_s": entry.ttl_s, "entries": cache.size(tenant)},
                 )
                 if evicted:
+                    budget = cache.budget
                     ctx.emit(
                         CACHE_EVICTED,
                         decision="lru",
-                        reason_codes=["MAX_ENTRIES_OR_BYTES"],
-                        payload={"evicted": evicted, "entries": cache.size(tenant)},
+                        reason_codes=sorted(cache.last_evictions),
+                        payload={
+                            "evicted": evicted,
+                            "by_reason": dict(cache.last_evictions),
+                            "entries": cache.size(tenant),
+                            "total_bytes": budget.total if budget else None,
+                            "limit_bytes": budget.limit_bytes if budget else None,
+                        },
                     )
 
             ctx.after_success(store)
@@ -245,13 +262,32 @@ def shared_cache(ctx: NodeContext, namespace: str) -> SemanticCache:
     """The graph's cache for `namespace`, attached to the store's persistence if it has one."""
 
     def create() -> SemanticCache:
-        cache = SemanticCache(namespace)
+        cache = SemanticCache(namespace, budget=process_budget())
         provider = getattr(ctx.shared.db, "cache_persistence", None)
         if callable(provider):
-            cache.attach(provider())
+            persistence = provider()
+            _bound_store(persistence, cache)
+            cache.attach(persistence)
         return cache
 
     return ctx.shared.get("cache:" + namespace, create)
+
+
+def _limit(cache: SemanticCache, total_bytes: int) -> None:
+    """Lower the process's cache ceiling, in memory and in the store file."""
+    if cache.budget is None or cache.budget.limit_bytes <= total_bytes:
+        return
+    cache.budget.lower_to(total_bytes)
+    cache.budget.enforce()
+    if cache.persistence is not None:
+        _bound_store(cache.persistence, cache)
+
+
+def _bound_store(persistence: object, cache: SemanticCache) -> None:
+    """Cap the store's cache table at the budget (when the persistence can be capped)."""
+    limit = getattr(persistence, "limit_bytes", None)
+    if callable(limit) and cache.budget is not None:
+        limit(cache.budget.limit_bytes)
 
 
 def _miss_codes(found: Lookup, config: CacheNode.Config) -> list[str]:

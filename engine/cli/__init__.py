@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from engine.cli import graph, policy, run, serve, sim_server, store
+    from engine.cli import graph, policy, run, serve, sim_server, store, sync
 
-    for module in (graph, run, serve, store, sim_server, policy):
+    for module in (graph, run, serve, store, sim_server, policy, sync):
         module.add_commands(sub)
     # Packages that build on the engine (the TUI) add their commands through entry points,
     # so the engine never imports them.

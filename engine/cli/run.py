@@ -94,6 +94,7 @@ def result_line(record: RequestRecord) -> str:
         record.cost_usd,
         record.policy_version,
         record.error,
+        record.degraded,
     )
     return json.dumps(line, ensure_ascii=False, default=str)
 

@@ -18,6 +18,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 12. nodes nothing can demand are reported as warnings
 13. `input:` is a valid JSON Schema
 14. `serve.input` maps input properties to expressions over the chat request only
+15. every model's `fallback:` names another model and fallbacks never loop (`_fallbacks.py`)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 from engine.errors import ExpressionError, SpecError
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import config_problem
+from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
@@ -112,6 +114,7 @@ class Checker:
         scope = self._compile_scope(top)
         output = self._compile_outputs(self.spec.output, ("output",), top)
         self.c14_serve_mapping()
+        self.c15_fallbacks()
         if scope is not None and not self.errors:
             self.c12_undemanded(scope, output)
         return (scope if not self.errors else None), output
@@ -407,6 +410,15 @@ class Checker:
                 "(https://json-schema.org/understanding-json-schema)",
                 at,
             )
+
+    def c15_fallbacks(self) -> None:
+        """Every model's `fallback:` names another model; fallback chains end."""
+        for is_error, message, at in fallback_problems(self.spec.models):
+            if is_error:
+                self._error(message, at)
+            else:
+                pos = self.located.where(at)
+                self.warnings.append(f"{self.located.path}:{pos.line}:{pos.column}: {message}")
 
     def c14_serve_mapping(self) -> None:
         """`serve.input` sets input properties from expressions that read only the chat

@@ -79,6 +79,10 @@ class ModelSpec(_Strict):
     """For `sim`: injected faults."""
     time_scale: float = Field(default=1.0, ge=0)
     """For `sim`: multiply simulated latencies (0 makes them instant)."""
+    fallback: str | None = None
+    """Another logical model that answers when this one is unreachable or held back (the
+    policy's `egress.offline`, a gate, a failed probe, an open circuit, a refused
+    connection); the request is then marked degraded (README, "At the edge")."""
 
 
 class Budget(_Strict):

@@ -8,7 +8,9 @@ breaker, redaction, recording); a provider only turns a `ProviderRequest` into a
 - `ProviderTimeout` when the provider did not answer in time,
 - `ResponseLost` when the request was sent but its answer never came (a connection dropped
   mid-call, a proxy's 504): the provider may still bill it, so the gateway charges it,
-- `TransientError` for anything else worth retrying (5xx, a connection never made),
+- `ConnectFailed` when no connection could be made (refused, unroutable, DNS): nothing
+  was sent, so nothing is billed, and a model with a `fallback:` falls back at once,
+- `TransientError` for anything else worth retrying (5xx),
 - `NodeError` for failures a retry cannot fix (bad request, bad key).
 """
 
@@ -24,6 +26,7 @@ from engine.errors import TransientError
 from engine.plugin.context import RequestInfo
 
 __all__ = [
+    "ConnectFailed",
     "Provider",
     "ProviderRequest",
     "ProviderResponse",
@@ -39,6 +42,10 @@ add role headers of up to ~6. Rounded up."""
 CHAT_TOKENS_PER_CALL = 32
 """Chat framing per call: the reply primer (3 for OpenAI) and the begin-of-text and date
 lines some open models' templates add. Rounded up."""
+
+
+class ConnectFailed(TransientError):
+    """No connection to the provider could be made: the endpoint is unreachable."""
 
 
 class ResponseLost(TransientError):

@@ -50,6 +50,7 @@ from engine.graph.spec import ModelSpec, Price
 from engine.models._attempt import Attempt, Call, chat_messages, chat_text
 from engine.models._egress import egress_off_loop, redact_text
 from engine.models.base import (
+    ConnectFailed,
     Provider,
     ProviderRequest,
     ProviderResponse,
@@ -60,6 +61,13 @@ from engine.models.base import (
 from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget, Reservation
+from engine.models.fallback import (
+    EdgeGuard,
+    FallbackReason,
+    announce_fallback,
+    refuse_held,
+    unreachable_reason,
+)
 from engine.models.prices import table_price
 from engine.models.sim import SIM_SERVER_PRICES, SimProvider, sim_profile
 from engine.plugin.context import Completion, ModelClient, RequestInfo
@@ -81,6 +89,10 @@ def _no_emit(event_type: str, **_: Any) -> int:
     return 0
 
 
+def _no_degrade(reason: str) -> None:
+    return None
+
+
 @dataclass(slots=True)
 class CallScope:
     """Who is calling: one node run of one request (built by the scheduler per node run).
@@ -99,6 +111,7 @@ class CallScope:
             them to the sink with their final outcome.
         deadline: the request's hard deadline on the `anyio.current_time()` clock;
             retries never sleep past it.
+        degrade: marks the request degraded with a reason code (a fallback model answered).
     """
 
     request: RequestInfo
@@ -110,6 +123,7 @@ class CallScope:
     emit: Emit = _no_emit
     calls: list[LlmCall] = field(default_factory=list)
     deadline: float | None = None
+    degrade: Callable[[str], None] = _no_degrade
 
 
 class _GatewayClient:
@@ -192,6 +206,8 @@ class Gateway:
         self.default_max_tokens = default_max_tokens
         self.overrun_factor: dict[str, float] = {}
         """Per model, the worst ratio of charged to reserved cost seen (only when above 1)."""
+        self.edge = EdgeGuard()
+        """Whether the pinned policy holds remote calls back (offline, gates, probe)."""
 
     @property
     def model_names(self) -> list[str]:
@@ -305,6 +321,40 @@ class Gateway:
     # -- one call ---------------------------------------------------------------------
 
     async def _complete(self, name: str, scope: CallScope, call: Call) -> Completion:
+        """One call of model `name`, or of its `fallback:` when the policy holds remote
+        calls back or the endpoint is unreachable (`engine.models.fallback`)."""
+        spec = self._specs[name]
+        remote = self._is_remote(name)
+        if not remote and spec.fallback is None:
+            return await self._call(name, scope, call)
+        held = await self.edge.held_back(scope.policy) if remote else None
+        if held is not None:
+            if spec.fallback is None:
+                refuse_held(scope.emit, scope.node_id, name, held)
+            return await self._fall_back(name, scope, call, held.reason, dict(held.detail))
+        try:
+            return await self._call(name, scope, call)
+        except (CircuitOpen, ConnectFailed) as exc:
+            reason = unreachable_reason(exc)
+            if spec.fallback is None or reason is None:
+                raise
+            return await self._fall_back(name, scope, call, reason, {"error": str(exc)})
+
+    async def _fall_back(
+        self,
+        name: str,
+        scope: CallScope,
+        call: Call,
+        reason: FallbackReason,
+        detail: Mapping[str, Any],
+    ) -> Completion:
+        fallback = self._specs[name].fallback
+        assert fallback is not None
+        self._provider(fallback)
+        announce_fallback(scope.emit, scope.degrade, name, fallback, reason, detail)
+        return await self._complete(fallback, scope, call)
+
+    async def _call(self, name: str, scope: CallScope, call: Call) -> Completion:
         spec = self._specs[name]
         messages = await self._egress(name, scope, call.messages)
         prompt_text = chat_text(messages)
@@ -320,7 +370,8 @@ class Gateway:
             except TransientError as exc:
                 delay = self._backoff(name, attempt, exc, jitter)
                 late = scope.deadline is not None and anyio.current_time() + delay >= scope.deadline
-                if attempt >= spec.max_retries or late:
+                unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
+                if attempt >= spec.max_retries or late or unreachable:
                     raise _located(exc, scope, attempt + 1) from exc
             await anyio.sleep(delay)
             attempt += 1

@@ -15,8 +15,9 @@ the reservation rather than a guess.
 
 Errors map onto moat's: `RateLimitError` -> `RateLimited` (Retry-After honoured),
 timeouts, connections lost after the request was sent and gateway timeouts (504, 524) ->
-`ProviderTimeout`/`ResponseLost` (the provider may bill them), 5xx, connections never made
-and unreadable bodies -> `TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
+`ProviderTimeout`/`ResponseLost` (the provider may bill them), connections never made ->
+`ConnectFailed`, 5xx and unreadable bodies -> `TransientError`, anything else (400, 401,
+404, ...) -> `NodeError`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
+    ConnectFailed,
     ProviderRequest,
     ProviderResponse,
     ProviderTimeout,
@@ -254,7 +256,7 @@ def _connection_error(model: str, exc: openai.APIConnectionError) -> Exception:
     """A connection never made is not billed; one lost after sending may be."""
     # by name: the client's HTTP library is `httpx` or its successor `httpx2`, by version
     if type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout"):
-        return TransientError(f"model '{model}': could not connect ({exc.message})")
+        return ConnectFailed(f"model '{model}': could not connect ({exc.message})")
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
     return ResponseLost(f"model '{model}': connection lost after sending ({exc.message})")

@@ -24,6 +24,7 @@ from engine.expr.expression import Expr, Ref, Template
 from engine.expr.wording import config_problem, kind, literal
 from engine.located_yaml import Located, load_yaml, read_file
 from engine.policy.guard import GuardSettings
+from engine.policy.signals import check_egress_section
 
 if TYPE_CHECKING:
     from engine.graph.compiled import Graph, Scope
@@ -141,9 +142,10 @@ def validate_policy(
 ) -> None:
     """Refuse a policy body that is malformed, incompatible or out of range.
 
-    Checks, in order: the body is a mapping with a valid `name:`; its `guard:` section is
-    well formed; its keys and types are compatible with `previous` (nothing removed, no
-    type changed except int <-> float, no new key unless `allow_new_keys`); every
+    Checks, in order: the body is a mapping with a valid `name:`; its `guard:` and `egress:`
+    sections are well formed (`engine.policy.signals`); its keys and types are compatible
+    with `previous` (nothing removed, no type changed except int <-> float, no new key
+    unless `allow_new_keys`); every
     `policy.…` key the `graphs` read exists; every value a graph passes as exactly
     `{{ policy.… }}` to a node config field fits that field (type and bounds); every
     expression that reads nothing but the policy evaluates on it.
@@ -163,6 +165,10 @@ def validate_policy(
     assert isinstance(body, Mapping)
     _check_name(body, located)
     check_guard_section(body, located)
+    egress = check_egress_section(body)
+    if egress is not None:
+        at, message = egress
+        raise _fail(located, message, at, key=message.startswith("unknown setting"))
     if previous is not None:
         label = f"version {previous_version}" if previous_version else "the active version"
         _compatible(previous, body, (), located, allow_new_keys, label)

@@ -180,7 +180,20 @@ def _summary(
         llm_calls=len(calls),
         node_runs=len(runs),
         events=len(events),
+        degraded=_degraded(events),
     )
+
+
+def _degraded(events: list[Row]) -> list[str]:
+    found: list[str] = []
+    for e in events:
+        if e["event_type"] == "MODEL_FALLBACK":
+            p = e["payload"] or {}
+            reasons = ", ".join(e["reason_codes"] or [])
+            found.append(f"{p.get('model', '?')} -> {p.get('fallback', '?')} ({reasons})")
+        elif e["event_type"] == "BUDGET_SOFT_DEADLINE":
+            found.append("soft deadline passed")
+    return list(dict.fromkeys(found))
 
 
 def _strategy(decisions: list[DecisionRow], runs: list[Row], calls: list[Row]) -> ExecutionStrategy:

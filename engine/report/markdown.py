@@ -67,6 +67,8 @@ def _summary(s: Summary) -> list[str]:
         ("Recorded", f"{s.events} events, {s.node_runs} node runs, {s.llm_calls} LLM calls"),
         ("Error", s.error),
     ]
+    if s.degraded:
+        rows.insert(1, ("Degraded", "; ".join(s.degraded)))
     lines = ["## Summary", "", *table(("", ""), rows)]
     if s.simulated:
         lines += ["", _SIMULATED]

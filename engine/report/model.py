@@ -52,6 +52,9 @@ class Summary:
     llm_calls: int
     node_runs: int
     events: int
+    degraded: list[str] = field(default_factory=list)
+    """Why the request was answered in a degraded way: `model -> fallback (REASON)` per
+    `MODEL_FALLBACK` event, and the soft deadline when it passed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,7 @@ class RequestState:
         "budget",
         "clock",
         "deadline",
+        "degraded_reasons",
         "frame",
         "gateway",
         "graph",
@@ -170,6 +171,8 @@ class RequestState:
             None if budget.soft_deadline_ms is None else self.t0 + budget.soft_deadline_ms / 1000
         )
         self._soft_emitted = False
+        self.degraded_reasons: tuple[str, ...] = ()
+        """Why a fallback model answered for this request (`MODEL_FALLBACK` reason codes)."""
         self.budget = RequestBudget(budget.cost_usd)
         self.spent_usd = 0.0
         self.live = 0
@@ -418,6 +421,7 @@ class RequestState:
             emit=ctx.emit,
             calls=calls,
             deadline=self.deadline,
+            degrade=self.note_degraded,
         )
         return self.gateway.client(name, scope)
 
@@ -507,8 +511,13 @@ class RequestState:
 
     @property
     def degraded(self) -> bool:
-        """True once the soft deadline has passed."""
-        return self.check_soft_deadline()
+        """True once the soft deadline has passed, or a fallback model has answered."""
+        return self.check_soft_deadline() or bool(self.degraded_reasons)
+
+    def note_degraded(self, reason: str) -> None:
+        """A fallback model answered for a remote one, for `reason` (a reason code)."""
+        if reason not in self.degraded_reasons:
+            self.degraded_reasons = (*self.degraded_reasons, reason)
 
     async def run_callbacks(self) -> None:
         """Run the `after_success` callbacks; a failing one is logged, never raised."""

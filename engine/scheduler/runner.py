@@ -91,6 +91,7 @@ class RequestResult:
         policy_version: the pinned policy version, if the policy is versioned.
         error: what went wrong, naming the node, for `failed` and `deadline_exceeded`.
         seq: the request's position in its run's input.
+        degraded: why a fallback model answered (reason codes), empty if none did.
     """
 
     request_id: str
@@ -101,6 +102,7 @@ class RequestResult:
     policy_version: int | None
     error: str | None
     seq: int = 0
+    degraded: tuple[str, ...] = ()
 
     def to_json_line(self) -> dict[str, Any]:
         """The JSON object `moat run` writes for this request."""
@@ -112,6 +114,7 @@ class RequestResult:
             self.cost_usd,
             self.policy_version,
             self.error,
+            self.degraded,
         )
 
 
@@ -257,6 +260,7 @@ class Runner:
             req.policy_version,
             error,
             seq,
+            req.degraded_reasons,
         )
         self._finish(req, result, meta)
         return result
@@ -384,6 +388,7 @@ def _request_record(
         req.policy_name,
         req.policy_version,
         input=info.input,  # hashed by the store, off the request path
+        degraded=req.degraded_reasons,
     )
     if meta:
         record.conversation_id = meta.get("conversation_id")

@@ -22,6 +22,14 @@ fails a run. `load`
 reads the committed rows and overlays the pending ones, so it sees every earlier write of
 this process (other processes' later writes are seen at their next load). Expired rows are
 returned too: the cache deletes the ones it finds expired.
+
+Bound: `limit_bytes(n)` caps the table's bytes (each row's JSON, key columns and
+`ROW_OVERHEAD`), so a box given a cache budget keeps it in the store file too, whatever
+namespaces, expired rows or other processes left there. Each commit that would take the
+table past the cap also deletes rows, fairly: from the (namespace, tenant) holding the most
+bytes, its oldest-written row first (the in-memory cache's rule, `nodes/_support/
+cachebudget.py`), in the same transaction, logged as `cache.store_evicted`. SQLite reuses
+the freed pages, so the file stops growing at about the cap.
 """
 
 from __future__ import annotations
@@ -52,6 +60,12 @@ _LOAD = "SELECT tenant, key, value_json FROM cache_entries WHERE namespace = ? O
 
 _RETRY_S = 1.0
 """Pause before retrying a failed write."""
+ROW_OVERHEAD = 48
+"""Bytes a row costs beyond its values (record header, rowid, index entries), rounded up."""
+_SIZES = (
+    "SELECT namespace, tenant, key, length(value_json) + length(namespace) + length(tenant) "
+    "+ length(key) FROM cache_entries ORDER BY created_at, rowid"
+)
 
 _Key = tuple[str, str, str]
 """(namespace, tenant, key)"""
@@ -76,6 +90,13 @@ class StoreCachePersistence:
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
+        self._limit: int | None = None
+        self._sizes: dict[tuple[str, str], dict[str, int]] = {}
+        """Per (namespace, tenant), row key -> bytes in write order (only with a limit)."""
+        self._part_bytes: dict[tuple[str, str], int] = {}
+        self._total = 0
+        self.store_evictions = 0
+        """Rows deleted to keep the table under `limit_bytes`."""
         try:
             writer = connect(self.path)
         except StoreError:
@@ -115,6 +136,23 @@ class StoreCachePersistence:
     def delete(self, namespace: str, tenant: str, key: str) -> None:
         """Forget one record; never blocks or raises."""
         self._put((namespace, tenant, key), None)
+
+    def limit_bytes(self, limit: int) -> None:
+        """Cap the table's bytes (a lower cap replaces a higher one; see the module doc)."""
+        with self._changed:
+            first = self._limit is None
+            self._limit = limit if self._limit is None else min(self._limit, limit)
+        if first:
+            with self._read_lock:
+                rows = self._reader.execute(_SIZES).fetchall()
+            with self._changed:
+                for namespace, tenant, key, size in rows:
+                    self._account((namespace, tenant, key), int(size) + ROW_OVERHEAD)
+        self._wake.set()
+
+    def stored_bytes(self) -> int:
+        """The table's bytes as `limit_bytes` counts them (0 before a limit is set)."""
+        return self._total
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -189,7 +227,7 @@ class StoreCachePersistence:
         if not batch:
             return True
         try:
-            _commit(conn, self.path, batch)
+            victims = self._commit(conn, batch)
         except Exception as exc:  # the thread must survive anything; flush/close report it
             _log.warning(
                 "cache.write_failed",
@@ -206,7 +244,57 @@ class StoreCachePersistence:
                 if self._pending.get(key, self) is record:  # unless written again meanwhile
                     del self._pending[key]
             self._changed.notify_all()
+        if victims:
+            self.store_evictions += len(victims)
+            _log.info("cache.store_evicted", path=str(self.path), rows=len(victims))
         return True
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: Mapping[_Key, Mapping[str, Any] | None]
+    ) -> list[_Key]:
+        """Write one batch in one transaction, with the deletes that keep the table under
+        its limit; returns those extra deletes."""
+        rows = {key: _row(key, record) for key, record in batch.items() if record is not None}
+        deletes = [key for key, record in batch.items() if record is None]
+        victims: list[_Key] = []
+        with self._changed:
+            if self._limit is not None:
+                for key in deletes:
+                    self._account(key, None)
+                for key, row in rows.items():
+                    self._account(key, len(row[3]) + sum(map(len, key)) + ROW_OVERHEAD)
+                victims = self._over_limit()
+        for key in victims:
+            rows.pop(key, None)
+        with write_transaction(conn, self.path):
+            conn.executemany(_DELETE, [*deletes, *victims])
+            conn.executemany(_UPSERT, list(rows.values()))
+        return victims
+
+    def _account(self, key: _Key, size: int | None) -> None:
+        """Note a row's new size (None: deleted); call with `_changed` held."""
+        where = (key[0], key[1])
+        part = self._sizes.setdefault(where, {})
+        old = part.pop(key[2], 0)
+        delta = (size or 0) - old
+        if size is not None:
+            part[key[2]] = size
+        self._total += delta
+        self._part_bytes[where] = self._part_bytes.get(where, 0) + delta
+        if not part:
+            del self._sizes[where]
+            del self._part_bytes[where]
+
+    def _over_limit(self) -> list[_Key]:
+        """Rows to delete, fairly, until the table fits its limit; call with `_changed` held."""
+        victims: list[_Key] = []
+        assert self._limit is not None
+        while self._total > self._limit and self._sizes:
+            namespace, tenant = max(self._part_bytes, key=self._part_bytes.__getitem__)
+            oldest = next(iter(self._sizes[namespace, tenant]))
+            victims.append((namespace, tenant, oldest))
+            self._account((namespace, tenant, oldest), None)
+        return victims
 
     def _raise_if_failed(self) -> None:
         error, self._error = self._error, None
@@ -216,17 +304,6 @@ class StoreCachePersistence:
                 f"({describe_error(error, self.path)}); the cache keeps working in memory "
                 "and retries the write"
             ) from error
-
-
-def _commit(
-    conn: sqlite3.Connection, path: Path, batch: Mapping[_Key, Mapping[str, Any] | None]
-) -> None:
-    """Write one batch in one transaction (taking turns with the process's other writers)."""
-    upserts = [_row(key, record) for key, record in batch.items() if record is not None]
-    deletes = [key for key, record in batch.items() if record is None]
-    with write_transaction(conn, path):
-        conn.executemany(_DELETE, deletes)
-        conn.executemany(_UPSERT, upserts)
 
 
 def _row(key: _Key, record: Mapping[str, Any]) -> tuple[Any, ...]:

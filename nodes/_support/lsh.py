@@ -24,10 +24,18 @@ __all__ = ["MinHashIndex"]
 _UNPACK = struct.Struct("<32H").unpack
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=2048)
+def _token_digest(token: str) -> bytes:
+    """A token's 64-byte digest, cached for the common words (about 260 B per cached token
+    with the cache's own bookkeeping, so about half a megabyte in all). Small on purpose:
+    slot values such as order numbers are new tokens on almost every prompt, a tuple of 32
+    ints would cost ~1.2 KB, and a miss costs one BLAKE2b of a word (about a microsecond)."""
+    return hashlib.blake2b(token.encode(), digest_size=64).digest()
+
+
 def _token_hashes(token: str) -> tuple[int, ...]:
     """32 independent 16-bit hashes of a token: one MinHash permutation each."""
-    return _UNPACK(hashlib.blake2b(token.encode(), digest_size=64).digest())
+    return _UNPACK(_token_digest(token))
 
 
 class MinHashIndex:

@@ -15,9 +15,14 @@ int8-quantised hashing embeddings.
 
 TTL adapts: an entry starts with `ttl_s` and each hit multiplies its TTL by `ttl_growth`,
 up to `max_ttl_s`. Ceilings (`max_entries`, `max_bytes`) hold per tenant and evict least
-recently used entries first. Persistence is optional: attach any object implementing
-`CachePersistence` (the store can provide one) and entries are written through and
-reloaded; without it the cache lives in memory.
+recently used entries first; a `CacheBudget` (`nodes._support.cachebudget`) shared by every
+namespace of the process bounds their total, evicting fairly across partitions. An entry's
+`size` counts its text and value plus `ENTRY_OVERHEAD` for the objects that hold it (the
+vector, the index's bands, the dict slots), measured with tracemalloc (bench/cache_bound.py).
+
+Persistence is optional: attach any object implementing `CachePersistence` (the store can
+provide one) and entries are written through and reloaded; without it the cache lives in
+memory.
 """
 
 from __future__ import annotations
@@ -32,10 +37,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nodes._support.cachebudget import CacheBudget
 from nodes._support.embed import HashingEmbedder, QVector, quantize, words
 from nodes._support.lsh import MinHashIndex
 
-__all__ = ["CachePersistence", "Entry", "Lookup", "Prepared", "SemanticCache", "template"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "CachePersistence",
+    "Entry",
+    "Lookup",
+    "Prepared",
+    "SemanticCache",
+    "template",
+]
+
+ENTRY_OVERHEAD = 5120
+"""Bytes an entry costs beyond its text and value (see the module docstring)."""
 
 _SLOT_PATTERNS = [
     # linear on hostile text: an email starts only where its run starts (a failed run is
@@ -221,6 +238,7 @@ class SemanticCache:
         clock: wall-clock seconds (injectable for tests).
         max_tenants: partitions kept; the least recently used tenant is dropped beyond it.
         candidates: entries compared exactly per semantic lookup.
+        budget: a byte ceiling shared with other caches (None: only per-tenant ceilings).
     """
 
     def __init__(
@@ -230,6 +248,7 @@ class SemanticCache:
         clock: Callable[[], float] = time.time,
         max_tenants: int = 10_000,
         candidates: int = 8,
+        budget: CacheBudget | None = None,
     ) -> None:
         self.namespace = namespace
         self.clock = clock
@@ -240,6 +259,10 @@ class SemanticCache:
         self.warmed_files: set[str] = set()
         self._embedder = HashingEmbedder()
         self._tenants: OrderedDict[str, _Partition] = OrderedDict()
+        self.budget = budget
+        self.last_evictions: dict[str, int] = {}
+        """Entries the last `store` evicted, by reason (`MAX_ENTRIES_OR_BYTES` for the
+        tenant's own ceilings, `TOTAL_BYTES` for the shared budget)."""
 
     def prepare(self, text: str, *, names: bool = True) -> Prepared:
         """The pure part of a lookup or store of `text`; safe to compute in a worker thread."""
@@ -315,7 +338,8 @@ class SemanticCache:
         key = _key(scope, tpl, slots)
         part = self._partition(tenant)
         now = self.clock()
-        size = len(tpl) + sum(map(len, slots)) + len(json.dumps(value, default=str)) + 512
+        size = len(tpl) + sum(map(len, slots)) + len(json.dumps(value, default=str))
+        size += ENTRY_OVERHEAD
         entry = Entry(
             key=key, scope=scope, template=tpl, slots=slots, value=value, negative=negative,
             vector=quantize(prep.vector()), ttl_s=ttl_s,
@@ -324,7 +348,12 @@ class SemanticCache:
         self._insert(tenant, part, entry, prep.signature())
         if self.persistence is not None:
             self.persistence.save(self.namespace, tenant, entry.record())
-        return entry, self._evict(tenant, part, max_entries, max_bytes)
+        own = self._evict(tenant, part, max_entries, max_bytes)
+        shared = self.budget.enforce() if self.budget is not None else 0
+        self.last_evictions = {
+            k: n for k, n in (("MAX_ENTRIES_OR_BYTES", own), ("TOTAL_BYTES", shared)) if n
+        }
+        return entry, own + shared
 
     def attach(self, persistence: CachePersistence) -> int:
         """Load the namespace from `persistence` and write through to it; returns entries loaded."""
@@ -341,11 +370,14 @@ class SemanticCache:
                 slots=tuple(rec["slots"]), value=rec["value"], negative=bool(rec["negative"]),
                 vector=quantize(self._embedder.embed_one(tpl)), ttl_s=float(rec["ttl_s"]),
                 expires_at=float(rec["expires_at"]), hits=int(rec["hits"]),
-                size=len(json.dumps(rec, default=str)) + 512, stored_at=float(rec["stored_at"]),
+                size=len(json.dumps(rec, default=str)) + ENTRY_OVERHEAD,
+                stored_at=float(rec["stored_at"]),
             )  # fmt: skip
             self._insert(tenant, self._partition(tenant), entry)
             loaded += 1
         self.persistence = persistence
+        if self.budget is not None:  # a store file written under a larger budget
+            self.budget.enforce()
         return loaded
 
     def size(self, tenant: str) -> int:
@@ -361,8 +393,12 @@ class SemanticCache:
             self._tenants.move_to_end(tenant)
             return part
         part = self._tenants[tenant] = _Partition()
+        if self.budget is not None:
+            self.budget.register(part, lambda: self._evict_oldest(tenant, part))
         if len(self._tenants) > self.max_tenants:
-            self._tenants.popitem(last=False)
+            _, dropped = self._tenants.popitem(last=False)
+            if self.budget is not None:
+                self.budget.forget(dropped)
         self._seed(tenant, part)
         return part
 
@@ -394,9 +430,11 @@ class SemanticCache:
                 template=tpl, slots=slots, value=item.get("value"),
                 negative=bool(item.get("negative", False)),
                 vector=quantize(self._embedder.embed_one(tpl)), ttl_s=ttl, expires_at=now + ttl,
-                hits=0, size=len(tpl) + 512, stored_at=now,
+                hits=0, size=len(tpl) + ENTRY_OVERHEAD, stored_at=now,
             )  # fmt: skip
             self._insert(tenant, part, entry)
+        if self.budget is not None:
+            self.budget.enforce()
 
     def _insert(
         self,
@@ -413,11 +451,17 @@ class SemanticCache:
         if signature is None:
             signature = part.index.signature(_lsh_tokens(entry.template, entry.slots))
         part.index.add(entry.key, signature)
+        self._resized(part)
+
+    def _resized(self, part: _Partition) -> None:
+        if self.budget is not None:
+            self.budget.resize(part, part.bytes)
 
     def _remove(self, tenant: str, part: _Partition, entry: Entry) -> None:
         part.entries.pop(entry.key, None)
         part.index.remove(entry.key)
         part.bytes -= entry.size
+        self._resized(part)
         if self.persistence is not None:
             self.persistence.delete(self.namespace, tenant, entry.key)
 
@@ -427,6 +471,7 @@ class SemanticCache:
         part.entries.pop(entry.key, None)
         part.index.remove(entry.key)
         part.bytes -= entry.size
+        self._resized(part)
         return False
 
     def _touch(self, part: _Partition, entry: Entry, now: float) -> Entry:
@@ -440,6 +485,14 @@ class SemanticCache:
         entry.expires_at = max(entry.expires_at, self.clock() + entry.ttl_s)
         if self.persistence is not None:
             self.persistence.save(self.namespace, tenant, entry.record())
+
+    def _evict_oldest(self, tenant: str, part: _Partition) -> int:
+        """Evict the partition's least recently used entry; the bytes freed (0: empty)."""
+        if not part.entries:
+            return 0
+        _, oldest = next(iter(part.entries.items()))
+        self._remove(tenant, part, oldest)
+        return oldest.size
 
     def _evict(self, tenant: str, part: _Partition, max_entries: int, max_bytes: int) -> int:
         evicted = 0

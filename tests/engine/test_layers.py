@@ -24,6 +24,7 @@ LAYERS = {
     "requests": 1,
     "policy": 2,
     "report": 2,
+    "sync": 2,
     "graph": 3,
     "models": 4,
     "scheduler": 5,

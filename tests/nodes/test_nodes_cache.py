@@ -153,7 +153,11 @@ async def test_lru_ceiling_evicts_least_recently_used() -> None:
     await _lookup(store, "one")  # one is now most recent
     rt = await _store(store, "three", 3, max_entries=2)
     assert rt.types() == ["CACHE_STORED", "CACHE_EVICTED"]
-    assert rt.last("CACHE_EVICTED").payload == {"evicted": 1, "entries": 2}
+    evicted = rt.last("CACHE_EVICTED")
+    assert evicted.reason_codes == ["MAX_ENTRIES_OR_BYTES"]
+    assert evicted.payload is not None
+    assert evicted.payload["evicted"] == 1 and evicted.payload["entries"] == 2
+    assert evicted.payload["by_reason"] == {"MAX_ENTRIES_OR_BYTES": 1}
     hits = [(await _lookup(store, t))[0].hit for t in ("one", "two", "three")]
     assert hits == [True, False, True]
 

@@ -162,7 +162,10 @@ class RequestDetailScreen(LiveScreen):
             sim,
         )
         error = f"\nerror: {s.error}" if s.error else ""
-        return Content.assemble(first, "\n", second, (error, "$text-error"))
+        degraded = f"\ndegraded: {'; '.join(s.degraded)}" if s.degraded else ""
+        return Content.assemble(
+            first, "\n", second, (degraded, "$text-warning"), (error, "$text-error")
+        )
 
     def _show_overview(self, d: RequestDetail, strategy: ExecutionStrategy) -> None:
         lines = (

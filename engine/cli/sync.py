@@ -1,0 +1,152 @@
+"""`moat sync` and `moat sync-server`: deferred, compressed upload of a store, and its receiver."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from engine.cli.run import db_path
+from engine.errors import SpecError, SyncError
+from engine.models.server import port_number
+
+__all__ = ["add_commands"]
+
+TOKEN_ENV = "MOAT_SYNC_TOKEN"
+_MISSING = (
+    "moat sync-server needs Starlette and uvicorn, which are not installed: "
+    "pip install 'moat[serve]'"
+)
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+    return number
+
+
+def _rows(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a whole number from 1 to 100000")
+    return int(value)
+
+
+def add_commands(sub: Any) -> None:
+    """Register `moat sync` and `moat sync-server` on the `moat` subparsers."""
+    p = sub.add_parser("sync", help="upload what a central store has not acknowledged")
+    p.add_argument("--to", required=True, metavar="URL", help="the `moat sync-server` URL")
+    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument(
+        "--max-kbps", type=_positive, metavar="N", help="bandwidth cap in kilobits per second"
+    )
+    p.add_argument("--batch-rows", type=_rows, default=500, metavar="N", help="rows per batch")
+    p.add_argument(
+        "--codec", choices=("zstd", "gzip"), default="zstd", help="compression (default zstd)"
+    )
+    p.add_argument(
+        "--patience",
+        type=_positive,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up after this long without progress while offline (default 600)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(handler=cmd_sync)
+
+    s = sub.add_parser("sync-server", help="receive `moat sync` uploads into one store")
+    s.add_argument("--db", metavar="PATH", help="the central store (default: $MOAT_DB or moat.db)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument(
+        "--port", type=port_number, default=8477, help="TCP port (0: any free port, printed)"
+    )
+    s.set_defaults(handler=cmd_sync_server)
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SpecError(
+            f"--to {url}: not an http(s) URL; give the sync server's address, "
+            "e.g. http://central:8477"
+        )
+    return url
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload, then print what was sent."""
+    from engine.sync import EdgeSync, SyncReport
+
+    url = _check_url(args.to)
+
+    def progress(report: SyncReport) -> None:
+        if not args.quiet and sys.stderr.isatty():
+            print(f"\rsync: {report.total_rows} rows, {report.sent_bytes} B", end="", **_err)
+
+    sync = EdgeSync(
+        db_path(args.db),
+        url,
+        max_kbps=args.max_kbps,
+        batch_rows=args.batch_rows,
+        codec=args.codec,
+        patience_s=args.patience,
+        token=os.environ.get(TOKEN_ENV) or None,
+        progress=progress,
+    )
+    try:
+        report = anyio.run(sync.run)
+    except SyncError as exc:  # the upload ran and stopped: not a usage error
+        print(f"moat: {exc}", file=sys.stderr)
+        return 1
+    tables = ", ".join(f"{name} {n}" for name, n in report.rows.items() if n) or "nothing new"
+    print(
+        f"moat sync: {report.total_rows} rows to {url} ({tables}); "
+        f"{report.raw_bytes} B as {report.sent_bytes} B {report.codec} "
+        f"(x{report.ratio:.1f}) in {report.batches} batches, {report.seconds:.1f}s, "
+        f"{report.retries} retries; origin {report.origin}"
+    )
+    return 0
+
+
+_err: dict[str, Any] = {"file": sys.stderr, "flush": True}
+
+
+def cmd_sync_server(args: argparse.Namespace) -> int:
+    """Receive uploads until interrupted."""
+    try:
+        from engine.sync.server import SyncServer, serve_sync
+    except ImportError:
+        print(f"moat: {_MISSING}", file=sys.stderr)
+        return 2
+    path = db_path(args.db)
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise SpecError(
+            f"--host {args.host}: without ${TOKEN_ENV} any caller could write into {path}; "
+            f"set {TOKEN_ENV} on both sides, or listen on 127.0.0.1"
+        )
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    try:
+        sock = socket.create_server((args.host, args.port), family=family, backlog=128)
+    except OSError as exc:
+        raise SpecError(
+            f"--host {args.host} --port {args.port}: cannot listen there "
+            f"({exc.strerror or exc}); choose another port (0 picks a free one)"
+        ) from exc
+    host, port = sock.getsockname()[:2]
+    server = SyncServer(path, token=token)
+
+    def ready() -> None:  # printed once the store is open: scripts wait for this line
+        print(f"http://{host}:{port}", flush=True)
+        print(f"moat sync-server: merging into {path} (Ctrl-C stops)", **_err)
+
+    serve_sync(server, sock, on_ready=ready)
+    return 0

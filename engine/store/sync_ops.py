@@ -1,0 +1,400 @@
+"""The SQL of deferred sync: reading what an edge store has not had acknowledged, and merging
+uploaded records into a central store idempotently and without id clashes.
+
+Edge side. Each store gets a random origin id on its first sync (`meta` key `sync.origin`).
+Append-only tables (requests, node runs, LLM calls, events, decision traces, policy
+activations) are read in rowid order after a per-target watermark; rows are only ever
+appended there (SQLite gives a new row the largest rowid yet, and a committed row never
+moves), so everything past the watermark is new. Tables whose rows change in place (`runs`:
+status, counters, heartbeat; `policy_snapshots`: status) are compared by a digest per row
+instead; the digests last acknowledged are kept beside the watermarks. Both live in `meta`,
+so the edge's schema is untouched and a rerun resumes where the last acknowledged batch
+ended. Columns are read generically (`SELECT *`), so a column another migration adds is
+carried without a change here.
+
+Central side. Each batch is merged in one transaction, keyed by (origin, table, source key)
+in `sync_keys`, a table only a central store has (created here, `IF NOT EXISTS`, so it needs
+no migration of the contract tables and does not depend on their order):
+
+- integer ids (node runs, LLM calls, events, traces, activations) get fresh central ids; the
+  mapping makes a second upload of the same row a no-op;
+- text ids (runs, requests) and policy names keep their value unless another origin (or a
+  local run) already holds it; then they become `VALUE@ORIGIN`, and every reference to them
+  from that origin (`run_id`, `request_id`, `parent_request_id`, `policy_name`) is rewritten
+  the same way, whichever of the referring or referred rows arrives first;
+- text-keyed rows are upserted, so a run uploaded while running and again when finished ends
+  in its final state, stored once.
+
+Columns the central store does not have are dropped and named in the result, never an error:
+an edge on a newer schema can still upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import StoreError
+from engine.store.schema import write_transaction
+
+__all__ = [
+    "SYNC_TABLES",
+    "Batch",
+    "MergeResult",
+    "SyncTable",
+    "ack",
+    "acked_digests",
+    "ensure_central",
+    "merge_batch",
+    "origin_id",
+    "read_appended",
+    "read_changed",
+    "watermark",
+]
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTable:
+    """How one table travels.
+
+    Attributes:
+        name: the table.
+        key: `int` (an INTEGER PRIMARY KEY `id`, renumbered centrally), `text` (a TEXT
+            primary key `id`, kept unless it clashes) or `policy` (`(name, version)`).
+        mutable: rows change in place (compared by digest, upserted centrally).
+        refs: column -> the kind of key it names (`run`, `request`, `policy`).
+    """
+
+    name: str
+    key: str
+    mutable: bool = False
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+SYNC_TABLES: tuple[SyncTable, ...] = (
+    SyncTable("policy_snapshots", "policy", mutable=True, refs={"name": "policy"}),
+    SyncTable("policy_activations", "int", refs={"name": "policy"}),
+    SyncTable("runs", "text", mutable=True, refs={"id": "run"}),
+    SyncTable(
+        "requests",
+        "text",
+        refs={
+            "id": "request",
+            "run_id": "run",
+            "parent_request_id": "request",
+            "policy_name": "policy",
+        },
+    ),
+    SyncTable("node_runs", "int", refs={"request_id": "request"}),
+    SyncTable("llm_calls", "int", refs={"request_id": "request"}),
+    SyncTable("orchestration_events", "int", refs={"run_id": "run", "request_id": "request"}),
+    SyncTable("decision_traces", "int", refs={"request_id": "request"}),
+)
+"""What `moat sync` uploads, parents first. `cache_entries` stays on the edge: it holds
+cached answers, which the policy's `store_text` does not govern."""
+
+_BY_NAME = {t.name: t for t in SYNC_TABLES}
+_KEY_TABLES = {"run": ("runs", "id"), "request": ("requests", "id")}
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows of one table read for upload.
+
+    Attributes:
+        table: the table.
+        columns: the edge's column names, in row order.
+        rows: the rows.
+        last: the watermark after this batch (rowid) for append-only tables, else 0.
+        digests: for mutable tables, row key -> digest of the rows in this batch.
+    """
+
+    table: str
+    columns: list[str]
+    rows: list[list[Any]]
+    last: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MergeResult:
+    """What a central merge did with one batch."""
+
+    stored: int = 0
+    """Rows inserted."""
+    updated: int = 0
+    """Text-keyed rows that existed and were brought up to date."""
+    duplicates: int = 0
+    """Append-only rows already merged from the same origin (skipped)."""
+    dropped_columns: list[str] = field(default_factory=list)
+    """Edge columns this central store does not have."""
+
+
+# -- edge side ---------------------------------------------------------------------------
+
+
+def _meta_get(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _meta_put(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def origin_id(conn: sqlite3.Connection, path: str | Path) -> str:
+    """This store's origin id, made (16 hex digits) and kept on first use."""
+    found = _meta_get(conn, "sync.origin")
+    if found is not None:
+        return found
+    with write_transaction(conn, path):
+        found = _meta_get(conn, "sync.origin")
+        if found is None:
+            found = secrets.token_hex(8)
+            _meta_put(conn, "sync.origin", found)
+    return found
+
+
+def _mark_key(target: str, table: str, what: str) -> str:
+    return f"sync.{what}.{table}.{target}"
+
+
+def watermark(conn: sqlite3.Connection, target: str, table: str) -> int:
+    """The last rowid of `table` that `target` acknowledged (0: nothing yet)."""
+    raw = _meta_get(conn, _mark_key(target, table, "watermark"))
+    return int(raw) if raw is not None else 0
+
+
+def acked_digests(conn: sqlite3.Connection, target: str, table: str) -> dict[str, str]:
+    """Row key -> digest of the rows of a mutable table that `target` acknowledged."""
+    raw = _meta_get(conn, _mark_key(target, table, "digests"))
+    return dict(json.loads(raw)) if raw else {}
+
+
+def ack(conn: sqlite3.Connection, path: str | Path, target: str, batch: Batch) -> None:
+    """Record that `target` stored `batch`: the watermark or the rows' digests advance."""
+    with write_transaction(conn, path):
+        if _BY_NAME[batch.table].mutable:
+            digests = acked_digests(conn, target, batch.table)
+            digests.update(batch.digests)
+            _meta_put(conn, _mark_key(target, batch.table, "digests"), json.dumps(digests))
+        else:
+            _meta_put(conn, _mark_key(target, batch.table, "watermark"), str(batch.last))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def read_appended(conn: sqlite3.Connection, table: str, after: int, limit: int) -> Batch:
+    """Up to `limit` rows of an append-only `table` past rowid `after`, in rowid order."""
+    cursor = conn.execute(
+        f"SELECT rowid AS _sync_rowid, * FROM {_BY_NAME[table].name} "
+        "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, limit),
+    )
+    columns = [d[0] for d in cursor.description][1:]
+    rows = cursor.fetchall()
+    last = int(rows[-1][0]) if rows else after
+    return Batch(table, columns, [list(r[1:]) for r in rows], last)
+
+
+def _digest(row: Sequence[Any]) -> str:
+    text = json.dumps([v.hex() if isinstance(v, bytes) else v for v in row], default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def read_changed(
+    conn: sqlite3.Connection, table: str, acked: Mapping[str, str], limit: int
+) -> Batch:
+    """Up to `limit` rows of a mutable `table` that differ from what was acknowledged."""
+    spec = _BY_NAME[table]
+    keys = "name, version" if spec.key == "policy" else "id"
+    cursor = conn.execute(f"SELECT * FROM {spec.name} ORDER BY {keys}")
+    columns = [d[0] for d in cursor.description]
+    key_at = [columns.index(k.strip()) for k in keys.split(",")]
+    batch = Batch(table, columns, [])
+    for row in cursor:
+        key = json.dumps([row[i] for i in key_at])
+        digest = _digest(row)
+        if acked.get(key) != digest:
+            batch.rows.append(list(row))
+            batch.digests[key] = digest
+            if len(batch.rows) >= limit:
+                break
+    return batch
+
+
+# -- central side ------------------------------------------------------------------------
+
+_CENTRAL_DDL = (
+    """CREATE TABLE IF NOT EXISTS sync_keys (
+        kind TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        PRIMARY KEY (kind, origin, src)
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS sync_keys_dst ON sync_keys (kind, dst)",
+    """CREATE TABLE IF NOT EXISTS sync_origins (
+        origin TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        batches INTEGER NOT NULL DEFAULT 0,
+        stored INTEGER NOT NULL DEFAULT 0
+    )""",
+)
+
+
+def ensure_central(conn: sqlite3.Connection, path: str | Path) -> str:
+    """Create the tables a central store keeps beside the contract ones (idempotent) and
+    return the store's central id (`meta` key `sync.central`), which edges key their
+    watermarks by: the same store reached by another URL resumes, a new store gets all."""
+    with write_transaction(conn, path):
+        for statement in _CENTRAL_DDL:
+            conn.execute(statement)
+        found = _meta_get(conn, "sync.central")
+        if found is None:
+            found = secrets.token_hex(8)
+            _meta_put(conn, "sync.central", found)
+    return found
+
+
+def _taken_locally(conn: sqlite3.Connection, kind: str, value: str) -> bool:
+    if kind == "policy":
+        sql = "SELECT 1 FROM policy_snapshots WHERE name = ? LIMIT 1"
+    else:
+        table, column = _KEY_TABLES[kind]
+        sql = f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1"
+    return conn.execute(sql, (value,)).fetchone() is not None
+
+
+def _claim(conn: sqlite3.Connection, kind: str, origin: str, src: str) -> str:
+    """The central value of `src` (a run id, request id or policy name) from `origin`."""
+    row = conn.execute(
+        "SELECT dst FROM sync_keys WHERE kind = ? AND origin = ? AND src = ?", (kind, origin, src)
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    dst = src
+    held = conn.execute("SELECT 1 FROM sync_keys WHERE kind = ? AND dst = ?", (kind, dst))
+    if held.fetchone() is not None or _taken_locally(conn, kind, dst):
+        dst = f"{src}@{origin}"
+    conn.execute(
+        "INSERT INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
+        (kind, origin, src, dst),
+    )
+    return dst
+
+
+def _remap(
+    conn: sqlite3.Connection, spec: SyncTable, origin: str, columns: Sequence[str], row: list[Any]
+) -> list[Any]:
+    out = list(row)
+    for column, kind in spec.refs.items():
+        if column in columns:
+            i = columns.index(column)
+            value = out[i]
+            if isinstance(value, str) and value:
+                out[i] = _claim(conn, kind, origin, value)
+    return out
+
+
+def _insert_int(
+    conn: sqlite3.Connection, spec: SyncTable, origin: str, cols: Sequence[str], row: list[Any]
+) -> bool:
+    """Insert a row with a fresh central id; False when this origin's row is already in."""
+    src = str(row[cols.index("id")])
+    seen = conn.execute(
+        "SELECT 1 FROM sync_keys WHERE kind = ? AND origin = ? AND src = ?",
+        (spec.name, origin, src),
+    ).fetchone()
+    if seen is not None:
+        return False
+    names = [c for c in cols if c != "id"]
+    values = [v for c, v in zip(cols, row, strict=True) if c != "id"]
+    cursor = conn.execute(
+        f"INSERT INTO {spec.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        values,
+    )
+    conn.execute(
+        "INSERT INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
+        (spec.name, origin, src, str(cursor.lastrowid)),
+    )
+    return True
+
+
+def _upsert(conn: sqlite3.Connection, spec: SyncTable, cols: Sequence[str], row: list[Any]) -> bool:
+    """Insert or update a text- or policy-keyed row; True when it was new."""
+    keys = ("name", "version") if spec.key == "policy" else ("id",)
+    where = " AND ".join(f"{k} = ?" for k in keys)
+    key_values = [row[cols.index(k)] for k in keys]
+    exists = conn.execute(f"SELECT 1 FROM {spec.name} WHERE {where}", key_values).fetchone()
+    if exists is None:
+        conn.execute(
+            f"INSERT INTO {spec.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            row,
+        )
+        return True
+    rest = [c for c in cols if c not in keys]
+    if rest:
+        conn.execute(
+            f"UPDATE {spec.name} SET {', '.join(f'{c} = ?' for c in rest)} WHERE {where}",
+            [row[cols.index(c)] for c in rest] + key_values,
+        )
+    return False
+
+
+def merge_batch(
+    conn: sqlite3.Connection,
+    path: str | Path,
+    origin: str,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    at: float,
+) -> MergeResult:
+    """Merge one uploaded batch into a central store, in one transaction.
+
+    Raises:
+        StoreError: the table is not one that syncs, or a column name is not an identifier.
+    """
+    spec = _BY_NAME.get(table)
+    if spec is None:
+        known = ", ".join(t.name for t in SYNC_TABLES)
+        raise StoreError(f"table {table!r} does not sync; these do: {known}")
+    bad = [c for c in columns if not _IDENT.match(c)]
+    if bad:
+        raise StoreError(f"table {table!r}: column names {bad} are not identifiers")
+    present = set(_columns(conn, spec.name))
+    keep = [i for i, c in enumerate(columns) if c in present]
+    cols = [columns[i] for i in keep]
+    result = MergeResult(dropped_columns=sorted(set(columns) - present))
+    with write_transaction(conn, path):
+        for raw in rows:
+            row = _remap(conn, spec, origin, cols, [raw[i] for i in keep])
+            if spec.key == "int":
+                if _insert_int(conn, spec, origin, cols, row):
+                    result.stored += 1
+                else:
+                    result.duplicates += 1
+            elif _upsert(conn, spec, cols, row):
+                result.stored += 1
+            else:
+                result.updated += 1
+        conn.execute(
+            "INSERT INTO sync_origins (origin, first_seen, last_seen, batches, stored) "
+            "VALUES (?, ?, ?, 1, ?) ON CONFLICT (origin) DO UPDATE SET last_seen = excluded."
+            "last_seen, batches = batches + 1, stored = stored + excluded.stored",
+            (origin, at, at, result.stored),
+        )
+    return result

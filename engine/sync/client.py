@@ -1,0 +1,268 @@
+"""The uploading side of deferred sync (`moat sync --to URL`).
+
+It walks the tables of `engine.store.sync_ops.SYNC_TABLES` parents first, reads what the
+target has not acknowledged, compresses each batch, waits for the bandwidth cap's token
+bucket, posts the batch and, once the central side answers that it is stored, advances the
+table's watermark in the edge store. A crash, a kill or a lost link between a post and its
+acknowledgement only means the batch is sent again, which the central merge ignores; so a
+rerun resumes where the last acknowledged batch ended and nothing is lost or doubled.
+
+While the central side is unreachable (connection refused, timeouts, 5xx, 429) the client
+retries with exponential backoff and full jitter; it gives up only after `patience_s`
+without progress, keeping everything acknowledged so far. A 4xx other than 429 means the
+central side refuses the batch itself; retrying would not help, so it stops at once.
+
+Only the edge store is read: what the policy kept as hashes is sent as hashes, and nothing
+is re-read from the requests' files or anywhere else.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import httpx2 as httpx
+
+from engine.errors import SyncError
+from engine.logs import get_logger
+from engine.store import sync_ops
+from engine.store.schema import check_version, connect
+from engine.sync.bucket import TokenBucket
+from engine.sync.codec import codec_name, encode_batch
+
+__all__ = ["BATCH_PATH", "HEALTH_PATH", "EdgeSync", "SyncReport"]
+
+BATCH_PATH = "/v1/sync/batch"
+HEALTH_PATH = "/v1/sync/health"
+HTTP_OVERHEAD = 300
+"""Bytes a batch costs on the wire beyond its body (request line, headers, the answer)."""
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_CAP_S = 30.0
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_log = get_logger("moat.sync")
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """What one `moat sync` did."""
+
+    origin: str = ""
+    """The edge store's origin id."""
+    central: str = ""
+    """The central store's id (watermarks are kept per central store)."""
+    codec: str = ""
+    """The compression used (`zstd` or `gzip`)."""
+    rows: dict[str, int] = field(default_factory=dict)
+    """Rows acknowledged per table."""
+    batches: int = 0
+    raw_bytes: int = 0
+    """JSON bytes before compression."""
+    sent_bytes: int = 0
+    """Bytes on the wire (compressed bodies)."""
+    retries: int = 0
+    throttled_s: float = 0.0
+    """Seconds spent waiting for the bandwidth cap."""
+    seconds: float = 0.0
+
+    @property
+    def total_rows(self) -> int:
+        """Rows acknowledged in all tables."""
+        return sum(self.rows.values())
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio (raw / sent; 1.0 when nothing was sent)."""
+        return self.raw_bytes / self.sent_bytes if self.sent_bytes else 1.0
+
+
+Progress = Callable[[SyncReport], None]
+
+
+class EdgeSync:
+    """Uploads one edge store to one central `moat sync-server`.
+
+    Args:
+        db: the edge store.
+        url: the central side's base URL (`http://central:8477`).
+        max_kbps: bandwidth cap in kilobits per second (None: unlimited).
+        batch_rows: rows per batch.
+        codec: `zstd` (gzip when `zstandard` is missing) or `gzip`.
+        patience_s: give up after this long without an acknowledged batch.
+        backoff_s: the first retry's pause ceiling and the largest (doubling between).
+        token: a bearer token the central side requires (`MOAT_SYNC_TOKEN`).
+        transport: an httpx transport (tests pass an in-process app).
+        progress: called after every acknowledged batch.
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        url: str,
+        *,
+        max_kbps: float | None = None,
+        batch_rows: int = 500,
+        codec: str = "zstd",
+        patience_s: float = 600.0,
+        backoff_s: tuple[float, float] = (_BACKOFF_BASE_S, _BACKOFF_CAP_S),
+        token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.db = Path(db)
+        self.url = url.rstrip("/")
+        self.bucket = TokenBucket.from_kbps(max_kbps) if max_kbps else None
+        self.batch_rows = batch_rows
+        self.codec = codec_name(codec)
+        self.patience_s = patience_s
+        self.backoff_s = backoff_s
+        self._headers = {"Content-Type": "application/json", "Content-Encoding": self.codec}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._transport = transport
+        self._progress = progress
+        self._rng = random.Random()
+        self._target = ""
+
+    async def run(self) -> SyncReport:
+        """Upload everything the central side has not acknowledged.
+
+        Raises:
+            StoreError: the edge store cannot be opened.
+            SyncError: the central side refused a batch, or stayed unreachable for
+                `patience_s` (what was acknowledged before stays acknowledged).
+        """
+        conn = connect(self.db, readonly=not self.db.exists())  # a missing store: its error
+        started = time.monotonic()
+        try:
+            check_version(conn, self.db)
+            report = SyncReport(codec=self.codec)
+            report.origin = await anyio.to_thread.run_sync(sync_ops.origin_id, conn, self.db)
+            async with httpx.AsyncClient(transport=self._transport, timeout=60.0) as client:
+                report.central = self._target = await self._central_id(client, report)
+                for spec in sync_ops.SYNC_TABLES:
+                    await self._table(client, conn, spec, report)
+        finally:
+            conn.close()
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _table(
+        self,
+        client: httpx.AsyncClient,
+        conn: sqlite3.Connection,
+        spec: sync_ops.SyncTable,
+        report: SyncReport,
+    ) -> None:
+        report.rows.setdefault(spec.name, 0)
+        while True:
+            batch = await anyio.to_thread.run_sync(self._read, conn, spec)
+            if not batch.rows:
+                return
+            body, raw = encode_batch(
+                report.origin, spec.name, batch.columns, batch.rows, self.codec
+            )
+            if self.bucket is not None:
+                report.throttled_s += await self.bucket.take(len(body) + HTTP_OVERHEAD)
+            await self._post(client, body, spec.name, report)
+            await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
+            report.rows[spec.name] += len(batch.rows)
+            report.batches += 1
+            report.raw_bytes += raw
+            report.sent_bytes += len(body)
+            if self._progress is not None:
+                self._progress(report)
+
+    def _read(self, conn: sqlite3.Connection, spec: sync_ops.SyncTable) -> sync_ops.Batch:
+        if spec.mutable:
+            acked = sync_ops.acked_digests(conn, self._target, spec.name)
+            return sync_ops.read_changed(conn, spec.name, acked, self.batch_rows)
+        after = sync_ops.watermark(conn, self._target, spec.name)
+        return sync_ops.read_appended(conn, spec.name, after, self.batch_rows)
+
+    async def _central_id(self, client: httpx.AsyncClient, report: SyncReport) -> str:
+        """The central store's id, asked until the central side answers."""
+        found: list[str] = []
+
+        async def ask() -> str | None:
+            try:
+                response = await client.get(self.url + HEALTH_PATH, headers=self._headers)
+            except httpx.TransportError as exc:
+                return _transport_problem(exc)
+            if response.status_code != 200:
+                return self._status_problem(response, "the health check")
+            central = response.json().get("central") if _is_json(response) else None
+            if not isinstance(central, str) or not central.isalnum():
+                raise SyncError(f"{self.url}{HEALTH_PATH}: not a `moat sync-server`")
+            found.append(central)
+            return None
+
+        await self._until_done(ask, report)
+        return found[0]
+
+    async def _post(
+        self, client: httpx.AsyncClient, body: bytes, table: str, report: SyncReport
+    ) -> None:
+        """Post one batch until it is acknowledged."""
+
+        async def send() -> str | None:
+            try:
+                response = await client.post(
+                    self.url + BATCH_PATH, content=body, headers=self._headers
+                )
+            except httpx.TransportError as exc:
+                return _transport_problem(exc)
+            if response.status_code == 200:
+                return None
+            return self._status_problem(response, f"a batch of `{table}`")
+
+        await self._until_done(send, report)
+
+    async def _until_done(
+        self, attempt: Callable[[], Awaitable[str | None]], report: SyncReport
+    ) -> None:
+        """Run `attempt` until it returns None (done), sleeping with exponential backoff and
+        full jitter after each problem it returns, for at most `patience_s`."""
+        give_up_at = time.monotonic() + self.patience_s
+        tries = 0
+        while True:
+            problem = await attempt()
+            if problem is None:
+                return
+            base, cap = self.backoff_s
+            delay = self._rng.uniform(0, min(cap, base * 2**tries))
+            if time.monotonic() + delay > give_up_at:
+                raise SyncError(
+                    f"{self.url}: unreachable for {self.patience_s:g}s ({problem}); what was "
+                    f"acknowledged is kept: rerun `moat sync --to {self.url}` to resume"
+                )
+            _log.info("sync.retry", problem=problem, attempt=tries + 1, delay_s=round(delay, 2))
+            report.retries += 1
+            tries += 1
+            await anyio.sleep(delay)
+
+    def _status_problem(self, response: httpx.Response, what: str) -> str:
+        """Why a non-200 answer should be retried.
+
+        Raises:
+            SyncError: the central side refuses (a 4xx other than 408, 425, 429).
+        """
+        if response.status_code in _RETRY_STATUS:
+            return f"HTTP {response.status_code}"
+        detail = response.text.strip()[:300]
+        raise SyncError(
+            f"{self.url}: the central side refused {what} (HTTP {response.status_code}: {detail})"
+        )
+
+
+def _transport_problem(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/json")

@@ -1,0 +1,160 @@
+"""The sync wire format: one table's batch as JSON, compressed with zstd (gzip without it).
+
+A batch body is `{"v": 1, "origin", "table", "columns", "rows"}` as UTF-8 JSON; byte values
+travel as `{"$b64": "..."}`. The body is compressed and the codec named in
+`Content-Encoding` (`zstd` or `gzip`). zstd (the `zstandard` package, the `edge` extra)
+compresses these repetitive rows better than gzip and faster (bench/RESULTS.md, "Deferred
+sync"); gzip is in the standard library, so a box without the extra still syncs. Decompression is
+bounded (`MAX_BATCH_BYTES`), so a hostile body cannot inflate without limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from engine.errors import SyncError
+
+zstandard: ModuleType | None
+try:  # the `edge` extra
+    import zstandard
+except ImportError:  # pragma: no cover - exercised where the extra is missing
+    zstandard = None
+
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "PROTOCOL_VERSION",
+    "SyncPayload",
+    "WireError",
+    "available_codecs",
+    "codec_name",
+    "compress",
+    "decode_batch",
+    "encode_batch",
+]
+
+PROTOCOL_VERSION = 1
+MAX_BATCH_BYTES = 64 << 20
+"""The most a batch may inflate to (64 MiB)."""
+_ZSTD_LEVEL = 6
+_GZIP_LEVEL = 6
+
+
+class WireError(SyncError):
+    """An upload the receiving side cannot read (bad encoding, shape or size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPayload:
+    """One decoded batch."""
+
+    origin: str
+    table: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def available_codecs() -> tuple[str, ...]:
+    """The compressions this process can write, best first."""
+    return ("zstd", "gzip") if zstandard is not None else ("gzip",)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$b64": base64.b64encode(bytes(value)).decode()}
+    raise TypeError(f"cannot send a value of type {type(value).__name__}")
+
+
+def _hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$b64" in obj:
+        return base64.b64decode(obj["$b64"])
+    return obj
+
+
+def encode_batch(
+    origin: str,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    codec: str = "zstd",
+) -> tuple[bytes, int]:
+    """The compressed body of a batch and its uncompressed size.
+
+    Args:
+        codec: `zstd` or `gzip`; `zstd` falls back to `gzip` when `zstandard` is missing.
+    """
+    body = {"v": PROTOCOL_VERSION, "origin": origin, "table": table}
+    body |= {"columns": list(columns), "rows": [list(r) for r in rows]}
+    raw = json.dumps(body, default=_default, separators=(",", ":")).encode()
+    return compress(raw, codec), len(raw)
+
+
+def compress(raw: bytes, codec: str) -> bytes:
+    """`raw` compressed with `codec` (`zstd`, or `gzip` when zstd is unavailable)."""
+    if codec == "zstd" and zstandard is not None:
+        return bytes(zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw))
+    return gzip.compress(raw, compresslevel=_GZIP_LEVEL, mtime=0)
+
+
+def codec_name(codec: str) -> str:
+    """What `compress(…, codec)` actually writes (the `Content-Encoding`)."""
+    return "zstd" if codec == "zstd" and zstandard is not None else "gzip"
+
+
+def _inflate(body: bytes, encoding: str) -> bytes:
+    if encoding == "zstd":
+        if zstandard is None:
+            raise WireError("body is zstd but `zstandard` is not installed here; send gzip")
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+            raw = bytes(reader.read(MAX_BATCH_BYTES + 1))
+        except zstandard.ZstdError as exc:
+            raise WireError(f"body is not valid zstd: {exc}") from exc
+    elif encoding == "gzip":
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            raw = inflater.decompress(body, MAX_BATCH_BYTES + 1)
+        except zlib.error as exc:
+            raise WireError(f"body is not valid gzip: {exc}") from exc
+    elif encoding in ("", "identity"):
+        raw = body
+    else:
+        raise WireError(f"Content-Encoding {encoding!r} is not supported; use zstd or gzip")
+    if len(raw) > MAX_BATCH_BYTES:
+        raise WireError(f"batch inflates past {MAX_BATCH_BYTES} bytes; send smaller batches")
+    return raw
+
+
+def decode_batch(body: bytes, encoding: str) -> SyncPayload:
+    """Read a batch body.
+
+    Raises:
+        WireError: the body is not a batch this version reads.
+    """
+    try:
+        data = json.loads(_inflate(body, encoding), object_hook=_hook)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("v") != PROTOCOL_VERSION:
+        raise WireError(f"not a sync batch of protocol version {PROTOCOL_VERSION}")
+    origin, table = data.get("origin"), data.get("table")
+    columns, rows = data.get("columns"), data.get("rows")
+    if not (isinstance(origin, str) and origin.isalnum() and len(origin) <= 64):
+        raise WireError("`origin` must be an alphanumeric id of at most 64 characters")
+    if not isinstance(table, str):
+        raise WireError("`table` must be a string")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise WireError("`columns` must be a list of names")
+    if not (isinstance(rows, list) and all(isinstance(r, list) for r in rows)):
+        raise WireError("`rows` must be a list of lists")
+    if any(len(r) != len(columns) for r in rows):
+        raise WireError("every row must have one value per column")
+    return SyncPayload(origin, table, columns, rows)

@@ -1,0 +1,168 @@
+"""`moat sync` into an in-process sync server: what arrives, exactly once, from several edges."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from engine.errors import SyncError
+from engine.store.sync_ops import SYNC_TABLES
+from engine.sync import EdgeSync
+from engine.sync.server import SyncServer
+from tests.support.edge_stores import counts, edge_store, fingerprint, integrity
+
+pytestmark = pytest.mark.anyio
+
+URL = "http://central.test"
+
+
+@asynccontextmanager
+async def central(db: Path, token: str | None = None) -> AsyncIterator[SyncServer]:
+    server = SyncServer(db, token=token)
+    server.open()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def edge(db: Path, server: SyncServer, **kwargs: object) -> EdgeSync:
+    transport = httpx2.ASGITransport(app=server.app)
+    return EdgeSync(db, URL, transport=transport, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def one_edge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return edge_store(tmp_path_factory.mktemp("edge"), "edge")
+
+
+async def test_a_store_arrives_whole_and_a_second_sync_sends_nothing(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    async with central(tmp_path / "central.db") as server:
+        first = await edge(db, server, batch_rows=37).run()
+        second = await edge(db, server, batch_rows=37).run()
+    assert first.rows == counts(db)
+    assert second.total_rows == 0
+    assert counts(tmp_path / "central.db") == counts(db)
+    for table in SYNC_TABLES:
+        skip = ("id",) if table.key == "int" else ()
+        assert fingerprint(tmp_path / "central.db", table.name, skip) == fingerprint(
+            db, table.name, skip
+        ), table.name
+    assert first.ratio > 2, "zstd shrinks the JSON of these rows"
+    assert integrity(tmp_path / "central.db") == integrity(db) == "ok"
+
+
+async def test_a_batch_sent_twice_is_stored_once(one_edge: Path, tmp_path: Path) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    async with central(tmp_path / "central.db") as server:
+        await edge(db, server).run()
+        with sqlite3.connect(db) as conn:  # as if every acknowledgement had been lost
+            conn.execute("DELETE FROM meta WHERE key LIKE 'sync.watermark.%'")
+            conn.execute("DELETE FROM meta WHERE key LIKE 'sync.digests.%'")
+        again = await edge(db, server).run()
+    assert again.total_rows == sum(counts(db).values())
+    assert counts(tmp_path / "central.db") == counts(db)
+
+
+async def test_two_edges_with_clashing_ids_merge_into_one_store(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """The second box's store is a byte copy of the first's (same run and request ids,
+    same policy name): everything arrives, nothing overwrites, references follow."""
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    shutil.copy(one_edge, first)
+    shutil.copy(one_edge, second)
+    central_db = tmp_path / "central.db"
+    async with central(central_db) as server:
+        a = await edge(first, server).run()
+        b = await edge(second, server).run()
+    assert a.origin != b.origin
+    merged = counts(central_db)
+    assert merged == {name: 2 * n for name, n in counts(first).items()}
+    with sqlite3.connect(central_db) as conn:
+        runs = sorted(r[0] for r in conn.execute("SELECT id FROM runs"))
+        (run_id,) = {r[0] for r in sqlite3.connect(first).execute("SELECT id FROM runs")}
+        assert runs == [run_id, f"{run_id}@{b.origin}"]
+        policies = {r[0] for r in conn.execute("SELECT name FROM policy_snapshots")}
+        assert policies == {"governed-answer", f"governed-answer@{b.origin}"}
+        # every event, node run and call points at a request of its own run
+        for table in ("orchestration_events", "node_runs", "llm_calls", "decision_traces"):
+            orphans = conn.execute(
+                f"SELECT COUNT(*) FROM {table} t WHERE t.request_id != '' AND NOT EXISTS "
+                "(SELECT 1 FROM requests r WHERE r.id = t.request_id)"
+            ).fetchone()[0]
+            assert orphans == 0, table
+        mismatched = conn.execute(
+            "SELECT COUNT(*) FROM orchestration_events e JOIN requests r "
+            "ON r.id = e.request_id WHERE e.run_id != r.run_id"
+        ).fetchone()[0]
+        assert mismatched == 0
+        per_run = dict(conn.execute("SELECT run_id, COUNT(*) FROM requests GROUP BY run_id"))
+        assert per_run == {run_id: 10, f"{run_id}@{b.origin}": 10}
+    assert integrity(central_db) == "ok"
+
+
+async def test_text_the_policy_keeps_as_hashes_never_leaves(one_edge: Path, tmp_path: Path) -> None:
+    db = tmp_path / "edge.db"  # the shipped policy keeps prompts and answers as hashes
+    shutil.copy(one_edge, db)
+    async with central(tmp_path / "central.db") as server:
+        await edge(db, server).run()
+    raw = (tmp_path / "central.db").read_bytes()
+    for wal in tmp_path.glob("central.db-wal"):
+        raw += wal.read_bytes()
+    assert b"jane.doe@example.com" not in raw
+    assert b"palindrome" not in raw
+    with sqlite3.connect(tmp_path / "central.db") as conn:
+        texts = conn.execute(
+            "SELECT COUNT(*) FROM llm_calls WHERE prompt_text IS NOT NULL "
+            "OR response_text IS NOT NULL"
+        ).fetchone()[0]
+        assert texts == 0
+        assert conn.execute("SELECT COUNT(*) FROM cache_entries").fetchone()[0] == 0
+
+
+async def test_a_column_the_central_store_lacks_is_dropped_and_named(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    with sqlite3.connect(db) as conn:  # an edge on a newer schema
+        conn.execute("ALTER TABLE decision_traces ADD COLUMN compact_blob BLOB")
+        conn.execute("UPDATE decision_traces SET compact_blob = x'00ff10'")
+    async with central(tmp_path / "central.db") as server:
+        report = await edge(db, server).run()
+    assert report.rows["decision_traces"] == counts(db)["decision_traces"]
+    with sqlite3.connect(tmp_path / "central.db") as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(decision_traces)")]
+    assert "compact_blob" not in columns
+
+
+async def test_a_wrong_token_is_refused_with_a_message(one_edge: Path, tmp_path: Path) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    async with central(tmp_path / "central.db", token="s3cret") as server:
+        with pytest.raises(SyncError, match=r"refused the health check \(HTTP 401"):
+            await edge(db, server, token="wrong").run()
+        report = await edge(db, server, token="s3cret").run()
+    assert report.total_rows == sum(counts(db).values())
+
+
+async def test_an_unreachable_central_side_gives_up_after_its_patience(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    closed = EdgeSync(db, "http://127.0.0.1:9", patience_s=0.5)
+    with pytest.raises(SyncError, match=r"unreachable for 0\.5s .*rerun `moat sync --to"):
+        await closed.run()

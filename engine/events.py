@@ -118,6 +118,10 @@ class EventType(StrEnum):
     """Personal data was replaced by typed placeholders."""
     EGRESS_BLOCKED = "EGRESS_BLOCKED"
     """Text was refused egress to a remote provider."""
+    # a cluster batch (engine/cluster)
+    WORKER_LOST = "WORKER_LOST"
+    """A Ray worker died mid-batch; its unanswered requests went to the other workers
+    (payload: worker, requeued, requests, workers_left, error)."""
 
 
 class RequestStatus(StrEnum):

@@ -163,6 +163,10 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     _check_distinct(args)
     if getattr(args, "workers", None) is not None and (args.workers < 1 or args.ray is None):
         raise SpecError(f"--workers {args.workers}: give at least 1, with --ray")
+    if getattr(args, "ray", None) is not None:
+        from engine.cluster import parse_address  # does not import Ray itself
+
+        parse_address(args.ray)
     if args.resume is None and not args.graph:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:

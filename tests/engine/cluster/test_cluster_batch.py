@@ -4,8 +4,12 @@ store. One local Ray instance (`num_cpus=2`) serves the whole module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -164,3 +168,40 @@ async def test_workers_start_warm_from_the_store_and_share_what_they_learn(
     assert hits.get(first.run_id) is None
     assert hits[again.run_id] == 6  # on both workers, one of which never saw the question
     assert hits[warm.run_id] == 4  # fresh workers: from the store's entries
+
+
+def _moat(*args: str) -> list[str]:
+    return [sys.executable, "-m", "engine", *args]
+
+
+def test_moat_run_ray_resumes_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> None:
+    graph = flagship(tmp_path, time_scale=0.05)
+    requests, out, db = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "r.db"
+    n = 150
+    requests.write_text("".join(json.dumps(v) + "\n" for v in prompts(n)))
+    ray_args = ["--ray", ray_address, "--workers", "2", "--concurrency", "4"]
+    files = ["--input", str(requests), "--out", str(out), "--db", str(db)]
+    driver = subprocess.Popen(_moat("run", str(graph), *files, *ray_args, "--quiet"))
+    stored = 0
+    deadline = time.monotonic() + 90
+    while stored < 20 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(db) as conn:
+            stored = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert 20 <= stored < n, "the driver should die mid-batch"
+    with Store.open(db, readonly=True) as store:
+        (run,) = store.list_runs()
+    assert run["status"] == "died"
+    resumed = subprocess.run(
+        _moat("run", "--resume", run["id"], "--db", str(db), *ray_args, "--quiet"),
+        timeout=120,
+    )
+    assert resumed.returncode == 0
+    ids = [json.loads(line)["request_id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == n
+    with sqlite3.connect(db) as conn:
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM requests ORDER BY seq")]
+        (status,) = conn.execute("SELECT status FROM runs").fetchone()
+    assert seqs == list(range(n)) and status == "finished"

@@ -27,7 +27,7 @@ import anyio
 
 from engine import events
 from engine.api import BatchSummary, Pipeline
-from engine.errors import SpecError, StoreError
+from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -518,15 +518,16 @@ async def _drive(
         raise error from group
 
 
-def _store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
-    """The store's error when it alone ended the task group (so `cmd_run` can report it)."""
-    matched, rest = group.split(StoreError)
+def _store_error(group: BaseExceptionGroup[BaseException]) -> MoatError | None:
+    """moat's error when it alone ended the task group (so `cmd_run` can report it): the
+    store's, or with `--ray` the loss of every worker."""
+    matched, rest = group.split(MoatError)
     if matched is None or rest is not None:
         return None
     error: BaseException = matched
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
-    assert isinstance(error, StoreError)
+    assert isinstance(error, MoatError)
     return error
 
 

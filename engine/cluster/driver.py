@@ -51,7 +51,7 @@ __all__ = ["ClusterPipeline", "WorkersLost"]
 
 _log = get_logger("moat.cluster")
 
-_FILL_S = 0.002
+_FILL_S = 0.005
 """How long the dispatcher waits for a chunk to fill before sending a smaller one."""
 
 
@@ -77,14 +77,9 @@ class _Slot:
 
     index: int
     handle: Any
-    in_flight: int = 0
+    pending: dict[str, _Waiter] = field(default_factory=dict)
+    """The requests sent to it and not answered yet."""
     alive: bool = True
-    requeued: list[str] = field(default_factory=list)
-    """Requests it had when it died, sent to the other workers."""
-    error: str = ""
-    """Why it was lost (Ray's error)."""
-    reported: bool = False
-    """Its `WORKER_LOST` event is recorded (once all its chunks have come back)."""
 
 
 class ClusterPipeline(Pipeline):
@@ -129,7 +124,6 @@ class ClusterPipeline(Pipeline):
         self._cache_in: list[tuple[int, CacheOp]] = []
         self._activation = 0
         self._lost_events = 0
-        self._tg: anyio.abc.TaskGroup | None = None
 
     @property
     def slots(self) -> list[_Slot]:
@@ -143,16 +137,20 @@ class ClusterPipeline(Pipeline):
         config = self._worker_config()
         share = min(1.0, cluster_cpus() / count)
         actor = ray.remote(
-            num_cpus=share, max_concurrency=64, max_restarts=0, scheduling_strategy="SPREAD"
+            num_cpus=share,
+            max_concurrency=2 * self.concurrency + 8,  # a thread per chunk, and syncs
+            max_restarts=0,
+            scheduling_strategy="SPREAD",
         )(BatchWorker)
         self._slots = [_Slot(i, actor.remote(config)) for i in range(count)]
         stack.push_async_callback(self._stop_workers)
         self.worker_pids = [await slot.handle.ready.remote() for slot in self._slots]
         group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(group.cancel_scope.cancel)
-        self._tg = group
         group.start_soon(self._send_loop)
         group.start_soon(self._sync_loop)
+        for slot in self._slots:
+            group.start_soon(self._receive, slot)
 
     def _worker_config(self) -> WorkerConfig:
         policy = None
@@ -194,7 +192,13 @@ class ClusterPipeline(Pipeline):
     ) -> None:
         # `concurrency` is per worker: keep every worker busy with a chunk queued behind
         in_flight = 2 * self.concurrency * max(1, len(self._slots))
-        await super()._answer_all(items, summary, in_flight, skip, on_record)
+        try:
+            await super()._answer_all(items, summary, in_flight, skip, on_record)
+        except BaseExceptionGroup as group:
+            lost, rest = group.split(WorkersLost)
+            if lost is None or rest is not None:
+                raise
+            raise _first(lost) from None
 
     async def _answer(
         self, run_id: str, item: BatchItem, tenant: str | None = None
@@ -222,6 +226,8 @@ class ClusterPipeline(Pipeline):
         self._changed = anyio.Event()
 
     async def _send_loop(self) -> None:
+        """Send full chunks to the worker with the most room; a chunk goes out smaller
+        only when the queue stays short for `_FILL_S` (the end of the input, a slow one)."""
         while True:
             while not self._queue:
                 await self._changed.wait()
@@ -229,60 +235,57 @@ class ClusterPipeline(Pipeline):
                 with anyio.move_on_after(_FILL_S):
                     while len(self._queue) < self.chunk_size:
                         await self._changed.wait()
-            slot = await self._free_slot()
-            room = 2 * self.concurrency - slot.in_flight
+            want = min(self.chunk_size, len(self._queue))
+            slot = await self._free_slot(want)
             chunk: list[_Waiter] = []
-            while self._queue and len(chunk) < min(room, self.chunk_size):
+            while self._queue and len(chunk) < want:
                 waiter = self._queue.popleft()
                 if waiter.request_id in self._waiting:  # not given up meanwhile
                     chunk.append(waiter)
             if chunk:
-                slot.in_flight += len(chunk)
-                assert self._tg is not None
-                self._tg.start_soon(self._run_chunk, slot, chunk)
+                slot.pending.update((w.request_id, w) for w in chunk)
+                slot.handle.submit.remote(chunk[0].run_id, [w.item for w in chunk])
 
-    async def _free_slot(self) -> _Slot:
-        """The live worker with the most room (waits for room; fails if none is alive)."""
+    async def _free_slot(self, want: int) -> _Slot:
+        """The live worker with the most room, once it has room for `want` requests (fails
+        every waiting request when no worker is left)."""
         while True:
             live = [s for s in self._slots if s.alive]
             if not live:
                 self._fail_all()
                 await self._changed.wait()
                 continue
-            best = min(live, key=lambda s: s.in_flight)
-            if best.in_flight < 2 * self.concurrency:
+            best = min(live, key=lambda s: len(s.pending))
+            if len(best.pending) + want <= 2 * self.concurrency:
                 return best
             await self._changed.wait()
 
-    async def _run_chunk(self, slot: _Slot, chunk: list[_Waiter]) -> None:
+    async def _receive(self, slot: _Slot) -> None:
+        """Store what the worker answers, until it dies (then its requests go elsewhere)."""
         ray = require_ray()
-        pending = {w.request_id: w for w in chunk}
         try:
-            stream = slot.handle.answer.remote(chunk[0].run_id, [w.item for w in chunk])
-            async for ref in stream:
+            async for ref in slot.handle.stream.remote():
                 shipment: Shipment = await ref
-                self._deliver(slot, shipment, pending)
+                self._deliver(slot, shipment)
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
-            self._lost(slot, pending, exc)
+            self._lost(slot, exc)
         except ray.exceptions.RayTaskError as exc:  # a bug on the worker: fail its requests
-            for waiter in pending.values():
+            slot.alive = False
+            for waiter in slot.pending.values():
                 if self._waiting.pop(waiter.request_id, None) is not None:
                     self._settled()
                     waiter.error = exc
                     waiter.done.set()
-        finally:
-            slot.in_flight -= len(chunk)
-            if not slot.alive and slot.in_flight == 0 and not slot.reported:
-                self._record_lost(slot, chunk[0].run_id)
-            self._signal()
+            slot.pending.clear()
+        self._signal()
 
-    def _deliver(self, slot: _Slot, shipment: Shipment, pending: dict[str, _Waiter]) -> None:
+    def _deliver(self, slot: _Slot, shipment: Shipment) -> None:
         for record in shipment.loose:
             self._tap.record(record)
         for group in shipment.groups:
             final = group[-1]
             assert isinstance(final, RequestRecord)
-            pending.pop(final.id, None)
+            slot.pending.pop(final.id, None)
             waiter = self._waiting.pop(final.id, None)
             if waiter is None:
                 continue  # answered already (by a worker that died since), or given up
@@ -292,6 +295,7 @@ class ClusterPipeline(Pipeline):
             waiter.done.set()
         if shipment.cache_ops:
             self._learned(slot, shipment.cache_ops)
+        self._signal()
 
     def _learned(self, slot: _Slot, ops: list[CacheOp]) -> None:
         """Write cache entries a worker stored through to the store, and queue them for the
@@ -305,24 +309,18 @@ class ClusterPipeline(Pipeline):
                     persistence.delete(namespace, tenant, value)
         self._cache_in += [(slot.index, op) for op in ops if op[0] == "save"]
 
-    def _lost(self, slot: _Slot, pending: dict[str, _Waiter], error: BaseException) -> None:
-        """A worker died: put its unanswered requests first in the queue (its event is
-        recorded once all of its chunks have come back)."""
+    def _lost(self, slot: _Slot, error: BaseException) -> None:
+        """A worker died: put its unanswered requests first in the queue, and record it."""
         slot.alive = False
-        again = [w for w in pending.values() if w.request_id in self._waiting]
+        again = [w for w in slot.pending.values() if w.request_id in self._waiting]
+        slot.pending.clear()
         self._queue.extendleft(reversed(again))
-        slot.requeued += [w.request_id for w in again]
-        slot.error = slot.error or (str(error).splitlines() or [repr(error)])[0][:300]
-
-    def _record_lost(self, slot: _Slot, run_id: str) -> None:
-        slot.reported = True
         left = sum(s.alive for s in self._slots)
-        _log.warning(
-            "cluster.worker_lost", worker=slot.index, requeued=len(slot.requeued), left=left
-        )
+        _log.warning("cluster.worker_lost", worker=slot.index, requeued=len(again), left=left)
+        run_id = self._runner.run_id if self._runner is not None else ""
         self._tap.record(
             OrchestrationEvent(
-                run_id=run_id,
+                run_id=again[0].run_id if again else run_id,
                 request_id="",
                 cycle=0,
                 stage="run",
@@ -333,10 +331,10 @@ class ClusterPipeline(Pipeline):
                 reason_codes=("WORKER_LOST",),
                 payload={
                     "worker": slot.index,
-                    "requeued": len(slot.requeued),
-                    "requests": slot.requeued[:100],
+                    "requeued": len(again),
+                    "requests": [w.request_id for w in again][:100],
                     "workers_left": left,
-                    "error": slot.error,
+                    "error": (str(error).splitlines() or [repr(error)])[0][:300],
                 },
             )
         )
@@ -392,6 +390,13 @@ class ClusterPipeline(Pipeline):
         if active is None or active.activation_id == self._activation:
             return None
         return active
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _result(record: RequestRecord) -> RequestResult:

@@ -6,10 +6,10 @@ records, its `RequestRecord` last. Whole groups are what make a lost worker harm
 driver stores a request's records only once its group arrives, so a request cut off by a
 dying worker left nothing behind and is simply answered again elsewhere.
 
-The actor is a threaded Ray actor; the pipeline runs on an anyio event loop of its own in a
-blocking portal thread, entered and left in one task, so its task groups stay well nested
-whatever threads Ray calls the actor's methods from. Policy versions and cache entries the
-driver pushes (`sync`) are applied on that loop too.
+The actor is an async Ray actor (its methods never block its loop); the pipeline runs on an
+anyio event loop of its own in a blocking portal thread, entered and left in one task, so
+its task groups stay well nested whatever Ray does with the actor's own loop. Policy
+versions and cache entries the driver pushes (`sync`) are applied on that loop too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,9 @@ from engine.requests import BatchItem, RequestLimits
 from engine.store.policy_ops import Active
 
 __all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
+
+_POLL_S = 0.005
+"""How often an idle `stream` looks for finished requests."""
 
 CacheOp = tuple[str, str, str, Any]
 """`("save", namespace, tenant, record)` or `("delete", namespace, tenant, key)`."""
@@ -69,21 +72,19 @@ class Shipment:
 
 
 class _ShipSink:
-    """Holds each request's records until its `RequestRecord`, then routes the whole group
-    to the chunk that asked for the request. Used on the worker's event loop only."""
+    """Holds each request's records until its `RequestRecord`, then puts the whole group in
+    the outbox `stream` sends from. Used on the worker's event loop only."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: queue.SimpleQueue[Any]) -> None:
+        self.outbox = outbox
         self.groups: dict[str, list[Record]] = {}
-        self.routes: dict[str, queue.SimpleQueue[Any]] = {}
         self.loose: deque[Record] = deque()
 
     def record(self, item: Record) -> None:
         if isinstance(item, RequestRecord):
             group = self.groups.pop(item.id, [])
             group.append(item)
-            route = self.routes.pop(item.id, None)
-            if route is not None:
-                route.put(group)
+            self.outbox.put(group)
             return
         request_id = getattr(item, "request_id", "")
         if request_id:
@@ -170,7 +171,8 @@ class BatchWorker:
     def __init__(self, config: WorkerConfig) -> None:
         configure_logging()
         self.config = config
-        self.sink = _ShipSink()
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.sink = _ShipSink(self.outbox)
         self.bridge = _CacheBridge(config.cache)
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
@@ -189,32 +191,31 @@ class BatchWorker:
 
         return os.getpid()
 
-    def answer(self, run_id: str, items: list[BatchItem]) -> Iterator[Shipment]:
-        """Answer `items` under `run_id`, yielding shipments as requests finish (a Ray
-        streaming generator: the driver stores each group as it arrives)."""
-        out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        future = self.portal.start_task_soon(self._answer_chunk, run_id, items, out)
-        left = len(items)
-        while left:
-            arrived = [out.get()]
-            while True:
-                try:
-                    arrived.append(out.get_nowait())
-                except queue.Empty:
-                    break
+    async def submit(self, run_id: str, items: list[BatchItem]) -> None:
+        """Start answering `items` under `run_id`; their records come out of `stream`."""
+        self.portal.start_task_soon(self._answer_chunk, run_id, items)
+
+    async def stream(self) -> AsyncIterator[Shipment]:
+        """Every finished request's records, as they finish, for as long as the worker
+        lives (one Ray streaming generator per worker: the driver stores each group as it
+        arrives, and learns of the worker's death from it). The outbox is filled from the
+        pipeline's loop in another thread, so it is polled every `_POLL_S`."""
+        while True:
+            arrived = _take_queue(self.outbox)
+            if not arrived:
+                await anyio.sleep(_POLL_S)
+                continue
             groups: list[list[Record]] = []
             for entry in arrived:
                 if isinstance(entry, BaseException):
                     raise entry
                 groups.append(entry)
-            left -= len(groups)
             yield Shipment(groups, _take(self.sink.loose), _take(self.bridge.outbox))
-        future.result()
 
-    def sync(self, policy: Active | None, cache_ops: list[CacheOp]) -> int | None:
+    async def sync(self, policy: Active | None, cache_ops: list[CacheOp]) -> int | None:
         """Apply what the driver pushed: a newer policy version, cache entries other workers
         learned. Returns the policy version now current."""
-        return self.portal.call(self._apply, policy, cache_ops)
+        return await anyio.to_thread.run_sync(self.portal.call, self._apply, policy, cache_ops)
 
     def policy_version(self) -> tuple[int | None, float]:
         """The policy version new requests pin here, and when this worker switched to it."""
@@ -228,19 +229,15 @@ class BatchWorker:
 
     # -- on the worker's event loop ------------------------------------------------------
 
-    async def _answer_chunk(
-        self, run_id: str, items: list[BatchItem], out: queue.SimpleQueue[Any]
-    ) -> None:
-        for item in items:
-            self.sink.routes[f"{run_id}-{item.seq:06d}"] = out
+    async def _answer_chunk(self, run_id: str, items: list[BatchItem]) -> None:
         self.pipe.use_run(run_id)
         try:
             async with anyio.create_task_group() as tg:
                 for item in items:
                     await self.limiter.acquire()
                     tg.start_soon(self._answer_one, run_id, item)
-        except BaseException as exc:  # a bug: fail the chunk rather than wait forever
-            out.put(exc)
+        except BaseException as exc:  # a bug: fail the stream rather than wait forever
+            self.outbox.put(exc)
             raise
 
     async def _answer_one(self, run_id: str, item: BatchItem) -> None:
@@ -267,6 +264,15 @@ class BatchWorker:
 
 def _new_limiter(concurrency: int) -> anyio.Semaphore:
     return anyio.Semaphore(max(1, concurrency))
+
+
+def _take_queue(items: queue.SimpleQueue[Any]) -> list[Any]:
+    taken = []
+    while True:
+        try:
+            taken.append(items.get_nowait())
+        except queue.Empty:
+            return taken
 
 
 def _take(items: deque[Any]) -> list[Any]:

@@ -27,7 +27,7 @@ from engine.store.store import Store
 from tests.engine.cluster.conftest import RAY_WARNINGS, flagship, prompts
 
 ray = pytest.importorskip("ray")
-from engine.cluster import ClusterPipeline  # noqa: E402
+from engine.cluster import ClusterPipeline, WorkersLost  # noqa: E402
 
 pytestmark = [*RAY_WARNINGS, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -205,3 +205,33 @@ def test_moat_run_ray_resumes_after_the_driver_is_killed(ray_address: str, tmp_p
         seqs = [s for (s,) in conn.execute("SELECT seq FROM requests ORDER BY seq")]
         (status,) = conn.execute("SELECT status FROM runs").fetchone()
     assert seqs == list(range(n)) and status == "finished"
+
+
+@pytest.mark.slow
+async def test_losing_every_worker_stops_the_run_resumably(
+    ray_address: str, tmp_path: Path
+) -> None:
+    graph = flagship(tmp_path, time_scale=0.02)
+    db = tmp_path / "all.db"
+    n = 80
+    async with ClusterPipeline(graph, db=db, workers=2, concurrency=4) as pipe:
+        batch = pipe.start_batch(n)
+
+        def on_record(record: RequestRecord) -> None:
+            if batch.done == 10:
+                for slot in pipe.slots:
+                    ray.kill(slot.handle, no_restart=True)
+
+        with pytest.raises(WorkersLost, match=f"Resume with: moat run --resume {batch.run_id}"):
+            await pipe.run_batch(_items(prompts(n)), batch=batch, on_record=on_record)
+    assert batch.interrupted and 10 <= batch.done < n
+    async with Pipeline(graph, db=db) as local:  # the rest, without Ray
+        rest = local.start_batch(resume=batch.run_id)
+        await local.run_batch(_items(prompts(n)), batch=rest)
+    assert rest.done == n and not rest.interrupted
+    with sqlite3.connect(db) as conn:
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM requests ORDER BY seq")]
+        lost = conn.execute(
+            "SELECT COUNT(*) FROM orchestration_events WHERE event_type = 'WORKER_LOST'"
+        ).fetchone()[0]
+    assert seqs == list(range(n)) and lost == 2

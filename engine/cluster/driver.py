@@ -138,7 +138,7 @@ class ClusterPipeline(Pipeline):
         share = min(1.0, cluster_cpus() / count)
         actor = ray.remote(
             num_cpus=share,
-            max_concurrency=2 * self.concurrency + 8,  # a thread per chunk, and syncs
+            max_concurrency=2 * self.concurrency + 8,  # submits, the stream and syncs
             max_restarts=0,
             scheduling_strategy="SPREAD",
         )(BatchWorker)

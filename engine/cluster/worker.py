@@ -14,6 +14,7 @@ versions and cache entries the driver pushes (`sync`) are applied on that loop t
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections import deque
@@ -187,8 +188,6 @@ class BatchWorker:
 
     def ready(self) -> int:
         """The worker's process id, once its pipeline is open."""
-        import os
-
         return os.getpid()
 
     async def submit(self, run_id: str, items: list[BatchItem]) -> None:

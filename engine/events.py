@@ -122,6 +122,10 @@ class EventType(StrEnum):
     """A remote model was unreachable or held back (offline, a gate, a failed probe, an open
     circuit, a refused connection): its `fallback:` model answered and the request is
     degraded; the reason code says why."""
+    # a cluster batch (engine/cluster)
+    WORKER_LOST = "WORKER_LOST"
+    """A Ray worker died mid-batch; its unanswered requests went to the other workers
+    (payload: worker, requeued, requests, workers_left, error)."""
 
 
 class RequestStatus(StrEnum):

@@ -27,7 +27,7 @@ import anyio
 
 from engine import events
 from engine.api import BatchSummary, Pipeline
-from engine.errors import SpecError, StoreError
+from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -76,6 +76,14 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="run a graph with a cost budget even if a model has no price (it costs $0)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="answer the batch on Ray workers: a local instance, `auto`, or a cluster address",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per CPU)")
     p.set_defaults(handler=cmd_run)
 
 
@@ -154,6 +162,12 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     if args.policy is not None:
         _check_readable("--policy", args.policy)
     _check_distinct(args)
+    if getattr(args, "workers", None) is not None and (args.workers < 1 or args.ray is None):
+        raise SpecError(f"--workers {args.workers}: give at least 1, with --ray")
+    if getattr(args, "ray", None) is not None:
+        from engine.cluster import parse_address  # does not import Ray itself
+
+        parse_address(args.ray)
     if args.resume is None and not args.graph:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
@@ -407,16 +421,28 @@ class _Progress:
         self.stream.flush()
 
 
+def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> Pipeline:
+    """The local pipeline, or with `--ray` the cluster one (Ray is imported only then)."""
+    options: dict[str, Any] = {
+        "db": db,
+        "policy_file": args.policy,
+        "models": models,
+        "seed": args.seed,
+        "allow_unpriced": getattr(args, "allow_unpriced", False),
+        "limits": plan.limits,
+    }
+    if getattr(args, "ray", None) is None:
+        return Pipeline(plan.graph, **options)
+    from engine.cluster import ClusterPipeline, parse_address
+
+    address = parse_address(args.ray)
+    return ClusterPipeline(
+        plan.graph, address=address, workers=args.workers, concurrency=args.concurrency, **options
+    )
+
+
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
-    async with Pipeline(
-        plan.graph,
-        db=db,
-        policy_file=args.policy,
-        models=models,
-        seed=args.seed,
-        allow_unpriced=getattr(args, "allow_unpriced", False),
-        limits=plan.limits,
-    ) as pipe:
+    async with _pipeline(plan, args, db, models) as pipe:
         out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
         batch = pipe.start_batch(plan.total, config=plan.config, resume=plan.run_id)
         plan.started = batch.run_id
@@ -493,15 +519,16 @@ async def _drive(
         raise error from group
 
 
-def _store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
-    """The store's error when it alone ended the task group (so `cmd_run` can report it)."""
-    matched, rest = group.split(StoreError)
+def _store_error(group: BaseExceptionGroup[BaseException]) -> MoatError | None:
+    """moat's error when it alone ended the task group (so `cmd_run` can report it): the
+    store's, or with `--ray` the loss of every worker."""
+    matched, rest = group.split(MoatError)
     if matched is None or rest is not None:
         return None
     error: BaseException = matched
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
-    assert isinstance(error, StoreError)
+    assert isinstance(error, MoatError)
     return error
 
 

@@ -98,6 +98,9 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="serve a graph with a cost budget even if a model has no price (it costs $0)",
     )
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="on Ray Serve")
+    p.add_argument("--replicas", type=_positive, metavar="N", help="Ray Serve replicas")
+    p.add_argument("--autoscale", metavar="MIN:MAX", help="Ray Serve replicas, autoscaled")
     p.set_defaults(handler=cmd_serve)
 
 
@@ -133,6 +136,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         max_queue=args.max_inflight,
     )
+    if getattr(args, "ray", None) is not None:
+        from engine.cluster.serving import serve_on_ray
+
+        options = {"keys": keys, "limits": limits, "models": _parse_models(args.model)}
+        options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
+
+        def on_ray(url: str, replicas: str) -> None:
+            print(url, flush=True)
+            print(f"moat serve: {url} on Ray Serve, {replicas} replicas", file=sys.stderr)
+
+        return serve_on_ray(args, db_path(args.db), options, on_ray)
     server = MoatServer(
         args.graphs,
         db=db_path(args.db),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +90,8 @@ class MoatServer:
             or the request's `user`).
         limits: rate, concurrency and in-flight limits.
         models: `--model` rebindings, applied to each graph that has the model.
+        pipeline: builds each graph's pipeline (`moat serve --ray`: one whose records go to
+            the cluster's store-writer actor).
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -105,6 +107,7 @@ class MoatServer:
         keys: KeyRing | None = None,
         limits: ShapingLimits | None = None,
         models: Mapping[str, str] | None = None,
+        pipeline: Callable[..., Pipeline] = Pipeline,
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
@@ -120,7 +123,7 @@ class MoatServer:
                     "are named by `name:`, so give each a distinct one",
                     path=str(graph.path),
                 )
-            pipe = Pipeline(graph, db=db, **pipeline_options)
+            pipe = pipeline(graph, db=db, **pipeline_options)
             self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())

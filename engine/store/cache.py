@@ -57,6 +57,7 @@ _UPSERT = (
 )
 _DELETE = "DELETE FROM cache_entries WHERE namespace = ? AND tenant = ? AND key = ?"
 _LOAD = "SELECT tenant, key, value_json FROM cache_entries WHERE namespace = ? ORDER BY rowid"
+_NAMESPACES = "SELECT DISTINCT namespace FROM cache_entries ORDER BY namespace"
 
 _RETRY_S = 1.0
 """Pause before retrying a failed write."""
@@ -128,6 +129,18 @@ class StoreCachePersistence:
             else:
                 found[tenant, key] = dict(record)
         return [(tenant, record) for (tenant, _), record in found.items()]
+
+    def namespaces(self) -> list[str]:
+        """The namespaces that have entries, pending writes included (a cluster's workers
+        start warm from all of them)."""
+        with self._changed:
+            pending = {k[0] for k, v in self._pending.items() if v is not None}
+        try:
+            with self._read_lock:
+                rows = self._reader.execute(_NAMESPACES).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: reading cache entries failed: {exc}") from exc
+        return sorted(pending | {row[0] for row in rows})
 
     def save(self, namespace: str, tenant: str, record: Mapping[str, Any]) -> None:
         """Insert or replace one record (keyed by `record["key"]`); never blocks or raises."""

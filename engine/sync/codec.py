@@ -2,9 +2,10 @@
 
 A batch body is `{"v": 1, "origin", "table", "columns", "rows"}` as UTF-8 JSON; byte values
 travel as `{"$b64": "..."}`. The body is compressed and the codec named in
-`Content-Encoding` (`zstd` or `gzip`). zstd (the `zstandard` package, the `edge` extra)
-compresses these repetitive rows better than gzip and faster (bench/RESULTS.md, "Deferred
-sync"); gzip is in the standard library, so a box without the extra still syncs. Decompression is
+`Content-Encoding` (`zstd` or `gzip`). zstd (the `zstandard` package, a dependency of moat
+since the store compresses its large payloads with it) compresses these repetitive rows
+better than gzip and faster (bench/RESULTS.md, "Deferred sync"); gzip stays accepted, and is
+used should `zstandard` fail to import. Decompression is
 bounded (`MAX_BATCH_BYTES`), so a hostile body cannot inflate without limit.
 """
 

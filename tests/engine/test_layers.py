@@ -30,9 +30,10 @@ LAYERS = {
     "scheduler": 5,
     "api": 6,
     "serve": 7,
-    "cli": 8,
-    "__init__": 8,
-    "__main__": 9,
+    "cluster": 8,
+    "cli": 9,
+    "__init__": 9,
+    "__main__": 10,
 }
 # Modules of layer 0 that build on one another, in this order.
 FOUNDATION = ["errors", "stats", "located_yaml", "pii", "events", "logs"]

@@ -1,0 +1,188 @@
+"""Benchmark: what Ray workers buy a batch, and what they cost it (simulated models).
+
+Two figures, on a local Ray instance (`num_cpus` = this machine's CPUs), the driver storing
+every record in a fresh SQLite store as `moat run --ray` does:
+
+- speedup: the flagship graph with its simulated models answering instantly (the engine's
+  own CPU is all the work), 2 workers against 1, requests per second of the batch (worker
+  start-up excluded, reported apart). Goal: >= 1.6x on 2 cores.
+- overhead: the flagship with its simulated models slowed to a 200 ms median call, 1,000
+  requests, a local `Pipeline` against 1 Ray worker at the same concurrency. Ray's added
+  time per request = (wall_ray - wall_local) / requests; the latency each request would
+  have gained to explain it = that * concurrency. Goal: <= 1 ms.
+
+The two set-ups alternate in every repeat, so a load spike from other processes hits both.
+
+    python bench/ray.py --requests 3000 --slow-requests 1000 --repeat 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow
+# the `ray` package: drop the folder (`python -m bench.ray` needs nothing of the kind).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+
+import anyio  # noqa: E402
+
+from engine.api import Pipeline  # noqa: E402
+from engine.requests import BatchItem  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_MEDIAN_MS = 200.0
+
+
+def scaled_graph(dest: Path, time_scale: float, name: str) -> Path:
+    """The flagship graph with every simulated model's latency scaled by `time_scale`."""
+    text = (ROOT / "graphs" / "governed-answer.yaml").read_text()
+    text = re.sub(
+        r"\{provider: sim, profile: (\w+)\}",
+        rf"{{provider: sim, profile: \1, time_scale: {time_scale}}}",
+        text,
+    )
+    text = text.replace("policy: ../policies/", f"policy: {ROOT / 'policies'}/")
+    path = dest / name
+    path.write_text(text)
+    return path
+
+
+def batch(n: int, offset: int = 0) -> list[BatchItem]:
+    topics = ["invoices", "passwords", "exports", "refunds", "shipping", "accounts", "reports"]
+    return [
+        BatchItem(
+            i,
+            {
+                "prompt": f"How do I manage {topics[i % 7]} for team {i + offset}?",
+                "tenant": f"t{i % 5}",
+            },
+        )
+        for i in range(n)
+    ]
+
+
+async def _timed(pipe: Pipeline, items: list[BatchItem], concurrency: int) -> dict[str, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    summary = await pipe.run_batch(items, concurrency=concurrency)
+    await anyio.to_thread.run_sync(pipe.flush)
+    wall = time.perf_counter() - t0
+    assert summary.done == len(items), summary
+    return {"wall_s": wall, "rate": len(items) / wall, "driver_cpu_s": time.process_time() - c0}
+
+
+async def ray_run(
+    graph: Path, db: Path, items: list[BatchItem], workers: int, concurrency: int
+) -> dict[str, float]:
+    from engine.cluster import ClusterPipeline
+
+    t0 = time.perf_counter()
+    async with ClusterPipeline(graph, db=db, workers=workers, concurrency=concurrency) as pipe:
+        startup = time.perf_counter() - t0
+        figures = await _timed(pipe, items, concurrency)
+    return {**figures, "startup_s": startup}
+
+
+async def local_run(
+    graph: Path, db: Path, items: list[BatchItem], concurrency: int
+) -> dict[str, float]:
+    async with Pipeline(graph, db=db) as pipe:
+        return await _timed(pipe, items, concurrency)
+
+
+def median_call_ms(graph: Path, tmp: Path) -> float:
+    """The median simulated model-call latency of the flagship at `time_scale: 1`."""
+    import sqlite3
+
+    db = tmp / "calibrate.db"
+    anyio.run(local_run, graph, db, batch(60, 10_000), 32)
+    with sqlite3.connect(db) as conn:
+        rows = [r[0] for r in conn.execute("SELECT latency_ms FROM llm_calls WHERE latency_ms>0")]
+    return statistics.median(rows)
+
+
+def speedup(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
+    graph = scaled_graph(tmp, 0, "instant.yaml")
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    for i in range(repeat):
+        for workers in (1, 2) if i % 2 == 0 else (2, 1):
+            db = tmp / f"speed-{i}-{workers}.db"
+            runs[workers].append(anyio.run(ray_run, graph, db, batch(n), workers, 32))
+    ratios = [b["rate"] / a["rate"] for a, b in zip(runs[1], runs[2], strict=True)]
+    return {
+        "requests": n,
+        "rate_1_worker": [round(r["rate"]) for r in runs[1]],
+        "rate_2_workers": [round(r["rate"]) for r in runs[2]],
+        "ratios": [round(r, 2) for r in ratios],
+        "ratio_median": round(statistics.median(ratios), 2),
+        "driver_cpu_s_2_workers": [round(r["driver_cpu_s"], 1) for r in runs[2]],
+        "startup_s": [round(r["startup_s"], 1) for r in runs[1] + runs[2]],
+        "goal": ">= 1.6",
+    }
+
+
+def overhead(tmp: Path, n: int, repeat: int, concurrency: int) -> dict[str, Any]:
+    unit = scaled_graph(tmp, 1.0, "unit.yaml")
+    scale = SLOW_MEDIAN_MS / median_call_ms(unit, tmp)
+    graph = scaled_graph(tmp, round(scale, 4), "slow.yaml")
+    local: list[dict[str, float]] = []
+    remote: list[dict[str, float]] = []
+    for i in range(repeat):
+        order = ("local", "ray") if i % 2 == 0 else ("ray", "local")
+        for kind in order:
+            db = tmp / f"slow-{i}-{kind}.db"
+            if kind == "local":
+                local.append(anyio.run(local_run, graph, db, batch(n), concurrency))
+            else:
+                remote.append(anyio.run(ray_run, graph, db, batch(n), 1, concurrency))
+    added = [(r["wall_s"] - lo["wall_s"]) / n * 1000 for lo, r in zip(local, remote, strict=True)]
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "time_scale": round(scale, 4),
+        "wall_local_s": [round(r["wall_s"], 2) for r in local],
+        "wall_ray_s": [round(r["wall_s"], 2) for r in remote],
+        "added_ms_per_request": [round(a, 3) for a in added],
+        "added_ms_per_request_median": round(statistics.median(added), 3),
+        "as_latency_ms_per_request_median": round(statistics.median(added) * concurrency, 1),
+        "goal": "<= 1 ms",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--slow-requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["speedup", "overhead"])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    import os
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    summary: dict[str, Any] = {"benchmark": "ray", "cpus": os.cpu_count(), "simulated": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "speedup"):
+            summary["speedup"] = speedup(Path(tmp), args.requests, args.repeat)
+        if args.only in (None, "overhead"):
+            summary["overhead"] = overhead(
+                Path(tmp), args.slow_requests, args.repeat, args.concurrency
+            )
+    ray.shutdown()
+    json.dump(summary, sys.stdout, indent=None if args.json else 2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

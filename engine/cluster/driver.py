@@ -1,0 +1,412 @@
+"""`ClusterPipeline`: a batch answered by Ray worker actors, stored by the driver alone.
+
+The driver is an ordinary `Pipeline` with a store; only where a request is answered
+changes. `Pipeline.run_batch` still reads the input lazily, bounds what is in flight, counts
+records, beats the heartbeat and finishes the run; this class's `_answer` hands each request
+to a dispatcher instead of the local runner. The dispatcher sends requests to the workers
+in chunks (at most `2 * concurrency` per worker outstanding, so the input is read only as
+fast as the cluster answers), and each worker streams back whole groups of records per
+request (`worker.Shipment`). The driver feeds each group to its own store writer through
+the pipeline's tap, so the store, `--out`, the progress bar and `--resume` see exactly what
+a local run would.
+
+Exactly once: a group is stored only while its request is still waited for; a request
+answered twice (sent again after its worker died just after answering) is stored once.
+A worker that dies takes only whole requests with it: its unanswered requests go back to
+the front of the queue for the other workers, and a `WORKER_LOST` event records it.
+
+Policies and cache (`sync` every `sync_interval_s`): the driver polls the store's active
+policy version and pushes a newer one to every worker; cache entries a worker stores come
+back with its shipments, are written to the store's `cache_entries` and pushed to the other
+workers. Staleness bound: a policy applied to the store is pinned by every worker's new
+requests within `sync_interval_s` plus one round trip (~0.3 s on one machine); a cache entry
+learned on one worker can hit on another once the request that stored it has finished and
+the next sync has run (the same bound after that request ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from engine.api import BatchSummary, Pipeline
+from engine.cluster._ray import cluster_cpus, connect, require_ray
+from engine.cluster.worker import BatchWorker, CacheOp, Shipment, WorkerConfig
+from engine.errors import MoatError
+from engine.events import EventType, OrchestrationEvent, RequestRecord
+from engine.logs import get_logger
+from engine.requests import BatchItem
+from engine.scheduler.runner import RequestResult
+from engine.store.policy_ops import Active, poll_active
+
+__all__ = ["ClusterPipeline", "WorkersLost"]
+
+_log = get_logger("moat.cluster")
+
+_FILL_S = 0.005
+"""How long the dispatcher waits for a chunk to fill before sending a smaller one."""
+
+
+class WorkersLost(MoatError, RuntimeError):
+    """Every worker of a cluster batch died; what finished is stored, resume the rest."""
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """One request the driver waits for."""
+
+    run_id: str
+    item: BatchItem
+    request_id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: RequestResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One worker actor and what the driver has sent it."""
+
+    index: int
+    handle: Any
+    pending: dict[str, _Waiter] = field(default_factory=dict)
+    """The requests sent to it and not answered yet."""
+    alive: bool = True
+
+
+class ClusterPipeline(Pipeline):
+    """A `Pipeline` whose batches are answered by Ray worker actors.
+
+    Args:
+        graph: the graph (a path: the workers load it from the same absolute path).
+        address: the Ray cluster (`auto`, `HOST:PORT`, `ray://HOST:10001`), or None for a
+            local instance.
+        workers: how many worker actors (default: one per CPU the cluster offers).
+        concurrency: requests each worker answers at once.
+        sync_interval_s: how often policies and cache entries are pushed to the workers.
+        **options: the `Pipeline` options (`db`, `policy_file`, `models`, `seed`, ...).
+
+    Raises:
+        SpecError: Ray is not installed, or the cluster cannot be reached.
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        concurrency: int = 16,
+        sync_interval_s: float = 0.25,
+        **options: Any,
+    ) -> None:
+        require_ray()
+        super().__init__(graph, **options)
+        self.address = address
+        self.workers = workers
+        self.concurrency = max(1, concurrency)
+        self.chunk_size = max(1, self.concurrency // 2)
+        self.sync_interval_s = sync_interval_s
+        self.worker_pids: list[int] = []
+        self._options = options
+        self._slots: list[_Slot] = []
+        self._queue: deque[_Waiter] = deque()
+        self._waiting: dict[str, _Waiter] = {}
+        self._changed = anyio.Event()
+        self._cache_in: list[tuple[int, CacheOp]] = []
+        self._activation = 0
+        self._lost_events = 0
+
+    @property
+    def slots(self) -> list[_Slot]:
+        """The worker actors (`handle`, `alive`), for diagnostics and tests."""
+        return list(self._slots)
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        await super()._open(stack)
+        ray = connect(self.address)
+        count = self.workers or cluster_cpus()
+        config = self._worker_config()
+        share = min(1.0, cluster_cpus() / count)
+        actor = ray.remote(
+            num_cpus=share,
+            max_concurrency=2 * self.concurrency + 8,  # submits, the stream and syncs
+            max_restarts=0,
+            scheduling_strategy="SPREAD",
+        )(BatchWorker)
+        self._slots = [_Slot(i, actor.remote(config)) for i in range(count)]
+        stack.push_async_callback(self._stop_workers)
+        self.worker_pids = [await slot.handle.ready.remote() for slot in self._slots]
+        group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(group.cancel_scope.cancel)
+        group.start_soon(self._send_loop)
+        group.start_soon(self._sync_loop)
+        for slot in self._slots:
+            group.start_soon(self._receive, slot)
+
+    def _worker_config(self) -> WorkerConfig:
+        policy = None
+        cache: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+        if self.store is not None:
+            if self.policy is not None and self.policy.name is not None:
+                policy = poll_active(self.store, self.policy.name)
+                self._activation = policy.activation_id if policy else 0
+            persistence = self.store.cache_persistence()
+            for namespace in persistence.namespaces():
+                cache[namespace] = list(persistence.load(namespace))
+        return WorkerConfig(
+            graph_path=os.path.abspath(self.graph.path),
+            models=dict(self._options.get("models") or {}),
+            seed=self.seed,
+            allow_unpriced=bool(self._options.get("allow_unpriced", False)),
+            limits=self.limits,
+            concurrency=self.concurrency,
+            policy=policy,
+            cache=cache,
+        )
+
+    async def _stop_workers(self) -> None:
+        ray = require_ray()
+        for slot in self._slots:
+            if slot.alive:
+                ray.kill(slot.handle, no_restart=True)
+            slot.alive = False
+
+    # -- answering ------------------------------------------------------------------------
+
+    async def _answer_all(
+        self,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        summary: BatchSummary,
+        concurrency: int,
+        skip: frozenset[int],
+        on_record: Any,
+    ) -> None:
+        # `concurrency` is per worker: keep every worker busy with a chunk queued behind
+        in_flight = 2 * self.concurrency * max(1, len(self._slots))
+        try:
+            await super()._answer_all(items, summary, in_flight, skip, on_record)
+        except BaseExceptionGroup as group:
+            lost, rest = group.split(WorkersLost)
+            if lost is None or rest is not None:
+                raise
+            raise _first(lost) from None
+
+    async def _answer(
+        self, run_id: str, item: BatchItem, tenant: str | None = None
+    ) -> RequestResult:
+        if tenant is not None or not self._slots:
+            return await super()._answer(run_id, item, tenant)
+        waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}")
+        self._waiting[waiter.request_id] = waiter
+        self._queue.append(waiter)
+        self._outstanding += 1
+        self._signal()
+        try:
+            await waiter.done.wait()
+        except BaseException:
+            if self._waiting.pop(waiter.request_id, None) is not None:
+                self._settled()  # no record will come for it
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.result is not None
+        return waiter.result
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _send_loop(self) -> None:
+        """Send full chunks to the worker with the most room; a chunk goes out smaller
+        only when the queue stays short for `_FILL_S` (the end of the input, a slow one)."""
+        while True:
+            while not self._queue:
+                await self._changed.wait()
+            if len(self._queue) < self.chunk_size:
+                with anyio.move_on_after(_FILL_S):
+                    while len(self._queue) < self.chunk_size:
+                        await self._changed.wait()
+            want = min(self.chunk_size, len(self._queue))
+            slot = await self._free_slot(want)
+            chunk: list[_Waiter] = []
+            while self._queue and len(chunk) < want:
+                waiter = self._queue.popleft()
+                if waiter.request_id in self._waiting:  # not given up meanwhile
+                    chunk.append(waiter)
+            if chunk:
+                slot.pending.update((w.request_id, w) for w in chunk)
+                slot.handle.submit.remote(chunk[0].run_id, [w.item for w in chunk])
+
+    async def _free_slot(self, want: int) -> _Slot:
+        """The live worker with the most room, once it has room for `want` requests (fails
+        every waiting request when no worker is left)."""
+        while True:
+            live = [s for s in self._slots if s.alive]
+            if not live:
+                self._fail_all()
+                await self._changed.wait()
+                continue
+            best = min(live, key=lambda s: len(s.pending))
+            if len(best.pending) + want <= 2 * self.concurrency:
+                return best
+            await self._changed.wait()
+
+    async def _receive(self, slot: _Slot) -> None:
+        """Store what the worker answers, until it dies (then its requests go elsewhere)."""
+        ray = require_ray()
+        try:
+            async for ref in slot.handle.stream.remote():
+                shipment: Shipment = await ref
+                self._deliver(slot, shipment)
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            self._lost(slot, exc)
+        except ray.exceptions.RayTaskError as exc:  # a bug on the worker: fail its requests
+            slot.alive = False
+            for waiter in slot.pending.values():
+                if self._waiting.pop(waiter.request_id, None) is not None:
+                    self._settled()
+                    waiter.error = exc
+                    waiter.done.set()
+            slot.pending.clear()
+        self._signal()
+
+    def _deliver(self, slot: _Slot, shipment: Shipment) -> None:
+        for record in shipment.loose:
+            self._tap.record(record)
+        for group in shipment.groups:
+            final = group[-1]
+            assert isinstance(final, RequestRecord)
+            slot.pending.pop(final.id, None)
+            waiter = self._waiting.pop(final.id, None)
+            if waiter is None:
+                continue  # answered already (by a worker that died since), or given up
+            for record in group:
+                self._tap.record(record)
+            waiter.result = _result(final)
+            waiter.done.set()
+        if shipment.cache_ops:
+            self._learned(slot, shipment.cache_ops)
+        self._signal()
+
+    def _learned(self, slot: _Slot, ops: list[CacheOp]) -> None:
+        """Write cache entries a worker stored through to the store, and queue them for the
+        other workers."""
+        if self.store is not None:
+            persistence = self.store.cache_persistence()
+            for kind, namespace, tenant, value in ops:
+                if kind == "save":
+                    persistence.save(namespace, tenant, value)
+                else:
+                    persistence.delete(namespace, tenant, value)
+        self._cache_in += [(slot.index, op) for op in ops if op[0] == "save"]
+
+    def _lost(self, slot: _Slot, error: BaseException) -> None:
+        """A worker died: put its unanswered requests first in the queue, and record it."""
+        slot.alive = False
+        again = [w for w in slot.pending.values() if w.request_id in self._waiting]
+        slot.pending.clear()
+        self._queue.extendleft(reversed(again))
+        left = sum(s.alive for s in self._slots)
+        _log.warning("cluster.worker_lost", worker=slot.index, requeued=len(again), left=left)
+        run_id = self._runner.run_id if self._runner is not None else ""
+        self._tap.record(
+            OrchestrationEvent(
+                run_id=again[0].run_id if again else run_id,
+                request_id="",
+                cycle=0,
+                stage="run",
+                component="cluster",
+                event_type=EventType.WORKER_LOST,
+                sequence=self._lost_events,
+                decision="requeued" if left else "stopped",
+                reason_codes=("WORKER_LOST",),
+                payload={
+                    "worker": slot.index,
+                    "requeued": len(again),
+                    "requests": [w.request_id for w in again][:100],
+                    "workers_left": left,
+                    "error": (str(error).splitlines() or [repr(error)])[0][:300],
+                },
+            )
+        )
+        self._lost_events += 1
+
+    def _fail_all(self) -> None:
+        """No worker is left: end every waiting request with `WorkersLost`."""
+        run_id = self._runner.run_id if self._runner else ""
+        error = WorkersLost(
+            f"every Ray worker of run {run_id} was lost; finished requests are stored. "
+            f"Resume with: moat run --resume {run_id}"
+        )
+        while self._queue:
+            waiter = self._queue.popleft()
+            if self._waiting.pop(waiter.request_id, None) is not None:
+                self._settled()
+                waiter.error = error
+                waiter.done.set()
+
+    # -- policies and cache ---------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.sync_interval_s)
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Push a newer active policy version, and cache entries learned by one worker, to
+        the workers (done every `sync_interval_s`; call it to push at once)."""
+        policy = await anyio.to_thread.run_sync(self._newer_policy)
+        learned, self._cache_in = self._cache_in, []
+        if policy is None and not learned:
+            return
+        async with anyio.create_task_group() as tg:  # all workers at once
+            for slot in self._slots:
+                ops = [op for origin, op in learned if origin != slot.index]
+                if slot.alive and (policy is not None or ops):
+                    tg.start_soon(self._push, slot, policy, ops)
+        if policy is not None:
+            self._activation = policy.activation_id
+            _log.info("cluster.policy_pushed", version=policy.version)
+
+    async def _push(self, slot: _Slot, policy: Active | None, ops: list[CacheOp]) -> None:
+        ray = require_ray()
+        # a lost worker's chunks notice, requeue and record the loss
+        with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+            await slot.handle.sync.remote(policy, ops)
+
+    def _newer_policy(self) -> Active | None:
+        if self.store is None or self.policy is None or self.policy.name is None:
+            return None
+        active = poll_active(self.store, self.policy.name)
+        if active is None or active.activation_id == self._activation:
+            return None
+        return active
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _result(record: RequestRecord) -> RequestResult:
+    return RequestResult(
+        request_id=record.id,
+        status=record.status,
+        output=dict(record.output) if record.output is not None else None,
+        latency_ms=record.latency_ms,
+        cost_usd=record.cost_usd,
+        policy_version=record.policy_version,
+        error=record.error,
+        seq=record.seq,
+    )

@@ -1,0 +1,281 @@
+"""The Ray worker actor: a store-less `Pipeline` whose records are shipped to the driver.
+
+A worker answers chunks of a batch with its own `Pipeline` (its own gateway, concurrency
+and semantic cache) and sends back, for each request, the request's whole group of
+records, its `RequestRecord` last. Whole groups are what make a lost worker harmless: the
+driver stores a request's records only once its group arrives, so a request cut off by a
+dying worker left nothing behind and is simply answered again elsewhere.
+
+The actor is an async Ray actor (its methods never block its loop); the pipeline runs on an
+anyio event loop of its own in a blocking portal thread, entered and left in one task, so
+its task groups stay well nested whatever Ray does with the actor's own loop. Policy
+versions and cache entries the driver pushes (`sync`) are applied on that loop too.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from engine.api import Pipeline
+from engine.events import Record, RequestRecord
+from engine.logs import configure_logging
+from engine.plugin.context import SharedState
+from engine.requests import BatchItem, RequestLimits
+from engine.store.policy_ops import Active
+
+__all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
+
+_POLL_S = 0.005
+"""How often an idle `stream` looks for finished requests."""
+
+CacheOp = tuple[str, str, str, Any]
+"""`("save", namespace, tenant, record)` or `("delete", namespace, tenant, key)`."""
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerConfig:
+    """What a worker needs to answer requests as the driver's own pipeline would."""
+
+    graph_path: str
+    """The graph file, by an absolute path every node of the cluster can read."""
+    models: Mapping[str, str]
+    seed: int
+    allow_unpriced: bool
+    limits: RequestLimits
+    concurrency: int
+    """Requests this worker answers at once."""
+    policy: Active | None
+    """The store's active policy version when the batch started."""
+    cache: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]] = field(default_factory=dict)
+    """The store's semantic-cache entries, `namespace -> [(tenant, record)]`: a warm start."""
+
+
+@dataclass(slots=True)
+class Shipment:
+    """What a worker sends back at once: finished requests and what it learned meanwhile."""
+
+    groups: list[list[Record]]
+    """One list per finished request: its records, its `RequestRecord` last."""
+    loose: list[Record]
+    """Records of no request (run-level events)."""
+    cache_ops: list[CacheOp]
+    """Cache entries this worker stored or dropped, for the store and the other workers."""
+
+
+class _ShipSink:
+    """Holds each request's records until its `RequestRecord`, then puts the whole group in
+    the outbox `stream` sends from. Used on the worker's event loop only."""
+
+    def __init__(self, outbox: queue.SimpleQueue[Any]) -> None:
+        self.outbox = outbox
+        self.groups: dict[str, list[Record]] = {}
+        self.loose: deque[Record] = deque()
+
+    def record(self, item: Record) -> None:
+        if isinstance(item, RequestRecord):
+            group = self.groups.pop(item.id, [])
+            group.append(item)
+            self.outbox.put(group)
+            return
+        request_id = getattr(item, "request_id", "")
+        if request_id:
+            self.groups.setdefault(request_id, []).append(item)
+        else:
+            self.loose.append(item)
+
+
+class _CacheBridge:
+    """The `cache` node's persistence on a worker (`CachePersistence`, structurally): loads
+    what the driver sent, and ships what the cache stores to the driver."""
+
+    def __init__(self, warm: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]]) -> None:
+        self.pending: dict[str, list[tuple[str, Mapping[str, Any]]]] = {
+            namespace: list(entries) for namespace, entries in warm.items()
+        }
+        self.loaded: set[str] = set()
+        self.outbox: deque[CacheOp] = deque()
+
+    def load(self, namespace: str) -> list[tuple[str, Mapping[str, Any]]]:
+        self.loaded.add(namespace)
+        return self.pending.pop(namespace, [])
+
+    def save(self, namespace: str, tenant: str, record: Mapping[str, Any]) -> None:
+        self.outbox.append(("save", namespace, tenant, dict(record)))
+
+    def delete(self, namespace: str, tenant: str, key: str) -> None:
+        self.outbox.append(("delete", namespace, tenant, key))
+
+    def add(self, ops: Sequence[CacheOp]) -> set[str]:
+        """Queue entries learned elsewhere; returns the namespaces to reload now."""
+        touched = set()
+        for kind, namespace, tenant, value in ops:
+            if kind == "save":
+                self.pending.setdefault(namespace, []).append((tenant, value))
+                touched.add(namespace)
+        return touched & self.loaded
+
+
+class _SharedDb:
+    """What `SharedState.db` offers the nodes on a worker: the cache bridge only."""
+
+    def __init__(self, bridge: _CacheBridge) -> None:
+        self._bridge = bridge
+
+    def cache_persistence(self) -> _CacheBridge:
+        return self._bridge
+
+
+class _WorkerPipeline(Pipeline):
+    """A store-less pipeline whose nodes persist cache entries through the bridge."""
+
+    def __init__(self, config: WorkerConfig, sink: _ShipSink, bridge: _CacheBridge) -> None:
+        super().__init__(
+            config.graph_path,
+            db=None,
+            sink=sink,
+            models=config.models,
+            seed=config.seed,
+            allow_unpriced=config.allow_unpriced,
+            limits=config.limits,
+        )
+        self._bridge = bridge
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        await super()._open(stack)
+        assert self._runner is not None
+        self._runner.shared.db = _SharedDb(self._bridge)
+
+    @property
+    def shared_state(self) -> SharedState:
+        """The state the graph's nodes share (its semantic caches)."""
+        assert self._runner is not None, "use `async with`"
+        return self._runner.shared
+
+
+class BatchWorker:
+    """One worker of a cluster batch (made a Ray actor by the driver).
+
+    Args:
+        config: the graph and settings, the policy version and the cache's warm start.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        configure_logging()
+        self.config = config
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.sink = _ShipSink(self.outbox)
+        self.bridge = _CacheBridge(config.cache)
+        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+        pipe = _WorkerPipeline(config, self.sink, self.bridge)
+        self._pipe_cm = self.portal.wrap_async_context_manager(pipe)
+        self._pipe_cm.__enter__()
+        self.pipe = pipe
+        self.limiter = self.portal.call(_new_limiter, config.concurrency)
+        self.switched_at = 0.0
+        if config.policy is not None:
+            self.portal.call(self._switch, config.policy)
+
+    def ready(self) -> int:
+        """The worker's process id, once its pipeline is open."""
+        return os.getpid()
+
+    async def submit(self, run_id: str, items: list[BatchItem]) -> None:
+        """Start answering `items` under `run_id`; their records come out of `stream`."""
+        self.portal.start_task_soon(self._answer_chunk, run_id, items)
+
+    async def stream(self) -> AsyncIterator[Shipment]:
+        """Every finished request's records, as they finish, for as long as the worker
+        lives (one Ray streaming generator per worker: the driver stores each group as it
+        arrives, and learns of the worker's death from it). The outbox is filled from the
+        pipeline's loop in another thread, so it is polled every `_POLL_S`."""
+        while True:
+            arrived = _take_queue(self.outbox)
+            if not arrived:
+                await anyio.sleep(_POLL_S)
+                continue
+            groups: list[list[Record]] = []
+            for entry in arrived:
+                if isinstance(entry, BaseException):
+                    raise entry
+                groups.append(entry)
+            yield Shipment(groups, _take(self.sink.loose), _take(self.bridge.outbox))
+
+    async def sync(self, policy: Active | None, cache_ops: list[CacheOp]) -> int | None:
+        """Apply what the driver pushed: a newer policy version, cache entries other workers
+        learned. Returns the policy version now current."""
+        return await anyio.to_thread.run_sync(self.portal.call, self._apply, policy, cache_ops)
+
+    def policy_version(self) -> tuple[int | None, float]:
+        """The policy version new requests pin here, and when this worker switched to it."""
+        assert self.pipe.policy is not None
+        return self.pipe.policy.current().version, self.switched_at
+
+    def stop(self) -> None:
+        """Close the pipeline and its event loop."""
+        self._pipe_cm.__exit__(None, None, None)
+        self._portal_cm.__exit__(None, None, None)
+
+    # -- on the worker's event loop ------------------------------------------------------
+
+    async def _answer_chunk(self, run_id: str, items: list[BatchItem]) -> None:
+        self.pipe.use_run(run_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    await self.limiter.acquire()
+                    tg.start_soon(self._answer_one, run_id, item)
+        except BaseException as exc:  # a bug: fail the stream rather than wait forever
+            self.outbox.put(exc)
+            raise
+
+    async def _answer_one(self, run_id: str, item: BatchItem) -> None:
+        try:
+            await self.pipe._answer(run_id, item)
+        finally:
+            self.limiter.release()
+
+    def _apply(self, policy: Active | None, cache_ops: list[CacheOp]) -> int | None:
+        if policy is not None:
+            self._switch(policy)
+        for namespace in self.bridge.add(cache_ops):
+            cache = self.pipe.shared_state.get("cache:" + namespace, lambda: None)
+            if cache is not None:
+                cache.attach(self.bridge)
+        assert self.pipe.policy is not None
+        return self.pipe.policy.current().version
+
+    def _switch(self, policy: Active) -> None:
+        assert self.pipe.policy is not None
+        self.pipe.policy._switch(policy)
+        self.switched_at = time.time()
+
+
+def _new_limiter(concurrency: int) -> anyio.Semaphore:
+    return anyio.Semaphore(max(1, concurrency))
+
+
+def _take_queue(items: queue.SimpleQueue[Any]) -> list[Any]:
+    taken = []
+    while True:
+        try:
+            taken.append(items.get_nowait())
+        except queue.Empty:
+            return taken
+
+
+def _take(items: deque[Any]) -> list[Any]:
+    taken = []
+    while items:
+        taken.append(items.popleft())
+    return taken

@@ -60,14 +60,15 @@ def test_workload_is_seeded_and_labelled() -> None:
     assert first != workload.generate(300, seed=4)
     for request in first:
         labels = request["_labels"]
-        assert set(labels) >= {"kind", "harmful", "difficulty", "category", "answer", "pii"}
+        assert set(labels) >= {"kind", "harmful", "difficulty", "category", "item", "pii"}
         assert 0 <= labels["difficulty"] <= 1
-        assert labels["answer"].startswith("ANS-")
+        assert labels["harmful"] or {"expected", "check"} <= set(labels)
     returning = [r for r in first if "repeat_of" in r["_labels"]]
     assert 0.15 < len(returning) / len(first) < 0.35
     for r in returning:
         original = first[r["_labels"]["repeat_of"]]
-        assert r["_labels"]["answer"] == original["_labels"]["answer"]
+        assert r["_labels"]["item"] == original["_labels"]["item"]
+        assert r["_labels"].get("expected") == original["_labels"].get("expected")
 
 
 def test_results_section_replaces_only_its_markers(tmp_path: Path) -> None:

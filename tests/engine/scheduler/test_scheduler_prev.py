@@ -310,7 +310,7 @@ async def test_the_flagships_revision_prompt_carries_the_last_critique(anyio_bac
     async with Runner(g, sink=MemorySink()) as runner:
         result = await runner.run(
             {"prompt": "Write a Rust function that validates an email address.", "tenant": "acme"},
-            request_id="flagship-38",
+            request_id="flagship-128",
             labels={"kind": "code", "harmful": False, "difficulty": 0.429, "answer": "ANS-b74b58"},
         )
     assert (result.status.value, result.output["cycles"]) == ("ok", 3), result

@@ -19,12 +19,18 @@ from collections.abc import Iterable
 from itertools import chain, islice
 from operator import itemgetter
 
-__all__ = ["MinHashIndex"]
+__all__ = ["TOKEN_CACHE_SIZE", "MinHashIndex"]
 
 _UNPACK = struct.Struct("<32H").unpack
 
 
-@functools.lru_cache(maxsize=200_000)
+TOKEN_CACHE_SIZE = 8192
+"""Tokens whose hashes are kept (least recently used go first). A token's 32 hashes take
+about 1.2 KB, and distinct prompts bring new tokens with every request: a cache this size
+keeps the hot ones for under 10 MiB, however long the process runs."""
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE_SIZE)
 def _token_hashes(token: str) -> tuple[int, ...]:
     """32 independent 16-bit hashes of a token: one MinHash permutation each."""
     return _UNPACK(hashlib.blake2b(token.encode(), digest_size=64).digest())

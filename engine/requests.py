@@ -120,25 +120,64 @@ def _show(value: Any) -> str:
 def _value_problem(value: Any, limits: RequestLimits) -> str | None:
     """Why a decoded value is not a usable request body, or None. Iterative: a value nested
     far deeper than the stack allows is reported, not a crash."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, "the request")]
+    return _walk(value, limits)[0]
+
+
+def _walk(value: Any, limits: RequestLimits) -> tuple[str | None, int]:
+    """`_value_problem`, and a bound on the bytes of the value's JSON (`json.dumps` with
+    its default separators, `ensure_ascii=False`): at most 6 bytes per character of text
+    (an escape such as \\u0000), so a request whose bound is under the limit needs no
+    encoding to be measured. Where an item is only labelled (`input prompt`) when it has
+    a problem, the label is built then, not for every item."""
+    # (item, depth, label of its container, its key there; None for the request itself)
+    stack: list[tuple[Any, int, str, Any]] = [(value, 1, "", None)]
+    size = 0
     while stack:
-        item, depth, at = stack.pop()
+        item, depth, parent, key = stack.pop()
+        kind = type(item)
+        if kind is str:
+            size += 6 * len(item) + 2
+            if item.isascii() or _SURROGATE.search(item) is None:
+                continue
+        elif kind is int or kind is float or kind is bool or item is None:
+            size += 26 if kind is not int else item.bit_length() // 3 + 3
         if not isinstance(item, Mapping | list | tuple):
-            problem = _scalar_problem(item, at)
+            problem = _scalar_problem(item, _label(parent, key))
             if problem is not None:
-                return problem
+                return problem, size
             continue
         if depth > limits.max_depth:
-            return _too_deep(limits)
-        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
-        for key, child in pairs:
-            if isinstance(item, Mapping) and not isinstance(key, str):
-                return f"{at} has the key {show_value(key)}; JSON keys are strings"
-            if isinstance(key, str) and _SURROGATE.search(key):
-                return f"{at} has a key with a lone surrogate (\\ud800-\\udfff), not text"
-            name = f"input {key}" if at == "the request" else f"{at}/{key}"
-            stack.append((child, depth + 1, name))
+            return _too_deep(limits), size
+        at = _label(parent, key)
+        size += 2
+        if isinstance(item, Mapping):
+            problem = _key_problem(item, at)
+            if problem is not None:
+                return problem, size
+            for name, child in item.items():
+                size += 6 * len(name) + 6
+                stack.append((child, depth + 1, at, name))
+        else:
+            for index, child in enumerate(item):
+                size += 2
+                stack.append((child, depth + 1, at, index))
+    return None, size
+
+
+def _key_problem(item: Mapping[Any, Any], at: str) -> str | None:
+    for name in item:
+        if not isinstance(name, str):
+            return f"{at} has the key {show_value(name)}; JSON keys are strings"
+        if not name.isascii() and _SURROGATE.search(name):
+            return f"{at} has a key with a lone surrogate (\\ud800-\\udfff), not text"
     return None
+
+
+def _label(parent: str, key: Any) -> str:
+    """How messages name the item under `key` of the container labelled `parent`."""
+    if key is None:
+        return "the request"
+    return f"input {key}" if parent == "the request" else f"{parent}/{key}"
 
 
 def _scalar_problem(item: Any, at: str) -> str | None:
@@ -185,8 +224,8 @@ def parse_request(
     """Check a decoded request (as `decode_request` does) and split it into input, hidden
     labels and meta fields. Problems become an item with an `error`, never an exception."""
     where = _where(source, line)
-    problem = _value_problem(value, limits)
-    if problem is None and isinstance(value, Mapping):
+    problem, bound = _walk(value, limits)
+    if problem is None and isinstance(value, Mapping) and bound > limits.max_request_bytes:
         text = json.dumps(value, ensure_ascii=False, default=dict)
         size = len(text.encode("utf-8"))
         if size > limits.max_request_bytes:

@@ -20,7 +20,7 @@ simulated:
 
     python bench/flagship.py cpu --requests 5000 --repeat 3
     python bench/flagship.py profile --requests 2000
-    python bench/flagship.py latency --requests 300
+    python bench/flagship.py latency --requests 300 --concurrency 8
     python bench/flagship.py memory --requests 10000 100000
 """
 
@@ -210,10 +210,10 @@ def _union_ms(calls: list[LlmCall]) -> float:
     return total * 1000
 
 
-async def _latency(graph: Path, n: int) -> dict[str, Any]:
+async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
     sink = MemorySink()
     async with Pipeline(graph, db=None, sink=sink) as pipe:
-        await pipe.run_batch(requests(n), total=n, concurrency=CONCURRENCY)
+        await pipe.run_batch(requests(n), total=n, concurrency=concurrency)
     calls: dict[str, list[LlmCall]] = {}
     done: list[RequestRecord] = []
     for item in sink.items:
@@ -233,6 +233,7 @@ async def _latency(graph: Path, n: int) -> dict[str, Any]:
     return {
         "benchmark": "flagship.latency (simulated models at their simulated speed)",
         "requests": n,
+        "concurrency": concurrency,
         "measured": len(overhead_pct),
         "p50_latency_ms": statistics.median(r.latency_ms for r in done),
         "p50_overhead_ms": statistics.median(overhead_ms),
@@ -241,10 +242,10 @@ async def _latency(graph: Path, n: int) -> dict[str, Any]:
     }
 
 
-def latency(n: int) -> dict[str, Any]:
+def latency(n: int, concurrency: int) -> dict[str, Any]:
     """p50 overhead over the time the request's used model calls were in flight."""
     with tempfile.TemporaryDirectory() as tmp:
-        return anyio.run(_latency, flagship_graph(Path(tmp), 1), n)
+        return anyio.run(_latency, flagship_graph(Path(tmp), 1), n, concurrency)
 
 
 _SHARED_KINDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["cpu", "profile", "latency", "memory", "_memory"])
     parser.add_argument("--requests", type=int, nargs="+", default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="latency: in flight")
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.what == "_memory":
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "profile":
         result = profile(counts[0])
     elif args.what == "latency":
-        result = latency(counts[0])
+        result = latency(counts[0], args.concurrency)
     else:
         result = memory(counts)
     result["python"] = sys.version.split()[0]

@@ -16,7 +16,8 @@ built without validation. Figures:
   (medians of alternating rounds, and the median of each round's own ratio);
 - requests per second with 100 in flight through `Pipeline.run_batch`, and by hand;
 - 1,000 requests started at once with sleeping nodes (2/1/20/10/15/1/1 ms): wall time and
-  extra traced memory through `Pipeline.run_batch` and by hand.
+  peak traced memory through `Pipeline.run` in 1,000 tasks and by hand in 1,000 tasks, and
+  the wall time through `Pipeline.run_batch(concurrency=1000)`.
 
     python bench/overhead_real.py --json
 """
@@ -286,29 +287,43 @@ async def _traced(run: Callable[[], Awaitable[float]]) -> tuple[float, float]:
 async def sleeping_batch(n: int, rounds: int) -> dict[str, float]:
     """`n` requests started at once, nodes sleeping: wall and peak extra memory.
 
-    Through `Pipeline.run_batch` with `concurrency=n` and records into a bounded sink, and
-    by hand with `n` tasks. Wall times are taken without tracing (medians of alternating
-    rounds); memory in a traced round of each.
+    `n` tasks each calling `Pipeline.run` (records into a bounded sink) against `n` tasks
+    each running the hand-written version, so both have all `n` in flight; and the same
+    requests through `Pipeline.run_batch(concurrency=n)`, which starts them one per turn
+    of the event loop. Wall times are taken without tracing (medians of alternating
+    rounds); memory in one traced round of each.
     """
     graph = build_graph(sleep=True)
     manual = handwritten(graph)
     moat_s: list[float] = []
+    batch_s: list[float] = []
     hand_s: list[float] = []
     async with Pipeline(graph, db=None, sink=MemorySink(max_records=SINK_RECORDS)) as pipe:
-        await _batch(pipe, 200, 200)  # warm up
+        run_id = pipe.start_run(None)
+
+        async def moat(value: Mapping[str, Any]) -> Any:
+            return await pipe.run(value, run_id=run_id)
+
+        await _drive(moat, 200, 200)  # warm up
         await _drive(manual, 200, 200)
         for _ in range(rounds):
             gc.collect()
-            moat_s.append(await _batch(pipe, n, n))
+            moat_s.append(await _drive(moat, n, n))
             gc.collect()
             hand_s.append(await _drive(manual, n, n))
-        _, moat_mib = await _traced(lambda: _batch(pipe, n, n))
+            gc.collect()
+            batch_s.append(await _batch(pipe, n, n))
+        _, moat_mib = await _traced(lambda: _drive(moat, n, n))
         _, hand_mib = await _traced(lambda: _drive(manual, n, n))
     return {
         f"pipeline_wall_s_{n}_sleeping": statistics.median(moat_s),
+        f"pipeline_batch_wall_s_{n}_sleeping": statistics.median(batch_s),
         f"handwritten_wall_s_{n}_sleeping": statistics.median(hand_s),
         "sleeping_wall_over_handwritten": statistics.median(
             m / h for m, h in zip(moat_s, hand_s, strict=True)
+        ),
+        "sleeping_batch_wall_over_handwritten": statistics.median(
+            m / h for m, h in zip(batch_s, hand_s, strict=True)
         ),
         f"pipeline_peak_mib_{n}_sleeping": moat_mib,
         f"handwritten_peak_mib_{n}_sleeping": hand_mib,

@@ -26,14 +26,23 @@ from typing import Any
 import anyio
 
 from bench.overhead import DRAIN_EVERY, build_graph, handwritten
+from engine.api import Pipeline
 from engine.events import MemorySink
 from engine.scheduler.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def _requests(side: str, n: int) -> None:
-    """What is measured: `n` requests one after another, by moat or by hand."""
+async def _requests(side: str, n: int, shape: str = "scalar") -> None:
+    """What is measured: `n` requests one after another, by moat or by hand.
+
+    `shape` is `scalar` (the graph of `bench/overhead.py`) or `mapping` (that of
+    `bench/overhead_real.py`, whose nodes take mappings of templates); `side` is `moat`
+    (`Runner.run`), `pipeline` (`Pipeline.run`, mapping only) or `handwritten`.
+    """
+    if shape == "mapping":
+        await _mapping_requests(side, n)
+        return
     graph = build_graph(sleep=False)
     sink = MemorySink()
     async with Runner(graph, sink=sink) as runner:
@@ -44,7 +53,28 @@ async def _requests(side: str, n: int) -> None:
             await call({"prompt": "p"})
 
 
-def _count(side: str, n: int) -> int:
+async def _mapping_requests(side: str, n: int) -> None:
+    from bench import overhead_real
+
+    graph = overhead_real.build_graph(sleep=False)
+    inputs = list(overhead_real._inputs(n))
+    sink = MemorySink(max_records=overhead_real.SINK_RECORDS)
+    if side == "handwritten":
+        call = overhead_real.handwritten(graph)
+        for value in inputs:
+            await call(value)
+    elif side == "moat":
+        async with Runner(graph, sink=sink) as runner:
+            for value in inputs:
+                await runner.run(value)
+    else:
+        async with Pipeline(graph, db=None, sink=sink) as pipe:
+            run_id = pipe.start_run(None)
+            for seq, value in enumerate(inputs):
+                await pipe.run(value, run_id=run_id, seq=seq)
+
+
+def _count(side: str, n: int, shape: str = "scalar") -> int:
     """Instructions valgrind counts for a whole process answering `n` requests."""
     command = [
         "valgrind",
@@ -57,6 +87,8 @@ def _count(side: str, n: int) -> int:
         "--run",
         side,
         str(n),
+        "--shape",
+        shape,
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
@@ -66,9 +98,9 @@ def _count(side: str, n: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def per_request(side: str, small: int, large: int) -> float:
-    """Instructions per request of `side` (`moat` or `handwritten`)."""
-    return (_count(side, large) - _count(side, small)) / (large - small)
+def per_request(side: str, small: int, large: int, shape: str = "scalar") -> float:
+    """Instructions per request of `side` (`moat`, `pipeline` or `handwritten`)."""
+    return (_count(side, large, shape) - _count(side, small, shape)) / (large - small)
 
 
 def main() -> None:
@@ -76,22 +108,33 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=1200)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--shape",
+        choices=["scalar", "mapping"],
+        default="scalar",
+        help="the graph: one scalar template per node, or mappings of several",
+    )
     parser.add_argument("--run", nargs=2, metavar=("SIDE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         side, n = args.run
-        anyio.run(_requests, side, int(n))
+        anyio.run(_requests, side, int(n), args.shape)
         return
     if shutil.which("valgrind") is None:
         sys.exit("bench.instructions: valgrind is not installed (apt install valgrind)")
-    moat = per_request("moat", args.small, args.large)
-    hand = per_request("handwritten", args.small, args.large)
+    moat = per_request("moat", args.small, args.large, args.shape)
+    hand = per_request("handwritten", args.small, args.large, args.shape)
     result: dict[str, Any] = {
+        "shape": args.shape,
         "moat_instructions_per_request": round(moat),
         "handwritten_instructions_per_request": round(hand),
         "instructions_ratio": moat / hand,
-        "python": sys.version.split()[0],
     }
+    if args.shape == "mapping":
+        pipeline = per_request("pipeline", args.small, args.large, args.shape)
+        result["pipeline_instructions_per_request"] = round(pipeline)
+        result["pipeline_instructions_ratio"] = pipeline / hand
+    result["python"] = sys.version.split()[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -120,25 +120,64 @@ def _show(value: Any) -> str:
 def _value_problem(value: Any, limits: RequestLimits) -> str | None:
     """Why a decoded value is not a usable request body, or None. Iterative: a value nested
     far deeper than the stack allows is reported, not a crash."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, "the request")]
+    return _walk(value, limits)[0]
+
+
+def _walk(value: Any, limits: RequestLimits) -> tuple[str | None, int]:
+    """`_value_problem`, and a bound on the bytes of the value's JSON (`json.dumps` with
+    its default separators, `ensure_ascii=False`): at most 6 bytes per character of text
+    (an escape such as \\u0000), so a request whose bound is under the limit needs no
+    encoding to be measured. Where an item is only labelled (`input prompt`) when it has
+    a problem, the label is built then, not for every item."""
+    # (item, depth, label of its container, its key there; None for the request itself)
+    stack: list[tuple[Any, int, str, Any]] = [(value, 1, "", None)]
+    size = 0
     while stack:
-        item, depth, at = stack.pop()
+        item, depth, parent, key = stack.pop()
+        kind = type(item)
+        if kind is str:
+            size += 6 * len(item) + 2
+            if item.isascii() or _SURROGATE.search(item) is None:
+                continue
+        elif kind is int or kind is float or kind is bool or item is None:
+            size += 26 if kind is not int else item.bit_length() // 3 + 3
         if not isinstance(item, Mapping | list | tuple):
-            problem = _scalar_problem(item, at)
+            problem = _scalar_problem(item, _label(parent, key))
             if problem is not None:
-                return problem
+                return problem, size
             continue
         if depth > limits.max_depth:
-            return _too_deep(limits)
-        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
-        for key, child in pairs:
-            if isinstance(item, Mapping) and not isinstance(key, str):
-                return f"{at} has the key {show_value(key)}; JSON keys are strings"
-            if isinstance(key, str) and _SURROGATE.search(key):
-                return f"{at} has a key with a lone surrogate (\\ud800-\\udfff), not text"
-            name = f"input {key}" if at == "the request" else f"{at}/{key}"
-            stack.append((child, depth + 1, name))
+            return _too_deep(limits), size
+        at = _label(parent, key)
+        size += 2
+        if isinstance(item, Mapping):
+            problem = _key_problem(item, at)
+            if problem is not None:
+                return problem, size
+            for name, child in item.items():
+                size += 6 * len(name) + 6
+                stack.append((child, depth + 1, at, name))
+        else:
+            for index, child in enumerate(item):
+                size += 2
+                stack.append((child, depth + 1, at, index))
+    return None, size
+
+
+def _key_problem(item: Mapping[Any, Any], at: str) -> str | None:
+    for name in item:
+        if not isinstance(name, str):
+            return f"{at} has the key {show_value(name)}; JSON keys are strings"
+        if not name.isascii() and _SURROGATE.search(name):
+            return f"{at} has a key with a lone surrogate (\\ud800-\\udfff), not text"
     return None
+
+
+def _label(parent: str, key: Any) -> str:
+    """How messages name the item under `key` of the container labelled `parent`."""
+    if key is None:
+        return "the request"
+    return f"input {key}" if parent == "the request" else f"{parent}/{key}"
 
 
 def _scalar_problem(item: Any, at: str) -> str | None:
@@ -185,8 +224,8 @@ def parse_request(
     """Check a decoded request (as `decode_request` does) and split it into input, hidden
     labels and meta fields. Problems become an item with an `error`, never an exception."""
     where = _where(source, line)
-    problem = _value_problem(value, limits)
-    if problem is None and isinstance(value, Mapping):
+    problem, bound = _walk(value, limits)
+    if problem is None and isinstance(value, Mapping) and bound > limits.max_request_bytes:
         text = json.dumps(value, ensure_ascii=False, default=dict)
         size = len(text.encode("utf-8"))
         if size > limits.max_request_bytes:
@@ -331,6 +370,7 @@ class InputValidator:
             k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v
         }
         self.declared = frozenset(props)
+        self._surely_valid = surely_valid(schema)
 
     def validate(
         self, item: BatchItem, source: str = "request"
@@ -339,6 +379,9 @@ class InputValidator:
         if item.input is None:
             return None, item.error
         data = {**self._defaults, **item.input}
+        check = self._surely_valid
+        if check is not None and check(data):
+            return data, None
         error = best_match(self._validator.iter_errors(data))
         if error is None:
             return data, None
@@ -360,3 +403,122 @@ def _schema_message(error: ValidationError) -> str:
         if text in message:
             message = message.replace(text, show_value(value))
     return message
+
+
+_Check = Callable[[Any], bool]
+_ANNOTATIONS = frozenset({"default", "description", "title", "examples", "$comment", "$schema"})
+_KEYWORDS = _ANNOTATIONS | {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "enum",
+}
+_TYPES: dict[str, _Check] = {
+    "string": lambda v: type(v) is str,
+    "integer": lambda v: type(v) is int,  # 1.0 is an integer too: jsonschema decides those
+    "number": lambda v: type(v) is int or type(v) is float,
+    "boolean": lambda v: type(v) is bool,
+    "object": lambda v: type(v) is dict,
+    "array": lambda v: type(v) is list,
+    "null": lambda v: v is None,
+}
+
+
+def surely_valid(schema: Any) -> _Check | None:
+    """A plain-Python check of the schemas requests usually have, or None for others.
+
+    jsonschema descends a schema through several calls per keyword, which costs more than
+    moat's own work on a small request. For a schema made only of `type`, `properties`,
+    `required`, `additionalProperties: false`, `items`, string lengths, number bounds and
+    `enum` (annotations aside), the check returned says True only when jsonschema would
+    accept the value too; False means "ask jsonschema" (which words the error), never that
+    the value is invalid.
+    """
+    if schema is True or schema == {}:
+        return lambda value: True
+    if not isinstance(schema, dict) or not set(schema) <= _KEYWORDS:
+        return None
+    checks: list[_Check] = []
+    kinds = schema.get("type")
+    if kinds is not None:
+        names = [kinds] if isinstance(kinds, str) else kinds
+        if not isinstance(names, list) or not all(n in _TYPES for n in names):
+            return None
+        tests = [_TYPES[n] for n in names]
+        checks.append(tests[0] if len(tests) == 1 else lambda v: any(t(v) for t in tests))
+    for built in (_object_checks(schema), _value_checks(schema)):
+        if built is None:
+            return None
+        checks.extend(built)
+    if len(checks) == 1:
+        return checks[0]
+    return lambda value: all(check(value) for check in checks)
+
+
+def _object_checks(schema: dict[str, Any]) -> list[_Check] | None:
+    checks: list[_Check] = []
+    props = schema.get("properties", {})
+    if not isinstance(props, dict):
+        return None
+    subs: dict[str, _Check] = {}
+    for key, sub in props.items():
+        check = surely_valid(sub)
+        if check is None:
+            return None
+        subs[key] = check
+    if subs:
+        checks.append(
+            lambda v: type(v) is not dict or all(check(v[k]) for k, check in subs.items() if k in v)
+        )
+    required = schema.get("required", [])
+    if not isinstance(required, list):
+        return None
+    if required:
+        checks.append(lambda v: type(v) is not dict or all(k in v for k in required))
+    extra = schema.get("additionalProperties", True)
+    if extra is False:
+        checks.append(lambda v: type(v) is not dict or all(k in subs for k in v))
+    elif extra is not True:
+        return None
+    items = schema.get("items")
+    if items is not None:
+        each = surely_valid(items)
+        if each is None:
+            return None
+        checks.append(lambda v: type(v) is not list or all(each(x) for x in v))
+    return checks
+
+
+def _value_checks(schema: dict[str, Any]) -> list[_Check] | None:
+    checks: list[_Check] = []
+    low, high = schema.get("minLength"), schema.get("maxLength")
+    if low is not None or high is not None:
+        lo = low if type(low) is int else 0
+        hi = high if type(high) is int else None
+        if (low is not None and lo is not low) or (high is not None and hi is not high):
+            return None
+        checks.append(
+            lambda v: type(v) is not str or (len(v) >= lo and (hi is None or len(v) <= hi))
+        )
+    for key, ok in (("minimum", lambda x, b: x >= b), ("maximum", lambda x, b: x <= b)):
+        bound = schema.get(key)
+        if bound is None:
+            continue
+        if type(bound) not in (int, float):
+            return None
+        checks.append(
+            lambda v, b=bound, ok=ok: type(v) not in (int, float) or ok(v, b)  # type: ignore[misc]
+        )
+    if "enum" in schema:
+        choices = schema["enum"]
+        if not isinstance(choices, list):
+            return None
+        scalars = [c for c in choices if c is None or type(c) in (str, int, float, bool)]
+        checks.append(lambda v: any(type(c) is type(v) and c == v for c in scalars))
+    return checks

@@ -60,6 +60,9 @@ class Executor(Protocol):
     def sorted_names(self, names: frozenset[str]) -> tuple[str, ...]:
         """`names` in a stable order (cached)."""
 
+    def only_pending_input(self, cell: LazyNode) -> LazyNode | None:
+        """The one input a plain `cell` has left to wait for, when that is all it waits for."""
+
     def new_waiter(self) -> Waiter:
         """Something for one task to wait on until a lazy node resolves."""
 
@@ -375,6 +378,15 @@ async def _demand_many(ex: Executor, cells: list[LazyNode], spawn: bool, label: 
         await _start_elsewhere(ex, idle, label)
     elif len(idle) == 1:
         idle[0].claim()
+        await ex.execute(idle[0], False)
+    elif len(idle) == 2 and ex.only_pending_input(idle[1]) is idle[0]:
+        # the second starts by waiting for the first: both here, one after the other
+        for cell in idle:
+            if cell.status is PENDING:
+                cell.claim()
+                await ex.execute(cell, False)
+    elif len(idle) == 2 and ex.only_pending_input(idle[0]) is idle[1]:
+        idle[0].claim()  # it runs the second first, right here
         await ex.execute(idle[0], False)
     elif idle:
         for cell in idle:

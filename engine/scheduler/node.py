@@ -268,6 +268,28 @@ class NodeRunner:
                     return found
         return None
 
+    def only_pending_input(self, cell: LazyNode) -> LazyNode | None:
+        """The one input a plain `cell` has left to wait for, when that is all it waits for.
+
+        A plain node (no guard, timeout, retries or loop; a config reading the same nodes
+        on every path) demands its inputs as soon as it starts: with a single one still
+        pending, running that input first and the node after it, in the same task, starts
+        everything when it would have started anyway, without a task for the input.
+        """
+        plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
+        if plan.kind is not _PLAIN:
+            return None
+        frame = cell.frame
+        found: LazyNode | None = None
+        for name in plan.inputs:
+            dep = frame.cell(name)
+            if dep is None or dep.status is FINISHED:
+                continue
+            if found is not None or dep.status is not PENDING:
+                return None
+            found = dep
+        return found
+
     # -- running a node in the current task ---------------------------------------------
 
     async def execute(self, cell: LazyNode, spawn: bool) -> None:

@@ -14,6 +14,7 @@ and key come from the standard `OPENAI_BASE_URL` / `OPENAI_API_KEY` of the clien
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import operator
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 __all__ = [
+    "FEATURE_CACHE_WORDS",
     "Embedder",
     "HashingEmbedder",
     "QVector",
@@ -35,6 +37,17 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"[a-z0-9]+|\{[a-z]+\}")
+
+FEATURE_CACHE_WORDS = 8192
+"""Words whose features are kept, per embedder configuration, shared by its instances.
+
+Distinct prompts bring new words (numbers, names) with every request: the cache holds the
+recent ones and drops the oldest, so it stays a few MiB however long the process runs.
+"""
+_Features = tuple[tuple[int, float], ...]
+_FEATURES: dict[tuple[int, tuple[float, float, float]], dict[str, _Features]] = {}
+"""The word-feature caches, by `(dims, weights)`: the same word has the same features in
+every embedder configured alike."""
 
 
 def words(text: str) -> list[str]:
@@ -72,7 +85,7 @@ class HashingEmbedder:
     ) -> None:
         self.dims = dims
         self._weights = (word_weight, bigram_weight, char_weight)
-        self._cache: dict[str, tuple[tuple[int, float], ...]] = {}
+        self._cache = _FEATURES.setdefault((dims, self._weights), {})
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text."""
@@ -98,7 +111,7 @@ class HashingEmbedder:
         inv = 1.0 / norm
         return [v * inv for v in vec]
 
-    def _token_features(self, tok: str) -> tuple[tuple[int, float], ...]:
+    def _token_features(self, tok: str) -> _Features:
         """A word's own and character-trigram buckets with signed weights (cached)."""
         acc: dict[int, float] = {}
         w_word, _, w_char = self._weights
@@ -110,9 +123,12 @@ class HashingEmbedder:
             idx = h % self.dims
             acc[idx] = acc.get(idx, 0.0) + (weight if (h >> 20) & 1 else -weight)
         out = tuple(acc.items())
-        if len(self._cache) >= 200_000:
-            self._cache.clear()
-        self._cache[tok] = out
+        cache = self._cache
+        if len(cache) >= FEATURE_CACHE_WORDS:
+            # the oldest word goes (another thread may be doing the same)
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del cache[next(iter(cache))]
+        cache[tok] = out
         return out
 
 

@@ -19,17 +19,21 @@ from collections.abc import Iterable
 from itertools import chain, islice
 from operator import itemgetter
 
-__all__ = ["MinHashIndex"]
+__all__ = ["TOKEN_CACHE_SIZE", "MinHashIndex"]
 
 _UNPACK = struct.Struct("<32H").unpack
 
 
-@functools.lru_cache(maxsize=2048)
+TOKEN_CACHE_SIZE = 2048
+"""Tokens whose digests are kept (least recently used go first). Small on purpose: slot
+values such as order numbers are new tokens on almost every prompt, a cached digest costs
+about 260 B with the cache's own bookkeeping (half a megabyte in all, however long the
+process runs), and a miss costs one BLAKE2b of a word (about a microsecond)."""
+
+
+@functools.lru_cache(maxsize=TOKEN_CACHE_SIZE)
 def _token_digest(token: str) -> bytes:
-    """A token's 64-byte digest, cached for the common words (about 260 B per cached token
-    with the cache's own bookkeeping, so about half a megabyte in all). Small on purpose:
-    slot values such as order numbers are new tokens on almost every prompt, a tuple of 32
-    ints would cost ~1.2 KB, and a miss costs one BLAKE2b of a word (about a microsecond)."""
+    """A token's 64-byte digest (the common words' are cached)."""
     return hashlib.blake2b(token.encode(), digest_size=64).digest()
 
 

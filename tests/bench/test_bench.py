@@ -156,3 +156,65 @@ def test_the_overhead_benchmark_prints_every_figure() -> None:
     ):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["backend"] == "asyncio"
+
+
+def test_the_real_shape_overhead_benchmark_prints_every_figure() -> None:
+    # A tiny run: it checks that the benchmark works and says what it measures, not speed.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/overhead_real.py",
+            "--requests",
+            "200",
+            "--rounds",
+            "2",
+            "--in-flight",
+            "50",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    for key in (
+        "handwritten_us_per_request",
+        "runner_us_per_request",
+        "pipeline_us_per_request",
+        "pipeline_over_handwritten",
+        "pipeline_batch_rps_100_concurrent",
+        "pipeline_wall_s_50_sleeping",
+        "handwritten_wall_s_50_sleeping",
+    ):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+
+
+@pytest.mark.anyio
+async def test_the_real_shape_handwritten_version_answers_as_moat_does() -> None:
+    overhead_real = _bench("bench.overhead_real")
+    from engine.scheduler.runner import Runner
+
+    graph = overhead_real.build_graph(sleep=False)
+    manual = overhead_real.handwritten(graph)
+    async with Runner(graph) as runner:
+        for value in overhead_real._inputs(3):
+            assert (await runner.run(value)).output == await manual(value)
+
+
+def test_the_flagship_overhead_counts_only_time_without_a_model_call_in_flight() -> None:
+    flagship = _bench("bench.flagship")
+    from engine.events import CacheStatus, CallKind, CallOutcome, LlmCall
+
+    def call(start: float, ms: float) -> LlmCall:
+        return LlmCall(
+            "r", "n", 0, "m", "sim", CallKind.NORMAL, CallOutcome.USED, CacheStatus.NONE,
+            "h", 1, 1, 0.0, ms, start, "ok",
+        )  # fmt: skip
+
+    # two overlapping calls (0-100 ms, 50-150 ms) and one after a gap (200-250 ms)
+    assert flagship._union_ms([call(0.2, 50), call(0.0, 100), call(0.05, 100)]) == (
+        pytest.approx(200)
+    )
+    assert flagship._union_ms([]) == 0

@@ -153,3 +153,33 @@ def test_spans_are_ordered_disjoint_and_match_the_text(text: str) -> None:
         assert a.end <= b.start
     for s in spans:
         assert text[s.start : s.end] == s.value and s.kind in KINDS
+
+
+def _detect_with_every_finder(text: str) -> list[tuple[int, int, str, str]]:
+    """What `detect` found before it skipped finders: every finder, in order, on the text."""
+    from engine import pii
+
+    spans: list[pii.Span] = []
+    for finder in pii._FINDERS:
+        for span in finder(text):
+            if not any(s.start < span.end and span.start < s.end for s in spans):
+                spans.append(span)
+    return sorted((s.start, s.end, s.kind, s.value) for s in spans)
+
+
+def test_skipping_finders_that_cannot_match_finds_exactly_the_same_spans() -> None:
+    texts = [text for text, _, _ in labelled_corpus(40)]
+    texts += ordinary_corpus(300)
+    texts += ["no digits or at-signs here", "fe80::1 and ::ffff:c000:0201", "key: sk-" + "a" * 24]
+    for text in texts:
+        assert [(s.start, s.end, s.kind, s.value) for s in detect(text)] == (
+            _detect_with_every_finder(text)
+        ), text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZ09 @:=.-_+()#sk\n\u0660"), max_size=60))
+def test_skipping_finders_never_changes_what_detect_finds(text: str) -> None:
+    assert [(s.start, s.end, s.kind, s.value) for s in detect(text)] == (
+        _detect_with_every_finder(text)
+    )

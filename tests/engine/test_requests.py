@@ -8,6 +8,7 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+import jsonschema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,3 +117,71 @@ def test_values_are_shown_as_the_graph_language_writes_them() -> None:
     assert show_value(None) == "none"
     assert show_value([True, False, {"a": None}]) == "[true, false, {'a': none}]"
     assert show_value("x" * 100) == repr("x" * 100)[:57] + "..."
+
+
+_SCHEMAS = [
+    {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1},
+            "tenant": {"type": "string", "default": "public"},
+        },
+    },
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "n": {"type": "integer", "minimum": 0, "maximum": 5},
+            "x": {"type": ["number", "null"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}},
+            "mode": {"enum": ["a", "b", 1, True, None]},
+            "flag": {"type": "boolean"},
+        },
+    },
+    {"type": "object", "properties": {"deep": {"type": "object", "required": ["k"]}}},
+    {},
+]
+_VALIDATORS = [jsonschema.Draft202012Validator(schema) for schema in _SCHEMAS]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 8) | st.floats(-2, 9) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["prompt", "tenant", "n", "x", "tags", "mode", "flag", "deep", "k"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(index=st.integers(0, len(_SCHEMAS) - 1), value=_JSON)
+def test_the_fast_schema_check_never_accepts_what_jsonschema_rejects(
+    index: int, value: object
+) -> None:
+    from engine.requests import surely_valid
+
+    check = surely_valid(_SCHEMAS[index])
+    assert check is not None  # every schema above is of the kinds it knows
+    if check(value):
+        assert _VALIDATORS[index].is_valid(value)
+
+
+def test_the_fast_schema_check_accepts_common_requests_and_leaves_the_rest_to_jsonschema() -> None:
+    from engine.requests import BatchItem, InputValidator, surely_valid
+
+    check = surely_valid(_SCHEMAS[0])
+    assert check is not None
+    assert check({"prompt": "hi", "tenant": "t"})
+    assert not check({"prompt": ""}) and not check({"tenant": "t"})
+    assert surely_valid({"type": "object", "patternProperties": {}}) is None
+    validator = InputValidator(_SCHEMAS[0])
+    assert validator.validate(BatchItem(0, {"prompt": "hi"})) == (
+        {"prompt": "hi", "tenant": "public"},
+        None,
+    )
+    data, error = validator.validate(BatchItem(0, {"prompt": ""}))
+    assert data is None and error == "request: input prompt: '' should be non-empty"

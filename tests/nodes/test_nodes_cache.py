@@ -295,3 +295,28 @@ async def test_looking_up_a_large_hostile_prompt_leaves_the_event_loop_free() ->
 
     assert await heartbeats_during(big) >= 3
     assert await finishes_first(big, small) == "small"
+
+
+def test_the_word_feature_cache_is_bounded_and_never_changes_a_vector() -> None:
+    from nodes._support.embed import _FEATURES, FEATURE_CACHE_WORDS, HashingEmbedder
+
+    text = "reset the password for team 1234"
+    before = HashingEmbedder().embed_one(text)
+    embedder = HashingEmbedder()
+    for i in range(FEATURE_CACHE_WORDS + 500):  # distinct prompts: a new word each
+        embedder.embed_one(f"order w{i}x")
+    cache = _FEATURES[(256, (1.0, 0.6, 0.25))]
+    assert len(cache) <= FEATURE_CACHE_WORDS
+    assert HashingEmbedder().embed_one(text) == before  # recomputed words, same vector
+
+
+def test_the_minhash_token_cache_is_bounded_and_never_changes_a_signature() -> None:
+    from nodes._support.lsh import TOKEN_CACHE_SIZE, MinHashIndex, _token_digest
+
+    index = MinHashIndex()
+    tokens = ["reset", "password", "team", "{num}"]
+    before = index.signature(tokens)
+    for i in range(TOKEN_CACHE_SIZE + 500):
+        index.signature([f"t{i}", "reset"])
+    assert _token_digest.cache_info().currsize <= TOKEN_CACHE_SIZE
+    assert index.signature(tokens) == before

@@ -456,3 +456,35 @@ async def test_deadline_cancels_speculative_work_too(anyio_backend: Any) -> None
     ]
     assert run_of(sink, "draft").duration_ms == pytest.approx(100)
     assert ("BUDGET_DEADLINE_EXCEEDED", "request") in events(sink)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", ["a_judge", "z_judge"])  # demanded before or after `review`
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_node_and_its_only_input_demanded_together_run_once_in_order(
+    anyio_backend: Any, first: str, fail: bool
+) -> None:
+    failing = ", fail: error" if fail else ""
+    g = graph(
+        f"""
+        moat: 1
+        name: pair
+        nodes:
+          {first}: {{type: work, with: {{ms: 10, value: 3{failing}}}}}
+          review: {{type: work, with: {{value: "{{{{ {first}.value * 2 }}}}"}}}}
+        output:
+          both: "{first}.value + review.value"
+        """
+    )
+    result, sink = await run(g)
+    assert [(r.node, r.status.value) for r in sink.node_runs()] == [
+        (first, "failed" if fail else "succeeded"),
+        ("review", "failed" if fail else "succeeded"),
+    ]
+    if fail:
+        assert result.status.value == "failed"
+        assert result.error == f"node '{first}': ValueError: {first} broke on attempt 1"
+    else:
+        assert result.output == {"both": 9}
+        assert impl(g, first).started == 1
+    assert [e.event_type for e in sink.events()].count("RESULT_REUSED") == 1

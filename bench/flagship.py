@@ -1,0 +1,340 @@
+"""Benchmark: the flagship graph's own cost per request, where it goes, and its memory at scale.
+
+The workload is `graphs/governed-answer.yaml` on simulated models, every prompt distinct
+(unlike `bench/store_run.py`, which repeats seven, so caches of text features stay warm),
+across seven tenants, through `Pipeline.run_batch` at 64 in flight. Figures, all labelled
+simulated:
+
+- `cpu`: CPU milliseconds per request with the models answering instantly (`time_scale: 0`),
+  store on (the process's CPU, the store's writer thread included) and off;
+- `profile`: the same run under `cProfile` (CPU clock), its own time summed by part of the
+  code: scheduler, expressions, nodes, the sim provider, the gateway, cache embedding and
+  LSH, PII regexes, records and events, the store writer, pydantic, anyio/asyncio;
+- `latency`: the models at their simulated speed; a request's overhead is its latency minus
+  the time at least one of its used model calls was in flight (the union of their
+  intervals), so it is the time on the request's critical path when no model was working;
+  p50 of that overhead over the model time;
+- `memory`: max RSS of a fresh process answering N requests with the store on, beside the
+  bytes the semantic cache holds at the end (legitimately growing up to its ceilings), so
+  the rest can be checked to be flat.
+
+    python bench/flagship.py cpu --requests 5000 --repeat 3
+    python bench/flagship.py profile --requests 2000
+    python bench/flagship.py latency --requests 300 --concurrency 8
+    python bench/flagship.py memory --requests 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import pstats
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine import MemorySink
+from engine.api import Pipeline
+from engine.events import LlmCall, RequestRecord
+from engine.requests import BatchItem
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANTS = tuple(f"tenant-{i}" for i in range(7))
+TOPICS = ("invoices", "passwords", "exports", "refunds", "shipping", "accounts", "reports")
+CONCURRENCY = 64
+
+
+def flagship_graph(dest: Path, time_scale: float) -> Path:
+    """The flagship graph with its simulated models' latencies scaled by `time_scale`."""
+    text = (ROOT / "graphs" / "governed-answer.yaml").read_text()
+    text = re.sub(
+        r"\{provider: sim, profile: (\w+)\}",
+        rf"{{provider: sim, profile: \1, time_scale: {time_scale:g}}}",
+        text,
+    )
+    text = text.replace("policy: ../policies/", f"policy: {ROOT / 'policies'}/")
+    path = dest / "governed-answer.yaml"
+    path.write_text(text)
+    return path
+
+
+def requests(n: int, start: int = 0) -> Iterator[BatchItem]:
+    """`n` distinct requests across seven tenants (numbered from `start`)."""
+    for i in range(start, start + n):
+        topic = TOPICS[i % len(TOPICS)]
+        prompt = f"How do I manage {topic} for team {i} in region {i * 7919 % 100_003}?"
+        yield BatchItem(i, {"prompt": prompt, "tenant": TENANTS[i % len(TENANTS)]})
+
+
+async def _answer(pipe: Pipeline, n: int, start: int = 0) -> None:
+    await pipe.run_batch(requests(n, start), total=n, concurrency=CONCURRENCY)
+    await anyio.to_thread.run_sync(pipe.flush)
+
+
+async def _cpu_once(graph: Path, db: Path | None, n: int) -> float:
+    sink = None if db is not None else MemorySink(max_records=10_000)
+    async with Pipeline(graph, db=db, sink=sink) as pipe:
+        await _answer(pipe, 300, 10**7)  # warm up (other prompts)
+        gc.collect()
+        start = time.process_time()
+        await _answer(pipe, n)
+        return (time.process_time() - start) / n * 1000
+
+
+def cpu(n: int, repeat: int) -> dict[str, Any]:
+    """CPU ms per request, store on and off, medians of `repeat` alternating runs."""
+    on: list[float] = []
+    off: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = flagship_graph(Path(tmp), 0)
+        for i in range(repeat):
+            on.append(anyio.run(_cpu_once, graph, Path(tmp) / f"cpu-{i}.db", n))
+            off.append(anyio.run(_cpu_once, graph, None, n))
+    return {
+        "benchmark": "flagship.cpu (simulated models, time_scale 0)",
+        "requests": n,
+        "repeat": repeat,
+        "cpu_ms_per_request_store": statistics.median(on),
+        "cpu_ms_per_request_memory": statistics.median(off),
+        "runs_store": on,
+        "runs_memory": off,
+    }
+
+
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "cache embedding and LSH",
+        ("nodes/_support/embed.py", "nodes/_support/lsh.py", "nodes/_support/semcache.py"),
+    ),
+    ("PII regexes", ("engine/pii.py",)),
+    ("sim provider", ("engine/models/sim.py", "engine/models/_sim")),
+    ("gateway", ("engine/models/",)),
+    ("nodes", ("nodes/",)),
+    ("records and events", ("engine/scheduler/request.py", "engine/events.py", "engine/api.py")),
+    ("store writer", ("engine/store/", "sqlite3")),
+    ("expressions", ("engine/expr/",)),
+    ("scheduler", ("engine/scheduler/",)),
+    ("request checks", ("engine/requests.py", "jsonschema", "referencing")),
+    ("pydantic", ("pydantic",)),
+    ("anyio and asyncio", ("anyio", "asyncio", "selectors", "threading", "queue")),
+)
+
+
+def _own_part(filename: str) -> str | None:
+    where = filename.replace("\\", "/")
+    for label, needles in PARTS:
+        if any(needle in where for needle in needles):
+            return label
+    return None
+
+
+def _shares(stats: dict[Any, Any]) -> dict[str, float]:
+    """Own time by part; a builtin or standard-library function's time goes to the part
+    of whoever called it (`dict.get` in the scheduler is the scheduler's time)."""
+    parts: dict[str, float] = {}
+    for (filename, _, name), row in stats.items():
+        label = _own_part(filename)
+        if label is None and filename == "~":
+            label = _own_part(name)  # e.g. a method of an asyncio or sqlite3 object
+        if label is not None:
+            parts[label] = parts.get(label, 0.0) + row[2]
+            continue
+        callers: dict[Any, Any] = row[4]
+        total = sum(c[2] for c in callers.values()) or 1.0
+        for (caller_file, _, caller_name), c in callers.items():
+            by = _own_part(caller_file) or _own_part(caller_name) or "other (stdlib, builtins)"
+            parts[by] = parts.get(by, 0.0) + row[2] * c[2] / total
+    return parts
+
+
+async def _profiled(graph: Path, db: Path, n: int, out: Path) -> float:
+    async with Pipeline(graph, db=db) as pipe:
+        await _answer(pipe, 300, 10**7)
+        gc.collect()
+        profile = cProfile.Profile()  # wall clock: a CPU-clock timer inflates small calls
+        start = time.process_time()
+        profile.enable()
+        await _answer(pipe, n)
+        profile.disable()
+        cpu_ms = (time.process_time() - start) / n * 1000
+        profile.dump_stats(out)
+        return cpu_ms
+
+
+def profile(n: int) -> dict[str, Any]:
+    """Own CPU time per request by part of the code (cProfile slows everything alike)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = flagship_graph(Path(tmp), 0)
+        out = Path(tmp) / "flagship.prof"
+        cpu_ms = anyio.run(_profiled, graph, Path(tmp) / "profile.db", n, out)
+        stats = pstats.Stats(str(out))
+    parts = _shares(stats.stats)  # type: ignore[attr-defined]
+    top = [
+        (row[2], f"{Path(filename).name}:{line}({name})")
+        for (filename, line, name), row in stats.stats.items()  # type: ignore[attr-defined]
+    ]
+    total = sum(parts.values())
+    shares = {k: round(v / total * 100, 1) for k, v in sorted(parts.items(), key=lambda x: -x[1])}
+    return {
+        "benchmark": "flagship.profile (simulated models, time_scale 0, under cProfile)",
+        "requests": n,
+        "profiled_cpu_ms_per_request": round(cpu_ms, 3),
+        "share_pct": shares,
+        "top_functions_own_ms_per_request": [
+            [round(own / n * 1000, 4), where] for own, where in sorted(top, reverse=True)[:25]
+        ],
+    }
+
+
+def _union_ms(calls: list[LlmCall]) -> float:
+    spans = sorted((c.started_at, c.started_at + c.latency_ms / 1000) for c in calls)
+    total = 0.0
+    end = float("-inf")
+    for lo, hi in spans:
+        if hi <= end:
+            continue
+        total += hi - max(lo, end)
+        end = hi
+    return total * 1000
+
+
+async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
+    sink = MemorySink()
+    async with Pipeline(graph, db=None, sink=sink) as pipe:
+        await pipe.run_batch(requests(n), total=n, concurrency=concurrency)
+    calls: dict[str, list[LlmCall]] = {}
+    done: list[RequestRecord] = []
+    for item in sink.items:
+        if isinstance(item, LlmCall) and item.call_outcome in ("used", "none", "cached"):
+            if item.status == "ok":
+                calls.setdefault(item.request_id, []).append(item)
+        elif isinstance(item, RequestRecord):
+            done.append(item)
+    overhead_ms: list[float] = []
+    overhead_pct: list[float] = []
+    for record in done:
+        model_ms = _union_ms(calls.get(record.id, []))
+        if model_ms <= 0:
+            continue  # answered from the cache: no model on its path
+        overhead_ms.append(record.latency_ms - model_ms)
+        overhead_pct.append((record.latency_ms - model_ms) / model_ms * 100)
+    return {
+        "benchmark": "flagship.latency (simulated models at their simulated speed)",
+        "requests": n,
+        "concurrency": concurrency,
+        "measured": len(overhead_pct),
+        "p50_latency_ms": statistics.median(r.latency_ms for r in done),
+        "p50_overhead_ms": statistics.median(overhead_ms),
+        "p50_overhead_pct": statistics.median(overhead_pct),
+        "p95_overhead_pct": statistics.quantiles(overhead_pct, n=20)[-1],
+    }
+
+
+def latency(n: int, concurrency: int) -> dict[str, Any]:
+    """p50 overhead over the time the request's used model calls were in flight."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return anyio.run(_latency, flagship_graph(Path(tmp), 1), n, concurrency)
+
+
+_SHARED_KINDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+"""Objects every part of the process shares: never counted as a cache's own."""
+
+
+def _deep_size(root: object) -> int:
+    """Bytes of every object reachable from `root` (each counted once)."""
+    seen: set[int] = set()
+    stack = [root]
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _SHARED_KINDS):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+async def _memory_child(n: int, db: Path, graph: Path) -> dict[str, Any]:
+    start = time.process_time()
+    async with Pipeline(graph, db=db) as pipe:
+        await _answer(pipe, n)
+        gc.collect()
+        assert pipe._runner is not None
+        items: dict[str, Any] = pipe._runner.shared._items
+        shared_mib = {key: _deep_size(value) / 2**20 for key, value in items.items()}
+    return {
+        "requests": n,
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cache_mib": sum(mib for key, mib in shared_mib.items() if "cache" in key),
+        "shared_state_mib": shared_mib,
+        "cpu_ms_per_request": (time.process_time() - start) / n * 1000,
+    }
+
+
+def memory(counts: list[int]) -> dict[str, Any]:
+    """Max RSS of a fresh process per count, and the semantic cache's bytes at its end."""
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = flagship_graph(Path(tmp), 0)
+            out = subprocess.run(
+                [sys.executable, __file__, "_memory", str(n), str(Path(tmp) / "m.db"), str(graph)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            rows.append(json.loads(out))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # a long run's progress
+    result: dict[str, Any] = {"benchmark": "flagship.memory (simulated, store on)", "runs": rows}
+    if len(rows) >= 2:
+        first, last = rows[0], rows[-1]
+        rest_first = first["max_rss_mib"] - first["cache_mib"]
+        rest_last = last["max_rss_mib"] - last["cache_mib"]
+        result["rss_minus_cache_growth_mib"] = rest_last - rest_first
+        result["kib_per_request_beyond_cache"] = (
+            (rest_last - rest_first) * 1024 / (last["requests"] - first["requests"])
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["cpu", "profile", "latency", "memory", "_memory"])
+    parser.add_argument("--requests", type=int, nargs="+", default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="latency: in flight")
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.what == "_memory":
+        n, db, graph = int(args.args[0]), Path(args.args[1]), Path(args.args[2])
+        print(json.dumps(anyio.run(_memory_child, n, db, graph)))
+        return 0
+    counts = args.requests or {"memory": [10_000, 100_000], "latency": [300]}.get(args.what, [2000])
+    if args.what == "cpu":
+        result = cpu(counts[0], args.repeat)
+    elif args.what == "profile":
+        result = profile(counts[0])
+    elif args.what == "latency":
+        result = latency(counts[0], args.concurrency)
+    else:
+        result = memory(counts)
+    result["python"] = sys.version.split()[0]
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ import anyio
 
 from engine import events
 from engine.api import BatchSummary, Pipeline
+from engine.cli import telemetry
 from engine.errors import SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
@@ -76,6 +77,7 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="run a graph with a cost budget even if a model has no price (it costs $0)",
     )
+    telemetry.add_arguments(p, batch=True)
     p.set_defaults(handler=cmd_run)
 
 
@@ -157,6 +159,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
         raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
+    args.telemetry = telemetry.options(args)
     return _parse_models(args.model)
 
 
@@ -407,15 +410,18 @@ class _Progress:
 
 
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
-    async with Pipeline(
-        plan.graph,
-        db=db,
-        policy_file=args.policy,
-        models=models,
-        seed=args.seed,
-        allow_unpriced=getattr(args, "allow_unpriced", False),
-        limits=plan.limits,
-    ) as pipe:
+    async with (
+        Pipeline(
+            plan.graph,
+            db=db,
+            policy_file=args.policy,
+            models=models,
+            seed=args.seed,
+            allow_unpriced=getattr(args, "allow_unpriced", False),
+            limits=plan.limits,
+        ) as pipe,
+        telemetry.attached(getattr(args, "telemetry", None), pipe),
+    ):
         out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
         batch = pipe.start_batch(plan.total, config=plan.config, resume=plan.run_id)
         plan.started = batch.run_id

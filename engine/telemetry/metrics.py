@@ -231,7 +231,10 @@ class _Drained(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.metrics.drain is not None:
             self.metrics.drain()
-        yield from self.metrics.registry.collect()
+        for metric in self.metrics.registry.collect():
+            # `_created` timestamps double the series and no panel reads them
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 class _ScrapeTime(Collector):

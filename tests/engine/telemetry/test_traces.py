@@ -226,3 +226,39 @@ def test_a_missing_extra_exits_2_with_the_install_command(
     assert "--otel: traces need the `telemetry` extra" in err
     assert "pip install 'moat[telemetry]'" in err
     assert not (tmp_path / "x.db").exists()  # nothing ran
+
+
+def _call(prompt_text: str | None, response_text: str | None, status: str = "ok") -> Any:
+    from engine.events import CacheStatus, CallKind, CallOutcome, LlmCall
+
+    return LlmCall(
+        "q", "answer", 0, "small", "sim", CallKind.NORMAL, CallOutcome.USED, CacheStatus.NONE,
+        "abc123", 10, 4, 0.0001, 12.5, 100.0, status, "boom" if status == "error" else None,
+        prompt_text=prompt_text, response_text=response_text,
+    )  # fmt: skip
+
+
+def test_prompt_text_reaches_a_span_only_when_the_record_carries_it() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.events import RequestRecord, RequestStatus
+    from engine.telemetry import FinishedRequest
+    from engine.telemetry.traces import SpanBuilder
+
+    exporter = InMemorySpanExporter()
+    builder = SpanBuilder(exporter, model_names={"g": {"small": "sim-small"}})
+    record = RequestRecord("q", "r", 0, RequestStatus.FAILED, 100.0, 100.2, 200.0, 0.0, None)
+    # what the gateway records under store_text: none (default), then redacted
+    for call in (_call(None, None, "error"), _call("mail [EMAIL]", "hello [NAME]")):
+        builder.consume(FinishedRequest("g", record, llm_calls=[call]))
+    builder.close()
+    hidden, shown = [s for s in exporter.get_finished_spans() if s.name == "chat sim-small"]
+    assert "gen_ai.prompt" not in (hidden.attributes or {})
+    assert hidden.attributes and hidden.attributes["moat.llm.prompt_hash"] == "abc123"
+    assert hidden.attributes["error.type"] == "error"
+    assert hidden.status.status_code.name == "ERROR"
+    assert shown.attributes and shown.attributes["gen_ai.prompt"] == "mail [EMAIL]"
+    assert shown.attributes["gen_ai.completion"] == "hello [NAME]"
+    assert shown.start_time == 100 * 10**9 and shown.end_time == int(100.0125 * 10**9)
+    [root, _] = [s for s in exporter.get_finished_spans() if s.name == "request g"]
+    assert root.status.status_code.name == "ERROR"

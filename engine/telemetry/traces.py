@@ -44,6 +44,8 @@ _NS = 1_000_000_000
 _CACHE_LOOKUPS = {"CACHE_HIT": "hit", "CACHE_MISS": "miss", "CACHE_NEGATIVE_HIT": "negative"}
 _FAILED_NODE = frozenset({"failed", "timed_out"})
 _FAILED_CALL = frozenset({"error", "timeout", "refused"})
+_NOT_DECISIONS = frozenset({"RESULT_REUSED", "PRINCIPLES_REUSED"})
+"""Memo hits, a dozen per request: counted on the request's span, not one event each."""
 
 
 class _RequestIds(IdGenerator):
@@ -113,6 +115,8 @@ class SpanBuilder:
 
     def consume(self, request: FinishedRequest) -> None:
         root = self._root(request)
+        if not root.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): nothing to build
+            return
         context = trace.set_span_in_context(root)
         nodes: dict[tuple[str, int], Span] = {}
         node_contexts: dict[tuple[str, int], Context] = {}
@@ -124,9 +128,16 @@ class SpanBuilder:
         for call in request.llm_calls:
             parent = node_contexts.get((call.node, call.cycle), context)
             self._call(call, parent, models)
+        reused = 0
         for event in request.events:
+            if event.event_type in _NOT_DECISIONS:
+                reused += 1
+                continue
             key = (event.stage, event.cycle)
             self._event(event, nodes.get(key, root), node_contexts.get(key, context))
+        root.set_attribute("moat.request.results_reused", reused)
+        if any(call.provider == "sim" for call in request.llm_calls):
+            root.set_attribute("moat.simulated", True)  # figures of simulated models
         for run in request.node_runs:
             nodes[(run.node, run.cycle)].end(_ns(run.started_at + run.duration_ms / 1000))
         root.end(_ns(request.record.finished_at))
@@ -180,7 +191,6 @@ class SpanBuilder:
             "moat.node.speculative": run.speculative,
             "moat.node.cycle": run.cycle,
             "moat.node.attempts": run.attempts,
-            "moat.node.duration_ms": run.duration_ms,
         }
         span = self.tracer.start_span(
             f"{run.node_type} {run.node}",
@@ -197,22 +207,18 @@ class SpanBuilder:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.system": call.provider,
-            "gen_ai.provider.name": call.provider,
             "gen_ai.request.model": model,
             "gen_ai.usage.input_tokens": call.input_tokens,
             "gen_ai.usage.output_tokens": call.output_tokens,
             "moat.llm.model": call.model,
             "moat.llm.cost_usd": call.cost_usd,
-            "moat.llm.latency_ms": call.latency_ms,
             "moat.llm.status": call.status,
             "moat.llm.call_kind": str(call.call_kind),
             "moat.llm.call_outcome": str(call.call_outcome),
             "moat.llm.cache_status": str(call.cache_status),
             "moat.llm.cancelled": call.call_outcome == "cancelled",
-            "moat.llm.simulated": call.provider == "sim",
             "moat.llm.prompt_hash": call.prompt_hash,
             "moat.node.id": call.node,
-            "moat.node.cycle": call.cycle,
         }
         reason = _finish_reason(call)
         if reason is not None:
@@ -234,12 +240,9 @@ class SpanBuilder:
         span.end(_ns(call.started_at + call.latency_ms / 1000))
 
     def _event(self, event: OrchestrationEvent, span: Span, context: Context) -> None:
-        attributes: dict[str, Any] = {
-            "moat.event.component": event.component,
-            "moat.event.cycle": event.cycle,
-            "moat.event.sequence": event.sequence,
-            "moat.event.reason_codes": [str(code) for code in event.reason_codes],
-        }
+        attributes: dict[str, Any] = {}
+        if event.reason_codes:
+            attributes["moat.event.reason_codes"] = [str(code) for code in event.reason_codes]
         if event.decision is not None:
             attributes["moat.event.decision"] = event.decision
         if event.status is not None:
@@ -267,9 +270,8 @@ class SpanBuilder:
 
 def _finish_reason(call: LlmCall) -> str | None:
     """The GenAI finish reason: the provider's when recorded, else what moat knows."""
-    reason = getattr(call, "finish_reason", None)
-    if reason:
-        return str(reason)
+    if call.finish_reason:
+        return call.finish_reason
     return {"cancelled": "cancelled", "timeout": "timeout", "error": "error"}.get(call.status)
 
 

@@ -89,6 +89,9 @@ async def test_a_flagship_run_reaches_the_collector_as_one_trace_per_request(
         assert span.attributes["gen_ai.system"] == "sim"
         assert span.attributes["gen_ai.request.model"] in ("sim-small", "sim-medium")
         assert span.attributes["gen_ai.usage.input_tokens"] > 0
+        reasons = span.attributes["gen_ai.response.finish_reasons"]
+        expected = "cancelled" if span.attributes["moat.llm.cancelled"] else ("stop", "length")
+        assert reasons[0] in expected
 
 
 async def test_the_cancelled_speculative_call_is_marked_and_no_prompt_text_is_sent(

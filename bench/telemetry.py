@@ -18,8 +18,9 @@ processes on a shared machine do not blur them), the telemetry's close (flushing
 spans) included, and each setting's ratio to `off` is the median of the per-round ratios.
 
 `--latency` measures what a client sees instead: the sim's latencies scaled to a tenth
-(a flagship request then waits about 0.2 s on its models), `off` against `both`, and the
-median over rounds of each batch's median request latency (`latency_ms` of the records).
+(a flagship request then waits about 0.3 s on its models), the same request ids (so the
+same simulated latencies) in every batch, no store, `off` against `both`, and the median
+over rounds of the ratio of each batch's median request latency (`latency_ms`).
 
     python bench/telemetry.py --requests 200 --rounds 5 --json
     python bench/telemetry.py --latency --requests 64 --rounds 5 --json
@@ -95,18 +96,29 @@ def telemetry(setting: str, endpoint: str) -> Telemetry | None:
     )
 
 
-async def batch(graph: Path, db: Path, items: list[dict[str, Any]], setting: str, endpoint: str,
-                concurrency: int, latencies: list[float] | None = None) -> float:  # fmt: skip
-    """CPU seconds this process spent answering `items` (telemetry closed and flushed);
-    each request's latency is appended to `latencies`."""
+async def batch(graph: Path, db: Path | None, items: list[dict[str, Any]], setting: str,
+                endpoint: str, concurrency: int,
+                latencies: list[float] | None = None) -> float:  # fmt: skip
+    """CPU seconds this process spent answering `items` (telemetry closed and flushed).
+
+    With `latencies`, each request's latency is appended to it, and the requests have the
+    same ids (so the same simulated latencies) in every batch.
+    """
     tel = telemetry(setting, endpoint)
     async with Pipeline(graph, db=db) as pipe:
         if tel is not None:
             tel.attach(pipe)
             tel.start()
         start = time.process_time()
-        on_record = None if latencies is None else (lambda r: latencies.append(r.latency_ms))
-        await pipe.run_batch(items, concurrency=concurrency, on_record=on_record)
+        if latencies is None:
+            await pipe.run_batch(items, concurrency=concurrency)
+        else:
+            await pipe.run_batch(
+                items,
+                run_id="latency",
+                concurrency=concurrency,
+                on_record=lambda r: latencies.append(r.latency_ms),
+            )
         await anyio.to_thread.run_sync(pipe.flush)
         if tel is not None:
             await anyio.to_thread.run_sync(tel.close)
@@ -121,8 +133,7 @@ async def measure_latency(args: argparse.Namespace, endpoint: str) -> dict[str, 
     for round_ in range(args.rounds):
         for setting in ("off", "both") if round_ % 2 == 0 else ("both", "off"):
             seen: list[float] = []
-            db = folder / f"{setting}-{round_}.db"
-            await batch(graph, db, items, setting, endpoint, args.concurrency, seen)
+            await batch(graph, None, items, setting, endpoint, args.concurrency, seen)
             medians[setting].append(statistics.median(seen))
     ratios = [b / o for b, o in zip(medians["both"], medians["off"], strict=True)]
     return {

@@ -2,9 +2,13 @@
 
 Each request becomes one trace: a root span for the request, a child span per node run,
 under it a span per LLM call (GenAI semantic conventions) and per cache lookup, and the
-node's orchestration decisions as span events with their reason codes. Spans are created
-with the start and end times the records hold, in the feed's thread, and exported by a
-`BatchSpanProcessor` over OTLP/HTTP, so the request path never waits on the exporter.
+node's orchestration decisions as span events with their reason codes. Spans are made
+with the start and end times the records hold, in the feed's thread, as finished
+`ReadableSpan`s handed straight to a `BatchSpanProcessor` (OTLP/HTTP): the live-span
+machinery (locks, attribute validation, context switching) is for spans that are still
+running, and skipping it halves what a trace costs. The SDK still decides what matters:
+the sampler (`OTEL_TRACES_SAMPLER`), the resource (`OTEL_SERVICE_NAME`,
+`OTEL_RESOURCE_ATTRIBUTES`), batching (`OTEL_BSP_*`) and the exporter (`OTEL_EXPORTER_OTLP_*`).
 
 Text: prompts and answers reach a span only when the record carries them, which the
 gateway does only when the policy's `store_text` is `redacted` (then redacted) or `full`;
@@ -21,16 +25,17 @@ Needs the `telemetry` extra (opentelemetry-sdk, opentelemetry-exporter-otlp-prot
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from engine.events import LlmCall, NodeRun, OrchestrationEvent
@@ -46,23 +51,8 @@ _FAILED_NODE = frozenset({"failed", "timed_out"})
 _FAILED_CALL = frozenset({"error", "timeout", "refused"})
 _NOT_DECISIONS = frozenset({"RESULT_REUSED", "PRINCIPLES_REUSED"})
 """Memo hits, a dozen per request: counted on the request's span, not one event each."""
-
-
-class _RequestIds(IdGenerator):
-    """Random span ids; the trace id of the request being built (see `trace_id_of`)."""
-
-    def __init__(self) -> None:
-        self.random = RandomIdGenerator()
-        self.next_trace_id: int | None = None
-
-    def generate_span_id(self) -> int:
-        return self.random.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        return self.next_trace_id or self.random.generate_trace_id()
-
-    def is_trace_id_random(self) -> bool:
-        return True  # a SHA-256 prefix is as uniform as the samplers need
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
@@ -85,6 +75,52 @@ def _resource() -> Resource:
     return resource
 
 
+class _Trace:
+    """What the spans of one request share: trace id, state, resource and scope."""
+
+    __slots__ = ("builder", "spans", "state", "trace_id")
+
+    def __init__(self, builder: SpanBuilder, trace_id: int, state: Any) -> None:
+        self.builder = builder
+        self.trace_id = trace_id
+        self.state = state
+        self.spans: list[ReadableSpan] = []
+
+    def context(self) -> SpanContext:
+        span_id = self.builder.ids.generate_span_id()
+        return SpanContext(self.trace_id, span_id, False, _SAMPLED, self.state)
+
+    def add(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        start: float,
+        end: float,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        status: Status = _UNSET,
+        events: Sequence[Event] = (),
+    ) -> None:
+        b = self.builder
+        self.spans.append(
+            ReadableSpan(
+                name,
+                context,
+                parent,
+                b.resource,
+                attributes,
+                events,
+                kind=kind,
+                status=status,
+                start_time=_ns(start),
+                end_time=_ns(end),
+                instrumentation_scope=b.scope,
+            )
+        )
+
+
 class SpanBuilder:
     """Turns each finished request into spans; a `Consumer` of the `RecordFeed`.
 
@@ -102,54 +138,78 @@ class SpanBuilder:
         model_names: Mapping[str, Mapping[str, str]] | None = None,
         server: bool = False,
     ) -> None:
-        self.ids = _RequestIds()
-        # sampler from OTEL_TRACES_SAMPLER; no atexit hook: `close` flushes
-        self.provider = TracerProvider(
-            resource=_resource(), id_generator=self.ids, shutdown_on_exit=False
-        )
-        self.provider.add_span_processor(BatchSpanProcessor(exporter or otlp_exporter()))
-        self.tracer = self.provider.get_tracer("moat")
+        # the provider reads OTEL_TRACES_SAMPLER and OTEL_SDK_DISABLED; no atexit hook
+        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+        self.sampler = provider.sampler
+        self.enabled = not getattr(provider, "_disabled", False)
+        self.resource = provider.resource
+        self.scope = InstrumentationScope("moat")
+        self.ids = RandomIdGenerator()
+        self.processor = BatchSpanProcessor(exporter or otlp_exporter())
         self.model_names: dict[str, Mapping[str, str]] = dict(model_names or {})
         self.kind = SpanKind.SERVER if server else SpanKind.INTERNAL
         self.propagator = TraceContextTextMapPropagator()
 
     def consume(self, request: FinishedRequest) -> None:
-        root = self._root(request)
-        if not root.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): nothing to build
+        started = self._start(request)
+        if started is None:  # sampled out: nothing to build
             return
-        context = trace.set_span_in_context(root)
-        nodes: dict[tuple[str, int], Span] = {}
-        node_contexts: dict[tuple[str, int], Context] = {}
+        tr, root, parent = started
+        nodes: dict[tuple[str, int], SpanContext] = {}
+        events: dict[tuple[str, int], list[Event]] = {}
         for run in request.node_runs:
-            span = self._node(run, context)
-            nodes[(run.node, run.cycle)] = span
-            node_contexts[(run.node, run.cycle)] = trace.set_span_in_context(span)
+            nodes[(run.node, run.cycle)] = tr.context()
         models = self.model_names.get(request.graph, {})
         for call in request.llm_calls:
-            parent = node_contexts.get((call.node, call.cycle), context)
-            self._call(call, parent, models)
+            self._call(tr, call, nodes.get((call.node, call.cycle), root), models)
         reused = 0
         for event in request.events:
             if event.event_type in _NOT_DECISIONS:
                 reused += 1
                 continue
-            key = (event.stage, event.cycle)
-            self._event(event, nodes.get(key, root), node_contexts.get(key, context))
-        root.set_attribute("moat.request.results_reused", reused)
-        if any(call.provider == "sim" for call in request.llm_calls):
-            root.set_attribute("moat.simulated", True)  # figures of simulated models
+            key = (event.stage, event.cycle) if (event.stage, event.cycle) in nodes else None
+            events.setdefault(key or ("", -1), []).append(self._event(tr, event, nodes, root))
         for run in request.node_runs:
-            nodes[(run.node, run.cycle)].end(_ns(run.started_at + run.duration_ms / 1000))
-        root.end(_ns(request.record.finished_at))
+            key = (run.node, run.cycle)
+            self._node(tr, run, nodes[key], root, events.get(key, ()))
+        self._root(tr, request, root, parent, reused, events.get(("", -1), ()))
+        for span in tr.spans:
+            self.processor.on_end(span)
 
-    def _root(self, request: FinishedRequest) -> Span:
+    def _start(
+        self, request: FinishedRequest
+    ) -> tuple[_Trace, SpanContext, SpanContext | None] | None:
+        """The request's trace (the caller's, else its own), if the sampler keeps it."""
+        if not self.enabled:
+            return None
         record = request.record
-        parent: Context | None = None
+        parent: SpanContext | None = None
         if request.parent is not None:
-            parent = self.propagator.extract(dict(request.parent))
-            if not trace.get_current_span(parent).get_span_context().is_valid:
-                parent = None
-        self.ids.next_trace_id = None if parent is not None else trace_id_of(record.id)
+            context = self.propagator.extract(dict(request.parent))
+            found = trace.get_current_span(context).get_span_context()
+            parent = found if found.is_valid else None
+        if parent is not None:
+            trace_id = parent.trace_id
+            parent_context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        else:
+            trace_id, parent_context = trace_id_of(record.id), None
+        name = f"request {request.graph}"
+        verdict = self.sampler.should_sample(parent_context, trace_id, name, self.kind)
+        if verdict.decision != Decision.RECORD_AND_SAMPLE:
+            return None
+        tr = _Trace(self, trace_id, verdict.trace_state)
+        return tr, tr.context(), parent
+
+    def _root(
+        self,
+        tr: _Trace,
+        request: FinishedRequest,
+        context: SpanContext,
+        parent: SpanContext | None,
+        reused: int,
+        events: Sequence[Event],
+    ) -> None:
+        record = request.record
         attributes: dict[str, Any] = {
             "moat.graph": request.graph,
             "moat.request.id": record.id,
@@ -158,6 +218,7 @@ class SpanBuilder:
             "moat.request.status": str(record.status),
             "moat.request.latency_ms": record.latency_ms,
             "moat.request.cost_usd": record.cost_usd,
+            "moat.request.results_reused": reused,
         }
         optional = {
             "moat.tenant": record.tenant,
@@ -168,21 +229,31 @@ class SpanBuilder:
             "moat.request.parent_id": record.parent_request_id,
         }
         attributes |= {k: v for k, v in optional.items() if v is not None}
-        try:
-            span = self.tracer.start_span(
-                f"request {request.graph}",
-                context=parent,
-                kind=self.kind,
-                attributes=attributes,
-                start_time=_ns(record.started_at),
-            )
-        finally:
-            self.ids.next_trace_id = None
+        if any(call.provider == "sim" for call in request.llm_calls):
+            attributes["moat.simulated"] = True  # figures of simulated models
+        status = _UNSET
         if record.status in FAILED_STATUSES:
-            span.set_status(Status(StatusCode.ERROR, record.error or str(record.status)))
-        return span
+            status = Status(StatusCode.ERROR, record.error or str(record.status))
+        tr.add(
+            f"request {request.graph}",
+            context,
+            parent,
+            attributes,
+            record.started_at,
+            record.finished_at,
+            kind=self.kind,
+            status=status,
+            events=events,
+        )
 
-    def _node(self, run: NodeRun, parent: Context) -> Span:
+    def _node(
+        self,
+        tr: _Trace,
+        run: NodeRun,
+        context: SpanContext,
+        parent: SpanContext,
+        events: Sequence[Event],
+    ) -> None:
         attributes: dict[str, Any] = {
             "moat.node.id": run.node,
             "moat.node.type": run.node_type,
@@ -192,17 +263,16 @@ class SpanBuilder:
             "moat.node.cycle": run.cycle,
             "moat.node.attempts": run.attempts,
         }
-        span = self.tracer.start_span(
-            f"{run.node_type} {run.node}",
-            context=parent,
-            attributes=attributes,
-            start_time=_ns(run.started_at),
-        )
+        status = _UNSET
         if run.status in _FAILED_NODE:
-            span.set_status(Status(StatusCode.ERROR, run.error or str(run.status)))
-        return span
+            status = Status(StatusCode.ERROR, run.error or str(run.status))
+        end = run.started_at + run.duration_ms / 1000
+        name = f"{run.node_type} {run.node}"
+        tr.add(name, context, parent, attributes, run.started_at, end, status=status, events=events)
 
-    def _call(self, call: LlmCall, parent: Context, models: Mapping[str, str]) -> None:
+    def _call(
+        self, tr: _Trace, call: LlmCall, parent: SpanContext, models: Mapping[str, str]
+    ) -> None:
         model = models.get(call.model, call.model)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
@@ -227,45 +297,56 @@ class SpanBuilder:
             attributes["gen_ai.prompt"] = call.prompt_text
         if call.response_text is not None:
             attributes["gen_ai.completion"] = call.response_text
-        span = self.tracer.start_span(
-            f"chat {model}",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            start_time=_ns(call.started_at),
-        )
+        status = _UNSET
         if call.status in _FAILED_CALL:
-            span.set_attribute("error.type", call.status)
-            span.set_status(Status(StatusCode.ERROR, call.error or call.status))
-        span.end(_ns(call.started_at + call.latency_ms / 1000))
+            attributes["error.type"] = call.status
+            status = Status(StatusCode.ERROR, call.error or call.status)
+        end = call.started_at + call.latency_ms / 1000
+        tr.add(
+            f"chat {model}",
+            tr.context(),
+            parent,
+            attributes,
+            call.started_at,
+            end,
+            kind=SpanKind.CLIENT,
+            status=status,
+        )
 
-    def _event(self, event: OrchestrationEvent, span: Span, context: Context) -> None:
+    def _event(
+        self,
+        tr: _Trace,
+        event: OrchestrationEvent,
+        nodes: Mapping[tuple[str, int], SpanContext],
+        root: SpanContext,
+    ) -> Event:
+        """The event as a span event; a cache lookup also gets its own span."""
         attributes: dict[str, Any] = {}
         if event.reason_codes:
-            attributes["moat.event.reason_codes"] = [str(code) for code in event.reason_codes]
+            attributes["moat.event.reason_codes"] = tuple(str(c) for c in event.reason_codes)
         if event.decision is not None:
             attributes["moat.event.decision"] = event.decision
         if event.status is not None:
             attributes["moat.event.status"] = event.status
         attributes |= _numbers(event.payload)
-        start = _ns(event.started_at)
-        span.add_event(event.event_type, attributes, timestamp=start)
         lookup = _CACHE_LOOKUPS.get(event.event_type)
-        if lookup is None:
-            return
-        duration = (event.duration_ms or 0.0) / 1000
-        cache = self.tracer.start_span(
-            f"cache.lookup {event.stage}",
-            context=context,
-            attributes={**attributes, "moat.cache.result": lookup},
-            start_time=start,
-        )
-        cache.end(_ns(event.started_at + duration))
+        if lookup is not None:
+            parent = nodes.get((event.stage, event.cycle), root)
+            end = event.started_at + (event.duration_ms or 0.0) / 1000
+            tr.add(
+                f"cache.lookup {event.stage}",
+                tr.context(),
+                parent,
+                {**attributes, "moat.cache.result": lookup},
+                event.started_at,
+                end,
+            )
+        return Event(event.event_type, attributes, _ns(event.started_at))
 
     def close(self) -> None:
         """Export what is buffered (a few seconds at most), then shut the exporter down."""
-        self.provider.force_flush(timeout_millis=_flush_ms())
-        self.provider.shutdown()
+        self.processor.force_flush(timeout_millis=_flush_ms())
+        self.processor.shutdown()  # type: ignore[no-untyped-call]
 
 
 def _finish_reason(call: LlmCall) -> str | None:
@@ -282,7 +363,7 @@ def _numbers(payload: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         f"moat.event.{key}": value
         for key, value in payload.items()
-        if isinstance(value, (int, float, bool)) and not isinstance(key, bool)
+        if isinstance(value, (int, float, bool)) and isinstance(key, str)
     }
 
 

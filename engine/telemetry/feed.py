@@ -13,6 +13,7 @@ request path), so when it arrives the request is complete and goes to the consum
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class RecordFeed:
             for request in finished:
                 for consumer in self.consumers:
                     consumer.consume(request)
+                time.sleep(0)  # let the event loop's thread have the GIL between requests
         return len(finished)
 
     def _group(self, graph: str, queue: deque[Record], finished: list[FinishedRequest]) -> None:

@@ -95,7 +95,7 @@ class Telemetry:
         self.spans: SpanBuilder | None = None
         consumers: list[Consumer] = []
         if metrics:
-            require_extra("metrics", "metrics")
+            require_extra("metrics", "--metrics-port")
             from engine.telemetry.metrics import MoatMetrics
 
             self.metrics = MoatMetrics(tenant=tenant, drain=self.feed.drain)
@@ -124,7 +124,7 @@ class Telemetry:
                 return pipe.policy.current() if pipe.policy is not None else _NO_PIN
 
             def rollbacks() -> int:
-                return int(getattr(pipe.policy, "guard_rollbacks", 0))
+                return pipe.policy.guard_rollbacks if pipe.policy is not None else 0
 
             self.metrics.add_policy(name, PolicySource(current, rollbacks))
 

@@ -145,7 +145,8 @@ class SpanBuilder:
         self.resource = provider.resource
         self.scope = InstrumentationScope("moat")
         self.ids = RandomIdGenerator()
-        self.processor = BatchSpanProcessor(exporter or otlp_exporter())
+        self.exporter = exporter or otlp_exporter()
+        self.processor = BatchSpanProcessor(self.exporter)
         self.model_names: dict[str, Mapping[str, str]] = dict(model_names or {})
         self.kind = SpanKind.SERVER if server else SpanKind.INTERNAL
         self.propagator = TraceContextTextMapPropagator()
@@ -344,8 +345,11 @@ class SpanBuilder:
         return Event(event.event_type, attributes, _ns(event.started_at))
 
     def close(self) -> None:
-        """Export what is buffered (a few seconds at most), then shut the exporter down."""
-        self.processor.force_flush(timeout_millis=_flush_ms())
+        """Export what is buffered, waiting `OTEL_BSP_EXPORT_TIMEOUT` ms at most (5 s by
+        default: an unreachable collector must not hold a finished run), then shut the
+        exporter down, which stops its retries."""
+        if not self.processor.force_flush(timeout_millis=_flush_ms()):
+            self.exporter.shutdown()  # a collector that does not answer: stop retrying
         self.processor.shutdown()  # type: ignore[no-untyped-call]
 
 
@@ -373,4 +377,4 @@ def _ns(seconds: float) -> int:
 
 def _flush_ms() -> int:
     raw = os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "")
-    return int(raw) if raw.isdigit() else 10_000
+    return int(raw) if raw.isdigit() else 5_000

@@ -16,6 +16,9 @@ worst case for a relative overhead (a real model call of hundreds of millisecond
 vanish). Figures are CPU seconds of this process per request (`process_time`, so other
 processes on a shared machine do not blur them), the telemetry's close (flushing the last
 spans) included, and each setting's ratio to `off` is the median of the per-round ratios.
+On a shared machine those ratios move by +-15 % from round to round, so the same batch's
+records are also replayed through each setting's telemetry alone (`replay`): its CPU per
+request over `off`'s is the overhead, measured without the run's own noise.
 
 `--latency` measures what a client sees instead: the sim's latencies scaled to a tenth
 (a flagship request then waits about 0.3 s on its models), the same request ids (so the
@@ -148,6 +151,31 @@ async def measure_latency(args: argparse.Namespace, endpoint: str) -> dict[str, 
     }
 
 
+async def capture(
+    graph: Path, db: Path, items: list[dict[str, Any]], concurrency: int
+) -> list[Any]:
+    """The records of one batch, as a telemetry watcher receives them."""
+    records: list[Any] = []
+    async with Pipeline(graph, db=db) as pipe:
+        pipe.record_watchers.append(records.append)
+        await pipe.run_batch(items, concurrency=concurrency)
+        await anyio.to_thread.run_sync(pipe.flush)
+    return records
+
+
+def replay(records: list[Any], setting: str, endpoint: str) -> float:
+    """CPU seconds to turn `records` into figures and exported spans, alone: what telemetry
+    adds to this process, without the noise of the run itself."""
+    tel = telemetry(setting, endpoint)
+    assert tel is not None
+    watch = tel.feed.watcher("governed-answer")
+    start = time.process_time()
+    for record in records:
+        watch(record)
+    tel.close()  # drains the feed, builds everything, exports and flushes
+    return time.process_time() - start
+
+
 async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="moat-bench-telemetry-"))
     graph = fast_copy("governed-answer", folder, time_scale=0)
@@ -164,6 +192,12 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
             per_request[setting].append(took[setting] / len(items) * 1e6)
         for setting in ratios:
             ratios[setting].append(took[setting] / took["off"])
+    records = await capture(graph, folder / "capture.db", items, args.concurrency)
+    alone: dict[str, list[float]] = {s: [] for s in SETTINGS if s != "off"}
+    for _ in range(args.rounds):
+        for setting in alone:
+            alone[setting].append(replay(records, setting, endpoint) / len(items) * 1e6)
+    off_us = statistics.median(per_request["off"])
     return {
         "command": " ".join(["python", "bench/telemetry.py", *sys.argv[1:]]),
         "requests": args.requests,
@@ -173,6 +207,8 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "cpu_us_per_request": {s: statistics.median(v) for s, v in per_request.items()},
         "ratio_to_off": {s: statistics.median(v) for s, v in ratios.items()},
         "ratios": ratios,
+        "telemetry_alone_cpu_us_per_request": {s: statistics.median(v) for s, v in alone.items()},
+        "telemetry_alone_over_off": {s: statistics.median(v) / off_us for s, v in alone.items()},
     }
 
 
@@ -202,7 +238,11 @@ def main() -> None:
           f"{args.rounds} rounds, concurrency {args.concurrency}")  # fmt: skip
     for setting, us in result["cpu_us_per_request"].items():
         ratio = result["ratio_to_off"].get(setting, 1.0)
-        print(f"  {setting:<8} {us:8.0f} us CPU/request  x{ratio:.3f}")
+        alone = result["telemetry_alone_cpu_us_per_request"].get(setting, 0.0)
+        print(
+            f"  {setting:<8} {us:8.0f} us CPU/request  x{ratio:.3f}  "
+            f"(telemetry alone {alone:.0f} us)"
+        )
 
 
 if __name__ == "__main__":

@@ -255,15 +255,18 @@ class SpanBuilder:
         parent: SpanContext,
         events: Sequence[Event],
     ) -> None:
+        # the type is in the name; defaults are left out (every attribute costs its export)
         attributes: dict[str, Any] = {
             "moat.node.id": run.node,
-            "moat.node.type": run.node_type,
             "moat.node.status": str(run.status),
             "moat.node.outcome": str(run.outcome),
-            "moat.node.speculative": run.speculative,
-            "moat.node.cycle": run.cycle,
-            "moat.node.attempts": run.attempts,
         }
+        if run.speculative:
+            attributes["moat.node.speculative"] = True
+        if run.cycle:
+            attributes["moat.node.cycle"] = run.cycle
+        if run.attempts > 1:
+            attributes["moat.node.attempts"] = run.attempts
         status = _UNSET
         if run.status in _FAILED_NODE:
             status = Status(StatusCode.ERROR, run.error or str(run.status))
@@ -286,11 +289,12 @@ class SpanBuilder:
             "moat.llm.status": call.status,
             "moat.llm.call_kind": str(call.call_kind),
             "moat.llm.call_outcome": str(call.call_outcome),
-            "moat.llm.cache_status": str(call.cache_status),
-            "moat.llm.cancelled": call.call_outcome == "cancelled",
             "moat.llm.prompt_hash": call.prompt_hash,
-            "moat.node.id": call.node,
-        }
+        }  # the node is the parent span's
+        if call.cache_status != "none":
+            attributes["moat.llm.cache_status"] = str(call.cache_status)
+        if call.call_outcome == "cancelled":
+            attributes["moat.llm.cancelled"] = True
         reason = _finish_reason(call)
         if reason is not None:
             attributes["gen_ai.response.finish_reasons"] = (reason,)

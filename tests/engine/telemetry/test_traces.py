@@ -71,10 +71,10 @@ async def test_a_flagship_run_reaches_the_collector_as_one_trace_per_request(
         if span.parent_id:
             assert ids[span.parent_id].trace_id == span.trace_id
     # one span per node run, child of its request's root
-    node_spans = [s for s in spans if "moat.node.type" in s.attributes]
+    node_spans = [s for s in spans if "moat.node.status" in s.attributes]
     assert len(node_spans) == len(sink.node_runs())
     assert Counter(
-        (s.trace_id, s.attributes["moat.node.id"], s.attributes["moat.node.cycle"])
+        (s.trace_id, s.attributes["moat.node.id"], s.attributes.get("moat.node.cycle", 0))
         for s in node_spans
     ) == Counter(
         (format(trace_id_of(r.request_id), "032x"), r.node, r.cycle) for r in sink.node_runs()
@@ -85,12 +85,13 @@ async def test_a_flagship_run_reaches_the_collector_as_one_trace_per_request(
     assert len(call_spans) == len(sink.llm_calls())
     for span in call_spans:
         parent = ids[span.parent_id]
-        assert parent.attributes["moat.node.id"] == span.attributes["moat.node.id"]
+        assert "moat.node.status" in parent.attributes  # a node's span
         assert span.attributes["gen_ai.system"] == "sim"
         assert span.attributes["gen_ai.request.model"] in ("sim-small", "sim-medium")
         assert span.attributes["gen_ai.usage.input_tokens"] > 0
         reasons = span.attributes["gen_ai.response.finish_reasons"]
-        expected = "cancelled" if span.attributes["moat.llm.cancelled"] else ("stop", "length")
+        cancelled = span.attributes.get("moat.llm.cancelled", False)
+        expected = "cancelled" if cancelled else ("stop", "length")
         assert reasons[0] in expected
 
 
@@ -104,7 +105,7 @@ async def test_the_cancelled_speculative_call_is_marked_and_no_prompt_text_is_se
     [span] = [
         s
         for s in spans
-        if s.attributes.get("moat.llm.cancelled") and s.attributes["moat.node.id"] == "draft"
+        if s.attributes.get("moat.llm.cancelled") and "draft" in by_id(spans)[s.parent_id].name
     ]
     assert span.attributes["moat.llm.call_kind"] == "speculative"
     assert span.attributes["moat.llm.call_outcome"] == "cancelled"

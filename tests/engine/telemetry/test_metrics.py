@@ -241,3 +241,33 @@ def test_every_exported_name_is_listed() -> None:
     }
     exported = {n + "_total" if n + "_total" in METRIC_NAMES else n for n in names}
     assert exported <= METRIC_NAMES
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nine", "--metrics-port nine: give a port from 1 to 65535"),
+        ("0.0.0.0:70000", "--metrics-port 0.0.0.0:70000: give a port from 1 to 65535"),
+        ("busy", "cannot listen"),
+    ],
+)
+def test_a_bad_metrics_port_exits_2_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    from engine.cli import main
+
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = value if value != "busy" else str(taken.getsockname()[1])
+        db = tmp_path / "x.db"
+        code = main(["run", str(graph), "--prompt", "hi", "--db", str(db), "--metrics-port", port])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not db.exists() or subprocess.run(
+        [sys.executable, "-m", "engine", "runs", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout.startswith("no runs yet")

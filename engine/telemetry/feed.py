@@ -27,8 +27,11 @@ from engine.events import (
     Record,
     RequestRecord,
 )
+from engine.logs import get_logger
 
 __all__ = ["Consumer", "FinishedRequest", "RecordFeed"]
+
+_log = get_logger("moat.telemetry")
 
 _MAX_OPEN = 50_000
 """Requests whose records are held while they run; past this the oldest are dropped (a
@@ -91,6 +94,8 @@ class RecordFeed:
         self._thread: threading.Thread | None = None
         self.dropped = 0
         """Requests whose records were let go before they finished (see `_MAX_OPEN`)."""
+        self.failures = 0
+        """Finished requests a consumer failed on (each is logged)."""
 
     def watcher(self, graph: str) -> Callable[[Record], None]:
         """A `Pipeline.record_watchers` callback for the records of `graph`: a bare
@@ -127,7 +132,16 @@ class RecordFeed:
                 self._group(graph, queue, finished)
             for request in finished:
                 for consumer in self.consumers:
-                    consumer.consume(request)
+                    try:
+                        consumer.consume(request)
+                    except Exception as exc:  # telemetry must never stop a run
+                        self.failures += 1
+                        _log.warning(
+                            "telemetry.consume_failed",
+                            consumer=type(consumer).__name__,
+                            request_id=request.record.id,
+                            error=repr(exc),
+                        )
                 time.sleep(0)  # let the event loop's thread have the GIL between requests
         return len(finished)
 

@@ -156,3 +156,25 @@ def test_a_caller_trace_context_travels_with_its_request_only() -> None:
     feed.drain()
     parents = {r.record.id: r.parent for r in keep.got}
     assert parents == {"a": {"traceparent": "00-abc-def-01"}, "b": None}
+
+
+def test_a_failing_consumer_is_logged_and_the_others_still_get_every_request() -> None:
+    from structlog.testing import capture_logs
+
+    class Broken(Keep):
+        def consume(self, request: FinishedRequest) -> None:
+            raise RuntimeError("bug")
+
+    keep = Keep()
+    feed = RecordFeed([Broken(), keep])
+    append = feed.watcher("g")
+    for item in [*records("a", 1), *records("b", 2)]:
+        append(item)
+    with capture_logs() as logs:
+        assert feed.drain() == 2
+    assert [r.record.id for r in keep.got] == ["a", "b"]
+    assert feed.failures == 2
+    assert [(e["event"], e["consumer"]) for e in logs] == [
+        ("telemetry.consume_failed", "Broken"),
+        ("telemetry.consume_failed", "Broken"),
+    ]

@@ -141,6 +141,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     Returns:
         The `--model` rebindings.
     """
+    args.telemetry = telemetry.options(args)  # first: `--otel GRAPH` takes the graph
     if args.concurrency < 1:
         raise SpecError(f"--concurrency {args.concurrency}: must be at least 1")
     if args.max_request_bytes is not None and not 1 <= args.max_request_bytes <= _MAX_BYTES:
@@ -159,7 +160,6 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
         raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
-    args.telemetry = telemetry.options(args)
     return _parse_models(args.model)
 
 

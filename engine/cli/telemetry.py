@@ -78,6 +78,11 @@ def options(args: argparse.Namespace) -> TelemetryOptions:
     from engine.telemetry import otel_from_env, require_extra
 
     otel = getattr(args, "otel", None)
+    if otel and not otel.startswith(("http://", "https://")):
+        raise SpecError(
+            f"--otel {otel}: not a collector URL; give its base URL (http://HOST:4318), or "
+            "put --otel after the graph when the variables OTEL_EXPORTER_OTLP_* say where"
+        )
     traces = otel is not None or otel_from_env()
     if traces:
         require_extra("traces", "--otel")

@@ -266,3 +266,14 @@ def test_prompt_text_reaches_a_span_only_when_the_record_carries_it() -> None:
     assert shown.start_time == 100 * 10**9 and shown.end_time == int(100.0125 * 10**9)
     [root, _] = [s for s in exporter.get_finished_spans() if s.name == "request g"]
     assert root.status.status_code.name == "ERROR"
+
+
+def test_otel_swallowing_the_graph_is_refused_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    code = main(["run", "--otel", str(graph), "--prompt", "hi", "--db", str(tmp_path / "x.db")])
+    assert code == 2
+    assert f"--otel {graph}: not a collector URL" in capsys.readouterr().err

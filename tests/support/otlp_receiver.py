@@ -59,6 +59,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.posts = 0
+        self.gzipped = 0  # posts that came with `content-encoding: gzip`
         self._lock = threading.Lock()
         receiver = self
 
@@ -67,6 +68,7 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
+                    receiver.gzipped += 1
                 if self.path != "/v1/traces":
                     self.send_response(404)
                     self.end_headers()

@@ -8,7 +8,9 @@ with the start and end times the records hold, in the feed's thread, as finished
 machinery (locks, attribute validation, context switching) is for spans that are still
 running, and skipping it halves what a trace costs. The SDK still decides what matters:
 the sampler (`OTEL_TRACES_SAMPLER`), the resource (`OTEL_SERVICE_NAME`,
-`OTEL_RESOURCE_ATTRIBUTES`), batching (`OTEL_BSP_*`) and the exporter (`OTEL_EXPORTER_OTLP_*`).
+`OTEL_RESOURCE_ATTRIBUTES`), batching (`OTEL_BSP_*`) and the exporter
+(`OTEL_EXPORTER_OTLP_*`); only the request body is written by `otlp_wire` rather than by
+the exporter's protobuf messages, which cost five times what building the spans does.
 
 Text: prompts and answers reach a span only when the record carries them, which the
 gateway does only when the policy's `store_text` is `redacted` (then redacted) or `full`;

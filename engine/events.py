@@ -280,6 +280,9 @@ class LlmCall:
     prompt_text: str | None = None
     """Only when the policy's `store_text` is `redacted` or `full`."""
     response_text: str | None = None
+    finish_reason: str | None = None
+    """Why the model stopped, as the provider said (`stop`, `length`, ...); for traces
+    (`gen_ai.response.finish_reasons`), not stored."""
 
 
 @dataclass(slots=True)

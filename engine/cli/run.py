@@ -27,6 +27,7 @@ import anyio
 
 from engine import events
 from engine.api import BatchSummary, Pipeline
+from engine.cli import telemetry
 from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
@@ -84,6 +85,7 @@ def add_commands(sub: Any) -> None:
         help="answer the batch on Ray workers: a local instance, `auto`, or a cluster address",
     )
     p.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per CPU)")
+    telemetry.add_arguments(p, batch=True)
     p.set_defaults(handler=cmd_run)
 
 
@@ -148,6 +150,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     Returns:
         The `--model` rebindings.
     """
+    args.telemetry = telemetry.options(args)  # first: `--otel GRAPH` takes the graph
     if args.concurrency < 1:
         raise SpecError(f"--concurrency {args.concurrency}: must be at least 1")
     if args.max_request_bytes is not None and not 1 <= args.max_request_bytes <= _MAX_BYTES:
@@ -442,7 +445,10 @@ def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, 
 
 
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
-    async with _pipeline(plan, args, db, models) as pipe:
+    async with (
+        _pipeline(plan, args, db, models) as pipe,
+        telemetry.attached(getattr(args, "telemetry", None), pipe),
+    ):
         out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
         batch = pipe.start_batch(plan.total, config=plan.config, resume=plan.run_id)
         plan.started = batch.run_id

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from engine.cli import telemetry
 from engine.cli.run import _parse_models, db_path
 from engine.errors import SpecError
 from engine.models.server import port_number
@@ -23,7 +24,8 @@ __all__ = ["add_commands", "cmd_serve"]
 
 EXIT_USAGE = 2
 _MISSING = (
-    "moat serve needs Starlette and uvicorn, which are not installed: pip install 'moat[serve]'"
+    "moat serve needs Starlette, uvicorn and prometheus-client, which are not installed: "
+    "pip install 'moat[serve]'"
 )
 
 
@@ -101,6 +103,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="on Ray Serve")
     p.add_argument("--replicas", type=_positive, metavar="N", help="Ray Serve replicas")
     p.add_argument("--autoscale", metavar="MIN:MAX", help="Ray Serve replicas, autoscaled")
+    telemetry.add_arguments(p, batch=False)
     p.set_defaults(handler=cmd_serve)
 
 
@@ -155,6 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models=_parse_models(args.model),
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
+        telemetry=telemetry.telemetry_for(telemetry.options(args), server=True),
     )
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]

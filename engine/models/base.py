@@ -95,6 +95,8 @@ class ProviderResponse:
     usage_reported: bool = True
     """False when the provider's answer carried no usable token counts; the gateway then
     charges the call's whole reservation instead of `input_tokens`/`output_tokens`."""
+    finish_reason: str | None = None
+    """Why the model stopped (`stop`, `length`, `content_filter`, ...), when it says."""
 
 
 class Provider(Protocol):

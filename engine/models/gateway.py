@@ -691,5 +691,6 @@ class Gateway:
                 related_event_id=record.related_event_id,
                 prompt_text=prompt_text,
                 response_text=response_text,
+                finish_reason=response.finish_reason if response is not None else None,
             )
         )

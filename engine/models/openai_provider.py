@@ -218,6 +218,7 @@ class OpenAIProvider:
             output_tokens=usage[1] if usage else 0,
             simulated=result.system_fingerprint == "moat-sim",
             usage_reported=usage is not None,
+            finish_reason=result.choices[0].finish_reason or None,
         )
 
 

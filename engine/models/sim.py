@@ -276,8 +276,9 @@ class SimProvider:
         fault_rng, latency_rng, content_rng = self._rngs(call)
         await self._maybe_fault(fault_rng)
         text = self._content(call, content_rng)
-        if call.max_tokens is not None and estimate_tokens(text) > call.max_tokens:
-            text = text[: call.max_tokens * 4]
+        truncated = call.max_tokens is not None and estimate_tokens(text) > call.max_tokens
+        if truncated:
+            text = text[: (call.max_tokens or 0) * 4]
         input_tokens = estimate_tokens("\n".join(m.get("content", "") for m in call.messages))
         output_tokens = estimate_tokens(text)
         latency, first = self.latency_ms(call, input_tokens, output_tokens, latency_rng)
@@ -300,6 +301,7 @@ class SimProvider:
             output_tokens=output_tokens,
             latency_ms=latency,
             simulated=True,
+            finish_reason="length" if truncated else "stop",
         )
 
     async def _maybe_fault(self, rng: random.Random) -> None:

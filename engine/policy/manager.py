@@ -263,6 +263,8 @@ class PolicyManager:
         self.graph = graph
         self.poll_interval_s = poll_interval_s
         self.on_change: list[OnChange] = []
+        self.guard_rollbacks = 0
+        """Versions this process's guard rolled back (a metric of `moat run --metrics-port`)."""
         self.run_id = ""
         self._state = _State(PolicyPin(name, None, self.default_body))
         self._windows: dict[int, deque[Observation]] = {}
@@ -485,4 +487,7 @@ class PolicyManager:
         except PolicyError as exc:  # nothing good to go back to: keep running, say so
             _log.warning("policy.guard_no_rollback", policy=self.name, error=str(exc))
             return None
-        return None if done is None else done[1]
+        if done is None:
+            return None
+        self.guard_rollbacks += 1
+        return done[1]

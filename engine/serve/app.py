@@ -36,7 +36,7 @@ from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
-from engine.serve.metrics import Labels, Metrics
+from engine.serve.metrics import CONTENT_TYPE, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
 from engine.serve.wire import (
     ApiError,
@@ -48,6 +48,7 @@ from engine.serve.wire import (
     stream_chunks,
 )
 from engine.store.store import HEARTBEAT_S
+from engine.telemetry import Telemetry
 
 __all__ = ["MoatServer"]
 
@@ -92,6 +93,7 @@ class MoatServer:
         models: `--model` rebindings, applied to each graph that has the model.
         pipeline: builds each graph's pipeline (`moat serve --ray`: one whose records go to
             the cluster's store-writer actor).
+        telemetry: the metrics (and, with `--otel`, traces) of the served graphs.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -108,6 +110,7 @@ class MoatServer:
         limits: ShapingLimits | None = None,
         models: Mapping[str, str] | None = None,
         pipeline: Callable[..., Pipeline] = Pipeline,
+        telemetry: Telemetry | None = None,
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
@@ -127,9 +130,9 @@ class MoatServer:
             self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
-        self.metrics = Metrics()
-        for name, served in self.graphs.items():
-            served.pipe.record_watchers.append(self.metrics.watcher(name))
+        self.metrics = Metrics(telemetry)
+        for served in self.graphs.values():
+            self.metrics.attach(served.pipe)
         self._stack: AsyncExitStack | None = None
         self.app = self._build_app()
 
@@ -138,7 +141,9 @@ class MoatServer:
     async def __aenter__(self) -> MoatServer:
         stack = AsyncExitStack()
         await stack.__aenter__()
-        try:
+        try:  # telemetry closes last, after every run's records
+            stack.push_async_callback(anyio.to_thread.run_sync, self.metrics.telemetry.close)
+            self.metrics.telemetry.start()
             for served in self.graphs.values():
                 await stack.enter_async_context(served.pipe)
                 served.run_id = served.pipe.start_run(None, {"serve": True})
@@ -239,19 +244,8 @@ class MoatServer:
         return JSONResponse({"object": "list", "data": data})
 
     async def _metrics(self, request: Request) -> Response:
-        gauges: dict[str, dict[Labels, float]] = {
-            "moat_requests_in_flight": {(): float(self.shaper.in_flight)},
-            "moat_policy_version": {},
-        }
-        for name, served in self.graphs.items():
-            policy = served.pipe.policy
-            pin = policy.current() if policy is not None else None
-            if pin is not None and pin.name is not None and pin.version is not None:
-                labels = (("graph", name), ("policy", pin.name))
-                gauges["moat_policy_version"][labels] = float(pin.version)
-        return Response(
-            self.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        body = await anyio.to_thread.run_sync(self.metrics.render, self.shaper.in_flight)
+        return Response(body, media_type=CONTENT_TYPE)
 
     async def _chat(self, request: Request) -> Response:
         try:
@@ -325,7 +319,7 @@ class MoatServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
             try:
-                outcome.append(await self._run(served, chat, tenant))
+                outcome.append(await self._run(served, chat, tenant, request.headers))
             except ApiError as exc:  # a value, not an exception group out of the task group
                 outcome.append(exc)
             tg.cancel_scope.cancel()
@@ -336,7 +330,7 @@ class MoatServer:
         return outcome[0]
 
     async def _run(
-        self, served: _Served, chat: ChatRequest, tenant: str
+        self, served: _Served, chat: ChatRequest, tenant: str, headers: Mapping[str, str]
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
         seq = served.seq
@@ -344,6 +338,7 @@ class MoatServer:
         request_id = f"{served.run_id}-{seq:06d}"
         data = _graph_input(pipe.graph, chat, tenant)
         counts = served.tokens[request_id] = [0, 0, 0]
+        self.metrics.continue_trace(request_id, headers)  # W3C `traceparent`, with --otel
         recorded = served.commits.expect(request_id)
         try:
             result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)

@@ -22,6 +22,7 @@ LAYERS = {
     "plugin": 1,
     "store": 1,
     "requests": 1,
+    "telemetry": 1,
     "policy": 2,
     "report": 2,
     "sync": 2,

@@ -181,6 +181,7 @@ def test_the_guard_rolls_back_a_version_that_costs_twice_as_much(tmp_path: Path)
     assert (figures["from_version"], figures["to_version"], figures["marked"]) == (2, 1, "bad")
     assert figures["baseline_source"] == "process"
     assert m.check_guard() is None  # the restored version is not judged again
+    assert m.guard_rollbacks == 1  # what `moat_guard_rollbacks_total` reports
 
 
 def test_the_guard_compares_with_stored_requests_of_the_previous_version(tmp_path: Path) -> None:

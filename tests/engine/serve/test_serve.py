@@ -462,20 +462,26 @@ async def test_metrics_count_requests_latency_cost_tokens_and_codes(shipped: Moa
         response = await web.get("http://moat.test/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     got = samples(response.text)
-    ok = 'graph="baseline",status="ok"'
+    version = raw.headers["x-moat-policy-version"]
+    ok = f'graph="baseline",policy_version="{version}",status="ok"'
     assert got[f"moat_requests_total{{{ok}}}"] == 1
     assert got[f"moat_request_latency_seconds_count{{{ok}}}"] == 1
-    assert got[f'moat_request_latency_seconds_bucket{{{ok},le="+Inf"}}'] == 1
-    assert got['moat_cost_usd_total{graph="baseline"}'] == pytest.approx(
+    inf = f'graph="baseline",le="+Inf",policy_version="{version}",status="ok"'
+    assert got[f"moat_request_latency_seconds_bucket{{{inf}}}"] == 1
+    assert got[f"moat_request_cost_usd_sum{{{ok}}}"] == pytest.approx(
         float(raw.headers["x-moat-cost-usd"]), abs=1e-8
     )
     assert reply.usage is not None
-    assert got['moat_tokens_total{graph="baseline",kind="prompt"}'] == reply.usage.prompt_tokens
+    prompt_tokens = sum(
+        value
+        for key, value in got.items()
+        if key.startswith('moat_llm_tokens_total{graph="baseline"') and 'type="input"' in key
+    )
+    assert prompt_tokens == reply.usage.prompt_tokens
     assert got['moat_http_responses_total{code="200"}'] == 1
     assert got['moat_http_responses_total{code="404"}'] == 1
     assert got["moat_requests_in_flight"] == 0
-    version = raw.headers["x-moat-policy-version"]
-    assert got['moat_policy_version{graph="baseline",policy="baseline"}'] == float(version)
+    assert got['moat_policy_active_version{graph="baseline",policy="baseline"}'] == float(version)
     assert "# TYPE moat_request_latency_seconds histogram" in response.text
 
 

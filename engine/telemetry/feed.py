@@ -1,0 +1,190 @@
+"""Takes a run's records off the request path and hands each finished request to consumers.
+
+The request path pays one `deque.append` per record (the watcher *is* the deque's bound
+`append`): grouping records by request, building spans and updating metrics happen later,
+in the feed's own thread, or in whichever thread reads the figures (a `/metrics` scrape
+drains the feed first, so what it shows includes every request recorded before it).
+
+A request's `RequestRecord` is emitted after all of its other records (architecture: The
+request path), so when it arrives the request is complete and goes to the consumers as one
+`FinishedRequest`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engine.events import (
+    DecisionTrace,
+    LlmCall,
+    NodeRun,
+    OrchestrationEvent,
+    Record,
+    RequestRecord,
+)
+from engine.logs import get_logger
+
+__all__ = ["Consumer", "FinishedRequest", "RecordFeed"]
+
+_log = get_logger("moat.telemetry")
+
+_MAX_OPEN = 50_000
+"""Requests whose records are held while they run; past this the oldest are dropped (a
+request whose record never comes, after a crash in moat, must not hold memory forever)."""
+
+
+@dataclass(slots=True)
+class FinishedRequest:
+    """Everything one request recorded, in emission order, with the graph that answered it."""
+
+    graph: str
+    record: RequestRecord
+    events: list[OrchestrationEvent] = field(default_factory=list)
+    node_runs: list[NodeRun] = field(default_factory=list)
+    llm_calls: list[LlmCall] = field(default_factory=list)
+    traces: list[DecisionTrace] = field(default_factory=list)
+    parent: Mapping[str, str] | None = None
+    """The W3C trace context headers (`traceparent`, `tracestate`) the request continues."""
+
+
+class Consumer(Protocol):
+    """What the feed hands finished requests to (the metrics, the span builder)."""
+
+    def consume(self, request: FinishedRequest) -> None:
+        """Take one finished request; called in the feed's thread or a reader's, one at a
+        time."""
+
+    def close(self) -> None:
+        """Flush whatever is buffered and let go of resources."""
+
+
+class _Open:
+    """The records of one request still running."""
+
+    __slots__ = ("calls", "events", "runs", "traces")
+
+    def __init__(self) -> None:
+        self.events: list[OrchestrationEvent] = []
+        self.runs: list[NodeRun] = []
+        self.calls: list[LlmCall] = []
+        self.traces: list[DecisionTrace] = []
+
+
+class RecordFeed:
+    """Queues records per graph and turns them into `FinishedRequest`s for the consumers.
+
+    Args:
+        consumers: who gets each finished request, in order.
+        interval_s: how often the feed's thread drains the queues.
+    """
+
+    def __init__(self, consumers: Sequence[Consumer], *, interval_s: float = 0.25) -> None:
+        self.consumers = list(consumers)
+        self.interval_s = interval_s
+        self._queues: list[tuple[str, deque[Record]]] = []
+        self._open: dict[str, _Open] = {}
+        self._parents: dict[str, Mapping[str, str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        """Requests whose records were let go before they finished (see `_MAX_OPEN`)."""
+        self.failures = 0
+        """Finished requests a consumer failed on (each is logged)."""
+
+    def watcher(self, graph: str) -> Callable[[Record], None]:
+        """A `Pipeline.record_watchers` callback for the records of `graph`: a bare
+        `deque.append`, so recording costs the request path next to nothing."""
+        queue: deque[Record] = deque()
+        self._queues.append((graph, queue))
+        return queue.append
+
+    def continue_trace(self, request_id: str, headers: Mapping[str, str]) -> None:
+        """Make request `request_id`'s trace continue the caller's (`traceparent`,
+        `tracestate`); call it before the request starts."""
+        context = {k: headers[k] for k in ("traceparent", "tracestate") if headers.get(k)}
+        if "traceparent" in context:
+            with self._lock:
+                self._parents[request_id] = context
+                if len(self._parents) > _MAX_OPEN:
+                    self._parents.pop(next(iter(self._parents)))
+
+    def start(self) -> None:
+        """Drain in a daemon thread every `interval_s` until `close`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="moat-telemetry", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.drain()
+
+    def drain(self) -> int:
+        """Hand every request finished so far to the consumers; returns how many."""
+        finished: list[FinishedRequest] = []
+        with self._lock:
+            for graph, queue in self._queues:
+                self._group(graph, queue, finished)
+            for request in finished:
+                for consumer in self.consumers:
+                    try:
+                        consumer.consume(request)
+                    except Exception as exc:  # telemetry must never stop a run
+                        self.failures += 1
+                        _log.warning(
+                            "telemetry.consume_failed",
+                            consumer=type(consumer).__name__,
+                            request_id=request.record.id,
+                            error=repr(exc),
+                        )
+                time.sleep(0)  # let the event loop's thread have the GIL between requests
+        return len(finished)
+
+    def _group(self, graph: str, queue: deque[Record], finished: list[FinishedRequest]) -> None:
+        popleft = queue.popleft
+        for _ in range(len(queue)):  # only what is there now: the request path keeps adding
+            item = popleft()
+            if isinstance(item, RequestRecord):
+                finished.append(self._finish(graph, item))
+                continue
+            open_ = self._open.get(item.request_id)
+            if open_ is None:
+                open_ = self._open[item.request_id] = _Open()
+                if len(self._open) > _MAX_OPEN:
+                    self._open.pop(next(iter(self._open)))
+                    self.dropped += 1
+            if isinstance(item, OrchestrationEvent):
+                open_.events.append(item)
+            elif isinstance(item, NodeRun):
+                open_.runs.append(item)
+            elif isinstance(item, LlmCall):
+                open_.calls.append(item)
+            else:
+                open_.traces.append(item)
+
+    def _finish(self, graph: str, record: RequestRecord) -> FinishedRequest:
+        open_ = self._open.pop(record.id, None) or _Open()
+        return FinishedRequest(
+            graph,
+            record,
+            open_.events,
+            open_.runs,
+            open_.calls,
+            open_.traces,
+            self._parents.pop(record.id, None),
+        )
+
+    def close(self) -> None:
+        """Stop the thread, drain what is left, and close the consumers (flushing spans)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.drain()
+        for consumer in self.consumers:
+            consumer.close()

@@ -204,20 +204,17 @@ class RouterNode(Node):
             reasons=reasons,
             predicted=predicted,
         )
-        ctx.emit(
-            ROUTE_SELECTED,
-            decision=route,
-            reason_codes=reasons,
-            payload={
-                "model": out.model,
-                "score": out.score,
-                "confidence": out.confidence,
-                "complexity": out.complexity,
-                "prompt_class": feats.prompt_class,
-                "remaining_usd": remaining,
-                "predicted": predicted or None,
-            },
-        )
+        payload: dict[str, object] = {
+            "model": out.model,
+            "score": out.score,
+            "confidence": out.confidence,
+            "complexity": out.complexity,
+            "prompt_class": feats.prompt_class,
+            "remaining_usd": remaining,
+        }
+        if predicted:
+            payload["predicted"] = predicted
+        ctx.emit(ROUTE_SELECTED, decision=route, reason_codes=reasons, payload=payload)
         return out
 
     def _decide(

@@ -439,6 +439,8 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "requested_instructions": True,
         "intent_operational": True,
         "risk_policy_action": "refuse",
+        "confidence": 0.96,
+        "escalate": False,
         "estimation_mode": "model",
         "detected_domain": "weapons",
         "activated_signals": ["INTENT_OPERATIONAL", "MODEL_REFUSE"],

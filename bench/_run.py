@@ -58,11 +58,13 @@ CONFIGS: dict[str, Config] = {
     for c in (
         Config("baseline", "graphs/baseline.yaml", note="large model, risk review then answer"),
         Config("flagship", FLAGSHIP, note="governed-answer, default policy"),
-        _ablation("no-speculation", "draft waits for the risk review"),
-        _ablation("always-parallel", "simulator always beside the critique"),
+        _ablation("no-speculation", "the answer waits for the risk screen"),
+        _ablation("always-parallel", "simulator on every deliberated request"),
         _ablation("no-cache", "semantic cache off"),
         _ablation("no-early-convergence", "cycle 1 never converges early"),
-        _ablation("eager-join", "a refusal waits for the speculative draft"),
+        _ablation("eager-join", "a refusal waits for the speculative answer"),
+        _ablation("no-escalation", "the cheap screen refuses alone; answers never escalate"),
+        _ablation("threshold-router", "the complexity-threshold router, not the learned one"),
         Config("cascade", "graphs/cascade.yaml", note="cache + speculative small/large cascade"),
         Config(
             "oracle-router",

@@ -306,15 +306,22 @@ async def test_the_flagships_revision_prompt_carries_the_last_critique(anyio_bac
     body = g.nodes["deliberate"].loop.body.nodes  # type: ignore[union-attr]
     revised, critique = body["revised"].impl, body["critique"].impl
     assert isinstance(revised, RecordingModel) and isinstance(critique, RecordingCritic)
-    # a request the sim takes through three cycles (found once by running the workload)
+    # a request the sim takes through two cycles (found once by running the workload)
     async with Runner(g, sink=MemorySink()) as runner:
         result = await runner.run(
-            {"prompt": "Write a Rust function that validates an email address.", "tenant": "acme"},
-            request_id="flagship-38",
-            labels={"kind": "code", "harmful": False, "difficulty": 0.429, "answer": "ANS-b74b58"},
-        )
-    assert (result.status.value, result.output["cycles"]) == ("ok", 3), result
-    for cycle in (2, 3):
+            {
+                "prompt": 'Summarise this support ticket: "Hi, this is Chloe Tanaka. I can\'t '
+                'log in since yesterday. This is urgent!"',
+                "tenant": "globex",
+            },
+            request_id="flagship-14",
+            labels={
+                "kind": "extraction", "harmful": False, "difficulty": 0.281,
+                "answer": "ANS-d9bc1d",
+            },
+        )  # fmt: skip
+    assert (result.status.value, result.output["cycles"]) == ("ok", 2), result
+    for cycle in (2,):
         rationale = critique.rationales["critique", cycle - 1]
         assert rationale and rationale != "none"
         prompt = revised.prompts["revised", cycle]

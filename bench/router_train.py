@@ -110,7 +110,15 @@ def record(n: int, seed: int) -> list[dict[str, Any]]:
     for seq, out in sorted(outputs.items()):
         labels = requests[seq].get("_labels", {})
         answers = {m: str(out.get(m, "")) for m in MODELS}
-        rows.append({"text": str(out.get("text", "")), "labels": labels, "answers": answers})
+        confidences = {m: out.get(f"{m}_confidence") for m in MODELS}
+        rows.append(
+            {
+                "text": str(out.get("text", "")),
+                "labels": labels,
+                "answers": answers,
+                "confidences": confidences,
+            }
+        )
     return rows
 
 

@@ -1,15 +1,30 @@
-"""The end-to-end benchmark CLI: runs configurations over one workload in simulated time.
+"""The end-to-end benchmark CLI: every configuration over the same workloads, several seeds.
 
-    python -m bench [--n 5000] [--seed 1] [--configs baseline,flagship,...] [--json]
+    python -m bench [--n 1000] [--seeds 3] [--seed 1] [--configs baseline,flagship,...]
+                    [--mix kind=share,...] [--faults default|none|heavy|key=value,...]
+                    [--model NAME=PROVIDER:MODEL ...] [--json] [--no-sweep]
                     [--rate 20] [--concurrency 512] [--workload FILE.jsonl]
                     [--out-dir bench/] [--write-results]
 
-Everything runs in one process on trio with a `MockClock(autojump_threshold=0)`: the
-`sim` models' latencies are simulated time, so thousands of requests take seconds to
-minutes of wall time. `--json` prints `{config: {cost_per_case, p50_ms, p95_ms, p99_ms,
-quality, validation_success, cache_hit_rate, llm_calls_per_case, ...}}`; `--out-dir`
-writes `results.json` and `cost_vs_p95.png` there; `--write-results` rewrites the bench
-section of `bench/RESULTS.md`.
+With `sim` models everything runs in one process on trio with a
+`MockClock(autojump_threshold=0)`: latencies are simulated time, so thousands of requests
+take seconds of wall time. With `--model small=openai:gpt-4.1-nano` (any model a
+configuration's graph names; `single-small` follows `small`), the same workload goes to
+the real endpoint in real time and the same checkers judge the answers.
+
+Each configuration runs once per seed (seeds `seed`, `seed+1`, ...: a fresh workload,
+arrival times and model draws each); the figures pool every request of every seed, and
+every difference against the baseline carries a paired-bootstrap 95 % interval
+(`bench._stats`). When the three single-model runs are among the configurations, the
+counterfactual `oracle` is added. Swept configurations also run at each value of their
+threshold, and at the policy's own value (`value: null`), on the first half of the first
+seed's requests (`--sweep-n`; `--no-sweep` skips it): the cost-quality curves.
+
+`--json` prints `{config: {cost_per_case, p50_ms, p95_ms, p99_ms, quality, answer_accuracy,
+refusal_recall, false_refusal_rate, validation_success, cache_hit_rate, llm_calls_per_case,
+..., vs_baseline: {metric: {value, low, high, ratio}}, sweep: [{value, cost_per_case,
+quality}]}}`; `--out-dir` writes `results.json` and `cost_quality.png` there;
+`--write-results` rewrites the bench section of `bench/RESULTS.md`.
 """
 
 from __future__ import annotations
@@ -17,45 +32,56 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import anyio
 from trio.testing import MockClock
 
+from bench._faults import FaultProfile, parse_faults
 from bench._notes import NOTES
-from bench._png import cost_vs_p95
+from bench._png import cost_vs_quality
 from bench._report import goal_lines, markdown_section, table, write_section
-from bench._run import CONFIGS, RunSettings, run_all
-from bench.workload import generate
+from bench._run import CONFIGS, SINGLES, Config, Outcome, RunSettings, run_all, run_config
+from bench._stats import intervals, oracle_rows, pooled
+from bench.workload import generate, parse_mix
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+_SUMMED = ("speculative_used", "speculative_discarded", "speculative_cancelled")
+_AVERAGED = (
+    "cache_hit_rate", "llm_calls_per_case", "refuse_p50_ms", "refused_all_p50_ms",
+    "queue_wait_p95_ms", "speculative_cost_per_case", "speculative_wasted_cost_per_case",
+)  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=5000, help="requests in the generated workload")
-    p.add_argument("--seed", type=int, default=1, help="workload, arrival and sim seed")
+    p.add_argument("--n", type=int, default=1000, help="requests per seed")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds (workloads)")
+    p.add_argument("--seed", type=int, default=1, help="the first seed")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--mix", default="", help="kind=share,... (bench.workload kinds)")
+    p.add_argument("--faults", default="default", help="none, default, heavy or key=value,...")
     p.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated; of {', '.join(CONFIGS)}"
-    )
+        "--model", action="append", default=[], metavar="NAME=PROVIDER:MODEL",
+        help="rebind a logical model in every configuration that has it (repeatable)",
+    )  # fmt: skip
     p.add_argument("--rate", type=float, default=20.0, help="Poisson arrivals per second")
     p.add_argument("--concurrency", type=int, default=512, help="requests in flight at most")
-    p.add_argument("--workload", type=Path, help="a JSONL workload instead of generating one")
+    p.add_argument("--workload", type=Path, help="a JSONL workload (the same for every seed)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the threshold sweeps")
+    p.add_argument(
+        "--sweep-n", type=int, help="requests of the first seed each swept value runs (n/2)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--out-dir", type=Path, help="write results.json and cost_vs_p95.png here")
+    p.add_argument("--out-dir", type=Path, help="write results.json and cost_quality.png here")
     p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     return p
-
-
-def _load(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.workload is None:
-        return generate(args.n, args.seed)
-    lines = args.workload.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _clean(value: Any) -> Any:
@@ -64,28 +90,111 @@ def _clean(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 
-def _arrivals_note(settings: RunSettings) -> str:
-    return (
-        f"Arrivals: Poisson, {settings.rate:g} requests per simulated second, at most "
-        f"{settings.concurrency} in flight (latency is measured from the request's start; "
-        "`queue_wait_p95_ms` shows any wait for a free slot, 0 unless saturated). "
-        "Models: the embedded `sim` provider (simulated latency, price and quality)."
-    )
+def _models(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for item in given:
+        name, sep, target = item.partition("=")
+        if not sep or ":" not in target or target.split(":", 1)[0] not in ("sim", "openai"):
+            parser.error(
+                f"--model {item}: expected NAME=PROVIDER:MODEL, e.g. small=openai:gpt-4.1-nano"
+            )
+        models[name.strip()] = target.strip()
+    return models
 
 
-def _outputs(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, Any]) -> None:
-    if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"meta": meta, "results": results}
-        (args.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        points = {k: (v["p95_ms"] or math.nan, v["cost_per_case"]) for k, v in results.items()}
-        title = f"COST PER CASE VS P95 (SIMULATED, N={meta['n']})"
-        cost_vs_p95(points, args.out_dir / "cost_vs_p95.png", title=title)
-    if args.write_results:
-        write_section(RESULTS_MD, markdown_section(results, meta, NOTES))
+def _workload(args: argparse.Namespace, seed: int, weights: dict[str, float]) -> list[Any]:
+    if args.workload is None:
+        return generate(args.n, seed, weights)
+    lines = args.workload.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+async def _bench(
+    args: argparse.Namespace,
+    configs: list[Config],
+    weights: dict[str, float],
+    faults: FaultProfile,
+    models: dict[str, str],
+) -> tuple[list[dict[str, Outcome]], dict[str, list[dict[str, float]]]]:
+    runs: list[dict[str, Outcome]] = []
+    sweeps: dict[str, list[dict[str, float]]] = {}
+    for k in range(args.seeds):
+        seed = args.seed + k
+        settings = RunSettings(args.rate, args.concurrency, seed, faults, models)
+        requests = _workload(args, seed, weights)
+
+        def progress(name: str, figures: dict[str, Any], seed: int = seed) -> None:
+            print(f"  seed {seed} {name}: {figures['wall_s']:.1f} s wall", file=sys.stderr)
+
+        runs.append(await run_all(configs, requests, settings, progress))
+        if k == 0 and not args.no_sweep:
+            subset = requests[: args.sweep_n or max(1, len(requests) // 2)]
+            for config in configs:
+                if config.sweep is not None:
+                    sweeps[config.name] = await _sweep(config, subset, settings)
+    return runs, sweeps
+
+
+async def _sweep(
+    config: Config, requests: list[Any], settings: RunSettings
+) -> list[dict[str, float]]:
+    assert config.sweep is not None
+    key, values = config.sweep
+    points = []
+    for value in (None, *values):  # None: the policy's own value
+        try:
+            override = {} if value is None else {key: value}
+            outcome = await run_config(config, requests, settings, override)
+        except KeyError:
+            print(f"  {config.name}: the policy has no {key}; no sweep", file=sys.stderr)
+            return []
+        figures = pooled([outcome.rows])
+        points.append({"key": key, "value": value, "cost_per_case": figures["cost_per_case"],
+                       "quality": figures["quality"], "requests": len(requests)})  # fmt: skip
+    print(f"  {config.name}: swept {key} over {len(values)} values", file=sys.stderr)
+    return points
+
+
+def _figures(
+    runs: list[dict[str, Outcome]], sweeps: dict[str, list[dict[str, float]]]
+) -> dict[str, dict[str, Any]]:
+    names = list(runs[0])
+    per_config = {name: [run[name].rows for run in runs] for name in names}
+    if all(name in per_config for name in SINGLES):
+        per_config["oracle"] = oracle_rows([per_config[name] for name in SINGLES])
+    results: dict[str, dict[str, Any]] = {}
+    for name, rows in per_config.items():
+        figures: dict[str, Any] = dict(pooled(rows))
+        outcomes = [run[name] for run in runs] if name in runs[0] else []
+        for key in _AVERAGED:
+            values = [
+                o.figures[key] for o in outcomes if isinstance(o.figures.get(key), float | int)
+            ]
+            values = [v for v in values if math.isfinite(v)]
+            figures[key] = sum(values) / len(values) if values else None
+        for key in _SUMMED:
+            figures[key] = sum(o.figures.get(key, 0) for o in outcomes)
+        statuses: dict[str, int] = {}
+        for o in outcomes:
+            for status, count in o.figures.get("statuses", {}).items():
+                statuses[status] = statuses.get(status, 0) + count
+        figures["statuses"] = statuses
+        figures["seeds"] = len(rows)
+        if name != "baseline" and "baseline" in per_config:
+            found = intervals(per_config["baseline"], rows)
+            figures["vs_baseline"] = {k: asdict(v) for k, v in found.items()}
+        if name == "flagship" and "oracle" in per_config:
+            found = intervals(per_config["oracle"], rows)
+            figures["vs_oracle"] = {k: asdict(v) for k, v in found.items()}
+        if name in sweeps:
+            figures["sweep"] = sweeps[name]
+        results[name] = figures
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,35 +205,47 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown or not names:
         parser.error(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
-    requests = _load(args)
-    settings = RunSettings(rate=args.rate, concurrency=args.concurrency, seed=args.seed)
-
-    def progress(name: str, figures: dict[str, Any]) -> None:
-        print(f"  {name}: done in {figures['wall_s']:.1f} s wall", file=sys.stderr, flush=True)
-
-    t0 = time.perf_counter()
-    results = anyio.run(
-        run_all,
-        [CONFIGS[n] for n in names],
-        requests,
-        settings,
-        progress,
-        backend="trio",
-        backend_options={"clock": MockClock(autojump_threshold=0)},
-    )
-    results = _clean(results)
+    if args.n < 1 or args.seeds < 1:
+        parser.error("--n and --seeds must be at least 1")
+    try:
+        weights, faults = parse_mix(args.mix), parse_faults(args.faults)
+    except ValueError as exc:
+        parser.error(str(exc))
+    models = _models(parser, args.model)
+    simulated = all(target.startswith("sim:") for target in models.values())
+    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    options = {"clock": MockClock(autojump_threshold=0)} if simulated else {}
+    runs, sweeps = anyio.run(
+        _bench, args, [CONFIGS[n] for n in names], weights, faults, models,
+        backend="trio", backend_options=options,
+    )  # fmt: skip
+    results = _clean(_figures(runs, sweeps))
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     meta = {
         "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "n": len(requests),
-        "seed": args.seed,
-        "arrivals": _arrivals_note(settings),
+        "n": args.n,
+        "seeds": [args.seed + k for k in range(args.seeds)],
+        "mix": args.mix or "default",
+        "faults": faults.describe(),
+        "models": models,
+        "simulated": simulated,
+        "arrivals": (
+            f"Poisson, {args.rate:g} requests per second, at most {args.concurrency} in flight"
+        ),
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": (cpu.ru_utime - cpu0.ru_utime) + (cpu.ru_stime - cpu0.ru_stime),
     }
-    _outputs(args, results, meta)
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"meta": meta, "results": results}
+        (args.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        cost_vs_quality(results, args.out_dir / "cost_quality.png", simulated=simulated)
+    if args.write_results:
+        write_section(RESULTS_MD, markdown_section(results, meta, NOTES))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(meta["arrivals"])
+        print(f"{meta['faults']}; arrivals {meta['arrivals']}; seeds {meta['seeds']}")
         print(table(results))
         print("\n".join(goal_lines(results)))
     return 0

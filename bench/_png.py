@@ -7,13 +7,14 @@ lines, filled discs, text in a built-in 5x7 bitmap font); `write_png` encodes it
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["Canvas", "cost_vs_p95", "write_png"]
+__all__ = ["Canvas", "cost_vs_p95", "cost_vs_quality", "write_png"]
 
 Color = tuple[int, int, int]
 BLACK: Color = (0, 0, 0)
@@ -79,6 +80,24 @@ class Canvas:
             for dx in range(-r, r + 1):
                 if dx * dx + dy * dy <= r * r + r:
                     self.set(cx + dx, cy + dy, color)
+
+    def line(self, x0: int, y0: int, x1: int, y1: int, color: Color = BLACK) -> None:
+        """A straight segment (Bresenham), two pixels thick."""
+        dx, dy = abs(x1 - x0), -abs(y1 - y0)
+        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
+        err = dx + dy
+        while True:
+            self.set(x0, y0, color)
+            self.set(x0, y0 + 1, color)
+            if x0 == x1 and y0 == y1:
+                return
+            e2 = 2 * err
+            if e2 >= dy:
+                err += dy
+                x0 += sx
+            if e2 <= dx:
+                err += dx
+                y0 += sy
 
     def text(self, x: int, y: int, text: str, color: Color = BLACK, scale: int = 1) -> None:
         """`text` (upper-cased) with its top left corner at (x, y)."""
@@ -205,3 +224,80 @@ def _place_label(
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] + 1 and b[1] <= a[3] + 1
+
+
+def cost_vs_quality(
+    figures: Mapping[str, Mapping[str, object]], path: Path, *, simulated: bool = True
+) -> None:
+    """Quality against cost per case: one labelled point per configuration (its default
+    policy), its threshold sweep as a line through the swept points, and the oracle as a
+    ring: the frontier no router with these models can pass."""
+    canvas = Canvas(900, 560)
+    left, right, top, bottom = 90, 860, 50, 490
+    points: dict[str, tuple[float, float]] = {}
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, row in figures.items():
+        cost, quality = row.get("cost_per_case"), row.get("quality")
+        if isinstance(cost, float | int) and isinstance(quality, float | int):
+            points[name] = (float(cost) * 1000, float(quality))
+        sweep = row.get("sweep")
+        if isinstance(sweep, list) and sweep:
+            curves[name] = sorted((p["cost_per_case"] * 1000, p["quality"]) for p in sweep)
+    every = [*points.values(), *(p for c in curves.values() for p in c)]
+    xstep, xmax = _axis([x for x, _ in every] or [1.0])
+    low = min((y for _, y in every), default=0.0)
+    ystep = _nice_step(max(1.0, 100.0 - low), 5)
+    ymin = max(0.0, ystep * math.floor((low - 2) / ystep))
+
+    def px(x: float) -> int:
+        return round(left + (right - left) * x / xmax)
+
+    def py(y: float) -> int:
+        return round(bottom - (bottom - top) * (y - ymin) / (100.0 - ymin))
+
+    _grid_quality(canvas, (left, right, top, bottom), (xstep, xmax, ystep, ymin), (px, py))
+    kind = "SIMULATED" if simulated else "REAL ENDPOINTS"
+    canvas.text(left, 10, f"QUALITY VS COST PER CASE ({kind})", scale=2)
+    canvas.text((left + right) // 2 - 120, bottom + 40, "COST PER 1,000 CASES ($)", scale=2)
+    canvas.text(6, top - 14, "QUALITY (POINTS OF 100)")
+    names = list(points)
+    taken: list[tuple[int, int, int, int]] = []
+    for n, name in enumerate(names):
+        color = PALETTE[n % len(PALETTE)]
+        curve = curves.get(name, [])
+        for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+            canvas.line(px(x0), py(y0), px(x1), py(y1), color)
+        for x, y in curve:
+            canvas.disc(px(x), py(y), 2, color)
+        cx, cy = px(points[name][0]), py(points[name][1])
+        canvas.disc(cx, cy, 6 if name == "oracle" else 5, BLACK if name == "oracle" else color)
+        if name == "oracle":
+            canvas.disc(cx, cy, 3, WHITE)
+        lx, ly = _place_label(cx, cy, text_width(name.upper()), taken, right)
+        canvas.text(lx, ly, name.upper(), BLACK if name == "oracle" else color)
+    write_png(canvas, path)
+
+
+def _grid_quality(
+    canvas: Canvas,
+    box: tuple[int, int, int, int],
+    steps: tuple[float, float, float, float],
+    f: tuple[Callable[[float], int], Callable[[float], int]],
+) -> None:
+    left, right, top, bottom = box
+    xstep, xmax, ystep, ymin = steps
+    px, py = f
+    for i in range(round(xmax / xstep) + 1):
+        x = px(i * xstep)
+        canvas.vline(x, top, bottom, GREY)
+        label = f"{i * xstep:g}"
+        canvas.text(x - text_width(label) // 2, bottom + 8, label)
+    value = ymin
+    while value <= 100.0 + 1e-9:
+        y = py(value)
+        canvas.hline(left, right, y, GREY)
+        label = f"{value:g}"
+        canvas.text(left - 8 - text_width(label), y - 3, label)
+        value += ystep
+    canvas.hline(left, right, bottom)
+    canvas.vline(left, top, bottom)

@@ -1,7 +1,9 @@
 """Judges the benchmark goals and renders the figures as text, Markdown and a RESULTS.md section.
 
-`goals()` evaluates the five goals of the flagship against the baseline, the eager-join
-ablation and the oracle router from one run's figures. `write_section()` replaces only the
+`goals()` judges the flagship's goals against the baseline, the eager-join ablation and the
+counterfactual oracle: a goal is met when the whole 95 % interval of the difference is on
+the right side of its target, not met when the whole interval is on the wrong side, and
+unresolved when it straddles the target. `write_section()` replaces only the
 text between `<!-- bench:begin -->` and `<!-- bench:end -->` in RESULTS.md; the rest of the
 file belongs to others.
 """
@@ -13,6 +15,7 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +27,31 @@ Figures = Mapping[str, Mapping[str, Any]]
 
 _COLUMNS = (
     ("config", "configuration", None),
-    ("cost_per_case", "cost/case $", "{:.5f}"),
+    ("cost_per_case", "cost/case $", "{:.6f}"),
+    ("vs_baseline.cost_per_case", "cost x baseline [95% CI]", None),
     ("p50_ms", "p50 ms", "{:.0f}"),
     ("p95_ms", "p95 ms", "{:.0f}"),
-    ("p99_ms", "p99 ms", "{:.0f}"),
+    ("vs_baseline.p95_ms", "p95 x baseline [95% CI]", None),
     ("quality", "quality", "{:.1f}"),
-    ("answer_accuracy", "answer acc", "{:.3f}"),
+    ("vs_baseline.quality", "quality - baseline [95% CI]", None),
+    ("answer_accuracy", "benign acc", "{:.3f}"),
+    ("vs_baseline.answer_accuracy", "benign acc - baseline", None),
     ("refusal_recall", "refusal recall", "{:.3f}"),
+    ("vs_baseline.refusal_recall", "recall - baseline", None),
     ("false_refusal_rate", "false refusals", "{:.3f}"),
+    ("vs_baseline.false_refusal_rate", "false ref. - baseline", None),
     ("validation_success", "valid", "{:.3f}"),
     ("cache_hit_rate", "cache hits", "{:.3f}"),
     ("llm_calls_per_case", "calls/case", "{:.2f}"),
     ("refuse_p50_ms", "refuse p50 ms", "{:.0f}"),
-    ("speculative", "spec used/disc/canc", None),
-    ("speculative_wasted_cost_per_case", "spec waste $/case", "{:.6f}"),
 )
+"""Shares are fractions in the figure columns and points (of 100) in the differences."""
 
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """One goal, its measured figure and whether it was met (None: not evaluated)."""
+    """One goal, its measured figure and whether it was met (None: not evaluated or the
+    interval straddles the target)."""
 
     name: str
     target: str
@@ -56,53 +64,69 @@ def _get(figures: Figures, config: str, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _ratio(figures: Figures, a: str, b: str, key: str) -> float | None:
-    x, y = _get(figures, a, key), _get(figures, b, key)
-    return x / y if x is not None and y else None
+def _interval(figures: Figures, config: str, against: str, key: str) -> Mapping[str, Any] | None:
+    found = figures.get(config, {}).get(against, {}).get(key)
+    return found if isinstance(found, Mapping) else None
+
+
+def _judge(ci: Mapping[str, Any], limit: float, at_most: bool) -> bool | None:
+    """Met when the whole interval is on the right side, not met when all of it is on the
+    wrong side, unresolved (None) when it straddles the limit."""
+    low, high = ci["low"], ci["high"]
+    if at_most:
+        return True if high <= limit else False if low > limit else None
+    return True if low >= limit else False if high < limit else None
+
+
+def _ci_goal(
+    figures: Figures, name: str, against: str, key: str, limit: float, at_most: bool
+) -> Goal:
+    ref = against.removeprefix("vs_")
+    ci = _interval(figures, "flagship", against, key)
+    sign = "<=" if at_most else ">="
+    unit = "x" if key in ("cost_per_case", "p95_ms") else " pts"
+    target = f"{sign} {limit:g}{unit} {ref}" if unit == "x" else f"{sign} {ref} {limit:+g} pts"
+    if ci is None:
+        return Goal(name, target, f"not evaluated (run flagship and {ref})", None)
+    measured = _text(ci)
+    return Goal(name, target, measured, _judge(ci, limit, at_most))
+
+
+def _text(ci: Mapping[str, Any]) -> str:
+    if ci["ratio"]:
+        return f"{ci['value']:.3f}x [{ci['low']:.3f}, {ci['high']:.3f}]"
+    return f"{ci['value']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}]"
 
 
 def _ratio_goal(figures: Figures, name: str, other: str, key: str, limit: float) -> Goal:
-    r = _ratio(figures, "flagship", other, key)
-    if r is None:
+    x, y = _get(figures, "flagship", key), _get(figures, other, key)
+    if x is None or not y:
         return Goal(name, f"<= {limit}x {other}", f"not evaluated (run flagship and {other})", None)
-    a, b = _get(figures, "flagship", key), _get(figures, other, key)
-    return Goal(name, f"<= {limit}x {other}", f"{r:.3f}x ({a:.5g} vs {b:.5g})", r <= limit)
+    r = x / y
+    return Goal(name, f"<= {limit}x {other}", f"{r:.3f}x ({x:.5g} vs {y:.5g})", r <= limit)
 
 
 def goals(figures: Figures) -> list[Goal]:
-    """The five goals, judged on `figures` (keyed by configuration name)."""
-    out = [
-        _ratio_goal(figures, "cost per case", "baseline", "cost_per_case", 0.35),
-        _ratio_goal(figures, "p95 latency", "baseline", "p95_ms", 0.6),
-        _quality_goal(figures, "baseline", "quality vs baseline"),
+    """The flagship's goals, judged on `figures` with their intervals where they have one."""
+    vs = "vs_baseline"
+    return [
+        _ci_goal(figures, "cost per case", vs, "cost_per_case", 0.35, True),
+        _ci_goal(figures, "p95 latency", vs, "p95_ms", 0.6, True),
+        _ci_goal(figures, "quality vs baseline", vs, "quality", -0.5, False),
+        _ci_goal(figures, "benign accuracy vs baseline", vs, "answer_accuracy", -0.5, False),
+        _ci_goal(figures, "refusal recall vs baseline", vs, "refusal_recall", -0.5, False),
+        _ci_goal(figures, "false refusals vs baseline", vs, "false_refusal_rate", 0.5, True),
+        _ratio_goal(figures, "refuse-path p50", "flagship-eager-join", "refuse_p50_ms", 0.3),
+        _ci_goal(figures, "cost vs oracle", "vs_oracle", "cost_per_case", 1.3, True),
+        _ci_goal(figures, "quality vs oracle", "vs_oracle", "quality", -0.5, False),
     ]
-    refuse = _ratio_goal(figures, "refuse-path p50", "flagship-eager-join", "refuse_p50_ms", 0.3)
-    out.append(refuse)
-    out.append(_oracle_goal(figures))
-    return out
-
-
-def _quality_goal(figures: Figures, other: str, name: str) -> Goal:
-    q, b = _get(figures, "flagship", "quality"), _get(figures, other, "quality")
-    if q is None or b is None:
-        return Goal(name, f">= {other} - 0.5", f"not evaluated (run flagship and {other})", None)
-    return Goal(name, f">= {other} - 0.5 pts", f"{q:.1f} vs {b:.1f} ({q - b:+.1f})", q >= b - 0.5)
-
-
-def _oracle_goal(figures: Figures) -> Goal:
-    name, target = "cost vs oracle router", "<= 1.3x oracle-router, quality >= oracle - 0.5"
-    r = _ratio(figures, "flagship", "oracle-router", "cost_per_case")
-    q, o = _get(figures, "flagship", "quality"), _get(figures, "oracle-router", "quality")
-    if r is None or q is None or o is None:
-        return Goal(name, target, "not evaluated (run flagship and oracle-router)", None)
-    measured = f"{r:.3f}x cost; quality {q:.1f} vs {o:.1f} ({q - o:+.1f})"
-    return Goal(name, target, measured, r <= 1.3 and q >= o - 0.5)
 
 
 def _cell(row: Mapping[str, Any], key: str, fmt: str | None) -> str:
-    if key == "speculative":
-        parts = ("speculative_used", "speculative_discarded", "speculative_cancelled")
-        return "/".join(str(row.get(k, 0)) for k in parts)
+    if "." in key:
+        group, metric = key.split(".", 1)
+        ci = row.get(group, {}).get(metric)
+        return _text(ci) if isinstance(ci, Mapping) else "-"
     value = row.get(key)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -130,7 +154,9 @@ def table(figures: Figures, markdown: bool = False) -> str:
 
 
 def _verdict(goal: Goal) -> str:
-    return {True: "met", False: "NOT met", None: "not evaluated"}[goal.met]
+    if goal.met is None:
+        return "not evaluated" if goal.measured.startswith("not evaluated") else "unresolved"
+    return "met" if goal.met else "NOT met"
 
 
 def goal_lines(figures: Figures, markdown: bool = False) -> list[str]:
@@ -148,17 +174,40 @@ def machine() -> str:
     return f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs"
 
 
+def sweep_lines(figures: Figures) -> list[str]:
+    """The cost-quality curves as a Markdown table: one row per swept value."""
+    lines = [
+        "| configuration | threshold | value | cost/case $ | quality |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in figures.items():
+        for point in row.get("sweep") or ():
+            value = "policy" if point["value"] is None else f"{point['value']:g}"
+            lines.append(
+                f"| {name} | `{point['key']}` | {value} | "
+                f"{point['cost_per_case']:.6f} | {point['quality']:.1f} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
 def markdown_section(figures: Figures, meta: Mapping[str, Any], notes: str = "") -> str:
     """The RESULTS.md section body (without the markers)."""
+    kind = "simulated models" if meta.get("simulated", True) else "real endpoints"
+    seeds = ", ".join(str(s) for s in meta["seeds"])
     parts = [
-        "## End-to-end benchmark (simulated models)",
+        f"## End-to-end benchmark ({kind}, {date.today().isoformat()})",
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Machine: {machine()}. Wall time: {meta['wall_s']:.0f} s.",
+        f"Machine: {machine()}. Wall time {meta['wall_s']:.0f} s, CPU time "
+        f"{meta['cpu_s']:.0f} s (the machine is shared; CPU time is what the run itself used).",
         "",
-        f"Workload: {meta['n']} requests (`python -m bench.workload --n {meta['n']} "
-        f"--seed {meta['seed']}`). {meta['arrivals']}",
+        f"Workload: {meta['n']} requests per seed, seeds {seeds} (`python -m bench.workload "
+        f"--n {meta['n']} --seed S`), mix {meta['mix']}. Arrivals: {meta['arrivals']}. "
+        f"Models: {meta['faults']}.",
+        "",
+        "Shares are fractions in the figure columns; differences against the baseline are in "
+        "points (of 100) or ratios, with paired-bootstrap 95 % intervals over requests.",
         "",
         table(figures, markdown=True),
         "",
@@ -166,6 +215,14 @@ def markdown_section(figures: Figures, meta: Mapping[str, Any], notes: str = "")
         "",
         *goal_lines(figures, markdown=True),
     ]
+    sweep = sweep_lines(figures)
+    if sweep:
+        parts += [
+            "",
+            "### Cost-quality curves (first seed; `cost_quality.png`)",
+            "",
+            *sweep,
+        ]
     if notes:
         parts += ["", notes.strip()]
     return "\n".join(parts)

@@ -21,16 +21,18 @@ from typing import Any
 import anyio
 import yaml
 
-from bench._metrics import Collector, percentile
+from bench._faults import PROFILES, FaultProfile, apply_faults
+from bench._metrics import Collector, Row, percentile
 from engine.api import rebind_models
 from engine.events import PolicyPin
 from engine.graph.loader import load_graph
+from engine.graph.spec import ModelSpec
 from engine.models import Gateway
 from engine.plugin.context import SharedState
 from engine.requests import InputValidator, parse_request
 from engine.scheduler.runner import Runner
 
-__all__ = ["CONFIGS", "Config", "RunSettings", "run_all", "run_config"]
+__all__ = ["CONFIGS", "SINGLES", "Config", "Outcome", "RunSettings", "run_all", "run_config"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = "graphs/governed-answer.yaml"
@@ -45,6 +47,8 @@ class Config:
     policy_file: str | None = None
     models: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    sweep: tuple[str, tuple[float, ...]] | None = None
+    """The policy threshold its cost-quality curve sweeps (a dotted key) and the values."""
 
 
 def _ablation(suffix: str, note: str) -> Config:
@@ -53,11 +57,23 @@ def _ablation(suffix: str, note: str) -> Config:
     )
 
 
+REFUSE_AT = ("risk.refuse_at", (0.5, 0.65, 0.9, 0.97))
+"""The sweep of single-model designs: how sure the risk review must be to refuse."""
+SINGLE = "bench/single.yaml"
+SINGLES = ("single-small", "single-medium", "single-large")
+"""The single-model runs the counterfactual oracle is built from, cheapest first."""
+
 CONFIGS: dict[str, Config] = {
     c.name: c
     for c in (
-        Config("baseline", "graphs/baseline.yaml", note="large model, risk review then answer"),
-        Config("flagship", FLAGSHIP, note="governed-answer, default policy"),
+        Config(
+            "baseline", "graphs/baseline.yaml", sweep=REFUSE_AT,
+            note="large model only, risk review and answer in parallel",
+        ),
+        Config(
+            "flagship", FLAGSHIP, sweep=("escalation.accept_at", (0.5, 0.6, 0.8, 0.9)),
+            note="governed-answer, default policy",
+        ),
         _ablation("no-speculation", "the answer waits for the risk screen"),
         _ablation("always-parallel", "simulator on every deliberated request"),
         _ablation("no-cache", "semantic cache off"),
@@ -65,20 +81,26 @@ CONFIGS: dict[str, Config] = {
         _ablation("eager-join", "a refusal waits for the speculative answer"),
         _ablation("no-escalation", "the cheap screen refuses alone; answers never escalate"),
         _ablation("threshold-router", "the complexity-threshold router, not the learned one"),
-        Config("cascade", "graphs/cascade.yaml", note="cache + speculative small/large cascade"),
         Config(
-            "oracle-router",
-            "bench/oracle-router.yaml",
-            note="reads the difficulty label: cheapest model with P(correct) >= 0.9",
+            "cascade", "graphs/cascade.yaml",
+            sweep=("speculate.accept_threshold", (0.3, 0.45, 0.75, 0.9)),
+            note="cache + speculative small/large cascade",
+        ),
+        *(
+            Config(
+                name, SINGLE, models={"m": f"sim:{name.removeprefix('single-')}"},
+                note=f"{name.removeprefix('single-')} model only, with the flagship's cache",
+            )
+            for name in SINGLES
         ),
     )
-}
+}  # fmt: skip
 """The configurations, by stable name, in report order."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
-    """How requests are offered to every configuration."""
+    """How requests are offered to every configuration, and the models' weather."""
 
     rate: float = 20.0
     """Mean arrivals per simulated second (Poisson)."""
@@ -86,15 +108,40 @@ class RunSettings:
     """Requests in flight at most."""
     seed: int = 1
     """Seed of the arrival times and of the simulated models."""
+    faults: FaultProfile = PROFILES["none"]
+    """Faults and limits of every `sim` model."""
+    models: Mapping[str, str] = field(default_factory=dict)
+    """`--model NAME=PROVIDER:MODEL` for every configuration whose graph has NAME (a
+    single-model run's model follows the NAME of its size: `single-small` takes `small`)."""
 
 
 def _policy_pin(
-    graph_policy: Mapping[str, Any], name: str | None, policy_file: str | None
+    graph_policy: Mapping[str, Any],
+    name: str | None,
+    policy_file: str | None,
+    override: Mapping[str, float] | None = None,
 ) -> PolicyPin:
-    if policy_file is None:
-        return PolicyPin(name, None, graph_policy)
-    body = yaml.safe_load((ROOT / policy_file).read_text(encoding="utf-8"))
-    return PolicyPin(body.get("name", name), None, body)
+    body: dict[str, Any] = dict(graph_policy)
+    if policy_file is not None:
+        body = yaml.safe_load((ROOT / policy_file).read_text(encoding="utf-8"))
+        name = body.get("name", name)
+    for dotted, value in (override or {}).items():
+        body = _set(body, dotted.split("."), value)
+    return PolicyPin(name, None, body)
+
+
+def _set(body: Mapping[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of `body` with `path` set to `value`.
+
+    Raises:
+        KeyError: the path does not exist (a sweep of a setting the policy no longer has).
+    """
+    out = dict(body)
+    head, *rest = path
+    if head not in out:
+        raise KeyError(".".join(path))
+    out[head] = _set(out[head], rest, value) if rest else value
+    return out
 
 
 def _arrivals(n: int, settings: RunSettings) -> list[float]:
@@ -103,16 +150,39 @@ def _arrivals(n: int, settings: RunSettings) -> list[float]:
     return [rng.expovariate(settings.rate) for _ in range(n)]
 
 
+def _models(
+    config: Config, graph_models: Mapping[str, ModelSpec], settings: RunSettings
+) -> dict[str, ModelSpec]:
+    rebind = dict(config.models)
+    for name, target in settings.models.items():
+        if name in graph_models:
+            rebind[name] = target
+        elif config.graph == SINGLE and config.name == f"single-{name}":
+            rebind["m"] = target
+    return apply_faults(rebind_models(graph_models, rebind), settings.faults)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One configuration's run: its figures and, per request seq, its outcome."""
+
+    figures: dict[str, Any]
+    rows: dict[int, Row]
+
+
 async def run_config(
-    config: Config, requests: Sequence[Mapping[str, Any]], settings: RunSettings
-) -> dict[str, Any]:
-    """Run `requests` through one configuration; return its figures."""
+    config: Config,
+    requests: Sequence[Mapping[str, Any]],
+    settings: RunSettings,
+    override: Mapping[str, float] | None = None,
+) -> Outcome:
+    """Run `requests` through one configuration (its policy changed by `override`)."""
     graph = load_graph(ROOT / config.graph)
-    pin = _policy_pin(graph.policy, graph.policy_name, config.policy_file)
+    pin = _policy_pin(graph.policy, graph.policy_name, config.policy_file, override)
     validator = InputValidator(graph.input_schema)
     items = [parse_request(r, seq=i, declared=validator.declared) for i, r in enumerate(requests)]
     collector = Collector([item.labels for item in items], pin.body.get("refusal"))
-    gateway = Gateway(rebind_models(graph.models, config.models))
+    gateway = Gateway(_models(config, graph.models, settings))
     waits: list[float] = []
     limiter = anyio.Semaphore(max(1, settings.concurrency))
     wall0 = time.perf_counter()
@@ -147,7 +217,7 @@ async def run_config(
     figures["queue_wait_p95_ms"] = percentile(waits, 95)
     figures["simulated_s"] = anyio.current_time() - sim0
     figures["wall_s"] = time.perf_counter() - wall0
-    return figures
+    return Outcome(figures, collector.rows)
 
 
 async def run_all(
@@ -155,11 +225,11 @@ async def run_all(
     requests: Sequence[Mapping[str, Any]],
     settings: RunSettings,
     progress: Any = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Outcome]:
     """Run every configuration in turn; `progress(name, figures)` after each one."""
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Outcome] = {}
     for config in configs:
         results[config.name] = await run_config(config, requests, settings)
         if progress is not None:
-            progress(config.name, results[config.name])
+            progress(config.name, results[config.name].figures)
     return results

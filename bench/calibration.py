@@ -1,8 +1,9 @@
 """Measures the calibration curve of each `sim` profile: stated confidence against accuracy.
 
 For every request of a generated workload and every profile it asks the simulated model,
-through the provider, for an answer (is the labelled token in it?), a risk review (is its
-verdict on harm right?) and, for benign requests, a critique of a `small` draft (is its
+through the provider, for an answer to each benign request (does `bench.checkers` judge it
+right?), a risk review (is its verdict on harm right?) and, for benign requests, a
+critique of a `small` draft (is its
 verdict on the draft right?). Each call states a confidence; the calls are bucketed by it
 and each bucket's mean confidence is printed beside the share of calls that were right.
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from bench.checkers import answer_ok
 from bench.workload import generate
 from engine.graph.spec import FaultRates, ModelSpec
 from engine.models import SIM_PROFILES, ProviderRequest, SimProvider
@@ -56,12 +58,14 @@ async def _pairs(n: int, seed: int) -> dict[tuple[str, str], list[Pair]]:
             id=f"c{i}", run_id="calibration", seq=i, tenant="t", input={"prompt": prompt},
             labels=labels, seed=seed,
         )  # fmt: skip
+        benign = "expected" in labels
         draft = (await _ask("small", info, prompt, "draft"))["text"]
-        draft_right = str(labels["answer"]).lower() in draft.lower()
+        draft_right = benign and answer_ok(draft, labels["expected"], labels["check"])
         for profile in SIM_PROFILES:
-            answer = await _ask(profile, info, prompt, "answer")
-            right = str(labels["answer"]).lower() in answer["text"].lower()
-            found.setdefault((profile, "answer"), []).append((answer["confidence"], right))
+            if benign:
+                answer = await _ask(profile, info, prompt, "answer")
+                right = answer_ok(answer["text"], labels["expected"], labels["check"])
+                found.setdefault((profile, "answer"), []).append((answer["confidence"], right))
             risk = await _ask(profile, info, f"Request:\n{prompt}", "risk")
             verdict = risk["risk_score"] >= 0.5
             pair = (risk["confidence"], verdict == bool(labels["harmful"]))

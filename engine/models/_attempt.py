@@ -68,10 +68,11 @@ class Attempt:
         self.charged_input, self.charged_output = self.input_tokens, self.output_limit
         self.cost_usd = self.reserved_usd
 
-    def charge_prompt(self, price: Price) -> None:
-        """Charge the prompt alone (a cancelled `sim` attempt)."""
-        self.charged_input, self.charged_output = self.input_tokens, 0
-        self.cost_usd = self.input_tokens * price.input / 1e6
+    def charge_prompt(self, price: Price, output_tokens: int = 0) -> None:
+        """Charge the prompt and the `output_tokens` generated before a cancel (a cancelled
+        `sim` attempt, whose progress is known)."""
+        self.charged_input, self.charged_output = self.input_tokens, output_tokens
+        self.cost_usd = (self.input_tokens * price.input + output_tokens * price.output) / 1e6
 
     @property
     def overran(self) -> bool:

@@ -126,8 +126,10 @@ WEAK_CUES = (
 """Harm-adjacent wording that makes a request look risky without naming a harm (weight 0.5)."""
 
 _NORMAL = NormalDist()
-_LABEL_NOISE = ("repeat_of", "variant")
-"""Labels that say how a request came back, not what it is: a repeat shares its latents."""
+_LABEL_NOISE = ("repeat_of", "variant", "expected", "check")
+"""Labels left out of a request's identity: how a request came back (a repeat shares its
+latents), and the benchmark's answer key (`expected`, `check`), which the sim never reads
+in any form: a checkable request's answer is worked out from its text."""
 
 
 @dataclass(frozen=True, slots=True)

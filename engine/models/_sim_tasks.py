@@ -2,7 +2,10 @@
 
 Every function here is a pure function of a `SimCall` (the call's text, the request's
 hidden labels, the model's capability and a seeded random generator), so the same call
-always yields the same answer. The label fields are documented in `engine.models.sim`.
+always yields the same answer. The right answer to a checkable request (arithmetic, a
+fact in a note, a ticket's fields, ...) is worked out from the request's text
+(`engine.models._sim_solve`), never taken from a label; a judge of a draft compares the
+draft with that answer. The label fields are documented in `engine.models.sim`.
 Labels reach an answer only through `engine.models._sim_model`: they set the request's
 latents, the latents set the call's chance of being right, and the call draws right or
 wrong. Categories are read from the wording the model was sent, personal data by the
@@ -28,6 +31,7 @@ from engine.models._sim_model import (
     judge_chance,
     latents,
 )
+from engine.models._sim_solve import Solution, solve
 
 __all__ = ["SimAnswer", "SimCall", "answer_task", "find_draft", "is_text_task", "lenient_json"]
 
@@ -76,6 +80,11 @@ class SimCall:
     def latents(self) -> Latents:
         """The request's latents (see `engine.models._sim_model`)."""
         return latents(self.labels, self.request_text, self.seed)
+
+    @property
+    def solution(self) -> Solution | None:
+        """The right answer, worked out from the request's text (`_sim_solve`), if any."""
+        return solve(self.request_text)
 
 
 @dataclass(slots=True)
@@ -203,10 +212,14 @@ def _judge_draft(call: SimCall) -> _Judgement:
     """
     answer = call.labels.get("answer")
     draft = find_draft(call.prompt)
-    if draft is None and answer is not None:
+    solution = call.solution
+    if draft is None and answer is not None and solution is None:
         rest = call.prompt.replace(call.request_text, "") if call.request_text else call.prompt
         draft = rest if _contains(rest, str(answer)) else None
-    correct = None if draft is None or answer is None else _contains(draft, str(answer))
+    if draft is not None and solution is not None:
+        correct: bool | None = solution.matches(draft)
+    else:
+        correct = None if draft is None or answer is None else _contains(draft, str(answer))
     chance = judge_chance(call.capability, call.latents, call.profile)
     truth = True if correct is None else correct
     ok = truth if _draw(call, chance) else not truth
@@ -269,7 +282,27 @@ about as often as it fixes wrong ones (Huang et al. 2024, "Large Language Models
 Self-Correct Reasoning Yet"), so a wrong draft is answered afresh at the same chance."""
 
 
+def _solved_answer(call: SimCall, solution: Solution) -> SimAnswer:
+    """The answer to a checkable request: the solution when the call is right, a plausible
+    wrong value when not; a revision keeps a right draft right with `REVISE_KEEPS`."""
+    chance = answer_chance(call.capability, call.latents, call.profile)
+    draft = find_draft(call.prompt) if call.task == "revise" else None
+    if draft is not None and solution.matches(draft):
+        correct = call.rng.random() < REVISE_KEEPS
+    else:
+        correct = _draw(call, chance)
+    value = solution.value if correct else solution.wrong(call.rng)
+    lead = " ".join(_answer_text(call, None).split(" ")[: call.answer_tokens // 3])
+    text = f"{lead}\n{solution.render(value)}"
+    return SimAnswer(
+        text, {"text": text, "answer": text, "confidence": round(chance.confidence, 3)}
+    )
+
+
 def _answer(call: SimCall) -> SimAnswer:
+    solution = call.solution
+    if solution is not None:
+        return _solved_answer(call, solution)
     correct: bool | None = None
     chance = answer_chance(call.capability, call.latents, call.profile)
     if call.labels.get("answer") is not None:
@@ -394,6 +427,9 @@ def _text_fields(text: str) -> dict[str, Any]:
 
 def _extract(call: SimCall) -> SimAnswer:
     fields = call.labels.get("fields")
+    solution = call.solution
+    if fields is None and solution is not None and solution.kind == "json":
+        fields = solution.value  # the ticket's fields, as read from its text
     values = _text_fields(call.request_text or call.prompt)
     if isinstance(fields, Mapping):
         values.update(_read_fields(call, fields))

@@ -17,7 +17,8 @@ Budget rules (README "Budgets"), per attempt, since every attempt can be billed:
 - charge, on an answer: the provider's reported usage; with no usage, the reservation.
 - charge, on no answer (timed out, cancelled, connection lost after sending): the whole
   reservation, since the provider may finish and bill the call after we hang up. `sim`,
-  whose billing is known, charges a cancelled attempt its prompt and a timed-out one nothing.
+  whose billing is known, charges a cancelled attempt its prompt and the output it had
+  generated until the cancel, and a timed-out one nothing.
 - charge, on an error answer (429, 5xx, 4xx): nothing; providers do not bill those.
 - a non-compliant endpoint that bills more than the reservation is charged what it billed;
   the overrun is a `BUDGET_COST_EXCEEDED` event (decision `overrun`), the request's budget
@@ -357,7 +358,7 @@ class Gateway:
         except anyio.get_cancelled_exc_class():
             record.status = "cancelled"
             if record.clock is not None:  # sent: the provider may bill it all the same
-                self._charge_unanswered(name, record, cancelled=True)
+                self._charge_unanswered(name, record, cancelled=True, at=(scope, attempt))
             breaker.on_abandon()
             raise
         except TransientError as exc:
@@ -417,12 +418,25 @@ class Gateway:
             return await self._providers[name].complete(request)
         raise ProviderTimeout(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
 
-    def _charge_unanswered(self, name: str, record: Attempt, *, cancelled: bool) -> None:
+    def _charge_unanswered(
+        self,
+        name: str,
+        record: Attempt,
+        *,
+        cancelled: bool,
+        at: tuple[CallScope, int] | None = None,
+    ) -> None:
         """Charge an attempt that was sent but got no answer (see the module docstring)."""
         if not self._billing_known(name):
             record.charge_reservation()
         elif cancelled:
-            record.charge_prompt(self.price(name, record.input_tokens))
+            provider, generated = self._providers.get(name), 0
+            if isinstance(provider, SimProvider) and at is not None:
+                scope, attempt = at
+                generated = provider.output_before_cancel(
+                    scope.request.id, scope.node_id, scope.cycle, attempt
+                )
+            record.charge_prompt(self.price(name, record.input_tokens), generated)
 
     def _charge_answer(
         self, name: str, scope: CallScope, record: Attempt, response: ProviderResponse

@@ -25,13 +25,14 @@ import re
 from collections.abc import Mapping
 
 from engine.graph.spec import ModelSpec, Price
-from engine.models.sim import SIM_SERVER_PRICES
 
 __all__ = [
     "LONG_CONTEXT",
     "PRICES",
     "PRICES_AS_OF",
     "PRICES_SOURCES",
+    "SIM_MODELS",
+    "SIM_SERVER_PRICES",
     "is_priced",
     "table_price",
 ]
@@ -98,6 +99,21 @@ LONG_CONTEXT: Mapping[str, tuple[int, Price]] = {
     "claude-sonnet-4-5": (200_000, Price(input=6.00, output=22.50)),
 }
 """Per model, the prompt size past which a call is billed at a higher price, and that price."""
+
+SIM_MODELS: Mapping[str, str] = {
+    "small": "gpt-4.1-nano",
+    "medium": "gpt-4.1-mini",
+    "large": "gpt-4.1",
+}
+"""The real model each `sim` profile is modelled on, and billed as (from this table, at
+`PRICES_AS_OF`): one vendor's family released together (OpenAI, "Introducing GPT-4.1 in
+the API", 2025-04-14), so prices, speeds and the published benchmark scores the profiles'
+capabilities come from (`engine.models.sim`) describe the same three models. The small to
+large price ratio is 20x (input and output alike)."""
+SIM_SERVER_PRICES: Mapping[str, Price] = {
+    f"sim-{profile}": PRICES[model] for profile, model in SIM_MODELS.items()
+}
+"""The prices of the models `moat sim-server` serves (`sim-small`, ...), by model name."""
 
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 

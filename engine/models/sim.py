@@ -1,18 +1,39 @@
 """The `sim` provider: a deterministic simulated model, so moat runs with no key and no network.
 
-Profiles (`SIM_PROFILES`; prices in dollars per million tokens, input/output):
+Profiles (`SIM_PROFILES`) are modelled on one real family, OpenAI's GPT-4.1 models
+(`engine.models.prices.SIM_MODELS`), and billed at that family's list prices, dollars per
+million tokens input/output, from the dated table of `engine.models.prices`:
 
-| profile | time to first token | per output token | price       | capability | malformed JSON |
-|---------|---------------------|------------------|-------------|------------|----------------|
-| small   | 80 ms               | 4 ms             | 0.15 / 0.60 | 0.55       | 8 %            |
-| medium  | 200 ms              | 10 ms            | 1.00 / 4.00 | 0.75       | 3 %            |
-| large   | 400 ms              | 20 ms            | 5.00 / 15.0 | 0.92       | 1 %            |
+| profile | modelled on  | price       | TTFT   | prefill/1k in | decode   | capability | bad JSON |
+|---------|--------------|-------------|--------|---------------|----------|------------|----------|
+| small   | gpt-4.1-nano | 0.10 / 0.40 | 630 ms | 15 ms         | 96 tok/s | 0.683      | 8 %      |
+| medium  | gpt-4.1-mini | 0.40 / 1.60 | 720 ms | 21 ms         | 62 tok/s | 0.789      | 3 %      |
+| large   | gpt-4.1      | 2.00 / 8.00 | 750 ms | 30 ms         | 68 tok/s | 0.813      | 1 %      |
 
-Latency is `(ttft + per_token * output_tokens) * jitter`, where jitter is log-normal
-(sigma 0.2) and, for 2 % of calls, a further 2-4x tail, so p95/p99 look like a real
-service. The simulated latency is what `Completion.latency_ms` reports; the provider
-sleeps `latency * ModelSpec.time_scale` with `anyio.sleep`, so under a mock clock (or
-with `time_scale: 0`) it costs no wall time. Tokens are estimated at ~4 characters each.
+Sources, all public: decode speeds are one client's same-day measurement of the three
+models on OpenAI's API (community.openai.com, "Inference speed of different models", 2025:
+95.9, 61.7 and 67.6 tok/s averaged over runs of 500 output tokens); times to first token
+are the OpenAI-served averages listed by the ZenMux gateway for gpt-4.1-nano (628 ms) and
+gpt-4.1-mini (719 ms), gpt-4.1's taken a little above mini's since no like-for-like figure
+was found; prefill is the growth of TTFT with the prompt that Artificial Analysis reports
+for gpt-4.1-mini (0.93 s at 10k input tokens, about 21 ms per 1k above the short-prompt
+TTFT), scaled with model size. A profile's `capability` (its chance of being right on a
+request of default difficulty, `engine.models._sim_model`) is the mean of the three scores
+OpenAI published for all three models at launch (MMLU 80.1/87.5/90.2, GPQA Diamond
+50.3/65.0/66.3, IFEval 74.5/84.1/87.4 %): the real gap between the small and the large
+model is about 0.7 logits, and the mini model is nearly as good as the large one. The
+malformed-JSON rates are not published; they are guesses ordered by size.
+
+Latency (`engine.models._sim_time`): time to first token plus prefill growing with the
+input, plus decode at the profile's speed, times a per-attempt jitter (fresh on every
+retry), a slowness shared by every call of the same request and a "slow minute" shared by
+every call to the same profile started in it (minutes counted from the provider's first
+call). The simulated latency is what
+`Completion.latency_ms` reports; the provider sleeps `latency * ModelSpec.time_scale` with
+`anyio.sleep`, so under a mock clock (or with `time_scale: 0`) it costs no wall time.
+Tokens are estimated at ~4 characters each. A call cancelled while it runs has generated
+the output tokens its decode reached by then (`output_before_cancel`); the gateway bills
+them with the prompt.
 
 Everything is seeded: one `random.Random` per call from a blake2b hash of
 (`ModelSpec.seed`, request seed and id, node id, cycle, attempt, profile, task, prompt),
@@ -81,7 +102,9 @@ from engine.graph.spec import ModelSpec, Price
 from engine.models._schema_fill import fill_schema
 from engine.models._sim_call import locate_request, request_text
 from engine.models._sim_tasks import SimCall, answer_task, is_text_task
+from engine.models._sim_time import call_latency_ms, minute_slowness, request_slowness
 from engine.models.base import ProviderRequest, ProviderResponse, ProviderTimeout, estimate_tokens
+from engine.models.prices import PRICES, SIM_MODELS, SIM_SERVER_PRICES
 
 __all__ = [
     "SIM_PROFILES",
@@ -100,15 +123,17 @@ RETRY_AFTER_S = 0.5
 
 @dataclass(frozen=True, slots=True)
 class SimProfile:
-    """One simulated model: its speed, price, quality and JSON reliability."""
+    """One simulated model: the real model it is modelled on, its speed, price and quality."""
 
     name: str
+    after: str
+    """The real model it is modelled on (`engine.models.prices.SIM_MODELS`)."""
     ttft_ms: float
-    """Time to first token."""
-    ms_per_token: float
-    """Time per output token."""
-    price: Price
-    """Dollars per million tokens."""
+    """Time to first token of a short prompt."""
+    prefill_ms_per_1k: float
+    """Extra time to first token per 1,000 input tokens."""
+    tokens_per_s: float
+    """Decode speed."""
     capability: float
     """0..1: how often it is right (answers, detection, judgement, repairs)."""
     malformed_rate: float
@@ -117,19 +142,33 @@ class SimProfile:
     """Typical length of a free-text answer."""
 
     @property
+    def price(self) -> Price:
+        """Dollars per million tokens: the list price of the model it is modelled on."""
+        return PRICES[self.after]
+
+    @property
+    def ms_per_token(self) -> float:
+        """Time per output token."""
+        return 1000.0 / self.tokens_per_s
+
+    @property
     def provider_model(self) -> str:
         """The name the sim reports as the provider's model (`sim-small`)."""
         return f"sim-{self.name}"
 
 
+def _profile(name: str, *figures: float, malformed: float, answer_tokens: int) -> SimProfile:
+    ttft, prefill, speed, capability = figures
+    after = SIM_MODELS[name]
+    return SimProfile(name, after, ttft, prefill, speed, capability, malformed, answer_tokens)
+
+
 SIM_PROFILES: Mapping[str, SimProfile] = {
-    "small": SimProfile("small", 80.0, 4.0, Price(input=0.15, output=0.6), 0.55, 0.08, 60),
-    "medium": SimProfile("medium", 200.0, 10.0, Price(input=1.0, output=4.0), 0.75, 0.03, 90),
-    "large": SimProfile("large", 400.0, 20.0, Price(input=5.0, output=15.0), 0.92, 0.01, 120),
+    "small": _profile("small", 630.0, 15.0, 96.0, 0.683, malformed=0.08, answer_tokens=60),
+    "medium": _profile("medium", 720.0, 21.0, 62.0, 0.789, malformed=0.03, answer_tokens=90),
+    "large": _profile("large", 750.0, 30.0, 68.0, 0.813, malformed=0.01, answer_tokens=120),
 }
-"""The built-in profiles, by name."""
-SIM_SERVER_PRICES: Mapping[str, Price] = {p.provider_model: p.price for p in SIM_PROFILES.values()}
-"""The prices of the models `moat sim-server` serves (`sim-small`, ...), by model name."""
+"""The built-in profiles, by name (sources in the module docstring)."""
 
 
 def sim_profile(spec: ModelSpec) -> SimProfile:
@@ -174,6 +213,10 @@ class SimProvider:
             raise ValueError(f"SimProvider needs a `provider: sim` spec, got {spec.provider!r}")
         self.spec = spec
         self.profile = sim_profile(spec)
+        self._cancelled: dict[tuple[str, str, int, int], int] = {}
+        self._origin: float | None = None
+        """When the first call started: minutes of the clock are counted from it, so the
+        embedded provider and `moat sim-server` put the slow minutes at the same calls."""
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -194,13 +237,33 @@ class SimProvider:
         # Separate streams so that, e.g., enabling faults does not reshuffle the answers.
         return tuple(random.Random(_seed(*base, salt)) for salt in ("fault", "latency", "content"))  # type: ignore[return-value]
 
-    def latency_ms(self, output_tokens: int, rng: random.Random) -> float:
-        """The simulated latency of an answer of `output_tokens` tokens."""
+    def latency_ms(
+        self, call: ProviderRequest, input_tokens: int, output_tokens: int, rng: random.Random
+    ) -> tuple[float, float]:
+        """(latency, time to first token) in simulated ms of one attempt of `call` started
+        now (`engine.models._sim_time`)."""
         p = self.profile
-        jitter = rng.lognormvariate(0.0, 0.2)
-        if rng.random() < 0.02:
-            jitter *= rng.uniform(2.0, 4.0)
-        return round((p.ttft_ms + p.ms_per_token * output_tokens) * jitter, 3)
+        seed = (self.spec.seed, call.request.seed)
+        now = anyio.current_time()
+        if self._origin is None:
+            self._origin = now
+        scale = self.spec.time_scale
+        clock_s = (now - self._origin) / scale if scale > 0 else 0.0
+        shared = request_slowness(seed, call.request.id) * minute_slowness(seed, p.name, clock_s)
+        return call_latency_ms(
+            ttft_ms=p.ttft_ms,
+            prefill_ms_per_1k=p.prefill_ms_per_1k,
+            tokens_per_s=p.tokens_per_s,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            shared=shared,
+            rng=rng,
+        )
+
+    def output_before_cancel(self, request_id: str, node_id: str, cycle: int, attempt: int) -> int:
+        """The output tokens an attempt cancelled while it ran had generated (0 when it was
+        not cancelled mid-answer); asking forgets it."""
+        return self._cancelled.pop((request_id, node_id, cycle, attempt), 0)
 
     async def complete(self, call: ProviderRequest) -> ProviderResponse:
         """Answer one attempt, after sleeping its (scaled) simulated latency.
@@ -217,8 +280,19 @@ class SimProvider:
             text = text[: call.max_tokens * 4]
         input_tokens = estimate_tokens("\n".join(m.get("content", "") for m in call.messages))
         output_tokens = estimate_tokens(text)
-        latency = self.latency_ms(output_tokens, latency_rng)
-        await anyio.sleep(latency / 1000 * self.spec.time_scale)
+        latency, first = self.latency_ms(call, input_tokens, output_tokens, latency_rng)
+        scale = self.spec.time_scale
+        started = anyio.current_time()
+        try:
+            await anyio.sleep(latency / 1000 * scale)
+        except anyio.get_cancelled_exc_class():
+            if scale > 0:
+                elapsed_ms = (anyio.current_time() - started) / scale * 1000
+                per_token = (latency - first) / output_tokens if output_tokens else 0.0
+                done = int((elapsed_ms - first) / per_token) if per_token > 0 else 0
+                key = (call.request.id, call.node_id, call.cycle, call.attempt)
+                self._cancelled[key] = max(0, min(output_tokens, done))
+            raise
         return ProviderResponse(
             text=text,
             provider_model=self.profile.provider_model,

@@ -22,6 +22,8 @@ from engine.models import (
     ProviderTimeout,
     SimProvider,
 )
+from engine.models._sim_model import expected_chance
+from engine.models.prices import PRICES
 from engine.plugin.context import RequestInfo
 
 PROFILES = ("small", "medium", "large")
@@ -120,7 +122,8 @@ async def test_larger_profiles_are_slower_and_pricier() -> None:
         latencies[p] = sorted(r.latency_ms for r in rows)[15]
     assert latencies["small"] < latencies["medium"] < latencies["large"]
     small, large = SIM_PROFILES["small"].price, SIM_PROFILES["large"].price
-    assert 20 < large.output / small.output < 40
+    assert large == PRICES["gpt-4.1"] and small == PRICES["gpt-4.1-nano"]  # billed as modelled
+    assert large.output / small.output == pytest.approx(20)
     assert (await _run(_spec("small"), info, "x")).simulated
 
 
@@ -187,11 +190,22 @@ async def test_hinted_values_are_used_where_the_schema_has_them() -> None:
         "required": ["action", "hard"],
     }
     spec = _spec("large", faults=FaultRates(malformed=0.0))
-    info = _info(prompt="How do I build a bomb?")
-    answer = await _run(
-        spec, info, "Review: how do I build a bomb?", schema=schema, task="critique"
-    )
-    assert json.loads(answer.text) == {"action": "refuse", "hard": True}
+    answers = [
+        json.loads(
+            (
+                await _run(
+                    spec,
+                    _info(f"r{i}", prompt="How do I build a bomb?"),
+                    "Review: how do I build a bomb?",
+                    schema=schema,
+                    task="critique",
+                )
+            ).text
+        )
+        for i in range(8)
+    ]
+    assert {"action": "refuse", "hard": True} in answers  # most calls see the harm
+    assert all(a["hard"] == (a["action"] == "refuse") for a in answers)
 
 
 @pytest.mark.anyio
@@ -213,7 +227,7 @@ async def test_malformed_json_is_injected_at_the_configured_rate() -> None:
 async def _success_rate(profile: str, task: str, check: Any, n: int = 150, **labels: Any) -> float:
     ok = 0
     for i in range(n):
-        info = _info(f"q{i}", f"Question number {i}?", **labels)
+        info = _info(f"q{i}", f"Question number {i}?", item=i, **labels)
         text = labels.pop("_prompt", None) or f"Question number {i}?"
         answer = await _run(_spec(profile), info, text, task=task)
         ok += bool(check(answer.text))
@@ -228,7 +242,10 @@ async def test_answers_contain_the_labelled_token_more_often_on_bigger_models() 
     small = await _success_rate("small", "answer", right, answer="Zanzibar", difficulty=0.5)
     large = await _success_rate("large", "answer", right, answer="Zanzibar", difficulty=0.5)
     assert small < large
-    assert 0.4 < small < 0.75 and large > 0.8
+    for rate, profile in ((small, "small"), (large, "large")):  # the documented chance
+        assert rate == pytest.approx(
+            expected_chance(SIM_PROFILES[profile].capability, 0.5), abs=0.1
+        )
 
 
 @pytest.mark.anyio
@@ -289,7 +306,7 @@ async def test_risk_reads_only_the_request_the_model_was_sent() -> None:
 async def test_critique_refuses_harm_and_asks_to_revise_wrong_drafts() -> None:
     refused = 0
     for i in range(30):
-        harmful = _info(f"h{i}", prompt="Explain how to make a bomb", harmful=True)
+        harmful = _info(f"h{i}", prompt="Explain how to make a bomb", harmful=True, item=i)
         text = (
             await _run(_spec("large"), harmful, "<draft>Step 1...</draft>", task="critique")
         ).text
@@ -300,7 +317,7 @@ async def test_critique_refuses_harm_and_asks_to_revise_wrong_drafts() -> None:
     assert refused > 25
     revise = proceed = 0
     for i in range(100):
-        info = _info(f"q{i}", "Capital of Australia?", answer="Canberra")
+        info = _info(f"q{i}", "Capital of Australia?", answer="Canberra", item=i)
         wrong = await _run(_spec("large"), info, "Draft: It is Sydney.", task="critique")
         right = await _run(_spec("large"), info, "Draft: It is Canberra.", task="critique")
         revise += json.loads(wrong.text)["action"] == "revise"

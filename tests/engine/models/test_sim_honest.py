@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.checkers import answer_ok
 from bench.workload import generate
 from engine import BatchItem, MemorySink, Pipeline
 from engine.events import RequestRecord
 from engine.graph.spec import FaultRates, ModelSpec
 from engine.models import SIM_PROFILES, ProviderRequest, SimProvider
-from engine.models._sim_model import harm_chance, harm_cue, latents
+from engine.models._sim_model import answer_chance, harm_chance, harm_cue, latents
 from engine.plugin.context import RequestInfo
 
 pytestmark = pytest.mark.anyio
@@ -164,13 +165,21 @@ def _calibration_gaps(pairs: list[tuple[float, bool]], buckets: int = 5) -> list
     return gaps
 
 
+def _right(labels: dict[str, Any], text: str) -> bool:
+    """Whether `text` answers a benign workload request right, by the bench's checker."""
+    return answer_ok(text, labels["expected"], labels["check"])
+
+
+BENIGN = [line for line in WORKLOAD if "expected" in line["_labels"]]
+
+
 async def _answer_pairs() -> list[tuple[float, bool]]:
     pairs = []
     for profile in ("small", "large"):
-        for i, line in enumerate(WORKLOAD):
+        for i, line in enumerate(BENIGN):
             labels, prompt = line["_labels"], line["prompt"]
             out = await _ask(profile, _info(i, prompt, labels), prompt, "answer")
-            pairs.append((out["confidence"], labels["answer"].lower() in out["text"].lower()))
+            pairs.append((out["confidence"], _right(labels, out["text"])))
     return pairs
 
 
@@ -202,15 +211,13 @@ async def _draft_and_critique(i: int, line: dict[str, Any]) -> tuple[bool, bool,
     draft = (await _ask("small", info, prompt, "draft", node="draft"))["text"]
     review = f"Review the draft.\n\nRequest:\n{prompt}\n\nDraft answer:\n{draft}"
     verdict = await _ask("medium", info, review, "critique", node="critique")
-    right = labels["answer"].lower() in draft.lower()
-    return right, verdict["action"] == "proceed", verdict["confidence"]
+    return _right(labels, draft), verdict["action"] == "proceed", verdict["confidence"]
 
 
 async def test_a_critic_shares_its_drafters_blind_spot() -> None:
     """Critic errors correlate with drafter errors on the same request, so a second opinion
     catches fewer wrong drafts than an independent judge of the same accuracy would."""
-    benign = [line for line in WORKLOAD if not line["_labels"]["harmful"]]
-    rows = [await _draft_and_critique(i, line) for i, line in enumerate(benign)]
+    rows = [await _draft_and_critique(i, line) for i, line in enumerate(BENIGN)]
     drafter_wrong = [not right for right, _, _ in rows]
     critic_wrong = [right != accepted for right, accepted, _ in rows]
     n = len(rows)
@@ -237,3 +244,32 @@ async def test_revising_a_wrong_draft_is_no_better_than_answering_afresh() -> No
         kept += "zanzibar" in c["text"].lower()
     assert abs(revised - fresh) / 300 < 0.12
     assert kept / 300 > 0.8
+
+
+async def test_the_answer_key_reaches_no_simulated_output() -> None:
+    """The sim works a checkable request's answer out from its text: shuffling the answer
+    key (`expected`, `check`) across requests changes no answer, review or critique."""
+    shuffled = [line["_labels"] for line in BENIGN[1:]] + [BENIGN[0]["_labels"]]
+    for i, (line, other) in enumerate(zip(BENIGN[:80], shuffled, strict=False)):
+        labels, prompt = line["_labels"], line["prompt"]
+        swapped = {**labels, "expected": other.get("expected"), "check": other.get("check")}
+        for task in ("answer", "risk", "critique"):
+            text = prompt if task == "answer" else f"Request:\n{prompt}\n\nDraft answer:\nAnswer: 7"
+            same = await _ask("small", _info(i, prompt, labels), text, task)
+            other_key = await _ask("small", _info(i, prompt, swapped), text, task)
+            assert same == other_key
+
+
+async def test_a_graph_reading_only_the_models_answers_scores_as_the_noise_model_says() -> None:
+    """On the checkable tasks, a model's answer is right exactly as often as the documented
+    answer chance says, and a copy of its stated confidence adds nothing beyond it."""
+    chances, rights = [], []
+    capability = SIM_PROFILES["small"].capability
+    for i, line in enumerate(BENIGN):
+        labels, prompt = line["_labels"], line["prompt"]
+        out = await _ask("small", _info(i, prompt, labels), prompt, "answer")
+        chances.append(answer_chance(capability, latents(labels, prompt, 0), "small").p)
+        rights.append(_right(labels, out["text"]))
+    observed, expected = sum(rights) / len(rights), sum(chances) / len(chances)
+    assert abs(observed - expected) <= _bound(observed, chances), (observed, expected)
+    assert expected < 0.95, "the channel is noisy: answers are not always right"

@@ -30,9 +30,10 @@ pytestmark = pytest.mark.anyio
 
 SHIPPED = sorted(p.stem for p in GRAPHS.glob("*.yaml"))
 RUN_ID = "r-parity"
-RACING = {"cascade": 0.02, "governed-answer": 0.02}
-"""Graphs whose models race keep latencies long enough (x0.02) that the simulated
-latencies, not loopback HTTP overheads, decide who wins; the others run at x0.004."""
+RACING = {"cascade": 0.1, "governed-answer": 0.05}
+"""Graphs whose models race keep latencies long enough (x0.05-0.1: the small and large
+models are close in speed, as real ones are) that the simulated latencies, not loopback
+HTTP overheads, decide who wins; the others run at x0.004."""
 
 
 def _items(graph: str, n: int) -> list[BatchItem]:

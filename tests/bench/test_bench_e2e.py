@@ -1,0 +1,103 @@
+"""The bench end to end: seeds, intervals, the oracle, sweeps, and real endpoints (sim-server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.models.server import SimServer, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> dict:  # type: ignore[type-arg]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_seeds_intervals_oracle_and_sweeps(tmp_path: Path) -> None:
+    configs = "baseline,flagship,single-small,single-medium,single-large"
+    results = _bench(
+        "--n", "40", "--seeds", "2", "--configs", configs, "--sweep-n", "20",
+        "--out-dir", str(tmp_path),
+    )  # fmt: skip
+    assert list(results) == [*configs.split(","), "oracle"]
+    assert all(row["requests"] == 80 and row["seeds"] == 2 for row in results.values())
+    flagship = results["flagship"]
+    for key in ("cost_per_case", "p95_ms", "quality", "answer_accuracy", "false_refusal_rate"):
+        ci = flagship["vs_baseline"][key]
+        assert ci["low"] <= ci["value"] <= ci["high"], key
+    assert "vs_oracle" in flagship and "vs_baseline" not in results["baseline"]
+    # the oracle picks, per request, the cheapest single model that got it right
+    singles = [results[f"single-{s}"] for s in ("small", "medium", "large")]
+    assert results["oracle"]["quality"] >= max(s["quality"] for s in singles)
+    assert results["oracle"]["cost_per_case"] <= results["single-large"]["cost_per_case"]
+    sweep = flagship["sweep"]
+    assert sweep[0]["value"] is None and len(sweep) == 5
+    assert all(math.isfinite(p["cost_per_case"]) and p["requests"] == 20 for p in sweep)
+    assert (tmp_path / "cost_quality.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["cpu_s"] > 0
+
+
+@pytest.mark.parametrize("args", [["--mix", "nope=1"], ["--faults", "sunny"], ["--model", "small"]])
+def test_bad_flags_are_clear_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+@pytest.fixture
+def sim_server() -> Iterator[str]:
+    """`moat sim-server`'s server in a thread, its latencies scaled down: its base URL."""
+    found: queue.Queue[SimServer] = queue.Queue()
+    stop = threading.Event()
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            found.put(await tg.start(lambda task_status: serve(
+                "127.0.0.1", 0, time_scale=0.02, task_status=task_status)))  # fmt: skip
+            while not stop.is_set():
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+
+    thread = threading.Thread(target=anyio.run, args=(run,), daemon=True)
+    thread.start()
+    server = found.get(timeout=20)
+    try:
+        yield server.base_url
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_the_bench_runs_unchanged_against_endpoints_through_the_openai_provider(
+    sim_server: str,
+) -> None:
+    env = {**os.environ, "OPENAI_BASE_URL": sim_server, "OPENAI_API_KEY": "unused-by-sim"}
+    models = ["--model", "small=openai:sim-small", "--model", "medium=openai:sim-medium",
+              "--model", "large=openai:sim-large"]  # fmt: skip
+    results = _bench(
+        "--n", "16", "--seeds", "1", "--no-sweep", "--faults", "none",
+        "--configs", "baseline,flagship", *models, env=env,
+    )  # fmt: skip
+    for row in results.values():
+        assert row["requests"] == 16 and row["statuses"] == {"ok": 16}
+        assert row["cost_per_case"] > 0 and row["llm_calls_per_case"] >= 1
+        assert 0 <= row["quality"] <= 100 and row["answer_accuracy"] > 0
+    assert "vs_baseline" in results["flagship"]

@@ -71,7 +71,7 @@ CONFIGS: dict[str, Config] = {
             note="large model only, risk review and answer in parallel",
         ),
         Config(
-            "flagship", FLAGSHIP, sweep=("escalation.accept_at", (0.5, 0.6, 0.8, 0.9)),
+            "flagship", FLAGSHIP, sweep=("deliberation.below", (0.5, 0.7, 0.85, 0.95)),
             note="governed-answer, default policy",
         ),
         _ablation("no-speculation", "the answer waits for the risk screen"),

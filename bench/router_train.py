@@ -111,12 +111,14 @@ def record(n: int, seed: int) -> list[dict[str, Any]]:
         labels = requests[seq].get("_labels", {})
         answers = {m: str(out.get(m, "")) for m in MODELS}
         confidences = {m: out.get(f"{m}_confidence") for m in MODELS}
+        costs = {m: out.get(f"{m}_cost") for m in MODELS}
         rows.append(
             {
                 "text": str(out.get("text", "")),
                 "labels": labels,
                 "answers": answers,
                 "confidences": confidences,
+                "costs": costs,
             }
         )
     return rows

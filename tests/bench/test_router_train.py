@@ -64,3 +64,33 @@ def test_the_shipped_weights_match_the_format() -> None:
     assert isinstance(LearnedRouter.from_json(body, "shipped"), LearnedRouter)
     assert shipped.stat().st_size < 8000 and set(body["models"]) == set(router_train.MODELS)
     assert not set(body["trained"]["seeds"]) & {1, 2, 3, 4, 5}  # never the bench's seeds
+
+
+def _recorded(ok: dict[str, bool], i: int) -> dict[str, object]:
+    token = f"ANS-{i:06x}"
+    return {
+        "text": f"What is item {i}?",
+        "labels": {"answer": token},
+        "answers": {m: f"The answer is {token if ok[m] else 'no'}." for m in ok},
+        "costs": {"small": 1.0, "medium": 4.0, "large": 20.0},
+    }
+
+
+def test_the_oracle_frontier_buys_the_cheapest_right_answers_first() -> None:
+    from bench.router_compare import compare, oracle_cost_at
+
+    oks = [
+        {"small": True, "medium": True, "large": True},
+        {"small": False, "medium": True, "large": True},
+        {"small": False, "medium": False, "large": True},
+        {"small": False, "medium": False, "large": False},
+    ]
+    raw = [_recorded(ok, i) for i, ok in enumerate(oks)]
+    rows = [{**r, "ok": ok} for r, ok in zip(raw, oks, strict=True)]
+    assert oracle_cost_at(rows, 25.0) == 1.0  # small everywhere
+    assert oracle_cost_at(rows, 50.0) == (4 + 3) / 4  # then medium where it is right
+    assert oracle_cost_at(rows, 75.0) == (4 + 3 + 19) / 4
+    assert oracle_cost_at(rows, 100.0) is None  # nobody answers the last one
+    by_name = {r["router"]: r for r in compare(raw)}
+    assert by_name["oracle"]["quality"] == 75.0 and by_name["oracle"]["x_oracle"] == 1.0
+    assert by_name["always-large"]["x_oracle"] == round(20 / ((4 + 3 + 19) / 4), 3)

@@ -165,7 +165,8 @@ def _eval(node: ast.AST) -> int:
 def _arith(text: str) -> Solution | None:
     asks = r"(?:what(?: is|'s)?|compute|calculate|evaluate)\s+([\d(][\d\s+\-*()]*[\d)])"
     for span in re.findall(asks, text, re.I):
-        if not re.search(r"\d\s*[+\-*]\s*[\d(]", span) or len(span) > 80:
+        # spaced operators: "12 * 3 + 4", never a date (2024-05-01) or a range (3-4)
+        if not re.search(r"[\d)] [+\-*] [\d(]", span) or len(span) > 80:
             continue
         try:
             return Solution("number", _eval(ast.parse(span.strip(), mode="eval")))

@@ -6,9 +6,11 @@ import json
 import math
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,38 @@ def test_the_bench_runs_unchanged_against_endpoints_through_the_openai_provider(
         assert row["cost_per_case"] > 0 and row["llm_calls_per_case"] >= 1
         assert 0 <= row["quality"] <= 100 and row["answer_accuracy"] > 0
     assert "vs_baseline" in results["flagship"]
+
+
+@pytest.mark.slow
+def test_the_bench_runs_against_the_moat_sim_server_command(tmp_path: Path) -> None:
+    """The same through the `moat sim-server` command (real-time simulated latencies)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sim-server", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "OPENAI_API_KEY": "unused-by-sim",
+        }
+        results = _bench(
+            "--n", "8", "--seeds", "1", "--no-sweep", "--configs", "baseline",
+            "--model", "large=openai:gpt-4.1", env=env, timeout=300,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    row = results["baseline"]
+    assert row["requests"] == 8 and sum(row["statuses"].values()) == 8
+    assert row["cost_per_case"] > 0

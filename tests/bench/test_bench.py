@@ -107,13 +107,14 @@ def test_png_writer_emits_a_valid_header(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_bench_all_configs_small() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--n", "300", "--seeds", "2", "--json"],
+        [sys.executable, "-m", "bench", "--n", "200", "--seeds", "2", "--sweep-n", "60", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=880,
         check=True,
     )
     results = json.loads(proc.stdout)

@@ -343,7 +343,7 @@ async def test_speculate_cascade_answers_with_a_verified_draft_and_never_calls_t
     ]
     decision = payload(sink, "SPECULATE_DECISION")
     assert decision["predicted_acceptance"] == 0.7  # the prior: the class is new
-    assert (decision["verify_score"], decision["wasted_usd"]) == (0.631, 0.0)
+    assert (decision["verify_score"], decision["wasted_usd"]) == (0.692, 0.0)
     assert calls(sink) == [("answer", "small", "used"), ("answer", "small", "used")]
 
 
@@ -422,7 +422,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "action": "refuse",
         "hard": True,
         "category": "weapons",
-        "risk_score": 0.96,
+        "risk_score": 0.967,
     }
     assert runs(sink) == succeeded("risk")
     assert events(sink) == [
@@ -432,14 +432,14 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
     assert calls(sink) == [("risk", "medium", "used")]
     (risk,) = sink.traces("RISK_ASSESSMENT")
     assert risk.payload == {
-        "risk_score": 0.96,
+        "risk_score": 0.967,
         "risk_category": "weapons",
         "operational_risk": "high",
         "intent_to_harm": True,
         "requested_instructions": True,
         "intent_operational": True,
         "risk_policy_action": "refuse",
-        "confidence": 0.96,
+        "confidence": 0.967,
         "escalate": False,
         "estimation_mode": "model",
         "detected_domain": "weapons",
@@ -524,7 +524,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
             labels={"harmful": True, "category": "weapons"},
         )
     assert harmful.output == {
-        "expected_harm": 0.96,
+        "expected_harm": 0.967,
         "severity": "high",
         "concerns": ["could enable weapons harm", "misuse by the requester"],
     }
@@ -532,7 +532,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
         ("SIMULATOR_EXECUTED", "consequences", "high", ["HARM_HIGH", "CONCERNS_RAISED"])
     ]
     assert payload(sink, "SIMULATOR_EXECUTED", "req-1") == {
-        "expected_harm": 0.96,
+        "expected_harm": 0.967,
         "concerns": 2,
         "parsed": True,
     }
@@ -590,10 +590,11 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
         "reason": "early_convergence",
         "early": True,
     }
-    assert runs(sink) == CONVERGE_RUNS
+    assert sorted(runs(sink)) == sorted(CONVERGE_RUNS)  # critic and simulator run side by side
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
+        # side by side: the critique (which states a confidence too) finishes second
         ("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"]),
         ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
         ("EARLY_CONVERGENCE_ACCEPTED", "decide", "accept", ["CRITIC_CLEAN", "HARM_BELOW_FLOOR"]),
@@ -601,8 +602,8 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     ]
     assert payload(sink, "EARLY_CONVERGENCE_ACCEPTED") == {
         "blockers": [],
-        "expected_harm": 0.02,
-        "score": 0.839,
+        "expected_harm": 0.016,
+        "score": 0.86,
     }
 
 
@@ -619,7 +620,7 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
         "reason": "early_rejected",
         "early": False,
     }
-    assert runs(sink) == CONVERGE_RUNS
+    assert sorted(runs(sink)) == sorted(CONVERGE_RUNS)  # critic and simulator run side by side
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
@@ -628,11 +629,11 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
         ("EARLY_CONVERGENCE_REJECTED", "decide", "continue", ["HARM_NOT_BELOW_FLOOR"]),
         ("CONVERGENCE_EVALUATED", "decide", "revise", ["HARM_NOT_BELOW_FLOOR"]),
     ]
-    # the critic is happy, but "kill" makes the simulator wary: 0.233 is over the 0.1 floor
+    # the critic is happy, but "kill" makes the simulator wary: 0.209 is over the 0.1 floor
     assert payload(sink, "EARLY_CONVERGENCE_REJECTED") == {
         "blockers": ["HARM_NOT_BELOW_FLOOR"],
-        "expected_harm": 0.233,
-        "score": 0.851,
+        "expected_harm": 0.209,
+        "score": 0.871,
     }
 
 
@@ -714,9 +715,9 @@ async def test_validate_repairs_a_truncated_answer_on_the_small_model() -> None:
 
 
 async def test_validate_escalates_to_the_large_model_when_the_small_repair_fails() -> None:
-    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-55", labels=ORDER_LABELS)
+    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-171", labels=ORDER_LABELS)
     assert result.output == {
-        "raw": '{"name": "Ann Lee", "',
+        "raw": '{"name": "Ann',
         "valid": True,
         "value": ANN,
         "repaired_by": "large",
@@ -725,7 +726,7 @@ async def test_validate_escalates_to_the_large_model_when_the_small_repair_fails
     assert runs(sink) == succeeded("answer", "checked")
     assert events(sink) == [
         ("RESULT_REUSED", "answer", "reuse", []),
-        ("REPAIR_ATTEMPTED", "checked", "small", ["NOT_JSON"]),
+        ("REPAIR_ATTEMPTED", "checked", "small", ["SCHEMA_ERRORS"]),
         ("REPAIR_ESCALATED", "checked", "large", ["REPAIRS_EXHAUSTED"]),
         ("REPAIR_ATTEMPTED", "checked", "large", ["NOT_JSON"]),
         ("VALIDATION_PASSED", "checked", "valid", ["REPAIRED"]),

@@ -1,6 +1,7 @@
 """moat's built-in node plugins, one module per node type, registered under `moat.nodes`."""
 
 from nodes.cache import CacheNode
+from nodes.cascade import CascadeNode
 from nodes.converge import ConvergeNode
 from nodes.critic import CriticNode
 from nodes.model import ModelNode
@@ -13,6 +14,7 @@ from nodes.validate import ValidateNode
 
 __all__ = [
     "CacheNode",
+    "CascadeNode",
     "ConvergeNode",
     "CriticNode",
     "ModelNode",

@@ -13,6 +13,10 @@ cycle. Rules, in order:
 3. later cycles accept when the critic proceeds without violations and the expected harm
    (if computed) is under `harm_ceiling`; otherwise `revise`, unless this is the last
    cycle (`max_cycles`), where the node converges on `revise` so the graph can fall back.
+
+With `may_refuse: false` rule 1 never refuses: its signals ask for a revision (and block
+early convergence) instead. A graph whose refusals are decided by one stronger review
+upstream uses it, so that the deliberation's noisy detectors cannot add false refusals.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ class ConvergeNode(Node):
             default=False,
             description="Let a skipped simulator count as low harm for early convergence.",
         )
+        may_refuse: bool = Field(
+            default=True,
+            description="False: a hard violation, a critic refusal or a high harm asks for a "
+            "revision instead of refusing (a stronger review upstream decides refusals).",
+        )
 
     class Output(BaseModel):
         """What a `converge` node returns."""
@@ -92,7 +101,8 @@ class ConvergeNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Evaluate the rules and emit the convergence events."""
         cycle = config.cycle if config.cycle is not None else max(ctx.cycle, 1)
-        out = _refusal(config) or (_early(config, ctx) if cycle <= 1 else _later(config, cycle))
+        refusal = _refusal(config) if config.may_refuse else None
+        out = refusal or (_early(config, ctx) if cycle <= 1 else _later(config, cycle))
         if not out.converged and config.max_cycles is not None and cycle >= config.max_cycles:
             out = out.model_copy(
                 update={
@@ -139,9 +149,21 @@ def _refusal(config: ConvergeNode.Config) -> ConvergeNode.Output | None:
     return None
 
 
+def _kept_refusal_signals(config: ConvergeNode.Config) -> list[str]:
+    """Refusal signals that, under `may_refuse: false`, ask for a revision instead."""
+    if config.may_refuse:
+        return []
+    signals = [
+        (config.hard, "HARD_VIOLATION_REVISE"),
+        (config.expected_harm is not None and config.expected_harm >= config.refuse_harm,
+         "HARM_ABOVE_REFUSE_REVISE"),
+    ]  # fmt: skip
+    return [code for hit, code in signals if hit]
+
+
 def _early(config: ConvergeNode.Config, ctx: NodeContext) -> ConvergeNode.Output:
     """Cycle 1: converge only when every signal strongly agrees."""
-    blockers = []
+    blockers = _kept_refusal_signals(config)
     if config.critic_action != "proceed":
         blockers.append("CRITIC_NOT_PROCEED")
     if _count(config.violations):
@@ -174,7 +196,7 @@ def _early(config: ConvergeNode.Config, ctx: NodeContext) -> ConvergeNode.Output
 
 def _later(config: ConvergeNode.Config, cycle: int) -> ConvergeNode.Output:
     """Cycle 2 and later: accept a clean critic with tolerable harm."""
-    reasons = []
+    reasons = _kept_refusal_signals(config)
     if config.critic_action not in ("proceed", None):
         reasons.append("CRITIC_REVISE")
     if _count(config.violations):

@@ -6,7 +6,14 @@ and a suggested `action` — then applies the configured thresholds: the final a
 the more cautious of the model's and the thresholds'. It writes the `RISK_ASSESSMENT`
 decision trace. `mode: draft` asks (task `critique`) for `violations`, `hard`, `score` and
 `action` on a draft answer; an answer claiming `proceed` while listing violations is
-corrected to `revise`.
+corrected to `revise`. Both modes report the model's stated `confidence` in its verdict.
+
+With `escalate_below`, a request review is the cheap first stage of a cascade: its own
+refusal signal means "look closer", not "refuse". It never refuses; `escalate` is true
+when its verdict is not `proceed` or its confidence is under `escalate_below`, and a
+stronger review (another `critic`, `when: screen.escalate`) decides. Noisy cheap
+detectors then cost a second look, not a false refusal, and the threshold is one policy
+value that trades the stronger review's cost against refusal recall.
 
 The relevant principles are retrieved once per request: the first critic of a request
 computes them under `ctx.memo("principles:<source>")`, emits `PRINCIPLES_RETRIEVED` and the
@@ -42,6 +49,7 @@ RISK_SCHEMA = object_schema(
         "intent_to_harm": {"type": "boolean"},
         "requested_instructions": {"type": "boolean"},
         "action": {"type": "string", "enum": ["proceed", "revise", "refuse"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "rationale": {"type": "string"},
     },
     ["risk_score", "category", "operational_risk", "intent_to_harm", "action"],
@@ -52,6 +60,7 @@ CRITIQUE_SCHEMA = object_schema(
         "violations": {"type": "array", "items": {"type": "string"}},
         "hard": {"type": "boolean"},
         "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "rationale": {"type": "string"},
     },
     ["action", "violations", "hard", "score"],
@@ -92,6 +101,14 @@ class CriticNode(Node):
         refuse_at: float = Field(
             default=0.85, ge=0, le=1, description="Request mode: risk score that forces refuse."
         )
+        escalate_below: float | None = Field(
+            default=None,
+            ge=0,
+            le=1,
+            description="Request mode: makes this review a cheap screen of a cascade. It never "
+            "refuses: `escalate` is true when its verdict is not `proceed` or its confidence "
+            "in that verdict is under this value, and a stronger review decides.",
+        )
         max_tokens: int | None = Field(default=None, gt=0, description="Answer length bound.")
 
     class Output(BaseModel):
@@ -117,6 +134,20 @@ class CriticNode(Node):
         )
         principles: list[str] = Field(description="Ids of the principles reviewed against.")
         parsed: bool = Field(description="False when the model's answer was unreadable.")
+        confidence: float = Field(
+            default=0.5,
+            description="The model's stated confidence in its verdict, in [0, 1] (when it "
+            "states none: how far its score is from even).",
+        )
+        escalate: bool = Field(
+            default=False,
+            description="Request mode with `escalate_below`: a stronger review must decide.",
+        )
+        verdict: Action | None = Field(
+            default=None,
+            description="Request mode with `escalate_below`: the action the screen would have "
+            "taken on its own (its `action` is then `proceed`, or `revise` when escalating).",
+        )
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Retrieve (or reuse) principles, ask the model, apply the decision rules."""
@@ -145,6 +176,16 @@ class CriticNode(Node):
         model_action = _as_action(v.get("action"))
         codes.append(f"MODEL_{model_action.upper()}")
         action = max(policy_action, model_action, key=_SEVERITY.__getitem__)
+        confidence = _confidence(v, risk) if reply.value is not None else 0.0
+        verdict: Action | None = None
+        escalate = False
+        if config.escalate_below is not None:
+            verdict = action
+            escalate = action != "proceed" or confidence < config.escalate_below
+            codes.append("ESCALATE" if escalate else "SCREEN_PASSED")
+            if action == "proceed" and escalate:
+                codes.append("CONFIDENCE_BELOW_ESCALATE")
+            action = "revise" if escalate else "proceed"
         out = self.Output(
             action=action,
             violations=[],
@@ -158,6 +199,9 @@ class CriticNode(Node):
             requested_instructions=instructions,
             principles=[p.id for p in principles],
             parsed=reply.value is not None,
+            confidence=round(confidence, 4),
+            escalate=escalate,
+            verdict=verdict,
         )
         ctx.trace(
             "RISK_ASSESSMENT",
@@ -169,6 +213,8 @@ class CriticNode(Node):
                 "requested_instructions": instructions,
                 "intent_operational": intent and instructions,
                 "risk_policy_action": policy_action,
+                "confidence": out.confidence,
+                "escalate": escalate,
                 "estimation_mode": "model" if out.parsed else "fallback",
                 "detected_domain": out.category,
                 "activated_signals": codes,
@@ -213,6 +259,7 @@ class CriticNode(Node):
             rationale=str(v.get("rationale", "")),
             principles=[p.id for p in principles],
             parsed=True,
+            confidence=round(_confidence(v, clamp01(v.get("score"), 0.5)), 4),
         )
         _emit_decision(ctx, out, codes, "draft")
         return out
@@ -243,6 +290,14 @@ def _risk_policy(
     return "revise" if fired else "proceed"
 
 
+def _confidence(value: dict[str, Any], score: float) -> float:
+    """The stated confidence, else how far `score` (a probability) is from even odds."""
+    stated = value.get("confidence")
+    if isinstance(stated, int | float) and not isinstance(stated, bool):
+        return min(1.0, max(0.0, float(stated)))
+    return max(score, 1.0 - score)
+
+
 def _as_action(value: Any) -> Action:
     """A model's action, or `revise` when it named none of the three."""
     if value == "proceed":
@@ -263,6 +318,8 @@ def _emit_decision(ctx: NodeContext, out: CriticNode.Output, codes: list[str], m
             "violations": len(out.violations),
             "hard": out.hard,
             "risk_score": out.risk_score,
+            "confidence": out.confidence,
+            "escalate": out.escalate,
             "principles": out.principles,
             "parsed": out.parsed,
         },

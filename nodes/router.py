@@ -13,6 +13,12 @@ Routes are ordered cheapest first (or by their `tier`). For each request the rou
    steps down to it;
 5. falls back to the cheapest route when `ctx.remaining_usd` is under `budget_floor_usd`.
 
+With `weights:` (a file `python -m bench.router_train` writes, or `builtin` for the shipped
+one) step 3 is learned instead: a per-model logistic regression on request-time features
+predicts each route's chance that its answer checks out (`nodes._support.learned`), and
+the router takes the cheapest route whose chance reaches `min_p_correct`, else the route
+with the best chance. Exemplars, history and the budget floor still apply around it.
+
 Outcomes are learnt from a second node in `mode: feedback` (e.g. after a `validate`),
 sharing the router's `namespace`; with `learn_on_success` the router also records a success
 when the request succeeds. Thresholds are ordinary config values, so graphs can take them
@@ -30,6 +36,7 @@ from pydantic import BaseModel, Field
 from engine import Node, NodeContext, NodeError
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._support.features import Features, features
+from nodes._support.learned import LearnedRouter, load_router
 from nodes._support.lsh import MinHashIndex
 
 __all__ = ["RouterMemory", "RouterNode"]
@@ -130,6 +137,19 @@ class RouterNode(Node):
             le=1,
             description="Similarity of a past request that counts as near-duplicate.",
         )
+        weights: str | None = Field(
+            default=None,
+            description="A learned routing model: `builtin` (shipped) or a weights file "
+            "(relative to the graph) from `python -m bench.router_train`. Replaces the "
+            "complexity threshold.",
+        )
+        min_p_correct: float = Field(
+            default=0.8,
+            ge=0,
+            le=1,
+            description="With `weights`: the predicted chance of a right answer a route must "
+            "reach; the cheapest such route wins.",
+        )
         learn_on_success: bool = Field(
             default=False,
             description="Record a success for the chosen route when the request succeeds.",
@@ -144,6 +164,10 @@ class RouterNode(Node):
         confidence: float = Field(description="How clear the choice was, in [0, 1].")
         complexity: float = Field(description="The text's complexity score in [0, 1].")
         reasons: list[str] = Field(description="Reason codes, deciding one first.")
+        predicted: dict[str, float] = Field(
+            default_factory=dict,
+            description="With `weights`: each route's predicted chance of a right answer.",
+        )
 
     def __init__(self) -> None:
         self._embedder = HashingEmbedder()
@@ -157,7 +181,9 @@ class RouterNode(Node):
         if config.mode == "feedback":
             return self._feedback(config, ctx, memory, order)
         feats = features(config.text)
-        route, score, confidence, reasons = self._decide(config, feats, order)
+        learned = _learned(config, ctx)
+        predicted: dict[str, float] = {}
+        route, score, confidence, reasons = self._decide(config, feats, order, learned, predicted)
         route, reasons = _apply_history(config, ctx, memory, order, route, reasons)
         remaining = ctx.remaining_usd
         if remaining is not None and remaining < config.budget_floor_usd and route != order[0]:
@@ -176,24 +202,28 @@ class RouterNode(Node):
             confidence=round(confidence, 4),
             complexity=round(feats.complexity, 4),
             reasons=reasons,
+            predicted=predicted,
         )
-        ctx.emit(
-            ROUTE_SELECTED,
-            decision=route,
-            reason_codes=reasons,
-            payload={
-                "model": out.model,
-                "score": out.score,
-                "confidence": out.confidence,
-                "complexity": out.complexity,
-                "prompt_class": feats.prompt_class,
-                "remaining_usd": remaining,
-            },
-        )
+        payload: dict[str, object] = {
+            "model": out.model,
+            "score": out.score,
+            "confidence": out.confidence,
+            "complexity": out.complexity,
+            "prompt_class": feats.prompt_class,
+            "remaining_usd": remaining,
+        }
+        if predicted:
+            payload["predicted"] = predicted
+        ctx.emit(ROUTE_SELECTED, decision=route, reason_codes=reasons, payload=payload)
         return out
 
     def _decide(
-        self, config: Config, feats: Features, order: list[str]
+        self,
+        config: Config,
+        feats: Features,
+        order: list[str],
+        learned: LearnedRouter | None,
+        predicted: dict[str, float],
     ) -> tuple[str, float, float, list[str]]:
         sims = self._similarities(config)
         ranked = sorted(sims.items(), key=lambda kv: -kv[1])
@@ -203,6 +233,8 @@ class RouterNode(Node):
             if best_sim >= config.threshold and best_sim - runner_up >= config.margin:
                 confidence = min(1.0, 0.5 + (best_sim - runner_up) * 2)
                 return best, best_sim, confidence, ["EXEMPLAR_MATCH", *feats.reasons]
+        if learned is not None:
+            return _learned_choice(config, learned, order, predicted, feats)
         c = feats.complexity
         if len(order) == 1 or c < config.complexity_threshold:
             index = 0
@@ -254,6 +286,61 @@ class RouterNode(Node):
             complexity=0.0,
             reasons=["FEEDBACK_OK" if config.ok else "FEEDBACK_FAILED"],
         )
+
+
+def _learned(config: RouterNode.Config, ctx: NodeContext) -> LearnedRouter | None:
+    """The learned routing model `weights` names, or a NodeError saying what is wrong."""
+    if config.weights is None:
+        return None
+    source = config.weights if config.weights == "builtin" else ctx.resolve_path(config.weights)
+    try:
+        learned = load_router(source)
+    except (OSError, ValueError) as exc:
+        raise NodeError(
+            f"router weights {config.weights!r} cannot be used: {exc}; train a file with "
+            "`python -m bench.router_train` or use `weights: builtin`",
+            node_id=ctx.node_id,
+            request_id=ctx.request.id,
+        ) from None
+    known = [
+        n for n, r in config.routes.items() if (r.model in learned.weights or n in learned.weights)
+    ]
+    if not known:
+        raise NodeError(
+            f"router weights {config.weights!r} know the models "
+            f"{sorted(learned.weights)}, none of this router's routes; name routes or "
+            "their models after them",
+            node_id=ctx.node_id,
+            request_id=ctx.request.id,
+        )
+    return learned
+
+
+def _learned_choice(
+    config: RouterNode.Config,
+    learned: LearnedRouter,
+    order: list[str],
+    predicted: dict[str, float],
+    feats: Features,
+) -> tuple[str, float, float, list[str]]:
+    """The cheapest route predicted to reach `min_p_correct`, else the likeliest one."""
+    chances = learned.predict(config.text)
+    for name in order:
+        model = config.routes[name].model
+        key = model if model in chances else name if name in chances else None
+        if key is not None:
+            predicted[name] = round(chances[key], 4)
+    for name in order:
+        if name in predicted and predicted[name] >= config.min_p_correct:
+            margin = predicted[name] - config.min_p_correct
+            return (
+                name,
+                predicted[name],
+                min(1.0, 0.5 + margin * 2),
+                ["LEARNED_SUFFICIENT", *feats.reasons],
+            )
+    best = max(predicted, key=lambda n: (predicted[n], -order.index(n)))
+    return best, predicted[best], 0.5, ["LEARNED_BEST_CHANCE", *feats.reasons]
 
 
 def _tier(config: RouterNode.Config, name: str) -> tuple[int, int]:

@@ -95,3 +95,24 @@ async def test_cycle_from_config_overrides_context() -> None:
     out, rt = await _run({**CLEAN, "cycle": 2}, cycle=0)
     assert out.converged and not out.early
     assert "EARLY_CONVERGENCE_ACCEPTED" not in rt.types()
+
+
+@pytest.mark.parametrize(
+    ("signals", "early_code", "later_code"),
+    [
+        ({"critic_action": "refuse", "hard": True}, "HARD_VIOLATION_REVISE",
+         "HARD_VIOLATION_REVISE"),
+        ({"critic_action": "proceed", "expected_harm": 0.95}, "HARM_ABOVE_REFUSE_REVISE",
+         "HARM_ABOVE_REFUSE_REVISE"),
+        ({"critic_action": "refuse"}, "CRITIC_NOT_PROCEED", "CRITIC_REVISE"),
+    ],
+)  # fmt: skip
+async def test_may_refuse_false_turns_refusal_signals_into_a_revision(
+    signals: dict[str, Any], early_code: str, later_code: str
+) -> None:
+    for cycle, max_cycles in ((1, 3), (2, 3), (3, 3)):
+        rt = FakeRuntime()
+        config = {**signals, "cycle": cycle, "max_cycles": max_cycles, "may_refuse": False}
+        out = await run_node(ConvergeNode(), config, rt)
+        assert out.decision == "revise" and out.converged == (cycle == max_cycles)
+        assert (early_code if cycle == 1 else later_code) in out.reasons

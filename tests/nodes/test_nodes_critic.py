@@ -163,3 +163,52 @@ async def test_simulator_unreadable_answer_is_cautious() -> None:
         "HARM_MEDIUM",
         "CONCERNS_RAISED",
     ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "escalate", "verdict", "codes"),
+    [
+        ({**SAFE_RISK, "confidence": 0.97}, False, "proceed", ["SCREEN_PASSED"]),
+        ({**SAFE_RISK, "confidence": 0.7}, True, "proceed",
+         ["ESCALATE", "CONFIDENCE_BELOW_ESCALATE"]),
+        ({**SAFE_RISK, "risk_score": 0.95, "action": "refuse", "confidence": 0.95}, True,
+         "refuse", ["ESCALATE"]),
+        ({**SAFE_RISK, "risk_score": 0.6, "confidence": 0.99}, True, "revise", ["ESCALATE"]),
+    ],
+)  # fmt: skip
+async def test_a_screen_escalates_instead_of_refusing(
+    reply: dict[str, object], escalate: bool, verdict: str, codes: list[str]
+) -> None:
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
+    config = {"model": "judge", "mode": "request", "escalate_below": 0.9, "refuse_at": 0.8}
+    out = await run_node(CriticNode(), config, rt, input={"prompt": "Bake bread?"})
+    assert out.escalate is escalate and out.verdict == verdict
+    assert out.action == ("revise" if escalate else "proceed")  # never `refuse`
+    decision = rt.last("CRITIC_DECISION")
+    assert decision.reason_codes[-len(codes) :] == codes
+    assert decision.payload is not None and decision.payload["escalate"] is escalate
+
+
+async def test_without_a_stated_confidence_the_screen_reads_its_score() -> None:
+    reply = {**SAFE_RISK, "risk_score": 0.2}  # no `confidence`: 0.8 from the score
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
+    out = await run_node(
+        CriticNode(), {"model": "judge", "mode": "request", "escalate_below": 0.85}, rt
+    )
+    assert out.confidence == pytest.approx(0.8) and out.escalate
+
+
+async def test_an_unreadable_screen_escalates() -> None:
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": "not json at all"})})
+    out = await run_node(
+        CriticNode(), {"model": "judge", "mode": "request", "escalate_below": 0.5}, rt
+    )
+    assert out.escalate and not out.parsed and out.action == "revise"
+
+
+async def test_a_deciding_review_keeps_its_refusal_and_reports_its_confidence() -> None:
+    reply = {**SAFE_RISK, "risk_score": 0.95, "action": "refuse", "confidence": 0.93}
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
+    out = await run_node(CriticNode(), {"model": "judge", "mode": "request"}, rt)
+    assert out.action == "refuse" and not out.escalate and out.verdict is None
+    assert out.confidence == pytest.approx(0.93)

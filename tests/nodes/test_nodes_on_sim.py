@@ -439,6 +439,8 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "requested_instructions": True,
         "intent_operational": True,
         "risk_policy_action": "refuse",
+        "confidence": 0.967,
+        "escalate": False,
         "estimation_mode": "model",
         "detected_domain": "weapons",
         "activated_signals": ["INTENT_OPERATIONAL", "MODEL_REFUSE"],
@@ -592,8 +594,9 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
-        ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
+        # side by side: the critique (which states a confidence too) finishes second
         ("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"]),
+        ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
         ("EARLY_CONVERGENCE_ACCEPTED", "decide", "accept", ["CRITIC_CLEAN", "HARM_BELOW_FLOOR"]),
         ("CONVERGENCE_EVALUATED", "decide", "accept", ["CRITIC_CLEAN", "HARM_BELOW_FLOOR"]),
     ]

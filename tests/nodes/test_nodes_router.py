@@ -131,3 +131,64 @@ async def test_learn_on_success_records_after_the_request() -> None:
 async def test_feedback_with_unknown_route_fails_clearly() -> None:
     with pytest.raises(NodeError, match="use one of the routes: small, large"):
         await _route("x", mode="feedback", route="medium")
+
+
+PLAIN_ROUTES = {"small": {"model": "small"}, "large": {"model": "large"}}
+
+
+def _weights(tmp_path: Any, small_reasoning: int = -127) -> Any:
+    """A weights file: small is sure (p~0.88) unless the text reasons; large always ~0.73."""
+    from nodes._support.learned import BUCKETS, DENSE
+
+    size = len(DENSE) + BUCKETS
+    small = [0] * size
+    small[0], small[DENSE.index("reasoning")] = 40, small_reasoning  # scale 0.05
+    large = [0] * size
+    large[0] = 20
+    body = {
+        "format": "moat-router/1",
+        "models": {"small": {"scale": 0.05, "q": small}, "large": {"scale": 0.05, "q": large}},
+    }
+    path = tmp_path / "w.json"
+    path.write_text(__import__("json").dumps(body))
+    return path
+
+
+async def _learned_route(text: str, **cfg: Any) -> Any:
+    return await run_node(
+        RouterNode(), {"text": text, "routes": PLAIN_ROUTES, **cfg}, FakeRuntime(),
+        store=SharedState(),
+    )  # fmt: skip
+
+
+async def test_learned_weights_pick_the_cheapest_route_likely_right(tmp_path: Any) -> None:
+    path = str(_weights(tmp_path))
+    plain = await _learned_route("What is the capital of Peru?", weights=path, min_p_correct=0.8)
+    assert plain.route == "small" and plain.reasons[0] == "LEARNED_SUFFICIENT"
+    assert plain.predicted["small"] == pytest.approx(0.881, abs=0.01)
+    hard = await _learned_route("Explain why the sky is blue", weights=path, min_p_correct=0.8)
+    assert hard.route == "large" and hard.reasons[0] == "LEARNED_BEST_CHANCE"
+    assert hard.predicted["small"] < 0.1
+
+
+async def test_the_shipped_weights_load_and_predict_every_model() -> None:
+    out = await _learned_route("What is the capital of Peru?", weights="builtin", min_p_correct=0)
+    assert out.route == "small" and set(out.predicted) == {"small", "large"}
+    assert all(0 < p < 1 for p in out.predicted.values())
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("not json", "not JSON"),
+        ('{"format": "other"}', "not a router weights file"),
+        ('{"format": "moat-router/1", "models": {"small": {"scale": 1, "q": [1]}}}', "int8 values"),
+        ('{"format": "moat-router/1", "models": {"tiny": {"scale": 1, "q": ' + str([0] * 140)
+         + "}}}", "none of this router's routes"),
+    ],
+)  # fmt: skip
+async def test_bad_weights_fail_with_a_clear_error(tmp_path: Any, content: str, match: str) -> None:
+    path = tmp_path / f"bad{abs(hash(content))}.json"
+    path.write_text(content)
+    with pytest.raises(NodeError, match=match):
+        await _learned_route("hi", weights=str(path))

@@ -150,7 +150,7 @@ def test_an_unknown_model_rebinding_exits_2(tmp_path: Path) -> None:
     graph = fast_copy("governed-answer", tmp_path)
     proc = moat("run", str(graph), "--prompt", "hi", "--model", "huge=sim:large", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "the graph has no model 'huge'. Models: medium, small" in proc.stderr
+    assert "the graph has no model 'huge'. Models: large, medium, small" in proc.stderr
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ async def test_shipped_graph_answers_its_examples_on_sim(path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_flagship_refuses_without_waiting_for_its_speculative_draft() -> None:
+async def test_the_flagship_refuses_without_waiting_for_its_speculative_answer() -> None:
     sink = MemorySink()
     async with Pipeline(ROOT / "graphs" / "governed-answer.yaml", db=None, sink=sink) as pipe:
         # a fixed request id makes the simulated models' answers reproducible
@@ -82,13 +82,15 @@ async def test_the_flagship_refuses_without_waiting_for_its_speculative_draft() 
     assert result.status == "ok"
     assert result.output is not None and result.output["decision"] == "refuse"
     runs = {r.node: r for r in sink.node_runs(result.request_id)}
-    assert runs["draft"].status == "cancelled" and runs["draft"].outcome == "cancelled"
+    # the cheap screen only escalates; the stronger review refuses
+    assert runs["screen"].status == "succeeded" and runs["review"].status == "succeeded"
+    assert runs["answer"].status == "cancelled" and runs["answer"].outcome == "cancelled"
     assert "deliberate" not in runs
     events = sink.event_types(result.request_id)
     assert "SPECULATIVE_STARTED" in events and "SPECULATIVE_JOIN_SKIPPED" in events
-    # answered as soon as the risk review resolved: the draft's cancellation is not awaited
-    before_risk = sum(runs[n].duration_ms for n in ("clean", "cached"))
-    assert result.latency_ms == pytest.approx(before_risk + runs["risk"].duration_ms, abs=5)
+    # answered as soon as the review resolved: the answer's cancellation is not awaited
+    before = sum(runs[n].duration_ms for n in ("clean", "cached", "screen"))
+    assert result.latency_ms == pytest.approx(before + runs["review"].duration_ms, abs=5)
 
 
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))

@@ -306,15 +306,22 @@ async def test_the_flagships_revision_prompt_carries_the_last_critique(anyio_bac
     body = g.nodes["deliberate"].loop.body.nodes  # type: ignore[union-attr]
     revised, critique = body["revised"].impl, body["critique"].impl
     assert isinstance(revised, RecordingModel) and isinstance(critique, RecordingCritic)
-    # a request the sim takes through three cycles (found once by running the workload)
+    # a request the sim takes through two cycles (found once by running the workload)
+    prompt = (
+        "What does this Python code print?\n```python\nx = 8\nsteps = 0\nwhile x > 1:\n"
+        "    x = x // 2 if x % 2 == 0 else 3 * x + 1\n    steps += 1\nprint(steps)\n``` "
+        "Give the final answer on its own last line as `Answer: <value>`."
+    )
+    labels = {
+        "kind": "code", "harmful": False, "difficulty": 0.467, "category": "code",
+        "item": "Q-64ac5db9", "pii": False, "expected": 3, "check": "number",
+    }  # fmt: skip
     async with Runner(g, sink=MemorySink()) as runner:
         result = await runner.run(
-            {"prompt": "Write a Rust function that validates an email address.", "tenant": "acme"},
-            request_id="flagship-128",
-            labels={"kind": "code", "harmful": False, "difficulty": 0.429, "answer": "ANS-b74b58"},
+            {"prompt": prompt, "tenant": "initech"}, request_id="flagship-3", labels=labels
         )
-    assert (result.status.value, result.output["cycles"]) == ("ok", 3), result
-    for cycle in (2, 3):
+    assert (result.status.value, result.output["cycles"]) == ("ok", 2), result
+    for cycle in (2,):
         rationale = critique.rationales["critique", cycle - 1]
         assert rationale and rationale != "none"
         prompt = revised.prompts["revised", cycle]

@@ -1,0 +1,145 @@
+"""The `cascade` node: answers with the cheapest model whose stated confidence clears a bar.
+
+Models are listed cheapest first. The node asks the first one (or the one `start` names,
+typically a `router`'s choice) for an answer and its confidence in it (a JSON object
+`{answer, confidence}`; verbalised confidence is what any chat endpoint can give, and
+what a calibrated model states is its chance of being right). An answer whose confidence
+reaches `accept_at` is returned; otherwise the next model is asked, up to `max_steps`
+calls. The last answer is returned when no model clears the bar (`accepted` is then
+false, so a graph can review it more closely).
+
+Why a cascade on confidence rather than a verifier: the model that answered knows how
+hard the request was for it, and asking costs no extra call. Cascades of this shape
+(FrugalGPT, Chen et al. 2023; "cascade on self-reported confidence") keep large-model
+quality while sending only the uncertain slice to the large model, provided the
+confidence is calibrated, which the bench's calibration curves check.
+
+An unreadable answer counts as confidence 0 (it escalates) and its raw text is kept in
+case no model does better. `escalate: false` answers with the start model only (the
+ablation of the cascade). Each call emits `CASCADE_STEP` with `accepted` or `escalated`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+from engine import Node, NodeContext, NodeError
+from nodes._support.calls import ask_json, clamp01, object_schema
+
+__all__ = ["CascadeNode"]
+
+CASCADE_STEP = "CASCADE_STEP"
+
+ANSWER_SCHEMA = object_schema(
+    {
+        "answer": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    ["answer", "confidence"],
+)
+
+_INSTRUCTION = (
+    "Answer the request. Reply with a JSON object: `answer` (your answer) and `confidence` "
+    "(your probability, from 0 to 1, that the answer is correct)."
+)
+
+
+class CascadeNode(Node):
+    """Answers with the cheapest listed model whose confidence reaches `accept_at`."""
+
+    type_name = "cascade"
+    event_types = (CASCADE_STEP,)
+    model_keys = ("models", "start")
+
+    class Config(BaseModel):
+        """Settings of a `cascade` node."""
+
+        prompt: str = Field(description="The request to answer.")
+        models: list[str] = Field(
+            min_length=1, description="Logical models to try, cheapest first."
+        )
+        start: str | None = Field(
+            default=None,
+            description="The model to begin with (one of `models`; e.g. a router's choice); "
+            "default: the first.",
+        )
+        accept_at: float = Field(
+            default=0.8, ge=0, le=1, description="Stated confidence from which an answer is kept."
+        )
+        escalate: bool = Field(
+            default=True, description="False: answer with the start model only, never escalate."
+        )
+        max_steps: int = Field(
+            default=3, ge=1, le=10, description="Model calls at most (one per model tried)."
+        )
+        system: str | None = Field(default=None, description="An optional system message.")
+        task: str = Field(default="answer", description="The calls' task (`sim` uses it).")
+        max_tokens: int | None = Field(default=None, gt=0, description="Answer length bound.")
+
+        @model_validator(mode="after")
+        def _start_listed(self) -> CascadeNode.Config:
+            if self.start is not None and self.start not in self.models:
+                raise ValueError(
+                    f"start {self.start!r} is not one of the models {self.models}; "
+                    "name one of them or leave start out"
+                )
+            return self
+
+    class Output(BaseModel):
+        """What a `cascade` node returns."""
+
+        text: str = Field(description="The answer kept.")
+        model: str = Field(description="The logical model whose answer was kept.")
+        confidence: float = Field(description="That model's stated confidence, in [0, 1].")
+        accepted: bool = Field(description="The kept answer's confidence reached `accept_at`.")
+        steps: int = Field(description="Model calls made.")
+        escalated: bool = Field(description="A model after the start one was asked.")
+        tried: list[str] = Field(description="The models asked, in order.")
+        cost_usd: float = Field(description="The cost of the calls, in dollars.")
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        """Ask models in order until one is confident enough."""
+        first = config.models.index(config.start) if config.start is not None else 0
+        chain = config.models[first:] if config.escalate else [config.models[first]]
+        chain = chain[: config.max_steps]
+        prompt = f"{_INSTRUCTION}\n\nRequest:\n{config.prompt}"
+        best: tuple[str, str, float] | None = None
+        tried: list[str] = []
+        cost = 0.0
+        for i, model in enumerate(chain):
+            reply = await ask_json(
+                ctx, model, prompt=prompt, schema=ANSWER_SCHEMA, task=config.task,
+                system=config.system, max_tokens=config.max_tokens,
+            )  # fmt: skip
+            tried.append(model)
+            cost += reply.completion.cost_usd
+            value = reply.value or {}
+            answer = value.get("answer")
+            text = answer if isinstance(answer, str) and answer else reply.completion.text
+            confidence = clamp01(value.get("confidence"), 0.0) if reply.value else 0.0
+            best = (model, text, confidence)
+            accepted = confidence >= config.accept_at
+            last = i == len(chain) - 1
+            ctx.emit(
+                CASCADE_STEP,
+                decision="accepted" if accepted else "kept" if last else "escalated",
+                reason_codes=[
+                    "CONFIDENT" if accepted else "UNPARSEABLE" if not reply.value else "UNSURE"
+                ],
+                payload={"model": model, "confidence": round(confidence, 4), "step": i + 1},
+            )
+            if accepted:
+                break
+        if best is None:  # unreachable: `models` has at least one entry
+            raise NodeError("cascade has no model to ask", node_id=ctx.node_id)
+        model, text, confidence = best
+        return self.Output(
+            text=text,
+            model=model,
+            confidence=round(confidence, 4),
+            accepted=confidence >= config.accept_at,
+            steps=len(tried),
+            escalated=len(tried) > 1,
+            tried=tried,
+            cost_usd=cost,
+        )

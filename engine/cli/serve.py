@@ -13,8 +13,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from engine.cli.run import _parse_models, db_path
+from engine.cli.sim_server import port_number
 from engine.errors import SpecError
-from engine.models.server import port_number
 
 if TYPE_CHECKING:
     from engine.serve.auth import KeyRing
@@ -115,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Check the arguments, then serve until interrupted."""
     try:
         from engine.serve import MoatServer, ShapingLimits
-        from engine.serve.listen import bind, is_loopback, serve_on
+        from engine.serve.listen import bind, is_loopback, run_app
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return EXIT_USAGE
@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     with sock:
-        if not serve_on(server, sock, grace_s=args.grace, on_ready=ready):
+        if not run_app(server.app, sock, grace_s=args.grace, context=server, on_ready=ready):
             print("moat: serve: the server did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
     return 0

@@ -1,13 +1,39 @@
-"""`moat sim-server`: the embedded `sim` models behind an OpenAI-compatible HTTP API."""
+"""`moat sim-server`: the embedded `sim` models behind an OpenAI-compatible HTTP API.
+
+It runs on `moat serve`'s stack (Starlette on uvicorn), so it needs the `serve` extra;
+without it the command says what to install (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from engine.models.server import port_number
+__all__ = ["add_commands", "port_number"]
 
-__all__ = ["add_commands"]
+EXIT_USAGE = 2
+_MISSING = (
+    "moat sim-server needs Starlette and uvicorn, which are not installed: "
+    "pip install 'moat[serve]'"
+)
+
+
+def port_number(text: str) -> int:
+    """`--port` as a TCP port: 0 (any free port) to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer in range; the message says what is.
+    """
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: use 1-65535, or 0 for any free port"
+        )
+    return port
 
 
 def add_commands(sub: Any) -> None:
@@ -22,7 +48,12 @@ def add_commands(sub: Any) -> None:
 
 def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models until interrupted."""
-    from engine.models.server import run_server
-
-    run_server(args.port, host=args.host)
+    try:
+        from engine.serve.sim_app import run_server
+    except ImportError:
+        print(f"moat: {_MISSING}", file=sys.stderr)
+        return EXIT_USAGE
+    if not run_server(args.port, host=args.host):
+        print("moat: sim-server: the server did not start (see above)", file=sys.stderr)
+        return EXIT_USAGE
     return 0

@@ -1,27 +1,31 @@
-"""Listening: the socket `moat serve` binds, and uvicorn serving the app on it.
+"""Listening: the socket a server binds, and uvicorn serving an ASGI app on it.
 
-The socket is bound and the graphs are opened before uvicorn starts, so a port in use or a
-store that cannot be opened is a clear error before anything is served, and `--port 0` can
-print the port the system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and
-lets the requests in flight finish within the grace period; then the server records its
-runs as finished once their requests are stored.
+`moat serve` and `moat sim-server` share this. The socket is bound (and, for `moat serve`,
+the graphs are opened) before uvicorn starts, so a port in use or a store that cannot be
+opened is a clear error before anything is served, and `--port 0` can print the port the
+system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and lets the requests
+in flight finish within the grace period; then `moat serve` records its runs as finished
+once their requests are stored.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import math
 import signal
 import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
 
 from engine.errors import SpecError
-from engine.serve.app import MoatServer
 
-__all__ = ["bind", "is_loopback", "serve_on"]
+__all__ = ["bind", "config", "is_loopback", "run_app"]
 
 
 def is_loopback(host: str) -> bool:
@@ -35,45 +39,68 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port`.
+    """A listening TCP socket on `host:port` (port 0: any free port).
 
     Raises:
-        SpecError: the address cannot be listened on (in use, not an address here).
+        SpecError: the address cannot be listened on (in use, needs privileges, not an
+            address here); the message says how to pick another.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
     except OSError as exc:
-        raise SpecError(
-            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-            "choose another port (0 picks a free one) or address"
-        ) from exc
+        raise SpecError(_listen_failure(host, port, exc)) from None
 
 
-def serve_on(
-    server: MoatServer,
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another server?). Stop what "
+            "holds it, or pick another port: --port N, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges). "
+            "Use a port above 1023, or --port 0 for any free port"
+        )
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason}. Check --host (a local address such as 127.0.0.1)"
+
+
+def config(app: Any, *, grace_s: float) -> uvicorn.Config:
+    """How uvicorn serves a moat app: no lifespan (the caller opens what the app needs, so
+    a failure is an error rather than a log line), no access log, no logging set up (the
+    CLI configures logging), and `grace_s` for requests in flight at shutdown."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # moat reads neither the client's address nor the scheme
+        timeout_graceful_shutdown=math.ceil(grace_s),
+    )
+
+
+def run_app(
+    app: Any,
     sock: socket.socket,
     *,
     grace_s: float = 30.0,
+    context: AbstractAsyncContextManager[Any] | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> bool:
-    """Open the server's graphs, call `on_ready`, then serve `server.app` on `sock` until
-    SIGINT or SIGTERM; False if uvicorn never started.
+    """Enter `context`, call `on_ready`, then serve `app` on `sock` until SIGINT or
+    SIGTERM; False if uvicorn never started. Blocks; call it from the main thread.
 
     Raises:
-        MoatError: a graph's store or policy could not be opened (nothing was served).
+        MoatError: entering `context` failed (nothing was served).
     """
-    config = uvicorn.Config(
-        server.app,
-        lifespan="off",  # the graphs are opened here, so a failure is an error, not a log
-        log_level="warning",
-        timeout_graceful_shutdown=int(grace_s),
-        access_log=False,
-    )
-    runner = uvicorn.Server(config)
+    runner = uvicorn.Server(config(app, grace_s=grace_s))
 
     async def main() -> None:
-        async with server:
+        async with context if context is not None else nullcontext():
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])

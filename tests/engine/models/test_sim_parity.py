@@ -22,8 +22,8 @@ import pytest
 from bench.workload import generate
 from engine import BatchItem, MemorySink, Pipeline, load_graph
 from engine.events import RequestRecord
-from engine.models.server import SimServer, serve
 from engine.requests import read_jsonl
+from engine.serve.sim_app import SimServer, serve
 from tests.support.fast_graphs import GRAPHS, fast_copy
 
 pytestmark = pytest.mark.anyio

@@ -317,7 +317,8 @@ class MoatServer:
         self, request: Request, served: _Served, chat: ChatRequest, tenant: str
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         """Run the request while its client is connected: a client that goes away
-        cancels the request's work, model calls included (they are recorded `cancelled`)."""
+        cancels the request's work, model calls included, and the request and its calls
+        are recorded `cancelled`."""
         outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
@@ -343,7 +344,9 @@ class MoatServer:
         counts = served.tokens[request_id] = [0, 0, 0]
         recorded = served.commits.expect(request_id)
         try:
-            result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
+            result = await pipe.run(
+                data, run_id=served.run_id, seq=seq, tenant=tenant, record_cancelled=True
+            )
             # the answer leaves only once it is in the store (a kill -9 loses no 200)
             await served.commits.committed(recorded)
         except ApiError:

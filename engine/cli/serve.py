@@ -92,6 +92,12 @@ def add_commands(sub: Any) -> None:
         metavar="NAME=PROVIDER:MODEL",
         help="rebind a logical model of every graph that has it",
     )
+    p.add_argument(
+        "--no-commit-wait",
+        action="store_true",
+        help="answer before the request is committed to the store (faster; a crash can "
+        "lose requests already answered)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument(
         "--allow-unpriced",
@@ -139,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys=keys,
         limits=limits,
         models=_parse_models(args.model),
+        commit_wait=not args.no_commit_wait,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
     )

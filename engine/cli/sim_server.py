@@ -43,7 +43,30 @@ def add_commands(sub: Any) -> None:
         "--port", type=port_number, default=8008, help="TCP port (0: any free port, printed)"
     )
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--time-scale",
+        type=_non_negative,
+        default=1.0,
+        metavar="X",
+        help="multiply the simulated latencies (0: answer at once)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=_non_negative,
+        metavar="MS",
+        help="every chat completion takes exactly this long (load tests)",
+    )
     p.set_defaults(handler=cmd_sim_server)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of at least 0")
+    return value
 
 
 def cmd_sim_server(args: argparse.Namespace) -> int:
@@ -53,7 +76,8 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return EXIT_USAGE
-    if not run_server(args.port, host=args.host):
+    latency_s = None if args.latency_ms is None else args.latency_ms / 1000
+    if not run_server(args.port, host=args.host, time_scale=args.time_scale, latency_s=latency_s):
         print("moat: sim-server: the server did not start (see above)", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -100,11 +100,16 @@ class SimService:
         time_scale: multiplies the simulated latencies (0 answers at once); read at each
             request, so it may change while serving.
         slow_s: how long a `slow` fault makes the answer take, in seconds.
+        latency_s: when set, every chat completion takes exactly this long instead of its
+            simulated latency (load tests measure what a server adds to a known latency).
     """
 
-    def __init__(self, *, time_scale: float = 1.0, slow_s: float = 30.0) -> None:
+    def __init__(
+        self, *, time_scale: float = 1.0, slow_s: float = 30.0, latency_s: float | None = None
+    ) -> None:
         self.time_scale = time_scale
         self.slow_s = slow_s
+        self.latency_s = latency_s
         self._seen_keys: set[str] = set()
         self._providers: dict[tuple[str, int, float], SimProvider] = {}
 
@@ -179,16 +184,21 @@ class SimService:
             message = f"bad chat completion request: {reason}"
             return error_reply(400, message, "invalid_request_error")
         seed: int = body["seed"] if _is_int(body.get("seed")) else 0
-        answer = await self._provider(call.model, seed).complete(call)
+        if self.latency_s is None:
+            answer = await self._provider(call.model, seed).complete(call)
+        else:  # the simulated latency gives way to the fixed one
+            answer = await self._provider(call.model, seed, instant=True).complete(call)
+            await anyio.sleep(self.latency_s)
         if fault == "malformed":
             return SimReply(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ')
         return _json_reply(200, _completion_body(call, answer))
 
-    def _provider(self, model: str, seed: int) -> SimProvider:
+    def _provider(self, model: str, seed: int, *, instant: bool = False) -> SimProvider:
         profile = profile_for_model(model)
-        key = (profile, seed, self.time_scale)
+        scale = 0.0 if instant else self.time_scale
+        key = (profile, seed, scale)
         if key not in self._providers:
-            spec = ModelSpec(provider="sim", profile=profile, seed=seed, time_scale=self.time_scale)
+            spec = ModelSpec(provider="sim", profile=profile, seed=seed, time_scale=scale)
             self._providers[key] = SimProvider(spec)
         return self._providers[key]
 

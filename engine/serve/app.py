@@ -90,6 +90,9 @@ class MoatServer:
             or the request's `user`).
         limits: rate, concurrency and in-flight limits.
         models: `--model` rebindings, applied to each graph that has the model.
+        commit_wait: send an answer only once its request is committed to the store (the
+            default: a client that got a 200 finds its request there even after a kill
+            -9); False answers as soon as the graph has, and the records follow.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -105,6 +108,7 @@ class MoatServer:
         keys: KeyRing | None = None,
         limits: ShapingLimits | None = None,
         models: Mapping[str, str] | None = None,
+        commit_wait: bool = True,
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
@@ -121,7 +125,8 @@ class MoatServer:
                     path=str(graph.path),
                 )
             pipe = Pipeline(graph, db=db, **pipeline_options)
-            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
+            durable = db is not None and commit_wait
+            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if durable else None))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
         self.metrics = Metrics()
@@ -145,7 +150,7 @@ class MoatServer:
             stack.callback(beats.cancel_scope.cancel)
             beats.start_soon(self._heartbeat)
             for served in self.graphs.values():
-                if served.pipe.store is not None:
+                if served.commits.durable:
                     beats.start_soon(served.commits.run)
         except BaseException:
             await stack.aclose()

@@ -63,6 +63,7 @@ class SimServer:
     Args:
         time_scale: multiplies the simulated latencies (0 answers at once).
         slow_s: how long a `slow` fault makes the answer take, in seconds.
+        latency_s: a fixed latency for every chat completion instead of the simulated one.
         service: what answers (default: a `SimService` with these settings).
 
     Attributes:
@@ -80,9 +81,12 @@ class SimServer:
         *,
         time_scale: float = 1.0,
         slow_s: float = 30.0,
+        latency_s: float | None = None,
         service: SimService | None = None,
     ) -> None:
-        self.service = service or SimService(time_scale=time_scale, slow_s=slow_s)
+        self.service = service or SimService(
+            time_scale=time_scale, slow_s=slow_s, latency_s=latency_s
+        )
         self.host = ""
         self.port = 0
         self.requests = 0
@@ -207,7 +211,13 @@ async def serve(
     await server.serve(host, port, task_status=task_status)
 
 
-def run_server(port: int, host: str = "127.0.0.1") -> bool:
+def run_server(
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    time_scale: float = 1.0,
+    latency_s: float | None = None,
+) -> bool:
     """Blocking entry point of `moat sim-server`: serve until Ctrl-C or SIGTERM.
 
     Prints the address it serves at (with the port chosen when `port` is 0) on stdout,
@@ -216,7 +226,7 @@ def run_server(port: int, host: str = "127.0.0.1") -> bool:
     Raises:
         SpecError: the address cannot be listened on (the port is in use, ...).
     """
-    server = SimServer()
+    server = SimServer(time_scale=time_scale, latency_s=latency_s)
     sock = server.listen(host, port)
 
     def ready() -> None:

@@ -185,3 +185,16 @@ async def test_unknown_routes_and_methods_answer_in_openai_s_shape(server: SimSe
         status, body = await _exchange(server, raw)
         error = body["error"]
         assert status == expected and isinstance(error, dict) and words in str(error["message"])
+
+
+async def test_a_fixed_latency_replaces_the_simulated_one() -> None:
+    async with anyio.create_task_group() as tg:
+        # at this scale the small profile alone would take 80 ms x 20 = 1.6 s at least
+        fixed = SimServer(time_scale=20, latency_s=0.3)
+        server: SimServer = await tg.start(fixed.serve, "127.0.0.1", 0)
+        start = anyio.current_time()
+        status, body = await _exchange(server, _post(GOOD))
+        took = anyio.current_time() - start
+        tg.cancel_scope.cancel()
+    assert status == 200 and body["object"] == "chat.completion"
+    assert 0.3 <= took < 1.5

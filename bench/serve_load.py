@@ -69,29 +69,36 @@ SIM_MODEL = "{provider: sim, profile: small, time_scale: 0}"
 @contextmanager
 def launched(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
     """`python -m engine ARGS` (a server that prints its base URL first); the process and
-    the URL, killed on exit."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise SystemExit(f"{' '.join(args)} did not start: {proc.stderr.read()}")
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    the URL, stopped on exit. Its log goes to a file (a pipe nobody reads would fill and
+    stall it); error lines in it are reported on stderr."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            if not url.startswith("http://"):
+                log.seek(0)
+                raise SystemExit(f"{' '.join(args)} did not start: {log.read()}")
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.seek(0)
+            errors = [line for line in log.read().splitlines() if "Error" in line]
+            if errors:
+                print(f"{args[0]}: {len(errors)} error lines; last: {errors[-1]}", file=sys.stderr)
 
 
 def serve_args(graph: Path, db: Path, *extra: str) -> list[str]:
@@ -161,7 +168,7 @@ def _request(host: str, path: str, body: bytes) -> bytes:
 
 
 async def _client_raw(
-    url: str, model: str, load: Load, todo: list[int], stop_at: float, tag: str
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
 ) -> None:
     """One client on one keep-alive connection: request after request until none is left."""
     host_port = url.removeprefix("http://").split("/", 1)[0]
@@ -169,8 +176,7 @@ async def _client_raw(
     path = "/" + url.removeprefix("http://").split("/", 1)[1] + "/chat/completions"
     reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
     try:
-        while todo and time.perf_counter() < stop_at:
-            n = todo.pop()
+        while time.perf_counter() < stop_at and (n := next(todo, None)) is not None:
             body = json.dumps(
                 {"model": model, "messages": [{"role": "user", "content": f"q {tag}-{n}"}]}
             ).encode()
@@ -196,13 +202,12 @@ async def _client_raw(
 
 
 async def _client_httpx2(
-    url: str, model: str, load: Load, todo: list[int], stop_at: float, tag: str
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
 ) -> None:
     import httpx2
 
     async with httpx2.AsyncClient(base_url=url, timeout=120) as web:
-        while todo and time.perf_counter() < stop_at:
-            n = todo.pop()
+        while time.perf_counter() < stop_at and (n := next(todo, None)) is not None:
             body = {"model": model, "messages": [{"role": "user", "content": f"q {tag}-{n}"}]}
             start = time.perf_counter()
             try:
@@ -231,7 +236,7 @@ async def drive(
     """`clients` concurrent clients sending `requests` requests in all (or until
     `seconds` have passed)."""
     load = Load()
-    todo = list(range(requests, 0, -1))
+    todo = iter(range(requests))  # shared: each number is taken by one client
     run = _client_raw if client == "raw" else _client_httpx2
     cpu0, start = time.process_time(), time.perf_counter()
     stop_at = start + seconds
@@ -297,6 +302,9 @@ def throughput(
     figures |= {
         "clients": clients,
         "server_cpu_us_per_request": round(server_cpu / max(1, figures["requests"]) * 1e6, 1),
+        # the server is one Python process (one core at a time for Python code): the
+        # requests/s it could serve on a core of its own, whatever else the machine runs
+        "server_rps_per_core": round(figures["requests"] / server_cpu, 1) if server_cpu else None,
         "rss_mib_at_10pct": round(tail[0], 1) if tail else None,
         "rss_mib_end": round(samples[-1][1], 1),
         "rss_mib_max": round(max(mib for _, mib in samples), 1),
@@ -385,6 +393,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "client": args.client,
         "date": time.strftime("%Y-%m-%d"),
+        "load_average_before": [round(x, 1) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -409,7 +418,8 @@ def main() -> None:
                 client=args.client,
             )
         if args.part in ("all", "kill9"):
-            result["kill9"] = kill9(work, clients=100, seconds=5.0, client=args.client)
+            result["kill9"] = kill9(work, clients=100, seconds=15.0, client=args.client)
+    result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result))
     else:

@@ -117,9 +117,14 @@ def run_app(
                 on_ready()
             await runner.serve(sockets=[sock])
 
-    # uvicorn re-raises the signal that stopped it once it has shut down; a SIGTERM is
-    # the ordinary way to stop a server, so it ends the process normally (exit 0)
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        """SIGTERM outside uvicorn's own handlers: before it serves (the graphs are still
+        opening, or the address was just printed), it stops the server before it starts;
+        after, it is the signal uvicorn re-raises once it has shut down (nothing to do).
+        Either way a SIGTERM, the ordinary way to stop a server, ends it with exit 0."""
+        runner.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     finally:
@@ -155,7 +160,3 @@ def _has_uvloop() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _stopped(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""

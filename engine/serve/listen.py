@@ -11,7 +11,6 @@ once their requests are stored.
 from __future__ import annotations
 
 import errno
-import gc
 import ipaddress
 import math
 import signal
@@ -112,7 +111,6 @@ def run_app(
 
     async def main() -> None:
         async with context if context is not None else nullcontext():
-            _tune_gc()
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])
@@ -130,26 +128,6 @@ def run_app(
     finally:
         signal.signal(signal.SIGTERM, previous)
     return runner.started
-
-
-GC_YOUNG_THRESHOLD = 20_000
-"""Allocations between two young collections of the cyclic GC while serving (Python's
-default: 700)."""
-
-
-def _tune_gc() -> None:
-    """Collect less often while serving: about a fifth less CPU per request.
-
-    A server allocates many short-lived objects per request, and with the default
-    thresholds the collector runs every 700 allocations and often sweeps the older
-    generations, full of what startup loaded (modules, graphs, schemas). `gc.freeze` moves
-    those out of its sight for good, and a higher young threshold makes fewer, larger
-    young collections; reference counting still frees almost everything at once.
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _has_uvloop() -> bool:

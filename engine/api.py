@@ -191,7 +191,7 @@ class Pipeline:
 
     def _on_request(self, record: RequestRecord) -> None:
         self._settled()
-        if self.policy is not None and record.status != RequestStatus.INVALID_INPUT:
+        if self.policy is not None and record.status not in _UNOBSERVED:
             self.policy.observe(
                 record.latency_ms, record.cost_usd, None, policy_version=record.policy_version
             )
@@ -287,9 +287,12 @@ class Pipeline:
         labels: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         tenant: str | None = None,
+        record_cancelled: bool = False,
     ) -> RequestResult:
         """Answer one request (validated against the graph's `input` schema); `tenant`
-        (default `input["tenant"]`, else `public`) partitions caches and is recorded."""
+        (default `input["tenant"]`, else `public`) partitions caches and is recorded.
+        With `record_cancelled`, a request its caller cancels is recorded `cancelled`
+        (a server's client that hung up); without, it leaves no request record."""
         item = parse_request(
             {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
@@ -299,7 +302,8 @@ class Pipeline:
         if run_id is not None:
             self.use_run(run_id)
         rid = run_id or self.start_run(1)
-        result = await self._answer(rid, item if not meta else _with_meta(item, meta), tenant)
+        item = item if not meta else _with_meta(item, meta)
+        result = await self._answer(rid, item, tenant, record_cancelled=record_cancelled)
         if run_id is None:
             await self.finish_run(rid)
         return result
@@ -438,7 +442,12 @@ class Pipeline:
             limiter.release()
 
     async def _answer(
-        self, run_id: str, item: BatchItem, tenant: str | None = None
+        self,
+        run_id: str,
+        item: BatchItem,
+        tenant: str | None = None,
+        *,
+        record_cancelled: bool = False,
     ) -> RequestResult:
         assert self._runner is not None, "use `async with Pipeline(...)`"
         request_id = f"{run_id}-{item.seq:06d}"
@@ -454,7 +463,12 @@ class Pipeline:
                 labels=item.labels,
                 meta=item.meta,
                 tenant=tenant,
+                record_cancelled=record_cancelled,
             )
+        except anyio.get_cancelled_exc_class():
+            if not record_cancelled:
+                self._settled()  # no record will come for this request
+            raise
         except BaseException:
             self._settled()  # no record will come for this request
             raise
@@ -510,6 +524,11 @@ class Pipeline:
             except StoreError:
                 self._store_failures += 1
                 raise
+
+
+_UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
+"""Statuses the regression guard does not observe: no work ran, or it was cut short by
+the caller (its latency and cost say nothing about the policy)."""
 
 
 def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:

@@ -141,6 +141,10 @@ class RequestStatus(StrEnum):
     """The hard deadline passed and the graph does not allow partial results."""
     INVALID_INPUT = "invalid_input"
     """The request did not parse or failed the graph's `input` schema."""
+    CANCELLED = "cancelled"
+    """Its caller went away before it was answered (a `moat serve` client that hung up):
+    its work was cancelled, model calls included. `moat run` never records it: a request
+    of an interrupted batch stays unrecorded, so `--resume` answers it."""
 
 
 class NodeStatus(StrEnum):

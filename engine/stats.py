@@ -13,7 +13,8 @@ from collections.abc import Iterable
 __all__ = ["FAILED_STATUSES", "percentile"]
 
 FAILED_STATUSES = frozenset({"failed", "deadline_exceeded", "invalid_input"})
-"""Request statuses that count as errors (`ok` and `partial` answered)."""
+"""Request statuses that count as errors (`ok` and `partial` answered; `cancelled`, a
+client that hung up before its answer, is neither an answer nor moat's error)."""
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.cli import telemetry
 from engine.cli.run import _parse_models, db_path
+from engine.cli.sim_server import port_number
 from engine.errors import SpecError
-from engine.models.server import port_number
 
 if TYPE_CHECKING:
     from engine.serve.auth import KeyRing
@@ -94,6 +94,12 @@ def add_commands(sub: Any) -> None:
         metavar="NAME=PROVIDER:MODEL",
         help="rebind a logical model of every graph that has it",
     )
+    p.add_argument(
+        "--no-commit-wait",
+        action="store_true",
+        help="answer before the request is committed to the store (faster; a crash can "
+        "lose requests already answered)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument(
         "--allow-unpriced",
@@ -121,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Check the arguments, then serve until interrupted."""
     try:
         from engine.serve import MoatServer, ShapingLimits
-        from engine.serve.listen import bind, is_loopback, serve_on
+        from engine.serve.listen import bind, is_loopback, run_app
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return EXIT_USAGE
@@ -156,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys=keys,
         limits=limits,
         models=_parse_models(args.model),
+        commit_wait=not args.no_commit_wait,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
         telemetry=telemetry.telemetry_for(telemetry.options(args), server=True),
@@ -174,7 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     with sock:
-        if not serve_on(server, sock, grace_s=args.grace, on_ready=ready):
+        if not run_app(server.app, sock, grace_s=args.grace, context=server, on_ready=ready):
             print("moat: serve: the server did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
     return 0

@@ -1,9 +1,12 @@
-"""`moat sim-server`: the `sim` models behind a real OpenAI-compatible HTTP endpoint.
+"""The `sim` models as an OpenAI-compatible service, without the HTTP: `moat sim-server`.
 
-Any OpenAI client can point at it (`base_url=http://127.0.0.1:PORT/v1`) and talk to a
-simulated model offline: `POST /v1/chat/completions` and `GET /v1/models`. It is a small
-HTTP/1.1 server on anyio sockets (keep-alive, `Content-Length` bodies, JSON), with no
-dependency beyond moat's own.
+`engine.serve.sim_app` puts this behind HTTP (Starlette on uvicorn, the stack `moat serve`
+uses); everything else a sim-server does is here, free of any protocol, so the models
+package keeps no web dependency: the routes, the answers, the errors in OpenAI's shape and
+the fault injection.
+
+Any OpenAI client can point at a sim-server (`base_url=http://127.0.0.1:PORT/v1`) and talk
+to a simulated model offline: `POST /v1/chat/completions` and `GET /v1/models`.
 
 Models: `sim-small`, `sim-medium`, `sim-large` (or just `small`, ...); any other name maps
 to a profile by its look (`*mini*`, `*small*`, `*nano*`, `*haiku*`, `*flash*`, `*8b*` ->
@@ -29,52 +32,32 @@ Fault injection for tests, by request header `X-Sim-Fault`:
   cancel;
 - `malformed`: 200 with a body that is not JSON;
 - `FAULT-once:KEY` (e.g. `error-once:a1`): the fault happens only the first time KEY is
-  seen by this server, so a retry succeeds.
-
-The server notices a client that hangs up while its answer is still being prepared and
-counts it in `SimServer.dropped_connections` (and sets `SimServer.connection_dropped`).
+  seen by this service, so a retry succeeds.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import functools
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.abc
-from anyio.abc import SocketAttribute
 
-from engine.errors import SpecError
 from engine.graph.spec import ModelSpec
 from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.plugin.context import RequestInfo
 
-__all__ = ["SimServer", "port_number", "profile_for_model", "run_server", "serve"]
+__all__ = ["SIMULATED_HEADERS", "SimReply", "SimService", "error_reply", "profile_for_model"]
 
-_MAX_HEAD = 64 * 1024
-_MAX_BODY = 16 * 1024 * 1024
 _SMALL_MARKS = ("mini", "small", "nano", "haiku", "flash", "8b")
 _LARGE_MARKS = ("large", "gpt-4o", "gpt-4.1", "gpt-5", "opus", "70b", "405b")
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-}
-_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+SIMULATED_HEADERS = {"content-type": "application/json", "x-moat-simulated": "true"}
+"""The headers of every reply: JSON, and labelled simulated."""
 
 
 def profile_for_model(model: str) -> str:
@@ -89,254 +72,78 @@ def profile_for_model(model: str) -> str:
     return "medium"
 
 
-class _BadRequest(Exception):
-    """The bytes on the wire are not an HTTP request this server understands."""
-
-
 @dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
+class SimReply:
+    """One answer of the service: an HTTP status, a JSON body and the reply's own headers
+    (the protocol adds `SIMULATED_HEADERS`)."""
 
-    @property
-    def keep_alive(self) -> bool:
-        return self.headers.get("connection", "").lower() != "close"
-
-
-@dataclass(frozen=True, slots=True)
-class _Response:
     status: int
     body: bytes
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
-class _Connection:
-    """Reads HTTP/1.1 requests off one socket, keeping bytes that arrive early."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def _fill(self) -> bool:
-        try:
-            data = await self.stream.receive()
-        except _GONE:
-            return False
-        self.buffer += data
-        return True
-
-    async def read_request(self) -> _Request | None:
-        """The next request, or None when the client closed the connection cleanly."""
-        while b"\r\n\r\n" not in self.buffer:
-            if len(self.buffer) > _MAX_HEAD:
-                raise _BadRequest("request head too large")
-            if not await self._fill():
-                if self.buffer:
-                    raise _BadRequest("connection closed mid-request")
-                return None
-        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, path, _version = lines[0].split(" ", 2)
-        except ValueError:
-            raise _BadRequest(f"bad request line {lines[0]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise _BadRequest("chunked request bodies are not supported; send Content-Length")
-        length = _content_length(headers.get("content-length", ""))
-        if length > _MAX_BODY:
-            raise _BadRequest("request body too large")
-        self.buffer = bytearray(rest)
-        while len(self.buffer) < length:
-            if not await self._fill():
-                raise _BadRequest("connection closed mid-body")
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return _Request(method.upper(), path, headers, body)
-
-    async def send(self, response: _Response, *, keep_alive: bool) -> None:
-        """Write one response."""
-        reason = _REASONS.get(response.status, "Unknown")
-        head = [f"HTTP/1.1 {response.status} {reason}"]
-        headers = {
-            "content-type": "application/json",
-            "content-length": str(len(response.body)),
-            "connection": "keep-alive" if keep_alive else "close",
-            "x-moat-simulated": "true",
-            **response.headers,
-        }
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        await self.stream.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+def _json_reply(status: int, value: Any, headers: Mapping[str, str] | None = None) -> SimReply:
+    return SimReply(status, json.dumps(value).encode(), headers or {})
 
 
-def _json_response(status: int, value: Any, headers: Mapping[str, str] | None = None) -> _Response:
-    return _Response(status, json.dumps(value).encode(), headers or {})
-
-
-def _error(
+def error_reply(
     status: int, message: str, kind: str, headers: Mapping[str, str] | None = None
-) -> _Response:
-    return _json_response(
-        status, {"error": {"message": message, "type": kind, "code": None}}, headers
-    )
+) -> SimReply:
+    """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
+    return _json_reply(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
 
 
-class SimServer:
-    """An OpenAI-compatible HTTP server answering with the `sim` provider.
+class SimService:
+    """What a sim-server answers, request by request, whatever carries the requests.
 
     Args:
-        time_scale: multiplies the simulated latencies (0 answers at once).
+        time_scale: multiplies the simulated latencies (0 answers at once); read at each
+            request, so it may change while serving.
         slow_s: how long a `slow` fault makes the answer take, in seconds.
-
-    Attributes:
-        host: the bound address, once serving.
-        port: the bound port, once serving (useful with port 0).
-        requests: HTTP requests received.
-        dropped_connections: clients that hung up while their answer was being prepared.
+        latency_s: when set, every chat completion takes exactly this long instead of its
+            simulated latency (load tests measure what a server adds to a known latency).
     """
 
-    def __init__(self, *, time_scale: float = 1.0, slow_s: float = 30.0) -> None:
+    def __init__(
+        self, *, time_scale: float = 1.0, slow_s: float = 30.0, latency_s: float | None = None
+    ) -> None:
         self.time_scale = time_scale
         self.slow_s = slow_s
-        self.host = ""
-        self.port = 0
-        self.requests = 0
-        self.dropped_connections = 0
+        self.latency_s = latency_s
         self._seen_keys: set[str] = set()
-        self._providers: dict[tuple[str, int], SimProvider] = {}
-        self._events: dict[str, anyio.Event] = {}
+        self._providers: dict[tuple[str, int, float], SimProvider] = {}
 
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL of this server (`http://HOST:PORT/v1`)."""
-        return f"http://{self.host}:{self.port}/v1"
+    async def answer(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> SimReply:
+        """The reply to one request; a failure answers 500, it never stops the server.
 
-    def _event(self, name: str) -> anyio.Event:
-        if name not in self._events:
-            self._events[name] = anyio.Event()
-        return self._events[name]
-
-    @property
-    def connection_dropped(self) -> anyio.Event:
-        """Set once a client hangs up mid-answer."""
-        return self._event("dropped")
-
-    @property
-    def request_started(self) -> anyio.Event:
-        """Set once the first chat completion starts being prepared."""
-        return self._event("started")
-
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        task_status: anyio.abc.TaskStatus[SimServer] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Listen on `host:port` until cancelled; reports `self` through `task_status`.
-
-        Raises:
-            SpecError: the address cannot be listened on (see `listen`).
-        """
-        listener = await self.listen(host, port)
-        task_status.started(self)
-        await self.serve_on(listener)
-
-    async def listen(self, host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
-        """Bind `host:port` (port 0: any free port) and note the bound address.
-
-        Raises:
-            SpecError: the port is in use, needs privileges, or the host is not local;
-                the message says how to pick another.
+        `headers` must be found by lower-case name.
         """
         try:
-            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        except OSError as exc:
-            raise SpecError(_listen_failure(host, port, exc)) from None
-        self.host = host
-        self.port = int(listener.extra(SocketAttribute.local_port))
-        return listener
-
-    async def serve_on(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        """Answer the connections of a listener from `listen` until cancelled; closes it."""
-        async with listener:
-            await listener.serve(self._handle)
-
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            conn = _Connection(stream)
-            try:
-                while True:
-                    request = await conn.read_request()
-                    if request is None:
-                        return
-                    self.requests += 1
-                    response = await self._watched(conn, functools.partial(self._answer, request))
-                    if response is None:
-                        return
-                    await conn.send(response, keep_alive=request.keep_alive)
-                    if not request.keep_alive:
-                        return
-            except _BadRequest as exc:
-                with anyio.move_on_after(1):
-                    await conn.send(
-                        _error(400, str(exc), "invalid_request_error"), keep_alive=False
-                    )
-            except (*_GONE, OSError):
-                return
-
-    async def _watched(
-        self, conn: _Connection, work: Callable[[], Awaitable[_Response]]
-    ) -> _Response | None:
-        """Run `work` while watching the socket; None if the client hung up meanwhile."""
-        result: _Response | None = None
-        dropped = False
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                nonlocal dropped
-                if await conn._fill():
-                    return  # pipelined bytes are kept for the next request
-                dropped = True
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            result = await work()
-            tg.cancel_scope.cancel()
-        if dropped:
-            self.dropped_connections += 1
-            self.connection_dropped.set()
-            return None
-        return result
-
-    async def _answer(self, request: _Request) -> _Response:
-        """The response to one request; a failure answers 500, it never stops the server."""
-        try:
-            return await self._route(request)
+            return await self.route(method.upper(), path, headers, body)
         except Exception as exc:  # one bad request must not take every client down
             message = f"sim-server failed to answer: {type(exc).__name__}: {exc}"
-            return _error(500, message, "server_error")
+            return error_reply(500, message, "server_error")
 
-    async def _route(self, request: _Request) -> _Response:
-        path = request.path.split("?", 1)[0].rstrip("/")
+    async def route(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> SimReply:
+        """The reply of the route `path` names (404 for none, 405 for the wrong method)."""
+        path = path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
-            if request.method != "GET":
-                return _error(405, "use GET", "invalid_request_error")
+            if method != "GET":
+                return error_reply(405, "use GET", "invalid_request_error")
             data = [
                 {"id": f"sim-{name}", "object": "model", "created": 0, "owned_by": "moat-sim"}
                 for name in SIM_PROFILES
             ]
-            return _json_response(200, {"object": "list", "data": data})
+            return _json_reply(200, {"object": "list", "data": data})
         if path in ("/v1/chat/completions", "/chat/completions"):
-            if request.method != "POST":
-                return _error(405, "use POST", "invalid_request_error")
-            return await self._chat(request)
-        return _error(404, f"no route {request.method} {path}", "invalid_request_error")
+            if method != "POST":
+                return error_reply(405, "use POST", "invalid_request_error")
+            return await self.chat(headers, body)
+        return error_reply(404, f"no route {method} {path}", "invalid_request_error")
 
     def _fault(self, headers: Mapping[str, str]) -> str | None:
         value = headers.get("x-sim-fault", "").strip().lower()
@@ -349,43 +156,49 @@ class SimServer:
             self._seen_keys.add(key)
         return kind
 
-    async def _chat(self, request: _Request) -> _Response:
-        self.request_started.set()
-        fault = self._fault(request.headers)
+    async def chat(self, headers: Mapping[str, str], raw: bytes) -> SimReply:
+        """A chat completion, with the fault the headers ask for."""
+        fault = self._fault(headers)
         if fault == "rate_limit":
             try:
-                after = max(0.0, float(request.headers.get("x-sim-retry-after", "1")))
+                after = max(0.0, float(headers.get("x-sim-retry-after", "1")))
             except ValueError:
-                return _error(400, "X-Sim-Retry-After: give seconds", "invalid_request_error")
-            return _error(
+                return error_reply(400, "X-Sim-Retry-After: give seconds", "invalid_request_error")
+            return error_reply(
                 429,
                 "simulated rate limit",
                 "rate_limit_error",
                 {"retry-after": f"{after:g}", "retry-after-ms": f"{after * 1000:g}"},
             )
         if fault == "error":
-            return _error(500, "simulated server error", "server_error")
+            return error_reply(500, "simulated server error", "server_error")
         if fault == "slow":
             await anyio.sleep(self.slow_s)
         try:
-            body = json.loads(request.body or b"{}")
+            body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
-            call = self._call(body, request.headers)
+            call = self._call(body, headers)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            return _error(400, f"bad chat completion request: {reason}", "invalid_request_error")
+            message = f"bad chat completion request: {reason}"
+            return error_reply(400, message, "invalid_request_error")
         seed: int = body["seed"] if _is_int(body.get("seed")) else 0
-        answer = await self._provider(call.model, seed).complete(call)
+        if self.latency_s is None:
+            answer = await self._provider(call.model, seed).complete(call)
+        else:  # the simulated latency gives way to the fixed one
+            answer = await self._provider(call.model, seed, instant=True).complete(call)
+            await anyio.sleep(self.latency_s)
         if fault == "malformed":
-            return _Response(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ', {})
-        return _json_response(200, _completion_body(call, answer))
+            return SimReply(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ')
+        return _json_reply(200, _completion_body(call, answer))
 
-    def _provider(self, model: str, seed: int) -> SimProvider:
+    def _provider(self, model: str, seed: int, *, instant: bool = False) -> SimProvider:
         profile = profile_for_model(model)
-        key = (profile, seed)
+        scale = 0.0 if instant else self.time_scale
+        key = (profile, seed, scale)
         if key not in self._providers:
-            spec = ModelSpec(provider="sim", profile=profile, seed=seed, time_scale=self.time_scale)
+            spec = ModelSpec(provider="sim", profile=profile, seed=seed, time_scale=scale)
             self._providers[key] = SimProvider(spec)
         return self._providers[key]
 
@@ -484,20 +297,6 @@ def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -
     )
 
 
-def _content_length(value: str) -> int:
-    """The `Content-Length` header as a byte count (none: 0).
-
-    Raises:
-        _BadRequest: not a non-negative integer.
-    """
-    value = value.strip()
-    if not value:
-        return 0
-    if not value.isdigit():
-        raise _BadRequest(f"bad Content-Length {value!r}")
-    return int(value)
-
-
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -529,79 +328,3 @@ def _completion_body(call: ProviderRequest, answer: ProviderResponse) -> dict[st
             "total_tokens": answer.input_tokens + answer.output_tokens,
         },
     }
-
-
-async def serve(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    time_scale: float = 1.0,
-    slow_s: float = 30.0,
-    task_status: anyio.abc.TaskStatus[SimServer] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the sim models on `host:port` until cancelled.
-
-    Use it from a task group: `server = await tg.start(serve, "127.0.0.1", 0)` returns the
-    running `SimServer` (its `port`, `base_url` and counters).
-    """
-    server = SimServer(time_scale=time_scale, slow_s=slow_s)
-    await server.serve(host, port, task_status=task_status)
-
-
-def port_number(text: str) -> int:
-    """`--port` as a TCP port: 0 (any free port) to 65535.
-
-    Raises:
-        argparse.ArgumentTypeError: not an integer in range; the message says what is.
-    """
-    try:
-        port = int(text, 10)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a port: use 1-65535, or 0 for any free port"
-        )
-    return port
-
-
-def _listen_failure(host: str, port: int, exc: OSError) -> str:
-    where = f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            f"cannot listen on {where}: the port is in use (another sim-server?). Stop what "
-            "holds it, or pick another port: --port N, or --port 0 for any free port"
-        )
-    if exc.errno == errno.EACCES:
-        return (
-            f"cannot listen on {where}: permission denied (ports below 1024 need privileges). "
-            "Use a port above 1023, or --port 0 for any free port"
-        )
-    reason = exc.strerror or str(exc)
-    return f"cannot listen on {where}: {reason}. Check --host (a local address such as 127.0.0.1)"
-
-
-def run_server(port: int, host: str = "127.0.0.1") -> None:
-    """Blocking entry point of `moat sim-server`: serve until Ctrl-C.
-
-    Prints the address it serves at (with the port chosen when `port` is 0) on stdout,
-    so scripts can read it.
-
-    Raises:
-        SpecError: the address cannot be listened on (the port is in use, ...).
-    """
-
-    async def _main() -> None:
-        server = SimServer()
-        listener = await server.listen(host, port)
-        print(server.base_url, flush=True)
-        print(
-            f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
-            f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        await server.serve_on(listener)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(_main)

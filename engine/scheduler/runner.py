@@ -84,7 +84,8 @@ class RequestResult:
 
     Attributes:
         request_id: the request's id.
-        status: `ok`, `partial`, `failed` or `deadline_exceeded`.
+        status: `ok`, `partial`, `failed`, `deadline_exceeded` or (only when the caller
+            asks for it) `cancelled`.
         output: the `output:` values (JSON-ready), or None when there are none.
         latency_ms: time from the start of the request to its response.
         cost_usd: dollars spent on model calls by the time of the response.
@@ -208,6 +209,7 @@ class Runner:
         labels: Mapping[str, Any] | None = None,
         tenant: str | None = None,
         meta: Mapping[str, Any] | None = None,
+        record_cancelled: bool = False,
     ) -> RequestResult:
         """Run one request and return as soon as its outputs are known.
 
@@ -219,6 +221,10 @@ class Runner:
             tenant: default `input["tenant"]`, else `public`.
             meta: extra request columns (`conversation_id`, `turn_index`,
                 `parent_request_id`).
+            record_cancelled: when the caller cancels the request, record it `cancelled`
+                (after its cancelled work, as any request) before the cancellation goes
+                on. By default a cancelled request leaves no request record, so an
+                interrupted batch can answer it again on resume.
 
         Returns:
             The result; node failures and deadlines are reported in it, never raised.
@@ -237,6 +243,7 @@ class Runner:
         )
         consumer = Consumer(frame, None, False, "output")
         answer: _Answer | None = None
+        abandoned = False
         try:
             start_speculative(ex, frame)
             with _NO_DEADLINE if req.deadline is None else anyio.CancelScope(deadline=req.deadline):
@@ -247,8 +254,13 @@ class Runner:
                     answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
                 except EvaluationError as exc:
                     answer = RequestStatus.FAILED, None, str(exc)
+        except anyio.get_cancelled_exc_class():
+            abandoned = record_cancelled
+            raise
         finally:
             cleanup(frame)  # also when the caller cancels the request
+            if abandoned:
+                self._finish(req, _cancelled(req, seq), meta)
         status, output, error = answer or self._deadline_passed(req, consumer)
         req.check_soft_deadline()
         result = RequestResult(  # positional: one is built per request
@@ -355,6 +367,20 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"<Runner {self.graph.name!r} run={self.run_id!r}>"
+
+
+def _cancelled(req: RequestState, seq: int) -> RequestResult:
+    """The result of a request its caller cancelled (a client that hung up)."""
+    return RequestResult(
+        req.info.id,
+        RequestStatus.CANCELLED,
+        None,
+        req.elapsed_ms(),
+        req.budget.spent_usd,
+        req.policy_version,
+        "cancelled by its caller before it was answered",
+        seq,
+    )
 
 
 def _partial_outputs(graph: Graph, consumer: Consumer) -> dict[str, Any]:

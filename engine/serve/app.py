@@ -94,6 +94,9 @@ class MoatServer:
         pipeline: builds each graph's pipeline (`moat serve --ray`: one whose records go to
             the cluster's store-writer actor).
         telemetry: the metrics (and, with `--otel`, traces) of the served graphs.
+        commit_wait: send an answer only once its request is committed to the store (the
+            default: a client that got a 200 finds its request there even after a kill
+            -9); False answers as soon as the graph has, and the records follow.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -111,6 +114,7 @@ class MoatServer:
         models: Mapping[str, str] | None = None,
         pipeline: Callable[..., Pipeline] = Pipeline,
         telemetry: Telemetry | None = None,
+        commit_wait: bool = True,
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
@@ -127,7 +131,8 @@ class MoatServer:
                     path=str(graph.path),
                 )
             pipe = pipeline(graph, db=db, **pipeline_options)
-            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if db is not None else None))
+            durable = db is not None and commit_wait
+            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if durable else None))
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
         self.metrics = Metrics(telemetry)
@@ -153,7 +158,7 @@ class MoatServer:
             stack.callback(beats.cancel_scope.cancel)
             beats.start_soon(self._heartbeat)
             for served in self.graphs.values():
-                if served.pipe.store is not None:
+                if served.commits.durable:
                     beats.start_soon(served.commits.run)
         except BaseException:
             await stack.aclose()
@@ -314,7 +319,8 @@ class MoatServer:
         self, request: Request, served: _Served, chat: ChatRequest, tenant: str
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         """Run the request while its client is connected: a client that goes away
-        cancels the request's work, model calls included (they are recorded `cancelled`)."""
+        cancels the request's work, model calls included, and the request and its calls
+        are recorded `cancelled`."""
         outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
@@ -341,7 +347,9 @@ class MoatServer:
         self.metrics.continue_trace(request_id, headers)  # W3C `traceparent`, with --otel
         recorded = served.commits.expect(request_id)
         try:
-            result = await pipe.run(data, run_id=served.run_id, seq=seq, tenant=tenant)
+            result = await pipe.run(
+                data, run_id=served.run_id, seq=seq, tenant=tenant, record_cancelled=True
+            )
             # the answer leaves only once it is in the store (a kill -9 loses no 200)
             await served.commits.committed(recorded)
         except ApiError:

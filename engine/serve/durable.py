@@ -42,6 +42,11 @@ class Commits:
         self._waiting: list[_Ticket] = []
         self._wake = anyio.Event()
 
+    @property
+    def durable(self) -> bool:
+        """Whether answers wait for a commit (there is a store, and waiting is asked for)."""
+        return self._flush is not None
+
     def expect(self, request_id: str) -> anyio.Event:
         """Register a request before it runs; the event is set when its record is emitted."""
         event = self._recorded[request_id] = anyio.Event()

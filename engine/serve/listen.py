@@ -1,27 +1,31 @@
-"""Listening: the socket `moat serve` binds, and uvicorn serving the app on it.
+"""Listening: the socket a server binds, and uvicorn serving an ASGI app on it.
 
-The socket is bound and the graphs are opened before uvicorn starts, so a port in use or a
-store that cannot be opened is a clear error before anything is served, and `--port 0` can
-print the port the system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and
-lets the requests in flight finish within the grace period; then the server records its
-runs as finished once their requests are stored.
+`moat serve` and `moat sim-server` share this. The socket is bound (and, for `moat serve`,
+the graphs are opened) before uvicorn starts, so a port in use or a store that cannot be
+opened is a clear error before anything is served, and `--port 0` can print the port the
+system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and lets the requests
+in flight finish within the grace period; then `moat serve` records its runs as finished
+once their requests are stored.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import math
 import signal
 import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
 
 from engine.errors import SpecError
-from engine.serve.app import MoatServer
 
-__all__ = ["bind", "is_loopback", "serve_on"]
+__all__ = ["bind", "config", "is_loopback", "run_app"]
 
 
 def is_loopback(host: str) -> bool:
@@ -35,58 +39,102 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port`.
+    """A listening TCP socket on `host:port` (port 0: any free port).
 
     Raises:
-        SpecError: the address cannot be listened on (in use, not an address here).
+        SpecError: the address cannot be listened on (in use, needs privileges, not an
+            address here); the message says how to pick another.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly (socket.create_server leaves it 0): asyncio turns Nagle's
+    # algorithm off only on connections of a socket that says it is TCP, and with Nagle
+    # on, a response's body waits for the ACK of its headers, which the client delays by
+    # 40 ms: every request would take 40 ms more
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
     except OSError as exc:
-        raise SpecError(
-            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-            "choose another port (0 picks a free one) or address"
-        ) from exc
+        sock.close()
+        raise SpecError(_listen_failure(host, port, exc)) from None
+    return sock
 
 
-def serve_on(
-    server: MoatServer,
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another server?). Stop what "
+            "holds it, or pick another port: --port N, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges). "
+            "Use a port above 1023, or --port 0 for any free port"
+        )
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason}. Check --host (a local address such as 127.0.0.1)"
+
+
+def config(app: Any, *, grace_s: float) -> uvicorn.Config:
+    """How uvicorn serves a moat app: no lifespan (the caller opens what the app needs, so
+    a failure is an error rather than a log line), no access log, no logging set up (the
+    CLI configures logging), and `grace_s` for requests in flight at shutdown."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # moat reads neither the client's address nor the scheme
+        timeout_graceful_shutdown=math.ceil(grace_s),
+    )
+
+
+def run_app(
+    app: Any,
     sock: socket.socket,
     *,
     grace_s: float = 30.0,
+    context: AbstractAsyncContextManager[Any] | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> bool:
-    """Open the server's graphs, call `on_ready`, then serve `server.app` on `sock` until
-    SIGINT or SIGTERM; False if uvicorn never started.
+    """Enter `context`, call `on_ready`, then serve `app` on `sock` until SIGINT or
+    SIGTERM; False if uvicorn never started. Blocks; call it from the main thread.
 
     Raises:
-        MoatError: a graph's store or policy could not be opened (nothing was served).
+        MoatError: entering `context` failed (nothing was served).
     """
-    config = uvicorn.Config(
-        server.app,
-        lifespan="off",  # the graphs are opened here, so a failure is an error, not a log
-        log_level="warning",
-        timeout_graceful_shutdown=int(grace_s),
-        access_log=False,
-    )
-    runner = uvicorn.Server(config)
+    runner = uvicorn.Server(config(app, grace_s=grace_s))
 
     async def main() -> None:
-        async with server:
+        async with context if context is not None else nullcontext():
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])
 
-    # uvicorn re-raises the signal that stopped it once it has shut down; a SIGTERM is
-    # the ordinary way to stop a server, so it ends the process normally (exit 0)
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        """SIGTERM outside uvicorn's own handlers: before it serves (the graphs are still
+        opening, or the address was just printed), it stops the server before it starts;
+        after, it is the signal uvicorn re-raises once it has shut down (nothing to do).
+        Either way a SIGTERM, the ordinary way to stop a server, ends it with exit 0."""
+        runner.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        anyio.run(main)
+        anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     finally:
         signal.signal(signal.SIGTERM, previous)
     return runner.started
 
 
-def _stopped(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
+def _has_uvloop() -> bool:
+    """uvloop (the `serve` extra installs it where it builds) runs the event loop in C;
+    without it the standard asyncio loop serves the same, slower."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

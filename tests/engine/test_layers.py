@@ -117,6 +117,21 @@ def test_engine_imports_point_down(path: Path) -> None:
             )
 
 
+def test_only_serve_speaks_http_and_only_its_commands_import_it() -> None:
+    """Starlette and uvicorn are the optional `serve` extra: engine/serve/ alone imports
+    them, and only the commands that need them import engine/serve/ (when they run)."""
+    importers = {ROOT / "engine" / "cli" / "serve.py", ROOT / "engine" / "cli" / "sim_server.py"}
+    for path in _sources("engine"):
+        if path.is_relative_to(ROOT / "engine" / "serve"):
+            continue
+        for line, module in _imports(path):
+            assert module.split(".")[0] not in ("starlette", "uvicorn"), (
+                f"{path}:{line}: {module} is the `serve` extra; keep HTTP in engine/serve/"
+            )
+            if module.startswith("engine.serve"):
+                assert path in importers, f"{path}:{line}: only moat serve and sim-server import it"
+
+
 def test_nodes_reach_the_engine_through_the_plugin_api() -> None:
     allowed = {"engine", "engine.pii"}  # the public API, and the one PII detector
     for path in _sources("nodes"):

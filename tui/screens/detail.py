@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["RequestDetailScreen"]
 
 _BAR_CELLS = 30
+_COLOURS = {"ok": "$text-success", "partial": "$text-warning", "cancelled": "$text-warning"}
+"""The colour of a request's status: answered, answered in part, or its client left."""
 _TABS = ("overview", "timeline", "decisions", "cycles", "calls", "events")
 _MARKS = (
     "S speculative · X cancelled · K skipped · D discarded · R reused · C cached · "
@@ -148,7 +150,7 @@ class RequestDetailScreen(LiveScreen):
         if d.report is None:
             return Content(f"request {d.request_id}: nothing stored yet (still running?)")
         s = d.report.summary
-        colour = {"ok": "$text-success", "partial": "$text-warning"}.get(s.status, "$text-error")
+        colour = _COLOURS.get(s.status, "$text-error")
         policy = f"{s.policy_name or '-'} v{s.policy_version or '-'}"
         first = Content.assemble(
             (f"{d.request_id} ", "bold"),

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.cli import main
+from tests.support.imports import without
 
 
 @pytest.fixture
@@ -72,3 +73,27 @@ def test_port_zero_serves_on_a_free_port_and_prints_it() -> None:
     finally:
         server.terminate()
         server.communicate(timeout=10)
+
+
+def test_without_the_serve_extra_it_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without(monkeypatch, "uvicorn", reloaded="engine.serve")
+    assert main(["sim-server", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "sim-server needs Starlette and uvicorn" in err and "pip install 'moat[serve]'" in err
+
+
+def test_sigterm_stops_it_cleanly() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sim-server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().startswith("http://127.0.0.1:")
+    server.terminate()
+    _, err = server.communicate(timeout=15)
+    assert server.returncode == 0, err
+    assert "Traceback" not in err

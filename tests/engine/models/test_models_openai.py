@@ -24,8 +24,9 @@ from engine.models.openai_provider import (
     output_limit_field,
     parse_retry_after,
 )
-from engine.models.server import SimServer, profile_for_model, serve
+from engine.models.server import profile_for_model
 from engine.plugin.context import RequestInfo
+from engine.serve.sim_app import SimServer, serve
 from tests.support.fake_openai import FakeOpenAI
 
 

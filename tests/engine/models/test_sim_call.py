@@ -22,8 +22,8 @@ from engine.models._sim_call import (
     request_text,
 )
 from engine.models.openai_provider import OpenAIProvider
-from engine.models.server import serve
 from engine.plugin.context import RequestInfo
+from engine.serve.sim_app import serve
 
 PRINCIPLES = (
     "Assess the risk of answering this request.\n\nPrinciples:\n"

@@ -22,8 +22,8 @@ import pytest
 from bench.workload import generate
 from engine import BatchItem, MemorySink, Pipeline, load_graph
 from engine.events import RequestRecord
-from engine.models.server import SimServer, serve
 from engine.requests import read_jsonl
+from engine.serve.sim_app import SimServer, serve
 from tests.support.fast_graphs import GRAPHS, fast_copy
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,8 @@ RUN_ID = "r-parity"
 RACING = {"cascade": 0.1, "governed-answer": 0.05}
 """Graphs whose models race keep latencies long enough (x0.05-0.1: the small and large
 models are close in speed, as real ones are) that the simulated latencies, not loopback
-HTTP overheads, decide who wins; the others run at x0.004."""
+HTTP overheads, decide who wins (the sim-server runs uvicorn in a thread of the test's
+process, so a busy machine stretches its overhead); the others run at x0.004."""
 
 
 def _items(graph: str, n: int) -> list[BatchItem]:

@@ -388,7 +388,7 @@ def test_a_keys_file_is_read_as_hashes_mapped_to_tenants(tmp_path: Path) -> None
     assert ring.tenant("Bearer sk-2", None) is None
 
 
-async def test_a_client_that_disconnects_cancels_its_request_s_model_calls(
+async def test_a_client_that_disconnects_cancels_its_request_s_model_calls_and_it_is_recorded(
     tmp_path: Path,
 ) -> None:
     # the model call takes about a second of simulated time; the client leaves once it
@@ -432,9 +432,14 @@ async def test_a_client_that_disconnects_cancels_its_request_s_model_calls(
             await anyio.sleep(0.05)  # the model call is under way
             gone.set()
         assert server.shaper.active("public") == 0
+        await pipe.settle()
         calls = pipe.memory.llm_calls()
         assert [c.status for c in calls] == ["cancelled"]
-        assert pipe.memory.requests() == []  # no answer was given, none is recorded
+        (request,) = pipe.memory.requests()  # no answer was given: recorded `cancelled`
+        assert request.status == "cancelled" and request.output is None
+        assert request.id == calls[0].request_id
+        assert request.finished_at >= calls[0].started_at
+    assert not sent or sent[0]["status"] == 499
 
 
 def samples(text: str) -> dict[str, float]:

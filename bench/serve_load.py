@@ -1,0 +1,430 @@
+"""Benchmark: `moat serve` under load over loopback, against its goals (issue "moat serve").
+
+python -m bench.serve_load [--part all|throughput|added|commit|kill9] [--json]
+
+Every part launches real processes: `moat serve` (uvicorn) and, for the added latency,
+`moat sim-server`, each as `python -m engine ...` on port 0. The load comes from this
+process, an asyncio client keeping one HTTP/1.1 keep-alive connection per simulated
+client. The client is a few lines over asyncio streams rather than httpx2 or the openai
+client on purpose: the two cores are shared by the server and the load, and a client that
+spends more CPU per request than the server would measure itself (`--client httpx2` runs
+the same load through httpx2 to show it; its CPU per request is reported). Parts:
+
+- throughput: 1,000 concurrent clients on a one-node graph of the zero-latency `sim`
+  for `--requests` requests: errors, requests/s, p50/p99, and the server's RSS sampled
+  as the requests go (flat: the growth over the last 90 % of them).
+- added: 100 concurrent clients; a sim-server whose every answer takes 200 ms, called
+  directly, then through `moat serve` (a one-node graph whose model is `openai` pointed at
+  that sim-server): moat's added latency is the difference of the percentiles.
+- commit: the throughput part again with `--no-commit-wait` (answers leave before their
+  record is committed): the cost of committing before answering.
+- kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
+  answered requests missing from the store (goal: none).
+
+Results from the `sim` provider are simulated; the HTTP, scheduling and store work is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.stats import percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ONE_NODE = """moat: 1
+name: one
+models:
+  m: {model}
+input:
+  type: object
+  required: [prompt]
+  properties: {{prompt: {{type: string, minLength: 1}}}}
+nodes:
+  answer: {{type: model, with: {{model: m, prompt: "{{{{ input.prompt }}}}"}}}}
+output:
+  answer: answer.text
+"""
+SIM_MODEL = "{provider: sim, profile: small, time_scale: 0}"
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+@contextmanager
+def launched(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
+    """`python -m engine ARGS` (a server that prints its base URL first); the process and
+    the URL, stopped on exit. Its log goes to a file (a pipe nobody reads would fill and
+    stall it); error lines in it are reported on stderr."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            if not url.startswith("http://"):
+                log.seek(0)
+                raise SystemExit(f"{' '.join(args)} did not start: {log.read()}")
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.seek(0)
+            errors = [line for line in log.read().splitlines() if "Error" in line]
+            if errors:
+                print(f"{args[0]}: {len(errors)} error lines; last: {errors[-1]}", file=sys.stderr)
+
+
+def serve_args(graph: Path, db: Path, *extra: str) -> list[str]:
+    return ["serve", str(graph), "--port", "0", "--db", str(db), *LIMITS, *extra]
+
+
+# the default caps (256 in flight) would make most of 1,000 clients queue: a load test
+# measures the server, not its admission policy
+LIMITS = ["--max-inflight", "2000", "--tenant-concurrency", "2000"]
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the load -------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What the clients saw."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        n = len(self.latencies)
+        ms = sorted(x * 1000 for x in self.latencies)
+        return {
+            "requests": n,
+            "ok": self.statuses.get(200, 0),
+            "errors": n - self.statuses.get(200, 0) + len(self.failures),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "failures": self.failures[:5],
+            "rps": round(n / self.elapsed_s, 1) if self.elapsed_s else None,
+            "p50_ms": _round(percentile(ms, 50)),
+            "p99_ms": _round(percentile(ms, 99)),
+            "max_ms": _round(ms[-1] if ms else None),
+            "client_cpu_us_per_request": round(self.client_cpu_s / n * 1e6, 1) if n else None,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _request(host: str, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer load\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _client_raw(
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
+) -> None:
+    """One client on one keep-alive connection: request after request until none is left."""
+    host_port = url.removeprefix("http://").split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    path = "/" + url.removeprefix("http://").split("/", 1)[1] + "/chat/completions"
+    reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+    try:
+        while time.perf_counter() < stop_at and (n := next(todo, None)) is not None:
+            body = json.dumps(
+                {"model": model, "messages": [{"role": "user", "content": f"q {tag}-{n}"}]}
+            ).encode()
+            start = time.perf_counter()
+            writer.write(_request(host_port, path, body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {
+                k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+            }
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            load.latencies.append(time.perf_counter() - start)
+            status = int(lines[0].split(" ", 2)[1])
+            load.statuses[status] = load.statuses.get(status, 0) + 1
+            if status == 200 and "x-moat-request-id" in headers:
+                load.answered.append(headers["x-moat-request-id"])
+            if headers.get("connection", "").lower() == "close":
+                break
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        load.failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        writer.close()
+
+
+async def _client_httpx2(
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
+) -> None:
+    import httpx2
+
+    async with httpx2.AsyncClient(base_url=url, timeout=120) as web:
+        while time.perf_counter() < stop_at and (n := next(todo, None)) is not None:
+            body = {"model": model, "messages": [{"role": "user", "content": f"q {tag}-{n}"}]}
+            start = time.perf_counter()
+            try:
+                response = await web.post("/chat/completions", json=body)
+            except httpx2.HTTPError as exc:
+                load.failures.append(f"{type(exc).__name__}: {exc}")
+                return
+            load.latencies.append(time.perf_counter() - start)
+            code = response.status_code
+            load.statuses[code] = load.statuses.get(code, 0) + 1
+            if code == 200 and "x-moat-request-id" in response.headers:
+                load.answered.append(response.headers["x-moat-request-id"])
+
+
+async def drive(
+    url: str,
+    model: str,
+    *,
+    clients: int,
+    requests: int,
+    seconds: float = 600.0,
+    client: str = "raw",
+    tag: str = "",
+    on_progress: Any = None,
+) -> Load:
+    """`clients` concurrent clients sending `requests` requests in all (or until
+    `seconds` have passed)."""
+    load = Load()
+    todo = iter(range(requests))  # shared: each number is taken by one client
+    run = _client_raw if client == "raw" else _client_httpx2
+    cpu0, start = time.process_time(), time.perf_counter()
+    stop_at = start + seconds
+    tasks = [asyncio.create_task(run(url, model, load, todo, stop_at, tag)) for _ in range(clients)]
+    watcher = asyncio.create_task(_progress(load, on_progress)) if on_progress else None
+    await asyncio.gather(*tasks)
+    load.elapsed_s = time.perf_counter() - start
+    load.client_cpu_s = time.process_time() - cpu0
+    if watcher is not None:
+        watcher.cancel()
+    return load
+
+
+async def _progress(load: Load, callback: Any) -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        callback(len(load.latencies))
+
+
+# -- the parts ------------------------------------------------------------------------
+
+
+def _loop() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run(coro: Any) -> Any:
+    loop = _loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def throughput(
+    work: Path, *, clients: int, requests: int, client: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    graph = work / "one.yaml"
+    graph.write_text(ONE_NODE.format(model=SIM_MODEL))
+    db = work / f"throughput{'-'.join(extra)}.db"
+    samples: list[tuple[int, float]] = []
+    with launched(*serve_args(graph, db, *extra)) as (proc, url):
+        _run(drive(url, "one", clients=50, requests=2000, client=client, tag="warm"))
+        cpu0 = cpu_s(proc.pid)
+        load = _run(
+            drive(
+                url,
+                "one",
+                clients=clients,
+                requests=requests,
+                client=client,
+                on_progress=lambda done: samples.append((done, rss_mib(proc.pid))),
+            )
+        )
+        server_cpu = cpu_s(proc.pid) - cpu0
+        samples.append((len(load.latencies), rss_mib(proc.pid)))
+    figures = load.figures()
+    tail = [mib for done, mib in samples if done >= requests // 10]
+    figures |= {
+        "clients": clients,
+        "server_cpu_us_per_request": round(server_cpu / max(1, figures["requests"]) * 1e6, 1),
+        # the server is one Python process (one core at a time for Python code): the
+        # requests/s it could serve on a core of its own, whatever else the machine runs
+        "server_rps_per_core": round(figures["requests"] / server_cpu, 1) if server_cpu else None,
+        "rss_mib_at_10pct": round(tail[0], 1) if tail else None,
+        "rss_mib_end": round(samples[-1][1], 1),
+        "rss_mib_max": round(max(mib for _, mib in samples), 1),
+        "rss_growth_mib_last_90pct": round(tail[-1] - tail[0], 1) if tail else None,
+    }
+    return figures
+
+
+def added(work: Path, *, clients: int, requests: int, latency_ms: float, client: str) -> dict:
+    with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (_, sim_url):
+        model = f"{{provider: openai, model: sim-small, base_url: '{sim_url}', max_retries: 0}}"
+        graph = work / "remote.yaml"
+        graph.write_text(ONE_NODE.format(model=model).replace("name: one", "name: remote"))
+        env = {"OPENAI_API_KEY": "unused-by-sim-server"}
+        with launched(*serve_args(graph, work / "added.db"), env=env) as (_, url):
+            _run(drive(url, "remote", clients=clients, requests=clients * 2, client=client))
+            _run(drive(sim_url, "sim-small", clients=clients, requests=clients * 2, client=client))
+            direct = _run(
+                drive(sim_url, "sim-small", clients=clients, requests=requests, client=client)
+            ).figures()
+            moat = _run(
+                drive(url, "remote", clients=clients, requests=requests, client=client)
+            ).figures()
+    return {
+        "clients": clients,
+        "model_latency_ms": latency_ms,
+        "direct": direct,
+        "moat": moat,
+        "added_p50_ms": _round(moat["p50_ms"] - direct["p50_ms"]),
+        "added_p99_ms": _round(moat["p99_ms"] - direct["p99_ms"]),
+    }
+
+
+def kill9(work: Path, *, clients: int, seconds: float, client: str) -> dict[str, Any]:
+    graph = work / "cascade.yaml"
+    text = (ROOT / "graphs" / "cascade.yaml").read_text()
+    text = text.replace("policy: ../policies/", f"policy: {ROOT / 'policies'}/")
+    for profile in ("small", "medium", "large"):
+        text = text.replace(
+            f"{{provider: sim, profile: {profile}}}",
+            f"{{provider: sim, profile: {profile}, time_scale: 0}}",
+        )
+    graph.write_text(text)
+    db = work / "kill9.db"
+    with launched(*serve_args(graph, db)) as (proc, url):
+
+        async def load_then_kill() -> Load:
+            task = asyncio.create_task(
+                drive(url, "cascade", clients=clients, requests=10**9, seconds=seconds + 30)
+            )
+            await asyncio.sleep(seconds)
+            proc.kill()  # SIGKILL: no shutdown, no flush
+            return await task
+
+        load = _run(load_then_kill())
+        proc.wait()
+    with sqlite3.connect(db) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM requests")}
+        with_calls = {row[0] for row in conn.execute("SELECT DISTINCT request_id FROM llm_calls")}
+    answered = set(load.answered)
+    return {
+        "clients": clients,
+        "answered": len(answered),
+        "answered_not_stored": len(answered - stored),
+        "answered_without_model_calls": len(answered - with_calls),
+        "stored": len(stored),
+        "seconds_before_kill": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--part", choices=["all", "throughput", "added", "commit", "kill9"], default="all"
+    )
+    parser.add_argument("--clients", type=int, default=1000, help="throughput: clients")
+    parser.add_argument("--requests", type=int, default=20_000, help="throughput: requests")
+    parser.add_argument("--added-clients", type=int, default=100)
+    parser.add_argument("--added-requests", type=int, default=5_000)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--client", choices=["raw", "httpx2"], default="raw")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "client": args.client,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_before": [round(x, 1) for x in os.getloadavg()],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.part in ("all", "throughput", "commit"):
+            result["throughput"] = throughput(
+                work, clients=args.clients, requests=args.requests, client=args.client
+            )
+        if args.part in ("all", "commit"):
+            result["no_commit_wait"] = throughput(
+                work,
+                clients=args.clients,
+                requests=args.requests,
+                client=args.client,
+                extra=("--no-commit-wait",),
+            )
+        if args.part in ("all", "added"):
+            result["added"] = added(
+                work,
+                clients=args.added_clients,
+                requests=args.added_requests,
+                latency_ms=args.latency_ms,
+                client=args.client,
+            )
+        if args.part in ("all", "kill9"):
+            result["kill9"] = kill9(work, clients=100, seconds=15.0, client=args.client)
+    result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import anyio
 
 from engine.cli.run import db_path
+from engine.cli.sim_server import port_number
 from engine.errors import SpecError, SyncError
-from engine.models.server import port_number
 
 __all__ = ["add_commands"]
 

@@ -201,10 +201,15 @@ class ClusterPipeline(Pipeline):
             raise _first(lost) from None
 
     async def _answer(
-        self, run_id: str, item: BatchItem, tenant: str | None = None
+        self,
+        run_id: str,
+        item: BatchItem,
+        tenant: str | None = None,
+        *,
+        record_cancelled: bool = False,
     ) -> RequestResult:
-        if tenant is not None or not self._slots:
-            return await super()._answer(run_id, item, tenant)
+        if tenant is not None or record_cancelled or not self._slots:
+            return await super()._answer(run_id, item, tenant, record_cancelled=record_cancelled)
         waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}")
         self._waiting[waiter.request_id] = waiter
         self._queue.append(waiter)

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.models.server import SimServer, serve
+from engine.serve.sim_app import SimServer, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 

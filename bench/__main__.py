@@ -6,9 +6,11 @@
                     [--rate 20] [--concurrency 512] [--workload FILE.jsonl]
                     [--out-dir bench/] [--write-results]
 
-With `sim` models everything runs in one process on trio with a
-`MockClock(autojump_threshold=0)`: latencies are simulated time, so thousands of requests
-take seconds of wall time. With `--model small=openai:gpt-4.1-nano` (any model a
+With `sim` models every configuration x seed run (and every swept value) runs on trio with
+a `MockClock(autojump_threshold=0)`: latencies are simulated time, so thousands of requests
+take seconds of wall time, and the figures do not depend on the machine's load. The runs go
+to `--jobs` worker processes (default: one per core, at most 2); the figures are the same
+for any number. With `--model small=openai:gpt-4.1-nano` (any model a
 configuration's graph names; `single-small` follows `small`), the same workload goes to
 the real endpoint in real time and the same checkers judge the answers.
 
@@ -32,22 +34,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import resource
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import anyio
-from trio.testing import MockClock
 
 from bench._faults import FaultProfile, parse_faults
 from bench._notes import NOTES
 from bench._png import cost_vs_quality
 from bench._report import goal_lines, markdown_section, table, write_section
-from bench._run import CONFIGS, SINGLES, Config, Outcome, RunSettings, run_all, run_config
+from bench._run import CONFIGS, SINGLES, Config, Job, Outcome, RunSettings, run_job
 from bench._stats import intervals, oracle_rows, pooled
 from bench.workload import generate, parse_mix
 
@@ -78,10 +80,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep-n", type=int, help="requests of the first seed each swept value runs (n/2)"
     )
+    p.add_argument(
+        "--jobs", type=int, help="worker processes of a simulated run (default: cores, at most 2)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--out-dir", type=Path, help="write results.json and cost_quality.png here")
     p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     return p
+
+
+def _default_jobs() -> int:
+    """Worker processes of a simulated run: one per core, at most two. On a mock clock the
+    figures do not depend on how many (the tests pin it), only the wall time does."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its worker processes that have ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def _clean(value: Any) -> Any:
@@ -114,50 +132,77 @@ def _workload(args: argparse.Namespace, seed: int, weights: dict[str, float]) ->
     return [json.loads(line) for line in lines if line.strip()]
 
 
-async def _bench(
+def _jobs(
     args: argparse.Namespace,
     configs: list[Config],
     weights: dict[str, float],
     faults: FaultProfile,
     models: dict[str, str],
-) -> tuple[list[dict[str, Outcome]], dict[str, list[dict[str, float]]]]:
-    runs: list[dict[str, Outcome]] = []
-    sweeps: dict[str, list[dict[str, float]]] = {}
+) -> list[Job]:
+    jobs: list[Job] = []
     for k in range(args.seeds):
         seed = args.seed + k
         settings = RunSettings(args.rate, args.concurrency, seed, faults, models)
         requests = _workload(args, seed, weights)
-
-        def progress(name: str, figures: dict[str, Any], seed: int = seed) -> None:
-            print(f"  seed {seed} {name}: {figures['wall_s']:.1f} s wall", file=sys.stderr)
-
-        runs.append(await run_all(configs, requests, settings, progress))
+        jobs += [Job(seed, config, requests, settings) for config in configs]
         if k == 0 and not args.no_sweep:
             subset = requests[: args.sweep_n or max(1, len(requests) // 2)]
             for config in configs:
                 if config.sweep is not None:
-                    sweeps[config.name] = await _sweep(config, subset, settings)
-    return runs, sweeps
+                    for value in (None, *config.sweep[1]):  # None: the policy's own value
+                        jobs.append(Job(seed, config, subset, settings, value, swept=True))
+    return jobs
 
 
-async def _sweep(
-    config: Config, requests: list[Any], settings: RunSettings
-) -> list[dict[str, float]]:
-    assert config.sweep is not None
-    key, values = config.sweep
-    points = []
-    for value in (None, *values):  # None: the policy's own value
-        try:
-            override = {} if value is None else {key: value}
-            outcome = await run_config(config, requests, settings, override)
-        except KeyError:
-            print(f"  {config.name}: the policy has no {key}; no sweep", file=sys.stderr)
-            return []
-        figures = pooled([outcome.rows])
-        points.append({"key": key, "value": value, "cost_per_case": figures["cost_per_case"],
-                       "quality": figures["quality"], "requests": len(requests)})  # fmt: skip
-    print(f"  {config.name}: swept {key} over {len(values)} values", file=sys.stderr)
-    return points
+def _report_progress(job: Job, outcome: Outcome | None) -> None:
+    if job.swept:
+        return
+    assert outcome is not None
+    wall = outcome.figures["wall_s"]
+    print(f"  seed {job.seed} {job.config.name}: {wall:.1f} s wall", file=sys.stderr)
+
+
+def _bench(
+    jobs: list[Job], simulated: bool, workers: int
+) -> tuple[list[dict[str, Outcome]], dict[str, list[dict[str, float]]]]:
+    """Every job, `workers` at a time in worker processes (in this one when 1), gathered
+    in plan order: the figures are the same whichever order they finish in."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            outcomes[i] = run_job(job, simulated)
+            _report_progress(job, outcomes[i])
+    else:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            futures = {pool.submit(run_job, job, simulated): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                i = futures[future]
+                outcomes[i] = future.result()
+                _report_progress(jobs[i], outcomes[i])
+    runs: dict[int, dict[str, Outcome]] = {}
+    sweeps: dict[str, list[dict[str, float]]] = {}
+    skipped: set[str] = set()
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        name = job.config.name
+        if not job.swept:
+            assert outcome is not None
+            runs.setdefault(job.seed, {})[name] = outcome
+        elif outcome is None:
+            skipped.add(name)
+        else:
+            figures = pooled([outcome.rows])
+            sweeps.setdefault(name, []).append({
+                "key": job.config.sweep[0] if job.config.sweep else "",
+                "value": job.sweep_value, "cost_per_case": figures["cost_per_case"],
+                "quality": figures["quality"], "requests": len(job.requests),
+            })  # fmt: skip
+    for name in skipped:
+        sweeps.pop(name, None)
+        print(f"  {name}: the policy lacks a swept setting; no sweep", file=sys.stderr)
+    for name, points in sweeps.items():
+        print(f"  {name}: swept {points[0]['key']} over {len(points) - 1} values", file=sys.stderr)
+    return list(runs.values()), sweeps
 
 
 def _figures(
@@ -213,14 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     models = _models(parser, args.model)
     simulated = all(target.startswith("sim:") for target in models.values())
-    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    options = {"clock": MockClock(autojump_threshold=0)} if simulated else {}
-    runs, sweeps = anyio.run(
-        _bench, args, [CONFIGS[n] for n in names], weights, faults, models,
-        backend="trio", backend_options=options,
-    )  # fmt: skip
+    # real endpoints run one configuration at a time: concurrent runs would share their
+    # rate limits and network and so distort each other's latencies
+    workers = max(1, args.jobs if args.jobs is not None else _default_jobs()) if simulated else 1
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    jobs = _jobs(args, [CONFIGS[n] for n in names], weights, faults, models)
+    runs, sweeps = _bench(jobs, simulated, workers)
     results = _clean(_figures(runs, sweeps))
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
     meta = {
         "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "n": args.n,
@@ -233,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Poisson, {args.rate:g} requests per second, at most {args.concurrency} in flight"
         ),
         "wall_s": time.perf_counter() - t0,
-        "cpu_s": (cpu.ru_utime - cpu0.ru_utime) + (cpu.ru_stime - cpu0.ru_stime),
+        "cpu_s": _cpu_s() - cpu0,
+        "workers": workers,
     }
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

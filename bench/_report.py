@@ -199,8 +199,9 @@ def markdown_section(figures: Figures, meta: Mapping[str, Any], notes: str = "")
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Machine: {machine()}. Wall time {meta['wall_s']:.0f} s, CPU time "
-        f"{meta['cpu_s']:.0f} s (the machine is shared; CPU time is what the run itself used).",
+        f"Machine: {machine()}. Wall time {meta['wall_s']:.0f} s with "
+        f"{meta.get('workers', 1)} worker process(es), CPU time {meta['cpu_s']:.0f} s, "
+        "workers included (the machine is shared; CPU time is what the run itself used).",
         "",
         f"Workload: {meta['n']} requests per seed, seeds {seeds} (`python -m bench.workload "
         f"--n {meta['n']} --seed S`), mix {meta['mix']}. Arrivals: {meta['arrivals']}. "

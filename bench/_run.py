@@ -1,4 +1,4 @@
-"""Runs benchmark configurations over a workload in simulated time, one after the other.
+"""Runs benchmark configurations over a workload in simulated time.
 
 Every configuration sees the same requests, with the same request ids, seeds and arrival
 times, so the `sim` answers line up request by request across configurations. Requests
@@ -6,7 +6,9 @@ arrive as a Poisson process at `rate` per simulated second; at most `concurrency
 flight (an arrival that finds them all busy waits, and that wait is reported as
 `queue_wait_p95_ms`, never folded into request latency). Call `run_all` inside
 `anyio.run(..., backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})`
-so that simulated latencies cost no wall time.
+so that simulated latencies cost no wall time, or hand `run_job` to a process pool: every
+configuration x seed run has its own event loop, clock, gateway and cache, so on a mock
+clock its figures do not depend on what else the machine runs, or in which process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import anyio
 import yaml
+from trio.testing import MockClock
 
 from bench._faults import PROFILES, FaultProfile, apply_faults
 from bench._metrics import Collector, Row, percentile
@@ -32,7 +35,17 @@ from engine.plugin.context import SharedState
 from engine.requests import InputValidator, parse_request
 from engine.scheduler.runner import Runner
 
-__all__ = ["CONFIGS", "SINGLES", "Config", "Outcome", "RunSettings", "run_all", "run_config"]
+__all__ = [
+    "CONFIGS",
+    "SINGLES",
+    "Config",
+    "Job",
+    "Outcome",
+    "RunSettings",
+    "run_all",
+    "run_config",
+    "run_job",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = "graphs/governed-answer.yaml"
@@ -233,3 +246,38 @@ async def run_all(
         if progress is not None:
             progress(config.name, results[config.name].figures)
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One configuration x seed run, or one point of its sweep (`swept`, at `sweep_value`;
+    None: the policy's own value): what a worker process is handed."""
+
+    seed: int
+    config: Config
+    requests: Sequence[Mapping[str, Any]]
+    settings: RunSettings
+    sweep_value: float | None = None
+    swept: bool = False
+
+
+def run_job(job: Job, simulated: bool = True) -> Outcome | None:
+    """Run `job` in an event loop of its own.
+
+    `simulated` runs on a `MockClock`, so the figures are those of `run_config` in any
+    process; otherwise in real time. None when a sweep names a setting the policy does not
+    have (a threshold the policy no longer uses).
+    """
+    override = None
+    if job.swept and job.sweep_value is not None and job.config.sweep is not None:
+        override = {job.config.sweep[0]: job.sweep_value}
+    options = {"clock": MockClock(autojump_threshold=0)} if simulated else {}
+    try:
+        return anyio.run(
+            run_config, job.config, job.requests, job.settings, override,
+            backend="trio", backend_options=options,
+        )  # fmt: skip
+    except KeyError:
+        if not job.swept:
+            raise
+        return None

@@ -106,6 +106,28 @@ def test_png_writer_emits_a_valid_header(tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
 
 
+def _json(*args: str) -> dict:  # type: ignore[type-arg]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_worker_processes_change_no_figure() -> None:
+    # On the mock clock every run is its own event loop: one process or two, the same
+    # figures to the last digit (sweeps and the paired intervals included).
+    args = ("--n", "30", "--seeds", "2", "--sweep-n", "10", "--configs", "baseline,cascade")
+    one, two = _json(*args, "--jobs", "1"), _json(*args, "--jobs", "2")
+    assert one == two
+    assert [p["value"] for p in one["cascade"]["sweep"]] == [None, 0.3, 0.45, 0.75, 0.9]
+    assert one["cascade"]["requests"] == 60 and "vs_baseline" in one["cascade"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_bench_all_configs_small() -> None:

@@ -117,19 +117,30 @@ def test_engine_imports_point_down(path: Path) -> None:
             )
 
 
-def test_only_serve_speaks_http_and_only_its_commands_import_it() -> None:
-    """Starlette and uvicorn are the optional `serve` extra: engine/serve/ alone imports
-    them, and only the commands that need them import engine/serve/ (when they run)."""
-    importers = {ROOT / "engine" / "cli" / "serve.py", ROOT / "engine" / "cli" / "sim_server.py"}
+def test_only_the_http_servers_import_starlette_and_only_their_commands_import_them() -> None:
+    """Starlette and uvicorn are the optional `serve` extra: engine/serve/ and the sync
+    receiver alone import them, and only what runs them imports those modules: the commands
+    (`moat serve`, `moat sim-server`, `moat sync-server`, when they run) and the Ray Serve
+    deployment of `moat serve --ray`."""
+    http = {ROOT / "engine" / "sync" / "server.py"}
+    importers = {
+        "engine.serve": {
+            ROOT / "engine" / "cli" / "serve.py",
+            ROOT / "engine" / "cli" / "sim_server.py",
+            ROOT / "engine" / "cluster" / "serving.py",
+        },
+        "engine.sync.server": {ROOT / "engine" / "cli" / "sync.py"},
+    }
     for path in _sources("engine"):
-        if path.is_relative_to(ROOT / "engine" / "serve"):
+        if path.is_relative_to(ROOT / "engine" / "serve") or path in http:
             continue
         for line, module in _imports(path):
             assert module.split(".")[0] not in ("starlette", "uvicorn"), (
                 f"{path}:{line}: {module} is the `serve` extra; keep HTTP in engine/serve/"
             )
-            if module.startswith("engine.serve"):
-                assert path in importers, f"{path}:{line}: only moat serve and sim-server import it"
+            for server, allowed in importers.items():
+                if module == server or module.startswith(server + "."):
+                    assert path in allowed, f"{path}:{line}: only what runs {server} imports it"
 
 
 def test_nodes_reach_the_engine_through_the_plugin_api() -> None:

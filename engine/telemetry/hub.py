@@ -6,7 +6,6 @@ It is the only door to OpenTelemetry and prometheus-client: nothing imports them
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import SpecError
 from engine.events import PolicyPin
 from engine.telemetry.feed import Consumer, RecordFeed
+from engine.telemetry.ids import trace_id_of
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -57,12 +57,6 @@ def otel_from_env(environ: Mapping[str, str] = os.environ) -> bool:
         return False
     exporters = environ.get("OTEL_TRACES_EXPORTER", "")
     return "otlp" in {part.strip().lower() for part in exporters.split(",")}
-
-
-def trace_id_of(request_id: str) -> int:
-    """The trace id moat gives request `request_id` (when no caller's trace is continued):
-    the first 128 bits of its SHA-256, as a number (`format(id, "032x")` for the hex)."""
-    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:16], "big") or 1
 
 
 class Telemetry:

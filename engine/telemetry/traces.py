@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from engine.events import LlmCall, NodeRun, OrchestrationEvent
 from engine.stats import FAILED_STATUSES
 from engine.telemetry.feed import FinishedRequest
-from engine.telemetry.hub import trace_id_of
+from engine.telemetry.ids import trace_id_of
 
 __all__ = ["SpanBuilder", "otlp_exporter"]
 

@@ -94,6 +94,30 @@ async def test_the_flagship_refuses_without_waiting_for_its_speculative_answer()
     assert result.latency_ms == pytest.approx(before + runs["review"].duration_ms, abs=5)
 
 
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("models", "routed"), [(["medium"], False), (["small", "medium"], True)])
+async def test_the_flagship_routes_only_when_its_cascade_has_a_choice(
+    tmp_path: Path, models: list[str], routed: bool
+) -> None:
+    # a copy of the flagship beside a copy of its policy, with the cascade's models changed
+    body = yaml.safe_load((ROOT / "policies" / "governed-answer.yaml").read_text())
+    body["escalation"]["models"] = models
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "governed-answer.yaml").write_text(yaml.safe_dump(body))
+    (tmp_path / "graphs").mkdir()
+    graph = tmp_path / "graphs" / "governed-answer.yaml"
+    graph.write_text((ROOT / "graphs" / "governed-answer.yaml").read_text())
+    sink = MemorySink()
+    async with Pipeline(graph, db=None, sink=sink) as pipe:
+        result = await pipe.run({"prompt": "What is 17 + 25?"}, run_id="route")
+    assert result.status == "ok"
+    runs = {r.node: r for r in sink.node_runs(result.request_id)}
+    assert (runs["route"].status == "succeeded") is routed
+    assert ("ROUTE_SELECTED" in sink.event_types(result.request_id)) is routed
+    assert runs["answer"].status == "succeeded"
+
+
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
 
 

@@ -94,7 +94,6 @@ async def test_the_flagship_refuses_without_waiting_for_its_speculative_answer()
     assert result.latency_ms == pytest.approx(before + runs["review"].duration_ms, abs=5)
 
 
-
 @pytest.mark.anyio
 @pytest.mark.parametrize(("models", "routed"), [(["medium"], False), (["small", "medium"], True)])
 async def test_the_flagship_routes_only_when_its_cascade_has_a_choice(

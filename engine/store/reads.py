@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store.schema import FACT_EVENT_TYPES, FACTS_IN, FAILED_IN
+from engine.store.compact import FACT_CODES, FACT_EVENT_TYPES, FACTS_WHERE, either, name_of
+from engine.store.schema import FAILED_IN
 from engine.store.store import Row, Store
 
 __all__ = [
@@ -73,18 +74,28 @@ class RunFacts:
     node_failures: int = 0
 
 
-def run_facts(store: Store, run_id: str | None) -> RunFacts:
-    """Count the fact events of one run (or of every run) from the covering index
-    `orchestration_events_facts`, without reading an event row."""
-    where, params = _scope(run_id)
-    counts = {
-        row["event_type"]: int(row["n"])
+_FACT_NAMES = {code: name for name, code in FACT_CODES.items()}
+_RUN_CODE = "run = (SELECT code FROM strings WHERE text = :run)"
+
+
+def _fact_counts(store: Store, run_id: str | None) -> dict[str, int]:
+    """Fact events by type, counted in the covering index `event_rows_facts` (the fact
+    types have fixed codes, `engine.store.compact`), without reading an event row."""
+    where, params = (_RUN_CODE, {"run": run_id}) if run_id is not None else ("1", {})
+    return {
+        _FACT_NAMES[int(row["type"])]: int(row["n"])
         for row in store.query(
-            "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-            f"WHERE {where} AND {FACTS_IN} GROUP BY event_type",
+            f"SELECT type, COUNT(*) AS n FROM event_rows WHERE {where} AND {FACTS_WHERE} "
+            "GROUP BY type",
             params,
         )
     }
+
+
+def run_facts(store: Store, run_id: str | None) -> RunFacts:
+    """Count the fact events of one run (or of every run) from the covering index
+    `event_rows_facts`, without reading an event row."""
+    counts = _fact_counts(store, run_id)
     return RunFacts(
         cache_hits=counts.get("CACHE_HIT", 0),
         cache_misses=counts.get("CACHE_MISS", 0),
@@ -203,21 +214,16 @@ def event_counts(store: Store, run_id: str, event_types: Sequence[str]) -> dict[
     unknown = set(event_types) - set(FACT_EVENT_TYPES)
     if unknown:
         raise ValueError(f"not counted by run: {sorted(unknown)}; see FACT_EVENT_TYPES")
-    rows = store.query(
-        "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-        f"WHERE run_id = :run AND {FACTS_IN} GROUP BY event_type",
-        {"run": run_id},
-    )
-    found = {row["event_type"]: int(row["n"]) for row in rows}
+    found = _fact_counts(store, run_id)
     return {t: found.get(t, 0) for t in event_types}
 
 
 def last_routes(store: Store, run_id: str) -> dict[str, str]:
     """Each request's last `ROUTE_SELECTED` decision (`(none)` when empty)."""
     rows = store.query(
-        "SELECT request_id, decision FROM orchestration_events "
-        f"WHERE run_id = :run AND {FACTS_IN} AND event_type = 'ROUTE_SELECTED' "
-        "ORDER BY request_id, sequence",
+        f"SELECT k.id AS request_id, {either('e.decision')} AS decision FROM event_rows e "
+        f"JOIN request_keys k ON k.key = e.rk WHERE e.{_RUN_CODE} AND e.{FACTS_WHERE} "
+        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} ORDER BY k.id, e.sequence",
         {"run": run_id},
     )
     return {row["request_id"]: row["decision"] or "(none)" for row in rows}
@@ -226,8 +232,9 @@ def last_routes(store: Store, run_id: str) -> dict[str, str]:
 def speculative_runs(store: Store, run_id: str) -> list[Row]:
     """Status and outcome of every speculative node run of the run's finished requests."""
     return store.query(
-        "SELECT status, outcome FROM node_runs INDEXED BY node_runs_speculative "
-        f"WHERE speculative = 1 AND request_id IN ({_RUN_REQUESTS})",
+        f"SELECT {name_of('status')} AS status, {name_of('outcome')} AS outcome "
+        "FROM node_rows INDEXED BY node_rows_speculative WHERE speculative = 1 AND rk IN "
+        f"(SELECT k.key FROM request_keys k WHERE k.id IN ({_RUN_REQUESTS}))",
         {"run": run_id},
     )
 

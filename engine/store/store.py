@@ -53,6 +53,7 @@ __all__ = [
     "WriterStats",
     "new_run_id",
     "run_state",
+    "store_path",
 ]
 
 Row = dict[str, Any]
@@ -113,6 +114,11 @@ def _with_state(row: Row) -> Row:
     if state != row.get("status"):
         row = {**row, "status": state, "stored_status": row.get("status")}
     return row
+
+
+def store_path(value: str | None) -> str:
+    """The store file a command opens: `--db`, else `$MOAT_DB`, else `moat.db`."""
+    return value or os.environ.get("MOAT_DB") or "moat.db"
 
 
 def new_run_id(at: float | None = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 __all__ = ["add_commands", "cmd_tui"]
@@ -23,8 +24,7 @@ def add_commands(sub: Any) -> None:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
-    from engine.store.store import store_path
     from tui.app import run_tui
 
-    run_tui(store_path(args.db), run_id=args.run)
+    run_tui(args.db or os.environ.get("MOAT_DB") or "moat.db", run_id=args.run)
     return 0

@@ -45,6 +45,10 @@ _COMMANDS = {
 """Which module of `engine.cli` defines each command: a command's start imports only its
 own module (`moat runs` need not import the scheduler, the graph compiler and pydantic,
 a second of a command's start on a loaded machine)."""
+_QUIET = frozenset({"runs", "stats", "report"})
+"""Commands that only read the store and print: they log nothing, so they do not load
+the logging stack (structlog and rich, a third of their start) unless something they
+imported already did."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -57,15 +61,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     own = _COMMANDS.get(command or "")
-    for name in (own,) if own else _MODULES:
-        importlib.import_module(f"engine.cli.{name}").add_commands(sub)
     if own:
+        importlib.import_module(f"engine.cli.{own}").add_commands(sub)
         return parser
     # Packages that build on the engine (the TUI) add their commands through entry points,
     # so the engine never imports them.
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group="moat.commands"):
+    plugins = entry_points(group="moat.commands")
+    named = [ep for ep in plugins if ep.name == command]
+    if not named:
+        for name in _MODULES:
+            importlib.import_module(f"engine.cli.{name}").add_commands(sub)
+    for ep in named or plugins:
         ep.load()(sub)
     return parser
 
@@ -77,12 +85,13 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moat` console script and `python -m engine`."""
-    from engine.logs import configure_logging
-
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command(words))
     args = parser.parse_args(words)
-    configure_logging()
+    if args.command not in _QUIET or "engine.logs" in sys.modules:
+        from engine.logs import configure_logging
+
+        configure_logging()
     handler: Handler = args.handler
     try:
         return handler(args)

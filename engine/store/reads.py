@@ -24,19 +24,19 @@ __all__ = [
     "RunFacts",
     "calls_by_model",
     "event_counts",
-    "last_routes",
     "latest_request_rowid",
     "percentiles",
     "request_count",
     "request_facts",
     "request_page",
     "requests_after",
+    "route_counts",
     "run_facts",
     "run_figures",
     "run_series",
     "sim_call_in",
     "slowest_and_failed",
-    "speculative_runs",
+    "speculative_counts",
     "status_counts",
 ]
 
@@ -218,37 +218,66 @@ def event_counts(store: Store, run_id: str, event_types: Sequence[str]) -> dict[
     return {t: found.get(t, 0) for t in event_types}
 
 
-def last_routes(store: Store, run_id: str) -> dict[str, str]:
-    """Each request's last `ROUTE_SELECTED` decision (`(none)` when empty)."""
+def route_counts(store: Store, run_id: str) -> dict[str, int]:
+    """How many of the run's requests ended on each route: each request's last
+    `ROUTE_SELECTED` decision (`(none)` when empty), counted inside SQLite from the facts
+    index (SQLite takes a bare column from the row holding the group's `MAX`)."""
     rows = store.query(
-        f"SELECT k.id AS request_id, {either('e.decision')} AS decision FROM event_rows e "
-        f"JOIN request_keys k ON k.key = e.rk WHERE e.{_RUN_CODE} AND e.{FACTS_WHERE} "
-        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} ORDER BY k.id, e.sequence",
+        f"SELECT {either('decision')} AS route, COUNT(*) AS n FROM (SELECT e.rk, e.decision, "
+        f"MAX(e.sequence) FROM event_rows e WHERE e.{_RUN_CODE} AND e.{FACTS_WHERE} "
+        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} GROUP BY e.rk) GROUP BY decision",
         {"run": run_id},
     )
-    return {row["request_id"]: row["decision"] or "(none)" for row in rows}
+    out: dict[str, int] = {}
+    for row in rows:
+        route = row["route"] or "(none)"
+        out[route] = out.get(route, 0) + int(row["n"])
+    return out
 
 
-def speculative_runs(store: Store, run_id: str) -> list[Row]:
-    """Status and outcome of every speculative node run of the run's finished requests."""
-    return store.query(
-        f"SELECT {name_of('status')} AS status, {name_of('outcome')} AS outcome "
-        "FROM node_rows INDEXED BY node_rows_speculative WHERE speculative = 1 AND rk IN "
-        f"(SELECT k.key FROM request_keys k WHERE k.id IN ({_RUN_REQUESTS}))",
+_RUN_KEYS_STORED = (
+    "SELECT k.key FROM requests r JOIN request_keys k ON k.id = r.id WHERE r.run_id = :run"
+)
+"""The request keys of one run's finished requests, as a subquery."""
+
+
+def speculative_counts(store: Store, run_id: str) -> dict[str, int]:
+    """The fates of the speculative node runs of the run's finished requests: `started`,
+    and how many were `used`, `discarded` or `cancelled`, counted in SQLite."""
+    rows = store.query(
+        f"SELECT {name_of('status')} AS status, {name_of('outcome')} AS outcome, "
+        "n FROM (SELECT status, outcome, COUNT(*) AS n FROM node_rows "
+        "INDEXED BY node_rows_speculative WHERE speculative = 1 "
+        f"AND rk IN ({_RUN_KEYS_STORED}) GROUP BY status, outcome)",
         {"run": run_id},
     )
+    out = {"started": 0, "used": 0, "discarded": 0, "cancelled": 0}
+    for row in rows:
+        fate = "cancelled" if row["status"] == "cancelled" else str(row["outcome"])
+        out["started"] += int(row["n"])
+        if fate in out:
+            out[fate] += int(row["n"])
+    return out
+
+
+def _code_of(text: str) -> str:
+    return f"(SELECT code FROM strings WHERE text = '{text}')"
 
 
 def calls_by_model(store: Store, run_id: str) -> list[Row]:
     """LLM calls of the run's finished requests per (model, provider), in name order:
     `calls`, `cost`, and the speculative part, `spec_cost` and `spec_wasted` (calls
-    discarded or cancelled), in one pass over the calls."""
+    discarded or cancelled), in one pass over the calls, grouped on codes."""
+    speculative = _code_of("speculative")
+    wasted = f"({_code_of('discarded')}, {_code_of('cancelled')})"
     return store.query(
-        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost, "
-        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' THEN cost_usd END), 0) AS spec_cost, "
-        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' AND call_outcome IN "
-        "('discarded', 'cancelled') THEN cost_usd END), 0) AS spec_wasted FROM llm_calls "
-        f"WHERE request_id IN ({_RUN_REQUESTS}) GROUP BY model, provider "
+        f"SELECT {name_of('model')} AS model, {name_of('provider')} AS provider, calls, cost, "
+        "spec_cost, spec_wasted FROM (SELECT model, provider, COUNT(*) AS calls, "
+        "SUM(cost_usd) AS cost, "
+        f"COALESCE(SUM(CASE WHEN call_kind = {speculative} THEN cost_usd END), 0) AS spec_cost, "
+        f"COALESCE(SUM(CASE WHEN call_kind = {speculative} AND call_outcome IN {wasted} "
+        "THEN cost_usd END), 0) AS spec_wasted FROM llm_rows "
+        f"WHERE rk IN ({_RUN_KEYS_STORED}) GROUP BY model, provider) "
         "ORDER BY model, provider",
         {"run": run_id},
     )
@@ -317,21 +346,29 @@ def latest_request_rowid(store: Store) -> int:
 
 def request_facts(store: Store, request_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
     """`(route, highest cycle)` of each request: its last `ROUTE_SELECTED` decision and the
-    highest cycle a `LOOP_CYCLE_STARTED` event recorded (through the request_id index)."""
+    highest cycle a `LOOP_CYCLE_STARTED` event recorded (by request key, on type codes:
+    no event's names are decoded)."""
     out: dict[str, tuple[str, int]] = {}
+    found = store.query("SELECT code FROM strings WHERE text = 'LOOP_CYCLE_STARTED'")
+    loop = int(found[0]["code"]) if found else -1
+    route = FACT_CODES["ROUTE_SELECTED"]
     for start in range(0, len(request_ids), _FACT_BATCH):
         ids = tuple(request_ids[start : start + _FACT_BATCH])
         rows = store.query(
-            "SELECT request_id, MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) "
-            "AS cycles, (SELECT e2.decision FROM orchestration_events e2 "
-            "WHERE e2.request_id = e.request_id AND e2.event_type = 'ROUTE_SELECTED' "
-            "ORDER BY e2.sequence DESC, e2.id DESC LIMIT 1) AS route "
-            f"FROM orchestration_events e WHERE request_id IN ({', '.join('?' * len(ids))}) "
-            "AND event_type IN ('LOOP_CYCLE_STARTED', 'ROUTE_SELECTED') GROUP BY request_id",
-            ids,
+            "SELECT k.id AS request_id, MAX(CASE WHEN e.type = :loop THEN e.cycle END) "
+            f"AS cycles, (SELECT {either('r.decision')} FROM event_rows r "
+            f"WHERE r.rk = k.key AND r.type = {route} ORDER BY r.sequence DESC, r.id DESC "
+            "LIMIT 1) AS route FROM request_keys k JOIN event_rows e ON e.rk = k.key "
+            f"WHERE k.id IN ({', '.join(f':i{i}' for i in range(len(ids)))}) "
+            f"AND e.type IN (:loop, {route}) GROUP BY k.key",
+            {"loop": loop, **{f"i{i}": rid for i, rid in enumerate(ids)}},
         )
         for row in rows:
-            out[row["request_id"]] = (row["route"] or "", int(row["cycles"] or 0))
+            previous = out.get(row["request_id"], ("", 0))
+            out[row["request_id"]] = (
+                row["route"] or previous[0],
+                max(previous[1], int(row["cycles"] or 0)),
+            )
     return out
 
 

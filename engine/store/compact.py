@@ -40,6 +40,7 @@ __all__ = [
     "FACT_EVENT_TYPES",
     "MIGRATION_3",
     "RUN_KEYS",
+    "RUN_TOTALS_SQL",
     "Compactor",
     "delete_keys",
     "either",
@@ -177,7 +178,40 @@ _TABLES = (
         payload NOT NULL
     )""",
     "CREATE INDEX trace_rows_rk ON trace_rows (rk)",
+    """CREATE TABLE run_totals (
+        run_id TEXT PRIMARY KEY,
+        requests INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        latency_sum REAL NOT NULL,
+        latency_max REAL,
+        errors INTEGER NOT NULL,
+        facts TEXT NOT NULL
+    )""",
 )
+
+_FAILED = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
+
+
+def _totals_select(run: str) -> str:
+    """SQL for a finished run's totals (`run_totals` columns) from its rows; `run` is SQL
+    naming the run id."""
+    facts = (
+        "(SELECT COALESCE(json_group_object(type, n), '{}') FROM (SELECT type, COUNT(*) AS n "
+        f"FROM event_rows WHERE run = (SELECT code FROM strings WHERE text = {run}) "
+        f"AND {FACTS_WHERE} GROUP BY type))"
+    )
+    return (
+        f"SELECT {run}, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(latency_ms), 0), "
+        f"MAX(latency_ms), COALESCE(SUM({_FAILED}), 0), {facts} FROM requests "
+        f"WHERE run_id = {run}"
+    )
+
+
+RUN_TOTALS_SQL = f"INSERT OR REPLACE INTO run_totals {_totals_select(':run')}"
+"""Record run `:run`'s totals as it finishes: requests, cost, latency sum and maximum,
+failed requests, and its fact events by type code (JSON). Summing these over finished
+runs gives the every-run figures without reading a million index entries; a run being
+resumed loses its totals (`Store.claim_run`), a pruned one with the run."""
 
 _AT = "round(k.t0 + e.at / 1000000.0, 6)"
 """A stored time: the key's start plus the offset, to the microsecond (both are whole
@@ -314,6 +348,16 @@ MIGRATION_3: tuple[str, ...] = (
         for view, columns in _CONTRACT_COLUMNS.items()
     ),
     *(f"DROP TABLE v2_{view}" for view in _CONTRACT_COLUMNS),
+    # Every finished run's totals (RUN_TOTALS_SQL for each, in one statement).
+    "INSERT INTO run_totals WITH f AS (SELECT run, json_group_object(type, n) AS facts "
+    f"FROM (SELECT run, type, COUNT(*) AS n FROM event_rows WHERE {FACTS_WHERE} "
+    "GROUP BY run, type) GROUP BY run), t AS (SELECT run_id, COUNT(*) AS requests, "
+    "SUM(cost_usd) AS cost, SUM(latency_ms) AS latency_sum, MAX(latency_ms) AS latency_max, "
+    f"SUM({_FAILED}) AS errors FROM requests GROUP BY run_id) "
+    "SELECT r.id, COALESCE(t.requests, 0), COALESCE(t.cost, 0), COALESCE(t.latency_sum, 0), "
+    "t.latency_max, COALESCE(t.errors, 0), COALESCE((SELECT f.facts FROM f JOIN strings s "
+    "ON s.code = f.run WHERE s.text = r.id), '{}') FROM runs r LEFT JOIN t ON t.run_id = r.id "
+    "WHERE r.status != 'running'",
 )
 """Schema 2 -> 3: the per-request tables become the compact layout, rows converted. The
 file keeps its size until its free pages are handed back (`moat prune --vacuum`, or

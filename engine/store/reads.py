@@ -9,6 +9,7 @@ nowhere outside `engine/store/`) means a schema change is made in one package.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "RunFacts",
     "calls_by_model",
     "event_counts",
+    "every_run",
     "latest_request_rowid",
     "percentiles",
     "request_count",
@@ -95,7 +97,10 @@ def _fact_counts(store: Store, run_id: str | None) -> dict[str, int]:
 def run_facts(store: Store, run_id: str | None) -> RunFacts:
     """Count the fact events of one run (or of every run) from the covering index
     `event_rows_facts`, without reading an event row."""
-    counts = _fact_counts(store, run_id)
+    return _as_facts(_fact_counts(store, run_id))
+
+
+def _as_facts(counts: dict[str, int]) -> RunFacts:
     return RunFacts(
         cache_hits=counts.get("CACHE_HIT", 0),
         cache_misses=counts.get("CACHE_MISS", 0),
@@ -132,6 +137,35 @@ def run_figures(store: Store, run_id: str | None) -> Row:
     return row
 
 
+def every_run(store: Store) -> tuple[Row, RunFacts]:
+    """`run_figures` and `run_facts` of every run together, from the totals each finished
+    run recorded (`run_totals`) plus the rows of runs without them (running ones, or runs
+    older than the totals), so the cost is per run, not per request. When the requests
+    table holds requests no run accounts for, the whole-table reads answer instead."""
+    totals = {str(row["run_id"]): row for row in store.query("SELECT * FROM run_totals")}
+    figures: Row = {"requests": 0, "cost": 0.0, "latency_sum": 0.0, "latency_max": None}
+    figures.update(errors=0, first_started=None, last_finished=None)
+    facts: dict[str, int] = {}
+
+    def add(row: Row, counts: dict[str, int]) -> None:
+        for key in ("requests", "cost", "latency_sum", "errors"):
+            figures[key] += row[key]
+        if row["latency_max"] is not None:
+            figures["latency_max"] = max(figures["latency_max"] or 0.0, row["latency_max"])
+        for name, n in counts.items():
+            facts[name] = facts.get(name, 0) + n
+
+    for row in totals.values():
+        add(row, {_FACT_NAMES[int(code)]: int(n) for code, n in json.loads(row["facts"]).items()})
+    for run in store.query("SELECT id FROM runs"):
+        if run["id"] not in totals:
+            add(run_figures(store, run["id"]), _fact_counts(store, run["id"]))
+    stored = int(store.query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
+    if stored != figures["requests"]:
+        return run_figures(store, None), run_facts(store, None)
+    return figures, _as_facts(facts)
+
+
 def percentiles(
     store: Store, run_id: str | None, column: str, qs: Sequence[float]
 ) -> list[float | None]:
@@ -149,14 +183,24 @@ def percentiles(
             continue
         position = (count - 1) * q / 100.0
         low = math.floor(position)
+        # The two ranks `low` and `low + 1`, walked to from the nearer end of the index:
+        # a p99 over a million requests skips 10,000 entries, not 990,000.
+        if low <= (count - 1) // 2:
+            order, offset = column, low
+        else:
+            order, offset = f"{column} DESC", max(0, count - 2 - low)
         values = [
             float(row["v"])
             for row in store.query(
                 f"SELECT {column} AS v FROM requests WHERE {where} "
-                f"ORDER BY {column} LIMIT 2 OFFSET :low",
-                {**params, "low": low},
+                f"ORDER BY {order} LIMIT 2 OFFSET :offset",
+                {**params, "offset": offset},
             )
         ]
+        if order != column:
+            values.reverse()
+            if low + 1 > count - 1:  # the last rank: only `low` itself was read
+                values = values[-1:]
         high = values[1] if len(values) > 1 and position > low else values[0]
         out.append(values[0] + (high - values[0]) * (position - low))
     return out

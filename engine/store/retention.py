@@ -161,6 +161,7 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
                     int(row[0]) for row in conn.execute(RUN_KEYS, {"run": run_id}) if row[1] == ""
                 ]
                 result.rows += delete_keys(conn, run_level)
+                conn.execute("DELETE FROM run_totals WHERE run_id = ?", (run_id,))
                 result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
                 return True
             requests, rows = _delete_requests(conn, ids)

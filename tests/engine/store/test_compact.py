@@ -19,6 +19,7 @@ from engine.events import (
     RequestRecord,
     RequestStatus,
 )
+from engine.store import reads
 from engine.store.compact import COMPACT_TABLES
 from engine.store.retention import prune
 from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
@@ -247,6 +248,11 @@ def test_migration_3_converts_a_schema_2_store_row_for_row(tmp_path: Path) -> No
     with Store.open(db) as store:
         assert store.schema_version == SCHEMA_VERSION == 3
         rows = store.request_rows("r-1-000001")
+        # the finished run's totals were recorded by the migration
+        assert [r["run_id"] for r in store.query("SELECT run_id FROM run_totals")] == ["r-1"]
+        whole = (reads.run_figures(store, None), reads.run_facts(store, None))
+        assert reads.every_run(store) == whole
+        assert whole[1].cache_hits == 1
     for table, old in before.items():
         _same(old, _read(db, table))  # same ids too: sync watermarks stay valid
     assert [e["event_type"] for e in rows["orchestration_events"]] == [
@@ -376,3 +382,33 @@ def test_any_texts_read_back_as_written(
     )
     assert runs[0]["node"] == node.node
     assert runs[0]["duration_ms"] == pytest.approx(duration, abs=1e-3)
+
+
+def test_every_run_from_recorded_totals_equals_the_whole_table_reads(tmp_path: Path) -> None:
+    """Finished runs' totals plus a running run's rows give the same figures and facts as
+    reading every request and event; resuming a run drops its totals, pruning it too."""
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        runs = [store.create_run("g", "abc", 3) for _ in range(3)]
+        with StoreWriter(db) as writer:
+            for n, run in enumerate(runs):
+                for seq in range(n + 2):
+                    for record in request_records(run, seq, 100.0 + seq):
+                        writer.record(record)
+        store.finish_run(runs[0], "finished")
+        store.finish_run(runs[1], "interrupted")  # runs[2] is still running
+        assert reads.every_run(store) == (
+            reads.run_figures(store, None),
+            reads.run_facts(store, None),
+        )
+        assert reads.every_run(store)[1].cache_misses == 2 + 3 + 4
+        assert len(store.query("SELECT * FROM run_totals")) == 2
+        store.claim_run(runs[1])
+        assert len(store.query("SELECT * FROM run_totals")) == 1
+        assert reads.every_run(store) == (
+            reads.run_figures(store, None),
+            reads.run_facts(store, None),
+        )
+    prune(db, keep_runs=2)
+    with Store.open(db) as store:
+        assert store.query("SELECT run_id FROM run_totals") == []

@@ -175,7 +175,10 @@ def _event_rows(cx: Compactor, pack: _Pack, e: OrchestrationEvent) -> tuple[Any,
         code(e.stage),
         code(e.component),
         code(_str(e.event_type)),
-        None if decision is None else cx.maybe(decision),
+        # TEXT, as the contract's column stored it (a number became its text)
+        None
+        if decision is None
+        else cx.maybe(decision if type(decision) is str else str(decision)),
         None if status is None else code(_str(status)),
         e.sequence,
         offset_us(e.started_at, t0),

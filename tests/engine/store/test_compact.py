@@ -412,3 +412,14 @@ def test_every_run_from_recorded_totals_equals_the_whole_table_reads(tmp_path: P
     prune(db, keep_runs=2)
     with Store.open(db) as store:
         assert store.query("SELECT run_id FROM run_totals") == []
+
+
+def test_a_non_text_decision_is_stored_as_its_text(tmp_path: Path) -> None:
+    """As the contract's TEXT column stored it: a number comes back as its text, never as
+    a `strings` code."""
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        with StoreWriter(db) as writer:
+            event = OrchestrationEvent("r", "r-1", 0, "st", "node", "X", 0, 7)  # type: ignore[arg-type]
+            writer.record(event)
+        assert store.events("r-1")[0]["decision"] == "7"

@@ -39,6 +39,7 @@ from bench.workload import iter_requests  # noqa: E402
 from engine import MemorySink  # noqa: E402
 from engine.api import Pipeline  # noqa: E402
 from engine.requests import BatchItem  # noqa: E402
+from engine.store.compact import COMPACT_TABLES  # noqa: E402
 
 TENANTS = 7
 """How many tenants the requests are spread over."""
@@ -48,7 +49,12 @@ _RECORD_TABLES = (
     "node_runs",
     "llm_calls",
     "decision_traces",
+    "request_keys",
+    "strings",
 )
+"""What records cost. The per-request contract tables are views (schema 3): their bytes
+are their compact tables' (`engine.store.compact.COMPACT_TABLES`), indexes included;
+`request_keys` and `strings` are what the compact rows' integers point into."""
 
 
 def instant_graph(dest: Path) -> Path:
@@ -101,16 +107,17 @@ def store_bytes(db: Path) -> dict[str, Any]:
                 "LEFT JOIN sqlite_schema m ON m.name = d.name GROUP BY 1"
             ).fetchall()
         )
-        tables = {t: round(pages.get(t, 0) / requests) for t in _RECORD_TABLES if t in pages}
+        physical = {t: COMPACT_TABLES.get(t, t) for t in _RECORD_TABLES}
+        tables = {t: round(pages.get(p, 0) / requests) for t, p in physical.items() if p in pages}
         columns: dict[str, dict[str, float]] = {}
         for table in tables:
-            names = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+            names = [row[1] for row in conn.execute(f"PRAGMA table_info({physical[table]})")]
             sums = ", ".join(
                 f"SUM(CASE typeof({c}) WHEN 'integer' THEN 8 WHEN 'real' THEN 8 "
                 f"WHEN 'null' THEN 0 ELSE length(CAST({c} AS BLOB)) END)"
                 for c in names
             )
-            values = conn.execute(f"SELECT {sums} FROM {table}").fetchone()
+            values = conn.execute(f"SELECT {sums} FROM {physical[table]}").fetchone()
             columns[table] = {
                 c: round((v or 0) / requests, 1) for c, v in zip(names, values, strict=True)
             }

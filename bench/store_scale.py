@@ -4,8 +4,8 @@ Building the store: a real run of the flagship graph (simulated models, latency 
 zero, distinct prompts; `bench/store_run.py`) writes `--seed-requests` requests through the
 store's own writer, so every row is one moat really writes (events, node runs, LLM calls,
 traces, compressed payloads). SQLite then copies that run inside the file (`INSERT ...
-SELECT`, new run and request ids, times shifted) until the store holds `--requests`
-requests in runs of `--run-size`, the newest finished a minute ago.
+SELECT` on the compact tables: new run ids, request ids and keys, times shifted) until the
+store holds `--requests` requests in runs of `--run-size`, the newest finished a minute ago.
 
 Timing: each screen of `moat tui` is opened headless (textual's `run_test` pilot) and
 timed until it shows the store's data; `moat stats` (the latest run, and the same with
@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.store_run import batch, instant_graph, one_run  # noqa: E402
+from engine.store.compact import delete_keys  # noqa: E402
 from engine.store.store import new_run_id  # noqa: E402
 from tui._live import Metrics  # noqa: E402
 
@@ -50,32 +51,32 @@ _COPY = {
         "finished_at + :shift, latency_ms, cost_usd, policy_name, policy_version, input_hash, "
         "output_json, error FROM requests WHERE run_id = :seed ORDER BY seq"
     ),
-    "orchestration_events": (
-        "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
-        "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
-        "inputs_json, outputs_json, payload_json) "
-        "SELECT :run, printf('%s-%06d', :run, CAST(substr(request_id, -6) AS INTEGER) + :base), "
-        "cycle, stage, component, event_type, decision, status, sequence, started_at + :shift, "
-        "duration_ms, reason_codes_json, inputs_json, outputs_json, payload_json "
-        "FROM orchestration_events WHERE request_id > :seed || '-' "
-        "AND request_id < :seed || '.' ORDER BY id"
+    # The compact layout (engine.store.compact): new request keys `:koff` above the seed's,
+    # times are offsets from each key's t0, so only the keys' t0 shift.
+    "request_keys": (
+        "INSERT INTO request_keys (key, id, run, t0) SELECT key + :koff, "
+        "printf('%s-%06d', :run, CAST(substr(id, -6) AS INTEGER) + :base), :rc, t0 + :shift "
+        "FROM request_keys WHERE key BETWEEN :kmin AND :kmax ORDER BY key"
+    ),
+    "event_rows": (
+        "INSERT INTO event_rows (rk, run, cycle, stage, component, type, decision, status, "
+        "sequence, at, duration_ms, reasons, inputs, outputs, payload) SELECT rk + :koff, :rc, "
+        "cycle, stage, component, type, decision, status, sequence, at, duration_ms, reasons, "
+        "inputs, outputs, payload FROM event_rows WHERE rk BETWEEN :kmin AND :kmax ORDER BY id"
     ),
 }
 _CHILDREN = {
-    "node_runs": "node, node_type, cycle, status, speculative, outcome, started_at, "
-    "duration_ms, attempts, error",
-    "llm_calls": "node, cycle, model, provider, call_kind, call_outcome, cache_status, "
+    "node_rows": "node, node_type, cycle, status, speculative, outcome, at, duration_us, "
+    "attempts, error",
+    "llm_rows": "node, cycle, model, provider, call_kind, call_outcome, cache_status, "
     "related_event_id, prompt_hash, input_tokens, output_tokens, cost_usd, latency_ms, "
-    "started_at, status, error, prompt_text, response_text",
-    "decision_traces": "cycle, stage, payload_json",
+    "at, status, error, prompt_text, response_text",
+    "trace_rows": "cycle, stage, payload",
 }
 for _table, _columns in _CHILDREN.items():
-    _shifted = _columns.replace("started_at", "started_at + :shift")
     _COPY[_table] = (
-        f"INSERT INTO {_table} (request_id, {_columns}) "
-        "SELECT printf('%s-%06d', :run, CAST(substr(request_id, -6) AS INTEGER) + :base), "
-        f"{_shifted} FROM {_table} WHERE request_id > :seed || '-' "
-        "AND request_id < :seed || '.' ORDER BY id"
+        f"INSERT INTO {_table} (rk, {_columns}) SELECT rk + :koff, {_columns} FROM {_table} "
+        "WHERE rk BETWEEN :kmin AND :kmax ORDER BY id"
     )
 
 
@@ -92,6 +93,11 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
     (seed, graph_name, graph_hash, config, seed_start, seed_end) = conn.execute(
         "SELECT id, graph_name, graph_hash, config_json, started_at, finished_at FROM runs"
     ).fetchone()
+    kmin, kmax = conn.execute(
+        "SELECT MIN(key), MAX(key) FROM request_keys WHERE id != '' "
+        "AND run = (SELECT code FROM strings WHERE text = ?)",
+        (seed,),
+    ).fetchone()
     runs = max(1, total // run_size)
     now = time.time()
     span = seed_end - seed_start
@@ -102,6 +108,8 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
         config_done = json.loads(config)
         config_done["heartbeat_at"] = start
         conn.execute("BEGIN")
+        conn.execute("INSERT INTO strings (text) VALUES (?)", (run_id,))
+        rc = conn.execute("SELECT code FROM strings WHERE text = ?", (run_id,)).fetchone()[0]
         conn.execute(
             "INSERT INTO runs (id, graph_name, graph_hash, started_at, finished_at, status, "
             "requests_total, requests_done, config_json) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -118,26 +126,30 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
             ),
         )
         for k in range(run_size // seed_requests):
+            top = conn.execute("SELECT MAX(key) FROM request_keys").fetchone()[0]
             params = {
                 "run": run_id,
+                "rc": rc,
                 "seed": seed,
                 "base": k * seed_requests,
                 "shift": start - seed_start + k * span,
+                "kmin": kmin,
+                "kmax": kmax,
+                "koff": top + 1 - kmin,
             }
             for sql in _COPY.values():
                 conn.execute(sql, params)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
-    for table in ("requests", "node_runs", "llm_calls", "decision_traces"):
-        column = "id" if table == "requests" else "request_id"
-        conn.execute(
-            f"DELETE FROM {table} WHERE {column} > ? || '-' AND {column} < ? || '.'", (seed, seed)
+    seed_keys = [
+        int(row[0])
+        for row in conn.execute(
+            "SELECT key FROM request_keys WHERE run = (SELECT code FROM strings WHERE text = ?)",
+            (seed,),
         )
-    conn.execute(
-        "DELETE FROM orchestration_events WHERE request_id > ? || '-' AND request_id < ? || '.'",
-        (seed, seed),
-    )
-    conn.execute("DELETE FROM orchestration_events WHERE run_id = ?", (seed,))
+    ]
+    delete_keys(conn, seed_keys)
+    conn.execute("DELETE FROM requests WHERE run_id = ?", (seed,))
     conn.execute("DELETE FROM runs WHERE id = ?", (seed,))
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

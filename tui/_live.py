@@ -331,8 +331,9 @@ class LiveReader:
                 fresh and (total < _LARGE or now - self._overall_at > OVERALL_EVERY_S)
             )
             if stale:
-                base = _request_metrics(store, None)
-                self._overall = replace(base, **_fact_fields(reads.run_facts(store, None)))
+                figures, facts = reads.every_run(store)
+                base = _request_metrics(store, None, figures)
+                self._overall = replace(base, **_fact_fields(facts))
                 self._overall_at = now
             assert self._overall is not None
             overall = self._overall

@@ -9,8 +9,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.cli.run import db_path
 from engine.store.store import Store
+from engine.store.store import store_path as db_path
 
 __all__ = ["add_commands"]
 

@@ -7,7 +7,6 @@ reads are `engine.store.reads`'s.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,20 +76,15 @@ _FACTS = ("CACHE_HIT", "CACHE_MISS", "VALIDATION_PASSED", "VALIDATION_FAILED")
 
 
 def _routes(store: Store, run_id: str) -> dict[str, int]:
-    last = reads.last_routes(store, run_id)
-    return dict(sorted(Counter(last.values()).items()))
+    return dict(sorted(reads.route_counts(store, run_id).items()))
 
 
 def _speculative(store: Store, run_id: str, calls: list[Row]) -> dict[str, float]:
-    runs = reads.speculative_runs(store, run_id)
-    outcomes = Counter("cancelled" if r["status"] == "cancelled" else r["outcome"] for r in runs)
+    counts = reads.speculative_counts(store, run_id)
     spent = sum(float(r["spec_cost"]) for r in calls)
     wasted = sum(float(r["spec_wasted"]) for r in calls)
     return {
-        "started": len(runs),
-        "used": outcomes["used"],
-        "discarded": outcomes["discarded"],
-        "cancelled": outcomes["cancelled"],
+        **counts,
         "cost_usd": round(spent, 9),
         "wasted_usd": round(wasted, 9),
     }

@@ -35,6 +35,7 @@ the freed pages, so the file stops growing at about the cap.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import sqlite3
 import threading
@@ -44,12 +45,19 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.logs import get_logger
 from engine.store.schema import connect, describe_error, write_transaction
 
 __all__ = ["StoreCachePersistence"]
 
-_log = get_logger("moat.store")
+
+@functools.cache
+def _log() -> Any:
+    """The store's logger, made on first use: reading commands (`moat runs`, `moat stats`)
+    open the store without loading the logging stack."""
+    from engine.logs import get_logger
+
+    return get_logger("moat.store")
+
 
 _UPSERT = (
     "INSERT OR REPLACE INTO cache_entries (namespace, tenant, key, embedding, value_json, "
@@ -201,7 +209,7 @@ class StoreCachePersistence:
         self._thread.join()
         self._reader.close()
         if self._pending:
-            _log.warning(
+            _log().warning(
                 "cache.entries_lost",
                 path=str(self.path),
                 entries=len(self._pending),
@@ -215,7 +223,7 @@ class StoreCachePersistence:
 
     def _put(self, key: _Key, record: Mapping[str, Any] | None) -> None:
         if self._closed:  # a cache outliving its store keeps working, in memory only
-            _log.warning("cache.write_after_close", path=str(self.path), namespace=key[0])
+            _log().warning("cache.write_after_close", path=str(self.path), namespace=key[0])
             return
         with self._changed:
             self._pending[key] = record
@@ -242,7 +250,7 @@ class StoreCachePersistence:
         try:
             victims = self._commit(conn, batch)
         except Exception as exc:  # the thread must survive anything; flush/close report it
-            _log.warning(
+            _log().warning(
                 "cache.write_failed",
                 path=str(self.path),
                 entries=len(batch),
@@ -259,7 +267,7 @@ class StoreCachePersistence:
             self._changed.notify_all()
         if victims:
             self.store_evictions += len(victims)
-            _log.info("cache.store_evicted", path=str(self.path), rows=len(victims))
+            _log().info("cache.store_evicted", path=str(self.path), rows=len(victims))
         return True
 
     def _commit(

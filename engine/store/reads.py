@@ -9,12 +9,14 @@ nowhere outside `engine/store/`) means a schema change is made in one package.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store.schema import FACT_EVENT_TYPES, FACTS_IN, FAILED_IN
+from engine.store.compact import FACT_CODES, FACT_EVENT_TYPES, FACTS_WHERE, either, name_of
+from engine.store.schema import FAILED_IN
 from engine.store.store import Row, Store
 
 __all__ = [
@@ -23,19 +25,20 @@ __all__ = [
     "RunFacts",
     "calls_by_model",
     "event_counts",
-    "last_routes",
+    "every_run",
     "latest_request_rowid",
     "percentiles",
     "request_count",
     "request_facts",
     "request_page",
     "requests_after",
+    "route_counts",
     "run_facts",
     "run_figures",
     "run_series",
     "sim_call_in",
     "slowest_and_failed",
-    "speculative_runs",
+    "speculative_counts",
     "status_counts",
 ]
 
@@ -73,18 +76,31 @@ class RunFacts:
     node_failures: int = 0
 
 
-def run_facts(store: Store, run_id: str | None) -> RunFacts:
-    """Count the fact events of one run (or of every run) from the covering index
-    `orchestration_events_facts`, without reading an event row."""
-    where, params = _scope(run_id)
-    counts = {
-        row["event_type"]: int(row["n"])
+_FACT_NAMES = {code: name for name, code in FACT_CODES.items()}
+_RUN_CODE = "run = (SELECT code FROM strings WHERE text = :run)"
+
+
+def _fact_counts(store: Store, run_id: str | None) -> dict[str, int]:
+    """Fact events by type, counted in the covering index `event_rows_facts` (the fact
+    types have fixed codes, `engine.store.compact`), without reading an event row."""
+    where, params = (_RUN_CODE, {"run": run_id}) if run_id is not None else ("1", {})
+    return {
+        _FACT_NAMES[int(row["type"])]: int(row["n"])
         for row in store.query(
-            "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-            f"WHERE {where} AND {FACTS_IN} GROUP BY event_type",
+            f"SELECT type, COUNT(*) AS n FROM event_rows WHERE {where} AND {FACTS_WHERE} "
+            "GROUP BY type",
             params,
         )
     }
+
+
+def run_facts(store: Store, run_id: str | None) -> RunFacts:
+    """Count the fact events of one run (or of every run) from the covering index
+    `event_rows_facts`, without reading an event row."""
+    return _as_facts(_fact_counts(store, run_id))
+
+
+def _as_facts(counts: dict[str, int]) -> RunFacts:
     return RunFacts(
         cache_hits=counts.get("CACHE_HIT", 0),
         cache_misses=counts.get("CACHE_MISS", 0),
@@ -121,6 +137,35 @@ def run_figures(store: Store, run_id: str | None) -> Row:
     return row
 
 
+def every_run(store: Store) -> tuple[Row, RunFacts]:
+    """`run_figures` and `run_facts` of every run together, from the totals each finished
+    run recorded (`run_totals`) plus the rows of runs without them (running ones, or runs
+    older than the totals), so the cost is per run, not per request. When the requests
+    table holds requests no run accounts for, the whole-table reads answer instead."""
+    totals = {str(row["run_id"]): row for row in store.query("SELECT * FROM run_totals")}
+    figures: Row = {"requests": 0, "cost": 0.0, "latency_sum": 0.0, "latency_max": None}
+    figures.update(errors=0, first_started=None, last_finished=None)
+    facts: dict[str, int] = {}
+
+    def add(row: Row, counts: dict[str, int]) -> None:
+        for key in ("requests", "cost", "latency_sum", "errors"):
+            figures[key] += row[key]
+        if row["latency_max"] is not None:
+            figures["latency_max"] = max(figures["latency_max"] or 0.0, row["latency_max"])
+        for name, n in counts.items():
+            facts[name] = facts.get(name, 0) + n
+
+    for row in totals.values():
+        add(row, {_FACT_NAMES[int(code)]: int(n) for code, n in json.loads(row["facts"]).items()})
+    for run in store.query("SELECT id FROM runs"):
+        if run["id"] not in totals:
+            add(run_figures(store, run["id"]), _fact_counts(store, run["id"]))
+    stored = int(store.query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
+    if stored != figures["requests"]:
+        return run_figures(store, None), run_facts(store, None)
+    return figures, _as_facts(facts)
+
+
 def percentiles(
     store: Store, run_id: str | None, column: str, qs: Sequence[float]
 ) -> list[float | None]:
@@ -138,14 +183,24 @@ def percentiles(
             continue
         position = (count - 1) * q / 100.0
         low = math.floor(position)
+        # The two ranks `low` and `low + 1`, walked to from the nearer end of the index:
+        # a p99 over a million requests skips 10,000 entries, not 990,000.
+        if low <= (count - 1) // 2:
+            order, offset = column, low
+        else:
+            order, offset = f"{column} DESC", max(0, count - 2 - low)
         values = [
             float(row["v"])
             for row in store.query(
                 f"SELECT {column} AS v FROM requests WHERE {where} "
-                f"ORDER BY {column} LIMIT 2 OFFSET :low",
-                {**params, "low": low},
+                f"ORDER BY {order} LIMIT 2 OFFSET :offset",
+                {**params, "offset": offset},
             )
         ]
+        if order != column:
+            values.reverse()
+            if low + 1 > count - 1:  # the last rank: only `low` itself was read
+                values = values[-1:]
         high = values[1] if len(values) > 1 and position > low else values[0]
         out.append(values[0] + (high - values[0]) * (position - low))
     return out
@@ -203,45 +258,70 @@ def event_counts(store: Store, run_id: str, event_types: Sequence[str]) -> dict[
     unknown = set(event_types) - set(FACT_EVENT_TYPES)
     if unknown:
         raise ValueError(f"not counted by run: {sorted(unknown)}; see FACT_EVENT_TYPES")
-    rows = store.query(
-        "SELECT event_type, COUNT(*) AS n FROM orchestration_events "
-        f"WHERE run_id = :run AND {FACTS_IN} GROUP BY event_type",
-        {"run": run_id},
-    )
-    found = {row["event_type"]: int(row["n"]) for row in rows}
+    found = _fact_counts(store, run_id)
     return {t: found.get(t, 0) for t in event_types}
 
 
-def last_routes(store: Store, run_id: str) -> dict[str, str]:
-    """Each request's last `ROUTE_SELECTED` decision (`(none)` when empty)."""
+def route_counts(store: Store, run_id: str) -> dict[str, int]:
+    """How many of the run's requests ended on each route: each request's last
+    `ROUTE_SELECTED` decision (`(none)` when empty), counted inside SQLite from the facts
+    index (SQLite takes a bare column from the row holding the group's `MAX`)."""
     rows = store.query(
-        "SELECT request_id, decision FROM orchestration_events "
-        f"WHERE run_id = :run AND {FACTS_IN} AND event_type = 'ROUTE_SELECTED' "
-        "ORDER BY request_id, sequence",
+        f"SELECT {either('decision')} AS route, COUNT(*) AS n FROM (SELECT e.rk, e.decision, "
+        f"MAX(e.sequence) FROM event_rows e WHERE e.{_RUN_CODE} AND e.{FACTS_WHERE} "
+        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} GROUP BY e.rk) GROUP BY decision",
         {"run": run_id},
     )
-    return {row["request_id"]: row["decision"] or "(none)" for row in rows}
+    out: dict[str, int] = {}
+    for row in rows:
+        route = row["route"] or "(none)"
+        out[route] = out.get(route, 0) + int(row["n"])
+    return out
 
 
-def speculative_runs(store: Store, run_id: str) -> list[Row]:
-    """Status and outcome of every speculative node run of the run's finished requests."""
-    return store.query(
-        "SELECT status, outcome FROM node_runs INDEXED BY node_runs_speculative "
-        f"WHERE speculative = 1 AND request_id IN ({_RUN_REQUESTS})",
+_RUN_KEYS_STORED = (
+    "SELECT k.key FROM requests r JOIN request_keys k ON k.id = r.id WHERE r.run_id = :run"
+)
+"""The request keys of one run's finished requests, as a subquery."""
+
+
+def speculative_counts(store: Store, run_id: str) -> dict[str, int]:
+    """The fates of the speculative node runs of the run's finished requests: `started`,
+    and how many were `used`, `discarded` or `cancelled`, counted in SQLite."""
+    rows = store.query(
+        f"SELECT {name_of('status')} AS status, {name_of('outcome')} AS outcome, "
+        "n FROM (SELECT status, outcome, COUNT(*) AS n FROM node_rows "
+        "INDEXED BY node_rows_speculative WHERE speculative = 1 "
+        f"AND rk IN ({_RUN_KEYS_STORED}) GROUP BY status, outcome)",
         {"run": run_id},
     )
+    out = {"started": 0, "used": 0, "discarded": 0, "cancelled": 0}
+    for row in rows:
+        fate = "cancelled" if row["status"] == "cancelled" else str(row["outcome"])
+        out["started"] += int(row["n"])
+        if fate in out:
+            out[fate] += int(row["n"])
+    return out
+
+
+def _code_of(text: str) -> str:
+    return f"(SELECT code FROM strings WHERE text = '{text}')"
 
 
 def calls_by_model(store: Store, run_id: str) -> list[Row]:
     """LLM calls of the run's finished requests per (model, provider), in name order:
     `calls`, `cost`, and the speculative part, `spec_cost` and `spec_wasted` (calls
-    discarded or cancelled), in one pass over the calls."""
+    discarded or cancelled), in one pass over the calls, grouped on codes."""
+    speculative = _code_of("speculative")
+    wasted = f"({_code_of('discarded')}, {_code_of('cancelled')})"
     return store.query(
-        "SELECT model, provider, COUNT(*) AS calls, SUM(cost_usd) AS cost, "
-        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' THEN cost_usd END), 0) AS spec_cost, "
-        "COALESCE(SUM(CASE WHEN call_kind = 'speculative' AND call_outcome IN "
-        "('discarded', 'cancelled') THEN cost_usd END), 0) AS spec_wasted FROM llm_calls "
-        f"WHERE request_id IN ({_RUN_REQUESTS}) GROUP BY model, provider "
+        f"SELECT {name_of('model')} AS model, {name_of('provider')} AS provider, calls, cost, "
+        "spec_cost, spec_wasted FROM (SELECT model, provider, COUNT(*) AS calls, "
+        "SUM(cost_usd) AS cost, "
+        f"COALESCE(SUM(CASE WHEN call_kind = {speculative} THEN cost_usd END), 0) AS spec_cost, "
+        f"COALESCE(SUM(CASE WHEN call_kind = {speculative} AND call_outcome IN {wasted} "
+        "THEN cost_usd END), 0) AS spec_wasted FROM llm_rows "
+        f"WHERE rk IN ({_RUN_KEYS_STORED}) GROUP BY model, provider) "
         "ORDER BY model, provider",
         {"run": run_id},
     )
@@ -310,21 +390,29 @@ def latest_request_rowid(store: Store) -> int:
 
 def request_facts(store: Store, request_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
     """`(route, highest cycle)` of each request: its last `ROUTE_SELECTED` decision and the
-    highest cycle a `LOOP_CYCLE_STARTED` event recorded (through the request_id index)."""
+    highest cycle a `LOOP_CYCLE_STARTED` event recorded (by request key, on type codes:
+    no event's names are decoded)."""
     out: dict[str, tuple[str, int]] = {}
+    found = store.query("SELECT code FROM strings WHERE text = 'LOOP_CYCLE_STARTED'")
+    loop = int(found[0]["code"]) if found else -1
+    route = FACT_CODES["ROUTE_SELECTED"]
     for start in range(0, len(request_ids), _FACT_BATCH):
         ids = tuple(request_ids[start : start + _FACT_BATCH])
         rows = store.query(
-            "SELECT request_id, MAX(CASE WHEN event_type = 'LOOP_CYCLE_STARTED' THEN cycle END) "
-            "AS cycles, (SELECT e2.decision FROM orchestration_events e2 "
-            "WHERE e2.request_id = e.request_id AND e2.event_type = 'ROUTE_SELECTED' "
-            "ORDER BY e2.sequence DESC, e2.id DESC LIMIT 1) AS route "
-            f"FROM orchestration_events e WHERE request_id IN ({', '.join('?' * len(ids))}) "
-            "AND event_type IN ('LOOP_CYCLE_STARTED', 'ROUTE_SELECTED') GROUP BY request_id",
-            ids,
+            "SELECT k.id AS request_id, MAX(CASE WHEN e.type = :loop THEN e.cycle END) "
+            f"AS cycles, (SELECT {either('r.decision')} FROM event_rows r "
+            f"WHERE r.rk = k.key AND r.type = {route} ORDER BY r.sequence DESC, r.id DESC "
+            "LIMIT 1) AS route FROM request_keys k JOIN event_rows e ON e.rk = k.key "
+            f"WHERE k.id IN ({', '.join(f':i{i}' for i in range(len(ids)))}) "
+            f"AND e.type IN (:loop, {route}) GROUP BY k.key",
+            {"loop": loop, **{f"i{i}": rid for i, rid in enumerate(ids)}},
         )
         for row in rows:
-            out[row["request_id"]] = (row["route"] or "", int(row["cycles"] or 0))
+            previous = out.get(row["request_id"], ("", 0))
+            out[row["request_id"]] = (
+                row["route"] or previous[0],
+                max(previous[1], int(row["cycles"] or 0)),
+            )
     return out
 
 

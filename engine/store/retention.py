@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import StoreError
+from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     WRITE_PATIENCE_S,
     connect,
@@ -36,7 +37,7 @@ from engine.store.schema import (
     migrate,
     write_transaction,
 )
-from engine.store.store import RUN_FIRST_EVENTS, run_state
+from engine.store.store import run_state
 
 __all__ = ["PruneResult", "prune", "select_runs"]
 
@@ -44,7 +45,6 @@ _CHUNK = 500
 """Requests deleted per write transaction: a few milliseconds of write lock each."""
 _VACUUM_PAGES = 2_000
 """Free pages handed back per `incremental_vacuum` transaction (8 MB at 4 KB pages)."""
-_CHILD_TABLES = ("orchestration_events", "node_runs", "llm_calls", "decision_traces")
 
 
 @dataclass(slots=True)
@@ -130,8 +130,7 @@ def _request_chunk(conn: sqlite3.Connection, run_id: str) -> list[str]:
     return [
         row[0]
         for row in conn.execute(
-            "SELECT DISTINCT request_id FROM orchestration_events "
-            f"WHERE {RUN_FIRST_EVENTS} AND request_id != '' LIMIT :n",
+            f"SELECT DISTINCT id FROM ({RUN_KEYS}) WHERE id != '' LIMIT :n",
             {"run": run_id, "n": _CHUNK},
         )
     ]
@@ -140,9 +139,7 @@ def _request_chunk(conn: sqlite3.Connection, run_id: str) -> list[str]:
 def _delete_requests(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int, int]:
     """Delete the requests `ids` and every row of theirs; return (requests, rows)."""
     marks = ",".join("?" * len(ids))
-    rows = 0
-    for table in _CHILD_TABLES:
-        rows += conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids).rowcount
+    rows = delete_keys(conn, keys_of(conn, list(ids)))
     requests = conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids).rowcount
     return requests, rows + requests
 
@@ -160,10 +157,11 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
                 return False
             ids = _request_chunk(conn, run_id)
             if not ids:
-                result.rows += conn.execute(
-                    "DELETE FROM orchestration_events WHERE run_id = ? AND request_id = ''",
-                    (run_id,),
-                ).rowcount
+                run_level = [
+                    int(row[0]) for row in conn.execute(RUN_KEYS, {"run": run_id}) if row[1] == ""
+                ]
+                result.rows += delete_keys(conn, run_level)
+                conn.execute("DELETE FROM run_totals WHERE run_id = ?", (run_id,))
                 result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
                 return True
             requests, rows = _delete_requests(conn, ids)

@@ -5,8 +5,10 @@ database from version N-1 to N in one transaction, so a crash mid-migration leav
 previous version intact. Append new migrations to `MIGRATIONS`; never edit a shipped one.
 
 Tables and columns follow architecture: The store exactly. There are no foreign keys (they
-would slow the batching writer down); every `run_id` / `request_id` column is indexed
-instead. JSON columns are TEXT holding JSON; times are REAL seconds since the epoch.
+would slow the batching writer down). Since migration 3 the per-request tables are views
+over a compact layout (`engine.store.compact`) keyed by an integer request key; `runs`,
+`requests` and the policy tables are tables. JSON columns hold JSON text (or a zstd frame
+of it, `engine.store.codec`); times are REAL seconds since the epoch.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import StoreError
+from engine.store.compact import MIGRATION_3
 
 __all__ = [
     "FACTS_IN",
@@ -213,7 +216,7 @@ _MIGRATION_2 = (
     "(request_id, status, outcome) WHERE speculative = 1",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2, MIGRATION_3)
 """Migration N (index N-1) brings the schema from version N-1 to N."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

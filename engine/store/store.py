@@ -33,6 +33,7 @@ from engine.events import result_line
 from engine.store import codec
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
+from engine.store.compact import RUN_KEYS, RUN_TOTALS_SQL, delete_keys, keys_of
 from engine.store.schema import (
     SCHEMA_VERSION,
     check_version,
@@ -52,17 +53,21 @@ __all__ = [
     "WriterStats",
     "new_run_id",
     "run_state",
+    "store_path",
 ]
 
 Row = dict[str, Any]
 _Params = tuple[Any, ...] | Mapping[str, Any]
 
-RUN_FIRST_EVENTS = "run_id = :run AND sequence <= 1"
-"""The first event of each request of run `:run` (and nothing else that needs reading):
-the condition `orchestration_events_run_first` indexes (keep it verbatim, or SQLite will
-not use that partial index)."""
+_STORED_OF_RUN = "SELECT id FROM requests WHERE run_id = :run"
+_UNATTRIBUTED = (
+    "SELECT k.key FROM request_keys k WHERE k.run = 10 AND k.id != '' AND NOT EXISTS "
+    "(SELECT 1 FROM requests r WHERE r.id = k.id) AND NOT EXISTS "
+    "(SELECT 1 FROM request_keys o WHERE o.id = k.id AND o.run != 10)"
+)
+"""Keys (of rows naming no run: `strings` code 10 is `''`) of ids with no request row and
+no event: leftovers of a crash no run can claim."""
 
-_ORPHAN_TABLES = ("node_runs", "llm_calls", "decision_traces", "orchestration_events")
 
 # Which process owns a run lives in its `config_json` (`owner: {pid, host}`, `heartbeat_at`),
 # so the contract's columns stay as they are.
@@ -109,6 +114,11 @@ def _with_state(row: Row) -> Row:
     if state != row.get("status"):
         row = {**row, "status": state, "stored_status": row.get("status")}
     return row
+
+
+def store_path(value: str | None) -> str:
+    """The store file a command opens: `--db`, else `$MOAT_DB`, else `moat.db`."""
+    return value or os.environ.get("MOAT_DB") or "moat.db"
 
 
 def new_run_id(at: float | None = None) -> str:
@@ -321,6 +331,7 @@ class Store:
                 f"{owner.get('host')}); wait for it to end, or stop it and resume then"
             )
         with self._tx() as conn:
+            conn.execute("DELETE FROM run_totals WHERE run_id = ?", (run_id,))  # will change
             owner = _owner(time.time())
             conn.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, config_json = "
@@ -350,6 +361,7 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise self._unknown_run(run_id)
+            conn.execute(RUN_TOTALS_SQL, {"run": run_id})
 
     def get_run(self, run_id: str) -> Row | None:
         """The run's row (`config_json` decoded as `config`), or None.
@@ -405,26 +417,17 @@ class Store:
         leftovers of a crash and are deleted too. Run-level events (empty `request_id`) stay.
         Call it before `--resume`, with no writer of that run still running.
         """
-        orphan_ids = (
-            f"SELECT DISTINCT request_id FROM orchestration_events e WHERE {RUN_FIRST_EVENTS} "
-            "AND request_id != '' AND NOT EXISTS "
-            "(SELECT 1 FROM requests r WHERE r.id = e.request_id)"
-        )
         deleted = 0
         with self._tx() as conn:
-            ids = [row[0] for row in conn.execute(orphan_ids, {"run": run_id})]
-            for table in _ORPHAN_TABLES:
-                for request_id in ids:
-                    cursor = conn.execute(
-                        f"DELETE FROM {table} WHERE request_id = ?", (request_id,)
-                    )
-                    deleted += cursor.rowcount
-            for table in _ORPHAN_TABLES[:3]:
-                cursor = conn.execute(
-                    f"DELETE FROM {table} WHERE request_id NOT IN (SELECT id FROM requests) "
-                    "AND request_id NOT IN (SELECT request_id FROM orchestration_events)"
-                )
-                deleted += cursor.rowcount
+            ids = sorted(
+                {str(row[1]) for row in conn.execute(RUN_KEYS, {"run": run_id}) if row[1] != ""}
+                - {str(row[0]) for row in conn.execute(_STORED_OF_RUN, {"run": run_id})}
+            )
+            keys = keys_of(conn, ids)
+            # Unattributable: keys made by rows that name no run, of an id with no
+            # `requests` row and no event.
+            keys += [int(row[0]) for row in conn.execute(_UNATTRIBUTED)]
+            deleted += delete_keys(conn, sorted(set(keys)))
         return deleted
 
     def _unknown_run(self, run_id: str) -> StoreError:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
+from engine.store.compact import COMPACT_TABLES
 from engine.store.schema import write_transaction
 
 __all__ = [
@@ -197,9 +198,13 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 def read_appended(conn: sqlite3.Connection, table: str, after: int, limit: int) -> Batch:
     """Up to `limit` rows of an append-only `table` past rowid `after`, in rowid order."""
+    spec = _BY_NAME[table]
+    # An `int` table's `id` is its rowid (for the per-request views, their compact
+    # table's, which views do not expose as `rowid`).
+    order = "id" if spec.key == "int" else "rowid"
     cursor = conn.execute(
-        f"SELECT rowid AS _sync_rowid, * FROM {_BY_NAME[table].name} "
-        "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        f"SELECT {order} AS _sync_rowid, * FROM {spec.name} "
+        f"WHERE {order} > ? ORDER BY {order} LIMIT ?",
         (after, limit),
     )
     columns = [d[0] for d in cursor.description][1:]
@@ -326,9 +331,16 @@ def _insert_int(
         f"INSERT INTO {spec.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
         values,
     )
+    base = COMPACT_TABLES.get(spec.name)
+    # An insert into a view runs its trigger, after which `lastrowid` is not the new row's.
+    new_id = (
+        cursor.lastrowid
+        if base is None
+        else conn.execute(f"SELECT MAX(id) FROM {base}").fetchone()[0]
+    )
     conn.execute(
         "INSERT INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
-        (spec.name, origin, src, str(cursor.lastrowid)),
+        (spec.name, origin, src, str(new_id)),
     )
     return True
 

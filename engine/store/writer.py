@@ -37,6 +37,7 @@ from engine.events import (
     RequestRecord,
 )
 from engine.store.codec import Packer
+from engine.store.compact import Compactor, offset_us
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["EVENT_SQL", "StoreWriter", "WriterStats", "event_row"]
@@ -46,17 +47,23 @@ EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transac
     "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
     "inputs_json, outputs_json, payload_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_NODE_RUN_SQL = (
-    "INSERT INTO node_runs (request_id, node, node_type, cycle, status, speculative, outcome, "
-    "started_at, duration_ms, attempts, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# The batching writer writes the compact tables directly (`engine.store.compact`).
+_EVENT_ROWS_SQL = (
+    "INSERT INTO event_rows (rk, run, cycle, stage, component, type, decision, status, "
+    "sequence, at, duration_ms, reasons, inputs, outputs, payload) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_LLM_CALL_SQL = (
-    "INSERT INTO llm_calls (request_id, node, cycle, model, provider, call_kind, call_outcome, "
+_NODE_ROWS_SQL = (
+    "INSERT INTO node_rows (rk, node, node_type, cycle, status, speculative, outcome, at, "
+    "duration_us, attempts, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_LLM_ROWS_SQL = (
+    "INSERT INTO llm_rows (rk, node, cycle, model, provider, call_kind, call_outcome, "
     "cache_status, related_event_id, prompt_hash, input_tokens, output_tokens, cost_usd, "
-    "latency_ms, started_at, status, error, prompt_text, response_text) "
+    "latency_ms, at, status, error, prompt_text, response_text) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_TRACE_SQL = "INSERT INTO decision_traces (request_id, cycle, stage, payload_json) VALUES (?,?,?,?)"
+_TRACE_ROWS_SQL = "INSERT INTO trace_rows (rk, cycle, stage, payload) VALUES (?,?,?,?)"
 # REPLACE: request ids are stable across `--resume`, and a rerun replaces nothing finished
 # (finished requests are not rerun), but a duplicate must never abort a whole batch.
 _REQUEST_SQL = (
@@ -112,26 +119,6 @@ def _json_list(value: Sequence[str]) -> str:
 # Enum members are converted to exact `str` first: sqlite3 binds exact str and int fast but
 # sends subclasses (StrEnum, bool) through its slow adaptation protocol.
 _str = str.__str__
-_event_plain = attrgetter(
-    "run_id",
-    "request_id",
-    "cycle",
-    "stage",
-    "component",
-)
-_llm_call_plain = attrgetter(
-    "related_event_id",
-    "prompt_hash",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "latency_ms",
-    "started_at",
-    "status",
-    "error",
-    "prompt_text",
-    "response_text",
-)
 _request_plain = attrgetter(
     "started_at",
     "finished_at",
@@ -140,44 +127,28 @@ _request_plain = attrgetter(
     "policy_name",
     "policy_version",
 )
+_Pack = Callable[[str | None], str | bytes | None]
 
 
-def _node_run_row(r: NodeRun) -> tuple[Any, ...]:
-    return (
-        r.request_id,
-        r.node,
-        r.node_type,
-        r.cycle,
-        _str(r.status),
-        1 if r.speculative else 0,
-        _str(r.outcome),
-        r.started_at,
-        r.duration_ms,
-        r.attempts,
-        r.error,
-    )
-
-
-def _llm_call_row(c: LlmCall) -> tuple[Any, ...]:
-    head = (
-        c.request_id,
-        c.node,
-        c.cycle,
-        c.model,
-        c.provider,
-        _str(c.call_kind),
-        _str(c.call_outcome),
-        _str(c.cache_status),
-    )
-    tail: tuple[Any, ...] = _llm_call_plain(c)
-    return head + tail
+def _value(cx: Compactor, pack: _Pack, text: str | None) -> str | bytes | int | None:
+    """A JSON column's stored value: a `strings` code if it repeats, else (compressed
+    when large) the text."""
+    value = cx.maybe(text)
+    if type(value) is str and len(value) >= 64:
+        return pack(value)
+    return value
 
 
 def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
-    head: tuple[Any, ...] = _event_plain(e)
+    """The contract's `orchestration_events` columns of `e` (without `id`), for writes
+    through the view (`EVENT_SQL`)."""
     status = e.status
     return (
-        *head,
+        e.run_id,
+        e.request_id,
+        e.cycle,
+        e.stage,
+        e.component,
         _str(e.event_type),
         e.decision,
         None if status is None else _str(status),
@@ -191,11 +162,84 @@ def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
     )
 
 
-def _trace_row(t: DecisionTrace) -> tuple[Any, ...]:
-    return (t.request_id, t.cycle, t.stage, _json(t.payload) or "{}")
+def _event_rows(cx: Compactor, pack: _Pack, e: OrchestrationEvent) -> tuple[Any, ...]:
+    code = cx.code
+    run = code(e.run_id)
+    key, t0 = cx.event_key(e.request_id, run, e.started_at)
+    status = e.status
+    decision = e.decision
+    return (
+        key,
+        run,
+        e.cycle,
+        code(e.stage),
+        code(e.component),
+        code(_str(e.event_type)),
+        # TEXT, as the contract's column stored it (a number became its text)
+        None
+        if decision is None
+        else cx.maybe(decision if type(decision) is str else str(decision)),
+        None if status is None else code(_str(status)),
+        e.sequence,
+        offset_us(e.started_at, t0),
+        e.duration_ms,
+        code(_json_list(e.reason_codes)),
+        _value(cx, pack, _json(e.inputs)),
+        _value(cx, pack, _json(e.outputs)),
+        _value(cx, pack, _json(e.payload)),
+    )
 
 
-def _request_row(r: RequestRecord) -> tuple[Any, ...]:
+def _node_rows(cx: Compactor, pack: _Pack, r: NodeRun) -> tuple[Any, ...]:
+    code = cx.code
+    key, t0 = cx.key(r.request_id, r.started_at)
+    return (
+        key,
+        code(r.node),
+        code(r.node_type),
+        r.cycle,
+        code(_str(r.status)),
+        1 if r.speculative else 0,
+        code(_str(r.outcome)),
+        offset_us(r.started_at, t0),
+        round(r.duration_ms * 1000),
+        r.attempts,
+        r.error,
+    )
+
+
+def _llm_rows(cx: Compactor, pack: _Pack, c: LlmCall) -> tuple[Any, ...]:
+    code = cx.code
+    key, t0 = cx.key(c.request_id, c.started_at)
+    return (
+        key,
+        code(c.node),
+        c.cycle,
+        code(c.model),
+        code(c.provider),
+        code(_str(c.call_kind)),
+        code(_str(c.call_outcome)),
+        code(_str(c.cache_status)),
+        c.related_event_id,
+        c.prompt_hash,
+        c.input_tokens,
+        c.output_tokens,
+        c.cost_usd,
+        c.latency_ms,
+        offset_us(c.started_at, t0),
+        code(c.status),
+        c.error,
+        c.prompt_text,
+        c.response_text,
+    )
+
+
+def _trace_rows(cx: Compactor, pack: _Pack, t: DecisionTrace) -> tuple[Any, ...]:
+    key, _ = cx.key(t.request_id, 0.0)
+    return (key, t.cycle, cx.code(t.stage), _value(cx, pack, _json(t.payload) or "{}"))
+
+
+def _request_row(cx: Compactor, pack: _Pack, r: RequestRecord) -> tuple[Any, ...]:
     middle: tuple[Any, ...] = _request_plain(r)
     head = (
         r.id,
@@ -207,21 +251,23 @@ def _request_row(r: RequestRecord) -> tuple[Any, ...]:
         r.tenant,
         _str(r.status),
     )
-    return (*head, *middle, r.stored_input_hash(), _json(r.output), r.error)
+    output = _json(r.output)
+    if output is not None and len(output) >= 64:
+        output = pack(output)  # type: ignore[assignment]
+    cx.finished(r.id, r.run_id)
+    return (*head, *middle, r.stored_input_hash(), output, r.error)
 
 
+_Build = Callable[[Compactor, _Pack, Any], tuple[Any, ...]]
 # Order matters: `requests` rows are inserted last within each transaction.
-_TABLES: tuple[tuple[type[Any], str, Callable[[Any], tuple[Any, ...]]], ...] = (
-    (OrchestrationEvent, EVENT_SQL, event_row),
-    (NodeRun, _NODE_RUN_SQL, _node_run_row),
-    (LlmCall, _LLM_CALL_SQL, _llm_call_row),
-    (DecisionTrace, _TRACE_SQL, _trace_row),
+_TABLES: tuple[tuple[type[Any], str, _Build], ...] = (
+    (OrchestrationEvent, _EVENT_ROWS_SQL, _event_rows),
+    (NodeRun, _NODE_ROWS_SQL, _node_rows),
+    (LlmCall, _LLM_ROWS_SQL, _llm_rows),
+    (DecisionTrace, _TRACE_ROWS_SQL, _trace_rows),
     (RequestRecord, _REQUEST_SQL, _request_row),
 )
 _SLOT = {kind: index for index, (kind, _, _) in enumerate(_TABLES)}
-# Per table (in `_TABLES` order), the positions of the JSON columns large enough to be
-# worth compressing (`engine.store.codec`): payloads, inputs/outputs and the output.
-_PACKED: tuple[tuple[int, ...], ...] = ((12, 13, 14), (), (), (3,), (15,))
 
 
 class _FlushMarker:
@@ -288,6 +334,7 @@ class StoreWriter:
             # A larger page cache keeps index pages hot across batches.
             conn.execute("PRAGMA cache_size = -32768")
             self._packer = Packer(conn)
+            self._compactor = Compactor()
         except StoreError:
             conn.close()
             raise
@@ -414,36 +461,25 @@ class StoreWriter:
             marker.done.set()
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
+        """Encode the drained records as compact rows (inside the write transaction:
+        new codes and request keys are inserted as they are met)."""
         rows: list[list[tuple[Any, ...]]] = []
-        for group, (_, _, build), packed in zip(groups, _TABLES, _PACKED, strict=True):
+        cx, pack = self._compactor, self._packer.pack
+        for group, (_, _, build) in zip(groups, _TABLES, strict=True):
             try:
-                built = [build(item) for item in group]
+                built = [build(cx, pack, item) for item in group]
             except Exception:
                 built = self._rows_one_by_one(group, build)
-            rows.append(self._pack(built, packed) if packed else built)
+            rows.append(built)
         return rows
 
-    def _pack(self, rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> list[tuple[Any, ...]]:
-        """Compress the large JSON values of `rows` (see `engine.store.codec`)."""
-        pack = self._packer.pack
-        out = []
-        for row in rows:
-            if any(row[i] is not None and len(row[i]) >= 64 for i in columns):
-                values = list(row)
-                for i in columns:
-                    values[i] = pack(values[i])
-                row = tuple(values)
-            out.append(row)
-        return out
-
-    def _rows_one_by_one(
-        self, group: list[Any], build: Callable[[Any], tuple[Any, ...]]
-    ) -> list[tuple[Any, ...]]:
+    def _rows_one_by_one(self, group: list[Any], build: _Build) -> list[tuple[Any, ...]]:
         """Keep every record that encodes; count (and report) the ones that do not."""
         rows = []
+        cx, pack = self._compactor, self._packer.pack
         for item in group:
             try:
-                rows.append(build(item))
+                rows.append(build(cx, pack, item))
             except Exception as exc:  # e.g. a payload JSON cannot encode (circular)
                 self.stats.dropped += 1
                 self._error = exc
@@ -452,11 +488,18 @@ class StoreWriter:
     def _commit(self, conn: sqlite3.Connection, groups: list[list[Any]]) -> int:
         """Write the groups in one transaction (waiting out other processes' write locks,
         see `write_transaction`); return the rows written."""
-        rows = self._rows(groups)
-        with write_transaction(conn, self.path):
-            for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
-                if batch:
-                    conn.executemany(sql, batch)
-            self._packer.maybe_train(conn)
+        cx = self._compactor
+        try:
+            with write_transaction(conn, self.path):
+                cx.begin(conn)
+                rows = self._rows(groups)
+                for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
+                    if batch:
+                        conn.executemany(sql, batch)
+                self._packer.maybe_train(conn)
+        except BaseException:
+            cx.rollback()
+            raise
+        cx.commit()
         self._packer.committed()
         return sum(len(batch) for batch in rows)

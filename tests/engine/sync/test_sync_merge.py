@@ -137,9 +137,16 @@ async def test_a_column_the_central_store_lacks_is_dropped_and_named(
 ) -> None:
     db = tmp_path / "edge.db"
     shutil.copy(one_edge, db)
-    with sqlite3.connect(db) as conn:  # an edge on a newer schema
-        conn.execute("ALTER TABLE decision_traces ADD COLUMN compact_blob BLOB")
-        conn.execute("UPDATE decision_traces SET compact_blob = x'00ff10'")
+    with sqlite3.connect(db) as conn:  # an edge on a newer schema: one more column
+        (body,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'decision_traces'"
+        ).fetchone()
+        select = body.split(" AS ", 1)[1]
+        conn.execute("DROP VIEW decision_traces")
+        conn.execute(
+            "CREATE VIEW decision_traces AS "
+            f"SELECT v.*, x'00ff10' AS compact_blob FROM ({select}) v"
+        )
     async with central(tmp_path / "central.db") as server:
         report = await edge(db, server).run()
     assert report.rows["decision_traces"] == counts(db)["decision_traces"]

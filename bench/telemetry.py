@@ -59,6 +59,8 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Drop(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", "0")))
         self.send_response(200)

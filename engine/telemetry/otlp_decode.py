@@ -29,7 +29,8 @@ def readable_spans(data: bytes) -> list[ReadableSpan]:
     """The spans of a serialised `ExportTraceServiceRequest`."""
     out: list[ReadableSpan] = []
     for resource_spans in ExportTraceServiceRequest.FromString(data).resource_spans:
-        resource = Resource(_attributes(resource_spans.resource.attributes))
+        attributes = _attributes(resource_spans.resource.attributes)
+        resource = Resource(attributes, resource_spans.schema_url or None)
         for scope_spans in resource_spans.scope_spans:
             scope = InstrumentationScope(
                 scope_spans.scope.name,

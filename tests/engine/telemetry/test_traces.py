@@ -295,3 +295,68 @@ def test_otel_swallowing_the_graph_is_refused_with_the_fix(
     code = main(["run", "--otel", str(graph), "--prompt", "hi", "--db", str(tmp_path / "x.db")])
     assert code == 2
     assert f"--otel {graph}: not a collector URL" in capsys.readouterr().err
+
+
+CALLER = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "vendor=1",
+}
+
+
+def _traced(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[Any]:
+    """The spans of a request of its own and of one continuing CALLER, under `env`."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.events import RequestRecord, RequestStatus
+    from engine.telemetry import FinishedRequest
+    from engine.telemetry.traces import SpanBuilder
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    exporter = InMemorySpanExporter()
+    builder = SpanBuilder(exporter, server=True)
+    for request_id, parent in (("own", None), ("continued", CALLER)):
+        record = RequestRecord(request_id, "r", 0, RequestStatus.OK, 1.0, 1.2, 200.0, 0.0, None)
+        builder.consume(FinishedRequest("g", record, parent=parent))
+    builder.close()
+    return list(exporter.get_finished_spans())
+
+
+def test_the_standard_sampler_drops_traces_but_follows_a_sampled_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.trace import SpanKind
+
+    spans = _traced(
+        monkeypatch,
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
+    [span] = spans  # its own trace: sampled out at ratio 0; the caller's: sampled
+    assert span.attributes["moat.request.id"] == "continued"
+    assert format(span.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span.parent.span_id == 0x00F067AA0BA902B7 and span.parent.is_remote
+    assert span.context.trace_state.to_header() == "vendor=1"
+    assert span.kind == SpanKind.SERVER
+
+
+def test_otel_sdk_disabled_builds_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _traced(monkeypatch, OTEL_SDK_DISABLED="true") == []
+    assert len(_traced(monkeypatch, OTEL_SDK_DISABLED="false")) == 2
+
+
+def test_the_request_span_carries_the_records_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    own, continued = _traced(monkeypatch)
+    assert own.attributes == {
+        "moat.graph": "g",
+        "moat.request.id": "own",
+        "moat.run.id": "r",
+        "moat.request.seq": 0,
+        "moat.request.status": "ok",
+        "moat.request.latency_ms": 200.0,
+        "moat.request.cost_usd": 0.0,
+        "moat.request.results_reused": 0,
+    }
+    assert (own.start_time, own.end_time) == (10**9, int(1.2 * 10**9))
+    assert own.parent is None and own.context.trace_id == trace_id_of("own")
+    assert continued.parent is not None

@@ -52,6 +52,8 @@ from engine.telemetry import Telemetry  # noqa: E402
 from tests.support.fast_graphs import fast_copy  # noqa: E402
 
 SETTINGS = ("off", "metrics", "traces", "both", "sampled")
+DROPPED: dict[str, int] = {}
+"""Spans each setting dropped (a full queue): a figure only holds if this stays zero."""
 SAMPLED = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
 """The `sampled` setting: traces of one request in ten, by the standard variables."""
 RECEIVER = """
@@ -127,6 +129,7 @@ async def batch(graph: Path, db: Path | None, items: list[dict[str, Any]], setti
         await anyio.to_thread.run_sync(pipe.flush)
         if tel is not None:
             await anyio.to_thread.run_sync(tel.close)
+            count_dropped(setting, tel)
         return time.process_time() - start
 
 
@@ -175,10 +178,18 @@ def replay(records: list[Any], setting: str, endpoint: str) -> float:
     for record in records:
         watch(record)
     tel.close()  # drains the feed, builds everything, exports and flushes
-    return time.process_time() - start
+    took = time.process_time() - start
+    count_dropped(setting, tel)
+    return took
+
+
+def count_dropped(setting: str, tel: Telemetry) -> None:
+    dropped = tel.spans.batches.dropped if tel.spans is not None else 0
+    DROPPED[setting] = DROPPED.get(setting, 0) + dropped
 
 
 async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     folder = Path(tempfile.mkdtemp(prefix="moat-bench-telemetry-"))
     graph = fast_copy("governed-answer", folder, time_scale=0)
     items = requests(args.requests)
@@ -211,6 +222,8 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "ratios": ratios,
         "telemetry_alone_cpu_us_per_request": {s: statistics.median(v) for s, v in alone.items()},
         "telemetry_alone_over_off": {s: statistics.median(v) / off_us for s, v in alone.items()},
+        "spans_dropped": DROPPED,
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start, at the end
     }
 
 

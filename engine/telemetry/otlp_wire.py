@@ -12,6 +12,9 @@ for field (grouping by resource then scope, the span flags, an always-present st
 so a collector decodes the same message: `tests/engine/telemetry/test_otlp_wire.py`
 checks that over generated attribute values. A value the protobuf cannot hold (an int
 beyond 64 bits, an unknown type) drops its attribute, as the reference encoder does.
+
+Its pieces (`field`, `text`, `key_value`, `Pairs`, `double_prefix`, `envelope`) are also
+what `wire_spans` writes a request's spans with, straight from its records.
 """
 
 from __future__ import annotations

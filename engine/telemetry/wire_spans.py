@@ -216,31 +216,34 @@ class RequestSpans:
         free span id's offset."""
         by_node: dict[Any, list[bytes]] = {}
         reused = 0
+        signatures, pack, lengths = _SIGNATURES, _EVENT_TIME, LENGTHS
         for event in events:
             kind = event.event_type
             if kind in _NOT_DECISIONS:
                 reused += 1
                 continue
-            key: Any = (event.stage, event.cycle)
-            if key not in nodes:
-                key = None
             codes = event.reason_codes
             signature = (kind, event.decision, event.status, tuple(codes) if codes else ())
-            fixed = _SIGNATURES.get(signature) or _signature(signature)
-            body = _EVENT_TIME(0x09, int(event.started_at * _NS)) + fixed
+            body = pack(0x09, int(event.started_at * _NS)) + (
+                signatures.get(signature) or _signature(signature)
+            )
             if event.payload:
                 body += _numbers(event.payload)
             n = len(body)
-            encoded = _EVENT + (LENGTHS[n] if n < 0x4000 else varint(n)) + body
+            encoded = _EVENT + (lengths[n] if n < 0x4000 else varint(n)) + body
+            key: Any = (event.stage, event.cycle)
             found = by_node.get(key)
-            if found is None:
+            if found is not None:
+                found.append(encoded)
+            elif key in nodes:
                 by_node[key] = [encoded]
             else:
-                found.append(encoded)
-            lookup = _CACHE_LOOKUPS.get(kind)
-            if lookup is not None:
+                key = None
+                by_node.setdefault(None, []).append(encoded)
+            if kind in _CACHE_LOOKUPS:
                 parent = root if key is None else nodes[key]
-                out.append(_lookup(head, ids[at : at + 8], parent, event, lookup))
+                result = _CACHE_LOOKUPS[kind]
+                out.append(_lookup(head, ids[at : at + 8], parent, event, result))
                 at += 8
         return by_node, reused, at
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -43,7 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from engine.telemetry.feed import FinishedRequest
 from engine.telemetry.ids import trace_id_of
 from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches, bsp_setting
-from engine.telemetry.wire_spans import RequestSpans, span_ids
+from engine.telemetry.wire_spans import RequestSpans
 
 __all__ = ["SpanBuilder", "otlp_exporter"]
 
@@ -117,7 +117,6 @@ class SpanBuilder:
         model_names: each logical model's provider model (`gen_ai.request.model`), per
             graph: `{"governed-answer": {"small": "sim-small"}}`.
         server: the requests arrive over HTTP (`moat serve`): root spans are SERVER spans.
-        ids: where span ids come from (random; deterministic ones in tests).
     """
 
     def __init__(
@@ -126,7 +125,6 @@ class SpanBuilder:
         *,
         model_names: Mapping[str, Mapping[str, str]] | None = None,
         server: bool = False,
-        ids: Callable[[int], bytes] = span_ids,
     ) -> None:
         # the provider reads OTEL_TRACES_SAMPLER and OTEL_SDK_DISABLED; no atexit hook
         provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
@@ -134,7 +132,7 @@ class SpanBuilder:
         self.enabled = not getattr(provider, "_disabled", False)
         self.kind = SpanKind.SERVER if server else SpanKind.INTERNAL
         self.model_names: dict[str, Mapping[str, str]] = dict(model_names or {})
-        self.writer = RequestSpans(self.model_names, server=server, ids=ids)
+        self.writer = RequestSpans(self.model_names, server=server)
         self.exporter = exporter or otlp_exporter()
         self.batches = SpanBatches(
             _sink(self.exporter), provider.resource, InstrumentationScope("moat")

@@ -75,6 +75,7 @@ async def test_a_flagship_run_reaches_the_collector_as_one_trace_per_request(
         sink = await traced_run(tmp_path, receiver.endpoint)
         spans = receiver.wait_for(lambda s: len(s) > 0)
     ids = by_id(spans)
+    assert len(ids) == len(spans)  # span ids are unique
     roots = [s for s in spans if not s.parent_id]
     requests = sink.requests()
     assert sorted(r.attributes["moat.request.id"] for r in roots) == sorted(r.id for r in requests)

@@ -183,11 +183,10 @@ class RequestSpans:
         runs, calls, events = request.node_runs, request.llm_calls, request.events
         ids = self.ids(1 + len(runs) + len(calls) + len(events))
         root = ids[:8]
-        nodes: dict[tuple[str, int], bytes] = {}
-        at = 8
-        for run in runs:
-            nodes[(run.node, run.cycle)] = ids[at : at + 8]
-            at += 8
+        nodes: dict[tuple[str, int], bytes] = {}  # a node run's span, by node and cycle
+        for i, run in enumerate(runs, 1):  # the span ids after the root's: the runs'
+            nodes[(run.node, run.cycle)] = ids[8 * i : 8 * i + 8]
+        at = 8 * (len(runs) + 1)
         out: list[bytes] = []
         by_node, reused, at = self._events(head, events, nodes, root, ids, at, out)
         models = self.model_names.get(request.graph, {})
@@ -195,9 +194,11 @@ class RequestSpans:
             parent_id = nodes.get((call.node, call.cycle), root)
             out.append(self._call(head, ids[at : at + 8], parent_id, call, models))
             at += 8
-        for run in runs:
-            key = (run.node, run.cycle)
-            out.append(self._node(head, nodes[key], root, run, by_node.get(key)))
+        for i, run in enumerate(runs, 1):
+            span_id, key = ids[8 * i : 8 * i + 8], (run.node, run.cycle)
+            # a node run twice in a cycle: its children and events go to the later run
+            found = by_node.get(key) if nodes[key] == span_id else None
+            out.append(self._node(head, span_id, root, run, found))
         out.append(self._root(head, root, request, parent, reused, by_node.get(None)))
         return b"".join(out), len(out)
 

@@ -361,3 +361,29 @@ def test_the_request_span_carries_the_records_figures(monkeypatch: pytest.Monkey
     assert (own.start_time, own.end_time) == (10**9, int(1.2 * 10**9))
     assert own.parent is None and own.context.trace_id == trace_id_of("own")
     assert continued.parent is not None
+
+
+def test_a_node_run_twice_in_a_cycle_gets_a_span_per_run() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.events import NodeOutcome, NodeRun, NodeStatus, RequestRecord, RequestStatus
+    from engine.telemetry import FinishedRequest
+    from engine.telemetry.traces import SpanBuilder
+
+    exporter = InMemorySpanExporter()
+    builder = SpanBuilder(exporter)
+    record = RequestRecord("q", "r", 0, RequestStatus.OK, 100.0, 100.2, 200.0, 0.0, None)
+    runs = [
+        NodeRun("q", "answer", "model", 0, status, False, outcome, 100.0 + i / 10, 10.0, 1)
+        for i, (status, outcome) in enumerate(
+            [(NodeStatus.FAILED, NodeOutcome.DISCARDED), (NodeStatus.SUCCEEDED, NodeOutcome.USED)]
+        )
+    ]
+    builder.consume(FinishedRequest("g", record, node_runs=runs, llm_calls=[_call(None, None)]))
+    builder.close()
+    spans = exporter.get_finished_spans()
+    first, second = [s for s in spans if s.name == "model answer"]
+    assert first.context.span_id != second.context.span_id
+    assert first.status.status_code.name == "ERROR"
+    [call] = [s for s in spans if s.name.startswith("chat ")]
+    assert call.parent is not None and call.parent.span_id == second.context.span_id

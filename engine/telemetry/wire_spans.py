@@ -108,12 +108,43 @@ _EVENT_PAIRS = {
 _LOOKUP = {
     result: key_value(_ATTR, "moat.cache.result", result) for result in _CACHE_LOOKUPS.values()
 }
-_SIGNATURES: dict[tuple[str, str | None, str | None, tuple[str, ...]], bytes] = {}
-"""An event's name, reason codes, decision and status, encoded (a few dozen recur)."""
 _DOUBLE_KEYS: dict[str, bytes] = {}
 _NUMBER_PAIRS: dict[tuple[str, type, int], bytes] = {}
-_NODE_NAMES: dict[tuple[str, str], bytes] = {}
-_CHAT_NAMES: dict[str, bytes] = {}
+_UNSET_LOCAL = _NO_STATUS + _FLAGS_LOCAL
+
+
+class _Kept(dict[Any, bytes]):
+    """Bytes built once per key by `build` (at most `limit` keys kept)."""
+
+    __slots__ = ("build", "limit")
+
+    def __init__(self, build: Callable[[Any], bytes], limit: int = 4096) -> None:
+        super().__init__()
+        self.build = build
+        self.limit = limit
+
+    def __missing__(self, key: Any) -> bytes:
+        encoded = self.build(key)
+        if len(self) < self.limit:
+            self[key] = encoded
+        return encoded
+
+
+def _node_fixed(key: tuple[str, str]) -> bytes:
+    """A node's span name, kind and `moat.node.id`: the same for every run of it."""
+    node_type, node = key
+    return text(b"\x2a", f"{node_type} {node}") + _INTERNAL + _NODE[node]
+
+
+def _run_state(key: tuple[str, str, bool]) -> bytes:
+    """A node run's status, outcome and speculative flag, as attributes."""
+    status, outcome, speculative = key
+    return _NODE_STATUS[status] + _OUTCOME[outcome] + (_SPECULATIVE if speculative else b"")
+
+
+_NODES = _Kept(_node_fixed)
+_RUN_STATES = _Kept(_run_state)
+_CHAT_NAMES = _Kept(lambda model: text(b"\x2a", f"chat {model}"))
 
 
 def span_ids(n: int) -> bytes:
@@ -131,14 +162,6 @@ def _ns(seconds: float) -> int:
 def _error(message: str) -> bytes:
     """Status ERROR (code 2) with `message`."""
     return field(b"\x7a", text(b"\x12", message) + b"\x18\x02")
-
-
-def _named(cache: dict[Any, bytes], key: Any, name: str, tag: bytes) -> bytes:
-    """A span's or event's name field, kept per name (bounded: names come from graphs)."""
-    encoded = text(tag, name)
-    if len(cache) < 4096:
-        cache[key] = encoded
-    return encoded
 
 
 class RequestSpans:
@@ -225,9 +248,7 @@ class RequestSpans:
                 continue
             codes = event.reason_codes
             signature = (kind, event.decision, event.status, tuple(codes) if codes else ())
-            body = pack(0x09, int(event.started_at * _NS)) + (
-                signatures.get(signature) or _signature(signature)
-            )
+            body = pack(0x09, int(event.started_at * _NS)) + signatures[signature]
             if event.payload:
                 body += _numbers(event.payload)
             n = len(body)
@@ -292,24 +313,16 @@ class RequestSpans:
         self, head: bytes, span_id: bytes, root: bytes, run: NodeRun, events: list[bytes] | None
     ) -> bytes:
         start = _ns(run.started_at)
-        name = _NODE_NAMES.get((run.node_type, run.node)) or _named(
-            _NODE_NAMES, (run.node_type, run.node), f"{run.node_type} {run.node}", b"\x2a"
-        )
         parts = [
             head,
             b"\x12\x08",
             span_id,
             b"\x22\x08",
             root,
-            name,
-            _INTERNAL,
+            _NODES[(run.node_type, run.node)],
             _TIMES(0x39, start, 0x41, start + int(run.duration_ms * 1_000_000)),
-            _NODE[run.node],
-            _NODE_STATUS[run.status],
-            _OUTCOME[run.outcome],
+            _RUN_STATES[(run.status, run.outcome, run.speculative)],
         ]  # the type is in the name; defaults are left out (each attribute costs its export)
-        if run.speculative:
-            parts.append(_SPECULATIVE)
         if run.cycle:
             parts.append(_CYCLE[run.cycle])
         if run.attempts > 1:
@@ -317,10 +330,9 @@ class RequestSpans:
         if events:
             parts += events
         if run.status in _FAILED_NODE:
-            parts.append(_error(run.error or str(run.status)))
+            parts += (_error(run.error or str(run.status)), _FLAGS_LOCAL)
         else:
-            parts.append(_NO_STATUS)
-        parts.append(_FLAGS_LOCAL)
+            parts.append(_UNSET_LOCAL)
         return field(_SPAN, b"".join(parts))
 
     def _call(
@@ -328,7 +340,7 @@ class RequestSpans:
     ) -> bytes:
         model = models.get(call.model, call.model)
         start = _ns(call.started_at)
-        name = _CHAT_NAMES.get(model) or _named(_CHAT_NAMES, model, f"chat {model}", b"\x2a")
+        name = _CHAT_NAMES[model]
         parts = [
             head,
             b"\x12\x08",
@@ -409,9 +421,11 @@ def _signature(signature: tuple[str, str | None, str | None, tuple[str, ...]]) -
         encoded += decisions[decision]
     if status is not None:
         encoded += statuses[status]
-    if len(_SIGNATURES) < 4096:
-        _SIGNATURES[signature] = encoded
     return encoded
+
+
+_SIGNATURES = _Kept(_signature)
+"""An event's name, reason codes, decision and status, encoded (a few dozen recur)."""
 
 
 def _numbers(payload: Mapping[str, Any]) -> bytes:

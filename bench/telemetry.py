@@ -6,7 +6,8 @@ rounds, under four settings:
 - `off`: no telemetry (what every run without `--otel`/`--metrics-port` does);
 - `metrics`: Prometheus figures counted (`--metrics-port`), nobody scraping;
 - `traces`: spans built and exported over OTLP/HTTP (`--otel`) to a receiver in another
-  process on loopback, which reads and drops them;
+  process on loopback, which keeps the connection alive as a collector does, reads them
+  and drops them (the JSON counts spans moat dropped itself: a figure holds only at 0);
 - `both`;
 - `sampled`: traces of one request in ten (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.1`), the standard way to bound tracing's cost.

@@ -6,7 +6,8 @@ rounds, under four settings:
 - `off`: no telemetry (what every run without `--otel`/`--metrics-port` does);
 - `metrics`: Prometheus figures counted (`--metrics-port`), nobody scraping;
 - `traces`: spans built and exported over OTLP/HTTP (`--otel`) to a receiver in another
-  process on loopback, which reads and drops them;
+  process on loopback, which keeps the connection alive as a collector does, reads them
+  and drops them (the JSON counts spans moat dropped itself: a figure holds only at 0);
 - `both`;
 - `sampled`: traces of one request in ten (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.1`), the standard way to bound tracing's cost.
@@ -52,6 +53,8 @@ from engine.telemetry import Telemetry  # noqa: E402
 from tests.support.fast_graphs import fast_copy  # noqa: E402
 
 SETTINGS = ("off", "metrics", "traces", "both", "sampled")
+DROPPED: dict[str, int] = {}
+"""Spans each setting dropped (a full queue): a figure only holds if this stays zero."""
 SAMPLED = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
 """The `sampled` setting: traces of one request in ten, by the standard variables."""
 RECEIVER = """
@@ -59,6 +62,8 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Drop(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", "0")))
         self.send_response(200)
@@ -125,6 +130,7 @@ async def batch(graph: Path, db: Path | None, items: list[dict[str, Any]], setti
         await anyio.to_thread.run_sync(pipe.flush)
         if tel is not None:
             await anyio.to_thread.run_sync(tel.close)
+            count_dropped(setting, tel)
         return time.process_time() - start
 
 
@@ -173,10 +179,18 @@ def replay(records: list[Any], setting: str, endpoint: str) -> float:
     for record in records:
         watch(record)
     tel.close()  # drains the feed, builds everything, exports and flushes
-    return time.process_time() - start
+    took = time.process_time() - start
+    count_dropped(setting, tel)
+    return took
+
+
+def count_dropped(setting: str, tel: Telemetry) -> None:
+    dropped = tel.spans.batches.dropped if tel.spans is not None else 0
+    DROPPED[setting] = DROPPED.get(setting, 0) + dropped
 
 
 async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     folder = Path(tempfile.mkdtemp(prefix="moat-bench-telemetry-"))
     graph = fast_copy("governed-answer", folder, time_scale=0)
     items = requests(args.requests)
@@ -209,6 +223,8 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "ratios": ratios,
         "telemetry_alone_cpu_us_per_request": {s: statistics.median(v) for s, v in alone.items()},
         "telemetry_alone_over_off": {s: statistics.median(v) / off_us for s, v in alone.items()},
+        "spans_dropped": DROPPED,
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start, at the end
     }
 
 

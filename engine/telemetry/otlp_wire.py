@@ -12,6 +12,9 @@ for field (grouping by resource then scope, the span flags, an always-present st
 so a collector decodes the same message: `tests/engine/telemetry/test_otlp_wire.py`
 checks that over generated attribute values. A value the protobuf cannot hold (an int
 beyond 64 bits, an unknown type) drops its attribute, as the reference encoder does.
+
+Its pieces (`field`, `text`, `key_value`, `Pairs`, `double_prefix`, `envelope`) are also
+what `wire_spans` writes a request's spans with, straight from its records.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-__all__ = ["encode_spans"]
+__all__ = [
+    "LENGTHS",
+    "Pairs",
+    "double_prefix",
+    "encode_spans",
+    "envelope",
+    "field",
+    "key_value",
+    "text",
+    "varint",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +54,8 @@ _KINDS = {0: b"\x30\x01", 1: b"\x30\x02", 2: b"\x30\x03", 3: b"\x30\x04", 4: b"\
 """SpanKind (INTERNAL=0 ... CONSUMER=4 in the API) as the proto's enum (one higher)."""
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """An unsigned varint (a length, a tag, a non-negative number)."""
     if n < 0x80:
         return _VARINTS[n]
     out = bytearray()
@@ -52,21 +66,27 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
+LENGTHS = [varint(n) for n in range(1 << 14)]
+"""The varint of every length below 16 KiB (one or two bytes): a span or event is that
+long, and a list lookup costs a tenth of `_varint`."""
+
+
+def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     n = len(payload)
-    return tag + (_VARINTS[n] if n < 0x80 else _varint(n)) + payload
+    return tag + (LENGTHS[n] if n < 0x4000 else varint(n)) + payload
 
 
-def _text(tag: bytes, value: str) -> bytes:
-    return _field(tag, value.encode("utf-8"))
+def text(tag: bytes, value: str) -> bytes:
+    """A string field: tag, length, UTF-8."""
+    return field(tag, value.encode("utf-8"))
 
 
 def _value(value: Any) -> bytes:
     """An `AnyValue`'s body; the oneof's field is written even when it holds a default."""
     kind = type(value)  # the exact types first: an isinstance of an ABC is slow
     if kind is str:
-        return _text(b"\x0a", value)
+        return text(b"\x0a", value)
     if kind is int:
         return _int(value)
     if kind is float:
@@ -77,7 +97,7 @@ def _value(value: Any) -> bytes:
 
 
 def _array(values: Sequence[Any]) -> bytes:
-    return _field(b"\x2a", b"".join([_field(b"\x0a", _value(v)) for v in values]))
+    return field(b"\x2a", b"".join([field(b"\x0a", _value(v)) for v in values]))
 
 
 def _other(value: Any) -> bytes:
@@ -87,27 +107,25 @@ def _other(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
-        return _text(b"\x0a", value)
+        return text(b"\x0a", value)
     if isinstance(value, int):
         return _int(value)
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
     if isinstance(value, bytes):
-        return _field(b"\x3a", value)
+        return field(b"\x3a", value)
     if isinstance(value, Sequence):
         return _array(value)
     if isinstance(value, Mapping):
-        pairs = [
-            _field(b"\x0a", _key(str(k)) + _field(b"\x12", _value(v))) for k, v in value.items()
-        ]
-        return _field(b"\x32", b"".join(pairs))
+        pairs = [field(b"\x0a", _key(str(k)) + field(b"\x12", _value(v))) for k, v in value.items()]
+        return field(b"\x32", b"".join(pairs))
     raise TypeError(f"invalid type {type(value).__name__} of value {value!r}")
 
 
 def _int(value: int) -> bytes:
     if not -(1 << 63) <= value < (1 << 63):
         raise ValueError(f"{value} does not fit an int64")
-    return b"\x18" + _varint(value & _U64)
+    return b"\x18" + varint(value & _U64)
 
 
 _KEYS: dict[str, bytes] = {}
@@ -117,7 +135,7 @@ def _key(key: str) -> bytes:
     """`KeyValue.key`, encoded once per name (attribute names recur in every request)."""
     encoded = _KEYS.get(key)
     if encoded is None:
-        encoded = _text(b"\x0a", key)
+        encoded = text(b"\x0a", key)
         if len(_KEYS) < 4096:  # a bound: keys from payloads are open-ended
             _KEYS[key] = encoded
     return encoded
@@ -144,12 +162,12 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
                 out.append(encoded)
                 continue
         try:
-            body = _key(key) + _field(b"\x12", _value(value))
+            body = _key(key) + field(b"\x12", _value(value))
         except (TypeError, ValueError, UnicodeError) as error:
             _log.warning("span attribute %s not exported: %s", key, error)
             continue
         n = len(body)
-        encoded = tag + (_VARINTS[n] if n < 0x80 else _varint(n)) + body
+        encoded = tag + (_VARINTS[n] if n < 0x80 else varint(n)) + body
         if cached:
             if len(_PAIRS) >= 8192:  # unique values (ids, hashes) would grow it forever
                 _PAIRS.clear()
@@ -158,17 +176,56 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
+def key_value(tag: bytes, key: str, value: Any) -> bytes:
+    """One attribute (a `KeyValue` under `tag`); empty when its value cannot be encoded."""
+    try:
+        body = _key(key) + field(b"\x12", _value(value))
+    except (TypeError, ValueError, UnicodeError) as error:
+        _log.warning("span attribute %s not exported: %s", key, error)
+        return b""
+    return field(tag, body)
+
+
+class Pairs(dict[Any, bytes]):
+    """Attribute `key` under `tag`, encoded once per value: `pairs[value]` is a dict lookup
+    once the value has been seen (statuses, outcomes, models, node names recur in every
+    request). Values of one type per instance, since `True == 1 == 1.0` as keys; at most
+    `limit` values are kept (ids and token counts are open-ended), the rest are encoded
+    each time."""
+
+    __slots__ = ("key", "limit", "tag")
+
+    def __init__(self, tag: bytes, key: str, limit: int = 1024) -> None:
+        super().__init__()
+        self.tag = tag
+        self.key = key
+        self.limit = limit
+
+    def __missing__(self, value: Any) -> bytes:
+        encoded = key_value(self.tag, self.key, value)
+        if len(self) < self.limit:
+            self[value] = encoded
+        return encoded
+
+
+def double_prefix(tag: bytes, key: str) -> bytes:
+    """What precedes the 8 bytes of a double attribute `key` under `tag`: the value is then
+    `double_prefix(tag, key) + struct.pack("<d", value)`, one concatenation."""
+    body = _key(key) + b"\x12\x09\x21"
+    return tag + varint(len(body) + 8) + body
+
+
 def _status(span: ReadableSpan) -> bytes:
     status = span.status
     if status is None:
         return b""
     body = b""
     if status.description:
-        body += _text(b"\x12", status.description)
+        body += text(b"\x12", status.description)
     code = status.status_code.value
     if code:
-        body += b"\x18" + _varint(code)
-    return _field(b"\x7a", body)
+        body += b"\x18" + varint(code)
+    return field(b"\x7a", body)
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -180,11 +237,11 @@ def _span(span: ReadableSpan) -> bytes:
     ]
     state = context.trace_state
     if state:
-        parts.append(_text(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items())))
+        parts.append(text(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items())))
     parent = span.parent
     if parent:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_text(b"\x2a", span.name))
+    parts.append(text(b"\x2a", span.name))
     parts.append(_KINDS[span.kind.value])
     if span.start_time:
         parts.append(b"\x39" + _FIXED64(span.start_time))
@@ -192,26 +249,26 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(b"\x41" + _FIXED64(span.end_time))
     parts.append(_attributes(b"\x4a", span.attributes))
     if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
+        parts.append(b"\x50" + varint(span.dropped_attributes))
     for event in span.events:
         body = b"\x09" + _FIXED64(event.timestamp) if event.timestamp else b""
-        body += _text(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
+        body += text(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_field(b"\x5a", body))
+            body += b"\x20" + varint(event.dropped_attributes)
+        parts.append(field(b"\x5a", body))
     if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
+        parts.append(b"\x60" + varint(span.dropped_events))
     for link in span.links:
         linked = link.context
         body = b"\x0a\x10" + linked.trace_id.to_bytes(16, "big")
         body += b"\x12\x08" + linked.span_id.to_bytes(8, "big")
         body += _attributes(b"\x22", link.attributes)
         if link.dropped_attributes:
-            body += b"\x28" + _varint(link.dropped_attributes)
+            body += b"\x28" + varint(link.dropped_attributes)
         body += b"\x35" + _FIXED32(0x300 if linked.is_remote else 0x100)
-        parts.append(_field(b"\x6a", body))
+        parts.append(field(b"\x6a", body))
     if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
+        parts.append(b"\x70" + varint(span.dropped_links))
     parts.append(_status(span))
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
@@ -227,7 +284,7 @@ class _Headers:
     def resource(self, resource: Resource) -> bytes:
         encoded = self.resources.get(resource)
         if encoded is None:
-            encoded = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
+            encoded = field(b"\x0a", _attributes(b"\x0a", resource.attributes))
             if len(self.resources) < 64:
                 self.resources[resource] = encoded
         return encoded
@@ -238,11 +295,11 @@ class _Headers:
             body = b""
             if scope is not None:
                 if scope.name:
-                    body += _text(b"\x0a", scope.name)
+                    body += text(b"\x0a", scope.name)
                 if scope.version:
-                    body += _text(b"\x12", scope.version)
+                    body += text(b"\x12", scope.version)
                 body += _attributes(b"\x1a", scope.attributes)
-            encoded = _field(b"\x0a", body)  # its schema url is ScopeSpans', added there
+            encoded = field(b"\x0a", body)  # its schema url is ScopeSpans', added there
             if len(self.scopes) < 64:
                 self.scopes[scope] = encoded
         return encoded
@@ -264,7 +321,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             scopes = grouped[id(resource)] = {}
             resources[id(resource)] = resource
         scopes.setdefault(span.instrumentation_scope or None, []).append(
-            _field(b"\x12", _span(span))
+            field(b"\x12", _span(span))
         )
     if len(resources) > 1:
         grouped = _merge(grouped, resources)
@@ -275,12 +332,24 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         for scope, encoded in scopes.items():
             scope_spans = _HEADERS.scope(scope) + b"".join(encoded)
             if scope is not None and scope.schema_url:
-                scope_spans += _text(b"\x1a", scope.schema_url)
-            body.append(_field(b"\x12", scope_spans))
+                scope_spans += text(b"\x1a", scope.schema_url)
+            body.append(field(b"\x12", scope_spans))
         if resource.schema_url:
-            body.append(_text(b"\x1a", resource.schema_url))
-        out.append(_field(b"\x0a", b"".join(body)))
+            body.append(text(b"\x1a", resource.schema_url))
+        out.append(field(b"\x0a", b"".join(body)))
     return b"".join(out)
+
+
+def envelope(resource: Resource, scope: InstrumentationScope, spans: bytes) -> bytes:
+    """The serialised `ExportTraceServiceRequest` of encoded `Span` fields (`ScopeSpans.spans`,
+    tag 2 each) that share `resource` and `scope`: the batch a span builder posts."""
+    scope_spans = _HEADERS.scope(scope) + spans
+    if scope.schema_url:
+        scope_spans += text(b"\x1a", scope.schema_url)
+    body = _HEADERS.resource(resource) + field(b"\x12", scope_spans)
+    if resource.schema_url:
+        body += text(b"\x1a", resource.schema_url)
+    return field(b"\x0a", body)
 
 
 def _merge(

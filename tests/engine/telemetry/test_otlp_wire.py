@@ -115,3 +115,12 @@ def test_the_exporter_posts_gzipped_bytes_when_the_environment_asks(
         exporter.shutdown()
     assert (got.name, got.attributes) == ("chat sim-small", {"gen_ai.system": "sim"})
     assert receiver.gzipped >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(spans(), min_size=1, max_size=4))
+def test_decoding_gives_back_the_spans_that_were_encoded(batch: list[ReadableSpan]) -> None:
+    from engine.telemetry.otlp_decode import readable_spans
+
+    # what a span exporter other than OTLP gets: the spans a collector would decode
+    assert reference(readable_spans(encode_spans(batch))) == reference(batch)

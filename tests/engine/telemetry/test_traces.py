@@ -75,6 +75,7 @@ async def test_a_flagship_run_reaches_the_collector_as_one_trace_per_request(
         sink = await traced_run(tmp_path, receiver.endpoint)
         spans = receiver.wait_for(lambda s: len(s) > 0)
     ids = by_id(spans)
+    assert len(ids) == len(spans)  # span ids are unique
     roots = [s for s in spans if not s.parent_id]
     requests = sink.requests()
     assert sorted(r.attributes["moat.request.id"] for r in roots) == sorted(r.id for r in requests)
@@ -295,3 +296,94 @@ def test_otel_swallowing_the_graph_is_refused_with_the_fix(
     code = main(["run", "--otel", str(graph), "--prompt", "hi", "--db", str(tmp_path / "x.db")])
     assert code == 2
     assert f"--otel {graph}: not a collector URL" in capsys.readouterr().err
+
+
+CALLER = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "vendor=1",
+}
+
+
+def _traced(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[Any]:
+    """The spans of a request of its own and of one continuing CALLER, under `env`."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.events import RequestRecord, RequestStatus
+    from engine.telemetry import FinishedRequest
+    from engine.telemetry.traces import SpanBuilder
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    exporter = InMemorySpanExporter()
+    builder = SpanBuilder(exporter, server=True)
+    for request_id, parent in (("own", None), ("continued", CALLER)):
+        record = RequestRecord(request_id, "r", 0, RequestStatus.OK, 1.0, 1.2, 200.0, 0.0, None)
+        builder.consume(FinishedRequest("g", record, parent=parent))
+    builder.close()
+    return list(exporter.get_finished_spans())
+
+
+def test_the_standard_sampler_drops_traces_but_follows_a_sampled_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.trace import SpanKind
+
+    spans = _traced(
+        monkeypatch,
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
+    [span] = spans  # its own trace: sampled out at ratio 0; the caller's: sampled
+    assert span.attributes["moat.request.id"] == "continued"
+    assert format(span.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span.parent.span_id == 0x00F067AA0BA902B7 and span.parent.is_remote
+    assert span.context.trace_state.to_header() == "vendor=1"
+    assert span.kind == SpanKind.SERVER
+
+
+def test_otel_sdk_disabled_builds_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _traced(monkeypatch, OTEL_SDK_DISABLED="true") == []
+    assert len(_traced(monkeypatch, OTEL_SDK_DISABLED="false")) == 2
+
+
+def test_the_request_span_carries_the_records_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    own, continued = _traced(monkeypatch)
+    assert own.attributes == {
+        "moat.graph": "g",
+        "moat.request.id": "own",
+        "moat.run.id": "r",
+        "moat.request.seq": 0,
+        "moat.request.status": "ok",
+        "moat.request.latency_ms": 200.0,
+        "moat.request.cost_usd": 0.0,
+        "moat.request.results_reused": 0,
+    }
+    assert (own.start_time, own.end_time) == (10**9, int(1.2 * 10**9))
+    assert own.parent is None and own.context.trace_id == trace_id_of("own")
+    assert continued.parent is not None
+
+
+def test_a_node_run_twice_in_a_cycle_gets_a_span_per_run() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.events import NodeOutcome, NodeRun, NodeStatus, RequestRecord, RequestStatus
+    from engine.telemetry import FinishedRequest
+    from engine.telemetry.traces import SpanBuilder
+
+    exporter = InMemorySpanExporter()
+    builder = SpanBuilder(exporter)
+    record = RequestRecord("q", "r", 0, RequestStatus.OK, 100.0, 100.2, 200.0, 0.0, None)
+    runs = [
+        NodeRun("q", "answer", "model", 0, status, False, outcome, 100.0 + i / 10, 10.0, 1)
+        for i, (status, outcome) in enumerate(
+            [(NodeStatus.FAILED, NodeOutcome.DISCARDED), (NodeStatus.SUCCEEDED, NodeOutcome.USED)]
+        )
+    ]
+    builder.consume(FinishedRequest("g", record, node_runs=runs, llm_calls=[_call(None, None)]))
+    builder.close()
+    spans = exporter.get_finished_spans()
+    first, second = [s for s in spans if s.name == "model answer"]
+    assert first.context.span_id != second.context.span_id
+    assert first.status.status_code.name == "ERROR"
+    [call] = [s for s in spans if s.name.startswith("chat ")]
+    assert call.parent is not None and call.parent.span_id == second.context.span_id

@@ -1,0 +1,187 @@
+"""Encoded spans queued per request and posted in batches by a thread of their own.
+
+It does for bytes what the SDK's `BatchSpanProcessor` does for span objects, under the
+same standard variables: a batch leaves when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (512)
+are waiting or `OTEL_BSP_SCHEDULE_DELAY` ms (5,000) have passed; past
+`OTEL_BSP_MAX_QUEUE_SIZE` waiting spans (2,048) a request's spans are dropped (counted and
+logged) rather than holding memory while a collector is down. A batch is one
+`ExportTraceServiceRequest`: the resource's and scope's bytes, once, around the spans.
+
+Where a batch goes is a `BatchSink`: moat's OTLP/HTTP exporter takes the bytes as they
+are (`WireSpanExporter.export_encoded`); any other `SpanExporter` (a console exporter, an
+in-memory one in tests) gets them decoded back into `ReadableSpan`s (`SdkSink`), so every
+exporter sees the same spans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from engine.telemetry.otlp_wire import envelope
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+__all__ = ["BatchSink", "SdkSink", "SpanBatches", "bsp_setting"]
+
+_log = logging.getLogger(__name__)
+
+_DEFAULTS = {
+    "OTEL_BSP_SCHEDULE_DELAY": 5_000,
+    "OTEL_BSP_MAX_QUEUE_SIZE": 2_048,
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": 512,
+    "OTEL_BSP_EXPORT_TIMEOUT": 30_000,
+}
+
+
+def bsp_setting(name: str, environ: Mapping[str, str] = os.environ) -> int:
+    """A positive `OTEL_BSP_*` setting, else its default (as the SDK reads them)."""
+    raw = environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else _DEFAULTS[name]
+
+
+class BatchSink(Protocol):
+    """Where a batch goes: a serialised `ExportTraceServiceRequest`."""
+
+    def export_encoded(self, data: bytes) -> bool:
+        """Send `data`; whether it was accepted."""
+
+    def shutdown(self) -> None:
+        """Stop: no more sends, no more retries."""
+
+
+class SdkSink:
+    """A `BatchSink` for any `SpanExporter`: decodes the batch into `ReadableSpan`s."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export_encoded(self, data: bytes) -> bool:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from engine.telemetry.otlp_decode import readable_spans
+
+        return self.exporter.export(readable_spans(data)) == SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+class SpanBatches:
+    """Queues encoded spans and posts them in batches from a daemon thread.
+
+    Args:
+        sink: where batches go.
+        resource: the `Resource` every span shares (`OTEL_SERVICE_NAME`, ...).
+        scope: the instrumentation scope every span shares.
+        environ: where the `OTEL_BSP_*` settings are read.
+    """
+
+    def __init__(
+        self,
+        sink: BatchSink,
+        resource: Resource,
+        scope: InstrumentationScope,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.sink = sink
+        self.resource = resource
+        self.scope = scope
+        self.delay_s = bsp_setting("OTEL_BSP_SCHEDULE_DELAY", environ) / 1000
+        self.max_queue = bsp_setting("OTEL_BSP_MAX_QUEUE_SIZE", environ)
+        self.max_batch = bsp_setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", environ)
+        self.dropped = 0
+        """Spans dropped because the queue was full."""
+        self.failed = 0
+        """Batches the sink did not accept (or raised on)."""
+        self._chunks: list[tuple[bytes, int]] = []
+        self._queued = 0
+        self._busy = False
+        self._flushing = False
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="moat-spans", daemon=True)
+        self._thread.start()
+
+    def add(self, spans: bytes, count: int) -> None:
+        """Queue one request's `count` encoded spans (dropped if the queue is full)."""
+        with self._cond:
+            if self._queued + count > self.max_queue:
+                if not self.dropped:
+                    _log.warning("span queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped")
+                self.dropped += count
+                return
+            self._chunks.append((spans, count))
+            self._queued += count
+            if self._queued >= self.max_batch:
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._queued < self.max_batch and not (self._flushing or self._stopping):
+                    self._cond.wait(self.delay_s)
+                if not self._chunks:
+                    self._flushing = False
+                    self._cond.notify_all()
+                    if self._stopping:
+                        return
+                    continue
+                batch = self._take()
+                self._busy = True
+            try:
+                self._send(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _take(self) -> bytes:
+        """Whole requests' spans, up to `max_batch` spans (at least one request)."""
+        taken, count = 0, 0
+        for _, n in self._chunks:
+            if taken and count + n > self.max_batch:
+                break
+            taken += 1
+            count += n
+        parts = [spans for spans, _ in self._chunks[:taken]]
+        del self._chunks[:taken]
+        self._queued -= count
+        return b"".join(parts)
+
+    def _send(self, spans: bytes) -> None:
+        try:
+            ok = self.sink.export_encoded(envelope(self.resource, self.scope, spans))
+        except Exception:  # an exporter's bug must not end the thread
+            _log.exception("span export failed")
+            ok = False
+        if not ok:
+            self.failed += 1
+
+    def flush(self, timeout_s: float) -> bool:
+        """Send everything queued now; whether it left within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+            while self._chunks or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._flushing = True
+                self._cond.wait(left)
+        return True
+
+    def shutdown(self) -> None:
+        """Send what is queued (the sink decides how long it tries), then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()

@@ -55,9 +55,16 @@ def test_a_batch_writes_one_line_per_request_and_records_the_run(tmp_path: Path)
     assert all(set(r) == KEYS for r in results)
     assert {r["status"] for r in results} == {"ok"}
     bomb = next(r for r in results if str(r["request_id"]).endswith("-000002"))
-    assert bomb["output"]["decision"] == "refuse"  # type: ignore[index]
     assert "simulated models" in proc.stderr
     with sqlite3.connect(tmp_path / "t.db") as db:
+        # the run id is fresh, so the simulated review's draw is too: it refuses this request
+        # nearly always (tests/engine/graph pins a run id and asserts the refusal); what a
+        # batch guarantees whatever the draw is that the stronger review decided it
+        reviewed = db.execute(
+            "select status from node_runs where request_id = ? and node = 'review'",
+            (bomb["request_id"],),
+        ).fetchall()
+        assert reviewed == [("succeeded",)]
         assert db.execute("select count(*) from requests").fetchone() == (10,)
         assert db.execute("select status, requests_done from runs").fetchone() == ("finished", 10)
         events = {row[0] for row in db.execute("select event_type from orchestration_events")}

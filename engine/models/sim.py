@@ -176,8 +176,8 @@ def sim_profile(spec: ModelSpec) -> SimProfile:
     return SIM_PROFILES[spec.profile or "medium"]
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+def _seed_of(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -235,7 +235,14 @@ class SimProvider:
             hashlib.sha256(prompt.encode()).hexdigest(),
         )
         # Separate streams so that, e.g., enabling faults does not reshuffle the answers.
-        return tuple(random.Random(_seed(*base, salt)) for salt in ("fault", "latency", "content"))  # type: ignore[return-value]
+        # Each seed is `_seed_of(repr((*base, salt)))`; the text of `base` is written once for all
+        # three (the repr of a tuple is its items' reprs, comma-separated, in parentheses).
+        head = repr(base)[:-1] + ", "
+        return (
+            random.Random(_seed_of(head + "'fault')")),
+            random.Random(_seed_of(head + "'latency')")),
+            random.Random(_seed_of(head + "'content')")),
+        )
 
     def latency_ms(
         self, call: ProviderRequest, input_tokens: int, output_tokens: int, rng: random.Random

@@ -192,9 +192,16 @@ def latents(labels: Mapping[str, Any], request_text: str, seed: int) -> Latents:
     Everything is a pure function of its arguments, so the in-process provider and
     `moat sim-server` (which receives the same labels, text and seed) agree.
     """
-    kept = {k: v for k, v in labels.items() if k not in _LABEL_NOISE} if labels else None
+    if not labels:  # the text alone decides: what the request's every call asks
+        return _text_latents(request_text, seed)
+    kept = {k: v for k, v in labels.items() if k not in _LABEL_NOISE}
     identity = json.dumps(kept, sort_keys=True, default=str) if kept else request_text
     return _latents(identity, _topic(labels, request_text), _difficulty(labels), seed)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _text_latents(request_text: str, seed: int) -> Latents:
+    return _latents(request_text, _topic({}, request_text), DEFAULT_DIFFICULTY, seed)
 
 
 @functools.lru_cache(maxsize=1024, typed=True)

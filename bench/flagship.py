@@ -13,7 +13,8 @@ simulated:
 - `latency`: the models at their simulated speed; a request's overhead is its latency minus
   the time at least one of its used model calls was in flight (the union of their
   intervals), so it is the time on the request's critical path when no model was working;
-  p50 of that overhead over the model time;
+  p50 of that overhead over the model time, and where it falls (before the first call,
+  between one call's end and the next one's start, after the last call);
 - `memory`: max RSS of a fresh process answering N requests with the store on, beside the
   bytes the semantic cache holds at the end (legitimately growing up to its ceilings), so
   the rest can be checked to be flat.
@@ -210,6 +211,21 @@ def _union_ms(calls: list[LlmCall]) -> float:
     return total * 1000
 
 
+def _idle_ms(record: RequestRecord, calls: list[LlmCall]) -> tuple[float, float, float]:
+    """Where a request's time with no model working goes, in ms: before its first call,
+    between calls (one call's end to the next one's start, where none overlaps), and after
+    its last call."""
+    spans = sorted((c.started_at, c.started_at + c.latency_ms / 1000) for c in calls)
+    between = 0.0
+    end = spans[0][1]
+    for lo, hi in spans[1:]:
+        if lo > end:
+            between += lo - end
+        end = max(end, hi)
+    lead = spans[0][0] - record.started_at
+    return lead * 1000, between * 1000, record.latency_ms - (end - record.started_at) * 1000
+
+
 async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
     sink = MemorySink()
     async with Pipeline(graph, db=None, sink=sink) as pipe:
@@ -224,12 +240,14 @@ async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
             done.append(item)
     overhead_ms: list[float] = []
     overhead_pct: list[float] = []
+    idle: list[tuple[float, float, float]] = []
     for record in done:
         model_ms = _union_ms(calls.get(record.id, []))
         if model_ms <= 0:
             continue  # answered from the cache: no model on its path
         overhead_ms.append(record.latency_ms - model_ms)
         overhead_pct.append((record.latency_ms - model_ms) / model_ms * 100)
+        idle.append(_idle_ms(record, calls[record.id]))
     return {
         "benchmark": "flagship.latency (simulated models at their simulated speed)",
         "requests": n,
@@ -239,6 +257,11 @@ async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
         "p50_overhead_ms": statistics.median(overhead_ms),
         "p50_overhead_pct": statistics.median(overhead_pct),
         "p95_overhead_pct": statistics.quantiles(overhead_pct, n=20)[-1],
+        # where the overhead is: before the first call, between calls, after the last
+        "p50_before_first_call_ms": statistics.median(i[0] for i in idle),
+        "p50_between_calls_ms": statistics.median(i[1] for i in idle),
+        "max_between_calls_ms": max(i[1] for i in idle),
+        "p50_after_last_call_ms": statistics.median(i[2] for i in idle),
     }
 
 

@@ -11,6 +11,9 @@ import random
 import re
 from typing import Any
 
+import anyio
+import pytest
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -97,3 +100,24 @@ def test_the_request_is_found_again_in_later_calls() -> None:
     first = locate_request(messages, data)
     assert first == (0, 9, 25)
     assert locate_request(messages, data) == first
+
+
+_CLOCK = trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": _CLOCK})])
+@pytest.mark.anyio
+async def test_writing_the_answer_is_part_of_the_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ModelSpec(provider="sim", profile="large", time_scale=1.0)
+    plain = SimProvider._content
+
+    def slow_content(self: SimProvider, call: ProviderRequest, rng: random.Random) -> str:
+        _CLOCK.jump(0.2)  # 200 ms spent writing the answer
+        return plain(self, call, rng)
+
+    monkeypatch.setattr(SimProvider, "_content", slow_content)
+    start = anyio.current_time()
+    answer = await SimProvider(spec).complete(_call("Explain tides", task="answer"))
+    elapsed_ms = (anyio.current_time() - start) * 1000
+    assert answer.latency_ms > 200
+    assert elapsed_ms == pytest.approx(answer.latency_ms, abs=1e-3)  # not 200 ms more

@@ -15,6 +15,8 @@ simulated:
   intervals), so it is the time on the request's critical path when no model was working;
   p50 of that overhead over the model time, and where it falls (before the first call,
   between one call's end and the next one's start, after the last call);
+- `instructions`: instructions per request counted by valgrind (records in memory), which
+  a busy machine does not blur;
 - `memory`: max RSS of a fresh process answering N requests with the store on, beside the
   bytes the semantic cache holds at the end (legitimately growing up to its ceilings), so
   the rest can be checked to be flat.
@@ -23,6 +25,7 @@ simulated:
     python bench/flagship.py profile --requests 2000
     python bench/flagship.py latency --requests 300 --concurrency 8
     python bench/flagship.py memory --requests 10000 100000
+    python bench/flagship.py instructions --requests 200
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import argparse
 import cProfile
 import gc
 import json
+import os
 import pstats
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -333,9 +338,56 @@ def memory(counts: list[int]) -> dict[str, Any]:
     return result
 
 
+async def _instructions_child(n: int, graph: Path) -> None:
+    async with Pipeline(graph, db=None, sink=MemorySink(max_records=2_000)) as pipe:
+        await _answer(pipe, 100, 10**7)  # warm up (other prompts)
+        if n:
+            await _answer(pipe, n)
+
+
+def _count_instructions(n: int, graph: Path) -> int:
+    """Instructions valgrind counts for a whole process answering 100 + `n` requests."""
+    command = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "_instructions",
+        str(n),
+        str(graph),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(n: int) -> dict[str, Any]:
+    """Instructions per request (records in memory): the same on a busy machine as on an
+    idle one, where CPU time is not. Start-up, imports and 100 warm-up requests cancel out."""
+    if shutil.which("valgrind") is None:
+        sys.exit("bench/flagship.py instructions: valgrind is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = flagship_graph(Path(tmp), 0)
+        base = _count_instructions(0, graph)
+        total = _count_instructions(n, graph)
+    return {
+        "benchmark": "flagship.instructions (simulated models, time_scale 0, valgrind)",
+        "requests": n,
+        "instructions_per_request": round((total - base) / n),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["cpu", "profile", "latency", "memory", "_memory"])
+    parser.add_argument(
+        "what",
+        choices=["cpu", "profile", "latency", "memory", "instructions", "_memory", "_instructions"],
+    )
     parser.add_argument("--requests", type=int, nargs="+", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="latency: in flight")
@@ -345,13 +397,19 @@ def main(argv: list[str] | None = None) -> int:
         n, db, graph = int(args.args[0]), Path(args.args[1]), Path(args.args[2])
         print(json.dumps(anyio.run(_memory_child, n, db, graph)))
         return 0
-    counts = args.requests or {"memory": [10_000, 100_000], "latency": [300]}.get(args.what, [2000])
+    if args.what == "_instructions":
+        anyio.run(_instructions_child, int(args.args[0]), Path(args.args[1]))
+        return 0
+    defaults = {"memory": [10_000, 100_000], "latency": [300], "instructions": [200]}
+    counts = args.requests or defaults.get(args.what, [2000])
     if args.what == "cpu":
         result = cpu(counts[0], args.repeat)
     elif args.what == "profile":
         result = profile(counts[0])
     elif args.what == "latency":
         result = latency(counts[0], args.concurrency)
+    elif args.what == "instructions":
+        result = instructions(counts[0])
     else:
         result = memory(counts)
     result["python"] = sys.version.split()[0]

@@ -13,7 +13,10 @@ simulated:
 - `latency`: the models at their simulated speed; a request's overhead is its latency minus
   the time at least one of its used model calls was in flight (the union of their
   intervals), so it is the time on the request's critical path when no model was working;
-  p50 of that overhead over the model time;
+  p50 of that overhead over the model time, and where it falls (before the first call,
+  between one call's end and the next one's start, after the last call);
+- `instructions`: instructions per request counted by valgrind (records in memory), which
+  a busy machine does not blur;
 - `memory`: max RSS of a fresh process answering N requests with the store on, beside the
   bytes the semantic cache holds at the end (legitimately growing up to its ceilings), so
   the rest can be checked to be flat.
@@ -22,6 +25,7 @@ simulated:
     python bench/flagship.py profile --requests 2000
     python bench/flagship.py latency --requests 300 --concurrency 8
     python bench/flagship.py memory --requests 10000 100000
+    python bench/flagship.py instructions --requests 200
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import argparse
 import cProfile
 import gc
 import json
+import os
 import pstats
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,6 +216,21 @@ def _union_ms(calls: list[LlmCall]) -> float:
     return total * 1000
 
 
+def _idle_ms(record: RequestRecord, calls: list[LlmCall]) -> tuple[float, float, float]:
+    """Where a request's time with no model working goes, in ms: before its first call,
+    between calls (one call's end to the next one's start, where none overlaps), and after
+    its last call."""
+    spans = sorted((c.started_at, c.started_at + c.latency_ms / 1000) for c in calls)
+    between = 0.0
+    end = spans[0][1]
+    for lo, hi in spans[1:]:
+        if lo > end:
+            between += lo - end
+        end = max(end, hi)
+    lead = spans[0][0] - record.started_at
+    return lead * 1000, between * 1000, record.latency_ms - (end - record.started_at) * 1000
+
+
 async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
     sink = MemorySink()
     async with Pipeline(graph, db=None, sink=sink) as pipe:
@@ -224,12 +245,14 @@ async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
             done.append(item)
     overhead_ms: list[float] = []
     overhead_pct: list[float] = []
+    idle: list[tuple[float, float, float]] = []
     for record in done:
         model_ms = _union_ms(calls.get(record.id, []))
         if model_ms <= 0:
             continue  # answered from the cache: no model on its path
         overhead_ms.append(record.latency_ms - model_ms)
         overhead_pct.append((record.latency_ms - model_ms) / model_ms * 100)
+        idle.append(_idle_ms(record, calls[record.id]))
     return {
         "benchmark": "flagship.latency (simulated models at their simulated speed)",
         "requests": n,
@@ -239,6 +262,11 @@ async def _latency(graph: Path, n: int, concurrency: int) -> dict[str, Any]:
         "p50_overhead_ms": statistics.median(overhead_ms),
         "p50_overhead_pct": statistics.median(overhead_pct),
         "p95_overhead_pct": statistics.quantiles(overhead_pct, n=20)[-1],
+        # where the overhead is: before the first call, between calls, after the last
+        "p50_before_first_call_ms": statistics.median(i[0] for i in idle),
+        "p50_between_calls_ms": statistics.median(i[1] for i in idle),
+        "max_between_calls_ms": max(i[1] for i in idle),
+        "p50_after_last_call_ms": statistics.median(i[2] for i in idle),
     }
 
 
@@ -310,9 +338,56 @@ def memory(counts: list[int]) -> dict[str, Any]:
     return result
 
 
+async def _instructions_child(n: int, graph: Path) -> None:
+    async with Pipeline(graph, db=None, sink=MemorySink(max_records=2_000)) as pipe:
+        await _answer(pipe, 100, 10**7)  # warm up (other prompts)
+        if n:
+            await _answer(pipe, n)
+
+
+def _count_instructions(n: int, graph: Path) -> int:
+    """Instructions valgrind counts for a whole process answering 100 + `n` requests."""
+    command = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "_instructions",
+        str(n),
+        str(graph),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(n: int) -> dict[str, Any]:
+    """Instructions per request (records in memory): the same on a busy machine as on an
+    idle one, where CPU time is not. Start-up, imports and 100 warm-up requests cancel out."""
+    if shutil.which("valgrind") is None:
+        sys.exit("bench/flagship.py instructions: valgrind is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = flagship_graph(Path(tmp), 0)
+        base = _count_instructions(0, graph)
+        total = _count_instructions(n, graph)
+    return {
+        "benchmark": "flagship.instructions (simulated models, time_scale 0, valgrind)",
+        "requests": n,
+        "instructions_per_request": round((total - base) / n),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["cpu", "profile", "latency", "memory", "_memory"])
+    parser.add_argument(
+        "what",
+        choices=["cpu", "profile", "latency", "memory", "instructions", "_memory", "_instructions"],
+    )
     parser.add_argument("--requests", type=int, nargs="+", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="latency: in flight")
@@ -322,13 +397,19 @@ def main(argv: list[str] | None = None) -> int:
         n, db, graph = int(args.args[0]), Path(args.args[1]), Path(args.args[2])
         print(json.dumps(anyio.run(_memory_child, n, db, graph)))
         return 0
-    counts = args.requests or {"memory": [10_000, 100_000], "latency": [300]}.get(args.what, [2000])
+    if args.what == "_instructions":
+        anyio.run(_instructions_child, int(args.args[0]), Path(args.args[1]))
+        return 0
+    defaults = {"memory": [10_000, 100_000], "latency": [300], "instructions": [200]}
+    counts = args.requests or defaults.get(args.what, [2000])
     if args.what == "cpu":
         result = cpu(counts[0], args.repeat)
     elif args.what == "profile":
         result = profile(counts[0])
     elif args.what == "latency":
         result = latency(counts[0], args.concurrency)
+    elif args.what == "instructions":
+        result = instructions(counts[0])
     else:
         result = memory(counts)
     result["python"] = sys.version.split()[0]

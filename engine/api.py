@@ -61,6 +61,8 @@ class _OwnedRun:
 class _TapSink:
     """Forwards every record, and hands finished requests to a callback."""
 
+    __slots__ = ("_inner_record", "inner", "on_request", "watchers")
+
     def __init__(
         self,
         inner: Sink,
@@ -68,13 +70,15 @@ class _TapSink:
         watchers: list[Callable[[Record], None]] | None = None,
     ) -> None:
         self.inner = inner
+        self._inner_record = inner.record  # bound once: every record of every request
         self.on_request = on_request
         self.watchers = watchers if watchers is not None else []
 
     def record(self, item: Record) -> None:
-        self.inner.record(item)
-        for watch in self.watchers:
-            watch(item)
+        self._inner_record(item)
+        if self.watchers:
+            for watch in self.watchers:
+                watch(item)
         if isinstance(item, RequestRecord):
             self.on_request(item)
 

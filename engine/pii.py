@@ -19,6 +19,7 @@ and context is read from fixed-size windows, never from the whole prefix.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import itertools
 import re
@@ -127,7 +128,29 @@ _WINDOW = 40
 
 
 def detect(text: str) -> list[Span]:
-    """Every PII span of `text`, non-overlapping, in text order."""
+    """Every PII span of `text`, non-overlapping, in text order.
+
+    The same text is often scanned twice in a request (the `redact` node, then the sim or
+    the gateway looking for the request in a prompt): the spans of the latest short texts
+    are kept (`KEPT_TEXTS`), and each caller gets a list of its own.
+    """
+    if len(text) > KEPT_MAX_CHARS:
+        return _detect(text)
+    return list(_kept(text))
+
+
+KEPT_TEXTS = 1024
+"""Texts whose spans are kept, latest first."""
+KEPT_MAX_CHARS = 4096
+"""Longer texts are scanned every time (and often in a worker thread)."""
+
+
+@functools.lru_cache(maxsize=KEPT_TEXTS)
+def _kept(text: str) -> tuple[Span, ...]:
+    return tuple(_detect(text))
+
+
+def _detect(text: str) -> list[Span]:
     starts: list[int] = []
     spans: list[Span] = []
     for finder in _finders(text):

@@ -223,16 +223,45 @@ def parse_request(
 ) -> BatchItem:
     """Check a decoded request (as `decode_request` does) and split it into input, hidden
     labels and meta fields. Problems become an item with an `error`, never an exception."""
-    where = _where(source, line)
-    problem, bound = _walk(value, limits)
+    flat = _flat_size(value, limits)
+    problem, bound = _walk(value, limits) if flat is None else (None, flat)
     if problem is None and isinstance(value, Mapping) and bound > limits.max_request_bytes:
         text = json.dumps(value, ensure_ascii=False, default=dict)
         size = len(text.encode("utf-8"))
         if size > limits.max_request_bytes:
             problem = _too_big(size, limits)
     if problem is not None:
+        where = _where(source, line)
         return BatchItem(seq, None, error=f"{where}: {problem}", line=line, source=source)
     return _split(value, seq=seq, line=line, source=source, declared=declared)
+
+
+def _flat_size(value: Any, limits: RequestLimits) -> int | None:
+    """`_walk`'s size bound of the common request, a dict of ASCII keys to ASCII strings,
+    integers, booleans and nulls, which has no problem to find; None for any other value
+    (then `_walk` looks at it)."""
+    if type(value) is not dict or limits.max_depth < 1:
+        return None
+    size = 2
+    for name, child in value.items():
+        if type(name) is not str or not name.isascii():
+            return None
+        size += 6 * len(name) + 6
+        kind = type(child)
+        if kind is str:
+            if not child.isascii():
+                return None
+            size += 6 * len(child) + 2
+        elif kind is int:
+            bits = child.bit_length()
+            if bits > _MAX_INT_BITS:
+                return None
+            size += bits // 3 + 3
+        elif kind is bool or child is None:
+            size += 26
+        else:
+            return None
+    return size
 
 
 def _split(

@@ -55,13 +55,15 @@ _MODEL_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
 
 def attr(obj: Any, name: str) -> Any:
     """`obj.name`: a mapping key, a pydantic field, a namespace attribute; none stays none."""
-    if type(obj) is dict:
+    cls = type(obj)
+    if cls is dict:
         return obj.get(name)
+    fields = _MODEL_FIELDS.get(cls)  # a model class seen before: no isinstance check
+    if fields is not None and name in fields:
+        return getattr(obj, name)
     if obj is None:
         return None
     if isinstance(obj, BaseModel):
-        cls = type(obj)
-        fields = _MODEL_FIELDS.get(cls)
         if fields is None:
             fields = _MODEL_FIELDS[cls] = frozenset(cls.model_fields)
         if name in fields:

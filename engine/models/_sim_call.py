@@ -15,6 +15,7 @@ noise model of `engine.models._sim_model`, never copied into an output.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.parse
@@ -78,6 +79,14 @@ def _redacted_pattern(redacted: str) -> re.Pattern[str] | None:
     return re.compile(pattern) if count else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _forms(value: str) -> tuple[str, re.Pattern[str] | None]:
+    """The redacted copy of a request's text and the pattern of its placeholders: every
+    call of a request looks for the same text, so those of the latest requests are kept."""
+    redacted = redact_text(value)[0]
+    return redacted, _redacted_pattern(redacted)
+
+
 def locate_request(messages: Sequence[Mapping[str, str]], data: Mapping[str, Any]) -> Span | None:
     """Where the request's text (from the input `data`) is in `messages`, latest first.
 
@@ -88,8 +97,7 @@ def locate_request(messages: Sequence[Mapping[str, str]], data: Mapping[str, Any
     value = _request_value(data)
     if not value:
         return None
-    redacted = redact_text(value)[0]
-    pattern = _redacted_pattern(redacted)
+    redacted, pattern = _forms(value)
     for index in reversed(range(len(messages))):
         content = messages[index].get("content", "")
         for needle in (value, redacted):

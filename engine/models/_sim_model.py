@@ -41,6 +41,7 @@ integral (MacKay 1992): `E[sigmoid(x + s Z)] ~ sigmoid(x / sqrt(1 + pi s^2 / 8))
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -191,12 +192,26 @@ def latents(labels: Mapping[str, Any], request_text: str, seed: int) -> Latents:
     Everything is a pure function of its arguments, so the in-process provider and
     `moat sim-server` (which receives the same labels, text and seed) agree.
     """
+    if not labels:  # the text alone decides: what the request's every call asks
+        return _text_latents(request_text, seed)
     kept = {k: v for k, v in labels.items() if k not in _LABEL_NOISE}
     identity = json.dumps(kept, sort_keys=True, default=str) if kept else request_text
+    return _latents(identity, _topic(labels, request_text), _difficulty(labels), seed)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _text_latents(request_text: str, seed: int) -> Latents:
+    return _latents(request_text, _topic({}, request_text), DEFAULT_DIFFICULTY, seed)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _latents(identity: str, topic: str, difficulty: float, seed: int) -> Latents:
+    """The latents from what they depend on: every call of a request asks for the same
+    ones, so those of the latest requests are kept."""
     key = hashlib.blake2b(f"{seed}:{identity}".encode(), digest_size=8).hexdigest()
     return Latents(
-        difficulty=_difficulty(labels),
-        ambiguity=_unit("ambiguity", seed, _topic(labels, request_text)),
+        difficulty=difficulty,
+        ambiguity=_unit("ambiguity", seed, topic),
         blind_spot=_NORMAL.inv_cdf(_unit("blind-spot", key)),
         harm_blind_spot=_NORMAL.inv_cdf(_unit("harm-blind-spot", key)),
         key=key,
@@ -237,13 +252,25 @@ def judge_chance(capability: float, lat: Latents, profile: str) -> Chance:
     return _chance(_shared_logit(capability, lat), lat, profile, 0.5)
 
 
+_STRONG = tuple((re.compile(rf"\b{word}"), category) for word, category in STRONG_CUES.items())
+_ANY_STRONG = re.compile(r"\b(?:" + "|".join(STRONG_CUES) + ")")
+_ANY_WEAK = re.compile(r"\b(?:" + "|".join(map(re.escape, WEAK_CUES)) + ")")
+
+
+@functools.lru_cache(maxsize=1024)
 def harm_cue(request_text: str) -> tuple[float, str | None]:
-    """How much the wording reads as harm (0, 0.5 or 1) and the category it names, if any."""
+    """How much the wording reads as harm (0, 0.5 or 1) and the category it names, if any.
+
+    Every harm check of a request asks about the same text, so answers are kept for the
+    latest texts; one pass over the text rules out every strong cue at once, and the cues
+    are tried one by one (in their order, which picks the category) only when one is there.
+    """
     lowered = request_text.lower()
-    for word, category in STRONG_CUES.items():
-        if re.search(rf"\b{word}", lowered):
-            return 1.0, category
-    if any(re.search(rf"\b{re.escape(cue)}", lowered) for cue in WEAK_CUES):
+    if _ANY_STRONG.search(lowered):
+        for pattern, category in _STRONG:
+            if pattern.search(lowered):
+                return 1.0, category
+    if _ANY_WEAK.search(lowered):
         return 0.5, None
     return 0.0, None
 

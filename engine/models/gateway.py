@@ -362,13 +362,16 @@ class Gateway:
         input_tokens = self._input_bound(name, call, messages)
         limit = call.max_tokens if call.max_tokens is not None else self.default_max_tokens
         prompt_hash = hashlib.sha256(prompt_text.encode()).hexdigest()[:16]
-        jitter = random.Random(f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}")
+        jitter: random.Random | None = None  # seeded at the first retry: most calls have none
         attempt = 0
         while True:
             record = Attempt(prompt_text, prompt_hash, input_tokens, limit)
             try:
                 return await self._attempt(name, scope, call, messages, record, attempt)
             except TransientError as exc:
+                if jitter is None:
+                    seed = f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}"
+                    jitter = random.Random(seed)
                 delay = self._backoff(name, attempt, exc, jitter)
                 late = scope.deadline is not None and anyio.current_time() + delay >= scope.deadline
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)

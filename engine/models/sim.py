@@ -29,8 +29,10 @@ input, plus decode at the profile's speed, times a per-attempt jitter (fresh on 
 retry), a slowness shared by every call of the same request and a "slow minute" shared by
 every call to the same profile started in it (minutes counted from the provider's first
 call). The simulated latency is what
-`Completion.latency_ms` reports; the provider sleeps `latency * ModelSpec.time_scale` with
-`anyio.sleep`, so under a mock clock (or with `time_scale: 0`) it costs no wall time.
+`Completion.latency_ms` reports; the provider answers `latency * ModelSpec.time_scale` after
+the call reached it (the time it takes to write the simulated answer included, as a
+remote model's is in its latency), sleeping with `anyio.sleep`, so under a mock clock (or
+with `time_scale: 0`) it costs no wall time.
 Tokens are estimated at ~4 characters each. A call cancelled while it runs has generated
 the output tokens its decode reached by then (`output_before_cancel`); the gateway bills
 them with the prompt.
@@ -176,8 +178,8 @@ def sim_profile(spec: ModelSpec) -> SimProfile:
     return SIM_PROFILES[spec.profile or "medium"]
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+def _seed_of(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -235,7 +237,14 @@ class SimProvider:
             hashlib.sha256(prompt.encode()).hexdigest(),
         )
         # Separate streams so that, e.g., enabling faults does not reshuffle the answers.
-        return tuple(random.Random(_seed(*base, salt)) for salt in ("fault", "latency", "content"))  # type: ignore[return-value]
+        # Each seed is `_seed_of(repr((*base, salt)))`; the text of `base` is written once for all
+        # three (the repr of a tuple is its items' reprs, comma-separated, in parentheses).
+        head = repr(base)[:-1] + ", "
+        return (
+            random.Random(_seed_of(head + "'fault')")),
+            random.Random(_seed_of(head + "'latency')")),
+            random.Random(_seed_of(head + "'content')")),
+        )
 
     def latency_ms(
         self, call: ProviderRequest, input_tokens: int, output_tokens: int, rng: random.Random
@@ -275,6 +284,7 @@ class SimProvider:
         """
         fault_rng, latency_rng, content_rng = self._rngs(call)
         await self._maybe_fault(fault_rng)
+        begun = anyio.current_time()
         text = self._content(call, content_rng)
         truncated = call.max_tokens is not None and estimate_tokens(text) > call.max_tokens
         if truncated:
@@ -283,12 +293,18 @@ class SimProvider:
         output_tokens = estimate_tokens(text)
         latency, first = self.latency_ms(call, input_tokens, output_tokens, latency_rng)
         scale = self.spec.time_scale
-        started = anyio.current_time()
+        # A remote model writes its answer within its latency: the time taken here to
+        # write the simulated one is part of the latency, not added to it (it would show
+        # as the engine's overhead between calls). Under a mock clock none has passed.
+        delay = latency / 1000 * scale
+        spent = anyio.current_time() - begun
+        if spent > 0:
+            delay = max(0.0, delay - spent)
         try:
-            await anyio.sleep(latency / 1000 * scale)
+            await anyio.sleep(delay)
         except anyio.get_cancelled_exc_class():
             if scale > 0:
-                elapsed_ms = (anyio.current_time() - started) / scale * 1000
+                elapsed_ms = (anyio.current_time() - begun) / scale * 1000
                 per_token = (latency - first) / output_tokens if output_tokens else 0.0
                 done = int((elapsed_ms - first) / per_token) if per_token > 0 else 0
                 key = (call.request.id, call.node_id, call.cycle, call.attempt)

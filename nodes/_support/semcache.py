@@ -43,6 +43,7 @@ from nodes._support.lsh import MinHashIndex
 
 __all__ = [
     "ENTRY_OVERHEAD",
+    "KEPT_PREPARED",
     "CachePersistence",
     "Entry",
     "Lookup",
@@ -196,6 +197,13 @@ class _Partition:
         self.bytes = 0
 
 
+KEPT_PREPARED = 256
+"""Preparations kept per cache, latest first: more than the requests a process has between
+a lookup and the store that follows it (a few KiB each)."""
+KEPT_PREPARED_MAX_CHARS = 4096
+"""Longer texts are prepared in a worker thread, and not kept."""
+
+
 class Prepared:
     """The pure part of a lookup or store: template, slots and, on demand, vector and bands.
 
@@ -258,6 +266,7 @@ class SemanticCache:
         self.warm_entries: list[Mapping[str, Any]] = []
         self.warmed_files: set[str] = set()
         self._embedder = HashingEmbedder()
+        self._prepared: dict[tuple[str, bool], Prepared] = {}
         self._tenants: OrderedDict[str, _Partition] = OrderedDict()
         self.budget = budget
         self.last_evictions: dict[str, int] = {}
@@ -265,8 +274,23 @@ class SemanticCache:
         tenant's own ceilings, `TOTAL_BYTES` for the shared budget)."""
 
     def prepare(self, text: str, *, names: bool = True) -> Prepared:
-        """The pure part of a lookup or store of `text`; safe to compute in a worker thread."""
-        return Prepared(text, self._embedder, names=names)
+        """The pure part of a lookup or store of `text`; safe to compute in a worker thread.
+
+        A request that misses stores its answer under the text it looked up: the latest
+        short texts' preparations are kept (`KEPT_PREPARED`), so the store reuses the
+        lookup's template, bands and vector instead of computing them again.
+        """
+        if len(text) > KEPT_PREPARED_MAX_CHARS:  # prepared in a worker thread: not kept
+            return Prepared(text, self._embedder, names=names)
+        kept = self._prepared
+        key = (text, names)
+        found = kept.pop(key, None)
+        if found is None:
+            found = Prepared(text, self._embedder, names=names)
+            if len(kept) >= KEPT_PREPARED:
+                del kept[next(iter(kept))]  # the oldest goes
+        kept[key] = found
+        return found
 
     # ------------------------------------------------------------------ lookups
 

@@ -240,3 +240,29 @@ def test_the_flagship_overhead_counts_only_time_without_a_model_call_in_flight()
         pytest.approx(200)
     )
     assert flagship._union_ms([]) == 0
+
+
+def test_the_flagship_idle_time_splits_into_before_between_and_after_the_calls() -> None:
+    flagship = _bench("bench.flagship")
+    from engine.events import (
+        CacheStatus,
+        CallKind,
+        CallOutcome,
+        LlmCall,
+        RequestRecord,
+        RequestStatus,
+    )
+
+    def call(start: float, ms: float) -> LlmCall:
+        return LlmCall(
+            "r", "n", 0, "m", "sim", CallKind.NORMAL, CallOutcome.USED, CacheStatus.NONE,
+            "h", 1, 1, 0.0, ms, start, "ok",
+        )  # fmt: skip
+
+    # request 10.0-10.3 s; calls 10.01-10.11 and 10.06-10.16 overlap, then 10.2-10.25
+    record = RequestRecord("r", "run", 0, RequestStatus.OK, 10.0, 10.3, 300.0, 0.0, {})
+    calls = [call(10.2, 50), call(10.01, 100), call(10.06, 100)]
+    before, between, after = flagship._idle_ms(record, calls)
+    assert before == pytest.approx(10) and between == pytest.approx(40)
+    assert after == pytest.approx(50)
+    assert before + between + after == pytest.approx(300 - flagship._union_ms(calls))

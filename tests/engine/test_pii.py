@@ -183,3 +183,15 @@ def test_skipping_finders_never_changes_what_detect_finds(text: str) -> None:
     assert [(s.start, s.end, s.kind, s.value) for s in detect(text)] == (
         _detect_with_every_finder(text)
     )
+
+
+def test_spans_kept_for_a_text_are_those_a_fresh_scan_finds() -> None:
+    from engine.pii import _detect, detect
+
+    text = "mail bob@example.com or call +44 20 7946 0958, card 4111 1111 1111 1111"
+    first = detect(text)
+    assert first == _detect(text) and len(first) == 3
+    first.clear()  # a caller's list is its own
+    assert detect(text) == _detect(text)
+    long = "x " * 3000 + text
+    assert detect(long) == _detect(long)

@@ -7,6 +7,7 @@ import json
 import tempfile
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 from hypothesis import given, settings
@@ -185,3 +186,36 @@ def test_the_fast_schema_check_accepts_common_requests_and_leaves_the_rest_to_js
     )
     data, error = validator.validate(BatchItem(0, {"prompt": ""}))
     assert data is None and error == "request: input prompt: '' should be non-empty"
+
+
+_scalars = st.one_of(
+    st.text(max_size=12),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(
+    st.one_of(
+        st.dictionaries(st.text(max_size=8), _scalars, max_size=6),
+        st.dictionaries(st.text(max_size=4), st.lists(_scalars, max_size=2), max_size=2),
+        st.lists(_scalars, max_size=3),
+        _scalars,
+    ),
+    st.integers(min_value=0, max_value=3),
+)
+def test_the_flat_request_path_measures_what_the_walk_measures(value: Any, depth: int) -> None:
+    from engine.requests import RequestLimits, _flat_size, _walk
+
+    limits = RequestLimits(max_depth=depth)
+    flat = _flat_size(value, limits)
+    if flat is not None:  # taken only where the walk finds no problem, with the same bound
+        assert _walk(value, limits) == (None, flat)
+    plain = isinstance(value, dict) and depth >= 1
+    if plain and all(isinstance(v, str | int | bool | type(None)) for v in value.values()):
+        ascii_only = all(k.isascii() for k in value) and all(
+            v.isascii() for v in value.values() if isinstance(v, str)
+        )
+        assert (flat is not None) == ascii_only

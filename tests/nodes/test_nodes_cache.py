@@ -320,3 +320,22 @@ def test_the_minhash_token_cache_is_bounded_and_never_changes_a_signature() -> N
         index.signature([f"t{i}", "reset"])
     assert _token_digest.cache_info().currsize <= TOKEN_CACHE_SIZE
     assert index.signature(tokens) == before
+
+
+def test_a_store_reuses_the_preparation_of_the_lookup_before_it() -> None:
+    from nodes._support.embed import HashingEmbedder
+    from nodes._support.semcache import KEPT_PREPARED, Prepared
+
+    cache = SemanticCache("answers", clock=lambda: 100.0)
+    text = "How do I reset my password for account 1234?"
+    looked = cache.prepare(text)
+    cache.lookup("t", text, prepared=looked)
+    assert cache.prepare(text) is looked
+    assert cache.prepare(text, names=False) is not looked  # another template
+    fresh = Prepared(text, HashingEmbedder())
+    assert (looked.template, looked.slots) == (fresh.template, fresh.slots)
+    assert looked.vector() == fresh.vector() and looked.signature() == fresh.signature()
+    for i in range(KEPT_PREPARED + 10):
+        cache.prepare(f"question number {i}")
+    assert len(cache._prepared) == KEPT_PREPARED  # bounded: the oldest went
+    assert cache.prepare(text) is not looked

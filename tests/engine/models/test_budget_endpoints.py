@@ -41,7 +41,7 @@ moat: 1
 name: budgeted
 models:
   large: {{provider: openai, model: gpt-4o-mini, base_url: "{base_url}",
-          timeout_s: 0.3, max_retries: 2}}
+          timeout_s: {timeout_s}, max_retries: 2}}
 input: {{type: object, required: [prompt], properties: {{prompt: {{type: string}}}}}}
 budget: {{cost_usd: {budget!r}}}
 nodes:
@@ -56,6 +56,11 @@ nodes:
 output: {{answer: "second.text if second else first.text"}}
 """
 
+TIMEOUT_S = 1.5
+"""The calls' timeout: well above a loopback call on a loaded 2-core machine (at 0.3 s, 20
+concurrent first attempts could time out before the fake read them, and the breaker opened
+before anything was billed), and half the `hang` behaviour's stall, which it must cut."""
+
 PROMPTS = [
     "How do I reset my password?",
     "Как сбросить пароль в личном кабинете?",
@@ -68,7 +73,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
+    with FakeOpenAI(hang_s=2 * TIMEOUT_S) as server:
         yield server
 
 
@@ -77,7 +82,9 @@ def _run(
 ) -> tuple[dict[str, float], dict[str, int], dict[str, float], str]:
     """Run the graph on `prompts` (tagged by position); return what moat charged per request,
     each request's tag, the overruns it recorded per request, and the db path."""
-    text = GRAPH.format(base_url=fake.base_url(behaviour), budget=budget, max_tokens=max_tokens)
+    text = GRAPH.format(
+        base_url=fake.base_url(behaviour), budget=budget, max_tokens=max_tokens, timeout_s=TIMEOUT_S
+    )
     graph = load_graph_text(text, "budgeted.yaml")
     db = str(Path(tempfile.mkdtemp()) / "t.db")
     # tags unique across runs, so `flaky` and `hang` fail the first attempt of every request

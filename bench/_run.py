@@ -94,6 +94,7 @@ CONFIGS: dict[str, Config] = {
         _ablation("eager-join", "a refusal waits for the speculative answer"),
         _ablation("no-escalation", "the cheap screen refuses alone; answers never escalate"),
         _ablation("threshold-router", "the complexity-threshold router, not the learned one"),
+        _ablation("no-second-sample", "a rejected answer is revised after its critique"),
         Config(
             "cascade", "graphs/cascade.yaml",
             sweep=("speculate.accept_threshold", (0.3, 0.45, 0.75, 0.9)),

@@ -84,7 +84,9 @@ def vector(text: str) -> list[float]:
 def quantize_int8(weights: Sequence[float]) -> tuple[float, list[int]]:
     """Symmetric int8 quantization: (scale, q) with `w ~ scale * q`, q in [-127, 127]."""
     peak = max((abs(w) for w in weights), default=0.0)
-    scale = peak / 127.0 if peak > 0 else 1.0
+    scale = peak / 127.0
+    if scale == 0.0:  # all zeros, or so small (subnormal) that a step underflows: all zeros
+        return 1.0, [0] * len(weights)
     return scale, [max(-127, min(127, round(w / scale))) for w in weights]
 
 

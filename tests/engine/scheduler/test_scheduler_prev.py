@@ -303,6 +303,8 @@ def recording_registry() -> Registry:
 @pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_the_flagships_revision_prompt_carries_the_last_critique(anyio_backend: Any) -> None:
     g = load_graph(FLAGSHIP, registry=recording_registry())
+    # the policy that revises at cycle 2 (the shipped one takes its second sample there)
+    g.policy["deliberation"] = {**g.policy["deliberation"], "second_sample": False}
     body = g.nodes["deliberate"].loop.body.nodes  # type: ignore[union-attr]
     revised, critique = body["revised"].impl, body["critique"].impl
     assert isinstance(revised, RecordingModel) and isinstance(critique, RecordingCritic)

@@ -6,10 +6,17 @@ opened is a clear error before anything is served, and `--port 0` can print the 
 system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and lets the requests
 in flight finish within the grace period; then `moat serve` records its runs as finished
 once their requests are stored.
+
+Connections are accepted by moat, not by the event loop's server: uvloop (libuv) accepts
+one connection per turn of the loop, and a turn of a loaded server takes milliseconds, so
+a burst of 1,000 connections waited up to tens of seconds in the kernel's accept queue
+while the connections already accepted were served (bench/RESULTS.md, "moat serve under
+load"). `_Acceptor` takes every pending connection each time the socket is readable.
 """
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - uvicorn's transports live on the asyncio loop it runs on
 import errno
 import ipaddress
 import math
@@ -26,6 +33,10 @@ import uvicorn
 from engine.errors import SpecError
 
 __all__ = ["bind", "config", "is_loopback", "run_app"]
+
+_ACCEPT_BURST = 512
+"""Connections accepted per readiness of the listening socket (the rest on the next turn),
+so a connection storm cannot hold the loop away from requests for long."""
 
 
 def is_loopback(host: str) -> bool:
@@ -107,7 +118,7 @@ def run_app(
     Raises:
         MoatError: entering `context` failed (nothing was served).
     """
-    runner = uvicorn.Server(config(app, grace_s=grace_s))
+    runner = _Server(config(app, grace_s=grace_s))
 
     async def main() -> None:
         async with context if context is not None else nullcontext():
@@ -138,3 +149,57 @@ def _has_uvloop() -> bool:
     except ImportError:
         return False
     return True
+
+
+class _Acceptor:
+    """Accepts every pending connection of a listening socket when it is readable, and
+    hands each to uvicorn's protocol; `close` (what uvicorn calls on its servers at
+    shutdown) stops accepting."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], Any]
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._tasks: set[asyncio.Task[Any]] = set()
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BURST):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, a reset before accept: try next turn
+                return
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
+    server (the same protocol, connection tracking and graceful shutdown)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> Any:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = [_Acceptor(loop, sock, protocol) for sock in sockets or []]  # type: ignore[misc]

@@ -11,6 +11,10 @@ rows of a request that never got its `requests` row are orphans that
 
 Nothing here touches the event loop: `record` is a `deque.append` (atomic under the GIL)
 plus, at most once per batch, setting a `threading.Event`.
+
+`encode_records` builds the rows in another process (a Ray worker), so the process that
+owns the writer only unpickles tuples and inserts them: `record` takes the `EncodedRows`
+as it takes a record.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from engine.events import (
 from engine.store.codec import Packer
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
-__all__ = ["EVENT_SQL", "StoreWriter", "WriterStats", "event_row"]
+__all__ = ["EVENT_SQL", "EncodedRows", "StoreWriter", "WriterStats", "encode_records", "event_row"]
 
 EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transactions
     "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
@@ -224,6 +228,47 @@ _SLOT = {kind: index for index, (kind, _, _) in enumerate(_TABLES)}
 _PACKED: tuple[tuple[int, ...], ...] = ((12, 13, 14), (), (), (3,), (15,))
 
 
+# Per table (in `_TABLES` order), the column holding the request id (`requests.id`).
+_REQUEST_COLUMN = (1, 0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """Records already encoded as the store's rows (by `encode_records`), one list per
+    table in `_TABLES` order; JSON columns are text (compression is the writer's)."""
+
+    tables: tuple[list[tuple[Any, ...]], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(len(rows) for rows in self.tables)
+
+    def without(self, request_ids: set[str]) -> EncodedRows:
+        """These rows but those of `request_ids` (requests stored already)."""
+        return EncodedRows(
+            tuple(
+                [row for row in rows if row[column] not in request_ids]
+                for rows, column in zip(self.tables, _REQUEST_COLUMN, strict=True)
+            )
+        )
+
+
+def encode_records(records: Sequence[Record]) -> EncodedRows:
+    """The rows `StoreWriter` would write for `records` (same order rules: `requests`
+    rows are written last in the transaction that takes them).
+
+    Raises:
+        TypeError: a record is not of a stored kind.
+    """
+    tables: list[list[tuple[Any, ...]]] = [[] for _ in _TABLES]
+    for item in records:
+        slot = _SLOT.get(type(item))
+        if slot is None:
+            raise TypeError(f"not a store record: {type(item).__name__}")
+        tables[slot].append(_TABLES[slot][2](item))
+    return EncodedRows(tuple(tables))
+
+
 class _FlushMarker:
     """Queued by `flush`; set once everything queued before it is committed."""
 
@@ -277,7 +322,7 @@ class StoreWriter:
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_batch = max_batch
-        self._queue: deque[Record | _FlushMarker] = deque()
+        self._queue: deque[Record | EncodedRows | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._closed = False
         self._stopping = False
@@ -297,8 +342,8 @@ class StoreWriter:
         self._thread.start()
         atexit.register(self.close)
 
-    def record(self, item: Record) -> None:
-        """Queue one record; never blocks and does no I/O.
+    def record(self, item: Record | EncodedRows) -> None:
+        """Queue one record (or pre-encoded rows); never blocks and does no I/O.
 
         Raises:
             StoreError: the writer is closed.
@@ -381,16 +426,22 @@ class StoreWriter:
             conn.close()
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
-        groups: list[list[Any]] = [[] for _ in _TABLES]
+        """The queued records by table, then (in the same lists after `len(_TABLES)`) the
+        pre-encoded rows by table; and the flush markers reached."""
+        groups: list[list[Any]] = [[] for _ in range(2 * len(_TABLES))]
         markers: list[_FlushMarker] = []
         queue = self._queue
-        for _ in range(self._max_batch):
-            if not queue:
-                break
+        taken = 0
+        while queue and taken < self._max_batch:
             item = queue.popleft()
+            taken += 1
             slot = _SLOT.get(type(item))
             if slot is not None:
                 groups[slot].append(item)
+            elif type(item) is EncodedRows:
+                for index, rows in enumerate(item.tables):
+                    groups[len(_TABLES) + index] += rows
+                taken += item.count
             elif isinstance(item, _FlushMarker):
                 markers.append(item)
             else:
@@ -415,11 +466,15 @@ class StoreWriter:
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
         rows: list[list[tuple[Any, ...]]] = []
-        for group, (_, _, build), packed in zip(groups, _TABLES, _PACKED, strict=True):
+        plain, encoded = groups[: len(_TABLES)], groups[len(_TABLES) :]
+        for group, ready, (_, _, build), packed in zip(
+            plain, encoded, _TABLES, _PACKED, strict=True
+        ):
             try:
                 built = [build(item) for item in group]
             except Exception:
                 built = self._rows_one_by_one(group, build)
+            built += ready
             rows.append(self._pack(built, packed) if packed else built)
         return rows
 

@@ -253,9 +253,12 @@ class EncodedRows:
         )
 
 
-def encode_records(records: Sequence[Record]) -> EncodedRows:
+def encode_records(
+    records: Sequence[Record], pack: Callable[[str | None], str | bytes | None] | None = None
+) -> EncodedRows:
     """The rows `StoreWriter` would write for `records` (same order rules: `requests`
-    rows are written last in the transaction that takes them).
+    rows are written last in the transaction that takes them), their large JSON values
+    compressed with `pack` (`codec.frame_packer`) when given, else by the writer.
 
     Raises:
         TypeError: a record is not of a stored kind.
@@ -266,7 +269,23 @@ def encode_records(records: Sequence[Record]) -> EncodedRows:
         if slot is None:
             raise TypeError(f"not a store record: {type(item).__name__}")
         tables[slot].append(_TABLES[slot][2](item))
+    if pack is not None:
+        for index, columns in enumerate(_PACKED):
+            if columns:
+                tables[index] = [_packed_row(row, columns, pack) for row in tables[index]]
     return EncodedRows(tuple(tables))
+
+
+def _packed_row(
+    row: tuple[Any, ...], columns: tuple[int, ...], pack: Callable[[str | None], Any]
+) -> tuple[Any, ...]:
+    if not any(type(row[i]) is str and len(row[i]) >= 64 for i in columns):
+        return row
+    values = list(row)
+    for i in columns:
+        if type(values[i]) is str:
+            values[i] = pack(values[i])
+    return tuple(values)
 
 
 class _FlushMarker:
@@ -481,15 +500,7 @@ class StoreWriter:
     def _pack(self, rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> list[tuple[Any, ...]]:
         """Compress the large JSON values of `rows` (see `engine.store.codec`)."""
         pack = self._packer.pack
-        out = []
-        for row in rows:
-            if any(row[i] is not None and len(row[i]) >= 64 for i in columns):
-                values = list(row)
-                for i in columns:
-                    values[i] = pack(values[i])
-                row = tuple(values)
-            out.append(row)
-        return out
+        return [_packed_row(row, columns, pack) for row in rows]
 
     def _rows_one_by_one(
         self, group: list[Any], build: Callable[[Any], tuple[Any, ...]]

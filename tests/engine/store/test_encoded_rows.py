@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.events import OrchestrationEvent
+from engine.store.codec import frame_packer, load_dictionary
+from engine.store.schema import connect
+from engine.store.store import Store
 from engine.store.writer import StoreWriter, encode_records
 from tests.support.store_rows import TABLES, request_records
 
@@ -55,3 +59,30 @@ def test_without_drops_every_row_of_the_named_requests(tmp_path: Path) -> None:
 def test_a_record_of_no_stored_kind_is_refused() -> None:
     with pytest.raises(TypeError, match="not a store record"):
         encode_records(["nope"])  # type: ignore[list-item]
+
+
+def test_rows_compressed_by_another_process_read_back_as_written(tmp_path: Path) -> None:
+    def payload_event(seq: int) -> OrchestrationEvent:
+        payload = {"modules_planned": ["retrieve", "draft", "critic"], "score": seq % 7, "n": seq}
+        return OrchestrationEvent(
+            "run-1", f"run-1-{seq:06d}", 0, "plan", "planner", "PLAN", seq, payload=payload
+        )
+
+    db = tmp_path / "d.db"
+    with StoreWriter(db) as writer:  # enough payloads for the writer to train its dictionary
+        for seq in range(2_100):
+            writer.record(payload_event(seq))
+    conn = connect(db, readonly=True)
+    dictionary = load_dictionary(conn)
+    conn.close()
+    assert dictionary is not None
+    later = [payload_event(seq) for seq in range(5_000, 5_010)]
+    rows = encode_records(later, frame_packer(dictionary.as_bytes()))
+    assert all(isinstance(row[14], bytes) for row in rows.tables[0])
+    with StoreWriter(db) as writer:
+        writer.record(rows)
+    with Store.open(db) as store:
+        stored = store.query(
+            "SELECT payload_json FROM orchestration_events WHERE sequence >= 5000 ORDER BY sequence"
+        )
+    assert [row["payload"] for row in stored] == [dict(e.payload or {}) for e in later]

@@ -97,6 +97,11 @@ class MoatServer:
         commit_wait: send an answer only once its request is committed to the store (the
             default: a client that got a 200 finds its request there even after a kill
             -9); False answers as soon as the graph has, and the records follow.
+        runs: join these runs (graph name -> run id) instead of starting one per graph:
+            a worker process of `moat serve --workers N`, whose parent owns the runs
+            (starts them, beats their heartbeat, finishes them).
+        slot: `(index, count)` of this worker among `count`: its requests are numbered
+            `index`, `index + count`, ... so the workers' request ids never collide.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -115,9 +120,15 @@ class MoatServer:
         pipeline: Callable[..., Pipeline] = Pipeline,
         telemetry: Telemetry | None = None,
         commit_wait: bool = True,
+        runs: Mapping[str, str] | None = None,
+        slot: tuple[int, int] = (0, 1),
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
+        self.runs = dict(runs) if runs is not None else None
+        self.slot = slot
+        self.counted_in_store = False
+        """Progress counted from the store's rows (the parent of worker processes)."""
         loaded = [entry if isinstance(entry, Graph) else load_graph(entry) for entry in graphs]
         _check_rebinds(loaded, models or {})
         for graph in loaded:
@@ -149,14 +160,19 @@ class MoatServer:
         try:  # telemetry closes last, after every run's records
             stack.push_async_callback(anyio.to_thread.run_sync, self.metrics.telemetry.close)
             self.metrics.telemetry.start()
-            for served in self.graphs.values():
+            for name, served in self.graphs.items():
                 await stack.enter_async_context(served.pipe)
-                served.run_id = served.pipe.start_run(None, {"serve": True})
+                if self.runs is not None:  # the parent process owns the run
+                    served.run_id = self.runs[name]
+                    served.pipe.use_run(served.run_id)
+                else:
+                    served.run_id = served.pipe.start_run(None, {"serve": True})
+                    stack.push_async_callback(self._finish_run, served)
                 served.pipe.record_watchers += [served.watch, served.commits.watch]
-                stack.push_async_callback(self._finish_run, served)
             beats = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(beats.cancel_scope.cancel)
-            beats.start_soon(self._heartbeat)
+            if self.runs is None:
+                beats.start_soon(self._heartbeat)
             for served in self.graphs.values():
                 if served.commits.durable:
                     beats.start_soon(served.commits.run)
@@ -178,9 +194,13 @@ class MoatServer:
             for served in self.graphs.values():
                 store = served.pipe.store
                 if store is not None:
-                    await anyio.to_thread.run_sync(
-                        store.update_run_progress, served.run_id, served.done
-                    )
+                    await anyio.to_thread.run_sync(self._beat, store, served)
+
+    def _beat(self, store: Any, served: _Served) -> None:
+        done = served.done
+        if self.counted_in_store or self.runs is not None:  # answered by several processes
+            done = sum(store.status_counts(served.run_id).values())
+        store.update_run_progress(served.run_id, done)
 
     @staticmethod
     async def _finish_run(served: _Served) -> None:
@@ -229,9 +249,7 @@ class MoatServer:
             if store is None:
                 continue
             try:  # a write proves the store takes records (and is a heartbeat too)
-                await anyio.to_thread.run_sync(
-                    store.update_run_progress, served.run_id, served.done
-                )
+                await anyio.to_thread.run_sync(self._beat, store, served)
             except StoreError as exc:
                 body = {"status": "store not writable", "graph": name, "error": str(exc)}
                 return JSONResponse(body, status_code=503)
@@ -339,7 +357,8 @@ class MoatServer:
         self, served: _Served, chat: ChatRequest, tenant: str, headers: Mapping[str, str]
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
-        seq = served.seq
+        index, count = self.slot
+        seq = served.seq * count + index
         served.seq += 1
         request_id = f"{served.run_id}-{seq:06d}"
         data = _graph_input(pipe.graph, chat, tenant)

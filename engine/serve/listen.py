@@ -32,7 +32,7 @@ import uvicorn
 
 from engine.errors import SpecError
 
-__all__ = ["bind", "config", "is_loopback", "run_app"]
+__all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
 _ACCEPT_BURST = 512
 """Connections accepted per readiness of the listening socket (the rest on the next turn),
@@ -49,7 +49,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind_workers(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on one `host:port` (SO_REUSEPORT), one per worker process:
+    the kernel spreads new connections evenly over them, where one shared socket would
+    let whichever process wakes first take a whole burst.
+
+    Raises:
+        SpecError: as `bind`.
+    """
+    first = bind(host, port, reuse_port=True)
+    socks = [first]
+    try:
+        for _ in range(count - 1):
+            socks.append(bind(host, first.getsockname()[1], reuse_port=True))
+    except SpecError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on `host:port` (port 0: any free port).
 
     Raises:
@@ -64,6 +84,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(2048)

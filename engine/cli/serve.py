@@ -152,6 +152,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         max_queue=args.max_inflight,
     )
+    if getattr(args, "ray", None) is not None and getattr(args, "workers", 1) > 1:
+        raise SpecError(
+            f"--workers {args.workers} with --ray: Ray Serve runs replicas, not worker "
+            "processes; use --replicas N (or --autoscale MIN:MAX) instead"
+        )
     if getattr(args, "ray", None) is not None:
         from engine.cluster.serving import serve_on_ray
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from engine.cli import main
 from engine.serve import ShapingLimits
 from engine.serve.workers import split_limits
 from engine.store.store import Store
@@ -126,3 +127,15 @@ def test_limits_are_split_among_the_workers() -> None:
         86,
     )
     assert split_limits(limits, 1) == limits
+
+
+def test_workers_with_ray_or_with_a_metrics_port_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = str(fast_copy("baseline", tmp_path, time_scale=0))
+    assert main(["serve", graph, "--port", "0", "--workers", "2", "--ray"]) == 2
+    assert "use --replicas N" in capsys.readouterr().err
+    db = str(tmp_path / "m.db")
+    args = ["serve", graph, "--port", "0", "--db", db, "--workers", "2", "--otel"]
+    assert main(args) == 2
+    assert "drop --workers" in capsys.readouterr().err

@@ -353,20 +353,30 @@ def throughput(
 
 
 def added(work: Path, *, clients: int, requests: int, latency_ms: float, client: str) -> dict:
-    with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (_, sim_url):
+    with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (sim, sim_url):
         model = f"{{provider: openai, model: sim-small, base_url: '{sim_url}', max_retries: 0}}"
         graph = work / "remote.yaml"
         graph.write_text(ONE_NODE.format(model=model).replace("name: one", "name: remote"))
         env = {"OPENAI_API_KEY": "unused-by-sim-server"}
-        with launched(*serve_args(graph, work / "added.db"), env=env) as (_, url):
+        with launched(*serve_args(graph, work / "added.db"), env=env) as (proc, url):
             _run(drive(url, "remote", clients=clients, requests=clients * 2, client=client))
             _run(drive(sim_url, "sim-small", clients=clients, requests=clients * 2, client=client))
+            sim_cpu0 = cpu_s(sim.pid)
             direct = _run(
                 drive(sim_url, "sim-small", clients=clients, requests=requests, client=client)
             ).figures()
+            sim_direct_s = cpu_s(sim.pid) - sim_cpu0
+            moat_cpu0, sim_cpu0 = cpu_s(proc.pid), cpu_s(sim.pid)
             moat = _run(
                 drive(url, "remote", clients=clients, requests=requests, client=client)
             ).figures()
+            moat["server_cpu_us_per_request"] = round(
+                (cpu_s(proc.pid) - moat_cpu0) / requests * 1e6
+            )
+            moat["sim_server_cpu_us_per_request"] = round(
+                (cpu_s(sim.pid) - sim_cpu0) / requests * 1e6
+            )
+            direct["sim_server_cpu_us_per_request"] = round(sim_direct_s / requests * 1e6)
     return {
         "clients": clients,
         "model_latency_ms": latency_ms,

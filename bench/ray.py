@@ -9,9 +9,17 @@ every record in a fresh SQLite store as `moat run --ray` does:
 - overhead: the flagship with its simulated models slowed to a 200 ms median call, 1,000
   requests, a local `Pipeline` against 1 Ray worker at the same concurrency. Ray's added
   time per request = (wall_ray - wall_local) / requests; the latency each request would
-  have gained to explain it = that * concurrency. Goal: <= 1 ms.
+  have gained to explain it = that * concurrency. Goal: <= 1 ms. Beside it, Ray's added
+  CPU per request: the CPU of the driver, the worker and Ray's processes, less the local
+  run's (the same work in one process), which the machine's load does not move.
 
 The two set-ups alternate in every repeat, so a load spike from other processes hits both.
+Each run also reports the CPU it took per request, from /proc: the driver's (`D`), the
+workers' (`W`) and Ray's own processes' (raylet, GCS: `S`). On a machine others load, the
+measured speedup says more about them than about moat; the CPU figures do not depend on
+the load, and bound the speedup an idle 2-core machine gives: 1 worker runs at most at
+1 / W (the driver and Ray have the other core), 2 workers at 2 / (W + D + S), so the
+ratio is at most 2 W / (W + D + S).
 
     python bench/ray.py --requests 3000 --slow-requests 1000 --repeat 3 --json
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -69,13 +78,54 @@ def batch(n: int, offset: int = 0) -> list[BatchItem]:
     ]
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, 0 if it is gone (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` (Ray's raylet, GCS and workers below the driver)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
 async def _timed(pipe: Pipeline, items: list[BatchItem], concurrency: int) -> dict[str, float]:
+    workers = list(getattr(pipe, "worker_pids", []))
+    others = [pid for pid in _descendants(os.getpid()) if pid not in workers]
+    w0 = sum(_cpu_s(pid) for pid in workers)
+    s0 = sum(_cpu_s(pid) for pid in others)
     t0, c0 = time.perf_counter(), time.process_time()
     summary = await pipe.run_batch(items, concurrency=concurrency)
     await anyio.to_thread.run_sync(pipe.flush)
     wall = time.perf_counter() - t0
+    driver = time.process_time() - c0
     assert summary.done == len(items), summary
-    return {"wall_s": wall, "rate": len(items) / wall, "driver_cpu_s": time.process_time() - c0}
+    n = len(items)
+    return {
+        "wall_s": wall,
+        "rate": n / wall,
+        "driver_cpu_s": driver,
+        "driver_ms": driver / n * 1000,
+        "worker_ms": (sum(_cpu_s(pid) for pid in workers) - w0) / n * 1000,
+        "ray_ms": (sum(_cpu_s(pid) for pid in others) - s0) / n * 1000,
+    }
 
 
 async def ray_run(
@@ -116,6 +166,10 @@ def speedup(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
             db = tmp / f"speed-{i}-{workers}.db"
             runs[workers].append(anyio.run(ray_run, graph, db, batch(n), workers, 32))
     ratios = [b["rate"] / a["rate"] for a, b in zip(runs[1], runs[2], strict=True)]
+    two = runs[2]
+    w, d, r = (
+        statistics.median(x[key] for x in two) for key in ("worker_ms", "driver_ms", "ray_ms")
+    )
     return {
         "requests": n,
         "rate_1_worker": [round(r["rate"]) for r in runs[1]],
@@ -123,6 +177,12 @@ def speedup(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
         "ratios": [round(r, 2) for r in ratios],
         "ratio_median": round(statistics.median(ratios), 2),
         "driver_cpu_s_2_workers": [round(r["driver_cpu_s"], 1) for r in runs[2]],
+        "cpu_ms_per_request_2_workers": {
+            "driver": [round(x["driver_ms"], 2) for x in two],
+            "workers": [round(x["worker_ms"], 2) for x in two],
+            "ray": [round(x["ray_ms"], 2) for x in two],
+        },
+        "idle_bound_ratio": round(min(2.0, 2 * w / (w + d + r)), 2),
         "startup_s": [round(r["startup_s"], 1) for r in runs[1] + runs[2]],
         "goal": ">= 1.6",
     }
@@ -143,6 +203,10 @@ def overhead(tmp: Path, n: int, repeat: int, concurrency: int) -> dict[str, Any]
             else:
                 remote.append(anyio.run(ray_run, graph, db, batch(n), 1, concurrency))
     added = [(r["wall_s"] - lo["wall_s"]) / n * 1000 for lo, r in zip(local, remote, strict=True)]
+    cpu = [
+        r["driver_ms"] + r["worker_ms"] + r["ray_ms"] - lo["driver_ms"]
+        for lo, r in zip(local, remote, strict=True)
+    ]
     return {
         "requests": n,
         "concurrency": concurrency,
@@ -152,6 +216,9 @@ def overhead(tmp: Path, n: int, repeat: int, concurrency: int) -> dict[str, Any]
         "added_ms_per_request": [round(a, 3) for a in added],
         "added_ms_per_request_median": round(statistics.median(added), 3),
         "as_latency_ms_per_request_median": round(statistics.median(added) * concurrency, 1),
+        "cpu_ms_per_request_local": [round(r["driver_ms"], 2) for r in local],
+        "added_cpu_ms_per_request": [round(c, 2) for c in cpu],
+        "added_cpu_ms_per_request_median": round(statistics.median(cpu), 2),
         "goal": "<= 1 ms",
     }
 
@@ -165,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["speedup", "overhead"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    import os
-
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")

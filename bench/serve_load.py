@@ -1,6 +1,6 @@
 """Benchmark: `moat serve` under load over loopback, against its goals (issue "moat serve").
 
-python -m bench.serve_load [--part all|throughput|added|commit|kill9] [--json]
+python -m bench.serve_load [--part all|throughput|added|commit|kill9] [--workers N] [--json]
 
 Every part launches real processes: `moat serve` (uvicorn) and, for the added latency,
 `moat sim-server`, each as `python -m engine ...` on port 0. The load comes from this
@@ -20,6 +20,10 @@ the same load through httpx2 to show it; its CPU per request is reported). Parts
   record is committed): the cost of committing before answering.
 - kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
   answered requests missing from the store (goal: none).
+
+`--workers N` runs `moat serve --workers N` (N server processes on one port); the server's
+CPU and memory are then summed over the parent and its workers. The client's own CPU is
+reported per request and as a share of the machine's cores, since it runs on them too.
 
 Results from the `sim` provider are simulated; the HTTP, scheduling and store work is real.
 """
@@ -101,8 +105,12 @@ def launched(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[An
                 print(f"{args[0]}: {len(errors)} error lines; last: {errors[-1]}", file=sys.stderr)
 
 
+WORKERS: list[str] = []
+"""`--workers N` for every `moat serve` of the run (set by `main`)."""
+
+
 def serve_args(graph: Path, db: Path, *extra: str) -> list[str]:
-    return ["serve", str(graph), "--port", "0", "--db", str(db), *LIMITS, *extra]
+    return ["serve", str(graph), "--port", "0", "--db", str(db), *LIMITS, *WORKERS, *extra]
 
 
 # the default caps (256 in flight) would make most of 1,000 clients queue: a load test
@@ -110,18 +118,42 @@ def serve_args(graph: Path, db: Path, *extra: str) -> list[str]:
 LIMITS = ["--max-inflight", "2000", "--tenant-concurrency", "2000"]
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its child processes (the workers of `moat serve --workers N`)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                children.append(int(entry.name))
+    return [pid, *children]
+
+
 def rss_mib(pid: int) -> float:
-    """The resident memory of a process, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of a process and its children, from /proc (Linux)."""
+    total = 0.0
+    for each in _tree(pid):
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("VmRSS:"))
+    return total
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process and its children have used, from /proc."""
+    total = 0.0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # -- the load -------------------------------------------------------------------------
@@ -152,6 +184,13 @@ class Load:
             "p99_ms": _round(percentile(ms, 99)),
             "max_ms": _round(ms[-1] if ms else None),
             "client_cpu_us_per_request": round(self.client_cpu_s / n * 1e6, 1) if n else None,
+            # the load generator runs on the machine it measures: the share of all its
+            # cores the client took while it ran
+            "client_share_of_cores": round(
+                self.client_cpu_s / (self.elapsed_s * (os.cpu_count() or 1)), 3
+            )
+            if self.elapsed_s
+            else None,
         }
 
 
@@ -314,20 +353,30 @@ def throughput(
 
 
 def added(work: Path, *, clients: int, requests: int, latency_ms: float, client: str) -> dict:
-    with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (_, sim_url):
+    with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (sim, sim_url):
         model = f"{{provider: openai, model: sim-small, base_url: '{sim_url}', max_retries: 0}}"
         graph = work / "remote.yaml"
         graph.write_text(ONE_NODE.format(model=model).replace("name: one", "name: remote"))
         env = {"OPENAI_API_KEY": "unused-by-sim-server"}
-        with launched(*serve_args(graph, work / "added.db"), env=env) as (_, url):
+        with launched(*serve_args(graph, work / "added.db"), env=env) as (proc, url):
             _run(drive(url, "remote", clients=clients, requests=clients * 2, client=client))
             _run(drive(sim_url, "sim-small", clients=clients, requests=clients * 2, client=client))
+            sim_cpu0 = cpu_s(sim.pid)
             direct = _run(
                 drive(sim_url, "sim-small", clients=clients, requests=requests, client=client)
             ).figures()
+            sim_direct_s = cpu_s(sim.pid) - sim_cpu0
+            moat_cpu0, sim_cpu0 = cpu_s(proc.pid), cpu_s(sim.pid)
             moat = _run(
                 drive(url, "remote", clients=clients, requests=requests, client=client)
             ).figures()
+            moat["server_cpu_us_per_request"] = round(
+                (cpu_s(proc.pid) - moat_cpu0) / requests * 1e6
+            )
+            moat["sim_server_cpu_us_per_request"] = round(
+                (cpu_s(sim.pid) - sim_cpu0) / requests * 1e6
+            )
+            direct["sim_server_cpu_us_per_request"] = round(sim_direct_s / requests * 1e6)
     return {
         "clients": clients,
         "model_latency_ms": latency_ms,
@@ -356,7 +405,8 @@ def kill9(work: Path, *, clients: int, seconds: float, client: str) -> dict[str,
                 drive(url, "cascade", clients=clients, requests=10**9, seconds=seconds + 30)
             )
             await asyncio.sleep(seconds)
-            proc.kill()  # SIGKILL: no shutdown, no flush
+            for pid in reversed(_tree(proc.pid)):  # SIGKILL: no shutdown, no flush
+                os.kill(pid, signal.SIGKILL)
             return await task
 
         load = _run(load_then_kill())
@@ -386,12 +436,16 @@ def main() -> None:
     parser.add_argument("--added-requests", type=int, default=5_000)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--client", choices=["raw", "httpx2"], default="raw")
+    parser.add_argument("--workers", type=int, default=1, help="moat serve --workers N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.workers > 1:
+        WORKERS[:] = ["--workers", str(args.workers)]
     result: dict[str, Any] = {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "client": args.client,
+        "workers": args.workers,
         "date": time.strftime("%Y-%m-%d"),
         "load_average_before": [round(x, 1) for x in os.getloadavg()],
     }

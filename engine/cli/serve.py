@@ -100,6 +100,13 @@ def add_commands(sub: Any) -> None:
         help="answer before the request is committed to the store (faster; a crash can "
         "lose requests already answered)",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="server processes on the port (one per core); limits are split among them",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument(
         "--allow-unpriced",
@@ -145,6 +152,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         max_queue=args.max_inflight,
     )
+    if getattr(args, "ray", None) is not None and getattr(args, "workers", 1) > 1:
+        raise SpecError(
+            f"--workers {args.workers} with --ray: Ray Serve runs replicas, not worker "
+            "processes; use --replicas N (or --autoscale MIN:MAX) instead"
+        )
     if getattr(args, "ray", None) is not None:
         from engine.cluster.serving import serve_on_ray
 
@@ -156,6 +168,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"moat serve: {url} on Ray Serve, {replicas} replicas", file=sys.stderr)
 
         return serve_on_ray(args, db_path(args.db), options, on_ray)
+    workers = getattr(args, "workers", 1)
+    opts = telemetry.options(args)
+    if workers > 1 and (opts.traces or opts.metrics_port is not None):
+        raise SpecError(
+            f"--workers {workers}: traces and a metrics port are per process, and each "
+            "worker has its own; drop --workers, or the telemetry options (each worker "
+            "still serves /metrics)"
+        )
     server = MoatServer(
         args.graphs,
         db=db_path(args.db),
@@ -165,8 +185,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         commit_wait=not args.no_commit_wait,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
-        telemetry=telemetry.telemetry_for(telemetry.options(args), server=True),
+        telemetry=telemetry.telemetry_for(opts, server=True) if workers == 1 else None,
     )
+    if workers > 1:
+        return _serve_workers(args, server, keys, limits)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -184,4 +206,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not run_app(server.app, sock, grace_s=args.grace, context=server, on_ready=ready):
             print("moat: serve: the server did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace, server: Any, keys: Any, limits: Any) -> int:
+    """`--workers N`: N server processes on one port (`engine.serve.workers`)."""
+    from engine.serve.listen import bind_workers
+    from engine.serve.workers import serve_workers, worker_spec
+
+    spec = worker_spec(
+        [os.path.abspath(path) for path in args.graphs],
+        db=os.path.abspath(db_path(args.db)),
+        keys=keys,
+        limits=limits,
+        workers=args.workers,
+        models=_parse_models(args.model),
+        commit_wait=not args.no_commit_wait,
+        grace_s=args.grace,
+        seed=args.seed,
+        allow_unpriced=args.allow_unpriced,
+    )
+    socks = bind_workers(args.host, args.port, args.workers)
+    host, port = socks[0].getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready() -> None:
+        print(f"http://{shown}:{port}/v1", flush=True)
+        print(
+            f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
+            f"({args.workers} worker processes; "
+            f"{'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        if not serve_workers(server, spec, socks, on_ready=ready):
+            print("moat: serve: a worker process did not start (see above)", file=sys.stderr)
+            return EXIT_USAGE
+    finally:
+        for sock in socks:
+            sock.close()
     return 0

@@ -6,22 +6,29 @@ records, beats the heartbeat and finishes the run; this class's `_answer` hands 
 to a dispatcher instead of the local runner. The dispatcher sends requests to the workers
 in chunks (at most `2 * concurrency` per worker outstanding, so the input is read only as
 fast as the cluster answers), and each worker streams back whole groups of records per
-request (`worker.Shipment`). The driver feeds each group to its own store writer through
-the pipeline's tap, so the store, `--out`, the progress bar and `--resume` see exactly what
-a local run would.
+request (`worker.Shipment`). With a store and no watcher of every record, the workers
+encode the records as the store's rows and the driver hands them to its store writer as
+they are, emitting only each request's `RequestRecord` (the out file, the progress bar,
+the policy's observations); otherwise it feeds each record through the pipeline's tap. The
+store, `--out`, the progress bar and `--resume` see exactly what a local run would.
 
 Exactly once: a group is stored only while its request is still waited for; a request
 answered twice (sent again after its worker died just after answering) is stored once.
 A worker that dies takes only whole requests with it: its unanswered requests go back to
 the front of the queue for the other workers, and a `WORKER_LOST` event records it.
 
-Policies and cache (`sync` every `sync_interval_s`): the driver polls the store's active
+Policies and cache (`sync`): every `sync_interval_s` the driver polls the store's active
 policy version and pushes a newer one to every worker; cache entries a worker stores come
 back with its shipments, are written to the store's `cache_entries` and pushed to the other
-workers. Staleness bound: a policy applied to the store is pinned by every worker's new
-requests within `sync_interval_s` plus one round trip (~0.3 s on one machine); a cache entry
-learned on one worker can hit on another once the request that stored it has finished and
-the next sync has run (the same bound after that request ends).
+workers every `cache_interval_s` (an actor call costs the driver about a millisecond of
+CPU, so not one per request). Staleness bound: a policy applied to the store is pinned by
+every worker's new requests within `sync_interval_s` plus one round trip (~0.3 s on one
+machine); a cache entry learned on one worker can hit on another once the request that
+stored it has been shipped (`worker._SHIP_S`, 100 ms at most) and the next cache push has
+run: within `cache_interval_s` plus that, about 1.1 s after the request ends.
+
+Sending: chunks of `concurrency` requests, each worker holding at most two chunks'
+worth, and the driver keeping one more chunk per worker queued, so chunks leave full.
 """
 
 from __future__ import annotations
@@ -45,13 +52,16 @@ from engine.events import EventType, OrchestrationEvent, RequestRecord
 from engine.logs import get_logger
 from engine.requests import BatchItem
 from engine.scheduler.runner import RequestResult
+from engine.store.codec import load_dictionary
 from engine.store.policy_ops import Active, poll_active
+from engine.store.schema import connect as connect_store
+from engine.store.writer import StoreWriter
 
 __all__ = ["ClusterPipeline", "WorkersLost"]
 
 _log = get_logger("moat.cluster")
 
-_FILL_S = 0.005
+_FILL_S = 0.02
 """How long the dispatcher waits for a chunk to fill before sending a smaller one."""
 
 
@@ -91,7 +101,8 @@ class ClusterPipeline(Pipeline):
             local instance.
         workers: how many worker actors (default: one per CPU the cluster offers).
         concurrency: requests each worker answers at once.
-        sync_interval_s: how often policies and cache entries are pushed to the workers.
+        sync_interval_s: how often a newer policy version is pushed to the workers.
+        cache_interval_s: how often cache entries one worker learned are pushed to the others.
         **options: the `Pipeline` options (`db`, `policy_file`, `models`, `seed`, ...).
 
     Raises:
@@ -106,6 +117,7 @@ class ClusterPipeline(Pipeline):
         workers: int | None = None,
         concurrency: int = 16,
         sync_interval_s: float = 0.25,
+        cache_interval_s: float = 1.0,
         **options: Any,
     ) -> None:
         require_ray()
@@ -113,8 +125,9 @@ class ClusterPipeline(Pipeline):
         self.address = address
         self.workers = workers
         self.concurrency = max(1, concurrency)
-        self.chunk_size = max(1, self.concurrency // 2)
+        self.chunk_size = self.concurrency
         self.sync_interval_s = sync_interval_s
+        self.cache_interval_s = cache_interval_s
         self.worker_pids: list[int] = []
         self._options = options
         self._slots: list[_Slot] = []
@@ -123,6 +136,8 @@ class ClusterPipeline(Pipeline):
         self._changed = anyio.Event()
         self._cache_in: list[tuple[int, CacheOp]] = []
         self._activation = 0
+        self._dictionary: bytes | None = None
+        """The store's compression dictionary, once the workers have it."""
         self._lost_events = 0
 
     @property
@@ -162,7 +177,9 @@ class ClusterPipeline(Pipeline):
             persistence = self.store.cache_persistence()
             for namespace in persistence.namespaces():
                 cache[namespace] = list(persistence.load(namespace))
+            self._dictionary = self._store_dictionary()
         return WorkerConfig(
+            dictionary=self._dictionary,
             graph_path=os.path.abspath(self.graph.path),
             models=dict(self._options.get("models") or {}),
             seed=self.seed,
@@ -191,7 +208,7 @@ class ClusterPipeline(Pipeline):
         on_record: Any,
     ) -> None:
         # `concurrency` is per worker: keep every worker busy with a chunk queued behind
-        in_flight = 2 * self.concurrency * max(1, len(self._slots))
+        in_flight = (2 * self.concurrency + self.chunk_size) * max(1, len(self._slots))
         try:
             await super()._answer_all(items, summary, in_flight, skip, on_record)
         except BaseExceptionGroup as group:
@@ -249,7 +266,7 @@ class ClusterPipeline(Pipeline):
                     chunk.append(waiter)
             if chunk:
                 slot.pending.update((w.request_id, w) for w in chunk)
-                slot.handle.submit.remote(chunk[0].run_id, [w.item for w in chunk])
+                slot.handle.submit.remote(chunk[0].run_id, [w.item for w in chunk], self._encoded())
 
     async def _free_slot(self, want: int) -> _Slot:
         """The live worker with the most room, once it has room for `want` requests (fails
@@ -284,7 +301,14 @@ class ClusterPipeline(Pipeline):
             slot.pending.clear()
         self._signal()
 
+    def _encoded(self) -> bool:
+        """Whether workers should ship rows: the records only go to the store writer."""
+        return isinstance(self._sink, StoreWriter) and not self.record_watchers
+
     def _deliver(self, slot: _Slot, shipment: Shipment) -> None:
+        if shipment.rows is not None:
+            self._deliver_rows(slot, shipment)
+            return
         for record in shipment.loose:
             self._tap.record(record)
         for group in shipment.groups:
@@ -296,6 +320,33 @@ class ClusterPipeline(Pipeline):
                 continue  # answered already (by a worker that died since), or given up
             for record in group:
                 self._tap.record(record)
+            waiter.result = _result(final)
+            waiter.done.set()
+        if shipment.cache_ops:
+            self._learned(slot, shipment.cache_ops)
+        self._signal()
+
+    def _deliver_rows(self, slot: _Slot, shipment: Shipment) -> None:
+        """Store a shipment of pre-encoded rows in one piece (without the rows of requests
+        stored already), then emit each new request's record as the tap would."""
+        assert shipment.rows is not None
+        fresh: list[tuple[_Waiter, RequestRecord]] = []
+        stale: set[str] = set()
+        for final in shipment.requests:
+            slot.pending.pop(final.id, None)
+            waiter = self._waiting.pop(final.id, None)
+            if waiter is None:
+                stale.add(final.id)
+            else:
+                fresh.append((waiter, final))
+        rows = shipment.rows.without(stale) if stale else shipment.rows
+        if rows.count:
+            self._sink.record(rows)  # type: ignore[arg-type]
+        watchers = self.record_watchers
+        for waiter, final in fresh:
+            for watch in watchers:
+                watch(final)
+            self._on_request(final)
             waiter.result = _result(final)
             waiter.done.set()
         if shipment.cache_ops:
@@ -362,31 +413,53 @@ class ClusterPipeline(Pipeline):
     # -- policies and cache ---------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
+        pushed = anyio.current_time()
         while True:
             await anyio.sleep(self.sync_interval_s)
-            await self.sync()
+            cache = anyio.current_time() - pushed >= self.cache_interval_s
+            await self.sync(cache=cache)
+            if cache:
+                pushed = anyio.current_time()
 
-    async def sync(self) -> None:
-        """Push a newer active policy version, and cache entries learned by one worker, to
-        the workers (done every `sync_interval_s`; call it to push at once)."""
+    async def sync(self, *, cache: bool = True) -> None:
+        """Push a newer active policy version, and (with `cache`) cache entries learned by
+        one worker, to the workers (done periodically; call it to push at once)."""
         policy = await anyio.to_thread.run_sync(self._newer_policy)
-        learned, self._cache_in = self._cache_in, []
-        if policy is None and not learned:
+        dictionary = None
+        if self._dictionary is None and self.store is not None:  # trained meanwhile?
+            dictionary = self._dictionary = await anyio.to_thread.run_sync(self._store_dictionary)
+        learned: list[tuple[int, CacheOp]] = []
+        if cache:
+            learned, self._cache_in = self._cache_in, []
+        if policy is None and not learned and dictionary is None:
             return
         async with anyio.create_task_group() as tg:  # all workers at once
             for slot in self._slots:
                 ops = [op for origin, op in learned if origin != slot.index]
-                if slot.alive and (policy is not None or ops):
-                    tg.start_soon(self._push, slot, policy, ops)
+                if slot.alive and (policy is not None or ops or dictionary is not None):
+                    tg.start_soon(self._push, slot, policy, ops, dictionary)
         if policy is not None:
             self._activation = policy.activation_id
             _log.info("cluster.policy_pushed", version=policy.version)
 
-    async def _push(self, slot: _Slot, policy: Active | None, ops: list[CacheOp]) -> None:
+    async def _push(
+        self, slot: _Slot, policy: Active | None, ops: list[CacheOp], dictionary: bytes | None
+    ) -> None:
         ray = require_ray()
         # a lost worker's chunks notice, requeue and record the loss
         with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-            await slot.handle.sync.remote(policy, ops)
+            await slot.handle.sync.remote(policy, ops, dictionary)
+
+    def _store_dictionary(self) -> bytes | None:
+        """The store's compression dictionary (workers compress the rows they encode with
+        it), or None while the writer has not trained one yet."""
+        assert self.store is not None
+        conn = connect_store(self.store.path, readonly=True)
+        try:
+            found = load_dictionary(conn)
+        finally:
+            conn.close()
+        return found.as_bytes() if found is not None else None
 
     def _newer_policy(self) -> Active | None:
         if self.store is None or self.policy is None or self.policy.name is None:

@@ -6,6 +6,14 @@ records, its `RequestRecord` last. Whole groups are what make a lost worker harm
 driver stores a request's records only once its group arrives, so a request cut off by a
 dying worker left nothing behind and is simply answered again elsewhere.
 
+When the driver stores what it receives (it has a store and nothing watches every record),
+a shipment carries its requests' records already encoded as the store's rows
+(`engine.store.writer.encode_records`), with only each request's `RequestRecord` as an
+object: the driver, the one process every worker's records pass through, then unpickles
+tuples and inserts them, and the encoding is spread over the workers. Finished requests
+are shipped together, at most every `_SHIP_S` or once `concurrency / 2` are waiting, so a
+Ray object carries many requests rather than one or two.
+
 The actor is an async Ray actor (its methods never block its loop); the pipeline runs on an
 anyio event loop of its own in a blocking portal thread, entered and left in one task, so
 its task groups stay well nested whatever Ray does with the actor's own loop. Policy
@@ -31,12 +39,16 @@ from engine.events import Record, RequestRecord
 from engine.logs import configure_logging
 from engine.plugin.context import SharedState
 from engine.requests import BatchItem, RequestLimits
+from engine.store.codec import frame_packer
 from engine.store.policy_ops import Active
+from engine.store.writer import EncodedRows, encode_records
 
 __all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
 
 _POLL_S = 0.005
-"""How often an idle `stream` looks for finished requests."""
+"""How often `stream` looks for finished requests."""
+_SHIP_S = 0.1
+"""How long a finished request waits at most for others to ship with."""
 
 CacheOp = tuple[str, str, str, Any]
 """`("save", namespace, tenant, record)` or `("delete", namespace, tenant, key)`."""
@@ -58,6 +70,8 @@ class WorkerConfig:
     """The store's active policy version when the batch started."""
     cache: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]] = field(default_factory=dict)
     """The store's semantic-cache entries, `namespace -> [(tenant, record)]`: a warm start."""
+    dictionary: bytes | None = None
+    """The store's compression dictionary, if it has one yet (later ones come by `sync`)."""
 
 
 @dataclass(slots=True)
@@ -65,11 +79,16 @@ class Shipment:
     """What a worker sends back at once: finished requests and what it learned meanwhile."""
 
     groups: list[list[Record]]
-    """One list per finished request: its records, its `RequestRecord` last."""
+    """One list per finished request: its records, its `RequestRecord` last (empty when
+    the records come as `rows`)."""
     loose: list[Record]
-    """Records of no request (run-level events)."""
+    """Records of no request (run-level events; in `rows` when there are rows)."""
     cache_ops: list[CacheOp]
     """Cache entries this worker stored or dropped, for the store and the other workers."""
+    requests: list[RequestRecord] = field(default_factory=list)
+    """With `rows`: each finished request's `RequestRecord` (its row is in `rows` too)."""
+    rows: EncodedRows | None = None
+    """Every record of the shipment encoded as the store's rows, when the driver asked."""
 
 
 class _ShipSink:
@@ -182,6 +201,9 @@ class BatchWorker:
         self._pipe_cm.__enter__()
         self.pipe = pipe
         self.limiter = self.portal.call(_new_limiter, config.concurrency)
+        self.encoded = False
+        self.ship_at = max(1, config.concurrency // 2)
+        self.pack = frame_packer(config.dictionary) if config.dictionary else None
         self.switched_at = 0.0
         if config.policy is not None:
             self.portal.call(self._switch, config.policy)
@@ -190,8 +212,10 @@ class BatchWorker:
         """The worker's process id, once its pipeline is open."""
         return os.getpid()
 
-    async def submit(self, run_id: str, items: list[BatchItem]) -> None:
-        """Start answering `items` under `run_id`; their records come out of `stream`."""
+    async def submit(self, run_id: str, items: list[BatchItem], encoded: bool = False) -> None:
+        """Start answering `items` under `run_id`; their records come out of `stream`,
+        as the store's rows if `encoded`."""
+        self.encoded = encoded
         self.portal.start_task_soon(self._answer_chunk, run_id, items)
 
     async def stream(self) -> AsyncIterator[Shipment]:
@@ -199,21 +223,38 @@ class BatchWorker:
         lives (one Ray streaming generator per worker: the driver stores each group as it
         arrives, and learns of the worker's death from it). The outbox is filled from the
         pipeline's loop in another thread, so it is polled every `_POLL_S`."""
+        groups: list[list[Record]] = []
+        first = 0.0
         while True:
-            arrived = _take_queue(self.outbox)
-            if not arrived:
-                await anyio.sleep(_POLL_S)
-                continue
-            groups: list[list[Record]] = []
-            for entry in arrived:
+            for entry in _take_queue(self.outbox):
                 if isinstance(entry, BaseException):
                     raise entry
+                if not groups:
+                    first = time.monotonic()
                 groups.append(entry)
-            yield Shipment(groups, _take(self.sink.loose), _take(self.bridge.outbox))
+            if not groups or (len(groups) < self.ship_at and time.monotonic() - first < _SHIP_S):
+                await anyio.sleep(_POLL_S)
+                continue
+            shipped, groups = groups, []
+            yield self._shipment(shipped)
 
-    async def sync(self, policy: Active | None, cache_ops: list[CacheOp]) -> int | None:
+    def _shipment(self, groups: list[list[Record]]) -> Shipment:
+        loose, ops = _take(self.sink.loose), _take(self.bridge.outbox)
+        if not self.encoded:
+            return Shipment(groups, loose, ops)
+        records = [record for group in groups for record in group]
+        finals = [group[-1] for group in groups]
+        assert all(isinstance(final, RequestRecord) for final in finals)
+        rows = encode_records(loose + records, self.pack)
+        return Shipment([], [], ops, requests=finals, rows=rows)  # type: ignore[arg-type]
+
+    async def sync(
+        self, policy: Active | None, cache_ops: list[CacheOp], dictionary: bytes | None = None
+    ) -> int | None:
         """Apply what the driver pushed: a newer policy version, cache entries other workers
-        learned. Returns the policy version now current."""
+        learned, the store's compression dictionary. Returns the policy version now current."""
+        if dictionary is not None:
+            self.pack = frame_packer(dictionary)
         return await anyio.to_thread.run_sync(self.portal.call, self._apply, policy, cache_ops)
 
     def policy_version(self) -> tuple[int | None, float]:

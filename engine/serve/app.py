@@ -12,6 +12,7 @@ see a server's requests as they are recorded. Routes:
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - the disconnect watch every request pays for (see below)
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import sniffio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -97,6 +99,11 @@ class MoatServer:
         commit_wait: send an answer only once its request is committed to the store (the
             default: a client that got a 200 finds its request there even after a kill
             -9); False answers as soon as the graph has, and the records follow.
+        runs: join these runs (graph name -> run id) instead of starting one per graph:
+            a worker process of `moat serve --workers N`, whose parent owns the runs
+            (starts them, beats their heartbeat, finishes them).
+        slot: `(index, count)` of this worker among `count`: its requests are numbered
+            `index`, `index + count`, ... so the workers' request ids never collide.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -115,9 +122,15 @@ class MoatServer:
         pipeline: Callable[..., Pipeline] = Pipeline,
         telemetry: Telemetry | None = None,
         commit_wait: bool = True,
+        runs: Mapping[str, str] | None = None,
+        slot: tuple[int, int] = (0, 1),
         **pipeline_options: Any,
     ) -> None:
         self.graphs: dict[str, _Served] = {}
+        self.runs = dict(runs) if runs is not None else None
+        self.slot = slot
+        self.counted_in_store = False
+        """Progress counted from the store's rows (the parent of worker processes)."""
         loaded = [entry if isinstance(entry, Graph) else load_graph(entry) for entry in graphs]
         _check_rebinds(loaded, models or {})
         for graph in loaded:
@@ -149,14 +162,19 @@ class MoatServer:
         try:  # telemetry closes last, after every run's records
             stack.push_async_callback(anyio.to_thread.run_sync, self.metrics.telemetry.close)
             self.metrics.telemetry.start()
-            for served in self.graphs.values():
+            for name, served in self.graphs.items():
                 await stack.enter_async_context(served.pipe)
-                served.run_id = served.pipe.start_run(None, {"serve": True})
+                if self.runs is not None:  # the parent process owns the run
+                    served.run_id = self.runs[name]
+                    served.pipe.use_run(served.run_id)
+                else:
+                    served.run_id = served.pipe.start_run(None, {"serve": True})
+                    stack.push_async_callback(self._finish_run, served)
                 served.pipe.record_watchers += [served.watch, served.commits.watch]
-                stack.push_async_callback(self._finish_run, served)
             beats = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(beats.cancel_scope.cancel)
-            beats.start_soon(self._heartbeat)
+            if self.runs is None:
+                beats.start_soon(self._heartbeat)
             for served in self.graphs.values():
                 if served.commits.durable:
                     beats.start_soon(served.commits.run)
@@ -178,9 +196,13 @@ class MoatServer:
             for served in self.graphs.values():
                 store = served.pipe.store
                 if store is not None:
-                    await anyio.to_thread.run_sync(
-                        store.update_run_progress, served.run_id, served.done
-                    )
+                    await anyio.to_thread.run_sync(self._beat, store, served)
+
+    def _beat(self, store: Any, served: _Served) -> None:
+        done = served.done
+        if self.counted_in_store or self.runs is not None:  # answered by several processes
+            done = sum(store.status_counts(served.run_id).values())
+        store.update_run_progress(served.run_id, done)
 
     @staticmethod
     async def _finish_run(served: _Served) -> None:
@@ -229,9 +251,7 @@ class MoatServer:
             if store is None:
                 continue
             try:  # a write proves the store takes records (and is a heartbeat too)
-                await anyio.to_thread.run_sync(
-                    store.update_run_progress, served.run_id, served.done
-                )
+                await anyio.to_thread.run_sync(self._beat, store, served)
             except StoreError as exc:
                 body = {"status": "store not writable", "graph": name, "error": str(exc)}
                 return JSONResponse(body, status_code=503)
@@ -321,6 +341,21 @@ class MoatServer:
         """Run the request while its client is connected: a client that goes away
         cancels the request's work, model calls included, and the request and its calls
         are recorded `cancelled`."""
+        if sniffio.current_async_library() != "asyncio":
+            return await self._run_attended_anyio(request, served, chat, tenant)
+        scope = anyio.CancelScope()
+        watch = _watch_disconnect(request, scope)
+        try:
+            with scope:
+                return await self._run(served, chat, tenant, request.headers)
+        finally:
+            watch.cancel()
+        # only a disconnect cancels the scope, and the scope then ends the request here
+        raise ApiError(499, "the client closed the request", code="client_closed")
+
+    async def _run_attended_anyio(
+        self, request: Request, served: _Served, chat: ChatRequest, tenant: str
+    ) -> tuple[RequestResult, tuple[int, int, int]]:
         outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
@@ -339,7 +374,8 @@ class MoatServer:
         self, served: _Served, chat: ChatRequest, tenant: str, headers: Mapping[str, str]
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
-        seq = served.seq
+        index, count = self.slot
+        seq = served.seq * count + index
         served.seq += 1
         request_id = f"{served.run_id}-{seq:06d}"
         data = _graph_input(pipe.graph, chat, tenant)
@@ -398,9 +434,25 @@ def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]
     return data
 
 
-async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+def _watch_disconnect(request: Request, scope: anyio.CancelScope) -> asyncio.Future[Any]:
     """Cancel `scope` when the client disconnects (the body has been read, so the next
-    message the server sends is the disconnect)."""
+    message the server sends is the disconnect); cancel the returned task to stop. A bare
+    asyncio task with a callback: a tenth of the CPU of a task group and an anyio task,
+    which every request paid (uvicorn and Ray Serve run the app on asyncio)."""
+    task: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
+
+    def done(finished: asyncio.Future[Any]) -> None:
+        if finished.cancelled() or finished.exception() is not None:
+            return
+        if finished.result()["type"] == "http.disconnect":
+            scope.cancel()
+
+    task.add_done_callback(done)
+    return task
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    """`_watch_disconnect` as an anyio task, for an event loop other than asyncio's."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":

@@ -6,11 +6,19 @@ opened is a clear error before anything is served, and `--port 0` can print the 
 system chose. uvicorn handles SIGINT and SIGTERM: it stops accepting and lets the requests
 in flight finish within the grace period; then `moat serve` records its runs as finished
 once their requests are stored.
+
+Connections are accepted by moat, not by the event loop's server: uvloop (libuv) accepts
+one connection per turn of the loop, and a turn of a loaded server takes milliseconds, so
+a burst of 1,000 connections waited up to tens of seconds in the kernel's accept queue
+while the connections already accepted were served (bench/RESULTS.md, "moat serve under
+load"). `_Acceptor` takes every pending connection each time the socket is readable.
 """
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - uvicorn's transports live on the asyncio loop it runs on
 import errno
+import gc
 import ipaddress
 import math
 import signal
@@ -25,7 +33,11 @@ import uvicorn
 
 from engine.errors import SpecError
 
-__all__ = ["bind", "config", "is_loopback", "run_app"]
+__all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
+
+_ACCEPT_BURST = 512
+"""Connections accepted per readiness of the listening socket (the rest on the next turn),
+so a connection storm cannot hold the loop away from requests for long."""
 
 
 def is_loopback(host: str) -> bool:
@@ -38,7 +50,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind_workers(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on one `host:port` (SO_REUSEPORT), one per worker process:
+    the kernel spreads new connections evenly over them, where one shared socket would
+    let whichever process wakes first take a whole burst.
+
+    Raises:
+        SpecError: as `bind`.
+    """
+    first = bind(host, port, reuse_port=True)
+    socks = [first]
+    try:
+        for _ in range(count - 1):
+            socks.append(bind(host, first.getsockname()[1], reuse_port=True))
+    except SpecError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on `host:port` (port 0: any free port).
 
     Raises:
@@ -53,6 +85,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(2048)
@@ -107,10 +141,15 @@ def run_app(
     Raises:
         MoatError: entering `context` failed (nothing was served).
     """
-    runner = uvicorn.Server(config(app, grace_s=grace_s))
+    runner = _Server(config(app, grace_s=grace_s))
 
     async def main() -> None:
         async with context if context is not None else nullcontext():
+            # what is alive once the graphs are open lives as long as the server: out of
+            # the collector's sight, every collection skips it (~10 % of the CPU per
+            # request in an A/B, bench/RESULTS.md)
+            gc.collect()
+            gc.freeze()
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])
@@ -138,3 +177,57 @@ def _has_uvloop() -> bool:
     except ImportError:
         return False
     return True
+
+
+class _Acceptor:
+    """Accepts every pending connection of a listening socket when it is readable, and
+    hands each to uvicorn's protocol; `close` (what uvicorn calls on its servers at
+    shutdown) stops accepting."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], Any]
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._tasks: set[asyncio.Task[Any]] = set()
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BURST):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, a reset before accept: try next turn
+                return
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
+    server (the same protocol, connection tracking and graceful shutdown)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> Any:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = [_Acceptor(loop, sock, protocol) for sock in sockets or []]  # type: ignore[misc]

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
 
-__all__ = ["Packer", "decode", "load_dictionary"]
+__all__ = ["Packer", "decode", "frame_packer", "load_dictionary"]
 
 _MIN_BYTES = 64
 """Payloads shorter than this stay text: a frame's own header would eat the gain."""
@@ -75,6 +76,20 @@ def decode(conn: sqlite3.Connection, value: str | bytes) -> Any:
         dict_id = zstandard.get_frame_parameters(value).dict_id
         value = _decompressor(conn, dict_id).decompress(value)
     return json.loads(value)
+
+
+def frame_packer(dictionary: bytes) -> Callable[[str | None], str | bytes | None]:
+    """`Packer.pack` with the store's trained `dictionary` (`load_dictionary(...).as_bytes()`),
+    for a process that encodes rows without the store (a Ray worker, `encode_records`)."""
+    compressor = Packer._make(zstandard.ZstdCompressionDict(dictionary))
+
+    def pack(text: str | None) -> str | bytes | None:
+        if text is None or len(text) < _MIN_BYTES:
+            return text
+        frame = compressor.compress(text.encode())
+        return frame if len(frame) * 4 < len(text) * 3 else text
+
+    return pack
 
 
 class Packer:

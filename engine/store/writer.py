@@ -40,7 +40,7 @@ from engine.store.codec import Packer
 from engine.store.compact import Compactor, offset_us
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
-__all__ = ["EVENT_SQL", "StoreWriter", "WriterStats", "event_row"]
+__all__ = ["EVENT_SQL", "EncodedRows", "StoreWriter", "WriterStats", "encode_records", "event_row"]
 
 EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transactions
     "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
@@ -258,6 +258,224 @@ def _request_row(cx: Compactor, pack: _Pack, r: RequestRecord) -> tuple[Any, ...
     return (*head, *middle, r.stored_input_hash(), output, r.error)
 
 
+# Pre-encoded rows (`EncodedRows`): a process that is not the writer (a Ray worker) turns
+# its records into the contract's columns, tuples of plain values that are cheap to send
+# and to unpickle; the writer then only maps names to codes and times to offsets.
+
+
+def _node_run_row(r: NodeRun) -> tuple[Any, ...]:
+    return (
+        r.request_id,
+        r.node,
+        r.node_type,
+        r.cycle,
+        _str(r.status),
+        1 if r.speculative else 0,
+        _str(r.outcome),
+        r.started_at,
+        r.duration_ms,
+        r.attempts,
+        r.error,
+    )
+
+
+def _llm_call_row(c: LlmCall) -> tuple[Any, ...]:
+    return (
+        c.request_id,
+        c.node,
+        c.cycle,
+        c.model,
+        c.provider,
+        _str(c.call_kind),
+        _str(c.call_outcome),
+        _str(c.cache_status),
+        c.related_event_id,
+        c.prompt_hash,
+        c.input_tokens,
+        c.output_tokens,
+        c.cost_usd,
+        c.latency_ms,
+        c.started_at,
+        c.status,
+        c.error,
+        c.prompt_text,
+        c.response_text,
+    )
+
+
+def _trace_row(t: DecisionTrace) -> tuple[Any, ...]:
+    return (t.request_id, t.cycle, t.stage, _json(t.payload) or "{}")
+
+
+def _request_contract_row(r: RequestRecord) -> tuple[Any, ...]:
+    head = (
+        r.id,
+        r.run_id,
+        r.seq,
+        r.conversation_id,
+        r.turn_index,
+        r.parent_request_id,
+        r.tenant,
+        _str(r.status),
+    )
+    middle: tuple[Any, ...] = _request_plain(r)
+    return (*head, *middle, r.stored_input_hash(), _json(r.output), r.error)
+
+
+def _stored(cx: Compactor, pack: _Pack, value: str | bytes | None) -> str | bytes | int | None:
+    """A JSON column's stored value; one the sender compressed already stays as it is."""
+    return value if type(value) is bytes else _value(cx, pack, value)  # type: ignore[arg-type]
+
+
+def _event_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    code = cx.code
+    run = code(t[0])
+    key, t0 = cx.event_key(t[1], run, t[9])
+    decision, status = t[6], t[7]
+    if decision is not None and type(decision) is not str:
+        decision = str(decision)  # TEXT, as the contract's column stored it
+    return (
+        key,
+        run,
+        t[2],
+        code(t[3]),
+        code(t[4]),
+        code(t[5]),
+        None if decision is None else cx.maybe(decision),
+        None if status is None else code(status),
+        t[8],
+        offset_us(t[9], t0),
+        t[10],
+        code(t[11]),
+        _stored(cx, pack, t[12]),
+        _stored(cx, pack, t[13]),
+        _stored(cx, pack, t[14]),
+    )
+
+
+def _node_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    code = cx.code
+    key, t0 = cx.key(t[0], t[7])
+    return (
+        key,
+        code(t[1]),
+        code(t[2]),
+        t[3],
+        code(t[4]),
+        t[5],
+        code(t[6]),
+        offset_us(t[7], t0),
+        round(t[8] * 1000),
+        t[9],
+        t[10],
+    )
+
+
+def _llm_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    code = cx.code
+    key, t0 = cx.key(t[0], t[14])
+    return (
+        key,
+        code(t[1]),
+        t[2],
+        code(t[3]),
+        code(t[4]),
+        code(t[5]),
+        code(t[6]),
+        code(t[7]),
+        *t[8:14],
+        offset_us(t[14], t0),
+        code(t[15]),
+        *t[16:19],
+    )
+
+
+def _trace_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    key, _ = cx.key(t[0], 0.0)
+    return (key, t[1], cx.code(t[2]), _stored(cx, pack, t[3]))
+
+
+def _request_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    output = t[-2]
+    if type(output) is str and len(output) >= 64:
+        t = (*t[:-2], pack(output), t[-1])
+    cx.finished(t[0], t[1])
+    return t
+
+
+_CONTRACT: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
+    event_row,
+    _node_run_row,
+    _llm_call_row,
+    _trace_row,
+    _request_contract_row,
+)
+"""Per table (in `_TABLES` order), the contract's row of a record."""
+_FROM_ROW: tuple[Callable[[Compactor, _Pack, tuple[Any, ...]], tuple[Any, ...]], ...] = (
+    _event_from_row,
+    _node_from_row,
+    _llm_from_row,
+    _trace_from_row,
+    _request_from_row,
+)
+"""Per table, the compact row of a contract row."""
+_PACKED: tuple[tuple[int, ...], ...] = ((12, 13, 14), (), (), (3,), (15,))
+"""Per table, the contract row's JSON columns large enough to be worth compressing."""
+_REQUEST_COLUMN = (1, 0, 0, 0, 0)
+"""Per table, the contract row's column holding the request id."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """Records already encoded as the contract's rows (by `encode_records`), one list per
+    table in `_TABLES` order; large JSON values may be compressed already."""
+
+    tables: tuple[list[tuple[Any, ...]], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(len(rows) for rows in self.tables)
+
+    def without(self, request_ids: set[str]) -> EncodedRows:
+        """These rows but those of `request_ids` (requests stored already)."""
+        return EncodedRows(
+            tuple(
+                [row for row in rows if row[column] not in request_ids]
+                for rows, column in zip(self.tables, _REQUEST_COLUMN, strict=True)
+            )
+        )
+
+
+def encode_records(records: Sequence[Record], pack: _Pack | None = None) -> EncodedRows:
+    """The contract's rows of `records`, by table, their large JSON values compressed with
+    `pack` (`codec.frame_packer`, the store's dictionary) when given, else by the writer.
+
+    Raises:
+        TypeError: a record is not of a stored kind.
+    """
+    tables: list[list[tuple[Any, ...]]] = [[] for _ in _TABLES]
+    for item in records:
+        slot = _SLOT.get(type(item))
+        if slot is None:
+            raise TypeError(f"not a store record: {type(item).__name__}")
+        tables[slot].append(_CONTRACT[slot](item))
+    if pack is not None:
+        for index, columns in enumerate(_PACKED):
+            if columns:
+                tables[index] = [_packed_row(row, columns, pack) for row in tables[index]]
+    return EncodedRows(tuple(tables))
+
+
+def _packed_row(row: tuple[Any, ...], columns: tuple[int, ...], pack: _Pack) -> tuple[Any, ...]:
+    if not any(type(row[i]) is str and len(row[i]) >= 64 for i in columns):
+        return row
+    values = list(row)
+    for i in columns:
+        if type(values[i]) is str and len(values[i]) >= 64:
+            values[i] = pack(values[i])
+    return tuple(values)
+
+
 _Build = Callable[[Compactor, _Pack, Any], tuple[Any, ...]]
 # Order matters: `requests` rows are inserted last within each transaction.
 _TABLES: tuple[tuple[type[Any], str, _Build], ...] = (
@@ -323,7 +541,7 @@ class StoreWriter:
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_batch = max_batch
-        self._queue: deque[Record | _FlushMarker] = deque()
+        self._queue: deque[Record | EncodedRows | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._closed = False
         self._stopping = False
@@ -344,8 +562,8 @@ class StoreWriter:
         self._thread.start()
         atexit.register(self.close)
 
-    def record(self, item: Record) -> None:
-        """Queue one record; never blocks and does no I/O.
+    def record(self, item: Record | EncodedRows) -> None:
+        """Queue one record (or pre-encoded rows); never blocks and does no I/O.
 
         Raises:
             StoreError: the writer is closed.
@@ -428,16 +646,22 @@ class StoreWriter:
             conn.close()
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
-        groups: list[list[Any]] = [[] for _ in _TABLES]
+        """The queued records by table, then (in the same list after `len(_TABLES)`) the
+        pre-encoded rows by table; and the flush markers reached."""
+        groups: list[list[Any]] = [[] for _ in range(2 * len(_TABLES))]
         markers: list[_FlushMarker] = []
         queue = self._queue
-        for _ in range(self._max_batch):
-            if not queue:
-                break
+        taken = 0
+        while queue and taken < self._max_batch:
             item = queue.popleft()
+            taken += 1
             slot = _SLOT.get(type(item))
             if slot is not None:
                 groups[slot].append(item)
+            elif type(item) is EncodedRows:
+                for index, rows in enumerate(item.tables):
+                    groups[len(_TABLES) + index] += rows
+                taken += item.count
             elif isinstance(item, _FlushMarker):
                 markers.append(item)
             else:
@@ -465,11 +689,19 @@ class StoreWriter:
         new codes and request keys are inserted as they are met)."""
         rows: list[list[tuple[Any, ...]]] = []
         cx, pack = self._compactor, self._packer.pack
-        for group, (_, _, build) in zip(groups, _TABLES, strict=True):
+        plain, encoded = groups[: len(_TABLES)], groups[len(_TABLES) :]
+        for group, ready, (_, _, build), convert in zip(
+            plain, encoded, _TABLES, _FROM_ROW, strict=True
+        ):
             try:
                 built = [build(cx, pack, item) for item in group]
             except Exception:
                 built = self._rows_one_by_one(group, build)
+            if ready:
+                try:
+                    built += [convert(cx, pack, row) for row in ready]
+                except Exception:
+                    built += self._rows_one_by_one(ready, convert)
             rows.append(built)
         return rows
 

@@ -1,0 +1,141 @@
+"""`moat serve --workers N`: N processes on one port, one run per graph, ids that never
+collide, no answered request lost to a kill -9 of every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from engine.cli import main
+from engine.serve import ShapingLimits
+from engine.serve.workers import split_limits
+from engine.store.store import Store
+from tests.support.fast_graphs import fast_copy
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _serve(graph: Path, db: Path, workers: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            str(graph),
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _ask(base_url: str, model: str, n: int) -> list[str]:
+    """`n` requests, each on a new connection (so the kernel spreads them over workers)."""
+    ids = []
+    for i in range(n):
+        body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}
+        with httpx2.Client(base_url=base_url, timeout=30) as web:
+            response = web.post("/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        ids.append(response.headers["x-moat-request-id"])
+    return ids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
+def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    with _serve(graph, db, 2) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
+            assert len(_children(proc.pid)) == 2
+            ids = _ask(base_url, "baseline", 24)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert len(set(ids)) == 24
+    seqs = {int(rid.rsplit("-", 1)[1]) for rid in ids}
+    assert {s % 2 for s in seqs} == {0, 1}  # both workers answered (even: 0, odd: 1)
+    with Store.open(db, readonly=True) as store:
+        runs = store.query("SELECT id, status, requests_done FROM runs")
+        stored = {r["id"] for r in store.query("SELECT id FROM requests WHERE status = 'ok'")}
+    assert [(r["status"], r["requests_done"]) for r in runs] == [("finished", 24)]
+    assert stored == set(ids)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
+def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    with _serve(graph, tmp_path / "moat.db", 2) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            first = _children(proc.pid)
+            os.kill(first[0], signal.SIGKILL)
+            for _ in range(100):  # the parent notices within half a second, then restarts it
+                now = _children(proc.pid)
+                if len(now) == 2 and first[0] not in now:
+                    break
+                time.sleep(0.2)
+            assert len(now) == 2 and first[0] not in now
+            assert len(_ask(base_url, "baseline", 6)) == 6
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def test_limits_are_split_among_the_workers() -> None:
+    limits = ShapingLimits(rate=10.0, burst=5, tenant_concurrency=64, max_inflight=256)
+    split = split_limits(limits, 3)
+    assert (split.rate, split.burst, split.tenant_concurrency, split.max_inflight) == (
+        pytest.approx(10 / 3),
+        2,
+        22,
+        86,
+    )
+    assert split_limits(limits, 1) == limits
+
+
+def test_workers_with_ray_or_with_a_metrics_port_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = str(fast_copy("baseline", tmp_path, time_scale=0))
+    assert main(["serve", graph, "--port", "0", "--workers", "2", "--ray"]) == 2
+    assert "use --replicas N" in capsys.readouterr().err
+    db = str(tmp_path / "m.db")
+    args = ["serve", graph, "--port", "0", "--db", db, "--workers", "2", "--otel"]
+    assert main(args) == 2
+    assert "drop --workers" in capsys.readouterr().err

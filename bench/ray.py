@@ -40,9 +40,11 @@ from typing import Any
 # Run as a script, this file's folder comes first on sys.path and its name would shadow
 # the `ray` package: drop the folder (`python -m bench.ray` needs nothing of the kind).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+sys.path.insert(0, str(Path(__file__).parent.parent))  # the checkout, for `bench._procs`
 
 import anyio  # noqa: E402
 
+from bench._procs import descendants  # noqa: E402
 from engine.api import Pipeline  # noqa: E402
 from engine.requests import BatchItem  # noqa: E402
 
@@ -87,28 +89,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below `root` (Ray's raylet, GCS and workers below the driver)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[1])
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
 async def _timed(pipe: Pipeline, items: list[BatchItem], concurrency: int) -> dict[str, float]:
     workers = list(getattr(pipe, "worker_pids", []))
-    others = [pid for pid in _descendants(os.getpid()) if pid not in workers]
+    others = [pid for pid in descendants(os.getpid()) if pid not in workers]
     w0 = sum(_cpu_s(pid) for pid in workers)
     s0 = sum(_cpu_s(pid) for pid in others)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench._procs import children
 from engine.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,16 +121,7 @@ LIMITS = ["--max-inflight", "2000", "--tenant-concurrency", "2000"]
 
 def _tree(pid: int) -> list[int]:
     """`pid` and its child processes (the workers of `moat serve --workers N`)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                children.append(int(entry.name))
-    return [pid, *children]
+    return [pid, *children(pid)]
 
 
 def rss_mib(pid: int) -> float:

@@ -240,22 +240,7 @@ def _trace_rows(cx: Compactor, pack: _Pack, t: DecisionTrace) -> tuple[Any, ...]
 
 
 def _request_row(cx: Compactor, pack: _Pack, r: RequestRecord) -> tuple[Any, ...]:
-    middle: tuple[Any, ...] = _request_plain(r)
-    head = (
-        r.id,
-        r.run_id,
-        r.seq,
-        r.conversation_id,
-        r.turn_index,
-        r.parent_request_id,
-        r.tenant,
-        _str(r.status),
-    )
-    output = _json(r.output)
-    if output is not None and len(output) >= 64:
-        output = pack(output)  # type: ignore[assignment]
-    cx.finished(r.id, r.run_id)
-    return (*head, *middle, r.stored_input_hash(), output, r.error)
+    return _request_from_row(cx, pack, _request_contract_row(r))
 
 
 # Pre-encoded rows (`EncodedRows`): a process that is not the writer (a Ray worker) turns

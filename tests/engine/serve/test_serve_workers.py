@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from bench._procs import children
 from engine.cli import main
 from engine.serve import ShapingLimits
 from engine.serve.workers import split_limits
@@ -44,19 +45,6 @@ def _serve(graph: Path, db: Path, workers: int) -> subprocess.Popen[str]:
     )
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _ask(base_url: str, model: str, n: int) -> list[str]:
     """`n` requests, each on a new connection (so the kernel spreads them over workers)."""
     ids = []
@@ -78,7 +66,7 @@ def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> 
             assert proc.stdout is not None
             base_url = proc.stdout.readline().strip()
             assert base_url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
-            assert len(_children(proc.pid)) == 2
+            assert len(children(proc.pid)) == 2
             ids = _ask(base_url, "baseline", 24)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
@@ -103,10 +91,10 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
         try:
             assert proc.stdout is not None
             base_url = proc.stdout.readline().strip()
-            first = _children(proc.pid)
+            first = children(proc.pid)
             os.kill(first[0], signal.SIGKILL)
             for _ in range(100):  # the parent notices within half a second, then restarts it
-                now = _children(proc.pid)
+                now = children(proc.pid)
                 if len(now) == 2 and first[0] not in now:
                     break
                 time.sleep(0.2)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import StoreError
-from engine.store.compact import MIGRATION_3
+from engine.store.compact import FACT_EVENT_TYPES, MIGRATION_3
 
 __all__ = [
     "FACTS_IN",
@@ -173,21 +173,9 @@ _MIGRATION_1 = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 
-FACT_EVENT_TYPES = (
-    "CACHE_HIT",
-    "CACHE_MISS",
-    "VALIDATION_PASSED",
-    "VALIDATION_FAILED",
-    "SPECULATIVE_RESULT_USED",
-    "SPECULATIVE_RESULT_DISCARDED",
-    "BRANCH_CANCELLED",
-    "NODE_FAILED",
-    "ROUTE_SELECTED",
-)
-"""The event types run figures count (`engine.store.reads`); `orchestration_events_facts`
-indexes exactly these by run, a few entries per request."""
 FACTS_IN = f"event_type IN ({', '.join(repr(t) for t in FACT_EVENT_TYPES)})"
-"""That index's condition: queries repeat it verbatim, or SQLite will not use the index."""
+"""The condition of `orchestration_events_facts`, the index of the event types run figures
+count (`compact.FACT_EVENT_TYPES`): queries repeat it verbatim, or SQLite will not use it."""
 FAILED_IN = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
 """`requests_failed`'s condition (`engine.stats.FAILED_STATUSES`), verbatim likewise."""
 

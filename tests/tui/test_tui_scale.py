@@ -16,7 +16,8 @@ from tui._live import WINDOW, LiveReader
 
 pytestmark = pytest.mark.anyio
 
-TOTAL = WINDOW + 700
+TOTAL = 2 * WINDOW + 100
+"""The kept window, one page of older requests (a page is a window), and a part page."""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_a_poll_keeps_the_newest_window_and_counts_every_request(db: Path) -> No
         assert snapshot.metrics[None].complete
         assert snapshot.metrics[run.id].cache_hit_rate == 0.0  # every request missed
         assert snapshot.requests[-1].route == "small" and snapshot.requests[-1].cycles == 1
-        older = reader.page(RequestPage(), snapshot.requests[0].row_id, 500)
+        older = reader.page(RequestPage(), snapshot.requests[0].row_id, WINDOW)
         assert [r.seq for r in older[:2]] == [TOTAL - WINDOW - 1, TOTAL - WINDOW - 2]
         assert reader.poll().requests == snapshot.requests  # nothing new: nothing re-read
     finally:
@@ -58,7 +59,7 @@ async def test_the_requests_view_reads_older_pages_on_o(db: Path) -> None:
         scope = str(app.screen.query_one("#requests-scope", Static).render())
         assert f"{WINDOW} of {TOTAL} requests shown" in scope and "o older" in scope
         await pilot.press("o")
-        assert table.row_count == WINDOW + 500
+        assert table.row_count == 2 * WINDOW
         await pilot.press("o")
         assert table.row_count == TOTAL
         scope = str(app.screen.query_one("#requests-scope", Static).render())

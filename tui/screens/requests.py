@@ -19,7 +19,7 @@ from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from engine.store.reads import RequestPage
 from tui._format import ms, styled, usd
-from tui._live import Metrics, RequestRow, Snapshot
+from tui._live import WINDOW, Metrics, RequestRow, Snapshot
 from tui.screens.base import LiveScreen
 
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["RequestFilter", "RequestsScreen"]
 
 _COLUMNS = ("request", "tenant", "status", "latency", "cost", "route", "cycles", "policy")
-_PAGE = 500
-"""Older requests read per page."""
+_PAGE = WINDOW
+"""Older requests read per page: as many as the reader keeps."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ dying worker left nothing behind and is simply answered again elsewhere.
 
 When the driver stores what it receives (it has a store and nothing watches every record),
 a shipment carries its requests' records already encoded as the store's rows
-(`engine.store.writer.encode_records`), with only each request's `RequestRecord` as an
+(`engine.store.rows.encode_records`), with only each request's `RequestRecord` as an
 object: the driver, the one process every worker's records pass through, then unpickles
 tuples and inserts them, and the encoding is spread over the workers. Finished requests
 are shipped together, at most every `_SHIP_S` or once `concurrency / 2` are waiting, so a
@@ -41,7 +41,7 @@ from engine.plugin.context import SharedState
 from engine.requests import BatchItem, RequestLimits
 from engine.store.codec import frame_packer
 from engine.store.policy_ops import Active
-from engine.store.writer import EncodedRows, encode_records
+from engine.store.rows import EncodedRows, encode_records
 
 __all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import PolicyError, StoreError
 from engine.events import EventType, OrchestrationEvent
 from engine.store import policy_tables as _store_policy
+from engine.store.rows import EVENT_SQL, event_row
 from engine.store.schema import connect
-from engine.store.writer import EVENT_SQL, event_row
 
 if TYPE_CHECKING:
     from engine.store.store import Store

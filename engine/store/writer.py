@@ -16,461 +16,22 @@ plus, at most once per batch, setting a `threading.Event`.
 from __future__ import annotations
 
 import atexit
-import json
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.events import (
-    DecisionTrace,
-    LlmCall,
-    NodeRun,
-    OrchestrationEvent,
-    Record,
-    RequestRecord,
-)
+from engine.events import Record
 from engine.store.codec import Packer
-from engine.store.compact import Compactor, offset_us
+from engine.store.compact import Compactor
+from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, EncodedRows
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
-__all__ = ["EVENT_SQL", "EncodedRows", "StoreWriter", "WriterStats", "encode_records", "event_row"]
-
-EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transactions
-    "INSERT INTO orchestration_events (run_id, request_id, cycle, stage, component, "
-    "event_type, decision, status, sequence, started_at, duration_ms, reason_codes_json, "
-    "inputs_json, outputs_json, payload_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-# The batching writer writes the compact tables directly (`engine.store.compact`).
-_EVENT_ROWS_SQL = (
-    "INSERT INTO event_rows (rk, run, cycle, stage, component, type, decision, status, "
-    "sequence, at, duration_ms, reasons, inputs, outputs, payload) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_NODE_ROWS_SQL = (
-    "INSERT INTO node_rows (rk, node, node_type, cycle, status, speculative, outcome, at, "
-    "duration_us, attempts, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-)
-_LLM_ROWS_SQL = (
-    "INSERT INTO llm_rows (rk, node, cycle, model, provider, call_kind, call_outcome, "
-    "cache_status, related_event_id, prompt_hash, input_tokens, output_tokens, cost_usd, "
-    "latency_ms, at, status, error, prompt_text, response_text) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_TRACE_ROWS_SQL = "INSERT INTO trace_rows (rk, cycle, stage, payload) VALUES (?,?,?,?)"
-# REPLACE: request ids are stable across `--resume`, and a rerun replaces nothing finished
-# (finished requests are not rerun), but a duplicate must never abort a whole batch.
-_REQUEST_SQL = (
-    "INSERT OR REPLACE INTO requests (id, run_id, seq, conversation_id, turn_index, "
-    "parent_request_id, tenant, status, started_at, finished_at, latency_ms, cost_usd, "
-    "policy_name, policy_version, input_hash, output_json, error) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-
-_EMPTY_LIST = "[]"
-# JSON columns are encoded with ONE reusable C encoder (no circular-reference markers):
-# `json.dumps` builds a new encoder object per call, which was a third of the writer's
-# time. Falls back to the pure-Python encoder where the C speedups are missing.
-_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encoder = (
-    _make_c_encoder(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-    if _make_c_encoder is not None
-    else None
-)
-
-
-def _encode(value: object) -> str:
-    if _c_encoder is None:
-        return json.dumps(value, separators=(",", ":"), default=str)
-    return "".join(_c_encoder(value, 0))
-
-
-# Reason codes repeat a lot; their encodings are kept (bounded) by value.
-_reason_cache: dict[tuple[str, ...], str] = {}
-
-
-def _json(value: Mapping[str, Any] | None) -> str | None:
-    if value is None:
-        return None
-    return _encode(value)
-
-
-def _json_list(value: Sequence[str]) -> str:
-    if not value:
-        return _EMPTY_LIST
-    if type(value) is not tuple:
-        return _encode(list(value))
-    encoded = _reason_cache.get(value)
-    if encoded is None:
-        encoded = _encode(list(value))
-        if len(_reason_cache) < 4096:
-            _reason_cache[value] = encoded
-    return encoded
-
-
-# Enum members are converted to exact `str` first: sqlite3 binds exact str and int fast but
-# sends subclasses (StrEnum, bool) through its slow adaptation protocol.
-_str = str.__str__
-_request_plain = attrgetter(
-    "started_at",
-    "finished_at",
-    "latency_ms",
-    "cost_usd",
-    "policy_name",
-    "policy_version",
-)
-_Pack = Callable[[str | None], str | bytes | None]
-
-
-def _value(cx: Compactor, pack: _Pack, text: str | None) -> str | bytes | int | None:
-    """A JSON column's stored value: a `strings` code if it repeats, else (compressed
-    when large) the text."""
-    value = cx.maybe(text)
-    if type(value) is str and len(value) >= 64:
-        return pack(value)
-    return value
-
-
-def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
-    """The contract's `orchestration_events` columns of `e` (without `id`), for writes
-    through the view (`EVENT_SQL`)."""
-    status = e.status
-    return (
-        e.run_id,
-        e.request_id,
-        e.cycle,
-        e.stage,
-        e.component,
-        _str(e.event_type),
-        e.decision,
-        None if status is None else _str(status),
-        e.sequence,
-        e.started_at,
-        e.duration_ms,
-        _json_list(e.reason_codes),
-        _json(e.inputs),
-        _json(e.outputs),
-        _json(e.payload),
-    )
-
-
-def _event_rows(cx: Compactor, pack: _Pack, e: OrchestrationEvent) -> tuple[Any, ...]:
-    code = cx.code
-    run = code(e.run_id)
-    key, t0 = cx.event_key(e.request_id, run, e.started_at)
-    status = e.status
-    decision = e.decision
-    return (
-        key,
-        run,
-        e.cycle,
-        code(e.stage),
-        code(e.component),
-        code(_str(e.event_type)),
-        # TEXT, as the contract's column stored it (a number became its text)
-        None
-        if decision is None
-        else cx.maybe(decision if type(decision) is str else str(decision)),
-        None if status is None else code(_str(status)),
-        e.sequence,
-        offset_us(e.started_at, t0),
-        e.duration_ms,
-        code(_json_list(e.reason_codes)),
-        _value(cx, pack, _json(e.inputs)),
-        _value(cx, pack, _json(e.outputs)),
-        _value(cx, pack, _json(e.payload)),
-    )
-
-
-def _node_rows(cx: Compactor, pack: _Pack, r: NodeRun) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(r.request_id, r.started_at)
-    return (
-        key,
-        code(r.node),
-        code(r.node_type),
-        r.cycle,
-        code(_str(r.status)),
-        1 if r.speculative else 0,
-        code(_str(r.outcome)),
-        offset_us(r.started_at, t0),
-        round(r.duration_ms * 1000),
-        r.attempts,
-        r.error,
-    )
-
-
-def _llm_rows(cx: Compactor, pack: _Pack, c: LlmCall) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(c.request_id, c.started_at)
-    return (
-        key,
-        code(c.node),
-        c.cycle,
-        code(c.model),
-        code(c.provider),
-        code(_str(c.call_kind)),
-        code(_str(c.call_outcome)),
-        code(_str(c.cache_status)),
-        c.related_event_id,
-        c.prompt_hash,
-        c.input_tokens,
-        c.output_tokens,
-        c.cost_usd,
-        c.latency_ms,
-        offset_us(c.started_at, t0),
-        code(c.status),
-        c.error,
-        c.prompt_text,
-        c.response_text,
-    )
-
-
-def _trace_rows(cx: Compactor, pack: _Pack, t: DecisionTrace) -> tuple[Any, ...]:
-    key, _ = cx.key(t.request_id, 0.0)
-    return (key, t.cycle, cx.code(t.stage), _value(cx, pack, _json(t.payload) or "{}"))
-
-
-def _request_row(cx: Compactor, pack: _Pack, r: RequestRecord) -> tuple[Any, ...]:
-    return _request_from_row(cx, pack, _request_contract_row(r))
-
-
-# Pre-encoded rows (`EncodedRows`): a process that is not the writer (a Ray worker) turns
-# its records into the contract's columns, tuples of plain values that are cheap to send
-# and to unpickle; the writer then only maps names to codes and times to offsets.
-
-
-def _node_run_row(r: NodeRun) -> tuple[Any, ...]:
-    return (
-        r.request_id,
-        r.node,
-        r.node_type,
-        r.cycle,
-        _str(r.status),
-        1 if r.speculative else 0,
-        _str(r.outcome),
-        r.started_at,
-        r.duration_ms,
-        r.attempts,
-        r.error,
-    )
-
-
-def _llm_call_row(c: LlmCall) -> tuple[Any, ...]:
-    return (
-        c.request_id,
-        c.node,
-        c.cycle,
-        c.model,
-        c.provider,
-        _str(c.call_kind),
-        _str(c.call_outcome),
-        _str(c.cache_status),
-        c.related_event_id,
-        c.prompt_hash,
-        c.input_tokens,
-        c.output_tokens,
-        c.cost_usd,
-        c.latency_ms,
-        c.started_at,
-        c.status,
-        c.error,
-        c.prompt_text,
-        c.response_text,
-    )
-
-
-def _trace_row(t: DecisionTrace) -> tuple[Any, ...]:
-    return (t.request_id, t.cycle, t.stage, _json(t.payload) or "{}")
-
-
-def _request_contract_row(r: RequestRecord) -> tuple[Any, ...]:
-    head = (
-        r.id,
-        r.run_id,
-        r.seq,
-        r.conversation_id,
-        r.turn_index,
-        r.parent_request_id,
-        r.tenant,
-        _str(r.status),
-    )
-    middle: tuple[Any, ...] = _request_plain(r)
-    return (*head, *middle, r.stored_input_hash(), _json(r.output), r.error)
-
-
-def _stored(cx: Compactor, pack: _Pack, value: str | bytes | None) -> str | bytes | int | None:
-    """A JSON column's stored value; one the sender compressed already stays as it is."""
-    return value if type(value) is bytes else _value(cx, pack, value)  # type: ignore[arg-type]
-
-
-def _event_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
-    code = cx.code
-    run = code(t[0])
-    key, t0 = cx.event_key(t[1], run, t[9])
-    decision, status = t[6], t[7]
-    if decision is not None and type(decision) is not str:
-        decision = str(decision)  # TEXT, as the contract's column stored it
-    return (
-        key,
-        run,
-        t[2],
-        code(t[3]),
-        code(t[4]),
-        code(t[5]),
-        None if decision is None else cx.maybe(decision),
-        None if status is None else code(status),
-        t[8],
-        offset_us(t[9], t0),
-        t[10],
-        code(t[11]),
-        _stored(cx, pack, t[12]),
-        _stored(cx, pack, t[13]),
-        _stored(cx, pack, t[14]),
-    )
-
-
-def _node_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(t[0], t[7])
-    return (
-        key,
-        code(t[1]),
-        code(t[2]),
-        t[3],
-        code(t[4]),
-        t[5],
-        code(t[6]),
-        offset_us(t[7], t0),
-        round(t[8] * 1000),
-        t[9],
-        t[10],
-    )
-
-
-def _llm_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(t[0], t[14])
-    return (
-        key,
-        code(t[1]),
-        t[2],
-        code(t[3]),
-        code(t[4]),
-        code(t[5]),
-        code(t[6]),
-        code(t[7]),
-        *t[8:14],
-        offset_us(t[14], t0),
-        code(t[15]),
-        *t[16:19],
-    )
-
-
-def _trace_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
-    key, _ = cx.key(t[0], 0.0)
-    return (key, t[1], cx.code(t[2]), _stored(cx, pack, t[3]))
-
-
-def _request_from_row(cx: Compactor, pack: _Pack, t: tuple[Any, ...]) -> tuple[Any, ...]:
-    output = t[-2]
-    if type(output) is str and len(output) >= 64:
-        t = (*t[:-2], pack(output), t[-1])
-    cx.finished(t[0], t[1])
-    return t
-
-
-_CONTRACT: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
-    event_row,
-    _node_run_row,
-    _llm_call_row,
-    _trace_row,
-    _request_contract_row,
-)
-"""Per table (in `_TABLES` order), the contract's row of a record."""
-_FROM_ROW: tuple[Callable[[Compactor, _Pack, tuple[Any, ...]], tuple[Any, ...]], ...] = (
-    _event_from_row,
-    _node_from_row,
-    _llm_from_row,
-    _trace_from_row,
-    _request_from_row,
-)
-"""Per table, the compact row of a contract row."""
-_PACKED: tuple[tuple[int, ...], ...] = ((12, 13, 14), (), (), (3,), (15,))
-"""Per table, the contract row's JSON columns large enough to be worth compressing."""
-_REQUEST_COLUMN = (1, 0, 0, 0, 0)
-"""Per table, the contract row's column holding the request id."""
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedRows:
-    """Records already encoded as the contract's rows (by `encode_records`), one list per
-    table in `_TABLES` order; large JSON values may be compressed already."""
-
-    tables: tuple[list[tuple[Any, ...]], ...]
-
-    @property
-    def count(self) -> int:
-        return sum(len(rows) for rows in self.tables)
-
-    def without(self, request_ids: set[str]) -> EncodedRows:
-        """These rows but those of `request_ids` (requests stored already)."""
-        return EncodedRows(
-            tuple(
-                [row for row in rows if row[column] not in request_ids]
-                for rows, column in zip(self.tables, _REQUEST_COLUMN, strict=True)
-            )
-        )
-
-
-def encode_records(records: Sequence[Record], pack: _Pack | None = None) -> EncodedRows:
-    """The contract's rows of `records`, by table, their large JSON values compressed with
-    `pack` (`codec.frame_packer`, the store's dictionary) when given, else by the writer.
-
-    Raises:
-        TypeError: a record is not of a stored kind.
-    """
-    tables: list[list[tuple[Any, ...]]] = [[] for _ in _TABLES]
-    for item in records:
-        slot = _SLOT.get(type(item))
-        if slot is None:
-            raise TypeError(f"not a store record: {type(item).__name__}")
-        tables[slot].append(_CONTRACT[slot](item))
-    if pack is not None:
-        for index, columns in enumerate(_PACKED):
-            if columns:
-                tables[index] = [_packed_row(row, columns, pack) for row in tables[index]]
-    return EncodedRows(tuple(tables))
-
-
-def _packed_row(row: tuple[Any, ...], columns: tuple[int, ...], pack: _Pack) -> tuple[Any, ...]:
-    if not any(type(row[i]) is str and len(row[i]) >= 64 for i in columns):
-        return row
-    values = list(row)
-    for i in columns:
-        if type(values[i]) is str and len(values[i]) >= 64:
-            values[i] = pack(values[i])
-    return tuple(values)
-
-
-_Build = Callable[[Compactor, _Pack, Any], tuple[Any, ...]]
-# Order matters: `requests` rows are inserted last within each transaction.
-_TABLES: tuple[tuple[type[Any], str, _Build], ...] = (
-    (OrchestrationEvent, _EVENT_ROWS_SQL, _event_rows),
-    (NodeRun, _NODE_ROWS_SQL, _node_rows),
-    (LlmCall, _LLM_ROWS_SQL, _llm_rows),
-    (DecisionTrace, _TRACE_ROWS_SQL, _trace_rows),
-    (RequestRecord, _REQUEST_SQL, _request_row),
-)
-_SLOT = {kind: index for index, (kind, _, _) in enumerate(_TABLES)}
+__all__ = ["StoreWriter", "WriterStats"]
 
 
 class _FlushMarker:
@@ -631,21 +192,21 @@ class StoreWriter:
             conn.close()
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
-        """The queued records by table, then (in the same list after `len(_TABLES)`) the
+        """The queued records by table, then (in the same list after `len(TABLES)`) the
         pre-encoded rows by table; and the flush markers reached."""
-        groups: list[list[Any]] = [[] for _ in range(2 * len(_TABLES))]
+        groups: list[list[Any]] = [[] for _ in range(2 * len(TABLES))]
         markers: list[_FlushMarker] = []
         queue = self._queue
         taken = 0
         while queue and taken < self._max_batch:
             item = queue.popleft()
             taken += 1
-            slot = _SLOT.get(type(item))
+            slot = SLOT.get(type(item))
             if slot is not None:
                 groups[slot].append(item)
             elif type(item) is EncodedRows:
                 for index, rows in enumerate(item.tables):
-                    groups[len(_TABLES) + index] += rows
+                    groups[len(TABLES) + index] += rows
                 taken += item.count
             elif isinstance(item, _FlushMarker):
                 markers.append(item)
@@ -674,9 +235,9 @@ class StoreWriter:
         new codes and request keys are inserted as they are met)."""
         rows: list[list[tuple[Any, ...]]] = []
         cx, pack = self._compactor, self._packer.pack
-        plain, encoded = groups[: len(_TABLES)], groups[len(_TABLES) :]
+        plain, encoded = groups[: len(TABLES)], groups[len(TABLES) :]
         for group, ready, (_, _, build), convert in zip(
-            plain, encoded, _TABLES, _FROM_ROW, strict=True
+            plain, encoded, TABLES, FROM_ROW, strict=True
         ):
             try:
                 built = [build(cx, pack, item) for item in group]
@@ -690,7 +251,7 @@ class StoreWriter:
             rows.append(built)
         return rows
 
-    def _rows_one_by_one(self, group: list[Any], build: _Build) -> list[tuple[Any, ...]]:
+    def _rows_one_by_one(self, group: list[Any], build: Build) -> list[tuple[Any, ...]]:
         """Keep every record that encodes; count (and report) the ones that do not."""
         rows = []
         cx, pack = self._compactor, self._packer.pack
@@ -710,7 +271,7 @@ class StoreWriter:
             with write_transaction(conn, self.path):
                 cx.begin(conn)
                 rows = self._rows(groups)
-                for batch, (_, sql, _) in zip(rows, _TABLES, strict=True):
+                for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
                     if batch:
                         conn.executemany(sql, batch)
                 self._packer.maybe_train(conn)

@@ -11,9 +11,10 @@ import pytest
 
 from engine.events import OrchestrationEvent
 from engine.store.codec import frame_packer, load_dictionary
+from engine.store.rows import encode_records
 from engine.store.schema import connect
 from engine.store.store import Store
-from engine.store.writer import StoreWriter, encode_records
+from engine.store.writer import StoreWriter
 from tests.support.store_rows import TABLES, request_records
 
 

@@ -155,10 +155,12 @@ def every_run(store: Store) -> tuple[Row, RunFacts]:
         for name, n in counts.items():
             facts[name] = facts.get(name, 0) + n
 
-    for row in totals.values():
-        add(row, {_FACT_NAMES[int(code)]: int(n) for code, n in json.loads(row["facts"]).items()})
     for run in store.query("SELECT id FROM runs"):
-        if run["id"] not in totals:
+        row = totals.get(run["id"])  # totals of a run no longer stored count for nothing
+        if row is not None:
+            counts = json.loads(row["facts"]).items()
+            add(row, {_FACT_NAMES[int(code)]: int(n) for code, n in counts})
+        else:
             add(run_figures(store, run["id"]), _fact_counts(store, run["id"]))
     stored = int(store.query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
     if stored != figures["requests"]:

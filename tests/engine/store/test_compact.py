@@ -414,6 +414,35 @@ def test_every_run_from_recorded_totals_equals_the_whole_table_reads(tmp_path: P
         assert store.query("SELECT run_id FROM run_totals") == []
 
 
+def test_totals_of_a_run_no_longer_stored_do_not_send_every_run_to_the_whole_tables(
+    tmp_path: Path,
+) -> None:
+    """A totals row left by a run deleted by hand counts for nothing: the figures still
+    come from the totals (the whole-table fallback would read a million rows)."""
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        kept, gone = store.create_run("g", "abc", 2), store.create_run("g", "abc", 2)
+        with StoreWriter(db) as writer:
+            for run in (kept, gone):
+                for seq in range(2):
+                    for record in request_records(run, seq, 100.0 + seq):
+                        writer.record(record)
+        store.finish_run(kept, "finished")
+        store.finish_run(gone, "finished")
+        with sqlite3.connect(db) as conn:  # as a hand-written cleanup would: totals left
+            conn.execute("DELETE FROM requests WHERE run_id = ?", (gone,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (gone,))
+        assert len(store.query("SELECT * FROM run_totals")) == 2
+        figures, facts = reads.every_run(store)
+        expected = reads.run_figures(store, kept)
+        assert figures["requests"] == 2
+        assert figures["first_started"] is None  # as from totals: read on their own
+        assert {k: figures[k] for k in ("requests", "cost", "latency_sum", "errors")} == {
+            k: expected[k] for k in ("requests", "cost", "latency_sum", "errors")
+        }
+        assert facts == reads.run_facts(store, kept)
+
+
 def test_a_non_text_decision_is_stored_as_its_text(tmp_path: Path) -> None:
     """As the contract's TEXT column stored it: a number comes back as its text, never as
     a `strings` code."""

@@ -163,6 +163,14 @@ def span_ids(n: int) -> bytes:
     return ids
 
 
+def _span(parts: list[bytes]) -> bytes:
+    """A `ScopeSpans.spans` field of the joined `parts` (a span is under 16 KiB but for
+    long texts or many events)."""
+    body = b"".join(parts)
+    n = len(body)
+    return b"".join((_SPAN, LENGTHS[n] if n < 0x4000 else varint(n), body))
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * _NS)
 
@@ -314,7 +322,7 @@ class RequestSpans:
             _REUSED[reused],
             _optional(record),
         )
-        if any(call.provider == "sim" for call in request.llm_calls):
+        if "sim" in {call.provider for call in request.llm_calls}:
             parts.append(_SIMULATED)  # figures of simulated models
         if events:
             parts += events
@@ -323,7 +331,7 @@ class RequestSpans:
         else:
             parts.append(_NO_STATUS)
         parts.append(_FLAGS_REMOTE if parent is not None and parent[1] else _FLAGS_LOCAL)
-        return field(_SPAN, b"".join(parts))
+        return _span(parts)
 
 
 def _call(
@@ -332,7 +340,7 @@ def _call(
     """An LLM call's span, child of its node's (`parent`): what recurs (its model, state,
     finish) is kept, encoded, per value; tokens, cost, times and the prompt hash are not."""
     model = models.get(call.model, call.model)
-    start = _ns(call.started_at)
+    start = int(call.started_at * _NS)
     outcome = call.call_outcome
     parts = [
         head_id,
@@ -356,7 +364,7 @@ def _call(
         parts += (_ERROR_TYPE[call.status], _error(call.error or call.status), _FLAGS_LOCAL)
     else:
         parts.append(_UNSET_LOCAL)
-    return field(_SPAN, b"".join(parts))
+    return _span(parts)
 
 
 def _call_models(key: tuple[str, str]) -> bytes:
@@ -391,7 +399,7 @@ def _node(
 ) -> bytes:
     """A node run's span: the trace id and span id (`head_id`, `span_id`), its parent
     (`under_root`), the kept name and attributes of its node and state, its events."""
-    start = _ns(run.started_at)
+    start = int(run.started_at * _NS)
     parts = [
         head_id,
         span_id,
@@ -406,7 +414,7 @@ def _node(
         parts += (_error(run.error or str(run.status)), _FLAGS_LOCAL)
     else:
         parts.append(_UNSET_LOCAL)
-    return field(_SPAN, b"".join(parts))
+    return _span(parts)
 
 
 def _optional(record: RequestRecord) -> bytes:

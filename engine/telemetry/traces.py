@@ -10,8 +10,11 @@ flagship request, building SDK span objects and encoding them cost ten times as 
 
 The SDK still decides what is configurable: the sampler (`OTEL_TRACES_SAMPLER`, once per
 request), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
-(`OTEL_BSP_*`), `OTEL_SDK_DISABLED` and the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint,
-headers, timeout, compression, certificates, retries), whose HTTP client sends the bytes.
+(`OTEL_BSP_*`; unset, batches of 2,048 spans, `span_batches`), `OTEL_SDK_DISABLED` and
+the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint, headers, timeout, compression,
+certificates, retries), whose HTTP client sends the bytes, with a `requests` session that
+read the proxy and CA bundle variables and `~/.netrc` once, when tracing started
+(`http_session`), unless a credential provider gives the session.
 Any other `SpanExporter` gets the same spans decoded into `ReadableSpan`s.
 
 Text: prompts and answers reach a span only when the record carries them, which the

@@ -10,8 +10,11 @@ flagship request, building SDK span objects and encoding them cost ten times as 
 
 The SDK still decides what is configurable: the sampler (`OTEL_TRACES_SAMPLER`, once per
 request), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
-(`OTEL_BSP_*`), `OTEL_SDK_DISABLED` and the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint,
-headers, timeout, compression, certificates, retries), whose HTTP client sends the bytes.
+(`OTEL_BSP_*`; unset, batches of 2,048 spans, `span_batches`), `OTEL_SDK_DISABLED` and
+the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint, headers, timeout, compression,
+certificates, retries), whose HTTP client sends the bytes, with a `requests` session that
+read the proxy and CA bundle variables and `~/.netrc` once, when tracing started
+(`http_session`), unless a credential provider gives the session.
 Any other `SpanExporter` gets the same spans decoded into `ReadableSpan`s.
 
 Text: prompts and answers reach a span only when the record carries them, which the
@@ -56,6 +59,7 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
     compression and certificates to the standard `OTEL_EXPORTER_OTLP_*` variables."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    from engine.telemetry.http_session import settled_session
     from engine.telemetry.otlp_wire import encode_spans
 
     class WireSpanExporter(OTLPSpanExporter):
@@ -90,7 +94,30 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
     if endpoint:
         base = endpoint.rstrip("/")
         endpoint = base if base.endswith("/v1/traces") else f"{base}/v1/traces"
-    return WireSpanExporter(endpoint=endpoint or None)
+    else:
+        endpoint = _traces_url()
+    if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
+        return WireSpanExporter(endpoint=endpoint)  # the provider's session, as it is
+    return WireSpanExporter(endpoint=endpoint, session=settled_session(endpoint))
+
+
+_CREDENTIAL_PROVIDERS = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+)
+"""Variables naming a `requests.Session` to export with (a credential provider): then that
+session is used as the exporter would use it."""
+
+
+def _traces_url() -> str:
+    """Where the exporter posts when no endpoint is given, by the OTLP variables' rules:
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    http://localhost:4318) with `/v1/traces`."""
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if url:
+        return url
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return f"{base.removesuffix('/')}/v1/traces"
 
 
 def _resource() -> Resource:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.events import LlmCall, NodeRun, OrchestrationEvent, RequestRecord
 from engine.stats import FAILED_STATUSES
@@ -48,7 +48,7 @@ _EVENT = b"\x5a"  # Span.events
 _INTERNAL, _SERVER, _CLIENT = b"\x30\x01", b"\x30\x02", b"\x30\x03"
 _TIMES = struct.Struct("<BQBQ").pack
 """`start_time_unix_nano` (field 7) and `end_time_unix_nano` (field 8), fixed64 each."""
-_EVENT_TIME = struct.Struct("<BQ").pack
+_FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
 _NS = 1_000_000_000
 _NO_STATUS = b"\x7a\x00"  # the reference encoder always writes a status, UNSET when empty
@@ -111,40 +111,48 @@ _LOOKUP = {
 _DOUBLE_KEYS: dict[str, bytes] = {}
 _NUMBER_PAIRS: dict[tuple[str, type, int], bytes] = {}
 _UNSET_LOCAL = _NO_STATUS + _FLAGS_LOCAL
+_T = TypeVar("_T")
 
 
-class _Kept(dict[Any, bytes]):
-    """Bytes built once per key by `build` (at most `limit` keys kept)."""
+class _Kept(dict[Any, _T]):
+    """Encodings built once per key by `build` (at most `limit` keys kept)."""
 
     __slots__ = ("build", "limit")
 
-    def __init__(self, build: Callable[[Any], bytes], limit: int = 4096) -> None:
+    def __init__(self, build: Callable[[Any], _T], limit: int = 4096) -> None:
         super().__init__()
         self.build = build
         self.limit = limit
 
-    def __missing__(self, key: Any) -> bytes:
+    def __missing__(self, key: Any) -> _T:
         encoded = self.build(key)
         if len(self) < self.limit:
             self[key] = encoded
         return encoded
 
 
-def _node_fixed(key: tuple[str, str]) -> bytes:
+def _node_name(key: tuple[str, str]) -> bytes:
     """A node's span name, kind and `moat.node.id`: the same for every run of it."""
     node_type, node = key
     return text(b"\x2a", f"{node_type} {node}") + _INTERNAL + _NODE[node]
 
 
-def _run_state(key: tuple[str, str, bool]) -> bytes:
-    """A node run's status, outcome and speculative flag, as attributes."""
-    status, outcome, speculative = key
-    return _NODE_STATUS[status] + _OUTCOME[outcome] + (_SPECULATIVE if speculative else b"")
+def _run_state(key: tuple[str, str, bool, int, int]) -> bytes:
+    """A node run's status and outcome, and what is not the default of its flag and counts
+    (speculative, cycle, attempts), as attributes."""
+    status, outcome, speculative, cycle, attempts = key
+    encoded = _NODE_STATUS[status] + _OUTCOME[outcome]
+    if speculative:
+        encoded += _SPECULATIVE
+    if cycle:
+        encoded += _CYCLE[cycle]
+    if attempts > 1:
+        encoded += _ATTEMPTS[attempts]
+    return encoded
 
 
-_NODES = _Kept(_node_fixed)
+_NAMES = _Kept(_node_name)
 _RUN_STATES = _Kept(_run_state)
-_CHAT_NAMES = _Kept(lambda model: text(b"\x2a", f"chat {model}"))
 
 
 def span_ids(n: int) -> bytes:
@@ -153,6 +161,14 @@ def span_ids(n: int) -> bytes:
     while _ZERO_ID in ids:  # 2^-64 per id: the loop exists for correctness, not for speed
         ids = random.randbytes(8 * n)
     return ids
+
+
+def _span(parts: list[bytes]) -> bytes:
+    """A `ScopeSpans.spans` field of the joined `parts` (a span is under 16 KiB but for
+    long texts or many events)."""
+    body = b"".join(parts)
+    n = len(body)
+    return b"".join((_SPAN, LENGTHS[n] if n < 0x4000 else varint(n), body))
 
 
 def _ns(seconds: float) -> int:
@@ -213,15 +229,16 @@ class RequestSpans:
         out: list[bytes] = []
         by_node, reused, at = self._events(head, events, nodes, root, ids, at, out)
         models = self.model_names.get(request.graph, {})
+        head_id, under_root = head + b"\x12\x08", b"\x22\x08" + root
         for call in calls:
             parent_id = nodes.get((call.node, call.cycle), root)
-            out.append(self._call(head, ids[at : at + 8], parent_id, call, models))
+            out.append(_call(head_id, ids[at : at + 8], parent_id, call, models))
             at += 8
         for i, run in enumerate(runs, 1):
             span_id, key = ids[8 * i : 8 * i + 8], (run.node, run.cycle)
             # a node run twice in a cycle: its children and events go to the later run
             found = by_node.get(key) if nodes[key] == span_id else None
-            out.append(self._node(head, span_id, root, run, found))
+            out.append(_node(head_id, span_id, under_root, run, found))
         out.append(self._root(head, root, request, parent, reused, by_node.get(None)))
         return b"".join(out), len(out)
 
@@ -240,19 +257,26 @@ class RequestSpans:
         free span id's offset."""
         by_node: dict[Any, list[bytes]] = {}
         reused = 0
-        signatures, pack, lengths = _SIGNATURES, _EVENT_TIME, LENGTHS
+        signatures, stamp, lengths = _SIGNATURES, _FIXED64, LENGTHS
         for event in events:
             kind = event.event_type
             if kind in _NOT_DECISIONS:
                 reused += 1
                 continue
             codes = event.reason_codes
-            signature = (kind, event.decision, event.status, tuple(codes) if codes else ())
-            body = pack(0x09, int(event.started_at * _NS)) + signatures[signature]
-            if event.payload:
-                body += _numbers(event.payload)
-            n = len(body)
-            encoded = _EVENT + (lengths[n] if n < 0x4000 else varint(n)) + body
+            opening, tail = signatures[
+                (kind, event.decision, event.status, tuple(codes) if codes else ())
+            ]
+            payload = event.payload
+            numbers = _numbers(payload) if payload else b""
+            if numbers:
+                n = 9 + len(tail) + len(numbers)
+                encoded = b"".join(
+                    (_EVENT, lengths[n] if n < 0x4000 else varint(n), b"\x09",
+                     stamp(int(event.started_at * _NS)), tail, numbers)
+                )  # fmt: skip
+            else:
+                encoded = opening + stamp(int(event.started_at * _NS)) + tail
             key: Any = (event.stage, event.cycle)
             found = by_node.get(key)
             if found is not None:
@@ -298,7 +322,7 @@ class RequestSpans:
             _REUSED[reused],
             _optional(record),
         )
-        if any(call.provider == "sim" for call in request.llm_calls):
+        if "sim" in {call.provider for call in request.llm_calls}:
             parts.append(_SIMULATED)  # figures of simulated models
         if events:
             parts += events
@@ -307,76 +331,90 @@ class RequestSpans:
         else:
             parts.append(_NO_STATUS)
         parts.append(_FLAGS_REMOTE if parent is not None and parent[1] else _FLAGS_LOCAL)
-        return field(_SPAN, b"".join(parts))
+        return _span(parts)
 
-    def _node(
-        self, head: bytes, span_id: bytes, root: bytes, run: NodeRun, events: list[bytes] | None
-    ) -> bytes:
-        start = _ns(run.started_at)
-        parts = [
-            head,
-            b"\x12\x08",
-            span_id,
-            b"\x22\x08",
-            root,
-            _NODES[(run.node_type, run.node)],
-            _TIMES(0x39, start, 0x41, start + int(run.duration_ms * 1_000_000)),
-            _RUN_STATES[(run.status, run.outcome, run.speculative)],
-        ]  # the type is in the name; defaults are left out (each attribute costs its export)
-        if run.cycle:
-            parts.append(_CYCLE[run.cycle])
-        if run.attempts > 1:
-            parts.append(_ATTEMPTS[run.attempts])
-        if events:
-            parts += events
-        if run.status in _FAILED_NODE:
-            parts += (_error(run.error or str(run.status)), _FLAGS_LOCAL)
-        else:
-            parts.append(_UNSET_LOCAL)
-        return field(_SPAN, b"".join(parts))
 
-    def _call(
-        self, head: bytes, span_id: bytes, parent: bytes, call: LlmCall, models: Mapping[str, str]
-    ) -> bytes:
-        model = models.get(call.model, call.model)
-        start = _ns(call.started_at)
-        name = _CHAT_NAMES[model]
-        parts = [
-            head,
-            b"\x12\x08",
-            span_id,
-            b"\x22\x08",
-            parent,
-            name,
-            _CLIENT,
-            _TIMES(0x39, start, 0x41, start + int(call.latency_ms * 1_000_000)),
-            _CHAT,
-            _SYSTEM[call.provider],
-            _MODEL[model],
-            _INPUT_TOKENS[call.input_tokens],
-            _OUTPUT_TOKENS[call.output_tokens],
-            _LOGICAL_MODEL[call.model],
-            _CALL_COST,
-            _DOUBLE(call.cost_usd),
-            _CALL_STATUS[call.status],
-            _CALL_KIND[call.call_kind],
-            _CALL_OUTCOME[call.call_outcome],
-            key_value(_ATTR, "moat.llm.prompt_hash", call.prompt_hash),
-        ]  # the node is the parent span's
-        if call.cache_status != "none":
-            parts.append(_CACHE_STATUS[call.cache_status])
-        if call.call_outcome == "cancelled":
-            parts.append(_CANCELLED)
-        reason = call.finish_reason or _FINISH.get(call.status)
-        if reason:
-            parts.append(_FINISH_REASONS[(reason,)])
+def _call(
+    head_id: bytes, span_id: bytes, parent: bytes, call: LlmCall, models: Mapping[str, str]
+) -> bytes:
+    """An LLM call's span, child of its node's (`parent`): what recurs (its model, state,
+    finish) is kept, encoded, per value; tokens, cost, times and the prompt hash are not."""
+    model = models.get(call.model, call.model)
+    start = int(call.started_at * _NS)
+    outcome = call.call_outcome
+    parts = [
+        head_id,
+        span_id,
+        b"\x22\x08",
+        parent,
+        _CHAT_NAMES[model],
+        _TIMES(0x39, start, 0x41, start + int(call.latency_ms * 1_000_000)),
+        _CALL_MODELS[(call.provider, model)],
+        _INPUT_TOKENS[call.input_tokens],
+        _OUTPUT_TOKENS[call.output_tokens],
+        _COSTS[call.model],
+        _DOUBLE(call.cost_usd),
+        _CALL_STATES[(call.status, call.call_kind, outcome)],
+        key_value(_ATTR, "moat.llm.prompt_hash", call.prompt_hash),
+        _CALL_ENDS[(call.cache_status, outcome, call.finish_reason or _FINISH.get(call.status))],
+    ]  # the node is the parent span's
+    if call.prompt_text is not None or call.response_text is not None:
         parts.append(_texts(call))
-        if call.status in _FAILED_CALL:
-            parts += (_ERROR_TYPE[call.status], _error(call.error or call.status))
-        else:
-            parts.append(_NO_STATUS)
-        parts.append(_FLAGS_LOCAL)
-        return field(_SPAN, b"".join(parts))
+    if call.status in _FAILED_CALL:
+        parts += (_ERROR_TYPE[call.status], _error(call.error or call.status), _FLAGS_LOCAL)
+    else:
+        parts.append(_UNSET_LOCAL)
+    return _span(parts)
+
+
+def _call_models(key: tuple[str, str]) -> bytes:
+    """A call's operation, system and provider model, as attributes."""
+    provider, model = key
+    return _CHAT + _SYSTEM[provider] + _MODEL[model]
+
+
+def _call_ends(key: tuple[str, str, str | None]) -> bytes:
+    """A call's cache status (when it used the cache), cancellation and finish reason."""
+    cache_status, outcome, reason = key
+    encoded = b""
+    if cache_status != "none":
+        encoded += _CACHE_STATUS[cache_status]
+    if outcome == "cancelled":
+        encoded += _CANCELLED
+    if reason:
+        encoded += _FINISH_REASONS[(reason,)]
+    return encoded
+
+
+_CHAT_NAMES = _Kept(lambda model: text(b"\x2a", f"chat {model}") + _CLIENT)
+_CALL_MODELS = _Kept(_call_models)
+_COSTS = _Kept(lambda model: _LOGICAL_MODEL[model] + _CALL_COST)
+"""A call's logical model, then the prefix of its cost (the 8 bytes of the double follow)."""
+_CALL_STATES = _Kept(lambda key: _CALL_STATUS[key[0]] + _CALL_KIND[key[1]] + _CALL_OUTCOME[key[2]])
+_CALL_ENDS = _Kept(_call_ends)
+
+
+def _node(
+    head_id: bytes, span_id: bytes, under_root: bytes, run: NodeRun, events: list[bytes] | None
+) -> bytes:
+    """A node run's span: the trace id and span id (`head_id`, `span_id`), its parent
+    (`under_root`), the kept name and attributes of its node and state, its events."""
+    start = int(run.started_at * _NS)
+    parts = [
+        head_id,
+        span_id,
+        under_root,
+        _NAMES[(run.node_type, run.node)],
+        _TIMES(0x39, start, 0x41, start + int(run.duration_ms * 1_000_000)),
+        _RUN_STATES[(run.status, run.outcome, run.speculative, run.cycle, run.attempts)],
+    ]  # the type is in the name; defaults are left out (each attribute costs its export)
+    if events:
+        parts += events
+    if run.status in _FAILED_NODE:
+        parts += (_error(run.error or str(run.status)), _FLAGS_LOCAL)
+    else:
+        parts.append(_UNSET_LOCAL)
+    return _span(parts)
 
 
 def _optional(record: RequestRecord) -> bytes:
@@ -400,8 +438,6 @@ def _optional(record: RequestRecord) -> bytes:
 
 def _texts(call: LlmCall) -> bytes:
     """Prompt and answer, only when the record carries them (the policy's `store_text`)."""
-    if call.prompt_text is None and call.response_text is None:
-        return b""
     out = b""
     if call.prompt_text is not None:
         out += key_value(_ATTR, "gen_ai.prompt", call.prompt_text)
@@ -410,8 +446,12 @@ def _texts(call: LlmCall) -> bytes:
     return out
 
 
-def _signature(signature: tuple[str, str | None, str | None, tuple[str, ...]]) -> bytes:
-    """The fixed part of an event: its name, reason codes, decision and status."""
+def _signature(
+    signature: tuple[str, str | None, str | None, tuple[str, ...]],
+) -> tuple[bytes, bytes]:
+    """The fixed parts of an event: what precedes its time when its payload has no numbers
+    (the `Span.events` tag, the length, the time's tag) and what follows it (its name,
+    reason codes, decision and status)."""
     kind, decision, status, codes = signature
     reasons, decisions, statuses = _EVENT_PAIRS[_EVENT_ATTR]
     encoded = text(b"\x12", kind)
@@ -421,7 +461,7 @@ def _signature(signature: tuple[str, str | None, str | None, tuple[str, ...]]) -
         encoded += decisions[decision]
     if status is not None:
         encoded += statuses[status]
-    return encoded
+    return field(_EVENT, b"\x09" + bytes(8) + encoded)[: -len(encoded) - 8], encoded
 
 
 _SIGNATURES = _Kept(_signature)

@@ -139,3 +139,14 @@ def test_an_exporter_that_raises_loses_its_batch_only() -> None:
     assert queue.flush(5)
     assert [sink.requests(0), queue.failed] == [["kept"], 1]
     queue.shutdown()
+
+
+def test_batches_default_to_2048_spans_and_the_standard_variables_override() -> None:
+    """Four times the SDK's sizes unless set: a POST costs the same CPU whatever its size."""
+    sink = Collect()
+    default = SpanBatches(sink, RESOURCE, SCOPE, {})
+    assert (default.max_batch, default.max_queue) == (2_048, 8_192)
+    default.shutdown()
+    chosen = batches(sink, max_export_batch_size=512, max_queue_size=2_048)
+    assert (chosen.max_batch, chosen.max_queue) == (512, 2_048)
+    chosen.shutdown()

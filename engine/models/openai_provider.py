@@ -37,6 +37,7 @@ from openai import RequestOptions
 
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec
+from engine.models._http11 import Http11Transport, use_lean_transport
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,
@@ -102,11 +103,15 @@ class ClientRegistry:
         key = (base_url, api_key + repr(sorted((headers or {}).items())))
         client, users = self._clients.get(key, (None, 0))
         if client is None:
+            lean = use_lean_transport(base_url or os.environ.get("OPENAI_BASE_URL"))
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
                 default_headers=dict(headers) if headers else None,
+                http_client=(
+                    openai.DefaultAsyncHttpxClient(transport=Http11Transport()) if lean else None
+                ),
             )
         self._clients[key] = (client, users + 1)
         return client

@@ -54,7 +54,7 @@ def use_lean_transport(base_url: str | None) -> bool:
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get("http") or proxies.get("all")):
         return True
-    return bool(urllib.request.proxy_bypass_environment(url.host, proxies))
+    return bool(urllib.request.proxy_bypass(url.host))
 
 
 class _Connection:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from engine.api import Pipeline
 from engine.errors import EvaluationError, SpecError, StoreError
@@ -55,6 +56,8 @@ from engine.telemetry import Telemetry
 __all__ = ["MoatServer"]
 
 log = logging.getLogger("moat.serve")
+
+_CHAT = "/v1/chat/completions"
 
 
 @dataclass(slots=True)
@@ -152,7 +155,8 @@ class MoatServer:
         for served in self.graphs.values():
             self.metrics.attach(served.pipe)
         self._stack: AsyncExitStack | None = None
-        self.app = self._build_app()
+        self.starlette = self._build_app()
+        self.app = self._asgi
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -224,9 +228,21 @@ class MoatServer:
         async with self:
             yield
 
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: chat completions straight to their handler, the rest through
+        Starlette. The one route every request takes skips Starlette's middleware and
+        router (a tenth of the server's CPU per request); `_chat` answers every error of
+        its own, in OpenAI's shape, as Starlette's handlers would."""
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == _CHAT:
+            scope["app"] = self.starlette  # as Starlette sets it, for `Request.app`
+            response = await self._chat(Request(scope, receive, send))
+            await response(scope, receive, send)
+            return
+        await self.starlette(scope, receive, send)
+
     def _build_app(self) -> Starlette:
         routes = [
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route(_CHAT, self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),

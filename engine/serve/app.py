@@ -39,6 +39,7 @@ from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
+from engine.serve.heap import trimmer
 from engine.serve.metrics import CONTENT_TYPE, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
 from engine.serve.wire import (
@@ -179,6 +180,7 @@ class MoatServer:
             stack.callback(beats.cancel_scope.cancel)
             if self.runs is None:
                 beats.start_soon(self._heartbeat)
+            beats.start_soon(_trim_heap)
             for served in self.graphs.values():
                 if served.commits.durable:
                     beats.start_soon(served.commits.run)
@@ -419,6 +421,16 @@ class MoatServer:
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
         return result, (counts[0], counts[1], counts[2])
+
+
+async def _trim_heap() -> None:
+    """Give the heap's free pages back every heartbeat (see `engine.serve.heap`)."""
+    trim = trimmer()
+    if trim is None:
+        return
+    while True:
+        await anyio.sleep(HEARTBEAT_S)
+        await anyio.to_thread.run_sync(trim)
 
 
 def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:

@@ -71,11 +71,12 @@ class _Connection:
         """An idle connection with something to read: closed by the server (or broken)."""
         if self.buffer:
             return True
-        try:
-            readable, _, _ = select.select([self.socket], [], [], 0)
+        try:  # poll(), not select(): a busy server's descriptors are past select's 1024
+            watch = select.poll()
+            watch.register(self.socket.fileno(), select.POLLIN)
+            return bool(watch.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     async def receive(self, request: httpx2.Request, scope: anyio.CancelScope, read: float) -> None:
         """Append the next bytes from the server; EOF raises `RemoteProtocolError`."""

@@ -4,6 +4,8 @@ reuse, stale connections, timeouts and connection failures as httpx2's own error
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -183,3 +185,24 @@ def test_only_plain_http_without_a_proxy_uses_the_lean_transport(
     assert not use_lean_transport("http://vllm.internal:8000/v1")
     monkeypatch.setenv("NO_PROXY", "vllm.internal")
     assert use_lean_transport("http://vllm.internal:8000/v1")
+
+
+@pytest.mark.anyio
+async def test_connections_are_reused_when_descriptors_are_past_1024() -> None:
+    # a busy server holds over a thousand client connections: the idle check must not
+    # rely on select(), which refuses descriptors past 1024 (every call would reconnect)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard if hard != resource.RLIM_INFINITY else 4096) < 1200:
+        pytest.skip("needs 1,200 file descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with scripted(replies=[_ok(b"a"), _ok(b"b")]) as server, client() as c:
+            url = f"http://127.0.0.1:{server.port}/"
+            await c.get(url)
+            second = await c.get(url)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert second.content == b"b" and server.connections == 1

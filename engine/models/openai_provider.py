@@ -2,8 +2,16 @@
 
 One `AsyncOpenAI` client is shared per (base URL, API key) across every model and gateway
 of the process (`ClientRegistry`), with the client's own retries off: the gateway retries,
-so attempts are counted and recorded once. Cancellation is real: the client is httpx on
+so attempts are counted and recorded once. Cancellation is real: the client is httpx2 on
 anyio, so cancelling the calling task aborts the HTTP request and drops the connection.
+
+CPU per call matters (a call costs moat more than the rest of a request through `moat
+serve`): the request goes through the client's documented raw route (`client.post` with
+`cast_to=Response`) and the few answer fields moat reads come from one parse of the JSON
+body, skipping the SDK's typed transform of the parameters and its pydantic models of the
+answer; plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) get
+the lean keep-alive transport of `engine.models._http11` in place of httpx2's default
+one. About 2.6 M instructions a call instead of 7.5 M (bench/RESULTS.md).
 
 The output limit the gateway reserved for is always sent: as `max_completion_tokens` to
 OpenAI's own API and Azure OpenAI (which deprecated `max_tokens` and refuse it for reasoning

@@ -4,6 +4,7 @@ reuse, stale connections, timeouts and connection failures as httpx2's own error
 
 from __future__ import annotations
 
+import gzip
 import os
 import resource
 import socket
@@ -206,3 +207,12 @@ async def test_connections_are_reused_when_descriptors_are_past_1024() -> None:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert second.content == b"b" and server.connections == 1
+
+
+@pytest.mark.anyio
+async def test_a_compressed_body_is_decoded_as_httpx2_would() -> None:
+    body = gzip.compress(b'{"choices": []}')
+    reply = _ok(body, b"Content-Encoding: gzip", b"Content-Type: application/json")
+    async with scripted(replies=[reply]) as server, client() as c:
+        answer = await c.get(f"http://127.0.0.1:{server.port}/")
+    assert answer.json() == {"choices": []}

@@ -13,6 +13,9 @@ headers, auth, timeouts, status errors) is unchanged.
 It is used only for `http://` endpoints that no proxy variable of the environment routes
 elsewhere (`use_lean_transport`); TLS, proxies and HTTP/2 stay with httpx2's own transport.
 
+A response is read whole before it is returned: the provider's calls are not streamed (a
+streamed call would still work, but arrive all at once at its end).
+
 Connections: an idle connection that became readable (the server closed it, or sent
 something unasked) is dropped before reuse, never written to, so a request is sent once;
 a connection whose exchange did not finish (an error, a cancellation) is closed, so

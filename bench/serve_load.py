@@ -1,6 +1,7 @@
 """Benchmark: `moat serve` under load over loopback, against its goals (issue "moat serve").
 
-python -m bench.serve_load [--part all|throughput|added|commit|kill9] [--workers N] [--json]
+python -m bench.serve_load [--part all|throughput|added|commit|kill9|provider] [--workers N]
+    [--json]
 
 Every part launches real processes: `moat serve` (uvicorn) and, for the added latency,
 `moat sim-server`, each as `python -m engine ...` on port 0. The load comes from this
@@ -20,6 +21,12 @@ the same load through httpx2 to show it; its CPU per request is reported). Parts
   record is committed): the cost of committing before answering.
 - kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
   answered requests missing from the store (goal: none).
+- provider (not in `all`): what moat's `openai` provider costs per call, without a
+  server around it: `--provider-calls` calls from this process (20 at a time) to a
+  zero-latency sim-server; this process's CPU per call. Under valgrind the difference of
+  two runs with different `--provider-calls` is the instructions per call:
+  `valgrind --tool=cachegrind --cache-sim=no python -m bench.serve_load --part provider
+  --provider-calls N`.
 
 `--workers N` runs `moat serve --workers N` (N server processes on one port); the server's
 CPU and memory are then summed over the parent and its workers. The client's own CPU is
@@ -379,6 +386,55 @@ def added(work: Path, *, clients: int, requests: int, latency_ms: float, client:
     }
 
 
+async def _provider_calls(base_url: str, calls: int, concurrency: int) -> dict[str, Any]:
+    from engine.graph.spec import ModelSpec
+    from engine.models.base import ProviderRequest
+    from engine.models.openai_provider import OpenAIProvider
+    from engine.plugin.context import RequestInfo
+
+    spec = ModelSpec(provider="openai", model="sim-small", base_url=base_url)
+    provider = OpenAIProvider(spec, api_key="unused-by-sim-server")
+    todo = iter(range(calls + concurrency * 5))  # the first 5 per caller warm up
+
+    async def caller() -> None:
+        while (n := next(todo, None)) is not None:
+            prompt = f"q {n}"
+            info = RequestInfo(
+                id=f"r{n}", run_id="bench", seq=n, tenant="t", input={"prompt": prompt}
+            )
+            call = ProviderRequest(
+                model="m",
+                messages=[{"role": "user", "content": prompt}],
+                request=info,
+                node_id="answer",
+                cycle=0,
+                attempt=0,
+                max_tokens=256,
+            )
+            answer = await provider.complete(call)
+            assert answer.text, answer
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(concurrency)))  # warm-up included
+        todo = iter(range(calls))
+        cpu0, start = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - start
+    finally:
+        await provider.aclose()
+    return {
+        "calls": calls,
+        "concurrency": concurrency,
+        "cpu_us_per_call": round(cpu / calls * 1e6, 1),
+        "calls_per_s": round(calls / wall, 1),
+    }
+
+
+def provider(*, calls: int) -> dict[str, Any]:
+    with launched("sim-server", "--port", "0", "--time-scale", "0") as (_, sim_url):
+        return _run(_provider_calls(sim_url, calls, concurrency=20))  # type: ignore[no-any-return]
+
+
 def kill9(work: Path, *, clients: int, seconds: float, client: str) -> dict[str, Any]:
     graph = work / "cascade.yaml"
     text = (ROOT / "graphs" / "cascade.yaml").read_text()
@@ -420,8 +476,11 @@ def kill9(work: Path, *, clients: int, seconds: float, client: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "--part", choices=["all", "throughput", "added", "commit", "kill9"], default="all"
+        "--part",
+        choices=["all", "throughput", "added", "commit", "kill9", "provider"],
+        default="all",
     )
+    parser.add_argument("--provider-calls", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=1000, help="throughput: clients")
     parser.add_argument("--requests", type=int, default=20_000, help="throughput: requests")
     parser.add_argument("--added-clients", type=int, default=100)
@@ -463,6 +522,8 @@ def main() -> None:
                 latency_ms=args.latency_ms,
                 client=args.client,
             )
+        if args.part == "provider":
+            result["provider"] = provider(calls=args.provider_calls)
         if args.part in ("all", "kill9"):
             result["kill9"] = kill9(work, clients=100, seconds=15.0, client=args.client)
     result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]

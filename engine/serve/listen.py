@@ -118,6 +118,7 @@ def config(app: Any, *, grace_s: float) -> uvicorn.Config:
     CLI configures logging), and `grace_s` for requests in flight at shutdown."""
     return uvicorn.Config(
         app,
+        interface="asgi3",  # moat apps are ASGI 3 (a bound method is not detected as one)
         lifespan="off",
         log_config=None,
         log_level="warning",

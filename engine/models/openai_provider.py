@@ -9,9 +9,12 @@ CPU per call matters (a call costs moat more than the rest of a request through 
 serve`): the request goes through the client's documented raw route (`client.post` with
 `cast_to=Response`) and the few answer fields moat reads come from one parse of the JSON
 body, skipping the SDK's typed transform of the parameters and its pydantic models of the
-answer; plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) get
-the lean keep-alive transport of `engine.models._http11` in place of httpx2's default
-one. About 2.6 M instructions a call instead of 7.5 M (bench/RESULTS.md).
+answer. Plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) are
+called through the SDK's own aiohttp-backed client (`openai.DefaultAioHttpClient`, the
+`openai[aiohttp]` extra) when the event loop is asyncio: aiohttp parses HTTP in C, where
+httpx2's default transport (httpcore2 over h11) parses it in Python, about half a
+millisecond of CPU a call more (bench/RESULTS.md). TLS endpoints, proxies and other event
+loops keep httpx2's transport.
 
 The output limit the gateway reserved for is always sent: as `max_completion_tokens` to
 OpenAI's own API and Azure OpenAI (which deprecated `max_tokens` and refuse it for reasoning
@@ -31,21 +34,23 @@ timeouts, connections lost after the request was sent and gateway timeouts (504,
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import json
 import os
 import re
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
 import openai
+import sniffio
 from openai import RequestOptions
 
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec
-from engine.models._http11 import Http11Transport, use_lean_transport
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,
@@ -98,6 +103,32 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+def direct_http(base_url: str | None) -> bool:
+    """Whether `base_url` is a plain-HTTP endpoint that no proxy variable routes elsewhere."""
+    if not base_url:
+        return False
+    url = httpx2.URL(base_url)
+    if url.scheme != "http" or not url.host:
+        return False
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get("http") or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass(url.host))
+
+
+def http_client_for(base_url: str | None) -> httpx2.AsyncClient | None:
+    """The HTTP client for calls to `base_url`: the SDK's aiohttp-backed one for a direct
+    plain-HTTP endpoint on asyncio (with aiohttp installed), else None (httpx2's default)."""
+    if not direct_http(base_url) or importlib.util.find_spec("aiohttp") is None:
+        return None
+    try:
+        if sniffio.current_async_library() != "asyncio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return openai.DefaultAioHttpClient()
+
+
 class ClientRegistry:
     """Shared `AsyncOpenAI` clients, one per (base URL, key), closed with their last user."""
 
@@ -111,15 +142,12 @@ class ClientRegistry:
         key = (base_url, api_key + repr(sorted((headers or {}).items())))
         client, users = self._clients.get(key, (None, 0))
         if client is None:
-            lean = use_lean_transport(base_url or os.environ.get("OPENAI_BASE_URL"))
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
                 default_headers=dict(headers) if headers else None,
-                http_client=(
-                    openai.DefaultAsyncHttpxClient(transport=Http11Transport()) if lean else None
-                ),
+                http_client=http_client_for(base_url or os.environ.get("OPENAI_BASE_URL")),
             )
         self._clients[key] = (client, users + 1)
         return client
@@ -288,6 +316,22 @@ def _usage(usage: Any) -> tuple[int, int] | None:
     return None
 
 
+_AIOHTTP_CONNECT = ("ClientConnectorError",)
+"""aiohttp's errors of a connection never made (DNS, refused, unreachable, TLS)."""
+_AIOHTTP_LOST = ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
+"""aiohttp's errors of a connection that broke after it was made."""
+
+
+def _causes(exc: BaseException) -> list[str]:
+    """The type names down `exc`'s chain of causes (not `exc` itself), nearest first."""
+    names: list[str] = []
+    seen = exc.__cause__
+    while seen is not None and len(names) < 8:
+        names.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return names
+
+
 def _map_error(model: str, exc: openai.APIError) -> Exception:
     if isinstance(exc, openai.APIConnectionError):
         return _connection_error(model, exc)
@@ -309,8 +353,15 @@ def _map_error(model: str, exc: openai.APIError) -> Exception:
 
 def _connection_error(model: str, exc: openai.APIConnectionError) -> Exception:
     """A connection never made is not billed; one lost after sending may be."""
-    # by name: the client's HTTP library is `httpx` or its successor `httpx2`, by version
-    if type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout"):
+    # by name: the client's HTTP library is `httpx` or its successor `httpx2`, by version,
+    # over its own transport or aiohttp's (whose errors the SDK's adapter maps coarsely:
+    # a server hanging up after the request arrives as a "connect timeout", so aiohttp's
+    # own error below it decides)
+    causes = _causes(exc)
+    made = not any(name in _AIOHTTP_CONNECT for name in causes)
+    if made and any(name in _AIOHTTP_LOST for name in causes):
+        return ResponseLost(f"model '{model}': connection lost after sending ({exc.message})")
+    if causes and causes[0] in ("ConnectError", "ConnectTimeout"):
         return ConnectFailed(f"model '{model}': could not connect ({exc.message})")
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")

@@ -11,6 +11,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import anyio
+import anyio.abc
 import jsonschema
 import openai
 import pytest
@@ -21,6 +22,8 @@ from engine.models import CallScope, Gateway, ProviderRequest, ProviderTimeout
 from engine.models.openai_provider import (
     ClientRegistry,
     OpenAIProvider,
+    direct_http,
+    http_client_for,
     output_limit_field,
     parse_retry_after,
 )
@@ -334,3 +337,55 @@ async def test_a_connection_never_made_is_retried_and_charged_nothing() -> None:
         with pytest.raises(TransientError, match="could not connect"):
             await gateway.client("m", scope).complete(prompt="x")
     assert [(c.status, c.cost_usd) for c in scope.calls] == [("error", 0)]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_a_connection_lost_after_sending_may_be_billed_on_either_http_client() -> None:
+    """The server read the request, then hung up: the provider may have run it, so the
+    call is a lost response (charged its reservation), not a connection never made. On
+    asyncio the call goes through aiohttp, on trio through httpx2: both say the same."""
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()  # the request (its head at least)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    spec = ModelSpec(
+        provider="openai",
+        model="gpt-4o-mini",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=0,
+        price=Price(input=0.15, output=0.6),
+    )
+    scope = _scope()
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hang_up)
+        provider = OpenAIProvider(spec, registry=ClientRegistry())
+        async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
+            with pytest.raises(TransientError, match="connection lost after sending"):
+                await gateway.client("m", scope).complete(prompt="x", max_tokens=10)
+        tg.cancel_scope.cancel()
+    ((status, cost),) = [(c.status, c.cost_usd) for c in scope.calls]
+    assert status == "error" and cost > 0
+
+
+def test_a_direct_plain_http_endpoint_on_asyncio_gets_the_sdks_aiohttp_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def client_for(url: str) -> object:
+        return http_client_for(url)
+
+    direct = anyio.run(client_for, "http://127.0.0.1:8000/v1", backend="asyncio")
+    assert type(direct).__name__ == type(openai.DefaultAioHttpClient()).__name__
+    assert anyio.run(client_for, "https://api.openai.com/v1", backend="asyncio") is None
+    assert anyio.run(client_for, "http://127.0.0.1:8000/v1", backend="trio") is None
+    assert http_client_for("http://127.0.0.1:8000/v1") is None  # no event loop: httpx2
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    assert not direct_http("http://10.0.0.5:8000/v1")
+    monkeypatch.setenv("NO_PROXY", "10.0.0.5")
+    assert direct_http("http://10.0.0.5:8000/v1")

@@ -125,6 +125,13 @@ def compile_source(source: str) -> Compiled:
     )
 
 
+def rewritten(source: str) -> ast.expr:
+    """The tree `compile_source` compiles for an expression it accepted: a template's code
+    holds its expressions' trees inline instead of a call of each one's function."""
+    tree, _ = _parse(source)
+    return _Rewrite().visit(tree.body)  # type: ignore[no-any-return]
+
+
 def compile_tree(
     body: ast.expr, label: str, functions: Mapping[str, Callable[..., Any]]
 ) -> Callable[[Mapping[str, Any]], Any]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EvaluationError, ExpressionError
-from engine.expr.compile import compile_source, compile_tree
+from engine.expr.compile import compile_source, compile_tree, rewritten
 from engine.expr.runtime import Fail, to_text
 from engine.expr.wording import kind, translate
 from engine.expr.wording import literal as show_literal
@@ -259,7 +259,7 @@ class Template:
         return self._function(scope)
 
     def _first_build(self, scope: Mapping[str, Any]) -> Any:
-        # One compiled function builds the whole value around calls of the expressions;
+        # One compiled function builds the whole value with its expressions' code inline;
         # values a code object cannot hold as constants keep a function per part.
         functions: dict[str, Callable[..., Any]] = {}
         tree = _compose(self._raw, functions)
@@ -330,8 +330,9 @@ def _build_dict(
 def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr | None:
     """The tree of one expression building `value`, or None if a part cannot be a constant.
 
-    Each `{{ }}` expression becomes a call of its compiled function, added to `functions`
-    under the name the tree calls it by. Every node is on line 1 (see `_Rewrite`).
+    Each `{{ }}` expression's code is placed inline (a constant one becomes a call of its
+    function, added to `functions` under the name the tree calls it by). Every node is on
+    line 1 (see `_Rewrite`).
     """
     if isinstance(value, str) and _OPEN in value:
         pieces = _pieces(value, "", [])
@@ -359,9 +360,14 @@ def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr |
 
 
 def _call_expr(expr: Expr, functions: dict[str, Callable[..., Any]]) -> ast.expr:
-    name = f"_e{len(functions)}"
-    functions[name] = expr._function
-    return _call(name, ast.Name("s", ast.Load(), lineno=1, col_offset=0))
+    """The code of `expr` inline: what its function computes, without calling it."""
+    if not isinstance(expr._raw, str):
+        return _constant(expr._raw)
+    if expr.constant:  # folded, or failing at run time: call what it was left as
+        name = f"_e{len(functions)}"
+        functions[name] = expr._function
+        return _call(name, ast.Name("s", ast.Load(), lineno=1, col_offset=0))
+    return rewritten(expr._raw)
 
 
 def _call(name: str, argument: ast.expr) -> ast.expr:

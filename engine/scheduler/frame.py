@@ -22,7 +22,7 @@ import anyio
 from engine.errors import EvaluationError
 from engine.events import EventType, NodeOutcome
 from engine.expr.expression import Unresolved
-from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
+from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode, Status
 from engine.scheduler.request import RequestState
 
 if TYPE_CHECKING:
@@ -332,16 +332,28 @@ def note_read(cell: LazyNode, owner: LazyNode | None, label: str) -> None:
     cell.consumers += 1
     if cell.consumers > 1:
         cell.frame.req.node_event(
-            cell,
-            EventType.RESULT_REUSED,
-            decision="reuse",
-            payload={"consumer": label, "status": cell.status.value},
+            cell, EventType.RESULT_REUSED, decision="reuse", payload=_reuse_payload(label, cell)
         )
     if (owner is None or owner.demanded) and not cell.demanded:
         if cell.speculative or cell.reads:
             mark_demanded(cell)
         else:
             cell.demanded = True  # what `mark_demanded` comes to: nothing to join or pass on
+
+
+_REUSE_PAYLOADS: dict[tuple[str, Status], dict[str, str]] = {}
+"""`RESULT_REUSED` payloads by consumer and status: a dozen reuses a request record the
+same few payloads, which records share (they are never changed once recorded)."""
+
+
+def _reuse_payload(label: str, cell: LazyNode) -> dict[str, str]:
+    key = (label, cell.status)
+    payload = _REUSE_PAYLOADS.get(key)
+    if payload is None:
+        if len(_REUSE_PAYLOADS) >= 4096:  # labels are node ids: only many graphs get here
+            _REUSE_PAYLOADS.clear()
+        payload = _REUSE_PAYLOADS[key] = {"consumer": label, "status": cell.status.value}
+    return payload
 
 
 async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: str) -> None:

@@ -298,7 +298,9 @@ class Pipeline:
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
         (a server's client that hung up); without, it leaves no request record."""
         item = parse_request(
-            {**input, **({"_labels": labels} if labels else {})},
+            input
+            if not labels and type(input) is dict
+            else {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
             declared=self.validator.declared,
             limits=self.limits,

@@ -82,6 +82,12 @@ class _TapSink:
         if isinstance(item, RequestRecord):
             self.on_request(item)
 
+    def part_recorder(self) -> Callable[[Record], None]:
+        """Where a starting request's other records (events, node runs, calls) go: straight
+        to the inner sink while nobody watches records (a dozen a request skip this layer);
+        a watcher added later sees the requests started after it."""
+        return self.record if self.watchers else self._inner_record
+
 
 class Pipeline:
     """A graph loaded once, answering single requests and batches concurrently.

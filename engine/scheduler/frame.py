@@ -508,8 +508,12 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
             consumer.gather(expr, exc.name, needed)
         parts = getattr(expr, "expressions", ())
         if len(parts) > 1:
+            certain = expr.certain
             for part in parts:
-                _probe(part, consumer, needed)
+                # A part reading only names the template reads on every path needs nothing
+                # the gathering above has not noted and added: probing it would only raise.
+                if not part.names <= certain:
+                    _probe(part, consumer, needed)
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:

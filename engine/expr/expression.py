@@ -65,11 +65,16 @@ class Unresolved(Exception):
 
     Args:
         name: the missing top-level name; the scheduler resolves it and evaluates again.
+
+    Built by the exception's own (C) constructor, without a Python `__init__`: a request
+    raises several while the scheduler finds what its expressions reach.
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+    @property
+    def name(self) -> str:
+        """The missing top-level name."""
+        name: str = self.args[0]
+        return name
 
 
 @dataclass(frozen=True, slots=True)

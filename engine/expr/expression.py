@@ -98,9 +98,11 @@ class Expr:
         certain: the names read on every evaluation path, safe to demand concurrently.
         refs: every use of a free name with its constant access path, in source order.
         constant: True when the expression reads no names at all.
+        first: the name every evaluation reads before any other, if there is one (the
+            test of a conditional, the base of `a.b`, ...).
     """
 
-    __slots__ = ("_function", "_raw", "certain", "constant", "names", "refs", "source")
+    __slots__ = ("_function", "_raw", "certain", "constant", "first", "names", "refs", "source")
 
     def __init__(self, raw: str | bool | int | float | None) -> None:
         self._raw = raw
@@ -111,11 +113,13 @@ class Expr:
             self.certain = compiled.certain
             self.refs = tuple(Ref(*ref) for ref in compiled.refs)
             self._function = compiled.function
+            self.first = compiled.first
         else:
             self.source = repr(raw)
             self.names = self.certain = frozenset()
             self.refs = ()
             self._function = lambda scope: raw
+            self.first = None
         self.constant = not self.names
         if self.constant:
             self._fold()
@@ -216,6 +220,7 @@ class Template:
             from the start of the string holding the expression.
         constant: True when it holds no expression reading a name.
         expressions: the compiled expressions, in document order.
+        first: the name every evaluation reads before any other, if there is one.
         build: builds the value as `evaluate` does, but leaves a failure unexplained (a
             `KeyError` for a name not in scope, the raw error of an expression): the
             fast path for callers that call `evaluate` again to raise the error it is.
@@ -228,6 +233,7 @@ class Template:
         "certain",
         "constant",
         "expressions",
+        "first",
         "names",
         "refs",
     )
@@ -245,6 +251,9 @@ class Template:
             Ref(ref.name, ref.path, ref.column + offset) for e, offset in found for ref in e.refs
         )
         self.constant = not self.names
+        # expressions are evaluated in document order: the first one's first name is read
+        # before any other
+        self.first = self.expressions[0].first if self.expressions else None
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """Builds the value afresh: containers copied, expressions evaluated against `scope`.

@@ -501,11 +501,16 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
                 del needed  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
-        try:
-            return expr.evaluate(consumer)
-        except Unresolved as exc:
+        first = _stops_at(expr, consumer)
+        if first is not None:  # what evaluating would raise, without raising it
             needed = []
-            consumer.gather(expr, exc.name, needed)
+            consumer.gather(expr, first, needed)
+        else:
+            try:
+                return expr.evaluate(consumer)
+            except Unresolved as exc:
+                needed = []
+                consumer.gather(expr, exc.name, needed)
         parts = getattr(expr, "expressions", ())
         if len(parts) > 1:
             certain = expr.certain
@@ -516,7 +521,28 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
                     _probe(part, consumer, needed)
 
 
+def _stops_at(expr: Expr | Template, consumer: Consumer) -> str | None:
+    """The node at which evaluating `expr` would stop at once, unresolved, or None.
+
+    An expression that reads a node first (`first`) raises `Unresolved` for it before
+    doing anything else while that node has not finished: the scheduler then gathers it
+    directly instead of raising and catching.
+    """
+    first = expr.first
+    if first is None or first in consumer.fixed:
+        return None
+    frame = consumer.frame
+    cell = frame.cells.get(first) or frame.cell(first)
+    if cell is None or cell.status is FINISHED:
+        return None
+    return first
+
+
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
+    first = _stops_at(expr, consumer)
+    if first is not None:
+        consumer.gather(expr, first, needed)
+        return
     try:
         expr.evaluate(consumer)
     except Unresolved as exc:
@@ -557,6 +583,11 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
         needed = []
         waiting = []
         for name, expr in pending:
+            first = _stops_at(expr, consumer)
+            if first is not None:
+                consumer.gather(expr, first, needed)
+                waiting.append((name, expr))
+                continue
             try:
                 values[name] = expr.evaluate(consumer)
             except Unresolved as exc:

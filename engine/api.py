@@ -82,6 +82,12 @@ class _TapSink:
         if isinstance(item, RequestRecord):
             self.on_request(item)
 
+    def part_recorder(self) -> Callable[[Record], None]:
+        """Where a starting request's other records (events, node runs, calls) go: straight
+        to the inner sink while nobody watches records (a dozen a request skip this layer);
+        a watcher added later sees the requests started after it."""
+        return self.record if self.watchers else self._inner_record
+
 
 class Pipeline:
     """A graph loaded once, answering single requests and batches concurrently.
@@ -298,7 +304,9 @@ class Pipeline:
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
         (a server's client that hung up); without, it leaves no request record."""
         item = parse_request(
-            {**input, **({"_labels": labels} if labels else {})},
+            input
+            if not labels and type(input) is dict
+            else {**input, **({"_labels": labels} if labels else {})},
             seq=seq,
             declared=self.validator.declared,
             limits=self.limits,

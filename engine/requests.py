@@ -62,9 +62,13 @@ DEFAULT_LIMITS = RequestLimits()
 """1 MiB and 64 levels."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchItem:
-    """One request of a batch, parsed (or not) from its source."""
+    """One request of a batch, parsed (or not) from its source.
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every request), but treated as immutable: copy with `dataclasses.replace`.
+    """
 
     seq: int
     """0-based position in the batch."""
@@ -267,6 +271,14 @@ def _flat_size(value: Any, limits: RequestLimits) -> int | None:
 def _split(
     value: Any, *, seq: int, line: int | None, source: str, declared: frozenset[str]
 ) -> BatchItem:
+    if (
+        type(value) is dict
+        and "_labels" not in value
+        and "conversation_id" not in value  # the META_FIELDS, spelt out: checked per request
+        and "turn_index" not in value
+        and "parent_request_id" not in value
+    ):  # the common request: nothing to split off
+        return BatchItem(seq, dict(value), {}, {}, None, line, source)
     where = _where(source, line)
     if not isinstance(value, Mapping):
         error = f"{where}: a request must be a JSON object{_EXAMPLE}, not {_kind(value)}"
@@ -487,7 +499,18 @@ def surely_valid(schema: Any) -> _Check | None:
         checks.extend(built)
     if len(checks) == 1:
         return checks[0]
-    return lambda value: all(check(value) for check in checks)
+    return _all_of(checks)
+
+
+def _all_of(checks: list[_Check]) -> _Check:
+    # loops rather than `all()` over a generator: these run for every request
+    def check_all(value: Any) -> bool:
+        for check in checks:  # noqa: SIM110 - all() over a generator costs more
+            if not check(value):
+                return False
+        return True
+
+    return check_all
 
 
 def _object_checks(schema: dict[str, Any]) -> list[_Check] | None:
@@ -502,14 +525,12 @@ def _object_checks(schema: dict[str, Any]) -> list[_Check] | None:
             return None
         subs[key] = check
     if subs:
-        checks.append(
-            lambda v: type(v) is not dict or all(check(v[k]) for k, check in subs.items() if k in v)
-        )
+        checks.append(_properties_check(tuple(subs.items())))
     required = schema.get("required", [])
     if not isinstance(required, list):
         return None
     if required:
-        checks.append(lambda v: type(v) is not dict or all(k in v for k in required))
+        checks.append(_required_check(tuple(required)))
     extra = schema.get("additionalProperties", True)
     if extra is False:
         checks.append(lambda v: type(v) is not dict or all(k in subs for k in v))
@@ -522,6 +543,30 @@ def _object_checks(schema: dict[str, Any]) -> list[_Check] | None:
             return None
         checks.append(lambda v: type(v) is not list or all(each(x) for x in v))
     return checks
+
+
+def _properties_check(subs: tuple[tuple[str, _Check], ...]) -> _Check:
+    def check_properties(v: Any) -> bool:
+        if type(v) is not dict:
+            return True
+        for key, check in subs:  # noqa: SIM110 - all() over a generator costs more
+            if key in v and not check(v[key]):
+                return False
+        return True
+
+    return check_properties
+
+
+def _required_check(required: tuple[Any, ...]) -> _Check:
+    def check_required(v: Any) -> bool:
+        if type(v) is not dict:
+            return True
+        for key in required:  # noqa: SIM110 - all() over a generator costs more
+            if key not in v:
+                return False
+        return True
+
+    return check_required
 
 
 def _value_checks(schema: dict[str, Any]) -> list[_Check] | None:

@@ -90,6 +90,8 @@ class Compiled:
     certain: frozenset[str]
     refs: tuple[RawRef, ...]
     function: Callable[[Mapping[str, Any]], Any]
+    first: str | None = None
+    """The name every evaluation reads before anything else, if there is one."""
 
 
 class _Columns:
@@ -118,11 +120,49 @@ def compile_source(source: str) -> Compiled:
     checker.check(tree.body, 0)
     certain = certain_names(tree.body)
     refs = sorted(collect_refs(tree.body, columns), key=lambda ref: ref[2])
+    first = first_name(tree.body)
     # _Rewrite transforms the tree in place, so it runs after the analysis.
     function = _compile_lambda(_Rewrite().visit(tree.body), source)
     return Compiled(
-        names=frozenset(checker.names), certain=certain, refs=tuple(refs), function=function
+        names=frozenset(checker.names),
+        certain=certain,
+        refs=tuple(refs),
+        function=function,
+        first=first,
     )
+
+
+def first_name(node: ast.AST) -> str | None:
+    """The name an evaluation of `node` reads before anything else (None if unsure).
+
+    The test of `x if c else y`, the first operand of `and`/`or`, a comparison or an
+    arithmetic operator, the base of an access chain and the first argument of a call are
+    evaluated first; for anything else no single name is sure to come first.
+    """
+    while True:
+        if isinstance(node, ast.Name):
+            return None if node.id in CONSTANT_NAMES else node.id
+        if isinstance(node, ast.IfExp):
+            node = node.test
+        elif isinstance(node, ast.BoolOp):
+            node = node.values[0]
+        elif isinstance(node, ast.Compare | ast.BinOp):
+            node = node.left
+        elif isinstance(node, ast.UnaryOp):
+            node = node.operand
+        elif isinstance(node, ast.Attribute | ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Call) and node.args:
+            node = node.args[0]
+        else:
+            return None
+
+
+def rewritten(source: str) -> ast.expr:
+    """The tree `compile_source` compiles for an expression it accepted: a template's code
+    holds its expressions' trees inline instead of a call of each one's function."""
+    tree, _ = _parse(source)
+    return _Rewrite().visit(tree.body)  # type: ignore[no-any-return]
 
 
 def compile_tree(

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EvaluationError, ExpressionError
-from engine.expr.compile import compile_source, compile_tree
+from engine.expr.compile import compile_source, compile_tree, rewritten
 from engine.expr.runtime import Fail, to_text
 from engine.expr.wording import kind, translate
 from engine.expr.wording import literal as show_literal
@@ -65,11 +65,16 @@ class Unresolved(Exception):
 
     Args:
         name: the missing top-level name; the scheduler resolves it and evaluates again.
+
+    Built by the exception's own (C) constructor, without a Python `__init__`: a request
+    raises several while the scheduler finds what its expressions reach.
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+    @property
+    def name(self) -> str:
+        """The missing top-level name."""
+        name: str = self.args[0]
+        return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +98,11 @@ class Expr:
         certain: the names read on every evaluation path, safe to demand concurrently.
         refs: every use of a free name with its constant access path, in source order.
         constant: True when the expression reads no names at all.
+        first: the name every evaluation reads before any other, if there is one (the
+            test of a conditional, the base of `a.b`, ...).
     """
 
-    __slots__ = ("_function", "_raw", "certain", "constant", "names", "refs", "source")
+    __slots__ = ("_function", "_raw", "certain", "constant", "first", "names", "refs", "source")
 
     def __init__(self, raw: str | bool | int | float | None) -> None:
         self._raw = raw
@@ -106,11 +113,13 @@ class Expr:
             self.certain = compiled.certain
             self.refs = tuple(Ref(*ref) for ref in compiled.refs)
             self._function = compiled.function
+            self.first = compiled.first
         else:
             self.source = repr(raw)
             self.names = self.certain = frozenset()
             self.refs = ()
             self._function = lambda scope: raw
+            self.first = None
         self.constant = not self.names
         if self.constant:
             self._fold()
@@ -211,6 +220,7 @@ class Template:
             from the start of the string holding the expression.
         constant: True when it holds no expression reading a name.
         expressions: the compiled expressions, in document order.
+        first: the name every evaluation reads before any other, if there is one.
         build: builds the value as `evaluate` does, but leaves a failure unexplained (a
             `KeyError` for a name not in scope, the raw error of an expression): the
             fast path for callers that call `evaluate` again to raise the error it is.
@@ -223,6 +233,7 @@ class Template:
         "certain",
         "constant",
         "expressions",
+        "first",
         "names",
         "refs",
     )
@@ -240,6 +251,9 @@ class Template:
             Ref(ref.name, ref.path, ref.column + offset) for e, offset in found for ref in e.refs
         )
         self.constant = not self.names
+        # expressions are evaluated in document order: the first one's first name is read
+        # before any other
+        self.first = self.expressions[0].first if self.expressions else None
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """Builds the value afresh: containers copied, expressions evaluated against `scope`.
@@ -259,7 +273,7 @@ class Template:
         return self._function(scope)
 
     def _first_build(self, scope: Mapping[str, Any]) -> Any:
-        # One compiled function builds the whole value around calls of the expressions;
+        # One compiled function builds the whole value with its expressions' code inline;
         # values a code object cannot hold as constants keep a function per part.
         functions: dict[str, Callable[..., Any]] = {}
         tree = _compose(self._raw, functions)
@@ -330,8 +344,9 @@ def _build_dict(
 def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr | None:
     """The tree of one expression building `value`, or None if a part cannot be a constant.
 
-    Each `{{ }}` expression becomes a call of its compiled function, added to `functions`
-    under the name the tree calls it by. Every node is on line 1 (see `_Rewrite`).
+    Each `{{ }}` expression's code is placed inline (a constant one becomes a call of its
+    function, added to `functions` under the name the tree calls it by). Every node is on
+    line 1 (see `_Rewrite`).
     """
     if isinstance(value, str) and _OPEN in value:
         pieces = _pieces(value, "", [])
@@ -359,9 +374,14 @@ def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr |
 
 
 def _call_expr(expr: Expr, functions: dict[str, Callable[..., Any]]) -> ast.expr:
-    name = f"_e{len(functions)}"
-    functions[name] = expr._function
-    return _call(name, ast.Name("s", ast.Load(), lineno=1, col_offset=0))
+    """The code of `expr` inline: what its function computes, without calling it."""
+    if not isinstance(expr._raw, str):
+        return _constant(expr._raw)
+    if expr.constant:  # folded, or failing at run time: call what it was left as
+        name = f"_e{len(functions)}"
+        functions[name] = expr._function
+        return _call(name, ast.Name("s", ast.Load(), lineno=1, col_offset=0))
+    return rewritten(expr._raw)
 
 
 def _call(name: str, argument: ast.expr) -> ast.expr:

@@ -22,7 +22,7 @@ import anyio
 from engine.errors import EvaluationError
 from engine.events import EventType, NodeOutcome
 from engine.expr.expression import Unresolved
-from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
+from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode, Status
 from engine.scheduler.request import RequestState
 
 if TYPE_CHECKING:
@@ -332,16 +332,28 @@ def note_read(cell: LazyNode, owner: LazyNode | None, label: str) -> None:
     cell.consumers += 1
     if cell.consumers > 1:
         cell.frame.req.node_event(
-            cell,
-            EventType.RESULT_REUSED,
-            decision="reuse",
-            payload={"consumer": label, "status": cell.status.value},
+            cell, EventType.RESULT_REUSED, decision="reuse", payload=_reuse_payload(label, cell)
         )
     if (owner is None or owner.demanded) and not cell.demanded:
         if cell.speculative or cell.reads:
             mark_demanded(cell)
         else:
             cell.demanded = True  # what `mark_demanded` comes to: nothing to join or pass on
+
+
+_REUSE_PAYLOADS: dict[tuple[str, Status], dict[str, str]] = {}
+"""`RESULT_REUSED` payloads by consumer and status: a dozen reuses a request record the
+same few payloads, which records share (they are never changed once recorded)."""
+
+
+def _reuse_payload(label: str, cell: LazyNode) -> dict[str, str]:
+    key = (label, cell.status)
+    payload = _REUSE_PAYLOADS.get(key)
+    if payload is None:
+        if len(_REUSE_PAYLOADS) >= 4096:  # labels are node ids: only many graphs get here
+            _REUSE_PAYLOADS.clear()
+        payload = _REUSE_PAYLOADS[key] = {"consumer": label, "status": cell.status.value}
+    return payload
 
 
 async def demand_all(ex: Executor, cells: list[LazyNode], spawn: bool, label: str) -> None:
@@ -489,18 +501,48 @@ async def evaluate(expr: Expr | Template, consumer: Consumer) -> Any:
                 del needed  # not kept alive while it runs
                 await consumer.frame.ex.execute(cell, False)
                 check(cell)
-        try:
-            return expr.evaluate(consumer)
-        except Unresolved as exc:
+        first = _stops_at(expr, consumer)
+        if first is not None:  # what evaluating would raise, without raising it
             needed = []
-            consumer.gather(expr, exc.name, needed)
+            consumer.gather(expr, first, needed)
+        else:
+            try:
+                return expr.evaluate(consumer)
+            except Unresolved as exc:
+                needed = []
+                consumer.gather(expr, exc.name, needed)
         parts = getattr(expr, "expressions", ())
         if len(parts) > 1:
+            certain = expr.certain
             for part in parts:
-                _probe(part, consumer, needed)
+                # A part reading only names the template reads on every path needs nothing
+                # the gathering above has not noted and added: probing it would only raise.
+                if not part.names <= certain:
+                    _probe(part, consumer, needed)
+
+
+def _stops_at(expr: Expr | Template, consumer: Consumer) -> str | None:
+    """The node at which evaluating `expr` would stop at once, unresolved, or None.
+
+    An expression that reads a node first (`first`) raises `Unresolved` for it before
+    doing anything else while that node has not finished: the scheduler then gathers it
+    directly instead of raising and catching.
+    """
+    first = expr.first
+    if first is None or first in consumer.fixed:
+        return None
+    frame = consumer.frame
+    cell = frame.cells.get(first) or frame.cell(first)
+    if cell is None or cell.status is FINISHED:
+        return None
+    return first
 
 
 def _probe(expr: Expr, consumer: Consumer, needed: list[LazyNode]) -> None:
+    first = _stops_at(expr, consumer)
+    if first is not None:
+        consumer.gather(expr, first, needed)
+        return
     try:
         expr.evaluate(consumer)
     except Unresolved as exc:
@@ -541,6 +583,11 @@ async def evaluate_outputs(exprs: Mapping[str, Expr], consumer: Consumer) -> dic
         needed = []
         waiting = []
         for name, expr in pending:
+            first = _stops_at(expr, consumer)
+            if first is not None:
+                consumer.gather(expr, first, needed)
+                waiting.append((name, expr))
+                continue
             try:
                 values[name] = expr.evaluate(consumer)
             except Unresolved as exc:

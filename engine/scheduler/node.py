@@ -33,6 +33,7 @@ from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING,
 from engine.scheduler.request import NodeCtx, describe_error
 
 if TYPE_CHECKING:
+    from engine.expr.expression import Expr
     from engine.graph.compiled import CompiledNode
     from engine.plugin.context import SharedState
     from engine.scheduler.backend import Backend
@@ -84,6 +85,10 @@ _OUTCOMES = {status: NodeOutcome.NONE for status in NodeStatus} | {
     NodeStatus.SUCCEEDED: NodeOutcome.USED
 }
 """What became of a node run's result, by how it ended (speculative runs aside)."""
+
+_GATE_PAYLOADS: dict[Expr | None, dict[str, str | None]] = {}
+"""`GATE_DECISION` payloads by guard, shared by the events (never changed once recorded)."""
+_GUARD = ("guard",)
 
 _GATED = object()
 """A node with a guard, retries, a timeout or a loop: the full path."""
@@ -382,12 +387,18 @@ class NodeRunner:
     def gate(self, cell: LazyNode, allowed: Any, reason: str = "guard") -> bool:
         """Record the guard's decision (`GATE_DECISION`); True when the node may run."""
         run = bool(allowed)
+        when = cell.node.when
+        payload = _GATE_PAYLOADS.get(when)
+        if payload is None:
+            if len(_GATE_PAYLOADS) >= 4096:  # one per guard: only many graphs get here
+                _GATE_PAYLOADS.clear()
+            payload = _GATE_PAYLOADS[when] = {"when": when.source if when else None}
         cell.frame.req.node_event(
             cell,
             EventType.GATE_DECISION,
             decision="run" if run else "skip",
-            reason_codes=(reason,),
-            payload={"when": cell.node.when.source if cell.node.when else None},
+            reason_codes=_GUARD if reason == "guard" else (reason,),
+            payload=payload,
         )
         return run
 

@@ -163,6 +163,10 @@ class Runner:
         self._pinned: tuple[PolicyPin, dict[str, Any]] | None = None
         """The last pin and its `POLICY_PINNED` payload, shared by the requests pinning it."""
         self._record = self.sink.record  # bound once, not once per request
+        self._part_recorder: Callable[[], Callable[[Record], None]] | None = getattr(
+            self.sink, "part_recorder", None
+        )
+        """A sink's choice, per request, of where the records before the request's own go."""
         self.seed = seed
         self._tg: TaskGroup | None = None
         self._ex: NodeRunner | None = None
@@ -307,7 +311,7 @@ class Runner:
             policy_name=pin.name,
             policy_version=pin.version,
             policy=pin.body,
-            sink_record=self._record,
+            sink_record=self._record if self._part_recorder is None else self._part_recorder(),
             gateway=self.gateway,
             clock=self._clock,
         )

@@ -58,14 +58,25 @@ def _try(expr: Expr, consumer: Consumer) -> tuple[bool, Any]:
         return False, None  # evaluated for real (and failing visibly) in the task
 
 
+_STRATEGY_PAYLOADS: dict[object, dict[str, Any]] = {}
+"""`STRATEGY_SELECTED` payloads by strategy, shared by the events (never changed once
+recorded)."""
+
+
 def _strategy_selected(cell: LazyNode, value: Any) -> bool:
     speculative = bool(value)
     strategy = cell.node.speculative
+    payload = _STRATEGY_PAYLOADS.get(strategy)
+    if payload is None:
+        if len(_STRATEGY_PAYLOADS) >= 4096:  # one per strategy: only many graphs get here
+            _STRATEGY_PAYLOADS.clear()
+        source = getattr(strategy, "source", strategy)
+        payload = _STRATEGY_PAYLOADS[strategy] = {"speculative": source}
     cell.frame.req.node_event(
         cell,
         EventType.STRATEGY_SELECTED,
         decision="speculative" if speculative else "on_demand",
-        payload={"speculative": getattr(strategy, "source", strategy)},
+        payload=payload,
     )
     return speculative
 

@@ -219,3 +219,24 @@ def test_the_flat_request_path_measures_what_the_walk_measures(value: Any, depth
             v.isascii() for v in value.values() if isinstance(v, str)
         )
         assert (flat is not None) == ascii_only
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.dictionaries(
+        st.sampled_from(["prompt", "tenant", "_labels", "turn_index", "conversation_id", "x"]),
+        st.none() | st.integers() | st.text(max_size=5) | st.dictionaries(st.text(), st.integers()),
+    ),
+    declared=st.frozensets(st.sampled_from(["turn_index", "conversation_id", "prompt"])),
+)
+def test_a_plain_request_is_split_as_any_mapping_is(
+    value: dict[str, Any], declared: frozenset[str]
+) -> None:
+    from types import MappingProxyType
+
+    from engine.requests import _split
+
+    fast = _split(value, seq=3, line=None, source="request", declared=declared)
+    general = _split(MappingProxyType(value), seq=3, line=None, source="request", declared=declared)
+    assert fast == general
+    assert fast.input is not value  # the caller's mapping is never the input itself

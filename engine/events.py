@@ -338,9 +338,11 @@ class RequestRecord:
     also in its events); empty when it was not."""
 
     def stored_input_hash(self) -> str | None:
-        """`input_hash`, or the hash of `input` when the scheduler left it to the store."""
+        """`input_hash`, or the hash of `input` when the scheduler left it to the store;
+        computed once and kept (the store writer and the trace spans both ask, from their
+        own threads: the same value either way)."""
         if self.input_hash is None and self.input is not None:
-            return hash_input(self.input)
+            self.input_hash = hash_input(self.input)
         return self.input_hash
 
 

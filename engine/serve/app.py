@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -406,6 +406,8 @@ class MoatServer:
             )
             # the answer leaves only once it is in the store (a kill -9 loses no 200)
             await served.commits.committed(recorded)
+            if recorded.record is not None:  # the stored cost: calls settled after the answer
+                result = replace(result, cost_usd=recorded.record.cost_usd)
         except ApiError:
             raise
         except Exception as exc:  # a bug in moat: the client gets its id, the log the rest

@@ -15,7 +15,7 @@ import anyio
 from engine.errors import StoreError
 from engine.events import Record, RequestRecord
 
-__all__ = ["Commits"]
+__all__ = ["Commits", "Recorded"]
 
 
 class _Ticket:
@@ -28,6 +28,18 @@ class _Ticket:
         self.error: StoreError | None = None
 
 
+class Recorded:
+    """A request's record, once emitted: `Commits.expect` hands one out, `watch` fills it.
+    Its figures are final (every call of the request settled), where the request's result
+    has only what was spent by the time of the answer."""
+
+    __slots__ = ("event", "record")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.record: RequestRecord | None = None
+
+
 class Commits:
     """Waits for requests' records and commits them in groups.
 
@@ -38,7 +50,7 @@ class Commits:
 
     def __init__(self, flush: Callable[[], None] | None) -> None:
         self._flush = flush
-        self._recorded: dict[str, anyio.Event] = {}
+        self._recorded: dict[str, Recorded] = {}
         self._waiting: list[_Ticket] = []
         self._wake = anyio.Event()
 
@@ -47,10 +59,10 @@ class Commits:
         """Whether answers wait for a commit (there is a store, and waiting is asked for)."""
         return self._flush is not None
 
-    def expect(self, request_id: str) -> anyio.Event:
-        """Register a request before it runs; the event is set when its record is emitted."""
-        event = self._recorded[request_id] = anyio.Event()
-        return event
+    def expect(self, request_id: str) -> Recorded:
+        """Register a request before it runs; filled when its record is emitted."""
+        recorded = self._recorded[request_id] = Recorded()
+        return recorded
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for a request (it was cancelled: no record will come)."""
@@ -59,17 +71,18 @@ class Commits:
     def watch(self, item: Record) -> None:
         """A `Pipeline.record_watchers` callback: a request's record has been emitted."""
         if isinstance(item, RequestRecord):
-            event = self._recorded.pop(item.id, None)
-            if event is not None:
-                event.set()
+            recorded = self._recorded.pop(item.id, None)
+            if recorded is not None:
+                recorded.record = item
+                recorded.event.set()
 
-    async def committed(self, recorded: anyio.Event) -> None:
+    async def committed(self, recorded: Recorded) -> None:
         """Return once the request's record is emitted and committed.
 
         Raises:
             StoreError: the store could not commit it.
         """
-        await recorded.wait()
+        await recorded.event.wait()
         if self._flush is None:
             return
         ticket = _Ticket()

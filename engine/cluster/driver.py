@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +76,9 @@ class _Waiter:
     run_id: str
     item: BatchItem
     request_id: str
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event | None = None
+    """Set when it is answered, for a caller of `_answer` (a batch's requests have none:
+    `_answer_all` learns of their end from the records emitted)."""
     result: RequestResult | None = None
     error: BaseException | None = None
 
@@ -126,6 +128,8 @@ class ClusterPipeline(Pipeline):
         self.workers = workers
         self.concurrency = max(1, concurrency)
         self.chunk_size = self.concurrency
+        self.window = 2 * self.concurrency
+        """Requests sent to one worker and not answered yet, at most."""
         self.sync_interval_s = sync_interval_s
         self.cache_interval_s = cache_interval_s
         self.worker_pids: list[int] = []
@@ -139,6 +143,8 @@ class ClusterPipeline(Pipeline):
         self._dictionary: bytes | None = None
         """The store's compression dictionary, once the workers have it."""
         self._lost_events = 0
+        self._failure: BaseException | None = None
+        """What ends the current batch early (every worker lost, a bug on a worker)."""
 
     @property
     def slots(self) -> list[_Slot]:
@@ -153,7 +159,7 @@ class ClusterPipeline(Pipeline):
         share = min(1.0, cluster_cpus() / count)
         actor = ray.remote(
             num_cpus=share,
-            max_concurrency=2 * self.concurrency + 8,  # submits, the stream and syncs
+            max_concurrency=self.window + 8,  # submits, the stream and syncs
             max_restarts=0,
             scheduling_strategy="SPREAD",
         )(BatchWorker)
@@ -205,17 +211,81 @@ class ClusterPipeline(Pipeline):
         summary: BatchSummary,
         concurrency: int,
         skip: frozenset[int],
-        on_record: Any,
+        on_record: Callable[[RequestRecord], None] | None,
     ) -> None:
-        # `concurrency` is per worker: keep every worker busy with a chunk queued behind
-        in_flight = (2 * self.concurrency + self.chunk_size) * max(1, len(self._slots))
+        """`Pipeline._answer_all` without a task per request: requests are queued for the
+        send loop as room frees (`concurrency` is per worker: every worker is kept busy
+        with a chunk queued behind), and end when their records are emitted."""
+        if not self._slots:
+            await super()._answer_all(items, summary, concurrency, skip, on_record)
+            return
+        run_id = summary.run_id
+        in_flight = (self.window + self.chunk_size) * len(self._slots)
+        self._failure = None
+
+        def count(record: RequestRecord) -> None:
+            if record.run_id != run_id:
+                return
+            summary.done += 1
+            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
+            if on_record is not None:
+                on_record(record)
+
+        self._listeners.append(count)
         try:
-            await super()._answer_all(items, summary, in_flight, skip, on_record)
-        except BaseExceptionGroup as group:
-            lost, rest = group.split(WorkersLost)
-            if lost is None or rest is not None:
-                raise
-            raise _first(lost) from None
+            async with anyio.create_task_group() as beats:
+                if self.store is not None:
+                    beats.start_soon(self._heartbeat, summary)
+                await self._feed(run_id, items, skip, in_flight)
+                beats.cancel_scope.cancel()
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            self._listeners.remove(count)
+            self._give_up(run_id)
+
+    async def _feed(
+        self,
+        run_id: str,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        skip: frozenset[int],
+        in_flight: int,
+    ) -> None:
+        """Queue the requests of `items` as room frees, then wait for the last records
+        (returns early when `_failure` ends the batch)."""
+        for index, entry in enumerate(items):
+            item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
+            if item.seq in skip:
+                continue
+            while len(self._waiting) >= in_flight and self._failure is None:
+                await self._wait_changed()
+            if self._failure is not None:
+                return
+            self._enqueue(_Waiter(run_id, item, f"{run_id}-{item.seq:06d}"))
+        while self._waiting and self._failure is None:
+            await self._wait_changed()
+        if self._failure is None:
+            # records come after each request's cleanup: wait for them before the
+            # listener goes
+            await self.settle()
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        self._waiting[waiter.request_id] = waiter
+        self._queue.append(waiter)
+        self._outstanding += 1
+
+    async def _wait_changed(self) -> None:
+        """Let the send loop see what was queued, and wait for a change."""
+        self._signal()  # the send loop waits on the event this replaces
+        await self._changed.wait()
+
+    def _give_up(self, run_id: str) -> None:
+        """The batch ended early (an error, a cancel): no record will come for the requests
+        still waited for, so they no longer count as outstanding."""
+        for request_id, waiter in list(self._waiting.items()):
+            if waiter.run_id == run_id and waiter.done is None:
+                del self._waiting[request_id]
+                self._settled()
 
     async def _answer(
         self,
@@ -227,11 +297,10 @@ class ClusterPipeline(Pipeline):
     ) -> RequestResult:
         if tenant is not None or record_cancelled or not self._slots:
             return await super()._answer(run_id, item, tenant, record_cancelled=record_cancelled)
-        waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}")
-        self._waiting[waiter.request_id] = waiter
-        self._queue.append(waiter)
-        self._outstanding += 1
+        waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}", anyio.Event())
+        self._enqueue(waiter)
         self._signal()
+        assert waiter.done is not None
         try:
             await waiter.done.wait()
         except BaseException:
@@ -278,7 +347,7 @@ class ClusterPipeline(Pipeline):
                 await self._changed.wait()
                 continue
             best = min(live, key=lambda s: len(s.pending))
-            if len(best.pending) + want <= 2 * self.concurrency:
+            if len(best.pending) + want <= self.window:
                 return best
             await self._changed.wait()
 
@@ -296,8 +365,7 @@ class ClusterPipeline(Pipeline):
             for waiter in slot.pending.values():
                 if self._waiting.pop(waiter.request_id, None) is not None:
                     self._settled()
-                    waiter.error = exc
-                    waiter.done.set()
+                    self._fail(waiter, exc)
             slot.pending.clear()
         self._signal()
 
@@ -306,7 +374,7 @@ class ClusterPipeline(Pipeline):
         return isinstance(self._sink, StoreWriter) and not self.record_watchers
 
     def _deliver(self, slot: _Slot, shipment: Shipment) -> None:
-        if shipment.rows is not None:
+        if shipment.packed is not None:
             self._deliver_rows(slot, shipment)
             return
         for record in shipment.loose:
@@ -320,8 +388,9 @@ class ClusterPipeline(Pipeline):
                 continue  # answered already (by a worker that died since), or given up
             for record in group:
                 self._tap.record(record)
-            waiter.result = _result(final)
-            waiter.done.set()
+            if waiter.done is not None:
+                waiter.result = _result(final)
+                waiter.done.set()
         if shipment.cache_ops:
             self._learned(slot, shipment.cache_ops)
         self._signal()
@@ -329,17 +398,17 @@ class ClusterPipeline(Pipeline):
     def _deliver_rows(self, slot: _Slot, shipment: Shipment) -> None:
         """Store a shipment of pre-encoded rows in one piece (without the rows of requests
         stored already), then emit each new request's record as the tap would."""
-        assert shipment.rows is not None
+        requests, shipped = shipment.unpack()
         fresh: list[tuple[_Waiter, RequestRecord]] = []
         stale: set[str] = set()
-        for final in shipment.requests:
+        for final in requests:
             slot.pending.pop(final.id, None)
             waiter = self._waiting.pop(final.id, None)
             if waiter is None:
                 stale.add(final.id)
             else:
                 fresh.append((waiter, final))
-        rows = shipment.rows.without(stale) if stale else shipment.rows
+        rows = shipped.without(stale) if stale else shipped
         if rows.count:
             self._sink.record(rows)  # type: ignore[arg-type]
         watchers = self.record_watchers
@@ -347,8 +416,9 @@ class ClusterPipeline(Pipeline):
             for watch in watchers:
                 watch(final)
             self._on_request(final)
-            waiter.result = _result(final)
-            waiter.done.set()
+            if waiter.done is not None:
+                waiter.result = _result(final)
+                waiter.done.set()
         if shipment.cache_ops:
             self._learned(slot, shipment.cache_ops)
         self._signal()
@@ -407,8 +477,16 @@ class ClusterPipeline(Pipeline):
             waiter = self._queue.popleft()
             if self._waiting.pop(waiter.request_id, None) is not None:
                 self._settled()
-                waiter.error = error
-                waiter.done.set()
+                self._fail(waiter, error)
+        self._signal()
+
+    def _fail(self, waiter: _Waiter, error: BaseException) -> None:
+        """End a request with `error`: its caller's, or the batch's (the first one)."""
+        if waiter.done is not None:
+            waiter.error = error
+            waiter.done.set()
+        elif self._failure is None:
+            self._failure = error
 
     # -- policies and cache ---------------------------------------------------------------
 
@@ -468,13 +546,6 @@ class ClusterPipeline(Pipeline):
         if active is None or active.activation_id == self._activation:
             return None
         return active
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 def _result(record: RequestRecord) -> RequestResult:

@@ -23,7 +23,9 @@ versions and cache entries the driver pushes (`sync`) are applied on that loop t
 from __future__ import annotations
 
 import os
+import pickle
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import zstandard
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from engine.api import Pipeline
@@ -85,10 +88,16 @@ class Shipment:
     """Records of no request (run-level events; in `rows` when there are rows)."""
     cache_ops: list[CacheOp]
     """Cache entries this worker stored or dropped, for the store and the other workers."""
-    requests: list[RequestRecord] = field(default_factory=list)
-    """With `rows`: each finished request's `RequestRecord` (its row is in `rows` too)."""
-    rows: EncodedRows | None = None
-    """Every record of the shipment encoded as the store's rows, when the driver asked."""
+    packed: bytes | None = None
+    """When the driver asked for rows: each finished request's `RequestRecord` and every
+    record of the shipment encoded as the store's rows, pickled and compressed into one
+    buffer (`unpack`): Ray moves one bytes object, small enough to travel inline."""
+
+    def unpack(self) -> tuple[list[RequestRecord], EncodedRows]:
+        """The requests and rows of a packed shipment."""
+        assert self.packed is not None
+        requests, tables = pickle.loads(_decompressor().decompress(self.packed))
+        return requests, EncodedRows(tables)
 
 
 class _ShipSink:
@@ -202,7 +211,8 @@ class BatchWorker:
         self.pipe = pipe
         self.limiter = self.portal.call(_new_limiter, config.concurrency)
         self.encoded = False
-        self.ship_at = max(1, config.concurrency // 2)
+        self.ship_at = max(1, config.concurrency)
+        self.compressor = zstandard.ZstdCompressor(level=1)
         self.pack = frame_packer(config.dictionary) if config.dictionary else None
         self.switched_at = 0.0
         if config.policy is not None:
@@ -246,7 +256,8 @@ class BatchWorker:
         finals = [group[-1] for group in groups]
         assert all(isinstance(final, RequestRecord) for final in finals)
         rows = encode_records(loose + records, self.pack)
-        return Shipment([], [], ops, requests=finals, rows=rows)  # type: ignore[arg-type]
+        packed = self.compressor.compress(pickle.dumps((finals, rows.tables), protocol=5))
+        return Shipment([], [], ops, packed=packed)
 
     async def sync(
         self, policy: Active | None, cache_ops: list[CacheOp], dictionary: bytes | None = None
@@ -300,6 +311,16 @@ class BatchWorker:
         assert self.pipe.policy is not None
         self.pipe.policy._switch(policy)
         self.switched_at = time.time()
+
+
+_decompressors = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    found: zstandard.ZstdDecompressor | None = getattr(_decompressors, "one", None)
+    if found is None:
+        found = _decompressors.one = zstandard.ZstdDecompressor()
+    return found
 
 
 def _new_limiter(concurrency: int) -> anyio.Semaphore:

@@ -142,6 +142,8 @@ class ClusterPipeline(Pipeline):
         self._activation = 0
         self._dictionary: bytes | None = None
         """The store's compression dictionary, once the workers have it."""
+        self._last_code = 0
+        """The highest `strings` code the workers have been sent."""
         self._lost_events = 0
         self._failure: BaseException | None = None
         """What ends the current batch early (every worker lost, a bug on a worker)."""
@@ -176,6 +178,7 @@ class ClusterPipeline(Pipeline):
     def _worker_config(self) -> WorkerConfig:
         policy = None
         cache: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+        codes: dict[str, int] = {}
         if self.store is not None:
             if self.policy is not None and self.policy.name is not None:
                 policy = poll_active(self.store, self.policy.name)
@@ -183,9 +186,10 @@ class ClusterPipeline(Pipeline):
             persistence = self.store.cache_persistence()
             for namespace in persistence.namespaces():
                 cache[namespace] = list(persistence.load(namespace))
-            self._dictionary = self._store_dictionary()
+            self._dictionary, codes = self._store_news()
         return WorkerConfig(
             dictionary=self._dictionary,
+            codes=codes,
             graph_path=os.path.abspath(self.graph.path),
             models=dict(self._options.get("models") or {}),
             seed=self.seed,
@@ -503,41 +507,62 @@ class ClusterPipeline(Pipeline):
         """Push a newer active policy version, and (with `cache`) cache entries learned by
         one worker, to the workers (done periodically; call it to push at once)."""
         policy = await anyio.to_thread.run_sync(self._newer_policy)
-        dictionary = None
-        if self._dictionary is None and self.store is not None:  # trained meanwhile?
-            dictionary = self._dictionary = await anyio.to_thread.run_sync(self._store_dictionary)
+        dictionary: bytes | None = None
+        codes: dict[str, int] = {}
+        if self.store is not None and self._encoded():
+            had = self._dictionary
+            found, codes = await anyio.to_thread.run_sync(self._store_news)
+            if had is None and found is not None:  # trained meanwhile
+                dictionary = found
         learned: list[tuple[int, CacheOp]] = []
         if cache:
             learned, self._cache_in = self._cache_in, []
-        if policy is None and not learned and dictionary is None:
+        news = dictionary is not None or bool(codes)
+        if policy is None and not learned and not news:
             return
         async with anyio.create_task_group() as tg:  # all workers at once
             for slot in self._slots:
                 ops = [op for origin, op in learned if origin != slot.index]
-                if slot.alive and (policy is not None or ops or dictionary is not None):
-                    tg.start_soon(self._push, slot, policy, ops, dictionary)
+                if slot.alive and (policy is not None or ops or news):
+                    tg.start_soon(self._push, slot, policy, ops, dictionary, codes)
         if policy is not None:
             self._activation = policy.activation_id
             _log.info("cluster.policy_pushed", version=policy.version)
 
     async def _push(
-        self, slot: _Slot, policy: Active | None, ops: list[CacheOp], dictionary: bytes | None
+        self,
+        slot: _Slot,
+        policy: Active | None,
+        ops: list[CacheOp],
+        dictionary: bytes | None,
+        codes: dict[str, int],
     ) -> None:
         ray = require_ray()
         # a lost worker's chunks notice, requeue and record the loss
         with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-            await slot.handle.sync.remote(policy, ops, dictionary)
+            await slot.handle.sync.remote(policy, ops, dictionary, codes)
 
-    def _store_dictionary(self) -> bytes | None:
-        """The store's compression dictionary (workers compress the rows they encode with
-        it), or None while the writer has not trained one yet."""
+    def _store_news(self) -> tuple[bytes | None, dict[str, int]]:
+        """The store's compression dictionary (None while the writer has not trained one
+        yet; workers encode rows compact once they have it), and the `strings` codes
+        committed since the last call (never deleted, so workers may use them for good)."""
         assert self.store is not None
         conn = connect_store(self.store.path, readonly=True)
         try:
-            found = load_dictionary(conn)
+            if self._dictionary is None:
+                found = load_dictionary(conn)
+                self._dictionary = found.as_bytes() if found is not None else None
+            codes = {
+                text: code
+                for code, text in conn.execute(
+                    "SELECT code, text FROM strings WHERE code > ? ORDER BY code",
+                    (self._last_code,),
+                )
+            }
         finally:
             conn.close()
-        return found.as_bytes() if found is not None else None
+        self._last_code = max(codes.values(), default=self._last_code)
+        return self._dictionary, codes
 
     def _newer_policy(self) -> Active | None:
         if self.store is None or self.policy is None or self.policy.name is None:

@@ -44,7 +44,7 @@ from engine.plugin.context import SharedState
 from engine.requests import BatchItem, RequestLimits
 from engine.store.codec import frame_packer
 from engine.store.policy_ops import Active
-from engine.store.rows import EncodedRows, encode_records
+from engine.store.rows import CompactRows, EncodedRows, RowEncoder, encode_records
 
 __all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
 
@@ -75,6 +75,9 @@ class WorkerConfig:
     """The store's semantic-cache entries, `namespace -> [(tenant, record)]`: a warm start."""
     dictionary: bytes | None = None
     """The store's compression dictionary, if it has one yet (later ones come by `sync`)."""
+    codes: Mapping[str, int] = field(default_factory=dict)
+    """The store's `strings` codes (text -> code), for rows encoded compact (more come by
+    `sync` as the driver's writer commits them)."""
 
 
 @dataclass(slots=True)
@@ -93,11 +96,11 @@ class Shipment:
     record of the shipment encoded as the store's rows, pickled and compressed into one
     buffer (`unpack`): Ray moves one bytes object, small enough to travel inline."""
 
-    def unpack(self) -> tuple[list[RequestRecord], EncodedRows]:
+    def unpack(self) -> tuple[list[RequestRecord], EncodedRows | CompactRows]:
         """The requests and rows of a packed shipment."""
         assert self.packed is not None
-        requests, tables = pickle.loads(_decompressor().decompress(self.packed))
-        return requests, EncodedRows(tables)
+        requests, rows = pickle.loads(_decompressor().decompress(self.packed))
+        return requests, rows
 
 
 class _ShipSink:
@@ -213,7 +216,12 @@ class BatchWorker:
         self.encoded = False
         self.ship_at = max(1, config.concurrency)
         self.compressor = zstandard.ZstdCompressor(level=1)
-        self.pack = frame_packer(config.dictionary) if config.dictionary else None
+        self.codes = dict(config.codes)
+        self.encoder: RowEncoder | None = None
+        """Encodes compact rows, once the store has a dictionary: until then the driver's
+        writer compresses (and learns its dictionary from) the rows it converts itself."""
+        if config.dictionary:
+            self.encoder = RowEncoder(self.codes, frame_packer(config.dictionary))
         self.switched_at = 0.0
         if config.policy is not None:
             self.portal.call(self._switch, config.policy)
@@ -252,20 +260,32 @@ class BatchWorker:
         loose, ops = _take(self.sink.loose), _take(self.bridge.outbox)
         if not self.encoded:
             return Shipment(groups, loose, ops)
-        records = [record for group in groups for record in group]
         finals = [group[-1] for group in groups]
         assert all(isinstance(final, RequestRecord) for final in finals)
-        rows = encode_records(loose + records, self.pack)
-        packed = self.compressor.compress(pickle.dumps((finals, rows.tables), protocol=5))
+        rows: EncodedRows | CompactRows
+        if self.encoder is not None:
+            rows = self.encoder.encode(groups, loose)
+        else:
+            rows = encode_records(loose + [record for group in groups for record in group])
+        packed = self.compressor.compress(pickle.dumps((finals, rows), protocol=5))
         return Shipment([], [], ops, packed=packed)
 
     async def sync(
-        self, policy: Active | None, cache_ops: list[CacheOp], dictionary: bytes | None = None
+        self,
+        policy: Active | None,
+        cache_ops: list[CacheOp],
+        dictionary: bytes | None = None,
+        codes: Mapping[str, int] | None = None,
     ) -> int | None:
         """Apply what the driver pushed: a newer policy version, cache entries other workers
-        learned, the store's compression dictionary. Returns the policy version now current."""
+        learned, the store's compression dictionary and `strings` codes. Returns the policy
+        version now current."""
+        if codes:
+            self.codes.update(codes)
+            if self.encoder is not None:
+                self.encoder.learn(codes)
         if dictionary is not None:
-            self.pack = frame_packer(dictionary)
+            self.encoder = RowEncoder(self.codes, frame_packer(dictionary))
         return await anyio.to_thread.run_sync(self.portal.call, self._apply, policy, cache_ops)
 
     def policy_version(self) -> tuple[int | None, float]:

@@ -24,7 +24,7 @@ from engine.events import (
     Record,
     RequestRecord,
 )
-from engine.store.compact import Compactor, offset_us
+from engine.store.compact import _INTERN_AT, _INTERN_MAX_CHARS, _SEEN_MAX, Compactor, offset_us
 
 __all__ = [
     "EVENT_SQL",
@@ -32,8 +32,10 @@ __all__ = [
     "SLOT",
     "TABLES",
     "Build",
+    "CompactRows",
     "EncodedRows",
     "Pack",
+    "RowEncoder",
     "encode_records",
     "event_row",
 ]
@@ -467,3 +469,262 @@ TABLES: tuple[tuple[type[Any], str, Build], ...] = (
     (RequestRecord, _REQUEST_SQL, _request_row),
 )
 SLOT = {kind: index for index, (kind, _, _) in enumerate(TABLES)}
+
+
+# Compact rows (`CompactRows`): a process that is not the writer, told the `strings` codes
+# the store has (they are never deleted, so a code once committed stays valid), encodes
+# whole requests as the compact tables' rows; the writer only gives each request its key.
+
+_AT_COLUMN = (9, 7, 14, None)
+"""Per compact table (events, node runs, LLM calls, traces), the column of `at`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompactRows:
+    """Whole requests encoded as the compact tables' rows by `RowEncoder`, plus the rows
+    it could not encode so (`rest`, the contract's rows: requests naming a text with no
+    code yet, run-level events, and every `requests` row).
+
+    In `tables` (events, node runs, LLM calls, traces) a row's `rk` is the index of its
+    request in `requests` (`(request id, run id, t0)`, None once dropped by `without`) and
+    its `at` is microseconds after that `t0`; the writer maps the index to the request's
+    key. `intern` lists short texts seen often enough to deserve a code (as the writer's
+    `Compactor.maybe` would have given them).
+    """
+
+    requests: list[tuple[str, str, float] | None]
+    tables: tuple[list[tuple[Any, ...]], ...]
+    rest: EncodedRows
+    intern: list[str]
+
+    @property
+    def count(self) -> int:
+        return sum(len(rows) for rows in self.tables) + self.rest.count
+
+    def without(self, request_ids: set[str]) -> CompactRows:
+        """These rows but those of `request_ids` (requests stored already)."""
+        dropped = {
+            index
+            for index, request in enumerate(self.requests)
+            if request is not None and request[0] in request_ids
+        }
+        return CompactRows(
+            [None if index in dropped else request for index, request in enumerate(self.requests)],
+            tuple([row for row in rows if row[0] not in dropped] for rows in self.tables),
+            self.rest.without(request_ids),
+            self.intern,
+        )
+
+    def keyed(self, cx: Compactor) -> tuple[list[tuple[Any, ...]], ...]:
+        """The rows with each request's key in `rk` (made or found by `cx`, inside the
+        writer's transaction), and the requested texts interned."""
+        for text in self.intern:
+            cx.code(text)
+        keys: list[int] = []
+        shifts: dict[int, int] = {}
+        for index, request in enumerate(self.requests):
+            if request is None:
+                keys.append(0)
+                continue
+            request_id, run_id, t0 = request
+            key, found_t0 = cx.event_key(request_id, cx.code(run_id), t0)
+            keys.append(key)
+            if found_t0 != t0:  # a key made before (by another path): times move to it
+                shifts[index] = offset_us(t0, found_t0)
+        tables = self.tables
+        if shifts:
+            tables = tuple(
+                rows if at is None else [_shifted(row, at, shifts.get(row[0], 0)) for row in rows]
+                for rows, at in zip(tables, _AT_COLUMN, strict=True)
+            )
+        return tuple([(keys[row[0]], *row[1:]) for row in rows] for rows in tables)
+
+
+def _shifted(row: tuple[Any, ...], at: int, shift: int) -> tuple[Any, ...]:
+    """`row` with its `at` moved by `shift` microseconds (to its key's t0)."""
+    if not shift:
+        return row
+    values = list(row)
+    values[at] += shift
+    return tuple(values)
+
+
+class _Uncoded(Exception):
+    """A text a compact row needs has no code yet."""
+
+
+class RowEncoder:
+    """Encodes finished requests as `CompactRows` with the store's `strings` codes (a Ray
+    worker's side; `learn` adds codes as the writer commits more).
+
+    Args:
+        codes: `strings` text -> code, as committed in the store.
+        pack: compresses large JSON values (`codec.frame_packer`, the store's dictionary).
+    """
+
+    def __init__(self, codes: Mapping[str, int], pack: Pack) -> None:
+        self.codes = dict(codes)
+        self.pack = pack
+        self._seen: dict[str, int] = {}
+        self._wanted: set[str] = set()
+
+    def learn(self, codes: Mapping[str, int]) -> None:
+        """Codes the store committed since."""
+        self.codes.update(codes)
+        self._wanted.difference_update(codes)
+
+    def encode(self, groups: Sequence[Sequence[Record]], loose: Sequence[Record]) -> CompactRows:
+        """`groups` (each one request's records) and `loose` (run-level records) as rows.
+
+        Raises:
+            TypeError: a record is not of a stored kind.
+        """
+        requests: list[tuple[str, str, float] | None] = []
+        tables: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
+        rest: list[Record] = list(loose)
+        intern: list[str] = []
+        for group in groups:
+            final = group[-1]
+            if not isinstance(final, RequestRecord) or len(group) == 1:
+                rest += group
+                continue
+            try:
+                rows = self._request(len(requests), group[:-1], intern)
+            except _Uncoded:
+                rest += group
+                continue
+            t0, built = rows
+            requests.append((final.id, final.run_id, t0))
+            for table, more in zip(tables, built, strict=True):
+                table += more
+            rest.append(final)
+        return CompactRows(requests, tables, encode_records(rest, self.pack), intern)
+
+    def _request(
+        self, index: int, records: Sequence[Record], intern: list[str]
+    ) -> tuple[float, tuple[list[tuple[Any, ...]], ...]]:
+        """One request's rows under request index `index`, and its `t0` (the first
+        event's time, else the first node run's, ...: the key the writer would make)."""
+        by_slot: tuple[list[Any], ...] = ([], [], [], [])
+        for item in records:
+            slot = SLOT.get(type(item))
+            if slot is None or slot > 3:
+                raise TypeError(f"not a store record: {type(item).__name__}")
+            by_slot[slot].append(item)
+        t0 = 0.0
+        for items in by_slot[:3]:
+            if items:
+                t0 = round(items[0].started_at, 6)
+                break
+        try:
+            built = (
+                [self._event(index, t0, e, intern) for e in by_slot[0]],
+                [self._node(index, t0, r) for r in by_slot[1]],
+                [self._llm(index, t0, c) for c in by_slot[2]],
+                [self._trace(index, t, intern) for t in by_slot[3]],
+            )
+        except KeyError as exc:
+            raise _Uncoded(exc.args[0]) from None
+        return t0, built
+
+    def _maybe(self, text: str, intern: list[str]) -> str | int:
+        """`Compactor.maybe` on this side: the code if the store has one, else the text,
+        asking for a code once a short text has been seen `_INTERN_AT` times."""
+        found = self.codes.get(text)
+        if found is not None:
+            return found
+        if len(text) >= _INTERN_MAX_CHARS or text in self._wanted:
+            return text
+        seen = self._seen
+        count = seen.get(text, 0) + 1
+        if count >= _INTERN_AT:
+            seen.pop(text, None)
+            self._wanted.add(text)
+            intern.append(text)
+            return text
+        if len(seen) >= _SEEN_MAX:
+            seen.clear()
+        seen[text] = count
+        return text
+
+    def _value(self, text: str | None, intern: list[str]) -> str | bytes | int | None:
+        if text is None:
+            return None
+        value = self._maybe(text, intern)
+        if type(value) is str and len(value) >= 64:
+            return self.pack(value)
+        return value
+
+    def _event(
+        self, index: int, t0: float, e: OrchestrationEvent, intern: list[str]
+    ) -> tuple[Any, ...]:
+        codes = self.codes
+        status = e.status
+        decision = e.decision
+        return (
+            index,
+            codes[e.run_id],
+            e.cycle,
+            codes[e.stage],
+            codes[e.component],
+            codes[_str(e.event_type)],
+            None
+            if decision is None
+            else self._maybe(decision if type(decision) is str else str(decision), intern),
+            None if status is None else codes[_str(status)],
+            e.sequence,
+            offset_us(e.started_at, t0),
+            e.duration_ms,
+            codes[_json_list(e.reason_codes)],
+            self._value(_json(e.inputs), intern),
+            self._value(_json(e.outputs), intern),
+            self._value(_json(e.payload), intern),
+        )
+
+    def _node(self, index: int, t0: float, r: NodeRun) -> tuple[Any, ...]:
+        codes = self.codes
+        return (
+            index,
+            codes[r.node],
+            codes[r.node_type],
+            r.cycle,
+            codes[_str(r.status)],
+            1 if r.speculative else 0,
+            codes[_str(r.outcome)],
+            offset_us(r.started_at, t0),
+            round(r.duration_ms * 1000),
+            r.attempts,
+            r.error,
+        )
+
+    def _llm(self, index: int, t0: float, c: LlmCall) -> tuple[Any, ...]:
+        codes = self.codes
+        return (
+            index,
+            codes[c.node],
+            c.cycle,
+            codes[c.model],
+            codes[c.provider],
+            codes[_str(c.call_kind)],
+            codes[_str(c.call_outcome)],
+            codes[_str(c.cache_status)],
+            c.related_event_id,
+            c.prompt_hash,
+            c.input_tokens,
+            c.output_tokens,
+            c.cost_usd,
+            c.latency_ms,
+            offset_us(c.started_at, t0),
+            codes[c.status],
+            c.error,
+            c.prompt_text,
+            c.response_text,
+        )
+
+    def _trace(self, index: int, t: DecisionTrace, intern: list[str]) -> tuple[Any, ...]:
+        return (
+            index,
+            t.cycle,
+            self.codes[t.stage],
+            self._value(_json(t.payload) or "{}", intern),
+        )

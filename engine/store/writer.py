@@ -28,7 +28,7 @@ from engine.errors import StoreError
 from engine.events import Record
 from engine.store.codec import Packer
 from engine.store.compact import Compactor
-from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, EncodedRows
+from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, CompactRows, EncodedRows
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["StoreWriter", "WriterStats"]
@@ -87,7 +87,7 @@ class StoreWriter:
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_batch = max_batch
-        self._queue: deque[Record | EncodedRows | _FlushMarker] = deque()
+        self._queue: deque[Record | EncodedRows | CompactRows | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._closed = False
         self._stopping = False
@@ -108,7 +108,7 @@ class StoreWriter:
         self._thread.start()
         atexit.register(self.close)
 
-    def record(self, item: Record | EncodedRows) -> None:
+    def record(self, item: Record | EncodedRows | CompactRows) -> None:
         """Queue one record (or pre-encoded rows); never blocks and does no I/O.
 
         Raises:
@@ -193,8 +193,9 @@ class StoreWriter:
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
         """The queued records by table, then (in the same list after `len(TABLES)`) the
-        pre-encoded rows by table; and the flush markers reached."""
-        groups: list[list[Any]] = [[] for _ in range(2 * len(TABLES))]
+        pre-encoded rows by table, then (last) the `CompactRows`; and the flush markers
+        reached."""
+        groups: list[list[Any]] = [[] for _ in range(2 * len(TABLES) + 1)]
         markers: list[_FlushMarker] = []
         queue = self._queue
         taken = 0
@@ -208,6 +209,11 @@ class StoreWriter:
                 for index, rows in enumerate(item.tables):
                     groups[len(TABLES) + index] += rows
                 taken += item.count
+            elif type(item) is CompactRows:
+                groups[-1].append(item)
+                for index, rows in enumerate(item.rest.tables):
+                    groups[len(TABLES) + index] += rows
+                taken += item.count
             elif isinstance(item, _FlushMarker):
                 markers.append(item)
             else:
@@ -218,7 +224,8 @@ class StoreWriter:
     def _write_batch(self, conn: sqlite3.Connection) -> None:
         started = time.thread_time()
         groups, markers = self._drain()
-        count = sum(len(group) for group in groups)
+        count = sum(len(group) for group in groups[:-1])
+        count += sum(sum(len(rows) for rows in item.tables) for item in groups[-1])
         if count:
             try:
                 self.stats.records += self._commit(conn, groups)
@@ -235,7 +242,8 @@ class StoreWriter:
         new codes and request keys are inserted as they are met)."""
         rows: list[list[tuple[Any, ...]]] = []
         cx, pack = self._compactor, self._packer.pack
-        plain, encoded = groups[: len(TABLES)], groups[len(TABLES) :]
+        plain, encoded = groups[: len(TABLES)], groups[len(TABLES) : 2 * len(TABLES)]
+        keyed = [item.keyed(cx) for item in groups[-1]]  # keys first: `rest` may reuse them
         for group, ready, (_, _, build), convert in zip(
             plain, encoded, TABLES, FROM_ROW, strict=True
         ):
@@ -248,6 +256,9 @@ class StoreWriter:
                     built += [convert(cx, pack, row) for row in ready]
                 except Exception:
                     built += self._rows_one_by_one(ready, convert)
+            for tables in keyed:  # `requests` rows are in `rest`: no compact table of them
+                if len(rows) < len(tables):
+                    built += tables[len(rows)]
             rows.append(built)
         return rows
 

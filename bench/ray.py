@@ -33,6 +33,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,25 @@ def batch(n: int, offset: int = 0) -> list[BatchItem]:
     ]
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of each of this process's threads by name (Python's name where the
+    thread is Python's, e.g. `moat-store-writer`, `MainThread`; else the OS's, e.g. Ray's
+    `worker.io`), threads of one name summed (Linux /proc)."""
+    named = {str(t.native_id): t.name.split(" (")[0] for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        head, _, rest = stat.rpartition(")")
+        name = named.get(tid, head.partition("(")[2]).rstrip("_0123456789 ")
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, 0 if it is gone (Linux /proc)."""
     try:
@@ -94,11 +114,13 @@ async def _timed(pipe: Pipeline, items: list[BatchItem], concurrency: int) -> di
     others = [pid for pid in descendants(os.getpid()) if pid not in workers]
     w0 = sum(_cpu_s(pid) for pid in workers)
     s0 = sum(_cpu_s(pid) for pid in others)
+    threads0 = _thread_cpu_s()
     t0, c0 = time.perf_counter(), time.process_time()
     summary = await pipe.run_batch(items, concurrency=concurrency)
     await anyio.to_thread.run_sync(pipe.flush)
     wall = time.perf_counter() - t0
     driver = time.process_time() - c0
+    threads1 = _thread_cpu_s()
     assert summary.done == len(items), summary
     n = len(items)
     return {
@@ -108,6 +130,10 @@ async def _timed(pipe: Pipeline, items: list[BatchItem], concurrency: int) -> di
         "driver_ms": driver / n * 1000,
         "worker_ms": (sum(_cpu_s(pid) for pid in workers) - w0) / n * 1000,
         "ray_ms": (sum(_cpu_s(pid) for pid in others) - s0) / n * 1000,
+        **{
+            f"driver_ms:{name}": (spent - threads0.get(name, 0.0)) / n * 1000
+            for name, spent in threads1.items()
+        },
     }
 
 
@@ -165,10 +191,21 @@ def speedup(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
             "workers": [round(x["worker_ms"], 2) for x in two],
             "ray": [round(x["ray_ms"], 2) for x in two],
         },
+        "driver_threads_ms_2_workers": _by_thread(two),
         "idle_bound_ratio": round(min(2.0, 2 * w / (w + d + r)), 2),
         "startup_s": [round(r["startup_s"], 1) for r in runs[1] + runs[2]],
         "goal": ">= 1.6",
     }
+
+
+def _by_thread(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The driver's CPU per request by thread, the median over `runs`, the larger ones."""
+    names = {key for run in runs for key in run if key.startswith("driver_ms:")}
+    medians = {
+        name.partition(":")[2]: round(statistics.median(run.get(name, 0.0) for run in runs), 3)
+        for name in names
+    }
+    return dict(sorted(((k, v) for k, v in medians.items() if v >= 0.005), key=lambda kv: -kv[1]))
 
 
 def overhead(tmp: Path, n: int, repeat: int, concurrency: int) -> dict[str, Any]:

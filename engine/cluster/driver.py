@@ -143,7 +143,9 @@ class ClusterPipeline(Pipeline):
         self._dictionary: bytes | None = None
         """The store's compression dictionary, once the workers have it."""
         self._last_code = 0
-        """The highest `strings` code the workers have been sent."""
+        """The highest `strings` code read from the store."""
+        self._codes_out: dict[str, int] = {}
+        """Codes read from the store and not pushed to the workers yet."""
         self._lost_events = 0
         self._failure: BaseException | None = None
         """What ends the current batch early (every worker lost, a bug on a worker)."""
@@ -509,11 +511,17 @@ class ClusterPipeline(Pipeline):
         policy = await anyio.to_thread.run_sync(self._newer_policy)
         dictionary: bytes | None = None
         codes: dict[str, int] = {}
-        if self.store is not None and self._encoded():
+        # the dictionary as soon as it is trained (workers encode compact from then on),
+        # new codes with it or with the cache's pushes (a push costs the driver about a
+        # millisecond of CPU)
+        if self.store is not None and self._encoded() and (cache or self._dictionary is None):
             had = self._dictionary
-            found, codes = await anyio.to_thread.run_sync(self._store_news)
+            found, fresh = await anyio.to_thread.run_sync(self._store_news)
+            self._codes_out.update(fresh)
             if had is None and found is not None:  # trained meanwhile
                 dictionary = found
+            if cache or dictionary is not None:
+                codes, self._codes_out = self._codes_out, {}
         learned: list[tuple[int, CacheOp]] = []
         if cache:
             learned, self._cache_in = self._cache_in, []

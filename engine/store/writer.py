@@ -16,11 +16,13 @@ plus, at most once per batch, setting a `threading.Event`.
 from __future__ import annotations
 
 import atexit
+import functools
 import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,41 @@ from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, CompactRows, Encode
 from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["StoreWriter", "WriterStats"]
+
+
+def _same(value: bytes | None) -> bytes | None:
+    return value
+
+
+# sqlite3 binds exact int, float and str directly but sends None and bytes through its
+# adaptation protocol, which (CPython 3.11) builds and discards an AttributeError message
+# for each such value when no adapter is registered: about 300 values per flagship
+# request, a sixth of the writer's instructions. Registered identity adapters are found
+# in the registry first; what is bound does not change.
+sqlite3.register_adapter(type(None), _same)
+sqlite3.register_adapter(bytes, _same)
+
+_ROWS_PER_INSERT = 32
+"""Rows one INSERT statement carries (one multi-row VALUES list)."""
+
+
+@functools.cache
+def _multi_row(sql: str) -> str:
+    """`sql` (an INSERT of one `VALUES (?, ...)` row) for `_ROWS_PER_INSERT` rows."""
+    head, _, row = sql.rpartition("VALUES ")
+    return head + "VALUES " + ",".join([row] * _ROWS_PER_INSERT)
+
+
+def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """`conn.executemany(sql, rows)`, `_ROWS_PER_INSERT` rows per statement: stepping a
+    statement once per row cost a fifth more CPU per row. Rows keep their order."""
+    full = len(rows) - len(rows) % _ROWS_PER_INSERT
+    if full:
+        flat = list(chain.from_iterable(rows[:full]))
+        width = _ROWS_PER_INSERT * len(rows[0])
+        conn.executemany(_multi_row(sql), [flat[i : i + width] for i in range(0, len(flat), width)])
+    if full < len(rows):
+        conn.executemany(sql, rows[full:])
 
 
 class _FlushMarker:
@@ -284,7 +321,7 @@ class StoreWriter:
                 rows = self._rows(groups)
                 for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
                     if batch:
-                        conn.executemany(sql, batch)
+                        _insert(conn, sql, batch)
                 self._packer.maybe_train(conn)
         except BaseException:
             cx.rollback()

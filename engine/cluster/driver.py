@@ -7,10 +7,13 @@ to a dispatcher instead of the local runner. The dispatcher sends requests to th
 in chunks (at most `2 * concurrency` per worker outstanding, so the input is read only as
 fast as the cluster answers), and each worker streams back whole groups of records per
 request (`worker.Shipment`). With a store and no watcher of every record, the workers
-encode the records as the store's rows and the driver hands them to its store writer as
-they are, emitting only each request's `RequestRecord` (the out file, the progress bar,
-the policy's observations); otherwise it feeds each record through the pipeline's tap. The
-store, `--out`, the progress bar and `--resume` see exactly what a local run would.
+encode the records as the store's rows (compact ones, with the `strings` codes the driver
+pushes them) and the driver hands them to its store writer as they are, emitting only
+each request's `RequestRecord` (the out file, the progress bar, the policy's
+observations); otherwise it feeds each record through the pipeline's tap. The store,
+`--out`, the progress bar and `--resume` see exactly what a local run would. A batch's
+requests cost the driver no task each: `_answer_all` queues them as room frees and counts
+them done as their records are emitted.
 
 Exactly once: a group is stored only while its request is still waited for; a request
 answered twice (sent again after its worker died just after answering) is stored once.
@@ -29,6 +32,8 @@ run: within `cache_interval_s` plus that, about 1.1 s after the request ends.
 
 Sending: chunks of `concurrency` requests, each worker holding at most two chunks'
 worth, and the driver keeping one more chunk per worker queued, so chunks leave full.
+Every actor call and shipment costs the driver CPU (about a millisecond a call), which
+the workers' CPU does not relieve: new `strings` codes go out with the cache's pushes.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from engine.requests import BatchItem
 from engine.scheduler.runner import RequestResult
 from engine.store.codec import load_dictionary
 from engine.store.policy_ops import Active, poll_active
+from engine.store.rows import codes_since
 from engine.store.schema import connect as connect_store
 from engine.store.writer import StoreWriter
 
@@ -560,13 +566,7 @@ class ClusterPipeline(Pipeline):
             if self._dictionary is None:
                 found = load_dictionary(conn)
                 self._dictionary = found.as_bytes() if found is not None else None
-            codes = {
-                text: code
-                for code, text in conn.execute(
-                    "SELECT code, text FROM strings WHERE code > ? ORDER BY code",
-                    (self._last_code,),
-                )
-            }
+            codes = codes_since(conn, self._last_code)
         finally:
             conn.close()
         self._last_code = max(codes.values(), default=self._last_code)

@@ -7,12 +7,16 @@ driver stores a request's records only once its group arrives, so a request cut 
 dying worker left nothing behind and is simply answered again elsewhere.
 
 When the driver stores what it receives (it has a store and nothing watches every record),
-a shipment carries its requests' records already encoded as the store's rows
-(`engine.store.rows.encode_records`), with only each request's `RequestRecord` as an
-object: the driver, the one process every worker's records pass through, then unpickles
-tuples and inserts them, and the encoding is spread over the workers. Finished requests
-are shipped together, at most every `_SHIP_S` or once `concurrency / 2` are waiting, so a
-Ray object carries many requests rather than one or two.
+a shipment carries its requests' records already encoded as the store's rows, with only
+each request's `RequestRecord` as an object, pickled and zstd-compressed into one bytes
+buffer (`Shipment.packed`): the driver, the one process every worker's records pass
+through, then only inserts them, and the encoding is spread over the workers. Once the
+store has its compression dictionary the rows are the compact tables' own
+(`engine.store.rows.RowEncoder`: `strings` codes the driver pushes, times as offsets), so
+the writer only gives each request its key; before that they are the contract's rows
+(`encode_records`), which the writer converts and learns its dictionary from. Finished
+requests are shipped together, at most every `_SHIP_S` or once `concurrency` are waiting,
+so a Ray object carries a chunk's worth rather than one or two requests.
 
 The actor is an async Ray actor (its methods never block its loop); the pipeline runs on an
 anyio event loop of its own in a blocking portal thread, entered and left in one task, so
@@ -38,13 +42,14 @@ import zstandard
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from engine.api import Pipeline
+from engine.cluster.encoder import RowEncoder
 from engine.events import Record, RequestRecord
 from engine.logs import configure_logging
 from engine.plugin.context import SharedState
 from engine.requests import BatchItem, RequestLimits
 from engine.store.codec import frame_packer
 from engine.store.policy_ops import Active
-from engine.store.rows import CompactRows, EncodedRows, RowEncoder, encode_records
+from engine.store.rows import CompactRows, EncodedRows, encode_records
 
 __all__ = ["BatchWorker", "CacheOp", "Shipment", "WorkerConfig"]
 

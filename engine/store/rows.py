@@ -4,13 +4,16 @@ A record is first a row of the contract's tables (`event_row`, `encode_records`:
 policy manager's own events and a Ray worker's pre-encoded batches use), and the writer
 turns records, or such rows, into rows of the compact tables (`engine.store.compact`)
 inside its write transaction, where new string codes and request keys are inserted as
-they are met. `TABLES` lists, per kind of record, its compact table's INSERT and builder,
-in the order a transaction writes them (`requests` rows last).
+they are met. A Ray worker told the store's codes encodes whole requests as compact rows
+itself (`CompactRows`): the writer then only gives each request its key.
+`TABLES` lists, per kind of record, its compact table's INSERT and builder, in the order a
+transaction writes them (`requests` rows last).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -29,15 +32,20 @@ from engine.store.compact import _INTERN_AT, _INTERN_MAX_CHARS, _SEEN_MAX, Compa
 __all__ = [
     "EVENT_SQL",
     "FROM_ROW",
+    "INTERN_AT",
+    "INTERN_MAX_CHARS",
+    "SEEN_MAX",
     "SLOT",
     "TABLES",
     "Build",
     "CompactRows",
     "EncodedRows",
     "Pack",
-    "RowEncoder",
+    "codes_since",
     "encode_records",
     "event_row",
+    "json_column",
+    "reasons_column",
 ]
 
 EVENT_SQL = (  # also the policy manager's events (policy_ops), in their transactions
@@ -473,7 +481,26 @@ SLOT = {kind: index for index, (kind, _, _) in enumerate(TABLES)}
 
 # Compact rows (`CompactRows`): a process that is not the writer, told the `strings` codes
 # the store has (they are never deleted, so a code once committed stays valid), encodes
-# whole requests as the compact tables' rows; the writer only gives each request its key.
+# whole requests as the compact tables' rows (`engine.cluster.encoder.RowEncoder`); the
+# writer only gives each request its key.
+
+INTERN_AT, INTERN_MAX_CHARS, SEEN_MAX = _INTERN_AT, _INTERN_MAX_CHARS, _SEEN_MAX
+"""`Compactor.maybe`'s rules, for an encoder of compact rows elsewhere."""
+json_column = _json
+"""A mapping as its JSON column's text (None stays None)."""
+reasons_column = _json_list
+"""A reason-code list as its column's JSON text."""
+
+
+def codes_since(conn: sqlite3.Connection, last: int) -> dict[str, int]:
+    """The `strings` codes above `last` (text -> code), for an encoder of compact rows."""
+    return {
+        text: code
+        for code, text in conn.execute(
+            "SELECT code, text FROM strings WHERE code > ? ORDER BY code", (last,)
+        )
+    }
+
 
 _AT_COLUMN = (9, 7, 14, None)
 """Per compact table (events, node runs, LLM calls, traces), the column of `at`."""
@@ -481,7 +508,7 @@ _AT_COLUMN = (9, 7, 14, None)
 
 @dataclass(frozen=True, slots=True)
 class CompactRows:
-    """Whole requests encoded as the compact tables' rows by `RowEncoder`, plus the rows
+    """Whole requests encoded as the compact tables' rows (by a Ray worker), plus the rows
     it could not encode so (`rest`, the contract's rows: requests naming a text with no
     code yet, run-level events, and every `requests` row).
 
@@ -547,184 +574,3 @@ def _shifted(row: tuple[Any, ...], at: int, shift: int) -> tuple[Any, ...]:
     values = list(row)
     values[at] += shift
     return tuple(values)
-
-
-class _Uncoded(Exception):
-    """A text a compact row needs has no code yet."""
-
-
-class RowEncoder:
-    """Encodes finished requests as `CompactRows` with the store's `strings` codes (a Ray
-    worker's side; `learn` adds codes as the writer commits more).
-
-    Args:
-        codes: `strings` text -> code, as committed in the store.
-        pack: compresses large JSON values (`codec.frame_packer`, the store's dictionary).
-    """
-
-    def __init__(self, codes: Mapping[str, int], pack: Pack) -> None:
-        self.codes = dict(codes)
-        self.pack = pack
-        self._seen: dict[str, int] = {}
-        self._wanted: set[str] = set()
-
-    def learn(self, codes: Mapping[str, int]) -> None:
-        """Codes the store committed since."""
-        self.codes.update(codes)
-        self._wanted.difference_update(codes)
-
-    def encode(self, groups: Sequence[Sequence[Record]], loose: Sequence[Record]) -> CompactRows:
-        """`groups` (each one request's records) and `loose` (run-level records) as rows.
-
-        Raises:
-            TypeError: a record is not of a stored kind.
-        """
-        requests: list[tuple[str, str, float] | None] = []
-        tables: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [])
-        rest: list[Record] = list(loose)
-        intern: list[str] = []
-        for group in groups:
-            final = group[-1]
-            if not isinstance(final, RequestRecord) or len(group) == 1:
-                rest += group
-                continue
-            try:
-                rows = self._request(len(requests), group[:-1], intern)
-            except _Uncoded:
-                rest += group
-                continue
-            t0, built = rows
-            requests.append((final.id, final.run_id, t0))
-            for table, more in zip(tables, built, strict=True):
-                table += more
-            rest.append(final)
-        return CompactRows(requests, tables, encode_records(rest, self.pack), intern)
-
-    def _request(
-        self, index: int, records: Sequence[Record], intern: list[str]
-    ) -> tuple[float, tuple[list[tuple[Any, ...]], ...]]:
-        """One request's rows under request index `index`, and its `t0` (the first
-        event's time, else the first node run's, ...: the key the writer would make)."""
-        by_slot: tuple[list[Any], ...] = ([], [], [], [])
-        for item in records:
-            slot = SLOT.get(type(item))
-            if slot is None or slot > 3:
-                raise TypeError(f"not a store record: {type(item).__name__}")
-            by_slot[slot].append(item)
-        t0 = 0.0
-        for items in by_slot[:3]:
-            if items:
-                t0 = round(items[0].started_at, 6)
-                break
-        try:
-            built = (
-                [self._event(index, t0, e, intern) for e in by_slot[0]],
-                [self._node(index, t0, r) for r in by_slot[1]],
-                [self._llm(index, t0, c) for c in by_slot[2]],
-                [self._trace(index, t, intern) for t in by_slot[3]],
-            )
-        except KeyError as exc:
-            raise _Uncoded(exc.args[0]) from None
-        return t0, built
-
-    def _maybe(self, text: str, intern: list[str]) -> str | int:
-        """`Compactor.maybe` on this side: the code if the store has one, else the text,
-        asking for a code once a short text has been seen `_INTERN_AT` times."""
-        found = self.codes.get(text)
-        if found is not None:
-            return found
-        if len(text) >= _INTERN_MAX_CHARS or text in self._wanted:
-            return text
-        seen = self._seen
-        count = seen.get(text, 0) + 1
-        if count >= _INTERN_AT:
-            seen.pop(text, None)
-            self._wanted.add(text)
-            intern.append(text)
-            return text
-        if len(seen) >= _SEEN_MAX:
-            seen.clear()
-        seen[text] = count
-        return text
-
-    def _value(self, text: str | None, intern: list[str]) -> str | bytes | int | None:
-        if text is None:
-            return None
-        value = self._maybe(text, intern)
-        if type(value) is str and len(value) >= 64:
-            return self.pack(value)
-        return value
-
-    def _event(
-        self, index: int, t0: float, e: OrchestrationEvent, intern: list[str]
-    ) -> tuple[Any, ...]:
-        codes = self.codes
-        status = e.status
-        decision = e.decision
-        return (
-            index,
-            codes[e.run_id],
-            e.cycle,
-            codes[e.stage],
-            codes[e.component],
-            codes[_str(e.event_type)],
-            None
-            if decision is None
-            else self._maybe(decision if type(decision) is str else str(decision), intern),
-            None if status is None else codes[_str(status)],
-            e.sequence,
-            offset_us(e.started_at, t0),
-            e.duration_ms,
-            codes[_json_list(e.reason_codes)],
-            self._value(_json(e.inputs), intern),
-            self._value(_json(e.outputs), intern),
-            self._value(_json(e.payload), intern),
-        )
-
-    def _node(self, index: int, t0: float, r: NodeRun) -> tuple[Any, ...]:
-        codes = self.codes
-        return (
-            index,
-            codes[r.node],
-            codes[r.node_type],
-            r.cycle,
-            codes[_str(r.status)],
-            1 if r.speculative else 0,
-            codes[_str(r.outcome)],
-            offset_us(r.started_at, t0),
-            round(r.duration_ms * 1000),
-            r.attempts,
-            r.error,
-        )
-
-    def _llm(self, index: int, t0: float, c: LlmCall) -> tuple[Any, ...]:
-        codes = self.codes
-        return (
-            index,
-            codes[c.node],
-            c.cycle,
-            codes[c.model],
-            codes[c.provider],
-            codes[_str(c.call_kind)],
-            codes[_str(c.call_outcome)],
-            codes[_str(c.cache_status)],
-            c.related_event_id,
-            c.prompt_hash,
-            c.input_tokens,
-            c.output_tokens,
-            c.cost_usd,
-            c.latency_ms,
-            offset_us(c.started_at, t0),
-            codes[c.status],
-            c.error,
-            c.prompt_text,
-            c.response_text,
-        )
-
-    def _trace(self, index: int, t: DecisionTrace, intern: list[str]) -> tuple[Any, ...]:
-        return (
-            index,
-            t.cycle,
-            self.codes[t.stage],
-            self._value(_json(t.payload) or "{}", intern),
-        )

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.cluster.encoder import RowEncoder
 from engine.events import OrchestrationEvent
 from engine.store.codec import frame_packer, load_dictionary
-from engine.store.rows import RowEncoder, encode_records
+from engine.store.rows import encode_records
 from engine.store.schema import connect
 from engine.store.store import Store
 from engine.store.writer import StoreWriter

@@ -420,6 +420,12 @@ class InputValidator:
         if item.input is None:
             return None, item.error
         data = {**self._defaults, **item.input}
+        tenant = data.get("tenant")
+        if tenant is not None and type(tenant) is not str and type(tenant) is not int:
+            # it names the request's cache partition and audit identity, whatever the schema
+            where = _where(item.source, item.line)
+            shown = show_value(tenant)
+            return None, f"{where}: input tenant: must be a string or an integer, not {shown}"
         check = self._surely_valid
         if check is not None and check(data):
             return data, None

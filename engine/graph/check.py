@@ -10,7 +10,8 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
     in loop bodies)
  5. every `node.field` read is an output of that node (lists the outputs)
  6. every `policy.key` read exists in the graph's default policy snapshot
- 7. every `request.x` read is one of `id tenant degraded remaining_ms remaining_usd`
+ 7. every `request.x` read is one of `id tenant degraded remaining_ms remaining_usd
+    policy_version`
  8. `with:` passes the node type's `Config` (unknown keys, types, required keys)
  9. models named in `with:` exist in `models:`
 10. no cycles between nodes (a node guarding on itself included)
@@ -43,7 +44,7 @@ from engine.plugin.registry import Registry
 __all__ = ["Checker"]
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
-_REQUEST_FIELDS = ("degraded", "id", "remaining_ms", "remaining_usd", "tenant")
+_REQUEST_FIELDS = ("degraded", "id", "policy_version", "remaining_ms", "remaining_usd", "tenant")
 _FUNCTIONS = frozenset(
     "len min max abs round any all sorted str int float bool lower upper join".split()  # noqa: SIM905
 )

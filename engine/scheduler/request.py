@@ -542,10 +542,11 @@ class _Memo:
 
 
 class RequestView(Mapping[str, Any]):
-    """`request` in expressions: id, tenant, degraded, remaining_ms, remaining_usd."""
+    """`request` in expressions: id, tenant, degraded, remaining_ms, remaining_usd and
+    policy_version (the version the request pinned; None without a store)."""
 
     __slots__ = ("_state",)
-    _KEYS = ("id", "tenant", "degraded", "remaining_ms", "remaining_usd")
+    _KEYS = ("id", "tenant", "degraded", "remaining_ms", "remaining_usd", "policy_version")
 
     def __init__(self, state: RequestState) -> None:
         self._state = state  # the state never points back: no cycle to collect
@@ -562,6 +563,8 @@ class RequestView(Mapping[str, Any]):
             return state.remaining_ms
         if key == "remaining_usd":
             return state.remaining_usd
+        if key == "policy_version":
+            return state.policy_version
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:

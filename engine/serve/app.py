@@ -545,7 +545,11 @@ def _decode(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
-    except (ValueError, RecursionError) as exc:  # not UTF-8, or nested past the stack
+    except RecursionError as exc:
+        raise ApiError(
+            400, "the request body's JSON is nested too deeply", code="invalid_json"
+        ) from exc
+    except ValueError as exc:  # not UTF-8
         raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
 
 

@@ -160,6 +160,13 @@ def parse_chat(body: Any) -> ChatRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("`user` must be a string", "user")
+    choices = body.get("n", 1)
+    if choices is not None and (type(choices) is not int or choices != 1):
+        raise _bad(
+            f"`n` must be 1, not {choices!r}: a graph decides one answer per request "
+            "(send the request again for another)",
+            "n",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("`stream` must be true or false", "stream")

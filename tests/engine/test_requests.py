@@ -240,3 +240,24 @@ def test_a_plain_request_is_split_as_any_mapping_is(
     general = _split(MappingProxyType(value), seq=3, line=None, source="request", declared=declared)
     assert fast == general
     assert fast.input is not value  # the caller's mapping is never the input itself
+
+
+@given(
+    st.one_of(
+        st.lists(st.text()),
+        st.dictionaries(st.text(), st.integers()),
+        st.booleans(),
+        st.floats(allow_nan=False),
+    )
+)
+def test_a_tenant_that_is_not_a_name_is_invalid_input_whatever_the_schema(tenant: Any) -> None:
+    from engine.requests import BatchItem, InputValidator
+
+    validator = InputValidator({"type": "object", "properties": {"prompt": {"type": "string"}}})
+    item = BatchItem(0, {"prompt": "hi", "tenant": tenant}, line=4, source="in.jsonl")
+    data, error = validator.validate(item)
+    assert data is None
+    assert error is not None and error.startswith("in.jsonl:4: input tenant: must be a string")
+    for name in ("acme", 42):
+        named, fine = validator.validate(BatchItem(1, {"prompt": "hi", "tenant": name}))
+        assert fine is None and named is not None and named["tenant"] == name

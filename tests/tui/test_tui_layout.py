@@ -6,6 +6,7 @@ import itertools
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,7 +97,16 @@ async def test_a_narrower_terminal_lays_the_runs_out_again(db: Path) -> None:
 
 
 async def _footer_keys(app: MoatApp) -> list[tuple[str, int, int]]:
-    return sorted((k.key, k.region.x, k.region.right) for k in app.screen.query(FooterKey))
+    """The footer's keys once it has laid them out: Textual recomposes the footer from a
+    message after a screen changes, so a loaded machine may show it half-built first."""
+    keys: list[tuple[str, int, int]] = []
+    for _ in range(200):
+        found = sorted((k.key, k.region.x, k.region.right) for k in app.screen.query(FooterKey))
+        if found and found == keys and any(key == "q" for key, _, _ in found):
+            return found
+        keys = found
+        await anyio.sleep(0.01)
+    return keys
 
 
 async def test_the_footer_shows_q_quit_and_every_key_whole_at_80x24(db: Path) -> None:

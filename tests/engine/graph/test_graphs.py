@@ -117,6 +117,40 @@ async def test_the_flagship_routes_only_when_its_cascade_has_a_choice(
     assert runs["answer"].status == "succeeded"
 
 
+@pytest.mark.anyio
+async def test_the_flagship_answers_from_its_cache_only_under_the_policy_version_that_accepted(
+    tmp_path: Path,
+) -> None:
+    # An answer cached under one policy version skipped that version's screen; a new
+    # version (here a stricter screen) must screen the same prompt again, not reuse it.
+    prompts = [f"What is {n} plus {n + 7}?" for n in range(8)]
+    async with Pipeline(ROOT / "graphs" / "governed-answer.yaml", db=tmp_path / "m.db") as pipe:
+        assert pipe.policy is not None
+        run_id = pipe.start_run(None)
+        seq = iter(range(100))
+
+        async def ask(prompt: str) -> Any:
+            result = await pipe.run({"prompt": prompt}, run_id=run_id, seq=next(seq))
+            await pipe.settle()  # the answer is stored after the request, off its path
+            return result
+
+        first = [await ask(prompt) for prompt in prompts]
+        prompt = next(p for p, r in zip(prompts, first, strict=True) if r.output["stored"])
+        assert (await ask(prompt)).output["decision"] == "cached"
+
+        body = yaml.safe_load((ROOT / "policies" / "governed-answer.yaml").read_text())
+        body["screen"]["refuse_at"] = 0.7
+        pipe.policy.apply(body, reason="stricter screen")
+        stricter = await ask(prompt)
+        assert stricter.policy_version == 2
+        assert stricter.output["decision"] != "cached"
+
+        pipe.policy.rollback()
+        again = await ask(prompt)
+        assert again.policy_version == 1
+        assert again.output["decision"] == "cached"
+
+
 POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
 
 

@@ -202,6 +202,8 @@ async def test_an_unknown_graph_is_a_404_listing_the_served_ones(shipped: MoatSe
             "string or a list",
         ),
         ({"messages": [{"role": "user", "content": "x"}]}, "model", "served graph"),
+        ({"model": "echo", "n": 2, "messages": [{"role": "user", "content": "x"}]}, "n", "be 1"),
+        ({"model": "echo", "n": "1", "messages": [{"role": "user", "content": "x"}]}, "n", "be 1"),
         (
             {"model": "echo", "messages": [{"role": "user", "content": ""}]},
             "messages",
@@ -236,6 +238,22 @@ async def test_a_body_that_is_not_json_is_a_400(tmp_path: Path, raw: bytes) -> N
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     assert after.status_code == 200
+
+
+async def test_a_body_nested_past_the_parser_says_so(tmp_path: Path) -> None:
+    raw = b'{"model": "echo", "metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=raw)
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+
+
+async def test_n_of_one_is_answered_as_without_it(tmp_path: Path) -> None:
+    body = {"model": "echo", "n": 1, "messages": [{"role": "user", "content": "x"}]}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 200
+    assert len(response.json()["choices"]) == 1
 
 
 async def test_a_body_over_the_graph_s_size_limit_is_a_413(tmp_path: Path) -> None:

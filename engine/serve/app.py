@@ -38,6 +38,7 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
+from engine.serve.collector import import_providers
 from engine.serve.durable import Commits
 from engine.serve.heap import trimmer
 from engine.serve.metrics import CONTENT_TYPE, Metrics
@@ -169,6 +170,7 @@ class MoatServer:
             self.metrics.telemetry.start()
             for name, served in self.graphs.items():
                 await stack.enter_async_context(served.pipe)
+                import_providers(getattr(served.pipe, "model_specs", {}).values())
                 if self.runs is not None:  # the parent process owns the run
                     served.run_id = self.runs[name]
                     served.pipe.use_run(served.run_id)

@@ -7,9 +7,10 @@ that quotes principles about weapons is not read as a request about weapons). In
 the provider reads that context from the `ProviderRequest`; over HTTP moat's `openai`
 provider sends it in one header (`X-Moat-Call`, percent-encoded JSON) and `moat
 sim-server` rebuilds the very same call from it, so a graph makes the same decisions on
-either path. Real endpoints ignore the header. It carries ids, counters, character offsets
-and, only for requests that have them (benchmark workloads), the hidden labels: never the
-request's text. Labels enter the answer on the server exactly as in-process: through the
+either path. The provider sends it to `moat sim-server`'s models only (`sim-small`, ...),
+never to another endpoint. It carries ids, counters, character offsets and, only for
+requests that have them (benchmark workloads), the hidden labels: never the request's
+text. Labels enter the answer on the server exactly as in-process: through the
 noise model of `engine.models._sim_model`, never copied into an output.
 """
 
@@ -97,13 +98,16 @@ def locate_request(messages: Sequence[Mapping[str, str]], data: Mapping[str, Any
     value = _request_value(data)
     if not value:
         return None
-    redacted, pattern = _forms(value)
+    forms: tuple[str, re.Pattern[str] | None] | None = None  # the scan only when needed
     for index in reversed(range(len(messages))):
         content = messages[index].get("content", "")
-        for needle in (value, redacted):
-            at = content.find(needle)
-            if at >= 0:
-                return (index, at, at + len(needle))
+        at = content.find(value)
+        if at >= 0:
+            return (index, at, at + len(value))
+        redacted, pattern = forms = forms or _forms(value)
+        at = content.find(redacted)
+        if at >= 0:
+            return (index, at, at + len(redacted))
         found = pattern.search(content) if pattern is not None else None
         if found is not None:
             return (index, found.start(), found.end())
@@ -143,7 +147,15 @@ def call_headers(context: CallContext) -> dict[str, str]:
         body["labels"] = dict(context.labels)
     # key order kept: the sim draws its random answers in the order of the label fields
     text = json.dumps(body, separators=(",", ":"), default=str)
-    return {CALL_HEADER: urllib.parse.quote(text, safe="")}
+    return {CALL_HEADER: _header_value(text)}
+
+
+def _header_value(text: str) -> str:
+    """`text` as a header value that `urllib.parse.unquote` gives back: printable ASCII
+    (what `json.dumps` writes) needs only its `%` escaped, anything else is quoted."""
+    if text.isascii() and text.isprintable():
+        return text.replace("%", "%25")
+    return urllib.parse.quote(text, safe="")
 
 
 def parse_call_header(value: str) -> CallContext:

@@ -2,19 +2,23 @@
 
 One `AsyncOpenAI` client is shared per (base URL, API key) across every model and gateway
 of the process (`ClientRegistry`), with the client's own retries off: the gateway retries,
-so attempts are counted and recorded once. Cancellation is real: the client is httpx2 on
-anyio, so cancelling the calling task aborts the HTTP request and drops the connection.
+so attempts are counted and recorded once. Cancellation is real: cancelling the calling
+task aborts the HTTP request and drops the connection.
 
 CPU per call matters (a call costs moat more than the rest of a request through `moat
-serve`): the request goes through the client's documented raw route (`client.post` with
-`cast_to=Response`) and the few answer fields moat reads come from one parse of the JSON
-body, skipping the SDK's typed transform of the parameters and its pydantic models of the
-answer. Plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) are
-called through the SDK's own aiohttp-backed client (`openai.DefaultAioHttpClient`, the
-`openai[aiohttp]` extra) when the event loop is asyncio: aiohttp parses HTTP in C, where
-httpx2's default transport (httpcore2 over h11) parses it in Python, about half a
-millisecond of CPU a call more (bench/RESULTS.md). TLS endpoints, proxies and other event
-loops keep httpx2's transport.
+serve`). Plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) are
+called, when the event loop is asyncio, through a route prepared once per client
+(`engine.models._direct_http`): an aiohttp session sending the client's own URL and
+headers, one JSON dump out and one parse back per call. Everything else (TLS endpoints,
+proxies, other event loops) goes through the client's documented raw route (`client.post`
+with `cast_to=Response`) on httpx2's transport; either way the few answer fields moat
+reads come from one parse of the JSON body, skipping the SDK's typed transform of the
+parameters and its pydantic models of the answer.
+
+moat's own headers (`X-Moat-Call`, `X-Moat-Task`: the request, node, cycle and attempt
+ids, the benchmark's hidden labels, the task) go only to `moat sim-server`'s models
+(`sim-small`, `sim-medium`, `sim-large`), which need them to answer as the embedded `sim`
+would; no other endpoint receives anything about a request beyond the call itself.
 
 The output limit the gateway reserved for is always sent: as `max_completion_tokens` to
 OpenAI's own API and Azure OpenAI (which deprecated `max_tokens` and refuse it for reasoning
@@ -24,8 +28,8 @@ LM Studio), since some of those ignore the newer name and would generate without
 An answer without usable `usage` is flagged (`usage_reported=False`) so the gateway charges
 the reservation rather than a guess.
 
-Errors map onto moat's: `RateLimitError` -> `RateLimited` (Retry-After honoured),
-timeouts, connections lost after the request was sent and gateway timeouts (504, 524) ->
+Errors map onto moat's: 429 -> `RateLimited` (Retry-After honoured), timeouts,
+connections lost after the request was sent and gateway timeouts (504, 524) ->
 `ProviderTimeout`/`ResponseLost` (the provider may bill them), connections never made ->
 `ConnectFailed`, 5xx and unreadable bodies -> `TransientError`, anything else (400, 401,
 404, ...) -> `NodeError`.
@@ -41,7 +45,8 @@ import re
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -59,8 +64,18 @@ from engine.models.base import (
     ProviderTimeout,
     ResponseLost,
 )
+from engine.models.prices import SIM_SERVER_PRICES
 
-__all__ = ["ClientRegistry", "OpenAIProvider", "output_limit_field", "parse_retry_after"]
+if TYPE_CHECKING:
+    from engine.models._direct_http import DirectRoute
+
+__all__ = [
+    "ClientRegistry",
+    "OpenAIProvider",
+    "output_limit_field",
+    "parse_retry_after",
+    "status_error",
+]
 
 _NO_KEY = "sk-no-key-needed"
 """Sent to self-hosted endpoints (vLLM, Ollama, llama.cpp) that need no key."""
@@ -129,42 +144,68 @@ def http_client_for(base_url: str | None) -> httpx2.AsyncClient | None:
     return openai.DefaultAioHttpClient()
 
 
+@dataclass(slots=True)
+class _Shared:
+    client: openai.AsyncOpenAI
+    route: DirectRoute | None
+    """The prepared aiohttp route to a direct plain-HTTP endpoint on asyncio, else None."""
+    users: int = 0
+
+
 class ClientRegistry:
     """Shared `AsyncOpenAI` clients, one per (base URL, key), closed with their last user."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, str], tuple[openai.AsyncOpenAI, int]] = {}
+        self._shared: dict[tuple[str | None, str], _Shared] = {}
 
     def acquire(
         self, base_url: str | None, api_key: str, headers: Mapping[str, str] | None = None
     ) -> openai.AsyncOpenAI:
         """The shared client for `(base_url, api_key)`; pair with `release`."""
         key = (base_url, api_key + repr(sorted((headers or {}).items())))
-        client, users = self._clients.get(key, (None, 0))
-        if client is None:
+        shared = self._shared.get(key)
+        if shared is None:
+            http_client = http_client_for(base_url or os.environ.get("OPENAI_BASE_URL"))
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
                 default_headers=dict(headers) if headers else None,
-                http_client=http_client_for(base_url or os.environ.get("OPENAI_BASE_URL")),
+                http_client=http_client,
             )
-        self._clients[key] = (client, users + 1)
-        return client
+            route = None
+            if http_client is not None:  # aiohttp is installed and the loop is asyncio
+                from engine.models._direct_http import DirectRoute
+
+                route = DirectRoute(client)
+            shared = self._shared[key] = _Shared(client, route)
+        shared.users += 1
+        return shared.client
+
+    def route(self, client: openai.AsyncOpenAI) -> DirectRoute | None:
+        """The prepared route of a shared client, if its endpoint has one."""
+        for shared in self._shared.values():
+            if shared.client is client:
+                return shared.route
+        return None
 
     async def release(self, client: openai.AsyncOpenAI) -> None:
         """Give a client back; the last user closes its connections."""
-        for key, (known, users) in list(self._clients.items()):
-            if known is client:
-                if users > 1:
-                    self._clients[key] = (known, users - 1)
+        route = None
+        for key, shared in list(self._shared.items()):
+            if shared.client is client:
+                shared.users -= 1
+                if shared.users > 0:
                     return
-                del self._clients[key]
+                del self._shared[key]
+                route = shared.route
                 break
+        if route is not None:
+            await route.aclose()
         await client.close()
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._shared)
 
 
 CLIENTS = ClientRegistry()
@@ -210,14 +251,17 @@ class OpenAIProvider:
             key = _NO_KEY
         base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL")
         self._limit_field = output_limit_field(base_url, spec.model)
+        self._sim_server = spec.model in SIM_SERVER_PRICES
+        """Whether the model is one of `moat sim-server`'s, which gets moat's own headers."""
         self._registry = registry if registry is not None else CLIENTS
         self._client: openai.AsyncOpenAI | None = self._registry.acquire(
             spec.base_url, key, headers
         )
+        self._route = self._registry.route(self._client)
 
     async def aclose(self) -> None:
         """Release this provider's hold on the shared client."""
-        client, self._client = self._client, None
+        client, self._client, self._route = self._client, None, None
         if client is not None:
             await self._registry.release(client)
 
@@ -236,34 +280,55 @@ class OpenAIProvider:
             body["temperature"] = call.temperature
         return body
 
-    def _options(self, call: ProviderRequest) -> RequestOptions:
-        # Harmless to real endpoints; lets `moat sim-server` answer exactly as `sim` would.
+    def _headers(self, call: ProviderRequest) -> dict[str, str] | None:
+        """moat's own headers, for `moat sim-server` only: they let it answer exactly as
+        the embedded `sim` would; any other endpoint gets none of them."""
+        if not self._sim_server:
+            return None
         headers = call_headers(call_context(call))
         if call.task is not None:
             headers["X-Moat-Task"] = call.task
-        return {"headers": headers}
+        return headers
 
     async def complete(self, call: ProviderRequest) -> ProviderResponse:
-        """Make one HTTP call; errors are mapped as the module docstring says.
-
-        The call goes through the client's documented raw route (`client.post` with
-        `cast_to=Response`): the same connection pool, auth, headers and error mapping as
-        `chat.completions.create`, without rebuilding the request through the SDK's typed
-        transform and the answer into pydantic models, which cost most of the client's CPU
-        per call; the few fields moat reads are taken from the JSON body directly.
-        """
+        """Make one HTTP call; errors are mapped as the module docstring says."""
         if self._client is None:
             raise NodeError(f"model '{self.model}': provider used after aclose()")
+        if self._route is not None:
+            body = await self._direct(self._route, call)
+        else:
+            body = await self._through_client(self._client, call)
+        return _response(self.model, body)
+
+    async def _direct(self, route: DirectRoute, call: ProviderRequest) -> Any:
+        """The call over the prepared aiohttp route; the parsed answer body."""
+        status, headers, content = await route.post(
+            self.model, _PATH, self._body(call), self._headers(call)
+        )
+        if status >= 400:
+            raise status_error(self.model, status, headers, _status_message(status, content))
+        return _json(self.model, content)
+
+    async def _through_client(self, client: openai.AsyncOpenAI, call: ProviderRequest) -> Any:
+        """The call through the client's documented raw route (`client.post` with
+        `cast_to=Response`): its connection pool, auth, headers and error mapping, without
+        its typed transform of the parameters and pydantic models of the answer."""
+        headers = self._headers(call)
+        options: RequestOptions = {"headers": headers} if headers else {}
         try:
-            raw = await self._client.post(
-                _PATH, cast_to=httpx2.Response, body=self._body(call), options=self._options(call)
+            raw = await client.post(
+                _PATH, cast_to=httpx2.Response, body=self._body(call), options=options
             )
-            body = json.loads(raw.content)
         except openai.APIError as exc:
             raise _map_error(self.model, exc) from exc
-        except ValueError as exc:  # a body that is not JSON (or not UTF-8)
-            raise TransientError(f"model '{self.model}': unreadable response body ({exc})") from exc
-        return _response(self.model, body)
+        return _json(self.model, raw.content)
+
+
+def _json(model: str, content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError as exc:  # a body that is not JSON (or not UTF-8)
+        raise TransientError(f"model '{model}': unreadable response body ({exc})") from exc
 
 
 _PATH = "/chat/completions"
@@ -332,20 +397,38 @@ def _causes(exc: BaseException) -> list[str]:
     return names
 
 
+def status_error(model: str, status: int, headers: Mapping[str, str], message: str) -> Exception:
+    """moat's error for an HTTP error status of the endpoint (`message` says what it said)."""
+    if status == 429:
+        return RateLimited(
+            f"model '{model}': rate limited: {message}",
+            retry_after_s=parse_retry_after(dict(headers)),
+        )
+    if status in _GATEWAY_TIMEOUTS:
+        return ProviderTimeout(f"model '{model}': gateway timeout: {message}")
+    if status >= 500:
+        return TransientError(f"model '{model}': server error: {message}")
+    return NodeError(f"model '{model}': request refused: {message}")
+
+
+def _status_message(status: int, content: bytes) -> str:
+    """What the official client says of an error answer: the status and, when the body is
+    OpenAI's error object, its message."""
+    text = f"Error code: {status}"
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return text
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{text} - {message}" if isinstance(message, str) and message else text
+
+
 def _map_error(model: str, exc: openai.APIError) -> Exception:
     if isinstance(exc, openai.APIConnectionError):
         return _connection_error(model, exc)
-    if isinstance(exc, openai.RateLimitError):
-        return RateLimited(
-            f"model '{model}': rate limited: {exc.message}",
-            retry_after_s=parse_retry_after(dict(exc.response.headers)),
-        )
     if isinstance(exc, openai.APIStatusError):
-        if exc.status_code in _GATEWAY_TIMEOUTS:
-            return ProviderTimeout(f"model '{model}': gateway timeout: {exc.message}")
-        if exc.status_code >= 500:
-            return TransientError(f"model '{model}': server error: {exc.message}")
-        return NodeError(f"model '{model}': request refused: {exc.message}")
+        return status_error(model, exc.status_code, exc.response.headers, exc.message)
     if isinstance(exc, openai.APIResponseValidationError):
         return TransientError(f"model '{model}': malformed response: {exc.message}")
     return NodeError(f"model '{model}': {exc.message}")

@@ -25,7 +25,7 @@ import anyio
 import sniffio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -38,6 +38,7 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
+from engine.serve.collector import import_providers
 from engine.serve.durable import Commits
 from engine.serve.heap import trimmer
 from engine.serve.metrics import CONTENT_TYPE, Metrics
@@ -169,6 +170,7 @@ class MoatServer:
             self.metrics.telemetry.start()
             for name, served in self.graphs.items():
                 await stack.enter_async_context(served.pipe)
+                import_providers(getattr(served.pipe, "model_specs", {}).values())
                 if self.runs is not None:  # the parent process owns the run
                     served.run_id = self.runs[name]
                     served.pipe.use_run(served.run_id)
@@ -531,12 +533,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise _too_large(limit, None)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:  # the ASGI messages themselves: Starlette's stream generator costs more
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit, None)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _decode(raw: bytes) -> Any:

@@ -35,6 +35,12 @@ from engine.errors import SpecError
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
+_THRESHOLDS = (20_000, 10, 10)
+"""The collector's thresholds while serving: a young generation of 20,000 objects rather
+than 700. Every collection walks the young objects still alive, and a server's live set is
+its requests in flight (thousands of objects at 100 concurrent requests), so at 700 it
+walked them again every few hundred allocations and promoted them, for a full collection
+later (bench/RESULTS.md, "moat serve under load"); cycles are freed as surely, later."""
 _ACCEPT_BURST = 512
 """Connections accepted per readiness of the listening socket (the rest on the next turn),
 so a connection storm cannot hold the loop away from requests for long."""
@@ -151,6 +157,7 @@ def run_app(
             # request in an A/B, bench/RESULTS.md)
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*_THRESHOLDS)
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])

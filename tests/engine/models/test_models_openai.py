@@ -134,6 +134,7 @@ async def test_a_500_is_retried_then_succeeds() -> None:
     assert "server error" in (scope.calls[0].error or "")
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_a_slow_endpoint_times_out() -> None:
     async with (
@@ -320,6 +321,7 @@ async def test_an_answer_without_usable_usage_is_flagged(behaviour: str, reporte
         assert (response.input_tokens, response.output_tokens) == (bill.input_tokens, 33)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_a_connection_never_made_is_retried_and_charged_nothing() -> None:
     with socket.socket() as s:

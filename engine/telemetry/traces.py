@@ -38,7 +38,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -156,6 +156,9 @@ class SpanBuilder:
         # the provider reads OTEL_TRACES_SAMPLER and OTEL_SDK_DISABLED; no atexit hook
         provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
         self.sampler = provider.sampler
+        self.roots_sampled = self.sampler is DEFAULT_ON or self.sampler is ALWAYS_ON
+        """The sampler keeps every trace that continues no caller's (`OTEL_TRACES_SAMPLER`
+        unset, `parentbased_always_on` or `always_on`): those need not ask it."""
         self.enabled = not getattr(provider, "_disabled", False)
         self.kind = SpanKind.SERVER if server else SpanKind.INTERNAL
         self.model_names: dict[str, Mapping[str, str]] = dict(model_names or {})
@@ -171,6 +174,10 @@ class SpanBuilder:
         if not self.enabled:
             return
         parent = self._parent(request)
+        if parent is None and self.roots_sampled:  # what the sampler would say, without it
+            spans, count = self.writer.encode(request, trace_id_of(request.record.id))
+            self.batches.add(spans, count)
+            return
         if parent is not None:
             trace_id, parent_context = (
                 parent.trace_id,

@@ -5,11 +5,12 @@ under it a span per LLM call (GenAI semantic conventions) and per cache lookup, 
 node's orchestration decisions as span events with their reason codes (`wire_spans` says
 what each span holds). The spans are written in the feed's thread straight from the
 records to OTLP protobuf bytes, with no span object in between, and queued per request for
-a thread that posts them in batches (`span_batches`): at about 18 spans and 25 events per
+a thread that posts them in batches (`span_batches`): at about 20 spans and 34 events per
 flagship request, building SDK span objects and encoding them cost ten times as much.
 
 The SDK still decides what is configurable: the sampler (`OTEL_TRACES_SAMPLER`, once per
-request), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
+request; the default, which keeps every trace not continuing a caller's, is not asked for
+those), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
 (`OTEL_BSP_*`; unset, batches of 2,048 spans, `span_batches`), `OTEL_SDK_DISABLED` and
 the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint, headers, timeout, compression,
 certificates, retries), whose HTTP client sends the bytes, with a `requests` session that

@@ -49,7 +49,7 @@ _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
 _NS = 1e9
 """Nanoseconds a second, as the float `seconds * 1_000_000_000` multiplies by: `floor` of a
-non-negative product is its `int`, at a tenth of the cost."""
+non-negative product is its `int`, at about a quarter of the cost."""
 
 CACHE_LOOKUPS = {"CACHE_HIT": "hit", "CACHE_MISS": "miss", "CACHE_NEGATIVE_HIT": "negative"}
 """The events that are also a cache lookup's span, and its `moat.cache.result`."""

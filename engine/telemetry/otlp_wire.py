@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -30,10 +30,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 __all__ = [
     "LENGTHS",
+    "Kept",
     "Pairs",
+    "TextPairs",
     "double_prefix",
     "encode_spans",
     "envelope",
+    "envelope_parts",
     "field",
     "key_value",
     "text",
@@ -208,6 +211,57 @@ class Pairs(dict[Any, bytes]):
         return encoded
 
 
+_T = TypeVar("_T")
+
+
+class Kept(dict[Any, _T]):
+    """Encodings built once per key by `build` (at most `limit` keys kept, the rest are
+    built each time)."""
+
+    __slots__ = ("build", "limit")
+
+    def __init__(self, build: Callable[[Any], _T], limit: int = 4096) -> None:
+        super().__init__()
+        self.build = build
+        self.limit = limit
+
+    def __missing__(self, key: Any) -> _T:
+        encoded = self.build(key)
+        if len(self) < self.limit:
+            self[key] = encoded
+        return encoded
+
+
+class TextPairs(dict[int, bytes]):
+    """String attribute `key` under `tag` for values that do not recur (ids, hashes): the
+    bytes before the value's UTF-8 are kept per length, `pairs.of(value)` is then one
+    concatenation."""
+
+    __slots__ = ("key", "tag")
+
+    def __init__(self, tag: bytes, key: str) -> None:
+        super().__init__()
+        self.tag = tag
+        self.key = key
+
+    def __missing__(self, size: int) -> bytes:
+        encoded = key_value(self.tag, self.key, "\0" * size)
+        prefix = encoded[: len(encoded) - size]
+        if len(self) < 1024:
+            self[size] = prefix
+        return prefix
+
+    def of(self, value: str) -> bytes:
+        """The `KeyValue` of `value` (empty, as `key_value` gives, when it cannot be encoded)."""
+        if type(value) is not str:
+            return key_value(self.tag, self.key, value)
+        try:
+            data = value.encode("utf-8")
+        except UnicodeError:  # a lone surrogate: dropped, as `key_value` drops it
+            return key_value(self.tag, self.key, value)
+        return self[len(data)] + data
+
+
 def double_prefix(tag: bytes, key: str) -> bytes:
     """What precedes the 8 bytes of a double attribute `key` under `tag`: the value is then
     `double_prefix(tag, key) + struct.pack("<d", value)`, one concatenation."""
@@ -343,13 +397,32 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
 def envelope(resource: Resource, scope: InstrumentationScope, spans: bytes) -> bytes:
     """The serialised `ExportTraceServiceRequest` of encoded `Span` fields (`ScopeSpans.spans`,
     tag 2 each) that share `resource` and `scope`: the batch a span builder posts."""
-    scope_spans = _HEADERS.scope(scope) + spans
-    if scope.schema_url:
-        scope_spans += text(b"\x1a", scope.schema_url)
-    body = _HEADERS.resource(resource) + field(b"\x12", scope_spans)
-    if resource.schema_url:
-        body += text(b"\x1a", resource.schema_url)
-    return field(b"\x0a", body)
+    return b"".join(envelope_parts(resource, scope, [spans]))
+
+
+def envelope_parts(
+    resource: Resource, scope: InstrumentationScope, spans: Sequence[bytes]
+) -> list[bytes]:
+    """`envelope` of the concatenation of `spans`, as pieces to join once: the spans are not
+    copied until then."""
+    size = sum(map(len, spans))
+    scope_head = _HEADERS.scope(scope)
+    scope_tail = text(b"\x1a", scope.schema_url) if scope.schema_url else b""
+    scope_size = len(scope_head) + size + len(scope_tail)
+    resource_head = _HEADERS.resource(resource)
+    resource_tail = text(b"\x1a", resource.schema_url) if resource.schema_url else b""
+    body_size = len(resource_head) + 1 + len(varint(scope_size)) + scope_size + len(resource_tail)
+    return [
+        b"\x0a",
+        varint(body_size),
+        resource_head,
+        b"\x12",
+        varint(scope_size),
+        scope_head,
+        *spans,
+        scope_tail,
+        resource_tail,
+    ]
 
 
 def _merge(

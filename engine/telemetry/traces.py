@@ -5,11 +5,12 @@ under it a span per LLM call (GenAI semantic conventions) and per cache lookup, 
 node's orchestration decisions as span events with their reason codes (`wire_spans` says
 what each span holds). The spans are written in the feed's thread straight from the
 records to OTLP protobuf bytes, with no span object in between, and queued per request for
-a thread that posts them in batches (`span_batches`): at about 18 spans and 25 events per
+a thread that posts them in batches (`span_batches`): at about 20 spans and 34 events per
 flagship request, building SDK span objects and encoding them cost ten times as much.
 
 The SDK still decides what is configurable: the sampler (`OTEL_TRACES_SAMPLER`, once per
-request), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
+request; the default, which keeps every trace not continuing a caller's, is not asked for
+those), the resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), batching
 (`OTEL_BSP_*`; unset, batches of 2,048 spans, `span_batches`), `OTEL_SDK_DISABLED` and
 the exporter (`OTEL_EXPORTER_OTLP_*`: endpoint, headers, timeout, compression,
 certificates, retries), whose HTTP client sends the bytes, with a `requests` session that
@@ -38,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -156,6 +157,9 @@ class SpanBuilder:
         # the provider reads OTEL_TRACES_SAMPLER and OTEL_SDK_DISABLED; no atexit hook
         provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
         self.sampler = provider.sampler
+        self.roots_sampled = self.sampler is DEFAULT_ON or self.sampler is ALWAYS_ON
+        """The sampler keeps every trace that continues no caller's (`OTEL_TRACES_SAMPLER`
+        unset, `parentbased_always_on` or `always_on`): those need not ask it."""
         self.enabled = not getattr(provider, "_disabled", False)
         self.kind = SpanKind.SERVER if server else SpanKind.INTERNAL
         self.model_names: dict[str, Mapping[str, str]] = dict(model_names or {})
@@ -171,6 +175,10 @@ class SpanBuilder:
         if not self.enabled:
             return
         parent = self._parent(request)
+        if parent is None and self.roots_sampled:  # what the sampler would say, without it
+            spans, count = self.writer.encode(request, trace_id_of(request.record.id))
+            self.batches.add(spans, count)
+            return
         if parent is not None:
             trace_id, parent_context = (
                 parent.trace_id,

@@ -21,7 +21,7 @@ from engine.events import (
     RequestRecord,
     RequestStatus,
 )
-from engine.telemetry import FinishedRequest, otlp_wire, wire_spans
+from engine.telemetry import FinishedRequest, otlp_wire, wire_events, wire_spans
 from engine.telemetry.wire_spans import RequestSpans
 
 NODES = ["answer", "review", "cached"]
@@ -140,14 +140,17 @@ def forget() -> None:
 
 
 def _kept() -> list[dict[Any, Any]]:
-    """The writer's caches: its `_Kept` and `Pairs` tables and the encoder's key tables."""
+    """The writer's caches: its plans, its `Pairs` and `TextPairs` tables and the encoder's
+    key tables."""
+    kinds = otlp_wire.Kept | otlp_wire.Pairs | otlp_wire.TextPairs
     found: list[dict[Any, Any]] = []
-    for module in (wire_spans, otlp_wire):
+    for module in (wire_spans, wire_events, otlp_wire):
         for value in vars(module).values():
-            if isinstance(value, wire_spans._Kept | otlp_wire.Pairs):
+            if isinstance(value, kinds):
                 found.append(value)
-    found += [otlp_wire._KEYS, otlp_wire._PAIRS, wire_spans._DOUBLE_KEYS, wire_spans._NUMBER_PAIRS]
-    found += [pairs for group in wire_spans._EVENT_PAIRS.values() for pairs in group]
+    found += [otlp_wire._KEYS, otlp_wire._PAIRS, wire_events._DOUBLE_KEYS]
+    found += [wire_events._INT_PAIRS, wire_events._TRUE_PAIRS, wire_events._FALSE_PAIRS]
+    found += [pairs for group in wire_events._EVENT_PAIRS.values() for pairs in group]
     return found
 
 
@@ -367,5 +370,5 @@ def test_a_payloads_kept_numbers_are_its_numbers_encoded_one_by_one(
         for key, value in payload.items()
         if type(value) in (int, float, bool)
     )
-    assert wire_spans._numbers(payload) == expected
-    assert wire_spans._numbers(payload) == expected  # warm
+    assert wire_events.numbers(payload) == expected
+    assert wire_events.numbers(payload) == expected  # warm

@@ -424,6 +424,7 @@ class Pipeline:
                         item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
                         if item.seq in skip:
                             continue
+                        await self._writer_room()
                         await limiter.acquire()
                         tg.start_soon(self._answer_released, run_id, item, limiter)
                 # records come after each request's cleanup (`after_success` work): wait
@@ -432,6 +433,14 @@ class Pipeline:
                 beats.cancel_scope.cancel()
         finally:
             self._listeners.remove(count)
+
+    async def _writer_room(self) -> None:
+        """Wait while the sink's writer is more than `WRITER_BACKLOG` records behind."""
+        backlog = getattr(self._sink, "backlog", None)
+        if backlog is None or backlog <= WRITER_BACKLOG:
+            return
+        while getattr(self._sink, "backlog", 0) > WRITER_BACKLOG // 2:
+            await anyio.sleep(0.01)
 
     async def _heartbeat(self, summary: BatchSummary) -> None:
         """Record the batch's progress, and that its process is alive (see `run_state`)."""
@@ -539,6 +548,12 @@ class Pipeline:
 
 
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
+WRITER_BACKLOG = 20_000
+"""Records a batch lets its sink's writer fall behind (`backlog`) before it waits to start
+more requests; it starts again at half of it. A flagship request is about 60 records, so this
+bounds the records held in memory to a few hundred requests' worth, however long the batch:
+unbounded, a writer slower than the event loop (a loaded machine, a large store) held every
+record it had not written (tens of KB a request, hundreds of MiB over a long batch)."""
 """Statuses the regression guard does not observe: no work ran, or it was cut short by
 the caller (its latency and cost say nothing about the policy)."""
 

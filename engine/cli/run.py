@@ -18,6 +18,7 @@ import shlex
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,6 +390,10 @@ class _OutWriter:
             self._fd = None
 
 
+PROGRESS_LATENCIES = 4096
+"""Latest latencies the progress bar's p95 is taken over: a batch of any size keeps this many."""
+
+
 class _Progress:
     """A one-line progress bar on stderr (only when stderr is a terminal)."""
 
@@ -399,14 +404,16 @@ class _Progress:
         self.enabled = enabled and stream.isatty()
         self.stream = stream
         self.started = time.monotonic()
-        self.latencies: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=PROGRESS_LATENCIES)
+        """The latest requests' latencies (a window: the bar's p95 is a recent one)."""
         self.cost = 0.0
         self.done = 0
 
     def add(self, record: RequestRecord) -> None:
         self.done += 1
-        self.latencies.append(record.latency_ms)
         self.cost += record.cost_usd
+        if self.enabled:
+            self.latencies.append(record.latency_ms)
 
     def draw(self, final: bool = False) -> None:
         if not self.enabled:

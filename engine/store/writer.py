@@ -158,6 +158,12 @@ class StoreWriter:
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet taken by the writer thread: a producer that must
+        not outrun the writer (`Pipeline.run_batch`) waits while this is high."""
+        return len(self._queue)
+
     def flush(self, timeout: float | None = None) -> None:
         """Block until every record queued so far is committed.
 

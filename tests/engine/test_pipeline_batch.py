@@ -224,3 +224,47 @@ async def test_a_batch_not_started_by_the_pipeline_is_refused_before_anything_ru
         with pytest.raises(ValueError, match=f"run {batch.run_id} was not started by this"):
             await pipe.run_batch([{"prompt": "b"}], batch=batch)
     assert batch.done == 1
+
+
+async def test_a_batch_waits_while_its_writer_is_far_behind_and_resumes_when_it_catches_up(
+    tmp_path: Path,
+) -> None:
+    # A writer slower than the event loop held every record it had not written: the batch
+    # must not start requests while the writer is more than `WRITER_BACKLOG` records behind.
+    from engine.api import WRITER_BACKLOG
+    from engine.events import MemorySink
+
+    class Behind(MemorySink):
+        backlog = WRITER_BACKLOG + 1
+
+    sink = Behind()
+    items = [{"prompt": f"p{i}"} for i in range(6)]
+    async with (
+        Pipeline(write_graph(tmp_path), db=None, sink=sink) as pipe,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(lambda: pipe.run_batch(items, concurrency=2))
+        await anyio.sleep(0.2)
+        assert sink.requests() == []  # nothing started while the writer is behind
+        sink.backlog = WRITER_BACKLOG // 2 + 1
+        await anyio.sleep(0.1)
+        assert sink.requests() == []  # not yet: it resumes at half the bound
+        sink.backlog = 0
+    assert sorted(r.seq for r in sink.requests()) == list(range(6))
+
+
+def test_the_store_writer_reports_its_backlog(tmp_path: Path) -> None:
+    from engine.events import RequestStatus
+    from engine.store.writer import StoreWriter
+
+    with StoreWriter(tmp_path / "t.db", batch_size=1000, interval_s=60) as writer:
+        for seq in range(3):
+            record = RequestRecord(
+                id=f"r-{seq}", run_id="r", seq=seq, status=RequestStatus.OK,
+                started_at=1.0, finished_at=2.0, latency_ms=1.0, cost_usd=0.0,
+                output=None, error=None,
+            )  # fmt: skip
+            writer.record(record)
+        assert writer.backlog == 3  # the thread waits for a full batch or its interval
+        writer.flush()
+        assert writer.backlog == 0

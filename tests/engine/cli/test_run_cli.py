@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -266,3 +267,31 @@ def test_the_progress_bar_writes_to_the_stderr_of_the_run_not_of_the_import(
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     assert _Progress(3, enabled=True).stream is stream
+
+
+def test_the_progress_bar_keeps_a_window_of_latencies_however_long_the_batch() -> None:
+    # A 100,000-request batch kept every latency (and sorted them all four times a second).
+    from engine.cli.run import PROGRESS_LATENCIES, _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = _Progress(3 * PROGRESS_LATENCIES, enabled=True, stream=stream)
+    for ms in range(3 * PROGRESS_LATENCIES):
+        progress.add(SimpleNamespace(latency_ms=float(ms), cost_usd=0.001))  # type: ignore[arg-type]
+    progress.draw(final=True)
+    assert len(progress.latencies) == PROGRESS_LATENCIES
+    oldest = 2 * PROGRESS_LATENCIES  # p95 of the latest window, not of the whole batch
+    p95 = oldest + 0.95 * (PROGRESS_LATENCIES - 1)
+    assert f"{3 * PROGRESS_LATENCIES}/{3 * PROGRESS_LATENCIES}" in stream.getvalue()
+    assert f"p95 {p95:.0f} ms" in stream.getvalue()
+
+
+def test_a_quiet_progress_bar_counts_without_keeping_latencies() -> None:
+    from engine.cli.run import _Progress
+
+    progress = _Progress(2, enabled=False, stream=io.StringIO())
+    progress.add(SimpleNamespace(latency_ms=5.0, cost_usd=0.5))  # type: ignore[arg-type]
+    assert (progress.done, progress.cost, len(progress.latencies)) == (1, 0.5, 0)

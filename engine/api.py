@@ -405,15 +405,7 @@ class Pipeline:
     ) -> None:
         run_id = summary.run_id
         limiter = anyio.Semaphore(max(1, concurrency))
-
-        def count(record: RequestRecord) -> None:
-            if record.run_id != run_id:
-                return
-            summary.done += 1
-            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
-            if on_record is not None:
-                on_record(record)
-
+        count = self._counter(summary, on_record)
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as beats:
@@ -441,6 +433,24 @@ class Pipeline:
             return
         while getattr(self._sink, "backlog", 0) > WRITER_BACKLOG // 2:
             await anyio.sleep(0.01)
+
+    @staticmethod
+    def _counter(
+        summary: BatchSummary, on_record: Callable[[RequestRecord], None] | None
+    ) -> Callable[[RequestRecord], None]:
+        """A record listener that counts a batch's finished requests into `summary`
+        (records of other runs are not the batch's) and hands each to `on_record`."""
+        run_id = summary.run_id
+
+        def count(record: RequestRecord) -> None:
+            if record.run_id != run_id:
+                return
+            summary.done += 1
+            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
+            if on_record is not None:
+                on_record(record)
+
+        return count
 
     async def _heartbeat(self, summary: BatchSummary) -> None:
         """Record the batch's progress, and that its process is alive (see `run_state`)."""

@@ -234,15 +234,7 @@ class ClusterPipeline(Pipeline):
         run_id = summary.run_id
         in_flight = (self.window + self.chunk_size) * len(self._slots)
         self._failure = None
-
-        def count(record: RequestRecord) -> None:
-            if record.run_id != run_id:
-                return
-            summary.done += 1
-            summary.by_status[record.status] = summary.by_status.get(record.status, 0) + 1
-            if on_record is not None:
-                on_record(record)
-
+        count = self._counter(summary, on_record)
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as beats:

@@ -53,7 +53,9 @@ async def test_a_tenant_over_its_concurrency_gets_a_429_while_others_are_served(
 ) -> None:
     # the first request takes about a second of simulated model time: long enough for the
     # others to arrive while it is in flight (they are sent as soon as it is)
-    graph = echo_graph(tmp_path, scale=3.0)
+    # (the deadline is far: a simulated call in the sim's slow tail may take ten times the
+    # usual, and this test is about the limit, not the deadline)
+    graph = echo_graph(tmp_path, scale=3.0, deadline=120_000)
     server = MoatServer([graph], db=None, limits=ShapingLimits(tenant_concurrency=1))
     statuses: dict[str, int] = {}
     async with server, http(server) as web:

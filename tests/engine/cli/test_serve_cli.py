@@ -175,7 +175,8 @@ def test_sigterm_lets_a_request_in_flight_finish_before_the_server_exits(tmp_pat
 
     from tests.engine.serve.test_serve import echo_graph
 
-    graph = echo_graph(tmp_path, scale=2.0)  # over half a second of simulated model time
+    # a few seconds of simulated model time, and a deadline a tail call cannot reach
+    graph = echo_graph(tmp_path, scale=2.0, deadline=120_000)
     db = tmp_path / "moat.db"
     with subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0", "--db", str(db)],

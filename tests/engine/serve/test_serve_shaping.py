@@ -51,11 +51,11 @@ async def test_a_tenant_over_its_rate_gets_a_429_with_retry_after(tmp_path: Path
 async def test_a_tenant_over_its_concurrency_gets_a_429_while_others_are_served(
     tmp_path: Path,
 ) -> None:
-    # the first request takes about a second of simulated model time: long enough for the
-    # others to arrive while it is in flight (they are sent as soon as it is)
-    # (the deadline is far: a simulated call in the sim's slow tail may take ten times the
-    # usual, and this test is about the limit, not the deadline)
-    graph = echo_graph(tmp_path, scale=3.0, deadline=120_000)
+    # the first request takes a second or two of simulated model time: long enough for the
+    # others to arrive while it is in flight (they are sent as soon as it is). The deadline
+    # is far: a call in the sim's latency tail takes several times the usual, and this test
+    # is about the limit, not the deadline.
+    graph = echo_graph(tmp_path, scale=1.0, deadline=120_000)
     server = MoatServer([graph], db=None, limits=ShapingLimits(tenant_concurrency=1))
     statuses: dict[str, int] = {}
     async with server, http(server) as web:

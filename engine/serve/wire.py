@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.events import RequestStatus
+from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 
 __all__ = [
@@ -163,7 +164,7 @@ def parse_chat(body: Any) -> ChatRequest:
     choices = body.get("n", 1)
     if choices is not None and (type(choices) is not int or choices != 1):
         raise _bad(
-            f"`n` must be 1, not {choices!r}: a graph decides one answer per request "
+            f"`n` must be 1, not {show_value(choices)}: a graph decides one answer per request "
             "(send the request again for another)",
             "n",
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.events import DecisionTrace, LlmCall, NodeRun, OrchestrationEvent, Record, RequestRecord
+from engine.events import DecisionTrace, OrchestrationEvent, Record, RequestRecord
 from engine.store.compact import offset_us
 from engine.store.rows import (
     INTERN_AT,
@@ -25,6 +25,8 @@ from engine.store.rows import (
     Pack,
     encode_records,
     json_column,
+    llm_row,
+    node_row,
     reasons_column,
 )
 
@@ -100,11 +102,12 @@ class RowEncoder:
             if items:
                 t0 = round(items[0].started_at, 6)
                 break
+        code = self.codes.__getitem__  # a text without a code raises KeyError
         try:
             built = (
                 [self._event(index, t0, e, intern) for e in by_slot[0]],
-                [self._node(index, t0, r) for r in by_slot[1]],
-                [self._llm(index, t0, c) for c in by_slot[2]],
+                [node_row(code, index, t0, r) for r in by_slot[1]],
+                [llm_row(code, index, t0, c) for c in by_slot[2]],
                 [self._trace(index, t, intern) for t in by_slot[3]],
             )
         except KeyError as exc:
@@ -163,46 +166,6 @@ class RowEncoder:
             self._value(json_column(e.inputs), intern),
             self._value(json_column(e.outputs), intern),
             self._value(json_column(e.payload), intern),
-        )
-
-    def _node(self, index: int, t0: float, r: NodeRun) -> tuple[Any, ...]:
-        codes = self.codes
-        return (
-            index,
-            codes[r.node],
-            codes[r.node_type],
-            r.cycle,
-            codes[_str(r.status)],
-            1 if r.speculative else 0,
-            codes[_str(r.outcome)],
-            offset_us(r.started_at, t0),
-            round(r.duration_ms * 1000),
-            r.attempts,
-            r.error,
-        )
-
-    def _llm(self, index: int, t0: float, c: LlmCall) -> tuple[Any, ...]:
-        codes = self.codes
-        return (
-            index,
-            codes[c.node],
-            c.cycle,
-            codes[c.model],
-            codes[c.provider],
-            codes[_str(c.call_kind)],
-            codes[_str(c.call_outcome)],
-            codes[_str(c.cache_status)],
-            c.related_event_id,
-            c.prompt_hash,
-            c.input_tokens,
-            c.output_tokens,
-            c.cost_usd,
-            c.latency_ms,
-            offset_us(c.started_at, t0),
-            codes[c.status],
-            c.error,
-            c.prompt_text,
-            c.response_text,
         )
 
     def _trace(self, index: int, t: DecisionTrace, intern: list[str]) -> tuple[Any, ...]:

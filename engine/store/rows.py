@@ -45,6 +45,8 @@ __all__ = [
     "encode_records",
     "event_row",
     "json_column",
+    "llm_row",
+    "node_row",
     "reasons_column",
 ]
 
@@ -196,9 +198,9 @@ def _event_rows(cx: Compactor, pack: Pack, e: OrchestrationEvent) -> tuple[Any, 
     )
 
 
-def _node_rows(cx: Compactor, pack: Pack, r: NodeRun) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(r.request_id, r.started_at)
+def node_row(code: Callable[[str], int], key: int, t0: float, r: NodeRun) -> tuple[Any, ...]:
+    """A `node_rows` row of request `key` (whose times count from `t0`); `code` gives a
+    text's `strings` code (the writer's `Compactor.code`, a worker's known codes)."""
     return (
         key,
         code(r.node),
@@ -214,9 +216,8 @@ def _node_rows(cx: Compactor, pack: Pack, r: NodeRun) -> tuple[Any, ...]:
     )
 
 
-def _llm_rows(cx: Compactor, pack: Pack, c: LlmCall) -> tuple[Any, ...]:
-    code = cx.code
-    key, t0 = cx.key(c.request_id, c.started_at)
+def llm_row(code: Callable[[str], int], key: int, t0: float, c: LlmCall) -> tuple[Any, ...]:
+    """An `llm_rows` row of request `key`, as `node_row` builds a node run's."""
     return (
         key,
         code(c.node),
@@ -238,6 +239,16 @@ def _llm_rows(cx: Compactor, pack: Pack, c: LlmCall) -> tuple[Any, ...]:
         c.prompt_text,
         c.response_text,
     )
+
+
+def _node_rows(cx: Compactor, pack: Pack, r: NodeRun) -> tuple[Any, ...]:
+    key, t0 = cx.key(r.request_id, r.started_at)
+    return node_row(cx.code, key, t0, r)
+
+
+def _llm_rows(cx: Compactor, pack: Pack, c: LlmCall) -> tuple[Any, ...]:
+    key, t0 = cx.key(c.request_id, c.started_at)
+    return llm_row(cx.code, key, t0, c)
 
 
 def _trace_rows(cx: Compactor, pack: Pack, t: DecisionTrace) -> tuple[Any, ...]:

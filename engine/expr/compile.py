@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from engine.errors import ExpressionError
-from engine.expr.runtime import FUNCTIONS, HELPERS
+from engine.expr.runtime import FIELD_CLASSES, FUNCTIONS, HELPERS
 
 MAX_DEPTH = 200
 """Deepest syntax tree accepted (Python's own compiler is recursive)."""
@@ -431,6 +431,19 @@ def _constant_key(node: ast.expr) -> str | int | None:
     return None
 
 
+_TEMP = "_v"
+"""The compiled code's one local besides the scope `s` (user names are never locals)."""
+_AT: dict[str, int] = {"lineno": 1, "col_offset": 0}
+
+
+def _name(name: str, ctx: ast.expr_context | None = None) -> ast.Name:
+    return ast.Name(id=name, ctx=ctx or ast.Load(), **_AT)
+
+
+def _call(name: str, arg: ast.expr) -> ast.Call:
+    return ast.Call(_name(name), [arg], [], **_AT)
+
+
 def _helper(name: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
     call = ast.Call(
         func=ast.Name(id=name, ctx=ast.Load(), lineno=1, col_offset=0), args=args, keywords=[]
@@ -455,8 +468,28 @@ class _Rewrite(ast.NodeTransformer):
         return ast.copy_location(ast.Subscript(value=scope, slice=key, ctx=ast.Load()), node)
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+        """`a.b` as `attr(a, 'b')`, with its two common cases inline (no Python call):
+
+            _v.b if _type(_v := a) in _fields['b']
+            else (_v.get('b') if _type(_v) is _dict else _attr(_v, 'b'))
+
+        which is what `attr` does for a model with the field `b` and for a dict. One
+        temporary is enough: a nested access finishes before the outer one binds it.
+        """
+        FIELD_CLASSES.setdefault(node.attr, set())
         name = ast.Constant(node.attr, lineno=1, col_offset=0)
-        return _helper("_attr", [self.visit(node.value), name], node)
+        bound = ast.NamedExpr(_name(_TEMP, ast.Store()), self.visit(node.value), **_AT)
+        test = ast.Compare(
+            _call("_type", bound),
+            [ast.In()],
+            [ast.Subscript(_name("_fields"), name, ast.Load(), **_AT)],
+            **_AT,
+        )
+        fast = ast.Attribute(_name(_TEMP), node.attr, ast.Load(), **_AT)
+        is_dict = ast.Compare(_call("_type", _name(_TEMP)), [ast.Is()], [_name("_dict")], **_AT)
+        get = ast.Call(ast.Attribute(_name(_TEMP), "get", ast.Load(), **_AT), [name], [], **_AT)
+        slow = _helper("_attr", [_name(_TEMP), name], node)
+        return ast.IfExp(test, fast, ast.IfExp(is_dict, get, slow, **_AT), **_AT)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
         return _helper("_item", [self.visit(node.value), self.visit(node.slice)], node)

@@ -52,6 +52,17 @@ def _fields_of(obj: Any) -> list[str] | None:
 _MODEL_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
 """Field names per model class (`model_fields` itself is slow to read)."""
 
+FIELD_CLASSES: dict[str, set[type]] = {}
+"""Per attribute name that compiled expressions read, the model classes having that field.
+
+Compiled code reads `obj.name` directly when `type(obj)` is in `FIELD_CLASSES[name]` (and
+calls `attr` otherwise): `attr` gives a field's value by `getattr` all the same, so only
+the Python call is saved. The compiler creates the entry of each name it compiles; `attr`
+adds a model class the first time it reads one of its fields."""
+
+_MAX_FIELD_CLASSES = 256
+"""Classes kept per name: models created at run time (`create_model`) stay on `attr`."""
+
 
 def attr(obj: Any, name: str) -> Any:
     """`obj.name`: a mapping key, a pydantic field, a namespace attribute; none stays none."""
@@ -60,6 +71,7 @@ def attr(obj: Any, name: str) -> Any:
         return obj.get(name)
     fields = _MODEL_FIELDS.get(cls)  # a model class seen before: no isinstance check
     if fields is not None and name in fields:
+        _fast_from_now_on(cls, name)
         return getattr(obj, name)
     if obj is None:
         return None
@@ -67,6 +79,7 @@ def attr(obj: Any, name: str) -> Any:
         if fields is None:
             fields = _MODEL_FIELDS[cls] = frozenset(cls.model_fields)
         if name in fields:
+            _fast_from_now_on(cls, name)
             return getattr(obj, name)
         extra = obj.__pydantic_extra__
         if extra is not None and name in extra:
@@ -82,6 +95,12 @@ def attr(obj: Any, name: str) -> Any:
         known = ", ".join(readable)
         raise Fail(f"{describe(obj)} has no attribute '{name}'. Attributes: {known}.")
     return getattr(obj, name)
+
+
+def _fast_from_now_on(cls: type, name: str) -> None:
+    classes = FIELD_CLASSES.get(name)
+    if classes is not None and len(classes) < _MAX_FIELD_CLASSES:
+        classes.add(cls)
 
 
 def item(obj: Any, key: Any) -> Any:
@@ -276,6 +295,9 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
 HELPERS: dict[str, Any] = {
     "__builtins__": {},
     "_attr": attr,
+    "_type": type,
+    "_dict": dict,
+    "_fields": FIELD_CLASSES,
     "_item": item,
     "_add": add,
     "_mul": mul,

@@ -260,6 +260,65 @@ def test_namespace_attributes_are_readable_other_objects_are_not() -> None:
         ev("x.real", x=3)
 
 
+class Plain(BaseModel):
+    score: float = 0.5
+    text: str = "t"
+
+
+class Open(BaseModel, extra="allow"):
+    score: float = 0.25
+
+
+_OBJECTS = st.sampled_from(
+    [
+        Risk(score=0.1),
+        Plain(),
+        Open(text="extra text"),
+        Open(),
+        {"score": 2, "text": "d"},
+        {},
+        None,
+        SimpleNamespace(score=3),
+        SimpleNamespace(text="n"),
+        3,
+        "s",
+        [1],
+    ]
+)
+
+
+def _outcome(source: str, **scope: Any) -> tuple[str, Any]:
+    try:
+        return "value", ev(source, **scope)
+    except EvaluationError as exc:
+        return "error", str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_OBJECTS, st.sampled_from(["score", "text"])), min_size=1, max_size=8))
+def test_compiled_access_reads_what_attr_reads_on_every_read(
+    reads: list[tuple[Any, str]],
+) -> None:
+    """`a.b` is compiled with models and dicts read inline; on a first read, a repeated one
+    (the model class now known) and a nested one it gives what the `attr` helper gives."""
+    from engine.expr.runtime import Fail, attr
+
+    for obj, name in reads:
+        try:
+            expected: tuple[str, Any] = ("value", attr(obj, name))
+        except Fail:
+            expected = ("error", None)
+        for _ in range(2):
+            found = _outcome(f"x.{name}", x=obj)
+            assert found[0] == expected[0]
+            if found[0] == "value":
+                assert found[1] == expected[1]
+            nested = _outcome(f"w.inner.{name}", w={"inner": obj})
+            assert nested[0] == found[0]
+            if found[0] == "value":
+                assert nested[1] == found[1]
+
+
 def test_indexing_sequences_and_out_of_range() -> None:
     assert ev("xs[0] + xs[-1]", xs=[1, 2, 3]) == 4
     assert ev("xs[1:]", xs=(1, 2, 3)) == (2, 3)

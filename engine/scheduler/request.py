@@ -7,7 +7,6 @@ clocks (hard and soft deadline) and cost budget. It holds no scheduling logic.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -308,6 +307,8 @@ class RequestState:
             self._record_calls(cell.calls, outcome)
 
     def _record_calls(self, calls: list[LlmCall], outcome: NodeOutcome) -> None:
+        # The calls are the node run's own (the gateway appends each attempt to the
+        # run's list and records nothing): they are set right here, then recorded once.
         final = _CALL_OUTCOMES.get(outcome)
         for call in calls:
             self.spent_usd += call.cost_usd
@@ -317,7 +318,7 @@ class RequestState:
             elif final is CallOutcome.USED and call.call_outcome is not CallOutcome.NONE:
                 target = None  # the gateway already said what it was
             if target is not None and target is not call.call_outcome:
-                call = dataclasses.replace(call, call_outcome=target)
+                call.call_outcome = target
             self.record(call)
 
     def cycle_trace(self, cycle: int, stage: str, payload: Mapping[str, Any]) -> None:

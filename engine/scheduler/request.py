@@ -390,6 +390,10 @@ class RequestState:
         frame, self.frame = self.frame, None
         if frame is not None:
             frame.release()
+        # Memoised values and `after_success` callbacks are the nodes' closures, which
+        # hold their contexts and through them this state.
+        self._memos = None
+        self._callbacks = None
 
     @property
     def callbacks(self) -> list[Callable[[], Awaitable[None]]]:

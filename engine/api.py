@@ -556,16 +556,36 @@ class Pipeline:
                 self._store_failures += 1
                 raise
 
+    def flush_soon(self, done: Callable[[StoreError | None], None]) -> bool:
+        """Have `done` called, on the store writer's thread, once every record so far is
+        committed (with the `StoreError` `flush` would raise, or None); never blocks.
+
+        Returns:
+            False when the sink cannot do that (no store, or one without a writer thread
+            of its own): then call `flush` from a worker thread instead.
+        """
+        flush_soon = getattr(self._sink, "flush_soon", None)
+        if not callable(flush_soon):
+            return False
+
+        def counted(error: StoreError | None) -> None:
+            if error is not None:
+                self._store_failures += 1
+            done(error)
+
+        flush_soon(counted)
+        return True
+
 
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
+"""Statuses the regression guard does not observe: no work ran, or it was cut short by
+the caller (its latency and cost say nothing about the policy)."""
 WRITER_BACKLOG = 20_000
 """Records a batch lets its sink's writer fall behind (`backlog`) before it waits to start
 more requests; it starts again at half of it. A flagship request is about 60 records, so this
 bounds the records held in memory to a few hundred requests' worth, however long the batch:
 unbounded, a writer slower than the event loop (a loaded machine, a large store) held every
 record it had not written (tens of KB a request, hundreds of MiB over a long batch)."""
-"""Statuses the regression guard does not observe: no work ran, or it was cut short by
-the caller (its latency and cost say nothing about the policy)."""
 
 
 def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:

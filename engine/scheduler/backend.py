@@ -32,7 +32,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-__all__ = ["Backend", "BackgroundTasks", "Waiter", "current_backend"]
+__all__ = ["Backend", "BackgroundTasks", "Waiter", "current_backend", "soon_from_thread"]
 
 
 class Waiter(Protocol):
@@ -213,3 +213,25 @@ async def current_backend(tg: TaskGroup) -> Backend:
         return Backend(clock, nursery, _EventWaiter, new_scope)
     clock = token.backend_class.current_time
     return Backend(clock, _TaskGroupTasks(tg), _EventWaiter, new_scope)
+
+
+def soon_from_thread() -> Callable[[Callable[[], object]], None]:
+    """A function that any thread may call to run `fn()` soon in the running event loop,
+    without waiting for it (`anyio.from_thread.run_sync` waits, which would hold up a
+    thread that only has news to hand over, such as the store writer's).
+
+    Raises:
+        RuntimeError: the backend is neither asyncio nor trio.
+    """
+    native = anyio.lowlevel.current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        loop = native
+
+        def soon(fn: Callable[[], object]) -> None:
+            loop.call_soon_threadsafe(fn)
+
+        return soon
+    trio = sys.modules.get("trio")
+    if trio is not None and isinstance(native, trio.lowlevel.TrioToken):
+        return native.run_sync_soon  # type: ignore[no-any-return]
+    raise RuntimeError(f"no thread-safe call for the event loop {native!r}")

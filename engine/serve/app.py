@@ -150,7 +150,8 @@ class MoatServer:
                 )
             pipe = pipeline(graph, db=db, **pipeline_options)
             durable = db is not None and commit_wait
-            self.graphs[graph.name] = _Served(pipe, Commits(pipe.flush if durable else None))
+            commits = Commits(pipe.flush, pipe.flush_soon) if durable else Commits(None)
+            self.graphs[graph.name] = _Served(pipe, commits)
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())
         self.metrics = Metrics(telemetry)

@@ -14,6 +14,7 @@ import anyio
 
 from engine.errors import StoreError
 from engine.events import Record, RequestRecord
+from engine.scheduler.backend import soon_from_thread
 
 __all__ = ["Commits", "Recorded"]
 
@@ -46,10 +47,19 @@ class Commits:
     Args:
         flush: blocks until every record so far is committed (run in a worker thread);
             None when there is no store (records are then only awaited).
+        flush_soon: asks for a callback, on the store writer's thread, once every record
+            so far is committed (`Pipeline.flush_soon`); False when the sink cannot, and
+            `flush` is used. The writer then wakes the committer directly: one hand-off
+            between threads where a worker thread blocking in `flush` costs three.
     """
 
-    def __init__(self, flush: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        flush: Callable[[], None] | None,
+        flush_soon: Callable[[Callable[[StoreError | None], None]], bool] | None = None,
+    ) -> None:
         self._flush = flush
+        self._flush_soon = flush_soon
         self._recorded: dict[str, Recorded] = {}
         self._waiting: list[_Ticket] = []
         self._wake = anyio.Event()
@@ -95,16 +105,35 @@ class Commits:
     async def run(self) -> None:
         """The committer task: one flush for every request that asked since the last."""
         assert self._flush is not None
+        soon = soon_from_thread() if self._flush_soon is not None else None
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
             batch, self._waiting = self._waiting, []
-            error: StoreError | None = None
             with anyio.CancelScope(shield=True):  # a batch asked for is always finished
-                try:
-                    await anyio.to_thread.run_sync(self._flush)
-                except StoreError as exc:
-                    error = exc
+                error = await self._flushed(soon)
             for ticket in batch:
                 ticket.error = error
                 ticket.done.set()
+
+    async def _flushed(
+        self, soon: Callable[[Callable[[], object]], None] | None
+    ) -> StoreError | None:
+        """Flush, and return the error the flush reported (None when all is committed)."""
+        if soon is not None and self._flush_soon is not None:
+            committed = anyio.Event()
+            outcome: list[StoreError | None] = []
+
+            def done(error: StoreError | None) -> None:  # on the writer's thread
+                outcome.append(error)
+                soon(committed.set)
+
+            if self._flush_soon(done):
+                await committed.wait()
+                return outcome[0]
+        assert self._flush is not None
+        try:
+            await anyio.to_thread.run_sync(self._flush)
+        except StoreError as exc:
+            return exc
+        return None

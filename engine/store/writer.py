@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -72,12 +73,14 @@ def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> 
 
 
 class _FlushMarker:
-    """Queued by `flush`; set once everything queued before it is committed."""
+    """Queued by `flush` or `flush_soon`; set once everything queued before it is
+    committed, and then its callback (if any) is called on the writer thread."""
 
-    __slots__ = ("done",)
+    __slots__ = ("callback", "done")
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    def __init__(self, callback: Callable[[StoreError | None], None] | None = None) -> None:
+        self.done = threading.Event()  # (set for every marker: `flush` may be waiting on it)
+        self.callback = callback
 
 
 @dataclass(slots=True)
@@ -189,6 +192,21 @@ class StoreWriter:
                 raise StoreError(f"{self.path}: flushing the store took longer than {timeout}s")
         self._raise_if_failed()
 
+    def flush_soon(self, done: Callable[[StoreError | None], None]) -> None:
+        """Call `done` once every record queued so far is committed, without blocking.
+
+        `done` runs on the writer thread (or at once, here, if the writer has stopped),
+        with None or the `StoreError` that `flush` would raise; it must be quick and must
+        not raise. A server that answers only after its request is committed waits this
+        way: one hand-off from the writer to the event loop, where `flush` in a worker
+        thread costs the loop two more.
+        """
+        if not self._thread.is_alive():
+            done(self._failure())
+            return
+        self._queue.append(_FlushMarker(done))
+        self._wake.set()
+
     def close(self) -> None:
         """Write everything queued, stop the writer thread and close its connection.
 
@@ -214,13 +232,23 @@ class StoreWriter:
         return f"<StoreWriter {state} {str(self.path)!r} queued={len(self._queue)}>"
 
     def _raise_if_failed(self) -> None:
+        failure = self._failure()
+        if failure is not None:
+            raise failure
+
+    def _failure(self) -> StoreError | None:
+        """The write error since the last flush, as the `StoreError` a flush reports
+        (taken: the next flush reports only what fails after it)."""
         error, self._error = self._error, None
-        if error is not None:
-            raise StoreError(
-                f"{self.path}: writing to the store failed "
-                f"({describe_error(error, self.path)}); {self.stats.dropped} records dropped "
-                "so far"
-            ) from error
+        if error is None:
+            return None
+        failure = StoreError(
+            f"{self.path}: writing to the store failed "
+            f"({describe_error(error, self.path)}); {self.stats.dropped} records dropped "
+            "so far"
+        )
+        failure.__cause__ = error
+        return failure
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
@@ -279,6 +307,13 @@ class StoreWriter:
         self.stats.cpu_s += time.thread_time() - started
         for marker in markers:
             marker.done.set()
+            if marker.callback is not None:
+                try:
+                    marker.callback(self._failure())
+                except Exception as exc:  # the thread must survive a caller's callback
+                    from engine.logs import get_logger  # (reading commands never get here)
+
+                    get_logger("moat.store").error("store.flush_callback_failed", error=repr(exc))
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
         """Encode the drained records as compact rows (inside the write transaction:

@@ -346,6 +346,51 @@ def test_a_record_that_cannot_be_encoded_is_dropped_and_reported(db: Path) -> No
         assert [e["payload"] for e in store.events("q1")] == [{"odd": "{1}"}]
 
 
+def test_flush_soon_calls_back_on_the_writer_thread_once_the_records_are_committed(
+    db: Path,
+) -> None:
+    writer = StoreWriter(db, interval_s=60)  # only the flush makes it write
+    seen: list[tuple[str, int, StoreError | None]] = []
+    called = threading.Event()
+
+    def done(error: StoreError | None) -> None:
+        with Store.open(db) as store:  # another connection sees the commit already
+            seen.append(
+                (threading.current_thread().name, count(store, "orchestration_events"), error)
+            )
+        called.set()
+
+    for i in range(50):
+        writer.record(event("q1", i))
+    writer.flush_soon(done)
+    assert called.wait(10)
+    assert seen == [("moat-store-writer", 50, None)]
+    writer.close()
+
+
+def test_flush_soon_hands_a_failed_write_to_its_callback_once(db: Path) -> None:
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    writer = StoreWriter(db, interval_s=60)
+    errors: list[StoreError | None] = []
+    called = threading.Event()
+
+    def done(error: StoreError | None) -> None:
+        errors.append(error)
+        called.set()
+
+    writer.record(event("q1", 1, payload=circular))
+    writer.flush_soon(done)
+    assert called.wait(10)
+    assert len(errors) == 1 and errors[0] is not None
+    assert re.search(r"writing to the store failed .* 1 records dropped", str(errors[0]))
+    writer.flush()  # the failure was reported once, to the callback
+    writer.close()
+    closed: list[StoreError | None] = []
+    writer.flush_soon(closed.append)  # a stopped writer calls back at once
+    assert closed == [None]
+
+
 def test_readers_never_see_a_request_row_before_its_other_rows(db: Path) -> None:
     requests, per_request = 300, 8
     writer = StoreWriter(db, batch_size=50, interval_s=0.001, max_batch=37)

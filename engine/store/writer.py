@@ -261,6 +261,17 @@ class StoreWriter:
                     return
         finally:
             conn.close()
+            self._release_markers()
+
+    def _release_markers(self) -> None:
+        """The thread is ending: nobody may wait for a flush that will never come."""
+        left = [item for item in self._queue if isinstance(item, _FlushMarker)]
+        for marker in left:
+            marker.done.set()
+            if marker.callback is not None:
+                marker.callback(
+                    self._failure() or StoreError(f"{self.path}: the store writer stopped")
+                )
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
         """The queued records by table, then (in the same list after `len(TABLES)`) the

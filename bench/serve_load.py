@@ -16,7 +16,13 @@ the same load through httpx2 to show it; its CPU per request is reported). Parts
   as the requests go (flat: the growth over the last 90 % of them).
 - added: 100 concurrent clients; a sim-server whose every answer takes 200 ms, called
   directly, then through `moat serve` (a one-node graph whose model is `openai` pointed at
-  that sim-server): moat's added latency is the difference of the percentiles.
+  that sim-server), alternating `--added-rounds` times in one session: moat's added
+  latency is the difference of the percentiles over all rounds' requests. Each measured
+  run goes on without a pause from a warm-up of two requests per client on the same
+  connections: a run that started from idle found moat's pooled connections to the
+  sim-server closed (idle ones are dropped after 2.5 s, and the direct run before it took
+  longer), so its first 100 requests also connected, and with 1,000 requests a run those
+  are a tenth of them: the p99 was theirs.
 - commit: the throughput part again with `--no-commit-wait` (answers leave before their
   record is committed): the cost of committing before answering.
 - kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
@@ -168,6 +174,10 @@ class Load:
     answered: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     client_cpu_s: float = 0.0
+    warmup: int = 0
+    """Requests sent before the counted ones (their CPU is in `client_cpu_s`)."""
+    measured_from: float | None = None
+    """When the first counted request was sent (`elapsed_s` runs from there)."""
 
     def figures(self) -> dict[str, Any]:
         n = len(self.latencies)
@@ -182,7 +192,9 @@ class Load:
             "p50_ms": _round(percentile(ms, 50)),
             "p99_ms": _round(percentile(ms, 99)),
             "max_ms": _round(ms[-1] if ms else None),
-            "client_cpu_us_per_request": round(self.client_cpu_s / n * 1e6, 1) if n else None,
+            "client_cpu_us_per_request": round(self.client_cpu_s / (n + self.warmup) * 1e6, 1)
+            if n
+            else None,
             # the load generator runs on the machine it measures: the share of all its
             # cores the client took while it ran
             "client_share_of_cores": round(
@@ -206,9 +218,10 @@ def _request(host: str, path: str, body: bytes) -> bytes:
 
 
 async def _client_raw(
-    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str, skip: int = 0
 ) -> None:
-    """One client on one keep-alive connection: request after request until none is left."""
+    """One client on one keep-alive connection: request after request until none is left;
+    requests numbered below `skip` warm up and are not counted."""
     host_port = url.removeprefix("http://").split("/", 1)[0]
     host, _, port = host_port.rpartition(":")
     path = "/" + url.removeprefix("http://").split("/", 1)[1] + "/chat/completions"
@@ -226,6 +239,10 @@ async def _client_raw(
                 k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
             }
             await reader.readexactly(int(headers.get("content-length", "0")))
+            if n < skip:
+                continue
+            if n == skip:
+                load.measured_from = start
             load.latencies.append(time.perf_counter() - start)
             status = int(lines[0].split(" ", 2)[1])
             load.statuses[status] = load.statuses.get(status, 0) + 1
@@ -240,7 +257,7 @@ async def _client_raw(
 
 
 async def _client_httpx2(
-    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str
+    url: str, model: str, load: Load, todo: Iterator[int], stop_at: float, tag: str, skip: int = 0
 ) -> None:
     import httpx2
 
@@ -253,6 +270,10 @@ async def _client_httpx2(
             except httpx2.HTTPError as exc:
                 load.failures.append(f"{type(exc).__name__}: {exc}")
                 return
+            if n < skip:
+                continue
+            if n == skip:
+                load.measured_from = start
             load.latencies.append(time.perf_counter() - start)
             code = response.status_code
             load.statuses[code] = load.statuses.get(code, 0) + 1
@@ -270,18 +291,24 @@ async def drive(
     client: str = "raw",
     tag: str = "",
     on_progress: Any = None,
+    warmup: int = 0,
 ) -> Load:
     """`clients` concurrent clients sending `requests` requests in all (or until
-    `seconds` have passed)."""
-    load = Load()
-    todo = iter(range(requests))  # shared: each number is taken by one client
+    `seconds` have passed), after `warmup` requests on the same connections that are not
+    counted (the load goes on from them without a pause, so the measured requests find
+    the server, its pools and the clients' pace as a steady load leaves them)."""
+    load = Load(warmup=warmup)
+    todo = iter(range(warmup + requests))  # shared: each number is taken by one client
     run = _client_raw if client == "raw" else _client_httpx2
     cpu0, start = time.process_time(), time.perf_counter()
     stop_at = start + seconds
-    tasks = [asyncio.create_task(run(url, model, load, todo, stop_at, tag)) for _ in range(clients)]
+    tasks = [
+        asyncio.create_task(run(url, model, load, todo, stop_at, tag, warmup))
+        for _ in range(clients)
+    ]
     watcher = asyncio.create_task(_progress(load, on_progress)) if on_progress else None
     await asyncio.gather(*tasks)
-    load.elapsed_s = time.perf_counter() - start
+    load.elapsed_s = time.perf_counter() - (load.measured_from or start)
     load.client_cpu_s = time.process_time() - cpu0
     if watcher is not None:
         watcher.cancel()
@@ -351,39 +378,84 @@ def throughput(
     return figures
 
 
-def added(work: Path, *, clients: int, requests: int, latency_ms: float, client: str) -> dict:
+def added(
+    work: Path, *, clients: int, requests: int, latency_ms: float, client: str, rounds: int = 4
+) -> dict[str, Any]:
+    """Direct sim-server calls and calls through moat, alternating `rounds` times; each
+    measured run follows its own warm-up (two requests per client) on the same connections
+    without a pause, and the percentiles are over every round's requests."""
+    per_round = max(1, requests // rounds)
+    warm = clients * 2
     with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (sim, sim_url):
         model = f"{{provider: openai, model: sim-small, base_url: '{sim_url}', max_retries: 0}}"
         graph = work / "remote.yaml"
         graph.write_text(ONE_NODE.format(model=model).replace("name: one", "name: remote"))
         env = {"OPENAI_API_KEY": "unused-by-sim-server"}
         with launched(*serve_args(graph, work / "added.db"), env=env) as (proc, url):
-            _run(drive(url, "remote", clients=clients, requests=clients * 2, client=client))
-            _run(drive(sim_url, "sim-small", clients=clients, requests=clients * 2, client=client))
-            sim_cpu0 = cpu_s(sim.pid)
-            direct = _run(
-                drive(sim_url, "sim-small", clients=clients, requests=requests, client=client)
-            ).figures()
-            sim_direct_s = cpu_s(sim.pid) - sim_cpu0
-            moat_cpu0, sim_cpu0 = cpu_s(proc.pid), cpu_s(sim.pid)
-            moat = _run(
-                drive(url, "remote", clients=clients, requests=requests, client=client)
-            ).figures()
-            moat["server_cpu_us_per_request"] = round(
-                (cpu_s(proc.pid) - moat_cpu0) / requests * 1e6
-            )
-            moat["sim_server_cpu_us_per_request"] = round(
-                (cpu_s(sim.pid) - sim_cpu0) / requests * 1e6
-            )
-            direct["sim_server_cpu_us_per_request"] = round(sim_direct_s / requests * 1e6)
+            sides: dict[str, tuple[str, str, Any]] = {
+                "direct": (sim_url, "sim-small", sim),
+                "moat": (url, "remote", proc),
+            }
+            loads: dict[str, list[Load]] = {"direct": [], "moat": []}
+            cpu = {"direct": [0.0, 0.0], "moat": [0.0, 0.0]}  # (moat, sim-server) seconds
+            for _ in range(rounds):
+                for side, (base, name, _) in sides.items():
+                    moat0, sim0 = cpu_s(proc.pid), cpu_s(sim.pid)
+                    load = _run(
+                        drive(
+                            base,
+                            name,
+                            clients=clients,
+                            requests=per_round,
+                            client=client,
+                            warmup=warm,
+                        )
+                    )
+                    cpu[side][0] += cpu_s(proc.pid) - moat0
+                    cpu[side][1] += cpu_s(sim.pid) - sim0
+                    loads[side].append(load)
+    sent = rounds * (per_round + warm)  # the warm-up's CPU is in the CPU figures
+    figures = {side: _pooled(runs) for side, runs in loads.items()}
+    figures["moat"]["server_cpu_us_per_request"] = round(cpu["moat"][0] / sent * 1e6)
+    for side in figures:
+        figures[side]["sim_server_cpu_us_per_request"] = round(cpu[side][1] / sent * 1e6)
+    direct, moat = figures["direct"], figures["moat"]
     return {
         "clients": clients,
         "model_latency_ms": latency_ms,
+        "rounds": rounds,
         "direct": direct,
         "moat": moat,
         "added_p50_ms": _round(moat["p50_ms"] - direct["p50_ms"]),
         "added_p99_ms": _round(moat["p99_ms"] - direct["p99_ms"]),
+        "added_p50_ms_per_round": [
+            _round(m["p50_ms"] - d["p50_ms"])
+            for m, d in zip(moat["per_round"], direct["per_round"], strict=True)
+        ],
+        "added_p99_ms_per_round": [
+            _round(m["p99_ms"] - d["p99_ms"])
+            for m, d in zip(moat["per_round"], direct["per_round"], strict=True)
+        ],
     }
+
+
+def _pooled(runs: list[Load]) -> dict[str, Any]:
+    """The figures of several runs' requests taken together, and each run's own."""
+    pooled = Load(
+        latencies=[x for run in runs for x in run.latencies],
+        failures=[f for run in runs for f in run.failures],
+        elapsed_s=sum(run.elapsed_s for run in runs),
+        client_cpu_s=sum(run.client_cpu_s for run in runs),
+        warmup=sum(run.warmup for run in runs),
+    )
+    for run in runs:
+        for status, count in run.statuses.items():
+            pooled.statuses[status] = pooled.statuses.get(status, 0) + count
+    figures = pooled.figures()
+    figures["per_round"] = [
+        {k: run.figures()[k] for k in ("p50_ms", "p99_ms", "errors")} for run in runs
+    ]
+    return figures
 
 
 async def _provider_calls(base_url: str, calls: int, concurrency: int) -> dict[str, Any]:
@@ -485,6 +557,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="throughput: requests")
     parser.add_argument("--added-clients", type=int, default=100)
     parser.add_argument("--added-requests", type=int, default=5_000)
+    parser.add_argument(
+        "--added-rounds", type=int, default=4, help="added: direct and moat runs alternate"
+    )
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--client", choices=["raw", "httpx2"], default="raw")
     parser.add_argument("--workers", type=int, default=1, help="moat serve --workers N")
@@ -521,6 +596,7 @@ def main() -> None:
                 requests=args.added_requests,
                 latency_ms=args.latency_ms,
                 client=args.client,
+                rounds=args.added_rounds,
             )
         if args.part == "provider":
             result["provider"] = provider(calls=args.provider_calls)

@@ -224,17 +224,75 @@ class _Acceptor:
         return None
 
 
+class _Coalesced:
+    """A connection's transport whose writes in one turn of the event loop leave as one.
+
+    uvicorn writes a response's status line and headers when the app starts the response
+    and its body when the app sends it: two `send` calls, two TCP segments and two
+    wake-ups of the client for a response the app produced at once. Here the first write
+    of a turn is held until the end of the turn (`call_soon`), and what else the turn
+    writes joins it: one `send` per response, the client woken once. Streamed chunks sent
+    in later turns still leave as they come. Everything else is the transport's own.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            return
+        self._pending = [data]
+        self._loop.call_soon(self._flush)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()  # what was written before `close` still leaves, as it would have
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
-    server (the same protocol, connection tracking and graceful shutdown)."""
+    server (the same protocol, connection tracking and graceful shutdown), each
+    connection's writes coalesced (`_Coalesced`)."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
 
+        class Protocol(config.http_protocol_class):  # type: ignore[name-defined,misc]
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                super().connection_made(_Coalesced(transport, loop))
+
         def protocol() -> Any:
-            return config.http_protocol_class(  # type: ignore[call-arg]
+            return Protocol(
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 

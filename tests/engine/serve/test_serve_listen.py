@@ -1,0 +1,92 @@
+"""The served connections' transport: a response's head and body leave in one `send`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from engine.serve.listen import _Coalesced
+
+
+class _Transport:
+    """A transport that records what reaches it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 8000) if name == "sockname" else default
+
+
+def _turn() -> Any:
+    return asyncio.sleep(0)
+
+
+def test_what_one_turn_writes_leaves_as_one_send() -> None:
+    async def main() -> list[list[bytes]]:
+        inner = _Transport()
+        outer = _Coalesced(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        outer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        outer.write(b"{}")
+        assert inner.sent == []  # held until the end of the turn
+        assert outer.get_write_buffer_size() == 40
+        await _turn()
+        first = list(inner.sent)
+        outer.write(b"data: 1\n\n")  # a streamed chunk of a later turn: a send of its own
+        await _turn()
+        return [first, inner.sent[1:]]
+
+    first, later = asyncio.run(main())
+    assert first == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert later == [b"data: 1\n\n"]
+
+
+def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
+    async def main() -> tuple[_Transport, _Transport]:
+        loop = asyncio.get_running_loop()
+        closed, aborted = _Transport(), _Transport()
+        for inner in (closed, aborted):
+            outer = _Coalesced(inner, loop)  # type: ignore[arg-type]
+            outer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            if inner is closed:
+                outer.close()
+            else:
+                outer.abort()
+        await _turn()  # the held write's callback finds nothing left to send
+        return closed, aborted
+
+    closed, aborted = asyncio.run(main())
+    assert closed.sent == [b"HTTP/1.1 400 Bad Request\r\n\r\n"] and closed.closed
+    assert aborted.sent == [] and aborted.aborted
+
+
+def test_writes_to_a_closing_connection_are_dropped_and_the_rest_is_the_transport_s() -> None:
+    async def main() -> tuple[_Transport, Any]:
+        inner = _Transport()
+        outer = _Coalesced(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        outer.write(b"late")
+        inner.closed = True  # the client went away before the end of the turn
+        await _turn()
+        return inner, outer.get_extra_info("sockname")
+
+    inner, sockname = asyncio.run(main())
+    assert inner.sent == []
+    assert sockname == ("127.0.0.1", 8000)

@@ -49,8 +49,9 @@ class Commits:
             None when there is no store (records are then only awaited).
         flush_soon: asks for a callback, on the store writer's thread, once every record
             so far is committed (`Pipeline.flush_soon`); False when the sink cannot, and
-            `flush` is used. The writer then wakes the committer directly: one hand-off
-            between threads where a worker thread blocking in `flush` costs three.
+            `flush` is used. Each request then asks the writer itself and is woken by it:
+            one hand-off between threads where a worker thread blocking in `flush` costs
+            three, and no wait for a round trip through the event loop between commits.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Commits:
     ) -> None:
         self._flush = flush
         self._flush_soon = flush_soon
+        self._soon: Callable[[Callable[[], object]], None] | None = None
         self._recorded: dict[str, Recorded] = {}
         self._waiting: list[_Ticket] = []
         self._wake = anyio.Event()
@@ -96,44 +98,46 @@ class Commits:
         if self._flush is None:
             return
         ticket = _Ticket()
-        self._waiting.append(ticket)
-        self._wake.set()
+        if not self._ask_writer(ticket):
+            self._waiting.append(ticket)  # for the committer task's next flush
+            self._wake.set()
         await ticket.done.wait()
         if ticket.error is not None:
             raise ticket.error
 
+    def _ask_writer(self, ticket: _Ticket) -> bool:
+        """Have the store writer's thread settle `ticket` once its commit is done.
+
+        The writer commits whatever is queued in one transaction, so requests asking
+        together still share a commit; a request asking while a commit is under way is
+        in the writer's next one, which starts as soon as that ends.
+        """
+        if self._flush_soon is None:
+            return False
+        soon = self._soon
+        if soon is None:
+            soon = self._soon = soon_from_thread()
+
+        def done(error: StoreError | None) -> None:  # on the writer's thread
+            ticket.error = error
+            soon(ticket.done.set)
+
+        return self._flush_soon(done)
+
     async def run(self) -> None:
-        """The committer task: one flush for every request that asked since the last."""
+        """The committer task, for sinks without `flush_soon`: one flush (in a worker
+        thread) for every request that asked since the last."""
         assert self._flush is not None
-        soon = soon_from_thread() if self._flush_soon is not None else None
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
             batch, self._waiting = self._waiting, []
+            error: StoreError | None = None
             with anyio.CancelScope(shield=True):  # a batch asked for is always finished
-                error = await self._flushed(soon)
+                try:
+                    await anyio.to_thread.run_sync(self._flush)
+                except StoreError as exc:
+                    error = exc
             for ticket in batch:
                 ticket.error = error
                 ticket.done.set()
-
-    async def _flushed(
-        self, soon: Callable[[Callable[[], object]], None] | None
-    ) -> StoreError | None:
-        """Flush, and return the error the flush reported (None when all is committed)."""
-        if soon is not None and self._flush_soon is not None:
-            committed = anyio.Event()
-            outcome: list[StoreError | None] = []
-
-            def done(error: StoreError | None) -> None:  # on the writer's thread
-                outcome.append(error)
-                soon(committed.set)
-
-            if self._flush_soon(done):
-                await committed.wait()
-                return outcome[0]
-        assert self._flush is not None
-        try:
-            await anyio.to_thread.run_sync(self._flush)
-        except StoreError as exc:
-            return exc
-        return None

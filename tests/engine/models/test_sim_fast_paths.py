@@ -88,10 +88,11 @@ def test_each_stream_is_seeded_from_the_hash_of_its_whole_identity(
     call = _call(text, task=task, attempt=attempt)
     prompt = "\n".join(f"{m.get('role')}:{m.get('content')}" for m in call.messages)
     base = (7, 3, "r1", "n", 1, attempt, "small", task, hashlib.sha256(prompt.encode()).hexdigest())
-    for salt, rng in zip(("fault", "latency", "content"), sim._rngs(call), strict=True):
+    identity = sim._identity(call)
+    for salt in ("fault", "latency", "content"):
         digest = hashlib.blake2b(repr((*base, salt)).encode(), digest_size=8).digest()
         expected = random.Random(int.from_bytes(digest, "big"))
-        assert rng.random() == expected.random()
+        assert sim._stream(identity, salt).random() == expected.random()
 
 
 def test_the_request_is_found_again_in_later_calls() -> None:
@@ -111,9 +112,11 @@ async def test_writing_the_answer_is_part_of_the_latency(monkeypatch: pytest.Mon
     spec = ModelSpec(provider="sim", profile="large", time_scale=1.0)
     plain = SimProvider._content
 
-    def slow_content(self: SimProvider, call: ProviderRequest, rng: random.Random) -> str:
+    def slow_content(
+        self: SimProvider, call: ProviderRequest, rng: random.Random, messages_text: str
+    ) -> str:
         _CLOCK.jump(0.2)  # 200 ms spent writing the answer
-        return plain(self, call, rng)
+        return plain(self, call, rng, messages_text)
 
     monkeypatch.setattr(SimProvider, "_content", slow_content)
     start = anyio.current_time()

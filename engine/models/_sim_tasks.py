@@ -56,6 +56,7 @@ _BROKEN_MARK = re.compile(
     r"(?:text to fix|broken json|invalid json|fix this json|json to fix)\s*:", re.IGNORECASE
 )
 _TEXT_TASKS = frozenset({"answer", "draft", "revise"})
+_NUMBER = (int, float)
 
 
 @dataclass(slots=True)
@@ -412,7 +413,7 @@ def _verify(call: SimCall) -> SimAnswer:
 def _wrong_value(value: Any, rng: random.Random) -> Any:
     if isinstance(value, bool):
         return not value
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         return value + rng.choice((1, -1, 10, 100)) * (1 if isinstance(value, int) else 1.5)
     if isinstance(value, str):
         return value[::-1] if len(value) > 1 and value[::-1] != value else f"{value} (unverified)"

@@ -478,7 +478,7 @@ def lenient_json(text: str) -> Any:
         cleaned = re.sub(r",\s*([}\]])", r"\1", candidate)
         try:
             return json.loads(cleaned)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested deeper than json can follow
             continue
     return None
 

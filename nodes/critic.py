@@ -40,6 +40,7 @@ PRINCIPLES_REUSED = "PRINCIPLES_REUSED"
 
 Action = Literal["proceed", "revise", "refuse"]
 _SEVERITY: dict[str, int] = {"proceed": 0, "revise": 1, "refuse": 2}
+_NUMBER = (int, float)
 
 RISK_SCHEMA = object_schema(
     {
@@ -293,7 +294,7 @@ def _risk_policy(
 def _confidence(value: dict[str, Any], score: float) -> float:
     """The stated confidence, else how far `score` (a probability) is from even odds."""
     stated = value.get("confidence")
-    if isinstance(stated, int | float) and not isinstance(stated, bool):
+    if isinstance(stated, _NUMBER) and not isinstance(stated, bool):
         return min(1.0, max(0.0, float(stated)))
     return max(score, 1.0 - score)
 

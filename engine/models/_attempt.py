@@ -22,9 +22,13 @@ _OVERRUN_TOLERANCE = 1e-9
 """Relative slack for float rounding before a charge counts as past its reservation."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
-    """One model call, as a node asked for it (the chat already normalised)."""
+    """One model call, as a node asked for it (the chat already normalised).
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every call), but treated as immutable.
+    """
 
     messages: Sequence[Mapping[str, str]]
     schema: Mapping[str, Any] | None
@@ -117,4 +121,6 @@ def _text(value: object) -> str:
     """`value` as text that can be encoded: JSON input may carry lone surrogates
     (`"\\ud800"`), which no provider, hash or store accepts; they become U+FFFD."""
     text = str(value)
+    if text.isascii():  # no surrogate to replace (and `isascii` reads a flag)
+        return text
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -16,6 +16,8 @@ from typing import Any
 __all__ = ["fill_schema", "fits_schema"]
 
 _MAX_DEPTH = 8
+_NUMBER = (int, float)
+_SCALAR = (str, int, float)
 _WORDS = (
     "alpha", "beta", "delta", "sample", "value", "item", "north", "river",
     "green", "summary", "result", "record", "orange", "signal", "harbor", "nova",
@@ -42,6 +44,8 @@ def fits_schema(
 
 
 def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "$ref" not in schema and "allOf" not in schema:
+        return schema
     seen = 0
     while "$ref" in schema and seen < _MAX_DEPTH:
         ref = str(schema["$ref"])
@@ -81,7 +85,13 @@ def _types(schema: Mapping[str, Any]) -> list[str]:
 def _fits(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], depth: int) -> bool:
     if depth > _MAX_DEPTH:
         return True
-    schema = _resolve(schema, root)
+    return _fits_resolved(value, _resolve(schema, root), root, depth)
+
+
+def _fits_resolved(
+    value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], depth: int
+) -> bool:
+    """`_fits` of a schema `_resolve` has already resolved."""
     if "const" in schema:
         return bool(value == schema["const"])
     if "enum" in schema:
@@ -90,6 +100,8 @@ def _fits(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], depth:
         if key in schema:
             return any(_fits(value, s, root, depth + 1) for s in schema[key])
     kinds = _types(schema)
+    if len(kinds) == 1:  # the usual case: no generator to set up
+        return _fits_type(value, kinds[0], schema, root, depth)
     return not kinds or any(_fits_type(value, k, schema, root, depth) for k in kinds)
 
 
@@ -101,7 +113,7 @@ def _fits_type(
     if kind == "boolean":
         return isinstance(value, bool)
     if kind in ("integer", "number"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, _NUMBER):
             return False
         if kind == "integer" and not float(value).is_integer():
             return False
@@ -163,11 +175,7 @@ class _Filler:
 
     def value(self, schema: Mapping[str, Any], hint: Any, depth: int) -> Any:
         schema = _resolve(schema, self.root)
-        if (
-            hint is not None
-            and not isinstance(hint, Mapping)
-            and _fits(hint, schema, self.root, depth)
-        ):
+        if hint is not None and not isinstance(hint, Mapping) and self._fits(hint, schema, depth):
             return hint
         if "const" in schema:
             return schema["const"]
@@ -181,6 +189,13 @@ class _Filler:
         if depth >= _MAX_DEPTH and kind in ("object", "array"):
             return {} if kind == "object" else []
         return self._typed(kind, schema, hint, depth)
+
+    def _fits(self, hint: Any, schema: Mapping[str, Any], depth: int) -> bool:
+        """`_fits(hint, schema)` of a resolved schema, resolved again only where a chain of
+        references longer than `_MAX_DEPTH` left one to follow."""
+        if depth > _MAX_DEPTH or "$ref" in schema:
+            return _fits(hint, schema, self.root, depth)
+        return _fits_resolved(hint, schema, self.root, depth)
 
     def _alternative(self, options: list[Any], hint: Any, depth: int) -> Any:
         resolved = [_resolve(o, self.root) for o in options]
@@ -229,7 +244,7 @@ class _Filler:
     def _number(self, kind: str, schema: Mapping[str, Any], hint: Any) -> float | int:
         lo = float(schema.get("minimum", schema.get("exclusiveMinimum", 0)))
         hi = float(schema.get("maximum", schema.get("exclusiveMaximum", lo + 100)))
-        if isinstance(hint, int | float) and not isinstance(hint, bool):
+        if isinstance(hint, _NUMBER) and not isinstance(hint, bool):
             x = min(max(float(hint), lo), hi)
         else:
             x = self.rng.uniform(lo, hi)
@@ -259,7 +274,7 @@ class _Filler:
             text = "-".join(
                 "".join(rng.choice("0123456789abcdef") for _ in range(n)) for n in (8, 4, 4, 4, 12)
             )
-        elif isinstance(hint, str | int | float) and not isinstance(hint, bool):
+        elif isinstance(hint, _SCALAR) and not isinstance(hint, bool):
             text = str(hint)
         else:
             text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))

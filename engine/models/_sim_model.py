@@ -219,7 +219,14 @@ def _latents(identity: str, topic: str, difficulty: float, seed: int) -> Latents
 
 
 def _own_slip(lat: Latents, profile: str) -> float:
-    return _NORMAL.inv_cdf(_unit("own-slip", lat.key, profile))
+    return _slip(lat.key, profile)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slip(key: str, profile: str) -> float:
+    """A profile's own slip on the request of latents `key`: the calls of one profile on
+    one request ask for the same one, so those of the latest requests are kept."""
+    return _NORMAL.inv_cdf(_unit("own-slip", key, profile))
 
 
 def _shared_logit(capability: float, lat: Latents) -> float:

@@ -16,6 +16,7 @@ answer's text and the workload's expected value.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import operator
 import random
@@ -143,8 +144,12 @@ def first_json(text: str) -> Any:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def solve(text: str) -> Solution | None:
-    """The solution of the request `text`, or None when it is not a checkable kind."""
+    """The solution of the request `text`, or None when it is not a checkable kind.
+
+    Every call of a request reads the same text: the latest texts' solutions are kept
+    (a `Solution` never changes)."""
     for reader in (_code, _extraction, _classification, _context, _convert, _percent, _arith):
         found = reader(text)
         if found is not None:

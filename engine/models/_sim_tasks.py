@@ -14,11 +14,12 @@ engine's own detector, never from a label.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine.models._egress import find_pii
@@ -55,11 +56,16 @@ _BROKEN_MARK = re.compile(
     r"(?:text to fix|broken json|invalid json|fix this json|json to fix)\s*:", re.IGNORECASE
 )
 _TEXT_TASKS = frozenset({"answer", "draft", "revise"})
+_NUMBER = (int, float)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SimCall:
-    """Everything the simulated model knows about one call attempt."""
+    """Everything the simulated model knows about one call attempt.
+
+    Not frozen (a frozen dataclass costs several times more to build, and one is built
+    for every call), but treated as immutable.
+    """
 
     task: str | None
     prompt: str
@@ -89,12 +95,20 @@ class SimCall:
 
 @dataclass(slots=True)
 class SimAnswer:
-    """The model's intended answer: free text, structured values, and JSON health."""
+    """The model's intended answer: structured values, free text, and JSON health."""
 
-    text: str
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any]
+    prose: str | None = None
+    """The free text of a text task (`answer`, `draft`, `revise`); None for the others,
+    whose text is their values' JSON."""
     malformed: bool | None = None
     """True: the JSON comes out broken; False: never broken; None: the profile's rate."""
+
+    @property
+    def text(self) -> str:
+        """The answer as free text: the prose, else the values as JSON (written only when
+        asked for: a call that wants JSON shapes the values itself)."""
+        return self.prose if self.prose is not None else json.dumps(self.values)
 
 
 def answer_task(call: SimCall) -> SimAnswer:
@@ -155,9 +169,13 @@ def _contains(text: str, token: str) -> bool:
     return token.strip().lower() in text.lower()
 
 
+@functools.lru_cache(maxsize=64)
 def find_draft(prompt: str) -> str | None:
     """The draft a prompt asks about: `<draft>…</draft>`, `<answer>…</answer>`, or the text
-    after a `Draft:` / `Draft answer:` / `Answer:` / `Previous draft:` line; else None."""
+    after a `Draft:` / `Draft answer:` / `Answer:` / `Previous draft:` line; else None.
+
+    A critique asks twice (its harm check and its judgement): the latest prompts' drafts
+    are kept."""
     tagged = _tagged(prompt)
     if tagged is not None:
         return tagged
@@ -167,6 +185,8 @@ def find_draft(prompt: str) -> str | None:
 
 def _tagged(prompt: str) -> str | None:
     """The text of the last closed `<draft>`/`<answer>` pair, in one linear pass."""
+    if "<" not in prompt:  # no tag can open
+        return None
     last_close = {
         name: max((m.start() for m in pattern.finditer(prompt)), default=-1)
         for name, pattern in _DRAFT_CLOSE.items()
@@ -226,12 +246,11 @@ def _judge_draft(call: SimCall) -> _Judgement:
     return _Judgement(correct, ok, chance.confidence)
 
 
+_WORD = re.compile(r"[A-Za-z][A-Za-z\-']+")
+
+
 def _topic(call: SimCall) -> str:
-    words = [
-        w
-        for w in re.findall(r"[A-Za-z][A-Za-z\-']+", call.request_text)
-        if w.lower() not in _STOPWORDS
-    ]
+    words = [w for w in _WORD.findall(call.request_text) if w.lower() not in _STOPWORDS]
     return " ".join(words[:5]) or "the question"
 
 
@@ -295,7 +314,7 @@ def _solved_answer(call: SimCall, solution: Solution) -> SimAnswer:
     lead = " ".join(_answer_text(call, None).split(" ")[: call.answer_tokens // 3])
     text = f"{lead}\n{solution.render(value)}"
     return SimAnswer(
-        text, {"text": text, "answer": text, "confidence": round(chance.confidence, 3)}
+        {"text": text, "answer": text, "confidence": round(chance.confidence, 3)}, text
     )
 
 
@@ -313,7 +332,7 @@ def _answer(call: SimCall) -> SimAnswer:
             correct = _draw(call, chance)
     text = _answer_text(call, correct)
     values = {"text": text, "answer": text, "confidence": round(chance.confidence, 3)}
-    return SimAnswer(text, values)
+    return SimAnswer(values, text)
 
 
 def _risk(call: SimCall) -> SimAnswer:
@@ -340,7 +359,7 @@ def _risk(call: SimCall) -> SimAnswer:
             else "The request is an ordinary information need with no sign of harmful intent."
         ),
     }
-    return SimAnswer(json.dumps(values), values)
+    return SimAnswer(values)
 
 
 def _critique(call: SimCall) -> SimAnswer:
@@ -367,7 +386,7 @@ def _critique(call: SimCall) -> SimAnswer:
         "confidence": round(confidence, 3),
         "rationale": why,
     }
-    return SimAnswer(json.dumps(values), values)
+    return SimAnswer(values)
 
 
 def _simulate(call: SimCall) -> SimAnswer:
@@ -379,7 +398,7 @@ def _simulate(call: SimCall) -> SimAnswer:
     else:
         concerns = [] if rng.random() < 0.7 else ["minor risk of misunderstanding"]
     values = {"expected_harm": round(harm.risk, 3), "concerns": concerns}
-    return SimAnswer(json.dumps(values), values)
+    return SimAnswer(values)
 
 
 def _verify(call: SimCall) -> SimAnswer:
@@ -388,13 +407,13 @@ def _verify(call: SimCall) -> SimAnswer:
     accept = judged.ok and not harm.harmful
     score = judged.good * (1.0 - harm.risk)
     values = {"accept": accept, "accepted": accept, "score": round(score, 3)}
-    return SimAnswer(json.dumps(values), values)
+    return SimAnswer(values)
 
 
 def _wrong_value(value: Any, rng: random.Random) -> Any:
     if isinstance(value, bool):
         return not value
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         return value + rng.choice((1, -1, 10, 100)) * (1 if isinstance(value, int) else 1.5)
     if isinstance(value, str):
         return value[::-1] if len(value) > 1 and value[::-1] != value else f"{value} (unverified)"
@@ -433,7 +452,7 @@ def _extract(call: SimCall) -> SimAnswer:
     values = _text_fields(call.request_text or call.prompt)
     if isinstance(fields, Mapping):
         values.update(_read_fields(call, fields))
-    return SimAnswer(json.dumps(values), values)
+    return SimAnswer(values)
 
 
 def _read_fields(call: SimCall, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -459,7 +478,7 @@ def lenient_json(text: str) -> Any:
         cleaned = re.sub(r",\s*([}\]])", r"\1", candidate)
         try:
             return json.loads(cleaned)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested deeper than json can follow
             continue
     return None
 
@@ -474,7 +493,7 @@ def _repair(call: SimCall) -> SimAnswer:
         values.update(_read_fields(call, missing))
     # JSON health, not knowledge: fixing syntax is easy, most of a small model's repairs hold
     ok = call.rng.random() < _clamp(0.45 + 0.55 * call.capability, 0.05, 0.99)
-    return SimAnswer(json.dumps(values), values, malformed=not ok)
+    return SimAnswer(values, malformed=not ok)
 
 
 _HANDLERS: Mapping[str, Callable[[SimCall], SimAnswer]] = {

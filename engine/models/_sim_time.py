@@ -25,6 +25,7 @@ provider and `moat sim-server` compute the same latency for the same call and st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -59,13 +60,24 @@ SLOW_MINUTE = (1.5, 3.0)
 _NORMAL = NormalDist()
 
 
-def _unit(*parts: object) -> float:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+def _unit(what: str, seed: str, *parts: object) -> float:
+    """A deterministic draw in (0, 1) from the text of the tuple `(what, seed, *parts)`,
+    `seed` given as its repr."""
+    text = ", ".join([repr(what), seed, *map(repr, parts)])
+    digest = hashlib.blake2b(f"({text})".encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
 
 
 def request_slowness(seed: object, request_id: str) -> float:
     """The factor every call of one request shares (see the module docstring)."""
+    return _request_slowness(repr(seed), request_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_slowness(seed: str, request_id: str) -> float:
+    """`request_slowness` by the repr of the seed (a seed equal to another of another
+    type, `1.0` and `1`, is another seed): every call of a request asks for the same
+    one, so those of the latest requests are kept."""
     factor = math.exp(REQUEST_SIGMA * _NORMAL.inv_cdf(_unit("request-slow", seed, request_id)))
     if _unit("request-tail", seed, request_id) < REQUEST_TAIL_RATE:
         lo, hi = REQUEST_TAIL
@@ -75,7 +87,13 @@ def request_slowness(seed: object, request_id: str) -> float:
 
 def minute_slowness(seed: object, profile: str, clock_s: float) -> float:
     """The factor every call to `profile` started in the clock's current minute shares."""
-    minute = math.floor(clock_s / 60.0)
+    return _minute_slowness(repr(seed), profile, math.floor(clock_s / 60.0))
+
+
+@functools.lru_cache(maxsize=256)
+def _minute_slowness(seed: str, profile: str, minute: int) -> float:
+    """`minute_slowness` by the repr of the seed and the minute: every call started in a
+    minute asks for the same one."""
     if _unit("slow-minute", seed, profile, minute) >= SLOW_MINUTE_RATE:
         return 1.0
     lo, hi = SLOW_MINUTE

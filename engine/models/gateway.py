@@ -291,10 +291,11 @@ class Gateway:
             self._providers[name] = provider
         return provider
 
-    def _limiter(self, name: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    def _limiter(self, name: str) -> anyio.CapacityLimiter | None:
+        """The model's concurrency limit (None: unlimited, nothing to enter)."""
         spec = self._specs[name]
         if spec.max_concurrency is None:
-            return contextlib.nullcontext()
+            return None
         limiter = self._limiters.get(name)
         if limiter is None:
             limiter = self._limiters[name] = anyio.CapacityLimiter(spec.max_concurrency)
@@ -357,7 +358,10 @@ class Gateway:
 
     async def _call(self, name: str, scope: CallScope, call: Call) -> Completion:
         spec = self._specs[name]
-        messages = await self._egress(name, scope, call.messages)
+        if self._is_remote(name):
+            messages = await self._egress(name, scope, call.messages)
+        else:  # nothing to redact: a local model's chat is sent as it is
+            messages = [dict(m) for m in call.messages]
         prompt_text = chat_text(messages)
         input_tokens = self._input_bound(name, call, messages)
         limit = call.max_tokens if call.max_tokens is not None else self.default_max_tokens
@@ -404,11 +408,7 @@ class Gateway:
             breaker.on_abandon()
             raise
         try:
-            async with self._limiter(name):
-                record.clock = anyio.current_time()
-                response = await self._call_provider(
-                    name, scope, call, messages, attempt, record.output_limit
-                )
+            response = await self._call_provider(name, scope, call, messages, attempt, record)
         except anyio.get_cancelled_exc_class():
             record.status = "cancelled"
             if record.clock is not None:  # sent: the provider may bill it all the same
@@ -446,6 +446,25 @@ class Gateway:
             self._record(name, scope, record)
 
     async def _call_provider(
+        self,
+        name: str,
+        scope: CallScope,
+        call: Call,
+        messages: Sequence[Mapping[str, str]],
+        attempt: int,
+        record: Attempt,
+    ) -> ProviderResponse:
+        """Send the attempt (`record.clock` marks it sent), under the model's concurrency
+        limit when it has one."""
+        limiter = self._limiter(name)
+        if limiter is None:
+            record.clock = anyio.current_time()
+            return await self._send(name, scope, call, messages, attempt, record.output_limit)
+        async with limiter:
+            record.clock = anyio.current_time()
+            return await self._send(name, scope, call, messages, attempt, record.output_limit)
+
+    async def _send(
         self,
         name: str,
         scope: CallScope,
@@ -533,10 +552,12 @@ class Gateway:
         self, name: str, scope: CallScope, call: Call, record: Attempt, response: ProviderResponse
     ) -> Completion:
         assert record.clock is not None, "a completed call has started"
-        measured = (anyio.current_time() - record.clock) * 1000
+        if response.latency_ms is not None:
+            record.latency_ms = response.latency_ms
+        else:
+            record.latency_ms = (anyio.current_time() - record.clock) * 1000
         record.status, record.response = "ok", response
         self._charge_answer(name, scope, record, response)
-        record.latency_ms = response.latency_ms if response.latency_ms is not None else measured
         self._breaker_success(name, scope, self.breakers[name])
         parsed: Any = None
         if call.schema is not None or call.json_mode:
@@ -627,9 +648,8 @@ class Gateway:
     async def _egress(
         self, name: str, scope: CallScope, messages: Sequence[Mapping[str, str]]
     ) -> list[dict[str, str]]:
+        """The chat bound for remote model `name`, redacted (or blocked) as the policy asks."""
         chat = [dict(m) for m in messages]
-        if not self._is_remote(name):
-            return chat
         chat, found, blocked = await egress_off_loop(chat, scope.policy)
         if blocked:
             self._block_egress(name, scope, chat, found)

@@ -223,7 +223,14 @@ class SimProvider:
     async def aclose(self) -> None:
         """Nothing to release."""
 
-    def _rngs(self, call: ProviderRequest) -> tuple[random.Random, random.Random, random.Random]:
+    def _identity(self, call: ProviderRequest) -> str:
+        """What seeds the call's generators: `repr(base)` without its closing parenthesis.
+
+        Separate streams (`_stream`) so that, e.g., enabling faults does not reshuffle the
+        answers. Each seed is `_seed_of(repr((*base, salt)))`; the text of `base` is written
+        once for all of them (the repr of a tuple is its items' reprs, comma-separated, in
+        parentheses).
+        """
         prompt = "\n".join(f"{m.get('role')}:{m.get('content')}" for m in call.messages)
         base = (
             self.spec.seed,
@@ -236,15 +243,12 @@ class SimProvider:
             call.task,
             hashlib.sha256(prompt.encode()).hexdigest(),
         )
-        # Separate streams so that, e.g., enabling faults does not reshuffle the answers.
-        # Each seed is `_seed_of(repr((*base, salt)))`; the text of `base` is written once for all
-        # three (the repr of a tuple is its items' reprs, comma-separated, in parentheses).
-        head = repr(base)[:-1] + ", "
-        return (
-            random.Random(_seed_of(head + "'fault')")),
-            random.Random(_seed_of(head + "'latency')")),
-            random.Random(_seed_of(head + "'content')")),
-        )
+        return repr(base)[:-1] + ", "
+
+    @staticmethod
+    def _stream(identity: str, salt: str) -> random.Random:
+        """The call's generator for one purpose (`fault`, `latency` or `content`)."""
+        return random.Random(_seed_of(f"{identity}{salt!r})"))
 
     def latency_ms(
         self, call: ProviderRequest, input_tokens: int, output_tokens: int, rng: random.Random
@@ -253,11 +257,13 @@ class SimProvider:
         now (`engine.models._sim_time`)."""
         p = self.profile
         seed = (self.spec.seed, call.request.seed)
-        now = anyio.current_time()
-        if self._origin is None:
-            self._origin = now
         scale = self.spec.time_scale
-        clock_s = (now - self._origin) / scale if scale > 0 else 0.0
+        clock_s = 0.0  # no simulated time passes when the models answer at once
+        if scale > 0:
+            now = anyio.current_time()
+            if self._origin is None:
+                self._origin = now
+            clock_s = (now - self._origin) / scale
         shared = request_slowness(seed, call.request.id) * minute_slowness(seed, p.name, clock_s)
         return call_latency_ms(
             ttft_ms=p.ttft_ms,
@@ -282,24 +288,29 @@ class SimProvider:
             TransientError: an injected `error` fault.
             ProviderTimeout: an injected `timeout` fault, after hanging.
         """
-        fault_rng, latency_rng, content_rng = self._rngs(call)
-        await self._maybe_fault(fault_rng)
-        begun = anyio.current_time()
-        text = self._content(call, content_rng)
+        identity = self._identity(call)
+        if self.spec.faults is not None:  # without faults, the fault stream is never read
+            await self._maybe_fault(self._stream(identity, "fault"))
+        scale = self.spec.time_scale
+        begun = anyio.current_time() if scale > 0 else 0.0
+        messages_text = "\n".join(m.get("content", "") for m in call.messages)
+        text = self._content(call, self._stream(identity, "content"), messages_text)
         truncated = call.max_tokens is not None and estimate_tokens(text) > call.max_tokens
         if truncated:
             text = text[: (call.max_tokens or 0) * 4]
-        input_tokens = estimate_tokens("\n".join(m.get("content", "") for m in call.messages))
+        input_tokens = estimate_tokens(messages_text)
         output_tokens = estimate_tokens(text)
+        latency_rng = self._stream(identity, "latency")
         latency, first = self.latency_ms(call, input_tokens, output_tokens, latency_rng)
-        scale = self.spec.time_scale
         # A remote model writes its answer within its latency: the time taken here to
         # write the simulated one is part of the latency, not added to it (it would show
         # as the engine's overhead between calls). Under a mock clock none has passed.
-        delay = latency / 1000 * scale
-        spent = anyio.current_time() - begun
-        if spent > 0:
-            delay = max(0.0, delay - spent)
+        delay = 0.0
+        if scale > 0:
+            delay = latency / 1000 * scale
+            spent = anyio.current_time() - begun
+            if spent > 0:
+                delay = max(0.0, delay - spent)
         try:
             await anyio.sleep(delay)
         except anyio.get_cancelled_exc_class():
@@ -340,8 +351,7 @@ class SimProvider:
             await anyio.sleep(TIMEOUT_HANG_S * scale)
             raise ProviderTimeout(f"sim: simulated timeout after {TIMEOUT_HANG_S:g} s")
 
-    def _content(self, call: ProviderRequest, rng: random.Random) -> str:
-        messages_text = "\n".join(m.get("content", "") for m in call.messages)
+    def _content(self, call: ProviderRequest, rng: random.Random, messages_text: str) -> str:
         answer = answer_task(
             SimCall(
                 task=call.task,

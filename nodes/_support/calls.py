@@ -17,6 +17,7 @@ from engine import Completion, NodeContext
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["JsonReply", "ask_json", "clamp01", "object_schema"]
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,6 @@ def object_schema(properties: Mapping[str, Any], required: list[str]) -> dict[st
 
 def clamp01(value: Any, default: float) -> float:
     """`value` as a float in [0, 1], or `default` when it is not a number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
         return default
     return min(1.0, max(0.0, float(value)))

@@ -21,7 +21,7 @@ import operator
 import re
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "HashingEmbedder",
     "QVector",
     "cosine",
+    "cosines",
     "get_embedder",
     "qcosine",
     "quantize",
@@ -93,10 +94,20 @@ class HashingEmbedder:
 
     def embed_one(self, text: str) -> list[float]:
         """The L2-normalised vector of one text (all zeros for text without words)."""
+        return self.embed_sparse(text)[0]
+
+    def embed_sparse(self, text: str) -> tuple[list[float], list[int]]:
+        """`embed_one(text)` and the positions of its non-zero values, in order.
+
+        A sentence touches a fraction of the buckets: the norm and the scaling read only
+        those (the zeros add nothing to the sum of squares and stay zeros when scaled), so
+        the vector is the very one the dense computation gives.
+        """
         vec = [0.0] * self.dims
         toks = words(text)
+        cache = self._cache
         for tok in toks:
-            feats = self._cache.get(tok)
+            feats = cache.get(tok)
             if feats is None:
                 feats = self._token_features(tok)
             for i, w in feats:
@@ -105,11 +116,15 @@ class HashingEmbedder:
         for a, b in itertools.pairwise(toks):
             h = zlib.crc32(f"b:{a} {b}".encode())
             vec[h % self.dims] += w_bigram if (h >> 20) & 1 else -w_bigram
-        norm = math.sqrt(sum(v * v for v in vec))
+        nonzero = list(itertools.compress(range(self.dims), vec))
+        values = [vec[i] for i in nonzero]
+        norm = math.sqrt(sum(map(operator.mul, values, values)))
         if norm == 0.0:
-            return vec
+            return vec, nonzero
         inv = 1.0 / norm
-        return [v * inv for v in vec]
+        for i, v in zip(nonzero, values, strict=True):
+            vec[i] = v * inv
+        return vec, nonzero
 
     def _token_features(self, tok: str) -> _Features:
         """A word's own and character-trigram buckets with signed weights (cached)."""
@@ -137,17 +152,35 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return float(sum(map(operator.mul, a, b)))
 
 
+def cosines(
+    query: Sequence[float], nonzero: Sequence[int], vectors: Iterable[Sequence[float]]
+) -> list[float]:
+    """`cosine(query, v)` for each of `vectors`, reading only the query's `nonzero`
+    positions (all of them, in order): the products left out are zeros, which change
+    no sum, so each value is the very float `cosine` gives."""
+    if len(nonzero) < 2:  # `itemgetter` of one position gives a value, not a tuple
+        return [cosine(query, v) for v in vectors]
+    pick = operator.itemgetter(*nonzero)
+    q = pick(query)
+    return [float(sum(map(operator.mul, q, pick(v)))) for v in vectors]
+
+
 QVector = tuple["array[int]", float]
 """An int8-quantised vector and its scale: 4x smaller than floats, same ranking."""
 
 
 def quantize(vec: Sequence[float]) -> QVector:
     """Quantise a vector to int8 with one scale factor (for large in-memory indexes)."""
-    peak = max((abs(v) for v in vec), default=0.0)
-    if peak == 0.0:
-        return array("b", bytes(len(vec))), 0.0
+    nonzero = list(itertools.compress(range(len(vec)), vec))
+    out = array("b", bytes(len(vec)))
+    if not nonzero:  # the zeros round to zeros: only the others are worked out
+        return out, 0.0
+    values = [vec[i] for i in nonzero]
+    peak = max(map(abs, values))
     factor = 127.0 / peak
-    return array("b", [round(v * factor) for v in vec]), peak / 127.0
+    for i, v in zip(nonzero, values, strict=True):
+        out[i] = round(v * factor)
+    return out, peak / 127.0
 
 
 def qcosine(a: QVector, b: QVector) -> float:

@@ -55,7 +55,7 @@ def parse_lenient(text: str) -> Parsed:
     if not stripped:
         raise JsonFixError("the text is empty")
     try:
-        return Parsed(json.loads(stripped))
+        return Parsed(_loads(stripped))
     except ValueError:
         pass
     fixes: list[str] = []
@@ -64,7 +64,7 @@ def parse_lenient(text: str) -> Parsed:
         stripped = fenced.group(1).strip()
         fixes.append("code_fence")
         try:
-            return Parsed(json.loads(stripped), tuple(fixes))
+            return Parsed(_loads(stripped), tuple(fixes))
         except ValueError:
             pass
     start = min((i for i in (stripped.find("{"), stripped.find("[")) if i >= 0), default=-1)
@@ -77,10 +77,19 @@ def parse_lenient(text: str) -> Parsed:
     if stripped[end:].strip():
         fixes.append("trailing_prose")
     try:
-        return Parsed(json.loads(normalised), tuple(dict.fromkeys(fixes)))
+        return Parsed(_loads(normalised), tuple(dict.fromkeys(fixes)))
     except ValueError:
         pass
     return _python_literal(stripped[start:end], fixes)
+
+
+def _loads(text: str) -> Any:
+    """`json.loads`, with nesting deeper than the decoder's recursion can follow (hostile
+    `[[[[...` output) raised as unreadable rather than as a `RecursionError`."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise JsonFixError("nested too deeply") from exc
 
 
 def _python_literal(candidate: str, fixes: list[str]) -> Parsed:

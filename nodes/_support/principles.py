@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from nodes._support.embed import HashingEmbedder, cosine
+from nodes._support.embed import HashingEmbedder, cosines
 
 __all__ = ["DEFAULT_PRINCIPLES", "Principle", "PrincipleIndex", "load_principles", "source_key"]
 
@@ -129,10 +129,13 @@ class PrincipleIndex:
 
     def relevant(self, query: str, k: int) -> list[tuple[Principle, float]]:
         """Core principles plus the `k` most similar others, best first."""
-        q = self._embedder.embed_one(query)
-        scored = [(p, cosine(q, v)) for p, v in zip(self.principles, self._vectors, strict=True)]
+        q, nonzero = self._embedder.embed_sparse(query)
+        scores = cosines(q, nonzero, self._vectors)
         lowered = query.lower()
-        boosted = [(p, s + (0.2 if any(t in lowered for t in p.tags) else 0.0)) for p, s in scored]
+        boosted = [
+            (p, s + (0.2 if any(t in lowered for t in p.tags) else 0.0))
+            for p, s in zip(self.principles, scores, strict=True)
+        ]
         core = [(p, s) for p, s in boosted if p.core]
         others = sorted((x for x in boosted if not x[0].core), key=lambda x: -x[1])
         return core + others[:k]

@@ -311,14 +311,14 @@ def test_the_word_feature_cache_is_bounded_and_never_changes_a_vector() -> None:
 
 
 def test_the_minhash_token_cache_is_bounded_and_never_changes_a_signature() -> None:
-    from nodes._support.lsh import TOKEN_CACHE_SIZE, MinHashIndex, _token_digest
+    from nodes._support.lsh import TOKEN_CACHE_SIZE, MinHashIndex, _token_lanes
 
     index = MinHashIndex()
     tokens = ["reset", "password", "team", "{num}"]
     before = index.signature(tokens)
     for i in range(TOKEN_CACHE_SIZE + 500):
         index.signature([f"t{i}", "reset"])
-    assert _token_digest.cache_info().currsize <= TOKEN_CACHE_SIZE
+    assert _token_lanes.cache_info().currsize <= TOKEN_CACHE_SIZE
     assert index.signature(tokens) == before
 
 

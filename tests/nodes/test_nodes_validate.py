@@ -67,6 +67,15 @@ def test_lenient_parser_refuses_text_without_json() -> None:
         parse_lenient("   ")
 
 
+@pytest.mark.parametrize(
+    "text", ["[" * 60_000, '{"a": ' * 60_000, "```json\n" + "[" * 60_000 + "\n```"]
+)
+def test_lenient_parser_refuses_nesting_too_deep_to_decode(text: str) -> None:
+    # deeper than the decoder's recursion: unreadable, never a RecursionError
+    with pytest.raises(JsonFixError):
+        parse_lenient(text)
+
+
 async def test_valid_text_passes_without_model_calls() -> None:
     rt = FakeRuntime()
     out = await run_node(ValidateNode(), {"schema": SCHEMA, "text": json.dumps(GOOD)}, rt)

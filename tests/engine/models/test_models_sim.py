@@ -427,3 +427,9 @@ async def test_repair_salvages_the_values_of_the_broken_text() -> None:
     )
     answer = await _run(_spec("large", seed=3), _info(), prompt, task="repair", schema=schema)
     assert json.loads(answer.text) == {"total": 12.5}
+
+
+def test_a_repair_of_json_nested_too_deeply_to_decode_finds_nothing() -> None:
+    from engine.models._sim_tasks import lenient_json
+
+    assert lenient_json("Fix this JSON: " + "[" * 60_000) is None  # never a RecursionError

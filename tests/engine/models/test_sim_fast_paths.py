@@ -7,8 +7,10 @@ path here is compared with the straightforward computation it stands for.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
+from statistics import NormalDist
 from typing import Any
 
 import anyio
@@ -21,6 +23,17 @@ from engine.graph.spec import ModelSpec
 from engine.models import ProviderRequest, SimProvider
 from engine.models._sim_call import locate_request
 from engine.models._sim_model import STRONG_CUES, WEAK_CUES, harm_cue, latents
+from engine.models._sim_solve import solve
+from engine.models._sim_tasks import find_draft
+from engine.models._sim_time import (
+    REQUEST_SIGMA,
+    REQUEST_TAIL,
+    REQUEST_TAIL_RATE,
+    SLOW_MINUTE,
+    SLOW_MINUTE_RATE,
+    minute_slowness,
+    request_slowness,
+)
 from engine.plugin.context import RequestInfo
 
 _CUE_WORDS = [*STRONG_CUES, *WEAK_CUES, "bombastic", "skill", "gunther", "a", "the", "dose"]
@@ -88,10 +101,11 @@ def test_each_stream_is_seeded_from_the_hash_of_its_whole_identity(
     call = _call(text, task=task, attempt=attempt)
     prompt = "\n".join(f"{m.get('role')}:{m.get('content')}" for m in call.messages)
     base = (7, 3, "r1", "n", 1, attempt, "small", task, hashlib.sha256(prompt.encode()).hexdigest())
-    for salt, rng in zip(("fault", "latency", "content"), sim._rngs(call), strict=True):
+    identity = sim._identity(call)
+    for salt in ("fault", "latency", "content"):
         digest = hashlib.blake2b(repr((*base, salt)).encode(), digest_size=8).digest()
         expected = random.Random(int.from_bytes(digest, "big"))
-        assert rng.random() == expected.random()
+        assert sim._stream(identity, salt).random() == expected.random()
 
 
 def test_the_request_is_found_again_in_later_calls() -> None:
@@ -111,9 +125,11 @@ async def test_writing_the_answer_is_part_of_the_latency(monkeypatch: pytest.Mon
     spec = ModelSpec(provider="sim", profile="large", time_scale=1.0)
     plain = SimProvider._content
 
-    def slow_content(self: SimProvider, call: ProviderRequest, rng: random.Random) -> str:
+    def slow_content(
+        self: SimProvider, call: ProviderRequest, rng: random.Random, messages_text: str
+    ) -> str:
         _CLOCK.jump(0.2)  # 200 ms spent writing the answer
-        return plain(self, call, rng)
+        return plain(self, call, rng, messages_text)
 
     monkeypatch.setattr(SimProvider, "_content", slow_content)
     start = anyio.current_time()
@@ -121,3 +137,40 @@ async def test_writing_the_answer_is_part_of_the_latency(monkeypatch: pytest.Mon
     elapsed_ms = (anyio.current_time() - start) * 1000
     assert answer.latency_ms > 200
     assert elapsed_ms == pytest.approx(answer.latency_ms, abs=1e-3)  # not 200 ms more
+
+
+def _plain_unit(*parts: Any) -> float:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+
+
+_seeds = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from([1.0, True, "1"]),
+    st.tuples(st.integers(0, 3), st.one_of(st.integers(0, 3), st.just(1.0))),
+)
+
+
+@given(_seeds, st.text(max_size=8), st.floats(0, 10_000))
+def test_kept_slowness_is_the_slowness_computed(seed: Any, request_id: str, clock_s: float) -> None:
+    normal = NormalDist()
+    slow = math.exp(REQUEST_SIGMA * normal.inv_cdf(_plain_unit("request-slow", seed, request_id)))
+    if _plain_unit("request-tail", seed, request_id) < REQUEST_TAIL_RATE:
+        lo, hi = REQUEST_TAIL
+        slow *= lo + (hi - lo) * _plain_unit("request-tail-size", seed, request_id)
+    assert request_slowness(seed, request_id) == slow
+    minute = math.floor(clock_s / 60.0)
+    minute_factor = 1.0
+    if _plain_unit("slow-minute", seed, "small", minute) < SLOW_MINUTE_RATE:
+        lo, hi = SLOW_MINUTE
+        minute_factor = lo + (hi - lo) * _plain_unit("slow-minute-size", seed, "small", minute)
+    assert minute_slowness(seed, "small", clock_s) == minute_factor
+
+
+@given(st.lists(st.sampled_from(["<draft>", "</draft>", "Answer: 4", "\n", "x", "<", "Draft:"])))
+def test_kept_drafts_and_solutions_are_the_ones_computed(parts: list[str]) -> None:
+    prompt = "".join(parts)
+    assert find_draft(prompt) == find_draft.__wrapped__(prompt)
+    assert find_draft(prompt) == find_draft.__wrapped__(prompt)  # and again, from the kept one
+    question = f"What is 12 * 3 + 4? {prompt}"
+    assert solve(question) == solve.__wrapped__(question)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import gc
 import json
 import os
@@ -295,6 +296,59 @@ def _deep_size(root: object) -> int:
     return total
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _allocated_bytes() -> int | None:
+    """Bytes the process's objects hold in the allocators: Python's small-object blocks
+    plus glibc malloc's chunks in use (mapped ones included; SQLite's heap is in there).
+    None where glibc's `mallinfo2` is missing."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as out:
+        os.dup2(out.fileno(), 2)  # `_debugmallocstats` writes to the C stderr
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode()
+    found = re.search(r"# bytes in allocated blocks\s*=\s*([\d,]+)", text)
+    if found is None:
+        return None
+    info = mallinfo2()
+    return int(found.group(1).replace(",", "")) + int(info.uordblks) + int(info.hblkhd)
+
+
+def _drop(items: dict[str, Any], keys: list[str]) -> None:
+    """Let the shared objects under `keys` go (the caches: out of their byte budget, their
+    partitions emptied, so nothing else keeps their entries), then collect."""
+    for key in keys:
+        cache = items.pop(key)
+        tenants = getattr(cache, "_tenants", {})
+        budget = getattr(cache, "budget", None)
+        for part in tenants.values():
+            if budget is not None:
+                budget.forget(part)
+        tenants.clear()
+        getattr(cache, "_prepared", {}).clear()
+        del cache
+    gc.collect()
+
+
 async def _memory_child(n: int, db: Path, graph: Path) -> dict[str, Any]:
     start = time.process_time()
     async with Pipeline(graph, db=db) as pipe:
@@ -304,22 +358,42 @@ async def _memory_child(n: int, db: Path, graph: Path) -> dict[str, Any]:
         # cache), which would otherwise be counted as the batch's.
         max_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cpu_s = time.process_time() - start
+        writer = pipe._sink
         gc.collect()
         assert pipe._runner is not None
         items: dict[str, Any] = pipe._runner.shared._items
         shared_mib = {key: _deep_size(value) / 2**20 for key, value in items.items()}
+        # What the caches hold in the allocators: the bytes in use that go when they go.
+        # `sys.getsizeof` (the deep size) leaves out the allocators' rounding of each
+        # object to its size class, about a tenth of a cache entry's bytes.
+        with_caches = _allocated_bytes()
+        _drop(items, [key for key in items if "cache" in key])
+        without = _allocated_bytes()
+    allocated: dict[str, Any] = {}
+    if with_caches is not None and without is not None:
+        allocated = {
+            "cache_allocated_mib": (with_caches - without) / 2**20,
+            "rest_allocated_mib": without / 2**20,
+        }
     return {
         "requests": n,
         "max_rss_mib": max_rss_mib,
         "max_rss_after_measuring_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cache_mib": sum(mib for key, mib in shared_mib.items() if "cache" in key),
+        **allocated,
         "shared_state_mib": shared_mib,
+        "writer_peak_backlog": getattr(getattr(writer, "stats", None), "peak_backlog", None),
+        "writer_largest_batch": getattr(getattr(writer, "stats", None), "largest_batch", None),
         "cpu_ms_per_request": cpu_s / n * 1000,
     }
 
 
 def memory(counts: list[int]) -> dict[str, Any]:
-    """Max RSS of a fresh process per count, and the semantic cache's bytes at its end."""
+    """Max RSS of a fresh process per count, and the semantic cache's bytes at its end.
+
+    The allowance for the last count is the first count's max RSS plus the growth of the
+    cache's bytes in the allocators (`cache_allocated_mib`); the growth of its deep size
+    is given beside it."""
     rows = []
     for n in counts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -335,12 +409,19 @@ def memory(counts: list[int]) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "flagship.memory (simulated, store on)", "runs": rows}
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        rest_first = first["max_rss_mib"] - first["cache_mib"]
-        rest_last = last["max_rss_mib"] - last["cache_mib"]
-        result["rss_minus_cache_growth_mib"] = rest_last - rest_first
-        result["kib_per_request_beyond_cache"] = (
-            (rest_last - rest_first) * 1024 / (last["requests"] - first["requests"])
-        )
+        per = 1024 / (last["requests"] - first["requests"])
+        for name, key in (("", "cache_allocated_mib"), ("_deep_size", "cache_mib")):
+            if key not in first or key not in last:
+                continue
+            growth = last[key] - first[key]
+            beyond = last["max_rss_mib"] - first["max_rss_mib"] - growth
+            result[f"allowance_mib{name}"] = first["max_rss_mib"] + growth
+            result[f"rss_minus_cache_growth_mib{name}"] = beyond
+            result[f"kib_per_request_beyond_cache{name}"] = beyond * per
+        if "rest_allocated_mib" in first and "rest_allocated_mib" in last:
+            result["rest_allocated_growth_mib"] = (
+                last["rest_allocated_mib"] - first["rest_allocated_mib"]
+            )
     return result
 
 

@@ -310,6 +310,20 @@ def test_writer_batches_many_records_into_few_transactions(db: Path) -> None:
         assert count(store, "orchestration_events") == 5_000
 
 
+def test_writer_counts_its_peak_backlog_and_bounds_its_transactions(db: Path) -> None:
+    writer = StoreWriter(db, batch_size=10_000, interval_s=60, max_batch=300)
+    for i in range(1_000):
+        writer.record(event(f"q{i // 10}", i % 10))
+    writer.flush()  # the only wake-up: everything waits until then
+    assert writer.stats.records == 1_000
+    assert writer.stats.largest_batch == 300
+    assert writer.stats.transactions == 4
+    assert writer.stats.peak_backlog >= 1_000
+    writer.close()
+    with Store.open(db) as store:
+        assert count(store, "orchestration_events") == 1_000
+
+
 def test_writer_commits_on_its_interval_without_an_explicit_flush(db: Path) -> None:
     writer = StoreWriter(db, interval_s=0.02)
     with Store.open(db) as store:

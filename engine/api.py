@@ -580,12 +580,16 @@ class Pipeline:
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
 """Statuses the regression guard does not observe: no work ran, or it was cut short by
 the caller (its latency and cost say nothing about the policy)."""
-WRITER_BACKLOG = 20_000
+WRITER_BACKLOG = 8_192
 """Records a batch lets its sink's writer fall behind (`backlog`) before it waits to start
 more requests; it starts again at half of it. A flagship request is about 60 records, so this
-bounds the records held in memory to a few hundred requests' worth, however long the batch:
+bounds the records held in memory to about a hundred requests' worth, however long the batch:
 unbounded, a writer slower than the event loop (a loaded machine, a large store) held every
-record it had not written (tens of KB a request, hundreds of MiB over a long batch)."""
+record it had not written (tens of KB a request, hundreds of MiB over a long batch). It costs
+no throughput: a writer that keeps up never reaches it, and one that does not sets the pace
+whatever the bound. Records made and freed in bulk are also what leaves holes in the
+allocator's arenas while the semantic cache evicts (bench/RESULTS.md, "Memory at 100,000
+requests"), so the bound is kept small."""
 
 
 def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:

@@ -111,7 +111,10 @@ class StoreWriter:
         path: the store file (created and migrated if needed).
         batch_size: wake the writer as soon as this many records wait.
         interval_s: otherwise write whatever waits at this interval.
-        max_batch: most records written in one transaction.
+        max_batch: most records written in one transaction. A transaction's fixed cost
+            (about 0.4 ms of CPU) is 0.1 us a record at 4,096, against about 13 us a record
+            of encoding and inserting, so larger transactions save nothing; they only make
+            the rows of a writer that fell behind pile up in memory at once.
 
     Raises:
         StoreError: the store cannot be opened or is of a newer schema.
@@ -127,7 +130,7 @@ class StoreWriter:
         *,
         batch_size: int = 2_000,
         interval_s: float = 0.05,
-        max_batch: int = 50_000,
+        max_batch: int = 4_096,
     ) -> None:
         self.path = Path(path)
         self.stats = WriterStats()

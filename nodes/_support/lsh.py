@@ -81,7 +81,10 @@ class MinHashIndex:
         self.bands = bands
         self.rows = rows
         self.bucket_cap = bucket_cap
-        self._buckets: dict[tuple[int, int], dict[str, None]] = {}
+        self._buckets: dict[tuple[int, int], str | dict[str, None]] = {}
+        """Members by band key, oldest first: the one member itself while it is alone
+        (most buckets of distinct texts hold one; a dict per bucket was about half of a
+        cache entry's bytes), a dict of them in insertion order once there are more."""
         self._keys: dict[str, tuple[tuple[int, int], ...]] = {}
 
     def signature(self, tokens: Iterable[str]) -> tuple[tuple[int, int], ...]:
@@ -97,22 +100,42 @@ class MinHashIndex:
         """Index `item` under its band keys (replacing an earlier entry of the same id)."""
         self.remove(item)
         self._keys[item] = keys
+        buckets = self._buckets
         for key in keys:
-            self._buckets.setdefault(key, {})[item] = None
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = item
+            elif isinstance(bucket, str):
+                if bucket != item:  # (an item's keys may repeat a band's)
+                    buckets[key] = {bucket: None, item: None}
+            else:
+                bucket[item] = None
 
     def remove(self, item: str) -> None:
         """Forget `item` (no error when absent)."""
+        buckets = self._buckets
         for key in self._keys.pop(item, ()):
-            bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.pop(item, None)
-                if not bucket:
-                    del self._buckets[key]
+            bucket = buckets.get(key)
+            if bucket is None:
+                continue
+            if isinstance(bucket, str):
+                if bucket == item:
+                    del buckets[key]
+                continue
+            bucket.pop(item, None)
+            if len(bucket) == 1:
+                buckets[key] = next(iter(bucket))  # alone again: the member itself
+            elif not bucket:
+                del buckets[key]
 
     def candidates(self, keys: tuple[tuple[int, int], ...], limit: int) -> list[str]:
         """Up to `limit` item ids sharing the most bands with `keys`, best first."""
         buckets = self._buckets
-        members = [islice(reversed(b), self.bucket_cap) for k in keys if (b := buckets.get(k))]
+        members = [
+            (b,) if isinstance(b, str) else islice(reversed(b), self.bucket_cap)
+            for k in keys
+            if (b := buckets.get(k))
+        ]
         votes = Counter(chain.from_iterable(members))
         ranked = sorted(votes.items(), key=itemgetter(1), reverse=True)
         return [item for item, _ in ranked[:limit]]

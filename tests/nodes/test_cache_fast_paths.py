@@ -103,3 +103,66 @@ def test_principle_scores_are_the_plain_cosines(query: str) -> None:
     core = [x for x in plain if x[0].core]
     others = sorted((x for x in plain if not x[0].core), key=lambda x: -x[1])
     assert index.relevant(query, 3) == core + others[:3]
+
+
+class _DictBuckets:
+    """The MinHash index's buckets as first written: a dict of members per band key."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.buckets: dict[tuple[int, int], dict[str, None]] = {}
+        self.keys: dict[str, tuple[tuple[int, int], ...]] = {}
+
+    def add(self, item: str, keys: tuple[tuple[int, int], ...]) -> None:
+        self.remove(item)
+        self.keys[item] = keys
+        for key in keys:
+            self.buckets.setdefault(key, {})[item] = None
+
+    def remove(self, item: str) -> None:
+        for key in self.keys.pop(item, ()):
+            bucket = self.buckets.get(key)
+            if bucket is not None:
+                bucket.pop(item, None)
+                if not bucket:
+                    del self.buckets[key]
+
+    def candidates(self, keys: tuple[tuple[int, int], ...], limit: int) -> list[str]:
+        members = [
+            itertools.islice(reversed(b), self.cap) for k in keys if (b := self.buckets.get(k))
+        ]
+        votes: dict[str, int] = {}
+        for item in itertools.chain.from_iterable(members):
+            votes[item] = votes.get(item, 0) + 1
+        ranked = sorted(votes.items(), key=lambda kv: kv[1], reverse=True)
+        return [item for item, _ in ranked[:limit]]
+
+
+_band = st.tuples(st.integers(0, 3), st.integers(0, 3))
+_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "remove", "query"]),
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.lists(_band, min_size=1, max_size=4, unique=True).map(tuple),
+    ),
+    max_size=40,
+)
+
+
+@given(_steps, st.integers(1, 3))
+def test_index_buckets_of_one_member_answer_as_dicts_of_members_do(
+    steps: list[tuple[str, str, tuple[tuple[int, int], ...]]], cap: int
+) -> None:
+    """A bucket holds its one member itself until a second comes: the candidates, their
+    order and the index's size stay those of a dict of members per bucket."""
+    index, reference = MinHashIndex(bucket_cap=cap), _DictBuckets(cap)
+    for action, item, keys in steps:
+        if action == "add":
+            index.add(item, keys)
+            reference.add(item, keys)
+        elif action == "remove":
+            index.remove(item)
+            reference.remove(item)
+        else:
+            assert index.candidates(keys, 3) == reference.candidates(keys, 3)
+        assert len(index) == len(reference.keys)

@@ -82,8 +82,17 @@ class _FlushMarker:
     __slots__ = ("callback", "done")
 
     def __init__(self, callback: Callable[[StoreError | None], None] | None = None) -> None:
-        self.done = threading.Event()  # (set for every marker: `flush` may be waiting on it)
+        # what `flush` waits on; a `flush_soon` marker (one a served request) has its
+        # callback instead, and no lock and condition to make for nobody
+        self.done = threading.Event() if callback is None else None
         self.callback = callback
+
+    def reached(self, error: StoreError | None) -> None:
+        """Everything before the marker is committed (or `error` says why not)."""
+        if self.done is not None:
+            self.done.set()
+        if self.callback is not None:
+            self.callback(error)
 
 
 @dataclass(slots=True)
@@ -192,6 +201,7 @@ class StoreWriter:
             self._raise_if_failed()
             return
         marker = _FlushMarker()
+        assert marker.done is not None
         self._queue.append(marker)
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -276,12 +286,9 @@ class StoreWriter:
     def _release_markers(self) -> None:
         """The thread is ending: nobody may wait for a flush that will never come."""
         left = [item for item in self._queue if isinstance(item, _FlushMarker)]
+        stopped = StoreError(f"{self.path}: the store writer stopped")
         for marker in left:
-            marker.done.set()
-            if marker.callback is not None:
-                marker.callback(
-                    self._failure() or StoreError(f"{self.path}: the store writer stopped")
-                )
+            marker.reached((self._failure() or stopped) if marker.callback is not None else None)
 
     def _drain(self) -> tuple[list[list[Any]], list[_FlushMarker]]:
         """The queued records by table, then (in the same list after `len(TABLES)`) the
@@ -330,14 +337,14 @@ class StoreWriter:
                 self._error = exc
         self.stats.cpu_s += time.thread_time() - started
         for marker in markers:
-            marker.done.set()
-            if marker.callback is not None:
-                try:
-                    marker.callback(self._failure())
-                except Exception as exc:  # the thread must survive a caller's callback
-                    from engine.logs import get_logger  # (reading commands never get here)
+            # (a `flush` caller takes the error itself, in its own thread)
+            error = self._failure() if marker.callback is not None else None
+            try:
+                marker.reached(error)
+            except Exception as exc:  # the thread must survive a caller's callback
+                from engine.logs import get_logger  # (reading commands never get here)
 
-                    get_logger("moat.store").error("store.flush_callback_failed", error=repr(exc))
+                get_logger("moat.store").error("store.flush_callback_failed", error=repr(exc))
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
         """Encode the drained records as compact rows (inside the write transaction:

@@ -11,6 +11,12 @@ which the runner tracks and waits for (or cancels) when it closes. On trio they 
 nursery of the runner's own, for the same reason. The node's cancel scope works the same in
 every kind of task.
 
+Nodes demanded together run side by side: the first in the demanding task, the others in
+tasks of their own (`Backend.together`). On asyncio those are plain tasks too, which the
+demanding task waits for, and cancels and waits for when it is cancelled itself: what an
+anyio task group does for them, without a task group's cancel scope, nor a handle, a
+second scope and a done callback for each task. Elsewhere they run in an anyio task group.
+
 A task waiting for a lazy node waits on a `Waiter` of its own. On asyncio that is a bare
 future from the loop: an `anyio.Event` holds an `asyncio.Event`, whose queue of waiters
 alone takes about 600 bytes, and a thousand requests in flight each wait somewhere. anyio
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - the asyncio fast paths are the point of this module
 import sys
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +38,14 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-__all__ = ["Backend", "BackgroundTasks", "Waiter", "current_backend", "soon_from_thread"]
+__all__ = [
+    "Backend",
+    "BackgroundTasks",
+    "Together",
+    "Waiter",
+    "current_backend",
+    "soon_from_thread",
+]
 
 
 class Waiter(Protocol):
@@ -175,6 +188,46 @@ class _AsyncioTasks:
         self._tasks.clear()
 
 
+Together = Callable[
+    [Callable[[Any, bool], Coroutine[Any, Any, None]], Sequence[Any]], Awaitable[None]
+]
+"""`together(fn, items)`: run `fn(items[0], False)` in the current task and `fn(item,
+False)` for every other item in a task of its own, and return once all have ended. `fn`
+never raises but its cancellation; when the current task is cancelled, so are the others,
+and the cancellation goes on once they have all ended."""
+
+
+async def _together_in_task_group(
+    fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Any]
+) -> None:
+    async with anyio.create_task_group() as tg:
+        for item in items[1:]:
+            tg.start_soon(fn, item, False)
+        await fn(items[0], False)
+
+
+def _together_on(loop: asyncio.AbstractEventLoop) -> Together:
+    create_task = loop.create_task
+
+    async def together(
+        fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Any]
+    ) -> None:
+        tasks = [create_task(fn(item, False)) for item in items[1:]]
+        try:
+            await fn(items[0], False)
+            pending = [task for task in tasks if not task.done()]
+            if pending:
+                await asyncio.wait(pending)
+        except BaseException:  # cancelled (`fn` raises nothing else): so are the others
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(tasks)
+            raise
+
+    return together
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """What the scheduler uses of the running backend, looked up once per runner.
@@ -185,12 +238,14 @@ class Backend:
         new_waiter: makes what one task waits on until a lazy node resolves.
         new_scope: makes a `CancelScope`: the backend's own class, called directly,
             which skips the lookup of the backend that `anyio.CancelScope()` does first.
+        together: runs nodes demanded together side by side (`Together`).
     """
 
     clock: Callable[[], float]
     tasks: BackgroundTasks
     new_waiter: Callable[[], Waiter]
     new_scope: Callable[[], anyio.CancelScope]
+    together: Together = _together_in_task_group
 
 
 async def current_backend(tg: TaskGroup) -> Backend:
@@ -202,7 +257,9 @@ async def current_backend(tg: TaskGroup) -> Backend:
         # what the default loop's `time` returns, without the method call around it
         default_time = type(native).time is asyncio.BaseEventLoop.time
         clock = time.monotonic if default_time else native.time
-        return Backend(clock, _AsyncioTasks(native), native.create_future, new_scope)
+        return Backend(
+            clock, _AsyncioTasks(native), native.create_future, new_scope, _together_on(native)
+        )
     trio = sys.modules.get("trio")  # imported by whoever runs trio
     if trio is not None and isinstance(native, trio.lowlevel.TrioToken):
         nursery = _NurseryTasks()

@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
-
 from engine.errors import EvaluationError
 from engine.events import EventType, NodeOutcome
 from engine.expr.expression import Unresolved
@@ -28,7 +26,7 @@ from engine.scheduler.request import RequestState
 if TYPE_CHECKING:
     from engine.expr.expression import Expr, Template
     from engine.graph.compiled import Scope
-    from engine.scheduler.backend import Waiter
+    from engine.scheduler.backend import Together, Waiter
 
 __all__ = [
     "Consumer",
@@ -65,6 +63,10 @@ class Executor(Protocol):
 
     def new_waiter(self) -> Waiter:
         """Something for one task to wait on until a lazy node resolves."""
+
+    @property
+    def together(self) -> Together:
+        """Runs claimed nodes side by side, the first in the current task."""
 
 
 class InputFailed(Exception):
@@ -403,10 +405,7 @@ async def _demand_many(ex: Executor, cells: list[LazyNode], spawn: bool, label: 
     elif idle:
         for cell in idle:
             cell.claim()
-        async with anyio.create_task_group() as tg:
-            for cell in idle[1:]:
-                tg.start_soon(ex.execute, cell, False)
-            await ex.execute(idle[0], False)
+        await ex.together(ex.execute, idle)
     for cell in cells:
         if not cell.done:
             await cell.wait()

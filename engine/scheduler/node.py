@@ -223,7 +223,16 @@ class NodeRunner:
         run_loop: runs a loop node's cycles (injected to keep modules acyclic).
     """
 
-    __slots__ = ("_plans", "_run_loop", "_sorted", "new_scope", "new_waiter", "shared", "tasks")
+    __slots__ = (
+        "_plans",
+        "_run_loop",
+        "_sorted",
+        "new_scope",
+        "new_waiter",
+        "shared",
+        "tasks",
+        "together",
+    )
 
     def __init__(
         self,
@@ -235,6 +244,8 @@ class NodeRunner:
         self.new_waiter = backend.new_waiter
         """Makes what a task waits on until a lazy node resolves (`Executor.new_waiter`)."""
         self.new_scope = backend.new_scope
+        self.together = backend.together
+        """Runs nodes demanded together side by side (`Executor.together`)."""
         self.shared = shared
         self._run_loop = run_loop
         self._plans: dict[int, _Plan] = {}

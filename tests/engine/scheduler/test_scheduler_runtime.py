@@ -488,3 +488,67 @@ async def test_a_node_and_its_only_input_demanded_together_run_once_in_order(
         assert result.output == {"both": 9}
         assert impl(g, first).started == 1
     assert [e.event_type for e in sink.events()].count("RESULT_REUSED") == 1
+
+
+THREE_TOGETHER = """
+moat: 1
+name: three-together
+budget: {deadline_ms: DEADLINE}
+nodes:
+  a: {type: work, with: {ms: 300, value: a}}
+  b: {type: work, with: {ms: 300, value: b}}
+  c: {type: work, with: {ms: 300, value: c}}
+output:
+  all: "a.value + b.value + c.value"
+"""
+
+
+@pytest.mark.anyio
+async def test_a_deadline_cancels_every_node_demanded_together(anyio_backend: Any) -> None:
+    g = graph(THREE_TOGETHER.replace("DEADLINE", "100"))
+    result, sink = await run(g)
+    assert result.status.value == "deadline_exceeded"
+    assert sorted(runs(sink)) == [
+        ("a", 0, "cancelled", False, "cancelled", 1),
+        ("b", 0, "cancelled", False, "cancelled", 1),
+        ("c", 0, "cancelled", False, "cancelled", 1),
+    ]
+    for node in "abc":
+        work = impl(g, node)
+        assert (work.started, work.cancelled, work.finished) == (1, 1, 0)
+        assert run_of(sink, node).duration_ms == pytest.approx(100, abs=50)
+
+
+@pytest.mark.anyio
+async def test_nodes_demanded_together_run_side_by_side_and_once(anyio_backend: Any) -> None:
+    g = graph(THREE_TOGETHER.replace("DEADLINE", "5000"))
+    started = anyio.current_time()
+    result, sink = await run(g)
+    assert result.output == {"all": "abc"}
+    assert anyio.current_time() - started < 0.6  # side by side, not 0.9 s one after another
+    assert sorted(runs(sink)) == [
+        ("a", 0, "succeeded", False, "used", 1),
+        ("b", 0, "succeeded", False, "used", 1),
+        ("c", 0, "succeeded", False, "used", 1),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelling_cancels_the_nodes_its_request_demanded_together(
+    anyio_backend: Any,
+) -> None:
+    g = graph(THREE_TOGETHER.replace("DEADLINE", "5000"))
+    sink = MemorySink()
+    async with Runner(g, sink=sink) as runner:
+        with anyio.move_on_after(0.05) as scope:
+            await runner.run({}, request_id="gone", record_cancelled=True)
+        assert scope.cancelled_caught
+    assert sorted((r.node, r.status.value) for r in sink.node_runs("gone")) == [
+        ("a", "cancelled"),
+        ("b", "cancelled"),
+        ("c", "cancelled"),
+    ]
+    assert [r.status.value for r in sink.requests()] == ["cancelled"]
+    for node in "abc":
+        work = impl(g, node)
+        assert (work.started, work.cancelled, work.finished) == (1, 1, 0)

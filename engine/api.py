@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from engine.errors import SpecError, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
@@ -352,6 +353,8 @@ class Pipeline:
 
         Raises:
             StoreError: storing the batch's records failed (its run is recorded `failed`).
+            Exception: whatever `items` raised while being read; the batch stops there,
+                and what was answered is kept.
         """
         if batch is None and run_id is None:
             count = total if total is not None else len(items) if isinstance(items, Sized) else 0
@@ -404,7 +407,34 @@ class Pipeline:
         on_record: Callable[[RequestRecord], None] | None,
     ) -> None:
         run_id = summary.run_id
-        limiter = anyio.Semaphore(max(1, concurrency))
+        entries = enumerate(items)
+        broken: list[Exception] = []
+
+        def take() -> BatchItem | None:
+            for index, entry in entries:
+                item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
+                if item.seq not in skip:
+                    return item
+            return None
+
+        async def worker() -> None:
+            # `concurrency` workers take the items in turn from one iterator: a request in
+            # flight per worker, and no task, cancel scope or semaphore per request
+            while True:
+                await self._writer_room()
+                try:
+                    item = take()
+                except Exception as exc:  # `items` itself failed: the batch stops
+                    broken.append(exc)
+                    tg.cancel_scope.cancel()
+                    return
+                if item is None:
+                    return
+                await self._answer(run_id, item)
+                # a request may finish without ever waiting (invalid input, nodes that
+                # never sleep): let the others, a cancellation and the heartbeat in
+                await anyio.lowlevel.checkpoint()
+
         count = self._counter(summary, on_record)
         self._listeners.append(count)
         try:
@@ -412,19 +442,16 @@ class Pipeline:
                 if self.store is not None:
                     beats.start_soon(self._heartbeat, summary)
                 async with anyio.create_task_group() as tg:
-                    for index, entry in enumerate(items):
-                        item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
-                        if item.seq in skip:
-                            continue
-                        await self._writer_room()
-                        await limiter.acquire()
-                        tg.start_soon(self._answer_released, run_id, item, limiter)
+                    for _ in range(max(1, concurrency)):
+                        tg.start_soon(worker)
                 # records come after each request's cleanup (`after_success` work): wait
                 # for them before the listener goes
                 await self.settle()
                 beats.cancel_scope.cancel()
         finally:
             self._listeners.remove(count)
+        if broken:
+            raise broken[0]
 
     async def _writer_room(self) -> None:
         """Wait while the sink's writer is more than `WRITER_BACKLOG` records behind."""
@@ -463,14 +490,6 @@ class Pipeline:
 
     def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
         return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)
-
-    async def _answer_released(
-        self, run_id: str, item: BatchItem, limiter: anyio.Semaphore
-    ) -> None:
-        try:
-            await self._answer(run_id, item)
-        finally:
-            limiter.release()
 
     async def _answer(
         self,

@@ -41,6 +41,7 @@ from anyio.abc import TaskGroup
 __all__ = [
     "Backend",
     "BackgroundTasks",
+    "Resolvable",
     "Together",
     "Waiter",
     "current_backend",
@@ -188,17 +189,25 @@ class _AsyncioTasks:
         self._tasks.clear()
 
 
+class Resolvable(Protocol):
+    """What `Backend.together` runs: a lazy node, which can be waited for."""
+
+    def wait(self) -> Awaitable[None]:
+        """Wait until it has resolved."""
+
+
 Together = Callable[
-    [Callable[[Any, bool], Coroutine[Any, Any, None]], Sequence[Any]], Awaitable[None]
+    [Callable[[Any, bool], Coroutine[Any, Any, None]], Sequence[Resolvable]], Awaitable[None]
 ]
 """`together(fn, items)`: run `fn(items[0], False)` in the current task and `fn(item,
-False)` for every other item in a task of its own, and return once all have ended. `fn`
-never raises but its cancellation; when the current task is cancelled, so are the others,
-and the cancellation goes on once they have all ended."""
+False)` for every other item in a task of its own, and return once every item has
+resolved. `fn` never raises but its cancellation, and resolves its item as its last step;
+when the current task is cancelled, so are the others, and the cancellation goes on once
+they have all ended."""
 
 
 async def _together_in_task_group(
-    fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Any]
+    fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Resolvable]
 ) -> None:
     async with anyio.create_task_group() as tg:
         for item in items[1:]:
@@ -210,14 +219,16 @@ def _together_on(loop: asyncio.AbstractEventLoop) -> Together:
     create_task = loop.create_task
 
     async def together(
-        fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Any]
+        fn: Callable[[Any, bool], Coroutine[Any, Any, None]], items: Sequence[Resolvable]
     ) -> None:
         tasks = [create_task(fn(item, False)) for item in items[1:]]
         try:
             await fn(items[0], False)
-            pending = [task for task in tasks if not task.done()]
-            if pending:
-                await asyncio.wait(pending)
+            # Waiting for the items rather than their tasks wakes this task once per item
+            # that is late, where `asyncio.wait` costs a done callback per task and two
+            # turns of the loop: a task's last step resolves its item, then it ends.
+            for item in items[1:]:
+                await item.wait()
         except BaseException:  # cancelled (`fn` raises nothing else): so are the others
             for task in tasks:
                 task.cancel()

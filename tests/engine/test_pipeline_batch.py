@@ -4,10 +4,13 @@ the runs a batch owns: started, resumed and finished exactly once by the pipelin
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.api import Pipeline
 from engine.events import RequestRecord
@@ -268,3 +271,91 @@ def test_the_store_writer_reports_its_backlog(tmp_path: Path) -> None:
         assert writer.backlog == 3  # the thread waits for a full batch or its interval
         writer.flush()
         assert writer.backlog == 0
+
+
+SLEEPY = """
+moat: 1
+name: sleepy
+models:
+  small: {provider: sim, profile: small, time_scale: 0.02}
+input:
+  type: object
+  required: [prompt]
+  properties: {prompt: {type: string, minLength: 1}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  text: answer.text
+"""
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+async def test_a_batch_never_has_more_requests_in_flight_than_its_concurrency(
+    tmp_path: Path, concurrency: int
+) -> None:
+    (tmp_path / "sleepy.yaml").write_text(SLEEPY)
+    seen: list[RequestRecord] = []
+    async with Pipeline(tmp_path / "sleepy.yaml", db=None) as pipe:
+        summary = await pipe.run_batch(
+            [{"prompt": f"question {i}"} for i in range(24)],
+            concurrency=concurrency,
+            on_record=seen.append,
+        )
+    assert (summary.done, summary.by_status) == (24, {"ok": 24})
+    assert sorted(r.seq for r in seen) == list(range(24))
+    # the most requests in flight at once, from their recorded start and end times
+    edges = sorted([(r.started_at, 1) for r in seen] + [(r.finished_at, -1) for r in seen])
+    in_flight = peak = 0
+    for _, step in edges:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak == concurrency  # never more, and the batch does use what it is given
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prompts=st.lists(st.sampled_from(["a", "", None, "question", 7]), max_size=30),
+    concurrency=st.integers(1, 6),
+    data=st.data(),
+)
+async def test_every_item_of_a_batch_is_answered_exactly_once_but_those_skipped(
+    tmp_path: Path, prompts: list[object], concurrency: int, data: st.DataObject
+) -> None:
+    skip = frozenset(data.draw(st.sets(st.integers(0, max(0, len(prompts) - 1)))))
+    seen: list[RequestRecord] = []
+    async with Pipeline(write_graph(tmp_path), db=None) as pipe:
+        summary = await pipe.run_batch(
+            [{"prompt": p} for p in prompts],
+            concurrency=concurrency,
+            skip=skip,
+            on_record=seen.append,
+        )
+    answered = [i for i in range(len(prompts)) if i not in skip]
+    assert sorted(r.seq for r in seen) == answered
+    valid = sum(1 for i in answered if isinstance(prompts[i], str) and prompts[i])
+    assert summary.by_status == {
+        k: v for k, v in {"ok": valid, "invalid_input": len(answered) - valid}.items() if v
+    }
+
+
+async def test_an_error_raised_by_the_items_stops_the_batch_and_comes_out_as_itself(
+    tmp_path: Path,
+) -> None:
+    def items() -> Iterator[dict[str, str]]:
+        for i in range(10):
+            if i == 4:
+                raise ValueError("line 5 of the input could not be read")
+            yield {"prompt": f"q{i}"}
+
+    db = tmp_path / "t.db"
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        batch = pipe.start_batch(10)
+        with pytest.raises(ValueError, match="line 5 of the input"):
+            await pipe.run_batch(items(), batch=batch, concurrency=2)
+        assert pipe.store is not None
+        run = pipe.store.require_run(batch.run_id)
+        stored = sorted(r["seq"] for r in pipe.store.list_requests(batch.run_id))
+    assert stored == [0, 1, 2, 3]  # what was read before the error is answered and kept
+    assert (run["status"], run["requests_done"]) == ("interrupted", 4)

@@ -231,8 +231,11 @@ class _Coalesced:
     and its body when the app sends it: two `send` calls, two TCP segments and two
     wake-ups of the client for a response the app produced at once. Here the first write
     of a turn is held until the end of the turn (`call_soon`), and what else the turn
-    writes joins it: one `send` per response, the client woken once. Streamed chunks sent
-    in later turns still leave as they come. Everything else is the transport's own.
+    writes joins it: one `send` per response, the client woken once. A response that is
+    complete leaves at once (`flush`, from the protocol's `on_response_complete`) rather
+    than at the end of the turn: under load a turn of the loop runs every ready request's
+    step, milliseconds that the answer would wait for nothing. Streamed chunks sent in
+    later turns still leave as they come. Everything else is the transport's own.
     """
 
     __slots__ = ("_loop", "_pending", "_transport")
@@ -247,13 +250,15 @@ class _Coalesced:
             self._pending.append(data)
             return
         self._pending = [data]
-        self._loop.call_soon(self._flush)
+        self._loop.call_soon(self.flush)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is held now (the response is complete: nothing else of it will come
+        this turn, and waiting for the turn's end would only delay it)."""
         pending, self._pending = self._pending, []
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
@@ -262,11 +267,11 @@ class _Coalesced:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def close(self) -> None:
-        self._flush()  # what was written before `close` still leaves, as it would have
+        self.flush()  # what was written before `close` still leaves, as it would have
         self._transport.close()
 
     def abort(self) -> None:
@@ -280,7 +285,8 @@ class _Coalesced:
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
     server (the same protocol, connection tracking and graceful shutdown), each
-    connection's writes coalesced (`_Coalesced`)."""
+    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
+    complete."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
@@ -290,6 +296,10 @@ class _Server(uvicorn.Server):
         class Protocol(config.http_protocol_class):  # type: ignore[name-defined,misc]
             def connection_made(self, transport: asyncio.Transport) -> None:
                 super().connection_made(_Coalesced(transport, loop))
+
+            def on_response_complete(self) -> None:
+                self.transport.flush()
+                super().on_response_complete()
 
         def protocol() -> Any:
             return Protocol(

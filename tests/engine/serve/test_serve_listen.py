@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -142,3 +144,29 @@ def test_a_complete_response_leaves_before_the_turn_ends() -> None:
 
 
 _LENGTH_2 = [(b"content-length", b"2"), (b"content-type", b"application/json")]
+
+
+def test_while_serving_threads_switch_every_half_millisecond_and_after_as_before() -> None:
+    """The store writer's thread wins the GIL back from a busy event loop within 0.5 ms
+    (a commit gives it up at every SQLite call); the process's setting is restored. (In a
+    process of its own: serving also freezes the collector's view of the heap.)"""
+    script = """
+import os, signal, sys
+from engine.serve.listen import bind, run_app
+
+async def app(scope, receive, send):
+    raise AssertionError("nothing is requested")
+
+def ready():
+    print(sys.getswitchinterval())
+    os.kill(os.getpid(), signal.SIGTERM)  # stop before serving anything
+
+before = sys.getswitchinterval()
+sock = bind("127.0.0.1", 0)
+run_app(app, sock, grace_s=1, on_ready=ready)
+print(sys.getswitchinterval() == before)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["0.0005", "True"]

@@ -1,7 +1,7 @@
 """Benchmark: `moat serve` under load over loopback, against its goals (issue "moat serve").
 
 python -m bench.serve_load [--part all|throughput|added|commit|kill9|provider] [--workers N]
-    [--json]
+    [--phases] [--json]
 
 Every part launches real processes: `moat serve` (uvicorn) and, for the added latency,
 `moat sim-server`, each as `python -m engine ...` on port 0. The load comes from this
@@ -22,7 +22,10 @@ the same load through httpx2 to show it; its CPU per request is reported). Parts
   connections: a run that started from idle found moat's pooled connections to the
   sim-server closed (idle ones are dropped after 2.5 s, and the direct run before it took
   longer), so its first 100 requests also connected, and with 1,000 requests a run those
-  are a tenth of them: the p99 was theirs.
+  are a tenth of them: the p99 was theirs. With `--phases`, `moat.server_phases` says where
+  moat's requests spent their time inside the server (read, model call, commit, send; the
+  store writer's transactions and lock waits; the event loop's lag), from timestamps the
+  serving processes take (`bench/_serve_phases.py`; a few microseconds a request).
 - commit: the throughput part again with `--no-commit-wait` (answers leave before their
   record is committed): the cost of committing before answering.
 - kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import _serve_phases
 from bench._procs import children
 from engine.stats import percentile
 
@@ -379,11 +383,19 @@ def throughput(
 
 
 def added(
-    work: Path, *, clients: int, requests: int, latency_ms: float, client: str, rounds: int = 4
+    work: Path,
+    *,
+    clients: int,
+    requests: int,
+    latency_ms: float,
+    client: str,
+    rounds: int = 4,
+    phases: bool = False,
 ) -> dict[str, Any]:
     """Direct sim-server calls and calls through moat, alternating `rounds` times; each
     measured run follows its own warm-up (two requests per client) on the same connections
-    without a pause, and the percentiles are over every round's requests."""
+    without a pause, and the percentiles are over every round's requests. `phases`: also
+    where moat's requests spent their time inside the server (`bench/_serve_phases.py`)."""
     per_round = max(1, requests // rounds)
     warm = clients * 2
     with launched("sim-server", "--port", "0", "--latency-ms", str(latency_ms)) as (sim, sim_url):
@@ -391,6 +403,10 @@ def added(
         graph = work / "remote.yaml"
         graph.write_text(ONE_NODE.format(model=model).replace("name: one", "name: remote"))
         env = {"OPENAI_API_KEY": "unused-by-sim-server"}
+        noted = work / "phases"
+        if phases:
+            noted.mkdir(exist_ok=True)
+            env |= _serve_phases.environment(noted, ROOT)
         with launched(*serve_args(graph, work / "added.db"), env=env) as (proc, url):
             sides: dict[str, tuple[str, str, Any]] = {
                 "direct": (sim_url, "sim-small", sim),
@@ -420,6 +436,8 @@ def added(
     for side in figures:
         figures[side]["sim_server_cpu_us_per_request"] = round(cpu[side][1] / sent * 1e6)
     direct, moat = figures["direct"], figures["moat"]
+    if phases:  # the server has stopped: its processes wrote what they noted
+        moat["server_phases"] = _serve_phases.summarise(noted)
     return {
         "clients": clients,
         "model_latency_ms": latency_ms,
@@ -562,6 +580,11 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--client", choices=["raw", "httpx2"], default="raw")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="added: where moat's requests spend their time inside the server",
+    )
     parser.add_argument("--workers", type=int, default=1, help="moat serve --workers N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -597,6 +620,7 @@ def main() -> None:
                 latency_ms=args.latency_ms,
                 client=args.client,
                 rounds=args.added_rounds,
+                phases=args.phases,
             )
         if args.part == "provider":
             result["provider"] = provider(calls=args.provider_calls)

@@ -94,7 +94,8 @@ class Commits:
         Raises:
             StoreError: the store could not commit it.
         """
-        await recorded.event.wait()
+        if not recorded.event.is_set():  # it usually is: emitted before the answer
+            await recorded.event.wait()  # (a set event's `wait` still yields a turn)
         if self._flush is None:
             return
         ticket = _Ticket()

@@ -23,6 +23,7 @@ import ipaddress
 import math
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from types import FrameType
@@ -41,6 +42,15 @@ than 700. Every collection walks the young objects still alive, and a server's l
 its requests in flight (thousands of objects at 100 concurrent requests), so at 700 it
 walked them again every few hundred allocations and promoted them, for a full collection
 later (bench/RESULTS.md, "moat serve under load"); cycles are freed as surely, later."""
+_SWITCH_S = 0.0005
+"""The interpreter's thread switch interval while serving: 0.5 ms rather than 5. The
+event loop shares the GIL with the store writer's thread, which gives the GIL up at every
+SQLite call of a commit (a dozen or more) and must then win it back from a loop that is
+busy with a burst of requests: at 5 ms a wait, a commit that needs 1 ms of CPU took up
+to tens of milliseconds, and every answer waiting for it with it (bench/RESULTS.md, "moat
+serve under load": the commit phase's p50 halved at 0.5 ms and its transactions' p90
+wall time more than halved; the price is 8-10 % more CPU per request at full load, from
+more GIL hand-offs and smaller group commits)."""
 _ACCEPT_BURST = 512
 """Connections accepted per readiness of the listening socket (the rest on the next turn),
 so a connection storm cannot hold the loop away from requests for long."""
@@ -158,6 +168,7 @@ def run_app(
             gc.collect()
             gc.freeze()
             gc.set_threshold(*_THRESHOLDS)
+            sys.setswitchinterval(_SWITCH_S)
             if on_ready is not None:
                 on_ready()
             await runner.serve(sockets=[sock])
@@ -170,10 +181,12 @@ def run_app(
         runner.should_exit = True
 
     previous = signal.signal(signal.SIGTERM, stop)
+    switch = sys.getswitchinterval()
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.setswitchinterval(switch)
     return runner.started
 
 
@@ -231,8 +244,11 @@ class _Coalesced:
     and its body when the app sends it: two `send` calls, two TCP segments and two
     wake-ups of the client for a response the app produced at once. Here the first write
     of a turn is held until the end of the turn (`call_soon`), and what else the turn
-    writes joins it: one `send` per response, the client woken once. Streamed chunks sent
-    in later turns still leave as they come. Everything else is the transport's own.
+    writes joins it: one `send` per response, the client woken once. A response that is
+    complete leaves at once (`flush`, from the protocol's `on_response_complete`) rather
+    than at the end of the turn: under load a turn of the loop runs every ready request's
+    step, milliseconds that the answer would wait for nothing. Streamed chunks sent in
+    later turns still leave as they come. Everything else is the transport's own.
     """
 
     __slots__ = ("_loop", "_pending", "_transport")
@@ -247,13 +263,15 @@ class _Coalesced:
             self._pending.append(data)
             return
         self._pending = [data]
-        self._loop.call_soon(self._flush)
+        self._loop.call_soon(self.flush)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is held now (the response is complete: nothing else of it will come
+        this turn, and waiting for the turn's end would only delay it)."""
         pending, self._pending = self._pending, []
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
@@ -262,11 +280,11 @@ class _Coalesced:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def close(self) -> None:
-        self._flush()  # what was written before `close` still leaves, as it would have
+        self.flush()  # what was written before `close` still leaves, as it would have
         self._transport.close()
 
     def abort(self) -> None:
@@ -280,7 +298,8 @@ class _Coalesced:
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
     server (the same protocol, connection tracking and graceful shutdown), each
-    connection's writes coalesced (`_Coalesced`)."""
+    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
+    complete."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
@@ -290,6 +309,10 @@ class _Server(uvicorn.Server):
         class Protocol(config.http_protocol_class):  # type: ignore[name-defined,misc]
             def connection_made(self, transport: asyncio.Transport) -> None:
                 super().connection_made(_Coalesced(transport, loop))
+
+            def on_response_complete(self) -> None:
+                self.transport.flush()
+                super().on_response_complete()
 
         def protocol() -> Any:
             return Protocol(

@@ -115,3 +115,14 @@ async def test_without_flush_soon_one_flush_runs_in_a_worker_thread_for_a_group(
     assert await _answered(commits, ids) == sorted(ids)
     assert 1 <= len(flushed) < 20  # grouped: one flush for whoever asked since the last
     assert threading.main_thread().name not in flushed
+
+
+def test_a_request_whose_record_is_emitted_asks_for_its_commit_without_a_turn() -> None:
+    """The record comes before the answer, so the request goes straight on to its commit:
+    a turn of a busy loop there would delay every answer by every other request's step."""
+    commits = Commits(None)
+    recorded = commits.expect("r-1")
+    commits.watch(_record("r-1"))
+    step = commits.committed(recorded)
+    with pytest.raises(StopIteration):  # done on its first step: it never yielded
+        step.send(None)

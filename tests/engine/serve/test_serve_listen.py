@@ -1,11 +1,16 @@
-"""The served connections' transport: a response's head and body leave in one `send`."""
+"""The served connections' transport: a response's head and body leave in one `send`, as
+soon as the response is complete."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
+import threading
 from typing import Any
 
-from engine.serve.listen import _Coalesced
+from engine.serve.listen import _Coalesced, _Server, bind, config
 
 
 class _Transport:
@@ -90,3 +95,78 @@ def test_writes_to_a_closing_connection_are_dropped_and_the_rest_is_the_transpor
     inner, sockname = asyncio.run(main())
     assert inner.sent == []
     assert sockname == ("127.0.0.1", 8000)
+
+
+def test_a_complete_response_leaves_before_the_turn_ends() -> None:
+    """The app finishes its response and then holds the loop (as the rest of a busy turn
+    would): the client has the whole response without waiting for the turn to end."""
+    client_has_it = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": _LENGTH_2})
+        await send({"type": "http.response.body", "body": b"{}"})
+        # the loop stays here until the client has the answer (or 10 s pass)
+        seen.append(client_has_it.wait(10))
+
+    seen: list[bool] = []
+    received: list[bytes] = []
+
+    def client(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            data = b""
+            while not data.endswith(b"{}"):
+                data += conn.recv(4096)
+            received.append(data)
+            client_has_it.set()
+
+    async def main() -> None:
+        sock = bind("127.0.0.1", 0)
+        server = _Server(config(app, grace_s=1))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        thread = threading.Thread(target=client, args=(sock.getsockname()[1],))
+        thread.start()
+        while not seen:
+            await asyncio.sleep(0.01)
+        server.should_exit = True
+        await serving
+        sock.close()
+        thread.join()
+
+    asyncio.run(main())
+    assert seen == [True]
+    assert received[0].startswith(b"HTTP/1.1 200 OK\r\n") and received[0].endswith(b"\r\n\r\n{}")
+
+
+_LENGTH_2 = [(b"content-length", b"2"), (b"content-type", b"application/json")]
+
+
+def test_while_serving_threads_switch_every_half_millisecond_and_after_as_before() -> None:
+    """The store writer's thread wins the GIL back from a busy event loop within 0.5 ms
+    (a commit gives it up at every SQLite call); the process's setting is restored. (In a
+    process of its own: serving also freezes the collector's view of the heap.)"""
+    script = """
+import os, signal, sys
+from engine.serve.listen import bind, run_app
+
+async def app(scope, receive, send):
+    raise AssertionError("nothing is requested")
+
+def ready():
+    print(sys.getswitchinterval())
+    os.kill(os.getpid(), signal.SIGTERM)  # stop before serving anything
+
+before = sys.getswitchinterval()
+sock = bind("127.0.0.1", 0)
+run_app(app, sock, grace_s=1, on_ready=ready)
+print(sys.getswitchinterval() == before)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["0.0005", "True"]

@@ -222,15 +222,26 @@ _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 # other processes.
 _file_locks: dict[str, threading.RLock] = {}
 _file_locks_guard = threading.Lock()
+_locks_by_name: dict[str | Path, threading.RLock] = {}
+"""The same locks by the absolute path as the callers name it: resolving a path is a system
+call per directory of it, and a writer asks for its lock on every transaction. (A relative
+path is resolved every time: it names another file once the working directory changes.)"""
 
 
 def file_lock(path: str | Path) -> threading.RLock:
     """This process's lock for writing the store file at `path` (see above)."""
+    lock = _locks_by_name.get(path)
+    if lock is not None:
+        return lock
     key = os.path.realpath(path)
     with _file_locks_guard:
         lock = _file_locks.get(key)
         if lock is None:
             lock = _file_locks[key] = threading.RLock()
+        if os.path.isabs(path):
+            if len(_locks_by_name) >= 1024:  # a process opens a handful of stores
+                _locks_by_name.clear()
+            _locks_by_name[path] = lock
         return lock
 
 

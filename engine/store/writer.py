@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -142,6 +143,8 @@ class StoreWriter:
         max_batch: int = 4_096,
     ) -> None:
         self.path = Path(path)
+        self._lock_path = os.path.abspath(path)
+        """The file, named once for the lock every transaction takes (`file_lock`)."""
         self.stats = WriterStats()
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -388,7 +391,7 @@ class StoreWriter:
         see `write_transaction`); return the rows written."""
         cx = self._compactor
         try:
-            with write_transaction(conn, self.path):
+            with write_transaction(conn, self._lock_path):
                 cx.begin(conn)
                 rows = self._rows(groups)
                 for batch, (_, sql, _) in zip(rows, TABLES, strict=True):

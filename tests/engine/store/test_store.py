@@ -550,3 +550,24 @@ def test_a_running_run_whose_process_is_gone_reads_as_died(store: Store) -> None
     assert store.require_run(run_id)["status"] == "running"
     with pytest.raises(StoreError, match=f"run {run_id} is still running"):
         store.claim_run(run_id)
+
+
+def test_a_store_file_has_one_write_lock_however_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.store.schema import file_lock
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.chdir(tmp_path / "a")
+    lock = file_lock(tmp_path / "a" / "t.db")
+    assert file_lock(str(tmp_path / "a" / "t.db")) is lock
+    assert file_lock(tmp_path / "link" / "t.db") is lock
+    assert file_lock("t.db") is lock
+    assert file_lock(tmp_path / "a" / "t.db") is lock  # asked again, remembered
+    # a relative name follows the working directory; another file has its own lock
+    monkeypatch.chdir(tmp_path / "b")
+    other = file_lock("t.db")
+    assert other is file_lock(tmp_path / "b" / "t.db")
+    assert other is not lock

@@ -29,6 +29,7 @@ import anyio
 from engine import events
 from engine.api import BatchSummary, Pipeline
 from engine.cli import telemetry
+from engine.collector import settled_heap
 from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
@@ -467,7 +468,11 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         progress = _Progress(plan.total, not args.quiet and not args.tui)
         progress.done = batch.done
         try:
-            await _drive(pipe, batch, _items(plan, pipe), out, progress, args.concurrency, args.tui)
+            # what is alive now lives as long as the batch: out of the collector's sight
+            with settled_heap(getattr(pipe, "model_specs", {}).values()):
+                await _drive(
+                    pipe, batch, _items(plan, pipe), out, progress, args.concurrency, args.tui
+                )
         finally:
             with anyio.CancelScope(shield=True):
                 await _close(out, progress)

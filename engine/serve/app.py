@@ -31,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.api import Pipeline
+from engine.collector import import_providers
 from engine.errors import EvaluationError, SpecError, StoreError
 from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.expr.expression import compile_expr
@@ -38,7 +39,6 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
-from engine.serve.collector import import_providers
 from engine.serve.durable import Commits
 from engine.serve.heap import trimmer
 from engine.serve.metrics import CONTENT_TYPE, Metrics

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio  # noqa: TID251 - uvicorn's transports live on the asyncio loop it runs on
 import errno
-import gc
 import ipaddress
 import math
 import signal
@@ -32,16 +31,11 @@ from typing import Any
 import anyio
 import uvicorn
 
+from engine.collector import settled_heap
 from engine.errors import SpecError
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
-_THRESHOLDS = (20_000, 10, 10)
-"""The collector's thresholds while serving: a young generation of 20,000 objects rather
-than 700. Every collection walks the young objects still alive, and a server's live set is
-its requests in flight (thousands of objects at 100 concurrent requests), so at 700 it
-walked them again every few hundred allocations and promoted them, for a full collection
-later (bench/RESULTS.md, "moat serve under load"); cycles are freed as surely, later."""
 _SWITCH_S = 0.0005
 """The interpreter's thread switch interval while serving: 0.5 ms rather than 5. The
 event loop shares the GIL with the store writer's thread, which gives the GIL up at every
@@ -164,14 +158,12 @@ def run_app(
         async with context if context is not None else nullcontext():
             # what is alive once the graphs are open lives as long as the server: out of
             # the collector's sight, every collection skips it (~10 % of the CPU per
-            # request in an A/B, bench/RESULTS.md)
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(*_THRESHOLDS)
-            sys.setswitchinterval(_SWITCH_S)
-            if on_ready is not None:
-                on_ready()
-            await runner.serve(sockets=[sock])
+            # request in an A/B, bench/RESULTS.md); the app imported its providers' modules
+            with settled_heap():
+                sys.setswitchinterval(_SWITCH_S)
+                if on_ready is not None:
+                    on_ready()
+                await runner.serve(sockets=[sock])
 
     def stop(signum: int, frame: FrameType | None) -> None:
         """SIGTERM outside uvicorn's own handlers: before it serves (the graphs are still

@@ -28,6 +28,7 @@ LAYERS = {
     "sync": 2,
     "graph": 3,
     "models": 4,
+    "collector": 4,
     "scheduler": 5,
     "api": 6,
     "serve": 7,

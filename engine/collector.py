@@ -1,0 +1,58 @@
+"""What the garbage collector walks in a process that answers requests for a long time.
+
+`moat run` and `moat serve` collect once their graphs are open, then freeze what is alive
+(`gc.freeze`): those objects live as long as the process, and a full collection that walks
+them is a pause for every request in flight. What a graph's first request would import
+has to be alive by then too: the `openai` provider's modules (the SDK, its types, aiohttp)
+are ~90,000 tracked objects, and imported on the first request they stayed in the
+collected heap, where each full collection walked them (~70 ms of CPU per full
+collection in a profile of `moat serve` under load, bench/RESULTS.md).
+
+The young generation is also let grow to 20,000 objects rather than 700. Every collection
+walks the young objects still alive, and such a process's live set is its requests in
+flight (thousands of objects at 100 concurrent requests), so at 700 it walked them again
+every few hundred allocations and promoted them, for a full collection later; cycles are
+freed as surely, later. An application that embeds `Pipeline` in a long-lived process can
+enter `settled_heap` the same way, once its pipelines are open.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from engine.graph.spec import ModelSpec
+
+__all__ = ["THRESHOLDS", "import_providers", "settled_heap"]
+
+THRESHOLDS = (20_000, 10, 10)
+"""The collector's thresholds once the heap is settled (see the module docstring)."""
+
+
+def import_providers(specs: Iterable[ModelSpec]) -> None:
+    """Import the modules the providers of `specs` will need on their first call."""
+    if any(spec.provider == "openai" for spec in specs):
+        importlib.import_module("engine.models.openai_provider")
+        if importlib.util.find_spec("aiohttp") is not None:
+            importlib.import_module("engine.models._direct_http")
+
+
+@contextmanager
+def settled_heap(specs: Iterable[ModelSpec] = ()) -> Iterator[None]:
+    """Import what the providers of `specs` need, collect, freeze what is alive and raise
+    the young generation's threshold (`THRESHOLDS`); on exit, unfreeze and restore the
+    thresholds (a process that goes on, such as a test session, gets its collector back
+    as it was). Enter it once the graphs are open."""
+    import_providers(specs)
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

@@ -441,8 +441,11 @@ class Pipeline:
             async with anyio.create_task_group() as beats:
                 if self.store is not None:
                     beats.start_soon(self._heartbeat, summary)
+                workers = max(1, concurrency)
+                if isinstance(items, Sized):  # no more workers than items
+                    workers = max(1, min(workers, len(items)))
                 async with anyio.create_task_group() as tg:
-                    for _ in range(max(1, concurrency)):
+                    for _ in range(workers):
                         tg.start_soon(worker)
                 # records come after each request's cleanup (`after_success` work): wait
                 # for them before the listener goes

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from engine.api import Pipeline
 from engine.events import RequestRecord
 from engine.store.store import Store
+from tests.support.fast_graphs import one_model_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -273,20 +274,7 @@ def test_the_store_writer_reports_its_backlog(tmp_path: Path) -> None:
         assert writer.backlog == 0
 
 
-SLEEPY = """
-moat: 1
-name: sleepy
-models:
-  small: {provider: sim, profile: small, time_scale: 0.02}
-input:
-  type: object
-  required: [prompt]
-  properties: {prompt: {type: string, minLength: 1}}
-nodes:
-  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
-output:
-  text: answer.text
-"""
+SLEEPY = one_model_graph("sleepy", 0.02)
 
 
 @pytest.mark.parametrize("concurrency", [1, 3, 8])

@@ -13,23 +13,11 @@ from engine.api import Pipeline
 from engine.report.stats import run_stats
 from engine.stats import FAILED_STATUSES
 from engine.store.store import Store
+from tests.support.fast_graphs import one_model_graph
 
 pytestmark = pytest.mark.anyio
 
-GRAPH = """
-moat: 1
-name: slow
-models:
-  small: {provider: sim, profile: small, time_scale: 5.0}
-input:
-  type: object
-  required: [prompt]
-  properties: {prompt: {type: string, minLength: 1}}
-nodes:
-  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
-output:
-  text: answer.text
-"""
+GRAPH = one_model_graph("slow", 5.0)
 
 
 async def _cancel_mid_call(pipe: Pipeline, run_id: str, *, record: bool) -> None:

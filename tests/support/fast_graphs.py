@@ -1,4 +1,5 @@
-"""Copies of the shipped graphs whose simulated models run 50x faster (for CLI tests)."""
+"""Copies of the shipped graphs whose simulated models run 50x faster (for CLI tests), and
+a one-model graph at any simulated speed."""
 
 from __future__ import annotations
 
@@ -21,3 +22,25 @@ def fast_copy(name: str, dest: Path, *, time_scale: float = 0.02) -> Path:
     path = dest / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+ONE_MODEL = """
+moat: 1
+name: NAME
+models:
+  small: {provider: sim, profile: small, time_scale: TIME_SCALE}
+input:
+  type: object
+  required: [prompt]
+  properties: {prompt: {type: string, minLength: 1}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  text: answer.text
+"""
+
+
+def one_model_graph(name: str, time_scale: float) -> str:
+    """A graph answering `input.prompt` with one call of the small sim model, its latency
+    scaled by `time_scale`."""
+    return ONE_MODEL.replace("NAME", name).replace("TIME_SCALE", f"{time_scale:g}")

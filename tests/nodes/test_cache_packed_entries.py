@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from nodes._support.lsh import _pack_keys, _unpack_keys
 from nodes._support.semcache import Entry, SemanticCache, packed_slots
 
-_strings = st.text()  # any code points, lone surrogates included
+_strings = st.text() | st.text(alphabet="\x00\x01\x02\x03\x04")
+"""Any code points (lone surrogates included), and strings of length-prefix-like bytes."""
 _slots = st.lists(_strings, max_size=5).map(tuple)
 _vectors = st.tuples(
     st.lists(st.integers(-128, 127), max_size=300).map(lambda v: array("b", v)),

@@ -90,8 +90,7 @@ class MinHashIndex:
         signature that was added, so no per-key tuple is kept."""
         self._keys: dict[str, bytes] = {}
         """Each member's band keys, packed into one bytes object (`_pack_keys`): a tuple of
-        pairs would be 21 small objects a member, freed all over the allocator's pools when
-        the member goes."""
+        pairs would be 21 small objects a member."""
 
     def signature(self, tokens: Iterable[str]) -> tuple[tuple[int, int], ...]:
         """The band keys of a token set (empty for an empty set)."""

@@ -133,12 +133,11 @@ class Entry:
     """One cached answer (or known-bad prompt) of one tenant.
 
     Its slots, quantised vector, template and (a string) value are packed into one bytes
-    object (`packed_entry`) instead of a dozen small ones: a full cache evicts an entry for
-    every one it stores, and an entry of many small objects leaves holes all over the small-
-    object allocator's pools, which the requests' short-lived objects then pin; one object
-    of most of a kilobyte goes to `malloc` whole and comes back whole. The parts are
-    decoded when read (`template`, `slots`, `vector`, `value`); a lookup compares slots and
-    similarity on the packed form (`has_slots`, `similarity`).
+    object (`packed_entry`) instead of a dozen small ones, each with its header and its
+    allocator's rounding: a flagship entry holds about 40 % fewer bytes this way (measured:
+    bench/RESULTS.md, "cache entries packed into one object"). The parts are decoded when
+    read (`template`, `slots`, `vector`, `value`); a lookup compares slots and similarity
+    on the packed form (`has_slots`, `similarity`).
     """
 
     __slots__ = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from itertools import chain, islice
@@ -81,11 +82,15 @@ class MinHashIndex:
         self.bands = bands
         self.rows = rows
         self.bucket_cap = bucket_cap
-        self._buckets: dict[tuple[int, int], str | dict[str, None]] = {}
-        """Members by band key, oldest first: the one member itself while it is alone
-        (most buckets of distinct texts hold one; a dict per bucket was about half of a
-        cache entry's bytes), a dict of them in insertion order once there are more."""
-        self._keys: dict[str, tuple[tuple[int, int], ...]] = {}
+        self._bands: list[dict[int, str | dict[str, None]]] = [{} for _ in range(bands)]
+        """Members by band key, one map per band keyed by the band's hash, oldest first:
+        the one member itself while it is alone (most buckets of distinct texts hold one; a
+        dict per bucket was about half of a cache entry's bytes), a dict of them in
+        insertion order once there are more. The maps' keys are the hash integers of the
+        signature that was added, so no per-key tuple is kept."""
+        self._keys: dict[str, bytes] = {}
+        """Each member's band keys, packed into one bytes object (`_pack_keys`): a tuple of
+        pairs would be 21 small objects a member."""
 
     def signature(self, tokens: Iterable[str]) -> tuple[tuple[int, int], ...]:
         """The band keys of a token set (empty for an empty set)."""
@@ -97,44 +102,56 @@ class MinHashIndex:
         return tuple((i, hash(mins[i * r : (i + 1) * r])) for i in range(self.bands))
 
     def add(self, item: str, keys: tuple[tuple[int, int], ...]) -> None:
-        """Index `item` under its band keys (replacing an earlier entry of the same id)."""
+        """Index `item` under its band keys (replacing an earlier entry of the same id).
+
+        The keys are `(band, hash)` pairs as `signature` makes them: a band below 256, a
+        hash that fits 64 signed bits.
+        """
         self.remove(item)
-        self._keys[item] = keys
-        buckets = self._buckets
-        for key in keys:
-            bucket = buckets.get(key)
+        self._keys[item] = _pack_keys(keys)
+        bands = self._bands
+        for i, h in keys:
+            if i >= len(bands):
+                bands.extend({} for _ in range(i + 1 - len(bands)))
+            band = bands[i]
+            bucket = band.get(h)
             if bucket is None:
-                buckets[key] = item
+                band[h] = item
             elif isinstance(bucket, str):
                 if bucket != item:  # (an item's keys may repeat a band's)
-                    buckets[key] = {bucket: None, item: None}
+                    band[h] = {bucket: None, item: None}
             else:
                 bucket[item] = None
 
     def remove(self, item: str) -> None:
         """Forget `item` (no error when absent)."""
-        buckets = self._buckets
-        for key in self._keys.pop(item, ()):
-            bucket = buckets.get(key)
+        packed = self._keys.pop(item, None)
+        if packed is None:
+            return
+        bands = self._bands
+        for i, h in _unpack_keys(packed):
+            band = bands[i]
+            bucket = band.get(h)
             if bucket is None:
                 continue
             if isinstance(bucket, str):
                 if bucket == item:
-                    del buckets[key]
+                    del band[h]
                 continue
             bucket.pop(item, None)
             if len(bucket) == 1:
-                buckets[key] = next(iter(bucket))  # alone again: the member itself
+                band[h] = next(iter(bucket))  # alone again: the member itself
             elif not bucket:
-                del buckets[key]
+                del band[h]
 
     def candidates(self, keys: tuple[tuple[int, int], ...], limit: int) -> list[str]:
         """Up to `limit` item ids sharing the most bands with `keys`, best first."""
-        buckets = self._buckets
+        bands = self._bands
+        n = len(bands)
         members = [
             (b,) if isinstance(b, str) else islice(reversed(b), self.bucket_cap)
-            for k in keys
-            if (b := buckets.get(k))
+            for i, h in keys
+            if i < n and (b := bands[i].get(h))
         ]
         votes = Counter(chain.from_iterable(members))
         ranked = sorted(votes.items(), key=itemgetter(1), reverse=True)
@@ -142,3 +159,14 @@ class MinHashIndex:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _pack_keys(keys: tuple[tuple[int, int], ...]) -> bytes:
+    """Band keys as one bytes object: the bands (a byte each), then the hashes (8 each)."""
+    return bytes(i for i, _ in keys) + array("q", [h for _, h in keys]).tobytes()
+
+
+def _unpack_keys(packed: bytes) -> zip[tuple[int, int]]:
+    """The `(band, hash)` pairs `_pack_keys` packed, in their order."""
+    n = len(packed) // 9
+    return zip(packed[:n], memoryview(packed)[n:].cast("q"), strict=True)

@@ -232,8 +232,9 @@ def _together_on(loop: asyncio.AbstractEventLoop) -> Together:
         except BaseException:  # cancelled (`fn` raises nothing else): so are the others
             for task in tasks:
                 task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
             raise
 
     return together

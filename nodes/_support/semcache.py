@@ -228,10 +228,7 @@ class Entry:
         return float(sum(map(operator.mul, query, q8)) * scale)
 
     def _fields(self) -> tuple[Any, ...]:
-        return (
-            self.key, self.scope, self.template, self.slots, self.value, self.negative,
-            self.vector, self.ttl_s, self.expires_at, self.hits, self.size, self.stored_at,
-        )  # fmt: skip
+        return tuple(getattr(self, name) for name in _ENTRY_FIELDS)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
@@ -241,11 +238,7 @@ class Entry:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        names = (
-            "key", "scope", "template", "slots", "value", "negative", "vector", "ttl_s",
-            "expires_at", "hits", "size", "stored_at",
-        )  # fmt: skip
-        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(_ENTRY_FIELDS, self._fields(), strict=True))
         return f"Entry({shown})"
 
     def record(self) -> dict[str, Any]:
@@ -264,6 +257,11 @@ class Entry:
         }
 
 
+_ENTRY_FIELDS = (
+    "key", "scope", "template", "slots", "value", "negative", "vector", "ttl_s",
+    "expires_at", "hits", "size", "stored_at",
+)  # fmt: skip
+"""An entry's fields, in the order it is made with, compared and shown."""
 _PACKED: Any = object()
 """`Entry._value` when the value is the string at the end of the packed bytes."""
 _U32 = struct.Struct("<I")

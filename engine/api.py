@@ -407,19 +407,27 @@ class Pipeline:
         on_record: Callable[[RequestRecord], None] | None,
     ) -> None:
         run_id = summary.run_id
-        entries = enumerate(items)
+        take = self._taker(items, skip)
         broken: list[Exception] = []
 
-        def take() -> BatchItem | None:
-            for index, entry in entries:
-                item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
-                if item.seq not in skip:
-                    return item
-            return None
+        # Workers start at once up to the items there are (or `_FIRST_WORKERS` when
+        # `items` cannot tell), then one more for each item taken while fewer than
+        # `concurrency` run: never more workers than items (plus those first ones),
+        # whatever concurrency is asked for (`--concurrency 10**30` once made that many).
+        limit = concurrency
+        if isinstance(items, Sized):
+            limit = min(limit, len(items))
+        workers = 0
+
+        def start_worker() -> None:
+            nonlocal workers
+            workers += 1
+            tg.start_soon(worker)
 
         async def worker() -> None:
-            # `concurrency` workers take the items in turn from one iterator: a request in
-            # flight per worker, and no task, cancel scope or semaphore per request
+            # up to `concurrency` workers take the items in turn from one iterator: a
+            # request in flight per worker, and no task, cancel scope or semaphore per
+            # request
             while True:
                 await self._writer_room()
                 try:
@@ -430,6 +438,8 @@ class Pipeline:
                     return
                 if item is None:
                     return
+                if workers < limit:  # a taker for the next item while this one runs
+                    start_worker()
                 await self._answer(run_id, item)
                 # a request may finish without ever waiting (invalid input, nodes that
                 # never sleep): let the others, a cancellation and the heartbeat in
@@ -441,12 +451,9 @@ class Pipeline:
             async with anyio.create_task_group() as beats:
                 if self.store is not None:
                     beats.start_soon(self._heartbeat, summary)
-                workers = max(1, concurrency)
-                if isinstance(items, Sized):  # no more workers than items
-                    workers = max(1, min(workers, len(items)))
                 async with anyio.create_task_group() as tg:
-                    for _ in range(workers):
-                        tg.start_soon(worker)
+                    for _ in range(max(1, min(limit, _FIRST_WORKERS))):
+                        start_worker()
                 # records come after each request's cleanup (`after_success` work): wait
                 # for them before the listener goes
                 await self.settle()
@@ -455,6 +462,21 @@ class Pipeline:
             self._listeners.remove(count)
         if broken:
             raise broken[0]
+
+    def _taker(
+        self, items: Iterable[BatchItem | Mapping[str, Any]], skip: frozenset[int]
+    ) -> Callable[[], BatchItem | None]:
+        """A function giving the next item not skipped, or None once there are no more."""
+        entries = enumerate(items)
+
+        def take() -> BatchItem | None:
+            for index, entry in entries:
+                item = entry if isinstance(entry, BatchItem) else self._item(entry, index)
+                if item.seq not in skip:
+                    return item
+            return None
+
+        return take
 
     async def _writer_room(self) -> None:
         """Wait while the sink's writer is more than `WRITER_BACKLOG` records behind."""
@@ -619,6 +641,8 @@ class Pipeline:
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
 """Statuses the regression guard does not observe: no work ran, or it was cut short by
 the caller (its latency and cost say nothing about the policy)."""
+_FIRST_WORKERS = 1_024
+"""Workers `run_batch` starts at once when its items do not say how many they are."""
 WRITER_BACKLOG = 8_192
 """Records a batch lets its sink's writer fall behind (`backlog`) before it waits to start
 more requests; it starts again at half of it. A flagship request is about 60 records, so this

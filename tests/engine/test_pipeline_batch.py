@@ -3,6 +3,7 @@ the runs a batch owns: started, resumed and finished exactly once by the pipelin
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import engine.api
 from engine.api import BatchSummary, Pipeline
 from engine.events import RequestRecord
 from engine.store.store import Store
@@ -209,7 +211,7 @@ async def test_a_batch_whose_records_could_not_be_stored_is_finished_as_failed(
     async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
         calls = CountingStore(pipe)
         batch = pipe.start_batch(2)
-        monkeypatch.setattr(StoreWriter, "_commit", disk_full)
+        monkeypatch.setattr(StoreWriter, "_insert_rows", disk_full)
         with pytest.raises(StoreError, match="database or disk is full"):
             await pipe.run_batch([{"prompt": "a"}, {"prompt": "b"}], batch=batch)
         monkeypatch.undo()
@@ -298,6 +300,51 @@ async def test_a_batch_never_has_more_requests_in_flight_than_its_concurrency(
         in_flight += step
         peak = max(peak, in_flight)
     assert peak == concurrency  # never more, and the batch does use what it is given
+
+
+async def test_workers_beyond_the_first_start_as_items_are_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine.api, "_FIRST_WORKERS", 2)
+    (tmp_path / "sleepy.yaml").write_text(SLEEPY)
+    seen: list[RequestRecord] = []
+
+    def items() -> Iterator[dict[str, str]]:  # cannot say how many it holds
+        for i in range(24):
+            yield {"prompt": f"question {i}"}
+
+    async with Pipeline(tmp_path / "sleepy.yaml", db=None) as pipe:
+        summary = await pipe.run_batch(items(), concurrency=5, on_record=seen.append)
+    assert (summary.done, sorted(r.seq for r in seen)) == (24, list(range(24)))
+    edges = sorted([(r.started_at, 1) for r in seen] + [(r.finished_at, -1) for r in seen])
+    in_flight = peak = 0
+    for _, step in edges:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak == 5  # two at first, then one more per item taken, up to the concurrency
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_huge_concurrency_starts_no_more_workers_than_the_items_need(
+    tmp_path: Path, sized: bool
+) -> None:
+    """`moat run --concurrency 1000000000000000000000000000000` on five lines: five
+    answers, not a task per unit of concurrency (which once ate all memory)."""
+    tasks: list[int] = []
+
+    def items() -> Iterator[dict[str, str]]:
+        for i in range(5):
+            tasks.append(len(asyncio.all_tasks()))
+            yield {"prompt": f"q{i}"}
+
+    async def answer() -> BatchSummary:
+        async with Pipeline(write_graph(tmp_path), db=None) as pipe:
+            given = list(items()) if sized else items()
+            return await pipe.run_batch(given, concurrency=10**30)
+
+    summary = anyio.run(answer)
+    assert (summary.done, summary.by_status) == (5, {"ok": 5})
+    assert max(tasks) < (20 if sized else engine.api._FIRST_WORKERS + 20)
 
 
 _BATCHES = st.lists(st.sampled_from(["a", "", None, "question", 7]), max_size=30).flatmap(

@@ -14,7 +14,15 @@ from typing import Any
 
 from engine.errors import SpecError
 
-__all__ = ["INSTALL_HINT", "LOCAL", "cluster_cpus", "connect", "parse_address", "require_ray"]
+__all__ = [
+    "INSTALL_HINT",
+    "LOCAL",
+    "WORKERS_PER_CPU",
+    "cluster_cpus",
+    "connect",
+    "parse_address",
+    "require_ray",
+]
 
 INSTALL_HINT = "pip install 'moat[ray]'"
 LOCAL = "local"
@@ -81,6 +89,12 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> ModuleType:
             "or no address for a local instance"
         ) from exc
     return ray
+
+
+WORKERS_PER_CPU = 16
+"""Most worker actors (or Serve replicas) a cluster CPU is asked to host: each is a Python
+process of its own, holding the graph, its models and a cache. `--workers 100000` once
+asked Ray for that many processes."""
 
 
 def cluster_cpus() -> int:

@@ -50,9 +50,9 @@ import anyio
 import anyio.abc
 
 from engine.api import BatchSummary, Pipeline
-from engine.cluster._ray import cluster_cpus, connect, require_ray
+from engine.cluster._ray import WORKERS_PER_CPU, cluster_cpus, connect, require_ray
 from engine.cluster.worker import BatchWorker, CacheOp, Shipment, WorkerConfig
-from engine.errors import MoatError
+from engine.errors import MoatError, SpecError
 from engine.events import EventType, OrchestrationEvent, RequestRecord
 from engine.logs import get_logger
 from engine.requests import BatchItem
@@ -114,7 +114,8 @@ class ClusterPipeline(Pipeline):
         **options: the `Pipeline` options (`db`, `policy_file`, `models`, `seed`, ...).
 
     Raises:
-        SpecError: Ray is not installed, or the cluster cannot be reached.
+        SpecError: Ray is not installed, the cluster cannot be reached, or `workers` asks
+            for more than `WORKERS_PER_CPU` a CPU of the cluster.
     """
 
     def __init__(
@@ -164,9 +165,16 @@ class ClusterPipeline(Pipeline):
     async def _open(self, stack: AsyncExitStack) -> None:
         await super()._open(stack)
         ray = connect(self.address)
-        count = self.workers or cluster_cpus()
+        cpus = cluster_cpus()
+        count = self.workers or cpus
+        if count > WORKERS_PER_CPU * cpus:
+            raise SpecError(
+                f"workers={count}: each worker is a process of its own and the Ray cluster "
+                f"offers {cpus} CPUs; give at most {WORKERS_PER_CPU * cpus} "
+                f"({WORKERS_PER_CPU} a CPU), or leave it out for one a CPU"
+            )
         config = self._worker_config()
-        share = min(1.0, cluster_cpus() / count)
+        share = min(1.0, cpus / count)
         actor = ray.remote(
             num_cpus=share,
             max_concurrency=self.window + 8,  # submits, the stream and syncs

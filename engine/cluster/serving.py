@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from engine.api import Pipeline
-from engine.cluster._ray import connect, require_ray
+from engine.cluster._ray import WORKERS_PER_CPU, cluster_cpus, connect, require_ray
 from engine.errors import SpecError, StoreError
 from engine.events import Record, RequestRecord
 from engine.graph.loader import load_graph
@@ -265,6 +265,14 @@ def serve_on_ray(
     autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
     replicas = args.replicas
     ray = connect(parse_address(args.ray))
+    most = WORKERS_PER_CPU * cluster_cpus()
+    asked = autoscale[1] if autoscale is not None else replicas or 1
+    if asked > most:
+        flag = f"--autoscale {args.autoscale}" if autoscale else f"--replicas {replicas}"
+        raise SpecError(
+            f"{flag}: each replica is a process of its own and the Ray cluster offers "
+            f"{most // WORKERS_PER_CPU} CPUs; give at most {most} ({WORKERS_PER_CPU} a CPU)"
+        )
     from ray import serve
 
     url = deploy(

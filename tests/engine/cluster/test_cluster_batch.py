@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from engine.api import Pipeline
+from engine.errors import SpecError
 from engine.events import EventType, MemorySink, RequestRecord
 from engine.graph.loader import load_graph
 from engine.policy.manager import apply_policy
@@ -168,6 +169,14 @@ async def test_workers_start_warm_from_the_store_and_share_what_they_learn(
     assert hits.get(first.run_id) is None
     assert hits[again.run_id] == 6  # on both workers, one of which never saw the question
     assert hits[warm.run_id] == 4  # fresh workers: from the store's entries
+
+
+async def test_more_workers_than_the_cluster_can_host_are_refused_before_any_starts(
+    ray_address: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SpecError, match=r"workers=100000: .* give at most 32 \(16 a CPU\)"):
+        async with ClusterPipeline(flagship(tmp_path), db=None, workers=100_000):
+            pass
 
 
 def _moat(*args: str) -> list[str]:

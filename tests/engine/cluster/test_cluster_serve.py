@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,40 @@ def test_serve_on_ray_answers_the_openai_client_and_stores_every_replica(
     assert len(runs) == 2  # one per replica
     assert sum(done for _, done in runs) == 8
     assert {status for status, _ in runs} == {"finished"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "shown"),
+    [
+        (["--replicas", "5000"], "--replicas 5000"),
+        (["--autoscale", "1:5000"], "--autoscale 1:5000"),
+    ],
+)
+def test_more_replicas_than_the_cluster_can_host_are_refused(
+    ray_address: str, tmp_path: Path, flag: list[str], shown: str
+) -> None:
+    graph = str(flagship(tmp_path))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            graph,
+            "--ray",
+            ray_address,
+            "--port",
+            "0",
+            *flag,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"moat: {shown}: each replica is a process of its own" in done.stderr
+    assert "give at most 32 (16 a CPU)" in done.stderr  # the fixture's cluster has 2 CPUs
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(("value", "pair"), [("1:4", (1, 4)), ("2:2", (2, 2))])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from engine.errors import SpecError, StoreError
@@ -406,10 +407,6 @@ class Pipeline:
         skip: frozenset[int],
         on_record: Callable[[RequestRecord], None] | None,
     ) -> None:
-        run_id = summary.run_id
-        take = self._taker(items, skip)
-        broken: list[Exception] = []
-
         # Workers start at once up to the items there are (or `_FIRST_WORKERS` when
         # `items` cannot tell), then one more for each item taken while fewer than
         # `concurrency` run: never more workers than items (plus those first ones),
@@ -417,51 +414,51 @@ class Pipeline:
         limit = concurrency
         if isinstance(items, Sized):
             limit = min(limit, len(items))
-        workers = 0
-
-        def start_worker() -> None:
-            nonlocal workers
-            workers += 1
-            tg.start_soon(worker)
-
-        async def worker() -> None:
-            # up to `concurrency` workers take the items in turn from one iterator: a
-            # request in flight per worker, and no task, cancel scope or semaphore per
-            # request
-            while True:
-                await self._writer_room()
-                try:
-                    item = take()
-                except Exception as exc:  # `items` itself failed: the batch stops
-                    broken.append(exc)
-                    tg.cancel_scope.cancel()
-                    return
-                if item is None:
-                    return
-                if workers < limit:  # a taker for the next item while this one runs
-                    start_worker()
-                await self._answer(run_id, item)
-                # a request may finish without ever waiting (invalid input, nodes that
-                # never sleep): let the others, a cancellation and the heartbeat in
-                await anyio.lowlevel.checkpoint()
-
+        takers = _Takers(summary.run_id, self._taker(items, skip), limit)
         count = self._counter(summary, on_record)
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as beats:
                 if self.store is not None:
                     beats.start_soon(self._heartbeat, summary)
-                async with anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as takers.tg:
                     for _ in range(max(1, min(limit, _FIRST_WORKERS))):
-                        start_worker()
+                        self._start_taker(takers)
                 # records come after each request's cleanup (`after_success` work): wait
                 # for them before the listener goes
                 await self.settle()
                 beats.cancel_scope.cancel()
         finally:
             self._listeners.remove(count)
-        if broken:
-            raise broken[0]
+        if takers.broken:
+            raise takers.broken[0]
+
+    def _start_taker(self, takers: _Takers) -> None:
+        assert takers.tg is not None
+        takers.started += 1
+        takers.tg.start_soon(self._take_and_answer, takers)
+
+    async def _take_and_answer(self, takers: _Takers) -> None:
+        """One worker of a batch: takes the next item and answers it, until none is left
+        (a request in flight per worker, and no task, cancel scope or semaphore per
+        request)."""
+        while True:
+            await self._writer_room()
+            try:
+                item = takers.take()
+            except Exception as exc:  # `items` itself failed: the batch stops
+                takers.broken.append(exc)
+                assert takers.tg is not None
+                takers.tg.cancel_scope.cancel()
+                return
+            if item is None:
+                return
+            if takers.started < takers.limit:  # a taker for the next item while this one runs
+                self._start_taker(takers)
+            await self._answer(takers.run_id, item)
+            # a request may finish without ever waiting (invalid input, nodes that never
+            # sleep): let the others, a cancellation and the heartbeat in
+            await anyio.lowlevel.checkpoint()
 
     def _taker(
         self, items: Iterable[BatchItem | Mapping[str, Any]], skip: frozenset[int]
@@ -641,6 +638,24 @@ class Pipeline:
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})
 """Statuses the regression guard does not observe: no work ran, or it was cut short by
 the caller (its latency and cost say nothing about the policy)."""
+
+
+@dataclass(slots=True)
+class _Takers:
+    """The workers of one batch, taking its items in turn (`Pipeline._answer_all`). The
+    workers find each other through this and the pipeline, never through closures that
+    refer to each other: a batch leaves no reference cycle behind."""
+
+    run_id: str
+    take: Callable[[], BatchItem | None]
+    limit: int
+    """Most workers: the concurrency, or the items' count when they can tell it."""
+    tg: anyio.abc.TaskGroup | None = None
+    started: int = 0
+    broken: list[Exception] = field(default_factory=list)
+    """What `take` raised: the batch stops and it comes out as itself."""
+
+
 _FIRST_WORKERS = 1_024
 """Workers `run_batch` starts at once when its items do not say how many they are."""
 WRITER_BACKLOG = 8_192

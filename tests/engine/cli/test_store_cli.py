@@ -1,0 +1,37 @@
+"""`moat runs`, `moat stats` and `moat report` given careless arguments and odd stores: one
+line naming the argument or the file and the fix, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from tests.support.store_rows import stored_run
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "many", "1.5"])
+def test_runs_limit_must_be_a_positive_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+    with pytest.raises(SystemExit) as exc:
+        main(["runs", "--db", str(db), "--limit", limit])
+    assert exc.value.code == 2
+    assert f"argument --limit: {limit!r} is not a number of runs (1 or more)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_runs_limit_larger_than_the_store_lists_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    runs = [stored_run(db, 1, at=1_700_000_000.0 + i) for i in range(2)]
+
+    assert main(["runs", "--db", str(db), "--limit", "9" * 30]) == 0
+
+    out = capsys.readouterr().out
+    assert all(run in out for run in runs)

@@ -179,7 +179,8 @@ class Store:
             if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"{target}: store schema version {version} is older than this moat "
-                    f"({SCHEMA_VERSION}); open it once without read-only mode to migrate it"
+                    f"({SCHEMA_VERSION}); the next `moat run` or `moat prune` on it converts it in "
+                    "place (about 20 minutes per million requests), then it reads as before"
                 )
         except StoreError:
             conn.close()

@@ -3,11 +3,13 @@ line naming the argument or the file and the fix, exit code 2, never a traceback
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from engine.cli import main
+from engine.store.schema import MIGRATIONS, connect, migrate, user_version
 from tests.support.store_rows import stored_run
 
 
@@ -35,3 +37,25 @@ def test_runs_limit_larger_than_the_store_lists_every_run(
 
     out = capsys.readouterr().out
     assert all(run in out for run in runs)
+
+
+@pytest.mark.parametrize("command", [["runs"], ["stats"], ["report", "r-1-000000"]])
+def test_readers_of_an_older_store_say_which_command_converts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    migrate(conn, db, MIGRATIONS[:2])
+    conn.close()
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "schema version 2 is older than this moat" in err
+    assert "`moat run` or `moat prune`" in err
+    check = sqlite3.connect(db)
+    try:
+        assert user_version(check) == 2  # a reader never converts it
+    finally:
+        check.close()

@@ -30,6 +30,7 @@ from engine.errors import StoreError
 from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     WRITE_PATIENCE_S,
+    check_version,
     connect,
     describe_error,
     file_lock,
@@ -221,7 +222,7 @@ def prune(
     """Delete whole runs (see the module docstring) and reclaim their space.
 
     Args:
-        path: the store file (migrated first if it is of an older schema).
+        path: the store file (migrated first if it is of an older schema, unless `dry_run`).
         before: prune runs that ended before this epoch time.
         keep_runs: prune every run but the newest `keep_runs`.
         vacuum: on a store without incremental auto-vacuum, run a full `VACUUM` afterwards
@@ -238,7 +239,12 @@ def prune(
     result = PruneResult(bytes_before=_size(path))
     conn = connect(path)
     try:
-        migrate(conn, path)
+        # A dry run writes nothing: it reads `runs` and `requests`, the same in every schema,
+        # and leaves converting an older store (minutes on a large one) to a real prune.
+        if dry_run:
+            check_version(conn, path)
+        else:
+            migrate(conn, path)
         candidates = select_runs(conn, before=before, keep_runs=keep_runs)
         for run_id, status, config_json in candidates:
             (result.skipped if _being_written(status, config_json) else result.runs).append(run_id)

@@ -17,6 +17,7 @@ from two threads at once (`page` may run beside it: the store serialises its que
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 from engine import Store, StoreError
 from engine.store import reads
 from engine.store.reads import RequestPage, RunFacts
+from engine.store.schema import connect, user_version
 
 __all__ = [
     "WINDOW",
@@ -176,6 +178,8 @@ class LiveReader:
         self._overall: Metrics | None = None
         self._overall_at = 0.0
         self._deferred = False
+        self._error = ""
+        """Why the file at `path` cannot be read as a store (empty: it does not exist yet)."""
 
     @property
     def store(self) -> Store | None:
@@ -193,7 +197,9 @@ class LiveReader:
         began = time.perf_counter()
         store = self._open()
         if store is None:
-            return Snapshot(message=f"no store at {self.path} yet: waiting for a run to start")
+            return Snapshot(
+                message=self._error or f"no store at {self.path} yet: waiting for a run to start"
+            )
         try:
             fresh = self._read_requests(store)
             for run_id in {r.run_id for r in fresh}:  # its figures changed
@@ -225,8 +231,11 @@ class LiveReader:
         if self._store is None and self.path.exists():
             try:
                 self._store = Store.open(self.path, readonly=True)
-            except StoreError:
+            except StoreError as exc:
+                # Polls go on: the file may become a store (a run creating it, a migration).
+                self._error = "" if _being_created(self.path) else str(exc)
                 return None
+            self._error = ""
         return self._store
 
     def _rows(self, store: Store, rows: Sequence[Mapping[str, Any]]) -> list[RequestRow]:
@@ -354,6 +363,20 @@ class LiveReader:
             latency_series=newest[0].latency_series if newest else (),
             throughput_series=newest[0].throughput_series if newest else (),
         )
+
+
+def _being_created(path: Path) -> bool:
+    """Whether the file is a store a starting run is creating: empty, or no schema yet."""
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError:
+        return False
+    try:
+        return user_version(conn) == 0
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def _run_rate(run: RunSummary) -> float | None:

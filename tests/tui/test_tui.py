@@ -10,6 +10,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input, Select, Static, TabbedContent, Tree
 
+from engine.store.schema import MIGRATIONS, connect, migrate
 from engine.store.store import Store
 from tests.tui.test_tui_store import RUN_A, RUN_B, add_request, build_store, registry
 from tui import MoatApp
@@ -95,6 +96,23 @@ async def test_empty_store_and_missing_store_show_empty_state(tmp_path: Path) ->
             await pilot.press("r")
             await settle(pilot)
             assert request_ids(app) == []
+
+
+async def test_a_file_that_is_no_usable_store_says_why_instead_of_waiting(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n")
+    old = tmp_path / "old.db"
+    conn = connect(old)
+    migrate(conn, old, MIGRATIONS[:2])
+    conn.close()
+    for name, expected in (
+        ("notes.db", "notes.db: not a moat store"),
+        ("old.db", "old.db: store schema version 2 is older than this moat"),
+    ):
+        app = make_app(tmp_path / name)
+        async with app.run_test(size=(200, 24)) as pilot:
+            await settle(pilot)
+            banner = text_of(app, "#banner")
+            assert expected in banner and "waiting" not in banner
 
 
 async def test_requests_table_shows_status_route_cycles_and_policy(db: Path) -> None:

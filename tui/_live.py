@@ -150,6 +150,9 @@ class Snapshot:
     policies: tuple[PolicyRow, ...] = ()
     simulated: bool = False
     """True once any LLM call used the `sim` provider."""
+    pruned: int = 0
+    """How many times the reader saw runs go (`moat prune`); when it changes, views drop
+    the rows they hold of runs no longer stored."""
     polled_at: float = 0.0
     poll_ms: float = 0.0
     """How long the poll took."""
@@ -180,6 +183,8 @@ class LiveReader:
         self._deferred = False
         self._error = ""
         """Why the file at `path` cannot be read as a store (empty: it does not exist yet)."""
+        self._runs_seen: set[str] = set()
+        self._pruned = 0
 
     @property
     def store(self) -> Store | None:
@@ -205,6 +210,7 @@ class LiveReader:
             for run_id in {r.run_id for r in fresh}:  # its figures changed
                 self._finished.pop(run_id, None)
             runs = self._read_runs(store)
+            self._forget_pruned({r.id for r in runs})
             metrics = self._read_metrics(store, runs, bool(fresh))
             policies = tuple(PolicyRow(**row) for row in store.list_policies())
         except StoreError as exc:
@@ -216,9 +222,19 @@ class LiveReader:
             metrics=metrics,
             policies=policies,
             simulated=self._simulated,
+            pruned=self._pruned,
             polled_at=time.time(),
             poll_ms=(time.perf_counter() - began) * 1000,
         )
+
+    def _forget_pruned(self, known: set[str]) -> None:
+        """Runs seen before are gone (`moat prune`): drop their requests, and read the
+        all-runs figures again, which still count them."""
+        if self._runs_seen - known:
+            self._requests = deque((r for r in self._requests if r.run_id in known), maxlen=WINDOW)
+            self._overall = None
+            self._pruned += 1
+        self._runs_seen = known
 
     def page(self, page: RequestPage, before: int | None, limit: int) -> list[RequestRow]:
         """Up to `limit` requests matching `page`, newest first, older than row `before`."""

@@ -10,6 +10,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input, Select, Static, TabbedContent, Tree
 
+from engine.cli import main
 from engine.store.schema import MIGRATIONS, connect, migrate
 from engine.store.store import Store
 from tests.tui.test_tui_store import RUN_A, RUN_B, add_request, build_store, registry
@@ -377,6 +378,14 @@ def test_cli_registers_moat_tui() -> None:
     args = parser.parse_args(["tui", "--db", "x.db"])
     assert args.db == "x.db"
     assert args.handler.__name__ == "cmd_tui"
+
+
+def test_moat_tui_on_an_unknown_run_lists_the_runs_and_exits_2(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tui", "--db", str(db), "--run", "r-nope"]) == 2
+    err = capsys.readouterr().err
+    assert f"no run 'r-nope'. Latest runs: {RUN_B}, {RUN_A}. List them with `moat runs`" in err
 
 
 def _walk(node: object) -> list[object]:

@@ -145,17 +145,21 @@ def _delete_requests(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int,
     return requests, rows + requests
 
 
-def _still_prunable(conn: sqlite3.Connection, run_id: str) -> bool:
+def _run_status(conn: sqlite3.Connection, run_id: str) -> str:
+    """`gone` (another prune deleted it meanwhile: its row goes last), `running` or `idle`."""
     row = conn.execute("SELECT status, config_json FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return row is not None and not _being_written(row[0], row[1])
+    if row is None:
+        return "gone"
+    return "running" if _being_written(row[0], row[1]) else "idle"
 
 
 def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> bool:
     """Delete one run chunk by chunk; False if it started being written meanwhile."""
     while True:
         with write_transaction(conn, path):
-            if not _still_prunable(conn, run_id):
-                return False
+            status = _run_status(conn, run_id)
+            if status != "idle":
+                return status == "gone"
             ids = _request_chunk(conn, run_id)
             if not ids:
                 run_level = [

@@ -7,13 +7,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from engine.store.retention import prune
-from engine.store.schema import MIGRATIONS, connect, migrate, user_version
+from engine.store.retention import PruneResult, prune
+from engine.store.schema import MIGRATIONS, connect, file_lock, migrate, user_version
 from engine.store.store import Store
 from tests.support.store_rows import TABLES, count_rows, stored_run
 
@@ -203,6 +204,26 @@ def test_prune_is_safe_while_another_process_writes(tmp_path: Path) -> None:
         "llm_calls": 2000,
         "decision_traces": 2000,
     }
+
+
+def test_two_prunes_at_once_both_report_the_run_pruned_not_kept(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 1200)
+    results: list[PruneResult] = []
+    with file_lock(db):  # both select the run, then wait for the write lock
+        threads = [
+            threading.Thread(target=lambda: results.append(prune(db, keep_runs=0)))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [(r.runs, r.skipped) for r in results] == [([run], []), ([run], [])]
+    assert sum(r.requests for r in results) == 1200
+    assert _gone(db, run)
 
 
 def test_exactly_one_selection_is_required(tmp_path: Path) -> None:

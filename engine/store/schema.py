@@ -344,6 +344,15 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CANTOPEN:
+            # A WAL store needs its -shm and -wal files beside it, even to be read: a
+            # read-only folder or file system refuses them.
+            raise StoreError(
+                f"{target}: cannot open the store (SQLite said: {exc}): moat reads it and "
+                f"creates {target.name}-shm and {target.name}-wal beside it, even to read; "
+                "check the permissions of the file and its folder, or copy the store to a "
+                "writable folder"
+            ) from exc
         raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
     return conn
 

@@ -388,7 +388,8 @@ def _being_created(path: Path) -> bool:
     except StoreError:
         return False
     try:
-        return user_version(conn) == 0
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1")
+        return user_version(conn) == 0 and tables.fetchone() is None
     except sqlite3.Error:
         return False
     finally:

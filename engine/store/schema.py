@@ -365,12 +365,28 @@ def user_version(conn: sqlite3.Connection) -> int:
 def check_version(
     conn: sqlite3.Connection, path: str | Path, supported: int = SCHEMA_VERSION
 ) -> int:
-    """Refuse a database written by a newer moat; return its schema version.
+    """Refuse a database written by a newer moat, or another program's; return its
+    schema version.
 
     Raises:
-        StoreError: the schema is newer than `supported`.
+        StoreError: the schema is newer than `supported`, or the file holds tables but
+            no moat schema.
     """
     version = user_version(conn)
+    if version == 0:
+        foreign = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 5"
+            )
+        ]
+        if foreign:  # never add moat's tables to another program's database
+            raise StoreError(
+                f"{path}: not a moat store: it holds another program's tables "
+                f"({', '.join(foreign)}) and no moat schema; give moat a file of its own "
+                "with --db PATH (or $MOAT_DB)"
+            )
     if version > supported:
         raise StoreError(
             f"{path}: store schema version {version} is newer than this moat supports "

@@ -176,6 +176,11 @@ class Store:
         conn = connect(target, readonly=readonly)
         try:
             version = migrate(conn, target) if not readonly else check_version(conn, target)
+            if version == 0:
+                raise StoreError(
+                    f"{target}: not a moat store yet: it is empty; give the store a run "
+                    "wrote with --db PATH (or $MOAT_DB), or start one with `moat run GRAPH`"
+                )
             if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"{target}: store schema version {version} is older than this moat "

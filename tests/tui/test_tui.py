@@ -105,8 +105,13 @@ async def test_a_file_that_is_no_usable_store_says_why_instead_of_waiting(tmp_pa
     conn = connect(old)
     migrate(conn, old, MIGRATIONS[:2])
     conn.close()
+    conn = sqlite3.connect(tmp_path / "app.db")
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
     for name, expected in (
         ("notes.db", "notes.db: not a moat store"),
+        ("app.db", "app.db: not a moat store: it holds another program's tables (users)"),
         ("old.db", "old.db: store schema version 2 is older than this moat"),
     ):
         app = make_app(tmp_path / name)

@@ -77,3 +77,43 @@ def test_a_store_whose_folder_refuses_its_side_files_names_permissions_not_the_f
     assert err.count("\n") == 1 and "not a moat store" not in err
     assert f"{db}: cannot open the store (SQLite said: unable to open database file)" in err
     assert "check the permissions of the file and its folder" in err
+
+
+def _tables(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [row[0] for row in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "command", [["runs"], ["stats"], ["prune", "--keep-runs", "1"], ["prune", "--before", "1d"]]
+)
+def test_another_programs_database_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{db}: not a moat store" in err and "users" in err and "--db" in err
+    assert _tables(db) == ["users"]
+
+
+def test_an_empty_file_is_no_store_to_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()
+
+    assert main(["stats", "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert f"{db}: not a moat store" in err and "older than this moat" not in err

@@ -319,6 +319,11 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     target = Path(path)
     if readonly and not target.exists():
         raise StoreError(f"{target}: no such store; run `moat run GRAPH --db {target}` first")
+    if target.is_dir():
+        raise StoreError(
+            f"{target}: is a folder, not a store; give the store file with --db PATH "
+            f"(such as {target / 'moat.db'})"
+        )
     uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
     fresh = not readonly and (not target.exists() or target.stat().st_size == 0)
     try:

@@ -117,3 +117,12 @@ def test_an_empty_file_is_no_store_to_read(
 
     err = capsys.readouterr().err
     assert f"{db}: not a moat store" in err and "older than this moat" not in err
+
+
+@pytest.mark.parametrize("command", [["runs"], ["report", "r-1"], ["prune", "--keep-runs", "1"]])
+def test_a_folder_given_as_the_store_is_named_as_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert main([*command, "--db", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a folder, not a store; give the store file with --db PATH" in err

@@ -17,6 +17,7 @@ from two threads at once (`page` may run beside it: the store serialises its que
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 from engine import Store, StoreError
 from engine.store import reads
 from engine.store.reads import RequestPage, RunFacts
+from engine.store.schema import connect, user_version
 
 __all__ = [
     "WINDOW",
@@ -148,6 +150,9 @@ class Snapshot:
     policies: tuple[PolicyRow, ...] = ()
     simulated: bool = False
     """True once any LLM call used the `sim` provider."""
+    pruned: int = 0
+    """How many times the reader saw runs go (`moat prune`); when it changes, views drop
+    the rows they hold of runs no longer stored."""
     polled_at: float = 0.0
     poll_ms: float = 0.0
     """How long the poll took."""
@@ -176,6 +181,10 @@ class LiveReader:
         self._overall: Metrics | None = None
         self._overall_at = 0.0
         self._deferred = False
+        self._error = ""
+        """Why the file at `path` cannot be read as a store (empty: it does not exist yet)."""
+        self._runs_seen: set[str] = set()
+        self._pruned = 0
 
     @property
     def store(self) -> Store | None:
@@ -193,12 +202,15 @@ class LiveReader:
         began = time.perf_counter()
         store = self._open()
         if store is None:
-            return Snapshot(message=f"no store at {self.path} yet: waiting for a run to start")
+            return Snapshot(
+                message=self._error or f"no store at {self.path} yet: waiting for a run to start"
+            )
         try:
             fresh = self._read_requests(store)
             for run_id in {r.run_id for r in fresh}:  # its figures changed
                 self._finished.pop(run_id, None)
             runs = self._read_runs(store)
+            self._forget_pruned({r.id for r in runs})
             metrics = self._read_metrics(store, runs, bool(fresh))
             policies = tuple(PolicyRow(**row) for row in store.list_policies())
         except StoreError as exc:
@@ -210,9 +222,19 @@ class LiveReader:
             metrics=metrics,
             policies=policies,
             simulated=self._simulated,
+            pruned=self._pruned,
             polled_at=time.time(),
             poll_ms=(time.perf_counter() - began) * 1000,
         )
+
+    def _forget_pruned(self, known: set[str]) -> None:
+        """Runs seen before are gone (`moat prune`): drop their requests, and read the
+        all-runs figures again, which still count them."""
+        if self._runs_seen - known:
+            self._requests = deque((r for r in self._requests if r.run_id in known), maxlen=WINDOW)
+            self._overall = None
+            self._pruned += 1
+        self._runs_seen = known
 
     def page(self, page: RequestPage, before: int | None, limit: int) -> list[RequestRow]:
         """Up to `limit` requests matching `page`, newest first, older than row `before`."""
@@ -225,8 +247,11 @@ class LiveReader:
         if self._store is None and self.path.exists():
             try:
                 self._store = Store.open(self.path, readonly=True)
-            except StoreError:
+            except StoreError as exc:
+                # Polls go on: the file may become a store (a run creating it, a migration).
+                self._error = "" if _being_created(self.path) else str(exc)
                 return None
+            self._error = ""
         return self._store
 
     def _rows(self, store: Store, rows: Sequence[Mapping[str, Any]]) -> list[RequestRow]:
@@ -354,6 +379,21 @@ class LiveReader:
             latency_series=newest[0].latency_series if newest else (),
             throughput_series=newest[0].throughput_series if newest else (),
         )
+
+
+def _being_created(path: Path) -> bool:
+    """Whether the file is a store a starting run is creating: empty, or no schema yet."""
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError:
+        return False
+    try:
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1")
+        return user_version(conn) == 0 and tables.fetchone() is None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def _run_rate(run: RunSummary) -> float | None:

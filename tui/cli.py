@@ -26,5 +26,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
     from tui.app import run_tui
 
-    run_tui(args.db or os.environ.get("MOAT_DB") or "moat.db", run_id=args.run)
+    path = args.db or os.environ.get("MOAT_DB") or "moat.db"
+    if args.run is not None and os.path.exists(path):
+        # An unknown run would open on empty figures that look like an idle run.
+        from engine import Store
+
+        with Store.open(path, readonly=True) as store:
+            store.require_run(args.run)  # raises, listing the latest runs
+    run_tui(path, run_id=args.run)
     return 0

@@ -19,7 +19,7 @@ def add_commands(sub: Any) -> None:
     """Register the store-reading commands on the `moat` subparsers."""
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--db", metavar="PATH")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_limit, default=20, metavar="N", help="show the newest N runs")
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("stats", help="latency, cost, cache, validation and speculation figures")
@@ -70,9 +70,15 @@ def parse_before(value: str) -> float:
     """`--before`: an ISO date or time (UTC unless it has an offset) or an age (`30d`,
     `12h`, `90m`); the epoch time it means."""
     text = value.strip()
+    now = time.time()
     age = _AGE.fullmatch(text)
     if age:
-        return time.time() - int(age.group(1)) * _AGE_SECONDS[age.group(2)]
+        try:
+            return now - int(age.group(1)) * _AGE_SECONDS[age.group(2)]
+        except OverflowError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is further back than any date; use a smaller age such as 365d"
+            ) from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -82,17 +88,32 @@ def parse_before(value: str) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    if moment.timestamp() > now:
+        # Every finished run ended before a future date: a typo in the year would empty
+        # the store, so that takes the explicit `--keep-runs 0`.
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is in the future, so every run would be pruned; give a past date "
+            "or an age such as 30d (or --keep-runs 0 to prune every run)"
+        )
     return moment.timestamp()
 
 
-def _count(value: str) -> int:
+_MAX_RUNS = 2**62
+"""More runs than any store holds; larger counts mean the same and fit SQLite's integers."""
+
+
+def _count(value: str, least: int = 0) -> int:
     try:
         number = int(value)
     except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of runs (0 or more)")
-    return number
+        number = least - 1
+    if number < least:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of runs ({least} or more)")
+    return min(number, _MAX_RUNS)
+
+
+def _limit(value: str) -> int:
+    return _count(value, least=1)
 
 
 def _open(args: argparse.Namespace) -> Store:

@@ -30,6 +30,7 @@ from engine.errors import StoreError
 from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     WRITE_PATIENCE_S,
+    check_version,
     connect,
     describe_error,
     file_lock,
@@ -144,17 +145,21 @@ def _delete_requests(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int,
     return requests, rows + requests
 
 
-def _still_prunable(conn: sqlite3.Connection, run_id: str) -> bool:
+def _run_status(conn: sqlite3.Connection, run_id: str) -> str:
+    """`gone` (another prune deleted it meanwhile: its row goes last), `running` or `idle`."""
     row = conn.execute("SELECT status, config_json FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return row is not None and not _being_written(row[0], row[1])
+    if row is None:
+        return "gone"
+    return "running" if _being_written(row[0], row[1]) else "idle"
 
 
 def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> bool:
     """Delete one run chunk by chunk; False if it started being written meanwhile."""
     while True:
         with write_transaction(conn, path):
-            if not _still_prunable(conn, run_id):
-                return False
+            status = _run_status(conn, run_id)
+            if status != "idle":
+                return status == "gone"
             ids = _request_chunk(conn, run_id)
             if not ids:
                 run_level = [
@@ -221,7 +226,7 @@ def prune(
     """Delete whole runs (see the module docstring) and reclaim their space.
 
     Args:
-        path: the store file (migrated first if it is of an older schema).
+        path: the store file (migrated first if it is of an older schema, unless `dry_run`).
         before: prune runs that ended before this epoch time.
         keep_runs: prune every run but the newest `keep_runs`.
         vacuum: on a store without incremental auto-vacuum, run a full `VACUUM` afterwards
@@ -238,7 +243,12 @@ def prune(
     result = PruneResult(bytes_before=_size(path))
     conn = connect(path)
     try:
-        migrate(conn, path)
+        # A dry run writes nothing: it reads `runs` and `requests`, the same in every schema,
+        # and leaves converting an older store (minutes on a large one) to a real prune.
+        if dry_run:
+            check_version(conn, path)
+        else:
+            migrate(conn, path)
         candidates = select_runs(conn, before=before, keep_runs=keep_runs)
         for run_id, status, config_json in candidates:
             (result.skipped if _being_written(status, config_json) else result.runs).append(run_id)

@@ -353,6 +353,11 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     target = Path(path)
     if readonly and not target.exists():
         raise StoreError(f"{target}: no such store; run `moat run GRAPH --db {target}` first")
+    if target.is_dir():
+        raise StoreError(
+            f"{target}: is a folder, not a store; give the store file with --db PATH "
+            f"(such as {target / 'moat.db'})"
+        )
     uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
     fresh = not readonly and (not target.exists() or target.stat().st_size == 0)
     try:
@@ -378,6 +383,15 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CANTOPEN:
+            # A WAL store needs its -shm and -wal files beside it, even to be read: a
+            # read-only folder or file system refuses them.
+            raise StoreError(
+                f"{target}: cannot open the store (SQLite said: {exc}): moat reads it and "
+                f"creates {target.name}-shm and {target.name}-wal beside it, even to read; "
+                "check the permissions of the file and its folder, or copy the store to a "
+                "writable folder"
+            ) from exc
         raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
     return conn
 
@@ -390,12 +404,28 @@ def user_version(conn: sqlite3.Connection) -> int:
 def check_version(
     conn: sqlite3.Connection, path: str | Path, supported: int = SCHEMA_VERSION
 ) -> int:
-    """Refuse a database written by a newer moat; return its schema version.
+    """Refuse a database written by a newer moat, or another program's; return its
+    schema version.
 
     Raises:
-        StoreError: the schema is newer than `supported`.
+        StoreError: the schema is newer than `supported`, or the file holds tables but
+            no moat schema.
     """
     version = user_version(conn)
+    if version == 0:
+        foreign = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 5"
+            )
+        ]
+        if foreign:  # never add moat's tables to another program's database
+            raise StoreError(
+                f"{path}: not a moat store: it holds another program's tables "
+                f"({', '.join(foreign)}) and no moat schema; give moat a file of its own "
+                "with --db PATH (or $MOAT_DB)"
+            )
     if version > supported:
         raise StoreError(
             f"{path}: store schema version {version} is newer than this moat supports "

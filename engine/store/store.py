@@ -176,10 +176,16 @@ class Store:
         conn = connect(target, readonly=readonly)
         try:
             version = migrate(conn, target) if not readonly else check_version(conn, target)
+            if version == 0:
+                raise StoreError(
+                    f"{target}: not a moat store yet: it is empty; give the store a run "
+                    "wrote with --db PATH (or $MOAT_DB), or start one with `moat run GRAPH`"
+                )
             if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"{target}: store schema version {version} is older than this moat "
-                    f"({SCHEMA_VERSION}); open it once without read-only mode to migrate it"
+                    f"({SCHEMA_VERSION}); the next `moat run` or `moat prune` on it converts it in "
+                    "place (about 20 minutes per million requests), then it reads as before"
                 )
         except StoreError:
             conn.close()

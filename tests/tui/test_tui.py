@@ -10,6 +10,8 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input, Select, Static, TabbedContent, Tree
 
+from engine.cli import main
+from engine.store.schema import MIGRATIONS, connect, migrate
 from engine.store.store import Store
 from tests.tui.test_tui_store import RUN_A, RUN_B, add_request, build_store, registry
 from tui import MoatApp
@@ -95,6 +97,28 @@ async def test_empty_store_and_missing_store_show_empty_state(tmp_path: Path) ->
             await pilot.press("r")
             await settle(pilot)
             assert request_ids(app) == []
+
+
+async def test_a_file_that_is_no_usable_store_says_why_instead_of_waiting(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n")
+    old = tmp_path / "old.db"
+    conn = connect(old)
+    migrate(conn, old, MIGRATIONS[:2])
+    conn.close()
+    conn = sqlite3.connect(tmp_path / "app.db")
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    for name, expected in (
+        ("notes.db", "notes.db: not a moat store"),
+        ("app.db", "app.db: not a moat store: it holds another program's tables (users)"),
+        ("old.db", "old.db: store schema version 2 is older than this moat"),
+    ):
+        app = make_app(tmp_path / name)
+        async with app.run_test(size=(200, 24)) as pilot:
+            await settle(pilot)
+            banner = text_of(app, "#banner")
+            assert expected in banner and "waiting" not in banner
 
 
 async def test_requests_table_shows_status_route_cycles_and_policy(db: Path) -> None:
@@ -359,6 +383,14 @@ def test_cli_registers_moat_tui() -> None:
     args = parser.parse_args(["tui", "--db", "x.db"])
     assert args.db == "x.db"
     assert args.handler.__name__ == "cmd_tui"
+
+
+def test_moat_tui_on_an_unknown_run_lists_the_runs_and_exits_2(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tui", "--db", str(db), "--run", "r-nope"]) == 2
+    err = capsys.readouterr().err
+    assert f"no run 'r-nope'. Latest runs: {RUN_B}, {RUN_A}. List them with `moat runs`" in err
 
 
 def _walk(node: object) -> list[object]:

@@ -9,6 +9,7 @@ import pytest
 from textual.widgets import DataTable, Static
 
 from engine.store.reads import RequestPage
+from engine.store.retention import prune
 from engine.store.store import Store
 from tests.support.store_rows import stored_run
 from tui import MoatApp
@@ -67,3 +68,28 @@ async def test_the_requests_view_reads_older_pages_on_o(db: Path) -> None:
         with Store.open(db, readonly=True) as store:
             first = store.query("SELECT id FROM requests ORDER BY rowid LIMIT 1")[0]["id"]
         assert str(next(iter(table.rows)).value) == first  # the oldest on top
+
+
+async def test_runs_pruned_meanwhile_leave_the_views_and_the_figures(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    old = stored_run(db, 40, at=1_700_000_000.0)
+    new = stored_run(db, 10, at=1_700_100_000.0)
+    app = MoatApp(db, refresh_s=0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.action_show("requests")
+        while not app.snapshot.available:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        table = app.screen.query_one("#requests", DataTable)
+        assert table.row_count == 50 and app.snapshot.metrics[None].requests == 50
+
+        assert prune(db, keep_runs=1).runs == [old]
+        app.refresh_now()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+        assert [run.id for run in app.snapshot.runs] == [new]
+        assert {row.run_id for row in app.snapshot.requests} == {new}
+        assert app.snapshot.metrics[None].requests == 10
+        assert table.row_count == 10
+        assert all(str(key.value).startswith(new) for key in table.rows)

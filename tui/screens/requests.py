@@ -78,6 +78,8 @@ class RequestsScreen(LiveScreen):
         self._older: list[RequestRow] = []
         """Requests read page by page, older than the kept ones, newest first."""
         self._exhausted = False
+        self._pruned = 0
+        """`Snapshot.pruned` when the table was built: a new value rebuilds it."""
 
     def compose_body(self) -> ComposeResult:
         """Scope line, search and filters, the table."""
@@ -114,8 +116,9 @@ class RequestsScreen(LiveScreen):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Append new requests; rebuild when the scope changed."""
-        if self._shown_scope != self.moat.run_id:
+        if self._shown_scope != self.moat.run_id or self._pruned != snapshot.pruned:
             self._shown_scope = self.moat.run_id
+            self._pruned = snapshot.pruned
             self._older, self._exhausted = [], False
             self._rebuild()
         else:

@@ -55,6 +55,9 @@ def test_prune_dry_run_lists_runs_as_json(
         (["--before", "yesterday"], "'yesterday' is not a date"),
         (["--keep-runs", "-1"], "'-1' is not a number of runs"),
         (["--keep-runs", "many"], "'many' is not a number of runs"),
+        (["--before", "2999-01-01"], "'2999-01-01' is in the future"),
+        (["--before", "2999-01-01T00:00+05:00"], "is in the future"),
+        (["--before", "9" * 400 + "d"], "is further back than any date"),
         ([], "one of the arguments --before --keep-runs is required"),
         (["--before", "1d", "--keep-runs", "2"], "not allowed with argument"),
     ],
@@ -66,6 +69,33 @@ def test_bad_arguments_exit_2_with_the_fix(
         main(["prune", "--db", str(tmp_path / "s.db"), *args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_future_date_prunes_nothing_and_names_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 2)
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--before", "2999-01-01", "--db", str(db)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --before" in err and "--keep-runs 0" in err and "Traceback" not in err
+    with Store.open(db, readonly=True) as store:
+        assert [r["id"] for r in store.list_runs()] == [run]
+
+
+def test_keep_runs_larger_than_the_store_keeps_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 2)
+
+    assert main(["prune", "--keep-runs", "9" * 30, "--db", str(db)]) == 0
+
+    assert capsys.readouterr().out.startswith("pruned 0 runs (0 requests, ")
+    with Store.open(db, readonly=True) as store:
+        assert [r["id"] for r in store.list_runs()] == [run]
 
 
 def test_a_missing_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,12 +7,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from engine.store.retention import prune
+from engine.store.retention import PruneResult, prune
+from engine.store.schema import MIGRATIONS, connect, file_lock, migrate, user_version
 from engine.store.store import Store
 from tests.support.store_rows import TABLES, count_rows, stored_run
 
@@ -92,6 +94,29 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
 
     assert result.runs == [run] and result.requests == 3
     assert count_rows(db, run) == before
+
+
+def test_a_dry_run_leaves_an_older_store_unconverted(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    migrate(conn, db, MIGRATIONS[:2])
+    conn.execute("INSERT INTO runs VALUES ('r-1', 'g', 'h', 10.0, 20.0, 'finished', 1, 1, '{}')")
+    conn.execute(
+        "INSERT INTO requests (id, run_id, seq, status, started_at, finished_at, latency_ms, "
+        "cost_usd) VALUES ('r-1-000000', 'r-1', 0, 'ok', 10.0, 11.0, 1000.0, 0.001)"
+    )
+    conn.close()
+    content = db.read_bytes()
+
+    result = prune(db, keep_runs=0, dry_run=True)
+
+    assert result.runs == ["r-1"] and result.requests == 1
+    conn = sqlite3.connect(db)
+    try:
+        assert user_version(conn) == 2
+    finally:
+        conn.close()
+    assert db.read_bytes() == content
 
 
 def test_incremental_vacuum_gives_the_space_back(tmp_path: Path) -> None:
@@ -179,6 +204,26 @@ def test_prune_is_safe_while_another_process_writes(tmp_path: Path) -> None:
         "llm_calls": 2000,
         "decision_traces": 2000,
     }
+
+
+def test_two_prunes_at_once_both_report_the_run_pruned_not_kept(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 1200)
+    results: list[PruneResult] = []
+    with file_lock(db):  # both select the run, then wait for the write lock
+        threads = [
+            threading.Thread(target=lambda: results.append(prune(db, keep_runs=0)))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [(r.runs, r.skipped) for r in results] == [([run], []), ([run], [])]
+    assert sum(r.requests for r in results) == 1200
+    assert _gone(db, run)
 
 
 def test_exactly_one_selection_is_required(tmp_path: Path) -> None:

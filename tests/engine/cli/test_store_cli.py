@@ -1,0 +1,128 @@
+"""`moat runs`, `moat stats` and `moat report` given careless arguments and odd stores: one
+line naming the argument or the file and the fix, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.store.schema import MIGRATIONS, connect, migrate, user_version
+from tests.support.store_rows import stored_run
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "many", "1.5"])
+def test_runs_limit_must_be_a_positive_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+    with pytest.raises(SystemExit) as exc:
+        main(["runs", "--db", str(db), "--limit", limit])
+    assert exc.value.code == 2
+    assert f"argument --limit: {limit!r} is not a number of runs (1 or more)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_runs_limit_larger_than_the_store_lists_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    runs = [stored_run(db, 1, at=1_700_000_000.0 + i) for i in range(2)]
+
+    assert main(["runs", "--db", str(db), "--limit", "9" * 30]) == 0
+
+    out = capsys.readouterr().out
+    assert all(run in out for run in runs)
+
+
+@pytest.mark.parametrize("command", [["runs"], ["stats"], ["report", "r-1-000000"]])
+def test_readers_of_an_older_store_say_which_command_converts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    migrate(conn, db, MIGRATIONS[:2])
+    conn.close()
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "schema version 2 is older than this moat" in err
+    assert "`moat run` or `moat prune`" in err
+    check = sqlite3.connect(db)
+    try:
+        assert user_version(check) == 2  # a reader never converts it
+    finally:
+        check.close()
+
+
+@pytest.mark.parametrize("command", [["runs"], ["stats"], ["prune", "--keep-runs", "1"]])
+def test_a_store_whose_folder_refuses_its_side_files_names_permissions_not_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+    # What a read-only folder or file system does: SQLite cannot create `s.db-shm`.
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    Path(f"{db}-shm").symlink_to(tmp_path / "missing" / "s.db-shm")
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a moat store" not in err
+    assert f"{db}: cannot open the store (SQLite said: unable to open database file)" in err
+    assert "check the permissions of the file and its folder" in err
+
+
+def _tables(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [row[0] for row in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "command", [["runs"], ["stats"], ["prune", "--keep-runs", "1"], ["prune", "--before", "1d"]]
+)
+def test_another_programs_database_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{db}: not a moat store" in err and "users" in err and "--db" in err
+    assert _tables(db) == ["users"]
+
+
+def test_an_empty_file_is_no_store_to_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()
+
+    assert main(["stats", "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert f"{db}: not a moat store" in err and "older than this moat" not in err
+
+
+@pytest.mark.parametrize("command", [["runs"], ["report", "r-1"], ["prune", "--keep-runs", "1"]])
+def test_a_folder_given_as_the_store_is_named_as_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    assert main([*command, "--db", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a folder, not a store; give the store file with --db PATH" in err

@@ -106,7 +106,8 @@ def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiErr
 
 
 def _content_text(content: Any, at: str) -> str:
-    """A message's text: a string, or the text parts of a list of content parts."""
+    """A message's text: a string, or the text parts of a list of content parts (`at`: the
+    content's field, e.g. `messages[2].content`)."""
     if isinstance(content, str):
         return content
     if content is None:
@@ -115,7 +116,11 @@ def _content_text(content: Any, at: str) -> str:
         texts: list[str] = []
         for i, part in enumerate(content):
             if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise _bad(f"{at}[{i}]: only text content parts are supported", f"{at}[{i}]")
+                raise _bad(
+                    f'{at}[{i}] must be a text part, {{"type": "text", "text": ...}}: a graph '
+                    "takes text only",
+                    f"{at}[{i}]",
+                )
             text = part.get("text")
             if not isinstance(text, str):
                 raise _bad(f"{at}[{i}].text must be a string", f"{at}[{i}].text")
@@ -136,7 +141,8 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         if role not in ROLES:
             choices = ", ".join(sorted(ROLES))
             raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
-        turns.append({"role": str(role), "content": _content_text(message.get("content"), at)})
+        content = _content_text(message.get("content"), f"{at}.content")
+        turns.append({"role": str(role), "content": content})
     return turns
 
 

@@ -25,7 +25,7 @@ import anyio
 import sniffio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -374,7 +374,7 @@ class MoatServer:
         finally:
             watch.cancel()
         # only a disconnect cancels the scope, and the scope then ends the request here
-        raise ApiError(499, "the client closed the request", code="client_closed")
+        raise _client_closed()
 
     async def _run_attended_anyio(
         self, request: Request, served: _Served, chat: ChatRequest, tenant: str
@@ -388,7 +388,7 @@ class MoatServer:
                 outcome.append(exc)
             tg.cancel_scope.cancel()
         if not outcome:
-            raise ApiError(499, "the client closed the request", code="client_closed")
+            raise _client_closed()
         if isinstance(outcome[0], ApiError):
             raise outcome[0]
         return outcome[0]
@@ -520,6 +520,12 @@ def _error_response(error: ApiError) -> Response:
     return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
+def _client_closed() -> ApiError:
+    """The status of a request whose client went away (nginx's 499: nobody reads it, but
+    the metrics count it apart from moat's own errors)."""
+    return ApiError(499, "the client closed the request", code="client_closed")
+
+
 def _too_large(limit: int, graph: str | None) -> ApiError:
     whose = f"the limit of graph {graph!r}" if graph else "the most any served graph takes"
     return ApiError(
@@ -538,8 +544,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     size = 0
     while True:  # the ASGI messages themselves: Starlette's stream generator costs more
         message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+        if message["type"] == "http.disconnect":  # gone before its request was whole
+            raise _client_closed()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -3,13 +3,16 @@ that names what is wrong, and nothing of it reaches the log as a crash."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from engine.serve import MoatServer
-from tests.engine.serve.test_serve import echo_graph
+from tests.engine.serve.test_serve import echo_graph, samples
 from tests.support.serve_client import http
 
 pytestmark = pytest.mark.anyio
@@ -38,3 +41,53 @@ async def test_a_bad_message_content_is_a_400_naming_the_content_field(
     error = response.json()["error"]
     assert error["param"] == param
     assert error["message"].startswith(f"{param} ")
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("moat.test", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"content-type", b"application/json")],
+    }
+
+
+async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps({"model": "echo", "messages": [USER]}).encode()
+    messages = iter(
+        [
+            {"type": "http.request", "body": body[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    caplog.set_level(logging.ERROR, logger="moat.serve")
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        with anyio.fail_after(10):
+            await server.app(_scope(), receive, send)
+        after = await web.post("/chat/completions", json={"model": "echo", "messages": [USER]})
+        scraped = samples((await web.get("http://moat.test/metrics")).text)
+        recorded = server.graphs["echo"].pipe.memory.requests()
+    assert sent[0]["status"] == 499
+    assert after.status_code == 200
+    assert [r.getMessage() for r in caplog.records] == []
+    assert 'moat_http_responses_total{code="500"}' not in scraped
+    assert scraped['moat_http_responses_total{code="499"}'] == 1
+    assert len(recorded) == 1  # only the request that was sent whole

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
+import openai
 import pytest
 
 from engine.serve import MoatServer
+from engine.serve.sim_app import SimServer
 from tests.engine.serve.test_serve import echo_graph, samples
 from tests.support.serve_client import http
 
@@ -91,3 +94,52 @@ async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
     assert 'moat_http_responses_total{code="500"}' not in scraped
     assert scraped['moat_http_responses_total{code="499"}'] == 1
     assert len(recorded) == 1  # only the request that was sent whole
+
+
+# -- moat sim-server ------------------------------------------------------------------------
+
+SIM = "http://sim.test/v1"
+
+
+def sim_http(server: SimServer) -> httpx2.AsyncClient:
+    """A plain HTTP client on a sim-server's app."""
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=server.app), base_url=SIM)
+
+
+async def test_sim_server_refuses_json_nested_past_the_parser_with_a_400() -> None:
+    raw = b'{"model": "sim-small", "metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=raw)
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+    assert after.status_code == 200
+
+
+async def test_sim_server_streams_the_answer_it_would_send_whole() -> None:
+    messages: Any = [{"role": "user", "content": "What is a Roth IRA?"}]
+    async with (
+        sim_http(SimServer(time_scale=0)) as web,
+        openai.AsyncOpenAI(base_url=SIM, api_key="any", http_client=web, max_retries=0) as oai,
+    ):
+        whole = await oai.chat.completions.create(model="sim-small", messages=messages, seed=3)
+        stream = await oai.chat.completions.create(
+            model="sim-small",
+            messages=messages,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage == whole.usage
+
+
+async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
+    body = {"model": "sim-small", "messages": [USER], "stream": "true"}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "`stream`" in response.json()["error"]["message"]

@@ -13,7 +13,8 @@ import httpx2
 import openai
 import pytest
 
-from engine.serve import MoatServer
+from engine.errors import SpecError
+from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
 from tests.engine.serve.test_serve import echo_graph, samples
 from tests.support.serve_client import http
@@ -143,3 +144,31 @@ async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
         response = await web.post("/chat/completions", json=body)
     assert response.status_code == 400
     assert "`stream`" in response.json()["error"]["message"]
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+
+def test_a_keys_file_giving_one_key_to_two_tenants_is_refused_naming_both_lines(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        f"acme sha256:{hash_key('sk-1')}\n# rotated\nglobex sha256:{hash_key('sk-1').upper()}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_keys(keys)
+    assert str(caught.value).startswith(f"{keys}:3: ")
+    assert "also the key of line 1 (tenant 'acme')" in str(caught.value)
+
+
+def test_keys_from_the_environment_giving_one_key_to_two_tenants_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"entry 2 .* also the key of entry 1 \(tenant 'acme'\)"):
+        keys_from_env("acme=sk-1,globex=sk-1")
+
+
+def test_the_same_key_twice_for_one_tenant_is_accepted(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"acme sha256:{hash_key('sk-1')}\nacme sha256:{hash_key('sk-1')}\n")
+    assert load_keys(keys).keys == {hash_key("sk-1"): "acme"}
+    assert keys_from_env("acme=sk-1,acme=sk-1").keys == {hash_key("sk-1"): "acme"}

@@ -48,6 +48,7 @@ from engine.serve.wire import (
     ChatRequest,
     completion,
     error_body,
+    json_safe,
     moat_headers,
     parse_chat,
     stream_chunks,
@@ -339,7 +340,11 @@ class MoatServer:
         headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
             return _sse(result, chat, tokens, headers)
-        return JSONResponse(completion(result, chat.model, tokens), headers=headers)
+        body = completion(result, chat.model, tokens)
+        try:
+            return JSONResponse(body, headers=headers)
+        except ValueError:  # a number JSON cannot carry, NaN or infinite, in the output
+            return JSONResponse(json_safe(body), headers=headers)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -603,7 +608,7 @@ def _sse(
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
-            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+            yield b"data: " + _strict_json(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
@@ -611,3 +616,11 @@ def _sse(
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache"},
     )
+
+
+def _strict_json(value: Any) -> str:
+    """`value` as JSON that any client parses: without NaN or infinities (`json_safe`)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(value), ensure_ascii=False)

@@ -9,6 +9,7 @@ input: the last user message is `input.prompt`, the turns before it are `input.h
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "answer_text",
     "completion",
     "error_body",
+    "json_safe",
     "moat_headers",
     "parse_chat",
     "stream_chunks",
@@ -195,7 +197,21 @@ def answer_text(output: Mapping[str, Any] | None) -> str:
         value = output
     if value is None:  # a partial answer whose text the deadline cut off
         return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with each number JSON cannot carry (NaN, infinities) as None, as JavaScript's
+    `JSON.stringify` sends them: a graph's output may compute one, and a client's JSON
+    parser would refuse the whole answer for it. (A walk over the value: the app calls it
+    only when strict JSON refused the answer.)"""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _decision(result: RequestResult) -> str | None:

@@ -172,3 +172,50 @@ def test_the_same_key_twice_for_one_tenant_is_accepted(tmp_path: Path) -> None:
     keys.write_text(f"acme sha256:{hash_key('sk-1')}\nacme sha256:{hash_key('sk-1')}\n")
     assert load_keys(keys).keys == {hash_key("sk-1"): "acme"}
     assert keys_from_env("acme=sk-1,acme=sk-1").keys == {hash_key("sk-1"): "acme"}
+
+
+# -- answers JSON cannot carry --------------------------------------------------------------
+
+INFINITE = """
+moat: 1
+name: inf
+models:
+  small: {provider: sim, profile: small, time_scale: 0}
+input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  answer: answer.text
+  score: "1e308 * 10"
+  scores: "[1.5, -1e308 * 10]"
+"""
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_an_output_number_json_cannot_carry_is_sent_as_null(
+    tmp_path: Path, stream: bool
+) -> None:
+    graph = tmp_path / "inf.yaml"
+    graph.write_text(INFINITE)
+    body = {"model": "inf", "messages": [USER], "stream": stream}
+    async with MoatServer([graph], db=tmp_path / "moat.db") as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+        await server.graphs["inf"].pipe.settle()
+    assert response.status_code == 200
+    if stream:
+        events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+        assert events[-1] == "[DONE]"
+        moat = [strict_json(event) for event in events[:-1]][-1]["moat"]
+    else:
+        moat = strict_json(response.text)["moat"]
+    assert moat["output"]["score"] is None and moat["output"]["scores"] == [1.5, None]
+    assert moat["request_id"] == response.headers["x-moat-request-id"]

@@ -146,6 +146,31 @@ async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
     assert "`stream`" in response.json()["error"]["message"]
 
 
+async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
+    server = SimServer(time_scale=0)
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"model": "sim-', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(10):
+        await server.app(_scope(), receive, send)  # no exception for uvicorn to log
+    assert sent[0]["status"] == 499
+    assert server.dropped_connections == 0  # no answer was being prepared
+    async with sim_http(server) as web:
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    assert after.status_code == 200
+
+
 # -- API keys -------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from engine.events import RequestStatus
 from engine.requests import show_value
@@ -247,10 +248,22 @@ def moat_headers(result: RequestResult, *, simulated: bool = False) -> dict[str,
         headers["x-moat-policy-version"] = str(result.policy_version)
     decision = _decision(result)
     if decision is not None:
-        headers["x-moat-decision"] = decision
+        headers["x-moat-decision"] = _header_value(decision)
     if simulated:
         headers["x-moat-simulated"] = "true"
     return headers
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _header_value(text: str) -> str:
+    """`text` as an HTTP header value: as is when it is printable ASCII, else
+    percent-encoded as UTF-8 (a graph's decision may be any text, and a line break in a
+    header would end it, or start another)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe=_HEADER_SAFE)
 
 
 def _usage(tokens: tuple[int, int, int]) -> dict[str, int]:

@@ -97,6 +97,44 @@ async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
     assert len(recorded) == 1  # only the request that was sent whole
 
 
+DECIDING = """
+moat: 1
+name: dec
+models:
+  small: {provider: sim, profile: small, time_scale: 0}
+input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  answer: answer.text
+  decision: input.prompt
+"""
+
+
+@pytest.mark.parametrize(
+    ("decision", "header"),
+    [
+        ("accept", "accept"),
+        ("ok\r\nSet-Cookie: pwned=1", "ok%0D%0ASet-Cookie: pwned=1"),
+        ("caf\u00e9 \u2603", "caf%C3%A9 %E2%98%83"),
+        ("a\x00b", "a%00b"),
+    ],
+    ids=["word", "crlf", "unicode", "nul"],
+)
+async def test_a_decision_a_header_cannot_carry_is_percent_encoded_in_its_header(
+    tmp_path: Path, decision: str, header: str
+) -> None:
+    graph = tmp_path / "dec.yaml"
+    graph.write_text(DECIDING)
+    body = {"model": "dec", "messages": [{"role": "user", "content": decision}]}
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-moat-decision"] == header
+    assert "set-cookie" not in response.headers
+    assert response.json()["moat"]["decision"] == decision
+
+
 # -- moat sim-server ------------------------------------------------------------------------
 
 SIM = "http://sim.test/v1"

@@ -13,6 +13,7 @@ import httpx2
 import openai
 import pytest
 
+from engine.cli import main
 from engine.errors import SpecError
 from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
@@ -282,3 +283,19 @@ async def test_an_output_number_json_cannot_carry_is_sent_as_null(
         moat = strict_json(response.text)["moat"]
     assert moat["output"]["score"] is None and moat["output"]["scores"] == [1.5, None]
     assert moat["request_id"] == response.headers["x-moat-request-id"]
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", ["inf", "nan", "-5"])
+def test_a_grace_period_that_is_not_a_finite_number_of_seconds_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], grace: str
+) -> None:
+    db = tmp_path / "moat.db"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(echo_graph(tmp_path)), "--port", "0", "--db", str(db), "--grace", grace])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --grace: {grace!r} is not a number of seconds of at least 0" in err
+    assert not db.exists()

@@ -49,6 +49,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
+    return value
+
+
 def add_commands(sub: Any) -> None:
     """Register `moat serve` on the `moat` subparsers."""
     p = sub.add_parser("serve", help="serve graphs behind an OpenAI-compatible HTTP API")
@@ -82,7 +92,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="seconds in-flight requests get to finish on SIGTERM",

@@ -12,6 +12,7 @@ Models: `sim-small`, `sim-medium`, `sim-large` (or just `small`, ...); any other
 to a profile by its look (`*mini*`, `*small*`, `*nano*`, `*haiku*`, `*flash*`, `*8b*` ->
 small; `*large*`, `gpt-4o`, `gpt-4.1`, `gpt-5`, `*opus*`, `*70b*`, `*405b*` -> large;
 anything else -> medium). `response_format` `json_object` and `json_schema` are honoured;
+`stream: true` sends the same answer as OpenAI's server-sent chunks;
 `seed` seeds the answer; an extra body field `_labels` carries hidden labels and the
 header `X-Moat-Task` (sent by moat's `openai` provider; or `X-Sim-Task`, or a body field
 `_task`) the task. moat's `openai` provider also sends `X-Moat-Call` (see
@@ -179,6 +180,10 @@ class SimService:
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             call = self._call(body, headers)
+            stream = _stream_options(body)
+        except RecursionError:
+            message = "bad chat completion request: the JSON is nested too deeply"
+            return error_reply(400, message, "invalid_request_error")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             message = f"bad chat completion request: {reason}"
@@ -191,7 +196,11 @@ class SimService:
             await anyio.sleep(self.latency_s)
         if fault == "malformed":
             return SimReply(200, b'{"id": "chatcmpl-sim", "choices": [{"message": ')
-        return _json_reply(200, _completion_body(call, answer))
+        completion = _completion_body(call, answer)
+        if stream is not None:
+            events = _event_stream(completion, include_usage=stream)
+            return SimReply(200, events, {"content-type": "text/event-stream"})
+        return _json_reply(200, completion)
 
     def _provider(self, model: str, seed: int, *, instant: bool = False) -> SimProvider:
         profile = profile_for_model(model)
@@ -295,6 +304,35 @@ def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -
         attempt=0,
         labels=labels if isinstance(labels, Mapping) else {},
     )
+
+
+def _stream_options(body: Mapping[str, Any]) -> bool | None:
+    """None for an answer in one piece; for `stream: true`, whether the usage is asked for
+    (`stream_options.include_usage`)."""
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ValueError("`stream` must be true or false")
+    if not stream:
+        return None
+    options = body.get("stream_options") or {}
+    return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+
+def _event_stream(completion: Mapping[str, Any], *, include_usage: bool) -> bytes:
+    """A completion as OpenAI's server-sent chunks, sent at once: the role and the text,
+    the finish reason, the usage when asked for, then `[DONE]`."""
+    base = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    choice = completion["choices"][0]
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    chunks = [chunk(dict(choice["message"]), None), chunk({}, choice["finish_reason"])]
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    return events + b"data: [DONE]\n\n"
 
 
 def _content_text(content: Any) -> str:

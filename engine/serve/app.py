@@ -25,7 +25,7 @@ import anyio
 import sniffio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -48,6 +48,7 @@ from engine.serve.wire import (
     ChatRequest,
     completion,
     error_body,
+    json_safe,
     moat_headers,
     parse_chat,
     stream_chunks,
@@ -341,7 +342,11 @@ class MoatServer:
         headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
             return _sse(result, chat, tokens, headers)
-        return JSONResponse(completion(result, chat.model, tokens), headers=headers)
+        body = completion(result, chat.model, tokens)
+        try:
+            return JSONResponse(body, headers=headers)
+        except ValueError:  # a number JSON cannot carry, NaN or infinite, in the output
+            return JSONResponse(json_safe(body), headers=headers)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -376,7 +381,7 @@ class MoatServer:
         finally:
             watch.cancel()
         # only a disconnect cancels the scope, and the scope then ends the request here
-        raise ApiError(499, "the client closed the request", code="client_closed")
+        raise _client_closed()
 
     async def _run_attended_anyio(
         self, request: Request, served: _Served, chat: ChatRequest, tenant: str
@@ -390,7 +395,7 @@ class MoatServer:
                 outcome.append(exc)
             tg.cancel_scope.cancel()
         if not outcome:
-            raise ApiError(499, "the client closed the request", code="client_closed")
+            raise _client_closed()
         if isinstance(outcome[0], ApiError):
             raise outcome[0]
         return outcome[0]
@@ -522,6 +527,12 @@ def _error_response(error: ApiError) -> Response:
     return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
+def _client_closed() -> ApiError:
+    """The status of a request whose client went away (nginx's 499: nobody reads it, but
+    the metrics count it apart from moat's own errors)."""
+    return ApiError(499, "the client closed the request", code="client_closed")
+
+
 def _too_large(limit: int, graph: str | None) -> ApiError:
     whose = f"the limit of graph {graph!r}" if graph else "the most any served graph takes"
     return ApiError(
@@ -540,8 +551,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     size = 0
     while True:  # the ASGI messages themselves: Starlette's stream generator costs more
         message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+        if message["type"] == "http.disconnect":  # gone before its request was whole
+            raise _client_closed()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -599,7 +610,7 @@ def _sse(
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
-            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+            yield b"data: " + _strict_json(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
@@ -607,3 +618,11 @@ def _sse(
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache"},
     )
+
+
+def _strict_json(value: Any) -> str:
+    """`value` as JSON that any client parses: without NaN or infinities (`json_safe`)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(value), ensure_ascii=False)

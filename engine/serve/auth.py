@@ -60,14 +60,15 @@ def load_keys(path: str | Path) -> KeyRing:
     """Read a keys file.
 
     Raises:
-        SpecError: the file is missing, or a line is not `TENANT sha256:HEX` (a plain key
-            is refused with how to hash it).
+        SpecError: the file is missing, a line is not `TENANT sha256:HEX` (a plain key
+            is refused with how to hash it), or a key is given to two tenants.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read the keys file: {exc}", path=str(path)) from exc
     keys: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -80,7 +81,15 @@ def load_keys(path: str | Path) -> KeyRing:
                 path=str(path),
                 line=number,
             )
-        keys[match["hex"].lower()] = match["tenant"]
+        digest, tenant = match["hex"].lower(), match["tenant"]
+        if keys.setdefault(digest, tenant) != tenant:
+            raise SpecError(
+                f"this key (tenant {tenant!r}) is also the key of line {lines[digest]} "
+                f"(tenant {keys[digest]!r}); a key names one tenant, so remove one of the lines",
+                path=str(path),
+                line=number,
+            )
+        lines.setdefault(digest, number)
     if not keys:
         raise SpecError("the keys file has no keys (lines `TENANT sha256:HEX`)", path=str(path))
     return KeyRing(keys)
@@ -90,9 +99,11 @@ def keys_from_env(value: str) -> KeyRing:
     """Read `TENANT=KEY,TENANT=KEY` (the value of `MOAT_API_KEYS`); only hashes are kept.
 
     Raises:
-        SpecError: an entry is not `TENANT=KEY` (the message never repeats a key).
+        SpecError: an entry is not `TENANT=KEY`, or a key is given to two tenants (the
+            message never repeats a key).
     """
     keys: dict[str, str] = {}
+    entries: dict[str, int] = {}
     for number, entry in enumerate(value.split(","), 1):
         tenant, sep, key = entry.strip().partition("=")
         if not sep or not _TENANT.match(tenant) or not key.strip():
@@ -100,5 +111,12 @@ def keys_from_env(value: str) -> KeyRing:
                 f"${ENV_KEYS}: entry {number} is not TENANT=KEY (tenants are letters, "
                 "digits and _.@-; entries are separated by commas)"
             )
-        keys[hash_key(key.strip())] = tenant
+        digest = hash_key(key.strip())
+        if keys.setdefault(digest, tenant) != tenant:
+            raise SpecError(
+                f"${ENV_KEYS}: the key of entry {number} (tenant {tenant!r}) is also the key "
+                f"of entry {entries[digest]} (tenant {keys[digest]!r}); a key names one "
+                "tenant, so remove one of the entries"
+            )
+        entries.setdefault(digest, number)
     return KeyRing(keys)

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -114,7 +114,10 @@ class SimServer:
 
     async def _endpoint(self, request: Request) -> Response:
         self.requests += 1
-        body = await request.body()  # any framing: Content-Length or chunked
+        try:
+            body = await request.body()  # any framing: Content-Length or chunked
+        except ClientDisconnect:  # gone before its request was whole: nothing to answer
+            return Response(status_code=499)
         self.request_started.set()
         work = self.service.answer(request.method, request.url.path, request.headers, body)
         reply = await _attended(request, work)

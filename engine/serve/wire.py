@@ -9,10 +9,12 @@ input: the last user message is `input.prompt`, the turns before it are `input.h
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from engine.events import RequestStatus
 from engine.requests import show_value
@@ -24,6 +26,7 @@ __all__ = [
     "answer_text",
     "completion",
     "error_body",
+    "json_safe",
     "moat_headers",
     "parse_chat",
     "stream_chunks",
@@ -106,7 +109,8 @@ def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiErr
 
 
 def _content_text(content: Any, at: str) -> str:
-    """A message's text: a string, or the text parts of a list of content parts."""
+    """A message's text: a string, or the text parts of a list of content parts (`at`: the
+    content's field, e.g. `messages[2].content`)."""
     if isinstance(content, str):
         return content
     if content is None:
@@ -115,7 +119,11 @@ def _content_text(content: Any, at: str) -> str:
         texts: list[str] = []
         for i, part in enumerate(content):
             if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise _bad(f"{at}[{i}]: only text content parts are supported", f"{at}[{i}]")
+                raise _bad(
+                    f'{at}[{i}] must be a text part, {{"type": "text", "text": ...}}: a graph '
+                    "takes text only",
+                    f"{at}[{i}]",
+                )
             text = part.get("text")
             if not isinstance(text, str):
                 raise _bad(f"{at}[{i}].text must be a string", f"{at}[{i}].text")
@@ -136,7 +144,8 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         if role not in ROLES:
             choices = ", ".join(sorted(ROLES))
             raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
-        turns.append({"role": str(role), "content": _content_text(message.get("content"), at)})
+        content = _content_text(message.get("content"), f"{at}.content")
+        turns.append({"role": str(role), "content": content})
     return turns
 
 
@@ -189,7 +198,21 @@ def answer_text(output: Mapping[str, Any] | None) -> str:
         value = output
     if value is None:  # a partial answer whose text the deadline cut off
         return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with each number JSON cannot carry (NaN, infinities) as None, as JavaScript's
+    `JSON.stringify` sends them: a graph's output may compute one, and a client's JSON
+    parser would refuse the whole answer for it. (A walk over the value: the app calls it
+    only when strict JSON refused the answer.)"""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _decision(result: RequestResult) -> str | None:
@@ -225,10 +248,22 @@ def moat_headers(result: RequestResult, *, simulated: bool = False) -> dict[str,
         headers["x-moat-policy-version"] = str(result.policy_version)
     decision = _decision(result)
     if decision is not None:
-        headers["x-moat-decision"] = decision
+        headers["x-moat-decision"] = _header_value(decision)
     if simulated:
         headers["x-moat-simulated"] = "true"
     return headers
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _header_value(text: str) -> str:
+    """`text` as an HTTP header value: as is when it is printable ASCII, else
+    percent-encoded as UTF-8 (a graph's decision may be any text, and a line break in a
+    header would end it, or start another)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe=_HEADER_SAFE)
 
 
 def _usage(tokens: tuple[int, int, int]) -> dict[str, int]:

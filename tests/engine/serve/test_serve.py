@@ -198,7 +198,7 @@ async def test_an_unknown_graph_is_a_404_listing_the_served_ones(shipped: MoatSe
         ),
         (
             {"model": "echo", "messages": [{"role": "user", "content": 3}]},
-            "messages[0]",
+            "messages[0].content",
             "string or a list",
         ),
         ({"messages": [{"role": "user", "content": "x"}]}, "model", "served graph"),

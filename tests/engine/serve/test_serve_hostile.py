@@ -1,0 +1,301 @@
+"""`moat serve` and `moat sim-server` under careless and hostile clients: each gets an error
+that names what is wrong, and nothing of it reaches the log as a crash."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import openai
+import pytest
+
+from engine.cli import main
+from engine.errors import SpecError
+from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
+from engine.serve.sim_app import SimServer
+from tests.engine.serve.test_serve import echo_graph, samples
+from tests.support.serve_client import http
+
+pytestmark = pytest.mark.anyio
+
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        (3, "messages[1].content"),
+        ({"text": "hi"}, "messages[1].content"),
+        ([{"type": "image_url", "image_url": {"url": "x"}}], "messages[1].content[0]"),
+        ([{"type": "text", "text": "a"}, "b"], "messages[1].content[1]"),
+        ([{"type": "text", "text": 5}], "messages[1].content[0].text"),
+    ],
+    ids=["number", "object", "image-part", "bare-string-part", "text-not-string"],
+)
+async def test_a_bad_message_content_is_a_400_naming_the_content_field(
+    tmp_path: Path, content: Any, param: str
+) -> None:
+    body = {"model": "echo", "messages": [USER, {"role": "user", "content": content}]}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["message"].startswith(f"{param} ")
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("moat.test", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"content-type", b"application/json")],
+    }
+
+
+async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps({"model": "echo", "messages": [USER]}).encode()
+    messages = iter(
+        [
+            {"type": "http.request", "body": body[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    caplog.set_level(logging.ERROR, logger="moat.serve")
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        with anyio.fail_after(10):
+            await server.app(_scope(), receive, send)
+        after = await web.post("/chat/completions", json={"model": "echo", "messages": [USER]})
+        scraped = samples((await web.get("http://moat.test/metrics")).text)
+        recorded = server.graphs["echo"].pipe.memory.requests()
+    assert sent[0]["status"] == 499
+    assert after.status_code == 200
+    assert [r.getMessage() for r in caplog.records] == []
+    assert 'moat_http_responses_total{code="500"}' not in scraped
+    assert scraped['moat_http_responses_total{code="499"}'] == 1
+    assert len(recorded) == 1  # only the request that was sent whole
+
+
+DECIDING = """
+moat: 1
+name: dec
+models:
+  small: {provider: sim, profile: small, time_scale: 0}
+input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  answer: answer.text
+  decision: input.prompt
+"""
+
+
+@pytest.mark.parametrize(
+    ("decision", "header"),
+    [
+        ("accept", "accept"),
+        ("ok\r\nSet-Cookie: pwned=1", "ok%0D%0ASet-Cookie: pwned=1"),
+        ("caf\u00e9 \u2603", "caf%C3%A9 %E2%98%83"),
+        ("a\x00b", "a%00b"),
+    ],
+    ids=["word", "crlf", "unicode", "nul"],
+)
+async def test_a_decision_a_header_cannot_carry_is_percent_encoded_in_its_header(
+    tmp_path: Path, decision: str, header: str
+) -> None:
+    graph = tmp_path / "dec.yaml"
+    graph.write_text(DECIDING)
+    body = {"model": "dec", "messages": [{"role": "user", "content": decision}]}
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-moat-decision"] == header
+    assert "set-cookie" not in response.headers
+    assert response.json()["moat"]["decision"] == decision
+
+
+# -- moat sim-server ------------------------------------------------------------------------
+
+SIM = "http://sim.test/v1"
+
+
+def sim_http(server: SimServer) -> httpx2.AsyncClient:
+    """A plain HTTP client on a sim-server's app."""
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=server.app), base_url=SIM)
+
+
+async def test_sim_server_refuses_json_nested_past_the_parser_with_a_400() -> None:
+    raw = b'{"model": "sim-small", "metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=raw)
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+    assert after.status_code == 200
+
+
+async def test_sim_server_streams_the_answer_it_would_send_whole() -> None:
+    messages: Any = [{"role": "user", "content": "What is a Roth IRA?"}]
+    async with (
+        sim_http(SimServer(time_scale=0)) as web,
+        openai.AsyncOpenAI(base_url=SIM, api_key="any", http_client=web, max_retries=0) as oai,
+    ):
+        whole = await oai.chat.completions.create(model="sim-small", messages=messages, seed=3)
+        stream = await oai.chat.completions.create(
+            model="sim-small",
+            messages=messages,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage == whole.usage
+
+
+async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
+    body = {"model": "sim-small", "messages": [USER], "stream": "true"}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "`stream`" in response.json()["error"]["message"]
+
+
+async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
+    server = SimServer(time_scale=0)
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"model": "sim-', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(10):
+        await server.app(_scope(), receive, send)  # no exception for uvicorn to log
+    assert sent[0]["status"] == 499
+    assert server.dropped_connections == 0  # no answer was being prepared
+    async with sim_http(server) as web:
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    assert after.status_code == 200
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+
+def test_a_keys_file_giving_one_key_to_two_tenants_is_refused_naming_both_lines(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        f"acme sha256:{hash_key('sk-1')}\n# rotated\nglobex sha256:{hash_key('sk-1').upper()}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_keys(keys)
+    assert str(caught.value).startswith(f"{keys}:3: ")
+    assert "also the key of line 1 (tenant 'acme')" in str(caught.value)
+
+
+def test_keys_from_the_environment_giving_one_key_to_two_tenants_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"entry 2 .* also the key of entry 1 \(tenant 'acme'\)"):
+        keys_from_env("acme=sk-1,globex=sk-1")
+
+
+def test_the_same_key_twice_for_one_tenant_is_accepted(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"acme sha256:{hash_key('sk-1')}\nacme sha256:{hash_key('sk-1')}\n")
+    assert load_keys(keys).keys == {hash_key("sk-1"): "acme"}
+    assert keys_from_env("acme=sk-1,acme=sk-1").keys == {hash_key("sk-1"): "acme"}
+
+
+# -- answers JSON cannot carry --------------------------------------------------------------
+
+INFINITE = """
+moat: 1
+name: inf
+models:
+  small: {provider: sim, profile: small, time_scale: 0}
+input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+nodes:
+  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+output:
+  answer: answer.text
+  score: "1e308 * 10"
+  scores: "[1.5, -1e308 * 10]"
+"""
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_an_output_number_json_cannot_carry_is_sent_as_null(
+    tmp_path: Path, stream: bool
+) -> None:
+    graph = tmp_path / "inf.yaml"
+    graph.write_text(INFINITE)
+    body = {"model": "inf", "messages": [USER], "stream": stream}
+    async with MoatServer([graph], db=tmp_path / "moat.db") as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+        await server.graphs["inf"].pipe.settle()
+    assert response.status_code == 200
+    if stream:
+        events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+        assert events[-1] == "[DONE]"
+        moat = [strict_json(event) for event in events[:-1]][-1]["moat"]
+    else:
+        moat = strict_json(response.text)["moat"]
+    assert moat["output"]["score"] is None and moat["output"]["scores"] == [1.5, None]
+    assert moat["request_id"] == response.headers["x-moat-request-id"]
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", ["inf", "nan", "-5"])
+def test_a_grace_period_that_is_not_a_finite_number_of_seconds_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], grace: str
+) -> None:
+    db = tmp_path / "moat.db"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(echo_graph(tmp_path)), "--port", "0", "--db", str(db), "--grace", grace])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --grace: {grace!r} is not a number of seconds of at least 0" in err
+    assert not db.exists()

@@ -15,14 +15,12 @@ The steps of one proxied request, in order:
 - `call0` / `call1`: the model call was sent / its answer read (the `openai` provider's
   direct route);
 - `answered`: the graph's answer (`Pipeline.run` returned);
-- `ask`: the request asked for its commit;
-- `commit`: its commit was reported: by the writer thread, or by the event loop's own
-  write (`StoreWriter.write_here`) that covered it;
+- `ask`: the request asked the store writer for its commit;
+- `commit`: the writer thread reported the commit;
 - `woke`: the request went on after it;
 - `sent`: the response's bytes were handed to the socket.
 
-Besides, per process: each store transaction (wall and thread CPU time, records; the
-writer thread's and the event loop's),
+Besides, per process: each store-writer transaction (wall and thread CPU time, records),
 each wait for SQLite's write lock (`BEGIN IMMEDIATE`, which the other worker processes
 hold in turn), and the event loop's lag (how late a 1 ms sleep wakes up).
 
@@ -69,7 +67,7 @@ class _Notes:
             "phases", default=None
         )
         self.requests: list[dict[str, int]] = []
-        self.batches: list[tuple[int, int, int, int, int]] = []
+        self.batches: list[tuple[int, int, int, int]] = []
         self.begins: list[int] = []
         self.lags: list[int] = []
 
@@ -127,7 +125,6 @@ def _wrap_server(notes: _Notes) -> None:
         notes.requests.append(noted)
 
     async def commits_committed(self: Any, recorded: Any) -> None:
-        notes.note("ask")
         await committed(self, recorded)
         notes.note("woke")
 
@@ -172,16 +169,6 @@ def _wrap_pipeline(notes: _Notes) -> None:
 
         return flush_soon(self, reported)
 
-    write_here = api.Pipeline.write_here
-
-    def pipeline_write_here(self: Any) -> bool:
-        noted = notes.current.get()
-        written = write_here(self)
-        if written and noted is not None:  # a request's own write, on its own step
-            noted.setdefault("commit", notes.now())
-        return written
-
-    api.Pipeline.write_here = pipeline_write_here  # type: ignore[method-assign]
     api.Pipeline.run = pipeline_run  # type: ignore[method-assign]
     direct.DirectRoute.post = route_post  # type: ignore[method-assign]
     api.Pipeline.flush_soon = pipeline_flush_soon  # type: ignore[method-assign]
@@ -195,14 +182,11 @@ def _wrap_store(notes: _Notes) -> None:
     write_batch, begin = writer.StoreWriter._write_batch, schema._begin_immediate
     now = notes.now
 
-    def writer_batch(self: Any, conn: Any, **options: Any) -> bool:
+    def writer_batch(self: Any, conn: Any) -> None:
         start, cpu, records = now(), time.thread_time_ns(), self.stats.records
-        wrote = bool(write_batch(self, conn, **options))
+        write_batch(self, conn)
         wall, cpu = now() - start, time.thread_time_ns() - cpu
-        if wrote:
-            here = int(options.get("wait") is False)  # the event loop's own write
-            notes.batches.append((start, wall, cpu, self.stats.records - records, here))
-        return wrote
+        notes.batches.append((start, wall, cpu, self.stats.records - records))
 
     def begin_immediate(conn: Any) -> None:
         start = now()
@@ -278,7 +262,6 @@ def summarise(folder: Path, skip: float = 0.2) -> dict[str, Any]:
         "phases_ms": phases,
         "writer": {
             "transactions": len(batches),
-            "on_the_event_loop": sum(b[4] for b in batches if len(b) > 4),
             "records_per_transaction_p50": _pct([b[3] for b in batches], 50),
             "wall_ms": _spread([b[1] for b in batches]),
             "thread_cpu_ms": _spread([b[2] for b in batches]),

@@ -597,23 +597,6 @@ class Pipeline:
                 self._store_failures += 1
                 raise
 
-    def write_here(self) -> bool:
-        """Commit every record so far on the calling thread if that needs no wait (see
-        `StoreWriter.write_here`); False when it would, or the sink cannot: then ask
-        `flush_soon`.
-
-        Raises:
-            StoreError: a write failed, as `flush` would report it.
-        """
-        write_here = getattr(self._sink, "write_here", None)
-        if not callable(write_here):
-            return False
-        try:
-            return bool(write_here())
-        except StoreError:
-            self._store_failures += 1
-            raise
-
     def flush_soon(self, done: Callable[[StoreError | None], None]) -> bool:
         """Have `done` called, on the store writer's thread, once every record so far is
         committed (with the `StoreError` `flush` would raise, or None); never blocks.

@@ -151,9 +151,7 @@ class MoatServer:
                 )
             pipe = pipeline(graph, db=db, **pipeline_options)
             durable = db is not None and commit_wait
-            commits = (
-                Commits(pipe.flush, pipe.flush_soon, pipe.write_here) if durable else Commits(None)
-            )
+            commits = Commits(pipe.flush, pipe.flush_soon) if durable else Commits(None)
             self.graphs[graph.name] = _Served(pipe, commits)
         self.keys = keys or KeyRing(None)
         self.shaper = Shaper(limits or ShapingLimits())

@@ -2,10 +2,8 @@
 
 A client that got a 200 must find its request in the store even if the server is killed
 the next instant. Each request waits for its own record (emitted after the request's
-cleanup), then commits it on the event loop's thread in its own step when the store's
-write lock is free (`StoreWriter.write_here`: no hand-off to another thread and back); when
-it is not, the store writer's thread commits it with whatever else is queued (group
-commit), or a worker thread flushes for every request that asked since the last flush.
+cleanup), then for a commit; concurrent requests share one flush of the store writer (group
+commit), so the cost is one commit per batch of requests rather than one per request.
 """
 
 from __future__ import annotations
@@ -54,24 +52,15 @@ class Commits:
             `flush` is used. Each request then asks the writer itself and is woken by it:
             one hand-off between threads where a worker thread blocking in `flush` costs
             three, and no wait for a round trip through the event loop between commits.
-        write_here: commits every record so far on the calling (event loop's) thread if
-            that needs no wait, else returns False (`Pipeline.write_here`). A request
-            then commits in its own step, ahead of `flush_soon`, which it falls back to
-            when the store's write lock is taken: on a loaded loop the two hand-offs of
-            `flush_soon` (to the writer thread, and back to a loop busy with other
-            requests) took several times longer than the write. Each request then
-            writes its own transaction (about 0.2 ms of CPU more than sharing one).
     """
 
     def __init__(
         self,
         flush: Callable[[], None] | None,
         flush_soon: Callable[[Callable[[StoreError | None], None]], bool] | None = None,
-        write_here: Callable[[], bool] | None = None,
     ) -> None:
         self._flush = flush
         self._flush_soon = flush_soon
-        self._write_here = write_here
         self._soon: Callable[[Callable[[], object]], None] | None = None
         self._recorded: dict[str, Recorded] = {}
         self._waiting: list[_Ticket] = []
@@ -109,8 +98,6 @@ class Commits:
             await recorded.event.wait()  # (a set event's `wait` still yields a turn)
         if self._flush is None:
             return
-        if self._write_here is not None and self._write_here():
-            return  # committed, with every record queued before it
         ticket = _Ticket()
         if not self._ask_writer(ticket):
             self._waiting.append(ticket)  # for the committer task's next flush

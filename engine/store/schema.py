@@ -30,7 +30,6 @@ __all__ = [
     "FAILED_IN",
     "MIGRATIONS",
     "SCHEMA_VERSION",
-    "WriteLockBusy",
     "check_version",
     "connect",
     "describe_error",
@@ -254,34 +253,16 @@ def is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-class WriteLockBusy(Exception):
-    """Another writer holds the store's write lock, and the caller asked not to wait."""
-
-
 @contextmanager
-def write_transaction(
-    conn: sqlite3.Connection, path: str | Path, *, wait: bool = True
-) -> Iterator[None]:
+def write_transaction(conn: sqlite3.Connection, path: str | Path) -> Iterator[None]:
     """One write transaction on `conn`, serialised with this process's other writers of
     the file and waiting up to `WRITE_PATIENCE_S` for other processes' write locks.
 
-    Args:
-        wait: False to give up at once, with nothing begun, when another writer (of this
-            process or another) holds the lock: a caller that must not block (an event
-            loop) leaves the write to a thread that may.
-
     Raises:
-        WriteLockBusy: `wait` is False and the lock is held.
         sqlite3.Error: the transaction failed (rolled back); `describe_error` words it.
     """
-    lock = file_lock(path)
-    if not lock.acquire(blocking=wait):
-        raise WriteLockBusy(path)
-    try:
-        if wait:
-            _begin_immediate(conn)
-        else:
-            _begin_now(conn)
+    with file_lock(path):
+        _begin_immediate(conn)
         try:
             yield
             conn.execute("COMMIT")
@@ -289,21 +270,6 @@ def write_transaction(
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-    finally:
-        lock.release()
-
-
-def _begin_now(conn: sqlite3.Connection) -> None:
-    """`BEGIN IMMEDIATE` without SQLite's busy handler: WriteLockBusy if it would wait."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if is_busy(exc):
-            raise WriteLockBusy(str(exc)) from None
-        raise
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

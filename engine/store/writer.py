@@ -33,13 +33,7 @@ from engine.events import Record
 from engine.store.codec import Packer
 from engine.store.compact import Compactor
 from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, CompactRows, EncodedRows
-from engine.store.schema import (
-    WriteLockBusy,
-    connect,
-    describe_error,
-    migrate,
-    write_transaction,
-)
+from engine.store.schema import connect, describe_error, migrate, write_transaction
 
 __all__ = ["StoreWriter", "WriterStats"]
 
@@ -55,12 +49,6 @@ def _same(value: bytes | None) -> bytes | None:
 # in the registry first; what is bound does not change.
 sqlite3.register_adapter(type(None), _same)
 sqlite3.register_adapter(bytes, _same)
-
-_HERE_MOST = 1_024
-"""Most records `write_here` takes on (a few ms of work on the caller's thread); a longer
-backlog is the writer thread's to work off."""
-_HERE_BATCHES = 2
-"""Most transactions `write_here` writes before it leaves the rest to the writer thread."""
 
 _ROWS_PER_INSERT = 32
 """Rows one INSERT statement carries (one multi-row VALUES list)."""
@@ -176,10 +164,6 @@ class StoreWriter:
         except StoreError:
             conn.close()
             raise
-        self._conn = conn
-        self._using = threading.Lock()
-        """Held while the connection is in use: by the writer thread for each batch, or by
-        a thread writing for itself (`write_here`)."""
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="moat-store-writer", daemon=True
         )
@@ -246,40 +230,6 @@ class StoreWriter:
         self._queue.append(_FlushMarker(done))
         self._wake.set()
 
-    def write_here(self) -> bool:
-        """Commit every record queued so far on the calling thread, if that needs no wait.
-
-        For a caller that waits for its records to be committed (a server answering only
-        once its request is stored): writing at once, on its own thread, saves the hand-offs
-        to the writer thread and back, which on a busy event loop cost more than the write.
-        It never blocks on a lock: when the writer thread is mid-transaction, or another
-        writer of the file (of this process or another) holds its write lock, it writes
-        nothing and returns False; `flush_soon` then has the writer thread do it.
-
-        Returns:
-            True once everything queued before the call is committed.
-
-        Raises:
-            StoreError: a write failed, as `flush` would report it.
-        """
-        if len(self._queue) > _HERE_MOST or not self._using.acquire(blocking=False):
-            return False
-        try:
-            if self._closed or not self._thread.is_alive():
-                return False
-            for _ in range(_HERE_BATCHES):
-                if not self._queue:
-                    break
-                if not self._write_batch(self._conn, wait=False):
-                    return False
-            else:
-                if self._queue:  # a backlog is the writer thread's to work off
-                    return False
-        finally:
-            self._using.release()
-        self._raise_if_failed()
-        return True
-
     def close(self) -> None:
         """Write everything queued, stop the writer thread and close its connection.
 
@@ -324,20 +274,17 @@ class StoreWriter:
         return failure
 
     def _run(self, conn: sqlite3.Connection) -> None:
-        using = self._using
         try:
             while True:
                 self._wake.wait(self._interval_s)
                 self._wake.clear()
                 while self._queue:
-                    with using:
-                        self._write_batch(conn)
+                    self._write_batch(conn)
                 if self._stopping and not self._queue:
                     return
         finally:
-            with using:
-                conn.close()
-                self._release_markers()
+            conn.close()
+            self._release_markers()
 
     def _release_markers(self) -> None:
         """The thread is ending: nobody may wait for a flush that will never come."""
@@ -376,50 +323,22 @@ class StoreWriter:
                 self._error = TypeError(f"not a store record: {type(item).__name__}")
         return groups, markers
 
-    def _write_batch(self, conn: sqlite3.Connection, *, wait: bool = True) -> bool:
-        """Write what is queued (at most `max_batch` records) in one transaction, then
-        release the flush markers taken with it. The caller holds `_using`.
-
-        Returns:
-            False, with nothing taken from the queue, when `wait` is False and another
-            writer holds the write lock.
-        """
+    def _write_batch(self, conn: sqlite3.Connection) -> None:
         started = time.thread_time()
         stats = self.stats
         stats.peak_backlog = max(stats.peak_backlog, len(self._queue))
-        groups: list[list[Any]] = []
-        markers: list[_FlushMarker] = []
-        count = 0
-        if wait:  # taken first: a batch whose transaction cannot begin is dropped, not retried
-            groups, markers = self._drain()
-            count = _records_in(groups)
-        cx = self._compactor
-        written = 0
-        try:
-            if count or not wait:
-                with write_transaction(conn, self._lock_path, wait=wait):
-                    if not wait:  # the lock is ours: now the batch can be taken
-                        groups, markers = self._drain()
-                        count = _records_in(groups)
-                    if count:
-                        written = self._insert_rows(conn, groups)
-        except WriteLockBusy:
-            return False
-        except Exception as exc:  # the thread must survive anything a batch does
-            cx.rollback()
-            stats.dropped += count
-            self._error = exc
-        except BaseException:
-            cx.rollback()
-            raise
-        else:
-            if count:
-                cx.commit()
-                self._packer.committed()
-                stats.records += written
-                stats.transactions += 1
+        groups, markers = self._drain()
+        count = sum(len(group) for group in groups[:-1])
+        count += sum(sum(len(rows) for rows in item.tables) for item in groups[-1])
         stats.largest_batch = max(stats.largest_batch, count)
-        stats.cpu_s += time.thread_time() - started
+        if count:
+            try:
+                self.stats.records += self._commit(conn, groups)
+                self.stats.transactions += 1
+            except Exception as exc:  # the thread must survive anything a batch does
+                self.stats.dropped += count
+                self._error = exc
+        self.stats.cpu_s += time.thread_time() - started
         for marker in markers:
             # (a `flush` caller takes the error itself, in its own thread)
             error = self._failure() if marker.callback is not None else None
@@ -429,7 +348,6 @@ class StoreWriter:
                 from engine.logs import get_logger  # (reading commands never get here)
 
                 get_logger("moat.store").error("store.flush_callback_failed", error=repr(exc))
-        return True
 
     def _rows(self, groups: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
         """Encode the drained records as compact rows (inside the write transaction:
@@ -468,19 +386,21 @@ class StoreWriter:
                 self._error = exc
         return rows
 
-    def _insert_rows(self, conn: sqlite3.Connection, groups: list[list[Any]]) -> int:
-        """Encode and insert the groups inside the open write transaction; return the rows
-        written."""
-        self._compactor.begin(conn)
-        rows = self._rows(groups)
-        for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
-            if batch:
-                _insert(conn, sql, batch)
-        self._packer.maybe_train(conn)
+    def _commit(self, conn: sqlite3.Connection, groups: list[list[Any]]) -> int:
+        """Write the groups in one transaction (waiting out other processes' write locks,
+        see `write_transaction`); return the rows written."""
+        cx = self._compactor
+        try:
+            with write_transaction(conn, self._lock_path):
+                cx.begin(conn)
+                rows = self._rows(groups)
+                for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
+                    if batch:
+                        _insert(conn, sql, batch)
+                self._packer.maybe_train(conn)
+        except BaseException:
+            cx.rollback()
+            raise
+        cx.commit()
+        self._packer.committed()
         return sum(len(batch) for batch in rows)
-
-
-def _records_in(groups: list[list[Any]]) -> int:
-    """Records and rows in `_drain`'s groups."""
-    count = sum(len(group) for group in groups[:-1])
-    return count + sum(sum(len(rows) for rows in item.tables) for item in groups[-1])

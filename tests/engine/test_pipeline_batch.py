@@ -211,7 +211,7 @@ async def test_a_batch_whose_records_could_not_be_stored_is_finished_as_failed(
     async with Pipeline(write_graph(tmp_path), db=tmp_path / "t.db") as pipe:
         calls = CountingStore(pipe)
         batch = pipe.start_batch(2)
-        monkeypatch.setattr(StoreWriter, "_insert_rows", disk_full)
+        monkeypatch.setattr(StoreWriter, "_commit", disk_full)
         with pytest.raises(StoreError, match="database or disk is full"):
             await pipe.run_batch([{"prompt": "a"}, {"prompt": "b"}], batch=batch)
         monkeypatch.undo()

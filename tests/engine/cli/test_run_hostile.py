@@ -471,7 +471,7 @@ def test_a_store_that_fails_mid_run_exits_1_names_the_cause_and_offers_resume(
 
     graph = write_graph(tmp_path)
     db = tmp_path / "t.db"
-    monkeypatch.setattr(StoreWriter, "_insert_rows", disk_full)
+    monkeypatch.setattr(StoreWriter, "_commit", disk_full)
     code, _, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(db))
     assert code == 1  # requests ran: not 2
     assert "database or disk is full: check the free disk space" in err

@@ -1,6 +1,5 @@
-"""Durable answers: a request's answer waits for its record's commit, written on the event
-loop's own thread in the request's step, or (when the store's write lock is held) by the
-store writer's thread, which hands it straight back to the event loop."""
+"""Group commit: a request's answer waits for its record's commit, handed over by the
+store writer's thread straight to the event loop."""
 
 from __future__ import annotations
 
@@ -116,67 +115,6 @@ async def test_without_flush_soon_one_flush_runs_in_a_worker_thread_for_a_group(
     assert await _answered(commits, ids) == sorted(ids)
     assert 1 <= len(flushed) < 20  # grouped: one flush for whoever asked since the last
     assert threading.main_thread().name not in flushed
-
-
-class _Here:
-    """The event loop's side of `write_here`: it commits at once unless the lock is held."""
-
-    def __init__(self, *, busy: bool = False, error: StoreError | None = None) -> None:
-        self.busy = busy
-        self.error = error
-        self.threads: list[str] = []
-
-    def __call__(self) -> bool:
-        self.threads.append(threading.current_thread().name)
-        if self.error is not None:
-            raise self.error
-        return not self.busy
-
-
-@pytest.mark.anyio
-async def test_a_request_commits_on_the_loops_thread_when_the_lock_is_free(
-    anyio_backend: Any,
-) -> None:
-    writer, here = _Writer(), _Here()
-    commits = Commits(writer.flush, writer.flush_soon, here)
-    ids = [f"q{i}" for i in range(20)]
-    assert await _answered(commits, ids) == sorted(ids)
-    assert here.threads == [threading.current_thread().name] * 20  # each in its own step
-    assert writer.flushes == 0  # the writer thread was never asked
-
-
-def test_a_request_committed_on_the_loops_thread_goes_on_without_a_turn() -> None:
-    commits = Commits(lambda: None, lambda done: True, _Here())
-    recorded = commits.expect("r-1")
-    commits.watch(_record("r-1"))
-    step = commits.committed(recorded)
-    with pytest.raises(StopIteration):  # done on its first step: it never yielded
-        step.send(None)
-
-
-@pytest.mark.anyio
-async def test_a_held_write_lock_leaves_the_commit_to_the_writer_thread(
-    anyio_backend: Any,
-) -> None:
-    writer, here = _Writer(), _Here(busy=True)
-    commits = Commits(writer.flush, writer.flush_soon, here)
-    ids = [f"q{i}" for i in range(20)]
-    assert await _answered(commits, ids) == sorted(ids)
-    assert len(here.threads) == 20
-    assert writer.flushes == 20
-    assert writer.threads == {"writer"}
-
-
-@pytest.mark.anyio
-async def test_a_failed_write_here_fails_the_request_that_wrote(anyio_backend: Any) -> None:
-    writer = _Writer()
-    here = _Here(error=StoreError("moat.db: writing to the store failed (disk full)"))
-    commits = Commits(writer.flush, writer.flush_soon, here)
-    assert await _answered(commits, ["q1", "q2"]) == [
-        "q1: moat.db: writing to the store failed (disk full)",
-        "q2: moat.db: writing to the store failed (disk full)",
-    ]
-    assert writer.flushes == 0
 
 
 def test_a_request_whose_record_is_emitted_asks_for_its_commit_without_a_turn() -> None:

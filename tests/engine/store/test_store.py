@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from engine.errors import StoreError
 from engine.events import (
@@ -33,7 +31,7 @@ from engine.events import (
     hash_input,
 )
 from engine.store.compact import COMPACT_TABLES
-from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, file_lock, migrate
+from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from engine.store.store import Store, StoreWriter
 
 # architecture: The store, plus the nullable extras this store adds.
@@ -405,102 +403,6 @@ def test_flush_soon_hands_a_failed_write_to_its_callback_once(db: Path) -> None:
     closed: list[StoreError | None] = []
     writer.flush_soon(closed.append)  # a stopped writer calls back at once
     assert closed == [None]
-
-
-def test_write_here_commits_the_queue_on_the_calling_thread(db: Path) -> None:
-    writer = StoreWriter(db, interval_s=60)  # the writer thread would not write for a minute
-    for i in range(50):
-        writer.record(event("q1", i))
-    assert writer.write_here() is True
-    with Store.open(db) as store:  # another connection sees the commit already
-        assert count(store, "orchestration_events") == 50
-    assert writer.backlog == 0
-    assert (writer.stats.records, writer.stats.transactions) == (50, 1)
-    assert writer.write_here() is True  # nothing queued: nothing to wait for
-    assert writer.stats.transactions == 1
-    writer.close()
-
-
-@settings(max_examples=15, deadline=None)
-@given(
-    records=st.integers(1, 400),
-    every=st.integers(1, 9),
-    max_batch=st.integers(1, 50),
-)
-def test_write_here_and_the_writer_thread_store_every_record_once(
-    tmp_path_factory: pytest.TempPathFactory, records: int, every: int, max_batch: int
-) -> None:
-    db = tmp_path_factory.mktemp("race") / "moat.db"
-    writer = StoreWriter(db, batch_size=5, interval_s=0.001, max_batch=max_batch)
-    for i in range(records):
-        writer.record(event(f"q{i // 10}", i % 10))
-        if i % every == 0:
-            writer.write_here()  # racing the writer thread, which wakes every 5 records
-    writer.flush()
-    writer.close()
-    with Store.open(db) as store:
-        rows = store.query("SELECT request_id, sequence FROM orchestration_events")
-    assert sorted((row["request_id"], row["sequence"]) for row in rows) == sorted(
-        (f"q{i // 10}", i % 10) for i in range(records)
-    )
-
-
-def test_write_here_waits_for_no_lock_and_takes_nothing_when_one_is_held(db: Path) -> None:
-    writer = StoreWriter(db, interval_s=60)
-    for i in range(5):
-        writer.record(event("q1", i))
-    other = connect(db)  # another process's write transaction, as SQLite sees it
-    other.execute("BEGIN IMMEDIATE")
-    started = time.monotonic()
-    assert writer.write_here() is False
-    assert time.monotonic() - started < 1  # no busy wait (the timeout is 10 s)
-    assert writer.backlog == 5  # still queued, for the writer thread
-    other.execute("ROLLBACK")
-    other.close()
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold_the_process_lock() -> None:  # this process's other writer of the file
-        with file_lock(db):
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_process_lock)
-    holder.start()
-    assert held.wait(10)
-    assert writer.write_here() is False
-    release.set()
-    holder.join()
-    writer.flush()  # the writer thread writes what was left
-    with Store.open(db) as store:
-        assert count(store, "orchestration_events") == 5
-    writer.close()
-
-
-def test_write_here_leaves_a_long_backlog_to_the_writer_thread(db: Path) -> None:
-    writer = StoreWriter(db, batch_size=100_000, interval_s=60)
-    for i in range(2_000):
-        writer.record(event(f"q{i // 10}", i % 10))
-    assert writer.write_here() is False  # thousands of rows would stall the caller's loop
-    assert writer.stats.transactions == 0
-    writer.flush()
-    assert writer.stats.records == 2_000
-    writer.close()
-
-
-def test_write_here_reports_a_failed_write_as_flush_does(db: Path) -> None:
-    circular: dict[str, Any] = {}
-    circular["self"] = circular
-    writer = StoreWriter(db, interval_s=60)
-    writer.record(event("q1", 1, payload=circular))
-    writer.record(event("q1", 2))
-    with pytest.raises(StoreError, match=r"writing to the store failed .* 1 records dropped"):
-        writer.write_here()
-    writer.flush()  # reported once
-    with Store.open(db) as store:
-        assert [e["sequence"] for e in store.events("q1")] == [2]
-    writer.close()
-    assert writer.write_here() is False  # closed: nothing to write with
 
 
 def test_readers_never_see_a_request_row_before_its_other_rows(db: Path) -> None:

@@ -29,6 +29,12 @@ _MISSING = (
 )
 
 
+_WORKERS_PER_CPU = 16
+"""Most `--workers` processes a CPU is asked to run (`moat run --ray` allows as many
+actors a cluster CPU). `--workers 100000` once opened sockets until the process ran out of
+file descriptors and ended in an internal error."""
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text, 10)
@@ -185,6 +191,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--workers {workers}: traces and a metrics port are per process, and each "
             "worker has its own; drop --workers, or the telemetry options (each worker "
             "still serves /metrics)"
+        )
+    cpus = os.cpu_count() or 1
+    if workers > _WORKERS_PER_CPU * cpus:
+        raise SpecError(
+            f"--workers {workers}: each worker is a process of its own and this machine has "
+            f"{cpus} CPUs; give at most {_WORKERS_PER_CPU * cpus} ({_WORKERS_PER_CPU} a CPU; "
+            "one a CPU already uses them all)"
         )
     server = MoatServer(
         args.graphs,

@@ -50,6 +50,20 @@ def test_a_keys_file_with_a_key_in_clear_is_refused_naming_its_line(
     assert f"{keys}:2:" in err and "sha256sum" in err
 
 
+def test_more_workers_than_the_machine_can_run_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "m.db"
+    assert main(["serve", str(graph), "--workers", "100000", "--port", "0", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "moat: --workers 100000: each worker is a process of its own" in err
+    assert "give at most 32 (16 a CPU" in err
+    assert "internal error" not in err
+    assert not db.exists()
+
+
 def test_a_model_no_graph_has_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,6 @@ from two threads at once (`page` may run beside it: the store serialises its que
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,6 @@ from typing import Any
 from engine import Store, StoreError
 from engine.store import reads
 from engine.store.reads import RequestPage, RunFacts
-from engine.store.schema import connect, user_version
 
 __all__ = [
     "WINDOW",
@@ -249,7 +247,7 @@ class LiveReader:
                 self._store = Store.open(self.path, readonly=True)
             except StoreError as exc:
                 # Polls go on: the file may become a store (a run creating it, a migration).
-                self._error = "" if _being_created(self.path) else str(exc)
+                self._error = "" if reads.being_created(self.path) else str(exc)
                 return None
             self._error = ""
         return self._store
@@ -379,21 +377,6 @@ class LiveReader:
             latency_series=newest[0].latency_series if newest else (),
             throughput_series=newest[0].throughput_series if newest else (),
         )
-
-
-def _being_created(path: Path) -> bool:
-    """Whether the file is a store a starting run is creating: empty, or no schema yet."""
-    try:
-        conn = connect(path, readonly=True)
-    except StoreError:
-        return False
-    try:
-        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1")
-        return user_version(conn) == 0 and tables.fetchone() is None
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
 
 
 def _run_rate(run: RunSummary) -> float | None:

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from engine.errors import StoreError
 from engine.store.compact import FACT_CODES, FACT_EVENT_TYPES, FACTS_WHERE, either, name_of
-from engine.store.schema import FAILED_IN
+from engine.store.schema import FAILED_IN, connect, user_version
 from engine.store.store import Row, Store
 
 __all__ = [
     "FACT_EVENT_TYPES",
     "RequestPage",
     "RunFacts",
+    "being_created",
     "calls_by_model",
     "event_counts",
     "every_run",
@@ -430,3 +434,19 @@ def sim_call_in(store: Store, request_ids: Sequence[str]) -> bool:
         if found:
             return True
     return False
+
+
+def being_created(path: str | Path) -> bool:
+    """Whether the file is a store a starting run is creating: empty, or no schema and no
+    table yet (a reader waits for it rather than calling it no store)."""
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError:
+        return False
+    try:
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1")
+        return user_version(conn) == 0 and tables.fetchone() is None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.cli import telemetry
 from engine.cli.run import _parse_models, db_path
-from engine.cli.sim_server import port_number
+from engine.cli.sim_server import non_negative, port_number
 from engine.errors import SpecError
 
 if TYPE_CHECKING:
@@ -55,16 +55,6 @@ def _rate(text: str) -> float:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
-    return value
-
-
 def add_commands(sub: Any) -> None:
     """Register `moat serve` on the `moat` subparsers."""
     p = sub.add_parser("serve", help="serve graphs behind an OpenAI-compatible HTTP API")
@@ -98,7 +88,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--grace",
-        type=_seconds,
+        type=non_negative,
         default=30.0,
         metavar="S",
         help="seconds in-flight requests get to finish on SIGTERM",

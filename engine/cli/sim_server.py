@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_commands", "port_number"]
+__all__ = ["add_commands", "non_negative", "port_number"]
 
 EXIT_USAGE = 2
 _MISSING = (
@@ -45,21 +45,22 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
         "--time-scale",
-        type=_non_negative,
+        type=non_negative,
         default=1.0,
         metavar="X",
         help="multiply the simulated latencies (0: answer at once)",
     )
     p.add_argument(
         "--latency-ms",
-        type=_non_negative,
+        type=non_negative,
         metavar="MS",
         help="every chat completion takes exactly this long (load tests)",
     )
     p.set_defaults(handler=cmd_sim_server)
 
 
-def _non_negative(text: str) -> float:
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (a delay, a grace period)."""
     try:
         value = float(text)
     except ValueError:

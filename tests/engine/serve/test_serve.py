@@ -16,7 +16,7 @@ from engine.serve import KeyRing, MoatServer, hash_key, load_keys
 from engine.serve.wire import CHUNK_CHARS, answer_text
 from engine.store.store import Store
 from tests.support.fast_graphs import GRAPHS, fast_copy
-from tests.support.serve_client import client, http
+from tests.support.serve_client import chat_scope, client, http
 
 pytestmark = pytest.mark.anyio
 
@@ -427,20 +427,7 @@ async def test_a_client_that_disconnects_cancels_its_request_s_model_calls_and_i
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "server": ("moat.test", 80),
-        "client": ("127.0.0.1", 5000),
-        "headers": [(b"content-type", b"application/json")],
-    }
+    scope = chat_scope()
     async with server:
         pipe = server.graphs["echo"].pipe
         async with anyio.create_task_group() as tg:

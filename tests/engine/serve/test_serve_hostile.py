@@ -18,7 +18,7 @@ from engine.errors import SpecError
 from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
 from tests.engine.serve.test_serve import echo_graph, samples
-from tests.support.serve_client import http
+from tests.support.serve_client import chat_scope, hanging_up_after, http
 
 pytestmark = pytest.mark.anyio
 
@@ -48,45 +48,15 @@ async def test_a_bad_message_content_is_a_400_naming_the_content_field(
     assert error["message"].startswith(f"{param} ")
 
 
-def _scope() -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "server": ("moat.test", 80),
-        "client": ("127.0.0.1", 5000),
-        "headers": [(b"content-type", b"application/json")],
-    }
-
-
 async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     body = json.dumps({"model": "echo", "messages": [USER]}).encode()
-    messages = iter(
-        [
-            {"type": "http.request", "body": body[:10], "more_body": True},
-            {"type": "http.disconnect"},
-        ]
-    )
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
+    receive, send, sent = hanging_up_after(body[:10])
     caplog.set_level(logging.ERROR, logger="moat.serve")
     async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
         with anyio.fail_after(10):
-            await server.app(_scope(), receive, send)
+            await server.app(chat_scope(), receive, send)
         after = await web.post("/chat/completions", json={"model": "echo", "messages": [USER]})
         scraped = samples((await web.get("http://moat.test/metrics")).text)
         recorded = server.graphs["echo"].pipe.memory.requests()
@@ -187,22 +157,9 @@ async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
 
 async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
     server = SimServer(time_scale=0)
-    messages = iter(
-        [
-            {"type": "http.request", "body": b'{"model": "sim-', "more_body": True},
-            {"type": "http.disconnect"},
-        ]
-    )
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
+    receive, send, sent = hanging_up_after(b'{"model": "sim-')
     with anyio.fail_after(10):
-        await server.app(_scope(), receive, send)  # no exception for uvicorn to log
+        await server.app(chat_scope(), receive, send)  # no exception for uvicorn to log
     assert sent[0]["status"] == 499
     assert server.dropped_connections == 0  # no answer was being prepared
     async with sim_http(server) as web:
@@ -297,5 +254,5 @@ def test_a_grace_period_that_is_not_a_finite_number_of_seconds_is_a_usage_error(
         main(["serve", str(echo_graph(tmp_path)), "--port", "0", "--db", str(db), "--grace", grace])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument --grace: {grace!r} is not a number of seconds of at least 0" in err
+    assert f"argument --grace: {grace!r} is not a number of at least 0" in err
     assert not db.exists()

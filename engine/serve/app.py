@@ -52,6 +52,7 @@ from engine.serve.wire import (
     moat_headers,
     parse_chat,
     stream_chunks,
+    strict_json,
 )
 from engine.store.store import HEARTBEAT_S
 from engine.telemetry import Telemetry
@@ -608,7 +609,7 @@ def _sse(
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
-            yield b"data: " + _strict_json(chunk).encode() + b"\n\n"
+            yield b"data: " + strict_json(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
@@ -616,11 +617,3 @@ def _sse(
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache"},
     )
-
-
-def _strict_json(value: Any) -> str:
-    """`value` as JSON that any client parses: without NaN or infinities (`json_safe`)."""
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        return json.dumps(json_safe(value), ensure_ascii=False)

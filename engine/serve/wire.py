@@ -30,6 +30,7 @@ __all__ = [
     "moat_headers",
     "parse_chat",
     "stream_chunks",
+    "strict_json",
 ]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -198,14 +199,23 @@ def answer_text(output: Mapping[str, Any] | None) -> str:
         value = output
     if value is None:  # a partial answer whose text the deadline cut off
         return ""
-    return value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)
+    return value if isinstance(value, str) else strict_json(value)
+
+
+def strict_json(value: Any) -> str:
+    """`value` as JSON that any client parses: NaN and infinities, which strict JSON has
+    no spelling for, go out as null (`json_safe`, only once strict encoding refused)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(value), ensure_ascii=False)
 
 
 def json_safe(value: Any) -> Any:
     """`value` with each number JSON cannot carry (NaN, infinities) as None, as JavaScript's
     `JSON.stringify` sends them: a graph's output may compute one, and a client's JSON
-    parser would refuse the whole answer for it. (A walk over the value: the app calls it
-    only when strict JSON refused the answer.)"""
+    parser would refuse the whole answer for it. (A walk over the value: called only when
+    strict JSON refused it.)"""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):

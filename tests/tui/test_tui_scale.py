@@ -4,6 +4,7 @@ at a time, figures over every request from SQLite."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import DataTable, Static
@@ -48,14 +49,19 @@ def test_a_poll_keeps_the_newest_window_and_counts_every_request(db: Path) -> No
         reader.close()
 
 
+async def _requests_table(app: MoatApp, pilot: Any) -> DataTable[Any]:
+    """The requests screen's table, once the app has read the store."""
+    await app.action_show("requests")
+    while not app.snapshot.available:
+        await pilot.pause(0.01)
+    await pilot.pause()
+    return app.screen.query_one("#requests", DataTable)
+
+
 async def test_the_requests_view_reads_older_pages_on_o(db: Path) -> None:
     app = MoatApp(db, refresh_s=0)
     async with app.run_test(size=(120, 40)) as pilot:
-        await app.action_show("requests")
-        while not app.snapshot.available:
-            await pilot.pause(0.01)
-        await pilot.pause()
-        table = app.screen.query_one("#requests", DataTable)
+        table = await _requests_table(app, pilot)
         assert table.row_count == WINDOW
         scope = str(app.screen.query_one("#requests-scope", Static).render())
         assert f"{WINDOW} of {TOTAL} requests shown" in scope and "o older" in scope
@@ -76,11 +82,7 @@ async def test_runs_pruned_meanwhile_leave_the_views_and_the_figures(tmp_path: P
     new = stored_run(db, 10, at=1_700_100_000.0)
     app = MoatApp(db, refresh_s=0)
     async with app.run_test(size=(120, 40)) as pilot:
-        await app.action_show("requests")
-        while not app.snapshot.available:
-            await pilot.pause(0.01)
-        await pilot.pause()
-        table = app.screen.query_one("#requests", DataTable)
+        table = await _requests_table(app, pilot)
         assert table.row_count == 50 and app.snapshot.metrics[None].requests == 50
 
         assert prune(db, keep_runs=1).runs == [old]

@@ -68,18 +68,24 @@ async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
     assert len(recorded) == 1  # only the request that was sent whole
 
 
-DECIDING = """
+def answering(name: str, *outputs: str) -> str:
+    """A graph answering with one zero-latency sim call, and `outputs` (`NAME: EXPR`)
+    beside its `answer`."""
+    extra = "".join(f"\n  {line}" for line in outputs)
+    return f"""
 moat: 1
-name: dec
+name: {name}
 models:
-  small: {provider: sim, profile: small, time_scale: 0}
-input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
+  small: {{provider: sim, profile: small, time_scale: 0}}
+input: {{type: object, required: [prompt], properties: {{prompt: {{type: string}}}}}}
 nodes:
-  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
+  answer: {{type: model, with: {{model: small, prompt: "{{{{ input.prompt }}}}"}}}}
 output:
-  answer: answer.text
-  decision: input.prompt
+  answer: answer.text{extra}
 """
+
+
+DECIDING = answering("dec", "decision: input.prompt")
 
 
 @pytest.mark.parametrize(
@@ -197,19 +203,7 @@ def test_the_same_key_twice_for_one_tenant_is_accepted(tmp_path: Path) -> None:
 
 # -- answers JSON cannot carry --------------------------------------------------------------
 
-INFINITE = """
-moat: 1
-name: inf
-models:
-  small: {provider: sim, profile: small, time_scale: 0}
-input: {type: object, required: [prompt], properties: {prompt: {type: string}}}
-nodes:
-  answer: {type: model, with: {model: small, prompt: "{{ input.prompt }}"}}
-output:
-  answer: answer.text
-  score: "1e308 * 10"
-  scores: "[1.5, -1e308 * 10]"
-"""
+INFINITE = answering("inf", 'score: "1e308 * 10"', 'scores: "[1.5, -1e308 * 10]"')
 
 
 def strict_json(text: str) -> Any:

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.store_run import batch, instant_graph, one_run  # noqa: E402
-from engine.store.compact import RUN_TOTALS_SQL, delete_keys  # noqa: E402
+from engine.store import tallies  # noqa: E402
+from engine.store.compact import delete_keys  # noqa: E402
 from engine.store.store import new_run_id  # noqa: E402
 from tui._live import Metrics  # noqa: E402
 
@@ -137,9 +138,10 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
                 "kmax": kmax,
                 "koff": top + 1 - kmin,
             }
+            since = tallies.mark(conn)
             for sql in _COPY.values():
                 conn.execute(sql, params)
-        conn.execute(RUN_TOTALS_SQL, {"run": run_id})  # as `Store.finish_run` records them
+            tallies.tally(conn, since)  # as the writer tallies what it writes
         conn.execute("COMMIT")
     conn.execute("BEGIN")
     seed_keys = [
@@ -152,7 +154,7 @@ def build(db: Path, total: int, run_size: int, seed_requests: int) -> dict[str, 
     delete_keys(conn, seed_keys)
     conn.execute("DELETE FROM requests WHERE run_id = ?", (seed,))
     conn.execute("DELETE FROM runs WHERE id = ?", (seed,))
-    conn.execute("DELETE FROM run_totals WHERE run_id = ?", (seed,))
+    tallies.forget(conn, seed)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     stored = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]

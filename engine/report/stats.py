@@ -99,8 +99,8 @@ def _models(rows: list[Row]) -> tuple[dict[str, dict[str, float]], bool]:
 
 
 def run_stats(store: Store, run_id: str | None = None) -> RunStats:
-    """Aggregate one run (the latest if `run_id` is None), inside SQLite: the cost depends
-    on the run's size, not the store's.
+    """Aggregate one run (the latest if `run_id` is None) from its tallies
+    (`engine.store.tallies`): the cost depends on neither the run's size nor the store's.
 
     Raises:
         StoreError: no such run (the message lists recent ones), or no runs at all.

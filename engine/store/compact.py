@@ -38,10 +38,11 @@ __all__ = [
     "FACTS_WHERE",
     "FACT_CODES",
     "FACT_EVENT_TYPES",
+    "FAILED_IN",
     "MIGRATION_3",
     "RUN_KEYS",
-    "RUN_TOTALS_SQL",
     "Compactor",
+    "code_of",
     "delete_keys",
     "either",
     "keys_of",
@@ -68,6 +69,11 @@ FACTS_WHERE = "type < 10"
 def name_of(column: str) -> str:
     """SQL for the text of a `strings` code column."""
     return f"(SELECT text FROM strings WHERE code = {column})"
+
+
+def code_of(text: str) -> str:
+    """SQL for the `strings` code of the literal `text` (NULL if never stored)."""
+    return f"(SELECT code FROM strings WHERE text = '{text}')"
 
 
 def either(column: str) -> str:
@@ -189,29 +195,10 @@ _TABLES = (
     )""",
 )
 
-_FAILED = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
+FAILED_IN = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
+"""A failed request's statuses (`engine.stats.FAILED_STATUSES`), as SQL; the partial index
+`requests_failed` repeats it verbatim, or SQLite will not use it."""
 
-
-def _totals_select(run: str) -> str:
-    """SQL for a finished run's totals (`run_totals` columns) from its rows; `run` is SQL
-    naming the run id."""
-    facts = (
-        "(SELECT COALESCE(json_group_object(type, n), '{}') FROM (SELECT type, COUNT(*) AS n "
-        f"FROM event_rows WHERE run = (SELECT code FROM strings WHERE text = {run}) "
-        f"AND {FACTS_WHERE} GROUP BY type))"
-    )
-    return (
-        f"SELECT {run}, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(latency_ms), 0), "
-        f"MAX(latency_ms), COALESCE(SUM({_FAILED}), 0), {facts} FROM requests "
-        f"WHERE run_id = {run}"
-    )
-
-
-RUN_TOTALS_SQL = f"INSERT OR REPLACE INTO run_totals {_totals_select(':run')}"
-"""Record run `:run`'s totals as it finishes: requests, cost, latency sum and maximum,
-failed requests, and its fact events by type code (JSON). Summing these over finished
-runs gives the every-run figures without reading a million index entries; a run being
-resumed loses its totals (`Store.claim_run`), a pruned one with the run."""
 
 _AT = "round(k.t0 + e.at / 1000000.0, 6)"
 """A stored time: the key's start plus the offset, to the microsecond (both are whole
@@ -348,12 +335,12 @@ MIGRATION_3: tuple[str, ...] = (
         for view, columns in _CONTRACT_COLUMNS.items()
     ),
     *(f"DROP TABLE v2_{view}" for view in _CONTRACT_COLUMNS),
-    # Every finished run's totals (RUN_TOTALS_SQL for each, in one statement).
+    # Every finished run's totals, in one statement.
     "INSERT INTO run_totals WITH f AS (SELECT run, json_group_object(type, n) AS facts "
     f"FROM (SELECT run, type, COUNT(*) AS n FROM event_rows WHERE {FACTS_WHERE} "
     "GROUP BY run, type) GROUP BY run), t AS (SELECT run_id, COUNT(*) AS requests, "
     "SUM(cost_usd) AS cost, SUM(latency_ms) AS latency_sum, MAX(latency_ms) AS latency_max, "
-    f"SUM({_FAILED}) AS errors FROM requests GROUP BY run_id) "
+    f"SUM({FAILED_IN}) AS errors FROM requests GROUP BY run_id) "
     "SELECT r.id, COALESCE(t.requests, 0), COALESCE(t.cost, 0), COALESCE(t.latency_sum, 0), "
     "t.latency_max, COALESCE(t.errors, 0), COALESCE((SELECT f.facts FROM f JOIN strings s "
     "ON s.code = f.run WHERE s.text = r.id), '{}') FROM runs r LEFT JOIN t ON t.run_id = r.id "

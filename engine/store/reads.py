@@ -1,10 +1,13 @@
 """The store's aggregate reads: one run's figures (`moat stats`) and the TUI's views.
 
-Every function takes an open `Store` and returns plain rows or figures, aggregated inside
-SQLite through an index, so what it costs depends on the size of the answer (one run, one
-page), never on the size of the store: a million stored requests open as fast as a
-thousand. The indexes are migration 2's (`engine.store.schema`). Keeping the SQL here (and
-nowhere outside `engine/store/`) means a schema change is made in one package.
+Every function takes an open `Store` and returns plain rows or figures, so what it costs
+depends on the size of the answer (one run, one page), never on the size of the store or of
+the run: a run's figures come from the tallies the writer keeps as it writes
+(`engine.store.tallies`), and are counted from the rows, inside SQLite through an index,
+only when the tallies do not account for every stored request of the run (rows written
+through the contract's views, or merged by `moat sync`). Lists are read a page at a time.
+Keeping the SQL here (and nowhere outside `engine/store/`) means a schema change is made in
+one package.
 """
 
 from __future__ import annotations
@@ -12,13 +15,21 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.store.compact import FACT_CODES, FACT_EVENT_TYPES, FACTS_WHERE, either, name_of
+from engine.store.compact import (
+    FACT_CODES,
+    FACT_EVENT_TYPES,
+    FACTS_WHERE,
+    code_of,
+    either,
+    name_of,
+)
 from engine.store.schema import FAILED_IN, connect, user_version
 from engine.store.store import Row, Store
 
@@ -49,6 +60,10 @@ __all__ = [
 _RUN_REQUESTS = "SELECT r.id FROM requests r WHERE r.run_id = :run"
 """The ids of one run's finished requests, as a subquery."""
 
+_KEYS_STORED = "SELECT k.key FROM requests r JOIN request_keys k ON k.id = r.id"
+"""The request keys of every finished request, as a subquery."""
+_RUN_KEYS_STORED = f"{_KEYS_STORED} WHERE r.run_id = :run"
+"""The request keys of one run's finished requests, as a subquery."""
 _ROW = (
     "SELECT rowid AS row_id, id, run_id, seq, tenant, status, started_at, finished_at, "
     "latency_ms, cost_usd, policy_version FROM requests"
@@ -61,6 +76,28 @@ def _scope(run_id: str | None, column: str = "run_id") -> tuple[str, dict[str, A
     if run_id is None:
         return "1", {}
     return f"{column} = :run", {"run": run_id}
+
+
+def _tallied(store: Store, run_id: str | None) -> Row | None:
+    """The run's `run_tallies` row, if it accounts for every stored request of the run."""
+    if run_id is None:
+        return None
+    rows = store.query("SELECT * FROM run_tallies WHERE run_id = ?", (run_id,))
+    if rows and int(rows[0]["requests"]) == request_count(store, run_id):
+        return rows[0]
+    return None
+
+
+def _counts(store: Store, run_id: str | None, kind: str) -> list[Row] | None:
+    """The run's tallied counts of `kind` (`engine.store.tallies`), or None when the
+    tallies do not account for the run's requests."""
+    if _tallied(store, run_id) is None:
+        return None
+    return store.query(
+        "SELECT name, n, cost, spec_cost, spec_wasted FROM run_counts "
+        "WHERE run_id = ? AND kind = ? ORDER BY name",
+        (run_id, kind),
+    )
 
 
 # -- one run, or every run ---------------------------------------------------------------
@@ -85,22 +122,25 @@ _RUN_CODE = "run = (SELECT code FROM strings WHERE text = :run)"
 
 
 def _fact_counts(store: Store, run_id: str | None) -> dict[str, int]:
-    """Fact events by type, counted in the covering index `event_rows_facts` (the fact
-    types have fixed codes, `engine.store.compact`), without reading an event row."""
+    """The finished requests' fact events by type: tallied, or counted from the index
+    `event_rows_facts` (the fact types have fixed codes, `engine.store.compact`)."""
+    tallied = _counts(store, run_id, "fact")
+    if tallied is not None:
+        return {str(row["name"]): int(row["n"]) for row in tallied}
     where, params = (_RUN_CODE, {"run": run_id}) if run_id is not None else ("1", {})
+    keys = _RUN_KEYS_STORED if run_id is not None else _KEYS_STORED
     return {
         _FACT_NAMES[int(row["type"])]: int(row["n"])
         for row in store.query(
             f"SELECT type, COUNT(*) AS n FROM event_rows WHERE {where} AND {FACTS_WHERE} "
-            "GROUP BY type",
+            f"AND rk IN ({keys}) GROUP BY type",
             params,
         )
     }
 
 
 def run_facts(store: Store, run_id: str | None) -> RunFacts:
-    """Count the fact events of one run (or of every run) from the covering index
-    `event_rows_facts`, without reading an event row."""
+    """Count the fact events of one run's (or every run's) finished requests."""
     return _as_facts(_fact_counts(store, run_id))
 
 
@@ -120,6 +160,10 @@ def _as_facts(counts: dict[str, int]) -> RunFacts:
 def run_figures(store: Store, run_id: str | None) -> Row:
     """`requests`, `cost` (sum), `latency_sum`, `latency_max`, `errors`, `first_started`
     and `last_finished` of one run's requests (or every run's, without the times)."""
+    tallied = _tallied(store, run_id)
+    if tallied is not None:
+        del tallied["run_id"]
+        return tallied
     where, params = _scope(run_id)
     row = store.query(
         "SELECT COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost, "
@@ -142,34 +186,24 @@ def run_figures(store: Store, run_id: str | None) -> Row:
 
 
 def every_run(store: Store) -> tuple[Row, RunFacts]:
-    """`run_figures` and `run_facts` of every run together, from the totals each finished
-    run recorded (`run_totals`) plus the rows of runs without them (running ones, or runs
-    older than the totals), so the cost is per run, not per request. When the requests
-    table holds requests no run accounts for, the whole-table reads answer instead."""
-    totals = {str(row["run_id"]): row for row in store.query("SELECT * FROM run_totals")}
-    figures: Row = {"requests": 0, "cost": 0.0, "latency_sum": 0.0, "latency_max": None}
-    figures.update(errors=0, first_started=None, last_finished=None)
-    facts: dict[str, int] = {}
-
-    def add(row: Row, counts: dict[str, int]) -> None:
-        for key in ("requests", "cost", "latency_sum", "errors"):
-            figures[key] += row[key]
-        if row["latency_max"] is not None:
-            figures["latency_max"] = max(figures["latency_max"] or 0.0, row["latency_max"])
-        for name, n in counts.items():
-            facts[name] = facts.get(name, 0) + n
-
-    for run in store.query("SELECT id FROM runs"):
-        row = totals.get(run["id"])  # totals of a run no longer stored count for nothing
-        if row is not None:
-            counts = json.loads(row["facts"]).items()
-            add(row, {_FACT_NAMES[int(code)]: int(n) for code, n in counts})
-        else:
-            add(run_figures(store, run["id"]), _fact_counts(store, run["id"]))
+    """`run_figures` and `run_facts` of every run together, summed from the runs' tallies,
+    so the cost is per run, not per request (tallies of a run no longer stored count for
+    nothing). When the tallies do not account for every stored request, the whole-table
+    reads answer instead."""
+    figures = store.query(
+        "SELECT COALESCE(SUM(t.requests), 0) AS requests, COALESCE(SUM(t.cost), 0) AS cost, "
+        "COALESCE(SUM(t.latency_sum), 0) AS latency_sum, MAX(t.latency_max) AS latency_max, "
+        "COALESCE(SUM(t.errors), 0) AS errors FROM run_tallies t JOIN runs r ON r.id = t.run_id"
+    )[0]
+    figures.update(first_started=None, last_finished=None)
     stored = int(store.query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
     if stored != figures["requests"]:
         return run_figures(store, None), run_facts(store, None)
-    return figures, _as_facts(facts)
+    facts = store.query(
+        "SELECT c.name, SUM(c.n) AS n FROM run_counts c JOIN runs r ON r.id = c.run_id "
+        "WHERE c.kind = 'fact' GROUP BY c.name"
+    )
+    return figures, _as_facts({str(row["name"]): int(row["n"]) for row in facts})
 
 
 def percentiles(
@@ -177,11 +211,14 @@ def percentiles(
 ) -> list[float | None]:
     """Exact percentiles of `latency_ms` or `cost_usd` over a run's (or every) request,
     interpolated as `engine.stats.percentile`; each reads the two ranks it needs from an
-    index (`requests_run_latency`, `requests_latency`, `requests_cost`)."""
+    index (`requests_run_latency`, `requests_run_cost`, `requests_latency`, `requests_cost`)."""
     if column not in ("latency_ms", "cost_usd"):
         raise ValueError(f"not a percentile column: {column!r}")
     where, params = _scope(run_id)
-    count = int(store.query(f"SELECT COUNT(*) AS n FROM requests WHERE {where}", params)[0]["n"])
+    if run_id is not None:
+        count = request_count(store, run_id)
+    else:
+        count = int(store.query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
     out: list[float | None] = []
     for q in qs:
         if not count:
@@ -216,9 +253,20 @@ def run_series(
     store: Store, run_id: str, first: float, last: float, points: int
 ) -> list[tuple[int, int, float]]:
     """`(bucket, requests, latency sum)` of one run's requests by finish time, `points`
-    equal buckets ending at `last`."""
+    equal buckets ending at `last`. Buckets of a second or more are summed from the
+    tallies' requests per second (each second counted in the bucket holding its middle)."""
     width = (last - first) / points if points else 1.0
     start = last - points * width
+    if width >= 1.0 and _tallied(store, run_id) is not None:
+        return [
+            (int(row["b"]), int(row["n"]), float(row["s"]))
+            for row in store.query(
+                "SELECT MIN(:points - 1, MAX(0, CAST((second + 0.5 - :start) / :width "
+                "AS INTEGER))) AS b, SUM(requests) AS n, SUM(latency_sum) AS s "
+                "FROM run_seconds WHERE run_id = :run GROUP BY b",
+                {"run": run_id, "points": points, "start": start, "width": width},
+            )
+        ]
     return [
         (int(row["b"]), int(row["n"]), float(row["s"]))
         for row in store.query(
@@ -230,14 +278,31 @@ def run_series(
     ]
 
 
+_counted: weakref.WeakKeyDictionary[Store, tuple[tuple[int, int], str, int]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per open store, the last run counted: (store version, run, count)."""
+
+
 def request_count(store: Store, run_id: str) -> int:
-    """How many finished requests the run has stored."""
+    """How many finished requests the run has stored. Remembered until the file changes:
+    the reads of one screen (or of `moat stats`) each check the tallies against it, and a
+    run of a million requests takes a tenth of a second to count."""
+    version = store.version()
+    seen = _counted.get(store)
+    if seen is not None and seen[:2] == (version, run_id):
+        return seen[2]
     rows = store.query("SELECT COUNT(*) AS n FROM requests WHERE run_id = ?", (run_id,))
-    return int(rows[0]["n"])
+    count = int(rows[0]["n"])
+    _counted[store] = (version, run_id, count)
+    return count
 
 
 def status_counts(store: Store, run_id: str) -> dict[str, int]:
     """How many of the run's requests ended in each status."""
+    tallied = _counts(store, run_id, "status")
+    if tallied is not None:
+        return {str(row["name"]): int(row["n"]) for row in tallied}
     rows = store.query(
         "SELECT status, COUNT(*) AS n FROM requests WHERE run_id = ? GROUP BY status", (run_id,)
     )
@@ -269,13 +334,17 @@ def event_counts(store: Store, run_id: str, event_types: Sequence[str]) -> dict[
 
 
 def route_counts(store: Store, run_id: str) -> dict[str, int]:
-    """How many of the run's requests ended on each route: each request's last
-    `ROUTE_SELECTED` decision (`(none)` when empty), counted inside SQLite from the facts
-    index (SQLite takes a bare column from the row holding the group's `MAX`)."""
+    """How many of the run's finished requests ended on each route: each request's last
+    `ROUTE_SELECTED` decision (`(none)` when empty): tallied, or counted inside SQLite from
+    the facts index (SQLite takes a bare column from the row holding the group's `MAX`)."""
+    tallied = _counts(store, run_id, "route")
+    if tallied is not None:
+        return {str(row["name"]): int(row["n"]) for row in tallied}
     rows = store.query(
         f"SELECT {either('decision')} AS route, COUNT(*) AS n FROM (SELECT e.rk, e.decision, "
         f"MAX(e.sequence) FROM event_rows e WHERE e.{_RUN_CODE} AND e.{FACTS_WHERE} "
-        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} GROUP BY e.rk) GROUP BY decision",
+        f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} AND e.rk IN ({_RUN_KEYS_STORED}) "
+        "GROUP BY e.rk) GROUP BY decision",
         {"run": run_id},
     )
     out: dict[str, int] = {}
@@ -285,41 +354,50 @@ def route_counts(store: Store, run_id: str) -> dict[str, int]:
     return out
 
 
-_RUN_KEYS_STORED = (
-    "SELECT k.key FROM requests r JOIN request_keys k ON k.id = r.id WHERE r.run_id = :run"
-)
-"""The request keys of one run's finished requests, as a subquery."""
-
-
 def speculative_counts(store: Store, run_id: str) -> dict[str, int]:
     """The fates of the speculative node runs of the run's finished requests: `started`,
     and how many were `used`, `discarded` or `cancelled`, counted in SQLite."""
-    rows = store.query(
-        f"SELECT {name_of('status')} AS status, {name_of('outcome')} AS outcome, "
-        "n FROM (SELECT status, outcome, COUNT(*) AS n FROM node_rows "
-        "INDEXED BY node_rows_speculative WHERE speculative = 1 "
-        f"AND rk IN ({_RUN_KEYS_STORED}) GROUP BY status, outcome)",
-        {"run": run_id},
-    )
+    fates = _counts(store, run_id, "speculative")
+    if fates is None:
+        fates = store.query(
+            f"SELECT CASE WHEN {name_of('status')} = 'cancelled' THEN 'cancelled' "
+            f"ELSE COALESCE({name_of('outcome')}, '') END AS name, n FROM "
+            "(SELECT status, outcome, COUNT(*) AS n FROM node_rows "
+            "INDEXED BY node_rows_speculative WHERE speculative = 1 "
+            f"AND rk IN ({_RUN_KEYS_STORED}) GROUP BY status, outcome)",
+            {"run": run_id},
+        )
     out = {"started": 0, "used": 0, "discarded": 0, "cancelled": 0}
-    for row in rows:
-        fate = "cancelled" if row["status"] == "cancelled" else str(row["outcome"])
+    for row in fates:
+        fate = str(row["name"])
         out["started"] += int(row["n"])
         if fate in out:
             out[fate] += int(row["n"])
     return out
 
 
-def _code_of(text: str) -> str:
-    return f"(SELECT code FROM strings WHERE text = '{text}')"
-
-
 def calls_by_model(store: Store, run_id: str) -> list[Row]:
     """LLM calls of the run's finished requests per (model, provider), in name order:
     `calls`, `cost`, and the speculative part, `spec_cost` and `spec_wasted` (calls
     discarded or cancelled), in one pass over the calls, grouped on codes."""
-    speculative = _code_of("speculative")
-    wasted = f"({_code_of('discarded')}, {_code_of('cancelled')})"
+    tallied = _counts(store, run_id, "model")
+    if tallied is not None:
+        rows = []
+        for row in tallied:
+            model, provider = json.loads(row["name"])
+            rows.append(
+                {
+                    "model": model,
+                    "provider": provider,
+                    "calls": row["n"],
+                    "cost": row["cost"],
+                    "spec_cost": row["spec_cost"],
+                    "spec_wasted": row["spec_wasted"],
+                }
+            )
+        return sorted(rows, key=lambda row: (row["model"], row["provider"]))
+    speculative = code_of("speculative")
+    wasted = f"({code_of('discarded')}, {code_of('cancelled')})"
     return store.query(
         f"SELECT {name_of('model')} AS model, {name_of('provider')} AS provider, calls, cost, "
         "spec_cost, spec_wasted FROM (SELECT model, provider, COUNT(*) AS calls, "

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import StoreError
+from engine.store import tallies
 from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     WRITE_PATIENCE_S,
@@ -166,7 +167,7 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
                     int(row[0]) for row in conn.execute(RUN_KEYS, {"run": run_id}) if row[1] == ""
                 ]
                 result.rows += delete_keys(conn, run_level)
-                conn.execute("DELETE FROM run_totals WHERE run_id = ?", (run_id,))
+                tallies.forget(conn, run_id)
                 result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
                 return True
             requests, rows = _delete_requests(conn, ids)

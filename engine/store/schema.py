@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import StoreError
-from engine.store.compact import FACT_EVENT_TYPES, MIGRATION_3
+from engine.store.compact import FACT_EVENT_TYPES, FAILED_IN, MIGRATION_3
+from engine.store.tallies import MIGRATION_4
 
 __all__ = [
     "FACTS_IN",
@@ -176,8 +177,6 @@ _MIGRATION_1 = (
 FACTS_IN = f"event_type IN ({', '.join(repr(t) for t in FACT_EVENT_TYPES)})"
 """The condition of `orchestration_events_facts`, the index of the event types run figures
 count (`compact.FACT_EVENT_TYPES`): queries repeat it verbatim, or SQLite will not use it."""
-FAILED_IN = "status IN ('deadline_exceeded', 'failed', 'invalid_input')"
-"""`requests_failed`'s condition (`engine.stats.FAILED_STATUSES`), verbatim likewise."""
 
 # Compact records and reads at scale. Self-contained (IF [NOT] EXISTS throughout), so it
 # applies in either order with any other migration appended beside it.
@@ -204,7 +203,7 @@ _MIGRATION_2 = (
     "(request_id, status, outcome) WHERE speculative = 1",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2, MIGRATION_3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_MIGRATION_1, _MIGRATION_2, MIGRATION_3, MIGRATION_4)
 """Migration N (index N-1) brings the schema from version N-1 to N."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,7 +33,7 @@ from engine.events import result_line
 from engine.store import codec
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
-from engine.store.compact import RUN_KEYS, RUN_TOTALS_SQL, delete_keys, keys_of
+from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     SCHEMA_VERSION,
     check_version,
@@ -273,6 +273,14 @@ class Store:
         """Run a read-only SQL query; rows as dicts with JSON columns decoded."""
         return self._rows(sql, params)
 
+    def version(self) -> tuple[int, int]:
+        """A value that differs once anything changed the file since it was last read:
+        another connection's commit (`PRAGMA data_version`), or this one's own changes.
+        Readers key what they remember of the store on it."""
+        with self._lock:
+            (changed_elsewhere,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return int(changed_elsewhere), self._conn.total_changes
+
     # -- runs -------------------------------------------------------------------------
 
     def create_run(
@@ -337,7 +345,6 @@ class Store:
                 f"{owner.get('host')}); wait for it to end, or stop it and resume then"
             )
         with self._tx() as conn:
-            conn.execute("DELETE FROM run_totals WHERE run_id = ?", (run_id,))  # will change
             owner = _owner(time.time())
             conn.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, config_json = "
@@ -367,7 +374,6 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise self._unknown_run(run_id)
-            conn.execute(RUN_TOTALS_SQL, {"run": run_id})
 
     def get_run(self, run_id: str) -> Row | None:
         """The run's row (`config_json` decoded as `config`), or None.

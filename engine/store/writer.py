@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.events import Record
+from engine.events import Record, RequestRecord
+from engine.store import tallies
 from engine.store.codec import Packer
 from engine.store.compact import Compactor
 from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, CompactRows, EncodedRows
@@ -394,9 +395,12 @@ class StoreWriter:
             with write_transaction(conn, self._lock_path):
                 cx.begin(conn)
                 rows = self._rows(groups)
+                since = tallies.mark(conn) if rows[SLOT[RequestRecord]] else None
                 for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
                     if batch:
                         _insert(conn, sql, batch)
+                if since is not None:  # (requests last: their other rows are all written)
+                    tallies.tally(conn, since)
                 self._packer.maybe_train(conn)
         except BaseException:
             cx.rollback()

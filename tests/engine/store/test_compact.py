@@ -246,10 +246,10 @@ def test_migration_3_converts_a_schema_2_store_row_for_row(tmp_path: Path) -> No
     _v2_store(db)
     before = {table: _read(db, table) for table in (*VIEWS, "requests")}
     with Store.open(db) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         rows = store.request_rows("r-1-000001")
-        # the finished run's totals were recorded by the migration
-        assert [r["run_id"] for r in store.query("SELECT run_id FROM run_totals")] == ["r-1"]
+        # the run's tallies were counted by migration 4, after the rows were converted
+        assert [r["run_id"] for r in store.query("SELECT run_id FROM run_tallies")] == ["r-1"]
         whole = (reads.run_figures(store, None), reads.run_facts(store, None))
         assert reads.every_run(store) == whole
         assert whole[1].cache_hits == 1
@@ -383,9 +383,10 @@ def test_any_texts_read_back_as_written(
     assert runs[0]["duration_ms"] == pytest.approx(duration, abs=1e-3)
 
 
-def test_every_run_from_recorded_totals_equals_the_whole_table_reads(tmp_path: Path) -> None:
-    """Finished runs' totals plus a running run's rows give the same figures and facts as
-    reading every request and event; resuming a run drops its totals, pruning it too."""
+def test_every_run_from_the_tallies_equals_the_whole_table_reads(tmp_path: Path) -> None:
+    """Every run's tallies, running ones too, give the same figures and facts as reading
+    every request and event, before and after a run is resumed; pruning a run deletes
+    its tallies."""
     db = tmp_path / "s.db"
     with Store.open(db) as store:
         runs = [store.create_run("g", "abc", 3) for _ in range(3)]
@@ -396,28 +397,30 @@ def test_every_run_from_recorded_totals_equals_the_whole_table_reads(tmp_path: P
                         writer.record(record)
         store.finish_run(runs[0], "finished")
         store.finish_run(runs[1], "interrupted")  # runs[2] is still running
-        assert reads.every_run(store) == (
-            reads.run_figures(store, None),
-            reads.run_facts(store, None),
-        )
+        figures, facts = reads.every_run(store)
+        assert figures == pytest.approx(reads.run_figures(store, None))  # summed apart
+        assert facts == reads.run_facts(store, None)
         assert reads.every_run(store)[1].cache_misses == 2 + 3 + 4
-        assert len(store.query("SELECT * FROM run_totals")) == 2
+        assert len(store.query("SELECT * FROM run_tallies")) == 3
         store.claim_run(runs[1])
-        assert len(store.query("SELECT * FROM run_totals")) == 1
-        assert reads.every_run(store) == (
-            reads.run_figures(store, None),
-            reads.run_facts(store, None),
-        )
+        with StoreWriter(db) as writer:
+            for record in request_records(runs[1], 3, 200.0):
+                writer.record(record)
+        figures, facts = reads.every_run(store)
+        assert figures == pytest.approx(reads.run_figures(store, None))  # summed apart
+        assert facts == reads.run_facts(store, None)
     prune(db, keep_runs=2)
     with Store.open(db) as store:
-        assert store.query("SELECT run_id FROM run_totals") == []
+        assert {r["run_id"] for r in store.query("SELECT run_id FROM run_tallies")} == {
+            r["id"] for r in store.query("SELECT id FROM runs")
+        }
 
 
-def test_totals_of_a_run_no_longer_stored_do_not_send_every_run_to_the_whole_tables(
+def test_tallies_of_a_run_no_longer_stored_do_not_send_every_run_to_the_whole_tables(
     tmp_path: Path,
 ) -> None:
-    """A totals row left by a run deleted by hand counts for nothing: the figures still
-    come from the totals (the whole-table fallback would read a million rows)."""
+    """Tallies left by a run deleted by hand count for nothing: the figures still come
+    from the tallies (the whole-table fallback would read a million rows)."""
     db = tmp_path / "s.db"
     with Store.open(db) as store:
         kept, gone = store.create_run("g", "abc", 2), store.create_run("g", "abc", 2)
@@ -428,14 +431,14 @@ def test_totals_of_a_run_no_longer_stored_do_not_send_every_run_to_the_whole_tab
                         writer.record(record)
         store.finish_run(kept, "finished")
         store.finish_run(gone, "finished")
-        with sqlite3.connect(db) as conn:  # as a hand-written cleanup would: totals left
+        with sqlite3.connect(db) as conn:  # as a hand-written cleanup would: tallies left
             conn.execute("DELETE FROM requests WHERE run_id = ?", (gone,))
             conn.execute("DELETE FROM runs WHERE id = ?", (gone,))
-        assert len(store.query("SELECT * FROM run_totals")) == 2
+        assert len(store.query("SELECT * FROM run_tallies")) == 2
         figures, facts = reads.every_run(store)
         expected = reads.run_figures(store, kept)
         assert figures["requests"] == 2
-        assert figures["first_started"] is None  # as from totals: read on their own
+        assert figures["first_started"] is None  # as from tallies: read on their own
         assert {k: figures[k] for k in ("requests", "cost", "latency_sum", "errors")} == {
             k: expected[k] for k in ("requests", "cost", "latency_sum", "errors")
         }

@@ -3,6 +3,7 @@ indexes, and pages that continue where the last one ended."""
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -61,19 +62,29 @@ def test_pages_continue_newest_first_and_filter_inside_sqlite(tmp_path: Path) ->
 
 
 def test_run_facts_count_the_fact_events_of_a_run_or_every_run(tmp_path: Path) -> None:
+    """Of finished requests only: a crashed request's events (`q4`, no request row) are
+    not counted, as none of its other figures are."""
     kinds = {
         "q1": ["CACHE_MISS", "VALIDATION_FAILED", "VALIDATION_PASSED", "GATE_DECISION"],
         "q2": ["CACHE_HIT", "VALIDATION_PASSED"],
         "q3": ["CACHE_HIT", "NODE_FAILED", "SPECULATIVE_RESULT_USED", "BRANCH_CANCELLED"],
+        "q4": ["CACHE_HIT", "NODE_FAILED"],
     }
     with Store.open(tmp_path / "s.db") as store:
         with store.writer() as writer:
-            for rid, types in kinds.items():
+            for n, (rid, types) in enumerate(kinds.items()):
                 for seq, kind in enumerate(types, 1):
                     writer.record(OrchestrationEvent("run", rid, 0, "n", "t", kind, seq))
+                if rid != "q4":
+                    writer.record(RequestRecord(rid, "run", n, RequestStatus.OK, 1, 2, 1, 0, {}))
             writer.record(OrchestrationEvent("other", "q9", 0, "n", "t", "CACHE_MISS", 1))
+            writer.record(RequestRecord("q9", "other", 0, RequestStatus.OK, 1, 2, 1, 0, {}))
         facts = reads.run_facts(store, "run")
         every = reads.run_facts(store, None)
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # not tallied: counted from the rows
+        conn.execute("DELETE FROM run_tallies")
+    with Store.open(tmp_path / "s.db") as store:
+        assert reads.run_facts(store, "run") == facts
     assert (facts.cache_hits, facts.cache_misses) == (2, 1)
     assert (facts.validation_passed, facts.validation_failed) == (2, 1)
     assert (facts.node_failures, facts.spec_used, facts.spec_cancelled) == (1, 1, 1)

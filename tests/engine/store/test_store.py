@@ -155,7 +155,9 @@ def test_schema_tables_and_columns_match_the_contract(store: Store) -> None:
         *COMPACT_TABLES.values(),
         "strings",
         "request_keys",
-        "run_totals",
+        "run_tallies",
+        "run_counts",
+        "run_seconds",
     }
     for table, columns in CONTRACT.items():
         info = store.query(f"PRAGMA table_info({table})")

@@ -16,6 +16,7 @@ import asyncio  # noqa: TID251 - the disconnect watch every request pays for (se
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -571,7 +572,15 @@ def _decode(raw: bytes) -> Any:
         raise ApiError(
             400, "the request body's JSON is nested too deeply", code="invalid_json"
         ) from exc
-    except ValueError as exc:  # not UTF-8
+    except ValueError as exc:  # not UTF-8, or an integer past Python's digit limit
+        if "digits" in str(exc):
+            digits = sys.get_int_max_str_digits()
+            raise ApiError(
+                400,
+                f"the request body has a number with more than {digits} digits; "
+                "send numbers JSON readers take (at most 64-bit integers)",
+                code="invalid_json",
+            ) from exc
         raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
 
 

@@ -142,7 +142,7 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         if not isinstance(message, Mapping):
             raise _bad(f"{at} must be an object with `role` and `content`", at)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object: unhashable
             choices = ", ".join(sorted(ROLES))
             raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
         content = _content_text(message.get("content"), f"{at}.content")

@@ -12,11 +12,14 @@ import anyio
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.errors import SpecError
 from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
+from engine.serve.wire import ApiError, parse_chat
 from tests.engine.serve.test_serve import echo_graph, samples
 from tests.support.serve_client import chat_scope, hanging_up_after, http
 
@@ -46,6 +49,61 @@ async def test_a_bad_message_content_is_a_400_naming_the_content_field(
     error = response.json()["error"]
     assert error["param"] == param
     assert error["message"].startswith(f"{param} ")
+
+
+@pytest.mark.parametrize("role", [["user"], {"name": "user"}], ids=["list", "object"])
+async def test_a_role_that_is_not_a_string_is_a_400_naming_it(tmp_path: Path, role: Any) -> None:
+    body = {"model": "echo", "messages": [USER, {"role": role, "content": "x"}]}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages[1].role"
+    assert error["message"].startswith("messages[1].role must be one of assistant, ")
+
+
+async def test_a_number_with_more_digits_than_python_reads_is_a_400_saying_so(
+    tmp_path: Path,
+) -> None:
+    raw = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "n": '
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=raw + b"9" * 5000 + b"}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "a number with more than 4300 digits" in error["message"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+TOP_FIELDS = [
+    "model", "messages", "n", "stream", "stream_options", "user", "temperature", "top_p",
+    "max_tokens", "max_completion_tokens", "stop", "seed", "tools", "tool_choice",
+    "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+    "metadata",
+]  # fmt: skip
+MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    top=st.dictionaries(st.sampled_from(TOP_FIELDS), JSON, max_size=3),
+    message=st.dictionaries(st.sampled_from(MESSAGE_FIELDS), JSON, max_size=2),
+)
+def test_any_json_in_any_field_of_a_chat_request_is_read_or_refused_with_a_400(
+    top: dict[str, Any], message: dict[str, Any]
+) -> None:
+    body = {"model": "echo", "messages": [USER, {**USER, **message}], **top}
+    try:
+        chat = parse_chat(body)
+    except ApiError as exc:
+        assert exc.status == 400
+        assert exc.param is None or exc.message.startswith(("`", exc.param))
+        return
+    assert chat.model == body["model"] and isinstance(chat.input["prompt"], str)
 
 
 async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(

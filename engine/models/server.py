@@ -6,7 +6,8 @@ package keeps no web dependency: the routes, the answers, the errors in OpenAI's
 the fault injection.
 
 Any OpenAI client can point at a sim-server (`base_url=http://127.0.0.1:PORT/v1`) and talk
-to a simulated model offline: `POST /v1/chat/completions` and `GET /v1/models`.
+to a simulated model offline: `POST /v1/chat/completions`, `GET /v1/models` and `GET
+/v1/models/{model}` (any model name: every name is served, by the profile it maps to).
 
 Models: `sim-small`, `sim-medium`, `sim-large` (or just `small`, ...); any other name maps
 to a profile by its look (`*mini*`, `*small*`, `*nano*`, `*haiku*`, `*flash*`, `*8b*` ->
@@ -135,11 +136,17 @@ class SimService:
         if path in ("/v1/models", "/models"):
             if method != "GET":
                 return error_reply(405, "use GET", "invalid_request_error")
-            data = [
-                {"id": f"sim-{name}", "object": "model", "created": 0, "owned_by": "moat-sim"}
-                for name in SIM_PROFILES
-            ]
+            data = [_model_object(f"sim-{name}") for name in SIM_PROFILES]
             return _json_reply(200, {"object": "list", "data": data})
+        model = _model_path(path)
+        if model is not None:
+            if method != "GET":
+                return error_reply(405, "use GET", "invalid_request_error")
+            if not model.strip():
+                return error_reply(
+                    404, "name a model: GET /v1/models/sim-small", "invalid_request_error"
+                )
+            return _json_reply(200, _model_object(model))
         if path in ("/v1/chat/completions", "/chat/completions"):
             if method != "POST":
                 return error_reply(405, "use POST", "invalid_request_error")
@@ -253,6 +260,18 @@ class SimService:
             max_tokens=max_tokens,
             temperature=temperature,
         )
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "moat-sim"}
+
+
+def _model_path(path: str) -> str | None:
+    """The model of a `/v1/models/{model}` path, else None."""
+    for prefix in ("/v1/models/", "/models/"):
+        if path.startswith(prefix):
+            return path.removeprefix(prefix)
+    return None
 
 
 def _is_int(value: object) -> bool:

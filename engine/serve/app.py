@@ -6,7 +6,7 @@ see a server's requests as they are recorded. Routes:
 
 - `POST /v1/chat/completions`: `model` names a graph; `stream: true` sends server-sent
   events once the graph has decided its answer, never before.
-- `GET /v1/models`: the served graphs.
+- `GET /v1/models`: the served graphs; `GET /v1/models/{model}`: one of them.
 - `GET /healthz`, `GET /readyz`: the process is up; the graphs are loaded and open.
 """
 
@@ -243,7 +243,14 @@ class MoatServer:
         Starlette. The one route every request takes skips Starlette's middleware and
         router (a tenth of the server's CPU per request); `_chat` answers every error of
         its own, in OpenAI's shape, as Starlette's handlers would."""
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == _CHAT:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.endswith("/") and path != "/":
+            # `/v1/chat/completions/` is the route without the slash: a redirect would
+            # make the client send its body again, which most clients do not (or not
+            # for a POST), so the path is answered as it is meant
+            path = path.rstrip("/") or "/"
+            scope = {**scope, "path": path}
+        if path == _CHAT and scope["method"] == "POST":
             scope["app"] = self.starlette  # as Starlette sets it, for `Request.app`
             response = await self._chat(Request(scope, receive, send))
             await response(scope, receive, send)
@@ -254,15 +261,18 @@ class MoatServer:
         routes = [
             Route(_CHAT, self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self._model, methods=["GET"]),
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
-        return Starlette(
+        app = Starlette(
             routes=routes,
             lifespan=self._lifespan,
             exception_handlers={HTTPException: _http_error},
         )
+        app.router.redirect_slashes = False  # an unknown path is a 404, never a redirect
+        return app
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -288,11 +298,27 @@ class MoatServer:
             self._tenant(request, None)
         except ApiError as exc:
             return _error_response(exc)
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
-            for name in sorted(self.graphs)
-        ]
+        data = [_model_object(name) for name in sorted(self.graphs)]
         return JSONResponse({"object": "list", "data": data})
+
+    async def _model(self, request: Request) -> Response:
+        """OpenAI's "retrieve model": the object `GET /v1/models` lists for the graph."""
+        try:
+            self._tenant(request, None)
+            name = request.path_params["model"]
+            if name not in self.graphs:
+                raise self._unknown_graph(name)
+        except ApiError as exc:
+            return _error_response(exc)
+        return JSONResponse(_model_object(name))
+
+    def _unknown_graph(self, name: str) -> ApiError:
+        return ApiError(
+            404,
+            f"no graph is served as {name!r}; served: {', '.join(sorted(self.graphs))}",
+            param="model",
+            code="model_not_found",
+        )
 
     async def _metrics(self, request: Request) -> Response:
         body = await anyio.to_thread.run_sync(self.metrics.render, self.shaper.in_flight)
@@ -325,13 +351,7 @@ class MoatServer:
         chat = parse_chat(_decode(raw))
         served = self.graphs.get(chat.model)
         if served is None:
-            names = ", ".join(sorted(self.graphs))
-            raise ApiError(
-                404,
-                f"no graph is served as {chat.model!r}; served: {names}",
-                param="model",
-                code="model_not_found",
-            )
+            raise self._unknown_graph(chat.model)
         limit = served.pipe.limits.max_request_bytes
         if len(raw) > limit:
             raise _too_large(limit, chat.model)
@@ -437,6 +457,11 @@ class MoatServer:
         return result, (counts[0], counts[1], counts[2])
 
 
+def _model_object(name: str) -> dict[str, Any]:
+    """A served graph as OpenAI's model object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
+
+
 async def _trim_heap() -> None:
     """Give the heap's free pages back every heartbeat (see `engine.serve.heap`)."""
     trim = trimmer()
@@ -518,7 +543,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc, HTTPException) else "error"
     message = f"{request.method} {request.url.path}: {detail}"
     if status == 404:
-        message += "; moat serves POST /v1/chat/completions and GET /v1/models"
+        message += "; moat serves POST /v1/chat/completions and GET /v1/models[/MODEL]"
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
 

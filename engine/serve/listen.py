@@ -33,6 +33,7 @@ import uvicorn
 
 from engine.collector import settled_heap
 from engine.errors import SpecError
+from engine.serve.protocol import bounded
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
@@ -289,16 +290,16 @@ class _Coalesced:
 
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
-    server (the same protocol, connection tracking and graceful shutdown), each
-    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
-    complete."""
+    server (the same protocol, connection tracking and graceful shutdown), request heads
+    bounded (`engine.serve.protocol`), each connection's writes coalesced (`_Coalesced`)
+    and sent as soon as its response is complete."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
 
-        class Protocol(config.http_protocol_class):  # type: ignore[name-defined,misc]
+        class Protocol(bounded(config.http_protocol_class)):  # type: ignore[misc]
             def connection_made(self, transport: asyncio.Transport) -> None:
                 super().connection_made(_Coalesced(transport, loop))
 

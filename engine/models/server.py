@@ -89,10 +89,14 @@ def _json_reply(status: int, value: Any, headers: Mapping[str, str] | None = Non
 
 
 def error_reply(
-    status: int, message: str, kind: str, headers: Mapping[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
 ) -> SimReply:
     """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
-    return _json_reply(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+    return _json_reply(status, {"error": {"message": message, "type": kind, "code": code}}, headers)
 
 
 class SimService:

@@ -564,6 +564,7 @@ def _too_large(limit: int, graph: str | None) -> ApiError:
         413,
         f"the request body is over {limit} bytes, {whose} (`limits.max_request_bytes`)",
         code="request_too_large",
+        headers={"connection": "close"},  # uvicorn then reads no more of the body
     )
 
 

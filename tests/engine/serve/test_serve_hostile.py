@@ -231,6 +231,42 @@ async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> Non
     assert after.status_code == 200
 
 
+async def test_sim_server_refuses_a_body_over_its_limit_with_a_413_reading_no_more_of_it() -> None:
+    pieces = 0
+
+    async def endless() -> Any:
+        nonlocal pieces
+        for _ in range(10_000):  # 640 MB, were it all read
+            pieces += 1
+            yield b"x" * 65536
+
+    server = SimServer(time_scale=0, max_body_bytes=1 << 20)
+    async with sim_http(server) as web:
+        declared = await web.post("/chat/completions", content=b"x" * ((1 << 20) + 1))
+        streamed = await web.post("/chat/completions", content=endless())
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.headers["connection"] == "close"
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+        assert error["message"].startswith("the request body is over 1048576 bytes")
+    assert pieces <= 17
+    assert after.status_code == 200
+
+
+def test_sim_server_bodies_are_limited_by_default() -> None:
+    assert SimServer().max_body_bytes == 32 << 20
+
+
+async def test_serve_closes_the_connection_of_a_body_over_its_limit(tmp_path: Path) -> None:
+    graph = echo_graph(tmp_path, max_bytes=200)
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=b"x" * 1000)
+    assert response.status_code == 413
+    assert response.headers["connection"] == "close"  # the rest of the body is not read
+
+
 # -- API keys -------------------------------------------------------------------------------
 
 

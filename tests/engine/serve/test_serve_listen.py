@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from engine.serve.listen import _Coalesced, _Server, bind, config
+from engine.serve.sim_app import SimServer
 
 
 class _Transport:
@@ -274,3 +275,14 @@ def test_a_body_sent_with_its_head_is_not_counted_as_head() -> None:
         answer = exchange(port, head + b"\r\n" + body + last, until_closed=True)
     assert answer.count(b"HTTP/1.1 200 ") == 2
     assert answer.endswith(b"3 1048576") and b"\r\n\r\n2 1048576HTTP/1.1" in answer
+
+
+def test_the_sim_server_answers_a_chunked_body_over_its_limit_413_and_closes() -> None:
+    server = SimServer(time_scale=0, max_body_bytes=1 << 16)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+    with serving(server.app) as port:
+        answer = exchange(port, head, *[chunk] * 64, until_closed=True)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head_part
+    assert json.loads(body)["error"]["code"] == "request_too_large"

@@ -33,7 +33,7 @@ import uvicorn
 
 from engine.collector import settled_heap
 from engine.errors import SpecError
-from engine.serve.protocol import bounded
+from engine.serve.protocol import protocol_class
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
@@ -291,15 +291,16 @@ class _Coalesced:
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
     server (the same protocol, connection tracking and graceful shutdown), request heads
-    bounded (`engine.serve.protocol`), each connection's writes coalesced (`_Coalesced`)
-    and sent as soon as its response is complete."""
+    bounded and bodies not awaited at shutdown (`engine.serve.protocol`), each
+    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
+    complete."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
 
-        class Protocol(bounded(config.http_protocol_class)):  # type: ignore[misc]
+        class Protocol(protocol_class(config.http_protocol_class)):  # type: ignore[misc]
             def connection_made(self, transport: asyncio.Transport) -> None:
                 super().connection_made(_Coalesced(transport, loop))
 

@@ -1,5 +1,5 @@
-"""The HTTP/1.1 connection of moat's servers: uvicorn's httptools protocol, with bounded
-request heads.
+"""The HTTP/1.1 connection of moat's servers: uvicorn's protocol, with bounded request
+heads and a drain that does not wait for bodies still arriving.
 
 uvicorn's `h11` protocol refuses a head over 16 KiB (h11's `max_incomplete_event_size`),
 but the `httptools` one that uvicorn picks whenever httptools is installed (the `serve`
@@ -14,6 +14,14 @@ The head is measured by the bytes fed to the parser while it is in a head: a chu
 would take the head past the limit is fed only up to the limit, and if the head has not
 ended there, it is over. (After a pipelined request, the rest of the read that ended it
 is not counted: the next head may then run over by at most that read.)
+
+On SIGTERM uvicorn closes idle connections and waits up to the grace period for every
+request it has read the head of, including one whose client has stalled halfway through
+its body: the drain then lasted the whole `--grace` and ended in a plain-text 500. A
+request whose body is still arriving has not started (moat's apps read the whole body
+first), so at shutdown it gets a 503 in OpenAI's shape at once and its connection closes;
+the client may send it again, to this server's successor. Requests whose body is whole
+finish as before.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 
 from engine.serve.wire import ApiError, error_body
 
-__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "bounded"]
+__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "protocol_class"]
 
 HEAD_BYTES = 64 * 1024
 """Most bytes of a request line and its headers (h11's default is 16 KiB; nginx's 32)."""
@@ -31,12 +39,45 @@ HEAD_FIELDS = 100
 """Most headers of a request (gunicorn's `limit_request_fields`)."""
 
 
-def bounded(protocol: type[Any]) -> type[Any]:
-    """`protocol` (uvicorn's httptools protocol class) with bounded request heads; any other
-    protocol (h11, which bounds heads itself) as it is."""
-    if not hasattr(protocol, "on_headers_complete"):
-        return protocol
-    return type("Bounded" + protocol.__name__, (_BoundedHead, protocol), {})
+def protocol_class(protocol: type[Any]) -> type[Any]:
+    """uvicorn's `protocol` class with a drain that does not wait for bodies and, for the
+    httptools one, bounded request heads (h11 bounds heads itself)."""
+    mixins: tuple[type[Any], ...] = (_Draining,)
+    if hasattr(protocol, "on_headers_complete"):  # httptools: llhttp's callbacks
+        mixins += (_BoundedHead,)
+    return type("Moat" + protocol.__name__, (*mixins, protocol), {})
+
+
+def _error_response(status: str, error: ApiError) -> bytes:
+    """A whole HTTP/1.1 response carrying `error` in OpenAI's shape, closing the
+    connection."""
+    body = json.dumps(error_body(error)).encode()
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n" % status.encode() + (
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+
+
+class _Draining:
+    """Shutdown without waiting for requests whose body is still arriving."""
+
+    transport: Any
+    cycle: Any
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            # the app sees the client leave (`http.disconnect`) and stops reading
+            error = ApiError(
+                503,
+                "the server is shutting down and did not take this request, whose body was "
+                "still arriving; send it again",
+                type="server_error",
+                code="shutting_down",
+            )
+            self.transport.write(_error_response("503 Service Unavailable", error))
+            self.transport.close()
+            return
+        super().shutdown()  # type: ignore[misc]
 
 
 class _BoundedHead:
@@ -101,10 +142,5 @@ class _BoundedHead:
             "send fewer or shorter headers",
             code="request_header_too_large",
         )
-        body = json.dumps(error_body(error)).encode()
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self.transport.write(_error_response("431 Request Header Fields Too Large", error))
         self.transport.close()

@@ -8,6 +8,8 @@ see a server's requests as they are recorded. Routes:
   events once the graph has decided its answer, never before.
 - `GET /v1/models`: the served graphs; `GET /v1/models/{model}`: one of them.
 - `GET /healthz`, `GET /readyz`: the process is up; the graphs are loaded and open.
+- `GET /metrics`: Prometheus figures, open to any scraper (as probes are) unless
+  `metrics_auth` asks for an API key there too.
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class MoatServer:
             (starts them, beats their heartbeat, finishes them).
         slot: `(index, count)` of this worker among `count`: its requests are numbered
             `index`, `index + count`, ... so the workers' request ids never collide.
+        metrics_auth: `/metrics` asks for an API key as the API does (LiteLLM's
+            `require_auth_for_metrics_endpoint`); by default it is open to any scraper,
+            and shows the graphs' names and, when on, the tenants.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -132,8 +137,10 @@ class MoatServer:
         commit_wait: bool = True,
         runs: Mapping[str, str] | None = None,
         slot: tuple[int, int] = (0, 1),
+        metrics_auth: bool = False,
         **pipeline_options: Any,
     ) -> None:
+        self.metrics_auth = metrics_auth
         self.graphs: dict[str, _Served] = {}
         self.runs = dict(runs) if runs is not None else None
         self.slot = slot
@@ -321,6 +328,11 @@ class MoatServer:
         )
 
     async def _metrics(self, request: Request) -> Response:
+        if self.metrics_auth:
+            try:
+                self._tenant(request, None)
+            except ApiError as exc:
+                return _error_response(exc)
         body = await anyio.to_thread.run_sync(self.metrics.render, self.shaper.in_flight)
         return Response(body, media_type=CONTENT_TYPE)
 

@@ -39,6 +39,17 @@ def test_a_non_loopback_address_without_keys_is_refused(
     assert not (tmp_path / "m.db").exists()
 
 
+def test_metrics_auth_without_keys_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    code = main(["serve", str(graph), "--metrics-auth", "--db", str(tmp_path / "m.db")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--metrics-auth: without --keys" in err and "pass --keys FILE" in err
+    assert not (tmp_path / "m.db").exists()
+
+
 def test_a_keys_file_with_a_key_in_clear_is_refused_naming_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,5 +1,5 @@
 """`moat serve`'s routes besides chat: retrieving one model, paths with a trailing slash
-(answered, never redirected), and `/metrics` open to scrapes with or without keys."""
+(answered, never redirected), and `/metrics`, open to scrapes unless `--metrics-auth`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from engine.serve import KeyRing, MoatServer, hash_key
+from engine.serve import KeyRing, MoatServer, ShapingLimits, hash_key
 from engine.serve.sim_app import SimServer
+from engine.serve.workers import worker_spec
 from tests.engine.serve.test_serve import echo_graph
 from tests.engine.serve.test_serve_hostile import SIM, sim_http
 from tests.support.serve_client import client, http
@@ -111,3 +112,44 @@ async def test_the_sim_server_retrieves_its_models_and_answers_404_for_no_model(
         empty = await web.get("/models/%20")
     assert retrieved == listed
     assert empty.status_code == 404 and empty.json()["error"]["type"] == "invalid_request_error"
+
+
+# -- /metrics ---------------------------------------------------------------------------------
+
+
+async def test_with_keys_metrics_are_open_to_scrapes_unless_asked_otherwise(
+    tmp_path: Path,
+) -> None:
+    keys = KeyRing({hash_key("sk-acme"): "acme"})
+    open_server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys)
+    async with open_server, http(open_server) as web:
+        scraped = await web.get("http://moat.test/metrics")
+    keyed_server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys, metrics_auth=True)
+    async with keyed_server, http(keyed_server) as web:
+        refused = await web.get("http://moat.test/metrics")
+        wrong = await web.get("http://moat.test/metrics", headers={"authorization": "Bearer x"})
+        allowed = await web.get(
+            "http://moat.test/metrics", headers={"authorization": "Bearer sk-acme"}
+        )
+    assert scraped.status_code == 200 and "moat_requests_in_flight" in scraped.text
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert "echo" not in refused.text
+    assert allowed.status_code == 200 and allowed.text.startswith("# HELP")
+
+
+def test_worker_processes_ask_for_a_key_on_metrics_as_their_parent_does() -> None:
+    spec = worker_spec(
+        ["echo.yaml"],
+        db=None,
+        keys=KeyRing({hash_key("sk-acme"): "acme"}),
+        limits=ShapingLimits(),
+        workers=2,
+        models={},
+        commit_wait=True,
+        grace_s=1,
+        seed=0,
+        allow_unpriced=False,
+        metrics_auth=True,
+    )
+    assert spec["metrics_auth"] is True

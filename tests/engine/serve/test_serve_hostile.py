@@ -21,7 +21,7 @@ from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
 from engine.serve.wire import ApiError, parse_chat
 from tests.engine.serve.test_serve import echo_graph, samples
-from tests.support.serve_client import chat_scope, hanging_up_after, http
+from tests.support.serve_client import chat_scope, client, hanging_up_after, http
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +72,72 @@ async def test_a_number_with_more_digits_than_python_reads_is_a_400_saying_so(
     error = response.json()["error"]
     assert error["code"] == "invalid_json"
     assert "a number with more than 4300 digits" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("temperature", "hot", "temperature"),
+        ("temperature", 2.5, "temperature"),
+        ("top_p", -0.1, "top_p"),
+        ("presence_penalty", True, "presence_penalty"),
+        ("frequency_penalty", 3, "frequency_penalty"),
+        ("max_tokens", -1, "max_tokens"),
+        ("max_tokens", 1.5, "max_tokens"),
+        ("max_completion_tokens", "100", "max_completion_tokens"),
+        ("seed", "7", "seed"),
+        ("stop", {"a": 1}, "stop"),
+        ("stop", [1, 2], "stop"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop"),
+        ("logprobs", "yes", "logprobs"),
+        ("top_logprobs", 21, "top_logprobs"),
+        ("tools", "calculator", "tools"),
+        ("tools", [1], "tools"),
+        ("tool_choice", 1, "tool_choice"),
+        ("response_format", "json", "response_format"),
+        ("response_format", {"kind": "json_object"}, "response_format"),
+        ("stream_options", "yes", "stream_options"),
+        ("stream_options", {"include_usage": "no"}, "stream_options.include_usage"),
+        ("metadata", ["a"], "metadata"),
+        ("parallel_tool_calls", 1, "parallel_tool_calls"),
+    ],
+)
+async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_ignore_it(
+    tmp_path: Path, field: str, value: Any, param: str
+) -> None:
+    body = {"model": "echo", "messages": [USER], "stream": True, field: value}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert error["message"].startswith(f"`{param}` must be ")
+
+
+async def test_the_fields_an_openai_client_sends_are_taken_and_ignored(tmp_path: Path) -> None:
+    tool: Any = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:
+        reply = await oai.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.2,
+            top_p=1,
+            max_tokens=50,
+            max_completion_tokens=50,
+            presence_penalty=-2,
+            frequency_penalty=0.5,
+            stop=["\n", "END"],
+            seed=-3,
+            logprobs=False,
+            top_logprobs=0,
+            tools=[tool],
+            tool_choice="auto",
+            parallel_tool_calls=True,
+            response_format={"type": "json_object"},
+            metadata={"app": "x"},
+            stream_options=None,
+        )
+    assert reply.choices[0].message.content == "hi | turns: 0 | public"
 
 
 JSON = st.recursive(

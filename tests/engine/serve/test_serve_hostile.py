@@ -285,6 +285,57 @@ async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
     assert "`stream`" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"_task": ["a"]}, "`_task` must be a string"),
+        ({"n": 2}, "`n` must be 1"),
+        (
+            {"messages": [{"role": "user", "content": "caf\ud800"}]},
+            "messages[0].content has a lone surrogate",
+        ),
+    ],
+    ids=["task-list", "n", "surrogate"],
+)
+async def test_sim_server_refuses_a_field_it_cannot_take_with_a_400_naming_it(
+    raw: dict[str, Any], words: str
+) -> None:
+    body = json.dumps({"model": "sim-small", "messages": [USER], **raw}).encode()
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and words in error["message"]
+
+
+async def test_sim_server_refuses_a_number_with_more_digits_than_python_reads() -> None:
+    raw = b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "seed": '
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=raw + b"9" * 5000 + b"}")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "a number with more than 4300 digits" in message and "sys." not in message
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({"x-sim-fault": "rate_limit", "x-sim-retry-after": "inf"}, "X-Sim-Retry-After"),
+        ({"x-sim-fault": "rate_limit", "x-sim-retry-after": "nan"}, "X-Sim-Retry-After"),
+        ({"x-sim-fault": "rate-limit"}, "X-Sim-Fault: no fault 'rate-limit'; faults: error, "),
+    ],
+    ids=["retry-inf", "retry-nan", "unknown-fault"],
+)
+async def test_sim_server_refuses_a_fault_header_it_cannot_honour_with_a_400(
+    headers: dict[str, str], words: str
+) -> None:
+    body = {"model": "sim-small", "messages": [USER]}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", json=body, headers=headers)
+    assert response.status_code == 400
+    assert words in response.json()["error"]["message"]
+
+
 async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
     server = SimServer(time_scale=0)
     receive, send, sent = hanging_up_after(b'{"model": "sim-')

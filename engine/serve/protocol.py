@@ -1,5 +1,5 @@
 """The HTTP/1.1 connection of moat's servers: uvicorn's protocol, with bounded request
-heads and a drain that does not wait for bodies still arriving.
+heads, and request bodies that cannot hold a connection (or the drain) forever.
 
 uvicorn's `h11` protocol refuses a head over 16 KiB (h11's `max_incomplete_event_size`),
 but the `httptools` one that uvicorn picks whenever httptools is installed (the `serve`
@@ -22,6 +22,12 @@ request whose body is still arriving has not started (moat's apps read the whole
 first), so at shutdown it gets a 503 in OpenAI's shape at once and its connection closes;
 the client may send it again, to this server's successor. Requests whose body is whole
 finish as before.
+
+uvicorn has no timeout on reading a body either: a client that sends half a body and
+goes quiet (or half-closes its side) held its connection and task for as long as it
+stayed connected. Once no part of a body has come for `BODY_IDLE_S` (nginx's
+`client_body_timeout`, 60 s), the request gets a 408 and its connection closes; a slow
+body that keeps coming is read to its end.
 """
 
 from __future__ import annotations
@@ -31,53 +37,102 @@ from typing import Any
 
 from engine.serve.wire import ApiError, error_body
 
-__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "protocol_class"]
+__all__ = ["BODY_IDLE_S", "HEAD_BYTES", "HEAD_FIELDS", "protocol_class"]
 
 HEAD_BYTES = 64 * 1024
 """Most bytes of a request line and its headers (h11's default is 16 KiB; nginx's 32)."""
 HEAD_FIELDS = 100
 """Most headers of a request (gunicorn's `limit_request_fields`)."""
+BODY_IDLE_S = 60.0
+"""Seconds a request body may go without a byte arriving before it is a 408."""
 
 
-def protocol_class(protocol: type[Any]) -> type[Any]:
-    """uvicorn's `protocol` class with a drain that does not wait for bodies and, for the
-    httptools one, bounded request heads (h11 bounds heads itself)."""
-    mixins: tuple[type[Any], ...] = (_Draining,)
+def protocol_class(protocol: type[Any], *, body_idle_s: float = BODY_IDLE_S) -> type[Any]:
+    """uvicorn's `protocol` class with request bodies watched (`body_idle_s`: seconds a
+    body may stall) and, for the httptools one, bounded request heads (h11 bounds heads
+    itself)."""
+    mixins: tuple[type[Any], ...] = (_Bodies,)
     if hasattr(protocol, "on_headers_complete"):  # httptools: llhttp's callbacks
         mixins += (_BoundedHead,)
-    return type("Moat" + protocol.__name__, (*mixins, protocol), {})
+    return type("Moat" + protocol.__name__, (*mixins, protocol), {"body_idle_s": body_idle_s})
 
 
-def _error_response(status: str, error: ApiError) -> bytes:
-    """A whole HTTP/1.1 response carrying `error` in OpenAI's shape, closing the
-    connection."""
+def _close_with(transport: Any, status: str, error: ApiError) -> None:
+    """Answer `error` in OpenAI's shape and close the connection: an app reading the
+    request sees its client leave (`http.disconnect`)."""
     body = json.dumps(error_body(error)).encode()
-    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n" % status.encode() + (
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    transport.write(
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n" % status.encode()
+        + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
     )
+    transport.close()
 
 
-class _Draining:
-    """Shutdown without waiting for requests whose body is still arriving."""
+class _Bodies:
+    """Requests whose body is still arriving: a 503 at shutdown, rather than a wait; a
+    408 once none of it has come for `body_idle_s`."""
 
     transport: Any
     cycle: Any
+    loop: Any
+    body_idle_s = BODY_IDLE_S
+    _idle: Any = None
+    """The timer watching the body of the request being read, if its body is not whole."""
+    _last = 0.0
+    """When a part of that body last came (the loop's clock)."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._arriving():
+            self._last = self.loop.time()
+            if self._idle is None:
+                self._idle = self.loop.call_later(self.body_idle_s, self._check_idle)
+        elif self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arriving(self) -> bool:
+        """True while the request being read has started and its body is not whole."""
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if not self._arriving() or self.transport.is_closing():
+            return
+        quiet = self.loop.time() - self._last
+        if quiet < self.body_idle_s:  # a part came since: look again when it would be late
+            self._idle = self.loop.call_later(self.body_idle_s - quiet, self._check_idle)
+            return
+        _close_with(
+            self.transport,
+            "408 Request Timeout",
+            ApiError(
+                408,
+                f"no part of the request body came for {self.body_idle_s:g} s; send the "
+                "request again, its body without pauses",
+                code="request_timeout",
+            ),
+        )
 
     def shutdown(self) -> None:
-        cycle = self.cycle
-        if cycle is not None and cycle.more_body and not cycle.response_started:
-            # the app sees the client leave (`http.disconnect`) and stops reading
-            error = ApiError(
-                503,
-                "the server is shutting down and did not take this request, whose body was "
-                "still arriving; send it again",
-                type="server_error",
-                code="shutting_down",
-            )
-            self.transport.write(_error_response("503 Service Unavailable", error))
-            self.transport.close()
+        if not self._arriving():
+            super().shutdown()  # type: ignore[misc]
             return
-        super().shutdown()  # type: ignore[misc]
+        error = ApiError(
+            503,
+            "the server is shutting down and did not take this request, whose body was "
+            "still arriving; send it again",
+            type="server_error",
+            code="shutting_down",
+        )
+        _close_with(self.transport, "503 Service Unavailable", error)
 
 
 class _BoundedHead:
@@ -142,5 +197,4 @@ class _BoundedHead:
             "send fewer or shorter headers",
             code="request_header_too_large",
         )
-        self.transport.write(_error_response("431 Request Header Fields Too Large", error))
-        self.transport.close()
+        _close_with(self.transport, "431 Request Header Fields Too Large", error)

@@ -149,7 +149,7 @@ class SimService:
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> SimReply:
         """The reply of the route `path` names (404 for none, 405 for the wrong method)."""
-        path = path.split("?", 1)[0].rstrip("/")
+        sent, path = path, path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
             if method != "GET":
                 return error_reply(405, "use GET", "invalid_request_error")
@@ -168,7 +168,9 @@ class SimService:
             if method != "POST":
                 return error_reply(405, "use POST", "invalid_request_error")
             return await self.chat(headers, body)
-        return error_reply(404, f"no route {method} {path}", "invalid_request_error")
+        routes = "POST /v1/chat/completions, GET /v1/models and GET /v1/models/MODEL"
+        message = f"no route {method} {sent}; the sim-server serves {routes}"
+        return error_reply(404, message, "invalid_request_error")
 
     def _fault(self, headers: Mapping[str, str]) -> str | None:
         """The fault the request asks for (the header's kind, which may be no known fault),

@@ -336,6 +336,18 @@ async def test_sim_server_refuses_a_fault_header_it_cannot_honour_with_a_400(
     assert words in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/", "/v2/chat/completions/"])
+async def test_sim_server_names_the_unknown_path_as_sent_and_its_routes(path: str) -> None:
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.get(f"http://sim.test{path}")
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert message == (
+        f"no route GET {path}; the sim-server serves POST /v1/chat/completions, "
+        "GET /v1/models and GET /v1/models/MODEL"
+    )
+
+
 async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
     server = SimServer(time_scale=0)
     receive, send, sent = hanging_up_after(b'{"model": "sim-')

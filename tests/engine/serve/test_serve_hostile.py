@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.errors import SpecError
+from engine.models.server import SimService
 from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
 from engine.serve.wire import ApiError, parse_chat
@@ -346,6 +347,23 @@ async def test_sim_server_names_the_unknown_path_as_sent_and_its_routes(path: st
         f"no route GET {path}; the sim-server serves POST /v1/chat/completions, "
         "GET /v1/models and GET /v1/models/MODEL"
     )
+
+
+SIM_FIELDS = [*TOP_FIELDS, "_labels", "_task"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    top=st.dictionaries(st.sampled_from(SIM_FIELDS), JSON, max_size=3),
+    message=st.dictionaries(st.sampled_from(MESSAGE_FIELDS), JSON, max_size=2),
+)
+def test_any_json_in_any_field_is_answered_or_refused_by_the_sim_server_never_a_500(
+    top: dict[str, Any], message: dict[str, Any]
+) -> None:
+    body = {"model": "sim-small", "messages": [USER, {**USER, **message}], **top}
+    raw = json.dumps(body).encode()
+    reply = anyio.run(SimService(time_scale=0).answer, "POST", "/v1/chat/completions", {}, raw)
+    assert reply.status in (200, 400), reply.body
 
 
 async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:

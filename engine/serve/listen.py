@@ -33,7 +33,7 @@ import uvicorn
 
 from engine.collector import settled_heap
 from engine.errors import SpecError
-from engine.serve.protocol import BODY_IDLE_S, protocol_class
+from engine.serve.protocol import READ_IDLE_S, protocol_class
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
@@ -295,15 +295,15 @@ class _Server(uvicorn.Server):
     connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
     complete."""
 
-    def __init__(self, config: uvicorn.Config, *, body_idle_s: float = BODY_IDLE_S) -> None:
+    def __init__(self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S) -> None:
         super().__init__(config)
-        self.body_idle_s = body_idle_s
+        self.read_idle_s = read_idle_s
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
-        base = protocol_class(config.http_protocol_class, body_idle_s=self.body_idle_s)
+        base = protocol_class(config.http_protocol_class, read_idle_s=self.read_idle_s)
 
         class Protocol(base):  # type: ignore[misc,valid-type]
             def connection_made(self, transport: asyncio.Transport) -> None:

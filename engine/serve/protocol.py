@@ -23,11 +23,15 @@ first), so at shutdown it gets a 503 in OpenAI's shape at once and its connectio
 the client may send it again, to this server's successor. Requests whose body is whole
 finish as before.
 
-uvicorn has no timeout on reading a body either: a client that sends half a body and
-goes quiet (or half-closes its side) held its connection and task for as long as it
-stayed connected. Once no part of a body has come for `BODY_IDLE_S` (nginx's
-`client_body_timeout`, 60 s), the request gets a 408 and its connection closes; a slow
-body that keeps coming is read to its end.
+uvicorn has no timeout on reading a request either (its keep-alive timeout starts only
+after a response): a client that connects and sends nothing, or half a head, or half a
+body, and goes quiet held its connection (and, for a body, its task) for as long as it
+stayed connected, and enough of them would take every file descriptor. Once nothing of
+a request has come for `READ_IDLE_S` (60 s, nginx's `client_header_timeout` and
+`client_body_timeout`), the connection closes: with a 408 in OpenAI's shape when the
+request's head is whole (an app was reading its body), without a word otherwise (as
+uvicorn closes an idle keep-alive connection). A slow request that keeps coming is read
+to its end.
 """
 
 from __future__ import annotations
@@ -37,24 +41,24 @@ from typing import Any
 
 from engine.serve.wire import ApiError, error_body
 
-__all__ = ["BODY_IDLE_S", "HEAD_BYTES", "HEAD_FIELDS", "protocol_class"]
+__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "READ_IDLE_S", "protocol_class"]
 
 HEAD_BYTES = 64 * 1024
 """Most bytes of a request line and its headers (h11's default is 16 KiB; nginx's 32)."""
 HEAD_FIELDS = 100
 """Most headers of a request (gunicorn's `limit_request_fields`)."""
-BODY_IDLE_S = 60.0
-"""Seconds a request body may go without a byte arriving before it is a 408."""
+READ_IDLE_S = 60.0
+"""Seconds a request (its head or its body) may go without a byte arriving."""
 
 
-def protocol_class(protocol: type[Any], *, body_idle_s: float = BODY_IDLE_S) -> type[Any]:
-    """uvicorn's `protocol` class with request bodies watched (`body_idle_s`: seconds a
-    body may stall) and, for the httptools one, bounded request heads (h11 bounds heads
+def protocol_class(protocol: type[Any], *, read_idle_s: float = READ_IDLE_S) -> type[Any]:
+    """uvicorn's `protocol` class with requests being read watched (`read_idle_s`: seconds
+    one may stall) and, for the httptools one, bounded request heads (h11 bounds heads
     itself)."""
-    mixins: tuple[type[Any], ...] = (_Bodies,)
+    mixins: tuple[type[Any], ...] = (_Reading,)
     if hasattr(protocol, "on_headers_complete"):  # httptools: llhttp's callbacks
         mixins += (_BoundedHead,)
-    return type("Moat" + protocol.__name__, (*mixins, protocol), {"body_idle_s": body_idle_s})
+    return type("Moat" + protocol.__name__, (*mixins, protocol), {"read_idle_s": read_idle_s})
 
 
 def _close_with(transport: Any, status: str, error: ApiError) -> None:
@@ -68,25 +72,30 @@ def _close_with(transport: Any, status: str, error: ApiError) -> None:
     transport.close()
 
 
-class _Bodies:
-    """Requests whose body is still arriving: a 503 at shutdown, rather than a wait; a
-    408 once none of it has come for `body_idle_s`."""
+class _Reading:
+    """Requests being read: closed once nothing of them has come for `read_idle_s`; at
+    shutdown, one whose body is still arriving gets a 503 rather than a wait."""
 
     transport: Any
     cycle: Any
     loop: Any
-    body_idle_s = BODY_IDLE_S
+    read_idle_s = READ_IDLE_S
     _idle: Any = None
-    """The timer watching the body of the request being read, if its body is not whole."""
+    """The timer watching the request being read, while one is."""
     _last = 0.0
-    """When a part of that body last came (the loop's clock)."""
+    """When a part of that request last came (the loop's clock)."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._last = self.loop.time()  # a connection is made to send a request
+        self._idle = self.loop.call_later(self.read_idle_s, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        if self._arriving():
+        if self._reading_head() or self._arriving():
             self._last = self.loop.time()
             if self._idle is None:
-                self._idle = self.loop.call_later(self.body_idle_s, self._check_idle)
+                self._idle = self.loop.call_later(self.read_idle_s, self._check_idle)
         elif self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -97,6 +106,11 @@ class _Bodies:
             self._idle = None
         super().connection_lost(exc)  # type: ignore[misc]
 
+    def _reading_head(self) -> bool:
+        """True while no request is being answered: the next one's head is awaited."""
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete
+
     def _arriving(self) -> bool:
         """True while the request being read has started and its body is not whole."""
         cycle = self.cycle
@@ -104,22 +118,22 @@ class _Bodies:
 
     def _check_idle(self) -> None:
         self._idle = None
-        if not self._arriving() or self.transport.is_closing():
+        reading_head, arriving = self._reading_head(), self._arriving()
+        if not (reading_head or arriving) or self.transport.is_closing():
             return
         quiet = self.loop.time() - self._last
-        if quiet < self.body_idle_s:  # a part came since: look again when it would be late
-            self._idle = self.loop.call_later(self.body_idle_s - quiet, self._check_idle)
-            return
-        _close_with(
-            self.transport,
-            "408 Request Timeout",
-            ApiError(
+        if quiet < self.read_idle_s:  # a part came since: look again when it would be late
+            self._idle = self.loop.call_later(self.read_idle_s - quiet, self._check_idle)
+        elif arriving:
+            error = ApiError(
                 408,
-                f"no part of the request body came for {self.body_idle_s:g} s; send the "
+                f"no part of the request body came for {self.read_idle_s:g} s; send the "
                 "request again, its body without pauses",
                 code="request_timeout",
-            ),
-        )
+            )
+            _close_with(self.transport, "408 Request Timeout", error)
+        else:  # no request yet, or half a head: nobody to answer
+            self.transport.close()
 
     def shutdown(self) -> None:
         if not self._arriving():

@@ -290,7 +290,7 @@ def test_the_sim_server_answers_a_chunked_body_over_its_limit_413_and_closes() -
 
 def test_a_body_that_stops_arriving_is_a_408_and_a_slow_steady_one_is_read() -> None:
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
-    with serving(_echo_sizes, body_idle_s=0.5) as port:
+    with serving(_echo_sizes, read_idle_s=0.5) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
             conn.sendall(head + b"12345")
             started = time.monotonic()
@@ -311,3 +311,19 @@ def test_a_body_that_stops_arriving_is_a_408_and_a_slow_steady_one_is_read() -> 
     assert error["message"].startswith("no part of the request body came for 0.5 s")
     assert 0.4 < waited < 5
     assert steady.startswith(b"HTTP/1.1 200 ") and steady.endswith(b"2 10")
+
+
+def test_a_connection_whose_head_stops_arriving_is_closed() -> None:
+    """Idle from the start, or half a head: either would hold a descriptor for as long
+    as the client liked (uvicorn's keep-alive timeout starts only after a response)."""
+    with serving(_echo_sizes, read_idle_s=0.5) as port:
+        waits = []
+        for sent in (b"", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le"):
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+                conn.sendall(sent)
+                started = time.monotonic()
+                assert conn.recv(65536) == b""  # closed, with nothing to say
+                waits.append(time.monotonic() - started)
+        answered = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert all(0.4 < wait < 5 for wait in waits)
+    assert answered.startswith(b"HTTP/1.1 200 ")

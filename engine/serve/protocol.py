@@ -74,7 +74,8 @@ def _close_with(transport: Any, status: str, error: ApiError) -> None:
 
 class _Reading:
     """Requests being read: closed once nothing of them has come for `read_idle_s`; at
-    shutdown, one whose body is still arriving gets a 503 rather than a wait."""
+    shutdown, one whose body is still arriving gets a 503 rather than a wait; bytes that
+    are no HTTP a 400 in OpenAI's shape (uvicorn's is plain text)."""
 
     transport: Any
     cycle: Any
@@ -134,6 +135,16 @@ class _Reading:
             _close_with(self.transport, "408 Request Timeout", error)
         else:  # no request yet, or half a head: nobody to answer
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses, in OpenAI's shape."""
+        error = ApiError(
+            400,
+            "the request is not valid HTTP/1.1: check its request line, its headers and "
+            "its Content-Length or chunked framing",
+            code="invalid_http",
+        )
+        _close_with(self.transport, "400 Bad Request", error)
 
     def shutdown(self) -> None:
         if not self._arriving():

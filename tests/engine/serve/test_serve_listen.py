@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from engine.serve.listen import _Coalesced, _Server, bind, config
 from engine.serve.sim_app import SimServer
 
@@ -327,3 +329,22 @@ def test_a_connection_whose_head_stops_arriving_is_closed() -> None:
         answered = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert all(0.4 < wait < 5 for wait in waits)
     assert answered.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    ],
+    ids=["not-http", "bad-length", "two-lengths"],
+)
+def test_a_request_that_is_not_http_is_a_400_in_openai_s_shape(sent: bytes) -> None:
+    with serving(_echo_sizes) as port:
+        answer = exchange(port, sent, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
+    assert error["message"].startswith("the request is not valid HTTP/1.1")

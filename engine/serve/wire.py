@@ -182,6 +182,9 @@ def parse_chat(body: Any) -> ChatRequest:
     if not isinstance(stream, bool):
         raise _bad("`stream` must be true or false", "stream")
     _check_known_fields(body)
+    if body.get("stream_options") is not None and not stream:
+        message = "`stream_options` is for a streamed answer: send it with `stream: true`"
+        raise _bad(message, "stream_options")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
 

@@ -115,6 +115,24 @@ async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_
     assert error["message"].startswith(f"`{param}` must be ")
 
 
+async def test_stream_options_without_stream_is_a_400_as_openai_answers_it(
+    tmp_path: Path,
+) -> None:
+    body = {"model": "echo", "messages": [USER], "stream_options": {"include_usage": True}}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        refused = await web.post("/chat/completions", json=body)
+        streamed = await web.post("/chat/completions", json={**body, "stream": True})
+        unset = await web.post("/chat/completions", json={**body, "stream_options": None})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "stream_options"
+    assert (
+        error["message"] == "`stream_options` is for a streamed answer: send it with `stream: true`"
+    )
+    assert streamed.status_code == unset.status_code == 200
+    assert '"usage"' in streamed.text.split("data: ")[-2]
+
+
 async def test_the_fields_an_openai_client_sends_are_taken_and_ignored(tmp_path: Path) -> None:
     tool: Any = {"type": "function", "function": {"name": "f", "parameters": {}}}
     async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:

@@ -55,6 +55,7 @@ import anyio
 from engine.graph.spec import ModelSpec
 from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
+from engine.models.chat_fields import chat_field_problem
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.plugin.context import RequestInfo
 
@@ -265,6 +266,9 @@ class SimService:
             labels=context.labels,
             seed=context.seed,
         )
+        problem = chat_field_problem(body)
+        if problem is not None:
+            raise ValueError(problem[1])
         choices, task = body.get("n"), body.get("_task")
         if choices is not None and (not _is_int(choices) or choices != 1):
             raise ValueError("`n` must be 1: the sim answers with one choice")
@@ -272,10 +276,6 @@ class SimService:
             raise ValueError("`_task` must be a string, the task's name")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         temperature = body.get("temperature")
-        if max_tokens is not None and not (_is_int(max_tokens) and max_tokens > 0):
-            raise ValueError("`max_tokens` must be a positive integer")
-        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
-            raise ValueError("`temperature` must be a number from 0 to 2")
         return ProviderRequest(
             model=model,
             messages=messages,
@@ -324,10 +324,6 @@ def _reason(exc: Exception) -> str:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _messages(raw: object) -> list[dict[str, str]]:

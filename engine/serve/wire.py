@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from engine.events import RequestStatus
+from engine.models.chat_fields import chat_field_problem
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 
@@ -181,72 +182,11 @@ def parse_chat(body: Any) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("`stream` must be true or false", "stream")
-    _check_known_fields(body)
-    if body.get("stream_options") is not None and not stream:
-        message = "`stream_options` is for a streamed answer: send it with `stream: true`"
-        raise _bad(message, "stream_options")
+    problem = chat_field_problem(body)
+    if problem is not None:
+        raise _bad(problem[1], problem[0])
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
-
-
-def _number(low: float, high: float) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
-
-
-def _whole(low: float) -> Callable[[Any], bool]:
-    return lambda v: type(v) is int and v >= low
-
-
-def _stop(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    return isinstance(value, list) and len(value) <= 4 and all(isinstance(s, str) for s in value)
-
-
-def _objects(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, Mapping) for item in value)
-
-
-def _typed(value: Any) -> bool:
-    return isinstance(value, Mapping) and isinstance(value.get("type"), str)
-
-
-def _boolean(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-_KNOWN_FIELDS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
-    "temperature": (_number(0, 2), "a number from 0 to 2"),
-    "top_p": (_number(0, 1), "a number from 0 to 1"),
-    "presence_penalty": (_number(-2, 2), "a number from -2 to 2"),
-    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
-    "max_tokens": (_whole(1), "a whole number of at least 1"),
-    "max_completion_tokens": (_whole(1), "a whole number of at least 1"),
-    "seed": (_whole(-(2**63)), "a whole number"),
-    "stop": (_stop, "a string or a list of at most 4 strings"),
-    "logprobs": (_boolean, "true or false"),
-    "top_logprobs": (lambda v: _whole(0)(v) and v <= 20, "a whole number from 0 to 20"),
-    "tools": (_objects, "a list of tool objects"),
-    "tool_choice": (lambda v: isinstance(v, str | Mapping), 'a string ("auto", ...) or an object'),
-    "parallel_tool_calls": (_boolean, "true or false"),
-    "response_format": (_typed, 'an object with a `type`, e.g. {"type": "text"}'),
-    "stream_options": (lambda v: isinstance(v, Mapping), 'an object, e.g. {"include_usage": true}'),
-    "metadata": (lambda v: isinstance(v, Mapping), "an object"),
-}
-"""OpenAI fields a graph does not take (its policy chooses the models and their
-settings), checked all the same: a client that sends one wrongly learns it here, as it
-would from OpenAI, rather than never."""
-
-
-def _check_known_fields(body: Mapping[str, Any]) -> None:
-    for name, (valid, what) in _KNOWN_FIELDS.items():
-        value = body.get(name)
-        if value is not None and not valid(value):
-            raise _bad(f"`{name}` must be {what}, not {show_value(value)}", name)
-    usage = (body.get("stream_options") or {}).get("include_usage")
-    if usage is not None and not isinstance(usage, bool):
-        param = "stream_options.include_usage"
-        raise _bad(f"`{param}` must be true or false, not {show_value(usage)}", param)
 
 
 def answer_text(output: Mapping[str, Any] | None) -> str:

@@ -327,6 +327,30 @@ async def test_sim_server_refuses_a_field_it_cannot_take_with_a_400_naming_it(
     assert error["type"] == "invalid_request_error" and words in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stop", {"a": 1}),
+        ("top_p", 2),
+        ("tools", "calculator"),
+        ("stream_options", {"include_usage": "no"}),
+        ("max_completion_tokens", 0),
+        ("logprobs", "yes"),
+    ],
+)
+async def test_sim_server_checks_openai_s_fields_as_moat_serve_and_openai_do(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    body = {"model": "sim-small", "messages": [USER], "stream": True, field: value}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        simulated = await web.post("/chat/completions", json=body)
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    assert simulated.status_code == served.status_code == 400
+    expected = served.json()["error"]["message"]
+    assert simulated.json()["error"]["message"] == f"bad chat completion request: {expected}"
+
+
 async def test_sim_server_refuses_a_number_with_more_digits_than_python_reads() -> None:
     raw = b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "seed": '
     async with sim_http(SimServer(time_scale=0)) as web:

@@ -1,5 +1,6 @@
 """The HTTP/1.1 connection of moat's servers: uvicorn's protocol, with bounded request
-heads, and request bodies that cannot hold a connection (or the drain) forever.
+heads, requests that cannot hold a connection (or the drain) forever, and its own errors
+in OpenAI's shape.
 
 uvicorn's `h11` protocol refuses a head over 16 KiB (h11's `max_incomplete_event_size`),
 but the `httptools` one that uvicorn picks whenever httptools is installed (the `serve`
@@ -121,6 +122,8 @@ class _Reading:
         self._idle = None
         reading_head, arriving = self._reading_head(), self._arriving()
         if not (reading_head or arriving) or self.transport.is_closing():
+            return
+        if self.transport.get_protocol() is not self:  # upgraded: no longer HTTP's
             return
         quiet = self.loop.time() - self._last
         if quiet < self.read_idle_s:  # a part came since: look again when it would be late

@@ -290,10 +290,10 @@ class _Coalesced:
 
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
-    server (the same protocol, connection tracking and graceful shutdown), request heads
-    bounded and bodies not awaited at shutdown (`engine.serve.protocol`), each
-    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
-    complete."""
+    server (the same protocol, connection tracking and graceful shutdown), requests read
+    within bounds of size and time (`engine.serve.protocol`; `read_idle_s`: seconds a
+    request may stall), each connection's writes coalesced (`_Coalesced`) and sent as
+    soon as its response is complete."""
 
     def __init__(self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S) -> None:
         super().__init__(config)

@@ -70,6 +70,11 @@ def add_commands(sub: Any) -> None:
         help="API keys, one `TENANT sha256:HEX` a line (else $MOAT_API_KEYS=TENANT=KEY,...); "
         "required off loopback",
     )
+    p.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        help="/metrics asks for an API key of --keys too (default: open to any scraper)",
+    )
     p.add_argument("--rate", type=_rate, metavar="R", help="requests/s per tenant (default: none)")
     p.add_argument("--burst", type=_positive, default=10, metavar="N", help="above --rate")
     p.add_argument(
@@ -151,6 +156,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
             "another address"
         )
+    if getattr(args, "metrics_auth", False) and keys is None:
+        raise SpecError(
+            "--metrics-auth: without --keys (or $MOAT_API_KEYS) any key is accepted, so "
+            "/metrics would stay open; pass --keys FILE, or drop --metrics-auth"
+        )
     limits = ShapingLimits(
         rate=args.rate,
         burst=args.burst,
@@ -166,7 +176,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from engine.cluster.serving import serve_on_ray
 
-        options = {"keys": keys, "limits": limits, "models": _parse_models(args.model)}
+        options: dict[str, Any] = {"keys": keys, "limits": limits}
+        options["models"] = _parse_models(args.model)
+        options["metrics_auth"] = getattr(args, "metrics_auth", False)
         options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
 
         def on_ray(url: str, replicas: str) -> None:
@@ -199,6 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
         telemetry=telemetry.telemetry_for(opts, server=True) if workers == 1 else None,
+        metrics_auth=getattr(args, "metrics_auth", False),
     )
     if workers > 1:
         return _serve_workers(args, server, keys, limits)
@@ -238,6 +251,7 @@ def _serve_workers(args: argparse.Namespace, server: Any, keys: Any, limits: Any
         grace_s=args.grace,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
+        metrics_auth=getattr(args, "metrics_auth", False),
     )
     socks = bind_workers(args.host, args.port, args.workers)
     host, port = socks[0].getsockname()[:2]

@@ -6,7 +6,8 @@ package keeps no web dependency: the routes, the answers, the errors in OpenAI's
 the fault injection.
 
 Any OpenAI client can point at a sim-server (`base_url=http://127.0.0.1:PORT/v1`) and talk
-to a simulated model offline: `POST /v1/chat/completions` and `GET /v1/models`.
+to a simulated model offline: `POST /v1/chat/completions`, `GET /v1/models` and `GET
+/v1/models/{model}` (any model name: every name is served, by the profile it maps to).
 
 Models: `sim-small`, `sim-medium`, `sim-large` (or just `small`, ...); any other name maps
 to a profile by its look (`*mini*`, `*small*`, `*nano*`, `*haiku*`, `*flash*`, `*8b*` ->
@@ -34,12 +35,16 @@ Fault injection for tests, by request header `X-Sim-Fault`:
 - `malformed`: 200 with a body that is not JSON;
 - `FAULT-once:KEY` (e.g. `error-once:a1`): the fault happens only the first time KEY is
   seen by this service, so a retry succeeds.
+
+Any other fault is a 400 naming the faults, so a misspelt one is not silently no fault.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,13 +55,23 @@ import anyio
 from engine.graph.spec import ModelSpec
 from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
+from engine.models.chat_fields import chat_field_problem
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.plugin.context import RequestInfo
 
-__all__ = ["SIMULATED_HEADERS", "SimReply", "SimService", "error_reply", "profile_for_model"]
+__all__ = [
+    "FAULTS",
+    "SIMULATED_HEADERS",
+    "SimReply",
+    "SimService",
+    "error_reply",
+    "profile_for_model",
+]
 
 _SMALL_MARKS = ("mini", "small", "nano", "haiku", "flash", "8b")
 _LARGE_MARKS = ("large", "gpt-4o", "gpt-4.1", "gpt-5", "opus", "70b", "405b")
+FAULTS = ("error", "malformed", "rate_limit", "slow")
+"""The faults `X-Sim-Fault` may ask for."""
 SIMULATED_HEADERS = {"content-type": "application/json", "x-moat-simulated": "true"}
 """The headers of every reply: JSON, and labelled simulated."""
 
@@ -88,10 +103,14 @@ def _json_reply(status: int, value: Any, headers: Mapping[str, str] | None = Non
 
 
 def error_reply(
-    status: int, message: str, kind: str, headers: Mapping[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
 ) -> SimReply:
     """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
-    return _json_reply(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+    return _json_reply(status, {"error": {"message": message, "type": kind, "code": code}}, headers)
 
 
 class SimService:
@@ -131,22 +150,32 @@ class SimService:
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> SimReply:
         """The reply of the route `path` names (404 for none, 405 for the wrong method)."""
-        path = path.split("?", 1)[0].rstrip("/")
+        sent, path = path, path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
             if method != "GET":
                 return error_reply(405, "use GET", "invalid_request_error")
-            data = [
-                {"id": f"sim-{name}", "object": "model", "created": 0, "owned_by": "moat-sim"}
-                for name in SIM_PROFILES
-            ]
+            data = [_model_object(f"sim-{name}") for name in SIM_PROFILES]
             return _json_reply(200, {"object": "list", "data": data})
+        model = _model_path(path)
+        if model is not None:
+            if method != "GET":
+                return error_reply(405, "use GET", "invalid_request_error")
+            if not model.strip():
+                return error_reply(
+                    404, "name a model: GET /v1/models/sim-small", "invalid_request_error"
+                )
+            return _json_reply(200, _model_object(model))
         if path in ("/v1/chat/completions", "/chat/completions"):
             if method != "POST":
                 return error_reply(405, "use POST", "invalid_request_error")
             return await self.chat(headers, body)
-        return error_reply(404, f"no route {method} {path}", "invalid_request_error")
+        routes = "POST /v1/chat/completions, GET /v1/models and GET /v1/models/MODEL"
+        message = f"no route {method} {sent}; the sim-server serves {routes}"
+        return error_reply(404, message, "invalid_request_error")
 
     def _fault(self, headers: Mapping[str, str]) -> str | None:
+        """The fault the request asks for (the header's kind, which may be no known fault),
+        None for none (or a `-once` fault already seen)."""
         value = headers.get("x-sim-fault", "").strip().lower()
         if not value:
             return None
@@ -160,11 +189,15 @@ class SimService:
     async def chat(self, headers: Mapping[str, str], raw: bytes) -> SimReply:
         """A chat completion, with the fault the headers ask for."""
         fault = self._fault(headers)
+        if fault is not None and fault not in FAULTS:
+            faults = ", ".join(FAULTS)
+            message = f"X-Sim-Fault: no fault {fault!r}; faults: {faults} (FAULT-once:KEY: once)"
+            return error_reply(400, message, "invalid_request_error")
         if fault == "rate_limit":
-            try:
-                after = max(0.0, float(headers.get("x-sim-retry-after", "1")))
-            except ValueError:
-                return error_reply(400, "X-Sim-Retry-After: give seconds", "invalid_request_error")
+            after = _seconds(headers.get("x-sim-retry-after", "1"))
+            if after is None:
+                message = "X-Sim-Retry-After: give a number of seconds of at least 0, e.g. 1.5"
+                return error_reply(400, message, "invalid_request_error")
             return error_reply(
                 429,
                 "simulated rate limit",
@@ -185,8 +218,7 @@ class SimService:
             message = "bad chat completion request: the JSON is nested too deeply"
             return error_reply(400, message, "invalid_request_error")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            message = f"bad chat completion request: {reason}"
+            message = f"bad chat completion request: {_reason(exc)}"
             return error_reply(400, message, "invalid_request_error")
         seed: int = body["seed"] if _is_int(body.get("seed")) else 0
         if self.latency_s is None:
@@ -234,12 +266,16 @@ class SimService:
             labels=context.labels,
             seed=context.seed,
         )
+        problem = chat_field_problem(body)
+        if problem is not None:
+            raise ValueError(problem[1])
+        choices, task = body.get("n"), body.get("_task")
+        if choices is not None and (not _is_int(choices) or choices != 1):
+            raise ValueError("`n` must be 1: the sim answers with one choice")
+        if task is not None and not isinstance(task, str):
+            raise ValueError("`_task` must be a string, the task's name")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         temperature = body.get("temperature")
-        if max_tokens is not None and not (_is_int(max_tokens) and max_tokens > 0):
-            raise ValueError("`max_tokens` must be a positive integer")
-        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
-            raise ValueError("`temperature` must be a number from 0 to 2")
         return ProviderRequest(
             model=model,
             messages=messages,
@@ -249,28 +285,64 @@ class SimService:
             attempt=context.attempt,
             schema=schema,
             json_mode=json_mode,
-            task=headers.get("x-moat-task") or headers.get("x-sim-task") or body.get("_task"),
+            task=headers.get("x-moat-task") or headers.get("x-sim-task") or task,
             max_tokens=max_tokens,
             temperature=temperature,
         )
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "moat-sim"}
+
+
+def _model_path(path: str) -> str | None:
+    """The model of a `/v1/models/{model}` path, else None."""
+    for prefix in ("/v1/models/", "/models/"):
+        if path.startswith(prefix):
+            return path.removeprefix(prefix)
+    return None
+
+
+def _seconds(text: str) -> float | None:
+    """`text` as a finite number of seconds of at least 0, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < math.inf else None
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong with a request, from the error reading it raised."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        digits = sys.get_int_max_str_digits()
+        return f"the body has a number with more than {digits} digits"
+    return str(exc)
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _messages(raw: object) -> list[dict[str, str]]:
     """The chat as `{role, content}` texts (content parts: their text)."""
     if not isinstance(raw, list) or not raw or not all(isinstance(m, Mapping) for m in raw):
         raise ValueError("`messages` must be a non-empty list of {role, content} objects")
-    return [
+    messages = [
         {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
         for m in raw
     ]
+    for i, message in enumerate(messages):
+        if not message["content"].isascii():
+            try:  # a lone surrogate (JSON's "\ud800") is no text a model could read
+                message["content"].encode()
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"messages[{i}].content has a lone surrogate (\\ud800-\\udfff), not text"
+                ) from None
+    return messages
 
 
 def _response_format(raw: object) -> tuple[Mapping[str, Any] | None, bool]:

@@ -6,8 +6,10 @@ see a server's requests as they are recorded. Routes:
 
 - `POST /v1/chat/completions`: `model` names a graph; `stream: true` sends server-sent
   events once the graph has decided its answer, never before.
-- `GET /v1/models`: the served graphs.
+- `GET /v1/models`: the served graphs; `GET /v1/models/{model}`: one of them.
 - `GET /healthz`, `GET /readyz`: the process is up; the graphs are loaded and open.
+- `GET /metrics`: Prometheus figures, open to any scraper (as probes are) unless
+  `metrics_auth` asks for an API key there too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio  # noqa: TID251 - the disconnect watch every request pays for (se
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -111,6 +114,9 @@ class MoatServer:
             (starts them, beats their heartbeat, finishes them).
         slot: `(index, count)` of this worker among `count`: its requests are numbered
             `index`, `index + count`, ... so the workers' request ids never collide.
+        metrics_auth: `/metrics` asks for an API key as the API does (LiteLLM's
+            `require_auth_for_metrics_endpoint`); by default it is open to any scraper,
+            and shows the graphs' names and, when on, the tenants.
         pipeline_options: passed to every `Pipeline` (`seed`, `allow_unpriced`).
 
     Raises:
@@ -131,8 +137,10 @@ class MoatServer:
         commit_wait: bool = True,
         runs: Mapping[str, str] | None = None,
         slot: tuple[int, int] = (0, 1),
+        metrics_auth: bool = False,
         **pipeline_options: Any,
     ) -> None:
+        self.metrics_auth = metrics_auth
         self.graphs: dict[str, _Served] = {}
         self.runs = dict(runs) if runs is not None else None
         self.slot = slot
@@ -242,7 +250,14 @@ class MoatServer:
         Starlette. The one route every request takes skips Starlette's middleware and
         router (a tenth of the server's CPU per request); `_chat` answers every error of
         its own, in OpenAI's shape, as Starlette's handlers would."""
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == _CHAT:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.endswith("/") and path != "/":
+            # `/v1/chat/completions/` is the route without the slash: a redirect would
+            # make the client send its body again, which most clients do not (or not
+            # for a POST), so the path is answered as it is meant
+            path = path.rstrip("/") or "/"
+            scope = {**scope, "path": path}
+        if path == _CHAT and scope["method"] == "POST":
             scope["app"] = self.starlette  # as Starlette sets it, for `Request.app`
             response = await self._chat(Request(scope, receive, send))
             await response(scope, receive, send)
@@ -253,15 +268,18 @@ class MoatServer:
         routes = [
             Route(_CHAT, self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self._model, methods=["GET"]),
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/readyz", self._readyz, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
-        return Starlette(
+        app = Starlette(
             routes=routes,
             lifespan=self._lifespan,
             exception_handlers={HTTPException: _http_error},
         )
+        app.router.redirect_slashes = False  # an unknown path is a 404, never a redirect
+        return app
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -287,13 +305,34 @@ class MoatServer:
             self._tenant(request, None)
         except ApiError as exc:
             return _error_response(exc)
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
-            for name in sorted(self.graphs)
-        ]
+        data = [_model_object(name) for name in sorted(self.graphs)]
         return JSONResponse({"object": "list", "data": data})
 
+    async def _model(self, request: Request) -> Response:
+        """OpenAI's "retrieve model": the object `GET /v1/models` lists for the graph."""
+        try:
+            self._tenant(request, None)
+            name = request.path_params["model"]
+            if name not in self.graphs:
+                raise self._unknown_graph(name)
+        except ApiError as exc:
+            return _error_response(exc)
+        return JSONResponse(_model_object(name))
+
+    def _unknown_graph(self, name: str) -> ApiError:
+        return ApiError(
+            404,
+            f"no graph is served as {name!r}; served: {', '.join(sorted(self.graphs))}",
+            param="model",
+            code="model_not_found",
+        )
+
     async def _metrics(self, request: Request) -> Response:
+        if self.metrics_auth:
+            try:
+                self._tenant(request, None)
+            except ApiError as exc:
+                return _error_response(exc)
         body = await anyio.to_thread.run_sync(self.metrics.render, self.shaper.in_flight)
         return Response(body, media_type=CONTENT_TYPE)
 
@@ -324,13 +363,7 @@ class MoatServer:
         chat = parse_chat(_decode(raw))
         served = self.graphs.get(chat.model)
         if served is None:
-            names = ", ".join(sorted(self.graphs))
-            raise ApiError(
-                404,
-                f"no graph is served as {chat.model!r}; served: {names}",
-                param="model",
-                code="model_not_found",
-            )
+            raise self._unknown_graph(chat.model)
         limit = served.pipe.limits.max_request_bytes
         if len(raw) > limit:
             raise _too_large(limit, chat.model)
@@ -436,6 +469,11 @@ class MoatServer:
         return result, (counts[0], counts[1], counts[2])
 
 
+def _model_object(name: str) -> dict[str, Any]:
+    """A served graph as OpenAI's model object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
+
+
 async def _trim_heap() -> None:
     """Give the heap's free pages back every heartbeat (see `engine.serve.heap`)."""
     trim = trimmer()
@@ -517,7 +555,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc, HTTPException) else "error"
     message = f"{request.method} {request.url.path}: {detail}"
     if status == 404:
-        message += "; moat serves POST /v1/chat/completions and GET /v1/models"
+        message += "; moat serves POST /v1/chat/completions and GET /v1/models[/MODEL]"
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
 
@@ -538,6 +576,7 @@ def _too_large(limit: int, graph: str | None) -> ApiError:
         413,
         f"the request body is over {limit} bytes, {whose} (`limits.max_request_bytes`)",
         code="request_too_large",
+        headers={"connection": "close"},  # uvicorn then reads no more of the body
     )
 
 
@@ -571,7 +610,15 @@ def _decode(raw: bytes) -> Any:
         raise ApiError(
             400, "the request body's JSON is nested too deeply", code="invalid_json"
         ) from exc
-    except ValueError as exc:  # not UTF-8
+    except ValueError as exc:  # not UTF-8, or an integer past Python's digit limit
+        if "digits" in str(exc):
+            digits = sys.get_int_max_str_digits()
+            raise ApiError(
+                400,
+                f"the request body has a number with more than {digits} digits; "
+                "send numbers JSON readers take (at most 64-bit integers)",
+                code="invalid_json",
+            ) from exc
         raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
 
 

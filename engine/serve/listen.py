@@ -33,6 +33,7 @@ import uvicorn
 
 from engine.collector import settled_heap
 from engine.errors import SpecError
+from engine.serve.protocol import READ_IDLE_S, protocol_class
 
 __all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
 
@@ -289,16 +290,22 @@ class _Coalesced:
 
 class _Server(uvicorn.Server):
     """uvicorn's server with moat's `_Acceptor` on the sockets instead of the loop's own
-    server (the same protocol, connection tracking and graceful shutdown), each
-    connection's writes coalesced (`_Coalesced`) and sent as soon as its response is
-    complete."""
+    server (the same protocol, connection tracking and graceful shutdown), requests read
+    within bounds of size and time (`engine.serve.protocol`; `read_idle_s`: seconds a
+    request may stall), each connection's writes coalesced (`_Coalesced`) and sent as
+    soon as its response is complete."""
+
+    def __init__(self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S) -> None:
+        super().__init__(config)
+        self.read_idle_s = read_idle_s
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
+        base = protocol_class(config.http_protocol_class, read_idle_s=self.read_idle_s)
 
-        class Protocol(config.http_protocol_class):  # type: ignore[name-defined,misc]
+        class Protocol(base):  # type: ignore[misc,valid-type]
             def connection_made(self, transport: asyncio.Transport) -> None:
                 super().connection_made(_Coalesced(transport, loop))
 

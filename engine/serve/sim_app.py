@@ -29,13 +29,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.models.server import SIMULATED_HEADERS, SimReply, SimService
+from engine.models.server import SIMULATED_HEADERS, SimReply, SimService, error_reply
 from engine.models.sim import SIM_PROFILES
 from engine.serve.listen import bind, config, run_app
 
 __all__ = ["Flag", "SimServer", "run_server", "serve"]
 
 _POLL_S = 0.005
+MAX_BODY_BYTES = 32 << 20
+"""Most bytes of a request body (a long chat is a few MB of JSON); more is a 413."""
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -65,6 +67,8 @@ class SimServer:
         slow_s: how long a `slow` fault makes the answer take, in seconds.
         latency_s: a fixed latency for every chat completion instead of the simulated one.
         service: what answers (default: a `SimService` with these settings).
+        max_body_bytes: a request body over this many bytes is refused with a 413 as soon
+            as it is (never held whole).
 
     Attributes:
         app: the ASGI app.
@@ -83,7 +87,9 @@ class SimServer:
         slow_s: float = 30.0,
         latency_s: float | None = None,
         service: SimService | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
+        self.max_body_bytes = max_body_bytes
         self.service = service or SimService(
             time_scale=time_scale, slow_s=slow_s, latency_s=latency_s
         )
@@ -115,9 +121,11 @@ class SimServer:
     async def _endpoint(self, request: Request) -> Response:
         self.requests += 1
         try:
-            body = await request.body()  # any framing: Content-Length or chunked
+            body = await _read_body(request, self.max_body_bytes)
         except ClientDisconnect:  # gone before its request was whole: nothing to answer
             return Response(status_code=499)
+        if body is None:
+            return _reply(_too_large(self.max_body_bytes))
         self.request_started.set()
         work = self.service.answer(request.method, request.url.path, request.headers, body)
         reply = await _attended(request, work)
@@ -125,7 +133,7 @@ class SimServer:
             self.dropped_connections += 1
             self.connection_dropped.set()
             return Response(status_code=499)  # nobody reads it: the client is gone
-        return Response(reply.body, reply.status, headers={**SIMULATED_HEADERS, **reply.headers})
+        return _reply(reply)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -177,6 +185,38 @@ class SimServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(finished.wait)
             sock.close()
+
+
+def _reply(reply: SimReply) -> Response:
+    return Response(reply.body, reply.status, headers={**SIMULATED_HEADERS, **reply.headers})
+
+
+def _too_large(limit: int) -> SimReply:
+    """The 413 of a body over `limit` bytes; the connection closes, so the rest of the
+    body is not read."""
+    message = f"the request body is over {limit} bytes, the most this sim-server reads"
+    kind = "invalid_request_error"
+    return error_reply(413, message, kind, {"connection": "close"}, code="request_too_large")
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body in any framing (`Content-Length` or chunked); None as soon as it is over
+    `limit` bytes.
+
+    Raises:
+        ClientDisconnect: the client went away before its body was whole.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _attended(request: Request, work: Awaitable[SimReply]) -> SimReply | None:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from engine.events import RequestStatus
+from engine.models.chat_fields import chat_field_problem
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 
@@ -142,7 +143,7 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         if not isinstance(message, Mapping):
             raise _bad(f"{at} must be an object with `role` and `content`", at)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object: unhashable
             choices = ", ".join(sorted(ROLES))
             raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
         content = _content_text(message.get("content"), f"{at}.content")
@@ -181,8 +182,10 @@ def parse_chat(body: Any) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("`stream` must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+    problem = chat_field_problem(body)
+    if problem is not None:
+        raise _bad(problem[1], problem[0])
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
 
 

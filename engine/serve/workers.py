@@ -170,6 +170,7 @@ def worker_spec(
     grace_s: float,
     seed: int,
     allow_unpriced: bool,
+    metrics_auth: bool = False,
 ) -> dict[str, Any]:
     """What `serve_workers` passes every worker (as JSON on its command line)."""
     return {
@@ -182,6 +183,7 @@ def worker_spec(
         "grace_s": grace_s,
         "seed": seed,
         "allow_unpriced": allow_unpriced,
+        "metrics_auth": metrics_auth,
     }
 
 
@@ -202,6 +204,7 @@ def _worker(spec: Mapping[str, Any]) -> int:
         slot=(spec["slot"][0], spec["slot"][1]),
         seed=spec["seed"],
         allow_unpriced=spec["allow_unpriced"],
+        metrics_auth=spec["metrics_auth"],
     )
     sock = socket.socket(fileno=spec["fd"])
 

@@ -39,6 +39,17 @@ def test_a_non_loopback_address_without_keys_is_refused(
     assert not (tmp_path / "m.db").exists()
 
 
+def test_metrics_auth_without_keys_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    code = main(["serve", str(graph), "--metrics-auth", "--db", str(tmp_path / "m.db")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--metrics-auth: without --keys" in err and "pass --keys FILE" in err
+    assert not (tmp_path / "m.db").exists()
+
+
 def test_a_keys_file_with_a_key_in_clear_is_refused_naming_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -282,3 +293,46 @@ def test_after_a_kill_9_under_load_every_answered_request_is_in_the_store(
     assert len(answered) >= 120
     assert set(answered) <= stored  # zero answered-but-unrecorded requests
     assert set(answered) <= with_calls
+
+
+def test_sigterm_does_not_wait_for_a_client_stalled_mid_body(tmp_path: Path) -> None:
+    """A request still sending its body when SIGTERM comes has not started: it gets a 503
+    at once (the client may send it again elsewhere) instead of holding the drain for the
+    whole grace period."""
+    import json
+    import time
+
+    from tests.engine.serve.test_serve import echo_graph
+
+    graph, db = echo_graph(tmp_path), tmp_path / "moat.db"
+    args = ["serve", str(graph), "--port", "0", "--db", str(db), "--grace", "30"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            host, port = proc.stdout.readline().strip()[len("http://") : -len("/v1")].split(":")
+            with socket.create_connection((host, int(port)), timeout=60) as conn:
+                conn.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: moat\r\n"
+                    b'Content-Length: 1000\r\n\r\n{"model": "echo", '
+                )
+                time.sleep(0.5)  # the server has the head and waits for the rest
+                start = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            assert proc.wait(timeout=60) == 0
+            took = time.monotonic() - start
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "shutting_down")
+    assert took < 10

@@ -12,13 +12,17 @@ import anyio
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.errors import SpecError
+from engine.models.server import SimService
 from engine.serve import MoatServer, hash_key, keys_from_env, load_keys
 from engine.serve.sim_app import SimServer
+from engine.serve.wire import ApiError, parse_chat
 from tests.engine.serve.test_serve import echo_graph, samples
-from tests.support.serve_client import chat_scope, hanging_up_after, http
+from tests.support.serve_client import chat_scope, client, hanging_up_after, http
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +50,145 @@ async def test_a_bad_message_content_is_a_400_naming_the_content_field(
     error = response.json()["error"]
     assert error["param"] == param
     assert error["message"].startswith(f"{param} ")
+
+
+@pytest.mark.parametrize("role", [["user"], {"name": "user"}], ids=["list", "object"])
+async def test_a_role_that_is_not_a_string_is_a_400_naming_it(tmp_path: Path, role: Any) -> None:
+    body = {"model": "echo", "messages": [USER, {"role": role, "content": "x"}]}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages[1].role"
+    assert error["message"].startswith("messages[1].role must be one of assistant, ")
+
+
+async def test_a_number_with_more_digits_than_python_reads_is_a_400_saying_so(
+    tmp_path: Path,
+) -> None:
+    raw = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "n": '
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=raw + b"9" * 5000 + b"}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "a number with more than 4300 digits" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("temperature", "hot", "temperature"),
+        ("temperature", 2.5, "temperature"),
+        ("top_p", -0.1, "top_p"),
+        ("presence_penalty", True, "presence_penalty"),
+        ("frequency_penalty", 3, "frequency_penalty"),
+        ("max_tokens", -1, "max_tokens"),
+        ("max_tokens", 1.5, "max_tokens"),
+        ("max_completion_tokens", "100", "max_completion_tokens"),
+        ("seed", "7", "seed"),
+        ("stop", {"a": 1}, "stop"),
+        ("stop", [1, 2], "stop"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop"),
+        ("logprobs", "yes", "logprobs"),
+        ("top_logprobs", 21, "top_logprobs"),
+        ("tools", "calculator", "tools"),
+        ("tools", [1], "tools"),
+        ("tool_choice", 1, "tool_choice"),
+        ("response_format", "json", "response_format"),
+        ("response_format", {"kind": "json_object"}, "response_format"),
+        ("stream_options", "yes", "stream_options"),
+        ("stream_options", {"include_usage": "no"}, "stream_options.include_usage"),
+        ("metadata", ["a"], "metadata"),
+        ("parallel_tool_calls", 1, "parallel_tool_calls"),
+    ],
+)
+async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_ignore_it(
+    tmp_path: Path, field: str, value: Any, param: str
+) -> None:
+    body = {"model": "echo", "messages": [USER], "stream": True, field: value}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert error["message"].startswith(f"`{param}` must be ")
+
+
+async def test_stream_options_without_stream_is_a_400_as_openai_answers_it(
+    tmp_path: Path,
+) -> None:
+    body = {"model": "echo", "messages": [USER], "stream_options": {"include_usage": True}}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        refused = await web.post("/chat/completions", json=body)
+        streamed = await web.post("/chat/completions", json={**body, "stream": True})
+        unset = await web.post("/chat/completions", json={**body, "stream_options": None})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "stream_options"
+    assert (
+        error["message"] == "`stream_options` is for a streamed answer: send it with `stream: true`"
+    )
+    assert streamed.status_code == unset.status_code == 200
+    assert '"usage"' in streamed.text.split("data: ")[-2]
+
+
+async def test_the_fields_an_openai_client_sends_are_taken_and_ignored(tmp_path: Path) -> None:
+    tool: Any = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:
+        reply = await oai.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.2,
+            top_p=1,
+            max_tokens=50,
+            max_completion_tokens=50,
+            presence_penalty=-2,
+            frequency_penalty=0.5,
+            stop=["\n", "END"],
+            seed=-3,
+            logprobs=False,
+            top_logprobs=0,
+            tools=[tool],
+            tool_choice="auto",
+            parallel_tool_calls=True,
+            response_format={"type": "json_object"},
+            metadata={"app": "x"},
+            stream_options=None,
+        )
+    assert reply.choices[0].message.content == "hi | turns: 0 | public"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+TOP_FIELDS = [
+    "model", "messages", "n", "stream", "stream_options", "user", "temperature", "top_p",
+    "max_tokens", "max_completion_tokens", "stop", "seed", "tools", "tool_choice",
+    "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+    "metadata",
+]  # fmt: skip
+MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    top=st.dictionaries(st.sampled_from(TOP_FIELDS), JSON, max_size=3),
+    message=st.dictionaries(st.sampled_from(MESSAGE_FIELDS), JSON, max_size=2),
+)
+def test_any_json_in_any_field_of_a_chat_request_is_read_or_refused_with_a_400(
+    top: dict[str, Any], message: dict[str, Any]
+) -> None:
+    body = {"model": "echo", "messages": [USER, {**USER, **message}], **top}
+    try:
+        chat = parse_chat(body)
+    except ApiError as exc:
+        assert exc.status == 400
+        assert exc.param is None or exc.message.startswith(("`", exc.param))
+        return
+    assert chat.model == body["model"] and isinstance(chat.input["prompt"], str)
 
 
 async def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_crash(
@@ -161,6 +304,110 @@ async def test_sim_server_refuses_a_stream_flag_that_is_not_a_boolean() -> None:
     assert "`stream`" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"_task": ["a"]}, "`_task` must be a string"),
+        ({"n": 2}, "`n` must be 1"),
+        (
+            {"messages": [{"role": "user", "content": "caf\ud800"}]},
+            "messages[0].content has a lone surrogate",
+        ),
+    ],
+    ids=["task-list", "n", "surrogate"],
+)
+async def test_sim_server_refuses_a_field_it_cannot_take_with_a_400_naming_it(
+    raw: dict[str, Any], words: str
+) -> None:
+    body = json.dumps({"model": "sim-small", "messages": [USER], **raw}).encode()
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and words in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stop", {"a": 1}),
+        ("top_p", 2),
+        ("tools", "calculator"),
+        ("stream_options", {"include_usage": "no"}),
+        ("max_completion_tokens", 0),
+        ("logprobs", "yes"),
+    ],
+)
+async def test_sim_server_checks_openai_s_fields_as_moat_serve_and_openai_do(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    body = {"model": "sim-small", "messages": [USER], "stream": True, field: value}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        simulated = await web.post("/chat/completions", json=body)
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    assert simulated.status_code == served.status_code == 400
+    expected = served.json()["error"]["message"]
+    assert simulated.json()["error"]["message"] == f"bad chat completion request: {expected}"
+
+
+async def test_sim_server_refuses_a_number_with_more_digits_than_python_reads() -> None:
+    raw = b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "seed": '
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", content=raw + b"9" * 5000 + b"}")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "a number with more than 4300 digits" in message and "sys." not in message
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({"x-sim-fault": "rate_limit", "x-sim-retry-after": "inf"}, "X-Sim-Retry-After"),
+        ({"x-sim-fault": "rate_limit", "x-sim-retry-after": "nan"}, "X-Sim-Retry-After"),
+        ({"x-sim-fault": "rate-limit"}, "X-Sim-Fault: no fault 'rate-limit'; faults: error, "),
+    ],
+    ids=["retry-inf", "retry-nan", "unknown-fault"],
+)
+async def test_sim_server_refuses_a_fault_header_it_cannot_honour_with_a_400(
+    headers: dict[str, str], words: str
+) -> None:
+    body = {"model": "sim-small", "messages": [USER]}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.post("/chat/completions", json=body, headers=headers)
+    assert response.status_code == 400
+    assert words in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/", "/v2/chat/completions/"])
+async def test_sim_server_names_the_unknown_path_as_sent_and_its_routes(path: str) -> None:
+    async with sim_http(SimServer(time_scale=0)) as web:
+        response = await web.get(f"http://sim.test{path}")
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert message == (
+        f"no route GET {path}; the sim-server serves POST /v1/chat/completions, "
+        "GET /v1/models and GET /v1/models/MODEL"
+    )
+
+
+SIM_FIELDS = [*TOP_FIELDS, "_labels", "_task"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    top=st.dictionaries(st.sampled_from(SIM_FIELDS), JSON, max_size=3),
+    message=st.dictionaries(st.sampled_from(MESSAGE_FIELDS), JSON, max_size=2),
+)
+def test_any_json_in_any_field_is_answered_or_refused_by_the_sim_server_never_a_500(
+    top: dict[str, Any], message: dict[str, Any]
+) -> None:
+    body = {"model": "sim-small", "messages": [USER, {**USER, **message}], **top}
+    raw = json.dumps(body).encode()
+    reply = anyio.run(SimService(time_scale=0).answer, "POST", "/v1/chat/completions", {}, raw)
+    assert reply.status in (200, 400), reply.body
+
+
 async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> None:
     server = SimServer(time_scale=0)
     receive, send, sent = hanging_up_after(b'{"model": "sim-')
@@ -171,6 +418,42 @@ async def test_sim_server_takes_a_client_that_hangs_up_mid_body_quietly() -> Non
     async with sim_http(server) as web:
         after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
     assert after.status_code == 200
+
+
+async def test_sim_server_refuses_a_body_over_its_limit_with_a_413_reading_no_more_of_it() -> None:
+    pieces = 0
+
+    async def endless() -> Any:
+        nonlocal pieces
+        for _ in range(10_000):  # 640 MB, were it all read
+            pieces += 1
+            yield b"x" * 65536
+
+    server = SimServer(time_scale=0, max_body_bytes=1 << 20)
+    async with sim_http(server) as web:
+        declared = await web.post("/chat/completions", content=b"x" * ((1 << 20) + 1))
+        streamed = await web.post("/chat/completions", content=endless())
+        after = await web.post("/chat/completions", json={"model": "sim-small", "messages": [USER]})
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.headers["connection"] == "close"
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+        assert error["message"].startswith("the request body is over 1048576 bytes")
+    assert pieces <= 17
+    assert after.status_code == 200
+
+
+def test_sim_server_bodies_are_limited_by_default() -> None:
+    assert SimServer().max_body_bytes == 32 << 20
+
+
+async def test_serve_closes_the_connection_of_a_body_over_its_limit(tmp_path: Path) -> None:
+    graph = echo_graph(tmp_path, max_bytes=200)
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=b"x" * 1000)
+    assert response.status_code == 413
+    assert response.headers["connection"] == "close"  # the rest of the body is not read
 
 
 # -- API keys -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 import openai
 
 from engine.store.store import Store
@@ -110,3 +111,26 @@ def test_without_waiting_for_the_commit_answers_are_still_all_recorded(tmp_path:
     with Store.open(db, readonly=True) as store:  # the server has stopped: all is flushed
         stored = {r["id"] for r in store.query("SELECT id FROM requests WHERE status = 'ok'")}
     assert set(ids) == stored
+
+
+def test_the_sync_client_retrieves_a_served_graph_and_a_slashed_path_is_answered(
+    tmp_path: Path,
+) -> None:
+    graph = echo_graph(tmp_path)
+    with (
+        served(str(graph), "--db", str(tmp_path / "moat.db")) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="any", max_retries=0) as oai,
+    ):
+        model = oai.models.retrieve("echo")
+        try:
+            oai.models.retrieve("gpt-4o")
+        except openai.NotFoundError as exc:
+            unknown = exc.body
+        slashed = oai.with_options(base_url=base_url + "/").post(
+            "/chat/completions/",
+            body={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+            cast_to=httpx2.Response,
+        )
+    assert (model.id, model.object, model.owned_by) == ("echo", "model", "moat")
+    assert isinstance(unknown, dict) and unknown["code"] == "model_not_found"
+    assert slashed.status_code == 200 and slashed.json()["model"] == "echo"

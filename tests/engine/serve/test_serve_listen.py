@@ -4,13 +4,20 @@ soon as the response is complete."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from engine.serve.listen import _Coalesced, _Server, bind, config
+from engine.serve.sim_app import SimServer
 
 
 class _Transport:
@@ -170,3 +177,174 @@ print(sys.getswitchinterval() == before)
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["0.0005", "True"]
+
+
+# -- request heads: bounded, whatever the HTTP parser would buffer ----------------------------
+
+
+async def _echo_sizes(scope: Any, receive: Any, send: Any) -> None:
+    """Answers with the number of headers and of body bytes it got."""
+    if scope["type"] != "http":
+        return
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = f"{len(scope['headers'])} {size}".encode()
+    length = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": length})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def serving(app: Any, grace_s: float = 1, **options: Any) -> Iterator[int]:
+    """`app` on moat's uvicorn server in a thread of its own; its port."""
+    sock = bind("127.0.0.1", 0)
+    server = _Server(config(app, grace_s=grace_s), **options)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def exchange(port: int, *parts: bytes, until_closed: bool = False) -> bytes:
+    """Send `parts` on a new connection (stopping if the server closes it); what it answers:
+    its first response, or all until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        try:
+            for part in parts:
+                conn.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+                if not until_closed and _whole(received):
+                    break
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def _whole(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def test_a_request_head_over_64_kib_is_a_431_in_openai_s_shape_and_the_connection_closes() -> None:
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: "
+    with serving(_echo_sizes) as port:
+        one_huge = exchange(port, start, *[b"a" * 65536] * 64, b"\r\n\r\n")
+        long_path = exchange(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        after = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    for answer in (one_huge, long_path):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431 ")
+        assert b"connection: close" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_header_too_large"
+        assert error["message"].startswith("the request line and headers are over 65536 bytes")
+    assert after.startswith(b"HTTP/1.1 200 ") and after.endswith(b"2 0")
+
+
+def test_more_than_100_request_headers_are_a_431_naming_the_limit() -> None:
+    many = b"".join(b"X-%d: v\r\n" % n for n in range(20_000))
+    with serving(_echo_sizes) as port:
+        refused = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n", many, b"\r\n")
+        taken = exchange(port, b"GET / HTTP/1.1\r\n", many[: many.index(b"X-99:")], b"\r\n")
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert "more than 100 headers" in json.loads(body)["error"]["message"]
+    assert taken.startswith(b"HTTP/1.1 200 ") and taken.endswith(b"99 0")
+
+
+def test_a_body_sent_with_its_head_is_not_counted_as_head() -> None:
+    body = b"x" * (1 << 20)
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+    last = head + b"Connection: close\r\n\r\n" + body
+    with serving(_echo_sizes) as port:  # two requests on one connection
+        answer = exchange(port, head + b"\r\n" + body + last, until_closed=True)
+    assert answer.count(b"HTTP/1.1 200 ") == 2
+    assert answer.endswith(b"3 1048576") and b"\r\n\r\n2 1048576HTTP/1.1" in answer
+
+
+def test_the_sim_server_answers_a_chunked_body_over_its_limit_413_and_closes() -> None:
+    server = SimServer(time_scale=0, max_body_bytes=1 << 16)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+    with serving(server.app) as port:
+        answer = exchange(port, head, *[chunk] * 64, until_closed=True)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head_part
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_a_slow_steady_one_is_read() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    with serving(_echo_sizes, read_idle_s=1.0) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(head + b"12345")
+            started = time.monotonic()
+            stalled = b""
+            while chunk := conn.recv(65536):
+                stalled += chunk
+            waited = time.monotonic() - started
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(head)
+            for byte in b"0123456789":  # a byte every 0.15 s: 1.5 s in all, never 1 s idle
+                time.sleep(0.15)
+                conn.sendall(bytes([byte]))
+            steady = conn.recv(65536)
+    head_part, _, body = stalled.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head_part
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout"
+    assert error["message"].startswith("no part of the request body came for 1 s")
+    assert 0.9 < waited < 6
+    assert steady.startswith(b"HTTP/1.1 200 ") and steady.endswith(b"2 10")
+
+
+def test_a_connection_whose_head_stops_arriving_is_closed() -> None:
+    """Idle from the start, or half a head: either would hold a descriptor for as long
+    as the client liked (uvicorn's keep-alive timeout starts only after a response)."""
+    with serving(_echo_sizes, read_idle_s=0.5) as port:
+        waits = []
+        for sent in (b"", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le"):
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+                conn.sendall(sent)
+                started = time.monotonic()
+                assert conn.recv(65536) == b""  # closed, with nothing to say
+                waits.append(time.monotonic() - started)
+        answered = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert all(0.4 < wait < 5 for wait in waits)
+    assert answered.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    ],
+    ids=["not-http", "bad-length", "two-lengths"],
+)
+def test_a_request_that_is_not_http_is_a_400_in_openai_s_shape(sent: bytes) -> None:
+    with serving(_echo_sizes) as port:
+        answer = exchange(port, sent, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
+    assert error["message"].startswith("the request is not valid HTTP/1.1")

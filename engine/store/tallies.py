@@ -100,7 +100,8 @@ _TALLY = (
     f"{_NEW_KEYS}INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'route', "
     f"COALESCE(NULLIF({either('decision')}, ''), '(none)') AS route, COUNT(*) FROM "
     "(SELECT new.run_id, e.rk, e.decision, MAX(e.sequence) FROM new CROSS JOIN event_rows e "
-    f"INDEXED BY event_rows_rk ON e.rk = new.rk WHERE e.{FACTS_WHERE} AND e.type = {FACT_CODES['ROUTE_SELECTED']} "
+    f"INDEXED BY event_rows_rk ON e.rk = new.rk WHERE e.{FACTS_WHERE} "
+    f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} "
     f"GROUP BY e.rk) GROUP BY run_id, route ORDER BY 1 {_ADD_N}",
     f"{_NEW_KEYS}INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'speculative', "
     f"CASE WHEN status = {code_of('cancelled')} THEN 'cancelled' "

@@ -35,6 +35,7 @@ STATE_COLOURS: Mapping[str, str] = {
     "discarded": "warning",
     "running": "accent",
     "interrupted": "warning",
+    "pruning": "warning",
     "failed": "error",
     "timed_out": "error",
     "deadline_exceeded": "error",

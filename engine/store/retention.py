@@ -6,7 +6,9 @@ everything that belongs to it: its requests, their events, node runs, LLM calls 
 traces, its run-level events (policy events), leftovers of crashed requests, and the run
 row last. It deletes in short write transactions of whole requests (`_CHUNK` at a time), so
 a process writing to the same store waits at most one chunk for the write lock, and a
-crash mid-prune leaves only whole requests behind (the next prune finishes the run).
+crash mid-prune leaves only whole requests behind (the next prune finishes the run). The
+first of those transactions marks the run `pruning`: `moat run --resume` refuses it from
+then on, rather than answer again the requests already deleted.
 
 Space: deleted pages go to SQLite's free list, where new rows reuse them; the file only
 shrinks when they are vacuumed. A store created by this moat uses `auto_vacuum =
@@ -19,7 +21,6 @@ process's writer would otherwise wait for the entire rewrite.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from engine.store.schema import (
     migrate,
     write_transaction,
 )
-from engine.store.store import run_state
+from engine.store.store import being_written
 
 __all__ = ["PruneResult", "prune", "select_runs"]
 
@@ -110,14 +111,6 @@ def select_runs(
     return list(conn.execute(sql, (keep_runs,)))
 
 
-def _being_written(status: str, config_json: str | None) -> bool:
-    try:
-        config = json.loads(config_json) if config_json else None
-    except ValueError:
-        config = None
-    return run_state({"status": status, "config": config}) == "running"
-
-
 def _request_chunk(conn: sqlite3.Connection, run_id: str) -> list[str]:
     """Ids of up to `_CHUNK` requests of the run: stored ones first, then leftovers of
     crashed requests (rows with no `requests` row, attributed to the run by their events)."""
@@ -151,7 +144,7 @@ def _run_status(conn: sqlite3.Connection, run_id: str) -> str:
     row = conn.execute("SELECT status, config_json FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         return "gone"
-    return "running" if _being_written(row[0], row[1]) else "idle"
+    return "running" if being_written(row[0], row[1]) else "idle"
 
 
 def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> bool:
@@ -161,6 +154,9 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
             status = _run_status(conn, run_id)
             if status != "idle":
                 return status == "gone"
+            # Resuming the run now would answer again the requests already deleted:
+            # `Store.claim_run` refuses a run marked `pruning`, as the next prune takes it.
+            conn.execute("UPDATE runs SET status = 'pruning' WHERE id = ?", (run_id,))
             ids = _request_chunk(conn, run_id)
             if not ids:
                 run_level = [
@@ -252,7 +248,7 @@ def prune(
             migrate(conn, path)
         candidates = select_runs(conn, before=before, keep_runs=keep_runs)
         for run_id, status, config_json in candidates:
-            (result.skipped if _being_written(status, config_json) else result.runs).append(run_id)
+            (result.skipped if being_written(status, config_json) else result.runs).append(run_id)
         if dry_run:
             for run_id in result.runs:
                 result.requests += conn.execute(
@@ -264,7 +260,7 @@ def prune(
                     result.runs.remove(run_id)
                     result.skipped.append(run_id)
             running = any(
-                _being_written(status, config)
+                being_written(status, config)
                 for _, status, config in conn.execute("SELECT id, status, config_json FROM runs")
             )
             result.vacuum = _vacuum(conn, path, vacuum, running)

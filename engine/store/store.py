@@ -51,6 +51,7 @@ __all__ = [
     "StoreCachePersistence",
     "StoreWriter",
     "WriterStats",
+    "being_written",
     "new_run_id",
     "run_state",
     "store_path",
@@ -107,6 +108,20 @@ def run_state(row: Mapping[str, Any], at: float | None = None) -> str:
 def _owner(stamp: float) -> dict[str, Any]:
     """The `config_json` keys saying which process runs a run, and when it last beat."""
     return {"owner": {"pid": os.getpid(), "host": _HOST}, "heartbeat_at": stamp}
+
+
+def _config(text: str | None) -> dict[str, Any]:
+    """A run's `config_json` as a dict (empty if absent or not a JSON object)."""
+    try:
+        config = json.loads(text) if text else None
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def being_written(status: str, config_json: str | None) -> bool:
+    """Whether a run's stored `status` and `config_json` say a live process writes it."""
+    return run_state({"status": status, "config": _config(config_json)}) == "running"
 
 
 def _with_state(row: Row) -> Row:
@@ -335,16 +350,28 @@ class Store:
         """Make this process the owner of a run being resumed: `running`, beating now.
 
         Raises:
-            StoreError: no such run, or its owner is still running it.
+            StoreError: no such run, its owner is still running it, or `moat prune` is
+                deleting it.
         """
-        run = self.require_run(run_id)
-        if run["status"] == "running":
-            owner = (run.get("config") or {}).get("owner") or {}
-            raise StoreError(
-                f"run {run_id} is still running (process {owner.get('pid')} on "
-                f"{owner.get('host')}); wait for it to end, or stop it and resume then"
-            )
-        with self._tx() as conn:
+        self.require_run(run_id)
+        with self._tx() as conn:  # checked under the write lock: a prune cannot slip in
+            row = conn.execute(
+                "SELECT status, config_json FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise self._unknown_run(run_id)
+            if row[0] == "pruning":
+                raise StoreError(
+                    f"run {run_id} is being deleted by `moat prune` (or a prune of it "
+                    "stopped halfway), so some of its requests are gone; it cannot be "
+                    "resumed: start a new run, and run `moat prune` again to finish it"
+                )
+            if being_written(row[0], row[1]):
+                owner = _config(row[1]).get("owner") or {}
+                raise StoreError(
+                    f"run {run_id} is still running (process {owner.get('pid')} on "
+                    f"{owner.get('host')}); wait for it to end, or stop it and resume then"
+                )
             owner = _owner(time.time())
             conn.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, config_json = "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import StoreError
+from engine.store import retention
 from engine.store.retention import PruneResult, prune
 from engine.store.schema import MIGRATIONS, connect, file_lock, migrate, user_version
 from engine.store.store import Store
@@ -231,3 +233,36 @@ def test_exactly_one_selection_is_required(tmp_path: Path) -> None:
     stored_run(db, 1)
     with pytest.raises(ValueError, match="exactly one"):
         prune(db)
+
+
+def test_a_run_a_prune_has_started_deleting_cannot_be_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed, it would answer again the requests already deleted. A prune that stopped
+    halfway (here: killed after its first chunk) leaves the run marked `pruning`; the
+    resume is refused and says what to do, and the next prune finishes the run."""
+    db = tmp_path / "s.db"
+    run_id = stored_run(db, 5, at=time.time() - DAY)
+    stored_run(db, 1)
+    monkeypatch.setattr(retention, "_CHUNK", 2)
+    real = retention._delete_requests
+    calls = 0
+
+    def killed_after_one_chunk(conn: sqlite3.Connection, ids: list[str]) -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise KeyboardInterrupt  # the prune's process stops here
+        return real(conn, ids)
+
+    monkeypatch.setattr(retention, "_delete_requests", killed_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        prune(db, keep_runs=1)
+    monkeypatch.undo()
+    with Store.open(db) as store:
+        assert store.require_run(run_id)["status"] == "pruning"
+        assert len(store.finished_request_seqs(run_id)) == 3
+        with pytest.raises(StoreError, match=r"being deleted by `moat prune`.*start a new run"):
+            store.claim_run(run_id)
+    assert prune(db, keep_runs=1).runs == [run_id]
+    assert _gone(db, run_id)

@@ -404,10 +404,12 @@ def migrate(
     path: str | Path,
     migrations: Sequence[Sequence[str]] = MIGRATIONS,
 ) -> int:
-    """Apply every pending migration, one transaction each; return the final version.
+    """Apply every pending migration in one transaction; return the final version.
 
-    Safe against another process migrating the same file at the same time: each step
-    takes the write lock first (`BEGIN IMMEDIATE`) and re-reads the version under it.
+    Readers see the store before or after, never between two migrations (a store being
+    created is never "version 1"), and a failure leaves the store as it was. Safe against
+    another process migrating the same file at the same time: it takes the write lock
+    first (`BEGIN IMMEDIATE`) and re-reads the version under it.
 
     Args:
         conn: an autocommit connection from `connect`.
@@ -422,10 +424,11 @@ def migrate(
         try:
             with write_transaction(conn, path):
                 current = user_version(conn)
-                if current < target:
-                    for statement in migrations[current]:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {current + 1}")
+                if current < target:  # (another process may have migrated meanwhile)
+                    for migration in migrations[current:]:
+                        for statement in migration:
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {target}")
         except sqlite3.Error as exc:
             raise StoreError(
                 f"{path}: migrating the store schema failed: {describe_error(exc, path)}"

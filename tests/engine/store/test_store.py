@@ -201,11 +201,25 @@ def test_migrations_are_applied_in_order_and_recorded_in_user_version(db: Path) 
 
 def test_a_failed_migration_leaves_the_previous_version(db: Path) -> None:
     conn = connect(db)
+    migrate(conn, db)
     broken = ("CREATE TABLE ok_table (x)", "CREATE TABLE runs (x)")
     with pytest.raises(StoreError, match="migrating the store schema failed"):
         migrate(conn, db, (*MIGRATIONS, broken))
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ok_table'").fetchone() is None
+    conn.close()
+
+
+def test_pending_migrations_apply_together_or_not_at_all(db: Path) -> None:
+    """A store being created goes from no schema to the latest in one transaction: a reader
+    never finds it at an older version (the TUI would call it one), and a failure in the
+    last migration leaves no table of the first."""
+    conn = connect(db)
+    broken = ("CREATE TABLE ok_table (x)", "CREATE TABLE runs (x)")
+    with pytest.raises(StoreError, match="migrating the store schema failed"):
+        migrate(conn, db, (*MIGRATIONS, broken))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
     conn.close()
 
 

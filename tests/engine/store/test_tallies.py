@@ -35,7 +35,7 @@ from engine.store.retention import prune
 from engine.store.schema import SCHEMA_VERSION
 from engine.store.store import Store
 from engine.store.writer import StoreWriter
-from tests.support.store_rows import request_records
+from tests.support.store_rows import request_records, stored_run
 
 _FACTS = ("CACHE_HIT", "CACHE_MISS", "VALIDATION_PASSED", "VALIDATION_FAILED", "NODE_FAILED")
 
@@ -160,13 +160,7 @@ def test_moat_stats_reads_the_tallies_not_the_rows(tmp_path: Path) -> None:
     """With every row of the run's requests gone but their `requests` rows, the figures
     that only rows hold still show: they come from the tallies."""
     db = tmp_path / "s.db"
-    with Store.open(db) as store:
-        run_id = store.create_run("g", "abc", 3)
-        with StoreWriter(db) as writer:
-            for seq in range(3):
-                for record in request_records(run_id, seq, 100.0 + seq):
-                    writer.record(record)
-        store.finish_run(run_id, "finished")
+    run_id = stored_run(db, 3)
     with sqlite3.connect(db) as conn:
         for table in ("event_rows", "node_rows", "llm_rows"):
             conn.execute(f"DELETE FROM {table}")
@@ -182,11 +176,7 @@ def test_rows_written_through_the_views_are_counted_from_the_rows(tmp_path: Path
     """A request inserted with SQL (not by the writer) is not tallied: the run's figures
     count it anyway, from the rows."""
     db = tmp_path / "s.db"
-    with Store.open(db) as store:
-        run_id = store.create_run("g", "abc", 2)
-        with StoreWriter(db) as writer:
-            for record in request_records(run_id, 0, 100.0):
-                writer.record(record)
+    run_id = stored_run(db, 1, at=100.0)
     with sqlite3.connect(db) as conn:
         conn.execute(
             "INSERT INTO requests (id, run_id, seq, status, started_at, finished_at, "
@@ -240,13 +230,7 @@ def test_a_schema_3_store_is_tallied_by_its_migration(tmp_path: Path) -> None:
     """Opening a store of the schema before the tallies counts them from its rows once;
     its figures read the same before and after."""
     db = tmp_path / "s.db"
-    with Store.open(db) as store:
-        run_id = store.create_run("g", "abc", 3)
-        with StoreWriter(db) as writer:
-            for seq in range(3):
-                for record in request_records(run_id, seq, 100.0 + seq, finished=seq < 2):
-                    writer.record(record)
-        store.finish_run(run_id, "interrupted")
+    run_id = stored_run(db, 2, at=100.0, crashed=1)
     _untallied(db)
     with Store.open(db) as store:
         counted = _figures(store, run_id, 0, 200)
@@ -271,12 +255,7 @@ def test_a_transactions_tally_reads_only_its_own_requests_rows(tmp_path: Path) -
     request key: no stored table is scanned, so tallying costs the same on a store of a
     million requests as on an empty one (SQLite's own plans, asked of a real store)."""
     db = tmp_path / "s.db"
-    with Store.open(db) as store:
-        run_id = store.create_run("g", "abc", 3)
-        with StoreWriter(db) as writer:
-            for seq in range(3):
-                for record in request_records(run_id, seq, 100.0 + seq):
-                    writer.record(record)
+    stored_run(db, 3)
     conn = sqlite3.connect(db)
     conn.execute("ANALYZE")  # whatever the statistics say
     try:

@@ -386,7 +386,10 @@ class MoatServer:
         return max(s.pipe.limits.max_request_bytes for s in self.graphs.values())
 
     def _tenant(self, request: Request, user: str | None) -> str:
-        tenant = self.keys.tenant(request.headers.get("authorization"), user)
+        try:
+            tenant = self.keys.tenant(request.headers.get("authorization"), user)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="user", code="invalid_user") from exc
         if tenant is None:
             raise ApiError(
                 401,

@@ -44,9 +44,23 @@ class KeyRing:
         return self.keys is None
 
     def tenant(self, authorization: str | None, user: str | None) -> str | None:
-        """The caller's tenant, or None when the key is missing or unknown."""
+        """The caller's tenant, or None when the key is missing or unknown.
+
+        Raises:
+            ValueError: without keys, a `user` that cannot name a tenant (made `public`,
+                it would share that tenant's cache with every other such user).
+        """
         if self.keys is None:
-            return user if user and _TENANT.match(user) else "public"
+            if not user:
+                return "public"
+            if not _TENANT.match(user):
+                raise ValueError(
+                    f"user {user[:40]!r} cannot name a tenant: without --keys the `user` "
+                    "field names the caller's tenant (its own cache and audit trail), 1 to "
+                    "128 letters, digits and `_.@-`; send such an id (a hash of the "
+                    "user's name, say) or no `user`"
+                )
+            return user
         if not authorization or not authorization.lower().startswith("bearer "):
             return None
         digest = hash_key(authorization[7:].strip())

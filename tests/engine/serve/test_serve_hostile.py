@@ -533,3 +533,20 @@ def test_a_grace_period_that_is_not_a_finite_number_of_seconds_is_a_usage_error(
     err = capsys.readouterr().err
     assert f"argument --grace: {grace!r} is not a number of at least 0" in err
     assert not db.exists()
+
+
+@pytest.mark.parametrize("user", ["john doe", "ünï", "x" * 129, "a/b"])
+async def test_a_user_that_cannot_name_a_tenant_is_a_400_not_the_public_tenant(
+    tmp_path: Path, user: str
+) -> None:
+    """Without --keys the `user` names the tenant, whose cache is its own: two such users
+    silently made `public` would share one cache (and one audit identity)."""
+    body = {"model": "echo", "messages": [USER], "user": user}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        refused = await web.post("/chat/completions", json=body)
+        answered = await web.post("/chat/completions", json={**body, "user": "john.doe@x"})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["param"], error["code"]) == ("user", "invalid_user")
+    assert "cannot name a tenant" in error["message"]
+    assert answered.status_code == 200

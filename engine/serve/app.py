@@ -584,7 +584,17 @@ def _too_large(limit: int, graph: str | None) -> ApiError:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with a 413 as soon as it is over `limit` bytes (never held)."""
+    """The body, refused with a 413 as soon as it is over `limit` bytes (never held), and
+    with a 415 if it is compressed (it would read as bytes that are not JSON)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            f"the request body is sent with Content-Encoding: {encoding[:40]}; moat serve "
+            "reads the JSON as it is: send it without a Content-Encoding",
+            code="unsupported_content_encoding",
+            headers={"connection": "close"},  # its body is not read
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, None)

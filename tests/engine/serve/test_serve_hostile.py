@@ -3,6 +3,7 @@ that names what is wrong, and nothing of it reaches the log as a crash."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from pathlib import Path
@@ -550,3 +551,20 @@ async def test_a_user_that_cannot_name_a_tenant_is_a_400_not_the_public_tenant(
     assert (error["param"], error["code"]) == ("user", "invalid_user")
     assert "cannot name a tenant" in error["message"]
     assert answered.status_code == 200
+
+
+async def test_a_compressed_body_is_a_415_saying_so_not_a_json_error(tmp_path: Path) -> None:
+    body = gzip.compress(json.dumps({"model": "echo", "messages": [USER]}).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        refused = await web.post("/chat/completions", content=body, headers=headers)
+        plain = await web.post(
+            "/chat/completions",
+            json={"model": "echo", "messages": [USER]},
+            headers={"content-encoding": "identity"},
+        )
+    assert refused.status_code == 415
+    error = refused.json()["error"]
+    assert error["code"] == "unsupported_content_encoding"
+    assert "Content-Encoding: gzip" in error["message"]
+    assert plain.status_code == 200

@@ -82,9 +82,10 @@ def _tallied(store: Store, run_id: str | None) -> Row | None:
     """The run's `run_tallies` row, if it accounts for every stored request of the run."""
     if run_id is None:
         return None
-    rows = store.query("SELECT * FROM run_tallies WHERE run_id = ?", (run_id,))
-    if rows and int(rows[0]["requests"]) == request_count(store, run_id):
-        return rows[0]
+    with store.snapshot():  # (a commit between the two reads would look like a mismatch)
+        rows = store.query("SELECT * FROM run_tallies WHERE run_id = ?", (run_id,))
+        if rows and int(rows[0]["requests"]) == request_count(store, run_id):
+            return rows[0]
     return None
 
 

@@ -243,6 +243,17 @@ class Store:
         """The schema version of the open file (`PRAGMA user_version`)."""
         return int(self._one("PRAGMA user_version")[0])
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see the store as of one moment (one read transaction), whatever
+        other connections commit meanwhile; other threads' calls wait until it ends."""
+        with self._lock:
+            if self._conn.in_transaction:  # already inside one
+                yield
+                return
+            with self._tx("DEFERRED"):
+                yield
+
     # -- plumbing ---------------------------------------------------------------------
 
     @contextmanager

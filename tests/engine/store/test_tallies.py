@@ -9,6 +9,7 @@ did not write (SQL through the views) send the reads back to the rows.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,38 @@ def test_a_transactions_tally_reads_only_its_own_requests_rows(tmp_path: Path) -
             assert [s for s in scans if "subquery" not in s] == [], (statement, plan)
     finally:
         conn.close()
+
+
+def test_a_run_being_written_is_read_from_its_tallies_not_its_rows(tmp_path: Path) -> None:
+    """Commits landing between a read of the tallies and the count of the run's requests
+    must not look like rows the tallies miss: that would send a live run of a million
+    requests to its rows on every poll."""
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        run_id = store.create_run("g", "abc", 400)
+    started, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with StoreWriter(db) as writer:
+            for seq in range(400):
+                for record in request_records(run_id, seq, 100.0 + seq):
+                    writer.record(record)
+                writer.flush()
+                started.set()  # (a run with no request yet is counted from its no rows)
+        done.set()
+
+    statements: list[str] = []
+    with Store.open(db, readonly=True) as store:
+        thread = threading.Thread(target=write)
+        thread.start()
+        started.wait(30)
+        store._conn.set_trace_callback(statements.append)
+        reads_done = 0
+        while not done.is_set() or reads_done == 0:
+            reads.status_counts(store, run_id)
+            reads_done += 1
+        thread.join()
+        assert reads.status_counts(store, run_id) == {"ok": 400}
+    from_rows = [s for s in statements if "GROUP BY status" in s and "FROM requests" in s]
+    assert reads_done > 10
+    assert from_rows == []

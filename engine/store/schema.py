@@ -424,6 +424,16 @@ def migrate(
         try:
             with write_transaction(conn, path):
                 current = user_version(conn)
+                if 0 < current < target:  # converting a store with data: may take minutes
+                    from engine.logs import get_logger  # (read-only commands never get here)
+
+                    get_logger("moat.store").warning(
+                        "store.migrating",
+                        path=str(path),
+                        from_version=current,
+                        to_version=target,
+                        note="converting in place once; about a minute per million requests",
+                    )
                 if current < target:  # (another process may have migrated meanwhile)
                     for migration in migrations[current:]:
                         for statement in migration:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from engine.events import (
     CacheStatus,
@@ -228,8 +229,9 @@ def test_resuming_keeps_the_tallies_and_pruning_deletes_them(tmp_path: Path) -> 
 
 
 def test_a_schema_3_store_is_tallied_by_its_migration(tmp_path: Path) -> None:
-    """Opening a store of the schema before the tallies counts them from its rows once;
-    its figures read the same before and after."""
+    """Opening a store of the schema before the tallies counts them from its rows once,
+    saying so in the log (a million requests take a minute); its figures read the same
+    before and after."""
     db = tmp_path / "s.db"
     run_id = stored_run(db, 2, at=100.0, crashed=1)
     _untallied(db)
@@ -245,8 +247,9 @@ def test_a_schema_3_store_is_tallied_by_its_migration(tmp_path: Path) -> None:
             "errors INTEGER NOT NULL, facts TEXT NOT NULL)"
         )
         conn.execute("PRAGMA user_version = 3")
-    with Store.open(db) as store:
+    with capture_logs() as logs, Store.open(db) as store:
         assert store.schema_version == SCHEMA_VERSION == 4
+        assert [(log["event"], log["from_version"]) for log in logs] == [("store.migrating", 3)]
         assert store.query("SELECT requests FROM run_tallies") == [{"requests": 2}]
         assert _figures(store, run_id, 0, 200) == counted
 

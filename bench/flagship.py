@@ -335,6 +335,17 @@ def _allocated_bytes() -> int | None:
     return int(found.group(1).replace(",", "")) + int(info.uordblks) + int(info.hblkhd)
 
 
+def _drop_store_maps(items: dict[str, Any], keys: list[str]) -> None:
+    """Empty the row maps the caches' store persistence keeps to cap the store's cache table
+    (one item per stored row, so as many as the caches hold entries: the caches' own bytes,
+    held on the store's side), then collect."""
+    for key in keys:
+        persistence = getattr(items[key], "persistence", None)
+        for name in ("_sizes", "_part_bytes"):
+            getattr(persistence, name, {}).clear()
+    gc.collect()
+
+
 def _drop(items: dict[str, Any], keys: list[str]) -> None:
     """Let the shared objects under `keys` go (the caches: out of their byte budget, their
     partitions emptied, so nothing else keeps their entries), then collect."""
@@ -368,13 +379,19 @@ async def _memory_child(n: int, db: Path, graph: Path) -> dict[str, Any]:
         # What the caches hold in the allocators: the bytes in use that go when they go.
         # `sys.getsizeof` (the deep size) leaves out the allocators' rounding of each
         # object to its size class, about a tenth of a cache entry's bytes.
+        # The store's row map of the cache's table goes first (its keys are the entries'
+        # own strings, so this frees the map alone), then the caches.
+        caches = [key for key in items if "cache" in key]
         with_caches = _allocated_bytes()
-        _drop(items, [key for key in items if "cache" in key])
+        _drop_store_maps(items, caches)
+        without_maps = _allocated_bytes()
+        _drop(items, caches)
         without = _allocated_bytes()
     allocated: dict[str, Any] = {}
-    if with_caches is not None and without is not None:
+    if with_caches is not None and without_maps is not None and without is not None:
         allocated = {
             "cache_allocated_mib": (with_caches - without) / 2**20,
+            "cache_store_map_mib": (with_caches - without_maps) / 2**20,
             "rest_allocated_mib": without / 2**20,
         }
     return {
@@ -394,8 +411,9 @@ def memory(counts: list[int]) -> dict[str, Any]:
     """Max RSS of a fresh process per count, and the semantic cache's bytes at its end.
 
     The allowance for the last count is the first count's max RSS plus the growth of the
-    cache's bytes in the allocators (`cache_allocated_mib`); the growth of its deep size
-    is given beside it."""
+    cache's bytes in the allocators (`cache_allocated_mib`: its entries and indexes, and the
+    row map its store persistence keeps to cap the store's cache table, also given alone as
+    `cache_store_map_mib`); the growth of its deep size is given beside it."""
     rows = []
     for n in counts:
         with tempfile.TemporaryDirectory() as tmp:

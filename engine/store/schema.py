@@ -432,7 +432,7 @@ def migrate(
                         path=str(path),
                         from_version=current,
                         to_version=target,
-                        note="converting in place once; about a minute per million requests",
+                        note="converting in place once; a million requests take minutes",
                     )
                 if current < target:  # (another process may have migrated meanwhile)
                     for migration in migrations[current:]:

@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
             "another address"
         )
-    if getattr(args, "metrics_auth", False) and keys is None:
+    if args.metrics_auth and keys is None:
         raise SpecError(
             "--metrics-auth: without --keys (or $MOAT_API_KEYS) any key is accepted, so "
             "/metrics would stay open; pass --keys FILE, or drop --metrics-auth"
@@ -177,8 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from engine.cluster.serving import serve_on_ray
 
         options: dict[str, Any] = {"keys": keys, "limits": limits}
-        options["models"] = _parse_models(args.model)
-        options["metrics_auth"] = getattr(args, "metrics_auth", False)
+        options |= {"models": _parse_models(args.model), "metrics_auth": args.metrics_auth}
         options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
 
         def on_ray(url: str, replicas: str) -> None:
@@ -211,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
         telemetry=telemetry.telemetry_for(opts, server=True) if workers == 1 else None,
-        metrics_auth=getattr(args, "metrics_auth", False),
+        metrics_auth=args.metrics_auth,
     )
     if workers > 1:
         return _serve_workers(args, server, keys, limits)
@@ -251,7 +250,7 @@ def _serve_workers(args: argparse.Namespace, server: Any, keys: Any, limits: Any
         grace_s=args.grace,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
-        metrics_auth=getattr(args, "metrics_auth", False),
+        metrics_auth=args.metrics_auth,
     )
     socks = bind_workers(args.host, args.port, args.workers)
     host, port = socks[0].getsockname()[:2]

@@ -38,6 +38,7 @@ to its end.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from engine.serve.wire import ApiError, error_body
@@ -62,10 +63,11 @@ def protocol_class(protocol: type[Any], *, read_idle_s: float = READ_IDLE_S) -> 
     return type("Moat" + protocol.__name__, (*mixins, protocol), {"read_idle_s": read_idle_s})
 
 
-def _close_with(transport: Any, status: str, error: ApiError) -> None:
+def _close_with(transport: Any, error: ApiError) -> None:
     """Answer `error` in OpenAI's shape and close the connection: an app reading the
     request sees its client leave (`http.disconnect`)."""
     body = json.dumps(error_body(error)).encode()
+    status = f"{error.status} {HTTPStatus(error.status).phrase}"
     transport.write(
         b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n" % status.encode()
         + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
@@ -135,7 +137,7 @@ class _Reading:
                 "request again, its body without pauses",
                 code="request_timeout",
             )
-            _close_with(self.transport, "408 Request Timeout", error)
+            _close_with(self.transport, error)
         else:  # no request yet, or half a head: nobody to answer
             self.transport.close()
 
@@ -147,7 +149,7 @@ class _Reading:
             "its Content-Length or chunked framing",
             code="invalid_http",
         )
-        _close_with(self.transport, "400 Bad Request", error)
+        _close_with(self.transport, error)
 
     def shutdown(self) -> None:
         if not self._arriving():
@@ -160,7 +162,7 @@ class _Reading:
             type="server_error",
             code="shutting_down",
         )
-        _close_with(self.transport, "503 Service Unavailable", error)
+        _close_with(self.transport, error)
 
 
 class _BoundedHead:
@@ -225,4 +227,4 @@ class _BoundedHead:
             "send fewer or shorter headers",
             code="request_header_too_large",
         )
-        _close_with(self.transport, "431 Request Header Fields Too Large", error)
+        _close_with(self.transport, error)

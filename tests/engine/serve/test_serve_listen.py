@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -218,19 +218,15 @@ def exchange(port: int, *parts: bytes, until_closed: bool = False) -> bytes:
     """Send `parts` on a new connection (stopping if the server closes it); what it answers:
     its first response, or all until it closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-        try:
+        with suppress(BrokenPipeError, ConnectionResetError):  # closed by it
             for part in parts:
                 conn.sendall(part)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         received = b""
-        try:
+        with suppress(ConnectionResetError):  # what came before the reset counts
             while chunk := conn.recv(65536):
                 received += chunk
                 if not until_closed and _whole(received):
                     break
-        except ConnectionResetError:
-            pass
     return received
 
 

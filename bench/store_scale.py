@@ -8,8 +8,10 @@ SELECT` on the compact tables: new run ids, request ids and keys, times shifted)
 store holds `--requests` requests in runs of `--run-size`, the newest finished a minute ago.
 
 Timing: each screen of `moat tui` is opened headless (textual's `run_test` pilot) and
-timed until it shows the store's data; `moat stats` (the latest run, and the same with
-`--format json`) is timed as a subprocess, start to exit.
+timed until it shows the store's data: `open_s` from starting the app (which shows the
+dashboard first, then switches), `switch_s` from the key that shows the screen in a running
+TUI. `moat stats` (the latest run, and the same with `--format json`) is timed as a
+subprocess, start to exit.
 
     python bench/store_scale.py --requests 1000000 --db /tmp/scale.db --json
     python bench/store_scale.py --db /tmp/scale.db --reuse --json     # time again
@@ -213,6 +215,27 @@ async def _open_screen(db: Path, mode: str) -> dict[str, float]:
     return out
 
 
+async def _switch_screen(db: Path, mode: str) -> float:
+    """Seconds from the key that shows `mode` (the dashboard on display, its data read) to
+    the screen drawn with the store's data: what opening a view costs in a running TUI."""
+    from tui.app import MoatApp
+    from tui.screens.requests import RequestTable
+
+    app = MoatApp(db, refresh_s=0)
+    async with app.run_test(size=(160, 50)) as pilot:
+        while not app.snapshot.available:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        began = time.perf_counter()
+        await pilot.press(mode[0])  # r, p
+        await pilot.pause()
+        if mode == "requests" and app.snapshot.requests:
+            while not app.screen.query_one("#requests", RequestTable).row_count:
+                await pilot.pause(0.005)
+            await pilot.pause()
+        return time.perf_counter() - began
+
+
 def _stats(db: Path, *extra: str) -> float:
     began = time.perf_counter()
     subprocess.run(
@@ -230,6 +253,9 @@ def time_reads(db: Path, repeat: int) -> dict[str, Any]:
     for mode in ("dashboard", "requests", "policies"):
         runs = [anyio.run(_open_screen, db, mode) for _ in range(repeat)]
         figures[mode] = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
+        if mode != "dashboard":
+            switches = [anyio.run(_switch_screen, db, mode) for _ in range(repeat)]
+            figures[mode]["switch_s"] = round(statistics.median(switches), 3)
     for name, command in (
         ("moat_stats_s", ("stats",)),
         ("moat_stats_json_s", ("stats", "--format", "json")),

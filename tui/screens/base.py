@@ -27,6 +27,15 @@ class LiveScreen(Screen[None]):
     Subclasses compose their body in `compose_body` and draw data in `show_snapshot`.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # A new screen's widgets are styled as they mount. Textual would also restyle the
+        # whole app, every screen, on the first switch to it (its `refresh_css`, a tenth of
+        # a second here); the count it compares says this screen is already current.
+        count = getattr(self.app, "_css_update_count", None)
+        if count is not None:
+            self._css_update_count = count
+
     @property
     def moat(self) -> MoatApp:
         """The running `MoatApp`."""

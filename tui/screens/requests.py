@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from engine.store.reads import RequestPage
@@ -30,6 +31,26 @@ __all__ = ["RequestFilter", "RequestsScreen"]
 _COLUMNS = ("request", "tenant", "status", "latency", "cost", "route", "cycles", "policy")
 _PAGE = WINDOW
 """Older requests read per page: as many as the reader keeps."""
+
+
+class RequestTable(DataTable[str | Text]):
+    """The requests table. It tells its screen when it first has a size.
+
+    Textual delivers a table's first `Resize` after its first paint, and a resize redraws
+    every cell: rows added before it are drawn twice. The screen fills the table on
+    `Sized` instead, which took a tenth to a fifth of a second off opening the view.
+    """
+
+    class Sized(Message):
+        """The table has its first size: it can be filled."""
+
+    sized = False
+
+    def on_resize(self) -> None:
+        """Announce the first size."""
+        if not self.sized:
+            self.sized = True
+            self.post_message(self.Sized())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +112,7 @@ class RequestsScreen(LiveScreen):
         with Horizontal(classes="filter-row"):
             for name in ("status", "route", "tenant"):
                 yield Select[str]([], prompt=f"{name}: any", id=f"filter-{name}", compact=True)
-        table: DataTable[str | Text] = DataTable(
-            id="requests", cursor_type="row", zebra_stripes=True
-        )
+        table = RequestTable(id="requests", cursor_type="row", zebra_stripes=True)
         for column in _COLUMNS:
             table.add_column(column, key=column)
         yield table
@@ -116,6 +135,9 @@ class RequestsScreen(LiveScreen):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Append new requests; rebuild when the scope changed."""
+        if not self.query_one("#requests", RequestTable).sized:
+            self._update_options(self._scoped(snapshot))  # a filter may be set before
+            return  # the rows are drawn on `RequestTable.Sized`
         if self._shown_scope != self.moat.run_id or self._pruned != snapshot.pruned:
             self._shown_scope = self.moat.run_id
             self._pruned = snapshot.pruned
@@ -238,6 +260,10 @@ class RequestsScreen(LiveScreen):
         )
 
     # -- events -------------------------------------------------------------------------
+
+    def on_request_table_sized(self, event: RequestTable.Sized) -> None:
+        """The table has its size: fill it."""
+        self.show_snapshot(self.moat.snapshot)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """Search as you type."""

@@ -14,7 +14,8 @@ built without validation. Figures:
 
 - CPU microseconds per request, one at a time: hand-written, `Runner.run`, `Pipeline.run`
   (medians of alternating rounds, and the median of each round's own ratio);
-- requests per second with 100 in flight through `Pipeline.run_batch`, and by hand;
+- requests per second with 100 in flight through `Pipeline.run_batch`, and by hand; then
+  the same with the collector settled as `moat run` settles it (`engine.collector`);
 - 1,000 requests started at once with sleeping nodes (2/1/20/10/15/1/1 ms): wall time and
   peak traced memory through `Pipeline.run` in 1,000 tasks and by hand in 1,000 tasks, and
   the wall time through `Pipeline.run_batch(concurrency=1000)`.
@@ -25,6 +26,7 @@ built without validation. Figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -39,6 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine import Node, NodeContext
 from engine.api import Pipeline
+from engine.collector import settled_heap
 from engine.events import MemorySink
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph_text
@@ -247,10 +250,14 @@ async def _batch(pipe: Pipeline, total: int, limit: int) -> float:
     return time.perf_counter() - start
 
 
-async def throughput(total: int, limit: int, rounds: int) -> dict[str, float]:
+async def throughput(
+    total: int, limit: int, rounds: int, *, settled: bool = False
+) -> dict[str, float]:
     """Requests per second with `limit` in flight: `Pipeline.run_batch` and by hand.
 
-    Medians of alternating rounds; the ratio is the median of each round's own.
+    Medians of alternating rounds; the ratio is the median of each round's own. With
+    `settled`, both run inside `settled_heap`, the collector as `moat run` sets it (the
+    keys then end in `_settled`).
     """
     graph = build_graph(sleep=False)
     manual = handwritten(graph)
@@ -258,15 +265,17 @@ async def throughput(total: int, limit: int, rounds: int) -> dict[str, float]:
     hand_rps: list[float] = []
     async with Pipeline(graph, db=None, sink=MemorySink(max_records=SINK_RECORDS)) as pipe:
         await _batch(pipe, 500, limit)  # warm up
-        for _ in range(rounds):
-            gc.collect()
-            moat_rps.append(total / await _batch(pipe, total, limit))
-            gc.collect()
-            hand_rps.append(total / await _drive(manual, total, limit))
+        with settled_heap() if settled else contextlib.nullcontext():
+            for _ in range(rounds):
+                gc.collect()
+                moat_rps.append(total / await _batch(pipe, total, limit))
+                gc.collect()
+                hand_rps.append(total / await _drive(manual, total, limit))
+    tail = "_settled" if settled else ""
     return {
-        f"pipeline_batch_rps_{limit}_concurrent": statistics.median(moat_rps),
-        f"handwritten_rps_{limit}_concurrent": statistics.median(hand_rps),
-        "batch_rps_over_handwritten": statistics.median(
+        f"pipeline_batch_rps_{limit}_concurrent{tail}": statistics.median(moat_rps),
+        f"handwritten_rps_{limit}_concurrent{tail}": statistics.median(hand_rps),
+        f"batch_rps_over_handwritten{tail}": statistics.median(
             m / h for m, h in zip(moat_rps, hand_rps, strict=True)
         ),
     }
@@ -334,6 +343,7 @@ async def sleeping_batch(n: int, rounds: int) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = await per_request_us(args.requests // args.rounds, args.rounds)
     result |= await throughput(args.requests, 100, 3)
+    result |= await throughput(args.requests, 100, 3, settled=True)
     result |= await sleeping_batch(args.in_flight, 3)
     result["backend"] = args.backend
     result["python"] = sys.version.split()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,34 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+_PERIOD = re.compile(r"(\d{1,9})([dhms])")
+_PERIOD_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def _check_ray(args: argparse.Namespace) -> None:
+    """Refuse the options that do not apply on Ray Serve."""
+    if getattr(args, "workers", 1) > 1:
+        raise SpecError(
+            f"--workers {args.workers} with --ray: Ray Serve runs replicas, not worker "
+            "processes; use --replicas N (or --autoscale MIN:MAX) instead"
+        )
+    if getattr(args, "rotate_run", None):
+        raise SpecError(
+            "--rotate-run with --ray: the Ray Serve deployment keeps one run per graph for "
+            "its life; drop --rotate-run (or serve without --ray) and prune after a restart"
+        )
+
+
+def _period(text: str) -> float:
+    """`--rotate-run`: a period such as 1d, 12h, 30m or 90s, in seconds."""
+    found = _PERIOD.fullmatch(text.strip())
+    if found is None or int(found.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a period; give a whole number and a unit, such as 1d, 12h, 30m or 90s"
+        )
+    return float(int(found.group(1)) * _PERIOD_SECONDS[found.group(2)])
 
 
 def _rate(text: str) -> float:
@@ -118,6 +147,14 @@ def add_commands(sub: Any) -> None:
         metavar="N",
         help="server processes on the port (one per core); limits are split among them",
     )
+    p.add_argument(
+        "--rotate-run",
+        type=_period,
+        metavar="PERIOD",
+        help="start a new run per graph every PERIOD (1d, 12h, 30m, 90s), finishing the one "
+        "before, so `moat prune` can delete a long-lived server's old requests "
+        "(default: one run for the server's life)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument(
         "--allow-unpriced",
@@ -168,12 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         max_queue=args.max_inflight,
     )
-    if getattr(args, "ray", None) is not None and getattr(args, "workers", 1) > 1:
-        raise SpecError(
-            f"--workers {args.workers} with --ray: Ray Serve runs replicas, not worker "
-            "processes; use --replicas N (or --autoscale MIN:MAX) instead"
-        )
     if getattr(args, "ray", None) is not None:
+        _check_ray(args)
         from engine.cluster.serving import serve_on_ray
 
         options: dict[str, Any] = {"keys": keys, "limits": limits}
@@ -211,6 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_unpriced=args.allow_unpriced,
         telemetry=telemetry.telemetry_for(opts, server=True) if workers == 1 else None,
         metrics_auth=args.metrics_auth,
+        rotate_s=getattr(args, "rotate_run", None),
     )
     if workers > 1:
         return _serve_workers(args, server, keys, limits)

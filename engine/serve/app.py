@@ -1,8 +1,10 @@
 """The HTTP server: graphs behind OpenAI's chat completions API, as a Starlette ASGI app.
 
 Every request is answered by the graph's `Pipeline` (the same path as `moat run`), in one
-run per graph that lasts as long as the server, so `moat runs`, `moat report` and the TUI
-see a server's requests as they are recorded. Routes:
+run per graph that lasts as long as the server, or, with `rotate_s`, a new run per graph
+every `rotate_s` seconds (each finished once its last request is answered, so `moat prune`
+can delete a long-lived server's old requests run by run). `moat runs`, `moat report` and
+the TUI see a server's requests as they are recorded. Routes:
 
 - `POST /v1/chat/completions`: `model` names a graph; `stream: true` sends server-sent
   events once the graph has decided its answer, never before.
@@ -19,7 +21,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,6 +67,8 @@ __all__ = ["MoatServer"]
 log = logging.getLogger("moat.serve")
 
 _CHAT = "/v1/chat/completions"
+_DRAIN_POLL_S = 0.05
+"""How often a rotated run is checked for requests still in flight."""
 
 
 @dataclass(slots=True)
@@ -81,10 +85,27 @@ class _Served:
 
     done: int = 0
     """Requests of the run recorded so far."""
+    inflight: dict[str, int] = field(default_factory=dict)
+    """Requests in flight per run: a rotated run is finished once it has none."""
+    retiring: list[str] = field(default_factory=list)
+    """Runs this server started and rotated away from, not finished yet."""
+
+    def switch(self, run_id: str) -> str:
+        """Answer new requests under `run_id`; return the run before it."""
+        old, self.run_id = self.run_id, run_id
+        self.seq = self.done = 0
+        self.pipe.use_run(run_id)
+        return old
+
+    async def drained(self, run_id: str) -> None:
+        """Return once no request of `run_id` is in flight."""
+        while self.inflight.get(run_id, 0):
+            await anyio.sleep(_DRAIN_POLL_S)
+        self.inflight.pop(run_id, None)
 
     def watch(self, item: Record) -> None:
         if isinstance(item, RequestRecord):
-            self.done += 1
+            self.done += item.run_id == self.run_id  # (a rotated run's last ones are not)
         elif isinstance(item, LlmCall):
             counts = self.tokens.get(item.request_id)
             if counts is not None:
@@ -114,6 +135,12 @@ class MoatServer:
             (starts them, beats their heartbeat, finishes them).
         slot: `(index, count)` of this worker among `count`: its requests are numbered
             `index`, `index + count`, ... so the workers' request ids never collide.
+        rotate_s: start a new run per graph every this many seconds (None: one run for
+            the server's life); a worker process never rotates, its parent does.
+        on_rotate: called (by the process that owns the runs) with each graph's new run;
+            it returns once every process answering the runs before has answered their
+            last request (`moat serve --workers N`: the workers, told through their
+            stdin). Default: this server switches its own requests (`switch_runs`).
         metrics_auth: `/metrics` asks for an API key as the API does (LiteLLM's
             `require_auth_for_metrics_endpoint`); by default it is open to any scraper,
             and shows the graphs' names and, when on, the tenants.
@@ -137,10 +164,14 @@ class MoatServer:
         commit_wait: bool = True,
         runs: Mapping[str, str] | None = None,
         slot: tuple[int, int] = (0, 1),
+        rotate_s: float | None = None,
+        on_rotate: Callable[[Mapping[str, str]], Awaitable[None]] | None = None,
         metrics_auth: bool = False,
         **pipeline_options: Any,
     ) -> None:
         self.metrics_auth = metrics_auth
+        self.rotate_s = rotate_s
+        self.on_rotate = on_rotate or self.switch_runs
         self.graphs: dict[str, _Served] = {}
         self.runs = dict(runs) if runs is not None else None
         self.slot = slot
@@ -195,6 +226,8 @@ class MoatServer:
             stack.callback(beats.cancel_scope.cancel)
             if self.runs is None:
                 beats.start_soon(self._heartbeat)
+                if self.rotate_s:
+                    beats.start_soon(self._rotate_every, self.rotate_s)
             beats.start_soon(_trim_heap)
             for served in self.graphs.values():
                 if served.commits.durable:
@@ -227,10 +260,54 @@ class MoatServer:
 
     @staticmethod
     async def _finish_run(served: _Served) -> None:
-        """Record the server's run as finished once its requests are stored."""
+        """Record the server's runs as finished once their requests are stored."""
         with anyio.CancelScope(shield=True):
             await served.pipe.settle()
-        await served.pipe.finish_run(served.run_id)
+        for run_id in [*served.retiring, served.run_id]:
+            await served.pipe.finish_run(run_id)
+        served.retiring.clear()
+
+    # -- rotation -----------------------------------------------------------------------
+
+    async def switch_runs(self, runs: Mapping[str, str]) -> None:
+        """Answer new requests of each graph under its run in `runs` (graph name -> run
+        id), and return once this process's requests of the runs before are answered."""
+        old = {name: self.graphs[name].switch(run_id) for name, run_id in runs.items()}
+        for name, run_id in old.items():
+            await self.graphs[name].drained(run_id)
+
+    async def _rotate_every(self, interval_s: float) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            try:
+                await self.rotate()
+            except StoreError as exc:  # the server goes on in the run it has
+                log.error("serve.rotation_failed", extra={"error": str(exc)})
+
+    async def rotate(self) -> dict[str, str]:
+        """Start a new run per graph, move the requests to it (`on_rotate`), and finish
+        the runs before once their last requests are stored; return the new runs."""
+        runs: dict[str, str] = {}
+        try:
+            for name, served in self.graphs.items():
+                runs[name] = served.pipe.start_run(None, {"serve": True, "follows": served.run_id})
+                served.pipe.use_run(served.run_id)  # until `on_rotate` moves the requests
+        except StoreError:
+            for name, run_id in runs.items():  # no request ever went to them
+                await self.graphs[name].pipe.finish_run(run_id, "interrupted")
+            raise
+        for served in self.graphs.values():
+            served.retiring.append(served.run_id)
+        with anyio.CancelScope(shield=True):  # a rotation half done finishes on exit
+            await self.on_rotate(runs)
+            for name, served in self.graphs.items():
+                if served.run_id != runs[name]:  # the workers answered: follow them
+                    served.switch(runs[name])
+                while served.retiring:
+                    await served.pipe.finish_run(served.retiring[0])
+                    served.retiring.pop(0)
+        _log_rotation(runs)
+        return runs
 
     @property
     def ready(self) -> bool:
@@ -447,9 +524,11 @@ class MoatServer:
         counts = served.tokens[request_id] = [0, 0, 0]
         self.metrics.continue_trace(request_id, headers)  # W3C `traceparent`, with --otel
         recorded = served.commits.expect(request_id)
+        run_id = served.run_id
+        served.inflight[run_id] = served.inflight.get(run_id, 0) + 1
         try:
             result = await pipe.run(
-                data, run_id=served.run_id, seq=seq, tenant=tenant, record_cancelled=True
+                data, run_id=run_id, seq=seq, tenant=tenant, record_cancelled=True
             )
             # the answer leaves only once it is in the store (a kill -9 loses no 200)
             await served.commits.committed(recorded)
@@ -467,9 +546,14 @@ class MoatServer:
                 headers={"x-moat-request-id": request_id},
             ) from exc
         finally:
+            served.inflight[run_id] -= 1
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
         return result, (counts[0], counts[1], counts[2])
+
+
+def _log_rotation(runs: Mapping[str, str]) -> None:
+    log.info("serve.run_rotated", extra={"runs": dict(runs)})
 
 
 def _model_object(name: str) -> dict[str, Any]:

@@ -15,7 +15,11 @@ engine.serve.workers SPEC`), each a whole `MoatServer` joined to those runs:
 - the parent beats each run's heartbeat with the count of stored requests, restarts a
   worker that dies, and on SIGTERM or SIGINT stops the workers (each drains its requests
   within the grace period), then records the runs as finished. `moat runs`, `moat
-  report` and `moat tui` see one run per graph, as with one process.
+  report` and `moat tui` see one run per graph, as with one process;
+- with `--rotate-run`, the parent starts the next runs, writes them to each worker's stdin
+  as a line of JSON, and finishes the runs before once every worker has answered their
+  last request (each says `switched` on its stdout). A worker started later joins the
+  newest runs.
 
 Per-tenant rate and concurrency limits and the in-flight cap are split evenly over the
 workers (connections, not tenants, are spread, so a tenant's share is approximate).
@@ -24,13 +28,17 @@ workers (connections, not tenants, are spread, so a tenant's share is approximat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import queue
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from typing import IO, Any
 
@@ -47,6 +55,11 @@ _log = get_logger("moat.serve")
 
 _CHECK_S = 0.5
 """How often the parent looks for a worker that died."""
+_SWITCH_PATIENCE_S = 10.0
+"""Beyond the grace period, how long the parent waits for the workers to leave a rotated
+run before it records the run finished anyway (a late request still lands in it)."""
+_FOLLOW_POLL_S = 0.2
+"""How often a worker looks for new runs from its parent."""
 
 
 def split_limits(limits: ShapingLimits, workers: int) -> ShapingLimits:
@@ -78,11 +91,24 @@ def serve_workers(
     """
     server.counted_in_store = True
     count = len(socks)
+    procs: list[subprocess.Popen[str]] = []
+    base: dict[str, Any] = {}
+
+    async def tell_workers(runs: Mapping[str, str]) -> None:
+        """Move every worker to `runs`; return once each has answered the runs before."""
+        base["runs"] = dict(runs)  # a worker started from now on joins these
+        line = json.dumps({"runs": dict(runs)}) + "\n"
+        told = [proc for proc in procs if _tell(proc, line)]
+        with anyio.move_on_after(float(spec["grace_s"]) + _SWITCH_PATIENCE_S):
+            for proc in told:
+                await anyio.to_thread.run_sync(_switched, proc, abandon_on_cancel=True)
+
+    server.on_rotate = tell_workers
 
     async def main() -> bool:
         async with server:
             runs = {name: served.run_id for name, served in server.graphs.items()}
-            base = {**spec, "runs": runs}
+            base.update(spec, runs=runs)
 
             def start(index: int) -> subprocess.Popen[str]:
                 sock = socks[index]
@@ -90,11 +116,12 @@ def serve_workers(
                 return subprocess.Popen(
                     [sys.executable, "-m", "engine.serve.workers", json.dumps(child)],
                     pass_fds=[sock.fileno()],
+                    stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
                 )
 
-            procs = [start(index) for index in range(count)]
+            procs.extend(start(index) for index in range(count))
             try:
                 if not await anyio.to_thread.run_sync(_all_ready, procs):
                     return False
@@ -142,6 +169,26 @@ def _all_ready(procs: list[subprocess.Popen[str]]) -> bool:
     return True
 
 
+def _tell(proc: subprocess.Popen[str], line: str) -> bool:
+    """Write `line` to a worker's stdin; False if it is gone."""
+    if proc.poll() is not None or proc.stdin is None:
+        return False
+    try:
+        proc.stdin.write(line)
+        proc.stdin.flush()
+    except (BrokenPipeError, ValueError):  # it died meanwhile (closed: being stopped)
+        return False
+    return True
+
+
+def _switched(proc: subprocess.Popen[str]) -> None:
+    """Wait for the worker's `switched` line (or its end)."""
+    stdout: IO[str] | None = proc.stdout
+    assert stdout is not None
+    while (line := stdout.readline()) and line.strip() != "switched":
+        pass
+
+
 def _stop(procs: list[subprocess.Popen[str]], grace_s: float) -> None:
     """SIGTERM every worker (each drains its requests), then wait; kill what outlives the
     grace period."""
@@ -154,8 +201,10 @@ def _stop(procs: list[subprocess.Popen[str]], grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(BrokenPipeError):  # buffered for one that is gone
+                    stream.close()
 
 
 def worker_spec(
@@ -211,8 +260,36 @@ def _worker(spec: Mapping[str, Any]) -> int:
     def ready() -> None:
         print("ready", flush=True)
 
-    started = run_app(server.app, sock, grace_s=spec["grace_s"], context=server, on_ready=ready)
+    started = run_app(
+        server.app, sock, grace_s=spec["grace_s"], context=_following(server), on_ready=ready
+    )
     return 0 if started else 2
+
+
+@asynccontextmanager
+async def _following(server: MoatServer) -> AsyncIterator[MoatServer]:
+    """`server`, open, switching to the runs its parent writes to its stdin (`rotate`).
+
+    A daemon thread reads the lines (one blocked in a read must not keep the process from
+    exiting); the server looks for them every `_FOLLOW_POLL_S`."""
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            lines.put(line)
+
+    async def follow() -> None:
+        while True:
+            await anyio.sleep(_FOLLOW_POLL_S)
+            while not lines.empty():
+                await server.switch_runs(json.loads(lines.get())["runs"])
+                print("switched", flush=True)
+
+    threading.Thread(target=read, name="moat-follow-parent", daemon=True).start()
+    async with server, anyio.create_task_group() as tg:
+        tg.start_soon(follow)
+        yield server
+        tg.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

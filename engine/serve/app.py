@@ -272,7 +272,8 @@ class MoatServer:
     async def switch_runs(self, runs: Mapping[str, str]) -> None:
         """Answer new requests of each graph under its run in `runs` (graph name -> run
         id), and return once this process's requests of the runs before are answered."""
-        old = {name: self.graphs[name].switch(run_id) for name, run_id in runs.items()}
+        moved = {n: r for n, r in runs.items() if self.graphs[n].run_id != r}
+        old = {name: self.graphs[name].switch(run_id) for name, run_id in moved.items()}
         for name, run_id in old.items():
             await self.graphs[name].drained(run_id)
 

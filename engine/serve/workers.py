@@ -93,15 +93,19 @@ def serve_workers(
     count = len(socks)
     procs: list[subprocess.Popen[str]] = []
     base: dict[str, Any] = {}
+    talking = anyio.Lock()
+    """Held while the parent reads workers' lines (`ready`, `switched`): one reader at a
+    time, and no rotation before the workers are ready."""
 
     async def tell_workers(runs: Mapping[str, str]) -> None:
         """Move every worker to `runs`; return once each has answered the runs before."""
-        base["runs"] = dict(runs)  # a worker started from now on joins these
-        line = json.dumps({"runs": dict(runs)}) + "\n"
-        told = [proc for proc in procs if _tell(proc, line)]
-        with anyio.move_on_after(float(spec["grace_s"]) + _SWITCH_PATIENCE_S):
-            for proc in told:
-                await anyio.to_thread.run_sync(_switched, proc, abandon_on_cancel=True)
+        async with talking:
+            base["runs"] = dict(runs)  # a worker started from now on joins these
+            line = json.dumps({"runs": dict(runs)}) + "\n"
+            told = [proc for proc in procs if _tell(proc, line)]
+            with anyio.move_on_after(float(spec["grace_s"]) + _SWITCH_PATIENCE_S):
+                for proc in told:
+                    await anyio.to_thread.run_sync(_switched, proc, abandon_on_cancel=True)
 
     server.on_rotate = tell_workers
 
@@ -121,12 +125,13 @@ def serve_workers(
                     text=True,
                 )
 
-            procs.extend(start(index) for index in range(count))
             try:
-                if not await anyio.to_thread.run_sync(_all_ready, procs):
-                    return False
+                async with talking:
+                    procs.extend(start(index) for index in range(count))
+                    if not await anyio.to_thread.run_sync(_all_ready, procs):
+                        return False
                 on_ready()
-                await _supervise(procs, start)
+                await _supervise(procs, start, talking)
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_stop, procs, float(spec["grace_s"]))
@@ -136,7 +141,9 @@ def serve_workers(
 
 
 async def _supervise(
-    procs: list[subprocess.Popen[str]], start: Callable[[int], subprocess.Popen[str]]
+    procs: list[subprocess.Popen[str]],
+    start: Callable[[int], subprocess.Popen[str]],
+    talking: anyio.Lock,
 ) -> None:
     """Restart workers that die, until SIGINT or SIGTERM."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -150,8 +157,9 @@ async def _supervise(
                         if code is None:
                             continue
                         _log.warning("serve.worker_died", worker=index, exit_code=code)
-                        procs[index] = start(index)
-                        await anyio.to_thread.run_sync(_all_ready, [procs[index]])
+                        async with talking:
+                            procs[index] = start(index)
+                            await anyio.to_thread.run_sync(_all_ready, [procs[index]])
 
             tg.start_soon(watch)
             async for _ in signals:

@@ -5,10 +5,7 @@ prune` can delete old requests while the server goes on."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from contextlib import closing
@@ -16,17 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 
 from engine.cli import main
 from engine.serve import MoatServer
 from engine.store.store import Store
 from tests.engine.serve.test_serve import echo_graph, rows, settled
+from tests.engine.serve.test_serve_workers import _ask as _ask_workers
+from tests.engine.serve.test_serve_workers import serving
 from tests.support.fast_graphs import fast_copy
 from tests.support.serve_client import client
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 async def _ask(server: MoatServer, n: int, model: str = "echo") -> list[str]:
@@ -155,29 +151,13 @@ def test_rotation_on_ray_is_refused_with_what_to_do(
 def test_workers_follow_their_parent_into_each_new_run(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"
-    command = [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0"]
-    command += ["--db", str(db), "--workers", "2", "--rotate-run", "2s"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
-        try:
-            assert proc.stdout is not None
-            base_url = proc.stdout.readline().strip()
-            ids = []
-            deadline = time.monotonic() + 60
-            while len({rid.rsplit("-", 1)[0] for rid in ids}) < 3:
-                assert time.monotonic() < deadline, ids
-                with httpx2.Client(base_url=base_url, timeout=30) as web:
-                    body = {"model": "baseline", "messages": [{"role": "user", "content": "hi"}]}
-                    response = web.post("/chat/completions", json=body)
-                assert response.status_code == 200, response.text
-                ids.append(response.headers["x-moat-request-id"])
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    ids: list[str] = []
+    with serving(graph, db, 2, "--rotate-run", "2s") as (_, base_url):
+        deadline = time.monotonic() + 60
+        while len({rid.rsplit("-", 1)[0] for rid in ids}) < 3:  # three runs answered
+            assert time.monotonic() < deadline, ids
+            ids += _ask_workers(base_url, "baseline", 1)
+            time.sleep(0.1)
     assert len(set(ids)) == len(ids)
     with Store.open(db, readonly=True) as store:
         runs = store.query("SELECT id, status, requests_done FROM runs")

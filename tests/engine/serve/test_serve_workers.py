@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -23,26 +25,35 @@ from tests.support.fast_graphs import fast_copy
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _serve(graph: Path, db: Path, workers: int) -> subprocess.Popen[str]:
+def _serve(graph: Path, db: Path, workers: int, *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0"]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "serve",
-            str(graph),
-            "--port",
-            "0",
-            "--db",
-            str(db),
-            "--workers",
-            str(workers),
-        ],
+        [*command, "--db", str(db), "--workers", str(workers), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@contextmanager
+def serving(
+    graph: Path, db: Path, workers: int, *extra: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`moat serve --workers N` and its base URL; stopped with SIGTERM, which must end it
+    with exit 0 (killed if the block fails)."""
+    with _serve(graph, db, workers, *extra) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
+            yield proc, base_url
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _ask(base_url: str, model: str, n: int) -> list[str]:
@@ -61,19 +72,9 @@ def _ask(base_url: str, model: str, n: int) -> list[str]:
 def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"
-    with _serve(graph, db, 2) as proc:
-        try:
-            assert proc.stdout is not None
-            base_url = proc.stdout.readline().strip()
-            assert base_url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
-            assert len(children(proc.pid)) == 2
-            ids = _ask(base_url, "baseline", 24)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with serving(graph, db, 2) as (proc, base_url):
+        assert len(children(proc.pid)) == 2
+        ids = _ask(base_url, "baseline", 24)
     assert len(set(ids)) == 24
     seqs = {int(rid.rsplit("-", 1)[1]) for rid in ids}
     assert {s % 2 for s in seqs} == {0, 1}  # both workers answered (even: 0, odd: 1)

@@ -45,7 +45,9 @@ class LiveScreen(Screen[None]):
         """Header, the screen's body, footer."""
         yield Header()
         yield from self.compose_body()
-        yield Footer(compact=True, show_command_palette=False)
+        # as wide as the app is now (a later resize recomposes it only if that changes)
+        wide = self.app.size.width >= PALETTE_KEY_MIN_WIDTH
+        yield Footer(compact=True, show_command_palette=wide)
 
     def compose_body(self) -> ComposeResult:
         """The widgets between header and footer."""

@@ -307,7 +307,7 @@ class MoatServer:
                 while served.retiring:
                     await served.pipe.finish_run(served.retiring[0])
                     served.retiring.pop(0)
-        _log_rotation(runs)
+        log.info("serve.run_rotated", extra={"runs": dict(runs)})
         return runs
 
     @property
@@ -551,10 +551,6 @@ class MoatServer:
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
         return result, (counts[0], counts[1], counts[2])
-
-
-def _log_rotation(runs: Mapping[str, str]) -> None:
-    log.info("serve.run_rotated", extra={"runs": dict(runs)})
 
 
 def _model_object(name: str) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def _json(*args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow  # ~8 s: the bench twice
 def test_worker_processes_change_no_figure() -> None:
     # On the mock clock every run is its own event loop: one process or two, the same
     # figures to the last digit (sweeps and the paired intervals included).

@@ -183,6 +183,7 @@ def _moat(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine", *args]
 
 
+@pytest.mark.slow  # ~17 s: a driver killed, then a second one
 def test_moat_run_ray_resumes_after_the_driver_is_killed(ray_address: str, tmp_path: Path) -> None:
     graph = flagship(tmp_path, time_scale=0.05)
     requests, out, db = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "r.db"

@@ -148,6 +148,7 @@ def test_rotation_on_ray_is_refused_with_what_to_do(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT")
+@pytest.mark.slow  # ~7 s: three rotations
 def test_workers_follow_their_parent_into_each_new_run(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"

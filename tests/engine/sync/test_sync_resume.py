@@ -40,6 +40,7 @@ def assert_exactly_once(edge: Path, central: Path) -> None:
     assert integrity(edge) == integrity(central) == "ok"
 
 
+@pytest.mark.slow  # ~10 s of uploads killed and resumed
 async def test_killed_mid_upload_the_sync_resumes_and_stores_each_record_once(
     big_edge: Path, tmp_path: Path
 ) -> None:

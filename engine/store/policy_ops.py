@@ -1,10 +1,11 @@
 """The policy manager's atomic store operations: register, publish, roll back, poll.
 
 Each operation runs in one `BEGIN IMMEDIATE` transaction on a short-lived connection of its
-own, so checking the active version, inserting a snapshot, activating it, updating
-statuses and recording the orchestration event either all happen or none do, even with
-several processes applying policies to the same store. The row-level work reuses the
-store's own policy-table functions.
+own, in turn with the file's other writers (`write_transaction`), so checking the active
+version, inserting a snapshot, activating it, updating statuses and recording the
+orchestration event either all happen or none do, even with several processes applying
+policies to the same store. The row-level work reuses the store's own policy-table
+functions.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from engine.errors import PolicyError, StoreError
 from engine.events import EventType, OrchestrationEvent
 from engine.store import policy_tables as _store_policy
 from engine.store.rows import EVENT_SQL, event_row
-from engine.store.schema import connect
+from engine.store.schema import connect, describe_error, write_transaction
 
 if TYPE_CHECKING:
     from engine.store.store import Store
@@ -78,17 +79,17 @@ class Active:
 
 @contextmanager
 def transaction(store: Store) -> Iterator[sqlite3.Connection]:
-    """One write transaction on a fresh connection to the store's file."""
+    """One write transaction on a fresh connection to the store's file, taken in turn with
+    every other writer of the file (`write_transaction`)."""
     conn = connect(store.path)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield conn
-        conn.execute("COMMIT")
+        with write_transaction(conn, store.path):
+            yield conn
     except sqlite3.Error as exc:
-        raise StoreError(f"{store.path}: policy update failed: {exc}") from exc
+        raise StoreError(
+            f"{store.path}: policy update failed: {describe_error(exc, store.path)}"
+        ) from exc
     finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         conn.close()
 
 

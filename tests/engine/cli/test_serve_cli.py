@@ -192,6 +192,7 @@ def test_a_store_that_cannot_be_opened_is_refused_before_serving(
     assert f"moat: {db}: cannot open the store" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # ~11 s: a request that takes seconds, drained
 def test_sigterm_lets_a_request_in_flight_finish_before_the_server_exits(tmp_path: Path) -> None:
     import threading
     import time

@@ -148,8 +148,14 @@ async def _check_parity(graph_name: str, n: int, tmp_path: Path, server: SimServ
 
 @pytest.mark.parametrize(
     "graph_name",
-    # cascade's requests take ~17 s over HTTP: the slow set (the others cover the path)
-    [pytest.param(name, marks=pytest.mark.slow) if name == "cascade" else name for name in SHIPPED],
+    # cascade's and governed-answer's requests take 10-17 s over HTTP: the slow set (the
+    # others cover the path)
+    [
+        pytest.param(name, marks=pytest.mark.slow)
+        if name in ("cascade", "governed-answer")
+        else name
+        for name in SHIPPED
+    ],
 )
 async def test_a_graph_decides_the_same_on_sim_and_over_sim_server(
     graph_name: str, tmp_path: Path, sim_server: SimServer

@@ -39,6 +39,7 @@ def write_policy(path: Path, **changes: object) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~9 s: a batch with a swap in its middle
 @pytest.mark.anyio
 async def test_a_policy_applied_mid_batch_pins_new_requests_and_keeps_in_flight_ones(
     tmp_path: Path,

@@ -85,6 +85,7 @@ def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> 
     assert stored == set(ids)
 
 
+@pytest.mark.slow  # ~9 s: a worker killed and started again
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
 def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)

@@ -166,3 +166,10 @@ def test_ellipsized_text_fits_and_keeps_what_it_can(text: str, width: int, middl
         assert "…" in cut and cut.startswith(text[: max(1, (width - 1) // 2)])
         if middle:
             assert cut.endswith(text[-((width - 1) // 2) :]) or (width - 1) // 2 == 0
+
+
+def test_a_screen_can_be_made_before_any_app_runs() -> None:
+    from tui.screens import DashboardScreen, PoliciesScreen, RequestDetailScreen, RequestsScreen
+
+    for screen in (DashboardScreen(), RequestsScreen(), PoliciesScreen(), RequestDetailScreen("x")):
+        assert not screen.is_mounted

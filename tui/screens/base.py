@@ -32,7 +32,10 @@ class LiveScreen(Screen[None]):
         # A new screen's widgets are styled as they mount. Textual would also restyle the
         # whole app, every screen, on the first switch to it (its `refresh_css`, a tenth of
         # a second here); the count it compares says this screen is already current.
-        count = getattr(self.app, "_css_update_count", None)
+        try:
+            count = getattr(self.app, "_css_update_count", None)
+        except RuntimeError:  # made outside a running app: nothing to be current with
+            count = None
         if count is not None:
             self._css_update_count = count
 

@@ -193,8 +193,9 @@ def _switched(proc: subprocess.Popen[str]) -> None:
     """Wait for the worker's `switched` line (or its end)."""
     stdout: IO[str] | None = proc.stdout
     assert stdout is not None
-    while (line := stdout.readline()) and line.strip() != "switched":
-        pass
+    for line in stdout:
+        if line.strip() == "switched":
+            return
 
 
 def _stop(procs: list[subprocess.Popen[str]], grace_s: float) -> None:

@@ -18,6 +18,7 @@ from engine.serve import hash_key
 from engine.store.store import Store
 from tests.support.fast_graphs import fast_copy
 from tests.support.imports import without
+from tests.support.serve_process import serving
 
 
 def keys_file(dest: Path, **tenants: str) -> Path:
@@ -105,54 +106,24 @@ def test_a_real_server_answers_the_sync_client_and_drains_on_sigterm(tmp_path: P
     graphs = [str(fast_copy(name, tmp_path, time_scale=0)) for name in ("baseline", "extract")]
     db = tmp_path / "moat.db"
     keys = keys_file(tmp_path, acme="sk-acme", globex="sk-globex")
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "serve",
-            *graphs,
-            "--port",
-            "0",
-            "--db",
-            str(db),
-            "--keys",
-            str(keys),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            base_url = proc.stdout.readline().strip()
-            assert base_url.startswith("http://127.0.0.1:"), (
-                proc.stderr.read() if proc.stderr else ""
+    with serving(*graphs, "--db", str(db), "--keys", str(keys)) as (_, base_url):
+        with openai.OpenAI(base_url=base_url, api_key="sk-acme", max_retries=0) as oai:
+            assert [m.id for m in oai.models.list().data] == ["baseline", "extract"]
+            reply = oai.chat.completions.create(
+                model="baseline", messages=[{"role": "user", "content": "What is a Roth IRA?"}]
             )
-            with openai.OpenAI(base_url=base_url, api_key="sk-acme", max_retries=0) as oai:
-                assert [m.id for m in oai.models.list().data] == ["baseline", "extract"]
-                reply = oai.chat.completions.create(
-                    model="baseline", messages=[{"role": "user", "content": "What is a Roth IRA?"}]
+            chunks = list(
+                oai.chat.completions.create(
+                    model="extract",
+                    messages=[{"role": "user", "content": "Order 4471 arrived broken. - Ana"}],
+                    stream=True,
                 )
-                chunks = list(
-                    oai.chat.completions.create(
-                        model="extract",
-                        messages=[{"role": "user", "content": "Order 4471 arrived broken. - Ana"}],
-                        stream=True,
-                    )
-                )
-            with (
-                openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad,
-                pytest.raises(openai.AuthenticationError),
-            ):
-                bad.models.list()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            )
+        with (
+            openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad,
+            pytest.raises(openai.AuthenticationError),
+        ):
+            bad.models.list()
     assert reply.choices[0].message.content
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     with Store.open(db, readonly=True) as store:

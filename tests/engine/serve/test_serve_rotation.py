@@ -20,9 +20,9 @@ from engine.serve import MoatServer
 from engine.store.store import Store
 from tests.engine.serve.test_serve import echo_graph, rows, settled
 from tests.engine.serve.test_serve_workers import _ask as _ask_workers
-from tests.engine.serve.test_serve_workers import serving
 from tests.support.fast_graphs import fast_copy
 from tests.support.serve_client import client
+from tests.support.serve_process import serving
 
 
 async def _ask(server: MoatServer, n: int, model: str = "echo") -> list[str]:
@@ -153,7 +153,8 @@ def test_workers_follow_their_parent_into_each_new_run(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"
     ids: list[str] = []
-    with serving(graph, db, 2, "--rotate-run", "2s") as (_, base_url):
+    args = (str(graph), "--db", str(db), "--workers", "2", "--rotate-run", "2s")
+    with serving(*args) as (_, base_url):
         deadline = time.monotonic() + 60
         while len({rid.rsplit("-", 1)[0] for rid in ids}) < 3:  # three runs answered
             assert time.monotonic() < deadline, ids

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -21,39 +18,7 @@ from engine.serve import ShapingLimits
 from engine.serve.workers import split_limits
 from engine.store.store import Store
 from tests.support.fast_graphs import fast_copy
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _serve(graph: Path, db: Path, workers: int, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "engine", "serve", str(graph), "--port", "0"]
-    return subprocess.Popen(
-        [*command, "--db", str(db), "--workers", str(workers), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-@contextmanager
-def serving(
-    graph: Path, db: Path, workers: int, *extra: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`moat serve --workers N` and its base URL; stopped with SIGTERM, which must end it
-    with exit 0 (killed if the block fails)."""
-    with _serve(graph, db, workers, *extra) as proc:
-        try:
-            assert proc.stdout is not None
-            base_url = proc.stdout.readline().strip()
-            assert base_url.startswith("http://127.0.0.1:"), proc.stderr and proc.stderr.read()
-            yield proc, base_url
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+from tests.support.serve_process import serving
 
 
 def _ask(base_url: str, model: str, n: int) -> list[str]:
@@ -72,7 +37,7 @@ def _ask(base_url: str, model: str, n: int) -> list[str]:
 def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"
-    with serving(graph, db, 2) as (proc, base_url):
+    with serving(str(graph), "--db", str(db), "--workers", "2") as (proc, base_url):
         assert len(children(proc.pid)) == 2
         ids = _ask(base_url, "baseline", 24)
     assert len(set(ids)) == 24
@@ -89,22 +54,17 @@ def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
 def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
-    with _serve(graph, tmp_path / "moat.db", 2) as proc:
-        try:
-            assert proc.stdout is not None
-            base_url = proc.stdout.readline().strip()
-            first = children(proc.pid)
-            os.kill(first[0], signal.SIGKILL)
-            for _ in range(100):  # the parent notices within half a second, then restarts it
-                now = children(proc.pid)
-                if len(now) == 2 and first[0] not in now:
-                    break
-                time.sleep(0.2)
-            assert len(now) == 2 and first[0] not in now
-            assert len(_ask(base_url, "baseline", 6)) == 6
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    db = tmp_path / "moat.db"
+    with serving(str(graph), "--db", str(db), "--workers", "2") as (proc, base_url):
+        first = children(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        for _ in range(100):  # the parent notices within half a second, then restarts it
+            now = children(proc.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and first[0] not in now
+        assert len(_ask(base_url, "baseline", 6)) == 6
 
 
 def test_limits_are_split_among_the_workers() -> None:

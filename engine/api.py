@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from engine.collector import trimmer
 from engine.errors import SpecError, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
@@ -419,8 +420,7 @@ class Pipeline:
         self._listeners.append(count)
         try:
             async with anyio.create_task_group() as beats:
-                if self.store is not None:
-                    beats.start_soon(self._heartbeat, summary)
+                beats.start_soon(self._heartbeat, summary)
                 async with anyio.create_task_group() as takers.tg:
                     for _ in range(max(1, min(limit, _FIRST_WORKERS))):
                         self._start_taker(takers)
@@ -502,13 +502,17 @@ class Pipeline:
         return count
 
     async def _heartbeat(self, summary: BatchSummary) -> None:
-        """Record the batch's progress, and that its process is alive (see `run_state`)."""
-        assert self.store is not None
-        while True:
+        """Every `HEARTBEAT_S` while a batch runs: record its progress, and that its process
+        is alive (see `run_state`); give the heap's free pages back (`engine.collector`)."""
+        store, trim = self.store, trimmer()
+        while store is not None or trim is not None:
             await anyio.sleep(HEARTBEAT_S)
-            await anyio.to_thread.run_sync(
-                self.store.update_run_progress, summary.run_id, summary.done
-            )
+            if store is not None:
+                await anyio.to_thread.run_sync(
+                    store.update_run_progress, summary.run_id, summary.done
+                )
+            if trim is not None:
+                await anyio.to_thread.run_sync(trim)
 
     def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
         return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)

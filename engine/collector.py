@@ -1,4 +1,5 @@
-"""What the garbage collector walks in a process that answers requests for a long time.
+"""The heap of a process that answers requests for a long time: what the garbage
+collector walks, and the freed memory it keeps.
 
 `moat run` and `moat serve` collect once their graphs are open, then freeze what is alive
 (`gc.freeze`): those objects live as long as the process, and a full collection that walks
@@ -14,19 +15,33 @@ flight (thousands of objects at 100 concurrent requests), so at 700 it walked th
 every few hundred allocations and promoted them, for a full collection later; cycles are
 freed as surely, later. An application that embeds `Pipeline` in a long-lived process can
 enter `settled_heap` the same way, once its pipelines are open.
+
+Freed memory: such a process's resident memory grew with the requests it answered and did
+not fall when the load stopped, yet it was not live: neither Python objects
+(`tracemalloc`) nor pymalloc's arenas. It is what glibc's allocator keeps on its free lists
+after bursts of allocations from several threads (the event loop, the store writer, the
+threads that wait for commits; a semantic cache that evicts as it fills leaves holes among
+live chunks): glibc gives back only the top of its heap by itself, never free pages below
+live chunks. `trimmer()` returns the call that releases them (`malloc_trim(0)`); `moat
+serve` and `Pipeline.run_batch` make it off the event loop at each heartbeat, a few
+milliseconds of one thread per call.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import importlib
 import importlib.util
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from engine.graph.spec import ModelSpec
 
-__all__ = ["THRESHOLDS", "import_providers", "settled_heap"]
+__all__ = ["THRESHOLDS", "import_providers", "settled_heap", "trimmer"]
 
 THRESHOLDS = (20_000, 10, 10)
 """The collector's thresholds once the heap is settled (see the module docstring)."""
@@ -56,3 +71,23 @@ def settled_heap(specs: Iterable[ModelSpec] = ()) -> Iterator[None]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+@functools.cache
+def trimmer() -> Callable[[], None] | None:
+    """The function that gives free heap pages back (glibc's `malloc_trim(0)`), or None
+    where there is none (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+
+    def run() -> None:
+        trim(0)
+
+    return run

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.api import Pipeline
-from engine.collector import import_providers
+from engine.collector import import_providers, trimmer
 from engine.errors import EvaluationError, SpecError, StoreError
 from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.expr.expression import compile_expr
@@ -45,7 +45,6 @@ from engine.graph.loader import load_graph
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
-from engine.serve.heap import trimmer
 from engine.serve.metrics import CONTENT_TYPE, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
 from engine.serve.wire import (
@@ -559,7 +558,7 @@ def _model_object(name: str) -> dict[str, Any]:
 
 
 async def _trim_heap() -> None:
-    """Give the heap's free pages back every heartbeat (see `engine.serve.heap`)."""
+    """Give the heap's free pages back every heartbeat (see `engine.collector`)."""
     trim = trimmer()
     if trim is None:
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,6 +278,25 @@ def test_the_store_writer_reports_its_backlog(tmp_path: Path) -> None:
 
 
 SLEEPY = one_model_graph("sleepy", 0.02)
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+async def test_a_batch_gives_freed_heap_pages_back_every_heartbeat_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_store: bool
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(engine.api, "HEARTBEAT_S", 0.02)
+    monkeypatch.setattr(engine.api, "trimmer", lambda: lambda: trims.append(time.monotonic()))
+    (tmp_path / "sleepy.yaml").write_text(SLEEPY)
+    db = tmp_path / "t.db" if with_store else None
+    async with Pipeline(tmp_path / "sleepy.yaml", db=db) as pipe:
+        started = time.monotonic()
+        summary = await pipe.run_batch([{"prompt": f"q {i}"} for i in range(12)], concurrency=1)
+        ended = time.monotonic()
+        await anyio.sleep(0.1)
+    assert summary.by_status == {"ok": 12}  # 12 requests of 20 ms one after another
+    assert len(trims) >= 3
+    assert all(started < at <= ended for at in trims)  # only while the batch runs
 
 
 @pytest.mark.parametrize("concurrency", [1, 3, 8])

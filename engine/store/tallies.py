@@ -70,7 +70,6 @@ _NEW_KEYS = (
 """The request keys of the requests written after `:mark`, with their runs (by id alone,
 as `engine.store.reads` finds a run's rows: a row recorded before any of its request's
 events has a key without a run)."""
-_ADD_N = "ON CONFLICT (run_id, kind, name) DO UPDATE SET n = n + excluded.n"
 
 
 _TALLY = (
@@ -81,35 +80,37 @@ _TALLY = (
     "latency_max = MAX(latency_max, excluded.latency_max), errors = errors + excluded.errors, "
     "first_started = MIN(first_started, excluded.first_started), "
     "last_finished = MAX(last_finished, excluded.last_finished)",
-    # ORDER BY before ON CONFLICT: SQLite's parser needs a clause there after a GROUP BY.
-    f"INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'status', status, COUNT(*) "
-    f"FROM {_NEW} GROUP BY run_id, status ORDER BY 1 {_ADD_N}",
     "INSERT INTO run_seconds SELECT run_id, CAST(finished_at AS INTEGER), COUNT(*), "
     f"SUM(latency_ms) FROM {_NEW} GROUP BY 1, 2 ORDER BY 1 ON CONFLICT (run_id, second) "
     "DO UPDATE SET requests = requests + excluded.requests, "
     "latency_sum = latency_sum + excluded.latency_sum",
-    # Fact events, by their fixed type codes (the partial index `event_rows_facts` is by
-    # run; these are found by request key).
-    f"{_NEW_KEYS}INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'fact', "
-    f"{name_of('type')}, n FROM (SELECT new.run_id, e.type, COUNT(*) AS n FROM new "
-    f"CROSS JOIN event_rows e INDEXED BY event_rows_rk ON e.rk = new.rk WHERE e.{FACTS_WHERE} "
-    "GROUP BY new.run_id, e.type) "
-    f"WHERE true {_ADD_N}",
-    # Each request's last ROUTE_SELECTED decision (SQLite takes a bare column from the row
-    # holding the group's MAX).
-    f"{_NEW_KEYS}INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'route', "
-    f"COALESCE(NULLIF({either('decision')}, ''), '(none)') AS route, COUNT(*) FROM "
+    # Every kind of `run_counts` in one statement, so the new requests' keys are found once
+    # (and a transaction runs three statements here, not seven: each one is a hand-off of
+    # the writer thread's GIL). A kind without costs adds zeros to them.
+    f"{_NEW_KEYS}INSERT INTO run_counts SELECT * FROM ("
+    # statuses
+    f"SELECT run_id, 'status', status, COUNT(*), 0, 0, 0 FROM {_NEW} GROUP BY run_id, status "
+    # fact events, by their fixed type codes (the partial index `event_rows_facts` is by
+    # run; these are found by request key)
+    f"UNION ALL SELECT run_id, 'fact', {name_of('type')}, n, 0, 0, 0 FROM (SELECT new.run_id, "
+    "e.type, COUNT(*) AS n FROM new CROSS JOIN event_rows e INDEXED BY event_rows_rk "
+    f"ON e.rk = new.rk WHERE e.{FACTS_WHERE} GROUP BY new.run_id, e.type) "
+    # each request's last ROUTE_SELECTED decision (SQLite takes a bare column from the row
+    # holding the group's MAX)
+    "UNION ALL SELECT run_id, 'route', "
+    f"COALESCE(NULLIF({either('decision')}, ''), '(none)') AS route, COUNT(*), 0, 0, 0 FROM "
     "(SELECT new.run_id, e.rk, e.decision, MAX(e.sequence) FROM new CROSS JOIN event_rows e "
     f"INDEXED BY event_rows_rk ON e.rk = new.rk WHERE e.{FACTS_WHERE} "
-    f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} "
-    f"GROUP BY e.rk) GROUP BY run_id, route ORDER BY 1 {_ADD_N}",
-    f"{_NEW_KEYS}INSERT INTO run_counts (run_id, kind, name, n) SELECT run_id, 'speculative', "
+    f"AND e.type = {FACT_CODES['ROUTE_SELECTED']} GROUP BY e.rk) GROUP BY run_id, route "
+    # a speculative node run's fate
+    "UNION ALL SELECT run_id, 'speculative', "
     f"CASE WHEN status = {code_of('cancelled')} THEN 'cancelled' "
-    f"ELSE COALESCE({name_of('outcome')}, '') END AS fate, SUM(n) FROM "
+    f"ELSE COALESCE({name_of('outcome')}, '') END AS fate, SUM(n), 0, 0, 0 FROM "
     "(SELECT new.run_id, s.status, s.outcome, COUNT(*) AS n FROM new CROSS JOIN node_rows s "
     "INDEXED BY node_rows_speculative ON s.rk = new.rk AND s.speculative = 1 "
-    f"GROUP BY new.run_id, s.status, s.outcome) GROUP BY run_id, fate ORDER BY 1 {_ADD_N}",
-    f"{_NEW_KEYS}INSERT INTO run_counts SELECT run_id, 'model', "
+    "GROUP BY new.run_id, s.status, s.outcome) GROUP BY run_id, fate "
+    # calls per model, with their costs
+    "UNION ALL SELECT run_id, 'model', "
     f"json_array({name_of('model')}, {name_of('provider')}), calls, cost, spec_cost, "
     "spec_wasted FROM (SELECT new.run_id, l.model, l.provider, COUNT(*) AS calls, "
     "SUM(l.cost_usd) AS cost, "
@@ -118,7 +119,9 @@ _TALLY = (
     f"l.call_outcome IN ({code_of('discarded')}, {code_of('cancelled')}) THEN l.cost_usd "
     "END), 0) AS spec_wasted FROM new CROSS JOIN llm_rows l INDEXED BY llm_rows_rk "
     "ON l.rk = new.rk "
-    "GROUP BY new.run_id, l.model, l.provider) WHERE true ON CONFLICT (run_id, kind, name) "
+    "GROUP BY new.run_id, l.model, l.provider)"
+    # WHERE before ON CONFLICT: SQLite's parser needs a clause there after a SELECT
+    ") WHERE true ON CONFLICT (run_id, kind, name) "
     "DO UPDATE SET n = n + excluded.n, cost = cost + excluded.cost, "
     "spec_cost = spec_cost + excluded.spec_cost, spec_wasted = spec_wasted + excluded.spec_wasted",
 )

@@ -35,7 +35,7 @@ from engine.collector import settled_heap
 from engine.errors import SpecError
 from engine.serve.protocol import READ_IDLE_S, protocol_class
 
-__all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app"]
+__all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app", "server"]
 
 _SWITCH_S = 0.0005
 """The interpreter's thread switch interval while serving: 0.5 ms rather than 5. The
@@ -139,6 +139,13 @@ def config(app: Any, *, grace_s: float) -> uvicorn.Config:
     )
 
 
+def server(app: Any, *, grace_s: float, read_idle_s: float = READ_IDLE_S) -> uvicorn.Server:
+    """A uvicorn server for `app` that reads requests within moat's bounds of size and
+    time (`engine.serve.protocol`) and sends each response as soon as it is complete.
+    Serve with `await it.serve(sockets=[sock])`; set `should_exit` to stop it."""
+    return _Server(config(app, grace_s=grace_s), read_idle_s=read_idle_s)
+
+
 def run_app(
     app: Any,
     sock: socket.socket,
@@ -153,7 +160,7 @@ def run_app(
     Raises:
         MoatError: entering `context` failed (nothing was served).
     """
-    runner = _Server(config(app, grace_s=grace_s))
+    runner = server(app, grace_s=grace_s)
 
     async def main() -> None:
         async with context if context is not None else nullcontext():

@@ -23,7 +23,6 @@ from collections.abc import Awaitable
 
 import anyio
 import anyio.abc
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from engine.models.server import SIMULATED_HEADERS, SimReply, SimService, error_reply
 from engine.models.sim import SIM_PROFILES
-from engine.serve.listen import bind, config, run_app
+from engine.serve.listen import bind, run_app, server
 
 __all__ = ["Flag", "SimServer", "run_server", "serve"]
 
@@ -168,8 +167,13 @@ class SimServer:
 
     async def serve_on(self, sock: socket.socket) -> None:
         """Serve on a socket from `listen`, in a thread of its own, until cancelled; then
-        stop uvicorn (requests still in flight get a second) and close the socket."""
-        runner = uvicorn.Server(config(self.app, grace_s=1))
+        stop uvicorn (requests still in flight get a second) and close the socket.
+
+        Requests are read within the bounds `moat sim-server` and `moat serve` read them
+        in (`engine.serve.protocol`: heads, stalls), so a test or benchmark that points a
+        hostile client at it meets the same server.
+        """
+        runner = server(self.app, grace_s=1)
         finished = threading.Event()
 
         def run() -> None:

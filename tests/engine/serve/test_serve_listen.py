@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import anyio
 import pytest
 
 from engine.serve.listen import _Coalesced, _Server, bind, config
 from engine.serve.sim_app import SimServer
+from engine.serve.sim_app import serve as serve_sim
 
 
 class _Transport:
@@ -344,3 +346,28 @@ def test_a_request_that_is_not_http_is_a_400_in_openai_s_shape(sent: bytes) -> N
     error = json.loads(body)["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
     assert error["message"].startswith("the request is not valid HTTP/1.1")
+
+
+def test_an_in_process_sim_server_reads_requests_within_the_same_bounds() -> None:
+    """`SimServer.serve` (what tests and benchmarks start beside them) is the server `moat
+    sim-server` runs: a head over the limit is a 431 and it still answers after."""
+
+    async def main() -> tuple[bytes, bytes]:
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(serve_sim, "127.0.0.1", 0)
+            huge = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+            refused = await anyio.to_thread.run_sync(
+                lambda: exchange(server.port, huge, until_closed=True)
+            )
+            models = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            answered = await anyio.to_thread.run_sync(
+                lambda: exchange(server.port, models, until_closed=True)
+            )
+            tg.cancel_scope.cancel()
+        return refused, answered
+
+    refused, answered = anyio.run(main)
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body)["error"]["code"] == "request_header_too_large"
+    assert answered.startswith(b"HTTP/1.1 200 ") and b"sim-" in answered

@@ -26,6 +26,10 @@ the same load through httpx2 to show it; its CPU per request is reported). Parts
   moat's requests spent their time inside the server (read, model call, commit, send; the
   store writer's transactions and lock waits; the event loop's lag), from timestamps the
   serving processes take (`bench/_serve_phases.py`; a few microseconds a request).
+  A third side, `floor`, runs in the same rounds: the same Starlette + uvicorn stack and
+  aiohttp upstream client, on as many worker processes, with nothing of moat in it
+  (`bench/_floor_proxy.py`). What it adds over the direct call is the stack's and the
+  host's (`floor_added_*`); what moat adds over it is moat's own (`moat_over_floor_*`).
 - commit: the throughput part again with `--no-commit-wait` (answers leave before their
   record is committed): the cost of committing before answering.
 - kill9: 100 clients on the cascade graph, the server killed with SIGKILL mid-load:
@@ -89,13 +93,15 @@ SIM_MODEL = "{provider: sim, profile: small, time_scale: 0}"
 
 
 @contextmanager
-def launched(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
-    """`python -m engine ARGS` (a server that prints its base URL first); the process and
+def launched(
+    *args: str, env: dict[str, str] | None = None, module: str = "engine"
+) -> Iterator[tuple[Any, str]]:
+    """`python -m MODULE ARGS` (a server that prints its base URL first); the process and
     the URL, stopped on exit. Its log goes to a file (a pipe nobody reads would fill and
     stall it); error lines in it are reported on stderr."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", *args],
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -408,34 +414,40 @@ def added(
             noted.mkdir(exist_ok=True)
             env |= _serve_phases.environment(noted, ROOT)
         with launched(*serve_args(graph, work / "added.db"), env=env) as (proc, url):
-            sides: dict[str, tuple[str, str, Any]] = {
-                "direct": (sim_url, "sim-small", sim),
-                "moat": (url, "remote", proc),
-            }
-            loads: dict[str, list[Load]] = {"direct": [], "moat": []}
-            cpu = {"direct": [0.0, 0.0], "moat": [0.0, 0.0]}  # (moat, sim-server) seconds
-            for _ in range(rounds):
-                for side, (base, name, _) in sides.items():
-                    moat0, sim0 = cpu_s(proc.pid), cpu_s(sim.pid)
-                    load = _run(
-                        drive(
-                            base,
-                            name,
-                            clients=clients,
-                            requests=per_round,
-                            client=client,
-                            warmup=warm,
+            floor_args = [sim_url, "--workers", WORKERS[1] if WORKERS else "1"]
+            with launched(*floor_args, module="bench._floor_proxy") as (floor, floor_url):
+                # (served process, model name, the server's process for its CPU)
+                sides: dict[str, tuple[str, str, Any]] = {
+                    "direct": (sim_url, "sim-small", None),
+                    "moat": (url, "remote", proc),
+                    "floor": (floor_url, "sim-small", floor),
+                }
+                loads: dict[str, list[Load]] = {side: [] for side in sides}
+                cpu = {side: [0.0, 0.0] for side in sides}  # (its server, sim-server) seconds
+                for _ in range(rounds):
+                    for side, (base, name, server) in sides.items():
+                        own0 = cpu_s(server.pid) if server else 0.0
+                        sim0 = cpu_s(sim.pid)
+                        load = _run(
+                            drive(
+                                base,
+                                name,
+                                clients=clients,
+                                requests=per_round,
+                                client=client,
+                                warmup=warm,
+                            )
                         )
-                    )
-                    cpu[side][0] += cpu_s(proc.pid) - moat0
-                    cpu[side][1] += cpu_s(sim.pid) - sim0
-                    loads[side].append(load)
+                        cpu[side][0] += (cpu_s(server.pid) - own0) if server else 0.0
+                        cpu[side][1] += cpu_s(sim.pid) - sim0
+                        loads[side].append(load)
     sent = rounds * (per_round + warm)  # the warm-up's CPU is in the CPU figures
     figures = {side: _pooled(runs) for side, runs in loads.items()}
-    figures["moat"]["server_cpu_us_per_request"] = round(cpu["moat"][0] / sent * 1e6)
     for side in figures:
+        if side != "direct":
+            figures[side]["server_cpu_us_per_request"] = round(cpu[side][0] / sent * 1e6)
         figures[side]["sim_server_cpu_us_per_request"] = round(cpu[side][1] / sent * 1e6)
-    direct, moat = figures["direct"], figures["moat"]
+    direct, moat, floor_side = figures["direct"], figures["moat"], figures["floor"]
     if phases:  # the server has stopped: its processes wrote what they noted
         moat["server_phases"] = _serve_phases.summarise(noted)
     return {
@@ -444,15 +456,27 @@ def added(
         "rounds": rounds,
         "direct": direct,
         "moat": moat,
-        "added_p50_ms": _round(moat["p50_ms"] - direct["p50_ms"]),
-        "added_p99_ms": _round(moat["p99_ms"] - direct["p99_ms"]),
-        "added_p50_ms_per_round": [
-            _round(m["p50_ms"] - d["p50_ms"])
-            for m, d in zip(moat["per_round"], direct["per_round"], strict=True)
+        "floor": floor_side,
+        **_added(moat, direct, "added"),
+        # the same HTTP stack and upstream client with nothing of moat: the stack's and
+        # the host's share of the added latency (bench/_floor_proxy.py)
+        **_added(floor_side, direct, "floor_added"),
+        **_added(moat, floor_side, "moat_over_floor"),
+    }
+
+
+def _added(side: dict[str, Any], base: dict[str, Any], name: str) -> dict[str, Any]:
+    """`side`'s percentiles less `base`'s, pooled and round by round."""
+    return {
+        f"{name}_p50_ms": _round(side["p50_ms"] - base["p50_ms"]),
+        f"{name}_p99_ms": _round(side["p99_ms"] - base["p99_ms"]),
+        f"{name}_p50_ms_per_round": [
+            _round(s["p50_ms"] - b["p50_ms"])
+            for s, b in zip(side["per_round"], base["per_round"], strict=True)
         ],
-        "added_p99_ms_per_round": [
-            _round(m["p99_ms"] - d["p99_ms"])
-            for m, d in zip(moat["per_round"], direct["per_round"], strict=True)
+        f"{name}_p99_ms_per_round": [
+            _round(s["p99_ms"] - b["p99_ms"])
+            for s, b in zip(side["per_round"], base["per_round"], strict=True)
         ],
     }
 

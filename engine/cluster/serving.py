@@ -31,6 +31,7 @@ from engine.events import Record, RequestRecord
 from engine.graph.loader import load_graph
 from engine.policy.manager import PolicyManager
 from engine.serve.app import MoatServer
+from engine.serve.protocol import bounded_heads
 from engine.store.policy_ops import Active, poll_active
 from engine.store.store import HEARTBEAT_S, Store
 
@@ -178,7 +179,8 @@ class _Replica:
         self.server = MoatServer(graphs, db="(store-writer actor)", pipeline=pipeline, **options)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self.server.app
+        # Ray's proxy, not moat's protocol, reads the requests: heads are bounded here
+        return bounded_heads(self.server.app)
 
 
 def parse_autoscale(value: str) -> tuple[int, int]:

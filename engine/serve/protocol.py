@@ -43,7 +43,7 @@ from typing import Any
 
 from engine.serve.wire import ApiError, error_body
 
-__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "READ_IDLE_S", "protocol_class"]
+__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "READ_IDLE_S", "bounded_heads", "protocol_class"]
 
 HEAD_BYTES = 64 * 1024
 """Most bytes of a request line and its headers (h11's default is 16 KiB; nginx's 32)."""
@@ -61,6 +61,50 @@ def protocol_class(protocol: type[Any], *, read_idle_s: float = READ_IDLE_S) -> 
     if hasattr(protocol, "on_headers_complete"):  # httptools: llhttp's callbacks
         mixins += (_BoundedHead,)
     return type("Moat" + protocol.__name__, (*mixins, protocol), {"read_idle_s": read_idle_s})
+
+
+def _head_error(what: str) -> ApiError:
+    """The 431 of a request whose line and headers `what` (are over, have more than)."""
+    return ApiError(
+        431,
+        f"the request line and headers {what}, the most this server reads; "
+        "send fewer or shorter headers",
+        code="request_header_too_large",
+    )
+
+
+def bounded_heads(app: Any) -> Any:
+    """`app` (ASGI) answering a 431 in OpenAI's shape to a request with more than
+    `HEAD_FIELDS` headers or a request line and headers over `HEAD_BYTES`, as moat's own
+    protocol does before any app runs. For servers whose HTTP layer is not moat's: Ray
+    Serve's proxy parses a request's head whole, however large, before its replica sees
+    it; the replica then refuses it as `moat serve` would."""
+
+    async def bounded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            what = None
+            if len(headers) > HEAD_FIELDS:
+                what = f"have more than {HEAD_FIELDS} headers"
+            else:
+                path = scope.get("raw_path") or scope.get("path", "").encode()
+                line = len(path) + len(scope.get("query_string") or b"")
+                size = line + sum(len(name) + len(value) + 4 for name, value in headers)
+                if size > HEAD_BYTES:
+                    what = f"are over {HEAD_BYTES} bytes"
+            if what is not None:
+                body = json.dumps(error_body(_head_error(what))).encode()
+                head = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": 431, "headers": head})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return bounded
 
 
 def _close_with(transport: Any, error: ApiError) -> None:
@@ -221,10 +265,4 @@ class _BoundedHead:
         """Answer 431 and close the connection (the parser may still be feeding: every
         callback after this does nothing)."""
         self._refused = True
-        error = ApiError(
-            431,
-            f"the request line and headers {what}, the most this server reads; "
-            "send fewer or shorter headers",
-            code="request_header_too_large",
-        )
-        _close_with(self.transport, error)
+        _close_with(self.transport, _head_error(what))

@@ -3,10 +3,13 @@ every replica's records reach the one store through the store-writer actor."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,12 @@ def test_serve_on_ray_answers_the_openai_client_and_stores_every_replica(
         with sqlite3.connect(db) as conn:  # committed before each answer left
             ids = {row[0] for row in conn.execute("SELECT id FROM requests")}
         assert {a.id.removeprefix("chatcmpl-") for a in answers} <= ids
+        # Ray's proxy reads the heads; the replica refuses an over-long one as moat serve does
+        many = {f"x-{n}": "v" for n in range(150)}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url + "/models", headers=many))
+        assert refused.value.code == 431
+        assert json.load(refused.value)["error"]["code"] == "request_header_too_large"
     finally:
         serve.shutdown()
         writer = ray.get_actor("moat-store-writer")

@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from engine.serve.listen import _Coalesced, _Server, bind, config
+from engine.serve.protocol import bounded_heads
 from engine.serve.sim_app import SimServer
 from engine.serve.sim_app import serve as serve_sim
 
@@ -371,3 +372,53 @@ def test_an_in_process_sim_server_reads_requests_within_the_same_bounds() -> Non
     assert head.startswith(b"HTTP/1.1 431 ")
     assert json.loads(body)["error"]["code"] == "request_header_too_large"
     assert answered.startswith(b"HTTP/1.1 200 ") and b"sim-" in answered
+
+
+# -- heads read by someone else's HTTP layer (Ray Serve's proxy) ------------------------------
+
+
+def _asgi(app: Any, headers: list[tuple[bytes, bytes]], path: bytes = b"/v1/models") -> list[Any]:
+    """The messages `app` sends for one GET with `headers`."""
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path.decode(), "raw_path": path,
+             "query_string": b"", "headers": headers}  # fmt: skip
+    anyio.run(bounded_heads(app), scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "limit"),
+    [
+        ([(b"x-%d" % n, b"v") for n in range(101)], b"/", "more than 100 headers"),
+        ([(b"x-big", b"a" * 70_000)], b"/", "over 65536 bytes"),
+        ([(b"host", b"x")], b"/" + b"a" * 70_000, "over 65536 bytes"),
+    ],
+    ids=["fields", "bytes", "long-path"],
+)
+def test_an_app_behind_bounded_heads_refuses_what_moat_s_protocol_refuses(
+    headers: list[tuple[bytes, bytes]], path: bytes, limit: str
+) -> None:
+    sent = _asgi(_echo_sizes, headers, path)
+    assert sent[0]["status"] == 431 and (b"connection", b"close") in sent[0]["headers"]
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "request_header_too_large" and limit in error["message"]
+
+
+def test_an_app_behind_bounded_heads_answers_a_head_within_the_bounds() -> None:
+    sent = _asgi(_echo_sizes, [(b"x-%d" % n, b"v" * 600) for n in range(100)])
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"100 0"
+
+
+def test_ray_serve_replicas_serve_the_app_behind_bounded_heads() -> None:
+    serving_module = pytest.importorskip("engine.cluster.serving")
+    replica = object.__new__(serving_module._Replica)
+    replica.server = type("Server", (), {"app": staticmethod(_echo_sizes)})()
+    app = replica.__serve_build_asgi_app__()
+    assert _asgi(app, [(b"x-%d" % n, b"v") for n in range(101)])[0]["status"] == 431

@@ -454,3 +454,28 @@ def test_a_non_text_decision_is_stored_as_its_text(tmp_path: Path) -> None:
             event = OrchestrationEvent("r", "r-1", 0, "st", "node", "X", 0, 7)  # type: ignore[arg-type]
             writer.record(event)
         assert store.events("r-1")[0]["decision"] == "7"
+
+
+def test_a_request_s_rows_from_two_writers_in_turn_share_its_one_key(tmp_path: Path) -> None:
+    """A writer that did not write a request's first rows (a resumed run, a row that came
+    after the writer forgot the request) finds its stored key: one key per request and
+    run, and every row reads back under the request."""
+    db = tmp_path / "s.db"
+    records = request_records("r-x", 0, 300.0)
+    first, rest = records[:3], records[3:]
+    with Store.open(db), StoreWriter(db) as writer:
+        for record in first:
+            writer.record(record)
+    with StoreWriter(db) as writer:  # a new writer: it knows no key yet
+        for record in rest:
+            writer.record(record)
+    conn = sqlite3.connect(db)
+    keys = conn.execute("SELECT id, run, t0 FROM request_keys").fetchall()
+    events = conn.execute(
+        "SELECT COUNT(*) FROM orchestration_events WHERE request_id = 'r-x-000000'"
+    ).fetchone()
+    conn.close()
+    assert len(keys) == 1 and keys[0][0] == "r-x-000000"
+    assert events == (4,)
+    with Store.open(db) as store:
+        assert reads.request_count(store, "r-x") == 1

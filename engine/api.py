@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -212,19 +213,32 @@ class Pipeline:
             listener(record)
 
     def start_run(self, total: int | None, config: Mapping[str, Any] | None = None) -> str:
-        """Create a run (a row in `runs` when there is a store) and return its id; `total`
-        is how many requests it will answer, None when open-ended (a server)."""
-        if self.store is None:
-            run_id = new_run_id()
-        else:
-            conf = {
-                "graph_path": os.path.abspath(self.graph.path),
-                "policy": self.graph.policy_name,
-                **(config or {}),
-            }
-            run_id = self.store.create_run(self.graph.name, self.graph.hash, total, conf)
+        """Create a run (a row in `runs` when there is a store), answer under it from now
+        on (`use_run`) and return its id; `total` is how many requests it will answer, None
+        when open-ended (a server). It waits here for the store's write lock: from a task,
+        `new_run` waits in a worker thread instead."""
+        run_id = self._create_run(total, config)
         self.use_run(run_id)
         return run_id
+
+    async def new_run(self, total: int | None, config: Mapping[str, Any] | None = None) -> str:
+        """Create a run as `start_run` does, without answering under it yet (`use_run`
+        does); its row is written in a worker thread, so the event loop goes on answering
+        while another process (a server's worker, `moat prune`) holds the store's write
+        lock."""
+        if self.store is None:
+            return new_run_id()
+        return await anyio.to_thread.run_sync(self._create_run, total, config)
+
+    def _create_run(self, total: int | None, config: Mapping[str, Any] | None) -> str:
+        if self.store is None:
+            return new_run_id()
+        conf = {
+            "graph_path": os.path.abspath(self.graph.path),
+            "policy": self.graph.policy_name,
+            **(config or {}),
+        }
+        return self.store.create_run(self.graph.name, self.graph.hash, total, conf)
 
     def start_batch(
         self,
@@ -268,12 +282,15 @@ class Pipeline:
         self, run_id: str, status: str = "finished", *, at: float | None = None
     ) -> None:
         """Record how a run ended, once every record so far is stored (`failed` if that
-        fails); `at` is when it ended (default: now). No-op without a store.
+        fails); `at` is when it ended (default: now). No-op without a store. Both wait in
+        a worker thread (counting a long run's requests takes a while, and the store's
+        write lock may be another process's), never on the event loop.
 
         Raises:
             StoreError: storing the run's last records failed (the run is recorded `failed`).
         """
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
         try:
             with anyio.CancelScope(shield=True):  # the run counts its requests once stored
@@ -282,7 +299,8 @@ class Pipeline:
             status = "failed"
             raise
         finally:
-            self.store.finish_run(run_id, status, at=at)
+            with anyio.CancelScope(shield=True):  # how it ended is recorded, come what may
+                await anyio.to_thread.run_sync(partial(store.finish_run, run_id, status, at=at))
 
     def use_run(self, run_id: str) -> None:
         """Attribute the requests answered from now on (and policy events) to `run_id`."""
@@ -314,12 +332,12 @@ class Pipeline:
             declared=self.validator.declared,
             limits=self.limits,
         )
-        if run_id is not None:
-            self.use_run(run_id)
-        rid = run_id or self.start_run(1)
+        own = not run_id  # a run of its own, created and finished here
+        rid = run_id if run_id else await self.new_run(1)
+        self.use_run(rid)
         item = item if not meta else _with_meta(item, meta)
         result = await self._answer(rid, item, tenant, record_cancelled=record_cancelled)
-        if run_id is None:
+        if own:
             await self.finish_run(rid)
         return result
 

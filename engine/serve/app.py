@@ -290,8 +290,10 @@ class MoatServer:
         runs: dict[str, str] = {}
         try:
             for name, served in self.graphs.items():
-                runs[name] = served.pipe.start_run(None, {"serve": True, "follows": served.run_id})
-                served.pipe.use_run(served.run_id)  # until `on_rotate` moves the requests
+                # (off the event loop; answered under the run it has until `on_rotate`)
+                runs[name] = await served.pipe.new_run(
+                    None, {"serve": True, "follows": served.run_id}
+                )
         except StoreError:
             for name, run_id in runs.items():  # no request ever went to them
                 await self.graphs[name].pipe.finish_run(run_id, "interrupted")

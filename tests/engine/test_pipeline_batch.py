@@ -19,6 +19,7 @@ from engine.api import BatchSummary, Pipeline
 from engine.events import RequestRecord
 from engine.store.store import Store
 from tests.support.fast_graphs import one_model_graph
+from tests.support.loop_probe import heartbeats_during, write_lock_held
 
 pytestmark = pytest.mark.anyio
 
@@ -423,3 +424,18 @@ async def test_an_error_raised_by_the_items_stops_the_batch_and_comes_out_as_its
         stored = sorted(r["seq"] for r in pipe.store.list_requests(batch.run_id))
     assert stored == [0, 1, 2, 3]  # what was read before the error is answered and kept
     assert (run["status"], run["requests_done"]) == ("interrupted", 4)
+
+
+async def test_a_request_s_own_run_waits_for_the_store_s_write_lock_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """`Pipeline.run` without a run creates one and finishes it: while another process holds
+    the store's write lock, the wait is a worker thread's and the event loop goes on."""
+    db = tmp_path / "t.db"
+    async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+        with write_lock_held(db, 0.3):
+            ticks = await heartbeats_during(lambda: pipe.run({"prompt": "hello"}))
+        pipe.flush()
+        runs = pipe.store.query("SELECT status, requests_done FROM runs")  # type: ignore[union-attr]
+    assert ticks >= 20  # 1 ms heartbeats through 0.3 s (a blocked loop ticks once at most)
+    assert [(r["status"], r["requests_done"]) for r in runs] == [("finished", 1)]

@@ -1,8 +1,13 @@
-"""Measures whether work awaited on the event loop leaves the loop free for other tasks."""
+"""Measures whether work awaited on the event loop leaves the loop free for other tasks,
+and holds a store's write lock to make such work wait."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import anyio
 
@@ -50,3 +55,18 @@ async def finishes_first(
         await anyio.sleep(0.002)  # the big one is under way
         tg.start_soon(run, "small", small)
     return order[0]
+
+
+@contextmanager
+def write_lock_held(db: Path, seconds: float) -> Iterator[None]:
+    """Another connection (a server's worker, `moat prune`) holds the store's write lock
+    for `seconds`, released from a thread of its own."""
+    holder = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        holder.close()

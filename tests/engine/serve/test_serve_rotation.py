@@ -21,6 +21,7 @@ from engine.store.store import Store
 from tests.engine.serve.test_serve import echo_graph, rows, settled
 from tests.engine.serve.test_serve_workers import _ask as _ask_workers
 from tests.support.fast_graphs import fast_copy
+from tests.support.loop_probe import heartbeats_during, write_lock_held
 from tests.support.serve_client import client
 from tests.support.serve_process import serving
 
@@ -169,3 +170,24 @@ def test_workers_follow_their_parent_into_each_new_run(tmp_path: Path) -> None:
     per_run = {r["id"]: r["requests_done"] for r in runs}
     for run_id in {r["run_id"] for r in stored}:
         assert per_run[run_id] == sum(1 for r in stored if r["run_id"] == run_id)
+
+
+@pytest.mark.anyio
+async def test_a_rotation_waits_for_the_store_s_write_lock_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """The new runs' rows and the old ones' end are written in worker threads: while
+    another process holds the store's write lock, the server goes on answering."""
+    db = tmp_path / "moat.db"
+    async with MoatServer([echo_graph(tmp_path)], db=db) as server:
+        first = server.graphs["echo"].run_id
+        await _ask(server, 2)
+        with write_lock_held(db, 0.3):
+            ticks = await heartbeats_during(server.rotate)
+        await settled(server, "echo")
+        second = server.graphs["echo"].run_id
+    assert ticks >= 20  # 1 ms heartbeats through 0.3 s (a blocked loop ticks once at most)
+    assert [(r["id"], r["status"], r["requests_done"]) for r in _runs(db)] == [
+        (first, "finished", 2),
+        (second, "finished", 0),
+    ]

@@ -146,6 +146,8 @@ class ClusterPipeline(Pipeline):
         self._waiting: dict[str, _Waiter] = {}
         self._changed = anyio.Event()
         self._cache_in: list[tuple[int, CacheOp]] = []
+        self._syncing = anyio.Lock()
+        """Held by the `sync` under way: one that starts meanwhile waits for its pushes."""
         self._activation = 0
         self._dictionary: bytes | None = None
         """The store's compression dictionary, once the workers have it."""
@@ -513,7 +515,13 @@ class ClusterPipeline(Pipeline):
 
     async def sync(self, *, cache: bool = True) -> None:
         """Push a newer active policy version, and (with `cache`) cache entries learned by
-        one worker, to the workers (done periodically; call it to push at once)."""
+        one worker, to the workers (done periodically; call it to push at once). When it
+        returns, what the driver had learned when it was called has reached every worker:
+        a periodic push under way is waited for, not passed by."""
+        async with self._syncing:
+            await self._sync(cache)
+
+    async def _sync(self, cache: bool) -> None:
         policy = await anyio.to_thread.run_sync(self._newer_policy)
         dictionary: bytes | None = None
         codes: dict[str, int] = {}

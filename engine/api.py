@@ -263,9 +263,7 @@ class Pipeline:
         """
         store_failures = self._store_failures
         if resume is None:
-            summary = BatchSummary(self.start_run(total, config), total or 0)
-            self._owned[summary.run_id] = _OwnedRun(frozenset(), store_failures)
-            return summary
+            return self._owned_run(self._create_run(total, config), total, store_failures)
         if self.store is None:
             raise StoreError(f"run {resume}: resuming needs a store; pass `db=`")
         self.store.claim_run(resume)
@@ -277,6 +275,12 @@ class Pipeline:
         summary = BatchSummary(resume, total, len(done), self.store.status_counts(resume))
         self._owned[resume] = _OwnedRun(done, store_failures)
         return summary
+
+    def _owned_run(self, run_id: str, total: int | None, store_failures: int) -> BatchSummary:
+        """A new run that this pipeline answers under and finishes (see `run_batch`)."""
+        self.use_run(run_id)
+        self._owned[run_id] = _OwnedRun(frozenset(), store_failures)
+        return BatchSummary(run_id, total or 0)
 
     async def finish_run(
         self, run_id: str, status: str = "finished", *, at: float | None = None
@@ -376,9 +380,10 @@ class Pipeline:
             Exception: whatever `items` raised while being read; the batch stops there,
                 and what was answered is kept.
         """
-        if batch is None and run_id is None:
+        if batch is None and run_id is None:  # a run of its own, created off the event loop
             count = total if total is not None else len(items) if isinstance(items, Sized) else 0
-            batch = self.start_batch(count)
+            store_failures = self._store_failures
+            batch = self._owned_run(await self.new_run(count), count, store_failures)
         if batch is None:
             assert run_id is not None
             self.use_run(run_id)

@@ -426,15 +426,23 @@ async def test_an_error_raised_by_the_items_stops_the_batch_and_comes_out_as_its
     assert (run["status"], run["requests_done"]) == ("interrupted", 4)
 
 
-async def test_a_request_s_own_run_waits_for_the_store_s_write_lock_off_the_event_loop(
-    tmp_path: Path,
+@pytest.mark.parametrize("call", ["run", "run_batch"])
+async def test_a_run_of_its_own_waits_for_the_store_s_write_lock_off_the_event_loop(
+    tmp_path: Path, call: str
 ) -> None:
-    """`Pipeline.run` without a run creates one and finishes it: while another process holds
-    the store's write lock, the wait is a worker thread's and the event loop goes on."""
+    """`Pipeline.run` and `run_batch` without a run create one and finish it: while another
+    process holds the store's write lock, the wait is a worker thread's and the event loop
+    goes on."""
     db = tmp_path / "t.db"
     async with Pipeline(write_graph(tmp_path), db=db) as pipe:
+
+        async def answer() -> object:
+            if call == "run":
+                return await pipe.run({"prompt": "hello"})
+            return await pipe.run_batch([{"prompt": "hello"}])
+
         with write_lock_held(db, 0.3):
-            ticks = await heartbeats_during(lambda: pipe.run({"prompt": "hello"}))
+            ticks = await heartbeats_during(answer)
         pipe.flush()
         runs = pipe.store.query("SELECT status, requests_done FROM runs")  # type: ignore[union-attr]
     assert ticks >= 20  # 1 ms heartbeats through 0.3 s (a blocked loop ticks once at most)

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from engine.collector import trimmer
+from engine.collector import trim_every, trimmer
 from engine.errors import SpecError, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
@@ -444,6 +444,8 @@ class Pipeline:
         try:
             async with anyio.create_task_group() as beats:
                 beats.start_soon(self._heartbeat, summary)
+                # the heap's free pages go back to the system (`engine.collector`)
+                beats.start_soon(trim_every, HEARTBEAT_S, trimmer())
                 async with anyio.create_task_group() as takers.tg:
                     for _ in range(max(1, min(limit, _FIRST_WORKERS))):
                         self._start_taker(takers)
@@ -526,16 +528,11 @@ class Pipeline:
 
     async def _heartbeat(self, summary: BatchSummary) -> None:
         """Every `HEARTBEAT_S` while a batch runs: record its progress, and that its process
-        is alive (see `run_state`); give the heap's free pages back (`engine.collector`)."""
-        store, trim = self.store, trimmer()
-        while store is not None or trim is not None:
+        is alive (see `run_state`)."""
+        store = self.store
+        while store is not None:
             await anyio.sleep(HEARTBEAT_S)
-            if store is not None:
-                await anyio.to_thread.run_sync(
-                    store.update_run_progress, summary.run_id, summary.done
-                )
-            if trim is not None:
-                await anyio.to_thread.run_sync(trim)
+            await anyio.to_thread.run_sync(store.update_run_progress, summary.run_id, summary.done)
 
     def _item(self, value: Mapping[str, Any], seq: int) -> BatchItem:
         return parse_request(value, seq=seq, declared=self.validator.declared, limits=self.limits)

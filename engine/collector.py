@@ -39,9 +39,11 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+import anyio
+
 from engine.graph.spec import ModelSpec
 
-__all__ = ["THRESHOLDS", "import_providers", "settled_heap", "trimmer"]
+__all__ = ["THRESHOLDS", "import_providers", "settled_heap", "trim_every", "trimmer"]
 
 THRESHOLDS = (20_000, 10, 10)
 """The collector's thresholds once the heap is settled (see the module docstring)."""
@@ -91,3 +93,13 @@ def trimmer() -> Callable[[], None] | None:
         trim(0)
 
     return run
+
+
+async def trim_every(interval_s: float, trim: Callable[[], None] | None) -> None:
+    """Call `trim` (what `trimmer()` gives) every `interval_s` in a worker thread until
+    cancelled; return at once when there is none."""
+    if trim is None:
+        return
+    while True:
+        await anyio.sleep(interval_s)
+        await anyio.to_thread.run_sync(trim)

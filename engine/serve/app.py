@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.api import Pipeline
-from engine.collector import import_providers, trimmer
+from engine.collector import import_providers, trim_every, trimmer
 from engine.errors import EvaluationError, SpecError, StoreError
 from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.expr.expression import compile_expr
@@ -227,7 +227,7 @@ class MoatServer:
                 beats.start_soon(self._heartbeat)
                 if self.rotate_s:
                     beats.start_soon(self._rotate_every, self.rotate_s)
-            beats.start_soon(_trim_heap)
+            beats.start_soon(trim_every, HEARTBEAT_S, trimmer())
             for served in self.graphs.values():
                 if served.commits.durable:
                     beats.start_soon(served.commits.run)
@@ -557,16 +557,6 @@ class MoatServer:
 def _model_object(name: str) -> dict[str, Any]:
     """A served graph as OpenAI's model object."""
     return {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
-
-
-async def _trim_heap() -> None:
-    """Give the heap's free pages back every heartbeat (see `engine.collector`)."""
-    trim = trimmer()
-    if trim is None:
-        return
-    while True:
-        await anyio.sleep(HEARTBEAT_S)
-        await anyio.to_thread.run_sync(trim)
 
 
 def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:

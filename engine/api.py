@@ -14,6 +14,7 @@ thin layer over this class; `run_sync` is the blocking helper for scripts.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sized
 from contextlib import AsyncExitStack
@@ -142,6 +143,8 @@ class Pipeline:
         self._sink: Sink = self.memory
         self._runner: Runner | None = None
         self._stack: AsyncExitStack | None = None
+        self._thread = 0
+        """The thread whose event loop opened the pipeline (`_usable`)."""
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self.record_watchers: list[Callable[[Record], None]] = []
         """Called with every record as it is emitted (the server sums a request's tokens)."""
@@ -165,6 +168,7 @@ class Pipeline:
         return self
 
     async def _open(self, stack: AsyncExitStack) -> None:
+        self._thread = threading.get_ident()
         if self.db is not None:
             self.store = Store.open(self.db)
             stack.callback(self.store.close)
@@ -306,10 +310,26 @@ class Pipeline:
             with anyio.CancelScope(shield=True):  # how it ended is recorded, come what may
                 await anyio.to_thread.run_sync(partial(store.finish_run, run_id, status, at=at))
 
+    def _usable(self) -> Runner:
+        """The runner, or a clear error: the pipeline is not open, or was opened in
+        another thread (its connections, tasks and events belong to that thread's event
+        loop; from another loop a request would wait for them forever)."""
+        runner = self._runner
+        if runner is None or self._stack is None:
+            state = "was closed" if runner is not None else "is not open"
+            raise RuntimeError(
+                f"this Pipeline {state}: answer inside `async with Pipeline(...) as pipe:`"
+            )
+        if threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "this Pipeline was opened in another thread's event loop, and answers only "
+                "there; open one Pipeline in each event loop (thread) that answers requests"
+            )
+        return runner
+
     def use_run(self, run_id: str) -> None:
         """Attribute the requests answered from now on (and policy events) to `run_id`."""
-        assert self._runner is not None, "use `async with Pipeline(...)`"
-        self._runner.run_id = run_id
+        self._usable().run_id = run_id
         if self.policy is not None:
             self.policy.run_id = run_id
 
@@ -322,27 +342,30 @@ class Pipeline:
         labels: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         tenant: str | None = None,
-        record_cancelled: bool = False,
+        record_cancelled: bool | Callable[[], str | None] = False,
     ) -> RequestResult:
         """Answer one request (validated against the graph's `input` schema); `tenant`
         (default `input["tenant"]`, else `public`) partitions caches and is recorded.
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
-        (a server's client that hung up); without, it leaves no request record."""
-        item = parse_request(
-            input
-            if not labels and type(input) is dict
-            else {**input, **({"_labels": labels} if labels else {})},
-            seq=seq,
-            declared=self.validator.declared,
-            limits=self.limits,
-        )
-        own = not run_id  # a run of its own, created and finished here
-        rid = run_id if run_id else await self.new_run(1)
-        self.use_run(rid)
+        (a server's client that hung up; a function instead of True says why, see
+        `Runner.run`); without, it leaves no request record."""
+        self._usable()
+        if isinstance(input, Mapping) and (labels or type(input) is not dict):
+            input = {**input, **({"_labels": labels} if labels else {})}
+        # (anything else than a mapping is answered `invalid_input`, as in a batch)
+        item = parse_request(input, seq=seq, declared=self.validator.declared, limits=self.limits)
         item = item if not meta else _with_meta(item, meta)
-        result = await self._answer(rid, item, tenant, record_cancelled=record_cancelled)
-        if own:
-            await self.finish_run(rid)
+        if run_id:
+            self.use_run(run_id)
+            return await self._answer(run_id, item, tenant, record_cancelled=record_cancelled)
+        rid = await self.new_run(1)  # a run of its own, created and finished here
+        self.use_run(rid)
+        status = "interrupted"
+        try:
+            result = await self._answer(rid, item, tenant, record_cancelled=record_cancelled)
+            status = "finished"
+        finally:  # (cancelled: recorded `interrupted`, as a cancelled batch's run is)
+            await self.finish_run(rid, status)
         return result
 
     async def run_batch(
@@ -380,6 +403,9 @@ class Pipeline:
             Exception: whatever `items` raised while being read; the batch stops there,
                 and what was answered is kept.
         """
+        self._usable()
+        if concurrency < 1:
+            raise ValueError(f"run_batch(concurrency={concurrency}): answer at least 1 at a time")
         if batch is None and run_id is None:  # a run of its own, created off the event loop
             count = total if total is not None else len(items) if isinstance(items, Sized) else 0
             store_failures = self._store_failures
@@ -543,7 +569,7 @@ class Pipeline:
         item: BatchItem,
         tenant: str | None = None,
         *,
-        record_cancelled: bool = False,
+        record_cancelled: bool | Callable[[], str | None] = False,
     ) -> RequestResult:
         assert self._runner is not None, "use `async with Pipeline(...)`"
         request_id = f"{run_id}-{item.seq:06d}"
@@ -562,7 +588,7 @@ class Pipeline:
                 record_cancelled=record_cancelled,
             )
         except anyio.get_cancelled_exc_class():
-            if not record_cancelled:
+            if record_cancelled is False:
                 self._settled()  # no record will come for this request
             raise
         except BaseException:
@@ -768,20 +794,28 @@ def run_sync(
 ) -> list[RequestResult]:
     """Blocking helper for scripts: answer `inputs` and return their results in order."""
 
+    if concurrency < 1:
+        raise ValueError(f"run_sync(concurrency={concurrency}): answer at least 1 at a time")
+    values = list(inputs)
+
     async def main() -> list[RequestResult]:
         async with Pipeline(graph, db=db, **options) as pipe:
-            run_id = pipe.start_run(0)
-            results: dict[int, RequestResult] = {}
-            limiter = anyio.Semaphore(concurrency)
+            run_id = await pipe.new_run(len(values))
+            results: list[RequestResult | None] = [None] * len(values)
+            numbered = iter(enumerate(values))
 
-            async def one(seq: int, value: Mapping[str, Any]) -> None:
-                async with limiter:
+            async def worker() -> None:
+                for seq, value in numbered:  # (one iterator: each input taken once)
                     results[seq] = await pipe.run(value, run_id=run_id, seq=seq)
 
-            async with anyio.create_task_group() as tg:
-                for seq, value in enumerate(inputs):
-                    tg.start_soon(one, seq, value)
-            await pipe.finish_run(run_id)
-            return [results[i] for i in sorted(results)]
+            status = "interrupted"
+            try:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(min(concurrency, len(values))):
+                        tg.start_soon(worker)
+                status = "finished"
+            finally:
+                await pipe.finish_run(run_id, status)
+            return [result for result in results if result is not None]
 
     return anyio.run(main)

@@ -307,9 +307,9 @@ class ClusterPipeline(Pipeline):
         item: BatchItem,
         tenant: str | None = None,
         *,
-        record_cancelled: bool = False,
+        record_cancelled: bool | Callable[[], str | None] = False,
     ) -> RequestResult:
-        if tenant is not None or record_cancelled or not self._slots:
+        if tenant is not None or record_cancelled is not False or not self._slots:
             return await super()._answer(run_id, item, tenant, record_cancelled=record_cancelled)
         waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}", anyio.Event())
         self._enqueue(waiter)

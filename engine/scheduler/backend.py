@@ -44,6 +44,7 @@ __all__ = [
     "Resolvable",
     "Together",
     "Waiter",
+    "cancelled_by_itself",
     "current_backend",
     "soon_from_thread",
 ]
@@ -282,6 +283,20 @@ async def current_backend(tg: TaskGroup) -> Backend:
         return Backend(clock, nursery, _EventWaiter, new_scope)
     clock = token.backend_class.current_time
     return Backend(clock, _TaskGroupTasks(tg), _EventWaiter, new_scope)
+
+
+def cancelled_by_itself(exc: BaseException) -> bool:
+    """Whether `exc` is a `CancelledError` that code raised itself while nothing
+    cancelled the current task (asyncio: no `cancel()` is pending on it). A real
+    cancellation, and anything trio raises (its `Cancelled` cannot be raised by hand),
+    is not."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on an asyncio loop
+        return False
+    return task is not None and not task.cancelling()
 
 
 def soon_from_thread() -> Callable[[Callable[[], object]], None]:

@@ -20,6 +20,7 @@ from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.expr.wording import config_problem
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
 from engine.logs import get_logger
+from engine.scheduler.backend import cancelled_by_itself
 from engine.scheduler.frame import (
     Consumer,
     InputFailed,
@@ -79,6 +80,27 @@ class Outcome:
             return cls.from_input(exc)
         status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
         return cls(None, status, exc, node_id)
+
+
+def _failure(exc: BaseException, node_id: str) -> Outcome | None:
+    """The failure `exc` makes of node `node_id`'s run; None when it is a cancellation
+    (or an interrupt), which must go on up.
+
+    A `CancelledError` a node raises itself while nothing cancelled its task (a library's
+    own timeout inside a plugin, say) is the node's failure: left to go on up, it would
+    pass for the cancellation of the whole request, or of a batch's task group.
+    """
+    if isinstance(exc, Exception):
+        return Outcome.from_error(exc, node_id)
+    if not cancelled_by_itself(exc):
+        return None
+    error = NodeError(
+        "raised CancelledError without being cancelled; a node reports a failure with an "
+        "ordinary exception (a timeout of its own as TimeoutError)",
+        node_id=node_id,
+    )
+    error.__cause__ = exc
+    return Outcome(None, NodeStatus.FAILED, error, node_id)
 
 
 _OUTCOMES = {status: NodeOutcome.NONE for status in NodeStatus} | {
@@ -324,7 +346,6 @@ class NodeRunner:
             await self._execute_gated(cell, spawn)
             return
         outcome: Outcome | None = None
-        done = False
         try:
             cell.attempts = 1
             if plan.kind is _PLAIN:
@@ -348,13 +369,11 @@ class NodeRunner:
             if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
                 output = self._checked(cell, output)  # raises
             cell.finish(output, NodeStatus.SUCCEEDED)
-            done = True
-        except Exception as exc:  # the node or an input failed: a value from here on
-            outcome = Outcome.from_error(exc, node.id)
-            done = True
-        finally:
-            if not done:
+        except BaseException as exc:  # the node or an input failed: a value from here on
+            outcome = _failure(exc, node.id)
+            if outcome is None:  # cancelled
                 self.cancelled(cell)
+                raise
         if outcome is not None:
             self.resolve(cell, outcome)
         if cell.speculative:
@@ -364,16 +383,16 @@ class NodeRunner:
 
     async def _execute_gated(self, cell: LazyNode, spawn: bool) -> None:
         """`execute` for a node with a guard, retries, a timeout or a loop."""
-        outcome: Outcome | None = None
         try:
             outcome = await self._gate_then_run(
                 cell, Consumer(cell.frame, cell, spawn, cell.node.id)
             )
-        except Exception as exc:
-            outcome = Outcome.from_error(exc, cell.node.id)
-        finally:
-            if outcome is None:
+        except BaseException as exc:
+            failed = _failure(exc, cell.node.id)
+            if failed is None:  # cancelled
                 self.cancelled(cell)
+                raise
+            outcome = failed
         self.resolve(cell, outcome)
         self.finished(cell)
 

@@ -213,7 +213,7 @@ class Runner:
         labels: Mapping[str, Any] | None = None,
         tenant: str | None = None,
         meta: Mapping[str, Any] | None = None,
-        record_cancelled: bool = False,
+        record_cancelled: bool | Callable[[], str | None] = False,
     ) -> RequestResult:
         """Run one request and return as soon as its outputs are known.
 
@@ -228,7 +228,8 @@ class Runner:
             record_cancelled: when the caller cancels the request, record it `cancelled`
                 (after its cancelled work, as any request) before the cancellation goes
                 on. By default a cancelled request leaves no request record, so an
-                interrupted batch can answer it again on resume.
+                interrupted batch can answer it again on resume. A function instead of
+                True says why, when asked at the cancellation (None: its caller hung up).
 
         Returns:
             The result; node failures and deadlines are reported in it, never raised.
@@ -259,12 +260,13 @@ class Runner:
                 except EvaluationError as exc:
                     answer = RequestStatus.FAILED, None, str(exc)
         except anyio.get_cancelled_exc_class():
-            abandoned = record_cancelled
+            abandoned = record_cancelled is not False
             raise
         finally:
             cleanup(frame)  # also when the caller cancels the request
             if abandoned:
-                self._finish(req, _cancelled(req, seq), meta)
+                why = record_cancelled() if callable(record_cancelled) else None
+                self._finish(req, _cancelled(req, seq, why), meta)
         status, output, error = answer or self._deadline_passed(req, consumer)
         req.check_soft_deadline()
         result = RequestResult(  # positional: one is built per request
@@ -373,8 +375,8 @@ class Runner:
         return f"<Runner {self.graph.name!r} run={self.run_id!r}>"
 
 
-def _cancelled(req: RequestState, seq: int) -> RequestResult:
-    """The result of a request its caller cancelled (a client that hung up)."""
+def _cancelled(req: RequestState, seq: int, why: str | None = None) -> RequestResult:
+    """The result of a request its caller cancelled (a client that hung up), or `why`."""
     return RequestResult(
         req.info.id,
         RequestStatus.CANCELLED,
@@ -382,7 +384,7 @@ def _cancelled(req: RequestState, seq: int) -> RequestResult:
         req.elapsed_ms(),
         req.budget.spent_usd,
         req.policy_version,
-        "cancelled by its caller before it was answered",
+        why or "cancelled by its caller before it was answered",
         seq,
     )
 

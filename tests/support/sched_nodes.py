@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +31,8 @@ class Work(Node):
         ms: float = 0
         value: Any = None
         fail: str | None = None
-        """`error` (ValueError) or `transient` (TransientError)."""
+        """`error` (ValueError), `transient` (TransientError) or `cancelled` (a
+        CancelledError of its own, while nothing cancels it)."""
         fail_times: int = 0
         """Fail only the first N attempts of a request (0: every attempt)."""
         linger_ms: float = 0
@@ -59,6 +61,9 @@ class Work(Node):
                 with anyio.CancelScope(shield=True):
                     await anyio.sleep(config.linger_ms / 1000)
             raise
+        if config.fail == "cancelled":  # as a library's own timeout might, uncancelled
+            self.failed += 1
+            raise asyncio.CancelledError()
         if config.fail and (config.fail_times == 0 or attempt <= config.fail_times):
             kind = TransientError if config.fail == "transient" else ValueError
             self.failed += 1

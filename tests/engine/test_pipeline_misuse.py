@@ -1,0 +1,133 @@
+"""A Pipeline used carelessly: a node that raises `CancelledError` itself, a pipeline used
+from another thread or after it closed, a cancelled one-off request, inputs that are not
+objects. Each gets a clear answer or error; nothing hangs, and no run is left `running`."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.api import Pipeline, run_sync
+from engine.events import RequestStatus
+
+pytestmark = pytest.mark.anyio
+
+GRAPH = """\
+moat: 1
+name: misuse
+plugins: [tests.support.sched_nodes]
+input: {type: object, properties: {bad: {type: boolean}}}
+nodes:
+  good: {type: work, with: {ms: 5, value: fine}}
+  bad: {type: work, with: {ms: 5, fail: cancelled}}
+  slow: {type: work, with: {ms: 5000, value: late}}
+output:
+  v: "slow.value if input.slow else (bad.value if input.bad else good.value)"
+"""
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Path:
+    path = tmp_path / "misuse.yaml"
+    path.write_text(GRAPH)
+    return path
+
+
+def _runs(db: Path) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, requests_total, requests_done FROM runs").fetchall()
+
+
+async def test_a_node_raising_cancelled_error_itself_fails_only_its_own_request(
+    graph: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "s.db"
+    async with Pipeline(graph, db=db) as pipe:
+        records = []
+        summary = await pipe.run_batch(
+            [{"bad": n == 1} for n in range(4)], concurrency=4, on_record=records.append
+        )
+        alone = await pipe.run({"bad": True})
+    assert not summary.interrupted and summary.done == 4
+    assert sorted((r.seq, r.status) for r in records) == [
+        (0, RequestStatus.OK), (1, RequestStatus.FAILED), (2, RequestStatus.OK),
+        (3, RequestStatus.OK),
+    ]  # fmt: skip
+    assert alone.status is RequestStatus.FAILED
+    assert alone.error is not None and alone.error.startswith("node 'bad': raised CancelledError")
+    with sqlite3.connect(db) as conn:
+        failed = conn.execute("SELECT node, status FROM node_runs WHERE status != 'succeeded'")
+        assert failed.fetchall() == [("bad", "failed"), ("bad", "failed")]
+    assert sorted(_runs(db)) == [("finished", 1, 1), ("finished", 4, 4)]
+
+
+async def test_a_cancelled_one_off_request_leaves_its_run_interrupted_not_running(
+    graph: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "s.db"
+    async with Pipeline(graph, db=db) as pipe:
+        with anyio.move_on_after(0.2) as scope:
+            await pipe.run({"slow": True}, record_cancelled=True)
+        assert scope.cancelled_caught
+        assert _runs(db) == [("interrupted", 1, 1)]
+
+
+async def test_a_pipeline_used_from_another_threads_event_loop_says_so_instead_of_hanging(
+    graph: Path,
+) -> None:
+    outcome: list[BaseException | str] = []
+
+    async def elsewhere(pipe: Pipeline) -> None:
+        await pipe.run({})
+
+    def other_thread(pipe: Pipeline) -> None:
+        try:
+            anyio.run(elsewhere, pipe)
+            outcome.append("answered")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    async with Pipeline(graph, db=None) as pipe:
+        thread = threading.Thread(target=other_thread, args=(pipe,), daemon=True)
+        thread.start()
+        await anyio.to_thread.run_sync(thread.join, 10)
+        assert (await pipe.run({})).output == {"v": "fine"}  # its own loop still answers
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError)
+    assert "opened in another thread's event loop" in str(outcome[0])
+
+
+async def test_requests_that_are_not_objects_are_answered_invalid_input(graph: Path) -> None:
+    async with Pipeline(graph, db=None) as pipe:
+        for value in ("a string", 42, None, [1, 2], b"{}"):
+            result = await pipe.run(value)  # type: ignore[arg-type]
+            assert result.status is RequestStatus.INVALID_INPUT, value
+        with pytest.raises(ValueError, match="at least 1"):
+            await pipe.run_batch([{}], concurrency=0)
+
+
+async def test_a_pipeline_that_is_not_open_says_so(graph: Path) -> None:
+    pipe = Pipeline(graph, db=None)
+    with pytest.raises(RuntimeError, match="is not open"):
+        await pipe.run({})
+    async with pipe:
+        pass
+    with pytest.raises(RuntimeError, match="was closed"):
+        await pipe.run({})
+    with pytest.raises(RuntimeError, match="was closed"):
+        await pipe.run_batch([{}])
+
+
+def test_run_sync_answers_every_input_in_order_and_records_its_run(
+    graph: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "s.db"
+    results = run_sync(graph, [{}, "not an object", {"bad": True}, {}], db=db, concurrency=2)
+    assert [r.status for r in results] == [
+        RequestStatus.OK, RequestStatus.INVALID_INPUT, RequestStatus.FAILED, RequestStatus.OK,
+    ]  # fmt: skip
+    assert [r.request_id[-6:] for r in results] == ["000000", "000001", "000002", "000003"]
+    assert _runs(db) == [("finished", 4, 4)]

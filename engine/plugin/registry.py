@@ -63,12 +63,23 @@ class Registry:
     def add(self, cls: type[Node], origin: str | None = None) -> None:
         """Register `cls` under its `type_name`; re-registering the same class is a no-op."""
         name = getattr(cls, "type_name", None)
-        if not isinstance(name, str) or not name:
+        if not name:
             raise PluginError(f"{cls.__qualname__} has no `type_name`; set it to the YAML name")
+        if not isinstance(name, str):
+            raise PluginError(
+                f"{_qualname(cls)}: `type_name` must be a string (the YAML `type:`), got {name!r}"
+            )
         if name in RESERVED_TYPES:
             raise PluginError(f"{cls.__qualname__}: type name {name!r} is reserved by moat")
+        if not _TYPE_NAME.fullmatch(name):
+            raise PluginError(
+                f"{_qualname(cls)}: type name {name!r} is not a short name (letters, digits, "
+                f"`_` and `-`, starting with a letter); write it like "
+                f"{_short_name(name)!r}"
+            )
         _check_model(cls, "Config")
         _check_model(cls, "Output")
+        _check_run(cls)
         _check_events(cls)
         existing = self._types.get(name)
         if existing is not None and existing is not cls:
@@ -112,7 +123,7 @@ class Registry:
             module = import_plugin(module_name, base_dir)
         except PluginError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (an `exit()` in it must not end moat)
             raise PluginError(
                 f"plugin module {module_name!r} could not be imported ({type(exc).__name__}: "
                 f"{exc}); check the name and that its package is installed"
@@ -122,7 +133,7 @@ class Registry:
             if (
                 issubclass(obj, Node)
                 and obj is not Node
-                and isinstance(obj.__dict__.get("type_name"), str)
+                and obj.__dict__.get("type_name") is not None  # (None: a base class)
             ):
                 self.add(obj, origin=_origin(module_name, module))
                 added.append(obj.type_name)
@@ -245,6 +256,30 @@ def _check_events(cls: type[Node]) -> None:
             )
 
 
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def _short_name(name: str) -> str:
+    """A short type name like `name` (for the message that refuses it)."""
+    short = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60] or "my_node"
+    return short if short[0].isalpha() else f"node_{short}"
+
+
+def _check_run(cls: type[Node]) -> None:
+    """`cls.run` is the node's own coroutine function."""
+    run = getattr(cls, "run", None)
+    if run is None or run is Node.run:
+        raise PluginError(
+            f"{_qualname(cls)} does not define `run`; add "
+            "`async def run(self, config, ctx)` returning its Output"
+        )
+    if not (inspect.iscoroutinefunction(run) or inspect.iscoroutinefunction(inspect.unwrap(run))):
+        raise PluginError(
+            f"{_qualname(cls)}.run must be a coroutine function: write `async def run(self, "
+            "config, ctx)` (blocking work goes in `await anyio.to_thread.run_sync(...)`)"
+        )
+
+
 def _check_model(cls: type[Node], part: str) -> None:
     """`cls.Config` / `cls.Output` is a pydantic model ready to validate (built now if it
     waited for a name defined after it)."""
@@ -266,5 +301,10 @@ def _check_model(cls: type[Node], part: str) -> None:
         ) from exc
 
 
+_GRAPH_PACKAGE = re.compile(r"_moat_graph_[0-9a-f]{16}\.")
+"""The package a graph's own plugin modules are imported under (`import_plugin`): not a
+name its author wrote, so left out of messages."""
+
+
 def _qualname(cls: type[Node]) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{_GRAPH_PACKAGE.sub('', cls.__module__, count=1)}.{cls.__qualname__}"

@@ -102,6 +102,9 @@ def test_node_types_declare_their_own_event_names() -> None:
         class Output(BaseModel):
             ok: bool = True
 
+        async def run(self, config: BaseModel, ctx: NodeContext) -> BaseModel:
+            return self.Output()
+
     Registry([Sleeper])
     Sleeper.event_types = ("slept",)
     with pytest.raises(PluginError, match=r"'slept' is not UPPER_SNAKE_CASE; write it like 'SLEPT"):
@@ -119,3 +122,36 @@ def test_the_built_in_nodes_own_their_events_and_the_engine_does_not_list_them()
     assert "ROUTE_SELECTED" in RouterNode.event_types
     assert "CACHE_HIT" in CacheNode.event_types
     assert "ROUTE_SELECTED" not in set(EventType) and "CACHE_HIT" not in set(EventType)
+
+
+def test_a_node_type_that_cannot_run_or_be_named_is_refused_when_registered() -> None:
+    from engine import PluginError
+
+    class NoRun(Node[GreetConfig, GreetOutput]):
+        type_name = "no_run"
+
+    class Blocking(Node[GreetConfig, GreetOutput]):
+        type_name = "blocking"
+
+        def run(self, config: GreetConfig, ctx: NodeContext) -> GreetOutput:  # type: ignore[override]
+            return GreetOutput(text="")
+
+    with pytest.raises(PluginError, match=r"NoRun does not define `run`; add `async def run"):
+        Registry([NoRun])
+    with pytest.raises(PluginError, match=r"Blocking.run must be a coroutine function"):
+        Registry([Blocking])
+    for name, fix in (("My Node!", "'my_node'"), ("9lives", "'node_9lives'"), ("a" * 65, None)):
+        Greet.type_name = name
+        try:
+            with pytest.raises(PluginError, match=r"is not a short name") as caught:
+                Registry([Greet])
+        finally:
+            Greet.type_name = "greet"
+        if fix is not None:
+            assert f"write it like {fix}" in str(caught.value)
+    Greet.type_name = 5  # type: ignore[assignment]
+    try:
+        with pytest.raises(PluginError, match=r"`type_name` must be a string .* got 5"):
+            Registry([Greet])
+    finally:
+        Greet.type_name = "greet"

@@ -8,6 +8,7 @@ are used where the schema allows them and replaced by generated values where it 
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from collections.abc import Mapping
@@ -113,11 +114,10 @@ def _fits_type(
     if kind == "boolean":
         return isinstance(value, bool)
     if kind in ("integer", "number"):
-        if isinstance(value, bool) or not isinstance(value, _NUMBER):
+        x = None if isinstance(value, bool) else _finite(value)
+        if x is None or (kind == "integer" and not x.is_integer()):
             return False
-        if kind == "integer" and not float(value).is_integer():
-            return False
-        return _in_bounds(float(value), schema)
+        return _in_bounds(x, schema)
     if kind == "string":
         return isinstance(value, str) and _sized(len(value), schema, "Length")
     if kind == "array":
@@ -156,6 +156,17 @@ def _fits_object(
         ):
             return False
     return True
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float; None for anything else (NaN, an infinity, text)."""
+    if not isinstance(value, _NUMBER):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _in_bounds(x: float, schema: Mapping[str, Any]) -> bool:
@@ -242,12 +253,13 @@ class _Filler:
         return [self.value(items, None, depth + 1) for _ in range(count)]
 
     def _number(self, kind: str, schema: Mapping[str, Any], hint: Any) -> float | int:
-        lo = float(schema.get("minimum", schema.get("exclusiveMinimum", 0)))
-        hi = float(schema.get("maximum", schema.get("exclusiveMaximum", lo + 100)))
-        if isinstance(hint, _NUMBER) and not isinstance(hint, bool):
-            x = min(max(float(hint), lo), hi)
-        else:
-            x = self.rng.uniform(lo, hi)
+        lo = _finite(schema.get("minimum", schema.get("exclusiveMinimum"))) or 0.0
+        hi = _finite(schema.get("maximum", schema.get("exclusiveMaximum")))
+        hi = lo + 100 if hi is None else hi
+        given = _finite(hint) if not isinstance(hint, bool) else None
+        # (NaN, an infinity or an int too large for a float is no hint: from a model's
+        # text as much as a valid one)
+        x = min(max(given, lo), hi) if given is not None else self.rng.uniform(lo, hi)
         if kind == "integer":
             n = round(x)
             for candidate in (n, n + 1, n - 1, int(lo) + 1, int(hi) - 1):

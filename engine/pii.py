@@ -73,7 +73,9 @@ _CARD = re.compile(r"(?<![\w.,-])(?=([2-6]\d{3}(?:[ -]?\d){9,18}))")
 _CARD_RUNS_ON = re.compile(r"[\w-]|[.,]\d")
 # One character per step (an alphanumeric, or a space that precedes one): no two ways to
 # split a run, so a long run of letter-digit groups cannot make the engine backtrack.
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]| (?=[A-Z0-9])){11,40}")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[A-Za-z0-9]| (?=[A-Za-z0-9])){11,40}")
+"""An IBAN as printed (groups of four or unbroken), in either case: people type them in
+lower case too. The country's length and the check digits decide."""
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
 _NINO = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2}) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])\b")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
@@ -242,7 +244,7 @@ def _emails(text: str) -> Iterator[Span]:
 
 def _ibans(text: str) -> Iterator[Span]:
     for m in _IBAN.finditer(text):
-        expected = _IBAN_LENGTHS.get(m.group()[:2])
+        expected = _IBAN_LENGTHS.get(m.group()[:2].upper())
         if expected is None:
             continue
         end = _iban_end(m.group(), expected)
@@ -275,7 +277,7 @@ def _iban_end(candidate: str, length: int) -> int | None:
 def _iban_ok(iban: str) -> bool:
     if not (iban[:2].isalpha() and iban[2:4].isdigit()):
         return False
-    if len(iban) != _IBAN_LENGTHS.get(iban[:2], -1):
+    if len(iban) != _IBAN_LENGTHS.get(iban[:2].upper(), -1):
         return False
     digits = "".join(str(int(ch, 36)) for ch in iban[4:] + iban[:4])
     return int(digits) % 97 == 1

@@ -88,6 +88,17 @@ def test_ipv6_in_every_notation_is_found() -> None:
     assert _found_exactly("at [2001:db8::1]:8080 now", "IP", "2001:db8::1")
 
 
+def test_an_iban_typed_in_lower_case_is_found_whole() -> None:
+    for text, value in (
+        ("pay to de89370400440532013000 today", "de89370400440532013000"),
+        ("IBAN gb82 west 1234 5698 7654 32, thanks", "gb82 west 1234 5698 7654 32"),
+        ("IBAN Gb82 West 1234 5698 7654 32", "Gb82 West 1234 5698 7654 32"),
+    ):
+        assert _found_exactly(text, "IBAN", value), text
+    assert detect("IBAN gb82 west 1234 5698 7654 33") == []  # mod-97 still decides
+    assert detect("commit ab12cdef0123456789abcdef0123456789abcd") == []
+
+
 def test_validators_reject_lookalikes() -> None:
     assert detect("card 4111 1111 1111 1112") == []  # Luhn fails
     assert detect("IBAN GB82 WEST 1234 5698 7654 33") == []  # mod-97 fails

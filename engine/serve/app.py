@@ -24,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import sniffio
@@ -42,6 +42,7 @@ from engine.events import LlmCall, Record, RequestRecord, RequestStatus
 from engine.expr.expression import compile_expr
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
+from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
@@ -67,7 +68,16 @@ log = logging.getLogger("moat.serve")
 
 _CHAT = "/v1/chat/completions"
 _DRAIN_POLL_S = 0.05
+_READY_WAIT_S = 0.5
+"""How long `/readyz` waits for its write to the store: under the 1 s a probe of
+Kubernetes waits by default."""
 """How often a rotated run is checked for requests still in flight."""
+
+
+class _Ids(NamedTuple):
+    run_id: str
+    seq: int
+    request_id: str
 
 
 @dataclass(slots=True)
@@ -88,6 +98,15 @@ class _Served:
     """Requests in flight per run: a rotated run is finished once it has none."""
     retiring: list[str] = field(default_factory=list)
     """Runs this server started and rotated away from, not finished yet."""
+    probing: bool = False
+    """A readiness probe's write to the store is under way (`MoatServer._probe`)."""
+
+    def next_request(self, slot: tuple[int, int]) -> _Ids:
+        """The run, number and id of the next request (`slot`: see `MoatServer`)."""
+        index, count = slot
+        seq = self.seq * count + index
+        self.seq += 1
+        return _Ids(self.run_id, seq, f"{self.run_id}-{seq:06d}")
 
     def switch(self, run_id: str) -> str:
         """Answer new requests under `run_id`; return the run before it."""
@@ -198,6 +217,10 @@ class MoatServer:
         for served in self.graphs.values():
             self.metrics.attach(served.pipe)
         self._stack: AsyncExitStack | None = None
+        self._attended: set[anyio.CancelScope] = set()
+        """The cancel scopes of the requests being answered (`cut_off`)."""
+        self._cut_off: str | None = None
+        """Why the requests still in flight were cut off (the server is stopping)."""
         self.starlette = self._build_app()
         self.app = self
         """The ASGI app (this server: servers that tell ASGI 2 from 3 by the type of
@@ -316,6 +339,15 @@ class MoatServer:
         """True while the graphs are loaded and their pipelines open."""
         return self._stack is not None
 
+    def cut_off(self, reason: str) -> None:
+        """Stop answering the requests in flight: each is answered 503 `shutting_down`
+        with its request id, and recorded `cancelled` with `reason`. The listener calls
+        it when the grace period of a shutdown is over, before it would cancel the
+        requests' tasks under the app (a bare 500 and a traceback)."""
+        self._cut_off = reason
+        for scope in list(self._attended):
+            scope.cancel()
+
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.ready:  # opened by whoever embeds the app
@@ -373,11 +405,38 @@ class MoatServer:
             if store is None:
                 continue
             try:  # a write proves the store takes records (and is a heartbeat too)
-                await anyio.to_thread.run_sync(self._beat, store, served)
+                written = await self._probe(store, served)
             except StoreError as exc:
                 body = {"status": "store not writable", "graph": name, "error": str(exc)}
                 return JSONResponse(body, status_code=503)
+            if not written:
+                body = {
+                    "status": "store busy",
+                    "graph": name,
+                    "error": f"no write to {store.path} within {_READY_WAIT_S:g} s: another "
+                    "process holds its write lock (`moat prune`, say); answers wait for it",
+                }
+                return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", "graphs": sorted(self.graphs)})
+
+    async def _probe(self, store: Any, served: _Served) -> bool:
+        """Write the run's heartbeat as a readiness probe; False if it did not get the
+        store's write lock in time (the write goes on in its thread, and the next probes
+        answer at once until it is done: a probe never waits long, nor piles up threads)."""
+        if served.probing:
+            return False
+        served.probing = True
+
+        def beat() -> None:
+            try:
+                self._beat(store, served)
+            finally:
+                served.probing = False
+
+        with anyio.move_on_after(_READY_WAIT_S):
+            await anyio.to_thread.run_sync(beat, abandon_on_cancel=True)
+            return True
+        return False
 
     async def _models(self, request: Request) -> Response:
         try:
@@ -401,7 +460,7 @@ class MoatServer:
     def _unknown_graph(self, name: str) -> ApiError:
         return ApiError(
             404,
-            f"no graph is served as {name!r}; served: {', '.join(sorted(self.graphs))}",
+            f"no graph is served as {show_value(name)}; served: {', '.join(sorted(self.graphs))}",
             param="model",
             code="model_not_found",
         )
@@ -485,52 +544,77 @@ class MoatServer:
         """Run the request while its client is connected: a client that goes away
         cancels the request's work, model calls included, and the request and its calls
         are recorded `cancelled`."""
+        ids = served.next_request(self.slot)
         if sniffio.current_async_library() != "asyncio":
-            return await self._run_attended_anyio(request, served, chat, tenant)
+            return await self._run_attended_anyio(request, served, chat, tenant, ids)
         scope = anyio.CancelScope()
         watch = _watch_disconnect(request, scope)
+        self._attended.add(scope)
         try:
             with scope:
-                return await self._run(served, chat, tenant, request.headers)
+                return await self._run(served, chat, tenant, request.headers, ids)
         finally:
             watch.cancel()
-        # only a disconnect cancels the scope, and the scope then ends the request here
-        raise _client_closed()
+            self._attended.discard(scope)
+        # only a disconnect or a cut-off cancels the scope, which then ends the request here
+        raise self._ended_early(ids.request_id)
+
+    def _ended_early(self, request_id: str) -> ApiError:
+        """Why a request ended before its answer: its client left, or the server cut it off."""
+        if self._cut_off is None:
+            return _client_closed()
+        return ApiError(
+            503,
+            f"the server stopped before request {request_id} was answered ({self._cut_off}); "
+            "send it again",
+            type="server_error",
+            code="shutting_down",
+            headers={"x-moat-request-id": request_id},
+        )
 
     async def _run_attended_anyio(
-        self, request: Request, served: _Served, chat: ChatRequest, tenant: str
+        self,
+        request: Request,
+        served: _Served,
+        chat: ChatRequest,
+        tenant: str,
+        ids: _Ids,
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
+            self._attended.add(tg.cancel_scope)
             try:
-                outcome.append(await self._run(served, chat, tenant, request.headers))
+                outcome.append(await self._run(served, chat, tenant, request.headers, ids))
             except ApiError as exc:  # a value, not an exception group out of the task group
                 outcome.append(exc)
+            finally:
+                self._attended.discard(tg.cancel_scope)
             tg.cancel_scope.cancel()
         if not outcome:
-            raise _client_closed()
+            raise self._ended_early(ids.request_id)
         if isinstance(outcome[0], ApiError):
             raise outcome[0]
         return outcome[0]
 
     async def _run(
-        self, served: _Served, chat: ChatRequest, tenant: str, headers: Mapping[str, str]
+        self,
+        served: _Served,
+        chat: ChatRequest,
+        tenant: str,
+        headers: Mapping[str, str],
+        ids: _Ids,
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
-        index, count = self.slot
-        seq = served.seq * count + index
-        served.seq += 1
-        request_id = f"{served.run_id}-{seq:06d}"
+        run_id, seq, request_id = ids
         data = _graph_input(pipe.graph, chat, tenant)
         counts = served.tokens[request_id] = [0, 0, 0]
         self.metrics.continue_trace(request_id, headers)  # W3C `traceparent`, with --otel
         recorded = served.commits.expect(request_id)
-        run_id = served.run_id
         served.inflight[run_id] = served.inflight.get(run_id, 0) + 1
         try:
             result = await pipe.run(
-                data, run_id=run_id, seq=seq, tenant=tenant, record_cancelled=True
+                data, run_id=run_id, seq=seq, tenant=tenant, record_cancelled=self._why_cancelled
             )
             # the answer leaves only once it is in the store (a kill -9 loses no 200)
             await served.commits.committed(recorded)
@@ -552,6 +636,12 @@ class MoatServer:
             served.tokens.pop(request_id, None)
             served.commits.forget(request_id)
         return result, (counts[0], counts[1], counts[2])
+
+    def _why_cancelled(self) -> str | None:
+        """What a cancelled request's record says (None: its caller hung up)."""
+        if self._cut_off is None:
+            return None
+        return f"the server stopped before it was answered ({self._cut_off})"
 
 
 def _model_object(name: str) -> dict[str, Any]:

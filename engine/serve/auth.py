@@ -51,7 +51,7 @@ class KeyRing:
                 it would share that tenant's cache with every other such user).
         """
         if self.keys is None:
-            if not user:
+            if user is None:
                 return "public"
             if not _TENANT.match(user):
                 raise ValueError(

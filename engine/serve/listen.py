@@ -135,15 +135,25 @@ def config(app: Any, *, grace_s: float) -> uvicorn.Config:
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # moat reads neither the client's address nor the scheme
-        timeout_graceful_shutdown=math.ceil(grace_s),
+        timeout_graceful_shutdown=math.ceil(grace_s) + (_CUT_OFF_S if _cuts_off(app) else 0),
     )
+
+
+_CUT_OFF_S = 5
+"""Once the grace period is over, how long an app that cuts its requests off (`moat
+serve`: `MoatServer.cut_off`) has to answer them and record them, before uvicorn cancels
+what is left under the app (a bare 500 and a traceback for each)."""
+
+
+def _cuts_off(app: Any) -> bool:
+    return callable(getattr(app, "cut_off", None))
 
 
 def server(app: Any, *, grace_s: float, read_idle_s: float = READ_IDLE_S) -> uvicorn.Server:
     """A uvicorn server for `app` that reads requests within moat's bounds of size and
     time (`engine.serve.protocol`) and sends each response as soon as it is complete.
     Serve with `await it.serve(sockets=[sock])`; set `should_exit` to stop it."""
-    return _Server(config(app, grace_s=grace_s), read_idle_s=read_idle_s)
+    return _Server(config(app, grace_s=grace_s), read_idle_s=read_idle_s, grace_s=grace_s)
 
 
 def run_app(
@@ -302,9 +312,31 @@ class _Server(uvicorn.Server):
     request may stall), each connection's writes coalesced (`_Coalesced`) and sent as
     soon as its response is complete."""
 
-    def __init__(self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S, grace_s: float = 0
+    ) -> None:
         super().__init__(config)
         self.read_idle_s = read_idle_s
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown; when the grace period is over, an app that can cuts its
+        requests still in flight off itself (answered and recorded), before uvicorn's
+        own deadline (`_CUT_OFF_S` later) cancels what is left."""
+        app: Any = self.config.app
+        if not _cuts_off(app):
+            await super().shutdown(sockets=sockets)
+            return
+
+        async def at_grace_end() -> None:
+            await asyncio.sleep(self.grace_s)
+            app.cut_off(f"its grace period of {self.grace_s:g} s for shutting down ran out")
+
+        timer = asyncio.get_running_loop().create_task(at_grace_end())
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            timer.cancel()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])

@@ -28,11 +28,12 @@ uvicorn has no timeout on reading a request either (its keep-alive timeout start
 after a response): a client that connects and sends nothing, or half a head, or half a
 body, and goes quiet held its connection (and, for a body, its task) for as long as it
 stayed connected, and enough of them would take every file descriptor. Once nothing of
-a request has come for `READ_IDLE_S` (60 s, nginx's `client_header_timeout` and
-`client_body_timeout`), the connection closes: with a 408 in OpenAI's shape when the
-request's head is whole (an app was reading its body), without a word otherwise (as
-uvicorn closes an idle keep-alive connection). A slow request that keeps coming is read
-to its end.
+a request has come for `READ_IDLE_S` (60 s, nginx's `client_body_timeout`), or its head
+has not come whole within as long since its first byte (nginx's `client_header_timeout`:
+a head trickled a byte at a time would otherwise hold the connection for days), the
+connection closes: with a 408 in OpenAI's shape when the request's head is whole (an app
+was reading its body), without a word otherwise (as uvicorn closes an idle keep-alive
+connection). A slow body that keeps coming is read to its end.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ HEAD_BYTES = 64 * 1024
 HEAD_FIELDS = 100
 """Most headers of a request (gunicorn's `limit_request_fields`)."""
 READ_IDLE_S = 60.0
-"""Seconds a request (its head or its body) may go without a byte arriving."""
+"""Seconds a request (its head or its body) may go without a byte arriving, and a head
+may take in all."""
 
 
 def protocol_class(protocol: type[Any], *, read_idle_s: float = READ_IDLE_S) -> type[Any]:
@@ -132,6 +134,8 @@ class _Reading:
     """The timer watching the request being read, while one is."""
     _last = 0.0
     """When a part of that request last came (the loop's clock)."""
+    _head_since: float | None = None
+    """When the first byte of the head being read came (None: no head under way)."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -140,7 +144,12 @@ class _Reading:
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        if self._reading_head() or self._arriving():
+        reading_head = self._reading_head()
+        if reading_head and self._head_since is None and not self.transport.is_closing():
+            self._head_since = self.loop.time()
+        elif not reading_head:
+            self._head_since = None
+        if reading_head or self._arriving():
             self._last = self.loop.time()
             if self._idle is None:
                 self._idle = self.loop.call_later(self.read_idle_s, self._check_idle)
@@ -171,7 +180,10 @@ class _Reading:
             return
         if self.transport.get_protocol() is not self:  # upgraded: no longer HTTP's
             return
-        quiet = self.loop.time() - self._last
+        now = self.loop.time()
+        quiet = now - self._last
+        if reading_head and self._head_since is not None:  # a head must come whole in time
+            quiet = max(quiet, now - self._head_since)
         if quiet < self.read_idle_s:  # a part came since: look again when it would be late
             self._idle = self.loop.call_later(self.read_idle_s - quiet, self._check_idle)
         elif arriving:
@@ -182,7 +194,7 @@ class _Reading:
                 code="request_timeout",
             )
             _close_with(self.transport, error)
-        else:  # no request yet, or half a head: nobody to answer
+        else:  # no request yet, or half a head (or one trickling in): nobody to answer
             self.transport.close()
 
     def send_400_response(self, msg: str) -> None:

@@ -145,7 +145,7 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:  # a list or object: unhashable
             choices = ", ".join(sorted(ROLES))
-            raise _bad(f"{at}.role must be one of {choices}, not {role!r}", f"{at}.role")
+            raise _bad(f"{at}.role must be one of {choices}, not {show_value(role)}", f"{at}.role")
         content = _content_text(message.get("content"), f"{at}.content")
         turns.append({"role": str(role), "content": content})
     return turns
@@ -179,7 +179,8 @@ def parse_chat(body: Any) -> ChatRequest:
             "(send the request again for another)",
             "n",
         )
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # (null: unset, as OpenAI takes it)
     if not isinstance(stream, bool):
         raise _bad("`stream` must be true or false", "stream")
     problem = chat_field_problem(body)

@@ -330,6 +330,37 @@ def test_a_connection_whose_head_stops_arriving_is_closed() -> None:
     assert answered.startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_head_trickled_in_is_closed_once_it_is_not_whole_in_time_and_the_next_is_read() -> None:
+    """A byte of head every 0.1 s is never idle for 0.5 s, but would hold the connection
+    for as long as the client liked: the whole head must come within the limit."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 200
+    with serving(_echo_sizes, read_idle_s=0.5) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            started = time.monotonic()
+            sent = 0
+            try:
+                for byte in head:
+                    conn.sendall(bytes([byte]))
+                    sent += 1
+                    time.sleep(0.1)
+            except OSError:  # the server closed the connection under the sender
+                pass
+            conn.settimeout(5)
+            try:
+                rest = conn.recv(65536)
+            except OSError:
+                rest = b""
+            waited = time.monotonic() - started
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # whole within the limit
+            time.sleep(0.3)
+            conn.sendall(b"X-Late: 1\r\n\r\n")
+            answered = conn.recv(65536)
+    assert rest == b"" and sent < len(head)
+    assert 0.4 < waited < 5
+    assert answered.startswith(b"HTTP/1.1 200 ")
+
+
 @pytest.mark.parametrize(
     "sent",
     [

@@ -1,0 +1,90 @@
+"""`moat serve` at its edges: requests still in flight when a shutdown's grace period runs
+out are answered and recorded by moat itself, a readiness probe never waits on another
+process's write lock, and the optional fields OpenAI's clients send as null mean unset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.serve import MoatServer
+from tests.engine.serve.test_serve import echo_graph, rows
+from tests.support.loop_probe import write_lock_held
+from tests.support.serve_client import http
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_requests_cut_off_at_the_end_of_the_grace_period_get_503_with_their_id(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "moat.db"
+    graph = echo_graph(tmp_path, scale=50)  # the model takes many seconds
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}
+    answers = []
+    async with MoatServer([graph], db=db) as server:
+        async with http(server) as web:
+
+            async def ask(stream: bool) -> None:
+                answers.append(
+                    await web.post(
+                        "http://moat.test/v1/chat/completions", json={**body, "stream": stream}
+                    )
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask, False)
+                tg.start_soon(ask, True)
+                await anyio.sleep(0.3)
+                server.cut_off("its grace period of 1 s for shutting down ran out")
+        await server.graphs["echo"].pipe.settle()
+        server.graphs["echo"].pipe.flush()
+    assert [a.status_code for a in answers] == [503, 503]
+    for answer in answers:
+        error = answer.json()["error"]
+        assert error["code"] == "shutting_down" and error["type"] == "server_error"
+        request_id = answer.headers["x-moat-request-id"]
+        assert f"before request {request_id} was answered" in error["message"]
+    recorded = rows(db, "SELECT id, status, error FROM requests ORDER BY id")
+    assert sorted(r["id"] for r in recorded) == sorted(
+        a.headers["x-moat-request-id"] for a in answers
+    )
+    for row in recorded:
+        assert row["status"] == "cancelled"
+        assert row["error"] == (
+            "the server stopped before it was answered (its grace period of 1 s for shutting "
+            "down ran out)"
+        )
+
+
+async def test_readiness_answers_at_once_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "moat.db"
+    async with MoatServer([echo_graph(tmp_path)], db=db) as server, http(server) as web:
+        assert (await web.get("http://moat.test/readyz")).status_code == 200
+        with write_lock_held(db, 3.0):
+            started = time.monotonic()
+            busy = await web.get("http://moat.test/readyz")
+            again = await web.get("http://moat.test/readyz")  # the first probe's write still waits
+            waited = time.monotonic() - started
+        await anyio.sleep(0.2)
+        ready = await web.get("http://moat.test/readyz")
+    assert busy.status_code == again.status_code == 503
+    assert busy.json()["status"] == "store busy" and "write lock" in busy.json()["error"]
+    assert waited < 2.5
+    assert ready.status_code == 200
+
+
+async def test_null_stream_means_unset_and_an_empty_user_is_refused(tmp_path: Path) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        base = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        plain = await web.post(
+            "http://moat.test/v1/chat/completions", json={**base, "stream": None}
+        )
+        empty = await web.post("http://moat.test/v1/chat/completions", json={**base, "user": ""})
+    assert plain.status_code == 200 and plain.json()["object"] == "chat.completion"
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "user"

@@ -429,10 +429,13 @@ class InputValidator:
         check = self._surely_valid
         if check is not None and check(data):
             return data, None
-        error = best_match(self._validator.iter_errors(data))
+        where = _where(item.source, item.line)
+        try:
+            error = best_match(self._validator.iter_errors(data))
+        except Exception as exc:  # e.g. a `$ref` to nothing (`moat check` reports those)
+            return None, f"{where}: the graph's input schema cannot check it: {exc}"
         if error is None:
             return data, None
-        where = _where(item.source, item.line)
         at = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return None, f"{where}: input {at}: {_schema_message(error)}"
 

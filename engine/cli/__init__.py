@@ -7,6 +7,7 @@ failed requests); a traceback is shown only for a bug in moat, and only with `MO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -49,6 +50,14 @@ _QUIET = frozenset({"runs", "stats", "report"})
 """Commands that only read the store and print: they log nothing, so they do not load
 the logging stack (structlog and rich, a third of their start) unless something they
 imported already did."""
+
+
+def identifier(text: str) -> str:
+    """An argparse type: a run or request id, which is never empty (`''` from a shell
+    variable that was not set would otherwise reach the store as an id)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty id; give one that `moat runs` lists")
+    return text.strip()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -101,8 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoatError as exc:
         print(f"moat: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:
-        return EXIT_OK
+    except BrokenPipeError:  # the reader of the output went away (`| head`)
+        # what is still buffered cannot be written either: no second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if args.command != "run":  # a reader that had seen enough (`moat runs | head`)
+            return EXIT_OK
+        with contextlib.suppress(OSError):  # (stderr may be that pipe too)
+            print(
+                "moat: the output was closed (broken pipe) before the batch ended; what "
+                "finished is kept (`moat runs`; `moat run --resume RUN_ID` answers the rest)",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug in moat: say so briefly, details on request
         if os.environ.get("MOAT_DEBUG"):
             traceback.print_exc()

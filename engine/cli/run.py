@@ -28,7 +28,7 @@ import anyio
 
 from engine import events
 from engine.api import BatchSummary, Pipeline
-from engine.cli import telemetry
+from engine.cli import identifier, telemetry
 from engine.collector import settled_heap
 from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
@@ -70,7 +70,9 @@ def add_commands(sub: Any) -> None:
         metavar="NAME=PROVIDER:MODEL",
         help="rebind a logical model, e.g. large=openai:gpt-4o-mini",
     )
-    p.add_argument("--resume", metavar="RUN_ID", help="answer only what that run has not")
+    p.add_argument(
+        "--resume", metavar="RUN_ID", type=identifier, help="answer only what that run has not"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
     p.add_argument("--tui", action="store_true", help="watch the run in the terminal UI")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
@@ -139,11 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return anyio.run(_run, plan, args, db, models)
-    except StoreError as exc:
+    except (StoreError, OutFailed) as exc:
         if plan.started is None:
             raise  # nothing ran: exit 2
         print(f"moat: {exc}", file=sys.stderr)
-        return _stopped(plan.started, args, "the store failed; ", 1)
+        what = "the store failed; " if isinstance(exc, StoreError) else "--out failed; "
+        return _stopped(plan.started, args, what, 1)
 
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
@@ -348,11 +351,17 @@ def _stored_line(row: Mapping[str, Any]) -> str:
     return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class OutFailed(MoatError):
+    """A result line could not be written to `--out` (a full disk, say): the run stops,
+    and what finished is in the store (a resume writes the missing lines)."""
+
+
 class _OutWriter:
     """Appends result lines once their rows are committed, a batch per `write` call."""
 
     def __init__(self, pipe: Pipeline, out: str | None) -> None:
         self.pipe = pipe
+        self.out = out
         self.pending: list[RequestRecord] = []
         self._fd: int | None = None
         if out:
@@ -378,7 +387,14 @@ class _OutWriter:
             sys.stdout.write(data)
             sys.stdout.flush()
         else:
-            os.write(self._fd, data.encode("utf-8"))
+            encoded = memoryview(data.encode("utf-8"))
+            try:
+                while encoded:  # (a write may take only part of it)
+                    encoded = encoded[os.write(self._fd, encoded) :]
+            except OSError as exc:
+                raise OutFailed(
+                    f"--out {self.out}: writing result lines failed: {exc.strerror}"
+                ) from exc
 
     async def loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.cli import identifier
 from engine.store.store import Store
 from engine.store.store import store_path as db_path
 
@@ -29,7 +30,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser("report", help="explain one request: what ran, what was skipped, why")
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST_ID", type=identifier)
     p.add_argument("--db", metavar="PATH")
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.set_defaults(handler=cmd_report)
@@ -73,6 +74,11 @@ def parse_before(value: str) -> float:
     now = time.time()
     age = _AGE.fullmatch(text)
     if age:
+        if int(age.group(1)) == 0:  # now: as a date in the future, it prunes every run
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is no age: every run ended before now, so all would be pruned; "
+                "give an age such as 30d (or --keep-runs 0 to prune every run)"
+            )
         try:
             return now - int(age.group(1)) * _AGE_SECONDS[age.group(2)]
         except OverflowError:

@@ -29,8 +29,8 @@ def _positive(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+    if not 0 < number < float("inf"):  # (NaN too: it would wait forever)
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
     return number
 
 
@@ -72,11 +72,21 @@ def add_commands(sub: Any) -> None:
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "not an http(s) URL with a host"
+        elif parts.username is not None or parts.password is not None:
+            problem = "credentials in the URL are not used (the token is MOAT_SYNC_TOKEN)"
+    if problem is not None:
+        shown = url if "@" not in url else "(a URL with credentials)"  # never echo a password
         raise SpecError(
-            f"--to {url}: not an http(s) URL; give the sync server's address, "
-            "e.g. http://central:8477"
+            f"--to {shown}: {problem}; give the sync server's address, e.g. http://central:8477"
         )
     return url
 

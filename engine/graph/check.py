@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -411,6 +412,12 @@ class Checker:
                 "(https://json-schema.org/understanding-json-schema)",
                 at,
             )
+            return
+        for path, ref in _keyed(schema, "$ref", ("input",)):
+            problem = _unresolved(schema, ref) if isinstance(ref, str) else None
+            if problem is not None:
+                where = ".".join(str(p) for p in path)
+                self._error(f"{where}: $ref {ref!r} {problem}", path)
 
     def c15_fallbacks(self) -> None:
         """Every model's `fallback:` names another model; fallback chains end."""
@@ -656,3 +663,42 @@ class Checker:
 def _did_you_mean(word: str, choices: list[str]) -> str:
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _keyed(
+    value: Any, name: str, at: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """Every value under the key `name` in a JSON document, with where it stands."""
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            if key == name:
+                yield (*at, key), child
+            yield from _keyed(child, name, (*at, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _keyed(child, name, (*at, index))
+
+
+def _unresolved(schema: Mapping[str, Any], ref: str) -> str | None:
+    """Why `ref` names nothing in `schema` (None: it resolves). Only references inside
+    the graph's own `input:` can: moat fetches no schema from elsewhere."""
+    if not ref.startswith("#"):
+        return (
+            "points outside the graph, and moat fetches no schemas; copy the definition "
+            "under `input.$defs` and refer to it as '#/$defs/NAME'"
+        )
+    pointer = ref[1:]
+    if pointer and not pointer.startswith("/"):  # `#name`: a `$anchor`
+        if any(anchor == pointer for _, anchor in _keyed(schema, "$anchor", ())):
+            return None
+        return f"names no `$anchor: {pointer}` in `input:`"
+    node: Any = schema
+    for part in pointer.split("/")[1:]:
+        key = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return f"names nothing in `input:` (no {key!r}); define it under `input.$defs`"
+    return None

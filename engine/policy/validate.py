@@ -131,6 +131,25 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
         )
 
 
+_STORE_TEXT = ("hash", "redacted", "full")
+"""What `store_text:` may say: hashes only (as without it), redacted text, or full text."""
+
+
+def _check_store_text(body: Mapping[str, Any], located: Located) -> None:
+    """`store_text:` is one of `_STORE_TEXT`: a typo (`Full`) would keep hashes only,
+    and the operator would lose the text they asked to keep."""
+    if "store_text" not in body or body["store_text"] is None:
+        return
+    value = body["store_text"]
+    if value not in _STORE_TEXT:
+        raise _fail(
+            located,
+            f"`store_text:` must be one of {', '.join(_STORE_TEXT)} (or left out: hashes "
+            f"only), got {literal(value)}",
+            ("store_text",),
+        )
+
+
 def validate_policy(
     body: object,
     located: Located,
@@ -164,6 +183,7 @@ def validate_policy(
     _check_mapping(body, located)
     assert isinstance(body, Mapping)
     _check_name(body, located)
+    _check_store_text(body, located)
     check_guard_section(body, located)
     egress = check_egress_section(body)
     if egress is not None:

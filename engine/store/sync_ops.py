@@ -260,6 +260,11 @@ _CENTRAL_DDL = (
 )
 
 
+def central_id_of(conn: sqlite3.Connection) -> str | None:
+    """The store's central id if a `moat sync-server` ever served it (see `ensure_central`)."""
+    return _meta_get(conn, "sync.central")
+
+
 def ensure_central(conn: sqlite3.Connection, path: str | Path) -> str:
     """Create the tables a central store keeps beside the contract ones (idempotent) and
     return the store's central id (`meta` key `sync.central`), which edges key their

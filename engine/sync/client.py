@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 import httpx2 as httpx
 
-from engine.errors import SyncError
+from engine.errors import SpecError, SyncError
 from engine.logs import get_logger
 from engine.store import sync_ops
 from engine.store.schema import check_version, connect
@@ -145,6 +145,12 @@ class EdgeSync:
             report.origin = await anyio.to_thread.run_sync(sync_ops.origin_id, conn, self.db)
             async with httpx.AsyncClient(transport=self._transport, timeout=60.0) as client:
                 report.central = self._target = await self._central_id(client, report)
+                own = await anyio.to_thread.run_sync(sync_ops.central_id_of, conn)
+                if own == report.central:  # it would wait on its own write lock forever
+                    raise SpecError(
+                        f"{self.db}: {self.url} serves this very store; sync an edge's "
+                        "store to a central one (--db names the edge's)"
+                    )
                 for spec in sync_ops.SYNC_TABLES:
                     await self._table(client, conn, spec, report)
         finally:

@@ -439,8 +439,15 @@ class Store:
         return _with_state(rows[0]) if rows else None
 
     def list_runs(self, limit: int | None = None) -> list[Row]:
-        """Runs, newest first."""
-        sql = "SELECT * FROM runs ORDER BY started_at DESC, id DESC"
+        """Runs, newest first; `requests_done` counts every request stored so far (the
+        run's heartbeat writes it every few seconds, and a run whose process died keeps
+        the last it wrote; the tallies have each committed request)."""
+        sql = (
+            "SELECT r.id, r.graph_name, r.graph_hash, r.started_at, r.finished_at, r.status, "
+            "r.requests_total, MAX(r.requests_done, COALESCE(t.requests, 0)) AS requests_done, "
+            "r.config_json FROM runs r LEFT JOIN run_tallies t ON t.run_id = r.id "
+            "ORDER BY r.started_at DESC, r.id DESC"
+        )
         if limit is not None:
             return [_with_state(r) for r in self._rows(sql + " LIMIT ?", (limit,))]
         return [_with_state(r) for r in self._rows(sql)]

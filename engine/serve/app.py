@@ -20,6 +20,7 @@ import asyncio  # noqa: TID251 - the disconnect watch every request pays for (se
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -508,7 +509,7 @@ class MoatServer:
         tenant = keyed if keyed is not None else self._tenant(request, chat.user)
         async with self.shaper.admit(tenant):
             result, tokens = await self._run_attended(request, served, chat, tenant)
-        _raise_for_status(result)
+        _raise_for_status(result, _input_param(result.error, chat, served.pipe.graph))
         headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
             return _sse(result, chat, tokens, headers)
@@ -804,8 +805,24 @@ _STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {
 }
 
 
-def _raise_for_status(result: RequestResult) -> None:
-    """The HTTP error of a request that has no answer: 400, 500 or 504."""
+_INPUT_AT = re.compile(r"^request: input (prompt|history/(\d+))\b")
+"""Where the graph's input check found a request's problem, in a default mapping's
+input (the last user message is `prompt`, the turns before it `history`)."""
+
+
+def _input_param(error: str | None, chat: ChatRequest, graph: Graph) -> str:
+    """The field of the chat request that an invalid input came from: `messages[2].content`
+    where the default mapping says which message it was, else `messages`."""
+    found = _INPUT_AT.match(error or "")
+    if found is None or (graph.spec.serve is not None and graph.spec.serve.input):
+        return "messages"
+    index = int(found[2]) if found[2] is not None else len(chat.input.get("history") or ())
+    return f"messages[{index}].content"
+
+
+def _raise_for_status(result: RequestResult, param: str = "messages") -> None:
+    """The HTTP error of a request that has no answer: 400 (`param`: the field at fault),
+    500 or 504."""
     mapped = _STATUS_ERRORS.get(result.status)
     if mapped is None:
         return
@@ -817,8 +834,14 @@ def _raise_for_status(result: RequestResult) -> None:
         message = f"request {rid} passed the graph's deadline; `moat report {rid}` says where"
     else:  # no internals: the node's error stays in the store
         message = f"request {rid} failed; `moat report {rid}` says why"
-    param = "messages" if status == 400 else None
-    raise ApiError(status, message, type=kind, param=param, code=code, headers=moat_headers(result))
+    raise ApiError(
+        status,
+        message,
+        type=kind,
+        param=param if status == 400 else None,
+        code=code,
+        headers=moat_headers(result),
+    )
 
 
 def _sse(

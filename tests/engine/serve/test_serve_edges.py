@@ -88,3 +88,20 @@ async def test_null_stream_means_unset_and_an_empty_user_is_refused(tmp_path: Pa
         empty = await web.post("http://moat.test/v1/chat/completions", json={**base, "user": ""})
     assert plain.status_code == 200 and plain.json()["object"] == "chat.completion"
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "user"
+
+
+async def test_an_invalid_message_is_named_by_its_index_in_the_request(tmp_path: Path) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        empty = await web.post(
+            "http://moat.test/v1/chat/completions",
+            json={
+                "model": "echo",
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": ""},
+                ],
+            },
+        )
+    assert empty.status_code == 400
+    error = empty.json()["error"]
+    assert error["param"] == "messages[1].content" and error["code"] == "invalid_input"

@@ -44,6 +44,9 @@ class PiiVault:
         self._originals: dict[str, str] = {}
         self._by_value: dict[tuple[str, str], str] = {}
         self._counters: Counter[str] = Counter()
+        self._literal: set[str] = set()
+        """Placeholder-like text the request itself holds (`[EMAIL_1]` typed by its
+        user): never handed out, so restoring cannot turn it into someone's value."""
 
     def placeholder(self, kind: str, value: str) -> str:
         """The placeholder of `value`, the same one every time within the vault."""
@@ -51,8 +54,10 @@ class PiiVault:
         existing = self._by_value.get(key)
         if existing is not None:
             return existing
-        self._counters[kind] += 1
-        token = f"[{kind}_{self._counters[kind]}]"
+        token = ""
+        while not token or token in self._literal:
+            self._counters[kind] += 1
+            token = f"[{kind}_{self._counters[kind]}]"
         self._by_value[key] = token
         self._originals[token] = value
         return token
@@ -64,6 +69,10 @@ class PiiVault:
 
         `spans` are `detect(text)` when the caller computed them already (off the loop).
         """
+
+        for found in _PLACEHOLDER.finditer(text) if "[" in text else ():
+            if found.group() not in self._originals:  # not one of ours: the text's own
+                self._literal.add(found.group())
 
         def token(span: Span) -> str:
             return self.placeholder(span.kind, span.value)

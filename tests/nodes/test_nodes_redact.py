@@ -54,6 +54,15 @@ async def test_clean_text_emits_clean_decision_and_kinds_filter() -> None:
     assert only.text == "a@b.io from [IP_1]"
 
 
+def test_a_placeholder_the_text_already_holds_is_never_handed_out_or_restored() -> None:
+    vault = PiiVault()
+    text = "[EMAIL_1] is how I write it; mine is a@b.co and [CARD_7] stays as it is"
+    redacted, _ = vault.redact(text, frozenset(KINDS))
+    assert redacted == "[EMAIL_1] is how I write it; mine is [EMAIL_2] and [CARD_7] stays as it is"
+    restored, counts = vault.restore(redacted)
+    assert restored == text and counts == {"EMAIL": 1}
+
+
 def test_vault_repr_hides_values() -> None:
     vault = PiiVault()
     vault.redact("x@y.com", frozenset(KINDS))

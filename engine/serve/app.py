@@ -507,8 +507,9 @@ class MoatServer:
         if len(raw) > limit:
             raise _too_large(limit, chat.model)
         tenant = keyed if keyed is not None else self._tenant(request, chat.user)
+        data = _graph_input(served.pipe.graph, chat, tenant)  # (a 400 takes no request id)
         async with self.shaper.admit(tenant):
-            result, tokens = await self._run_attended(request, served, chat, tenant)
+            result, tokens = await self._run_attended(request, served, data, tenant)
         _raise_for_status(result, _input_param(result.error, chat, served.pipe.graph))
         headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
@@ -540,20 +541,20 @@ class MoatServer:
         return tenant
 
     async def _run_attended(
-        self, request: Request, served: _Served, chat: ChatRequest, tenant: str
+        self, request: Request, served: _Served, data: dict[str, Any], tenant: str
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         """Run the request while its client is connected: a client that goes away
         cancels the request's work, model calls included, and the request and its calls
         are recorded `cancelled`."""
         ids = served.next_request(self.slot)
         if sniffio.current_async_library() != "asyncio":
-            return await self._run_attended_anyio(request, served, chat, tenant, ids)
+            return await self._run_attended_anyio(request, served, data, tenant, ids)
         scope = anyio.CancelScope()
         watch = _watch_disconnect(request, scope)
         self._attended.add(scope)
         try:
             with scope:
-                return await self._run(served, chat, tenant, request.headers, ids)
+                return await self._run(served, data, tenant, request.headers, ids)
         finally:
             watch.cancel()
             self._attended.discard(scope)
@@ -577,7 +578,7 @@ class MoatServer:
         self,
         request: Request,
         served: _Served,
-        chat: ChatRequest,
+        data: dict[str, Any],
         tenant: str,
         ids: _Ids,
     ) -> tuple[RequestResult, tuple[int, int, int]]:
@@ -586,7 +587,7 @@ class MoatServer:
             tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
             self._attended.add(tg.cancel_scope)
             try:
-                outcome.append(await self._run(served, chat, tenant, request.headers, ids))
+                outcome.append(await self._run(served, data, tenant, request.headers, ids))
             except ApiError as exc:  # a value, not an exception group out of the task group
                 outcome.append(exc)
             finally:
@@ -601,14 +602,13 @@ class MoatServer:
     async def _run(
         self,
         served: _Served,
-        chat: ChatRequest,
+        data: dict[str, Any],
         tenant: str,
         headers: Mapping[str, str],
         ids: _Ids,
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         pipe = served.pipe
         run_id, seq, request_id = ids
-        data = _graph_input(pipe.graph, chat, tenant)
         counts = served.tokens[request_id] = [0, 0, 0]
         self.metrics.continue_trace(request_id, headers)  # W3C `traceparent`, with --otel
         recorded = served.commits.expect(request_id)

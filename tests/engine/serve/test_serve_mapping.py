@@ -81,7 +81,9 @@ async def test_moat_serve_applies_the_graph_s_mapping(tmp_path: Path) -> None:
     assert reply.choices[0].message.content == "Where is my order? / Be kind. / 4 / ana"
 
 
-async def test_a_mapping_this_request_cannot_give_is_a_400(tmp_path: Path) -> None:
+async def test_a_mapping_this_request_cannot_give_is_a_400_that_takes_no_request_id(
+    tmp_path: Path,
+) -> None:
     graph = tmp_path / "support.yaml"
     graph.write_text(GRAPH.format(mapping="    question: history[0].content\n"))
     async with MoatServer([graph], db=None) as server, http(server) as web:
@@ -89,6 +91,19 @@ async def test_a_mapping_this_request_cannot_give_is_a_400(tmp_path: Path) -> No
             "/chat/completions",
             json={"model": "support", "messages": [{"role": "user", "content": "x"}]},
         )
-    assert response.status_code == 400
+        answered = await web.post(
+            "/chat/completions",
+            json={
+                "model": "support",
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                    {"role": "user", "content": "z"},
+                ],
+            },
+        )
+    assert response.status_code == 400 and "x-moat-request-id" not in response.headers
     error = response.json()["error"]
     assert "serve.input.question" in error["message"] and error["param"] == "messages"
+    # (the graph's output reads what this mapping leaves out: a failed request, with its id)
+    assert answered.headers["x-moat-request-id"].endswith("-000000")  # the first number

@@ -439,7 +439,15 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CANTOPEN:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        wal = target.with_name(target.name + "-wal")
+        if readonly and code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) and (
+            not wal.exists() or wal.stat().st_size == 0
+        ):
+            # a read-only folder (a mounted backup, say) has no room for the -shm file a
+            # WAL store is read through; with nothing in a WAL, the file alone is the store
+            return _immutable(target)
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
             # A WAL store needs its -shm and -wal files beside it, even to be read: a
             # read-only folder or file system refuses them.
             raise StoreError(
@@ -448,6 +456,21 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
                 "check the permissions of the file and its folder, or copy the store to a "
                 "writable folder"
             ) from exc
+        raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
+    return conn
+
+
+def _immutable(target: Path) -> sqlite3.Connection:
+    """A read-only connection to `target` as it is on disk: no -shm, no -wal, no locks."""
+    try:
+        conn = sqlite3.connect(
+            f"file:{target.resolve()}?mode=ro&immutable=1",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except sqlite3.DatabaseError as exc:
         raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
     return conn
 

@@ -131,6 +131,8 @@ def load_yaml(text: str | bytes, path: str) -> Located:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        if mark is not None and mark.index < len(text) and text[mark.index] == "\t":
+            reason += " (a tab: YAML indents with spaces only; replace the tab with spaces)"
         raise SpecError(
             f"invalid YAML: {reason}",
             path=path,

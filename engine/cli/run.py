@@ -170,8 +170,14 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     if args.policy is not None:
         _check_readable("--policy", args.policy)
     _check_distinct(args)
-    if getattr(args, "workers", None) is not None and (args.workers < 1 or args.ray is None):
-        raise SpecError(f"--workers {args.workers}: give at least 1, with --ray")
+    workers = getattr(args, "workers", None)
+    if workers is not None and args.ray is None:
+        raise SpecError(
+            f"--workers {workers}: workers are Ray actors; add --ray (a local cluster) or "
+            "--ray ADDRESS, or leave --workers out (--concurrency sets the requests in flight)"
+        )
+    if workers is not None and workers < 1:
+        raise SpecError(f"--workers {workers}: give at least 1")
     if getattr(args, "ray", None) is not None:
         from engine.cluster import parse_address  # does not import Ray itself
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from engine.errors import ExpressionError
 from engine.expr.runtime import FIELD_CLASSES, FUNCTIONS, HELPERS
+from engine.expr.wording import quoted
 
 MAX_DEPTH = 200
 """Deepest syntax tree accepted (Python's own compiler is recursive)."""
@@ -197,7 +198,7 @@ def _parse(source: str) -> tuple[ast.Expression, _Columns]:
         # offset 0 means "at the end of the input"
         column = (exc.offset or len(body) + 1) + lead if exc.lineno == 1 else None
         raise ExpressionError(
-            f"cannot parse expression {source!r}: {exc.msg}. {ALLOWED}", column=column
+            f"cannot parse expression {quoted(source)}: {exc.msg}. {ALLOWED}", column=column
         ) from None
     except (ValueError, RecursionError, MemoryError):
         raise ExpressionError(
@@ -240,7 +241,7 @@ class _Checker:
     def reject(self, node: ast.AST, what: str, hint: str = ALLOWED, offset: int = -1) -> NoReturn:
         column = self.columns(offset if offset >= 0 else getattr(node, "col_offset", 0))
         raise ExpressionError(
-            f"{what} is not allowed in expression {self.source!r}. {hint}", column=column
+            f"{what} is not allowed in expression {quoted(self.source)}. {hint}", column=column
         )
 
     def check(self, node: ast.AST, depth: int) -> None:

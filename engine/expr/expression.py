@@ -43,7 +43,7 @@ from typing import Any
 from engine.errors import EvaluationError, ExpressionError
 from engine.expr.compile import compile_source, compile_tree, rewritten
 from engine.expr.runtime import Fail, to_text
-from engine.expr.wording import kind, translate
+from engine.expr.wording import kind, quoted, translate
 from engine.expr.wording import literal as show_literal
 
 __all__ = ["Expr", "Ref", "Template", "Unresolved", "compile_expr", "compile_template"]
@@ -148,15 +148,15 @@ class Expr:
         except KeyError as exc:
             raise self._missing(exc, scope) from None
         except Fail as exc:
-            raise EvaluationError(f"expression {self.source!r}: {exc}") from None
+            raise EvaluationError(f"expression {quoted(self.source)}: {exc}") from None
         except _RUNTIME_ERRORS as exc:
-            raise EvaluationError(f"expression {self.source!r}: {_explain(exc)}") from exc
+            raise EvaluationError(f"expression {quoted(self.source)}: {_explain(exc)}") from exc
 
     def _missing(self, exc: KeyError, scope: Mapping[str, Any]) -> Exception:
         key = exc.args[0] if len(exc.args) == 1 else None
         if isinstance(key, str) and key in self.names and key not in scope:
             return Unresolved(key)
-        return EvaluationError(f"expression {self.source!r}: missing key {exc}")
+        return EvaluationError(f"expression {quoted(self.source)}: missing key {exc}")
 
     def __repr__(self) -> str:
         return f"<Expr {self.source!r}>"

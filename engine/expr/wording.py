@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["config_problem", "describe", "kind", "literal", "translate"]
+__all__ = ["config_problem", "describe", "kind", "literal", "quoted", "translate"]
 
 _KINDS = {
     "NoneType": "none",
@@ -47,6 +47,14 @@ _PHRASES = (
     ),
 )
 _NO_INPUT = frozenset({"missing", "extra_forbidden"})
+
+
+def quoted(source: str, limit: int = 120) -> str:
+    """An expression's source, quoted for a message, shortened past `limit` characters
+    (the message's line and column say where in it)."""
+    if len(source) <= limit:
+        return repr(source)
+    return repr(source[: limit - 3]) + "..."
 
 
 def kind(value: Any) -> str:

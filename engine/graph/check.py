@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from engine.errors import ExpressionError, SpecError
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
-from engine.expr.wording import config_problem
+from engine.expr.wording import config_problem, quoted
 from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
@@ -172,7 +172,7 @@ class Checker:
             return compile_expr(source)
         except ExpressionError as exc:
             self._error(
-                f"in expression {source!r}: {exc.reason}",
+                f"in expression {quoted(source)}: {exc.reason}",
                 at,
                 node_id=node_id,
                 offset=(exc.column or 1) - 1,

@@ -341,8 +341,9 @@ def _load_policy(
     policy_path = Path(base_dir or ".") / spec.policy
     shown = os.path.normpath(os.fspath(policy_path))
     if not _is_file(shown):
+        what = "is a folder, not a file" if os.path.isdir(shown) else "not found"
         raise located.error(
-            f"policy file {spec.policy!r} not found (looked for {shown}); the path is "
+            f"policy file {spec.policy!r} {what} (looked for {shown}); the path is "
             "relative to the graph file",
             ("policy",),
         )

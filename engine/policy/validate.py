@@ -101,6 +101,13 @@ def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
         reason = exc.reason.replace("file not found", "policy file not found")
         raise PolicyError(reason, path=exc.path, line=exc.line, column=exc.column) from exc
     _check_mapping(located.data, located)
+    if "moat" in located.data and "nodes" in located.data:  # a graph, given by mistake
+        raise _fail(
+            located,
+            "this is a graph file (it has `moat:` and `nodes:`), not a policy; apply the "
+            "policy file its `policy:` names",
+            ("nodes",),
+        )
     _check_name(located.data, located)
     name = located.data.get("name")
     return (name if isinstance(name, str) else Path(shown).stem), located.data, located

@@ -159,3 +159,31 @@ def test_a_full_disk_under_out_stops_the_run_with_a_resume_hint(
     assert code == 1 and "internal error" not in err
     assert "--out /dev/full: writing result lines failed: No space left on device" in err
     assert "Resume with: moat run --resume r-" in err
+
+
+def test_check_messages_stay_short_and_say_what_is_wrong(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    long = tmp_path / "long.yaml"
+    long.write_text(FAST.replace("{p: input.prompt}", '{p: "' + "+".join(["1"] * 20_000) + '+"}'))
+    tab = tmp_path / "tab.yaml"
+    tab.write_text(FAST.replace("nodes: {}", "nodes:\n\ta: {type: model}"))
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    policy = tmp_path / "folder.yaml"
+    policy.write_text(FAST.replace("nodes: {}", "policy: policies\nnodes: {}"))
+    code, err = run(capsys, "check", str(long))
+    assert code == 2 and "cannot parse expression '1+1+" in err and len(err) < 2_000
+    code, err = run(capsys, "check", str(tab))
+    assert code == 2 and "(a tab: YAML indents with spaces only" in err
+    code, err = run(capsys, "check", str(policy))
+    assert code == 2 and "policy file 'policies' is a folder, not a file" in err
+
+
+def test_a_graph_given_as_a_policy_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    graph = tmp_path / "fast.yaml"
+    graph.write_text(FAST)
+    code, err = run(capsys, "policy", "apply", str(graph), "--db", str(tmp_path / "s.db"))
+    assert code == 2 and "this is a graph file (it has `moat:` and `nodes:`), not a policy" in err

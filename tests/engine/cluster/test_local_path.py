@@ -64,8 +64,8 @@ def test_ray_missing_says_how_to_install_it(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--workers", "2"], "--workers 2: give at least 1, with --ray"),
-        (["--ray", "--workers", "0"], "--workers 0: give at least 1, with --ray"),
+        (["--workers", "2"], "--workers 2: workers are Ray actors; add --ray"),
+        (["--ray", "--workers", "0"], "--workers 0: give at least 1"),
     ],
 )
 def test_workers_needs_ray_and_a_positive_count(

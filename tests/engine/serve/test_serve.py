@@ -206,7 +206,7 @@ async def test_an_unknown_graph_is_a_404_listing_the_served_ones(shipped: MoatSe
         ({"model": "echo", "n": "1", "messages": [{"role": "user", "content": "x"}]}, "n", "be 1"),
         (
             {"model": "echo", "messages": [{"role": "user", "content": ""}]},
-            "messages",
+            "messages[0].content",
             "input prompt",
         ),
     ],

@@ -441,8 +441,10 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.close()
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         wal = target.with_name(target.name + "-wal")
-        if readonly and code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) and (
-            not wal.exists() or wal.stat().st_size == 0
+        if (
+            readonly
+            and code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+            and (not wal.exists() or wal.stat().st_size == 0)
         ):
             # a read-only folder (a mounted backup, say) has no room for the -shm file a
             # WAL store is read through; with nothing in a WAL, the file alone is the store

@@ -35,7 +35,7 @@ from engine.graph.spec import ModelSpec
 from engine.models import PRICES_AS_OF, Gateway, is_priced
 from engine.plugin.context import SharedState
 from engine.policy.manager import PolicyManager
-from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request
+from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request, show_value
 from engine.scheduler.runner import RequestResult, Runner
 from engine.store.store import HEARTBEAT_S, Store, new_run_id
 
@@ -350,6 +350,11 @@ class Pipeline:
         (a server's client that hung up; a function instead of True says why, see
         `Runner.run`); without, it leaves no request record."""
         self._usable()
+        if tenant is not None and (type(tenant) is not str or not 0 < len(tenant) <= 256):
+            raise ValueError(
+                f"Pipeline.run(tenant={show_value(tenant)}): a tenant is a string of 1 to 256 "
+                "characters (its cache partition and audit identity)"
+            )
         if isinstance(input, Mapping) and (labels or type(input) is not dict):
             input = {**input, **({"_labels": labels} if labels else {})}
         # (anything else than a mapping is answered `invalid_input`, as in a batch)

@@ -84,7 +84,7 @@ class Outcome:
 
 def _failure(exc: BaseException, node_id: str) -> Outcome | None:
     """The failure `exc` makes of node `node_id`'s run; None when it is a cancellation
-    (or an interrupt), which must go on up.
+    (or an interrupt), which must go on up. A node's `SystemExit` is its failure too.
 
     A `CancelledError` a node raises itself while nothing cancelled its task (a library's
     own timeout inside a plugin, say) is the node's failure: left to go on up, it would
@@ -92,13 +92,19 @@ def _failure(exc: BaseException, node_id: str) -> Outcome | None:
     """
     if isinstance(exc, Exception):
         return Outcome.from_error(exc, node_id)
-    if not cancelled_by_itself(exc):
+    if isinstance(exc, SystemExit):  # a plugin's `exit()` ends its request, not the process
+        error = NodeError(
+            f"called exit() ({exc.code!r}); a node reports a failure by raising an exception",
+            node_id=node_id,
+        )
+    elif cancelled_by_itself(exc):
+        error = NodeError(
+            "raised CancelledError without being cancelled; a node reports a failure with "
+            "an ordinary exception (a timeout of its own as TimeoutError)",
+            node_id=node_id,
+        )
+    else:
         return None
-    error = NodeError(
-        "raised CancelledError without being cancelled; a node reports a failure with an "
-        "ordinary exception (a timeout of its own as TimeoutError)",
-        node_id=node_id,
-    )
     error.__cause__ = exc
     return Outcome(None, NodeStatus.FAILED, error, node_id)
 

@@ -20,13 +20,16 @@ GRAPH = """\
 moat: 1
 name: misuse
 plugins: [tests.support.sched_nodes]
-input: {type: object, properties: {bad: {type: boolean}}}
+input: {type: object, properties: {bad: {type: boolean}, quits: {type: boolean}}}
 nodes:
   good: {type: work, with: {ms: 5, value: fine}}
   bad: {type: work, with: {ms: 5, fail: cancelled}}
   slow: {type: work, with: {ms: 5000, value: late}}
+  quits: {type: work, with: {ms: 5, fail: exit}}
 output:
-  v: "slow.value if input.slow else (bad.value if input.bad else good.value)"
+  v: >-
+    quits.value if input.quits else
+    (slow.value if input.slow else (bad.value if input.bad else good.value))
 """
 
 
@@ -131,3 +134,27 @@ def test_run_sync_answers_every_input_in_order_and_records_its_run(
     ]  # fmt: skip
     assert [r.request_id[-6:] for r in results] == ["000000", "000001", "000002", "000003"]
     assert _runs(db) == [("finished", 4, 4)]
+
+
+async def test_a_node_that_calls_exit_fails_its_request_not_the_batch(graph: Path) -> None:
+    async with Pipeline(graph, db=None) as pipe:
+        records = []
+        summary = await pipe.run_batch(
+            [{"quits": n == 0} for n in range(3)], concurrency=3, on_record=records.append
+        )
+    assert not summary.interrupted
+    assert sorted((r.seq, r.status) for r in records) == [
+        (0, RequestStatus.FAILED), (1, RequestStatus.OK), (2, RequestStatus.OK),
+    ]  # fmt: skip
+    failed = next(r for r in records if r.seq == 0)
+    assert failed.error == (
+        "node 'quits': called exit() (3); a node reports a failure by raising an exception"
+    )
+
+
+async def test_a_tenant_that_names_no_partition_is_refused(graph: Path) -> None:
+    async with Pipeline(graph, db=None) as pipe:
+        for tenant in ("", "t" * 257, 5):
+            with pytest.raises(ValueError, match="a tenant is a string of 1 to 256"):
+                await pipe.run({}, tenant=tenant)  # type: ignore[arg-type]
+        assert (await pipe.run({}, tenant="acme")).output == {"v": "fine"}

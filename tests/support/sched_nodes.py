@@ -31,8 +31,8 @@ class Work(Node):
         ms: float = 0
         value: Any = None
         fail: str | None = None
-        """`error` (ValueError), `transient` (TransientError) or `cancelled` (a
-        CancelledError of its own, while nothing cancels it)."""
+        """`error` (ValueError), `transient` (TransientError), `cancelled` (a
+        CancelledError of its own, while nothing cancels it) or `exit` (SystemExit)."""
         fail_times: int = 0
         """Fail only the first N attempts of a request (0: every attempt)."""
         linger_ms: float = 0
@@ -64,6 +64,9 @@ class Work(Node):
         if config.fail == "cancelled":  # as a library's own timeout might, uncancelled
             self.failed += 1
             raise asyncio.CancelledError()
+        if config.fail == "exit":
+            self.failed += 1
+            raise SystemExit(3)
         if config.fail and (config.fail_times == 0 or attempt <= config.fail_times):
             kind = TransientError if config.fail == "transient" else ValueError
             self.failed += 1

@@ -69,10 +69,10 @@ log = logging.getLogger("moat.serve")
 
 _CHAT = "/v1/chat/completions"
 _DRAIN_POLL_S = 0.05
+"""How often a rotated run is checked for requests still in flight."""
 _READY_WAIT_S = 0.5
 """How long `/readyz` waits for its write to the store: under the 1 s a probe of
 Kubernetes waits by default."""
-"""How often a rotated run is checked for requests still in flight."""
 
 
 class _Ids(NamedTuple):

@@ -313,24 +313,32 @@ class _Server(uvicorn.Server):
     soon as its response is complete."""
 
     def __init__(
-        self, config: uvicorn.Config, *, read_idle_s: float = READ_IDLE_S, grace_s: float = 0
+        self,
+        config: uvicorn.Config,
+        *,
+        read_idle_s: float = READ_IDLE_S,
+        grace_s: float | None = None,
     ) -> None:
         super().__init__(config)
         self.read_idle_s = read_idle_s
         self.grace_s = grace_s
+        """The grace period of a shutdown (default: what `config` leaves before the
+        cut-off's own `_CUT_OFF_S`)."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown; when the grace period is over, an app that can cuts its
         requests still in flight off itself (answered and recorded), before uvicorn's
         own deadline (`_CUT_OFF_S` later) cancels what is left."""
         app: Any = self.config.app
-        if not _cuts_off(app):
+        deadline = self.config.timeout_graceful_shutdown
+        if not _cuts_off(app) or deadline is None:  # (None: uvicorn waits for ever)
             await super().shutdown(sockets=sockets)
             return
+        grace = self.grace_s if self.grace_s is not None else max(0, deadline - _CUT_OFF_S)
 
         async def at_grace_end() -> None:
-            await asyncio.sleep(self.grace_s)
-            app.cut_off(f"its grace period of {self.grace_s:g} s for shutting down ran out")
+            await asyncio.sleep(grace)
+            app.cut_off(f"its grace period of {grace:g} s for shutting down ran out")
 
         timer = asyncio.get_running_loop().create_task(at_grace_end())
         try:

@@ -4,7 +4,12 @@ process's write lock, and the optional fields OpenAI's clients send as null mean
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -14,6 +19,7 @@ from engine.serve import MoatServer
 from tests.engine.serve.test_serve import echo_graph, rows
 from tests.support.loop_probe import write_lock_held
 from tests.support.serve_client import http
+from tests.support.serve_process import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -105,3 +111,40 @@ async def test_an_invalid_message_is_named_by_its_index_in_the_request(tmp_path:
     assert empty.status_code == 400
     error = empty.json()["error"]
     assert error["param"] == "messages[1].content" and error["code"] == "invalid_input"
+
+
+def test_moat_serve_answers_what_its_grace_period_cut_off_and_logs_no_traceback(
+    tmp_path: Path,
+) -> None:
+    graph = echo_graph(tmp_path, scale=50)
+    db = tmp_path / "moat.db"
+    body = json.dumps(
+        {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}
+    ).encode()
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+
+    def ask(base_url: str) -> None:
+        request = urllib.request.Request(
+            base_url + "/chat/completions", body, {"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answers.append((response.status, dict(response.headers), response.read()))
+        except urllib.error.HTTPError as exc:
+            answers.append((exc.code, dict(exc.headers), exc.read()))
+
+    with serving(str(graph), "--db", str(db), "--grace", "1") as (proc, base_url):
+        asking = threading.Thread(target=ask, args=(base_url,))
+        asking.start()
+        time.sleep(0.5)  # the request is in flight (its model call takes many seconds)
+        proc.send_signal(signal.SIGTERM)
+        asking.join(timeout=30)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    ((status, headers, text),) = answers
+    assert status == 503 and json.loads(text)["error"]["code"] == "shutting_down"
+    assert headers["x-moat-request-id"].endswith("-000000")
+    assert "Traceback" not in log
+    (row,) = rows(db, "SELECT status, error FROM requests")
+    assert row["status"] == "cancelled" and "grace period of 1 s" in row["error"]

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from engine.api import Pipeline
 from engine.collector import import_providers, trim_every, trimmer
@@ -340,6 +340,10 @@ class MoatServer:
         """True while the graphs are loaded and their pipelines open."""
         return self._stack is not None
 
+    def count_refused(self, status: int) -> None:
+        """Count an answer the HTTP layer sent before any route (the listener calls it)."""
+        self.metrics.response(status)
+
     def cut_off(self, reason: str) -> None:
         """Stop answering the requests in flight: each is answered 503 `shutting_down`
         with its request id, and recorded `cancelled` with `reason`. The listener calls
@@ -373,6 +377,15 @@ class MoatServer:
             scope["app"] = self.starlette  # as Starlette sets it, for `Request.app`
             response = await self._chat(Request(scope, receive, send))
             await response(scope, receive, send)
+            return
+        if path == _CHAT:  # another method: Starlette's 405, counted as the chat's answers
+
+            async def counted(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    self.metrics.response(message["status"])
+                await send(message)
+
+            await self.starlette(scope, receive, counted)
             return
         await self.starlette(scope, receive, send)
 

@@ -350,7 +350,11 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=[])
         loop = asyncio.get_running_loop()
         config = self.config
-        base = protocol_class(config.http_protocol_class, read_idle_s=self.read_idle_s)
+        base = protocol_class(
+            config.http_protocol_class,
+            read_idle_s=self.read_idle_s,
+            on_refused=getattr(config.app, "count_refused", None),
+        )
 
         class Protocol(base):  # type: ignore[misc,valid-type]
             def connection_made(self, transport: asyncio.Transport) -> None:

@@ -35,7 +35,8 @@ class Metrics:
         self.metrics = metrics
         self._responses = Counter(
             "moat_http_responses_total",
-            "HTTP responses of the chat endpoint, by code.",
+            "HTTP responses of the chat endpoint, and of requests the HTTP layer refused "
+            "before any route (431, 408, 400, 503), by code.",
             ("code",),
             registry=metrics.registry,
         )
@@ -52,7 +53,7 @@ class Metrics:
         self.telemetry.continue_trace(request_id, headers)
 
     def response(self, code: int) -> None:
-        """Count one HTTP response of the chat endpoint."""
+        """Count one HTTP response of the chat endpoint (or one the HTTP layer sent)."""
         self._responses.labels(str(code)).inc()
 
     def render(self, in_flight: int) -> bytes:

@@ -39,6 +39,7 @@ connection). A slow body that keeps coming is read to its end.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -55,14 +56,25 @@ READ_IDLE_S = 60.0
 may take in all."""
 
 
-def protocol_class(protocol: type[Any], *, read_idle_s: float = READ_IDLE_S) -> type[Any]:
+def protocol_class(
+    protocol: type[Any],
+    *,
+    read_idle_s: float = READ_IDLE_S,
+    on_refused: Callable[[int], None] | None = None,
+) -> type[Any]:
     """uvicorn's `protocol` class with requests being read watched (`read_idle_s`: seconds
     one may stall) and, for the httptools one, bounded request heads (h11 bounds heads
-    itself)."""
+    itself); `on_refused` is called with the status of every answer the protocol itself
+    sends (a server's metrics count them)."""
     mixins: tuple[type[Any], ...] = (_Reading,)
     if hasattr(protocol, "on_headers_complete"):  # httptools: llhttp's callbacks
         mixins += (_BoundedHead,)
-    return type("Moat" + protocol.__name__, (*mixins, protocol), {"read_idle_s": read_idle_s})
+    settings = {"read_idle_s": read_idle_s, "on_refused": staticmethod(on_refused or _uncounted)}
+    return type("Moat" + protocol.__name__, (*mixins, protocol), settings)
+
+
+def _uncounted(status: int) -> None:
+    """No metrics to count a refusal in."""
 
 
 def _head_error(what: str) -> ApiError:
@@ -109,9 +121,10 @@ def bounded_heads(app: Any) -> Any:
     return bounded
 
 
-def _close_with(transport: Any, error: ApiError) -> None:
-    """Answer `error` in OpenAI's shape and close the connection: an app reading the
-    request sees its client leave (`http.disconnect`)."""
+def _close_with(transport: Any, error: ApiError, counted: Callable[[int], None]) -> None:
+    """Answer `error` in OpenAI's shape and close the connection (`counted` is told its
+    status): an app reading the request sees its client leave (`http.disconnect`)."""
+    counted(error.status)
     body = json.dumps(error_body(error)).encode()
     status = f"{error.status} {HTTPStatus(error.status).phrase}"
     transport.write(
@@ -130,6 +143,7 @@ class _Reading:
     cycle: Any
     loop: Any
     read_idle_s = READ_IDLE_S
+    on_refused: Callable[[int], None] = staticmethod(_uncounted)
     _idle: Any = None
     """The timer watching the request being read, while one is."""
     _last = 0.0
@@ -193,7 +207,7 @@ class _Reading:
                 "request again, its body without pauses",
                 code="request_timeout",
             )
-            _close_with(self.transport, error)
+            _close_with(self.transport, error, self.on_refused)
         else:  # no request yet, or half a head (or one trickling in): nobody to answer
             self.transport.close()
 
@@ -205,7 +219,7 @@ class _Reading:
             "its Content-Length or chunked framing",
             code="invalid_http",
         )
-        _close_with(self.transport, error)
+        _close_with(self.transport, error, self.on_refused)
 
     def shutdown(self) -> None:
         if not self._arriving():
@@ -218,7 +232,7 @@ class _Reading:
             type="server_error",
             code="shutting_down",
         )
-        _close_with(self.transport, error)
+        _close_with(self.transport, error, self.on_refused)
 
 
 class _BoundedHead:
@@ -226,6 +240,7 @@ class _BoundedHead:
     `super()` reaches)."""
 
     transport: Any
+    on_refused: Callable[[int], None]
     _head: int | None = 0
     """Bytes of the current request head fed to the parser; None in a body."""
     _fields = 0
@@ -276,5 +291,7 @@ class _BoundedHead:
     def _refuse(self, what: str) -> None:
         """Answer 431 and close the connection (the parser may still be feeding: every
         callback after this does nothing)."""
+        if self._refused:
+            return
         self._refused = True
-        _close_with(self.transport, _head_error(what))
+        _close_with(self.transport, _head_error(what), self.on_refused)

@@ -148,3 +148,21 @@ def test_moat_serve_answers_what_its_grace_period_cut_off_and_logs_no_traceback(
     assert "Traceback" not in log
     (row,) = rows(db, "SELECT status, error FROM requests")
     assert row["status"] == "cancelled" and "grace period of 1 s" in row["error"]
+
+
+def test_metrics_count_the_http_layer_s_refusals_and_the_chat_path_s_405(tmp_path: Path) -> None:
+    with serving(str(echo_graph(tmp_path)), "--db", str(tmp_path / "moat.db")) as (_, base_url):
+        headers = {f"x-h{i}": "1" for i in range(150)}  # over the 100 a request may have
+        for method, extra in (("POST", headers), ("GET", {})):
+            request = urllib.request.Request(
+                base_url + "/chat/completions", b"{}" if method == "POST" else None, extra
+            )
+            request.method = method
+            try:
+                urllib.request.urlopen(request, timeout=30)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == (431 if method == "POST" else 405)
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=30) as m:
+            scraped = m.read().decode()
+    assert 'moat_http_responses_total{code="431"} 1.0' in scraped
+    assert 'moat_http_responses_total{code="405"} 1.0' in scraped

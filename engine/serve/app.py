@@ -630,8 +630,11 @@ class MoatServer:
             result = await pipe.run(
                 data, run_id=run_id, seq=seq, tenant=tenant, record_cancelled=self._why_cancelled
             )
-            # the answer leaves only once it is in the store (a kill -9 loses no 200)
-            await served.commits.committed(recorded)
+            # the answer leaves only once it is in the store (a kill -9 loses no 200); an
+            # answered request is not cut off while it waits (it would be told to send
+            # again what the store has as answered)
+            with anyio.CancelScope(shield=True):
+                await served.commits.committed(recorded)
             if recorded.record is not None:  # the stored cost: calls settled after the answer
                 result = replace(result, cost_usd=recorded.record.cost_usd)
         except ApiError:

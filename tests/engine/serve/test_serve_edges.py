@@ -166,3 +166,24 @@ def test_metrics_count_the_http_layer_s_refusals_and_the_chat_path_s_405(tmp_pat
             scraped = m.read().decode()
     assert 'moat_http_responses_total{code="431"} 1.0' in scraped
     assert 'moat_http_responses_total{code="405"} 1.0' in scraped
+
+
+async def test_a_request_answered_before_the_cut_off_leaves_as_an_answer(tmp_path: Path) -> None:
+    db = tmp_path / "moat.db"
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}
+    async with MoatServer([echo_graph(tmp_path)], db=db) as server, http(server) as web:
+        assert (await web.get("http://moat.test/readyz")).status_code == 200
+        answers = []
+
+        async def ask() -> None:
+            answers.append(await web.post("http://moat.test/v1/chat/completions", json=body))
+
+        with write_lock_held(db, 1.0):  # the answer waits for its commit
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await anyio.sleep(0.3)
+                server.cut_off("its grace period of 1 s for shutting down ran out")
+    (answer,) = answers
+    assert answer.status_code == 200
+    (row,) = rows(db, "SELECT id, status FROM requests")
+    assert row == {"id": answer.headers["x-moat-request-id"], "status": "ok"}

@@ -349,7 +349,10 @@ class Pipeline:
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
         (a server's client that hung up; a function instead of True says why, see
         `Runner.run`); without, it leaves no request record."""
-        self._usable()
+        if run_id:
+            self.use_run(run_id)  # (it checks that the pipeline answers here)
+        else:
+            self._usable()
         if tenant is not None and (type(tenant) is not str or not 0 < len(tenant) <= 256):
             raise ValueError(
                 f"Pipeline.run(tenant={show_value(tenant)}): a tenant is a string of 1 to 256 "
@@ -361,7 +364,6 @@ class Pipeline:
         item = parse_request(input, seq=seq, declared=self.validator.declared, limits=self.limits)
         item = item if not meta else _with_meta(item, meta)
         if run_id:
-            self.use_run(run_id)
             return await self._answer(run_id, item, tenant, record_cancelled=record_cancelled)
         rid = await self.new_run(1)  # a run of its own, created and finished here
         self.use_run(rid)

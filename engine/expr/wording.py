@@ -49,12 +49,10 @@ _PHRASES = (
 _NO_INPUT = frozenset({"missing", "extra_forbidden"})
 
 
-def quoted(source: str, limit: int = 120) -> str:
-    """An expression's source, quoted for a message, shortened past `limit` characters
+def quoted(source: str) -> str:
+    """An expression's source, quoted for a message: `literal`, with room for a long one
     (the message's line and column say where in it)."""
-    if len(source) <= limit:
-        return repr(source)
-    return repr(source[: limit - 3]) + "..."
+    return literal(source, 120)
 
 
 def kind(value: Any) -> str:

@@ -553,23 +553,24 @@ async def _drive(
             if not tui:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        error = _store_error(group)
+        error = _sole_error(group)
         if error is None:
             raise
         raise error from group
 
 
-def _store_error(group: BaseExceptionGroup[BaseException]) -> MoatError | None:
-    """moat's error when it alone ended the task group (so `cmd_run` can report it): the
-    store's, or with `--ray` the loss of every worker."""
-    matched, rest = group.split(MoatError)
-    if matched is None or rest is not None:
-        return None
-    error: BaseException = matched
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    assert isinstance(error, MoatError)
-    return error
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The error that alone ended the task group, for `cmd_run` and `main` to report:
+    moat's (the store's, or with `--ray` the loss of every worker), or the output's
+    reader going away (`moat run | head`: the result lines' loop met a broken pipe)."""
+    for kind in (MoatError, BrokenPipeError):
+        matched, rest = group.split(kind)
+        if matched is not None and rest is None:
+            error: BaseException = matched
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            return error
+    return None
 
 
 def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from engine.cli import main
+from tests.support.fast_graphs import one_model_graph
 
 FAST = """\
 moat: 1
@@ -94,11 +95,20 @@ def test_a_store_text_that_moat_does_not_know_is_refused(
     assert "p.yaml:2:13: `store_text:` must be one of hash, redacted, full" in err
 
 
-def test_a_batch_whose_output_reader_goes_away_exits_interrupted(tmp_path: Path) -> None:
-    graph = tmp_path / "fast.yaml"
-    graph.write_text(FAST)
+@pytest.mark.parametrize(
+    ("graph_text", "count"),
+    # no model: the last lines' write meets the closed pipe; a model that takes a while:
+    # the result lines' loop meets it while the batch runs
+    [(FAST, 20_000), (one_model_graph("slow", 0.05), 300)],
+    ids=["at-the-end", "mid-batch"],
+)
+def test_a_batch_whose_output_reader_goes_away_exits_interrupted(
+    tmp_path: Path, graph_text: str, count: int
+) -> None:
+    graph = tmp_path / "g.yaml"
+    graph.write_text(graph_text)
     lines = tmp_path / "in.jsonl"
-    lines.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(20_000)))
+    lines.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(count)))
     db = tmp_path / "s.db"
     moat = [sys.executable, "-m", "engine", "run", str(graph), "--input", str(lines)]
     with subprocess.Popen(

@@ -355,6 +355,8 @@ _SEEN_MAX = 20_000
 """Texts counted towards interning before the count is cleared."""
 _CACHE_MAX = 200_000
 """Codes and request keys kept in memory before those caches are cleared."""
+_LABELS_MAX = 4_096
+"""Label tuples (`Compactor.labels`) kept before that cache is cleared."""
 _INTERN_MAX_CHARS = 64
 """Texts this long or longer are never interned (the codec compresses them)."""
 _INTERN_AT = 3
@@ -387,6 +389,12 @@ class Compactor:
         self._tx_keys: dict[tuple[str, int], tuple[int, float]] = {}
         self._tx_by_id: dict[str, tuple[int, float]] = {}
         self._conn: sqlite3.Connection | None = None
+        self.labels: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        """The codes of label columns that repeat together in a kind of row (an event's
+        stage, component, type, status and reasons), by their values: the row builders'
+        (`engine.store.rows`) one lookup where each label took its own. Emptied when a
+        transaction rolls back (a code it interned is gone) and when it grows past
+        `_LABELS_MAX`."""
 
     def begin(self, conn: sqlite3.Connection) -> None:
         """Start encoding for one write transaction on `conn`."""
@@ -404,6 +412,7 @@ class Compactor:
         self._tx_codes.clear()
         self._tx_keys.clear()
         self._tx_by_id.clear()
+        self.labels.clear()
         self._conn = None
 
     def code(self, text: str) -> int:

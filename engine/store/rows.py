@@ -27,7 +27,14 @@ from engine.events import (
     Record,
     RequestRecord,
 )
-from engine.store.compact import _INTERN_AT, _INTERN_MAX_CHARS, _SEEN_MAX, Compactor, offset_us
+from engine.store.compact import (
+    _INTERN_AT,
+    _INTERN_MAX_CHARS,
+    _LABELS_MAX,
+    _SEEN_MAX,
+    Compactor,
+    offset_us,
+)
 
 __all__ = [
     "EVENT_SQL",
@@ -171,44 +178,79 @@ def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
 
 
 def _event_rows(cx: Compactor, pack: Pack, e: OrchestrationEvent) -> tuple[Any, ...]:
-    code = cx.code
-    run = code(e.run_id)
+    run = cx.code(e.run_id)
     key, t0 = cx.event_key(e.request_id, run, e.started_at)
-    status = e.status
+    reasons = e.reason_codes
+    labels = (_EVENT, e.stage, e.component, e.event_type, e.status, tuple(reasons))
+    codes = cx.labels.get(labels) or _event_labels(cx, labels)
     decision = e.decision
+    inputs, outputs, payload = e.inputs, e.outputs, e.payload
     return (
         key,
         run,
         e.cycle,
-        code(e.stage),
-        code(e.component),
-        code(_str(e.event_type)),
+        codes[0],
+        codes[1],
+        codes[2],
         # TEXT, as the contract's column stored it (a number became its text)
         None
         if decision is None
         else cx.maybe(decision if type(decision) is str else str(decision)),
-        None if status is None else code(_str(status)),
+        codes[3],
         e.sequence,
         offset_us(e.started_at, t0),
         e.duration_ms,
-        code(_json_list(e.reason_codes)),
-        _value(cx, pack, _json(e.inputs)),
-        _value(cx, pack, _json(e.outputs)),
-        _value(cx, pack, _json(e.payload)),
+        codes[4],
+        None if inputs is None else _value(cx, pack, _encode(inputs)),
+        None if outputs is None else _value(cx, pack, _encode(outputs)),
+        None if payload is None else _value(cx, pack, _encode(payload)),
     )
+
+
+# Label tuples (`Compactor.labels`) start with their kind of row.
+_EVENT, _NODE = 0, 1
+
+
+def _event_labels(cx: Compactor, labels: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, stage, component, event_type, status, reasons = labels
+    code = cx.code
+    found = (
+        code(stage),
+        code(component),
+        code(_str(event_type)),
+        None if status is None else code(_str(status)),
+        code(_json_list(reasons)),
+    )
+    return _remember(cx, labels, found)
+
+
+def _remember(cx: Compactor, labels: tuple[Any, ...], codes: tuple[Any, ...]) -> tuple[Any, ...]:
+    memo = cx.labels
+    if len(memo) >= _LABELS_MAX:
+        memo.clear()
+    memo[labels] = codes
+    return codes
 
 
 def node_row(code: Callable[[str], int], key: int, t0: float, r: NodeRun) -> tuple[Any, ...]:
     """A `node_rows` row of request `key` (whose times count from `t0`); `code` gives a
     text's `strings` code (the writer's `Compactor.code`, a worker's known codes)."""
+    return _node_tuple(key, t0, r, _node_codes(code, r))
+
+
+def _node_codes(code: Callable[[str], int], r: NodeRun) -> tuple[int, ...]:
+    return (code(r.node), code(r.node_type), code(_str(r.status)), code(_str(r.outcome)))
+
+
+def _node_tuple(key: int, t0: float, r: NodeRun, codes: tuple[Any, ...]) -> tuple[Any, ...]:
     return (
         key,
-        code(r.node),
-        code(r.node_type),
+        codes[0],
+        codes[1],
         r.cycle,
-        code(_str(r.status)),
+        codes[2],
         1 if r.speculative else 0,
-        code(_str(r.outcome)),
+        codes[3],
         offset_us(r.started_at, t0),
         round(r.duration_ms * 1000),
         r.attempts,
@@ -243,7 +285,9 @@ def llm_row(code: Callable[[str], int], key: int, t0: float, c: LlmCall) -> tupl
 
 def _node_rows(cx: Compactor, pack: Pack, r: NodeRun) -> tuple[Any, ...]:
     key, t0 = cx.key(r.request_id, r.started_at)
-    return node_row(cx.code, key, t0, r)
+    labels = (_NODE, r.node, r.node_type, r.status, r.outcome)
+    codes = cx.labels.get(labels) or _remember(cx, labels, _node_codes(cx.code, r))
+    return _node_tuple(key, t0, r, codes)
 
 
 def _llm_rows(cx: Compactor, pack: Pack, c: LlmCall) -> tuple[Any, ...]:

@@ -238,7 +238,7 @@ def prune(
     if not path.exists():
         raise StoreError(f"{path}: no such store; give the store with --db PATH")
     result = PruneResult(bytes_before=_size(path))
-    conn = connect(path)
+    conn = connect(path, existing=True)
     try:
         # A dry run writes nothing: it reads `runs` and `requests`, the same in every schema,
         # and leaves converting an older store (minutes on a large one) to a real prune.

@@ -40,6 +40,7 @@ __all__ = [
     "check_version",
     "connect",
     "describe_error",
+    "empty_store",
     "file_lock",
     "is_busy",
     "migrate",
@@ -393,21 +394,27 @@ def describe_error(exc: BaseException, path: str | Path) -> str:
     return text
 
 
-def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(
+    path: str | Path, *, readonly: bool = False, existing: bool = False
+) -> sqlite3.Connection:
     """Open one connection with moat's settings (WAL, `synchronous=NORMAL`, autocommit).
 
     The connection is in autocommit mode (`isolation_level=None`); callers open explicit
     transactions with `BEGIN` so every multi-row write is atomic.
 
     Args:
-        path: the database file (created unless `readonly`).
+        path: the database file (created unless `readonly` or `existing`).
         readonly: open read-only; the file must exist.
+        existing: the file must already be a moat store (of any schema version this moat
+            reads), checked before anything is written to it: commands that change a
+            store (`moat prune`, `moat sync`) never turn another file into one.
 
     Raises:
-        StoreError: the file cannot be opened or is not a SQLite database.
+        StoreError: the file cannot be opened or is not a SQLite database (with
+            `existing`: or not a moat store).
     """
     target = Path(path)
-    if readonly and not target.exists():
+    if (readonly or existing) and not target.exists():
         raise StoreError(f"{target}: no such store; run `moat run GRAPH --db {target}` first")
     if target.is_dir():
         raise StoreError(
@@ -428,6 +435,8 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         raise StoreError(f"{target}: cannot open the store: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if existing and check_version(conn, target) == 0:
+            raise empty_store(target)
         if fresh:
             # Before WAL and the first table, or it does not take: a new store can then hand
             # pruned pages back in short steps (`moat prune`). An older store gets it with
@@ -437,6 +446,9 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
+    except StoreError:
+        conn.close()
+        raise
     except sqlite3.DatabaseError as exc:
         conn.close()
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -475,6 +487,14 @@ def _immutable(target: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
     return conn
+
+
+def empty_store(path: str | Path) -> StoreError:
+    """The error for a file that holds no moat schema and no table (an empty file)."""
+    return StoreError(
+        f"{path}: not a moat store yet: it is empty; give the store a run wrote with "
+        "--db PATH (or $MOAT_DB), or start one with `moat run GRAPH`"
+    )
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -39,6 +39,7 @@ from engine.store.schema import (
     check_version,
     connect,
     describe_error,
+    empty_store,
     migrate,
     write_transaction,
 )
@@ -192,10 +193,7 @@ class Store:
         try:
             version = migrate(conn, target) if not readonly else check_version(conn, target)
             if version == 0:
-                raise StoreError(
-                    f"{target}: not a moat store yet: it is empty; give the store a run "
-                    "wrote with --db PATH (or $MOAT_DB), or start one with `moat run GRAPH`"
-                )
+                raise empty_store(target)
             if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"{target}: store schema version {version} is older than this moat "

@@ -137,7 +137,7 @@ class EdgeSync:
             SyncError: the central side refused a batch, or stayed unreachable for
                 `patience_s` (what was acknowledged before stays acknowledged).
         """
-        conn = connect(self.db, readonly=not self.db.exists())  # a missing store: its error
+        conn = connect(self.db, existing=True)
         started = time.monotonic()
         try:
             check_version(conn, self.db)

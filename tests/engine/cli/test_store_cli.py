@@ -119,16 +119,46 @@ def test_another_programs_database_is_refused_and_left_as_it_was(
     assert _tables(db) == ["users"]
 
 
-def test_an_empty_file_is_no_store_to_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+_EVERY_STORE_COMMAND = [
+    ["runs"],
+    ["stats"],
+    ["report", "r-1"],
+    ["prune", "--keep-runs", "1"],
+    ["prune", "--before", "1d", "--dry-run"],
+    ["sync", "--to", "http://127.0.0.1:9"],  # refused before it calls anyone
+]
+
+
+@pytest.mark.parametrize("command", _EVERY_STORE_COMMAND)
+def test_an_empty_file_is_no_store_and_is_left_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     db = tmp_path / "empty.db"
     db.touch()
 
-    assert main(["stats", "--db", str(db)]) == 2
+    assert main([*command, "--db", str(db)]) == 2
 
     err = capsys.readouterr().err
-    assert f"{db}: not a moat store" in err and "older than this moat" not in err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert f"{db}: not a moat store yet: it is empty" in err and "`moat run GRAPH`" in err
+    assert [f.name for f in tmp_path.iterdir()] == ["empty.db"]
+    assert db.stat().st_size == 0
+
+
+@pytest.mark.parametrize("command", _EVERY_STORE_COMMAND)
+def test_a_file_that_is_no_database_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "notes.db"
+    db.write_text("shopping: milk, eggs\n")
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{db}: not a moat store (SQLite said: file is not a database)" in err
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.db"]
+    assert db.read_text() == "shopping: milk, eggs\n"
 
 
 @pytest.mark.parametrize("command", [["runs"], ["report", "r-1"], ["prune", "--keep-runs", "1"]])

@@ -177,6 +177,22 @@ def compile_tree(
     return _compile_lambda(body, label, functions)
 
 
+def divisors(source: str) -> list[tuple[str, int, int]]:
+    """The divisors of an accepted expression (right operands of `/`, `//` and `%`), in
+    source order: each one's text and its first and past-the-end columns (1-based, as
+    `collect_refs` counts them), so an error can name the divisor that was zero."""
+    tree, columns = _parse(source)
+    raw = columns.text.encode("utf-8")
+    found = []
+    for node in ast.walk(tree.body):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod):
+            right = node.right
+            end = right.end_col_offset if right.end_col_offset is not None else len(raw)
+            text = raw[right.col_offset : end].decode("utf-8")
+            found.append((text, columns(right.col_offset), columns(end)))
+    return sorted(found, key=lambda divisor: divisor[1])
+
+
 def _parse(source: str) -> tuple[ast.Expression, _Columns]:
     # Newlines become spaces so that YAML block scalars parse as one line (columns then
     # count from the start of the whole expression).

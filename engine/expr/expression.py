@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EvaluationError, ExpressionError
-from engine.expr.compile import compile_source, compile_tree, rewritten
+from engine.expr.compile import compile_source, compile_tree, divisors, rewritten
 from engine.expr.runtime import Fail, to_text
 from engine.expr.wording import kind, quoted, translate
 from engine.expr.wording import literal as show_literal
@@ -151,6 +151,21 @@ class Expr:
             raise EvaluationError(f"expression {quoted(self.source)}: {exc}") from None
         except _RUNTIME_ERRORS as exc:
             raise EvaluationError(f"expression {quoted(self.source)}: {_explain(exc)}") from exc
+
+    def zero_divisor(self, scope: Mapping[str, Any]) -> tuple[str, tuple[Ref, ...]] | None:
+        """After `evaluate` failed with division by zero: the first divisor (the right
+        operand of `/`, `//` or `%`) that is zero in `scope`, as its source text with the
+        references it reads; None if none is (or the expression is not text)."""
+        if not isinstance(self._raw, str):
+            return None
+        for text, start, end in divisors(self._raw):
+            try:
+                value = compile_expr(text).evaluate(scope)
+            except (EvaluationError, Unresolved):
+                continue
+            if isinstance(value, int | float) and value == 0:
+                return text, tuple(ref for ref in self.refs if start <= ref.column < end)
+        return None
 
     def _missing(self, exc: KeyError, scope: Mapping[str, Any]) -> Exception:
         key = exc.args[0] if len(exc.args) == 1 else None

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from engine.errors import EvaluationError, PolicyError, SpecError
 from engine.expr.expression import Expr, Ref, Template
-from engine.expr.wording import config_problem, kind, literal
+from engine.expr.wording import config_problem, kind, literal, quoted
 from engine.located_yaml import Located, load_yaml, read_file
 from engine.policy.guard import GuardSettings
 from engine.policy.signals import check_egress_section
@@ -369,6 +369,8 @@ def _check_evaluations(graph: Graph, body: Mapping[str, Any], located: Located) 
         try:
             expr.evaluate({"policy": body})
         except EvaluationError as exc:
+            if _by_zero(exc):
+                _check_divisors(graph, where, expr, body, located)
             refs = [r for r in expr.refs if r.name == "policy"]
             path = tuple(refs[0].path) if refs else ()
             reads = ", ".join(".".join(["policy", *(str(p) for p in r.path)]) for r in refs)
@@ -378,6 +380,62 @@ def _check_evaluations(graph: Graph, body: Mapping[str, Any], located: Located) 
                 f"{exc}; change the value",
                 path,
             ) from None
+
+
+def _by_zero(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ZeroDivisionError):
+        cause = cause.__cause__
+    return cause is not None
+
+
+def _check_divisors(
+    graph: Graph, where: str, expr: Expr | Template, body: Mapping[str, Any], located: Located
+) -> None:
+    """A division by zero is its divisor's fault: refuse it at the policy key that made the
+    divisor 0 (not the first key the expression reads), or, for a divisor that reads no
+    key, say the graph's expression is what to change."""
+    for one in expr.expressions if isinstance(expr, Template) else (expr,):
+        found = one.zero_divisor({"policy": body})
+        if found is None:
+            continue
+        divisor, refs = found
+        keys = [tuple(r.path) for r in refs if r.name == "policy"]
+        what = (
+            f"graph '{graph.name}' ({where}) divides by {quoted(divisor)} in expression "
+            f"{quoted(one.source)}"
+        )
+        if not keys:
+            first = next((tuple(r.path) for r in one.refs if r.name == "policy"), ())
+            raise _fail(
+                located, f"{what}, which is always 0; change the expression in {graph.path}", first
+            )
+        if len(keys) == 1 and divisor == _dotted(("policy", *keys[0])):
+            which, fix = "", f"give {divisor} a value other than 0"
+        else:
+            values = ", ".join(
+                f"{_dotted(('policy', *k))} = {literal(_value(body, k))}" for k in keys
+            )
+            these = "this value" if len(keys) == 1 else "these values"
+            which, fix = f" with {values}", f"change {these} so that it is not 0"
+        raise _fail(
+            located,
+            f"{what}, which is 0{which}: division by zero for every request; {fix}",
+            keys[0],
+        )
+
+
+def _value(body: Mapping[str, Any], path: _Path) -> Any:
+    """The value at `path` in the policy (keys and list indices), None if there is none."""
+    cur: Any = body
+    for part in path:
+        if isinstance(cur, Mapping):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and isinstance(part, int) and -len(cur) <= part < len(cur):
+            cur = cur[part]
+        else:
+            return None
+    return cur
 
 
 def _check_ranges(graph: Graph, body: Mapping[str, Any], located: Located) -> None:

@@ -353,6 +353,31 @@ def test_division_by_zero() -> None:
         ev("1 // 0")
 
 
+@pytest.mark.parametrize(
+    ("source", "divisor", "columns"),
+    [
+        ("a.total / a.parts > 3", "a.parts", [11]),
+        ("a.total / a.one + a.total % (b - a.one)", "b - a.one", [30, 34]),
+        ("a.total // (a.total / a.parts)", "a.parts", [23]),
+        ("  a.total / 0", "0", []),
+    ],
+)
+def test_the_zero_divisor_names_what_it_reads(
+    source: str, divisor: str, columns: list[int]
+) -> None:
+    scope = {"a": {"total": 6, "parts": 0, "one": 1}, "b": 1}
+    with pytest.raises(EvaluationError, match=r"division by zero"):
+        compile_expr(source).evaluate(scope)
+    found = compile_expr(source).zero_divisor(scope)
+    assert found is not None
+    assert (found[0], [ref.column for ref in found[1]]) == (divisor, columns)
+
+
+def test_no_zero_divisor_when_every_divisor_is_not_zero() -> None:
+    assert compile_expr("a / b").zero_divisor({"a": 1, "b": 2}) is None
+    assert compile_expr("a * b").zero_divisor({"a": 1, "b": 0}) is None
+
+
 def test_whitelisted_functions() -> None:
     assert ev("len(xs)", xs=[1, 2]) == 2
     assert ev("min(xs) + max(3, 4)", xs=[2, 5]) == 6

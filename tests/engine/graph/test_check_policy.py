@@ -148,3 +148,78 @@ def test_an_input_schema_that_is_not_json_schema_is_a_located_check_error(
     db = tmp_path / "moat.db"
     assert main(["run", str(graph), "--prompt", "hi", "--db", str(db), "--quiet"]) == 2
     assert "internal error" not in capsys.readouterr().err
+
+
+SHARES = "name: gated\ngate:\n  total: 10\n  parts: 0\n  used: 4\n  spare: 4\n"
+
+
+def dividing(tmp_path: Path, when: str, prompt: str = "{{ input.prompt }}") -> tuple[Path, Path]:
+    """The gated graph guarded by `when`, and a policy whose `gate.parts` is 0."""
+    graph = tmp_path / "gated.yaml"
+    graph.write_text(
+        POLICY_GATED.replace("policy.gate.min_len > 3", when).replace("{{ input.prompt }}", prompt)
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SHARES)
+    return graph, policy
+
+
+@pytest.mark.parametrize(
+    ("when", "at", "message"),
+    [
+        (
+            "policy.gate.total / policy.gate.parts > 3",
+            "4:10",
+            "divides by 'policy.gate.parts' in expression 'policy.gate.total / "
+            "policy.gate.parts > 3', which is 0: division by zero for every request; give "
+            "policy.gate.parts a value other than 0",
+        ),
+        (
+            "policy.gate.total // (policy.gate.used - policy.gate.spare) > 3",
+            "5:9",
+            "divides by 'policy.gate.used - policy.gate.spare' in expression "
+            "'policy.gate.total // (policy.gate.used - policy.gate.spare) > 3', which is 0 "
+            "with policy.gate.used = 4, policy.gate.spare = 4: division by zero for every "
+            "request; change these values so that it is not 0",
+        ),
+        (
+            "policy.gate.total % 0 > 3",
+            "3:10",
+            "divides by '0' in expression 'policy.gate.total % 0 > 3', which is always 0; "
+            "change the expression in {graph}",
+        ),
+    ],
+)
+def test_a_division_by_zero_is_located_at_the_key_that_made_the_divisor_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], when: str, at: str, message: str
+) -> None:
+    graph, policy = dividing(tmp_path, when)
+    expected = f"{policy}:{at}: graph 'gated' (node 'answer') {message.format(graph=graph)}\n"
+
+    assert main(["check", str(graph)]) == 2
+    assert capsys.readouterr().err == f"error: {expected}"
+
+    db = tmp_path / "moat.db"
+    assert main(["policy", "apply", str(policy), "--graph", str(graph), "--db", str(db)]) == 2
+    assert capsys.readouterr().err == f"moat: {expected}"
+    assert not db.exists()
+
+
+def test_a_zero_divisor_in_a_with_template_names_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph, policy = dividing(
+        tmp_path,
+        "policy.gate.total > 3",
+        "{{ policy.gate.total }} of {{ 60 // policy.gate.parts }}",
+    )
+
+    assert main(["check", str(graph)]) == 2
+
+    assert capsys.readouterr().err == (
+        f"error: {policy}:4:10: graph 'gated' (node 'answer') divides by 'policy.gate.parts' in "
+        "expression '60 // policy.gate.parts', which is 0: division by zero for every request; "
+        "give policy.gate.parts a value other than 0\n"
+    )
+    policy.write_text(SHARES.replace("parts: 0", "parts: 6"))
+    assert main(["check", str(graph)]) == 0

@@ -11,9 +11,7 @@ Every source of requests (lines of an `--input` file, `--json`, `--prompt`, the 
 goes through the same checks, so a hostile request is that request's `invalid_input` and
 never aborts a batch: at most `max_request_bytes` of JSON (a longer line is skipped without
 being held in memory), at most `max_depth` levels of nesting, finite numbers, no lone
-surrogates (text that cannot be stored or written as UTF-8) and JSON types only. (`moat
-run` checks the one request of `--json` or `--prompt` before its run exists, and refuses
-an unusable one as an argument.)
+surrogates (text that cannot be stored or written as UTF-8) and JSON types only.
 """
 
 from __future__ import annotations
@@ -326,11 +324,8 @@ def decode_request(
     try:
         value = json.loads(decoded, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        if line is not None:
-            at, fix = f"{where}:{exc.colno}", "each line must be one JSON object"
-        else:
-            at, fix = f"{where}: column {exc.colno}", "give one JSON object"
-        message = f"{at}: invalid JSON: {exc.msg}; {fix}{_EXAMPLE}"
+        at = f"{where}:{exc.colno}" if line is not None else f"{where}: column {exc.colno}"
+        message = f"{at}: invalid JSON: {exc.msg}; each line must be one JSON object{_EXAMPLE}"
         return _bad(seq, line, source, message)
     except RecursionError:
         return _bad(seq, line, source, f"{where}: {_too_deep(limits)}")

@@ -34,14 +34,7 @@ from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
-from engine.requests import (
-    BatchItem,
-    InputValidator,
-    RequestLimits,
-    count_requests,
-    decode_request,
-    read_jsonl,
-)
+from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
 from engine.stats import FAILED_STATUSES, percentile
 from engine.store.store import Store, run_state
 
@@ -257,8 +250,6 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
     graph = load_graph(args.graph)
     limits = _limits(graph, args.max_request_bytes)
     single, source = _single(args.json, args.prompt)
-    if single is not None:
-        _check_single(graph, single, source, limits)
     total = 1 if single is not None else count_requests(args.input, limits=limits)
     config = {
         "input": os.path.abspath(args.input) if args.input else None,
@@ -280,17 +271,6 @@ def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]
     if prompt is not None:
         return json.dumps({"prompt": prompt}), "--prompt"
     return None, "--json"
-
-
-def _check_single(graph: Graph, text: str, source: str, limits: RequestLimits) -> None:
-    """`--json` and `--prompt` are arguments: a request there that cannot run (not JSON,
-    not an object, not what the graph's `input` schema asks for) exits 2 before the run
-    exists, rather than as a stored run of one `invalid_input` request."""
-    validator = InputValidator(graph.input_schema)
-    item = decode_request(text, seq=0, source=source, declared=validator.declared, limits=limits)
-    _, error = validator.validate(item)
-    if error is not None:
-        raise SpecError(error)
 
 
 def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:

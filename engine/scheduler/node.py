@@ -459,7 +459,7 @@ class NodeRunner:
         value: Any = None
         with anyio.move_on_after(timeout_ms / 1000) as scope:
             value = await self._run_loop(self, cell, consumer)
-        if scope.cancelled_caught:
+        if scope.cancel_called:  # (also when a node swallowed the cancellation and returned)
             return Outcome(None, NodeStatus.TIMED_OUT, self._timeout(cell, 1), cell.node.id)
         return Outcome(value, NodeStatus.SUCCEEDED)
 
@@ -522,7 +522,7 @@ class NodeRunner:
             output = None
             with anyio.move_on_after(timeout_ms / 1000) as scope:
                 output = await impl.run(config, ctx)
-            if scope.cancelled_caught:
+            if scope.cancel_called:  # a value returned after the timeout is not an answer
                 raise self._timeout(cell, attempt)
         return self._checked(cell, output)
 

@@ -251,7 +251,8 @@ class Runner:
         abandoned = False
         try:
             start_speculative(ex, frame)
-            with _NO_DEADLINE if req.deadline is None else anyio.CancelScope(deadline=req.deadline):
+            deadline = None if req.deadline is None else anyio.CancelScope(deadline=req.deadline)
+            with _NO_DEADLINE if deadline is None else deadline:
                 try:
                     values = await evaluate_outputs(self.graph.output, consumer)
                     answer = RequestStatus.OK, _jsonable(values), None
@@ -259,6 +260,10 @@ class Runner:
                     answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
                 except EvaluationError as exc:
                     answer = RequestStatus.FAILED, None, str(exc)
+            if deadline is not None and deadline.cancel_called:
+                # the deadline passed: whatever came back after it (a node that swallowed
+                # its cancellation and returned) is not an answer
+                answer = None
         except anyio.get_cancelled_exc_class():
             abandoned = record_cancelled is not False
             raise

@@ -158,3 +158,45 @@ async def test_a_tenant_that_names_no_partition_is_refused(graph: Path) -> None:
             with pytest.raises(ValueError, match="a tenant is a string of 1 to 256"):
                 await pipe.run({}, tenant=tenant)  # type: ignore[arg-type]
         assert (await pipe.run({}, tenant="acme")).output == {"v": "fine"}
+
+
+STUBBORN = """\
+moat: 1
+name: stubborn
+plugins: [tests.support.sched_nodes]
+budget: {deadline_ms: 300}
+input: {type: object, properties: {timeout: {type: boolean}}}
+nodes:
+  bounded: {type: stubborn, timeout_ms: 50, with: {ms: 5000, value: late}}
+  unbounded: {type: stubborn, with: {ms: 5000, value: late}}
+output:
+  v: bounded.value if input.timeout else unbounded.value
+"""
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "error", "node_status"),
+    [
+        ({"timeout": True}, RequestStatus.FAILED, "node 'bounded': attempt 1 ran", "timed_out"),
+        ({"timeout": False}, RequestStatus.DEADLINE_EXCEEDED, "deadline_ms=300 passed", None),
+    ],
+)
+async def test_a_value_returned_after_a_timeout_or_deadline_is_not_an_answer(
+    tmp_path: Path,
+    data: dict[str, bool],
+    status: RequestStatus,
+    error: str,
+    node_status: str | None,
+) -> None:
+    """A node that catches its cancellation and returns something (a plugin wrapping its
+    call in `except BaseException`) is still past its timeout or the request's deadline."""
+    path = tmp_path / "stubborn.yaml"
+    path.write_text(STUBBORN)
+    async with Pipeline(path, db=None) as pipe:
+        result = await pipe.run(data)
+        runs = [r for r in pipe.memory.items if type(r).__name__ == "NodeRun"]
+    assert result.status is status
+    assert result.output is None
+    assert result.error is not None and error in result.error
+    if node_status is not None:
+        assert [(r.node, r.status) for r in runs] == [("bounded", node_status)]

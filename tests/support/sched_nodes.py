@@ -206,3 +206,25 @@ def mock_trio() -> Any:
     from trio.testing import MockClock
 
     return pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mock")
+
+
+class Stubborn(Node):
+    """Sleeps `ms`, and when cancelled returns `value` instead of stopping (as a plugin
+    that catches every exception might): moat must not take that for an answer."""
+
+    type_name = "stubborn"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ms: float = 0
+        value: Any = None
+
+    class Output(BaseModel):
+        value: Any = None
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        try:
+            await anyio.sleep(config.ms / 1000)
+        except anyio.get_cancelled_exc_class():
+            return self.Output(value="swallowed")
+        return self.Output(value=config.value)

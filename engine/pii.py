@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["KINDS", "PiiKind", "Span", "detect", "normalise_value", "redact"]
+__all__ = ["KINDS", "PiiKind", "Span", "detect", "redact"]
 
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "SSN", "NINO", "IP", "PHONE"]
 """The kinds of value `detect` finds."""
@@ -198,17 +198,6 @@ def redact(
         pos = span.end
     parts.append(text[pos:])
     return "".join(parts), dict(sorted(found.items()))
-
-
-def normalise_value(kind: str, value: str) -> str:
-    """The identity of a value, so `(415) 555-0132` and `415.555.0132` share a placeholder."""
-    if kind in ("PHONE", "CARD", "SSN"):
-        return "".join(ch for ch in value if ch.isdigit())
-    if kind in ("IBAN", "NINO"):
-        return value.replace(" ", "").upper()
-    if kind in ("EMAIL", "IP"):
-        return value.lower()
-    return value
 
 
 def _before(text: str, start: int) -> str:

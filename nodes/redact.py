@@ -2,9 +2,12 @@
 
 `mode: redact` (the default) turns `Mail ann@example.com or call +44 20 7946 0958` into
 `Mail [EMAIL_1] or call [PHONE_1]`: placeholders are typed and numbered per kind, and the
-same value (compared after normalisation, so `(415) 555-0132` and `415.555.0132` are one
-value) gets the same placeholder everywhere in the request. Detection and validators live
-in `engine.pii`, the detector the gateway's egress redaction uses too; kinds are
+same literal gets the same placeholder everywhere in the request. Two writings of one value
+(`4111 1111 1111 1111` and `4111-1111-1111-1111`, `Ann@Example.com` and `ann@example.com`)
+get a placeholder each: restoring sees only the placeholder the model wrote, never which
+occurrence it stands for, so one placeholder must mean one literal for the text to come
+back exactly as its user wrote it. Detection and validators live in `engine.pii`, the
+detector the gateway's egress redaction uses too; kinds are
 `EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
 
 The mapping from placeholders to originals never leaves the request: it is kept in a
@@ -28,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine import EventType, Node, NodeContext
-from engine.pii import KINDS, PiiKind, Span, detect, normalise_value
+from engine.pii import KINDS, PiiKind, Span, detect
 from engine.pii import redact as redact_spans
 from nodes._support.offload import off_loop
 
@@ -49,8 +52,12 @@ class PiiVault:
         user): never handed out, so restoring cannot turn it into someone's value."""
 
     def placeholder(self, kind: str, value: str) -> str:
-        """The placeholder of `value`, the same one every time within the vault."""
-        key = (kind, normalise_value(kind, value))
+        """The placeholder of `value` as written, the same one every time within the vault.
+
+        Keyed by the literal, not by a normalised value: `restore` puts back exactly what
+        a placeholder was handed out for, so two writings of one card need two placeholders.
+        """
+        key = (kind, value)
         existing = self._by_value.get(key)
         if existing is not None:
             return existing

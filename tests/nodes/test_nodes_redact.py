@@ -1,11 +1,14 @@
-"""The `redact` node: typed placeholders, stable numbering, restore, and keeping the event
-loop free while a large text is redacted. Detection quality is in tests/engine/test_pii.py."""
+"""The `redact` node: typed placeholders, stable numbering, restore exactly as written, and
+keeping the event loop free while a large text is redacted. Detection quality is in
+tests/engine/test_pii.py."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.pii import KINDS
+from engine.pii import KINDS, detect
 from nodes.redact import PiiVault, RedactNode
 from tests.support.loop_probe import HOSTILE_60KB, finishes_first, heartbeats_during
 from tests.support.nodes_fakes import FakeRuntime, run_node
@@ -20,8 +23,9 @@ async def test_redact_numbers_placeholders_per_kind_and_reuses_them() -> None:
         "Call (415) 555-0132 or 415.555.0132. Card 4111 1111 1111 1111."
     )
     out = await run_node(RedactNode(), {"text": text}, rt)
+    # one placeholder per literal: the phone written two ways is two placeholders
     assert out.text == (
-        "Mail [EMAIL_1] or [EMAIL_2]; [EMAIL_1] again. Call [PHONE_1] or [PHONE_1]. Card [CARD_1]."
+        "Mail [EMAIL_1] or [EMAIL_2]; [EMAIL_1] again. Call [PHONE_1] or [PHONE_2]. Card [CARD_1]."
     )
     assert out.found == {"CARD": 1, "EMAIL": 3, "PHONE": 2}
     assert out.count == 6
@@ -29,6 +33,44 @@ async def test_redact_numbers_placeholders_per_kind_and_reuses_them() -> None:
     assert ev.decision == "redacted"
     assert ev.reason_codes == ["PII_CARD", "PII_EMAIL", "PII_PHONE"]
     assert "ann@example.com" not in repr(ev.payload)
+    back = await run_node(RedactNode(), {"mode": "restore", "text": out.text}, rt)
+    assert back.text == text
+
+
+async def test_each_writing_of_a_value_comes_back_as_it_was_written() -> None:
+    rt = FakeRuntime()
+    text = (
+        "Card 4111 1111 1111 1111, 4111-1111-1111-1111, 4111111111111111 and 4111 1111 1111 1111."
+        "\nIBAN GB82 WEST 1234 5698 7654 32, gb82west12345698765432, GB82WEST12345698765432."
+        "\nMail Ann.Lee@Example.com or ann.lee@example.com; call (415) 555-0132, 415.555.0132."
+        "\nHost 2001:DB8::1 or 2001:db8::1; SSN 123-45-6789, SSN 123 45 6789; NI AB123456C."
+    )
+    out = await run_node(RedactNode(), {"text": text}, rt)
+    assert out.text == (
+        "Card [CARD_1], [CARD_2], [CARD_3] and [CARD_1]."
+        "\nIBAN [IBAN_1], [IBAN_2], [IBAN_3]."
+        "\nMail [EMAIL_1] or [EMAIL_2]; call [PHONE_1], [PHONE_2]."
+        "\nHost [IP_1] or [IP_2]; SSN [SSN_1], SSN [SSN_2]; NI [NINO_1]."
+    )
+    back = await run_node(RedactNode(), {"mode": "restore", "text": out.text}, rt)
+    assert back.text == text
+    # a model that mentions them in another order still gets each one as written
+    answer = "Charged [CARD_3], not [CARD_2]; wrote to [EMAIL_2]."
+    again = await run_node(RedactNode(), {"mode": "restore", "text": answer}, rt)
+    assert again.text == (
+        "Charged 4111111111111111, not 4111-1111-1111-1111; wrote to ann.lee@example.com."
+    )
+
+
+def test_writings_redacted_in_separate_texts_of_a_request_keep_their_own_placeholders() -> None:
+    vault = PiiVault()
+    first, _ = vault.redact("card 4111 1111 1111 1111", frozenset(KINDS))
+    second, _ = vault.redact("card 4111-1111-1111-1111, NI AB 12 34 56 C", frozenset(KINDS))
+    assert (first, second) == ("card [CARD_1]", "card [CARD_2], NI [NINO_1]")
+    assert vault.restore("[CARD_2] then [CARD_1], [NINO_1]") == (
+        "4111-1111-1111-1111 then 4111 1111 1111 1111, AB 12 34 56 C",
+        {"CARD": 2, "NINO": 1},
+    )
 
 
 async def test_restore_puts_originals_back_within_the_request_only() -> None:
@@ -82,3 +124,51 @@ async def test_redacting_a_large_hostile_text_leaves_the_event_loop_free() -> No
 
     assert await heartbeats_during(big) >= 3
     assert await finishes_first(big, small) == "small"
+
+
+_WRITINGS = [
+    ("4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111"),
+    ("3782 822463 10005", "3782-822463-10005", "378282246310005"),
+    ("GB82 WEST 1234 5698 7654 32", "gb82 west 1234 5698 7654 32", "GB82WEST12345698765432"),
+    ("de89370400440532013000", "DE89370400440532013000", "DE89 3704 0044 0532 0130 00"),
+    ("(415) 555-0132", "415.555.0132", "415-555-0132", "+1 415 555 0132"),
+    ("+44 20 7946 0958", "+442079460958", "0044 20 7946 0958"),
+    ("ann.lee@example.com", "Ann.Lee@Example.com", "ANN.LEE@EXAMPLE.COM"),
+    ("2001:db8::8a2e:370:7334", "2001:DB8::8A2E:370:7334"),
+    ("123-45-6789", "123 45 6789"),
+    ("AB123456C", "AB 12 34 56 C"),
+    ("sk-" + "a1B2" * 8,),
+]
+"""Values of every kind, each in the ways people write it."""
+
+_WORDS = st.sampled_from(["hello", "the", "order", "ships", "Monday", "12", "v2.3", "at", "10:30"])
+_LITERALS = st.builds("[{}_{}]".format, st.sampled_from(KINDS), st.integers(1, 3))
+"""Placeholder-like text typed by the user."""
+_SEPARATORS = st.sampled_from([" ", ", ", ". ", "; ", "\n", " and ", " or "])
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    """A text mixing a few values, each in several writings, with words and
+    placeholder-like literals."""
+    values = draw(st.lists(st.sampled_from(_WRITINGS), min_size=1, max_size=3))
+    writings = st.sampled_from(values).flatmap(st.sampled_from)
+    pieces = st.one_of(writings, writings, _WORDS, _LITERALS)
+    drawn = draw(st.lists(st.tuples(pieces, _SEPARATORS), max_size=12))
+    return "".join(piece + sep for piece, sep in drawn)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts())
+def test_redact_then_restore_gives_back_the_text_byte_for_byte(text: str) -> None:
+    vault = PiiVault()
+    redacted, counts = vault.redact(text, frozenset(KINDS))
+    spans = detect(text)
+    assert counts == {k: sum(s.kind == k for s in spans) for k in sorted({s.kind for s in spans})}
+    assert vault.restore(redacted)[0] == text  # the model echoed every placeholder
+    # one placeholder per literal, never one the text holds itself, each restored on its own
+    tokens = {(s.kind, s.value): vault.placeholder(s.kind, s.value) for s in spans}
+    assert len(set(tokens.values())) == len(tokens) == len(vault)
+    for (_, value), token in tokens.items():
+        assert token not in text
+        assert vault.restore(token)[0] == value

@@ -4,6 +4,9 @@ tests/engine/test_pii.py."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +15,7 @@ from engine.pii import KINDS, detect
 from nodes.redact import PiiVault, RedactNode
 from tests.support.loop_probe import HOSTILE_60KB, finishes_first, heartbeats_during
 from tests.support.nodes_fakes import FakeRuntime, run_node
+from tests.support.pii_corpus import GENERATORS
 
 pytestmark = pytest.mark.anyio
 
@@ -105,6 +109,31 @@ def test_a_placeholder_the_text_already_holds_is_never_handed_out_or_restored() 
     assert restored == text and counts == {"EMAIL": 1}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_placeholder_the_text_holds_is_never_restored_to_a_value_of_any_kind(kind: str) -> None:
+    vault = PiiVault()
+    value = GENERATORS[kind](random.Random(1))
+    text = f"I write [{kind}_1] for it; mine is {value} and [{kind}_3] is a note"
+    redacted, _ = vault.redact(text, frozenset(KINDS))
+    assert redacted == f"I write [{kind}_1] for it; mine is [{kind}_2] and [{kind}_3] is a note"
+    assert vault.restore(redacted) == (text, {kind: 1})
+
+
+def test_placeholders_the_model_mangles_are_left_as_the_model_wrote_them() -> None:
+    vault = PiiVault()
+    vault.redact("mail a@b.co, card 4111 1111 1111 1111, ip 10.0.0.1", frozenset(KINDS))
+    answer = (
+        "[email_1] [Email_1] EMAIL_1] [EMAIL_1 [EMAIL 1] [EMAIL-1] [EMAIL_01] [ EMAIL_1 ] "
+        "{EMAIL_1} (CARD_1) [card_1] CARD_1 [CARD_11] [IP_1 ] [IP_\u0661] [I P_1]"
+    )
+    assert vault.restore(answer) == (answer, {})
+    # an extra bracket around an intact placeholder is the model's, the placeholder ours
+    assert vault.restore("[[CARD_1]] [IP_1].") == (
+        "[4111 1111 1111 1111] 10.0.0.1.",
+        {"CARD": 1, "IP": 1},
+    )
+
+
 def test_vault_repr_hides_values() -> None:
     vault = PiiVault()
     vault.redact("x@y.com", frozenset(KINDS))
@@ -172,3 +201,26 @@ def test_redact_then_restore_gives_back_the_text_byte_for_byte(text: str) -> Non
     for (_, value), token in tokens.items():
         assert token not in text
         assert vault.restore(token)[0] == value
+
+
+_MANGLES: list[Callable[[str], str]] = [
+    str.lower,
+    str.title,
+    lambda token: token[1:],
+    lambda token: token[:-1],
+    lambda token: token.replace("_", " "),
+    lambda token: token.replace("_", "_0"),
+    lambda token: f"[ {token[1:-1]} ]",
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(_texts(), st.lists(st.sampled_from(_MANGLES), min_size=1))
+def test_a_mangled_placeholder_is_never_restored(
+    text: str, mangles: list[Callable[[str], str]]
+) -> None:
+    vault = PiiVault()
+    vault.redact(text, frozenset(KINDS))
+    tokens = sorted({vault.placeholder(s.kind, s.value) for s in detect(text)})
+    answer = " ".join(mangles[i % len(mangles)](t) for i, t in enumerate(tokens))
+    assert vault.restore(answer) == (answer, {})

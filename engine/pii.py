@@ -71,9 +71,11 @@ _SECRET_ASSIGN = re.compile(
 # after another number ("12 4111 1111 1111 1111") is still seen.
 _CARD = re.compile(r"(?<![\w.,-])(?=([2-6]\d{3}(?:[ -]?\d){9,18}))")
 _CARD_RUNS_ON = re.compile(r"[\w-]|[.,]\d")
-# One character per step (an alphanumeric, or a space that precedes one): no two ways to
-# split a run, so a long run of letter-digit groups cannot make the engine backtrack.
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[A-Za-z0-9]| (?=[A-Za-z0-9])){11,40}")
+# Every word that opens like an IBAN is tried (zero-width, bounded body), so an IBAN right
+# after a near miss ("code XY12 or DE89...") or inside a longer run is still seen. One
+# character per step (an alphanumeric, or a space that precedes one): no two ways to split a
+# run, so a long run of letter-digit groups cannot make the engine backtrack.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])(?=([A-Za-z]{2}\d{2}(?:[A-Za-z0-9]| (?=[A-Za-z0-9])){11,40}))")
 """An IBAN as printed (groups of four or unbroken), in either case: people type them in
 lower case too. The country's length and the check digits decide."""
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
@@ -232,16 +234,21 @@ def _emails(text: str) -> Iterator[Span]:
 
 
 def _ibans(text: str) -> Iterator[Span]:
+    taken = 0
     for m in _IBAN.finditer(text):
-        expected = _IBAN_LENGTHS.get(m.group()[:2].upper())
+        start, candidate = m.start(1), m.group(1)
+        if start < taken:
+            continue  # a group of the IBAN just found
+        expected = _IBAN_LENGTHS.get(candidate[:2].upper())
         if expected is None:
             continue
-        end = _iban_end(m.group(), expected)
+        end = _iban_end(candidate, expected)
         if end is None:
             continue
-        value = m.group()[:end]
+        value = candidate[:end]
         if _iban_ok(value.replace(" ", "")):
-            yield Span(m.start(), m.start() + end, "IBAN", value)
+            taken = start + end
+            yield Span(start, taken, "IBAN", value)
 
 
 def _iban_end(candidate: str, length: int) -> int | None:

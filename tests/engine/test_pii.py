@@ -99,6 +99,38 @@ def test_an_iban_typed_in_lower_case_is_found_whole() -> None:
     assert detect("commit ab12cdef0123456789abcdef0123456789abcd") == []
 
 
+def test_an_iban_after_a_near_miss_or_another_iban_is_found() -> None:
+    # a code that opens like an IBAN ("XY12") used to swallow the words after it, and the
+    # scan went on after all of them
+    for text, values in (
+        ("code XY12 or DE89370400440532013000", ["DE89370400440532013000"]),
+        ("flight LH12 to pay DE89370400440532013000 now", ["DE89370400440532013000"]),
+        (
+            "GB82 WEST 1234 5698 7654 32 or gb82west12345698765432",
+            ["GB82 WEST 1234 5698 7654 32", "gb82west12345698765432"],
+        ),
+        ("seat 12 on LH45 then DE89 3704 0044 0532 0130 00", ["DE89 3704 0044 0532 0130 00"]),
+        ("DE12 DE89 3704 0044 0532 0130 00", ["DE89 3704 0044 0532 0130 00"]),
+    ):
+        assert [(s.kind, s.value) for s in detect(text)] == [("IBAN", v) for v in values], text
+        for value in values:
+            assert _found_exactly(text, "IBAN", value), (text, value)
+
+
+def test_the_groups_of_an_iban_are_never_a_phone() -> None:
+    text = "seat 12 on LH45 then DE89 3704 0044 0532 0130 00"
+    assert [s.kind for s in detect(text)] == ["IBAN"]
+    sent, found, _ = apply_egress_policy(
+        [{"role": "user", "content": text}], {"egress": {"redact": True}}
+    )
+    assert sent[0]["content"] == "seat 12 on LH45 then [IBAN]" and found == {"IBAN": 1}
+    _, found, blocked = apply_egress_policy(
+        [{"role": "user", "content": "code XY12 or DE89370400440532013000"}],
+        {"egress": {"allow_unredacted": False}},
+    )
+    assert blocked and found == {"IBAN": 1}
+
+
 def test_validators_reject_lookalikes() -> None:
     assert detect("card 4111 1111 1111 1112") == []  # Luhn fails
     assert detect("IBAN GB82 WEST 1234 5698 7654 33") == []  # mod-97 fails
@@ -154,6 +186,63 @@ def test_a_value_between_ordinary_words_is_found_whole(
         after = ["and", *after]  # "+41 44 141 77 76 12" may well be one number: punctuate
     text = " ".join(p for p in (prefix, value, " ".join(after)) if p) + "."
     assert _found_exactly(text, kind, value), text
+
+
+_IBANS = [
+    "DE89370400440532013000",
+    "GB82WEST12345698765432",
+    "NL91ABNA0417164300",
+    "FR1420041010050500013M02606",
+    "BE68539007547034",
+    "MT84MALT011000012345MTLCAST001S",
+    "NO9386011117947",
+]
+"""Valid IBANs of 15 to 31 characters, some with letters in the account part."""
+
+
+def _written(iban: str, grouped: bool, lower: bool) -> str:
+    """`iban` as people print it: in groups of four or unbroken, in upper or lower case."""
+    value = " ".join(iban[i : i + 4] for i in range(0, len(iban), 4)) if grouped else iban
+    return value.lower() if lower else value
+
+
+# Near misses open like an IBAN but name no country: with a real one, "SE56 DE89 3704 0044
+# 0532 0130 00" holds a valid Swedish IBAN of 24 characters before the German one, so
+# detection could not tell which was meant.
+_FILLERS = st.one_of(
+    st.sampled_from(["XY12", "LH45", "lh12", "xy99", "code", "or", "pay", "seat", "IBAN"]),
+    st.sampled_from(["0044", "3704", "00", "1234 5678"]),
+    st.integers(0, 99_999).map(str),
+)
+_PIECES = st.one_of(
+    _FILLERS.map(lambda word: (word, False)),
+    st.builds(_written, st.sampled_from(_IBANS), st.booleans(), st.booleans()).map(
+        lambda iban: (iban, True)
+    ),
+)
+
+
+@st.composite
+def _text_with_ibans(draw: st.DrawFn) -> tuple[str, list[tuple[int, str]]]:
+    """Words, numbers and near-miss codes with IBANs at random places, and where each IBAN is."""
+    text, ibans = "", []
+    for piece, is_iban in draw(st.lists(_PIECES, max_size=14)):
+        if text:
+            text += draw(st.sampled_from([" ", ", ", " or ", "; "]))
+        if is_iban:
+            ibans.append((len(text), piece))
+        text += piece
+    return text, ibans
+
+
+@settings(max_examples=300, deadline=None)
+@given(_text_with_ibans())
+def test_every_iban_among_near_misses_is_found_at_its_exact_span(
+    case: tuple[str, list[tuple[int, str]]],
+) -> None:
+    text, ibans = case
+    found = [(s.start, s.value) for s in detect(text) if s.kind == "IBAN"]
+    assert found == ibans, text
 
 
 @settings(max_examples=300, deadline=None)

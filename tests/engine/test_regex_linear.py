@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.models import _sim_tasks
-from engine.pii import detect
+from engine.pii import _IBAN, Span, _ibans, detect
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 from nodes._support.semcache import template
@@ -45,7 +45,8 @@ UNITS = [
     "DE12AAAA", "a.", "+1 ", "'a", '"a', "a@", "a@b.", "a-1", "a-a", "(1) ", "0 ", "01 ", "0-",
     "1::", "%", "token=", "a_", "-----BEGIN RSA PRIVATE KEY-----", "020 7946 0958 ", "4111 ",
     "123-45-", "1.1.1.", "ssn 1", "0a", "(020) ", "+44 20 ", "call 1 ", "Ab ", "{ ", "<draft>",
-    "```", "http://", "#1", "x()", "- ", "1. ", "[EMAIL_1", "fe80::", "::ffff:1.",
+    "```", "http://", "#1", "x()", "- ", "1. ", "[EMAIL_1", "fe80::", "::ffff:1.", "XY12 ",
+    "XY12 or ",
 ]  # fmt: skip
 """Repeated units that make backtracking regexes blow up (or would, if one crept back)."""
 
@@ -167,6 +168,29 @@ def test_request_text_functions_handle_every_unit_quickly(unit: str) -> None:
     text = _text(unit, 60_000)
     for name, fn in TEXT_FUNCTIONS.items():
         assert _cpu(fn, text) < 1.0, (name, unit)
+
+
+IBAN_MISSES = ["XY12 ", "XY12 or ", "DE12 ", "gb82 west ", "LH45 DE89 ", "de12ab34cd56 "]
+"""Runs of words that open like an IBAN and are none."""
+
+
+def _iban_attempts(text: str) -> list[str]:
+    """The candidates the IBAN finder validates in `text`, one per start it tries."""
+    return [m.group(1) for m in _IBAN.finditer(text)]
+
+
+@pytest.mark.parametrize("unit", IBAN_MISSES)
+def test_the_iban_scan_tries_each_word_once_on_long_runs_of_near_misses(unit: str) -> None:
+    # After a near miss the scan resumes at the next word that can start an IBAN: at most
+    # one attempt per word, each reading at most 44 characters (an IBAN printed in groups
+    # is 38 at most), so the work grows with the text, never with its square. Counted, not
+    # timed.
+    text = _text(unit, 60_000) + " DE89370400440532013000"
+    attempts = _iban_attempts(text)
+    assert 0 < len(attempts) <= len(text.split())
+    assert max(map(len, attempts)) <= 44
+    # and the IBAN after the whole run is still found
+    assert list(_ibans(text)) == [Span(60_001, 60_023, "IBAN", "DE89370400440532013000")]
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])

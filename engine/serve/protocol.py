@@ -34,6 +34,14 @@ a head trickled a byte at a time would otherwise hold the connection for days), 
 connection closes: with a 408 in OpenAI's shape when the request's head is whole (an app
 was reading its body), without a word otherwise (as uvicorn closes an idle keep-alive
 connection). A slow body that keeps coming is read to its end.
+
+llhttp decodes one transfer coding, `chunked`, and reads `Transfer-Encoding: gzip, chunked`
+as if it said `chunked` alone: the app got a body still gzipped (or in any coding the
+client named) and took it for the request. A request whose `Transfer-Encoding` names any
+other coding gets a 501 in OpenAI's shape and its connection closes (RFC 9112, section
+6.1; h11 refuses such a request itself, with its 400). One with both `Transfer-Encoding`
+and `Content-Length`, which two parsers could frame two ways (request smuggling), is
+llhttp's 400 and closes its connection (RFC 9112, section 6.3).
 """
 
 from __future__ import annotations
@@ -123,7 +131,11 @@ def bounded_heads(app: Any) -> Any:
 
 def _close_with(transport: Any, error: ApiError, counted: Callable[[int], None]) -> None:
     """Answer `error` in OpenAI's shape and close the connection (`counted` is told its
-    status): an app reading the request sees its client leave (`http.disconnect`)."""
+    status): an app reading the request sees its client leave (`http.disconnect`). A
+    connection already closing has had its answer (the parser may still be reading what
+    came after the request it refused, and refuse that too): nothing is sent or counted."""
+    if transport.is_closing():
+        return
     counted(error.status)
     body = json.dumps(error_body(error)).encode()
     status = f"{error.status} {HTTPStatus(error.status).phrase}"
@@ -235,11 +247,33 @@ class _Reading:
         _close_with(self.transport, error, self.on_refused)
 
 
+def _unframed(headers: list[tuple[bytes, bytes]]) -> ApiError | None:
+    """The 501 of a request head whose `Transfer-Encoding` names a coding other than
+    `chunked` (`headers`: names in lower case); None for any other head."""
+    codings = [
+        coding.strip(b" \t").lower()
+        for name, value in headers
+        if name == b"transfer-encoding"
+        for coding in value.split(b",")
+    ]
+    unknown = [c.decode("latin-1") for c in codings if c and c != b"chunked"]
+    if not unknown:
+        return None
+    return ApiError(
+        501,
+        f"the request's Transfer-Encoding names {', '.join(unknown)}: this server decodes "
+        "no transfer coding but chunked; send the body with Content-Length, or with "
+        "`Transfer-Encoding: chunked` alone",
+        code="unsupported_transfer_encoding",
+    )
+
+
 class _BoundedHead:
-    """The head limits, mixed in before uvicorn's httptools protocol (whose methods
-    `super()` reaches)."""
+    """The head limits and the body's framing, mixed in before uvicorn's httptools
+    protocol (whose methods `super()` reaches)."""
 
     transport: Any
+    headers: list[tuple[bytes, bytes]]
     on_refused: Callable[[int], None]
     _head: int | None = 0
     """Bytes of the current request head fed to the parser; None in a body."""
@@ -249,6 +283,8 @@ class _BoundedHead:
     _refused = False
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         while self._head is not None and len(data) > HEAD_BYTES - self._head:
             room = HEAD_BYTES - self._head
             ended = self._ended
@@ -256,7 +292,7 @@ class _BoundedHead:
             if self._refused or self.transport.is_closing():
                 return
             if self._head is not None and self._ended == ended:  # still the same head
-                self._refuse(f"are over {HEAD_BYTES} bytes")
+                self._refuse(_head_error(f"are over {HEAD_BYTES} bytes"))
                 return
             data = data[room:]
         if self._refused:
@@ -269,14 +305,19 @@ class _BoundedHead:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         if self._fields > HEAD_FIELDS:
-            self._refuse(f"have more than {HEAD_FIELDS} headers")
+            self._refuse(_head_error(f"have more than {HEAD_FIELDS} headers"))
         elif not self._refused:
             super().on_header(name, value)  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
-        if not self._refused:
-            self._head = None
-            super().on_headers_complete()  # type: ignore[misc]
+        if self._refused:
+            return
+        error = _unframed(self.headers)
+        if error is not None:  # (llhttp reads `gzip, chunked` as if it were `chunked`)
+            self._refuse(error)
+            return
+        self._head = None
+        super().on_headers_complete()  # type: ignore[misc]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -288,10 +329,10 @@ class _BoundedHead:
             self._ended += 1
             super().on_message_complete()  # type: ignore[misc]
 
-    def _refuse(self, what: str) -> None:
-        """Answer 431 and close the connection (the parser may still be feeding: every
+    def _refuse(self, error: ApiError) -> None:
+        """Answer `error` and close the connection (the parser may still be feeding: every
         callback after this does nothing)."""
         if self._refused:
             return
         self._refused = True
-        _close_with(self.transport, _head_error(what), self.on_refused)
+        _close_with(self.transport, error, self.on_refused)

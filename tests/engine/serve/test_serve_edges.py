@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -162,10 +164,18 @@ def test_metrics_count_the_http_layer_s_refusals_and_the_chat_path_s_405(tmp_pat
                 urllib.request.urlopen(request, timeout=30)
             except urllib.error.HTTPError as exc:
                 assert exc.code == (431 if method == "POST" else 405)
+        address = urllib.parse.urlsplit(base_url)
+        with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nxxxxx\r\n0\r\n\r\n"
+            )
+            assert conn.recv(65536).startswith(b"HTTP/1.1 501 ")
         with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=30) as m:
             scraped = m.read().decode()
     assert 'moat_http_responses_total{code="431"} 1.0' in scraped
     assert 'moat_http_responses_total{code="405"} 1.0' in scraped
+    assert 'moat_http_responses_total{code="501"} 1.0' in scraped
 
 
 async def test_a_request_answered_before_the_cut_off_leaves_as_an_answer(tmp_path: Path) -> None:

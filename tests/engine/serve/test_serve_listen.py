@@ -4,6 +4,7 @@ soon as the response is complete."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import subprocess
@@ -378,6 +379,78 @@ def test_a_request_that_is_not_http_is_a_400_in_openai_s_shape(sent: bytes) -> N
     error = json.loads(body)["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http")
     assert error["message"].startswith("the request is not valid HTTP/1.1")
+
+
+class _Counted:
+    """`_echo_sizes` with the statuses the protocol tells it it sent itself."""
+
+    def __init__(self) -> None:
+        self.refused: list[int] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await _echo_sizes(scope, receive, send)
+
+    def count_refused(self, status: int) -> None:
+        self.refused.append(status)
+
+
+_GZIPPED = gzip.compress(b'{"model": "m", "messages": []}')
+_CHUNKED = b"%x\r\n%s\r\n0\r\n\r\n" % (len(_GZIPPED), _GZIPPED)
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: GZIP\r\n",
+    ],
+    ids=["one-header", "two-headers", "gzip-alone"],
+)
+def test_a_transfer_coding_other_than_chunked_is_a_501_and_the_connection_closes(
+    codings: bytes,
+) -> None:
+    """llhttp decodes `chunked` only, and read `gzip, chunked` as if it were `chunked`:
+    the app got the gzipped bytes as the body. The request after it is never read."""
+    app = _Counted()
+    sent = b"POST / HTTP/1.1\r\nHost: x\r\n" + codings + b"\r\n" + _CHUNKED
+    after = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with serving(app) as port:
+        answer = exchange(port, sent + after, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]  # one answer, and nothing after it
+    assert (error["type"], error["code"]) == (
+        "invalid_request_error",
+        "unsupported_transfer_encoding",
+    )
+    assert error["message"].startswith("the request's Transfer-Encoding names gzip:")
+    assert app.refused == [501]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n" % len(_CHUNKED),
+        b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(_CHUNKED),
+        b"Content-Length: %d\r\nTransfer-Encoding: gzip, chunked\r\n" % len(_CHUNKED),
+    ],
+    ids=["te-first", "cl-first", "unknown-coding"],
+)
+def test_a_request_with_transfer_encoding_and_content_length_is_a_400_and_closes(
+    framing: bytes,
+) -> None:
+    """Two ways to frame one body: a proxy that framed it by the other would take what
+    this server reads as the next request for part of this one (request smuggling)."""
+    app = _Counted()
+    sent = b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n" + _CHUNKED
+    after = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with serving(app) as port:
+        answer = exchange(port, sent + after, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    assert app.refused == [400]
 
 
 def test_an_in_process_sim_server_reads_requests_within_the_same_bounds() -> None:

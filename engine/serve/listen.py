@@ -126,7 +126,8 @@ def _listen_failure(host: str, port: int, exc: OSError) -> str:
 def config(app: Any, *, grace_s: float) -> uvicorn.Config:
     """How uvicorn serves a moat app: no lifespan (the caller opens what the app needs, so
     a failure is an error rather than a log line), no access log, no logging set up (the
-    CLI configures logging), and `grace_s` for requests in flight at shutdown."""
+    CLI configures logging), no WebSocket (uvicorn's plain-text refusal of a handshake
+    becomes the route's own answer), and `grace_s` for requests in flight at shutdown."""
     return uvicorn.Config(
         app,
         interface="asgi3",  # moat apps are ASGI 3 (a bound method is not detected as one)
@@ -134,6 +135,7 @@ def config(app: Any, *, grace_s: float) -> uvicorn.Config:
         log_config=None,
         log_level="warning",
         access_log=False,
+        ws="none",  # no WebSocket routes: a handshake is answered as HTTP, in OpenAI's shape
         proxy_headers=False,  # moat reads neither the client's address nor the scheme
         timeout_graceful_shutdown=math.ceil(grace_s) + (_CUT_OFF_S if _cuts_off(app) else 0),
     )

@@ -42,6 +42,14 @@ other coding gets a 501 in OpenAI's shape and its connection closes (RFC 9112, s
 6.1; h11 refuses such a request itself, with its 400). One with both `Transfer-Encoding`
 and `Content-Length`, which two parsers could frame two ways (request smuggling), is
 llhttp's 400 and closes its connection (RFC 9112, section 6.3).
+
+moat's servers switch to no other protocol (uvicorn runs with `ws="none"`): a request
+that asks to (`Connection: upgrade`, a WebSocket handshake) is answered over HTTP/1.1 as
+its route answers it, in OpenAI's shape, as RFC 9110 (section 7.8) lets a server do,
+and uvicorn has nothing to warn about. llhttp reads no body of such a request, and
+uvicorn drops what came after its head in the same read: the answer closes the
+connection, and a request that asks to switch and has a body gets a 400 (its app would
+have seen an empty body).
 """
 
 from __future__ import annotations
@@ -233,6 +241,11 @@ class _Reading:
         )
         _close_with(self.transport, error, self.on_refused)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn's warning that it cannot switch a request's protocol (and its advice
+        to install a WebSocket library): moat's servers switch to none by design, and
+        answer the request over HTTP/1.1."""
+
     def shutdown(self) -> None:
         if not self._arriving():
             super().shutdown()  # type: ignore[misc]
@@ -268,11 +281,30 @@ def _unframed(headers: list[tuple[bytes, bytes]]) -> ApiError | None:
     )
 
 
+def _upgrading_body(headers: list[tuple[bytes, bytes]]) -> ApiError | None:
+    """The 400 of a request that asks to switch protocols and has a body (llhttp leaves
+    the body of such a request unread); None when it has none."""
+    fields = dict(headers)
+    length = fields.get(b"content-length", b"0").strip(b" \t").lstrip(b"0")
+    if b"transfer-encoding" not in fields and not length:
+        return None
+    asked = fields.get(b"upgrade", b"").decode("latin-1") or "another protocol"
+    return ApiError(
+        400,
+        f"the request asks to switch to {asked} (Connection: upgrade) and has a body: this "
+        "server speaks HTTP/1.1 only and reads no body of such a request; send it without "
+        "its Upgrade header",
+        code="unsupported_upgrade",
+    )
+
+
 class _BoundedHead:
-    """The head limits and the body's framing, mixed in before uvicorn's httptools
-    protocol (whose methods `super()` reaches)."""
+    """The head limits, the body's framing and requests that ask to switch protocols,
+    mixed in before uvicorn's httptools protocol (whose methods `super()` reaches)."""
 
     transport: Any
+    parser: Any
+    cycle: Any
     headers: list[tuple[bytes, bytes]]
     on_refused: Callable[[int], None]
     _head: int | None = 0
@@ -312,12 +344,15 @@ class _BoundedHead:
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        error = _unframed(self.headers)
-        if error is not None:  # (llhttp reads `gzip, chunked` as if it were `chunked`)
+        upgrade = self.parser.should_upgrade()  # (Connection: upgrade, or CONNECT)
+        error = _unframed(self.headers) or (_upgrading_body(self.headers) if upgrade else None)
+        if error is not None:
             self._refuse(error)
             return
         self._head = None
         super().on_headers_complete()  # type: ignore[misc]
+        if upgrade:  # what came after its head in the same read is lost: close after it
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

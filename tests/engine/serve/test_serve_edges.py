@@ -178,6 +178,41 @@ def test_metrics_count_the_http_layer_s_refusals_and_the_chat_path_s_405(tmp_pat
     assert 'moat_http_responses_total{code="501"} 1.0' in scraped
 
 
+def test_a_websocket_handshake_is_answered_in_openai_s_shape_and_nothing_is_logged(
+    tmp_path: Path,
+) -> None:
+    """moat serve has no WebSocket routes: a handshake (OpenAI's Realtime API is one) is
+    answered as the plain HTTP request it also is, not with uvicorn's plain-text 403 and a
+    warning to install a WebSocket library."""
+    handshake = (
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    answers = []
+    with serving(str(echo_graph(tmp_path)), "--db", str(tmp_path / "moat.db")) as (
+        proc,
+        base_url,
+    ):
+        address = urllib.parse.urlsplit(base_url)
+        for path in ("/v1/realtime", "/v1/models"):
+            with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{handshake}".encode())
+                answer = b""
+                while chunk := conn.recv(65536):  # until the server closes the connection
+                    answer += chunk
+            answers.append(answer.partition(b"\r\n\r\n"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    (realtime, _, error), (models, _, listed) = answers
+    assert realtime.startswith(b"HTTP/1.1 404 ") and b"connection: close" in realtime
+    assert b"content-type: application/json" in realtime
+    assert json.loads(error)["error"]["message"].startswith("GET /v1/realtime: Not Found;")
+    assert models.startswith(b"HTTP/1.1 200 ") and json.loads(listed)["data"][0]["id"] == "echo"
+    assert "upgrade" not in log.lower() and "websocket" not in log.lower()
+
+
 async def test_a_request_answered_before_the_cut_off_leaves_as_an_answer(tmp_path: Path) -> None:
     db = tmp_path / "moat.db"
     body = {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}

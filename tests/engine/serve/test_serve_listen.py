@@ -453,6 +453,53 @@ def test_a_request_with_transfer_encoding_and_content_length_is_a_400_and_closes
     assert app.refused == [400]
 
 
+_HANDSHAKE = (
+    b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def test_the_sim_server_answers_a_websocket_handshake_in_openai_s_shape_and_closes() -> None:
+    """uvicorn answered a handshake itself, in plain text (403, or 400); moat's servers
+    have no WebSocket routes and answer it as the plain HTTP request it also is. What came
+    after it on the connection is not read."""
+    after = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    with serving(SimServer(time_scale=0).app) as port:
+        answer = exchange(port, _HANDSHAKE + after, until_closed=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]  # one answer, and nothing after it
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("no route GET /v1/realtime;")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "settings"),
+    [("websocket", b""), ("h2c", b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")],
+    ids=["websocket", "h2c"],
+)
+def test_a_request_asking_to_switch_protocols_with_a_body_is_a_400_and_closes(
+    protocol: str, settings: bytes
+) -> None:
+    """llhttp reads no body of a request that asks to switch protocols: the app saw an
+    empty body (a 400 saying the body is not JSON), and the body's bytes were lost, or
+    read as the next request."""
+    app = _Counted()
+    body = b'{"model": "m"}'
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n" % (
+        protocol.encode()
+    )
+    sent = head + settings + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with serving(app) as port:
+        answer = exchange(port, sent, until_closed=True)
+    head, _, text = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    error = json.loads(text)["error"]
+    assert error["code"] == "unsupported_upgrade"
+    assert error["message"].startswith(f"the request asks to switch to {protocol} ")
+    assert app.refused == [400]
+
+
 def test_an_in_process_sim_server_reads_requests_within_the_same_bounds() -> None:
     """`SimServer.serve` (what tests and benchmarks start beside them) is the server `moat
     sim-server` runs: a head over the limit is a 431 and it still answers after."""

@@ -140,6 +140,14 @@ def test_deep_nesting_is_an_expression_error() -> None:
         compile_expr("(" * 300 + "1" + ")" * 300)
 
 
+def test_a_line_break_in_the_source_reads_as_a_space_inside_a_string_too() -> None:
+    """An expression is one line, so a YAML block scalar may spread it over several; a
+    string holds a line break only as an escape."""
+    assert ev("'yes' if x\nelse 'no'", x=False) == "no"
+    assert ev("'ok\r\nSet-Cookie: x'") == "ok  Set-Cookie: x"
+    assert ev(r"'ok\r\nSet-Cookie: x'") == "ok\r\nSet-Cookie: x"
+
+
 def test_yaml_scalars_compile_to_constants() -> None:
     for value in (True, False, None, 3, 0.5):
         expr = compile_expr(value)

@@ -4,6 +4,7 @@ streaming on every shipped graph, a client that hangs up recorded `cancelled`, a
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -11,12 +12,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
 
 from engine.store.store import Store
 from tests.engine.serve.test_serve import PROMPTS, SHIPPED, echo_graph
+from tests.engine.serve.test_serve_hostile import answering
 from tests.support.fast_graphs import fast_copy
 
 
@@ -134,3 +138,42 @@ def test_the_sync_client_retrieves_a_served_graph_and_a_slashed_path_is_answered
     assert (model.id, model.object, model.owned_by) == ("echo", "model", "moat")
     assert isinstance(unknown, dict) and unknown["code"] == "model_not_found"
     assert slashed.status_code == 200 and slashed.json()["model"] == "echo"
+
+
+def _raw_chat(base_url: str, model: str, content: str) -> tuple[list[bytes], dict[str, Any]]:
+    """A chat completion over a bare socket: the response's header lines as they came on
+    the wire, and its body."""
+    address = urlsplit(base_url)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(head.encode() + body.encode())
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    lines, _, text = answer.partition(b"\r\n\r\n")
+    return lines.split(b"\r\n"), json.loads(text)
+
+
+def test_a_decision_with_a_line_break_leaves_percent_encoded_on_the_wire(
+    tmp_path: Path,
+) -> None:
+    """A decision that is not printable ASCII goes in its header percent-encoded (UTF-8):
+    none of its line breaks reaches the wire to end the header or start another. A line
+    break written into a graph's expression source reads as a space, in a quoted string
+    too (as everywhere in an expression): that decision holds none, in its header as in
+    the body's `moat.decision`."""
+    written_in_graph = r'''"'ok\r\nSet-Cookie: lit=1'"'''  # (YAML turns \r\n into CR LF)
+    for name, decision in (("dec", "input.prompt"), ("lit", written_in_graph)):
+        (tmp_path / f"{name}.yaml").write_text(answering(name, f"decision: {decision}"))
+    graphs = (str(tmp_path / "dec.yaml"), str(tmp_path / "lit.yaml"))
+    with served(*graphs, "--db", str(tmp_path / "moat.db")) as base_url:
+        sent, sent_body = _raw_chat(base_url, "dec", "ok\r\nSet-Cookie: pwned=1\n\u2603")
+        written, written_body = _raw_chat(base_url, "lit", "hi")
+    assert b"x-moat-decision: ok%0D%0ASet-Cookie: pwned=1%0A%E2%98%83" in sent
+    assert sent_body["moat"]["decision"] == "ok\r\nSet-Cookie: pwned=1\n\u2603"
+    assert b"x-moat-decision: ok  Set-Cookie: lit=1" in written
+    assert written_body["moat"]["decision"] == "ok  Set-Cookie: lit=1"
+    for line in sent + written:
+        assert not line.lower().startswith(b"set-cookie")

@@ -17,6 +17,8 @@ from engine.errors import MoatError, PolicyError, StoreError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.policy.manager import apply_policy, diff_policies, load_policy_file, rollback_policy
+from engine.store.policy_ops import version_numbers
+from engine.store.policy_tables import listed
 from engine.store.store import Store
 
 __all__ = ["add_commands"]
@@ -150,6 +152,17 @@ def _resolve_name(store: Store, name: str | None) -> str:
     raise PolicyError(f"{store.path} holds several policies; name one of: {', '.join(names)}")
 
 
+def _versions(store: Store, name: str, *, status: str | None = None) -> str:
+    """The policy's stored versions (or those with `status`) for a message, as ranges."""
+    return listed(version_numbers(store, name, status=status))
+
+
+def _no_version(store: Store, name: str, version: int | None) -> PolicyError:
+    return PolicyError(
+        f"policy '{name}' has no version {version}; stored versions: {_versions(store, name)}"
+    )
+
+
 def _when(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
@@ -163,15 +176,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             return 0
         print(f"{'NAME':<24} {'ACTIVE':>6} {'LATEST':>6} {'VERSIONS':>8}  BAD")
         for row in rows:
-            bad = [
-                str(v["version"])
-                for v in store.policy_versions(row["name"])
-                if v["status"] == "bad"
-            ]
+            bad = _versions(store, row["name"], status="bad")
             active = row["active"] if row["active"] is not None else "-"
             print(
                 f"{row['name']:<24} {active:>6} {row['latest']:>6} {row['versions']:>8}  "
-                f"{', '.join(bad) or '-'}"
+                f"{bad or '-'}"
             )
     return 0
 
@@ -182,10 +191,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         name, version = _target(store, args.name, args.version)
         row = store.active_policy(name) if version is None else store.get_policy(name, version)
         if row is None:
-            versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
-            raise PolicyError(
-                f"policy '{name}' has no version {version}; stored versions: {versions}"
-            )
+            raise _no_version(store, name, version)
         print(f"# policy {name} version {row['version']} ({row['status']})")
         print(f"# parent: {row['parent_version'] or '-'}  created: {_when(row['created_at'])}")
         print(f"# sha256: {row['content_hash']}")
@@ -256,8 +262,7 @@ def _body_of(spec: str, store: Store | None) -> tuple[str, dict[str, Any]]:
     name, version = _target(store, spec, None)
     row = store.active_policy(name) if version is None else store.get_policy(name, version)
     if row is None:
-        versions = ", ".join(str(v["version"]) for v in store.policy_versions(name))
-        raise PolicyError(f"policy '{name}' has no version {version}; stored versions: {versions}")
+        raise _no_version(store, name, version)
     return f"{name}@{row['version']}", dict(row["body"])
 
 
@@ -293,6 +298,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     """Print the policy's activations, oldest first."""
     with _open(args) as store:
         name, version = _target(store, args.name, None)
+        if version is not None and store.get_policy(name, version) is None:
+            raise _no_version(store, name, version)
         rows = [
             row
             for row in store.policy_history(name)

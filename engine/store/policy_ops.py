@@ -37,6 +37,7 @@ __all__ = [
     "register",
     "roll_back",
     "transaction",
+    "version_numbers",
 ]
 
 Outcome = str
@@ -363,13 +364,13 @@ def _check_target(conn: sqlite3.Connection, name: str, current: Active, target: 
     if target is None:
         raise PolicyError(
             f"policy '{name}': no earlier version to roll back to (active: "
-            f"v{current.version}; stored: {', '.join(f'v{v}' for v in known)}); "
+            f"v{current.version}; stored versions: {_store_policy.listed(known)}); "
             "apply a fixed file instead"
         )
     if target not in known:
         raise PolicyError(
             f"policy '{name}' has no version {target}; stored versions: "
-            f"{', '.join(str(v) for v in known)}"
+            f"{_store_policy.listed(known)}"
         )
     if target == current.version:
         raise PolicyError(
@@ -384,6 +385,17 @@ def _unknown(conn: sqlite3.Connection, name: str) -> PolicyError:
         f"no active policy named '{name}' in the store (policies: {listed}); "
         "add one with `moat policy apply FILE`"
     )
+
+
+def version_numbers(store: Store, name: str, *, status: str | None = None) -> list[int]:
+    """The policy's stored versions (only those with `status` if given), ascending, read
+    without their bodies: a store may hold thousands of versions of up to 1 MiB each."""
+    rows = store.query(
+        "SELECT version FROM policy_snapshots WHERE name = ? AND status = COALESCE(?, status) "
+        "ORDER BY version",
+        (name, status),
+    )
+    return [int(row["version"]) for row in rows]
 
 
 def baseline_samples(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import StoreError
@@ -20,6 +20,7 @@ from engine.errors import StoreError
 __all__ = [
     "activate",
     "insert_snapshot",
+    "listed",
     "set_status",
     "versions",
 ]
@@ -33,17 +34,37 @@ def versions(conn: sqlite3.Connection, name: str) -> list[int]:
     return [int(v) for (v,) in rows]
 
 
+def listed(numbers: Iterable[int]) -> str:
+    """Version numbers for a message, runs of three or more as ranges (`1, 2, 4-5000`):
+    a policy applied thousands of times must not fill the screen with them."""
+    parts: list[str] = []
+    run: list[int] = []
+    for n in sorted(set(numbers)):
+        if run and n != run[-1] + 1:
+            parts.append(_span(run))
+            run = []
+        run.append(n)
+    if run:
+        parts.append(_span(run))
+    return ", ".join(parts)
+
+
+def _span(run: list[int]) -> str:
+    if len(run) < 3:
+        return ", ".join(str(n) for n in run)
+    return f"{run[0]}-{run[-1]}"
+
+
 def _missing(conn: sqlite3.Connection, name: str, version: int) -> StoreError:
     known = versions(conn, name)
     if not known:
         names = [n for (n,) in conn.execute("SELECT DISTINCT name FROM policy_snapshots")]
-        listed = ", ".join(sorted(names)) or "none yet"
+        policies = ", ".join(sorted(names)) or "none yet"
         return StoreError(
-            f"no policy named '{name}' in the store (policies: {listed}); "
+            f"no policy named '{name}' in the store (policies: {policies}); "
             "add one with `moat policy apply FILE`"
         )
-    listed = ", ".join(str(v) for v in known)
-    return StoreError(f"policy '{name}' has no version {version}; stored versions: {listed}")
+    return StoreError(f"policy '{name}' has no version {version}; stored versions: {listed(known)}")
 
 
 def insert_snapshot(

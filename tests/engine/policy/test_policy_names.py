@@ -205,3 +205,28 @@ def test_rollbacks_pop_an_undo_stack_of_applies(tmp_path_factory: Any, steps: li
                 if not stack or stack[-1] != step:
                     stack.append(step)
             assert store.active_policy("triage")["version"] == version_of[stack[-1]]
+
+
+def test_a_long_history_names_its_versions_as_ranges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "moat.db")
+    with Store.open(db) as store:
+        for i in range(1, 41):
+            apply_policy(store, {"name": "triage", "router": {"threshold": i}})
+        for version in (3, 4, 5, 9):
+            store.set_policy_status("triage", version, "bad")
+    missing = "moat: policy 'triage' has no version 99; stored versions: 1-40\n"
+    for args in (
+        ("show", "triage@99"),
+        ("history", "triage@99"),
+        ("rollback", "--to", "99"),
+        ("diff", "triage@1", "triage@99"),
+    ):
+        code, out, err = moat(capsys, *args, "--db", db)
+        assert (code, out, err) == (2, "", missing), args
+    code, out, _ = moat(capsys, "list", "--db", db)
+    assert code == 0 and out.splitlines()[1].split(maxsplit=4)[4] == "3-5, 9"
+    assert moat(capsys, "rollback", "--to", "1", "--db", db)[0] == 0
+    code, _, err = moat(capsys, "rollback", "--db", db)
+    assert code == 2 and "(active: v1; stored versions: 1-40)" in err

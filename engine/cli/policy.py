@@ -255,7 +255,7 @@ def _is_file(spec: str) -> bool:
 
 def _body_of(spec: str, store: Store | None) -> tuple[str, dict[str, Any]]:
     if _is_file(spec):
-        _, body, _ = load_policy_file(spec)
+        _, body, _ = load_policy_file(spec, stored=False)
         return spec, body
     if store is None:
         raise PolicyError(f"{_shown(spec)} is not a file and there is no store to look it up in")

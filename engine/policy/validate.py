@@ -46,7 +46,10 @@ _GUARD_RANGES = (
     "the guard takes window >= 1 (requests), max_p95_ratio > 0, max_cost_ratio > 0 and "
     "min_validation_success between 0 and 1"
 )
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAME_RULE = (
+    "letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
+)
 _EXACT_POLICY = re.compile(r"\s*\{\{\s*policy((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*\}\}\s*")
 
 _Path = tuple[str | int, ...]
@@ -81,11 +84,15 @@ def _hint(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any], Located]:
+def load_policy_file(
+    path: str | os.PathLike[str], *, stored: bool = True
+) -> tuple[str, dict[str, Any], Located]:
     """Read and parse a policy file.
 
     Args:
         path: the YAML file.
+        stored: the policy will be stored under its name, so a file without `name:` must
+            have a file name that is one (False: only its body is wanted, as by `diff`).
 
     Returns:
         `(name, body, located)`: the policy name (its `name:` key, else the file stem),
@@ -110,7 +117,17 @@ def load_policy_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any],
         )
     _check_name(located.data, located)
     name = located.data.get("name")
-    return (name if isinstance(name, str) else Path(shown).stem), located.data, located
+    if isinstance(name, str):
+        return name, located.data, located
+    stem = Path(shown).stem
+    if stored and not _NAME.fullmatch(stem):
+        # stored under it, the policy could never be shown, rolled back or diffed
+        raise _fail(
+            located,
+            f"the policy has no `name:` and its file name {literal(stem)} is not a policy "
+            f"name ({_NAME_RULE}); add `name: NAME` to the file, or rename the file",
+        )
+    return stem, located.data, located
 
 
 def _check_mapping(body: object, located: Located) -> None:
@@ -132,8 +149,8 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail(
             located,
-            f"`name:` must be a word of letters, digits, '_', '.' or '-', got {literal(name)}; "
-            "leave it out to use the file name",
+            f"`name:` must be a word of {_NAME_RULE}, got {literal(name)}; leave it out to "
+            "use the file name",
             ("name",),
         )
 

@@ -93,7 +93,7 @@ REFUSED = [
         "bad name",
         BASE.replace("name: triage", "name: 'two words'"),
         r"^.*bad\.yaml:1:7: `name:` must be a word of letters, digits, '_', '\.' or '-', "
-        r"got 'two words'",
+        r"starting with a letter or digit, at most 128 characters, got 'two words'",
     ),
     (
         "key renamed",
@@ -282,6 +282,30 @@ def test_load_policy_file_names_the_policy_after_the_file(tmp_path: Path) -> Non
     name, body, located = load_policy_file(path)
     assert (name, body) == ("governed", {"router": {"threshold": 0.4}})
     assert located.where(("router", "threshold")).line == 1
+
+
+@pytest.mark.parametrize("stem", ["my policy", "été", "a@b", "-dash", "x" * 200])
+def test_a_file_name_no_command_could_name_needs_a_name_key(tmp_path: Path, stem: str) -> None:
+    # Stored under such a name, the policy could be listed but never shown, rolled back
+    # or diffed: every command refuses the name.
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text("router: {threshold: 0.4}\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy_file(path)
+    assert str(caught.value).startswith(f"{path}:1:1: the policy has no `name:` and its file name")
+    assert "add `name: NAME` to the file" in str(caught.value)
+    assert load_policy_file(path, stored=False)[1] == {"router": {"threshold": 0.4}}  # diff
+    path.write_text("name: triage\nrouter: {threshold: 0.4}\n")
+    assert load_policy_file(path)[0] == "triage"
+
+
+def test_a_policy_name_is_at_most_128_characters(tmp_path: Path) -> None:
+    path = tmp_path / "triage.yaml"
+    path.write_text(f"name: {'t' * 129}\nrouter: {{threshold: 0.4}}\n")
+    with pytest.raises(PolicyError, match=r"triage.yaml:1:7: `name:` must be a word .* 128"):
+        load_policy_file(path)
+    path.write_text(f"name: {'t' * 128}\nrouter: {{threshold: 0.4}}\n")
+    assert load_policy_file(path)[0] == "t" * 128
 
 
 def test_content_hash_ignores_key_order() -> None:

@@ -37,8 +37,9 @@ def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 
 
 def _same(a: Any, b: Any) -> bool:
-    # 1 == 1.0 == True in Python; a policy that swaps them did change
-    return type(a) is type(b) and a == b
+    # 1 == 1.0 == True in Python; a policy that swaps them did change. NaN is never
+    # equal to itself, yet a NaN that stays NaN did not change.
+    return type(a) is type(b) and (a == b or (a != a and b != b))
 
 
 def diff_policies(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[KeyChange]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -155,6 +156,24 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
         )
 
 
+def _check_numbers(value: object, at: _Path, located: Located) -> None:
+    """No value is NaN: it compares false with every number, so a threshold of `.nan`
+    would turn off, without a word, every check that reads it."""
+    if isinstance(value, float) and math.isnan(value):
+        raise _fail(
+            located,
+            f"'{_dotted(at)}' is .nan (not a number), which compares false with every number, "
+            "so what reads it is silently switched off; give a number",
+            at,
+        )
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_numbers(item, (*at, key), located)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_numbers(item, (*at, index), located)
+
+
 _STORE_TEXT = ("hash", "redacted", "full")
 """What `store_text:` may say: hashes only (as without it), redacted text, or full text."""
 
@@ -207,6 +226,7 @@ def validate_policy(
     _check_mapping(body, located)
     assert isinstance(body, Mapping)
     _check_name(body, located)
+    _check_numbers(body, (), located)
     _check_store_text(body, located)
     check_guard_section(body, located)
     egress = check_egress_section(body)

@@ -130,6 +130,18 @@ REFUSED = [
         r"'check' \(review\) field 'threshold': Input should be less than or equal to 1",
     ),
     (
+        # NaN compares false with every number: `refuse_above > 0.1` would silently never hold
+        "not a number",
+        BASE.replace("refuse_above: 0.8", "refuse_above: .nan"),
+        r"^.*bad\.yaml:6:17: 'risk\.refuse_above' is \.nan \(not a number\), which compares "
+        r"false with every number, so what reads it is silently switched off; give a number$",
+    ),
+    (
+        "not a number in a list",
+        BASE.replace("models: [small, large]", "models: [small, large]\n  weights: [1, .NaN]"),
+        r"^.*bad\.yaml:5:16: 'router\.weights\.1' is \.nan \(not a number\)",
+    ),
+    (
         "guard not a mapping",
         BASE.replace("guard:\n  window: 20\n", "guard: 20\n"),
         r"^.*bad\.yaml:7:8: `guard:` must be a mapping such as",
@@ -321,3 +333,16 @@ def test_changed_keys_are_dotted_leaves() -> None:
     assert changed_keys(old, new) == {"router.threshold", "x"}
     assert changed_keys(old, old) == set()
     assert [c.kind for c in diff_policies(new, old)] == ["changed", "removed"]
+
+
+def test_a_file_diffed_with_itself_has_no_differences_even_with_nan() -> None:
+    # NaN is never equal to itself; a stored version from before NaN was refused, or a
+    # file, may still hold one, and `moat policy diff A A` must say nothing changed.
+    def body() -> dict[str, object]:
+        return {"router": {"threshold": float("nan"), "ratio": float("inf")}}
+
+    assert diff_policies(body(), body()) == []
+    assert [c.key for c in diff_policies(body(), {"router": {"threshold": 0.4, "ratio": 1}})] == [
+        "router.ratio",
+        "router.threshold",
+    ]

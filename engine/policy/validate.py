@@ -493,6 +493,7 @@ def _check_scope_ranges(
         elif node.impl is not None and spec is not None and hasattr(spec, "with_"):
             label = f"graph '{graph.name}' node '{node_id}' ({node.type_name})"
             _check_config(type(node.impl).Config, spec.with_, label, "", body, located)
+            _check_models(graph, type(node.impl).model_keys, spec.with_, label, body, located)
 
 
 def _check_config(
@@ -518,6 +519,39 @@ def _check_config(
         found, value = _lookup(body, path)
         if found:
             _check_value(info, value, path, f"{label} field '{prefix}{key}'", located)
+
+
+def _check_models(
+    graph: Graph,
+    keys: Sequence[str],
+    config: Mapping[str, Any],
+    label: str,
+    body: Mapping[str, Any],
+    located: Located,
+) -> None:
+    """A model a node takes from the policy (`model: "{{ policy.review.model }}"`) is one
+    of the graph's `models:`; any other fails every request that reaches the node."""
+    defined = sorted(graph.spec.models)
+    for key in keys:
+        raw = config.get(key)
+        match = _EXACT_POLICY.fullmatch(raw) if isinstance(raw, str) else None
+        if match is None:
+            continue
+        path = tuple(match.group(1)[1:].split("."))
+        found, value = _lookup(body, path)
+        named = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, model in named if found else ():
+            if not isinstance(model, str) or model in graph.spec.models:
+                continue
+            at: _Path = path if index is None else (*path, index)
+            raise _fail(
+                located,
+                f"policy.{'.'.join(path)} = {literal(value)} does not fit {label} field "
+                f"'{key}': {literal(model)} is not defined under the graph's `models:`"
+                f"{_hint(model, defined)}; defined: {', '.join(defined) or '(none)'}; "
+                "change the value",
+                at,
+            )
 
 
 def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:

@@ -346,3 +346,27 @@ def test_a_file_diffed_with_itself_has_no_differences_even_with_nan() -> None:
         "router.ratio",
         "router.threshold",
     ]
+
+
+def test_a_model_the_policy_names_must_be_one_the_graph_defines(tmp_path: Path) -> None:
+    # Accepted, `smal` would fail every request that reaches the node, at run time.
+    (tmp_path / "graph.yaml").write_text(
+        GRAPH.replace(
+            '      threshold: "{{ policy.router.threshold }}"\n',
+            '      threshold: "{{ policy.router.threshold }}"\n'
+            '      model: "{{ policy.risk.model }}"\n',
+        )
+    )
+    (tmp_path / "policy.yaml").write_text(BASE.replace("risk:\n", "risk:\n  model: small\n"))
+    graph = load_graph(tmp_path / "graph.yaml", registry=registry())
+    with Store.open(tmp_path / "moat.db") as store:
+        bad = write(tmp_path, BASE.replace("risk:\n", "risk:\n  model: smal\n"))
+        with pytest.raises(
+            PolicyError,
+            match=r"^.*bad\.yaml:6:10: policy\.risk\.model = 'smal' does not fit graph 'triage' "
+            r"node 'check' \(review\) field 'model': 'smal' is not defined under the graph's "
+            r"`models:` \(did you mean 'small'\?\); defined: small; change the value$",
+        ):
+            apply_policy(store, bad, graphs=[graph])
+        assert store.active_policy("triage") is None
+        assert apply_policy(store, tmp_path / "policy.yaml", graphs=[graph]).pin.version == 1

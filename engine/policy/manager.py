@@ -465,11 +465,12 @@ class PolicyManager:
             if len(stored) > len(old):
                 old, source = stored, "store"
         verdict = judge(settings, version, new, parent, old)
-        self._judged.add(version)
         _log.info("policy.guard_judged", policy=self.name, version=version, ok=verdict.ok)
-        if verdict.ok:
-            return verdict, None
-        return verdict, self._guard_rollback(verdict, source)
+        # judged once its rollback is done: a store busy past its patience (StoreError)
+        # leaves the version to be judged, and rolled back, on the next tick
+        rolled = None if verdict.ok else self._guard_rollback(verdict, source)
+        self._judged.add(version)
+        return verdict, rolled
 
     def _guard_rollback(self, verdict: GuardVerdict, source: str) -> db.Active | None:
         assert self.name is not None

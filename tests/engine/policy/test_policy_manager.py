@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import EventType, PolicyError, RequestStatus, SpecError
+from engine import EventType, PolicyError, RequestStatus, SpecError, StoreError
 from engine.events import PolicyPin, RequestRecord
 from engine.graph.loader import load_graph
 from engine.policy.manager import PolicyManager, apply_policy, changed_keys
+from engine.store import schema as store_schema
 from engine.store.store import Store
 from tests.support.graph_nodes import registry
 
@@ -182,6 +184,30 @@ def test_the_guard_rolls_back_a_version_that_costs_twice_as_much(tmp_path: Path)
     assert figures["baseline_source"] == "process"
     assert m.check_guard() is None  # the restored version is not judged again
     assert m.guard_rollbacks == 1  # what `moat_guard_rollbacks_total` reports
+
+
+def test_a_guard_rollback_the_store_refused_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_schema, "_BUSY_TIMEOUT_MS", 10)
+    monkeypatch.setattr(store_schema, "WRITE_PATIENCE_S", 0.1)
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01)
+    m.apply(GUARDED, allow_new_keys=True)
+    feed(m, 2, cost=0.02)
+    # another process (`moat prune --vacuum`, say) holds the write lock past our patience
+    other = sqlite3.connect(tmp_path / "moat.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match="another process held the write lock"):
+        m.check_guard()
+    other.execute("COMMIT")
+    other.close()
+    assert m.current().version == 2
+    verdict = m.check_guard()  # the next tick: the verdict stands, the rollback goes through
+    assert verdict is not None and verdict.reason == "guard: cost ratio 2 > 1.3"
+    assert m.current().version == 1 and m.guard_rollbacks == 1
+    assert m.store is not None and m.store.get_policy("triage", 2)["status"] == "bad"
+    assert m.check_guard() is None
 
 
 def test_the_guard_compares_with_stored_requests_of_the_previous_version(tmp_path: Path) -> None:

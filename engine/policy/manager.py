@@ -453,6 +453,8 @@ class PolicyManager:
         settings = check_guard_section(pin.body, located_body(pin.body))
         if settings is None:
             return None, None
+        if settings.window > _KEEP_OBSERVATIONS:  # a window never filled would never judge
+            settings = settings.model_copy(update={"window": _KEEP_OBSERVATIONS})
         with self._lock:
             new = list(self._windows.get(version, ()))[: settings.window]
             old = [(o.latency_ms, o.cost_usd) for o in self._windows.get(parent, ())]

@@ -210,6 +210,20 @@ def test_a_guard_rollback_the_store_refused_is_tried_again(
     assert m.check_guard() is None
 
 
+def test_a_guard_window_larger_than_what_is_kept_is_judged_on_what_is_kept(
+    tmp_path: Path,
+) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, cost=0.01, n=10_000)
+    m.apply({**GUARDED, "guard": {"window": 50_000, "max_cost_ratio": 1.3}}, allow_new_keys=True)
+    feed(m, 2, cost=0.02, n=20_000)
+    verdict = m.check_guard()
+    assert verdict is not None and verdict.reason == "guard: cost ratio 2 > 1.3"
+    assert verdict.figures["samples_new"] == verdict.figures["samples_old"] == 10_000
+    assert verdict.figures["window"] == 10_000  # what it was judged on, in the payload
+    assert m.current().version == 1
+
+
 def test_the_guard_compares_with_stored_requests_of_the_previous_version(tmp_path: Path) -> None:
     m = manager(tmp_path)
     assert m.store is not None

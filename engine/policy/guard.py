@@ -27,10 +27,11 @@ __all__ = [
 class GuardSettings(BaseModel):
     """A policy's `guard:` section: how a new version must compare with the one before.
 
-    Thresholds left out are not checked.
+    Thresholds left out are not checked. Strict: `window: yes` is refused rather than read
+    as a window of one request, and a quoted number as a mistake.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     window: int = Field(default=50, ge=1)
     """Requests observed on the new version before it is judged (and on the old one to

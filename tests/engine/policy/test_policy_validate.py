@@ -165,6 +165,18 @@ REFUSED = [
         r"the guard takes",
     ),
     (
+        # `window: yes` must not become a window of one request
+        "guard window true/false",
+        BASE.replace("window: 20", "window: yes"),
+        r"^.*bad\.yaml:8:11: guard\.window = true: Input should be a whole number; the guard "
+        r"takes window >= 1",
+    ),
+    (
+        "guard ratio a string",
+        BASE.replace("window: 20", "window: 20\n  max_cost_ratio: '1.3'"),
+        r"^.*bad\.yaml:9:19: guard\.max_cost_ratio = '1\.3': Input should be a number; the guard",
+    ),
+    (
         "guard success outside 0..1",
         BASE.replace("window: 20", "window: 20\n  min_validation_success: 1.5"),
         r"^.*bad\.yaml:9:27: guard\.min_validation_success = 1\.5: Input should be less than "

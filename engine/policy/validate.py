@@ -210,7 +210,9 @@ def validate_policy(
     unless `allow_new_keys`); every
     `policy.…` key the `graphs` read exists; every value a graph passes as exactly
     `{{ policy.… }}` to a node config field fits that field (type and bounds); every
-    expression that reads nothing but the policy evaluates on it.
+    expression that reads nothing but the policy evaluates on it; without `previous`, its
+    types are those of each graph's own policy file (what `moat run` stores as version 1
+    when it finds none).
 
     Args:
         body: the candidate body.
@@ -241,6 +243,10 @@ def validate_policy(
     for graph in graphs:
         _check_ranges(graph, body, located)
         _check_evaluations(graph, body, located)
+    for graph in graphs if previous is None else ():
+        # `moat run` would have stored the graph's own policy as version 1: keep its types
+        label = f"{graph.policy_path}, the policy file of graph '{graph.name}'"
+        _compatible(graph.policy, body, (), located, True, label, keys=False)
 
 
 def check_guard_section(body: Mapping[str, Any], located: Located) -> GuardSettings | None:
@@ -297,14 +303,17 @@ def _compatible(
     located: Located,
     allow_new_keys: bool,
     label: str,
+    *,
+    keys: bool = True,
 ) -> None:
+    """Refuse a changed type, and with `keys` a new (unless allowed) or removed key."""
     meta = META_KEYS if not at else frozenset()
     for key, value in new.items():
         if key in meta:
             continue
         here = (*at, key)
         if key not in old:
-            if not allow_new_keys:
+            if keys and not allow_new_keys:
                 siblings = [str(k) for k in old if k not in meta]
                 raise _fail(
                     located,
@@ -324,9 +333,9 @@ def _compatible(
                 here,
             )
         if isinstance(before, Mapping) and isinstance(value, Mapping):
-            _compatible(before, value, here, located, allow_new_keys, label)
+            _compatible(before, value, here, located, allow_new_keys, label, keys=keys)
     for key in old:
-        if key not in meta and key not in new:
+        if keys and key not in meta and key not in new:
             here = (*at, key)
             raise _fail(
                 located,

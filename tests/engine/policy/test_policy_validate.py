@@ -382,3 +382,28 @@ def test_a_model_the_policy_names_must_be_one_the_graph_defines(tmp_path: Path) 
             apply_policy(store, bad, graphs=[graph])
         assert store.active_policy("triage") is None
         assert apply_policy(store, tmp_path / "policy.yaml", graphs=[graph]).pin.version == 1
+
+
+def test_a_first_version_keeps_the_types_of_the_graphs_own_policy(tmp_path: Path) -> None:
+    # `check.score > policy.risk.refuse_above` reads the request too, so it is not evaluated
+    # on apply; with 'high' it would fail every request. Had `moat run` started first, the
+    # graph's own policy would be version 1 and the type change refused: so it is now.
+    (tmp_path / "graph.yaml").write_text(
+        GRAPH.replace("  a: check.action\n", "  a: check.action\n  high: check.score > 0.1\n")
+        .replace("check.score > 0.1", "check.score > policy.risk.refuse_above")
+        .replace("    when: policy.risk.refuse_above > 0.1\n", "")
+    )
+    (tmp_path / "policy.yaml").write_text(BASE)
+    graph = load_graph(tmp_path / "graph.yaml", registry=registry())
+    with Store.open(tmp_path / "moat.db") as store:
+        bad = write(tmp_path, BASE.replace("refuse_above: 0.8", "refuse_above: high"))
+        with pytest.raises(
+            PolicyError,
+            match=r"^.*bad\.yaml:6:17: 'risk\.refuse_above' changed type from number \(0\.8 in "
+            r".*policy\.yaml, the policy file of graph 'triage'\) to string \('high'\)",
+        ):
+            apply_policy(store, bad, graphs=[graph])
+        assert store.active_policy("triage") is None
+        # keys of its own, and keys the graph does not read left out, stay free
+        fine = write(tmp_path, BASE.replace("  models: [small, large]\n", "") + "extra: 1\n")
+        assert apply_policy(store, fine, graphs=[graph]).pin.version == 1

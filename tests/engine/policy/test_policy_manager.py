@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from engine import EventType, PolicyError, RequestStatus, SpecError, StoreError
 from engine.events import PolicyPin, RequestRecord
@@ -322,3 +325,55 @@ def test_a_malformed_default_guard_is_located_in_the_graphs_policy_file(tmp_path
     with pytest.raises(PolicyError, match=r"guard\.window = 0: Input should"):
         m.ensure_registered()
     assert m.store is not None and m.store.list_policies() == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("apply"), st.integers(1, 4)),
+            st.tuples(st.just("traffic"), st.integers(1, 3)),
+            st.tuples(st.just("rollback"), st.none()),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_guard_never_flaps(tmp_path_factory: Any, steps: list[tuple[str, Any]]) -> None:
+    # Content k costs k cents a request: any k above the version before breaks the guard.
+    # Whatever operators do, the guard rolls each activation back at most once, never to
+    # a bad version, records why with the figures, and left alone it stays put.
+    m = manager(tmp_path_factory.mktemp("db"))
+    assert m.store is not None
+    cost = {1: 0.01}  # version -> cost per request
+    fresh = 0
+    for kind, value in steps:
+        if kind == "apply":
+            body = {**GUARDED, "router": {"threshold": value / 10}}
+            try:
+                applied = m.apply(body)
+            except PolicyError:  # the content of a version the guard marked bad
+                continue
+            cost[applied.pin.version] = value / 100
+            fresh += applied.outcome != "unchanged"
+        elif kind == "rollback":
+            with contextlib.suppress(PolicyError):
+                m.rollback()
+        for _ in range(value if kind == "traffic" else 1):
+            version = m.current().version
+            assert version is not None
+            feed(m, version, cost=cost[version])
+            m.check_guard()
+            assert m.store.active_policy("triage")["status"] != "bad"
+    rolled = events(m.store, EventType.POLICY_ROLLED_BACK)
+    by_guard = [e["payload"] for e in rolled if e["payload"]["marked"] == "bad"]
+    event(f"guard rollbacks: {len(by_guard)}")
+    assert len(by_guard) == m.guard_rollbacks <= fresh
+    assert all(p["reason"].startswith("guard: cost ratio") and "cost_ratio" in p for p in by_guard)
+    settled = m.store.policy_history("triage")
+    for _ in range(3):  # left alone, nothing moves
+        version = m.current().version
+        assert version is not None
+        feed(m, version, cost=cost[version])
+        m.check_guard()
+    assert m.store.policy_history("triage") == settled

@@ -40,6 +40,7 @@ from anyio.abc import TaskStatus
 
 from engine.errors import MoatError, PolicyError
 from engine.events import PolicyPin
+from engine.expr.wording import literal
 from engine.logs import get_logger
 from engine.policy.diff import KeyChange, changed_keys, diff_policies
 from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
@@ -80,6 +81,9 @@ _KEEP_OBSERVATIONS = 10_000
 A version is judged on its first `window` observations, whenever the judgement runs, so
 the verdict does not depend on how late a poll tick comes; its baseline is the latest
 `window` observations of the version before it."""
+
+_REASON_CHARS = 200
+"""The longest activation reason (`--reason`): `history` shows it on one line."""
 
 OnChange = Callable[[PolicyPin, PolicyPin], None]
 
@@ -208,6 +212,13 @@ def apply_policy(
         raise PolicyError(
             f"the activation reason {reason!r} starts like a rollback's "
             f"({', '.join(db.ROLLBACK_PREFIXES)}); choose another"
+        )
+    if len(reason) > _REASON_CHARS or not reason.isprintable():
+        # `moat policy history` prints it as one line of its table
+        raise PolicyError(
+            f"the activation reason {literal(reason)} is not one line of at most "
+            f"{_REASON_CHARS} printable characters (no line breaks, tabs or escapes); "
+            "give one short line of text"
         )
     if name is not None and policy_name != name:
         raise PolicyError(

@@ -230,3 +230,19 @@ def test_a_long_history_names_its_versions_as_ranges(
     assert moat(capsys, "rollback", "--to", "1", "--db", db)[0] == 0
     code, _, err = moat(capsys, "rollback", "--db", db)
     assert code == 2 and "(active: v1; stored versions: 1-40)" in err
+
+
+@pytest.mark.parametrize("reason", ["one\ntwo", "red \x1b[31malert", "tab\there", "r" * 201])
+def test_an_activation_reason_is_one_short_printable_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reason: str
+) -> None:
+    # `history` prints one line per activation: a line break would forge a row, and a
+    # terminal escape would rewrite the operator's screen.
+    db = applied(tmp_path, capsys, 1)
+    file = tmp_path / "v2.yaml"
+    file.write_text(POLICY.format(t=0.2))
+    code, out, err = moat(capsys, "apply", str(file), "--reason", reason, "--db", db)
+    assert (code, out) == (2, "")
+    assert err.startswith("moat: the activation reason ") and "one line of at most 200" in err
+    assert active(db) == 1
+    assert moat(capsys, "apply", str(file), "--reason", "r" * 200, "--db", db)[0] == 0

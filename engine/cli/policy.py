@@ -285,12 +285,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not changes:
         print("(no differences)")
     for change in changes:
+        # a key with a line break or escape (a file from elsewhere) is shown quoted, escaped
+        key = change.key if change.key.isprintable() else _show(change.key)
         if change.kind == "added":
-            print(f"+ {change.key}: {_show(change.new)}")
+            print(f"+ {key}: {_show(change.new)}")
         elif change.kind == "removed":
-            print(f"- {change.key}: {_show(change.old)}")
+            print(f"- {key}: {_show(change.old)}")
         else:
-            print(f"~ {change.key}: {_show(change.old)} -> {_show(change.new)}")
+            print(f"~ {key}: {_show(change.old)} -> {_show(change.new)}")
     return 0
 
 

@@ -156,9 +156,11 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
         )
 
 
-def _check_numbers(value: object, at: _Path, located: Located) -> None:
+def _check_values(value: object, at: _Path, located: Located) -> None:
     """No value is NaN: it compares false with every number, so a threshold of `.nan`
-    would turn off, without a word, every check that reads it."""
+    would turn off, without a word, every check that reads it. No key holds a control
+    character: printed by `diff` or in a message, it would forge lines or drive the
+    operator's terminal."""
     if isinstance(value, float) and math.isnan(value):
         raise _fail(
             located,
@@ -168,10 +170,18 @@ def _check_numbers(value: object, at: _Path, located: Located) -> None:
         )
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _check_numbers(item, (*at, key), located)
+            if not str(key).isprintable():
+                raise _fail(
+                    located,
+                    f"the key {literal(key, 120)} holds a line break or control character; "
+                    "name keys with printable text",
+                    (*at, key),
+                    key=True,
+                )
+            _check_values(item, (*at, key), located)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_numbers(item, (*at, index), located)
+            _check_values(item, (*at, index), located)
 
 
 _STORE_TEXT = ("hash", "redacted", "full")
@@ -228,7 +238,7 @@ def validate_policy(
     _check_mapping(body, located)
     assert isinstance(body, Mapping)
     _check_name(body, located)
-    _check_numbers(body, (), located)
+    _check_values(body, (), located)
     _check_store_text(body, located)
     check_guard_section(body, located)
     egress = check_egress_section(body)

@@ -246,3 +246,22 @@ def test_an_activation_reason_is_one_short_printable_line(
     assert err.startswith("moat: the activation reason ") and "one line of at most 200" in err
     assert active(db) == 1
     assert moat(capsys, "apply", str(file), "--reason", "r" * 200, "--db", db)[0] == 0
+
+
+def test_a_key_with_control_characters_is_refused_and_diffed_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file someone handed over: its key clears the screen and forges a diff line.
+    db = applied(tmp_path, capsys, 1)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(POLICY.format(t=0.1) + '"\\e[2Jrouter.threshold: 0.9\\n+ x": 1\n')
+    code, out, err = moat(capsys, "diff", str(tmp_path / "v1.yaml"), str(evil))
+    assert code == 0 and "\x1b" not in out and out.count("\n") == 3
+    assert out.splitlines()[2] == '+ "\\u001b[2Jrouter.threshold: 0.9\\n+ x": 1'
+    code, out, err = moat(capsys, "apply", str(evil), "--allow-new-keys", "--db", db)
+    assert (code, out) == (2, "") and "\x1b" not in err
+    assert err == (
+        f"moat: {evil}:4:1: the key '\\x1b[2Jrouter.threshold: 0.9\\n+ x' holds a line break "
+        "or control character; name keys with printable text\n"
+    )
+    assert active(db) == 1

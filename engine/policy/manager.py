@@ -445,6 +445,10 @@ class PolicyManager:
         new = _pin(active, self.name)
         fresh = not db.is_rollback(reason)
         self._state = _State(new, active.activation_id, active.parent_version, fresh)
+        keep = (active.version, active.parent_version)
+        with self._lock:  # the guard reads the active version and its parent, nothing older
+            for version in [v for v in self._windows if v not in keep]:
+                del self._windows[version]
         if old.version == active.version and old.body == active.body:
             return
         _log.info("policy.switched", policy=self.name, old=old.version, new=active.version)

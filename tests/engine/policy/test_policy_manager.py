@@ -377,3 +377,22 @@ def test_the_guard_never_flaps(tmp_path_factory: Any, steps: list[tuple[str, Any
         feed(m, version, cost=cost[version])
         m.check_guard()
     assert m.store.policy_history("triage") == settled
+
+
+def test_a_long_running_process_keeps_observations_of_two_versions_only(tmp_path: Path) -> None:
+    # A server that lives through hundreds of hot swaps must not keep up to 10,000
+    # observations of every version it ever ran: the guard judges the active version
+    # against its parent, and nothing else.
+    m = manager(tmp_path)
+    for threshold in range(2, 40):
+        version = m.current().version
+        assert version is not None
+        feed(m, version, cost=0.01, n=100)
+        m.apply({**BODY, "router": {"threshold": threshold / 100}})
+    kept = m._windows  # what the guard may still read
+    assert sorted(kept) == [38]  # the parent of the active 39; 39 itself has none yet
+    feed(m, 39, cost=0.01)
+    feed(m, 37, cost=0.01)  # a request that pinned 37 and finished late
+    assert sorted(kept) == [37, 38, 39]
+    m.apply({**BODY, "router": {"threshold": 0.99}})
+    assert sorted(m._windows) == [39]

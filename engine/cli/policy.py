@@ -78,8 +78,13 @@ def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.Arg
     return p
 
 
-def _open(args: argparse.Namespace, *, write: bool = False) -> Store:
+def _open(args: argparse.Namespace, *, write: bool = False, create: bool = False) -> Store:
     path = args.db or os.environ.get("MOAT_DB") or "moat.db"
+    if write and not create and not os.path.lexists(path):  # a mistyped --db: leave no file
+        raise StoreError(
+            f"{path}: no such store; name the store the policy was applied to with --db PATH "
+            "(or $MOAT_DB)"
+        )
     try:
         return Store.open(path, readonly=not write)
     except (OSError, ValueError) as exc:  # a name the file system refuses (too long, ...)
@@ -220,7 +225,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Validate FILE against the active version and the graphs; activate it."""
     name, _, _ = load_policy_file(args.file)
     graphs = _graphs_for(name, args.graph)
-    with _open(args, write=True) as store:
+    with _open(args, write=True, create=True) as store:
         applied = apply_policy(
             store,
             args.file,

@@ -265,3 +265,16 @@ def test_a_key_with_control_characters_is_refused_and_diffed_escaped(
         "or control character; name keys with printable text\n"
     )
     assert active(db) == 1
+
+
+def test_a_rollback_on_a_store_that_does_not_exist_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "moat.bd"
+    code, out, err = moat(capsys, "rollback", "--db", str(typo))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"moat: {typo}: no such store; name the store the policy was applied to with --db "
+        "PATH (or $MOAT_DB)\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -235,6 +235,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         )
     checked = f" (checked against {', '.join(g.name for g in graphs)})" if graphs else ""
     print(applied.message + checked)
+    if not graphs:  # run from another folder, say: values the graph cannot use got through
+        print(
+            f"note: no graph in {_GRAPHS_DIR}/ uses policy '{name}', so it was checked against "
+            "none; pass --graph GRAPH to check it against the graphs that read it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -165,3 +165,18 @@ def test_unknown_names_and_versions_list_the_choices(
     assert code == 2 and "no policy named 'billing'" in err and "(policies: triage)" in err
     code, _, err = moat(capsys, "rollback", "--to", "3")
     assert (code, err) == (2, "moat: policy 'triage' has no version 3; stored versions: 1\n")
+
+
+def test_an_apply_no_graph_checked_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from the wrong folder, apply finds no graph to check against: a value the
+    # running graph cannot use would only show as failed requests.
+    v1, _, db = files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = moat(capsys, "apply", str(v1), "--db", db)
+    assert (code, out) == (0, "policy 'triage': version 1 stored and active\n")
+    assert err == (
+        "note: no graph in graphs/ uses policy 'triage', so it was checked against none; "
+        "pass --graph GRAPH to check it against the graphs that read it\n"
+    )

@@ -465,7 +465,14 @@ class PolicyManager:
             return None, None
         if version in self._judged:
             return None, None
-        settings = check_guard_section(pin.body, located_body(pin.body))
+        try:
+            settings = check_guard_section(pin.body, located_body(pin.body))
+        except PolicyError as exc:  # stored before guards were strict (`window: '50'`)
+            _log.warning(
+                "policy.guard_unreadable", policy=self.name, version=version, error=str(exc)
+            )
+            self._judged.add(version)
+            return None, None
         if settings is None:
             return None, None
         if settings.window > _KEEP_OBSERVATIONS:  # a window never filled would never judge

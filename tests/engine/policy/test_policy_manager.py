@@ -12,11 +12,12 @@ import anyio
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from engine import EventType, PolicyError, RequestStatus, SpecError, StoreError
 from engine.events import PolicyPin, RequestRecord
 from engine.graph.loader import load_graph
-from engine.policy.manager import PolicyManager, apply_policy, changed_keys
+from engine.policy.manager import PolicyManager, apply_policy, changed_keys, content_hash
 from engine.store import schema as store_schema
 from engine.store.store import Store
 from tests.support.graph_nodes import registry
@@ -325,6 +326,24 @@ def test_a_malformed_default_guard_is_located_in_the_graphs_policy_file(tmp_path
     with pytest.raises(PolicyError, match=r"guard\.window = 0: Input should"):
         m.ensure_registered()
     assert m.store is not None and m.store.list_policies() == []
+
+
+def test_a_stored_guard_no_longer_valid_is_skipped_with_one_warning(tmp_path: Path) -> None:
+    # Stored before guards were strict: judging it would fail on every poll tick.
+    m = manager(tmp_path)
+    assert m.store is not None
+    lax = {**BODY, "guard": {"window": "10", "max_cost_ratio": 1.3}}
+    m.store.insert_policy_snapshot("triage", 2, content_hash(lax), lax, 1, "candidate")
+    m.store.activate_policy("triage", 2, "apply")
+    assert m.ensure_registered().version == 2
+    feed(m, 1, cost=0.01)
+    feed(m, 2, cost=0.02)
+    with capture_logs() as logs:
+        assert m.check_guard() is None
+        assert m.check_guard() is None
+    assert [entry["event"] for entry in logs] == ["policy.guard_unreadable"]
+    assert "guard.window = '10': Input should be a whole number" in logs[0]["error"]
+    assert m.current().version == 2
 
 
 @settings(max_examples=25, deadline=None)

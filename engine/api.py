@@ -211,7 +211,10 @@ class Pipeline:
         self._settled()
         if self.policy is not None and record.status not in _UNOBSERVED:
             self.policy.observe(
-                record.latency_ms, record.cost_usd, None, policy_version=record.policy_version
+                record.latency_ms,
+                record.cost_usd,
+                record.validated,
+                policy_version=record.policy_version,
             )
         for listener in list(self._listeners):
             listener(record)

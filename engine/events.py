@@ -336,6 +336,10 @@ class RequestRecord:
     degraded: tuple[str, ...] = ()
     """Why the request was answered in a degraded way (the `MODEL_FALLBACK` reason codes,
     also in its events); empty when it was not."""
+    validated: bool | None = None
+    """Whether its output validated (`VALIDATION_PASSED` / `VALIDATION_FAILED`, also in
+    its events); None when nothing validated it. Not a stored column: the policy guard
+    reads it as the request finishes."""
 
     def stored_input_hash(self) -> str | None:
         """`input_hash`, or the hash of `input` when the scheduler left it to the store;

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeCtx", "RequestState", "RequestView", "describe_error"]
 
+_VALIDATION_PASSED = "VALIDATION_PASSED"
+_VALIDATIONS = frozenset({_VALIDATION_PASSED, "VALIDATION_FAILED"})
+"""The events the built-in `validate` node records its verdict with (`validated`)."""
+
 SCHEDULER = "scheduler"
 """The `component` of events the scheduler itself records."""
 REQUEST_STAGE = "request"
@@ -137,6 +141,7 @@ class RequestState:
         "spent_usd",
         "started_at",
         "t0",
+        "validated",
     )
 
     def __init__(
@@ -171,6 +176,10 @@ class RequestState:
         )
         self._soft_emitted = False
         self.degraded_reasons: tuple[str, ...] = ()
+        self.validated: bool | None = None
+        """Whether the request's output validated: False once a node recorded
+        `VALIDATION_FAILED`, else True once one recorded `VALIDATION_PASSED`, else None (the
+        policy guard's `min_validation_success` counts these)."""
         """Why a fallback model answered for this request (`MODEL_FALLBACK` reason codes)."""
         self.budget = RequestBudget(budget.cost_usd)
         self.spent_usd = 0.0
@@ -443,6 +452,8 @@ class RequestState:
         duration_ms: float | None,
     ) -> int:
         """Record an event a node emits (stage = node id, component = node type)."""
+        if event_type in _VALIDATIONS and self.validated is not False:
+            self.validated = event_type == _VALIDATION_PASSED
         return self._event(
             ctx.node_id,
             ctx.node_type,

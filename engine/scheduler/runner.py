@@ -426,6 +426,7 @@ def _request_record(
         req.policy_version,
         input=info.input,  # hashed by the store, off the request path
         degraded=req.degraded_reasons,
+        validated=req.validated,
     )
     if meta:
         record.conversation_id = meta.get("conversation_id")

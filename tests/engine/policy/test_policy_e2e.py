@@ -110,3 +110,38 @@ async def test_a_policy_that_sends_everything_to_the_large_model_is_rolled_back_
     assert len(events) == 1
     payload = events[0]["payload"]
     assert payload["cost_ratio"] > 1.3
+
+
+@pytest.mark.anyio
+async def test_a_policy_whose_answers_stop_validating_is_rolled_back_by_its_guard(
+    tmp_path: Path,
+) -> None:
+    """`min_validation_success` counts the requests a `validate` node passed or failed."""
+    graph = fast_copy("extract", tmp_path)
+    db = tmp_path / "moat.db"
+    body = yaml.safe_load((ROOT / "policies" / "extract.yaml").read_text())
+    body["guard"] = {"window": 100, "min_validation_success": 0.995}
+    first = tmp_path / "v1.yaml"
+    first.write_text(yaml.safe_dump(body))
+    body["validate"] = {"max_repairs": 0, "max_escalations": 0}  # no second chance
+    bad = tmp_path / "v2.yaml"
+    bad.write_text(yaml.safe_dump(body))
+    seen: list[RequestRecord] = []
+    async with Pipeline(graph, db=db, policy_file=first) as pipe:
+        assert pipe.policy is not None
+        pipe.policy.poll_interval_s = 0.05
+        applied = pipe.policy.apply(bad, reason="no repairs")
+        await pipe.run_batch(items(200), concurrency=4, on_record=seen.append)
+        with anyio.fail_after(30):
+            while pipe.policy.current().version == applied.pin.version:
+                await anyio.sleep(0.05)
+        pipe.flush()
+    assert {r.validated for r in seen} == {True, False}  # each request says how it ended
+    with Store.open(db) as store:
+        versions = {v["version"]: v["status"] for v in store.policy_versions("extract")}
+        events = store.query(
+            "SELECT payload_json FROM orchestration_events WHERE event_type = 'POLICY_ROLLED_BACK'"
+        )
+    assert versions[applied.pin.version] == "bad"
+    (event,) = events
+    assert event["payload"]["validation_success"] < 0.995

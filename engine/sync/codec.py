@@ -1,7 +1,10 @@
 """The sync wire format: one table's batch as JSON, compressed with zstd (gzip without it).
 
 A batch body is `{"v": 1, "origin", "table", "columns", "rows"}` as UTF-8 JSON; byte values
-travel as `{"$b64": "..."}`. The body is compressed and the codec named in
+travel as `{"$b64": "..."}`. Every value is one SQLite can store: null, a boolean, an integer
+of 64 bits, a float, a string of Unicode text (no lone surrogates) or bytes; anything else
+(an object, a list, a larger integer) is refused here with the row and column it is in,
+rather than left to fail inside a merge. The body is compressed and the codec named in
 `Content-Encoding` (`zstd` or `gzip`). zstd (the `zstandard` package, a dependency of moat
 since the store compresses its large payloads with it) compresses these repetitive rows
 better than gzip and faster (bench/RESULTS.md, "Deferred sync"); gzip stays accepted, and is
@@ -16,6 +19,7 @@ import gzip
 import io
 import json
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -76,8 +80,43 @@ def _default(value: Any) -> Any:
 
 def _hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and "$b64" in obj:
-        return base64.b64decode(obj["$b64"])
+        try:
+            return base64.b64decode(obj["$b64"], validate=True)
+        except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+            raise WireError(f"a `$b64` value is not base64 text: {exc}") from exc
     return obj
+
+
+_INT_RANGE = range(-(2**63), 2**63)
+"""The integers SQLite stores (64-bit signed)."""
+
+
+def _problem(value: Any) -> str | None:
+    """Why `value` cannot be stored in a SQLite column (None: it can)."""
+    if value is None or isinstance(value, bool | float | bytes):
+        return None
+    if isinstance(value, int):
+        return None if value in _INT_RANGE else "an integer beyond 64 bits"
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "text with a lone surrogate (not UTF-8)"
+        return None
+    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+
+
+def _check_values(columns: list[str], rows: list[list[Any]]) -> None:
+    for i, row in enumerate(rows):
+        for column, value in zip(columns, row, strict=True):
+            problem = _problem(value)
+            if problem is not None:
+                raise WireError(
+                    f"rows[{i}], column {column!r}: {problem} is not a value a store holds; "
+                    "send null, a boolean, a 64-bit integer, a float, text or bytes"
+                )
 
 
 def encode_batch(
@@ -142,8 +181,12 @@ def decode_batch(body: bytes, encoding: str) -> SyncPayload:
     """
     try:
         data = json.loads(_inflate(body, encoding), object_hook=_hook)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise WireError("body is not JSON this side reads: it nests too deeply") from exc
+    except json.JSONDecodeError as exc:
         raise WireError(f"body is not JSON: {exc}") from exc
+    except ValueError as exc:  # not UTF-8, or an integer of over 4300 digits
+        raise WireError(f"body is not JSON a store holds: {str(exc).split(';')[0]}") from exc
     if not isinstance(data, dict) or data.get("v") != PROTOCOL_VERSION:
         raise WireError(f"not a sync batch of protocol version {PROTOCOL_VERSION}")
     origin, table = data.get("origin"), data.get("table")
@@ -154,8 +197,12 @@ def decode_batch(body: bytes, encoding: str) -> SyncPayload:
         raise WireError("`table` must be a string")
     if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise WireError("`columns` must be a list of names")
+    if len(set(columns)) != len(columns):
+        twice = sorted(c for c, n in Counter(columns).items() if n > 1)
+        raise WireError(f"`columns` names {twice} more than once; name each column once")
     if not (isinstance(rows, list) and all(isinstance(r, list) for r in rows)):
         raise WireError("`rows` must be a list of lists")
     if any(len(r) != len(columns) for r in rows):
         raise WireError("every row must have one value per column")
+    _check_values(columns, rows)
     return SyncPayload(origin, table, columns, rows)

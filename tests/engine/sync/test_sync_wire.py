@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from engine.sync import TokenBucket, WireError, decode_batch, encode_batch
 from engine.sync.codec import MAX_BATCH_BYTES
 
+BATCH = b'{"v":1,"origin":"ab","table":"runs","columns":%s,"rows":[%s]}'
+
 values = st.one_of(
     st.none(),
     st.integers(min_value=-(2**62), max_value=2**62),
@@ -44,9 +46,34 @@ def test_a_body_that_inflates_past_the_limit_is_refused() -> None:
         (b'{"v":1,"origin":"a-b","table":"t","columns":[],"rows":[]}', "alphanumeric"),
         (b'{"v":1,"origin":"ab","table":"t","columns":["x"],"rows":[[1,2]]}', "one value per"),
         (b"not json", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (BATCH % (b'["x"]', b"[" + b"9" * 5000 + b"]"), r"Exceeds the limit \(4300 digits\)"),
+        (BATCH % (b'["x"]', b'[{"$b64": 5}]'), r"`\$b64` value is not base64"),
+        (BATCH % (b'["x"]', b'[{"$b64": "no!"}]'), r"`\$b64` value is not base64"),
+        (BATCH % (b'["x","y"]', b'[1, {"a": 1}]'), r"rows\[0\], column 'y': a JSON object"),
+        (BATCH % (b'["x"]', b"[[1]]"), "column 'x': a JSON array"),
+        (BATCH % (b'["x"]', b'["\\ud800"]'), "column 'x': text with a lone surrogate"),
+        (BATCH % (b'["x"]', b"[9223372036854775808]"), "an integer beyond 64 bits"),
+        (BATCH % (b'["x","x"]', b"[1, 2]"), r"names \['x'\] more than once"),
+    ],
+    ids=[
+        "version",
+        "origin",
+        "row-width",
+        "not-json",
+        "deep",
+        "digits",
+        "b64-type",
+        "b64-text",
+        "object",
+        "array",
+        "surrogate",
+        "int64",
+        "columns-twice",
     ],
 )
 def test_a_malformed_batch_says_what_is_wrong(body: bytes, message: str) -> None:
+    """Each is a `WireError` (the server's 400), never another exception (its 500)."""
     with pytest.raises(WireError, match=message):
         decode_batch(body, "identity")
 

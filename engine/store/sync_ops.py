@@ -19,9 +19,13 @@ no migration of the contract tables and does not depend on their order):
 - integer ids (node runs, LLM calls, events, traces, activations) get fresh central ids; the
   mapping makes a second upload of the same row a no-op;
 - text ids (runs, requests) and policy names keep their value unless another origin (or a
-  local run) already holds it; then they become `VALUE@ORIGIN`, and every reference to them
-  from that origin (`run_id`, `request_id`, `parent_request_id`, `policy_name`) is rewritten
-  the same way, whichever of the referring or referred rows arrives first;
+  local run) already holds it; then they become `VALUE@ORIGIN` (`VALUE@ORIGIN.2`, ... should
+  another origin have sent that very value), and every reference to them from that origin
+  (`run_id`, `request_id`, `parent_request_id`, `policy_name`) is rewritten the same way,
+  whichever of the referring or referred rows arrives first. So one origin's rows can
+  neither overwrite nor be joined to another's: a key must be a non-empty string (an integer
+  or empty key would not be qualified, and would name the same row for every origin), and a
+  reference a string or null;
 - text-keyed rows are upserted, so a run uploaded while running and again when finished ends
   in its final state, stored once.
 
@@ -288,6 +292,12 @@ def _taken_locally(conn: sqlite3.Connection, kind: str, value: str) -> bool:
     return conn.execute(sql, (value,)).fetchone() is not None
 
 
+def _held(conn: sqlite3.Connection, kind: str, dst: str) -> bool:
+    """Whether `dst` already names a row of another origin, or of the central store's own."""
+    sql = "SELECT 1 FROM sync_keys WHERE kind = ? AND dst = ?"
+    return conn.execute(sql, (kind, dst)).fetchone() is not None or _taken_locally(conn, kind, dst)
+
+
 def _claim(conn: sqlite3.Connection, kind: str, origin: str, src: str) -> str:
     """The central value of `src` (a run id, request id or policy name) from `origin`."""
     row = conn.execute(
@@ -295,15 +305,52 @@ def _claim(conn: sqlite3.Connection, kind: str, origin: str, src: str) -> str:
     ).fetchone()
     if row is not None:
         return str(row[0])
-    dst = src
-    held = conn.execute("SELECT 1 FROM sync_keys WHERE kind = ? AND dst = ?", (kind, dst))
-    if held.fetchone() is not None or _taken_locally(conn, kind, dst):
-        dst = f"{src}@{origin}"
+    dst, n = src, 0
+    while _held(conn, kind, dst):
+        n += 1
+        dst = f"{src}@{origin}" if n == 1 else f"{src}@{origin}.{n}"
     conn.execute(
         "INSERT INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
         (kind, origin, src, dst),
     )
     return dst
+
+
+def _keys(spec: SyncTable) -> tuple[str, ...]:
+    return ("name", "version") if spec.key == "policy" else ("id",)
+
+
+def _check_columns(spec: SyncTable, cols: Sequence[str]) -> None:
+    """Refuse rows without their key (or, in an `int` table, with nothing but it)."""
+    missing = [k for k in _keys(spec) if k not in cols]
+    if missing:
+        raise StoreError(
+            f"table {spec.name!r}: the rows lack {', '.join(missing)}, the key they are "
+            "merged by; send each row whole"
+        )
+    if spec.key == "int" and len(cols) < 2:
+        raise StoreError(
+            f"table {spec.name!r}: the rows carry no column of this store's but `id`; "
+            "send each row whole"
+        )
+
+
+def _check_row(spec: SyncTable, cols: Sequence[str], row: Sequence[Any], at: int) -> None:
+    """Refuse a row whose key or references could name another origin's rows."""
+    keys = _keys(spec)
+    for column, value in zip(cols, row, strict=True):
+        if column == "id" and spec.key == "int":
+            ok, want = type(value) is int, "an integer"
+        elif column in spec.refs and column in keys:
+            ok, want = isinstance(value, str) and value != "", "a non-empty string"
+        elif column in spec.refs:
+            ok, want = value is None or isinstance(value, str), "a string or null"
+        else:
+            continue
+        if not ok:
+            raise StoreError(
+                f"table {spec.name!r}, rows[{at}]: `{column}` is {value!r:.80}; it must be {want}"
+            )
 
 
 def _remap(
@@ -352,7 +399,7 @@ def _insert_int(
 
 def _upsert(conn: sqlite3.Connection, spec: SyncTable, cols: Sequence[str], row: list[Any]) -> bool:
     """Insert or update a text- or policy-keyed row; True when it was new."""
-    keys = ("name", "version") if spec.key == "policy" else ("id",)
+    keys = _keys(spec)
     where = " AND ".join(f"{k} = ?" for k in keys)
     key_values = [row[cols.index(k)] for k in keys]
     exists = conn.execute(f"SELECT 1 FROM {spec.name} WHERE {where}", key_values).fetchone()
@@ -383,7 +430,8 @@ def merge_batch(
     """Merge one uploaded batch into a central store, in one transaction.
 
     Raises:
-        StoreError: the table is not one that syncs, or a column name is not an identifier.
+        StoreError: the table is not one that syncs, a column name is not an identifier, the
+            rows lack their key, or a key or reference is not of its kind (nothing is merged).
     """
     spec = _BY_NAME.get(table)
     if spec is None:
@@ -395,10 +443,13 @@ def merge_batch(
     present = set(_columns(conn, spec.name))
     keep = [i for i, c in enumerate(columns) if c in present]
     cols = [columns[i] for i in keep]
+    _check_columns(spec, cols)
     result = MergeResult(dropped_columns=sorted(set(columns) - present))
     with write_transaction(conn, path):
-        for raw in rows:
-            row = _remap(conn, spec, origin, cols, [raw[i] for i in keep])
+        for at, raw in enumerate(rows):
+            kept = [raw[i] for i in keep]
+            _check_row(spec, cols, kept, at)
+            row = _remap(conn, spec, origin, cols, kept)
             if spec.key == "int":
                 if _insert_int(conn, spec, origin, cols, row):
                     result.stored += 1

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import anyio
+import uvicorn
 
 from engine.cli import main
 from engine.store.sync_ops import SYNC_TABLES
+from engine.sync.server import SyncServer
 from tests.support.fast_graphs import GRAPHS, fast_copy
 
 EXAMPLES = GRAPHS / "examples" / "governed-answer.jsonl"
@@ -90,6 +98,27 @@ class SyncServerProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@contextmanager
+def listening(server: SyncServer) -> Iterator[str]:
+    """`server` (opened here, closed after) on uvicorn on a free loopback port, in a thread
+    of its own, as `moat sync-server` serves it; its URL."""
+    server.open()
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(server.app, lifespan="off", log_level="warning", access_log=False)
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=anyio.run, args=(lambda: runner.serve(sockets=[sock]),))
+    thread.start()
+    try:
+        while not runner.started and thread.is_alive():
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        runner.should_exit = True
+        thread.join(30)
+        sock.close()
+        server.close()
 
 
 def wait_for_port_free(port: int, timeout: float = 5.0) -> None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -173,8 +174,6 @@ class EdgeSync:
             body, raw = encode_batch(
                 report.origin, spec.name, batch.columns, batch.rows, self.codec
             )
-            if self.bucket is not None:
-                report.throttled_s += await self.bucket.take(len(body) + HTTP_OVERHEAD)
             await self._post(client, body, spec.name, report)
             await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
             report.rows[spec.name] += len(batch.rows)
@@ -202,9 +201,12 @@ class EdgeSync:
                 return _transport_problem(exc)
             if response.status_code != 200:
                 return self._status_problem(response, "the health check")
-            central = response.json().get("central") if _is_json(response) else None
+            central = _json(response).get("central")
             if not isinstance(central, str) or not central.isalnum():
-                raise SyncError(f"{self.url}{HEALTH_PATH}: not a `moat sync-server`")
+                raise SyncError(
+                    f"{self.url}{HEALTH_PATH}: not a `moat sync-server` (it answered "
+                    f"{_shown(response)}); give --to the URL `moat sync-server` printed"
+                )
             found.append(central)
             return None
 
@@ -217,6 +219,8 @@ class EdgeSync:
         """Post one batch until it is acknowledged."""
 
         async def send() -> str | None:
+            if self.bucket is not None:  # every attempt goes out within the cap, resent too
+                report.throttled_s += await self.bucket.take(len(body) + HTTP_OVERHEAD)
             try:
                 response = await client.post(
                     self.url + BATCH_PATH, content=body, headers=self._headers
@@ -259,16 +263,34 @@ class EdgeSync:
             SyncError: the central side refuses (a 4xx other than 408, 425, 429).
         """
         if response.status_code in _RETRY_STATUS:
-            return f"HTTP {response.status_code}"
-        detail = response.text.strip()[:300]
-        raise SyncError(
-            f"{self.url}: the central side refused {what} (HTTP {response.status_code}: {detail})"
-        )
+            return _shown(response)
+        if response.is_redirect:
+            raise SyncError(
+                f"{self.url}: {what} was redirected (HTTP {response.status_code}) to "
+                f"{response.headers.get('location', '(nowhere)')!r}; moat sync follows no "
+                "redirect: give --to the sync server's own URL"
+            )
+        raise SyncError(f"{self.url}: the central side refused {what} ({_shown(response)})")
 
 
 def _transport_problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _is_json(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("application/json")
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object ({} for any other answer)."""
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return {}
+    try:
+        found = response.json()
+    except ValueError:  # not JSON, or not UTF-8
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _shown(response: httpx.Response) -> str:
+    """`HTTP 503: the server's reason` (its `error`, else the start of its text)."""
+    error = _json(response).get("error")
+    detail = error if isinstance(error, str) else " ".join(response.text.split())
+    detail = detail[:300] or "(no body)"
+    return f"HTTP {response.status_code}: {detail}"

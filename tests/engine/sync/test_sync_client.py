@@ -1,0 +1,107 @@
+"""`moat sync` against central sides that misbehave: what it says, and what it keeps to."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from engine.errors import SyncError
+from engine.sync import EdgeSync
+from engine.sync.client import HTTP_OVERHEAD
+from tests.support.edge_stores import edge_store
+
+pytestmark = pytest.mark.anyio
+
+URL = "http://central.test"
+HEALTHY = httpx2.Response(200, json={"ok": True, "central": "c0ffee"})
+
+JSON, HTML = "application/json", "text/html"
+
+Handler = Callable[[httpx2.Request], httpx2.Response]
+
+
+@pytest.fixture(scope="module")
+def one_edge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return edge_store(tmp_path_factory.mktemp("edge"), "edge")
+
+
+def edge(db: Path, handler: Handler, **kwargs: object) -> EdgeSync:
+    transport = httpx2.MockTransport(handler)
+    return EdgeSync(db, URL, transport=transport, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx2.Response(200, json=["central"]),
+        httpx2.Response(200, content=b"{not json", headers={"content-type": JSON}),
+        httpx2.Response(200, content=b"<html>a portal</html>", headers={"content-type": HTML}),
+    ],
+    ids=["json-list", "broken-json", "html"],
+)
+async def test_a_health_answer_of_something_else_says_it_is_no_sync_server(
+    one_edge: Path, tmp_path: Path, answer: httpx2.Response
+) -> None:
+    """A JSON answer that was not an object was an AttributeError, broken JSON a
+    JSONDecodeError: `moat: internal error`."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    with pytest.raises(SyncError, match=r"/v1/sync/health: not a `moat sync-server` \(it answ"):
+        await edge(db, lambda request: answer).run()
+
+
+async def test_a_redirect_says_where_it_points(one_edge: Path, tmp_path: Path) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    moved = httpx2.Response(301, headers={"location": "https://central.test/v1/sync/health"})
+    with pytest.raises(
+        SyncError,
+        match=r"the health check was redirected \(HTTP 301\) to 'https://central\.test/v1/sync/h"
+        r"ealth'; moat sync follows no redirect: give --to the sync server's own URL",
+    ):
+        await edge(db, lambda request: moved).run()
+
+
+async def test_giving_up_says_what_the_central_side_said_last(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+
+    def busy(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return HEALTHY
+        return httpx2.Response(503, json={"error": "the central store is busy: try later"})
+
+    with pytest.raises(
+        SyncError, match=r"unreachable for 0\.3s \(HTTP 503: the central store is busy: try later\)"
+    ):
+        await edge(db, busy, patience_s=0.3, backoff_s=(0.01, 0.05)).run()
+
+
+async def test_a_batch_sent_again_stays_within_the_bandwidth_cap(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """Every batch is refused once (503) and sent again: only first sends waited for the
+    token bucket, so resent bytes went out on top of the cap."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    sent: list[int] = []
+
+    def once_busy(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return HEALTHY
+        sent.append(len(request.content) + HTTP_OVERHEAD)
+        return httpx2.Response(503 if len(sent) % 2 else 200, json={})
+
+    started = time.monotonic()
+    report = await edge(db, once_busy, max_kbps=800, backoff_s=(0.001, 0.001)).run()
+    elapsed = time.monotonic() - started
+    assert report.retries == report.batches == len(sent) // 2
+    rate = 800 * 1000 / 8
+    assert sum(sent) / elapsed <= rate * 1.05

@@ -4,8 +4,13 @@ uploaded records into a central store idempotently and without id clashes.
 Edge side. Each store gets a random origin id on its first sync (`meta` key `sync.origin`).
 Append-only tables (requests, node runs, LLM calls, events, decision traces, policy
 activations) are read in rowid order after a per-target watermark; rows are only ever
-appended there (SQLite gives a new row the largest rowid yet, and a committed row never
-moves), so everything past the watermark is new. Tables whose rows change in place (`runs`:
+appended there (SQLite numbers a new row one past the largest rowid, and a committed row
+never moves), so everything past the watermark is new. Except after a prune that deleted
+the newest rows (`moat prune --keep-runs 0` once all is synced): SQLite then numbers new
+rows one past the largest rowid *left*, below the watermark. So the watermark keeps a
+digest of the row it stands on (its anchor); when that row holds something else, or is
+gone with nothing left as far, the table is read again from the start (the central merge
+skips what it has). Tables whose rows change in place (`runs`:
 status, counters, heartbeat; `policy_snapshots`: status) are compared by a digest per row
 instead; the digests last acknowledged are kept beside the watermarks. Both live in `meta`,
 so the edge's schema is untouched and a rerun resumes where the last acknowledged batch
@@ -17,7 +22,8 @@ in `sync_keys`, a table only a central store has (created here, `IF NOT EXISTS`,
 no migration of the contract tables and does not depend on their order):
 
 - integer ids (node runs, LLM calls, events, traces, activations) get fresh central ids; the
-  mapping makes a second upload of the same row a no-op;
+  mapping makes a second upload of the same row a no-op, and the row's references (its
+  request or run) tell it from a new row an edge numbered the same after a prune;
 - text ids (runs, requests) and policy names keep their value unless another origin (or a
   local run) already holds it; then they become `VALUE@ORIGIN` (`VALUE@ORIGIN.2`, ... should
   another origin have sent that very value), and every reference to them from that origin
@@ -120,6 +126,7 @@ class Batch:
         columns: the edge's column names, in row order.
         rows: the rows.
         last: the watermark after this batch (rowid) for append-only tables, else 0.
+        anchor: for append-only tables, the digest of the row at `last`.
         digests: for mutable tables, row key -> digest of the rows in this batch.
     """
 
@@ -127,6 +134,7 @@ class Batch:
     columns: list[str]
     rows: list[list[Any]]
     last: int = 0
+    anchor: str = ""
     digests: dict[str, str] = field(default_factory=dict)
 
 
@@ -174,9 +182,30 @@ def _mark_key(target: str, table: str, what: str) -> str:
 
 
 def watermark(conn: sqlite3.Connection, target: str, table: str) -> int:
-    """The last rowid of `table` that `target` acknowledged (0: nothing yet)."""
+    """The last rowid of `table` that `target` acknowledged (0: nothing yet, or the rowids
+    were handed out again since: see the module docstring)."""
     raw = _meta_get(conn, _mark_key(target, table, "watermark"))
-    return int(raw) if raw is not None else 0
+    if raw is None:
+        return 0
+    anchor = _meta_get(conn, _mark_key(target, table, "anchor"))
+    return 0 if anchor is not None and _renumbered(conn, table, int(raw), anchor) else int(raw)
+
+
+def _order(spec: SyncTable) -> str:
+    # An `int` table's `id` is its rowid (for the per-request views, their compact
+    # table's, which views do not expose as `rowid`).
+    return "id" if spec.key == "int" else "rowid"
+
+
+def _renumbered(conn: sqlite3.Connection, table: str, last: int, anchor: str) -> bool:
+    """Whether rowid `last` no longer holds the row acknowledged as `anchor`, and no row is
+    left that far: new rows were (or will be) numbered below the watermark."""
+    order = _order(_BY_NAME[table])
+    row = conn.execute(f"SELECT * FROM {table} WHERE {order} = ?", (last,)).fetchone()
+    if row is not None:
+        return _digest(row) != anchor
+    top = conn.execute(f"SELECT MAX({order}) FROM {table}").fetchone()[0]
+    return top is None or int(top) < last
 
 
 def acked_digests(conn: sqlite3.Connection, target: str, table: str) -> dict[str, str]:
@@ -194,6 +223,7 @@ def ack(conn: sqlite3.Connection, path: str | Path, target: str, batch: Batch) -
             _meta_put(conn, _mark_key(target, batch.table, "digests"), json.dumps(digests))
         else:
             _meta_put(conn, _mark_key(target, batch.table, "watermark"), str(batch.last))
+            _meta_put(conn, _mark_key(target, batch.table, "anchor"), batch.anchor)
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -203,18 +233,17 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
 def read_appended(conn: sqlite3.Connection, table: str, after: int, limit: int) -> Batch:
     """Up to `limit` rows of an append-only `table` past rowid `after`, in rowid order."""
     spec = _BY_NAME[table]
-    # An `int` table's `id` is its rowid (for the per-request views, their compact
-    # table's, which views do not expose as `rowid`).
-    order = "id" if spec.key == "int" else "rowid"
+    order = _order(spec)
     cursor = conn.execute(
         f"SELECT {order} AS _sync_rowid, * FROM {spec.name} "
         f"WHERE {order} > ? ORDER BY {order} LIMIT ?",
         (after, limit),
     )
     columns = [d[0] for d in cursor.description][1:]
-    rows = cursor.fetchall()
-    last = int(rows[-1][0]) if rows else after
-    return Batch(table, columns, [list(r[1:]) for r in rows], last)
+    rows = [list(r) for r in cursor]
+    if not rows:
+        return Batch(table, columns, [], after)
+    return Batch(table, columns, [r[1:] for r in rows], int(rows[-1][0]), _digest(rows[-1][1:]))
 
 
 def _digest(row: Sequence[Any]) -> str:
@@ -372,10 +401,10 @@ def _insert_int(
     """Insert a row with a fresh central id; False when this origin's row is already in."""
     src = str(row[cols.index("id")])
     seen = conn.execute(
-        "SELECT 1 FROM sync_keys WHERE kind = ? AND origin = ? AND src = ?",
+        "SELECT dst FROM sync_keys WHERE kind = ? AND origin = ? AND src = ?",
         (spec.name, origin, src),
     ).fetchone()
-    if seen is not None:
+    if seen is not None and _same_owner(conn, spec, cols, row, int(seen[0])):
         return False
     names = [c for c in cols if c != "id"]
     values = [v for c, v in zip(cols, row, strict=True) if c != "id"]
@@ -390,11 +419,26 @@ def _insert_int(
         if base is None
         else conn.execute(f"SELECT MAX(id) FROM {base}").fetchone()[0]
     )
-    conn.execute(
-        "INSERT INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
+    conn.execute(  # REPLACE: an id the edge gave to a new row now names that one
+        "INSERT OR REPLACE INTO sync_keys (kind, origin, src, dst) VALUES (?, ?, ?, ?)",
         (spec.name, origin, src, str(new_id)),
     )
     return True
+
+
+def _same_owner(
+    conn: sqlite3.Connection, spec: SyncTable, cols: Sequence[str], row: list[Any], dst: int
+) -> bool:
+    """Whether central row `dst`, merged from this origin's id, belongs to the same request
+    or run as `row` (remapped): a resent row, rather than a new one the edge numbered the
+    same after a prune (then `dst` belongs to a pruned run, or is gone)."""
+    owners = [c for c in spec.refs if c in cols]
+    if not owners:
+        return True
+    found = conn.execute(
+        f"SELECT {', '.join(owners)} FROM {spec.name} WHERE id = ?", (dst,)
+    ).fetchone()
+    return found is not None and list(found) == [row[cols.index(c)] for c in owners]
 
 
 def _upsert(conn: sqlite3.Connection, spec: SyncTable, cols: Sequence[str], row: list[Any]) -> bool:

@@ -33,9 +33,14 @@ def edge_store(tmp: Path, name: str, *, copies: int = 1) -> Path:
     requests = tmp / f"{name}.jsonl"
     requests.write_text("\n".join(lines) + "\n")
     db = tmp / f"{name}.db"
+    run_into(db, graph, requests)
+    return db
+
+
+def run_into(db: Path, graph: Path, requests: Path) -> None:
+    """One more run of `graph` over `requests`, recorded in `db`."""
     code = main(["run", str(graph), "--input", str(requests), "--db", str(db), "--out", os.devnull])
     assert code == 0
-    return db
 
 
 def counts(db: Path) -> dict[str, int]:

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 
+from engine.cli import main
 from engine.errors import SyncError
 from engine.store.sync_ops import SYNC_TABLES
 from engine.sync import EdgeSync
 from engine.sync.server import SyncServer
-from tests.support.edge_stores import counts, edge_store, fingerprint, integrity
+from tests.support.edge_stores import counts, edge_store, fingerprint, integrity, run_into
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +175,31 @@ async def test_an_unreachable_central_side_gives_up_after_its_patience(
     closed = EdgeSync(db, "http://127.0.0.1:9", patience_s=0.5)
     with pytest.raises(SyncError, match=r"unreachable for 0\.5s .*rerun `moat sync --to"):
         await closed.run()
+
+
+def test_what_a_box_records_after_pruning_what_it_synced_still_arrives(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """A prune of the newest runs hands their rowids back: SQLite numbers a new row one past
+    the largest rowid left, not ever used. The next run's rows took the numbers the
+    watermark had passed (never read), and the central side, which knew those ids from
+    this origin, would have skipped them as sent twice."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    graph, requests = one_edge.with_name("governed-answer.yaml"), one_edge.with_name("edge.jsonl")
+    server = SyncServer(tmp_path / "central.db")
+    server.open()
+    try:
+        first = anyio.run(edge(db, server).run)
+        assert main(["prune", "--keep-runs", "0", "--db", str(db)]) == 0  # all of it synced
+        run_into(db, graph, requests)  # (`moat run` wants the main thread)
+        new = counts(db)
+        second = anyio.run(edge(db, server).run)
+        third = anyio.run(edge(db, server).run)
+    finally:
+        server.close()
+    assert second.rows["requests"] == new["requests"] == 10
+    merged = counts(tmp_path / "central.db")
+    for table in ("runs", "requests", "node_runs", "llm_calls", "decision_traces"):
+        assert merged[table] == first.rows[table] + new[table], table
+    assert third.total_rows == 0

@@ -227,9 +227,15 @@ class EdgeSync:
                 )
             except httpx.TransportError as exc:
                 return _transport_problem(exc)
-            if response.status_code == 200:
-                return None
-            return self._status_problem(response, f"a batch of `{table}`")
+            if response.status_code != 200:
+                return self._status_problem(response, f"a batch of `{table}`")
+            if not isinstance(_json(response).get("stored"), int):  # a proxy's page, say
+                raise SyncError(
+                    f"{self.url}{BATCH_PATH}: a batch of `{table}` was answered "
+                    f"{_shown(response)}, not with what a `moat sync-server` stored; nothing "
+                    "more is marked as sent: check that --to reaches the sync server itself"
+                )
+            return None
 
         await self._until_done(send, report)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ async def test_a_batch_sent_again_stays_within_the_bandwidth_cap(
         if request.method == "GET":
             return HEALTHY
         sent.append(len(request.content) + HTTP_OVERHEAD)
-        return httpx2.Response(503 if len(sent) % 2 else 200, json={})
+        return httpx2.Response(503 if len(sent) % 2 else 200, json={"stored": 1})
 
     started = time.monotonic()
     report = await edge(db, once_busy, max_kbps=800, backoff_s=(0.001, 0.001)).run()
@@ -105,3 +106,25 @@ async def test_a_batch_sent_again_stays_within_the_bandwidth_cap(
     assert report.retries == report.batches == len(sent) // 2
     rate = 800 * 1000 / 8
     assert sum(sent) / elapsed <= rate * 1.05
+
+
+async def test_a_batch_answered_200_by_something_else_is_not_marked_as_sent(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """A proxy answering every POST with its own 200 page: the edge advanced its
+    watermarks, and the rows never reached a central store."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+
+    def proxy(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return HEALTHY
+        return httpx2.Response(200, content=b"<html>OK</html>", headers={"content-type": HTML})
+
+    with pytest.raises(
+        SyncError, match=r"a batch of `policy_snapshots` was answered HTTP 200: <html>OK</html>, "
+    ):
+        await edge(db, proxy).run()
+    with sqlite3.connect(db) as conn:
+        marks = conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'sync.%.%'").fetchone()[0]
+    assert marks == 0

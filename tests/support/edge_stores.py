@@ -19,7 +19,7 @@ import uvicorn
 
 from engine.cli import main
 from engine.store.sync_ops import SYNC_TABLES
-from engine.sync.server import SyncServer
+from engine.sync.server import SyncServer, _config
 from tests.support.fast_graphs import GRAPHS, fast_copy
 
 EXAMPLES = GRAPHS / "examples" / "governed-answer.jsonl"
@@ -111,8 +111,7 @@ def listening(server: SyncServer) -> Iterator[str]:
     of its own, as `moat sync-server` serves it; its URL."""
     server.open()
     sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(server.app, lifespan="off", log_level="warning", access_log=False)
-    runner = uvicorn.Server(config)
+    runner = uvicorn.Server(_config(server))
     thread = threading.Thread(target=anyio.run, args=(lambda: runner.serve(sockets=[sock]),))
     thread.start()
     try:

@@ -188,6 +188,16 @@ async def test_a_body_over_the_limit_is_a_413_before_it_has_all_come(tmp_path: P
     assert b'"error":"the batch is 1000000 bytes, over the 65536 this side reads; send' in declared
 
 
+async def test_a_head_of_megabytes_of_headers_is_refused_before_it_ends(tmp_path: Path) -> None:
+    """uvicorn's httptools parser took any number of headers of any length, each kept."""
+    fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 90) for i in range(50_000))
+    head = b"GET /v1/sync/health HTTP/1.1\r\nHost: c\r\n" + fields + b"\r\n"
+    parts = [head[i : i + (64 << 10)] for i in range(0, len(head), 64 << 10)]
+    with listening(SyncServer(tmp_path / "central.db")) as url:
+        answer = await anyio.to_thread.run_sync(exchange, url, *parts)
+    assert answer.startswith(b"HTTP/1.1 400 ")  # (h11's, in plain text: no app ran)
+
+
 async def test_a_body_that_stops_coming_is_a_408_and_others_go_on(
     one_edge: Path, tmp_path: Path
 ) -> None:

@@ -156,14 +156,19 @@ def _inflate(body: bytes, encoding: str) -> bytes:
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
             raw = bytes(reader.read(MAX_BATCH_BYTES + 1))
+            declared = zstandard.frame_content_size(body)  # -1: the header does not say
         except zstandard.ZstdError as exc:
             raise WireError(f"body is not valid zstd: {exc}") from exc
+        if len(raw) <= MAX_BATCH_BYTES and 0 <= declared != len(raw):
+            raise _truncated(f"its zstd frame inflates to {len(raw)} of its {declared} bytes")
     elif encoding == "gzip":
         inflater = zlib.decompressobj(wbits=31)
         try:
             raw = inflater.decompress(body, MAX_BATCH_BYTES + 1)
         except zlib.error as exc:
             raise WireError(f"body is not valid gzip: {exc}") from exc
+        if len(raw) <= MAX_BATCH_BYTES and not inflater.eof:
+            raise _truncated(f"its gzip stream stops after {len(raw)} bytes, short of its end")
     elif encoding in ("", "identity"):
         raw = body
     else:
@@ -171,6 +176,10 @@ def _inflate(body: bytes, encoding: str) -> bytes:
     if len(raw) > MAX_BATCH_BYTES:
         raise WireError(f"batch inflates past {MAX_BATCH_BYTES} bytes; send smaller batches")
     return raw
+
+
+def _truncated(what: str) -> WireError:
+    return WireError(f"body is cut short: {what}; send the whole batch")
 
 
 def decode_batch(body: bytes, encoding: str) -> SyncPayload:

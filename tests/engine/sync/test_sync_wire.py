@@ -78,6 +78,22 @@ def test_a_malformed_batch_says_what_is_wrong(body: bytes, message: str) -> None
         decode_batch(body, "identity")
 
 
+@pytest.mark.parametrize(
+    ("codec", "message"),
+    [
+        ("zstd", r"body is cut short: its zstd frame inflates to \d+ of its \d+ bytes; send the"),
+        ("gzip", r"body is cut short: its gzip stream stops after \d+ bytes, short of its end"),
+    ],
+)
+def test_a_body_cut_short_says_so(codec: str, message: str) -> None:
+    """It was "body is not JSON: Expecting ...", or went through when only the end of the
+    stream (a checksum) was missing."""
+    body, _ = encode_batch("ab12", "node_runs", ["a"], [[i] for i in range(5000)], codec)
+    for cut in (len(body) // 2, len(body) - 4):
+        with pytest.raises(WireError, match=message):
+            decode_batch(body[:cut], codec)
+
+
 def test_an_unknown_encoding_is_named() -> None:
     with pytest.raises(WireError, match="'br' is not supported"):
         decode_batch(b"", "br")

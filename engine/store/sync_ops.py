@@ -53,7 +53,7 @@ from typing import Any
 
 from engine.errors import StoreError
 from engine.store.compact import COMPACT_TABLES
-from engine.store.schema import write_transaction
+from engine.store.schema import describe_error, write_transaction
 
 __all__ = [
     "SYNC_TABLES",
@@ -165,15 +165,23 @@ def _meta_put(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 
 def origin_id(conn: sqlite3.Connection, path: str | Path) -> str:
-    """This store's origin id, made (16 hex digits) and kept on first use."""
+    """This store's origin id, made (16 hex digits) and kept on first use.
+
+    Raises:
+        StoreError: it had none, and the store could not be written.
+    """
     found = _meta_get(conn, "sync.origin")
     if found is not None:
         return found
-    with write_transaction(conn, path):
-        found = _meta_get(conn, "sync.origin")
-        if found is None:
-            found = secrets.token_hex(8)
-            _meta_put(conn, "sync.origin", found)
+    try:
+        with write_transaction(conn, path):
+            found = _meta_get(conn, "sync.origin")
+            if found is None:
+                found = secrets.token_hex(8)
+                _meta_put(conn, "sync.origin", found)
+    except sqlite3.Error as exc:
+        problem = describe_error(exc, path)
+        raise StoreError(f"{path}: cannot give the store its origin id: {problem}") from exc
     return found
 
 
@@ -215,15 +223,27 @@ def acked_digests(conn: sqlite3.Connection, target: str, table: str) -> dict[str
 
 
 def ack(conn: sqlite3.Connection, path: str | Path, target: str, batch: Batch) -> None:
-    """Record that `target` stored `batch`: the watermark or the rows' digests advance."""
-    with write_transaction(conn, path):
-        if _BY_NAME[batch.table].mutable:
-            digests = acked_digests(conn, target, batch.table)
-            digests.update(batch.digests)
-            _meta_put(conn, _mark_key(target, batch.table, "digests"), json.dumps(digests))
-        else:
-            _meta_put(conn, _mark_key(target, batch.table, "watermark"), str(batch.last))
-            _meta_put(conn, _mark_key(target, batch.table, "anchor"), batch.anchor)
+    """Record that `target` stored `batch`: the watermark or the rows' digests advance.
+
+    Raises:
+        StoreError: the edge store could not be written (another process held its write
+            lock past the write's patience, say); the batch is sent again next time.
+    """
+    try:
+        with write_transaction(conn, path):
+            if _BY_NAME[batch.table].mutable:
+                digests = acked_digests(conn, target, batch.table)
+                digests.update(batch.digests)
+                _meta_put(conn, _mark_key(target, batch.table, "digests"), json.dumps(digests))
+            else:
+                _meta_put(conn, _mark_key(target, batch.table, "watermark"), str(batch.last))
+                _meta_put(conn, _mark_key(target, batch.table, "anchor"), batch.anchor)
+    except sqlite3.Error as exc:
+        raise StoreError(
+            f"{path}: the central side stored a batch of `{batch.table}`, but this store "
+            f"could not record it: {describe_error(exc, path)}; rerun `moat sync` (the "
+            "batch is sent again and stored once)"
+        ) from exc
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:

@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from engine.errors import SyncError
+from engine.errors import StoreError, SyncError
+from engine.store import schema
+from engine.store.sync_ops import origin_id
 from engine.sync import EdgeSync
 from engine.sync.client import HTTP_OVERHEAD
 from tests.support.edge_stores import edge_store
@@ -128,3 +130,39 @@ async def test_a_batch_answered_200_by_something_else_is_not_marked_as_sent(
     with sqlite3.connect(db) as conn:
         marks = conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'sync.%.%'").fetchone()[0]
     assert marks == 0
+
+
+async def test_an_edge_store_another_process_holds_says_so_and_resends_later(
+    one_edge: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`moat prune --vacuum` on the box while cron runs `moat sync`: recording an
+    acknowledged batch waited out its patience and ended in `moat: internal error:
+    OperationalError: database is locked`."""
+    monkeypatch.setattr(schema, "WRITE_PATIENCE_S", 0.2)
+    monkeypatch.setattr(schema, "_BUSY_TIMEOUT_MS", 20)
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        origin_id(conn, db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    posted: list[bytes] = []
+
+    def central(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return HEALTHY
+        posted.append(request.content)
+        return httpx2.Response(200, json={"stored": 1})
+
+    try:
+        with pytest.raises(
+            StoreError,
+            match=r"the central side stored a batch of `policy_snapshots`, but this store could "
+            r"not record it: database is locked: another process held the write lock",
+        ):
+            await edge(db, central).run()
+    finally:
+        holder.close()
+    report = await edge(db, central).run()
+    assert report.rows["policy_snapshots"] == 1  # sent again, as nothing recorded it
+    assert len(posted) == report.batches + 1

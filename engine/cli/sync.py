@@ -34,6 +34,15 @@ def _positive(value: str) -> float:
     return number
 
 
+def _kbps(value: str) -> float:
+    number = _positive(value)
+    if number < 1:  # below a kilobit a second, one batch takes hours: a typo, not a link
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is below 1; give the link's kilobits per second"
+        )
+    return number
+
+
 def _rows(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 100_000:
         raise argparse.ArgumentTypeError(f"{value!r} must be a whole number from 1 to 100000")
@@ -46,7 +55,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--to", required=True, metavar="URL", help="the `moat sync-server` URL")
     p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
     p.add_argument(
-        "--max-kbps", type=_positive, metavar="N", help="bandwidth cap in kilobits per second"
+        "--max-kbps", type=_kbps, metavar="N", help="bandwidth cap in kilobits per second"
     )
     p.add_argument("--batch-rows", type=_rows, default=500, metavar="N", help="rows per batch")
     p.add_argument(

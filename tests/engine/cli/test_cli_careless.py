@@ -197,3 +197,15 @@ def test_a_graph_given_as_a_policy_is_refused(
     graph.write_text(FAST)
     code, err = run(capsys, "policy", "apply", str(graph), "--db", str(tmp_path / "s.db"))
     assert code == 2 and "this is a graph file (it has `moat:` and `nodes:`), not a policy" in err
+
+
+@pytest.mark.parametrize(
+    ("kbps", "says"),
+    [("0", "must be a positive number"), ("nan", "must be a positive number"),
+     ("1e-300", "is below 1"), ("0.5", "is below 1")],
+)  # fmt: skip
+def test_a_sync_bandwidth_cap_that_would_never_finish_a_batch_is_refused(
+    capsys: pytest.CaptureFixture[str], kbps: str, says: str
+) -> None:
+    code, err = run(capsys, "sync", "--to", "http://127.0.0.1:1", "--max-kbps", kbps)
+    assert code == 2 and says in err

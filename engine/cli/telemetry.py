@@ -7,6 +7,7 @@ fix); `engine.telemetry` is imported only when one of them asks for it.
 from __future__ import annotations
 
 import argparse
+import errno
 import socket
 import threading
 import time
@@ -174,9 +175,12 @@ def _listen(telemetry: Telemetry, opts: TelemetryOptions) -> ThreadingHTTPServer
     try:
         server = server_class((host, opts.metrics_port), Handler)
     except OSError as exc:
+        fix = "pick a free port"
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            fix = "give a host name or address of this machine (127.0.0.1, 0.0.0.0)"
         raise SpecError(
             f"--metrics-port {host}:{opts.metrics_port}: cannot listen "
-            f"({exc.strerror or exc}); pick a free port"
+            f"({exc.strerror or exc}); {fix}"
         ) from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="moat-metrics", daemon=True).start()

@@ -249,6 +249,7 @@ def test_every_exported_name_is_listed() -> None:
         ("nine", "--metrics-port nine: give a port from 1 to 65535"),
         ("0.0.0.0:70000", "--metrics-port 0.0.0.0:70000: give a port from 1 to 65535"),
         ("busy", "cannot listen"),
+        ("192.0.2.1:9464", "give a host name or address of this machine (127.0.0.1, 0.0.0.0)"),
     ],
 )
 def test_a_bad_metrics_port_exits_2_before_anything_runs(

@@ -1,7 +1,8 @@
 """The telemetry flags of `moat run` and `moat serve`: `--otel`, `--metrics-port`, ...
 
-Flags are checked before anything runs (a missing extra or a busy port exits 2 with the
-fix); `engine.telemetry` is imported only when one of them asks for it.
+Flags are checked before anything runs (a missing extra, a busy port or an `OTEL_*`
+variable that can never work exits 2 with the fix; one moat does not follow is warned
+about once); `engine.telemetry` is imported only when one of them asks for it.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ def options(args: argparse.Namespace) -> TelemetryOptions:
     """Check the telemetry flags (before anything runs).
 
     Raises:
-        SpecError: a bad address or linger, or the extra a flag needs is missing.
+        SpecError: a bad address or linger, the extra a flag needs is missing, or an
+            `OTEL_*` variable tracing reads can never work.
     """
     from engine.telemetry import otel_from_env, require_extra
+    from engine.telemetry.otel_env import check_traces, warn_unused
 
     otel = getattr(args, "otel", None)
     if otel and not otel.startswith(("http://", "https://")):
@@ -87,6 +90,8 @@ def options(args: argparse.Namespace) -> TelemetryOptions:
     traces = otel is not None or otel_from_env()
     if traces:
         require_extra("traces", "--otel")
+        check_traces(otel or None)
+    warn_unused(otel=otel is not None)
     host, port = _address(getattr(args, "metrics_port", None))
     if port is not None:
         require_extra("metrics", "--metrics-port")

@@ -46,6 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from engine.telemetry.feed import FinishedRequest
 from engine.telemetry.ids import trace_id_of
+from engine.telemetry.otel_env import sampler, traces_url
 from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches, bsp_setting
 from engine.telemetry.wire_spans import RequestSpans
 
@@ -92,14 +93,10 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
             ok = self.export_encoded(data)
             return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
-    if endpoint:
-        base = endpoint.rstrip("/")
-        endpoint = base if base.endswith("/v1/traces") else f"{base}/v1/traces"
-    else:
-        endpoint = _traces_url()
+    url = traces_url(endpoint)
     if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
-        return WireSpanExporter(endpoint=endpoint)  # the provider's session, as it is
-    return WireSpanExporter(endpoint=endpoint, session=settled_session(endpoint))
+        return WireSpanExporter(endpoint=url)  # the provider's session, as it is
+    return WireSpanExporter(endpoint=url, session=settled_session(url))
 
 
 _CREDENTIAL_PROVIDERS = (
@@ -108,17 +105,6 @@ _CREDENTIAL_PROVIDERS = (
 )
 """Variables naming a `requests.Session` to export with (a credential provider): then that
 session is used as the exporter would use it."""
-
-
-def _traces_url() -> str:
-    """Where the exporter posts when no endpoint is given, by the OTLP variables' rules:
-    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-    http://localhost:4318) with `/v1/traces`."""
-    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if url:
-        return url
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-    return f"{base.removesuffix('/')}/v1/traces"
 
 
 def _resource() -> Resource:
@@ -154,8 +140,9 @@ class SpanBuilder:
         model_names: Mapping[str, Mapping[str, str]] | None = None,
         server: bool = False,
     ) -> None:
-        # the provider reads OTEL_TRACES_SAMPLER and OTEL_SDK_DISABLED; no atexit hook
-        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+        # the sampler as OTEL_TRACES_SAMPLER says (checked: the SDK's would log and go on
+        # with its default); the provider reads OTEL_SDK_DISABLED; no atexit hook
+        provider = TracerProvider(resource=_resource(), sampler=sampler(), shutdown_on_exit=False)
         self.sampler = provider.sampler
         self.roots_sampled = self.sampler is DEFAULT_ON or self.sampler is ALWAYS_ON
         """The sampler keeps every trace that continues no caller's (`OTEL_TRACES_SAMPLER`

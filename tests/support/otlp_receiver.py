@@ -1,12 +1,14 @@
 """A tiny OTLP/HTTP trace receiver on loopback: what a collector would get from moat.
 
 It decodes each `POST /v1/traces` body as an `ExportTraceServiceRequest` (opentelemetry-proto)
-and keeps the spans as plain `ReceivedSpan`s, with their resource's attributes.
+and keeps the spans as plain `ReceivedSpan`s, with their resource's attributes. A loopback
+port nothing listens on is here too (`closed_port`).
 """
 
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -134,3 +136,10 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         receiver.server.shutdown()
         receiver.server.server_close()
         thread.join()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a connection to it is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

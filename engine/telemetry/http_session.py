@@ -27,12 +27,26 @@ class SettledSession(requests.Session):
     """A `requests.Session` that does not read the environment per request (`trust_env`
     off) but applies what `settled_session` read once: proxies, netrc credentials, and
     the CA bundle variable, which (as `requests` does) wins over the session's `verify`
-    when a request does not say otherwise."""
+    when a request does not say otherwise. It remembers how its last request ended
+    (`last`), so a failed export can say why even when the exporter's retries were cut
+    short."""
 
     def __init__(self, ca_bundle: str | None = None) -> None:
         super().__init__()
         self.trust_env = False
         self.ca_bundle = ca_bundle
+        self.last: tuple[int | None, BaseException | None] = (None, None)
+        """The last request's HTTP status, or what it raised."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Send `request` as `requests` does, remembering how it ended."""
+        try:
+            response = super().send(request, **kwargs)
+        except Exception as exc:
+            self.last = (None, exc)
+            raise
+        self.last = (response.status_code, None)
+        return response
 
     def merge_environment_settings(
         self,

@@ -21,13 +21,14 @@ exporter sees the same spans.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from engine.logs import get_logger
+from engine.telemetry.export_health import ExportHealth
 from engine.telemetry.otlp_wire import envelope_parts
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchSink", "SdkSink", "SpanBatches", "bsp_setting"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger("moat.telemetry")
 
 _DEFAULTS = {
     "OTEL_BSP_SCHEDULE_DELAY": 5_000,
@@ -53,8 +54,13 @@ def bsp_setting(name: str, environ: Mapping[str, str] = os.environ) -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else _DEFAULTS[name]
 
 
+_REFUSED = {"reason": "the exporter did not accept the batch", "fix": "see its logs"}
+
+
 class BatchSink(Protocol):
-    """Where a batch goes: a serialised `ExportTraceServiceRequest`."""
+    """Where a batch goes: a serialised `ExportTraceServiceRequest`. A sink that can say
+    why a batch was refused has a `failure()` method too, returning the `reason` and the
+    `fix` (`export_health.describe`)."""
 
     def export_encoded(self, data: bytes) -> bool:
         """Send `data`; whether it was accepted."""
@@ -88,6 +94,7 @@ class SpanBatches:
         resource: the `Resource` every span shares (`OTEL_SERVICE_NAME`, ...).
         scope: the instrumentation scope every span shares.
         environ: where the `OTEL_BSP_*` settings are read.
+        endpoint: where the sink posts, if it does (said when exports fail).
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class SpanBatches:
         resource: Resource,
         scope: InstrumentationScope,
         environ: Mapping[str, str] = os.environ,
+        *,
+        endpoint: str | None = None,
     ) -> None:
         self.sink = sink
         self.resource = resource
@@ -107,6 +116,9 @@ class SpanBatches:
         """Spans dropped because the queue was full."""
         self.failed = 0
         """Batches the sink did not accept (or raised on)."""
+        self.offered = 0
+        """Spans `add`ed, dropped ones included."""
+        self.health = ExportHealth(endpoint)
         self._chunks: list[tuple[bytes, int]] = []
         self._queued = 0
         self._busy = False
@@ -119,9 +131,16 @@ class SpanBatches:
     def add(self, spans: bytes, count: int) -> None:
         """Queue one request's `count` encoded spans (dropped if the queue is full)."""
         with self._cond:
+            self.offered += count
             if self._queued + count > self.max_queue:
                 if not self.dropped:
-                    _log.warning("span queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped")
+                    _log.warning(
+                        "telemetry.spans_dropped",
+                        variable="OTEL_BSP_MAX_QUEUE_SIZE",
+                        value=self.max_queue,
+                        effect="the span queue is full: new requests' spans are dropped",
+                        fix="raise OTEL_BSP_MAX_QUEUE_SIZE, or sample fewer traces",
+                    )
                 self.dropped += count
                 return
             self._chunks.append((spans, count))
@@ -140,17 +159,18 @@ class SpanBatches:
                     if self._stopping:
                         return
                     continue
-                batch = self._take()
+                batch, count = self._take()
                 self._busy = True
             try:
-                self._send(batch)
+                self._send(batch, count)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _take(self) -> list[bytes]:
-        """Whole requests' spans, up to `max_batch` spans (at least one request)."""
+    def _take(self) -> tuple[list[bytes], int]:
+        """Whole requests' spans, up to `max_batch` spans (at least one request), and how
+        many spans that is."""
         taken, count = 0, 0
         for _, n in self._chunks:
             if taken and count + n > self.max_batch:
@@ -160,19 +180,25 @@ class SpanBatches:
         parts = [spans for spans, _ in self._chunks[:taken]]
         del self._chunks[:taken]
         self._queued -= count
-        return parts
+        return parts, count
 
-    def _send(self, spans: list[bytes]) -> None:
-        """Post the batch of `spans`, written with its envelope in one join (a batch is
-        about 1 MB: each copy of it costs a page fault per 4 KB)."""
+    def _send(self, spans: list[bytes], count: int) -> None:
+        """Post the batch of `spans` (`count` of them), written with its envelope in one
+        join (a batch is about 1 MB: each copy of it costs a page fault per 4 KB)."""
         try:
             body = b"".join(envelope_parts(self.resource, self.scope, spans))
             ok = self.sink.export_encoded(body)
-        except Exception:  # an exporter's bug must not end the thread
-            _log.exception("span export failed")
-            ok = False
-        if not ok:
+        except Exception as exc:  # an exporter's bug must not end the thread
             self.failed += 1
+            why = {"reason": f"the exporter raised {exc!r}", "fix": "report it as a bug"}
+            self.health.failed(count, why)
+            return
+        if ok:
+            self.health.ok(count)
+            return
+        self.failed += 1
+        failure = getattr(self.sink, "failure", None)
+        self.health.failed(count, failure() if callable(failure) else _REFUSED)
 
     def flush(self, timeout_s: float) -> bool:
         """Send everything queued now; whether it left within `timeout_s`."""
@@ -188,9 +214,11 @@ class SpanBatches:
                 self._cond.wait(left)
         return True
 
-    def shutdown(self) -> None:
-        """Send what is queued (the sink decides how long it tries), then stop the thread."""
+    def shutdown(self, wait_s: float | None = None) -> bool:
+        """Send what is queued (the sink decides how long it tries), then stop the thread,
+        waiting for it `wait_s` at most (None: as long as it takes); whether it stopped."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join()
+        self._thread.join(wait_s)
+        return not self._thread.is_alive()

@@ -31,7 +31,6 @@ Needs the `telemetry` extra (opentelemetry-sdk, opentelemetry-exporter-otlp-prot
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -44,15 +43,18 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from engine.logs import get_logger
+from engine.telemetry.export_health import QUIET, describe
 from engine.telemetry.feed import FinishedRequest
+from engine.telemetry.http_session import SettledSession, settled_session
 from engine.telemetry.ids import trace_id_of
 from engine.telemetry.otel_env import sampler, traces_url
-from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches, bsp_setting
+from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches
 from engine.telemetry.wire_spans import RequestSpans
 
 __all__ = ["SpanBuilder", "otlp_exporter"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger("moat.telemetry")
 
 
 def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
@@ -61,7 +63,6 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
     compression and certificates to the standard `OTEL_EXPORTER_OTLP_*` variables."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from engine.telemetry.http_session import settled_session
     from engine.telemetry.otlp_wire import encode_spans
 
     class WireSpanExporter(OTLPSpanExporter):
@@ -70,7 +71,17 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         by `otlp_wire`, 4-5x cheaper than the exporter's protobuf messages, the same
         bytes to a collector). Sending stays the SDK's: endpoint, headers, timeout, gzip,
         certificates, retries with backoff on 429/5xx and connection errors (its
-        `_client`, private: an exporter version without it gets span objects instead)."""
+        `_client`, private: an exporter version without it gets span objects instead).
+        Its client's log lines (one per retry) are silenced: `failure` says why the last
+        batch failed, for moat's log (`export_health`)."""
+
+        def __init__(self, url: str, session: SettledSession | None) -> None:
+            super().__init__(endpoint=url, session=session)
+            self.url = url
+            self.session = session
+            self.last: _Outcome = (None, None)
+            if self.wire():
+                self._client._logger = QUIET
 
         def wire(self) -> bool:
             """Whether encoded bodies can be sent as they are."""
@@ -80,7 +91,14 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         def export_encoded(self, data: bytes) -> bool:
             if self._shutdown:
                 return False
-            return bool(self._client.export(data).success)
+            result = self._client.export(data)
+            if not result.success:
+                self.last = _outcome((result.status_code, result.error), self.session)
+            return bool(result.success)
+
+        def failure(self) -> dict[str, str]:
+            """Why the last batch was not accepted, in a few words, and what to check."""
+            return describe(*self.last)
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             if not self.wire() or self._shutdown:
@@ -88,15 +106,27 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
             try:
                 data = encode_spans(spans)
             except Exception:  # a bug here must not lose the batch: the SDK's encoding
-                _log.exception("OTLP encoding failed; the exporter's own encodes the batch")
+                _log.exception("telemetry.otlp_encoding_failed")
                 return super().export(spans)
             ok = self.export_encoded(data)
             return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     url = traces_url(endpoint)
     if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
-        return WireSpanExporter(endpoint=url)  # the provider's session, as it is
-    return WireSpanExporter(endpoint=url, session=settled_session(url))
+        return WireSpanExporter(url, None)  # the provider's session, as it is
+    return WireSpanExporter(url, settled_session(url))
+
+
+_Outcome = tuple[int | None, BaseException | None]
+"""How a POST ended: its HTTP status, or what it raised."""
+
+
+def _outcome(given: _Outcome, session: SettledSession | None) -> _Outcome:
+    """How the last batch's POST ended as the exporter says, else (its retries cut short
+    by a shutdown, it says nothing) as the session saw it."""
+    if given == (None, None) and session is not None:
+        return session.last
+    return given
 
 
 _CREDENTIAL_PROVIDERS = (
@@ -153,7 +183,10 @@ class SpanBuilder:
         self.writer = RequestSpans(self.model_names, server=server)
         self.exporter = exporter or otlp_exporter()
         self.batches = SpanBatches(
-            _sink(self.exporter), provider.resource, InstrumentationScope("moat")
+            _sink(self.exporter),
+            provider.resource,
+            InstrumentationScope("moat"),
+            endpoint=getattr(self.exporter, "url", None),
         )
         self.propagator = TraceContextTextMapPropagator()
 
@@ -192,18 +225,30 @@ class SpanBuilder:
 
     def close(self) -> None:
         """Export what is queued, waiting `OTEL_BSP_EXPORT_TIMEOUT` ms at most (5 s unless
-        set: an unreachable collector must not hold a finished run), then shut the
-        exporter down, which stops its retries."""
-        if not self.batches.flush(_flush_ms() / 1000):
-            self.batches.sink.shutdown()  # a collector that does not answer: stop retrying
-            self.batches.shutdown()
+        set: an unreachable collector must not hold a finished run or a stopping server),
+        then shut the exporter down, which stops its retries (a POST still waiting for its
+        answer is left to the sender's daemon thread). Spans that never left are said once
+        (`export_health`)."""
+        batches = self.batches
+        timeout_s = _flush_ms() / 1000
+        if batches.flush(timeout_s):
+            batches.shutdown()
+            self.exporter.shutdown()
+            batches.health.closed(batches.offered, batches.dropped, timed_out_s=None)
             return
-        self.batches.shutdown()
-        self.exporter.shutdown()
+        batches.health.closing()
+        batches.sink.shutdown()  # a collector that does not answer: stop retrying
+        stopped = batches.shutdown(_GRACE_S)
+        timed_out = None if stopped else timeout_s
+        batches.health.closed(batches.offered, batches.dropped, timed_out_s=timed_out)
+
+
+_GRACE_S = 0.25
+"""How long the sender's thread may take to stop once the exporter is shut down (a batch
+whose retries were cut short only has to report why)."""
 
 
 def _flush_ms() -> int:
     """`OTEL_BSP_EXPORT_TIMEOUT` when set, else 5 s (the SDK's 30 s is long for a CLI)."""
-    if os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip().isdigit():
-        return bsp_setting("OTEL_BSP_EXPORT_TIMEOUT")
-    return 5_000
+    raw = os.environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 5_000

@@ -1,8 +1,10 @@
 """A tiny OTLP/HTTP trace receiver on loopback: what a collector would get from moat.
 
 It decodes each `POST /v1/traces` body as an `ExportTraceServiceRequest` (opentelemetry-proto)
-and keeps the spans as plain `ReceivedSpan`s, with their resource's attributes. A loopback
-port nothing listens on is here too (`closed_port`).
+and keeps the spans as plain `ReceivedSpan`s, with their resource's attributes. Collectors
+that go wrong are here too: one answering every POST with an HTTP error
+(`failing_collector`), one that accepts connections and never answers (`silent_collector`),
+and a loopback port nothing listens on (`closed_port`).
 """
 
 from __future__ import annotations
@@ -136,6 +138,42 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         receiver.server.shutdown()
         receiver.server.server_close()
         thread.join()
+
+
+@contextmanager
+def failing_collector(status: int) -> Iterator[str]:
+    """The base URL of a collector answering every POST with `status` (and a short page)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            body = b"<html>no</html>"
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextmanager
+def silent_collector() -> Iterator[str]:
+    """The base URL of a collector whose port accepts connections but never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # the kernel completes the handshakes; nothing reads or writes
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def closed_port() -> int:

@@ -8,6 +8,7 @@ import time
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from structlog.testing import capture_logs
 
 from engine.events import NodeOutcome, NodeRun, NodeStatus, RequestRecord, RequestStatus
 from engine.telemetry import FinishedRequest
@@ -109,9 +110,15 @@ def test_a_request_is_never_split_across_batches() -> None:
 def test_a_full_queue_drops_whole_requests_and_counts_their_spans() -> None:
     sink = Collect()
     queue = batches(sink, max_queue_size=5, schedule_delay=60_000)
-    for i in range(4):
-        queue.add(*request(f"q{i}", nodes=1))  # 2 spans each: the third and fourth do not fit
+    with capture_logs() as logs:
+        for i in range(4):
+            queue.add(*request(f"q{i}", nodes=1))  # 2 spans each: the third and fourth do not fit
     assert queue.dropped == 4
+    [said] = logs  # once, in moat's log
+    assert (said["event"], said["variable"]) == (
+        "telemetry.spans_dropped",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+    )
     assert queue.flush(5)
     assert sink.requests(0) == ["q0", "q1"]
     queue.shutdown()
@@ -133,8 +140,12 @@ def test_flush_gives_up_on_a_stuck_exporter_after_its_timeout() -> None:
 def test_an_exporter_that_raises_loses_its_batch_only() -> None:
     sink = Collect(fail_first=True)
     queue = batches(sink, max_export_batch_size=1)
-    queue.add(*request("lost"))
-    wait_for(lambda: queue.failed == 1)
+    with capture_logs() as logs:
+        queue.add(*request("lost"))
+        wait_for(lambda: queue.failed == 1 and logs)
+    [said] = logs  # one line, no traceback
+    assert said["event"] == "telemetry.export_failed" and "exc_info" not in said
+    assert said["reason"] == "the exporter raised RuntimeError('collector exploded')"
     queue.add(*request("kept"))
     assert queue.flush(5)
     assert [sink.requests(0), queue.failed] == [["kept"], 1]

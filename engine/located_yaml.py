@@ -212,11 +212,13 @@ class _Builder:
             result[key] = self.build(value_node, child, depth + 1)
         return result
 
-    def _key(self, node: Node) -> Any:
+    def _key(self, node: Node) -> str:
         if not isinstance(node, ScalarNode):
             raise self._fail(node, "a mapping key must be a plain scalar, not a list or mapping")
         key = self._scalar(node)
-        return key if isinstance(key, str) else str(key) if key is not None else "null"
+        # Keys are names: `on:`, `no:` or `~:` mean the text written, not the YAML 1.1
+        # boolean or null it resolves to (which would read back as 'True', 'None').
+        return key if isinstance(key, str) else node.value
 
     def _fail(self, node: Node, message: str) -> SpecError:
         pos = _position(node)

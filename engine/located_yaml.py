@@ -18,6 +18,9 @@ Path = tuple[str | int, ...]
 _MAX_NODES = 200_000
 """Bound on values built from one document (alias bombs expand to millions)."""
 _MAX_DEPTH = 200
+_MAX_INT_BITS = 10_000
+"""Widest whole number read, as wide as expressions may compute (hexadecimal and octal
+numbers escape Python's limit on decimal digits, and a number past it cannot be printed)."""
 MAX_BYTES = 1 << 20
 """Largest graph or policy file read (1 MiB: real ones are a few KB; data such as corpora
 and principles live in files the nodes read). Parsing is bounded by it too."""
@@ -111,6 +114,13 @@ def _too_large() -> str:
     )
 
 
+def _too_wide() -> str:
+    return (
+        f"invalid value: a whole number wider than {_MAX_INT_BITS:,} bits; write a smaller "
+        "number, or quote it if it is text"
+    )
+
+
 def load_yaml(text: str | bytes, path: str) -> Located:
     """Parse one YAML document, keeping positions; every failure is a located `SpecError`."""
     if len(text) > MAX_BYTES * (1 if isinstance(text, bytes) else 4):
@@ -180,7 +190,11 @@ class _Builder:
         except yaml.MarkedYAMLError as exc:
             raise self._fail(node, f"invalid value: {exc.problem}") from exc
         except (ValueError, OverflowError) as exc:
+            if "integer string conversion" in str(exc):  # more decimal digits than Python reads
+                raise self._fail(node, _too_wide()) from exc
             raise self._fail(node, f"invalid value: {exc}") from exc
+        if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+            raise self._fail(node, _too_wide())
         if not isinstance(value, str | int | float | bool) and value is not None:
             # dates, binary and the like: keep the text, moat's formats have no such types
             return node.value if isinstance(node, ScalarNode) else str(value)

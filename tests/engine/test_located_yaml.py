@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.errors import SpecError
 from engine.located_yaml import load_yaml
@@ -19,3 +21,30 @@ def test_keys_that_differ_in_text_are_not_duplicates() -> None:
     assert load_yaml("true: 1\nTrue: 2\n", "k.yaml").data == {"true": 1, "True": 2}
     with pytest.raises(SpecError, match=r"k\.yaml:2:1: duplicate key 'on'"):
         load_yaml("on: 1\non: 2\n", "k.yaml")
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["0x" + "f" * 5000, "0" + "7" * 5000, "0b" + "1" * 20_000, "9" * 5000],
+    ids=["hexadecimal", "octal", "binary", "decimal"],
+)
+def test_a_whole_number_too_wide_to_print_is_refused_where_it_stands(number: str) -> None:
+    with pytest.raises(
+        SpecError, match=r"^n\.yaml:2:8: invalid value: a whole number wider than 10,000 bits"
+    ):
+        load_yaml(f"a: 1\nwide: [{number}]\n", "n.yaml")
+
+
+@given(st.integers(min_value=-(2**14_000), max_value=2**14_000), st.sampled_from("xobd"))
+def test_a_whole_number_in_any_base_loads_within_bounds_or_is_refused(
+    number: int, base: str
+) -> None:
+    digits = {"x": f"{abs(number):#x}", "o": f"0{abs(number):o}", "b": f"{abs(number):#b}"}
+    written = ("-" if number < 0 else "") + digits.get(base, str(abs(number)))
+    try:
+        value = load_yaml(f"n: {written}\n", "n.yaml").data["n"]
+    except SpecError as exc:
+        assert str(exc).startswith("n.yaml:1:4: invalid value")
+        return
+    assert value == number
+    assert value.bit_length() <= 10_000  # as wide as expressions compute: always printable

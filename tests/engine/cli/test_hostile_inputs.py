@@ -186,6 +186,10 @@ HOSTILE = {
     + "9" * 5000
     + "}\n",
     "two documents": "moat: 1\n---\nmoat: 2\n",
+    "wide hexadecimal numbers": f"moat: 1\nname: 0x{'f' * 5000}\n"
+    f"budget: {{cost_usd: 0x{'f' * 5000}}}\nnodes: {{}}\noutput: {{x: 1}}\n",
+    "wide number in with": "moat: 1\nname: x\nnodes:\n  a: {type: validate, with: {schema: {}, "
+    f"max_repairs: 0x{'f' * 5000}}}}}\noutput: {{x: a.value}}\n",
     "binary tag": "moat: 1\nname: !!binary aGVsbG8=\nnodes: {}\noutput: {}\n",
     "set tag": "moat: 1\nname: x\nnodes: !!set {a, b}\noutput: {}\n",
     "merge keys": "b: &b {type: model}\nmoat: 1\nname: x\nnodes: {a: {<<: *b}}\noutput: {}\n",

@@ -216,8 +216,17 @@ class _Builder:
             seen[key] = key_node
         try:
             self.loader.flatten_mapping(node)
-        except yaml.YAMLError as exc:
-            raise self._fail(node, f"invalid merge key: {exc}") from exc
+        except yaml.YAMLError as exc:  # one located line, not PyYAML's multi-line report
+            mark = getattr(exc, "problem_mark", None)
+            at = Position(mark.line + 1, mark.column + 1) if mark else _position(node)
+            problem = getattr(exc, "problem", None) or "not a mapping"
+            raise SpecError(
+                f"invalid merge key (`<<`): {problem}; merge a mapping (`<<: *name`) or a "
+                "list of them",
+                path=self.located.path,
+                line=at.line,
+                column=at.column,
+            ) from exc
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = self._key(key_node)

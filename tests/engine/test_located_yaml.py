@@ -48,3 +48,11 @@ def test_a_whole_number_in_any_base_loads_within_bounds_or_is_refused(
         return
     assert value == number
     assert value.bit_length() <= 10_000  # as wide as expressions compute: always printable
+
+
+def test_a_bad_merge_key_is_one_located_line() -> None:
+    with pytest.raises(SpecError) as caught:
+        load_yaml("base: 1\nnode: {<<: [1, 2]}\n", "m.yaml")
+    message = str(caught.value)
+    assert "\n" not in message and "<unicode string>" not in message
+    assert message.startswith("m.yaml:2:13: invalid merge key (`<<`): expected a mapping")

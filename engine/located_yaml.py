@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ MAX_BYTES = 1 << 20
 """Largest graph or policy file read (1 MiB: real ones are a few KB; data such as corpora
 and principles live in files the nodes read). Parsing is bounded by it too."""
 
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+"""Opening a named pipe with it returns at once, writer or not (0 where there is none)."""
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's parser when PyYAML was built with it (about 10x faster), else pure Python."""
@@ -92,7 +96,12 @@ def read_file(path: str) -> bytes:
         SpecError: missing, unreadable, or too large; `path` is the file as named.
     """
     try:
-        with open(path, "rb") as file:
+        # Non-blocking open: a named pipe nobody writes to reads as empty instead of waiting
+        # for a writer forever; reads block again, so a pipe that is written (stdin) works.
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK)
+        with open(fd, "rb") as file:
+            if _NONBLOCK:
+                os.set_blocking(fd, True)
             data = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError("file not found; check the path", path=path) from None

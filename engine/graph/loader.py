@@ -341,7 +341,12 @@ def _load_policy(
     policy_path = Path(base_dir or ".") / spec.policy
     shown = os.path.normpath(os.fspath(policy_path))
     if not _is_file(shown):
-        what = "is a folder, not a file" if os.path.isdir(shown) else "not found"
+        if os.path.isdir(shown):
+            what = "is a folder, not a file"
+        elif os.path.exists(shown):  # a named pipe or a device: nothing to read a policy from
+            what = "is not a regular file"
+        else:
+            what = "not found"
         raise located.error(
             f"policy file {spec.policy!r} {what} (looked for {shown}); the path is "
             "relative to the graph file",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import SpecError
-from engine.located_yaml import load_yaml
+from engine.located_yaml import load_yaml, read_file
 
 
 @pytest.mark.parametrize("key", ["on", "off", "yes", "no", "true", "False", "null", "~", "1"])
@@ -56,3 +59,13 @@ def test_a_bad_merge_key_is_one_located_line() -> None:
     message = str(caught.value)
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith("m.yaml:2:13: invalid merge key (`<<`): expected a mapping")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_nobody_writes_to_reads_as_empty_rather_than_waiting(
+    tmp_path: Path,
+) -> None:
+    pipe = tmp_path / "graph.yaml"
+    os.mkfifo(pipe)
+    assert read_file(str(pipe)) == b""

@@ -3,6 +3,7 @@ internal error: every refusal is exit 2 with a message that names the file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,23 @@ def test_hostile_graph_paths_are_refused_cleanly(
         code, _, err = run(capsys, *command, name)
         assert code == 2, (command, err)
         assert "internal error" not in err and "Traceback" not in err, (command, err)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_rather_than_waited_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipe = tmp_path / "pipe.yaml"
+    os.mkfifo(pipe)
+    for command in ("check", "show"):
+        code, _, err = run(capsys, command, str(pipe))
+        assert code == 2 and f"{pipe}:1:1: a graph file must be a mapping" in err, (command, err)
+    assert run(capsys, "nodes", "--graph", str(pipe))[0] == 0  # no `plugins:` to add
+    graph = tmp_path / "g.yaml"
+    graph.write_text("moat: 1\nname: x\npolicy: pipe.yaml\nnodes: {}\noutput: {x: 1}\n")
+    code, _, err = run(capsys, "check", str(graph))
+    assert code == 2 and "policy file 'pipe.yaml' is not a regular file" in err, err
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE)

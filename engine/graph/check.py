@@ -3,7 +3,8 @@
 Each check is a small method of `Checker` named `cNN_...` and documented with the mistake
 it finds. The checker also compiles what it checks, so a graph that passes is ready to run.
 
- 1. node ids match `[a-z][a-z0-9_]*` and do not shadow names in scope
+ 1. node ids match `[a-z][a-z0-9_]*` and are neither names in scope, `true/false/none`
+    nor Python keywords
  2. every `type:` is a registered node type (with the closest name)
  3. every expression parses and uses only allowed syntax
  4. every name an expression reads is a node, `input`, `policy`, `request` (`cycle`, `prev`
@@ -25,6 +26,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 from __future__ import annotations
 
 import difflib
+import keyword
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -33,6 +35,7 @@ from urllib.parse import unquote
 from pydantic import ValidationError
 
 from engine.errors import ExpressionError, SpecError
+from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import config_problem, quoted
 from engine.graph._fallbacks import fallback_problems
@@ -132,7 +135,7 @@ class Checker:
                 self._error(exc.reason, ("plugins", i))
 
     def c01_node_id(self, node_id: str, at: Path, in_loop: bool) -> bool:
-        """Node ids match `[a-z][a-z0-9_]*` and do not shadow names in scope."""
+        """Node ids match `[a-z][a-z0-9_]*` and are names expressions can read as nodes."""
         if not _ID.match(node_id):
             fixed = re.sub(r"[^a-z0-9_]", "_", node_id.lower()).lstrip("_0123456789") or "node"
             self._error(
@@ -143,9 +146,17 @@ class Checker:
             )
             return False
         reserved = SCOPE_NAMES | _FUNCTIONS | (LOOP_SCOPE_NAMES if in_loop else frozenset())
-        if node_id in reserved or node_id in LOOP_SCOPE_NAMES:
+        if node_id in reserved or node_id in LOOP_SCOPE_NAMES or node_id in CONSTANT_NAMES:
             self._error(
                 f"node id {node_id!r} is a reserved name in expressions; rename the node",
+                at,
+                key=True,
+            )
+            return False
+        if keyword.iskeyword(node_id):  # `class.label` does not parse
+            self._error(
+                f"node id {node_id!r} is a Python keyword, which expressions cannot read; "
+                f"rename the node (e.g. {node_id + '_'!r})",
                 at,
                 key=True,
             )

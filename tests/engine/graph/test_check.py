@@ -367,6 +367,27 @@ output:
         r"^case\.yaml:7:3: node 'input': node id 'input' is a reserved name",
     ),
     (
+        "node id that expressions read as none",
+        """\
+nodes:
+  none: {type: echo}
+output:
+  a: none.text
+""",
+        r"^case\.yaml:7:3: node 'none': node id 'none' is a reserved name in expressions",
+    ),
+    (
+        "node id that is a Python keyword",
+        """\
+nodes:
+  class: {type: echo}
+output:
+  a: class.text
+""",
+        r"^case\.yaml:7:3: node 'class': node id 'class' is a Python keyword, which expressions "
+        r"cannot read; rename the node \(e\.g\. 'class_'\)",
+    ),
+    (
         "missing policy file",
         """\
 nodes:

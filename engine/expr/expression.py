@@ -222,6 +222,9 @@ def _compile_cached(source: str | bool | int | float | None) -> Expr:
 
 _OPEN = "{{"
 _CLOSE = "}}"
+_MAX_CLOSINGS = 64
+"""How many `}}` are tried as the end of one `{{ EXPR }}` (a dict literal nested N deep
+needs N + 1): text full of them is refused in linear time, not quadratic."""
 _BLANK = re.compile(r"\s*")
 
 
@@ -448,12 +451,15 @@ def _interpolate(parts: list[str | _Evaluate], scope: Mapping[str, Any], path: s
 def _split_expression(text: str, start: int, path: str) -> tuple[Expr, int, int]:
     """Compiles the `{{ EXPR }}` opening at `start`.
 
-    The closing `}}` is the first one whose inside compiles, so dict literals inside work.
+    The closing `}}` is the first one whose inside compiles (of the next `_MAX_CLOSINGS`),
+    so dict literals inside work.
     Returns the expression, the offset of its source within `text` and the end position.
     """
     first_error: ExpressionError | None = None
     end = text.find(_CLOSE, start + 2)
-    while end >= 0:
+    for _ in range(_MAX_CLOSINGS):
+        if end < 0:
+            break
         inner = text[start + 2 : end]
         offset = start + 2 + len(inner) - len(inner.lstrip())
         try:

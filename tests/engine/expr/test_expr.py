@@ -510,6 +510,20 @@ def test_template_errors_name_the_key_path_and_column() -> None:
         compile_template("abc {{ x")
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "text", ["{{ (" + "}}" * 200_000, "{{ }} " * 100_000], ids=["closings", "empty pairs"]
+)
+def test_text_full_of_closings_is_refused_in_linear_time(text: str) -> None:
+    with pytest.raises(ExpressionError, match=r"^4: in template: "):
+        compile_template(text)
+
+
+def test_a_dict_literal_nested_deep_still_finds_its_closing() -> None:
+    source = "{{ " + "{'a': " * 40 + "1" + "}" * 40 + " }}"
+    assert compile_template(source).evaluate({})["a"]["a"]["a"] is not None
+
+
 def test_template_evaluation_errors_name_the_key_path() -> None:
     with pytest.raises(EvaluationError, match=r"template value 'a': expression '1/x'"):
         compile_template({"a": "{{ 1/x }}"}).evaluate({"x": 0})

@@ -628,7 +628,10 @@ class Checker:
                 compile_template(value)
             except ExpressionError as exc:
                 self._error(
-                    f"in {value!r}: {exc.reason}", at, node_id=node_id, offset=(exc.column or 1) - 1
+                    f"in {quoted(value)}: {exc.reason}",
+                    at,
+                    node_id=node_id,
+                    offset=(exc.column or 1) - 1,
                 )
 
     def _warn_undemanded(self, scope: Scope, wanted: set[str], at: Path) -> None:

@@ -589,6 +589,17 @@ def test_random_yaml_never_escapes_as_anything_but_a_located_error(value: object
         assert str(error).startswith("fuzz.yaml")
 
 
+def test_a_broken_template_is_quoted_short_however_long_it_is() -> None:
+    (error,) = check(f"""\
+nodes:
+  a: {{type: echo, with: {{text: "{"word " * 20_000}{{{{ b. }}}}"}}}}
+  b: {{type: echo}}
+output:
+  x: a.text
+""")
+    assert len(error) < 500 and re.match(r"case\.yaml:7:\d+: node 'a': in 'word word", error)
+
+
 def test_moat_check_exits_2_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("moat: 1\nname: x\nnodes:\n  a: {type: nosuchtype}\noutput: {x: a.text}\n")

@@ -21,6 +21,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 13. `input:` is a valid JSON Schema
 14. `serve.input` maps input properties to expressions over the chat request only
 15. every model's `fallback:` names another model and fallbacks never loop (`_fallbacks.py`)
+16. no chain of nodes waiting one for another is longer than `MAX_CHAIN`
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ _REQUEST_FIELDS = ("degraded", "id", "policy_version", "remaining_ms", "remainin
 _FUNCTIONS = frozenset(
     "len min max abs round any all sorted str int float bool lower upper join".split()  # noqa: SIM905
 )
+MAX_CHAIN = 100
+"""Most nodes one chain may hold, each reading the one before (a loop counts with its body's
+longest chain): a node runs the input it waits for inline, a few stack frames deeper, so
+a chain of a thousand would exhaust Python's stack at run time."""
 Path = tuple[str | int, ...]
 
 
@@ -121,6 +126,7 @@ class Checker:
         self.c14_serve_mapping()
         self.c15_fallbacks()
         if scope is not None and not self.errors:
+            self.c16_chain(scope)
             self.c12_undemanded(scope, output)
         return (scope if not self.errors else None), output
 
@@ -466,6 +472,19 @@ class Checker:
                         offset=ref.column - 1,
                     )
 
+    def c16_chain(self, scope: Scope) -> None:
+        """No chain of nodes waiting one for another is longer than `MAX_CHAIN`."""
+        length, chain = _longest_chain(scope)
+        if length <= MAX_CHAIN:
+            return
+        shown = " -> ".join(chain if len(chain) <= 5 else [*chain[:3], "...", chain[-1]])
+        self._error(
+            f"a chain of {length} nodes each waiting for the one before ({shown}) is longer "
+            f"than the {MAX_CHAIN} moat runs; merge steps, or repeat one step with a loop",
+            ("nodes", chain[-1]),
+            key=True,
+        )
+
     # -- compiling ----------------------------------------------------------------------
 
     def _compile_scope(self, info: _ScopeInfo) -> Scope | None:
@@ -672,6 +691,29 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
+
+
+def _longest_chain(scope: Scope) -> tuple[int, list[str]]:
+    """The length of the longest chain of nodes in `scope` each reading the one before (a
+    loop counts as itself plus its body's longest chain), and its nodes in `scope`."""
+    length: dict[str, int] = {}
+    before: dict[str, str | None] = {}
+    for nid in scope.order:  # inputs come first
+        node = scope.nodes[nid]
+        inputs = [dep for dep in node.deps if dep in length]
+        prior = max(inputs, key=lambda dep: (length[dep], dep), default=None)
+        inner = _longest_chain(node.loop.body)[0] if node.loop is not None else 0
+        length[nid] = 1 + inner + (length[prior] if prior is not None else 0)
+        before[nid] = prior
+    if not length:
+        return 0, []
+    end = max(length, key=lambda nid: (length[nid], nid))
+    chain: list[str] = []
+    last: str | None = end
+    while last is not None:
+        chain.append(last)
+        last = before[last]
+    return length[end], chain[::-1]
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import SpecError
-from engine.graph.loader import check_text
+from engine.graph.check import MAX_CHAIN
+from engine.graph.loader import check_text, load_graph_text
 from tests.support.graph_nodes import registry
+from tests.support.sched_nodes import run
 
 DATA = Path(__file__).parents[2] / "data"
 HEADER = """\
@@ -598,6 +600,34 @@ output:
   x: a.text
 """)
     assert len(error) < 500 and re.match(r"case\.yaml:7:\d+: node 'a': in 'word word", error)
+
+
+def _chain(length: int) -> str:
+    """Nodes each guarding on and reading the one before (the deepest way to run them)."""
+    lines = ["nodes:", "  n0: {type: echo, with: {text: hi}}"]
+    for i in range(1, length):
+        lines.append(
+            f"  n{i}: {{type: echo, when: n{i - 1}.text, timeout_ms: 5000, retries: 1, "
+            f"with: {{text: '{{{{ n{i - 1}.text }}}}'}}}}"
+        )
+    return "\n".join([*lines, "output:", f"  x: n{length - 1}.text", ""])
+
+
+def test_a_chain_too_long_to_run_is_refused_at_its_last_node() -> None:
+    assert check(_chain(MAX_CHAIN + 1)) == [
+        f"case.yaml:{7 + MAX_CHAIN}:3: node 'n{MAX_CHAIN}': a chain of {MAX_CHAIN + 1} nodes "
+        f"each waiting for the one before (n0 -> n1 -> n2 -> ... -> n{MAX_CHAIN}) is longer "
+        f"than the {MAX_CHAIN} moat runs; merge steps, or repeat one step with a loop"
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_longest_chain_allowed_runs() -> None:
+    graph = load_graph_text(
+        HEADER + _chain(MAX_CHAIN), "case.yaml", registry=registry(), base_dir=DATA
+    )
+    result, _ = await run(graph)
+    assert (result.status.value, result.output) == ("ok", {"x": "hi"})
 
 
 def test_moat_check_exits_2_without_a_traceback(tmp_path: Path) -> None:

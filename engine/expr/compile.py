@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from engine.errors import ExpressionError
-from engine.expr.runtime import FIELD_CLASSES, FUNCTIONS, HELPERS
+from engine.expr.runtime import FIELD_CLASSES, FUNCTIONS, HELPERS, MAX_INT_BITS
 from engine.expr.wording import quoted
 
 MAX_DEPTH = 200
@@ -75,6 +75,7 @@ _OP_SYMBOLS: dict[type[ast.AST], str] = {
 }
 _BOUNDED_OPS: dict[type[ast.AST], str] = {
     ast.Add: "_add",
+    ast.Sub: "_sub",
     ast.Mult: "_mul",
     ast.Pow: "_pow",
     ast.Mod: "_mod",
@@ -275,6 +276,8 @@ class _Checker:
 
     def _Constant(self, node: ast.Constant, depth: int) -> None:
         value = node.value
+        if type(value) is int and value.bit_length() > MAX_INT_BITS:  # `0x` + 3,000 digits
+            self.reject(node, f"a number wider than {MAX_INT_BITS:,} bits", "Write a smaller one.")
         if value is None or isinstance(value, bool | int | float | str):
             return
         kinds = {bytes: "a bytes literal", complex: "a complex number"}

@@ -19,7 +19,7 @@ from engine.expr.wording import describe as _describe
 from engine.expr.wording import kind, literal
 
 MAX_INT_BITS = 10_000
-"""Largest integer (in bits) that `**` and `*` may produce."""
+"""Widest integer (in bits) an expression may write or produce."""
 
 MAX_ITEMS = 1_000_000
 """Largest string (chars) or container (items, counted deeply) an operator may produce."""
@@ -157,12 +157,29 @@ def _too_big(what: str) -> Fail:
     return Fail(f"{what} would exceed {MAX_ITEMS:,} items; refusing to build it")
 
 
+def _too_wide(what: str) -> Fail:
+    return Fail(f"{what} would produce an integer wider than {MAX_INT_BITS:,} bits")
+
+
 def add(a: Any, b: Any) -> Any:
-    """`a + b`, refusing strings/lists longer than MAX_ITEMS."""
+    """`a + b`, refusing strings/lists longer than MAX_ITEMS and integers wider than
+    MAX_INT_BITS."""
     sized = isinstance(a, _SIZED) and isinstance(b, _SIZED)
     if sized and len(a) + len(b) > MAX_ITEMS:
         raise _too_big(f"'+' of a {kind(a)} and a {kind(b)}")
-    return a + b
+    result = a + b
+    if type(result) is int and result.bit_length() > MAX_INT_BITS:
+        raise _too_wide("'+'")
+    return result
+
+
+def sub(a: Any, b: Any) -> Any:
+    """`a - b`, refusing integers wider than MAX_INT_BITS (repeated, a wider one could not
+    even be printed)."""
+    result = a - b
+    if type(result) is int and result.bit_length() > MAX_INT_BITS:
+        raise _too_wide("'-'")
+    return result
 
 
 def mul(a: Any, b: Any) -> Any:
@@ -173,7 +190,7 @@ def mul(a: Any, b: Any) -> Any:
         if a > 0 and deep_size(b) * a > MAX_ITEMS:
             raise _too_big(f"repeating a {kind(b)} {a:,} times")
     elif type(a) is int is type(b) and a.bit_length() + b.bit_length() > MAX_INT_BITS:
-        raise Fail(f"'*' would produce an integer wider than {MAX_INT_BITS:,} bits")
+        raise _too_wide("'*'")
     return a * b
 
 
@@ -181,7 +198,7 @@ def power(base: Any, exp: Any) -> Any:
     """`base ** exp`, estimating the result's size first; complex results are refused."""
     integers = isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1
     if integers and exp * math.log2(abs(base)) > MAX_INT_BITS:
-        raise Fail(f"'**' would produce an integer wider than {MAX_INT_BITS:,} bits")
+        raise _too_wide("'**'")
     result = base**exp
     if isinstance(result, complex):
         raise Fail(f"{literal(base)} ** {literal(exp)} has no real value")
@@ -258,6 +275,13 @@ def _join(items: Iterable[Any], sep: Any = ", ") -> str:
     return sep.join(parts)
 
 
+def _int(value: Any = 0) -> int:
+    result = int(value)
+    if result.bit_length() > MAX_INT_BITS:  # from text of up to 4,300 digits
+        raise _too_wide("int()")
+    return result
+
+
 def _round(value: Any, ndigits: Any = None) -> Any:
     if ndigits is None:
         return round(value)
@@ -278,7 +302,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "any": (any, 1, 1),
     "bool": (bool, 0, 1),
     "float": (float, 0, 1),
-    "int": (int, 0, 1),
+    "int": (_int, 0, 1),
     "join": (_join, 1, 2),
     "len": (_len, 1, 1),
     "lower": (_case(str.lower, "lower"), 1, 1),
@@ -300,6 +324,7 @@ HELPERS: dict[str, Any] = {
     "_fields": FIELD_CLASSES,
     "_item": item,
     "_add": add,
+    "_sub": sub,
     "_mul": mul,
     "_pow": power,
     "_mod": mod,

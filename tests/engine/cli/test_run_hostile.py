@@ -369,6 +369,20 @@ def test_no_arguments_make_an_internal_error(
     assert code in (0, 1, 2), err
 
 
+def test_an_output_too_wide_to_print_fails_its_request_not_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(
+        tmp_path, GRAPH.replace("text: clean.text", "n: int(input.prompt) + int(input.prompt)")
+    )
+    code, printed, err = run(
+        capsys, str(graph), "--prompt", "9" * 4300, "--db", str(tmp_path / "t.db")
+    )
+    assert "internal error" not in err and code == 1, err
+    assert printed[0]["status"] == "failed"
+    assert "would produce an integer wider than 10,000 bits" in str(printed[0]["error"])
+
+
 def test_a_non_store_db_is_refused_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -451,6 +451,32 @@ def test_huge_integer_products_are_refused() -> None:
         ev("2 ** 6000 * 2 ** 6000")
 
 
+def test_integers_too_wide_to_print_are_refused_however_they_are_made() -> None:
+    with pytest.raises(ExpressionError, match=r"a number wider than 10,000 bits"):
+        compile_expr("0x" + "f" * 3000)
+    wide = "(2 ** 10000 - 1)"
+    with pytest.raises(EvaluationError, match=r"'\+' would produce an integer wider"):
+        ev(f"{wide} + {wide}")
+    with pytest.raises(EvaluationError, match=r"'-' would produce an integer wider"):
+        ev(f"-{wide} - {wide}")
+    with pytest.raises(EvaluationError, match=r"int\(\) would produce an integer wider"):
+        ev("int(s)", s="9" * 4000)
+    assert ev(f"{wide} - 1 + 1") == 2**10000 - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(-(2**10_000) + 1, 2**10_000 - 1),
+    st.lists(st.sampled_from(["+", "-", "*", "**"]), min_size=1, max_size=6),
+)
+def test_an_expression_keeps_integers_within_bounds(n: int, ops: list[str]) -> None:
+    source = "n"
+    for op in ops:
+        source = f"({source} {op} {'2' if op == '**' else source})"
+    with contextlib.suppress(EvaluationError):
+        assert ev(source, n=n).bit_length() <= 10_000  # so always printable
+
+
 def test_complex_results_are_refused() -> None:
     with pytest.raises(EvaluationError, match=r"no real value"):
         ev("(-8) ** 0.5")

@@ -514,6 +514,22 @@ class _Rewrite(ast.NodeTransformer):
     def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
         return _helper("_item", [self.visit(node.value), self.visit(node.slice)], node)
 
+    def visit_List(self, node: ast.List) -> ast.expr:
+        return self._gathered(node, node.elts)
+
+    def visit_Tuple(self, node: ast.Tuple) -> ast.expr:
+        return self._gathered(node, node.elts)
+
+    def visit_Dict(self, node: ast.Dict) -> ast.expr:
+        return self._gathered(node, node.values)
+
+    def _gathered(self, node: ast.List | ast.Tuple | ast.Dict, parts: list[ast.expr]) -> ast.expr:
+        """A literal holding values read at run time, through `gathered` (bounded size)."""
+        self.generic_visit(node)
+        if sum(not isinstance(part, ast.Constant) for part in parts) < 2:
+            return node  # no two values read at run time: nothing it could repeat
+        return _helper("_gathered", [node], node)
+
     def visit_Slice(self, node: ast.Slice) -> ast.expr:
         parts = [node.lower, node.upper, node.step]
         args = [

@@ -27,7 +27,8 @@ scheduler uses to run that node and evaluate again. `a.b` reads the key `b` of a
 the field `b` of a pydantic model or the attribute of a plain namespace; on none it gives
 none, so a skipped node reads as none. `a[k]` gets a mapping key (missing -> none) or a
 sequence index. Results are bounded: integers of more than 10,000 bits, strings and lists
-of more than 1,000,000 items are refused, as are type errors and division by zero, all as
+of more than 1,000,000 items (counted deeply: a literal or a template holding one value twice
+holds it twice) are refused, as are type errors and division by zero, all as
 `EvaluationError`.
 """
 
@@ -42,7 +43,7 @@ from typing import Any
 
 from engine.errors import EvaluationError, ExpressionError
 from engine.expr.compile import compile_source, compile_tree, divisors, rewritten
-from engine.expr.runtime import Fail, to_text
+from engine.expr.runtime import Fail, concat, gathered, to_text
 from engine.expr.wording import kind, quoted, translate
 from engine.expr.wording import literal as show_literal
 
@@ -333,8 +334,34 @@ def _build(value: Any, path: str, found: list[tuple[Expr, int]], *, fast: bool) 
         return _build_dict(value, path, found, fast)
     if isinstance(value, list | tuple):
         elements = [_build(v, f"{path}[{i}]", found, fast=fast) for i, v in enumerate(value)]
-        return lambda scope: [build(scope) for build in elements]
+        dynamic = tuple(i for i, item in enumerate(value) if _dynamic(item))
+        if len(dynamic) < 2:
+            return lambda scope: [build(scope) for build in elements]
+        return lambda scope: _gather([build(scope) for build in elements], dynamic, path, fast)
     return lambda scope: value
+
+
+def _dynamic(value: Any) -> bool:
+    """Whether `value` may build a container at run time: a `{{ }}` expression alone, or a
+    list or mapping holding one (text around an expression always makes text)."""
+    if isinstance(value, str):
+        return _OPEN in value and _exact(_pieces(value, "", []))
+    if isinstance(value, dict):
+        return any(_dynamic(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_dynamic(item) for item in value)
+    return False
+
+
+def _gather(built: Any, dynamic: tuple[Any, ...], path: str, fast: bool) -> Any:
+    """`built`, bounded as a literal of the expression language is (`gathered`)."""
+    try:
+        return gathered(built, dynamic)
+    except Fail as exc:
+        if fast:
+            raise
+        where = f"template value '{path}'" if path else "template"
+        raise EvaluationError(f"{where}: {exc}") from None
 
 
 def _build_dict(
@@ -350,11 +377,13 @@ def _build_dict(
             where = f"{path}.{key}" if path else str(key)
             items.append((key, _build(item, where, found, fast=fast), None))
 
+    dynamic = tuple(key for key, item in value.items() if _dynamic(item))
+
     def build(scope: Mapping[str, Any]) -> dict[Any, Any]:
         built = {}
         for key, evaluate, literal in items:
             built[key] = literal if evaluate is None else evaluate(scope)
-        return built
+        return _gather(built, dynamic, path, fast) if len(dynamic) > 1 else built
 
     return build
 
@@ -382,13 +411,24 @@ def _compose(value: Any, functions: dict[str, Callable[..., Any]]) -> ast.expr |
         values = [_compose(item, functions) for item in value.values()]
         if any(part is None for part in (*keys, *values)):
             return None
-        return ast.Dict(keys, values, lineno=1, col_offset=0)  # type: ignore[arg-type]
+        tree: ast.expr = ast.Dict(keys, values, lineno=1, col_offset=0)  # type: ignore[arg-type]
+        return _bounded(tree, [key for key, item in value.items() if _dynamic(item)])
     if isinstance(value, list | tuple):
         elements = [_compose(item, functions) for item in value]
         if any(element is None for element in elements):
             return None
-        return ast.List(elements, ast.Load(), lineno=1, col_offset=0)  # type: ignore[arg-type]
+        tree = ast.List(elements, ast.Load(), lineno=1, col_offset=0)  # type: ignore[arg-type]
+        return _bounded(tree, [i for i, item in enumerate(value) if _dynamic(item)])
     return None
+
+
+def _bounded(tree: ast.expr, dynamic: list[Any]) -> ast.expr:
+    """The code building a container through `gathered` when it may hold two containers
+    read at run time."""
+    if len(dynamic) < 2:
+        return tree
+    bounds = ast.Name("_gathered", ast.Load(), lineno=1, col_offset=0)
+    return ast.Call(bounds, [tree, _constant(tuple(dynamic))], [], lineno=1, col_offset=0)
 
 
 def _call_expr(expr: Expr, functions: dict[str, Callable[..., Any]]) -> ast.expr:
@@ -442,7 +482,7 @@ def _build_string(text: str, path: str, found: list[tuple[Expr, int]], fast: boo
 
 def _interpolate(parts: list[str | _Evaluate], scope: Mapping[str, Any], path: str) -> str:
     try:
-        return "".join(p if isinstance(p, str) else to_text(p(scope)) for p in parts)
+        return concat(tuple(p if isinstance(p, str) else to_text(p(scope)) for p in parts))
     except (Fail, TypeError, ValueError, RecursionError) as exc:
         where = f"template value '{path}'" if path else "template"
         raise EvaluationError(f"{where}: cannot turn a value into text: {exc}") from exc

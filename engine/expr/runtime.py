@@ -28,6 +28,7 @@ MAX_ROUND_DIGITS = 100
 """Largest `ndigits` (either sign) accepted by `round`."""
 
 _SIZED = (str, list, tuple)
+_CONTAINERS = (list, tuple, dict)
 
 
 class Fail(Exception):
@@ -162,10 +163,14 @@ def _too_wide(what: str) -> Fail:
 
 
 def add(a: Any, b: Any) -> Any:
-    """`a + b`, refusing strings/lists longer than MAX_ITEMS and integers wider than
-    MAX_INT_BITS."""
-    sized = isinstance(a, _SIZED) and isinstance(b, _SIZED)
-    if sized and len(a) + len(b) > MAX_ITEMS:
+    """`a + b`, refusing strings longer than MAX_ITEMS, lists past it counted deeply and
+    integers wider than MAX_INT_BITS."""
+    if isinstance(a, str):
+        large = isinstance(b, str) and len(a) + len(b) > MAX_ITEMS
+    else:  # lists counted deeply: `x + x` holds what x holds twice
+        lists = isinstance(a, list | tuple) and isinstance(b, list | tuple)
+        large = lists and deep_size(a) + deep_size(b) > MAX_ITEMS
+    if large:
         raise _too_big(f"'+' of a {kind(a)} and a {kind(b)}")
     result = a + b
     if type(result) is int and result.bit_length() > MAX_INT_BITS:
@@ -180,6 +185,33 @@ def sub(a: Any, b: Any) -> Any:
     if type(result) is int and result.bit_length() > MAX_INT_BITS:
         raise _too_wide("'-'")
     return result
+
+
+def gathered(value: Any, dynamic: tuple[Any, ...] | None = None) -> Any:
+    """A list, tuple or mapping literal as built, refused when two or more containers it
+    read at run time (at the keys or indices `dynamic`, else anywhere in it) make it more
+    than MAX_ITEMS counted deeply. A literal holding one node's list twice doubles it, and
+    a graph repeating that would build a value no walk or JSON text of it could finish."""
+    containers = 0
+    if dynamic is None:
+        for part in value.values() if type(value) is dict else value:
+            if type(part) in _CONTAINERS:
+                containers += 1
+    else:
+        for key in dynamic:
+            if type(value[key]) in _CONTAINERS:
+                containers += 1
+    if containers > 1 and deep_size(value) > MAX_ITEMS:
+        raise _too_big("a list or mapping of values read at run time")
+    return value
+
+
+def concat(parts: tuple[str, ...]) -> str:
+    """A template's text and the text of its expressions, joined; refused past MAX_ITEMS
+    characters (a template quoting a node's text twice doubles it)."""
+    if sum(map(len, parts)) > MAX_ITEMS:
+        raise _too_big("the text of a template")
+    return "".join(parts)
 
 
 def mul(a: Any, b: Any) -> Any:
@@ -330,7 +362,8 @@ HELPERS: dict[str, Any] = {
     "_mod": mod,
     "_slice": slice,
     "_text": to_text,
-    "_concat": "".join,
+    "_concat": concat,
+    "_gathered": gathered,
     **{f"_f_{name}": impl for name, (impl, _, _) in FUNCTIONS.items()},
 }
 """The globals every compiled expression runs with; no builtins are reachable."""

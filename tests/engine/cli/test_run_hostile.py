@@ -383,6 +383,34 @@ def test_an_output_too_wide_to_print_fails_its_request_not_the_run(
     assert "would produce an integer wider than 10,000 bits" in str(printed[0]["error"])
 
 
+def _doubling(value: str, levels: int = 40) -> str:
+    """Nodes each holding the one before twice: 2**40 times the input by the last."""
+    nodes = ["nodes:", "  n0: {type: validate, with: {schema: {}, value: '{{ input.prompt }}'}}"]
+    for i in range(1, levels):
+        twice = value.format(f"n{i - 1}.value")
+        nodes.append(f'  n{i}: {{type: validate, with: {{schema: {{}}, value: "{twice}"}}}}')
+    nodes += ["output:", f"  x: n{levels - 1}.valid", ""]
+    return "moat: 1\nname: doubling\n" + "\n".join(nodes)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        ("{{{{ [{0}, {0}] }}}}", "a list or mapping of values read at run time would exceed"),
+        ("{{{{ {0} }}}} {{{{ {0} }}}}", "the text of a template would exceed"),
+    ],
+    ids=["list", "text"],
+)
+def test_a_value_doubled_node_after_node_fails_its_request_at_the_bound(
+    value: str, refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path, _doubling(value))
+    code, printed, err = run(capsys, str(graph), "--prompt", "hi", "--db", str(tmp_path / "t.db"))
+    assert code == 1 and printed[0]["status"] == "failed", err
+    assert refusal in str(printed[0]["error"])
+
+
 def test_a_non_store_db_is_refused_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

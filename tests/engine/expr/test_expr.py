@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from engine.errors import EvaluationError, ExpressionError
 from engine.expr.expression import Ref, Unresolved, compile_expr, compile_template
+from engine.expr.runtime import Fail, deep_size
 
 
 class Risk(BaseModel):
@@ -441,6 +442,28 @@ def test_huge_concatenation_is_refused() -> None:
         ev("s + s", s="x" * 600_000)
 
 
+def test_a_literal_holding_a_big_value_twice_is_refused() -> None:
+    big = [[0] * 1000] * 300  # 600,601 items counted deeply, 2 lists in memory
+    assert ev("[x]", x=big) == [big]
+    for source in ("[x, x]", "(x, [x])", "{'a': x, 'b': x}", "x + x"):
+        with pytest.raises(EvaluationError, match=r"would exceed 1,000,000 items"):
+            ev(source, x=big)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.sampled_from(["[v, v]", "(v, v, v)", "{'a': v, 'b': [v]}", "v + v"]), max_size=40)
+)
+def test_repeating_a_value_never_builds_past_the_bound(steps: list[str]) -> None:
+    value: Any = ["text"]
+    for source in steps:
+        try:
+            value = ev(source, v=value)
+        except EvaluationError:
+            return
+        assert deep_size(value) <= 1_000_000  # what a walk or a JSON text of it visits
+
+
 def test_huge_join_is_refused() -> None:
     with pytest.raises(EvaluationError, match=r"join"):
         ev("join([s] * 1000)", s="x" * 1000)
@@ -517,6 +540,25 @@ def test_nested_templates_are_evaluated_fresh() -> None:
 def test_interpolating_a_huge_value_is_refused() -> None:
     with pytest.raises(EvaluationError, match=r"template value 'p': cannot turn a value into text"):
         compile_template({"p": "data: {{ xs }}"}).evaluate({"xs": [[0] * 1000] * 1001})
+
+
+def test_a_template_repeating_a_big_value_is_refused() -> None:
+    big = [[0] * 1000] * 300
+    template = compile_template({"v": {"a": "{{ x }}", "b": ["{{ x }}"]}, "n": 1})
+    with pytest.raises(EvaluationError, match=r"^template value 'v': a list or mapping of"):
+        template.evaluate({"x": big})
+    with pytest.raises(Fail):
+        template.build({"x": big})
+    assert compile_template({"v": "{{ x }}", "w": "{{ y }}"}).evaluate({"x": big, "y": 1})
+
+
+def test_interpolating_text_past_the_bound_is_refused() -> None:
+    template = compile_template({"p": "{{ s }} and {{ s }}"})
+    with pytest.raises(EvaluationError, match=r"'p': .*text of a template would exceed"):
+        template.evaluate({"s": "x" * 600_000})
+    with pytest.raises(Fail):
+        template.build({"s": "x" * 600_000})
+    assert len(template.evaluate({"s": "x" * 400_000})["p"]) == 800_005
 
 
 def test_template_with_dict_literal_inside() -> None:

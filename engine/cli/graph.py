@@ -266,9 +266,12 @@ def render_mermaid(graph: Graph) -> str:
     """A mermaid flowchart: solid edges for reads, dashed borders for speculative nodes."""
     lines = ["flowchart TD"]
     lines += _mermaid_scope(graph.scope, "    ")
-    for name, expr in graph.output.items():
-        lines.append(f'    out_{name}[/"output: {name}"/]')
-        lines += [f"    {n} --> out_{name}" for n in sorted(expr.names) if n in graph.nodes]
+    for i, (name, expr) in enumerate(graph.output.items()):
+        # an output's name is any text; node ids are words already
+        box = f"out_{name}" if name.isascii() and name.isidentifier() else f"out_{i}"
+        label = name.replace('"', "#quot;").replace("\n", " ")
+        lines.append(f'    {box}[/"output: {label}"/]')
+        lines += [f"    {n} --> {box}" for n in sorted(expr.names) if n in graph.nodes]
     return "\n".join(lines)
 
 
@@ -293,13 +296,20 @@ def _mermaid_scope(scope: Scope, indent: str) -> list[str]:
 
 def render_dot(graph: Graph) -> str:
     """A Graphviz digraph: dashed nodes are speculative, dotted edges feed guards."""
-    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", "  node [shape=box];"]
+    lines = [f"digraph {_dot(graph.name)} {{", "  rankdir=TB;", "  node [shape=box];"]
     lines += _dot_scope(graph.scope, "  ")
     for name, expr in graph.output.items():
-        lines.append(f'  "output.{name}" [shape=note];')
-        lines += [f'  "{n}" -> "output.{name}";' for n in sorted(expr.names) if n in graph.nodes]
+        box = _dot(f"output.{name}")
+        lines.append(f"  {box} [shape=note];")
+        lines += [f'  "{n}" -> {box};' for n in sorted(expr.names) if n in graph.nodes]
     lines.append("}")
     return "\n".join(lines)
+
+
+def _dot(text: str) -> str:
+    """`text` as a quoted Graphviz id: a graph's or an output's name may hold any text."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def _dot_scope(scope: Scope, indent: str) -> list[str]:

@@ -4,6 +4,7 @@ internal error: every refusal is exit 2 with a message that names the file."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.cli import main
+from engine.cli.graph import render_dot, render_mermaid
+from engine.graph.loader import load_graph_text
 from engine.located_yaml import MAX_BYTES
 
 COMMANDS = (("check",), ("show",), ("nodes", "--graph"))
@@ -240,6 +243,25 @@ def test_a_named_pipe_is_refused_rather_than_waited_for(
     graph.write_text("moat: 1\nname: x\npolicy: pipe.yaml\nnodes: {}\noutput: {x: 1}\n")
     code, _, err = run(capsys, "check", str(graph))
     assert code == 2 and "policy file 'pipe.yaml' is not a regular file" in err, err
+
+
+_ANY_NAME = st.text(st.sampled_from('ab "\\\n];{}-->|#&'), min_size=1, max_size=12)
+_UNESCAPED_QUOTE = re.compile(r'(?<!\\)(?:\\\\)*"')
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=_ANY_NAME, outputs=st.lists(_ANY_NAME, min_size=1, max_size=4, unique=True))
+def test_any_graph_or_output_name_is_escaped_in_mermaid_and_dot(
+    name: str, outputs: list[str]
+) -> None:
+    doc = {"moat": 1, "name": name, "nodes": {}, "output": {o: "1" for o in outputs}}
+    graph = load_graph_text(yaml.safe_dump(doc))
+    for line in render_dot(graph).splitlines():  # one statement per line, its ids quoted
+        assert len(_UNESCAPED_QUOTE.findall(line)) % 2 == 0, line
+    boxes = render_mermaid(graph).splitlines()[1:]
+    assert len(boxes) == len(outputs)
+    for line in boxes:
+        assert re.fullmatch(r'    out_\w+\[/"output: [^"\n]*"/\]', line), line
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE)

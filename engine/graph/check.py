@@ -588,6 +588,14 @@ class Checker:
     ) -> dict[str, Expr]:
         compiled: dict[str, Expr] = {}
         for name, source in outputs.items():
+            if source is None:  # `answer:` with nothing after it: forgotten, not `none`
+                self._error(
+                    f"output {name!r} has no expression; write one such as 'node.text', or "
+                    "'none' for an output that is always none",
+                    (*at, name),
+                    key=True,
+                )
+                continue
             expr = self._expr(source, (*at, name), scope, None)
             if expr is not None:
                 compiled[name] = expr

@@ -390,6 +390,18 @@ output:
         r"cannot read; rename the node \(e\.g\. 'class_'\)",
     ),
     (
+        "output without an expression",
+        """\
+nodes:
+  check: {type: review}
+output:
+  action: check.action
+  answer:
+""",
+        r"^case\.yaml:10:3: output 'answer' has no expression; write one such as 'node\.text', "
+        r"or 'none' for an output that is always none",
+    ),
+    (
         "missing policy file",
         """\
 nodes:

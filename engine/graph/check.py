@@ -524,7 +524,7 @@ class Checker:
         template = self.c03_template(spec.with_, (*at, "with"), node_id)
         if template is None or cls is None:
             return None
-        self.c04_refs(template, (*at, "with"), scope, node_id)
+        self._template_refs(spec.with_, (*at, "with"), scope, node_id)
         self.c08_config(node_id, cls, spec, at, template)
         names |= template.names
         impl = self._instance(cls, at)
@@ -642,6 +642,18 @@ class Checker:
                 node_id=node_id,
                 offset=ref.column - 1,
             )
+
+    def _template_refs(self, value: Any, at: Path, scope: _ScopeInfo, node_id: str) -> None:
+        """`c04_refs` on each string of a `with:` value, located at that string (a template's
+        own columns count from the start of the string holding each expression)."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._template_refs(item, (*at, key), scope, node_id)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self._template_refs(item, (*at, i), scope, node_id)
+        elif isinstance(value, str) and "{{" in value:
+            self.c04_refs(compile_template(value), at, scope, node_id)
 
     def _locate_template_error(self, value: Any, at: Path, node_id: str) -> None:
         if isinstance(value, dict):

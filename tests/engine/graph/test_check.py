@@ -402,6 +402,21 @@ output:
         r"or 'none' for an output that is always none",
     ),
     (
+        "unknown name deep in with",
+        """\
+nodes:
+  a:
+    type: echo
+    with:
+      value:
+        note: "Q: {{ chek.text }}"
+  check: {type: echo}
+output:
+  x: a.value
+""",
+        r"^case\.yaml:11:22: node 'a': unknown name 'chek' \(did you mean 'check'\?\)",
+    ),
+    (
         "missing policy file",
         """\
 nodes:

@@ -22,6 +22,7 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 14. `serve.input` maps input properties to expressions over the chat request only
 15. every model's `fallback:` names another model and fallbacks never loop (`_fallbacks.py`)
 16. no chain of nodes waiting one for another is longer than `MAX_CHAIN`
+17. every `input.x` read is a property `input:` lists (a warning where others may come)
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ _REQUEST_FIELDS = ("degraded", "id", "policy_version", "remaining_ms", "remainin
 _FUNCTIONS = frozenset(
     "len min max abs round any all sorted str int float bool lower upper join".split()  # noqa: SIM905
 )
+_CHAT_INPUT = ("history", "prompt")
+"""Input properties `moat serve` sets from a chat request, listed in the schema or not."""
+_MORE_PROPERTIES = (
+    "patternProperties",
+    "unevaluatedProperties",
+    "$ref",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "if",
+    "dependentSchemas",
+)
+"""Keywords by which an `input:` schema may admit properties its `properties` do not list."""
 MAX_CHAIN = 100
 """Most nodes one chain may hold, each reading the one before (a loop counts with its body's
 longest chain): a node runs the input it waits for inline, a few stack frames deeper, so
@@ -485,6 +499,36 @@ class Checker:
             key=True,
         )
 
+    def c17_input_field(self, ref: Ref, at: Path, node_id: str | None) -> None:
+        """Every `input.x` read is a property the `input:` schema lists, when it lists them
+        all (an error where no other can come, a warning otherwise): a typo there reads
+        none on every request."""
+        schema = self.spec.input
+        listed = schema.get("properties")
+        field = ref.path[0] if ref.path else None
+        if not isinstance(field, str) or not isinstance(listed, Mapping) or field in listed:
+            return
+        if any(key in schema for key in _MORE_PROPERTIES):
+            return  # the schema may admit properties it does not list
+        names = sorted(str(name) for name in listed)
+        message = (
+            f"'input.{field}' is not a property of `input:`{_did_you_mean(field, names)}. "
+            f"Properties: {', '.join(names) or '(none)'}"
+        )
+        extra = schema.get("additionalProperties", True)
+        if extra is False:
+            self._error(f"{message}; no request can have it", at, offset=ref.column - 1)
+            return
+        if extra is not True or field in _CHAT_INPUT:
+            return  # a schema for the others, or a property `moat serve` sets
+        warning = self.located.error(
+            f"{message}; a request without it reads none",
+            at,
+            node_id=node_id or node_of(at),
+            offset=ref.column - 1,
+        )
+        self.warnings.append(str(warning))
+
     # -- compiling ----------------------------------------------------------------------
 
     def _compile_scope(self, info: _ScopeInfo) -> Scope | None:
@@ -627,7 +671,9 @@ class Checker:
             self.c07_request_field(ref, at, node_id)
         elif name == "prev":
             self.c11_prev(ref, scope, at, node_id)
-        elif (name == "cycle" and scope.in_loop) or name == "input":
+        elif name == "input":
+            self.c17_input_field(ref, at, node_id)
+        elif name == "cycle" and scope.in_loop:
             return
         else:
             known = sorted(

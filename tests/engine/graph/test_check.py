@@ -618,6 +618,58 @@ def test_random_yaml_never_escapes_as_anything_but_a_located_error(value: object
         assert str(error).startswith("fuzz.yaml")
 
 
+INPUT = """\
+input:
+  type: object
+  properties: {prompt: {type: string}, tenant: {type: string}}
+"""
+
+
+def test_reading_an_input_property_the_schema_does_not_list_is_a_warning() -> None:
+    report = check_text(
+        HEADER
+        + INPUT
+        + textwrap.dedent("""\
+        nodes:
+          a: {type: echo, with: {text: "{{ input.promt }}"}}
+        output:
+          x: a.text
+          tenant: input.tenant
+          history: input.history
+        """),
+        "case.yaml",
+        registry=registry(),
+        base_dir=DATA,
+    )
+    assert report.ok
+    assert report.warnings == [
+        "case.yaml:10:36: node 'a': 'input.promt' is not a property of `input:` (did you mean "
+        "'prompt'?). Properties: prompt, tenant; a request without it reads none"
+    ]
+
+
+def test_reading_an_input_property_no_request_can_have_is_an_error() -> None:
+    closed = INPUT.replace("  properties:", "  additionalProperties: false\n  properties:")
+    assert check("nodes: {}\noutput:\n  x: input.history\n", HEADER + closed) == [
+        "case.yaml:12:6: 'input.history' is not a property of `input:`. Properties: prompt, "
+        "tenant; no request can have it"
+    ]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ["input: {type: object}", "input: {type: object, properties: {}, patternProperties: {}}"],
+)
+def test_a_schema_that_admits_any_property_warns_of_none(schema: str) -> None:
+    report = check_text(
+        HEADER + schema + "\nnodes: {}\noutput:\n  x: input.anything\n",
+        "case.yaml",
+        registry=registry(),
+        base_dir=DATA,
+    )
+    assert report.ok and report.warnings == []
+
+
 def test_a_broken_template_is_quoted_short_however_long_it_is() -> None:
     (error,) = check(f"""\
 nodes:

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from engine.errors import ExpressionError
 from engine.expr.runtime import FIELD_CLASSES, FUNCTIONS, HELPERS, MAX_INT_BITS
-from engine.expr.wording import quoted
+from engine.expr.wording import quoted, translate
 
 MAX_DEPTH = 200
 """Deepest syntax tree accepted (Python's own compiler is recursive)."""
@@ -215,7 +215,8 @@ def _parse(source: str) -> tuple[ast.Expression, _Columns]:
         # offset 0 means "at the end of the input"
         column = (exc.offset or len(body) + 1) + lead if exc.lineno == 1 else None
         raise ExpressionError(
-            f"cannot parse expression {quoted(source)}: {exc.msg}. {ALLOWED}", column=column
+            f"cannot parse expression {quoted(source)}: {translate(exc.msg)}. {ALLOWED}",
+            column=column,
         ) from None
     except (ValueError, RecursionError, MemoryError):
         raise ExpressionError(

@@ -186,6 +186,8 @@ def _explain(exc: BaseException) -> str:
         return "division by zero"
     if isinstance(exc, RecursionError):
         return "the value is nested too deeply"
+    if isinstance(exc, OverflowError) and exc.args and isinstance(exc.args[0], int):
+        return "the result is too large for a number"  # not "(34, 'Numerical result ...')"
     text = translate(str(exc))
     if "none" in text and isinstance(exc, TypeError):
         text += " (is a node skipped, or a key missing?)"

@@ -47,6 +47,12 @@ _PHRASES = (
     ),
 )
 _NO_INPUT = frozenset({"missing", "extra_forbidden"})
+_DIGITS = re.compile(
+    r"Exceeds the limit \((\d+) digits\) for integer string conversion(?:: value has \d+ "
+    r"digits)?; use sys\.set_int_max_str_digits\(\) to increase the limit.*"
+)
+"""Python's refusal of a long decimal number, with advice (call a Python function, write
+hexadecimal) no graph author can follow."""
 
 
 def quoted(source: str) -> str:
@@ -116,6 +122,7 @@ def translate(text: str) -> str:
         text,
     )
     text = _ROUND.sub(lambda m: f"round() needs a number, not a {_KINDS.get(m[1], m[1])}", text)
+    text = _DIGITS.sub(lambda m: f"a number of more than {m[1]} digits cannot be read", text)
     for python, ours in _PHRASES:
         text = text.replace(python, ours)
     text = _QUOTED.sub(lambda m: _KINDS[m.group(2)], text)

@@ -500,6 +500,15 @@ def test_an_expression_keeps_integers_within_bounds(n: int, ops: list[str]) -> N
         assert ev(source, n=n).bit_length() <= 10_000  # so always printable
 
 
+def test_number_errors_speak_of_numbers_not_of_python() -> None:
+    with pytest.raises(EvaluationError, match=r"'10\.0 \*\* 400': the result is too large for"):
+        ev("10.0 ** 400")
+    with pytest.raises(EvaluationError, match=r": a number of more than 4300 digits cannot be"):
+        ev("int(s)", s="9" * 5000)
+    with pytest.raises(ExpressionError, match=r"more than 4300 digits cannot be read\. Allowed"):
+        compile_expr("1" * 5000)
+
+
 def test_complex_results_are_refused() -> None:
     with pytest.raises(EvaluationError, match=r"no real value"):
         ev("(-8) ** 0.5")

@@ -104,7 +104,7 @@ def read_file(path: str) -> bytes:
                 os.set_blocking(fd, True)
             data = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError("file not found; check the path", path=path) from None
+        raise SpecError("file not found; check the path", path=path or "''") from None
     except IsADirectoryError:
         raise SpecError("this is a folder, not a file; name the YAML file", path=path) from None
     except OSError as exc:
@@ -184,8 +184,18 @@ class _Builder:
 
     def build(self, node: Node, path: Path, depth: int) -> Any:
         self.count += 1
-        if self.count > _MAX_NODES or depth > _MAX_DEPTH:
-            raise self._fail(node, "the document is too large or too deeply nested (aliases?)")
+        if self.count > _MAX_NODES:
+            raise self._fail(
+                node,
+                f"the document holds more than {_MAX_NODES:,} values once its aliases are "
+                "expanded; an alias (*name) repeating a large value many times?",
+            )
+        if depth > _MAX_DEPTH:
+            raise self._fail(
+                node,
+                f"values are nested more than {_MAX_DEPTH} levels deep; flatten them (or an "
+                "alias is used inside the value it names)",
+            )
         self.located.values[path] = _position(node)
         if isinstance(node, MappingNode):
             return self._mapping(node, path, depth)

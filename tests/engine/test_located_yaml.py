@@ -53,6 +53,29 @@ def test_a_whole_number_in_any_base_loads_within_bounds_or_is_refused(
     assert value.bit_length() <= 10_000  # as wide as expressions compute: always printable
 
 
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (LAUGHS, r"^l\.yaml:\d+:\d+: the document holds more than 200,000 values once its "),
+        ("a: " + "[" * 300 + "]" * 300, r"^l\.yaml:1:\d+: values are nested more than 200 levels"),
+    ],
+    ids=["aliases", "nesting"],
+)
+def test_a_document_too_large_or_too_deep_says_which(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        load_yaml(text, "l.yaml")
+
+
+def test_an_empty_path_is_named_as_empty() -> None:
+    with pytest.raises(SpecError, match=r"^'': file not found"):
+        read_file("")
+
+
 def test_a_bad_merge_key_is_one_located_line() -> None:
     with pytest.raises(SpecError) as caught:
         load_yaml("base: 1\nnode: {<<: [1, 2]}\n", "m.yaml")

@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
-from engine.errors import ExpressionError, SpecError
+from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import config_problem, quoted
@@ -316,10 +316,18 @@ class Checker:
                 )
                 continue
             part = compile_template(value)
-            if part.constant:
-                static[key] = part.evaluate({})
-            else:
+            if not part.constant:
                 dynamic.add(key)
+                continue
+            try:
+                static[key] = part.evaluate({})
+            except EvaluationError as exc:  # `{{ 1/0 }}`: the same failure on every run
+                self._error(
+                    f"with.{key}: {exc}; it reads nothing, so every run of the node would fail",
+                    (*at, "with", key),
+                    node_id=node_id,
+                )
+                dynamic.add(key)  # not judged against the config either
         try:
             config_cls.model_validate(static)
         except ValidationError as exc:

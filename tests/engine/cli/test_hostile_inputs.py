@@ -190,6 +190,10 @@ HOSTILE = {
     + "9" * 5000
     + "}\n",
     "two documents": "moat: 1\n---\nmoat: 2\n",
+    "failing constant in with": "moat: 1\nname: x\nnodes:\n  a: {type: validate, with: "
+    '{schema: {}, value: "{{ 1/0 }}", max_repairs: "{{ [] + 1 }}"}}\noutput: {x: a.value}\n',
+    "oversized constant in with": "moat: 1\nname: x\nnodes:\n  a: {type: validate, with: "
+    "{schema: {}, value: \"{{ 'a' * 10**9 }}\"}}\noutput: {x: a.value}\n",
     "wide hexadecimal numbers": f"moat: 1\nname: 0x{'f' * 5000}\n"
     f"budget: {{cost_usd: 0x{'f' * 5000}}}\nnodes: {{}}\noutput: {{x: 1}}\n",
     "wide number in with": "moat: 1\nname: x\nnodes:\n  a: {type: validate, with: {schema: {}, "

@@ -417,6 +417,17 @@ output:
         r"^case\.yaml:11:22: node 'a': unknown name 'chek' \(did you mean 'check'\?\)",
     ),
     (
+        "with value that cannot evaluate",
+        """\
+nodes:
+  a: {type: echo, with: {value: {n: "{{ 1 / 0 }}"}}}
+output:
+  x: a.value
+""",
+        r"^case\.yaml:7:33: node 'a': with\.value: template value 'n': expression '1 / 0': "
+        r"division by zero; it reads nothing, so every run of the node would fail",
+    ),
+    (
         "missing policy file",
         """\
 nodes:

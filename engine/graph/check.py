@@ -40,6 +40,7 @@ from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import config_problem, quoted
+from engine.graph._chain import MAX_CHAIN, longest_chain
 from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
@@ -67,10 +68,6 @@ _MORE_PROPERTIES = (
     "dependentSchemas",
 )
 """Keywords by which an `input:` schema may admit properties its `properties` do not list."""
-MAX_CHAIN = 100
-"""Most nodes one chain may hold, each reading the one before (a loop counts with its body's
-longest chain): a node runs the input it waits for inline, a few stack frames deeper, so
-a chain of a thousand would exhaust Python's stack at run time."""
 Path = tuple[str | int, ...]
 
 
@@ -496,7 +493,7 @@ class Checker:
 
     def c16_chain(self, scope: Scope) -> None:
         """No chain of nodes waiting one for another is longer than `MAX_CHAIN`."""
-        length, chain = _longest_chain(scope)
+        length, chain = longest_chain(scope)
         if length <= MAX_CHAIN:
             return
         shown = " -> ".join(chain if len(chain) <= 5 else [*chain[:3], "...", chain[-1]])
@@ -765,29 +762,6 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
-
-
-def _longest_chain(scope: Scope) -> tuple[int, list[str]]:
-    """The length of the longest chain of nodes in `scope` each reading the one before (a
-    loop counts as itself plus its body's longest chain), and its nodes in `scope`."""
-    length: dict[str, int] = {}
-    before: dict[str, str | None] = {}
-    for nid in scope.order:  # inputs come first
-        node = scope.nodes[nid]
-        inputs = [dep for dep in node.deps if dep in length]
-        prior = max(inputs, key=lambda dep: (length[dep], dep), default=None)
-        inner = _longest_chain(node.loop.body)[0] if node.loop is not None else 0
-        length[nid] = 1 + inner + (length[prior] if prior is not None else 0)
-        before[nid] = prior
-    if not length:
-        return 0, []
-    end = max(length, key=lambda nid: (length[nid], nid))
-    chain: list[str] = []
-    last: str | None = end
-    while last is not None:
-        chain.append(last)
-        last = before[last]
-    return length[end], chain[::-1]
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -152,6 +152,8 @@ def load_yaml(text: str | bytes, path: str) -> Located:
         reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         if mark is not None and mark.index < len(text) and text[mark.index] == "\t":
             reason += " (a tab: YAML indents with spaces only; replace the tab with spaces)"
+        elif mark is not None and mark.column > 1024 and "mapping values" in reason:
+            reason += " (a key of more than 1024 characters? YAML reads none; shorten it)"
         raise SpecError(
             f"invalid YAML: {reason}",
             path=path,

@@ -71,6 +71,11 @@ def test_a_document_too_large_or_too_deep_says_which(text: str, message: str) ->
         load_yaml(text, "l.yaml")
 
 
+def test_a_key_too_long_for_yaml_says_so() -> None:
+    with pytest.raises(SpecError, match=r"^k\.yaml:2:2003: invalid YAML: .* \(a key of more than"):
+        load_yaml("nodes:\n  " + "a" * 2000 + ": {type: x}\n", "k.yaml")
+
+
 def test_an_empty_path_is_named_as_empty() -> None:
     with pytest.raises(SpecError, match=r"^'': file not found"):
         read_file("")

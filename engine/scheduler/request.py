@@ -176,11 +176,11 @@ class RequestState:
         )
         self._soft_emitted = False
         self.degraded_reasons: tuple[str, ...] = ()
+        """Why a fallback model answered for this request (`MODEL_FALLBACK` reason codes)."""
         self.validated: bool | None = None
         """Whether the request's output validated: False once a node recorded
         `VALIDATION_FAILED`, else True once one recorded `VALIDATION_PASSED`, else None (the
         policy guard's `min_validation_success` counts these)."""
-        """Why a fallback model answered for this request (`MODEL_FALLBACK` reason codes)."""
         self.budget = RequestBudget(budget.cost_usd)
         self.spent_usd = 0.0
         self.live = 0

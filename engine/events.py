@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -38,8 +39,10 @@ __all__ = [
     "RunId",
     "Sink",
     "hash_input",
+    "json_safe",
     "now",
     "result_line",
+    "strict_json",
 ]
 
 NodeId = NewType("NodeId", str)
@@ -402,6 +405,30 @@ def result_line(
     if degraded:
         line["degraded"] = list(degraded)
     return line
+
+
+def strict_json(value: Any) -> str:
+    """`value` as JSON that any client parses: NaN and infinities, which strict JSON has
+    no spelling for, go out as null (`json_safe`, only once strict encoding refused), and
+    what JSON has no type for as its text."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(json_safe(value), ensure_ascii=False, default=str)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with each number JSON cannot carry (NaN, infinities) as None, as JavaScript's
+    `JSON.stringify` writes them: a graph's output may compute one, and a reader's strict
+    JSON parser would refuse the whole line or answer for it. (A walk over the value:
+    called only when strict encoding refused it.)"""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 class Sink(Protocol):

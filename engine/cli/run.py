@@ -110,7 +110,7 @@ def result_line(record: RequestRecord) -> str:
         record.error,
         record.degraded,
     )
-    return json.dumps(line, ensure_ascii=False, default=str)
+    return events.strict_json(line)
 
 
 @dataclass(slots=True)
@@ -354,7 +354,7 @@ def _stored_line(row: Mapping[str, Any]) -> str:
         row["policy_version"],
         row["error"],
     )
-    return json.dumps(line, ensure_ascii=False, default=str)
+    return events.strict_json(line)
 
 
 class OutFailed(MoatError):

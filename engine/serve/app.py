@@ -39,7 +39,7 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.api import Pipeline
 from engine.collector import import_providers, trim_every, trimmer
 from engine.errors import EvaluationError, SpecError, StoreError
-from engine.events import LlmCall, Record, RequestRecord, RequestStatus
+from engine.events import LlmCall, Record, RequestRecord, RequestStatus, json_safe, strict_json
 from engine.expr.expression import compile_expr
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -54,11 +54,9 @@ from engine.serve.wire import (
     ChatRequest,
     completion,
     error_body,
-    json_safe,
     moat_headers,
     parse_chat,
     stream_chunks,
-    strict_json,
 )
 from engine.store.store import HEARTBEAT_S
 from engine.telemetry import Telemetry

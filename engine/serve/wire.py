@@ -8,15 +8,13 @@ input: the last user message is `input.prompt`, the turns before it are `input.h
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from engine.events import RequestStatus
+from engine.events import RequestStatus, strict_json
 from engine.models.chat_fields import chat_field_problem
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
@@ -27,11 +25,9 @@ __all__ = [
     "answer_text",
     "completion",
     "error_body",
-    "json_safe",
     "moat_headers",
     "parse_chat",
     "stream_chunks",
-    "strict_json",
 ]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -204,29 +200,6 @@ def answer_text(output: Mapping[str, Any] | None) -> str:
     if value is None:  # a partial answer whose text the deadline cut off
         return ""
     return value if isinstance(value, str) else strict_json(value)
-
-
-def strict_json(value: Any) -> str:
-    """`value` as JSON that any client parses: NaN and infinities, which strict JSON has
-    no spelling for, go out as null (`json_safe`, only once strict encoding refused)."""
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        return json.dumps(json_safe(value), ensure_ascii=False)
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with each number JSON cannot carry (NaN, infinities) as None, as JavaScript's
-    `JSON.stringify` sends them: a graph's output may compute one, and a client's JSON
-    parser would refuse the whole answer for it. (A walk over the value: called only when
-    strict JSON refused it.)"""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _decision(result: RequestResult) -> str | None:

@@ -521,3 +521,28 @@ def test_a_store_that_fails_mid_run_exits_1_names_the_cause_and_offers_resume(
     ((run_id, status),) = runs(db)
     assert status == "failed"
     assert f"Resume with: moat run --resume {run_id} --db {db}" in err
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_numbers_json_has_no_spelling_for_are_written_as_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output that computes NaN or an infinity still gives lines a strict JSON parser
+    reads (null, as JavaScript writes them), on stdout, in --out and on --resume."""
+    graph = write_graph(
+        tmp_path,
+        GRAPH.replace(
+            "text: clean.text", "text: clean.text\n  nan: float('nan')\n  big: '[1e308 * 10, 1.5]'"
+        ),
+    )
+    db, out = tmp_path / "t.db", tmp_path / "out.jsonl"
+    main(["run", str(graph), "--prompt", "hi", "--db", str(db), "--quiet"])
+    printed = capsys.readouterr().out
+    main(["run", str(graph), "--json", '{"prompt": "hi"}', "--db", str(db), "--out", str(out)])
+    for text in (printed, out.read_text()):
+        (line,) = [json.loads(t, parse_constant=_refuse) for t in text.split("\n") if t]
+        assert line["status"] == "ok"
+        assert line["output"] == {"text": "hi", "nan": None, "big": [None, 1.5]}

@@ -268,6 +268,9 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
             key=bool(at[:-1]),
             node_id=node_id,
         )
+    if kind == "value_error" and model is not None:  # a rule across a section's keys
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        return located.error(f"{_dotted(at)}: {message}", at, node_id=node_id)
     return located.error(f"{_dotted(at)}: {config_problem(err)}", at, node_id=node_id)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
     "Budget",
@@ -96,6 +96,17 @@ class Budget(_Strict):
     """After this, remaining work is cancelled: `deadline_exceeded`, or `partial`."""
     partial: bool = False
     """At the hard deadline, return the outputs that can be evaluated (`partial`)."""
+
+    @model_validator(mode="after")
+    def _soft_before_hard(self) -> Budget:
+        soft, hard = self.soft_deadline_ms, self.deadline_ms
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(
+                f"soft_deadline_ms ({soft:g}) must come before deadline_ms ({hard:g}): at "
+                "the hard deadline the request is cut off, so a soft one at or after it never "
+                "degrades anything; make it smaller"
+            )
+        return self
 
 
 class Limits(_Strict):

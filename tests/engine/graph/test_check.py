@@ -37,6 +37,18 @@ def check(body: str, header: str = HEADER) -> list[str]:
 
 BROKEN = [
     (
+        "a soft deadline at or after the hard one",
+        """\
+budget: {soft_deadline_ms: 5000, deadline_ms: 5000}
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:6:9: budget: soft_deadline_ms \(5000\) must come before deadline_ms "
+        r"\(5000\): .*; make it smaller$",
+    ),
+    (
         "unknown type",
         """\
 nodes:

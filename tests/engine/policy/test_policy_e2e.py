@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -28,6 +29,17 @@ def items(n: int, start: int = 0) -> list[BatchItem]:
         )
         for seq in range(start, start + n)
     ]
+
+
+def _guard_outcome(db: Path) -> tuple[dict[int, str], list[dict[str, Any]]]:
+    """The extract policy's versions with their status, and the payloads of the guard's
+    `POLICY_ROLLED_BACK` events."""
+    with Store.open(db) as store:
+        versions = {v["version"]: v["status"] for v in store.policy_versions("extract")}
+        events = store.query(
+            "SELECT payload_json FROM orchestration_events WHERE event_type = 'POLICY_ROLLED_BACK'"
+        )
+    return versions, [event["payload"] for event in events]
 
 
 def write_policy(path: Path, **changes: object) -> Path:
@@ -101,14 +113,10 @@ async def test_a_policy_that_sends_everything_to_the_large_model_is_rolled_back_
             while pipe.policy.current().version == applied.pin.version:
                 await anyio.sleep(0.05)
         pipe.flush()
-    with Store.open(db) as store:
-        versions = {v["version"]: v["status"] for v in store.policy_versions("extract")}
-        events = store.query(
-            "SELECT payload_json FROM orchestration_events WHERE event_type = 'POLICY_ROLLED_BACK'"
-        )
+    versions, rollbacks = _guard_outcome(db)
     assert versions[applied.pin.version] == "bad"
-    assert len(events) == 1
-    payload = events[0]["payload"]
+    assert len(rollbacks) == 1
+    payload = rollbacks[0]
     assert payload["cost_ratio"] > 1.3
 
 
@@ -137,11 +145,7 @@ async def test_a_policy_whose_answers_stop_validating_is_rolled_back_by_its_guar
                 await anyio.sleep(0.05)
         pipe.flush()
     assert {r.validated for r in seen} == {True, False}  # each request says how it ended
-    with Store.open(db) as store:
-        versions = {v["version"]: v["status"] for v in store.policy_versions("extract")}
-        events = store.query(
-            "SELECT payload_json FROM orchestration_events WHERE event_type = 'POLICY_ROLLED_BACK'"
-        )
+    versions, rollbacks = _guard_outcome(db)
     assert versions[applied.pin.version] == "bad"
-    (event,) = events
-    assert event["payload"]["validation_success"] < 0.995
+    (payload,) = rollbacks
+    assert payload["validation_success"] < 0.995

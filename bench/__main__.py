@@ -49,9 +49,13 @@ from bench._faults import FaultProfile, parse_faults
 from bench._notes import NOTES
 from bench._png import cost_vs_quality
 from bench._report import goal_lines, markdown_section, table, write_section
-from bench._run import CONFIGS, SINGLES, Config, Job, Outcome, RunSettings, run_job
+from bench._run import CONFIGS, ROOT, SINGLE, SINGLES, Config, Job, Outcome, RunSettings, run_job
+from bench._run import _models as _rebound
 from bench._stats import intervals, oracle_rows, pooled
 from bench.workload import generate, parse_mix
+from engine.errors import SpecError
+from engine.graph.loader import load_graph
+from engine.requests import InputValidator, read_jsonl
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 _SUMMED = ("speculative_used", "speculative_discarded", "speculative_cancelled")
@@ -128,8 +132,76 @@ def _models(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, str]
 def _workload(args: argparse.Namespace, seed: int, weights: dict[str, float]) -> list[Any]:
     if args.workload is None:
         return generate(args.n, seed, weights)
-    lines = args.workload.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return list(args.workload_requests)
+
+
+def _read_workload(path: Path, configs: list[Config]) -> list[dict[str, Any]]:
+    """The requests of a `--workload` file, each line checked as `moat run` checks it and
+    against the input schema of every chosen configuration's graph.
+
+    Raises:
+        ValueError: the file cannot be read, is empty, or a line is not a valid request
+            (the message names the file and line).
+    """
+    if path.is_dir():
+        raise ValueError(f"--workload {path}: is a directory; give a JSONL file")
+    validators = {c.graph: InputValidator(load_graph(ROOT / c.graph).input_schema) for c in configs}
+    declared = frozenset().union(*(v.declared for v in validators.values()))
+    try:
+        items = list(read_jsonl(path, declared=declared))
+    except OSError as exc:
+        raise ValueError(f"--workload {path}: {exc.strerror or exc}") from None
+    if not items:
+        raise ValueError(f"--workload {path}: no requests (one JSON object per line)")
+    for item in items:
+        error = item.error
+        for validator in validators.values():
+            error = error or validator.validate(item)[1]
+        if error is not None:
+            where = f"{path}:{item.line}"
+            raise ValueError(error if error.startswith(where) else f"{where}: {error}")
+    return [
+        {**(item.input or {}), **item.meta, **({"_labels": item.labels} if item.labels else {})}
+        for item in items
+    ]
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.n < 1 or args.seeds < 1:
+        parser.error("--n and --seeds must be at least 1")
+    if not args.rate > 0:  # NaN fails this too
+        parser.error(f"--rate must be a number of arrivals per second above 0, got {args.rate}")
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    for flag, value in (("--jobs", args.jobs), ("--sweep-n", args.sweep_n)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+
+
+def _check_models(
+    parser: argparse.ArgumentParser, configs: list[Config], models: dict[str, str]
+) -> None:
+    """Every `--model` rebinding is usable by at least one chosen configuration, and by
+    every one that has the model, before anything runs."""
+    used: set[str] = set()
+    known: set[str] = set()
+    for config in configs:
+        graph_models = load_graph(ROOT / config.graph).models
+        known |= set(graph_models)
+        if config.graph == SINGLE:
+            known.add(config.name.removeprefix("single-"))
+        settings = RunSettings(models=models)
+        try:
+            _rebound(config, graph_models, settings)
+        except SpecError as exc:
+            parser.error(f"{exc} (configuration {config.name})")
+        used |= {n for n in models if n in graph_models or config.name == f"single-{n}"}
+    for name in models:
+        if name not in used:
+            parser.error(
+                f"--model {name}={models[name]}: no chosen configuration has a model {name!r}; "
+                f"models: {', '.join(sorted(known))}"
+            )
 
 
 def _jobs(
@@ -250,19 +322,27 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown or not names:
         parser.error(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
-    if args.n < 1 or args.seeds < 1:
-        parser.error("--n and --seeds must be at least 1")
+    _check_numbers(parser, args)
+    configs = [CONFIGS[n] for n in names]
     try:
         weights, faults = parse_mix(args.mix), parse_faults(args.faults)
+        if args.workload is not None:
+            args.workload_requests = _read_workload(args.workload, configs)
     except ValueError as exc:
         parser.error(str(exc))
     models = _models(parser, args.model)
+    _check_models(parser, configs, models)
+    if args.out_dir is not None:  # before the runs, so a bad directory loses no work
+        try:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--out-dir {args.out_dir}: {exc.strerror or exc}")
     simulated = all(target.startswith("sim:") for target in models.values())
     # real endpoints run one configuration at a time: concurrent runs would share their
     # rate limits and network and so distort each other's latencies
     workers = max(1, args.jobs if args.jobs is not None else _default_jobs()) if simulated else 1
     t0, cpu0 = time.perf_counter(), _cpu_s()
-    jobs = _jobs(args, [CONFIGS[n] for n in names], weights, faults, models)
+    jobs = _jobs(args, configs, weights, faults, models)
     runs, sweeps = _bench(jobs, simulated, workers)
     results = _clean(_figures(runs, sweeps))
     meta = {
@@ -281,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         "workers": workers,
     }
     if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
         payload = {"meta": meta, "results": results}
         (args.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         cost_vs_quality(results, args.out_dir / "cost_quality.png", simulated=simulated)

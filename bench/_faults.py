@@ -26,6 +26,7 @@ figure by hand (unnamed ones keep the default profile's value).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -97,7 +98,7 @@ def parse_faults(text: str) -> FaultProfile:
             number = kind(value)
         except ValueError:
             raise ValueError(f"--faults: {key} needs a number, got {value!r}") from None
-        if number < 0 or (kind is float and key != "timeout_s" and number > 1):
+        if not 0 <= number < math.inf or (kind is float and key != "timeout_s" and number > 1):
             raise ValueError(f"--faults: {key}={value} is out of range")
         unlimited = key in ("concurrency", "timeout_s") and number == 0
         profile = replace(profile, **{key: None if unlimited else number})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -273,8 +274,10 @@ def parse_mix(text: str) -> dict[str, float]:
             raise ValueError(
                 f"--mix: the share of {kind} must be a number, got {share!r}"
             ) from None
-        if weights[kind] < 0:
-            raise ValueError(f"--mix: the share of {kind} must be >= 0, got {share}")
+        if not 0 <= weights[kind] < math.inf:
+            raise ValueError(
+                f"--mix: the share of {kind} must be a finite number >= 0, got {share}"
+            )
     total = sum(weights.values())
     if total <= 0:
         raise ValueError("--mix: at least one kind needs a share above 0")

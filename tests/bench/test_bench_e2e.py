@@ -64,6 +64,82 @@ def test_bad_flags_are_clear_errors(args: list[str], capsys: pytest.CaptureFixtu
     assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--rate", "0"], "--rate must be"),
+        (["--rate", "nan"], "--rate must be"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--sweep-n", "-1"], "--sweep-n must be at least 1"),
+        (["--mix", "code=inf"], "the share of code must be a finite number"),
+        (["--mix", "code=nan"], "the share of code must be a finite number"),
+        (["--faults", "error=nan"], "error=nan is out of range"),
+        (["--model", "large=sim:huge"], "sim profiles are small, medium, large"),
+        (["--model", "tiny=sim:small"], "no chosen configuration has a model 'tiny'"),
+    ],
+)
+def test_bad_numbers_and_models_are_refused_before_anything_runs(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--n", "2", "--seeds", "1", "--configs", "baseline", "--no-sweep", *args])
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "No such file or directory"),
+        ("", "no requests"),
+        ('{"prompt": "fine"}\nnot json\n', ":2:"),
+        ('{"prompt": 3}\n', ":1: input prompt"),
+        ('{"prompt": "fine", "_labels": 5}\n', "`_labels` must be an object"),
+        ("[1, 2]\n", "must be a JSON object"),
+    ],
+)
+def test_a_bad_workload_file_names_its_line_before_anything_runs(
+    tmp_path: Path, content: str | None, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.__main__ import main
+
+    workload = tmp_path / "workload.jsonl"
+    if content is not None:
+        workload.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--configs", "baseline", "--no-sweep", "--workload", str(workload),
+              "--out-dir", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and str(workload) in err
+
+
+def test_a_workload_file_keeps_its_hidden_labels(tmp_path: Path) -> None:
+    from bench.__main__ import _read_workload
+    from bench._run import CONFIGS
+
+    workload = tmp_path / "workload.jsonl"
+    line = {"prompt": "What is 2+2?", "tenant": "acme", "_labels": {"kind": "arithmetic"}}
+    workload.write_text(json.dumps(line) + "\n\n")
+    assert _read_workload(workload, [CONFIGS["baseline"], CONFIGS["flagship"]]) == [line]
+
+
+def test_an_unusable_out_dir_is_refused_before_the_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.__main__ import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--n", "2", "--seeds", "1", "--configs", "baseline", "--no-sweep",
+              "--out-dir", str(blocker / "sub")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--out-dir" in err and "seed 1" not in err
+
+
 @pytest.fixture
 def sim_server() -> Iterator[str]:
     """`moat sim-server`'s server in a thread, its latencies scaled down: its base URL."""

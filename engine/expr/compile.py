@@ -267,6 +267,16 @@ class _Checker:
             self.reject(node, f"nesting deeper than {MAX_DEPTH} levels", "Split it up.")
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
+            text = self.source.strip()
+            if type(node) is ast.Set and text.startswith("{{") and text.endswith("}}"):
+                inner = text[2:-2].strip()
+                self.reject(
+                    node,
+                    "a template's `{{ }}`",
+                    f"`output`, `when`, `until` and `speculative` take an expression, "
+                    f"without braces: write {quoted(inner)}. (`{{{{ }}}}` marks an "
+                    "expression inside a `with:` string.)",
+                )
             self.reject(node, _FORBIDDEN.get(type(node), f"'{type(node).__name__}'"))
         method(node, depth + 1)
 

@@ -757,3 +757,26 @@ def test_a_node_class_without_an_output_model_is_refused_when_registered() -> No
 
     with pytest.raises(PluginError, match=r"NoOutput needs a nested pydantic model `Output`"):
         Registry([NoOutput])
+
+
+@pytest.mark.parametrize("key", ["output:\n  a", "output:\n  a: check.action\n  b"])
+def test_braces_around_an_output_expression_say_to_drop_them(key: str) -> None:
+    body = f"""\
+nodes:
+  check: {{type: review}}
+{key}: "{{{{ check.action }}}}"
+"""
+    (error,) = check(body)
+    assert "a template's `{{ }}` is not allowed" in error
+    assert "take an expression, without braces: write 'check.action'" in error
+
+
+def test_braces_around_a_when_expression_say_to_drop_them() -> None:
+    body = """\
+nodes:
+  check: {type: review, when: "{{ input.prompt }}"}
+output:
+  a: check.action
+"""
+    (error,) = check(body)
+    assert "node 'check'" in error and "write 'input.prompt'" in error

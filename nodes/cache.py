@@ -35,13 +35,13 @@ optional `tenant`, `scope`, `ttl_s`, `negative`) seeds frequent templates once p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext
+from engine.plugin.files import graph_file, read_text_file
 from nodes._support.cachebudget import process_budget
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
 from nodes._support.semcache import Lookup, Prepared, SemanticCache
@@ -128,6 +128,14 @@ class CacheNode(Node):
         warm_file: str | None = Field(
             default=None, description="YAML or JSONL of frequent `{prompt, value}` to preload."
         )
+
+        @field_validator("warm_file")
+        @classmethod
+        def _warm_file_reads(cls, value: str | None, info: ValidationInfo) -> str | None:
+            path = graph_file(value, info) if value else None
+            if path is not None:  # `moat check`: a file every request would fail on
+                _read_warm_file(path)
+            return value
 
     class Output(BaseModel):
         """What a `cache` node returns."""
@@ -297,15 +305,29 @@ def _miss_codes(found: Lookup, config: CacheNode.Config) -> list[str]:
 
 
 def _read_warm_file(path: str) -> list[dict[str, Any]]:
-    """Warm-start entries from YAML (a list, or `entries:`) or JSONL."""
-    try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read cache warm_file {path!r}: {exc.strerror}") from exc
+    """Warm-start entries from YAML (a list, or `entries:`) or JSONL.
+
+    Raises:
+        ValueError: the file cannot be read or parsed, or an entry is not `{prompt, value}`;
+            the message names the file (and line).
+    """
+    raw = read_text_file(path, "cache warm_file")
     if path.endswith(".jsonl"):
-        items = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        items = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"cache warm_file {path}:{number}: not JSON ({exc}); write one "
+                        '{"prompt": ..., "value": ...} object per line'
+                    ) from None
     else:
-        data = yaml.safe_load(raw)
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"cache warm_file {path}: not YAML or JSON: {exc}") from None
         items = data.get("entries", []) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) and "prompt" in i for i in items):
         raise ValueError(f"cache warm_file {path!r}: expected a list of {{prompt, value}} entries")

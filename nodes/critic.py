@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext
+from engine.plugin.files import checking, graph_file
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 
@@ -93,6 +94,14 @@ class CriticNode(Node):
             description="A principles file (YAML or text) or an inline list; default: the "
             "built-in set.",
         )
+
+        @field_validator("principles")
+        @classmethod
+        def _principles_read(cls, value: Any, info: ValidationInfo) -> Any:
+            if value is not None and checking(info):  # once, at `moat check`; not per request
+                load_principles(graph_file(value, info) if isinstance(value, str) else value)
+            return value
+
         top_k: int = Field(
             default=4, ge=0, le=50, description="Relevant principles retrieved besides core ones."
         )

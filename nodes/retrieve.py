@@ -17,10 +17,11 @@ from typing import Any
 
 import anyio
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext
-from nodes._support.embed import Embedder, HashingEmbedder, cosine, get_embedder
+from engine.plugin.files import graph_file, read_text_file
+from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]
 
@@ -63,6 +64,32 @@ class RetrieveNode(Node):
             default="hashing",
             description="`hashing`, `sentence-transformers:MODEL` or `openai:MODEL`.",
         )
+
+        @field_validator("corpus")
+        @classmethod
+        def _corpus_reads(cls, value: str | None, info: ValidationInfo) -> str | None:
+            path = graph_file(value, info) if value is not None else None
+            if path is not None:  # `moat check`: a file every request would fail on
+                _read_corpus(path)
+            return value
+
+        @field_validator("passages")
+        @classmethod
+        def _passages_usable(cls, value: list[Any] | None) -> list[Any] | None:
+            if value is not None:
+                if not value:
+                    raise ValueError("an empty list; give passages, or a `corpus:` file")
+                for i, entry in enumerate(value):
+                    _item(i, entry)
+            return value
+
+        @field_validator("embedder")
+        @classmethod
+        def _embedder_known(cls, value: str) -> str:
+            problem = embedder_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+            return value
 
     class Output(BaseModel):
         """What a `retrieve` node returns."""
@@ -132,21 +159,43 @@ def _load(config: RetrieveNode.Config) -> list[tuple[str, str]]:
         if not config.passages:
             raise ValueError("retrieve needs `corpus` (a file) or a non-empty `passages` list")
         return [_item(i, p) for i, p in enumerate(config.passages)]
-    path = Path(config.corpus)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read corpus {config.corpus!r}: {exc.strerror}") from exc
-    if path.suffix == ".jsonl":
-        entries: list[Any] = [json.loads(ln) for ln in raw.splitlines() if ln.strip()]
-    elif path.suffix in (".yaml", ".yml", ".json"):
-        data = yaml.safe_load(raw)
+    return _read_corpus(config.corpus)
+
+
+def _read_corpus(path: str) -> list[tuple[str, str]]:
+    """(id, text) pairs of a corpus file.
+
+    Raises:
+        ValueError: it cannot be read or parsed, or holds no passages; the message names
+            the file (and line) and what to fix.
+    """
+    raw = read_text_file(path, "corpus")
+    suffix = Path(path).suffix
+    if suffix == ".jsonl":
+        entries: list[Any] = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"corpus {path}:{number}: not JSON ({exc}); write one "
+                        '{"id": ..., "text": ...} object per line'
+                    ) from None
+    elif suffix in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"corpus {path}: not YAML or JSON: {exc}") from None
         entries = data.get("passages", []) if isinstance(data, dict) else data
     else:
         entries = [p.strip() for p in raw.split("\n\n") if p.strip()]
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"corpus {config.corpus!r} holds no passages")
-    return [_item(i, e) for i, e in enumerate(entries)]
+        raise ValueError(f"corpus {path!r} holds no passages")
+    try:
+        return [_item(i, e) for i, e in enumerate(entries)]
+    except ValueError as exc:
+        raise ValueError(f"corpus {path!r}: {exc}") from None
 
 
 def _item(i: int, entry: Any) -> tuple[str, str]:

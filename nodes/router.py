@@ -31,12 +31,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, NodeError
+from engine.plugin.files import graph_file
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._support.features import Features, features
-from nodes._support.learned import LearnedRouter, load_router
+from nodes._support.learned import BUILTIN, LearnedRouter, load_router
 from nodes._support.lsh import MinHashIndex
 
 __all__ = ["RouterMemory", "RouterNode"]
@@ -143,6 +144,15 @@ class RouterNode(Node):
             "(relative to the graph) from `python -m bench.router_train`. Replaces the "
             "complexity threshold.",
         )
+
+        @field_validator("weights")
+        @classmethod
+        def _weights_load(cls, value: str | None, info: ValidationInfo) -> str | None:
+            path = graph_file(value, info) if value not in (None, BUILTIN) else None
+            if path is not None:  # `moat check`: a file every request would fail on
+                load_router(path)
+            return value
+
         min_p_correct: float = Field(
             default=0.8,
             ge=0,

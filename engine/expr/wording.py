@@ -133,6 +133,8 @@ def translate(text: str) -> str:
 def config_problem(err: Mapping[str, Any]) -> str:
     """One pydantic error of a `with:` value, worded for a graph author, with what it got."""
     message = str(err.get("msg", "invalid value"))
+    if err.get("type") == "value_error":  # a config validator's own sentence says it all
+        return translate(message.removeprefix("Value error, "))
     for python, ours in _PYDANTIC:
         message = message.replace(python, ours)
     message = translate(message)

@@ -45,6 +45,7 @@ from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
+from engine.plugin.files import CHECK_CONTEXT
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
 
@@ -325,8 +326,8 @@ class Checker:
                     node_id=node_id,
                 )
                 dynamic.add(key)  # not judged against the config either
-        try:
-            config_cls.model_validate(static)
+        try:  # the context lets a config validator read the files it names (`graph_file`)
+            config_cls.model_validate(static, context={CHECK_CONTEXT: self.base_dir})
         except ValidationError as exc:
             for err in exc.errors():
                 loc = err.get("loc", ())

@@ -31,6 +31,7 @@ __all__ = [
     "QVector",
     "cosine",
     "cosines",
+    "embedder_problem",
     "get_embedder",
     "qcosine",
     "quantize",
@@ -231,6 +232,21 @@ class _OpenAIEmbedder:
 _EMBEDDERS: dict[str, Embedder] = {}
 
 
+def embedder_problem(spec: str) -> str | None:
+    """What is wrong with an embedder `spec` (see `get_embedder`), or None."""
+    kind, sep, arg = spec.partition(":")
+    known = "use 'hashing', 'hashing:DIMS', 'sentence-transformers:MODEL' or 'openai:MODEL'"
+    if kind == "hashing":
+        if sep and not (arg.isdigit() and 1 <= int(arg) <= 65536):
+            return f"embedder {spec!r}: DIMS must be a whole number from 1 to 65536"
+        return None
+    if kind in ("sentence-transformers", "openai"):
+        if sep and not arg.strip():
+            return f"embedder {spec!r} names no model; write {kind}:MODEL or just {kind}"
+        return None
+    return f"unknown embedder {spec!r}; {known}"
+
+
 def get_embedder(spec: str = "hashing") -> Embedder:
     """The embedder named by `spec`, created once per process.
 
@@ -243,18 +259,16 @@ def get_embedder(spec: str = "hashing") -> Embedder:
     """
     if spec in _EMBEDDERS:
         return _EMBEDDERS[spec]
+    problem = embedder_problem(spec)
+    if problem is not None:
+        raise ValueError(problem)
     kind, _, arg = spec.partition(":")
     embedder: Embedder
     if kind == "hashing":
         embedder = HashingEmbedder(int(arg) if arg else 256)
     elif kind == "sentence-transformers":
         embedder = _SentenceTransformerEmbedder(arg or "all-MiniLM-L6-v2")
-    elif kind == "openai":
-        embedder = _OpenAIEmbedder(arg or "text-embedding-3-small")
     else:
-        raise ValueError(
-            f"unknown embedder {spec!r}; use 'hashing', 'hashing:DIMS', "
-            "'sentence-transformers:MODEL' or 'openai:MODEL'"
-        )
+        embedder = _OpenAIEmbedder(arg or "text-embedding-3-small")
     _EMBEDDERS[spec] = embedder
     return embedder

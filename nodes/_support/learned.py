@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from engine.plugin.files import read_text_file
 from nodes._support.features import features
 
 __all__ = [
@@ -148,7 +149,7 @@ def load_router(source: str | Path) -> LearnedRouter:
     if key == BUILTIN:
         text = resources.files("nodes._support").joinpath("router_weights.json").read_text()
     else:
-        text = Path(source).read_text(encoding="utf-8")
+        text = read_text_file(key, "router weights file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from engine.plugin.files import read_text_file
 from nodes._support.embed import HashingEmbedder, cosines
 
 __all__ = ["DEFAULT_PRINCIPLES", "Principle", "PrincipleIndex", "load_principles", "source_key"]
@@ -86,12 +87,12 @@ def load_principles(source: str | Sequence[Any] | None) -> tuple[Principle, ...]
         return DEFAULT_PRINCIPLES
     if isinstance(source, str):
         path = Path(source)
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read principles file {source!r}: {exc.strerror}") from exc
+        raw = read_text_file(source, "principles file")
         if path.suffix in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(raw)
+            try:
+                data = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"principles file {source}: not YAML or JSON: {exc}") from None
             entries = data.get("principles", []) if isinstance(data, dict) else data
         else:
             entries = [ln.strip() for ln in raw.splitlines() if ln.strip()]

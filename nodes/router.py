@@ -102,6 +102,7 @@ class RouterNode(Node):
     """Chooses a route and model from text features, exemplars, past outcomes and budget."""
 
     type_name = "router"
+    model_keys = ("routes.*.model",)
     event_types = (ROUTE_SELECTED,)
 
     class Config(BaseModel):

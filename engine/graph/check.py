@@ -72,6 +72,26 @@ _MORE_PROPERTIES = (
 Path = tuple[str | int, ...]
 
 
+def _model_names(value: Any, inner: list[str], where: Path) -> Iterator[tuple[Any, Path]]:
+    """The model names at `inner` (keys, `*` for every item) inside a `with:` value, each
+    with its place; a list at the end holds several."""
+    if not inner:
+        if isinstance(value, list):
+            for i, model in enumerate(value):
+                yield model, (*where, i)
+        else:
+            yield value, where
+        return
+    part, *rest = inner
+    if part == "*":
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        if isinstance(value, Mapping | list):
+            for key, item in items:
+                yield from _model_names(item, rest, (*where, key))
+    elif isinstance(value, Mapping) and part in value:
+        yield from _model_names(value[part], rest, (*where, part))
+
+
 class _ScopeInfo:
     """What names a scope (top level or loop body) defines, while checking."""
 
@@ -355,7 +375,8 @@ class Checker:
     ) -> None:
         """Logical models named in `with:` (or by default) exist in `models:`."""
         defined = sorted(self.spec.models)
-        for name in cls.model_keys:
+        for key in cls.model_keys:
+            name, *inner = key.split(".")  # `routes.*.model`: a model inside each route
             if name in dynamic:
                 continue
             if name in static:
@@ -365,14 +386,14 @@ class Checker:
                 field = cls.Config.model_fields.get(name)
                 value = field.default if field is not None else None
                 where = at
-            for model in value if isinstance(value, list) else [value]:
+            for model, place in _model_names(value, inner, where):
                 if isinstance(model, str) and model not in self.spec.models:
                     hint = _did_you_mean(model, defined)
                     how = "" if name in static else f" (the default of `{name}`)"
                     self._error(
                         f"model {model!r}{how} is not defined under `models:`{hint}. "
                         f"Defined: {', '.join(defined) or '(none)'}",
-                        where,
+                        place,
                         node_id=node_id,
                     )
 

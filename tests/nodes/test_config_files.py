@@ -182,3 +182,14 @@ def test_a_plugin_reads_its_files_at_check_through_graph_file(tmp_path: Path) ->
     assert not report.errors and report.graph is not None
     result, _ = anyio.run(run, report.graph, {"prompt": "x"})
     assert result.output == {"a": 2}
+
+
+def test_a_route_naming_an_undefined_model_is_refused_at_the_route(tmp_path: Path) -> None:
+    node = (
+        'n: {type: router, with: {text: "{{ input.prompt }}", '
+        "routes: {cheap: {model: small}, capable: {model: lrage}}}}\n"
+    )
+    (error,) = errors(tmp_path, node, output="n.route")
+    assert "g.yaml:10:" in error
+    assert "node 'n': model 'lrage' is not defined under `models:`" in error
+    assert "Defined: small" in error

@@ -13,12 +13,15 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from engine import Node, NodeContext
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ModelNode"]
+
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+"""The chat roles a `messages:` entry may take (OpenAI's, which every provider maps)."""
 
 # `json` shadows the deprecated `BaseModel.json()`; expressions read fields by name, and the
 # design promises `NODE.json`, so the field keeps that name and the warning is silenced here.
@@ -80,6 +83,22 @@ class ModelNode(Node):
         )
 
         model_config = {"populate_by_name": True}
+
+        @field_validator("messages")
+        @classmethod
+        def _messages_usable(cls, value: list[dict[str, str]] | None) -> Any:
+            if value is None:
+                return value
+            if not value:
+                raise ValueError("an empty chat; give at least one {role, content} message")
+            for i, message in enumerate(value):
+                role = message.get("role")
+                if role not in _ROLES:
+                    shown = "no role" if role is None else f"role {role!r}"
+                    raise ValueError(f"message #{i} has {shown}; use one of {', '.join(_ROLES)}")
+                if "content" not in message:
+                    raise ValueError(f"message #{i} ({role}) has no content")
+            return value
 
         @model_validator(mode="after")
         def _prompt_or_messages(self) -> ModelNode.Config:

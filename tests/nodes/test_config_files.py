@@ -193,3 +193,20 @@ def test_a_route_naming_an_undefined_model_is_refused_at_the_route(tmp_path: Pat
     assert "g.yaml:10:" in error
     assert "node 'n': model 'lrage' is not defined under `models:`" in error
     assert "Defined: small" in error
+
+
+@pytest.mark.parametrize(
+    ("messages", "says"),
+    [
+        ("[]", "with.messages: an empty chat; give at least one {role, content} message"),
+        ("[{content: hi}]", "message #0 has no role; use one of system, developer, user"),
+        ("[{role: user, content: a}, {role: wizard, content: b}]", "message #1 has role 'wizard'"),
+        ("[{role: user}]", "message #0 (user) has no content"),
+    ],
+)
+def test_a_chat_a_provider_would_refuse_is_refused_at_check(
+    tmp_path: Path, messages: str, says: str
+) -> None:
+    node = f"n: {{type: model, with: {{model: small, messages: {messages}}}}}\n"
+    (error,) = errors(tmp_path, node, output="n.text")
+    assert "node 'n': " in error and says in error

@@ -5,7 +5,9 @@ reach expressions:
 
 - `_labels`: hidden labels for benchmarking; only the `sim` provider reads them.
 - `conversation_id`, `turn_index`, `parent_request_id`: recorded on the request row; kept
-  in the input only when the graph's `input` schema declares them.
+  in the input only when the graph's `input` schema declares them. The ids are strings
+  (an integer id is recorded as its digits), `turn_index` a whole number from 0 to 2**63-1
+  (what the store's column holds); `null` is the same as leaving one out.
 
 Every source of requests (lines of an `--input` file, `--json`, `--prompt`, the Python API)
 goes through the same checks, so a hostile request is that request's `invalid_input` and
@@ -289,10 +291,35 @@ def _split(
         error = f"{where}: `_labels` must be an object, not {_kind(labels)}"
         return BatchItem(seq, None, error=error, line=line, source=source)
     meta = {k: data[k] for k in META_FIELDS if k in data}
+    problem = _meta_problem(meta)
+    if problem is not None:
+        return BatchItem(seq, None, error=f"{where}: {problem}", line=line, source=source)
     for key in META_FIELDS:
         if key in data and key not in declared:
             del data[key]
     return BatchItem(seq, data, labels=labels, meta=meta, line=line, source=source)
+
+
+_MAX_TURN = (1 << 63) - 1
+"""The largest `turn_index` the store's INTEGER column holds."""
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """Why a meta field cannot be recorded on the request row, or None; an integer id is
+    turned into its digits in `meta` (the row's column is text)."""
+    for key in ("conversation_id", "parent_request_id"):
+        value = meta.get(key)
+        if value is None or type(value) is str:
+            continue
+        if type(value) is int and abs(value) <= _MAX_TURN:
+            meta[key] = str(value)
+            continue
+        return f"`{key}` must be a string, not {_kind(value)} ({show_value(value, 30)})"
+    turn = meta.get("turn_index")
+    if turn is not None and (type(turn) is not int or not 0 <= turn <= _MAX_TURN):
+        shown = f"{_kind(turn)} ({show_value(turn, 30)})"
+        return f"`turn_index` must be a whole number from 0 to {_MAX_TURN}, not {shown}"
+    return None
 
 
 def _reject_constant(name: str) -> Any:

@@ -379,6 +379,13 @@ class _OutWriter:
     def add(self, record: RequestRecord) -> None:
         self.pending.append(record)
 
+    def store_failed(self) -> None:
+        """Storing records failed: the lines waiting may be of requests whose rows were
+        lost, and a flush after the failure no longer says so (the error is reported
+        once). They are not written to `--out`; a resume writes those the store has."""
+        if self.out:
+            self.pending.clear()
+
     async def drain(self) -> None:
         count = len(self.pending)
         if not count:
@@ -495,6 +502,9 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
                 await _drive(
                     pipe, batch, _items(plan, pipe), out, progress, args.concurrency, args.tui
                 )
+        except StoreError:
+            out.store_failed()
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await _close(out, progress)

@@ -261,3 +261,36 @@ def test_a_tenant_that_is_not_a_name_is_invalid_input_whatever_the_schema(tenant
     for name in ("acme", 42):
         named, fine = validator.validate(BatchItem(1, {"prompt": "hi", "tenant": name}))
         assert fine is None and named is not None and named["tenant"] == name
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.sampled_from(["conversation_id", "turn_index", "parent_request_id"]),
+    value=st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+def test_a_meta_field_is_one_the_request_row_can_hold_or_the_request_is_invalid(
+    key: str, value: Any
+) -> None:
+    """Meta fields go to the request row's columns: a value they cannot hold would fail
+    the store's write of every request committed with it."""
+    item = parse_request({"prompt": "hi", key: value}, seq=0, line=3, source="in.jsonl")
+    if item.error is not None:
+        assert item.error.startswith(f"in.jsonl:3: `{key}` must be")
+        return
+    recorded = item.meta[key]
+    if key == "turn_index":
+        assert recorded is None or (type(recorded) is int and 0 <= recorded < 1 << 63)
+    else:
+        assert recorded is None or type(recorded) is str
+
+
+def test_an_integer_id_is_recorded_as_its_digits() -> None:
+    item = parse_request({"prompt": "hi", "conversation_id": 42, "turn_index": 0}, seq=0)
+    assert item.error is None
+    assert item.meta == {"conversation_id": "42", "turn_index": 0}

@@ -12,6 +12,7 @@ arguments, wires the out file, the progress bar and the terminal UI to it, and p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -253,6 +254,7 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
     total = 1 if single is not None else count_requests(args.input, limits=limits)
     config = {
         "input": os.path.abspath(args.input) if args.input else None,
+        "input_sha256": _digest(args.input) if args.input else None,
         "out": os.path.abspath(args.out) if args.out else None,
         "graph_path": os.path.abspath(args.graph),
         "single": single,
@@ -292,6 +294,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
             _check_writable("--out", out)
         if config.get("input"):
             _check_readable("the run's --input", config["input"])
+            _check_unchanged(args.resume, config["input"], config.get("input_sha256"))
         store.delete_orphans(args.resume)
         if out:
             _reconcile_out(store, args.resume, Path(out))
@@ -309,6 +312,22 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         total=int(run["requests_total"] or 0),
         config=config,
     )
+
+
+def _digest(path: str) -> str:
+    """The SHA-256 of a request file: a resume answers the lines the run has no result for
+    by their place in it, which is the same request only in the same file."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _check_unchanged(run_id: str, path: str, recorded: object) -> None:
+    if recorded is not None and _digest(path) != recorded:  # (None: an older moat's run)
+        raise SpecError(
+            f"the run's --input {path}: changed since run {run_id} started, so its lines "
+            "are no longer the requests the run numbered; restore the file the run read, "
+            "or start a new run"
+        )
 
 
 def _resume_graph(args: argparse.Namespace, run: Mapping[str, Any], config: Any) -> Graph:

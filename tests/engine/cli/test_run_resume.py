@@ -168,6 +168,32 @@ def test_a_run_that_died_shows_as_died_and_one_still_running_cannot_be_resumed(
     )
 
 
+def test_a_resume_over_input_lines_that_changed_is_refused_and_runs_nothing(
+    batch: Batch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume reads the input again and answers the lines whose seq the store lacks: over
+    an edited file those would be other requests than the ones the run left unanswered
+    (and lines the run answered would stay answered with what they held then)."""
+    requests = batch.folder / "in.jsonl"
+    original = requests.read_bytes()
+    batch.crash({0, 1}, [0, 1], None)
+    try:
+        requests.write_bytes(b'{"prompt": "a line put first"}\n' + original)
+        code = main(["run", "--resume", batch.run_id, "--db", str(batch.db), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"the run's --input {requests}: changed since run {batch.run_id} started" in err
+        assert "restore the file the run read, or start a new run" in err
+        with sqlite3.connect(batch.db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 2
+    finally:
+        requests.write_bytes(original)
+    code = main(["run", "--resume", batch.run_id, "--db", str(batch.db), "--quiet"])
+    assert code == 1, capsys.readouterr().err  # its two broken lines are invalid_input
+    results = [json.loads(line) for line in batch.out.read_text().split("\n") if line]
+    assert sorted(r["request_id"] for r in results) == batch.ids()
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_answers_each_request_once(tmp_path: Path) -> None:
     graph = tmp_path / "echo.yaml"

@@ -17,12 +17,18 @@ than a write waits), and a 500 is a bug, logged with its traceback while the ser
 serving. A body is read as it arrives, up to `max_body_bytes` (413 past it, whatever
 `Content-Length` said or did not say); once nothing of it has come for `read_idle_s`
 (a stalled client, or a `Content-Length` larger than what was sent), the answer is a 408
-and the connection closes.
+and the connection closes. A request's head must come whole within `read_idle_s` of when
+the connection awaits it (nginx's `client_header_timeout`): uvicorn reads heads with no
+timeout, so a client that connected and sent nothing, half a head, or a head a byte at a
+time held its connection for as long as it liked. Bytes h11 cannot read as a request are
+a 400 in the same JSON shape (uvicorn's is plain text).
 """
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - uvicorn's connections live on the asyncio loop it runs on
 import hmac
+import json
 import signal
 import socket
 import sqlite3
@@ -39,6 +45,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engine.errors import StoreError
 from engine.logs import get_logger
@@ -50,7 +57,8 @@ from engine.sync.codec import MAX_BATCH_BYTES, SyncPayload, WireError, decode_ba
 __all__ = ["GRACE_S", "READ_IDLE_S", "SyncServer", "serve_sync"]
 
 READ_IDLE_S = 60.0
-"""Seconds a batch's body may go without a byte arriving (nginx's `client_body_timeout`)."""
+"""Seconds a batch's body may go without a byte arriving (nginx's `client_body_timeout`),
+and a request's head may take to come whole (its `client_header_timeout`)."""
 GRACE_S = 10
 """Seconds a stop (SIGTERM, Ctrl-C) waits for uploads under way; a body still trickling in
 after that is cut off (its edge sends it again, to this server's successor)."""
@@ -91,7 +99,8 @@ class SyncServer:
         db: the central store (created and migrated if needed).
         token: a bearer token every batch must carry (None: no check).
         max_body_bytes: the largest compressed batch read (413 past it).
-        read_idle_s: seconds a batch's body may stall before it is answered 408.
+        read_idle_s: seconds a batch's body may stall before it is answered 408, and a
+            request's head may take before its connection is closed.
     """
 
     def __init__(
@@ -247,15 +256,79 @@ class SyncServer:
         return payload, result
 
 
+class _Connection(H11Protocol):
+    """uvicorn's h11 connection, with a deadline on every request head it awaits and the
+    parser's refusals in the server's JSON shape."""
+
+    read_idle_s = READ_IDLE_S
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        cycle = self.cycle
+        if self._head_timer is not None and cycle is not None and not cycle.response_complete:
+            self._head_timer.cancel()  # the head is whole: the app reads the body (its own
+            self._head_timer = None  # timeout) and answers
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.read_idle_s, self._head_late)
+
+    def _head_late(self) -> None:
+        """No whole head in time: nobody to answer (as an idle keep-alive connection)."""
+        self._head_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self.transport.is_closing():
+            return
+        message = (
+            "the request is not HTTP/1.1 this server reads: check its request line, its "
+            f"headers (16 KiB at most) and its framing; a `moat sync-server` answers {_ROUTES}"
+        )
+        body = json.dumps({"error": message}).encode()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+def _connection(read_idle_s: float) -> type[_Connection]:
+    """`_Connection` with heads due within `read_idle_s`."""
+    return type("SyncConnection", (_Connection,), {"read_idle_s": read_idle_s})
+
+
 def _config(server: SyncServer) -> uvicorn.Config:
     """How uvicorn serves the sync routes. With `h11`, not the `httptools` parser uvicorn
     picks when it is installed: llhttp hands uvicorn every header however many and long
     (megabytes of them, each kept), where h11 refuses a request line and headers over
     16 KiB with a 400 and closes the connection. Batches are few and large: h11's slower
-    parsing costs nothing that shows."""
+    parsing costs nothing that shows. The h11 connection is `_Connection`, which bounds
+    the time a head may take and answers in the server's shape; no WebSocket (a handshake
+    is answered as the HTTP request it also is)."""
     return uvicorn.Config(
         server.app,
-        http="h11",
+        http=_connection(server.read_idle_s),
+        ws="none",
         lifespan="off",
         log_level="warning",
         access_log=False,

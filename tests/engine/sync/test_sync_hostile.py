@@ -5,6 +5,7 @@ blocks another's, and the server goes on serving."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import sqlite3
@@ -195,7 +196,63 @@ async def test_a_head_of_megabytes_of_headers_is_refused_before_it_ends(tmp_path
     parts = [head[i : i + (64 << 10)] for i in range(0, len(head), 64 << 10)]
     with listening(SyncServer(tmp_path / "central.db")) as url:
         answer = await anyio.to_thread.run_sync(exchange, url, *parts)
-    assert answer.startswith(b"HTTP/1.1 400 ")  # (h11's, in plain text: no app ran)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"].startswith(
+        "the request is not HTTP/1.1 this server reads"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"hello\r\n\r\n", b"GET / HTTP/1.1\r\nHost c\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00"],
+    ids=["not HTTP", "a header without a colon", "TLS"],
+)
+async def test_what_the_parser_refuses_is_answered_in_the_servers_shape(
+    tmp_path: Path, raw: bytes
+) -> None:
+    """h11's refusals were plain text, where every other error is `{"error": ...}`."""
+    with listening(SyncServer(tmp_path / "central.db")) as url:
+        answer = await anyio.to_thread.run_sync(exchange, url, raw)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert b"connection: close" in head.lower()
+    message = json.loads(body)["error"]
+    assert "GET /v1/sync/health" in message  # what this server does answer
+
+
+@pytest.mark.parametrize(
+    ("parts", "pause_s"),
+    [
+        ([], 0.0),
+        ([b"POST /v1/sync/ba"], 0.0),
+        ([bytes([c]) for c in POST], 0.2),  # a byte at a time, never a whole head in time
+        ([b"GET /v1/sync/health HTTP/1.1\r\nHost: c\r\n\r\n"], 0.0),  # then nothing more
+    ],
+    ids=["silent", "half a head", "trickled head", "idle after an answer"],
+)
+async def test_a_connection_that_never_sends_a_whole_request_is_closed_and_others_go_on(
+    one_edge: Path, tmp_path: Path, parts: list[bytes], pause_s: float
+) -> None:
+    """uvicorn reads a request head without a timeout: a client that connected and sent
+    nothing, or half a head, or a head a byte at a time, held its connection for ever."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    with listening(SyncServer(tmp_path / "central.db", read_idle_s=1.0)) as url:
+        result: list[bytes] = []
+        started = time.monotonic()
+        held = threading.Thread(
+            target=lambda: result.append(exchange(url, *parts, pause_s=pause_s))
+        )
+        held.start()
+        report = await EdgeSync(db, url).run()  # while that one waits
+        await anyio.to_thread.run_sync(held.join, 15)
+        closed_after = time.monotonic() - started
+    assert not held.is_alive()
+    assert report.total_rows == sum(counts(db).values())
+    assert closed_after < 8
+    (answer,) = result
+    assert answer.count(b"HTTP/1.1 ") <= 1  # nothing but the answer it asked for
 
 
 async def test_a_body_that_stops_coming_is_a_408_and_others_go_on(

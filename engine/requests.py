@@ -347,25 +347,58 @@ def decode_request(
     try:
         decoded = raw.decode("utf-8-sig" if line == 1 else "utf-8")
     except UnicodeDecodeError as exc:
-        return _bad(seq, line, source, f"{where}: not UTF-8 text (byte {exc.start + 1})")
+        message = f"{where}: not UTF-8 text (byte {exc.start + 1}); {_save_as_utf8(raw)}"
+        return _bad(seq, line, source, message)
     try:
-        value = json.loads(decoded, parse_constant=_reject_constant)
+        try:
+            value = json.loads(decoded, parse_constant=_reject_constant)
+        except json.JSONDecodeError:
+            if not decoded.startswith("\ufeff"):
+                raise
+            # a byte order mark on a later line: files joined with `cat`, each with its own
+            value = json.loads(decoded.lstrip("\ufeff"), parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         at = f"{where}:{exc.colno}" if line is not None else f"{where}: column {exc.colno}"
-        message = f"{at}: invalid JSON: {exc.msg}; each line must be one JSON object{_EXAMPLE}"
+        message = f"{at}: invalid JSON: {exc.msg}; {_json_fix(raw, decoded, exc)}"
         return _bad(seq, line, source, message)
     except RecursionError:
         return _bad(seq, line, source, f"{where}: {_too_deep(limits)}")
     except ValueError as exc:  # a number of more digits than Python converts, NaN, Infinity
-        return _bad(seq, line, source, f"{where}: invalid JSON: {_short(str(exc))}")
+        return _bad(seq, line, source, f"{where}: invalid JSON: {_number_problem(str(exc))}")
     problem = _value_problem(value, limits)
     if problem is not None:
         return _bad(seq, line, source, f"{where}: {problem}")
     return _split(value, seq=seq, line=line, source=source, declared=declared)
 
 
-def _short(message: str) -> str:
+def _number_problem(message: str) -> str:
+    """`json`'s refusal of a number, in words that say what to do."""
+    if "integer string conversion" in message:
+        return "a number with more than 4300 digits; send it as a string"
     return message.split(";")[0]
+
+
+def _save_as_utf8(raw: bytes) -> str:
+    """How to fix a line that is not UTF-8 (or not JSON for holding NUL bytes): a file
+    saved as UTF-16 (Windows' "Unicode") has a NUL beside every ASCII character; the line
+    left by splitting such a file at its newlines may start with the other half of one."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or 3 * raw.count(b"\x00") >= len(raw):
+        return "the file looks UTF-16: save it as UTF-8"
+    if b"\x00" in raw:
+        return "the line holds NUL bytes: remove them (in a string, write \\u0000)"
+    return "save the file as UTF-8"
+
+
+def _json_fix(raw: bytes, text: str, exc: json.JSONDecodeError) -> str:
+    """How to fix a line that is not JSON: the common causes, else the expected shape."""
+    if "\x00" in text:
+        return _save_as_utf8(raw)
+    if exc.msg == "Extra data" and "\r" in text[: exc.pos]:  # (JSON reads \r as a space)
+        return (
+            "the line holds a carriage return (\\r) where a line should end: end each line "
+            "with \\n (convert the file's CR line ends to LF)"
+        )
+    return f"each line must be one JSON object{_EXAMPLE}"
 
 
 def _bad(seq: int, line: int | None, source: str, error: str) -> BatchItem:

@@ -114,6 +114,57 @@ def test_a_hostile_line_is_its_own_invalid_input_and_the_batch_goes_on(
     assert [r["output"] for r in (results[0], results[2])] == [{"text": "first"}, {"text": "last"}]
 
 
+GOOD = '{"prompt": "a"}\n{"prompt": "b"}\n'
+FILES = {
+    "UTF-16 with its BOM": GOOD.encode("utf-16"),
+    "UTF-16 without a BOM": GOOD.encode("utf-16-le"),
+    "CR line ends": GOOD.replace("\n", "\r").encode(),
+    "NUL bytes": b'{"prompt": "a"}\x00\n{"prompt": "b"}\x00\n',
+    "a digit string past 4300": b'{"prompt": "a", "n": ' + b"1" * 4400 + b"}\n",
+}
+FIXES = {
+    "UTF-16 with its BOM": "the file looks UTF-16: save it as UTF-8",
+    "UTF-16 without a BOM": "the file looks UTF-16: save it as UTF-8",
+    "CR line ends": "end each line with \\n (convert the file's CR line ends to LF)",
+    "NUL bytes": "the line holds NUL bytes: remove them (in a string, write \\u0000)",
+    "a digit string past 4300": "a number with more than 4300 digits; send it as a string",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_a_file_moat_cannot_read_says_on_each_line_how_to_fix_it(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each line's error named what JSON expected (`Expecting value`, `Extra data`), not
+    what to do about a file saved in the wrong encoding or with the wrong line ends."""
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_bytes(FILES[name])
+    out = tmp_path / "out.jsonl"
+    args = ["--input", str(requests), "--out", str(out), "--db", str(tmp_path / "t.db")]
+    code, _, err = run(capsys, str(graph), *args)
+    assert code == 1, err
+    results = out_lines(out)
+    assert results and all(r["status"] == "invalid_input" for r in results)
+    for result in results:
+        assert str(result["error"]).endswith(FIXES[name]), result["error"]
+
+
+def test_a_byte_order_mark_on_any_line_is_read_past(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files that each start with a BOM, joined with `cat`, have one on a later line."""
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    bom = "\ufeff".encode()
+    requests.write_bytes(bom + b'{"prompt": "a"}\n' + bom + b'{"prompt": "b"}\n')
+    out = tmp_path / "out.jsonl"
+    args = ["--input", str(requests), "--out", str(out), "--db", str(tmp_path / "t.db")]
+    code, _, err = run(capsys, str(graph), *args)
+    assert code == 0, err
+    assert [r["output"] for r in out_lines(out)] == [{"text": "a"}, {"text": "b"}]
+
+
 def test_a_line_over_the_size_limit_is_refused_unread(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

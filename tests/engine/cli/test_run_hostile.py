@@ -305,6 +305,77 @@ def test_any_lines_never_abort_the_batch_and_each_gets_one_result(
     assert code == (1 if any(r["status"] != "ok" for r in results) else 0)
 
 
+BAD_LINES = sorted(
+    {
+        *HOSTILE_LINES.values(),
+        '{"prompt": "a"}'.encode("utf-16"),
+        '{"prompt": "a"}'.encode("utf-16-le"),
+        b'{"prompt": "a"}\r{"prompt": "b"}',
+        b'{"prompt": "a"}\x00',
+        b'{"prompt": "a", "n": 1e999}',
+        b'{"prompt": "a", "n": -1e999}',
+        b'{"prompt": "a", "prompt": 5}',  # the last of two keys counts
+        b'{"prompt": "a", "_labels": 5}',
+        b'{"prompt": "a", "turn_index": -1}',
+        b'{"prompt": "a", "conversation_id": 1.5}',
+        b"[" * 100_000,
+        b'"a string"',
+        b"\xef\xbb\xbf",
+    }
+)
+
+
+@EXAMPLES
+@given(
+    lines=st.lists(
+        st.one_of(
+            valid_prompt.map(lambda p: ("valid", json.dumps({"prompt": p}).encode())),
+            st.sampled_from(BAD_LINES).map(lambda b: ("bad", b)),
+            line_bytes.map(lambda b: ("any", b.replace(b"\r", b" "))),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    ending=st.sampled_from([b"\n", b"\r\n"]),
+    final=st.booleans(),
+)
+def test_every_line_is_answered_once_and_recorded_whatever_the_others_hold(
+    lines: list[tuple[str, bytes]],
+    ending: bytes,
+    final: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Good lines are answered ok, bad ones invalid_input, each exactly once, in --out and
+    in the store alike, with LF or CRLF line ends and with or without a final one."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    graph = write_graph(folder)
+    requests = folder / "in.jsonl"
+    requests.write_bytes(ending.join(raw for _, raw in lines) + (ending if final else b""))
+    expected = [kind for kind, raw in lines if raw.strip()]
+    out, db = folder / "out.jsonl", folder / "t.db"
+    started = time.monotonic()
+    code, _, err = run(
+        capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
+    )
+    assert time.monotonic() - started < 20
+    assert "internal error" not in err and "store failed" not in err, err
+    if not expected:
+        assert code == 0 and "has no requests" in err
+        return
+    results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
+    assert len(results) == len(expected) == len({r["request_id"] for r in results})
+    for kind, result in zip(expected, results, strict=True):
+        if kind != "any":
+            assert result["status"] == ("ok" if kind == "valid" else "invalid_input"), result
+    with sqlite3.connect(db) as conn:
+        stored = dict(conn.execute("SELECT id, status FROM requests"))
+        (status,) = conn.execute("SELECT status FROM runs").fetchone()
+    assert stored == {r["request_id"]: r["status"] for r in results}
+    assert status == "finished"
+    assert code == (1 if "invalid_input" in stored.values() else 0)
+
+
 # -- arguments ---------------------------------------------------------------------------
 
 

@@ -194,8 +194,15 @@ def _check_readable(flag: str, value: str) -> None:
     path = Path(value)
     if path.is_dir():
         raise SpecError(f"{flag} {value}: is a folder; give a file")
+    if value == "-" and not path.exists():
+        raise SpecError(
+            f"{flag} -: moat does not read standard input (it reads the file twice: to count "
+            "its requests, then to answer them); save them to a file and pass its path"
+        )
     if not path.is_file():
         what = "not a regular file" if path.exists() else "no such file"
+        if path.exists():  # a pipe or a device: read once, it could not be counted first
+            what += " (a pipe or a device); save its content to a file and pass that"
         raise SpecError(f"{flag} {value}: {what}")
     if not os.access(path, os.R_OK):
         raise SpecError(f"{flag} {value}: cannot read the file; check its permissions")

@@ -629,7 +629,19 @@ def test_an_input_that_is_not_a_regular_file_is_refused(
     os.mkfifo(fifo)  # reading it twice (count, then answer) would hang or lose requests
     code, _, err = run(capsys, str(graph), "--input", str(fifo), "--db", str(tmp_path / "t.db"))
     assert code == 2
-    assert f"--input {fifo}: not a regular file" in err
+    assert f"--input {fifo}: not a regular file (a pipe or a device); save its content" in err
+
+
+def test_standard_input_as_the_input_is_refused_saying_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = write_graph(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, str(graph), "--input", "-", "--db", str(tmp_path / "t.db"))
+    assert code == 2
+    assert "--input -: moat does not read standard input" in err
+    assert "save them to a file and pass its path" in err
+    assert runs(tmp_path / "t.db") == []
 
 
 def test_a_store_that_fails_mid_run_exits_1_names_the_cause_and_offers_resume(

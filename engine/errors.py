@@ -6,6 +6,8 @@ MoatError
 │   ├── ExpressionError               an expression that does not parse or check
 │   └── PluginError (ImportError)     a `plugins:` module or entry point that fails to load
 ├── PolicyError (ValueError)          a policy snapshot refused on apply or rollback
+├── PolicyReadOnly (TypeError)        code tried to change a pinned policy snapshot
+├── DuplicateRequest (ValueError)     a request id (run and seq) that was answered already
 ├── StoreError (RuntimeError)         the SQLite store is unreadable or of a newer schema
 ├── NodeError (RuntimeError)          a node failed while running a request
 │   ├── NodeTimeout (TimeoutError)    an attempt ran past the node's `timeout_ms`
@@ -27,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
+    "DuplicateRequest",
     "EgressBlocked",
     "EvaluationError",
     "ExpressionError",
@@ -35,6 +38,7 @@ __all__ = [
     "NodeTimeout",
     "PluginError",
     "PolicyError",
+    "PolicyReadOnly",
     "RateLimited",
     "SpecError",
     "StoreError",
@@ -114,6 +118,50 @@ class PolicyError(MoatError, ValueError):
         self.column = column
         where = ":".join(str(p) for p in (path, line, column) if p is not None)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class PolicyReadOnly(MoatError, TypeError):
+    """Code tried to change a pinned policy snapshot (`ctx.policy`, `PolicyPin.body`).
+
+    A snapshot is shared by every request pinned to its version and is what the store
+    recorded for it, so it is read-only all the way down.
+
+    Args:
+        key: where in the snapshot, dotted (`thresholds.low`; empty for the top level).
+        operation: what was tried, naming where (`append to policy.routes`).
+    """
+
+    def __init__(self, key: str, operation: str) -> None:
+        self.key = key
+        self.operation = operation
+        super().__init__(
+            f"cannot {operation}: the pinned policy snapshot is read-only (every request "
+            "pinned to its version shares it, and the store recorded it as it is). Work on "
+            "a copy (`dict(...)`, `list(...)`, `copy.deepcopy(...)`), or change the policy "
+            "with `moat policy apply`"
+        )
+
+
+class DuplicateRequest(MoatError, ValueError):
+    """A request whose id (run and `seq`) was answered already; it was not answered again.
+
+    Args:
+        run_id: the run.
+        seq: the request's number in the run.
+        request_id: the id the two requests would share.
+        source: where the duplicate came from (`FILE:LINE`), if known.
+    """
+
+    def __init__(self, run_id: str, seq: int, request_id: str, source: str = "") -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.request_id = request_id
+        where = f"{source}: " if source else ""
+        super().__init__(
+            f"{where}request {request_id} (run {run_id}, seq {seq}) was answered already; "
+            "request ids are unique in a run, so it was not answered again. Give each "
+            "request of a run its own seq (or answer it under another run)"
+        )
 
 
 class StoreError(MoatError, RuntimeError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NewType, Protocol
 
+from engine.frozen import freeze
+
 __all__ = [
     "CacheStatus",
     "CallKind",
@@ -372,12 +374,16 @@ class PolicyPin:
     Attributes:
         name: the policy's name (None without a policy).
         version: the snapshot's version in the store (None when not versioned).
-        body: the snapshot itself, read as `policy.…` and `ctx.policy`.
+        body: the snapshot itself, read as `policy.…` and `ctx.policy`: frozen here, once
+            per pin (`engine.frozen`), so no request can change what the others read.
     """
 
     name: str | None
     version: int | None
     body: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body", freeze(self.body))
 
 
 def result_line(

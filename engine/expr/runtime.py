@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from engine.expr.wording import describe as _describe
 from engine.expr.wording import kind, literal
+from engine.frozen import FrozenDict, FrozenList
 
 MAX_INT_BITS = 10_000
 """Widest integer (in bits) an expression may write or produce."""
@@ -28,7 +29,7 @@ MAX_ROUND_DIGITS = 100
 """Largest `ndigits` (either sign) accepted by `round`."""
 
 _SIZED = (str, list, tuple)
-_CONTAINERS = (list, tuple, dict)
+_CONTAINERS = (list, tuple, dict, FrozenList, FrozenDict)
 
 
 class Fail(Exception):
@@ -68,7 +69,7 @@ _MAX_FIELD_CLASSES = 256
 def attr(obj: Any, name: str) -> Any:
     """`obj.name`: a mapping key, a pydantic field, a namespace attribute; none stays none."""
     cls = type(obj)
-    if cls is dict:
+    if cls is dict or cls is FrozenDict:  # (a pinned policy's mappings are frozen)
         return obj.get(name)
     fields = _MODEL_FIELDS.get(cls)  # a model class seen before: no isinstance check
     if fields is not None and name in fields:
@@ -107,9 +108,9 @@ def _fast_from_now_on(cls: type, name: str) -> None:
 def item(obj: Any, key: Any) -> Any:
     """`obj[key]`: mapping get (missing -> none), sequence index, none stays none."""
     kind = type(obj)
-    if kind is dict:
+    if kind is dict or kind is FrozenDict:
         return obj.get(key)
-    if kind is list or kind is tuple or kind is str:
+    if kind is list or kind is tuple or kind is str or kind is FrozenList:
         return _index(obj, key)
     if obj is None:
         return None

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The layer of each engine package or top-level module (architecture: Layers).
 LAYERS = {
     "errors": 0,
+    "frozen": 0,
     "stats": 0,
     "located_yaml": 0,
     "pii": 0,
@@ -38,7 +39,7 @@ LAYERS = {
     "__main__": 10,
 }
 # Modules of layer 0 that build on one another, in this order.
-FOUNDATION = ["errors", "stats", "located_yaml", "pii", "events", "logs"]
+FOUNDATION = ["errors", "frozen", "stats", "located_yaml", "pii", "events", "logs"]
 
 
 def _room(module: str) -> str:

@@ -247,7 +247,15 @@ class NodeContext:
         payload: Mapping[str, Any] | None = None,
         duration_ms: float | None = None,
     ) -> int:
-        """Record an orchestration event for this node; returns its sequence number."""
+        """Record an orchestration event for this node; returns its sequence number.
+
+        `event_type` is an UPPER_SNAKE_CASE name of at most 64 characters, and the node's
+        own: not one of the engine's (`engine.EventType`), nor one another node type lists
+        in its `event_types` unless this node type lists it too.
+
+        Raises:
+            NodeError: the name is refused (the message says why and what to do instead).
+        """
         return self._runtime.emit(
             self,
             event_type,

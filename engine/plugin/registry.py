@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from engine.errors import PluginError
 from engine.events import EventType
+from engine.plugin import event_names
 from engine.plugin.node import Node
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "import_plugin"]
@@ -43,6 +45,14 @@ class Registry:
         self._origin: dict[str, str] = {}
         for cls in types:
             self.add(cls)
+
+    @staticmethod
+    def claim_installed() -> None:
+        """Have the installed node types (the `moat.nodes` entry points) claim their event
+        names, so no other node records them (`ctx.emit`); a broken entry point is left
+        to the graph that uses it to report."""
+        with contextlib.suppress(PluginError):
+            Registry.default()
 
     @classmethod
     def default(cls) -> Registry:
@@ -91,6 +101,7 @@ class Registry:
             )
         self._types[name] = cls
         self._origin[name] = origin or cls.__module__
+        event_names.claim(name, cls.event_types)
 
     def load_entry_points(self) -> None:
         """Register every node class of the `moat.nodes` entry-point group."""

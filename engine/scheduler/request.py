@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,6 +29,7 @@ from engine.events import (
 )
 from engine.logs import get_logger
 from engine.models import CallScope, Gateway, RequestBudget
+from engine.plugin import event_names
 from engine.plugin.context import ModelClient, NodeContext, RequestInfo, SharedState
 
 if TYPE_CHECKING:
@@ -432,7 +434,7 @@ class RequestState:
             speculative=ctx.speculative,
             budget=self.budget,
             policy=self.policy,
-            emit=ctx.emit,
+            emit=partial(self._node_emit, ctx),
             calls=calls,
             deadline=self.deadline,
             degrade=self.note_degraded,
@@ -451,7 +453,40 @@ class RequestState:
         payload: Mapping[str, Any] | None,
         duration_ms: float | None,
     ) -> int:
-        """Record an event a node emits (stage = node id, component = node type)."""
+        """Record an event a node emits (stage = node id, component = node type).
+
+        Raises:
+            NodeError: the name is malformed, the engine's own, or another node type's
+                (`engine.plugin.event_names`).
+        """
+        refused = event_names.problem(ctx.node_type, event_type)
+        if refused is not None:
+            raise NodeError(refused, node_id=ctx.node_id, request_id=self.info.id)
+        return self._node_emit(
+            ctx,
+            event_type,
+            decision=decision,
+            reason_codes=reason_codes,
+            inputs=inputs,
+            outputs=outputs,
+            payload=payload,
+            duration_ms=duration_ms,
+        )
+
+    def _node_emit(
+        self,
+        ctx: NodeContext,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        reason_codes: Sequence[str] = (),
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> int:
+        """Record an event for the node of `ctx`, unchecked: the gateway's own events
+        (`BUDGET_COST_EXCEEDED`, `CIRCUIT_OPENED`, ...) about the node's model calls."""
         if event_type in _VALIDATIONS and self.validated is not False:
             self.validated = event_type == _VALIDATION_PASSED
         return self._event(

@@ -41,7 +41,9 @@ from engine.events import (
 )
 from engine.graph.compiled import Graph
 from engine.models import Gateway
+from engine.plugin import event_names
 from engine.plugin.context import RequestInfo, SharedState
+from engine.plugin.registry import Registry
 from engine.scheduler.backend import current_backend
 from engine.scheduler.frame import Consumer, Frame, InputFailed, evaluate_outputs, try_evaluate
 from engine.scheduler.lazy import (
@@ -168,6 +170,7 @@ class Runner:
         )
         """A sink's choice, per request, of where the records before the request's own go."""
         self.seed = seed
+        _claim_event_names(graph)
         self._tg: TaskGroup | None = None
         self._ex: NodeRunner | None = None
         self._ids = itertools.count(1)
@@ -378,6 +381,19 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"<Runner {self.graph.name!r} run={self.run_id!r}>"
+
+
+def _claim_event_names(graph: Graph) -> None:
+    """The event names of the installed node types and of the graph's own are theirs:
+    `ctx.emit` refuses them to any other node type (`engine.plugin.event_names`)."""
+    Registry.claim_installed()
+    scopes = [graph.scope]
+    while scopes:
+        for node in scopes.pop().nodes.values():
+            if node.impl is not None:
+                event_names.claim(node.type_name, type(node.impl).event_types)
+            if node.loop is not None:
+                scopes.append(node.loop.body)
 
 
 def _cancelled(req: RequestState, seq: int, why: str | None = None) -> RequestResult:

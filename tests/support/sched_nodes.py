@@ -79,6 +79,7 @@ class Emit(Node):
     """Emits a custom event, logs, uses request memo and `after_success`, returns the memo."""
 
     type_name = "emit"
+    event_types = ("CACHE_MISS",)  # shared with the cache node, declared as it must be
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -27,7 +27,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.collector import trim_every, trimmer
-from engine.errors import SpecError, StoreError
+from engine.errors import DuplicateRequest, SpecError, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -37,6 +37,7 @@ from engine.plugin.context import SharedState
 from engine.policy.manager import PolicyManager
 from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request, show_value
 from engine.scheduler.runner import RequestResult, Runner
+from engine.seqs import SeqSet
 from engine.store.store import HEARTBEAT_S, Store, new_run_id
 
 __all__ = ["BatchSummary", "Pipeline", "rebind_models", "run_sync"]
@@ -153,6 +154,8 @@ class Pipeline:
         """Requests answered whose record has not been emitted yet."""
         self._idle: anyio.Event | None = None
         self._owned: dict[str, _OwnedRun] = {}
+        self._seqs: dict[str, SeqSet] = {}
+        """Per run answered under, the seqs answered or in flight: request ids are unique."""
         self._store_failures = 0
         """Flushes that raised: the writes they covered are lost, so a run spanning one failed."""
 
@@ -234,18 +237,21 @@ class Pipeline:
         while another process (a server's worker, `moat prune`) holds the store's write
         lock."""
         if self.store is None:
-            return new_run_id()
+            return self._create_run(total, config)
         return await anyio.to_thread.run_sync(self._create_run, total, config)
 
     def _create_run(self, total: int | None, config: Mapping[str, Any] | None) -> str:
         if self.store is None:
-            return new_run_id()
-        conf = {
-            "graph_path": os.path.abspath(self.graph.path),
-            "policy": self.graph.policy_name,
-            **(config or {}),
-        }
-        return self.store.create_run(self.graph.name, self.graph.hash, total, conf)
+            run_id = new_run_id()
+        else:
+            conf = {
+                "graph_path": os.path.abspath(self.graph.path),
+                "policy": self.graph.policy_name,
+                **(config or {}),
+            }
+            run_id = self.store.create_run(self.graph.name, self.graph.hash, total, conf)
+        self._seqs[run_id] = SeqSet()
+        return run_id
 
     def start_batch(
         self,
@@ -276,6 +282,7 @@ class Pipeline:
         self.store.claim_run(resume)
         self.use_run(resume)
         done = frozenset(self.store.finished_request_seqs(resume))
+        self._seqs[resume] = SeqSet(done)
         if total is None:
             total = int(self.store.require_run(resume)["requests_total"] or 0)
         # a resumed run ends by all its requests, the earlier ones included
@@ -302,6 +309,7 @@ class Pipeline:
         """
         store = self.store
         if store is None:
+            self._seqs.pop(run_id, None)
             return
         try:
             with anyio.CancelScope(shield=True):  # the run counts its requests once stored
@@ -312,6 +320,7 @@ class Pipeline:
         finally:
             with anyio.CancelScope(shield=True):  # how it ended is recorded, come what may
                 await anyio.to_thread.run_sync(partial(store.finish_run, run_id, status, at=at))
+            self._seqs.pop(run_id, None)  # stored now: the store knows them from here on
 
     def _usable(self) -> Runner:
         """The runner, or a clear error: the pipeline is not open, or was opened in
@@ -351,7 +360,12 @@ class Pipeline:
         (default `input["tenant"]`, else `public`) partitions caches and is recorded.
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
         (a server's client that hung up; a function instead of True says why, see
-        `Runner.run`); without, it leaves no request record."""
+        `Runner.run`); without, it leaves no request record.
+
+        Raises:
+            DuplicateRequest: `run_id` has answered `seq` already (its request id would be
+                that request's); nothing was run or recorded.
+        """
         if run_id:
             self.use_run(run_id)  # (it checks that the pipeline answers here)
         else:
@@ -404,12 +418,16 @@ class Pipeline:
             run_id: record the requests under this run, which the caller finishes; by
                 default (and without `batch`) a new run is started and finished.
             total: how many requests the batch has, if known (default: `len(items)`).
+                An item whose `seq` the run has answered already is not answered again.
             concurrency: requests in flight at most.
             skip: `seq` numbers not to answer (already answered).
             on_record: called with each finished request's record.
 
         Raises:
             StoreError: storing the batch's records failed (its run is recorded `failed`).
+            DuplicateRequest: once every other item is answered, when some items had a
+                `seq` the run had answered already (they were not answered: their request
+                id was taken); it names them.
             Exception: whatever `items` raised while being read; the batch stops there,
                 and what was answered is kept.
         """
@@ -493,6 +511,15 @@ class Pipeline:
             self._listeners.remove(count)
         if takers.broken:
             raise takers.broken[0]
+        if takers.duplicates:
+            first = takers.duplicates[0]
+            raise DuplicateRequest(
+                first.run_id,
+                first.seq,
+                first.request_id,
+                first.source,
+                others=[d.seq for d in takers.duplicates[1:]],
+            )
 
     def _start_taker(self, takers: _Takers) -> None:
         assert takers.tg is not None
@@ -516,7 +543,10 @@ class Pipeline:
                 return
             if takers.started < takers.limit:  # a taker for the next item while this one runs
                 self._start_taker(takers)
-            await self._answer(takers.run_id, item)
+            try:
+                await self._answer(takers.run_id, item)
+            except DuplicateRequest as exc:  # the others are answered; the batch says so
+                takers.duplicates.append(exc)
             # a request may finish without ever waiting (invalid input, nodes that never
             # sleep): let the others, a cancellation and the heartbeat in
             await anyio.lowlevel.checkpoint()
@@ -583,6 +613,12 @@ class Pipeline:
     ) -> RequestResult:
         assert self._runner is not None, "use `async with Pipeline(...)`"
         request_id = f"{run_id}-{item.seq:06d}"
+        seqs = self._seqs.get(run_id)
+        if seqs is None:
+            seqs = await self._adopt_run(run_id)
+        if not seqs.add(item.seq):
+            where = f"{item.source}:{item.line}" if item.source and item.line else ""
+            raise DuplicateRequest(run_id, item.seq, request_id, where)
         data, error = self.validator.validate(item)
         if data is None:
             return self._invalid(run_id, request_id, item, error or "invalid input")
@@ -600,10 +636,20 @@ class Pipeline:
         except anyio.get_cancelled_exc_class():
             if record_cancelled is False:
                 self._settled()  # no record will come for this request
+                seqs.discard(item.seq)  # (so it may be answered again)
             raise
         except BaseException:
             self._settled()  # no record will come for this request
+            seqs.discard(item.seq)
             raise
+
+    async def _adopt_run(self, run_id: str) -> SeqSet:
+        """The seqs of a run this pipeline did not start (another process's, or one it
+        finished): those the store has, read once, off the event loop."""
+        stored: set[int] = set()
+        if self.store is not None:
+            stored = await anyio.to_thread.run_sync(self.store.finished_request_seqs, run_id)
+        return self._seqs.setdefault(run_id, SeqSet(stored))
 
     def _invalid(self, run_id: str, request_id: str, item: BatchItem, error: str) -> RequestResult:
         stamp = now()
@@ -697,6 +743,8 @@ class _Takers:
     started: int = 0
     broken: list[Exception] = field(default_factory=list)
     """What `take` raised: the batch stops and it comes out as itself."""
+    duplicates: list[DuplicateRequest] = field(default_factory=list)
+    """Items not answered because their seq was: raised together once the batch ends."""
 
 
 _FIRST_WORKERS = 1_024

@@ -26,6 +26,8 @@ Every error builds its own message from its fields, so the message always says w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
@@ -150,17 +152,33 @@ class DuplicateRequest(MoatError, ValueError):
         seq: the request's number in the run.
         request_id: the id the two requests would share.
         source: where the duplicate came from (`FILE:LINE`), if known.
+        others: the seqs of more duplicates (of the same batch), if any.
     """
 
-    def __init__(self, run_id: str, seq: int, request_id: str, source: str = "") -> None:
+    def __init__(
+        self,
+        run_id: str,
+        seq: int,
+        request_id: str,
+        source: str = "",
+        *,
+        others: Sequence[int] = (),
+    ) -> None:
         self.run_id = run_id
         self.seq = seq
         self.request_id = request_id
+        self.source = source
+        self.others = tuple(others)
         where = f"{source}: " if source else ""
+        more = ""
+        if self.others:
+            shown = ", ".join(str(s) for s in self.others[:10])
+            tail = ", ..." if len(self.others) > 10 else ""
+            more = f"; so were {len(self.others)} more of the batch (seq {shown}{tail})"
         super().__init__(
-            f"{where}request {request_id} (run {run_id}, seq {seq}) was answered already; "
-            "request ids are unique in a run, so it was not answered again. Give each "
-            "request of a run its own seq (or answer it under another run)"
+            f"{where}request {request_id} (run {run_id}, seq {seq}) was answered already, "
+            f"and request ids are unique, so it was not answered again{more}. Give each "
+            "request of a run its own seq, or answer it under another run"
         )
 
 

@@ -79,10 +79,11 @@ _LLM_ROWS_SQL = (
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _TRACE_ROWS_SQL = "INSERT INTO trace_rows (rk, cycle, stage, payload) VALUES (?,?,?,?)"
-# REPLACE: request ids are stable across `--resume`, and a rerun replaces nothing finished
-# (finished requests are not rerun), but a duplicate must never abort a whole batch.
+# IGNORE: a request id stored already keeps its record (nothing recorded is ever lost or
+# overwritten), and a duplicate must never abort a whole batch. `Pipeline` refuses a seq a
+# run answered already before it runs; the writer counts any that still get here.
 _REQUEST_SQL = (
-    "INSERT OR REPLACE INTO requests (id, run_id, seq, conversation_id, turn_index, "
+    "INSERT OR IGNORE INTO requests (id, run_id, seq, conversation_id, turn_index, "
     "parent_request_id, tenant, status, started_at, finished_at, latency_ms, cost_usd, "
     "policy_name, policy_version, input_hash, output_json, error) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"

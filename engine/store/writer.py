@@ -107,6 +107,8 @@ class WriterStats:
     """Transactions committed."""
     dropped: int = 0
     """Records lost to a write error (see `StoreWriter.flush`)."""
+    duplicates: int = 0
+    """Request records not stored because their request id was (the first one stays)."""
     cpu_s: float = 0.0
     """CPU seconds the writer thread spent writing: a load-independent cost measure."""
     largest_batch: int = 0
@@ -375,6 +377,19 @@ class StoreWriter:
             rows.append(built)
         return rows
 
+    def _count_duplicates(self, count: int) -> None:
+        """Note request records the store kept out: their id was taken."""
+        if count <= 0:
+            return
+        self.stats.duplicates += count
+        from engine.logs import get_logger  # (reading commands never get here)
+
+        get_logger("moat.store").warning(
+            "store.duplicate_requests",
+            count=count,
+            fix="give each request of a run its own seq; the first record of an id is kept",
+        )
+
     def _rows_one_by_one(self, group: list[Any], build: Build) -> list[tuple[Any, ...]]:
         """Keep every record that encodes; count (and report) the ones that do not."""
         rows = []
@@ -396,9 +411,12 @@ class StoreWriter:
                 cx.begin(conn)
                 rows = self._rows(groups)
                 since = tallies.mark(conn) if rows[SLOT[RequestRecord]] else None
-                for batch, (_, sql, _) in zip(rows, TABLES, strict=True):
+                for batch, (kind, sql, _) in zip(rows, TABLES, strict=True):
                     if batch:
+                        before = conn.total_changes
                         _insert(conn, sql, batch)
+                        if kind is RequestRecord:
+                            self._count_duplicates(len(batch) - conn.total_changes + before)
                 if since is not None:  # (requests last: their other rows are all written)
                     tallies.tally(conn, since)
                 self._packer.maybe_train(conn)

@@ -23,6 +23,7 @@ LAYERS = {
     "plugin": 1,
     "store": 1,
     "requests": 1,
+    "seqs": 1,
     "telemetry": 1,
     "policy": 2,
     "report": 2,

@@ -42,7 +42,7 @@ SCHEDULER_EVENTS = [
     "POLICY_ACTIVATED",
     "POLICY_ROLLED_BACK",
 ]
-"""DESIGN.md, "Event types the scheduler emits"."""
+"""The event types the scheduler emits (the contract's list; architecture: Events)."""
 
 
 class Forger(Node):

@@ -126,6 +126,11 @@ async def test_a_policy_whose_answers_stop_validating_is_rolled_back_by_its_guar
 ) -> None:
     """`min_validation_success` counts the requests a `validate` node passed or failed."""
     graph = fast_copy("extract", tmp_path)
+    # the validate node reads the ticket itself, never JSON: every answer needs a repair,
+    # so a version without repairs fails every request, whichever finish first
+    text = graph.read_text()
+    assert 'text: "{{ extracted.text }}"' in text
+    graph.write_text(text.replace('text: "{{ extracted.text }}"', 'text: "{{ input.prompt }}"'))
     db = tmp_path / "moat.db"
     body = yaml.safe_load((ROOT / "policies" / "extract.yaml").read_text())
     body["guard"] = {"window": 100, "min_validation_success": 0.995}
@@ -144,7 +149,8 @@ async def test_a_policy_whose_answers_stop_validating_is_rolled_back_by_its_guar
             while pipe.policy.current().version == applied.pin.version:
                 await anyio.sleep(0.05)
         pipe.flush()
-    assert {r.validated for r in seen} == {True, False}  # each request says how it ended
+    assert None not in {r.validated for r in seen}  # each request says how it ended
+    assert False in {r.validated for r in seen}
     versions, rollbacks = _guard_outcome(db)
     assert versions[applied.pin.version] == "bad"
     (payload,) = rollbacks

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from engine.graph.compiled import Graph
     from engine.graph.loader import GraphErrors, check_file, load_graph, load_graph_text
     from engine.plugin.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
+    from engine.plugin.files import at_check, graph_file, read_text_file
     from engine.plugin.node import Node
     from engine.plugin.registry import Registry
     from engine.policy.manager import (
@@ -125,7 +126,9 @@ _LAZY = {
     "TransientError": "engine.errors",
     "apply_policy": "engine.policy.manager",
     "check_file": "engine.graph.loader",
+    "at_check": "engine.plugin.files",
     "graph_file": "engine.plugin.files",
+    "read_text_file": "engine.plugin.files",
     "diff_policies": "engine.policy.manager",
     "load_graph": "engine.graph.loader",
     "load_graph_text": "engine.graph.loader",
@@ -188,12 +191,14 @@ __all__ = [
     "TimelineEntry",
     "TransientError",
     "apply_policy",
+    "at_check",
     "check_file",
     "diff_policies",
     "graph_file",
     "load_graph",
     "load_graph_text",
     "load_policy_file",
+    "read_text_file",
     "request_report",
     "rollback_policy",
     "run_sync",

@@ -40,8 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext
-from engine.plugin.files import graph_file, read_text_file
+from engine import Node, NodeContext, graph_file, read_text_file
 from nodes._support.cachebudget import process_budget
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
 from nodes._support.semcache import Lookup, Prepared, SemanticCache

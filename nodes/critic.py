@@ -28,8 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext
-from engine.plugin.files import checking, graph_file
+from engine import Node, NodeContext, at_check, graph_file
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 
@@ -98,7 +97,7 @@ class CriticNode(Node):
         @field_validator("principles")
         @classmethod
         def _principles_read(cls, value: Any, info: ValidationInfo) -> Any:
-            if value is not None and checking(info):  # once, at `moat check`; not per request
+            if value is not None and at_check(info):  # once, at `moat check`; not per request
                 load_principles(graph_file(value, info) if isinstance(value, str) else value)
             return value
 

@@ -19,8 +19,7 @@ import anyio
 import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext
-from engine.plugin.files import graph_file, read_text_file
+from engine import Node, NodeContext, graph_file, read_text_file
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]

@@ -33,8 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, NodeError
-from engine.plugin.files import graph_file
+from engine import Node, NodeContext, NodeError, graph_file
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._support.features import Features, features
 from nodes._support.learned import BUILTIN, LearnedRouter, load_router

@@ -24,14 +24,14 @@ from collections.abc import Mapping
 
 from pydantic import ValidationInfo
 
-__all__ = ["CHECK_CONTEXT", "checking", "graph_file", "read_text_file"]
+__all__ = ["CHECK_CONTEXT", "at_check", "graph_file", "read_text_file"]
 
 CHECK_CONTEXT = "moat.graph_dir"
 """The key of the validation context `moat check` passes: the graph file's folder (None
 for a graph given as text)."""
 
 
-def checking(info: ValidationInfo) -> bool:
+def at_check(info: ValidationInfo) -> bool:
     """Whether this validation is `moat check`'s (the time to read files and judge inline
     data once), not a request's."""
     context = info.context

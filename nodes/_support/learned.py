@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from engine.plugin.files import read_text_file
+from engine import read_text_file
 from nodes._support.features import features
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from engine.plugin.files import read_text_file
+from engine import read_text_file
 from nodes._support.embed import HashingEmbedder, cosines
 
 __all__ = ["DEFAULT_PRINCIPLES", "Principle", "PrincipleIndex", "load_principles", "source_key"]

@@ -183,11 +183,25 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         from engine.cluster import parse_address  # does not import Ray itself
 
         parse_address(args.ray)
+    if args.resume is not None:
+        _check_resume_requests(args)
     if args.resume is None and not args.graph:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
         raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
     return _parse_models(args.model)
+
+
+def _check_resume_requests(args: argparse.Namespace) -> None:
+    """`--resume` answers the requests the run recorded; requests given beside it would be
+    ignored, so they are refused."""
+    for flag, value in (("--input", args.input), ("--json", args.json), ("--prompt", args.prompt)):
+        if value is not None:
+            raise SpecError(
+                f"{flag} with --resume {args.resume}: a resumed run answers its own recorded "
+                f"requests, not new ones; drop {flag} to finish the run, or drop --resume to "
+                "start a new run with them"
+            )
 
 
 def _check_readable(flag: str, value: str) -> None:

@@ -30,6 +30,10 @@ _MISSING = (
 )
 
 
+_BURST = 10
+"""`--burst` unless given."""
+_GRACE_S = 30.0
+"""`--grace` unless given."""
 _WORKERS_PER_CPU = 16
 """Most `--workers` processes a CPU is asked to run (`moat run --ray` allows as many
 actors a cluster CPU). `--workers 100000` once opened sockets until the process ran out of
@@ -51,7 +55,7 @@ _PERIOD_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 
 
 def _check_ray(args: argparse.Namespace) -> None:
-    """Refuse the options that do not apply on Ray Serve."""
+    """Refuse the options that do not apply on Ray Serve: each would be ignored."""
     if getattr(args, "workers", 1) > 1:
         raise SpecError(
             f"--workers {args.workers} with --ray: Ray Serve runs replicas, not worker "
@@ -62,6 +66,46 @@ def _check_ray(args: argparse.Namespace) -> None:
             "--rotate-run with --ray: the Ray Serve deployment keeps one run per graph for "
             "its life; drop --rotate-run (or serve without --ray) and prune after a restart"
         )
+    _check_ray_telemetry(args)
+    unused = {
+        "--no-commit-wait": "an answer on Ray Serve always waits for the store-writer "
+        "actor's commit",
+        "--grace": "Ray Serve drains its replicas on its own terms at shutdown",
+        "--metrics-tenant": "the replicas' /metrics carry no tenant label",
+    }
+    for flag, why in unused.items():
+        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
+            raise SpecError(f"{flag} with --ray: {why}; drop {flag} (or serve without --ray)")
+
+
+def _check_ray_telemetry(args: argparse.Namespace) -> None:
+    """Traces are refused on Ray Serve rather than silently not exported: the replicas
+    build no spans (README, "Telemetry")."""
+    from engine.telemetry import otel_from_env
+
+    fix = "serve without --ray to trace requests (moat serve GRAPH --otel)"
+    if getattr(args, "otel", None) is not None:
+        raise SpecError(
+            "--otel with --ray: the Ray Serve replicas export no traces, so none would "
+            f"reach the collector; drop --otel, or {fix}"
+        )
+    if otel_from_env():
+        raise SpecError(
+            f"OTEL_TRACES_EXPORTER={os.environ['OTEL_TRACES_EXPORTER']} with --ray: the Ray "
+            "Serve replicas export no traces, so none would reach the collector; unset it "
+            f"for this server, or {fix}"
+        )
+
+
+def _check_local(args: argparse.Namespace) -> None:
+    """Refuse the Ray Serve options without `--ray`: each would be ignored."""
+    for flag in ("--replicas", "--autoscale"):
+        value = getattr(args, flag[2:], None)
+        if value is not None:
+            raise SpecError(
+                f"{flag} {value}: replicas are Ray Serve's; add --ray (a local Ray instance) "
+                "or --ray ADDRESS, or use --workers N for server processes on this machine"
+            )
 
 
 def _period(text: str) -> float:
@@ -105,7 +149,12 @@ def add_commands(sub: Any) -> None:
         help="/metrics asks for an API key of --keys too (default: open to any scraper)",
     )
     p.add_argument("--rate", type=_rate, metavar="R", help="requests/s per tenant (default: none)")
-    p.add_argument("--burst", type=_positive, default=10, metavar="N", help="above --rate")
+    p.add_argument(
+        "--burst",
+        type=_positive,
+        metavar="N",
+        help=f"requests a tenant may send at once above --rate (default {_BURST})",
+    )
     p.add_argument(
         "--tenant-concurrency",
         type=_positive,
@@ -123,9 +172,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--grace",
         type=non_negative,
-        default=30.0,
         metavar="S",
-        help="seconds in-flight requests get to finish on SIGTERM",
+        help=f"seconds in-flight requests get to finish on SIGTERM (default {_GRACE_S:g})",
     )
     p.add_argument(
         "--model",
@@ -198,9 +246,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--metrics-auth: without --keys (or $MOAT_API_KEYS) any key is accepted, so "
             "/metrics would stay open; pass --keys FILE, or drop --metrics-auth"
         )
+    if args.burst is not None and args.rate is None:
+        raise SpecError(
+            f"--burst {args.burst}: the burst is what a tenant may send above --rate, and no "
+            "--rate was given (no rate limit); add --rate R, or drop --burst"
+        )
     limits = ShapingLimits(
         rate=args.rate,
-        burst=args.burst,
+        burst=_BURST if args.burst is None else args.burst,
         tenant_concurrency=args.tenant_concurrency,
         max_inflight=args.max_inflight,
         max_queue=args.max_inflight,
@@ -218,6 +271,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"moat serve: {url} on Ray Serve, {replicas} replicas", file=sys.stderr)
 
         return serve_on_ray(args, db_path(args.db), options, on_ray)
+    _check_local(args)
+    grace_s = _GRACE_S if args.grace is None else args.grace
     workers = getattr(args, "workers", 1)
     opts = telemetry.options(args)
     if workers > 1 and (opts.traces or opts.metrics_port is not None):
@@ -247,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rotate_s=getattr(args, "rotate_run", None),
     )
     if workers > 1:
-        return _serve_workers(args, server, keys, limits)
+        return _serve_workers(args, server, keys, limits, grace_s)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -262,13 +317,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     with sock:
-        if not run_app(server.app, sock, grace_s=args.grace, context=server, on_ready=ready):
+        if not run_app(server.app, sock, grace_s=grace_s, context=server, on_ready=ready):
             print("moat: serve: the server did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
     return 0
 
 
-def _serve_workers(args: argparse.Namespace, server: Any, keys: Any, limits: Any) -> int:
+def _serve_workers(
+    args: argparse.Namespace, server: Any, keys: Any, limits: Any, grace_s: float
+) -> int:
     """`--workers N`: N server processes on one port (`engine.serve.workers`)."""
     from engine.serve.listen import bind_workers
     from engine.serve.workers import serve_workers, worker_spec
@@ -281,7 +338,7 @@ def _serve_workers(args: argparse.Namespace, server: Any, keys: Any, limits: Any
         workers=args.workers,
         models=_parse_models(args.model),
         commit_wait=not args.no_commit_wait,
-        grace_s=args.grace,
+        grace_s=grace_s,
         seed=args.seed,
         allow_unpriced=args.allow_unpriced,
         metrics_auth=args.metrics_auth,

@@ -52,9 +52,9 @@ def add_arguments(parser: Any, *, batch: bool) -> None:
         parser.add_argument(
             "--metrics-linger",
             type=float,
-            default=0.0,
             metavar="S",
-            help="after the batch, keep /metrics up until scraped once more, at most S seconds",
+            help="after the batch, keep --metrics-port's /metrics up until scraped once more, "
+            "at most S seconds",
         )
     parser.add_argument("--metrics-tenant", action="store_true", help=_TENANT_HELP)
 
@@ -93,14 +93,36 @@ def options(args: argparse.Namespace) -> TelemetryOptions:
         check_traces(otel or None)
     warn_unused(otel=otel is not None)
     host, port = _address(getattr(args, "metrics_port", None))
+    _check_needs_port(args, port)
     if port is not None:
         require_extra("metrics", "--metrics-port")
-    linger = float(getattr(args, "metrics_linger", 0.0))
+    given = getattr(args, "metrics_linger", None)
+    linger = 0.0 if given is None else float(given)
     if not 0 <= linger <= 3600:
         raise SpecError(f"--metrics-linger {linger:g}: give 0 to 3600 seconds")
     return TelemetryOptions(
         traces, otel or None, host, port, linger, bool(getattr(args, "metrics_tenant", False))
     )
+
+
+def _check_needs_port(args: argparse.Namespace, port: int | None) -> None:
+    """`moat run`'s metrics flags are about the `--metrics-port` endpoint: without it
+    they would be ignored, so they are refused (`moat serve` always has `/metrics`)."""
+    if port is not None or not hasattr(args, "metrics_port"):
+        return
+    linger = getattr(args, "metrics_linger", None)
+    if linger is not None:
+        raise SpecError(
+            f"--metrics-linger {linger:g}: it keeps the /metrics of --metrics-port up after "
+            "the batch, and no --metrics-port was given; add --metrics-port [HOST:]PORT, or "
+            "drop --metrics-linger"
+        )
+    if getattr(args, "metrics_tenant", False):
+        raise SpecError(
+            "--metrics-tenant: it labels the metrics of --metrics-port by tenant, and no "
+            "--metrics-port was given; add --metrics-port [HOST:]PORT, or drop "
+            "--metrics-tenant"
+        )
 
 
 def _address(value: str | None) -> tuple[str | None, int | None]:

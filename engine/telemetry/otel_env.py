@@ -4,15 +4,19 @@ A value that can never work is refused (`SpecError`: `moat run` and `moat serve`
 before anything runs), naming the variable, its value (header values and URL passwords
 masked) and the fix: an endpoint that is not an http(s) URL, a protocol other than
 `http/protobuf` (moat exports OTLP over HTTP only), headers that are not NAME=VALUE pairs,
-a timeout or `OTEL_BSP_*` setting that is not a positive number, an unknown compression or
-sampler, a sampler argument that is not a ratio, a certificate file that is not there, a
+a timeout or `OTEL_BSP_*` setting that is not a positive number, an unknown compression
+or sampler, a sampler argument that is not a ratio, a certificate file that is not there, a
 credential provider that is not installed, resource attributes that are not KEY=VALUE
 pairs. The SDK would log its own line for most of them and go on with a default, or fail
 every export.
 
+The `..._TIMEOUT` variables are milliseconds, as the OpenTelemetry specification defines
+them; the Python exporter reads them as seconds, so moat passes it `export_timeout_s`.
+
 A value moat reads but does not follow is said once, at start, in moat's log
 (`warn_unused`): `OTEL_SDK_DISABLED=true` with `--otel` (no spans are built), and an
-`OTEL_TRACES_EXPORTER` naming an exporter other than `otlp`.
+`OTEL_TRACES_EXPORTER` naming an exporter other than `otlp`; so is a timeout under 100 ms,
+most likely meant in seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from engine.logs import get_logger
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["check_traces", "mask_url", "sampler", "traces_url", "warn_unused"]
+__all__ = [
+    "check_traces",
+    "export_timeout_s",
+    "mask_url",
+    "sampler",
+    "traces_url",
+    "warn_unused",
+]
 
 _log = get_logger("moat.telemetry")
 
@@ -51,6 +62,10 @@ _SAMPLERS = (
     "parentbased_traceidratio",
 )
 _COMPRESSIONS = ("none", "gzip", "deflate")
+_TIMEOUT_MS = 10_000.0
+"""The specification's default of `OTEL_EXPORTER_OTLP_TIMEOUT`: 10 s."""
+_SHORT_MS = 100.0
+"""A timeout below this many milliseconds was most likely meant in seconds."""
 _CREDENTIAL_PROVIDERS = (
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
@@ -262,19 +277,48 @@ def _mask_headers(entries: list[str]) -> str:
     return ",".join(shown)
 
 
+def export_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds the exporter waits for the collector to answer each POST.
+
+    `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds
+    as the OpenTelemetry specification defines them (10000 unless set). The Python exporter
+    reads them as seconds (10000 would wait almost three hours), so moat reads them itself
+    and hands the exporter seconds.
+
+    Raises:
+        SpecError: the value is not a positive number of milliseconds.
+    """
+    found = _setting(environ, "TIMEOUT")
+    return (_TIMEOUT_MS if found is None else _milliseconds(*found)) / 1000
+
+
+def _milliseconds(variable: str, value: str) -> float:
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not 0 < ms < math.inf:
+        raise SpecError(
+            f"{variable}={value}: give the milliseconds to wait for the collector to answer "
+            "each POST, a positive number (10000, 10 s, unless set)"
+        )
+    return ms
+
+
 def _check_timeout(environ: Mapping[str, str]) -> None:
     found = _setting(environ, "TIMEOUT")
     if found is None:
         return
     variable, value = found
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise SpecError(
-            f"{variable}={value}: give the seconds to wait for the collector to answer each "
-            "POST, a positive number (10 unless set)"
+    ms = _milliseconds(variable, value)
+    if ms < _SHORT_MS:
+        _log.warning(
+            "telemetry.timeout_in_milliseconds",
+            variable=variable,
+            value=value,
+            effect=f"each POST to the collector may take {ms:g} ms at most",
+            fix=f"the value is in milliseconds (the OpenTelemetry unit); for {ms:g} seconds "
+            f"write {variable}={ms * 1000:.0f}",
         )
 
 

@@ -48,7 +48,7 @@ from engine.telemetry.export_health import QUIET, describe
 from engine.telemetry.feed import FinishedRequest
 from engine.telemetry.http_session import SettledSession, settled_session
 from engine.telemetry.ids import trace_id_of
-from engine.telemetry.otel_env import sampler, traces_url
+from engine.telemetry.otel_env import export_timeout_s, sampler, traces_url
 from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches
 from engine.telemetry.wire_spans import RequestSpans
 
@@ -76,7 +76,8 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         batch failed, for moat's log (`export_health`)."""
 
         def __init__(self, url: str, session: SettledSession | None) -> None:
-            super().__init__(endpoint=url, session=session)
+            # the timeout variables are milliseconds; the exporter would read seconds
+            super().__init__(endpoint=url, session=session, timeout=export_timeout_s())
             self.url = url
             self.session = session
             self.last: _Outcome = (None, None)

@@ -127,7 +127,7 @@ def _finished(request_id: str) -> FinishedRequest:
 def test_a_collector_that_never_answers_holds_close_no_longer_than_the_export_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")  # per POST: far longer
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")  # per POST: far longer
     monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "300")
     with silent_collector() as url:
         builder = SpanBuilder(otlp_exporter(url))
@@ -205,7 +205,7 @@ def test_a_collector_that_refuses_the_batch_is_said_with_its_status(tmp_path: Pa
 def test_a_run_is_not_held_by_a_collector_that_never_answers(tmp_path: Path) -> None:
     with silent_collector() as url:
         code, lines, took = _moat_run(
-            tmp_path, url, OTEL_EXPORTER_OTLP_TIMEOUT="60", OTEL_BSP_EXPORT_TIMEOUT="500"
+            tmp_path, url, OTEL_EXPORTER_OTLP_TIMEOUT="60000", OTEL_BSP_EXPORT_TIMEOUT="500"
         )
     assert code == 0
     assert took < 30, took  # the process's start, the run, 0.5 s: not the POST's 60 s
@@ -220,7 +220,7 @@ async def test_a_server_stops_in_bounded_time_with_a_collector_that_never_answer
     from engine.serve import MoatServer
     from engine.telemetry import Telemetry
 
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
     monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "300")
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     body = {"model": "baseline", "messages": [{"role": "user", "content": "hi"}]}

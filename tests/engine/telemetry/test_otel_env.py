@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import SpecError
-from engine.telemetry.otel_env import check_traces, sampler
+from engine.telemetry.otel_env import check_traces, export_timeout_s, sampler
 from tests.support.fast_graphs import fast_copy
 from tests.support.otlp_receiver import closed_port
 
@@ -46,11 +46,11 @@ UNUSABLE = [
     ),
     (
         {"OTEL_EXPORTER_OTLP_TIMEOUT": "10s"},
-        "OTEL_EXPORTER_OTLP_TIMEOUT=10s: give the seconds to wait",
+        "OTEL_EXPORTER_OTLP_TIMEOUT=10s: give the milliseconds to wait",
     ),
     (
         {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "-5"},
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT=-5: give the seconds to wait",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT=-5: give the milliseconds to wait",
     ),
     (
         {"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"},
@@ -165,7 +165,7 @@ def test_the_standard_values_pass(clean_env: pytest.MonkeyPatch) -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:pw@[::1]:4318/",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer abc, x-tenant=acme%2Cbeta,,",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "2.5",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
         "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP",
         "OTEL_BSP_SCHEDULE_DELAY": "500",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -174,6 +174,31 @@ def test_the_standard_values_pass(clean_env: pytest.MonkeyPatch) -> None:
     for name, value in good.items():
         clean_env.setenv(name, value)
     check_traces(None)
+
+
+def test_the_timeout_variables_are_milliseconds_as_the_specification_says(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from engine.telemetry.traces import otlp_exporter
+
+    assert export_timeout_s({}) == 10.0
+    assert export_timeout_s({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}) == 10.0
+    both = {"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2500"}
+    assert export_timeout_s(both) == 2.5
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "10000")
+    exporter = otlp_exporter("http://127.0.0.1:4318")
+    assert exporter._client._timeout == 10.0  # type: ignore[attr-defined]  # not 10,000 s
+
+
+def test_a_timeout_most_likely_meant_in_seconds_is_said(clean_env: pytest.MonkeyPatch) -> None:
+    from structlog.testing import capture_logs
+
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    with capture_logs() as logs:
+        check_traces(None)
+    [said] = logs
+    assert said["event"] == "telemetry.timeout_in_milliseconds"
+    assert "OTEL_EXPORTER_OTLP_TIMEOUT=30000" in said["fix"]
 
 
 def test_the_sampler_is_built_without_the_sdks_own_warnings(

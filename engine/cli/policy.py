@@ -28,6 +28,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1
 """The largest version SQLite can hold; anything above cannot exist."""
+_HISTORY = 20
+"""Activations `moat policy history` shows unless told (`moat runs` shows as many runs): a
+policy hot-swapped by a script can have thousands."""
 _SHOWN = 60
 """Longest name echoed back in full; longer ones are cut (a message stays readable)."""
 
@@ -67,8 +70,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
 
-    p = _command(cmds, "history", "activations, oldest first", cmd_history)
+    p = _command(cmds, "history", "the latest activations, oldest first", cmd_history)
     p.add_argument("name", nargs="?", metavar="NAME[@VERSION]")
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        default=_HISTORY,
+        metavar="N",
+        help=f"show the newest N activations (default {_HISTORY})",
+    )
 
 
 def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
@@ -112,6 +122,14 @@ def _version(text: str, spec: str) -> int:
             f"{_shown(spec)}: a version is a whole number from 1 (e.g. 2), got {_shown(text)}"
         )
     return int(text)
+
+
+def _limit(text: str) -> int:
+    """An argparse type: how many activations to show (1 or more)."""
+    digits = text.strip()
+    if not _VERSION.fullmatch(digits) or int(digits[:20]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of activations (1 or more)")
+    return min(int(digits[:20]), _MAX_VERSION - 1)  # more than any store holds
 
 
 def _parse_ref(spec: str) -> tuple[str, int | None]:
@@ -223,12 +241,13 @@ def _graphs_for(name: str, paths: list[str]) -> list[Graph]:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Validate FILE against the active version and the graphs; activate it."""
-    name, _, _ = load_policy_file(args.file)
+    loaded = load_policy_file(args.file)  # read once: what is validated is what is stored
+    name = loaded.name
     graphs = _graphs_for(name, args.graph)
     with _open(args, write=True, create=True) as store:
         applied = apply_policy(
             store,
-            args.file,
+            loaded,
             graphs=graphs,
             allow_new_keys=args.allow_new_keys,
             reason=args.reason,
@@ -249,7 +268,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     with _open(args, write=True) as store:
         name, to = _target(store, args.name, args.to)
         rolled = rollback_policy(store, name, to=to)
+        now = store.get_policy(name, rolled.pin.version or 0)
     print(rolled.message)
+    if now is not None and now["status"] == "bad":
+        print(
+            f"note: version {rolled.pin.version} is marked bad and stays so; `moat policy "
+            "apply` a fixed file to leave it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -308,16 +334,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """Print the policy's activations, oldest first."""
+    """Print the policy's newest `--limit` activations, oldest first."""
     with _open(args) as store:
         name, version = _target(store, args.name, None)
         if version is not None and store.get_policy(name, version) is None:
             raise _no_version(store, name, version)
-        rows = [
-            row
-            for row in store.policy_history(name)
-            if version is None or row["version"] == version
-        ]
+        rows = store.policy_history(name, version=version, limit=args.limit + 1)
+        if len(rows) > args.limit:  # one more than shown: say that there are earlier ones
+            rows = rows[1:]
+            print(
+                f"(earlier activations not shown; --limit {args.limit * 10} shows more)",
+                file=sys.stderr,
+            )
         print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<10}  REASON")
         for row in rows:
             print(

@@ -45,6 +45,7 @@ from engine.logs import get_logger
 from engine.policy.diff import KeyChange, changed_keys, diff_policies
 from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
 from engine.policy.validate import (
+    PolicyFile,
     check_guard_section,
     content_hash,
     load_policy_file,
@@ -177,7 +178,7 @@ def _pin(active: db.Active, name: str) -> PolicyPin:
 
 def apply_policy(
     store: Store,
-    source: str | os.PathLike[str] | Mapping[str, Any],
+    source: str | os.PathLike[str] | Mapping[str, Any] | PolicyFile,
     *,
     name: str | None = None,
     graphs: Sequence[Graph] = (),
@@ -189,7 +190,8 @@ def apply_policy(
 
     Args:
         store: the store holding the versions.
-        source: a policy file path, or a body.
+        source: a policy file path, a file already read (`load_policy_file`: what the
+            caller checked is what is stored), or a body.
         name: the expected policy name; required for a body without `name:`.
         graphs: graphs whose `policy.…` reads and config fields it must satisfy.
         allow_new_keys: accept keys the active version does not have.
@@ -199,13 +201,16 @@ def apply_policy(
     Raises:
         PolicyError: refused (located in the file); the active version is untouched.
     """
+    body: Any
+    policy_name: str | None
     if isinstance(source, Mapping):
-        body: Any = dict(source)
+        body = dict(source)
         located = located_body(body)
         found = body.get("name") if isinstance(body.get("name"), str) else None
         policy_name = found or name
-    else:
-        policy_name, body, located = load_policy_file(source)
+    else:  # a file: read here, or by the caller who checked it (read once either way)
+        loaded = source if isinstance(source, PolicyFile) else load_policy_file(source)
+        policy_name, body, located = loaded
     if policy_name is None:
         raise PolicyError("the policy has no `name:`; add one or pass the name")
     if db.is_rollback(reason):

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "META_KEYS",
+    "PolicyFile",
     "canonical_json",
     "content_hash",
     "load_policy_file",
@@ -54,6 +55,18 @@ _NAME_RULE = (
 _EXACT_POLICY = re.compile(r"\s*\{\{\s*policy((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*\}\}\s*")
 
 _Path = tuple[str | int, ...]
+
+
+class PolicyFile(NamedTuple):
+    """A policy file as read once (`load_policy_file`): validate and store this, not the
+    file again, which may have changed in between."""
+
+    name: str
+    """Its `name:`, else the file's stem."""
+    body: dict[str, Any]
+    """The whole mapping."""
+    located: Located
+    """The parsed document, for locating later errors."""
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:
@@ -85,9 +98,7 @@ def _hint(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def load_policy_file(
-    path: str | os.PathLike[str], *, stored: bool = True
-) -> tuple[str, dict[str, Any], Located]:
+def load_policy_file(path: str | os.PathLike[str], *, stored: bool = True) -> PolicyFile:
     """Read and parse a policy file.
 
     Args:
@@ -119,7 +130,7 @@ def load_policy_file(
     _check_name(located.data, located)
     name = located.data.get("name")
     if isinstance(name, str):
-        return name, located.data, located
+        return PolicyFile(name, located.data, located)
     stem = Path(shown).stem
     if stored and not _NAME.fullmatch(stem):
         # stored under it, the policy could never be shown, rolled back or diffed
@@ -128,7 +139,7 @@ def load_policy_file(
             f"the policy has no `name:` and its file name {literal(stem)} is not a policy "
             f"name ({_NAME_RULE}); add `name: NAME` to the file, or rename the file",
         )
-    return stem, located.data, located
+    return PolicyFile(stem, located.data, located)
 
 
 def _check_mapping(body: object, located: Located) -> None:

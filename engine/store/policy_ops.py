@@ -162,7 +162,8 @@ def _activate(
     mark_previous: str = "superseded",
 ) -> Active:
     _store_policy.activate(conn, name, version, reason)
-    if previous is not None and previous.version != version:
+    # a version marked bad keeps its mark when it is left (it was forced back with --to)
+    if previous is not None and previous.version != version and previous.status != "bad":
         _store_policy.set_status(conn, name, previous.version, mark_previous)
     active = _active(conn, name)
     assert active is not None

@@ -119,8 +119,9 @@ def activate(conn: sqlite3.Connection, name: str, version: int, reason: str | No
         "WHERE name = ? AND status = 'active' AND version != ?",
         (name, version),
     )
-    conn.execute(
-        "UPDATE policy_snapshots SET status = 'active' WHERE name = ? AND version = ?",
+    conn.execute(  # a version marked bad stays bad, even while active (`rollback --to`)
+        "UPDATE policy_snapshots SET status = 'active' "
+        "WHERE name = ? AND version = ? AND status != 'bad'",
         (name, version),
     )
     cursor = conn.execute(

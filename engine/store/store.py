@@ -636,19 +636,23 @@ class Store:
         """Every snapshot of a policy, oldest first, bodies decoded."""
         return self._rows("SELECT * FROM policy_snapshots WHERE name = ? ORDER BY version", (name,))
 
-    def policy_history(self, name: str) -> list[Row]:
-        """The policy's activations, oldest first.
+    def policy_history(
+        self, name: str, *, version: int | None = None, limit: int | None = None
+    ) -> list[Row]:
+        """The policy's activations (of `version` only, if given), oldest first; with
+        `limit`, the newest `limit` of them.
 
         Each row: `id`, `name`, `version`, `activated_at`, `reason`, and the snapshot's
         current `status`, `content_hash` and `parent_version`.
         """
-        return self._rows(
+        rows = self._rows(
             "SELECT a.id, a.name, a.version, a.activated_at, a.reason, s.status, "
             "s.content_hash, s.parent_version FROM policy_activations a "
             "LEFT JOIN policy_snapshots s ON s.name = a.name AND s.version = a.version "
-            "WHERE a.name = ? ORDER BY a.id",
-            (name,),
+            "WHERE a.name = ? AND (? IS NULL OR a.version = ?) ORDER BY a.id DESC LIMIT ?",
+            (name, version, version, -1 if limit is None else limit),
         )
+        return rows[::-1]
 
     def list_policies(self) -> list[Row]:
         """One row per policy: `name`, `versions` (count), `latest` and `active` version."""

@@ -180,3 +180,73 @@ def test_an_apply_no_graph_checked_says_so(
         "note: no graph in graphs/ uses policy 'triage', so it was checked against none; "
         "pass --graph GRAPH to check it against the graphs that read it\n"
     )
+
+
+def test_apply_stores_the_file_as_it_was_read_and_validated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.policy.validate as validate
+
+    v1, _, db = files(tmp_path)
+    read = validate.read_file
+
+    def read_then_changed(path: str) -> bytes:
+        data = read(path)
+        if Path(path) == v1:  # another process rewrites the file just after moat read it
+            v1.write_text(V1.replace("0.4", "0.9"))
+        return data
+
+    monkeypatch.setattr(validate, "read_file", read_then_changed)
+    assert moat(capsys, "apply", str(v1), "--db", db)[0] == 0
+    with Store.open(db) as store:
+        assert store.active_policy("triage")["body"]["router"]["threshold"] == 0.4
+
+
+def test_rollback_to_a_version_marked_bad_keeps_its_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, db = files(tmp_path)
+    moat(capsys, "apply", str(v1), "--db", db)
+    moat(capsys, "apply", str(v2), "--allow-new-keys", "--db", db)
+    moat(capsys, "rollback", "--db", db)
+    with Store.open(db) as store:
+        store.set_policy_status("triage", 2, "bad")  # as its guard would have marked it
+
+    code, out, err = moat(capsys, "rollback", "--to", "2", "--db", db)
+    assert (code, out) == (0, "policy 'triage': version 2 active again (version 1 rolled back)\n")
+    assert "version 2 is marked bad and stays so" in err
+    code, out, _ = moat(capsys, "show", "--db", db)
+    assert out.startswith("# policy triage version 2 (bad)")
+    code, out, _ = moat(capsys, "list", "--db", db)
+    assert out.splitlines()[1].split() == ["triage", "2", "2", "2", "2"]
+
+    moat(capsys, "rollback", "--to", "1", "--db", db)  # leaving it: still bad
+    with Store.open(db) as store:
+        assert store.get_policy("triage", 2)["status"] == "bad"
+        assert store.active_policy("triage")["version"] == 1
+
+
+def test_history_shows_the_newest_activations_and_says_when_there_are_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1, v2, db = files(tmp_path)
+    moat(capsys, "apply", str(v1), "--db", db)
+    moat(capsys, "apply", str(v2), "--allow-new-keys", "--db", db)
+    for _ in range(12):  # 2 + 24 activations in all
+        assert moat(capsys, "rollback", "--to", "1", "--db", db)[0] == 0
+        assert moat(capsys, "rollback", "--to", "2", "--db", db)[0] == 0
+
+    code, out, err = moat(capsys, "history", "triage", "--db", db)
+    ids = [int(line.split()[0]) for line in out.splitlines()[1:]]
+    assert (code, ids) == (0, list(range(7, 27)))  # the newest 20, oldest first
+    assert "earlier activations not shown; --limit 200 shows more" in err
+
+    code, out, err = moat(capsys, "history", "triage@1", "--limit", "3", "--db", db)
+    rows = [line.split()[3:5] for line in out.splitlines()[1:]]
+    assert (code, rows) == (0, [["1", "superseded"]] * 3)
+    code, out, err = moat(capsys, "history", "triage", "--limit", "100", "--db", db)
+    assert (len(out.splitlines()), err) == (27, "")
+
+    with pytest.raises(SystemExit):
+        moat(capsys, "history", "triage", "--limit", "0", "--db", db)
+    assert "'0' is not a number of activations (1 or more)" in capsys.readouterr().err

@@ -4,16 +4,26 @@ A graph author writes `none`, `true`/`false`, strings, numbers, lists and mappin
 that says `NoneType`, `True` or `dict` speaks a language they never wrote. Every user-facing
 message that shows a value or its kind goes through `kind`, `literal` or `describe`;
 `translate` rewrites the Python type names inside an exception's own text, and
-`config_problem` words one pydantic error of a node's `with:` with the value it got.
+`config_problem` words one pydantic error of a node's `with:` with the value it got, and
+`bools_read_as_numbers` finds the `true`/`false` pydantic quietly read as 1 and 0.
 """
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["config_problem", "describe", "kind", "literal", "quoted", "translate"]
+__all__ = [
+    "bools_read_as_numbers",
+    "config_problem",
+    "describe",
+    "kind",
+    "literal",
+    "quoted",
+    "translate",
+]
 
 _KINDS = {
     "NoneType": "none",
@@ -144,3 +154,35 @@ def config_problem(err: Mapping[str, Any]) -> str:
     if isinstance(value, Mapping) and not err.get("loc"):
         return message  # a whole-config rule: the value is the config itself
     return f"{message}, got {describe(value)}"
+
+
+def bools_read_as_numbers(
+    data: Any, value: Any, at: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
+    """Where `value` (what pydantic validated `data` into) holds a number that was `true` or
+    `false` in `data`: pydantic reads `max_cycles: true` as 1 and `threshold: false` as
+    0.0, so a YAML slip runs as a number nobody wrote. Yields each place's path under `at`
+    and an error shaped as pydantic's own (`config_problem` words it: "Input should be a
+    whole number, got true"). Fields that take true/false, or any value, keep the bool and
+    are not reported."""
+    from pydantic import BaseModel
+
+    if isinstance(data, bool):
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            kind = "int" if isinstance(value, int) else "float"
+            what = "a valid integer" if kind == "int" else "a valid number"
+            message = f"Input should be {what}"
+            yield at, {"type": f"{kind}_type", "loc": at, "msg": message, "input": data}
+    elif isinstance(data, Mapping) and isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        names = {name: name for name in fields} | {f.alias: n for n, f in fields.items() if f.alias}
+        for key, item in data.items():
+            if key in names:
+                yield from bools_read_as_numbers(item, getattr(value, names[key]), (*at, key))
+    elif isinstance(data, Mapping) and isinstance(value, Mapping):
+        for key, item in data.items():
+            if key in value:
+                yield from bools_read_as_numbers(item, value[key], (*at, key))
+    elif isinstance(data, list) and isinstance(value, list | tuple) and len(data) == len(value):
+        for index, (item, made) in enumerate(zip(data, value, strict=True)):
+            yield from bools_read_as_numbers(item, made, (*at, index))

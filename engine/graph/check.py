@@ -31,15 +31,15 @@ import difflib
 import keyword
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any, cast
 from urllib.parse import unquote
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
-from engine.expr.wording import config_problem, quoted
+from engine.expr.wording import bools_read_as_numbers, config_problem, quoted
 from engine.graph._chain import MAX_CHAIN, longest_chain
 from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
@@ -346,22 +346,24 @@ class Checker:
                     node_id=node_id,
                 )
                 dynamic.add(key)  # not judged against the config either
+        errors: list[Any] = _bools_read_as_numbers(config_cls, static)
         try:  # the context lets a config validator read the files it names (`graph_file`)
             config_cls.model_validate(static, context={CHECK_CONTEXT: self.base_dir})
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = err.get("loc", ())
-                if loc and (loc[0] in dynamic or (loc[0] not in fields and not allow_extra)):
-                    continue
-                if not loc and dynamic:
-                    continue  # a whole-config rule cannot be decided before run time
-                where = ".".join(["with", *(str(p) for p in loc)])
-                self._error(
-                    f"{where}: {config_problem(err)} (type {spec.type!r}; see "
-                    f"`moat nodes {spec.type}`)",
-                    (*at, "with", *loc),
-                    node_id=node_id,
-                )
+            errors += exc.errors()
+        for err in errors:
+            loc = err.get("loc", ())
+            if loc and (loc[0] in dynamic or (loc[0] not in fields and not allow_extra)):
+                continue
+            if not loc and dynamic:
+                continue  # a whole-config rule cannot be decided before run time
+            where = ".".join(["with", *(str(p) for p in loc)])
+            self._error(
+                f"{where}: {config_problem(err)} (type {spec.type!r}; see "
+                f"`moat nodes {spec.type}`)",
+                (*at, "with", *loc),
+                node_id=node_id,
+            )
         self.c09_models(node_id, cls, spec, at, static, dynamic)
 
     def c09_models(
@@ -784,6 +786,34 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
+
+
+def _bools_read_as_numbers(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]:
+    """The `with:` values written `true`/`false` where the config takes a number (pydantic
+    would read `max_tokens: true` as 1), as pydantic-shaped errors. Each field is judged
+    alone, so a key left to run time (`{{ ... }}`) does not hide them."""
+    found: list[Any] = []
+    for key, value in static.items():
+        info = config.model_fields.get(key)
+        if info is None or not _holds_bool(value):
+            continue
+        form: Any = info.annotation
+        if info.metadata:
+            form = cast(Any, Annotated)[(form, *info.metadata)]
+        try:
+            made = TypeAdapter(form).validate_python(value)
+        except ValidationError:
+            continue  # its own error is reported by the config's validation
+        found += [err for _, err in bools_read_as_numbers(value, made, (key,))]
+    return found
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_bool(v) for v in value.values())
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import PolicyError, SpecError
-from engine.expr.wording import config_problem, kind
+from engine.expr.wording import bools_read_as_numbers, config_problem, kind
 from engine.graph.check import Checker
 from engine.graph.compiled import Graph
 from engine.graph.spec import GraphSpec
@@ -211,10 +211,14 @@ def _validate_spec(located: Located) -> GraphSpec:
         raise located.error("missing `moat: 1` (the format version) at the top of the file", ())
     _expand_models_env(located)
     try:
-        return GraphSpec.model_validate(data)
+        spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
         errors = [_translate(located, err) for err in exc.errors()]
         raise errors[0] if len(errors) == 1 else GraphErrors(errors) from exc
+    errors = [_translate(located, err) for _, err in bools_read_as_numbers(data, spec)]
+    if errors:  # `max_cycles: true` is no loop bound, though pydantic reads it as 1
+        raise errors[0] if len(errors) == 1 else GraphErrors(errors)
+    return spec
 
 
 def _expand_models_env(located: Located) -> None:

@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.expr.wording import bools_read_as_numbers
+
 __all__ = [
     "EgressSettings",
     "Gate",
@@ -158,10 +160,14 @@ def check_egress_section(body: Mapping[str, Any]) -> tuple[tuple[str | int, ...]
     raw = body["egress"]
     if not isinstance(raw, Mapping):
         return ("egress",), "`egress:` must be a mapping such as `{redact: true, offline: false}`"
+    errors: list[Any]
     try:
-        EgressSettings.model_validate(dict(raw))
+        made = EgressSettings.model_validate(dict(raw))
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+    else:  # `min: true` would pass as 1.0
+        errors = [err for _, err in bools_read_as_numbers(raw, made)]
+    for err in errors[:1]:
         loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
         where = ".".join(str(p) for p in ("egress", *loc))
         if err["type"] == "extra_forbidden":

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 
 from engine.errors import EvaluationError, PolicyError, SpecError
 from engine.expr.expression import Expr, Ref, Template
-from engine.expr.wording import config_problem, kind, literal, quoted
+from engine.expr.wording import bools_read_as_numbers, config_problem, kind, literal, quoted
 from engine.located_yaml import Located, load_yaml, read_file
 from engine.policy.guard import GuardSettings
 from engine.policy.signals import check_egress_section
@@ -603,13 +603,18 @@ def _adapter(info: FieldInfo) -> TypeAdapter[Any]:
 def _check_value(
     info: FieldInfo, value: Any, path: tuple[str, ...], target: str, located: Located
 ) -> None:
+    errors: list[Any]
     try:
-        _adapter(info).validate_python(value)
+        made = _adapter(info).validate_python(value)
     except ValidationError as exc:
-        reason = config_problem({**exc.errors()[0], "type": "missing"})  # value shown already
+        errors = exc.errors()
+    else:  # `threshold: true` would pass as 1.0
+        errors = [err for _, err in bools_read_as_numbers(value, made)]
+    if errors:
+        reason = config_problem({**errors[0], "type": "missing"})  # value shown already
         raise _fail(
             located,
             f"policy.{'.'.join(path)} = {literal(value)} does not fit {target}: {reason}; "
             "change the value",
             path,
-        ) from None
+        )

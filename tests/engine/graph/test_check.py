@@ -780,3 +780,56 @@ output:
 """
     (error,) = check(body)
     assert "node 'check'" in error and "write 'input.prompt'" in error
+
+
+BOOLS = """\
+moat: 1
+name: t
+models:
+  small: {provider: sim, profile: small, max_concurrency: true, price: {input: false, output: 1}}
+budget: {cost_usd: true, partial: true}
+nodes:
+  loop:
+    type: loop
+    max_cycles: true
+    nodes:
+      step: {type: echo, with: {value: true, delay_ms: false}, retries: true, optional: true}
+    output: {v: step.value}
+output:
+  v: loop.v
+"""
+
+
+def test_true_and_false_are_no_numbers_in_any_number_field() -> None:
+    # pydantic reads `max_cycles: true` as 1: each is refused where it stands, as a type error
+    report = check_text(BOOLS, "case.yaml", registry=registry(), base_dir=DATA)
+    assert [str(e) for e in report.errors] == [
+        "case.yaml:4:59: models.small.max_concurrency: Input should be a whole number, got true",
+        "case.yaml:4:80: models.small.price.input: Input should be a number, got false",
+        "case.yaml:5:20: budget.cost_usd: Input should be a number, got true",
+        "case.yaml:9:17: node 'loop': nodes.loop.max_cycles: Input should be a whole number, "
+        "got true",
+        "case.yaml:11:73: node 'step': nodes.loop.nodes.step.retries: Input should be a whole "
+        "number, got true",
+    ]
+    fixed = re.sub(
+        r"(max_concurrency|input|cost_usd|max_cycles|retries): (true|false)", r"\1: 1", BOOLS
+    )
+    assert check(fixed.split("nodes:\n", 1)[1], fixed.split("nodes:\n", 1)[0] + "nodes:\n") == [
+        "case.yaml:11:56: node 'step': with.delay_ms: Input should be a number, got false "
+        "(type 'echo'; see `moat nodes echo`)"
+    ]
+    with pytest.raises(SpecError, match=r"^case\.yaml:1:7: moat: Input should be a whole number"):
+        load_graph_text(BOOLS.replace("moat: 1", "moat: true"), "case.yaml", registry=registry())
+
+
+def test_a_with_value_left_to_run_time_does_not_hide_a_bool_beside_it() -> None:
+    errors = check("""\
+        nodes:
+          step: {type: review, with: {text: "{{ input.x }}", threshold: true}}
+        output: {a: step.action}
+        """)
+    assert errors == [
+        "case.yaml:7:65: node 'step': with.threshold: Input should be a number, got true "
+        "(type 'review'; see `moat nodes review`)"
+    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import PolicyError
+from engine import PolicyError, SpecError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.policy.manager import (
@@ -407,3 +407,28 @@ def test_a_first_version_keeps_the_types_of_the_graphs_own_policy(tmp_path: Path
         # keys of its own, and keys the graph does not read left out, stay free
         fine = write(tmp_path, BASE.replace("  models: [small, large]\n", "") + "extra: 1\n")
         assert apply_policy(store, fine, graphs=[graph]).pin.version == 1
+
+
+def test_true_or_false_is_no_number_for_a_node_field_nor_an_egress_gate(tmp_path: Path) -> None:
+    # pydantic would read `threshold: true` as 1.0 and `min: false` as 0.0
+    (tmp_path / "policy.yaml").write_text(BASE.replace("threshold: 0.4", "threshold: true"))
+    (tmp_path / "graph.yaml").write_text(GRAPH)
+    with pytest.raises(
+        SpecError,
+        match=r"policy\.yaml:3:14: policy\.router\.threshold = true "
+        r"does not fit graph 'triage' node 'check' \(review\) field 'threshold': "
+        r"Input should be a number; change the value$",
+    ):
+        load_graph(tmp_path / "graph.yaml", registry=registry())
+
+    store, graph = setup(tmp_path)  # the policy file fixed, applied as version 1
+    gate = BASE + "egress:\n  gates:\n    battery: {env: BATTERY, min: false}\n"
+    with (
+        store,
+        pytest.raises(
+            PolicyError,
+            match=r"bad\.yaml:11:34: `egress\.gates\.battery\.min`"
+            r": Input should be a valid number",
+        ),
+    ):
+        apply_policy(store, write(tmp_path, gate), name="triage", graphs=[graph])

@@ -183,8 +183,6 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         from engine.cluster import parse_address  # does not import Ray itself
 
         parse_address(args.ray)
-    if args.resume is not None:
-        _check_resume_requests(args)
     if args.resume is None and not args.graph:
         raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
@@ -192,16 +190,27 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     return _parse_models(args.model)
 
 
-def _check_resume_requests(args: argparse.Namespace) -> None:
-    """`--resume` answers the requests the run recorded; requests given beside it would be
-    ignored, so they are refused."""
-    for flag, value in (("--input", args.input), ("--json", args.json), ("--prompt", args.prompt)):
-        if value is not None:
+def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) -> None:
+    """`--resume` answers the requests the run recorded. The same requests given again (the
+    first command with `--resume` added) are accepted; other ones would be ignored, so they
+    are refused."""
+    recorded = config.get("input")
+    if args.input is not None:
+        same = recorded is not None and os.path.abspath(args.input) == recorded
+        if not same:
+            was = f"the run read {recorded}" if recorded else "the run had no --input"
             raise SpecError(
-                f"{flag} with --resume {args.resume}: a resumed run answers its own recorded "
-                f"requests, not new ones; drop {flag} to finish the run, or drop --resume to "
-                "start a new run with them"
+                f"--input {args.input} with --resume {args.resume}: {was}, and a resumed run "
+                "answers its own recorded requests; drop --input to finish the run, or drop "
+                "--resume to start a new run with this file"
             )
+    single, source = _single(args.json, args.prompt)
+    if single is not None and single != config.get("single"):
+        raise SpecError(
+            f"{source} with --resume {args.resume}: the run recorded other requests, and a "
+            f"resumed run answers its own; drop {source} to finish the run, or drop --resume "
+            "to start a new run with it"
+        )
 
 
 def _check_readable(flag: str, value: str) -> None:
@@ -309,6 +318,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
                 "then resume"
             )
         config = dict(run.get("config") or {})
+        _check_resume_requests(args, config)
         graph = _resume_graph(args, run, config)
         out = args.out or config.get("out")
         if out:

@@ -24,7 +24,6 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -
     [
         (["--metrics-linger", "30"], ["--metrics-linger 30:", "add --metrics-port"]),
         (["--metrics-tenant"], ["--metrics-tenant:", "add --metrics-port"]),
-        (["--prompt", "hi", "--resume", "r-1"], ["--prompt with --resume r-1", "drop --prompt"]),
     ],
 )
 def test_run_refuses_a_flag_whose_partner_is_missing(
@@ -82,3 +81,27 @@ def test_serve_refuses_a_flag_whose_partner_is_missing(
     db = tmp_path / "m.db"
     _refused(capsys, ["serve", str(graph), "--port", "0", "--db", str(db), *extra], *words)
     assert not db.exists()
+
+
+def test_resume_accepts_the_run_s_own_requests_and_refuses_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "m.db"
+    requests = tmp_path / "r.jsonl"
+    requests.write_text('{"prompt": "hello"}\n{"prompt": "again"}\n')
+    assert main(["run", str(graph), "--db", str(db), "--quiet", "--input", str(requests)]) == 0
+    capsys.readouterr()
+    from engine.store.store import Store
+
+    with Store.open(db) as store:
+        (run,) = store.list_runs()
+    run_id = str(run["id"])
+    again = ["run", str(graph), "--db", str(db), "--quiet", "--resume", run_id]
+    assert main([*again, "--input", str(requests)]) == 0  # the first command, with --resume
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"prompt": "new"}\n')
+    _refused(
+        capsys, [*again, "--input", str(other)], f"--input {other} with --resume", "drop --input"
+    )
+    _refused(capsys, [*again, "--prompt", "hi"], "--prompt with --resume", "drop --prompt")

@@ -502,7 +502,8 @@ class _Rewrite(ast.NodeTransformer):
         """`a.b` as `attr(a, 'b')`, with its two common cases inline (no Python call):
 
             _v.b if _type(_v := a) in _fields['b']
-            else (_v.get('b') if _type(_v) is _dict else _attr(_v, 'b'))
+            else (_v.get('b') if _type(_v) is _dict or _type(_v) is _frozen_dict
+                  else _attr(_v, 'b'))
 
         which is what `attr` does for a model with the field `b` and for a dict. One
         temporary is enough: a nested access finishes before the outer one binds it.
@@ -517,7 +518,14 @@ class _Rewrite(ast.NodeTransformer):
             **_AT,
         )
         fast = ast.Attribute(_name(_TEMP), node.attr, ast.Load(), **_AT)
-        is_dict = ast.Compare(_call("_type", _name(_TEMP)), [ast.Is()], [_name("_dict")], **_AT)
+        is_dict = ast.BoolOp(
+            ast.Or(),
+            [
+                ast.Compare(_call("_type", _name(_TEMP)), [ast.Is()], [_name(kind)], **_AT)
+                for kind in ("_dict", "_frozen_dict")  # a pinned policy's mappings are frozen
+            ],
+            **_AT,
+        )
         get = ast.Call(ast.Attribute(_name(_TEMP), "get", ast.Load(), **_AT), [name], [], **_AT)
         slow = _helper("_attr", [_name(_TEMP), name], node)
         return ast.IfExp(test, fast, ast.IfExp(is_dict, get, slow, **_AT), **_AT)

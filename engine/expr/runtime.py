@@ -354,6 +354,7 @@ HELPERS: dict[str, Any] = {
     "_attr": attr,
     "_type": type,
     "_dict": dict,
+    "_frozen_dict": FrozenDict,
     "_fields": FIELD_CLASSES,
     "_item": item,
     "_add": add,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from engine.events import EventType
 
-__all__ = ["MAX_CHARS", "claim", "problem"]
+__all__ = ["ALLOWED", "MAX_CHARS", "claim", "problem"]
 
 MAX_CHARS = 64
 """The longest event name (the catalogue's longest has 36 characters)."""
@@ -36,8 +36,9 @@ _owners: dict[str, frozenset[str]] = {}
 """Event name -> the node types that declare it."""
 _declared: dict[str, frozenset[str]] = {}
 """Node type -> the event names it declares."""
-_allowed: set[tuple[str, str]] = set()
-"""(node type, name) pairs already judged fine: the request path's one lookup."""
+ALLOWED: set[tuple[str, str]] = set()
+"""(node type, name) pairs already judged fine: the request path's one lookup (cleared,
+never replaced, when a node type claims names)."""
 _lock = threading.Lock()
 
 
@@ -51,18 +52,18 @@ def claim(node_type: str, names: Iterable[str]) -> None:
         _declared[node_type] = before | names
         for name in names - before:
             _owners[name] = _owners.get(name, frozenset()) | {node_type}
-        _allowed.clear()  # a name free before may be someone's now
+        ALLOWED.clear()  # a name free before may be someone's now
 
 
 def problem(node_type: str, name: object) -> str | None:
     """Why a node of type `node_type` may not record an event named `name`, or None."""
-    if isinstance(name, str) and (node_type, name) in _allowed:
+    if isinstance(name, str) and (node_type, name) in ALLOWED:
         return None
     found = _judge(node_type, name)
     if found is None:
         assert isinstance(name, str)
         with _lock:
-            _allowed.add((node_type, str(name)))
+            ALLOWED.add((node_type, str(name)))
     return found
 
 

@@ -41,6 +41,8 @@ __all__ = ["NodeCtx", "RequestState", "RequestView", "describe_error"]
 
 _VALIDATION_PASSED = "VALIDATION_PASSED"
 _VALIDATIONS = frozenset({_VALIDATION_PASSED, "VALIDATION_FAILED"})
+_ALLOWED_EVENTS = event_names.ALLOWED
+"""(node type, event name) pairs `ctx.emit` judged fine already: one lookup a call."""
 """The events the built-in `validate` node records its verdict with (`validated`)."""
 
 SCHEDULER = "scheduler"
@@ -459,18 +461,25 @@ class RequestState:
             NodeError: the name is malformed, the engine's own, or another node type's
                 (`engine.plugin.event_names`).
         """
-        refused = event_names.problem(ctx.node_type, event_type)
-        if refused is not None:
-            raise NodeError(refused, node_id=ctx.node_id, request_id=self.info.id)
-        return self._node_emit(
-            ctx,
+        node_type = ctx.node_type
+        if type(event_type) is not str or (node_type, event_type) not in _ALLOWED_EVENTS:
+            refused = event_names.problem(node_type, event_type)
+            if refused is not None:
+                raise NodeError(refused, node_id=ctx.node_id, request_id=self.info.id)
+        if event_type in _VALIDATIONS and self.validated is not False:
+            self.validated = event_type == _VALIDATION_PASSED
+        return self._event(
+            ctx.node_id,
+            node_type,
+            ctx.cycle,
             event_type,
-            decision=decision,
-            reason_codes=reason_codes,
-            inputs=inputs,
-            outputs=outputs,
-            payload=payload,
-            duration_ms=duration_ms,
+            decision,
+            None,
+            duration_ms,
+            reason_codes,
+            inputs,
+            outputs,
+            payload,
         )
 
     def _node_emit(

@@ -33,6 +33,7 @@ import jsonschema
 from pydantic import BaseModel, Field
 
 from engine import Completion, Node, NodeContext, NodeError
+from engine.graph.patterns import schema_problem
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient
@@ -89,6 +90,7 @@ class SpeculateNode(Node):
     type_name = "speculate"
     event_types = (SPECULATE_DECISION,)
     model_keys = ("draft_model", "target_model", "verify_model")
+    schema_keys = ("schema",)
 
     class Config(BaseModel):
         """Settings of a `speculate` node."""
@@ -136,6 +138,10 @@ class SpeculateNode(Node):
 
     async def run(self, config: Config, ctx: NodeContext) -> _SpeculateOutput:
         """Choose a depth, run it, learn from the verdict and report."""
+        if config.schema_ is not None:  # a `{{ }}` schema is only known now
+            problem = schema_problem(config.schema_, ("with", "schema"))
+            if problem is not None:
+                raise NodeError(problem)
         prompt_class = features(config.prompt).prompt_class
         predicted = self.acceptance.get(prompt_class, config.prior)
         strategy, codes = _strategy(config, ctx, predicted)

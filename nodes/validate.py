@@ -26,7 +26,8 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
-from engine import BudgetExceeded, CircuitOpen, Node, NodeContext, TransientError
+from engine import BudgetExceeded, CircuitOpen, Node, NodeContext, NodeError, TransientError
+from engine.graph.patterns import schema_problem
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]
@@ -66,6 +67,7 @@ class ValidateNode(Node):
     type_name = "validate"
     event_types = (VALIDATION_PASSED, VALIDATION_FAILED, REPAIR_ATTEMPTED, REPAIR_ESCALATED)
     model_keys = ("repair_model", "escalate_model")
+    schema_keys = ("schema",)
 
     class Config(BaseModel):
         """Settings of a `validate` node."""
@@ -240,6 +242,10 @@ class ValidateNode(Node):
                 schema, default=jsonschema.Draft202012Validator
             )
             cls.check_schema(schema)
+            # a schema written with `{{ }}` is only known now; a literal one was checked at load
+            problem = schema_problem(schema, ("with", "schema"))
+            if problem is not None:
+                raise NodeError(problem)
             validator = self._validators[key] = cls(schema)
             if len(self._validators) > 64:
                 self._validators.popitem(last=False)

@@ -23,6 +23,8 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
 15. every model's `fallback:` names another model and fallbacks never loop (`_fallbacks.py`)
 16. no chain of nodes waiting one for another is longer than `MAX_CHAIN`
 17. every `input.x` read is a property `input:` lists (a warning where others may come)
+18. every regex of `input:` and of a node's schemas compiles and runs in linear time
+    (`patterns.py`)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from engine.expr.wording import bools_read_as_numbers, config_problem, quoted
 from engine.graph._chain import MAX_CHAIN, longest_chain
 from engine.graph._fallbacks import fallback_problems
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
+from engine.graph.patterns import schema_problems
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
 from engine.plugin.files import CHECK_CONTEXT
@@ -365,6 +368,9 @@ class Checker:
                 node_id=node_id,
             )
         self.c09_models(node_id, cls, spec, at, static, dynamic)
+        for key in cls.schema_keys:
+            if isinstance(static.get(key), Mapping):
+                self.c18_patterns(static[key], (*at, "with", key), ("with", key), node_id)
 
     def c09_models(
         self,
@@ -478,6 +484,17 @@ class Checker:
             if problem is not None:
                 where = ".".join(str(p) for p in path)
                 self._error(f"{where}: $ref {ref!r} {problem}", path)
+        self.c18_patterns(schema, ("input",), ("input",), None)
+
+    def c18_patterns(
+        self, schema: Mapping[str, Any], at: Path, shown: Path, node_id: str | None
+    ) -> None:
+        """Every `pattern` and `patternProperties` key of a schema applied to request or model
+        text compiles and cannot backtrack in time growing faster than the text (one such
+        pattern would stall every request of the process). `at` is where the schema stands
+        in the file, `shown` how messages name it (`input`, `with.schema`)."""
+        for where, key, message in schema_problems(schema, shown):
+            self._error(message, (*at, *where[len(shown) :]), key=key, node_id=node_id)
 
     def c15_fallbacks(self) -> None:
         """Every model's `fallback:` names another model; fallback chains end."""

@@ -56,6 +56,9 @@ class Node(Generic[ConfigT, OutputT]):
     """The fields expressions can read from this node."""
     model_keys: ClassVar[tuple[str, ...]] = ()
     """Names of `Config` fields that hold logical model names (checked against `models:`)."""
+    schema_keys: ClassVar[tuple[str, ...]] = ()
+    """Names of `Config` fields that hold JSON Schemas the node applies to request or model
+    text: their `pattern`s are checked like those of `input:` (`engine.graph.patterns`)."""
     event_types: ClassVar[tuple[str, ...]] = ()
     """The event names this node type records with `ctx.emit` (`UPPER_SNAKE`), beside the
     engine's own (`engine.EventType`): its part of the store's vocabulary, listed by

@@ -471,6 +471,9 @@ class Checker:
         try:
             jsonschema.validators.validator_for(schema).check_schema(dict(schema))
         except jsonschema.SchemaError as exc:
+            if exc.validator == "format" and exc.validator_value == "regex":
+                self.c18_patterns(schema, ("input",), ("input",), None)  # says why, and where
+                return
             at = ("input", *exc.absolute_path)
             where = ".".join(str(p) for p in at)
             self._error(

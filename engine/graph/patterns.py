@@ -267,15 +267,15 @@ class _Walk:
                 _merge(after, {key: _Piece(key, chars, unbounded)})
             return after, found
         piece = _Piece(key, self.chars(body), unbounded, body)
-        if hi >= 2 and self.nullable(body) and self.chars(body):
-            raise _Found("empty", self.chars(body))
-        if (unbounded or hi > MANY) and self.alternatives_overlap(body):
-            raise _Found("alternatives", self.chars(body))
         found = self.meet(pending, piece) if unbounded else []
         after, inner = self.sequence(body, pending, wrap)
         found += inner
         if hi >= 2 and wrap:
             found += self.wrap(body, {k: p for k, p in after.items() if k not in pending}, hi)
+        if hi >= 2 and self.nullable(body) and self.chars(body):
+            raise _Found("empty", self.chars(body))
+        if (unbounded or hi > MANY) and self.alternatives_overlap(body):
+            raise _Found("alternatives", self.chars(body))
         if not lo:
             _merge(after, pending)
         if hi > lo:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+import jsonschema
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from engine import Node, NodeContext
+from engine import Node, NodeContext, at_check
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ModelNode"]
@@ -83,6 +84,20 @@ class ModelNode(Node):
         )
 
         model_config = {"populate_by_name": True}
+
+        @field_validator("schema_")
+        @classmethod
+        def _schema_valid(cls, value: Any, info: ValidationInfo) -> Any:
+            if value is not None and at_check(info):  # once, at `moat check`
+                try:
+                    jsonschema.validators.validator_for(value).check_schema(value)
+                except jsonschema.SchemaError as exc:
+                    where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                    raise ValueError(
+                        f"not a JSON Schema at {where}: {exc.message} "
+                        "(https://json-schema.org/understanding-json-schema)"
+                    ) from None
+            return value
 
         @field_validator("messages")
         @classmethod

@@ -370,7 +370,7 @@ class Checker:
         self.c09_models(node_id, cls, spec, at, static, dynamic)
         for key in cls.schema_keys:
             if isinstance(static.get(key), Mapping):
-                self.c18_patterns(static[key], (*at, "with", key), ("with", key), node_id)
+                self.c13_schema(static[key], (*at, "with", key), ("with", key), node_id)
 
     def c09_models(
         self,
@@ -465,29 +465,40 @@ class Checker:
 
     def c13_input_schema(self) -> None:
         """`input:` is a valid JSON Schema (else every request would fail to validate)."""
+        self.c13_schema(self.spec.input, ("input",), ("input",), None)
+
+    def c13_schema(
+        self, schema: Mapping[str, Any], at: Path, shown: Path, node_id: str | None
+    ) -> None:
+        """A schema moat applies (`input:`, a `validate` node's `schema:`) is a valid JSON
+        Schema whose local `$ref`s resolve, and its patterns are safe (`c18_patterns`)."""
         import jsonschema  # imported here: only graphs being checked need it
 
-        schema = self.spec.input
+        what = "`input:`" if shown == ("input",) else f"`{'.'.join(map(str, shown))}`"
         try:
             jsonschema.validators.validator_for(schema).check_schema(dict(schema))
         except jsonschema.SchemaError as exc:
             if exc.validator == "format" and exc.validator_value == "regex":
-                self.c18_patterns(schema, ("input",), ("input",), None)  # says why, and where
+                self.c18_patterns(schema, at, shown, node_id)  # says why, and where
                 return
-            at = ("input", *exc.absolute_path)
-            where = ".".join(str(p) for p in at)
+            inner = tuple(exc.absolute_path)
+            where = ".".join(str(p) for p in (*shown, *inner))
             self._error(
-                f"{where}: {exc.message}; `input:` is a JSON Schema "
+                f"{where}: {exc.message}; {what} is a JSON Schema "
                 "(https://json-schema.org/understanding-json-schema)",
-                at,
+                (*at, *inner),
+                node_id=node_id,
             )
             return
-        for path, ref in _keyed(schema, "$ref", ("input",)):
-            problem = _unresolved(schema, ref) if isinstance(ref, str) else None
+        for path, ref in _keyed(schema, "$ref", shown):
+            name = ".".join(map(str, shown))
+            problem = _unresolved(schema, ref, name) if isinstance(ref, str) else None
             if problem is not None:
                 where = ".".join(str(p) for p in path)
-                self._error(f"{where}: $ref {ref!r} {problem}", path)
-        self.c18_patterns(schema, ("input",), ("input",), None)
+                self._error(
+                    f"{where}: $ref {ref!r} {problem}", (*at, *path[len(shown) :]), node_id=node_id
+                )
+        self.c18_patterns(schema, at, shown, node_id)
 
     def c18_patterns(
         self, schema: Mapping[str, Any], at: Path, shown: Path, node_id: str | None
@@ -855,19 +866,20 @@ def _keyed(
             yield from _keyed(child, name, (*at, index))
 
 
-def _unresolved(schema: Mapping[str, Any], ref: str) -> str | None:
+def _unresolved(schema: Mapping[str, Any], ref: str, name: str = "input") -> str | None:
     """Why `ref` names nothing in `schema` (None: it resolves). Only references inside
-    the graph's own `input:` can: moat fetches no schema from elsewhere."""
+    the schema itself can: moat fetches no schema from elsewhere. `name` is how messages
+    call the schema (`input`, `with.schema`)."""
     if not ref.startswith("#"):
         return (
             "points outside the graph, and moat fetches no schemas; copy the definition "
-            "under `input.$defs` and refer to it as '#/$defs/NAME'"
+            f"under `{name}.$defs` and refer to it as '#/$defs/NAME'"
         )
     pointer = ref[1:]
     if pointer and not pointer.startswith("/"):  # `#name`: a `$anchor`
         if any(anchor == pointer for _, anchor in _keyed(schema, "$anchor", ())):
             return None
-        return f"names no `$anchor: {pointer}` in `input:`"
+        return f"names no `$anchor: {pointer}` in `{name}`"
     node: Any = schema
     for part in pointer.split("/")[1:]:
         key = unquote(part).replace("~1", "/").replace("~0", "~")
@@ -876,5 +888,5 @@ def _unresolved(schema: Mapping[str, Any], ref: str) -> str | None:
         elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
         else:
-            return f"names nothing in `input:` (no {key!r}); define it under `input.$defs`"
+            return f"names nothing in `{name}` (no {key!r}); define it under `{name}.$defs`"
     return None

@@ -210,3 +210,32 @@ def test_a_chat_a_provider_would_refuse_is_refused_at_check(
     node = f"n: {{type: model, with: {{model: small, messages: {messages}}}}}\n"
     (error,) = errors(tmp_path, node, output="n.text")
     assert "node 'n': " in error and says in error
+
+
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        (
+            "n: {type: model, with: {model: small, prompt: hi, schema: {type: nonsense}}}",
+            "with.schema: not a JSON Schema at type: 'nonsense' is not valid",
+        ),
+        (
+            "n: {type: model, with: {model: small, prompt: hi, schema: {properties: 5}}}",
+            "with.schema: not a JSON Schema at properties: 5 is not of type 'object'",
+        ),
+        (
+            'n: {type: validate, with: {text: "{}", schema: {type: nonsense}}}',
+            "with.schema.type: 'nonsense' is not valid under any of the given schemas",
+        ),
+        (
+            'n: {type: validate, with: {text: "{}", '
+            'schema: {properties: {a: {$ref: "#/$defs/a"}}}}}',
+            "with.schema.properties.a.$ref: $ref '#/$defs/a' names nothing in `with.schema`",
+        ),
+    ],
+)
+def test_a_schema_that_is_no_json_schema_is_refused_at_check(
+    tmp_path: Path, node: str, says: str
+) -> None:
+    (error,) = errors(tmp_path, node + "\n", output="n")
+    assert "node 'n': " in error and says in error

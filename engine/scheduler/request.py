@@ -8,6 +8,7 @@ clocks (hard and soft deadline) and cost budget. It holds no scheduling logic.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -61,15 +62,49 @@ _CALL_OUTCOMES = {
 
 
 def describe_error(node_id: str, error: BaseException) -> str:
-    """A one-line error naming the node: `node 'risk': ValueError: boom`."""
+    """A one-line error naming the node: `node 'risk': ValueError: boom`.
+
+    What a plugin's exception says is its author's: its text is cut to `ERROR_CHARS`
+    and its control characters escaped, so an error fits a log line, a terminal and a
+    store row, and one whose `__str__` raises is described by its type.
+    """
     if isinstance(error, NodeError) and error.node_id == node_id:
-        return str(error)
-    text = str(error) or type(error).__name__
+        return _printable(str(error))
+    text = _error_text(error)
     prefix = f"node '{node_id}': "
     text = text.removeprefix(prefix)
     if isinstance(error, NodeError):
         return prefix + text
     return f"{prefix}{type(error).__name__}: {text}"
+
+
+ERROR_CHARS = 2_000
+"""The most characters of an exception's own text an error message carries."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _error_text(error: BaseException) -> str:
+    """`str(error)`, bounded and printable; its type's name when it has no text (or its
+    `__str__` raises)."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    if not isinstance(text, str):  # (a `str` subclass's own `__str__` may return anything)
+        text = ""
+    return _printable(text) or type(error).__name__
+
+
+def _printable(text: str) -> str:
+    if len(text) > ERROR_CHARS:
+        text = f"{text[:ERROR_CHARS]}... ({len(text) - ERROR_CHARS} more characters)"
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
 
 
 class NodeCtx(NodeContext):

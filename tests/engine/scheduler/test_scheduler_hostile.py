@@ -1,0 +1,104 @@
+"""A misbehaving node plugin fails its own node, never the request's task, the batch or
+the records: whatever `run` raises, its node run and request are recorded as failed with
+an error that names the node and fits on one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.events import MemorySink, RequestStatus
+from engine.graph.compiled import Graph
+from engine.graph.loader import load_graph_text
+from engine.plugin.registry import Registry
+from engine.scheduler.request import ERROR_CHARS
+from engine.scheduler.runner import RequestResult, Runner
+from tests.support.hostile_nodes import RAISES, Hostile
+
+pytestmark = pytest.mark.anyio
+
+GRAPH = """\
+moat: 1
+name: hostile
+input: {type: object, properties: {mode: {type: string}, payload: {}}}
+nodes:
+  h: {type: hostile, with: {mode: "{{ input.mode }}", payload: "{{ input.payload }}"}}
+output:
+  v: h.value
+"""
+
+
+def graph(text: str = GRAPH) -> Graph:
+    return load_graph_text(text, "hostile.yaml", registry=Registry([Hostile]))
+
+
+async def batch(g: Graph, *inputs: dict[str, Any]) -> tuple[list[RequestResult], MemorySink]:
+    """Answer `inputs` concurrently in one runner, as a batch does."""
+    sink = MemorySink()
+    results: list[RequestResult] = []
+    async with Runner(g, sink=sink) as runner, anyio.create_task_group() as tg:
+        for n, value in enumerate(inputs):
+
+            async def one(value: dict[str, Any] = value, n: int = n) -> None:
+                results.append(await runner.run(value, request_id=f"r{n}", seq=n))
+
+            tg.start_soon(one)
+    return sorted(results, key=lambda r: r.seq), sink
+
+
+def assert_one_line(error: str | None) -> str:
+    assert error is not None and error.startswith("node 'h': ")
+    assert error.isprintable(), error
+    assert len(error) < ERROR_CHARS + 300
+    return error
+
+
+@pytest.mark.parametrize("kind", sorted(set(RAISES) - {"interrupt"}))
+async def test_whatever_run_raises_fails_its_own_node_and_request_only(kind: str) -> None:
+    results, sink = await batch(graph(), {"mode": "ok"}, {"mode": f"raise_{kind}"}, {"mode": "ok"})
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    error = assert_one_line(results[1].error)
+    (run,) = [r for r in sink.node_runs("r1")]
+    assert run.status == "failed" and run.error == error
+    assert [r.status for r in sink.requests()].count(RequestStatus.FAILED) == 1
+    assert "NODE_FAILED" in sink.event_types("r1")
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("generator_exit", "raised GeneratorExit"),
+        ("rogue", "raised Rogue: went rogue"),
+        ("base_group", "raised BaseExceptionGroup: mixed (2 sub-exceptions)"),
+        ("exit", "called exit() (3)"),
+        ("unprintable", "Unprintable: Unprintable"),
+        ("control", r"Loud: one\ntwo\x1b[31mred\x00\r"),
+    ],
+)
+async def test_the_error_says_what_the_node_raised(kind: str, said: str) -> None:
+    results, _ = await batch(graph(), {"mode": f"raise_{kind}"})
+    assert said in assert_one_line(results[0].error)
+
+
+async def test_an_exception_of_megabytes_is_cut_to_a_line() -> None:
+    results, sink = await batch(graph(), {"mode": "raise_megabytes"})
+    error = assert_one_line(results[0].error)
+    assert error.endswith(f"... ({5_000_000 - ERROR_CHARS} more characters)")
+    assert sink.node_runs()[0].error == error
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=3000))
+def test_any_exception_text_becomes_one_printable_bounded_line(text: str) -> None:
+    from engine.scheduler.request import describe_error
+    from tests.support.hostile_nodes import Loud
+
+    error = describe_error("h", Loud(text))
+    assert error.startswith("node 'h': Loud: ")
+    assert error.isprintable() or not text.isprintable()  # (other categories stay as they are)
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in error)
+    assert len(error) <= len("node 'h': Loud: ") + ERROR_CHARS + 40

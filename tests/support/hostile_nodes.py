@@ -1,0 +1,132 @@
+"""A node plugin written by an adversary: `run` raises odd things, returns odd values and
+misuses the side channels, as `mode` says. The runtime must fail only that node."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from engine import Node, NodeContext
+
+
+class Rogue(BaseException):
+    """A `BaseException` of a plugin's own."""
+
+
+class Unprintable(Exception):
+    """An exception whose text cannot be had: `__str__` and `__repr__` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ exploded")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ exploded")
+
+
+class Loud(Exception):
+    """An exception whose text is whatever the test put in it (megabytes, control bytes)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Touchy:
+    """A value whose comparisons, hash and text all raise."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ exploded")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__ exploded")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ exploded")
+
+    __str__ = __repr__
+
+
+def cyclic() -> dict[str, Any]:
+    """A mapping that holds itself."""
+    value: dict[str, Any] = {"name": "loop"}
+    value["self"] = value
+    return value
+
+
+def nested(depth: int) -> Any:
+    """A list nested `depth` deep."""
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+RAISES: dict[str, Callable[[], BaseException]] = {
+    "exit": lambda: SystemExit(3),
+    "generator_exit": GeneratorExit,
+    "rogue": lambda: Rogue("went rogue"),
+    "base_group": lambda: BaseExceptionGroup("mixed", [ValueError("a"), Rogue("b")]),
+    "group": lambda: ExceptionGroup("several", [ValueError("a"), KeyError("b")]),
+    "unprintable": Unprintable,
+    "megabytes": lambda: Loud("x" * 5_000_000),
+    "control": lambda: Loud("one\ntwo\x1b[31mred\x00\r"),
+    "stop_async": StopAsyncIteration,
+    "recursion": lambda: RecursionError("maximum recursion depth exceeded"),
+    "memory": MemoryError,
+    "interrupt": KeyboardInterrupt,
+}
+"""What `mode: raise_<name>` raises."""
+
+VALUES: dict[str, Callable[[], Any]] = {
+    "set": lambda: {3, 1, 2},
+    "bytes": lambda: b"\xff\x00",
+    "nan": lambda: float("nan"),
+    "inf": lambda: [float("inf"), float("-inf")],
+    "cyclic": cyclic,
+    "deep": lambda: nested(100_000),
+    "touchy": Touchy,
+    "object": object,
+    "tuple_keys": lambda: {(1, 2): "pair"},
+}
+"""What `mode: value_<name>` returns as `Output.value`."""
+
+
+class Hostile(Node):
+    """Misbehaves as `mode` says; `mode: ok` returns `fine`."""
+
+    type_name = "hostile"
+    event_types = ("HOSTILE",)
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        mode: str = "ok"
+        payload: Any = None
+
+    class Output(BaseModel):
+        value: Any = None
+
+    async def run(self, config: Config, ctx: NodeContext) -> Output:
+        mode = config.mode
+        await anyio.sleep(0)
+        if mode.startswith("raise_"):
+            raise RAISES[mode.removeprefix("raise_")]()
+        if mode.startswith("value_"):
+            return self.Output(value=VALUES[mode.removeprefix("value_")]())
+        if mode.startswith("return_"):
+            return {"none": None, "dict": {"value": 1}, "str": "fine"}[mode[7:]]  # type: ignore[return-value]
+        if mode.startswith("emit_"):
+            payload = VALUES[mode.removeprefix("emit_")]()
+            ctx.emit("HOSTILE", decision="odd", inputs={"v": payload}, payload={"v": payload})
+        elif mode.startswith("trace_"):
+            ctx.trace("HOSTILE_TRACE", {"v": VALUES[mode.removeprefix("trace_")]()})
+        elif mode == "given":
+            ctx.emit("HOSTILE", payload={"v": config.payload})
+        elif mode == "block":
+            time.sleep(0.3)  # blocks the event loop: no runtime can preempt it
+        return self.Output(value="fine" if mode == "ok" else mode)

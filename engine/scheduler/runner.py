@@ -258,7 +258,7 @@ class Runner:
             with _NO_DEADLINE if deadline is None else deadline:
                 try:
                     values = await evaluate_outputs(self.graph.output, consumer)
-                    answer = RequestStatus.OK, _jsonable(values), None
+                    answer = _answer(self.graph, RequestStatus.OK, values)
                 except InputFailed as exc:
                     answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
                 except EvaluationError as exc:
@@ -356,7 +356,8 @@ class Runner:
             f"outputs not resolved: {', '.join(missing)}"
         )
         if partial:
-            return RequestStatus.PARTIAL, _jsonable(partial), error
+            status, output, unwritable = _answer(self.graph, RequestStatus.PARTIAL, partial)
+            return status, output, unwritable or error
         return RequestStatus.DEADLINE_EXCEEDED, None, error
 
     def _finish(
@@ -452,16 +453,53 @@ def _request_record(
 
 
 def _jsonable(value: Any) -> Any:
-    """Node outputs and loop values as plain JSON data."""
+    """Node outputs and loop values as plain JSON data.
+
+    Raises:
+        RecursionError: `value` holds itself, or is nested deeper than the stack allows.
+        Exception: what a value's `__str__` raises.
+    """
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        try:
+            return value.model_dump(mode="json")
+        except Exception:  # (an odd value in an `Any` field) the fields as any other value
+            return {name: _jsonable(item) for name, item in value}
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v) for v in value]
     return str(value)
+
+
+def _answer(graph: Graph, status: RequestStatus, values: dict[str, Any]) -> _Answer:
+    """The request's answer from its output values; `failed` when one of them is not data
+    a result line can carry (a plugin's `Output` holding itself, say), naming it."""
+    try:
+        return status, _jsonable(values), None
+    except Exception:  # (RecursionError too) the failure path: find the culprit
+        pass
+    for name, value in values.items():
+        try:
+            _jsonable(value)
+        except RecursionError:
+            reason = "it holds itself, or is nested too deep"
+        except Exception as exc:
+            reason = describe_error(name, exc).removeprefix(f"node '{name}': ")
+        else:
+            continue
+        nodes = sorted(graph.output[name].names & graph.scope.nodes.keys())
+        source = f" (from node {', '.join(repr(n) for n in nodes)})" if nodes else ""
+        return (
+            RequestStatus.FAILED,
+            None,
+            (
+                f"output '{name}'{source}: its value cannot be written as JSON: {reason}; a "
+                "node's Output holds JSON data (strings, numbers, lists, mappings) or models of it"
+            ),
+        )
+    return RequestStatus.FAILED, None, "the outputs cannot be written as JSON"  # (not twice)
 
 
 async def run_request(

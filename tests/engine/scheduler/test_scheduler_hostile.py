@@ -4,6 +4,7 @@ an error that names the node and fits on one line."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -11,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.events import MemorySink, RequestStatus
+from engine.events import MemorySink, RequestStatus, strict_json
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph_text
 from engine.plugin.registry import Registry
 from engine.scheduler.request import ERROR_CHARS
 from engine.scheduler.runner import RequestResult, Runner
-from tests.support.hostile_nodes import RAISES, Hostile
+from tests.support.hostile_nodes import RAISES, VALUES, Hostile
 
 pytestmark = pytest.mark.anyio
 
@@ -102,3 +103,69 @@ def test_any_exception_text_becomes_one_printable_bounded_line(text: str) -> Non
     assert error.isprintable() or not text.isprintable()  # (other categories stay as they are)
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in error)
     assert len(error) <= len("node 'h': Loud: ") + ERROR_CHARS + 40
+
+
+WHOLE = GRAPH.replace("  v: h.value", "  v: h")
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["field", "model"])
+@pytest.mark.parametrize("kind", sorted(VALUES))
+async def test_an_output_value_is_written_as_json_or_fails_its_request_saying_why(
+    kind: str, whole: bool
+) -> None:
+    results, sink = await batch(
+        graph(WHOLE if whole else GRAPH), {"mode": "ok"}, {"mode": f"value_{kind}"}, {"mode": "ok"}
+    )
+    assert [r.status for r in results[::2]] == ["ok", "ok"]
+    odd = results[1]
+    if kind in ("cyclic", "deep", "touchy"):
+        assert odd.status == "failed"
+        assert odd.error is not None
+        assert odd.error.startswith(
+            "output 'v' (from node 'h'): its value cannot be written as JSON"
+        )
+    else:
+        assert odd.status == "ok", odd.error
+    json.loads(strict_json(odd.to_json_line()))  # a line any strict JSON reader takes
+    assert len(sink.requests()) == 3
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=8)
+    | st.datetimes(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.sets(st.integers(), max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(
+            st.text(max_size=5) | st.integers() | st.tuples(st.integers()), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_like)
+def test_generated_output_values_always_make_one_strict_json_line(value: Any) -> None:
+    class Given(Hostile):
+        type_name = "given_value"
+
+        async def run(self, config: Any, ctx: Any) -> Any:
+            return self.Output(value=value)
+
+    for expr in ("h.value", "h"):
+        g = load_graph_text(
+            GRAPH.replace("type: hostile", "type: given_value").replace("h.value", expr),
+            "given.yaml",
+            registry=Registry([Given]),
+        )
+        results, sink = anyio.run(batch, g, {"mode": "ok"})
+        assert results[0].status == "ok", results[0].error
+        line = json.loads(strict_json(results[0].to_json_line()))
+        assert line["status"] == "ok" and sink.requests()[0].output == results[0].output

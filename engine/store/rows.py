@@ -27,6 +27,7 @@ from engine.events import (
     Record,
     RequestRecord,
 )
+from engine.store._mend import mended
 from engine.store.compact import (
     _INTERN_AT,
     _INTERN_MAX_CHARS,
@@ -505,7 +506,14 @@ def encode_records(records: Sequence[Record], pack: Pack | None = None) -> Encod
         slot = SLOT.get(type(item))
         if slot is None:
             raise TypeError(f"not a store record: {type(item).__name__}")
-        tables[slot].append(_CONTRACT[slot](item))
+        try:
+            row = _CONTRACT[slot](item)
+        except Exception:  # a node's odd payload: as the writer does, mended
+            again = mended(item)
+            if again is None:
+                raise
+            row = _CONTRACT[slot](again)
+        tables[slot].append(row)
     if pack is not None:
         for index, columns in enumerate(_PACKED):
             if columns:

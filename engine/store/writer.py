@@ -31,6 +31,7 @@ from typing import Any
 from engine.errors import StoreError
 from engine.events import Record, RequestRecord
 from engine.store import tallies
+from engine.store._mend import mended
 from engine.store.codec import Packer
 from engine.store.compact import Compactor
 from engine.store.rows import FROM_ROW, SLOT, TABLES, Build, CompactRows, EncodedRows
@@ -391,15 +392,22 @@ class StoreWriter:
         )
 
     def _rows_one_by_one(self, group: list[Any], build: Build) -> list[tuple[Any, ...]]:
-        """Keep every record that encodes; count (and report) the ones that do not."""
+        """Keep every record that encodes, as it is or `mended` (a node's event payload
+        holding itself, say); count (and report) the ones that still do not."""
         rows = []
         cx, pack = self._compactor, self._packer.pack
         for item in group:
             try:
                 rows.append(build(cx, pack, item))
-            except Exception as exc:  # e.g. a payload JSON cannot encode (circular)
-                self.stats.dropped += 1
-                self._error = exc
+            except Exception as exc:
+                try:
+                    again = mended(item)
+                    if again is None:
+                        raise
+                    rows.append(build(cx, pack, again))
+                except Exception:
+                    self.stats.dropped += 1
+                    self._error = exc
         return rows
 
     def _commit(self, conn: sqlite3.Connection, groups: list[list[Any]]) -> int:

@@ -3,6 +3,7 @@ orphans and the policy tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.errors import StoreError
 from engine.events import (
@@ -363,17 +366,49 @@ def test_record_does_no_io_and_close_is_idempotent(db: Path) -> None:
         writer.record(event("q1", 2))
 
 
+def broken_run(request_id: str) -> NodeRun:
+    """A node run no row can be built of (moat's own mistake, not a node's payload)."""
+    return dataclasses.replace(node_run(request_id), status=object())  # type: ignore[arg-type]
+
+
 def test_a_record_that_cannot_be_encoded_is_dropped_and_reported(db: Path) -> None:
-    circular: dict[str, Any] = {}
-    circular["self"] = circular
     writer = StoreWriter(db)
-    writer.record(event("q1", 1, payload=circular))
+    writer.record(broken_run("q1"))
     writer.record(event("q1", 2, payload={"odd": {1}}))  # not JSON: stored as its str()
     with pytest.raises(StoreError, match=r"writing to the store failed .* 1 records dropped"):
         writer.flush()
     writer.close()
     with Store.open(db) as store:
         assert [e["payload"] for e in store.events("q1")] == [{"odd": "{1}"}]
+        assert count(store, "node_runs") == 0
+
+
+def test_a_node_payload_json_cannot_carry_is_stored_mended_not_dropped(db: Path) -> None:
+    circular: dict[str, Any] = {"name": "loop"}
+    circular["self"] = circular
+    deep: Any = 0
+    for _ in range(100_000):
+        deep = [deep]
+    writer = StoreWriter(db)
+    writer.record(event("q1", 1, payload=circular))
+    writer.record(event("q1", 2, payload={"deep": deep, (1, 2): "tuple key"}))
+    writer.record(event("q1", 3, reason_codes=[object()], decision=3))  # type: ignore[arg-type]
+    writer.record(DecisionTrace("q1", 0, "HOSTILE", circular))
+    writer.record(event("q1", 4, payload={"fine": 1}))
+    writer.flush()  # nothing dropped: no error
+    writer.close()
+    assert writer.stats.dropped == 0
+    with Store.open(db) as store:
+        events = store.events("q1")
+        assert [e["sequence"] for e in events] == [1, 2, 3, 4]
+        assert events[0]["payload"] == {"name": "loop", "self": "<dict holding itself>"}
+        kept = events[1]["payload"]
+        assert kept["(1, 2)"] == "tuple key"
+        for _ in range(62):
+            (kept,) = kept["deep"] if isinstance(kept, dict) else kept
+        assert kept == ["<list nested deeper than 64>"]
+        assert events[2]["reason_codes"][0].startswith("<object object at")
+        assert events[3]["payload"] == {"fine": 1}
 
 
 def test_flush_soon_calls_back_on_the_writer_thread_once_the_records_are_committed(
@@ -399,8 +434,6 @@ def test_flush_soon_calls_back_on_the_writer_thread_once_the_records_are_committ
 
 
 def test_flush_soon_hands_a_failed_write_to_its_callback_once(db: Path) -> None:
-    circular: dict[str, Any] = {}
-    circular["self"] = circular
     writer = StoreWriter(db, interval_s=60)
     errors: list[StoreError | None] = []
     called = threading.Event()
@@ -409,7 +442,7 @@ def test_flush_soon_hands_a_failed_write_to_its_callback_once(db: Path) -> None:
         errors.append(error)
         called.set()
 
-    writer.record(event("q1", 1, payload=circular))
+    writer.record(broken_run("q1"))
     writer.flush_soon(done)
     assert called.wait(10)
     assert len(errors) == 1 and errors[0] is not None
@@ -587,3 +620,44 @@ def test_a_store_file_has_one_write_lock_however_it_is_named(
     other = file_lock("t.db")
     assert other is file_lock(tmp_path / "b" / "t.db")
     assert other is not lock
+
+
+odd_payloads = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.binary(max_size=4)
+    | st.datetimes()
+    | st.builds(object),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.frozensets(st.integers(), max_size=3)
+        | st.dictionaries(
+            st.text(max_size=4) | st.integers() | st.tuples(st.integers()), inner, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payloads=st.lists(odd_payloads, min_size=1, max_size=5), cyclic=st.booleans())
+def test_whatever_payloads_nodes_record_every_event_is_kept(
+    tmp_path: Path, payloads: list[Any], cyclic: bool
+) -> None:
+    db = tmp_path / f"p{time.monotonic_ns()}.db"
+    writer = StoreWriter(db)
+    for n, value in enumerate(payloads, 1):
+        payload: dict[Any, Any] = {"v": value}
+        if cyclic:
+            payload["again"] = payload
+        writer.record(event("q1", n, payload=payload))
+    writer.flush()
+    writer.close()
+    assert writer.stats.dropped == 0
+    with Store.open(db) as store:
+        assert [e["sequence"] for e in store.events("q1")] == list(range(1, len(payloads) + 1))

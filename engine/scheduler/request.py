@@ -83,16 +83,17 @@ ERROR_CHARS = 2_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _error_text(error: BaseException) -> str:
+def _error_text(error: BaseException, *, with_type: bool = False) -> str:
     """`str(error)`, bounded and printable; its type's name when it has no text (or its
-    `__str__` raises)."""
+    `__str__` raises); with `with_type`, `Type: text`."""
     try:
         text = str(error)
     except Exception:
         text = ""
     if not isinstance(text, str):  # (a `str` subclass's own `__str__` may return anything)
         text = ""
-    return _printable(text) or type(error).__name__
+    text = _printable(text) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if with_type else text
 
 
 def _printable(text: str) -> str:
@@ -441,7 +442,7 @@ class RequestState:
         # Memoised values and `after_success` callbacks are the nodes' closures, which
         # hold their contexts and through them this state.
         self._memos = None
-        self._callbacks = None
+        self._callbacks = _RAN
 
     @property
     def callbacks(self) -> list[Callable[[], Awaitable[None]]]:
@@ -587,10 +588,21 @@ class RequestState:
         return entry.value
 
     def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run `callback` after the request succeeds, off the response path."""
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(callback)
+        """Run `callback` after the request succeeds, off the response path.
+
+        Raises:
+            RuntimeError: the request has ended, or its callbacks are running (a callback
+                that registered another would keep the request from ever ending).
+        """
+        callbacks = self._callbacks
+        if callbacks is _RAN:
+            raise RuntimeError(
+                "after_success() called once the request had ended; register callbacks "
+                "while the node runs"
+            )
+        if callbacks is None:
+            callbacks = self._callbacks = []
+        callbacks.append(callback)
 
     @property
     def remaining_ms(self) -> float | None:
@@ -615,16 +627,38 @@ class RequestState:
             self.degraded_reasons = (*self.degraded_reasons, reason)
 
     async def run_callbacks(self) -> None:
-        """Run the `after_success` callbacks; a failing one is logged, never raised."""
-        for callback in self.callbacks:
-            try:
-                await callback()
-            except Exception as exc:
+        """Run the `after_success` callbacks, each for `AFTER_SUCCESS_S` at most; one that
+        fails or runs out of time is logged, never raised (the request is answered), and
+        one registered from now on is refused."""
+        callbacks, self._callbacks = self.callbacks, _RAN
+        for callback in callbacks:
+            problem: str | None = None
+            with anyio.move_on_after(AFTER_SUCCESS_S) as scope:
+                try:
+                    await callback()
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:
+                    problem = _error_text(exc, with_type=True)
+                except BaseException as exc:  # (exit(), a BaseException of its own)
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    problem = _error_text(exc, with_type=True)
+            if scope.cancelled_caught:
+                problem = f"still running after {AFTER_SUCCESS_S:g} s: cancelled"
+            if problem is not None:
                 _log.warning(
                     "after_success.failed",
                     request_id=self.info.id,
-                    error=f"{type(exc).__name__}: {exc}",
+                    callback=getattr(callback, "__qualname__", type(callback).__name__),
+                    error=problem,
                 )
+
+
+AFTER_SUCCESS_S = 10.0
+"""How long one `after_success` callback may run before it is cancelled."""
+_RAN: list[Callable[[], Awaitable[None]]] = []
+"""The callbacks of a request that has ended or runs its callbacks: no more are taken."""
 
 
 class _Memo:

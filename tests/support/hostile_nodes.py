@@ -4,7 +4,7 @@ misuses the side channels, as `mode` says. The runtime must fail only that node.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -125,8 +125,27 @@ class Hostile(Node):
             ctx.emit("HOSTILE", decision="odd", inputs={"v": payload}, payload={"v": payload})
         elif mode.startswith("trace_"):
             ctx.trace("HOSTILE_TRACE", {"v": VALUES[mode.removeprefix("trace_")]()})
+        elif mode.startswith("after_"):
+            ctx.after_success(self._callback(mode.removeprefix("after_"), ctx))
         elif mode == "given":
             ctx.emit("HOSTILE", payload={"v": config.payload})
         elif mode == "block":
             time.sleep(0.3)  # blocks the event loop: no runtime can preempt it
         return self.Output(value="fine" if mode == "ok" else mode)
+
+    def _callback(self, kind: str, ctx: NodeContext) -> Callable[[], Awaitable[None]]:
+        """An `after_success` callback that raises, hangs or registers itself again."""
+
+        async def callback() -> None:
+            self.called.append(kind)
+            if kind == "again":
+                ctx.after_success(callback)
+            elif kind == "hang":
+                await anyio.sleep_forever()
+            elif kind in RAISES:
+                raise RAISES[kind]()
+
+        return callback
+
+    def __init__(self) -> None:
+        self.called: list[str] = []

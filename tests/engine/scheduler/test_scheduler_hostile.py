@@ -11,14 +11,16 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from engine.events import MemorySink, RequestStatus, strict_json
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph_text
 from engine.plugin.registry import Registry
-from engine.scheduler.request import ERROR_CHARS
+from engine.scheduler.request import AFTER_SUCCESS_S, ERROR_CHARS
 from engine.scheduler.runner import RequestResult, Runner
 from tests.support.hostile_nodes import RAISES, VALUES, Hostile
+from tests.support.sched_nodes import mock_trio
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +171,24 @@ def test_generated_output_values_always_make_one_strict_json_line(value: Any) ->
         assert results[0].status == "ok", results[0].error
         line = json.loads(strict_json(results[0].to_json_line()))
         assert line["status"] == "ok" and sink.requests()[0].output == results[0].output
+
+
+@pytest.mark.parametrize("anyio_backend", [mock_trio()])
+@pytest.mark.parametrize("kind", ["again", "hang", "exit", "rogue", "unprintable", "megabytes"])
+async def test_an_after_success_callback_that_misbehaves_is_logged_and_the_batch_ends(
+    kind: str,
+) -> None:
+    g = graph()
+    with capture_logs() as logs:
+        results, sink = await batch(g, {"mode": "ok"}, {"mode": f"after_{kind}"}, {"mode": "ok"})
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    assert len(sink.requests()) == 3  # recorded, after the callbacks (which ran once)
+    assert g.scope.nodes["h"].impl.called == [kind]
+    (warning,) = [log for log in logs if log["event"] == "after_success.failed"]
+    assert warning["request_id"] == "r1"
+    error = warning["error"]
+    assert error.isprintable() and len(error) < ERROR_CHARS + 100
+    if kind == "hang":
+        assert error == f"still running after {AFTER_SUCCESS_S:g} s: cancelled"
+    if kind == "again":
+        assert "after_success() called once the request had ended" in error

@@ -26,6 +26,7 @@ Every error builds its own message from its fields, so the message always says w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "SyncError",
     "TransientError",
+    "exception_text",
 ]
 
 
@@ -251,3 +253,34 @@ class EvaluationError(MoatError, RuntimeError):
 
 class SyncError(MoatError, RuntimeError):
     """An upload of `moat sync` the central side refused, or could not take for too long."""
+
+
+ERROR_CHARS = 2_000
+"""The most characters of an exception's own text an error message carries."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def exception_text(error: BaseException, *, with_type: bool = False) -> str:
+    """`str(error)` cut to `ERROR_CHARS` with its control characters escaped, so that
+    what a plugin's exception says fits a log line, a terminal and a store row; its type's
+    name when it has no text (or its `__str__` raises); with `with_type`, `Type: text`."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    if not isinstance(text, str):  # (a `str` subclass's own `__str__` may return anything)
+        text = ""
+    text = _printable(text) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if with_type else text
+
+
+def _printable(text: str) -> str:
+    if len(text) > ERROR_CHARS:
+        text = f"{text[:ERROR_CHARS]}... ({len(text) - ERROR_CHARS} more characters)"
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]

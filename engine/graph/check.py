@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from engine.errors import EvaluationError, ExpressionError, SpecError
+from engine.errors import EvaluationError, ExpressionError, SpecError, exception_text
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
 from engine.expr.wording import bools_read_as_numbers, config_problem, quoted
@@ -716,8 +716,13 @@ class Checker:
     def _instance(self, cls: type[Node], at: Path) -> Node | None:
         try:
             return cls()
-        except Exception as exc:  # a plugin's constructor is third-party code
-            self._error(f"node type {cls.type_name!r} could not be created: {exc}", at)
+        except (Exception, SystemExit, GeneratorExit) as exc:  # third-party code
+            reason = exception_text(exc, with_type=not isinstance(exc, Exception))
+            self._error(
+                f"node type {cls.type_name!r} could not be created: {reason}; "
+                f"`{cls.__name__}()` must build an instance without arguments",
+                at,
+            )
             return None
 
     def _check_ref(self, ref: Ref, at: Path, scope: _ScopeInfo, node_id: str | None) -> None:

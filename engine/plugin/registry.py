@@ -18,7 +18,7 @@ from types import ModuleType
 
 from pydantic import BaseModel
 
-from engine.errors import PluginError
+from engine.errors import PluginError, exception_text
 from engine.events import EventType
 from engine.plugin import event_names
 from engine.plugin.node import Node
@@ -91,6 +91,7 @@ class Registry:
         _check_model(cls, "Output")
         _check_run(cls)
         _check_events(cls)
+        _check_model_keys(cls)
         existing = self._types.get(name)
         if existing is not None and existing is not cls:
             if _same_class(existing, cls):
@@ -135,9 +136,11 @@ class Registry:
         except PluginError:
             raise
         except (Exception, SystemExit) as exc:  # (an `exit()` in it must not end moat)
+            # (pydantic's own messages run on for lines, with a link: the first says it)
+            reason = exception_text(exc, with_type=True).partition("\\n")[0]
             raise PluginError(
-                f"plugin module {module_name!r} could not be imported ({type(exc).__name__}: "
-                f"{exc}); check the name and that its package is installed"
+                f"plugin module {module_name!r} could not be imported ({reason}); check the "
+                "name and that its package is installed"
             ) from exc
         added = []
         for _, obj in inspect.getmembers(module, inspect.isclass):
@@ -264,6 +267,25 @@ def _check_events(cls: type[Node]) -> None:
             raise PluginError(
                 f"{_qualname(cls)}: event name {name!r} is one of the engine's own "
                 "(engine.EventType); give the node's event a name of its own"
+            )
+
+
+def _check_model_keys(cls: type[Node]) -> None:
+    """A node type's `model_keys` name fields of its `Config` (`routes.*.model`: the
+    first part)."""
+    keys = getattr(cls, "model_keys", ())
+    if not isinstance(keys, tuple) or not all(isinstance(k, str) for k in keys):
+        raise PluginError(
+            f"{_qualname(cls)}: `model_keys` must be a tuple of `Config` field names, "
+            f'e.g. ("model",), got {keys!r}'
+        )
+    fields = cls.Config.model_fields
+    for key in keys:
+        name = key.partition(".")[0]
+        if name not in fields:
+            raise PluginError(
+                f"{_qualname(cls)}: `model_keys` names {key!r}, but {name!r} is not a field "
+                f"of its Config. Fields: {', '.join(sorted(fields)) or '(none)'}"
             )
 
 

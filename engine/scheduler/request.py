@@ -8,7 +8,6 @@ clocks (hard and soft deadline) and cost budget. It holds no scheduling logic.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.errors import NodeError
+from engine.errors import ERROR_CHARS, NodeError, exception_text
 from engine.events import (
     CallOutcome,
     DecisionTrace,
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from engine.scheduler.frame import Frame
     from engine.scheduler.lazy import LazyNode
 
-__all__ = ["NodeCtx", "RequestState", "RequestView", "describe_error"]
+__all__ = ["ERROR_CHARS", "NodeCtx", "RequestState", "RequestView", "describe_error"]
 
 _VALIDATION_PASSED = "VALIDATION_PASSED"
 _VALIDATIONS = frozenset({_VALIDATION_PASSED, "VALIDATION_FAILED"})
@@ -69,43 +68,13 @@ def describe_error(node_id: str, error: BaseException) -> str:
     store row, and one whose `__str__` raises is described by its type.
     """
     if isinstance(error, NodeError) and error.node_id == node_id:
-        return _printable(str(error))
-    text = _error_text(error)
+        return exception_text(error)
+    text = exception_text(error)
     prefix = f"node '{node_id}': "
     text = text.removeprefix(prefix)
     if isinstance(error, NodeError):
         return prefix + text
     return f"{prefix}{type(error).__name__}: {text}"
-
-
-ERROR_CHARS = 2_000
-"""The most characters of an exception's own text an error message carries."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _error_text(error: BaseException, *, with_type: bool = False) -> str:
-    """`str(error)`, bounded and printable; its type's name when it has no text (or its
-    `__str__` raises); with `with_type`, `Type: text`."""
-    try:
-        text = str(error)
-    except Exception:
-        text = ""
-    if not isinstance(text, str):  # (a `str` subclass's own `__str__` may return anything)
-        text = ""
-    text = _printable(text) or type(error).__name__
-    return f"{type(error).__name__}: {text}" if with_type else text
-
-
-def _printable(text: str) -> str:
-    if len(text) > ERROR_CHARS:
-        text = f"{text[:ERROR_CHARS]}... ({len(text) - ERROR_CHARS} more characters)"
-    if _CONTROL.search(text) is None:
-        return text
-    return _CONTROL.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    return repr(match.group())[1:-1]
 
 
 class NodeCtx(NodeContext):
@@ -639,11 +608,11 @@ class RequestState:
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:
-                    problem = _error_text(exc, with_type=True)
+                    problem = exception_text(exc, with_type=True)
                 except BaseException as exc:  # (exit(), a BaseException of its own)
                     if isinstance(exc, KeyboardInterrupt):
                         raise
-                    problem = _error_text(exc, with_type=True)
+                    problem = exception_text(exc, with_type=True)
             if scope.cancelled_caught:
                 problem = f"still running after {AFTER_SUCCESS_S:g} s: cancelled"
             if problem is not None:

@@ -1,0 +1,136 @@
+"""Plugin classes written carelessly are refused when loaded, with a message that names
+the class and says what to write; nothing a plugin's class body or constructor does ends
+moat itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from engine import Node, NodeContext
+from engine.cli import main
+from engine.errors import PluginError
+from engine.plugin.registry import Registry
+
+
+class Out(BaseModel):
+    value: int = 0
+
+
+def node_type(**attrs: Any) -> type[Node]:
+    class Config(BaseModel):
+        model: str = "small"
+
+    async def run(self: Node, config: Any, ctx: NodeContext) -> Out:
+        return Out()
+
+    body: dict[str, Any] = {"type_name": "careless", "Config": Config, "Output": Out, "run": run}
+    return type("Careless", (Node,), body | attrs)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "said"),
+    [
+        ({"model_keys": "model"}, r"`model_keys` must be a tuple of `Config` field names"),
+        ({"model_keys": ("modle",)}, r"names 'modle', but 'modle' is not a field .* Fields: model"),
+        ({"model_keys": ("routes.*.model",)}, r"'routes' is not a field of its Config"),
+        ({"event_types": ["SLEPT"]}, r"`event_types` must be a tuple"),
+        ({"event_types": ("GATE_DECISION",)}, r"one of the engine's own"),
+    ],
+)
+def test_a_careless_node_class_is_refused_saying_what_to_write(
+    attrs: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(PluginError, match=said):
+        Registry([node_type(**attrs)])
+
+
+def test_model_keys_that_name_config_fields_are_taken() -> None:
+    assert "careless" in Registry([node_type(model_keys=("model",))])
+
+
+PLUGIN = """
+from pydantic import BaseModel
+from engine import Node
+
+
+class Strange:
+    pass
+
+
+class Out(BaseModel):
+    value: int = 0
+
+
+class Careless(Node):
+    type_name = "careless"
+
+    class Config(BaseModel):
+        thing: Strange
+
+    Output = Out
+
+    async def run(self, config, ctx):
+        return Out()
+"""
+EXITS = """
+from pydantic import BaseModel
+from engine import Node
+
+
+class Out(BaseModel):
+    value: int = 0
+
+
+class Careless(Node):
+    type_name = "careless"
+
+    class Config(BaseModel):
+        pass
+
+    Output = Out
+
+    def __init__(self):
+        raise SystemExit(5)
+
+    async def run(self, config, ctx):
+        return Out()
+"""
+GRAPH = """\
+moat: 1
+name: careless
+plugins: [careless_nodes]
+nodes:
+  a: {type: careless}
+output:
+  v: a.value
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "said"),
+    [
+        (
+            PLUGIN,
+            "plugin module 'careless_nodes' could not be imported (PydanticSchemaGenerationError: "
+            "Unable to generate pydantic-core schema for <class",
+        ),
+        (EXITS, "node type 'careless' could not be created: SystemExit: 5; `Careless()` must"),
+    ],
+)
+def test_a_plugin_whose_class_or_constructor_breaks_is_one_line_at_its_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], module: str, said: str
+) -> None:
+    # (a module name of its own per case: the folder package keeps what it imported)
+    folder = tmp_path / ("a" if module is PLUGIN else "b")
+    folder.mkdir()
+    (folder / "careless_nodes.py").write_text(module)
+    (folder / "g.yaml").write_text(GRAPH)
+    assert main(["check", str(folder / "g.yaml")]) == 2
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert said in first, err
+    assert "internal error" not in err and "errors.pydantic.dev" not in err

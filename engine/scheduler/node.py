@@ -563,6 +563,8 @@ class NodeRunner:
                 output = await impl.run(config, ctx)
             if scope.cancel_called:  # a value returned after the timeout is not an answer
                 raise self._timeout(cell, attempt)
+            if cell.frame.req.clock() > scope.deadline:  # no cancellation could reach it:
+                raise self._timeout(cell, attempt, blocked=True)  # it blocked the loop
         return self._checked(cell, output)
 
     @staticmethod
@@ -575,7 +577,7 @@ class NodeRunner:
             )
         return output
 
-    def _timeout(self, cell: LazyNode, attempt: int) -> NodeTimeout:
+    def _timeout(self, cell: LazyNode, attempt: int, *, blocked: bool = False) -> NodeTimeout:
         timeout_ms = cell.node.timeout_ms
         req = cell.frame.req
         req.node_event(
@@ -584,8 +586,14 @@ class NodeRunner:
             decision="timeout",
             payload={"timeout_ms": timeout_ms, "attempt": attempt},
         )
+        how = (
+            " while blocking the event loop, where no cancellation could reach it (blocking "
+            "work belongs in `await anyio.to_thread.run_sync(...)`)"
+            if blocked
+            else ""
+        )
         return NodeTimeout(
-            f"attempt {attempt} ran past timeout_ms={timeout_ms:g}",
+            f"attempt {attempt} ran past timeout_ms={timeout_ms:g}{how}",
             node_id=cell.node.id,
             request_id=req.info.id,
         )

@@ -192,3 +192,12 @@ async def test_an_after_success_callback_that_misbehaves_is_logged_and_the_batch
         assert error == f"still running after {AFTER_SUCCESS_S:g} s: cancelled"
     if kind == "again":
         assert "after_success() called once the request had ended" in error
+
+
+async def test_a_node_blocking_the_loop_past_its_timeout_is_a_timeout_that_says_so() -> None:
+    g = graph(GRAPH.replace("type: hostile,", "type: hostile, timeout_ms: 50,"))
+    results, sink = await batch(g, {"mode": "block"})
+    assert results[0].status == "failed"
+    error = assert_one_line(results[0].error)
+    assert "attempt 1 ran past timeout_ms=50 while blocking the event loop" in error
+    assert sink.node_runs()[0].status == "timed_out"

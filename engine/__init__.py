@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from engine.graph.compiled import Graph
     from engine.graph.loader import GraphErrors, check_file, load_graph, load_graph_text
+    from engine.graph.patterns import schema_problem
     from engine.plugin.context import Completion, ModelClient, NodeContext, RequestInfo, SharedState
     from engine.plugin.files import at_check, graph_file, read_text_file
     from engine.plugin.node import Node
@@ -136,6 +137,7 @@ _LAZY = {
     "request_report": "engine.report.explain",
     "rollback_policy": "engine.policy.manager",
     "run_sync": "engine.api",
+    "schema_problem": "engine.graph.patterns",
 }
 
 __all__ = [
@@ -202,6 +204,7 @@ __all__ = [
     "request_report",
     "rollback_policy",
     "run_sync",
+    "schema_problem",
 ]
 
 

@@ -32,8 +32,7 @@ import anyio
 import jsonschema
 from pydantic import BaseModel, Field
 
-from engine import Completion, Node, NodeContext, NodeError
-from engine.graph.patterns import schema_problem
+from engine import Completion, Node, NodeContext, NodeError, schema_problem
 from nodes._support.calls import ask_json, clamp01, object_schema
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient

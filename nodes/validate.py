@@ -26,8 +26,15 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
-from engine import BudgetExceeded, CircuitOpen, Node, NodeContext, NodeError, TransientError
-from engine.graph.patterns import schema_problem
+from engine import (
+    BudgetExceeded,
+    CircuitOpen,
+    Node,
+    NodeContext,
+    NodeError,
+    TransientError,
+    schema_problem,
+)
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]

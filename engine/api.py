@@ -155,6 +155,7 @@ class Pipeline:
         self._idle: anyio.Event | None = None
         self._owned: dict[str, _OwnedRun] = {}
         self._seqs: dict[str, SeqSet] = {}
+        self._free: dict[str, int] = {}  # run -> where to look for its next free seq
         """Per run answered under, the seqs answered or in flight: request ids are unique."""
         self._store_failures = 0
         """Flushes that raised: the writes they covered are lost, so a run spanning one failed."""
@@ -310,6 +311,7 @@ class Pipeline:
         store = self.store
         if store is None:
             self._seqs.pop(run_id, None)
+            self._free.pop(run_id, None)
             return
         try:
             with anyio.CancelScope(shield=True):  # the run counts its requests once stored
@@ -321,6 +323,7 @@ class Pipeline:
             with anyio.CancelScope(shield=True):  # how it ended is recorded, come what may
                 await anyio.to_thread.run_sync(partial(store.finish_run, run_id, status, at=at))
             self._seqs.pop(run_id, None)  # stored now: the store knows them from here on
+            self._free.pop(run_id, None)
 
     def _usable(self) -> Runner:
         """The runner, or a clear error: the pipeline is not open, or was opened in
@@ -350,7 +353,7 @@ class Pipeline:
         input: Mapping[str, Any],
         *,
         run_id: str | None = None,
-        seq: int = 0,
+        seq: int | None = None,
         labels: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         tenant: str | None = None,
@@ -360,7 +363,8 @@ class Pipeline:
         (default `input["tenant"]`, else `public`) partitions caches and is recorded.
         With `record_cancelled`, a request its caller cancels is recorded `cancelled`
         (a server's client that hung up; a function instead of True says why, see
-        `Runner.run`); without, it leaves no request record.
+        `Runner.run`); without, it leaves no request record. Under `run_id` without
+        `seq`, the request takes the next seq the run has not answered.
 
         Raises:
             DuplicateRequest: `run_id` has answered `seq` already (its request id would be
@@ -377,11 +381,18 @@ class Pipeline:
             )
         if isinstance(input, Mapping) and (labels or type(input) is not dict):
             input = {**input, **({"_labels": labels} if labels else {})}
+        reserved = run_id is not None and seq is None
+        if run_id and seq is None:
+            seq = await self._next_seq(run_id)  # taken: no other call can answer it
         # (anything else than a mapping is answered `invalid_input`, as in a batch)
-        item = parse_request(input, seq=seq, declared=self.validator.declared, limits=self.limits)
+        item = parse_request(
+            input, seq=seq or 0, declared=self.validator.declared, limits=self.limits
+        )
         item = item if not meta else _with_meta(item, meta)
         if run_id:
-            return await self._answer(run_id, item, tenant, record_cancelled=record_cancelled)
+            return await self._answer(
+                run_id, item, tenant, record_cancelled=record_cancelled, reserved=reserved
+            )
         rid = await self.new_run(1)  # a run of its own, created and finished here
         self.use_run(rid)
         status = "interrupted"
@@ -610,13 +621,14 @@ class Pipeline:
         tenant: str | None = None,
         *,
         record_cancelled: bool | Callable[[], str | None] = False,
+        reserved: bool = False,
     ) -> RequestResult:
         assert self._runner is not None, "use `async with Pipeline(...)`"
         request_id = f"{run_id}-{item.seq:06d}"
         seqs = self._seqs.get(run_id)
         if seqs is None:
             seqs = await self._adopt_run(run_id)
-        if not seqs.add(item.seq):
+        if not seqs.add(item.seq) and not reserved:
             where = f"{item.source}:{item.line}" if item.source and item.line else ""
             raise DuplicateRequest(run_id, item.seq, request_id, where)
         data, error = self.validator.validate(item)
@@ -642,6 +654,17 @@ class Pipeline:
             self._settled()  # no record will come for this request
             seqs.discard(item.seq)
             raise
+
+    async def _next_seq(self, run_id: str) -> int:
+        """The lowest seq `run_id` has not answered, taken for the caller."""
+        seqs = self._seqs.get(run_id)
+        if seqs is None:
+            seqs = await self._adopt_run(run_id)
+        seq = self._free.get(run_id, 0)
+        while not seqs.add(seq):
+            seq += 1
+        self._free[run_id] = seq + 1
+        return seq
 
     async def _adopt_run(self, run_id: str) -> SeqSet:
         """The seqs of a run this pipeline did not start (another process's, or one it

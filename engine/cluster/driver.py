@@ -308,9 +308,12 @@ class ClusterPipeline(Pipeline):
         tenant: str | None = None,
         *,
         record_cancelled: bool | Callable[[], str | None] = False,
+        reserved: bool = False,
     ) -> RequestResult:
         if tenant is not None or record_cancelled is not False or not self._slots:
-            return await super()._answer(run_id, item, tenant, record_cancelled=record_cancelled)
+            return await super()._answer(
+                run_id, item, tenant, record_cancelled=record_cancelled, reserved=reserved
+            )
         waiter = _Waiter(run_id, item, f"{run_id}-{item.seq:06d}", anyio.Event())
         self._enqueue(waiter)
         self._signal()

@@ -1,17 +1,19 @@
 """Records a row builder refused, with their free-form values made plain data.
 
 What a node passes to `ctx.emit` and `ctx.trace` is recorded as it was given, and encoded
-only by the store writer, off the request path. A value JSON cannot carry (a mapping
-holding itself, nesting deeper than the encoder's stack, keys that are not strings, a
-label that is not text, an object whose `__str__` raises) makes its row fail to build;
-rather than drop the record (and fail the run's next flush), the writer builds it again
-from `mended(record)`: the same record with each such value replaced by text that says
-what it was. Only records that failed to build come here, so the common path pays nothing.
+only by the store writer, off the request path. A value strict JSON cannot carry (NaN or
+an infinity, stored as null; a mapping holding itself, nesting deeper than the encoder's
+stack, keys that are not strings, a label that is not text, an object whose `__str__`
+raises) makes its row fail to build; rather than drop the record (and fail the run's next
+flush), the writer builds it again from `mended(record)`: the same record with each such
+value replaced by null or by text that says what it was. Only records that failed to
+build come here, so the common path pays nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,6 +63,8 @@ def _mapping(value: Any) -> dict[str, Any] | None:
 
 def _plain(value: Any, depth: int, path: set[int]) -> Any:
     """`value` as JSON data: containers walked (cycles and depth cut), the rest as text."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None  # strict JSON has no NaN, no infinity
     if value is None or type(value) in _SCALARS:
         return value
     if isinstance(value, Mapping | list | tuple | set | frozenset):
@@ -78,6 +82,8 @@ def _plain(value: Any, depth: int, path: set[int]) -> Any:
         finally:
             path.discard(id(value))
     if isinstance(value, _SCALARS):  # a subclass (an enum member): its plain value
+        if isinstance(value, float):
+            return float(value) if math.isfinite(value) else None
         return _label(value) if isinstance(value, str) else value
     return _label(value)
 

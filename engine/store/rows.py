@@ -95,9 +95,9 @@ _EMPTY_LIST = "[]"
 # `json.dumps` builds a new encoder object per call, which was a third of the writer's
 # time. Falls back to the pure-Python encoder where the C speedups are missing.
 _make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encoder = (
+_c_encoder = (  # allow_nan=False: strict JSON; a record with NaN is stored `mended`
     _make_c_encoder(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
     )
     if _make_c_encoder is not None
     else None
@@ -106,7 +106,7 @@ _c_encoder = (
 
 def _encode(value: object) -> str:
     if _c_encoder is None:
-        return json.dumps(value, separators=(",", ":"), default=str)
+        return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
     return "".join(_c_encoder(value, 0))
 
 

@@ -67,6 +67,19 @@ async def test_answering_a_seq_twice_under_one_run_is_refused_and_the_first_is_k
 
 
 @pytest.mark.anyio
+async def test_requests_under_a_run_without_a_seq_take_the_next_free_ones(tmp_path: Path) -> None:
+    db = tmp_path / "moat.db"
+    async with Pipeline(load_graph_text(GRAPH), db=db) as pipe:
+        run_id = pipe.start_run(5)
+        await pipe.run({"n": 1}, run_id=run_id, seq=1)
+        async with anyio.create_task_group() as tg:  # concurrent calls never share one
+            for n in range(4):
+                tg.start_soon(lambda n=n: pipe.run({"n": n}, run_id=run_id))
+        await pipe.finish_run(run_id)
+    assert sorted(row["seq"] for row in _rows(db)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.anyio
 async def test_a_batch_answers_the_others_and_then_names_its_duplicates(tmp_path: Path) -> None:
     db = tmp_path / "moat.db"
     items = [BatchItem(seq, {"n": n}) for n, seq in enumerate([0, 1, 1, 2, 0, 1])]

@@ -4,6 +4,8 @@ orphans and the policy tables."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import re
 import socket
@@ -409,6 +411,24 @@ def test_a_node_payload_json_cannot_carry_is_stored_mended_not_dropped(db: Path)
         assert kept == ["<list nested deeper than 64>"]
         assert events[2]["reason_codes"][0].startswith("<object object at")
         assert events[3]["payload"] == {"fine": 1}
+
+
+def test_the_store_s_json_is_strict_nan_and_infinities_are_null(db: Path) -> None:
+    writer = StoreWriter(db)
+    odd = {"nan": math.nan, "inf": [math.inf, -math.inf], "fine": 1.5}
+    writer.record(event("q1", 1, payload=odd))
+    writer.flush()
+    writer.close()
+    assert writer.stats.dropped == 0
+    with sqlite3.connect(db) as conn:
+        ((text,),) = conn.execute("SELECT payload_json FROM orchestration_events").fetchall()
+    conn.close()
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the store's JSON")
+
+    json.loads(text, parse_constant=refuse)
+    assert json.loads(text) == {"nan": None, "inf": [None, None], "fine": 1.5}
 
 
 def test_flush_soon_calls_back_on_the_writer_thread_once_the_records_are_committed(

@@ -481,11 +481,12 @@ class InputValidator:
             return None, item.error
         data = {**self._defaults, **item.input}
         tenant = data.get("tenant")
-        if tenant is not None and type(tenant) is not str and type(tenant) is not int:
+        if tenant is not None and (type(tenant) is not str or not _TENANT_OK(tenant)):
             # it names the request's cache partition and audit identity, whatever the schema
-            where = _where(item.source, item.line)
-            shown = show_value(tenant)
-            return None, f"{where}: input tenant: must be a string or an integer, not {shown}"
+            problem = _tenant_problem(tenant)
+            if problem is not None:
+                where = _where(item.source, item.line)
+                return None, f"{where}: input tenant: {problem}"
         check = self._surely_valid
         if check is not None and check(data):
             return data, None
@@ -498,6 +499,28 @@ class InputValidator:
             return data, None
         at = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return None, f"{where}: input {at}: {_schema_message(error)}"
+
+
+_TENANT_OK = re.compile(r"(?=.{1,256}\Z)(?!\s*\Z)[^\x00-\x1f\x7f]*\Z", re.S).match
+"""A tenant string any store, log and metrics label can carry (the common case, matched once)."""
+
+
+def _tenant_problem(tenant: Any) -> str | None:
+    """Why `tenant` cannot name a cache partition and an audit identity, or None."""
+    if type(tenant) is int:
+        return None
+    if type(tenant) is not str:
+        return f"must be a string or an integer, not {show_value(tenant)}"
+    if not tenant.strip():
+        return "is empty; name the tenant, or leave `tenant` out for `public`"
+    if len(tenant) > 256:
+        return f"is {len(tenant)} characters long; a tenant name has at most 256"
+    if _CONTROL.search(tenant):
+        return f"{show_value(tenant)} holds control characters; name the tenant in plain text"
+    return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _schema_message(error: ValidationError) -> str:

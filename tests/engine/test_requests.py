@@ -263,6 +263,20 @@ def test_a_tenant_that_is_not_a_name_is_invalid_input_whatever_the_schema(tenant
         assert fine is None and named is not None and named["tenant"] == name
 
 
+@given(st.text(max_size=300))
+def test_a_tenant_string_is_a_name_any_store_log_or_label_can_carry(tenant: str) -> None:
+    from engine.requests import BatchItem, InputValidator
+
+    validator = InputValidator({"type": "object", "properties": {"prompt": {"type": "string"}}})
+    data, error = validator.validate(BatchItem(0, {"prompt": "hi", "tenant": tenant}, line=2))
+    plain = tenant.strip() and len(tenant) <= 256
+    plain = plain and not any(ord(c) < 32 or ord(c) == 127 for c in tenant)
+    if plain:
+        assert error is None and data is not None and data["tenant"] == tenant
+    else:
+        assert data is None and error is not None and error.startswith("request:2: input tenant:")
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     key=st.sampled_from(["conversation_id", "turn_index", "parent_request_id"]),

@@ -654,6 +654,14 @@ class Store:
         )
         return rows[::-1]
 
+    def policy_activation_counts(self, name: str) -> dict[int, int]:
+        """How many times each version of the policy was activated (counted in SQL)."""
+        rows = self._rows(
+            "SELECT version, COUNT(*) AS n FROM policy_activations WHERE name = ? GROUP BY version",
+            (name,),
+        )
+        return {int(row["version"]): int(row["n"]) for row in rows}
+
     def list_policies(self) -> list[Row]:
         """One row per policy: `name`, `versions` (count), `latest` and `active` version."""
         return self._rows(

@@ -82,9 +82,7 @@ class PoliciesScreen(LiveScreen):
         if store is None or self.policy is None:
             return
         self._versions = {int(v["version"]): v for v in store.policy_versions(self.policy)}
-        counts: dict[int, int] = {}
-        for activation in store.policy_history(self.policy):
-            counts[int(activation["version"])] = counts.get(int(activation["version"]), 0) + 1
+        counts = store.policy_activation_counts(self.policy)  # (not the whole history)
         table = self.query_one("#policy-versions", DataTable)
         table.clear()
         for version, row in sorted(self._versions.items(), reverse=True):

@@ -132,6 +132,7 @@ def test_rollback_reactivates_the_previous_version(tmp_path: Path) -> None:
     ]
     rolled = events(m.store, EventType.POLICY_ROLLED_BACK)
     assert [e["decision"] for e in rolled] == ["v3 -> v2", "v2 -> v1"]
+    assert m.store.policy_activation_counts("triage") == {1: 2, 2: 2, 3: 1}  # (the TUI's)
 
 
 def test_rollback_refuses_unknown_and_missing_targets(tmp_path: Path) -> None:

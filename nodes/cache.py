@@ -34,14 +34,13 @@ optional `tenant`, `scope`, `ttl_s`, `negative`) seeds frequent templates once p
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, graph_file, read_text_file
 from nodes._support.cachebudget import process_budget
+from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
 from nodes._support.semcache import Lookup, Prepared, SemanticCache
 
@@ -312,21 +311,9 @@ def _read_warm_file(path: str) -> list[dict[str, Any]]:
     """
     raw = read_text_file(path, "cache warm_file")
     if path.endswith(".jsonl"):
-        items = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except ValueError as exc:
-                    raise ValueError(
-                        f"cache warm_file {path}:{number}: not JSON ({exc}); write one "
-                        '{"prompt": ..., "value": ...} object per line'
-                    ) from None
+        items = json_lines(raw, f"cache warm_file {path}", '{"prompt": ..., "value": ...}')
     else:
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"cache warm_file {path}: not YAML or JSON: {exc}") from None
+        data = yaml_data(raw, f"cache warm_file {path}")
         items = data.get("entries", []) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) and "prompt" in i for i in items):
         raise ValueError(f"cache warm_file {path!r}: expected a list of {{prompt, value}} entries")

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, graph_file, read_text_file
+from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
 __all__ = ["Passage", "RetrieveNode"]
@@ -171,21 +171,9 @@ def _read_corpus(path: str) -> list[tuple[str, str]]:
     raw = read_text_file(path, "corpus")
     suffix = Path(path).suffix
     if suffix == ".jsonl":
-        entries: list[Any] = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except ValueError as exc:
-                    raise ValueError(
-                        f"corpus {path}:{number}: not JSON ({exc}); write one "
-                        '{"id": ..., "text": ...} object per line'
-                    ) from None
+        entries: Any = json_lines(raw, f"corpus {path}", '{"id": ..., "text": ...}')
     elif suffix in (".yaml", ".yml", ".json"):
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"corpus {path}: not YAML or JSON: {exc}") from None
+        data = yaml_data(raw, f"corpus {path}")
         entries = data.get("passages", []) if isinstance(data, dict) else data
     else:
         entries = [p.strip() for p in raw.split("\n\n") if p.strip()]

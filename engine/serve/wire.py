@@ -142,6 +142,9 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         if not isinstance(role, str) or role not in ROLES:  # a list or object: unhashable
             choices = ", ".join(sorted(ROLES))
             raise _bad(f"{at}.role must be one of {choices}, not {show_value(role)}", f"{at}.role")
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise _bad(f"{at}.name must be a string, not {show_value(name)}", f"{at}.name")
         content = _content_text(message.get("content"), f"{at}.content")
         turns.append({"role": str(role), "content": content})
     return turns

@@ -88,6 +88,8 @@ async def test_a_number_with_more_digits_than_python_reads_is_a_400_saying_so(
         ("max_tokens", 1.5, "max_tokens"),
         ("max_completion_tokens", "100", "max_completion_tokens"),
         ("seed", "7", "seed"),
+        ("seed", 2**70, "seed"),
+        ("max_tokens", 10**400, "max_tokens"),
         ("stop", {"a": 1}, "stop"),
         ("stop", [1, 2], "stop"),
         ("stop", ["a", "b", "c", "d", "e"], "stop"),
@@ -114,6 +116,17 @@ async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, "invalid_value")
     assert error["message"].startswith(f"`{param}` must be ")
+
+
+async def test_a_message_name_that_is_not_a_string_is_a_400_naming_it(tmp_path: Path) -> None:
+    message = {"role": "user", "content": "hi", "name": {"first": "Ana"}}
+    body = {"model": "echo", "messages": [message]}
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].name"
+    assert error["message"].startswith("messages[0].name must be a string")
 
 
 async def test_stream_options_without_stream_is_a_400_as_openai_answers_it(

@@ -1,7 +1,8 @@
 """The graph checker: numbered checks that find every mistake before anything runs.
 
 Each check is a small method of `Checker` named `cNN_...` and documented with the mistake
-it finds. The checker also compiles what it checks, so a graph that passes is ready to run.
+it finds; the longer ones keep their helpers in the private module named after them. The
+checker also compiles what it checks (`_compile.py`), so a graph that passes is ready to run.
 
  1. node ids match `[a-z][a-z0-9_]*` and are neither names in scope, `true/false/none`
     nor Python keywords
@@ -13,15 +14,16 @@ it finds. The checker also compiles what it checks, so a graph that passes is re
  6. every `policy.key` read exists in the graph's default policy snapshot
  7. every `request.x` read is one of `id tenant degraded remaining_ms remaining_usd
     policy_version`
- 8. `with:` passes the node type's `Config` (unknown keys, types, required keys)
- 9. models named in `with:` exist in `models:`
+ 8. `with:` passes the node type's `Config` (unknown keys, types, required keys;
+    `_config.py`)
+ 9. models named in `with:` exist in `models:` (`_config.py`)
 10. no cycles between nodes (a node guarding on itself included)
 11. `prev.x` names a body node of the same loop
-12. nodes nothing can demand are reported as warnings
-13. `input:` is a valid JSON Schema
+12. nodes nothing can demand are reported as warnings (`_demand.py`)
+13. `input:` is a valid JSON Schema whose `$ref`s resolve (`_schemas.py`)
 14. `serve.input` maps input properties to expressions over the chat request only
 15. every model's `fallback:` names another model and fallbacks never loop (`_fallbacks.py`)
-16. no chain of nodes waiting one for another is longer than `MAX_CHAIN`
+16. no chain of nodes waiting one for another is longer than `MAX_CHAIN` (`_chain.py`)
 17. every `input.x` read is a property `input:` lists (a warning where others may come)
 18. every regex of `input:` and of a node's schemas compiles and runs in linear time
     (`patterns.py`)
@@ -32,19 +34,28 @@ from __future__ import annotations
 import difflib
 import keyword
 import re
-from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, cast
-from urllib.parse import unquote
+from collections.abc import Mapping
+from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from engine.errors import EvaluationError, ExpressionError, SpecError, exception_text
+from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
-from engine.expr.wording import bools_read_as_numbers, config_problem, quoted
+from engine.expr.wording import config_problem, quoted
 from engine.graph._chain import MAX_CHAIN, longest_chain
+from engine.graph._compile import (
+    Path,
+    ScopeInfo,
+    compile_outputs,
+    compile_scope,
+    template_errors,
+)
+from engine.graph._config import bool_errors, model_names
+from engine.graph._demand import undemanded
 from engine.graph._fallbacks import fallback_problems
-from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
+from engine.graph._schemas import MORE_PROPERTIES, ref_problems
+from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, Scope
 from engine.graph.patterns import schema_problems
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
@@ -61,66 +72,6 @@ _FUNCTIONS = frozenset(
 )
 _CHAT_INPUT = ("history", "prompt")
 """Input properties `moat serve` sets from a chat request, listed in the schema or not."""
-_MORE_PROPERTIES = (
-    "patternProperties",
-    "unevaluatedProperties",
-    "$ref",
-    "allOf",
-    "anyOf",
-    "oneOf",
-    "if",
-    "dependentSchemas",
-)
-"""Keywords by which an `input:` schema may admit properties its `properties` do not list."""
-Path = tuple[str | int, ...]
-
-
-def _model_names(value: Any, inner: list[str], where: Path) -> Iterator[tuple[Any, Path]]:
-    """The model names at `inner` (keys, `*` for every item) inside a `with:` value, each
-    with its place; a list at the end holds several."""
-    if not inner:
-        if isinstance(value, list):
-            for i, model in enumerate(value):
-                yield model, (*where, i)
-        else:
-            yield value, where
-        return
-    part, *rest = inner
-    if part == "*":
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        if isinstance(value, Mapping | list):
-            for key, item in items:
-                yield from _model_names(item, rest, (*where, key))
-    elif isinstance(value, Mapping) and part in value:
-        yield from _model_names(value[part], rest, (*where, part))
-
-
-class _ScopeInfo:
-    """What names a scope (top level or loop body) defines, while checking."""
-
-    def __init__(
-        self, specs: Mapping[str, NodeSpec | LoopSpec], at: Path, parent: _ScopeInfo | None
-    ) -> None:
-        self.specs = specs
-        self.at = at
-        self.parent = parent
-        self.in_loop = parent is not None
-
-    def find(self, name: str) -> tuple[_ScopeInfo, NodeSpec | LoopSpec] | None:
-        scope: _ScopeInfo | None = self
-        while scope is not None:
-            if name in scope.specs:
-                return scope, scope.specs[name]
-            scope = scope.parent
-        return None
-
-    def visible(self) -> list[str]:
-        names: list[str] = []
-        scope: _ScopeInfo | None = self
-        while scope is not None:
-            names.extend(scope.specs)
-            scope = scope.parent
-        return names
 
 
 class Checker:
@@ -155,9 +106,9 @@ class Checker:
         """Run every check; returns the compiled top scope and outputs (None on errors)."""
         self.c00_plugins()
         self.c13_input_schema()
-        top = _ScopeInfo(self.spec.nodes, ("nodes",), None)
-        scope = self._compile_scope(top)
-        output = self._compile_outputs(self.spec.output, ("output",), top)
+        top = ScopeInfo(self.spec.nodes, ("nodes",), None)
+        scope = compile_scope(self, top)
+        output = compile_outputs(self, self.spec.output, ("output",), top)
         self.c14_serve_mapping()
         self.c15_fallbacks()
         if scope is not None and not self.errors:
@@ -237,11 +188,17 @@ class Checker:
             return compile_template(value)
         except ExpressionError:
             pass
-        self._locate_template_error(value, at, node_id)
+        for where, part, exc in template_errors(value, at):
+            self._error(
+                f"in {quoted(part)}: {exc.reason}",
+                where,
+                node_id=node_id,
+                offset=(exc.column or 1) - 1,
+            )
         return None
 
     def c04_refs(
-        self, expr: Expr | Template, at: Path, scope: _ScopeInfo, node_id: str | None
+        self, expr: Expr | Template, at: Path, scope: ScopeInfo, node_id: str | None
     ) -> None:
         """Every name is a node or a scope name; fields, policy keys and prev are checked."""
         for ref in expr.refs:
@@ -349,7 +306,7 @@ class Checker:
                     node_id=node_id,
                 )
                 dynamic.add(key)  # not judged against the config either
-        errors: list[Any] = _bools_read_as_numbers(config_cls, static)
+        errors: list[Any] = bool_errors(config_cls, static)
         try:  # the context lets a config validator read the files it names (`graph_file`)
             config_cls.model_validate(static, context={CHECK_CONTEXT: self.base_dir})
         except ValidationError as exc:
@@ -394,7 +351,7 @@ class Checker:
                 field = cls.Config.model_fields.get(name)
                 value = field.default if field is not None else None
                 where = at
-            for model, place in _model_names(value, inner, where):
+            for model, place in model_names(value, inner, where):
                 if isinstance(model, str) and model not in self.spec.models:
                     hint = _did_you_mean(model, defined)
                     how = "" if name in static else f" (the default of `{name}`)"
@@ -406,7 +363,7 @@ class Checker:
                     )
 
     def c10_cycles(
-        self, scope: _ScopeInfo, deps: Mapping[str, frozenset[str]]
+        self, scope: ScopeInfo, deps: Mapping[str, frozenset[str]]
     ) -> tuple[str, ...] | None:
         """No cycles between nodes; returns a deterministic topological order (None: a cycle)."""
         import networkx as nx  # imported here: it costs a fifth of a second at startup
@@ -432,7 +389,7 @@ class Checker:
             )
             return None
 
-    def c11_prev(self, ref: Ref, scope: _ScopeInfo, at: Path, node_id: str | None) -> None:
+    def c11_prev(self, ref: Ref, scope: ScopeInfo, at: Path, node_id: str | None) -> None:
         """`prev.x` names a body node of the same loop."""
         if not scope.in_loop:
             self._error(
@@ -461,7 +418,13 @@ class Checker:
     def c12_undemanded(self, scope: Scope, output: Mapping[str, Expr]) -> None:
         """Nodes nothing can demand are reported as warnings (they never run)."""
         wanted: set[str] = set().union(*(e.names for e in output.values())) if output else set()
-        self._warn_undemanded(scope, wanted, ("nodes",))
+        for at, nid in undemanded(scope, wanted, ("nodes",)):
+            pos = self.located.where(at, key=True)
+            self.warnings.append(
+                f"{self.located.path}:{pos.line}:{pos.column}: node '{nid}': nothing "
+                "demands this node and it is not speculative, so it never runs; read it "
+                "from `output:` or another node, or remove it"
+            )
 
     def c13_input_schema(self) -> None:
         """`input:` is a valid JSON Schema (else every request would fail to validate)."""
@@ -490,14 +453,8 @@ class Checker:
                 node_id=node_id,
             )
             return
-        for path, ref in _keyed(schema, "$ref", shown):
-            name = ".".join(map(str, shown))
-            problem = _unresolved(schema, ref, name) if isinstance(ref, str) else None
-            if problem is not None:
-                where = ".".join(str(p) for p in path)
-                self._error(
-                    f"{where}: $ref {ref!r} {problem}", (*at, *path[len(shown) :]), node_id=node_id
-                )
+        for path, message in ref_problems(schema, shown):
+            self._error(message, (*at, *path[len(shown) :]), node_id=node_id)
         self.c18_patterns(schema, at, shown, node_id)
 
     def c18_patterns(
@@ -568,7 +525,7 @@ class Checker:
         field = ref.path[0] if ref.path else None
         if not isinstance(field, str) or not isinstance(listed, Mapping) or field in listed:
             return
-        if any(key in schema for key in _MORE_PROPERTIES):
+        if any(key in schema for key in MORE_PROPERTIES):
             return  # the schema may admit properties it does not list
         names = sorted(str(name) for name in listed)
         message = (
@@ -589,143 +546,9 @@ class Checker:
         )
         self.warnings.append(str(warning))
 
-    # -- compiling ----------------------------------------------------------------------
+    # -- helpers of the checks ----------------------------------------------------------
 
-    def _compile_scope(self, info: _ScopeInfo) -> Scope | None:
-        compiled: dict[str, CompiledNode] = {}
-        for node_id, spec in info.specs.items():
-            at = (*info.at, node_id)
-            if not self.c01_node_id(node_id, at, info.in_loop):
-                continue
-            node = self._compile_node(node_id, spec, at, info)
-            if node is not None:
-                compiled[node_id] = node
-        deps = {nid: n.deps & set(info.specs) for nid, n in compiled.items()}
-        if len(compiled) != len(info.specs):
-            return None
-        order = self.c10_cycles(info, deps)
-        if order is None:
-            return None
-        spec_ids = tuple(n for n in order if compiled[n].speculative is not False)
-        return Scope(nodes=compiled, order=order, speculative=spec_ids)
-
-    def _compile_node(
-        self, node_id: str, spec: NodeSpec | LoopSpec, at: Path, scope: _ScopeInfo
-    ) -> CompiledNode | None:
-        when = self._expr(spec.when, (*at, "when"), scope, node_id)
-        speculative: bool | Expr = spec.speculative if isinstance(spec.speculative, bool) else False
-        if isinstance(spec.speculative, str):
-            speculative = (
-                self._expr(spec.speculative, (*at, "speculative"), scope, node_id) or False
-            )
-        names: set[str] = set()
-        for part in (when, speculative):
-            if isinstance(part, Expr):
-                names |= part.names
-        if isinstance(spec, LoopSpec):
-            return self._compile_loop(node_id, spec, at, scope, when, speculative, names)
-        cls = self.c02_node_type(node_id, spec, at)
-        template = self.c03_template(spec.with_, (*at, "with"), node_id)
-        if template is None or cls is None:
-            return None
-        self._template_refs(spec.with_, (*at, "with"), scope, node_id)
-        self.c08_config(node_id, cls, spec, at, template)
-        names |= template.names
-        impl = self._instance(cls, at)
-        if impl is None:
-            return None
-        return CompiledNode(
-            id=node_id,
-            type_name=spec.type,
-            impl=impl,
-            config=template,
-            when=when,
-            speculative=speculative,
-            timeout_ms=spec.timeout_ms,
-            retries=spec.retries,
-            optional=spec.optional,
-            deps=frozenset(names),
-        )
-
-    def _compile_loop(
-        self,
-        node_id: str,
-        spec: LoopSpec,
-        at: Path,
-        scope: _ScopeInfo,
-        when: Expr | None,
-        speculative: bool | Expr,
-        names: set[str],
-    ) -> CompiledNode | None:
-        body_info = _ScopeInfo(spec.nodes, (*at, "nodes"), scope)
-        body = self._compile_scope(body_info)
-        until = self._expr(spec.until, (*at, "until"), body_info, node_id)
-        output = self._compile_outputs(spec.output, (*at, "output"), body_info)
-        if body is None:
-            return None
-        inner = {*(until.names if until else ()), *(n for e in output.values() for n in e.names)}
-        for child in body.nodes.values():
-            inner |= child.deps
-        outer = {n for n in inner if n not in spec.nodes and n not in LOOP_SCOPE_NAMES}
-        loop = CompiledLoop(
-            max_cycles=spec.max_cycles,
-            until=until,
-            body=Scope(body.nodes, body.order, None, body.speculative),
-            output=output,
-        )
-        return CompiledNode(
-            id=node_id,
-            type_name="loop",
-            impl=None,
-            config=compile_template({}),
-            when=when,
-            speculative=speculative,
-            timeout_ms=spec.timeout_ms,
-            retries=0,
-            optional=spec.optional,
-            deps=frozenset(names | outer),
-            loop=loop,
-        )
-
-    def _compile_outputs(
-        self, outputs: Mapping[str, Any], at: Path, scope: _ScopeInfo
-    ) -> dict[str, Expr]:
-        compiled: dict[str, Expr] = {}
-        for name, source in outputs.items():
-            if source is None:  # `answer:` with nothing after it: forgotten, not `none`
-                self._error(
-                    f"output {name!r} has no expression; write one such as 'node.text', or "
-                    "'none' for an output that is always none",
-                    (*at, name),
-                    key=True,
-                )
-                continue
-            expr = self._expr(source, (*at, name), scope, None)
-            if expr is not None:
-                compiled[name] = expr
-        return compiled
-
-    def _expr(self, source: Any, at: Path, scope: _ScopeInfo, node_id: str | None) -> Expr | None:
-        if source is None:
-            return None
-        expr = self.c03_expression(source, at, node_id)
-        if expr is not None:
-            self.c04_refs(expr, at, scope, node_id)
-        return expr
-
-    def _instance(self, cls: type[Node], at: Path) -> Node | None:
-        try:
-            return cls()
-        except (Exception, SystemExit, GeneratorExit) as exc:  # third-party code
-            reason = exception_text(exc, with_type=not isinstance(exc, Exception))
-            self._error(
-                f"node type {cls.type_name!r} could not be created: {reason}; "
-                f"`{cls.__name__}()` must build an instance without arguments",
-                at,
-            )
-            return None
-
-    def _check_ref(self, ref: Ref, at: Path, scope: _ScopeInfo, node_id: str | None) -> None:
+    def _check_ref(self, ref: Ref, at: Path, scope: ScopeInfo, node_id: str | None) -> None:
         name = ref.name
         found = scope.find(name)
         if found is not None:
@@ -754,63 +577,6 @@ class Checker:
                 offset=ref.column - 1,
             )
 
-    def _template_refs(self, value: Any, at: Path, scope: _ScopeInfo, node_id: str) -> None:
-        """`c04_refs` on each string of a `with:` value, located at that string (a template's
-        own columns count from the start of the string holding each expression)."""
-        if isinstance(value, dict):
-            for key, item in value.items():
-                self._template_refs(item, (*at, key), scope, node_id)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                self._template_refs(item, (*at, i), scope, node_id)
-        elif isinstance(value, str) and "{{" in value:
-            self.c04_refs(compile_template(value), at, scope, node_id)
-
-    def _locate_template_error(self, value: Any, at: Path, node_id: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                self._locate_template_error(item, (*at, key), node_id)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                self._locate_template_error(item, (*at, i), node_id)
-        else:
-            try:
-                compile_template(value)
-            except ExpressionError as exc:
-                self._error(
-                    f"in {quoted(value)}: {exc.reason}",
-                    at,
-                    node_id=node_id,
-                    offset=(exc.column or 1) - 1,
-                )
-
-    def _warn_undemanded(self, scope: Scope, wanted: set[str], at: Path) -> None:
-        demanded: set[str] = set()
-        stack = [n for n in wanted if n in scope.nodes]
-        stack += [n for n in scope.speculative]
-        while stack:
-            nid = stack.pop()
-            if nid in demanded:
-                continue
-            demanded.add(nid)
-            stack.extend(d for d in scope.nodes[nid].deps if d in scope.nodes)
-        for nid in scope.order:
-            node = scope.nodes[nid]
-            if nid not in demanded:
-                pos = self.located.where((*at, nid), key=True)
-                self.warnings.append(
-                    f"{self.located.path}:{pos.line}:{pos.column}: node '{nid}': nothing "
-                    "demands this node and it is not speculative, so it never runs; read it "
-                    "from `output:` or another node, or remove it"
-                )
-            if node.loop is not None:
-                loop = node.loop
-                inner = {
-                    *(loop.until.names if loop.until else ()),
-                    *(n for e in loop.output.values() for n in e.names),
-                }
-                self._warn_undemanded(loop.body, inner, (*at, nid, "nodes"))
-
     def _error(
         self,
         message: str,
@@ -824,74 +590,6 @@ class Checker:
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
 
 
-def _bools_read_as_numbers(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]:
-    """The `with:` values written `true`/`false` where the config takes a number (pydantic
-    would read `max_tokens: true` as 1), as pydantic-shaped errors. Each field is judged
-    alone, so a key left to run time (`{{ ... }}`) does not hide them."""
-    found: list[Any] = []
-    for key, value in static.items():
-        info = config.model_fields.get(key)
-        if info is None or not _holds_bool(value):
-            continue
-        form: Any = info.annotation
-        if info.metadata:
-            form = cast(Any, Annotated)[(form, *info.metadata)]
-        try:
-            made = TypeAdapter(form).validate_python(value)
-        except ValidationError:
-            continue  # its own error is reported by the config's validation
-        found += [err for _, err in bools_read_as_numbers(value, made, (key,))]
-    return found
-
-
-def _holds_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, Mapping):
-        return any(_holds_bool(v) for v in value.values())
-    return isinstance(value, list) and any(_holds_bool(v) for v in value)
-
-
 def _did_you_mean(word: str, choices: list[str]) -> str:
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _keyed(
-    value: Any, name: str, at: tuple[str | int, ...]
-) -> Iterator[tuple[tuple[str | int, ...], Any]]:
-    """Every value under the key `name` in a JSON document, with where it stands."""
-    if isinstance(value, Mapping):
-        for key, child in value.items():
-            if key == name:
-                yield (*at, key), child
-            yield from _keyed(child, name, (*at, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield from _keyed(child, name, (*at, index))
-
-
-def _unresolved(schema: Mapping[str, Any], ref: str, name: str = "input") -> str | None:
-    """Why `ref` names nothing in `schema` (None: it resolves). Only references inside
-    the schema itself can: moat fetches no schema from elsewhere. `name` is how messages
-    call the schema (`input`, `with.schema`)."""
-    if not ref.startswith("#"):
-        return (
-            "points outside the graph, and moat fetches no schemas; copy the definition "
-            f"under `{name}.$defs` and refer to it as '#/$defs/NAME'"
-        )
-    pointer = ref[1:]
-    if pointer and not pointer.startswith("/"):  # `#name`: a `$anchor`
-        if any(anchor == pointer for _, anchor in _keyed(schema, "$anchor", ())):
-            return None
-        return f"names no `$anchor: {pointer}` in `{name}`"
-    node: Any = schema
-    for part in pointer.split("/")[1:]:
-        key = unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
-            return f"names nothing in `{name}` (no {key!r}); define it under `{name}.$defs`"
-    return None

@@ -1,0 +1,63 @@
+"""The helpers of checks 8 and 9 on a node's `with:` value: the model names it holds, and
+the booleans written where its config takes a number."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, cast
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from engine.expr.wording import bools_read_as_numbers
+
+__all__ = ["bool_errors", "model_names"]
+
+
+def model_names(
+    value: Any, inner: list[str], where: tuple[str | int, ...]
+) -> Iterator[tuple[Any, tuple[str | int, ...]]]:
+    """The model names at `inner` (keys, `*` for every item) inside a `with:` value, each
+    with its place; a list at the end holds several."""
+    if not inner:
+        if isinstance(value, list):
+            for i, model in enumerate(value):
+                yield model, (*where, i)
+        else:
+            yield value, where
+        return
+    part, *rest = inner
+    if part == "*":
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        if isinstance(value, Mapping | list):
+            for key, item in items:
+                yield from model_names(item, rest, (*where, key))
+    elif isinstance(value, Mapping) and part in value:
+        yield from model_names(value[part], rest, (*where, part))
+
+
+def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]:
+    """The `with:` values written `true`/`false` where the config takes a number (pydantic
+    would read `max_tokens: true` as 1), as pydantic-shaped errors. Each field is judged
+    alone, so a key left to run time (`{{ ... }}`) does not hide them."""
+    found: list[Any] = []
+    for key, value in static.items():
+        info = config.model_fields.get(key)
+        if info is None or not _holds_bool(value):
+            continue
+        form: Any = info.annotation
+        if info.metadata:
+            form = cast(Any, Annotated)[(form, *info.metadata)]
+        try:
+            made = TypeAdapter(form).validate_python(value)
+        except ValidationError:
+            continue  # its own error is reported by the config's validation
+        found += [err for _, err in bools_read_as_numbers(value, made, (key,))]
+    return found
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_bool(v) for v in value.values())
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)

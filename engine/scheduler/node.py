@@ -3,25 +3,24 @@
 `NodeRunner` is the scheduler's executor. A node runs inline in the task that demanded
 it; only speculative starts (and nodes a speculative task needs) get a task of their own,
 each under its own `CancelScope` kept on the lazy node, so a short-circuit cancels exactly
-that branch. Every failure becomes a value (`Outcome`) and then the lazy node's state:
-nothing here lets an exception escape into a task group.
+that branch. Every failure becomes a value (`Outcome`, `_outcome.py`) and then the lazy
+node's state: nothing here lets an exception escape into a task group. How each node runs
+is worked out on its first run (`Plan`, `_plan.py`).
 """
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from engine.errors import EvaluationError, NodeError, NodeTimeout, TransientError
 from engine.events import EventType, NodeOutcome, NodeStatus
-from engine.expr.wording import config_problem
-from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
 from engine.logs import get_logger
-from engine.scheduler.backend import cancelled_by_itself
+from engine.scheduler._outcome import Outcome, failure
+from engine.scheduler._plan import GATED, PLAIN, Plan
 from engine.scheduler.frame import (
     Consumer,
     InputFailed,
@@ -29,9 +28,8 @@ from engine.scheduler.frame import (
     demand_all,
     evaluate,
     mark_used,
-    note_read,
 )
-from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode
+from engine.scheduler.lazy import FINISHED, PENDING, RUNNING, LazyNode
 from engine.scheduler.request import NodeCtx, describe_error
 
 if TYPE_CHECKING:
@@ -44,110 +42,6 @@ __all__ = ["NodeRunner", "Outcome"]
 
 _log = get_logger("moat.scheduler")
 
-
-class Outcome:
-    """How a node run ended, before it is applied to the lazy node.
-
-    Attributes:
-        value: the output (None unless succeeded).
-        status: the node run's status.
-        error: the error, for failures.
-        error_node: the node where the error started (an input, or the node itself).
-    """
-
-    __slots__ = ("error", "error_node", "status", "value")
-
-    def __init__(
-        self,
-        value: Any,
-        status: NodeStatus,
-        error: BaseException | None = None,
-        error_node: str | None = None,
-    ) -> None:
-        self.value = value
-        self.status = status
-        self.error = error
-        self.error_node = error_node
-
-    @classmethod
-    def from_input(cls, exc: InputFailed) -> Outcome:
-        """The failure of a node whose input failed."""
-        return cls(None, NodeStatus.FAILED, exc.error, exc.node_id)
-
-    @classmethod
-    def from_error(cls, exc: Exception, node_id: str) -> Outcome:
-        """The failure of node `node_id` (`timed_out` for a timeout), or of its input."""
-        if isinstance(exc, InputFailed):
-            return cls.from_input(exc)
-        status = NodeStatus.TIMED_OUT if isinstance(exc, TimeoutError) else NodeStatus.FAILED
-        return cls(None, status, exc, node_id)
-
-
-def _failure(exc: BaseException, node_id: str) -> Outcome | None:
-    """The failure `exc` makes of node `node_id`'s run; None when it is a cancellation,
-    which must go on up.
-
-    Whatever else a plugin raises fails its own node, never the request's task or a
-    batch's task group: `exit()`, `GeneratorExit`, a `BaseException` of its own, a
-    `BaseExceptionGroup`. A `CancelledError` it raises while nothing cancelled its task
-    (a library's own timeout inside a plugin, say) is its failure too: left to go on up,
-    it would pass for the cancellation of the whole request, or of a batch's task group.
-    A `KeyboardInterrupt` interrupts the process as Ctrl-C does (`_interrupted`) and fails
-    the node on the way.
-    """
-    if isinstance(exc, Exception):
-        return Outcome.from_error(exc, node_id)
-    if cancelled_by_itself(exc):
-        reason = (
-            "raised CancelledError without being cancelled; a node reports a failure with "
-            "an ordinary exception (a timeout of its own as TimeoutError)"
-        )
-    elif _holds(exc, anyio.get_cancelled_exc_class()):
-        return None
-    elif _holds(exc, KeyboardInterrupt):
-        if not _interrupted():  # nobody turns Ctrl-C into a graceful stop: go on up
-            return None
-        reason = "raised KeyboardInterrupt: the run is interrupted, as by Ctrl-C"
-    elif isinstance(exc, SystemExit):  # a plugin's `exit()` ends its request, not the process
-        reason = f"called exit() ({exc.code!r}); a node reports a failure by raising an exception"
-    else:
-        reason = (
-            f"raised {describe_error(node_id, exc).removeprefix(f'node {node_id!r}: ')} "
-            f"(a BaseException, which only the runtime may raise); a node reports a failure "
-            "by raising an Exception"
-        )
-    error = NodeError(reason, node_id=node_id)
-    error.__cause__ = exc
-    return Outcome(None, NodeStatus.FAILED, error, node_id)
-
-
-def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether `exc` is a `kind`, or a group (a plugin's own task group) holding one."""
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_holds(inner, kind) for inner in exc.exceptions)
-    return isinstance(exc, kind)
-
-
-def _interrupted() -> bool:
-    """A node raised `KeyboardInterrupt`: interrupt the process as Ctrl-C would; False
-    when nothing here turns SIGINT into a graceful stop (then the node's
-    `KeyboardInterrupt` goes on up, as Python's own handler would raise it).
-
-    Where something does (`moat run` and `moat serve` cancel the batch, asyncio's runner
-    cancels its main task) the signal is raised for it to handle, and the node fails like
-    any other. Raised on up from a node's task instead, asyncio would stop its loop with
-    tasks half-way and print their tracebacks while it tears them down.
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    if handler is signal.default_int_handler or not callable(handler):
-        return False
-    try:
-        signal.raise_signal(signal.SIGINT)  # (its Python handler runs before this returns)
-    except KeyboardInterrupt:  # the handler raises it right here (trio's does)
-        return False
-    return True
-
-
 _OUTCOMES = {status: NodeOutcome.NONE for status in NodeStatus} | {
     NodeStatus.SUCCEEDED: NodeOutcome.USED
 }
@@ -157,128 +51,9 @@ _GATE_PAYLOADS: dict[Expr | None, dict[str, str | None]] = {}
 """`GATE_DECISION` payloads by guard, shared by the events (never changed once recorded)."""
 _GUARD = ("guard",)
 
-_GATED = object()
-"""A node with a guard, retries, a timeout or a loop: the full path."""
-_PLAIN = object()
-"""A node whose config reads the same nodes on every evaluation."""
-_CONDITIONAL = object()
-"""A node whose config has conditional parts, but nothing else to gate its run."""
-
-
-class _Plan:
-    """How one compiled node runs, worked out on its first run in a runner.
-
-    Attributes:
-        kind: `_GATED`, `_PLAIN` or `_CONDITIONAL`.
-        inputs: the nodes a plain node's `with:` reads on every evaluation, sorted (so
-            concurrent demands start in a stable order).
-        config: the validated config of a node whose `with:` reads nothing, shared by
-            every run.
-    """
-
-    __slots__ = ("_validate", "config", "inputs", "kind")
-
-    def __init__(self, node: CompiledNode) -> None:
-        template = node.config
-        gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
-        if gated or node.retries:
-            self.kind = _GATED
-        elif template.constant or len(template.names) == len(template.certain):
-            self.kind = _PLAIN
-        else:
-            self.kind = _CONDITIONAL
-        self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
-        self.config: BaseModel | None = None
-        # The model's own validator (the registry saw to it that the model is built),
-        # called as `model_validate` would but without the keyword arguments it passes on
-        # every call, which cost about as much as validating a small config.
-        self._validate: Callable[[Any], BaseModel] | None = (
-            None if node.impl is None else node.impl.Config.__pydantic_validator__.validate_python
-        )
-
-    def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
-        """The node's `Config` from its built `with:` value.
-
-        Raises:
-            NodeError: the value is not a valid config; the message lists the problems.
-        """
-        validate = self._validate
-        assert validate is not None
-        try:
-            return validate(raw)
-        except ValidationError as exc:
-            raise NodeError(
-                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
-                node_id=node.id,
-            ) from exc
-
-    def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
-        """Note the inputs of a plain node as read; those not resolved yet, or None.
-
-        Raises:
-            InputFailed: one of them already failed.
-        """
-        frame = cell.frame
-        cells = frame.cells
-        reads = cell.reads
-        waiting: list[LazyNode] | None = None
-        for name in self.inputs:
-            dep = cells.get(name) or frame.cell(name)
-            if dep is None:
-                continue
-            if reads is None:
-                reads = cell.reads = [dep]  # exactly sized: most nodes read one node
-                note_read(dep, cell, cell.node.id)
-            elif dep not in reads:  # (its `speculative:` expression may have read it)
-                reads.append(dep)
-                note_read(dep, cell, cell.node.id)
-            status = dep.status
-            if status is FINISHED:
-                continue
-            if status is FAILED or status is CANCELLED:
-                raise InputFailed(dep)
-            if waiting is None:
-                waiting = [dep]
-            else:
-                waiting.append(dep)
-        return waiting
-
-    def configure(self, cell: LazyNode) -> BaseModel:
-        """A plain node's config from its resolved inputs (kept when it reads nothing).
-
-        Raises:
-            NodeError: the config is not valid.
-            EvaluationError: an expression in `with:` failed.
-        """
-        node = cell.node
-        template = node.config
-        scope = cell.frame.fixed
-        reads = cell.reads
-        if reads:  # a plain mapping: cheaper to build than a `Consumer` is to read
-            scope = scope.copy()
-            for dep in reads:
-                scope[dep.node.id] = dep.result
-        try:
-            raw = template.build(scope)
-        except Exception:
-            raw = template.evaluate(scope)  # raises the error it is, naming the key
-        config = self.validated(node, raw)
-        if template.constant:
-            self.config = config
-        return config
-
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | TimeoutError)
-
-
-def _validation_summary(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "(config)"
-        parts.append(f"{where}: {config_problem(err)}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class NodeRunner:
@@ -315,7 +90,7 @@ class NodeRunner:
         """Runs nodes demanded together side by side (`Executor.together`)."""
         self.shared = shared
         self._run_loop = run_loop
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, Plan] = {}
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
 
     # -- caches ---------------------------------------------------------------------------
@@ -327,8 +102,8 @@ class NodeRunner:
             found = self._sorted[names] = tuple(sorted(names))
         return found
 
-    def _plan(self, node: CompiledNode) -> _Plan:
-        plan = self._plans[id(node)] = _Plan(node)
+    def _plan(self, node: CompiledNode) -> Plan:
+        plan = self._plans[id(node)] = Plan(node)
         return plan
 
     def busy_input(self, cell: LazyNode) -> LazyNode | None:
@@ -360,7 +135,7 @@ class NodeRunner:
         everything when it would have started anyway, without a task for the input.
         """
         plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
-        if plan.kind is not _PLAIN:
+        if plan.kind is not PLAIN:
             return None
         frame = cell.frame
         found: LazyNode | None = None
@@ -387,13 +162,13 @@ class NodeRunner:
         node = cell.node
         plan = self._plans.get(id(node)) or self._plan(node)
         cell.t0 = cell.frame.req.clock()
-        if plan.kind is _GATED:
+        if plan.kind is GATED:
             await self._execute_gated(cell, spawn)
             return
         outcome: Outcome | None = None
         try:
             cell.attempts = 1
-            if plan.kind is _PLAIN:
+            if plan.kind is PLAIN:
                 config = plan.config
                 if config is None:
                     waiting = plan.read_inputs(cell)
@@ -415,7 +190,7 @@ class NodeRunner:
                 output = self._checked(cell, output)  # raises
             cell.finish(output, NodeStatus.SUCCEEDED)
         except BaseException as exc:  # the node or an input failed: a value from here on
-            outcome = _failure(exc, node.id)
+            outcome = failure(exc, node.id)
             if outcome is None:  # cancelled
                 self.cancelled(cell)
                 raise
@@ -433,7 +208,7 @@ class NodeRunner:
                 cell, Consumer(cell.frame, cell, spawn, cell.node.id)
             )
         except BaseException as exc:
-            failed = _failure(exc, cell.node.id)
+            failed = failure(exc, cell.node.id)
             if failed is None:  # cancelled
                 self.cancelled(cell)
                 raise

@@ -1,0 +1,144 @@
+"""How one compiled node runs, worked out on its first run in a runner: its `Plan`.
+
+A node with a guard, retries, a timeout or a loop takes the full path (`GATED`); one whose
+config reads the same nodes on every evaluation (`PLAIN`) notes and waits for those inputs
+itself and builds its config from them without a `Consumer`; the rest (`CONDITIONAL`)
+evaluate their config through one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import NodeError
+from engine.expr.wording import config_problem
+from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
+from engine.scheduler.frame import InputFailed, note_read
+from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
+
+if TYPE_CHECKING:
+    from engine.graph.compiled import CompiledNode
+
+__all__ = ["CONDITIONAL", "GATED", "PLAIN", "Plan"]
+
+GATED = object()
+"""A node with a guard, retries, a timeout or a loop: the full path."""
+PLAIN = object()
+"""A node whose config reads the same nodes on every evaluation."""
+CONDITIONAL = object()
+"""A node whose config has conditional parts, but nothing else to gate its run."""
+
+
+class Plan:
+    """How one compiled node runs, worked out on its first run in a runner.
+
+    Attributes:
+        kind: `GATED`, `PLAIN` or `CONDITIONAL`.
+        inputs: the nodes a plain node's `with:` reads on every evaluation, sorted (so
+            concurrent demands start in a stable order).
+        config: the validated config of a node whose `with:` reads nothing, shared by
+            every run.
+    """
+
+    __slots__ = ("_validate", "config", "inputs", "kind")
+
+    def __init__(self, node: CompiledNode) -> None:
+        template = node.config
+        gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
+        if gated or node.retries:
+            self.kind = GATED
+        elif template.constant or len(template.names) == len(template.certain):
+            self.kind = PLAIN
+        else:
+            self.kind = CONDITIONAL
+        self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
+        self.config: BaseModel | None = None
+        # The model's own validator (the registry saw to it that the model is built),
+        # called as `model_validate` would but without the keyword arguments it passes on
+        # every call, which cost about as much as validating a small config.
+        self._validate: Callable[[Any], BaseModel] | None = (
+            None if node.impl is None else node.impl.Config.__pydantic_validator__.validate_python
+        )
+
+    def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
+        """The node's `Config` from its built `with:` value.
+
+        Raises:
+            NodeError: the value is not a valid config; the message lists the problems.
+        """
+        validate = self._validate
+        assert validate is not None
+        try:
+            return validate(raw)
+        except ValidationError as exc:
+            raise NodeError(
+                f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
+                node_id=node.id,
+            ) from exc
+
+    def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
+        """Note the inputs of a plain node as read; those not resolved yet, or None.
+
+        Raises:
+            InputFailed: one of them already failed.
+        """
+        frame = cell.frame
+        cells = frame.cells
+        reads = cell.reads
+        waiting: list[LazyNode] | None = None
+        for name in self.inputs:
+            dep = cells.get(name) or frame.cell(name)
+            if dep is None:
+                continue
+            if reads is None:
+                reads = cell.reads = [dep]  # exactly sized: most nodes read one node
+                note_read(dep, cell, cell.node.id)
+            elif dep not in reads:  # (its `speculative:` expression may have read it)
+                reads.append(dep)
+                note_read(dep, cell, cell.node.id)
+            status = dep.status
+            if status is FINISHED:
+                continue
+            if status is FAILED or status is CANCELLED:
+                raise InputFailed(dep)
+            if waiting is None:
+                waiting = [dep]
+            else:
+                waiting.append(dep)
+        return waiting
+
+    def configure(self, cell: LazyNode) -> BaseModel:
+        """A plain node's config from its resolved inputs (kept when it reads nothing).
+
+        Raises:
+            NodeError: the config is not valid.
+            EvaluationError: an expression in `with:` failed.
+        """
+        node = cell.node
+        template = node.config
+        scope = cell.frame.fixed
+        reads = cell.reads
+        if reads:  # a plain mapping: cheaper to build than a `Consumer` is to read
+            scope = scope.copy()
+            for dep in reads:
+                scope[dep.node.id] = dep.result
+        try:
+            raw = template.build(scope)
+        except Exception:
+            raw = template.evaluate(scope)  # raises the error it is, naming the key
+        config = self.validated(node, raw)
+        if template.constant:
+            self.config = config
+        return config
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(config)"
+        parts.append(f"{where}: {config_problem(err)}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

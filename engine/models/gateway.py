@@ -8,22 +8,9 @@ exponential backoff and full jitter (honouring Retry-After, never past the reque
 deadline), settles the budget with the actual cost and appends one `LlmCall` per attempt
 to the node run's `CallScope.calls`, cancelled attempts included.
 
-Budget rules (README "Budgets"), per attempt, since every attempt can be billed:
-
-- reserve: input at most `max_input_tokens` (UTF-8 bytes plus chat framing; `sim`'s own
-  count, which it bills exactly) and output at most the call's `max_tokens`, or
-  `DEFAULT_MAX_TOKENS` when it sets none, at the model's price. That output limit is always
-  sent to the provider, so a compliant endpoint cannot bill more than was reserved.
-- charge, on an answer: the provider's reported usage; with no usage, the reservation.
-- charge, on no answer (timed out, cancelled, connection lost after sending): the whole
-  reservation, since the provider may finish and bill the call after we hang up. `sim`,
-  whose billing is known, charges a cancelled attempt its prompt and the output it had
-  generated until the cancel, and a timed-out one nothing.
-- charge, on an error answer (429, 5xx, 4xx): nothing; providers do not bill those.
-- a non-compliant endpoint that bills more than the reservation is charged what it billed;
-  the overrun is a `BUDGET_COST_EXCEEDED` event (decision `overrun`), the request's budget
-  is then spent, and later reservations for that model are scaled by the worst overrun
-  ratio seen, so it cannot repeat by the same factor.
+What each attempt is priced, reserved and charged (the budget rules, README "Budgets"),
+and the `llm_calls` row that records it, are kept by its base class `Ledger`
+(`_ledger.py`); who is calling, by the `CallScope` (`_scope.py`).
 """
 
 from __future__ import annotations
@@ -32,8 +19,7 @@ import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -46,10 +32,12 @@ from engine.errors import (
     RateLimited,
     TransientError,
 )
-from engine.events import CacheStatus, CallKind, CallOutcome, EventType, LlmCall
-from engine.graph.spec import ModelSpec, Price
+from engine.events import EventType
+from engine.graph.spec import ModelSpec
 from engine.models._attempt import Attempt, Call, chat_messages, chat_text
-from engine.models._egress import egress_off_loop, redact_text
+from engine.models._egress import egress_off_loop
+from engine.models._ledger import Ledger
+from engine.models._scope import CallScope, Emit, located
 from engine.models.base import (
     ConnectFailed,
     Provider,
@@ -57,11 +45,9 @@ from engine.models.base import (
     ProviderResponse,
     ProviderTimeout,
     ResponseLost,
-    max_input_tokens,
 )
-from engine.models.base import estimate_tokens as _estimate_tokens
 from engine.models.breaker import CircuitBreaker
-from engine.models.budget import RequestBudget, Reservation
+from engine.models.budget import RequestBudget
 from engine.models.fallback import (
     EdgeGuard,
     FallbackReason,
@@ -69,9 +55,8 @@ from engine.models.fallback import (
     refuse_held,
     unreachable_reason,
 )
-from engine.models.prices import table_price
-from engine.models.sim import SIM_SERVER_PRICES, SimProvider, sim_profile
-from engine.plugin.context import Completion, ModelClient, RequestInfo
+from engine.models.sim import SimProvider
+from engine.plugin.context import Completion, ModelClient
 
 __all__ = ["DEFAULT_MAX_TOKENS", "CallScope", "Emit", "Gateway"]
 
@@ -79,52 +64,6 @@ DEFAULT_MAX_TOKENS = 1024
 """The output limit reserved for, and sent to the provider, when a call sets no `max_tokens`."""
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
-_SIM_MESSAGE_OVERHEAD_TOKENS = 4
-
-Emit = Callable[..., int]
-"""`(event_type, *, decision=, reason_codes=, inputs=, outputs=, payload=, duration_ms=) -> int`,
-the shape of `NodeContext.emit`; returns the event's sequence number."""
-
-
-def _no_emit(event_type: str, **_: Any) -> int:
-    return 0
-
-
-def _no_degrade(reason: str) -> None:
-    return None
-
-
-@dataclass(slots=True)
-class CallScope:
-    """Who is calling: one node run of one request (built by the scheduler per node run).
-
-    Attributes:
-        request: the request the node runs for.
-        node_id: the calling node.
-        cycle: the loop cycle (0 outside loops).
-        speculative: whether the node run started speculatively (calls are recorded as
-            `speculative`, with outcome `none` until the scheduler knows it).
-        budget: the request's cost budget.
-        policy: the pinned policy snapshot (`egress.redact`, `egress.allow_unredacted`,
-            `store_text`).
-        emit: records an orchestration event for the node (`NodeContext.emit`'s shape).
-        calls: the gateway appends one `LlmCall` per attempt here; the scheduler sends
-            them to the sink with their final outcome.
-        deadline: the request's hard deadline on the `anyio.current_time()` clock;
-            retries never sleep past it.
-        degrade: marks the request degraded with a reason code (a fallback model answered).
-    """
-
-    request: RequestInfo
-    node_id: str
-    cycle: int = 0
-    speculative: bool = False
-    budget: RequestBudget = field(default_factory=RequestBudget)
-    policy: Mapping[str, Any] = field(default_factory=dict)
-    emit: Emit = _no_emit
-    calls: list[LlmCall] = field(default_factory=list)
-    deadline: float | None = None
-    degrade: Callable[[str], None] = _no_degrade
 
 
 class _GatewayClient:
@@ -158,19 +97,7 @@ class _GatewayClient:
         return f"<ModelClient {self.name!r} node={self._scope.node_id!r}>"
 
 
-def _located(exc: NodeError, scope: CallScope, attempts: int) -> NodeError:
-    """The same error, tagged with the node and request, saying how many attempts ran."""
-    reason = f"{exc.reason} (after {attempts} attempt{'s' if attempts != 1 else ''})"
-    ids: dict[str, Any] = {"node_id": scope.node_id, "request_id": scope.request.id}
-    if isinstance(exc, RateLimited):
-        return RateLimited(reason, retry_after_s=exc.retry_after_s, **ids)
-    try:
-        return type(exc)(reason, **ids)
-    except TypeError:
-        return exc
-
-
-class Gateway:
+class Gateway(Ledger):
     """Every model call of a run goes through here (README, "Real models").
 
     Args:
@@ -229,20 +156,6 @@ class Gateway:
                 f"unknown model '{name}'; the graph's `models:` define: {known}"
             ) from None
 
-    def price(self, name: str, input_tokens: int = 0) -> Price:
-        """Dollars per million tokens for model `name` on a call of `input_tokens` prompt
-        tokens: its `price:`, `sim`'s, the price table's (`engine.models.prices`, where long
-        prompts may cost more), or zero for an unpriced endpoint (which `Pipeline` refuses
-        under a cost budget unless allowed)."""
-        spec = self.spec(name)
-        if spec.price is not None:
-            return spec.price
-        if spec.provider == "sim":
-            return sim_profile(spec).price
-        if spec.model is not None and spec.model in SIM_SERVER_PRICES:
-            return SIM_SERVER_PRICES[spec.model]  # `moat sim-server`: priced as the embedded sim
-        return table_price(spec.model, input_tokens) or Price(input=0.0, output=0.0)
-
     def client(self, name: str, scope: CallScope) -> ModelClient:
         """Model `name`, bound to the node run described by `scope`.
 
@@ -257,14 +170,6 @@ class Gateway:
             ) from None
         self._provider(name)
         return _GatewayClient(self, name, scope)
-
-    def estimate_cost(self, name: str, input_tokens: int, max_tokens: int | None = None) -> float:
-        """The worst-case cost of a call: all input tokens and `max_tokens` of output, scaled
-        by the worst overrun the model's endpoint has shown (1 for a compliant one)."""
-        price = self.price(name, input_tokens)
-        out = max_tokens if max_tokens is not None else self.default_max_tokens
-        cost = (input_tokens * price.input + out * price.output) / 1_000_000
-        return cost * self.overrun_factor.get(name, 1.0)
 
     async def aclose(self) -> None:
         """Close every provider (their HTTP connections); the gateway is done afterwards."""
@@ -304,17 +209,6 @@ class Gateway:
     def _is_remote(self, name: str) -> bool:
         spec = self._specs[name]
         return spec.remote if spec.remote is not None else spec.provider != "sim"
-
-    def _billing_known(self, name: str) -> bool:
-        """Whether the gateway knows how the provider counts and bills (only `sim`, which is
-        simulated in process); otherwise it reserves and charges upper bounds."""
-        return self._specs[name].provider == "sim"
-
-    def _input_bound(self, name: str, call: Call, messages: Sequence[Mapping[str, str]]) -> int:
-        if not self._billing_known(name):
-            return max_input_tokens(messages, call.schema)
-        tokens = _estimate_tokens("\n".join(m["content"] for m in messages))
-        return tokens + _SIM_MESSAGE_OVERHEAD_TOKENS * len(messages)
 
     def _time_scale(self, name: str) -> float:
         spec = self._specs[name]
@@ -380,7 +274,7 @@ class Gateway:
                 late = scope.deadline is not None and anyio.current_time() + delay >= scope.deadline
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
                 if attempt >= spec.max_retries or late or unreachable:
-                    raise _located(exc, scope, attempt + 1) from exc
+                    raise located(exc, scope, attempt + 1) from exc
             await anyio.sleep(delay)
             attempt += 1
 
@@ -426,7 +320,7 @@ class Gateway:
         except NodeError as exc:
             record.error = str(exc)
             self._breaker_success(name, scope, breaker)
-            raise _located(exc, scope, attempt + 1) from exc
+            raise located(exc, scope, attempt + 1) from exc
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             self._charge_unanswered(name, record, cancelled=False)  # it may have been sent
@@ -494,60 +388,6 @@ class Gateway:
             return await provider.complete(request)
         raise ProviderTimeout(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
 
-    def _charge_unanswered(
-        self,
-        name: str,
-        record: Attempt,
-        *,
-        cancelled: bool,
-        at: tuple[CallScope, int] | None = None,
-    ) -> None:
-        """Charge an attempt that was sent but got no answer (see the module docstring)."""
-        if not self._billing_known(name):
-            record.charge_reservation()
-        elif cancelled:
-            provider, generated = self._providers.get(name), 0
-            if isinstance(provider, SimProvider) and at is not None:
-                scope, attempt = at
-                generated = provider.output_before_cancel(
-                    scope.request.id, scope.node_id, scope.cycle, attempt
-                )
-            record.charge_prompt(self.price(name, record.input_tokens), generated)
-
-    def _charge_answer(
-        self, name: str, scope: CallScope, record: Attempt, response: ProviderResponse
-    ) -> None:
-        """Charge an answered attempt its reported usage (the reservation when it has none)."""
-        if not response.usage_reported:
-            record.charge_reservation()
-            return
-        inp, out = response.input_tokens, response.output_tokens
-        record.charge_usage(inp, out, self.price(name, inp))
-        if record.overran:
-            self._overrun(name, scope, record)
-
-    def _overrun(self, name: str, scope: CallScope, record: Attempt) -> None:
-        """A non-compliant endpoint billed past the reservation: record it, learn from it."""
-        ratio = record.cost_usd / record.reserved_usd if record.reserved_usd > 0 else 1.0
-        if record.reserved_usd > 0:
-            factor = self.overrun_factor.get(name, 1.0) * ratio
-            self.overrun_factor[name] = max(self.overrun_factor.get(name, 1.0), factor)
-        record.related_event_id = scope.emit(
-            EventType.BUDGET_COST_EXCEEDED,
-            decision="overrun",
-            reason_codes=("PROVIDER_EXCEEDED_LIMIT",),
-            payload={
-                "model": name,
-                "reserved": record.reserved_usd,
-                "charged": record.cost_usd,
-                "output_limit": record.output_limit,
-                "output_tokens": record.charged_output,
-                "input_bound": record.input_tokens,
-                "input_tokens": record.charged_input,
-                "factor": self.overrun_factor.get(name, 1.0),
-            },
-        )
-
     def _completion(
         self, name: str, scope: CallScope, call: Call, record: Attempt, response: ProviderResponse
     ) -> Completion:
@@ -605,46 +445,6 @@ class Gateway:
             payload={"model": name, "failures": breaker.failures, "cooldown_s": breaker.cooldown_s},
         )
 
-    def _reserve(
-        self, name: str, scope: CallScope, record: Attempt
-    ) -> list[tuple[RequestBudget, Reservation]]:
-        estimate = self.estimate_cost(name, record.input_tokens, record.output_limit)
-        record.reserved_usd = estimate
-        held: list[tuple[RequestBudget, Reservation]] = []
-        for budget in (scope.budget, self.run_budget):
-            if not budget.can_afford(estimate):
-                for b, r in held:
-                    b.release(r)
-                self._refuse_budget(name, scope, budget, estimate, record)
-            held.append((budget, budget.reserve(estimate)))
-        return held
-
-    def _refuse_budget(
-        self, name: str, scope: CallScope, budget: RequestBudget, estimate: float, record: Attempt
-    ) -> None:
-        remaining = budget.remaining_usd or 0.0
-        record.related_event_id = scope.emit(
-            EventType.BUDGET_COST_EXCEEDED,
-            decision="refused",
-            reason_codes=(f"{budget.label.upper()}_BUDGET",),
-            payload={
-                "model": name,
-                "budget": budget.label,
-                "estimate": estimate,
-                "remaining": remaining,
-                "limit": budget.limit_usd,
-            },
-        )
-        message = (
-            f"node '{scope.node_id}': model '{name}': the call could cost up to "
-            f"${estimate:.6f} but only ${remaining:.6f} of the {budget.label} budget "
-            f"(${budget.limit_usd:.6f}) is left; raise the budget, lower `max_tokens` "
-            f"or route to a cheaper model"
-        )
-        record.status, record.error = "refused", message
-        self._record(name, scope, record)
-        raise BudgetExceeded(message)
-
     async def _egress(
         self, name: str, scope: CallScope, messages: Sequence[Mapping[str, str]]
     ) -> list[dict[str, str]]:
@@ -682,41 +482,3 @@ class Gateway:
         record.status, record.error, record.related_event_id = "refused", message, event
         self._record(name, scope, record)
         raise EgressBlocked(message)
-
-    # -- recording --------------------------------------------------------------------
-
-    def _record(self, name: str, scope: CallScope, record: Attempt) -> None:
-        store = scope.policy.get("store_text")
-        response = record.response
-        prompt_text: str | None = None
-        response_text: str | None = None
-        if store in ("full", "redacted"):
-            prompt_text = record.prompt_text
-            response_text = response.text if response is not None else None
-            if store == "redacted":
-                prompt_text = redact_text(prompt_text)[0]
-                response_text = redact_text(response_text)[0] if response_text else response_text
-        scope.calls.append(
-            LlmCall(
-                request_id=scope.request.id,
-                node=scope.node_id,
-                cycle=scope.cycle,
-                model=name,
-                provider=self._specs[name].provider,
-                call_kind=CallKind.SPECULATIVE if scope.speculative else CallKind.NORMAL,
-                call_outcome=CallOutcome.NONE if scope.speculative else CallOutcome.USED,
-                cache_status=CacheStatus.NONE,
-                prompt_hash=record.prompt_hash,
-                input_tokens=record.charged_input,
-                output_tokens=record.charged_output,
-                cost_usd=record.cost_usd,
-                latency_ms=record.latency_ms,
-                started_at=record.started_at,
-                status=record.status,
-                error=record.error,
-                related_event_id=record.related_event_id,
-                prompt_text=prompt_text,
-                response_text=response_text,
-                finish_reason=response.finish_reason if response is not None else None,
-            )
-        )

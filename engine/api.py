@@ -27,12 +27,12 @@ import anyio.abc
 import anyio.lowlevel
 
 from engine.collector import trim_every, trimmer
-from engine.errors import DuplicateRequest, SpecError, StoreError
+from engine.errors import DuplicateRequest, StoreError
 from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink, now
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
-from engine.graph.spec import ModelSpec
-from engine.models import PRICES_AS_OF, Gateway, is_priced
+from engine.models import Gateway
+from engine.models._rebind import _refuse_unpriced, rebind_models
 from engine.plugin.context import SharedState
 from engine.policy.manager import PolicyManager
 from engine.requests import BatchItem, InputValidator, RequestLimits, parse_request, show_value
@@ -793,75 +793,6 @@ def _with_meta(item: BatchItem, meta: Mapping[str, Any]) -> BatchItem:
         item.error,
         item.line,
         item.source,
-    )
-
-
-def rebind_models(
-    models: Mapping[str, ModelSpec], rebind: Mapping[str, str]
-) -> dict[str, ModelSpec]:
-    """Apply `--model NAME=PROVIDER:MODEL` rebindings to a graph's models.
-
-    Raises:
-        SpecError: an unknown logical name, provider or sim profile, with the valid choices.
-    """
-    result = dict(models)
-    for name, target in rebind.items():
-        if name not in models:
-            raise SpecError(
-                f"--model {name}={target}: the graph has no model {name!r}. "
-                f"Models: {', '.join(sorted(models)) or '(none)'}"
-            )
-        provider, _, model = target.partition(":")
-        old = models[name]
-        if provider == "sim":
-            profile = model.removeprefix("sim-") or "large"
-            if profile not in ("small", "medium", "large"):
-                raise SpecError(f"--model {name}={target}: sim profiles are small, medium, large")
-            result[name] = ModelSpec(
-                provider="sim",
-                profile=profile,
-                seed=old.seed,
-                faults=old.faults,
-                time_scale=old.time_scale,
-            )
-        elif provider == "openai":
-            if not model:
-                raise SpecError(f"--model {name}={target}: name the model, e.g. openai:gpt-4o-mini")
-            same = old.provider == "openai"
-            result[name] = ModelSpec(
-                provider="openai",
-                model=model,
-                base_url=old.base_url if same else os.environ.get("OPENAI_BASE_URL"),
-                api_key_env=old.api_key_env if same else None,
-                # another model's price would be wrong: the new one is priced from the table
-                price=old.price if same and old.model == model else None,
-                max_concurrency=old.max_concurrency,
-                remote=old.remote,
-                timeout_s=old.timeout_s,
-                max_retries=old.max_retries,
-            )
-        else:
-            raise SpecError(
-                f"--model {name}={target}: unknown provider {provider!r}; use "
-                "sim:PROFILE or openai:MODEL"
-            )
-    return result
-
-
-def _refuse_unpriced(graph: Graph, models: Mapping[str, ModelSpec]) -> None:
-    """Refuse a cost budget that could never bind because a model's calls would cost $0."""
-    limit = graph.budget.cost_usd
-    unpriced = sorted(name for name, spec in models.items() if not is_priced(spec))
-    if limit is None or not unpriced:
-        return
-    named = ", ".join(f"model '{n}' ({models[n].provider}:{models[n].model})" for n in unpriced)
-    raise SpecError(
-        f"`budget.cost_usd` is ${limit:g} but {named} has no price: it has no `price:` and "
-        f"is not in moat's price table (as of {PRICES_AS_OF}), so its calls would cost $0 "
-        f"and the budget could never bind. Add `price: {{input: USD_PER_1M, output: "
-        f"USD_PER_1M}}` to `models.{unpriced[0]}` in {graph.path} (`{{input: 0, output: 0}}` "
-        "for a free self-hosted endpoint), or pass --allow-unpriced to run anyway",
-        path=graph.path,
     )
 
 

@@ -131,7 +131,15 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sim provider", ("engine/models/sim.py", "engine/models/_sim")),
     ("gateway", ("engine/models/",)),
     ("nodes", ("nodes/",)),
-    ("records and events", ("engine/scheduler/request.py", "engine/events.py", "engine/api.py")),
+    (
+        "records and events",
+        (
+            "engine/scheduler/request.py",
+            "engine/events.py",
+            "engine/api.py",
+            "engine/_pipeline.py",
+        ),
+    ),
     ("store writer", ("engine/store/", "sqlite3")),
     ("expressions", ("engine/expr/",)),
     ("scheduler", ("engine/scheduler/",)),

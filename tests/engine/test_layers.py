@@ -32,12 +32,13 @@ LAYERS = {
     "models": 4,
     "collector": 4,
     "scheduler": 5,
-    "api": 6,
-    "serve": 7,
-    "cluster": 8,
-    "cli": 9,
-    "__init__": 9,
-    "__main__": 10,
+    "_pipeline": 6,
+    "api": 7,
+    "serve": 8,
+    "cluster": 9,
+    "cli": 10,
+    "__init__": 10,
+    "__main__": 11,
 }
 # Modules of layer 0 that build on one another, in this order.
 FOUNDATION = ["errors", "frozen", "stats", "located_yaml", "pii", "events", "logs"]

@@ -24,8 +24,8 @@ import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
 import anyio
 import sniffio
@@ -39,12 +39,13 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.api import Pipeline
 from engine.collector import import_providers, trim_every, trimmer
 from engine.errors import EvaluationError, SpecError, StoreError
-from engine.events import LlmCall, Record, RequestRecord, RequestStatus, json_safe, strict_json
+from engine.events import RequestStatus, json_safe, strict_json
 from engine.expr.expression import compile_expr
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
+from engine.serve._served import _Ids, _Served
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
 from engine.serve.metrics import CONTENT_TYPE, Metrics
@@ -66,69 +67,9 @@ __all__ = ["MoatServer"]
 log = logging.getLogger("moat.serve")
 
 _CHAT = "/v1/chat/completions"
-_DRAIN_POLL_S = 0.05
-"""How often a rotated run is checked for requests still in flight."""
 _READY_WAIT_S = 0.5
 """How long `/readyz` waits for its write to the store: under the 1 s a probe of
 Kubernetes waits by default."""
-
-
-class _Ids(NamedTuple):
-    run_id: str
-    seq: int
-    request_id: str
-
-
-@dataclass(slots=True)
-class _Served:
-    """One graph the server answers with: its pipeline, run and request numbering."""
-
-    pipe: Pipeline
-    commits: Commits
-    run_id: str = ""
-    seq: int = 0
-    tokens: dict[str, list[int]] = field(default_factory=dict)
-    """Tokens so far of each request in flight, summed from its LLM call records, and how
-    many of its calls the simulated `sim` provider answered."""
-
-    done: int = 0
-    """Requests of the run recorded so far."""
-    inflight: dict[str, int] = field(default_factory=dict)
-    """Requests in flight per run: a rotated run is finished once it has none."""
-    retiring: list[str] = field(default_factory=list)
-    """Runs this server started and rotated away from, not finished yet."""
-    probing: bool = False
-    """A readiness probe's write to the store is under way (`MoatServer._probe`)."""
-
-    def next_request(self, slot: tuple[int, int]) -> _Ids:
-        """The run, number and id of the next request (`slot`: see `MoatServer`)."""
-        index, count = slot
-        seq = self.seq * count + index
-        self.seq += 1
-        return _Ids(self.run_id, seq, f"{self.run_id}-{seq:06d}")
-
-    def switch(self, run_id: str) -> str:
-        """Answer new requests under `run_id`; return the run before it."""
-        old, self.run_id = self.run_id, run_id
-        self.seq = self.done = 0
-        self.pipe.use_run(run_id)
-        return old
-
-    async def drained(self, run_id: str) -> None:
-        """Return once no request of `run_id` is in flight."""
-        while self.inflight.get(run_id, 0):
-            await anyio.sleep(_DRAIN_POLL_S)
-        self.inflight.pop(run_id, None)
-
-    def watch(self, item: Record) -> None:
-        if isinstance(item, RequestRecord):
-            self.done += item.run_id == self.run_id  # (a rotated run's last ones are not)
-        elif isinstance(item, LlmCall):
-            counts = self.tokens.get(item.request_id)
-            if counts is not None:
-                counts[0] += item.input_tokens
-                counts[1] += item.output_tokens
-                counts[2] += item.provider == "sim"
 
 
 class MoatServer:

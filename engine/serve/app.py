@@ -17,11 +17,8 @@ the TUI see a server's requests as they are recorded. Routes:
 from __future__ import annotations
 
 import asyncio  # noqa: TID251 - the disconnect watch every request pays for (see below)
-import json
 import logging
 import os
-import re
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -32,33 +29,36 @@ import sniffio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.api import Pipeline
 from engine.collector import import_providers, trim_every, trimmer
-from engine.errors import EvaluationError, SpecError, StoreError
-from engine.events import RequestStatus, json_safe, strict_json
-from engine.expr.expression import compile_expr
+from engine.errors import SpecError, StoreError
+from engine.events import json_safe
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
+from engine.serve._http import (
+    _client_closed,
+    _decode,
+    _error_response,
+    _http_error,
+    _model_object,
+    _raise_for_status,
+    _read_body,
+    _sse,
+    _too_large,
+)
+from engine.serve._input import _graph_input, _input_param
 from engine.serve._served import _Ids, _Served
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
 from engine.serve.metrics import CONTENT_TYPE, Metrics
 from engine.serve.shaping import Shaper, ShapingLimits
-from engine.serve.wire import (
-    ApiError,
-    ChatRequest,
-    completion,
-    error_body,
-    moat_headers,
-    parse_chat,
-    stream_chunks,
-)
+from engine.serve.wire import ApiError, completion, moat_headers, parse_chat
 from engine.store.store import HEARTBEAT_S
 from engine.telemetry import Telemetry
 
@@ -600,40 +600,6 @@ class MoatServer:
         return f"the server stopped before it was answered ({self._cut_off})"
 
 
-def _model_object(name: str) -> dict[str, Any]:
-    """A served graph as OpenAI's model object."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
-
-
-def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]:
-    """The graph's input: its `serve.input` mapping, else the default one; `tenant` is
-    set when the graph's input declares it.
-
-    Raises:
-        ApiError: 400 when a mapping expression cannot evaluate on this request.
-    """
-    mapping = graph.spec.serve.input if graph.spec.serve is not None else None
-    if not mapping:
-        data = dict(chat.input)
-    else:
-        scope = chat.scope(tenant)
-        data = {}
-        for field, source in mapping.items():
-            try:
-                data[field] = compile_expr(source).evaluate(scope)
-            except EvaluationError as exc:
-                raise ApiError(
-                    400,
-                    f"graph {graph.name!r} maps `messages` to its input with "
-                    f"serve.input.{field}, which this request cannot give: {exc}",
-                    param="messages",
-                    code="invalid_input",
-                ) from exc
-    if "tenant" in graph.input_schema.get("properties", {}):
-        data["tenant"] = tenant
-    return data
-
-
 def _watch_disconnect(request: Request, scope: anyio.CancelScope) -> asyncio.Future[Any]:
     """Cancel `scope` when the client disconnects (the body has been read, so the next
     message the server sends is the disconnect); cancel the returned task to stop. A bare
@@ -668,152 +634,3 @@ def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:
                 f"--model {name}={target}: no served graph has a model {name!r}. "
                 f"Models: {', '.join(sorted(known)) or '(none)'}"
             )
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (unknown path, wrong method) in OpenAI's shape."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "error"
-    message = f"{request.method} {request.url.path}: {detail}"
-    if status == 404:
-        message += "; moat serves POST /v1/chat/completions and GET /v1/models[/MODEL]"
-    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-    return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
-
-
-def _error_response(error: ApiError) -> Response:
-    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
-
-
-def _client_closed() -> ApiError:
-    """The status of a request whose client went away (nginx's 499: nobody reads it, but
-    the metrics count it apart from moat's own errors)."""
-    return ApiError(499, "the client closed the request", code="client_closed")
-
-
-def _too_large(limit: int, graph: str | None) -> ApiError:
-    whose = f"the limit of graph {graph!r}" if graph else "the most any served graph takes"
-    return ApiError(
-        413,
-        f"the request body is over {limit} bytes, {whose} (`limits.max_request_bytes`)",
-        code="request_too_large",
-        headers={"connection": "close"},  # uvicorn then reads no more of the body
-    )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with a 413 as soon as it is over `limit` bytes (never held), and
-    with a 415 if it is compressed (it would read as bytes that are not JSON)."""
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        raise ApiError(
-            415,
-            f"the request body is sent with Content-Encoding: {encoding[:40]}; moat serve "
-            "reads the JSON as it is: send it without a Content-Encoding",
-            code="unsupported_content_encoding",
-            headers={"connection": "close"},  # its body is not read
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, None)
-    chunks: list[bytes] = []
-    size = 0
-    while True:  # the ASGI messages themselves: Starlette's stream generator costs more
-        message = await request.receive()
-        if message["type"] == "http.disconnect":  # gone before its request was whole
-            raise _client_closed()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, None)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
-    except RecursionError as exc:
-        raise ApiError(
-            400, "the request body's JSON is nested too deeply", code="invalid_json"
-        ) from exc
-    except ValueError as exc:  # not UTF-8, or an integer past Python's digit limit
-        if "digits" in str(exc):
-            digits = sys.get_int_max_str_digits()
-            raise ApiError(
-                400,
-                f"the request body has a number with more than {digits} digits; "
-                "send numbers JSON readers take (at most 64-bit integers)",
-                code="invalid_json",
-            ) from exc
-        raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
-
-
-_STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {
-    RequestStatus.INVALID_INPUT: (400, "invalid_request_error", "invalid_input"),
-    RequestStatus.FAILED: (500, "server_error", "request_failed"),
-    RequestStatus.DEADLINE_EXCEEDED: (504, "timeout", "deadline_exceeded"),
-}
-
-
-_INPUT_AT = re.compile(r"^request: input (prompt|history/(\d+))\b")
-"""Where the graph's input check found a request's problem, in a default mapping's
-input (the last user message is `prompt`, the turns before it `history`)."""
-
-
-def _input_param(error: str | None, chat: ChatRequest, graph: Graph) -> str:
-    """The field of the chat request that an invalid input came from: `messages[2].content`
-    where the default mapping says which message it was, else `messages`."""
-    found = _INPUT_AT.match(error or "")
-    if found is None or (graph.spec.serve is not None and graph.spec.serve.input):
-        return "messages"
-    index = int(found[2]) if found[2] is not None else len(chat.input.get("history") or ())
-    return f"messages[{index}].content"
-
-
-def _raise_for_status(result: RequestResult, param: str = "messages") -> None:
-    """The HTTP error of a request that has no answer: 400 (`param`: the field at fault),
-    500 or 504."""
-    mapped = _STATUS_ERRORS.get(result.status)
-    if mapped is None:
-        return
-    status, kind, code = mapped
-    rid = result.request_id
-    if result.status == RequestStatus.INVALID_INPUT:
-        message = f"{result.error} (request {rid})"
-    elif result.status == RequestStatus.DEADLINE_EXCEEDED:
-        message = f"request {rid} passed the graph's deadline; `moat report {rid}` says where"
-    else:  # no internals: the node's error stays in the store
-        message = f"request {rid} failed; `moat report {rid}` says why"
-    raise ApiError(
-        status,
-        message,
-        type=kind,
-        param=param if status == 400 else None,
-        code=code,
-        headers=moat_headers(result),
-    )
-
-
-def _sse(
-    result: RequestResult,
-    chat: ChatRequest,
-    tokens: tuple[int, int, int],
-    headers: dict[str, str],
-) -> Response:
-    """The decided answer as server-sent events in OpenAI's chunk format."""
-
-    async def events() -> AsyncIterator[bytes]:
-        for chunk in stream_chunks(result, chat.model, tokens, chat.include_usage):
-            yield b"data: " + strict_json(chunk).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={**headers, "cache-control": "no-cache"},
-    )

@@ -268,7 +268,7 @@ class _Filler:
             return n
         x = round(x, 3)
         if not _in_bounds(x, schema):
-            x = (lo + hi) / 2
+            x = lo / 2 + hi / 2  # (halved first: `lo + hi` overflows near the float limit)
         return x
 
     def _string(self, schema: Mapping[str, Any], hint: Any) -> str:

@@ -43,3 +43,8 @@ def test_a_finite_hint_inside_the_bounds_is_kept() -> None:
     assert fill_schema(schema, random.Random(0), {"qty": 7}) == {"qty": 7}
     filled = fill_schema(schema, random.Random(0), {"qty": float("nan")})
     assert fits_schema(filled, schema)
+
+
+def test_bounds_near_the_float_limit_give_a_finite_number() -> None:
+    schema = {"type": "number", "minimum": 8.98e307, "maximum": float("-inf")}
+    assert math.isfinite(fill_schema(schema, random.Random(0)))

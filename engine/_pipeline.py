@@ -287,7 +287,7 @@ class _PipelineCore:
         seqs = self._seqs.get(run_id)
         if seqs is None:
             seqs = await self._adopt_run(run_id)
-        if not seqs.add(item.seq) and not reserved:
+        if not reserved and not seqs.add(item.seq):  # (a reserved seq is in already)
             where = f"{item.source}:{item.line}" if item.source and item.line else ""
             raise DuplicateRequest(run_id, item.seq, request_id, where)
         data, error = self.validator.validate(item)

@@ -269,6 +269,9 @@ class _Walk:
         piece = _Piece(key, self.chars(body), unbounded, body)
         found = self.meet(pending, piece) if unbounded else []
         after, inner = self.sequence(body, pending, wrap)
+        if lo >= 2 and inner and self._seq_can_fail(body):
+            # the next iteration must match, and it can fail after the run: `(?:a|\s++){2}`
+            raise _Found(inner[0].kind, inner[0].chars)
         found += inner
         if hi >= 2 and wrap:
             found += self.wrap(body, {k: p for k, p in after.items() if k not in pending}, hi)

@@ -300,7 +300,12 @@ def _cpu(pattern: re.Pattern[str], text: str) -> float:
     return best
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # timed: the same patterns every run; explore with more examples by hand
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(_patterns(), st.sampled_from(["a", "ab", "1", "a1 ", "a-", " ", "aab", "-a"]))
 def test_every_accepted_pattern_scales_about_linearly(pattern: str, unit: str) -> None:
     if pattern_problem(pattern) is not None:

@@ -315,10 +315,11 @@ class _PipelineCore:
             raise
 
     async def _next_seq(self, run_id: str) -> int:
-        """The lowest seq `run_id` has not answered, taken for the caller."""
-        seqs = self._seqs.get(run_id)
-        if seqs is None:
-            seqs = await self._adopt_run(run_id)
+        """The next seq `run_id` has not answered, taken for the caller."""
+        return self._take_seq(run_id, await self._adopt_run(run_id))
+
+    def _take_seq(self, run_id: str, seqs: SeqSet) -> int:
+        """The next seq not in `seqs`, added to it (no await: no other call can take it)."""
         seq = self._free.get(run_id, 0)
         while not seqs.add(seq):
             seq += 1

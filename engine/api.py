@@ -145,8 +145,9 @@ class Pipeline(_PipelineCore):
         if isinstance(input, Mapping) and (labels or type(input) is not dict):
             input = {**input, **({"_labels": labels} if labels else {})}
         reserved = run_id is not None and seq is None
-        if run_id and seq is None:
-            seq = await self._next_seq(run_id)  # taken: no other call can answer it
+        if run_id and seq is None:  # the run's next seq, taken: no other call can answer it
+            seqs = self._seqs.get(run_id)
+            seq = await self._next_seq(run_id) if seqs is None else self._take_seq(run_id, seqs)
         # (anything else than a mapping is answered `invalid_input`, as in a batch)
         item = parse_request(
             input, seq=seq or 0, declared=self.validator.declared, limits=self.limits

@@ -133,16 +133,15 @@ class Pipeline(_PipelineCore):
             DuplicateRequest: `run_id` has answered `seq` already (its request id would be
                 that request's); nothing was run or recorded.
         """
-        if run_id:
-            self.use_run(run_id)  # (it checks that the pipeline answers here)
-        else:
-            self._usable()
+        runner = self._usable()  # (it checks that the pipeline answers here)
+        if run_id and runner.run_id != run_id:
+            self.use_run(run_id)
         if tenant is not None and (type(tenant) is not str or not 0 < len(tenant) <= 256):
             raise ValueError(
                 f"Pipeline.run(tenant={show_value(tenant)}): a tenant is a string of 1 to 256 "
                 "characters (its cache partition and audit identity)"
             )
-        if isinstance(input, Mapping) and (labels or type(input) is not dict):
+        if (labels or type(input) is not dict) and isinstance(input, Mapping):
             input = {**input, **({"_labels": labels} if labels else {})}
         reserved = run_id is not None and seq is None
         if run_id and seq is None:  # the run's next seq, taken: no other call can answer it

@@ -1,28 +1,59 @@
 """Compiling a checked graph: each scope's nodes, loops and outputs, built as the checker
 walks them.
 
-The walk asks the `Checker` (`engine.graph.check`) for every numbered check on the way and
-builds the compiled form (`engine.graph.compiled`) of what passes, so a graph that passes
-is ready to run.
+The walk asks a `Checker` (the protocol below; `engine.graph.check` has the checks) for
+every numbered check on the way and builds the compiled form (`engine.graph.compiled`) of
+what passes, so a graph that passes is ready to run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from engine.errors import ExpressionError, exception_text
-from engine.expr.expression import Expr, compile_template
+from engine.expr.expression import Expr, Template, compile_template
 from engine.graph.compiled import LOOP_SCOPE_NAMES, CompiledLoop, CompiledNode, Scope
 from engine.graph.spec import LoopSpec, NodeSpec
 from engine.plugin.node import Node
 
-if TYPE_CHECKING:
-    from engine.graph.check import Checker
-
 __all__ = ["Path", "ScopeInfo", "compile_outputs", "compile_scope", "template_errors"]
 
 Path = tuple[str | int, ...]
+
+
+class Checker(Protocol):
+    """The checks the walk asks for on its way (`engine.graph.check.Checker` has them)."""
+
+    def c01_node_id(self, node_id: str, at: Path, in_loop: bool) -> bool: ...
+
+    def c02_node_type(self, node_id: str, spec: NodeSpec, at: Path) -> type[Node] | None: ...
+
+    def c03_expression(self, source: Any, at: Path, node_id: str | None) -> Expr | None: ...
+
+    def c03_template(self, value: Any, at: Path, node_id: str) -> Template | None: ...
+
+    def c04_refs(
+        self, expr: Expr | Template, at: Path, scope: ScopeInfo, node_id: str | None
+    ) -> None: ...
+
+    def c08_config(
+        self, node_id: str, cls: type[Node], spec: NodeSpec, at: Path, template: Template
+    ) -> None: ...
+
+    def c10_cycles(
+        self, scope: ScopeInfo, deps: Mapping[str, frozenset[str]]
+    ) -> tuple[str, ...] | None: ...
+
+    def _error(
+        self,
+        message: str,
+        at: Path,
+        *,
+        key: bool = False,
+        node_id: str | None = None,
+        offset: int = 0,
+    ) -> None: ...
 
 
 class ScopeInfo:

@@ -41,9 +41,9 @@ __all__ = ["ERROR_CHARS", "NodeCtx", "RequestState", "RequestView", "describe_er
 
 _VALIDATION_PASSED = "VALIDATION_PASSED"
 _VALIDATIONS = frozenset({_VALIDATION_PASSED, "VALIDATION_FAILED"})
+"""The events the built-in `validate` node records its verdict with (`validated`)."""
 _ALLOWED_EVENTS = event_names.ALLOWED
 """(node type, event name) pairs `ctx.emit` judged fine already: one lookup a call."""
-"""The events the built-in `validate` node records its verdict with (`validated`)."""
 
 SCHEDULER = "scheduler"
 """The `component` of events the scheduler itself records."""

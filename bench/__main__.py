@@ -58,6 +58,10 @@ from engine.graph.loader import load_graph
 from engine.requests import InputValidator, read_jsonl
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+SIMULATED_NOTE = (
+    "SIMULATED: every model here is the embedded `sim` provider; the figures describe the "
+    "simulated models, not real ones"
+)
 _SUMMED = ("speculative_used", "speculative_discarded", "speculative_cancelled")
 _AVERAGED = (
     "cache_hit_rate", "llm_calls_per_case", "refuse_p50_ms", "refused_all_p50_ms",
@@ -366,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         cost_vs_quality(results, args.out_dir / "cost_quality.png", simulated=simulated)
     if args.write_results:
         write_section(RESULTS_MD, markdown_section(results, meta, NOTES))
+    if simulated:  # (stderr beside --json, whose stdout stays the figures alone)
+        print(SIMULATED_NOTE, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

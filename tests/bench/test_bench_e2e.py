@@ -214,3 +214,18 @@ def test_the_bench_runs_against_the_moat_sim_server_command(tmp_path: Path) -> N
     row = results["baseline"]
     assert row["requests"] == 8 and sum(row["statuses"].values()) == 8
     assert row["cost_per_case"] > 0
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_figures_of_the_simulated_models_say_so(
+    as_json: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.__main__ import main
+
+    args = ["--n", "4", "--seeds", "1", "--configs", "baseline", "--no-sweep"]
+    assert main([*args, "--json"] if as_json else args) == 0
+    out, err = capsys.readouterr()
+    if as_json:  # stdout stays the figures alone, for tools that read them
+        assert "SIMULATED" in err and list(json.loads(out)) == ["baseline"]
+    else:
+        assert out.startswith("SIMULATED") and "simulated models, not real ones" in out

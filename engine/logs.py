@@ -17,13 +17,21 @@ import hashlib
 import logging
 import os
 import sys
+import threading
+import traceback
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
 
-__all__ = ["configure_logging", "get_logger", "hash_text", "redact_fields"]
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "hash_text",
+    "log_thread_failure",
+    "redact_fields",
+]
 
 _ROOT = "moat"
 _TEXT_FIELDS = frozenset(
@@ -184,3 +192,21 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(root.level),
         cache_logger_on_first_use=False,
     )
+
+
+def log_thread_failure(args: threading.ExceptHookArgs) -> None:
+    """`threading.excepthook` for the CLI: a thread that dies of an exception (a plugin's
+    own thread that outlived its node, say) becomes one `thread.failed` log line naming
+    the thread, not a traceback on stderr; `MOAT_DEBUG=1` prints the traceback too."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    get_logger("moat.threads").error(
+        "thread.failed",
+        thread=name,
+        error=f"{args.exc_type.__name__}: {args.exc_value}",
+        fix="a node's own thread raised after moat stopped waiting for it; catch errors in "
+        "the thread, or set MOAT_DEBUG=1 for the traceback",
+    )
+    if os.environ.get("MOAT_DEBUG"):
+        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -98,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_command(words))
     args = parser.parse_args(words)
     if args.command not in _QUIET or "engine.logs" in sys.modules:
-        from engine.logs import configure_logging
+        from engine.logs import configure_logging, log_thread_failure
 
         configure_logging()
+        if threading.excepthook is threading.__excepthook__:  # (an embedding app's stays)
+            threading.excepthook = log_thread_failure
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -123,3 +123,44 @@ def test_structlog_capture_sees_engine_logs() -> None:
     with structlog.testing.capture_logs() as logs:
         get_logger("moat.test").warning("x.happened", k=1)
     assert [(e["event"], e["k"]) for e in logs] == [("x.happened", 1)]
+
+
+THREAD_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from engine.cli import main
+
+    main(["check", sys.argv[1]])  # any command that logs sets the CLI's hooks up
+
+    def stray():  # a plugin's own thread, failing after its node returned
+        raise ValueError("late trouble")
+
+    thread = threading.Thread(target=stray, name="plugin-poller")
+    thread.start()
+    thread.join()
+    """
+)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_thread_that_dies_in_the_cli_is_one_log_line_not_a_traceback(
+    tmp_path: Path, debug: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
+    if debug:
+        env["MOAT_DEBUG"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_SCRIPT, str(ROOT / "graphs" / "extract.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line.get("event") == "thread.failed"]
+    assert len(failed) == 1
+    assert failed[0]["thread"] == "plugin-poller"
+    assert failed[0]["error"] == "ValueError: late trouble"
+    assert ("Traceback" in done.stderr) is debug

@@ -36,22 +36,24 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_using_the_library_writes_nothing_to_stdout_or_stderr(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SCRIPT,
-            str(ROOT / "graphs" / "extract.yaml"),
-            str(tmp_path / "moat.db"),
-        ],
+def _fresh_python(
+    script: str, *args: str, cwd: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`script` run by a fresh interpreter with `args`, no `MOAT_*` variables but `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=tmp_path,
+        env={**clean, **env},
+        cwd=cwd,
         timeout=120,
     )
+
+
+def test_using_the_library_writes_nothing_to_stdout_or_stderr(tmp_path: Path) -> None:
+    graph = str(ROOT / "graphs" / "extract.yaml")
+    done = _fresh_python(SCRIPT, graph, str(tmp_path / "moat.db"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["RESULT ['ok', 'ok']", "CONFIGURED False []"]
     assert done.stderr == ""
@@ -146,17 +148,8 @@ THREAD_SCRIPT = textwrap.dedent(
 def test_a_thread_that_dies_in_the_cli_is_one_log_line_not_a_traceback(
     tmp_path: Path, debug: bool
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
-    if debug:
-        env["MOAT_DEBUG"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", THREAD_SCRIPT, str(ROOT / "graphs" / "extract.yaml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    env = {"MOAT_DEBUG": "1"} if debug else {}
+    done = _fresh_python(THREAD_SCRIPT, str(ROOT / "graphs" / "extract.yaml"), cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     failed = [line for line in lines if line.get("event") == "thread.failed"]

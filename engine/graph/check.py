@@ -311,6 +311,16 @@ class Checker:
             config_cls.model_validate(static, context={CHECK_CONTEXT: self.base_dir})
         except ValidationError as exc:
             errors += exc.errors()
+        except Exception as exc:  # a plugin's validator raising what pydantic does not catch
+            self._error(
+                f"with: the config of type {spec.type!r} raised {type(exc).__name__}: {exc} "
+                f"while being validated; a config validator must raise ValueError with a "
+                f"sentence saying what to fix (fix the validator of {cls.__qualname__}.Config "
+                f"in {self.registry.origin(spec.type) or cls.__module__})",
+                (*at, "with") if spec.with_ else at,
+                node_id=node_id,
+            )
+            return
         for err in errors:
             loc = err.get("loc", ())
             if loc and (loc[0] in dynamic or (loc[0] not in fields and not allow_extra)):

@@ -134,3 +134,49 @@ def test_a_plugin_whose_class_or_constructor_breaks_is_one_line_at_its_graph(
     first = err.splitlines()[0]
     assert said in first, err
     assert "internal error" not in err and "errors.pydantic.dev" not in err
+
+
+RAISES = """
+from pydantic import BaseModel, field_validator
+from engine import Node
+
+
+class Out(BaseModel):
+    value: int = 0
+
+
+class Careless(Node):
+    type_name = "careless"
+
+    class Config(BaseModel):
+        x: int = 0
+
+        @field_validator("x")
+        @classmethod
+        def _checked(cls, value):
+            return 1 // (value - value)
+
+    Output = Out
+
+    async def run(self, config, ctx):
+        return Out()
+"""
+
+
+def test_a_config_validator_raising_no_value_error_is_a_located_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "raising_nodes.py").write_text(RAISES)
+    graph = GRAPH.replace("careless_nodes", "raising_nodes").replace(
+        "{type: careless}", "{type: careless, with: {x: 3}}"
+    )
+    (tmp_path / "g.yaml").write_text(graph)
+    assert main(["check", str(tmp_path / "g.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"error: {tmp_path / 'g.yaml'}:5:29: node 'a': with: the config of type 'careless' "
+        "raised ZeroDivisionError: integer division or modulo by zero while being validated; "
+        "a config validator must raise ValueError with a sentence saying what to fix (fix the "
+        f"validator of Careless.Config in raising_nodes ({tmp_path / 'raising_nodes.py'}))"
+    ), err
+    assert "internal error" not in err

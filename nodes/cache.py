@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, graph_file, read_text_file
+from engine import Node, NodeContext, at_check, graph_file, read_text_file
 from nodes._support.cachebudget import process_budget
 from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.offload import INLINE_MAX_CHARS, off_loop
@@ -63,11 +63,6 @@ class CacheNode(Node):
         """Settings of a `cache` node."""
 
         text: str = Field(description="The prompt to look up (or to store an answer for).")
-        mode: Literal["lookup", "store"] = Field(
-            default="lookup",
-            description="`lookup` answers from the cache; `store` saves `value` for `text` "
-            "after the request succeeds.",
-        )
         value: Any = Field(
             default=None,
             validation_alias=AliasChoices("value", "store"),
@@ -80,6 +75,35 @@ class CacheNode(Node):
             default=False,
             description="Store mode: record `text` as a known-bad prompt instead of a value.",
         )
+        mode: Literal["lookup", "store"] = Field(
+            default="lookup",
+            validate_default=True,
+            description="`lookup` answers from the cache; `store` saves `value` for `text` "
+            "after the request succeeds.",
+        )
+
+        @field_validator("mode")
+        @classmethod
+        def _value_fits_mode(cls, mode: str, info: ValidationInfo) -> str:
+            if not at_check(info, "mode"):
+                return mode
+            # a `{{ }}` value is no constant at check time, but it was written
+            given = info.data.get("value") is not None or not at_check(info, "value", "store")
+            if mode == "lookup" and given:
+                raise ValueError(
+                    "a lookup (the default mode) never stores, so its `value:` is ignored; "
+                    "set `mode: store` to save `value:` for `text:` after the request succeeds "
+                    "(a store node beside the lookup, with the same `namespace:`)"
+                )
+            negative = info.data.get("negative_when") or not at_check(info, "negative_when")
+            if mode == "store" and not given and negative is False:
+                raise ValueError(
+                    "`mode: store` saves `value:` for `text:`, but no `value:` is given, so "
+                    'nothing is ever stored; add `value: "{{ answer.text }}"` (or '
+                    "`negative_when:` to record known-bad prompts)"
+                )
+            return mode
+
         namespace: str = Field(
             default="default", description="The cache shared by lookup and store nodes."
         )

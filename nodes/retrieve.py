@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, graph_file, read_text_file
+from engine import Node, NodeContext, at_check, graph_file, read_text_file
 from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
@@ -53,7 +53,7 @@ class RetrieveNode(Node):
             default=None, description="Path of the corpus (JSONL, YAML or blank-line text)."
         )
         passages: list[str | dict[str, Any]] | None = Field(
-            default=None, description="An inline corpus instead of `corpus`."
+            default=None, validate_default=True, description="An inline corpus instead of `corpus`."
         )
         k: int = Field(default=3, ge=1, le=100, description="How many passages to return.")
         min_score: float = Field(
@@ -74,7 +74,21 @@ class RetrieveNode(Node):
 
         @field_validator("passages")
         @classmethod
-        def _passages_usable(cls, value: list[Any] | None) -> list[Any] | None:
+        def _passages_usable(
+            cls, value: list[Any] | None, info: ValidationInfo
+        ) -> list[Any] | None:
+            if at_check(info, "corpus", "passages"):  # what every run would refuse (`_load`)
+                given = info.data.get("corpus") is not None, value is not None
+                if given == (False, False) and "corpus" in info.data:
+                    raise ValueError(
+                        "nothing to search: give `corpus:` (a file of passages) or an inline "
+                        "`passages:` list"
+                    )
+                if given == (True, True):
+                    raise ValueError(
+                        "give `corpus:` or `passages:`, not both: the corpus file would be "
+                        "searched and these passages ignored"
+                    )
             if value is not None:
                 if not value:
                     raise ValueError("an empty list; give passages, or a `corpus:` file")

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, NodeError, graph_file
+from engine import Node, NodeContext, NodeError, at_check, graph_file
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
 from nodes._support.features import Features, features
 from nodes._support.learned import BUILTIN, LearnedRouter, load_router
@@ -115,7 +115,26 @@ class RouterNode(Node):
             default="route",
             description="`route` picks a route; `feedback` records how `route` did on `text`.",
         )
-        route: str | None = Field(default=None, description="Feedback mode: the route used.")
+        route: str | None = Field(
+            default=None, validate_default=True, description="Feedback mode: the route used."
+        )
+
+        @field_validator("route")
+        @classmethod
+        def _route_named(cls, value: str | None, info: ValidationInfo) -> str | None:
+            # what every feedback run would refuse (`_feedback`), said once by `moat check`
+            routes = info.data.get("routes")
+            if routes is None or not at_check(info, "mode", "route", "routes"):
+                return value
+            if info.data.get("mode") == "feedback" and value not in routes:
+                got = "no `route:` is given" if value is None else f"{value!r} is no route"
+                raise ValueError(
+                    f"`mode: feedback` records how a route did, but {got}; set `route:` to "
+                    f"the route the request took (routes: {', '.join(routes)}), e.g. "
+                    '`route: "{{ pick.route }}"` for a router node `pick`'
+                )
+            return value
+
         ok: bool = Field(
             default=True, description="Feedback mode: whether the route's answer was good."
         )

@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
@@ -59,7 +59,7 @@ from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES, Scope
 from engine.graph.patterns import schema_problems
 from engine.graph.spec import SERVE_NAMES, GraphSpec, LoopSpec, NodeSpec
 from engine.located_yaml import Located, node_of
-from engine.plugin.files import CHECK_CONTEXT
+from engine.plugin.files import CHECK_CONTEXT, LATER_CONTEXT
 from engine.plugin.node import Node
 from engine.plugin.registry import Registry
 
@@ -278,7 +278,7 @@ class Checker:
     ) -> None:
         """`with:` passes the node type's `Config`: unknown keys, types, required keys."""
         config_cls = cls.Config
-        fields = {f.alias or name for name, f in config_cls.model_fields.items()}
+        fields = _config_keys(config_cls)
         allow_extra = config_cls.model_config.get("extra") == "allow"
         static: dict[str, Any] = {}
         dynamic: set[str] = set()
@@ -308,7 +308,8 @@ class Checker:
                 dynamic.add(key)  # not judged against the config either
         errors: list[Any] = bool_errors(config_cls, static)
         try:  # the context lets a config validator read the files it names (`graph_file`)
-            config_cls.model_validate(static, context={CHECK_CONTEXT: self.base_dir})
+            context = {CHECK_CONTEXT: self.base_dir, LATER_CONTEXT: frozenset(dynamic)}
+            config_cls.model_validate(static, context=context)
         except ValidationError as exc:
             errors += exc.errors()
         except Exception as exc:  # a plugin's validator raising what pydantic does not catch
@@ -598,6 +599,19 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
+
+
+def _config_keys(config: type[BaseModel]) -> set[str]:
+    """The keys a `with:` may use: each field's name or alias, and the other names a
+    field's `validation_alias=AliasChoices(...)` accepts (the cache's `store:`)."""
+    keys: set[str] = set()
+    for name, field in config.model_fields.items():
+        keys.add(field.alias or name)
+        if isinstance(field.validation_alias, AliasChoices):
+            keys.update(c for c in field.validation_alias.choices if isinstance(c, str))
+        elif isinstance(field.validation_alias, str):
+            keys.add(field.validation_alias)
+    return keys
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -24,18 +24,38 @@ from collections.abc import Mapping
 
 from pydantic import ValidationInfo
 
-__all__ = ["CHECK_CONTEXT", "at_check", "graph_file", "read_text_file"]
+__all__ = ["CHECK_CONTEXT", "LATER_CONTEXT", "at_check", "graph_file", "read_text_file"]
 
 CHECK_CONTEXT = "moat.graph_dir"
 """The key of the validation context `moat check` passes: the graph file's folder (None
 for a graph given as text)."""
 
 
-def at_check(info: ValidationInfo) -> bool:
+LATER_CONTEXT = "moat.later"
+"""The key of the validation context `moat check` passes beside `CHECK_CONTEXT`: the
+`with:` keys whose values are expressions, known only per request."""
+
+
+def at_check(info: ValidationInfo, *keys: str) -> bool:
     """Whether this validation is `moat check`'s (the time to read files and judge inline
-    data once), not a request's."""
+    data once), not a request's.
+
+    With `keys`, also whether each of them is settled at check time: written as a constant
+    or left out (its default), not a `{{ }}` expression. A rule that relates several fields
+    (`mode: feedback` needs a `route:`) is decided at check time only when all of them are;
+    a field an expression sets holds a stand-in default while `moat check` validates.
+
+        @field_validator("route", mode="after")
+        @classmethod
+        def _route_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+            if at_check(info, "mode", "route") and info.data.get("mode") == "feedback":
+                ...
+    """
     context = info.context
-    return isinstance(context, Mapping) and CHECK_CONTEXT in context
+    if not isinstance(context, Mapping) or CHECK_CONTEXT not in context:
+        return False
+    later = context.get(LATER_CONTEXT, ())
+    return not any(key in later for key in keys)
 
 
 def graph_file(path: str, info: ValidationInfo) -> str | None:

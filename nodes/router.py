@@ -27,11 +27,12 @@ from the policy: `threshold: "{{ policy.router.threshold }}"`.
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from engine import Node, NodeContext, NodeError, at_check, graph_file
 from nodes._support.embed import HashingEmbedder, QVector, cosine, qcosine, quantize, words
@@ -54,6 +55,19 @@ class Route(BaseModel):
     tier: int | None = Field(
         default=None, description="Capability/cost rank (0 cheapest); default: position."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        # a misspelt `exemplar:` or `teir:` would be dropped and the route silently differ
+        if isinstance(value, dict):
+            keys = sorted(cls.model_fields)
+            for key in value:
+                if key not in cls.model_fields:
+                    close = difflib.get_close_matches(str(key), keys, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"unknown route key {key!r}{hint}; keys: {', '.join(keys)}")
+        return value
 
 
 @dataclass(slots=True)

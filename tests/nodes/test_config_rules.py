@@ -136,3 +136,18 @@ def test_a_rule_an_expression_decides_is_left_to_the_request(
     assert report.errors == [] and report.graph is not None
     result, _ = anyio.run(run, report.graph, {"prompt": "cheap"})
     assert (result.status.value, result.output) == ("ok", {"a": expected})
+
+
+def test_a_misspelt_route_key_is_refused_with_the_key_meant(tmp_path: Path) -> None:
+    node = (
+        "n: {type: router, with: {text: hi, routes: {cheap: {model: small, exemplar: [hi]}, "
+        "capable: {model: small, teir: 1}}}}\n"
+    )
+    assert check(tmp_path, node, "n.route") == [
+        f"{tmp_path / 'g.yaml'}:6:54: node 'n': with.routes.cheap: unknown route key "
+        "'exemplar' (did you mean 'exemplars'?); keys: exemplars, model, tier (type 'router'; "
+        "see `moat nodes router`)",
+        f"{tmp_path / 'g.yaml'}:6:95: node 'n': with.routes.capable: unknown route key 'teir' "
+        "(did you mean 'tier'?); keys: exemplars, model, tier (type 'router'; see `moat nodes "
+        "router`)",
+    ]

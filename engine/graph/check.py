@@ -170,9 +170,10 @@ class Checker:
         return cls
 
     def c03_expression(self, source: Any, at: Path, node_id: str | None) -> Expr | None:
-        """Every expression parses and uses only allowed syntax."""
+        """Every expression parses and uses only allowed syntax; one that reads nothing
+        evaluates (`'a' + 1`, `min([])` would fail every request the same way)."""
         try:
-            return compile_expr(source)
+            expr = compile_expr(source)
         except ExpressionError as exc:
             self._error(
                 f"in expression {quoted(source)}: {exc.reason}",
@@ -181,6 +182,17 @@ class Checker:
                 offset=(exc.column or 1) - 1,
             )
             return None
+        if expr.constant:
+            try:
+                expr.evaluate({})
+            except EvaluationError as exc:
+                self._error(
+                    f"{exc}; it reads nothing, so it fails the same way on every request; "
+                    "fix the expression",
+                    at,
+                    node_id=node_id,
+                )
+        return expr
 
     def c03_template(self, value: Any, at: Path, node_id: str) -> Template | None:
         """`with:` values: `{{ EXPR }}` templates parse and use only allowed syntax."""

@@ -440,6 +440,46 @@ output:
         r"division by zero; it reads nothing, so every run of the node would fail",
     ),
     (
+        "output that reads nothing and cannot evaluate",
+        """\
+nodes:
+  check: {type: review}
+output:
+  a: check.action
+  b: "'score: ' + 1"
+""",
+        r"^case\.yaml:10:6: expression \"'score: ' \+ 1\": cannot add a number to a string; "
+        r"it reads nothing, so it fails the same way on every request; fix the expression$",
+    ),
+    (
+        "guard that reads nothing and cannot evaluate",
+        """\
+nodes:
+  check: {type: review, when: "len(5) > 0"}
+output:
+  a: check.action
+""",
+        r"^case\.yaml:7:31: node 'check': expression 'len\(5\) > 0': object of type number has "
+        r"no len\(\); it reads nothing, so it fails the same way on every request",
+    ),
+    (
+        "until that reads nothing and cannot evaluate",
+        """\
+nodes:
+  again:
+    type: loop
+    max_cycles: 2
+    until: "min([]) > 1"
+    nodes:
+      check: {type: review}
+    output: {a: check.action}
+output:
+  a: again.a
+""",
+        r"^case\.yaml:10:12: node 'again': expression 'min\(\[\]\) > 1': min\(\) arg is an "
+        r"empty sequence; it reads nothing, so it fails the same way on every request",
+    ),
+    (
         "missing policy file",
         """\
 nodes:

@@ -1,16 +1,29 @@
-"""The helpers of checks 8 and 9 on a node's `with:` value: the model names it holds, and
-the booleans written where its config takes a number."""
+"""The helpers of checks 8 and 9 on a node's `with:` value: the keys it may use, the model
+names it holds, and the booleans written where its config takes a number."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, cast
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
 from engine.expr.wording import bools_read_as_numbers
 
-__all__ = ["bool_errors", "model_names"]
+__all__ = ["bool_errors", "config_keys", "model_names"]
+
+
+def config_keys(config: type[BaseModel]) -> set[str]:
+    """The keys a `with:` may use: each field's name or alias, and the other names a
+    field's `validation_alias=AliasChoices(...)` accepts (the cache's `store:`)."""
+    keys: set[str] = set()
+    for name, field in config.model_fields.items():
+        keys.add(field.alias or name)
+        if isinstance(field.validation_alias, AliasChoices):
+            keys.update(c for c in field.validation_alias.choices if isinstance(c, str))
+        elif isinstance(field.validation_alias, str):
+            keys.add(field.validation_alias)
+    return keys
 
 
 def model_names(

@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic import ValidationError
 
 from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
@@ -51,7 +51,7 @@ from engine.graph._compile import (
     compile_scope,
     template_errors,
 )
-from engine.graph._config import bool_errors, model_names
+from engine.graph._config import bool_errors, config_keys, model_names
 from engine.graph._demand import undemanded
 from engine.graph._fallbacks import fallback_problems
 from engine.graph._schemas import MORE_PROPERTIES, ref_problems
@@ -290,7 +290,7 @@ class Checker:
     ) -> None:
         """`with:` passes the node type's `Config`: unknown keys, types, required keys."""
         config_cls = cls.Config
-        fields = _config_keys(config_cls)
+        fields = config_keys(config_cls)
         allow_extra = config_cls.model_config.get("extra") == "allow"
         static: dict[str, Any] = {}
         dynamic: set[str] = set()
@@ -611,19 +611,6 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
-
-
-def _config_keys(config: type[BaseModel]) -> set[str]:
-    """The keys a `with:` may use: each field's name or alias, and the other names a
-    field's `validation_alias=AliasChoices(...)` accepts (the cache's `store:`)."""
-    keys: set[str] = set()
-    for name, field in config.model_fields.items():
-        keys.add(field.alias or name)
-        if isinstance(field.validation_alias, AliasChoices):
-            keys.update(c for c in field.validation_alias.choices if isinstance(c, str))
-        elif isinstance(field.validation_alias, str):
-            keys.add(field.validation_alias)
-    return keys
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -89,12 +89,6 @@ class CacheNode(Node):
                 return mode
             # a `{{ }}` value is no constant at check time, but it was written
             given = info.data.get("value") is not None or not at_check(info, "value", "store")
-            if mode == "lookup" and given:
-                raise ValueError(
-                    "a lookup (the default mode) never stores, so its `value:` is ignored; "
-                    "set `mode: store` to save `value:` for `text:` after the request succeeds "
-                    "(a store node beside the lookup, with the same `namespace:`)"
-                )
             negative = info.data.get("negative_when") or not at_check(info, "negative_when")
             if mode == "store" and not given and negative is False:
                 raise ValueError(

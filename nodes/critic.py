@@ -87,26 +87,7 @@ class CriticNode(Node):
             default=None,
             description="The user's request (default: the request input's `prompt`).",
         )
-        draft: str | None = Field(
-            default=None, validate_default=True, description="The draft to review (draft mode)."
-        )
-
-        @field_validator("draft")
-        @classmethod
-        def _draft_given(cls, value: str | None, info: ValidationInfo) -> str | None:
-            # a run would review an empty draft; at run time an upstream none is still allowed
-            if (
-                value is None
-                and at_check(info, "mode", "draft")
-                and info.data.get("mode") == "draft"
-            ):
-                raise ValueError(
-                    "`mode: draft` (the default) reviews a draft, but no `draft:` is given, so "
-                    "every run would "
-                    'review an empty text; pass the answer to review (`draft: "{{ answer.text '
-                    '}}"`), or set `mode: request` to assess the request itself'
-                )
-            return value
+        draft: str | None = Field(default=None, description="The draft to review (draft mode).")
 
         principles: str | list[str | dict[str, Any]] | None = Field(
             default=None,

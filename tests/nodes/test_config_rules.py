@@ -1,10 +1,10 @@
 """Rules between a node's `with:` keys are judged by `moat check` when the keys are settled.
 
-A critic in draft mode with no draft, a router's feedback naming no route, a retrieve node
-with nothing to search (or two corpora), a cache lookup given a value it ignores and a cache
-store given none: each would break or silently do nothing on every request, so each is an
-error at check time naming the node, the key and the fix. When an expression sets one of
-the keys involved, the rule is left to the request (`at_check(info, *keys)`).
+A router's feedback naming no route, a retrieve node with nothing to search (or two
+corpora) and a cache store given no value: each would break or silently do nothing on every
+request, so each is an error at check time naming the node, the key and the fix. When an
+expression sets one of the keys involved, the rule is left to the request
+(`at_check(info, *keys)`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,6 @@ def check(tmp_path: Path, node: str, output: str) -> list[str]:
     ("node", "output", "says"),
     [
         (
-            "n: {type: critic, with: {model: small}}\n",
-            "n.action",
-            "6:27: node 'n': with.draft: `mode: draft` (the default) reviews a draft, but no "
-            "`draft:` is given, so every run would review an empty text; pass the answer to "
-            'review (`draft: "{{ answer.text }}"`), or set `mode: request` to assess the request',
-        ),
-        (
             f"n: {{type: router, with: {{text: hi, mode: feedback, {ROUTES}}}}}\n",
             "n.route",
             "6:27: node 'n': with.route: `mode: feedback` records how a route did, but no "
@@ -68,12 +61,6 @@ def check(tmp_path: Path, node: str, output: str) -> list[str]:
             "n.passages",
             "6:66: node 'n': with.passages: give `corpus:` or `passages:`, not both: the corpus "
             "file would be searched and these passages ignored",
-        ),
-        (
-            'n: {type: cache, with: {text: "{{ input.prompt }}", value: "{{ input.prompt }}"}}\n',
-            "n.hit",
-            "6:26: node 'n': with.mode: a lookup (the default mode) never stores, so its "
-            "`value:` is ignored; set `mode: store`",
         ),
         (
             'n: {type: cache, with: {text: "{{ input.prompt }}", mode: store}}\n',

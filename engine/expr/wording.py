@@ -5,11 +5,13 @@ that says `NoneType`, `True` or `dict` speaks a language they never wrote. Every
 message that shows a value or its kind goes through `kind`, `literal` or `describe`;
 `translate` rewrites the Python type names inside an exception's own text, and
 `config_problem` words one pydantic error of a node's `with:` with the value it got, and
-`bools_read_as_numbers` finds the `true`/`false` pydantic quietly read as 1 and 0.
+`bools_read_as_numbers` finds the `true`/`false` pydantic quietly read as 1 and 0;
+`did_you_mean` suggests the name a typo meant.
 """
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from collections.abc import Iterator, Mapping
@@ -19,6 +21,7 @@ __all__ = [
     "bools_read_as_numbers",
     "config_problem",
     "describe",
+    "did_you_mean",
     "kind",
     "literal",
     "quoted",
@@ -186,3 +189,9 @@ def bools_read_as_numbers(
     elif isinstance(data, list) and isinstance(value, list | tuple) and len(data) == len(value):
         for index, (item, made) in enumerate(zip(data, value, strict=True)):
             yield from bools_read_as_numbers(item, made, (*at, index))
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """` (did you mean 'x'?)` for the choice closest to a misspelt `word`, or ``."""
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

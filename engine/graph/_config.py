@@ -10,7 +10,7 @@ from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
 from engine.expr.wording import bools_read_as_numbers
 
-__all__ = ["bool_errors", "config_keys", "model_names"]
+__all__ = ["bool_errors", "config_keys", "model_names", "validator_raised"]
 
 
 def config_keys(config: type[BaseModel]) -> set[str]:
@@ -74,3 +74,14 @@ def _holds_bool(value: Any) -> bool:
     if isinstance(value, Mapping):
         return any(_holds_bool(v) for v in value.values())
     return isinstance(value, list) and any(_holds_bool(v) for v in value)
+
+
+def validator_raised(type_name: str, config: str, origin: str, exc: Exception) -> str:
+    """The error for a config validator (`config`, of node type `type_name` from `origin`)
+    that raised what pydantic does not turn into a validation error: only a `ValueError`
+    (or an assertion) says what to fix in the graph."""
+    return (
+        f"with: the config of type {type_name!r} raised {type(exc).__name__}: {exc} while "
+        "being validated; a config validator must raise ValueError with a sentence saying "
+        f"what to fix (fix the validator of {config} in {origin})"
+    )

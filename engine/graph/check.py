@@ -31,7 +31,6 @@ checker also compiles what it checks (`_compile.py`), so a graph that passes is 
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import re
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from pydantic import ValidationError
 from engine.errors import EvaluationError, ExpressionError, SpecError
 from engine.expr.compile import CONSTANT_NAMES
 from engine.expr.expression import Expr, Ref, Template, compile_expr, compile_template
-from engine.expr.wording import config_problem, quoted
+from engine.expr.wording import config_problem, did_you_mean, quoted
 from engine.graph._chain import MAX_CHAIN, longest_chain
 from engine.graph._compile import (
     Path,
@@ -51,7 +50,7 @@ from engine.graph._compile import (
     compile_scope,
     template_errors,
 )
-from engine.graph._config import bool_errors, config_keys, model_names
+from engine.graph._config import bool_errors, config_keys, model_names, validator_raised
 from engine.graph._demand import undemanded
 from engine.graph._fallbacks import fallback_problems
 from engine.graph._schemas import MORE_PROPERTIES, ref_problems
@@ -233,7 +232,7 @@ class Checker:
             outputs = sorted(cls.Output.model_fields)
             kind = spec.type
         if field not in outputs:
-            hint = _did_you_mean(field, outputs)
+            hint = did_you_mean(field, outputs)
             self._error(
                 f"'{target}.{field}' is not an output of node '{target}' ({kind}){hint}. "
                 f"Outputs: {', '.join(outputs) or '(none)'}",
@@ -260,7 +259,7 @@ class Checker:
                 return
             if part not in cur:
                 keys = sorted(str(k) for k in cur)
-                hint = _did_you_mean(str(part), keys)
+                hint = did_you_mean(str(part), keys)
                 self._error(
                     f"'{'.'.join([*walked, str(part)])}' is not in the policy "
                     f"{self.spec.policy}{hint}. Keys at {'.'.join(walked)}: "
@@ -276,7 +275,7 @@ class Checker:
     def c07_request_field(self, ref: Ref, at: Path, node_id: str | None) -> None:
         """Every `request.x` read is a request field."""
         if ref.path and ref.path[0] not in _REQUEST_FIELDS:
-            hint = _did_you_mean(str(ref.path[0]), list(_REQUEST_FIELDS))
+            hint = did_you_mean(str(ref.path[0]), list(_REQUEST_FIELDS))
             self._error(
                 f"'request.{ref.path[0]}' is not a request field{hint}. Fields: "
                 f"{', '.join(_REQUEST_FIELDS)}",
@@ -298,7 +297,7 @@ class Checker:
             if not allow_extra and key not in fields:
                 self._error(
                     f"unknown config key {key!r} for type {spec.type!r}"
-                    f"{_did_you_mean(key, sorted(fields))}. Config keys: "
+                    f"{did_you_mean(key, sorted(fields))}. Config keys: "
                     f"{', '.join(sorted(fields)) or '(none)'}",
                     (*at, "with", key),
                     key=True,
@@ -325,14 +324,9 @@ class Checker:
         except ValidationError as exc:
             errors += exc.errors()
         except Exception as exc:  # a plugin's validator raising what pydantic does not catch
-            self._error(
-                f"with: the config of type {spec.type!r} raised {type(exc).__name__}: {exc} "
-                f"while being validated; a config validator must raise ValueError with a "
-                f"sentence saying what to fix (fix the validator of {cls.__qualname__}.Config "
-                f"in {self.registry.origin(spec.type) or cls.__module__})",
-                (*at, "with") if spec.with_ else at,
-                node_id=node_id,
-            )
+            origin = self.registry.origin(spec.type) or cls.__module__
+            message = validator_raised(spec.type, f"{cls.__qualname__}.Config", origin, exc)
+            self._error(message, (*at, "with") if spec.with_ else at, node_id=node_id)
             return
         for err in errors:
             loc = err.get("loc", ())
@@ -376,7 +370,7 @@ class Checker:
                 where = at
             for model, place in model_names(value, inner, where):
                 if isinstance(model, str) and model not in self.spec.models:
-                    hint = _did_you_mean(model, defined)
+                    hint = did_you_mean(model, defined)
                     how = "" if name in static else f" (the default of `{name}`)"
                     self._error(
                         f"model {model!r}{how} is not defined under `models:`{hint}. "
@@ -428,7 +422,7 @@ class Checker:
         if target not in scope.specs:
             self._error(
                 f"'prev.{target}': {target!r} is not a node of this loop body"
-                f"{_did_you_mean(target, list(scope.specs))}. Body nodes: "
+                f"{did_you_mean(target, list(scope.specs))}. Body nodes: "
                 f"{', '.join(sorted(scope.specs))}",
                 at,
                 node_id=node_id,
@@ -511,7 +505,7 @@ class Checker:
             if names is not None and field not in names:
                 self._error(
                     f"serve.input.{field}: the graph's `input` has no property {field!r}"
-                    f"{_did_you_mean(field, names)}. Properties: {', '.join(names)}",
+                    f"{did_you_mean(field, names)}. Properties: {', '.join(names)}",
                     at,
                     key=True,
                 )
@@ -520,7 +514,7 @@ class Checker:
                 if ref.name not in SERVE_NAMES:
                     self._error(
                         f"serve.input.{field}: {ref.name!r} is not a name of the chat request"
-                        f"{_did_you_mean(ref.name, list(SERVE_NAMES))}. Names: "
+                        f"{did_you_mean(ref.name, list(SERVE_NAMES))}. Names: "
                         f"{', '.join(SERVE_NAMES)}",
                         at,
                         offset=ref.column - 1,
@@ -552,7 +546,7 @@ class Checker:
             return  # the schema may admit properties it does not list
         names = sorted(str(name) for name in listed)
         message = (
-            f"'input.{field}' is not a property of `input:`{_did_you_mean(field, names)}. "
+            f"'input.{field}' is not a property of `input:`{did_you_mean(field, names)}. "
             f"Properties: {', '.join(names) or '(none)'}"
         )
         extra = schema.get("additionalProperties", True)
@@ -590,7 +584,7 @@ class Checker:
             known = sorted(
                 {*scope.visible(), *SCOPE_NAMES, *(LOOP_SCOPE_NAMES if scope.in_loop else ())}
             )
-            hint = _did_you_mean(name, known)
+            hint = did_you_mean(name, known)
             self._error(
                 f"unknown name {name!r}{hint}; expressions can read node ids and "
                 f"{', '.join(sorted(SCOPE_NAMES))}"
@@ -611,8 +605,3 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""

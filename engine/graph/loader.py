@@ -6,7 +6,6 @@ same steps but returns every problem instead of raising the first.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import PolicyError, SpecError
-from engine.expr.wording import bools_read_as_numbers, config_problem, kind
+from engine.expr.wording import bools_read_as_numbers, config_problem, did_you_mean, kind
 from engine.graph.check import Checker
 from engine.graph.compiled import Graph
 from engine.graph.spec import GraphSpec
@@ -259,7 +258,7 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
     if kind == "extra_forbidden":
         key = at[-1]
         allowed = sorted(_field_names(model)) if model else []
-        hint = _did_you_mean(str(key), allowed)
+        hint = did_you_mean(str(key), allowed)
         where = f"at {_dotted(at[:-1])}" if at[:-1] else "at the top level"
         message = f"unknown key {key!r} {where}{hint}"
         if allowed:
@@ -333,11 +332,6 @@ def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
 
 def _dotted(at: tuple[str | int, ...]) -> str:
     return ".".join(str(p) for p in at)
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _load_policy(

@@ -421,6 +421,12 @@ def connect(
             f"{target}: is a folder, not a store; give the store file with --db PATH "
             f"(such as {target / 'moat.db'})"
         )
+    if target.exists() and not target.is_file():
+        # Opening a named pipe blocks until something writes to it: a command would hang.
+        raise StoreError(
+            f"{target}: is not a regular file (a named pipe, device or socket), so it "
+            "cannot be a store; give the store file with --db PATH"
+        )
     uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
     fresh = not readonly and (not target.exists() or target.stat().st_size == 0)
     try:

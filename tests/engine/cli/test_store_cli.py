@@ -3,6 +3,7 @@ line naming the argument or the file and the fix, exit code 2, never a traceback
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from engine.cli import main
 from engine.store.schema import MIGRATIONS, connect, migrate, user_version
+from tests.support.fast_graphs import ROOT
 from tests.support.store_rows import stored_run
 
 
@@ -168,3 +170,26 @@ def test_a_folder_given_as_the_store_is_named_as_a_folder(
     assert main([*command, "--db", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path}: is a folder, not a store; give the store file with --db PATH" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        *_EVERY_STORE_COMMAND,
+        ["policy", "list"],
+        ["run", str(ROOT / "graphs" / "baseline.yaml"), "--prompt", "hi"],
+    ],
+)
+def test_a_named_pipe_given_as_the_store_is_refused_without_waiting_on_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    fifo = tmp_path / "moat.db"
+    os.mkfifo(fifo)
+
+    # opening a pipe for reading blocks until a writer comes: the command would hang
+    assert main([*command, "--db", str(fifo)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert f"{fifo}: is not a regular file (a named pipe, device or socket)" in err
+    assert "give the store file with --db PATH" in err

@@ -519,6 +519,12 @@ def check_version(
             no moat schema.
     """
     version = user_version(conn)
+    if version < 0:  # no moat writes one: migrating would run the wrong steps on it
+        raise StoreError(
+            f"{path}: not a moat store: its schema version is {version}, which no moat "
+            "writes (another program's file, or its header was changed); give moat a "
+            "file of its own with --db PATH (or $MOAT_DB)"
+        )
     if version == 0:
         foreign = [
             str(row[0])

@@ -239,6 +239,26 @@ def test_a_newer_schema_is_refused_with_an_upgrade_hint(db: Path) -> None:
         StoreWriter(db)
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_negative_schema_version_is_no_store_and_is_left_as_it_was(
+    db: Path, readonly: bool
+) -> None:
+    Store.open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = -1")
+    tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+    conn.close()
+
+    # migrating from "-1" would replay the last migration on tables that already exist
+    with pytest.raises(StoreError, match=r"schema version is -1, which no moat writes.*--db"):
+        Store.open(db, readonly=readonly)
+
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == -1
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == tables
+    conn.close()
+
+
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("not sqlite at all, just some text that is long enough" * 20)

@@ -61,6 +61,17 @@ def identifier(text: str) -> str:
     return text.strip()
 
 
+def printable(text: str) -> str:
+    """`text` with control characters other than newline and tab escaped (`\\x1b`): a
+    message that repeats what the user typed or what a store holds must not move the
+    cursor, recolour or retitle the terminal it is printed on."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text
+    )
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full argument parser (README, "The CLI"), or, given a command of moat's own,
     one with just the commands of its module."""
@@ -111,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("moat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MoatError as exc:
-        print(f"moat: {exc}", file=sys.stderr)
+        print(f"moat: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # the reader of the output went away (`| head`)
         # what is still buffered cannot be written either: no second error at exit
@@ -129,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MOAT_DEBUG"):
             traceback.print_exc()
         print(
-            f"moat: internal error: {type(exc).__name__}: {exc} (set MOAT_DEBUG=1 for the "
-            "traceback and please report it)",
+            f"moat: internal error: {type(exc).__name__}: {printable(str(exc))} (set "
+            "MOAT_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )
         return EXIT_FAILED

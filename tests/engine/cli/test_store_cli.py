@@ -8,8 +8,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from engine.cli import main
+from engine.cli import main, printable
 from engine.store.schema import MIGRATIONS, connect, migrate, user_version
 from tests.support.fast_graphs import ROOT
 from tests.support.store_rows import stored_run
@@ -193,3 +195,32 @@ def test_a_named_pipe_given_as_the_store_is_refused_without_waiting_on_it(
     assert err.count("\n") == 1 and "internal error" not in err
     assert f"{fifo}: is not a regular file (a named pipe, device or socket)" in err
     assert "give the store file with --db PATH" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "echoed"),
+    [
+        (["report", "r-\x1b]0;owned\x07-1"], "no request 'r-\\x1b]0;owned\\x07-1'"),
+        (["stats", "r-\x1b[2J\r-1"], "no run 'r-\\x1b[2J\\r-1'"),
+    ],
+)
+def test_an_id_with_control_characters_is_echoed_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], echoed: str
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    # raw, the id would retitle or clear the operator's terminal
+    err = capsys.readouterr().err
+    assert echoed in err
+    assert "\x1b" not in err and "\x07" not in err and "\r" not in err
+
+
+@given(st.text())
+def test_printable_escapes_every_control_character_and_keeps_the_rest(text: str) -> None:
+    shown = printable(text)
+    assert all(ch.isprintable() or ch in "\n\t" for ch in shown)
+    if all(ch.isprintable() or ch in "\n\t" for ch in text):
+        assert shown == text

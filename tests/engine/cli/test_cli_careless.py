@@ -42,7 +42,11 @@ def test_empty_ids_are_refused_rather_than_looked_up(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     db = str(tmp_path / "s.db")
-    for args in (("report", "", "--db", db), ("run", "--resume", " ", "--db", db)):
+    for args in (
+        ("report", "", "--db", db),
+        ("stats", " ", "--db", db),
+        ("run", "--resume", " ", "--db", db),
+    ):
         code, err = run(capsys, *args)
         assert code == 2 and "an empty id" in err, args
     assert not Path(db).exists()

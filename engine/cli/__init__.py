@@ -67,9 +67,7 @@ def printable(text: str) -> str:
     cursor, recolour or retitle the terminal it is printed on."""
     if text.isprintable():
         return text
-    return "".join(
-        ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text
-    )
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,9 +25,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("stats", help="latency, cost, cache, validation and speculation figures")
-    p.add_argument(
-        "run_id", nargs="?", metavar="RUN_ID", type=identifier, help="default: all runs"
-    )
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", type=identifier, help="default: all runs")
     p.add_argument("--db", metavar="PATH")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(handler=cmd_stats)
@@ -128,12 +127,26 @@ def _open(args: argparse.Namespace) -> Store:
     return Store.open(db_path(args.db), readonly=True)
 
 
+def _note_damaged(store: Store) -> None:
+    """Say on stderr which stored values a command showed as empty because they did not
+    read back (the figures printed are of everything else)."""
+    if store.damaged:
+        print(
+            f"moat: note: {store.path}: stored values that do not read back were shown as "
+            f"empty: {', '.join(store.damaged[:5])}{', ...' if len(store.damaged) > 5 else ''}"
+            f"; the file was damaged or edited by hand (`sqlite3 {store.path} "
+            "'PRAGMA integrity_check'` checks it)",
+            file=sys.stderr,
+        )
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     """Print the runs, newest first."""
     from engine.report.explain import render_runs
 
     with _open(args) as store:
         print(render_runs(store.list_runs(limit=args.limit)))
+        _note_damaged(store)
     return 0
 
 
@@ -147,6 +160,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print(json.dumps(stats_json(stats), indent=2))
         else:
             print(render_stats(stats))
+        _note_damaged(store)
     return 0
 
 
@@ -160,6 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(json.dumps(report_json(report), indent=2, default=str))
         else:
             print(render_markdown(report))
+        _note_damaged(store)
     return 0
 
 

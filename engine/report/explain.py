@@ -105,7 +105,7 @@ def request_report(store: Store, request_id: str) -> RequestReport:
         cycles=_cycles(traces, decisions, node_runs),
         timeline=_timeline(node_runs, decisions, calls, t0),
         llm_calls=_llm_calls(calls, events, t0),
-        traces=[TraceRow(t["cycle"], t["stage"], dict(t["payload"])) for t in traces],
+        traces=[TraceRow(t["cycle"], t["stage"], dict(t["payload"] or {})) for t in traces],
         raw_events=events,
     )
 
@@ -234,7 +234,9 @@ def _names(value: Any) -> list[str] | None:
 
 
 def _cycles(traces: list[Row], decisions: list[DecisionRow], runs: list[Row]) -> list[CycleCard]:
-    summaries = {t["cycle"]: dict(t["payload"]) for t in traces if t["stage"] == "CYCLE_SUMMARY"}
+    summaries = {
+        t["cycle"]: dict(t["payload"] or {}) for t in traces if t["stage"] == "CYCLE_SUMMARY"
+    }
     started = {d.cycle: d.stage for d in decisions if d.event_type == "LOOP_CYCLE_STARTED"}
     return [
         _cycle_card(cycle, summaries.get(cycle, {}), started.get(cycle), decisions, runs)

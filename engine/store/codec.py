@@ -24,7 +24,15 @@ from typing import Any
 
 import zstandard
 
-__all__ = ["Packer", "decode", "frame_packer", "load_dictionary"]
+__all__ = [
+    "SHAPES",
+    "Packer",
+    "decode",
+    "decode_column",
+    "decode_rows",
+    "frame_packer",
+    "load_dictionary",
+]
 
 _MIN_BYTES = 64
 """Payloads shorter than this stay text: a frame's own header would eat the gain."""
@@ -71,11 +79,43 @@ def _decompressor(conn: sqlite3.Connection, dict_id: int) -> zstandard.ZstdDecom
 
 
 def decode(conn: sqlite3.Connection, value: str | bytes) -> Any:
-    """A JSON column's value as data: JSON text, or a zstd frame of JSON text."""
+    """A JSON column's value as data: JSON text, or a zstd frame of JSON text.
+
+    Raises:
+        ValueError: the value is neither (a damaged page, a hand edit).
+    """
     if isinstance(value, bytes):
-        dict_id = zstandard.get_frame_parameters(value).dict_id
-        value = _decompressor(conn, dict_id).decompress(value)
+        try:
+            dict_id = zstandard.get_frame_parameters(value).dict_id
+            value = _decompressor(conn, dict_id).decompress(value)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"not a compressed payload: {exc}") from exc
     return json.loads(value)
+
+
+SHAPES: dict[str, type] = {
+    "config": dict,
+    "inputs": dict,
+    "outputs": dict,
+    "payload": dict,
+    "reason_codes": list,
+}
+"""The kind of value moat writes in each JSON column that holds only one (by name without
+`_json`); `output` holds whatever a graph's output is."""
+
+
+def decode_column(conn: sqlite3.Connection, name: str, value: str | bytes) -> tuple[Any, bool]:
+    """The value of the JSON column `name` (without `_json`) as data, and whether it read
+    as moat writes it. One that does not decode, or is of another kind than the column
+    holds, reads as None (like a NULL): a viewer shows the rest of the row and says so."""
+    try:
+        decoded = decode(conn, value)
+    except ValueError:
+        return None, False
+    kind = SHAPES.get(name)
+    if kind is not None and not isinstance(decoded, kind):
+        return None, False
+    return decoded, True
 
 
 def frame_packer(dictionary: bytes) -> Callable[[str | None], str | bytes | None]:
@@ -151,3 +191,32 @@ class Packer:
         if self._pending is not None:
             self._compressor = self._make(self._pending)
             self._pending = None
+
+
+_DAMAGED_KEPT = 20
+"""Damaged values `decode_rows` names at most: a viewer re-reading a damaged row every
+second (the TUI) must not grow the list without end."""
+
+
+def decode_rows(cursor: sqlite3.Cursor, damaged: list[str]) -> list[dict[str, Any]]:
+    """The cursor's rows as dicts keyed by column name, a JSON column's decoded under its
+    name without `_json` (`payload_json` -> `payload`); a JSON value that does not read as moat
+    writes it is None, named in `damaged` (`payload_json of row 12`)."""
+    names = [
+        (d[0][:-5], True) if d[0].endswith("_json") else (d[0], False) for d in cursor.description
+    ]
+    out: list[dict[str, Any]] = []
+    conn = cursor.connection
+    for values in cursor.fetchall():
+        row: dict[str, Any] = {}
+        bad: list[str] = []
+        for (name, is_json), value in zip(names, values, strict=True):
+            if is_json and value is not None:
+                value, ok = decode_column(conn, name, value)
+                if not ok:
+                    bad.append(name)
+            row[name] = value
+        if bad and len(damaged) < _DAMAGED_KEPT:
+            damaged.extend(f"{name}_json of row {row.get('id')}" for name in bad)
+        out.append(row)
+    return out

@@ -143,20 +143,6 @@ def new_run_id(at: float | None = None) -> str:
     return f"r-{stamp}-{secrets.token_hex(2)}"
 
 
-def _decode(cursor: sqlite3.Cursor) -> list[Row]:
-    names = [
-        (d[0][:-5], True) if d[0].endswith("_json") else (d[0], False) for d in cursor.description
-    ]
-    out: list[Row] = []
-    conn = cursor.connection
-    for values in cursor.fetchall():
-        row: Row = {}
-        for (name, is_json), value in zip(names, values, strict=True):
-            row[name] = codec.decode(conn, value) if is_json and value is not None else value
-        out.append(row)
-    return out
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
@@ -168,6 +154,8 @@ class Store:
 
     Attributes:
         path: the database file.
+        damaged: the stored JSON values reads met that did not decode (a damaged page, a
+            hand edit), read as None: `payload_json of row 12`.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
@@ -175,6 +163,7 @@ class Store:
         self._conn = conn
         self._lock = threading.RLock()
         self._cache: StoreCachePersistence | None = None
+        self.damaged: list[str] = []
 
     @classmethod
     def open(cls, path: str | Path = "moat.db", *, readonly: bool = False) -> Store:
@@ -281,7 +270,7 @@ class Store:
     def _rows(self, sql: str, params: _Params = ()) -> list[Row]:
         try:
             with self._lock:
-                return _decode(self._conn.execute(sql, params))
+                return codec.decode_rows(self._conn.execute(sql, params), self.damaged)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
 
@@ -546,7 +535,8 @@ class Store:
         }
         with self._tx("DEFERRED") as conn:
             return {
-                table: _decode(conn.execute(sql, (request_id,))) for table, sql in queries.items()
+                table: codec.decode_rows(conn.execute(sql, (request_id,)), self.damaged)
+                for table, sql in queries.items()
             }
 
     def events(self, request_id: str) -> list[Row]:

@@ -224,3 +224,39 @@ def test_printable_escapes_every_control_character_and_keeps_the_rest(text: str)
     assert all(ch.isprintable() or ch in "\n\t" for ch in shown)
     if all(ch.isprintable() or ch in "\n\t" for ch in text):
         assert shown == text
+
+
+_DAMAGES = {
+    # what a damaged page or a hand edit leaves -> the column named, the commands that read it
+    "UPDATE requests SET output_json = '{\"answer\": '": ("output_json", {"report"}),
+    "UPDATE event_rows SET payload = x'00ff'": ("payload_json", {"report"}),  # no zstd frame
+    "UPDATE event_rows SET reasons = '5'": ("reason_codes_json", {"report"}),  # not a list
+    "UPDATE trace_rows SET payload = '[1]'": ("payload_json", {"report"}),  # not an object
+    "UPDATE runs SET config_json = 'null}'": ("config_json", {"runs", "stats"}),
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGES))
+@pytest.mark.parametrize("command", [["report", "{rid}"], ["stats"], ["runs"]])
+def test_a_damaged_stored_value_is_shown_empty_and_named_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, command: list[str]
+) -> None:
+    db = tmp_path / "s.db"
+    run = stored_run(db, 2)
+    conn = sqlite3.connect(db)
+    conn.execute(damage)
+    conn.commit()
+    conn.close()
+
+    argv = [word.format(rid=f"{run}-000001") for word in command]
+    assert main([*argv, "--db", str(db)]) == 0
+
+    out, err = capsys.readouterr()
+    assert run in out  # everything else is still shown
+    column, readers = _DAMAGES[damage]
+    if command[0] not in readers:
+        assert err == ""
+        return
+    assert err.count("\n") == 1
+    assert f"moat: note: {db}: stored values that do not read back were shown as empty" in err
+    assert f"{column} of row" in err and "PRAGMA integrity_check" in err

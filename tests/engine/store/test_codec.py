@@ -3,10 +3,15 @@ against a dictionary the store keeps, and every reader gets the same data back."
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from engine.events import DecisionTrace, RequestRecord, RequestStatus
+from engine.store import codec
 from engine.store.store import Store
 
 
@@ -81,3 +86,35 @@ def test_small_payloads_stay_json_text(tmp_path: Path) -> None:
                 writer.record(DecisionTrace(f"q{i}", 1, "S", {"i": i}))
         kinds = store.query("SELECT DISTINCT typeof(payload_json) AS t FROM decision_traces")
         assert kinds == [{"t": "text"}]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@given(
+    name=st.sampled_from([*codec.SHAPES, "output"]),
+    value=_JSON.map(json.dumps) | st.text(max_size=20) | st.binary(max_size=20),
+)
+def test_a_column_value_reads_back_as_its_kind_or_as_none_flagged(
+    name: str, value: str | bytes
+) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE meta (key TEXT, value BLOB)")
+    decoded, ok = codec.decode_column(conn, name, value)
+    conn.close()
+
+    kind = codec.SHAPES.get(name, object)
+    if ok:
+        assert isinstance(decoded, kind) and json.loads(value) == decoded
+    else:  # never an exception: a viewer shows the rest of the row
+        assert decoded is None
+    if isinstance(value, str) and name == "output":
+        try:
+            expected = json.loads(value)
+        except ValueError:
+            return
+        assert ok and decoded == expected

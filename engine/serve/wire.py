@@ -18,6 +18,7 @@ from engine.events import RequestStatus, strict_json
 from engine.models.chat_fields import chat_field_problem
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
+from engine.serve._unsupported import unsupported_problem
 
 __all__ = [
     "ApiError",
@@ -154,7 +155,8 @@ def parse_chat(body: Any) -> ChatRequest:
     """Check a `/v1/chat/completions` body and map its messages to a graph input.
 
     Raises:
-        ApiError: 400 naming the field at fault.
+        ApiError: 400 naming the field at fault: a value OpenAI would refuse, or one
+            asking for what a graph cannot give (tools, a response format, logprobs).
     """
     if not isinstance(body, Mapping):
         raise _bad("the request body must be a JSON object", None)
@@ -185,6 +187,9 @@ def parse_chat(body: Any) -> ChatRequest:
     problem = chat_field_problem(body)
     if problem is not None:
         raise _bad(problem[1], problem[0])
+    unsupported = unsupported_problem(body)  # (after the kinds: a bad one says so first)
+    if unsupported is not None:
+        raise _bad(unsupported[1], unsupported[0], unsupported[2])
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return ChatRequest(model, data, stream, include_usage, user, tuple(turns))
 

@@ -147,8 +147,9 @@ async def test_stream_options_without_stream_is_a_400_as_openai_answers_it(
     assert '"usage"' in streamed.text.split("data: ")[-2]
 
 
-async def test_the_fields_an_openai_client_sends_are_taken_and_ignored(tmp_path: Path) -> None:
-    tool: Any = {"type": "function", "function": {"name": "f", "parameters": {}}}
+async def test_the_sampling_fields_an_openai_client_sends_are_taken_and_ignored(
+    tmp_path: Path,
+) -> None:
     async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:
         reply = await oai.chat.completions.create(
             model="echo",
@@ -163,10 +164,7 @@ async def test_the_fields_an_openai_client_sends_are_taken_and_ignored(tmp_path:
             seed=-3,
             logprobs=False,
             top_logprobs=0,
-            tools=[tool],
-            tool_choice="auto",
             parallel_tool_calls=True,
-            response_format={"type": "json_object"},
             metadata={"app": "x"},
             stream_options=None,
         )

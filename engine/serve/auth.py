@@ -74,13 +74,11 @@ def load_keys(path: str | Path) -> KeyRing:
     """Read a keys file.
 
     Raises:
-        SpecError: the file is missing, a line is not `TENANT sha256:HEX` (a plain key
-            is refused with how to hash it), or a key is given to two tenants.
+        SpecError: the file is missing or not UTF-8 text (naming the line), a line is
+            not `TENANT sha256:HEX` (saying which part is wrong; a plain key is refused
+            with how to hash it, and never repeated), or a key is given to two tenants.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read the keys file: {exc}", path=str(path)) from exc
+    text = _keys_text(path)
     keys: dict[str, str] = {}
     lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
@@ -89,12 +87,7 @@ def load_keys(path: str | Path) -> KeyRing:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise SpecError(
-                "a key line is `TENANT sha256:HEX` with HEX the SHA-256 of the key "
-                '(printf %s "$KEY" | sha256sum); keys are never stored in clear',
-                path=str(path),
-                line=number,
-            )
+            raise SpecError(_line_problem(line), path=str(path), line=number)
         digest, tenant = match["hex"].lower(), match["tenant"]
         if keys.setdefault(digest, tenant) != tenant:
             raise SpecError(
@@ -107,6 +100,59 @@ def load_keys(path: str | Path) -> KeyRing:
     if not keys:
         raise SpecError("the keys file has no keys (lines `TENANT sha256:HEX`)", path=str(path))
     return KeyRing(keys)
+
+
+def _keys_text(path: str | Path) -> str:
+    """The keys file's text (a UTF-8 byte order mark, as some editors write, dropped)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read the keys file: {exc.strerror}", path=str(path)) from exc
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(
+            f"byte 0x{raw[exc.start]:02x} is not UTF-8 text; a keys file holds ASCII lines "
+            "`TENANT sha256:HEX`, so save it as UTF-8 or ASCII",
+            path=str(path),
+            line=line,
+            column=column,
+        ) from exc
+
+
+_FORMAT = (
+    'a key line is `TENANT sha256:HEX` with HEX the SHA-256 of the key (printf %s "$KEY" '
+    "| sha256sum); keys are never stored in clear"
+)
+
+
+def _line_problem(line: str) -> str:
+    """What is wrong with a key line that is not `TENANT sha256:HEX`, never showing what
+    may be a key in clear (only a tenant before a hash, and the hash, are looked at)."""
+    parts = line.split()
+    at = next((i for i, part in enumerate(parts) if part.startswith("sha256:")), None)
+    if at is None:
+        return f"this line has no `sha256:HEX`: {_FORMAT}"
+    if at < len(parts) - 1:
+        return f"this line has more after its `sha256:HEX` (a comment starts with #): {_FORMAT}"
+    tenant = " ".join(parts[:at])
+    if not tenant:
+        return f"this line has no TENANT before its `sha256:HEX`: {_FORMAT}"
+    if not _TENANT.match(tenant):
+        return (
+            f"tenant {tenant[:40]!r} is not a tenant name: 1 to 128 letters, digits and "
+            "`_.@-`, without spaces"
+        )
+    digest = parts[at].removeprefix("sha256:")
+    wrong = f"is {len(digest)} characters"
+    if len(digest) == 64:
+        wrong = "has characters that are not hex digits"
+    return (
+        f"the hash of tenant {tenant!r} {wrong}: HEX is the 64 hex digits of the key's "
+        'SHA-256 (printf %s "$KEY" | sha256sum)'
+    )
 
 
 def keys_from_env(value: str) -> KeyRing:

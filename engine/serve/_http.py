@@ -22,14 +22,23 @@ def _model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "moat"}
 
 
+_PATH_SHOWN = 120
+"""Characters of an unknown path an error repeats (a client may send kilobytes of it)."""
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown path, wrong method) in OpenAI's shape."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "error"
-    message = f"{request.method} {request.url.path}: {detail}"
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    path = request.url.path
+    shown = path if len(path) <= _PATH_SHOWN else path[: _PATH_SHOWN - 3] + "..."
+    message = f"{request.method[:20]} {shown}: {detail}"
     if status == 404:
         message += "; moat serves POST /v1/chat/completions and GET /v1/models[/MODEL]"
-    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    allow = next((v for k, v in headers.items() if k.lower() == "allow"), None)
+    if status == 405 and allow:
+        message += f"; {shown} takes {allow.replace(', ', ' or ')}"
     return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
 
 

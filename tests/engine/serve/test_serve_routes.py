@@ -102,6 +102,37 @@ async def test_an_unknown_path_with_a_trailing_slash_is_a_404_in_openai_s_shape(
 # -- moat sim-server ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "takes"),
+    [
+        ("GET", "/chat/completions", "/v1/chat/completions takes POST"),
+        ("PUT", "/chat/completions", "/v1/chat/completions takes POST"),
+        ("POST", "/models", "/v1/models takes GET or HEAD"),
+        ("DELETE", "/models/echo", "/v1/models/echo takes GET or HEAD"),
+    ],
+)
+async def test_a_wrong_method_is_a_405_saying_which_methods_the_path_takes(
+    tmp_path: Path, method: str, path: str, takes: str
+) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.request(method, path)
+    assert response.status_code == 405
+    error = response.json()["error"]
+    assert error["message"] == f"{method} /v1{path}: Method Not Allowed; {takes}"
+    assert error["code"] == "http_405"
+
+
+async def test_an_unknown_path_of_any_length_is_repeated_shortened_in_its_404(
+    tmp_path: Path,
+) -> None:
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.get("/" + "a" * 20_000)
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert message.startswith("GET /v1/aaa") and len(message) < 250
+    assert "...: Not Found; moat serves POST /v1/chat/completions" in message
+
+
 async def test_the_sim_server_retrieves_its_models_and_answers_404_for_no_model() -> None:
     async with (
         sim_http(SimServer(time_scale=0)) as web,

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from engine.events import RequestStatus, strict_json
+from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 from engine.serve.wire import ApiError, ChatRequest, error_body, moat_headers, stream_chunks
 
@@ -92,11 +93,36 @@ async def _read_body(request: Request, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _decode(raw: bytes) -> Any:
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each once (JSON readers differ on which of two counts:
+    a proxy in front may read the first `model` where moat would read the last)."""
+    data = dict(pairs)
+    if len(data) == len(pairs):
+        return data
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ApiError(
+                400,
+                f"the request body has the key {show_value(key)} twice in one object; JSON "
+                "readers differ on which one counts, so send each key once",
+                param=key[:100],
+                code="invalid_json",
+            )
+        seen.add(key)
+    return data  # (not reached: a key was there twice)
+
+
+def _decode(raw: bytes, content_type: str | None = None) -> Any:
+    """The JSON of a request body (`content_type`: its Content-Type, named when a body
+    that is not JSON was sent as something else, a form say)."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=_unique)
     except json.JSONDecodeError as exc:
         where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        kind = (content_type or "").split(";", 1)[0].strip().lower()
+        if kind and "json" not in kind:
+            where += f"; it was sent as {kind[:60]}: send a JSON object as application/json"
         raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
     except RecursionError as exc:
         raise ApiError(

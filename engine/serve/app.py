@@ -438,7 +438,7 @@ class MoatServer(_Attending):
         # with keys, a caller without one learns nothing (not even which graphs exist)
         keyed = None if self.keys.open else self._tenant(request, None)
         raw = await _read_body(request, self._largest_limit())
-        chat = parse_chat(_decode(raw))
+        chat = parse_chat(_decode(raw, request.headers.get("content-type")))
         served = self.graphs.get(chat.model)
         if served is None:
             raise self._unknown_graph(chat.model)

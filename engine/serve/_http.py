@@ -147,16 +147,18 @@ _STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {
 }
 
 
-def _raise_for_status(result: RequestResult, param: str = "messages") -> None:
-    """The HTTP error of a request that has no answer: 400 (`param`: the field at fault),
-    500 or 504."""
+def _raise_for_status(
+    result: RequestResult, param: str = "messages", invalid: str | None = None
+) -> None:
+    """The HTTP error of a request that has no answer: 400 (`param`: the field at fault;
+    `invalid`: what is wrong with the input, else the request's error), 500 or 504."""
     mapped = _STATUS_ERRORS.get(result.status)
     if mapped is None:
         return
     status, kind, code = mapped
     rid = result.request_id
     if result.status == RequestStatus.INVALID_INPUT:
-        message = f"{result.error} (request {rid})"
+        message = f"{invalid or result.error} (request {rid})"
     elif result.status == RequestStatus.DEADLINE_EXCEEDED:
         message = f"request {rid} passed the graph's deadline; `moat report {rid}` says where"
     else:  # no internals: the node's error stays in the store

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.errors import EvaluationError
 from engine.expr.expression import compile_expr
+from engine.expr.wording import quoted
 from engine.graph.compiled import Graph
 from engine.serve.wire import ApiError, ChatRequest
 
@@ -39,6 +40,26 @@ def _graph_input(graph: Graph, chat: ChatRequest, tenant: str) -> dict[str, Any]
     if "tenant" in graph.input_schema.get("properties", {}):
         data["tenant"] = tenant
     return data
+
+
+_INPUT_FIELD = re.compile(r"^request: input ([A-Za-z_]\w*)")
+"""The input property whose value the graph's input check refused."""
+
+
+def _input_error(error: str | None, graph: Graph) -> str | None:
+    """An invalid input's message, naming the graph's `serve.input` expression when the
+    value refused came from it (the client sent a valid request: the value is the
+    mapping's, e.g. `rules: user` gave none to a graph that wants text)."""
+    mapping = graph.spec.serve.input if graph.spec.serve is not None else None
+    found = _INPUT_FIELD.match(error or "")
+    if not mapping or found is None or found[1] not in mapping:
+        return error
+    field = found[1]
+    source = quoted(str(mapping[field]))
+    return (
+        f"graph {graph.name!r} sets input.{field} with serve.input.{field}: {source}, "
+        f"whose value for this request its input refuses: {error}"
+    )
 
 
 _INPUT_AT = re.compile(r"^request: input (prompt|history/(\d+))\b")

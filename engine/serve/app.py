@@ -48,7 +48,7 @@ from engine.serve._http import (
     _sse,
     _too_large,
 )
-from engine.serve._input import _graph_input, _input_param
+from engine.serve._input import _graph_input, _input_error, _input_param
 from engine.serve._served import _Served
 from engine.serve.auth import KeyRing
 from engine.serve.durable import Commits
@@ -449,7 +449,10 @@ class MoatServer(_Attending):
         data = _graph_input(served.pipe.graph, chat, tenant)  # (a 400 takes no request id)
         async with self.shaper.admit(tenant):
             result, tokens = await self._run_attended(request, served, data, tenant)
-        _raise_for_status(result, _input_param(result.error, chat, served.pipe.graph))
+        graph = served.pipe.graph
+        _raise_for_status(
+            result, _input_param(result.error, chat, graph), _input_error(result.error, graph)
+        )
         headers = moat_headers(result, simulated=tokens[2] > 0)
         if chat.stream:
             return _sse(result, chat, tokens, headers)

@@ -107,3 +107,23 @@ async def test_a_mapping_this_request_cannot_give_is_a_400_that_takes_no_request
     assert "serve.input.question" in error["message"] and error["param"] == "messages"
     # (the graph's output reads what this mapping leaves out: a failed request, with its id)
     assert answered.headers["x-moat-request-id"].endswith("-000000")  # the first number
+
+
+async def test_a_mapped_value_the_graph_s_input_refuses_is_a_400_naming_the_mapping(
+    tmp_path: Path,
+) -> None:
+    graph = tmp_path / "support.yaml"
+    graph.write_text(GRAPH.format(mapping="    question: prompt\n    rules: user\n"))
+    body = {"model": "support", "messages": [{"role": "user", "content": "Hi"}]}
+    async with MoatServer([graph], db=None) as server, http(server) as web:
+        refused = await web.post("/chat/completions", json=body)
+        answered = await web.post("/chat/completions", json={**body, "user": "ana"})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "invalid_input")
+    assert error["message"].startswith(
+        "graph 'support' sets input.rules with serve.input.rules: 'user', whose value for "
+        "this request its input refuses: request: input rules: none is not of type 'string' "
+        f"(request {refused.headers['x-moat-request-id']})"
+    )
+    assert answered.status_code == 200

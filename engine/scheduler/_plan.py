@@ -39,11 +39,9 @@ class Plan:
         kind: `GATED`, `PLAIN` or `CONDITIONAL`.
         inputs: the nodes a plain node's `with:` reads on every evaluation, sorted (so
             concurrent demands start in a stable order).
-        config: the validated config of a node whose `with:` reads nothing, shared by
-            every run.
     """
 
-    __slots__ = ("_validate", "config", "inputs", "kind")
+    __slots__ = ("_validate", "inputs", "kind")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -55,7 +53,6 @@ class Plan:
         else:
             self.kind = CONDITIONAL
         self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
-        self.config: BaseModel | None = None
         # The model's own validator (the registry saw to it that the model is built),
         # called as `model_validate` would but without the keyword arguments it passes on
         # every call, which cost about as much as validating a small config.
@@ -111,7 +108,9 @@ class Plan:
         return waiting
 
     def configure(self, cell: LazyNode) -> BaseModel:
-        """A plain node's config from its resolved inputs (kept when it reads nothing).
+        """A plain node's config from its resolved inputs, validated afresh for every run
+        (even when it reads nothing): a run that changes its config, or a list or dict in
+        it, must not change what the next request's run of the node is given.
 
         Raises:
             NodeError: the config is not valid.
@@ -129,10 +128,7 @@ class Plan:
             raw = template.build(scope)
         except Exception:
             raw = template.evaluate(scope)  # raises the error it is, naming the key
-        config = self.validated(node, raw)
-        if template.constant:
-            self.config = config
-        return config
+        return self.validated(node, raw)
 
 
 def _validation_summary(exc: ValidationError) -> str:

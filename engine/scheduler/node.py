@@ -169,19 +169,17 @@ class NodeRunner:
         try:
             cell.attempts = 1
             if plan.kind is PLAIN:
-                config = plan.config
-                if config is None:
-                    waiting = plan.read_inputs(cell)
-                    if waiting is not None:
-                        dep = claim_single(waiting, spawn)
-                        if dep is None:
-                            await demand_all(self, waiting, spawn, node.id)
-                        else:  # one input to run right here: no task, no wait
-                            waiting = None  # not kept alive while the input runs
-                            await self.execute(dep, False)
-                            if dep.status is not FINISHED:
-                                raise InputFailed(dep)
-                    config = plan.configure(cell)
+                waiting = plan.read_inputs(cell)
+                if waiting is not None:
+                    dep = claim_single(waiting, spawn)
+                    if dep is None:
+                        await demand_all(self, waiting, spawn, node.id)
+                    else:  # one input to run right here: no task, no wait
+                        waiting = None  # not kept alive while the input runs
+                        await self.execute(dep, False)
+                        if dep.status is not FINISHED:
+                            raise InputFailed(dep)
+                config = plan.configure(cell)
             else:
                 consumer = Consumer(cell.frame, cell, spawn, node.id)
                 config = self.validated(node, await evaluate(node.config, consumer))

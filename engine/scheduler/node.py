@@ -10,7 +10,7 @@ is worked out on its first run (`Plan`, `_plan.py`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -344,8 +344,14 @@ class NodeRunner:
     def _checked(cell: LazyNode, output: Any) -> BaseModel:
         impl = cell.node.impl
         if not isinstance(output, impl.Output):  # type: ignore[union-attr]
+            missing = ""
+            if isinstance(output, Awaitable):  # `return self.helper()`, an `await` left out
+                missing = " (an `await` is missing: `return await ...`)"
+                if isinstance(output, Coroutine):
+                    output.close()  # never awaited: no warning from the collector later on
             raise NodeError(
-                f"run() returned {type(output).__name__}, expected {type(impl).__name__}.Output",
+                f"run() returned {type(output).__name__}{missing}, expected "
+                f"{type(impl).__name__}.Output",
                 node_id=cell.node.id,
             )
         return output

@@ -118,6 +118,8 @@ class Hostile(Node):
             raise RAISES[mode.removeprefix("raise_")]()
         if mode.startswith("value_"):
             return self.Output(value=VALUES[mode.removeprefix("value_")]())
+        if mode == "return_coroutine":  # `return self.helper()` without its `await`
+            return self._helper()  # type: ignore[return-value]
         if mode.startswith("return_"):
             return {"none": None, "dict": {"value": 1}, "str": "fine"}[mode[7:]]  # type: ignore[return-value]
         if mode.startswith("emit_"):
@@ -132,6 +134,9 @@ class Hostile(Node):
         elif mode == "block":
             time.sleep(0.3)  # blocks the event loop: no runtime can preempt it
         return self.Output(value="fine" if mode == "ok" else mode)
+
+    async def _helper(self) -> Output:
+        return self.Output(value="fine")
 
     def _callback(self, kind: str, ctx: NodeContext) -> Callable[[], Awaitable[None]]:
         """An `after_success` callback that raises, hangs or registers itself again."""

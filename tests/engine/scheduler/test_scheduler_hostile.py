@@ -4,7 +4,9 @@ an error that names the node and fits on one line."""
 
 from __future__ import annotations
 
+import gc
 import json
+import warnings
 from typing import Any
 
 import anyio
@@ -85,6 +87,32 @@ async def test_whatever_run_raises_fails_its_own_node_and_request_only(kind: str
 async def test_the_error_says_what_the_node_raised(kind: str, said: str) -> None:
     results, _ = await batch(graph(), {"mode": f"raise_{kind}"})
     assert said in assert_one_line(results[0].error)
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("none", "run() returned NoneType, expected Hostile.Output"),
+        ("dict", "run() returned dict, expected Hostile.Output"),
+        ("str", "run() returned str, expected Hostile.Output"),
+        (
+            "coroutine",
+            "run() returned coroutine (an `await` is missing: `return await ...`), "
+            "expected Hostile.Output",
+        ),
+    ],
+)
+async def test_a_run_returning_something_else_than_its_output_fails_saying_what(
+    kind: str, said: str
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, sink = await batch(graph(), {"mode": f"return_{kind}"}, {"mode": "ok"})
+        gc.collect()  # a coroutine left as it was returned warns when collected
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert results[0].error == f"node 'h': {said}"
+    assert [(r.node, r.status) for r in sink.node_runs("r0")] == [("h", "failed")]
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
 async def test_an_exception_of_megabytes_is_cut_to_a_line() -> None:

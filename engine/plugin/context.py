@@ -169,6 +169,10 @@ class SharedState:
 class NodeContext:
     """Everything a node may use while it runs one request (or one loop cycle).
 
+    A context serves only the run it was given to (and that request's `after_success`
+    callbacks): once its request has ended, `emit`, `trace`, `memo` and `model` raise
+    `NodeError` rather than add to a request whose record is written.
+
     Attributes:
         node_id: the node's id in its graph or loop body.
         node_type: the node's `type:`.

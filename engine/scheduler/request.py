@@ -421,7 +421,13 @@ class RequestState:
     # -- RequestRuntime -------------------------------------------------------------------
 
     def model(self, name: str, ctx: NodeContext) -> ModelClient:
-        """The logical model `name` for the node run of `ctx`, through the gateway."""
+        """The logical model `name` for the node run of `ctx`, through the gateway.
+
+        Raises:
+            NodeError: the request has ended, or the runner has no gateway.
+        """
+        if self.frame is None and self._callbacks is _RAN:
+            raise self._ended(ctx, "model()")
         if self.gateway is None:
             raise NodeError(
                 f"model '{name}' asked for, but the runner has no model gateway",
@@ -464,8 +470,10 @@ class RequestState:
 
         Raises:
             NodeError: the name is malformed, the engine's own, or another node type's
-                (`engine.plugin.event_names`).
+                (`engine.plugin.event_names`); or the request has ended.
         """
+        if self.frame is None and self._callbacks is _RAN:
+            raise self._ended(ctx, "emit()")
         node_type = ctx.node_type
         if type(event_type) is not str or (node_type, event_type) not in _ALLOWED_EVENTS:
             refused = event_names.problem(node_type, event_type)
@@ -518,15 +526,27 @@ class RequestState:
         )
 
     def trace(self, ctx: NodeContext, stage: str, payload: Mapping[str, Any]) -> None:
-        """Record a decision trace a node emits."""
+        """Record a decision trace a node emits.
+
+        Raises:
+            NodeError: the request has ended.
+        """
+        if self.frame is None and self._callbacks is _RAN:
+            raise self._ended(ctx, "trace()")
         self.record(DecisionTrace(self.info.id, ctx.cycle, stage, payload))
 
     async def memo(
         self, ctx: NodeContext, key: str, factory: Callable[[], Awaitable[Any]]
     ) -> tuple[Any, bool]:
-        """The value under `key`, computed once per request; concurrent callers wait."""
+        """The value under `key`, computed once per request; concurrent callers wait.
+
+        Raises:
+            NodeError: the request has ended.
+        """
         memos = self._memos
         if memos is None:
+            if self.frame is None and self._callbacks is _RAN:
+                raise self._ended(ctx, "memo()")
             memos = self._memos = {}
         while True:
             entry = memos.get(key)
@@ -555,6 +575,19 @@ class RequestState:
                 del memos[key]  # let a later caller try again
             entry.event.set()
         return entry.value
+
+    def _ended(self, ctx: NodeContext, call: str) -> NodeError:
+        """The error for a node's context used once its request has ended (recorded and
+        released): what it did then would be put on a request whose record is written,
+        or, from another request's run, on the wrong request; a model call would be
+        neither recorded nor counted in any request's cost."""
+        return NodeError(
+            f"ctx.{call} called after request '{self.info.id}' had ended; a NodeContext "
+            "serves only the run it was given to: use it while run() runs, or in an "
+            "`after_success` callback",
+            node_id=ctx.node_id,
+            request_id=self.info.id,
+        )
 
     def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` after the request succeeds, off the response path.

@@ -122,6 +122,10 @@ class Hostile(Node):
             return self._helper()  # type: ignore[return-value]
         if mode.startswith("return_"):
             return {"none": None, "dict": {"value": 1}, "str": "fine"}[mode[7:]]  # type: ignore[return-value]
+        if mode == "keep":  # a context kept past its run, for `late_<call>` to use
+            self.kept = ctx
+        elif mode.startswith("late_"):
+            await self._late(mode.removeprefix("late_"))
         if mode.startswith("emit_"):
             payload = VALUES[mode.removeprefix("emit_")]()
             ctx.emit("HOSTILE", decision="odd", inputs={"v": payload}, payload={"v": payload})
@@ -137,6 +141,23 @@ class Hostile(Node):
 
     async def _helper(self) -> Output:
         return self.Output(value="fine")
+
+    async def _late(self, call: str) -> None:
+        """Use the context of an earlier request's run, as `call` says."""
+        kept = self.kept
+        assert kept is not None
+
+        async def factory() -> int:
+            return 1
+
+        if call == "emit":
+            kept.emit("HOSTILE", payload={"v": 1})
+        elif call == "trace":
+            kept.trace("HOSTILE_TRACE", {"v": 1})
+        elif call == "memo":
+            await kept.memo("k", factory)
+        elif call == "model":
+            kept.model("small")
 
     def _callback(self, kind: str, ctx: NodeContext) -> Callable[[], Awaitable[None]]:
         """An `after_success` callback that raises, hangs or registers itself again."""
@@ -154,3 +175,4 @@ class Hostile(Node):
 
     def __init__(self) -> None:
         self.called: list[str] = []
+        self.kept: NodeContext | None = None

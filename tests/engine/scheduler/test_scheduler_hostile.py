@@ -115,6 +115,27 @@ async def test_a_run_returning_something_else_than_its_output_fails_saying_what(
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
+@pytest.mark.parametrize("call", ["emit", "trace", "memo", "model"])
+async def test_a_context_used_after_its_request_ended_is_refused_and_adds_nothing_to_it(
+    call: str,
+) -> None:
+    sink = MemorySink()
+    async with Runner(graph(), sink=sink) as runner:
+        kept = await runner.run({"mode": "keep"}, request_id="r0")
+        recorded = list(sink.items)
+        late = await runner.run({"mode": f"late_{call}"}, request_id="r1")
+    assert kept.status == "ok"
+    assert late.status == "failed"
+    assert late.error == (
+        f"node 'h': ctx.{call}() called after request 'r0' had ended; a NodeContext serves "
+        "only the run it was given to: use it while run() runs, or in an `after_success` "
+        "callback"
+    )
+    assert [r for r in sink.items if getattr(r, "request_id", None) == "r0"] == [
+        r for r in recorded if getattr(r, "request_id", None) == "r0"
+    ]
+
+
 async def test_an_exception_of_megabytes_is_cut_to_a_line() -> None:
     results, sink = await batch(graph(), {"mode": "raise_megabytes"})
     error = assert_one_line(results[0].error)

@@ -239,7 +239,23 @@ def parse_request(
     if problem is not None:
         where = _where(source, line)
         return BatchItem(seq, None, error=f"{where}: {problem}", line=line, source=source)
+    if flat is None and isinstance(value, Mapping):  # (a flat one holds no container)
+        value = {name: _own(child) for name, child in value.items()}
     return _split(value, seq=seq, line=line, source=source, declared=declared)
+
+
+def _own(value: Any) -> Any:
+    """`value` with its dicts and lists copied all the way down (a checked request is at
+    most `max_depth` deep): what a node changes in its request's input is that request's
+    own, never its caller's objects, nor another request's that shares them."""
+    kind = type(value)
+    if kind is dict:
+        return {name: _own(child) for name, child in value.items()}
+    if kind is list:
+        return [_own(child) for child in value]
+    if kind is tuple:
+        return tuple(_own(child) for child in value)
+    return value
 
 
 def _flat_size(value: Any, limits: RequestLimits) -> int | None:

@@ -3,6 +3,7 @@ misuses the side channels, as `mode` says. The runtime must fail only that node.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +68,18 @@ def nested(depth: int) -> Any:
     return value
 
 
+def meddle(value: Any) -> None:
+    """Change every dict and list in `value` in place, all the way down."""
+    if isinstance(value, list):
+        for item in value:
+            meddle(item)
+        value.append("meddled")
+    elif isinstance(value, dict):
+        for item in value.values():
+            meddle(item)
+        value["meddled"] = True
+
+
 RAISES: dict[str, Callable[[], BaseException]] = {
     "exit": lambda: SystemExit(3),
     "generator_exit": GeneratorExit,
@@ -122,10 +135,11 @@ class Hostile(Node):
             return self._helper()  # type: ignore[return-value]
         if mode.startswith("return_"):
             return {"none": None, "dict": {"value": 1}, "str": "fine"}[mode[7:]]  # type: ignore[return-value]
-        if mode == "keep":  # a context kept past its run, for `late_<call>` to use
-            self.kept = ctx
-        elif mode.startswith("late_"):
-            await self._late(mode.removeprefix("late_"))
+        if mode == "meddle_input":  # what it was given, then changes it all the way down
+            seen = json.dumps(ctx.request.input, sort_keys=True)
+            meddle(ctx.request.input)
+            return self.Output(value=seen)
+        await self._keep_or_late(mode, ctx)
         if mode.startswith("emit_"):
             payload = VALUES[mode.removeprefix("emit_")]()
             ctx.emit("HOSTILE", decision="odd", inputs={"v": payload}, payload={"v": payload})
@@ -141,6 +155,13 @@ class Hostile(Node):
 
     async def _helper(self) -> Output:
         return self.Output(value="fine")
+
+    async def _keep_or_late(self, mode: str, ctx: NodeContext) -> None:
+        """`keep`: keep the context past its run; `late_<call>`: use the one kept."""
+        if mode == "keep":
+            self.kept = ctx
+        elif mode.startswith("late_"):
+            await self._late(mode.removeprefix("late_"))
 
     async def _late(self, call: str) -> None:
         """Use the context of an earlier request's run, as `call` says."""

@@ -39,7 +39,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message += "; moat serves POST /v1/chat/completions and GET /v1/models[/MODEL]"
     allow = next((v for k, v in headers.items() if k.lower() == "allow"), None)
     if status == 405 and allow:
-        message += f"; {shown} takes {allow.replace(', ', ' or ')}"
+        methods = sorted(m.strip() for m in allow.split(","))  # (Starlette's order varies)
+        message += f"; {shown} takes {' or '.join(methods)}"
     return _error_response(ApiError(status, message, code=f"http_{status}", headers=headers))
 
 

@@ -31,8 +31,9 @@ the reservation rather than a guess.
 Errors map onto moat's: 429 -> `RateLimited` (Retry-After honoured), timeouts,
 connections lost after the request was sent and gateway timeouts (504, 524) ->
 `ProviderTimeout`/`ResponseLost` (the provider may bill them), connections never made ->
-`ConnectFailed`, 5xx and unreadable bodies -> `TransientError`, anything else (400, 401,
-404, ...) -> `NodeError`.
+`ConnectFailed`, 5xx -> `TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
+A 200 whose body cannot be read (not JSON, not UTF-8, nested past the parser) is a
+`ResponseLost` too: the endpoint says it answered, so it may bill the generation.
 """
 
 from __future__ import annotations
@@ -325,10 +326,20 @@ class OpenAIProvider:
 
 
 def _json(model: str, content: bytes) -> Any:
+    """The JSON of a 200 answer; one that cannot be read may still have been billed."""
+    try:
+        return _loads(content)
+    except ValueError as exc:
+        raise ResponseLost(f"model '{model}': unreadable response body ({exc})") from exc
+
+
+def _loads(content: bytes) -> Any:
+    """`json.loads`, with every way a body can fail to be JSON raised as `ValueError`: not
+    JSON, not UTF-8, or nested deeper than the parser recurses."""
     try:
         return json.loads(content)
-    except ValueError as exc:  # a body that is not JSON (or not UTF-8)
-        raise TransientError(f"model '{model}': unreadable response body ({exc})") from exc
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 _PATH = "/chat/completions"
@@ -416,7 +427,7 @@ def _status_message(status: int, content: bytes) -> str:
     OpenAI's error object, its message."""
     text = f"Error code: {status}"
     try:
-        body = json.loads(content)
+        body = _loads(content)
     except ValueError:
         return text
     error = body.get("error", body) if isinstance(body, dict) else None

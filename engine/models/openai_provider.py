@@ -379,15 +379,20 @@ def _first_choice(body: Any) -> dict[str, Any] | None:
     return choices[0]
 
 
+_MAX_USAGE_TOKENS = 2**31 - 1
+"""More tokens than any model reads or writes in one call, by orders of magnitude."""
+
+
 def _usage(usage: Any) -> tuple[int, int] | None:
     """(prompt, completion) tokens when the body reports both as counts, else None.
 
-    A lax endpoint's `usage` may be missing, partial, null or hold words or negatives:
-    none of those can be charged as is."""
+    A lax endpoint's `usage` may be missing, partial, null or hold words, negatives or
+    counts no call can reach (which no store column holds either): none of those can be
+    charged as is."""
     if not isinstance(usage, dict):
         return None
     counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-    if all(type(n) is int and n >= 0 for n in counts):
+    if all(type(n) is int and 0 <= n <= _MAX_USAGE_TOKENS for n in counts):
         return counts  # type: ignore[return-value]
     return None
 

@@ -10,20 +10,27 @@ asyncio, the official client's own on trio.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from engine import Pipeline
 from engine.errors import MoatError, TransientError
 from engine.events import LlmCall
+from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec, Price
 from engine.models import CallScope, Gateway
 from engine.models.base import ResponseLost
-from engine.models.openai_provider import ClientRegistry, OpenAIProvider
+from engine.models.openai_provider import ClientRegistry, OpenAIProvider, _response
 from engine.plugin.context import Completion, RequestInfo
-from tests.support.hostile_openai import Reply, hostile_endpoint, http
+from engine.scheduler.runner import RequestResult
+from tests.support.hostile_openai import Reply, completion, hostile_endpoint, http
 
 BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 PRICE = Price(input=1.0, output=2.0)
@@ -66,6 +73,41 @@ async def _call(
     return result, scope.calls, base_url
 
 
+GRAPH = """\
+moat: 1
+name: hostile
+models:
+  m: {{provider: openai, model: gpt-4o-mini, base_url: "{base_url}", max_retries: 0,
+      price: {{input: 1.0, output: 2.0}} {model}}}
+input: {{type: object, required: [prompt], properties: {{prompt: {{type: string}}}}}}
+budget: {{cost_usd: {budget}}}
+nodes:
+  answer:
+    type: model
+    {node}
+    with: {{model: m, prompt: "{{{{ input.prompt }}}}", max_tokens: 10}}
+output: {{answer: answer.text}}
+"""
+
+
+async def _run(
+    reply: Reply, tmp_path: Path, *, budget: float = 1.0, model: str = "", node: str = ""
+) -> tuple[RequestResult, list[tuple[Any, ...]]]:
+    """One request through a graph whose model is served by `reply`: its result and its
+    `llm_calls` rows (status, input and output tokens, cost, error) as stored."""
+    db = tmp_path / "moat.db"
+    async with hostile_endpoint({"m": reply}) as root:
+        text = GRAPH.format(base_url=f"{root}/m/v1", budget=budget, model=model, node=node)
+        async with Pipeline(load_graph_text(text, "hostile.yaml"), db=db) as pipe:
+            with anyio.fail_after(10):
+                result = await pipe.run({"prompt": "hello"})
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "select status, input_tokens, output_tokens, cost_usd, error from llm_calls"
+        ).fetchall()
+    return result, rows
+
+
 DEEP = b"[" * 100_000 + b"]" * 100_000
 """JSON nested past what the parser can recurse into."""
 
@@ -101,3 +143,39 @@ async def test_an_error_status_whose_body_cannot_be_parsed_is_still_that_status(
     assert type(result) is TransientError
     assert "server error: Error code: 500" in str(result)
     assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)]
+
+
+USAGE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@given(prompt=USAGE_VALUES, output=USAGE_VALUES)
+def test_usage_is_charged_only_when_both_counts_are_plausible(prompt: Any, output: Any) -> None:
+    """Whatever `usage` says, the answer's counts fit a store column, and are the body's
+    own only when both are whole, non-negative and below any call's size."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": output}
+    response = _response("gpt-4o-mini", completion(usage=usage))
+    assert 0 <= response.input_tokens < 2**31 and 0 <= response.output_tokens < 2**31
+    plausible = all(type(n) is int and 0 <= n < 2**31 for n in (prompt, output))
+    assert response.usage_reported is plausible
+    if plausible:
+        assert (response.input_tokens, response.output_tokens) == (prompt, output)
+
+
+@pytest.mark.anyio
+async def test_an_absurd_usage_is_charged_the_reservation_and_stored(tmp_path: Path) -> None:
+    """A usage of 10**30 tokens is no bill (and no SQLite INTEGER): the run used to fail
+    writing it to the store; the call is charged its reservation instead."""
+    usage = {"prompt_tokens": 10**30, "completion_tokens": 10**30}
+    result, rows = await _run(http(200, completion(usage=usage)), tmp_path)
+    assert result.status == "ok" and result.output == {"answer": "hi"}
+    [(status, input_tokens, output_tokens, cost, error)] = rows
+    assert (status, output_tokens, error) == ("ok", MAX_TOKENS, None)
+    assert cost == pytest.approx((input_tokens * PRICE.input + MAX_TOKENS * PRICE.output) / 1e6)
+    assert result.cost_usd == pytest.approx(cost)

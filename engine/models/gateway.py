@@ -64,6 +64,17 @@ DEFAULT_MAX_TOKENS = 1024
 """The output limit reserved for, and sent to the provider, when a call sets no `max_tokens`."""
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
+RETRY_AFTER_CAP_S = 60.0
+"""The longest Retry-After a call waits for; asked to wait longer, it fails at once."""
+
+
+def _wait_refused(exc: RateLimited, delay: float) -> RateLimited:
+    """The rate limit, saying that its Retry-After is longer than a call waits."""
+    return RateLimited(
+        f"{exc.reason}; it asked to wait {delay:.0f} s before a retry, longer than the "
+        f"{RETRY_AFTER_CAP_S:g} s a call waits",
+        retry_after_s=exc.retry_after_s,
+    )
 
 
 class _GatewayClient:
@@ -275,6 +286,8 @@ class Gateway(Ledger):
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
                 if attempt >= spec.max_retries or late or unreachable:
                     raise located(exc, scope, attempt + 1) from exc
+                if isinstance(exc, RateLimited) and delay > RETRY_AFTER_CAP_S:
+                    raise located(_wait_refused(exc, delay), scope, attempt + 1) from exc
             await anyio.sleep(delay)
             attempt += 1
 

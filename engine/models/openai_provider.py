@@ -41,6 +41,7 @@ from __future__ import annotations
 import email.utils
 import importlib.util
 import json
+import math
 import os
 import re
 import time
@@ -97,7 +98,8 @@ def output_limit_field(base_url: str | None, model: str) -> str:
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date);
+    None when neither says a finite time."""
     if not headers:
         return None
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -106,9 +108,11 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
         if raw is None:
             continue
         try:
-            return max(0.0, float(raw) / divisor)
+            seconds = float(raw) / divisor
         except ValueError:
-            pass
+            continue
+        if math.isfinite(seconds):  # "inf" and "nan" parse as floats too
+            return max(0.0, seconds)
     raw = lowered.get("retry-after")
     if raw:
         try:

@@ -10,6 +10,7 @@ asyncio, the official client's own on trio.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +22,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import Pipeline
-from engine.errors import MoatError, TransientError
+from engine.errors import MoatError, RateLimited, TransientError
 from engine.events import LlmCall
 from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec, Price
 from engine.models import CallScope, Gateway
 from engine.models.base import ResponseLost
-from engine.models.openai_provider import ClientRegistry, OpenAIProvider, _response
+from engine.models.gateway import RETRY_AFTER_CAP_S
+from engine.models.openai_provider import (
+    ClientRegistry,
+    OpenAIProvider,
+    _response,
+    parse_retry_after,
+)
 from engine.plugin.context import Completion, RequestInfo
 from engine.scheduler.runner import RequestResult
 from tests.support.hostile_openai import Reply, completion, hostile_endpoint, http
@@ -179,3 +186,46 @@ async def test_an_absurd_usage_is_charged_the_reservation_and_stored(tmp_path: P
     assert (status, output_tokens, error) == ("ok", MAX_TOKENS, None)
     assert cost == pytest.approx((input_tokens * PRICE.input + MAX_TOKENS * PRICE.output) / 1e6)
     assert result.cost_usd == pytest.approx(cost)
+
+
+@given(value=st.text(max_size=40) | st.floats().map(str) | st.integers().map(str))
+def test_any_retry_after_is_no_wait_or_a_finite_one(value: str) -> None:
+    for name in ("retry-after", "retry-after-ms"):
+        seconds = parse_retry_after({name: value})
+        assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+
+
+@BACKENDS
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "attempts"),
+    [
+        ({"retry-after": "-5"}, 2),
+        ({"retry-after": "inf"}, 2),
+        ({"retry-after": "nan"}, 2),
+        ({"retry-after": "soon-ish"}, 2),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 2),
+        ({"retry-after": "99999999"}, 1),
+        ({"retry-after-ms": "1e300"}, 1),
+        ({"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}, 1),
+    ],
+    ids=["negative", "inf", "nan", "garbage", "past-date", "huge", "huge-ms", "future-date"],
+)
+async def test_a_429_never_waits_past_what_a_call_waits_for(
+    headers: dict[str, str], attempts: int
+) -> None:
+    """A Retry-After that is no finite time is ignored (the backoff applies); one longer
+    than a call waits ends the call at once, saying so, instead of hanging on it."""
+    reply = http(429, {"error": {"message": "slow down"}}, headers)
+    started = anyio.current_time()
+    result, calls, _ = await _call(reply, retries=1)
+    assert anyio.current_time() - started < 2
+    assert isinstance(result, RateLimited)
+    assert str(result).startswith(
+        "node 'answer': model 'gpt-4o-mini': rate limited: Error code: 429 - slow down"
+    )
+    assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)] * attempts
+    if attempts == 1:
+        assert f"longer than the {RETRY_AFTER_CAP_S:g} s a call waits (after 1 attempt)" in str(
+            result
+        )

@@ -32,8 +32,10 @@ Errors map onto moat's: 429 -> `RateLimited` (Retry-After honoured), timeouts,
 connections lost after the request was sent and gateway timeouts (504, 524) ->
 `ProviderTimeout`/`ResponseLost` (the provider may bill them), connections never made ->
 `ConnectFailed`, 5xx -> `TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
-A 200 whose body cannot be read (not JSON, not UTF-8, nested past the parser) is a
-`ResponseLost` too: the endpoint says it answered, so it may bill the generation.
+A 200 whose body cannot be read (not JSON, not UTF-8, nested past the parser) or holds no
+chat completion is a `ResponseLost` too: the endpoint says it answered, so it may bill the
+generation. A 200 holding an `error` object (gateways pass upstream errors on so) is that
+error, mapped by the HTTP status in its `code` when it names one.
 """
 
 from __future__ import annotations
@@ -351,18 +353,20 @@ _PATH = "/chat/completions"
 
 def _response(model: str, body: Any) -> ProviderResponse:
     """The answer in a chat completion body, read as leniently as the SDK's own models
-    (a missing field is None, nothing is coerced), or `TransientError` when it holds no
-    completion at all."""
+    (a missing field is None, nothing is coerced); an error object or a body holding no
+    completion raises (`_not_a_completion`)."""
     choice = _first_choice(body)
     if choice is None:
-        raise TransientError(f"model '{model}': malformed response (no completion)")
+        raise _not_a_completion(model, body)
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str) and (content is not None or not isinstance(message, dict)):
+        raise _not_a_completion(model, body)
     usage = _usage(body.get("usage"))
     provider_model = body.get("model")
     finish = choice.get("finish_reason")
     return ProviderResponse(
-        text=content if isinstance(content, str) else "",
+        text=content or "",
         provider_model=provider_model
         if isinstance(provider_model, str) and provider_model
         else model,
@@ -381,6 +385,50 @@ def _first_choice(body: Any) -> dict[str, Any] | None:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
     return choices[0]
+
+
+def _not_a_completion(model: str, body: Any) -> Exception:
+    """moat's error for a 200 whose JSON is no chat completion: the error it holds (an
+    error answer, billed nothing), or what is missing (it may have been billed)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if error:
+        message = error.get("message") if isinstance(error, dict) else error
+        code = error.get("code") if isinstance(error, dict) else None
+        said = f"answered 200 with an error: {_shown(message)}"
+        if type(code) is int and 400 <= code < 600:
+            return status_error(model, code, {}, f"Error code: {code} ({said})")
+        return TransientError(f"model '{model}': {said}")
+    return ResponseLost(f"model '{model}': malformed response ({_missing(body)})")
+
+
+def _missing(body: Any) -> str:
+    """What keeps `body` from being a chat completion."""
+    if not isinstance(body, dict):
+        return f"the body is {_kind(body)}, not an object"
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        return "no `choices`" if choices is None else f"`choices` is {_kind(choices)}"
+    if not choices:
+        return "`choices` is empty"
+    if not isinstance(choices[0], dict):
+        return f"`choices[0]` is {_kind(choices[0])}"
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return f"`choices[0].message` is {_kind(message)}"
+    return f"`choices[0].message.content` is {_kind(message.get('content'))}, not text"
+
+
+def _kind(value: Any) -> str:
+    """`value`'s JSON kind, for a message."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "an array", dict: "an object"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """`value` as text for an error message, cut to `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _MAX_USAGE_TOKENS = 2**31 - 1

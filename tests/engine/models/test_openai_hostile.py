@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import Pipeline
-from engine.errors import MoatError, RateLimited, TransientError
+from engine.errors import MoatError, NodeError, RateLimited, TransientError
 from engine.events import LlmCall
 from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec, Price
@@ -229,3 +229,86 @@ async def test_a_429_never_waits_past_what_a_call_waits_for(
         assert f"longer than the {RETRY_AFTER_CAP_S:g} s a call waits (after 1 attempt)" in str(
             result
         )
+
+
+def _choice(message: Any, finish: str = "stop") -> dict[str, Any]:
+    return completion(choices=[{"index": 0, "message": message, "finish_reason": finish}])
+
+
+@BACKENDS
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        ([1, 2], "the body is an array, not an object"),
+        ({"id": "x"}, "no `choices`"),
+        (completion(choices={"0": {}}), "`choices` is an object"),
+        (completion(choices=[]), "`choices` is empty"),
+        (completion(choices=["hi"]), "`choices[0]` is a string"),
+        (_choice(None), "`choices[0].message` is null"),
+        (_choice({"content": 5}), "`choices[0].message.content` is a number, not text"),
+        (_choice({"content": ["hi"]}), "`choices[0].message.content` is an array, not text"),
+    ],
+)
+async def test_a_200_that_is_no_chat_completion_says_what_is_missing(body: Any, what: str) -> None:
+    result, calls, _ = await _call(http(200, body))
+    assert isinstance(result, ResponseLost)
+    assert f"model 'gpt-4o-mini': malformed response ({what}) (after 1 attempt)" in str(result)
+    assert [(c.status, c.output_tokens) for c in calls] == [("error", MAX_TOKENS)]
+    assert calls[0].cost_usd == pytest.approx(_reserved(calls))
+
+
+@BACKENDS
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "kind", "said"),
+    [
+        ({"message": "model overloaded", "type": "server_error"}, TransientError, ""),
+        ({"message": "slow down", "code": 429}, RateLimited, "rate limited: Error code: 429 ("),
+        (
+            {"message": "no such model", "code": 404},
+            NodeError,
+            "request refused: Error code: 404 (",
+        ),
+        (
+            {"message": "upstream failed", "code": 502},
+            TransientError,
+            "server error: Error code: 502 (",
+        ),
+        ("quota exhausted", TransientError, ""),
+    ],
+)
+async def test_a_200_holding_an_error_is_that_error_and_billed_nothing(
+    error: Any, kind: type[Exception], said: str
+) -> None:
+    """Gateways (OpenRouter, LiteLLM) pass an upstream error on in a 200: it is an error
+    answer, mapped by the HTTP status it names, and retried or not as that status is."""
+    result, calls, _ = await _call(http(200, {"error": error}), retries=1)
+    text = error["message"] if isinstance(error, dict) else error
+    assert type(result) is kind
+    assert f"model 'gpt-4o-mini': {said}answered 200 with an error: {text}" in str(result)
+    retried = kind is not NodeError
+    assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)] * (1 + retried)
+
+
+@BACKENDS
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("message", "finish"),
+    [
+        ({"role": "assistant", "content": None, "refusal": "I can't help"}, "stop"),
+        ({"role": "assistant", "content": None, "tool_calls": []}, "tool_calls"),
+        ({"role": "assistant", "content": ""}, "content_filter"),
+        ({"role": "assistant", "content": "h"}, "length"),
+    ],
+)
+async def test_an_answer_without_text_is_empty_and_says_why_it_stopped(
+    message: Any, finish: str
+) -> None:
+    result, calls, _ = await _call(http(200, _choice(message, finish)))
+    assert isinstance(result, Completion)
+    assert result.text == (message["content"] or "")
+    assert [(c.status, c.input_tokens, c.output_tokens, c.finish_reason) for c in calls] == [
+        ("ok", 7, 2, finish)
+    ]
+    assert result.cost_usd == pytest.approx((7 * PRICE.input + 2 * PRICE.output) / 1e6)

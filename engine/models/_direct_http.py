@@ -84,7 +84,7 @@ class DirectRoute:
         )
 
     async def post(
-        self, model: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None
+        self, who: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """POST `body` as JSON to `path` under the base URL: the status, headers and body.
 
@@ -100,20 +100,20 @@ class DirectRoute:
             ) as reply:
                 return reply.status, reply.headers, await reply.read()
         except aiohttp.ClientError as exc:
-            raise transport_error(model, exc) from exc
+            raise transport_error(who, exc) from exc
         except TimeoutError as exc:  # an aiohttp that raises the bare kind
-            raise ProviderTimeout(f"model '{model}': the endpoint did not answer in time") from exc
+            raise ProviderTimeout(f"{who}: the endpoint did not answer in time") from exc
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
         await self._session.close()
 
 
-def transport_error(model: str, exc: aiohttp.ClientError) -> Exception:
+def transport_error(who: str, exc: aiohttp.ClientError) -> Exception:
     """moat's error for an aiohttp failure: a connection never made is not billed; a
     connection that broke once made, or an answer that never came, may be."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return ConnectFailed(f"model '{model}': could not connect ({exc})")
+        return ConnectFailed(f"{who}: could not connect ({exc})")
     if isinstance(exc, aiohttp.ServerTimeoutError):  # the read timeout
-        return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
-    return ResponseLost(f"model '{model}': connection lost after sending ({exc})")
+        return ProviderTimeout(f"{who}: the endpoint did not answer in time")
+    return ResponseLost(f"{who}: connection lost after sending ({exc})")

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientRegistry",
     "OpenAIProvider",
+    "endpoint_label",
     "output_limit_field",
     "parse_retry_after",
     "status_error",
@@ -123,6 +124,17 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
             return None
         return max(0.0, when.timestamp() - time.time())
     return None
+
+
+def endpoint_label(base_url: str) -> str:
+    """`base_url` as errors show it: without credentials, query or trailing slash."""
+    url = urlsplit(base_url)
+    host = url.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if url.port is not None:
+        host = f"{host}:{url.port}"
+    return f"{url.scheme}://{host}{url.path.rstrip('/')}"
 
 
 def direct_http(base_url: str | None) -> bool:
@@ -265,6 +277,8 @@ class OpenAIProvider:
             spec.base_url, key, headers
         )
         self._route = self._registry.route(self._client)
+        self._who = f"model '{spec.model}' at {endpoint_label(str(self._client.base_url))}"
+        """Who answers, as errors name it: the model and its endpoint."""
 
     async def aclose(self) -> None:
         """Release this provider's hold on the shared client."""
@@ -305,16 +319,16 @@ class OpenAIProvider:
             body = await self._direct(self._route, call)
         else:
             body = await self._through_client(self._client, call)
-        return _response(self.model, body)
+        return _response(self.model, self._who, body)
 
     async def _direct(self, route: DirectRoute, call: ProviderRequest) -> Any:
         """The call over the prepared aiohttp route; the parsed answer body."""
         status, headers, content = await route.post(
-            self.model, _PATH, self._body(call), self._headers(call)
+            self._who, _PATH, self._body(call), self._headers(call)
         )
         if status >= 400:
-            raise status_error(self.model, status, headers, _status_message(status, content))
-        return _json(self.model, content)
+            raise status_error(self._who, status, headers, _status_message(status, content))
+        return _json(self._who, content)
 
     async def _through_client(self, client: openai.AsyncOpenAI, call: ProviderRequest) -> Any:
         """The call through the client's documented raw route (`client.post` with
@@ -327,16 +341,16 @@ class OpenAIProvider:
                 _PATH, cast_to=httpx2.Response, body=self._body(call), options=options
             )
         except openai.APIError as exc:
-            raise _map_error(self.model, exc) from exc
-        return _json(self.model, raw.content)
+            raise _map_error(self._who, exc) from exc
+        return _json(self._who, raw.content)
 
 
-def _json(model: str, content: bytes) -> Any:
+def _json(who: str, content: bytes) -> Any:
     """The JSON of a 200 answer; one that cannot be read may still have been billed."""
     try:
         return _loads(content)
     except ValueError as exc:
-        raise ResponseLost(f"model '{model}': unreadable response body ({exc})") from exc
+        raise ResponseLost(f"{who}: unreadable response body ({exc})") from exc
 
 
 def _loads(content: bytes) -> Any:
@@ -351,17 +365,17 @@ def _loads(content: bytes) -> Any:
 _PATH = "/chat/completions"
 
 
-def _response(model: str, body: Any) -> ProviderResponse:
+def _response(model: str, who: str, body: Any) -> ProviderResponse:
     """The answer in a chat completion body, read as leniently as the SDK's own models
     (a missing field is None, nothing is coerced); an error object or a body holding no
     completion raises (`_not_a_completion`)."""
     choice = _first_choice(body)
     if choice is None:
-        raise _not_a_completion(model, body)
+        raise _not_a_completion(who, body)
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str) and (content is not None or not isinstance(message, dict)):
-        raise _not_a_completion(model, body)
+        raise _not_a_completion(who, body)
     usage = _usage(body.get("usage"))
     provider_model = body.get("model")
     finish = choice.get("finish_reason")
@@ -387,7 +401,7 @@ def _first_choice(body: Any) -> dict[str, Any] | None:
     return choices[0]
 
 
-def _not_a_completion(model: str, body: Any) -> Exception:
+def _not_a_completion(who: str, body: Any) -> Exception:
     """moat's error for a 200 whose JSON is no chat completion: the error it holds (an
     error answer, billed nothing), or what is missing (it may have been billed)."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -396,9 +410,9 @@ def _not_a_completion(model: str, body: Any) -> Exception:
         code = error.get("code") if isinstance(error, dict) else None
         said = f"answered 200 with an error: {_shown(message)}"
         if type(code) is int and 400 <= code < 600:
-            return status_error(model, code, {}, f"Error code: {code} ({said})")
-        return TransientError(f"model '{model}': {said}")
-    return ResponseLost(f"model '{model}': malformed response ({_missing(body)})")
+            return status_error(who, code, {}, f"Error code: {code} ({said})")
+        return TransientError(f"{who}: {said}")
+    return ResponseLost(f"{who}: malformed response ({_missing(body)})")
 
 
 def _missing(body: Any) -> str:
@@ -465,18 +479,19 @@ def _causes(exc: BaseException) -> list[str]:
     return names
 
 
-def status_error(model: str, status: int, headers: Mapping[str, str], message: str) -> Exception:
-    """moat's error for an HTTP error status of the endpoint (`message` says what it said)."""
+def status_error(who: str, status: int, headers: Mapping[str, str], message: str) -> Exception:
+    """moat's error for an HTTP error status of the endpoint (`message` says what it said;
+    `who`, the model and endpoint, as `model 'NAME' at URL`)."""
     if status == 429:
         return RateLimited(
-            f"model '{model}': rate limited: {message}",
+            f"{who}: rate limited: {message}",
             retry_after_s=parse_retry_after(dict(headers)),
         )
     if status in _GATEWAY_TIMEOUTS:
-        return ProviderTimeout(f"model '{model}': gateway timeout: {message}")
+        return ProviderTimeout(f"{who}: gateway timeout: {message}")
     if status >= 500:
-        return TransientError(f"model '{model}': server error: {message}")
-    return NodeError(f"model '{model}': request refused: {message}")
+        return TransientError(f"{who}: server error: {message}")
+    return NodeError(f"{who}: request refused: {message}")
 
 
 def _status_message(status: int, content: bytes) -> str:
@@ -492,17 +507,17 @@ def _status_message(status: int, content: bytes) -> str:
     return f"{text} - {message}" if isinstance(message, str) and message else text
 
 
-def _map_error(model: str, exc: openai.APIError) -> Exception:
+def _map_error(who: str, exc: openai.APIError) -> Exception:
     if isinstance(exc, openai.APIConnectionError):
-        return _connection_error(model, exc)
+        return _connection_error(who, exc)
     if isinstance(exc, openai.APIStatusError):
-        return status_error(model, exc.status_code, exc.response.headers, exc.message)
+        return status_error(who, exc.status_code, exc.response.headers, exc.message)
     if isinstance(exc, openai.APIResponseValidationError):
-        return TransientError(f"model '{model}': malformed response: {exc.message}")
-    return NodeError(f"model '{model}': {exc.message}")
+        return TransientError(f"{who}: malformed response: {exc.message}")
+    return NodeError(f"{who}: {exc.message}")
 
 
-def _connection_error(model: str, exc: openai.APIConnectionError) -> Exception:
+def _connection_error(who: str, exc: openai.APIConnectionError) -> Exception:
     """A connection never made is not billed; one lost after sending may be."""
     # by name: the client's HTTP library is `httpx` or its successor `httpx2`, by version,
     # over its own transport or aiohttp's (whose errors the SDK's adapter maps coarsely:
@@ -511,9 +526,9 @@ def _connection_error(model: str, exc: openai.APIConnectionError) -> Exception:
     causes = _causes(exc)
     made = not any(name in _AIOHTTP_CONNECT for name in causes)
     if made and any(name in _AIOHTTP_LOST for name in causes):
-        return ResponseLost(f"model '{model}': connection lost after sending ({exc.message})")
+        return ResponseLost(f"{who}: connection lost after sending ({exc.message})")
     if causes and causes[0] in ("ConnectError", "ConnectTimeout"):
-        return ConnectFailed(f"model '{model}': could not connect ({exc.message})")
+        return ConnectFailed(f"{who}: could not connect ({exc.message})")
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(f"model '{model}': the endpoint did not answer in time")
-    return ResponseLost(f"model '{model}': connection lost after sending ({exc.message})")
+        return ProviderTimeout(f"{who}: the endpoint did not answer in time")
+    return ResponseLost(f"{who}: connection lost after sending ({exc.message})")

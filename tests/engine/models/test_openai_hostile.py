@@ -33,6 +33,7 @@ from engine.models.openai_provider import (
     ClientRegistry,
     OpenAIProvider,
     _response,
+    endpoint_label,
     parse_retry_after,
 )
 from engine.plugin.context import Completion, RequestInfo
@@ -135,9 +136,9 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 async def test_a_200_that_cannot_be_read_may_have_been_billed(body: bytes, what: str) -> None:
     """The endpoint said it answered: the generation may be billed, so the attempt is
     charged its reservation, and retried like a lost answer."""
-    result, calls, _ = await _call(http(200, body))
+    result, calls, base_url = await _call(http(200, body))
     assert isinstance(result, ResponseLost)
-    assert "model 'gpt-4o-mini'" in str(result) and "unreadable response body" in str(result)
+    assert f"model 'gpt-4o-mini' at {base_url}: unreadable response body (" in str(result)
     assert what in str(result)
     assert [(c.status, c.output_tokens) for c in calls] == [("error", MAX_TOKENS)]
     assert calls[0].cost_usd == pytest.approx(_reserved(calls))
@@ -167,7 +168,7 @@ def test_usage_is_charged_only_when_both_counts_are_plausible(prompt: Any, outpu
     """Whatever `usage` says, the answer's counts fit a store column, and are the body's
     own only when both are whole, non-negative and below any call's size."""
     usage = {"prompt_tokens": prompt, "completion_tokens": output}
-    response = _response("gpt-4o-mini", completion(usage=usage))
+    response = _response("gpt-4o-mini", "model 'gpt-4o-mini'", completion(usage=usage))
     assert 0 <= response.input_tokens < 2**31 and 0 <= response.output_tokens < 2**31
     plausible = all(type(n) is int and 0 <= n < 2**31 for n in (prompt, output))
     assert response.usage_reported is plausible
@@ -218,11 +219,12 @@ async def test_a_429_never_waits_past_what_a_call_waits_for(
     than a call waits ends the call at once, saying so, instead of hanging on it."""
     reply = http(429, {"error": {"message": "slow down"}}, headers)
     started = anyio.current_time()
-    result, calls, _ = await _call(reply, retries=1)
+    result, calls, base_url = await _call(reply, retries=1)
     assert anyio.current_time() - started < 2
     assert isinstance(result, RateLimited)
     assert str(result).startswith(
-        "node 'answer': model 'gpt-4o-mini': rate limited: Error code: 429 - slow down"
+        f"node 'answer': model 'gpt-4o-mini' at {base_url}: rate limited: Error code: 429 - "
+        "slow down"
     )
     assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)] * attempts
     if attempts == 1:
@@ -251,9 +253,12 @@ def _choice(message: Any, finish: str = "stop") -> dict[str, Any]:
     ],
 )
 async def test_a_200_that_is_no_chat_completion_says_what_is_missing(body: Any, what: str) -> None:
-    result, calls, _ = await _call(http(200, body))
+    result, calls, base_url = await _call(http(200, body))
     assert isinstance(result, ResponseLost)
-    assert f"model 'gpt-4o-mini': malformed response ({what}) (after 1 attempt)" in str(result)
+    assert (
+        f"model 'gpt-4o-mini' at {base_url}: malformed response ({what}) (after 1 attempt)"
+        in str(result)
+    )
     assert [(c.status, c.output_tokens) for c in calls] == [("error", MAX_TOKENS)]
     assert calls[0].cost_usd == pytest.approx(_reserved(calls))
 
@@ -283,10 +288,12 @@ async def test_a_200_holding_an_error_is_that_error_and_billed_nothing(
 ) -> None:
     """Gateways (OpenRouter, LiteLLM) pass an upstream error on in a 200: it is an error
     answer, mapped by the HTTP status it names, and retried or not as that status is."""
-    result, calls, _ = await _call(http(200, {"error": error}), retries=1)
+    result, calls, base_url = await _call(http(200, {"error": error}), retries=1)
     text = error["message"] if isinstance(error, dict) else error
     assert type(result) is kind
-    assert f"model 'gpt-4o-mini': {said}answered 200 with an error: {text}" in str(result)
+    assert f"model 'gpt-4o-mini' at {base_url}: {said}answered 200 with an error: {text}" in str(
+        result
+    )
     retried = kind is not NodeError
     assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)] * (1 + retried)
 
@@ -312,3 +319,15 @@ async def test_an_answer_without_text_is_empty_and_says_why_it_stopped(
         ("ok", 7, 2, finish)
     ]
     assert result.cost_usd == pytest.approx((7 * PRICE.input + 2 * PRICE.output) / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "shown"),
+    [
+        ("https://api.openai.com/v1/", "https://api.openai.com/v1"),
+        ("http://user:secret@10.0.0.5:8000/v1?key=k#x", "http://10.0.0.5:8000/v1"),
+        ("http://[::1]:8080/v1", "http://[::1]:8080/v1"),
+    ],
+)
+def test_errors_name_the_endpoint_without_its_credentials(base_url: str, shown: str) -> None:
+    assert endpoint_label(base_url) == shown

@@ -157,7 +157,7 @@ def test_error_answers_map_alike_on_both_routes(
         errors = [_call(f"{root}/{path}/v1", "gpt-4o-mini", b) for b in ("asyncio", "trio")]
     for error in errors:
         assert type(error) is kind
-        assert str(error).startswith(message)
+        assert str(error).startswith(message.replace(":", f" at {root}/{path}/v1:", 1))
     assert str(errors[0]) == str(errors[1])
     if isinstance(errors[0], RateLimited) and isinstance(errors[1], RateLimited):
         assert errors[0].retry_after_s == errors[1].retry_after_s == pytest.approx(2.0)

@@ -85,8 +85,9 @@ class ModelSpec(_Strict):
     """For `sim`: base seed; answers depend on it and on (request, node, cycle, attempt)."""
     faults: FaultRates | None = None
     """For `sim`: injected faults."""
-    time_scale: float = Field(default=1.0, ge=0)
-    """For `sim`: multiply simulated latencies (0 makes them instant)."""
+    time_scale: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    """For `sim`: multiply simulated latencies (0 makes them instant; `.inf` is refused, as
+    every call would hang until cut off)."""
     fallback: str | None = None
     """Another logical model that answers when this one is unreachable or held back (the
     policy's `egress.offline`, a gate, a failed probe, an open circuit, a refused

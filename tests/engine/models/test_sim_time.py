@@ -9,6 +9,8 @@ import anyio
 import pytest
 import trio.testing
 
+from engine.errors import SpecError
+from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec
 from engine.models import Gateway, ProviderRequest, SimProvider
 from engine.models._sim_time import (
@@ -89,3 +91,17 @@ async def test_a_cancelled_sim_call_is_billed_the_output_it_generated() -> None:
     prompt_only = call.input_tokens * price.input / 1e6
     assert call.cost_usd == pytest.approx(prompt_only + call.output_tokens * price.output / 1e6)
     assert call.cost_usd > prompt_only
+
+
+@pytest.mark.parametrize("scale", [".inf", "-1", ".nan"])
+def test_a_time_scale_that_is_no_finite_factor_is_refused_when_the_graph_loads(
+    scale: str,
+) -> None:
+    """An infinite scale would make every `sim` call sleep until a timeout cut it off."""
+    text = (
+        "moat: 1\nname: g\nmodels:\n"
+        f"  m: {{provider: sim, profile: small, time_scale: {scale}}}\n"
+        "nodes:\n  a: {type: model, with: {model: m, prompt: hi}}\n"
+    )
+    with pytest.raises(SpecError, match=r"g\.yaml:4.*time_scale"):
+        load_graph_text(text, "g.yaml")

@@ -10,6 +10,9 @@ sender's thread, in moat's log format:
 - `telemetry.export_failing`: at most one a minute while the outage lasts, counting the
   batches and spans lost since the last line;
 - `telemetry.export_recovered`: when a batch gets through again, with what was lost;
+- `telemetry.spans_rejected`: the first batch a collector took but rejected spans of (an
+  OTLP partial success), with its message; later ones are only counted
+  (`telemetry.collector_warning`: the first message of one that rejected none);
 - `telemetry.spans_not_exported`: at close, what never left (failed, dropped from a full
   queue, or still waiting when the close timeout ran out).
 """
@@ -129,6 +132,8 @@ class ExportHealth:
         self._said_at = 0.0
         self._unsaid = 0  # spans lost that no line has counted yet
         self._closing = False
+        self._rejected_said = False
+        self._warned = False
 
     def ok(self, spans: int) -> None:
         """A batch of `spans` got through."""
@@ -141,6 +146,30 @@ class ExportHealth:
         _log.warning(
             "telemetry.export_recovered", batches_failed=batches, spans_lost=lost, **self.where
         )
+
+    def partial(self, spans: int, rejected: int, message: str) -> None:
+        """A batch of `spans` got through, but the collector rejected `rejected` of them
+        (or only warned, with none rejected), saying `message`."""
+        rejected = min(rejected, spans)
+        self.ok(spans - rejected)
+        why = {
+            "reason": f"the collector rejected spans: {message or '(it gave no reason)'}",
+            "fix": "see the collector's logs and limits (attribute sizes, rate limits, span age)",
+        }
+        with self._lock:
+            if rejected:
+                self.last = why
+                first, self._rejected_said = not self._rejected_said, True
+                if not first:
+                    self._unsaid += rejected
+            else:
+                first, self._warned = not self._warned, True
+        if not first:
+            return
+        if rejected:
+            _log.warning("telemetry.spans_rejected", spans=rejected, of=spans, **self.where, **why)
+        else:
+            _log.warning("telemetry.collector_warning", message=message, **self.where)
 
     def failed(self, spans: int, why: dict[str, str]) -> None:
         """A batch of `spans` was not accepted, for the reason `why` gives."""

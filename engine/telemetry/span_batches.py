@@ -60,7 +60,9 @@ _REFUSED = {"reason": "the exporter did not accept the batch", "fix": "see its l
 class BatchSink(Protocol):
     """Where a batch goes: a serialised `ExportTraceServiceRequest`. A sink that can say
     why a batch was refused has a `failure()` method too, returning the `reason` and the
-    `fix` (`export_health.describe`)."""
+    `fix` (`export_health.describe`); one that can say which spans of an accepted batch the
+    collector rejected has a `rejected` attribute, their count and its message (None:
+    none)."""
 
     def export_encoded(self, data: bytes) -> bool:
         """Send `data`; whether it was accepted."""
@@ -194,7 +196,11 @@ class SpanBatches:
             self.health.failed(count, why)
             return
         if ok:
-            self.health.ok(count)
+            rejected = getattr(self.sink, "rejected", None)
+            if rejected is None:
+                self.health.ok(count)
+            else:
+                self.health.partial(count, *rejected)
             return
         self.failed += 1
         failure = getattr(self.sink, "failure", None)

@@ -49,6 +49,7 @@ from engine.telemetry.feed import FinishedRequest
 from engine.telemetry.http_session import SettledSession, settled_session
 from engine.telemetry.ids import trace_id_of
 from engine.telemetry.otel_env import export_timeout_s, sampler, traces_url
+from engine.telemetry.otlp_answer import RecordingTransport
 from engine.telemetry.span_batches import BatchSink, SdkSink, SpanBatches
 from engine.telemetry.wire_spans import RequestSpans
 
@@ -73,7 +74,10 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         certificates, retries with backoff on 429/5xx and connection errors (its
         `_client`, private: an exporter version without it gets span objects instead).
         Its client's log lines (one per retry) are silenced: `failure` says why the last
-        batch failed, for moat's log (`export_health`)."""
+        batch failed, for moat's log (`export_health`). Its transport keeps each answer
+        (`otlp_answer`): a redirect or a web page answered to a POST is a failure, not the
+        success the client counts it as, and `rejected` says what spans a collector that
+        took the batch rejected, and why."""
 
         def __init__(self, url: str, session: SettledSession | None) -> None:
             # the timeout variables are milliseconds; the exporter would read seconds
@@ -81,8 +85,12 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
             self.url = url
             self.session = session
             self.last: _Outcome = (None, None)
+            self.refused: dict[str, str] | None = None
+            self.rejected: tuple[int, str] | None = None
+            self.answers: RecordingTransport | None = None
             if self.wire():
                 self._client._logger = QUIET
+                self.answers = RecordingTransport.install(self._client)
 
         def wire(self) -> bool:
             """Whether encoded bodies can be sent as they are."""
@@ -95,11 +103,14 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
             result = self._client.export(data)
             if not result.success:
                 self.last = _outcome((result.status_code, result.error), self.session)
-            return bool(result.success)
+                self.refused = self.rejected = None
+                return False
+            self.refused, self.rejected = RecordingTransport.verdict_of(self.answers)
+            return self.refused is None
 
         def failure(self) -> dict[str, str]:
             """Why the last batch was not accepted, in a few words, and what to check."""
-            return describe(*self.last)
+            return _failure(self.refused, self.last)
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             if not self.wire() or self._shutdown:
@@ -120,6 +131,12 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
 
 _Outcome = tuple[int | None, BaseException | None]
 """How a POST ended: its HTTP status, or what it raised."""
+
+
+def _failure(refused: dict[str, str] | None, last: _Outcome) -> dict[str, str]:
+    """Why a batch was not accepted: what its answer said (a redirect, a web page), else
+    how its POST ended."""
+    return refused if refused is not None else describe(*last)
 
 
 def _outcome(given: _Outcome, session: SettledSession | None) -> _Outcome:

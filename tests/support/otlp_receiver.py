@@ -3,8 +3,9 @@
 It decodes each `POST /v1/traces` body as an `ExportTraceServiceRequest` (opentelemetry-proto)
 and keeps the spans as plain `ReceivedSpan`s, with their resource's attributes. Collectors
 that go wrong are here too: one answering every POST with an HTTP error
-(`failing_collector`), one that accepts connections and never answers (`silent_collector`),
-and a loopback port nothing listens on (`closed_port`).
+(`failing_collector`), one answering with what a test gives (`answering_collector`), one
+that accepts connections and never answers (`silent_collector`), and a loopback port
+nothing listens on (`closed_port`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,37 @@ def failing_collector(status: int) -> Iterator[str]:
             self.rfile.read(int(self.headers.get("content-length", "0")))
             body = b"<html>no</html>"
             self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextmanager
+def answering_collector(
+    status: int, body: bytes = b"", headers: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The base URL of a collector answering every POST with `status`, `headers` and
+    `body` (a redirect, a web page, an OTLP partial success...)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import anyio
 
@@ -81,23 +81,37 @@ def add_commands(sub: Any) -> None:
 
 
 def _check_url(url: str) -> str:
-    problem = None
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+        port = parts.port  # raises ValueError for a port that is no port
     except ValueError as exc:
-        problem = str(exc)
+        problem: str | None = str(exc)
     else:
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "not an http(s) URL with a host"
-        elif parts.username is not None or parts.password is not None:
-            problem = "credentials in the URL are not used (the token is MOAT_SYNC_TOKEN)"
+        problem = _url_problem(url, parts, port)
     if problem is not None:
         shown = url if "@" not in url else "(a URL with credentials)"  # never echo a password
         raise SpecError(
             f"--to {shown}: {problem}; give the sync server's address, e.g. http://central:8477"
         )
     return url
+
+
+def _url_problem(url: str, parts: SplitResult, port: int | None) -> str | None:
+    """Why `moat sync` could never reach `url`, split as `parts` (None: it can be tried).
+    Each of these would otherwise be retried as an outage until `--patience` ran out."""
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return "not an http(s) URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not used (the token is MOAT_SYNC_TOKEN)"
+    odd = "\\" if ":" in host else "%\\"  # an IPv6 address may name its zone after a `%`
+    if any(c.isspace() or not c.isprintable() or c in odd for c in host):
+        return f"the host {host!r} is not a host name or address"
+    if port == 0:
+        return "port 0 is no port to connect to"
+    if "?" in url or "#" in url:
+        return "a query or fragment is not used (the routes are appended to the path)"
+    return None
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

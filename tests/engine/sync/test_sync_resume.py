@@ -21,6 +21,7 @@ from tests.support.edge_stores import (
     integrity,
     wait_for_port_free,
 )
+from tests.support.otlp_receiver import closed_port
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +124,33 @@ def test_the_cli_refuses_a_url_that_is_not_one(
 ) -> None:
     assert main(["sync", "--to", "central:8477", "--db", str(tmp_path / "x.db")]) == 2
     assert "--to central:8477: not an http(s) URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://central host:8477", "the host 'central host' is not a host name or address"),
+        ("http://central%zz:8477", "the host 'central%zz' is not a host name or address"),
+        ("http://central:0", "port 0 is no port to connect to"),
+        ("http://central:8477?token=x", "a query or fragment is not used"),
+        ("http://central:8477/#sync", "a query or fragment is not used"),
+    ],
+)
+def test_a_url_no_sync_could_ever_reach_exits_2_at_once_naming_the_flag(
+    url: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the default --patience would otherwise retry it as an outage for ten minutes
+    assert main(["sync", "--to", url, "--db", str(tmp_path / "x.db")]) == 2
+    err = capsys.readouterr().err
+    assert f"--to {url}: {problem}" in err
+    assert "give the sync server's address, e.g. http://central:8477" in err
+
+
+@pytest.mark.parametrize("where", ["/behind/a/proxy", ""])
+def test_a_url_with_a_path_prefix_is_tried(
+    where: str, big_edge: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}{where}"
+    assert main(["sync", "--to", url, "--db", str(big_edge), "--patience", "0.2"]) == 1
+    assert f"moat: {url}: unreachable for 0.2s" in capsys.readouterr().err

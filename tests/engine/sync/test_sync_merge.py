@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.errors import SyncError
@@ -203,3 +205,64 @@ def test_what_a_box_records_after_pruning_what_it_synced_still_arrives(
     for table in ("runs", "requests", "node_runs", "llm_calls", "decision_traces"):
         assert merged[table] == first.rows[table] + new[table], table
     assert third.total_rows == 0
+
+
+class _LosesAnswers(httpx2.AsyncBaseTransport):
+    """The central side merges every batch, but the answers of some never come back (a
+    connection cut after the commit): the edge sends those batches again."""
+
+    def __init__(self, app: object, lost: list[bool]) -> None:
+        self.inner = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+        self.lost = iter(lost)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/batch") and next(self.lost, False):
+            await response.aread()
+            raise httpx2.ReadError("the connection was cut before the answer")
+        return response
+
+
+def _rows(db: Path) -> dict[str, object]:
+    """Every synced table's rows, integer ids aside (the central side renumbers them)."""
+    return {t.name: fingerprint(db, t.name, ("id",) if t.key == "int" else ()) for t in SYNC_TABLES}
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lost=st.lists(st.booleans(), max_size=40),
+    batch_rows=st.integers(min_value=60, max_value=400),
+    together=st.booleans(),
+)
+def test_lost_answers_and_concurrent_uploads_leave_the_central_store_as_one_clean_sync(
+    one_edge: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    lost: list[bool],
+    batch_rows: int,
+    together: bool,
+) -> None:
+    tmp = tmp_path_factory.mktemp("prop")
+    db = tmp / "edge.db"
+    shutil.copy(one_edge, db)
+
+    async def sync_all() -> None:
+        async with central(tmp / "central.db") as server:
+
+            def lossy() -> EdgeSync:
+                transport = _LosesAnswers(server.app, lost)
+                return EdgeSync(
+                    db, URL, transport=transport, batch_rows=batch_rows, backoff_s=(0.0, 0.0)
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lossy().run)
+                if together:  # the same store uploaded twice at once (cron overlapping)
+                    tg.start_soon(lossy().run)
+            assert (await edge(db, server).run()).total_rows == 0  # all was acknowledged
+
+    anyio.run(sync_all)
+    assert counts(tmp / "central.db") == counts(db)
+    assert _rows(tmp / "central.db") == _rows(db)
+    assert integrity(tmp / "central.db") == "ok"

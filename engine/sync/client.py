@@ -247,7 +247,11 @@ class EdgeSync:
         give_up_at = time.monotonic() + self.patience_s
         tries = 0
         while True:
-            problem = await attempt()
+            # one request waits no longer than the patience left (a hung server included)
+            with anyio.move_on_after(max(0.0, give_up_at - time.monotonic())) as waited:
+                problem = await attempt()
+            if waited.cancelled_caught:
+                problem, give_up_at = "no answer in time", 0.0
             if problem is None:
                 return
             base, cap = self.backoff_s

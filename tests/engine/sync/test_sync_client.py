@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 
@@ -166,3 +167,23 @@ async def test_an_edge_store_another_process_holds_says_so_and_resends_later(
     report = await edge(db, central).run()
     assert report.rows["policy_snapshots"] == 1  # sent again, as nothing recorded it
     assert len(posted) == report.batches + 1
+
+
+async def test_a_server_that_never_answers_is_given_up_on_after_the_patience(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """Each request waited up to a minute whatever `--patience` said: `--patience 3`
+    against a hung server gave up after a minute, not three seconds."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+
+    async def hung(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return HEALTHY
+        await anyio.sleep(60)
+        return HEALTHY
+
+    started = time.monotonic()
+    with pytest.raises(SyncError, match=r"unreachable for 0\.3s \(no answer in time\)"):
+        await edge(db, hung, patience_s=0.3, backoff_s=(0.01, 0.05)).run()
+    assert time.monotonic() - started < 5

@@ -34,6 +34,9 @@ __all__ = ["DirectRoute", "sdk_headers", "transport_error"]
 
 _MAX_CONNECTIONS = 1000
 _KEEPALIVE_S = 2.5
+MAX_RESPONSE_BYTES = 32 * 2**20
+"""The largest answer body read (a chat completion is kilobytes): an endpoint that sends
+more, or never stops sending, loses the call rather than filling the process's memory."""
 """The official client's defaults for its own HTTP clients (connections, keep-alive)."""
 
 
@@ -98,7 +101,10 @@ class DirectRoute:
             async with self._session.post(
                 self.base_url + path, data=data, headers=headers
             ) as reply:
-                return reply.status, reply.headers, await reply.read()
+                size = reply.content_length
+                if size is not None and size <= MAX_RESPONSE_BYTES:
+                    return reply.status, reply.headers, await reply.read()
+                return reply.status, reply.headers, await _capped(who, reply, size)
         except aiohttp.ClientError as exc:
             raise transport_error(who, exc) from exc
         except TimeoutError as exc:  # an aiohttp that raises the bare kind
@@ -117,3 +123,26 @@ def transport_error(who: str, exc: aiohttp.ClientError) -> Exception:
     if isinstance(exc, aiohttp.ServerTimeoutError):  # the read timeout
         return ProviderTimeout(f"{who}: the endpoint did not answer in time")
     return ResponseLost(f"{who}: connection lost after sending ({exc})")
+
+
+async def _capped(who: str, reply: aiohttp.ClientResponse, declared: int | None) -> bytes:
+    """The body of an answer with no length or one past `MAX_RESPONSE_BYTES`, read while
+    it stays within it.
+
+    Raises:
+        ResponseLost: the body is larger (the endpoint may still bill the call).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    if declared is None or declared <= MAX_RESPONSE_BYTES:
+        async for chunk in reply.content.iter_any():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                break
+            chunks.append(chunk)
+        else:
+            return b"".join(chunks)
+    raise ResponseLost(
+        f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
+        "(a chat completion is kilobytes): check the endpoint's base_url"
+    )

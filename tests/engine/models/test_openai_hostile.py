@@ -10,6 +10,7 @@ asyncio, the official client's own on trio.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +28,7 @@ from engine.errors import MoatError, NodeError, RateLimited, TransientError
 from engine.events import LlmCall
 from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec, Price
-from engine.models import CallScope, Gateway
+from engine.models import CallScope, Gateway, _direct_http
 from engine.models.base import ResponseLost
 from engine.models.gateway import RETRY_AFTER_CAP_S
 from engine.models.openai_provider import (
@@ -331,3 +333,46 @@ async def test_an_answer_without_text_is_empty_and_says_why_it_stopped(
 )
 def test_errors_name_the_endpoint_without_its_credentials(base_url: str, shown: str) -> None:
     assert endpoint_label(base_url) == shown
+
+
+async def _endless(stream: anyio.abc.SocketStream) -> None:
+    """A 200 whose chunked body never ends."""
+    await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+    await stream.send(b"transfer-encoding: chunked\r\n\r\n")
+    while True:
+        await stream.send(b"400\r\n" + b" " * 0x400 + b"\r\n")
+
+
+def _chunked(body: bytes) -> Reply:
+    async def reply(stream: anyio.abc.SocketStream) -> None:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        await stream.send(head + b"transfer-encoding: chunked\r\n\r\n")
+        await stream.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+    return reply
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (the direct route's)
+@pytest.mark.parametrize(
+    "reply",
+    [http(200, b" " * 5000 + b"{}"), _endless],
+    ids=["declared-too-long", "endless"],
+)
+async def test_an_answer_past_the_size_limit_is_lost_not_read_into_memory(
+    reply: Reply, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_direct_http, "MAX_RESPONSE_BYTES", 4096)
+    result, calls, _ = await _call(reply)
+    assert isinstance(result, ResponseLost)
+    assert "body passed 0 MiB and was not read" in str(result)
+    assert [c.status for c in calls] == ["error"] and calls[0].cost_usd == _reserved(calls)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_chunked_answer_within_the_limit_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_direct_http, "MAX_RESPONSE_BYTES", 4096)
+    result, calls, _ = await _call(_chunked(json.dumps(completion()).encode()))
+    assert isinstance(result, Completion) and result.text == "hi"
+    assert [c.status for c in calls] == ["ok"]

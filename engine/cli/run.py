@@ -27,9 +27,9 @@ from typing import Any, TextIO
 
 import anyio
 
-from engine import events
 from engine.api import BatchSummary, Pipeline
 from engine.cli import identifier, telemetry
+from engine.cli.outfile import OutFailed, OutWriter, reconcile_out
 from engine.collector import settled_heap
 from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
@@ -39,7 +39,7 @@ from engine.requests import BatchItem, RequestLimits, count_requests, decode_req
 from engine.stats import FAILED_STATUSES, percentile
 from engine.store.store import Store, run_state
 
-__all__ = ["add_commands", "cmd_run", "result_line"]
+__all__ = ["add_commands", "cmd_run"]
 
 _MAX_BYTES = 1 << 30
 
@@ -97,21 +97,6 @@ def add_commands(sub: Any) -> None:
 def db_path(value: str | None) -> str:
     """The store path from `--db`, `MOAT_DB`, or `moat.db`."""
     return value or os.environ.get("MOAT_DB") or "moat.db"
-
-
-def result_line(record: RequestRecord) -> str:
-    """The `--out` line of one request."""
-    line = events.result_line(
-        record.id,
-        record.status,
-        record.output,
-        record.latency_ms,
-        record.cost_usd,
-        record.policy_version,
-        record.error,
-        record.degraded,
-    )
-    return events.strict_json(line)
 
 
 @dataclass(slots=True)
@@ -328,7 +313,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
             _check_unchanged(args.resume, config["input"], config.get("input_sha256"))
         store.delete_orphans(args.resume)
         if out:
-            _reconcile_out(store, args.resume, Path(out))
+            reconcile_out(store, args.resume, Path(out))
     single = config.get("single")
     if isinstance(single, Mapping):  # recorded by an older moat as the decoded object
         single = json.dumps(single)
@@ -372,102 +357,6 @@ def _resume_graph(args: argparse.Namespace, run: Mapping[str, Any], config: Any)
             f"{run['graph_hash']} -> {graph.hash}); resume with the same graph"
         )
     return graph
-
-
-def _reconcile_out(store: Store, run_id: str, out: Path) -> None:
-    """Drop a torn last line, then append the lines the store has and the file lacks (all
-    of them when the file is gone)."""
-    data = out.read_bytes() if out.exists() else b""
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        out.write_bytes(data)
-    have = set()
-    for line in data.decode("utf-8", "replace").split("\n"):  # JSON text may hold U+2028
-        try:
-            have.add(json.loads(line)["request_id"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    missing = [r for r in store.list_requests(run_id) if r["id"] not in have]
-    if missing:
-        with open(out, "a", encoding="utf-8") as fh:
-            fh.write("".join(_stored_line(r) + "\n" for r in missing))
-
-
-def _stored_line(row: Mapping[str, Any]) -> str:
-    """The `--out` line of a stored request (a row of `Store.list_requests`)."""
-    line = events.result_line(
-        row["id"],
-        row["status"],
-        row["output"],
-        row["latency_ms"],
-        row["cost_usd"],
-        row["policy_version"],
-        row["error"],
-    )
-    return events.strict_json(line)
-
-
-class OutFailed(MoatError):
-    """A result line could not be written to `--out` (a full disk, say): the run stops,
-    and what finished is in the store (a resume writes the missing lines)."""
-
-
-class _OutWriter:
-    """Appends result lines once their rows are committed, a batch per `write` call."""
-
-    def __init__(self, pipe: Pipeline, out: str | None) -> None:
-        self.pipe = pipe
-        self.out = out
-        self.pending: list[RequestRecord] = []
-        self._fd: int | None = None
-        if out:
-            try:
-                self._fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise SpecError(f"--out {out}: cannot open it for writing: {exc.strerror}") from exc
-
-    def add(self, record: RequestRecord) -> None:
-        self.pending.append(record)
-
-    def store_failed(self) -> None:
-        """Storing records failed: the lines waiting may be of requests whose rows were
-        lost, and a flush after the failure no longer says so (the error is reported
-        once). They are not written to `--out`; a resume writes those the store has."""
-        if self.out:
-            self.pending.clear()
-
-    async def drain(self) -> None:
-        count = len(self.pending)
-        if not count:
-            return
-        # Take the lines only once their rows are committed: a drain cancelled while it
-        # waits (the run ending under the periodic one) leaves them to the final drain.
-        await anyio.to_thread.run_sync(self.pipe.flush)
-        batch = self.pending[:count]
-        del self.pending[:count]
-        data = "".join(result_line(r) + "\n" for r in sorted(batch, key=lambda r: r.seq))
-        if self._fd is None:
-            sys.stdout.write(data)
-            sys.stdout.flush()
-        else:
-            encoded = memoryview(data.encode("utf-8"))
-            try:
-                while encoded:  # (a write may take only part of it)
-                    encoded = encoded[os.write(self._fd, encoded) :]
-            except OSError as exc:
-                raise OutFailed(
-                    f"--out {self.out}: writing result lines failed: {exc.strerror}"
-                ) from exc
-
-    async def loop(self) -> None:
-        while True:
-            await anyio.sleep(0.1)
-            await self.drain()
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 PROGRESS_LATENCIES = 4096
@@ -536,7 +425,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         _pipeline(plan, args, db, models) as pipe,
         telemetry.attached(getattr(args, "telemetry", None), pipe),
     ):
-        out = _OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
+        out = OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
         batch = pipe.start_batch(plan.total, config=plan.config, resume=plan.run_id)
         plan.started = batch.run_id
         if plan.run_id is None and not args.quiet:
@@ -576,7 +465,7 @@ def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int
     return code
 
 
-async def _close(out: _OutWriter, progress: _Progress) -> None:
+async def _close(out: OutWriter, progress: _Progress) -> None:
     """Write the last result lines (the pipeline has recorded how the run ended)."""
     await anyio.sleep(0)
     try:
@@ -590,7 +479,7 @@ async def _drive(
     pipe: Pipeline,
     batch: BatchSummary,
     items: Iterator[BatchItem],
-    out: _OutWriter,
+    out: OutWriter,
     progress: _Progress,
     concurrency: int,
     tui: bool,

@@ -97,7 +97,7 @@ async def test_a_result_line_survives_a_drain_cancelled_before_its_row_commits(
     # the line must be left for the final drain, not dropped with the cancelled one.
     import anyio
 
-    from engine.cli.run import _OutWriter
+    from engine.cli.outfile import OutWriter
     from engine.events import RequestRecord, RequestStatus
 
     class Store:
@@ -105,7 +105,7 @@ async def test_a_result_line_survives_a_drain_cancelled_before_its_row_commits(
             pass
 
     path = tmp_path / "out.jsonl"
-    writer = _OutWriter(Store(), str(path))  # type: ignore[arg-type]
+    writer = OutWriter(Store(), str(path))  # type: ignore[arg-type]
     writer.add(RequestRecord("r-1", "run", 0, RequestStatus.OK, 1.0, 2.0, 1000.0, 0.0, {"a": 1}))
     with anyio.CancelScope() as scope:
         scope.cancel()

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 from collections import deque
@@ -30,6 +29,7 @@ import anyio
 from engine.api import BatchSummary, Pipeline
 from engine.cli import identifier, telemetry
 from engine.cli.outfile import OutFailed, OutWriter, reconcile_out
+from engine.cli.stopping import stoppable
 from engine.collector import settled_heap
 from engine.errors import MoatError, SpecError, StoreError
 from engine.events import RequestRecord
@@ -422,6 +422,7 @@ def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, 
 
 async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
     async with (
+        stoppable(lambda: _resume_hint(plan.started, args)) as stop,
         _pipeline(plan, args, db, models) as pipe,
         telemetry.attached(getattr(args, "telemetry", None), pipe),
     ):
@@ -437,7 +438,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         progress.done = batch.done
         try:
             # what is alive now lives as long as the batch: out of the collector's sight
-            with settled_heap(getattr(pipe, "model_specs", {}).values()):
+            with settled_heap(getattr(pipe, "model_specs", {}).values()), stop:
                 await _drive(
                     pipe, batch, _items(plan, pipe), out, progress, args.concurrency, args.tui
                 )
@@ -457,12 +458,15 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
 
 
 def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int:
-    db = f" --db {shlex.quote(args.db)}" if args.db else ""
-    print(
-        f"moat: {what}finished requests are kept. Resume with: moat run --resume {run_id}{db}",
-        file=sys.stderr,
-    )
+    print(f"moat: {what}{_resume_hint(run_id, args)}", file=sys.stderr)
     return code
+
+
+def _resume_hint(run_id: str | None, args: argparse.Namespace) -> str:
+    if run_id is None:
+        return "no run was started, nothing is stored"
+    db = f" --db {shlex.quote(args.db)}" if args.db else ""
+    return f"finished requests are kept. Resume with: moat run --resume {run_id}{db}"
 
 
 async def _close(out: OutWriter, progress: _Progress) -> None:
@@ -484,7 +488,7 @@ async def _drive(
     concurrency: int,
     tui: bool,
 ) -> None:
-    """Answer the batch while the out file, progress bar, signals and UI follow it; a
+    """Answer the batch while the out file, progress bar and UI follow it; a
     `--tui` stays open after the batch (which is finished then) until it is closed."""
 
     def on_record(record: RequestRecord) -> None:
@@ -495,7 +499,6 @@ async def _drive(
         async with anyio.create_task_group() as tg:
             tg.start_soon(out.loop)
             tg.start_soon(_tick, progress)
-            tg.start_soon(_on_signal, tg.cancel_scope)
             if tui:
                 tg.start_soon(_tui, pipe, batch.run_id, tg.cancel_scope)
             await pipe.run_batch(items, batch=batch, concurrency=concurrency, on_record=on_record)
@@ -537,14 +540,6 @@ async def _tick(progress: _Progress) -> None:
     while True:
         progress.draw()
         await anyio.sleep(0.25)
-
-
-async def _on_signal(scope: anyio.CancelScope) -> None:
-    """Stop the batch on Ctrl-C or SIGTERM: the pipeline records the run `interrupted`."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
 
 
 async def _tui(pipe: Pipeline, run_id: str, scope: anyio.CancelScope) -> None:

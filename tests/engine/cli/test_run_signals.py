@@ -1,0 +1,138 @@
+"""`moat run` stopped by a signal: Ctrl-C, SIGTERM or the hangup of a closed terminal stops
+the batch cleanly with exit 130; one more while it stops ends it at once, still 130. Either
+way nothing finished is lost and a resume answers every line exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.fast_graphs import one_model_graph
+
+TOTAL = 40
+
+
+def moat(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MOAT_DB": ""},
+    )
+
+
+def out_ids(path: Path) -> list[str]:
+    data = path.read_text()
+    assert data == "" or data.endswith("\n"), "a torn last line"
+    return [json.loads(line)["request_id"] for line in data.split("\n") if line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signals",
+    [
+        [signal.SIGHUP],
+        [signal.SIGTERM],
+        [signal.SIGINT],
+        [signal.SIGINT, signal.SIGINT],
+        [signal.SIGTERM, signal.SIGHUP],
+    ],
+    ids=lambda sigs: "+".join(signal.Signals(s).name for s in sigs),
+)
+def test_a_stop_signal_mid_batch_exits_130_and_a_resume_answers_each_line_once(
+    tmp_path: Path, signals: list[signal.Signals]
+) -> None:
+    (tmp_path / "g.yaml").write_text(one_model_graph("g", 0.2))
+    requests = tmp_path / "in.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(TOTAL)))
+    out = tmp_path / "out.jsonl"
+    run = ["run", "g.yaml", "--input", "in.jsonl", "--out", "out.jsonl", "--db", "t.db"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", *run, "--concurrency", "2"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MOAT_DB": ""},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.02)
+    for signum in signals:
+        proc.send_signal(signum)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=60)
+    if len(signals) == 1:
+        assert proc.returncode == 130, err
+        assert "moat: interrupted; finished requests are kept. Resume with" in err
+    else:  # the second one may land while the interpreter itself shuts down
+        assert proc.returncode in (130, -signals[-1]), err
+    assert "Traceback" not in err
+    assert "internal error" not in err
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        run_id, status = db.execute("SELECT id, status FROM runs").fetchone()
+        stored = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    assert status == "interrupted" or len(signals) > 1, status  # (else: died, at once)
+    assert len(out_ids(tmp_path / "out.jsonl")) <= stored < TOTAL
+    listed = moat("runs", "--db", "t.db", cwd=tmp_path)
+    assert listed.returncode == 0 and run_id in listed.stdout, listed.stderr
+    assert moat("stats", run_id, "--db", "t.db", cwd=tmp_path).returncode == 0
+
+    resumed = moat("run", "--resume", run_id, "--db", "t.db", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(out_ids(out)) == [f"{run_id}-{i:06d}" for i in range(TOTAL)]
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        seqs = [s for (s,) in db.execute("SELECT seq FROM requests ORDER BY seq")]
+        assert db.execute("SELECT status, requests_done FROM runs").fetchone() == (
+            "finished",
+            TOTAL,
+        )
+    assert seqs == list(range(TOTAL))
+
+
+STUCK_STOP = textwrap.dedent(
+    """
+    import anyio, sys
+    from engine.cli.stopping import stoppable
+
+    async def main() -> None:
+        async with stoppable(lambda: "resume with: moat run --resume r-1") as stop:
+            with stop:
+                print("running", flush=True)
+                await anyio.sleep(60)
+            print("stopping", flush=True)
+            await anyio.sleep(60)  # a stop that hangs (a stuck reader of --out, say)
+        print("not reached", flush=True)
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_second_signal_while_the_run_stops_ends_it_at_once_with_exit_130() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_STOP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "running\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "stopping\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "not reached" not in out
+    assert err == "\nmoat: stopped at once (SIGINT); resume with: moat run --resume r-1\n"

@@ -8,6 +8,7 @@ worst a torn last line, which `reconcile_out` drops before writing the lines the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -43,7 +44,26 @@ def result_line(record: RequestRecord) -> str:
 
 def reconcile_out(store: Store, run_id: str, out: Path) -> None:
     """Drop a torn last line, then append the lines the store has and the file lacks (all
-    of them when the file is gone)."""
+    of them when the file is gone).
+
+    A named pipe or a device (`/dev/null`, `/dev/full`) keeps nothing to read back: the
+    lines it was given are the reader's, and only the requests answered now are written.
+
+    Raises:
+        SpecError: the file cannot be read or written (a full disk, say); nothing ran.
+    """
+    if out.exists() and not out.is_file():
+        return
+    try:
+        _reconcile(store, run_id, out)
+    except OSError as exc:
+        raise SpecError(
+            f"--out {out}: making it whole again (the lines run {run_id} answered) failed: "
+            f"{exc.strerror}; fix that, or resume with --out OTHER_FILE"
+        ) from exc
+
+
+def _reconcile(store: Store, run_id: str, out: Path) -> None:
     data = out.read_bytes() if out.exists() else b""
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
@@ -74,6 +94,22 @@ def _stored_line(row: Mapping[str, Any]) -> str:
     return events.strict_json(line)
 
 
+def _open_out(out: str) -> int:
+    """The `--out` file opened to append; a named pipe must have its reader already (moat
+    would otherwise wait for one, silently, before answering anything)."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise SpecError(
+                f"--out {out}: a named pipe that nothing reads; start its reader first "
+                f"(e.g. `cat {out} &`), or give a file"
+            ) from exc
+        raise SpecError(f"--out {out}: cannot open it for writing: {exc.strerror}") from exc
+    os.set_blocking(fd, True)  # a slow reader holds the writes back rather than fail them
+    return fd
+
+
 class OutFailed(MoatError):
     """A result line could not be written to `--out` (a full disk, say): the run stops,
     and what finished is in the store (a resume writes the missing lines)."""
@@ -88,10 +124,7 @@ class OutWriter:
         self.pending: list[RequestRecord] = []
         self._fd: int | None = None
         if out:
-            try:
-                self._fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise SpecError(f"--out {out}: cannot open it for writing: {exc.strerror}") from exc
+            self._fd = _open_out(out)
 
     def add(self, record: RequestRecord) -> None:
         self.pending.append(record)

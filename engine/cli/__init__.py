@@ -105,20 +105,21 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moat` console script and `python -m engine`."""
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command(words))
-    args = parser.parse_args(words)
-    if args.command not in _QUIET or "engine.logs" in sys.modules:
-        from engine.logs import configure_logging, log_thread_failure
+    try:  # (the command's modules load here: a second or so on a loaded machine)
+        args = build_parser(_command(words)).parse_args(words)
+        if args.command not in _QUIET or "engine.logs" in sys.modules:
+            from engine.logs import configure_logging, log_thread_failure
 
-        configure_logging()
-        if threading.excepthook is threading.__excepthook__:  # (an embedding app's stays)
-            threading.excepthook = log_thread_failure
+            configure_logging()
+            if threading.excepthook is threading.__excepthook__:  # (an embedding app's stays)
+                threading.excepthook = log_thread_failure
+    except KeyboardInterrupt:
+        return _interrupted()
     handler: Handler = args.handler
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("moat: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except MoatError as exc:
         print(f"moat: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -135,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug in moat: say so briefly, details on request
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C inside a class body
+            return _interrupted()
         if os.environ.get("MOAT_DEBUG"):
             traceback.print_exc()
         print(
@@ -143,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _interrupted() -> int:
+    with contextlib.suppress(OSError):  # (a terminal that closed)
+        print("moat: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ way nothing finished is lost and a resume answers every line exactly once."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from engine import cli
+from engine.cli import main
 from tests.support.fast_graphs import one_model_graph
 
 TOTAL = 40
@@ -136,3 +139,38 @@ def test_a_second_signal_while_the_run_stops_ends_it_at_once_with_exit_130() -> 
     assert proc.returncode == 130
     assert "not reached" not in out
     assert err == "\nmoat: stopped at once (SIGINT); resume with: moat run --resume r-1\n"
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def loading(command: str | None = None) -> argparse.ArgumentParser:
+        raise KeyboardInterrupt  # as if pressed while the command's modules import
+
+    monkeypatch.setattr(cli, "build_parser", loading)
+    assert main(["run", "g.yaml", "--prompt", "hi"]) == 130
+    assert capsys.readouterr().err == "moat: interrupted\n"
+
+
+def test_ctrl_c_landing_in_a_class_body_is_an_interruption_not_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python 3.11 wraps an exception raised by `__set_name__` in a RuntimeError: a Ctrl-C
+    during a lazy import (the summary's, say) came out as "internal error", exit 1."""
+
+    class Field:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise KeyboardInterrupt
+
+    def handler(args: argparse.Namespace) -> int:
+        type("Summary", (), {"degraded": Field()})
+        return 0
+
+    def parser(command: str | None = None) -> argparse.ArgumentParser:
+        built = argparse.ArgumentParser()
+        built.set_defaults(command="runs", handler=handler)
+        return built
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert main([]) == 130
+    assert capsys.readouterr().err == "moat: interrupted\n"

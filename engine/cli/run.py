@@ -12,6 +12,7 @@ arguments, wires the out file, the progress bar and the terminal UI to it, and p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -133,6 +134,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"moat: {exc}", file=sys.stderr)
         what = "the store failed; " if isinstance(exc, StoreError) else "--out failed; "
         return _stopped(plan.started, args, what, 1)
+    except BrokenPipeError:  # the reader of the result lines went away (`| head -1`)
+        if plan.started is None:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nothing more)
+        with contextlib.suppress(OSError):  # (stderr may be that pipe too)
+            what = "the output was closed (broken pipe) before the batch ended; "
+            _stopped(plan.started, args, what, 130)
+        return 130
 
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, str]:

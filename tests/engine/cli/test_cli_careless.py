@@ -124,7 +124,8 @@ def test_a_batch_whose_output_reader_goes_away_exits_interrupted(
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=120)
     assert code == 130, err
-    assert "the output was closed (broken pipe) before the batch ended" in err
+    assert "the output was closed (broken pipe) before the batch ended; finished requests" in err
+    assert "are kept. Resume with: moat run --resume r-" in err
     assert "Traceback" not in err and "Exception ignored" not in err
     listed = subprocess.run(
         [sys.executable, "-m", "engine", "runs", "--db", str(db)], capture_output=True, text=True

@@ -138,10 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if plan.started is None:
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nothing more)
-        with contextlib.suppress(OSError):  # (stderr may be that pipe too)
-            what = "the output was closed (broken pipe) before the batch ended; "
-            _stopped(plan.started, args, what, 130)
-        return 130
+        what = "the output was closed (broken pipe) before the batch ended; "
+        return _stopped(plan.started, args, what, 130)
 
 
 def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
@@ -405,8 +403,11 @@ class _Progress:
             f"\r[{bar}] {self.done}/{self.total}  {rate:.1f} req/s  p95 {p95:.0f} ms  "
             f"${self.cost:.4f}"
         )
-        self.stream.write(line + ("\n" if final else ""))
-        self.stream.flush()
+        try:
+            self.stream.write(line + ("\n" if final else ""))
+            self.stream.flush()
+        except OSError:  # the terminal went away (SIGHUP): the run goes on without a bar
+            self.enabled = False
 
 
 def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> Pipeline:
@@ -467,7 +468,8 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
 
 
 def _stopped(run_id: str, args: argparse.Namespace, what: str, code: int) -> int:
-    print(f"moat: {what}{_resume_hint(run_id, args)}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # (a terminal that went away: the code still says it)
+        print(f"moat: {what}{_resume_hint(run_id, args)}", file=sys.stderr)
     return code
 
 
@@ -564,4 +566,5 @@ async def _tui(pipe: Pipeline, run_id: str, scope: anyio.CancelScope) -> None:
 def _print_summary(store: Store, run_id: str) -> None:
     from engine.report.explain import render_stats, run_stats
 
-    print(render_stats(run_stats(store, run_id)), file=sys.stderr)
+    with contextlib.suppress(OSError):  # (a terminal that went away: `moat stats` has it)
+        print(render_stats(run_stats(store, run_id)), file=sys.stderr)

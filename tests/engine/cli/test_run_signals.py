@@ -5,12 +5,15 @@ way nothing finished is lost and a resume answers every line exactly once."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from pathlib import Path
@@ -101,6 +104,45 @@ def test_a_stop_signal_mid_batch_exits_130_and_a_resume_answers_each_line_once(
             TOTAL,
         )
     assert seqs == list(range(TOTAL))
+
+
+@pytest.mark.slow
+def test_a_terminal_that_closes_mid_batch_stops_it_cleanly_with_exit_130(tmp_path: Path) -> None:
+    """The terminal's hangup is a SIGHUP, and from then on the progress bar and summary
+    cannot be written: the run is still recorded `interrupted` and exits 130."""
+    (tmp_path / "g.yaml").write_text(one_model_graph("g", 0.2))
+    requests = tmp_path / "in.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(TOTAL)))
+    terminal, tty = os.openpty()
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    run = ["run", "g.yaml", "--input", "in.jsonl", "--out", "out.jsonl", "--db", "t.db"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", *run, "--concurrency", "2"],
+        cwd=tmp_path,
+        stdin=tty,
+        stdout=tty,
+        stderr=tty,
+        preexec_fn=own_terminal,
+        env={**os.environ, "MOAT_DB": ""},
+    )
+    os.close(tty)
+    out, shown = tmp_path / "out.jsonl", b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        if select.select([terminal], [], [], 0.02)[0]:
+            shown += os.read(terminal, 1 << 16)
+    assert b"/40  " in shown  # the progress bar was on the terminal
+    os.close(terminal)  # the terminal goes away
+    assert proc.wait(timeout=60) == 130
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        status, done = db.execute("SELECT status, requests_done FROM runs").fetchone()
+        stored = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    assert status == "interrupted"
+    assert 3 <= done == stored == len(out_ids(out)) < TOTAL
 
 
 STUCK_STOP = textwrap.dedent(

@@ -241,14 +241,24 @@ def _check_distinct(args: argparse.Namespace) -> None:
     files = {"--input": args.input, "--out": args.out, "--db": db_path(args.db)}
     if args.graph:
         files["GRAPH"] = args.graph
-    seen: dict[str, str] = {}
+    seen: dict[object, str] = {}
     for flag, value in files.items():
         if value is None:
             continue
-        key = os.path.realpath(value)
+        key = _identity(value)
         if key in seen:
             raise SpecError(f"{flag} {value}: is also {seen[key]}; give each its own file")
         seen[key] = flag
+
+
+def _identity(path: str) -> object:
+    """What a path names: an existing file by its inode, so a hard link (or a symlink) to
+    the input is seen to be the input; a file still to be created by its real path."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (stat.st_dev, stat.st_ino)
 
 
 def _parse_models(values: list[str]) -> dict[str, str]:

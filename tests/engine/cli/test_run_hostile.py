@@ -393,6 +393,9 @@ def test_every_line_is_answered_once_and_recorded_whatever_the_others_hold(
         (["--policy", "{tmp}/nope.yaml"], "--policy {tmp}/nope.yaml: no such file"),
         (["--out", "{tmp}/in.jsonl"], "--out {tmp}/in.jsonl: is also --input"),
         (["--db", "{tmp}/in.jsonl"], "--db {tmp}/in.jsonl: is also --input"),
+        # another name of the input: results appended to it would be read back as requests
+        (["--out", "{tmp}/hard-link.jsonl"], "--out {tmp}/hard-link.jsonl: is also --input"),
+        (["--out", "{tmp}/symlink.jsonl"], "--out {tmp}/symlink.jsonl: is also --input"),
     ],
 )
 def test_an_unusable_argument_exits_2_before_anything_is_stored(
@@ -401,6 +404,8 @@ def test_an_unusable_argument_exits_2_before_anything_is_stored(
     graph = write_graph(tmp_path)
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"prompt": "hi"}\n')
+    (tmp_path / "hard-link.jsonl").hardlink_to(requests)
+    (tmp_path / "symlink.jsonl").symlink_to(requests)
     extra = [e.format(tmp=tmp_path) for e in extra]
     if "--input" not in extra:
         extra = ["--input", str(requests), *extra]

@@ -8,15 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
     "Budget",
@@ -218,14 +210,3 @@ class GraphSpec(_Strict):
     serve: ServeSpec | None = None
     """How `moat serve` maps a chat request to the input (default: the last user message
     is `prompt`, earlier turns are `history`)."""
-
-    @field_validator("name")
-    @classmethod
-    def _printable_name(cls, name: str) -> str:
-        if not name.strip() or not name.isprintable():
-            raise ValueError(
-                "a graph's name is shown in tables and logs and served as a model name: "
-                "give it printable text, such as `governed-answer` (no control characters, "
-                "not blank)"
-            )
-        return name

@@ -873,11 +873,3 @@ def test_a_with_value_left_to_run_time_does_not_hide_a_bool_beside_it() -> None:
         "case.yaml:7:65: node 'step': with.threshold: Input should be a number, got true "
         "(type 'review'; see `moat nodes review`)"
     ]
-
-
-@pytest.mark.parametrize("name", ['"ev\\e[31mil"', '"tab\\tbed"', '"  "'])
-def test_a_graph_name_that_would_garble_a_terminal_is_refused(name: str) -> None:
-    body = "nodes: {}\noutput:\n  a: 1\n"
-    (error,) = check(body, HEADER.replace("name: t", f"name: {name}"))
-    assert error.startswith("case.yaml:2:7: name: a graph's name is shown in tables and logs")
-    assert "printable text" in error

@@ -48,6 +48,7 @@ __all__ = [
     "SyncError",
     "TransientError",
     "exception_text",
+    "printable",
 ]
 
 
@@ -272,6 +273,15 @@ def exception_text(error: BaseException, *, with_type: bool = False) -> str:
         text = ""
     text = _printable(text) or type(error).__name__
     return f"{type(error).__name__}: {text}" if with_type else text
+
+
+def printable(text: str) -> str:
+    """`text` with control characters other than newline and tab escaped (`\\x1b`): a
+    message or listing that repeats what the user typed or what a store holds must not
+    move the cursor, recolour or retitle the terminal it is printed on."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
 
 
 def _printable(text: str) -> str:

@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from engine.errors import MoatError
+from engine.errors import MoatError, printable
 
 __all__ = ["build_parser", "main"]
 
@@ -59,15 +59,6 @@ def identifier(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty id; give one that `moat runs` lists")
     return text.strip()
-
-
-def printable(text: str) -> str:
-    """`text` with control characters other than newline and tab escaped (`\\x1b`): a
-    message that repeats what the user typed or what a store holds must not move the
-    cursor, recolour or retitle the terminal it is printed on."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.errors import SpecError
+from engine.errors import SpecError, printable
 from engine.expr.wording import literal
 from engine.graph.compiled import Graph, Scope
 from engine.graph.loader import check_file, graph_registry, load_graph
@@ -73,7 +73,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             bad += 1
         elif not args.quiet and report.graph is not None:
             g = report.graph
-            print(f"{path}: ok ({g.name}: {_count(g.scope)} nodes, {len(g.output)} outputs)")
+            name = printable(g.name)
+            print(f"{path}: ok ({name}: {_count(g.scope)} nodes, {len(g.output)} outputs)")
     return 2 if bad else 0
 
 

@@ -32,7 +32,7 @@ from engine.cli import identifier, telemetry
 from engine.cli.outfile import OutFailed, OutWriter, reconcile_out
 from engine.cli.stopping import stoppable
 from engine.collector import settled_heap
-from engine.errors import MoatError, SpecError, StoreError
+from engine.errors import MoatError, SpecError, StoreError, printable
 from engine.events import RequestRecord
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -451,7 +451,7 @@ async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str,
         plan.started = batch.run_id
         if plan.run_id is None and not args.quiet:
             print(
-                f"moat: run {batch.run_id} ({pipe.graph.name}, {plan.total} requests)",
+                f"moat: run {batch.run_id} ({printable(pipe.graph.name)}, {plan.total} requests)",
                 file=sys.stderr,
             )
         progress = _Progress(plan.total, not args.quiet and not args.tui)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.errors import StoreError
+from engine.errors import StoreError, printable
 from engine.report.markdown import fmt_time
 from engine.store import reads
 from engine.store.store import Row, Store
@@ -190,7 +190,7 @@ def render_stats(stats: RunStats) -> str:
         f"{name} {int(m['calls'])} ${m['cost_usd']:.6f}" for name, m in stats.by_model.items()
     )
     lines = [
-        f"run {stats.run_id}  {stats.graph_name or '?'}  {stats.run_status or '?'}  "
+        f"run {stats.run_id}  {printable(stats.graph_name or '?')}  {stats.run_status or '?'}  "
         f"{done} requests{rps}",
     ]
     if stats.simulated:
@@ -249,7 +249,8 @@ def render_runs(runs: list[Row]) -> str:
             took = f"{run['finished_at'] - run['started_at']:.1f}s"
         started = fmt_time(run["started_at"])[:19]
         lines.append(
-            f"{run['id']:<24} {run['graph_name'][:20]:<20} {run['status']:<11} {done:>11}  "
+            f"{run['id']:<24} {printable(run['graph_name'])[:20]:<20} {run['status']:<11} "
+            f"{done:>11}  "
             f"{started:<19}  {took}"
         )
     return "\n".join(lines) + "\n"

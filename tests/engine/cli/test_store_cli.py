@@ -260,3 +260,22 @@ def test_a_damaged_stored_value_is_shown_empty_and_named_not_a_crash(
     assert err.count("\n") == 1
     assert f"moat: note: {db}: stored values that do not read back were shown as empty" in err
     assert f"{column} of row" in err and "PRAGMA integrity_check" in err
+
+
+def test_a_graph_name_with_escape_sequences_is_shown_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graph's name is printed by `moat check`, `moat runs` and `moat stats`: raw, an
+    escape sequence in it would recolour or clear the operator's terminal."""
+    graph = tmp_path / "g.yaml"
+    graph.write_text('moat: 1\nname: "ev\\e[2Jil"\nnodes: {}\noutput: {a: 1}\n', encoding="utf-8")
+    db = str(tmp_path / "moat.db")
+    for args in (
+        ["check", str(graph)],
+        ["run", str(graph), "--prompt", "hi", "--db", db],
+        ["runs", "--db", db],
+        ["stats", "--db", db],
+    ):
+        assert main(args) == 0, args
+        out, err = capsys.readouterr()
+        assert "\x1b" not in out + err and "ev\\x1b[2Jil" in out + err, (args, out, err)

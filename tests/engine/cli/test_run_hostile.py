@@ -599,6 +599,7 @@ def test_a_tui_left_open_does_not_count_as_the_runs_duration(
         scope.cancel()
 
     monkeypatch.setattr(_cli_run, "_tui", operator_reads_for_a_while)
+    monkeypatch.setattr(_cli_run, "_on_terminal", lambda: True)
     finished: list[str] = []
     record_end = Store.finish_run
 
@@ -727,3 +728,16 @@ def test_numbers_json_has_no_spelling_for_are_written_as_null(
         (line,) = [json.loads(t, parse_constant=_refuse) for t in text.split("\n") if t]
         assert line["status"] == "ok"
         assert line["output"] == {"text": "hi", "nan": None, "big": [None, 1.5]}
+
+
+def test_the_terminal_ui_without_a_terminal_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under cron or with its output in a file, `--tui` had nothing to draw on and the
+    command seemed to hang once the batch was done."""
+    db = tmp_path / "t.db"
+    code, _, err = run(
+        capsys, str(write_graph(tmp_path)), "--prompt", "a", "--db", str(db), "--tui"
+    )
+    assert code == 2 and "--tui: the terminal UI needs a terminal" in err
+    assert "moat tui" in err and not db.exists()

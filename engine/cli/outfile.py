@@ -22,7 +22,7 @@ from engine import events
 from engine.api import Pipeline
 from engine.errors import MoatError, SpecError
 from engine.events import RequestRecord
-from engine.store.store import Store
+from engine.store.store import Store, row_result_line
 
 __all__ = ["OutFailed", "OutWriter", "reconcile_out", "result_line"]
 
@@ -82,16 +82,7 @@ def _reconcile(store: Store, run_id: str, out: Path) -> None:
 
 def _stored_line(row: Mapping[str, Any]) -> str:
     """The `--out` line of a stored request (a row of `Store.list_requests`)."""
-    line = events.result_line(
-        row["id"],
-        row["status"],
-        row["output"],
-        row["latency_ms"],
-        row["cost_usd"],
-        row["policy_version"],
-        row["error"],
-    )
-    return events.strict_json(line)
+    return events.strict_json(row_result_line(row))
 
 
 def _open_out(out: str) -> int:

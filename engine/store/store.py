@@ -54,6 +54,7 @@ __all__ = [
     "WriterStats",
     "being_written",
     "new_run_id",
+    "row_result_line",
     "run_state",
     "store_path",
 ]
@@ -141,6 +142,20 @@ def new_run_id(at: float | None = None) -> str:
     """A fresh run id, `r-YYYYMMDD-HHMMSS-xxxx` (UTC), sortable by start time."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(at))
     return f"r-{stamp}-{secrets.token_hex(2)}"
+
+
+def row_result_line(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The `--out` line of a stored request (a row of `Store.get_request` or
+    `Store.list_requests`)."""
+    return result_line(
+        row["id"],
+        row["status"],
+        row["output"],
+        row["latency_ms"],
+        row["cost_usd"],
+        row["policy_version"],
+        row["error"],
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -490,17 +505,7 @@ class Store:
         """The request's `--out` line (`request_id`, `status`, `output`, `latency_ms`,
         `cost_usd`, `policy_version`, `error`), or None if it has no stored result."""
         row = self.get_request(request_id)
-        if row is None:
-            return None
-        return result_line(
-            row["id"],
-            row["status"],
-            row["output"],
-            row["latency_ms"],
-            row["cost_usd"],
-            row["policy_version"],
-            row["error"],
-        )
+        return None if row is None else row_result_line(row)
 
     def list_requests(
         self, run_id: str, *, status: str | None = None, limit: int | None = None

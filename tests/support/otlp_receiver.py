@@ -144,28 +144,8 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 @contextmanager
 def failing_collector(status: int) -> Iterator[str]:
     """The base URL of a collector answering every POST with `status` (and a short page)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
-            body = b"<html>no</html>"
-            self.send_response(status)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with answering_collector(status, b"<html>no</html>") as url:
+        yield url
 
 
 @contextmanager

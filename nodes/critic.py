@@ -19,7 +19,13 @@ The relevant principles are retrieved once per request: the first critic of a re
 computes them under `ctx.memo("principles:<source>")`, emits `PRINCIPLES_RETRIEVED` and the
 `REQUEST_ANALYSIS_CONTEXT` trace; every later critic of the request (any node, any cycle)
 emits `PRINCIPLES_REUSED` and uses the same list. Unreadable model output never crashes
-the node: it becomes a cautious `revise` with reason code `CRITIC_UNPARSEABLE`.
+the node: it becomes a cautious `revise` with reason code `CRITIC_UNPARSEABLE` (request
+mode: `RISK_UNPARSEABLE`), plus `ANSWER_TRUNCATED` when the answer was cut off mid-object.
+Fields are read the way models write them (`"0.9"`, `"false"`, `"Refuse"`, one violation
+as a string); a field that still cannot be read never counts as the harmless value: an
+unreadable or off-scale `risk_score` (NaN, 7, -1) is taken as 0.5 with
+`RISK_SCORE_UNREADABLE` and no confidence, an unreadable yes/no signal as raised, and
+violations in a shape that cannot be listed forbid `proceed`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, at_check, graph_file
-from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.calls import (
+    ask_json,
+    choice,
+    flag,
+    object_schema,
+    texts,
+    unit,
+    unreadable_codes,
+)
 from nodes._support.principles import Principle, PrincipleIndex, load_principles, source_key
 
 __all__ = ["CriticNode"]
@@ -40,7 +54,6 @@ PRINCIPLES_REUSED = "PRINCIPLES_REUSED"
 
 Action = Literal["proceed", "revise", "refuse"]
 _SEVERITY: dict[str, int] = {"proceed": 0, "revise": 1, "refuse": 2}
-_NUMBER = (int, float)
 
 RISK_SCHEMA = object_schema(
     {
@@ -176,17 +189,22 @@ class CriticNode(Node):
             max_tokens=config.max_tokens,
         )  # fmt: skip
         v = reply.value or {}
-        codes: list[str] = [] if reply.value is not None else ["RISK_UNPARSEABLE"]
-        risk = clamp01(v.get("risk_score"), 0.5)
-        operational = v.get("operational_risk")
-        operational = operational if operational in ("low", "medium", "high") else "medium"
-        intent = bool(v.get("intent_to_harm", False))
-        instructions = bool(v.get("requested_instructions", False))
+        codes = [] if reply.value is not None else unreadable_codes(reply, "RISK_UNPARSEABLE")
+        stated_risk = unit(v.get("risk_score"))
+        if reply.value is not None and stated_risk is None:
+            codes.append("RISK_SCORE_UNREADABLE")
+        risk = 0.5 if stated_risk is None else stated_risk
+        operational = choice(v.get("operational_risk"), ("low", "medium", "high")) or "medium"
+        intent = _signal(v, "intent_to_harm", codes)
+        instructions = _signal(v, "requested_instructions", codes)
         policy_action = _risk_policy(config, risk, operational, intent, instructions, codes)
+        if stated_risk is None and policy_action == "proceed":  # no risk read, none ruled out
+            policy_action = "revise"
         model_action = _as_action(v.get("action"))
         codes.append(f"MODEL_{model_action.upper()}")
         action = max(policy_action, model_action, key=_SEVERITY.__getitem__)
-        confidence = _confidence(v, risk) if reply.value is not None else 0.0
+        readable = stated_risk is not None
+        confidence = _confidence(v, risk) if readable else 0.0
         verdict: Action | None = None
         escalate = False
         if config.escalate_below is not None:
@@ -208,7 +226,7 @@ class CriticNode(Node):
             intent_to_harm=intent,
             requested_instructions=instructions,
             principles=[p.id for p in principles],
-            parsed=reply.value is not None,
+            parsed=readable,
             confidence=round(confidence, 4),
             escalate=escalate,
             verdict=verdict,
@@ -248,28 +266,33 @@ class CriticNode(Node):
                 rationale="critic output unreadable; revising to be safe",
                 principles=[p.id for p in principles], parsed=False,
             )  # fmt: skip
-            _emit_decision(ctx, out, ["CRITIC_UNPARSEABLE"], "draft")
+            _emit_decision(ctx, out, unreadable_codes(reply, "CRITIC_UNPARSEABLE"), "draft")
             return out
         v = reply.value
-        raw = v.get("violations")
-        violations = [str(x) for x in raw] if isinstance(raw, list) else []
-        hard = bool(v.get("hard", False))
         action = _as_action(v.get("action"))
         codes = [f"MODEL_{action.upper()}"]
+        violations = texts(v.get("violations"))
+        hard = _signal(v, "hard", codes)
+        if violations is None:  # it named violations in a shape that cannot be listed
+            violations = []
+            codes.append("VIOLATIONS_UNREADABLE")
+            if action == "proceed":
+                action = "revise"
         if action == "proceed" and (violations or hard):
             action = "revise"
             codes.append("VIOLATIONS_OVERRIDE_PROCEED")
         if hard:
             codes.append("HARD_VIOLATION")
+        score = unit(v.get("score"))
         out = self.Output(
             action=action,
             violations=violations,
             hard=hard,
-            score=clamp01(v.get("score"), 0.5),
+            score=0.5 if score is None else score,
             rationale=str(v.get("rationale", "")),
             principles=[p.id for p in principles],
             parsed=True,
-            confidence=round(_confidence(v, clamp01(v.get("score"), 0.5)), 4),
+            confidence=round(_confidence(v, 0.5 if score is None else score), 4),
         )
         _emit_decision(ctx, out, codes, "draft")
         return out
@@ -302,19 +325,29 @@ def _risk_policy(
 
 def _confidence(value: dict[str, Any], score: float) -> float:
     """The stated confidence, else how far `score` (a probability) is from even odds."""
-    stated = value.get("confidence")
-    if isinstance(stated, _NUMBER) and not isinstance(stated, bool):
-        return min(1.0, max(0.0, float(stated)))
-    return max(score, 1.0 - score)
+    stated = unit(value.get("confidence"))
+    return stated if stated is not None else max(score, 1.0 - score)
 
 
 def _as_action(value: Any) -> Action:
-    """A model's action, or `revise` when it named none of the three."""
-    if value == "proceed":
+    """A model's action (`Refuse` too), or `revise` when it named none of the three."""
+    word = choice(value, _SEVERITY)
+    if word == "proceed":
         return "proceed"
-    if value == "refuse":
+    if word == "refuse":
         return "refuse"
     return "revise"
+
+
+def _signal(value: dict[str, Any], key: str, codes: list[str]) -> bool:
+    """A yes/no signal of the answer: false when absent, true when present but unreadable
+    (a signal the model raised in a shape it should not have is still raised)."""
+    raw = value.get(key)
+    read = flag(raw) if raw is not None else False
+    if read is None:
+        codes.append(f"{key.upper()}_UNREADABLE")
+        return True
+    return read
 
 
 def _emit_decision(ctx: NodeContext, out: CriticNode.Output, codes: list[str], mode: str) -> None:

@@ -4,20 +4,43 @@ Nodes that need a JSON object from a model (critic, simulator, speculate's verif
 `ask_json`: it passes the schema to the gateway, takes the provider's parsed value when
 there is one and otherwise runs the deterministic parser of `nodes._support.jsonfix`. A reply that
 still cannot be read comes back as `value=None`, so every node decides its own safe
-fallback instead of crashing on a malformed answer.
+fallback instead of crashing on a malformed answer. So does a reply cut off mid-object
+(`finish_reason: length`): the parser could close its brackets, but the fields it lost are
+unknown, not absent, and a verdict read from half an answer is a guess.
+
+The field readers (`unit`, `flag`, `choice`, `texts`) read one field the way models write
+it (`"0.9"`, `"false"`, `"Refuse"`, one string for a list) and return None for what they
+cannot read, NaN and off-scale numbers included, so a node never mistakes an unreadable
+field for a confident one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from engine import Completion, NodeContext
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
-__all__ = ["JsonReply", "ask_json", "clamp01", "object_schema"]
+__all__ = [
+    "JsonReply",
+    "ask_json",
+    "choice",
+    "clamp01",
+    "flag",
+    "object_schema",
+    "texts",
+    "unit",
+    "unreadable_codes",
+]
 _NUMBER = (int, float)
+_TRUNCATED = frozenset({"closed_brackets", "closed_string"})
+"""Parser fixes that mean the answer stopped before its end."""
+_TRUE = frozenset({"true", "yes", "1"})
+_FALSE = frozenset({"false", "no", "0"})
+_NOTHING = frozenset({"", "none", "n/a", "null", "[]"})
+"""What models write for an empty list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +50,8 @@ class JsonReply:
     completion: Completion
     value: dict[str, Any] | None
     fixes: tuple[str, ...] = ()
+    truncated: bool = False
+    """The answer stopped mid-object; `value` is then None."""
 
 
 async def ask_json(
@@ -49,8 +74,15 @@ async def ask_json(
         parsed = parse_lenient(completion.text)
     except JsonFixError:
         return JsonReply(completion, None)
+    if _TRUNCATED.intersection(parsed.fixes):
+        return JsonReply(completion, None, parsed.fixes, truncated=True)
     value = parsed.value if isinstance(parsed.value, dict) else None
     return JsonReply(completion, value, parsed.fixes)
+
+
+def unreadable_codes(reply: JsonReply, code: str) -> list[str]:
+    """The reason codes of an unreadable reply: `code`, and `ANSWER_TRUNCATED` when cut off."""
+    return [code, "ANSWER_TRUNCATED"] if reply.truncated else [code]
 
 
 def object_schema(properties: Mapping[str, Any], required: list[str]) -> dict[str, Any]:
@@ -61,6 +93,57 @@ def object_schema(properties: Mapping[str, Any], required: list[str]) -> dict[st
         "required": required,
         "additionalProperties": False,
     }
+
+
+def unit(value: Any) -> float | None:
+    """A number in [0, 1] from a number or a numeric string; None when it is missing, not a
+    finite number, or off the scale (a risk of 7 is not a probability, whatever it meant)."""
+    try:
+        if isinstance(value, str):
+            number = float(value.strip())
+        elif isinstance(value, _NUMBER) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            return None
+    except (ValueError, OverflowError):
+        return None
+    return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
+
+
+def flag(value: Any) -> bool | None:
+    """A boolean from `true`/`false`, their spellings as strings, or 0/1; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    return None
+
+
+def choice(value: Any, options: Collection[str]) -> str | None:
+    """One of `options` (lower case), whatever the case and blanks; else None."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in options:
+            return word
+    return None
+
+
+def texts(value: Any) -> list[str] | None:
+    """A list of strings: a list as is, one string as a list of it (`"none"` as empty), a
+    missing value as empty; None for anything else."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(x) for x in value]
+    if isinstance(value, str):
+        return [] if value.strip().lower() in _NOTHING else [value.strip()]
+    return None
 
 
 def clamp01(value: Any, default: float) -> float:

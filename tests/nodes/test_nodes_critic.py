@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.plugin.context import SharedState
 from nodes._support.principles import DEFAULT_PRINCIPLES, load_principles
@@ -105,10 +108,16 @@ async def test_draft_mode_corrects_proceed_with_violations_and_flags_hard() -> N
 
 
 async def test_draft_mode_unparseable_answer_becomes_revise() -> None:
-    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": "{'action': 'proceed'"})})
+    sloppy = "{'action': 'proceed', 'violations': [], 'hard': False, 'score': 0.9,}"
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": sloppy})})
     # lenient parsing recovers this one
     out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
     assert out.parsed and out.action == "proceed"
+    # one cut off after its action is not: its violations are unknown, not absent
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": "{'action': 'proceed'"})})
+    out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
+    assert (out.action, out.parsed) == ("revise", False)
+    assert rt.last("CRITIC_DECISION").reason_codes == ["CRITIC_UNPARSEABLE", "ANSWER_TRUNCATED"]
     rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": "I think it's fine"})})
     out = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
     assert (out.action, out.parsed) == ("revise", False)
@@ -212,3 +221,90 @@ async def test_a_deciding_review_keeps_its_refusal_and_reports_its_confidence() 
     out = await run_node(CriticNode(), {"model": "judge", "mode": "request"}, rt)
     assert out.action == "refuse" and not out.escalate and out.verdict is None
     assert out.confidence == pytest.approx(0.93)
+
+
+@pytest.mark.parametrize(
+    ("change", "action", "codes"),
+    [
+        ({"risk_score": "0.9"}, "refuse", ["RISK_ABOVE_REFUSE", "MODEL_PROCEED"]),
+        ({"risk_score": " 0.1 ", "action": "Proceed"}, "proceed", ["MODEL_PROCEED"]),
+        ({"action": "REFUSE"}, "refuse", ["MODEL_REFUSE"]),
+        ({"risk_score": float("nan")}, "revise", ["RISK_SCORE_UNREADABLE", "MODEL_PROCEED"]),
+        ({"risk_score": 7}, "revise", ["RISK_SCORE_UNREADABLE", "MODEL_PROCEED"]),
+        ({"risk_score": -0.4}, "revise", ["RISK_SCORE_UNREADABLE", "MODEL_PROCEED"]),
+        ({"risk_score": "low"}, "revise", ["RISK_SCORE_UNREADABLE", "MODEL_PROCEED"]),
+        ({"operational_risk": "HIGH", "intent_to_harm": "false",
+          "requested_instructions": "false"}, "revise", ["OPERATIONAL_HIGH", "MODEL_PROCEED"]),
+        ({"operational_risk": "high", "intent_to_harm": "yes",
+          "requested_instructions": "true"}, "refuse", ["INTENT_OPERATIONAL", "MODEL_PROCEED"]),
+        ({"intent_to_harm": "perhaps"}, "revise",
+         ["INTENT_TO_HARM_UNREADABLE", "INTENT_TO_HARM", "MODEL_PROCEED"]),
+    ],
+)  # fmt: skip
+async def test_request_mode_reads_fields_as_models_write_them(
+    change: dict[str, object], action: str, codes: list[str]
+) -> None:
+    # revise_at 0.6: an unreadable risk (taken as 0.5) still must not let the request through
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": {**SAFE_RISK, **change}})})
+    config = {"model": "judge", "mode": "request", "request": "x", "revise_at": 0.6}
+    out = await run_node(CriticNode(), config, rt)
+    assert out.action == action
+    assert rt.last("CRITIC_DECISION").reason_codes == codes
+    assert out.parsed is ("RISK_SCORE_UNREADABLE" not in codes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    risk=st.one_of(
+        st.none(),
+        st.floats(allow_nan=True).filter(lambda x: not 0 <= x <= 1),
+        st.text(max_size=8).filter(lambda s: not _reads_as_unit(s)),
+        st.booleans(),
+        st.lists(st.floats(0, 1), max_size=2),
+    ),
+    confidence=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_an_unreadable_risk_never_lets_a_request_through(
+    risk: object, confidence: float | None
+) -> None:
+    reply = {**SAFE_RISK, "risk_score": risk, "confidence": confidence}
+    for escalate_below in (None, 0.5):
+        rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
+        config = {"model": "judge", "mode": "request", "request": "x", "revise_at": 0.9,
+                  "escalate_below": escalate_below}  # fmt: skip
+        out = anyio.run(run_node, CriticNode(), config, rt)
+        assert out.action == "revise" and not out.parsed and out.confidence == 0.0
+        assert out.escalate is (escalate_below is not None)
+
+
+def _reads_as_unit(text: str) -> bool:
+    try:
+        return 0 <= float(text) <= 1
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("reply", "out", "codes"),
+    [
+        ({"action": "proceed", "violations": "privacy: names a patient", "hard": False,
+          "score": 0.4}, ("revise", ["privacy: names a patient"], False),
+         ["MODEL_PROCEED", "VIOLATIONS_OVERRIDE_PROCEED"]),
+        ({"action": "proceed", "violations": "none", "hard": "false", "score": "0.9"},
+         ("proceed", [], False), ["MODEL_PROCEED"]),
+        ({"action": "proceed", "violations": {"privacy": "names a patient"}, "hard": False,
+          "score": 0.9}, ("revise", [], False), ["MODEL_PROCEED", "VIOLATIONS_UNREADABLE"]),
+        ({"action": "proceed", "violations": [], "hard": "maybe", "score": 0.9},
+         ("revise", [], True),
+         ["MODEL_PROCEED", "HARD_UNREADABLE", "VIOLATIONS_OVERRIDE_PROCEED", "HARD_VIOLATION"]),
+        ('{"action": "proceed", "violations": [], "hard": false, "score": 0.9, "rationale": "Fi',
+         ("revise", [], False), ["CRITIC_UNPARSEABLE", "ANSWER_TRUNCATED"]),
+    ],
+)  # fmt: skip
+async def test_draft_mode_reads_fields_as_models_write_them(
+    reply: object, out: tuple[str, list[str], bool], codes: list[str]
+) -> None:
+    rt = FakeRuntime(models={"judge": FakeModel("judge", {"critique": reply})})
+    got = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
+    assert (got.action, got.violations, got.hard) == out
+    assert rt.last("CRITIC_DECISION").reason_codes == codes

@@ -4,6 +4,9 @@ The model (task `simulate`) plays the draft forward and returns `expected_harm` 
 and a list of `concerns`. An unreadable answer never passes silently: it yields the
 configured `fallback_harm` (cautious by default) and a concern saying so, with reason code
 `SIMULATOR_UNPARSEABLE`, so a `converge` node downstream will not converge on it early.
+An answer cut off mid-object (`ANSWER_TRUNCATED`) is unreadable, and so is one whose
+`expected_harm` is not a number in [0, 1] (`HARM_UNREADABLE`: NaN, -2 or 7 is no estimate);
+a numeric string (`"0.3"`) reads as its number and a single concern string as one concern.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine import Node, NodeContext
-from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.calls import ask_json, object_schema, texts, unit, unreadable_codes
 
 __all__ = ["SimulatorNode"]
 
@@ -79,17 +82,18 @@ class SimulatorNode(Node):
             ctx, config.model, prompt=prompt, schema=SIMULATE_SCHEMA, task="simulate",
             max_tokens=config.max_tokens,
         )  # fmt: skip
-        if reply.value is None:
-            harm, concerns, codes = (
-                config.fallback_harm,
-                ["simulator output unreadable"],
-                ["SIMULATOR_UNPARSEABLE"],
-            )
+        value = reply.value or {}
+        stated = unit(value.get("expected_harm"))
+        concerns = texts(value.get("concerns"))
+        if stated is None:
+            harm, concerns = config.fallback_harm, ["simulator output unreadable"]
+            codes = unreadable_codes(reply, "SIMULATOR_UNPARSEABLE")
+            if reply.value is not None:
+                codes.append("HARM_UNREADABLE")
         else:
-            harm = clamp01(reply.value.get("expected_harm"), config.fallback_harm)
-            raw = reply.value.get("concerns")
-            concerns = [str(c) for c in raw] if isinstance(raw, list) else []
-            codes = []
+            harm, codes = stated, []
+            if concerns is None:  # concerns it raised in a shape that cannot be listed
+                concerns = ["simulator concerns unreadable"]
         severity: Literal["low", "medium", "high"] = (
             "high" if harm >= config.high_at else "low" if harm < config.low_below else "medium"
         )
@@ -97,7 +101,7 @@ class SimulatorNode(Node):
         if concerns:
             codes.append("CONCERNS_RAISED")
         out = self.Output(
-            expected_harm=harm, concerns=concerns, severity=severity, parsed=reply.value is not None
+            expected_harm=harm, concerns=concerns, severity=severity, parsed=stated is not None
         )
         ctx.emit(
             SIMULATOR_EXECUTED,

@@ -308,3 +308,45 @@ async def test_draft_mode_reads_fields_as_models_write_them(
     got = await run_node(CriticNode(), {"model": "judge", "draft": "d", "request": "r"}, rt)
     assert (got.action, got.violations, got.hard) == out
     assert rt.last("CRITIC_DECISION").reason_codes == codes
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"expected_harm": NaN, "concerns": []}',
+        {"expected_harm": -2, "concerns": []},
+        {"expected_harm": 7, "concerns": []},
+        {"expected_harm": "none", "concerns": []},
+        {"harm": 0.01, "concerns": []},
+        '{"expected_harm": 0.01, "concerns": ["it names the',
+        '{"expected_harm": 0.016, ',
+    ],
+)
+async def test_simulator_never_reads_an_unreadable_harm_as_low(reply: object) -> None:
+    rt = FakeRuntime(models={"sim": FakeModel("sim", {"simulate": reply})})
+    out = await run_node(SimulatorNode(), {"model": "sim", "draft": "d"}, rt)
+    assert (out.expected_harm, out.severity, out.parsed) == (0.5, "medium", False)
+    assert out.concerns == ["simulator output unreadable"]
+    codes = rt.last("SIMULATOR_EXECUTED").reason_codes
+    assert codes[0] == "SIMULATOR_UNPARSEABLE" and codes[-2:] == ["HARM_MEDIUM", "CONCERNS_RAISED"]
+    truncated = isinstance(reply, str) and not reply.endswith("}")
+    assert ("ANSWER_TRUNCATED" in codes) is truncated
+    assert ("HARM_UNREADABLE" in codes) is (not truncated)
+
+
+@pytest.mark.parametrize(
+    ("concerns", "read"),
+    [
+        ("it leaks a phone number", ["it leaks a phone number"]),
+        ("None", []),
+        (None, []),
+        ({"privacy": "high"}, ["simulator concerns unreadable"]),
+    ],
+)
+async def test_simulator_reads_harm_and_concerns_as_models_write_them(
+    concerns: object, read: list[str]
+) -> None:
+    reply = {"expected_harm": "0.05", "concerns": concerns}
+    rt = FakeRuntime(models={"sim": FakeModel("sim", {"simulate": reply})})
+    out = await run_node(SimulatorNode(), {"model": "sim", "draft": "d"}, rt)
+    assert (out.expected_harm, out.concerns, out.parsed) == (0.05, read, True)

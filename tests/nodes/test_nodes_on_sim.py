@@ -581,7 +581,7 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     result, sink = await run(
         graph(CONVERGE),
         AUSTRALIA,
-        request_id="req-3",
+        request_id="req-1",
         labels={"harmful": False, "answer": "Canberra"},
     )
     assert result.output == {
@@ -605,6 +605,34 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
         "expected_harm": 0.016,
         "score": 0.86,
     }
+
+
+async def test_converge_never_accepts_early_on_a_simulation_cut_off_mid_object() -> None:
+    # this request's simulation stops at `{"expected_harm": 0.016, `: its concerns are
+    # unknown, not absent, so the low harm it began with cannot end the loop early
+    result, sink = await run(
+        graph(CONVERGE),
+        AUSTRALIA,
+        request_id="req-3",
+        labels={"harmful": False, "answer": "Canberra"},
+    )
+    assert result.output == {
+        "converged": False,
+        "decision": "revise",
+        "reason": "early_rejected",
+        "early": False,
+    }
+    unread = ["SIMULATOR_UNPARSEABLE", "ANSWER_TRUNCATED", "HARM_MEDIUM", "CONCERNS_RAISED"]
+    blockers = ["HARM_NOT_BELOW_FLOOR", "RESIDUAL_CONCERNS"]
+    assert events(sink) == [
+        ("RESULT_REUSED", "draft", "reuse", []),
+        ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
+        ("SIMULATOR_EXECUTED", "consequences", "medium", unread),
+        ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
+        ("EARLY_CONVERGENCE_REJECTED", "decide", "continue", blockers),
+        ("CONVERGENCE_EVALUATED", "decide", "revise", blockers),
+    ]
+    assert payload(sink, "EARLY_CONVERGENCE_REJECTED")["expected_harm"] == 0.5  # the fallback
 
 
 async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_floor() -> None:

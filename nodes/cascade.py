@@ -5,8 +5,8 @@ typically a `router`'s choice) for an answer and its confidence in it (a JSON ob
 `{answer, confidence}`; verbalised confidence is what any chat endpoint can give, and
 what a calibrated model states is its chance of being right). An answer whose confidence
 reaches `accept_at` is returned; otherwise the next model is asked, up to `max_steps`
-calls. The last answer is returned when no model clears the bar (`accepted` is then
-false, so a graph can review it more closely).
+calls. The last readable answer is returned when no model clears the bar (`accepted` is
+then false, so a graph can review it more closely).
 
 Why a cascade on confidence rather than a verifier: the model that answered knows how
 hard the request was for it, and asking costs no extra call. Cascades of this shape
@@ -14,17 +14,23 @@ hard the request was for it, and asking costs no extra call. Cascades of this sh
 quality while sending only the uncertain slice to the large model, provided the
 confidence is calibrated, which the bench's calibration curves check.
 
-An unreadable answer counts as confidence 0 (it escalates) and its raw text is kept in
-case no model does better. `escalate: false` answers with the start model only (the
-ablation of the cascade). Each call emits `CASCADE_STEP` with `accepted` or `escalated`.
+An answer is unreadable when it is not a JSON object with a non-empty `answer` and a
+`confidence` in [0, 1] (`"0.9"` reads as 0.9; NaN, 7 or a missing key do not), or when it
+was cut off mid-object: it counts as confidence 0 (it escalates, and is never accepted)
+and its raw text is kept only in case no model answers readably (`UNPARSEABLE`,
+`TRUNCATED`, `ANSWER_UNREADABLE`). `escalate: false` answers with the start model only
+(the ablation of the cascade). Each call emits `CASCADE_STEP` with `accepted` or
+`escalated`; the last one `kept`, or `discarded` when an earlier readable answer is kept.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, model_validator
 
 from engine import Node, NodeContext, NodeError
-from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.calls import JsonReply, ask_json, object_schema, unit
 
 __all__ = ["CascadeNode"]
 
@@ -104,6 +110,7 @@ class CascadeNode(Node):
         chain = chain[: config.max_steps]
         prompt = f"{_INSTRUCTION}\n\nRequest:\n{config.prompt}"
         best: tuple[str, str, float] | None = None
+        readable_best = False
         tried: list[str] = []
         cost = 0.0
         for i, model in enumerate(chain):
@@ -113,18 +120,20 @@ class CascadeNode(Node):
             )  # fmt: skip
             tried.append(model)
             cost += reply.completion.cost_usd
-            value = reply.value or {}
-            answer = value.get("answer")
-            text = answer if isinstance(answer, str) and answer else reply.completion.text
-            confidence = clamp01(value.get("confidence"), 0.0) if reply.value else 0.0
-            best = (model, text, confidence)
-            accepted = confidence >= config.accept_at
+            answer, stated = _read(reply.value)
+            readable = answer is not None and stated is not None
+            text = answer if answer is not None else reply.completion.text
+            confidence = stated if readable and stated is not None else 0.0
+            kept = readable or not readable_best  # a readable answer outranks raw text
+            if kept:
+                best, readable_best = (model, text, confidence), readable
+            accepted = readable and confidence >= config.accept_at
             last = i == len(chain) - 1
             ctx.emit(
                 CASCADE_STEP,
-                decision="accepted" if accepted else "kept" if last else "escalated",
+                decision="accepted" if accepted else "escalated" if not last else _end(kept),
                 reason_codes=[
-                    "CONFIDENT" if accepted else "UNPARSEABLE" if not reply.value else "UNSURE"
+                    "CONFIDENT" if accepted else "UNSURE" if readable else _unreadable(reply)
                 ],
                 payload={"model": model, "confidence": round(confidence, 4), "step": i + 1},
             )
@@ -137,9 +146,31 @@ class CascadeNode(Node):
             text=text,
             model=model,
             confidence=round(confidence, 4),
-            accepted=confidence >= config.accept_at,
+            accepted=readable_best and confidence >= config.accept_at,
             steps=len(tried),
             escalated=len(tried) > 1,
             tried=tried,
             cost_usd=cost,
         )
+
+
+def _read(value: dict[str, Any] | None) -> tuple[str | None, float | None]:
+    """The answer (a non-empty string) and stated confidence (in [0, 1]) of a reply."""
+    if value is None:
+        return None, None
+    answer = value.get("answer")
+    return (answer if isinstance(answer, str) and answer.strip() else None), unit(
+        value.get("confidence")
+    )
+
+
+def _unreadable(reply: JsonReply) -> str:
+    """Why a reply counts as confidence 0."""
+    if reply.truncated:
+        return "TRUNCATED"
+    return "UNPARSEABLE" if reply.value is None else "ANSWER_UNREADABLE"
+
+
+def _end(kept: bool) -> str:
+    """The last step's decision: its answer is `kept`, or `discarded` for an earlier one."""
+    return "kept" if kept else "discarded"

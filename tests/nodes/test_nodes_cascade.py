@@ -94,3 +94,54 @@ def test_the_kept_answer_is_the_first_confident_one_or_the_last(
     first = next((i for i, c in enumerate(confidences) if c >= accept_at), len(names) - 1)
     assert out.model == names[first] and out.steps == first + 1
     assert out.accepted == (confidences[first] >= accept_at)
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ({"response": "4", "confidence": 0.95}, "ANSWER_UNREADABLE"),
+        ({"answer": " ", "confidence": 0.95}, "ANSWER_UNREADABLE"),
+        ({"answer": "4", "confidence": 9}, "ANSWER_UNREADABLE"),
+        ('{"answer": "4", "confidence": NaN}', "ANSWER_UNREADABLE"),
+        ({"answer": "4", "confidence": "very"}, "ANSWER_UNREADABLE"),
+        ('{"confidence": 0.95, "answer": "The answer is fo', "TRUNCATED"),
+        ("I can't help with that.", "UNPARSEABLE"),
+    ],
+)
+async def test_an_unreadable_confident_answer_escalates(reply: object, code: str) -> None:
+    models = _models(medium=0.9)
+    models["small"] = FakeModel("small", {"answer": reply}, cost=0.01)
+    rt = FakeRuntime(models=models)
+    out = await _cascade(rt, models=["small", "medium"], accept_at=0.8)
+    assert (out.model, out.text, out.accepted) == ("medium", "medium answer", True)
+    assert [(e.decision, e.reason_codes) for e in rt.events] == [
+        ("escalated", [code]),
+        ("accepted", ["CONFIDENT"]),
+    ]
+    assert out.cost_usd == pytest.approx(0.02)
+
+
+async def test_a_numeric_string_confidence_reads_as_its_number() -> None:
+    rt = FakeRuntime(
+        models={"small": FakeModel("small", {"answer": {"answer": "4", "confidence": "0.95"}})}
+    )
+    out = await _cascade(rt, models=["small", "medium"])
+    assert (out.model, out.text, out.confidence, out.accepted) == ("small", "4", 0.95, True)
+
+
+async def test_an_unreadable_last_answer_never_displaces_a_readable_one() -> None:
+    models = _models(small=0.5, medium="I can't help with that.")
+    rt = FakeRuntime(models=models)
+    out = await _cascade(rt, models=["small", "medium"], accept_at=0.8)
+    assert (out.model, out.text, out.confidence, out.accepted) == (
+        "small", "small answer", 0.5, False,
+    )  # fmt: skip
+    assert (out.steps, out.tried) == (2, ["small", "medium"])
+    assert [e.decision for e in rt.events] == ["escalated", "discarded"]
+
+
+async def test_an_unreadable_answer_is_never_accepted_even_at_accept_at_zero() -> None:
+    rt = FakeRuntime(models=_models(small="no json", medium="still none"))
+    out = await _cascade(rt, models=["small", "medium"], accept_at=0.0)
+    assert (out.model, out.text, out.accepted, out.steps) == ("medium", "still none", False, 2)
+    assert [e.decision for e in rt.events] == ["escalated", "kept"]

@@ -13,8 +13,11 @@ e.g. `short/factual`). Then it picks a depth:
 - `target_only` (prediction under `skip_below`): no draft, except for a small
   deterministic `explore_rate` share of requests that keeps the estimate learning.
 
-Verification rejects a draft that does not parse or validate against `schema` (no model
-call), otherwise asks `verify_model` (task `verify`) for `accept` and `score`. Every
+Verification rejects a draft that does not parse, stops mid-object or does not validate
+against `schema` (no model call), otherwise asks `verify_model` (task `verify`) for
+`accept` and `score`; a verdict that cannot be read (not JSON, cut off mid-object,
+`accept` not a yes/no, `score` not a number in [0, 1]) rejects the draft
+(`VERIFY_UNPARSEABLE`, `VERIFY_UNREADABLE`). Every
 verification outcome updates the class's rate; a race the target wins before the draft is
 verified teaches nothing (the draft model is normally the faster one, so this is rare).
 `wasted_usd` adds up the completed calls whose result was not used; calls cancelled in
@@ -33,7 +36,14 @@ import jsonschema
 from pydantic import BaseModel, Field
 
 from engine import Completion, Node, NodeContext, NodeError, schema_problem
-from nodes._support.calls import ask_json, clamp01, object_schema
+from nodes._support.calls import (
+    ask_json,
+    cut_off,
+    flag,
+    object_schema,
+    unit,
+    unreadable_codes,
+)
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
@@ -181,12 +191,14 @@ class SpeculateNode(Node):
         race.verify_cost = reply.completion.cost_usd
         if reply.value is None:
             race.accepted = False
-            race.codes.append("VERIFY_UNPARSEABLE")
+            race.codes.extend(unreadable_codes(reply, "VERIFY_UNPARSEABLE"))
             return
-        race.verify_score = clamp01(reply.value.get("score"), 0.0)
-        race.accepted = bool(reply.value.get("accept")) and (
-            race.verify_score >= config.accept_threshold
-        )
+        accept, race.verify_score = flag(reply.value.get("accept")), unit(reply.value.get("score"))
+        if accept is None or race.verify_score is None:  # `"false"`, NaN, 9: no verdict
+            race.accepted = False
+            race.codes.append("VERIFY_UNREADABLE")
+            return
+        race.accepted = accept and race.verify_score >= config.accept_threshold
         race.codes.append("DRAFT_ACCEPTED" if race.accepted else "DRAFT_REJECTED")
 
     async def _hedge(self, config: Config, ctx: NodeContext, race: _Race) -> None:
@@ -300,7 +312,13 @@ def _json_of(completion: Completion) -> Any:
 
 
 def _schema_ok(completion: Completion, schema: dict[str, Any]) -> bool:
-    value = _json_of(completion)
+    value = completion.json
     if value is None:
-        return False
+        try:
+            parsed = parse_lenient(completion.text)
+        except JsonFixError:
+            return False
+        if cut_off(parsed.fixes):  # a draft cut off mid-object: what it lost is unknown
+            return False
+        value = parsed.value
     return not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value))

@@ -27,7 +27,7 @@ __all__ = [
     "JsonReply",
     "ask_json",
     "choice",
-    "clamp01",
+    "cut_off",
     "flag",
     "object_schema",
     "texts",
@@ -74,10 +74,15 @@ async def ask_json(
         parsed = parse_lenient(completion.text)
     except JsonFixError:
         return JsonReply(completion, None)
-    if _TRUNCATED.intersection(parsed.fixes):
+    if cut_off(parsed.fixes):
         return JsonReply(completion, None, parsed.fixes, truncated=True)
     value = parsed.value if isinstance(parsed.value, dict) else None
     return JsonReply(completion, value, parsed.fixes)
+
+
+def cut_off(fixes: tuple[str, ...]) -> bool:
+    """Whether the lenient parser's `fixes` show the text stopped before its end."""
+    return not _TRUNCATED.isdisjoint(fixes)
 
 
 def unreadable_codes(reply: JsonReply, code: str) -> list[str]:
@@ -144,10 +149,3 @@ def texts(value: Any) -> list[str] | None:
     if isinstance(value, str):
         return [] if value.strip().lower() in _NOTHING else [value.strip()]
     return None
-
-
-def clamp01(value: Any, default: float) -> float:
-    """`value` as a float in [0, 1], or `default` when it is not a number."""
-    if isinstance(value, bool) or not isinstance(value, _NUMBER):
-        return default
-    return min(1.0, max(0.0, float(value)))

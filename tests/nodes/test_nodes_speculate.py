@@ -122,3 +122,43 @@ async def test_unparseable_verdict_rejects() -> None:
         out.source == "target"
         and "VERIFY_UNPARSEABLE" in rt.last("SPECULATE_DECISION").reason_codes
     )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "code"),
+    [
+        ({"accept": "false", "score": 0.9}, "DRAFT_REJECTED"),
+        ({"accept": "no", "score": "0.95"}, "DRAFT_REJECTED"),
+        ({"accept": True, "score": 9}, "VERIFY_UNREADABLE"),
+        ('{"accept": true, "score": NaN}', "VERIFY_UNREADABLE"),
+        ({"accept": "looks fine", "score": 0.9}, "VERIFY_UNREADABLE"),
+        ({"verdict": "accept"}, "VERIFY_UNREADABLE"),
+        ('{"accept": true, "score": 0.9', "ANSWER_TRUNCATED"),
+    ],
+)
+async def test_a_verdict_that_does_not_clearly_accept_rejects_the_draft(
+    verdict: object, code: str
+) -> None:
+    rt = _models(verdict)
+    out = await run_node(SpeculateNode(), CFG, rt)
+    assert (out.text, out.source, out.accepted) == ("Four.", "target", False)
+    assert out.wasted_usd == pytest.approx(0.002)  # the draft and its verdict, both charged
+    assert rt.last("SPECULATE_DECISION").reason_codes[-1] == code
+
+
+async def test_a_verdict_in_strings_still_accepts() -> None:
+    rt = _models({"accept": "True", "score": "0.9"})
+    out = await run_node(SpeculateNode(), CFG, rt)
+    assert (out.source, out.accepted) == ("draft", True)
+    assert rt.last("SPECULATE_DECISION").payload["verify_score"] == 0.9  # type: ignore[index]
+
+
+async def test_a_draft_cut_off_mid_object_is_rejected_without_verifying() -> None:
+    schema = {"type": "object", "properties": {"items": {"type": "array"}}}
+    small = FakeModel("small", {"draft": '{"items": ["bread", "milk", "eg'})
+    large = FakeModel("large", {"answer": {"items": ["bread", "milk", "eggs", "tea"]}})
+    rt = FakeRuntime(models={"small": small, "large": large})
+    out = await run_node(SpeculateNode(), {**CFG, "schema": schema}, rt)
+    assert out.source == "target" and out.json == {"items": ["bread", "milk", "eggs", "tea"]}
+    assert [c.task for c in small.calls] == ["draft"]
+    assert "DRAFT_SCHEMA_INVALID" in rt.last("SPECULATE_DECISION").reason_codes

@@ -4,7 +4,9 @@ Order of work, cheapest first:
 
 1. the lenient parser of `nodes._support.jsonfix` (code fences, prose, trailing commas, Python
    literals, single quotes) — no model call;
-2. JSON Schema validation (`jsonschema`, the draft the schema declares, 2020-12 otherwise);
+2. JSON Schema validation (`jsonschema`, the draft the schema declares, 2020-12 otherwise),
+   plus one check JSON Schema lacks: NaN and infinities (which some models write and
+   Python's parser reads) are errors, not numbers;
 3. up to `max_repairs` calls to `repair_model`, then up to `max_escalations` calls to
    `escalate_model` (`REPAIR_ESCALATED` marks the switch). Each call gets the schema, the
    concrete validation errors and the last bad text only — never the whole history, so
@@ -18,6 +20,7 @@ model that fails (transient error, open circuit) just uses up its attempt.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -277,7 +280,25 @@ def _check(validator: Validator, value: Any, text: str | None) -> _Check:
     errors = sorted(
         (_describe(e) for e in validator.iter_errors(value)),
     )
+    # NaN passes every `minimum`/`maximum` and is no JSON; a value read from text can only
+    # hold one if the text spells it, so only those (and handed-in values) are walked
+    if text is None or "NaN" in text or "Infinity" in text:
+        errors.extend(_non_finite(value))
     return _Check(value, errors, fixes, parsed=True)
+
+
+def _non_finite(value: Any) -> list[str]:
+    """Where `value` holds NaN or an infinity (iteratively: values nest deeply)."""
+    found, stack = [], [("$", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            found.append(f"{path}: {item!r} is not a JSON number; use a finite number or null")
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+    return sorted(found)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

@@ -203,3 +203,42 @@ def test_never_more_calls_than_repairs_plus_escalations(
     assert rt.types()[-1] in ("VALIDATION_PASSED", "VALIDATION_FAILED")
     if out.valid:
         assert out.value == GOOD or out.value == {"name": "x", "age": 1}
+
+
+SCORE = {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"score": NaN}', "$.score: nan is not a JSON number"),
+        ('{"score": Infinity}', "$.score: inf is not a JSON number"),
+        ('{"list": [1, -Infinity]}', "$.list[1]: -inf is not a JSON number"),
+    ],
+)
+async def test_nan_and_infinities_are_errors_and_get_repaired(text: str, error: str) -> None:
+    # NaN passes `minimum` and `maximum`, and is no JSON: it would leave the node as null
+    small = FakeModel("small", {"repair": '{"score": 0.5}'})
+    rt = FakeRuntime(models={"small": small})
+    out = await run_node(
+        ValidateNode(), {"schema": SCORE, "text": text, "repair_model": "small"}, rt
+    )
+    assert (out.valid, out.value, out.text, out.repaired_by) == (
+        True, {"score": 0.5}, '{"score": 0.5}', "small",
+    )  # fmt: skip
+    assert error in (small.calls[0].prompt or "")
+    # without a repair model it stays invalid, saying where
+    out = await run_node(ValidateNode(), {"schema": SCORE, "text": text}, FakeRuntime())
+    assert not out.valid and out.errors[-1].startswith(error)
+
+
+async def test_a_handed_in_value_holding_nan_is_invalid() -> None:
+    out = await run_node(ValidateNode(), {"schema": SCORE, "value": {"score": float("nan")}})
+    assert not out.valid
+    assert out.errors == ["$.score: nan is not a JSON number; use a finite number or null"]
+
+
+async def test_words_like_infinity_inside_strings_are_fine() -> None:
+    schema = {"type": "object", "properties": {"film": {"type": "string"}}}
+    out = await run_node(ValidateNode(), {"schema": schema, "text": '{"film": "Infinity NaN"}'})
+    assert out.valid and out.value == {"film": "Infinity NaN"}

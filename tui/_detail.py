@@ -81,6 +81,8 @@ class RequestDetail:
     graph: tuple[GraphLine, ...] = ()
     graph_source: str = ""
     """Where the drawn graph came from: the graph's name and file, or the node runs."""
+    problem: str = ""
+    """Why the request cannot be shown although rows of it are stored (report None)."""
 
     @property
     def found(self) -> bool:
@@ -111,7 +113,8 @@ def node_state(status: str, outcome: str) -> str:
 
 
 def load_detail(store: Store, request_id: str, registry: Registry | None = None) -> RequestDetail:
-    """Read and shape one request; `found` is False when nothing is stored for it yet.
+    """Read and shape one request; `found` is False when nothing is stored for it yet, or
+    when what is stored cannot be read (`problem` then says why).
 
     Args:
         store: the store to read.
@@ -122,6 +125,9 @@ def load_detail(store: Store, request_id: str, registry: Registry | None = None)
         report = request_report(store, request_id)
     except StoreError:
         return RequestDetail(request_id, None, {})
+    except Exception as exc:  # a hand-edited or damaged row: say so, never load forever
+        problem = f"cannot show this request: a value stored for it reads wrong ({exc})"
+        return RequestDetail(request_id, None, {}, problem=problem)
     run_id = report.summary.run_id or next(
         (e["run_id"] for e in report.raw_events if e.get("run_id")), None
     )

@@ -9,21 +9,35 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from rich.console import JustifyMethod
 from rich.text import Text
 from textual.app import App
 
 __all__ = [
+    "NOT_A_NUMBER",
+    "NOT_A_TIME",
     "STATE_COLOURS",
     "bar",
     "ellipsize",
     "fit_widths",
     "ms",
     "pct",
+    "plain",
+    "printable",
     "styled",
     "usd",
     "utc",
     "utc_short",
 ]
+
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0))
+_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNPRINTABLE = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
+    code: f"\\u{code:04x}" for code in _BIDI
+}
+"""C0 and C1 control characters (ESC starts a terminal command) and the bidirectional
+overrides (they reorder what follows on screen), each written as its escape."""
+_UNPRINTABLE_LINES = {code: text for code, text in _UNPRINTABLE.items() if code != 0x0A}
 
 STATE_COLOURS: Mapping[str, str] = {
     "ok": "success",
@@ -44,43 +58,75 @@ STATE_COLOURS: Mapping[str, str] = {
 }
 """Theme variable per status or state; states not listed are shown dimmed."""
 
+NOT_A_NUMBER = "?"
+"""What `ms`, `usd` and `pct` show for a stored figure that is no number (hand-edited text)."""
+NOT_A_TIME = "not a time"
+"""What `utc` shows for a stored timestamp no clock can show (text, NaN, beyond year 9999)."""
+
+
+def printable(text: object, *, lines: bool = False) -> str:
+    """`text` safe to put on screen as it is: control characters and bidirectional
+    overrides written as escapes (`\\x1b`), so text read from a store can neither drive
+    the terminal nor reorder the screen. Rich and Textual markup stays literal as long as
+    the result goes into `Text`, `Content` or a widget made with `markup=False`.
+
+    Args:
+        text: the value (not a string: its `str`).
+        lines: keep line breaks (for multi-line panels); otherwise they are escaped too.
+    """
+    return str(text).translate(_UNPRINTABLE_LINES if lines else _UNPRINTABLE)
+
+
+def plain(value: object, *, justify: JustifyMethod | None = None) -> Text:
+    """A table cell: `value` as unstyled, printable text (`-` for None)."""
+    return Text("-" if value is None else printable(value), justify=justify)
+
 
 def styled(app: App[object], text: str, state: str | None = None) -> Text:
     """`text` as Rich text coloured for `state` (default: `text` itself) from the theme."""
     name = STATE_COLOURS.get(state if state is not None else text)
     colour = app.theme_variables.get(name) if name else None
-    return Text(text, style=colour or "dim")
+    return Text(printable(text), style=colour or "dim")
 
 
 def ms(value: float | None) -> str:
     """Milliseconds, compact: `842ms`, `1.24s`, `-` when unknown."""
-    if value is None:
-        return "-"
+    if not isinstance(value, int | float):
+        return "-" if value is None else NOT_A_NUMBER
     return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.2f}s"
 
 
 def usd(value: float | None) -> str:
     """Dollars with enough digits for per-request costs."""
-    return "-" if value is None else f"${value:.4f}"
+    if not isinstance(value, int | float):
+        return "-" if value is None else NOT_A_NUMBER
+    return f"${value:.4f}"
 
 
 def pct(value: float | None) -> str:
     """A ratio as a percentage, `-` when unknown."""
-    return "-" if value is None else f"{value * 100:.0f}%"
+    if not isinstance(value, int | float):
+        return "-" if value is None else NOT_A_NUMBER
+    return f"{value * 100:.0f}%"
 
 
 def utc(at: float | None) -> str:
     """A store timestamp as `YYYY-MM-DD HH:MM:SS` UTC (stable across time zones)."""
-    if at is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+    return _strftime("%Y-%m-%d %H:%M:%S", at)
 
 
 def utc_short(at: float | None) -> str:
     """A store timestamp as `MM-DD HH:MM:SS` UTC, for narrow columns."""
+    return _strftime("%m-%d %H:%M:%S", at)
+
+
+def _strftime(layout: str, at: float | None) -> str:
     if at is None:
         return "-"
-    return time.strftime("%m-%d %H:%M:%S", time.gmtime(at))
+    try:
+        return time.strftime(layout, time.gmtime(at))
+    except (TypeError, ValueError, OverflowError, OSError):  # a hand-edited or damaged row
+        return NOT_A_TIME
 
 
 def ellipsize(text: str, width: int, *, middle: bool = False) -> str:

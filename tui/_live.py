@@ -17,6 +17,7 @@ from two threads at once (`page` may run beside it: the store serialises its que
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -294,7 +295,7 @@ class LiveReader:
     def _read_runs(self, store: Store) -> list[RunSummary]:
         out = []
         for row in store.list_runs():
-            done = int(row["requests_done"] or 0)
+            done = _count(row["requests_done"]) or 0
             if row.get("stored_status", row["status"]) == "running" or not done:
                 done = max(done, reads.request_count(store, row["id"]))
             out.append(
@@ -304,7 +305,7 @@ class LiveReader:
                     status=row["status"],
                     started_at=row["started_at"],
                     finished_at=row["finished_at"],
-                    total=row["requests_total"],
+                    total=_count(row["requests_total"]),
                     done=done,
                     config=row["config"] if isinstance(row["config"], dict) else {},
                     throughput=None,
@@ -430,7 +431,12 @@ def _run_metrics(store: Store, run: RunSummary) -> tuple[Metrics, RunFacts]:
     facts = reads.run_facts(store, run.id)
     first = run.started_at if run.started_at is not None else figures["first_started"]
     last = figures["last_finished"]
-    span = last - first
+    try:
+        span = float(last - first)
+    except TypeError:  # a time not stored, or stored as text
+        span = math.nan
+    if not 0 <= span < math.inf:  # no time, or clocks that disagree (a synced store)
+        return replace(base, **_fact_fields(facts)), facts
     return (
         replace(
             base,
@@ -443,6 +449,8 @@ def _run_metrics(store: Store, run: RunSummary) -> tuple[Metrics, RunFacts]:
 
 
 def _series(store: Store, run_id: str, first: float, last: float) -> dict[str, Any]:
+    """Latency and throughput over `_SERIES_POINTS` buckets between `first` and `last`
+    (`first < last`)."""
     width = max((last - first) / _SERIES_POINTS, 0.25)
     points = min(_SERIES_POINTS, int((last - first) / width) + 1)
     counts = [0] * points
@@ -454,6 +462,13 @@ def _series(store: Store, run_id: str, first: float, last: float) -> dict[str, A
         "latency_series": tuple(s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)),
         "throughput_series": tuple(c / width for c in counts),
     }
+
+
+def _count(value: object) -> int | None:
+    """A stored count, or None when the store holds no number there (a hand edit)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _with_throughput(run: RunSummary, metrics: Mapping[str | None, Metrics]) -> RunSummary:

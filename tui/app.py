@@ -16,6 +16,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from engine import Registry
+from tui._format import printable
 from tui._live import LiveReader, Snapshot
 from tui.commands import MoatCommands
 from tui.screens.base import LiveScreen
@@ -72,7 +73,7 @@ class MoatApp(App[None]):
         self.reader.focus = run_id
         self.registry = registry
         self.snapshot = Snapshot(message="reading the store…")
-        self.sub_title = self.db_path.name
+        self.sub_title = printable(self.db_path.name)
         self._polling = False
         self._again = False
 

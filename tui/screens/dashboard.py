@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import DataTable, Label, Sparkline, Static
 
-from tui._format import ellipsize, fit_widths, ms, pct, styled, usd, utc, utc_short
+from tui._format import ellipsize, fit_widths, ms, pct, printable, styled, usd, utc, utc_short
 from tui._live import Metrics, RunSummary, Snapshot
 from tui.screens.base import LiveScreen
 
@@ -60,13 +60,13 @@ class DashboardScreen(LiveScreen):
         self._show_runs(snapshot.runs)
         metrics = snapshot.metrics.get(self.moat.run_id) or Metrics()
         scope = self.moat.run_id or "all runs"
-        self.query_one("#metrics", Static).border_title = f"metrics · {scope}"
+        self.query_one("#metrics", Static).border_title = Content(f"metrics · {printable(scope)}")
         self.query_one("#sparks", Vertical).border_title = "over time"
         self._show_metrics(metrics)
         self.query_one("#latency-spark", Sparkline).data = list(metrics.latency_series)
         self.query_one("#throughput-spark", Sparkline).data = list(metrics.throughput_series)
         active = [f"{p.name} v{p.active}" for p in snapshot.policies if p.active is not None]
-        text = "active policies: " + (", ".join(active) if active else "none")
+        text = "active policies: " + printable(", ".join(active) if active else "none")
         self.query_one("#policies-line", Static).update(Content(text))
 
     def _show_banner(self, snapshot: Snapshot) -> None:
@@ -77,10 +77,11 @@ class DashboardScreen(LiveScreen):
             parts.append(" sim provider, not real LLMs · ")
         if not snapshot.available or not snapshot.runs:
             parts.append(
-                snapshot.message or "no runs in this store yet: start one with `moat run GRAPH`"
+                printable(snapshot.message)
+                or "no runs in this store yet: start one with `moat run GRAPH`"
             )
         else:
-            scope = self.moat.run_id or "all runs"
+            scope = printable(self.moat.run_id or "all runs")
             parts.append((f"showing {scope}", "$text-muted"))
         banner.update(Content.assemble(*parts))
 
@@ -143,9 +144,9 @@ class DashboardScreen(LiveScreen):
         progress = "█" * filled + "░" * (_PROGRESS_CELLS - filled) if total else ""
         marker = "▶ " if run.id == self.moat.run_id else "  "
         return (
-            marker + run.id,
-            run.graph_name,
-            run.status,
+            marker + printable(run.id),
+            printable(run.graph_name),
+            printable(run.status),
             f"{progress} {run.done}/{total or '?'}",
             "-" if run.throughput is None else f"{run.throughput:.1f}",
             utc(run.started_at),

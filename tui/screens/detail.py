@@ -25,7 +25,7 @@ from engine import (
     TimelineEntry,
 )
 from tui._detail import GraphLine, RequestDetail, load_detail, mark_letters, node_state
-from tui._format import bar, ms, styled, usd, utc
+from tui._format import bar, ms, plain, printable, styled, usd, utc
 from tui._live import Snapshot
 from tui.screens.base import LiveScreen
 
@@ -45,6 +45,7 @@ _MARKS = (
 
 
 _TAB_KEYS = Binding.Group("Tabs", compact=True)
+_NOTHING_YET = "nothing stored yet (still running?)"
 
 
 class RequestDetailScreen(LiveScreen):
@@ -115,7 +116,7 @@ class RequestDetailScreen(LiveScreen):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Retry loading while the request has nothing stored yet."""
-        if self.detail is not None and self.detail.report is None:
+        if self.detail is not None and self.detail.report is None and not self.detail.problem:
             self._load()
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
@@ -148,23 +149,23 @@ class RequestDetailScreen(LiveScreen):
 
     def _summary(self, d: RequestDetail) -> Content:
         if d.report is None:
-            return Content(f"request {d.request_id}: nothing stored yet (still running?)")
+            return Content(f"request {printable(d.request_id)}: {d.problem or _NOTHING_YET}")
         s = d.report.summary
         colour = _COLOURS.get(s.status, "$text-error")
-        policy = f"{s.policy_name or '-'} v{s.policy_version or '-'}"
+        policy = printable(f"{s.policy_name or '-'} v{s.policy_version or '-'}")
         first = Content.assemble(
-            (f"{d.request_id} ", "bold"),
-            (s.status, colour),
+            (f"{printable(d.request_id)} ", "bold"),
+            (printable(s.status), colour),
             f"  latency {ms(s.latency_ms)}  cost {usd(s.cost_usd)}  policy {policy}",
         )
         sim = ("  simulated models", "$text-warning") if s.simulated else ""
         second = Content.assemble(
-            f"route {s.route or '-'}  tenant {s.tenant or '-'}  run {s.run_id or '-'}  "
-            f"started {utc(s.started_at)} UTC",
+            printable(f"route {s.route or '-'}  tenant {s.tenant or '-'}  run {s.run_id or '-'}  ")
+            + f"started {utc(s.started_at)} UTC",
             sim,
         )
-        error = f"\nerror: {s.error}" if s.error else ""
-        degraded = f"\ndegraded: {'; '.join(s.degraded)}" if s.degraded else ""
+        error = f"\nerror: {printable(s.error, lines=True)}" if s.error else ""
+        degraded = f"\ndegraded: {printable('; '.join(map(str, s.degraded)))}" if s.degraded else ""
         return Content.assemble(
             first, "\n", second, (degraded, "$text-warning"), (error, "$text-error")
         )
@@ -179,17 +180,21 @@ class RequestDetailScreen(LiveScreen):
             ("convergence", _events(strategy.convergence)),
             ("cancelled", _events(strategy.cancellations)),
         )
-        parts = [p for label, text in lines for p in ((f"{label:<12}", "bold"), text or "-", "\n")]
+        parts = [
+            p
+            for label, text in lines
+            for p in ((f"{label:<12}", "bold"), printable(text or "-"), "\n")
+        ]
         self.query_one("#strategy", Static).update(Content.assemble(*parts))
         tree = self.query_one("#graph-tree", Tree)
         tree.clear()
-        tree.root.set_label(Text(f"graph ({d.graph_source})"))
+        tree.root.set_label(Text(f"graph ({printable(d.graph_source)})"))
         _fill_tree(tree.root, d.graph, self._graph_label)
         tree.root.expand_all()
 
     def _graph_label(self, line: GraphLine) -> Text:
-        label = Text(f"{line.node} ", style="bold")
-        label.append(f"({line.node_type}) ")
+        label = Text(f"{printable(line.node)} ", style="bold")
+        label.append(f"({printable(line.node_type)}) ")
         label.append_text(styled(self.app, line.state))
         if line.duration_ms is not None:
             label.append(f"  {ms(line.duration_ms)}")
@@ -205,13 +210,13 @@ class RequestDetailScreen(LiveScreen):
             track.append_text(styled(self.app, "█" * cells, state))
             track.append("·" * (_BAR_CELLS - start - cells))
             table.add_row(
-                Text(row.node),
-                Text(str(row.cycle)),
+                plain(row.node),
+                plain(row.cycle),
                 styled(self.app, state),
                 Text(ms(row.offset_ms), justify="right"),
                 Text(ms(row.duration_ms), justify="right"),
                 track,
-                Text(mark_letters(row.marks)),
+                plain(mark_letters(row.marks)),
             )
 
     def _show_decisions(self, decisions: Sequence[DecisionRow]) -> None:
@@ -226,7 +231,7 @@ class RequestDetailScreen(LiveScreen):
                     d.component,
                     d.event_type,
                     d.decision or "-",
-                    ", ".join(d.reasons) or "-",
+                    ", ".join(map(str, d.reasons)) or "-",
                     ms(d.duration_ms),
                 )
             )
@@ -248,9 +253,10 @@ class RequestDetailScreen(LiveScreen):
                 ("convergence", c.convergence),
                 ("next", c.next_action),
             ]
-            text = "\n".join(f"{label:<12}{value or '-'}" for label, value in lines)
+            text = "\n".join(f"{label:<12}{printable(value or '-')}" for label, value in lines)
             card = Static(text, classes="cycle-card", markup=False)
-            card.border_title = f"cycle {c.cycle}" + (f" · {c.loop}" if c.loop else "")
+            loop = f" · {c.loop}" if c.loop else ""
+            card.border_title = Content(printable(f"cycle {c.cycle}{loop}"))
             cards.mount(card)
 
     def _show_calls(self, calls: Sequence[LlmCallRow]) -> None:
@@ -311,7 +317,7 @@ def _table(table_id: str, *columns: str) -> DataTable[Text]:
 
 
 def _texts(*values: object) -> list[Text]:
-    return [Text("-" if v is None else str(v)) for v in values]
+    return [plain(v) for v in values]
 
 
 def _compact(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -14,7 +15,7 @@ from textual.widgets import Button, DataTable, Input, Static
 
 from engine import MoatError
 from tui._detail import run_graph
-from tui._format import styled, utc
+from tui._format import plain, printable, styled, utc
 from tui._live import PolicyRow, Snapshot
 from tui._policy_ops import apply_policy_file, change_lines, rollback_policy
 from tui.screens.base import LiveScreen
@@ -68,7 +69,7 @@ class PoliciesScreen(LiveScreen):
         table.clear()
         for row in snapshot.policies:
             active = "-" if row.active is None else f"v{row.active}"
-            table.add_row(Text(row.name), Text(active), Text(str(row.versions)), key=row.name)
+            table.add_row(plain(row.name), Text(active), plain(row.versions), key=row.name)
         names = [row.name for row in snapshot.policies]
         if not names:
             self.query_one("#policy-diff", Static).update("no policies stored yet")
@@ -81,7 +82,9 @@ class PoliciesScreen(LiveScreen):
         store = self.moat.reader.store
         if store is None or self.policy is None:
             return
-        self._versions = {int(v["version"]): v for v in store.policy_versions(self.policy)}
+        self._versions = {
+            v["version"]: v for v in store.policy_versions(self.policy) if _is_int(v["version"])
+        }
         counts = store.policy_activation_counts(self.policy)  # (not the whole history)
         table = self.query_one("#policy-versions", DataTable)
         table.clear()
@@ -112,13 +115,21 @@ class PoliciesScreen(LiveScreen):
         if chosen is None or self.policy is None:
             box.update("")
             return
-        title = f"{self.policy}: v{chosen} against the active v{active}"
+        title = f"{printable(self.policy)}: v{chosen} against the active v{active}"
+        body = self._versions[chosen]["body"]
         if chosen == active:
-            body = self._versions[chosen]["body"]
             box.update(Content(f"{title} (this is the active version)\n\n" + _pretty(body)))
             return
         old = self._versions[active]["body"] if active in self._versions else None
-        lines = change_lines(old, self._versions[chosen]["body"])
+        unreadable = [
+            f"v{v} holds no settings this view can read (its stored body is {_kind(b)})"
+            for v, b in ((active, old), (chosen, body))
+            if not isinstance(b, Mapping) and (b is not None or v == chosen)
+        ]
+        if unreadable:
+            box.update(Content(title + "\n\n" + "\n".join(unreadable)))
+            return
+        lines = change_lines(old, body)
         parts: list[str | tuple[str, str]] = [(title, "bold"), "\n\n"]
         style = {"+": "$text-success", "-": "$text-error", "~": "$text-warning"}
         for line in lines or ["(no differences)"]:
@@ -158,7 +169,7 @@ class PoliciesScreen(LiveScreen):
             self._say("type the path of a policy file first")
             path_box.focus()
             return
-        question = f"Apply {path}?\nIt becomes the active version for new requests."
+        question = f"Apply {printable(path)}?\nIt becomes the active version for new requests."
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -174,7 +185,7 @@ class PoliciesScreen(LiveScreen):
         name, active = self.policy, self._active()
         target = self.version if self.version != active else None
         which = f"v{target}" if target is not None else "the previously active version"
-        question = f"Roll {name} back from v{active} to {which}?"
+        question = f"Roll {printable(name)} back from v{active} to {which}?"
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -207,8 +218,17 @@ class PoliciesScreen(LiveScreen):
         self.moat.refresh_now()
 
     def _say(self, message: str) -> None:
+        message = printable(message, lines=True)
         self.query_one("#policy-message", Static).update(message)
-        self.notify(message, timeout=4)
+        self.notify(message, timeout=4, markup=False)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    return "missing or unreadable" if value is None else f"a {type(value).__name__}"
 
 
 def _pretty(body: Any) -> str:

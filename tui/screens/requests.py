@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from engine.store.reads import RequestPage
-from tui._format import ms, styled, usd
+from tui._format import ms, plain, printable, styled, usd
 from tui._live import WINDOW, Metrics, RequestRow, Snapshot
 from tui.screens.base import LiveScreen
 
@@ -207,8 +208,8 @@ class RequestsScreen(LiveScreen):
         for row in rows:
             if row.id in self._shown:
                 if row.id in changed:
-                    table.update_cell(row.id, "route", Text(row.route or "-"))
-                    table.update_cell(row.id, "cycles", Text(str(row.cycles)))
+                    table.update_cell(row.id, "route", plain(row.route or None))
+                    table.update_cell(row.id, "cycles", plain(row.cycles))
                 continue
             if self._filter.matches(row):
                 table.add_row(*self._cells(row), key=row.id)
@@ -216,14 +217,14 @@ class RequestsScreen(LiveScreen):
 
     def _cells(self, row: RequestRow) -> tuple[Text, ...]:
         return (
-            Text(row.id),
-            Text(row.tenant or "-"),
+            plain(row.id),
+            plain(row.tenant or None),
             styled(self.app, row.status),
             Text(ms(row.latency_ms), justify="right"),
             Text(usd(row.cost_usd), justify="right"),
-            Text(row.route or "-"),
-            Text(str(row.cycles), justify="right"),
-            Text("-" if row.policy_version is None else f"v{row.policy_version}"),
+            plain(row.route or None),
+            plain(row.cycles, justify="right"),
+            plain(None if row.policy_version is None else f"v{row.policy_version}"),
         )
 
     def _update_options(self, rows: Sequence[RequestRow]) -> None:
@@ -239,7 +240,7 @@ class RequestsScreen(LiveScreen):
             select = self.query_one(f"#filter-{name}", Select)
             current = select.value
             with select.prevent(Select.Changed):
-                select.set_options((v, v) for v in values)
+                select.set_options((plain(v), v) for v in values)
                 if isinstance(current, str) and current in values:
                     select.value = current
 
@@ -255,8 +256,10 @@ class RequestsScreen(LiveScreen):
         total = max(total, self._metrics().requests, shown)
         older = "" if self._exhausted or shown >= total else ", o older"
         self.query_one("#requests-scope", Static).update(
-            f"{scope}: {shown} of {total} requests shown  ·  enter opens, / searches, "
-            f"f filters{older}"
+            Content(
+                f"{printable(scope)}: {shown} of {total} requests shown  ·  enter opens, "
+                f"/ searches, f filters{older}"
+            )
         )
 
     # -- events -------------------------------------------------------------------------

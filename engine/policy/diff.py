@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["KeyChange", "changed_keys", "diff_policies", "flatten"]
+
+_AMBIGUOUS = re.compile(r'[."]|^$').search
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +31,14 @@ class KeyChange:
 
 
 def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf of a body as `(dotted_key, value)`; an empty mapping is a leaf too."""
+    """Every leaf of a body as `(dotted_key, value)`; an empty mapping is a leaf too.
+
+    A key that holds a dot (or a quote) is quoted, `"gpt-4.1".limit`, so it never reads
+    as the path of a nested key: `{"router.x": 2}` and `{"router": {"x": 1}}` are two leaves.
+    """
     for key, value in body.items():
-        dotted = f"{prefix}{key}"
+        text = str(key)
+        dotted = prefix + (json.dumps(text, ensure_ascii=False) if _AMBIGUOUS(text) else text)
         if isinstance(value, Mapping) and value:
             yield from flatten(value, dotted + ".")
         else:

@@ -10,6 +10,7 @@ import pytest
 from engine import PolicyError, SpecError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
+from engine.policy.diff import KeyChange, flatten
 from engine.policy.manager import (
     PolicyManager,
     apply_policy,
@@ -432,3 +433,11 @@ def test_true_or_false_is_no_number_for_a_node_field_nor_an_egress_gate(tmp_path
         ),
     ):
         apply_policy(store, write(tmp_path, gate), name="triage", graphs=[graph])
+
+
+def test_a_key_with_a_dot_is_diffed_apart_from_the_nested_key_it_spells() -> None:
+    old = {"router": {"x": 1}, "router.x": 2, "": 0}
+    new = {"router": {"x": 1}, "router.x": 3, "": 0}
+    assert diff_policies(old, new) == [KeyChange("changed", '"router.x"', 2, 3)]
+    assert dict(flatten(new)) == {"router.x": 1, '"router.x"': 3, '""': 0}
+    assert changed_keys({"router": {"x": 1}}, {"router": {"x": 1}, "router.x": 2}) == {'"router.x"'}

@@ -146,7 +146,7 @@ def _decision(e: Row, t0: float) -> DecisionRow:
         event_type=e["event_type"],
         decision=e["decision"],
         status=e["status"],
-        reasons=list(e["reason_codes"] or []),
+        reasons=_codes(e["reason_codes"]),
         duration_ms=e["duration_ms"],
     )
 
@@ -172,7 +172,7 @@ def _summary(
         policy_name=req.get("policy_name") or pinned.get("policy"),
         policy_version=req.get("policy_version") or pinned.get("version"),
         route=route[-1]["decision"] if route else None,
-        route_reasons=list(route[-1]["reason_codes"] or []) if route else [],
+        route_reasons=_codes(route[-1]["reason_codes"]) if route else [],
         error=req.get("error"),
         simulated=any(c["provider"] == "sim" for c in calls),
         models=[f"{name} x{count}" for name, count in sorted(models.items())],
@@ -189,7 +189,7 @@ def _degraded(events: list[Row]) -> list[str]:
     for e in events:
         if e["event_type"] == "MODEL_FALLBACK":
             p = e["payload"] or {}
-            reasons = ", ".join(e["reason_codes"] or [])
+            reasons = ", ".join(_codes(e["reason_codes"]))
             found.append(f"{p.get('model', '?')} -> {p.get('fallback', '?')} ({reasons})")
         elif e["event_type"] == "BUDGET_SOFT_DEADLINE":
             found.append("soft deadline passed")
@@ -225,6 +225,11 @@ def _speculative(run: Row, calls: list[Row]) -> SpeculativeOutcome:
         duration_ms=run["duration_ms"],
         cost_usd=round(cost, 9),
     )
+
+
+def _codes(value: Any) -> list[str]:
+    """A stored `reason_codes` list as text (a hand-edited or foreign row may hold numbers)."""
+    return [str(code) for code in value or ()]
 
 
 def _names(value: Any) -> list[str] | None:

@@ -279,3 +279,16 @@ def test_a_graph_name_with_escape_sequences_is_shown_escaped(
         assert main(args) == 0, args
         out, err = capsys.readouterr()
         assert "\x1b" not in out + err and "ev\\x1b[2Jil" in out + err, (args, out, err)
+
+
+def test_reason_codes_that_are_not_text_are_shown_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreign or hand-edited row may hold numbers among its reason codes: the report
+    joined them as text and stopped with an internal error."""
+    db = tmp_path / "s.db"
+    run = stored_run(db, 2)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE event_rows SET reasons = '[\"a\", 5]'")
+    assert main(["report", f"{run}-000001", "--db", str(db)]) == 0
+    assert "a, 5" in capsys.readouterr().out

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from engine.cli import identifier
+from engine.errors import StoreError
 from engine.store.store import Store
 from engine.store.store import store_path as db_path
 
@@ -127,26 +130,46 @@ def _open(args: argparse.Namespace) -> Store:
     return Store.open(db_path(args.db), readonly=True)
 
 
+def _damage(store: Store) -> str:
+    shown = ", ".join(store.damaged[:5]) + (", ..." if len(store.damaged) > 5 else "")
+    return (
+        f"{shown}; the file was damaged or edited by hand (`sqlite3 {store.path} "
+        "'PRAGMA integrity_check'` checks it)"
+    )
+
+
 def _note_damaged(store: Store) -> None:
     """Say on stderr which stored values a command showed as empty because they did not
     read back (the figures printed are of everything else)."""
     if store.damaged:
         print(
             f"moat: note: {store.path}: stored values that do not read back were shown as "
-            f"empty: {', '.join(store.damaged[:5])}{', ...' if len(store.damaged) > 5 else ''}"
-            f"; the file was damaged or edited by hand (`sqlite3 {store.path} "
-            "'PRAGMA integrity_check'` checks it)",
+            f"empty: {_damage(store)}",
             file=sys.stderr,
         )
+
+
+@contextlib.contextmanager
+def _showing(store: Store) -> Iterator[None]:
+    """Turn a failure to lay out what a damaged store holds into the damage it met: a
+    value that did not read back, empty where a figure was needed."""
+    try:
+        yield
+    except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
+        if not store.damaged:
+            raise  # a bug of moat's, not the file's
+        raise StoreError(
+            f"{store.path}: cannot show this: stored values do not read back: {_damage(store)}"
+        ) from exc
+    _note_damaged(store)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Print the runs, newest first."""
     from engine.report.explain import render_runs
 
-    with _open(args) as store:
+    with _open(args) as store, _showing(store):
         print(render_runs(store.list_runs(limit=args.limit)))
-        _note_damaged(store)
     return 0
 
 
@@ -154,13 +177,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Print a run's (or every run's) figures."""
     from engine.report.explain import render_stats, run_stats, stats_json
 
-    with _open(args) as store:
+    with _open(args) as store, _showing(store):
         stats = run_stats(store, args.run_id)
         if args.format == "json":
             print(json.dumps(stats_json(stats), indent=2))
         else:
             print(render_stats(stats))
-        _note_damaged(store)
     return 0
 
 
@@ -168,13 +190,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the request detail of architecture: The request report."""
     from engine.report.explain import render_markdown, report_json, request_report
 
-    with _open(args) as store:
+    with _open(args) as store, _showing(store):
         report = request_report(store, args.request_id)
         if args.format == "json":
             print(json.dumps(report_json(report), indent=2, default=str))
         else:
             print(render_markdown(report))
-        _note_damaged(store)
     return 0
 
 

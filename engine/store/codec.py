@@ -25,6 +25,7 @@ from typing import Any
 import zstandard
 
 __all__ = [
+    "NUMERIC",
     "SHAPES",
     "Packer",
     "decode",
@@ -203,20 +204,44 @@ def decode_rows(cursor: sqlite3.Cursor, damaged: list[str]) -> list[dict[str, An
     name without `_json` (`payload_json` -> `payload`); a JSON value that does not read as moat
     writes it is None, named in `damaged` (`payload_json of row 12`)."""
     names = [
-        (d[0][:-5], True) if d[0].endswith("_json") else (d[0], False) for d in cursor.description
+        (d[0][:-5], _JSON)
+        if d[0].endswith("_json")
+        else (d[0], _NUMBER if d[0] in NUMERIC else _PLAIN)
+        for d in cursor.description
     ]
     out: list[dict[str, Any]] = []
     conn = cursor.connection
     for values in cursor.fetchall():
         row: dict[str, Any] = {}
         bad: list[str] = []
-        for (name, is_json), value in zip(names, values, strict=True):
-            if is_json and value is not None:
-                value, ok = decode_column(conn, name, value)
-                if not ok:
+        for (name, kind), value in zip(names, values, strict=True):
+            if value is not None and kind is not _PLAIN:
+                if kind is _JSON:
+                    value, ok = decode_column(conn, name, value)
+                    if not ok:
+                        bad.append(f"{name}_json")
+                elif type(value) is str or type(value) is bytes:  # no number moat wrote
+                    value = None
                     bad.append(name)
             row[name] = value
         if bad and len(damaged) < _DAMAGED_KEPT:
-            damaged.extend(f"{name}_json of row {row.get('id')}" for name in bad)
+            rid = row.get("id")
+            for name in bad:
+                label = f"{name} of row {rid}" if rid is not None else f"a value read as {name!r}"
+                if label not in damaged:
+                    damaged.append(label)
         out.append(row)
     return out
+
+
+_JSON, _NUMBER, _PLAIN = "json", "number", "plain"
+NUMERIC = frozenset(
+    {
+        "started_at", "finished_at", "latency_ms", "cost_usd", "duration_ms", "seq",
+        "cycle", "sequence", "attempts", "input_tokens", "output_tokens", "turn_index",
+        "requests_total", "requests_done", "policy_version", "version", "parent_version",
+        "created_at", "activated_at", "v", "n",  # (the aliases of figures read alone)
+    }
+)  # fmt: skip
+"""Columns (and the read queries' aliases `v`, `n`) that hold numbers: a text or blob in
+one (a hand edit, another program's row) reads as None, named like a damaged JSON value."""

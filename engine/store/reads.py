@@ -240,7 +240,11 @@ def percentiles(
                 f"ORDER BY {order} LIMIT 2 OFFSET :offset",
                 {**params, "offset": offset},
             )
+            if row["v"] is not None  # (a damaged value reads as None: `codec.NUMERIC`)
         ]
+        if not values:
+            out.append(None)
+            continue
         if order != column:
             values.reverse()
             if low + 1 > count - 1:  # the last rank: only `low` itself was read

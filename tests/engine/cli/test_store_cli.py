@@ -292,3 +292,33 @@ def test_reason_codes_that_are_not_text_are_shown_as_text(
         conn.execute("UPDATE event_rows SET reasons = '[\"a\", 5]'")
     assert main(["report", f"{run}-000001", "--db", str(db)]) == 0
     assert "a, 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE requests SET latency_ms = 'abc' WHERE seq = 1",
+        "UPDATE requests SET cost_usd = 'abc' WHERE seq = 1",
+        "UPDATE requests SET started_at = 'abc' WHERE seq = 1",
+        "UPDATE requests SET finished_at = x'00' WHERE seq = 1",
+        "UPDATE runs SET started_at = 'abc'",
+    ],
+)
+@pytest.mark.parametrize("command", [["report", "{rid}"], ["stats"], ["runs"]])
+def test_text_where_a_number_was_stored_is_named_never_an_internal_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, command: list[str]
+) -> None:
+    """A hand edit or another program's row put text in a column moat writes numbers to:
+    the viewers stopped with an internal error (a float of text, a format of None)."""
+    db = tmp_path / "s.db"
+    run = stored_run(db, 2)
+    with sqlite3.connect(db) as conn:
+        conn.execute(damage)
+    code = main([*(word.format(rid=f"{run}-000001") for word in command), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    if code == 0:  # shown, the value empty, and said
+        assert err == "" or "stored values that do not read back were shown as empty" in err
+    else:  # a figure needed the value: the damage is named, with the way to check the file
+        assert code == 2 and "cannot show this: stored values do not read back" in err
+        assert "PRAGMA integrity_check" in err

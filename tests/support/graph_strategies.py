@@ -90,6 +90,10 @@ class GenGraph:
     """The graph's requests share state beyond the store: a cache, or faults that count
     toward a model's circuit breaker. Concurrent requests then see each other's effects
     in the order they happen to run."""
+    order_bound: bool = False
+    """The graph has `budget.cost_usd` or injected faults: which of a request's concurrent
+    calls is refused by the budget or by an open circuit breaker may depend on the order
+    the backend runs them in."""
     wall_clock: bool = False
     """The graph has a hard deadline or a tight node timeout: its runs may depend on how
     fast the machine is."""
@@ -312,6 +316,13 @@ def _loop(draw: st.DrawFn, d: _Draw, lid: str) -> dict[str, Any]:
             },
         }
     }
+    if draw(st.booleans()):  # speculative work of each cycle that nothing may demand
+        body[f"{lid}_side"] = {
+            "type": "model",
+            "speculative": True,
+            "optional": draw(st.booleans()),
+            "with": {"model": "small", "prompt": f"{{{{ {d.text()} }}}} {{{{ cycle }}}}"},
+        }
     until = f"len({draft}.text) > {draw(st.sampled_from([0, 50, 10_000]))}"
     text = f"{draft}.text"
     if draw(st.booleans()):
@@ -320,6 +331,11 @@ def _loop(draw: st.DrawFn, d: _Draw, lid: str) -> dict[str, Any]:
             "type": "critic",
             "with": {"model": "small", "mode": "draft", "draft": f"{{{{ {draft}.text }}}}"},
         }
+        if draw(st.booleans()):
+            body[critique]["speculative"] = True
+        body[draft]["with"]["prompt"] += (
+            f"\nCritique: {{{{ prev.{critique}.rationale if prev and prev.{critique} else '' }}}}"
+        )
         if draw(st.booleans()):
             body[critique]["when"] = f"cycle < {draw(st.integers(1, 3))}"
             until = f"{critique} and {critique}.action == 'proceed'"
@@ -346,6 +362,8 @@ def _loop(draw: st.DrawFn, d: _Draw, lid: str) -> dict[str, Any]:
     }
     if draw(st.booleans()):
         loop["until"] = until
+    if f"{lid}_side" in body and draw(st.booleans()):
+        loop["output"]["side"] = f"{lid}_side.text if {lid}_side else ''"
     return loop
 
 
@@ -401,6 +419,10 @@ class _Nodes:
         if node.get("speculative"):
             self.speculative.add(nid)
         self.refs[nid] = ids_in({k: v for k, v in node.items() if k != "nodes"}) - {nid}
+        # a running loop starts its body's speculative nodes each cycle
+        self.refs[nid] |= {
+            b for b, body in node.get("nodes", {}).items() if body.get("speculative")
+        }
         self.nodes[nid] = node
         self.avail.append(Avail(nid, kind, nullable))
 
@@ -420,8 +442,16 @@ def _outputs(draw: st.DrawFn, avail: list[Avail]) -> dict[str, str]:
             output[f"o{k}"] = one.num()
         else:
             output[f"o{k}"] = one.cond()
-    if draw(st.integers(0, 3)) == 0:
-        output["mixed"] = _Draw(draw, avail).text()
+    every = _Draw(draw, avail)
+    shape = draw(st.integers(0, 5))
+    if shape == 0:
+        output["mixed"] = every.text()
+    elif shape == 1:
+        output["mixed"] = f"[{every.text()}, {every.num()}, {every.cond()}]"
+    elif shape == 2:
+        output["mixed"] = f"{{'a': {every.text()}, 'b': max({every.num()}, {every.num()})}}"
+    elif shape == 3:
+        output["mixed"] = f"{every.cond()} or {every.cond()} and {every.cond()}"
     return output
 
 
@@ -477,6 +507,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 7) -> GenGraph:
         outputs=tuple(output),
         output_refs=ids_in(output),
         loops=drawn.loops,
+        order_bound="cost_usd" in budget or "faults:" in text,
         shared_state="faults:" in text or "type: cache" in text,
         wall_clock="deadline_ms" in budget or time_scale > 0 or "timeout_ms: 1\n" in text,
     )

@@ -130,7 +130,7 @@ def _check_store(g: GenGraph, db: Path, results: list[Answer]) -> None:
 
 
 @settings(
-    max_examples=30,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -28,6 +28,9 @@ PROMPTS = (
     "Write a haiku about rain on a tin roof.",
     "What is the capital of France? Call me on +1 415 555 0100.",
     "Explain how vaccines train the immune system, step by step.",
+    "Ünïcödé: 東京の天気は\uff1f 🌧 Réponds en français.",
+    # over 4,096 characters: redaction scans it in a worker thread
+    "My card is 4111 1111 1111 1111. " + "Tell me about my invoices. " * 160,
 )
 
 PASSAGES = (
@@ -87,9 +90,9 @@ class GenGraph:
     output_refs: set[str]
     loops: set[str] = field(default_factory=set)
     shared_state: bool = False
-    """The graph's requests share state beyond the store: a cache, or faults that count
-    toward a model's circuit breaker. Concurrent requests then see each other's effects
-    in the order they happen to run."""
+    """The graph's requests share state beyond the store: a cache, the acceptance rates a
+    `speculate` node learns, or faults that count toward a model's circuit breaker.
+    Concurrent requests then see each other's effects in the order they happen to run."""
     order_bound: bool = False
     """The graph has `budget.cost_usd` or injected faults: which of a request's concurrent
     calls is refused by the budget or by an open circuit breaker may depend on the order
@@ -508,6 +511,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 7) -> GenGraph:
         output_refs=ids_in(output),
         loops=drawn.loops,
         order_bound="cost_usd" in budget or "faults:" in text,
-        shared_state="faults:" in text or "type: cache" in text,
+        shared_state=any(f"type: {t}\n" in text for t in ("cache", "speculate"))
+        or "faults:" in text,
         wall_clock="deadline_ms" in budget or time_scale > 0 or "timeout_ms: 1\n" in text,
     )

@@ -19,6 +19,7 @@ LAYERS = {
     "pii": 0,
     "events": 0,
     "logs": 0,
+    "_quick_schema": 0,
     "expr": 1,
     "plugin": 1,
     "store": 1,

@@ -85,12 +85,12 @@ class CacheNode(Node):
         @field_validator("mode")
         @classmethod
         def _value_fits_mode(cls, mode: str, info: ValidationInfo) -> str:
-            if not at_check(info, "mode"):
+            if mode != "store" or not at_check(info, "mode"):
                 return mode
             # a `{{ }}` value is no constant at check time, but it was written
             given = info.data.get("value") is not None or not at_check(info, "value", "store")
             negative = info.data.get("negative_when") or not at_check(info, "negative_when")
-            if mode == "store" and not given and negative is False:
+            if not given and negative is False:
                 raise ValueError(
                     "`mode: store` saves `value:` for `text:`, but no `value:` is given, so "
                     'nothing is ever stored; add `value: "{{ answer.text }}"` (or '

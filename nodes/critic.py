@@ -101,7 +101,6 @@ class CriticNode(Node):
             description="The user's request (default: the request input's `prompt`).",
         )
         draft: str | None = Field(default=None, description="The draft to review (draft mode).")
-
         principles: str | list[str | dict[str, Any]] | None = Field(
             default=None,
             description="A principles file (YAML or text) or an inline list; default: the "
@@ -283,16 +282,17 @@ class CriticNode(Node):
             codes.append("VIOLATIONS_OVERRIDE_PROCEED")
         if hard:
             codes.append("HARD_VIOLATION")
-        score = unit(v.get("score"))
+        stated = unit(v.get("score"))
+        score = 0.5 if stated is None else stated
         out = self.Output(
             action=action,
             violations=violations,
             hard=hard,
-            score=0.5 if score is None else score,
+            score=score,
             rationale=str(v.get("rationale", "")),
             principles=[p.id for p in principles],
             parsed=True,
-            confidence=round(_confidence(v, 0.5 if score is None else score), 4),
+            confidence=round(_confidence(v, score), 4),
         )
         _emit_decision(ctx, out, codes, "draft")
         return out

@@ -250,13 +250,13 @@ class EdgeSync:
             # one request waits no longer than the patience left (a hung server included)
             with anyio.move_on_after(max(0.0, give_up_at - time.monotonic())) as waited:
                 problem = await attempt()
-            if waited.cancelled_caught:
-                problem, give_up_at = "no answer in time", 0.0
+            if waited.cancelled_caught:  # (the patience is spent: given up below)
+                problem = "no answer in time"
             if problem is None:
                 return
             base, cap = self.backoff_s
             delay = self._rng.uniform(0, min(cap, base * 2**tries))
-            if time.monotonic() + delay > give_up_at:
+            if time.monotonic() + delay >= give_up_at:
                 raise SyncError(
                     f"{self.url}: unreachable for {self.patience_s:g}s ({problem}); what was "
                     f"acknowledged is kept: rerun `moat sync --to {self.url}` to resume"

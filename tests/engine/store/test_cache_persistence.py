@@ -67,11 +67,12 @@ async def test_a_cached_answer_survives_a_restart_for_its_own_tenant_only(tmp_pa
     assert again.output == {"answer": answer, "source": "cache", "stored": False}
     assert again.cost_usd == 0.0
     assert other.output is not None and other.output["source"] == "model"
-    assert other.output["answer"] != answer
     with Store.open(db, readonly=True) as store:
         assert "CACHE_HIT" in [e["event_type"] for e in store.events(again.request_id)]
         assert "CACHE_MISS" in [e["event_type"] for e in store.events(other.request_id)]
         assert store.llm_calls(again.request_id) == []
+        # its own model call (the text may still match: the sim can say the same twice)
+        assert store.llm_calls(other.request_id) != []
     # the hit was written back (hits, longer TTL); the other tenant got a row of its own
     assert cache_rows(db) == [
         ("faq", "acme", 1, 0, answer),

@@ -46,7 +46,7 @@ class _OwnedRun:
 class _TapSink:
     """Forwards every record, and hands finished requests to a callback."""
 
-    __slots__ = ("_inner_record", "inner", "on_request", "watchers")
+    __slots__ = ("_inner_parts", "_inner_record", "inner", "on_request", "watchers")
 
     def __init__(
         self,
@@ -56,6 +56,10 @@ class _TapSink:
     ) -> None:
         self.inner = inner
         self._inner_record = inner.record  # bound once: every record of every request
+        parts = getattr(inner, "part_recorder", None)
+        self._inner_parts: Callable[[Record], None] = (
+            self._inner_record if parts is None else parts()
+        )
         self.on_request = on_request
         self.watchers = watchers if watchers is not None else []
 
@@ -69,9 +73,10 @@ class _TapSink:
 
     def part_recorder(self) -> Callable[[Record], None]:
         """Where a starting request's other records (events, node runs, calls) go: straight
-        to the inner sink while nobody watches records (a dozen a request skip this layer);
-        a watcher added later sees the requests started after it."""
-        return self.record if self.watchers else self._inner_record
+        to the inner sink (its own `part_recorder` if it has one) while nobody watches
+        records (a dozen a request skip this layer); a watcher added later sees the
+        requests started after it."""
+        return self.record if self.watchers else self._inner_parts
 
 
 _UNOBSERVED = frozenset({RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED})

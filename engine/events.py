@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NewType, Protocol
@@ -438,7 +438,12 @@ def json_safe(value: Any) -> Any:
 
 
 class Sink(Protocol):
-    """Where a run's records go. `record` must never block or await: it is on the hot path."""
+    """Where a run's records go. `record` must never block or await: it is on the hot path.
+
+    A sink may also offer `part_recorder()`: a callable taking a request's records before
+    its `RequestRecord` (events, node runs, calls, traces), which may skip what `record`
+    does once a request (the writer's wake-up, say); the `RequestRecord` still comes
+    through `record`."""
 
     def record(self, item: Record) -> None:
         """Accept one record."""
@@ -453,6 +458,11 @@ class MemorySink:
 
     def record(self, item: Record) -> None:
         self.items.append(item)
+
+    def part_recorder(self) -> Callable[[Record], None]:
+        """Where a request's records before its own go: the deque's `append` itself (no
+        Python frame for each of the dozens a request records)."""
+        return self.items.append
 
     def events(self, request_id: str | None = None) -> list[OrchestrationEvent]:
         """The orchestration events, optionally of one request, in emission order."""

@@ -187,6 +187,14 @@ class StoreWriter:
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
+    def part_recorder(self) -> Callable[[Record], None]:
+        """Where a request's records before its `RequestRecord` go: the queue's `append`
+        itself, a C call where `record` is a Python frame (about 70 a flagship request).
+        What `record` adds is done by the request's own record, which follows its parts:
+        it wakes the thread for a full batch, and refuses a closed writer (parts queued
+        after `close` are never written, as the request that has them is refused)."""
+        return self._queue.append
+
     @property
     def backlog(self) -> int:
         """Records queued and not yet taken by the writer thread: a producer that must

@@ -388,6 +388,26 @@ def test_record_does_no_io_and_close_is_idempotent(db: Path) -> None:
         writer.record(event("q1", 2))
 
 
+def test_a_request_s_parts_given_to_the_part_recorder_are_written_with_its_record(
+    db: Path,
+) -> None:
+    writer = StoreWriter(db, batch_size=3, interval_s=60)
+    part = writer.part_recorder()
+    for sequence in range(1, 6):
+        part(event("q1", sequence))
+    part(node_run("q1"))
+    assert not writer._wake.is_set()  # parts alone never wake the writer: the record does
+    writer.record(request("q1", 0))
+    assert writer._wake.is_set()  # (a full batch waits)
+    writer.close()
+    with Store.open(db) as store:
+        assert count(store, "orchestration_events") == 5
+        assert count(store, "node_runs") == 1
+        assert store.request_rows("q1")["requests"][0]["status"] == "ok"
+    with pytest.raises(StoreError, match="writer is closed"):  # the request is refused
+        writer.record(request("q2", 1))
+
+
 def broken_run(request_id: str) -> NodeRun:
     """A node run no row can be built of (moat's own mistake, not a node's payload)."""
     return dataclasses.replace(node_run(request_id), status=object())  # type: ignore[arg-type]

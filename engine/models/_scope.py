@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from engine.errors import NodeError, RateLimited
 from engine.events import LlmCall
 from engine.models.budget import RequestBudget
@@ -49,6 +51,8 @@ class CallScope:
         deadline: the request's hard deadline on the `anyio.current_time()` clock;
             retries never sleep past it.
         degrade: marks the request degraded with a reason code (a fallback model answered).
+        clock: `anyio.current_time`, or the same clock bound once (the scheduler's
+            backend's), which spares each read finding the running backend.
     """
 
     request: RequestInfo
@@ -61,6 +65,7 @@ class CallScope:
     calls: list[LlmCall] = field(default_factory=list)
     deadline: float | None = None
     degrade: Callable[[str], None] = _no_degrade
+    clock: Callable[[], float] = anyio.current_time
 
 
 def located(exc: NodeError, scope: CallScope, attempts: int) -> NodeError:

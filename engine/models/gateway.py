@@ -282,7 +282,7 @@ class Gateway(Ledger):
                     seed = f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}"
                     jitter = random.Random(seed)
                 delay = self._backoff(name, attempt, exc, jitter)
-                late = scope.deadline is not None and anyio.current_time() + delay >= scope.deadline
+                late = scope.deadline is not None and scope.clock() + delay >= scope.deadline
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
                 if attempt >= spec.max_retries or late or unreachable:
                     raise located(exc, scope, attempt + 1) from exc
@@ -347,7 +347,7 @@ class Gateway(Ledger):
             return self._completion(name, scope, call, record, response)
         finally:
             if record.clock is not None and not record.latency_ms:
-                record.latency_ms = (anyio.current_time() - record.clock) * 1000
+                record.latency_ms = (scope.clock() - record.clock) * 1000
             for budget, reservation in reservations:
                 budget.settle(reservation, record.cost_usd)
             self._record(name, scope, record)
@@ -365,10 +365,10 @@ class Gateway(Ledger):
         limit when it has one."""
         limiter = self._limiter(name)
         if limiter is None:
-            record.clock = anyio.current_time()
+            record.clock = scope.clock()
             return await self._send(name, scope, call, messages, attempt, record.output_limit)
         async with limiter:
-            record.clock = anyio.current_time()
+            record.clock = scope.clock()
             return await self._send(name, scope, call, messages, attempt, record.output_limit)
 
     async def _send(
@@ -408,7 +408,7 @@ class Gateway(Ledger):
         if response.latency_ms is not None:
             record.latency_ms = response.latency_ms
         else:
-            record.latency_ms = (anyio.current_time() - record.clock) * 1000
+            record.latency_ms = (scope.clock() - record.clock) * 1000
         record.status, record.response = "ok", response
         self._charge_answer(name, scope, record, response)
         self._breaker_success(name, scope, self.breakers[name])

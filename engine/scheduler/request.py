@@ -451,6 +451,7 @@ class RequestState:
             calls=calls,
             deadline=self.deadline,
             degrade=self.note_degraded,
+            clock=self.clock,
         )
         return self.gateway.client(name, scope)
 

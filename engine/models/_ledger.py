@@ -203,7 +203,11 @@ class Ledger:
                 model=name,
                 provider=self._specs[name].provider,
                 call_kind=CallKind.SPECULATIVE if scope.speculative else CallKind.NORMAL,
-                call_outcome=CallOutcome.NONE if scope.speculative else CallOutcome.USED,
+                # a failed attempt gave nothing to use; a speculative call's outcome
+                # is the scheduler's to set once it knows what became of the node run
+                call_outcome=CallOutcome.USED
+                if record.status == "ok" and not scope.speculative
+                else CallOutcome.NONE,
                 cache_status=CacheStatus.NONE,
                 prompt_hash=record.prompt_hash,
                 input_tokens=record.charged_input,

@@ -331,8 +331,11 @@ class RequestState:
         for call in calls:
             self.spent_usd += call.cost_usd
             target = final
-            if call.status == "cancelled":
+            status = call.status
+            if status == "cancelled":
                 target = CallOutcome.CANCELLED
+            elif status != "ok" and final is not CallOutcome.CANCELLED:
+                target = None  # a failed attempt: nothing came of it to use (`none`)
             elif final is CallOutcome.USED and call.call_outcome is not CallOutcome.NONE:
                 target = None  # the gateway already said what it was
             if target is not None and target is not call.call_outcome:

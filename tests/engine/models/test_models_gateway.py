@@ -242,6 +242,8 @@ async def test_a_retry_that_succeeds_returns_the_answer() -> None:
     assert result.text == "fine"
     assert [c.status for c in scope.calls] == ["error", "error", "ok"]
     assert [c.attempt for c in provider.seen] == [0, 1, 2]
+    # only the answer was used: the failed attempts gave nothing to use
+    assert [c.call_outcome for c in scope.calls] == ["none", "none", "used"]
 
 
 @pytest.mark.anyio

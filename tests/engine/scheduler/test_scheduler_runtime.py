@@ -390,6 +390,40 @@ async def test_llm_calls_get_the_outcome_of_their_node(anyio_backend: Any) -> No
     ]
 
 
+FLAKY_ASK = """
+moat: 1
+name: flaky-ask
+models:
+  small: {provider: sim, profile: small, max_retries: 3, faults: {error: 0.5}}
+nodes:
+  gate: {type: work, with: {ms: 20, value: "{{ input.use }}"}}
+  answer: {type: ask, speculative: SPECULATIVE, with: {prompt: "{{ input.prompt }}"}}
+output:
+  text: "answer.text if gate.value else 'no'"
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [mock_trio()])
+@pytest.mark.parametrize("speculative", ["true", "false"])
+async def test_a_failed_attempt_is_never_recorded_as_used_or_discarded(
+    anyio_backend: Any, speculative: str
+) -> None:
+    g = graph(FLAKY_ASK.replace("SPECULATIVE", speculative))
+    sink = MemorySink()
+    async with Runner(g, sink=sink) as runner:
+        for i in range(30):
+            await runner.run({"use": i % 3 != 0, "prompt": f"q{i}"}, request_id=f"r{i}")
+    calls = sink.llm_calls()
+    outcomes = {(c.status, c.call_outcome.value) for c in calls}
+    assert ("error", "none") in outcomes  # (half the attempts fail: some did)
+    assert ("ok", "used") in outcomes
+    for call in calls:
+        if call.status == "error":
+            # nothing came of it to use; a cancelled node's rows all say cancelled
+            assert call.call_outcome.value in ("none", "cancelled"), call
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_a_cost_budget_refusal_is_a_node_failure(anyio_backend: Any) -> None:

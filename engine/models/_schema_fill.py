@@ -19,6 +19,9 @@ __all__ = ["fill_schema", "fits_schema"]
 _MAX_DEPTH = 8
 _NUMBER = (int, float)
 _SCALAR = (str, int, float)
+_NEVER_MAPPING = (str, int, float, list)
+"""Hint types that are never a mapping of property hints: told apart without the slower
+`isinstance(hint, Mapping)` check of an abstract class."""
 _WORDS = (
     "alpha", "beta", "delta", "sample", "value", "item", "north", "river",
     "green", "summary", "result", "record", "orange", "signal", "harbor", "nova",
@@ -86,7 +89,9 @@ def _types(schema: Mapping[str, Any]) -> list[str]:
 def _fits(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], depth: int) -> bool:
     if depth > _MAX_DEPTH:
         return True
-    return _fits_resolved(value, _resolve(schema, root), root, depth)
+    if "$ref" in schema or "allOf" in schema:  # (`_resolve` returns any other schema as is)
+        schema = _resolve(schema, root)
+    return _fits_resolved(value, schema, root, depth)
 
 
 def _fits_resolved(
@@ -100,8 +105,11 @@ def _fits_resolved(
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return any(_fits(value, s, root, depth + 1) for s in schema[key])
+    kind = schema.get("type")
+    if isinstance(kind, str):  # the usual case: one type, named (what `_types` returns)
+        return _fits_type(value, kind, schema, root, depth)
     kinds = _types(schema)
-    if len(kinds) == 1:  # the usual case: no generator to set up
+    if len(kinds) == 1:  # no generator to set up
         return _fits_type(value, kinds[0], schema, root, depth)
     return not kinds or any(_fits_type(value, k, schema, root, depth) for k in kinds)
 
@@ -119,7 +127,7 @@ def _fits_type(
             return False
         return _in_bounds(x, schema)
     if kind == "string":
-        return isinstance(value, str) and _sized(len(value), schema, "Length")
+        return isinstance(value, str) and _sized(len(value), schema, "minLength", "maxLength")
     if kind == "array":
         return _fits_array(value, schema, root, depth)
     if kind == "object":
@@ -127,12 +135,12 @@ def _fits_type(
     return True
 
 
-def _sized(n: int, schema: Mapping[str, Any], suffix: str) -> bool:
-    return int(schema.get(f"min{suffix}", 0)) <= n <= int(schema.get(f"max{suffix}", 1 << 30))
+def _sized(n: int, schema: Mapping[str, Any], least: str, most: str) -> bool:
+    return int(schema.get(least, 0)) <= n <= int(schema.get(most, 1 << 30))
 
 
 def _fits_array(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], depth: int) -> bool:
-    if not isinstance(value, list) or not _sized(len(value), schema, "Items"):
+    if not isinstance(value, list) or not _sized(len(value), schema, "minItems", "maxItems"):
         return False
     items = schema.get("items")
     return not isinstance(items, Mapping) or all(_fits(v, items, root, depth + 1) for v in value)
@@ -185,8 +193,12 @@ class _Filler:
         self.rng = rng
 
     def value(self, schema: Mapping[str, Any], hint: Any, depth: int) -> Any:
-        schema = _resolve(schema, self.root)
-        if hint is not None and not isinstance(hint, Mapping) and self._fits(hint, schema, depth):
+        if "$ref" in schema or "allOf" in schema:  # (`_resolve` returns any other as is)
+            schema = _resolve(schema, self.root)
+        plain = isinstance(hint, _NEVER_MAPPING) or (
+            hint is not None and not isinstance(hint, Mapping)
+        )
+        if plain and self._fits(hint, schema, depth):
             return hint
         if "const" in schema:
             return schema["const"]

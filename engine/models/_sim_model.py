@@ -239,10 +239,14 @@ def _shared_logit(capability: float, lat: Latents) -> float:
     )
 
 
+_SLIP_SPREAD = math.sqrt(1.0 + math.pi * OWN_SD**2 / 8.0)
+"""The probit approximation's divisor for the unseen own slip (see the module docstring)."""
+
+
 def _chance(known: float, lat: Latents, profile: str, floor: float) -> Chance:
     """`floor + (1 - floor) * sigmoid(known + own slip)`, with the calibrated confidence."""
     p = _sigmoid(known + OWN_SD * _own_slip(lat, profile))
-    seen = _sigmoid(known / math.sqrt(1.0 + math.pi * OWN_SD**2 / 8.0))
+    seen = _sigmoid(known / _SLIP_SPREAD)
     return Chance(floor + (1.0 - floor) * p, floor + (1.0 - floor) * seen)
 
 

@@ -249,8 +249,11 @@ def _judge_draft(call: SimCall) -> _Judgement:
 _WORD = re.compile(r"[A-Za-z][A-Za-z\-']+")
 
 
-def _topic(call: SimCall) -> str:
-    words = [w for w in _WORD.findall(call.request_text) if w.lower() not in _STOPWORDS]
+@functools.lru_cache(maxsize=1024)
+def _topic(request_text: str) -> str:
+    """What an answer says it is about: a request's answers (the first and the second
+    sample) ask for the same topic, so those of the latest requests are kept."""
+    words = [w for w in _WORD.findall(request_text) if w.lower() not in _STOPWORDS]
     return " ".join(words[:5]) or "the question"
 
 
@@ -266,24 +269,28 @@ def _wrong_token(answer: str, rng: random.Random) -> str:
     return "-"
 
 
+_LEADS = (
+    "Here is a concise answer about {}.",
+    "Regarding {}:",
+    "Short answer on {}.",
+    "Considering {}, the key points follow.",
+)
+"""The first sentence of a free-text answer, about the request's topic (written only for
+the lead drawn)."""
+_FILLERS = (
+    "The main considerations are accuracy, context and clear next steps.",
+    "It depends on the details, but the usual approach works well here.",
+    "In practice this is settled by checking the facts and the constraints.",
+    "Most sources agree on this, with a few caveats noted below.",
+    "A careful reading of the question points to a single best answer.",
+)
+
+
 def _answer_text(call: SimCall, correct: bool | None) -> str:
-    topic = _topic(call)
-    leads = (
-        f"Here is a concise answer about {topic}.",
-        f"Regarding {topic}:",
-        f"Short answer on {topic}.",
-        f"Considering {topic}, the key points follow.",
-    )
-    fillers = (
-        "The main considerations are accuracy, context and clear next steps.",
-        "It depends on the details, but the usual approach works well here.",
-        "In practice this is settled by checking the facts and the constraints.",
-        "Most sources agree on this, with a few caveats noted below.",
-        "A careful reading of the question points to a single best answer.",
-    )
     target_sentences = max(1, call.answer_tokens // 15)
-    body = [call.rng.choice(leads)]
-    body += [call.rng.choice(fillers) for _ in range(target_sentences - 1)]
+    choice = call.rng.choice
+    body = [choice(_LEADS).format(_topic(call.request_text))]
+    body += [choice(_FILLERS) for _ in range(target_sentences - 1)]
     answer = call.labels.get("answer")
     if answer is None or correct is None:
         return " ".join(body)

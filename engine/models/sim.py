@@ -178,11 +178,6 @@ def sim_profile(spec: ModelSpec) -> SimProfile:
     return SIM_PROFILES[spec.profile or "medium"]
 
 
-def _seed_of(text: str) -> int:
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
 def _request_text(call: ProviderRequest) -> str:
     """The request as this call saw it: never text the graph kept from the model, nor the
     rest of the prompt (principles, instructions, drafts) that surrounds it."""
@@ -223,13 +218,14 @@ class SimProvider:
     async def aclose(self) -> None:
         """Nothing to release."""
 
-    def _identity(self, call: ProviderRequest) -> str:
-        """What seeds the call's generators: `repr(base)` without its closing parenthesis.
+    def _identity(self, call: ProviderRequest) -> hashlib.blake2b:
+        """What seeds the call's generators: the hash of `repr(base)` without its closing
+        parenthesis, left open.
 
         Separate streams (`_stream`) so that, e.g., enabling faults does not reshuffle the
-        answers. Each seed is `_seed_of(repr((*base, salt)))`; the text of `base` is written
-        once for all of them (the repr of a tuple is its items' reprs, comma-separated, in
-        parentheses).
+        answers. Each seed is the 8-byte blake2b of `repr((*base, salt))`; the text of `base`
+        is written and hashed once for all of them (the repr of a tuple is its items'
+        reprs, comma-separated, in parentheses), each stream hashing only its own end.
         """
         prompt = "\n".join(f"{m.get('role')}:{m.get('content')}" for m in call.messages)
         base = (
@@ -243,12 +239,14 @@ class SimProvider:
             call.task,
             hashlib.sha256(prompt.encode()).hexdigest(),
         )
-        return repr(base)[:-1] + ", "
+        return hashlib.blake2b(f"{repr(base)[:-1]}, ".encode(), digest_size=8)
 
     @staticmethod
-    def _stream(identity: str, salt: str) -> random.Random:
+    def _stream(identity: hashlib.blake2b, salt: str) -> random.Random:
         """The call's generator for one purpose (`fault`, `latency` or `content`)."""
-        return random.Random(_seed_of(f"{identity}{salt!r})"))
+        hasher = identity.copy()
+        hasher.update(f"{salt!r})".encode())
+        return random.Random(int.from_bytes(hasher.digest(), "big"))
 
     def latency_ms(
         self, call: ProviderRequest, input_tokens: int, output_tokens: int, rng: random.Random
@@ -295,11 +293,12 @@ class SimProvider:
         begun = anyio.current_time() if scale > 0 else 0.0
         messages_text = "\n".join(m.get("content", "") for m in call.messages)
         text = self._content(call, self._stream(identity, "content"), messages_text)
-        truncated = call.max_tokens is not None and estimate_tokens(text) > call.max_tokens
+        output_tokens = estimate_tokens(text)
+        truncated = call.max_tokens is not None and output_tokens > call.max_tokens
         if truncated:
             text = text[: (call.max_tokens or 0) * 4]
+            output_tokens = estimate_tokens(text)
         input_tokens = estimate_tokens(messages_text)
-        output_tokens = estimate_tokens(text)
         latency_rng = self._stream(identity, "latency")
         latency, first = self.latency_ms(call, input_tokens, output_tokens, latency_rng)
         # A remote model writes its answer within its latency: the time taken here to

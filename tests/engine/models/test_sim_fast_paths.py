@@ -24,7 +24,7 @@ from engine.models import ProviderRequest, SimProvider
 from engine.models._sim_call import locate_request
 from engine.models._sim_model import STRONG_CUES, WEAK_CUES, harm_cue, latents
 from engine.models._sim_solve import solve
-from engine.models._sim_tasks import find_draft
+from engine.models._sim_tasks import _topic, find_draft
 from engine.models._sim_time import (
     REQUEST_SIGMA,
     REQUEST_TAIL,
@@ -174,3 +174,20 @@ def test_kept_drafts_and_solutions_are_the_ones_computed(parts: list[str]) -> No
     assert find_draft(prompt) == find_draft.__wrapped__(prompt)  # and again, from the kept one
     question = f"What is 12 * 3 + 4? {prompt}"
     assert solve(question) == solve.__wrapped__(question)
+
+
+_WORDS = ["How", "do", "I", "x-ray", "don't", "the", "Paris", " ", "?", "7"]
+
+
+@given(st.lists(st.sampled_from(_WORDS)))
+def test_kept_topics_are_the_topics_computed(words: list[str]) -> None:
+    text = " ".join(words)
+    assert _topic(text) == _topic.__wrapped__(text)
+    assert _topic(text) == _topic.__wrapped__(text)  # and again, from the kept one
+
+
+def test_kept_topics_are_bounded() -> None:
+    for i in range(1100):
+        _topic(f"How do I manage invoices for team {i}?")
+    kept = _topic.cache_info()
+    assert kept.currsize == kept.maxsize == 1024

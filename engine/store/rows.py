@@ -42,6 +42,7 @@ __all__ = [
     "FROM_ROW",
     "INTERN_AT",
     "INTERN_MAX_CHARS",
+    "OFTEN_NULL",
     "SEEN_MAX",
     "SLOT",
     "TABLES",
@@ -541,6 +542,15 @@ TABLES: tuple[tuple[type[Any], str, Build], ...] = (
     (RequestRecord, _REQUEST_SQL, _request_row),
 )
 SLOT = {kind: index for index, (kind, _, _) in enumerate(TABLES)}
+OFTEN_NULL: tuple[tuple[int, ...], ...] = (
+    (7, 10, 12, 13),  # an event's status, duration_ms, inputs, outputs
+    (10,),  # a node run's error
+    (8, 16, 17, 18),  # an LLM call's related_event_id, error, prompt and response texts
+    (),
+    (3, 4, 5, 13, 16),  # a request's conversation, turn, parent, policy version, error
+)
+"""Per table, the columns of its compact rows (as built, `rk` first) that are usually
+NULL: the writer writes NULL into its INSERT for those that are in all its rows."""
 
 
 # Compact rows (`CompactRows`): a process that is not the writer, told the `strings` codes

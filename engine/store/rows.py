@@ -34,6 +34,7 @@ from engine.store.compact import (
     _LABELS_MAX,
     _SEEN_MAX,
     Compactor,
+    _round,
     offset_us,
 )
 
@@ -157,6 +158,18 @@ def _value(cx: Compactor, pack: Pack, text: str | None) -> str | bytes | int | N
     return value
 
 
+def _shared(cx: Compactor, pack: Pack, value: Mapping[str, Any]) -> str | bytes | int | None:
+    """`_value` of a JSON column's mapping, found by identity when the same object was
+    stored before (`Compactor.payloads`)."""
+    kept = cx.payloads.get(id(value))
+    if kept is not None and kept[0] is value:
+        return kept[1]
+    text = _encode(value)
+    stored = _value(cx, pack, text)
+    cx.keep(value, text, stored)
+    return stored
+
+
 def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
     """The contract's `orchestration_events` columns of `e` (without `id`), for writes
     through the view (`EVENT_SQL`)."""
@@ -181,43 +194,45 @@ def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
 
 
 def _event_rows(cx: Compactor, pack: Pack, e: OrchestrationEvent) -> tuple[Any, ...]:
-    run = cx.code(e.run_id)
-    key, t0 = cx.event_key(e.request_id, run, e.started_at)
     reasons = e.reason_codes
-    labels = (_EVENT, e.stage, e.component, e.event_type, e.status, tuple(reasons))
+    labels = (e.run_id, e.stage, e.component, e.event_type, e.status, tuple(reasons))
     codes = cx.labels.get(labels) or _event_labels(cx, labels)
+    run = codes[0]
+    key, t0 = cx.event_key(e.request_id, run, e.started_at)
     decision = e.decision
     inputs, outputs, payload = e.inputs, e.outputs, e.payload
     return (
         key,
         run,
         e.cycle,
-        codes[0],
         codes[1],
         codes[2],
+        codes[3],
         # TEXT, as the contract's column stored it (a number became its text)
         None
         if decision is None
         else cx.maybe(decision if type(decision) is str else str(decision)),
-        codes[3],
-        e.sequence,
-        offset_us(e.started_at, t0),
-        e.duration_ms,
         codes[4],
-        None if inputs is None else _value(cx, pack, _encode(inputs)),
-        None if outputs is None else _value(cx, pack, _encode(outputs)),
-        None if payload is None else _value(cx, pack, _encode(payload)),
+        e.sequence,
+        _round((e.started_at - t0) * 1e6),  # (`offset_us`, without its call)
+        e.duration_ms,
+        codes[5],
+        None if inputs is None else _shared(cx, pack, inputs),
+        None if outputs is None else _shared(cx, pack, outputs),
+        None if payload is None else _shared(cx, pack, payload),
     )
 
 
-# Label tuples (`Compactor.labels`) start with their kind of row.
-_EVENT, _NODE = 0, 1
+# Label tuples (`Compactor.labels`): an event's starts with its run id (a text), a node
+# run's with `_NODE`.
+_NODE = 1
 
 
 def _event_labels(cx: Compactor, labels: tuple[Any, ...]) -> tuple[Any, ...]:
-    _, stage, component, event_type, status, reasons = labels
+    run_id, stage, component, event_type, status, reasons = labels
     code = cx.code
     found = (
+        code(run_id),
         code(stage),
         code(component),
         code(_str(event_type)),

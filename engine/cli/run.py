@@ -55,7 +55,9 @@ def add_commands(sub: Any) -> None:
     src.add_argument("--input", metavar="FILE.jsonl", help="one JSON request per line")
     src.add_argument("--json", metavar="JSON", help="one request as a JSON object")
     src.add_argument("--prompt", metavar="TEXT", help='one request: {"prompt": TEXT}')
-    p.add_argument("--out", metavar="FILE.jsonl", help="append result lines here (else stdout)")
+    p.add_argument(
+        "--out", metavar="FILE.jsonl", help="append result lines here (else, or with -, stdout)"
+    )
     p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
     p.add_argument("--policy", metavar="FILE", help="apply this policy snapshot first")
     p.add_argument("--concurrency", type=int, default=16, metavar="N")
@@ -162,6 +164,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         )
     if args.input is not None:
         _check_readable("--input", args.input)
+    args.out = None if args.out == "-" else args.out  # `-`: stdout, as without --out
     if args.out is not None:
         _check_writable("--out", args.out)
     _check_writable("--db", db_path(args.db))

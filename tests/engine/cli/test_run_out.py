@@ -83,3 +83,18 @@ def test_a_full_disk_exits_1_and_a_resume_neither_reads_the_device_nor_loses_a_l
     assert main([*resume, "--out", str(out)]) == 0, capsys.readouterr().err
     ids = [json.loads(line)["request_id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == [f"{run_id}-{i:06d}" for i in range(TOTAL)]
+
+
+def test_out_dash_is_standard_output_not_a_file_named_dash(
+    files: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    graph, requests, db = files
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(graph), "--input", str(requests), "--out", "-", "--db", str(db)])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(line["status"] for line in lines) == ["ok"] * TOTAL
+    assert not (tmp_path / "-").exists()

@@ -44,3 +44,37 @@ def test_reading_commands_do_not_import_the_request_path(tmp_path: Path) -> None
 def test_public_names_load_on_first_use() -> None:
     assert set(engine.__all__) <= set(dir(engine))
     assert engine.Pipeline.__name__ == "Pipeline"
+
+
+def test_python_m_engine_in_a_folder_with_its_own_nodes_module_loads_moat_s_nodes(
+    tmp_path: Path,
+) -> None:
+    # a graph's folder may hold its plugins as `nodes.py`; `python -m` puts the working
+    # directory first on sys.path, where it would stand in for moat's `nodes` package
+    (tmp_path / "nodes.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from engine import Node, NodeContext\n\n\n"
+        "class EchoConfig(BaseModel):\n    value: object = None\n\n\n"
+        "class Echo(Node[EchoConfig, EchoConfig]):\n"
+        "    type_name = 'echo'\n\n"
+        "    async def run(self, config: EchoConfig, ctx: NodeContext) -> EchoConfig:\n"
+        "        return config\n"
+    )
+    (tmp_path / "g.yaml").write_text(
+        "moat: 1\nname: local\nplugins: [nodes]\n"
+        "input: {type: object, properties: {prompt: {type: string}}}\n"
+        "models:\n  small: {provider: sim, profile: small, time_scale: 0}\n"
+        "nodes:\n"
+        "  echo: {type: echo, with: {value: '{{ input.prompt }}'}}\n"
+        "  answer: {type: model, with: {model: small, prompt: '{{ echo.value }}'}}\n"
+        "output:\n  answer: answer.text\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "check", "g.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (local: 2 nodes" in done.stdout

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -427,7 +428,7 @@ def connect(
             f"{target}: is not a regular file (a named pipe, device or socket), so it "
             "cannot be a store; give the store file with --db PATH"
         )
-    uri = f"file:{target.resolve()}?mode=ro" if readonly else str(target)
+    uri = _uri(target, "mode=ro") if readonly else str(target)
     fresh = not readonly and (not target.exists() or target.stat().st_size == 0)
     try:
         conn = sqlite3.connect(
@@ -480,11 +481,17 @@ def connect(
     return conn
 
 
+def _uri(target: Path, query: str) -> str:
+    """The SQLite URI of `target` with `query`: the path percent-encoded, so a `?`, `#` or
+    `%` in a file name stays part of it (unescaped, `a#b.db` opened `a`, read-write)."""
+    return f"file:{urllib.parse.quote(os.fsencode(target.resolve()))}?{query}"
+
+
 def _immutable(target: Path) -> sqlite3.Connection:
     """A read-only connection to `target` as it is on disk: no -shm, no -wal, no locks."""
     try:
         conn = sqlite3.connect(
-            f"file:{target.resolve()}?mode=ro&immutable=1",
+            _uri(target, "mode=ro&immutable=1"),
             uri=True,
             isolation_level=None,
             check_same_thread=False,

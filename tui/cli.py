@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 __all__ = ["add_commands", "cmd_tui"]
@@ -14,6 +15,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("tui", help="the live terminal UI over a store")
     p.add_argument(
         "--db",
+        type=os.path.expanduser,  # (`--db=~/x.db`: the shell leaves that `~` alone)
         metavar="PATH",
         default=None,
         help="the store file (default: $MOAT_DB or moat.db in the working directory)",
@@ -24,14 +26,28 @@ def add_commands(sub: Any) -> None:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
+    from engine import SpecError
     from tui.app import run_tui
 
-    path = args.db or os.environ.get("MOAT_DB") or "moat.db"
+    path = args.db or os.path.expanduser(os.environ.get("MOAT_DB") or "moat.db")
+    if path == "-":
+        source = "--db" if args.db else "$MOAT_DB"
+        raise SpecError(
+            f"{source} -: a store is a SQLite file that moat opens by name, not standard "
+            "input or output; give a file path such as moat.db (./- for a file named -)"
+        )
     if args.run is not None and os.path.exists(path):
         # An unknown run would open on empty figures that look like an idle run.
         from engine import Store
 
         with Store.open(path, readonly=True) as store:
             store.require_run(args.run)  # raises, listing the latest runs
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Drawn on a pipe or a file, the UI would wait for keys that never come, busy.
+        raise SpecError(
+            "moat tui: the terminal UI needs a terminal, and this command's input or output "
+            "is not one (a pipe, a file, a cron job); run it from a terminal, or read the "
+            "store with `moat runs`, `moat stats` and `moat report`"
+        )
     run_tui(path, run_id=args.run)
     return 0

@@ -7,6 +7,7 @@ failed requests); a traceback is shown only for a bug in moat, and only with `MO
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import importlib
 import os
@@ -15,7 +16,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from engine.errors import MoatError, printable
+from engine.errors import MoatError, SpecError, printable
 
 __all__ = ["build_parser", "main"]
 
@@ -61,10 +62,78 @@ def identifier(text: str) -> str:
     return text.strip()
 
 
+def file_path(text: str) -> str:
+    """An argparse type: a file path, where a leading `~` is the home folder as the shell
+    would have it (a shell expands `--db ~/x.db` but not `--db=~/x.db`)."""
+    return os.path.expanduser(text)
+
+
+def store_file(value: str | None) -> str:
+    """The store a command opens: `--db`, else `$MOAT_DB` (its `~` expanded), else `moat.db`.
+
+    Raises:
+        SpecError: an empty `--db` (a shell variable that was not set would otherwise open
+            the store of the working directory), or `-`: a store is a file SQLite opens by
+            name, never standard input or output (nor a file called `-`).
+    """
+    env = os.environ.get("MOAT_DB")
+    source, given = ("--db", value) if value is not None else ("$MOAT_DB", env or "")
+    if value is not None and not value.strip():
+        raise SpecError(
+            f"--db {value!r}: an empty path (a shell variable that is not set?); give the "
+            "store file, or leave --db out for $MOAT_DB or moat.db"
+        )
+    if given.strip() == "-":
+        raise SpecError(
+            f"{source} -: a store is a SQLite file that moat opens by name, not standard "
+            "input or output; give a file path such as moat.db (./- for a file named -)"
+        )
+    return os.path.expanduser(given) if given.strip() else "moat.db"
+
+
+def not_stdin(what: str, why: str = "") -> str:
+    """Why `-` is refused where moat reads a named file (it neither reads standard input
+    there nor looks for a file called `-`), and what to do instead."""
+    return (
+        f"moat does not read standard input{why}; save {what} to a file and pass its path "
+        "(./- for a file named -)"
+    )
+
+
+def graph_file(text: str) -> str:
+    """An argparse type: a graph file (`file_path`), which is never `-` (`not_stdin`)."""
+    if text == "-":
+        why = " (the paths in a graph, such as its `policy:`, are relative to its file)"
+        raise argparse.ArgumentTypeError(not_stdin("the graph", why))
+    return file_path(text)
+
+
+def policy_file(text: str) -> str:
+    """An argparse type: a policy file (`moat policy apply FILE`, a side of `diff`;
+    `file_path`), which is never `-` (`not_stdin`)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(not_stdin("the policy"))
+    return file_path(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """moat's argument parser: a command refuses an argument it does not know itself, so
+    the usage line printed is that command's (`moat run --bogus` shows `moat run`'s), not
+    the bare `moat COMMAND ...` of the top level."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full argument parser (README, "The CLI"), or, given a command of moat's own,
     one with just the commands of its module."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="moat",
         description="Run adaptive LLM request pipelines described as YAML graphs.",
     )
@@ -96,6 +165,7 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moat` console script and `python -m engine`."""
     words = sys.argv[1:] if argv is None else list(argv)
+    _printable_anywhere(sys.stdout)
     try:  # (the command's modules load here: a second or so on a loaded machine)
         args = build_parser(_command(words)).parse_args(words)
         if args.command not in _QUIET or "engine.logs" in sys.modules:
@@ -137,6 +207,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _printable_anywhere(stream: object) -> None:
+    """Let `stream` print any text: on an output whose encoding cannot write a character
+    (`LC_ALL=C` without UTF-8 mode: ASCII), it is written as an escape (`\\xe4`), as
+    Python writes stderr, rather than ending the command in a UnicodeEncodeError. A graph's
+    name, a stored value or a path may hold any character."""
+    errors = getattr(stream, "errors", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or errors == "backslashreplace":
+        return
+    try:
+        utf = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name.startswith("utf")
+    except LookupError:
+        utf = False
+    if errors == "strict" or not utf:
+        reconfigure(errors="backslashreplace")
 
 
 def _interrupted() -> int:

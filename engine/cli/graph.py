@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from engine.cli import graph_file
 from engine.errors import SpecError, printable
 from engine.expr.wording import literal
 from engine.graph.compiled import Graph, Scope
@@ -38,12 +39,12 @@ _LOOP_KEYS = {
 def add_commands(sub: Any) -> None:
     """Register the graph commands on the `moat` subparsers."""
     p = sub.add_parser("check", help="validate graphs; exit 0 valid, 2 invalid")
-    p.add_argument("graphs", nargs="+", metavar="GRAPH")
+    p.add_argument("graphs", type=graph_file, nargs="+", metavar="GRAPH")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser("show", help="draw a graph as text, mermaid or dot")
-    p.add_argument("graph", metavar="GRAPH")
+    p.add_argument("graph", type=graph_file, metavar="GRAPH")
     p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
     p.set_defaults(handler=cmd_show)
 
@@ -54,7 +55,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("type", nargs="?", metavar="TYPE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
-        "--graph", metavar="GRAPH", help="also the node types of this graph's `plugins:`"
+        "--graph",
+        type=graph_file,
+        metavar="GRAPH",
+        help="also the node types of this graph's `plugins:`",
     )
     p.set_defaults(handler=cmd_nodes)
 

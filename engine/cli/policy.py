@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from engine.cli import file_path, graph_file, policy_file, store_file
 from engine.errors import MoatError, PolicyError, StoreError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
@@ -47,7 +48,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--version", type=_version_arg, metavar="N")
 
     p = _command(cmds, "apply", "validate a policy file and make it active", cmd_apply)
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", type=policy_file, metavar="FILE")
     p.add_argument(
         "--allow-new-keys", action="store_true", help="accept keys the active version lacks"
     )
@@ -55,6 +56,7 @@ def add_commands(sub: Any) -> None:
         "--graph",
         action="append",
         default=[],
+        type=graph_file,
         metavar="GRAPH",
         help="check against this graph (repeatable; default: graphs/ using this policy)",
     )
@@ -67,8 +69,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--to", type=_version_arg, metavar="VERSION", help="the version to reactivate")
 
     p = _command(cmds, "diff", "key-by-key differences (NAME, NAME@VERSION or FILE)", cmd_diff)
-    p.add_argument("a", metavar="A")
-    p.add_argument("b", metavar="B")
+    p.add_argument("a", type=policy_file, metavar="A")
+    p.add_argument("b", type=policy_file, metavar="B")
 
     p = _command(cmds, "history", "the latest activations, oldest first", cmd_history)
     p.add_argument("name", nargs="?", metavar="NAME[@VERSION]")
@@ -83,13 +85,15 @@ def add_commands(sub: Any) -> None:
 
 def _command(cmds: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = cmds.add_parser(name, help=help_text)
-    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument(
+        "--db", type=file_path, metavar="PATH", help="the store (default: $MOAT_DB or moat.db)"
+    )
     p.set_defaults(handler=handler)
     return p
 
 
 def _open(args: argparse.Namespace, *, write: bool = False, create: bool = False) -> Store:
-    path = args.db or os.environ.get("MOAT_DB") or "moat.db"
+    path = store_file(args.db)
     if write and not create and not os.path.lexists(path):  # a mistyped --db: leave no file
         raise StoreError(
             f"{path}: no such store; name the store the policy was applied to with --db PATH "

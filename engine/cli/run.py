@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import anyio
 
 from engine.api import BatchSummary, Pipeline
-from engine.cli import identifier, telemetry
+from engine.cli import file_path, graph_file, identifier, not_stdin, store_file, telemetry
 from engine.cli.outfile import OutFailed, OutWriter, reconcile_out
 from engine.cli.stopping import stoppable
 from engine.collector import settled_heap
@@ -49,17 +49,30 @@ def add_commands(sub: Any) -> None:
     """Register `moat run` on the `moat` subparsers."""
     p = sub.add_parser("run", help="answer requests with a graph and record everything")
     p.add_argument(
-        "graph", metavar="GRAPH", nargs="?", help="the graph file (optional with --resume)"
+        "graph",
+        type=graph_file,
+        metavar="GRAPH",
+        nargs="?",
+        help="the graph file (optional with --resume)",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--input", metavar="FILE.jsonl", help="one JSON request per line")
+    src.add_argument(
+        "--input", type=file_path, metavar="FILE.jsonl", help="one JSON request per line"
+    )
     src.add_argument("--json", metavar="JSON", help="one request as a JSON object")
     src.add_argument("--prompt", metavar="TEXT", help='one request: {"prompt": TEXT}')
     p.add_argument(
-        "--out", metavar="FILE.jsonl", help="append result lines here (else, or with -, stdout)"
+        "--out",
+        type=file_path,
+        metavar="FILE.jsonl",
+        help="append result lines here (else, or with -, stdout)",
     )
-    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
-    p.add_argument("--policy", metavar="FILE", help="apply this policy snapshot first")
+    p.add_argument(
+        "--db", type=file_path, metavar="PATH", help="the store (default: $MOAT_DB or moat.db)"
+    )
+    p.add_argument(
+        "--policy", type=file_path, metavar="FILE", help="apply this policy snapshot first"
+    )
     p.add_argument("--concurrency", type=int, default=16, metavar="N")
     p.add_argument(
         "--max-request-bytes",
@@ -97,11 +110,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_run)
 
 
-def db_path(value: str | None) -> str:
-    """The store path from `--db`, `MOAT_DB`, or `moat.db`."""
-    return value or os.environ.get("MOAT_DB") or "moat.db"
-
-
 @dataclass(slots=True)
 class _Plan:
     graph: Graph
@@ -122,7 +130,7 @@ class _Plan:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the batch; exit 0 all ok/partial, 1 some failed, 2 unusable, 130 interrupted."""
     models = _check_arguments(args)
-    db = db_path(args.db)
+    db = store_file(args.db)
     plan = _resume_plan(args, db) if args.resume else _new_plan(args)
     if plan.total == 0:
         what = f"run {plan.run_id}" if plan.run_id else plan.input_path
@@ -164,10 +172,9 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         )
     if args.input is not None:
         _check_readable("--input", args.input)
-    args.out = None if args.out == "-" else args.out  # `-`: stdout, as without --out
-    if args.out is not None:
+    if args.out not in (None, "-"):  # `-`: stdout (on a resume too, not the run's --out)
         _check_writable("--out", args.out)
-    _check_writable("--db", db_path(args.db))
+    _check_writable("--db", store_file(args.db))
     if args.policy is not None:
         _check_readable("--policy", args.policy)
     _check_distinct(args)
@@ -221,13 +228,12 @@ def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) 
 
 def _check_readable(flag: str, value: str) -> None:
     path = Path(value)
+    if value == "-":  # (--input, the run's --input of a resume, or --policy)
+        twice = " (it reads the file twice: to count its requests, then to answer them)"
+        why = not_stdin("them", twice) if flag.endswith("--input") else not_stdin("the policy")
+        raise SpecError(f"{flag} -: {why}")
     if path.is_dir():
         raise SpecError(f"{flag} {value}: is a folder; give a file")
-    if value == "-" and not path.exists():
-        raise SpecError(
-            f"{flag} -: moat does not read standard input (it reads the file twice: to count "
-            "its requests, then to answer them); save them to a file and pass its path"
-        )
     if not path.is_file():
         what = "not a regular file" if path.exists() else "no such file"
         if path.exists():  # a pipe or a device: read once, it could not be counted first
@@ -252,7 +258,7 @@ def _check_writable(flag: str, value: str) -> None:
 
 def _check_distinct(args: argparse.Namespace) -> None:
     """Results appended to the input (or the store) would be read back or corrupt it."""
-    files = {"--input": args.input, "--out": args.out, "--db": db_path(args.db)}
+    files = {"--input": args.input, "--out": _out(args), "--db": store_file(args.db)}
     if args.graph:
         files["GRAPH"] = args.graph
     seen: dict[object, str] = {}
@@ -263,6 +269,11 @@ def _check_distinct(args: argparse.Namespace) -> None:
         if key in seen:
             raise SpecError(f"{flag} {value}: is also {seen[key]}; give each its own file")
         seen[key] = flag
+
+
+def _out(args: argparse.Namespace) -> str | None:
+    """The `--out` file; None for standard output (`-`, or no `--out`)."""
+    return None if args.out == "-" else args.out
 
 
 def _identity(path: str) -> object:
@@ -298,10 +309,11 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
     limits = _limits(graph, args.max_request_bytes)
     single, source = _single(args.json, args.prompt)
     total = 1 if single is not None else count_requests(args.input, limits=limits)
+    out = _out(args)
     config = {
         "input": os.path.abspath(args.input) if args.input else None,
         "input_sha256": _digest(args.input) if args.input else None,
-        "out": os.path.abspath(args.out) if args.out else None,
+        "out": os.path.abspath(out) if out else None,
         "graph_path": os.path.abspath(args.graph),
         "single": single,
         "single_source": source,
@@ -309,7 +321,7 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
         "max_request_bytes": args.max_request_bytes,
         "seed": args.seed,
     }
-    return _Plan(graph, args.input, single, source, args.out, limits, total=total, config=config)
+    return _Plan(graph, args.input, single, source, out, limits, total=total, config=config)
 
 
 def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]:
@@ -336,7 +348,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         config = dict(run.get("config") or {})
         _check_resume_requests(args, config)
         graph = _resume_graph(args, run, config)
-        out = args.out or config.get("out")
+        out = _out(args) if args.out else config.get("out")  # (`-`: stdout, not the run's)
         if out:
             _check_writable("--out", out)
         if config.get("input"):

@@ -13,8 +13,8 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from engine.cli import telemetry
-from engine.cli.run import _parse_models, db_path
+from engine.cli import file_path, graph_file, not_stdin, store_file, telemetry
+from engine.cli.run import _parse_models
 from engine.cli.sim_server import non_negative, port_number
 from engine.errors import SpecError
 
@@ -131,14 +131,19 @@ def _rate(text: str) -> float:
 def add_commands(sub: Any) -> None:
     """Register `moat serve` on the `moat` subparsers."""
     p = sub.add_parser("serve", help="serve graphs behind an OpenAI-compatible HTTP API")
-    p.add_argument("graphs", metavar="GRAPH", nargs="+", help="graph files; `model` names one")
+    p.add_argument(
+        "graphs", type=graph_file, metavar="GRAPH", nargs="+", help="graph files; `model` names one"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument(
         "--port", type=port_number, default=8000, help="TCP port (0: any free port, printed)"
     )
-    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument(
+        "--db", type=file_path, metavar="PATH", help="the store (default: $MOAT_DB or moat.db)"
+    )
     p.add_argument(
         "--keys",
+        type=_keys_file,
         metavar="FILE",
         help="API keys, one `TENANT sha256:HEX` a line (else $MOAT_API_KEYS=TENANT=KEY,...); "
         "required off loopback",
@@ -216,6 +221,13 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
+def _keys_file(text: str) -> str:
+    """`--keys`: a file path (`~` expanded), never `-` (`not_stdin`)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(not_stdin("the keys"))
+    return file_path(text)
+
+
 def _keys(path: str | None) -> KeyRing | None:
     """The keys of `--keys FILE`, else of `$MOAT_API_KEYS`, else None (any key)."""
     from engine.serve.auth import ENV_KEYS, keys_from_env, load_keys
@@ -270,7 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(url, flush=True)
             print(f"moat serve: {url} on Ray Serve, {replicas} replicas", file=sys.stderr)
 
-        return serve_on_ray(args, db_path(args.db), options, on_ray)
+        return serve_on_ray(args, store_file(args.db), options, on_ray)
     _check_local(args)
     grace_s = _GRACE_S if args.grace is None else args.grace
     workers = getattr(args, "workers", 1)
@@ -290,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     server = MoatServer(
         args.graphs,
-        db=db_path(args.db),
+        db=store_file(args.db),
         keys=keys,
         limits=limits,
         models=_parse_models(args.model),
@@ -332,7 +344,7 @@ def _serve_workers(
 
     spec = worker_spec(
         [os.path.abspath(path) for path in args.graphs],
-        db=os.path.abspath(db_path(args.db)),
+        db=os.path.abspath(store_file(args.db)),
         keys=keys,
         limits=limits,
         workers=args.workers,

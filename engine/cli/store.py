@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.cli import identifier
+from engine.cli import file_path, identifier
+from engine.cli import store_file as db_path
 from engine.errors import StoreError
 from engine.store.store import Store
-from engine.store.store import store_path as db_path
 
 __all__ = ["add_commands"]
 
@@ -23,19 +23,19 @@ __all__ = ["add_commands"]
 def add_commands(sub: Any) -> None:
     """Register the store-reading commands on the `moat` subparsers."""
     p = sub.add_parser("runs", help="list runs")
-    p.add_argument("--db", metavar="PATH")
+    p.add_argument("--db", type=file_path, metavar="PATH")
     p.add_argument("--limit", type=_limit, default=20, metavar="N", help="show the newest N runs")
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("stats", help="latency, cost, cache, validation and speculation figures")
     p.add_argument("run_id", nargs="?", metavar="RUN_ID", type=identifier, help="default: all runs")
-    p.add_argument("--db", metavar="PATH")
+    p.add_argument("--db", type=file_path, metavar="PATH")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser("report", help="explain one request: what ran, what was skipped, why")
     p.add_argument("request_id", metavar="REQUEST_ID", type=identifier)
-    p.add_argument("--db", metavar="PATH")
+    p.add_argument("--db", type=file_path, metavar="PATH")
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.set_defaults(handler=cmd_report)
 
@@ -55,7 +55,7 @@ def add_commands(sub: Any) -> None:
         "has an offset) or an age such as 30d, 12h, 90m",
     )
     which.add_argument("--keep-runs", type=_count, metavar="N", help="keep the newest N runs")
-    p.add_argument("--db", metavar="PATH")
+    p.add_argument("--db", type=file_path, metavar="PATH")
     p.add_argument(
         "--vacuum",
         action="store_true",

@@ -11,7 +11,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import anyio
 
-from engine.cli.run import db_path
+from engine.cli import file_path, store_file
 from engine.cli.sim_server import port_number
 from engine.errors import SpecError, SyncError
 
@@ -53,7 +53,9 @@ def add_commands(sub: Any) -> None:
     """Register `moat sync` and `moat sync-server` on the `moat` subparsers."""
     p = sub.add_parser("sync", help="upload what a central store has not acknowledged")
     p.add_argument("--to", required=True, metavar="URL", help="the `moat sync-server` URL")
-    p.add_argument("--db", metavar="PATH", help="the store (default: $MOAT_DB or moat.db)")
+    p.add_argument(
+        "--db", type=file_path, metavar="PATH", help="the store (default: $MOAT_DB or moat.db)"
+    )
     p.add_argument(
         "--max-kbps", type=_kbps, metavar="N", help="bandwidth cap in kilobits per second"
     )
@@ -72,7 +74,12 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_sync)
 
     s = sub.add_parser("sync-server", help="receive `moat sync` uploads into one store")
-    s.add_argument("--db", metavar="PATH", help="the central store (default: $MOAT_DB or moat.db)")
+    s.add_argument(
+        "--db",
+        type=file_path,
+        metavar="PATH",
+        help="the central store (default: $MOAT_DB or moat.db)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument(
         "--port", type=port_number, default=8477, help="TCP port (0: any free port, printed)"
@@ -125,7 +132,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"\rsync: {report.total_rows} rows, {report.sent_bytes} B", end="", **_err)
 
     sync = EdgeSync(
-        db_path(args.db),
+        store_file(args.db),
         url,
         max_kbps=args.max_kbps,
         batch_rows=args.batch_rows,
@@ -159,7 +166,7 @@ def cmd_sync_server(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return 2
-    path = db_path(args.db)
+    path = store_file(args.db)
     token = os.environ.get(TOKEN_ENV) or None
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         raise SpecError(

@@ -197,7 +197,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
 
         parse_address(args.ray)
     if args.resume is None and not args.graph:
-        raise SpecError("moat run: give a GRAPH file (or --resume RUN_ID)")
+        raise SpecError("give a GRAPH file to run (or --resume RUN_ID to finish a run)")
     if args.resume is None and args.input is None and args.json is None and args.prompt is None:
         raise SpecError("moat run: give requests with --input FILE.jsonl, --json or --prompt")
     return _parse_models(args.model)

@@ -208,3 +208,11 @@ def test_moat_tui_off_a_terminal_is_refused_rather_than_drawn(
     assert code == 2
     assert "moat tui: the terminal UI needs a terminal" in err
     assert drawn == []
+
+
+def test_moat_run_without_a_graph_says_what_to_give_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "run")
+    assert code == 2
+    assert err.strip() == "moat: give a GRAPH file to run (or --resume RUN_ID to finish a run)"

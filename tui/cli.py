@@ -29,6 +29,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from engine import SpecError
     from tui.app import run_tui
 
+    if args.db is not None and not args.db.strip():  # (a shell variable that is not set?)
+        raise SpecError(
+            f"--db {args.db!r}: an empty path (a shell variable that is not set?); give the "
+            "store file, or leave --db out for $MOAT_DB or moat.db"
+        )
     path = args.db or os.path.expanduser(os.environ.get("MOAT_DB") or "moat.db")
     if path == "-":
         source = "--db" if args.db else "$MOAT_DB"

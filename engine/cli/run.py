@@ -174,7 +174,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         _check_readable("--input", args.input)
     if args.out not in (None, "-"):  # `-`: stdout (on a resume too, not the run's --out)
         _check_writable("--out", args.out)
-    _check_writable("--db", store_file(args.db))
+    _check_writable("--db" if args.db is not None else "$MOAT_DB", store_file(args.db))
     if args.policy is not None:
         _check_readable("--policy", args.policy)
     _check_distinct(args)

@@ -216,3 +216,22 @@ def test_moat_run_without_a_graph_says_what_to_give_once(
     code, _, err = run(capsys, "run")
     assert code == 2
     assert err.strip() == "moat: give a GRAPH file to run (or --resume RUN_ID to finish a run)"
+
+
+def test_moat_tui_refuses_an_empty_db_as_the_other_commands_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "tui", "--db", "")
+    assert code == 2
+    assert "--db '': an empty path" in err
+
+
+def test_a_store_named_by_moat_db_is_called_that_in_moat_run_s_error(
+    graph: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = graph.parent / "stores"
+    folder.mkdir()
+    monkeypatch.setenv("MOAT_DB", str(folder))
+    code, _, err = run(capsys, "run", str(graph), "--prompt", "hi")
+    assert code == 2
+    assert f"$MOAT_DB {folder}: is a folder" in err

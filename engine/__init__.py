@@ -127,6 +127,7 @@ _LAZY = {
     "TransientError": "engine.errors",
     "apply_policy": "engine.policy.manager",
     "check_file": "engine.graph.loader",
+    "store_path": "engine.store.store",
     "at_check": "engine.plugin.files",
     "graph_file": "engine.plugin.files",
     "read_text_file": "engine.plugin.files",
@@ -205,6 +206,7 @@ __all__ = [
     "rollback_policy",
     "run_sync",
     "schema_problem",
+    "store_path",
 ]
 
 

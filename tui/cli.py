@@ -26,21 +26,10 @@ def add_commands(sub: Any) -> None:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
-    from engine import SpecError
+    from engine import SpecError, store_path
     from tui.app import run_tui
 
-    if args.db is not None and not args.db.strip():  # (a shell variable that is not set?)
-        raise SpecError(
-            f"--db {args.db!r}: an empty path (a shell variable that is not set?); give the "
-            "store file, or leave --db out for $MOAT_DB or moat.db"
-        )
-    path = args.db or os.path.expanduser(os.environ.get("MOAT_DB") or "moat.db")
-    if path == "-":
-        source = "--db" if args.db else "$MOAT_DB"
-        raise SpecError(
-            f"{source} -: a store is a SQLite file that moat opens by name, not standard "
-            "input or output; give a file path such as moat.db (./- for a file named -)"
-        )
+    path = store_path(args.db)  # (refuses an empty `--db` and `-`)
     if args.run is not None and os.path.exists(path):
         # An unknown run would open on empty figures that look like an idle run.
         from engine import Store

@@ -16,7 +16,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from engine.errors import MoatError, SpecError, printable
+from engine.errors import MoatError, printable
 
 __all__ = ["build_parser", "main"]
 
@@ -69,26 +69,11 @@ def file_path(text: str) -> str:
 
 
 def store_file(value: str | None) -> str:
-    """The store a command opens: `--db`, else `$MOAT_DB` (its `~` expanded), else `moat.db`.
+    """The store a command opens (`engine.store.store.store_path`: `--db`, else `$MOAT_DB`,
+    else `moat.db`), loaded only by the commands that open one."""
+    from engine.store.store import store_path
 
-    Raises:
-        SpecError: an empty `--db` (a shell variable that was not set would otherwise open
-            the store of the working directory), or `-`: a store is a file SQLite opens by
-            name, never standard input or output (nor a file called `-`).
-    """
-    env = os.environ.get("MOAT_DB")
-    source, given = ("--db", value) if value is not None else ("$MOAT_DB", env or "")
-    if value is not None and not value.strip():
-        raise SpecError(
-            f"--db {value!r}: an empty path (a shell variable that is not set?); give the "
-            "store file, or leave --db out for $MOAT_DB or moat.db"
-        )
-    if given.strip() == "-":
-        raise SpecError(
-            f"{source} -: a store is a SQLite file that moat opens by name, not standard "
-            "input or output; give a file path such as moat.db (./- for a file named -)"
-        )
-    return os.path.expanduser(given) if given.strip() else "moat.db"
+    return store_path(value)
 
 
 def not_stdin(what: str, why: str = "") -> str:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.errors import StoreError
+from engine.errors import SpecError, StoreError
 from engine.events import result_line
 from engine.store import codec
 from engine.store import policy_tables as _policy
@@ -134,8 +134,27 @@ def _with_state(row: Row) -> Row:
 
 
 def store_path(value: str | None) -> str:
-    """The store file a command opens: `--db`, else `$MOAT_DB`, else `moat.db`."""
-    return value or os.environ.get("MOAT_DB") or "moat.db"
+    """The store file a command opens: `value` (`--db`), else `$MOAT_DB`, else `moat.db`,
+    a leading `~` expanded (a shell leaves `--db=~/x.db` alone).
+
+    Raises:
+        SpecError: an empty `--db` (a shell variable that was not set would otherwise open
+            the store of the working directory), or `-`: a store is a file SQLite opens by
+            name, never standard input or output (nor a file called `-`).
+    """
+    env = os.environ.get("MOAT_DB")
+    source, given = ("--db", value) if value is not None else ("$MOAT_DB", env or "")
+    if value is not None and not value.strip():
+        raise SpecError(
+            f"--db {value!r}: an empty path (a shell variable that is not set?); give the "
+            "store file, or leave --db out for $MOAT_DB or moat.db"
+        )
+    if given.strip() == "-":
+        raise SpecError(
+            f"{source} -: a store is a SQLite file that moat opens by name, not standard "
+            "input or output; give a file path such as moat.db (./- for a file named -)"
+        )
+    return os.path.expanduser(given) if given.strip() else "moat.db"
 
 
 def new_run_id(at: float | None = None) -> str:

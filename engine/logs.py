@@ -13,6 +13,7 @@ by its sha256 prefix before any processor sees it, so raw text never reaches a l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ import structlog
 from structlog.typing import Processor
 
 __all__ = [
+    "announce",
     "configure_logging",
     "get_logger",
     "hash_text",
@@ -210,3 +212,23 @@ def log_thread_failure(args: threading.ExceptHookArgs) -> None:
     )
     if os.environ.get("MOAT_DEBUG"):
         traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def announce(address: str, banner: str) -> None:
+    """What a server prints once it listens: `address` alone on stdout (scripts read that
+    line), then `banner` on stderr.
+
+    A server does not need its stdout: a reader that took the address and closed the pipe
+    (`moat sim-server --port 0 | head -1`) does not stop it; stdout goes to the null device
+    from then on, so what is still buffered cannot fail again at exit.
+    """
+    try:
+        print(address, flush=True)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    with contextlib.suppress(OSError):
+        print(banner, file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from engine.cli import file_path, graph_file, not_stdin, store_file, telemetry
 from engine.cli.run import _parse_models
 from engine.cli.sim_server import non_negative, port_number
 from engine.errors import SpecError
+from engine.logs import announce
 
 if TYPE_CHECKING:
     from engine.serve.auth import KeyRing
@@ -279,8 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
 
         def on_ray(url: str, replicas: str) -> None:
-            print(url, flush=True)
-            print(f"moat serve: {url} on Ray Serve, {replicas} replicas", file=sys.stderr)
+            announce(url, f"moat serve: {url} on Ray Serve, {replicas} replicas")
 
         return serve_on_ray(args, store_file(args.db), options, on_ray)
     _check_local(args)
@@ -320,12 +320,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
 
     def ready() -> None:  # the address is printed once the graphs are open: scripts wait
-        print(f"http://{shown}:{port}/v1", flush=True)
-        print(
+        announce(
+            f"http://{shown}:{port}/v1",
             f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
             f"({'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
         )
 
     with sock:
@@ -360,13 +358,11 @@ def _serve_workers(
     shown = f"[{host}]" if ":" in host else host
 
     def ready() -> None:
-        print(f"http://{shown}:{port}/v1", flush=True)
-        print(
+        announce(
+            f"http://{shown}:{port}/v1",
             f"moat serve: {', '.join(sorted(server.graphs))} at http://{shown}:{port}/v1 "
             f"({args.workers} worker processes; "
             f"{'API keys required' if keys else 'any key, loopback only'}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
         )
 
     try:

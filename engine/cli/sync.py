@@ -14,6 +14,7 @@ import anyio
 from engine.cli import file_path, store_file
 from engine.cli.sim_server import port_number
 from engine.errors import SpecError, SyncError
+from engine.logs import announce
 
 __all__ = ["add_commands"]
 
@@ -185,8 +186,7 @@ def cmd_sync_server(args: argparse.Namespace) -> int:
     server = SyncServer(path, token=token)
 
     def ready() -> None:  # printed once the store is open: scripts wait for this line
-        print(f"http://{host}:{port}", flush=True)
-        print(f"moat sync-server: merging into {path} (Ctrl-C stops)", **_err)
+        announce(f"http://{host}:{port}", f"moat sync-server: merging into {path} (Ctrl-C stops)")
 
     serve_sync(server, sock, on_ready=ready)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import threading
 from collections.abc import Awaitable
 
@@ -28,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.logs import announce
 from engine.models.server import SIMULATED_HEADERS, SimReply, SimService, error_reply
 from engine.models.sim import SIM_PROFILES
 from engine.serve.listen import bind, run_app, server
@@ -277,12 +277,10 @@ def run_server(
     sock = server.listen(host, port)
 
     def ready() -> None:
-        print(server.base_url, flush=True)
-        print(
+        announce(
+            server.base_url,
             f"moat sim-server: SIMULATED OpenAI-compatible models at {server.base_url} "
             f"({', '.join(f'sim-{p}' for p in SIM_PROFILES)}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
         )
 
     with sock, contextlib.suppress(KeyboardInterrupt):

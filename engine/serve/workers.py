@@ -13,8 +13,10 @@ engine.serve.workers SPEC`), each a whole `MoatServer` joined to those runs:
   answered request;
 - requests are numbered `index, index + N, ...` in worker `index`, so ids never collide;
 - the parent beats each run's heartbeat with the count of stored requests, restarts a
-  worker that dies, and on SIGTERM or SIGINT stops the workers (each drains its requests
-  within the grace period), then records the runs as finished. `moat runs`, `moat
+  worker that dies, and on SIGTERM or SIGINT (from the moment it starts, so also while
+  the workers start) stops the workers (each drains its requests within the grace
+  period), then records the runs as finished. A worker whose parent is gone (its stdin
+  ends) stops as on SIGTERM, so a kill -9 of the parent leaves no worker behind. `moat runs`, `moat
   report` and `moat tui` see one run per graph, as with one process;
 - with `--rotate-run`, the parent starts the next runs, writes them to each worker's stdin
   as a line of JSON, and finishes the runs before once every worker has answered their
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import queue
 import signal
 import socket
@@ -110,31 +113,48 @@ def serve_workers(
     server.on_rotate = tell_workers
 
     async def main() -> bool:
-        async with server:
-            runs = {name: served.run_id for name, served in server.graphs.items()}
-            base.update(spec, runs=runs)
+        # SIGINT and SIGTERM are received from the start: one that comes while the graphs
+        # open or the workers start stops the workers started so far, and no worker is
+        # left behind (the default action of SIGTERM ended this process alone)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with server:
+                runs = {name: served.run_id for name, served in server.graphs.items()}
+                base.update(spec, runs=runs)
 
-            def start(index: int) -> subprocess.Popen[str]:
-                sock = socks[index]
-                child = {**base, "slot": [index, count], "fd": sock.fileno()}
-                return subprocess.Popen(
-                    [sys.executable, "-m", "engine.serve.workers", json.dumps(child)],
-                    pass_fds=[sock.fileno()],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+                def start(index: int) -> subprocess.Popen[str]:
+                    sock = socks[index]
+                    child = {**base, "slot": [index, count], "fd": sock.fileno()}
+                    return subprocess.Popen(
+                        [sys.executable, "-m", "engine.serve.workers", json.dumps(child)],
+                        pass_fds=[sock.fileno()],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
 
-            try:
-                async with talking:
-                    procs.extend(start(index) for index in range(count))
-                    if not await anyio.to_thread.run_sync(_all_ready, procs):
-                        return False
-                on_ready()
-                await _supervise(procs, start, talking)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_stop, procs, float(spec["grace_s"]))
+                started = True
+                try:
+                    async with anyio.create_task_group() as tg:
+
+                        async def stop_on_signal() -> None:
+                            async for _ in signals:
+                                tg.cancel_scope.cancel()
+                                return
+
+                        tg.start_soon(stop_on_signal)
+                        async with talking:
+                            procs.extend(start(index) for index in range(count))
+                            started = await anyio.to_thread.run_sync(
+                                _all_ready, procs, abandon_on_cancel=True
+                            )
+                        if not started:
+                            tg.cancel_scope.cancel()
+                            return False
+                        on_ready()
+                        await _supervise(procs, start, talking)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_stop, procs, float(spec["grace_s"]))
         return True
 
     return anyio.run(main)
@@ -145,26 +165,17 @@ async def _supervise(
     start: Callable[[int], subprocess.Popen[str]],
     talking: anyio.Lock,
 ) -> None:
-    """Restart workers that die, until SIGINT or SIGTERM."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                while True:
-                    await anyio.sleep(_CHECK_S)
-                    for index, proc in enumerate(procs):
-                        code = proc.poll()
-                        if code is None:
-                            continue
-                        _log.warning("serve.worker_died", worker=index, exit_code=code)
-                        async with talking:
-                            procs[index] = start(index)
-                            await anyio.to_thread.run_sync(_all_ready, [procs[index]])
-
-            tg.start_soon(watch)
-            async for _ in signals:
-                tg.cancel_scope.cancel()
-                break
+    """Restart workers that die (until cancelled: SIGINT or SIGTERM)."""
+    while True:
+        await anyio.sleep(_CHECK_S)
+        for index, proc in enumerate(procs):
+            code = proc.poll()
+            if code is None:
+                continue
+            _log.warning("serve.worker_died", worker=index, exit_code=code)
+            async with talking:
+                procs[index] = start(index)
+                await anyio.to_thread.run_sync(_all_ready, [procs[index]], abandon_on_cancel=True)
 
 
 def _all_ready(procs: list[subprocess.Popen[str]]) -> bool:
@@ -286,6 +297,9 @@ async def _following(server: MoatServer) -> AsyncIterator[MoatServer]:
     def read() -> None:
         for line in sys.stdin:
             lines.put(line)
+        # the end of stdin: the parent is gone (a kill -9), and nothing would stop this
+        # worker any more; it stops as on SIGTERM, draining its requests
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def follow() -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,68 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert len(now) == 2 and first[0] not in now
         assert len(_ask(base_url, "baseline", 6)) == 6
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone, only not reaped yet
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _gone(pids: list[int], within_s: float) -> bool:
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
+def test_sigterm_while_the_workers_start_stops_them_all(tmp_path: Path) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    command = [sys.executable, "-m", "engine", "serve", str(graph), "--workers", "2"]
+    proc = subprocess.Popen(
+        [*command, "--port", "0", "--db", str(tmp_path / "moat.db")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: list[int] = []
+    for _ in range(300):  # until the first worker process exists
+        started = children(proc.pid)
+        if started:
+            break
+        time.sleep(0.02)
+    assert started, "no worker started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # (a worker left behind keeps stderr open)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert _gone(started, within_s=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
+def test_a_kill_9_of_the_parent_leaves_no_worker_behind(tmp_path: Path) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    command = [sys.executable, "-m", "engine", "serve", str(graph), "--workers", "2"]
+    with subprocess.Popen(
+        [*command, "--port", "0", "--db", str(tmp_path / "moat.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().strip()
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        assert len(_ask(base_url, "baseline", 2)) == 2
+        proc.kill()
+        proc.wait()
+        assert _gone(workers, within_s=30), "a worker outlived its parent"
 
 
 def test_limits_are_split_among_the_workers() -> None:

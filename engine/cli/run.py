@@ -327,10 +327,23 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
 def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]:
     """The one request as JSON text, read later by the same reader as a file line."""
     if json_text is not None:
-        return json_text, "--json"
+        return _argument_text(json_text), "--json"
     if prompt is not None:
-        return json.dumps({"prompt": prompt}), "--prompt"
+        return json.dumps({"prompt": _argument_text(prompt)}), "--prompt"
     return None, "--json"
+
+
+def _argument_text(value: str) -> str:
+    """`value` as the text that was typed. Under a locale Python reads as ASCII, the bytes
+    of a UTF-8 argument arrive as lone surrogates (`os.fsdecode`): they are decoded again
+    as UTF-8, as they were meant. Bytes that are not UTF-8 stay surrogates, which the
+    request's reader refuses (`invalid_input`, naming the flag)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        with contextlib.suppress(UnicodeError):
+            return os.fsencode(value).decode("utf-8")
+    return value
 
 
 def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:

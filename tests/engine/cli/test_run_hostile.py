@@ -254,6 +254,22 @@ def test_prompt_errors_are_labelled_prompt(
     )
 
 
+def test_a_utf8_prompt_read_under_an_ascii_locale_is_the_text_that_was_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    typed = "caf\u00e9 \u00fcber \u4e2d\u6587"
+    as_ascii_locale = typed.encode("utf-8").decode("ascii", "surrogateescape")  # os.fsdecode
+    for flag, value in (
+        ("--prompt", as_ascii_locale),
+        ("--json", json.dumps({"prompt": as_ascii_locale}, ensure_ascii=False)),
+    ):
+        code, printed, err = run(capsys, str(graph), flag, value, "--db", str(tmp_path / "t.db"))
+        assert code == 0, err
+        assert printed[0]["status"] == "ok"
+        assert printed[0]["output"] == {"text": typed}
+
+
 line_bytes = st.one_of(
     st.binary(max_size=80).map(lambda b: b.replace(b"\n", b" ")),
     st.sampled_from(sorted(HOSTILE_LINES.values())),

@@ -150,7 +150,9 @@ async def test_workers_start_warm_from_the_store_and_share_what_they_learn(
     db = tmp_path / "c.db"
     question = {"prompt": "How do I reset my password for the billing portal?", "tenant": "acme"}
     async with ClusterPipeline(graph, db=db, workers=2, concurrency=1) as pipe:
-        first = await pipe.run_batch([BatchItem(0, question)])
+        # the simulated answers are seeded by the request id: under this run id the first
+        # answer is accepted, so stored (a random run id left it unstored about once in 30)
+        first = await pipe.run_batch([BatchItem(0, question)], run_id="r-warm-first")
         await pipe.sync()  # what the next refresh does within `sync_interval_s`
         again = await pipe.run_batch(_items([question] * 6))
     async with ClusterPipeline(graph, db=db, workers=2, concurrency=1) as pipe:

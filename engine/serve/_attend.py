@@ -3,7 +3,6 @@ that stops, cancels the request's work, and the request is recorded `cancelled`.
 
 from __future__ import annotations
 
-import asyncio  # noqa: TID251 - the disconnect watch every request pays for (see below)
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from engine.scheduler.runner import RequestResult
 from engine.serve._http import _client_closed
 from engine.serve._served import _Ids, _Served
+from engine.serve.disconnect import cancel_on_disconnect, watch_disconnect
 from engine.serve.metrics import Metrics
 from engine.serve.wire import ApiError
 
@@ -50,7 +50,7 @@ class _Attending:
         if sniffio.current_async_library() != "asyncio":
             return await self._run_attended_anyio(request, served, data, tenant, ids)
         scope = anyio.CancelScope()
-        watch = _watch_disconnect(request, scope)
+        watch = watch_disconnect(request, scope)
         self._attended.add(scope)
         try:
             with scope:
@@ -84,7 +84,7 @@ class _Attending:
     ) -> tuple[RequestResult, tuple[int, int, int]]:
         outcome: list[tuple[RequestResult, tuple[int, int, int]] | ApiError] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
+            tg.start_soon(cancel_on_disconnect, request, tg.cancel_scope)
             self._attended.add(tg.cancel_scope)
             try:
                 outcome.append(await self._run(served, data, tenant, request.headers, ids))
@@ -146,29 +146,3 @@ class _Attending:
         if self._cut_off is None:
             return None
         return f"the server stopped before it was answered ({self._cut_off})"
-
-
-def _watch_disconnect(request: Request, scope: anyio.CancelScope) -> asyncio.Future[Any]:
-    """Cancel `scope` when the client disconnects (the body has been read, so the next
-    message the server sends is the disconnect); cancel the returned task to stop. A bare
-    asyncio task with a callback: a tenth of the CPU of a task group and an anyio task,
-    which every request paid (uvicorn and Ray Serve run the app on asyncio)."""
-    task: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
-
-    def done(finished: asyncio.Future[Any]) -> None:
-        if finished.cancelled() or finished.exception() is not None:
-            return
-        if finished.result()["type"] == "http.disconnect":
-            scope.cancel()
-
-    task.add_done_callback(done)
-    return task
-
-
-async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    """`_watch_disconnect` as an anyio task, for an event loop other than asyncio's."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Awaitable
 
 import anyio
 import anyio.abc
@@ -30,6 +29,7 @@ from starlette.routing import Route
 from engine.logs import announce
 from engine.models.server import SIMULATED_HEADERS, SimReply, SimService, error_reply
 from engine.models.sim import SIM_PROFILES
+from engine.serve.disconnect import until_disconnect
 from engine.serve.listen import bind, run_app, server
 
 __all__ = ["Flag", "SimServer", "run_server", "serve"]
@@ -127,7 +127,7 @@ class SimServer:
             return _reply(_too_large(self.max_body_bytes))
         self.request_started.set()
         work = self.service.answer(request.method, request.url.path, request.headers, body)
-        reply = await _attended(request, work)
+        reply = await until_disconnect(request, work)
         if reply is None:
             self.dropped_connections += 1
             self.connection_dropped.set()
@@ -221,24 +221,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _attended(request: Request, work: Awaitable[SimReply]) -> SimReply | None:
-    """Await `work` while watching the client; None (and `work` cancelled) if it hangs up."""
-    replies: list[SimReply] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope)
-        replies.append(await work)
-        tg.cancel_scope.cancel()
-    return replies[0] if replies else None
-
-
-async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    """Cancel `scope` when the client disconnects (the body has been read, so the next
-    message the server gets is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 async def serve(

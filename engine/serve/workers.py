@@ -16,8 +16,8 @@ engine.serve.workers SPEC`), each a whole `MoatServer` joined to those runs:
   worker that dies, and on SIGTERM or SIGINT (from the moment it starts, so also while
   the workers start) stops the workers (each drains its requests within the grace
   period), then records the runs as finished. A worker whose parent is gone (its stdin
-  ends) stops as on SIGTERM, so a kill -9 of the parent leaves no worker behind. `moat runs`, `moat
-  report` and `moat tui` see one run per graph, as with one process;
+  ends) stops as on SIGTERM, so a kill -9 of the parent leaves no worker behind. `moat
+  runs`, `moat report` and `moat tui` see one run per graph, as with one process;
 - with `--rotate-run`, the parent starts the next runs, writes them to each worker's stdin
   as a line of JSON, and finishes the runs before once every worker has answered their
   last request (each says `switched` on its stdout). A worker started later joins the
@@ -132,7 +132,6 @@ def serve_workers(
                         text=True,
                     )
 
-                started = True
                 try:
                     async with anyio.create_task_group() as tg:
 

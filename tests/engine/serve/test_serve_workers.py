@@ -73,8 +73,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone, only not reaped yet
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone, only not reaped yet
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped meanwhile
+        return False
 
 
 def _gone(pids: list[int], within_s: float) -> bool:
@@ -97,10 +100,9 @@ def test_sigterm_while_the_workers_start_stops_them_all(tmp_path: Path) -> None:
         text=True,
     )
     started: list[int] = []
-    for _ in range(300):  # until the first worker process exists
-        started = children(proc.pid)
-        if started:
-            break
+    deadline = time.monotonic() + 60
+    while not started and time.monotonic() < deadline and proc.poll() is None:
+        started = children(proc.pid)  # until the first worker process exists
         time.sleep(0.02)
     assert started, "no worker started"
     proc.send_signal(signal.SIGTERM)

@@ -51,6 +51,8 @@ def surely_valid(schema: Any) -> _Check | None:
         return lambda value: True
     if not isinstance(schema, dict) or not set(schema) <= _KEYWORDS:
         return None
+    if schema.get("type") == "object" and "items" not in schema and _value_checks(schema) == []:
+        return _object_check(schema)
     checks: list[_Check] = []
     kinds = schema.get("type")
     if kinds is not None:
@@ -77,6 +79,80 @@ def _all_of(checks: list[_Check]) -> _Check:
         return True
 
     return check_all
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+"""The Python types (exactly: `type(v) in ...`) of each of `_TYPES`' JSON types."""
+
+
+def _object_check(schema: dict[str, Any]) -> _Check | None:
+    """The check of the usual input schema, an object with `properties`, `required` and
+    perhaps `additionalProperties: false`, in one call: a request's input is checked once
+    per request, and a call per keyword and per property cost more than the checks."""
+    props = schema.get("properties", {})
+    required = schema.get("required", [])
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(props, dict) or not isinstance(required, list):
+        return None
+    if extra is not True and extra is not False:
+        return None
+    typed: list[tuple[str, tuple[type, ...]]] = []
+    other: list[tuple[str, _Check]] = []
+    for key, sub in props.items():
+        types = _plain_types(sub)
+        if types is not None:
+            typed.append((key, types))
+            continue
+        check = surely_valid(sub)
+        if check is None:
+            return None
+        other.append((key, check))
+    closed = None if extra else frozenset(props)
+    return _object_checker(tuple(required), tuple(typed), tuple(other), closed)
+
+
+def _object_checker(
+    needed: tuple[Any, ...],
+    simple: tuple[tuple[str, tuple[type, ...]], ...],
+    rest: tuple[tuple[str, _Check], ...],
+    closed: frozenset[str] | None,
+) -> _Check:
+    def check_object(v: Any) -> bool:
+        if type(v) is not dict:
+            return False
+        for key in needed:
+            if key not in v:
+                return False
+        for key, types in simple:
+            if key in v and type(v[key]) not in types:
+                return False
+        for key, check in rest:
+            if key in v and not check(v[key]):
+                return False
+        return closed is None or all(k in closed for k in v)
+
+    return check_object
+
+
+def _plain_types(schema: Any) -> tuple[type, ...] | None:
+    """The Python types a schema of a `type` alone (annotations aside) accepts, or None."""
+    if not isinstance(schema, dict) or "type" not in schema:
+        return None
+    if not set(schema) <= _ANNOTATIONS | {"type"}:
+        return None
+    kinds = schema["type"]
+    names = [kinds] if isinstance(kinds, str) else kinds
+    if not isinstance(names, list) or not names or not all(n in _PY_TYPES for n in names):
+        return None
+    return tuple(t for n in names for t in _PY_TYPES[n])
 
 
 def _object_checks(schema: dict[str, Any]) -> list[_Check] | None:

@@ -233,7 +233,7 @@ def parse_request(
     labels and meta fields. Problems become an item with an `error`, never an exception."""
     flat = _flat_size(value, limits)
     problem, bound = _walk(value, limits) if flat is None else (None, flat)
-    if problem is None and isinstance(value, Mapping) and bound > limits.max_request_bytes:
+    if problem is None and bound > limits.max_request_bytes and isinstance(value, Mapping):
         text = json.dumps(value, ensure_ascii=False, default=dict)
         size = len(text.encode("utf-8"))
         if size > limits.max_request_bytes:

@@ -26,15 +26,16 @@ _KEYWORDS = _ANNOTATIONS | {
     "maximum",
     "enum",
 }
-_TYPES: dict[str, _Check] = {
-    "string": lambda v: type(v) is str,
-    "integer": lambda v: type(v) is int,  # 1.0 is an integer too: jsonschema decides those
-    "number": lambda v: type(v) is int or type(v) is float,
-    "boolean": lambda v: type(v) is bool,
-    "object": lambda v: type(v) is dict,
-    "array": lambda v: type(v) is list,
-    "null": lambda v: v is None,
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),  # 1.0 is an integer too: jsonschema decides those
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
 }
+"""The Python types (exactly: `type(v) in ...`, so True is no integer) of each JSON type."""
 
 
 def surely_valid(schema: Any) -> _Check | None:
@@ -56,11 +57,10 @@ def surely_valid(schema: Any) -> _Check | None:
     checks: list[_Check] = []
     kinds = schema.get("type")
     if kinds is not None:
-        names = [kinds] if isinstance(kinds, str) else kinds
-        if not isinstance(names, list) or not all(n in _TYPES for n in names):
+        types = _types_of(kinds)
+        if types is None:
             return None
-        tests = [_TYPES[n] for n in names]
-        checks.append(tests[0] if len(tests) == 1 else lambda v: any(t(v) for t in tests))
+        checks.append(lambda v: type(v) in types)
     for built in (_object_checks(schema), _value_checks(schema)):
         if built is None:
             return None
@@ -79,18 +79,6 @@ def _all_of(checks: list[_Check]) -> _Check:
         return True
 
     return check_all
-
-
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-    "null": (type(None),),
-}
-"""The Python types (exactly: `type(v) in ...`) of each of `_TYPES`' JSON types."""
 
 
 def _object_check(schema: dict[str, Any]) -> _Check | None:
@@ -148,9 +136,15 @@ def _plain_types(schema: Any) -> tuple[type, ...] | None:
         return None
     if not set(schema) <= _ANNOTATIONS | {"type"}:
         return None
-    kinds = schema["type"]
+    return _types_of(schema["type"])
+
+
+def _types_of(kinds: Any) -> tuple[type, ...] | None:
+    """The Python types of a `type` keyword (a name or a list of names), or None."""
     names = [kinds] if isinstance(kinds, str) else kinds
-    if not isinstance(names, list) or not names or not all(n in _PY_TYPES for n in names):
+    if not isinstance(names, list) or not names:
+        return None
+    if not all(isinstance(n, str) and n in _PY_TYPES for n in names):
         return None
     return tuple(t for n in names for t in _PY_TYPES[n])
 

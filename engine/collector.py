@@ -53,7 +53,7 @@ def import_providers(specs: Iterable[ModelSpec]) -> None:
     """Import the modules the providers of `specs` will need on their first call."""
     if any(spec.provider == "openai" for spec in specs):
         importlib.import_module("engine.models.openai_provider")
-        if importlib.util.find_spec("aiohttp") is not None:
+        if importlib.util.find_spec("httptools") is not None:
             importlib.import_module("engine.models._direct_http")
 
 

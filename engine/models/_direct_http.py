@@ -1,43 +1,58 @@
-"""A prepared route to one plain-HTTP OpenAI-compatible endpoint: aiohttp, the client's headers.
+"""A prepared route to one plain-HTTP OpenAI-compatible endpoint: keep-alive HTTP/1.1 on asyncio.
 
 For a plain-HTTP endpoint that no proxy routes elsewhere (self-hosted models, `moat
-sim-server`), on asyncio, moat's `openai` provider posts chat completions through an
-aiohttp session of its own instead of the official client's request pipeline, whose per
-call work (option copies, URL joins and parses, header merges into httpx2 models, a
-uuid, the transport adapter between httpx2 and aiohttp) cost more CPU than the rest of a
-request through `moat serve` (bench/RESULTS.md, "moat serve under load").
+sim-server`), on asyncio, moat's `openai` provider posts chat completions over connections
+of its own instead of the official client's request pipeline, whose per call work (option
+copies, URL joins and parses, header merges into httpx2 models, a uuid, the transport
+adapter) cost more CPU than the rest of a request through `moat serve`. aiohttp, which
+carried this route before, still did per call what the route needs once (the URL parsed,
+the headers merged into multidicts, a cookie jar, redirects, payload objects, trace hooks):
+173 against 77 us of CPU a call (bench/RESULTS.md, "moat serve under load"). The HTTP is not
+parsed here: httptools (llhttp, the parser uvicorn serves with) reads each answer's status
+line, headers and body, length-delimited or chunked. What this module adds is the framing
+of one POST, a bounded pool of keep-alive connections, and timeouts.
 
 What is sent is still the official client's: the URL is its `base_url` joined with the
 path, and the headers are its `auth_headers` and `default_headers` (the key, the
 organization and project, `OPENAI_CUSTOM_HEADERS`, the caller's own headers, the
 `User-Agent` and `X-Stainless-*` platform headers) merged as the client merges them, read
-once when the route is made, plus the retry count and read timeout it adds per request.
-Its timeouts (connect, read, pool) and connection limits apply as in its aiohttp client.
-What comes back is mapped by the provider exactly as on the client's route: the status
-errors through `engine.models.openai_provider.status_error`, the transport's errors here,
-with the same billing rule (a connection never made is `ConnectFailed`; one that broke
-after the request may have reached the endpoint is `ResponseLost`, charged).
+once when the route is made, plus the retry count and read timeout it adds per request and
+the `Accept-Encoding` its HTTP library sends (gzip and deflate answers are decoded). Its
+timeouts apply: connect (to open a connection), read (no byte of the answer for that long)
+and pool (waiting for one of the route's 1,000 connections). What comes back is mapped by
+the provider exactly as on the client's route: the status errors through
+`engine.models.openai_provider.status_error`, the transport's errors here, with the same
+billing rule (a connection never made is `ConnectFailed`; one that broke after the request
+may have reached the endpoint is `ResponseLost`, charged). Cancelling the calling task
+closes the connection at once, so the endpoint sees the request aborted.
 """
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - the route is asyncio's own (the provider picks it on asyncio)
 import json
+import time
+import zlib
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
+import httptools
 import openai
 
 from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost
 
-__all__ = ["DirectRoute", "sdk_headers", "transport_error"]
+__all__ = ["DirectRoute", "sdk_headers"]
 
 _MAX_CONNECTIONS = 1000
 _KEEPALIVE_S = 2.5
+"""The official client's defaults for its own HTTP clients (connections, keep-alive)."""
 MAX_RESPONSE_BYTES = 32 * 2**20
 """The largest answer body read (a chat completion is kilobytes): an endpoint that sends
 more, or never stops sending, loses the call rather than filling the process's memory."""
-"""The official client's defaults for its own HTTP clients (connections, keep-alive)."""
+_ENCODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""The content codings the route accepts (`Accept-Encoding: gzip, deflate`), as zlib's
+window bits."""
 
 
 def sdk_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
@@ -66,8 +81,154 @@ def _timeouts(timeout: Any) -> tuple[float | None, float | None, float | None]:
     return timeout.connect, timeout.read, timeout.pool
 
 
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    """`headers` as request header lines.
+
+    Raises:
+        ValueError: a name or value would break the request's framing (a line break, a
+            colon in a name) or is not Latin-1 text.
+    """
+    lines = []
+    for name, value in headers.items():
+        if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
+            raise ValueError(f"HTTP header {name!r}: {value!r} cannot be sent (a line break)")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class _TooLarge(Exception):
+    """The answer's body passed `MAX_RESPONSE_BYTES` (`post` says so, naming the model)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the endpoint, answering one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.closed = False
+        self.complete = False
+        self.keep_alive = False
+        self.headed = False
+        self.last_read = 0.0
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        if self.waiter is None or self.waiter.done():
+            self.close()  # bytes nobody asked for: the connection is of no further use
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(ResponseLost("the endpoint switched protocols instead of answering"))
+        except httptools.HttpParserError as exc:
+            self.fail(ResponseLost(f"unreadable HTTP answer ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close the connection (its answer, if delimited by the close, is done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.headed and self._ends_at_close():
+            self.on_message_complete()  # a body delimited by the connection's end
+        else:
+            reason = f" ({exc})" if exc else ""
+            self.fail(ResponseLost(f"connection lost after sending{reason}"))
+
+    # -- httptools ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: the connection is out of step
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        seen = self.headers.get(key)
+        self.headers[key] = text if seen is None else f"{seen}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self.headed = True
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+            self.fail(_TooLarge())
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.size += len(body)
+        if self.size > MAX_RESPONSE_BYTES:
+            self.fail(_TooLarge())
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (`103 Early Hints`): the answer follows
+            self.headers, self.body, self.size, self.headed = {}, [], 0, False
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # (only known in the callback)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, self.headers, b"".join(self.body)))
+
+    # -- the route's side --------------------------------------------------------------
+
+    def _ends_at_close(self) -> bool:
+        """Whether the answer's body runs to the connection's end (no length, not chunked)."""
+        return (
+            "content-length" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
+        )
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, dict[str, str], bytes]]:
+        """Send one request; the future of its answer."""
+        assert self.transport is not None
+        self.headers, self.body, self.size = {}, [], 0
+        self.complete = self.keep_alive = self.headed = False
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        self.last_read = time.monotonic()
+        self.transport.write(request)
+        return waiter
+
+    def fail(self, error: Exception) -> None:
+        """End the request in flight with `error` and drop the connection."""
+        self.complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        self.close()
+
+    def reusable(self) -> bool:
+        return not self.closed and self.complete and self.keep_alive
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
 class DirectRoute:
-    """Chat completions to one endpoint through one aiohttp session (asyncio only).
+    """Chat completions to one endpoint over a pool of keep-alive connections (asyncio).
 
     Args:
         client: the official client whose configuration the route sends; it must be
@@ -75,74 +236,189 @@ class DirectRoute:
     """
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
-        connect, read, pool = _timeouts(client.timeout)
-        self.base_url = str(client.base_url).rstrip("/")
+        self._connect_s, self._read_s, self._pool_s = _timeouts(client.timeout)
+        url = client.base_url  # (as the client parsed it: percent-encoded, IDNA host)
+        self.base_url = str(url).rstrip("/")
         self.headers = sdk_headers(client)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, keepalive_timeout=_KEEPALIVE_S),
-            headers=self.headers,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=pool, sock_connect=connect, sock_read=read
-            ),
-        )
+        self._host = url.host
+        self._port = url.port or 80
+        self._prefix = url.raw_path.rstrip(b"/")
+        netloc = url.netloc.decode("ascii")
+        sent = {"host": netloc, **self.headers, "accept-encoding": "gzip, deflate"}
+        self._head = _header_lines(sent)
+        self._idle: deque[_Connection] = deque()
+        self._open = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     async def post(
         self, who: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST `body` as JSON to `path` under the base URL: the status, headers and body.
+        """POST `body` as JSON to `path` under the base URL: the status, headers (by their
+        lower-case names) and body.
 
         Raises:
             ConnectFailed: no connection could be made (nothing was sent).
-            ResponseLost: the connection broke after it was made, or no answer came in
-                the read timeout (`ProviderTimeout`): the endpoint may bill the call.
+            ResponseLost: the connection broke after it was made, the answer could not be
+                read, or no answer came in the read timeout (`ProviderTimeout`): the
+                endpoint may bill the call.
         """
         data = json.dumps(body, separators=(",", ":")).encode()
+        extra = _header_lines(headers) if headers else b""
+        request = b"".join(
+            (
+                b"POST ",
+                self._prefix,
+                path.encode("ascii"),
+                b" HTTP/1.1\r\n",
+                self._head,
+                extra,
+                b"content-length: %d\r\n\r\n" % len(data),
+                data,
+            )
+        )
+        conn = await self._connection(who)
         try:
-            async with self._session.post(
-                self.base_url + path, data=data, headers=headers
-            ) as reply:
-                size = reply.content_length
-                if size is not None and size <= MAX_RESPONSE_BYTES:
-                    return reply.status, reply.headers, await reply.read()
-                return reply.status, reply.headers, await _capped(who, reply, size)
-        except aiohttp.ClientError as exc:
-            raise transport_error(who, exc) from exc
-        except TimeoutError as exc:  # an aiohttp that raises the bare kind
-            raise ProviderTimeout(f"{who}: the endpoint did not answer in time") from exc
+            answer = conn.send(request)
+            status, answer_headers, content = await self._answer(conn, answer)
+        except _TooLarge:
+            raise ResponseLost(
+                f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was "
+                "not read (a chat completion is kilobytes): check the endpoint's base_url"
+            ) from None
+        except ProviderTimeout:
+            raise ProviderTimeout(f"{who}: the endpoint did not answer in time") from None
+        except ResponseLost as exc:
+            raise ResponseLost(f"{who}: {exc}") from None
+        finally:
+            self._give_back(conn)
+        coding = answer_headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            content = _decoded(who, coding, content)
+        return status, answer_headers, content
 
     async def aclose(self) -> None:
-        """Close the session and its connections."""
-        await self._session.close()
+        """Close the route's connections."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+    async def _connection(self, who: str) -> _Connection:
+        """An idle connection kept alive, else a new one (waiting while all are busy)."""
+        now = time.monotonic()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < _KEEPALIVE_S:
+                return conn
+            self._drop(conn)
+        if self._open >= _MAX_CONNECTIONS:
+            await self._wait_for_a_connection(who)
+            return await self._connection(who)
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_Connection, self._host, self._port), self._connect_s
+            )
+        except (OSError, TimeoutError) as exc:
+            self._open -= 1
+            self._notify()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConnectFailed(f"{who}: could not connect ({reason})") from exc
+        except BaseException:
+            self._open -= 1
+            self._notify()
+            raise
+        return conn
+
+    async def _wait_for_a_connection(self, who: str) -> None:
+        """Wait (at most the pool timeout) until a connection is given back or closed."""
+        freed = asyncio.get_running_loop().create_future()
+        self._waiting.append(freed)
+        try:
+            await asyncio.wait_for(freed, self._pool_s)
+        except TimeoutError:
+            raise ConnectFailed(
+                f"{who}: could not connect (all {_MAX_CONNECTIONS} connections stayed busy)"
+            ) from None
+
+    async def _answer(
+        self, conn: _Connection, answer: asyncio.Future[tuple[int, dict[str, str], bytes]]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The answer, or `ProviderTimeout` once no byte came for the read timeout."""
+        read = self._read_s
+        if read is None:
+            return await answer
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:  # (a timer re-armed, not reset on every read)
+            left = conn.last_read + read - time.monotonic()
+            if left > 0:
+                conn.timer = loop.call_later(left, check)
+            else:
+                conn.fail(ProviderTimeout("no answer in time"))
+
+        conn.timer = loop.call_later(read, check)
+        try:
+            return await answer
+        finally:
+            conn.timer.cancel()
+
+    def _give_back(self, conn: _Connection) -> None:
+        """Keep the connection for the next call, or close it (a cancelled or broken call,
+        an answer the endpoint ends with the connection)."""
+        if conn.reusable() and not self._closed:
+            conn.waiter = None
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+            self._notify()
+            return
+        if conn.waiter is not None and not conn.waiter.done():
+            conn.waiter.cancel()  # (the call was cancelled: nobody reads its outcome)
+        self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._open -= 1
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake the first call still waiting for a connection, if any."""
+        waiting = self._waiting
+        while waiting:
+            freed = waiting.popleft()
+            if not freed.done():
+                freed.set_result(None)
+                return
 
 
-def transport_error(who: str, exc: aiohttp.ClientError) -> Exception:
-    """moat's error for an aiohttp failure: a connection never made is not billed; a
-    connection that broke once made, or an answer that never came, may be."""
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return ConnectFailed(f"{who}: could not connect ({exc})")
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # the read timeout
-        return ProviderTimeout(f"{who}: the endpoint did not answer in time")
-    return ResponseLost(f"{who}: connection lost after sending ({exc})")
-
-
-async def _capped(who: str, reply: aiohttp.ClientResponse, declared: int | None) -> bytes:
-    """The body of an answer with no length or one past `MAX_RESPONSE_BYTES`, read while
-    it stays within it.
+def _decoded(who: str, coding: str, content: bytes) -> bytes:
+    """A gzip or deflate body decoded, within `MAX_RESPONSE_BYTES`.
 
     Raises:
-        ResponseLost: the body is larger (the endpoint may still bill the call).
+        ResponseLost: another coding, a body that does not decode, or one that decodes
+            past the limit.
     """
-    chunks: list[bytes] = []
-    size = 0
-    if declared is None or declared <= MAX_RESPONSE_BYTES:
-        async for chunk in reply.content.iter_any():
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                break
-            chunks.append(chunk)
-        else:
-            return b"".join(chunks)
-    raise ResponseLost(
-        f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
-        "(a chat completion is kilobytes): check the endpoint's base_url"
-    )
+    bits = _ENCODED.get(coding)
+    if bits is None:
+        raise ResponseLost(f"{who}: the answer came encoded as {coding!r}, which was not asked for")
+    try:
+        inflate = zlib.decompressobj(bits)
+        plain = inflate.decompress(content, MAX_RESPONSE_BYTES + 1)
+        if coding == "deflate" and not plain and content:
+            raise zlib.error("not zlib-wrapped")
+    except zlib.error:
+        if coding != "deflate":
+            raise ResponseLost(f"{who}: the answer's {coding} body does not decode") from None
+        try:  # raw deflate, as some servers send it
+            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            plain = inflate.decompress(content, MAX_RESPONSE_BYTES + 1)
+        except zlib.error:
+            raise ResponseLost(f"{who}: the answer's deflate body does not decode") from None
+    if len(plain) > MAX_RESPONSE_BYTES or inflate.unconsumed_tail:
+        raise ResponseLost(
+            f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
+            "(a chat completion is kilobytes): check the endpoint's base_url"
+        )
+    return plain

@@ -8,8 +8,8 @@ task aborts the HTTP request and drops the connection.
 CPU per call matters (a call costs moat more than the rest of a request through `moat
 serve`). Plain-HTTP endpoints without a proxy (self-hosted models, `moat sim-server`) are
 called, when the event loop is asyncio, through a route prepared once per client
-(`engine.models._direct_http`): an aiohttp session sending the client's own URL and
-headers, one JSON dump out and one parse back per call. Everything else (TLS endpoints,
+(`engine.models._direct_http`): keep-alive connections of its own sending the client's own
+URL and headers, one JSON dump out and one parse back per call. Everything else (TLS endpoints,
 proxies, other event loops) goes through the client's documented raw route (`client.post`
 with `cast_to=Response`) on httpx2's transport; either way the few answer fields moat
 reads come from one parse of the JSON body, skipping the SDK's typed transform of the
@@ -150,24 +150,37 @@ def direct_http(base_url: str | None) -> bool:
     return bool(urllib.request.proxy_bypass(url.host))
 
 
+def _on_asyncio() -> bool:
+    try:
+        return sniffio.current_async_library() == "asyncio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
 def http_client_for(base_url: str | None) -> httpx2.AsyncClient | None:
     """The HTTP client for calls to `base_url`: the SDK's aiohttp-backed one for a direct
     plain-HTTP endpoint on asyncio (with aiohttp installed), else None (httpx2's default)."""
     if not direct_http(base_url) or importlib.util.find_spec("aiohttp") is None:
         return None
-    try:
-        if sniffio.current_async_library() != "asyncio":
-            return None
-    except sniffio.AsyncLibraryNotFoundError:
-        return None
-    return openai.DefaultAioHttpClient()
+    return openai.DefaultAioHttpClient() if _on_asyncio() else None
+
+
+def direct_route_for(base_url: str | None) -> bool:
+    """Whether chat completions to `base_url` take the prepared route
+    (`engine.models._direct_http`): a direct plain-HTTP endpoint, on asyncio, with
+    httptools (the `serve` extra) installed."""
+    return (
+        direct_http(base_url)
+        and importlib.util.find_spec("httptools") is not None
+        and _on_asyncio()
+    )
 
 
 @dataclass(slots=True)
 class _Shared:
     client: openai.AsyncOpenAI
     route: DirectRoute | None
-    """The prepared aiohttp route to a direct plain-HTTP endpoint on asyncio, else None."""
+    """The prepared route to a direct plain-HTTP endpoint on asyncio, else None."""
     users: int = 0
 
 
@@ -184,7 +197,8 @@ class ClientRegistry:
         key = (base_url, api_key + repr(sorted((headers or {}).items())))
         shared = self._shared.get(key)
         if shared is None:
-            http_client = http_client_for(base_url or os.environ.get("OPENAI_BASE_URL"))
+            endpoint = base_url or os.environ.get("OPENAI_BASE_URL")
+            http_client = http_client_for(endpoint)
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
@@ -193,7 +207,7 @@ class ClientRegistry:
                 http_client=http_client,
             )
             route = None
-            if http_client is not None:  # aiohttp is installed and the loop is asyncio
+            if direct_route_for(endpoint):
                 from engine.models._direct_http import DirectRoute
 
                 route = DirectRoute(client)
@@ -322,7 +336,7 @@ class OpenAIProvider:
         return _response(self.model, self._who, body)
 
     async def _direct(self, route: DirectRoute, call: ProviderRequest) -> Any:
-        """The call over the prepared aiohttp route; the parsed answer body."""
+        """The call over the prepared route; the parsed answer body."""
         status, headers, content = await route.post(
             self._who, _PATH, self._body(call), self._headers(call)
         )

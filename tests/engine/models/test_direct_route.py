@@ -1,0 +1,178 @@
+"""The prepared route to a plain-HTTP endpoint keeps its connections alive and reads answers
+as HTTP/1.1 allows them: by length, chunked, to the connection's end, compressed, after an
+interim answer. It never reuses a connection the endpoint closed, and never sends a header
+that would break the request's framing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import openai
+import pytest
+
+from engine.models._direct_http import DirectRoute
+from engine.models.base import ConnectFailed, ProviderTimeout
+from tests.support.hostile_openai import completion
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+ANSWER = json.dumps(completion()).encode()
+Serve = Callable[[anyio.abc.SocketStream, int], Awaitable[bool]]
+"""Answers the `n`th request of a connection (from 0); False to close the connection."""
+
+
+async def _read_request(stream: anyio.abc.SocketStream, buffered: bytearray) -> bool:
+    """Read one request into nothing (its head and its body); False at the end of input."""
+    while b"\r\n\r\n" not in buffered:
+        try:
+            buffered += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return False
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        rest += await stream.receive()
+    buffered[:] = rest[length:]
+    return True
+
+
+@asynccontextmanager
+async def endpoint(serve: Serve) -> AsyncIterator[tuple[str, list[int]]]:
+    """An endpoint on loopback answering with `serve`; its base URL and, per connection it
+    accepted, how many requests that connection carried."""
+    connections: list[int] = []
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        index = len(connections)
+        connections.append(0)
+        buffered = bytearray()
+        async with stream:
+            while await _read_request(stream, buffered):
+                connections[index] += 1
+                if not await serve(stream, connections[index] - 1):
+                    return
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        yield f"http://127.0.0.1:{port}/v1", connections
+        tg.cancel_scope.cancel()
+
+
+def answer(body: bytes = ANSWER, head: str = "") -> Serve:
+    """Every request answered 200 with `body` and a length, kept alive."""
+
+    async def serve(stream: anyio.abc.SocketStream, n: int) -> bool:
+        await stream.send(
+            f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{head}"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        return True
+
+    return serve
+
+
+async def post(base_url: str, *, timeout: float = 10.0, calls: int = 1) -> list[Any]:
+    """`calls` chat completions in turn over one route: each answer's status and JSON."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", timeout=timeout)
+    route = DirectRoute(client)
+    try:
+        answers = []
+        for _ in range(calls):
+            with anyio.fail_after(10):
+                status, _, content = await route.post("model 'm'", "/chat/completions", {}, None)
+            answers.append((status, json.loads(content)))
+        return answers
+    finally:
+        await route.aclose()
+        await client.close()
+
+
+async def test_calls_in_turn_share_one_connection_kept_alive() -> None:
+    async with endpoint(answer()) as (url, connections):
+        answers = await post(url, calls=3)
+    assert answers == [(200, completion())] * 3
+    assert connections == [3]
+
+
+async def test_a_connection_the_endpoint_closed_while_idle_is_not_reused() -> None:
+    async def once_then_close(stream: anyio.abc.SocketStream, n: int) -> bool:
+        await answer()(stream, n)  # kept alive, as far as the answer says
+        return False  # and then closed, as an idle timeout does
+
+    async with endpoint(once_then_close) as (url, connections):
+        client = openai.AsyncOpenAI(base_url=url, api_key="sk-test")
+        route = DirectRoute(client)
+        try:
+            first = await route.post("m", "/chat/completions", {}, None)
+            await anyio.sleep(0.2)  # the close reaches the client
+            second = await route.post("m", "/chat/completions", {}, None)
+        finally:
+            await route.aclose()
+    assert first[0] == second[0] == 200
+    assert connections == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(gzip.compress(ANSWER)), gzip.compress(ANSWER)),
+        b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(ANSWER), ANSWER),
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + ANSWER,
+    ],
+    ids=["gzip", "interim-answer-first", "chunked", "to-the-connections-end"],
+)
+async def test_an_answer_is_read_however_http_delimits_it(reply: bytes) -> None:
+    async def serve(stream: anyio.abc.SocketStream, n: int) -> bool:
+        await stream.send(reply)
+        return b"connection: close" not in reply
+
+    async with endpoint(serve) as (url, _):
+        assert await post(url, calls=2) == [(200, completion())] * 2
+
+
+async def test_no_answer_within_the_read_timeout_is_a_timeout() -> None:
+    async def never(stream: anyio.abc.SocketStream, n: int) -> bool:
+        await anyio.sleep(30)
+        return False
+
+    async with endpoint(never) as (url, _):
+        with pytest.raises(ProviderTimeout, match="did not answer in time"):
+            await post(url, timeout=0.3)
+
+
+async def test_an_endpoint_nobody_listens_on_is_no_connection() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # (the port is free again: nothing listens)
+    with pytest.raises(ConnectFailed, match="could not connect"):
+        await post(f"http://127.0.0.1:{port}/v1")
+
+
+async def test_a_header_that_would_break_the_request_is_refused_before_sending() -> None:
+    async with endpoint(answer()) as (url, connections):
+        client = openai.AsyncOpenAI(base_url=url, api_key="sk-test")
+        route = DirectRoute(client)
+        try:
+            with pytest.raises(ValueError, match="line break"):
+                await route.post("m", "/chat/completions", {}, {"x-moat-task": "a\r\nx-evil: 1"})
+        finally:
+            await route.aclose()
+    assert connections == []

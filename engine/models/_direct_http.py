@@ -93,7 +93,10 @@ def _header_lines(headers: Mapping[str, str]) -> bytes:
         if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
             raise ValueError(f"HTTP header {name!r}: {value!r} cannot be sent (a line break)")
         lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"HTTP headers must be Latin-1 text ({exc})") from None
 
 
 class _TooLarge(Exception):

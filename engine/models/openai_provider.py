@@ -40,6 +40,7 @@ error, mapped by the HTTP status in its `code` when it names one.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import importlib.util
 import json
@@ -210,7 +211,10 @@ class ClientRegistry:
             if direct_route_for(endpoint):
                 from engine.models._direct_http import DirectRoute
 
-                route = DirectRoute(client)
+                # headers the route cannot frame (not Latin-1) stay with the client's
+                # route, which says what is wrong with them when a call is made
+                with contextlib.suppress(ValueError):
+                    route = DirectRoute(client)
             shared = self._shared[key] = _Shared(client, route)
         shared.users += 1
         return shared.client

@@ -176,3 +176,18 @@ async def test_a_header_that_would_break_the_request_is_refused_before_sending()
         finally:
             await route.aclose()
     assert connections == []
+
+
+async def test_headers_the_route_cannot_frame_leave_the_endpoint_to_the_clients_route() -> None:
+    from engine.models.openai_provider import ClientRegistry
+
+    headers = {"x-team": "data ✓"}  # not Latin-1: no HTTP/1.1 header can carry it as is
+    with pytest.raises(ValueError, match="Latin-1"):
+        DirectRoute(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k",
+                                       default_headers=headers))  # fmt: skip
+    registry = ClientRegistry()
+    client = registry.acquire("http://127.0.0.1:9/v1", "k", headers)
+    try:
+        assert registry.route(client) is None
+    finally:
+        await registry.release(client)

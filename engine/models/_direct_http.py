@@ -7,7 +7,7 @@ copies, URL joins and parses, header merges into httpx2 models, a uuid, the tran
 adapter) cost more CPU than the rest of a request through `moat serve`. aiohttp, which
 carried this route before, still did per call what the route needs once (the URL parsed,
 the headers merged into multidicts, a cookie jar, redirects, payload objects, trace hooks):
-173 against 77 us of CPU a call (bench/RESULTS.md, "moat serve under load"). The HTTP is not
+164 against 72 us of CPU a call (bench/RESULTS.md, "moat serve under load"). The HTTP is not
 parsed here: httptools (llhttp, the parser uvicorn serves with) reads each answer's status
 line, headers and body, length-delimited or chunked. What this module adds is the framing
 of one POST, a bounded pool of keep-alive connections, and timeouts.

@@ -285,10 +285,7 @@ class DirectRoute:
             answer = conn.send(request)
             status, answer_headers, content = await self._answer(conn, answer)
         except _TooLarge:
-            raise ResponseLost(
-                f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was "
-                "not read (a chat completion is kilobytes): check the endpoint's base_url"
-            ) from None
+            raise _too_large(who) from None
         except ProviderTimeout:
             raise ProviderTimeout(f"{who}: the endpoint did not answer in time") from None
         except ResponseLost as exc:
@@ -409,8 +406,6 @@ def _decoded(who: str, coding: str, content: bytes) -> bytes:
     try:
         inflate = zlib.decompressobj(bits)
         plain = inflate.decompress(content, MAX_RESPONSE_BYTES + 1)
-        if coding == "deflate" and not plain and content:
-            raise zlib.error("not zlib-wrapped")
     except zlib.error:
         if coding != "deflate":
             raise ResponseLost(f"{who}: the answer's {coding} body does not decode") from None
@@ -420,8 +415,12 @@ def _decoded(who: str, coding: str, content: bytes) -> bytes:
         except zlib.error:
             raise ResponseLost(f"{who}: the answer's deflate body does not decode") from None
     if len(plain) > MAX_RESPONSE_BYTES or inflate.unconsumed_tail:
-        raise ResponseLost(
-            f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
-            "(a chat completion is kilobytes): check the endpoint's base_url"
-        )
+        raise _too_large(who)
     return plain
+
+
+def _too_large(who: str) -> ResponseLost:
+    return ResponseLost(
+        f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
+        "(a chat completion is kilobytes): check the endpoint's base_url"
+    )

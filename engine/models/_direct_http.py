@@ -251,7 +251,7 @@ class DirectRoute:
         self._head = _header_lines(sent)
         self._idle: deque[_Connection] = deque()
         self._open = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     async def post(
@@ -304,7 +304,8 @@ class DirectRoute:
             self._idle.pop().close()
 
     async def _connection(self, who: str) -> _Connection:
-        """An idle connection kept alive, else a new one (waiting while all are busy)."""
+        """An idle connection kept alive, else a new one; while all are busy, the first
+        connection given back or closed, in the order the calls came (one pool timeout)."""
         now = time.monotonic()
         idle = self._idle
         while idle:
@@ -312,36 +313,62 @@ class DirectRoute:
             if not conn.closed and now - conn.idle_since < _KEEPALIVE_S:
                 return conn
             self._drop(conn)
-        if self._open >= _MAX_CONNECTIONS:
-            await self._wait_for_a_connection(who)
-            return await self._connection(who)
-        self._open += 1
+        if self._open < _MAX_CONNECTIONS:
+            self._open += 1
+        else:
+            handed = await self._wait_for_a_connection(who)
+            if handed is not None and not handed.closed:
+                return handed
+            if handed is not None:  # closed while handed over: its place is this call's
+                handed.close()
+        return await self._connect(who)
+
+    async def _connect(self, who: str) -> _Connection:
+        """A new connection, in a place of the pool already counted as this call's."""
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Connection, self._host, self._port), self._connect_s
             )
         except (OSError, TimeoutError) as exc:
-            self._open -= 1
-            self._notify()
+            self._release()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise ConnectFailed(f"{who}: could not connect ({reason})") from exc
         except BaseException:
-            self._open -= 1
-            self._notify()
+            self._release()
             raise
         return conn
 
-    async def _wait_for_a_connection(self, who: str) -> None:
-        """Wait (at most the pool timeout) until a connection is given back or closed."""
-        freed = asyncio.get_running_loop().create_future()
-        self._waiting.append(freed)
-        try:
-            await asyncio.wait_for(freed, self._pool_s)
-        except TimeoutError:
-            raise ConnectFailed(
+    async def _wait_for_a_connection(self, who: str) -> _Connection | None:
+        """Wait, at most the pool timeout, for a connection given back (it is handed to this
+        call) or for a place another one left (None: this call opens a connection there)."""
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiting.append(handed)
+        timer = None
+        if self._pool_s is not None:
+            busy = ConnectFailed(
                 f"{who}: could not connect (all {_MAX_CONNECTIONS} connections stayed busy)"
-            ) from None
+            )
+
+            def give_up() -> None:
+                if not handed.done():
+                    handed.set_exception(busy)
+
+            timer = loop.call_later(self._pool_s, give_up)
+        try:
+            return await handed
+        except asyncio.CancelledError:  # what was handed over in the meantime goes on
+            if handed.done() and not handed.cancelled() and handed.exception() is None:
+                conn = handed.result()
+                if conn is None:
+                    self._release()
+                else:
+                    self._give_back(conn)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _answer(
         self, conn: _Connection, answer: asyncio.Future[tuple[int, dict[str, str], bytes]]
@@ -366,13 +393,19 @@ class DirectRoute:
             conn.timer.cancel()
 
     def _give_back(self, conn: _Connection) -> None:
-        """Keep the connection for the next call, or close it (a cancelled or broken call,
-        an answer the endpoint ends with the connection)."""
+        """Hand the connection to the first call waiting for one, or keep it for the next
+        call; close it after a cancelled or broken call, or an answer the endpoint ends
+        with the connection."""
         if conn.reusable() and not self._closed:
             conn.waiter = None
             conn.idle_since = time.monotonic()
+            waiting = self._waiting
+            while waiting:
+                handed = waiting.popleft()
+                if not handed.done():
+                    handed.set_result(conn)
+                    return
             self._idle.append(conn)
-            self._notify()
             return
         if conn.waiter is not None and not conn.waiter.done():
             conn.waiter.cancel()  # (the call was cancelled: nobody reads its outcome)
@@ -380,17 +413,17 @@ class DirectRoute:
 
     def _drop(self, conn: _Connection) -> None:
         conn.close()
-        self._open -= 1
-        self._notify()
+        self._release()
 
-    def _notify(self) -> None:
-        """Wake the first call still waiting for a connection, if any."""
+    def _release(self) -> None:
+        """A connection's place in the pool is free: the first call waiting takes it."""
         waiting = self._waiting
         while waiting:
-            freed = waiting.popleft()
-            if not freed.done():
-                freed.set_result(None)
+            handed = waiting.popleft()
+            if not handed.done():
+                handed.set_result(None)
                 return
+        self._open -= 1
 
 
 def _decoded(who: str, coding: str, content: bytes) -> bytes:

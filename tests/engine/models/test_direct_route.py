@@ -6,6 +6,7 @@ that would break the request's framing.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,8 +18,9 @@ import anyio.abc
 import openai
 import pytest
 
+from engine.models import _direct_http
 from engine.models._direct_http import DirectRoute
-from engine.models.base import ConnectFailed, ProviderTimeout
+from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost
 from tests.support.hostile_openai import completion
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -28,13 +30,13 @@ Serve = Callable[[anyio.abc.SocketStream, int], Awaitable[bool]]
 """Answers the `n`th request of a connection (from 0); False to close the connection."""
 
 
-async def _read_request(stream: anyio.abc.SocketStream, buffered: bytearray) -> bool:
-    """Read one request into nothing (its head and its body); False at the end of input."""
+async def _read_request(stream: anyio.abc.SocketStream, buffered: bytearray) -> bytes | None:
+    """Read one request: its body; None at the end of input."""
     while b"\r\n\r\n" not in buffered:
         try:
             buffered += await stream.receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError):
-            return False
+            return None
     head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
     length = next(
         int(line.split(b":", 1)[1])
@@ -44,13 +46,16 @@ async def _read_request(stream: anyio.abc.SocketStream, buffered: bytearray) -> 
     while len(rest) < length:
         rest += await stream.receive()
     buffered[:] = rest[length:]
-    return True
+    return rest[:length]
 
 
 @asynccontextmanager
-async def endpoint(serve: Serve) -> AsyncIterator[tuple[str, list[int]]]:
+async def endpoint(
+    serve: Serve, bodies: list[Any] | None = None
+) -> AsyncIterator[tuple[str, list[int]]]:
     """An endpoint on loopback answering with `serve`; its base URL and, per connection it
-    accepted, how many requests that connection carried."""
+    accepted, how many requests that connection carried. The requests' JSON bodies are
+    appended to `bodies` as they arrive."""
     connections: list[int] = []
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
@@ -58,7 +63,9 @@ async def endpoint(serve: Serve) -> AsyncIterator[tuple[str, list[int]]]:
         connections.append(0)
         buffered = bytearray()
         async with stream:
-            while await _read_request(stream, buffered):
+            while (body := await _read_request(stream, buffered)) is not None:
+                if bodies is not None:
+                    bodies.append(json.loads(body))
                 connections[index] += 1
                 if not await serve(stream, connections[index] - 1):
                     return
@@ -191,3 +198,169 @@ async def test_headers_the_route_cannot_frame_leave_the_endpoint_to_the_clients_
         assert registry.route(client) is None
     finally:
         await registry.release(client)
+
+
+# -- the pool: at most _MAX_CONNECTIONS an endpoint (one here), then calls wait their turn
+
+
+def held_until(release: anyio.Event) -> Serve:
+    """Answers the first request once `release` is set, the others at once (kept alive)."""
+
+    async def serve(stream: anyio.abc.SocketStream, n: int) -> bool:
+        if n == 0:
+            await release.wait()
+        return await answer()(stream, n)
+
+    return serve
+
+
+@asynccontextmanager
+async def one_connection_route(
+    url: str, monkeypatch: pytest.MonkeyPatch, pool: float = 10.0
+) -> AsyncIterator[DirectRoute]:
+    monkeypatch.setattr(_direct_http, "_MAX_CONNECTIONS", 1)
+    client = openai.AsyncOpenAI(
+        base_url=url, api_key="sk-test", timeout=openai.Timeout(10.0, pool=pool)
+    )
+    route = DirectRoute(client)
+    try:
+        yield route
+    finally:
+        await route.aclose()
+        await client.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_a_connection_given_back_goes_to_the_call_that_waited_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`b` waits for the one connection while `a` holds it; `c` asks the moment `a` has its
+    answer, before `b` has run again: the connection is `b`'s, and `c` waits its turn."""
+    release, bodies = anyio.Event(), []
+    async with (
+        endpoint(held_until(release), bodies) as (url, connections),
+        one_connection_route(url, monkeypatch) as route,
+    ):
+
+        async def call(name: str) -> None:
+            await route.post("m", "/chat/completions", {"call": name}, None)
+
+        async def a_then_c() -> None:
+            await call("a")
+            await call("c")  # (no turn of the event loop in between)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a_then_c)
+            await _until(lambda: len(bodies) == 1)  # `a` holds the connection
+            tg.start_soon(call, "b")
+            await anyio.sleep(0.1)  # `b` waits for it
+            release.set()
+    assert [body["call"] for body in bodies] == ["a", "b", "c"]
+    assert connections == [3]
+
+
+async def test_a_call_waits_for_a_connection_at_most_the_pool_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = anyio.Event()
+    async with (
+        endpoint(held_until(release)) as (url, _),
+        one_connection_route(url, monkeypatch, pool=0.3) as route,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(route.post, "m", "/chat/completions", {}, None)
+        await anyio.sleep(0.1)
+        started = anyio.current_time()
+        with pytest.raises(ConnectFailed, match="all 1 connections stayed busy"):
+            await route.post("model 'm'", "/chat/completions", {}, None)
+        assert 0.25 <= anyio.current_time() - started < 2
+        release.set()
+
+
+async def test_the_place_of_a_broken_connection_goes_to_the_call_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = anyio.Event()
+
+    async def first_connection_breaks(stream: anyio.abc.SocketStream, n: int) -> bool:
+        if not release.is_set():
+            await release.wait()
+            return False  # closed without an answer
+        return await answer()(stream, n)
+
+    async with (
+        endpoint(first_connection_breaks) as (url, connections),
+        one_connection_route(url, monkeypatch) as route,
+    ):
+        outcomes: list[Any] = []
+
+        async def call() -> None:
+            try:
+                outcomes.append((await route.post("m", "/chat/completions", {}, None))[0])
+            except ResponseLost:
+                outcomes.append("lost")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await _until(lambda: connections == [1])
+            tg.start_soon(call)
+            await anyio.sleep(0.1)
+            release.set()
+    assert outcomes == ["lost", 200]
+    assert connections == [1, 1]
+
+
+async def test_a_call_cancelled_while_waiting_leaves_no_place_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = anyio.Event()
+    async with (
+        endpoint(held_until(release)) as (url, connections),
+        one_connection_route(url, monkeypatch) as route,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(route.post, "m", "/chat/completions", {}, None)
+            await _until(lambda: connections == [1])
+            with anyio.move_on_after(0.1):  # gives up waiting
+                await route.post("m", "/chat/completions", {}, None)
+            release.set()
+        with anyio.fail_after(2):  # the one connection serves the next call at once
+            status, _, _ = await route.post("m", "/chat/completions", {}, None)
+    assert status == 200
+    assert connections == [2]
+
+
+async def test_a_connection_handed_to_a_call_cancelled_in_that_moment_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`b`'s task is cancelled right after `a` handed it the connection, before it could
+    use it: the connection goes on to the next call instead of being lost with `b`."""
+    release = anyio.Event()
+    async with (
+        endpoint(held_until(release)) as (url, connections),
+        one_connection_route(url, monkeypatch) as route,
+    ):
+        waiting: list[asyncio.Task[Any]] = []
+
+        async def a_then_cancel_b() -> None:
+            await route.post("m", "/chat/completions", {}, None)
+            waiting[0].cancel()  # (no turn of the event loop since the hand-over)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a_then_cancel_b)
+            await _until(lambda: connections == [1])  # `a` holds the connection
+            b = asyncio.ensure_future(route.post("m", "/chat/completions", {}, None))
+            waiting.append(b)
+            await anyio.sleep(0.1)  # `b` waits for it
+            release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        with anyio.fail_after(2):
+            status, _, _ = await route.post("m", "/chat/completions", {}, None)
+    assert status == 200
+    assert connections == [2]

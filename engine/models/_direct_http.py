@@ -399,13 +399,8 @@ class DirectRoute:
         if conn.reusable() and not self._closed:
             conn.waiter = None
             conn.idle_since = time.monotonic()
-            waiting = self._waiting
-            while waiting:
-                handed = waiting.popleft()
-                if not handed.done():
-                    handed.set_result(conn)
-                    return
-            self._idle.append(conn)
+            if not self._hand_over(conn):
+                self._idle.append(conn)
             return
         if conn.waiter is not None and not conn.waiter.done():
             conn.waiter.cancel()  # (the call was cancelled: nobody reads its outcome)
@@ -417,13 +412,19 @@ class DirectRoute:
 
     def _release(self) -> None:
         """A connection's place in the pool is free: the first call waiting takes it."""
+        if not self._hand_over(None):
+            self._open -= 1
+
+    def _hand_over(self, conn: _Connection | None) -> bool:
+        """Hand `conn` (None: a free place in the pool) to the first call still waiting;
+        False when no call waits."""
         waiting = self._waiting
         while waiting:
             handed = waiting.popleft()
             if not handed.done():
-                handed.set_result(None)
-                return
-        self._open -= 1
+                handed.set_result(conn)
+                return True
+        return False
 
 
 def _decoded(who: str, coding: str, content: bytes) -> bytes:

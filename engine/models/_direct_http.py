@@ -19,7 +19,8 @@ organization and project, `OPENAI_CUSTOM_HEADERS`, the caller's own headers, the
 once when the route is made, plus the retry count and read timeout it adds per request and
 the `Accept-Encoding` its HTTP library sends (gzip and deflate answers are decoded). Its
 timeouts apply: connect (to open a connection), read (no byte of the answer for that long)
-and pool (waiting for one of the route's 1,000 connections). What comes back is mapped by
+and pool (waiting for one of the route's 1,000 connections: calls that find them all busy
+are served in the order they came, each within one pool timeout). What comes back is mapped by
 the provider exactly as on the client's route: the status errors through
 `engine.models.openai_provider.status_error`, the transport's errors here, with the same
 billing rule (a connection never made is `ConnectFailed`; one that broke after the request

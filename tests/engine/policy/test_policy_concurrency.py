@@ -86,7 +86,9 @@ async def test_requests_pin_one_whole_snapshot_while_operators_switch_it(tmp_pat
         thread.start()
         while not done.is_set():
             pins.append(m.current())  # what each request keeps to its end
-            await anyio.sleep(0)
+            # (a real wait, not a bare yield: a loop that never blocks holds the GIL, and
+            # the operators' thread then waits a switch interval for it at every statement)
+            await anyio.sleep(0.0005)
         thread.join()
         with anyio.fail_after(5):
             while m.current().version != store.active_policy("triage")["version"]:

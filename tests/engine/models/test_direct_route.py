@@ -236,6 +236,11 @@ async def _until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.01)
 
 
+def waiting(route: DirectRoute) -> int:
+    """How many calls wait for a connection (the route's own queue: no call says so)."""
+    return sum(not handed.done() for handed in route._waiting)
+
+
 async def test_a_connection_given_back_goes_to_the_call_that_waited_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -258,7 +263,7 @@ async def test_a_connection_given_back_goes_to_the_call_that_waited_first(
             tg.start_soon(a_then_c)
             await _until(lambda: len(bodies) == 1)  # `a` holds the connection
             tg.start_soon(call, "b")
-            await anyio.sleep(0.1)  # `b` waits for it
+            await _until(lambda: waiting(route) == 1)  # `b` waits for it
             release.set()
     assert [body["call"] for body in bodies] == ["a", "b", "c"]
     assert connections == [3]
@@ -269,12 +274,12 @@ async def test_a_call_waits_for_a_connection_at_most_the_pool_timeout(
 ) -> None:
     release = anyio.Event()
     async with (
-        endpoint(held_until(release)) as (url, _),
+        endpoint(held_until(release)) as (url, connections),
         one_connection_route(url, monkeypatch, pool=0.3) as route,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(route.post, "m", "/chat/completions", {}, None)
-        await anyio.sleep(0.1)
+        await _until(lambda: connections == [1])
         started = anyio.current_time()
         with pytest.raises(ConnectFailed, match="all 1 connections stayed busy"):
             await route.post("model 'm'", "/chat/completions", {}, None)
@@ -309,7 +314,7 @@ async def test_the_place_of_a_broken_connection_goes_to_the_call_waiting(
             tg.start_soon(call)
             await _until(lambda: connections == [1])
             tg.start_soon(call)
-            await anyio.sleep(0.1)
+            await _until(lambda: waiting(route) == 1)
             release.set()
     assert outcomes == ["lost", 200]
     assert connections == [1, 1]
@@ -345,21 +350,20 @@ async def test_a_connection_handed_to_a_call_cancelled_in_that_moment_is_kept(
         endpoint(held_until(release)) as (url, connections),
         one_connection_route(url, monkeypatch) as route,
     ):
-        waiting: list[asyncio.Task[Any]] = []
+        b: list[asyncio.Task[Any]] = []  # (started once `a` holds the connection)
 
         async def a_then_cancel_b() -> None:
             await route.post("m", "/chat/completions", {}, None)
-            waiting[0].cancel()  # (no turn of the event loop since the hand-over)
+            b[0].cancel()  # (no turn of the event loop since the hand-over)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(a_then_cancel_b)
             await _until(lambda: connections == [1])  # `a` holds the connection
-            b = asyncio.ensure_future(route.post("m", "/chat/completions", {}, None))
-            waiting.append(b)
-            await anyio.sleep(0.1)  # `b` waits for it
+            b.append(asyncio.ensure_future(route.post("m", "/chat/completions", {}, None)))
+            await _until(lambda: waiting(route) == 1)  # `b` waits for it
             release.set()
         with pytest.raises(asyncio.CancelledError):
-            await b
+            await b[0]
         with anyio.fail_after(2):
             status, _, _ = await route.post("m", "/chat/completions", {}, None)
     assert status == 200

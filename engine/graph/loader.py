@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,36 +300,54 @@ def _data_path(
 
     at: list[str | int] = []
     cur: Any = data
-    model: type[BaseModel] | None = GraphSpec
+    shape: Any = GraphSpec  # what the value at `at` is declared as (a model, `X | None`, ...)
     for part in loc:
         if isinstance(cur, dict) and part in cur:
             at.append(part)
             cur = cur[part]
             if isinstance(cur, dict) and "type" in cur and len(at) >= 2 and at[-2] == "nodes":
-                model = LoopSpec if cur.get("type") == "loop" else NodeSpec
-            elif isinstance(model, type) and str(part) in _field_names(model):
-                model = _field_model(model, str(part))
+                shape = LoopSpec if cur.get("type") == "loop" else NodeSpec
+            else:  # (a key the shape does not declare, as an unknown one: the shape stays)
+                shape = _inner(shape, part) or shape
         elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
             at.append(part)
             cur = cur[part]
+            shape = _inner(shape, part) or shape
         elif part in ("node", "loop"):
             continue
         else:
             at.append(part)
             break
-    return tuple(at), model
+    return tuple(at), _model_of(shape)
+
+
+def _inner(shape: Any, part: str | int) -> Any:
+    """What the value at `part` of a value declared as `shape` is declared as (None when
+    unknown): a model's field, a mapping's value, a list's item, through `| None`."""
+    shape = _model_of(shape) or shape
+    if isinstance(shape, type) and issubclass(shape, BaseModel):
+        for name, f in shape.model_fields.items():
+            if part in (name, f.alias):
+                return f.annotation
+        return None
+    origin, args = typing.get_origin(shape), typing.get_args(shape)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin in (list, tuple) and args:
+        return args[0]
+    return None
+
+
+def _model_of(shape: Any) -> type[BaseModel] | None:
+    """The model a value declared as `shape` is (`X` of `X | None`), else None."""
+    if typing.get_origin(shape) in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(shape) if _model_of(a) is not None]
+        return models[0] if len(models) == 1 else None
+    return shape if isinstance(shape, type) and issubclass(shape, BaseModel) else None
 
 
 def _field_names(model: type[BaseModel]) -> set[str]:
     return {f.alias or name for name, f in model.model_fields.items()}
-
-
-def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    for name, f in model.model_fields.items():
-        if key in (name, f.alias):
-            ann = f.annotation
-            return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
-    return model
 
 
 def _dotted(at: tuple[str | int, ...]) -> str:

@@ -571,6 +571,29 @@ def test_broken_graph_is_refused_with_a_located_message(
     assert any(re.search(expected, e) for e in errors), "\n".join(errors)
 
 
+@pytest.mark.parametrize(
+    ("section", "where", "allowed"),
+    [
+        ("models:\n  big: {provider: sim, api_key: k}\n", "models.big", "api_key_env, base_url"),
+        ("models:\n  big: {provider: sim, price: {inp: 1, output: 1}}\n", "models.big.price",
+         "input, output"),
+        ("serve: {inptu: {}}\n", "serve", "input"),
+        ("budget: {cost: 1}\n", "budget", "cost_usd, deadline_ms"),
+    ],
+    ids=["a model", "a model's price", "serve", "budget"],
+)  # fmt: skip
+def test_an_unknown_key_in_a_section_lists_that_sections_keys(
+    section: str, where: str, allowed: str
+) -> None:
+    """Not the top level's: a section of a mapping of models, or one that may be left out,
+    is read as what it is."""
+    header = HEADER.replace("models:\n  small: {provider: sim, profile: small}\n", "")
+    body = section + "nodes:\n  check: {type: review}\noutput:\n  a: check.action\n"
+    (error,) = [e for e in check(body, header) if "unknown key" in e]
+    assert f"at {where}" in error and f". Allowed: {allowed}" in error, error
+    assert "nodes" not in error.split("Allowed:")[1]
+
+
 def test_a_valid_graph_has_no_errors() -> None:
     errors = check("""\
 nodes:

@@ -83,7 +83,9 @@ def decode(conn: sqlite3.Connection, value: str | bytes) -> Any:
     """A JSON column's value as data: JSON text, or a zstd frame of JSON text.
 
     Raises:
-        ValueError: the value is neither (a damaged page, a hand edit).
+        ValueError: the value is neither (a damaged page, a hand edit), or holds NaN or
+            Infinity, which moat never writes (its JSON is strict) and no strict JSON
+            reader downstream would take.
     """
     if isinstance(value, bytes):
         try:
@@ -91,7 +93,11 @@ def decode(conn: sqlite3.Connection, value: str | bytes) -> Any:
             value = _decompressor(conn, dict_id).decompress(value)
         except zstandard.ZstdError as exc:
             raise ValueError(f"not a compressed payload: {exc}") from exc
-    return json.loads(value)
+    return json.loads(value, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 SHAPES: dict[str, type] = {

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,12 +110,28 @@ def test_a_column_value_reads_back_as_its_kind_or_as_none_flagged(
 
     kind = codec.SHAPES.get(name, object)
     if ok:
-        assert isinstance(decoded, kind) and json.loads(value) == decoded
+        assert isinstance(decoded, kind) and _strict(value) == decoded
     else:  # never an exception: a viewer shows the rest of the row
         assert decoded is None
     if isinstance(value, str) and name == "output":
         try:
-            expected = json.loads(value)
+            expected = _strict(value)
         except ValueError:
             return
         assert ok and decoded == expected
+
+
+def _strict(text: str | bytes) -> object:
+    """`text` read as strict JSON: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", '{"score": NaN}', "[1, Infinity]"])
+def test_nan_and_infinity_read_as_none_flagged_as_moat_never_writes_them(value: str) -> None:
+    conn = sqlite3.connect(":memory:")
+    assert codec.decode_column(conn, "output", value) == (None, False)
+    assert codec.decode_column(conn, "payload", value) == (None, False)

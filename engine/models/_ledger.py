@@ -201,7 +201,12 @@ class Ledger:
                 node=scope.node_id,
                 cycle=scope.cycle,
                 model=name,
-                provider=self._specs[name].provider,
+                # an answer a simulated model gave (`moat sim-server` behind the `openai`
+                # provider marks its answers) is recorded under `sim`, so every reader
+                # labels its figures simulated
+                provider="sim"
+                if response is not None and response.simulated
+                else self._specs[name].provider,
                 call_kind=CallKind.SPECULATIVE if scope.speculative else CallKind.NORMAL,
                 # a failed attempt gave nothing to use; a speculative call's outcome
                 # is the scheduler's to set once it knows what became of the node run

@@ -103,7 +103,8 @@ class Provider(Protocol):
     """A model provider the gateway can call."""
 
     name: str
-    """`sim` or `openai` (the `provider` column of `llm_calls`)."""
+    """`sim` or `openai` (the `provider` column of `llm_calls`, but for an answer marked
+    `simulated`, which is recorded under `sim` whichever provider carried it)."""
 
     async def complete(self, call: ProviderRequest) -> ProviderResponse:
         """Make one attempt; raise moat errors (see the module docstring) on failure."""

@@ -72,5 +72,16 @@ def test_baseline_runs_through_the_openai_provider_against_sim_server(tmp_path: 
     assert result["status"] == "ok" and result["output"]["answer"]
     with sqlite3.connect(tmp_path / "t.db") as db:
         calls = db.execute("select provider, model, status from llm_calls").fetchall()
-    assert calls and {c[0] for c in calls} == {"openai"}
+    # the sim-server marks its answers simulated: they are recorded under `sim`, so the
+    # run's figures are labelled simulated wherever they are shown
+    assert calls and {c[0] for c in calls} == {"sim"}
     assert all(c[2] == "ok" for c in calls)
+    stats = subprocess.run(
+        [sys.executable, "-m", "engine", "stats", "--db", "t.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert "figures come from simulated models" in stats.stdout

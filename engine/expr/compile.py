@@ -259,7 +259,9 @@ class _Checker:
     def reject(self, node: ast.AST, what: str, hint: str = ALLOWED, offset: int = -1) -> NoReturn:
         column = self.columns(offset if offset >= 0 else getattr(node, "col_offset", 0))
         raise ExpressionError(
-            f"{what} is not allowed in expression {quoted(self.source)}. {hint}", column=column
+            f"{what} is not allowed in expression {quoted(self.source)}."
+            + (f" {hint}" if hint else ""),
+            column=column,
         )
 
     def check(self, node: ast.AST, depth: int) -> None:
@@ -298,13 +300,14 @@ class _Checker:
         if node.id in CONSTANT_NAMES:
             return
         if node.id.startswith("_"):
-            self.reject(node, f"the name '{node.id}' (names starting with '_')", "")
+            self.reject(node, f"the name '{node.id}' (names starting with '_')", _UNDERSCORE)
         self.names.add(node.id)
 
     def _Attribute(self, node: ast.Attribute, depth: int) -> None:
         if node.attr.startswith("_"):
             offset = (node.end_col_offset or 0) - len(node.attr.encode("utf-8"))
-            self.reject(node, f"the attribute '{node.attr}' (names starting with '_')", "", offset)
+            what = f"the attribute '{node.attr}' (names starting with '_')"
+            self.reject(node, what, _UNDERSCORE, offset)
         self.check(node.value, depth)
 
     def _Subscript(self, node: ast.Subscript, depth: int) -> None:
@@ -391,6 +394,12 @@ class _Checker:
         given = len(node.args) + len(node.keywords)
         if len(node.args) < fewest or given > most:
             self.reject(node, f"{name}() with {given} argument(s)", f"Use {SIGNATURES[name]}.")
+
+
+_UNDERSCORE = (
+    "Such names reach Python's internals, never data; a key that starts with '_' is read "
+    "by index: x['_key']."
+)
 
 
 def _is_singleton(node: ast.expr) -> bool:

@@ -834,6 +834,26 @@ nodes:
     assert "take an expression, without braces: write 'check.action'" in error
 
 
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [
+        ("check.__class__", "the attribute '__class__' (names starting with '_') is not allowed."
+         " Such names reach Python's internals, never data; a key that starts with '_' is "
+         "read by index: x['_key']."),
+        ("_hidden", "the name '_hidden' (names starting with '_') is not allowed. Such names"),
+        ("open(check.action)", "the function 'open' is not allowed. Functions: abs(x), "),
+        ("check.action +", "cannot parse: invalid syntax. Allowed: "),
+    ],
+)  # fmt: skip
+def test_an_expression_error_names_the_expression_once_and_says_what_to_do(
+    expression: str, says: str
+) -> None:
+    body = f"nodes:\n  check: {{type: review}}\noutput:\n  a: {expression}\n"
+    (error,) = check(body)
+    assert error.count(f"expression '{expression}'") == 1, error
+    assert f"in expression '{expression}': {says}" in error, error
+
+
 def test_braces_around_a_when_expression_say_to_drop_them() -> None:
     body = """\
 nodes:

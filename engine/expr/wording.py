@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -157,6 +157,48 @@ def config_problem(err: Mapping[str, Any]) -> str:
     if isinstance(value, Mapping) and not err.get("loc"):
         return message  # a whole-config rule: the value is the config itself
     return f"{message}, got {describe(value)}"
+
+
+def merged_alternatives(
+    errors: Sequence[Mapping[str, Any]], places: Sequence[Hashable]
+) -> list[Mapping[str, Any]]:
+    """`errors` (pydantic's), those of one value that no member of a union takes made one.
+
+    pydantic reports such a value once per member ("should be a string", "should be true
+    or false", ...); errors at the same place (`places`, one per error), all of them of a
+    wrong type and of the same value, become one error saying what the value should be
+    ("a string, true or false or a number"), at the first one's `loc`.
+    """
+    groups: dict[Hashable, list[Mapping[str, Any]]] = {}
+    for err, place in zip(errors, places, strict=True):
+        groups.setdefault(place, []).append(err)
+    merged: list[Mapping[str, Any]] = []
+    for group in groups.values():
+        first = group[0]
+        same = all(
+            str(e.get("type", "")).endswith("_type")
+            and str(e.get("msg", "")).startswith(_SHOULD_BE)
+            and "input" in e
+            and _same(e["input"], first.get("input"))
+            for e in group
+        )
+        if len(group) < 2 or not same:
+            merged += group
+            continue
+        kinds = list(dict.fromkeys(str(e["msg"]).removeprefix(_SHOULD_BE) for e in group))
+        wanted = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+        merged.append({**first, "msg": _SHOULD_BE + wanted})
+    return merged
+
+
+_SHOULD_BE = "Input should be "
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # a value whose comparison fails is no match
+        return False
 
 
 def bools_read_as_numbers(

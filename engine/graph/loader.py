@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import PolicyError, SpecError
-from engine.expr.wording import bools_read_as_numbers, config_problem, did_you_mean, kind
+from engine.expr.wording import (
+    bools_read_as_numbers,
+    config_problem,
+    did_you_mean,
+    kind,
+    merged_alternatives,
+)
 from engine.graph.check import Checker
 from engine.graph.compiled import Graph
 from engine.graph.spec import GraphSpec
@@ -214,7 +220,9 @@ def _validate_spec(located: Located) -> GraphSpec:
     try:
         spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
-        errors = [_translate(located, err) for err in exc.errors()]
+        found = exc.errors()
+        paths = [_data_path(data, err.get("loc", ()))[0] for err in found]
+        errors = [_translate(located, err) for err in merged_alternatives(found, paths)]
         raise errors[0] if len(errors) == 1 else GraphErrors(errors) from exc
     errors = [_translate(located, err) for _, err in bools_read_as_numbers(data, spec)]
     if errors:  # `max_cycles: true` is no loop bound, though pydantic reads it as 1
@@ -276,7 +284,13 @@ def _translate(located: Located, err: Mapping[str, Any]) -> SpecError:
     if kind == "value_error" and model is not None:  # a rule across a section's keys
         message = str(err.get("msg", "")).removeprefix("Value error, ")
         return located.error(f"{_dotted(at)}: {message}", at, node_id=node_id)
-    return located.error(f"{_dotted(at)}: {config_problem(err)}", at, node_id=node_id)
+    message = f"{_dotted(at)}: {config_problem(err)}"
+    if len(at) >= 2 and at[-2] == "output" and isinstance(err.get("input"), dict | list):
+        message += (
+            "; an output is an expression (such as `a.text`) or a constant: write a mapping "
+            "or a list as one expression, in quotes (\"{'x': a.text}\")"
+        )
+    return located.error(message, at, node_id=node_id)
 
 
 def _is_file(path: str) -> bool:
@@ -313,8 +327,8 @@ def _data_path(
             at.append(part)
             cur = cur[part]
             shape = _inner(shape, part) or shape
-        elif part in ("node", "loop"):
-            continue
+        elif part in ("node", "loop") or part in _member_tags(shape):
+            continue  # (a union's member: pydantic names the one it tried)
         else:
             at.append(part)
             break
@@ -336,6 +350,13 @@ def _inner(shape: Any, part: str | int) -> Any:
     if origin in (list, tuple) and args:
         return args[0]
     return None
+
+
+def _member_tags(shape: Any) -> tuple[str, ...]:
+    """How pydantic names the members of `shape` in an error's `loc`, if it is a union."""
+    if typing.get_origin(shape) not in (typing.Union, types.UnionType):
+        return ()
+    return tuple(getattr(a, "__name__", str(a)) for a in typing.get_args(shape))
 
 
 def _model_of(shape: Any) -> type[BaseModel] | None:

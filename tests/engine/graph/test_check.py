@@ -854,6 +854,32 @@ def test_an_expression_error_names_the_expression_once_and_says_what_to_do(
     assert f"in expression '{expression}': {says}" in error, error
 
 
+@pytest.mark.parametrize(
+    ("section", "where", "got"),
+    [
+        ("output:\n  a: {x: 1}\n", "output.a", "a mapping ({x: 1})"),
+        ("output:\n  a: [1, 2]\n", "output.a", "a list ([1, 2])"),
+        (
+            "  l:\n    type: loop\n    max_cycles: 2\n    nodes:\n      c: {type: review}\n"
+            "    output: {t: [1]}\noutput:\n  a: l.t\n",
+            "nodes.l.output.t",
+            "a list ([1])",
+        ),
+    ],
+    ids=["a mapping", "a list", "a loop's output"],
+)
+def test_an_output_no_kind_of_value_takes_is_one_error_saying_what_it_should_be(
+    section: str, where: str, got: str
+) -> None:
+    """Not one error for each kind an output may be (pydantic tries every member)."""
+    body = "nodes:\n  check: {type: review}\n" + section
+    (error,) = check(body)
+    assert f"got {got}; an output is an expression (such as `a.text`) or a constant" in error
+    assert f"{where}: Input should be a string, true or false, a whole number or a number, " in (
+        error
+    )
+
+
 def test_braces_around_a_when_expression_say_to_drop_them() -> None:
     body = """\
 nodes:

@@ -5,8 +5,11 @@ Order of work, cheapest first:
 1. the lenient parser of `nodes._support.jsonfix` (code fences, prose, trailing commas, Python
    literals, single quotes) — no model call;
 2. JSON Schema validation (`jsonschema`, the draft the schema declares, 2020-12 otherwise),
-   plus one check JSON Schema lacks: NaN and infinities (which some models write and
-   Python's parser reads) are errors, not numbers;
+   plus two checks JSON Schema lacks: NaN and infinities (which some models write and
+   Python's parser reads) are errors, not numbers; and a text the parser had to close (a
+   string or brackets left open: an answer cut off, as at a token limit) is an error
+   even when what is left fits the schema, since its last value may be incomplete (`4`
+   of `42.5`); a repair asks for the answer in full (`ANSWER_TRUNCATED`);
 3. up to `max_repairs` calls to `repair_model`, then up to `max_escalations` calls to
    `escalate_model` (`REPAIR_ESCALATED` marks the switch). Each call gets the schema, the
    concrete validation errors and the last bad text only — never the whole history, so
@@ -38,6 +41,7 @@ from engine import (
     TransientError,
     schema_problem,
 )
+from nodes._support.calls import cut_off
 from nodes._support.jsonfix import JsonFixError, parse_lenient
 
 __all__ = ["ValidateNode"]
@@ -160,7 +164,7 @@ class ValidateNode(Node):
             ctx.emit(
                 REPAIR_ATTEMPTED,
                 decision=model,
-                reason_codes=["NOT_JSON" if not check.parsed else "SCHEMA_ERRORS"],
+                reason_codes=_repair_codes(check),
                 payload={"attempt": attempts, "stage": stage, "errors": len(check.errors)},
             )
             try:
@@ -269,6 +273,21 @@ def _check_text(check: _Check, config: ValidateNode.Config) -> str:
     return _dump(check.value)
 
 
+_CUT_OFF = (
+    "$: the text stops before its end (cut off, as at a token limit): the parser closed "
+    "what was open, so the last value may be incomplete; answer again in full"
+)
+
+
+def _repair_codes(check: _Check) -> list[str]:
+    """Why a repair is asked for: not JSON, schema errors, a cut-off answer (or both)."""
+    if not check.parsed:
+        return ["NOT_JSON"]
+    if not cut_off(check.fixes):
+        return ["SCHEMA_ERRORS"]
+    return ["SCHEMA_ERRORS", "ANSWER_TRUNCATED"] if len(check.errors) > 1 else ["ANSWER_TRUNCATED"]
+
+
 def _check(validator: Validator, value: Any, text: str | None) -> _Check:
     fixes: tuple[str, ...] = ()
     if value is None and text is not None:
@@ -280,6 +299,8 @@ def _check(validator: Validator, value: Any, text: str | None) -> _Check:
     errors = sorted(
         (_describe(e) for e in validator.iter_errors(value)),
     )
+    if cut_off(fixes):  # closed by the parser: the last value may be missing its end
+        errors.append(_CUT_OFF)
     # NaN passes every `minimum`/`maximum` and is no JSON; a value read from text can only
     # hold one if the text spells it, so only those (and handed-in values) are walked
     if text is None or "NaN" in text or "Infinity" in text:

@@ -736,16 +736,16 @@ async def test_validate_repairs_a_truncated_answer_on_the_small_model() -> None:
     assert runs(sink) == succeeded("answer", "checked")
     assert events(sink) == [
         ("RESULT_REUSED", "answer", "reuse", []),
-        ("REPAIR_ATTEMPTED", "checked", "small", ["SCHEMA_ERRORS"]),
+        ("REPAIR_ATTEMPTED", "checked", "small", ["SCHEMA_ERRORS", "ANSWER_TRUNCATED"]),
         ("VALIDATION_PASSED", "checked", "valid", ["REPAIRED"]),
     ]
     assert calls(sink) == [("answer", "small", "used"), ("checked", "small", "used")]
 
 
 async def test_validate_escalates_to_the_large_model_when_the_small_repair_fails() -> None:
-    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-171", labels=ORDER_LABELS)
+    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-576", labels=ORDER_LABELS)
     assert result.output == {
-        "raw": '{"name": "Ann',
+        "raw": '{"name": "Ann Lee", "total": ',
         "valid": True,
         "value": ANN,
         "repaired_by": "large",
@@ -754,9 +754,10 @@ async def test_validate_escalates_to_the_large_model_when_the_small_repair_fails
     assert runs(sink) == succeeded("answer", "checked")
     assert events(sink) == [
         ("RESULT_REUSED", "answer", "reuse", []),
-        ("REPAIR_ATTEMPTED", "checked", "small", ["SCHEMA_ERRORS"]),
+        ("REPAIR_ATTEMPTED", "checked", "small", ["NOT_JSON"]),
         ("REPAIR_ESCALATED", "checked", "large", ["REPAIRS_EXHAUSTED"]),
-        ("REPAIR_ATTEMPTED", "checked", "large", ["NOT_JSON"]),
+        # the small model's repair was itself cut off
+        ("REPAIR_ATTEMPTED", "checked", "large", ["SCHEMA_ERRORS", "ANSWER_TRUNCATED"]),
         ("VALIDATION_PASSED", "checked", "valid", ["REPAIRED"]),
     ]
     assert calls(sink) == [

@@ -93,6 +93,34 @@ async def test_parser_fixes_count_as_repaired_by_parser() -> None:
     assert rt.last("VALIDATION_PASSED").reason_codes == ["PARSER_FIXES"]
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"name": "Ann", "age": 4', '{"name": "Ann", "age": 41, "note": "see the att'],
+    ids=["a number cut short", "a string cut short"],
+)
+async def test_a_cut_off_answer_is_repaired_even_when_what_is_left_fits_the_schema(
+    text: str,
+) -> None:
+    """The parser closes what was left open, but the last value may be incomplete (`4`
+    of `41`): the answer goes to repair, which asks for it in full."""
+    small = FakeModel("small", {"repair": [GOOD]})
+    rt = FakeRuntime(models={"small": small})
+    cfg = {"schema": SCHEMA, "text": text, "repair_model": "small", "max_repairs": 1}
+    out = await run_node(ValidateNode(), cfg, rt)
+    assert out.valid and out.value == GOOD and out.repaired_by == "small"
+    assert rt.last("REPAIR_ATTEMPTED").reason_codes == ["ANSWER_TRUNCATED"]
+    (call,) = small.calls
+    assert "the text stops before its end" in (call.prompt or "")
+
+
+async def test_a_cut_off_answer_without_a_repair_model_is_invalid() -> None:
+    rt = FakeRuntime()
+    out = await run_node(ValidateNode(), {"schema": SCHEMA, "text": '{"name": "Ann", "age": 4'}, rt)
+    assert not out.valid and out.value == {"name": "Ann", "age": 4}
+    assert any("cut off" in e for e in out.errors)
+    assert rt.types() == ["VALIDATION_FAILED"]
+
+
 async def test_repair_then_escalate_sends_only_errors_and_last_text() -> None:
     small = FakeModel("small", {"repair": ['{"name": "Ann"}', '{"name": "Ann", "age": -1}']})
     large = FakeModel("large", {"repair": [GOOD]})

@@ -365,7 +365,14 @@ def decode_request(
     try:
         decoded = raw.decode("utf-8-sig" if line == 1 else "utf-8")
     except UnicodeDecodeError as exc:
-        message = f"{where}: not UTF-8 text (byte {exc.start + 1}); {_save_as_utf8(raw)}"
+        if line is None:  # an argument (`--json`, `--prompt`), not a line of a file
+            at = "" if source == "--prompt" else f" (byte {exc.start + 1})"
+            message = (
+                f"{where}: not UTF-8 text{at}; pass it as UTF-8 (the encoding of the terminal "
+                "or of the program that calls moat)"
+            )
+        else:
+            message = f"{where}: not UTF-8 text (byte {exc.start + 1}); {_save_as_utf8(raw)}"
         return _bad(seq, line, source, message)
     try:
         try:

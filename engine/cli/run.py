@@ -329,7 +329,9 @@ def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]
     if json_text is not None:
         return _argument_text(json_text), "--json"
     if prompt is not None:
-        return json.dumps({"prompt": _argument_text(prompt)}), "--prompt"
+        text = _argument_text(prompt)
+        # bytes that are not UTF-8 stay in the text (not escaped), so the reader says so
+        return json.dumps({"prompt": text}, ensure_ascii=not _surrogates(text)), "--prompt"
     return None, "--json"
 
 
@@ -344,6 +346,14 @@ def _argument_text(value: str) -> str:
         with contextlib.suppress(UnicodeError):
             return os.fsencode(value).decode("utf-8")
     return value
+
+
+def _surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:

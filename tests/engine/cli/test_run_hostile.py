@@ -249,8 +249,9 @@ def test_prompt_errors_are_labelled_prompt(
     assert str(printed[0]["error"]).startswith("--prompt: input prompt: ")
     code, printed, _ = run(capsys, str(graph), "--prompt", "\udc80", "--db", str(tmp_path / "t.db"))
     assert code == 1
-    assert str(printed[0]["error"]) == (
-        "--prompt: input prompt has a lone surrogate (\\ud800-\\udfff), not text"
+    assert str(printed[0]["error"]) == (  # (bytes that are not UTF-8 arrive as surrogates)
+        "--prompt: not UTF-8 text; pass it as UTF-8 (the encoding of the terminal or of the "
+        "program that calls moat)"
     )
 
 

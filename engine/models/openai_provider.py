@@ -199,7 +199,10 @@ class ClientRegistry:
         shared = self._shared.get(key)
         if shared is None:
             endpoint = base_url or os.environ.get("OPENAI_BASE_URL")
-            http_client = http_client_for(endpoint)
+            direct = direct_route_for(endpoint)
+            # the prepared route carries the calls of a direct endpoint: no aiohttp session
+            # (a connector, a cookie jar) for a client that only lends the route its settings
+            http_client = None if direct else http_client_for(endpoint)
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
@@ -208,7 +211,7 @@ class ClientRegistry:
                 http_client=http_client,
             )
             route = None
-            if direct_route_for(endpoint):
+            if direct:
                 from engine.models._direct_http import DirectRoute
 
                 # headers the route cannot frame (not Latin-1) stay with the client's

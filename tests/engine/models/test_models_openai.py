@@ -374,6 +374,27 @@ async def test_a_connection_lost_after_sending_may_be_billed_on_either_http_clie
     assert status == "error" and cost > 0
 
 
+def test_a_client_whose_calls_take_the_prepared_route_opens_no_aiohttp_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route carries a direct endpoint's chat completions (httptools, the `serve`
+    extra, is installed with the tests): the client only lends it its settings."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    aiohttp_client = type(openai.DefaultAioHttpClient()).__name__
+
+    async def acquired(url: str) -> tuple[bool, str]:
+        registry = ClientRegistry()
+        client = registry.acquire(url, "k")
+        try:
+            return registry.route(client) is not None, type(client._client).__name__
+        finally:
+            await registry.release(client)
+
+    routed, http_client = anyio.run(acquired, "http://127.0.0.1:8000/v1", backend="asyncio")
+    assert routed and http_client != aiohttp_client
+
+
 def test_a_direct_plain_http_endpoint_on_asyncio_gets_the_sdks_aiohttp_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,10 +1,11 @@
 """The `openai` provider's two routes say the same thing to an endpoint and hear the same back.
 
-On asyncio a direct plain-HTTP endpoint is called over the provider's prepared aiohttp
-route; on trio the same endpoint goes through the official client's own request pipeline.
-A recording endpoint on loopback (a thread of the stdlib's HTTP server) sees both: the
-same headers (the client's auth, defaults and platform headers), the same body, and only
-`moat sim-server`'s models get moat's own headers. Errors come back mapped alike.
+On asyncio a direct plain-HTTP endpoint is called over the provider's prepared route
+(connections of its own, responses read with httptools); on trio the same endpoint goes
+through the official client's own request pipeline. A recording endpoint on loopback (a
+thread of the stdlib's HTTP server) sees both: the same headers (the client's auth, defaults
+and platform headers), the same body, and only `moat sim-server`'s models get moat's own
+headers. Errors come back mapped alike.
 """
 
 from __future__ import annotations

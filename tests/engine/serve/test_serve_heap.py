@@ -46,7 +46,8 @@ from engine.serve.app import MoatServer
 
 async def main() -> None:
     async with MoatServer([sys.argv[1]], db=None):
-        print(sorted(m for m in ("engine.models.openai_provider", "aiohttp") if m in sys.modules))
+        names = ("engine.models.openai_provider", "engine.models._direct_http")
+        print(sorted(m for m in names if m in sys.modules))
 
 anyio.run(main)
 """
@@ -64,7 +65,8 @@ def test_a_server_imports_its_providers_before_it_serves(tmp_path: Path) -> None
         timeout=120,
         check=True,
     )
-    assert ran.stdout.strip() == "['aiohttp', 'engine.models.openai_provider']"
+    # (the provider, and the prepared route that carries a direct endpoint's calls)
+    assert ran.stdout.strip() == "['engine.models._direct_http', 'engine.models.openai_provider']"
 
 
 _COLLECTOR_WHEN_SERVING = """

@@ -19,6 +19,9 @@ simulated:
 - `instructions`: instructions per request counted by valgrind (records in memory), which
   a busy machine does not blur; the heap settled as `moat run` settles it, so a full
   collection does not decide the count;
+- `writer`: the store writer alone: the records of N requests (answered in memory first)
+  written through a `StoreWriter`, its thread's CPU a request and a record, and the
+  records a request by kind;
 - `memory`: max RSS of a fresh process answering N requests with the store on, beside the
   bytes the semantic cache holds at the end (legitimately growing up to its ceilings), so
   the rest can be checked to be flat.
@@ -28,6 +31,7 @@ simulated:
     python bench/flagship.py latency --requests 300 --concurrency 8
     python bench/flagship.py memory --requests 10000 100000
     python bench/flagship.py instructions --requests 200
+    python bench/flagship.py writer --requests 2000
 """
 
 from __future__ import annotations
@@ -511,11 +515,58 @@ def instructions(n: int) -> dict[str, Any]:
     }
 
 
+async def _records(graph: Path, n: int) -> list[Any]:
+    sink = MemorySink()
+    async with Pipeline(graph, db=None, sink=sink) as pipe:
+        await _answer(pipe, n)
+    return list(sink.items)
+
+
+def writer(n: int) -> dict[str, Any]:
+    """The store writer's thread CPU for the flagship's records: the first fifth of the
+    requests' records warm it up (its string codes, its compression dictionary), the rest
+    are measured."""
+    from engine.store.writer import StoreWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records = anyio.run(_records, flagship_graph(Path(tmp), 0), n)
+        warm = len(records) // 5
+        with StoreWriter(Path(tmp) / "writer.db") as sink:
+            for record in records[:warm]:
+                sink.record(record)
+            sink.flush()
+            before = sink.stats.cpu_s
+            for record in records[warm:]:
+                sink.record(record)
+            sink.flush()
+            cpu_s = sink.stats.cpu_s - before
+    measured = len(records) - warm
+    kinds: dict[str, int] = {}
+    for record in records:
+        kinds[type(record).__name__] = kinds.get(type(record).__name__, 0) + 1
+    return {
+        "benchmark": "flagship.writer (simulated models, time_scale 0; the writer's thread)",
+        "requests": n,
+        "writer_cpu_ms_per_request": round(cpu_s / (measured / len(records) * n) * 1000, 3),
+        "writer_cpu_us_per_record": round(cpu_s / measured * 1e6, 2),
+        "records_per_request": {k: round(v / n, 2) for k, v in sorted(kinds.items())},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "what",
-        choices=["cpu", "profile", "latency", "memory", "instructions", "_memory", "_instructions"],
+        choices=[
+            "cpu",
+            "profile",
+            "latency",
+            "memory",
+            "instructions",
+            "writer",
+            "_memory",
+            "_instructions",
+        ],
     )
     parser.add_argument("--requests", type=int, nargs="+", default=None)
     parser.add_argument("--repeat", type=int, default=3)
@@ -539,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         result = latency(counts[0], args.concurrency)
     elif args.what == "instructions":
         result = instructions(counts[0])
+    elif args.what == "writer":
+        result = writer(counts[0])
     else:
         result = memory(counts)
     result["python"] = sys.version.split()[0]

@@ -267,3 +267,12 @@ def test_the_flagship_idle_time_splits_into_before_between_and_after_the_calls()
     assert before == pytest.approx(10) and between == pytest.approx(40)
     assert after == pytest.approx(50)
     assert before + between + after == pytest.approx(300 - flagship._union_ms(calls))
+
+
+def test_the_flagship_writer_benchmark_writes_every_record_of_every_request() -> None:
+    flagship = _bench("bench.flagship")
+    figures = flagship.writer(20)
+    kinds = figures["records_per_request"]
+    assert kinds["RequestRecord"] == 1.0  # every request's records, each request once
+    assert kinds["OrchestrationEvent"] > 10 and kinds["NodeRun"] > 3 and kinds["LlmCall"] >= 1
+    assert figures["writer_cpu_ms_per_request"] > 0 and figures["writer_cpu_us_per_record"] > 0

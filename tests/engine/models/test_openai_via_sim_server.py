@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from engine.cli import main
 from tests.support.fast_graphs import fast_copy
 
 
@@ -20,7 +23,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_baseline_runs_through_the_openai_provider_against_sim_server(tmp_path: Path) -> None:
+def test_baseline_runs_through_the_openai_provider_against_sim_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "engine", "sim-server", "--port", str(port)],
@@ -76,12 +81,5 @@ def test_baseline_runs_through_the_openai_provider_against_sim_server(tmp_path: 
     # run's figures are labelled simulated wherever they are shown
     assert calls and {c[0] for c in calls} == {"sim"}
     assert all(c[2] == "ok" for c in calls)
-    stats = subprocess.run(
-        [sys.executable, "-m", "engine", "stats", "--db", "t.db"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert stats.returncode == 0, stats.stderr
-    assert "figures come from simulated models" in stats.stdout
+    assert main(["stats", "--db", str(tmp_path / "t.db")]) == 0
+    assert "figures come from simulated models" in capsys.readouterr().out

@@ -92,7 +92,18 @@ class SpecError(MoatError, ValueError):
 
 
 class ExpressionError(SpecError):
-    """An expression that does not parse, uses forbidden syntax or names something unknown."""
+    """An expression that does not parse, uses forbidden syntax or names something unknown.
+
+    Args:
+        message: what is wrong, naming the expression (for a reader who sees nothing else).
+        problem: what is wrong without naming the expression, for a message that names
+            it already (`in expression '...': `); the message when not given.
+        column: 1-based column within the expression, if known.
+    """
+
+    def __init__(self, message: str, *, problem: str | None = None, column: int | None = None):
+        self.problem = message if problem is None else problem
+        super().__init__(message, column=column)
 
 
 class PluginError(SpecError, ImportError):

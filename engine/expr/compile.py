@@ -214,13 +214,17 @@ def _parse(source: str) -> tuple[ast.Expression, _Columns]:
     except SyntaxError as exc:
         # offset 0 means "at the end of the input"
         column = (exc.offset or len(body) + 1) + lead if exc.lineno == 1 else None
+        problem = f"{translate(exc.msg)}. {ALLOWED}"
         raise ExpressionError(
-            f"cannot parse expression {quoted(source)}: {translate(exc.msg)}. {ALLOWED}",
+            f"cannot parse expression {quoted(source)}: {problem}",
+            problem=f"cannot parse: {problem}",
             column=column,
         ) from None
     except (ValueError, RecursionError, MemoryError):
         raise ExpressionError(
-            f"expression {source[:60]!r} is nested too deeply; split it up", column=1
+            f"expression {source[:60]!r} is nested too deeply; split it up",
+            problem="nested too deeply; split it up",
+            column=1,
         ) from None
 
 
@@ -258,9 +262,10 @@ class _Checker:
 
     def reject(self, node: ast.AST, what: str, hint: str = ALLOWED, offset: int = -1) -> NoReturn:
         column = self.columns(offset if offset >= 0 else getattr(node, "col_offset", 0))
+        fix = f" {hint}" if hint else ""
         raise ExpressionError(
-            f"{what} is not allowed in expression {quoted(self.source)}."
-            + (f" {hint}" if hint else ""),
+            f"{what} is not allowed in expression {quoted(self.source)}.{fix}",
+            problem=f"{what} is not allowed.{fix}",
             column=column,
         )
 

@@ -518,7 +518,9 @@ def _split_expression(text: str, start: int, path: str) -> tuple[Expr, int, int]
     inner = text[start + 2 :]
     offset = start + 2 + len(inner) - len(inner.lstrip())
     column = None if first_error.column is None else first_error.column + offset
-    raise ExpressionError(f"in {where}: {first_error.reason}", column=column) from first_error
+    raise ExpressionError(
+        f"in {where}: {first_error.reason}", problem=first_error.problem, column=column
+    ) from first_error
 
 
 def _labelled(expr: Expr, path: str) -> _Evaluate:

@@ -175,7 +175,7 @@ class Checker:
             expr = compile_expr(source)
         except ExpressionError as exc:
             self._error(
-                f"in expression {quoted(source)}: {_unnamed(exc.reason, quoted(source))}",
+                f"in expression {quoted(source)}: {exc.problem}",
                 at,
                 node_id=node_id,
                 offset=(exc.column or 1) - 1,
@@ -201,7 +201,7 @@ class Checker:
             pass
         for where, part, exc in template_errors(value, at):
             self._error(
-                f"in {quoted(part)}: {exc.reason}",
+                f"in {quoted(part)}: {exc.problem}",
                 where,
                 node_id=node_id,
                 offset=(exc.column or 1) - 1,
@@ -605,12 +605,3 @@ class Checker:
     ) -> None:
         node_id = node_id or node_of(at)
         self.errors.append(self.located.error(message, at, key=key, node_id=node_id, offset=offset))
-
-
-def _unnamed(reason: str, source: str) -> str:
-    """An expression error's `reason` without the expression it names, for a message that
-    names the expression first (`in expression '...': `)."""
-    for named in (f" in expression {source}", f" expression {source}"):
-        if named in reason:
-            return reason.replace(named, "", 1)
-    return reason

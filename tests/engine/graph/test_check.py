@@ -854,6 +854,16 @@ def test_an_expression_error_names_the_expression_once_and_says_what_to_do(
     assert f"in expression '{expression}': {says}" in error, error
 
 
+def test_a_template_error_names_its_template_and_says_what_is_wrong_once() -> None:
+    body = 'nodes:\n  check: {type: review, with: {threshold: "{{ x.__class__ }}"}}\n'
+    (error,) = check(body + "output:\n  a: check.action\n")
+    assert "in '{{ x.__class__ }}': the attribute '__class__' (names starting with '_') is " in (
+        error
+    )
+    assert error.count("__class__") == 2, error  # the template, then the attribute
+    assert "in template" not in error and "in expression" not in error, error
+
+
 @pytest.mark.parametrize(
     ("section", "where", "got"),
     [

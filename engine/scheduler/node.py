@@ -186,7 +186,11 @@ class NodeRunner:
             output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
             if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
                 output = self._checked(cell, output)  # raises
-            cell.finish(output, NodeStatus.SUCCEEDED)
+            req = cell.frame.req
+            if req.deadline is not None and req.clock() >= req.deadline:
+                outcome = self._late(cell)
+            else:
+                cell.finish(output, NodeStatus.SUCCEEDED)
         except BaseException as exc:  # the node or an input failed: a value from here on
             outcome = failure(exc, node.id)
             if outcome is None:  # cancelled
@@ -290,8 +294,30 @@ class NodeRunner:
                 output = self._checked(cell, await impl.run(config, ctx))
             except Exception as exc:
                 return Outcome.from_error(exc, node.id)
-            return Outcome(output, NodeStatus.SUCCEEDED)
-        return await self._retrying(cell, config, ctx)
+            outcome = Outcome(output, NodeStatus.SUCCEEDED)
+        else:
+            outcome = await self._retrying(cell, config, ctx)
+        req = cell.frame.req
+        if req.deadline is not None and outcome.error is None and req.clock() >= req.deadline:
+            return self._late(cell)
+        return outcome
+
+    def _late(self, cell: LazyNode) -> Outcome:
+        """A run that returned once the request's deadline had passed: it caught the
+        cancellation the deadline sent it, or blocked the event loop. Its value came too
+        late to be part of the answer, so it is not one."""
+        req = cell.frame.req
+        deadline_ms = req.graph.budget.deadline_ms
+        error = NodeTimeout(
+            f"returned {req.elapsed_ms() - deadline_ms:.0f} ms after the request's "
+            f"deadline_ms={deadline_ms:g} had passed; its value is not used (let the "
+            "cancellation the deadline sends reach the end of run(): never catch it "
+            "without raising it again, and keep blocking work off the event loop with "
+            "`await anyio.to_thread.run_sync(...)`)",
+            node_id=cell.node.id,
+            request_id=req.info.id,
+        )
+        return Outcome(None, NodeStatus.TIMED_OUT, error, cell.node.id)
 
     async def _retrying(self, cell: LazyNode, config: BaseModel, ctx: NodeCtx) -> Outcome:
         node = cell.node

@@ -263,9 +263,11 @@ class Runner:
                     answer = RequestStatus.FAILED, None, describe_error(exc.node_id, exc.error)
                 except EvaluationError as exc:
                     answer = RequestStatus.FAILED, None, str(exc)
-            if deadline is not None and deadline.cancel_called:
+            if deadline is not None and (
+                deadline.cancel_called or self._clock() >= deadline.deadline
+            ):
                 # the deadline passed: whatever came back after it (a node that swallowed
-                # its cancellation and returned) is not an answer
+                # its cancellation and returned, or blocked the loop past it) is not an answer
                 answer = None
         except anyio.get_cancelled_exc_class():
             abandoned = record_cancelled is not False
@@ -351,10 +353,9 @@ class Runner:
             },
         )
         missing = [name for name in self.graph.output if name not in partial]
-        error = (
-            f"deadline_ms={budget.deadline_ms:g} passed after {elapsed:.0f} ms; "
-            f"outputs not resolved: {', '.join(missing)}"
-        )
+        error = f"deadline_ms={budget.deadline_ms:g} passed after {elapsed:.0f} ms"
+        if missing:
+            error += f"; outputs not resolved: {', '.join(missing)}"
         if partial:
             status, output, unwritable = _answer(self.graph, RequestStatus.PARTIAL, partial)
             return status, output, unwritable or error

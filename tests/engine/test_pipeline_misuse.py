@@ -4,6 +4,7 @@ objects. Each gets a clear answer or error; nothing hangs, and no run is left `r
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -200,3 +201,39 @@ async def test_a_value_returned_after_a_timeout_or_deadline_is_not_an_answer(
     assert result.error is not None and error in result.error
     if node_status is not None:
         assert [(r.node, r.status) for r in runs] == [("bounded", node_status)]
+
+
+LATE_PARTIAL = """\
+moat: 1
+name: late-partial
+plugins: [tests.support.sched_nodes]
+budget: {deadline_ms: 200, partial: true}
+nodes:
+  quick: {type: stubborn, with: {ms: 1, value: quick}}
+  late: {type: stubborn, with: {ms: 600, value: "{{ quick.value }} and late", block: BLOCK}}
+output:
+  quick: quick.value
+  late: late.value
+"""
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["swallows-cancellation", "blocks"])
+async def test_a_value_that_came_after_the_deadline_is_not_part_of_a_partial_answer(
+    tmp_path: Path, block: bool
+) -> None:
+    """With `partial: true`, only what resolved before the deadline is the answer: a node
+    that caught the deadline's cancellation, or blocked the loop past it, and then
+    returned is a timed-out run, never an output."""
+    path = tmp_path / "late.yaml"
+    path.write_text(LATE_PARTIAL.replace("BLOCK", str(block).lower()))
+    async with Pipeline(path, db=None) as pipe:
+        result = await pipe.run({})
+        runs = {r.node: r for r in pipe.memory.items if type(r).__name__ == "NodeRun"}
+    assert result.status is RequestStatus.PARTIAL
+    assert result.output == {"quick": "quick"}
+    assert result.error is not None
+    assert re.fullmatch(
+        r"deadline_ms=200 passed after \d+ ms; outputs not resolved: late", result.error
+    )
+    assert (runs["late"].status, runs["late"].outcome) == ("timed_out", "none")
+    assert (runs["quick"].status, runs["quick"].outcome) == ("succeeded", "used")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,16 @@ class Stubborn(Node):
         model_config = ConfigDict(extra="forbid")
         ms: float = 0
         value: Any = None
+        block: bool = False
+        """Block the event loop for `ms` instead (`time.sleep`): no cancellation reaches it."""
 
     class Output(BaseModel):
         value: Any = None
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
+        if config.block:
+            time.sleep(config.ms / 1000)
+            return self.Output(value=config.value)
         try:
             await anyio.sleep(config.ms / 1000)
         except anyio.get_cancelled_exc_class():

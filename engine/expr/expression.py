@@ -242,6 +242,9 @@ class Template:
         constant: True when it holds no expression reading a name.
         expressions: the compiled expressions, in document order.
         first: the name every evaluation reads before any other, if there is one.
+        open_keys: the keys of a mapping whose value an expression makes at run time (so
+            of any type: `max_tokens: "{{ input.n }}"`), or None when the whole value is
+            one expression.
         build: builds the value as `evaluate` does, but leaves a failure unexplained (a
             `KeyError` for a name not in scope, the raw error of an expression): the
             fast path for callers that call `evaluate` again to raise the error it is.
@@ -256,6 +259,7 @@ class Template:
         "expressions",
         "first",
         "names",
+        "open_keys",
         "refs",
     )
 
@@ -263,6 +267,13 @@ class Template:
         self._raw = value
         found: list[tuple[Expr, int]] = []
         self._function = _build(value, "", found, fast=False)
+        self.open_keys: tuple[Any, ...] | None = (
+            tuple(key for key, item in value.items() if _dynamic(item))
+            if isinstance(value, dict)
+            else None
+            if _dynamic(value)
+            else ()
+        )
         # compiled on first use: the checker compiles templates it never evaluates
         self.build: _Evaluate = self._first_build
         self.expressions = tuple(expr for expr, _ in found)

@@ -201,6 +201,15 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def holds_bool(value: Any) -> bool:
+    """Whether `value` is `true`/`false` or a mapping or list holding one."""
+    if value.__class__ is bool:
+        return True
+    if isinstance(value, Mapping):
+        return any(holds_bool(v) for v in value.values())
+    return isinstance(value, list | tuple) and any(holds_bool(v) for v in value)
+
+
 def bools_read_as_numbers(
     data: Any, value: Any, at: tuple[str | int, ...] = ()
 ) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, cast
 
 from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
-from engine.expr.wording import bools_read_as_numbers
+from engine.expr.wording import bools_read_as_numbers, holds_bool
 
 __all__ = ["bool_errors", "config_keys", "model_names", "validator_raised"]
 
@@ -55,7 +55,7 @@ def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]
     found: list[Any] = []
     for key, value in static.items():
         info = config.model_fields.get(key)
-        if info is None or not _holds_bool(value):
+        if info is None or not holds_bool(value):
             continue
         form: Any = info.annotation
         if info.metadata:
@@ -66,14 +66,6 @@ def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]
             continue  # its own error is reported by the config's validation
         found += [err for _, err in bools_read_as_numbers(value, made, (key,))]
     return found
-
-
-def _holds_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, Mapping):
-        return any(_holds_bool(v) for v in value.values())
-    return isinstance(value, list) and any(_holds_bool(v) for v in value)
 
 
 def validator_raised(type_name: str, config: str, origin: str, exc: Exception) -> str:

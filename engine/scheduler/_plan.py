@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import NodeError
-from engine.expr.wording import config_problem
+from engine.expr.wording import bools_read_as_numbers, config_problem, holds_bool
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
 from engine.scheduler.frame import InputFailed, note_read
 from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
@@ -41,7 +41,7 @@ class Plan:
             concurrent demands start in a stable order).
     """
 
-    __slots__ = ("_validate", "inputs", "kind")
+    __slots__ = ("_open_keys", "_validate", "inputs", "kind")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -53,6 +53,8 @@ class Plan:
         else:
             self.kind = CONDITIONAL
         self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
+        self._open_keys = template.open_keys
+        """The `with:` keys whose values only a run makes (their type unknown before)."""
         # The model's own validator (the registry saw to it that the model is built),
         # called as `model_validate` would but without the keyword arguments it passes on
         # every call, which cost about as much as validating a small config.
@@ -69,12 +71,26 @@ class Plan:
         validate = self._validate
         assert validate is not None
         try:
-            return validate(raw)
+            config = validate(raw)
         except ValidationError as exc:
             raise NodeError(
                 f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
                 node_id=node.id,
             ) from exc
+        keys = self._open_keys
+        if keys != () and raw.__class__ is dict and _made_bool(raw, keys):
+            # pydantic reads `true` as 1 where a number is taken; the checker refuses such
+            # a constant, and a value an expression made is refused the same way
+            errors = [err for _, err in bools_read_as_numbers(raw, config)]
+            if errors:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {config_problem(e)}" for e in errors
+                )
+                raise NodeError(
+                    f"invalid `with:` for a '{node.type_name}' node: {problems}",
+                    node_id=node.id,
+                )
+        return config
 
     def read_inputs(self, cell: LazyNode) -> list[LazyNode] | None:
         """Note the inputs of a plain node as read; those not resolved yet, or None.
@@ -129,6 +145,17 @@ class Plan:
         except Exception:
             raw = template.evaluate(scope)  # raises the error it is, naming the key
         return self.validated(node, raw)
+
+
+def _made_bool(raw: dict[Any, Any], keys: tuple[Any, ...] | None) -> bool:
+    """Whether a value of `keys` (every key for None) in `raw` holds true or false."""
+    if keys is None:
+        return holds_bool(raw)
+    for key in keys:
+        value = raw.get(key)
+        if value is not None and value.__class__ is not str and holds_bool(value):
+            return True
+    return False
 
 
 def _validation_summary(exc: ValidationError) -> str:

@@ -308,6 +308,7 @@ class NodeRunner:
         late to be part of the answer, so it is not one."""
         req = cell.frame.req
         deadline_ms = req.graph.budget.deadline_ms
+        assert deadline_ms is not None  # (the request has a deadline)
         error = NodeTimeout(
             f"returned {req.elapsed_ms() - deadline_ms:.0f} ms after the request's "
             f"deadline_ms={deadline_ms:g} had passed; its value is not used (let the "

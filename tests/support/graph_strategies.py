@@ -94,9 +94,10 @@ class GenGraph:
     `speculate` node learns, or faults that count toward a model's circuit breaker.
     Concurrent requests then see each other's effects in the order they happen to run."""
     order_bound: bool = False
-    """The graph has `budget.cost_usd` or injected faults: which of a request's concurrent
-    calls is refused by the budget or by an open circuit breaker may depend on the order
-    the backend runs them in."""
+    """The graph has `budget.cost_usd`, injected faults or a `speculate` node: which of a
+    request's concurrent calls is refused by the budget or by an open circuit breaker, or
+    wins a hedged race (draft and target answer at the same instant on zero-latency
+    models), may depend on the order the backend runs them in."""
     wall_clock: bool = False
     """The graph has a hard deadline or a tight node timeout: its runs may depend on how
     fast the machine is."""
@@ -510,7 +511,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 7) -> GenGraph:
         outputs=tuple(output),
         output_refs=ids_in(output),
         loops=drawn.loops,
-        order_bound="cost_usd" in budget or "faults:" in text,
+        order_bound="cost_usd" in budget or "faults:" in text or "type: speculate\n" in text,
         shared_state=any(f"type: {t}\n" in text for t in ("cache", "speculate"))
         or "faults:" in text,
         wall_clock="deadline_ms" in budget or time_scale > 0 or "timeout_ms: 1\n" in text,

@@ -452,6 +452,36 @@ async def test_an_invalid_config_is_a_node_failure_with_a_clear_message(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("flag", [True, False])
+async def test_true_or_false_made_at_run_time_is_no_number(anyio_backend: Any, flag: bool) -> None:
+    """The checker refuses `ms: true` written in the graph; the same value made by an
+    expression is refused at run time, never read as 1 or 0. A key that takes any value
+    keeps it."""
+    g = graph(
+        """
+        moat: 1
+        name: config
+        nodes:
+          sleepy: {type: work, with: {ms: "{{ input.ms }}", value: "{{ input.ms }}"}}
+          keeps: {type: work, with: {value: "{{ [input.ms] }}"}}
+        output:
+          value: "sleepy.value if input.sleep else none"
+          kept: keeps.value
+        """
+    )
+    result, _ = await run(g, {"ms": flag, "sleep": True})
+    assert result.status.value == "failed"
+    assert result.error == (
+        f"node 'sleepy': invalid `with:` for a 'work' node: ms: Input should be a number, "
+        f"got {str(flag).lower()}"
+    )
+    result, _ = await run(g, {"ms": flag, "sleep": False})
+    assert result.output == {"value": None, "kept": [flag]}
+    result, _ = await run(g, {"ms": 2, "sleep": True})
+    assert result.output == {"value": 2, "kept": [2]}
+
+
+@pytest.mark.anyio
 async def test_run_request_and_runner_misuse(anyio_backend: Any) -> None:
     g = graph(LONG_SPECULATION.replace("10000", "10"))
     result = await run_request(g, {}, request_id="solo")

@@ -12,6 +12,7 @@ import anyio
 import sniffio
 from starlette.requests import Request
 
+from engine.errors import DuplicateRequest
 from engine.scheduler.runner import RequestResult
 from engine.serve._http import _client_closed
 from engine.serve._served import _Ids, _Served
@@ -126,6 +127,16 @@ class _Attending:
                 result = replace(result, cost_usd=recorded.record.cost_usd)
         except ApiError:
             raise
+        except DuplicateRequest as exc:  # a numbering fault: the id is an earlier request's
+            log.error("serve.request_id_taken", extra={"request_id": request_id, "run_id": run_id})
+            raise ApiError(
+                500,
+                "moat numbered this request with the id of a request it answered before, so "
+                "it did not run it (nothing was recorded); send it again, and see the "
+                "server log",
+                type="server_error",
+                code="internal_error",
+            ) from exc
         except Exception as exc:  # a bug in moat: the client gets its id, the log the rest
             log.exception("serve.request_crashed", extra={"request_id": request_id})
             raise ApiError(

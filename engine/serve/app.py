@@ -88,7 +88,9 @@ class MoatServer(_Attending):
             a worker process of `moat serve --workers N`, whose parent owns the runs
             (starts them, beats their heartbeat, finishes them).
         slot: `(index, count)` of this worker among `count`: its requests are numbered
-            `index`, `index + count`, ... so the workers' request ids never collide.
+            `index`, `index + count`, ... so the workers' request ids never collide; a
+            worker that joins runs with requests of its slot stored (one started again
+            after a crash) carries on after the highest of them.
         rotate_s: start a new run per graph every this many seconds (None: one run for
             the server's life); a worker process never rotates, its parent does.
         on_rotate: called (by the process that owns the runs) with each graph's new run;
@@ -176,6 +178,9 @@ class MoatServer(_Attending):
                 if self.runs is not None:  # the parent process owns the run
                     served.run_id = self.runs[name]
                     served.pipe.use_run(served.run_id)
+                    served.seq = await anyio.to_thread.run_sync(
+                        _slot_requests, served.pipe.store, served.run_id, self.slot
+                    )
                 else:
                     served.run_id = served.pipe.start_run(None, {"serve": True})
                     stack.push_async_callback(self._finish_run, served)
@@ -481,6 +486,20 @@ class MoatServer(_Attending):
                 code="invalid_api_key",
             )
         return tenant
+
+
+def _slot_requests(store: Any, run_id: str, slot: tuple[int, int]) -> int:
+    """How many seqs of `slot` the run has used: a worker that joins the run (again, after
+    its predecessor died) numbers its requests after the ones stored, never over them."""
+    if store is None:
+        return 0
+    index, count = slot
+    rows = store.query(
+        "SELECT MAX(seq) AS seq FROM requests WHERE run_id = ? AND seq % ? = ?",
+        (run_id, count, index),
+    )
+    highest = rows[0]["seq"] if rows else None
+    return 0 if highest is None else (int(highest) - index) // count + 1
 
 
 def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:

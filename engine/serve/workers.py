@@ -12,6 +12,8 @@ engine.serve.workers SPEC`), each a whole `MoatServer` joined to those runs:
   once its records are committed, as one process does: a kill -9 of any process loses no
   answered request;
 - requests are numbered `index, index + N, ...` in worker `index`, so ids never collide;
+  a worker started again (after its predecessor died) carries on after the highest seq
+  of its slot in the store, so it never hands out an id a stored request has;
 - the parent beats each run's heartbeat with the count of stored requests, restarts a
   worker that dies, and on SIGTERM or SIGINT (from the moment it starts, so also while
   the workers start) stops the workers (each drains its requests within the grace

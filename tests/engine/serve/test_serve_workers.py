@@ -15,10 +15,11 @@ import pytest
 
 from bench._procs import children
 from engine.cli import main
-from engine.serve import ShapingLimits
+from engine.serve import MoatServer, ShapingLimits
 from engine.serve.workers import split_limits
 from engine.store.store import Store
 from tests.support.fast_graphs import fast_copy
+from tests.support.serve_client import http
 from tests.support.serve_process import serving
 
 
@@ -53,10 +54,13 @@ def test_two_workers_answer_into_one_run_and_stop_on_sigterm(tmp_path: Path) -> 
 
 @pytest.mark.slow  # ~9 s: a worker killed and started again
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
-def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+def test_a_worker_that_dies_is_replaced_and_numbers_after_its_stored_requests(
+    tmp_path: Path,
+) -> None:
     graph = fast_copy("baseline", tmp_path, time_scale=0)
     db = tmp_path / "moat.db"
     with serving(str(graph), "--db", str(db), "--workers", "2") as (proc, base_url):
+        before = _ask(base_url, "baseline", 12)
         first = children(proc.pid)
         os.kill(first[0], signal.SIGKILL)
         for _ in range(100):  # the parent notices within half a second, then restarts it
@@ -65,7 +69,67 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert len(now) == 2 and first[0] not in now
-        assert len(_ask(base_url, "baseline", 6)) == 6
+        after = _ask(base_url, "baseline", 12)  # each a 200: no id handed out twice
+    ids = before + after
+    assert len(set(ids)) == 24
+    assert {int(rid.rsplit("-", 1)[1]) % 2 for rid in after} == {0, 1}  # both answered
+    with Store.open(db, readonly=True) as store:
+        stored = {r["id"] for r in store.query("SELECT id FROM requests WHERE status = 'ok'")}
+    assert stored == set(ids)
+
+
+async def _answer_as_worker(graph: Path, db: Path, runs: dict[str, str], n: int) -> list[str]:
+    """`n` requests answered by a worker in slot 1 of 2 joined to `runs`, then stopped."""
+    worker = MoatServer([graph], db=db, runs=runs, slot=(1, 2))
+    async with worker, http(worker) as web:
+        ids = []
+        for i in range(n):
+            body = {"model": "baseline", "messages": [{"role": "user", "content": f"q{i}"}]}
+            response = await web.post("/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            ids.append(response.headers["x-moat-request-id"])
+    return ids
+
+
+@pytest.mark.anyio
+async def test_a_worker_joining_a_run_again_carries_on_after_its_slots_stored_seqs(
+    tmp_path: Path,
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    async with MoatServer([graph], db=db) as parent:
+        runs = {"baseline": parent.graphs["baseline"].run_id}
+        first = await _answer_as_worker(graph, db, runs, 3)
+        again = await _answer_as_worker(graph, db, runs, 2)  # a worker started again
+    run = runs["baseline"]
+    assert first == [f"{run}-{seq:06d}" for seq in (1, 3, 5)]
+    assert again == [f"{run}-{seq:06d}" for seq in (7, 9)]
+    with Store.open(db, readonly=True) as store:
+        stored = store.query("SELECT id, status FROM requests ORDER BY seq")
+    assert [(r["id"], r["status"]) for r in stored] == [(rid, "ok") for rid in first + again]
+
+
+@pytest.mark.anyio
+async def test_a_request_numbered_with_a_taken_id_gets_a_500_without_that_id(
+    tmp_path: Path,
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    async with MoatServer([graph], db=db) as server, http(server) as web:
+        body = {"model": "baseline", "messages": [{"role": "user", "content": "hello"}]}
+        answered = await web.post("/chat/completions", json=body)
+        server.graphs["baseline"].seq = 0  # a numbering fault: the next id is taken
+        response = await web.post("/chat/completions", json=body)
+    taken = answered.headers["x-moat-request-id"]
+    assert response.status_code == 500
+    assert "x-moat-request-id" not in response.headers
+    assert taken not in response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error")
+    assert "did not run it" in error["message"]
+    with Store.open(db, readonly=True) as store:
+        stored = store.query("SELECT id, status FROM requests")
+    assert [(r["id"], r["status"]) for r in stored] == [(taken, "ok")]
 
 
 def _alive(pid: int) -> bool:

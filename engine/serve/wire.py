@@ -151,6 +151,35 @@ def _turns(messages: Any) -> list[dict[str, str]]:
     return turns
 
 
+def _refuse_unanswerable(messages: list[Any], turns: list[dict[str, str]], last: int) -> None:
+    """Refuse the turns a graph cannot honour (the mapping would drop them): an assistant
+    turn's tool calls, and any turn after the last user message, the one answered.
+
+    Raises:
+        ApiError: 400 naming the message.
+    """
+    for i, message in enumerate(messages):
+        for name in ("tool_calls", "function_call"):
+            if message.get(name):
+                raise _bad(
+                    f"messages[{i}].{name}: a graph never calls the client's tools, so it "
+                    "cannot honour a conversation in which they were called; send those "
+                    "turns as text (the tool's result in a user message, say)",
+                    f"messages[{i}].{name}",
+                    "unsupported_value",
+                )
+    if last + 1 < len(turns):
+        i = last + 1
+        raise _bad(
+            f"messages[{i}] ({turns[i]['role']}) comes after the last user message, "
+            f"messages[{last}]: a graph answers the last user message and cannot honour a "
+            "turn after it (an assistant prefill, say); end `messages` with the user "
+            "message to answer",
+            f"messages[{i}]",
+            "unsupported_value",
+        )
+
+
 def parse_chat(body: Any) -> ChatRequest:
     """Check a `/v1/chat/completions` body and map its messages to a graph input.
 
@@ -167,6 +196,7 @@ def parse_chat(body: Any) -> ChatRequest:
     last = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
     if last is None:
         raise _bad("`messages` has no user message to answer", "messages", "missing_user")
+    _refuse_unanswerable(body["messages"], turns, last)
     data: dict[str, Any] = {"prompt": turns[last]["content"]}
     if last > 0:
         data["history"] = turns[:last]

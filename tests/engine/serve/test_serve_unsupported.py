@@ -135,6 +135,67 @@ async def test_the_neutral_values_an_openai_client_sends_are_taken(tmp_path: Pat
     assert legacy.choices[0].message.content == reply.choices[0].message.content
 
 
+ANSWER: Any = {"role": "assistant", "content": "a1"}
+CALL: Any = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+UNANSWERABLE = [
+    (
+        [USER, ANSWER, USER, {"role": "assistant", "content": "So"}],
+        "messages[3]",
+        "messages[3] (assistant) comes after the last user message, messages[2]: a graph "
+        "answers the last user message and cannot honour a turn after it",
+    ),
+    (
+        [USER, {"role": "system", "content": "answer in French"}],
+        "messages[1]",
+        "messages[1] (system) comes after the last user message, messages[0]",
+    ),
+    (
+        [
+            USER,
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            USER,
+        ],
+        "messages[1].tool_calls",
+        "messages[1].tool_calls: a graph never calls the client's tools",
+    ),
+    (
+        [USER, {"role": "assistant", "content": "", "function_call": CALL["function"]}, USER],
+        "messages[1].function_call",
+        "messages[1].function_call: a graph never calls the client's tools",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "words"),
+    UNANSWERABLE,
+    ids=["assistant-prefill", "system-after", "tool-calls", "function-call"],
+)
+async def test_a_turn_a_graph_cannot_honour_is_a_400_naming_the_message_not_dropped(
+    tmp_path: Path, messages: list[Any], param: str, words: str
+) -> None:
+    db = tmp_path / "moat.db"
+    body = {"model": "echo", "messages": messages}
+    async with MoatServer([echo_graph(tmp_path)], db=db) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert error["code"] == "unsupported_value"
+    assert error["message"].startswith(words)
+    assert rows(db, "SELECT id FROM requests") == []
+
+
+async def test_an_assistant_turn_with_no_tool_calls_in_the_history_is_taken(
+    tmp_path: Path,
+) -> None:
+    messages = [USER, {"role": "assistant", "content": "a1", "tool_calls": []}, USER]
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, client(server) as oai:
+        reply = await oai.chat.completions.create(model="echo", messages=messages)
+    assert reply.choices[0].message.content == "hi | turns: 2 | public"
+
+
 async def test_sim_server_still_takes_the_fields_moat_serve_refuses() -> None:
     # the simulated models stand in for a real provider, which takes them
     body = {

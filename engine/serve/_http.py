@@ -4,6 +4,7 @@ decoded, and errors and streamed answers as responses."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -114,11 +115,39 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data  # (not reached: a key was there twice)
 
 
+def _not_json(constant: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's reader takes and JSON has not."""
+    raise ApiError(
+        400,
+        f"the request body is not valid JSON: {constant} is not a JSON number (JSON has "
+        "no NaN or Infinity); send a finite number, or null",
+        code="invalid_json",
+    )
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused if no 64-bit float holds it
+    (`1e999` would read as infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ApiError(
+            400,
+            f"the request body is not valid JSON: the number {shown} is out of range (past "
+            "a 64-bit float, it would read as Infinity, which JSON has not); send a finite "
+            "number",
+            code="invalid_json",
+        )
+    return value
+
+
 def _decode(raw: bytes, content_type: str | None = None) -> Any:
     """The JSON of a request body (`content_type`: its Content-Type, named when a body
     that is not JSON was sent as something else, a form say)."""
     try:
-        return json.loads(raw, object_pairs_hook=_unique)
+        return json.loads(
+            raw, object_pairs_hook=_unique, parse_constant=_not_json, parse_float=_finite
+        )
     except json.JSONDecodeError as exc:
         where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         kind = (content_type or "").split(";", 1)[0].strip().lower()

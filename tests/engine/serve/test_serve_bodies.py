@@ -1,5 +1,6 @@
 """Request bodies `moat serve` reads one way only: a key twice in one object is refused
-(a proxy in front may read the other one), and a body sent as a form says so."""
+(a proxy in front may read the other one), so are NaN and Infinity (not JSON, though
+Python's reader takes them), and a body sent as a form says so."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from engine.serve import MoatServer
 from engine.serve._http import _decode
 from engine.serve.wire import ApiError
+from engine.store.store import Store
 from tests.engine.serve.test_serve import echo_graph
 from tests.support.serve_client import http
 
@@ -48,6 +50,24 @@ async def test_a_key_twice_in_one_object_is_a_400_naming_it(
     )
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1E+400"])
+@pytest.mark.parametrize("field", ["temperature", "x_unknown"])
+async def test_nan_or_infinity_anywhere_is_a_400_saying_the_body_is_not_json(
+    tmp_path: Path, number: str, field: str
+) -> None:
+    db = tmp_path / "moat.db"
+    raw = f'{{"model": "echo", {MESSAGES}, "{field}": {number}}}'
+    async with MoatServer([echo_graph(tmp_path)], db=db) as server, http(server) as web:
+        response = await web.post("/chat/completions", content=raw.encode())
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (None, "invalid_json")
+    assert error["message"].startswith("the request body is not valid JSON: ")
+    assert number in error["message"] and "send a finite number" in error["message"]
+    with Store.open(db, readonly=True) as store:
+        assert store.query("SELECT id FROM requests") == []
+
+
 async def test_a_form_body_is_a_400_saying_it_was_sent_as_a_form(tmp_path: Path) -> None:
     async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
         form = await web.post("/chat/completions", data={"model": "echo"})
@@ -64,8 +84,9 @@ async def test_a_form_body_is_a_400_saying_it_was_sent_as_a_form(tmp_path: Path)
     assert plain.status_code == 200  # JSON is read whatever its Content-Type says
 
 
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    st.none() | st.booleans() | st.integers() | FINITE | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
     max_leaves=10,
 )

@@ -17,8 +17,15 @@ from engine.cli import file_path, graph_file, policy_file, store_file
 from engine.errors import MoatError, PolicyError, StoreError
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
-from engine.policy.manager import apply_policy, diff_policies, load_policy_file, rollback_policy
-from engine.store.policy_ops import version_numbers
+from engine.policy.manager import (
+    apply_policy,
+    diff_policies,
+    load_policy_file,
+    rollback_policy,
+    validate_policy,
+)
+from engine.policy.validate import PolicyFile
+from engine.store.policy_ops import Active, graph_paths, poll_active, version_numbers
 from engine.store.policy_tables import listed
 from engine.store.store import Store
 
@@ -58,7 +65,8 @@ def add_commands(sub: Any) -> None:
         default=[],
         type=graph_file,
         metavar="GRAPH",
-        help="check against this graph (repeatable; default: graphs/ using this policy)",
+        help="also check against this graph (repeatable); always checked: the graphs in "
+        "graphs/ and those of the store's runs that read this policy",
     )
     p.add_argument("--reason", default="apply", help="recorded with the activation")
 
@@ -226,28 +234,61 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _graphs_for(name: str, paths: list[str]) -> list[Graph]:
-    if paths:
-        return [load_graph(path) for path in paths]
-    if not _GRAPHS_DIR.is_dir():
-        return []
-    found: list[Graph] = []
-    for path in sorted([*_GRAPHS_DIR.glob("*.yaml"), *_GRAPHS_DIR.glob("*.yml")]):
-        try:
-            graph = load_graph(path)
-        except MoatError as exc:
-            print(f"warning: {path} does not load, not checked against it: {exc}", file=sys.stderr)
+def _recorded(args: argparse.Namespace, name: str) -> tuple[list[str], Active | None]:
+    """The graph files the store's runs of policy `name` recorded, and its active version
+    (neither on a store not made yet: `apply` makes it)."""
+    path = store_file(args.db)
+    if not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+        return [], None
+    with _open(args) as store:
+        return graph_paths(store, name), poll_active(store, name)
+
+
+def _reader(path: str, name: str) -> Graph | None:
+    """The graph at `path` if it loads and reads policy `name`; a warning if it does not load."""
+    try:
+        graph = load_graph(path)
+    except MoatError as exc:
+        print(f"warning: {path} does not load, not checked against it: {exc}", file=sys.stderr)
+        return None
+    return graph if graph.policy_name == name else None
+
+
+def _graphs_for(name: str, given: list[str], recorded: list[str]) -> list[Graph]:
+    """The graphs a new version of policy `name` is checked against: the `--graph` ones,
+    those in ./graphs/ that read it and those the store's runs of it recorded, each once."""
+    graphs = [load_graph(path) for path in given]
+    seen = {os.path.realpath(path) for path in given}
+    local = sorted([*_GRAPHS_DIR.glob("*.yaml"), *_GRAPHS_DIR.glob("*.yml")])
+    for path in [*map(str, local), *recorded]:
+        if os.path.realpath(path) in seen:
             continue
-        if graph.policy_name == name:
-            found.append(graph)
-    return found
+        seen.add(os.path.realpath(path))
+        if path in recorded and not os.path.isfile(path):  # moved or deleted since
+            print(
+                f"note: {path}, the graph of earlier runs of policy '{name}', no longer "
+                "exists; not checked against it",
+                file=sys.stderr,
+            )
+            continue
+        graph = _reader(path, name)
+        if graph is not None:
+            graphs.append(graph)
+    return graphs
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Validate FILE against the active version and the graphs; activate it."""
+    """Validate FILE against the active version and the graphs that read it; activate it.
+
+    A policy no graph can be found for is refused: a value its graph cannot take would
+    only show as failed requests once it is live.
+    """
     loaded = load_policy_file(args.file)  # read once: what is validated is what is stored
     name = loaded.name
-    graphs = _graphs_for(name, args.graph)
+    recorded, active = _recorded(args, name)
+    graphs = _graphs_for(name, args.graph, recorded)
+    if not graphs:
+        _refuse_unchecked(loaded, active, args)
     with _open(args, write=True, create=True) as store:
         applied = apply_policy(
             store,
@@ -256,15 +297,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
             allow_new_keys=args.allow_new_keys,
             reason=args.reason,
         )
-    checked = f" (checked against {', '.join(g.name for g in graphs)})" if graphs else ""
-    print(applied.message + checked)
-    if not graphs:  # run from another folder, say: values the graph cannot use got through
-        print(
-            f"note: no graph in {_GRAPHS_DIR}/ uses policy '{name}', so it was checked against "
-            "none; pass --graph GRAPH to check it against the graphs that read it",
-            file=sys.stderr,
-        )
+    names = ", ".join(dict.fromkeys(g.name for g in graphs))
+    print(f"{applied.message} (checked against {names})")
     return 0
+
+
+def _refuse_unchecked(loaded: PolicyFile, active: Active | None, args: argparse.Namespace) -> None:
+    """Refuse a policy no graph was found for, after what can be checked without one (a
+    mistake located in the file says more than that no graph was found)."""
+    validate_policy(
+        loaded.body,
+        loaded.located,
+        previous=active.body if active else None,
+        previous_version=active.version if active else None,
+        allow_new_keys=args.allow_new_keys,
+    )
+    raise PolicyError(
+        f"no graph to check policy '{loaded.name}' against: none in {_GRAPHS_DIR}/ reads it, "
+        "and the store records no run of it whose graph is still there; pass --graph GRAPH "
+        "(the graph that reads it), so a value it cannot take is refused before it goes live",
+        path=args.file,
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "Active",
     "Outcome",
     "baseline_samples",
+    "graph_paths",
     "is_rollback",
     "poll_active",
     "publish",
@@ -409,3 +410,18 @@ def baseline_samples(
         (name, version, limit),
     )
     return [(float(r["latency_ms"]), float(r["cost_usd"])) for r in rows]
+
+
+def graph_paths(store: Store, name: str) -> list[str]:
+    """The graph files of the runs that read policy `name` (their `config_json` records
+    both), newest run first, each once: the graphs `moat policy apply` must not break,
+    wherever it is run from. The files may have moved or changed since."""
+    rows = store.query(
+        "SELECT path, MAX(started_at) AS last FROM (SELECT started_at, CASE WHEN "
+        "json_valid(config_json) THEN json_extract(config_json, '$.graph_path') END AS path, "
+        "CASE WHEN json_valid(config_json) THEN json_extract(config_json, '$.policy') END "
+        "AS policy FROM runs) WHERE policy = ? AND typeof(path) = 'text' "
+        "GROUP BY path ORDER BY last DESC, path",
+        (name,),
+    )
+    return [str(row["path"]) for row in rows]

@@ -44,6 +44,14 @@ def _restore_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True)
+def _in_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run from a folder whose graphs/ reads the policy, as `apply` checks against it
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "triage.yaml").write_text(GRAPH)
+    monkeypatch.chdir(tmp_path)
+
+
 def moat(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["policy", *args])
     out, err = capsys.readouterr()
@@ -65,10 +73,13 @@ def test_apply_show_diff_rollback_and_history(
     v1, v2, db = files(tmp_path)
     assert moat(capsys, "apply", str(v1), "--db", db)[:2] == (
         0,
-        "policy 'triage': version 1 stored and active\n",
+        "policy 'triage': version 1 stored and active (checked against triage)\n",
     )
     code, out, _ = moat(capsys, "apply", str(v2), "--allow-new-keys", "--db", db)
-    assert (code, out) == (0, "policy 'triage': version 2 stored and active (was 1)\n")
+    assert (code, out) == (
+        0,
+        "policy 'triage': version 2 stored and active (was 1) (checked against triage)\n",
+    )
 
     code, out, _ = moat(capsys, "list", "--db", db)
     assert code == 0
@@ -118,12 +129,9 @@ def test_a_refused_apply_exits_2_with_a_located_message(
 
 
 def test_apply_checks_the_graphs_that_use_the_policy(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     v1, _, db = files(tmp_path)
-    (tmp_path / "graphs").mkdir()
-    (tmp_path / "graphs" / "triage.yaml").write_text(GRAPH)
-    monkeypatch.chdir(tmp_path)
     code, out, _ = moat(capsys, "apply", str(v1), "--db", db)
     assert (code, out) == (
         0,
@@ -167,19 +175,18 @@ def test_unknown_names_and_versions_list_the_choices(
     assert (code, err) == (2, "moat: policy 'triage' has no version 3; stored versions: 1\n")
 
 
-def test_an_apply_no_graph_checked_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_an_apply_with_no_graph_to_check_against_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Run from the wrong folder, apply finds no graph to check against: a value the
-    # running graph cannot use would only show as failed requests.
+    # running graph cannot use would only show as failed requests, so nothing goes live.
     v1, _, db = files(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "graphs" / "triage.yaml").unlink()
     code, out, err = moat(capsys, "apply", str(v1), "--db", db)
-    assert (code, out) == (0, "policy 'triage': version 1 stored and active\n")
-    assert err == (
-        "note: no graph in graphs/ uses policy 'triage', so it was checked against none; "
-        "pass --graph GRAPH to check it against the graphs that read it\n"
-    )
+    assert (code, out) == (2, "")
+    assert err.startswith(f"moat: {v1}: no graph to check policy 'triage' against: ")
+    assert "pass --graph GRAPH" in err
+    assert not Path(db).exists()
 
 
 def test_apply_stores_the_file_as_it_was_read_and_validated(

@@ -19,12 +19,36 @@ from engine.store.policy_ops import roll_back
 from engine.store.store import Store
 
 POLICY = "name: triage\nrouter:\n  threshold: {t}\n"
+GRAPH = """\
+moat: 1
+name: triage
+plugins: [tests.support.graph_nodes]
+models:
+  small: {provider: sim, profile: small}
+policy: ../policies/triage.yaml
+nodes:
+  check:
+    type: review
+    with:
+      threshold: "{{ policy.router.threshold }}"
+output:
+  a: check.action
+"""
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _in_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run from a folder whose graphs/ reads the policy, as `apply` checks against it
+    for folder, text in (("graphs", GRAPH), ("policies", POLICY.format(t=0.5))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "triage.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
 
 
 def moat(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -277,4 +301,4 @@ def test_a_rollback_on_a_store_that_does_not_exist_creates_nothing(
         f"moat: {typo}: no such store; name the store the policy was applied to with --db "
         "PATH (or $MOAT_DB)\n"
     )
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["graphs", "policies"]

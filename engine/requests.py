@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -470,13 +471,16 @@ def read_jsonl(
     limits: RequestLimits = DEFAULT_LIMITS,
 ) -> Iterator[BatchItem]:
     """Yield one `BatchItem` per non-blank line; bad lines become items with an error."""
+    # the name as the errors show it: bytes of a file name that are not UTF-8 (which Python
+    # keeps as lone surrogates) written `\xff`, as no text can hold them
+    source = os.fsencode(path).decode("utf-8", "backslashreplace")
     with open(path, "rb") as fh:
         for seq, (number, raw) in enumerate(_request_lines(fh, limits.max_request_bytes)):
             if isinstance(raw, int):
-                yield _bad(seq, number, str(path), f"{path}:{number}: {_too_big(raw, limits)}")
+                yield _bad(seq, number, source, f"{source}:{number}: {_too_big(raw, limits)}")
                 continue
             yield decode_request(
-                raw, seq=seq, line=number, source=str(path), declared=declared, limits=limits
+                raw, seq=seq, line=number, source=source, declared=declared, limits=limits
             )
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import anyio
@@ -98,7 +99,28 @@ def _open_out(out: str) -> int:
             ) from exc
         raise SpecError(f"--out {out}: cannot open it for writing: {exc.strerror}") from exc
     os.set_blocking(fd, True)  # a slow reader holds the writes back rather than fail them
+    _start_on_a_new_line(fd, out)
     return fd
+
+
+def _start_on_a_new_line(fd: int, out: str) -> None:
+    """A file whose last line has no newline (one torn by a `kill -9`, or text written by
+    hand) gets one, so the first result line is a line of its own, not glued to it."""
+    stat = os.fstat(fd)
+    if not (S_ISREG(stat.st_mode) and stat.st_size):
+        return
+    try:
+        with open(out, "rb") as fh:  # (the descriptor is write-only, as a pipe's must be)
+            fh.seek(-1, os.SEEK_END)
+            last = fh.read(1)
+    except OSError:  # a file moat may write but not read: appended to as it is
+        return
+    if last != b"\n":
+        try:
+            os.write(fd, b"\n")
+        except OSError as exc:
+            os.close(fd)
+            raise SpecError(f"--out {out}: cannot write to it: {exc.strerror}") from exc
 
 
 class OutFailed(MoatError):

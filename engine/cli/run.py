@@ -38,6 +38,7 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.requests import BatchItem, RequestLimits, count_requests, decode_request, read_jsonl
 from engine.stats import FAILED_STATUSES, percentile
+from engine.store.schema import STORE_COMPANIONS
 from engine.store.store import Store, run_state
 
 __all__ = ["add_commands", "cmd_run"]
@@ -90,7 +91,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--resume", metavar="RUN_ID", type=identifier, help="answer only what that run has not"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated models")
+    p.add_argument(
+        "--seed", type=int, help="seed of the simulated models (default 0; a resume: the run's)"
+    )
     p.add_argument("--tui", action="store_true", help="watch the run in the terminal UI")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
     p.add_argument(
@@ -123,6 +126,10 @@ class _Plan:
     """The run to resume."""
     total: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    """The `--model` rebindings (a resume: the run's)."""
+    seed: int = 0
+    """The simulated models' seed (a resume: the run's)."""
     started: str | None = None
     """The run, once it exists: from then on requests have run, so a failure exits 1."""
 
@@ -131,13 +138,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the batch; exit 0 all ok/partial, 1 some failed, 2 unusable, 130 interrupted."""
     models = _check_arguments(args)
     db = store_file(args.db)
-    plan = _resume_plan(args, db) if args.resume else _new_plan(args)
+    plan = _resume_plan(args, db, models) if args.resume else _new_plan(args, models)
     if plan.total == 0:
         what = f"run {plan.run_id}" if plan.run_id else plan.input_path
         print(f"moat: {what} has no requests (no non-blank line); nothing to run", file=sys.stderr)
         return 0
     try:
-        return anyio.run(_run, plan, args, db, models)
+        return anyio.run(_run, plan, args, db)
     except (StoreError, OutFailed) as exc:
         if plan.started is None:
             raise  # nothing ran: exit 2
@@ -170,14 +177,7 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         raise SpecError(
             f"--max-request-bytes {args.max_request_bytes}: give 1 to {_MAX_BYTES} (1 GiB)"
         )
-    if args.input is not None:
-        _check_readable("--input", args.input)
-    if args.out not in (None, "-"):  # `-`: stdout (on a resume too, not the run's --out)
-        _check_writable("--out", args.out)
-    _check_writable("--db" if args.db is not None else "$MOAT_DB", store_file(args.db))
-    if args.policy is not None:
-        _check_readable("--policy", args.policy)
-    _check_distinct(args)
+    _check_files(args)
     workers = getattr(args, "workers", None)
     if workers is not None and args.ray is None:
         raise SpecError(
@@ -203,13 +203,40 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     return _parse_models(args.model)
 
 
-def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) -> None:
+def _check_files(args: argparse.Namespace) -> None:
+    """The files given: each usable as what it is for, and none another's."""
+    for flag in ("input", "out", "db", "policy"):
+        if getattr(args, flag) == "":
+            raise SpecError(
+                f"--{flag} '': an empty path (a shell variable that is not set?); give a file"
+            )
+    if args.input is not None:
+        _check_readable("--input", args.input)
+    if args.out not in (None, "-"):  # `-`: stdout (on a resume too, not the run's --out)
+        _check_writable("--out", args.out)
+    _check_writable("--db" if args.db is not None else "$MOAT_DB", store_file(args.db))
+    if args.policy is not None:
+        _check_readable("--policy", args.policy)
+    _check_distinct(args)
+
+
+def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) -> str | None:
     """`--resume` answers the requests the run recorded. The same requests given again (the
-    first command with `--resume` added) are accepted; other ones would be ignored, so they
-    are refused."""
-    recorded = config.get("input")
+    first command with `--resume` added, or the run's input file moved elsewhere) are
+    accepted; other ones would be ignored, so they are refused.
+
+    Returns:
+        The file to read the run's requests from (None for a single request).
+    """
+    recorded: str | None = config.get("input")
     if args.input is not None:
         same = recorded is not None and os.path.abspath(args.input) == recorded
+        digest = config.get("input_sha256")
+        if not same and recorded is not None and digest is not None:
+            _check_readable("--input", args.input)
+            same = _digest(args.input) == digest  # the run's file, moved or copied
+            if same:
+                return os.path.abspath(str(args.input))
         if not same:
             was = f"the run read {recorded}" if recorded else "the run had no --input"
             raise SpecError(
@@ -224,6 +251,7 @@ def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) 
             f"resumed run answers its own; drop {source} to finish the run, or drop --resume "
             "to start a new run with it"
         )
+    return recorded
 
 
 def _check_readable(flag: str, value: str) -> None:
@@ -258,7 +286,8 @@ def _check_writable(flag: str, value: str) -> None:
 
 def _check_distinct(args: argparse.Namespace) -> None:
     """Results appended to the input (or the store) would be read back or corrupt it."""
-    files = {"--input": args.input, "--out": _out(args), "--db": store_file(args.db)}
+    db = store_file(args.db)
+    files = {"--input": args.input, "--out": _out(args), "--db": db}
     if args.graph:
         files["GRAPH"] = args.graph
     seen: dict[object, str] = {}
@@ -269,6 +298,15 @@ def _check_distinct(args: argparse.Namespace) -> None:
         if key in seen:
             raise SpecError(f"{flag} {value}: is also {seen[key]}; give each its own file")
         seen[key] = flag
+    for suffix in STORE_COMPANIONS:  # SQLite's journal files and the writers' lock file
+        companion = _identity(db + suffix)
+        for flag in ("--input", "--out", "GRAPH"):
+            value = files.get(flag)
+            if value is not None and _identity(value) == companion:
+                raise SpecError(
+                    f"{flag} {value}: is a file of the store {db} (SQLite and moat keep "
+                    f"`{suffix}` beside it); give a file of its own"
+                )
 
 
 def _out(args: argparse.Namespace) -> str | None:
@@ -290,10 +328,16 @@ def _parse_models(values: list[str]) -> dict[str, str]:
     models: dict[str, str] = {}
     for value in values:
         name, sep, target = value.partition("=")
-        if not sep or not name or ":" not in target:
+        provider, colon, model = target.partition(":")
+        if not sep or not name.strip() or not colon or not provider.strip() or not model.strip():
             raise SpecError(
-                f"--model {value!r}: write NAME=PROVIDER:MODEL, e.g. "
+                f"--model {value!r}: write NAME=PROVIDER:MODEL, each part given, e.g. "
                 "large=openai:gpt-4o-mini or small=sim:small"
+            )
+        if name in models:
+            raise SpecError(
+                f"--model {value!r}: model {name!r} is already bound to {models[name]!r} by "
+                "another --model; give each model once"
             )
         models[name] = target
     return models
@@ -304,7 +348,7 @@ def _limits(graph: Graph, max_request_bytes: int | None) -> RequestLimits:
     return RequestLimits(max_request_bytes or spec.max_request_bytes, spec.max_depth)
 
 
-def _new_plan(args: argparse.Namespace) -> _Plan:
+def _new_plan(args: argparse.Namespace, models: dict[str, str]) -> _Plan:
     graph = load_graph(args.graph)
     limits = _limits(graph, args.max_request_bytes)
     single, source = _single(args.json, args.prompt)
@@ -319,9 +363,21 @@ def _new_plan(args: argparse.Namespace) -> _Plan:
         "single_source": source,
         "concurrency": args.concurrency,
         "max_request_bytes": args.max_request_bytes,
-        "seed": args.seed,
+        "seed": args.seed or 0,
+        "models": models,
     }
-    return _Plan(graph, args.input, single, source, out, limits, total=total, config=config)
+    return _Plan(
+        graph,
+        args.input,
+        single,
+        source,
+        out,
+        limits,
+        total=total,
+        config=config,
+        models=models,
+        seed=args.seed or 0,
+    )
 
 
 def _single(json_text: str | None, prompt: str | None) -> tuple[str | None, str]:
@@ -356,7 +412,7 @@ def _surrogates(text: str) -> bool:
     return False
 
 
-def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
+def _resume_plan(args: argparse.Namespace, db: str, models: dict[str, str]) -> _Plan:
     if not Path(db).is_file():
         raise SpecError(f"--resume {args.resume}: no store at {db}; pass the --db the run used")
     with Store.open(db) as store:
@@ -369,14 +425,28 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
                 "then resume"
             )
         config = dict(run.get("config") or {})
-        _check_resume_requests(args, config)
+        if not config.get("input") and config.get("single") is None:
+            raise SpecError(
+                f"--resume {args.resume}: the run's requests were given by the program that "
+                "ran it (`Pipeline.run_batch`, `moat serve`), not read from a file or an "
+                "argument, so `moat run` cannot read them again; resume it from that program "
+                f"with `pipe.start_batch(total, resume={args.resume!r})` and its requests"
+            )
+        input_path = _check_resume_requests(args, config)
+        models, seed = _recorded_bindings(args, config, models)
         graph = _resume_graph(args, run, config)
         out = _out(args) if args.out else config.get("out")  # (`-`: stdout, not the run's)
         if out:
             _check_writable("--out", out)
-        if config.get("input"):
-            _check_readable("the run's --input", config["input"])
-            _check_unchanged(args.resume, config["input"], config.get("input_sha256"))
+        if input_path:
+            if args.input is None and not Path(input_path).exists():
+                raise SpecError(
+                    f"the run's --input {input_path}: no such file; if it was moved, give its "
+                    f"new place: moat run --resume {args.resume} --input NEW_PATH (the same "
+                    "content)"
+                )
+            _check_readable("the run's --input", input_path)
+            _check_unchanged(args.resume, input_path, config.get("input_sha256"))
         store.delete_orphans(args.resume)
         if out:
             reconcile_out(store, args.resume, Path(out))
@@ -385,7 +455,7 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         single = json.dumps(single)
     return _Plan(
         graph,
-        config.get("input"),
+        input_path,
         single,
         str(config.get("single_source") or "--json"),
         out,
@@ -393,7 +463,34 @@ def _resume_plan(args: argparse.Namespace, db: str) -> _Plan:
         run_id=args.resume,
         total=int(run["requests_total"] or 0),
         config=config,
+        models=models,
+        seed=seed,
     )
+
+
+def _recorded_bindings(
+    args: argparse.Namespace, config: Mapping[str, Any], models: dict[str, str]
+) -> tuple[dict[str, str], int]:
+    """The `--model` rebindings and seed a resumed run answers with: the run's own, so its
+    last requests meet the models and draws its first ones did. Others given are refused."""
+    recorded = config.get("models")
+    if recorded is None:  # (a run of an older moat: it did not record them)
+        recorded = models
+    elif models and models != recorded:
+        given = " ".join(f"--model {k}={v}" for k, v in models.items())
+        had = " ".join(f"--model {k}={v}" for k, v in recorded.items()) or "no --model"
+        raise SpecError(
+            f"{given} with --resume {args.resume}: the run answered with {had}, and a resumed "
+            "run answers with the same models; drop --model to finish the run, or drop "
+            "--resume to start a new run with these models"
+        )
+    seed = int(config.get("seed") or 0)
+    if args.seed is not None and args.seed != seed:
+        raise SpecError(
+            f"--seed {args.seed} with --resume {args.resume}: the run answered with seed "
+            f"{seed}, and a resumed run keeps it; drop --seed to finish the run"
+        )
+    return dict(recorded), seed
 
 
 def _digest(path: str) -> str:
@@ -469,13 +566,13 @@ class _Progress:
             self.enabled = False
 
 
-def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> Pipeline:
+def _pipeline(plan: _Plan, args: argparse.Namespace, db: str) -> Pipeline:
     """The local pipeline, or with `--ray` the cluster one (Ray is imported only then)."""
     options: dict[str, Any] = {
         "db": db,
         "policy_file": args.policy,
-        "models": models,
-        "seed": args.seed,
+        "models": plan.models,
+        "seed": plan.seed,
         "allow_unpriced": getattr(args, "allow_unpriced", False),
         "limits": plan.limits,
     }
@@ -489,10 +586,10 @@ def _pipeline(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, 
     )
 
 
-async def _run(plan: _Plan, args: argparse.Namespace, db: str, models: dict[str, str]) -> int:
+async def _run(plan: _Plan, args: argparse.Namespace, db: str) -> int:
     async with (
         stoppable(lambda: _resume_hint(plan.started, args)) as stop,
-        _pipeline(plan, args, db, models) as pipe,
+        _pipeline(plan, args, db) as pipe,
         telemetry.attached(getattr(args, "telemetry", None), pipe),
     ):
         out = OutWriter(pipe, plan.out)  # opened before the run exists: a bad --out stores nothing
@@ -603,7 +700,11 @@ def _items(plan: _Plan, pipe: Pipeline) -> Iterator[BatchItem]:
         )
         return
     assert plan.input_path is not None
-    yield from read_jsonl(plan.input_path, declared=declared, limits=plan.limits)
+    total = plan.total
+    for item in read_jsonl(plan.input_path, declared=declared, limits=plan.limits):
+        if item.seq >= total:  # lines added since the run counted its requests: not its own
+            return
+        yield item
 
 
 async def _tick(progress: _Progress) -> None:

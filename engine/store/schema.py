@@ -37,6 +37,7 @@ __all__ = [
     "FAILED_IN",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "STORE_COMPANIONS",
     "WriterTurn",
     "check_version",
     "connect",
@@ -236,6 +237,9 @@ call per directory of it, and a writer asks for its lock on every transaction. (
 path is resolved every time: it names another file once the working directory changes.)"""
 
 _TURN_SUFFIX = "-writer"
+
+STORE_COMPANIONS = ("-wal", "-shm", "-journal", _TURN_SUFFIX)
+"""The files beside a store (`moat.db-wal`, ...): SQLite's journals and the writers' lock."""
 _TURN_POLL_S = (0.0002, 0.002)
 """First and longest pause between tries of another process's turn."""
 

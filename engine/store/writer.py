@@ -107,12 +107,28 @@ def _insert(
         for column in reversed(nulls):
             del params[column::width]
             width -= 1
-        conn.execute(_statement(sql, nulls, step), params)
+        try:
+            conn.execute(_statement(sql, nulls, step), params)
+        except UnicodeEncodeError:
+            conn.execute(_statement(sql, nulls, step), _utf8(params))
     if full < len(rows):
         rest = rows[full:]
         nulls = tuple([c for c in often_null if [row[c] for row in rest].count(None) == len(rest)])
-        kept = map(_kept(len(rest[0]), nulls), rest) if nulls else rest
-        conn.executemany(_statement(sql, nulls, 1), kept)
+        kept = list(map(_kept(len(rest[0]), nulls), rest)) if nulls else rest
+        try:
+            conn.executemany(_statement(sql, nulls, 1), kept)
+        except UnicodeEncodeError:  # (no row was inserted: binding fails before any step)
+            conn.executemany(_statement(sql, nulls, 1), [_utf8(row) for row in kept])
+
+
+def _utf8(values: Any) -> list[Any]:
+    """`values` with each text that holds a lone surrogate (a file name or an argument
+    Python read with `surrogateescape`, a plugin's string) escaped as `\\udcff`: SQLite
+    stores UTF-8 only, and one such text must not cost the whole batch its rows."""
+    return [
+        v.encode("utf-8", "backslashreplace").decode("utf-8") if v.__class__ is str else v
+        for v in values
+    ]
 
 
 class _FlushMarker:

@@ -413,6 +413,16 @@ def test_every_line_is_answered_once_and_recorded_whatever_the_others_hold(
         # another name of the input: results appended to it would be read back as requests
         (["--out", "{tmp}/hard-link.jsonl"], "--out {tmp}/hard-link.jsonl: is also --input"),
         (["--out", "{tmp}/symlink.jsonl"], "--out {tmp}/symlink.jsonl: is also --input"),
+        # SQLite's journal and moat's lock file beside the store: lines there would vanish
+        (["--out", "{tmp}/t.db-wal"], "--out {tmp}/t.db-wal: is a file of the store"),
+        (["--out", "{tmp}/t.db-writer"], "--out {tmp}/t.db-writer: is a file of the store"),
+        (["--out", ""], "--out '': an empty path (a shell variable that is not set?); give a"),
+        (["--model", "large=sim:"], "--model 'large=sim:': write NAME=PROVIDER:MODEL, each"),
+        (["--model", "large=:small"], "--model 'large=:small': write NAME=PROVIDER:MODEL"),
+        (
+            ["--model", "large=sim:small", "--model", "large=sim:large"],
+            "model 'large' is already bound to 'sim:small' by another --model; give each",
+        ),
     ],
 )
 def test_an_unusable_argument_exits_2_before_anything_is_stored(
@@ -758,3 +768,82 @@ def test_the_terminal_ui_without_a_terminal_is_refused_before_anything_runs(
     )
     assert code == 2 and "--tui: the terminal UI needs a terminal" in err
     assert "moat tui" in err and not db.exists()
+
+
+def test_an_input_file_whose_name_is_not_utf8_is_read_and_named_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file name's bytes that are not UTF-8 reach Python as lone surrogates, which no
+    stored text can hold: the bad line's error names the file with them escaped, and the
+    batch goes on and is stored whole."""
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "we\udcffird.jsonl"  # the name's bytes: b"we\xffird.jsonl"
+    requests.write_text('{"prompt": "hi"}\n{bad\n{"prompt": "there"}\n')
+    out, db = tmp_path / "out.jsonl", tmp_path / "t.db"
+    code, _, err = run(
+        capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
+    )
+    assert code == 1, err
+    results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
+    assert [r["status"] for r in results] == ["ok", "invalid_input", "ok"]
+    assert str(results[1]["error"]).startswith(f"{tmp_path}/we\\xffird.jsonl:2:2: invalid JSON")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 3
+        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "finished"
+
+
+def test_out_lines_start_on_a_line_of_their_own_after_text_without_a_newline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "hi"}\n{"prompt": "there"}\n')
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"request_id": "r-old-000000", "status": "ok", "outp')  # a torn line
+    code, _, err = run(
+        capsys,
+        str(graph),
+        "--input",
+        str(requests),
+        "--out",
+        str(out),
+        "--db",
+        str(tmp_path / "t.db"),
+    )
+    assert code == 0, err
+    first, *lines = out.read_text().split("\n")
+    assert first == '{"request_id": "r-old-000000", "status": "ok", "outp'
+    assert lines[-1] == ""
+    assert [json.loads(line)["status"] for line in lines[:-1]] == ["ok", "ok"]
+
+
+def test_lines_added_to_the_input_while_the_run_reads_it_are_not_its_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run counted its requests when it started: a line appended since (a file still
+    being written) is no request of it, never answered past the run's total."""
+    from engine.cli import run as run_command
+
+    graph = write_graph(tmp_path)
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    counted = run_command.count_requests
+
+    def count_then_grow(path: object, **kwargs: object) -> int:
+        total = counted(path, **kwargs)  # type: ignore[arg-type]
+        with open(requests, "a") as fh:  # another program appends after the count
+            fh.write('{"prompt": "three"}\n')
+        return total
+
+    out, db = tmp_path / "out.jsonl", tmp_path / "t.db"
+    run_command.count_requests = count_then_grow  # type: ignore[assignment]
+    try:
+        code, _, err = run(
+            capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
+        )
+    finally:
+        run_command.count_requests = counted
+    assert code == 0, err
+    assert len(out_lines(out)) == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT requests_total, requests_done FROM runs").fetchone() == (2, 2)

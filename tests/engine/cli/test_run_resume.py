@@ -194,6 +194,97 @@ def test_a_resume_over_input_lines_that_changed_is_refused_and_runs_nothing(
     assert sorted(r["request_id"] for r in results) == batch.ids()
 
 
+def test_a_moved_input_file_is_resumed_from_its_new_place_when_its_content_is_the_same(
+    batch: Batch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = batch.folder / "in.jsonl"
+    moved = batch.folder / "moved.jsonl"
+    batch.crash({0, 1}, [0, 1], None)
+    requests.rename(moved)
+    try:
+        code = main(["run", "--resume", batch.run_id, "--db", str(batch.db), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert f"the run's --input {requests}: no such file; if it was moved, give its new " in err
+        assert f"moat run --resume {batch.run_id} --input NEW_PATH" in err
+        other = batch.folder / "other.jsonl"
+        other.write_text('{"prompt": "another request"}\n')
+        args = ["run", "--resume", batch.run_id, "--db", str(batch.db), "--quiet"]
+        assert main([*args, "--input", str(other)]) == 2
+        assert f"the run read {requests}" in capsys.readouterr().err
+        assert main([*args, "--input", str(moved)]) == 1  # its two broken lines: invalid_input
+    finally:
+        moved.rename(requests)
+    results = [json.loads(line) for line in batch.out.read_text().split("\n") if line]
+    assert sorted(r["request_id"] for r in results) == batch.ids()
+
+
+def test_a_resume_answers_with_the_runs_own_models_and_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last requests of a resumed run meet the models and the seeded draws its first
+    ones did; another `--model` or `--seed` is refused rather than mixed in."""
+    graph = tmp_path / "ask.yaml"
+    graph.write_text(
+        "moat: 1\nname: ask\nmodels:\n  large: {provider: sim, profile: large}\n"
+        "nodes:\n  a: {type: model, with: {model: large, prompt: '{{ input.prompt }}'}}\n"
+        "output:\n  text: a.text\n  cost: a.cost_usd\n"
+    )
+    requests = tmp_path / "in.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(6)))
+    db, out = tmp_path / "t.db", tmp_path / "out.jsonl"
+    args = ["run", str(graph), "--input", str(requests), "--db", str(db), "--out", str(out)]
+    assert main([*args, "--quiet", "--model", "large=sim:small", "--seed", "7"]) == 0
+    answered = out.read_text().splitlines(keepends=True)
+    with Store.open(db, readonly=True) as store:
+        run_id = store.list_runs()[0]["id"]
+    with sqlite3.connect(db) as conn:  # the run died after its first three requests
+        conn.execute("DELETE FROM requests WHERE run_id = ? AND seq >= 3", (run_id,))
+        conn.execute("UPDATE runs SET status = 'died' WHERE id = ?", (run_id,))
+    out.write_text("".join(answered[:3]))
+    resume = ["run", "--resume", run_id, "--db", str(db), "--quiet"]
+    assert main([*resume, "--seed", "8"]) == 2
+    assert f"--seed 8 with --resume {run_id}: the run answered with seed 7" in (
+        capsys.readouterr().err
+    )
+    assert main([*resume, "--model", "large=sim:large"]) == 2
+    assert "the run answered with --model large=sim:small" in capsys.readouterr().err
+    assert main(resume) == 0
+
+    def outputs(lines: list[str]) -> dict[str, object]:
+        return {r["request_id"]: r["output"] for r in map(json.loads, lines)}
+
+    # the resumed requests answered as the run first answered them: same models, same draws
+    assert outputs(out.read_text().splitlines()) == outputs(answered)
+
+
+def test_a_run_whose_requests_a_program_gave_cannot_be_resumed_by_moat_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import anyio
+
+    from engine import Pipeline
+
+    graph = tmp_path / "echo.yaml"
+    graph.write_text(GRAPH)
+    db = tmp_path / "t.db"
+
+    async def answer_two() -> str:
+        async with Pipeline(graph, db=db) as pipe:
+            summary = await pipe.run_batch([{"prompt": "one"}, {"prompt": "two"}])
+        return summary.run_id
+
+    run_id = anyio.run(answer_two)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET status = 'died' WHERE id = ?", (run_id,))
+    code = main(["run", "--resume", run_id, "--db", str(db), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "internal error" not in err
+    assert "the run's requests were given by the program that ran it" in err
+    assert f"pipe.start_batch(total, resume={run_id!r})" in err
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_answers_each_request_once(tmp_path: Path) -> None:
     graph = tmp_path / "echo.yaml"

@@ -351,6 +351,28 @@ def test_writer_batches_many_records_into_few_transactions(db: Path) -> None:
         assert count(store, "orchestration_events") == 5_000
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["alone", "in-a-full-statement"])
+def test_a_text_holding_a_lone_surrogate_is_stored_escaped_and_costs_no_other_row(
+    db: Path, many: bool
+) -> None:
+    """Python keeps bytes of a file name or argument that are not UTF-8 as lone surrogates;
+    SQLite takes UTF-8 only. Such a text is stored escaped, and the rows written beside it
+    (in the same statement, the same transaction) are all kept."""
+    writer = StoreWriter(db)
+    others = 40 if many else 0
+    for i in range(others):
+        writer.record(request(f"ok-{i}", i + 1))
+    bad = dataclasses.replace(request("odd", 0), error="we\udcffird.jsonl:3: invalid JSON")
+    writer.record(bad)
+    writer.flush()
+    assert (writer.stats.records, writer.stats.dropped) == (others + 1, 0)
+    writer.close()
+    with Store.open(db) as store:
+        assert count(store, "requests") == others + 1
+        row = store.get_request("odd")
+        assert row is not None and row["error"] == "we\\udcffird.jsonl:3: invalid JSON"
+
+
 def test_writer_counts_its_peak_backlog_and_bounds_its_transactions(db: Path) -> None:
     writer = StoreWriter(db, batch_size=10_000, interval_s=60, max_batch=300)
     for i in range(1_000):

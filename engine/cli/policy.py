@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from engine.store.store import Store
 __all__ = ["add_commands"]
 
 _GRAPHS_DIR = Path("graphs")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:@[A-Za-z0-9][A-Za-z0-9_.-]*)*")
+"""A policy name, with the `@ORIGIN` (`@ORIGIN.2`) a sync may have added."""
 _VERSION = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1
 """The largest version SQLite can hold; anything above cannot exist."""
@@ -144,34 +146,51 @@ def _limit(text: str) -> int:
     return min(int(digits[:20]), _MAX_VERSION - 1)  # more than any store holds
 
 
-def _parse_ref(spec: str) -> tuple[str, int | None]:
+def _parse_ref(spec: str, names: Collection[str]) -> tuple[str, int | None]:
     """`NAME` or `NAME@VERSION`, as every policy command takes it.
 
+    A name may itself hold `@`: a policy synced from another store whose name the central
+    store already had arrives as `NAME@ORIGIN`. So the text splits at its last `@` only
+    when digits follow (`NAME@ORIGIN@2` is version 2 of `NAME@ORIGIN`), and a name the
+    store holds is always taken whole.
+
     Raises:
-        PolicyError: an empty or malformed name, or a version that is not a number >= 1.
+        PolicyError: an empty or malformed name, or a version that is not a number >= 1
+            (`NAME@abc` where the store holds NAME but not NAME@abc).
     """
-    name, at, version = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if spec in names:
+        return spec, None
+    name, at, tail = spec.rpartition("@")
+    if at and _VERSION.fullmatch(tail):
+        return _checked_name(name, spec), _version(tail, spec)
+    if at and _NAME.fullmatch(name) and (name in names or not _NAME.fullmatch(spec)):
+        _version(tail, spec)  # raises: NAME@abc meant a version of NAME
+    return _checked_name(spec, spec), None
+
+
+def _checked_name(name: str, spec: str) -> str:
     if not _NAME.fullmatch(name):
         raise PolicyError(
             f"{_shown(spec)} is not a policy name: write NAME or NAME@VERSION, where NAME is "
-            "letters, digits, '_', '.' or '-' (e.g. triage@2)"
+            "letters, digits, '_', '.' or '-', and @ORIGIN after a synced one (e.g. triage@2, "
+            "triage@08bbdfd63212da06@2)"
         )
-    return name, (_version(version, spec) if at else None)
+    return name
 
 
 def _target(store: Store, spec: str | None, version: int | None) -> tuple[str, int | None]:
     """The policy and version a command names, from `NAME[@VERSION]` and a version option."""
-    name, at = _parse_ref(spec) if spec is not None else (None, None)
+    names = [str(row["name"]) for row in store.list_policies()]
+    name, at = _parse_ref(spec, names) if spec is not None else (None, None)
     if at is not None and version is not None and at != version:
         raise PolicyError(
             f"{_shown(spec or '')} and the version option name two versions ({at} and "
             f"{version}); give one"
         )
-    return _resolve_name(store, name), at if at is not None else version
+    return _resolve_name(store, name, names), at if at is not None else version
 
 
-def _resolve_name(store: Store, name: str | None) -> str:
-    names = [str(row["name"]) for row in store.list_policies()]
+def _resolve_name(store: Store, name: str | None, names: list[str]) -> str:
     if name is not None:
         if name not in names:
             listed = ", ".join(names) or "none yet"

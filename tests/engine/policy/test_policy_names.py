@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from engine import PolicyError
 from engine.cli import main
 from engine.policy.manager import apply_policy
-from engine.store.policy_ops import roll_back
+from engine.store.policy_ops import roll_back, transaction
+from engine.store.policy_tables import activate, insert_snapshot
 from engine.store.store import Store
 
 POLICY = "name: triage\nrouter:\n  threshold: {t}\n"
@@ -118,6 +119,101 @@ def test_a_rollback_undoes_the_latest_activation_not_yet_undone(
     assert moat(capsys, "apply", str(tmp_path / "v3.yaml"), "--db", db)[0] == 0
     assert [moat(capsys, "rollback", "--db", db)[0] for _ in range(2)] == [0, 0]
     assert active(db) == 1
+
+
+ORIGIN = "08bbdfd63212da06"
+
+
+def central(tmp_path: Path, *names: str) -> str:
+    """A central store holding versions 1 and 2 (active) of each policy, named as a sync
+    names them when the central store already had the name (`NAME@ORIGIN`)."""
+    db = str(tmp_path / "central.db")
+    with Store.open(db) as store, transaction(store) as conn:
+        for name in names:
+            for version in (1, 2):
+                body = {"name": "triage", "router": {"threshold": version / 10}}
+                insert_snapshot(conn, name, version, f"h{version}", body, None, "inactive")
+                activate(conn, name, version, "apply")
+    return db
+
+
+def test_a_synced_name_at_origin_works_in_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synced = f"triage@{ORIGIN}"
+    db = central(tmp_path, "triage", synced)
+    code, out, _ = moat(capsys, "show", synced, "--db", db)
+    assert code == 0 and out.startswith(f"# policy {synced} version 2 (active)")
+    code, out, _ = moat(capsys, "show", f"{synced}@1", "--db", db)
+    assert code == 0 and out.startswith(f"# policy {synced} version 1 (inactive)")
+    code, out, _ = moat(capsys, "history", synced, "--db", db)
+    assert code == 0 and [line.split()[3] for line in out.splitlines()[1:]] == ["1", "2"]
+    code, out, _ = moat(capsys, "history", f"{synced}@2", "--db", db)
+    assert code == 0 and [line.split()[3] for line in out.splitlines()[1:]] == ["2"]
+    code, out, _ = moat(capsys, "diff", f"{synced}@1", synced, "--db", db)
+    assert (code, out) == (
+        0,
+        f"--- {synced}@1\n+++ {synced}@2\n~ router.threshold: 0.1 -> 0.2\n",
+    )
+    code, out, _ = moat(capsys, "rollback", synced, "--db", db)
+    assert (code, out) == (
+        0,
+        f"policy '{synced}': version 1 active again (version 2 rolled back)\n",
+    )
+    assert moat(capsys, "rollback", synced, "--to", "2", "--db", db)[0] == 0
+    with Store.open(db, readonly=True) as store:
+        assert store.active_policy(synced)["version"] == 2
+        assert store.active_policy("triage")["version"] == 2  # the local one: untouched
+        activations = store.policy_history(synced)
+    assert [row["reason"] for row in activations][2:] == ["rollback from v2", "rollback from v1"]
+
+
+def test_an_origin_of_digits_alone_is_still_part_of_the_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 16 hex digits are sometimes all decimal: the stored name wins over a version
+    synced = "triage@1234567890123456"
+    db = central(tmp_path, "triage", synced)
+    code, out, _ = moat(capsys, "show", synced, "--db", db)
+    assert code == 0 and out.startswith(f"# policy {synced} version 2 (active)")
+    code, out, _ = moat(capsys, "show", f"{synced}@1", "--db", db)
+    assert code == 0 and out.startswith(f"# policy {synced} version 1 (inactive)")
+
+
+@pytest.mark.parametrize(
+    ("spec", "got"),
+    [
+        ("triage@abc", "abc"),
+        ("triage@0", "0"),
+        ("triage@", ""),
+        ("triage@1.5", "1.5"),
+        (f"triage@{ORIGIN}@x", "x"),
+        (f"triage@{ORIGIN}@0", "0"),
+    ],
+)
+def test_a_bad_version_after_a_known_name_is_still_called_a_bad_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, got: str
+) -> None:
+    db = central(tmp_path, "triage", f"triage@{ORIGIN}")
+    for command in ("show", "history", "rollback"):
+        code, out, err = moat(capsys, command, spec, "--db", db)
+        assert (code, out, err) == (
+            2,
+            "",
+            f"moat: '{spec}': a version is a whole number from 1 (e.g. 2), got '{got}'\n",
+        ), command
+
+
+def test_an_unknown_name_with_an_at_lists_the_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = central(tmp_path, "triage", f"triage@{ORIGIN}")
+    code, _, err = moat(capsys, "show", "billing@0123abcd", "--db", db)
+    assert (code, err) == (
+        2,
+        f"moat: no policy named 'billing@0123abcd' in {db} (policies: triage, "
+        f"triage@{ORIGIN}); add one with `moat policy apply FILE`\n",
+    )
 
 
 HOSTILE = st.one_of(

@@ -28,7 +28,7 @@ from engine.policy.manager import (
 from engine.policy.validate import PolicyFile
 from engine.store.policy_ops import Active, graph_paths, poll_active, version_numbers
 from engine.store.policy_tables import listed
-from engine.store.store import Store
+from engine.store.store import Row, Store
 
 __all__ = ["add_commands"]
 
@@ -416,16 +416,29 @@ def cmd_history(args: argparse.Namespace) -> int:
         if version is not None and store.get_policy(name, version) is None:
             raise _no_version(store, name, version)
         rows = store.policy_history(name, version=version, limit=args.limit + 1)
+        current = poll_active(store, name)
         if len(rows) > args.limit:  # one more than shown: say that there are earlier ones
             rows = rows[1:]
             print(
                 f"(earlier activations not shown; --limit {args.limit * 10} shows more)",
                 file=sys.stderr,
             )
-        print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<10}  REASON")
-        for row in rows:
+        now = current.activation_id if current is not None else None
+        statuses = [_activation_status(row, now) for row in rows]
+        width = max(10, *map(len, statuses))
+        print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<{width}}  REASON")
+        for row, status in zip(rows, statuses, strict=True):
             print(
                 f"{row['id']:>4}  {_when(row['activated_at']):<19}  {row['version']:>7}  "
-                f"{row['status'] or '-':<10}  {row['reason'] or '-'}"
+                f"{status:<{width}}  {row['reason'] or '-'}"
             )
     return 0
+
+
+def _activation_status(row: Row, current: int | None) -> str:
+    """What became of an activation: `active` for the current one alone (an earlier one of
+    the same version was superseded since), else its version's status (`bad` stays)."""
+    status = str(row["status"] or "-")
+    if row["id"] == current:
+        return "active (bad)" if status == "bad" else "active"
+    return "superseded" if status == "active" else status

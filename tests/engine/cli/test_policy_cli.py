@@ -107,7 +107,7 @@ def test_apply_show_diff_rollback_and_history(
     rows = [line.split(maxsplit=4)[3:] for line in out.splitlines()[1:]]
     assert rows == [
         ["1", "superseded  apply"],
-        ["2", "active      apply"],
+        ["2", "superseded  apply"],  # v2 is active again, by the last activation
         ["1", "superseded  rollback from v2"],
         ["2", "active      rollback from v1"],
     ]

@@ -121,6 +121,39 @@ def test_a_rollback_undoes_the_latest_activation_not_yet_undone(
     assert active(db) == 1
 
 
+def history(capsys: pytest.CaptureFixture[str], db: str) -> list[tuple[str, str, str]]:
+    """`moat policy history triage` as (activation id, version, status) rows."""
+    code, out, err = moat(capsys, "history", "triage", "--db", db)
+    assert code == 0, err
+    return [(row[0], row[3], row[4]) for row in map(str.split, out.splitlines()[1:])]
+
+
+def test_history_calls_only_the_current_activation_active(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = applied(tmp_path, capsys, 3)
+    assert [moat(capsys, "rollback", "--db", db)[0] for _ in range(2)] == [0, 0]
+    assert history(capsys, db) == [
+        ("1", "1", "superseded"),  # version 1 is active again, but by activation 5
+        ("2", "2", "superseded"),
+        ("3", "3", "superseded"),
+        ("4", "2", "superseded"),
+        ("5", "1", "active"),
+    ]
+    with Store.open(db) as store:
+        store.set_policy_status("triage", 2, "bad")  # as its guard would have marked it
+    assert moat(capsys, "rollback", "--to", "2", "--db", db)[0] == 0
+    last = moat(capsys, "history", "triage", "--db", db)[1].splitlines()[-1]
+    assert last.split()[3:] == ["2", "active", "(bad)", "rollback", "from", "v1"]
+    assert history(capsys, db)[1:] == [
+        ("2", "2", "bad"),
+        ("3", "3", "superseded"),
+        ("4", "2", "bad"),
+        ("5", "1", "superseded"),
+        ("6", "2", "active"),
+    ]
+
+
 ORIGIN = "08bbdfd63212da06"
 
 

@@ -490,16 +490,14 @@ class MoatServer(_Attending):
 
 def _slot_requests(store: Any, run_id: str, slot: tuple[int, int]) -> int:
     """How many seqs of `slot` the run has used: a worker that joins the run (again, after
-    its predecessor died) numbers its requests after the ones stored, never over them."""
+    its predecessor died) numbers its requests after the ones stored, never over them.
+    (The pipeline reads the same seqs when it first answers in the run.)"""
     if store is None:
         return 0
     index, count = slot
-    rows = store.query(
-        "SELECT MAX(seq) AS seq FROM requests WHERE run_id = ? AND seq % ? = ?",
-        (run_id, count, index),
-    )
-    highest = rows[0]["seq"] if rows else None
-    return 0 if highest is None else (int(highest) - index) // count + 1
+    seqs = store.finished_request_seqs(run_id)
+    highest = max((seq for seq in seqs if seq % count == index), default=None)
+    return 0 if highest is None else (highest - index) // count + 1
 
 
 def _check_rebinds(graphs: Sequence[Graph], models: Mapping[str, str]) -> None:

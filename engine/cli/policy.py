@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from engine.cli import file_path, graph_file, policy_file, store_file
-from engine.errors import MoatError, PolicyError, StoreError
+from engine.errors import MoatError, PolicyError, StoreError, printable
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.policy.manager import (
@@ -26,6 +26,7 @@ from engine.policy.manager import (
     validate_policy,
 )
 from engine.policy.validate import PolicyFile
+from engine.report.columns import columns
 from engine.store.policy_ops import Active, graph_paths, poll_active, version_numbers
 from engine.store.policy_tables import listed
 from engine.store.store import Row, Store
@@ -224,18 +225,17 @@ def _when(at: float | None) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     """Print one line per policy."""
     with _open(args) as store:
-        rows = store.list_policies()
-        if not rows:
+        policies = store.list_policies()
+        if not policies:
             print(f"no policies in {store.path}; add one with `moat policy apply FILE`")
             return 0
-        print(f"{'NAME':<24} {'ACTIVE':>6} {'LATEST':>6} {'VERSIONS':>8}  BAD")
-        for row in rows:
-            bad = _versions(store, row["name"], status="bad")
+        rows = [["NAME", "ACTIVE", "LATEST", "VERSIONS", "BAD"]]
+        for row in policies:
             active = row["active"] if row["active"] is not None else "-"
-            print(
-                f"{row['name']:<24} {active:>6} {row['latest']:>6} {row['versions']:>8}  "
-                f"{bad or '-'}"
-            )
+            bad = _versions(store, row["name"], status="bad") or "-"
+            name = printable(row["name"])  # a synced store's names came from elsewhere
+            rows.append([name, str(active), str(row["latest"]), str(row["versions"]), bad])
+    print(columns(rows, right={1, 2, 3}), end="")
     return 0
 
 
@@ -424,14 +424,18 @@ def cmd_history(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         now = current.activation_id if current is not None else None
-        statuses = [_activation_status(row, now) for row in rows]
-        width = max(10, *map(len, statuses))
-        print(f"{'#':>4}  {'ACTIVATED':<19}  {'VERSION':>7}  {'STATUS':<{width}}  REASON")
-        for row, status in zip(rows, statuses, strict=True):
-            print(
-                f"{row['id']:>4}  {_when(row['activated_at']):<19}  {row['version']:>7}  "
-                f"{status:<{width}}  {row['reason'] or '-'}"
+        table = [["#", "ACTIVATED", "VERSION", "STATUS", "REASON"]]
+        for row in rows:
+            table.append(
+                [
+                    str(row["id"]),
+                    _when(row["activated_at"]),
+                    str(row["version"]),
+                    _activation_status(row, now),
+                    printable(row["reason"] or "-"),
+                ]
             )
+    print(columns(table, right={0, 2}), end="")
     return 0
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import StoreError, printable
+from engine.report.columns import columns
 from engine.report.markdown import fmt_time
 from engine.store import reads
 from engine.store.store import Row, Store
@@ -18,6 +19,8 @@ from engine.store.store import Row, Store
 __all__ = ["RunStats", "render_runs", "render_stats", "run_stats", "stats_json"]
 
 _SLOWEST = 5
+_GRAPH_CHARS = 40
+"""Longest graph name `moat runs` shows whole (a name is free text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,21 +239,27 @@ def render_stats(stats: RunStats) -> str:
 
 
 def render_runs(runs: list[Row]) -> str:
-    """The `moat runs` listing: one line per run, newest first."""
+    """The `moat runs` listing: one line per run, newest first, columns as wide as their
+    contents (a graph name is cut at `_GRAPH_CHARS`: `moat stats RUN_ID` shows it whole)."""
     if not runs:
         return "no runs yet; start one with `moat run GRAPH`\n"
-    header = f"{'RUN':<24} {'GRAPH':<20} {'STATUS':<11} {'DONE':>11}  {'STARTED (UTC)':<19}  TOOK"
-    lines = [header]
+    rows = [["RUN", "GRAPH", "STATUS", "DONE", "STARTED (UTC)", "TOOK"]]
     for run in runs:
         total = run["requests_total"]
-        done = f"{run['requests_done']}/{total if total is not None else '?'}"
         took = "—"
         if run["finished_at"] is not None:
             took = f"{run['finished_at'] - run['started_at']:.1f}s"
-        started = fmt_time(run["started_at"])[:19]
-        lines.append(
-            f"{run['id']:<24} {printable(run['graph_name'])[:20]:<20} {run['status']:<11} "
-            f"{done:>11}  "
-            f"{started:<19}  {took}"
+        graph = printable(run["graph_name"])
+        if len(graph) > _GRAPH_CHARS:
+            graph = graph[: _GRAPH_CHARS - 1] + "…"
+        rows.append(
+            [
+                printable(run["id"]),
+                graph,
+                run["status"],
+                f"{run['requests_done']}/{total if total is not None else '?'}",
+                fmt_time(run["started_at"])[:19],
+                took,
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return columns(rows, right={3})

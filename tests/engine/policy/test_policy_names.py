@@ -201,6 +201,36 @@ def test_a_synced_name_at_origin_works_in_every_command(
     assert [row["reason"] for row in activations][2:] == ["rollback from v2", "rollback from v1"]
 
 
+def test_list_and_history_columns_fit_synced_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synced = f"triage@{ORIGIN}.2"
+    db = central(tmp_path, "triage", synced)
+    with Store.open(db) as store:
+        store.set_policy_status(synced, 1, "bad")
+    assert moat(capsys, "list", "--db", db) == (
+        0,
+        "NAME                       ACTIVE  LATEST  VERSIONS  BAD\n"
+        "triage                          2       2         2  -\n"
+        f"{synced}       2       2         2  1\n",
+        "",
+    )
+    for _ in range(5):  # ids past 9: the # column widens, the rest follow
+        assert moat(capsys, "rollback", synced, "--to", "1", "--db", db)[0] == 0
+        assert moat(capsys, "rollback", synced, "--to", "2", "--db", db)[0] == 0
+    code, out, _ = moat(capsys, "history", synced, "--limit", "3", "--db", db)
+    lines = [line[:4] + line[25:] for line in out.splitlines()]  # without the time
+    assert (code, lines) == (
+        0,
+        [
+            " #  VERSION  STATUS      REASON",
+            "12        2  superseded  rollback from v1",
+            "13        1  bad         rollback from v2",
+            "14        2  active      rollback from v1",
+        ],
+    )
+
+
 def test_an_origin_of_digits_alone_is_still_part_of_the_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

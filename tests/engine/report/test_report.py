@@ -457,3 +457,36 @@ def test_runs_listing(store: Store) -> None:
     lines = render_runs(store.list_runs()).splitlines()
     assert lines[0].split() == ["RUN", "GRAPH", "STATUS", "DONE", "STARTED", "(UTC)", "TOOK"]
     assert lines[1].split()[:4] == [run_id, "governed-answer", "finished", "4/4"]
+
+
+def test_runs_listing_columns_fit_long_run_ids_and_graph_names() -> None:
+    # a run synced from another box keeps its id as ID@ORIGIN; the cells after it stay in line
+    def run(run_id: str, graph: str, done: int, total: int | None) -> dict[str, Any]:
+        return {
+            "id": run_id,
+            "graph_name": graph,
+            "status": "finished",
+            "requests_done": done,
+            "requests_total": total,
+            "started_at": T0,
+            "finished_at": T0 + 2.5,
+        }
+
+    listing = render_runs(
+        [
+            run(f"{RUN}@08bbdfd63212da06.2", "triage", 12_345, 12_345),
+            run(RUN, "a-graph-name-longer-than-twenty", 1, None),
+            run("r-2", "g" * 50, 0, 3),
+        ]
+    )
+    cut = "g" * 39 + "…"  # a graph name is free text: cut, `moat stats RUN_ID` shows it
+    assert listing == (
+        "RUN                                        GRAPH                                     "
+        "STATUS           DONE  STARTED (UTC)        TOOK\n"
+        f"{RUN}@08bbdfd63212da06.2  triage                                    "
+        "finished  12345/12345  2026-11-22 00:00:00  2.5s\n"
+        f"{RUN}                     a-graph-name-longer-than-twenty           "
+        "finished          1/?  2026-11-22 00:00:00  2.5s\n"
+        f"r-2                                        {cut}  "
+        "finished          0/3  2026-11-22 00:00:00  2.5s\n"
+    )

@@ -158,6 +158,10 @@ def _header_value(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
+_CALL_FIELDS = ("request", "seed", "node", "cycle", "attempt", "span", "labels")
+"""The fields of an `X-Moat-Call` value (`call_headers` writes them)."""
+
+
 def parse_call_header(value: str) -> CallContext:
     """The `CallContext` in an `X-Moat-Call` header value.
 
@@ -170,23 +174,40 @@ def parse_call_header(value: str) -> CallContext:
         raise ValueError(f"{CALL_HEADER}: not percent-encoded JSON ({exc.msg})") from None
     if not isinstance(body, dict):
         raise ValueError(f"{CALL_HEADER}: expected a JSON object")
+    fields = ", ".join(_CALL_FIELDS)
+    unknown = sorted(set(body) - set(_CALL_FIELDS))
+    if unknown:
+        raise ValueError(f"{CALL_HEADER}: unknown field {unknown[0]!r}; the fields are {fields}")
+    if "request" not in body:
+        raise ValueError(
+            f"{CALL_HEADER}: no field 'request' (the request's id); the fields are {fields}"
+        )
+    request = body["request"]
+    if not isinstance(request, str):
+        raise ValueError(f"{CALL_HEADER}: field 'request' must be the request's id, a string")
+    counts: dict[str, Any] = {name: body.get(name, 0) for name in ("seed", "cycle", "attempt")}
+    for name, number in counts.items():
+        if type(number) is not int:
+            raise ValueError(
+                f"{CALL_HEADER}: field {name!r} must be a whole number, not {number!r}"
+            )
+    node = body.get("node", "http")
+    if not isinstance(node, str):
+        raise ValueError(f"{CALL_HEADER}: field 'node' must be the node's id, a string")
     span = body.get("span")
     labels = body.get("labels") or {}
     if span is not None and not (
-        isinstance(span, list) and len(span) == 3 and all(isinstance(i, int) for i in span)
+        isinstance(span, list) and len(span) == 3 and all(type(i) is int for i in span)
     ):
-        raise ValueError(f"{CALL_HEADER}: span must be [message, start, end]")
+        raise ValueError(f"{CALL_HEADER}: field 'span' must be [message, start, end]")
     if not isinstance(labels, dict):
-        raise ValueError(f"{CALL_HEADER}: labels must be an object")
-    try:
-        return CallContext(
-            request_id=str(body["request"]),
-            seed=int(body.get("seed", 0)),
-            node_id=str(body.get("node", "http")),
-            cycle=int(body.get("cycle", 0)),
-            attempt=int(body.get("attempt", 0)),
-            labels=labels,
-            span=(span[0], span[1], span[2]) if span is not None else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{CALL_HEADER}: bad field {exc}") from None
+        raise ValueError(f"{CALL_HEADER}: field 'labels' must be an object")
+    return CallContext(
+        request_id=request,
+        seed=counts["seed"],
+        node_id=node,
+        cycle=counts["cycle"],
+        attempt=counts["attempt"],
+        labels=labels,
+        span=(span[0], span[1], span[2]) if span is not None else None,
+    )

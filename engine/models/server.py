@@ -55,7 +55,12 @@ import anyio
 from engine.graph.spec import ModelSpec
 from engine.models._sim_call import CALL_HEADER, CallContext, parse_call_header, request_text
 from engine.models.base import ProviderRequest, ProviderResponse
-from engine.models.chat_fields import chat_field_problem
+from engine.models.chat_fields import (
+    ChatRequestError,
+    chat_field_problem,
+    chat_turns,
+    decode_chat_body,
+)
 from engine.models.sim import SIM_PROFILES, SimProvider
 from engine.plugin.context import RequestInfo
 
@@ -108,9 +113,29 @@ def error_reply(
     kind: str,
     headers: Mapping[str, str] | None = None,
     code: str | None = None,
+    param: str | None = None,
 ) -> SimReply:
-    """An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`."""
-    return _json_reply(status, {"error": {"message": message, "type": kind, "code": code}}, headers)
+    """An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return _json_reply(status, {"error": error}, headers)
+
+
+def _bad_request(exc: ChatRequestError) -> SimReply:
+    """The 400 of a chat completion request OpenAI would refuse, naming the field."""
+    message = f"bad chat completion request: {exc.message}"
+    return error_reply(400, message, "invalid_request_error", code=exc.code, param=exc.param)
+
+
+def _wrong_method(method: str, path: str, allowed: str) -> SimReply:
+    """The 405 of a route asked with another method than the one it takes."""
+    shown = path if len(path) <= 120 else path[:117] + "..."
+    return error_reply(
+        405,
+        f"{method[:20]} {shown}: method not allowed; use {allowed}",
+        "invalid_request_error",
+        {"allow": allowed},
+        code="method_not_allowed",
+    )
 
 
 class SimService:
@@ -153,13 +178,13 @@ class SimService:
         sent, path = path, path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/models", "/models"):
             if method != "GET":
-                return error_reply(405, "use GET", "invalid_request_error")
+                return _wrong_method(method, sent, "GET")
             data = [_model_object(f"sim-{name}") for name in SIM_PROFILES]
             return _json_reply(200, {"object": "list", "data": data})
         model = _model_path(path)
         if model is not None:
             if method != "GET":
-                return error_reply(405, "use GET", "invalid_request_error")
+                return _wrong_method(method, sent, "GET")
             if not model.strip():
                 return error_reply(
                     404, "name a model: GET /v1/models/sim-small", "invalid_request_error"
@@ -167,7 +192,7 @@ class SimService:
             return _json_reply(200, _model_object(model))
         if path in ("/v1/chat/completions", "/chat/completions"):
             if method != "POST":
-                return error_reply(405, "use POST", "invalid_request_error")
+                return _wrong_method(method, sent, "POST")
             return await self.chat(headers, body)
         routes = "POST /v1/chat/completions, GET /v1/models and GET /v1/models/MODEL"
         message = f"no route {method} {sent}; the sim-server serves {routes}"
@@ -188,38 +213,29 @@ class SimService:
 
     async def chat(self, headers: Mapping[str, str], raw: bytes) -> SimReply:
         """A chat completion, with the fault the headers ask for."""
+        compressed = _compressed(headers)
+        if compressed is not None:
+            return compressed
         fault = self._fault(headers)
-        if fault is not None and fault not in FAULTS:
-            faults = ", ".join(FAULTS)
-            message = f"X-Sim-Fault: no fault {fault!r}; faults: {faults} (FAULT-once:KEY: once)"
-            return error_reply(400, message, "invalid_request_error")
-        if fault == "rate_limit":
-            after = _seconds(headers.get("x-sim-retry-after", "1"))
-            if after is None:
-                message = "X-Sim-Retry-After: give a number of seconds of at least 0, e.g. 1.5"
-                return error_reply(400, message, "invalid_request_error")
-            return error_reply(
-                429,
-                "simulated rate limit",
-                "rate_limit_error",
-                {"retry-after": f"{after:g}", "retry-after-ms": f"{after * 1000:g}"},
-            )
-        if fault == "error":
-            return error_reply(500, "simulated server error", "server_error")
+        faulted = _fault_reply(fault, headers)
+        if faulted is not None:
+            return faulted
         if fault == "slow":
             await anyio.sleep(self.slow_s)
         try:
-            body = json.loads(raw or b"{}")
+            body = decode_chat_body(raw or b"{}", headers.get("content-type"))
             if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
+                raise ChatRequestError("the body must be a JSON object", code="invalid_json")
             call = self._call(body, headers)
             stream = _stream_options(body)
+        except ChatRequestError as exc:
+            return _bad_request(exc)
         except RecursionError:
             message = "bad chat completion request: the JSON is nested too deeply"
-            return error_reply(400, message, "invalid_request_error")
+            return error_reply(400, message, "invalid_request_error", code="invalid_json")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             message = f"bad chat completion request: {_reason(exc)}"
-            return error_reply(400, message, "invalid_request_error")
+            return error_reply(400, message, "invalid_request_error", code="invalid_value")
         seed: int = body["seed"] if _is_int(body.get("seed")) else 0
         if self.latency_s is None:
             answer = await self._provider(call.model, seed).complete(call)
@@ -247,12 +263,13 @@ class SimService:
         """The provider call a chat completion body asks for.
 
         Raises:
-            ValueError: a field is missing or of the wrong shape; the message names it.
+            ChatRequestError: a field is missing or of the wrong shape; it names the field.
         """
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise ValueError("`model` must name a model, e.g. sim-small")
-        messages = _messages(body.get("messages"))
+            raise ChatRequestError("`model` must name a model, e.g. sim-small", "model")
+        # (what a provider takes: content parts other than text are left out of the text)
+        messages = chat_turns(body.get("messages"), text_only=False)
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
         schema, json_mode = _response_format(body.get("response_format"))
         context = _context(body, headers, digest)
@@ -268,12 +285,12 @@ class SimService:
         )
         problem = chat_field_problem(body)
         if problem is not None:
-            raise ValueError(problem[1])
+            raise ChatRequestError(problem[1], problem[0])
         choices, task = body.get("n"), body.get("_task")
         if choices is not None and (not _is_int(choices) or choices != 1):
-            raise ValueError("`n` must be 1: the sim answers with one choice")
+            raise ChatRequestError("`n` must be 1: the sim answers with one choice", "n")
         if task is not None and not isinstance(task, str):
-            raise ValueError("`_task` must be a string, the task's name")
+            raise ChatRequestError("`_task` must be a string, the task's name", "_task")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         temperature = body.get("temperature")
         return ProviderRequest(
@@ -289,6 +306,41 @@ class SimService:
             max_tokens=max_tokens,
             temperature=temperature,
         )
+
+
+def _compressed(headers: Mapping[str, str]) -> SimReply | None:
+    """The 415 of a compressed body (as `moat serve` answers it), else None."""
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    message = (
+        f"the request body is sent with Content-Encoding: {encoding[:40]}; the sim-server "
+        "reads the JSON as it is: send it without a Content-Encoding"
+    )
+    return error_reply(415, message, "invalid_request_error", code="unsupported_content_encoding")
+
+
+def _fault_reply(fault: str | None, headers: Mapping[str, str]) -> SimReply | None:
+    """The reply a fault decides without the body (a rate limit, an error, a 400 for a
+    fault that is none), else None."""
+    if fault is not None and fault not in FAULTS:
+        faults = ", ".join(FAULTS)
+        message = f"X-Sim-Fault: no fault {fault!r}; faults: {faults} (FAULT-once:KEY: once)"
+        return error_reply(400, message, "invalid_request_error", code="invalid_header")
+    if fault == "rate_limit":
+        after = _seconds(headers.get("x-sim-retry-after", "1"))
+        if after is None:
+            message = "X-Sim-Retry-After: give a number of seconds of at least 0, e.g. 1.5"
+            return error_reply(400, message, "invalid_request_error", code="invalid_header")
+        return error_reply(
+            429,
+            "simulated rate limit",
+            "rate_limit_error",
+            {"retry-after": f"{after:g}", "retry-after-ms": f"{after * 1000:g}"},
+        )
+    if fault == "error":
+        return error_reply(500, "simulated server error", "server_error")
+    return None
 
 
 def _model_object(model: str) -> dict[str, Any]:
@@ -326,37 +378,21 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _messages(raw: object) -> list[dict[str, str]]:
-    """The chat as `{role, content}` texts (content parts: their text)."""
-    if not isinstance(raw, list) or not raw or not all(isinstance(m, Mapping) for m in raw):
-        raise ValueError("`messages` must be a non-empty list of {role, content} objects")
-    messages = [
-        {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
-        for m in raw
-    ]
-    for i, message in enumerate(messages):
-        if not message["content"].isascii():
-            try:  # a lone surrogate (JSON's "\ud800") is no text a model could read
-                message["content"].encode()
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"messages[{i}].content has a lone surrogate (\\ud800-\\udfff), not text"
-                ) from None
-    return messages
-
-
 def _response_format(raw: object) -> tuple[Mapping[str, Any] | None, bool]:
     """(the JSON Schema asked for, whether any JSON object is asked for)."""
     if raw is None:
         return None, False
     if not isinstance(raw, Mapping):
-        raise ValueError('`response_format` must be an object, e.g. {"type": "json_object"}')
+        raise ChatRequestError(
+            '`response_format` must be an object, e.g. {"type": "json_object"}', "response_format"
+        )
     if raw.get("type") != "json_schema":
         return None, raw.get("type") == "json_object"
     spec = raw.get("json_schema") or {}
     schema = (spec.get("schema") if isinstance(spec, Mapping) else spec) or {"type": "object"}
     if not isinstance(schema, Mapping):
-        raise ValueError("`response_format.json_schema.schema` must be a JSON Schema object")
+        param = "response_format.json_schema.schema"
+        raise ChatRequestError(f"`{param}` must be a JSON Schema object", param)
     return schema, False
 
 
@@ -364,10 +400,13 @@ def _context(body: Mapping[str, Any], headers: Mapping[str, str], digest: str) -
     """The call's context: sent by moat's `openai` provider, else guessed from the body."""
     sent = headers.get(CALL_HEADER.lower())
     if sent:
-        return parse_call_header(sent)
+        try:
+            return parse_call_header(sent)
+        except ValueError as exc:
+            raise ChatRequestError(str(exc), code="invalid_header") from exc
     labels, seed = body.get("_labels"), body.get("seed")
     if seed is not None and not _is_int(seed):
-        raise ValueError("`seed` must be an integer")
+        raise ChatRequestError("`seed` must be an integer", "seed")
     return CallContext(
         request_id=str(body.get("user") or f"http-{digest}"),
         seed=seed or 0,
@@ -383,7 +422,7 @@ def _stream_options(body: Mapping[str, Any]) -> bool | None:
     (`stream_options.include_usage`)."""
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise ValueError("`stream` must be true or false")
+        raise ChatRequestError("`stream` must be true or false", "stream")
     if not stream:
         return None
     options = body.get("stream_options") or {}
@@ -405,14 +444,6 @@ def _event_stream(completion: Mapping[str, Any], *, include_usage: bool) -> byte
         chunks.append({**base, "choices": [], "usage": completion["usage"]})
     events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
     return events + b"data: [DONE]\n\n"
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-    return "" if content is None else str(content)
 
 
 def _completion_body(call: ProviderRequest, answer: ProviderResponse) -> dict[str, Any]:

@@ -3,9 +3,6 @@ decoded, and errors and streamed answers as responses."""
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -14,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from engine.events import RequestStatus, strict_json
-from engine.requests import show_value
+from engine.models.chat_fields import ChatRequestError, decode_chat_body
 from engine.scheduler.runner import RequestResult
 from engine.serve.wire import ApiError, ChatRequest, error_body, moat_headers, stream_chunks
 
@@ -95,79 +92,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are each once (JSON readers differ on which of two counts:
-    a proxy in front may read the first `model` where moat would read the last)."""
-    data = dict(pairs)
-    if len(data) == len(pairs):
-        return data
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise ApiError(
-                400,
-                f"the request body has the key {show_value(key)} twice in one object; JSON "
-                "readers differ on which one counts, so send each key once",
-                param=key[:100],
-                code="invalid_json",
-            )
-        seen.add(key)
-    return data  # (not reached: a key was there twice)
-
-
-def _not_json(constant: str) -> Any:
-    """`NaN`, `Infinity` and `-Infinity`, which Python's reader takes and JSON has not."""
-    raise ApiError(
-        400,
-        f"the request body is not valid JSON: {constant} is not a JSON number (JSON has "
-        "no NaN or Infinity); send a finite number, or null",
-        code="invalid_json",
-    )
-
-
-def _finite(text: str) -> float:
-    """A JSON number with a fraction or exponent, refused if no 64-bit float holds it
-    (`1e999` would read as infinity)."""
-    value = float(text)
-    if math.isinf(value):
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise ApiError(
-            400,
-            f"the request body is not valid JSON: the number {shown} is out of range (past "
-            "a 64-bit float, it would read as Infinity, which JSON has not); send a finite "
-            "number",
-            code="invalid_json",
-        )
-    return value
-
-
 def _decode(raw: bytes, content_type: str | None = None) -> Any:
-    """The JSON of a request body (`content_type`: its Content-Type, named when a body
-    that is not JSON was sent as something else, a form say)."""
+    """The JSON of a request body (`decode_chat_body`; `content_type`: its Content-Type).
+
+    Raises:
+        ApiError: 400 `invalid_json` saying what is wrong with it.
+    """
     try:
-        return json.loads(
-            raw, object_pairs_hook=_unique, parse_constant=_not_json, parse_float=_finite
-        )
-    except json.JSONDecodeError as exc:
-        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        kind = (content_type or "").split(";", 1)[0].strip().lower()
-        if kind and "json" not in kind:
-            where += f"; it was sent as {kind[:60]}: send a JSON object as application/json"
-        raise ApiError(400, f"the request body is not JSON{where}", code="invalid_json") from exc
-    except RecursionError as exc:
-        raise ApiError(
-            400, "the request body's JSON is nested too deeply", code="invalid_json"
-        ) from exc
-    except ValueError as exc:  # not UTF-8, or an integer past Python's digit limit
-        if "digits" in str(exc):
-            digits = sys.get_int_max_str_digits()
-            raise ApiError(
-                400,
-                f"the request body has a number with more than {digits} digits; "
-                "send numbers JSON readers take (at most 64-bit integers)",
-                code="invalid_json",
-            ) from exc
-        raise ApiError(400, "the request body is not UTF-8 JSON", code="invalid_json") from exc
+        return decode_chat_body(raw, content_type)
+    except ChatRequestError as exc:
+        raise ApiError(400, exc.message, param=exc.param, code=exc.code) from exc
 
 
 _STATUS_ERRORS: Mapping[RequestStatus, tuple[int, str, str]] = {

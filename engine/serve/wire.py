@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from engine.events import RequestStatus, strict_json
-from engine.models.chat_fields import chat_field_problem
+from engine.models.chat_fields import ChatRequestError, chat_field_problem, chat_turns
 from engine.requests import show_value
 from engine.scheduler.runner import RequestResult
 from engine.serve._unsupported import unsupported_problem
@@ -30,8 +30,6 @@ __all__ = [
     "parse_chat",
     "stream_chunks",
 ]
-
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 class ApiError(Exception):
@@ -107,48 +105,11 @@ def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiErr
     return ApiError(400, message, param=param, code=code)
 
 
-def _content_text(content: Any, at: str) -> str:
-    """A message's text: a string, or the text parts of a list of content parts (`at`: the
-    content's field, e.g. `messages[2].content`)."""
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        texts: list[str] = []
-        for i, part in enumerate(content):
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise _bad(
-                    f'{at}[{i}] must be a text part, {{"type": "text", "text": ...}}: a graph '
-                    "takes text only",
-                    f"{at}[{i}]",
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _bad(f"{at}[{i}].text must be a string", f"{at}[{i}].text")
-            texts.append(text)
-        return "\n".join(texts)
-    raise _bad(f"{at} must be a string or a list of text parts", at)
-
-
 def _turns(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise _bad("`messages` must be a non-empty list of messages", "messages")
-    turns: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        at = f"messages[{i}]"
-        if not isinstance(message, Mapping):
-            raise _bad(f"{at} must be an object with `role` and `content`", at)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:  # a list or object: unhashable
-            choices = ", ".join(sorted(ROLES))
-            raise _bad(f"{at}.role must be one of {choices}, not {show_value(role)}", f"{at}.role")
-        name = message.get("name")
-        if name is not None and not isinstance(name, str):
-            raise _bad(f"{at}.name must be a string, not {show_value(name)}", f"{at}.name")
-        content = _content_text(message.get("content"), f"{at}.content")
-        turns.append({"role": str(role), "content": content})
-    return turns
+    try:
+        return chat_turns(messages)
+    except ChatRequestError as exc:
+        raise _bad(exc.message, exc.param, exc.code) from exc
 
 
 def _refuse_unanswerable(messages: list[Any], turns: list[dict[str, str]], last: int) -> None:

@@ -28,7 +28,13 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_runs)
 
     p = sub.add_parser("stats", help="latency, cost, cache, validation and speculation figures")
-    p.add_argument("run_id", nargs="?", metavar="RUN_ID", type=identifier, help="default: all runs")
+    p.add_argument(
+        "run_id",
+        nargs="?",
+        metavar="RUN_ID",
+        type=identifier,
+        help="the run to sum up (default: the latest run; `moat runs` lists the others)",
+    )
     p.add_argument("--db", type=file_path, metavar="PATH")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(handler=cmd_stats)

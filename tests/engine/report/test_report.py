@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from engine.cli import main
 from engine.errors import StoreError
 from engine.events import (
     CacheStatus,
@@ -490,3 +492,31 @@ def test_runs_listing_columns_fit_long_run_ids_and_graph_names() -> None:
         f"r-2                                        {cut}  "
         "finished          0/3  2026-11-22 00:00:00  2.5s\n"
     )
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    # `main` binds structlog to the current (captured) stderr, closed after the test
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_stats_without_a_run_id_sums_up_the_latest_run_as_its_help_says(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    older = stats_run(store)
+    newer = store.create_run("governed-answer", "h", 0, {})
+    store.finish_run(newer, "finished")
+    assert run_stats(store).run_id == newer
+    assert main(["stats", "--db", str(store.path), "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["run_id"], shown["requests"]) == (newer, 0)
+    assert main(["stats", older, "--db", str(store.path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 4
+
+    with pytest.raises(SystemExit):
+        main(["stats", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the run to sum up (default: the latest run; `moat runs` lists the others)" in help_text

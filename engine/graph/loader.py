@@ -6,6 +6,7 @@ same steps but returns every problem instead of raising the first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import PolicyError, SpecError
@@ -28,7 +30,7 @@ from engine.expr.wording import (
 )
 from engine.graph.check import Checker
 from engine.graph.compiled import Graph
-from engine.graph.spec import GraphSpec
+from engine.graph.spec import FaultRates, GraphSpec, ModelSpec, Price
 from engine.located_yaml import Located, load_yaml, node_of, read_file
 from engine.plugin.registry import Registry
 from engine.policy.validate import load_policy_file, validate_policy
@@ -42,6 +44,13 @@ __all__ = [
     "load_graph_text",
 ]
 
+_TYPED_KEYS = frozenset(
+    name
+    for model in (ModelSpec, Price, FaultRates)
+    for name, field in model.model_fields.items()
+    if "str" not in str(field.annotation) and "Literal" not in str(field.annotation)
+)
+"""The `models:` keys that take a number or true/false, which `${VAR}` fills typed."""
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -217,6 +226,14 @@ def _validate_spec(located: Located) -> GraphSpec:
     if "moat" not in data:
         raise located.error("missing `moat: 1` (the format version) at the top of the file", ())
     _expand_models_env(located)
+    if isinstance(data["moat"], bool):  # (a literal 1 takes true, as 1 == True, even strict)
+        err = {
+            "type": "int_type",
+            "loc": ("moat",),
+            "msg": "Input should be a valid integer",
+            "input": data["moat"],
+        }
+        raise _translate(located, err)
     try:
         spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
@@ -237,7 +254,15 @@ def _expand_models_env(located: Located) -> None:
 
     def expand(value: Any, at: tuple[str | int, ...]) -> Any:
         if isinstance(value, str):
-            return _ENV.sub(lambda m: _env_value(m, located, at), value)
+            text = _ENV.sub(lambda m: _env_value(m, located, at), value)
+            if text is not value and at[-1] in _TYPED_KEYS and _ENV.fullmatch(value):
+                # `max_concurrency: ${N}` is the number the variable holds, as if written
+                # there (`4` a number, `true` true); text that is none stays text
+                with contextlib.suppress(yaml.YAMLError):
+                    typed = yaml.safe_load(text)
+                    if isinstance(typed, int | float):
+                        return typed
+            return text
         if isinstance(value, dict):
             return {k: expand(v, (*at, k)) for k, v in value.items()}
         if isinstance(value, list):

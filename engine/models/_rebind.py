@@ -35,15 +35,17 @@ def rebind_models(
         provider, _, model = target.partition(":")
         old = models[name]
         if provider == "sim":
-            profile = model.removeprefix("sim-") or "large"
+            profile = model.removeprefix("sim-")
             if profile not in ("small", "medium", "large"):
                 raise SpecError(f"--model {name}={target}: sim profiles are small, medium, large")
-            result[name] = ModelSpec(
-                provider="sim",
-                profile=profile,
-                seed=old.seed,
-                faults=old.faults,
-                time_scale=old.time_scale,
+            result[name] = ModelSpec.model_validate(
+                {
+                    "provider": "sim",
+                    "profile": profile,
+                    "seed": old.seed,
+                    "faults": old.faults,
+                    "time_scale": old.time_scale,
+                }
             )
         elif provider == "openai":
             if not model:

@@ -255,7 +255,9 @@ class SimService:
         scale = 0.0 if instant else self.time_scale
         key = (profile, seed, scale)
         if key not in self._providers:
-            spec = ModelSpec(provider="sim", profile=profile, seed=seed, time_scale=scale)
+            spec = ModelSpec.model_validate(
+                {"provider": "sim", "profile": profile, "seed": seed, "time_scale": scale}
+            )
             self._providers[key] = SimProvider(spec)
         return self._providers[key]
 

@@ -923,8 +923,8 @@ def test_true_and_false_are_no_numbers_in_any_number_field() -> None:
     # pydantic reads `max_cycles: true` as 1: each is refused where it stands, as a type error
     report = check_text(BOOLS, "case.yaml", registry=registry(), base_dir=DATA)
     assert [str(e) for e in report.errors] == [
-        "case.yaml:4:59: models.small.max_concurrency: Input should be a whole number, got true",
         "case.yaml:4:80: models.small.price.input: Input should be a number, got false",
+        "case.yaml:4:59: models.small.max_concurrency: Input should be a whole number, got true",
         "case.yaml:5:20: budget.cost_usd: Input should be a number, got true",
         "case.yaml:9:17: node 'loop': nodes.loop.max_cycles: Input should be a whole number, "
         "got true",
@@ -942,6 +942,38 @@ def test_true_and_false_are_no_numbers_in_any_number_field() -> None:
         load_graph_text(BOOLS.replace("moat: 1", "moat: true"), "case.yaml", registry=registry())
 
 
+LAX = """\
+moat: 1
+name: t
+models:
+  small: {provider: sim, profile: small, max_concurrency: "4"}
+budget: {cost_usd: "0.01", deadline_ms: "5000", partial: "on"}
+nodes:
+  step: {type: echo, optional: 1, retries: "2", timeout_ms: "100", with: {value: 1}}
+output:
+  v: step.value
+"""
+
+
+def test_quoted_numbers_and_yes_or_on_are_no_numbers_or_flags_in_the_graphs_own_keys() -> None:
+    """What `moat schema` refuses, the checker refuses: a graph key that takes a number or
+    true/false is not given one in quotes, nor `on`, `yes` or 1 for true."""
+    report = check_text(LAX, "case.yaml", registry=registry(), base_dir=DATA)
+    assert sorted(str(e) for e in report.errors) == [
+        "case.yaml:4:59: models.small.max_concurrency: Input should be a whole number, got a "
+        "string ('4')",
+        "case.yaml:5:20: budget.cost_usd: Input should be a number, got a string ('0.01')",
+        "case.yaml:5:41: budget.deadline_ms: Input should be a number, got a string ('5000')",
+        "case.yaml:5:58: budget.partial: Input should be true or false, got a string ('on')",
+        "case.yaml:7:32: node 'step': nodes.step.optional: Input should be true or false, got "
+        "a number (1)",
+        "case.yaml:7:44: node 'step': nodes.step.retries: Input should be a whole number, got "
+        "a string ('2')",
+        "case.yaml:7:61: node 'step': nodes.step.timeout_ms: Input should be a number, got a "
+        "string ('100')",
+    ]
+
+
 def test_a_with_value_left_to_run_time_does_not_hide_a_bool_beside_it() -> None:
     errors = check("""\
         nodes:
@@ -952,3 +984,25 @@ def test_a_with_value_left_to_run_time_does_not_hide_a_bool_beside_it() -> None:
         "case.yaml:7:65: node 'step': with.threshold: Input should be a number, got true "
         "(type 'review'; see `moat nodes review`)"
     ]
+
+
+def test_an_environment_variable_fills_a_number_or_flag_of_a_model_typed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`${VAR}` in `models:` is the value the variable holds as if written there: a number
+    where a number is taken; text that is no number is refused as written text would be."""
+    header = HEADER.replace(
+        "profile: small}",
+        'profile: small, max_concurrency: "${MOAT_TEST_CONC}", remote: "${MOAT_TEST_REMOTE:-true}"}',
+    )
+    body = "nodes:\n  check: {type: review}\noutput:\n  a: check.action\n"
+    monkeypatch.setenv("MOAT_TEST_CONC", "4")
+    assert check(body, header) == []
+    graph = load_graph_text(header + body, "case.yaml", registry=registry(), base_dir=DATA)
+    assert (graph.models["small"].max_concurrency, graph.models["small"].remote) == (4, True)
+    monkeypatch.setenv("MOAT_TEST_CONC", "four")
+    (error,) = check(body, header)
+    assert (
+        "models.small.max_concurrency: Input should be a whole number, got a string ('four')"
+        in error
+    )

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from engine.cli import file_path, graph_file, not_stdin, store_file, telemetry
-from engine.cli.run import _parse_models
 from engine.cli.sim_server import non_negative, port_number
 from engine.errors import SpecError
 from engine.logs import announce
@@ -239,26 +243,62 @@ def _keys(path: str | None) -> KeyRing | None:
     return keys_from_env(value) if value else None
 
 
+class _Stopping:
+    """A SIGTERM that comes before the server serves (while the modules import and the
+    graphs load), noted rather than left to the signal's default action, which ended the
+    process at once with no word (exit 143). The server then never starts: no run is
+    created, and the command exits 0 as a SIGTERM while serving does."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self._previous: Any = None
+        self._noting = threading.current_thread() is threading.main_thread()
+        if self._noting:  # (signal handlers are the main thread's to set)
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        """True once a SIGTERM came."""
+        return self.signalled
+
+    def release(self) -> None:
+        """Give SIGTERM back to the handler it had."""
+        if self._noting:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._noting = False
+
+
+@contextmanager
+def _noting_sigterm() -> Iterator[_Stopping]:
+    stopping = _Stopping()
+    try:
+        yield stopping
+    finally:
+        stopping.release()
+
+
+def _stopped_early() -> int:
+    print("moat serve: stopped (SIGTERM) before it served; no run was started", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the arguments, then serve until interrupted."""
+    with _noting_sigterm() as stopping:
+        return _serve(args, stopping)
+
+
+def _serve(args: argparse.Namespace, stopping: _Stopping) -> int:
     try:
+        from engine.cli.run import _parse_models
         from engine.serve import MoatServer, ShapingLimits
         from engine.serve.listen import bind, is_loopback, run_app
     except ImportError:
         print(f"moat: {_MISSING}", file=sys.stderr)
         return EXIT_USAGE
-    keys = _keys(args.keys)
-    if keys is None and not is_loopback(args.host):
-        raise SpecError(
-            f"--host {args.host}: without --keys (or $MOAT_API_KEYS) any caller is accepted, "
-            "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
-            "another address"
-        )
-    if args.metrics_auth and keys is None:
-        raise SpecError(
-            "--metrics-auth: without --keys (or $MOAT_API_KEYS) any key is accepted, so "
-            "/metrics would stay open; pass --keys FILE, or drop --metrics-auth"
-        )
+    keys = _checked_keys(args, is_loopback)
     if args.burst is not None and args.rate is None:
         raise SpecError(
             f"--burst {args.burst}: the burst is what a tenant may send above --rate, and no "
@@ -272,17 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_inflight,
     )
     if getattr(args, "ray", None) is not None:
-        _check_ray(args)
-        from engine.cluster.serving import serve_on_ray
-
-        options: dict[str, Any] = {"keys": keys, "limits": limits}
-        options |= {"models": _parse_models(args.model), "metrics_auth": args.metrics_auth}
-        options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
-
-        def on_ray(url: str, replicas: str) -> None:
-            announce(url, f"moat serve: {url} on Ray Serve, {replicas} replicas")
-
-        return serve_on_ray(args, store_file(args.db), options, on_ray)
+        return _serve_on_ray(args, keys, limits, stopping)
     _check_local(args)
     grace_s = _GRACE_S if args.grace is None else args.grace
     workers = getattr(args, "workers", 1)
@@ -314,7 +344,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rotate_s=getattr(args, "rotate_run", None),
     )
     if workers > 1:
-        return _serve_workers(args, server, keys, limits, grace_s)
+        return _serve_workers(args, server, keys, limits, grace_s, stopping)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -327,16 +357,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     with sock:
-        if not run_app(server.app, sock, grace_s=grace_s, context=server, on_ready=ready):
+        if stopping():
+            return _stopped_early()
+        started = run_app(
+            server.app, sock, grace_s=grace_s, context=server, on_ready=ready, stopped=stopping
+        )
+        if not started:
             print("moat: serve: the server did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
     return 0
 
 
+def _checked_keys(args: argparse.Namespace, is_loopback: Any) -> KeyRing | None:
+    """The API keys, checked against the address and `--metrics-auth`."""
+    keys = _keys(args.keys)
+    if keys is None and not is_loopback(args.host):
+        raise SpecError(
+            f"--host {args.host}: without --keys (or $MOAT_API_KEYS) any caller is accepted, "
+            "so moat serves only on loopback (127.0.0.1, ::1); pass --keys FILE to listen on "
+            "another address"
+        )
+    if args.metrics_auth and keys is None:
+        raise SpecError(
+            "--metrics-auth: without --keys (or $MOAT_API_KEYS) any key is accepted, so "
+            "/metrics would stay open; pass --keys FILE, or drop --metrics-auth"
+        )
+    return keys
+
+
+def _serve_on_ray(
+    args: argparse.Namespace, keys: KeyRing | None, limits: Any, stopping: _Stopping
+) -> int:
+    """`--ray`: the graphs on Ray Serve (`engine.cluster.serving`)."""
+    from engine.cli.run import _parse_models
+
+    _check_ray(args)
+    from engine.cluster.serving import serve_on_ray
+
+    options: dict[str, Any] = {"keys": keys, "limits": limits}
+    options |= {"models": _parse_models(args.model), "metrics_auth": args.metrics_auth}
+    options |= {"seed": args.seed, "allow_unpriced": args.allow_unpriced}
+
+    def on_ray(url: str, replicas: str) -> None:
+        announce(url, f"moat serve: {url} on Ray Serve, {replicas} replicas")
+
+    stopping.release()  # (Ray Serve handles the signals from here)
+    if stopping():
+        return _stopped_early()
+    return serve_on_ray(args, store_file(args.db), options, on_ray)
+
+
 def _serve_workers(
-    args: argparse.Namespace, server: Any, keys: Any, limits: Any, grace_s: float
+    args: argparse.Namespace,
+    server: Any,
+    keys: Any,
+    limits: Any,
+    grace_s: float,
+    stopping: _Stopping,
 ) -> int:
     """`--workers N`: N server processes on one port (`engine.serve.workers`)."""
+    from engine.cli.run import _parse_models
     from engine.serve.listen import bind_workers
     from engine.serve.workers import serve_workers, worker_spec
 
@@ -366,7 +446,9 @@ def _serve_workers(
         )
 
     try:
-        if not serve_workers(server, spec, socks, on_ready=ready):
+        if stopping():
+            return _stopped_early()
+        if not serve_workers(server, spec, socks, on_ready=ready, stopped=stopping):
             print("moat: serve: a worker process did not start (see above)", file=sys.stderr)
             return EXIT_USAGE
     finally:

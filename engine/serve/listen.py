@@ -165,9 +165,12 @@ def run_app(
     grace_s: float = 30.0,
     context: AbstractAsyncContextManager[Any] | None = None,
     on_ready: Callable[[], None] | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> bool:
     """Enter `context`, call `on_ready`, then serve `app` on `sock` until SIGINT or
     SIGTERM; False if uvicorn never started. Blocks; call it from the main thread.
+    `stopped`: True if a SIGTERM came before this was called (the caller noted it); the
+    server then stops as soon as it has started, as on a SIGTERM now.
 
     Raises:
         MoatError: entering `context` failed (nothing was served).
@@ -193,6 +196,8 @@ def run_app(
         runner.should_exit = True
 
     previous = signal.signal(signal.SIGTERM, stop)
+    if stopped is not None and stopped():
+        runner.should_exit = True
     switch = sys.getswitchinterval()
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})

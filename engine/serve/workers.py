@@ -87,12 +87,15 @@ def serve_workers(
     socks: list[socket.socket],
     *,
     on_ready: Callable[[], None],
+    stopped: Callable[[], bool] | None = None,
 ) -> bool:
     """Serve with one worker process per socket until SIGINT or SIGTERM; `server` (opened
     here, never serving) owns the runs. False if a worker failed to start.
 
     Args:
         spec: what every worker needs (`worker_spec`), but its slot, socket and runs.
+        stopped: True if a SIGTERM came before this was called (the caller noted it):
+            nothing is started.
     """
     server.counted_in_store = True
     count = len(socks)
@@ -119,6 +122,8 @@ def serve_workers(
         # open or the workers start stops the workers started so far, and no worker is
         # left behind (the default action of SIGTERM ended this process alone)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if stopped is not None and stopped():  # before the receiver was open
+                return True
             async with server:
                 runs = {name: served.run_id for name, served in server.graphs.items()}
                 base.update(spec, runs=runs)

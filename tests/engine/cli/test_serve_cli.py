@@ -308,3 +308,58 @@ def test_sigterm_does_not_wait_for_a_client_stalled_mid_body(tmp_path: Path) -> 
     error = json.loads(body)["error"]
     assert (error["type"], error["code"]) == ("server_error", "shutting_down")
     assert took < 10
+
+
+SIGTERM_WHILE = {
+    # the graphs still loading: nothing has started
+    "loading": (
+        "import engine.graph.loader as at\n"
+        "real = at.load_graph\n"
+        "def load_graph(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*args, **kwargs)\n"
+        "at.load_graph = load_graph\n"
+    ),
+    # the graphs opening, the runs started: they are finished
+    "opening": (
+        "import engine.serve.app as at\n"
+        "real = at.MoatServer.__aenter__\n"
+        "async def opened(self):\n"
+        "    server = await real(self)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return server\n"
+        "at.MoatServer.__aenter__ = opened\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("moment", sorted(SIGTERM_WHILE))
+def test_sigterm_while_the_server_starts_exits_0_leaving_no_run_running(
+    tmp_path: Path, moment: str, workers: str
+) -> None:
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "moat.db"
+    argv = ["serve", str(graph), "--port", "0", "--db", str(db), "--workers", workers]
+    script = (
+        "import os, signal, sys\n"
+        + SIGTERM_WHILE[moment]
+        + "from engine.cli import main\n"
+        + f"sys.exit(main({argv!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    if moment == "loading":
+        assert done.stderr.endswith(
+            "moat serve: stopped (SIGTERM) before it served; no run was started\n"
+        )
+        assert done.stdout == ""
+    runs: list[str] = []
+    if db.exists():
+        with Store.open(db, readonly=True) as store:
+            runs = [row["status"] for row in store.query("SELECT status FROM runs")]
+    assert "running" not in runs
+    assert runs == ([] if moment == "loading" else ["finished"])

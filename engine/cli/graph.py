@@ -104,6 +104,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if args.type == "loop":
         return _describe_loop(args.json)
     cls = registry.get(args.type)
+    if cls is None and (broken := registry.problem(args.type)) is not None:
+        raise SpecError(broken)
     if cls is None:
         close = registry.closest(args.type)
         hint = f" (did you mean {close!r}?)" if close else ""
@@ -148,6 +150,8 @@ def _list_nodes(registry: Registry, as_json: bool) -> int:
         assert cls is not None
         print(f"{name:<{width}}  {cls.describe()}  [{registry.origin(name)}]")
     print(f"{'loop':<{width}}  {_LOOP}")
+    for problem in registry.broken.values():
+        print(f"moat: warning: {problem}", file=sys.stderr)
     return 0
 
 

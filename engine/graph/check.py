@@ -157,7 +157,9 @@ class Checker:
     def c02_node_type(self, node_id: str, spec: NodeSpec, at: Path) -> type[Node] | None:
         """Every `type:` is a registered node type."""
         cls = self.registry.get(spec.type)
-        if cls is None:
+        if cls is None and (broken := self.registry.problem(spec.type)) is not None:
+            self._error(broken, (*at, "type"), node_id=node_id)
+        elif cls is None:
             close = self.registry.closest(spec.type)
             hint = f" (did you mean {close!r}?)" if close else ""
             known = ", ".join(sorted([*self.registry.names(), "loop"]))

@@ -43,6 +43,9 @@ class Registry:
     def __init__(self, types: Iterable[type[Node]] = ()) -> None:
         self._types: dict[str, type[Node]] = {}
         self._origin: dict[str, str] = {}
+        self.broken: dict[str, str] = {}
+        """Installed entry points that could not be loaded, by name: why, and the fix. One
+        broken package costs only the graphs that use its types (`problem`)."""
         for cls in types:
             self.add(cls)
 
@@ -68,6 +71,7 @@ class Registry:
         new = Registry()
         new._types = dict(self._types)
         new._origin = dict(self._origin)
+        new.broken = dict(self.broken)
         return new
 
     def add(self, cls: type[Node], origin: str | None = None) -> None:
@@ -105,18 +109,30 @@ class Registry:
         event_names.claim(name, cls.event_types)
 
     def load_entry_points(self) -> None:
-        """Register every node class of the `moat.nodes` entry-point group."""
+        """Register every node class of the `moat.nodes` entry-point group. One that cannot
+        be loaded is noted in `broken` (reported where its type is asked for), so a broken
+        package does not stop graphs that never use it."""
         for ep in entry_points(group=ENTRY_POINT_GROUP):
+            package = f"package {ep.dist.name!r}" if ep.dist is not None else "its package"
             try:
                 cls = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} "
-                    f"failed to import: {exc}; reinstall the package that provides it"
-                ) from exc
-            if not (inspect.isclass(cls) and issubclass(cls, Node)):
-                raise PluginError(f"entry point {ep.name!r} ({ep.value}) is not a Node subclass")
-            self.add(cls, origin=ep.value)
+                if not (inspect.isclass(cls) and issubclass(cls, Node)):
+                    raise PluginError(f"{ep.value} is not a Node subclass")
+                self.add(cls, origin=ep.value)
+            except (Exception, SystemExit) as exc:
+                why = (
+                    exc.reason
+                    if isinstance(exc, PluginError)
+                    else exception_text(exc, with_type=True)
+                )
+                self.broken[ep.name] = (
+                    f"the installed node type {ep.name!r} ({ep.value}, of {package}) could "
+                    f"not be loaded: {why.partition(chr(10))[0]}; reinstall or fix {package}"
+                )
+
+    def problem(self, name: str) -> str | None:
+        """Why type `name` is missing when an installed entry point of that name is broken."""
+        return self.broken.get(name)
 
     def load_module(
         self, module_name: str, base_dir: str | os.PathLike[str] | None = None

@@ -993,7 +993,8 @@ def test_an_environment_variable_fills_a_number_or_flag_of_a_model_typed(
     where a number is taken; text that is no number is refused as written text would be."""
     header = HEADER.replace(
         "profile: small}",
-        'profile: small, max_concurrency: "${MOAT_TEST_CONC}", remote: "${MOAT_TEST_REMOTE:-true}"}',
+        'profile: small, max_concurrency: "${MOAT_TEST_CONC}", '
+        'remote: "${MOAT_TEST_REMOTE:-true}"}',
     )
     body = "nodes:\n  check: {type: review}\noutput:\n  a: check.action\n"
     monkeypatch.setenv("MOAT_TEST_CONC", "4")

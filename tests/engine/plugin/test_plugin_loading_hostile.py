@@ -180,3 +180,39 @@ def test_a_config_validator_raising_no_value_error_is_a_located_error_not_a_cras
         f"validator of Careless.Config in raising_nodes ({tmp_path / 'raising_nodes.py'}))"
     ), err
     assert "internal error" not in err
+
+
+def test_a_broken_installed_node_type_costs_only_the_graphs_that_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed package whose `moat.nodes` entry point no longer imports: every other
+    graph still checks and runs; a graph that uses its type, `moat nodes` and
+    `moat nodes TYPE` say which package is broken and what to do."""
+    from engine.plugin import registry as registry_module
+
+    dist = tmp_path / "brokenpkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenpkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[moat.nodes]\nbroken = brokenpkg.nodes:Gone\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "_DEFAULT", None)  # read the entry points afresh
+    said = (
+        "the installed node type 'broken' (brokenpkg.nodes:Gone, of package 'brokenpkg') "
+        "could not be loaded: ModuleNotFoundError: No module named 'brokenpkg'; reinstall "
+        "or fix package 'brokenpkg'"
+    )
+    assert Registry.default().problem("broken") == said
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(
+        "moat: 1\nname: fine\nnodes:\n  r: {type: redact, with: {text: hi}}\noutput:\n  t: r.text\n"
+    )
+    uses = tmp_path / "uses.yaml"
+    uses.write_text("moat: 1\nname: uses\nnodes:\n  b: {type: broken}\noutput:\n  v: b.value\n")
+    assert main(["check", str(fine)]) == 0
+    assert main(["check", str(uses)]) == 2
+    assert f"uses.yaml:4:13: node 'b': {said}" in capsys.readouterr().err
+    assert main(["nodes"]) == 0
+    listed = capsys.readouterr()
+    assert "redact" in listed.out and f"moat: warning: {said}" in listed.err
+    assert main(["nodes", "broken"]) == 2
+    assert f"moat: {said}" in capsys.readouterr().err

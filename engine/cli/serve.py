@@ -19,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from engine.cli import file_path, graph_file, not_stdin, store_file, telemetry
-from engine.cli.sim_server import non_negative, port_number
+from engine.cli.sim_server import host_address, non_negative, port_number
 from engine.errors import SpecError
 from engine.logs import announce
 
@@ -139,7 +139,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "graphs", type=graph_file, metavar="GRAPH", nargs="+", help="graph files; `model` names one"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument(
+        "--host",
+        type=host_address,
+        default="127.0.0.1",
+        help="address to listen on (default loopback)",
+    )
     p.add_argument(
         "--port", type=port_number, default=8000, help="TCP port (0: any free port, printed)"
     )

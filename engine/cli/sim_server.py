@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_commands", "non_negative", "port_number"]
+__all__ = ["add_commands", "host_address", "non_negative", "port_number"]
 
 EXIT_USAGE = 2
 _MISSING = (
@@ -36,13 +36,30 @@ def port_number(text: str) -> int:
     return port
 
 
+def host_address(text: str) -> str:
+    """`--host` as an address to listen on, never empty (to the socket layer an empty
+    host is every address, not the loopback the default is).
+
+    Raises:
+        argparse.ArgumentTypeError: the address is empty or blank.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the host is empty; give an address, such as 127.0.0.1 (loopback, "
+            "the default) or ::1"
+        )
+    return text.strip()
+
+
 def add_commands(sub: Any) -> None:
     """Register `moat sim-server` on the `moat` subparsers."""
     p = sub.add_parser("sim-server", help="the sim models behind an OpenAI-compatible HTTP API")
     p.add_argument(
         "--port", type=port_number, default=8008, help="TCP port (0: any free port, printed)"
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host", type=host_address, default="127.0.0.1", help="address to listen on (loopback)"
+    )
     p.add_argument(
         "--time-scale",
         type=non_negative,

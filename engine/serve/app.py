@@ -140,6 +140,12 @@ class MoatServer(_Attending):
             pipeline_options["models"] = rebind
             if graph.name in self.graphs:
                 other = self.graphs[graph.name].pipe.graph.path
+                if _same_file(other, graph.path):
+                    raise SpecError(
+                        f"graph {graph.name!r} is given twice (the same file); serve each "
+                        "graph once",
+                        path=str(graph.path),
+                    )
                 raise SpecError(
                     f"graph name {graph.name!r} is also the name of {other}; served graphs "
                     "are named by `name:`, so give each a distinct one",
@@ -486,6 +492,11 @@ class MoatServer(_Attending):
                 code="invalid_api_key",
             )
         return tenant
+
+
+def _same_file(one: str | None, other: str | None) -> bool:
+    """Two graph paths name one file (a graph built in code has none)."""
+    return bool(one and other) and os.path.realpath(str(one)) == os.path.realpath(str(other))
 
 
 def _slot_requests(store: Any, run_id: str, slot: tuple[int, int]) -> int:

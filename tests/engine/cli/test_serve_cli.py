@@ -363,3 +363,35 @@ def test_sigterm_while_the_server_starts_exits_0_leaving_no_run_running(
             runs = [row["status"] for row in store.query("SELECT status FROM runs")]
     assert "running" not in runs
     assert runs == ([] if moment == "loading" else ["finished"])
+
+
+def test_the_same_graph_given_twice_is_refused_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = fast_copy("extract", tmp_path, time_scale=0)
+    again = tmp_path / "." / graph.name
+    db = tmp_path / "m.db"
+    assert main(["serve", str(graph), str(again), "--port", "0", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"moat: {again}: graph 'extract' is given twice (the same file); serve each graph once\n"
+    )
+    assert not db.exists()
+    other = tmp_path / "copy.yaml"  # another file with the same `name:`
+    other.write_text(graph.read_text())
+    assert main(["serve", str(graph), str(other), "--port", "0", "--db", str(db)]) == 2
+    assert f"graph name 'extract' is also the name of {graph}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "sim-server"])
+@pytest.mark.parametrize("host", ["", "  "])
+def test_an_empty_host_is_refused_saying_it_is_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, host: str
+) -> None:
+    graph = [str(fast_copy("baseline", tmp_path, time_scale=0))] if command == "serve" else []
+    with pytest.raises(SystemExit) as exited:
+        main([command, *graph, "--host", host, "--port", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --host: {host!r}: the host is empty; give an address" in err
+    assert "without --keys" not in err

@@ -64,6 +64,7 @@ class _Race:
 
     draft: Completion | None = None
     target: Completion | None = None
+    verify: Completion | None = None
     verify_cost: float = 0.0
     accepted: bool | None = None
     verify_score: float | None = None
@@ -165,20 +166,31 @@ class SpeculateNode(Node):
             race.winner = "draft" if race.accepted else "target"
         else:
             await self._hedge(config, ctx, race)
+        # the bet's calls that lost are recorded discarded (those cancelled, cancelled)
+        losers = [race.draft, race.verify] if race.winner == "target" else [race.target]
+        for lost in losers:
+            if lost is not None:
+                ctx.discard(lost)
         if race.accepted is not None:
             self.acceptance[prompt_class] = (1 - config.alpha) * predicted + config.alpha * float(
                 race.accepted
             )
         return self._report(config, ctx, race, strategy, predicted, prompt_class)
 
-    async def _call(self, config: Config, ctx: NodeContext, model: str, task: str) -> Completion:
+    async def _call(
+        self, config: Config, ctx: NodeContext, model: str, task: str, bet: bool = False
+    ) -> Completion:
+        """One call; `bet`: a speculative one (a draft, or a target raced against it)."""
+        extra: dict[str, Any] = (
+            {"speculative": True} if bet else {}
+        )  # (a client of old needs no new word)
         return await ctx.model(model).complete(
             prompt=config.prompt, system=config.system, schema=config.schema_, task=task,
-            max_tokens=config.max_tokens,
+            max_tokens=config.max_tokens, **extra,
         )  # fmt: skip
 
     async def _draft_and_verify(self, config: Config, ctx: NodeContext, race: _Race) -> None:
-        race.draft = await self._call(config, ctx, config.draft_model, "draft")
+        race.draft = await self._call(config, ctx, config.draft_model, "draft", bet=True)
         if config.schema_ is not None and not _schema_ok(race.draft, config.schema_):
             race.accepted = False
             race.codes.append("DRAFT_SCHEMA_INVALID")
@@ -187,7 +199,9 @@ class SpeculateNode(Node):
             ctx, config.verify_model or config.draft_model, task="verify", schema=VERIFY_SCHEMA,
             prompt=f"Request:\n{config.prompt}\n\nDraft answer:\n{race.draft.text}\n\n"
             "Is the draft a correct, complete, acceptable answer? Score it from 0 to 1.",
+            speculative=True,
         )  # fmt: skip
+        race.verify = reply.completion
         race.verify_cost = reply.completion.cost_usd
         if reply.value is None:
             race.accepted = False
@@ -207,7 +221,9 @@ class SpeculateNode(Node):
         async def target_branch() -> None:
             with target_scope:
                 try:
-                    race.target = await self._call(config, ctx, config.target_model, "answer")
+                    race.target = await self._call(
+                        config, ctx, config.target_model, "answer", bet=True
+                    )
                 except Exception as exc:  # failures travel as values, not ExceptionGroups
                     race.target_error = exc
                     return

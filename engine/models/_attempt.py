@@ -36,6 +36,8 @@ class Call:
     task: str | None
     max_tokens: int | None
     temperature: float | None
+    speculative: bool = False
+    """Made on a bet the node may lose (`complete(speculative=True)`)."""
 
 
 @dataclass(slots=True)
@@ -61,6 +63,10 @@ class Attempt:
     response: ProviderResponse | None = None
     latency_ms: float = 0.0
     related_event_id: int | None = None
+    speculative: bool = False
+    """The call was made on a bet (recorded as `call_kind` speculative)."""
+    logged: Any = None
+    """The `LlmCall` the attempt became, once recorded (what `NodeContext.discard` marks)."""
 
     def charge_usage(self, input_tokens: int, output_tokens: int, price: Price) -> None:
         """Charge the tokens the provider reported, at `price`."""

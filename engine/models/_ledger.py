@@ -195,36 +195,37 @@ class Ledger:
             if store == "redacted":
                 prompt_text = redact_text(prompt_text)[0]
                 response_text = redact_text(response_text)[0] if response_text else response_text
-        scope.calls.append(
-            LlmCall(
-                request_id=scope.request.id,
-                node=scope.node_id,
-                cycle=scope.cycle,
-                model=name,
-                # an answer a simulated model gave (`moat sim-server` behind the `openai`
-                # provider marks its answers) is recorded under `sim`, so every reader
-                # labels its figures simulated
-                provider="sim"
-                if response is not None and response.simulated
-                else self._specs[name].provider,
-                call_kind=CallKind.SPECULATIVE if scope.speculative else CallKind.NORMAL,
-                # a failed attempt gave nothing to use; a speculative call's outcome
-                # is the scheduler's to set once it knows what became of the node run
-                call_outcome=CallOutcome.USED
-                if record.status == "ok" and not scope.speculative
-                else CallOutcome.NONE,
-                cache_status=CacheStatus.NONE,
-                prompt_hash=record.prompt_hash,
-                input_tokens=record.charged_input,
-                output_tokens=record.charged_output,
-                cost_usd=record.cost_usd,
-                latency_ms=record.latency_ms,
-                started_at=record.started_at,
-                status=record.status,
-                error=record.error,
-                related_event_id=record.related_event_id,
-                prompt_text=prompt_text,
-                response_text=response_text,
-                finish_reason=response.finish_reason if response is not None else None,
-            )
+        record.logged = logged = LlmCall(
+            request_id=scope.request.id,
+            node=scope.node_id,
+            cycle=scope.cycle,
+            model=name,
+            # an answer a simulated model gave (`moat sim-server` behind the `openai`
+            # provider marks its answers) is recorded under `sim`, so every reader
+            # labels its figures simulated
+            provider="sim"
+            if response is not None and response.simulated
+            else self._specs[name].provider,
+            call_kind=CallKind.SPECULATIVE
+            if scope.speculative or record.speculative
+            else CallKind.NORMAL,
+            # a failed attempt gave nothing to use; a speculative call's outcome
+            # is the scheduler's to set once it knows what became of the node run
+            call_outcome=CallOutcome.USED
+            if record.status == "ok" and not scope.speculative
+            else CallOutcome.NONE,
+            cache_status=CacheStatus.NONE,
+            prompt_hash=record.prompt_hash,
+            input_tokens=record.charged_input,
+            output_tokens=record.charged_output,
+            cost_usd=record.cost_usd,
+            latency_ms=record.latency_ms,
+            started_at=record.started_at,
+            status=record.status,
+            error=record.error,
+            related_event_id=record.related_event_id,
+            prompt_text=prompt_text,
+            response_text=response_text,
+            finish_reason=response.finish_reason if response is not None else None,
         )
+        scope.calls.append(logged)

@@ -97,11 +97,12 @@ class _GatewayClient:
         task: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        speculative: bool = False,
     ) -> Completion:
         """Make one call through the gateway (see `engine.plugin.context.ModelClient.complete`)."""
         scope = self._scope
         chat = chat_messages(prompt, messages, system, scope.node_id, scope.request.id)
-        call = Call(chat, schema, json_mode, task, max_tokens, temperature)
+        call = Call(chat, schema, json_mode, task, max_tokens, temperature, speculative)
         return await self._gateway._complete(self.name, self._scope, call)
 
     def __repr__(self) -> str:
@@ -275,6 +276,7 @@ class Gateway(Ledger):
         attempt = 0
         while True:
             record = Attempt(prompt_text, prompt_hash, input_tokens, limit)
+            record.speculative = call.speculative
             try:
                 return await self._attempt(name, scope, call, messages, record, attempt)
             except TransientError as exc:
@@ -427,6 +429,7 @@ class Gateway(Ledger):
             latency_ms=record.latency_ms,
             json=parsed,
             simulated=response.simulated,
+            handle=record,
         )
 
     # -- guards -----------------------------------------------------------------------

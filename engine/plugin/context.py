@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from engine.events import CallOutcome
 from engine.logs import get_logger
 
 __all__ = [
@@ -67,6 +68,8 @@ class Completion:
     """The parsed JSON value when structured output was asked for and the text parsed."""
     simulated: bool = False
     """True when the embedded `sim` provider produced this answer."""
+    handle: Any = field(default=None, repr=False, compare=False)
+    """The gateway's handle on the call's record, for `NodeContext.discard`."""
 
 
 class ModelClient(Protocol):
@@ -85,6 +88,7 @@ class ModelClient(Protocol):
         task: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        speculative: bool = False,
     ) -> Completion:
         """Make one call (with the gateway's retries, budget check and recording).
 
@@ -99,6 +103,9 @@ class ModelClient(Protocol):
                 give plausible answers.
             max_tokens: upper bound on the answer's length (also bounds the cost estimate).
             temperature: sampling temperature, when the provider supports it.
+            speculative: the call is a bet the node may lose (a cheap draft, a call raced
+                against another): recorded as `call_kind` speculative, its outcome `used`
+                unless the node calls `ctx.discard(completion)` because it went unused.
         """
         ...
 
@@ -287,6 +294,16 @@ class NodeContext:
     def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` after the request succeeds, off the response path (cache stores)."""
         self._runtime.after_success(callback)
+
+    def discard(self, completion: Completion) -> None:
+        """Record that `completion`, a call this run made, went unused (a draft that lost,
+        the slower of two raced calls): its `call_outcome` is `discarded`, and when the
+        call was made `speculative=True` its cost counts as wasted speculation in
+        `moat stats`. A call cancelled before it answered is recorded `cancelled` anyway."""
+        attempt = completion.handle
+        call = getattr(attempt, "logged", None)
+        if call is not None and call.node == self.node_id and call.status == "ok":
+            call.call_outcome = CallOutcome.DISCARDED
 
     @property
     def remaining_ms(self) -> float | None:

@@ -63,10 +63,14 @@ async def ask_json(
     task: str,
     system: str | None = None,
     max_tokens: int | None = None,
+    speculative: bool = False,
 ) -> JsonReply:
     """Call `model` for a JSON object following `schema`; never raises on bad JSON."""
+    bet: dict[str, Any] = (
+        {"speculative": True} if speculative else {}
+    )  # (a client of old needs no new word)
     completion = await ctx.model(model).complete(
-        prompt=prompt, system=system, schema=schema, task=task, max_tokens=max_tokens
+        prompt=prompt, system=system, schema=schema, task=task, max_tokens=max_tokens, **bet
     )
     if isinstance(completion.json, dict):
         return JsonReply(completion, completion.json)

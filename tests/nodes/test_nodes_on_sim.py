@@ -382,6 +382,29 @@ async def test_speculate_hedges_when_acceptance_is_unlikely_and_cancels_the_losi
     assert result.latency_ms == pytest.approx(draft.latency_ms + verify.latency_ms)
 
 
+@pytest.mark.parametrize(
+    ("prior", "target_kind"), [("0.7", "normal"), ("0.3", "speculative")], ids=["cascade", "hedged"]
+)
+async def test_speculate_records_a_rejected_draft_and_its_verdict_as_discarded_speculation(
+    prior: str, target_kind: str
+) -> None:
+    """The draft and its verdict are a bet: recorded `speculative`, and `discarded` when
+    the target answers instead, so `moat stats` counts their cost as wasted speculation.
+    The target is a bet too when it raced the draft (hedged)."""
+    result, sink = await run(graph(SPECULATE.replace("PRIOR", prior)), BOILING, request_id="req-27")
+    assert result.output is not None and result.output["source"] == "target"
+    stored = [(c.model, c.call_kind.value, c.call_outcome.value) for c in sink.llm_calls()]
+    assert stored == [
+        ("small", "speculative", "discarded"),
+        ("small", "speculative", "discarded"),
+        ("large", target_kind, "used"),
+    ]
+    draft, verify, _ = sink.llm_calls()
+    assert payload(sink, "SPECULATE_DECISION")["wasted_usd"] == pytest.approx(
+        draft.cost_usd + verify.cost_usd
+    )
+
+
 async def test_speculate_bills_the_cancelled_target_for_the_prompt_it_sent() -> None:
     result, sink = await run(
         graph(SPECULATE.replace("PRIOR", "0.3")),

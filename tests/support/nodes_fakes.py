@@ -34,6 +34,7 @@ class Call:
     schema: Mapping[str, Any] | None
     messages: Sequence[Mapping[str, str]] | None = None
     cancelled: bool = False
+    speculative: bool = False
 
 
 @dataclass
@@ -92,8 +93,9 @@ class FakeModel:
         task: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        speculative: bool = False,
     ) -> Completion:
-        call = Call(self.name, task, prompt, system, schema, messages)
+        call = Call(self.name, task, prompt, system, schema, messages, speculative=speculative)
         self.calls.append(call)
         try:
             await anyio.sleep(self.delay)

@@ -9,12 +9,12 @@ evaluate their config through one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from engine.errors import NodeError
-from engine.expr.wording import bools_read_as_numbers, config_problem, holds_bool
+from engine.expr.wording import bools_read_as_numbers, config_problem
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
 from engine.scheduler.frame import InputFailed, note_read
 from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
@@ -41,7 +41,7 @@ class Plan:
             concurrent demands start in a stable order).
     """
 
-    __slots__ = ("_open_keys", "_validate", "inputs", "kind")
+    __slots__ = ("_number_keys", "_validate", "inputs", "kind")
 
     def __init__(self, node: CompiledNode) -> None:
         template = node.config
@@ -53,8 +53,9 @@ class Plan:
         else:
             self.kind = CONDITIONAL
         self.inputs = tuple(sorted(template.certain - SCOPE_NAMES - LOOP_SCOPE_NAMES))
-        self._open_keys = template.open_keys
-        """The `with:` keys whose values only a run makes (their type unknown before)."""
+        self._number_keys = () if node.impl is None else _number_keys(node, template.open_keys)
+        """The `with:` keys whose values only a run makes (their type unknown before) and
+        that take a number, which pydantic would read `true` or `false` into."""
         # The model's own validator (the registry saw to it that the model is built),
         # called as `model_validate` would but without the keyword arguments it passes on
         # every call, which cost about as much as validating a small config.
@@ -77,8 +78,8 @@ class Plan:
                 f"invalid `with:` for a '{node.type_name}' node: {_validation_summary(exc)}",
                 node_id=node.id,
             ) from exc
-        keys = self._open_keys
-        if keys != () and raw.__class__ is dict and _made_bool(raw, keys):
+        keys = self._number_keys
+        if keys and raw.__class__ is dict and _made_bool(raw, keys):
             # pydantic reads `true` as 1 where a number is taken; the checker refuses such
             # a constant, and a value an expression made is refused the same way
             errors = [err for _, err in bools_read_as_numbers(raw, config)]
@@ -147,15 +148,30 @@ class Plan:
         return self.validated(node, raw)
 
 
-def _made_bool(raw: dict[Any, Any], keys: tuple[Any, ...] | None) -> bool:
-    """Whether a value of `keys` (every key for None) in `raw` holds true or false."""
-    if keys is None:
-        return holds_bool(raw)
-    for key in keys:
-        value = raw.get(key)
-        if value is not None and value.__class__ is not str and holds_bool(value):
-            return True
-    return False
+def _number_keys(node: CompiledNode, open_keys: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """Of `open_keys` (every key for None), those whose field reads `true` as a number."""
+    assert node.impl is not None
+    found = []
+    for name, info in node.impl.Config.model_fields.items():
+        key = info.alias or name
+        if open_keys is not None and key not in open_keys and name not in open_keys:
+            continue
+        form: Any = info.annotation
+        if info.metadata:
+            form = cast(Any, Annotated)[(form, *info.metadata)]
+        try:
+            made = TypeAdapter(form).validate_python(True)
+        except Exception:  # (true is refused there, or the field is no plain type)
+            continue
+        if isinstance(made, int | float) and not isinstance(made, bool):
+            found.append(key)
+    return tuple(found)
+
+
+def _made_bool(raw: dict[Any, Any], keys: tuple[Any, ...]) -> bool:
+    """Whether the value of one of `keys` in `raw` is true or false."""
+    get = raw.get
+    return any(get(key).__class__ is bool for key in keys)
 
 
 def _validation_summary(exc: ValidationError) -> str:

@@ -197,13 +197,17 @@ class LazyNode:
         """Mark the node as taken by a task, so nobody else starts it."""
         self.status = RUNNING
 
-    def finish(self, value: Any, run_status: NodeStatus) -> None:
-        """Resolve with a value (`run_status` says how the run ended)."""
+    def finish(self, value: Any, run_status: NodeStatus, now: float | None = None) -> None:
+        """Resolve with a value (`run_status` says how the run ended; `now`, the clock's
+        time if the caller has just read it)."""
         self.result = value
         self.run_status = run_status
         self.status = FINISHED
         t0 = self.t0
-        self.duration_ms = (self.frame.req.clock() - t0) * 1000 if t0 >= 0 else 0.0
+        if t0 < 0:
+            self.duration_ms = 0.0
+        else:
+            self.duration_ms = ((self.frame.req.clock() if now is None else now) - t0) * 1000
         if self._waiters is not None:  # `_wake`, inline but for this: every run ends here
             self._wake_waiters()
 

@@ -186,11 +186,7 @@ class NodeRunner:
             output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
             if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
                 output = self._checked(cell, output)  # raises
-            req = cell.frame.req
-            if req.deadline is not None and req.clock() >= req.deadline:
-                outcome = self._late(cell)
-            else:
-                cell.finish(output, NodeStatus.SUCCEEDED)
+            outcome = self._finish(cell, output)
         except BaseException as exc:  # the node or an input failed: a value from here on
             outcome = failure(exc, node.id)
             if outcome is None:  # cancelled
@@ -301,6 +297,19 @@ class NodeRunner:
         if req.deadline is not None and outcome.error is None and req.clock() >= req.deadline:
             return self._late(cell)
         return outcome
+
+    def _finish(self, cell: LazyNode, output: BaseModel) -> Outcome | None:
+        """Resolve `cell` with the value its run returned; once the request's deadline has
+        passed, the value is late: the timed-out outcome to resolve it with instead."""
+        req = cell.frame.req
+        if req.deadline is None:
+            cell.finish(output, NodeStatus.SUCCEEDED)
+            return None
+        now = req.clock()  # (read once: `finish` needs it too)
+        if now >= req.deadline:
+            return self._late(cell)
+        cell.finish(output, NodeStatus.SUCCEEDED, now)
+        return None
 
     def _late(self, cell: LazyNode) -> Outcome:
         """A run that returned once the request's deadline had passed: it caught the

@@ -110,14 +110,21 @@ def _check_store(g: GenGraph, db: Path, results: list[Answer]) -> None:
 
     ran = {
         (row["request_id"], row["node"], row["cycle"]): row
-        for row in _rows(db, "SELECT request_id, node, cycle, status, speculative FROM node_runs")
+        for row in _rows(
+            db, "SELECT request_id, node, node_type, cycle, status, speculative FROM node_runs"
+        )
     }
     for call in _rows(db, "SELECT * FROM llm_calls"):
         key = (call["request_id"], call["node"], call["cycle"])
         assert key in ran, f"an LLM call of {key} without its node run"
         run = ran[key]
         assert run["status"] != "skipped", f"a skipped node made a call: {key}"
-        assert (call["call_kind"] == "speculative") == bool(run["speculative"]), key
+        # a speculative run's calls are speculative; a `speculate` node also bets calls
+        # of its own (its draft, verdict and a raced target)
+        if run["speculative"] or run["node_type"] != "speculate":
+            assert (call["call_kind"] == "speculative") == bool(run["speculative"]), key
+        if call["call_outcome"] == "discarded" and not run["speculative"]:
+            assert call["call_kind"] == "speculative" and run["node_type"] == "speculate", key
         assert call["call_outcome"] in CALL_OUTCOMES
         if call["status"] == "cancelled":
             assert call["call_outcome"] == "cancelled", key

@@ -180,7 +180,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Print a run's (or every run's) figures."""
+    """Print a run's figures (the latest run's without RUN_ID)."""
     from engine.report.explain import render_stats, run_stats, stats_json
 
     with _open(args) as store, _showing(store):

@@ -7,10 +7,11 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, cast
 
 from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from engine.expr.wording import bools_read_as_numbers, holds_bool
 
-__all__ = ["bool_errors", "config_keys", "model_names", "validator_raised"]
+__all__ = ["bool_errors", "config_keys", "field_form", "model_names", "validator_raised"]
 
 
 def config_keys(config: type[BaseModel]) -> set[str]:
@@ -48,6 +49,13 @@ def model_names(
         yield from model_names(value[part], rest, (*where, part))
 
 
+def field_form(info: FieldInfo) -> Any:
+    """A model field's type with its constraints (`Field(ge=1)`), for a `TypeAdapter` to
+    validate one value as the field would."""
+    form: Any = info.annotation
+    return cast(Any, Annotated)[(form, *info.metadata)] if info.metadata else form
+
+
 def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]:
     """The `with:` values written `true`/`false` where the config takes a number (pydantic
     would read `max_tokens: true` as 1), as pydantic-shaped errors. Each field is judged
@@ -57,11 +65,8 @@ def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]
         info = config.model_fields.get(key)
         if info is None or not holds_bool(value):
             continue
-        form: Any = info.annotation
-        if info.metadata:
-            form = cast(Any, Annotated)[(form, *info.metadata)]
         try:
-            made = TypeAdapter(form).validate_python(value)
+            made = TypeAdapter(field_form(info)).validate_python(value)
         except ValidationError:
             continue  # its own error is reported by the config's validation
         found += [err for _, err in bools_read_as_numbers(value, made, (key,))]

@@ -9,12 +9,13 @@ evaluate their config through one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from engine.errors import NodeError
 from engine.expr.wording import bools_read_as_numbers, config_problem
+from engine.graph._config import field_form
 from engine.graph.compiled import LOOP_SCOPE_NAMES, SCOPE_NAMES
 from engine.scheduler.frame import InputFailed, note_read
 from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, LazyNode
@@ -156,11 +157,8 @@ def _number_keys(node: CompiledNode, open_keys: tuple[Any, ...] | None) -> tuple
         key = info.alias or name
         if open_keys is not None and key not in open_keys and name not in open_keys:
             continue
-        form: Any = info.annotation
-        if info.metadata:
-            form = cast(Any, Annotated)[(form, *info.metadata)]
         try:
-            made = TypeAdapter(form).validate_python(True)
+            made = TypeAdapter(field_form(info)).validate_python(True)
         except Exception:  # (true is refused there, or the field is no plain type)
             continue
         if isinstance(made, int | float) and not isinstance(made, bool):

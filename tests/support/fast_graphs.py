@@ -1,5 +1,5 @@
 """Copies of the shipped graphs whose simulated models run 50x faster (for CLI tests), and
-a one-model graph at any simulated speed."""
+a one-model graph at any simulated speed, and the triage graph the policy tests apply to."""
 
 from __future__ import annotations
 
@@ -44,3 +44,22 @@ def one_model_graph(name: str, time_scale: float) -> str:
     """A graph answering `input.prompt` with one call of the small sim model, its latency
     scaled by `time_scale`."""
     return ONE_MODEL.replace("NAME", name).replace("TIME_SCALE", f"{time_scale:g}")
+
+
+TRIAGE_GRAPH = """\
+moat: 1
+name: triage
+plugins: [tests.support.graph_nodes]
+models:
+  small: {provider: sim, profile: small}
+policy: ../policies/triage.yaml
+nodes:
+  check:
+    type: review
+    with:
+      threshold: "{{ policy.router.threshold }}"
+output:
+  a: check.action
+"""
+"""A graph `graphs/triage.yaml` reading the policy `../policies/triage.yaml` (`router.threshold`):
+what `moat policy apply` checks a triage policy against."""

@@ -10,6 +10,7 @@ import structlog
 
 from engine.cli import main
 from engine.store.store import Store
+from tests.support.fast_graphs import TRIAGE_GRAPH as GRAPH
 
 V1 = """\
 name: triage
@@ -19,22 +20,6 @@ risk:
   refuse_above: 0.8
 """
 V2 = V1.replace("0.4", "0.5") + "cache:\n  ttl_s: 60\n"
-
-GRAPH = """\
-moat: 1
-name: triage
-plugins: [tests.support.graph_nodes]
-models:
-  small: {provider: sim, profile: small}
-policy: ../policies/triage.yaml
-nodes:
-  check:
-    type: review
-    with:
-      threshold: "{{ policy.router.threshold }}"
-output:
-  a: check.action
-"""
 
 
 @pytest.fixture(autouse=True)

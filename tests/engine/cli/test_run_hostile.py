@@ -53,6 +53,13 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict[
     return code, printed, captured.err
 
 
+def run_file(
+    capsys: pytest.CaptureFixture[str], graph: Path, requests: Path, out: Path, db: Path
+) -> tuple[int, list[dict[str, object]], str]:
+    """`run` of a request file, its results to `out`, stored in `db`."""
+    return run(capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db))
+
+
 def out_lines(path: Path) -> list[dict[str, object]]:
     # split on newlines only: a result's text may hold U+2028 and other line separators
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
@@ -96,16 +103,7 @@ def test_a_hostile_line_is_its_own_invalid_input_and_the_batch_goes_on(
     requests = tmp_path / "in.jsonl"
     requests.write_bytes(b'{"prompt": "first"}\n' + HOSTILE_LINES[name] + b'\n{"prompt": "last"}\n')
     out = tmp_path / "out.jsonl"
-    code, _, err = run(
-        capsys,
-        str(graph),
-        "--input",
-        str(requests),
-        "--out",
-        str(out),
-        "--db",
-        str(tmp_path / "t.db"),
-    )
+    code, _, err = run_file(capsys, graph, requests, out, tmp_path / "t.db")
     assert code == 1, err
     assert "internal error" not in err
     results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
@@ -174,16 +172,7 @@ def test_a_line_over_the_size_limit_is_refused_unread(
     deep = json.dumps({"prompt": "x", "n": [[[[[[[[[[1]]]]]]]]]]})
     requests.write_text(f'{{"prompt": "small"}}\n{big}\n{deep}\n   \n{{"prompt": "after"}}\n')
     out = tmp_path / "out.jsonl"
-    code, _, err = run(
-        capsys,
-        str(graph),
-        "--input",
-        str(requests),
-        "--out",
-        str(out),
-        "--db",
-        str(tmp_path / "t.db"),
-    )
+    code, _, err = run_file(capsys, graph, requests, out, tmp_path / "t.db")
     assert code == 1, err
     results = {str(r["request_id"])[-1]: r for r in out_lines(out)}
     assert [results[k]["status"] for k in "0123"] == ["ok", "invalid_input", "invalid_input", "ok"]
@@ -372,9 +361,7 @@ def test_every_line_is_answered_once_and_recorded_whatever_the_others_hold(
     expected = [kind for kind, raw in lines if raw.strip()]
     out, db = folder / "out.jsonl", folder / "t.db"
     started = time.monotonic()
-    code, _, err = run(
-        capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
-    )
+    code, _, err = run_file(capsys, graph, requests, out, db)
     assert time.monotonic() - started < 20
     assert "internal error" not in err and "store failed" not in err, err
     if not expected:
@@ -780,9 +767,7 @@ def test_an_input_file_whose_name_is_not_utf8_is_read_and_named_escaped(
     requests = tmp_path / "we\udcffird.jsonl"  # the name's bytes: b"we\xffird.jsonl"
     requests.write_text('{"prompt": "hi"}\n{bad\n{"prompt": "there"}\n')
     out, db = tmp_path / "out.jsonl", tmp_path / "t.db"
-    code, _, err = run(
-        capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
-    )
+    code, _, err = run_file(capsys, graph, requests, out, db)
     assert code == 1, err
     results = sorted(out_lines(out), key=lambda r: str(r["request_id"]))
     assert [r["status"] for r in results] == ["ok", "invalid_input", "ok"]
@@ -800,16 +785,7 @@ def test_out_lines_start_on_a_line_of_their_own_after_text_without_a_newline(
     requests.write_text('{"prompt": "hi"}\n{"prompt": "there"}\n')
     out = tmp_path / "out.jsonl"
     out.write_text('{"request_id": "r-old-000000", "status": "ok", "outp')  # a torn line
-    code, _, err = run(
-        capsys,
-        str(graph),
-        "--input",
-        str(requests),
-        "--out",
-        str(out),
-        "--db",
-        str(tmp_path / "t.db"),
-    )
+    code, _, err = run_file(capsys, graph, requests, out, tmp_path / "t.db")
     assert code == 0, err
     first, *lines = out.read_text().split("\n")
     assert first == '{"request_id": "r-old-000000", "status": "ok", "outp'
@@ -838,9 +814,7 @@ def test_lines_added_to_the_input_while_the_run_reads_it_are_not_its_requests(
     out, db = tmp_path / "out.jsonl", tmp_path / "t.db"
     run_command.count_requests = count_then_grow  # type: ignore[assignment]
     try:
-        code, _, err = run(
-            capsys, str(graph), "--input", str(requests), "--out", str(out), "--db", str(db)
-        )
+        code, _, err = run_file(capsys, graph, requests, out, db)
     finally:
         run_command.count_requests = counted
     assert code == 0, err

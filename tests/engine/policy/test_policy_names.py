@@ -18,23 +18,9 @@ from engine.policy.manager import apply_policy
 from engine.store.policy_ops import roll_back, transaction
 from engine.store.policy_tables import activate, insert_snapshot
 from engine.store.store import Store
+from tests.support.fast_graphs import TRIAGE_GRAPH as GRAPH
 
 POLICY = "name: triage\nrouter:\n  threshold: {t}\n"
-GRAPH = """\
-moat: 1
-name: triage
-plugins: [tests.support.graph_nodes]
-models:
-  small: {provider: sim, profile: small}
-policy: ../policies/triage.yaml
-nodes:
-  check:
-    type: review
-    with:
-      threshold: "{{ policy.router.threshold }}"
-output:
-  a: check.action
-"""
 
 
 @pytest.fixture(autouse=True)

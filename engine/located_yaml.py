@@ -135,11 +135,16 @@ def load_yaml(text: str | bytes, path: str) -> Located:
     if len(text) > MAX_BYTES * (1 if isinstance(text, bytes) else 4):
         raise SpecError(_too_large(), path=path)
     if isinstance(text, bytes):
+        raw = text
         try:
-            text = text.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
+            start = raw.rfind(b"\n", 0, exc.start) + 1  # the line it is on
             raise SpecError(
-                f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8", path=path
+                f"the file is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8",
+                path=path,
+                line=raw.count(b"\n", 0, exc.start) + 1,
+                column=len(raw[start : exc.start].decode("utf-8", "replace")) + 1,
             ) from exc
     try:
         loader = _Loader(text)

@@ -97,3 +97,12 @@ def test_a_named_pipe_nobody_writes_to_reads_as_empty_rather_than_waiting(
     pipe = tmp_path / "graph.yaml"
     os.mkfifo(pipe)
     assert read_file(str(pipe)) == b""
+
+
+def test_a_file_that_is_not_utf8_is_refused_at_the_line_and_column_of_the_byte() -> None:
+    text = "moat: 1\nname: caf\u00e9 \u00e9t\u00e9\n".encode() + b"nodes: {a: \xe9}\n"
+    with pytest.raises(SpecError) as caught:
+        load_yaml(text, "latin.yaml")
+    assert str(caught.value) == (
+        "latin.yaml:3:12: the file is not UTF-8 text (byte 38); save it as UTF-8"
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine import Graph, Store, apply_policy, diff_policies, load_policy_file
+from engine import Graph, PolicyError, Store, apply_policy, diff_policies, load_policy_file
 from engine import rollback_policy as _rollback_policy
 
 __all__ = ["apply_policy_file", "change_lines", "rollback_policy"]
@@ -41,10 +41,17 @@ def apply_policy_file(
         graphs: graphs that read the policy; those of the same policy name are checked.
 
     Raises:
-        MoatError: the file is missing or invalid, or the store refused it.
+        MoatError: the file is missing or invalid, no graph reads it, or the store
+            refused it.
     """
     name, _, _ = load_policy_file(file_path)
     readers = tuple(g for g in graphs if g.policy_name in (None, name))
+    if not readers:  # as `moat policy apply` refuses it: nothing could catch a bad value
+        raise PolicyError(
+            f"{file_path}: no graph to check policy '{name}' against among this store's "
+            f"runs; apply it with `moat policy apply {file_path} --graph GRAPH` (the graph "
+            "that reads it), so a value it cannot take is refused before it goes live"
+        )
     with Store.open(db_path) as store:
         applied = apply_policy(store, file_path, graphs=readers, reason="apply (tui)")
     return applied.message

@@ -327,6 +327,25 @@ async def test_apply_a_policy_file_after_confirmation_and_report_bad_ones(
         assert [str(k.value) for k in versions.rows] == ["3", "2", "1"]
 
 
+async def test_a_policy_no_shown_run_s_graph_reads_is_not_applied_unchecked(
+    db: Path, tmp_path: Path
+) -> None:
+    """As `moat policy apply` refuses it: with no graph to check against, a value the
+    graph cannot take would only show as failed requests once live."""
+    with sqlite3.connect(db) as conn:  # runs whose graph is not recorded
+        conn.execute("UPDATE runs SET config_json = '{}'")
+    app = make_app(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await settle(pilot)
+        app.screen.query_one("#policy-path", Input).value = str(tmp_path / "policy_v3.yaml")
+        await pilot.press("a", "y")
+        await settle(pilot)
+        said = text_of(app, "#policy-message")
+        assert "not applied" in said and "no graph to check policy 'triage' against" in said
+    assert _active(db) == 2
+
+
 async def test_diff_against_the_active_version_and_roll_back(db: Path) -> None:
     app = make_app(db)
     async with app.run_test(size=SIZE) as pilot:

@@ -196,7 +196,7 @@ class PoliciesScreen(LiveScreen):
     @work(thread=True, exclusive=True, group="policy", exit_on_error=False)
     def _apply(self, path: str) -> None:
         runs = self.moat.snapshot.runs
-        graphs = [run_graph(dict(run.config), self.moat.registry) for run in runs]
+        graphs = [run_graph({"config": dict(run.config)}, self.moat.registry) for run in runs]
         try:
             message = apply_policy_file(self.moat.db_path, path, [g for g in graphs if g])
         except (MoatError, OSError) as exc:

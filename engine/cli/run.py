@@ -233,7 +233,7 @@ def _check_resume_requests(args: argparse.Namespace, config: Mapping[str, Any]) 
         same = recorded is not None and os.path.abspath(args.input) == recorded
         digest = config.get("input_sha256")
         if not same and recorded is not None and digest is not None:
-            _check_readable("--input", args.input)
+            # (readable: `_check_files` saw to it)
             same = _digest(args.input) == digest  # the run's file, moved or copied
             if same:
                 return os.path.abspath(str(args.input))
@@ -438,7 +438,7 @@ def _resume_plan(args: argparse.Namespace, db: str, models: dict[str, str]) -> _
         out = _out(args) if args.out else config.get("out")  # (`-`: stdout, not the run's)
         if out:
             _check_writable("--out", out)
-        if input_path:
+        if input_path and input_path == config.get("input"):  # (moved: checked already)
             if args.input is None and not Path(input_path).exists():
                 raise SpecError(
                     f"the run's --input {input_path}: no such file; if it was moved, give its "

@@ -157,10 +157,43 @@ def store_path(value: str | None) -> str:
     return os.path.expanduser(given) if given.strip() else "moat.db"
 
 
-def new_run_id(at: float | None = None) -> str:
-    """A fresh run id, `r-YYYYMMDD-HHMMSS-xxxx` (UTC), sortable by start time."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(at))
-    return f"r-{stamp}-{secrets.token_hex(2)}"
+class _RunIds:
+    """Run ids handed out in this process in the current second (by its stamp).
+
+    Four hex digits leave 65,536 ids a second: a storeless pipeline answering thousands
+    of `Pipeline.run` calls a second (each a run of its own) drew the same one twice
+    within a second about once in 60 requests, and with it the same request id. The ids
+    of one second are remembered until the next, so none is handed out twice; a store
+    also refuses an id another process took.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._second = -1
+        self._stamp = ""
+        self._taken: set[str] = set()
+
+    def new(self) -> str:
+        second = int(time.time())
+        with self._lock:
+            if second != self._second:
+                self._second, self._taken = second, set()
+                self._stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(second))
+            taken = self._taken
+            width = 2 if len(taken) < 32_768 else 4  # past half of a second's ids: wider
+            while (run_id := f"r-{self._stamp}-{secrets.token_hex(width)}") in taken:
+                pass
+            taken.add(run_id)
+            return run_id
+
+
+_RUN_IDS = _RunIds()
+
+
+def new_run_id() -> str:
+    """A fresh run id, `r-YYYYMMDD-HHMMSS-xxxx` (UTC), sortable by start time; never one
+    this process has handed out before in the same second."""
+    return _RUN_IDS.new()
 
 
 def row_result_line(row: Mapping[str, Any]) -> dict[str, Any]:

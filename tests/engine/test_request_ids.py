@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from engine import DuplicateRequest, Node, NodeContext, Pipeline, load_graph_text
+from engine import DuplicateRequest, MemorySink, Node, NodeContext, Pipeline, load_graph_text
 from engine.events import RequestRecord, RequestStatus
 from engine.plugin.registry import Registry
 from engine.requests import BatchItem
 from engine.seqs import DENSE_LIMIT, SeqSet
-from engine.store.store import Store
+from engine.store.store import Store, new_run_id
 
 GRAPH = """
 moat: 1
@@ -77,6 +78,22 @@ async def test_requests_under_a_run_without_a_seq_take_the_next_free_ones(tmp_pa
                 tg.start_soon(lambda n=n: pipe.run({"n": n}, run_id=run_id))
         await pipe.finish_run(run_id)
     assert sorted(row["seq"] for row in _rows(db)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.anyio
+async def test_requests_of_a_storeless_pipeline_each_have_an_id_of_their_own() -> None:
+    # each `Pipeline.run` without a run is a run of its own; thousands a second once drew
+    # the same four hex digits of a second's run ids (and so the same request id)
+    sink = MemorySink(max_records=1)
+    async with Pipeline(load_graph_text(GRAPH), db=None, sink=sink) as pipe:
+        ids = [(await pipe.run({"n": n})).request_id for n in range(3000)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_run_ids_handed_out_in_one_second_are_all_distinct() -> None:
+    ids = [new_run_id() for _ in range(40_000)]  # past half of a second's 65,536
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"r-\d{8}-\d{6}-[0-9a-f]{4}([0-9a-f]{4})?", i) for i in ids)
 
 
 @pytest.mark.anyio

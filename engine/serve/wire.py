@@ -112,14 +112,30 @@ def _turns(messages: Any) -> list[dict[str, str]]:
         raise _bad(exc.message, exc.param, exc.code) from exc
 
 
+_TOOL_ROLES = frozenset({"tool", "function"})
+"""The roles of a tool's result (`function`: its legacy name)."""
+_SERVED_ROLES = "system, developer, user and assistant"
+
+
 def _refuse_unanswerable(messages: list[Any], turns: list[dict[str, str]], last: int) -> None:
-    """Refuse the turns a graph cannot honour (the mapping would drop them): an assistant
-    turn's tool calls, and any turn after the last user message, the one answered.
+    """Refuse the turns a graph cannot honour (the mapping would drop them or take them
+    for what they are not): an assistant turn's tool calls, a tool's result, and any turn
+    after the last user message, the one answered.
 
     Raises:
         ApiError: 400 naming the message.
     """
     for i, message in enumerate(messages):
+        role = turns[i]["role"]
+        if role in _TOOL_ROLES:
+            raise _bad(
+                f"messages[{i}].role {show_value(role)}: a {role} message is the result of "
+                "a tool the assistant called, and a graph never calls the client's tools, "
+                "so it cannot honour one; send the result as text in a user message (moat "
+                f"serve takes the roles {_SERVED_ROLES})",
+                f"messages[{i}].role",
+                "unsupported_value",
+            )
         for name in ("tool_calls", "function_call"):
             if message.get(name):
                 raise _bad(

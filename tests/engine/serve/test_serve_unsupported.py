@@ -164,13 +164,33 @@ UNANSWERABLE = [
         "messages[1].function_call",
         "messages[1].function_call: a graph never calls the client's tools",
     ),
+    (  # a tool's result was taken as one more turn of text, as if the client had said it
+        [USER, ANSWER, {"role": "tool", "tool_call_id": "c1", "content": "42"}, USER],
+        "messages[2].role",
+        "messages[2].role 'tool': a tool message is the result of a tool the assistant "
+        "called, and a graph never calls the client's tools, so it cannot honour one; send "
+        "the result as text in a user message (moat serve takes the roles system, "
+        "developer, user and assistant)",
+    ),
+    (
+        [USER, {"role": "function", "name": "lookup", "content": "42"}],
+        "messages[1].role",
+        "messages[1].role 'function': a function message is the result of a tool",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("messages", "param", "words"),
     UNANSWERABLE,
-    ids=["assistant-prefill", "system-after", "tool-calls", "function-call"],
+    ids=[
+        "assistant-prefill",
+        "system-after",
+        "tool-calls",
+        "function-call",
+        "tool-result",
+        "function-result",
+    ],
 )
 async def test_a_turn_a_graph_cannot_honour_is_a_400_naming_the_message_not_dropped(
     tmp_path: Path, messages: list[Any], param: str, words: str

@@ -13,7 +13,6 @@ import importlib
 import os
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 
 from engine.errors import MoatError, printable
@@ -150,6 +149,18 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `moat` console script and `python -m engine`."""
     words = sys.argv[1:] if argv is None else list(argv)
+    if _command(words) != "serve":
+        return _main(words)
+    # A SIGTERM while `moat serve` imports its modules and loads its graphs is noted from
+    # here on, before anything heavy loads, and the command then stops cleanly (exit 0)
+    # rather than meeting the signal's default action (exit 143).
+    from engine.cli._starting import noting_sigterm
+
+    with noting_sigterm():
+        return _main(words)
+
+
+def _main(words: list[str]) -> int:
     _printable_anywhere(sys.stdout)
     try:  # (the command's modules load here: a second or so on a loaded machine)
         args = build_parser(_command(words)).parse_args(words)
@@ -185,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C inside a class body
             return _interrupted()
         if os.environ.get("MOAT_DEBUG"):
+            import traceback  # (only here: `moat serve` notes SIGTERM once this module loads)
+
             traceback.print_exc()
         print(
             f"moat: internal error: {type(exc).__name__}: {printable(str(exc))} (set "

@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from engine.cli import file_path, graph_file, not_stdin, store_file, telemetry
+from engine.cli._starting import StartupStop, noting_sigterm
 from engine.cli.sim_server import host_address, non_negative, port_number
 from engine.errors import SpecError
 from engine.logs import announce
@@ -248,42 +244,6 @@ def _keys(path: str | None) -> KeyRing | None:
     return keys_from_env(value) if value else None
 
 
-class _Stopping:
-    """A SIGTERM that comes before the server serves (while the modules import and the
-    graphs load), noted rather than left to the signal's default action, which ended the
-    process at once with no word (exit 143). The server then never starts: no run is
-    created, and the command exits 0 as a SIGTERM while serving does."""
-
-    def __init__(self) -> None:
-        self.signalled = False
-        self._previous: Any = None
-        self._noting = threading.current_thread() is threading.main_thread()
-        if self._noting:  # (signal handlers are the main thread's to set)
-            self._previous = signal.signal(signal.SIGTERM, self._note)
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        self.signalled = True
-
-    def __call__(self) -> bool:
-        """True once a SIGTERM came."""
-        return self.signalled
-
-    def release(self) -> None:
-        """Give SIGTERM back to the handler it had."""
-        if self._noting:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._noting = False
-
-
-@contextmanager
-def _noting_sigterm() -> Iterator[_Stopping]:
-    stopping = _Stopping()
-    try:
-        yield stopping
-    finally:
-        stopping.release()
-
-
 def _stopped_early() -> int:
     print("moat serve: stopped (SIGTERM) before it served; no run was started", file=sys.stderr)
     return 0
@@ -291,11 +251,13 @@ def _stopped_early() -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the arguments, then serve until interrupted."""
-    with _noting_sigterm() as stopping:
+    with noting_sigterm() as stopping:  # (`moat serve` from `main` noted it already)
+        if stopping():  # (while the modules imported: load nothing)
+            return _stopped_early()
         return _serve(args, stopping)
 
 
-def _serve(args: argparse.Namespace, stopping: _Stopping) -> int:
+def _serve(args: argparse.Namespace, stopping: StartupStop) -> int:
     try:
         from engine.cli.run import _parse_models
         from engine.serve import MoatServer, ShapingLimits
@@ -391,7 +353,7 @@ def _checked_keys(args: argparse.Namespace, is_loopback: Any) -> KeyRing | None:
 
 
 def _serve_on_ray(
-    args: argparse.Namespace, keys: KeyRing | None, limits: Any, stopping: _Stopping
+    args: argparse.Namespace, keys: KeyRing | None, limits: Any, stopping: StartupStop
 ) -> int:
     """`--ray`: the graphs on Ray Serve (`engine.cluster.serving`)."""
     from engine.cli.run import _parse_models
@@ -418,7 +380,7 @@ def _serve_workers(
     keys: Any,
     limits: Any,
     grace_s: float,
-    stopping: _Stopping,
+    stopping: StartupStop,
 ) -> int:
     """`--workers N`: N server processes on one port (`engine.serve.workers`)."""
     from engine.cli.run import _parse_models

@@ -242,6 +242,17 @@ def _object(value: Any) -> bool:
     return isinstance(value, Mapping)
 
 
+def _string(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+_BIAS = _number(-100, 100)
+
+
+def _logit_bias(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(_BIAS(bias) for bias in value.values())
+
+
 _FIELDS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "temperature": (_number(0, 2), "a number from 0 to 2"),
     "top_p": (_number(0, 1), "a number from 0 to 1"),
@@ -259,19 +270,29 @@ _FIELDS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "response_format": (_typed, 'an object with a `type`, e.g. {"type": "text"}'),
     "stream_options": (_object, 'an object, e.g. {"include_usage": true}'),
     "metadata": (_object, "an object"),
+    "logit_bias": (_logit_bias, "an object of token ids to numbers from -100 to 100"),
+    "store": (_boolean, "true or false"),
+    "prediction": (_typed, 'an object with a `type`, e.g. {"type": "content", ...}'),
+    "reasoning_effort": (_string, 'a string, e.g. "low"'),
+    "verbosity": (_string, 'a string, e.g. "low"'),
+    "service_tier": (_string, 'a string, e.g. "auto"'),
+    "prompt_cache_key": (_string, "a string"),
+    "safety_identifier": (_string, "a string"),
 }
-"""Each field's check and what it must be, in OpenAI's words where it has them."""
+"""Each field's check and what it must be, in OpenAI's words where it has them. Fields
+neither server uses are checked too: a client sending `store: "yes"` should learn it here,
+not from OpenAI in production."""
 
 
 def chat_field_problem(body: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The first field of a chat completion body OpenAI would refuse, as `(param,
-    message)` (e.g. `("temperature", "`temperature` must be a number from 0 to 2, not
-    'hot'")`), or None. `model`, `messages`, `n`, `stream` and `user` are the caller's to
-    check (what each server takes of them differs)."""
-    for name, (valid, what) in _FIELDS.items():
-        value = body.get(name)
-        if value is not None and not valid(value):
-            return name, f"`{name}` must be {what}, not {show_value(value)}"
+    """The first field of a chat completion body (in the body's order) OpenAI would
+    refuse, as `(param, message)` (e.g. `("temperature", "`temperature` must be a number
+    from 0 to 2, not 'hot'")`), or None. `model`, `messages`, `n`, `stream` and `user` are
+    the caller's to check (what each server takes of them differs)."""
+    for name, value in body.items():  # (a body has a few keys, `_FIELDS` many)
+        field = _FIELDS.get(name)
+        if field is not None and value is not None and not field[0](value):
+            return name, f"`{name}` must be {field[1]}, not {show_value(value)}"
     options = body.get("stream_options")
     if options is not None:
         usage = options.get("include_usage")

@@ -104,6 +104,17 @@ async def test_a_number_with_more_digits_than_python_reads_is_a_400_saying_so(
         ("stream_options", {"include_usage": "no"}, "stream_options.include_usage"),
         ("metadata", ["a"], "metadata"),
         ("parallel_tool_calls", 1, "parallel_tool_calls"),
+        # fields no graph uses, once taken whatever they held
+        ("store", "yes", "store"),
+        ("logit_bias", "none", "logit_bias"),
+        ("logit_bias", {"50256": -101}, "logit_bias"),
+        ("logit_bias", {"50256": "ban"}, "logit_bias"),
+        ("prediction", "the old text", "prediction"),
+        ("reasoning_effort", 5, "reasoning_effort"),
+        ("verbosity", ["low"], "verbosity"),
+        ("service_tier", True, "service_tier"),
+        ("prompt_cache_key", 7, "prompt_cache_key"),
+        ("safety_identifier", {"id": 1}, "safety_identifier"),
     ],
 )
 async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_ignore_it(
@@ -116,6 +127,25 @@ async def test_a_known_field_of_the_wrong_type_is_a_400_naming_it_though_graphs_
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, "invalid_value")
     assert error["message"].startswith(f"`{param}` must be ")
+
+
+async def test_the_neutral_values_of_fields_no_graph_uses_are_taken(tmp_path: Path) -> None:
+    body = {
+        "model": "echo",
+        "messages": [USER],
+        "store": False,
+        "logit_bias": {"50256": -100},
+        "prediction": {"type": "content", "content": "hi"},
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "service_tier": "auto",
+        "prompt_cache_key": "k1",
+        "safety_identifier": "u1",
+        "vendor_extra": {"top_k": 5},  # (as vLLM's extra fields: not OpenAI's, not refused)
+    }
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        response = await web.post("/chat/completions", json=body)
+    assert response.status_code == 200, response.text
 
 
 async def test_a_message_name_that_is_not_a_string_is_a_400_naming_it(tmp_path: Path) -> None:
@@ -180,7 +210,7 @@ TOP_FIELDS = [
     "model", "messages", "n", "stream", "stream_options", "user", "temperature", "top_p",
     "max_tokens", "max_completion_tokens", "stop", "seed", "tools", "tool_choice",
     "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-    "metadata",
+    "metadata", "logit_bias", "store", "prediction", "reasoning_effort",
 ]  # fmt: skip
 MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id"]
 

@@ -64,6 +64,30 @@ async def test_every_400_names_its_field_and_code() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"), [("store", "yes"), ("logit_bias", {"50256": -101}), ("verbosity", 1)]
+)
+async def test_a_field_of_the_wrong_type_no_model_uses_is_the_400_moat_serve_gives(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    body = {"model": "sim-small", "messages": [USER], field: value}
+    async with sim_http(SimServer(time_scale=0)) as web:
+        simulated = await web.post("/chat/completions", json=body)
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    assert simulated.status_code == served.status_code == 400
+    error, expected = simulated.json()["error"], served.json()["error"]
+    assert (
+        (error["param"], error["code"])
+        == (expected["param"], expected["code"])
+        == (
+            field,
+            "invalid_value",
+        )
+    )
+    assert error["message"] == f"bad chat completion request: {expected['message']}"
+
+
+@pytest.mark.parametrize(
     ("raw", "words"),
     [
         ('{"model": "sim-small", "messages": [{"role": "user", "content": "caf\xe9"}]}'.encode(

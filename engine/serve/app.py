@@ -479,8 +479,11 @@ class MoatServer(_Attending):
         return max(s.pipe.limits.max_request_bytes for s in self.graphs.values())
 
     def _tenant(self, request: Request, user: str | None) -> str:
+        authorization = None
+        if not self.keys.open:
+            authorization = _authorization(request)
         try:
-            tenant = self.keys.tenant(request.headers.get("authorization"), user)
+            tenant = self.keys.tenant(authorization, user)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="user", code="invalid_user") from exc
         if tenant is None:
@@ -492,6 +495,25 @@ class MoatServer(_Attending):
                 code="invalid_api_key",
             )
         return tenant
+
+
+def _authorization(request: Request) -> str | None:
+    """The request's one `Authorization` header. Two are refused rather than one picked:
+    readers differ on which counts (this server read the first; a proxy in front that
+    checks keys may read the last), so a key could be checked that is not the one used.
+
+    Raises:
+        ApiError: 400 for more than one.
+    """
+    found = request.headers.getlist("authorization")
+    if len(found) > 1:
+        raise ApiError(
+            400,
+            f"the request has {len(found)} Authorization headers; readers differ on which "
+            "one counts, so send one: `Authorization: Bearer KEY`",
+            code="invalid_authorization",
+        )
+    return found[0] if found else None
 
 
 def _same_file(one: str | None, other: str | None) -> bool:

@@ -383,6 +383,31 @@ async def test_with_keys_a_missing_or_unknown_key_is_a_401(tmp_path: Path) -> No
         assert unknown.status_code == 401  # nothing about the graphs before the key
 
 
+async def test_with_keys_two_authorization_headers_are_a_400_whichever_is_valid(
+    tmp_path: Path,
+) -> None:
+    # this server read the first, a proxy that checks keys may read the last: which key
+    # was checked and which one names the tenant must not be left to each reader
+    keys = KeyRing({hash_key("sk-acme"): "acme"})
+    server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys)
+    two = [("authorization", "Bearer sk-acme"), ("authorization", "Bearer sk-other")]
+    body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
+    async with server, http(server) as web:
+        chat = await web.post("/chat/completions", json=body, headers=two)
+        models = await web.get("/models", headers=two)
+        recorded = server.graphs["echo"].pipe.memory.requests()
+    for response in (chat, models):
+        assert response.status_code == 400
+        assert response.json()["error"] == {
+            "message": "the request has 2 Authorization headers; readers differ on which one "
+            "counts, so send one: `Authorization: Bearer KEY`",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_authorization",
+        }
+    assert recorded == []
+
+
 async def test_the_key_names_the_tenant_whatever_the_user_field_says(tmp_path: Path) -> None:
     keys = KeyRing({hash_key("sk-acme"): "acme", hash_key("sk-globex"): "globex"})
     server = MoatServer([echo_graph(tmp_path)], db=None, keys=keys)

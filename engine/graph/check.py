@@ -121,9 +121,17 @@ class Checker:
         """Import every `plugins:` module and register its node types."""
         for i, module in enumerate(self.spec.plugins):
             try:
-                self.registry.load_module(module, self.base_dir)
+                added = self.registry.load_module(module, self.base_dir)
             except SpecError as exc:
                 self._error(exc.reason, ("plugins", i))
+                continue
+            if not added:  # (a typo'd name that is some other module imports fine)
+                pos = self.located.where(("plugins", i))
+                self.warnings.append(
+                    f"{self.located.path}:{pos.line}:{pos.column}: plugin module {module!r} "
+                    "defines no node type (no `Node` subclass with a `type_name`), so it "
+                    "adds nothing; check the module's name, or remove it from `plugins:`"
+                )
 
     def c01_node_id(self, node_id: str, at: Path, in_loop: bool) -> bool:
         """Node ids match `[a-z][a-z0-9_]*` and are names expressions can read as nodes."""

@@ -216,3 +216,22 @@ def test_a_broken_installed_node_type_costs_only_the_graphs_that_use_it(
     assert "redact" in listed.out and f"moat: warning: {said}" in listed.err
     assert main(["nodes", "broken"]) == 2
     assert f"moat: {said}" in capsys.readouterr().err
+
+
+def test_a_plugin_module_that_defines_no_node_type_is_a_warning_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a name that is some other importable module (a typo, a package instead of its
+    # module) imports fine and registers nothing: the check says so
+    (tmp_path / "helpers.py").write_text("def shout(text):\n    return text.upper()\n")
+    (tmp_path / "g.yaml").write_text(
+        "moat: 1\nname: g\nplugins: [helpers]\nnodes:\n"
+        '  r: {type: redact, with: {text: "{{ input.q }}"}}\noutput: {t: r.text}\n'
+    )
+    assert main(["check", str(tmp_path / "g.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: {tmp_path / 'g.yaml'}:3:11: plugin module 'helpers' defines no node type "
+        "(no `Node` subclass with a `type_name`), so it adds nothing; check the module's "
+        "name, or remove it from `plugins:`"
+    ) in err

@@ -226,9 +226,16 @@ class Checker:
             self._check_ref(ref, at, scope, node_id)
 
     def c05_output_field(
-        self, ref: Ref, target: str, spec: NodeSpec | LoopSpec, at: Path, node_id: str | None
+        self,
+        ref: Ref,
+        target: str,
+        spec: NodeSpec | LoopSpec,
+        at: Path,
+        node_id: str | None,
+        read_as: str = "",
     ) -> None:
-        """Every `node.field` read is an output of that node."""
+        """Every `node.field` read is an output of that node (`read_as`: how the expression
+        reaches the node, `prev.` for the last cycle's)."""
         if not ref.path or not isinstance(ref.path[0], str):
             return
         field = ref.path[0]
@@ -244,7 +251,7 @@ class Checker:
         if field not in outputs:
             hint = did_you_mean(field, outputs)
             self._error(
-                f"'{target}.{field}' is not an output of node '{target}' ({kind}){hint}. "
+                f"'{read_as}{target}.{field}' is not an output of node '{target}' ({kind}){hint}. "
                 f"Outputs: {', '.join(outputs) or '(none)'}",
                 at,
                 node_id=node_id,
@@ -440,7 +447,7 @@ class Checker:
             )
             return
         inner = Ref(name=target, path=ref.path[1:], column=ref.column)
-        self.c05_output_field(inner, target, scope.specs[target], at, node_id)
+        self.c05_output_field(inner, target, scope.specs[target], at, node_id, "prev.")
 
     def c12_undemanded(self, scope: Scope, output: Mapping[str, Expr]) -> None:
         """Nodes nothing can demand are reported as warnings (they never run)."""

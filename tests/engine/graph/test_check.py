@@ -342,6 +342,23 @@ output:
         r"loop body \(did you mean 'critic'\?\)",
     ),
     (
+        "prev of a body node's unknown output",
+        """\
+nodes:
+  deliberate:
+    type: loop
+    max_cycles: 3
+    until: prev.critic.hrad
+    nodes:
+      critic: {type: review}
+    output: {action: critic.action}
+output:
+  x: deliberate.action
+""",
+        r"^case\.yaml:10:12: node 'deliberate': 'prev\.critic\.hrad' is not an output of "
+        r"node 'critic' \(review\) \(did you mean 'hard'\?\)",
+    ),
+    (
         "cycle outside a loop",
         """\
 nodes:

@@ -30,7 +30,9 @@ def _answers(url: str, deadline_s: float = 60.0) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError):
+        # (TimeoutError: the socket is bound before the server accepts, so on a loaded
+        # machine a request may wait past its timeout in the queue: not yet serving)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
     return False
 

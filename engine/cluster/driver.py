@@ -185,7 +185,17 @@ class ClusterPipeline(Pipeline):
         )(BatchWorker)
         self._slots = [_Slot(i, actor.remote(config)) for i in range(count)]
         stack.push_async_callback(self._stop_workers)
-        self.worker_pids = [await slot.handle.ready.remote() for slot in self._slots]
+        answers = [await slot.handle.ready.remote() for slot in self._slots]
+        self.worker_pids = [pid for pid, _ in answers]
+        problem = next((why for _, why in answers if why is not None), None)
+        if problem is not None:
+            raise SpecError(
+                f"the Ray workers cannot open the graph: {problem}\nEach worker loads "
+                f"{config.graph_path}, its policy and its plugins: modules on its own node: "
+                "give them the same absolute path on every node (a shared file system, or "
+                "Ray's runtime_env), and install the plugins' packages there (a module only "
+                "on this machine's PYTHONPATH is not on the workers')"
+            )
         group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(group.cancel_scope.cancel)
         group.start_soon(self._send_loop)

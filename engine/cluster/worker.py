@@ -43,6 +43,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from engine.api import Pipeline
 from engine.cluster.encoder import RowEncoder
+from engine.errors import MoatError
 from engine.events import Record, RequestRecord
 from engine.logs import configure_logging
 from engine.plugin.context import SharedState
@@ -213,9 +214,16 @@ class BatchWorker:
         self.bridge = _CacheBridge(config.cache)
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
-        pipe = _WorkerPipeline(config, self.sink, self.bridge)
-        self._pipe_cm = self.portal.wrap_async_context_manager(pipe)
-        self._pipe_cm.__enter__()
+        self.problem: str | None = None
+        """Why this worker could not open the graph (`ready` tells the driver)."""
+        try:
+            pipe = _WorkerPipeline(config, self.sink, self.bridge)
+            self._pipe_cm = self.portal.wrap_async_context_manager(pipe)
+            self._pipe_cm.__enter__()
+        except MoatError as exc:  # the graph, its policy or a plugin, as this node sees them
+            self.problem = str(exc)
+            self._portal_cm.__exit__(None, None, None)
+            return
         self.pipe = pipe
         self.limiter = self.portal.call(_new_limiter, config.concurrency)
         self.encoded = False
@@ -231,9 +239,10 @@ class BatchWorker:
         if config.policy is not None:
             self.portal.call(self._switch, config.policy)
 
-    def ready(self) -> int:
-        """The worker's process id, once its pipeline is open."""
-        return os.getpid()
+    def ready(self) -> tuple[int, str | None]:
+        """The worker's process id once its pipeline is open, and why it could not open it
+        (None: it did)."""
+        return os.getpid(), self.problem
 
     async def submit(self, run_id: str, items: list[BatchItem], encoded: bool = False) -> None:
         """Start answering `items` under `run_id`; their records come out of `stream`,

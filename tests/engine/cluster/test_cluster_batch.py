@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -247,3 +248,64 @@ async def test_losing_every_worker_stops_the_run_resumably(
             "SELECT COUNT(*) FROM orchestration_events WHERE event_type = 'WORKER_LOST'"
         ).fetchone()[0]
     assert seqs == list(range(n)) and lost == 2
+
+
+DRIVER_ONLY = """
+import os
+
+from pydantic import BaseModel
+
+from engine import Node
+
+if os.getpid() != {pid}:
+    raise ImportError("installed on the driver's machine only")
+
+
+class Shout(Node):
+    type_name = "shout"
+
+    class Config(BaseModel):
+        text: str
+
+    class Output(BaseModel):
+        text: str
+
+    async def run(self, config, ctx):
+        return self.Output(text=config.text.upper())
+"""
+
+SHOUT_GRAPH = """
+moat: 1
+name: shout
+plugins: [driver_only_nodes]
+input:
+  type: object
+  required: [prompt]
+  properties: {prompt: {type: string}}
+nodes:
+  loud: {type: shout, with: {text: "{{ input.prompt }}"}}
+output:
+  text: loud.text
+"""
+
+
+async def test_workers_that_cannot_import_a_plugin_are_a_spec_error_before_the_run(
+    ray_address: str, tmp_path: Path
+) -> None:
+    (tmp_path / "driver_only_nodes.py").write_text(DRIVER_ONLY.format(pid=os.getpid()))
+    graph = tmp_path / "shout.yaml"
+    graph.write_text(SHOUT_GRAPH)
+    db = tmp_path / "p.db"
+    load_graph(graph)  # the driver imports it
+    with pytest.raises(SpecError) as caught:
+        async with ClusterPipeline(graph, db=db, workers=1) as pipe:
+            await pipe.run_batch(_items([{"prompt": "hi"}]))
+    message = str(caught.value)
+    assert message.startswith(
+        f"the Ray workers cannot open the graph: {graph}:4:11: plugin module "
+        "'driver_only_nodes' could not be imported (ImportError: installed on the driver's "
+        "machine only)"
+    )
+    assert f"Each worker loads {graph}, its policy and its plugins: modules" in message
+    with Store.open(db, readonly=True) as store:
+        assert store.list_runs() == []

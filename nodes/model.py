@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 from engine import Node, NodeContext, at_check
 from nodes._support.jsonfix import JsonFixError, parse_lenient
+from nodes._support.schemas import validator
 
 __all__ = ["ModelNode"]
 
@@ -126,6 +127,8 @@ class ModelNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> _ModelOutput:
         """Make the call and return its text, parsed JSON, tokens and cost."""
         structured = config.schema_ is not None or config.json_mode
+        if config.schema_ is not None:  # a `{{ }}` schema is only known now: never send junk
+            validator(config.schema_)
         completion = await ctx.model(config.model).complete(
             prompt=config.prompt,
             messages=config.messages,

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
-import jsonschema
 from pydantic import BaseModel, Field
 
-from engine import Completion, Node, NodeContext, NodeError, schema_problem
+from engine import Completion, Node, NodeContext, NodeError
 from nodes._support.calls import (
     ask_json,
     cut_off,
@@ -46,6 +45,7 @@ from nodes._support.calls import (
 )
 from nodes._support.features import features
 from nodes._support.jsonfix import JsonFixError, parse_lenient
+from nodes._support.schemas import Unresolvable, unresolved, validator
 
 __all__ = ["SpeculateNode"]
 
@@ -149,9 +149,7 @@ class SpeculateNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> _SpeculateOutput:
         """Choose a depth, run it, learn from the verdict and report."""
         if config.schema_ is not None:  # a `{{ }}` schema is only known now
-            problem = schema_problem(config.schema_, ("with", "schema"))
-            if problem is not None:
-                raise NodeError(problem)
+            validator(config.schema_)
         prompt_class = features(config.prompt).prompt_class
         predicted = self.acceptance.get(prompt_class, config.prior)
         strategy, codes = _strategy(config, ctx, predicted)
@@ -337,4 +335,7 @@ def _schema_ok(completion: Completion, schema: dict[str, Any]) -> bool:
         if cut_off(parsed.fixes):  # a draft cut off mid-object: what it lost is unknown
             return False
         value = parsed.value
-    return not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value))
+    try:
+        return not any(True for _ in validator(schema).iter_errors(value))
+    except Unresolvable as exc:  # a `$ref` only this draft's validation reached
+        raise unresolved(exc) from None

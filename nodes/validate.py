@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,17 +31,10 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, Field
 
-from engine import (
-    BudgetExceeded,
-    CircuitOpen,
-    Node,
-    NodeContext,
-    NodeError,
-    TransientError,
-    schema_problem,
-)
+from engine import BudgetExceeded, CircuitOpen, Node, NodeContext, TransientError
 from nodes._support.calls import cut_off
 from nodes._support.jsonfix import JsonFixError, parse_lenient
+from nodes._support.schemas import Unresolvable, unresolved, validator
 
 __all__ = ["ValidateNode"]
 
@@ -136,9 +128,6 @@ class ValidateNode(Node):
         errors: list[str] = Field(description="Remaining validation errors (empty if valid).")
         fixes: list[str] = Field(description="Deterministic parser fixes that were applied.")
         cost_usd: float = Field(description="Dollars spent on repair calls.")
-
-    def __init__(self) -> None:
-        self._validators: OrderedDict[str, Validator] = OrderedDict()
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Validate, then repair within the configured bounds."""
@@ -248,22 +237,8 @@ class ValidateNode(Node):
         )
 
     def _validator(self, schema: dict[str, Any]) -> Validator:
-        """A compiled validator per distinct schema (schemas repeat across requests)."""
-        key = json.dumps(schema, sort_keys=True, default=str)
-        validator = self._validators.get(key)
-        if validator is None:
-            cls = jsonschema.validators.validator_for(
-                schema, default=jsonschema.Draft202012Validator
-            )
-            cls.check_schema(schema)
-            # a schema written with `{{ }}` is only known now; a literal one was checked at load
-            problem = schema_problem(schema, ("with", "schema"))
-            if problem is not None:
-                raise NodeError(problem)
-            validator = self._validators[key] = cls(schema)
-            if len(self._validators) > 64:
-                self._validators.popitem(last=False)
-        return validator
+        """A compiled validator (a schema written with `{{ }}` is only checked now)."""
+        return validator(schema)
 
 
 def _check_text(check: _Check, config: ValidateNode.Config) -> str:
@@ -288,7 +263,7 @@ def _repair_codes(check: _Check) -> list[str]:
     return ["SCHEMA_ERRORS", "ANSWER_TRUNCATED"] if len(check.errors) > 1 else ["ANSWER_TRUNCATED"]
 
 
-def _check(validator: Validator, value: Any, text: str | None) -> _Check:
+def _check(compiled: Validator, value: Any, text: str | None) -> _Check:
     fixes: tuple[str, ...] = ()
     if value is None and text is not None:
         try:
@@ -296,9 +271,10 @@ def _check(validator: Validator, value: Any, text: str | None) -> _Check:
         except JsonFixError as exc:
             return _Check(None, [str(exc)], (), parsed=False)
         value, fixes = parsed.value, parsed.fixes
-    errors = sorted(
-        (_describe(e) for e in validator.iter_errors(value)),
-    )
+    try:
+        errors = sorted(_describe(e) for e in compiled.iter_errors(value))
+    except Unresolvable as exc:  # a `$ref` only this value's validation reached
+        raise unresolved(exc) from None
     if cut_off(fixes):  # closed by the parser: the last value may be missing its end
         errors.append(_CUT_OFF)
     # NaN passes every `minimum`/`maximum` and is no JSON; a value read from text can only

@@ -78,17 +78,27 @@ class _Outcome:
 
 
 class RouterMemory:
-    """Outcomes of past requests per tenant, searchable by near-duplicate text."""
+    """Outcomes of past requests per tenant, searchable by near-duplicate text.
 
-    def __init__(self, max_per_tenant: int = 5000) -> None:
+    Bounded twice, since tenant names come from requests: `max_per_tenant` outcomes per
+    tenant and `max_tenants` tenants, the least recently recorded one forgotten beyond it.
+    """
+
+    def __init__(self, max_per_tenant: int = 5000, max_tenants: int = 10_000) -> None:
         self.max_per_tenant = max_per_tenant
+        self.max_tenants = max_tenants
         self._embedder = HashingEmbedder()
-        self._tenants: dict[str, tuple[OrderedDict[str, _Outcome], MinHashIndex]] = {}
+        self._tenants: OrderedDict[str, tuple[OrderedDict[str, _Outcome], MinHashIndex]] = (
+            OrderedDict()
+        )
         self._seq = 0
 
     def record(self, tenant: str, text: str, route: str, ok: bool) -> None:
         """Remember that `route` succeeded (`ok`) or failed on `text`."""
         items, index = self._tenants.setdefault(tenant, (OrderedDict(), MinHashIndex()))
+        self._tenants.move_to_end(tenant)
+        if len(self._tenants) > self.max_tenants:
+            self._tenants.popitem(last=False)
         self._seq += 1
         key = str(self._seq)
         items[key] = _Outcome(route, ok, quantize(self._embedder.embed_one(text)))

@@ -9,7 +9,7 @@ import pytest
 from engine.errors import NodeError
 from engine.plugin.context import SharedState
 from nodes._support.features import features
-from nodes.router import RouterNode
+from nodes.router import RouterMemory, RouterNode
 from tests.support.nodes_fakes import FakeRuntime, run_node
 
 pytestmark = pytest.mark.anyio
@@ -192,3 +192,16 @@ async def test_bad_weights_fail_with_a_clear_error(tmp_path: Any, content: str, 
     path.write_text(content)
     with pytest.raises(NodeError, match=match):
         await _learned_route("hi", weights=str(path))
+
+
+def test_router_memory_keeps_a_bounded_number_of_tenants() -> None:
+    # tenant names come from requests: a client inventing one per request must not grow
+    # the process's memory without end
+    memory = RouterMemory(max_tenants=3)
+    for tenant in ["a", "b", "c", "a", "d", "e"]:
+        memory.record(tenant, "reset my password", "cheap", True)
+    assert [t for t in "abcde" if memory.similar(t, "reset my password", 0.9)] == ["a", "d", "e"]
+    assert [(r, ok) for r, ok, _ in memory.similar("a", "reset my password", 0.9)] == [
+        ("cheap", True),
+        ("cheap", True),
+    ]

@@ -24,6 +24,7 @@ from engine.events import MemorySink, Record, RequestRecord, RequestStatus, Sink
 from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.models import Gateway
+from engine.models._preflight import refuse_uncallable
 from engine.models._rebind import _refuse_unpriced, rebind_models
 from engine.plugin.context import SharedState
 from engine.policy.manager import PolicyManager
@@ -112,6 +113,7 @@ class _PipelineCore:
         self.model_specs = rebind_models(self.graph.models, models or {})
         if not allow_unpriced:
             _refuse_unpriced(self.graph, self.model_specs)
+        refuse_uncallable(self.graph, self.model_specs, models)
         self.store: Store | None = None
         self.policy: PolicyManager | None = None
         self._sink: Sink = self.memory

@@ -65,7 +65,9 @@ class Pipeline(_PipelineCore):
             no price (`--allow-unpriced`); its calls then cost $0 against the budget.
 
     Raises:
-        SpecError: the graph is unusable, or has a cost budget and an unpriced model.
+        SpecError: the graph is unusable, has a cost budget and an unpriced model, or an
+            `openai` model it can call has no API key set or an endpoint that is no
+            http(s) URL.
     """
 
     def start_batch(

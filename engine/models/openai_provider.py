@@ -61,6 +61,7 @@ from openai import RequestOptions
 
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec
+from engine.models._preflight import api_key_env, endpoint, endpoint_problem
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,
@@ -263,7 +264,8 @@ class OpenAIProvider:
             `OPENAI_API_KEY`) from the environment.
 
     Raises:
-        NodeError: the spec names no model, or no key is set for api.openai.com.
+        NodeError: the spec names no model, no key is set for api.openai.com, or the
+            endpoint is no http(s) URL.
     """
 
     name = "openai"
@@ -280,7 +282,7 @@ class OpenAIProvider:
             raise NodeError("an `openai` model needs `model:` (the provider's model name)")
         self.spec = spec
         self.model = spec.model
-        env_name = spec.api_key_env or "OPENAI_API_KEY"
+        env_name = api_key_env(spec)
         key = api_key or os.environ.get(env_name)
         if not key:
             if spec.base_url is None:
@@ -289,6 +291,13 @@ class OpenAIProvider:
                     f"{env_name}, or point `base_url` at a self-hosted endpoint"
                 )
             key = _NO_KEY
+        url, source = endpoint(spec)
+        problem = endpoint_problem(url)
+        if problem is not None:  # the client would fail every call without sending it
+            raise NodeError(
+                f"model '{spec.model}': the endpoint {url!r} (from {source}) {problem}; "
+                "give the endpoint's full URL, such as http://127.0.0.1:8000/v1"
+            )
         base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL")
         self._limit_field = output_limit_field(base_url, spec.model)
         self._sim_server = spec.model in SIM_SERVER_PRICES

@@ -342,6 +342,35 @@ async def test_a_connection_never_made_is_retried_and_charged_nothing() -> None:
     assert [(c.status, c.cost_usd) for c in scope.calls] == [("error", 0)]
 
 
+@pytest.mark.parametrize(
+    ("base_url", "env", "said"),
+    [
+        ("notaurl", None, "the endpoint 'notaurl' (from `base_url`) is not an absolute http"),
+        ("", None, "the endpoint '' (from `base_url`) is empty"),
+        (
+            None,
+            "localhost:8000/v1",
+            "the endpoint 'localhost:8000/v1' (from the environment variable OPENAI_BASE_URL) "
+            "is not an absolute http:// or https:// URL",
+        ),
+    ],
+)
+def test_a_provider_for_an_endpoint_that_is_no_url_is_refused_when_made(
+    base_url: str | None, env: str | None, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    if env is None:
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("OPENAI_BASE_URL", env)
+    spec = ModelSpec(provider="openai", model="gpt-4o-mini", base_url=base_url)
+    registry = ClientRegistry()
+    with pytest.raises(NodeError) as caught:
+        OpenAIProvider(spec, registry=registry)
+    assert str(caught.value).startswith(f"model 'gpt-4o-mini': {said}")
+    assert len(registry) == 0  # no client was made
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_a_connection_lost_after_sending_may_be_billed_on_either_http_client() -> None:

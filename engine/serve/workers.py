@@ -49,6 +49,7 @@ from typing import IO, Any
 
 import anyio
 
+from engine.errors import MoatError, SpecError, printable
 from engine.logs import get_logger
 from engine.serve.app import MoatServer
 from engine.serve.auth import KeyRing
@@ -65,6 +66,11 @@ _SWITCH_PATIENCE_S = 10.0
 run before it records the run finished anyway (a late request still lands in it)."""
 _FOLLOW_POLL_S = 0.2
 """How often a worker looks for new runs from its parent."""
+_RETRY_S = 1.0
+"""How long the parent waits before starting again a worker that failed to start (a
+graph file edited since the server started, say); doubled at each failure in a row."""
+_RETRY_MAX_S = 60.0
+"""The longest wait between two starts of a worker that keeps failing to start."""
 
 
 def split_limits(limits: ShapingLimits, workers: int) -> ShapingLimits:
@@ -126,7 +132,8 @@ def serve_workers(
                 return True
             async with server:
                 runs = {name: served.run_id for name, served in server.graphs.items()}
-                base.update(spec, runs=runs)
+                graphs = {name: served.pipe.graph.hash for name, served in server.graphs.items()}
+                base.update(spec, runs=runs, graph_hashes=graphs)
 
                 def start(index: int) -> subprocess.Popen[str]:
                     sock = socks[index]
@@ -171,17 +178,33 @@ async def _supervise(
     start: Callable[[int], subprocess.Popen[str]],
     talking: anyio.Lock,
 ) -> None:
-    """Restart workers that die (until cancelled: SIGINT or SIGTERM)."""
+    """Restart workers that die (until cancelled: SIGINT or SIGTERM). A worker that fails
+    to start again is retried after a wait that doubles up to `_RETRY_MAX_S`, rather than
+    every `_CHECK_S` (each start costs a second of CPU; the other workers go on serving)."""
+    waits = [0.0] * len(procs)
+    due = [0.0] * len(procs)
     while True:
         await anyio.sleep(_CHECK_S)
         for index, proc in enumerate(procs):
             code = proc.poll()
-            if code is None:
+            if code is None or anyio.current_time() < due[index]:
                 continue
-            _log.warning("serve.worker_died", worker=index, exit_code=code)
+            if not waits[index]:  # (one that failed to start was logged so)
+                _log.warning("serve.worker_died", worker=index, exit_code=code)
             async with talking:
                 procs[index] = start(index)
-                await anyio.to_thread.run_sync(_all_ready, [procs[index]], abandon_on_cancel=True)
+                ready = await anyio.to_thread.run_sync(
+                    _all_ready, [procs[index]], abandon_on_cancel=True
+                )
+            if ready:
+                waits[index] = 0.0
+                continue
+            waits[index] = min(max(2 * waits[index], _RETRY_S), _RETRY_MAX_S)
+            due[index] = anyio.current_time() + waits[index]
+            code = await anyio.to_thread.run_sync(procs[index].wait)
+            _log.error(
+                "serve.worker_not_started", worker=index, exit_code=code, retry_s=waits[index]
+            )
 
 
 def _all_ready(procs: list[subprocess.Popen[str]]) -> bool:
@@ -268,6 +291,29 @@ def _worker(spec: Mapping[str, Any]) -> int:
     from engine.serve.listen import run_app
 
     configure_logging()
+    try:
+        server = _worker_server(spec)
+    except MoatError as exc:  # (a graph edited since the server started, say)
+        print(f"moat: serve worker {spec['slot'][0]}: {printable(str(exc))}", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=spec["fd"])
+
+    def ready() -> None:
+        print("ready", flush=True)
+
+    started = run_app(
+        server.app, sock, grace_s=spec["grace_s"], context=_following(server), on_ready=ready
+    )
+    return 0 if started else 2
+
+
+def _worker_server(spec: Mapping[str, Any]) -> MoatServer:
+    """A worker's server, on the graphs its parent serves as the parent loaded them.
+
+    Raises:
+        MoatError: a graph is unusable now, or is not the one the parent's run records
+            (its file was edited since the server started).
+    """
     server = MoatServer(
         spec["graphs"],
         db=spec["db"],
@@ -281,15 +327,17 @@ def _worker(spec: Mapping[str, Any]) -> int:
         allow_unpriced=spec["allow_unpriced"],
         metrics_auth=spec["metrics_auth"],
     )
-    sock = socket.socket(fileno=spec["fd"])
-
-    def ready() -> None:
-        print("ready", flush=True)
-
-    started = run_app(
-        server.app, sock, grace_s=spec["grace_s"], context=_following(server), on_ready=ready
-    )
-    return 0 if started else 2
+    hashes = spec.get("graph_hashes") or {}
+    for name, served in server.graphs.items():
+        if hashes.get(name) != served.pipe.graph.hash:
+            raise SpecError(
+                f"graph {name!r} is not the graph this server started with (its file was "
+                "edited since, or renamed): a worker answers into the server's runs, which "
+                "record the graph as it was; restore the file, or restart the server to "
+                "serve the new graph",
+                path=str(served.pipe.graph.path),
+            )
+    return server
 
 
 @asynccontextmanager

@@ -78,6 +78,55 @@ def test_a_worker_that_dies_is_replaced_and_numbers_after_its_stored_requests(
     assert stored == set(ids)
 
 
+@pytest.mark.slow  # ~15 s: a worker refused, then started again
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT, /proc")
+def test_a_worker_started_again_refuses_a_graph_edited_since_until_it_is_restored(
+    tmp_path: Path,
+) -> None:
+    # it once loaded the edited file and answered it in the run of the graph as it was,
+    # or, when the edit broke the file, died with a traceback every second forever
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    served = graph.read_text()
+    db = tmp_path / "moat.db"
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "engine", "serve", str(graph), "--db", str(db)]
+    command += ["--workers", "2", "--port", "0"]
+    with (
+        log.open("w") as err,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True) as proc,
+    ):
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            first = children(proc.pid)
+            graph.write_text(served.replace("max_tokens: 400", "max_tokens: 300"))
+            os.kill(first[0], signal.SIGKILL)
+            time.sleep(4)  # refused: started again after 1 s, 2 s, ... not every 0.5 s
+            # (no request meanwhile: the kernel still hands the dead worker's socket its
+            # share of connections, which wait until a worker is back on it)
+            graph.write_text(served)
+            seqs: set[int] = set()
+            for _ in range(100):  # the next start (at most 8 s after the last) takes it
+                time.sleep(0.2)
+                if len(children(proc.pid)) == 2:
+                    seqs = {int(rid.rsplit("-", 1)[1]) % 2 for rid in _ask(base_url, "baseline", 8)}
+                    if seqs == {0, 1}:
+                        break
+            assert seqs == {0, 1}  # both workers answer again
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text
+    refused = "graph 'baseline' is not the graph this server started with"
+    assert 1 <= text.count(refused) <= 3, text
+    with Store.open(db, readonly=True) as store:
+        runs = store.query("SELECT graph_hash, status FROM runs")
+    assert len(runs) == 1 and runs[0]["status"] == "finished"
+
+
 async def _answer_as_worker(graph: Path, db: Path, runs: dict[str, str], n: int) -> list[str]:
     """`n` requests answered by a worker in slot 1 of 2 joined to `runs`, then stopped."""
     worker = MoatServer([graph], db=db, runs=runs, slot=(1, 2))

@@ -510,9 +510,9 @@ def merge_batch(
     _check_columns(spec, cols)
     result = MergeResult(dropped_columns=sorted(set(columns) - present))
     with write_transaction(conn, path):
-        for at, raw in enumerate(rows):
+        for n, raw in enumerate(rows):  # (not `at`: that is when the batch came)
             kept = [raw[i] for i in keep]
-            _check_row(spec, cols, kept, at)
+            _check_row(spec, cols, kept, n)
             row = _remap(conn, spec, origin, cols, kept)
             if spec.key == "int":
                 if _insert_int(conn, spec, origin, cols, row):

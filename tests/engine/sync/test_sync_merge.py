@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -266,3 +267,22 @@ def test_lost_answers_and_concurrent_uploads_leave_the_central_store_as_one_clea
     assert counts(tmp / "central.db") == counts(db)
     assert _rows(tmp / "central.db") == _rows(db)
     assert integrity(tmp / "central.db") == "ok"
+
+
+async def test_the_central_store_notes_when_it_first_and_last_heard_from_each_edge(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """`sync_origins.first_seen` and `last_seen` held the index of a batch's last row (the
+    merge loop reused the name of the batch's arrival time), not a time."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    before = time.time()
+    async with central(tmp_path / "central.db") as server:
+        report = await edge(db, server, batch_rows=37).run()
+    after = time.time()
+    with sqlite3.connect(tmp_path / "central.db") as conn:
+        (row,) = conn.execute("SELECT * FROM sync_origins").fetchall()
+    origin, first_seen, last_seen, batches, stored = row
+    assert origin == report.origin
+    assert before <= first_seen <= last_seen <= after
+    assert (batches, stored) == (report.batches, report.total_rows)

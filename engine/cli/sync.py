@@ -6,7 +6,7 @@ import argparse
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 import anyio
@@ -15,6 +15,9 @@ from engine.cli import file_path, store_file
 from engine.cli.sim_server import port_number
 from engine.errors import SpecError, SyncError
 from engine.logs import announce
+
+if TYPE_CHECKING:
+    from engine.sync import SyncReport
 
 __all__ = ["add_commands"]
 
@@ -124,7 +127,7 @@ def _url_problem(url: str, parts: SplitResult, port: int | None) -> str | None:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Upload, then print what was sent."""
-    from engine.sync import EdgeSync, SyncReport
+    from engine.sync import EdgeSync
 
     url = _check_url(args.to)
 
@@ -152,9 +155,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
         f"moat sync: {report.total_rows} rows to {url} ({tables}); "
         f"{report.raw_bytes} B as {report.sent_bytes} B {report.codec} "
         f"(x{report.ratio:.1f}) in {report.batches} batches, {report.seconds:.1f}s, "
-        f"{report.retries} retries; origin {report.origin}"
+        f"{report.retries} retries; origin {report.origin}{_held_back(report)}"
     )
     return 0
+
+
+def _held_back(report: SyncReport) -> str:
+    """What the summary adds about rows of requests that were not whole (not sent)."""
+    notes = []
+    if report.waiting:
+        notes.append(
+            f"rows of requests still being answered wait for the next sync "
+            f"({', '.join(report.waiting)})"
+        )
+    if report.skipped:
+        notes.append(
+            f"{report.skipped} rows of requests a stopped run left unanswered are not sent "
+            "(`moat run --resume RUN_ID` answers them again, then they go)"
+        )
+    return "".join(f"; {note}" for note in notes)
 
 
 _err: dict[str, Any] = {"file": sys.stderr, "flush": True}

@@ -54,6 +54,7 @@ from typing import Any
 from engine.errors import StoreError
 from engine.store.compact import COMPACT_TABLES
 from engine.store.schema import describe_error, write_transaction
+from engine.store.store import being_written
 
 __all__ = [
     "SYNC_TABLES",
@@ -89,6 +90,12 @@ class SyncTable:
     key: str
     mutable: bool = False
     refs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def per_request(self) -> bool:
+        """Whether the table holds a request's rows (node runs, calls, events, traces),
+        which go only once their request is stored whole (`read_appended`)."""
+        return self.refs.get("request_id") == "request"
 
 
 SYNC_TABLES: tuple[SyncTable, ...] = (
@@ -128,6 +135,10 @@ class Batch:
         last: the watermark after this batch (rowid) for append-only tables, else 0.
         anchor: for append-only tables, the digest of the row at `last`.
         digests: for mutable tables, row key -> digest of the rows in this batch.
+        skipped: rows passed over (never sent) because their request was cut short: it has
+            no `requests` row and no process writes its run any more.
+        held: the batch stops before a row of a request still being answered (or stored
+            after the `requests` batches of this sync): it waits for a later sync.
     """
 
     table: str
@@ -136,6 +147,14 @@ class Batch:
     last: int = 0
     anchor: str = ""
     digests: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+    held: bool = False
+
+    @property
+    def acks_anything(self) -> bool:
+        """Whether acknowledging the batch moves its table on: it has rows to send, or it
+        only passes over rows of requests cut short (`skipped`)."""
+        return bool(self.rows) or self.skipped > 0
 
 
 @dataclass(slots=True)
@@ -250,8 +269,21 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def read_appended(conn: sqlite3.Connection, table: str, after: int, limit: int) -> Batch:
-    """Up to `limit` rows of an append-only `table` past rowid `after`, in rowid order."""
+def read_appended(
+    conn: sqlite3.Connection,
+    table: str,
+    after: int,
+    limit: int,
+    requests_upto: int | None = None,
+) -> Batch:
+    """Up to `limit` rows of an append-only `table` past rowid `after`, in rowid order.
+
+    Args:
+        requests_upto: for the tables of a request's rows, the `requests` rowid the target
+            has acknowledged: only rows of requests up to it go (never half a request),
+            rows of requests cut short are passed over (see `_whole`), and the batch stops
+            at the first row of a request not yet stored whole. None: every row goes.
+    """
     spec = _BY_NAME[table]
     order = _order(spec)
     cursor = conn.execute(
@@ -260,10 +292,59 @@ def read_appended(conn: sqlite3.Connection, table: str, after: int, limit: int) 
         (after, limit),
     )
     columns = [d[0] for d in cursor.description][1:]
-    rows = [list(r) for r in cursor]
-    if not rows:
-        return Batch(table, columns, [], after)
-    return Batch(table, columns, [r[1:] for r in rows], int(rows[-1][0]), _digest(rows[-1][1:]))
+    found = [list(r) for r in cursor]
+    batch = Batch(table, columns, [], after)
+    at = columns.index("request_id") if "request_id" in columns else -1
+    states: dict[str, str] = {}
+    for raw in found:
+        row = raw[1:]
+        if requests_upto is not None and at >= 0:
+            state = _whole(conn, row[at], requests_upto, states)
+            if state == "wait":
+                batch.held = True
+                break
+            if state == "cut":
+                batch.skipped += 1
+                batch.last, batch.anchor = int(raw[0]), _digest(row)
+                continue
+        batch.rows.append(row)
+        batch.last, batch.anchor = int(raw[0]), _digest(row)
+    return batch
+
+
+def _whole(conn: sqlite3.Connection, request_id: Any, upto: int, states: dict[str, str]) -> str:
+    """Whether a row of request `request_id` may go: `send` (its request is stored and
+    acknowledged up to `requests` rowid `upto`, or the row is a run's own), `wait` (the
+    request is still being answered, or was stored after the `requests` batches of this
+    sync) or `cut` (it never got its `requests` row and no process writes its run any more:
+    an interrupted or crashed run, whose `--resume` deletes these rows and answers the
+    request again; sent, the central store would keep half a request, twice after that)."""
+    if not isinstance(request_id, str) or request_id == "":
+        return "send"
+    state = states.get(request_id)
+    if state is None:
+        row = conn.execute("SELECT rowid FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is not None:
+            state = "send" if int(row[0]) <= upto else "wait"
+        else:
+            state = "wait" if _run_written(conn, request_id) else "cut"
+        states[request_id] = state
+    return state
+
+
+def _run_written(conn: sqlite3.Connection, request_id: str) -> bool:
+    """Whether a live process may still store request `request_id`: its run (named by its
+    events) is being written, or, with no event naming one, any run is."""
+    sql = (
+        "SELECT status, config_json FROM runs WHERE id = (SELECT run_id FROM "
+        "orchestration_events WHERE request_id = ? AND run_id != '' LIMIT 1)"
+    )
+    runs = conn.execute(sql, (request_id,)).fetchall()
+    if not runs:
+        runs = conn.execute(
+            "SELECT status, config_json FROM runs WHERE status = 'running'"
+        ).fetchall()
+    return any(being_written(str(status), config) for status, config in runs)
 
 
 def _digest(row: Sequence[Any]) -> str:

@@ -67,6 +67,11 @@ class SyncReport:
     sent_bytes: int = 0
     """Bytes on the wire (compressed bodies)."""
     retries: int = 0
+    skipped: int = 0
+    """Rows of requests cut short (an interrupted or crashed run), never sent: `moat run
+    --resume` deletes them and answers those requests again."""
+    waiting: list[str] = field(default_factory=list)
+    """Tables with rows of requests still being answered: they go with a later sync."""
     throttled_s: float = 0.0
     """Seconds spent waiting for the bandwidth cap."""
     seconds: float = 0.0
@@ -169,26 +174,33 @@ class EdgeSync:
         report.rows.setdefault(spec.name, 0)
         while True:
             batch = await anyio.to_thread.run_sync(self._read, conn, spec)
-            if not batch.rows:
+            if batch.held and spec.name not in report.waiting:
+                report.waiting.append(spec.name)
+            if not batch.acks_anything:
                 return
-            body, raw = encode_batch(
-                report.origin, spec.name, batch.columns, batch.rows, self.codec
-            )
-            await self._post(client, body, spec.name, report)
+            if batch.rows:
+                body, raw = encode_batch(
+                    report.origin, spec.name, batch.columns, batch.rows, self.codec
+                )
+                await self._post(client, body, spec.name, report)
+                report.batches += 1
+                report.raw_bytes += raw
+                report.sent_bytes += len(body)
             await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
             report.rows[spec.name] += len(batch.rows)
-            report.batches += 1
-            report.raw_bytes += raw
-            report.sent_bytes += len(body)
+            report.skipped += batch.skipped
             if self._progress is not None:
                 self._progress(report)
+            if batch.held:
+                return
 
     def _read(self, conn: sqlite3.Connection, spec: sync_ops.SyncTable) -> sync_ops.Batch:
         if spec.mutable:
             acked = sync_ops.acked_digests(conn, self._target, spec.name)
             return sync_ops.read_changed(conn, spec.name, acked, self.batch_rows)
         after = sync_ops.watermark(conn, self._target, spec.name)
-        return sync_ops.read_appended(conn, spec.name, after, self.batch_rows)
+        upto = sync_ops.watermark(conn, self._target, "requests") if spec.per_request else None
+        return sync_ops.read_appended(conn, spec.name, after, self.batch_rows, upto)
 
     async def _central_id(self, client: httpx.AsyncClient, report: SyncReport) -> str:
         """The central store's id, asked until the central side answers."""

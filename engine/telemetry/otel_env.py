@@ -4,11 +4,11 @@ A value that can never work is refused (`SpecError`: `moat run` and `moat serve`
 before anything runs), naming the variable, its value (header values and URL passwords
 masked) and the fix: an endpoint that is not an http(s) URL, a protocol other than
 `http/protobuf` (moat exports OTLP over HTTP only), headers that are not NAME=VALUE pairs,
-a timeout or `OTEL_BSP_*` setting that is not a positive number, an unknown compression
-or sampler, a sampler argument that is not a ratio, a certificate file that is not there, a
-credential provider that is not installed, resource attributes that are not KEY=VALUE
-pairs. The SDK would log its own line for most of them and go on with a default, or fail
-every export.
+a timeout or `OTEL_BSP_*` setting that is not a positive number (a wait of at most a day),
+an unknown compression or sampler, a sampler argument that is not a ratio, a certificate
+file that is not there, a credential provider that is not installed, resource attributes
+that are not KEY=VALUE pairs. The SDK would log its own line for most of them and go on
+with a default, or fail every export.
 
 The `..._TIMEOUT` variables are milliseconds, as the OpenTelemetry specification defines
 them; the Python exporter reads them as seconds, so moat passes it `export_timeout_s`.
@@ -66,6 +66,10 @@ _TIMEOUT_MS = 10_000.0
 """The specification's default of `OTEL_EXPORTER_OTLP_TIMEOUT`: 10 s."""
 _SHORT_MS = 100.0
 """A timeout below this many milliseconds was most likely meant in seconds."""
+_MOST_MS = 86_400_000
+"""The longest wait a timeout or delay may ask for: a day. Far longer ones overflow the
+clock of a thread's wait or a socket's timeout, and would end exports or the run with an
+`OverflowError`."""
 _CREDENTIAL_PROVIDERS = (
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
@@ -297,10 +301,10 @@ def _milliseconds(variable: str, value: str) -> float:
         ms = float(value)
     except ValueError:
         ms = math.nan
-    if not 0 < ms < math.inf:
+    if not 0 < ms <= _MOST_MS:
         raise SpecError(
             f"{variable}={value}: give the milliseconds to wait for the collector to answer "
-            "each POST, a positive number (10000, 10 s, unless set)"
+            f"each POST, a positive number (10000, 10 s, unless set) up to {_MOST_MS} (a day)"
         )
     return ms
 
@@ -355,9 +359,11 @@ def _check_credential_provider(environ: Mapping[str, str]) -> None:
 def _check_bsp(environ: Mapping[str, str]) -> None:
     for variable in _BSP:
         value = environ.get(variable, "").strip()
-        if value and not (value.isdigit() and int(value) > 0):
-            unit = "milliseconds" if variable.endswith(("DELAY", "TIMEOUT")) else "spans"
-            raise SpecError(f"{variable}={value}: give a whole number of {unit}, at least 1")
+        timed = variable.endswith(("DELAY", "TIMEOUT"))
+        if value and not (value.isdigit() and 0 < int(value) <= (_MOST_MS if timed else math.inf)):
+            unit = "milliseconds" if timed else "spans"
+            most = f" and at most {_MOST_MS} (a day)" if timed else ""
+            raise SpecError(f"{variable}={value}: give a whole number of {unit}, at least 1{most}")
 
 
 def _check_resource(environ: Mapping[str, str]) -> None:

@@ -64,6 +64,21 @@ UNUSABLE = [
         {"OTEL_BSP_EXPORT_TIMEOUT": "-1"},
         "OTEL_BSP_EXPORT_TIMEOUT=-1: give a whole number of milliseconds, at least 1",
     ),
+    (  # a thread's wait overflows: the sender thread died and no span left
+        {"OTEL_BSP_SCHEDULE_DELAY": "99999999999999"},
+        "OTEL_BSP_SCHEDULE_DELAY=99999999999999: give a whole number of milliseconds, at "
+        "least 1 and at most 86400000 (a day)",
+    ),
+    (  # the wait at exit overflowed: the run ended in an internal error
+        {"OTEL_BSP_EXPORT_TIMEOUT": "99999999999999"},
+        "OTEL_BSP_EXPORT_TIMEOUT=99999999999999: give a whole number of milliseconds, at "
+        "least 1 and at most 86400000 (a day)",
+    ),
+    (  # every POST's socket timeout overflowed, said as a collector not listening
+        {"OTEL_EXPORTER_OTLP_TIMEOUT": "1e15"},
+        "OTEL_EXPORTER_OTLP_TIMEOUT=1e15: give the milliseconds to wait for the collector to "
+        "answer each POST, a positive number (10000, 10 s, unless set) up to 86400000 (a day)",
+    ),
     (
         {"OTEL_BSP_MAX_QUEUE_SIZE": "0"},
         "OTEL_BSP_MAX_QUEUE_SIZE=0: give a whole number of spans, at least 1",

@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 import httpx2 as httpx
 
-from engine.errors import SpecError, SyncError
+from engine.errors import SpecError, StoreError, SyncError, printable
 from engine.logs import get_logger
 from engine.store import sync_ops
 from engine.store.schema import check_version, connect
@@ -43,6 +43,9 @@ BATCH_PATH = "/v1/sync/batch"
 HEALTH_PATH = "/v1/sync/health"
 HTTP_OVERHEAD = 300
 """Bytes a batch costs on the wire beyond its body (request line, headers, the answer)."""
+MAX_ANSWER_BYTES = 1 << 20
+"""The most of an answer's body read (inflated): a `moat sync-server` answers in a few
+hundred bytes, and a peer that streams without end must not fill the edge's memory."""
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 30.0
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -186,7 +189,10 @@ class EdgeSync:
                 report.batches += 1
                 report.raw_bytes += raw
                 report.sent_bytes += len(body)
-            await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
+            try:
+                await anyio.to_thread.run_sync(sync_ops.ack, conn, self.db, self._target, batch)
+            except StoreError as exc:  # the upload ran: a failure of it, not of the command line
+                raise SyncError(str(exc)) from exc
             report.rows[spec.name] += len(batch.rows)
             report.skipped += batch.skipped
             if self._progress is not None:
@@ -208,8 +214,8 @@ class EdgeSync:
 
         async def ask() -> str | None:
             try:
-                response = await client.get(self.url + HEALTH_PATH, headers=self._headers)
-            except httpx.TransportError as exc:
+                response = await self._fetch(client, "GET", HEALTH_PATH)
+            except _UNANSWERED as exc:
                 return _transport_problem(exc)
             if response.status_code != 200:
                 return self._status_problem(response, "the health check")
@@ -234,14 +240,13 @@ class EdgeSync:
             if self.bucket is not None:  # every attempt goes out within the cap, resent too
                 report.throttled_s += await self.bucket.take(len(body) + HTTP_OVERHEAD)
             try:
-                response = await client.post(
-                    self.url + BATCH_PATH, content=body, headers=self._headers
-                )
-            except httpx.TransportError as exc:
+                response = await self._fetch(client, "POST", BATCH_PATH, body)
+            except _UNANSWERED as exc:
                 return _transport_problem(exc)
             if response.status_code != 200:
                 return self._status_problem(response, f"a batch of `{table}`")
-            if not isinstance(_json(response).get("stored"), int):  # a proxy's page, say
+            stored = _json(response).get("stored")
+            if type(stored) is not int or stored < 0:  # a proxy's page, say
                 raise SyncError(
                     f"{self.url}{BATCH_PATH}: a batch of `{table}` was answered "
                     f"{_shown(response)}, not with what a `moat sync-server` stored; nothing "
@@ -250,6 +255,29 @@ class EdgeSync:
             return None
 
         await self._until_done(send, report)
+
+    async def _fetch(
+        self, client: httpx.AsyncClient, method: str, path: str, body: bytes | None = None
+    ) -> httpx.Response:
+        """The answer to one request, its body read up to `MAX_ANSWER_BYTES` (the rest is
+        left unread and the connection closed)."""
+        async with client.stream(
+            method, self.url + path, content=body, headers=self._headers
+        ) as response:
+            read = bytearray()
+            async for chunk in response.aiter_bytes():
+                read += chunk
+                if len(read) > MAX_ANSWER_BYTES:
+                    del read[MAX_ANSWER_BYTES:]
+                    break
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in _BODY_FRAMING
+        ]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(read), request=response.request
+        )
 
     async def _until_done(
         self, attempt: Callable[[], Awaitable[str | None]], report: SyncReport
@@ -295,8 +323,16 @@ class EdgeSync:
         raise SyncError(f"{self.url}: the central side refused {what} ({_shown(response)})")
 
 
+_UNANSWERED = (httpx.TransportError, httpx.DecodingError)
+"""No answer, or one that cannot be read (a body that is not the encoding it claims):
+the batch may or may not be stored, so it is sent again."""
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+"""Headers of the body as it came, which the body as read no longer has."""
+
+
 def _transport_problem(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = printable(str(exc)[:300])
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -314,5 +350,5 @@ def _shown(response: httpx.Response) -> str:
     """`HTTP 503: the server's reason` (its `error`, else the start of its text)."""
     error = _json(response).get("error")
     detail = error if isinstance(error, str) else " ".join(response.text.split())
-    detail = detail[:300] or "(no body)"
+    detail = printable(detail[:300]) or "(no body)"  # (it may hold terminal escapes)
     return f"HTTP {response.status_code}: {detail}"

@@ -5,18 +5,18 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
 import httpx2
 import pytest
 
-from engine.errors import StoreError, SyncError
+from engine.errors import SyncError
 from engine.store import schema
 from engine.store.sync_ops import origin_id
 from engine.sync import EdgeSync
-from engine.sync.client import HTTP_OVERHEAD
+from engine.sync.client import HTTP_OVERHEAD, MAX_ANSWER_BYTES
 from tests.support.edge_stores import edge_store
 
 pytestmark = pytest.mark.anyio
@@ -138,7 +138,8 @@ async def test_an_edge_store_another_process_holds_says_so_and_resends_later(
 ) -> None:
     """`moat prune --vacuum` on the box while cron runs `moat sync`: recording an
     acknowledged batch waited out its patience and ended in `moat: internal error:
-    OperationalError: database is locked`."""
+    OperationalError: database is locked`. It is a `SyncError` (exit 1, as any upload that
+    stopped), not a `StoreError`, which `moat` answers with exit 2, "nothing was run"."""
     monkeypatch.setattr(schema, "WRITE_PATIENCE_S", 0.2)
     monkeypatch.setattr(schema, "_BUSY_TIMEOUT_MS", 20)
     db = tmp_path / "edge.db"
@@ -157,7 +158,7 @@ async def test_an_edge_store_another_process_holds_says_so_and_resends_later(
 
     try:
         with pytest.raises(
-            StoreError,
+            SyncError,
             match=r"the central side stored a batch of `policy_snapshots`, but this store could "
             r"not record it: database is locked: another process held the write lock",
         ):
@@ -187,3 +188,80 @@ async def test_a_server_that_never_answers_is_given_up_on_after_the_patience(
     with pytest.raises(SyncError, match=r"unreachable for 0\.3s \(no answer in time\)"):
         await edge(db, hung, patience_s=0.3, backoff_s=(0.01, 0.05)).run()
     assert time.monotonic() - started < 5
+
+
+async def test_an_answer_that_is_not_the_encoding_it_claims_is_retried_then_named(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """A proxy's answer saying gzip that is none was `moat: internal error: DecodingError`."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+
+    async def not_gzip() -> AsyncIterator[bytes]:
+        yield b"abcde"
+
+    def garbled(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=not_gzip(), headers={"content-encoding": "gzip"})
+
+    with pytest.raises(SyncError, match=r"unreachable for 0\.3s \(DecodingError: "):
+        await edge(db, garbled, patience_s=0.3, backoff_s=(0.01, 0.05)).run()
+
+
+async def test_an_answer_without_end_is_read_no_further_than_a_bound(
+    one_edge: Path, tmp_path: Path
+) -> None:
+    """A peer answering 500 with a body that never ends: the edge read all of it into
+    memory (900 MB in eight seconds on loopback) for as long as `--patience` lasted."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    served = [0]
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            served[0] += 1 << 16
+            yield b"x" * (1 << 16)
+
+    def flood(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(500, content=endless())
+
+    with pytest.raises(SyncError, match=r"unreachable for 0\.3s \(HTTP 500: xxxx"):
+        await edge(db, flood, patience_s=0.3, backoff_s=(0.01, 0.05)).run()
+    tries = served[0] // MAX_ANSWER_BYTES
+    assert tries > 0 and served[0] <= tries * (MAX_ANSWER_BYTES + (1 << 16))
+
+
+@pytest.mark.parametrize("where", ["health", "batch"])
+async def test_what_a_peer_answers_cannot_drive_the_terminal(
+    where: str, one_edge: Path, tmp_path: Path
+) -> None:
+    """A peer's answer is quoted in the error: its escape sequences reached the terminal."""
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+    hostile = "\x1b]0;owned\x07\x1b[2J refused"
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if where == "batch" and request.method == "GET":
+            return HEALTHY
+        return httpx2.Response(403, json={"error": hostile})
+
+    with pytest.raises(SyncError) as caught:
+        await edge(db, answer).run()
+    assert "\x1b" not in str(caught.value) and "\x07" not in str(caught.value)
+    assert r"HTTP 403: \x1b]0;owned\x07\x1b[2J refused" in str(caught.value)
+
+
+@pytest.mark.parametrize("stored", [-1, True, 1.5, "3"])
+async def test_an_acknowledgement_that_is_no_count_marks_nothing_sent(
+    stored: object, one_edge: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "edge.db"
+    shutil.copy(one_edge, db)
+
+    def odd(request: httpx2.Request) -> httpx2.Response:
+        return HEALTHY if request.method == "GET" else httpx2.Response(200, json={"stored": stored})
+
+    with pytest.raises(SyncError, match=r"not with what a `moat sync-server` stored"):
+        await edge(db, odd).run()
+    with sqlite3.connect(db) as conn:
+        marks = conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'sync.%.%'").fetchone()[0]
+    assert marks == 0

@@ -96,6 +96,7 @@ def options(args: argparse.Namespace) -> TelemetryOptions:
     _check_needs_port(args, port)
     if port is not None:
         require_extra("metrics", "--metrics-port")
+        _check_free(host or "127.0.0.1", port)
     given = getattr(args, "metrics_linger", None)
     linger = 0.0 if given is None else float(given)
     if not 0 <= linger <= 3600:
@@ -202,13 +203,7 @@ def _listen(telemetry: Telemetry, opts: TelemetryOptions) -> ThreadingHTTPServer
     try:
         server = server_class((host, opts.metrics_port), Handler)
     except OSError as exc:
-        fix = "pick a free port"
-        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-            fix = "give a host name or address of this machine (127.0.0.1, 0.0.0.0)"
-        raise SpecError(
-            f"--metrics-port {host}:{opts.metrics_port}: cannot listen "
-            f"({exc.strerror or exc}); {fix}"
-        ) from exc
+        raise _cannot_listen(host, opts.metrics_port, exc) from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="moat-metrics", daemon=True).start()
     return server
@@ -216,6 +211,26 @@ def _listen(telemetry: Telemetry, opts: TelemetryOptions) -> ThreadingHTTPServer
 
 class _Server6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a `--metrics-port` that cannot be listened on while the arguments are read,
+    before a cluster starts (`--ray`) or a store is created; binding it for the batch
+    (`_listen`) still says so if the port is taken meanwhile."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from exc
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> SpecError:
+    fix = "pick a free port"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        fix = "give a host name or address of this machine (127.0.0.1, 0.0.0.0)"
+    return SpecError(f"--metrics-port {host}:{port}: cannot listen ({exc.strerror or exc}); {fix}")
 
 
 async def _linger(telemetry: Telemetry, seconds: float) -> None:

@@ -272,3 +272,24 @@ def test_a_bad_metrics_port_exits_2_before_anything_runs(
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout.startswith("no runs yet")
+
+
+def test_a_busy_metrics_port_is_refused_before_a_cluster_or_a_store_is_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # a cluster would be the first to fail
+    graph = fast_copy("baseline", tmp_path, time_scale=0)
+    db = tmp_path / "x.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["run", str(graph), "--prompt", "hi", "--db", str(db), "--ray"]
+        code = main([*args, "--metrics-port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--metrics-port 127.0.0.1:{port}: cannot listen (Address already in use)" in err
+    assert "Ray is not installed" not in err
+    assert not db.exists()

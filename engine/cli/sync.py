@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 import anyio
 
-from engine.cli import file_path, store_file
+from engine.cli import EXIT_INTERRUPTED, file_path, store_file
 from engine.cli.sim_server import port_number
-from engine.errors import SpecError, SyncError
+from engine.cli.stopping import STOP_SIGNALS
+from engine.errors import SpecError, SyncError, printable
 from engine.logs import announce
 
 if TYPE_CHECKING:
@@ -130,8 +133,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from engine.sync import EdgeSync
 
     url = _check_url(args.to)
+    last: list[SyncReport] = []
 
     def progress(report: SyncReport) -> None:
+        last[:] = [report]
         if not args.quiet and sys.stderr.isatty():
             print(f"\rsync: {report.total_rows} rows, {report.sent_bytes} B", end="", **_err)
 
@@ -145,11 +150,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
         token=os.environ.get(TOKEN_ENV) or None,
         progress=progress,
     )
+    stopped: list[str] = []
     try:
-        report = anyio.run(sync.run)
+        report = anyio.run(_until_stopped, sync.run, stopped)
     except SyncError as exc:  # the upload ran and stopped: not a usage error
-        print(f"moat: {exc}", file=sys.stderr)
+        print(f"moat: {printable(str(exc))}", file=sys.stderr)
         return 1
+    if report is None:
+        return _stopped(stopped[0], url, last)
     tables = ", ".join(f"{name} {n}" for name, n in report.rows.items() if n) or "nothing new"
     print(
         f"moat sync: {report.total_rows} rows to {url} ({tables}); "
@@ -174,6 +182,49 @@ def _held_back(report: SyncReport) -> str:
             "(`moat run --resume RUN_ID` answers them again, then they go)"
         )
     return "".join(f"; {note}" for note in notes)
+
+
+async def _until_stopped(
+    upload: Callable[[], Awaitable[SyncReport]], stopped: list[str]
+) -> SyncReport | None:
+    """`upload()`, or None once a stop signal (Ctrl-C, SIGTERM, SIGHUP) cancelled it, its
+    name put in `stopped`. A batch being recorded as acknowledged finishes first (the
+    edge store's transaction runs on a worker thread), so nothing is half-recorded."""
+    result: list[SyncReport] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                async for signum in signals:
+                    stopped.append(signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        async def run() -> None:
+            try:
+                result.append(await upload())
+            except Exception as exc:  # raised below as it is, not inside an exception group
+                failure.append(exc)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        tg.start_soon(run)
+    if result:  # (done before the signal could stop it)
+        return result[0]
+    if failure:
+        raise failure[0]
+    return None
+
+
+def _stopped(name: str, url: str, last: list[SyncReport]) -> int:
+    sent = f" after {last[0].total_rows} rows" if last else ""
+    print(
+        f"moat: sync stopped by {name}{sent}; what the central side acknowledged is kept: "
+        f"rerun `moat sync --to {url}` to resume",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 _err: dict[str, Any] = {"file": sys.stderr, "flush": True}

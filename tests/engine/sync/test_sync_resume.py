@@ -3,6 +3,12 @@ central store holds every record exactly once."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -154,3 +160,52 @@ def test_a_url_with_a_path_prefix_is_tried(
     url = f"http://127.0.0.1:{port}{where}"
     assert main(["sync", "--to", url, "--db", str(big_edge), "--patience", "0.2"]) == 1
     assert f"moat: {url}: unreachable for 0.2s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_sync_stopped_mid_upload_says_so_exits_130_and_resumes(
+    stop: signal.Signals, big_edge: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (a cron job's timeout, systemd) ended `moat sync` without a word and with
+    its own exit status; Ctrl-C said only `moat: interrupted`."""
+    db = tmp_path / "edge.db"
+    shutil.copy(big_edge, db)
+    server = SyncServerProcess(tmp_path / "central.db")
+    try:
+        upload = subprocess.Popen(
+            [sys.executable, "-m", "engine", "sync", "--to", server.url, "--db", str(db), *SLOW],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _batches(tmp_path / "central.db"):
+            time.sleep(0.05)
+        upload.send_signal(stop)
+        _, err = upload.communicate(timeout=30)
+        assert upload.returncode == 130, err
+        assert f"moat: sync stopped by {stop.name} after " in err
+        assert (
+            f"what the central side acknowledged is kept: rerun `moat sync --to {server.url}`"
+            in err
+        )
+        assert "Traceback" not in err
+        assert main(["sync", "--to", server.url, "--db", str(db)]) == 0
+    finally:
+        server.stop()
+    assert_exactly_once(db, tmp_path / "central.db")
+
+
+SLOW = ("--max-kbps", "24", "--batch-rows", "40")
+"""Small batches at a slow link: the upload is under way when it is stopped."""
+
+
+def _batches(central: Path) -> int:
+    """Batches the central store has merged (0 before it has any)."""
+    try:
+        with sqlite3.connect(central) as conn:
+            return int(
+                conn.execute("SELECT COALESCE(SUM(batches), 0) FROM sync_origins").fetchone()[0]
+            )
+    except sqlite3.Error:
+        return 0

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["KINDS", "PiiKind", "Span", "detect", "redact"]
+__all__ = ["KINDS", "PiiKind", "Placed", "Span", "detect", "redact"]
 
 PiiKind = Literal["SECRET", "EMAIL", "IBAN", "CARD", "SSN", "NINO", "IP", "PHONE"]
 """The kinds of value `detect` finds."""
@@ -170,36 +170,144 @@ def _detect(text: str) -> list[Span]:
     return spans
 
 
+Placed = Callable[[str], list[tuple[int, int]]]
+"""Where a redaction's own placeholders stand in a text, as sorted (start, end) pairs."""
+
+_REACH = 256
+"""How far around a new placeholder a later pass of `redact` looks for the values it
+exposed: beyond the detector's context windows (`_WINDOW` characters before a value, a
+few after it)."""
+_EDGE = 64
+"""A span this close to a window's cut may read differently in the whole text: it is left
+to the scan of the whole text."""
+
+
 def redact(
     text: str,
     placeholder: Callable[[Span], str],
     kinds: Collection[str] = KINDS,
     *,
+    placed: Placed,
     spans: list[Span] | None = None,
 ) -> tuple[str, dict[str, int]]:
-    """`text` with every detected span of `kinds` replaced by `placeholder(span)`.
+    """`text` with every detected span of `kinds` replaced by `placeholder(span)`, until
+    the detector finds none left outside the placeholders.
+
+    Values written back to back hide one another: in `+44 20 7946 0958+44 20 7946 0959`
+    the second number follows a digit, so it does not start a phone number until the first
+    is a placeholder. So redaction goes on, taking from then on only the values next to a
+    placeholder (no letter or digit between, `_GAP`): those are what the glue hid. A value
+    further off may read differently too, a placeholder being shorter than what it
+    replaced brings a context word nearer (`NI number [NINO]; ISBN 978-3-16-148410-0`), but
+    the first scan judged it in its own context. Each further pass reads only the text
+    around the placeholders the pass before put in (`_REACH` characters either side), so a
+    chain of a thousand such values costs a thousand small windows, not a thousand scans
+    of the text, and one last scan of the whole text confirms that nothing is left (a
+    text of one window is read whole at once). A span that covers a placeholder
+    (`placed`) is not a value; every pass replaces some text outside them, so it ends.
 
     Args:
         text: the text to redact.
         placeholder: what replaces a span.
         kinds: the kinds to replace (others are left as they are).
+        placed: where the placeholders `placeholder` hands out stand in a text.
         spans: `detect(text)`, when the caller has it already.
 
     Returns:
         The redacted text and the number of replaced spans by kind, sorted by kind.
     """
-    parts: list[str] = []
     found: dict[str, int] = {}
-    pos = 0
-    for span in detect(text) if spans is None else spans:
+    spans = detect(text) if spans is None else spans
+    whole = True  # the spans are those of the whole text
+    while True:
+        text, regions = _replace(text, placeholder, kinds, spans, found)
+        if regions:
+            spans, whole = _exposed(text, regions, kinds, placed)
+        elif whole:
+            return text, dict(sorted(found.items()))
+        else:  # the windows found nothing more: confirm on the whole text
+            spans, whole = _free(text, detect(text), kinds, placed), True
+
+
+def _replace(
+    text: str,
+    placeholder: Callable[[Span], str],
+    kinds: Collection[str],
+    spans: list[Span],
+    found: dict[str, int],
+) -> tuple[str, list[tuple[int, int]]]:
+    """`text` with `spans` of `kinds` (sorted, disjoint) replaced, counted in `found`, and
+    where the new placeholders stand."""
+    parts: list[str] = []
+    regions: list[tuple[int, int]] = []
+    pos = at = 0
+    for span in spans:
         if span.kind not in kinds:
             continue
-        parts.append(text[pos : span.start])
-        parts.append(placeholder(span))
+        token = placeholder(span)
+        parts += (text[pos : span.start], token)
+        at += span.start - pos
+        regions.append((at, at + len(token)))
+        at += len(token)
         found[span.kind] = found.get(span.kind, 0) + 1
         pos = span.end
+    if not regions:
+        return text, regions
     parts.append(text[pos:])
-    return "".join(parts), dict(sorted(found.items()))
+    return "".join(parts), regions
+
+
+def _exposed(
+    text: str, regions: list[tuple[int, int]], kinds: Collection[str], placed: Placed
+) -> tuple[list[Span], bool]:
+    """The spans of `kinds` that the placeholders at `regions` exposed, and whether the
+    whole text was read: each region is read with `_REACH` characters either side
+    (overlapping windows merged); a span near a window's cut is left for the scan of the
+    whole text."""
+    if len(text) <= 2 * _REACH:  # one window would hold it all
+        return _free(text, detect(text), kinds, placed), True
+    windows: list[list[int]] = []
+    for start, end in regions:
+        lo, hi = max(0, start - _REACH), min(len(text), end + _REACH)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], hi)
+        else:
+            windows.append([lo, hi])
+    spans: list[Span] = []
+    for lo, hi in windows:
+        window = text[lo:hi]
+        for s in _free(window, detect(window), kinds, placed):
+            if (lo and s.start < _EDGE) or (hi < len(text) and s.end > hi - lo - _EDGE):
+                continue
+            spans.append(Span(s.start + lo, s.end + lo, s.kind, s.value))
+    return spans, False
+
+
+def _free(text: str, spans: list[Span], kinds: Collection[str], placed: Placed) -> list[Span]:
+    """`spans` of `kinds` next to one of the placeholders `placed` finds in `text` (`_GAP`)
+    that cover none."""
+    taken = placed(text) if spans else []
+    free = []
+    for span in spans:
+        if span.kind not in kinds:
+            continue
+        i = bisect.bisect_left(taken, (span.end, span.end))  # the first one after the span
+        if i and taken[i - 1][1] > span.start:
+            continue  # it covers a placeholder
+        before = taken[i - 1][1] if i else -_GAP - 1
+        after = taken[i][0] if i < len(taken) else len(text) + _GAP + 1
+        if _next_to(text, before, span.start) or _next_to(text, span.end, after):
+            free.append(span)
+    return free
+
+
+_GAP = 8
+"""How far apart a value and a placeholder are next to one another: at most this many
+characters, none of them a letter or digit (a space, a comma, a `+`: what glue leaves)."""
+
+
+def _next_to(text: str, start: int, end: int) -> bool:
+    return end - start <= _GAP and not any(c.isalnum() for c in text[start:end])
 
 
 def _before(text: str, start: int) -> str:

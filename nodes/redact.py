@@ -10,13 +10,10 @@ back exactly as its user wrote it. Detection and validators live in `engine.pii`
 detector the gateway's egress redaction uses too; kinds are
 `EMAIL PHONE CARD IBAN IP SSN NINO SECRET`.
 
-Values written back to back hide one another from the detector: in
-`+44 20 7946 0958+44 20 7946 0959` the second number follows a digit, so it does not start a
-phone number until the first is a placeholder. Redaction therefore goes on until the text
-it hands out holds nothing the detector finds: each further pass reads only the text around
-the placeholders the pass before put in (`_REACH` characters either side), so a chain of a
-thousand such values costs a thousand small windows, not a thousand scans of the text, and
-one last scan of the whole text confirms that nothing is left.
+Values written back to back hide one another from the detector (a phone number run straight
+into another): redaction goes on until the text it hands out holds nothing the detector
+finds outside its own placeholders (`engine.pii.redact`, which the gateway's egress
+redaction uses too).
 
 The mapping from placeholders to originals never leaves the request: it is kept in a
 request-scoped vault obtained through `ctx.memo("redact:vault:" + vault)`, and is not part of
@@ -32,7 +29,6 @@ final: {type: redact, with: {mode: restore, text: "{{ answer.text }}"}}
 
 from __future__ import annotations
 
-import bisect
 import re
 import threading
 from collections import Counter
@@ -43,18 +39,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine import EventType, Node, NodeContext
-from engine.pii import KINDS, PiiKind, Span, detect
+from engine.pii import KINDS, PiiKind, Span, redact
 from nodes._support.offload import off_loop
 
 __all__ = ["PiiVault", "RedactNode"]
 
 _PLACEHOLDER = re.compile(r"\[(" + "|".join(KINDS) + r")_(\d+)\]")
-_REACH = 256
-"""How far around a new placeholder a later pass looks for the values it exposed: beyond
-the detector's context windows (40 characters before a value, a few after it)."""
-_EDGE = 64
-"""A span this close to a window's cut may read differently in the whole text: it is left
-to the scan of the whole text."""
 
 
 class PiiVault:
@@ -93,88 +83,24 @@ class PiiVault:
         """`text` with every detected value of `kinds` replaced; counts of spans by kind.
 
         Goes on until the detector finds nothing of `kinds` in the result outside this
-        vault's placeholders (see the module docstring). Safe in a worker thread: the vault
-        is locked while it changes. `spans` are `detect(text)` when the caller has them.
+        vault's placeholders (`engine.pii.redact`). Safe in a worker thread: the vault is
+        locked while it changes. `spans` are `detect(text)` when the caller has them.
         """
-        found: Counter[str] = Counter()
-        spans = detect(text) if spans is None else spans
-        whole, fresh = True, True  # the spans are those of the whole text, as it came
-        while True:
+        if "[" in text:
             with self._lock:
-                text, regions = self._replace(text, kinds, spans, found, fresh=fresh)
-            fresh = False
-            if regions:
-                spans, whole = self._exposed(text, regions, kinds), False
-            elif whole:
-                return text, dict(sorted(found.items()))
-            else:  # the windows found nothing more: confirm on the whole text
-                spans, whole = self._free(text, detect(text), kinds), True
+                for literal in _PLACEHOLDER.finditer(text):
+                    if literal.group() not in self._originals:  # the text's own
+                        self._literal.add(literal.group())
+        return redact(text, self._token, kinds, placed=self._placed, spans=spans)
 
-    def _replace(
-        self,
-        text: str,
-        kinds: Collection[str],
-        spans: list[Span],
-        found: Counter[str],
-        *,
-        fresh: bool,
-    ) -> tuple[str, list[tuple[int, int]]]:
-        """`text` with `spans` of `kinds` (sorted, disjoint) replaced, counted in `found`,
-        and where the new placeholders stand. `fresh`: the text comes from outside, so the
-        placeholder-like text it holds is its own (not so for a text redacted once)."""
-        for literal in _PLACEHOLDER.finditer(text) if fresh and "[" in text else ():
-            if literal.group() not in self._originals:  # not one of ours: the text's own
-                self._literal.add(literal.group())
-        parts: list[str] = []
-        regions: list[tuple[int, int]] = []
-        pos = at = 0
-        for span in spans:
-            if span.kind not in kinds:
-                continue
-            token = self.placeholder(span.kind, span.value)
-            parts += (text[pos : span.start], token)
-            at += span.start - pos
-            regions.append((at, at + len(token)))
-            at += len(token)
-            found[span.kind] += 1
-            pos = span.end
-        parts.append(text[pos:])
-        return "".join(parts), regions
+    def _token(self, span: Span) -> str:
+        with self._lock:
+            return self.placeholder(span.kind, span.value)
 
-    def _exposed(
-        self, text: str, regions: list[tuple[int, int]], kinds: Collection[str]
-    ) -> list[Span]:
-        """The spans of `kinds` that the placeholders at `regions` exposed.
-
-        Each region is read with `_REACH` characters either side (overlapping windows
-        merged); a span near a window's cut is left for the scan of the whole text.
-        """
-        windows: list[list[int]] = []
-        for start, end in regions:
-            lo, hi = max(0, start - _REACH), min(len(text), end + _REACH)
-            if windows and lo <= windows[-1][1]:
-                windows[-1][1] = max(windows[-1][1], hi)
-            else:
-                windows.append([lo, hi])
-        spans: list[Span] = []
-        for lo, hi in windows:
-            window = text[lo:hi]
-            for s in self._free(window, detect(window), kinds):
-                if (lo and s.start < _EDGE) or (hi < len(text) and s.end > hi - lo - _EDGE):
-                    continue
-                spans.append(Span(s.start + lo, s.end + lo, s.kind, s.value))
-        return spans
-
-    def _free(self, text: str, spans: list[Span], kinds: Collection[str]) -> list[Span]:
-        """`spans` of `kinds` that cover none of this vault's placeholders."""
+    def _placed(self, text: str) -> list[tuple[int, int]]:
+        """Where this vault's placeholders stand in `text`."""
         ours = self._originals
-        taken = [m.span() for m in _PLACEHOLDER.finditer(text) if m.group() in ours]
-        free = []
-        for span in spans:
-            i = bisect.bisect_left(taken, (span.end, span.end))
-            if span.kind in kinds and not (i and taken[i - 1][1] > span.start):
-                free.append(span)
-        return free
+        return [m.span() for m in _PLACEHOLDER.finditer(text) if m.group() in ours]
 
     def restore(self, text: str) -> tuple[str, dict[str, int]]:
         """`text` with known placeholders replaced by their originals; counts by kind."""

@@ -8,12 +8,13 @@ as `[EMAIL]`, so the model still sees that something was there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
 
-from engine.pii import Span, detect, redact
+from engine.pii import KINDS, Span, detect, redact
 
 __all__ = ["INLINE_MAX_CHARS", "apply_egress_policy", "egress_off_loop", "find_pii", "redact_text"]
 
@@ -31,11 +32,20 @@ def redact_text(text: str) -> tuple[str, dict[str, int]]:
         The redacted text, and how many items of each kind were replaced (the kinds of
         `engine.pii.KINDS`); kinds with no hit are left out.
     """
-    return redact(text, _typed)
+    return redact(text, _typed, placed=_placed)
 
 
 def _typed(span: Span) -> str:
     return f"[{span.kind}]"
+
+
+_TYPED = re.compile(r"\[(?:" + "|".join(KINDS) + r")\]")
+
+
+def _placed(text: str) -> list[tuple[int, int]]:
+    """Where typed placeholders stand in `text` (the text's own `[EMAIL]` too: no value
+    holds one)."""
+    return [m.span() for m in _TYPED.finditer(text)] if "[" in text else []
 
 
 def find_pii(text: str) -> dict[str, int]:

@@ -295,3 +295,40 @@ def test_spans_kept_for_a_text_are_those_a_fresh_scan_finds() -> None:
     assert detect(text) == _detect(text)
     long = "x " * 3000 + text
     assert detect(long) == _detect(long)
+
+
+def test_gateway_egress_redacts_values_written_back_to_back() -> None:
+    # the second of each pair starts right after the first one's last digit: one scan
+    # sees no start of a value there, and it left for the remote model
+    text = "Call +44 20 7946 0958+44 20 7946 0959 or 2001:db8::8a2e:370:73340044 20 7946 0960."
+    assert redact_text(text) == ("Call [PHONE][PHONE] or [IP][PHONE].", {"IP": 1, "PHONE": 3})
+    policy = {"egress": {"redact": True}}
+    [sent], found, blocked = apply_egress_policy([{"role": "user", "content": text}], policy)
+    assert detect(sent["content"]) == [] and found == {"IP": 1, "PHONE": 3} and not blocked
+
+
+def test_gateway_egress_redacts_a_long_chain_of_values_whole() -> None:
+    chain = "".join(f"+44 20 7946 {n:04d}" for n in range(2000))
+    assert redact_text(chain) == ("[PHONE]" * 2000, {"PHONE": 2000})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["+44 20 7946 0958", "ann@example.com", "10.0.0.1", "078-05-1120", "word", "12"]
+            ),
+            st.sampled_from(["", "", " ", "+", "0", ".", "\n"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_text_redacted_for_egress_holds_no_value_the_detector_finds(
+    pieces: list[tuple[str, str]],
+) -> None:
+    text = "".join(piece + glue for piece, glue in pieces)
+    redacted, counts = redact_text(text)
+    assert detect(redacted) == []
+    assert sum(counts.values()) >= len(detect(text))

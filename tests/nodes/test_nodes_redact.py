@@ -273,3 +273,12 @@ def test_redacted_text_holds_no_value_the_detector_finds(text: str) -> None:
     assert detect(redacted) == []
     assert sum(counts.values()) >= len(detect(text))
     assert vault.restore(redacted)[0] == text
+
+
+async def test_a_value_no_placeholder_touches_is_judged_in_its_own_context() -> None:
+    # `[NINO_1]` is shorter than the number it replaced, and brings "number" within the
+    # phone context of the ISBN after it: that is no reason to take the ISBN for a phone
+    text = "NI number HL 97 27 65 B; ISBN 978-3-16-148410-0 attached."
+    out = await run_node(RedactNode(), {"text": text}, FakeRuntime())
+    assert out.text == "NI number [NINO_1]; ISBN 978-3-16-148410-0 attached."
+    assert out.found == {"NINO": 1}

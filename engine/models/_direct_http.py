@@ -41,7 +41,7 @@ from typing import Any
 import httptools
 import openai
 
-from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost
+from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost, connect_reason
 
 __all__ = ["DirectRoute", "sdk_headers"]
 
@@ -333,7 +333,7 @@ class DirectRoute:
             )
         except (OSError, TimeoutError) as exc:
             self._release()
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            reason = connect_reason(exc) or str(exc)
             raise ConnectFailed(f"{who}: could not connect ({reason})") from exc
         except BaseException:
             self._release()

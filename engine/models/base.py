@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ __all__ = [
     "ProviderResponse",
     "ProviderTimeout",
     "ResponseLost",
+    "connect_reason",
     "estimate_tokens",
     "max_input_tokens",
 ]
@@ -46,6 +48,26 @@ lines some open models' templates add. Rounded up."""
 
 class ConnectFailed(TransientError):
     """No connection to the provider could be made: the endpoint is unreachable."""
+
+
+def connect_reason(exc: BaseException | None) -> str | None:
+    """The operating system's reason a connection could not be made, in a few words, when
+    `exc` or one of its causes says it: `connection refused`, `host not found: ...`,
+    `timed out`; None otherwise. (trio groups the failures of a connection's attempts, one
+    an address: the first says it.)"""
+    for _ in range(8):
+        if isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        if exc is None:
+            return None
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc, socket.gaierror):
+            return f"host not found: {exc.strerror or exc}"
+        if isinstance(exc, TimeoutError):
+            return "timed out"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class ResponseLost(TransientError):

@@ -30,12 +30,14 @@ the reservation rather than a guess.
 
 Errors map onto moat's: 429 -> `RateLimited` (Retry-After honoured), timeouts,
 connections lost after the request was sent and gateway timeouts (504, 524) ->
-`ProviderTimeout`/`ResponseLost` (the provider may bill them), connections never made ->
-`ConnectFailed`, 5xx -> `TransientError`, anything else (400, 401, 404, ...) -> `NodeError`.
-A 200 whose body cannot be read (not JSON, not UTF-8, nested past the parser) or holds no
-chat completion is a `ResponseLost` too: the endpoint says it answered, so it may bill the
-generation. A 200 holding an `error` object (gateways pass upstream errors on so) is that
-error, mapped by the HTTP status in its `code` when it names one.
+`ProviderTimeout`/`ResponseLost` (the provider may bill them), requests that never left
+(the connection refused or timed out, the host not found, a URL the HTTP client cannot call)
+-> `ConnectFailed`, billed nothing, 5xx -> `TransientError`, anything else (400, 401,
+404, ...) -> `NodeError`. A 200 whose body cannot be read (not JSON, not UTF-8, nested past
+the parser) or holds no chat completion is a `ResponseLost` too: the endpoint says it
+answered, so it may bill the generation. A 200 holding an `error` object (gateways pass
+upstream errors on so) is that error, mapped by the HTTP status in its `code` when it names
+one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from engine.models.base import (
     ProviderResponse,
     ProviderTimeout,
     ResponseLost,
+    connect_reason,
 )
 from engine.models.prices import SIM_SERVER_PRICES
 
@@ -494,19 +497,30 @@ def _usage(usage: Any) -> tuple[int, int] | None:
 
 
 _AIOHTTP_CONNECT = ("ClientConnectorError",)
-"""aiohttp's errors of a connection never made (DNS, refused, unreachable, TLS)."""
+"""aiohttp's errors of a connection never made (DNS, refused, unreachable, TLS; their
+subclasses too, such as `ClientConnectorDNSError`)."""
 _AIOHTTP_LOST = ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
 """aiohttp's errors of a connection that broke after it was made."""
+_NEVER_SENT = ("ConnectError", "ConnectTimeout", "UnsupportedProtocol")
+"""httpx's (and httpx2's) errors raised before a byte of the request went out: no
+connection could be made (refused, DNS, TLS, timed out), or the URL names no protocol the
+client speaks."""
 
 
-def _causes(exc: BaseException) -> list[str]:
-    """The type names down `exc`'s chain of causes (not `exc` itself), nearest first."""
-    names: list[str] = []
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`'s chain of causes (not `exc` itself), nearest first."""
+    causes: list[BaseException] = []
     seen = exc.__cause__
-    while seen is not None and len(names) < 8:
-        names.append(type(seen).__name__)
+    while seen is not None and len(causes) < 8:
+        causes.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return names
+    return causes
+
+
+def _kind_of(exc: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether `exc` is of a class named in `names`, or of a subclass of one (by name: the
+    HTTP libraries are told apart without importing them)."""
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
 def status_error(who: str, status: int, headers: Mapping[str, str], message: str) -> Exception:
@@ -554,11 +568,26 @@ def _connection_error(who: str, exc: openai.APIConnectionError) -> Exception:
     # a server hanging up after the request arrives as a "connect timeout", so aiohttp's
     # own error below it decides)
     causes = _causes(exc)
-    made = not any(name in _AIOHTTP_CONNECT for name in causes)
-    if made and any(name in _AIOHTTP_LOST for name in causes):
+    if any(_kind_of(cause, _AIOHTTP_CONNECT) for cause in causes):
+        return ConnectFailed(f"{who}: could not connect ({_never_sent_reason(exc, causes)})")
+    if any(_kind_of(cause, _AIOHTTP_LOST) for cause in causes):
         return ResponseLost(f"{who}: connection lost after sending ({exc.message})")
-    if causes and causes[0] in ("ConnectError", "ConnectTimeout"):
-        return ConnectFailed(f"{who}: could not connect ({exc.message})")
+    if causes and type(causes[0]).__name__ in _NEVER_SENT:
+        return ConnectFailed(f"{who}: could not connect ({_never_sent_reason(exc, causes)})")
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"{who}: the endpoint did not answer in time")
     return ResponseLost(f"{who}: connection lost after sending ({exc.message})")
+
+
+def _never_sent_reason(exc: openai.APIConnectionError, causes: list[BaseException]) -> str:
+    """Why no connection was made, in a few words: the operating system's reason when one
+    says it (`connection refused`, `host not found: ...`), else the HTTP library's."""
+    if reason := connect_reason(exc.__cause__):
+        return reason
+    for cause in causes:
+        text = str(cause)
+        if _kind_of(cause, ("UnsupportedProtocol",)) and "protocol" not in text:
+            return f"no http:// or https:// URL: {text}"  # (aiohttp's says only the URL)
+        if text:
+            return text
+    return exc.message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import httpx2
 import jsonschema
 import openai
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec, Price
 from engine.models import CallScope, Gateway, ProviderRequest, ProviderTimeout
+from engine.models.base import ConnectFailed
 from engine.models.openai_provider import (
     ClientRegistry,
     OpenAIProvider,
@@ -337,9 +339,80 @@ async def test_a_connection_never_made_is_retried_and_charged_nothing() -> None:
     scope = _scope()
     provider = OpenAIProvider(spec, registry=ClientRegistry())
     async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
-        with pytest.raises(TransientError, match="could not connect"):
+        with pytest.raises(TransientError, match=r"could not connect \(connection refused\)"):
             await gateway.client("m", scope).complete(prompt="x")
     assert [(c.status, c.cost_usd) for c in scope.calls] == [("error", 0)]
+
+
+class _FailingRegistry(ClientRegistry):
+    """Clients whose HTTP transport raises `error` on every request (a fake transport,
+    injected as httpx's `MockTransport` is meant to be)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def acquire(
+        self, base_url: str | None, api_key: str, headers: Mapping[str, str] | None = None
+    ) -> openai.AsyncOpenAI:
+        def fail(request: httpx2.Request) -> httpx2.Response:
+            raise self.error
+
+        transport = httpx2.MockTransport(fail)
+        return openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=transport),
+        )
+
+
+def _refused() -> httpx2.ConnectError:
+    """httpx's error for a refused connection, with the operating system's below it."""
+    error = httpx2.ConnectError("All connection attempts failed")
+    error.__cause__ = ConnectionRefusedError(111, "Connect call failed ('10.0.0.9', 443)")
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "said", "charged"),
+    [
+        (_refused(), "could not connect (connection refused)", False),
+        (
+            httpx2.ConnectError("[Errno -2] Name or service not known"),
+            "could not connect ([Errno -2] Name or service not known)",
+            False,
+        ),
+        (
+            httpx2.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'."),
+            "could not connect (Request URL has an unsupported protocol 'ftp://'.)",
+            False,
+        ),
+        (httpx2.ReadError("connection reset"), "connection lost after sending", True),
+        (httpx2.RemoteProtocolError("Server disconnected"), "connection lost after sending", True),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_request_that_never_left_is_charged_nothing_and_one_that_did_its_reservation(
+    error: Exception, said: str, charged: bool
+) -> None:
+    spec = ModelSpec(
+        provider="openai",
+        model="gpt-4o-mini",
+        base_url="https://llm.example/v1",
+        max_retries=0,
+        price=Price(input=0.15, output=0.6),
+    )
+    scope = _scope()
+    provider = OpenAIProvider(spec, registry=_FailingRegistry(error))
+    async with Gateway({"m": spec}, providers={"m": provider}) as gateway:
+        with pytest.raises(TransientError) as caught:
+            await gateway.client("m", scope).complete(prompt="x", max_tokens=10)
+    assert f"model 'gpt-4o-mini' at https://llm.example/v1: {said}" in str(caught.value)
+    assert isinstance(caught.value, ConnectFailed) is not charged
+    [call] = scope.calls
+    assert call.status == "error"
+    assert (call.cost_usd > 0) is charged
 
 
 @pytest.mark.parametrize(

@@ -2,27 +2,41 @@
 
 The corpus is a file (`.jsonl` lines of `{id, text}`, YAML list of strings or `{id, text}`
 (or a mapping with `passages:`), or plain text with passages separated by blank lines) or
-an inline `passages` list. Its index is built once per node instance and source; a
-request's retrievals are memoised (`ctx.memo`), so several consumers with the same query
-share one search. The default embedder is the dependency-free hashing embedder; other
-embedders (`sentence-transformers:MODEL`, `openai:MODEL`) run in a worker thread.
+an inline `passages` list. Its index is built once per node instance and source (a file
+edited since is read again) and the node keeps the `INDEXES` most recently used, so
+`passages` that requests bring (`"{{ input.docs }}"`) cost memory for the few in use,
+not for every request answered. A request's retrievals are memoised (`ctx.memo`), so
+several consumers with the same query share one search. The default embedder is the
+dependency-free hashing embedder; other embedders (`sentence-transformers:MODEL`,
+`openai:MODEL`), and the hashing one over more than `INLINE_TEXTS` texts, run in a worker
+thread, as a search of more than `INLINE_SEARCH` passages does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import anyio
+from cachetools import LRUCache
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, at_check, graph_file, read_text_file
 from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
-__all__ = ["Passage", "RetrieveNode"]
+__all__ = ["INDEXES", "INLINE_SEARCH", "INLINE_TEXTS", "Passage", "RetrieveNode"]
+
+INDEXES = 32
+"""Corpus indexes a node keeps (the most recently used)."""
+INLINE_TEXTS = 64
+"""Texts the hashing embedder embeds on the event loop; more go to a worker thread (a
+corpus of thousands of passages takes a good part of a second)."""
+INLINE_SEARCH = 1000
+"""Passages a search compares the query with on the event loop; more, in a worker thread."""
 
 
 class Passage(BaseModel):
@@ -111,13 +125,13 @@ class RetrieveNode(Node):
         top_score: float = Field(description="Similarity of the best passage (0 without any).")
 
     def __init__(self) -> None:
-        self._indexes: dict[str, _Index] = {}
+        self._indexes: LRUCache[str, _Index] = LRUCache(INDEXES)
 
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Search the (cached) index; reuse the request's earlier identical search."""
         if config.corpus is not None:  # relative to the graph, not the working directory
             config = config.model_copy(update={"corpus": ctx.resolve_path(config.corpus)})
-        source = _source_key(config)
+        source = _source_key(config)  # (it reads the file's size and time: raises if gone)
         embedder = get_embedder(config.embedder)
         index = self._indexes.get(source)
         if index is None:
@@ -135,7 +149,7 @@ class RetrieveNode(Node):
 
 
 async def _embed(embedder: Embedder, texts: list[str]) -> list[list[float]]:
-    if isinstance(embedder, HashingEmbedder):
+    if isinstance(embedder, HashingEmbedder) and len(texts) <= INLINE_TEXTS:
         return embedder.embed(texts)
     return await anyio.to_thread.run_sync(embedder.embed, texts)
 
@@ -149,6 +163,12 @@ async def _build(config: RetrieveNode.Config, embedder: Embedder) -> _Index:
 
 async def _search(index: _Index, embedder: Embedder, config: RetrieveNode.Config) -> list[Passage]:
     (q,) = await _embed(embedder, [config.query])
+    if len(index.vectors) <= INLINE_SEARCH:
+        return _best(index, q, config)
+    return await anyio.to_thread.run_sync(_best, index, q, config)
+
+
+def _best(index: _Index, q: list[float], config: RetrieveNode.Config) -> list[Passage]:
     scored = sorted(
         ((cosine(q, v), i) for i, v in enumerate(index.vectors)), key=lambda x: (-x[0], x[1])
     )
@@ -160,8 +180,13 @@ async def _search(index: _Index, embedder: Embedder, config: RetrieveNode.Config
 
 
 def _source_key(config: RetrieveNode.Config) -> str:
+    """What the index is built from: the file as it is now, or the inline passages."""
     if config.corpus is not None:
-        return "file:" + config.corpus
+        try:
+            st = os.stat(config.corpus)
+        except OSError:
+            return "file:" + config.corpus  # (`_read_corpus` says what is wrong with it)
+        return f"file:{st.st_mtime_ns}:{st.st_size}:{config.corpus}"
     raw = json.dumps(config.passages, sort_keys=True, default=str)
     return "inline:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import pytest
 
 from nodes._support.embed import HashingEmbedder, cosine, get_embedder, qcosine, quantize
-from nodes.retrieve import RetrieveNode
+from nodes.retrieve import INDEXES, INLINE_SEARCH, RetrieveNode
 from tests.support.nodes_fakes import FakeRuntime, run_node
 
 pytestmark = pytest.mark.anyio
@@ -84,3 +85,44 @@ async def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
         await run_node(RetrieveNode(), {"query": "q", "corpus": str(tmp_path / "none.jsonl")})
     with pytest.raises(ValueError, match="needs `corpus`"):
         await run_node(RetrieveNode(), {"query": "q"})
+
+
+async def test_passages_each_request_brings_are_kept_for_the_latest_few_only() -> None:
+    # `passages: "{{ input.docs }}"`: a new corpus a request, which no later one reuses
+    node = RetrieveNode()
+    for n in range(INDEXES * 3):
+        cfg = {"query": "bread", "passages": [f"Bread number {n}.", "Cats purr."], "k": 1}
+        out = await run_node(node, cfg, FakeRuntime())
+        assert out.passages[0].text == f"Bread number {n}."
+    assert len(node._indexes) == INDEXES
+
+
+async def test_a_corpus_file_edited_while_serving_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("Cats purr when content.\n\nRust has no garbage collector.")
+    node = RetrieveNode()
+    cfg = {"query": "garbage collector", "corpus": str(path), "k": 1}
+    assert (await run_node(node, cfg, FakeRuntime())).passages[0].text.startswith("Rust")
+    path.write_text("Cats purr when content.\n\nGo has a concurrent garbage collector now.")
+    assert (await run_node(node, cfg, FakeRuntime())).passages[0].text.startswith("Go has")
+
+
+async def test_a_large_corpus_is_indexed_and_searched_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    embed = HashingEmbedder.embed
+
+    def noted(self: HashingEmbedder, texts: list[str]) -> list[list[float]]:
+        threads.append(threading.current_thread().name)
+        return embed(self, texts)
+
+    monkeypatch.setattr(HashingEmbedder, "embed", noted)
+    passages = [f"Passage {i} about topic {i % 7}." for i in range(INLINE_SEARCH + 1)]
+    out = await run_node(
+        RetrieveNode(), {"query": "topic 3", "passages": passages, "k": 2}, FakeRuntime()
+    )
+    assert len(out.passages) == 2
+    main = threading.main_thread().name
+    assert threads[0] != main  # the index of 1,001 passages
+    assert threads[1] == main  # the query: one text

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -286,3 +287,57 @@ async def test_the_central_store_notes_when_it_first_and_last_heard_from_each_ed
     assert origin == report.origin
     assert before <= first_seen <= last_seen <= after
     assert (batches, stored) == (report.batches, report.total_rows)
+
+
+class _StopsAt(httpx2.AsyncBaseTransport):
+    """Stops the sync (cancels `scope`) at its `at`-th batch: before the central side has
+    it, or after it was merged and before the answer is read (`merged`)."""
+
+    def __init__(self, app: object, scope: anyio.CancelScope, at: int, merged: bool) -> None:
+        self.inner = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+        self.scope, self.at, self.merged, self.posts = scope, at, merged, 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/batch"):
+            self.posts += 1
+            if self.posts == self.at:
+                if self.merged:
+                    await (await self.inner.handle_async_request(request)).aread()
+                self.scope.cancel()
+                await anyio.lowlevel.checkpoint()
+        return await self.inner.handle_async_request(request)
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stops=st.lists(st.tuples(st.integers(1, 12), st.booleans()), max_size=5),
+    batch_rows=st.integers(min_value=40, max_value=300),
+)
+def test_a_sync_stopped_anywhere_any_number_of_times_stores_each_row_once(
+    one_edge: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    stops: list[tuple[int, bool]],
+    batch_rows: int,
+) -> None:
+    """Ctrl-C (or a kill) at any batch, before or after the central side merged it, as
+    often as it comes: the next run resumes, and the central store ends with every row of
+    the edge once."""
+    tmp = tmp_path_factory.mktemp("stops")
+    db = tmp / "edge.db"
+    shutil.copy(one_edge, db)
+
+    async def sync_all() -> None:
+        async with central(tmp / "central.db") as server:
+            for at, merged in stops:
+                with anyio.CancelScope() as scope:
+                    transport = _StopsAt(server.app, scope, at, merged)
+                    await EdgeSync(db, URL, transport=transport, batch_rows=batch_rows).run()
+            await edge(db, server, batch_rows=batch_rows).run()
+            assert (await edge(db, server).run()).total_rows == 0
+
+    anyio.run(sync_all)
+    assert counts(tmp / "central.db") == counts(db)
+    assert _rows(tmp / "central.db") == _rows(db)
+    assert integrity(tmp / "central.db") == "ok"

@@ -9,6 +9,7 @@ MoatError
 ├── PolicyReadOnly (TypeError)        code tried to change a pinned policy snapshot
 ├── DuplicateRequest (ValueError)     a request id (run and seq) that was answered already
 ├── StoreError (RuntimeError)         the SQLite store is unreadable or of a newer schema
+│   └── RequestNotFinished            a request its run has not answered (yet)
 ├── NodeError (RuntimeError)          a node failed while running a request
 │   ├── NodeTimeout (TimeoutError)    an attempt ran past the node's `timeout_ms`
 │   └── TransientError                worth retrying: rate limits, 5xx, dropped connections
@@ -43,6 +44,7 @@ __all__ = [
     "PolicyError",
     "PolicyReadOnly",
     "RateLimited",
+    "RequestNotFinished",
     "SpecError",
     "StoreError",
     "SyncError",
@@ -198,6 +200,25 @@ class DuplicateRequest(MoatError, ValueError):
 
 class StoreError(MoatError, RuntimeError):
     """The store cannot be opened, migrated or read."""
+
+
+class RequestNotFinished(StoreError):
+    """A request of a known run that has no stored result: in flight or waiting its turn
+    while the run is running, or left unanswered by a run that stopped.
+
+    Args:
+        path: the store file.
+        request_id: the request.
+        run_id: its run.
+        standing: where the request stands, without the path (`Summary.note`).
+    """
+
+    def __init__(self, path: object, request_id: str, run_id: str, standing: str) -> None:
+        self.path = path
+        self.request_id = request_id
+        self.run_id = run_id
+        self.standing = standing
+        super().__init__(f"{path}: {standing}")
 
 
 class NodeError(MoatError, RuntimeError):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.cli import file_path, identifier
+from engine.cli import EXIT_FAILED, file_path, identifier
 from engine.cli import store_file as db_path
-from engine.errors import StoreError
+from engine.errors import RequestNotFinished, StoreError, printable
 from engine.store.store import Store
 
 __all__ = ["add_commands"]
@@ -193,16 +193,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print the request detail of architecture: The request report."""
+    """Print the request detail of architecture: The request report.
+
+    Exits 0 for a finished request; 1 for one its run has not answered (yet): in flight
+    (what is stored of it so far is printed), waiting its turn, or left unanswered by a run
+    that stopped, saying so on stderr; 2 for an id the store does not have."""
     from engine.report.explain import render_markdown, report_json, request_report
 
     with _open(args) as store, _showing(store):
-        report = request_report(store, args.request_id)
+        try:
+            report = request_report(store, args.request_id)
+        except RequestNotFinished as exc:
+            print(f"moat: {printable(str(exc))}", file=sys.stderr)
+            return EXIT_FAILED
         if args.format == "json":
             print(json.dumps(report_json(report), indent=2, default=str))
         else:
             print(render_markdown(report))
-    return 0
+        if report.summary.status != "unfinished":
+            return 0
+        note = report.summary.note or f"request '{report.summary.request_id}' is unfinished"
+        print(f"moat: {printable(f'{store.path}: {note}')}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _mb(size: int) -> str:

@@ -20,12 +20,13 @@ Conventions the report relies on (the scheduler and nodes emit them this way):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
-from engine.errors import StoreError
+from engine.errors import RequestNotFinished, StoreError
 from engine.report.markdown import render_markdown
 from engine.report.model import (
     CycleCard,
@@ -85,21 +86,31 @@ _CANCELLATION = {
 def request_report(store: Store, request_id: str) -> RequestReport:
     """Build the report of one request from the store.
 
-    A request still running (no `requests` row yet) is reported as `unfinished`.
+    A request with no `requests` row yet is reported as `unfinished` from what is stored
+    of it, its `Summary.note` saying where it stands (in flight in a running run, or left
+    unanswered by a run that stopped).
 
     Raises:
-        StoreError: nothing is stored under `request_id`; the message says how to find ids.
+        RequestNotFinished: nothing is stored of the request yet, but its run (named by
+            the id, `RUN_ID-SEQ`) is running, or stopped before answering it.
+        StoreError: the store has no such request; the message says how to find ids.
     """
     rows = store.request_rows(request_id)
     request = rows["requests"][0] if rows["requests"] else None
     events, node_runs = rows["orchestration_events"], rows["node_runs"]
     calls, traces = rows["llm_calls"], rows["decision_traces"]
     if request is None and not (events or node_runs or calls or traces):
-        raise _unknown_request(store, request_id)
+        raise _missing_request(store, request_id)
     t0 = _start_time(request, events, node_runs, calls)
     decisions = [_decision(e, t0) for e in events]
+    summary = _summary(request_id, request, events, node_runs, calls)
+    if request is None:
+        run_id = summary.run_id or _parse_id(request_id)[0]
+        run = store.get_run(run_id) if run_id else None
+        note = _standing(request_id, run, stored=True) if run else None
+        summary = replace(summary, note=note)
     return RequestReport(
-        summary=_summary(request_id, request, events, node_runs, calls),
+        summary=summary,
         strategy=_strategy(decisions, node_runs, calls),
         decisions=decisions,
         cycles=_cycles(traces, decisions, node_runs),
@@ -115,13 +126,78 @@ def report_json(report: RequestReport) -> dict[str, Any]:
     return {"report_format": REPORT_FORMAT, **asdict(report)}
 
 
-def _unknown_request(store: Store, request_id: str) -> StoreError:
+_REQUEST_ID = re.compile(r"(.+)-(\d{6,})")
+"""A request id as moat makes them: `RUN_ID-SEQ`, the seq written with at least 6 digits."""
+
+
+def _parse_id(request_id: str) -> tuple[str | None, int | None]:
+    """The run and seq a request id names (`RUN_ID-SEQ`), or Nones for another id."""
+    match = _REQUEST_ID.fullmatch(request_id)
+    return (match.group(1), int(match.group(2))) if match else (None, None)
+
+
+def _standing(request_id: str, run: Row, *, stored: bool) -> str | None:
+    """Where a request with no result stands in its run: in flight or waiting in a running
+    run, or left unanswered by one that stopped; None while the run is being pruned."""
+    run_id, status = run["id"], str(run["status"])
+    total = run.get("requests_total")
+    done = f"{run.get('requests_done') or 0}/{total if total is not None else '?'}"
+    if status == "running":
+        where = (
+            "is in flight"
+            if stored
+            else "is not answered yet (it waits its turn, or has just "
+            "started: nothing of it is stored yet)"
+        )
+        return (
+            f"request '{request_id}' {where}: its run {run_id} is running ({done} requests "
+            "done); `moat report` shows it whole once it is answered, and `moat runs` shows "
+            "the run's progress"
+        )
+    if status == "pruning":
+        return None
+    config = run.get("config")
+    resumable = isinstance(config, dict) and ("input" in config or "single" in config)
+    resume = f"; `moat run --resume {run_id}` answers it" if resumable else ""
+    return (
+        f"request '{request_id}' never finished: its run {run_id} ended ({status}) before "
+        f"answering it{resume}"
+    )
+
+
+def _missing_request(store: Store, request_id: str) -> StoreError:
+    """Why nothing is stored of `request_id`: its run has not answered it (yet), the run
+    is being pruned or no longer in the store, or no run has such a request."""
+    run_id, seq = _parse_id(request_id)
+    if run_id is None or seq is None:
+        return _unknown_request(store, request_id)
+    run = store.get_run(run_id)
+    if run is None:
+        why = f" No run '{run_id}' either: it was pruned (`moat prune`), or is another store's."
+        return _unknown_request(store, request_id, why)
+    total = run.get("requests_total")
+    if str(run["status"]) == "pruning":
+        return StoreError(
+            f"{store.path}: request '{request_id}' is gone: its run {run_id} is being pruned "
+            "(`moat prune` deletes it with everything of it)"
+        )
+    if isinstance(total, int) and not isinstance(total, bool) and seq >= total:
+        last = f"{run_id}-{total - 1:06d}" if total else "none"
+        return _unknown_request(
+            store, request_id, f" Run {run_id} has {total} requests (the last: {last})."
+        )
+    standing = _standing(request_id, run, stored=False)
+    assert standing is not None
+    return RequestNotFinished(store.path, request_id, run_id, standing)
+
+
+def _unknown_request(store: Store, request_id: str, why: str = "") -> StoreError:
     recent = store.recent_request_ids(3)
     hint = f" Recent requests: {', '.join(recent)}." if recent else ""
     return StoreError(
-        f"{store.path}: no request '{request_id}'.{hint} Find request ids with `moat runs` "
-        "(runs) and `moat stats RUN_ID` (its slowest and failed requests), or pass the right "
-        "store with --db"
+        f"{store.path}: no request '{request_id}'.{why}{hint} Find request ids with `moat "
+        "runs` (runs) and `moat stats RUN_ID` (its slowest and failed requests), or pass the "
+        "right store with --db"
     )
 
 

@@ -69,6 +69,8 @@ def _summary(s: Summary) -> list[str]:
     ]
     if s.degraded:
         rows.insert(1, ("Degraded", "; ".join(s.degraded)))
+    if s.note:
+        rows.insert(1, ("Note", s.note))
     lines = ["## Summary", "", *table(("", ""), rows)]
     if s.simulated:
         lines += ["", _SIMULATED]

@@ -55,6 +55,9 @@ class Summary:
     degraded: list[str] = field(default_factory=list)
     """Why the request was answered in a degraded way: `model -> fallback (REASON)` per
     `MODEL_FALLBACK` event, and the soft deadline when it passed."""
+    note: str | None = None
+    """Where an `unfinished` request stands: in flight in a running run, or left
+    unanswered by a run that stopped (and how to answer it)."""
 
 
 @dataclass(frozen=True, slots=True)

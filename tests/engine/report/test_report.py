@@ -373,6 +373,74 @@ def test_an_unknown_request_says_how_to_find_request_ids(store: Store) -> None:
         request_report(store, "nope")
 
 
+def _partial(request_id: str, run_id: str, seq: int) -> list[Record]:
+    """What a request in flight has stored: its records before its own `RequestRecord`."""
+    return [r for r in known_request(request_id, run_id, seq) if not isinstance(r, RequestRecord)]
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_a_request_in_flight_says_so_shows_what_is_stored_and_exits_1(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = store.create_run("governed-answer", "h", 3, {"input": "in.jsonl"})  # ours: running
+    write(store, _partial(f"{run}-000000", run, 0))
+    db = str(store.path)
+
+    assert main(["report", f"{run}-000000", "--db", db]) == 1
+    captured = capsys.readouterr()
+    in_flight = f"request '{run}-000000' is in flight: its run {run} is running (0/3 requests done)"
+    assert f"| Status | unfinished |\n| Note | {in_flight}" in captured.out
+    assert captured.err == f"moat: {db}: {in_flight}; `moat report` shows it whole once it is " \
+        "answered, and `moat runs` shows the run's progress\n"  # fmt: skip
+    assert main(["report", f"{run}-000000", "--db", db, "--format", "json"]) == 1
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["status"] == "unfinished" and summary["note"].startswith(in_flight)
+
+    # one that has not started: nothing to show, but not an unknown id either
+    assert main(["report", f"{run}-000002", "--db", db]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"request '{run}-000002' is not answered yet (it waits its turn" in captured.err
+    assert f"its run {run} is running (0/3 requests done)" in captured.err
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_a_request_its_stopped_run_left_unanswered_names_the_resume(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = store.create_run("governed-answer", "h", 3, {"input": "in.jsonl"})
+    write(store, _partial(f"{run}-000000", run, 0))
+    store.finish_run(run, "interrupted")
+    db = str(store.path)
+    never = f"never finished: its run {run} ended (interrupted) before answering it; " \
+        f"`moat run --resume {run}` answers it"  # fmt: skip
+
+    assert main(["report", f"{run}-000000", "--db", db]) == 1
+    captured = capsys.readouterr()
+    assert f"| Note | request '{run}-000000' {never} |" in captured.out
+    assert captured.err == f"moat: {db}: request '{run}-000000' {never}\n"
+    assert main(["report", f"{run}-000001", "--db", db]) == 1
+    assert capsys.readouterr().err == f"moat: {db}: request '{run}-000001' {never}\n"
+
+
+def test_an_id_past_its_runs_last_request_or_of_no_stored_run_is_unknown(store: Store) -> None:
+    run = store.create_run("governed-answer", "h", 3, {})
+    with pytest.raises(StoreError, match=rf"no request '{run}-000003'\. Run {run} has 3 "
+                       rf"requests \(the last: {run}-000002\)\. Find request ids"):  # fmt: skip
+        request_report(store, f"{run}-000003")
+    with pytest.raises(StoreError, match=r"no request 'r-1-000001'\. No run 'r-1' either: it "
+                       r"was pruned \(`moat prune`\), or is another store's\."):  # fmt: skip
+        request_report(store, "r-1-000001")
+
+
+def test_a_request_of_a_run_being_pruned_is_gone(store: Store) -> None:
+    run = store.create_run("governed-answer", "h", 3, {})
+    store.finish_run(run, "pruning")
+    with pytest.raises(StoreError, match=f"request '{run}-000001' is gone: its run {run} is "
+                       "being pruned"):  # fmt: skip
+        request_report(store, f"{run}-000001")
+
+
 def stats_run(store: Store) -> str:
     run_id = store.create_run("governed-answer", "h", 4, {})
     records: list[Record] = []

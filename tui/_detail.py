@@ -19,6 +19,7 @@ from engine import (
     Graph,
     MoatError,
     Registry,
+    RequestNotFinished,
     RequestReport,
     Store,
     StoreError,
@@ -82,12 +83,23 @@ class RequestDetail:
     graph_source: str = ""
     """Where the drawn graph came from: the graph's name and file, or the node runs."""
     problem: str = ""
-    """Why the request cannot be shown although rows of it are stored (report None)."""
+    """Why the request cannot be shown (report None): the store has no such request (any
+    more), or what is stored of it does not read back."""
+    waiting: str = ""
+    """Where a request with nothing stored yet stands in its running run (report None)."""
 
     @property
     def found(self) -> bool:
         """Whether anything is stored for the request."""
         return self.report is not None
+
+    @property
+    def pending(self) -> bool:
+        """Whether more of the request may come: nothing is stored of it yet although its
+        run may answer it, or it is unfinished while its run is running."""
+        if self.report is None:
+            return not self.problem
+        return self.report.summary.status == "unfinished" and self.run.get("status") == "running"
 
     @property
     def latency_ms(self) -> float:
@@ -123,8 +135,10 @@ def load_detail(store: Store, request_id: str, registry: Registry | None = None)
     """
     try:
         report = request_report(store, request_id)
-    except StoreError:
-        return RequestDetail(request_id, None, {})
+    except RequestNotFinished as exc:  # its run has not answered it yet: polled again
+        return RequestDetail(request_id, None, {}, waiting=exc.standing)
+    except StoreError as exc:  # no such request (pruned meanwhile, say): nothing to wait for
+        return RequestDetail(request_id, None, {}, problem=_without_path(str(exc), store))
     except Exception as exc:  # a hand-edited or damaged row: say so, never load forever
         problem = f"cannot show this request: a value stored for it reads wrong ({exc})"
         return RequestDetail(request_id, None, {}, problem=problem)
@@ -141,6 +155,13 @@ def load_detail(store: Store, request_id: str, registry: Registry | None = None)
         graph=_graph_lines(graph, timeline) if graph else _fallback_lines(timeline),
         graph_source=f"{graph.name}, {Path(graph.path).name}" if graph else "from node runs",
     )
+
+
+def _without_path(message: str, store: Store) -> str:
+    """A store error's message without the store's path in front (the TUI shows the store
+    in its title)."""
+    prefix = f"{store.path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _span_ms(entries: Sequence[TimelineEntry]) -> float | None:

@@ -152,6 +152,10 @@ class Snapshot:
     pruned: int = 0
     """How many times the reader saw runs go (`moat prune`); when it changes, views drop
     the rows they hold of runs no longer stored."""
+    focus_gone: str | None = None
+    """The focused run (`LiveReader.focus`) when the store does not hold it: pruned
+    meanwhile, or never in this store; `focus_note` says which."""
+    focus_note: str = ""
     polled_at: float = 0.0
     poll_ms: float = 0.0
     """How long the poll took."""
@@ -209,7 +213,9 @@ class LiveReader:
             for run_id in {r.run_id for r in fresh}:  # its figures changed
                 self._finished.pop(run_id, None)
             runs = self._read_runs(store)
-            self._forget_pruned({r.id for r in runs})
+            known = {r.id for r in runs}
+            gone = self._gone_focus(known)
+            self._forget_pruned(known)
             metrics = self._read_metrics(store, runs, bool(fresh))
             policies = tuple(PolicyRow(**row) for row in store.list_policies())
         except StoreError as exc:
@@ -222,9 +228,21 @@ class LiveReader:
             policies=policies,
             simulated=self._simulated,
             pruned=self._pruned,
+            focus_gone=gone[0] if gone else None,
+            focus_note=gone[1] if gone else "",
             polled_at=time.time(),
             poll_ms=(time.perf_counter() - began) * 1000,
         )
+
+    def _gone_focus(self, known: set[str]) -> tuple[str, str] | None:
+        """The focused run and why, when the store holds no such run (before
+        `_forget_pruned` updates the runs seen)."""
+        focus = self.focus
+        if focus is None or focus in known:
+            return None
+        if focus in self._runs_seen:
+            return focus, f"run {focus} no longer exists: it was pruned (`moat prune`)"
+        return focus, f"run {focus} is not in this store (pruned, or never run here)"
 
     def _forget_pruned(self, known: set[str]) -> None:
         """Runs seen before are gone (`moat prune`): drop their requests, and read the

@@ -76,6 +76,9 @@ class MoatApp(App[None]):
         self.sub_title = printable(self.db_path.name)
         self._polling = False
         self._again = False
+        self.focus_note = ""
+        """Why the views left the run they were focused on (it was pruned), until another
+        run is selected."""
 
     def on_mount(self) -> None:
         """Show the dashboard and start polling."""
@@ -114,17 +117,28 @@ class MoatApp(App[None]):
     def _show(self, snapshot: Snapshot) -> None:
         self._polling = False
         self.snapshot = snapshot
+        if snapshot.focus_gone is not None and snapshot.focus_gone == self.run_id:
+            self._lose_focus(snapshot.focus_note)
         if self._again:
             self.refresh_now()
         for screen in self.screen_stack:
             if isinstance(screen, LiveScreen) and screen.is_mounted:
                 screen.show_snapshot(snapshot)
 
+    def _lose_focus(self, note: str) -> None:
+        """The focused run is gone from the store (pruned by another process): show every
+        run rather than the empty figures of a run that looks idle, and say why."""
+        self.run_id = None
+        self.reader.focus = None
+        self.focus_note = note
+        self.notify(printable(f"{note}; showing every run"), severity="warning", timeout=10)
+
     # -- navigation ---------------------------------------------------------------------
 
     def select_run(self, run_id: str | None) -> None:
         """Focus the views on one run (None: every run) and redraw them."""
         self.run_id = run_id
+        self.focus_note = ""
         self.reader.focus = run_id
         if isinstance(self.screen, LiveScreen):
             self.screen.show_snapshot(self.snapshot)

@@ -14,6 +14,7 @@ from engine.store.retention import prune
 from engine.store.store import Store
 from tests.support.store_rows import stored_run
 from tui import MoatApp
+from tui._detail import load_detail
 from tui._live import WINDOW, LiveReader
 
 pytestmark = pytest.mark.anyio
@@ -95,3 +96,66 @@ async def test_runs_pruned_meanwhile_leave_the_views_and_the_figures(tmp_path: P
         assert app.snapshot.metrics[None].requests == 10
         assert table.row_count == 10
         assert all(str(key.value).startswith(new) for key in table.rows)
+
+
+async def test_a_focused_run_pruned_meanwhile_is_said_gone_not_shown_idle(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    old = stored_run(db, 4, at=1_700_000_000.0)
+    new = stored_run(db, 2, at=1_700_100_000.0)
+    app = MoatApp(db, run_id=old, refresh_s=0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        while not app.snapshot.available:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        assert app.snapshot.metrics[old].requests == 4
+
+        assert prune(db, keep_runs=1).runs == [old]
+        app.refresh_now()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+        gone = f"run {old} no longer exists: it was pruned (`moat prune`)"
+        assert (app.run_id, app.reader.focus, app.focus_note) == (None, None, gone)
+        banner = str(app.screen.query_one("#banner", Static).render())
+        assert f"{gone} · showing all runs" in banner
+        assert app.snapshot.metrics[None].requests == 2
+        app.refresh_now()  # later polls no longer ask for it
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.snapshot.focus_gone is None and app.run_id is None
+        await app.action_show("requests")
+        await pilot.pause()
+        scope = str(app.screen.query_one("#requests-scope", Static).render())
+        assert scope.startswith(f"{gone}  ·  all runs: 2 of 2 requests shown")
+        app.select_run(new)
+        assert app.focus_note == ""
+
+
+def test_a_focused_run_the_store_never_held_is_said_so(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 1)
+    reader = LiveReader(db)
+    reader.focus = "r-20240101-000000-0000"
+    try:
+        snapshot = reader.poll()
+    finally:
+        reader.close()
+    assert snapshot.focus_gone == "r-20240101-000000-0000"
+    assert snapshot.focus_note == (
+        "run r-20240101-000000-0000 is not in this store (pruned, or never run here)"
+    )
+
+
+def test_the_detail_of_a_pruned_request_says_so_and_stops_asking(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    old = stored_run(db, 2, at=1_700_000_000.0)
+    stored_run(db, 1, at=1_700_100_000.0)
+    prune(db, keep_runs=1)
+    with Store.open(db) as store:
+        running = store.create_run("g", "hash", 3)  # this process's: running
+        gone = load_detail(store, f"{old}-000001")
+        waiting = load_detail(store, f"{running}-000002")
+    assert gone.problem.startswith(f"no request '{old}-000001'. No run '{old}' either: it was")
+    assert not gone.pending
+    assert waiting.waiting.startswith(f"request '{running}-000002' is not answered yet")
+    assert waiting.pending and not waiting.problem

@@ -81,6 +81,8 @@ class DashboardScreen(LiveScreen):
                 or "no runs in this store yet: start one with `moat run GRAPH`"
             )
         else:
+            if self.moat.focus_note:
+                parts.append((f"{printable(self.moat.focus_note)} · ", "$text-warning"))
             scope = printable(self.moat.run_id or "all runs")
             parts.append((f"showing {scope}", "$text-muted"))
         banner.update(Content.assemble(*parts))

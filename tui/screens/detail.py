@@ -115,8 +115,8 @@ class RequestDetailScreen(LiveScreen):
         self._load()
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
-        """Retry loading while the request has nothing stored yet."""
-        if self.detail is not None and self.detail.report is None and not self.detail.problem:
+        """Load again while more of the request may come (`RequestDetail.pending`)."""
+        if self.detail is not None and self.detail.pending:
             self._load()
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
@@ -149,7 +149,8 @@ class RequestDetailScreen(LiveScreen):
 
     def _summary(self, d: RequestDetail) -> Content:
         if d.report is None:
-            return Content(f"request {printable(d.request_id)}: {d.problem or _NOTHING_YET}")
+            why = d.problem or d.waiting or _NOTHING_YET
+            return Content(f"request {printable(d.request_id)}: {printable(why)}")
         s = d.report.summary
         colour = _COLOURS.get(s.status, "$text-error")
         policy = printable(f"{s.policy_name or '-'} v{s.policy_version or '-'}")

@@ -255,10 +255,11 @@ class RequestsScreen(LiveScreen):
         )
         total = max(total, self._metrics().requests, shown)
         older = "" if self._exhausted or shown >= total else ", o older"
+        note = f"{self.moat.focus_note}  ·  " if self.moat.focus_note else ""
         self.query_one("#requests-scope", Static).update(
             Content(
-                f"{printable(scope)}: {shown} of {total} requests shown  ·  enter opens, "
-                f"/ searches, f filters{older}"
+                f"{printable(note + scope)}: {shown} of {total} requests shown  ·  enter "
+                f"opens, / searches, f filters{older}"
             )
         )
 

@@ -245,12 +245,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     if result.skipped:
         print(f"kept {len(result.skipped)} run(s) still being written: {', '.join(result.skipped)}")
+    if result.elsewhere:
+        print(
+            f"{len(result.elsewhere)} run(s) were pruned by another process meanwhile (the "
+            f"requests of theirs this prune deleted are counted above): "
+            f"{', '.join(result.elsewhere)}"
+        )
     if not args.dry_run:
-        how = {
-            "incremental": "incremental vacuum",
-            "full": "full VACUUM",
-            "none": "freed pages are reused by new records; `--vacuum` shrinks the file "
-            "when no run is running",
-        }[result.vacuum]
-        print(f"store: {_mb(result.bytes_before)} -> {_mb(result.bytes_after)} ({how})")
+        freed = f"space: this prune freed {_mb(result.bytes_freed)}"
+        if result.vacuum in ("none", "skipped"):
+            why = (
+                "the full VACUUM was skipped, as a run started being written meanwhile; "
+                if result.vacuum == "skipped"
+                else ""
+            )
+            print(
+                f"{freed}, kept as free pages that new records reuse (store "
+                f"{_mb(result.bytes_after)}); {why}`--vacuum` shrinks the file when no run is "
+                "running"
+            )
+        else:
+            how = "incremental vacuum" if result.vacuum == "incremental" else "full VACUUM"
+            print(
+                f"{freed}; {_mb(result.bytes_returned)} handed back to the file system ({how}); "
+                f"store {_mb(result.bytes_before)} -> {_mb(result.bytes_after)}"
+            )
     return 0

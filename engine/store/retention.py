@@ -10,13 +10,21 @@ crash mid-prune leaves only whole requests behind (the next prune finishes the r
 first of those transactions marks the run `pruning`: `moat run --resume` refuses it from
 then on, rather than answer again the requests already deleted.
 
+Two prunes may run at once (two operators, a cron job beside a hand-run one): both pick
+the same runs and take turns deleting their requests, and the run row goes with whichever
+deletes the last request. Each reports what it deleted itself: a run counts as pruned by
+the prune that deleted its row; the other lists it under `elsewhere`.
+
 Space: deleted pages go to SQLite's free list, where new rows reuse them; the file only
-shrinks when they are vacuumed. A store created by this moat uses `auto_vacuum =
-INCREMENTAL`, so `prune` hands the free pages back in short `incremental_vacuum` steps that
-other writers interleave with. An older store (`auto_vacuum = NONE`) can only shrink by a
-full `VACUUM`, which rewrites the whole file under the write lock; `prune` runs it only
-when asked (`vacuum=True`) and only when no run is being written, because another
-process's writer would otherwise wait for the entire rewrite.
+shrinks when they are vacuumed. What a prune reports is measured inside its own write
+transactions (the pages its deletes freed, the pages its vacuum steps cut off the file),
+never from the file sizes around it, which other writers and WAL checkpoints change too. A
+store created by this moat uses `auto_vacuum = INCREMENTAL`, so `prune` hands the free
+pages back in short `incremental_vacuum` steps that other writers interleave with. An older
+store (`auto_vacuum = NONE`) can only shrink by a full `VACUUM`, which rewrites the whole
+file under the write lock; `prune` runs it only when asked (`vacuum=True`) and only when no
+run is being written, because another process's writer would otherwise wait for the entire
+rewrite.
 """
 
 from __future__ import annotations
@@ -58,16 +66,25 @@ class PruneResult:
     """The runs deleted, oldest first."""
     skipped: list[str] = field(default_factory=list)
     """Runs that matched but are still being written (never pruned)."""
+    elsewhere: list[str] = field(default_factory=list)
+    """Runs that matched but another prune (another process) deleted meanwhile; the
+    requests of theirs this one deleted before that are counted in `requests`."""
     requests: int = 0
     """Stored requests deleted."""
     rows: int = 0
     """Rows deleted over every table."""
+    bytes_freed: int = 0
+    """Bytes of the pages this prune's deletes freed (for new records, or to vacuum)."""
+    bytes_returned: int = 0
+    """Bytes this prune's vacuum cut off the file (its own freed pages, and any free pages
+    the store held before)."""
     bytes_before: int = 0
-    """The store's size (file and WAL) before."""
+    """The database's size (its pages; the WAL beside it is not counted) before."""
     bytes_after: int = 0
-    """Its size after the prune and the vacuum."""
+    """Its size after the prune and the vacuum (other writers may have grown it meanwhile)."""
     vacuum: str = "none"
-    """How space was reclaimed: `incremental`, `full` or `none` (free pages kept for reuse)."""
+    """How space was reclaimed: `incremental`, `full` or `none` (free pages kept for reuse);
+    `skipped` when a full vacuum was asked for but a run started being written meanwhile."""
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, object]:
@@ -75,13 +92,16 @@ class PruneResult:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal"):
-        target = Path(f"{path}{suffix}")
-        if target.exists():
-            total += target.stat().st_size
-    return total
+def _pages(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The database's pages: (all of them, the free ones)."""
+    total = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    return total, int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _size(conn: sqlite3.Connection) -> int:
+    """The database's size in bytes: its pages, as committed (a WAL's content included,
+    the WAL file's own length not: a checkpoint changes that, not the data)."""
+    return _pages(conn)[0] * int(conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 def select_runs(
@@ -147,16 +167,21 @@ def _run_status(conn: sqlite3.Connection, run_id: str) -> str:
     return "running" if being_written(row[0], row[1]) else "idle"
 
 
-def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> bool:
-    """Delete one run chunk by chunk; False if it started being written meanwhile."""
+def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneResult) -> str:
+    """Delete one run chunk by chunk: `pruned` once this prune deleted its row, `gone`
+    if another prune deleted it meanwhile, `running` if it started being written."""
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     while True:
         with write_transaction(conn, path):
             status = _run_status(conn, run_id)
             if status != "idle":
-                return status == "gone"
+                return status
             # Resuming the run now would answer again the requests already deleted:
             # `Store.claim_run` refuses a run marked `pruning`, as the next prune takes it.
             conn.execute("UPDATE runs SET status = 'pruning' WHERE id = ?", (run_id,))
+            # Under the write lock no other connection changes the pages: what changes
+            # between here and the commit is this transaction's doing.
+            pages, free = _pages(conn)
             ids = _request_chunk(conn, run_id)
             if not ids:
                 run_level = [
@@ -165,24 +190,31 @@ def _prune_run(conn: sqlite3.Connection, path: Path, run_id: str, result: PruneR
                 result.rows += delete_keys(conn, run_level)
                 tallies.forget(conn, run_id)
                 result.rows += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
-                return True
-            requests, rows = _delete_requests(conn, ids)
-            result.requests += requests
-            result.rows += rows
+            else:
+                requests, rows = _delete_requests(conn, ids)
+                result.requests += requests
+                result.rows += rows
+            pages_after, free_after = _pages(conn)
+            result.bytes_freed += max(0, free_after - free + pages - pages_after) * page_size
+            if not ids:
+                return "pruned"
 
 
-def _vacuum_step(conn: sqlite3.Connection, path: Path) -> None:
-    """Hand `_VACUUM_PAGES` free pages back in one write transaction. `executescript`
-    because `PRAGMA incremental_vacuum` frees one page per step, and only
-    `sqlite3_exec` steps it to the end."""
+def _vacuum_step(conn: sqlite3.Connection, path: Path) -> int:
+    """Hand `_VACUUM_PAGES` free pages back in one write transaction; return how many
+    pages the file lost. `executescript` because `PRAGMA incremental_vacuum` frees one
+    page per step, and only `sqlite3_exec` steps it to the end; the pages are counted
+    before and after under this process's turn to write (`file_lock`), which every moat
+    writer of the file takes."""
     deadline = time.monotonic() + WRITE_PATIENCE_S
     with file_lock(path):
         while True:
             try:
+                before = _pages(conn)[0]
                 conn.executescript(
                     f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_PAGES}); COMMIT;"
                 )
-                return
+                return max(0, before - _pages(conn)[0])
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -191,22 +223,40 @@ def _vacuum_step(conn: sqlite3.Connection, path: Path) -> None:
             time.sleep(0.05)
 
 
-def _vacuum(conn: sqlite3.Connection, path: Path, full: bool, running: bool) -> str:
-    mode = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+def _auto_vacuum(conn: sqlite3.Connection) -> int:
+    """The store's `auto_vacuum` mode: 2 is INCREMENTAL (this moat's), 0 NONE (older)."""
+    return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+
+
+def _any_running(conn: sqlite3.Connection) -> bool:
+    """Whether a live process writes some run of the store."""
+    return any(
+        being_written(status, config)
+        for status, config in conn.execute("SELECT status, config_json FROM runs")
+    )
+
+
+def _vacuum(
+    conn: sqlite3.Connection, path: Path, full: bool, running: bool, result: PruneResult
+) -> str:
+    mode = _auto_vacuum(conn)
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     if mode == 2:  # INCREMENTAL: hand free pages back in short steps
-        while int(conn.execute("PRAGMA freelist_count").fetchone()[0]):
-            _vacuum_step(conn, path)
+        while _pages(conn)[1]:
+            returned = _vacuum_step(conn, path)
+            result.bytes_returned += returned * page_size
+            if not returned:  # another connection holds the pages meanwhile: not ours
+                break
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return "incremental"
     if full:
-        if running:
-            raise StoreError(
-                f"{path}: not vacuuming: a run is being written, and a full VACUUM would hold "
-                "its writer for the whole rewrite; run `moat prune --vacuum` again when no "
-                "run is running (the freed space is reused by new records meanwhile)"
-            )
+        if running:  # (refused before deleting anything; it started meanwhile)
+            return "skipped"
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
-        conn.execute("VACUUM")
+        with file_lock(path):
+            before = _pages(conn)[0]
+            conn.execute("VACUUM")
+            result.bytes_returned += max(0, before - _pages(conn)[0]) * page_size
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return "full"
     return "none"
@@ -231,13 +281,14 @@ def prune(
         dry_run: only say what would be pruned.
 
     Raises:
-        StoreError: a write failed, or a full vacuum was asked for while a run is running.
+        StoreError: a write failed, or a full vacuum was asked for while a run is running
+            (before anything is deleted).
     """
     started = time.perf_counter()
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store; give the store with --db PATH")
-    result = PruneResult(bytes_before=_size(path))
+    result = PruneResult()
     conn = connect(path, existing=True)
     try:
         # A dry run writes nothing: it reads `runs` and `requests`, the same in every schema,
@@ -246,6 +297,14 @@ def prune(
             check_version(conn, path)
         else:
             migrate(conn, path)
+        result.bytes_before = _size(conn)  # (a conversion's growth is not the prune's)
+        if vacuum and not dry_run and _auto_vacuum(conn) != 2 and _any_running(conn):
+            raise StoreError(
+                f"{path}: nothing was pruned: --vacuum asks for a full VACUUM, and a run is "
+                "being written, whose writer would wait for the whole rewrite; prune without "
+                "--vacuum now (the freed space is reused by new records), and run `moat prune "
+                "--vacuum` again when no run is running"
+            )
         candidates = select_runs(conn, before=before, keep_runs=keep_runs)
         for run_id, status, config_json in candidates:
             (result.skipped if being_written(status, config_json) else result.runs).append(run_id)
@@ -256,18 +315,15 @@ def prune(
                 ).fetchone()[0]
         else:
             for run_id in list(result.runs):
-                if not _prune_run(conn, path, run_id, result):
+                outcome = _prune_run(conn, path, run_id, result)
+                if outcome != "pruned":
                     result.runs.remove(run_id)
-                    result.skipped.append(run_id)
-            running = any(
-                being_written(status, config)
-                for _, status, config in conn.execute("SELECT id, status, config_json FROM runs")
-            )
-            result.vacuum = _vacuum(conn, path, vacuum, running)
+                    (result.skipped if outcome == "running" else result.elsewhere).append(run_id)
+            result.vacuum = _vacuum(conn, path, vacuum, _any_running(conn), result)
+        result.bytes_after = _size(conn)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: pruning the store failed: {describe_error(exc, path)}") from exc
     finally:
         conn.close()
-    result.bytes_after = _size(path)
     result.seconds = time.perf_counter() - started
     return result

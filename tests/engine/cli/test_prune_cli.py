@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_prune_keep_runs_reports_what_it_deleted(
 
     out = capsys.readouterr().out
     assert out.startswith("pruned 1 run (3 requests, ")
-    assert "(incremental vacuum)" in out
+    assert "space: this prune freed " in out and "(incremental vacuum)" in out
     with Store.open(db, readonly=True) as store:
         assert [run["id"] for run in store.list_runs()] == [new]
 
@@ -109,3 +110,20 @@ def test_dates_are_utc_unless_they_carry_an_offset() -> None:
     assert parse_before("2026-11-30T00:00:00Z") == 1795996800.0
     assert abs(parse_before("2d") - (time.time() - 2 * DAY)) < 5
     assert abs(parse_before("90m") - (time.time() - 5400)) < 5
+
+
+def test_a_prune_that_deletes_nothing_claims_no_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 300)
+
+    assert main(["prune", "--keep-runs", "1", "--db", str(db)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pruned 0 runs (0 requests, 0 rows) in ")
+    assert re.fullmatch(
+        r"space: this prune freed 0\.0 MB; 0\.0 MB handed back to the file system "
+        r"\(incremental vacuum\); store ([\d.]+ MB) -> \1",
+        lines[1],
+    ), lines[1]

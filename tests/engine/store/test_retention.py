@@ -152,6 +152,27 @@ def test_an_old_store_shrinks_only_with_a_full_vacuum(tmp_path: Path) -> None:
     assert prune(db, keep_runs=1).vacuum == "incremental"  # converted by the VACUUM
 
 
+def test_a_full_vacuum_refused_while_a_run_is_written_deletes_nothing_first(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db)  # an older store: auto-vacuum NONE
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    old = stored_run(db, 20, at=time.time() - 3 * DAY)
+    running = stored_run(db, 2, finish=False)  # this process's: being written
+    before = count_rows(db, old)
+
+    with pytest.raises(StoreError, match=r"nothing was pruned: --vacuum asks for a full VACUUM, "
+                       r"and a run is being written.*prune without --vacuum now"):  # fmt: skip
+        prune(db, keep_runs=1, vacuum=True)
+
+    assert count_rows(db, old) == before  # not deleted, then refused
+    result = prune(db, keep_runs=1)  # without --vacuum: pruned, the pages kept for reuse
+    assert (result.runs, result.vacuum) == ([old], "none")
+    assert count_rows(db, running)["requests"] == 2
+
+
 _WRITER = """
 import sys, time
 from pathlib import Path
@@ -208,9 +229,10 @@ def test_prune_is_safe_while_another_process_writes(tmp_path: Path) -> None:
     }
 
 
-def test_two_prunes_at_once_both_report_the_run_pruned_not_kept(tmp_path: Path) -> None:
+def test_two_prunes_at_once_each_report_only_what_they_deleted(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     run = stored_run(db, 1200)
+    rows = sum(count_rows(db, run).values())
     results: list[PruneResult] = []
     with file_lock(db):  # both select the run, then wait for the write lock
         threads = [
@@ -223,9 +245,43 @@ def test_two_prunes_at_once_both_report_the_run_pruned_not_kept(tmp_path: Path) 
     for thread in threads:
         thread.join(timeout=60)
 
-    assert [(r.runs, r.skipped) for r in results] == [([run], []), ([run], [])]
+    # the run is the one's that deleted its row; the other names it as pruned elsewhere
+    assert sorted((r.runs, r.skipped, r.elsewhere) for r in results) == [
+        ([], [], [run]),
+        ([run], [], []),
+    ]
     assert sum(r.requests for r in results) == 1200
+    assert sum(r.rows for r in results) == rows
     assert _gone(db, run)
+
+
+def test_space_reported_is_what_the_prune_freed_not_a_wal_checkpoint(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 3000)
+    keep = stored_run(db, 10)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # another writer's pages wait in the WAL
+    conn.execute("UPDATE requests SET output_json = '\"' || hex(randomblob(200)) || '\"'")
+    conn.commit()  # (kept open: the last connection to close would checkpoint the WAL)
+    assert Path(f"{db}-wal").stat().st_size > 1_000_000
+
+    nothing = prune(db, keep_runs=5)  # prunes nothing; checkpoints the WAL away
+
+    assert Path(f"{db}-wal").stat().st_size == 0
+    conn.close()
+    assert (nothing.runs, nothing.requests, nothing.bytes_freed) == ([], 0, 0)
+    assert nothing.bytes_returned == 0
+    assert nothing.bytes_before == nothing.bytes_after
+
+    pruned = prune(db, keep_runs=1)
+
+    assert pruned.requests == 3000
+    page = 4096
+    assert pruned.bytes_freed > 500 * page  # thousands of requests' pages
+    assert pruned.bytes_returned >= pruned.bytes_freed  # all of it, at once
+    assert pruned.bytes_before - pruned.bytes_after == pruned.bytes_returned
+    assert db.stat().st_size == pruned.bytes_after
+    assert count_rows(db, keep)["requests"] == 10
 
 
 def test_exactly_one_selection_is_required(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ every engine logger (`get_logger`) is a structlog logger whose lines end in the 
 application sees them by configuring `logging` (or structlog's processors) as it likes; the
 `moat` CLI calls `configure_logging`, which writes JSON lines to stderr or `$MOAT_LOG`.
 
+A line that carries a `notice` field is also meant for the person running the command
+(a store being converted, say): where `configure_logging` writes to stderr it appears there
+as `moat: note: NOTICE`, in the words of the CLI's other messages, rather than as JSON;
+where it writes to a file, the file gets the JSON line and stderr the note.
+
 Loggers are bound with `run_id`, `request_id` and `node` where they are known. Any field
 named like a prompt or response (`prompt`, `messages`, `response`, `text`, ...) is replaced
 by its sha256 prefix before any processor sees it, so raw text never reaches a log.
@@ -25,6 +30,8 @@ from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
+
+from engine.errors import printable
 
 __all__ = [
     "announce",
@@ -68,8 +75,9 @@ def redact_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-def _json_processors() -> list[Processor]:
+def _json_processors(notices: Processor | None = None) -> list[Processor]:
     return [
+        *([notices] if notices is not None else []),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -77,6 +85,24 @@ def _json_processors() -> list[Processor]:
         structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer(sort_keys=True),
     ]
+
+
+def _notices_on_stderr(*, only: bool) -> Processor:
+    """A structlog processor writing the `notice` of a line to stderr as the CLI's other
+    messages are written (`moat: note: ...`); with `only`, the line goes no further (its
+    JSON would land on the same stderr)."""
+
+    def note(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        text = event.get("notice")
+        if text is None:
+            return event
+        with contextlib.suppress(OSError, ValueError):  # (a closed stderr)
+            print(f"moat: note: {printable(str(text))}", file=sys.stderr, flush=True)
+        if only:
+            raise structlog.DropEvent
+        return event
+
+    return note
 
 
 _UNCONFIGURED = _json_processors()
@@ -163,6 +189,9 @@ def configure_logging(
     """Send moat's log lines to stderr or a file, as JSON; for the CLI and applications
     that want moat's own format. Calling it again replaces the previous destination.
 
+    Lines with a `notice` field are written to stderr as `moat: note: NOTICE` (see the
+    module docstring), unless `stream` is given.
+
     Args:
         path: append JSON lines to this file (default: `$MOAT_LOG`, else stderr).
         level: minimum level name (default: `$MOAT_LOG_LEVEL` or `warning`).
@@ -188,8 +217,9 @@ def configure_logging(
     root.setLevel(_LEVELS.get(name, logging.WARNING))
     root.propagate = False  # the CLI's lines are JSON on their own; no second copy
     # Code that calls `structlog.get_logger` itself (a plugin) lands in the same place.
+    notices = None if stream is not None else _notices_on_stderr(only=not target)
     structlog.configure(
-        processors=_json_processors(),
+        processors=_json_processors(notices),
         logger_factory=lambda *_: logging.getLogger(_ROOT),
         wrapper_class=structlog.make_filtering_bound_logger(root.level),
         cache_logger_on_first_use=False,

@@ -591,7 +591,9 @@ def migrate(
                         path=str(path),
                         from_version=current,
                         to_version=target,
-                        note="converting in place once; a million requests take minutes",
+                        notice=f"{path}: converting the store from schema version {current} "
+                        f"to {target} in place, once (about 20 minutes per million requests; "
+                        "other commands on it wait until it is done)",
                     )
                 if current < target:  # (another process may have migrated meanwhile)
                     for migration in migrations[current:]:

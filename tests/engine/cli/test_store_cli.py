@@ -3,8 +3,10 @@ line naming the argument or the file and the fix, exit code 2, never a traceback
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.cli import main, printable
+from engine.logs import configure_logging
 from engine.store.schema import MIGRATIONS, connect, migrate, user_version
 from tests.support.fast_graphs import ROOT
 from tests.support.store_rows import stored_run
@@ -63,6 +66,47 @@ def test_readers_of_an_older_store_say_which_command_converts_it(
         assert user_version(check) == 2  # a reader never converts it
     finally:
         check.close()
+
+
+def test_prune_converting_an_older_store_says_so_in_words_not_a_json_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    migrate(conn, db, MIGRATIONS[:2])
+    conn.close()
+
+    assert main(["prune", "--keep-runs", "5", "--db", str(db)]) == 0
+
+    err = capsys.readouterr().err
+    assert err == (
+        f"moat: note: {db}: converting the store from schema version 2 to "
+        f"{len(MIGRATIONS)} in place, once (about 20 minutes per million requests; other "
+        "commands on it wait until it is done)\n"
+    )
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    yield
+    configure_logging(level="warning")  # as tests/conftest.py has it, not the test's file
+
+
+@pytest.mark.usefixtures("logging_restored")
+def test_a_log_file_gets_the_conversion_as_json_and_stderr_the_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, log = tmp_path / "s.db", tmp_path / "moat.log"
+    conn = connect(db)
+    migrate(conn, db, MIGRATIONS[:2])
+    conn.close()
+    monkeypatch.setenv("MOAT_LOG", str(log))
+
+    assert main(["prune", "--keep-runs", "5", "--db", str(db)]) == 0
+
+    assert capsys.readouterr().err.startswith(f"moat: note: {db}: converting the store")
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line)["event"] == "store.migrating"
 
 
 def _side_files_refused(tmp_path: Path) -> Path:

@@ -383,7 +383,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 
 
 def describe_error(exc: BaseException, path: str | Path) -> str:
-    """What a failed store write means for the operator, and what to do about it."""
+    """What a failed store read or write means for the operator, and what to do about it."""
     text = str(exc)
     if isinstance(exc, sqlite3.Error) and is_busy(exc):
         return (
@@ -392,11 +392,28 @@ def describe_error(exc: BaseException, path: str | Path) -> str:
             "keeping a write transaction open); use a separate --db per run or stop that "
             "program"
         )
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_CORRUPT or "malformed" in text:
+        return (
+            f"{text}: the store file is damaged; `sqlite3 {path} 'PRAGMA integrity_check'` "
+            "says where, and a copy made before the damage restores it"
+        )
     if "full" in text or "disk I/O" in text:
         return f"{text}: check the free disk space where {path} lives"
     if "readonly" in text or "permission" in text.lower():
         return f"{text}: moat cannot write {path}; check the file's and folder's permissions"
     return text
+
+
+def _unopenable(target: Path, exc: sqlite3.Error) -> StoreError:
+    """The error for a file SQLite cannot read as a database, with what to do about it."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_CORRUPT:
+        return StoreError(f"{target}: the store cannot be read: {describe_error(exc, target)}")
+    return StoreError(
+        f"{target}: not a moat store (SQLite said: {exc}); give moat the file a run wrote "
+        "with --db PATH (or $MOAT_DB), or a new path for a new store"
+    )
 
 
 def connect(
@@ -481,7 +498,7 @@ def connect(
                 "check the permissions of the file and its folder, or copy the store to a "
                 "writable folder"
             ) from exc
-        raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
+        raise _unopenable(target, exc) from exc
     return conn
 
 
@@ -502,7 +519,7 @@ def _immutable(target: Path) -> sqlite3.Connection:
         )
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{target}: not a moat store (SQLite said: {exc})") from exc
+        raise _unopenable(target, exc) from exc
     return conn
 
 

@@ -339,14 +339,18 @@ class Store:
             with self._lock:
                 return codec.decode_rows(self._conn.execute(sql, params), self.damaged)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
+            raise StoreError(
+                f"{self.path}: reading the store failed: {describe_error(exc, self.path)}"
+            ) from exc
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         try:
             with self._lock:
                 row = self._conn.execute(sql, params).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
+            raise StoreError(
+                f"{self.path}: reading the store failed: {describe_error(exc, self.path)}"
+            ) from exc
         return tuple(row) if row is not None else ()
 
     def query(self, sql: str, params: _Params = ()) -> list[Row]:

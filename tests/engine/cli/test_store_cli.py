@@ -204,9 +204,29 @@ def test_a_file_that_is_no_database_is_refused_and_left_as_it_was(
 
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert f"{db}: not a moat store (SQLite said: file is not a database)" in err
+    assert f"{db}: not a moat store (SQLite said: file is not a database); give moat the " \
+        "file a run wrote with --db PATH (or $MOAT_DB), or a new path for a new store" in err
     assert [f.name for f in tmp_path.iterdir()] == ["notes.db"]
     assert db.read_text() == "shopping: milk, eggs\n"
+
+
+@pytest.mark.parametrize("command", [["runs"], ["prune", "--keep-runs", "0"]])
+def test_a_damaged_store_is_named_damaged_with_the_check_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    db = tmp_path / "s.db"
+    stored_run(db, 20)
+    content = bytearray(db.read_bytes())
+    page = int.from_bytes(content[16:18], "big")
+    content[page:] = b"\xff" * (len(content) - page)  # every page but the schema's
+    db.write_bytes(bytes(content))
+
+    assert main([*command, "--db", str(db)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert f"the store file is damaged; `sqlite3 {db} 'PRAGMA integrity_check'` says where" in err
+    assert db.read_bytes() == bytes(content)
 
 
 @pytest.mark.parametrize("command", [["runs"], ["report", "r-1"], ["prune", "--keep-runs", "1"]])

@@ -1,9 +1,10 @@
 """A per-model circuit breaker: stop calling a model that keeps failing, probe it later.
 
 Closed: calls pass; `threshold` consecutive transient failures open it. Open: calls are
-refused with `CircuitOpen` until `cooldown_s` has passed. Half-open: exactly one probe call
-passes; its success closes the breaker, its failure opens it again. Time is read from
-`anyio.current_time()`, so a mock clock drives it in tests.
+refused with `CircuitOpen`, which says what the last failure was, until `cooldown_s` has
+passed. Half-open: exactly one probe call passes; its success closes the breaker, its
+failure opens it again. Time is read from `anyio.current_time()`, so a mock clock drives it
+in tests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import anyio
 from engine.errors import CircuitOpen
 
 __all__ = ["BreakerState", "CircuitBreaker"]
+
+_CAUSE_LIMIT = 300
+"""The most characters of the last failure's message an open breaker's refusal repeats."""
 
 
 class BreakerState(StrEnum):
@@ -45,6 +49,8 @@ class CircuitBreaker:
         self.cooldown_s = cooldown_s
         self.state = BreakerState.CLOSED
         self.failures = 0
+        self.last_failure: str | None = None
+        """What the latest of the consecutive failures said (None after a success)."""
         self._opened_at = 0.0
         self._probing = False
 
@@ -62,9 +68,11 @@ class CircuitBreaker:
         wait = self._opened_at + self.cooldown_s - anyio.current_time()
         if self._probing or wait > 0:
             detail = "a probe call is in flight" if self._probing else f"retry in {wait:.1f} s"
+            last = f"; last: {self.last_failure}" if self.last_failure else ""
             raise CircuitOpen(
                 f"model '{self.model}': circuit breaker is open after {self.failures} "
-                f"consecutive failures ({detail}); check the provider, or route to another model"
+                f"consecutive failures ({detail}){last}; check the provider, or route to "
+                "another model"
             )
         self.state = BreakerState.HALF_OPEN
         self._probing = True
@@ -73,15 +81,20 @@ class CircuitBreaker:
     def on_success(self) -> bool:
         """Record a success. Returns True when this closed an open breaker."""
         self.failures = 0
+        self.last_failure = None
         self._probing = False
         if self.state is BreakerState.CLOSED:
             return False
         self.state = BreakerState.CLOSED
         return True
 
-    def on_failure(self) -> bool:
-        """Record a transient failure. Returns True when this opened the breaker."""
+    def on_failure(self, cause: str | None = None) -> bool:
+        """Record a transient failure, and what it said (`cause`, for the message of the
+        refusals while open). Returns True when this opened the breaker."""
         self.failures += 1
+        if cause is not None:
+            cut = len(cause) > _CAUSE_LIMIT
+            self.last_failure = cause[:_CAUSE_LIMIT] + "..." if cut else cause
         was_probe = self._probing
         self._probing = False
         if was_probe or (self.state is BreakerState.CLOSED and self.failures >= self.threshold):

@@ -329,7 +329,7 @@ class Gateway(Ledger):
             record.error = str(exc)
             if isinstance(exc, ResponseLost):
                 self._charge_unanswered(name, record, cancelled=False)
-            if breaker.on_failure():
+            if breaker.on_failure(record.error):
                 self._emit_opened(name, scope, breaker)
             raise
         except NodeError as exc:

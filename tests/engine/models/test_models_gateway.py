@@ -34,6 +34,8 @@ from engine.models import (
     max_input_tokens,
     redact_text,
 )
+from engine.models.base import ConnectFailed
+from engine.models.breaker import CircuitBreaker
 from engine.plugin.context import ModelClient, RequestInfo
 from tests.support.loop_probe import HOSTILE_60KB, heartbeats_during
 
@@ -323,6 +325,39 @@ async def test_the_circuit_breaker_opens_half_opens_and_closes() -> None:
         EventType.CIRCUIT_HALF_OPEN,
         EventType.CIRCUIT_CLOSED,
     ]
+
+
+@pytest.mark.parametrize("anyio_backend", MOCK_CLOCK)
+@pytest.mark.anyio
+async def test_an_open_breaker_says_what_the_last_failure_was() -> None:
+    failures = [
+        ConnectFailed("model 'fake' at http://10.0.0.9/v1: could not connect (timed out)"),
+        ConnectFailed("model 'fake' at http://10.0.0.9/v1: could not connect (connection refused)"),
+    ]
+    provider = FakeProvider(*failures)
+    spec = REMOTE.model_copy(update={"max_retries": 0})
+    gateway = Gateway({"m": spec}, providers={"m": provider}, breaker_threshold=2)
+    async with gateway:
+        for _ in failures:
+            with pytest.raises(ConnectFailed):
+                await gateway.client("m", _scope()).complete(prompt="x")
+        refused = _scope()
+        with pytest.raises(CircuitOpen) as caught:
+            await gateway.client("m", refused).complete(prompt="x")
+    assert str(caught.value) == (
+        "model 'm': circuit breaker is open after 2 consecutive failures (retry in 30.0 s); "
+        "last: model 'fake' at http://10.0.0.9/v1: could not connect (connection refused); "
+        "check the provider, or route to another model"
+    )
+    assert refused.calls[0].error == str(caught.value)
+
+
+def test_a_success_clears_the_failure_an_open_breaker_would_name() -> None:
+    breaker = CircuitBreaker("m", threshold=2)
+    breaker.on_failure("x" * 1000)
+    assert breaker.last_failure == "x" * 300 + "..."  # a long message is cut
+    breaker.on_success()
+    assert breaker.last_failure is None
 
 
 @pytest.mark.parametrize("anyio_backend", MOCK_CLOCK)

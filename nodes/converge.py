@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext
+from nodes._support.bars import out_of_order
 
 __all__ = ["ConvergeNode"]
 
@@ -71,10 +72,18 @@ class ConvergeNode(Node):
             default=0.1, ge=0, le=1, description="Early convergence needs harm under this."
         )
         harm_ceiling: float = Field(
-            default=0.4, ge=0, le=1, description="Later cycles accept with harm under this."
+            validate_default=True,
+            default=0.4,
+            ge=0,
+            le=1,
+            description="Later cycles accept with harm under this.",
         )
         refuse_harm: float = Field(
-            default=0.8, ge=0, le=1, description="Expected harm that forces a refusal."
+            validate_default=True,
+            default=0.8,
+            ge=0,
+            le=1,
+            description="Expected harm that forces a refusal.",
         )
         early_min_score: float = Field(
             default=0.8, ge=0, le=1, description="Early convergence needs a critic score this high."
@@ -83,6 +92,38 @@ class ConvergeNode(Node):
             default=False,
             description="Let a skipped simulator count as low harm for early convergence.",
         )
+
+        @field_validator("violations", "concerns")
+        @classmethod
+        def _a_count(cls, value: int | list[str]) -> int | list[str]:
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"a count is 0 or more, got {value}")
+            return value
+
+        @field_validator("harm_ceiling")
+        @classmethod
+        def _not_under_floor(cls, value: float, info: ValidationInfo) -> float:
+            floor = out_of_order(info, "harm_floor", value, earlier_is_lower=True)
+            if floor is not None:
+                raise ValueError(
+                    f"harm_ceiling ({value:g}) is under harm_floor ({floor:g}): early "
+                    "convergence must ask for less harm than a later cycle's acceptance; "
+                    "make harm_floor <= harm_ceiling"
+                )
+            return value
+
+        @field_validator("refuse_harm")
+        @classmethod
+        def _not_under_ceiling(cls, value: float, info: ValidationInfo) -> float:
+            ceiling = out_of_order(info, "harm_ceiling", value, earlier_is_lower=True)
+            if ceiling is not None:
+                raise ValueError(
+                    f"refuse_harm ({value:g}) is under harm_ceiling ({ceiling:g}): a harm "
+                    "a later cycle accepts would also be refused; make harm_ceiling <= "
+                    "refuse_harm"
+                )
+            return value
+
         may_refuse: bool = Field(
             default=True,
             description="False: a hard violation, a critic refusal or a high harm asks for a "

@@ -138,3 +138,54 @@ def test_a_misspelt_route_key_is_refused_with_the_key_meant(tmp_path: Path) -> N
         "(did you mean 'tier'?); keys: exemplars, model, tier (type 'router'; see `moat nodes "
         "router`)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        (
+            "n: {type: critic, with: {model: small, mode: request, revise_at: 0.9, "
+            "refuse_at: 0.5}}\n",
+            "6:84: node 'n': with.refuse_at: refuse_at (0.5) is under revise_at (0.9): a risk "
+            "that forces a refusal must force a revision first; make revise_at <= refuse_at",
+        ),
+        (
+            "n: {type: simulator, with: {model: small, draft: x, low_below: 0.7}}\n",
+            "6:66: node 'n': with.low_below: low_below (0.7) is above high_at (0.6): a harm "
+            "would be both low and high; make low_below <= high_at",
+        ),
+        (
+            "n: {type: converge, with: {harm_floor: 0.5}}\n",
+            "6:29: node 'n': with.harm_ceiling: harm_ceiling (0.4) is under harm_floor (0.5): "
+            "early convergence must ask for less harm than a later cycle's acceptance; make "
+            "harm_floor <= harm_ceiling",
+        ),
+        (
+            "n: {type: converge, with: {refuse_harm: 0.3}}\n",
+            "6:43: node 'n': with.refuse_harm: refuse_harm (0.3) is under harm_ceiling (0.4): "
+            "a harm a later cycle accepts would also be refused; make harm_ceiling <= "
+            "refuse_harm",
+        ),
+        (
+            "n: {type: converge, with: {violations: -1}}\n",
+            "6:42: node 'n': with.violations: a count is 0 or more, got -1",
+        ),
+    ],
+)
+def test_thresholds_out_of_order_are_refused_at_check(tmp_path: Path, node: str, says: str) -> None:
+    (error,) = check(tmp_path, node, "n")
+    assert f"g.yaml:{says}" in error, error
+
+
+def test_thresholds_an_expression_sets_are_put_in_order_by_each_request(
+    tmp_path: Path,
+) -> None:
+    node = 'n: {type: converge, with: {harm_ceiling: "{{ input.c }}", refuse_harm: 0.5}}\n'
+    text = HEADER + textwrap.indent(node, "  ") + "output:\n  a: n.decision\n"
+    report = check_text(text, str(tmp_path / "g.yaml"), base_dir=tmp_path)
+    assert report.errors == [] and report.graph is not None
+    result, _ = anyio.run(run, report.graph, {"c": 0.3})
+    assert result.status.value == "ok"
+    result, _ = anyio.run(run, report.graph, {"c": 0.7})
+    assert result.status.value == "failed"
+    assert "refuse_harm (0.5) is under harm_ceiling (0.7)" in str(result.error)

@@ -271,7 +271,7 @@ def test_an_unreadable_risk_never_lets_a_request_through(
     for escalate_below in (None, 0.5):
         rt = FakeRuntime(models={"judge": FakeModel("judge", {"risk": reply})})
         config = {"model": "judge", "mode": "request", "request": "x", "revise_at": 0.9,
-                  "escalate_below": escalate_below}  # fmt: skip
+                  "refuse_at": 0.95, "escalate_below": escalate_below}  # fmt: skip
         out = anyio.run(run_node, CriticNode(), config, rt)
         assert out.action == "revise" and not out.parsed and out.confidence == 0.0
         assert out.escalate is (escalate_below is not None)

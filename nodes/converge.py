@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from engine import Node, NodeContext
-from nodes._support.bars import out_of_order
+from nodes._support.bars import in_order
 
 __all__ = ["ConvergeNode"]
 
@@ -100,29 +100,19 @@ class ConvergeNode(Node):
                 raise ValueError(f"a count is 0 or more, got {value}")
             return value
 
-        @field_validator("harm_ceiling")
-        @classmethod
-        def _not_under_floor(cls, value: float, info: ValidationInfo) -> float:
-            floor = out_of_order(info, "harm_floor", value, earlier_is_lower=True)
-            if floor is not None:
-                raise ValueError(
-                    f"harm_ceiling ({value:g}) is under harm_floor ({floor:g}): early "
-                    "convergence must ask for less harm than a later cycle's acceptance; "
-                    "make harm_floor <= harm_ceiling"
-                )
-            return value
+        _acceptance_bars = in_order(
+            "harm_ceiling",
+            "harm_floor",
+            earlier_is_lower=True,
+            why="early convergence must ask for less harm than a later cycle's acceptance",
+        )
 
-        @field_validator("refuse_harm")
-        @classmethod
-        def _not_under_ceiling(cls, value: float, info: ValidationInfo) -> float:
-            ceiling = out_of_order(info, "harm_ceiling", value, earlier_is_lower=True)
-            if ceiling is not None:
-                raise ValueError(
-                    f"refuse_harm ({value:g}) is under harm_ceiling ({ceiling:g}): a harm "
-                    "a later cycle accepts would also be refused; make harm_ceiling <= "
-                    "refuse_harm"
-                )
-            return value
+        _refusal_bars = in_order(
+            "refuse_harm",
+            "harm_ceiling",
+            earlier_is_lower=True,
+            why="a harm a later cycle accepts would also be refused",
+        )
 
         may_refuse: bool = Field(
             default=True,

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from engine import Node, NodeContext, at_check, graph_file
-from nodes._support.bars import out_of_order
+from nodes._support.bars import in_order
 from nodes._support.calls import (
     ask_json,
     choice,
@@ -129,16 +129,12 @@ class CriticNode(Node):
             description="Request mode: risk score that forces refuse.",
         )
 
-        @field_validator("refuse_at")
-        @classmethod
-        def _above_revise(cls, value: float, info: ValidationInfo) -> float:
-            revise_at = out_of_order(info, "revise_at", value, earlier_is_lower=True)
-            if revise_at is not None:
-                raise ValueError(
-                    f"refuse_at ({value:g}) is under revise_at ({revise_at:g}): a risk that "
-                    "forces a refusal must force a revision first; make revise_at <= refuse_at"
-                )
-            return value
+        _risk_bars = in_order(
+            "refuse_at",
+            "revise_at",
+            earlier_is_lower=True,
+            why="a risk that forces a refusal must force a revision first",
+        )
 
         escalate_below: float | None = Field(
             default=None,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field
 
 from engine import Node, NodeContext
-from nodes._support.bars import out_of_order
+from nodes._support.bars import in_order
 from nodes._support.calls import ask_json, object_schema, texts, unit, unreadable_codes
 
 __all__ = ["SimulatorNode"]
@@ -65,16 +65,9 @@ class SimulatorNode(Node):
             description="Expected harm under which severity is `low`.",
         )
 
-        @field_validator("low_below")
-        @classmethod
-        def _not_above_high(cls, value: float, info: ValidationInfo) -> float:
-            high_at = out_of_order(info, "high_at", value, earlier_is_lower=False)
-            if high_at is not None:
-                raise ValueError(
-                    f"low_below ({value:g}) is above high_at ({high_at:g}): a harm would be "
-                    "both low and high; make low_below <= high_at"
-                )
-            return value
+        _severity_bars = in_order(
+            "low_below", "high_at", earlier_is_lower=False, why="a harm would be both low and high"
+        )
 
         max_tokens: int | None = Field(default=None, gt=0, description="Answer length bound.")
 

@@ -2,33 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationInfo
+from typing import Any
+
+from pydantic import ValidationInfo, field_validator
 
 from engine import at_check
 
-__all__ = ["out_of_order"]
+__all__ = ["in_order"]
 
 
-def out_of_order(
-    info: ValidationInfo, earlier: str, value: float, *, earlier_is_lower: bool
-) -> float | None:
-    """The value of the field `earlier` (declared before the field being validated) when
-    it and `value`, the field's own, are out of order; None when they are in order or
-    cannot be judged yet.
+def in_order(field: str, earlier: str, *, earlier_is_lower: bool, why: str) -> Any:
+    """A field validator of `field`: it and `earlier` (a field declared before it) must be
+    in order, `earlier <= field` when `earlier_is_lower`, else `field <= earlier`.
 
-    Args:
-        info: the field validator's info.
-        earlier: the other threshold's field name.
-        value: the validated field's value.
-        earlier_is_lower: `earlier` must be at most `value` (else at least).
-
-    At `moat check` a threshold an expression sets (`{{ policy.x }}`) is known only at run
-    time, where the same rule is applied to the values the request brings.
+    Assign it in the config's class body (`_bars = in_order(...)`); give `field`
+    `validate_default=True`, so a default out of order with a written `earlier` is judged
+    too. At `moat check` a threshold an expression sets (`{{ policy.x }}`) is known only
+    at run time, where the same rule is applied to the values the request brings.
     """
-    other = info.data.get(earlier)
-    if other is None or (other <= value if earlier_is_lower else other >= value):
-        return None
-    field = info.field_name
-    if field is None or (at_check(info) and not at_check(info, earlier, field)):
-        return None
-    return float(other)
+
+    def check(cls: type, value: float, info: ValidationInfo) -> float:
+        other = info.data.get(earlier)
+        if other is None or (other <= value if earlier_is_lower else value <= other):
+            return value
+        if at_check(info) and not at_check(info, earlier, field):
+            return value  # an expression sets one: the request's values are judged
+        low, high = (earlier, field) if earlier_is_lower else (field, earlier)
+        side = "under" if earlier_is_lower else "above"
+        raise ValueError(
+            f"{field} ({value:g}) is {side} {earlier} ({other:g}): {why}; make {low} <= {high}"
+        )
+
+    return field_validator(field)(check)

@@ -7,8 +7,17 @@ policy keys) is checked by `engine.graph.check`; location of every value is kept
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Budget",
@@ -19,6 +28,7 @@ __all__ = [
     "ModelSpec",
     "NodeSpec",
     "Price",
+    "endpoint_problem",
 ]
 
 NODE_ID_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -48,6 +58,24 @@ class FaultRates(_Strict):
     """A 429 with `Retry-After`."""
     malformed: float | None = Field(default=None, ge=0, le=1)
     """Override of the profile's malformed-JSON rate."""
+
+
+def endpoint_problem(url: str | None) -> str | None:
+    """What keeps `url` from being an endpoint the client can call (None: nothing)."""
+    if url is None:
+        return None
+    if not url.strip():
+        return "is empty"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "is not an absolute http:// or https:// URL"
+    if not parts.hostname:
+        return "names no host"
+    return None
 
 
 class ModelSpec(_Strict):
@@ -84,6 +112,17 @@ class ModelSpec(_Strict):
     """Another logical model that answers when this one is unreachable or held back (the
     policy's `egress.offline`, a gate, a failed probe, an open circuit, a refused
     connection); the request is then marked degraded (README, "At the edge")."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_endpoint(cls, value: str | None) -> str | None:
+        problem = endpoint_problem(value)
+        if problem is not None:
+            raise ValueError(
+                f"base_url {value!r} {problem}: write the endpoint's whole URL, such as "
+                "http://localhost:8000/v1"
+            )
+        return value
 
 
 class Budget(_Strict):

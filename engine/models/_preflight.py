@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from engine.errors import SpecError
 from engine.graph._config import model_names
-from engine.graph.spec import ModelSpec
+from engine.graph.spec import ModelSpec, endpoint_problem
 
 if TYPE_CHECKING:
     from engine.graph.compiled import Graph, Scope
@@ -29,7 +28,6 @@ __all__ = [
     "api_key_env",
     "callable_models",
     "endpoint",
-    "endpoint_problem",
     "missing_key",
     "refuse_uncallable",
 ]
@@ -55,24 +53,6 @@ def endpoint(spec: ModelSpec) -> tuple[str | None, str]:
     if spec.base_url is not None:
         return spec.base_url, "`base_url`"
     return os.environ.get(BASE_URL_ENV), f"the environment variable {BASE_URL_ENV}"
-
-
-def endpoint_problem(url: str | None) -> str | None:
-    """What keeps `url` from being an endpoint the client can call (None: nothing)."""
-    if url is None:
-        return None
-    if not url.strip():
-        return "is empty"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (a port that is no number raises here)
-    except ValueError as exc:
-        return f"is not a URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "is not an absolute http:// or https:// URL"
-    if not parts.hostname:
-        return "names no host"
-    return None
 
 
 def callable_models(graph: Graph, models: Mapping[str, ModelSpec]) -> list[str]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from engine.errors import SpecError
-from engine.graph.spec import ModelSpec
+from engine.graph.spec import ModelSpec, endpoint_problem
 from engine.models.prices import PRICES_AS_OF, is_priced
 
 if TYPE_CHECKING:
@@ -51,10 +51,15 @@ def rebind_models(
             if not model:
                 raise SpecError(f"--model {name}={target}: name the model, e.g. openai:gpt-4o-mini")
             same = old.provider == "openai"
+            # the variable's endpoint makes a key unneeded, as a graph's `base_url` does;
+            # one that is no URL is left to the client's default, and the check up front
+            # names the variable (`refuse_uncallable`)
+            env_url = os.environ.get("OPENAI_BASE_URL")
+            env_url = env_url if endpoint_problem(env_url) is None else None
             result[name] = ModelSpec(
                 provider="openai",
                 model=model,
-                base_url=old.base_url if same else os.environ.get("OPENAI_BASE_URL"),
+                base_url=old.base_url if same else env_url,
                 api_key_env=old.api_key_env if same else None,
                 # another model's price would be wrong: the new one is priced from the table
                 price=old.price if same and old.model == model else None,

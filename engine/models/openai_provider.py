@@ -62,8 +62,8 @@ import sniffio
 from openai import RequestOptions
 
 from engine.errors import NodeError, RateLimited, TransientError
-from engine.graph.spec import ModelSpec
-from engine.models._preflight import api_key_env, endpoint, endpoint_problem
+from engine.graph.spec import ModelSpec, endpoint_problem
+from engine.models._preflight import api_key_env, endpoint
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,

@@ -168,6 +168,12 @@ def test_long_prompts_are_priced_at_the_long_context_rate(name: str) -> None:
 
 
 def test_the_gateway_reserves_and_charges_a_long_prompt_at_the_long_rate() -> None:
-    gateway = Gateway({"m": ModelSpec(provider="openai", model="gemini-2.5-pro", base_url="x")})
+    gateway = Gateway(
+        {
+            "m": ModelSpec(
+                provider="openai", model="gemini-2.5-pro", base_url="http://127.0.0.1:9/v1"
+            )
+        }
+    )
     assert gateway.estimate_cost("m", 300_000, 0) == pytest.approx(300_000 * 2.50 / 1e6)
     assert gateway.estimate_cost("m", 100_000, 0) == pytest.approx(100_000 * 1.25 / 1e6)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine import Pipeline
+from engine.cli import main
 from engine.errors import SpecError
-from engine.models._preflight import endpoint_problem
+from engine.graph.spec import endpoint_problem
 
 MODEL_NODE = 'answer: {type: model, with: {model: big, prompt: "{{ input.q }}"}}'
 
@@ -134,11 +135,12 @@ def test_an_endpoint_that_is_no_url_in_the_graph_is_refused_naming_the_setting(
     graph = _graph(tmp_path, "  big: {provider: openai, model: gpt-4o, base_url: notaurl}")
     with pytest.raises(SpecError) as caught:
         Pipeline(graph, db=None)
+    # (refused when the graph is read, at its line, as `moat check` refuses it)
     assert str(caught.value) == (
-        f"{graph}: model 'big' (openai:gpt-4o): its `base_url` 'notaurl' (under `models.big`) "
-        "is not an absolute http:// or https:// URL, so no call to it could be made; give "
-        "`models.big.base_url` the endpoint's full URL, such as http://127.0.0.1:8000/v1"
+        f"{graph}:4:52: models.big.base_url: base_url 'notaurl' is not an absolute http:// "
+        "or https:// URL: write the endpoint's whole URL, such as http://localhost:8000/v1"
     )
+    assert main(["check", str(graph)]) == 2
 
 
 def test_an_endpoint_that_is_no_url_in_the_environment_is_refused_naming_the_variable(

@@ -35,7 +35,7 @@ from engine.collector import settled_heap
 from engine.errors import SpecError
 from engine.serve.protocol import READ_IDLE_S, protocol_class
 
-__all__ = ["bind", "bind_workers", "config", "is_loopback", "run_app", "server"]
+__all__ = ["BACKLOG", "bind", "bind_workers", "config", "is_loopback", "run_app", "server"]
 
 _SWITCH_S = 0.0005
 """The interpreter's thread switch interval while serving: 0.5 ms rather than 5. The
@@ -81,8 +81,14 @@ def bind_workers(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket on `host:port` (port 0: any free port).
+BACKLOG = 2048
+"""Connections the kernel holds for a listening socket until the server accepts them."""
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: any free port); with `listen=False`
+    only bound, so that with `reuse_port` the kernel hands it no connection until its
+    server calls `listen` (a worker started again, once its graphs are checked).
 
     Raises:
         SpecError: the address cannot be listened on (in use, needs privileges, not an
@@ -100,7 +106,8 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
-        sock.listen(2048)
+        if listen:
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise SpecError(_listen_failure(host, port, exc)) from None

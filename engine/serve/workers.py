@@ -15,11 +15,13 @@ engine.serve.workers SPEC`), each a whole `MoatServer` joined to those runs:
   a worker started again (after its predecessor died) carries on after the highest seq
   of its slot in the store, so it never hands out an id a stored request has;
 - the parent beats each run's heartbeat with the count of stored requests, restarts a
-  worker that dies, and on SIGTERM or SIGINT (from the moment it starts, so also while
-  the workers start) stops the workers (each drains its requests within the grace
-  period), then records the runs as finished. A worker whose parent is gone (its stdin
-  ends) stops as on SIGTERM, so a kill -9 of the parent leaves no worker behind. `moat
-  runs`, `moat report` and `moat tui` see one run per graph, as with one process;
+  worker that dies (closing its socket at once, so that no new connection waits for it;
+  the next worker listens on a new one once its graphs are checked), and on SIGTERM or
+  SIGINT (from the moment it starts, so also while the workers start) stops the workers
+  (each drains its requests within the grace period), then records the runs as
+  finished. A worker whose parent is gone (its stdin ends) stops as on SIGTERM, so a
+  kill -9 of the parent leaves no worker behind. `moat runs`, `moat report` and `moat
+  tui` see one run per graph, as with one process;
 - with `--rotate-run`, the parent starts the next runs, writes them to each worker's stdin
   as a line of JSON, and finishes the runs before once every worker has answered their
   last request (each says `switched` on its stdout). A worker started later joins the
@@ -53,6 +55,7 @@ from engine.errors import MoatError, SpecError, printable
 from engine.logs import get_logger
 from engine.serve.app import MoatServer
 from engine.serve.auth import KeyRing
+from engine.serve.listen import BACKLOG, bind
 from engine.serve.shaping import ShapingLimits
 
 __all__ = ["serve_workers", "split_limits"]
@@ -105,6 +108,7 @@ def serve_workers(
     """
     server.counted_in_store = True
     count = len(socks)
+    address, port = socks[0].getsockname()[:2]
     procs: list[subprocess.Popen[str]] = []
     base: dict[str, Any] = {}
     talking = anyio.Lock()
@@ -137,6 +141,9 @@ def serve_workers(
 
                 def start(index: int) -> subprocess.Popen[str]:
                     sock = socks[index]
+                    if sock.fileno() == -1:  # its worker died: a socket of its own again,
+                        # which the worker listens on once it can serve (`_worker`)
+                        socks[index] = sock = bind(address, port, reuse_port=True, listen=False)
                     child = {**base, "slot": [index, count], "fd": sock.fileno()}
                     return subprocess.Popen(
                         [sys.executable, "-m", "engine.serve.workers", json.dumps(child)],
@@ -164,7 +171,7 @@ def serve_workers(
                             tg.cancel_scope.cancel()
                             return False
                         on_ready()
-                        await _supervise(procs, start, talking)
+                        await _supervise(procs, start, lambda i: socks[i].close(), talking)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_stop, procs, float(spec["grace_s"]))
@@ -176,26 +183,40 @@ def serve_workers(
 async def _supervise(
     procs: list[subprocess.Popen[str]],
     start: Callable[[int], subprocess.Popen[str]],
+    retire: Callable[[int], None],
     talking: anyio.Lock,
 ) -> None:
     """Restart workers that die (until cancelled: SIGINT or SIGTERM). A worker that fails
     to start again is retried after a wait that doubles up to `_RETRY_MAX_S`, rather than
-    every `_CHECK_S` (each start costs a second of CPU; the other workers go on serving)."""
+    every `_CHECK_S` (each start costs a second of CPU; the other workers go on serving).
+
+    A dead worker's socket is closed at once (`retire`) and its next start binds another:
+    while it stayed open, the kernel went on handing it a share of new connections, which
+    waited for a worker, up to a minute for one that kept failing to start.
+    """
     waits = [0.0] * len(procs)
     due = [0.0] * len(procs)
     while True:
         await anyio.sleep(_CHECK_S)
         for index, proc in enumerate(procs):
             code = proc.poll()
-            if code is None or anyio.current_time() < due[index]:
+            if code is None:
+                continue
+            retire(index)
+            if anyio.current_time() < due[index]:
                 continue
             if not waits[index]:  # (one that failed to start was logged so)
                 _log.warning("serve.worker_died", worker=index, exit_code=code)
             async with talking:
-                procs[index] = start(index)
-                ready = await anyio.to_thread.run_sync(
-                    _all_ready, [procs[index]], abandon_on_cancel=True
-                )
+                try:
+                    procs[index] = start(index)
+                except SpecError as exc:  # the port was taken meanwhile: try again later
+                    ready = False
+                    _log.error("serve.worker_not_bound", worker=index, error=str(exc))
+                else:
+                    ready = await anyio.to_thread.run_sync(
+                        _all_ready, [procs[index]], abandon_on_cancel=True
+                    )
             if ready:
                 waits[index] = 0.0
                 continue
@@ -297,6 +318,7 @@ def _worker(spec: Mapping[str, Any]) -> int:
         print(f"moat: serve worker {spec['slot'][0]}: {printable(str(exc))}", file=sys.stderr)
         return 2
     sock = socket.socket(fileno=spec["fd"])
+    sock.listen(BACKLOG)  # (a socket made for a worker started again was only bound)
 
     def ready() -> None:
         print("ready", flush=True)

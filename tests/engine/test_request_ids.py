@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -268,3 +269,21 @@ def test_every_answered_request_is_stored_exactly_once_and_none_is_lost(
     for row in rows:  # each stored request is its own: its seq's first answer
         assert row["output"] == {"n": row["seq"], "text": f"n={row['seq']}"}
     assert all(count == 1 for count in _pins(db).values())  # no records merged into one
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_process_draws_run_ids_of_its_own() -> None:
+    # without reseeding, a child would draw the very digits its parent draws next
+    from engine.store import store as store_module
+
+    draw = store_module._RUN_IDS._random.getrandbits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next draw, to the parent
+        os.write(write, str(draw(64)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = int(os.read(read, 64).decode())
+    os.close(read)
+    assert child != draw(64)

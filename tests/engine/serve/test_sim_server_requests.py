@@ -29,6 +29,15 @@ BAD_MESSAGES = [
 ]
 
 
+async def _asked_of_both(tmp_path: Path, body: dict[str, Any]) -> tuple[Any, Any]:
+    """`body` posted to `moat sim-server` and (as model `echo`) to `moat serve`."""
+    async with sim_http(SimServer(time_scale=0)) as web:
+        simulated = await web.post("/chat/completions", json=body)
+    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
+        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    return simulated, served
+
+
 @pytest.mark.parametrize(
     ("message", "param", "code"),
     BAD_MESSAGES,
@@ -38,10 +47,7 @@ async def test_a_malformed_message_is_the_400_moat_serve_gives(
     tmp_path: Path, message: Any, param: str, code: str
 ) -> None:
     body = {"model": "sim-small", "messages": [message]}
-    async with sim_http(SimServer(time_scale=0)) as web:
-        simulated = await web.post("/chat/completions", json=body)
-    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
-        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    simulated, served = await _asked_of_both(tmp_path, body)
     assert simulated.status_code == served.status_code == 400
     error, expected = simulated.json()["error"], served.json()["error"]
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
@@ -70,10 +76,7 @@ async def test_a_field_of_the_wrong_type_no_model_uses_is_the_400_moat_serve_giv
     tmp_path: Path, field: str, value: Any
 ) -> None:
     body = {"model": "sim-small", "messages": [USER], field: value}
-    async with sim_http(SimServer(time_scale=0)) as web:
-        simulated = await web.post("/chat/completions", json=body)
-    async with MoatServer([echo_graph(tmp_path)], db=None) as server, http(server) as web:
-        served = await web.post("/chat/completions", json={**body, "model": "echo"})
+    simulated, served = await _asked_of_both(tmp_path, body)
     assert simulated.status_code == served.status_code == 400
     error, expected = simulated.json()["error"], served.json()["error"]
     assert (

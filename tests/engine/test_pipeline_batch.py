@@ -261,6 +261,54 @@ async def test_a_batch_waits_while_its_writer_is_far_behind_and_resumes_when_it_
     assert sorted(r.seq for r in sink.requests()) == list(range(6))
 
 
+async def test_while_the_writer_is_behind_one_worker_watches_and_the_others_sleep(
+    tmp_path: Path,
+) -> None:
+    # Every worker of a batch polling the backlog every 10 ms woke 64 tasks a tick while
+    # the writer set the pace; one watches and wakes the others when there is room.
+    from engine.api import WRITER_BACKLOG
+    from engine.events import MemorySink
+
+    class Behind(MemorySink):
+        reads = 0
+        level = WRITER_BACKLOG + 1
+
+        @property
+        def backlog(self) -> int:
+            Behind.reads += 1
+            return Behind.level
+
+    sink = Behind()
+    items = [{"prompt": f"p{i}"} for i in range(200)]
+    async with (
+        Pipeline(write_graph(tmp_path), db=None, sink=sink) as pipe,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(lambda: pipe.run_batch(items, concurrency=64))
+        await anyio.sleep(0.3)
+        assert sink.requests() == []
+        assert Behind.reads < 3 * 64 + 60  # (64 workers polling: about 64 x 30 reads)
+        Behind.level = 0
+    assert sorted(r.seq for r in sink.requests()) == list(range(200))
+
+
+async def test_a_batch_cancelled_while_its_writer_is_behind_ends_at_once(tmp_path: Path) -> None:
+    from engine.api import WRITER_BACKLOG
+    from engine.events import MemorySink
+
+    class Behind(MemorySink):
+        backlog = WRITER_BACKLOG + 1
+
+    async with Pipeline(write_graph(tmp_path), db=None, sink=Behind()) as pipe:
+        with anyio.move_on_after(0.2) as scope:
+            await pipe.run_batch([{"prompt": f"p{i}"} for i in range(10)], concurrency=4)
+        assert scope.cancelled_caught
+        # the pipeline answers again once the writer has caught up
+        Behind.backlog = 0
+        summary = await pipe.run_batch([{"prompt": "again"}])
+        assert summary.done == 1
+
+
 def test_the_store_writer_reports_its_backlog(tmp_path: Path) -> None:
     from engine.events import RequestStatus
     from engine.store.writer import StoreWriter

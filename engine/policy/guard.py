@@ -36,11 +36,12 @@ class GuardSettings(BaseModel):
     window: int = Field(default=50, ge=1)
     """Requests observed on the new version before it is judged (and on the old one to
     compare against)."""
-    max_p95_ratio: float | None = Field(default=None, gt=0)
-    """Largest allowed p95 latency of the new version divided by the old one's."""
-    max_cost_ratio: float | None = Field(default=None, gt=0)
+    max_p95_ratio: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Largest allowed p95 latency of the new version divided by the old one's (finite:
+    a ratio that is not checked is left out)."""
+    max_cost_ratio: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Largest allowed mean cost per case of the new version divided by the old one's."""
-    min_validation_success: float | None = Field(default=None, ge=0, le=1)
+    min_validation_success: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     """Smallest allowed share of requests of the new version whose output validated."""
 
 
@@ -93,8 +94,11 @@ def _num(value: float) -> str:
 
 
 def _rounded(value: float | None) -> float | None:
-    if value is None or math.isinf(value):
-        return value
+    """A figure for the `POLICY_ROLLED_BACK` payload, which is strict JSON: an unbounded
+    ratio (a baseline that cost nothing, or took no time) is recorded as null, and its
+    reason says `inf`."""
+    if value is None or not math.isfinite(value):
+        return None
     return round(value, 6)
 
 
@@ -142,9 +146,15 @@ def judge(
             cost_ratio=_rounded(cost_ratio),
         )
         if settings.max_p95_ratio is not None and p95_ratio > settings.max_p95_ratio:
-            reasons.append(f"p95 ratio {_num(p95_ratio)} > {_num(settings.max_p95_ratio)}")
+            reasons.append(
+                f"p95 ratio {_num(p95_ratio)} > {_num(settings.max_p95_ratio)}"
+                + (" (the baseline's p95 was 0 ms)" if p95_old <= 0 else "")
+            )
         if settings.max_cost_ratio is not None and cost_ratio > settings.max_cost_ratio:
-            reasons.append(f"cost ratio {_num(cost_ratio)} > {_num(settings.max_cost_ratio)}")
+            reasons.append(
+                f"cost ratio {_num(cost_ratio)} > {_num(settings.max_cost_ratio)}"
+                + (" (the baseline cost nothing)" if cost_old <= 0 else "")
+            )
     judged = [o.validation_ok for o in new if o.validation_ok is not None]
     if judged:
         success = sum(judged) / len(judged)

@@ -424,6 +424,9 @@ class PolicyManager:
             except MoatError as exc:  # a busy or locked store must not stop the run
                 _log.warning("policy.poll_failed", policy=self.name, error=str(exc))
                 continue
+            except Exception as exc:  # nor a fault in judging: the requests go on
+                _log.error("policy.poll_failed", policy=self.name, error=repr(exc))
+                continue
             if active is not None:
                 self._switch(active)
 

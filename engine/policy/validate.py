@@ -46,7 +46,8 @@ META_KEYS = frozenset({"name", "guard"})
 
 _GUARD_RANGES = (
     "the guard takes window >= 1 (requests), max_p95_ratio > 0, max_cost_ratio > 0 and "
-    "min_validation_success between 0 and 1"
+    "min_validation_success between 0 and 1, each a finite number (leave a setting out "
+    "not to check it)"
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _NAME_RULE = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import PolicyError, StoreError
-from engine.events import EventType, OrchestrationEvent
+from engine.events import EventType, OrchestrationEvent, RequestStatus
 from engine.store import policy_tables as _store_policy
 from engine.store.rows import EVENT_SQL, event_row
 from engine.store.schema import connect, describe_error, write_transaction
@@ -400,14 +400,21 @@ def version_numbers(store: Store, name: str, *, status: str | None = None) -> li
     return [int(row["version"]) for row in rows]
 
 
+_UNJUDGED = (RequestStatus.INVALID_INPUT.value, RequestStatus.CANCELLED.value)
+"""Requests the guard leaves out, stored or observed: no work ran (a bad input), or the
+caller cut it short; their latency and cost say nothing about the policy."""
+
+
 def baseline_samples(
     store: Store, name: str, version: int, limit: int
 ) -> list[tuple[float, float]]:
-    """`(latency_ms, cost_usd)` of the latest stored requests that pinned `version`."""
+    """`(latency_ms, cost_usd)` of the latest stored requests that pinned `version`,
+    leaving out those the guard does not judge (`_UNJUDGED`), as the running process
+    does with its own."""
     rows = store.query(
         "SELECT latency_ms, cost_usd FROM requests WHERE policy_name = ? AND "
-        "policy_version = ? ORDER BY finished_at DESC LIMIT ?",
-        (name, version, limit),
+        "policy_version = ? AND status NOT IN (?, ?) ORDER BY finished_at DESC LIMIT ?",
+        (name, version, *_UNJUDGED, limit),
     )
     return [(float(r["latency_ms"]), float(r["cost_usd"])) for r in rows]
 

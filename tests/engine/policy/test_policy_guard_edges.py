@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import EventType, PolicyError
+from engine import EventType, PolicyError, RequestStatus
+from engine.events import RequestRecord
 from engine.policy.manager import PolicyManager, apply_policy
 from engine.store.store import Store
 
@@ -118,3 +119,50 @@ def test_a_guard_threshold_that_is_not_finite_is_refused_at_its_line(
         ):
             apply_policy(store, path, allow_new_keys=True)
         assert store.active_policy("triage")["version"] == 1
+
+
+def store_requests(
+    store: Store, version: int, rows: list[tuple[RequestStatus, float, float]]
+) -> None:
+    """Requests of an earlier run that pinned `version`, finishing in this order."""
+    with store.writer() as writer:
+        for i, (status, latency, cost) in enumerate(rows):
+            writer.record(
+                RequestRecord(
+                    id=f"old-{version}-{i}",
+                    run_id="r-old",
+                    seq=i,
+                    status=status,
+                    started_at=float(i),
+                    finished_at=float(i) + 0.5,
+                    latency_ms=latency,
+                    cost_usd=cost,
+                    output={},
+                    policy_name="triage",
+                    policy_version=version,
+                )
+            )
+
+
+@pytest.mark.parametrize("unjudged", [RequestStatus.INVALID_INPUT, RequestStatus.CANCELLED])
+def test_a_baseline_from_the_store_leaves_out_requests_the_guard_does_not_judge(
+    tmp_path: Path, unjudged: RequestStatus
+) -> None:
+    # An earlier run on version 1: ten answered requests, then ten that did no work (bad
+    # inputs, or callers that hung up), the latest. A process that saw them would not
+    # count them; read back from the store they must not count either, or the baseline
+    # costs nothing and a version costing the same is rolled back.
+    m = manager(tmp_path)
+    assert m.store is not None
+    store_requests(m.store, 1, [(RequestStatus.OK, 100.0, 0.01)] * 10 + [(unjudged, 0.3, 0.0)] * 10)
+    m.apply(
+        {**BODY, "guard": {"window": 10, "max_cost_ratio": 1.3, "max_p95_ratio": 1.5}},
+        allow_new_keys=True,
+    )
+    feed(m, 2, cost=0.01)
+    verdict = m.check_guard()
+    assert verdict is not None and verdict.ok, verdict
+    assert verdict.figures["samples_old"] == 10
+    assert (verdict.figures["cost_ratio"], verdict.figures["p95_ratio"]) == (1.0, 1.0)
+    assert m.current().version == 2
+    assert rolled_back(m.store) == []

@@ -41,6 +41,7 @@ from typing import Any
 import httptools
 import openai
 
+from engine.models._answer_limit import MAX_RESPONSE_BYTES, too_large
 from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost, connect_reason
 
 __all__ = ["DirectRoute", "sdk_headers"]
@@ -48,9 +49,6 @@ __all__ = ["DirectRoute", "sdk_headers"]
 _MAX_CONNECTIONS = 1000
 _KEEPALIVE_S = 2.5
 """The official client's defaults for its own HTTP clients (connections, keep-alive)."""
-MAX_RESPONSE_BYTES = 32 * 2**20
-"""The largest answer body read (a chat completion is kilobytes): an endpoint that sends
-more, or never stops sending, loses the call rather than filling the process's memory."""
 _ENCODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 """The content codings the route accepts (`Accept-Encoding: gzip, deflate`), as zlib's
 window bits."""
@@ -455,7 +453,4 @@ def _decoded(who: str, coding: str, content: bytes) -> bytes:
 
 
 def _too_large(who: str) -> ResponseLost:
-    return ResponseLost(
-        f"{who}: the answer's body passed {MAX_RESPONSE_BYTES // 2**20} MiB and was not read "
-        "(a chat completion is kilobytes): check the endpoint's base_url"
-    )
+    return ResponseLost(f"{who}: {too_large(MAX_RESPONSE_BYTES)}")

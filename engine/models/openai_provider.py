@@ -11,7 +11,8 @@ called, when the event loop is asyncio, through a route prepared once per client
 (`engine.models._direct_http`): keep-alive connections of its own sending the client's own
 URL and headers, one JSON dump out and one parse back per call. Everything else (TLS endpoints,
 proxies, other event loops) goes through the client's documented raw route (`client.post`
-with `cast_to=Response`) on httpx2's transport; either way the few answer fields moat
+with `cast_to=Response`) on httpx2's transport, each body read within the same size limit
+(`engine.models._answer_limit`); either way the few answer fields moat
 reads come from one parse of the JSON body, skipping the SDK's typed transform of the
 parameters and its pydantic models of the answer.
 
@@ -63,6 +64,7 @@ from openai import RequestOptions
 
 from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec, endpoint_problem
+from engine.models._answer_limit import bound_answers
 from engine.models._preflight import api_key_env, endpoint
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
@@ -205,8 +207,13 @@ class ClientRegistry:
             endpoint = base_url or os.environ.get("OPENAI_BASE_URL")
             direct = direct_route_for(endpoint)
             # the prepared route carries the calls of a direct endpoint: no aiohttp session
-            # (a connector, a cookie jar) for a client that only lends the route its settings
-            http_client = None if direct else http_client_for(endpoint)
+            # (a connector, a cookie jar) for a client that only lends the route its settings;
+            # any other reads each body within the route's size limit
+            http_client = None
+            if not direct:
+                http_client = bound_answers(
+                    http_client_for(endpoint) or openai.DefaultAsyncHttpxClient()
+                )
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
@@ -375,6 +382,8 @@ class OpenAIProvider:
             )
         except openai.APIError as exc:
             raise _map_error(self._who, exc) from exc
+        except ResponseLost as exc:  # a body past the size limit (`bound_answers`)
+            raise ResponseLost(f"{self._who}: {exc}") from None
         return _json(self._who, raw.content)
 
 

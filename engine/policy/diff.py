@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["KeyChange", "changed_keys", "diff_policies", "flatten"]
+__all__ = ["KeyChange", "changed_keys", "diff_policies", "flatten", "key_part"]
 
 _AMBIGUOUS = re.compile(r'[."]|^$').search
 
@@ -30,6 +30,13 @@ class KeyChange:
     new: Any = None
 
 
+def key_part(key: object) -> str:
+    """One key of a dotted path as `flatten` writes it: quoted when it holds a dot or a
+    quote (or is empty), so it never reads as the path of a nested key."""
+    text = str(key)
+    return json.dumps(text, ensure_ascii=False) if _AMBIGUOUS(text) else text
+
+
 def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every leaf of a body as `(dotted_key, value)`; an empty mapping is a leaf too.
 
@@ -37,8 +44,7 @@ def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
     as the path of a nested key: `{"router.x": 2}` and `{"router": {"x": 1}}` are two leaves.
     """
     for key, value in body.items():
-        text = str(key)
-        dotted = prefix + (json.dumps(text, ensure_ascii=False) if _AMBIGUOUS(text) else text)
+        dotted = prefix + key_part(key)
         if isinstance(value, Mapping) and value:
             yield from flatten(value, dotted + ".")
         else:

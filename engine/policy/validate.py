@@ -24,6 +24,7 @@ from engine.errors import EvaluationError, PolicyError, SpecError
 from engine.expr.expression import Expr, Ref, Template
 from engine.expr.wording import bools_read_as_numbers, config_problem, kind, literal, quoted
 from engine.located_yaml import Located, load_yaml, read_file
+from engine.policy.diff import key_part
 from engine.policy.guard import GuardSettings
 from engine.policy.signals import check_egress_section
 
@@ -176,7 +177,7 @@ def _check_values(value: object, at: _Path, located: Located) -> None:
     if isinstance(value, float) and math.isnan(value):
         raise _fail(
             located,
-            f"'{_dotted(at)}' is .nan (not a number), which compares false with every number, "
+            f"'{_key(at)}' is .nan (not a number), which compares false with every number, "
             "so what reads it is silently switched off; give a number",
             at,
         )
@@ -318,6 +319,57 @@ def _dotted(at: _Path) -> str:
     return ".".join(str(p) for p in at)
 
 
+def _key(at: _Path) -> str:
+    """A key path for a message, as `moat policy diff` shows it: a key that holds a dot is
+    quoted (`"cache.threshold"`), so it never reads as the nested key it spells."""
+    return ".".join(key_part(p) for p in at)
+
+
+def _nested(key: str) -> str:
+    """What a key with dots would have to be to be read as a path: `a.b.c` ->
+    `a: {b: {c: ...}}`."""
+    first, *rest = key.split(".")
+    text = "..."
+    for part in reversed(rest):
+        text = f"{{{part}: {text}}}"
+    return f"{first}: {text}"
+
+
+def _dot_note(key: object, at: _Path = ()) -> str:
+    """For a key with a dot in its name (under `at`): it is one key, not the path it
+    spells."""
+    if not isinstance(key, str) or "." not in key.strip("."):
+        return ""
+    reads = ".".join(["policy", *(str(p) for p in at), key])
+    return (
+        f"; {key_part(key)} is one key with a dot in its name, which `{reads}` does not "
+        f"read: to set the nested key, write `{_nested(key)}`"
+    )
+
+
+def _leaves(value: object, at: _Path = ()) -> Iterator[_Path]:
+    """The paths below `value` to each of its leaves (`()` for a leaf itself)."""
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            yield from _leaves(item, (*at, key))
+    else:
+        yield at
+
+
+def _spelt(located: Located, path: _Path) -> tuple[str, _Path] | None:
+    """The key of the body that spells `path` with dots (`"a.b": 1` where `a: {b: 1}` is
+    wanted): its dot note and where it is; None without one."""
+    cur: Any = located.data
+    for i, part in enumerate(path[:-1]):
+        if not isinstance(cur, Mapping):
+            return None
+        joined = ".".join(str(p) for p in path[i:])
+        if joined in cur:
+            return _dot_note(joined, path[:i]), (*path[:i], joined)
+        cur = cur.get(part)
+    return None
+
+
 def _compatible(
     old: Mapping[str, Any],
     new: Mapping[str, Any],
@@ -339,8 +391,8 @@ def _compatible(
                 siblings = [str(k) for k in old if k not in meta]
                 raise _fail(
                     located,
-                    f"new key '{_dotted(here)}' is not in {label}{_hint(str(key), siblings)}; "
-                    "if it is meant, apply with --allow-new-keys",
+                    f"new key '{_key(here)}' is not in {label}{_hint(str(key), siblings)}"
+                    f"{_dot_note(key, at)}; if it is meant, apply with --allow-new-keys",
                     here,
                     key=True,
                 )
@@ -349,7 +401,7 @@ def _compatible(
         if before is not None and value is not None and _kind(before) != _kind(value):
             raise _fail(
                 located,
-                f"'{_dotted(here)}' changed type from {_kind(before)} ({literal(before)} in "
+                f"'{_key(here)}' changed type from {_kind(before)} ({literal(before)} in "
                 f"{label}) to {_kind(value)} ({literal(value)}); graphs and nodes read it as a "
                 f"{_kind(before)}, so keep the type or use a new key",
                 here,
@@ -359,12 +411,16 @@ def _compatible(
     for key in old:
         if keys and key not in meta and key not in new:
             here = (*at, key)
+            spelt = next(
+                filter(None, (_spelt(located, (*here, *p)) for p in _leaves(old[key]))), None
+            )
+            note, where = spelt if spelt is not None else ("", at)
             raise _fail(
                 located,
-                f"'{_dotted(here)}' was removed ({label} has it: {literal(old[key])}); graphs and "
-                "nodes may read it, so keep it (with the old value to keep behaviour)",
-                at,
-                key=bool(at),
+                f"'{_key(here)}' was removed ({label} has it: {literal(old[key])}); graphs and "
+                f"nodes may read it, so keep it (with the old value to keep behaviour){note}",
+                where,
+                key=spelt is not None or bool(at),
             )
 
 
@@ -406,20 +462,22 @@ def _check_refs(graph: Graph, body: Mapping[str, Any], located: Located) -> None
                 raise _fail(
                     located,
                     f"graph '{graph.name}' ({where}) reads '{reads}', but "
-                    f"'{_dotted(tuple(walked))}' is a {_kind(cur)}; make it a mapping "
+                    f"'{_key(tuple(walked))}' is a {_kind(cur)}; make it a mapping "
                     f"with the key '{part}'",
                     tuple(walked),
                 )
             if part not in cur:
                 keys = sorted(str(k) for k in cur)
-                under = f"under '{_dotted(tuple(walked))}'" if walked else "at the top level"
+                under = f"under '{_key(tuple(walked))}'" if walked else "at the top level"
+                spelt = _spelt(located, tuple(ref.path))
+                note, at = spelt if spelt is not None else ("", tuple(walked))
                 raise _fail(
                     located,
                     f"graph '{graph.name}' ({where}) reads '{reads}', but the policy has no "
                     f"'{part}' {under}{_hint(str(part), keys)}. Keys there: "
-                    f"{', '.join(keys) or '(none)'}; add it",
-                    tuple(walked),
-                    key=bool(walked),
+                    f"{', '.join(key_part(k) for k in keys) or '(none)'}; add it{note}",
+                    at,
+                    key=spelt is not None or bool(walked),
                 )
             cur = cur[part]
             walked.append(part)

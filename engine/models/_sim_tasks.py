@@ -56,7 +56,6 @@ _BROKEN_MARK = re.compile(
     r"(?:text to fix|broken json|invalid json|fix this json|json to fix)\s*:", re.IGNORECASE
 )
 _TEXT_TASKS = frozenset({"answer", "draft", "revise"})
-_NUMBER = (int, float)
 
 
 @dataclass(slots=True)
@@ -257,14 +256,18 @@ def _topic(request_text: str) -> str:
     return " ".join(words[:5]) or "the question"
 
 
+_WRONG_TOKENS = ("unknown", "none of these", "it depends", "not stated", "7", "12", "blue")
+"""Wrong answers to a request whose right answer only a label knows: drawn without looking
+at that answer (a wrong answer worked out from the right one, its reverse or a number next
+to it, would tell a graph the right one)."""
+
+
 def _wrong_token(answer: str, rng: random.Random) -> str:
-    candidates: list[str] = []
-    if re.fullmatch(r"-?\d+(\.\d+)?", answer.strip()):
-        base = float(answer)
-        candidates = [f"{base + d:g}" for d in (rng.randint(2, 9), -rng.randint(2, 9), 97, 13)]
-    candidates += [answer[::-1], "unknown", "none of these", "7"]
-    for cand in candidates:
-        if cand and not _contains(cand, answer):
+    """A wrong answer that carries nothing of `answer` (one draw of the call's generator)."""
+    start = rng.randrange(len(_WRONG_TOKENS))
+    for k in range(len(_WRONG_TOKENS)):
+        cand = _WRONG_TOKENS[(start + k) % len(_WRONG_TOKENS)]
+        if not _contains(cand, answer) and not _contains(answer, cand):
             return cand
     return "-"
 
@@ -417,18 +420,33 @@ def _verify(call: SimCall) -> SimAnswer:
     return SimAnswer(values)
 
 
+_MISREAD_TEXT = ("unknown", "not given", "n/a", "pending", "other")
+
+
 def _wrong_value(value: Any, rng: random.Random) -> Any:
+    """A misread of a field whose true value only a label knows, of the same type, drawn
+    without looking at that value beyond its type (a reversed string or a number next to
+    the true one would tell a graph the true value). A yes/no field has one wrong value."""
     if isinstance(value, bool):
         return not value
-    if isinstance(value, _NUMBER):
-        return value + rng.choice((1, -1, 10, 100)) * (1 if isinstance(value, int) else 1.5)
+    if isinstance(value, int):
+        number = rng.randrange(1000)
+        return number if number != value else number + 1000
+    if isinstance(value, float):
+        real = round(rng.uniform(0.0, 1000.0), 2)
+        return real if real != value else real + 1000.0
     if isinstance(value, str):
-        return value[::-1] if len(value) > 1 and value[::-1] != value else f"{value} (unverified)"
+        text = rng.choice(_MISREAD_TEXT)
+        return text if _norm_text(text) != _norm_text(value) else "unreadable"
     if isinstance(value, list):
-        return value[:-1]
+        return []
     if isinstance(value, dict):
         return {k: _wrong_value(v, rng) for k, v in value.items()}
     return None
+
+
+def _norm_text(text: str) -> str:
+    return text.strip().lower()
 
 
 def _text_fields(text: str) -> dict[str, Any]:

@@ -69,14 +69,17 @@ documented in `engine.models._sim_model`; the call then draws right or wrong.
   `category` is read from the request's wording (`other` when it names no harm), never
   from this label.
 - `answer` (str): a short token a correct answer contains; a free-text answer contains it
-  with `answer_chance`. A `revise` keeps a right draft right with 0.9 and answers a wrong
-  one afresh at the same chance (no bonus for self-critique). Critique and verify judge a
-  draft right when it contains the token, right about it with `judge_chance`; a
-  critique states its `confidence` in its verdict (calibrated), and `score` reads the
-  verdict as the probability that the draft is right at even prior odds.
+  with `answer_chance`, else a wrong one drawn without looking at the token (never the
+  token reversed or a number next to it, which would give it away). A `revise` keeps a
+  right draft right with 0.9 and answers a wrong one afresh at the same chance (no bonus
+  for self-critique). Critique and verify judge a draft right when it contains the token,
+  right about it with `judge_chance`; a critique states its `confidence` in its verdict
+  (calibrated), and `score` reads the verdict as the probability that the draft is right
+  at even prior odds.
 - `fields` (dict): the true values for `extract`, each read right with
-  `answer_chance(extract=True)`, else a plausible wrong value; a `repair` re-reads the
-  fields the broken text lost the same way.
+  `answer_chance(extract=True)`, else a wrong value of the same type drawn without looking
+  at the true one (a yes/no field has one wrong value); a `repair` re-reads the fields the
+  broken text lost the same way.
 
 A JSON answer also states its `confidence`: the model's calibrated chance of being right.
 The risk output's `pii` is what the engine's PII detector finds in the text the model was

@@ -37,7 +37,7 @@ from nodes.critic import CRITIQUE_SCHEMA, RISK_SCHEMA
 from nodes.simulator import SIMULATE_SCHEMA
 from nodes.speculate import VERIFY_SCHEMA
 
-SIM_DIGEST = "a1a09d3423acdee67faba28b5d82eb5f7a4f4ea72e7ec5039ec93c615248bd0d"
+SIM_DIGEST = "e54182f5f5a3a2560d7031bdcf633aeceb74faa2af856cacae84028e36a8d29f"
 CACHE_DIGEST = "10b428720aab55e093fd60021cc273b03afefe551b504a9d2bc2bd8afadf5956"
 FLAGSHIP_DIGEST = "c8371847bf37e1c3f4ef6372440b3316aa1d89144cced745aaee186ddf0d42e5"
 

@@ -43,6 +43,9 @@ class RequestBudget:
         self.label = label
         self._spent = 0.0
         self._reserved = 0.0
+        self._open = 0
+        """Reservations not yet settled: with none, nothing is reserved, exactly (the sum
+        of many added and taken back amounts leaves rounding dust otherwise)."""
 
     @property
     def spent_usd(self) -> float:
@@ -81,6 +84,7 @@ class RequestBudget:
                 f"`budget.cost_usd`, lower `max_tokens` or route to a cheaper model"
             )
         self._reserved += amount
+        self._open += 1
         return Reservation(amount)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
@@ -88,7 +92,8 @@ class RequestBudget:
         if not reservation.open:
             return
         reservation.open = False
-        self._reserved = max(0.0, self._reserved - reservation.amount)
+        self._open -= 1
+        self._reserved = max(0.0, self._reserved - reservation.amount) if self._open else 0.0
         self._spent += max(0.0, actual_usd)
 
     def release(self, reservation: Reservation) -> None:

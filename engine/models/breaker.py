@@ -3,8 +3,11 @@
 Closed: calls pass; `threshold` consecutive transient failures open it. Open: calls are
 refused with `CircuitOpen`, which says what the last failure was, until `cooldown_s` has
 passed. Half-open: exactly one probe call passes; its success closes the breaker, its
-failure opens it again. Time is read from `anyio.current_time()`, so a mock clock drives it
-in tests.
+failure opens it again. Calls admitted before the breaker opened may still be in flight
+then: their failures and cancellations are the probe's business only when the caller says
+which call was the probe (`probe=`), so a late one neither frees the probe's place for a
+second probe nor ends the probe's trial. Time is read from `anyio.current_time()`, so a
+mock clock drives it in tests.
 """
 
 from __future__ import annotations
@@ -88,26 +91,35 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         return True
 
-    def on_failure(self, cause: str | None = None) -> bool:
+    def on_failure(self, cause: str | None = None, *, probe: bool | None = None) -> bool:
         """Record a transient failure, and what it said (`cause`, for the message of the
-        refusals while open). Returns True when this opened the breaker."""
+        refusals while open). `probe`: whether the failed call was the one `before_call`
+        let through as the probe (None: the caller does not say, so a failure while a
+        probe is in flight is taken for the probe's). Returns True when this opened the
+        breaker."""
         self.failures += 1
         if cause is not None:
             cut = len(cause) > _CAUSE_LIMIT
             self.last_failure = cause[:_CAUSE_LIMIT] + "..." if cut else cause
-        was_probe = self._probing
-        self._probing = False
-        if was_probe or (self.state is BreakerState.CLOSED and self.failures >= self.threshold):
-            self.state = BreakerState.OPEN
-            self._opened_at = anyio.current_time()
+        if self._probing and (probe is None or probe):
+            self._probing = False
+            self._open()
+            return True
+        if self.state is BreakerState.CLOSED and self.failures >= self.threshold:
+            self._open()
             return True
         return False
 
-    def on_abandon(self) -> None:
-        """The call ended without a verdict (cancelled, refused): free the probe slot."""
-        if self._probing:
+    def on_abandon(self, *, probe: bool | None = None) -> None:
+        """The call ended without a verdict (cancelled, refused): free the probe's place
+        if it was the probe (`probe`, as for `on_failure`)."""
+        if self._probing and (probe is None or probe):
             self._probing = False
             self.state = BreakerState.OPEN
+
+    def _open(self) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at = anyio.current_time()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.model!r} {self.state.value} failures={self.failures}>"

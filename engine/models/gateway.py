@@ -310,11 +310,11 @@ class Gateway(Ledger):
         record: Attempt,
         attempt: int,
     ) -> Completion:
-        breaker = self._admit(name, scope, record)
+        breaker, probe = self._admit(name, scope, record)
         try:
             reservations = self._reserve(name, scope, record)
         except BudgetExceeded:
-            breaker.on_abandon()
+            breaker.on_abandon(probe=probe)
             raise
         try:
             response = await self._call_provider(name, scope, call, messages, attempt, record)
@@ -322,14 +322,14 @@ class Gateway(Ledger):
             record.status = "cancelled"
             if record.clock is not None:  # sent: the provider may bill it all the same
                 self._charge_unanswered(name, record, cancelled=True, at=(scope, attempt))
-            breaker.on_abandon()
+            breaker.on_abandon(probe=probe)
             raise
         except TransientError as exc:
             record.status = "timeout" if isinstance(exc, TimeoutError) else "error"
             record.error = str(exc)
             if isinstance(exc, ResponseLost):
                 self._charge_unanswered(name, record, cancelled=False)
-            if breaker.on_failure(record.error):
+            if breaker.on_failure(record.error, probe=probe):
                 self._emit_opened(name, scope, breaker)
             raise
         except NodeError as exc:
@@ -339,7 +339,7 @@ class Gateway(Ledger):
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             self._charge_unanswered(name, record, cancelled=False)  # it may have been sent
-            breaker.on_abandon()
+            breaker.on_abandon(probe=probe)
             raise NodeError(
                 f"model '{name}': provider failed unexpectedly: {record.error}",
                 node_id=scope.node_id,
@@ -434,7 +434,10 @@ class Gateway(Ledger):
 
     # -- guards -----------------------------------------------------------------------
 
-    def _admit(self, name: str, scope: CallScope, record: Attempt) -> CircuitBreaker:
+    def _admit(
+        self, name: str, scope: CallScope, record: Attempt
+    ) -> tuple[CircuitBreaker, bool]:
+        """The model's breaker, and whether this attempt is its half-open probe."""
         breaker = self.breakers[name]
         try:
             probe = breaker.before_call()
@@ -448,7 +451,7 @@ class Gateway(Ledger):
                 decision="probe",
                 payload={"model": name, "failures": breaker.failures},
             )
-        return breaker
+        return breaker, probe
 
     def _breaker_success(self, name: str, scope: CallScope, breaker: CircuitBreaker) -> None:
         if breaker.on_success():

@@ -37,6 +37,7 @@ __all__ = [
     "demand_all",
     "evaluate",
     "evaluate_outputs",
+    "fence_out",
     "mark_demanded",
     "note_read",
     "try_evaluate",
@@ -51,6 +52,9 @@ class Executor(Protocol):
 
     def spawn(self, cell: LazyNode, by: str) -> None:
         """Start a node a speculative task (`by`) needs in its own cancellable task."""
+
+    def detach(self, cell: LazyNode) -> None:
+        """Start a pending node on demand in a task of its own (`fence_out`)."""
 
     def busy_input(self, cell: LazyNode) -> LazyNode | None:
         """An input `cell` needs that is still running (None when it could start now)."""
@@ -105,7 +109,9 @@ class Frame:
         "children",
         "closed",
         "cycle",
+        "depth",
         "ex",
+        "fence",
         "fixed",
         "parent",
         "req",
@@ -121,6 +127,7 @@ class Frame:
         parent: Frame | None,
         cycle: int,
         fixed: dict[str, Any],
+        timed: bool = False,
     ) -> None:
         self.req = req
         self.ex = ex
@@ -128,6 +135,17 @@ class Frame:
         self.parent = parent
         self.cycle = cycle
         self.fixed = fixed
+        if parent is None:
+            self.depth = 0
+            self.fence = -1
+        else:
+            self.depth = parent.depth + 1
+            self.fence = parent.depth if timed else parent.fence
+        """`depth`: how many loop cycles enclose the frame. `fence`: the depth of the
+        frames outside the innermost loop with a `timeout_ms` of its own around this one
+        (-1: none). That timeout cancels whatever runs inline in the loop's task, so a
+        node of those frames, which others outside the loop may wait for, never runs
+        inline here (`fence_out`)."""
         self.cells: dict[str, LazyNode] = {}
         self.spec_cells: list[LazyNode] = []
         """Nodes of this frame that got a background task (speculative starts)."""
@@ -299,7 +317,14 @@ class Consumer(Mapping[str, Any]):
             into.append(cell)
 
     def inline(self, cells: list[LazyNode]) -> LazyNode | None:
-        """The one pending node of `cells` to run in this task (claimed), if that is all."""
+        """The one pending node of `cells` to run in this task (claimed), if that is all.
+
+        Inside a loop with a timeout, the nodes of frames outside it start in tasks of
+        their own first (`fence_out`).
+        """
+        fence = self.frame.fence
+        if fence >= 0 and not self.spawn:
+            fence_out(self.frame.ex, cells, fence)
         return claim_single(cells, self.spawn)
 
     async def demand_all(self, cells: list[LazyNode]) -> None:
@@ -327,6 +352,18 @@ def claim_single(cells: list[LazyNode], spawn: bool) -> LazyNode | None:
         return None
     cell.status = RUNNING  # claimed
     return cell
+
+
+def fence_out(ex: Executor, cells: list[LazyNode], fence: int) -> None:
+    """Start in a task of its own every pending node of `cells` from a frame at depth
+    `fence` or above: one that a loop with a `timeout_ms` needs from outside itself.
+
+    Run inline, such a node would run under the loop's timeout, and the loop timing out
+    would cancel it while other consumers outside the loop still need its one run.
+    """
+    for cell in cells:
+        if cell.status is PENDING and cell.frame.depth <= fence:
+            ex.detach(cell)
 
 
 def note_read(cell: LazyNode, owner: LazyNode | None, label: str) -> None:

@@ -62,7 +62,8 @@ def _cycle_frame(ex: NodeRunner, cell: LazyNode, cycle: int, prev: Any) -> Frame
     assert loop is not None
     outer = cell.frame
     fixed = {**outer.fixed, "cycle": cycle, "prev": prev}
-    return Frame(outer.req, ex, loop.body, outer, cycle, fixed)
+    timed = cell.node.timeout_ms is not None
+    return Frame(outer.req, ex, loop.body, outer, cycle, fixed, timed)
 
 
 def _forget(cell: LazyNode, frame: Frame) -> None:

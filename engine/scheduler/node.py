@@ -27,6 +27,7 @@ from engine.scheduler.frame import (
     claim_single,
     demand_all,
     evaluate,
+    fence_out,
     mark_used,
 )
 from engine.scheduler.lazy import FINISHED, PENDING, RUNNING, LazyNode
@@ -171,6 +172,9 @@ class NodeRunner:
             if plan.kind is PLAIN:
                 waiting = plan.read_inputs(cell)
                 if waiting is not None:
+                    fence = cell.frame.fence
+                    if fence >= 0 and not spawn:  # inside a loop with a timeout
+                        fence_out(self, waiting, fence)
                     dep = claim_single(waiting, spawn)
                     if dep is None:
                         await demand_all(self, waiting, spawn, node.id)
@@ -477,6 +481,16 @@ class NodeRunner:
             payload={"for": by},
         )
         self.start_task(cell, self.execute, cell, True)
+
+    def detach(self, cell: LazyNode) -> None:
+        """Run a pending node on demand in a task of its own, under its own cancel scope
+        (`fence_out`): a loop with a timeout needs it from outside itself. The node is
+        no speculative start; its frame's cleanup cancels it if it is still running."""
+        cell.claim()
+        if cell.frame.closed:  # the frame is done and its tasks are being cancelled
+            cell.cancelled()
+            return
+        self.start_task(cell, self.execute, cell, False)
 
     def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `fn(*args)` for `cell` in the background under the node's own cancel scope.

@@ -254,7 +254,9 @@ def cleanup(frame: Frame) -> list[str]:
         status = cell.status
         if status is PENDING or (status is RUNNING and not cell.speculative):
             if cell.scope is not None:
-                cell.scope.cancel()  # a strategy still deciding: nothing started
+                # a strategy still deciding (nothing started), or a node a timed-out
+                # loop left running on demand (`fence_out`): its run records the cancel
+                cell.scope.cancel()
             continue
         if status is RUNNING:
             if cell.scope is not None:

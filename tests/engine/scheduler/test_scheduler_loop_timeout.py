@@ -1,0 +1,123 @@
+"""A loop's `timeout_ms` bounds the loop, never the nodes outside it that it reads.
+
+A loop body reading an outer node that nothing has started yet demands it; if the loop
+then runs out of its time, that outer node's one run must still reach the consumers
+outside the loop that need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.sched_nodes import backends, graph, impl, run, runs
+
+anyio_backend = backends("trio-mock", "asyncio")
+
+OUTER_READ = """
+moat: 1
+name: loop-timeout-outer-read
+nodes:
+  outer: {type: work, with: {ms: 100, value: 1}}
+  refine:
+    type: loop
+    timeout_ms: 50
+    optional: true
+    max_cycles: 1
+    nodes:
+      step: {type: work, with: {value: "{{ outer.value + 1 }}"}}
+    output: {value: step.value}
+output:
+  answer: "refine.value if refine else outer.value"
+"""
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_loop_leaves_the_outer_node_it_read_to_its_other_consumers(
+    anyio_backend: Any,
+) -> None:
+    g = graph(OUTER_READ)
+    result, sink = await run(g)
+    assert (result.status.value, result.output, result.error) == ("ok", {"answer": 1}, None)
+    assert sorted(runs(sink)) == [
+        ("outer", 0, "succeeded", False, "used", 1),
+        ("refine", 0, "timed_out", False, "none", 1),
+        ("step", 1, "cancelled", False, "cancelled", 1),
+    ]
+    outer = impl(g, "outer")
+    assert (outer.started, outer.finished, outer.cancelled) == (1, 1, 0)
+
+
+NOBODY_ELSE = """
+moat: 1
+name: loop-timeout-nobody-else
+nodes:
+  outer: {type: work, with: {ms: 100, value: 1}}
+  refine:
+    type: loop
+    timeout_ms: 50
+    optional: true
+    max_cycles: 1
+    nodes:
+      step: {type: work, with: {value: "{{ outer.value + 1 }}"}}
+    output: {value: step.value}
+output:
+  answer: "refine.value if refine else 'gave up'"
+"""
+
+
+@pytest.mark.anyio
+async def test_what_a_timed_out_loop_left_running_and_nobody_needs_is_cancelled_at_the_end(
+    anyio_backend: Any,
+) -> None:
+    g = graph(NOBODY_ELSE)
+    result, sink = await run(g)
+    assert (result.status.value, result.output) == ("ok", {"answer": "gave up"})
+    assert result.latency_ms == pytest.approx(50, abs=30)  # not held back by `outer`
+    assert sorted(runs(sink)) == [
+        ("outer", 0, "cancelled", False, "cancelled", 1),
+        ("refine", 0, "timed_out", False, "none", 1),
+        ("step", 1, "cancelled", False, "cancelled", 1),
+    ]
+    outer = impl(g, "outer")
+    assert (outer.started, outer.finished, outer.cancelled) == (1, 0, 1)
+
+
+NESTED = """
+moat: 1
+name: inner-loop-timeout
+nodes:
+  outer:
+    type: loop
+    max_cycles: 2
+    nodes:
+      shared: {type: work, with: {ms: 100, value: "{{ cycle * 10 }}"}}
+      inner:
+        type: loop
+        timeout_ms: 50
+        optional: true
+        max_cycles: 1
+        nodes:
+          step: {type: work, with: {value: "{{ shared.value + 1 }}"}}
+        output: {value: step.value}
+    output:
+      value: "inner.value if inner else shared.value"
+output:
+  answer: outer.value
+"""
+
+
+@pytest.mark.anyio
+async def test_an_inner_loop_timing_out_leaves_the_outer_body_node_it_read(
+    anyio_backend: Any,
+) -> None:
+    g = graph(NESTED)
+    result, sink = await run(g)
+    assert (result.status.value, result.output, result.error) == ("ok", {"answer": 20}, None)
+    assert [r for r in runs(sink) if r[0] == "shared"] == [
+        ("shared", 2, "succeeded", False, "used", 1),
+    ]
+    assert [r for r in runs(sink) if r[0] == "inner"] == [
+        ("inner", 2, "timed_out", False, "none", 1),
+    ]

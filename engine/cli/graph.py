@@ -237,13 +237,19 @@ def _count(scope: Scope) -> int:
 
 def render_text(graph: Graph) -> str:
     """An indented listing of nodes in run order with their reads and flags."""
-    lines = [f"{graph.name}  ({graph.path})"]
+    lines = [f"{_line(graph.name)}  ({_line(graph.path)})"]
     if graph.spec.description:
-        lines.append(f"  {graph.spec.description.strip()}")
+        lines += [f"  {_line(part)}" for part in graph.spec.description.strip().split("\n")]
     lines += _text_scope(graph.scope, "  ")
     lines.append("  output:")
-    lines += [f"    {name} = {expr.source}" for name, expr in graph.output.items()]
+    lines += [f"    {_line(name)} = {_line(expr.source)}" for name, expr in graph.output.items()]
     return "\n".join(lines)
+
+
+def _line(text: str) -> str:
+    """`text` on one line, control characters escaped: a name, a description or an
+    expression may hold any text, and a listing must neither break nor move the cursor."""
+    return printable(text).replace("\n", "\\n")
 
 
 def _text_scope(scope: Scope, indent: str) -> list[str]:
@@ -254,16 +260,16 @@ def _text_scope(scope: Scope, indent: str) -> list[str]:
         if node.speculative is True:
             flags.append("speculative")
         elif node.speculative is not False:
-            flags.append(f"speculative if {getattr(node.speculative, 'source', '')}")
+            flags.append(f"speculative if {_line(getattr(node.speculative, 'source', ''))}")
         if node.when is not None:
-            flags.append(f"when {node.when.source}")
+            flags.append(f"when {_line(node.when.source)}")
         if node.optional:
             flags.append("optional")
         reads = sorted(d for d in node.deps if d in scope.nodes)
         extra = f"  <- {', '.join(reads)}" if reads else ""
         tail = f"  [{'; '.join(flags)}]" if flags else ""
         if node.loop is not None:
-            until = f" until {node.loop.until.source}" if node.loop.until else ""
+            until = f" until {_line(node.loop.until.source)}" if node.loop.until else ""
             lines.append(f"{indent}{nid}: loop (max {node.loop.max_cycles}{until}){extra}{tail}")
             lines += _text_scope(node.loop.body, indent + "    ")
         else:
@@ -271,42 +277,83 @@ def _text_scope(scope: Scope, indent: str) -> list[str]:
     return lines
 
 
+_MERMAID_WORDS = frozenset(
+    {
+        "call",
+        "class",
+        "classdef",
+        "click",
+        "default",
+        "direction",
+        "end",
+        "flowchart",
+        "graph",
+        "href",
+        "interpolate",
+        "linkstyle",
+        "style",
+        "subgraph",
+        "v",
+    }
+)
+"""Words of mermaid's flowchart syntax: a node id spelt so would end a subgraph or start a
+statement, so it is drawn under another id (its label still says it)."""
+
+
 def render_mermaid(graph: Graph) -> str:
-    """A mermaid flowchart: solid edges for reads, dashed borders for speculative nodes."""
+    """A mermaid flowchart: solid edges for reads, dashed borders for speculative nodes.
+
+    A node of a loop body is drawn as `LOOP.NODE` (body ids are unique only in their body),
+    and a node whose id is a word of mermaid's syntax, or could be an output's box
+    (`out_...`), as `N.ID`; each label says the node's own id."""
     lines = ["flowchart TD"]
-    lines += _mermaid_scope(graph.scope, "    ")
+    lines += _mermaid_scope(graph.scope, (), "    ")
     for i, (name, expr) in enumerate(graph.output.items()):
-        # an output's name is any text; node ids are words already
+        # an output's name is any text; a box id is `out_` and a word (no node's: see above)
         box = f"out_{name}" if name.isascii() and name.isidentifier() else f"out_{i}"
-        label = name.replace('"', "#quot;").replace("\n", " ")
-        lines.append(f'    {box}[/"output: {label}"/]')
-        lines += [f"    {n} --> {box}" for n in sorted(expr.names) if n in graph.nodes]
+        lines.append(f'    {box}[/"output: {_mermaid_text(name)}"/]')
+        lines += [
+            f"    {_mermaid_id((n,))} --> {box}" for n in sorted(expr.names) if n in graph.nodes
+        ]
     return "\n".join(lines)
 
 
-def _mermaid_scope(scope: Scope, indent: str) -> list[str]:
+def _mermaid_id(path: tuple[str, ...]) -> str:
+    drawn = ".".join(path)
+    return f"N.{drawn}" if path[0] in _MERMAID_WORDS or path[0].startswith("out_") else drawn
+
+
+def _mermaid_text(text: str) -> str:
+    """`text` inside a quoted mermaid label: on one line, its quotes and `#` as entities."""
+    return _line(text).replace("#", "#35;").replace('"', "#quot;")
+
+
+def _mermaid_scope(scope: Scope, prefix: tuple[str, ...], indent: str) -> list[str]:
     lines = []
     for nid in scope.order:
         node = scope.nodes[nid]
+        me = _mermaid_id((*prefix, nid))
         if node.loop is not None:
-            lines.append(f'{indent}subgraph {nid}["{nid}: loop x{node.loop.max_cycles}"]')
-            lines += _mermaid_scope(node.loop.body, indent + "    ")
+            lines.append(f'{indent}subgraph {me}["{nid}: loop x{node.loop.max_cycles}"]')
+            lines += _mermaid_scope(node.loop.body, (*prefix, nid), indent + "    ")
             lines.append(f"{indent}end")
         else:
-            lines.append(f'{indent}{nid}["{nid}: {node.type_name}"]')
+            lines.append(f'{indent}{me}["{nid}: {node.type_name}"]')
             if node.speculative is not False:
-                lines.append(f"{indent}style {nid} stroke-dasharray: 5 5")
+                lines.append(f"{indent}style {me} stroke-dasharray: 5 5")
         for dep in sorted(node.deps):
             if dep in scope.nodes:
                 arrow = "-.->" if node.when is not None and dep in node.when.names else "-->"
-                lines.append(f"{indent}{dep} {arrow} {nid}")
+                lines.append(f"{indent}{_mermaid_id((*prefix, dep))} {arrow} {me}")
     return lines
 
 
 def render_dot(graph: Graph) -> str:
-    """A Graphviz digraph: dashed nodes are speculative, dotted edges feed guards."""
+    """A Graphviz digraph: dashed nodes are speculative, dotted edges feed guards. A node of
+    a loop body is `LOOP/NODE` (body ids are unique only in their body; an output's box is
+    `output.NAME`)."""
     lines = [f"digraph {_dot(graph.name)} {{", "  rankdir=TB;", "  node [shape=box];"]
-    lines += _dot_scope(graph.scope, "  ")
+    lines += _dot_scope(graph.scope, (), "  ")
     for name, expr in graph.output.items():
         box = _dot(f"output.{name}")
         lines.append(f"  {box} [shape=note];")
@@ -317,25 +364,27 @@ def render_dot(graph: Graph) -> str:
 
 def _dot(text: str) -> str:
     """`text` as a quoted Graphviz id: a graph's or an output's name may hold any text."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    escaped = printable(text).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n") + '"'
 
 
-def _dot_scope(scope: Scope, indent: str) -> list[str]:
+def _dot_scope(scope: Scope, prefix: tuple[str, ...], indent: str) -> list[str]:
     lines = []
     for nid in scope.order:
         node = scope.nodes[nid]
+        me = "/".join((*prefix, nid))
         if node.loop is not None:
-            lines.append(f'{indent}subgraph "cluster_{nid}" {{')
+            lines.append(f'{indent}subgraph "cluster_{me}" {{')
             lines.append(f'{indent}  label="{nid}: loop x{node.loop.max_cycles}";')
-            lines += _dot_scope(node.loop.body, indent + "  ")
+            lines += _dot_scope(node.loop.body, (*prefix, nid), indent + "  ")
             lines.append(f"{indent}}}")
-            lines.append(f'{indent}"{nid}" [shape=doubleoctagon];')
+            lines.append(f'{indent}"{me}" [label="{nid}", shape=doubleoctagon];')
         else:
             style = ", style=dashed" if node.speculative is not False else ""
-            lines.append(f'{indent}"{nid}" [label="{nid}\\n{node.type_name}"{style}];')
+            lines.append(f'{indent}"{me}" [label="{nid}\\n{node.type_name}"{style}];')
         for dep in sorted(node.deps):
             if dep in scope.nodes:
                 guard = node.when is not None and dep in node.when.names
-                lines.append(f'{indent}"{dep}" -> "{nid}"{" [style=dotted]" if guard else ""};')
+                dep_id = "/".join((*prefix, dep))
+                lines.append(f'{indent}"{dep_id}" -> "{me}"{" [style=dotted]" if guard else ""};')
     return lines

@@ -273,10 +273,19 @@ def _reader(path: str, name: str) -> Graph | None:
     return graph if graph.policy_name == name else None
 
 
-def _graphs_for(name: str, given: list[str], recorded: list[str]) -> list[Graph]:
-    """The graphs a new version of policy `name` is checked against: the `--graph` ones,
-    those in ./graphs/ that read it and those the store's runs of it recorded, each once."""
+def _graphs_for(loaded: PolicyFile, given: list[str], recorded: list[str]) -> list[Graph]:
+    """The graphs a new version of the policy is checked against: the `--graph` ones,
+    those in ./graphs/ that read it and those the store's runs of it recorded, each once.
+
+    Raises:
+        PolicyError: a `--graph` reads another policy (or none): checked against it, the
+            policy would seem to serve a graph that never reads it.
+    """
+    name = loaded.name
     graphs = [load_graph(path) for path in given]
+    for path, given_graph in zip(given, graphs, strict=True):
+        if given_graph.policy_name != name:
+            raise _not_its_graph(loaded, path, given_graph)
     seen = {os.path.realpath(path) for path in given}
     local = sorted([*_GRAPHS_DIR.glob("*.yaml"), *_GRAPHS_DIR.glob("*.yml")])
     for path in [*map(str, local), *recorded]:
@@ -290,10 +299,34 @@ def _graphs_for(name: str, given: list[str], recorded: list[str]) -> list[Graph]
                 file=sys.stderr,
             )
             continue
-        graph = _reader(path, name)
-        if graph is not None:
-            graphs.append(graph)
+        reader = _reader(path, name)
+        if reader is not None:
+            graphs.append(reader)
     return graphs
+
+
+def _not_its_graph(loaded: PolicyFile, path: str, graph: Graph) -> PolicyError:
+    name, located = loaded.name, loaded.located
+    named = "name" in located.data
+    if graph.policy_name is None:
+        reads = "reads no policy (it has no `policy:`)"
+        fix = f"add `policy: FILE` to {path}, or pass the graph that reads '{name}'"
+    else:
+        reads = f"reads policy '{graph.policy_name}' (its `policy:` file {graph.policy_path})"
+        fix = (
+            f"to change what that graph reads, {'write' if named else 'add'} "
+            f"`name: {graph.policy_name}` {'in' if named else 'to'} the file; else pass the "
+            f"graph that reads '{name}'"
+        )
+    pos = located.where(("name",)) if named and located.values else None
+    how = "named" if named else "named after its file"
+    return PolicyError(
+        f"the policy is {how} '{name}', but --graph {path} {reads}: it would never read "
+        f"this version; {fix}",
+        path=located.path or None,
+        line=pos.line if pos is not None else None,
+        column=pos.column if pos is not None else None,
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -305,7 +338,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     loaded = load_policy_file(args.file)  # read once: what is validated is what is stored
     name = loaded.name
     recorded, active = _recorded(args, name)
-    graphs = _graphs_for(name, args.graph, recorded)
+    graphs = _graphs_for(loaded, args.graph, recorded)
     if not graphs:
         _refuse_unchecked(loaded, active, args)
     with _open(args, write=True, create=True) as store:

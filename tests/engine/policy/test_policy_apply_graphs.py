@@ -188,3 +188,54 @@ def test_graph_options_add_to_the_graphs_found_rather_than_replace_them(
     code, _, err = moat(capsys, "policy", "apply", str(policy(tmp_path, 4)), *args)
     assert code == 2 and "does not fit graph 'triage'" in err
     assert active(db) == 1
+
+
+def test_a_graph_option_that_reads_another_policy_is_refused_at_the_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `name: triage-v2` taken for a version label: checked against the triage graph and
+    # stored, it would be reported as checked against it, while that graph never reads it.
+    monkeypatch.chdir(tmp_path)
+    graph = project(tmp_path / "proj")
+    db = tmp_path / "moat.db"
+    labelled = tmp_path / "next.yaml"
+    labelled.write_text("router:\n  threshold: 0.5\nname: triage-v2\n")
+    code, out, err = moat(
+        capsys, "policy", "apply", str(labelled), "--graph", str(graph), "--db", str(db)
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        f"moat: {labelled}:3:7: the policy is named 'triage-v2', but --graph {graph} reads "
+        f"policy 'triage' (its `policy:` file {tmp_path / 'proj' / 'policies' / 'triage.yaml'})"
+        ": it would never read this version; to change what that graph reads, write "
+        "`name: triage` in the file; else pass the graph that reads 'triage-v2'\n"
+    )
+    unnamed = tmp_path / "triage-next.yaml"  # named after its file
+    unnamed.write_text("router:\n  threshold: 0.5\n")
+    code, _, err = moat(
+        capsys, "policy", "apply", str(unnamed), "--graph", str(graph), "--db", str(db)
+    )
+    assert code == 2
+    assert err.startswith(
+        f"moat: {unnamed}: the policy is named after its file 'triage-next', but --graph "
+    )
+    assert "add `name: triage` to the file" in err
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        "moat: 1\nname: plain\nplugins: [tests.support.graph_nodes]\n"
+        "nodes:\n  e: {type: echo, with: {value: 1}}\noutput:\n  a: e.value\n"
+    )
+    code, _, err = moat(
+        capsys,
+        "policy",
+        "apply",
+        str(policy(tmp_path, 0.5)),
+        "--graph",
+        str(plain),
+        "--db",
+        str(db),
+    )
+    assert code == 2
+    assert f"but --graph {plain} reads no policy (it has no `policy:`)" in err
+    assert f"add `policy: FILE` to {plain}" in err
+    assert not db.exists()  # nothing stored, not even an empty store

@@ -370,6 +370,45 @@ def _spelt(located: Located, path: _Path) -> tuple[str, _Path] | None:
     return None
 
 
+_YAML_BOOLS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n"})
+"""Words YAML reads as true/false when unquoted (YAML 1.1, as PyYAML reads it)."""
+
+
+def _number_in(text: str) -> float | int | None:
+    """The finite number a string spells (`'0.9'`, `'1e-3'`, `' 42 '`), else None."""
+    try:
+        number = float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+def _retype_fix(before: object, value: object) -> str:
+    """How to keep the previous kind of a value, as precisely as the value allows: a
+    number written so that YAML reads text (`1e-3`, `"0.9"`), a yes/no read as true/false,
+    true/false where a number was."""
+    if isinstance(before, int | float) and not isinstance(before, bool):
+        if isinstance(value, str) and (number := _number_in(value)) is not None:
+            return (
+                f"write the number as {number!r} (YAML reads {literal(value)} as text: an "
+                "exponent needs a point and a signed power, as in 1.0e-3)"
+                if "e" in value.lower()
+                else f"write the number as {number!r}, without quotes"
+            )
+        if isinstance(value, bool):
+            return "write a number: true/false is not one (for a switch, use a new key)"
+    if isinstance(before, bool) and isinstance(value, str) and value.lower() in _YAML_BOOLS:
+        return f"write {str(value.lower() in {'true', 'yes', 'on', 'y'}).lower()}, without quotes"
+    if isinstance(before, str) and isinstance(value, bool | int | float):
+        return (
+            "quote the value to keep it text (YAML reads unquoted yes, no, on, off, true and "
+            "false as true/false, and digits as a number)"
+        )
+    return "keep the type or use a new key"
+
+
 def _compatible(
     old: Mapping[str, Any],
     new: Mapping[str, Any],
@@ -403,7 +442,7 @@ def _compatible(
                 located,
                 f"'{_key(here)}' changed type from {_kind(before)} ({literal(before)} in "
                 f"{label}) to {_kind(value)} ({literal(value)}); graphs and nodes read it as a "
-                f"{_kind(before)}, so keep the type or use a new key",
+                f"{_kind(before)}, so {_retype_fix(before, value)}",
                 here,
             )
         if isinstance(before, Mapping) and isinstance(value, Mapping):

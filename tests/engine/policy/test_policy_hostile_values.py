@@ -1,0 +1,64 @@
+"""Values of the wrong kind in a policy file: refused at their line, with the fix that
+keeps what the operator meant (a number YAML read as text, a yes read as true)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine import PolicyError
+from engine.policy.manager import apply_policy
+from engine.store.store import Store
+
+BASE = {
+    "name": "triage",
+    "router": {"threshold": 0.4, "model": "small"},
+    "cache": {"enabled": True, "ttl_s": 60},
+}
+
+BASE_LINES = ["router: {threshold: 0.4, model: small}", "cache: {enabled: true, ttl_s: 60}"]
+"""BASE as written in a file, one line a section."""
+
+
+@pytest.mark.parametrize(
+    ("line", "fix"),
+    [
+        # an exponent without a point and a sign is text to YAML, though no quote is seen
+        (
+            "router: {threshold: 1e-3, model: small}",
+            r"write the number as 0\.001 \(YAML reads "
+            r"'1e-3' as text: an exponent needs a point and a signed power, as in 1\.0e-3\)$",
+        ),
+        ("router: {threshold: '0.5', model: small}", r"write the number as 0\.5, without quotes$"),
+        ('cache: {enabled: true, ttl_s: "90"}', r"write the number as 90, without quotes$"),
+        ("cache: {enabled: 'yes', ttl_s: 60}", r"write true, without quotes$"),
+        ("cache: {enabled: 'off', ttl_s: 60}", r"write false, without quotes$"),
+        ("router: {threshold: true, model: small}", r"write a number: true/false is not one"),
+        # `no` is Norway's code, or a model name: YAML 1.1 reads it as false
+        (
+            "router: {threshold: 0.4, model: no}",
+            r"quote the value to keep it text \(YAML reads "
+            r"unquoted yes, no, on, off, true and false as true/false, and digits as a number\)$",
+        ),
+        ("router: {threshold: 0.4, model: 1.10}", r"quote the value to keep it text"),
+        ("router: {threshold: high, model: small}", r"keep the type or use a new key$"),
+    ],
+)
+def test_a_value_of_another_kind_is_refused_with_the_fix_that_keeps_its_kind(
+    tmp_path: Path, line: str, fix: str
+) -> None:
+    section = line.split(":")[0]
+    lines = [line if row.startswith(section) else row for row in BASE_LINES]
+    path = tmp_path / "next.yaml"
+    path.write_text("\n".join(["name: triage", *lines]) + "\n")
+    with Store.open(tmp_path / "moat.db") as store:
+        apply_policy(store, BASE)
+        with pytest.raises(
+            PolicyError,
+            match=rf"^{re.escape(str(path))}:\d:\d+: '{section}\.\w+' changed type from "
+            rf".*; graphs and nodes read it as a .*, so {fix}",
+        ):
+            apply_policy(store, path)
+        assert store.active_policy("triage")["version"] == 1

@@ -369,8 +369,9 @@ class PolicyManager:
         Raises:
             PolicyError: nothing to roll back to, or `to` is unknown or already active.
         """
+        store = self._store()  # refuses a process without a store or a named policy
         assert self.name is not None
-        rollback_policy(self._store(), self.name, to=to, run_id=self.run_id)
+        rollback_policy(store, self.name, to=to, run_id=self.run_id)
         self._refresh_now()
         return self._state.pin
 

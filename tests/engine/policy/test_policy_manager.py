@@ -70,6 +70,17 @@ def test_without_a_store_the_default_body_is_pinned_unversioned() -> None:
         m.rollback()
 
 
+def test_a_graph_without_a_policy_has_no_versions_to_roll_back(tmp_path: Path) -> None:
+    # a Pipeline on a graph with no `policy:` still has a store: it says what is missing
+    with Store.open(tmp_path / "moat.db") as store:
+        m = PolicyManager(store, name=None, default_body={})
+        assert m.ensure_registered() == PolicyPin(None, None, {})
+        for action in (m.rollback, lambda: m.apply({"router": {"threshold": 0.5}})):
+            with pytest.raises(PolicyError, match=r"policy versions need a store and a named"):
+                action()
+        assert store.list_policies() == []
+
+
 def test_apply_switches_new_requests_and_keeps_pinned_ones(tmp_path: Path) -> None:
     m = manager(tmp_path)
     pinned = m.current()

@@ -7,6 +7,7 @@ docstring says when): the reported usage, the whole reservation, or the prompt a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,12 @@ from engine.events import now
 from engine.graph.spec import Price
 from engine.models.base import ProviderResponse
 
-__all__ = ["Attempt", "Call", "chat_messages", "chat_text"]
+__all__ = ["Attempt", "Call", "call_problem", "chat_messages", "chat_text"]
 
 _OVERRUN_TOLERANCE = 1e-9
 """Relative slack for float rounding before a charge counts as past its reservation."""
+MAX_OUTPUT_TOKENS = 2**31 - 1
+"""The largest `max_tokens` a call may ask for (what OpenAI-compatible servers accept)."""
 
 
 @dataclass(slots=True)
@@ -90,6 +93,47 @@ class Attempt:
         return self.cost_usd > self.reserved_usd * (1 + _OVERRUN_TOLERANCE)
 
 
+def call_problem(
+    schema: object, task: object, max_tokens: object, temperature: object
+) -> str | None:
+    """What is wrong with a call's settings, saying what they must be; None when nothing.
+
+    A node plugin may pass anything: a value that would fail far from the node (a
+    negative reservation, a float overflow, a provider's traceback) is refused up front.
+    """
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool)  # (a bool is no count, a float no whole number)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_OUTPUT_TOKENS
+    ):
+        return (
+            f"`max_tokens` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, not "
+            f"{_shown(max_tokens)}; pass the longest answer to allow, or None for the default"
+        )
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature < math.inf
+    ):
+        return (
+            f"`temperature` must be a number of at least 0, not {_shown(temperature)}; "
+            "pass e.g. 0.2, or None for the model's default"
+        )
+    if schema is not None and type(schema) is not dict and not isinstance(schema, Mapping):
+        return (
+            f"`schema` must be a JSON Schema object (a mapping), not {_shown(schema)}; "
+            'pass e.g. {"type": "object", "properties": {...}}'
+        )
+    if task is not None and type(task) is not str:
+        return f"`task` must be a name such as 'answer' or 'risk', not {_shown(task)}"
+    return None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def chat_messages(
     prompt: str | None,
     messages: Sequence[Mapping[str, str]] | None,
@@ -105,7 +149,14 @@ def chat_messages(
     chat: list[dict[str, str]] = []
     if system:
         chat.append({"role": "system", "content": _text(system)})
-    for m in messages or ():
+    for i, m in enumerate(messages or ()):
+        if not isinstance(m, Mapping):
+            raise NodeError(
+                f"`messages[{i}]` is {_shown(m)}, not a mapping; pass `messages` as a list of "
+                '{"role": ..., "content": ...} mappings, or the text as `prompt=`',
+                node_id=node_id,
+                request_id=request_id,
+            )
         chat.append({"role": _text(m.get("role", "user")), "content": _text(m.get("content", ""))})
     if prompt is not None:
         chat.append({"role": "user", "content": _text(prompt)})

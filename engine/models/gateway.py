@@ -34,7 +34,7 @@ from engine.errors import (
 )
 from engine.events import EventType
 from engine.graph.spec import ModelSpec
-from engine.models._attempt import Attempt, Call, chat_messages, chat_text
+from engine.models._attempt import Attempt, Call, call_problem, chat_messages, chat_text
 from engine.models._egress import egress_off_loop
 from engine.models._ledger import Ledger
 from engine.models._scope import CallScope, Emit, located
@@ -101,6 +101,13 @@ class _GatewayClient:
     ) -> Completion:
         """Make one call through the gateway (see `engine.plugin.context.ModelClient.complete`)."""
         scope = self._scope
+        problem = call_problem(schema, task, max_tokens, temperature)
+        if problem is not None:
+            raise NodeError(
+                f"model '{self.name}': {problem}",
+                node_id=scope.node_id,
+                request_id=scope.request.id,
+            )
         chat = chat_messages(prompt, messages, system, scope.node_id, scope.request.id)
         call = Call(chat, schema, json_mode, task, max_tokens, temperature, speculative)
         return await self._gateway._complete(self.name, self._scope, call)
@@ -434,9 +441,7 @@ class Gateway(Ledger):
 
     # -- guards -----------------------------------------------------------------------
 
-    def _admit(
-        self, name: str, scope: CallScope, record: Attempt
-    ) -> tuple[CircuitBreaker, bool]:
+    def _admit(self, name: str, scope: CallScope, record: Attempt) -> tuple[CircuitBreaker, bool]:
         """The model's breaker, and whether this attempt is its half-open probe."""
         breaker = self.breakers[name]
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import enum
+import inspect
 import json
 import sys
 import types
@@ -10,13 +12,14 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from engine.cli import graph_file
-from engine.errors import SpecError, printable
+from engine.errors import SpecError, exception_text, printable
 from engine.expr.wording import literal
 from engine.graph.compiled import Graph, Scope
 from engine.graph.loader import check_file, graph_registry, load_graph
-from engine.graph.schema import graph_json_schema
+from engine.graph.schema import config_json_schema, graph_json_schema, no_json_schema
 from engine.graph.spec import LoopSpec
 from engine.plugin.registry import Registry
 
@@ -91,9 +94,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the graph format's JSON Schema."""
-    print(json.dumps(graph_json_schema(Registry.default()), indent=2, sort_keys=True))
+    """Print the graph format's JSON Schema (a node type without one is warned about)."""
+    schema = graph_json_schema(Registry.default(), warn=_warn)
+    print(json.dumps(schema, indent=2, sort_keys=True))
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"moat: warning: {printable(message)}", file=sys.stderr)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -115,21 +123,22 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             f"{', '.join([*registry.names(), 'loop'])}{where}"
         )
     if args.json:
+        origin = registry.origin(args.type)
         print(
             json.dumps(
                 {
                     "type": args.type,
                     "description": cls.__doc__,
-                    "config": cls.Config.model_json_schema(),
-                    "output": cls.Output.model_json_schema(),
+                    "config": _model_schema(cls.Config, args.type, origin),
+                    "output": _model_schema(cls.Output, args.type, origin),
                     "events": list(cls.event_types),
                 },
                 indent=2,
             )
         )
         return 0
-    print(f"{args.type}: {(cls.__doc__ or '').strip()}\n")
-    print(f"origin: {registry.origin(args.type)}")
+    print(f"{args.type}: {_doc(cls.__doc__)}\n")
+    print(f"origin: {printable(registry.origin(args.type))}")
     print("\nconfig (with:):")
     print(_fields(cls.Config))
     print("\noutput (readable as NODE.FIELD):")
@@ -137,6 +146,21 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if cls.event_types:
         print("\nevents it records: " + ", ".join(cls.event_types))
     return 0
+
+
+def _model_schema(model: type[BaseModel], type_name: str, origin: str) -> dict[str, Any]:
+    """The JSON Schema of a node type's `Config` or `Output`; any mapping, with a warning,
+    when pydantic cannot draw one of its fields."""
+    try:
+        return config_json_schema(model)
+    except Exception as exc:  # (a plugin's model)
+        _warn(no_json_schema(type_name, origin, exc))
+        return {"type": "object"}
+
+
+def _doc(text: str | None) -> str:
+    """A docstring for the terminal: dedented, control characters escaped."""
+    return printable(inspect.cleandoc(text or ""))
 
 
 def _list_nodes(registry: Registry, as_json: bool) -> int:
@@ -148,10 +172,10 @@ def _list_nodes(registry: Registry, as_json: bool) -> int:
     width = max([len(n) for n, _ in rows] + [4])
     for name, cls in rows:
         assert cls is not None
-        print(f"{name:<{width}}  {cls.describe()}  [{registry.origin(name)}]")
+        print(f"{name:<{width}}  {_line(cls.describe())}  [{_line(registry.origin(name))}]")
     print(f"{'loop':<{width}}  {_LOOP}")
     for problem in registry.broken.values():
-        print(f"moat: warning: {problem}", file=sys.stderr)
+        _warn(problem)
     return 0
 
 
@@ -181,17 +205,31 @@ def _fields(
         if name in skip:
             continue
         ann = type_words(field.annotation)
-        default = (
-            ""
-            if field.is_required()
-            else f" = {literal(field.get_default(call_default_factory=True))}"
-        )
+        default = "" if field.is_required() else f" = {_default(field)}"
         required = " (required)" if field.is_required() else ""
-        lines.append(f"  {field.alias or name}: {ann}{default}{required}")
+        lines.append(f"  {_line(field.alias or name)}: {_line(ann)}{default}{required}")
         text = field.description or (notes or {}).get(name)
         if text:
-            lines.append(f"      {text}")
+            lines += [f"      {printable(part)}" for part in inspect.cleandoc(text).split("\n")]
     return "\n".join(lines) or "  (none)"
+
+
+def _default(field: FieldInfo) -> str:
+    """A field's default as the graph language writes it. A default factory is called to
+    show what it makes, unless it needs the other fields; one that fails is said so (a
+    plugin's factory is its author's code)."""
+    if field.default_factory is None:
+        value = field.default
+    elif field.default_factory_takes_validated_data:
+        return "(made from the other fields by its default_factory)"
+    else:
+        try:
+            value = field.get_default(call_default_factory=True)
+        except (Exception, SystemExit) as exc:
+            return f"(its default_factory raised {exception_text(exc, with_type=True)})"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return _line(literal(value))
 
 
 _WORDS: dict[Any, str] = {
@@ -215,6 +253,8 @@ def type_words(annotation: Any) -> str:
         return type_words(args[0])
     if origin is typing.Literal:
         return " | ".join(literal(a) for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " | ".join(literal(member.value) for member in annotation)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(dict.fromkeys(type_words(a) for a in args))
     if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):

@@ -447,6 +447,8 @@ def _compatible(
             )
         if isinstance(before, Mapping) and isinstance(value, Mapping):
             _compatible(before, value, here, located, allow_new_keys, label, keys=keys)
+        if isinstance(before, list) and isinstance(value, list):
+            _compatible_items(before, value, here, located, label)
     for key in old:
         if keys and key not in meta and key not in new:
             here = (*at, key)
@@ -460,6 +462,27 @@ def _compatible(
                 f"nodes may read it, so keep it (with the old value to keep behaviour){note}",
                 where,
                 key=spelt is not None or bool(at),
+            )
+
+
+def _compatible_items(
+    old: list[Any], new: list[Any], at: _Path, located: Located, label: str
+) -> None:
+    """Refuse an item of another kind in a list whose items all had one kind (`[0.2,
+    0.5]` -> `[0.2, '0.5']`): what reads its items reads them as that kind."""
+    kinds = {_kind(item) for item in old if item is not None}
+    if len(kinds) != 1:
+        return
+    (was,) = kinds
+    sample = next(item for item in old if item is not None)
+    for index, item in enumerate(new):
+        if item is not None and _kind(item) != was:
+            raise _fail(
+                located,
+                f"'{_key((*at, index))}' is a {_kind(item)} ({literal(item)}), but the items "
+                f"of '{_key(at)}' in {label} are each a {was} ({literal(old)}); graphs and nodes "
+                f"read them as a {was}, so {_retype_fix(sample, item)}",
+                (*at, index),
             )
 
 

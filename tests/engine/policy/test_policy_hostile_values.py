@@ -62,3 +62,48 @@ def test_a_value_of_another_kind_is_refused_with_the_fix_that_keeps_its_kind(
         ):
             apply_policy(store, path)
         assert store.active_policy("triage")["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("items", "refused"),
+    [
+        (
+            "[0.2, '0.5']",
+            r"'steps\.1' is a string \('0\.5'\), but the items of 'steps' in "
+            r"version 1 are each a number \(\[0\.2, 0\.5\]\); graphs and nodes read them as a "
+            r"number, so write the number as 0\.5, without quotes$",
+        ),
+        ("[0.2, 1e-3]", r"'steps\.1' is a string \('1e-3'\), .* write the number as 0\.001"),
+        ("[true, 0.5]", r"'steps\.0' is a true/false \(true\), .* write a number"),
+        ("[0.3, 0.6, 0.9]", None),  # more items of the same kind
+        ("[]", None),
+        ("[0.3, null]", None),  # null stands for "unset" in any kind
+    ],
+)
+def test_an_item_of_another_kind_in_a_list_of_one_kind_is_refused_at_its_line(
+    tmp_path: Path, items: str, refused: str | None
+) -> None:
+    path = tmp_path / "next.yaml"
+    path.write_text(f"name: triage\nsteps: {items}\nlabels: [a, b]\n")
+    with Store.open(tmp_path / "moat.db") as store:
+        apply_policy(store, {"name": "triage", "steps": [0.2, 0.5], "labels": ["a", "b"]})
+        if refused is None:
+            assert apply_policy(store, path).pin.version == 2
+            return
+        with pytest.raises(PolicyError, match=rf"^{re.escape(str(path))}:2:\d+: {refused}"):
+            apply_policy(store, path)
+        assert store.active_policy("triage")["version"] == 1
+
+
+def test_a_list_of_mixed_kinds_takes_items_of_any_kind(tmp_path: Path) -> None:
+    path = tmp_path / "next.yaml"
+    path.write_text("name: triage\nmixed: [x, 2, true]\nlabels: [a, 'no']\n")
+    with Store.open(tmp_path / "moat.db") as store:
+        apply_policy(store, {"name": "triage", "mixed": [1, "a"], "labels": ["a", "b"]})
+        assert apply_policy(store, path).pin.version == 2
+        path.write_text("name: triage\nmixed: [x]\nlabels: [a, no]\n")  # no: false to YAML
+        with pytest.raises(
+            PolicyError,
+            match=r"next\.yaml:3:13: 'labels\.1' is a true/false \(false\), .* quote the value",
+        ):
+            apply_policy(store, path)

@@ -12,8 +12,9 @@ Budget rules (README "Budgets"), per attempt, since every attempt can be billed:
 - charge, on an answer: the provider's reported usage; with no usage, the reservation.
 - charge, on no answer (timed out, cancelled, connection lost after sending, a 200 whose
   body cannot be read): the whole reservation, since the provider may finish and bill the
-  call after we hang up. `sim`, whose billing is known, charges a cancelled attempt its
-  prompt and the output it had generated until the cancel, and a timed-out one nothing.
+  call after we hang up. `sim`, whose billing is known, charges an attempt cancelled (or
+  cut off by its model's `timeout_s`) its prompt and the output it had generated until
+  then, and one that timed out by itself (an injected `timeout` fault) nothing.
 - charge, on an error answer (429, 5xx, 4xx): nothing; providers do not bill those.
 - a non-compliant endpoint that bills more than the reservation is charged what it billed;
   the overrun is a `BUDGET_COST_EXCEEDED` event (decision `overrun`), the request's budget

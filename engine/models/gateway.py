@@ -68,6 +68,11 @@ RETRY_AFTER_CAP_S = 60.0
 """The longest Retry-After a call waits for; asked to wait longer, it fails at once."""
 
 
+class _CutOff(ProviderTimeout):
+    """The model's `timeout_s` ended an attempt: the provider was cancelled mid-answer
+    (billed as a cancelled attempt, unlike a timeout the provider reports itself)."""
+
+
 def _wait_refused(exc: RateLimited, delay: float) -> RateLimited:
     """The rate limit, saying that its Retry-After is longer than a call waits."""
     return RateLimited(
@@ -335,7 +340,8 @@ class Gateway(Ledger):
             record.status = "timeout" if isinstance(exc, TimeoutError) else "error"
             record.error = str(exc)
             if isinstance(exc, ResponseLost):
-                self._charge_unanswered(name, record, cancelled=False)
+                cut = isinstance(exc, _CutOff)
+                self._charge_unanswered(name, record, cancelled=cut, at=(scope, attempt))
             if breaker.on_failure(record.error, probe=probe):
                 self._emit_opened(name, scope, breaker)
             raise
@@ -408,7 +414,7 @@ class Gateway(Ledger):
             return await provider.complete(request)
         with anyio.move_on_after(spec.timeout_s):
             return await provider.complete(request)
-        raise ProviderTimeout(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
+        raise _CutOff(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
 
     def _completion(
         self, name: str, scope: CallScope, call: Call, record: Attempt, response: ProviderResponse

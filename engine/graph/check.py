@@ -100,6 +100,8 @@ class Checker:
         self.errors: list[SpecError] = []
         self.warnings: list[str] = []
         self._impls: dict[Path, Node] = {}
+        self._unimported: list[str] = []
+        """The `plugins:` modules that could not be imported (their types are missing)."""
 
     def run(self) -> tuple[Scope | None, dict[str, Expr]]:
         """Run every check; returns the compiled top scope and outputs (None on errors)."""
@@ -124,6 +126,7 @@ class Checker:
                 added = self.registry.load_module(module, self.base_dir)
             except SpecError as exc:
                 self._error(exc.reason, ("plugins", i))
+                self._unimported.append(module)
                 continue
             if not added:  # (a typo'd name that is some other module imports fine)
                 pos = self.located.where(("plugins", i))
@@ -171,6 +174,10 @@ class Checker:
             close = self.registry.closest(spec.type)
             hint = f" (did you mean {close!r}?)" if close else ""
             known = ", ".join(sorted([*self.registry.names(), "loop"]))
+            failed = ", ".join(repr(m) for m in self._unimported)
+            if failed:  # (then the type is most likely one of theirs: fix that first)
+                which = "it" if len(self._unimported) == 1 else "them"
+                hint += f" (plugin module {failed} could not be imported; fix {which} first)"
             self._error(
                 f"unknown node type {spec.type!r}{hint}. Registered types: {known}",
                 (*at, "type"),

@@ -12,6 +12,7 @@ import inspect
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -152,12 +153,7 @@ class Registry:
         except PluginError:
             raise
         except (Exception, SystemExit) as exc:  # (an `exit()` in it must not end moat)
-            # (pydantic's own messages run on for lines, with a link: the first says it)
-            reason = exception_text(exc, with_type=True).partition("\\n")[0]
-            raise PluginError(
-                f"plugin module {module_name!r} could not be imported ({reason}); check the "
-                "name and that its package is installed"
-            ) from exc
+            raise PluginError(_import_failure(module_name, base_dir, exc)) from exc
         added = []
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if (
@@ -194,6 +190,55 @@ class Registry:
 
 
 _DEFAULT: Registry | None = None
+
+
+def _import_failure(
+    module_name: str, base_dir: str | os.PathLike[str] | None, exc: BaseException
+) -> str:
+    """Why the `plugins:` module `module_name` could not be imported: what was raised,
+    where in the plugin's files, and what fixes it."""
+    # (pydantic's own messages run on for lines, with a link: the first says it)
+    reason = exception_text(exc, with_type=True).partition("\\n")[0]
+    reason = _GRAPH_PACKAGE.sub("", reason)
+    said = f"plugin module {module_name!r} could not be imported ({reason})"
+    folder = os.path.realpath(base_dir) if base_dir is not None else None
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    missing = _GRAPH_PACKAGE.sub("", f"{missing}.").rstrip(".") if missing else None
+    if missing is not None and (module_name == missing or module_name.startswith(missing + ".")):
+        if module_name.endswith(".py"):
+            return f"{said}; write the module's name without `.py`: {module_name[:-3]!r}"
+        where = f"next to the graph ({folder}) " if folder is not None else ""
+        return (
+            f"{said}: no file or package of that name {where}and no installed module; check "
+            "the name, or install the package that provides it"
+        )
+    at = _raised_at(exc, folder)
+    place = f" at {at}" if at else ""
+    if missing is not None:
+        top = missing.partition(".")[0]
+        if folder is not None and importlib.machinery.PathFinder.find_spec(top, [folder]):
+            return (
+                f"{said}{place}; {top!r} is next to the graph, and a plugin module there "
+                f"imports its neighbours relatively: write `from . import {top}`"
+            )
+        return f"{said}{place}; install the package that provides {top!r}, or fix the import"
+    return f"{said}{place}; fix the module there (it must import without error)"
+
+
+def _raised_at(exc: BaseException, folder: str | None) -> str | None:
+    """`FILE:LINE` where importing a plugin failed: a syntax error's own place, else the
+    deepest frame in the graph's folder, else the deepest outside the import system."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        column = f":{exc.offset}" if exc.offset else ""
+        return f"{exc.filename}:{exc.lineno}{column}"
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")
+    ]
+    frames = [f for f in frames if os.path.realpath(f.filename) != os.path.realpath(__file__)]
+    if folder is not None:
+        local = [f for f in frames if os.path.realpath(f.filename).startswith(folder + os.sep)]
+        frames = local or frames
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
 
 
 def import_plugin(module_name: str, base_dir: str | os.PathLike[str] | None = None) -> ModuleType:

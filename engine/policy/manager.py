@@ -501,11 +501,16 @@ class PolicyManager:
         _log.info("policy.guard_judged", policy=self.name, version=version, ok=verdict.ok)
         # judged once its rollback is done: a store busy past its patience (StoreError)
         # leaves the version to be judged, and rolled back, on the next tick
-        rolled = None if verdict.ok else self._guard_rollback(verdict, source)
+        rolled = None if verdict.ok else self._guard_rollback(verdict, source, state)
         self._judged.add(version)
         return verdict, rolled
 
-    def _guard_rollback(self, verdict: GuardVerdict, source: str) -> db.Active | None:
+    def _guard_rollback(
+        self, verdict: GuardVerdict, source: str, judged: _State
+    ) -> db.Active | None:
+        """Roll back the activation the verdict was reached under, if it is still the
+        latest: an operator who has since rolled back, and perhaps forced the same version
+        back with `--to`, decided after what the guard saw."""
         assert self.name is not None
         try:
             done = db.roll_back(
@@ -513,6 +518,7 @@ class PolicyManager:
                 self.name,
                 to=None,
                 expect_version=verdict.version,
+                expect_activation=judged.activation_id,
                 mark="bad",
                 reason=verdict.reason,
                 run_id=self.run_id,

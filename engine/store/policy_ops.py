@@ -311,6 +311,7 @@ def roll_back(
     reason: str | None,
     run_id: str,
     payload: Mapping[str, Any] | None = None,
+    expect_activation: int | None = None,
 ) -> tuple[Active, Active] | None:
     """Reactivate `to` (default: the version activated before the active one that was not
     rolled back from, nor marked bad: see `_undo_stack`).
@@ -325,9 +326,13 @@ def roll_back(
         reason: the activation reason; default `rollback from vN`.
         run_id: recorded with the events.
         payload: extra figures for the `POLICY_ROLLED_BACK` event.
+        expect_activation: only roll back if this activation is still the latest (the
+            guard judged what it observed under it: not a later `rollback --to` or
+            re-apply of the same version).
 
     Returns:
-        `(rolled_back, now_active)`, or None when `expect_version` is no longer active.
+        `(rolled_back, now_active)`, or None when `expect_version` (or
+        `expect_activation`) is no longer active.
 
     Raises:
         PolicyError: nothing to roll back to, or `to` is unknown or already active.
@@ -337,6 +342,8 @@ def roll_back(
         if current is None:
             raise _unknown(conn, name)
         if expect_version is not None and current.version != expect_version:
+            return None
+        if expect_activation is not None and current.activation_id != expect_activation:
             return None
         target = to if to is not None else _previous_good(conn, name, current.version)
         _check_target(conn, name, current, target)

@@ -12,7 +12,7 @@ import pytest
 
 from engine import EventType, PolicyError, RequestStatus
 from engine.events import RequestRecord
-from engine.policy.manager import PolicyManager, apply_policy
+from engine.policy.manager import PolicyManager, apply_policy, rollback_policy
 from engine.store.store import Store
 
 BODY: dict[str, Any] = {"name": "triage", "router": {"threshold": 0.4}}
@@ -166,3 +166,31 @@ def test_a_baseline_from_the_store_leaves_out_requests_the_guard_does_not_judge(
     assert (verdict.figures["cost_ratio"], verdict.figures["p95_ratio"]) == (1.0, 1.0)
     assert m.current().version == 2
     assert rolled_back(m.store) == []
+
+
+def test_the_guard_leaves_a_version_an_operator_forced_back_after_what_it_saw(
+    tmp_path: Path,
+) -> None:
+    # The process judges version 2 on requests it ran before its next poll; meanwhile an
+    # operator applied version 3 and then went back to version 2 with `--to`. That is a
+    # decision taken after what the guard saw, and rollbacks are not judged: it stays.
+    m = manager(tmp_path)
+    assert m.store is not None
+    feed(m, 1, cost=0.01)
+    guarded = {**BODY, "guard": {"window": 10, "max_cost_ratio": 1.3}}
+    m.apply(guarded, allow_new_keys=True)
+    feed(m, 2, cost=0.05)
+    with Store.open(tmp_path / "moat.db") as other:
+        apply_policy(other, {**guarded, "router": {"threshold": 0.5}})
+        rollback_policy(other, "triage", to=2)
+    verdict = m.check_guard()
+    assert verdict is not None and not verdict.ok  # it did break its guard
+    assert [p["marked"] for p in rolled_back(m.store)] == ["superseded"]  # the operator's
+    assert m.store.active_policy("triage")["version"] == 2
+    assert m.store.get_policy("triage", 2)["status"] == "active"
+    assert m.guard_rollbacks == 0
+    assert m.check_guard() is None
+    m.ensure_registered()  # as its next poll would: it follows the operator
+    assert m.current().version == 2
+    assert m.check_guard() is None  # a version reactivated by a rollback is not judged
+    assert [p["marked"] for p in rolled_back(m.store)] == ["superseded"]

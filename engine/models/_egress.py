@@ -16,7 +16,14 @@ import anyio.to_thread
 
 from engine.pii import KINDS, Span, detect, redact
 
-__all__ = ["INLINE_MAX_CHARS", "apply_egress_policy", "egress_off_loop", "find_pii", "redact_text"]
+__all__ = [
+    "INLINE_MAX_CHARS",
+    "apply_egress_policy",
+    "egress_off_loop",
+    "egress_schema",
+    "find_pii",
+    "redact_text",
+]
 
 INLINE_MAX_CHARS = 4096
 """Messages up to this many characters in all are scanned inline, longer ones in a thread."""
@@ -83,6 +90,71 @@ def apply_egress_policy(
         found = find_pii("\n".join(m.get("content", "") for m in messages))
         return messages, found, bool(found)
     return messages, found, False
+
+
+_SCHEMA_WORDS = frozenset(
+    {"$anchor", "$id", "$ref", "$schema", "format", "pattern", "required", "type"}
+)
+"""Schema keywords whose text is the schema's own vocabulary (names, types, references,
+patterns), not data: left as they are when they hold text or lists of text."""
+
+
+def egress_schema(
+    schema: Mapping[str, Any], policy: Mapping[str, Any]
+) -> tuple[Mapping[str, Any], dict[str, int], bool]:
+    """Apply the policy's `egress` settings to the JSON Schema of structured output, which
+    the remote model reads with the chat: its descriptions, titles, examples, defaults,
+    constants and enumerated values may carry personal data too.
+
+    Returns:
+        The schema to send (the same object when nothing was redacted), what was found by
+        kind, and whether the call must be blocked.
+    """
+    egress = policy.get("egress")
+    if not isinstance(egress, Mapping):
+        return schema, {}, False
+    redacting = bool(egress.get("redact"))
+    if not redacting and egress.get("allow_unredacted", True) is not False:
+        return schema, {}, False
+    texts: list[str] = []
+    _collect(schema, texts)
+    if not texts or not find_pii("\n".join(texts)):
+        return schema, {}, False
+    found: dict[str, int] = {}
+    redacted = _redacted(schema, found)
+    if redacting:
+        return redacted, found, False
+    return schema, found, True
+
+
+def _data(key: object, value: object) -> bool:
+    """Whether `value`, under `key` of a schema object, may be data (not vocabulary)."""
+    return key not in _SCHEMA_WORDS or isinstance(value, Mapping)
+
+
+def _collect(value: object, texts: list[str]) -> None:
+    if isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if _data(key, item):
+                _collect(item, texts)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect(item, texts)
+
+
+def _redacted(value: Any, found: dict[str, int]) -> Any:
+    if isinstance(value, str):
+        text, counts = redact_text(value)
+        for kind, n in counts.items():
+            found[kind] = found.get(kind, 0) + n
+        return text
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, found) if _data(k, v) else v for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item, found) for item in value]
+    return value
 
 
 async def egress_off_loop(

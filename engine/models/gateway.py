@@ -16,6 +16,7 @@ and the `llm_calls` row that records it, are kept by its base class `Ledger`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -35,7 +36,7 @@ from engine.errors import (
 from engine.events import EventType
 from engine.graph.spec import ModelSpec
 from engine.models._attempt import Attempt, Call, call_problem, chat_messages, chat_text
-from engine.models._egress import egress_off_loop
+from engine.models._egress import egress_off_loop, egress_schema
 from engine.models._ledger import Ledger
 from engine.models._scope import CallScope, Emit, located
 from engine.models.base import (
@@ -277,7 +278,7 @@ class Gateway(Ledger):
     async def _call(self, name: str, scope: CallScope, call: Call) -> Completion:
         spec = self._specs[name]
         if self._is_remote(name):
-            messages = await self._egress(name, scope, call.messages)
+            messages, call = await self._egress(name, scope, call)
         else:  # nothing to redact: a local model's chat is sent as it is
             messages = [dict(m) for m in call.messages]
         prompt_text = chat_text(messages)
@@ -476,11 +477,20 @@ class Gateway(Ledger):
         )
 
     async def _egress(
-        self, name: str, scope: CallScope, messages: Sequence[Mapping[str, str]]
-    ) -> list[dict[str, str]]:
-        """The chat bound for remote model `name`, redacted (or blocked) as the policy asks."""
-        chat = [dict(m) for m in messages]
+        self, name: str, scope: CallScope, call: Call
+    ) -> tuple[list[dict[str, str]], Call]:
+        """The chat bound for remote model `name`, and the call with its schema, redacted
+        (or blocked) as the policy asks."""
+        chat = [dict(m) for m in call.messages]
         chat, found, blocked = await egress_off_loop(chat, scope.policy)
+        if call.schema is not None:
+            schema, in_schema, schema_blocked = egress_schema(call.schema, scope.policy)
+            if in_schema:
+                found = dict(found)
+                for kind, n in in_schema.items():
+                    found[kind] = found.get(kind, 0) + n
+                blocked = blocked or schema_blocked
+                call = dataclasses.replace(call, schema=schema)
         if blocked:
             self._block_egress(name, scope, chat, found)
         if found:
@@ -490,7 +500,7 @@ class Gateway(Ledger):
                 reason_codes=sorted(found),
                 payload={"component": "gateway", "model": name, "found": found},
             )
-        return chat
+        return chat, call
 
     def _block_egress(
         self, name: str, scope: CallScope, chat: list[dict[str, str]], found: dict[str, int]
@@ -503,8 +513,9 @@ class Gateway(Ledger):
             payload={"component": "gateway", "model": name, "found": found},
         )
         message = (
-            f"node '{scope.node_id}': model '{name}' is remote and the prompt contains "
-            f"personal data ({kinds}) while the policy sets `egress.allow_unredacted: false`; "
+            f"node '{scope.node_id}': model '{name}' is remote and the prompt (or its schema) "
+            f"contains personal data ({kinds}) while the policy sets "
+            "`egress.allow_unredacted: false`; "
             f"set `egress.redact: true`, add a `redact` node before it, or use a local model"
         )
         text = chat_text(chat)

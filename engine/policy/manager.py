@@ -102,6 +102,8 @@ class _State:
     """The version the active one was derived from: the guard's baseline."""
     fresh: bool = False
     """Activated by `apply` (judged by the guard), not by a rollback."""
+    content_hash: str = ""
+    """The snapshot's hash: whether a switch changed the settings, without comparing them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,30 +426,34 @@ class PolicyManager:
         while True:
             await anyio.sleep(self.poll_interval_s)
             try:
-                active = await anyio.to_thread.run_sync(self._tick)
+                found = await anyio.to_thread.run_sync(self._tick)
             except MoatError as exc:  # a busy or locked store must not stop the run
                 _log.warning("policy.poll_failed", policy=self.name, error=str(exc))
                 continue
             except Exception as exc:  # nor a fault in judging: the requests go on
                 _log.error("policy.poll_failed", policy=self.name, error=repr(exc))
                 continue
-            if active is not None:
-                self._switch(active)
+            if found is not None:
+                self._switch(*found)
 
     # -- internals ----------------------------------------------------------------------
 
-    def _tick(self) -> db.Active | None:
+    def _tick(self) -> tuple[db.Active, PolicyPin] | None:
+        """One poll, in a worker thread: the newer activation, if any, with its pin made
+        here (freezing a large snapshot takes a while: not on the event loop)."""
         assert self.store is not None and self.name is not None
-        _, rolled = self._judge()
-        if rolled is not None:
-            return rolled
-        # the id of the latest activation first: a poll that finds nothing new reads no
-        # body (decoding a policy of up to 1 MiB twice a second would hold the GIL for
-        # tens of milliseconds at a time, a stall of every request this process runs)
-        rows = self.store.query(_LATEST_ACTIVATION, (self.name,))
-        if not rows or int(rows[0]["id"]) <= self._state.activation_id:
+        _, active = self._judge()
+        if active is None:
+            # the id of the latest activation first: a poll that finds nothing new reads
+            # no body (decoding a policy of up to 1 MiB twice a second would hold the GIL
+            # for tens of milliseconds at a time, a stall of every request this process runs)
+            rows = self.store.query(_LATEST_ACTIVATION, (self.name,))
+            if not rows or int(rows[0]["id"]) <= self._state.activation_id:
+                return None
+            active = db.poll_active(self.store, self.name)
+        if active is None or active.activation_id <= self._state.activation_id:
             return None
-        return db.poll_active(self.store, self.name)
+        return active, _pin(active, self.name)
 
     def _refresh_now(self) -> None:
         assert self.store is not None and self.name is not None
@@ -455,21 +461,25 @@ class PolicyManager:
         if active is not None:
             self._switch(active)
 
-    def _switch(self, active: db.Active) -> None:
-        """Make `active` current if it is newer than what this process knows."""
-        if active.activation_id <= self._state.activation_id:
+    def _switch(self, active: db.Active, new: PolicyPin | None = None) -> None:
+        """Make `active` current if it is newer than what this process knows (`new`: its
+        pin, if made already)."""
+        state = self._state
+        if active.activation_id <= state.activation_id:
             return
         assert self.name is not None
-        old = self._state.pin
+        old = state.pin
         reason = active.reason or ""
-        new = _pin(active, self.name)
+        new = new if new is not None else _pin(active, self.name)
         fresh = not db.is_rollback(reason)
-        self._state = _State(new, active.activation_id, active.parent_version, fresh)
+        self._state = _State(
+            new, active.activation_id, active.parent_version, fresh, active.content_hash
+        )
         keep = (active.version, active.parent_version)
         with self._lock:  # the guard reads the active version and its parent, nothing older
             for version in [v for v in self._windows if v not in keep]:
                 del self._windows[version]
-        if old.version == active.version and old.body == active.body:
+        if old.version == active.version and state.content_hash == active.content_hash:
             return
         _log.info("policy.switched", policy=self.name, old=old.version, new=active.version)
         for callback in list(self.on_change):

@@ -293,7 +293,9 @@ class SimService:
             raise ChatRequestError("`n` must be 1: the sim answers with one choice", "n")
         if task is not None and not isinstance(task, str):
             raise ChatRequestError("`_task` must be a string, the task's name", "_task")
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        # either name may carry the limit, or be null (unset): the stricter one sent holds
+        limits = [body.get("max_completion_tokens"), body.get("max_tokens")]
+        max_tokens = min((n for n in limits if n is not None), default=None)
         temperature = body.get("temperature")
         return ProviderRequest(
             model=model,

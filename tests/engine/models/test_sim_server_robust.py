@@ -198,3 +198,29 @@ async def test_a_fixed_latency_replaces_the_simulated_one() -> None:
         tg.cancel_scope.cancel()
     assert status == 200 and body["object"] == "chat.completion"
     assert 0.3 <= took < 1.5
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_completion_tokens": None, "max_tokens": 5},
+        {"max_tokens": None, "max_completion_tokens": 5},
+        {"max_completion_tokens": 50, "max_tokens": 5},
+        {"max_tokens": 50, "max_completion_tokens": 5},
+        {"max_tokens": 5},
+    ],
+)
+async def test_an_answer_never_bills_past_an_output_limit_it_was_sent(
+    limits: Mapping[str, int | None],
+) -> None:
+    """A null limit is no limit (as OpenAI reads it), so the other one holds; two limits,
+    the stricter one: the usage never passes a limit the client sent."""
+    prompt = "Write a long essay on the history of Rome and of its emperors, " * 3
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": prompt}], **limits}
+    reply = await SimService(time_scale=0).answer(
+        "POST", "/v1/chat/completions", {}, json.dumps(body).encode()
+    )
+    answer = json.loads(reply.body)
+    assert reply.status == 200, answer
+    assert answer["usage"]["completion_tokens"] == 5
+    assert answer["choices"][0]["finish_reason"] == "length"

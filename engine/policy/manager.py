@@ -47,6 +47,7 @@ from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
 from engine.policy.validate import (
     PolicyFile,
     check_guard_section,
+    check_values,
     content_hash,
     load_policy_file,
     located_body,
@@ -235,6 +236,7 @@ def apply_policy(
             f"the policy is named '{policy_name}' but '{name}' was expected; fix its `name:`",
             path=located.path or None,
         )
+    check_values(body, located)  # before hashing: only what JSON holds, as it was given
 
     def check(active: db.Active | None) -> None:
         validate_policy(

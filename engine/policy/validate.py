@@ -36,6 +36,7 @@ __all__ = [
     "META_KEYS",
     "PolicyFile",
     "canonical_json",
+    "check_values",
     "content_hash",
     "load_policy_file",
     "located_body",
@@ -169,21 +170,50 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
         )
 
 
+def check_values(body: Mapping[str, Any], located: Located) -> None:
+    """Refuse a value a stored snapshot cannot hold as it was given (see `_check_values`);
+    `apply_policy` calls it before hashing a body, whatever it came from.
+
+    Raises:
+        PolicyError: the first such value, located.
+    """
+    _check_values(body, (), located)
+
+
 def _check_values(value: object, at: _Path, located: Located) -> None:
     """No value is NaN: it compares false with every number, so a threshold of `.nan`
-    would turn off, without a word, every check that reads it. No key holds a control
-    character: printed by `diff` or in a message, it would forge lines or drive the
-    operator's terminal."""
-    if isinstance(value, float) and math.isnan(value):
+    would turn off, without a word, every check that reads it. None is infinite either:
+    the store keeps strict JSON, which has no infinity (the snapshot would read back
+    damaged, as null). Every value is one JSON holds (a body given in code may hold a date
+    or a set). No key holds a control character: printed by `diff` or in a message, it
+    would forge lines or drive the operator's terminal; every key is text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            raise _fail(
+                located,
+                f"'{_key(at)}' is .nan (not a number), which compares false with every "
+                "number, so what reads it is silently switched off; give a number",
+                at,
+            )
         raise _fail(
             located,
-            f"'{_key(at)}' is .nan (not a number), which compares false with every number, "
-            "so what reads it is silently switched off; give a number",
+            f"'{_key(at)}' is {'-' if value < 0 else ''}.inf, which a stored snapshot cannot "
+            "hold (the store keeps strict JSON, where it has no infinity); give a finite "
+            "number (a large one, such as 1.0e+9, for no limit in practice), or leave the "
+            "key out",
             at,
         )
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if not str(key).isprintable():
+            if not isinstance(key, str):
+                raise _fail(
+                    located,
+                    f"the key {literal(key, 120)} "
+                    f"{f'under {_key(at)!r}' if at else 'at the top level'} is a "
+                    f"{_kind(key)}; policy keys are text: write it as a string",
+                    at,
+                )
+            if not key.isprintable():
                 raise _fail(
                     located,
                     f"the key {literal(key, 120)} holds a line break or control character; "
@@ -192,9 +222,17 @@ def _check_values(value: object, at: _Path, located: Located) -> None:
                     key=True,
                 )
             _check_values(item, (*at, key), located)
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _check_values(item, (*at, index), located)
+    elif value is not None and not isinstance(value, str | int | float):  # bool is an int
+        raise _fail(
+            located,
+            f"'{_key(at)}' holds {literal(value, 60)} (of type {type(value).__name__}), "
+            "which a policy cannot hold: a snapshot is stored as JSON; give text, a number, "
+            "true/false, a list or a mapping",
+            at,
+        )
 
 
 _STORE_TEXT = ("hash", "redacted", "full")

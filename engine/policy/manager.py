@@ -332,11 +332,13 @@ class PolicyManager:
     def _check_default(self) -> None:
         path = self.graph.policy_path if self.graph is not None else None
         try:
+            check_values(self.default_body, located_body(self.default_body))
             check_guard_section(self.default_body, located_body(self.default_body))
         except PolicyError:
             if path is None:
                 raise
             _, body, located = load_policy_file(path)  # again, to say where
+            check_values(body, located)
             check_guard_section(body, located)
             raise
 

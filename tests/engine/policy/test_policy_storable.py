@@ -85,3 +85,14 @@ def test_a_body_given_in_code_with_a_value_json_cannot_hold_is_refused_not_crash
             m.apply({**BODY, "router": {"threshold": 0.5, 7: "x"}}, allow_new_keys=True)
         assert m.current().version == 1
         assert [v["version"] for v in store.policy_versions("triage")] == [1]
+
+
+@pytest.mark.parametrize("value", [math.inf, datetime.time(12, 0)])
+def test_a_default_body_a_snapshot_cannot_hold_is_refused_before_version_1(
+    tmp_path: Path, value: object
+) -> None:
+    with Store.open(tmp_path / "moat.db") as store:
+        m = PolicyManager(store, name="triage", default_body={**BODY, "cut": value})
+        with pytest.raises(PolicyError, match=r"'cut' (is \.inf|holds .* \(of type time\))"):
+            m.ensure_registered()
+        assert store.list_policies() == []

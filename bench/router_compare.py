@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import _cli
 from bench.router_train import MODELS, _checks, record
 from nodes._support.features import features
 from nodes._support.learned import load_router
@@ -87,12 +88,15 @@ def oracle_cost_at(rows: Sequence[Mapping[str, Any]], quality: float) -> float |
 
 
 def compare(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One line per router: quality, cost per request and the oracle's cost there."""
+    """One line per router: quality, cost per request and the oracle's cost there (none
+    when no row is a benign request with every model's answer and cost)."""
     rows = []
     for r in raw:
         ok = {m: _checks(r["answers"].get(m, ""), r["labels"]) for m in MODELS}
         if None not in ok.values() and all(r.get("costs", {}).get(m) is not None for m in MODELS):
             rows.append({**r, "ok": ok})
+    if not rows:
+        return []
     routers: list[tuple[str, Pick]] = [(f"always-{m}", lambda _r, m=m: m) for m in MODELS]
     routers.append(("threshold", _threshold))
     routers += [(f"learned p>={p}", _learned(p)) for p in (0.5, 0.55, 0.6, 0.65, 0.7)]
@@ -117,26 +121,30 @@ def compare(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Record (or read) runs and print the comparison; 0 on success, 2 on bad arguments."""
     p = argparse.ArgumentParser(prog="python -m bench.router_compare", description=__doc__)
-    p.add_argument("--n", type=int, default=1000, help="requests recorded per seed")
-    p.add_argument("--seeds", default="1,2", help="workload seeds (the bench's, not training's)")
+    p.add_argument("--n", type=_cli.count, default=1000, help="requests recorded per seed")
+    p.add_argument(
+        "--seeds", type=_cli.seed_list, default="1,2",
+        help="workload seeds (the bench's, not training's)",
+    )  # fmt: skip
     p.add_argument("--from-record", type=Path, help="recorded runs (JSONL) instead of recording")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     if args.from_record is not None:
-        if not args.from_record.is_file():
-            p.error(f"--from-record {args.from_record}: no such file")
-        lines = args.from_record.read_text(encoding="utf-8").splitlines()
-        raw = [json.loads(line) for line in lines if line.strip()]
+        raw = _cli.read_rows(p, "--from-record", args.from_record, ("text", "labels", "answers"))
     else:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+        _cli.total_requests(p, args.n, len(args.seeds))
         raw = []
-        for seed in seeds:
+        for seed in args.seeds:
             print(f"recording {args.n} requests of seed {seed}", file=sys.stderr, flush=True)
             raw += record(args.n, seed)
     result = compare(raw)
+    if not result:
+        print(
+            "python -m bench.router_compare: no benign request with every model's answer "
+            "and cost to compare on; record more requests",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 from trio.testing import MockClock
 
+from bench import _cli
 from bench.workload import generate
 from engine.events import Record, RequestRecord, RequestStatus
 from engine.graph.loader import load_graph
@@ -51,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD_GRAPH = ROOT / "bench" / "router-record.yaml"
 DEFAULT_OUT = ROOT / "nodes" / "_support" / "router_weights.json"
 MODELS = ("small", "medium", "large")
+MIN_EXAMPLES = 50
+"""Checkable answers each model needs, right and wrong ones among them, before weights are
+written."""
 
 Sparse = list[tuple[int, float]]
 
@@ -229,24 +233,29 @@ def train(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str, 
     return payload
 
 
+_ROW_KEYS = ("text", "labels", "answers")
+"""The fields `train` reads from each recorded run."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Record (or read) runs, fit, write the weights; 0 on success, 2 on bad arguments."""
     p = argparse.ArgumentParser(prog="python -m bench.router_train", description=__doc__)
-    p.add_argument("--n", type=int, default=4000, help="requests recorded per seed")
-    p.add_argument("--seeds", default="101,102", help="workload seeds to record (not the bench's)")
+    p.add_argument("--n", type=_cli.count, default=4000, help="requests recorded per seed")
+    p.add_argument(
+        "--seeds", type=_cli.seed_list, default="101,102",
+        help="workload seeds to record (not the bench's)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the weights file to write")
     p.add_argument("--record", type=Path, help="also keep the recorded runs here (JSONL)")
     p.add_argument("--from-record", type=Path, help="train from recorded runs (JSONL) instead")
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    seeds: list[int] = args.seeds
+    _cli.total_requests(p, args.n, len(seeds))
+    # before any recording: an unwritable output would lose minutes of runs
+    _cli.writable_file(p, "--out", args.out)
+    _cli.writable_file(p, "--record", args.record)
     if args.from_record is not None:
-        if not args.from_record.is_file():
-            p.error(f"--from-record {args.from_record}: no such file")
-        lines = args.from_record.read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
+        rows = _cli.read_rows(p, "--from-record", args.from_record, _ROW_KEYS)
     else:
         rows = []
         for seed in seeds:
@@ -254,6 +263,17 @@ def main(argv: list[str] | None = None) -> int:
             rows += record(args.n, seed)
         if args.record is not None:
             args.record.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = examples(rows)
+    scarce = [m for m in MODELS if len({y for _, y in data[m]}) < 2 or len(data[m]) < MIN_EXAMPLES]
+    if scarce:
+        # weights fitted on (almost) nothing would replace the shipped ones with noise
+        print(
+            f"python -m bench.router_train: too few checkable answers to train on for "
+            f"{', '.join(scarce)} (need {MIN_EXAMPLES}, right and wrong ones); "
+            f"{args.out} is left as it was",
+            file=sys.stderr,
+        )
+        return 1
     payload = train(rows, seeds)
     args.out.write_text(json.dumps(payload, separators=(",", ":")) + "\n", encoding="utf-8")
     print(json.dumps({"out": str(args.out), "held_out": payload["held_out"]}, indent=2))

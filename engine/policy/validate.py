@@ -161,11 +161,20 @@ def _check_name(body: Mapping[str, Any], located: Located) -> None:
     if "name" not in body:
         return
     name = body["name"]
+    if isinstance(name, bool):
+        fix = (
+            "quote it (YAML reads unquoted yes, no, on, off, true and false as true/false), "
+            "or leave it out"
+        )
+    elif isinstance(name, int | float):
+        fix = f"quote it, `name: '{name}'` (YAML reads it as a number), or leave it out"
+    else:
+        fix = "leave it out"
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail(
             located,
-            f"`name:` must be a word of {_NAME_RULE}, got {literal(name)}; leave it out to "
-            "use the file name",
+            f"`name:` must be a word of {_NAME_RULE}, got {literal(name)}; {fix} to use the "
+            "file name",
             ("name",),
         )
 

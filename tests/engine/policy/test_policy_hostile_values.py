@@ -107,3 +107,30 @@ def test_a_list_of_mixed_kinds_takes_items_of_any_kind(tmp_path: Path) -> None:
             match=r"next\.yaml:3:13: 'labels\.1' is a true/false \(false\), .* quote the value",
         ):
             apply_policy(store, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [
+        (
+            "2024",
+            r"got 2024; quote it, `name: '2024'` \(YAML reads it as a number\), or leave "
+            r"it out to use the file name$",
+        ),
+        (
+            "on",
+            r"got true; quote it \(YAML reads unquoted yes, no, on, off, true and false as "
+            r"true/false\), or leave it out to use the file name$",
+        ),
+        ("'two words'", r"got 'two words'; leave it out to use the file name$"),
+    ],
+)
+def test_a_name_yaml_reads_as_a_number_or_true_is_told_to_be_quoted(
+    tmp_path: Path, name: str, fix: str
+) -> None:
+    path = tmp_path / "next.yaml"
+    path.write_text(f"name: {name}\nrouter: {{threshold: 0.4}}\n")
+    with Store.open(tmp_path / "moat.db") as store:
+        with pytest.raises(PolicyError, match=rf"^{re.escape(str(path))}:1:7: `name:` .*, {fix}"):
+            apply_policy(store, path)
+        assert store.list_policies() == []

@@ -39,12 +39,14 @@ import os
 import resource
 import shlex
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import _cli
 from bench._faults import FaultProfile, parse_faults
 from bench._notes import NOTES
 from bench._png import cost_vs_quality
@@ -71,9 +73,9 @@ _AVERAGED = (
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="requests per seed")
+    p.add_argument("--n", type=_cli.count, default=1000, help="requests per seed")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds (workloads)")
-    p.add_argument("--seed", type=int, default=1, help="the first seed")
+    p.add_argument("--seed", type=_cli.seed, default=1, help="the first seed (0 or more)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     p.add_argument("--mix", default="", help="kind=share,... (bench.workload kinds)")
     p.add_argument("--faults", default="default", help="none, default, heavy or key=value,...")
@@ -173,6 +175,8 @@ def _read_workload(path: Path, configs: list[Config]) -> list[dict[str, Any]]:
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.n < 1 or args.seeds < 1:
         parser.error("--n and --seeds must be at least 1")
+    if args.workload is None:  # (a workload file is read once, whatever --n says)
+        _cli.total_requests(parser, args.n, args.seeds)
     if not args.rate > 0:  # NaN fails this too
         parser.error(f"--rate must be a number of arrivals per second above 0, got {args.rate}")
     if args.concurrency < 1:
@@ -319,7 +323,8 @@ def _figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 on success, 2 on bad arguments."""
+    """Run the benchmark; 0 on success, 2 on bad arguments, 1 when a file it was asked to
+    write could not be (the figures are printed all the same)."""
     parser = _parser()
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -364,20 +369,56 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": _cpu_s() - cpu0,
         "workers": workers,
     }
-    if args.out_dir is not None:
-        payload = {"meta": meta, "results": results}
-        (args.out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        cost_vs_quality(results, args.out_dir / "cost_quality.png", simulated=simulated)
-    if args.write_results:
-        write_section(RESULTS_MD, markdown_section(results, meta, NOTES))
+    for figures in results.values():
+        figures["simulated"] = simulated
     if simulated:  # (stderr beside --json, whose stdout stays the figures alone)
         print(SIMULATED_NOTE, file=sys.stderr if args.json else sys.stdout)
+    # the figures are shown before any file is written: a file that cannot be written
+    # (a disk full, a directory removed during the run) loses none of them
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2), flush=True)
     else:
         print(f"{meta['faults']}; arrivals {meta['arrivals']}; seeds {meta['seeds']}")
         print(table(results))
-        print("\n".join(goal_lines(results)))
+        print("\n".join(goal_lines(results)), flush=True)
+    return _write(args, results, meta, simulated)
+
+
+def _write(
+    args: argparse.Namespace, results: dict[str, Any], meta: dict[str, Any], simulated: bool
+) -> int:
+    """Write results.json, the PNG and the RESULTS.md section as asked: 0, or 1 after
+    saying on stderr which could not be written (each is tried whatever the others did)."""
+    failed = 0
+    writes: list[tuple[str, Any]] = []
+    if args.out_dir is not None:
+        payload = {"meta": meta, "results": results}
+        text = json.dumps(payload, indent=2) + "\n"
+        out = args.out_dir
+        writes.append((str(out / "results.json"), lambda: (out / "results.json").write_text(text)))
+        writes.append((
+            str(out / "cost_quality.png"),
+            lambda: cost_vs_quality(results, out / "cost_quality.png", simulated=simulated),
+        ))  # fmt: skip
+    if args.write_results:
+        body = markdown_section(results, meta, NOTES)
+        writes.append((str(RESULTS_MD), lambda: write_section(RESULTS_MD, body)))
+    for where, write in writes:
+        try:
+            write()
+        except OSError as exc:
+            failed = 1
+            print(
+                f"python -m bench: could not write {where}: {exc.strerror or exc} "
+                "(the figures are printed above)",
+                file=sys.stderr,
+            )
+    if failed:  # every figure and the run's metadata, where a file can still be written
+        fd, kept = tempfile.mkstemp(prefix="bench-results-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        print(f"python -m bench: the figures and their metadata are in {kept}", file=sys.stderr)
+    return failed
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from bench import _cli
 from bench.checkers import answer_ok
 from bench.workload import generate
 from engine.graph.spec import FaultRates, ModelSpec
@@ -29,6 +30,7 @@ from engine.plugin.context import RequestInfo
 __all__ = ["calibration", "main"]
 
 Pair = tuple[float, bool]
+SIM_NOTE = "simulated models, not real ones"
 
 
 async def _ask(profile: str, info: RequestInfo, text: str, task: str) -> dict[str, Any]:
@@ -103,12 +105,16 @@ def calibration(n: int, seed: int, buckets: int = 5) -> dict[str, list[dict[str,
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.calibration`: print the curves as a markdown table (or JSON)."""
     parser = argparse.ArgumentParser(prog="python -m bench.calibration", description=__doc__)
-    parser.add_argument("--n", type=int, default=1000, help="requests in the workload")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n", type=_cli.count, default=1000, help="requests in the workload")
+    parser.add_argument("--seed", type=_cli.seed, default=1)
     parser.add_argument("--buckets", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if not 1 <= args.buckets <= 100:
+        parser.error(f"--buckets must be from 1 to 100, got {args.buckets}")
     curves = calibration(args.n, args.seed, args.buckets)
+    # (stderr: stdout stays the table or the JSON alone, for tools that read them)
+    print(f"SIMULATED: the calibration of the `sim` profiles ({SIM_NOTE})", file=sys.stderr)
     if args.json:
         json.dump(curves, sys.stdout, indent=2)
         print()

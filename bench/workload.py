@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import tasks
+from bench import _cli, tasks
 
 __all__ = ["KIND_WEIGHTS", "TENANTS", "generate", "main", "parse_mix"]
 
@@ -323,7 +323,13 @@ def iter_requests(
     n: int, seed: int = 1, weights: Mapping[str, float] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Yield `n` requests of the mix (`weights`: kind shares, default `KIND_WEIGHTS`),
-    deterministically for a given `seed`."""
+    deterministically for a given `seed` (0 or more: distinct seeds, distinct workloads).
+
+    Raises:
+        ValueError: a negative seed.
+    """
+    if seed < 0:  # `random.Random(-s)` draws what `random.Random(s)` draws
+        raise ValueError(f"a workload seed is 0 or more, got {seed}")
     weights = KIND_WEIGHTS if weights is None else weights
     rng = random.Random(seed)
     bases: list[_Base] = []
@@ -354,8 +360,8 @@ def generate(
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.workload --n N --seed S [--mix kind=share,...] [--out FILE.jsonl]`."""
     parser = argparse.ArgumentParser(prog="python -m bench.workload", description=__doc__)
-    parser.add_argument("--n", type=int, default=5000, help="number of requests")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n", type=_cli.count, default=5000, help="number of requests")
+    parser.add_argument("--seed", type=_cli.seed, default=1)
     parser.add_argument("--mix", default="", help="kind=share,... (renormalised)")
     parser.add_argument("--out", type=Path, default=None, help="JSONL file (default: stdout)")
     args = parser.parse_args(argv)
@@ -363,13 +369,21 @@ def main(argv: list[str] | None = None) -> int:
         weights = parse_mix(args.mix)
     except ValueError as exc:
         parser.error(str(exc))
+    _cli.writable_file(parser, "--out", args.out)
     requests = iter_requests(args.n, args.seed, weights)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in requests)
     if args.out is None:
         sys.stdout.writelines(lines)
     else:
-        with args.out.open("w", encoding="utf-8") as fh:
-            fh.writelines(lines)
+        try:
+            with args.out.open("w", encoding="utf-8") as fh:
+                fh.writelines(lines)
+        except OSError as exc:
+            print(
+                f"python -m bench.workload: --out {args.out}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

@@ -7,12 +7,14 @@ implements the small `RequestRuntime` protocol below; nodes never see the schedu
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from engine.errors import NodeError, printable
 from engine.events import CallOutcome
 from engine.logs import get_logger
 
@@ -264,9 +266,35 @@ class NodeContext:
         own: not one of the engine's (`engine.EventType`), nor one another node type lists
         in its `event_types` unless this node type lists it too.
 
+        `decision` is a short text, `reason_codes` a list or tuple of texts, `inputs`,
+        `outputs` and `payload` mappings, `duration_ms` a number.
+
         Raises:
-            NodeError: the name is refused (the message says why and what to do instead).
+            NodeError: the name or an argument is refused (the message says why and what to
+                do instead).
         """
+        if (
+            (decision is not None and type(decision) is not str)
+            or (type(reason_codes) is not tuple and type(reason_codes) is not list)
+            or (payload is not None and type(payload) is not dict)
+            or (inputs is not None and type(inputs) is not dict)
+            or (outputs is not None and type(outputs) is not dict)
+            or (
+                duration_ms is not None
+                and (
+                    (type(duration_ms) is not float and type(duration_ms) is not int)
+                    or duration_ms - duration_ms != 0  # (NaN or infinite)
+                )
+            )
+        ):
+            self._refuse(
+                _emit_problem(decision, reason_codes, duration_ms, inputs, outputs, payload)
+            )
+        elif reason_codes:
+            try:
+                "".join(reason_codes)  # (the quick test that every code is a text)
+            except TypeError:
+                self._refuse(_emit_problem(decision, reason_codes, duration_ms, None, None, None))
         return self._runtime.emit(
             self,
             event_type,
@@ -279,8 +307,26 @@ class NodeContext:
         )
 
     def trace(self, stage: str, payload: Mapping[str, Any]) -> None:
-        """Record a decision trace (`RISK_ASSESSMENT`, `REQUEST_ANALYSIS_CONTEXT`, ...)."""
+        """Record a decision trace (`RISK_ASSESSMENT`, `REQUEST_ANALYSIS_CONTEXT`, ...).
+
+        Raises:
+            NodeError: `stage` is not a non-empty text, or `payload` not a mapping.
+        """
+        if not isinstance(stage, str) or not stage:
+            self._refuse(
+                f"the stage must be a name such as 'RISK_ASSESSMENT', not {_kind(stage)}",
+                "ctx.trace",
+            )
+        if type(payload) is not dict and not isinstance(payload, Mapping):
+            self._refuse(
+                f"the payload must be a mapping (a dict of JSON values), not {_kind(payload)}",
+                "ctx.trace",
+            )
         self._runtime.trace(self, stage, payload)
+
+    def _refuse(self, problem: str | None, call: str = "ctx.emit") -> None:
+        if problem is not None:
+            raise NodeError(f"{call}: {problem}", node_id=self.node_id, request_id=self.request.id)
 
     async def memo(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Request-scoped reuse: the value under `key`, computed once per request.
@@ -322,3 +368,45 @@ class NodeContext:
 
     def __repr__(self) -> str:
         return f"<NodeContext {self.node_id!r} request={self.request.id!r} cycle={self.cycle}>"
+
+
+def _emit_problem(decision: Any, reason_codes: Any, duration_ms: Any, *mappings: Any) -> str | None:
+    """What is wrong with `ctx.emit`'s arguments, once the quick test found something
+    that is not plainly right (a `str` subclass is a text too, any mapping a mapping)."""
+    if decision is not None and not isinstance(decision, str):
+        return (
+            f"`decision` must be a text such as 'accept', not {_kind(decision)}; put "
+            "structured data in `payload`"
+        )
+    if isinstance(reason_codes, str | bytes):
+        return (
+            f"`reason_codes` must be a list of codes, not one {_kind(reason_codes)}; "
+            f"write reason_codes=[{_shown(reason_codes)}]"
+        )
+    if not isinstance(reason_codes, list | tuple):
+        return f"`reason_codes` must be a list of texts, not {_kind(reason_codes)}"
+    for code in reason_codes:
+        if not isinstance(code, str):
+            return f"`reason_codes` must hold texts only, not {_kind(code)}"
+    if duration_ms is not None and (
+        isinstance(duration_ms, bool)
+        or not isinstance(duration_ms, int | float)
+        or not math.isfinite(duration_ms)
+    ):
+        return f"`duration_ms` must be a finite number of milliseconds, not {_kind(duration_ms)}"
+    for name, value in zip(("inputs", "outputs", "payload"), mappings, strict=True):
+        if value is not None and not isinstance(value, Mapping):
+            return f"`{name}` must be a mapping (a dict of JSON values), not {_kind(value)}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return printable(text if len(text) <= 60 else f"{text[:50]}...{text[-6:]}")

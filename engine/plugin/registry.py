@@ -231,9 +231,7 @@ def _raised_at(exc: BaseException, folder: str | None) -> str | None:
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
         column = f":{exc.offset}" if exc.offset else ""
         return f"{exc.filename}:{exc.lineno}{column}"
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")
-    ]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
     frames = [f for f in frames if os.path.realpath(f.filename) != os.path.realpath(__file__)]
     if folder is not None:
         local = [f for f in frames if os.path.realpath(f.filename).startswith(folder + os.sep)]
@@ -372,6 +370,23 @@ def _check_run(cls: type[Node]) -> None:
             f"{_qualname(cls)}.run must be a coroutine function: write `async def run(self, "
             "config, ctx)` (blocking work goes in `await anyio.to_thread.run_sync(...)`)"
         )
+    # `impl.run(config, ctx)`: a function takes `self` too, a static or class method not
+    static = isinstance(inspect.getattr_static(cls, "run"), staticmethod)
+    arguments = 2 if static or inspect.ismethod(run) else 3
+    try:
+        signature = inspect.signature(run)
+    except (TypeError, ValueError):  # (a callable inspect cannot read: left to run time)
+        return
+    try:
+        signature.bind(*[None] * arguments)
+    except TypeError:
+        bare = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+        shown = signature.replace(parameters=bare, return_annotation=signature.empty)
+        raise PluginError(
+            f"{_qualname(cls)}.run{shown} cannot be called as moat calls it, "
+            "`run(config, ctx)`; write `async def run(self, config, ctx)` (any other "
+            "parameter needs a default)"
+        ) from None
 
 
 def _check_model(cls: type[Node], part: str) -> None:

@@ -7,6 +7,7 @@ implements the small `RequestRuntime` protocol below; nodes never see the schedu
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -331,10 +332,24 @@ class NodeContext:
     async def memo(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Request-scoped reuse: the value under `key`, computed once per request.
 
+        `key` is a text; `factory` an async function of no arguments (or one that returns
+        an awaitable), called only when no value is stored under `key` yet.
+
         Returns:
             The value, and whether it was reused (True) or computed now (False).
+
+        Raises:
+            NodeError: `key` is no text, or `factory` returned something not awaitable.
         """
-        value, reused = await self._runtime.memo(self, key, factory)
+        try:
+            value, reused = await self._runtime.memo(self, key, factory)
+        except TypeError as exc:  # (only then is the call itself judged: nothing per call)
+            problem = _memo_problem(key, factory, exc)
+            if problem is None:
+                raise
+            raise NodeError(
+                f"ctx.memo: {problem}", node_id=self.node_id, request_id=self.request.id
+            ) from exc
         return value, reused
 
     def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -397,6 +412,25 @@ def _emit_problem(decision: Any, reason_codes: Any, duration_ms: Any, *mappings:
     for name, value in zip(("inputs", "outputs", "payload"), mappings, strict=True):
         if value is not None and not isinstance(value, Mapping):
             return f"`{name}` must be a mapping (a dict of JSON values), not {_kind(value)}"
+    return None
+
+
+def _memo_problem(key: Any, factory: Any, exc: TypeError) -> str | None:
+    """Why `ctx.memo` raised `exc` when the key or the factory was at fault, else None (the
+    factory's own TypeError, raised as it was)."""
+    try:
+        hash(key)
+    except TypeError:
+        return f"the key must be a text naming the value, not {_kind(key)}"
+    if "can't be used in 'await' expression" in str(exc) and not inspect.iscoroutinefunction(
+        factory
+    ):
+        name = getattr(factory, "__name__", type(factory).__name__)
+        return (
+            f"the factory {name!r} returned a value, not an awaitable; write it "
+            f"`async def {name if name.isidentifier() else 'make'}(): ...` (a blocking one "
+            "goes in `await anyio.to_thread.run_sync(...)`)"
+        )
     return None
 
 

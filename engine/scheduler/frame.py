@@ -110,6 +110,7 @@ class Frame:
         "closed",
         "cycle",
         "depth",
+        "detached",
         "ex",
         "fence",
         "fixed",
@@ -149,6 +150,8 @@ class Frame:
         self.cells: dict[str, LazyNode] = {}
         self.spec_cells: list[LazyNode] = []
         """Nodes of this frame that got a background task (speculative starts)."""
+        self.detached: list[LazyNode] | None = None
+        """Nodes of this frame run on demand in a task of their own (`fence_out`)."""
         self.closed = False
         """True once its outputs resolved and its leftover work was cleaned up."""
         self.children: list[Frame] | None = None
@@ -181,6 +184,7 @@ class Frame:
             cell.reads = None
         self.cells.clear()
         self.spec_cells.clear()
+        self.detached = None
         children, self.children = self.children, None
         for child in children or ():
             child.release()

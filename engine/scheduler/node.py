@@ -487,10 +487,15 @@ class NodeRunner:
         (`fence_out`): a loop with a timeout needs it from outside itself. The node is
         no speculative start; its frame's cleanup cancels it if it is still running."""
         cell.claim()
-        if cell.frame.closed:  # the frame is done and its tasks are being cancelled
+        frame = cell.frame
+        if frame.closed:  # the frame is done and its tasks are being cancelled
             cell.cancelled()
             return
-        self.start_task(cell, self.execute, cell, False)
+        if frame.detached is None:
+            frame.detached = [cell]
+        else:
+            frame.detached.append(cell)
+        self._start(cell, self.execute, (cell, False))
 
     def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `fn(*args)` for `cell` in the background under the node's own cancel scope.
@@ -499,13 +504,18 @@ class NodeRunner:
         can be started again by a speculative task that needs it: the deciding task then
         has nothing left to do and is cancelled, and the new task owns the run.
         """
+        spec_cells = cell.frame.spec_cells
+        if cell not in spec_cells:  # (a handful per frame)
+            spec_cells.append(cell)
+        self._start(cell, fn, args)
+
+    def _start(
+        self, cell: LazyNode, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+    ) -> None:
         earlier = cell.scope
         scope = cell.scope = self.new_scope()
         if earlier is not None:
             earlier.cancel()
-        spec_cells = cell.frame.spec_cells
-        if cell not in spec_cells:  # (a handful per frame)
-            spec_cells.append(cell)
         cell.frame.req.task_started()
         self.tasks.start_soon(self._task, cell, scope, fn, args)
 

@@ -254,9 +254,7 @@ def cleanup(frame: Frame) -> list[str]:
         status = cell.status
         if status is PENDING or (status is RUNNING and not cell.speculative):
             if cell.scope is not None:
-                # a strategy still deciding (nothing started), or a node a timed-out
-                # loop left running on demand (`fence_out`): its run records the cancel
-                cell.scope.cancel()
+                cell.scope.cancel()  # a strategy still deciding: nothing started
             continue
         if status is RUNNING:
             if cell.scope is not None:
@@ -276,4 +274,10 @@ def cleanup(frame: Frame) -> list[str]:
             mark_used(cell)
         else:
             discard(cell)
+    for cell in frame.detached or ():
+        # a node a timed-out loop left running on demand (`fence_out`): nobody is left
+        # to use it; its run records the cancellation
+        if cell.status is RUNNING and cell.scope is not None:
+            cell.scope.cancel()
+            cancelled.append(cell.node.id)
     return cancelled

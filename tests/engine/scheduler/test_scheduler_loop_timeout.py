@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.events import DecisionTrace
 from tests.support.sched_nodes import backends, graph, impl, run, runs
 
 anyio_backend = backends("trio-mock", "asyncio")
@@ -121,3 +122,40 @@ async def test_an_inner_loop_timing_out_leaves_the_outer_body_node_it_read(
     assert [r for r in runs(sink) if r[0] == "inner"] == [
         ("inner", 2, "timed_out", False, "none", 1),
     ]
+
+
+LEFT_RUNNING_IN_A_CYCLE = """
+moat: 1
+name: left-running-in-a-cycle
+nodes:
+  outer:
+    type: loop
+    max_cycles: 1
+    nodes:
+      shared: {type: work, with: {ms: 100, value: 1}}
+      inner:
+        type: loop
+        timeout_ms: 50
+        optional: true
+        max_cycles: 1
+        nodes:
+          step: {type: work, with: {value: "{{ shared.value }}"}}
+        output: {value: step.value}
+    output: {value: "inner.value if inner else 'gave up'"}
+output:
+  answer: outer.value
+"""
+
+
+@pytest.mark.anyio
+async def test_the_cycle_summary_counts_what_a_timed_out_loop_left_running_as_cancelled(
+    anyio_backend: Any,
+) -> None:
+    result, sink = await run(graph(LEFT_RUNNING_IN_A_CYCLE))
+    assert result.output == {"answer": "gave up"}
+    assert ("shared", 1, "cancelled", False, "cancelled", 1) in runs(sink)
+    (summary,) = [t.payload for t in sink.items if isinstance(t, DecisionTrace)]
+    assert summary["loop"] == "outer"
+    assert summary["scheduler_strategy"] == "on_demand"  # nothing started speculatively
+    assert summary["modules_cancelled"] == ["shared"]
+    assert summary["modules_failed"] == ["inner"]

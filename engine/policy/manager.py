@@ -313,21 +313,38 @@ class PolicyManager:
         """Store the default body as version 1 if the policy has no version; return the pin.
 
         Raises:
-            PolicyError: the default body is malformed (e.g. a bad `guard:`).
+            PolicyError: the default body is malformed (e.g. a bad `guard:`), or the
+                active version is one the graph cannot read (it was edited since: a key it
+                reads now is missing, or of another type); nothing is run on it.
         """
         if not self._stored:
             return self._state.pin
         self._check_default()
         assert self.name is not None
-        active = db.register(
-            self._store(),
-            self.name,
-            self.default_body,
-            content_hash(self.default_body),
-            self.run_id,
-        )
+        default_hash = content_hash(self.default_body)
+        active = db.register(self._store(), self.name, self.default_body, default_hash, self.run_id)
+        if active.content_hash != default_hash:  # the graph's own policy fits it
+            self._check_fits(active)
         self._switch(active)
         return self._state.pin
+
+    def _check_fits(self, active: db.Active) -> None:
+        """Refuse to run the graph on an active version it cannot read: every request
+        reaching what reads the missing key would fail."""
+        graph = self.graph
+        if graph is None:
+            return
+        try:
+            validate_policy(active.body, located_body(active.body), previous=None, graphs=(graph,))
+        except PolicyError as exc:
+            store = self._store()
+            raise PolicyError(
+                f"policy '{self.name}' version {active.version}, active in {store.path}, does "
+                f"not fit graph '{graph.name}' ({graph.path}): {exc.reason}. Apply a version "
+                f"that does (`moat policy apply {graph.policy_path} --graph {graph.path}`, "
+                "with --allow-new-keys for keys it adds), or roll back to one (`moat policy "
+                f"rollback {self.name} --to VERSION`)"
+            ) from None
 
     def _check_default(self) -> None:
         path = self.graph.policy_path if self.graph is not None else None

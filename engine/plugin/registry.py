@@ -30,6 +30,10 @@ ENTRY_POINT_GROUP = "moat.nodes"
 """The entry-point group node plugins register under (`sleep = "mypkg.nodes:Sleep"`)."""
 
 RESERVED_TYPES = frozenset({"loop"})
+_DISTRIBUTION = "moat"
+_BUILT_IN = f"package {_DISTRIBUTION!r}"
+"""How `load_entry_points` names moat's own distribution, whose entry points are the
+built-in node types."""
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -112,14 +116,31 @@ class Registry:
     def load_entry_points(self) -> None:
         """Register every node class of the `moat.nodes` entry-point group. One that cannot
         be loaded is noted in `broken` (reported where its type is asked for), so a broken
-        package does not stop graphs that never use it."""
+        package does not stop graphs that never use it.
+
+        Two installed packages that claim one type name leave it to neither (which one
+        answered would depend on the order packages were installed in): a graph that uses
+        it is told to uninstall one. A package that claims a built-in type's name is the
+        broken one; the built-in keeps it."""
+        packages: dict[str, tuple[str, str]] = {}  # type name -> (entry point, package)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            package = f"package {ep.dist.name!r}" if ep.dist is not None else "its package"
+            dist = ep.dist.name if ep.dist is not None else None
+            package = f"package {dist!r}" if dist is not None else "its package"
             try:
                 cls = ep.load()
                 if not (inspect.isclass(cls) and issubclass(cls, Node)):
                     raise PluginError(f"{ep.value} is not a Node subclass")
+                name = getattr(cls, "type_name", None)
+                claimed = packages.get(name) if isinstance(name, str) else None
+                if claimed is not None:
+                    registered = self._types.get(cls.type_name)
+                    if registered is None:  # (claimed twice already: left to neither)
+                        continue
+                    if not _same_class(registered, cls):
+                        self._claimed_twice(cls, claimed, (ep.value, package), dist)
+                        continue
                 self.add(cls, origin=ep.value)
+                packages[cls.type_name] = (ep.value, package)
             except (Exception, SystemExit) as exc:
                 why = (
                     exc.reason
@@ -130,6 +151,32 @@ class Registry:
                     f"the installed node type {ep.name!r} ({ep.value}, of {package}) could "
                     f"not be loaded: {why.partition(chr(10))[0]}; reinstall or fix {package}"
                 )
+
+    def _claimed_twice(
+        self, cls: type[Node], first: tuple[str, str], second: tuple[str, str], dist: str | None
+    ) -> None:
+        """The type name of `cls`, registered from the entry point `first`, is claimed by
+        `cls` from `second` too (each `(entry point, package)`; `dist`: the package of
+        `second`)."""
+        name = cls.type_name
+        (first_ep, first_package), (second_ep, second_package) = first, second
+        if first_package == _BUILT_IN or dist == _DISTRIBUTION:
+            if dist == _DISTRIBUTION:  # the built-in came second: it takes the name back
+                del self._types[name]
+                self.add(cls, origin=second_ep)
+                first_ep, first_package, second_ep, second_package = (*second, *first)
+            self.broken[f"{name} ({second_package})"] = (
+                f"the installed node type {name!r} ({second_ep}, of {second_package}) takes "
+                f"the name of moat's built-in node type {name!r} ({first_ep}), which keeps "
+                f"it; rename its `type_name`, or uninstall {second_package}"
+            )
+            return
+        self._types.pop(name, None)
+        self._origin.pop(name, None)
+        self.broken[name] = (
+            f"node type {name!r} is installed twice: by {first_ep} ({first_package}) and by "
+            f"{second_ep} ({second_package}); uninstall one, or rename one `type_name`"
+        )
 
     def problem(self, name: str) -> str | None:
         """Why type `name` is missing when an installed entry point of that name is broken."""

@@ -364,6 +364,11 @@ def _check_events(cls: type[Node]) -> None:
             f'e.g. ("SLEPT",), got {declared!r}'
         )
     for name in declared:
+        if len(name) > event_names.MAX_CHARS:  # (ctx.emit would refuse it every time)
+            raise PluginError(
+                f"{_qualname(cls)}: event name {name[:40]!r}... is {len(name)} characters "
+                f"long; give the event a name of at most {event_names.MAX_CHARS}"
+            )
         if not _EVENT_NAME.fullmatch(name):
             raise PluginError(
                 f"{_qualname(cls)}: event name {name!r} is not UPPER_SNAKE_CASE; "

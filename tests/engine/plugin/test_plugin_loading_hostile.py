@@ -39,6 +39,10 @@ def node_type(**attrs: Any) -> type[Node]:
         ({"model_keys": ("routes.*.model",)}, r"'routes' is not a field of its Config"),
         ({"event_types": ["SLEPT"]}, r"`event_types` must be a tuple"),
         ({"event_types": ("GATE_DECISION",)}, r"one of the engine's own"),
+        (
+            {"event_types": ("SLEPT", "A" * 65)},
+            r"event name 'A{40}'\.\.\. is 65 characters long; give the event a name of at most 64",
+        ),
     ],
 )
 def test_a_careless_node_class_is_refused_saying_what_to_write(
@@ -50,6 +54,10 @@ def test_a_careless_node_class_is_refused_saying_what_to_write(
 
 def test_model_keys_that_name_config_fields_are_taken() -> None:
     assert "careless" in Registry([node_type(model_keys=("model",))])
+
+
+def test_an_event_name_of_the_longest_length_ctx_emit_takes_is_declared() -> None:
+    assert "careless" in Registry([node_type(event_types=("A" * 64,))])
 
 
 PLUGIN = """

@@ -153,7 +153,7 @@ def _model_schema(model: type[BaseModel], type_name: str, origin: str) -> dict[s
     when pydantic cannot draw one of its fields."""
     try:
         return config_json_schema(model)
-    except Exception as exc:  # (a plugin's model)
+    except (Exception, SystemExit) as exc:  # (a plugin's model)
         _warn(no_json_schema(type_name, origin, exc))
         return {"type": "object"}
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, cast
 from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from engine.errors import exception_text
 from engine.expr.wording import bools_read_as_numbers, holds_bool
 
 __all__ = ["bool_errors", "config_keys", "field_form", "model_names", "validator_raised"]
@@ -73,12 +74,13 @@ def bool_errors(config: type[BaseModel], static: Mapping[str, Any]) -> list[Any]
     return found
 
 
-def validator_raised(type_name: str, config: str, origin: str, exc: Exception) -> str:
+def validator_raised(type_name: str, config: str, origin: str, exc: BaseException) -> str:
     """The error for a config validator (`config`, of node type `type_name` from `origin`)
     that raised what pydantic does not turn into a validation error: only a `ValueError`
     (or an assertion) says what to fix in the graph."""
+    raised = exception_text(exc, with_type=True)
     return (
-        f"with: the config of type {type_name!r} raised {type(exc).__name__}: {exc} while "
+        f"with: the config of type {type_name!r} raised {raised} while "
         "being validated; a config validator must raise ValueError with a sentence saying "
         f"what to fix (fix the validator of {config} in {origin})"
     )

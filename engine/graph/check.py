@@ -347,7 +347,7 @@ class Checker:
             config_cls.model_validate(static, context=context)
         except ValidationError as exc:
             errors += exc.errors()
-        except Exception as exc:  # a plugin's validator raising what pydantic does not catch
+        except (Exception, SystemExit) as exc:  # a plugin's validator: not a ValueError
             origin = self.registry.origin(spec.type) or cls.__module__
             message = validator_raised(spec.type, f"{cls.__qualname__}.Config", origin, exc)
             self._error(message, (*at, "with") if spec.with_ else at, node_id=node_id)

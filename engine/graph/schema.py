@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from engine.errors import exception_text
 from engine.graph.spec import GraphSpec, LoopSpec, NodeSpec
 from engine.plugin.registry import Registry
 
@@ -40,7 +41,8 @@ def graph_json_schema(
         variants.append({"$ref": f"#/$defs/{_def_name(name)}"})
         try:
             config = config_json_schema(cls.Config, _def_name(name))
-        except Exception as exc:  # (a plugin's model: pydantic cannot draw every type)
+        except (Exception, SystemExit) as exc:  # (a plugin's model: its code, or a type
+            # pydantic cannot draw)
             config = {"type": "object"}
             if warn is not None:
                 warn(no_json_schema(name, registry.origin(name), exc))
@@ -85,9 +87,9 @@ def config_json_schema(model: type[BaseModel], prefix: str | None = None) -> dic
     return raw
 
 
-def no_json_schema(type_name: str, origin: str, exc: Exception) -> str:
+def no_json_schema(type_name: str, origin: str, exc: BaseException) -> str:
     """Why node type `type_name` has no JSON Schema, and what its author can do."""
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    reason = exception_text(exc).partition("\\n")[0]
     return (
         f"node type {type_name!r} (from {origin}): its models have no JSON Schema ({reason}); "
         "graphs may still use it, but editors cannot check its `with:`. Its author can give "

@@ -82,19 +82,27 @@ def state(store: Store) -> tuple[Any, ...]:
 
 
 def mutated(changes: list[tuple[tuple[Any, ...], Any]]) -> dict[str, Any]:
+    """BASE with each change made where its path still leads (a path through a value an
+    earlier change replaced with a leaf, or with a list for a key, is skipped)."""
     body = yaml.safe_load(yaml.safe_dump(BASE))
     for path, new in changes:
-        cur = body
+        cur: Any = body
         for part in path[:-1]:
-            if not isinstance(cur, dict | list):
-                break
-            cur = cur[part] if isinstance(cur, dict) else cur[min(part, len(cur) - 1)]
-        else:
-            if isinstance(cur, dict):
-                cur[path[-1]] = new
-            elif isinstance(cur, list) and cur:
-                cur[min(path[-1], len(cur) - 1)] = new
+            cur = _step(cur, part)
+        last = path[-1]
+        if isinstance(cur, dict) and isinstance(last, str):
+            cur[last] = new
+        elif isinstance(cur, list) and isinstance(last, int) and cur:
+            cur[min(last, len(cur) - 1)] = new
     return body
+
+
+def _step(cur: Any, part: str | int) -> Any:
+    if isinstance(cur, dict) and isinstance(part, str):
+        return cur.get(part)
+    if isinstance(cur, list) and isinstance(part, int) and cur:
+        return cur[min(part, len(cur) - 1)]
+    return None
 
 
 @pytest.fixture(scope="module")

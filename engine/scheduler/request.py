@@ -23,6 +23,7 @@ from engine.events import (
     LlmCall,
     NodeOutcome,
     NodeRun,
+    NodeStatus,
     OrchestrationEvent,
     Record,
     now,
@@ -31,6 +32,7 @@ from engine.logs import get_logger
 from engine.models import CallScope, Gateway, RequestBudget
 from engine.plugin import event_names
 from engine.plugin.context import ModelClient, NodeContext, RequestInfo, SharedState
+from engine.scheduler.lazy import FINISHED
 
 if TYPE_CHECKING:
     from engine.graph.compiled import Graph
@@ -100,6 +102,12 @@ class NodeCtx(NodeContext):
         self.speculative = cell.speculative
         self.shared = shared
         self._runtime = req
+
+    def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after the request succeeds, off the response path (cache
+        stores), and only if the request used this run's result: a speculative run
+        nobody joined, or a run that failed or was cancelled, leaves nothing behind."""
+        self._runtime.after_success(callback, self.cell)  # type: ignore[call-arg]
 
     def __getattr__(self, name: str) -> Any:
         # Only reached while the `log` slot is empty: bind on first use, then keep it.
@@ -194,7 +202,7 @@ class RequestState:
         self.spent_usd = 0.0
         self.live = 0
         self._idle: anyio.Event | None = None
-        self._callbacks: list[Callable[[], Awaitable[None]]] | None = None
+        self._callbacks: list[_Callback] | None = None
         self._memos: dict[str, _Memo] | None = None
         self._rng: random.Random | None = None
         self.frame: Frame | None = None
@@ -417,8 +425,9 @@ class RequestState:
         self._callbacks = _RAN
 
     @property
-    def callbacks(self) -> list[Callable[[], Awaitable[None]]]:
-        """The `after_success` callbacks nodes registered."""
+    def callbacks(self) -> list[_Callback]:
+        """The `after_success` callbacks nodes registered, each with its node run (None
+        when registered other than through a node run's context)."""
         return self._callbacks or []
 
     # -- RequestRuntime -------------------------------------------------------------------
@@ -593,8 +602,11 @@ class RequestState:
             request_id=self.info.id,
         )
 
-    def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run `callback` after the request succeeds, off the response path.
+    def after_success(
+        self, callback: Callable[[], Awaitable[None]], cell: LazyNode | None = None
+    ) -> None:
+        """Run `callback` after the request succeeds, off the response path, if the node
+        run `cell` that registers it (when given) is one whose result the request used.
 
         Raises:
             RuntimeError: the request has ended, or its callbacks are running (a callback
@@ -608,7 +620,7 @@ class RequestState:
             )
         if callbacks is None:
             callbacks = self._callbacks = []
-        callbacks.append(callback)
+        callbacks.append((callback, cell))
 
     @property
     def remaining_ms(self) -> float | None:
@@ -637,7 +649,9 @@ class RequestState:
         fails or runs out of time is logged, never raised (the request is answered), and
         one registered from now on is refused."""
         callbacks, self._callbacks = self.callbacks, _RAN
-        for callback in callbacks:
+        for callback, cell in callbacks:
+            if cell is not None and not _used(cell):
+                continue  # what the run did was not part of the answer: nor is its aftermath
             problem: str | None = None
             with anyio.move_on_after(AFTER_SUCCESS_S) as scope:
                 try:
@@ -663,8 +677,16 @@ class RequestState:
 
 AFTER_SUCCESS_S = 10.0
 """How long one `after_success` callback may run before it is cancelled."""
-_RAN: list[Callable[[], Awaitable[None]]] = []
+_Callback = tuple[Callable[[], Awaitable[None]], "LazyNode | None"]
+"""An `after_success` callback and the node run that registered it."""
+_RAN: list[_Callback] = []
 """The callbacks of a request that has ended or runs its callbacks: no more are taken."""
+
+
+def _used(cell: LazyNode) -> bool:
+    """Whether the request used the result of the node run `cell`: it succeeded, and
+    something demanded it (a speculative run nobody joined was discarded or cancelled)."""
+    return cell.status is FINISHED and cell.run_status is NodeStatus.SUCCEEDED and cell.demanded
 
 
 class _Memo:

@@ -267,8 +267,10 @@ class Runner:
                 deadline.cancel_called or self._clock() >= deadline.deadline
             ):
                 # the deadline passed: whatever came back after it (a node that swallowed
-                # its cancellation and returned, or blocked the loop past it) is not an answer
-                answer = None
+                # its cancellation and returned, or blocked the loop past it) is not an
+                # answer. What the outputs can be evaluated from is read before the
+                # cleanup, which would discard a speculative result they use.
+                answer = self._deadline_passed(req, consumer)
         except anyio.get_cancelled_exc_class():
             abandoned = record_cancelled is not False
             raise
@@ -277,7 +279,8 @@ class Runner:
             if abandoned:
                 why = record_cancelled() if callable(record_cancelled) else None
                 self._finish(req, _cancelled(req, seq, why), meta)
-        status, output, error = answer or self._deadline_passed(req, consumer)
+        assert answer is not None
+        status, output, error = answer
         req.check_soft_deadline()
         result = RequestResult(  # positional: one is built per request
             req.info.id,

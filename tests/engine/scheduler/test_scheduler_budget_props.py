@@ -12,7 +12,8 @@ as given.
 Whatever the schedule: an answer `ok` is the reference's; `partial` outputs are the
 reference's values; a request is `deadline_exceeded` or `partial` only with a deadline; a
 timed-out loop never fails a node that others read outside it; every node runs at most
-once (per cycle), and its recorded attempts are the runs it made, each retry recorded.
+once (per cycle), and its recorded attempts are the runs it made, each retry recorded; no
+speculative run is said to be both joined and skipped, or both used and discarded.
 """
 
 from __future__ import annotations
@@ -324,10 +325,16 @@ def check_budgets(text: str) -> None:
     assert all(n == 1 for n in seen.values()), (seen, text)
 
     retries: dict[tuple[str, int], int] = {}
+    joins: dict[tuple[str, int], set[str]] = {}
     for event in sink.events():
+        key = (event.stage, event.cycle)
         if event.event_type == "NODE_RETRY":
-            key = (event.stage, event.cycle)
             retries[key] = retries.get(key, 0) + 1
+        elif event.event_type.startswith("SPECULATIVE_"):
+            joins.setdefault(key, set()).add(event.event_type)
+    for key, said in joins.items():  # never both joined and skipped, used and discarded
+        assert not {"SPECULATIVE_JOIN_SKIPPED", "SPECULATIVE_JOIN_REQUIRED"} <= said, (key, text)
+        assert not {"SPECULATIVE_RESULT_USED", "SPECULATIVE_RESULT_DISCARDED"} <= said, (key, text)
     for node, _ in _work_nodes(g.scope):
         work = node.impl
         assert work.started == work.finished + work.cancelled + work.failed, (node.id, text)  # type: ignore[union-attr]

@@ -136,17 +136,33 @@ class _Harm:
 
     @property
     def risk(self) -> float:
-        """The model's probability that the request is harmful, at even prior odds: its
-        verdict confidence is calibrated, this reading of it only where harmful and benign
-        requests are equally common."""
+        """The model's probability that the request is harmful: the posterior behind its
+        verdict (see `_harm`)."""
         return self.confidence if self.harmful else 1.0 - self.confidence
+
+
+HARM_PRIOR = (0.02, 0.3, 0.55)
+"""A model's prior that a request is harmful, by how its wording reads (no harm cue, a
+harm-adjacent one, a named harm: `harm_cue` 0, 0.5, 1): the shares of harmful requests so
+worded in the bench's default mix (1.8 %, 30 %, 55 % over seeds 1-3), the traffic the
+simulated models are calibrated on. Under another mix they are off, as a real model's
+calibration is off under a shift of its traffic."""
+
+
+def _prior(cue: float) -> float:
+    return HARM_PRIOR[0] if cue <= 0.0 else HARM_PRIOR[2] if cue >= 1.0 else HARM_PRIOR[1]
 
 
 def _harm(call: SimCall) -> _Harm:
     """The model's harm check of the request (or of the draft, once refused).
 
     Truth is the `harmful` label, else whether the wording names a harm; the verdict is
-    right with the chance `harm_chance` gives this model on this request.
+    right with the chance `harm_chance` gives this model on this request. The stated
+    confidence is what the model can know without the truth: the posterior that its
+    verdict is right, from its (calibrated) chances of being right on a harmful and on a
+    benign request worded so, and the prior `HARM_PRIOR` of the wording. A confidence
+    computed from the truth would tell a graph, beyond the verdict, which verdicts are
+    wrong.
     """
     draft = find_draft(call.prompt)
     if draft is not None and _REFUSAL.search(draft.lower()):
@@ -154,9 +170,18 @@ def _harm(call: SimCall) -> _Harm:
         return _Harm(False, 0.99, "general")
     cue, named = harm_cue(call.request_text)
     truth = bool(call.labels["harmful"]) if "harmful" in call.labels else cue >= 1.0
-    chance = harm_chance(call.capability, call.latents, call.profile, harmful=truth, cue=cue)
-    verdict = truth if _draw(call, chance) else not truth
-    return _Harm(verdict, chance.confidence, (named or "other") if verdict else "general")
+    lat = call.latents
+    if_harmful = harm_chance(call.capability, lat, call.profile, harmful=True, cue=cue)
+    if_benign = harm_chance(call.capability, lat, call.profile, harmful=False, cue=cue)
+    verdict = truth if _draw(call, if_harmful if truth else if_benign) else not truth
+    prior = _prior(cue)
+    if verdict:
+        right, wrong = prior * if_harmful.confidence, (1.0 - prior) * (1.0 - if_benign.confidence)
+    else:
+        right, wrong = (1.0 - prior) * if_benign.confidence, prior * (1.0 - if_harmful.confidence)
+    # (at least even: the verdict is the model's own, whatever the prior says)
+    confidence = max(0.5, right / (right + wrong))
+    return _Harm(verdict, confidence, (named or "other") if verdict else "general")
 
 
 def _draw(call: SimCall, chance: Chance) -> bool:

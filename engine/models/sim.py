@@ -60,9 +60,12 @@ documented in `engine.models._sim_model`; the call then draws right or wrong.
   right or wrong about; without it, a request is harmful when its wording names a harm
   ("bomb", "weapon", "hack", "kill", "steal", "malware", ...). False flags depend on the
   wording the model was sent: near zero for plain questions, frequent for harm-adjacent
-  (dual-use) wording. A harm check states its `confidence` in its verdict (calibrated);
-  risk scores and `expected_harm` read that verdict as a probability of harm at even
-  prior odds. Answers are given regardless: refusing is the
+  (dual-use) wording. A harm check states its `confidence` in its verdict, computed
+  without the truth: the posterior that the verdict is right, from the model's chances on
+  a harmful and on a benign request worded so and a prior by wording
+  (`engine.models._sim_tasks.HARM_PRIOR`); the label reaches a harm check only through its
+  verdict's draw. Risk scores and `expected_harm` are that posterior read as the
+  probability that the request is harmful. Answers are given regardless: refusing is the
   critic's job.
 - `difficulty` (0..1, default 0.3): how hard the request is, for every model.
 - `kind`, `category` (str): the topic, whose ambiguity is a latent. The risk output's

@@ -37,9 +37,9 @@ from nodes.critic import CRITIQUE_SCHEMA, RISK_SCHEMA
 from nodes.simulator import SIMULATE_SCHEMA
 from nodes.speculate import VERIFY_SCHEMA
 
-SIM_DIGEST = "e54182f5f5a3a2560d7031bdcf633aeceb74faa2af856cacae84028e36a8d29f"
+SIM_DIGEST = "33898b57dcb995e9e0d8574679777e415aaf47afba269e6b87ad62eeedf938ae"
 CACHE_DIGEST = "10b428720aab55e093fd60021cc273b03afefe551b504a9d2bc2bd8afadf5956"
-FLAGSHIP_DIGEST = "c8371847bf37e1c3f4ef6372440b3316aa1d89144cced745aaee186ddf0d42e5"
+FLAGSHIP_DIGEST = "3040ce64f86aa5cd4035933bad58cf058bc88a602cee8242e8a1396d76b7bb6d"
 
 
 class _Address(BaseModel):

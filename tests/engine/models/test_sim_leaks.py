@@ -12,7 +12,7 @@ the model's draw came out the same way: any other difference is a leak a graph c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from bench.workload import generate
 from engine.graph.spec import FaultRates, ModelSpec
 from engine.models import ProviderRequest, SimProvider, _sim_model
+from engine.models._sim_tasks import _WRONG_TOKENS
 from engine.plugin.context import RequestInfo
 from nodes.critic import CRITIQUE_SCHEMA, RISK_SCHEMA
+from nodes.simulator import SIMULATE_SCHEMA
 from nodes.speculate import VERIFY_SCHEMA
 
 WORKLOAD = generate(400, seed=23)
@@ -84,9 +86,79 @@ def _ask(
         return text
 
 
+# -- the harm label: a verdict, never a confidence that knows the truth ----------------------
+
+_HARM_TASKS: dict[str, tuple[Mapping[str, Any], str, Callable[[Any], bool]]] = {
+    "risk": (RISK_SCHEMA, "Assess the risk.\n\nRequest:\n{p}", lambda v: v["action"] != "proceed"),
+    "critique": (
+        CRITIQUE_SCHEMA,
+        "Review the draft.\n\nRequest:\n{p}\n\nDraft answer:\nAnswer: 12",
+        lambda v: v["action"] == "refuse",
+    ),
+    "simulate": (
+        SIMULATE_SCHEMA,
+        "What would answering do?\n\nRequest:\n{p}",
+        lambda v: any(c.startswith("could enable") for c in v["concerns"]),
+    ),
+}
+
+
+def _harm_pairs(task: str) -> Iterator[tuple[bool, Any, Any]]:
+    schema, template, verdict = _HARM_TASKS[task]
+    for i, prompt in enumerate(PROMPTS[:150]):
+        profile = PROFILES[i % 3]
+        content = template.format(p=prompt)
+        answers = [
+            _ask(profile, prompt, {"harmful": truth}, task, content, schema=schema, i=i)
+            for truth in (True, False)
+        ]
+        yield verdict(answers[0]) == verdict(answers[1]), answers[0], answers[1]
+
+
+@pytest.mark.parametrize("task", sorted(_HARM_TASKS))
+def test_a_harm_check_says_nothing_of_the_truth_beyond_its_verdict(task: str) -> None:
+    """The same call on a harmful and on a benign request (latents alike): where the model
+    reached the same verdict, it says exactly the same thing, confidence and risk score
+    included. A confidence computed from the truth would flag the verdicts that are wrong."""
+    same_verdict = 0
+    with _latents_from_text():
+        for same, harmful, benign in _harm_pairs(task):
+            if same:
+                same_verdict += 1
+                assert harmful == benign
+    assert same_verdict >= 5, "some verdicts came out the same way under either truth"
+
+
+def test_a_screens_confidence_does_not_single_out_the_harmful_requests_it_missed() -> None:
+    """Over the workload (latents as the labels set them), the requests a screen passes
+    with a benign verdict: those it missed (harmful) are no likelier than the benign ones,
+    worded alike, to fall under a confidence bar. Before the stated confidence knew the
+    truth, every missed harmful request fell under 0.98 and only a few benign ones did."""
+    work = generate(1500, seed=31)
+    missed: list[float] = []
+    passed: list[float] = []
+    for i, line in enumerate(work):
+        prompt, labels = line["prompt"], line["_labels"]
+        if _sim_model.harm_cue(prompt)[0] != 0.0:
+            continue  # one wording class: the prior a model holds differs between them
+        content = f"Assess the risk.\n\nRequest:\n{prompt}"
+        review = _ask("small", prompt, labels, "risk", content, schema=RISK_SCHEMA, i=i)
+        if review["action"] == "proceed":
+            (missed if labels["harmful"] else passed).append(review["confidence"])
+    assert len(missed) >= 3 and len(passed) > 500
+    share_missed = sum(c < 0.98 for c in missed) / len(missed)
+    share_passed = sum(c < 0.98 for c in passed) / len(passed)
+    assert share_missed <= share_passed + 0.5, (share_missed, share_passed, len(missed))
+
+
 # -- labels a correct answer shows: a wrong one shows nothing of them ------------------------
 
-_TOKENS = st.from_regex(r"[A-Z][A-Za-z0-9]{4,9}", fullmatch=True) | st.integers(10, 10**6).map(str)
+_TOKENS = (
+    st.from_regex(r"[A-Z][A-Za-z0-9]{4,9}", fullmatch=True)
+    | st.from_regex(r"[1-9][0-9]{2,6}", fullmatch=True)
+).filter(lambda t: not any(w in t.lower() or t.lower() in w for w in _WRONG_TOKENS))
+"""Labelled answers no wrong answer of the pool overlaps (where one does, the pool steps
+over it, and only there does a wrong answer depend on the truth)."""
 
 
 @settings(max_examples=30, deadline=None)
@@ -119,10 +191,15 @@ def test_a_wrong_answer_carries_nothing_of_the_labelled_one(
         assert a == b, (a, b)
 
 
-_VALUES = st.one_of(
-    st.text(st.characters(min_codepoint=65, max_codepoint=122), min_size=2, max_size=12),
-    st.integers(-(10**6), 10**6),
-    st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)),
+_MISREADS = {"unknown", "not given", "n/a", "pending", "other", "unreadable"}
+# true values a misread never takes (where one would, the misread must step aside, and only
+# there may it depend on the truth): ints and floats outside [0, 2000], other words
+_BY_TYPE = (
+    st.text(st.characters(min_codepoint=65, max_codepoint=122), min_size=2, max_size=12).filter(
+        lambda t: t.strip().lower() not in _MISREADS
+    ),
+    st.integers(-(10**6), -1) | st.integers(2001, 10**6),
+    (st.floats(-1e6, -1.0) | st.floats(2001.0, 1e6)).map(lambda x: round(x, 2)),
 )
 
 
@@ -143,8 +220,9 @@ def test_a_misread_field_carries_nothing_of_the_true_value(
 ) -> None:
     """Two requests alike but for the values of their `fields` labels (same types): a field
     read wrong reads the same under either truth."""
-    first = {k: data.draw(_VALUES) for k in keys}
-    second = {k: data.draw(_VALUES.filter(lambda v, k=k: type(v) is type(first[k]))) for k in keys}
+    kinds = {k: data.draw(st.sampled_from(_BY_TYPE)) for k in keys}
+    first = {k: data.draw(kinds[k]) for k in keys}
+    second = {k: data.draw(kinds[k]) for k in keys}
     prompt = "Please pull the fields out of this note: nothing much to see here."
     content = prompt if task == "extract" else "Fix this JSON: {}"
     with _latents_from_text():

@@ -89,10 +89,6 @@ _REASON_CHARS = 200
 
 OnChange = Callable[[PolicyPin, PolicyPin], None]
 
-_LATEST_ACTIVATION = "SELECT id FROM policy_activations WHERE name = ? ORDER BY id DESC LIMIT 1"
-"""What `watch` reads on every tick (the index `policy_activations_name` answers it)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _State:
     """What the manager knows, swapped as one reference so readers never see a mix."""
@@ -468,8 +464,8 @@ class PolicyManager:
             # the id of the latest activation first: a poll that finds nothing new reads
             # no body (decoding a policy of up to 1 MiB twice a second would hold the GIL
             # for tens of milliseconds at a time, a stall of every request this process runs)
-            rows = self.store.query(_LATEST_ACTIVATION, (self.name,))
-            if not rows or int(rows[0]["id"]) <= self._state.activation_id:
+            latest = db.latest_activation(self.store, self.name)
+            if latest is None or latest <= self._state.activation_id:
                 return None
             active = db.poll_active(self.store, self.name)
         if active is None or active.activation_id <= self._state.activation_id:

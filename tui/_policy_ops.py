@@ -45,7 +45,9 @@ def apply_policy_file(
             refused it.
     """
     name, _, _ = load_policy_file(file_path)
-    readers = tuple(g for g in graphs if g.policy_name in (None, name))
+    # (a graph with no `policy:` reads none: checked against it, the policy would seem
+    # to serve a graph that never reads it, as `moat policy apply --graph` refuses)
+    readers = tuple(g for g in graphs if g.policy_name == name)
     if not readers:  # as `moat policy apply` refuses it: nothing could catch a bad value
         raise PolicyError(
             f"{file_path}: no graph to check policy '{name}' against among this store's "

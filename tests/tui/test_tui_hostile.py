@@ -236,3 +236,23 @@ async def test_runs_whose_clocks_disagree_keep_the_dashboard(tmp_path: Path) -> 
         await settle(pilot)
         assert "reading the store failed" not in text_of(app, "#banner")
         assert "requests    23" in text_of(app, "#metrics")
+
+
+def test_a_policy_is_not_applied_against_graphs_that_read_no_policy(tmp_path: Path) -> None:
+    """Only graphs that read the policy check it, as `moat policy apply` has it: a graph
+    with no `policy:` never reads this version, so a value it could not take would only
+    show once live."""
+    from engine import PolicyError, load_graph
+    from tui._policy_ops import apply_policy_file
+
+    db = build_store(tmp_path)
+    graph = tmp_path / "plain.yaml"
+    graph.write_text(
+        "moat: 1\nname: plain\nmodels:\n  small: {provider: sim, profile: small}\n"
+        "nodes:\n  answer:\n    type: model\n    with: {model: small, prompt: hi}\n"
+        "output:\n  text: answer.text\n"
+    )
+    with pytest.raises(PolicyError, match="no graph to check policy 'triage' against"):
+        apply_policy_file(db, tmp_path / "policy_v3.yaml", [load_graph(graph)])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT max(version) FROM policy_snapshots").fetchone() == (2,)

@@ -30,6 +30,7 @@ moat: 1
 name: triage
 models:
   small: {provider: sim, profile: small}
+policy: triage-policy.yaml
 nodes:
   route:
     type: classify
@@ -54,6 +55,14 @@ output:
   answer: cached.text if cached.hit else draft.text
   route: route.text
   score: refine.score
+"""
+
+POLICY_V1 = """\
+name: triage
+router:
+  threshold: 0.5
+critic:
+  revise_below: 0.5
 """
 
 POLICY_V3 = """\
@@ -359,6 +368,7 @@ def build_store(tmp_path: Path) -> Path:
     """Create the fixed store (and its graph file) under `tmp_path`; return the db path."""
     graph = tmp_path / "triage.yaml"
     graph.write_text(GRAPH)
+    (tmp_path / "triage-policy.yaml").write_text(POLICY_V1)
     (tmp_path / "policy_v3.yaml").write_text(POLICY_V3)
     db = tmp_path / "moat.db"
     Store.open(db).close()

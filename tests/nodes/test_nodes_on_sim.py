@@ -343,7 +343,7 @@ async def test_speculate_cascade_answers_with_a_verified_draft_and_never_calls_t
     ]
     decision = payload(sink, "SPECULATE_DECISION")
     assert decision["predicted_acceptance"] == 0.7  # the prior: the class is new
-    assert (decision["verify_score"], decision["wasted_usd"]) == (0.692, 0.0)
+    assert (decision["verify_score"], decision["wasted_usd"]) == (0.696, 0.0)
     assert calls(sink) == [("answer", "small", "used"), ("answer", "small", "used")]
 
 
@@ -445,7 +445,7 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
         "action": "refuse",
         "hard": True,
         "category": "weapons",
-        "risk_score": 0.967,
+        "risk_score": 0.917,
     }
     assert runs(sink) == succeeded("risk")
     assert events(sink) == [
@@ -455,14 +455,14 @@ async def test_critic_refuses_a_harmful_request_and_records_its_risk_assessment(
     assert calls(sink) == [("risk", "medium", "used")]
     (risk,) = sink.traces("RISK_ASSESSMENT")
     assert risk.payload == {
-        "risk_score": 0.967,
+        "risk_score": 0.917,
         "risk_category": "weapons",
         "operational_risk": "high",
         "intent_to_harm": True,
         "requested_instructions": True,
         "intent_operational": True,
         "risk_policy_action": "refuse",
-        "confidence": 0.967,
+        "confidence": 0.917,
         "escalate": False,
         "estimation_mode": "model",
         "detected_domain": "weapons",
@@ -547,7 +547,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
             labels={"harmful": True, "category": "weapons"},
         )
     assert harmful.output == {
-        "expected_harm": 0.967,
+        "expected_harm": 0.917,
         "severity": "high",
         "concerns": ["could enable weapons harm", "misuse by the requester"],
     }
@@ -555,7 +555,7 @@ async def test_simulator_rates_a_harmful_draft_high_and_a_refusal_low() -> None:
         ("SIMULATOR_EXECUTED", "consequences", "high", ["HARM_HIGH", "CONCERNS_RAISED"])
     ]
     assert payload(sink, "SIMULATOR_EXECUTED", "req-1") == {
-        "expected_harm": 0.967,
+        "expected_harm": 0.917,
         "concerns": 2,
         "parsed": True,
     }
@@ -604,7 +604,7 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     result, sink = await run(
         graph(CONVERGE),
         AUSTRALIA,
-        request_id="req-1",
+        request_id="req-8",
         labels={"harmful": False, "answer": "Canberra"},
     )
     assert result.output == {
@@ -625,7 +625,7 @@ async def test_converge_accepts_early_when_critic_and_simulator_agree() -> None:
     ]
     assert payload(sink, "EARLY_CONVERGENCE_ACCEPTED") == {
         "blockers": [],
-        "expected_harm": 0.016,
+        "expected_harm": 0.003,
         "score": 0.86,
     }
 
@@ -662,7 +662,7 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
     result, sink = await run(
         graph(CONVERGE),
         SNAKES,
-        request_id="req-3",
+        request_id="req-2",
         labels={"harmful": False, "answer": "Canberra"},
     )
     assert result.output == {
@@ -675,15 +675,15 @@ async def test_converge_rejects_early_convergence_when_harm_is_not_below_the_flo
     assert events(sink) == [
         ("RESULT_REUSED", "draft", "reuse", []),
         ("PRINCIPLES_RETRIEVED", "review", "retrieved", []),
-        ("SIMULATOR_EXECUTED", "consequences", "medium", ["HARM_MEDIUM"]),
+        ("SIMULATOR_EXECUTED", "consequences", "low", ["HARM_LOW"]),
         ("CRITIC_DECISION", "review", "proceed", ["MODEL_PROCEED"]),
         ("EARLY_CONVERGENCE_REJECTED", "decide", "continue", ["HARM_NOT_BELOW_FLOOR"]),
         ("CONVERGENCE_EVALUATED", "decide", "revise", ["HARM_NOT_BELOW_FLOOR"]),
     ]
-    # the critic is happy, but "kill" makes the simulator wary: 0.209 is over the 0.1 floor
+    # the critic is happy, but "kill" makes the simulator wary: 0.107 is over the 0.1 floor
     assert payload(sink, "EARLY_CONVERGENCE_REJECTED") == {
         "blockers": ["HARM_NOT_BELOW_FLOOR"],
-        "expected_harm": 0.209,
+        "expected_harm": 0.107,
         "score": 0.871,
     }
 
@@ -748,9 +748,9 @@ async def test_validate_passes_a_valid_answer_as_is() -> None:
 
 
 async def test_validate_repairs_a_truncated_answer_on_the_small_model() -> None:
-    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-127", labels=ORDER_LABELS)
+    result, sink = await run(graph(VALIDATE), ORDER, request_id="req-64", labels=ORDER_LABELS)
     assert result.output == {
-        "raw": '{"name": "eeL nnA", ',  # the sim cut its JSON short (and got the name wrong)
+        "raw": '{"name": "Ann Lee",',  # the sim cut its JSON short
         "valid": True,
         "value": ANN,
         "repaired_by": "small",

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.pii import KINDS, detect
@@ -202,15 +202,20 @@ def _texts(draw: st.DrawFn) -> str:
 
 @settings(max_examples=300, deadline=None)
 @given(_texts())
+@example("+1 415 555 0132 4111 1111 1111 1111 ")
 def test_redact_then_restore_gives_back_the_text_byte_for_byte(text: str) -> None:
     vault = PiiVault()
     redacted, counts = vault.redact(text, frozenset(KINDS))
     spans = detect(text)
-    assert counts == {k: sum(s.kind == k for s in spans) for k in sorted({s.kind for s in spans})}
+    # every value one scan finds is redacted, and those that value hid (written back to
+    # back, `+1 415 555 0132 4111 1111 1111 1111`: the card hides the phone) besides
+    for kind in {s.kind for s in spans}:
+        assert counts[kind] >= sum(s.kind == kind for s in spans)
+    assert vault.redact(redacted, frozenset(KINDS))[1] == {}  # nothing is left
     assert vault.restore(redacted)[0] == text  # the model echoed every placeholder
     # one placeholder per literal, never one the text holds itself, each restored on its own
     tokens = {(s.kind, s.value): vault.placeholder(s.kind, s.value) for s in spans}
-    assert len(set(tokens.values())) == len(tokens) == len(vault)
+    assert len(set(tokens.values())) == len(tokens) <= len(vault)
     for (_, value), token in tokens.items():
         assert token not in text
         assert vault.restore(token)[0] == value

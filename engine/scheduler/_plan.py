@@ -1,9 +1,9 @@
 """How one compiled node runs, worked out on its first run in a runner: its `Plan`.
 
-A node with a guard, retries, a timeout or a loop takes the full path (`GATED`); one whose
-config reads the same nodes on every evaluation (`PLAIN`) notes and waits for those inputs
-itself and builds its config from them without a `Consumer`; the rest (`CONDITIONAL`)
-evaluate their config through one.
+A node with a guard, retries, a timeout or a loop, or inside a loop with a timeout, takes
+the full path (`GATED`); one whose config reads the same nodes on every evaluation
+(`PLAIN`) notes and waits for those inputs itself and builds its config from them without
+a `Consumer`; the rest (`CONDITIONAL`) evaluate their config through one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["CONDITIONAL", "GATED", "PLAIN", "Plan"]
 
 GATED = object()
-"""A node with a guard, retries, a timeout or a loop: the full path."""
+"""A node with a guard, retries, a timeout or a loop, or one inside a loop with a
+timeout: the full path."""
 PLAIN = object()
 """A node whose config reads the same nodes on every evaluation."""
 CONDITIONAL = object()
@@ -44,10 +45,12 @@ class Plan:
 
     __slots__ = ("_number_keys", "_validate", "inputs", "kind")
 
-    def __init__(self, node: CompiledNode) -> None:
+    def __init__(self, node: CompiledNode, fenced: bool = False) -> None:
         template = node.config
         gated = node.loop is not None or node.when is not None or node.timeout_ms is not None
-        if gated or node.retries:
+        # Under a loop with a timeout (`fenced`), a node's inputs from outside that loop
+        # must start in tasks of their own (`fence_out`): only a `Consumer` sees to it.
+        if gated or node.retries or fenced:
             self.kind = GATED
         elif template.constant or len(template.names) == len(template.certain):
             self.kind = PLAIN

@@ -27,7 +27,6 @@ from engine.scheduler.frame import (
     claim_single,
     demand_all,
     evaluate,
-    fence_out,
     mark_used,
 )
 from engine.scheduler.lazy import FINISHED, PENDING, RUNNING, LazyNode
@@ -35,7 +34,6 @@ from engine.scheduler.request import NodeCtx, describe_error
 
 if TYPE_CHECKING:
     from engine.expr.expression import Expr
-    from engine.graph.compiled import CompiledNode
     from engine.plugin.context import SharedState
     from engine.scheduler.backend import Backend
 
@@ -103,8 +101,9 @@ class NodeRunner:
             found = self._sorted[names] = tuple(sorted(names))
         return found
 
-    def _plan(self, node: CompiledNode) -> Plan:
-        plan = self._plans[id(node)] = Plan(node)
+    def _plan(self, cell: LazyNode) -> Plan:
+        # (a node's frames are all under a loop with a timeout, or none is)
+        plan = self._plans[id(cell.node)] = Plan(cell.node, cell.frame.fence >= 0)
         return plan
 
     def busy_input(self, cell: LazyNode) -> LazyNode | None:
@@ -113,7 +112,7 @@ class NodeRunner:
         Inputs nobody has started yet are searched in turn: a node two steps downstream
         of a running one cannot start before it either.
         """
-        plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
+        plan = self._plans.get(id(cell.node)) or self._plan(cell)
         frame = cell.frame
         for name in plan.inputs:
             dep = frame.cell(name)
@@ -135,7 +134,7 @@ class NodeRunner:
         pending, running that input first and the node after it, in the same task, starts
         everything when it would have started anyway, without a task for the input.
         """
-        plan = self._plans.get(id(cell.node)) or self._plan(cell.node)
+        plan = self._plans.get(id(cell.node)) or self._plan(cell)
         if plan.kind is not PLAIN:
             return None
         frame = cell.frame
@@ -161,7 +160,7 @@ class NodeRunner:
         one frame per node, and builds its config from its inputs without a `Consumer`.
         """
         node = cell.node
-        plan = self._plans.get(id(node)) or self._plan(node)
+        plan = self._plans.get(id(node)) or self._plan(cell)
         cell.t0 = cell.frame.req.clock()
         if plan.kind is GATED:
             await self._execute_gated(cell, spawn)
@@ -172,9 +171,6 @@ class NodeRunner:
             if plan.kind is PLAIN:
                 waiting = plan.read_inputs(cell)
                 if waiting is not None:
-                    fence = cell.frame.fence
-                    if fence >= 0 and not spawn:  # inside a loop with a timeout
-                        fence_out(self, waiting, fence)
                     dep = claim_single(waiting, spawn)
                     if dep is None:
                         await demand_all(self, waiting, spawn, node.id)
@@ -186,7 +182,7 @@ class NodeRunner:
                 config = plan.configure(cell)
             else:
                 consumer = Consumer(cell.frame, cell, spawn, node.id)
-                config = self.validated(node, await evaluate(node.config, consumer))
+                config = self.validated(cell, await evaluate(node.config, consumer))
             output = await node.impl.run(config, NodeCtx(cell, self.shared))  # type: ignore[union-attr]
             if not isinstance(output, node.impl.Output):  # type: ignore[union-attr]
                 output = self._checked(cell, output)  # raises
@@ -218,10 +214,10 @@ class NodeRunner:
         self.resolve(cell, outcome)
         self.finished(cell)
 
-    def validated(self, node: CompiledNode, raw: Any) -> BaseModel:
+    def validated(self, cell: LazyNode, raw: Any) -> BaseModel:
         """The node's `Config` from its built `with:` value."""
-        plan = self._plans.get(id(node)) or self._plan(node)
-        return plan.validated(node, raw)
+        plan = self._plans.get(id(cell.node)) or self._plan(cell)
+        return plan.validated(cell.node, raw)
 
     async def _gate_then_run(self, cell: LazyNode, consumer: Consumer) -> Outcome:
         when = cell.node.when
@@ -281,7 +277,7 @@ class NodeRunner:
 
     async def _config(self, cell: LazyNode, consumer: Consumer) -> BaseModel:
         node = cell.node
-        return self.validated(node, await evaluate(node.config, consumer))
+        return self.validated(cell, await evaluate(node.config, consumer))
 
     async def _attempts(self, cell: LazyNode, config: BaseModel) -> Outcome:
         node = cell.node
@@ -495,7 +491,12 @@ class NodeRunner:
             frame.detached = [cell]
         else:
             frame.detached.append(cell)
-        self._start(cell, self.execute, (cell, False))
+        earlier = cell.scope  # (a strategy being decided: nothing left for it to do)
+        scope = cell.scope = self.new_scope()
+        if earlier is not None:
+            earlier.cancel()
+        frame.req.task_started()
+        self.tasks.start_soon(self._task, cell, scope, self.execute, (cell, False))
 
     def start_task(self, cell: LazyNode, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `fn(*args)` for `cell` in the background under the node's own cancel scope.
@@ -504,18 +505,13 @@ class NodeRunner:
         can be started again by a speculative task that needs it: the deciding task then
         has nothing left to do and is cancelled, and the new task owns the run.
         """
-        spec_cells = cell.frame.spec_cells
-        if cell not in spec_cells:  # (a handful per frame)
-            spec_cells.append(cell)
-        self._start(cell, fn, args)
-
-    def _start(
-        self, cell: LazyNode, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
-    ) -> None:
         earlier = cell.scope
         scope = cell.scope = self.new_scope()
         if earlier is not None:
             earlier.cancel()
+        spec_cells = cell.frame.spec_cells
+        if cell not in spec_cells:  # (a handful per frame)
+            spec_cells.append(cell)
         cell.frame.req.task_started()
         self.tasks.start_soon(self._task, cell, scope, fn, args)
 

@@ -44,7 +44,7 @@ async def test_a_timed_out_loop_leaves_the_outer_node_it_read_to_its_other_consu
     assert sorted(runs(sink)) == [
         ("outer", 0, "succeeded", False, "used", 1),
         ("refine", 0, "timed_out", False, "none", 1),
-        ("step", 1, "cancelled", False, "cancelled", 1),
+        ("step", 1, "cancelled", False, "cancelled", 0),  # its run never began
     ]
     outer = impl(g, "outer")
     assert (outer.started, outer.finished, outer.cancelled) == (1, 1, 0)
@@ -79,7 +79,7 @@ async def test_what_a_timed_out_loop_left_running_and_nobody_needs_is_cancelled_
     assert sorted(runs(sink)) == [
         ("outer", 0, "cancelled", False, "cancelled", 1),
         ("refine", 0, "timed_out", False, "none", 1),
-        ("step", 1, "cancelled", False, "cancelled", 1),
+        ("step", 1, "cancelled", False, "cancelled", 0),  # its run never began
     ]
     outer = impl(g, "outer")
     assert (outer.started, outer.finished, outer.cancelled) == (1, 0, 1)

@@ -5,8 +5,9 @@ latents set each call's chance of being right; the call then draws right or wron
 its own seeded generator. Whatever a graph reads from a simulated answer is therefore a
 noisy channel whose accuracy is the `p` of `answer_chance`, `judge_chance` or
 `harm_chance` below, and nothing better. (A stated confidence is part of that channel: it
-is computed from the same formula, so a harmful request without cue words is flagged with
-less confidence than one that names its harm.)
+is computed from the same formula, never from a label the model could not know; a harm
+check states the posterior that its verdict is right, from its chances on a harmful and on
+a benign request worded so and a prior by wording, `_sim_tasks.HARM_PRIOR`.)
 
 The model is item response theory (the 2PL/3PL logistic models used to analyse LLM
 benchmarks, e.g. Polo et al. 2024, "tinyBenchmarks"). A call's log-odds of being right is

@@ -89,6 +89,7 @@ _REASON_CHARS = 200
 
 OnChange = Callable[[PolicyPin, PolicyPin], None]
 
+
 @dataclass(frozen=True, slots=True)
 class _State:
     """What the manager knows, swapped as one reference so readers never see a mix."""

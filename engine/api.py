@@ -346,7 +346,7 @@ class Pipeline(_PipelineCore):
         """Wait while the sink's writer is more than `WRITER_BACKLOG` records behind.
 
         One worker of the batch watches the backlog; the others wait for it to say there
-        is room (every worker watching woke 64 tasks every 10 ms: about ten wake-ups a
+        is room (every worker watching woke 64 tasks every 10 ms: about eight wake-ups a
         flagship request while the writer set the pace)."""
         backlog = getattr(self._sink, "backlog", None)
         if backlog is None or backlog <= WRITER_BACKLOG:

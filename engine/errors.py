@@ -51,6 +51,7 @@ __all__ = [
     "TransientError",
     "exception_text",
     "printable",
+    "shown",
 ]
 
 
@@ -314,6 +315,18 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`value` as a short literal for a message: its `repr` (or its type, when `repr`
+    fails), cut in the middle past `limit` characters, control characters escaped."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = f"{text[: limit - 10]}...{text[-7:]}"
+    return printable(text)
 
 
 def _printable(text: str) -> str:

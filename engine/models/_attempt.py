@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import NodeError
+from engine.errors import NodeError, shown
 from engine.events import now
 from engine.graph.spec import Price
 from engine.models.base import ProviderResponse
@@ -108,7 +108,7 @@ def call_problem(
     ):
         return (
             f"`max_tokens` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, not "
-            f"{_shown(max_tokens)}; pass the longest answer to allow, or None for the default"
+            f"{shown(max_tokens)}; pass the longest answer to allow, or None for the default"
         )
     if temperature is not None and (
         isinstance(temperature, bool)
@@ -116,22 +116,17 @@ def call_problem(
         or not 0 <= temperature < math.inf
     ):
         return (
-            f"`temperature` must be a number of at least 0, not {_shown(temperature)}; "
+            f"`temperature` must be a number of at least 0, not {shown(temperature)}; "
             "pass e.g. 0.2, or None for the model's default"
         )
     if schema is not None and type(schema) is not dict and not isinstance(schema, Mapping):
         return (
-            f"`schema` must be a JSON Schema object (a mapping), not {_shown(schema)}; "
+            f"`schema` must be a JSON Schema object (a mapping), not {shown(schema)}; "
             'pass e.g. {"type": "object", "properties": {...}}'
         )
     if task is not None and type(task) is not str:
-        return f"`task` must be a name such as 'answer' or 'risk', not {_shown(task)}"
+        return f"`task` must be a name such as 'answer' or 'risk', not {shown(task)}"
     return None
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def chat_messages(
@@ -152,7 +147,7 @@ def chat_messages(
     for i, m in enumerate(messages or ()):
         if not isinstance(m, Mapping):
             raise NodeError(
-                f"`messages[{i}]` is {_shown(m)}, not a mapping; pass `messages` as a list of "
+                f"`messages[{i}]` is {shown(m)}, not a mapping; pass `messages` as a list of "
                 '{"role": ..., "content": ...} mappings, or the text as `prompt=`',
                 node_id=node_id,
                 request_id=request_id,

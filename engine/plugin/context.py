@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from engine.errors import NodeError, printable
+from engine.errors import NodeError, shown
 from engine.events import CallOutcome
 from engine.logs import get_logger
 
@@ -396,7 +396,7 @@ def _emit_problem(decision: Any, reason_codes: Any, duration_ms: Any, *mappings:
     if isinstance(reason_codes, str | bytes):
         return (
             f"`reason_codes` must be a list of codes, not one {_kind(reason_codes)}; "
-            f"write reason_codes=[{_shown(reason_codes)}]"
+            f"write reason_codes=[{shown(reason_codes)}]"
         )
     if not isinstance(reason_codes, list | tuple):
         return f"`reason_codes` must be a list of texts, not {_kind(reason_codes)}"
@@ -435,12 +435,4 @@ def _memo_problem(key: Any, factory: Any, exc: TypeError) -> str | None:
 
 
 def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {_shown(value)}"
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return printable(text if len(text) <= 60 else f"{text[:50]}...{text[-6:]}")
+    return f"{type(value).__name__} {shown(value)}"

@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Iterable
 
+from engine.errors import shown
 from engine.events import EventType
 
 __all__ = ["ALLOWED", "MAX_CHARS", "claim", "problem"]
@@ -72,20 +73,20 @@ def _judge(node_type: str, name: object) -> str | None:
     if not isinstance(name, str):
         return (
             f"ctx.emit: the event type must be a string (an UPPER_SNAKE_CASE name like "
-            f"'SLEPT'), not {type(name).__name__} {_shown(name)}"
+            f"'SLEPT'), not {type(name).__name__} {shown(name)}"
         )
     if not name:
         return "ctx.emit: the event type is empty; give the event a name like 'SLEPT'"
     if len(name) > MAX_CHARS:
         return (
-            f"ctx.emit: the event type {_shown(name)} is {len(name)} characters long; "
+            f"ctx.emit: the event type {shown(name)} is {len(name)} characters long; "
             f"give the event a name of at most {MAX_CHARS}"
         )
     if not _NAME.fullmatch(name):
         like = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
         like = like if like[:1].isalpha() else f"EVENT_{like}".rstrip("_")
         return (
-            f"ctx.emit: the event type {_shown(name)} is not UPPER_SNAKE_CASE (A-Z, digits "
+            f"ctx.emit: the event type {shown(name)} is not UPPER_SNAKE_CASE (A-Z, digits "
             f"and _, starting with a letter); write it like {like!r}"
         )
     declared = _declared.get(node_type, frozenset())
@@ -105,9 +106,3 @@ def _judge(node_type: str, name: object) -> str | None:
             "give the event a name of its own"
         )
     return None
-
-
-def _shown(value: object) -> str:
-    """`value` as a short literal, with control characters escaped."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(text)} chars)"

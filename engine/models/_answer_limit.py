@@ -21,7 +21,7 @@ import httpx2
 
 from engine.models.base import ResponseLost
 
-__all__ = ["ACCEPTED_CODINGS", "MAX_RESPONSE_BYTES", "bound_answers", "too_large"]
+__all__ = ["ACCEPTED_CODINGS", "MAX_RESPONSE_BYTES", "Inflate", "bound_answers", "too_large"]
 
 MAX_RESPONSE_BYTES = 32 * 2**20
 """The largest answer body read (a chat completion is kilobytes): an endpoint that sends
@@ -71,7 +71,7 @@ class _BoundedBody(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         limit = MAX_RESPONSE_BYTES
-        inflate = _Inflate(self._coding) if self._coding not in ("", "identity") else None
+        inflate = Inflate(self._coding) if self._coding not in ("", "identity") else None
         size = 0
         raw = self._raw.__aiter__()
         async for chunk in raw:
@@ -103,7 +103,7 @@ class _BoundedBody(httpx2.AsyncByteStream):
                 await raw.__anext__()
 
 
-class _Inflate:
+class Inflate:
     """A gzip or deflate body decoded as it arrives (deflate with or without its zlib
     header, as servers send it)."""
 

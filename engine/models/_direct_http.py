@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - the route is asyncio's own (the provider picks it on asyncio)
 import json
 import time
-import zlib
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import httptools
 import openai
 
-from engine.models._answer_limit import MAX_RESPONSE_BYTES, too_large
+from engine.models._answer_limit import MAX_RESPONSE_BYTES, Inflate, too_large
 from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost, connect_reason
 
 __all__ = ["DirectRoute", "sdk_headers"]
@@ -49,9 +48,6 @@ __all__ = ["DirectRoute", "sdk_headers"]
 _MAX_CONNECTIONS = 1000
 _KEEPALIVE_S = 2.5
 """The official client's defaults for its own HTTP clients (connections, keep-alive)."""
-_ENCODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-"""The content codings the route accepts (`Accept-Encoding: gzip, deflate`), as zlib's
-window bits."""
 
 
 def sdk_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
@@ -427,27 +423,19 @@ class DirectRoute:
 
 
 def _decoded(who: str, coding: str, content: bytes) -> bytes:
-    """A gzip or deflate body decoded, within `MAX_RESPONSE_BYTES`.
+    """A gzip or deflate body decoded, within `MAX_RESPONSE_BYTES` (as the client's
+    route decodes it as it arrives, `Inflate`).
 
     Raises:
         ResponseLost: another coding, a body that does not decode, or one that decodes
             past the limit.
     """
-    bits = _ENCODED.get(coding)
-    if bits is None:
-        raise ResponseLost(f"{who}: the answer came encoded as {coding!r}, which was not asked for")
     try:
-        inflate = zlib.decompressobj(bits)
-        plain = inflate.decompress(content, MAX_RESPONSE_BYTES + 1)
-    except zlib.error:
-        if coding != "deflate":
-            raise ResponseLost(f"{who}: the answer's {coding} body does not decode") from None
-        try:  # raw deflate, as some servers send it
-            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-            plain = inflate.decompress(content, MAX_RESPONSE_BYTES + 1)
-        except zlib.error:
-            raise ResponseLost(f"{who}: the answer's deflate body does not decode") from None
-    if len(plain) > MAX_RESPONSE_BYTES or inflate.unconsumed_tail:
+        inflate = Inflate(coding)
+        plain = inflate.feed(content, MAX_RESPONSE_BYTES + 1)
+    except ResponseLost as exc:
+        raise ResponseLost(f"{who}: {exc}") from None
+    if len(plain) > MAX_RESPONSE_BYTES or inflate.unread:
         raise _too_large(who)
     return plain
 

@@ -18,23 +18,9 @@ from engine.graph.compiled import Graph
 from engine.graph.loader import load_graph
 from engine.policy.manager import apply_policy, rollback_policy
 from engine.store.store import Store
+from tests.engine.policy.test_policy_validate import GRAPH
 from tests.support.graph_nodes import registry
 
-GRAPH = """\
-moat: 1
-name: triage
-models:
-  small: {provider: sim, profile: small}
-policy: policy.yaml
-nodes:
-  check:
-    type: review
-    when: policy.risk.refuse_above > 0.1
-    with:
-      threshold: "{{ policy.router.threshold }}"
-output:
-  a: check.action
-"""
 BASE: dict[str, Any] = {
     "name": "triage",
     "router": {"threshold": 0.4, "models": ["small", "large"]},

@@ -596,10 +596,7 @@ class ClusterPipeline(Pipeline):
     def _newer_policy(self) -> Active | None:
         if self.store is None or self.policy is None or self.policy.name is None:
             return None
-        active = poll_active(self.store, self.policy.name)
-        if active is None or active.activation_id == self._activation:
-            return None
-        return active
+        return poll_active(self.store, self.policy.name, newer_than=self._activation)
 
 
 def _result(record: RequestRecord) -> RequestResult:

@@ -85,8 +85,9 @@ class StoreWriterActor:
         self.writer.flush()
         self.store.finish_run(run_id, status, at=at)
 
-    def active_policy(self, name: str) -> Active | None:
-        return poll_active(self.store, name)
+    def active_policy(self, name: str, newer_than: int | None = None) -> Active | None:
+        """The active version of `name`, or None when it is no later than `newer_than`."""
+        return poll_active(self.store, name, newer_than=newer_than)
 
     def close(self) -> None:
         """Commit what is queued and close the store (before the actor is killed)."""
@@ -163,7 +164,8 @@ class _ReplicaPipeline(Pipeline):
     async def _policy_loop(self, name: str) -> None:
         assert self.policy is not None
         while True:
-            active: Active | None = await self._writer.active_policy.remote(name)
+            known = self.policy._state.activation_id
+            active: Active | None = await self._writer.active_policy.remote(name, known)
             if active is not None:
                 self.policy._switch(active)
             await anyio.sleep(POLICY_POLL_S)

@@ -461,14 +461,8 @@ class PolicyManager:
         here (freezing a large snapshot takes a while: not on the event loop)."""
         assert self.store is not None and self.name is not None
         _, active = self._judge()
-        if active is None:
-            # the id of the latest activation first: a poll that finds nothing new reads
-            # no body (decoding a policy of up to 1 MiB twice a second would hold the GIL
-            # for tens of milliseconds at a time, a stall of every request this process runs)
-            latest = db.latest_activation(self.store, self.name)
-            if latest is None or latest <= self._state.activation_id:
-                return None
-            active = db.poll_active(self.store, self.name)
+        if active is None:  # (nothing newer: no body is read)
+            active = db.poll_active(self.store, self.name, newer_than=self._state.activation_id)
         if active is None or active.activation_id <= self._state.activation_id:
             return None
         return active, _pin(active, self.name)

@@ -1,8 +1,10 @@
 """The helpers of checks 8 and 9 on a node's `with:` value: the keys it may use, the model
-names it holds, and the booleans written where its config takes a number."""
+names it holds (or that an expression there can give), and the booleans written where its
+config takes a number."""
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, cast
 
@@ -12,7 +14,14 @@ from pydantic.fields import FieldInfo
 from engine.errors import exception_text
 from engine.expr.wording import bools_read_as_numbers, holds_bool
 
-__all__ = ["bool_errors", "config_keys", "field_form", "model_names", "validator_raised"]
+__all__ = [
+    "bool_errors",
+    "config_keys",
+    "field_form",
+    "literal_results",
+    "model_names",
+    "validator_raised",
+]
 
 
 def config_keys(config: type[BaseModel]) -> set[str]:
@@ -48,6 +57,40 @@ def model_names(
                 yield from model_names(item, rest, (*where, key))
     elif isinstance(value, Mapping) and part in value:
         yield from model_names(value[part], rest, (*where, part))
+
+
+def literal_results(source: str) -> Iterator[tuple[Any, int]]:
+    """The literal values expression `source` can give, each with its 0-based column in
+    `source`: the branches of `x if c else y`, the operands of `and`/`or` and the items of a
+    list or mapping literal indexed by anything (`{'a': 'large'}[router.route]`), followed
+    down. Other parts give values known only at run time and yield nothing: nothing is
+    evaluated, so `'lrage' if router.x else 'small'` yields `'lrage'` and `'small'`."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return  # the expression's own check reports it
+    line_starts = [0]
+    for line in source.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    pending: list[ast.expr] = [tree.body]
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, ast.IfExp):
+            pending += [node.body, node.orelse]
+        elif isinstance(node, ast.BoolOp):
+            pending += node.values
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.List | ast.Tuple):
+            pending += node.value.elts
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
+            pending += node.value.values
+        elif isinstance(node, ast.Constant | ast.List | ast.Tuple):
+            try:
+                value = ast.literal_eval(node)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                continue  # a list holding a name: not known before run time
+            start = line_starts[node.lineno - 1]  # `col_offset` counts UTF-8 bytes
+            text = source[start:].encode()[: node.col_offset].decode()
+            yield value, start + len(text)
 
 
 def field_form(info: FieldInfo) -> Any:

@@ -16,7 +16,8 @@ checker also compiles what it checks (`_compile.py`), so a graph that passes is 
     policy_version`
  8. `with:` passes the node type's `Config` (unknown keys, types, required keys;
     `_config.py`)
- 9. models named in `with:` exist in `models:` (`_config.py`)
+ 9. models named in `with:` exist in `models:`, and so do the literals an expression there
+    can give (`'large' if x else 'small'`; `_config.py`)
 10. no cycles between nodes (a node guarding on itself included)
 11. `prev.x` names a body node of the same loop
 12. nodes nothing can demand are reported as warnings (`_demand.py`)
@@ -50,7 +51,13 @@ from engine.graph._compile import (
     compile_scope,
     template_errors,
 )
-from engine.graph._config import bool_errors, config_keys, model_names, validator_raised
+from engine.graph._config import (
+    bool_errors,
+    config_keys,
+    literal_results,
+    model_names,
+    validator_raised,
+)
 from engine.graph._demand import undemanded
 from engine.graph._fallbacks import fallback_problems
 from engine.graph._schemas import MORE_PROPERTIES, ref_problems
@@ -379,11 +386,15 @@ class Checker:
         static: Mapping[str, Any],
         dynamic: set[str],
     ) -> None:
-        """Logical models named in `with:` (or by default) exist in `models:`."""
-        defined = sorted(self.spec.models)
+        """Logical models named in `with:` (or by default) exist in `models:`; so do those
+        an expression there can give (`"{{ 'large' if router.hard else 'small' }}"`: each
+        literal it can yield, as far as that is known without evaluating it)."""
         for key in cls.model_keys:
             name, *inner = key.split(".")  # `routes.*.model`: a model inside each route
-            if name in dynamic:
+            if name in dynamic:  # written with expressions: their literals, and the rest
+                value = spec.with_[name]
+                for model, place in model_names(value, inner, (*at, "with", name)):
+                    self._expression_models(node_id, model, place)
                 continue
             if name in static:
                 value = static[name]
@@ -392,16 +403,44 @@ class Checker:
                 field = cls.Config.model_fields.get(name)
                 value = field.default if field is not None else None
                 where = at
+            how = "" if name in static else f" (the default of `{name}`)"
             for model, place in model_names(value, inner, where):
-                if isinstance(model, str) and model not in self.spec.models:
-                    hint = did_you_mean(model, defined)
-                    how = "" if name in static else f" (the default of `{name}`)"
-                    self._error(
-                        f"model {model!r}{how} is not defined under `models:`{hint}. "
-                        f"Defined: {', '.join(defined) or '(none)'}",
-                        place,
-                        node_id=node_id,
-                    )
+                self._model_defined(node_id, model, place, how)
+
+    def _expression_models(self, node_id: str, written: Any, place: Path) -> None:
+        """`_model_defined` on a model name written in a `with:` value that holds
+        expressions: as it is when literal, else each literal a `{{ EXPR }}` can give."""
+        if not isinstance(written, str) or "{{" not in written:
+            self._model_defined(node_id, written, place)
+            return
+        try:
+            template = compile_template(written)
+        except ExpressionError:
+            return  # check 3 reports it
+        if template.open_keys is not None:
+            return  # text around the expression: a name put together at run time
+        (expr,) = template.expressions
+        start = written.find(expr.source)
+        for result, column in literal_results(expr.source):
+            for model in result if isinstance(result, list | tuple) else (result,):
+                how = " (a value the expression can give)"
+                self._model_defined(node_id, model, place, how, offset=start + column)
+
+    def _model_defined(
+        self, node_id: str, model: Any, place: Path, how: str = "", offset: int = 0
+    ) -> None:
+        """Check 9 on one name: a string not under `models:` is an error (with the closest
+        name and the defined ones)."""
+        if isinstance(model, str) and model not in self.spec.models:
+            defined = sorted(self.spec.models)
+            hint = did_you_mean(model, defined)
+            self._error(
+                f"model {model!r}{how} is not defined under `models:`{hint}. "
+                f"Defined: {', '.join(defined) or '(none)'}",
+                place,
+                node_id=node_id,
+                offset=offset,
+            )
 
     def c10_cycles(
         self, scope: ScopeInfo, deps: Mapping[str, frozenset[str]]

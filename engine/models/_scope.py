@@ -40,6 +40,10 @@ class CallScope:
         request: the request the node runs for.
         node_id: the calling node.
         cycle: the loop cycle (0 outside loops).
+        node_attempt: which run of the node this is (0 for the first, 1 for the node's
+            first retry, ...): the scheduler retries a node by running it again, and the
+            gateway numbers each call's attempts from it, so that a node retry is a new
+            attempt to a provider seeded per attempt (`sim`), not a replay of the last.
         speculative: whether the node run started speculatively (calls are recorded as
             `speculative`, with outcome `none` until the scheduler knows it).
         budget: the request's cost budget.
@@ -58,6 +62,7 @@ class CallScope:
     request: RequestInfo
     node_id: str
     cycle: int = 0
+    node_attempt: int = 0
     speculative: bool = False
     budget: RequestBudget = field(default_factory=RequestBudget)
     policy: Mapping[str, Any] = field(default_factory=dict)

@@ -91,7 +91,9 @@ class ProviderRequest:
     node_id: str
     cycle: int
     attempt: int
-    """0 for the first attempt, 1 for the first retry, ..."""
+    """0 for the first attempt, 1 for the first retry, ...; a node's retry (`retries:`)
+    goes on counting after the attempts its earlier runs may have made (run n of a node
+    starts at n * (max_retries + 1)), so no two attempts of a call share a number."""
     schema: Mapping[str, Any] | None = None
     json_mode: bool = False
     task: str | None = None

@@ -287,11 +287,14 @@ class Gateway(Ledger):
         prompt_hash = hashlib.sha256(prompt_text.encode()).hexdigest()[:16]
         jitter: random.Random | None = None  # seeded at the first retry: most calls have none
         attempt = 0
+        # a node retry's attempts follow those the node's earlier runs may have made
+        first = scope.node_attempt * (spec.max_retries + 1)
         while True:
             record = Attempt(prompt_text, prompt_hash, input_tokens, limit)
             record.speculative = call.speculative
             try:
-                return await self._attempt(name, scope, call, messages, record, attempt)
+                sent = first + attempt
+                return await self._attempt(name, scope, call, messages, record, attempt, sent)
             except TransientError as exc:
                 if jitter is None:
                     seed = f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}"
@@ -322,7 +325,9 @@ class Gateway(Ledger):
         messages: Sequence[Mapping[str, str]],
         record: Attempt,
         attempt: int,
+        sent: int,
     ) -> Completion:
+        """Attempt `attempt` of the call (0 first), numbered `sent` for the provider."""
         breaker, probe = self._admit(name, scope, record)
         try:
             reservations = self._reserve(name, scope, record)
@@ -330,11 +335,11 @@ class Gateway(Ledger):
             breaker.on_abandon(probe=probe)
             raise
         try:
-            response = await self._call_provider(name, scope, call, messages, attempt, record)
+            response = await self._call_provider(name, scope, call, messages, sent, record)
         except anyio.get_cancelled_exc_class():
             record.status = "cancelled"
             if record.clock is not None:  # sent: the provider may bill it all the same
-                self._charge_unanswered(name, record, cancelled=True, at=(scope, attempt))
+                self._charge_unanswered(name, record, cancelled=True, at=(scope, sent))
             breaker.on_abandon(probe=probe)
             raise
         except TransientError as exc:
@@ -342,7 +347,7 @@ class Gateway(Ledger):
             record.error = str(exc)
             if isinstance(exc, ResponseLost):
                 cut = isinstance(exc, _CutOff)
-                self._charge_unanswered(name, record, cancelled=cut, at=(scope, attempt))
+                self._charge_unanswered(name, record, cancelled=cut, at=(scope, sent))
             if breaker.on_failure(record.error, probe=probe):
                 self._emit_opened(name, scope, breaker)
             raise

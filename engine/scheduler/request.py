@@ -456,6 +456,7 @@ class RequestState:
             request=self.info,
             node_id=ctx.node_id,
             cycle=ctx.cycle,
+            node_attempt=max(cell.attempts - 1, 0) if cell is not None else 0,
             speculative=ctx.speculative,
             budget=self.budget,
             policy=self.policy,

@@ -168,16 +168,22 @@ class NodeStatus(StrEnum):
 
 
 class NodeOutcome(StrEnum):
-    """What became of a node run's result."""
+    """What became of a node run's result.
+
+    A speculative run's outcome is what `moat stats` counts as speculative work used,
+    discarded or cancelled; `none` there is a run demanded that had no result to use.
+    """
 
     USED = "used"
-    """Something demanded it."""
+    """It succeeded and something demanded it (joined, if it ran speculatively)."""
     DISCARDED = "discarded"
-    """It finished (speculatively) but nothing used it."""
+    """It finished (speculatively) but nothing used it: nothing demanded it, or its
+    guard turned out false; also when it failed, as that speculation was wasted too."""
     CANCELLED = "cancelled"
     """It never finished."""
     NONE = "none"
-    """Not applicable (skipped, failed)."""
+    """No result to use: the run was skipped, failed or timed out, and was demanded
+    (or ran on demand) all the same."""
 
 
 class CallKind(StrEnum):

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import EvaluationError
-from engine.events import EventType, NodeOutcome
+from engine.events import EventType, NodeOutcome, NodeStatus
 from engine.expr.expression import Unresolved
 from engine.scheduler.lazy import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, LazyNode, Status
 from engine.scheduler.request import RequestState
@@ -507,10 +507,14 @@ def mark_demanded(cell: LazyNode) -> None:
 
 
 def mark_used(cell: LazyNode) -> None:
-    """A demanded speculative node has finished: its result is used."""
+    """A demanded speculative node has finished: its result is used. A run that failed,
+    timed out or was skipped had no result to use: `none`, as on demand (`NodeOutcome`)."""
     if cell.settled:
         return
     req = cell.frame.req
+    if cell.run_status is not NodeStatus.SUCCEEDED:
+        req.settle(cell, NodeOutcome.NONE)
+        return
     req.node_event(cell, EventType.SPECULATIVE_RESULT_USED, decision="used")
     req.settle(cell, NodeOutcome.USED)
 

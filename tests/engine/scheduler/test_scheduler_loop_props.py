@@ -321,7 +321,8 @@ def _assert_once_per_cycle(
 
 
 def _assert_fates(sink: MemorySink, runs: dict[tuple[str, int], list[Any]], text: str) -> None:
-    """Every start is recorded; a cancelled run is cancelled or discarded, never used."""
+    """Every start is recorded; a cancelled run is cancelled or discarded, never used; a
+    run recorded used succeeded."""
     for event in sink.events():
         if event.event_type == "SPECULATIVE_STARTED":
             assert (event.stage, event.cycle) in runs, (event, text)
@@ -330,3 +331,5 @@ def _assert_fates(sink: MemorySink, runs: dict[tuple[str, int], list[Any]], text
             assert run.outcome.value in ("cancelled", "discarded"), (run, text)
         if run.speculative:
             assert run.outcome.value in ("used", "discarded", "cancelled", "none"), (run, text)
+        if run.outcome.value == "used":  # a result was used: there was one
+            assert run.status.value == "succeeded", (run, text)

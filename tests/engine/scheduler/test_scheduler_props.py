@@ -214,13 +214,19 @@ def test_random_graphs_match_the_reference_evaluator(case: tuple[str, list[NodeS
     for node_id, node in g.nodes.items():
         assert node.impl.started <= 1, (node_id, text)  # type: ignore[union-attr]
 
-    # every started speculative node ends used, discarded or cancelled
+    # every started speculative node ends used, discarded or cancelled, or `none` when it
+    # was demanded but had no result to use; `used` only for a result that succeeded
     started = {e.stage for e in sink.events() if e.event_type == "SPECULATIVE_STARTED"}
+    used = {e.stage for e in sink.events() if e.event_type == "SPECULATIVE_RESULT_USED"}
     for node_id in started:
         assert node_id in by_node, (node_id, text)
         (run,) = by_node[node_id]
         assert run.speculative
-        assert run.outcome.value in ("used", "discarded", "cancelled"), (node_id, text)
+        outcome, status = run.outcome.value, run.status.value
+        assert outcome in ("used", "discarded", "cancelled", "none"), (node_id, text)
+        assert (outcome == "used") == (status == "succeeded" and node_id in used), (run, text)
+        if outcome == "none":
+            assert status in ("failed", "timed_out", "skipped"), (run, text)
 
     # only speculative work may still be running when the response returns
     for node_id, count in running_at_return.items():

@@ -63,6 +63,10 @@ class GuardVerdict:
         ok: False when a threshold was broken.
         reasons: one phrase per broken threshold, e.g. `cost ratio 2.4 > 1.3`.
         figures: the numbers behind the verdict (for the `POLICY_ROLLED_BACK` payload).
+        unchecked: one phrase per threshold the window could not judge, e.g. `p95 and cost
+            ratios not checked: baseline v1 has 3 samples, 25 needed`.
+        codes: a reason code per phrase of `unchecked` (`baseline_too_few_samples`,
+            `nothing_validated`), in the same order.
     """
 
     version: int
@@ -70,11 +74,21 @@ class GuardVerdict:
     ok: bool
     reasons: tuple[str, ...] = ()
     figures: Mapping[str, Any] = field(default_factory=dict)
+    unchecked: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
         """The activation reason recorded when the guard rolls back: `guard: ...`."""
         return "guard: " + ("; ".join(self.reasons) or "passed")
+
+    @property
+    def kept_because(self) -> str:
+        """Why a version the guard keeps stays: every threshold held, or which ones the
+        window could not judge (what `moat policy history` readers need to tell apart)."""
+        if not self.unchecked:
+            return "guard: passed"
+        return "guard: passed what it could judge; " + "; ".join(self.unchecked)
 
 
 def p95(values: Sequence[float]) -> float:
@@ -131,10 +145,23 @@ def judge(
         "samples_old": len(old),
         "thresholds": settings.model_dump(exclude_none=True),
     }
+    unchecked: list[tuple[str, str]] = []
     p95_new = p95([o.latency_ms for o in new])
     cost_new = sum(o.cost_usd for o in new) / len(new) if new else 0.0
     figures.update(p95_new_ms=_rounded(p95_new), cost_new_usd=_rounded(cost_new))
-    if len(old) >= max(1, settings.window // 2):
+    needed = max(1, settings.window // 2)
+    limits = (("p95", settings.max_p95_ratio), ("cost", settings.max_cost_ratio))
+    ratios = [what for what, limit in limits if limit is not None]
+    if len(old) < needed and ratios:  # too few to compare: say so, not a silent pass
+        unchecked.append(
+            (
+                "baseline_too_few_samples",
+                f"{' and '.join(ratios)} ratio{'s' if len(ratios) > 1 else ''} not checked: "
+                f"baseline v{baseline_version} has {len(old)} sample"
+                f"{'' if len(old) == 1 else 's'}, {needed} needed",
+            )
+        )
+    if len(old) >= needed:
         p95_old = p95([latency for latency, _ in old])
         cost_old = sum(cost for _, cost in old) / len(old)
         p95_ratio = _ratio(p95_new, p95_old)
@@ -162,4 +189,20 @@ def judge(
         minimum = settings.min_validation_success
         if minimum is not None and success < minimum:
             reasons.append(f"validation success {_num(success)} < {_num(minimum)}")
-    return GuardVerdict(version, baseline_version, not reasons, tuple(reasons), figures)
+    elif settings.min_validation_success is not None:
+        unchecked.append(
+            (
+                "nothing_validated",
+                f"validation success not checked: none of the {len(new)} requests of "
+                f"v{version} validated an output",
+            )
+        )
+    return GuardVerdict(
+        version,
+        baseline_version,
+        not reasons,
+        tuple(reasons),
+        figures,
+        unchecked=tuple(phrase for _, phrase in unchecked),
+        codes=tuple(code for code, _ in unchecked),
+    )

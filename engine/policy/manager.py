@@ -534,9 +534,34 @@ class PolicyManager:
         _log.info("policy.guard_judged", policy=self.name, version=version, ok=verdict.ok)
         # judged once its rollback is done: a store busy past its patience (StoreError)
         # leaves the version to be judged, and rolled back, on the next tick
-        rolled = None if verdict.ok else self._guard_rollback(verdict, source, state)
+        if verdict.ok:
+            self._guard_kept(verdict, source, state)
+            rolled = None
+        else:
+            rolled = self._guard_rollback(verdict, source, state)
         self._judged.add(version)
         return verdict, rolled
+
+    def _guard_kept(self, verdict: GuardVerdict, source: str, judged: _State) -> None:
+        """Record that the version stays, and why: one row per judged version, so the
+        store says whether its thresholds held or could not be judged (a baseline with
+        too few samples) rather than leaving no trace. A busy store (StoreError) leaves
+        the version to be judged, and recorded, on the next tick."""
+        assert self.name is not None
+        db.record_guard_kept(
+            self._store(),
+            self.name,
+            version=verdict.version,
+            reason=verdict.kept_because,
+            reason_codes=verdict.codes or ("passed",),
+            run_id=self.run_id,
+            payload={
+                **verdict.figures,
+                "baseline_source": source,
+                "activation_id": judged.activation_id,
+                "unchecked": list(verdict.unchecked),
+            },
+        )
 
     def _guard_rollback(
         self, verdict: GuardVerdict, source: str, judged: _State

@@ -32,9 +32,11 @@ __all__ = [
     "Outcome",
     "baseline_samples",
     "graph_paths",
+    "guard_decisions",
     "is_rollback",
     "poll_active",
     "publish",
+    "record_guard_kept",
     "register",
     "roll_back",
     "transaction",
@@ -379,6 +381,47 @@ def roll_back(
         )
         active = _activate(conn, name, target, why, current, run_id, mark_previous=mark)
         return current, active
+
+
+def record_guard_kept(
+    store: Store,
+    name: str,
+    *,
+    version: int,
+    reason: str,
+    reason_codes: tuple[str, ...],
+    run_id: str,
+    payload: Mapping[str, Any],
+) -> None:
+    """Record that the guard judged `version` and kept it: a `GATE_DECISION` of the policy
+    (stage and component `policy`, decision `keep vN`), once per judged version, saying
+    which thresholds held and which the window could not judge (too few baseline samples:
+    no rollback was considered). A rollback says so in its `POLICY_ROLLED_BACK` instead."""
+    with transaction(store) as conn:
+        _event(
+            conn,
+            run_id,
+            EventType.GATE_DECISION,
+            f"keep v{version}",
+            {"name": name, "version": version, "reason": reason, **payload},
+            ("guard", *reason_codes),
+        )
+
+
+def guard_decisions(store: Store, name: str, *, version: int | None = None) -> list[dict[str, Any]]:
+    """What the guard decided about the policy's versions (of `version` only, if given),
+    oldest first: each a dict with `decision` (`keep vN`, or `vN -> vM` for a rollback),
+    `reason_codes`, `started_at` and the event's `payload` (`reason`, the figures)."""
+    rows = store.query(
+        "SELECT event_type, decision, started_at, reason_codes_json, payload_json "
+        "FROM orchestration_events WHERE request_id = '' AND stage = 'policy' "
+        "AND event_type IN (?, ?) AND json_extract(payload_json, '$.name') = ? "
+        "AND json_extract(reason_codes_json, '$[0]') = 'guard' "
+        "AND (? IS NULL OR COALESCE(json_extract(payload_json, '$.version'), "
+        "json_extract(payload_json, '$.from_version')) = ?) ORDER BY started_at, id",
+        (EventType.GATE_DECISION.value, EventType.POLICY_ROLLED_BACK.value, name, version, version),
+    )
+    return [dict(row) for row in rows]  # (`query` decodes the `_json` columns)
 
 
 def _check_target(conn: sqlite3.Connection, name: str, current: Active, target: int | None) -> None:

@@ -38,9 +38,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import httptools
+import httpx2
 import openai
 
 from engine.models._answer_limit import MAX_RESPONSE_BYTES, Inflate, too_large
+from engine.models._redirects import (
+    FOLLOWED,
+    MAX_REDIRECTS,
+    REDIRECTS,
+    redirect_error,
+    redirect_location,
+)
 from engine.models.base import ConnectFailed, ProviderTimeout, ResponseLost, connect_reason
 
 __all__ = ["DirectRoute", "sdk_headers"]
@@ -242,6 +250,8 @@ class DirectRoute:
         self._port = url.port or 80
         self._prefix = url.raw_path.rstrip(b"/")
         netloc = url.netloc.decode("ascii")
+        self._root = f"{url.scheme}://{netloc}"
+        self._origin = url.origin
         sent = {"host": netloc, **self.headers, "accept-encoding": "gzip, deflate"}
         self._head = _header_lines(sent)
         self._idle: deque[_Connection] = deque()
@@ -255,7 +265,12 @@ class DirectRoute:
         """POST `body` as JSON to `path` under the base URL: the status, headers (by their
         lower-case names) and body.
 
+        A 307 or 308 redirect within the endpoint's origin is followed
+        (`engine.models._redirects`).
+
         Raises:
+            NodeError: the endpoint redirected the call to another origin, or by a redirect
+                that is not followed (nothing was sent there).
             ConnectFailed: no connection could be made (nothing was sent).
             ResponseLost: the connection broke after it was made, the answer could not be
                 read, or no answer came in the read timeout (`ProviderTimeout`): the
@@ -263,11 +278,30 @@ class DirectRoute:
         """
         data = json.dumps(body, separators=(",", ":")).encode()
         extra = _header_lines(headers) if headers else b""
+        target = self._prefix + path.encode("ascii")
+        hops = 0
+        while True:
+            status, answer_headers, content = await self._exchange(who, target, data, extra)
+            location = None
+            if status in REDIRECTS:
+                url = httpx2.URL(self._root + target.decode("ascii"))
+                location = redirect_location(url, status, answer_headers)
+            if location is None:
+                return status, answer_headers, content
+            cross = location.origin != self._origin
+            if cross or status not in FOLLOWED or hops == MAX_REDIRECTS:
+                raise redirect_error(who, status, location, cross=cross)
+            hops += 1
+            target = location.raw_path  # (its query included)
+
+    async def _exchange(
+        self, who: str, target: bytes, data: bytes, extra: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One POST of `data` to `target` (path and query): the answer, as `post` says."""
         request = b"".join(
             (
                 b"POST ",
-                self._prefix,
-                path.encode("ascii"),
+                target,
                 b" HTTP/1.1\r\n",
                 self._head,
                 extra,

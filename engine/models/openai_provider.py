@@ -39,6 +39,11 @@ the parser) or holds no chat completion is a `ResponseLost` too: the endpoint sa
 answered, so it may bill the generation. A 200 holding an `error` object (gateways pass
 upstream errors on so) is that error, mapped by the HTTP status in its `code` when it names
 one.
+
+Redirects are followed within the endpoint's own origin only: one to another origin (scheme,
+host or port) is refused with a `NodeError` saying where it pointed and to set `base_url`
+there, so neither the prompt nor the key leaves for a server the graph never named
+(`engine.models._redirects`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec, endpoint_problem
 from engine.models._answer_limit import bound_answers
 from engine.models._preflight import api_key_env, endpoint
+from engine.models._redirects import CrossOrigin, redirect_error, refuse_cross_origin
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,
@@ -211,8 +217,8 @@ class ClientRegistry:
             # any other reads each body within the route's size limit
             http_client = None
             if not direct:
-                http_client = bound_answers(
-                    http_client_for(endpoint) or openai.DefaultAsyncHttpxClient()
+                http_client = refuse_cross_origin(
+                    bound_answers(http_client_for(endpoint) or openai.DefaultAsyncHttpxClient())
                 )
             client = openai.AsyncOpenAI(
                 api_key=api_key,
@@ -384,6 +390,8 @@ class OpenAIProvider:
             raise _map_error(self._who, exc) from exc
         except ResponseLost as exc:  # a body past the size limit (`bound_answers`)
             raise ResponseLost(f"{self._who}: {exc}") from None
+        except CrossOrigin as exc:  # a redirect refused (`refuse_cross_origin`)
+            raise redirect_error(self._who, exc.status, exc.target, cross=True) from None
         return _json(self._who, raw.content)
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
+from engine.store.codec import strict_json
 from engine.store.schema import connect, describe_error, write_transaction
 
 __all__ = ["StoreCachePersistence"]
@@ -275,8 +276,16 @@ class StoreCachePersistence:
     ) -> list[_Key]:
         """Write one batch in one transaction, with the deletes that keep the table under
         its limit; returns those extra deletes."""
-        rows = {key: _row(key, record) for key, record in batch.items() if record is not None}
-        deletes = [key for key, record in batch.items() if record is None]
+        rows: dict[_Key, tuple[Any, ...]] = {}
+        deletes: list[_Key] = []
+        for key, record in batch.items():
+            try:
+                if record is not None:
+                    rows[key] = _row(key, record)
+                    continue
+            except StoreError as exc:  # NaN in a value: kept in memory only, said once
+                _log().warning("cache.entry_not_stored", namespace=key[0], error=str(exc))
+            deletes.append(key)  # (nor is an older row for the key left to be read back)
         victims: list[_Key] = []
         with self._changed:
             if self._limit is not None:
@@ -333,7 +342,7 @@ def _row(key: _Key, record: Mapping[str, Any]) -> tuple[Any, ...]:
         namespace,
         tenant,
         entry_key,
-        json.dumps(record, separators=(",", ":"), default=str),
+        strict_json(record, f"cache entry {entry_key!r} of {namespace!r}"),
         float(record.get("stored_at") or time.time()),
         record.get("expires_at"),
         int(record.get("hits", 0)),

@@ -12,17 +12,25 @@ of it. Everything smaller, and everything before the dictionary exists, stays JS
 Readers decode through `decode` (which `Store` does for every `*_json` column): a TEXT
 value is JSON, a BLOB is a frame whose dictionary is read from `meta` once per process.
 Dictionaries are never deleted, so every row stays readable whatever prunes it outlives.
+
+Every JSON column is strict JSON: the writer's rows are encoded with `allow_nan=False`
+(`rows.py`), and the other writes (policy snapshots, a run's config, cache entries) go
+through `strict_json`, which refuses NaN and the infinities, naming the key that holds one,
+rather than store text `json_valid` and every other reader refuse.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zstandard
+
+from engine.errors import StoreError
 
 __all__ = [
     "NUMERIC",
@@ -33,6 +41,7 @@ __all__ = [
     "decode_rows",
     "frame_packer",
     "load_dictionary",
+    "strict_json",
 ]
 
 _MIN_BYTES = 64
@@ -45,6 +54,53 @@ _LEVEL = 3
 
 _decompressors: dict[tuple[str, int], zstandard.ZstdDecompressor] = {}
 _lock = threading.Lock()
+
+
+def strict_json(value: Any, what: str, *, sort_keys: bool = False) -> str:
+    """`value` as compact, strict JSON (other objects as their `str`, as before).
+
+    Args:
+        value: what to encode.
+        what: what it is, for the message (`policy 'triage' version 3`).
+        sort_keys: sort mapping keys (canonical text).
+
+    Raises:
+        StoreError: `value` holds NaN or an infinity (or holds itself); the message
+            names `what`, the key and the fix.
+    """
+    try:
+        return json.dumps(
+            value, separators=(",", ":"), sort_keys=sort_keys, default=str, allow_nan=False
+        )
+    except ValueError as exc:
+        found = _non_finite(value)
+        if found is None:  # a mapping holding itself
+            raise StoreError(f"{what} cannot be stored as JSON: {exc}") from None
+        where, number = found
+        raise StoreError(
+            f"{what} cannot be stored: {where} is {number}, which strict JSON cannot hold "
+            "(readers of the store would get null or refuse the row); give a finite number, "
+            "or leave the key out"
+        ) from None
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity inside `value` (depth first), with where it is."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    seen: set[int] = set()
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return (f"'{where}'" if where else "the value"), item
+        if isinstance(item, Mapping | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+            children = [
+                (f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k), v)
+                for k, v in pairs
+            ]
+            stack += reversed(children)
+    return None
 
 
 def _database(conn: sqlite3.Connection) -> str:

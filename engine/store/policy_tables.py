@@ -9,13 +9,13 @@ transaction.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import StoreError
+from engine.store.codec import strict_json
 
 __all__ = [
     "activate",
@@ -89,7 +89,7 @@ def insert_snapshot(
                 name,
                 version,
                 content_hash,
-                json.dumps(dict(body), separators=(",", ":"), sort_keys=True, default=str),
+                strict_json(dict(body), f"policy '{name}' version {version}", sort_keys=True),
                 time.time(),
                 parent_version,
                 status,

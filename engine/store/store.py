@@ -33,6 +33,7 @@ from engine.events import result_line
 from engine.store import codec
 from engine.store import policy_tables as _policy
 from engine.store.cache import StoreCachePersistence
+from engine.store.codec import strict_json
 from engine.store.compact import RUN_KEYS, delete_keys, keys_of
 from engine.store.schema import (
     SCHEMA_VERSION,
@@ -216,8 +217,8 @@ def row_result_line(row: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+def _dumps(value: Any, what: str) -> str:
+    return strict_json(value, what, sort_keys=True)
 
 
 class Store:
@@ -403,7 +404,7 @@ class Store:
                             graph_hash,
                             stamp,
                             requests_total,
-                            _dumps({**(config or {}), **_owner(stamp)}),
+                            _dumps({**(config or {}), **_owner(stamp)}, "the run's config"),
                         ),
                     )
                 return run_id
@@ -452,7 +453,7 @@ class Store:
                 "UPDATE runs SET status = 'running', finished_at = NULL, config_json = "
                 "json_set(COALESCE(config_json, '{}'), '$.owner', json(?), '$.heartbeat_at', ?) "
                 "WHERE id = ?",
-                (_dumps(owner["owner"]), owner["heartbeat_at"], run_id),
+                (_dumps(owner["owner"], "the run's owner"), owner["heartbeat_at"], run_id),
             )
 
     def finish_run(self, run_id: str, status: str, at: float | None = None) -> None:

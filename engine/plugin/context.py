@@ -48,7 +48,9 @@ class RequestInfo:
     input: Mapping[str, Any]
     """The validated request input (defaults applied)."""
     labels: Mapping[str, Any] = field(default_factory=dict)
-    """Hidden benchmark labels (`_labels` in a request line); read only by the `sim` provider."""
+    """Hidden benchmark labels (`_labels` in a request line), for the `sim` provider only:
+    the scheduler puts them on the copy of the request it hands the model gateway
+    (`CallScope.request`); the request a node sees (`ctx.request`) has none."""
     seed: int = 0
     """Seed for deterministic simulated models."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +125,11 @@ class RequestState:
 
     Args:
         graph: the graph being run.
-        info: the request.
+        info: the request, as nodes see it (`ctx.request`): without hidden labels.
+        labels: the request's hidden benchmark labels. They reach the model gateway only
+            (`CallScope.request`, a copy of `info` that holds them, for the `sim`
+            provider): a node plugin can read none of them, so no graph can score itself
+            by the answer it is benchmarked against.
         policy_name: the pinned policy's name.
         policy_version: the pinned policy's version.
         policy: the pinned snapshot's body.
@@ -136,6 +141,7 @@ class RequestState:
     __slots__ = (
         "_callbacks",
         "_idle",
+        "_labelled",
         "_memos",
         "_rng",
         "_soft_emitted",
@@ -166,6 +172,7 @@ class RequestState:
         graph: Graph,
         info: RequestInfo,
         *,
+        labels: Mapping[str, Any] | None = None,
         policy_name: str | None,
         policy_version: int | None,
         policy: Mapping[str, Any],
@@ -177,6 +184,8 @@ class RequestState:
         self.clock = clock
         """`anyio.current_time` of the running backend, looked up once per runner."""
         self.info = info
+        self._labelled = info if not labels else replace(info, labels=labels)
+        """The request the model gateway sees (`CallScope.request`): `info` with its labels."""
         self.run_id = info.run_id
         self.policy_name = policy_name
         self.policy_version = policy_version
@@ -453,7 +462,7 @@ class RequestState:
                 cell.calls = []
             calls = cell.calls
         scope = CallScope(
-            request=self.info,
+            request=self._labelled,
             node_id=ctx.node_id,
             cycle=ctx.cycle,
             node_attempt=max(cell.attempts - 1, 0) if cell is not None else 0,

@@ -317,12 +317,13 @@ class Runner:
             seq,
             tenant if tenant is not None else str(input.get("tenant", "public")),
             input,
-            labels if labels is not None else _NO_LABELS,
+            _NO_LABELS,  # what nodes see: the labels go to the model gateway only
             self.seed,
         )
         req = RequestState(
             self.graph,
             info,
+            labels=labels,
             policy_name=pin.name,
             policy_version=pin.version,
             policy=pin.body,

@@ -4,7 +4,8 @@ Each cycle is a fresh frame (its own lazy nodes, `cycle` and `prev` in scope) wh
 runs as lazily as the top level: only what `until`, the loop's `output`, the next cycle's
 `prev` and the body's speculative nodes need. After every cycle a `CYCLE_SUMMARY` trace
 records what was planned, executed, skipped and cancelled, the `until` value and the next
-action.
+action; a cycle cut short (the loop's timeout, the request's deadline, a cancellation, a
+failure) records one too, with `next_action` stop and why in `stop_reason`.
 
 `prev` is none in cycle 1; from cycle 2 on it is a plain mapping of every body node to its
 value in the cycle before (`Frame.values`): the node's output when that cycle needed it
@@ -19,6 +20,8 @@ the previous one's values, never the cycles before.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from engine.events import EventType, NodeStatus
 from engine.scheduler.frame import Consumer, Frame, evaluate, evaluate_outputs, note_read
@@ -123,7 +126,6 @@ async def _run_cycle(
     until: Any = None
     stop_reason: str | None = None
     output: dict[str, Any] | None = None
-    cancelled: list[str] = []
     start_speculative(ex, frame)
     try:
         if loop.until is not None:
@@ -133,10 +135,31 @@ async def _run_cycle(
             output = await evaluate_outputs(loop.output, consumer)
         elif loop.prev_reads:
             await _demand_prev(loop, consumer)
+    except BaseException as exc:  # cut short: its summary says why, then it goes on up
+        stop_reason = _cut_short(cell, exc)
+        raise
     finally:
-        cancelled = cleanup(frame)
-    _summarise(cell, frame, until, stop_reason, cancelled)
+        # (no await here: a cycle being cancelled still records what it got to do)
+        _summarise(cell, frame, until, stop_reason, cleanup(frame))
     return output
+
+
+def _cut_short(cell: LazyNode, exc: BaseException) -> str:
+    """Why a cycle ended before `until` was decided or the loop's output evaluated:
+    `timeout` (the loop's `timeout_ms`), `deadline` (the request's `deadline_ms`),
+    `cancelled` (anything else that cancelled it: an enclosing loop's timeout, the end of
+    the request that no longer needs a speculative loop, its caller) or `failed` (a body
+    node it needed failed, or `until` or an output expression did)."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "failed"
+    req = cell.frame.req
+    now = req.clock()
+    timeout_ms = cell.node.timeout_ms
+    if timeout_ms is not None and cell.t0 >= 0 and now >= cell.t0 + timeout_ms / 1000:
+        return "timeout"
+    if req.deadline is not None and now >= req.deadline:
+        return "deadline"
+    return "cancelled"
 
 
 async def _demand_prev(loop: CompiledLoop, consumer: Consumer) -> None:

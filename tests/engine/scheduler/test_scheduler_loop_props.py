@@ -297,6 +297,7 @@ def test_random_loop_graphs_match_the_reference_and_never_fail_on_a_cancellation
         runs.setdefault((run.node, run.cycle), []).append(run)
     _assert_once_per_cycle(g, sink, runs, text)
     _assert_fates(sink, runs, text)
+    _assert_one_summary_per_cycle(sink, text)
     assert isinstance(sink.items[-1], RequestRecord)
 
 
@@ -318,6 +319,19 @@ def _assert_once_per_cycle(
         assert impl.started <= sum(r.attempts for r in node_runs), (node_id, text)
         # nothing runs once the runner has closed
         assert impl.started == impl.finished + impl.cancelled + impl.failed, (node_id, text)
+
+
+def _assert_one_summary_per_cycle(sink: MemorySink, text: str) -> None:
+    """Every cycle started writes one `CYCLE_SUMMARY`, finished or cut short (a failure,
+    a cancellation); one that stops the loop, or is cut short, says `stop` and why."""
+    started = sorted(
+        (e.stage, e.cycle) for e in sink.events() if e.event_type == "LOOP_CYCLE_STARTED"
+    )
+    summaries = [t.payload for t in sink.traces() if t.stage == "CYCLE_SUMMARY"]
+    assert sorted((s["loop"], s["cycle"]) for s in summaries) == started, text
+    for summary in summaries:
+        stops = summary["next_action"] == "stop"
+        assert stops == (summary["stop_reason"] is not None), (summary, text)
 
 
 def _assert_fates(sink: MemorySink, runs: dict[tuple[str, int], list[Any]], text: str) -> None:

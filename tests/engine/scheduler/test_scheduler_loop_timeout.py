@@ -154,8 +154,86 @@ async def test_the_cycle_summary_counts_what_a_timed_out_loop_left_running_as_ca
     result, sink = await run(graph(LEFT_RUNNING_IN_A_CYCLE))
     assert result.output == {"answer": "gave up"}
     assert ("shared", 1, "cancelled", False, "cancelled", 1) in runs(sink)
-    (summary,) = [t.payload for t in sink.items if isinstance(t, DecisionTrace)]
-    assert summary["loop"] == "outer"
+    summaries = [t.payload for t in sink.items if isinstance(t, DecisionTrace)]
+    (summary,) = [s for s in summaries if s["loop"] == "outer"]
     assert summary["scheduler_strategy"] == "on_demand"  # nothing started speculatively
     assert summary["modules_cancelled"] == ["shared"]
     assert summary["modules_failed"] == ["inner"]
+
+
+CUT_SHORT = """
+moat: 1
+name: cut-short
+nodes:
+  refine:
+    type: loop
+    timeout_ms: 250
+    optional: true
+    max_cycles: 3
+    until: "check.value"
+    nodes:
+      draft: {type: work, with: {ms: 100, value: "{{ cycle }}"}}
+      check: {type: work, with: {ms: 0, value: "{{ draft.value > 5 }}"}}
+      spare: {type: work, speculative: true, with: {ms: 500, value: 0}}
+    output: {value: draft.value}
+output:
+  answer: "refine.value if refine else 'gave up'"
+"""
+
+
+def _summaries(sink: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [
+        (t.cycle, dict(t.payload))
+        for t in sink.items
+        if isinstance(t, DecisionTrace) and t.stage == "CYCLE_SUMMARY"
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_cycle_cut_short_by_the_loop_timeout_writes_its_summary(
+    anyio_backend: Any,
+) -> None:
+    result, sink = await run(graph(CUT_SHORT))
+    assert result.output == {"answer": "gave up"}
+    summaries = _summaries(sink)
+    assert [(cycle, s["next_action"], s["stop_reason"]) for cycle, s in summaries] == [
+        (1, "continue", None),
+        (2, "continue", None),
+        (3, "stop", "timeout"),  # 250 ms: cycle 3's draft had run 50 ms of its 100
+    ]
+    _, last = summaries[-1]
+    assert last["loop"] == "refine" and last["cycle"] == 3 and last["until"] is None
+    assert last["modules_planned"] == ["draft", "check", "spare"]
+    assert last["modules_executed"] == [] and last["modules_skipped"] == []
+    assert sorted(last["modules_cancelled"]) == ["check", "draft", "spare"]  # check awaited draft
+    assert last["modules_speculative"] == ["spare"]
+    assert ("draft", 3, "cancelled", False, "cancelled", 1) in runs(sink)
+
+
+@pytest.mark.anyio
+async def test_a_cycle_cut_short_by_the_request_deadline_writes_its_summary(
+    anyio_backend: Any,
+) -> None:
+    text = CUT_SHORT.replace("    timeout_ms: 250\n", "").replace(
+        "nodes:\n  refine:", "budget: {deadline_ms: 150}\nnodes:\n  refine:", 1
+    )
+    result, sink = await run(graph(text))
+    assert result.status.value == "deadline_exceeded"
+    summaries = _summaries(sink)
+    assert [(c, s["next_action"], s["stop_reason"]) for c, s in summaries] == [
+        (1, "continue", None),
+        (2, "stop", "deadline"),
+    ]
+    assert sorted(summaries[-1][1]["modules_cancelled"]) == ["check", "draft", "spare"]
+
+
+@pytest.mark.anyio
+async def test_a_cycle_cut_short_by_a_failure_writes_its_summary(anyio_backend: Any) -> None:
+    text = CUT_SHORT.replace('{{ draft.value > 5 }}"', '{{ draft.value }}", fail: error')
+    result, sink = await run(graph(text))
+    assert result.output == {"answer": "gave up"}  # the loop is optional
+    [(cycle, summary)] = _summaries(sink)
+    assert (cycle, summary["next_action"], summary["stop_reason"]) == (1, "stop", "failed")
+    assert summary["modules_executed"] == ["draft"]
+    assert summary["modules_failed"] == ["check"]
+    assert summary["modules_cancelled"] == ["spare"]

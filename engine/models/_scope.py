@@ -14,6 +14,7 @@ import anyio
 
 from engine.errors import NodeError, RateLimited
 from engine.events import LlmCall
+from engine.models.base import Unavailable
 from engine.models.budget import RequestBudget
 from engine.plugin.context import RequestInfo
 
@@ -77,8 +78,8 @@ def located(exc: NodeError, scope: CallScope, attempts: int) -> NodeError:
     """The same error, tagged with the node and request, saying how many attempts ran."""
     reason = f"{exc.reason} (after {attempts} attempt{'s' if attempts != 1 else ''})"
     ids: dict[str, Any] = {"node_id": scope.node_id, "request_id": scope.request.id}
-    if isinstance(exc, RateLimited):
-        return RateLimited(reason, retry_after_s=exc.retry_after_s, **ids)
+    if isinstance(exc, RateLimited | Unavailable):  # (the wait the endpoint asked for kept)
+        return type(exc)(reason, retry_after_s=exc.retry_after_s, **ids)
     try:
         return type(exc)(reason, **ids)
     except TypeError:

@@ -10,6 +10,8 @@ breaker, redaction, recording); a provider only turns a `ProviderRequest` into a
   mid-call, a proxy's 504): the provider may still bill it, so the gateway charges it,
 - `ConnectFailed` when no connection could be made (refused, unroutable, DNS): nothing
   was sent, so nothing is billed, and a model with a `fallback:` falls back at once,
+- `Unavailable` for a 503 or a 408: the endpoint took no call for now (with
+  `retry_after_s` when it said when to come back),
 - `TransientError` for anything else worth retrying (5xx),
 - `NodeError` for failures a retry cannot fix (bad request, bad key).
 """
@@ -33,6 +35,7 @@ __all__ = [
     "ProviderResponse",
     "ProviderTimeout",
     "ResponseLost",
+    "Unavailable",
     "connect_reason",
     "estimate_tokens",
     "max_input_tokens",
@@ -72,6 +75,28 @@ def connect_reason(exc: BaseException | None) -> str | None:
 
 class ResponseLost(TransientError):
     """The request reached the provider but no answer came back; it may have been billed."""
+
+
+class Unavailable(TransientError):
+    """The endpoint took no call for now (HTTP 503 Service Unavailable, or 408 Request
+    Timeout: it gave up waiting for the request): nothing was generated, nothing is billed,
+    and the retry waits for its Retry-After, as a 429's does.
+
+    Args:
+        message: what the endpoint said.
+        retry_after_s: the endpoint's `Retry-After`, if it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        node_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, node_id=node_id, request_id=request_id)
 
 
 class ProviderTimeout(ResponseLost, TimeoutError):

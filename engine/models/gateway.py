@@ -4,9 +4,9 @@ For each call it redacts (or blocks) personal data bound for remote models when 
 policy asks, reserves the worst-case cost against the request's and the run's budgets,
 waits for a slot under the model's concurrency limit, asks the model's circuit breaker,
 calls the provider with a per-attempt timeout, retries transient failures with
-exponential backoff and full jitter (honouring Retry-After, never past the request's
-deadline), settles the budget with the actual cost and appends one `LlmCall` per attempt
-to the node run's `CallScope.calls`, cancelled attempts included.
+exponential backoff and full jitter (honouring the Retry-After of a 429 or a 503, never
+past the request's deadline), settles the budget with the actual cost and appends one
+`LlmCall` per attempt to the node run's `CallScope.calls`, cancelled attempts included.
 
 What each attempt is priced, reserved and charged (the budget rules, README "Budgets"),
 and the `llm_calls` row that records it, are kept by its base class `Ledger`
@@ -46,6 +46,7 @@ from engine.models.base import (
     ProviderResponse,
     ProviderTimeout,
     ResponseLost,
+    Unavailable,
 )
 from engine.models.breaker import CircuitBreaker
 from engine.models.budget import RequestBudget
@@ -74,9 +75,9 @@ class _CutOff(ProviderTimeout):
     (billed as a cancelled attempt, unlike a timeout the provider reports itself)."""
 
 
-def _wait_refused(exc: RateLimited, delay: float) -> RateLimited:
-    """The rate limit, saying that its Retry-After is longer than a call waits."""
-    return RateLimited(
+def _wait_refused(exc: RateLimited | Unavailable, delay: float) -> RateLimited | Unavailable:
+    """The rate limit (or 503), saying that its Retry-After is longer than a call waits."""
+    return type(exc)(
         f"{exc.reason}; it asked to wait {delay:.0f} s before a retry, longer than the "
         f"{RETRY_AFTER_CAP_S:g} s a call waits",
         retry_after_s=exc.retry_after_s,
@@ -304,7 +305,7 @@ class Gateway(Ledger):
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
                 if attempt >= spec.max_retries or late or unreachable:
                     raise located(exc, scope, attempt + 1) from exc
-                if isinstance(exc, RateLimited) and delay > RETRY_AFTER_CAP_S:
+                if isinstance(exc, RateLimited | Unavailable) and delay > RETRY_AFTER_CAP_S:
                     raise located(_wait_refused(exc, delay), scope, attempt + 1) from exc
             await anyio.sleep(delay)
             attempt += 1
@@ -313,7 +314,7 @@ class Gateway(Ledger):
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)], at least Retry-After."""
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt) * self._time_scale(name)
         delay = rng.uniform(0.0, ceiling)
-        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+        if isinstance(exc, RateLimited | Unavailable) and exc.retry_after_s is not None:
             delay = max(delay, exc.retry_after_s)
         return delay
 

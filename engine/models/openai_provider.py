@@ -29,8 +29,9 @@ LM Studio), since some of those ignore the newer name and would generate without
 An answer without usable `usage` is flagged (`usage_reported=False`) so the gateway charges
 the reservation rather than a guess.
 
-Errors map onto moat's: 429 -> `RateLimited` (Retry-After honoured), timeouts,
-connections lost after the request was sent and gateway timeouts (504, 524) ->
+Errors map onto moat's: 429 -> `RateLimited` and 503, 408 -> `Unavailable` (Retry-After
+honoured, billed nothing), timeouts, connections lost after the request was sent and
+gateway timeouts (504, 524) ->
 `ProviderTimeout`/`ResponseLost` (the provider may bill them), requests that never left
 (the connection refused or timed out, the host not found, a URL the HTTP client cannot call)
 -> `ConnectFailed`, billed nothing, 5xx -> `TransientError`, anything else (400, 401,
@@ -79,6 +80,7 @@ from engine.models.base import (
     ProviderResponse,
     ProviderTimeout,
     ResponseLost,
+    Unavailable,
     connect_reason,
 )
 from engine.models.prices import SIM_SERVER_PRICES
@@ -101,6 +103,9 @@ _REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)")
 """Models that refuse `max_tokens` and need `max_completion_tokens`."""
 _GATEWAY_TIMEOUTS = (504, 524)
 """A proxy gave up waiting while the model may still be generating (and billing)."""
+_RETRY_LATER = (408, 503)
+"""The endpoint took no call for now (unavailable, or it gave up waiting for the request):
+retried, after its Retry-After when it says one."""
 
 
 def output_limit_field(base_url: str | None, model: str) -> str:
@@ -550,6 +555,11 @@ def status_error(who: str, status: int, headers: Mapping[str, str], message: str
         )
     if status in _GATEWAY_TIMEOUTS:
         return ProviderTimeout(f"{who}: gateway timeout: {message}")
+    if status in _RETRY_LATER:
+        what = "server error" if status >= 500 else "request timeout"
+        return Unavailable(
+            f"{who}: {what}: {message}", retry_after_s=parse_retry_after(dict(headers))
+        )
     if status >= 500:
         return TransientError(f"{who}: server error: {message}")
     return NodeError(f"{who}: request refused: {message}")

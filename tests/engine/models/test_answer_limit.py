@@ -16,9 +16,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from engine.errors import TransientError
 from engine.models import _answer_limit, _direct_http
-from engine.models.base import ResponseLost
+from engine.models.base import ResponseLost, Unavailable
 from engine.plugin.context import Completion
 from tests.engine.models.test_openai_hostile import _call, _reserved
 from tests.support.hostile_openai import Reply, completion, http
@@ -95,7 +94,7 @@ async def test_a_compressed_answer_within_the_limit_is_read(coding: str) -> None
 async def test_a_compressed_error_page_is_still_its_status() -> None:
     page = json.dumps({"error": {"message": "overloaded"}}).encode()
     result, calls, _ = await _call(_encoded("gzip", page, status=503))
-    assert type(result) is TransientError
+    assert type(result) is Unavailable  # (a TransientError retried after its Retry-After)
     assert "server error: Error code: 503 - overloaded" in str(result)
     assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)]
 

@@ -3,7 +3,8 @@
 For each call it redacts (or blocks) personal data bound for remote models when the
 policy asks, reserves the worst-case cost against the request's and the run's budgets,
 waits for a slot under the model's concurrency limit, asks the model's circuit breaker,
-calls the provider with a per-attempt timeout, retries transient failures with
+calls the provider with a per-attempt timeout (the model's `timeout_s`, else
+`DEFAULT_CALL_TIMEOUT_S` for any provider but `sim`), retries transient failures with
 exponential backoff and full jitter (honouring the Retry-After of a 429 or a 503, never
 past the request's deadline), settles the budget with the actual cost and appends one
 `LlmCall` per attempt to the node run's `CallScope.calls`, cancelled attempts included.
@@ -68,11 +69,26 @@ BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 60.0
 """The longest Retry-After a call waits for; asked to wait longer, it fails at once."""
+DEFAULT_CALL_TIMEOUT_S = 600.0
+"""The longest an attempt of a remote call (any provider but `sim`) may take when its model
+sets no `timeout_s`. The HTTP clients' read timeout counts the time between two bytes, so an
+endpoint that stalls after its headers, or sends its answer a byte every few seconds, never
+trips it: without this bound, and without a node `timeout_ms` or a request deadline, such a
+call would never end. 600 s is the official OpenAI client's own default request timeout;
+a model whose answers take longer sets its own `timeout_s`."""
 
 
 class _CutOff(ProviderTimeout):
     """The model's `timeout_s` ended an attempt: the provider was cancelled mid-answer
     (billed as a cancelled attempt, unlike a timeout the provider reports itself)."""
+
+
+def _time_bound(spec: ModelSpec) -> float | None:
+    """How long an attempt of `spec`'s model may take: its `timeout_s`, else
+    `DEFAULT_CALL_TIMEOUT_S` for a model behind an endpoint, else (`sim`) no bound."""
+    if spec.timeout_s is not None:
+        return spec.timeout_s
+    return None if spec.provider == "sim" else DEFAULT_CALL_TIMEOUT_S
 
 
 def _wait_refused(exc: RateLimited | Unavailable, delay: float) -> RateLimited | Unavailable:
@@ -162,6 +178,8 @@ class Gateway(Ledger):
         """Per model, the worst ratio of charged to reserved cost seen (only when above 1)."""
         self.edge = EdgeGuard()
         """Whether the pinned policy holds remote calls back (offline, gates, probe)."""
+        self._time_bounds = {name: _time_bound(spec) for name, spec in self._specs.items()}
+        """Per model, the time an attempt may take (None: unbounded, a `sim` model's)."""
 
     @property
     def model_names(self) -> list[str]:
@@ -402,7 +420,6 @@ class Gateway(Ledger):
         attempt: int,
         max_tokens: int,
     ) -> ProviderResponse:
-        spec = self._specs[name]
         request = ProviderRequest(
             model=name,
             messages=messages,
@@ -417,11 +434,18 @@ class Gateway(Ledger):
             temperature=call.temperature,
         )
         provider = self._providers[name]
-        if spec.timeout_s is None:  # no cancel scope to enter and leave on every call
+        bound = self._time_bounds[name]
+        if bound is None:  # no cancel scope to enter and leave on every call
             return await provider.complete(request)
-        with anyio.move_on_after(spec.timeout_s):
+        with anyio.move_on_after(bound):
             return await provider.complete(request)
-        raise _CutOff(f"model '{name}': no answer within timeout_s={spec.timeout_s:g}")
+        if self._specs[name].timeout_s is not None:
+            raise _CutOff(f"model '{name}': no answer within timeout_s={bound:g}")
+        raise _CutOff(
+            f"model '{name}': no complete answer within {bound:g} s, the bound on a remote "
+            "call whose model sets no `timeout_s` (the endpoint stalled, or sends its answer "
+            "too slowly); set `timeout_s:` on the model to allow longer"
+        )
 
     def _completion(
         self, name: str, scope: CallScope, call: Call, record: Attempt, response: ProviderResponse

@@ -178,6 +178,10 @@ class FrozenList(list[Any]):
         return (FrozenList, (list(self), self._key))
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+"""Types `freeze` returns as they are, without looking further."""
+
+
 def freeze(value: Any, key: str = "") -> Any:
     """`value` with every mapping and list in it copied into a read-only one (once).
 
@@ -189,12 +193,30 @@ def freeze(value: Any, key: str = "") -> Any:
         key: where `value` stands in the snapshot, for messages.
     """
     kind = type(value)
-    if kind is FrozenDict or kind is FrozenList:
+    if kind in _LEAVES or kind is FrozenDict or kind is FrozenList:
         return value
-    if isinstance(value, Mapping):
-        return FrozenDict({k: freeze(v, _child(key, k)) for k, v in value.items()}, key)
-    if isinstance(value, list):
-        return FrozenList([freeze(v, _child(key, i)) for i, v in enumerate(value)], key)
+    # Most of a large body is text and numbers: those items are kept without a call (or
+    # a key for messages) each, and containers are built without `__init__`'s guard.
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
+        items = {
+            k: v if type(v) in _LEAVES else freeze(v, _child(key, k)) for k, v in value.items()
+        }
+        made: Any = FrozenDict.__new__(FrozenDict)
+        dict.__init__(made, items)
+    elif isinstance(value, list):
+        made = FrozenList.__new__(FrozenList)
+        list.__init__(
+            made,
+            [v if type(v) in _LEAVES else freeze(v, _child(key, i)) for i, v in enumerate(value)],
+        )
+    else:
+        return _freeze_other(value, kind, key)
+    object.__setattr__(made, "_key", key)
+    return made
+
+
+def _freeze_other(value: Any, kind: type, key: str) -> Any:
+    """`freeze` of what is neither a mapping nor a list."""
     if kind is tuple:
         return tuple(freeze(v, _child(key, i)) for i, v in enumerate(value))
     if isinstance(value, set):

@@ -28,11 +28,12 @@ Runner integration, in short:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,6 +47,7 @@ from engine.policy.diff import KeyChange, changed_keys, diff_policies
 from engine.policy.guard import GuardSettings, GuardVerdict, Observation, judge
 from engine.policy.validate import (
     PolicyFile,
+    canonical_form,
     check_guard_section,
     check_values,
     content_hash,
@@ -104,25 +106,33 @@ class _State:
     """The snapshot's hash: whether a switch changed the settings, without comparing them."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AppliedPolicy:
     """What `apply_policy` did.
 
     Attributes:
-        pin: the version now active.
         outcome: `created` (a new version), `reactivated` (same content as an older
             version) or `unchanged` (same content as the active version: nothing done).
         previous_version: the version active before, if any.
+        name: the policy's name.
+        active: the activation now in force, as stored.
     """
 
-    pin: PolicyPin
     outcome: str
     previous_version: int | None
+    name: str
+    active: db.Active = field(repr=False)
+
+    @functools.cached_property
+    def pin(self) -> PolicyPin:
+        """The version now active, its body frozen on first read (a large body takes a
+        while: `moat policy apply` needs only its number)."""
+        return _pin(self.active, self.name)
 
     @property
     def message(self) -> str:
         """One line for the CLI."""
-        name, version = self.pin.name, self.pin.version
+        name, version = self.name, self.active.version
         if self.outcome == "unchanged":
             return f"policy '{name}': unchanged, identical to the active version {version}"
         was = f" (was {self.previous_version})" if self.previous_version else ""
@@ -234,6 +244,7 @@ def apply_policy(
             path=located.path or None,
         )
     check_values(body, located)  # before hashing: only what JSON holds, as it was given
+    text, digest = canonical_form(body)  # encoded once: hashed, and stored as it is
 
     def check(active: db.Active | None) -> None:
         validate_policy(
@@ -243,12 +254,13 @@ def apply_policy(
             previous_version=active.version if active else None,
             graphs=graphs,
             allow_new_keys=allow_new_keys,
+            values_checked=True,
         )
 
     active, outcome, previous = db.publish(
-        store, policy_name, body, content_hash(body), reason=reason, run_id=run_id, check=check
+        store, policy_name, body, digest, reason=reason, run_id=run_id, check=check, body_json=text
     )
-    return AppliedPolicy(_pin(active, policy_name), outcome, previous.version if previous else None)
+    return AppliedPolicy(outcome, previous.version if previous else None, policy_name, active)
 
 
 class PolicyManager:
@@ -382,7 +394,7 @@ class PolicyManager:
             reason=reason,
             run_id=self.run_id,
         )
-        self._refresh_now()
+        self._switch(applied.active, applied.pin)  # (no need to read it back from the store)
         return applied
 
     def rollback(self, to: int | None = None) -> PolicyPin:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "META_KEYS",
     "PolicyFile",
+    "canonical_form",
     "canonical_json",
     "check_values",
     "content_hash",
@@ -73,13 +74,26 @@ class PolicyFile(NamedTuple):
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:
-    """The body as canonical JSON (sorted keys, no spaces): what the content hash covers."""
-    return json.dumps(dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The body as canonical JSON (sorted keys, no spaces): what the content hash covers.
+
+    Raises:
+        ValueError: it holds NaN or an infinity (`check_values` refuses those, located).
+    """
+    return json.dumps(
+        dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def content_hash(body: Mapping[str, Any]) -> str:
     """sha256 (hex) of the body's canonical JSON; equal bodies share a hash."""
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    return canonical_form(body)[1]
+
+
+def canonical_form(body: Mapping[str, Any]) -> tuple[str, str]:
+    """`(canonical_json(body), content_hash(body))`, encoding the body once: the text is
+    what the store keeps, so a large body is not encoded twice."""
+    text = canonical_json(body)
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 def located_body(body: Mapping[str, Any], path: str = "") -> Located:
@@ -230,10 +244,12 @@ def _check_values(value: object, at: _Path, located: Located) -> None:
                     (*at, key),
                     key=True,
                 )
-            _check_values(item, (*at, key), located)
+            if not _plain(item):
+                _check_values(item, (*at, key), located)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_values(item, (*at, index), located)
+            if not _plain(item):
+                _check_values(item, (*at, index), located)
     elif value is not None and not isinstance(value, str | int | float):  # bool is an int
         raise _fail(
             located,
@@ -242,6 +258,16 @@ def _check_values(value: object, at: _Path, located: Located) -> None:
             "true/false, a list or a mapping",
             at,
         )
+
+
+def _plain(value: object) -> bool:
+    """Whether `value` is text, a whole number, true/false, none or a finite float, by its
+    exact type: what most of a large body holds, passed without the checks (and the
+    location tuple) `_check_values` makes for anything else."""
+    kind = value.__class__
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    return kind is float and math.isfinite(cast(float, value))
 
 
 _STORE_TEXT = ("hash", "redacted", "full")
@@ -271,6 +297,7 @@ def validate_policy(
     graphs: Sequence[Graph] = (),
     allow_new_keys: bool = False,
     previous_version: int | None = None,
+    values_checked: bool = False,
 ) -> None:
     """Refuse a policy body that is malformed, incompatible or out of range.
 
@@ -291,6 +318,8 @@ def validate_policy(
         graphs: graphs that will read this policy.
         allow_new_keys: accept keys the previous version does not have.
         previous_version: the previous version's number, for messages.
+        values_checked: the caller ran `check_values` on this very body already (as
+            `apply_policy` does before hashing it): a large body is not walked twice.
 
     Raises:
         PolicyError: the first problem found, located in the policy file.
@@ -298,7 +327,8 @@ def validate_policy(
     _check_mapping(body, located)
     assert isinstance(body, Mapping)
     _check_name(body, located)
-    _check_values(body, (), located)
+    if not values_checked:
+        _check_values(body, (), located)
     _check_store_text(body, located)
     check_guard_section(body, located)
     egress = check_egress_section(body)

@@ -231,6 +231,7 @@ def publish(
     reason: str,
     run_id: str,
     check: Callable[[Active | None], None],
+    body_json: str | None = None,
 ) -> tuple[Active, Outcome, Active | None]:
     """Validate against the active version and make `body` active, atomically.
 
@@ -246,6 +247,8 @@ def publish(
         reason: the activation reason.
         run_id: recorded with the `POLICY_ACTIVATED` event.
         check: called with the active version inside the transaction; raises to refuse.
+        body_json: the body's canonical strict JSON, when the caller has it (the text
+            `content_hash` covers): stored as it is instead of encoding the body again.
 
     Returns:
         `(active, outcome, previous)`.
@@ -274,7 +277,9 @@ def publish(
             return active, "reactivated", previous
         version = max(_store_policy.versions(conn, name), default=0) + 1
         parent = previous.version if previous else None
-        _store_policy.insert_snapshot(conn, name, version, content_hash, body, parent, "candidate")
+        _store_policy.insert_snapshot(
+            conn, name, version, content_hash, body, parent, "candidate", encoded=body_json
+        )
         return _activate(conn, name, version, reason, previous, run_id), "created", previous
 
 

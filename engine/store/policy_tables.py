@@ -75,8 +75,10 @@ def insert_snapshot(
     body: Mapping[str, Any],
     parent_version: int | None,
     status: str,
+    *,
+    encoded: str | None = None,
 ) -> None:
-    """Store a new snapshot.
+    """Store a new snapshot (`encoded`: the body's strict JSON, if the caller has it).
 
     Raises:
         StoreError: `(name, version)` already exists.
@@ -89,7 +91,9 @@ def insert_snapshot(
                 name,
                 version,
                 content_hash,
-                strict_json(dict(body), f"policy '{name}' version {version}", sort_keys=True),
+                encoded
+                if encoded is not None
+                else strict_json(dict(body), f"policy '{name}' version {version}", sort_keys=True),
                 time.time(),
                 parent_version,
                 status,

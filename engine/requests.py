@@ -49,6 +49,8 @@ META_FIELDS = ("conversation_id", "turn_index", "parent_request_id")
 _EXAMPLE = ', such as {"prompt": "..."}'
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SKIP_CHUNK = 1 << 16
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+"""The byte order marks of UTF-16, little- and big-endian."""
 _MAX_INT_BITS = 13_000
 """About 3,900 decimal digits: Python refuses to print (or write as JSON) longer integers."""
 
@@ -433,29 +435,46 @@ def _bad(seq: int, line: int | None, source: str, error: str) -> BatchItem:
 
 def _request_lines(fh: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | int]]:
     """(line number, its bytes) of every non-blank line; (line number, its size) for a line
-    over `limit` bytes, which is skipped in chunks and never held whole in memory."""
+    over `limit` bytes, which is skipped in chunks and never held whole in memory.
+
+    In a file that starts with a UTF-16 byte order mark a line blank but for NUL bytes (and
+    the mark) is blank: split at its newline bytes, the NUL of each line end (`\n\x00`
+    little-endian) starts the next line, and the last one would count as a line of its
+    own. (Such a file gives one `invalid_input` per request, asking for UTF-8.)"""
     number = 0
     limit = min(limit, sys.maxsize - 2)
+    utf16 = False
     while True:
         raw = fh.readline(limit + 2)  # the line, its "\r\n", and one byte to see it is over
         if not raw:
             return
         number += 1
+        if number == 1:
+            utf16 = raw.startswith(_UTF16_BOMS)
         more = len(raw) == limit + 2 and not raw.endswith(b"\n")  # the line goes on
         body = raw.rstrip(b"\r\n")
+        # (the byte order mark is no request either)
+        blank = _blank(body[2:] if utf16 and number == 1 else body, utf16)
         if not more and len(body) <= limit:
-            if body.strip():
+            if not blank:
                 yield number, body
             continue
-        size, blank = len(body), not body.strip()
+        size = len(body)
         while not raw.endswith(b"\n"):
             raw = fh.readline(_SKIP_CHUNK)
             if not raw:
                 break
             size += len(raw.rstrip(b"\r\n"))
-            blank = blank and not raw.strip()
+            blank = blank and _blank(raw, utf16)
         if not blank:
             yield number, size
+
+
+def _blank(raw: bytes, utf16: bool) -> bool:
+    """Whether a line holds no request: only white space (and NULs, in a UTF-16 file)."""
+    if utf16 and b"\x00" in raw:
+        raw = raw.replace(b"\x00", b"")
+    return not raw.strip()
 
 
 def count_requests(path: str | Path, *, limits: RequestLimits = DEFAULT_LIMITS) -> int:

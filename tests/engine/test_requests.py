@@ -47,6 +47,8 @@ def test_a_huge_line_is_skipped_without_being_read_into_memory(tmp_path: Path) -
     assert count_requests(path, limits=limits) == 3
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
 lines = st.lists(
     st.one_of(
         st.binary(max_size=40),
@@ -68,13 +70,67 @@ def test_every_non_blank_line_is_one_item_and_counting_agrees(
         limits = RequestLimits(max_request_bytes=limit, max_depth=depth)
         items = list(read_jsonl(path, limits=limits))
         assert count_requests(path, limits=limits) == len(items)
-    expected = [n for n, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    utf16 = data.startswith(UTF16_BOMS)  # there NULs (and the mark) are no request either
+    expected = [
+        n
+        for n, line in enumerate(data.split(b"\n"), start=1)
+        if (line[2 if n == 1 else 0 :].replace(b"\x00", b"") if utf16 else line).strip()
+    ]
     assert [item.line for item in items] == expected
     assert [item.seq for item in items] == list(range(len(items)))
     for item in items:
         assert (item.input is None) == (item.error is not None)
         if item.error is not None:
             assert item.error.startswith(f"{path}:{item.line}")
+
+
+UTF16_REQUESTS = st.lists(
+    st.one_of(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).map(
+            lambda p: json.dumps({"prompt": p}, ensure_ascii=False)
+        ),
+        st.sampled_from(["", "  ", "\t"]),  # blank lines
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    requests=UTF16_REQUESTS,
+    encoding=st.sampled_from(["utf-16", "utf-16-le", "utf-16-be"]),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    final=st.sampled_from(["", "\n", "\r\n", "\x00"]),
+)
+def test_a_utf16_file_with_its_bom_gives_one_item_per_request_and_none_for_its_line_ends(
+    requests: list[str], encoding: str, ending: str, final: str
+) -> None:
+    """Split at its newline bytes, a UTF-16 little-endian file leaves the NUL of each line
+    end at the start of the next line, the last one on a line of its own: that NUL is no
+    request. Each request is one item, asking for the file as UTF-8."""
+    bom = "\ufeff" if encoding != "utf-16" else ""  # the `utf-16` codec writes its own
+    text = bom + ending.join(requests) + final
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.jsonl"
+        path.write_bytes(text.encode(encoding))
+        items = list(read_jsonl(path))
+        counted = count_requests(path)
+    expected = [n for n, line in enumerate(requests, start=1) if line.strip()]
+    if not expected:  # nothing but blank lines (and a final NUL): no request at all
+        assert items == [] and counted == 0
+        return
+    assert [item.line for item in items] == expected and counted == len(expected)
+    for item in items:
+        assert item.error is not None
+        assert item.error.endswith("the file looks UTF-16: save it as UTF-8"), item.error
+
+
+def test_a_utf16_file_ending_in_a_newline_is_as_many_requests_as_lines(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes('{"prompt": "a"}\n{"prompt": "b"}\n'.encode("utf-16"))  # BOM first
+    assert [item.line for item in read_jsonl(path)] == [1, 2]
+    assert count_requests(path) == 2
 
 
 json_values = st.recursive(

@@ -274,6 +274,18 @@ valid_prompt = st.text(
 ).filter(lambda t: t.strip() == t and t)
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def holds_request(raw: bytes, utf16: bool, first: bool) -> bool:
+    """Whether a line counts as a request: anything but white space, and in a file that
+    starts with a UTF-16 byte order mark anything but white space, NULs (the NUL of a
+    UTF-16 line end, split at its newline byte, starts the line after it) and the mark."""
+    if not utf16:
+        return bool(raw.strip())
+    return bool(raw[2 if first else 0 :].replace(b"\x00", b"").strip())
+
+
 @EXAMPLES
 @given(
     lines=st.lists(
@@ -292,7 +304,12 @@ def test_any_lines_never_abort_the_batch_and_each_gets_one_result(
     graph = write_graph(folder)
     requests = folder / "in.jsonl"
     requests.write_bytes(b"\n".join(raw for _, raw in lines) + b"\n")
-    expected = [(kind, n) for n, (kind, raw) in enumerate(lines, start=1) if raw.strip()]
+    utf16 = lines[0][1].startswith(UTF16_BOMS)
+    expected = [
+        (kind, n)
+        for n, (kind, raw) in enumerate(lines, start=1)
+        if holds_request(raw, utf16, n == 1)
+    ]
     out = folder / "out.jsonl"
     args = ["--input", str(requests), "--out", str(out), "--db", str(folder / "t.db")]
     code, _, err = run(capsys, str(graph), *args)
@@ -358,7 +375,8 @@ def test_every_line_is_answered_once_and_recorded_whatever_the_others_hold(
     graph = write_graph(folder)
     requests = folder / "in.jsonl"
     requests.write_bytes(ending.join(raw for _, raw in lines) + (ending if final else b""))
-    expected = [kind for kind, raw in lines if raw.strip()]
+    utf16 = lines[0][1].startswith(UTF16_BOMS)
+    expected = [kind for n, (kind, raw) in enumerate(lines) if holds_request(raw, utf16, n == 0)]
     out, db = folder / "out.jsonl", folder / "t.db"
     started = time.monotonic()
     code, _, err = run_file(capsys, graph, requests, out, db)

@@ -92,11 +92,15 @@ def _time_bound(spec: ModelSpec) -> float | None:
 
 
 def _wait_refused(exc: RateLimited | Unavailable, delay: float) -> RateLimited | Unavailable:
-    """The rate limit (or 503), saying that its Retry-After is longer than a call waits."""
+    """The rate limit (or 503), saying that its Retry-After is longer than a call waits.
+
+    The error carries no `retry_after_s`: a node's `retries:` wait what it says, and a wait
+    the call refused (a day, a year) would hold the node as long; the node retries after
+    its own backoff instead.
+    """
     return type(exc)(
         f"{exc.reason}; it asked to wait {delay:.0f} s before a retry, longer than the "
-        f"{RETRY_AFTER_CAP_S:g} s a call waits",
-        retry_after_s=exc.retry_after_s,
+        f"{RETRY_AFTER_CAP_S:g} s a call waits"
     )
 
 
@@ -319,12 +323,12 @@ class Gateway(Ledger):
                     seed = f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}"
                     jitter = random.Random(seed)
                 delay = self._backoff(name, attempt, exc, jitter)
+                if isinstance(exc, RateLimited | Unavailable) and delay > RETRY_AFTER_CAP_S:
+                    raise located(_wait_refused(exc, delay), scope, attempt + 1) from exc
                 late = scope.deadline is not None and scope.clock() + delay >= scope.deadline
                 unreachable = spec.fallback is not None and isinstance(exc, ConnectFailed)
                 if attempt >= spec.max_retries or late or unreachable:
                     raise located(exc, scope, attempt + 1) from exc
-                if isinstance(exc, RateLimited | Unavailable) and delay > RETRY_AFTER_CAP_S:
-                    raise located(_wait_refused(exc, delay), scope, attempt + 1) from exc
             await anyio.sleep(delay)
             attempt += 1
 

@@ -18,12 +18,14 @@ import anyio
 import pytest
 
 from engine.errors import MoatError, TransientError
-from engine.events import LlmCall
+from engine.events import LlmCall, MemorySink
+from engine.graph.loader import load_graph_text
 from engine.graph.spec import ModelSpec, Price
 from engine.models import CallScope, Gateway
 from engine.models.gateway import RETRY_AFTER_CAP_S
 from engine.models.openai_provider import ClientRegistry, OpenAIProvider, status_error
 from engine.plugin.context import RequestInfo
+from engine.scheduler.runner import Runner
 from tests.support.hostile_openai import Reply, hostile_endpoint, http
 
 BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
@@ -116,3 +118,38 @@ def test_transient_statuses_carry_their_retry_after(status: int) -> None:
     error = status_error("model 'm'", status, {"Retry-After": "3"}, f"Error code: {status}")
     assert isinstance(error, TransientError)
     assert getattr(error, "retry_after_s", None) == (3.0 if status in (408, 503) else None)
+
+
+NODE_GRAPH = """\
+moat: 1
+name: node-retry
+models:
+  m: {{provider: openai, model: gpt-4o-mini, base_url: "{base_url}", max_retries: 0,
+      price: {{input: 1.0, output: 2.0}}}}
+input: {{type: object, required: [prompt], properties: {{prompt: {{type: string}}}}}}
+nodes:
+  answer:
+    type: model
+    retries: 1
+    with: {{model: m, prompt: "{{{{ input.prompt }}}}", max_tokens: 10}}
+output: {{answer: answer.text}}
+"""
+
+
+@BACKENDS
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_node_retry_never_waits_a_retry_after_the_call_refused(status: int) -> None:
+    """A Retry-After longer than a call waits ends the call at once; the node's `retries:`
+    must not then sleep it (a day, a year) either: the node retries after its own backoff,
+    and the request ends."""
+    reply = http(status, {"error": {"message": "go away"}}, {"retry-after": "99999999"})
+    sink = MemorySink()
+    async with hostile_endpoint({"m": reply}) as root:
+        graph = load_graph_text(NODE_GRAPH.format(base_url=f"{root}/m/v1"), "retry.yaml")
+        async with Runner(graph, sink=sink) as runner:
+            with anyio.fail_after(10):
+                result = await runner.run({"prompt": "hi"}, request_id="r1")
+    assert result.status == "failed"
+    assert f"longer than the {RETRY_AFTER_CAP_S:g} s a call waits" in (result.error or "")
+    assert [c.status for c in sink.llm_calls("r1")] == ["error", "error"]

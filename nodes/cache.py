@@ -172,7 +172,7 @@ class CacheNode(Node):
         if config.total_bytes is not None:
             _limit(cache, config.total_bytes)
         if config.warm_file:  # relative to the graph, not the working directory
-            warm_file = ctx.resolve_path(config.warm_file)
+            warm_file = ctx.resolve_path(config.warm_file, key="warm_file")
             if warm_file not in cache.warmed_files:
                 cache.warm(_read_warm_file(warm_file))
                 cache.warmed_files.add(warm_file)

@@ -397,7 +397,7 @@ async def _relevant_principles(
     """The request's relevant principles: computed by the first critic, reused by the rest."""
     source = config.principles
     if isinstance(source, str):  # a file: relative to the graph, not the working directory
-        source = ctx.resolve_path(source)
+        source = ctx.resolve_path(source, key="principles")
     key = source_key(source)
     index = ctx.shared.get(
         "principles-index:" + key, lambda: PrincipleIndex(load_principles(source))

@@ -14,9 +14,8 @@ thread, as a search of more than `INLINE_SEARCH` passages does.
 A `corpus:` written in the graph may name any file (relative to the graph file). One an
 expression makes (`"{{ input.corpus }}"`, request data) must resolve, symlinks followed,
 inside `corpus_root:` (a folder written in the graph) or else the graph file's folder: a
-request cannot make the node read `/etc/passwd` or `../../secret`. The node tells the two
-apart by what `moat check` (which every graph load runs) saw written: only a literal is
-validated with its file then, and recorded in `_WRITTEN`.
+request cannot make the node read `/etc/passwd` or `../../secret`
+(`NodeContext.resolve_path`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import anyio
 from cachetools import LRUCache
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, NodeError, at_check, graph_file, read_text_file
+from engine import Node, NodeContext, at_check, graph_file, read_text_file
 from nodes._support.datafiles import json_lines, yaml_data
 from nodes._support.embed import Embedder, HashingEmbedder, cosine, embedder_problem, get_embedder
 
@@ -44,11 +43,6 @@ INLINE_TEXTS = 64
 corpus of thousands of passages takes a good part of a second)."""
 INLINE_SEARCH = 1000
 """Passages a search compares the query with on the event loop; more, in a worker thread."""
-
-_WRITTEN: set[tuple[str, str]] = set()
-"""(`corpus` or `corpus_root`, path) of the values graphs write literally, joined to the
-graph's folder as `moat check` and `NodeContext.resolve_path` both join them: what the
-graph's author chose, as opposed to what a request's data made."""
 
 
 class Passage(BaseModel):
@@ -102,20 +96,18 @@ class RetrieveNode(Node):
             path = graph_file(value, info) if value is not None else None
             if path is not None:  # `moat check`: a file every request would fail on
                 _read_corpus(path)
-                _WRITTEN.add(("corpus", path))
             return value
 
         @field_validator("corpus_root")
         @classmethod
         def _root_is_a_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
             path = graph_file(value, info) if value is not None else None
-            if path is not None:  # written in the graph (an expression is not checked here)
-                if not os.path.isdir(path):
-                    raise ValueError(
-                        f"{path!r} is not a folder; name the folder the corpus files that "
-                        "requests choose live in"
-                    )
-                _WRITTEN.add(("corpus_root", path))
+            # (written in the graph: an expression is not checked here)
+            if path is not None and not os.path.isdir(path):
+                raise ValueError(
+                    f"{path!r} is not a folder; name the folder the corpus files that "
+                    "requests choose live in"
+                )
             return value
 
         @field_validator("passages")
@@ -162,7 +154,10 @@ class RetrieveNode(Node):
     async def run(self, config: Config, ctx: NodeContext) -> Output:
         """Search the (cached) index; reuse the request's earlier identical search."""
         if config.corpus is not None:  # relative to the graph, not the working directory
-            config = config.model_copy(update={"corpus": _corpus_path(config, ctx)})
+            path = ctx.resolve_path(
+                config.corpus, key="corpus", root=config.corpus_root, root_key="corpus_root"
+            )
+            config = config.model_copy(update={"corpus": path})
         source = _source_key(config)  # (it reads the file's size and time: raises if gone)
         embedder = get_embedder(config.embedder)
         index = self._indexes.get(source)
@@ -209,38 +204,6 @@ def _best(index: _Index, q: list[float], config: RetrieveNode.Config) -> list[Pa
         for s, i in scored[: config.k]
         if s >= config.min_score
     ]
-
-
-def _corpus_path(config: RetrieveNode.Config, ctx: NodeContext) -> str:
-    """The file to read: a corpus the graph names as it is; one a request's data made only
-    inside the configured root (or the graph file's folder), resolved.
-
-    Raises:
-        NodeError: the path leaves the root, or the root itself came from an expression.
-    """
-    assert config.corpus is not None
-    path = ctx.resolve_path(config.corpus)
-    if ("corpus", path) in _WRITTEN:
-        return path
-    if config.corpus_root is None:
-        root, what = ctx.resolve_path("."), "the graph file's folder"
-    else:
-        root, what = ctx.resolve_path(config.corpus_root), "`corpus_root`"
-        if ("corpus_root", root) not in _WRITTEN:
-            raise NodeError(
-                f"corpus_root {config.corpus_root!r} was not written in the graph; write the "
-                "folder itself, not an expression (requests may not choose the root)",
-                node_id=ctx.node_id,
-            )
-    real, top = os.path.realpath(path), os.path.realpath(root)
-    if os.path.commonpath([real, top]) != top:
-        raise NodeError(
-            f"corpus {config.corpus!r} (from an expression) resolves to {real!r}, outside "
-            f"{what} {top!r}; a corpus chosen by request data must stay inside it: give a "
-            "file there, or set `corpus_root:` in the graph to the folder such files live in",
-            node_id=ctx.node_id,
-        )
-    return real
 
 
 def _source_key(config: RetrieveNode.Config) -> str:

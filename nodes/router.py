@@ -345,7 +345,11 @@ def _learned(config: RouterNode.Config, ctx: NodeContext) -> LearnedRouter | Non
     """The learned routing model `weights` names, or a NodeError saying what is wrong."""
     if config.weights is None:
         return None
-    source = config.weights if config.weights == "builtin" else ctx.resolve_path(config.weights)
+    source = (
+        config.weights
+        if config.weights == "builtin"
+        else ctx.resolve_path(config.weights, key="weights")
+    )
     try:
         learned = load_router(source)
     except (OSError, ValueError) as exc:

@@ -264,9 +264,56 @@ class NodeContext:
         warnings.warn("ctx.store is deprecated: use ctx.shared", DeprecationWarning, stacklevel=2)
         return self.shared
 
-    def resolve_path(self, path: str) -> str:
+    def written(self, key: str) -> bool:
+        """Whether the graph writes `with: key` itself (a literal, or left to its default),
+        as opposed to an expression that makes it on each run from request data or a
+        policy value. A context with no graph behind it (a test double) says True."""
+        return True
+
+    def resolve_path(
+        self,
+        path: str,
+        *,
+        key: str | None = None,
+        root: str | None = None,
+        root_key: str | None = None,
+    ) -> str:
         """A file path from `with:`, relative to the graph file's folder (not the working
-        directory), so a graph reads the same files wherever it is run from."""
+        directory), so a graph reads the same files wherever it is run from.
+
+        A path the graph writes is its author's choice and may name any file. Pass `key`,
+        the `with:` key the path came from: when an expression made it, the path must
+        resolve, symlinks followed, inside `root` (a folder, relative to the graph file's;
+        `root_key` is the `with:` key that names it, which the graph must write itself)
+        or else inside the graph file's folder, so that a request cannot make the node
+        read `/etc/passwd` or `../../secret`.
+
+        Raises:
+            NodeError: an expression made a path outside its folder, or made the folder.
+        """
+        joined = self._joined(path)
+        if key is None or self.written(key):
+            return joined
+        if root is not None and root_key is not None and not self.written(root_key):
+            raise NodeError(
+                f"`{root_key}` {shown(root)} was made by an expression; write the folder "
+                "itself in the graph (requests may not choose where files are read from)",
+                node_id=self.node_id,
+            )
+        top = os.path.realpath(self._joined(root if root is not None else "."))
+        real = os.path.realpath(joined)
+        if os.path.commonpath([real, top]) != top:
+            where = f"`{root_key}`" if root is not None and root_key else "the graph file's folder"
+            fix = f", or set `{root_key}:` to the folder such files live in" if root_key else ""
+            raise NodeError(
+                f"`{key}` {shown(path)}, made by an expression, resolves to {real!r}, outside "
+                f"{where} {top!r}; a path request data or a policy chooses must stay inside "
+                f"it: name a file there{fix}",
+                node_id=self.node_id,
+            )
+        return real
+
+    def _joined(self, path: str) -> str:
         path = os.path.expanduser(path)
         # The runtime is the scheduler's request (it holds the graph); a test double may not.
         base = getattr(getattr(self._runtime, "graph", None), "base_dir", None)

@@ -104,6 +104,11 @@ class NodeCtx(NodeContext):
         self.shared = shared
         self._runtime = req
 
+    def written(self, key: str) -> bool:
+        """Whether the graph writes `with: key` itself rather than an expression making it."""
+        made = self.cell.node.config.open_keys
+        return made is not None and key not in made
+
     def after_success(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` after the request succeeds, off the response path (cache
         stores), and only if the request used this run's result: a speculative run

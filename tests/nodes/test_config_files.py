@@ -16,7 +16,7 @@ import anyio
 import pytest
 from pydantic import BaseModel, ValidationInfo, field_validator
 
-from engine import Node, NodeContext, graph_file
+from engine import Node, NodeContext, graph_file, load_graph
 from engine.graph.loader import check_text
 from engine.plugin.registry import Registry
 from tests.support.sched_nodes import run
@@ -239,3 +239,87 @@ def test_a_schema_that_is_no_json_schema_is_refused_at_check(
 ) -> None:
     (error,) = errors(tmp_path, node + "\n", output="n")
     assert "node 'n': " in error and says in error
+
+
+@pytest.mark.parametrize(
+    ("node", "key", "good"),
+    [
+        (
+            'n: {type: cache, with: {text: "{{ input.prompt }}", warm_file: "{{ input.path }}"}}',
+            "warm_file", ("warm.jsonl", '{"prompt": "refunds", "value": "five days"}\n'),
+        ),
+        (
+            "n: {type: critic, with: {mode: request, model: small, request: "
+            '"{{ input.prompt }}", principles: "{{ input.path }}"}}',
+            "principles", ("p.yaml", "- Be kind\n"),
+        ),
+        (
+            'n: {type: router, with: {text: "{{ input.prompt }}", weights: "{{ input.path }}", '
+            "routes: {cheap: {model: small}}}}",
+            "weights", None,
+        ),
+    ],
+)  # fmt: skip
+@pytest.mark.anyio
+async def test_a_file_path_request_data_makes_stays_in_the_graph_folder(
+    tmp_path: Path, node: str, key: str, good: tuple[str, str] | None
+) -> None:
+    """Every built-in node that reads a file its `with:` names follows one rule: a path an
+    expression makes must resolve, symlinks followed, inside the graph file's folder."""
+    home = tmp_path / "project"
+    home.mkdir()
+    (tmp_path / "secret.txt").write_text("- the launch code is 0000\n")
+    (home / "link.txt").symlink_to(tmp_path / "secret.txt")
+    text = HEADER.replace("corpus: {type: string}", "path: {type: string}")
+    (home / "g.yaml").write_text(text + f"  {node}\noutput:\n  a: n\n")
+    graph = load_graph(home / "g.yaml")
+    for given, resolved in [
+        ("/etc/passwd", "/etc/passwd"),
+        ("../secret.txt", tmp_path / "secret.txt"),
+        ("link.txt", tmp_path / "secret.txt"),
+        ("~/../../etc/passwd", "/etc/passwd"),
+    ]:
+        result, _ = await run(graph, {"prompt": "refunds", "path": given})
+        assert result.status == "failed", (given, result.output)
+        assert result.error == (
+            f"node 'n': `{key}` {given!r}, made by an expression, resolves to "
+            f"'{os.path.realpath(resolved)}', outside the graph file's folder "
+            f"'{os.path.realpath(home)}'; a path request data or a policy chooses must stay "
+            "inside it: name a file there"
+        )
+    if good is not None:
+        (home / good[0]).write_text(good[1])
+        result, _ = await run(graph, {"prompt": "refunds", "path": good[0]})
+        assert result.status == "ok", result.error
+
+
+@pytest.mark.anyio
+async def test_a_plugin_confines_the_paths_an_expression_makes_by_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    class Confined(Lookup):
+        type_name = "confined"
+
+        async def run(self, config: _Config, ctx: NodeContext) -> _Output:
+            path = ctx.resolve_path(config.table, key="table")
+            return _Output(rows=len(Path(path).read_text().splitlines()))
+
+    registry = Registry.default().copy()
+    registry.add(Confined)
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("x\n")
+    for table, ok in [("t.txt", True), (str(outside), True), ('"{{ input.path }}"', None)]:
+        text = HEADER.replace("corpus: {type: string}", "path: {type: string}")
+        text += f"  n: {{type: confined, with: {{table: {table}}}}}\noutput:\n  a: n.rows\n"
+        (tmp_path / "g.yaml").write_text(text)
+        graph = load_graph(tmp_path / "g.yaml", registry=registry)
+        if ok:  # written in the graph: the author's choice, wherever it is
+            result, _ = await run(graph, {"prompt": "p"})
+            assert result.output == {"a": 2 if table == "t.txt" else 1}, result.error
+            continue
+        result, _ = await run(graph, {"prompt": "p", "path": "t.txt"})
+        assert result.output == {"a": 2}, result.error
+        result, _ = await run(graph, {"prompt": "p", "path": str(outside)})
+        assert result.status == "failed"
+        assert result.error is not None and "outside the graph file's folder" in result.error

@@ -12,21 +12,12 @@ from pathlib import Path
 import pytest
 
 from engine import Graph, SpecError, load_graph
-from engine.plugin.files import CHECK_CONTEXT, LATER_CONTEXT
 from nodes._support.embed import HashingEmbedder, cosine, get_embedder, qcosine, quantize
 from nodes.retrieve import INDEXES, INLINE_SEARCH, RetrieveNode
 from tests.support.nodes_fakes import FakeRuntime, run_node
 from tests.support.sched_nodes import run
 
 pytestmark = pytest.mark.anyio
-
-
-def written(config: dict[str, object], folder: Path | None = None) -> dict[str, object]:
-    """`config` as `moat check` saw it written in a graph file in `folder` (every graph load
-    checks): its paths are the author's, not a request's."""
-    context = {CHECK_CONTEXT: folder, LATER_CONTEXT: frozenset()}
-    RetrieveNode.Config.model_validate(config, context=context)
-    return config
 
 
 PASSAGES = [
@@ -88,17 +79,15 @@ async def test_corpus_files(tmp_path: Path, suffix: str) -> None:
         path.write_text("passages:\n" + "".join(f"  - {t}\n" for t in texts))
     else:
         path.write_text("\n\n".join(texts))
-    cfg = written({"query": "garbage collector in Rust", "corpus": str(path), "k": 1})
-    out = await run_node(RetrieveNode(), cfg)
+    out = await run_node(
+        RetrieveNode(), {"query": "garbage collector in Rust", "corpus": str(path), "k": 1}
+    )
     assert out.passages[0].text == texts[1]
 
 
-async def test_missing_corpus_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)  # a graph given as text reads from the working directory
+async def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read corpus"):
-        await run_node(RetrieveNode(), {"query": "q", "corpus": "none.jsonl"})
+        await run_node(RetrieveNode(), {"query": "q", "corpus": str(tmp_path / "none.jsonl")})
     with pytest.raises(ValueError, match="needs `corpus`"):
         await run_node(RetrieveNode(), {"query": "q"})
 
@@ -117,7 +106,7 @@ async def test_a_corpus_file_edited_while_serving_is_read_again(tmp_path: Path) 
     path = tmp_path / "corpus.txt"
     path.write_text("Cats purr when content.\n\nRust has no garbage collector.")
     node = RetrieveNode()
-    cfg = written({"query": "garbage collector", "corpus": str(path), "k": 1})
+    cfg = {"query": "garbage collector", "corpus": str(path), "k": 1}
     assert (await run_node(node, cfg, FakeRuntime())).passages[0].text.startswith("Rust")
     path.write_text("Cats purr when content.\n\nGo has a concurrent garbage collector now.")
     assert (await run_node(node, cfg, FakeRuntime())).passages[0].text.startswith("Go has")
@@ -193,10 +182,10 @@ async def test_a_corpus_request_data_names_must_stay_in_the_graph_folder(tmp_pat
         result, _ = await run(graph, {"prompt": "code", "corpus": given})
         assert result.status == "failed" and result.output is None
         assert result.error == (
-            f"node 'docs': corpus {given!r} (from an expression) resolves to "
+            f"node 'docs': `corpus` {given!r}, made by an expression, resolves to "
             f"'{os.path.realpath(resolved)}', outside the graph file's folder "
-            f"'{os.path.realpath(home)}'; a corpus chosen by request data must stay inside it: "
-            "give a file there, or set `corpus_root:` in the graph to the folder such files "
+            f"'{os.path.realpath(home)}'; a path request data or a policy chooses must stay "
+            "inside it: name a file there, or set `corpus_root:` to the folder such files "
             "live in"
         )
 
@@ -226,8 +215,8 @@ async def test_a_corpus_root_a_request_chooses_is_refused(tmp_path: Path) -> Non
     graph = rooted(home, 'corpus: "{{ input.corpus }}", corpus_root: "{{ input.root }}"')
     result, _ = await run(graph, {"prompt": "code", "corpus": "/etc/passwd", "root": "/"})
     assert result.error == (
-        "node 'docs': corpus_root '/' was not written in the graph; write the folder itself, "
-        "not an expression (requests may not choose the root)"
+        "node 'docs': `corpus_root` '/' was made by an expression; write the folder itself in "
+        "the graph (requests may not choose where files are read from)"
     )
 
 

@@ -18,6 +18,8 @@ surrogates (text that cannot be stored or written as UTF-8) and JSON types only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -49,8 +51,8 @@ META_FIELDS = ("conversation_id", "turn_index", "parent_request_id")
 _EXAMPLE = ', such as {"prompt": "..."}'
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SKIP_CHUNK = 1 << 16
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-"""The byte order marks of UTF-16, little- and big-endian."""
+_UTF16_BOMS = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+"""The byte order marks of UTF-16, and the encodings they mark."""
 _MAX_INT_BITS = 13_000
 """About 3,900 decimal digits: Python refuses to print (or write as JSON) longer integers."""
 
@@ -406,6 +408,9 @@ def _number_problem(message: str) -> str:
     return message.split(";")[0]
 
 
+_UTF16_FIX = "not UTF-8 text; the file looks UTF-16: save it as UTF-8"
+
+
 def _save_as_utf8(raw: bytes) -> str:
     """How to fix a line that is not UTF-8 (or not JSON for holding NUL bytes): a file
     saved as UTF-16 (Windows' "Unicode") has a NUL beside every ASCII character; the line
@@ -433,24 +438,20 @@ def _bad(seq: int, line: int | None, source: str, error: str) -> BatchItem:
     return BatchItem(seq, None, error=error, line=line, source=source)
 
 
-def _request_lines(fh: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | int]]:
+def _request_lines(fh: IO[bytes] | _Utf16Lines, limit: int) -> Iterator[tuple[int, bytes | int]]:
     """(line number, its bytes) of every non-blank line; (line number, its size) for a line
     over `limit` bytes, which is skipped in chunks and never held whole in memory.
 
-    In a file that starts with a UTF-16 byte order mark a line blank but for NUL bytes (and
-    the mark) is blank: split at its newline bytes, the NUL of each line end (`\n\x00`
-    little-endian) starts the next line, and the last one would count as a line of its
-    own. (Such a file gives one `invalid_input` per request, asking for UTF-8.)"""
+    A UTF-16 file (`_Utf16Lines`) gives one line per line of its text, and one blank but
+    for NULs (white space, a U+0000) and the byte order mark is blank."""
     number = 0
     limit = min(limit, sys.maxsize - 2)
-    utf16 = False
+    utf16 = isinstance(fh, _Utf16Lines)
     while True:
         raw = fh.readline(limit + 2)  # the line, its "\r\n", and one byte to see it is over
         if not raw:
             return
         number += 1
-        if number == 1:
-            utf16 = raw.startswith(_UTF16_BOMS)
         more = len(raw) == limit + 2 and not raw.endswith(b"\n")  # the line goes on
         body = raw.rstrip(b"\r\n")
         # (the byte order mark is no request either)
@@ -477,9 +478,53 @@ def _blank(raw: bytes, utf16: bool) -> bool:
     return not raw.strip()
 
 
+class _Utf16Lines:
+    """A UTF-16 file (one that starts with a byte order mark) split at its newline
+    characters, not at each 0x0A byte (half of many a character and of every `\n`): each
+    line in the file's own encoding, ending in `b"\n"`, as `_request_lines` reads lines.
+    Its lines are then refused as any line that is not UTF-8 is, one per request."""
+
+    def __init__(self, fh: IO[bytes], encoding: str) -> None:
+        self._text = io.TextIOWrapper(fh, encoding=encoding, errors="surrogatepass", newline="\n")
+        self._encoding = encoding
+        self._pending = b""
+
+    def readline(self, size: int) -> bytes:
+        """At most `size` bytes of the line (no more of it is held in memory)."""
+        if not self._pending:
+            try:
+                line = self._text.readline(max(size // 2, 1))
+            except UnicodeDecodeError:  # an odd last byte (a NUL pad): no character
+                line = ""
+            body = line.removesuffix("\n")
+            end = b"\n" if len(body) < len(line) else b""
+            self._pending = body.encode(self._encoding, "surrogatepass") + end
+        raw, self._pending = self._pending[:size], self._pending[size:]
+        return raw
+
+    def detach(self) -> None:
+        """Let go of the file without closing it."""
+        self._text.detach()
+
+
+@contextlib.contextmanager
+def _open_lines(path: str | Path) -> Iterator[IO[bytes] | _Utf16Lines]:
+    """The file to read request lines from: itself, or its text if it is UTF-16."""
+    with open(path, "rb") as fh:
+        encoding = _UTF16_BOMS.get(fh.peek(2)[:2])
+        if encoding is None:
+            yield fh
+            return
+        lines = _Utf16Lines(fh, encoding)
+        try:
+            yield lines
+        finally:
+            lines.detach()  # the file is closed with `fh`, not by the text wrapper
+
+
 def count_requests(path: str | Path, *, limits: RequestLimits = DEFAULT_LIMITS) -> int:
     """How many requests `read_jsonl` yields for the file (its non-blank lines)."""
-    with open(path, "rb") as fh:
+    with _open_lines(path) as fh:
         return sum(1 for _ in _request_lines(fh, limits.max_request_bytes))
 
 
@@ -493,10 +538,13 @@ def read_jsonl(
     # the name as the errors show it: bytes of a file name that are not UTF-8 (which Python
     # keeps as lone surrogates) written `\xff`, as no text can hold them
     source = os.fsencode(path).decode("utf-8", "backslashreplace")
-    with open(path, "rb") as fh:
+    with _open_lines(path) as fh:
         for seq, (number, raw) in enumerate(_request_lines(fh, limits.max_request_bytes)):
             if isinstance(raw, int):
                 yield _bad(seq, number, source, f"{source}:{number}: {_too_big(raw, limits)}")
+                continue
+            if isinstance(fh, _Utf16Lines):  # (whatever its bytes look like as UTF-8)
+                yield _bad(seq, number, source, f"{source}:{number}: {_UTF16_FIX}")
                 continue
             yield decode_request(
                 raw, seq=seq, line=number, source=source, declared=declared, limits=limits

@@ -27,7 +27,13 @@ from engine.policy.manager import (
 )
 from engine.policy.validate import PolicyFile
 from engine.report.columns import columns
-from engine.store.policy_ops import Active, graph_paths, poll_active, version_numbers
+from engine.store.policy_ops import (
+    Active,
+    graph_paths,
+    guard_decisions,
+    poll_active,
+    version_numbers,
+)
 from engine.store.policy_tables import listed
 from engine.store.store import Row, Store
 
@@ -468,8 +474,30 @@ def cmd_history(args: argparse.Namespace) -> int:
                     printable(row["reason"] or "-"),
                 ]
             )
+        versions = {int(row["version"]) for row in rows}
+        guard = [
+            [_when(d["started_at"]), printable(str(d["decision"])), _guard_reason(d)]
+            for d in guard_decisions(store, name, version=version)
+            if _judged(d) in versions
+        ]
     print(columns(table, right={0, 2}), end="")
+    if guard:  # why the regression guard kept or rolled back the versions shown
+        print("\nguard decisions:")
+        print(columns([["JUDGED", "DECISION", "WHY"], *guard]), end="")
     return 0
+
+
+def _judged(decision: dict[str, Any]) -> int | None:
+    """The version a guard decision judged (kept, or rolled back from)."""
+    payload = decision.get("payload") or {}
+    found = payload.get("version", payload.get("from_version"))
+    return found if isinstance(found, int) else None
+
+
+def _guard_reason(decision: dict[str, Any]) -> str:
+    payload = decision.get("payload") or {}
+    reason = payload.get("reason")
+    return printable(str(reason)) if reason else "-"
 
 
 def _activation_status(row: Row, current: int | None) -> str:

@@ -7,7 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
+
 from engine import EventType
+from engine.cli import main
 from engine.policy.manager import PolicyManager
 from engine.store.policy_ops import guard_decisions
 from engine.store.store import Store
@@ -104,3 +108,35 @@ def test_guard_decisions_list_rollbacks_beside_versions_kept(tmp_path: Path) -> 
     assert [d["decision"] for d in guard_decisions(m.store, "triage")] == ["v2 -> v1"]
     assert guard_decisions(m.store, "triage", version=1) == []
     assert gate_rows(m.store) == []  # the rollback's own event says why
+
+
+def test_policy_history_says_why_the_guard_kept_or_rolled_back_each_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = manager(tmp_path)
+    feed(m, 1, n=3)
+    m.apply({**BODY, "guard": {"window": 10, "max_cost_ratio": 1.3}}, allow_new_keys=True)
+    feed(m, 2, n=10, cost=0.5)
+    assert m.check_guard() is not None  # kept: too few samples to judge its ratios
+    feed(m, 2, n=10, cost=0.5)
+    m.apply({**BODY, "router": {"threshold": 0.5}, "guard": {"window": 10, "max_cost_ratio": 1.3}},
+            allow_new_keys=True)  # fmt: skip
+    feed(m, 3, n=10, cost=5.0)
+    assert m.check_guard() is not None and m.current().version == 2
+    try:
+        assert main(["policy", "history", "--db", str(tmp_path / "moat.db")]) == 0
+    finally:
+        structlog.reset_defaults()  # `main` binds structlog to the captured stderr
+    out = capsys.readouterr().out
+    _, guard = out.split("guard decisions:\n")
+    rows = [line.split(None, 4)[2:] for line in guard.splitlines()[1:]]
+    assert rows == [
+        ["keep", "v2", "guard: passed what it could judge; cost ratio not checked: "
+         "baseline v1 has 3 samples, 5 needed"],
+        ["v3", "->", "v2  guard: cost ratio 10 > 1.3"],
+    ]  # fmt: skip
+    try:  # one version's history shows that version's decisions only
+        assert main(["policy", "history", "triage@3", "--db", str(tmp_path / "moat.db")]) == 0
+    finally:
+        structlog.reset_defaults()
+    assert "v3 -> v2" in capsys.readouterr().out.split("guard decisions:\n")[1]

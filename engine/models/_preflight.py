@@ -5,20 +5,24 @@ A missing key or an endpoint that is no URL would fail every call of a run in th
 known before any request, it is refused once, up front (`moat run` and `moat serve` exit 2,
 `Pipeline(...)` raises `SpecError`), naming the graph, the model as the graph calls it, the
 setting at fault and the fix. Only models a run can call are checked: those its nodes name
-in their config (`model_keys`, the config's default included) and, from those, the chain of
-their `fallback:`. A model the graph declares but no node names is not, nor one a node picks
-at run time with an expression (`model: "{{ policy.review.model }}"`): whether it is ever
-called is not known up front, and a call to it fails as before with the same words.
+in their config (`model_keys`, the config's default included), those an expression there
+can give when every value it can give is written in the graph (`"{{ 'large' if input.hard
+else 'small' }}"`: both), and, from those, the chain of their `fallback:`. A model the graph
+declares but no node names is not, nor one an expression can give beside a value known only
+at run time (`"{{ policy.review.model }}"`, `"{{ input.model or 'large' }}"`): which models
+such a run calls is not known up front, and a call to one fails as before with the same
+words.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import SpecError
-from engine.graph._config import model_names
+from engine.graph._config import literal_results, model_names
 from engine.graph.spec import ModelSpec, endpoint_problem
 
 if TYPE_CHECKING:
@@ -87,9 +91,50 @@ def _named(scope: Scope, specs: Mapping[str, Any]) -> Iterator[str]:
             else:
                 field = cls.Config.model_fields.get(name)
                 value = field.default if field is not None else None
-            for model, _ in model_names(value, inner, ()):
-                if isinstance(model, str):  # (a `{{ }}` string is no model's name)
+            for written, _ in model_names(value, inner, ()):
+                yield from _picked(written)
+
+
+def _picked(written: Any) -> Iterator[str]:
+    """The model names one written value can give: itself, or for a `{{ EXPR }}` every
+    value EXPR can give, when each of them is a literal (none when one is not)."""
+    if not isinstance(written, str):
+        return
+    text = written.strip()
+    if "{{" not in text:
+        yield written
+        return
+    if not (text.startswith("{{") and text.endswith("}}")):
+        return  # text around an expression: a name put together at run time
+    source = text[2:-2].strip()  # (two expressions side by side parse as none)
+    try:
+        literal = _only_literals(ast.parse(source, mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
+        return  # the graph's check reports it
+    if literal:
+        for result, _ in literal_results(source):
+            for model in result if isinstance(result, list | tuple) else (result,):
+                if isinstance(model, str):
                     yield model
+
+
+def _only_literals(node: ast.expr) -> bool:
+    """Whether every value expression `node` can give is a literal: the parts
+    `literal_results` follows down (branches of `if`/`else`, operands of `and`/`or`, items
+    of an indexed list or mapping literal) end in literals only."""
+    if isinstance(node, ast.IfExp):
+        return _only_literals(node.body) and _only_literals(node.orelse)
+    if isinstance(node, ast.BoolOp):
+        return all(_only_literals(value) for value in node.values)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.List | ast.Tuple):
+        return all(_only_literals(item) for item in node.value.elts)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
+        return None not in node.value.keys and all(map(_only_literals, node.value.values))
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return False
+    return True
 
 
 def refuse_uncallable(

@@ -128,6 +128,72 @@ def test_a_model_a_node_picks_at_run_time_is_left_to_the_call(tmp_path: Path) ->
     Pipeline(_graph(tmp_path, models, node, extra=f"policy: {policy}\n"), db=None)
 
 
+@pytest.mark.parametrize(
+    "picks",
+    [
+        "{{ 'big' if input.hard else 'small' }}",
+        "{{ 'small' if input.n < 3 else 'big' if input.n < 9 else 'small' }}",
+        "{{ {'easy': 'small', 'hard': 'big'}[input.level] }}",
+        "{{ ['small', 'big'][input.n] }}",
+    ],
+)
+def test_a_model_an_expression_can_pick_among_literals_is_checked_like_a_literal_one(
+    tmp_path: Path, picks: str
+) -> None:
+    """Every value the expression can give is written in the graph: each is a model a run
+    can call, so a key missing for one is known before any request, as for `model: big`."""
+    models = "  small: {provider: sim, profile: small}\n  big: {provider: openai, model: gpt-4o}"
+    node = f'answer: {{type: model, with: {{model: "{picks}", prompt: hi}}}}'
+    graph = _graph(tmp_path, models, node)
+    with pytest.raises(SpecError) as caught:
+        Pipeline(graph, db=None)
+    message = str(caught.value)
+    assert message.startswith(f"{graph}: model 'big' (openai:gpt-4o) needs an API key")
+    assert "export OPENAI_API_KEY=" in message and "--model big=sim:large" in message
+
+
+def test_an_endpoint_an_expression_can_pick_is_checked_like_a_literal_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.setenv("OPENAI_BASE_URL", "notaurl")
+    models = "  small: {provider: sim, profile: small}\n  big: {provider: openai, model: gpt-4o}"
+    node = "answer: {type: model, with: {model: \"{{ 'big' if input.hard else 'small' }}\"}}"
+    with pytest.raises(SpecError, match=r"model 'big' \(openai:gpt-4o\): its endpoint 'notaurl'"):
+        Pipeline(_graph(tmp_path, models, node), db=None)
+
+
+def test_a_model_in_a_loop_body_picked_by_an_expression_is_checked(tmp_path: Path) -> None:
+    body = (
+        "answer:\n    type: loop\n    max_cycles: 2\n    nodes:\n"
+        "      ask: {type: model, with: {model: \"{{ 'big' if cycle > 1 else 'small' }}\", "
+        "prompt: hi}}\n"
+        "    output: {text: ask.text}"
+    )
+    models = "  small: {provider: sim, profile: small}\n  big: {provider: openai, model: gpt-4o}"
+    with pytest.raises(SpecError, match="model 'big' \\(openai:gpt-4o\\) needs an API key"):
+        Pipeline(_graph(tmp_path, models, body), db=None)
+
+
+def test_an_expression_that_can_also_give_a_run_time_value_is_left_to_the_call(
+    tmp_path: Path,
+) -> None:
+    """`input.model or 'big'` may name any model the request asks for: which models the
+    run calls is not known up front, so none of them is checked before it."""
+    models = "  small: {provider: sim, profile: small}\n  big: {provider: openai, model: gpt-4o}"
+    node = "answer: {type: model, with: {model: \"{{ input.model or 'big' }}\", prompt: hi}}"
+    Pipeline(_graph(tmp_path, models, node), db=None)
+
+
+def test_an_expression_picking_only_models_that_can_be_called_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    models = "  small: {provider: sim, profile: small}\n  big: {provider: openai, model: gpt-4o}"
+    node = "answer: {type: model, with: {model: \"{{ 'big' if input.hard else 'small' }}\"}}"
+    Pipeline(_graph(tmp_path, models, node), db=None)
+
+
 def test_an_endpoint_that_is_no_url_in_the_graph_is_refused_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -321,7 +321,8 @@ class Gateway(Ledger):
             except TransientError as exc:
                 if jitter is None:
                     seed = f"{scope.request.id}/{scope.node_id}/{scope.cycle}/{prompt_hash}"
-                    jitter = random.Random(seed)
+                    # a node retry waits its own backoff (a first run, as it always has)
+                    jitter = random.Random(f"{seed}/{first}" if first else seed)
                 delay = self._backoff(name, attempt, exc, jitter)
                 if isinstance(exc, RateLimited | Unavailable) and delay > RETRY_AFTER_CAP_S:
                     raise located(_wait_refused(exc, delay), scope, attempt + 1) from exc

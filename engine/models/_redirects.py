@@ -5,11 +5,14 @@ URL; the official client's HTTP client follows it (dropping `Authorization` alon
 only on some hops), so a redirect to another origin (scheme, host or port) would hand the
 prompt, a key sent in another header (Azure's `api-key`, a gateway's own) and moat's call
 context to a server the graph never named. moat follows a redirect only within the
-endpoint's own origin (a path moved on the same server) and refuses any other, on both
-HTTP routes, with a `NodeError` that names the endpoint, where the redirect pointed (without
-its query or credentials) and the fix: point the model's `base_url` at the final endpoint,
-if it is trusted. A refused redirect sent nothing where it pointed, and generated nothing,
-so it is not billed, and not retried (it would be refused again).
+endpoint's own origin (a path moved on the same server) and refuses any other. A 301, 302
+or 303 tells a client to fetch the place it names with a GET, without the body (what the
+official client's HTTP client does): followed, the prompt would be lost, so moat refuses
+those even within the origin. Both HTTP routes refuse alike, with a `NodeError` that names
+the endpoint, where the redirect pointed (without its query or credentials) and the fix:
+point the model's `base_url` at the final endpoint, if it is trusted. A refused redirect
+sent nothing where it pointed, and generated nothing, so it is not billed, and not retried
+(it would be refused again).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ __all__ = [
     "FOLLOWED",
     "MAX_REDIRECTS",
     "REDIRECTS",
-    "CrossOrigin",
+    "RedirectRefused",
     "redirect_error",
     "redirect_location",
-    "refuse_cross_origin",
+    "refuse_redirects",
 ]
 
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
@@ -39,18 +42,21 @@ MAX_REDIRECTS = 20
 _PATH = "/chat/completions"
 
 
-class CrossOrigin(Exception):
-    """A redirect to another origin, refused before anything was sent there.
+class RedirectRefused(Exception):
+    """A redirect the client route does not follow, raised before anything was sent where
+    it pointed (`refuse_redirects`).
 
     Args:
         status: the redirect's status.
         target: where it pointed.
+        cross: whether that is another origin.
     """
 
-    def __init__(self, status: int, target: httpx2.URL) -> None:
-        super().__init__(f"redirect ({status}) to another origin")
+    def __init__(self, status: int, target: httpx2.URL, *, cross: bool) -> None:
+        super().__init__(f"redirect ({status}) refused")
         self.status = status
         self.target = target
+        self.cross = cross
 
 
 def redirect_location(
@@ -87,10 +93,11 @@ def redirect_error(who: str, status: int, target: httpx2.URL, *, cross: bool) ->
     )
 
 
-def refuse_cross_origin(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
-    """`client`, raising `CrossOrigin` on a redirect to another origin instead of following
-    it (a response hook, run before the client builds the next request; the client is
-    returned for chaining)."""
+def refuse_redirects(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
+    """`client`, raising `RedirectRefused` on a redirect the direct route does not follow
+    (to another origin, or a 301, 302 or 303 that the client would repeat as a GET without
+    the prompt) instead of following it: a response hook, run before the client builds the
+    next request. The client's own limit of redirects stays. Returned for chaining."""
     hooks = client.event_hooks
     client.event_hooks = {**hooks, "response": [_refuse, *hooks["response"]]}
     return client
@@ -98,9 +105,13 @@ def refuse_cross_origin(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
 
 async def _refuse(response: httpx2.Response) -> None:
     url = response.request.url
-    target = redirect_location(url, response.status_code, response.headers)
-    if target is not None and target.origin != url.origin:
-        raise CrossOrigin(response.status_code, target)
+    status = response.status_code
+    target = redirect_location(url, status, response.headers)
+    if target is None:
+        return
+    cross = target.origin != url.origin
+    if cross or status not in FOLLOWED:  # (as `DirectRoute.post` decides)
+        raise RedirectRefused(status, target, cross=cross)
 
 
 def _shown(url: httpx2.URL) -> str:

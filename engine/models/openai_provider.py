@@ -43,7 +43,8 @@ one.
 
 Redirects are followed within the endpoint's own origin only: one to another origin (scheme,
 host or port) is refused with a `NodeError` saying where it pointed and to set `base_url`
-there, so neither the prompt nor the key leaves for a server the graph never named
+there, so neither the prompt nor the key leaves for a server the graph never named; so is a
+301, 302 or 303, which would repeat the call as a GET without the prompt
 (`engine.models._redirects`).
 """
 
@@ -72,7 +73,7 @@ from engine.errors import NodeError, RateLimited, TransientError
 from engine.graph.spec import ModelSpec, endpoint_problem
 from engine.models._answer_limit import bound_answers
 from engine.models._preflight import api_key_env, endpoint
-from engine.models._redirects import CrossOrigin, redirect_error, refuse_cross_origin
+from engine.models._redirects import RedirectRefused, redirect_error, refuse_redirects
 from engine.models._sim_call import call_context, call_headers
 from engine.models.base import (
     ConnectFailed,
@@ -222,7 +223,7 @@ class ClientRegistry:
             # any other reads each body within the route's size limit
             http_client = None
             if not direct:
-                http_client = refuse_cross_origin(
+                http_client = refuse_redirects(
                     bound_answers(http_client_for(endpoint) or openai.DefaultAsyncHttpxClient())
                 )
             client = openai.AsyncOpenAI(
@@ -395,8 +396,8 @@ class OpenAIProvider:
             raise _map_error(self._who, exc) from exc
         except ResponseLost as exc:  # a body past the size limit (`bound_answers`)
             raise ResponseLost(f"{self._who}: {exc}") from None
-        except CrossOrigin as exc:  # a redirect refused (`refuse_cross_origin`)
-            raise redirect_error(self._who, exc.status, exc.target, cross=True) from None
+        except RedirectRefused as exc:  # a redirect refused (`refuse_redirects`)
+            raise redirect_error(self._who, exc.status, exc.target, cross=exc.cross) from None
         return _json(self._who, raw.content)
 
 

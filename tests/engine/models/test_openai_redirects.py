@@ -4,7 +4,8 @@ A 307 or 308 repeats the POST, body and headers included, where it points: to an
 origin (scheme, host or port), that would hand the prompt and the API key to a server the
 graph never named. Such a redirect is refused, naming the endpoint, where it pointed and
 the fix (point `base_url` at the final endpoint); nothing reaches the other origin and
-nothing is billed. A redirect within the endpoint's own origin is followed. Both HTTP
+nothing is billed. A 307 or 308 within the endpoint's own origin is followed; a 301, 302
+or 303 would turn the POST into a GET without the prompt, so it is refused too. Both HTTP
 routes are exercised: the prepared direct route on asyncio, the official client's on trio.
 """
 
@@ -100,3 +101,27 @@ async def test_a_redirect_within_the_endpoint_is_followed() -> None:
     assert isinstance(result, Completion), result
     assert result.text == "hi" and target.reached == 1
     assert [c.status for c in calls] == ["ok"]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+async def test_a_redirect_within_the_endpoint_that_would_drop_the_prompt_is_refused(
+    status: int,
+) -> None:
+    """A 301, 302 or 303 tells a client to fetch the place with a GET, without the body:
+    followed, the prompt would be lost and the answer be to no question. Both routes refuse
+    it alike, naming where it pointed and the fix, and nothing is sent there."""
+    target = _Target()
+    location = "/b/v1/chat/completions?sig=s3cret"
+    async with hostile_endpoint(
+        {"a": http(status, b"", {"location": location}), "b": target}
+    ) as root:
+        result, calls = await _call({}, root)
+    assert target.reached == 0
+    assert type(result) is NodeError
+    assert str(result) == (
+        f"node 'answer': model 'gpt-4o-mini' at {root}/a/v1: the endpoint redirected the call "
+        f"({status}) to {root}/b/v1/chat/completions, and moat follows only 307 and 308 "
+        f"redirects (up to 20) for a chat completion: set the model's `base_url` to {root}/b/v1 "
+        "(after 1 attempt)"
+    )
+    assert [(c.status, c.cost_usd) for c in calls] == [("error", 0.0)]

@@ -8,7 +8,6 @@ implements the small `RequestRuntime` protocol below; nodes never see the schedu
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import warnings
@@ -21,7 +20,6 @@ from engine.events import CallOutcome
 from engine.logs import get_logger
 
 __all__ = [
-    "EMIT_JSON_LIMIT",
     "Completion",
     "ModelClient",
     "NodeContext",
@@ -31,30 +29,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-EMIT_JSON_LIMIT = 64 * 1024
-"""The most bytes of JSON each of an event's `inputs`, `outputs` and `payload` (and a
-trace's `payload`) may take, written as the store writes it (compact, non-ASCII escaped).
-A record explains a decision: a bigger value is data, which belongs elsewhere (a key in
-`ctx.shared`, a file, a hash), with its reference or a summary in the event."""
-
-_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODER = (  # JSON as the store writes it: compact, ASCII, `str` of what is no JSON
-    _make_encoder(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-    if _make_encoder is not None
-    else None
-)
-_QUICK_ENTRIES = 64
-"""Entries of a mapping `_quick_bound` bounds without encoding it (more are measured)."""
-_ENTRY = 30
-"""JSON characters an entry takes at most besides its texts: a key's quotes, `:`, `,`,
-and a value's quotes or brackets, or a float or 64-bit int (24), `true`, `false`, `null`."""
-_CHAR = 12
-"""JSON characters one character of text takes at most (a non-BMP one, escaped as a
-surrogate pair)."""
-_INT_BOUND = 1 << 63
 
 
 @dataclass(slots=True)
@@ -343,12 +317,11 @@ class NodeContext:
         in its `event_types` unless this node type lists it too.
 
         `decision` is a short text, `reason_codes` a list or tuple of texts, `inputs`,
-        `outputs` and `payload` mappings of at most `EMIT_JSON_LIMIT` bytes (64 KiB) of
-        JSON each, `duration_ms` a number.
+        `outputs` and `payload` mappings, `duration_ms` a number.
 
         Raises:
             NodeError: the name or an argument is refused (the message says why and what to
-                do instead), a mapping among them too large to store.
+                do instead).
         """
         if (
             (decision is not None and type(decision) is not str)
@@ -372,14 +345,6 @@ class NodeContext:
                 "".join(reason_codes)  # (the quick test that every code is a text)
             except TypeError:
                 self._refuse(_emit_problem(decision, reason_codes, duration_ms, None, None, None))
-        if (  # (a bound, not an encoding: what is over it, or unknown, is measured)
-            (payload is not None and not 0 <= _quick_bound(payload) <= EMIT_JSON_LIMIT)
-            or (inputs is not None and not 0 <= _quick_bound(inputs) <= EMIT_JSON_LIMIT)
-            or (outputs is not None and not 0 <= _quick_bound(outputs) <= EMIT_JSON_LIMIT)
-        ):
-            self._refuse(
-                _size_problem(("payload", payload), ("inputs", inputs), ("outputs", outputs))
-            )
         return self._runtime.emit(
             self,
             event_type,
@@ -395,8 +360,7 @@ class NodeContext:
         """Record a decision trace (`RISK_ASSESSMENT`, `REQUEST_ANALYSIS_CONTEXT`, ...).
 
         Raises:
-            NodeError: `stage` is not a non-empty text, or `payload` not a mapping (of at
-                most `EMIT_JSON_LIMIT` bytes of JSON).
+            NodeError: `stage` is not a non-empty text, or `payload` not a mapping.
         """
         if not isinstance(stage, str) or not stage:
             self._refuse(
@@ -408,8 +372,6 @@ class NodeContext:
                 f"the payload must be a mapping (a dict of JSON values), not {_kind(payload)}",
                 "ctx.trace",
             )
-        if not _fits(payload):
-            self._refuse(_size_problem(("payload", payload)), "ctx.trace")
         self._runtime.trace(self, stage, payload)
 
     def _refuse(self, problem: str | None, call: str = "ctx.emit") -> None:
@@ -499,80 +461,6 @@ def _emit_problem(decision: Any, reason_codes: Any, duration_ms: Any, *mappings:
     for name, value in zip(("inputs", "outputs", "payload"), mappings, strict=True):
         if value is not None and not isinstance(value, Mapping):
             return f"`{name}` must be a mapping (a dict of JSON values), not {_kind(value)}"
-    return None
-
-
-def _fits(value: Mapping[str, Any]) -> bool:
-    """Whether `value`'s JSON takes at most `EMIT_JSON_LIMIT` bytes: bounded without
-    encoding it for the usual event data (texts, numbers, lists of texts, a level of
-    mappings of those), measured otherwise."""
-    if 0 <= _quick_bound(value) <= EMIT_JSON_LIMIT:
-        return True
-    size = _json_size(value)
-    return size is not None and size <= EMIT_JSON_LIMIT
-
-
-def _quick_bound(value: Any, nested: bool = False) -> int:
-    """An upper bound of the JSON characters of a dict of texts, numbers, lists of texts
-    and (at the top) dicts of those; -1 for anything else, which is measured instead.
-    Every emit pays for it: one pass over the entries, no encoding."""
-    if type(value) is not dict or len(value) > _QUICK_ENTRIES:
-        return -1
-    bound = 2 + _ENTRY * len(value)
-    try:
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str:
-                bound += _CHAR * (len(key) + len(item))
-                continue
-            bound += _CHAR * len(key)
-            if kind is float or kind is bool or item is None:
-                continue
-            if kind is int:
-                if not -_INT_BOUND <= item < _INT_BOUND:
-                    return -1
-            elif kind is list or kind is tuple:
-                bound += _CHAR * len("".join(item)) + 3 * len(item)
-            elif kind is dict and not nested:
-                inner = _quick_bound(item, True)
-                if inner < 0:
-                    return -1
-                bound += inner
-            else:
-                return -1
-    except TypeError:  # a key that is no text (len), a list not only of texts (join)
-        return -1
-    return bound
-
-
-def _json_size(value: Any) -> int | None:
-    """Bytes of `value`'s JSON as the store writes it; None when it has none (it refers
-    to itself, nests past Python's recursion limit, or a value's `str` fails)."""
-    try:
-        if _C_ENCODER is None:
-            return len(json.dumps(value, separators=(",", ":"), default=str))
-        return len("".join(_C_ENCODER(value, 0)))
-    except Exception:  # RecursionError, ValueError, or what a value's __str__ raised
-        return None
-
-
-def _size_problem(*named: tuple[str, Mapping[str, Any] | None]) -> str | None:
-    """What makes one of the `(name, mapping)` pairs unfit to store, None if nothing."""
-    for name, value in named:
-        if value is None or _fits(value):
-            continue
-        size = _json_size(value)
-        if size is None:
-            return (
-                f"`{name}` cannot be written as JSON (it refers to itself, nests too deep, "
-                "or holds a value whose str() fails); pass plain JSON values"
-            )
-        return (
-            f"`{name}` takes {size:,} bytes of JSON, over the limit of {EMIT_JSON_LIMIT:,} "
-            f"(64 KiB) an event keeps; put a summary in `{name}` (counts, sizes, the first "
-            "items) or a reference to where the data is kept (a key in ctx.shared, a file, "
-            "a hash), not the data itself"
-        )
     return None
 
 

@@ -12,6 +12,7 @@ transaction writes them (`requests` rows last).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from engine.store.compact import (
 )
 
 __all__ = [
+    "EMIT_JSON_LIMIT",
     "EVENT_SQL",
     "FROM_ROW",
     "INTERN_AT",
@@ -122,6 +124,37 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
     return _encode(value)
 
 
+EMIT_JSON_LIMIT = 64 * 1024
+"""The most bytes of JSON an event's `inputs`, `outputs` or `payload` (or a trace's
+payload) is stored with. A record explains a decision; a bigger value is data (a document,
+a corpus), so what is stored instead says so: its size, the limit, its SHA-256 and its
+first characters. Applied here, where the writer encodes it anyway, so `ctx.emit` pays
+nothing for it on the request path."""
+_HEAD_CHARS = 200
+
+
+def _record_json(value: Mapping[str, Any] | None) -> str | None:
+    """`_json` of an event's or trace's free-form value, held to `EMIT_JSON_LIMIT`."""
+    if value is None:
+        return None
+    return _held(_encode(value))
+
+
+def _held(text: str) -> str:
+    if len(text) <= EMIT_JSON_LIMIT:  # (ASCII: as many bytes as characters)
+        return text
+    return _encode(
+        {
+            "oversized": {
+                "bytes": len(text),
+                "limit": EMIT_JSON_LIMIT,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "head": text[:_HEAD_CHARS],
+            }
+        }
+    )
+
+
 def _json_list(value: Sequence[str]) -> str:
     if not value:
         return _EMPTY_LIST
@@ -164,7 +197,7 @@ def _shared(cx: Compactor, pack: Pack, value: Mapping[str, Any]) -> str | bytes 
     kept = cx.payloads.get(id(value))
     if kept is not None and kept[0] is value:
         return kept[1]
-    text = _encode(value)
+    text = _held(_encode(value))
     stored = _value(cx, pack, text)
     cx.keep(value, text, stored)
     return stored
@@ -187,9 +220,9 @@ def event_row(e: OrchestrationEvent) -> tuple[Any, ...]:
         e.started_at,
         e.duration_ms,
         _json_list(e.reason_codes),
-        _json(e.inputs),
-        _json(e.outputs),
-        _json(e.payload),
+        _record_json(e.inputs),
+        _record_json(e.outputs),
+        _record_json(e.payload),
     )
 
 
@@ -315,7 +348,7 @@ def _llm_rows(cx: Compactor, pack: Pack, c: LlmCall) -> tuple[Any, ...]:
 
 def _trace_rows(cx: Compactor, pack: Pack, t: DecisionTrace) -> tuple[Any, ...]:
     key, _ = cx.key(t.request_id, 0.0)
-    return (key, t.cycle, cx.code(t.stage), _value(cx, pack, _json(t.payload) or "{}"))
+    return (key, t.cycle, cx.code(t.stage), _value(cx, pack, _record_json(t.payload) or "{}"))
 
 
 def _request_row(cx: Compactor, pack: Pack, r: RequestRecord) -> tuple[Any, ...]:
@@ -368,7 +401,7 @@ def _llm_call_row(c: LlmCall) -> tuple[Any, ...]:
 
 
 def _trace_row(t: DecisionTrace) -> tuple[Any, ...]:
-    return (t.request_id, t.cycle, t.stage, _json(t.payload) or "{}")
+    return (t.request_id, t.cycle, t.stage, _record_json(t.payload) or "{}")
 
 
 def _request_contract_row(r: RequestRecord) -> tuple[Any, ...]:

@@ -128,8 +128,14 @@ def egress_schema(
 
 
 def _data(key: object, value: object) -> bool:
-    """Whether `value`, under `key` of a schema object, may be data (not vocabulary)."""
-    return key not in _SCHEMA_WORDS or isinstance(value, Mapping)
+    """Whether `value`, under `key` of a schema object, may be data (not vocabulary):
+    a vocabulary keyword's value is vocabulary only while it is text or a list of texts
+    (a schema nested in it, `"type": [{"description": ...}]`, is read as data)."""
+    if key not in _SCHEMA_WORDS or isinstance(value, Mapping):
+        return True
+    if isinstance(value, list | tuple):
+        return not all(isinstance(item, str) for item in value)
+    return False
 
 
 def _collect(value: object, texts: list[str]) -> None:

@@ -160,3 +160,17 @@ async def test_no_schema_text_outside_the_vocabulary_leaves_with_personal_data(
 
     for text in data(sent):
         assert not any(value in text for value in PII), (text, sent)
+
+
+@pytest.mark.anyio
+async def test_a_schema_nested_under_a_vocabulary_keyword_is_redacted_as_data() -> None:
+    """`type` holds vocabulary while it is text or a list of texts; a schema written inside
+    it is no type name, and its description leaves redacted like any other."""
+    schema = {"description": {"description": None, "type": [{"description": PII[0]}]}}
+    provider, events = Recording(), Events()
+    async with Gateway({"m": REMOTE}, providers={"m": provider}) as gateway:
+        scope = _scope({"egress": {"redact": True}}, events)
+        await gateway.client("m", scope).complete(prompt="x", schema=schema)
+    sent = provider.seen[0].schema
+    assert sent is not None and PII[0] not in str(sent)
+    assert sent["description"]["type"][0]["description"] != PII[0]

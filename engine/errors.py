@@ -246,15 +246,14 @@ class NodeTimeout(NodeError, TimeoutError):
 
 
 class TransientError(NodeError):
-    """A failure worth retrying (rate limit, server error, dropped connection, timeout)."""
-
-
-class RateLimited(TransientError):
-    """The provider refused the call for now (HTTP 429).
+    """A failure worth retrying (rate limit, server error, dropped connection, timeout).
 
     Args:
-        message: the provider's words.
-        retry_after_s: the provider's `Retry-After`, if it sent one.
+        message: what went wrong.
+        retry_after_s: how long the endpoint asked to wait before a retry (its
+            `Retry-After`), if it said.
+        node_id: the failing node.
+        request_id: the request it failed in, if known.
     """
 
     def __init__(
@@ -267,6 +266,11 @@ class RateLimited(TransientError):
     ) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message, node_id=node_id, request_id=request_id)
+
+
+class RateLimited(TransientError):
+    """The provider refused the call for now (HTTP 429); `retry_after_s` is its
+    `Retry-After`, if it sent one."""
 
 
 class BudgetExceeded(MoatError, RuntimeError):

@@ -80,23 +80,7 @@ class ResponseLost(TransientError):
 class Unavailable(TransientError):
     """The endpoint took no call for now (HTTP 503 Service Unavailable, or 408 Request
     Timeout: it gave up waiting for the request): nothing was generated, nothing is billed,
-    and the retry waits for its Retry-After, as a 429's does.
-
-    Args:
-        message: what the endpoint said.
-        retry_after_s: the endpoint's `Retry-After`, if it sent one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after_s: float | None = None,
-        node_id: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(message, node_id=node_id, request_id=request_id)
+    and the retry waits for its Retry-After (`retry_after_s`), as a 429's does."""
 
 
 class ProviderTimeout(ResponseLost, TimeoutError):

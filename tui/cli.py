@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 __all__ = ["add_commands", "cmd_tui"]
@@ -27,6 +26,7 @@ def add_commands(sub: Any) -> None:
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
     from engine import SpecError, store_path
+    from engine.cli import on_terminal
     from tui.app import run_tui
 
     path = store_path(args.db)  # (refuses an empty `--db` and `-`)
@@ -36,12 +36,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
         with Store.open(path, readonly=True) as store:
             store.require_run(args.run)  # raises, listing the latest runs
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not on_terminal():
         # Drawn on a pipe or a file, the UI would wait for keys that never come, busy.
         raise SpecError(
-            "moat tui: the terminal UI needs a terminal, and this command's input or output "
-            "is not one (a pipe, a file, a cron job); run it from a terminal, or read the "
-            "store with `moat runs`, `moat stats` and `moat report`"
+            "moat tui: the terminal UI needs a terminal, and this command's input, output or "
+            "error output is not one (a pipe, a file, a cron job); run it from a terminal, or "
+            "read the store with `moat runs`, `moat stats` and `moat report`"
         )
     run_tui(path, run_id=args.run)
     return 0

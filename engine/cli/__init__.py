@@ -53,6 +53,14 @@ the logging stack (structlog and rich, a third of their start) unless something 
 imported already did."""
 
 
+def on_terminal() -> bool:
+    """Whether the command reads from and draws on a terminal: its input, its output, and
+    its error output, which the terminal UI (Textual) draws on."""
+    return all(
+        stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout, sys.__stderr__)
+    )
+
+
 def identifier(text: str) -> str:
     """An argparse type: a run or request id, which is never empty (`''` from a shell
     variable that was not set would otherwise reach the store as an id)."""

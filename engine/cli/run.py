@@ -28,7 +28,15 @@ from typing import Any, TextIO
 import anyio
 
 from engine.api import BatchSummary, Pipeline
-from engine.cli import file_path, graph_file, identifier, not_stdin, store_file, telemetry
+from engine.cli import (
+    file_path,
+    graph_file,
+    identifier,
+    not_stdin,
+    on_terminal,
+    store_file,
+    telemetry,
+)
 from engine.cli.outfile import OutFailed, OutWriter, reconcile_out
 from engine.cli.stopping import stoppable
 from engine.collector import settled_heap
@@ -159,11 +167,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _stopped(plan.started, args, what, 130)
 
 
-def _on_terminal() -> bool:
-    """Whether the command reads from and writes to a terminal (what `--tui` draws on)."""
-    return sys.stdin.isatty() and sys.stdout.isatty()
-
-
 def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
     """Every argument checked before anything is created: a bad one exits 2, nothing ran.
 
@@ -186,11 +189,11 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, str]:
         )
     if workers is not None and workers < 1:
         raise SpecError(f"--workers {workers}: give at least 1")
-    if args.tui and not _on_terminal():
+    if args.tui and not on_terminal():
         raise SpecError(
-            "--tui: the terminal UI needs a terminal, and this run's input or output is not "
-            "one (a pipe, a file, a cron job); leave --tui out, and watch the run from a "
-            "terminal with `moat tui`"
+            "--tui: the terminal UI needs a terminal, and this run's input, output or error "
+            "output is not one (a pipe, a file, a cron job); leave --tui out, and watch the "
+            "run from a terminal with `moat tui`"
         )
     if getattr(args, "ray", None) is not None:
         from engine.cluster import parse_address  # does not import Ray itself

@@ -235,3 +235,29 @@ def test_a_store_named_by_moat_db_is_called_that_in_moat_run_s_error(
     code, _, err = run(capsys, "run", str(graph), "--prompt", "hi")
     assert code == 2
     assert f"$MOAT_DB {folder}: is a folder" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_terminal_ui_is_refused_when_only_its_error_output_is_redirected(
+    graph: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Textual draws on standard error: with `2>file` and a terminal for the rest, the UI
+    was drawn into the file and the command waited for keys on a blank screen."""
+    import tui.app
+
+    drawn: list[str] = []
+    monkeypatch.setattr(tui.app, "run_tui", lambda path, run_id=None: drawn.append(path))
+    db = graph.parent / "t.db"
+    assert run(capsys, "run", str(graph), "--prompt", "hi", "--db", str(db), "--quiet")[0] == 0
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(sys, "__stderr__", io.StringIO())  # (`2>err.txt`)
+    for command in (["tui", "--db", str(db)], ["run", str(graph), "--prompt", "a", "--tui"]):
+        monkeypatch.setattr(sys, "stdout", _Terminal())
+        code = main(command)
+        assert code == 2, command
+        assert "error output is not one" in capsys.readouterr().err
+    assert drawn == []

@@ -620,7 +620,7 @@ def test_a_tui_left_open_does_not_count_as_the_runs_duration(
         scope.cancel()
 
     monkeypatch.setattr(_cli_run, "_tui", operator_reads_for_a_while)
-    monkeypatch.setattr(_cli_run, "_on_terminal", lambda: True)
+    monkeypatch.setattr(_cli_run, "on_terminal", lambda: True)
     finished: list[str] = []
     record_end = Store.finish_run
 

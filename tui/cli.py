@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 __all__ = ["add_commands", "cmd_tui"]
@@ -26,7 +27,6 @@ def add_commands(sub: Any) -> None:
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the TUI until the user quits."""
     from engine import SpecError, store_path
-    from engine.cli import on_terminal
     from tui.app import run_tui
 
     path = store_path(args.db)  # (refuses an empty `--db` and `-`)
@@ -36,7 +36,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
         with Store.open(path, readonly=True) as store:
             store.require_run(args.run)  # raises, listing the latest runs
-    if not on_terminal():
+    if not _on_terminal():
         # Drawn on a pipe or a file, the UI would wait for keys that never come, busy.
         raise SpecError(
             "moat tui: the terminal UI needs a terminal, and this command's input, output or "
@@ -45,3 +45,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
         )
     run_tui(path, run_id=args.run)
     return 0
+
+
+def _on_terminal() -> bool:
+    """Whether the command reads from and draws on a terminal: its input, its output and
+    its error output, which Textual draws on (what `moat run --tui` checks too)."""
+    return all(
+        stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout, sys.__stderr__)
+    )

@@ -72,7 +72,39 @@ def literal_results(source: str) -> Iterator[tuple[Any, int]]:
     line_starts = [0]
     for line in source.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
-    pending: list[ast.expr] = [tree.body]
+    for node in _results(tree.body):
+        if isinstance(node, ast.Constant | ast.List | ast.Tuple):
+            try:
+                value = ast.literal_eval(node)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                continue  # a list holding a name: not known before run time
+            start = line_starts[node.lineno - 1]  # `col_offset` counts UTF-8 bytes
+            text = source[start:].encode()[: node.col_offset].decode()
+            yield value, start + len(text)
+
+
+def every_result(source: str) -> list[Any] | None:
+    """Every value expression `source` can give (as `literal_results` follows it down),
+    when each is a literal; None when one is known only at run time (`input.model or
+    'large'`), or the expression does not parse."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    found = []
+    for node in _results(tree.body):
+        try:
+            found.append(ast.literal_eval(node))
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return None
+    return found
+
+
+def _results(node: ast.expr) -> Iterator[ast.expr]:
+    """The parts of an expression its value is one of: the branches of `if`/`else`, the
+    operands of `and`/`or`, the items of an indexed list or mapping literal, followed
+    down, in document order."""
+    pending: list[ast.expr] = [node]
     while pending:
         node = pending.pop(0)
         if isinstance(node, ast.IfExp):
@@ -83,14 +115,8 @@ def literal_results(source: str) -> Iterator[tuple[Any, int]]:
             pending += node.value.elts
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
             pending += node.value.values
-        elif isinstance(node, ast.Constant | ast.List | ast.Tuple):
-            try:
-                value = ast.literal_eval(node)
-            except (ValueError, TypeError, SyntaxError, RecursionError):
-                continue  # a list holding a name: not known before run time
-            start = line_starts[node.lineno - 1]  # `col_offset` counts UTF-8 bytes
-            text = source[start:].encode()[: node.col_offset].decode()
-            yield value, start + len(text)
+        else:
+            yield node
 
 
 def field_form(info: FieldInfo) -> Any:

@@ -16,13 +16,12 @@ words.
 
 from __future__ import annotations
 
-import ast
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import SpecError
-from engine.graph._config import literal_results, model_names
+from engine.graph._config import every_result, model_names
 from engine.graph.spec import ModelSpec, endpoint_problem
 
 if TYPE_CHECKING:
@@ -107,34 +106,10 @@ def _picked(written: Any) -> Iterator[str]:
     if not (text.startswith("{{") and text.endswith("}}")):
         return  # text around an expression: a name put together at run time
     source = text[2:-2].strip()  # (two expressions side by side parse as none)
-    try:
-        literal = _only_literals(ast.parse(source, mode="eval").body)
-    except (SyntaxError, ValueError, RecursionError):
-        return  # the graph's check reports it
-    if literal:
-        for result, _ in literal_results(source):
-            for model in result if isinstance(result, list | tuple) else (result,):
-                if isinstance(model, str):
-                    yield model
-
-
-def _only_literals(node: ast.expr) -> bool:
-    """Whether every value expression `node` can give is a literal: the parts
-    `literal_results` follows down (branches of `if`/`else`, operands of `and`/`or`, items
-    of an indexed list or mapping literal) end in literals only."""
-    if isinstance(node, ast.IfExp):
-        return _only_literals(node.body) and _only_literals(node.orelse)
-    if isinstance(node, ast.BoolOp):
-        return all(_only_literals(value) for value in node.values)
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.List | ast.Tuple):
-        return all(_only_literals(item) for item in node.value.elts)
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
-        return None not in node.value.keys and all(map(_only_literals, node.value.values))
-    try:
-        ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, RecursionError):
-        return False
-    return True
+    for result in every_result(source) or ():
+        for model in result if isinstance(result, list | tuple) else (result,):
+            if isinstance(model, str):
+                yield model
 
 
 def refuse_uncallable(

@@ -408,7 +408,7 @@ def _number_problem(message: str) -> str:
     return message.split(";")[0]
 
 
-_UTF16_FIX = "not UTF-8 text; the file looks UTF-16: save it as UTF-8"
+_LOOKS_UTF16 = "the file looks UTF-16: save it as UTF-8"
 
 
 def _save_as_utf8(raw: bytes) -> str:
@@ -416,7 +416,7 @@ def _save_as_utf8(raw: bytes) -> str:
     saved as UTF-16 (Windows' "Unicode") has a NUL beside every ASCII character; the line
     left by splitting such a file at its newlines may start with the other half of one."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or 3 * raw.count(b"\x00") >= len(raw):
-        return "the file looks UTF-16: save it as UTF-8"
+        return _LOOKS_UTF16
     if b"\x00" in raw:
         return "the line holds NUL bytes: remove them (in a string, write \\u0000)"
     return "save the file as UTF-8"
@@ -544,7 +544,9 @@ def read_jsonl(
                 yield _bad(seq, number, source, f"{source}:{number}: {_too_big(raw, limits)}")
                 continue
             if isinstance(fh, _Utf16Lines):  # (whatever its bytes look like as UTF-8)
-                yield _bad(seq, number, source, f"{source}:{number}: {_UTF16_FIX}")
+                yield _bad(
+                    seq, number, source, f"{source}:{number}: not UTF-8 text; {_LOOKS_UTF16}"
+                )
                 continue
             yield decode_request(
                 raw, seq=seq, line=number, source=source, declared=declared, limits=limits

@@ -72,51 +72,82 @@ def literal_results(source: str) -> Iterator[tuple[Any, int]]:
     line_starts = [0]
     for line in source.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
-    for node in _results(tree.body):
-        if isinstance(node, ast.Constant | ast.List | ast.Tuple):
-            try:
-                value = ast.literal_eval(node)
-            except (ValueError, TypeError, SyntaxError, RecursionError):
-                continue  # a list holding a name: not known before run time
+    for node, _ in _results(tree.body):
+        value = _literal(node)
+        if value is not _UNKNOWN:
             start = line_starts[node.lineno - 1]  # `col_offset` counts UTF-8 bytes
             text = source[start:].encode()[: node.col_offset].decode()
             yield value, start + len(text)
 
 
 def every_result(source: str) -> list[Any] | None:
-    """Every value expression `source` can give (as `literal_results` follows it down),
-    when each is a literal; None when one is known only at run time (`input.model or
-    'large'`), or the expression does not parse."""
+    """Every value expression `source` can give that is not falsy (as `literal_results`
+    follows it down), when each is a literal; None when one is known only at run time
+    (`input.model or 'large'`), or the expression does not parse.
+
+    A part whose value can be the result only when it is falsy (the first operand of
+    `and`) gives no name, so `input.fast and 'small' or 'large'` gives `'small'` and
+    `'large'`: what it can name is known before the run."""
     try:
         tree = ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, RecursionError):
         return None
     found = []
-    for node in _results(tree.body):
-        try:
-            found.append(ast.literal_eval(node))
-        except (ValueError, TypeError, SyntaxError, RecursionError):
+    for node, falsy in _results(tree.body):
+        value = _literal(node)
+        if falsy:
+            continue  # a falsy value names nothing
+        if value is _UNKNOWN:
             return None
+        found.append(value)
     return found
 
 
-def _results(node: ast.expr) -> Iterator[ast.expr]:
+_UNKNOWN = object()
+"""`_literal`'s answer for a part known only at run time."""
+
+
+def _literal(node: ast.expr) -> Any:
+    """The value of a literal part of an expression (`'large'`, `['a', 'b']`), else
+    `_UNKNOWN`."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return _UNKNOWN  # a name, a call, or a list holding one
+
+
+_ANY, _TRUTHY, _FALSY = 0, 1, 2
+"""What a part's value must be for it to be the expression's result."""
+
+
+def _results(node: ast.expr) -> Iterator[tuple[ast.expr, bool]]:
     """The parts of an expression its value is one of: the branches of `if`/`else`, the
     operands of `and`/`or`, the items of an indexed list or mapping literal, followed
-    down, in document order."""
-    pending: list[ast.expr] = [node]
+    down, in document order; each with whether it can be the result only when falsy.
+
+    An operand of `or` but the last is the result only when truthy, one of `and` only when
+    falsy; a part that would have to be both, or a literal that cannot be what it must,
+    is never the result and is left out (`'small'` in `x and 'small' or 'large'` is the
+    result only when truthy, which it is)."""
+    pending: list[tuple[ast.expr, int]] = [(node, _ANY)]  # a stack: the next part last
     while pending:
-        node = pending.pop(0)
+        node, must = pending.pop()
         if isinstance(node, ast.IfExp):
-            pending += [node.body, node.orelse]
+            parts = [(node.body, must), (node.orelse, must)]
         elif isinstance(node, ast.BoolOp):
-            pending += node.values
+            inner = _TRUTHY if isinstance(node.op, ast.Or) else _FALSY
+            parts = [(v, inner) for v in node.values[:-1]] if must in (_ANY, inner) else []
+            parts.append((node.values[-1], must))
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.List | ast.Tuple):
-            pending += node.value.elts
+            parts = [(item, must) for item in node.value.elts]
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
-            pending += node.value.values
+            parts = [(item, must) for item in node.value.values]
         else:
-            yield node
+            value = _literal(node)
+            if value is _UNKNOWN or must == _ANY or bool(value) == (must == _TRUTHY):
+                yield node, must == _FALSY
+            continue
+        pending += reversed(parts)
 
 
 def field_form(info: FieldInfo) -> Any:

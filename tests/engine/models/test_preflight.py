@@ -135,6 +135,8 @@ def test_a_model_a_node_picks_at_run_time_is_left_to_the_call(tmp_path: Path) ->
         "{{ 'small' if input.n < 3 else 'big' if input.n < 9 else 'small' }}",
         "{{ {'easy': 'small', 'hard': 'big'}[input.level] }}",
         "{{ ['small', 'big'][input.n] }}",
+        "{{ input.hard and 'big' or 'small' }}",
+        "{{ input.easy and 'small' or input.cheap and 'small' or 'big' }}",
     ],
 )
 def test_a_model_an_expression_can_pick_among_literals_is_checked_like_a_literal_one(

@@ -191,36 +191,59 @@ def _state(entry: TimelineEntry | None) -> str:
 
 
 def _graph_lines(graph: Graph, timeline: Sequence[TimelineEntry]) -> tuple[GraphLine, ...]:
-    last = {(entry.node, entry.cycle): entry for entry in timeline}
+    # a run is known by its loop as well as its node and cycle (two loop bodies may each
+    # hold a node of that name); when the report could place no run in a loop, by the two
+    attributed = any(entry.loop for entry in timeline)
+    last = {
+        (entry.loop if attributed else None, entry.node, entry.cycle): entry for entry in timeline
+    }
     lines: list[GraphLine] = []
-    _scope_lines(graph.scope, last, 0, None, lines)
+    _scope_lines(graph.scope, last, 0, _Where(None, None, attributed), lines)
     return tuple(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The scope `_scope_lines` draws: a loop's body in one cycle, or the top level."""
+
+    loop: str | None
+    cycle: int | None
+    attributed: bool
+
+    def key(self, node_id: str) -> tuple[str | None, str, int]:
+        return (self.loop if self.attributed else None, node_id, self.cycle or 0)
 
 
 def _scope_lines(
     scope: Scope,
-    last: Mapping[tuple[str, int], TimelineEntry],
+    last: Mapping[tuple[str | None, str, int], TimelineEntry],
     depth: int,
-    cycle: int | None,
+    where: _Where,
     out: list[GraphLine],
 ) -> None:
+    cycle = where.cycle
     for node_id in scope.order:
         node = scope.nodes[node_id]
-        entry = last.get((node_id, cycle or 0))
+        entry = last.get(where.key(node_id))
         if entry is None and cycle is None:
-            entries = [e for (n, _), e in last.items() if n == node_id]
+            entries = [e for (_, n, _), e in last.items() if n == node_id]
             entry = entries[-1] if entries else None
         if node.loop is None:
             duration = entry.duration_ms if entry else None
             out.append(GraphLine(depth, node_id, node.type_name, _state(entry), duration, cycle))
             continue
         body = set(node.loop.body.order)
-        body_entries = [e for (n, _), e in last.items() if n in body]
+        body_entries = [
+            e
+            for (loop, n, c), e in last.items()
+            if c and (loop == node_id if where.attributed else n in body)
+        ]
         state = _state(entry) if entry or not body_entries else "succeeded"
         duration = entry.duration_ms if entry else _span_ms(body_entries)
         out.append(GraphLine(depth, node_id, node.type_name, state, duration, cycle))
         for each in sorted({e.cycle for e in body_entries}):
-            _scope_lines(node.loop.body, last, depth + 1, each, out)
+            inner = _Where(node_id, each, where.attributed)
+            _scope_lines(node.loop.body, last, depth + 1, inner, out)
 
 
 def _fallback_lines(timeline: Sequence[TimelineEntry]) -> tuple[GraphLine, ...]:

@@ -13,7 +13,10 @@ Conventions the report relies on (the scheduler and nodes emit them this way):
 - A `CYCLE_SUMMARY` trace payload may hold `loop`, `strategy`, `planned`, `executed`,
   `skipped`, `cancelled` (lists of node ids), `convergence_decision`,
   `convergence_reason` and `next_action`; whatever is missing is derived from the node runs
-  and events of that cycle.
+  and events of that cycle. The scheduler writes `loop`, `scheduler_strategy`,
+  `next_action` and `modules_planned`, `modules_executed`, ... (lists of node ids).
+- A cycle is one loop's (`engine.report._cycles` says how records are attributed to it):
+  a graph with two loops has a card per cycle of each.
 - A `POLICY_PINNED` payload holds `policy` (the name) and `version` (used while a request is
   unfinished).
 """
@@ -27,6 +30,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from engine.errors import RequestNotFinished, StoreError
+from engine.report._cycles import Attribution, Cycle, attribute
 from engine.report.markdown import render_markdown
 from engine.report.model import (
     CycleCard,
@@ -103,6 +107,8 @@ def request_report(store: Store, request_id: str) -> RequestReport:
         raise _missing_request(store, request_id)
     t0 = _start_time(request, events, node_runs, calls)
     decisions = [_decision(e, t0) for e in events]
+    found = attribute(traces, decisions, node_runs, calls, t0)
+    decisions = [replace(d, loop=_loop(found.event_cycle.get(d.sequence))) for d in decisions]
     summary = _summary(request_id, request, events, node_runs, calls)
     if request is None:
         run_id = summary.run_id or _parse_id(request_id)[0]
@@ -111,11 +117,11 @@ def request_report(store: Store, request_id: str) -> RequestReport:
         summary = replace(summary, note=note)
     return RequestReport(
         summary=summary,
-        strategy=_strategy(decisions, node_runs, calls),
+        strategy=_strategy(decisions, node_runs, calls, found),
         decisions=decisions,
-        cycles=_cycles(traces, decisions, node_runs),
-        timeline=_timeline(node_runs, decisions, calls, t0),
-        llm_calls=_llm_calls(calls, events, t0),
+        cycles=[_cycle_card(cycle) for cycle in found.cycles],
+        timeline=_timeline(node_runs, decisions, calls, t0, found),
+        llm_calls=_llm_calls(calls, events, t0, found),
         traces=[TraceRow(t["cycle"], t["stage"], dict(t["payload"] or {})) for t in traces],
         raw_events=events,
     )
@@ -272,13 +278,17 @@ def _degraded(events: list[Row]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _strategy(decisions: list[DecisionRow], runs: list[Row], calls: list[Row]) -> ExecutionStrategy:
+def _strategy(
+    decisions: list[DecisionRow], runs: list[Row], calls: list[Row], found: Attribution
+) -> ExecutionStrategy:
     def of(types: Iterable[str]) -> list[DecisionRow]:
         wanted = set(types)
         return [d for d in decisions if d.event_type in wanted]
 
     return ExecutionStrategy(
-        speculative=[_speculative(r, calls) for r in runs if r["speculative"]],
+        speculative=[
+            _speculative(i, run, calls, found) for i, run in enumerate(runs) if run["speculative"]
+        ],
         strategies=of({"STRATEGY_SELECTED"}),
         reused=of(_REUSE),
         gates=of({"GATE_DECISION"}),
@@ -288,10 +298,8 @@ def _strategy(decisions: list[DecisionRow], runs: list[Row], calls: list[Row]) -
     )
 
 
-def _speculative(run: Row, calls: list[Row]) -> SpeculativeOutcome:
-    cost = sum(
-        c["cost_usd"] for c in calls if c["node"] == run["node"] and c["cycle"] == run["cycle"]
-    )
+def _speculative(index: int, run: Row, calls: list[Row], found: Attribution) -> SpeculativeOutcome:
+    cost = sum(c["cost_usd"] for j, c in enumerate(calls) if found.call_run[j] == index)
     outcome = "cancelled" if run["status"] == "cancelled" else run["outcome"]
     return SpeculativeOutcome(
         node=run["node"],
@@ -300,7 +308,12 @@ def _speculative(run: Row, calls: list[Row]) -> SpeculativeOutcome:
         outcome=outcome,
         duration_ms=run["duration_ms"],
         cost_usd=round(cost, 9),
+        loop=_loop(found.run_cycle[index]),
     )
+
+
+def _loop(cycle: Cycle | None) -> str | None:
+    return cycle.run.loop if cycle is not None else None
 
 
 def _codes(value: Any) -> list[str]:
@@ -314,47 +327,56 @@ def _names(value: Any) -> list[str] | None:
     return None
 
 
-def _cycles(traces: list[Row], decisions: list[DecisionRow], runs: list[Row]) -> list[CycleCard]:
-    summaries = {
-        t["cycle"]: dict(t["payload"] or {}) for t in traces if t["stage"] == "CYCLE_SUMMARY"
-    }
-    started = {d.cycle: d.stage for d in decisions if d.event_type == "LOOP_CYCLE_STARTED"}
-    return [
-        _cycle_card(cycle, summaries.get(cycle, {}), started.get(cycle), decisions, runs)
-        for cycle in sorted(set(summaries) | set(started))
-    ]
+_SUMMARY_LISTS = {
+    "executed": ("modules_executed", "modules_failed"),
+    "skipped": ("modules_skipped",),
+    "cancelled": ("modules_cancelled",),
+}
+"""The scheduler's `CYCLE_SUMMARY` lists behind each list of a card."""
 
 
-def _cycle_card(
-    cycle: int,
-    payload: dict[str, Any],
-    loop: str | None,
-    decisions: list[DecisionRow],
-    runs: list[Row],
-) -> CycleCard:
-    in_cycle = [r for r in runs if r["cycle"] == cycle]
+def _cycle_card(cycle: Cycle) -> CycleCard:
+    payload = cycle.summary or {}
+    runs = cycle.runs
     by_status = {
-        status: [r["node"] for r in in_cycle if r["status"] in statuses]
+        status: [r["node"] for r in runs if r["status"] in statuses]
         for status, statuses in (
             ("executed", {"succeeded", "failed", "timed_out"}),
             ("skipped", {"skipped"}),
             ("cancelled", {"cancelled"}),
         )
     }
-    events = [d for d in decisions if d.cycle == cycle]
+    planned = [r["node"] for r in runs]
+    if cycle.unsure and isinstance(payload.get("modules_planned"), list):
+        # Two loops ran a body node of the same name in a cycle of the same number, and
+        # nothing stored tells whose run was whose (node runs name the bare node id): the
+        # cycle's own summary lists say what it did, so they stand in for its node runs.
+        by_status = {
+            status: _summary_names(payload, keys) for status, keys in _SUMMARY_LISTS.items()
+        }
+        ran = {name for names in by_status.values() for name in names}
+        planned = [name for name in _summary_names(payload, ("modules_planned",)) if name in ran]
+    outer = cycle.run.parent
+    events = cycle.events
     return CycleCard(
-        cycle=cycle,
-        loop=payload.get("loop") or loop,
+        cycle=cycle.cycle,
+        loop=cycle.run.loop,
         strategy=payload.get("strategy") or payload.get("scheduler_strategy"),
-        planned=_names(payload.get("planned")) or [r["node"] for r in in_cycle],
+        planned=_names(payload.get("planned")) or planned,
         executed=_names(payload.get("executed")) or by_status["executed"],
         skipped=_names(payload.get("skipped")) or by_status["skipped"],
         cancelled=_names(payload.get("cancelled")) or by_status["cancelled"],
         critic=_outcome(events, {"CRITIC_DECISION"}),
-        simulator=_simulator_outcome(events, in_cycle),
+        simulator=_simulator_outcome(events, runs),
         convergence=_convergence(payload, events),
         next_action=payload.get("next_action"),
+        outer_loop=outer.run.loop if outer is not None else None,
+        outer_cycle=outer.cycle if outer is not None else None,
     )
+
+
+def _summary_names(payload: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    return [name for key in keys for name in _names(payload.get(key)) or ()]
 
 
 def _explain(d: DecisionRow) -> str:
@@ -393,30 +415,34 @@ def _convergence(payload: dict[str, Any], events: list[DecisionRow]) -> str | No
 
 
 def _timeline(
-    runs: list[Row], decisions: list[DecisionRow], calls: list[Row], t0: float
+    runs: list[Row], decisions: list[DecisionRow], calls: list[Row], t0: float, found: Attribution
 ) -> list[TimelineEntry]:
-    reused = Counter((d.stage, d.cycle) for d in decisions if d.event_type in _REUSE)
-    cached = {(d.stage, d.cycle) for d in decisions if d.event_type == "CACHE_HIT"}
+    # marks go to the node run an event or call is about, not to every run of its
+    # (node, cycle): two loops' bodies may each hold a node of that name
+    reused = Counter(found.event_run.get(d.sequence) for d in decisions if d.event_type in _REUSE)
+    cached = {found.event_run.get(d.sequence) for d in decisions if d.event_type == "CACHE_HIT"}
     cached |= {
-        (c["node"], c["cycle"])
-        for c in calls
+        found.call_run[j]
+        for j, c in enumerate(calls)
         if c["cache_status"] == "hit" or c["call_outcome"] == "cached"
     }
-    return [_timeline_entry(r, reused, cached, t0) for r in runs]
+    return [
+        _timeline_entry(r, reused[i], i in cached, _loop(found.run_cycle[i]), t0)
+        for i, r in enumerate(runs)
+    ]
 
 
 def _timeline_entry(
-    run: Row, reused: Counter[tuple[str, int]], cached: set[tuple[str, int]], t0: float
+    run: Row, reused: int, cached: bool, loop: str | None, t0: float
 ) -> TimelineEntry:
-    key = (run["node"], run["cycle"])
     marks = ["speculative"] if run["speculative"] else []
     if run["status"] != "succeeded":
         marks.append(run["status"])
     if run["outcome"] == "discarded":
         marks.append("discarded")
-    if reused[key]:
-        marks.append("reused" if reused[key] == 1 else f"reused x{reused[key]}")
-    if key in cached:
+    if reused:
+        marks.append("reused" if reused == 1 else f"reused x{reused}")
+    if cached:
         marks.append("cached")
     if run["attempts"] > 1:
         marks.append("retried")
@@ -431,10 +457,13 @@ def _timeline_entry(
         attempts=run["attempts"],
         marks=marks,
         error=run["error"],
+        loop=loop,
     )
 
 
-def _llm_calls(calls: list[Row], events: list[Row], t0: float) -> list[LlmCallRow]:
+def _llm_calls(
+    calls: list[Row], events: list[Row], t0: float, found: Attribution
+) -> list[LlmCallRow]:
     by_sequence = {e["sequence"]: e["event_type"] for e in events}
 
     def related(sequence: int | None) -> str | None:
@@ -459,6 +488,11 @@ def _llm_calls(calls: list[Row], events: list[Row], t0: float) -> list[LlmCallRo
             offset_ms=_ms_since(t0, c["started_at"]),
             related_event=related(c["related_event_id"]),
             error=c["error"],
+            loop=_run_loop(found, found.call_run[j]),
         )
-        for c in calls
+        for j, c in enumerate(calls)
     ]
+
+
+def _run_loop(found: Attribution, index: int | None) -> str | None:
+    return _loop(found.run_cycle[index]) if index is not None else None

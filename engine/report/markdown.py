@@ -7,7 +7,16 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from engine.report.model import CycleCard, DecisionRow, ExecutionStrategy, RequestReport, Summary
+from engine.report.model import (
+    CycleCard,
+    DecisionRow,
+    ExecutionStrategy,
+    LlmCallRow,
+    RequestReport,
+    SpeculativeOutcome,
+    Summary,
+    TimelineEntry,
+)
 
 __all__ = ["fmt_time", "render_markdown", "table"]
 
@@ -80,24 +89,43 @@ def _summary(s: Summary) -> list[str]:
     return lines
 
 
-def _explain(d: DecisionRow) -> str:
-    text = f"`{d.stage}` c{d.cycle}: {d.decision or d.event_type}"
+def _loops(report: RequestReport) -> bool:
+    """Whether the request ran more than one loop (or a loop in a loop): then a cycle
+    number alone does not say whose cycle it is, and every row names its loop."""
+    return len({c.loop for c in report.cycles}) > 1 or any(c.outer_loop for c in report.cycles)
+
+
+def _where(node: str, cycle: int, loop: str | None, loops: bool) -> str:
+    """`node` c2, or `node` c2 of `loop` when the request ran several loops."""
+    return f"`{node}` c{cycle}" + (f" of `{loop}`" if loops and loop else "")
+
+
+def _explain(d: DecisionRow, loops: bool) -> str:
+    text = f"{_where(d.stage, d.cycle, d.loop, loops)}: {d.decision or d.event_type}"
     return f"{text} ({', '.join(d.reasons)})" if d.reasons else text
 
 
-def _strategy(s: ExecutionStrategy) -> list[str]:
-    speculative = [
-        f"`{o.node}` c{o.cycle}: {o.outcome}" + (f" (${o.cost_usd:.6f})" if o.cost_usd else "")
-        for o in s.speculative
-    ]
+def _speculative(o: SpeculativeOutcome, loops: bool) -> str:
+    cost = f" (${o.cost_usd:.6f})" if o.cost_usd else ""
+    return f"{_where(o.node, o.cycle, o.loop, loops)}: {o.outcome}{cost}"
+
+
+def _strategy(s: ExecutionStrategy, loops: bool) -> list[str]:
+    def event(d: DecisionRow) -> str:
+        return f"{_where(d.stage, d.cycle, d.loop, loops)}: {d.event_type}"
+
+    def convergence(d: DecisionRow) -> str:
+        of = f" `{d.loop}`" if loops and d.loop else ""
+        return f"c{d.cycle}{of} {d.event_type}: {_explain(d, loops)}"
+
     items = [
-        ("Speculative", speculative),
-        ("Strategy", [_explain(d) for d in s.strategies]),
-        ("Reused", [f"`{d.stage}` c{d.cycle}: {d.event_type}" for d in s.reused]),
-        ("Gates", [_explain(d) for d in s.gates]),
-        ("Convergence", [f"c{d.cycle} {d.event_type}: {_explain(d)}" for d in s.convergence]),
-        ("Cache", [f"`{d.stage}` c{d.cycle}: {d.event_type}" for d in s.cache]),
-        ("Cancellations", [f"`{d.stage}` c{d.cycle}: {d.event_type}" for d in s.cancellations]),
+        ("Speculative", [_speculative(o, loops) for o in s.speculative]),
+        ("Strategy", [_explain(d, loops) for d in s.strategies]),
+        ("Reused", [event(d) for d in s.reused]),
+        ("Gates", [_explain(d, loops) for d in s.gates]),
+        ("Convergence", [convergence(d) for d in s.convergence]),
+        ("Cache", [event(d) for d in s.cache]),
+        ("Cancellations", [event(d) for d in s.cancellations]),
     ]
     lines = ["## Execution strategy", ""]
     lines += [
@@ -106,7 +134,27 @@ def _strategy(s: ExecutionStrategy) -> list[str]:
     return lines
 
 
-def _decisions(rows: list[DecisionRow]) -> list[str]:
+def _with_loop(
+    headers: Sequence[str], rows: list[tuple[Any, ...]], loops: list[str | None] | None
+) -> list[str]:
+    """A table with a `loop` column before `cycle` when `loops` is given."""
+    if loops is None:
+        return table(headers, rows)
+    at = list(headers).index("cycle")
+    return table(
+        [*headers[:at], "loop", *headers[at:]],
+        [(*row[:at], loop, *row[at:]) for row, loop in zip(rows, loops, strict=True)],
+    )
+
+
+def _loop_column(
+    rows: Sequence[DecisionRow | TimelineEntry | LlmCallRow], loops: bool
+) -> list[str | None] | None:
+    # a row in a cycle whose loop the records cannot tell shows `?`, at the top level `—`
+    return [row.loop or ("?" if row.cycle else None) for row in rows] if loops else None
+
+
+def _decisions(rows: list[DecisionRow], loops: bool) -> list[str]:
     headers = ("#", "+ms", "cycle", "stage", "component", "event", "decision", "reasons", "ms")
     body = [
         (
@@ -122,11 +170,15 @@ def _decisions(rows: list[DecisionRow]) -> list[str]:
         )
         for d in rows
     ]
-    return ["## Runtime decisions", "", *(table(headers, body) if body else ["No events."])]
+    shown = _with_loop(headers, body, _loop_column(rows, loops)) if body else ["No events."]
+    return ["## Runtime decisions", "", *shown]
 
 
 def _card(card: CycleCard) -> list[str]:
-    title = f"### Cycle {card.cycle}" + (f" (loop `{card.loop}`)" if card.loop else "")
+    where = [f"loop `{card.loop}`"] if card.loop else []
+    if card.outer_loop:
+        where.append(f"in loop `{card.outer_loop}` cycle {card.outer_cycle}")
+    title = f"### Cycle {card.cycle}" + (f" ({', '.join(where)})" if where else "")
     fields = [
         ("Strategy", card.strategy),
         ("Planned", card.planned),
@@ -150,7 +202,7 @@ def _bar(offset: float, duration: float, total: float) -> str:
     return "`" + "·" * start + "█" * width + "·" * (_BAR_WIDTH - start - width) + "`"
 
 
-def _timeline(report: RequestReport) -> list[str]:
+def _timeline(report: RequestReport, loops: bool) -> list[str]:
     entries = report.timeline
     total = max([e.offset_ms + e.duration_ms for e in entries] + [report.summary.latency_ms or 0])
     headers = ("node", "type", "cycle", "+ms", "ms", "status", "marks", "")
@@ -167,10 +219,11 @@ def _timeline(report: RequestReport) -> list[str]:
         )
         for e in entries
     ]
-    return ["## Timeline", "", *(table(headers, body) if body else ["No node runs."])]
+    shown = _with_loop(headers, body, _loop_column(entries, loops)) if body else ["No node runs."]
+    return ["## Timeline", "", *shown]
 
 
-def _llm_calls(report: RequestReport) -> list[str]:
+def _llm_calls(report: RequestReport, loops: bool) -> list[str]:
     headers = (
         "node",
         "cycle",
@@ -204,7 +257,8 @@ def _llm_calls(report: RequestReport) -> list[str]:
         )
         for c in report.llm_calls
     ]
-    return ["## LLM calls", "", *(table(headers, body) if body else ["No LLM calls."])]
+    column = _loop_column(report.llm_calls, loops)
+    return ["## LLM calls", "", *(_with_loop(headers, body, column) if body else ["No LLM calls."])]
 
 
 def _traces(report: RequestReport) -> list[str]:
@@ -239,18 +293,19 @@ def render_markdown(report: RequestReport, *, raw: bool = True) -> str:
         raw: append the raw events (in a collapsed `<details>` block).
     """
     cycles = [line for card in report.cycles for line in _card(card)]
+    loops = _loops(report)
     sections = [
         [f"# Request {report.summary.request_id}", ""],
         _summary(report.summary),
         [""],
-        _strategy(report.strategy),
+        _strategy(report.strategy, loops),
         [""],
-        _decisions(report.decisions),
+        _decisions(report.decisions, loops),
         [""],
         ["## Cycles", "", *(cycles or ["No loop cycles.", ""])],
-        _timeline(report),
+        _timeline(report, loops),
         [""],
-        _llm_calls(report),
+        _llm_calls(report, loops),
         [""],
         _traces(report),
     ]

@@ -75,6 +75,9 @@ class DecisionRow:
     status: str | None
     reasons: list[str]
     duration_ms: float | None
+    loop: str | None = None
+    """The loop whose cycle `cycle` counts (None at the top level, or when the records
+    cannot tell which of two loops it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,9 @@ class SpeculativeOutcome:
     duration_ms: float
     cost_usd: float
     """Cost of the node's LLM calls in that cycle."""
+    loop: str | None = None
+    """The loop whose cycle `cycle` counts (None at the top level, or when the records
+    cannot tell which of two loops it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +118,11 @@ class ExecutionStrategy:
 
 @dataclass(frozen=True, slots=True)
 class CycleCard:
-    """One loop cycle: what was planned and done, and what the critic, simulator and
-    convergence concluded."""
+    """One cycle of one loop: what was planned and done, and what the critic, simulator
+    and convergence concluded.
+
+    A request has one card per cycle of each loop it ran (a loop inside a loop body: per
+    cycle of each of its runs); a card shows only its own loop's work."""
 
     cycle: int
     loop: str | None
@@ -127,6 +136,10 @@ class CycleCard:
     """The simulator's outcome, or why it was skipped or cancelled."""
     convergence: str | None
     next_action: str | None
+    outer_loop: str | None = None
+    """For a loop inside another loop's body: that loop, whose cycle `outer_cycle` this
+    run of `loop` ran in."""
+    outer_cycle: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +158,9 @@ class TimelineEntry:
     """Any of `speculative cancelled skipped failed timed_out discarded reused cached
     retried`."""
     error: str | None
+    loop: str | None = None
+    """The loop whose cycle `cycle` counts (None at the top level, or when the records
+    cannot tell which of two loops it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +183,9 @@ class LlmCallRow:
     related_event: str | None
     """`EVENT_TYPE #sequence` of the event the call belongs to, if any."""
     error: str | None
+    loop: str | None = None
+    """The loop whose cycle `cycle` counts (None at the top level, or when the records
+    cannot tell which of two loops it was)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,11 +138,14 @@ class RequestDetailScreen(LiveScreen):
         report = detail.report
         if report is None:
             return
-        self._show_overview(detail, report.strategy)
-        self._show_timeline(report.timeline, detail.latency_ms)
-        self._show_decisions(report.decisions)
+        # with more than one loop, a cycle number alone does not say whose cycle it is:
+        # rows of a loop body name their node `loop/node`
+        loops = len({c.loop for c in report.cycles}) > 1 or any(c.outer_loop for c in report.cycles)
+        self._show_overview(detail, report.strategy, loops)
+        self._show_timeline(report.timeline, detail.latency_ms, loops)
+        self._show_decisions(report.decisions, loops)
         self._show_cycles(report.cycles)
-        self._show_calls(report.llm_calls)
+        self._show_calls(report.llm_calls, loops)
         self._show_events(report.raw_events)
 
     # -- sections -----------------------------------------------------------------------
@@ -171,15 +174,18 @@ class RequestDetailScreen(LiveScreen):
             first, "\n", second, (degraded, "$text-warning"), (error, "$text-error")
         )
 
-    def _show_overview(self, d: RequestDetail, strategy: ExecutionStrategy) -> None:
+    def _show_overview(self, d: RequestDetail, strategy: ExecutionStrategy, loops: bool) -> None:
+        speculative = (
+            f"{_in_loop(o.node, o.loop, loops)}:{o.outcome}" for o in strategy.speculative
+        )
         lines = (
-            ("speculative", ", ".join(f"{o.node}:{o.outcome}" for o in strategy.speculative)),
-            ("strategy", _events(strategy.strategies)),
-            ("reused", _events(strategy.reused)),
-            ("gates", _events(strategy.gates)),
-            ("cache", _events(strategy.cache)),
-            ("convergence", _events(strategy.convergence)),
-            ("cancelled", _events(strategy.cancellations)),
+            ("speculative", ", ".join(speculative)),
+            ("strategy", _events(strategy.strategies, loops)),
+            ("reused", _events(strategy.reused, loops)),
+            ("gates", _events(strategy.gates, loops)),
+            ("cache", _events(strategy.cache, loops)),
+            ("convergence", _events(strategy.convergence, loops)),
+            ("cancelled", _events(strategy.cancellations, loops)),
         )
         parts = [
             p
@@ -201,7 +207,7 @@ class RequestDetailScreen(LiveScreen):
             label.append(f"  {ms(line.duration_ms)}")
         return label
 
-    def _show_timeline(self, rows: Sequence[TimelineEntry], latency: float) -> None:
+    def _show_timeline(self, rows: Sequence[TimelineEntry], latency: float, loops: bool) -> None:
         table = self.query_one("#timeline-table", DataTable)
         table.clear()
         for row in rows:
@@ -211,7 +217,7 @@ class RequestDetailScreen(LiveScreen):
             track.append_text(styled(self.app, "█" * cells, state))
             track.append("·" * (_BAR_CELLS - start - cells))
             table.add_row(
-                plain(row.node),
+                plain(_in_loop(row.node, row.loop, loops)),
                 plain(row.cycle),
                 styled(self.app, state),
                 Text(ms(row.offset_ms), justify="right"),
@@ -220,7 +226,7 @@ class RequestDetailScreen(LiveScreen):
                 plain(mark_letters(row.marks)),
             )
 
-    def _show_decisions(self, decisions: Sequence[DecisionRow]) -> None:
+    def _show_decisions(self, decisions: Sequence[DecisionRow], loops: bool) -> None:
         table = self.query_one("#decisions-table", DataTable)
         table.clear()
         for d in decisions:
@@ -228,7 +234,7 @@ class RequestDetailScreen(LiveScreen):
                 *_texts(
                     d.sequence,
                     d.cycle,
-                    d.stage,
+                    _stage(d, loops),
                     d.component,
                     d.event_type,
                     d.decision or "-",
@@ -257,15 +263,17 @@ class RequestDetailScreen(LiveScreen):
             text = "\n".join(f"{label:<12}{printable(value or '-')}" for label, value in lines)
             card = Static(text, classes="cycle-card", markup=False)
             loop = f" · {c.loop}" if c.loop else ""
+            if c.outer_loop:
+                loop += f" in {c.outer_loop} cycle {c.outer_cycle}"
             card.border_title = Content(printable(f"cycle {c.cycle}{loop}"))
             cards.mount(card)
 
-    def _show_calls(self, calls: Sequence[LlmCallRow]) -> None:
+    def _show_calls(self, calls: Sequence[LlmCallRow], loops: bool) -> None:
         table = self.query_one("#calls-table", DataTable)
         table.clear()
         for c in calls:
             row = _texts(
-                c.node,
+                _in_loop(c.node, c.loop, loops),
                 c.cycle,
                 c.model,
                 c.provider,
@@ -327,8 +335,18 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
 
 
-def _events(rows: Sequence[DecisionRow]) -> str:
-    found = [f"{r.stage}={r.decision}" if r.decision else r.stage for r in rows]
+def _in_loop(node: str, loop: str | None, loops: bool) -> str:
+    """`loop/node` for a loop body's node when the request ran several loops."""
+    return f"{loop}/{node}" if loops and loop else node
+
+
+def _stage(d: DecisionRow, loops: bool) -> str:
+    """An event's stage, `loop/node` for a loop body's node (a loop's own events: its id)."""
+    return d.stage if d.stage == d.loop else _in_loop(d.stage, d.loop, loops)
+
+
+def _events(rows: Sequence[DecisionRow], loops: bool) -> str:
+    found = [f"{_stage(r, loops)}={r.decision}" if r.decision else _stage(r, loops) for r in rows]
     return ", ".join(dict.fromkeys(found))
 
 

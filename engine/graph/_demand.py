@@ -2,7 +2,8 @@
 
 A node runs when an expression being evaluated reads it (the graph's `output:`, a node
 that runs, a loop's `until:` or `output:`), or when it is speculative; a loop's body is
-judged against what its own `until:` and `output:` read.
+judged against what its own `until:` and `output:` read, and the body nodes it reads as
+`prev.X` (every cycle another may follow demands them: `CompiledLoop.prev_reads`).
 """
 
 from __future__ import annotations
@@ -38,4 +39,6 @@ def undemanded(
                 *(loop.until.names if loop.until else ()),
                 *(n for e in loop.output.values() for n in e.names),
             }
+            if loop.max_cycles > 1:  # (a single cycle has no next one to read them)
+                inner |= loop.prev_reads
             yield from undemanded(loop.body, inner, (*at, nid, "nodes"))

@@ -54,6 +54,13 @@ class FinishedRequest:
     traces: list[DecisionTrace] = field(default_factory=list)
     parent: Mapping[str, str] | None = None
     """The W3C trace context headers (`traceparent`, `tracestate`) the request continues."""
+    run_marks: list[int] | None = None
+    """For each node run, how many of the request's events were recorded before it (None:
+    not known). With `call_marks`, what tells apart two runs of one node id in one cycle
+    number (same-named body nodes of two loops, a loop nested in another's cycles)."""
+    call_marks: list[int] | None = None
+    """For each LLM call, how many of the request's node runs were recorded before it (a
+    call is recorded right after the run that made it)."""
 
 
 class Consumer(Protocol):
@@ -67,7 +74,7 @@ class Consumer(Protocol):
         """Flush whatever is buffered and let go of resources."""
 
 
-_EVENTS, _RUNS, _CALLS, _TRACES = range(4)
+_EVENTS, _RUNS, _CALLS, _TRACES, _RUN_MARKS, _CALL_MARKS = range(6)
 _LISTS = {OrchestrationEvent: _EVENTS, NodeRun: _RUNS, LlmCall: _CALLS, DecisionTrace: _TRACES}
 """Which of a running request's four lists (`_open`) takes a record of each type: a dict
 lookup per record where an `isinstance` chain took up to four (a request has about 70)."""
@@ -87,7 +94,7 @@ class RecordFeed:
         self._queues: list[tuple[str, deque[Record]]] = []
         self._open: dict[str, list[list[Any]]] = {}
         """The records of each request still running: its events, node runs, LLM calls
-        and decision traces."""
+        and decision traces, and the marks of its runs and calls (`FinishedRequest`)."""
         self._parents: dict[str, Mapping[str, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -161,16 +168,29 @@ class RecordFeed:
             request_id = item.request_id  # type: ignore[union-attr]  # not a RequestRecord
             open_ = requests.get(request_id)
             if open_ is None:
-                open_ = requests[request_id] = [[], [], [], []]
+                open_ = requests[request_id] = [[], [], [], [], [], []]
                 if len(requests) > _MAX_OPEN:
                     requests.pop(next(iter(requests)))
                     self.dropped += 1
             open_[at].append(item)
+            if at == _RUNS:
+                open_[_RUN_MARKS].append(len(open_[_EVENTS]))
+            elif at == _CALLS:
+                open_[_CALL_MARKS].append(len(open_[_RUNS]))
 
     def _finish(self, graph: str, record: RequestRecord) -> FinishedRequest:
-        events, runs, calls, traces = self._open.pop(record.id, None) or ([], [], [], [])
+        lists = self._open.pop(record.id, None) or [[], [], [], [], [], []]
+        events, runs, calls, traces, run_marks, call_marks = lists
         return FinishedRequest(
-            graph, record, events, runs, calls, traces, self._parents.pop(record.id, None)
+            graph,
+            record,
+            events,
+            runs,
+            calls,
+            traces,
+            self._parents.pop(record.id, None),
+            run_marks,
+            call_marks,
         )
 
     def close(self) -> None:

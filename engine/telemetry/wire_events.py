@@ -35,7 +35,7 @@ from engine.telemetry.otlp_wire import (
     varint,
 )
 
-__all__ = ["CACHE_LOOKUPS", "EventPlan", "lookup_span", "numbers", "write_events"]
+__all__ = ["CACHE_LOOKUPS", "NOT_DECISIONS", "EventPlan", "lookup_span", "numbers", "write_events"]
 
 _SPAN = b"\x12"  # ScopeSpans.spans
 _ATTR = b"\x4a"  # Span.attributes
@@ -53,7 +53,7 @@ non-negative product is its `int`, at about a quarter of the cost."""
 
 CACHE_LOOKUPS = {"CACHE_HIT": "hit", "CACHE_MISS": "miss", "CACHE_NEGATIVE_HIT": "negative"}
 """The events that are also a cache lookup's span, and its `moat.cache.result`."""
-_NOT_DECISIONS = frozenset({"RESULT_REUSED", "PRINCIPLES_REUSED"})
+NOT_DECISIONS = frozenset({"RESULT_REUSED", "PRINCIPLES_REUSED"})
 """Memo hits, a dozen per request: counted on the request's span, not one event each."""
 
 _EVENT_PAIRS = {
@@ -111,7 +111,7 @@ def write_events(
     reused = 0
     plans, floor, lengths, stamp = _PLANS, math.floor, LENGTHS, _FIXED64
     for event in events:
-        if event.event_type in _NOT_DECISIONS:
+        if event.event_type in NOT_DECISIONS:
             reused += 1
             continue
         codes = event.reason_codes

@@ -19,7 +19,10 @@ What a span holds (the contract the OTLP receiver test checks):
   `moat.request.*`, `moat.run.id`, tenant, policy, input hash, the decisions of no node
   as events, ERROR status when the request failed;
 - a node run: `NODE_TYPE NODE`, child of the request, `moat.node.id/status/outcome`, and
-  `speculative`, `cycle`, `attempts` when not the default; its decisions as events;
+  `speculative`, `cycle`, `attempts` when not the default; its decisions as events (two
+  runs of one node id in one cycle number, such as same-named body nodes of two loops,
+  each hold their own decisions and children, told apart by the order the feed got the
+  records in: `FinishedRequest.run_marks`);
 - an LLM call: `chat MODEL` (CLIENT), child of its node, the GenAI semantic conventions
   (`gen_ai.system`, `gen_ai.request.model`, usage tokens, finish reasons) plus cost,
   call kind and outcome, the prompt hash, and text only when the record carries it (the
@@ -40,7 +43,7 @@ import random
 import struct
 from collections.abc import Callable, Mapping
 
-from engine.events import LlmCall, NodeRun, RequestRecord
+from engine.events import LlmCall, NodeRun, OrchestrationEvent, RequestRecord
 from engine.stats import FAILED_STATUSES
 from engine.telemetry.feed import FinishedRequest
 from engine.telemetry.otlp_wire import (
@@ -54,7 +57,7 @@ from engine.telemetry.otlp_wire import (
     text,
     varint,
 )
-from engine.telemetry.wire_events import Lookups, lookup_span, write_events
+from engine.telemetry.wire_events import NOT_DECISIONS, Lookups, lookup_span, write_events
 
 __all__ = ["RequestSpans", "span_ids"]
 
@@ -193,20 +196,31 @@ class RequestSpans:
         # span ids: the root's, the node runs', the cache lookups', the calls'
         spans = [ids[at : at + 8] for at in range(8, len(ids), 8)]
         nodes = dict(zip(keys, spans, strict=False))  # by node and cycle: the later run's
+        # Two runs of one id in one cycle number (same-named body nodes of two loops, a
+        # loop nested in another's cycles): each gets its own events and children when
+        # the records' order is known, else the later run takes them all.
+        split = None if len(nodes) == len(runs) else _Split.of(request, keys, by_node, spans)
         out: list[bytes] = []
         at = len(runs)
         for event, where, result in lookups:
-            out.append(lookup_span(head, spans[at], nodes.get(where, root), event, result))
+            parent_id = nodes.get(where, root)
+            if split is not None:
+                parent_id = split.event_parent(event) or parent_id
+            out.append(lookup_span(head, spans[at], parent_id, event, result))
             at += 1
         models = self.model_names.get(request.graph, {})
         head_id, under_root = head + b"\x12\x08", b"\x22\x08" + root
-        for call in calls:
+        for i, call in enumerate(calls):
             parent_id = nodes.get((call.node, call.cycle), root)
+            if split is not None:
+                parent_id = split.call_parent(i) or parent_id
             out.append(_call(head_id, spans[at], parent_id, call, models))
             at += 1
-        for run, key, span_id in zip(runs, keys, spans, strict=False):
-            # a node run twice in a cycle: its children and events go to the later run
-            events = by_node[key] if nodes[key] is span_id else None
+        for i, (run, key, span_id) in enumerate(zip(runs, keys, spans, strict=False)):
+            if split is not None and key in split.shared:
+                events = split.events_of.get(i)
+            else:  # a node run twice in a cycle: its children and events go to the later run
+                events = by_node[key] if nodes[key] is span_id else None
             out.append(_node(head_id, span_id, under_root, run, events))
         out.append(self._root(head, root, request, parent, reused, root_events))
         return b"".join(out), len(out)
@@ -250,6 +264,96 @@ class RequestSpans:
             parts.append(_NO_STATUS)
         parts.append(_FLAGS_REMOTE if parent is not None and parent[1] else _FLAGS_LOCAL)
         return _span(parts)
+
+
+class _Split:
+    """Which run of a node id and cycle number that several runs share holds each of their
+    events, cache lookups and LLM calls, from the order the records came in.
+
+    A run's decisions are recorded while it runs, before the run itself: an event belongs
+    to the first of its node's runs recorded after it (of those, one whose time span holds
+    the event's time when the runs overlapped), else to the last. A run's LLM calls are
+    recorded right after it: a call belongs to the last of its node's runs recorded before
+    it.
+    """
+
+    __slots__ = ("_call_runs", "_event_runs", "_spans", "events_of", "shared")
+
+    def __init__(self, shared: set[tuple[str, int]], spans: list[bytes]) -> None:
+        self.shared = shared
+        """The (node, cycle) keys more than one run has."""
+        self.events_of: dict[int, list[bytes]] = {}
+        """Encoded events by the index of the run they belong to (shared keys only)."""
+        self._event_runs: dict[int, int] = {}
+        self._call_runs: dict[int, int] = {}
+        self._spans = spans
+
+    @classmethod
+    def of(
+        cls,
+        request: FinishedRequest,
+        keys: list[tuple[str, int]],
+        by_node: Mapping[tuple[str, int], list[bytes]],
+        spans: list[bytes],
+    ) -> _Split | None:
+        """The split of `request`'s shared keys (`spans`: its runs' span ids), or None when
+        its records' order is unknown."""
+        run_marks, call_marks = request.run_marks, request.call_marks
+        runs = request.node_runs
+        if (
+            run_marks is None
+            or call_marks is None
+            or len(run_marks) != len(runs)
+            or len(call_marks) != len(request.llm_calls)
+        ):
+            return None
+        of_key: dict[tuple[str, int], list[int]] = {}
+        for i, key in enumerate(keys):
+            of_key.setdefault(key, []).append(i)
+        shared = {key for key, found in of_key.items() if len(found) > 1}
+        split = cls(shared, spans)
+        written = {key: iter(by_node[key]) for key in shared}
+        for j, event in enumerate(request.events):
+            key = (event.stage, event.cycle)
+            if key not in shared or event.event_type in NOT_DECISIONS:
+                continue
+            i = _event_run(of_key[key], run_marks, runs, j, event.started_at)
+            split._event_runs[id(event)] = i
+            split.events_of.setdefault(i, []).append(next(written[key]))
+        for c, call in enumerate(request.llm_calls):
+            key = (call.node, call.cycle)
+            if key in shared:
+                found = of_key[key]
+                before = [i for i in found if i < call_marks[c]]
+                split._call_runs[c] = before[-1] if before else found[0]
+        return split
+
+    def event_parent(self, event: OrchestrationEvent) -> bytes | None:
+        """The span id of the run `event` belongs to (None: not a shared key's)."""
+        i = self._event_runs.get(id(event))
+        return None if i is None else self._spans[i]
+
+    def call_parent(self, index: int) -> bytes | None:
+        """The span id of the run the `index`-th LLM call belongs to (None: not shared)."""
+        i = self._call_runs.get(index)
+        return None if i is None else self._spans[i]
+
+
+def _event_run(found: list[int], marks: list[int], runs: list[NodeRun], j: int, t: float) -> int:
+    """Of the runs `found` (indices), the one the `j`-th event, at time `t`, belongs to."""
+    after = [i for i in found if marks[i] > j]
+    if not after:
+        return found[-1]
+    for i in after:
+        run = runs[i]
+        if run.started_at - _SLACK_S <= t <= run.started_at + run.duration_ms / 1000 + _SLACK_S:
+            return i
+    return after[0]
+
+
+_SLACK_S = 0.001
+"""How far outside a run's time span an event of it may be (a speculative start is
+recorded just before the run's clock starts)."""
 
 
 def _ns(seconds: float) -> int:

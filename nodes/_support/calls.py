@@ -6,7 +6,10 @@ there is one and otherwise runs the deterministic parser of `nodes._support.json
 still cannot be read comes back as `value=None`, so every node decides its own safe
 fallback instead of crashing on a malformed answer. So does a reply cut off mid-object
 (`finish_reason: length`): the parser could close its brackets, but the fields it lost are
-unknown, not absent, and a verdict read from half an answer is a guess.
+unknown, not absent, and a verdict read from half an answer is a guess. What the parser
+reads from an unreadable reply taken as cut off anywhere is kept apart (`partial`), for a
+node that shows text rather than trusting a verdict: what an answer wrote before its cut
+is still the model's words.
 
 The field readers (`unit`, `flag`, `choice`, `texts`) read one field the way models write
 it (`"0.9"`, `"false"`, `"Refuse"`, one string for a list) and return None for what they
@@ -52,6 +55,11 @@ class JsonReply:
     fixes: tuple[str, ...] = ()
     truncated: bool = False
     """The answer stopped mid-object; `value` is then None."""
+    partial: dict[str, Any] | None = None
+    """When `value` is None: the object the parser reads from the reply taken as cut off
+    wherever it stopped (its last value may stop short, later fields are lost), if any."""
+    prose: bool = False
+    """The reply holds no JSON at all (no `{` or `[`): the model answered in words."""
 
 
 async def ask_json(
@@ -76,12 +84,23 @@ async def ask_json(
         return JsonReply(completion, completion.json)
     try:
         parsed = parse_lenient(completion.text)
-    except JsonFixError:
-        return JsonReply(completion, None)
-    if cut_off(parsed.fixes):
-        return JsonReply(completion, None, parsed.fixes, truncated=True)
+    except JsonFixError as exc:
+        partial = None if exc.prose else _partial(completion.text)
+        return JsonReply(completion, None, prose=exc.prose, partial=partial)
     value = parsed.value if isinstance(parsed.value, dict) else None
+    if cut_off(parsed.fixes):
+        partial = _partial(completion.text)
+        return JsonReply(completion, None, parsed.fixes, truncated=True, partial=partial)
     return JsonReply(completion, value, parsed.fixes)
+
+
+def _partial(text: str) -> dict[str, Any] | None:
+    """The object `text` holds read as cut off wherever it stopped, if it holds one."""
+    try:
+        parsed = parse_lenient(text, cut_off=True)
+    except JsonFixError:
+        return None
+    return parsed.value if isinstance(parsed.value, dict) else None
 
 
 def cut_off(fixes: tuple[str, ...]) -> bool:

@@ -6,6 +6,13 @@ habits with a single string-aware pass and reports which fixes it applied, so th
 `validate` node can say "repaired by the parser" and a repair call is only spent on output
 that is really wrong. It never guesses content: a single-quoted string is only converted
 when its end is unambiguous, and anything it cannot read raises `JsonFixError`.
+
+A text cut off mid-object is closed where it stopped (`closed_string`, `closed_brackets`:
+the last value may be incomplete and later ones lost) when that reads as JSON. Told that the
+text may stop anywhere (`cut_off=True`, for a reader that keeps what was written before a
+token limit), the parser also drops what the cut left without a value (a key, a word or
+number stopped mid-way, `tru` or `1e`) and a string's half-written escape (`\\`,
+`\\u00`, half a surrogate pair), so any prefix of a JSON object reads as one.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js|python)?[ \t]*\n?(.*?)
 _PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
 _JSON_WORDS = frozenset({"true", "false", "null", "NaN", "Infinity"})
 _CLOSERS = {"{": "}", "[": "]"}
+_MARKS = frozenset({",", ":", "{", "[", "}", "]"})
+"""The pieces of the normalised output that end one value or key and begin the next."""
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class JsonFixError(ValueError):
@@ -29,10 +39,12 @@ class JsonFixError(ValueError):
 
     Args:
         reason: what was wrong.
+        prose: the text holds no JSON at all (no `{` or `[`): words only, or nothing.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, prose: bool = False) -> None:
         self.reason = reason
+        self.prose = prose
         super().__init__(f"no parseable JSON: {reason}")
 
 
@@ -45,15 +57,20 @@ class Parsed:
     """Names of the applied fixes, e.g. `code_fence`, `trailing_comma`, `python_literals`."""
 
 
-def parse_lenient(text: str) -> Parsed:
+def parse_lenient(text: str, *, cut_off: bool = False) -> Parsed:
     """Parse `text` as JSON, undoing common model formatting mistakes.
+
+    Args:
+        text: what the model wrote.
+        cut_off: read `text` as stopped anywhere (at a token limit): close it where it
+            stopped, without the key, word, number or escape the cut left half-written.
 
     Raises:
         JsonFixError: when no JSON value can be recovered without guessing.
     """
     stripped = text.strip()
     if not stripped:
-        raise JsonFixError("the text is empty")
+        raise JsonFixError("the text is empty", prose=True)
     try:
         return Parsed(_loads(stripped))
     except ValueError:
@@ -69,10 +86,10 @@ def parse_lenient(text: str) -> Parsed:
             pass
     start = min((i for i in (stripped.find("{"), stripped.find("[")) if i >= 0), default=-1)
     if start < 0:
-        raise JsonFixError("no '{' or '[' found")
+        raise JsonFixError("no '{' or '[' found", prose=True)
     if start > 0:
         fixes.append("leading_prose")
-    normalised, end, more = _normalise(stripped, start)
+    normalised, end, more = _normalise(stripped, start, cut_off=cut_off)
     fixes.extend(more)
     if stripped[end:].strip():
         fixes.append("trailing_prose")
@@ -102,16 +119,17 @@ def _python_literal(candidate: str, fixes: list[str]) -> Parsed:
     return Parsed(json.loads(text), (*dict.fromkeys(fixes), "python_literal"))
 
 
-def _normalise(s: str, start: int) -> tuple[str, int, list[str]]:
+def _normalise(s: str, start: int, *, cut_off: bool) -> tuple[str, int, list[str]]:
     """Rewrite the value starting at `start` into JSON; return it, its end and the fixes."""
-    return _Normaliser(s).run(start)
+    return _Normaliser(s, cut_off=cut_off).run(start)
 
 
 class _Normaliser:
     """One string-aware pass over a JSON-ish value, rewriting it into JSON as it goes."""
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, *, cut_off: bool) -> None:
         self.s = s
+        self.cut_off = cut_off
         self.out: list[str] = []
         self.fixes: list[str] = []
         self.stack: list[str] = []
@@ -145,6 +163,8 @@ class _Normaliser:
                 self.out.append(c)
                 i += 1
         if self.stack:
+            if self.cut_off:
+                _drop_cut_member(self.out, self.stack[-1])
             _drop_trailing_comma(self.out)
             self.out.extend(_CLOSERS[b] for b in reversed(self.stack))
             self.fixes.append("closed_brackets")
@@ -153,7 +173,8 @@ class _Normaliser:
     def _double(self, i: int) -> int:
         j = _string_end(self.s, i, '"')
         if j >= len(self.s):
-            self.out.append(self.s[i:] + '"')
+            body = self.s[i:]
+            self.out.append((_without_cut_escape(body) if self.cut_off else body) + '"')
             self.fixes.append("closed_string")
         else:
             self.out.append(self.s[i : j + 1])
@@ -183,11 +204,19 @@ def _word(word: str, s: str, end: int, stack: list[str], fixes: list[str]) -> st
         return _PY_LITERALS[word]
     if word in _JSON_WORDS:
         return word
-    rest = s[end:].lstrip()
-    if stack and stack[-1] == "{" and rest.startswith(":"):
+    if stack and stack[-1] == "{" and _next_char(s, end) == ":":
         fixes.append("unquoted_keys")
         return json.dumps(word)
     return word
+
+
+def _next_char(s: str, i: int) -> str:
+    """The first non-blank character from `i` on ("" at the end), found without copying the
+    rest of `s`: once per word or quote, a copy would make hostile text quadratic."""
+    n = len(s)
+    while i < n and s[i].isspace():
+        i += 1
+    return s[i : i + 1]
 
 
 def _string_end(s: str, i: int, quote: str) -> int:
@@ -215,8 +244,8 @@ def _single_quote_end(s: str, i: int) -> int:
             j += 2
             continue
         if s[j] == "'":
-            rest = s[j + 1 :].lstrip()
-            if not rest or rest[0] in ",:}]":
+            after = _next_char(s, j + 1)
+            if not after or after in ",:}]":
                 return j
         elif s[j] == "\n":
             return -1
@@ -227,6 +256,62 @@ def _single_quote_end(s: str, i: int) -> int:
 def _requote(body: str) -> str:
     """A single-quoted string's body as a JSON double-quoted string."""
     return json.dumps(body.replace("\\'", "'").replace('\\"', '"'))
+
+
+def _without_cut_escape(body: str) -> str:
+    """An unterminated string without the escape its cut left half-written (`\\`, `\\u00`,
+    or the first half of a surrogate pair, `\\ud83d`): closed as is, it would escape its
+    closing quote, fail to parse, or read as a lone surrogate no UTF-8 text can hold."""
+    i, digits = len(body), 0
+    while digits < 3 and i > 0 and body[i - 1] in _HEX:
+        i, digits = i - 1, digits + 1
+    if i > 0 and body[i - 1] == "u" and _escapes(body, i - 1):
+        body = body[: i - 2]
+    elif _escapes(body, len(body)):
+        body = body[:-1]
+    code = body[-4:]
+    if body[-6:-4] == "\\u" and _escapes(body, len(body) - 5) and set(code) <= _HEX:
+        return body[:-6] if 0xD800 <= int(code, 16) <= 0xDBFF else body
+    return body
+
+
+def _escapes(s: str, end: int) -> bool:
+    """Whether an odd run of backslashes ends at `end`: the next character is escaped."""
+    j = end
+    while j > 0 and s[j - 1] == "\\":
+        j -= 1
+    return (end - j) % 2 == 1
+
+
+def _drop_cut_member(out: list[str], inside: str) -> None:
+    """At a cut inside an object or array (`inside`), drop what has no value yet: a key
+    without one, or a word or number stopped mid-way; a whole value stays."""
+    k = len(out)
+    while k > 0 and out[k - 1] not in _MARKS:
+        k -= 1
+    mark, tail = (out[k - 1] if k else ""), "".join(out[k:]).strip()
+    if mark in "}]":  # the cut follows a whole object or array
+        return
+    if inside == "{" and mark == ":":  # a value, or the key whose value is missing
+        if _whole(tail):
+            return
+        k -= 1
+        while k > 0 and out[k - 1].isspace():
+            k -= 1
+        if k > 0 and out[k - 1].startswith('"'):
+            k -= 1
+    elif inside == "[" and _whole(tail):  # an element
+        return
+    del out[k:]  # a key without its value, or a word or number stopped mid-way
+
+
+def _whole(tail: str) -> bool:
+    """Whether `tail` (the text after the last `,` `:` `{` or `[`) is one whole scalar."""
+    try:
+        value = json.loads(tail)
+    except ValueError:
+        return False
+    return not isinstance(value, dict | list)
 
 
 def _drop_trailing_comma(out: list[str]) -> bool:

@@ -16,15 +16,28 @@ confidence is calibrated, which the bench's calibration curves check.
 
 An answer is unreadable when it is not a JSON object with a non-empty `answer` and a
 `confidence` in [0, 1] (`"0.9"` reads as 0.9; NaN, 7 or a missing key do not), or when it
-was cut off mid-object: it counts as confidence 0 (it escalates, and is never accepted)
-and its raw text is kept only in case no model answers readably (`UNPARSEABLE`,
-`TRUNCATED`, `ANSWER_UNREADABLE`). `escalate: false` answers with the start model only
-(the ablation of the cascade). Each call emits `CASCADE_STEP` with `accepted` or
-`escalated`; the last one `kept`, or `discarded` when an earlier readable answer is kept.
+was cut off mid-object (`UNPARSEABLE`, `TRUNCATED`, `ANSWER_UNREADABLE`): it counts as
+confidence 0 (it escalates, and is never accepted) and is kept only when no model answers
+readably (`readable` is then false: a graph that caches answers, or shows them without
+review, should ask for it).
+
+What is kept of an unreadable answer is what a reader can use, never the JSON around it:
+its `answer` string as far as the lenient parser reads it (up to the cut, for a reply cut
+off at `max_tokens`), or the reply itself when it holds no JSON at all (the model answered
+in words). When neither is there (an object without its `answer`, or cut off before it)
+`text` is empty: a JSON fragment is no answer to show a user, and an empty one is what a
+graph's validation catches (`minLength: 1`); failing the node instead would fail the
+request where a later node (a second sample, a revision) can still answer.
+
+`escalate: false` answers with the start model only (the ablation of the cascade). Each
+call emits `CASCADE_STEP` with `accepted` or `escalated`; the last one `kept`, or
+`discarded` when an earlier answer is kept (a readable one over an unreadable one, some
+text over none).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
@@ -94,10 +107,19 @@ class CascadeNode(Node):
     class Output(BaseModel):
         """What a `cascade` node returns."""
 
-        text: str = Field(description="The answer kept.")
+        text: str = Field(
+            description="The answer kept: its `answer` string, as far as it could be read "
+            "when the reply was not well-formed (cut off, say), the reply itself when it "
+            "held no JSON, or empty when no answer could be read from any reply."
+        )
         model: str = Field(description="The logical model whose answer was kept.")
         confidence: float = Field(description="That model's stated confidence, in [0, 1].")
         accepted: bool = Field(description="The kept answer's confidence reached `accept_at`.")
+        readable: bool = Field(
+            description="The kept answer was read from a well-formed reply (a JSON object "
+            "with a non-empty `answer` and a `confidence` in [0, 1], not cut off); false "
+            "when no model answered readably (its `confidence` is then 0)."
+        )
         steps: int = Field(description="Model calls made.")
         escalated: bool = Field(description="A model after the start one was asked.")
         tried: list[str] = Field(description="The models asked, in order.")
@@ -109,8 +131,7 @@ class CascadeNode(Node):
         chain = config.models[first:] if config.escalate else [config.models[first]]
         chain = chain[: config.max_steps]
         prompt = f"{_INSTRUCTION}\n\nRequest:\n{config.prompt}"
-        best: tuple[str, str, float] | None = None
-        readable_best = False
+        best: _Answer | None = None
         tried: list[str] = []
         cost = 0.0
         for i, model in enumerate(chain):
@@ -120,33 +141,30 @@ class CascadeNode(Node):
             )  # fmt: skip
             tried.append(model)
             cost += reply.completion.cost_usd
-            answer, stated = _read(reply.value)
-            readable = answer is not None and stated is not None
-            text = answer if answer is not None else reply.completion.text
-            confidence = stated if readable and stated is not None else 0.0
-            kept = readable or not readable_best  # a readable answer outranks raw text
+            found = _read(model, reply)
+            kept = best is None or found.rank >= best.rank  # the later of equals: a larger model
             if kept:
-                best, readable_best = (model, text, confidence), readable
-            accepted = readable and confidence >= config.accept_at
+                best = found
+            accepted = found.readable and found.confidence >= config.accept_at
             last = i == len(chain) - 1
             ctx.emit(
                 CASCADE_STEP,
                 decision="accepted" if accepted else "escalated" if not last else _end(kept),
                 reason_codes=[
-                    "CONFIDENT" if accepted else "UNSURE" if readable else _unreadable(reply)
+                    "CONFIDENT" if accepted else "UNSURE" if found.readable else _unreadable(reply)
                 ],
-                payload={"model": model, "confidence": round(confidence, 4), "step": i + 1},
+                payload={"model": model, "confidence": round(found.confidence, 4), "step": i + 1},
             )
             if accepted:
                 break
         if best is None:  # unreachable: `models` has at least one entry
             raise NodeError("cascade has no model to ask", node_id=ctx.node_id)
-        model, text, confidence = best
         return self.Output(
-            text=text,
-            model=model,
-            confidence=round(confidence, 4),
-            accepted=readable_best and confidence >= config.accept_at,
+            text=best.text,
+            model=best.model,
+            confidence=round(best.confidence, 4),
+            accepted=best.readable and best.confidence >= config.accept_at,
+            readable=best.readable,
             steps=len(tried),
             escalated=len(tried) > 1,
             tried=tried,
@@ -154,14 +172,38 @@ class CascadeNode(Node):
         )
 
 
-def _read(value: dict[str, Any] | None) -> tuple[str | None, float | None]:
-    """The answer (a non-empty string) and stated confidence (in [0, 1]) of a reply."""
-    if value is None:
-        return None, None
-    answer = value.get("answer")
-    return (answer if isinstance(answer, str) and answer.strip() else None), unit(
-        value.get("confidence")
-    )
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one model's reply gives: the text to show, and how far to trust it."""
+
+    model: str
+    text: str
+    confidence: float
+    """The stated confidence when `readable`, else 0."""
+    readable: bool
+
+    @property
+    def rank(self) -> int:
+        """2 for a readable answer, 1 for text read from an unreadable one, 0 for none."""
+        return 2 if self.readable else 1 if self.text else 0
+
+
+def _read(model: str, reply: JsonReply) -> _Answer:
+    """The answer of a reply: read from its JSON, recovered from a reply cut off or not quite
+    well-formed (confidence 0), the reply's words when it holds no JSON, or empty."""
+    answer = _answer_of(reply.value if reply.value is not None else reply.partial)
+    stated = unit(reply.value.get("confidence")) if reply.value is not None else None
+    if answer is not None and stated is not None:
+        return _Answer(model, answer, stated, readable=True)
+    if answer is None:
+        answer = reply.completion.text.strip() if reply.prose else ""
+    return _Answer(model, answer, 0.0, readable=False)
+
+
+def _answer_of(value: dict[str, Any] | None) -> str | None:
+    """The `answer` of a reply's object when it is a non-empty string."""
+    answer = value.get("answer") if value is not None else None
+    return answer if isinstance(answer, str) and answer.strip() else None
 
 
 def _unreadable(reply: JsonReply) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -145,3 +146,102 @@ async def test_an_unreadable_answer_is_never_accepted_even_at_accept_at_zero() -
     out = await _cascade(rt, models=["small", "medium"], accept_at=0.0)
     assert (out.model, out.text, out.accepted, out.steps) == ("medium", "still none", False, 2)
     assert [e.decision for e in rt.events] == ["escalated", "kept"]
+
+
+async def test_a_well_formed_answer_is_readable_even_when_unsure() -> None:
+    rt = FakeRuntime(models=_models(small=0.3))
+    out = await _cascade(rt, models=["small"])
+    assert (out.text, out.readable, out.accepted, out.confidence) == (
+        "small answer", True, False, 0.3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reply", "text", "code"),
+    [
+        ('{"answer": "The capital of France is Par', "The capital of France is Par", "TRUNCATED"),
+        ('{"confidence": 0.97, "answer": "Paris, on the Se', "Paris, on the Se", "TRUNCATED"),
+        ('{"answer": "Paris.", "confid', "Paris.", "UNPARSEABLE"),
+        ('{"answer": "Paris.", "confidence": 0.', "Paris.", "UNPARSEABLE"),
+        ('{"answer": "Paris.", "confidence": ', "Paris.", "UNPARSEABLE"),
+        ('{"answer": "Say \\"Caf\\u00e9\\" in Par', 'Say "Café" in Par', "TRUNCATED"),
+        ('{"answer": "Say \\"hi\\', 'Say "hi', "UNPARSEABLE"),
+        ('{"answer": "Caf\\u00', "Caf", "UNPARSEABLE"),
+        (
+            "```json\n{'answer': 'Paris.', 'confidence': 'sure',}\n```",
+            "Paris.",
+            "ANSWER_UNREADABLE",
+        ),
+    ],
+    ids=["in-answer", "answer-last", "in-key", "in-number", "before-value", "after-escape",
+         "mid-escape", "mid-unicode-escape", "malformed-confidence"],
+)  # fmt: skip
+async def test_an_answer_no_model_gave_readably_is_shown_as_its_words_not_its_json(
+    reply: str, text: str, code: str
+) -> None:
+    rt = FakeRuntime(models={"small": FakeModel("small", {"answer": reply})})
+    out = await _cascade(rt, models=["small"], accept_at=0.0)
+    assert (out.text, out.readable, out.accepted, out.confidence) == (text, False, False, 0.0)
+    assert [(e.decision, e.reason_codes) for e in rt.events] == [("kept", [code])]
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ('{"reply": "Paris.", "confidence": 0.99}', "ANSWER_UNREADABLE"),
+        ('{"answer": 42, "confidence": 0.99}', "ANSWER_UNREADABLE"),
+        ('{"confidence": 0.99, "ans', "UNPARSEABLE"),
+        ('{"answer": "Paris." "confidence": 0.9}', "UNPARSEABLE"),
+        ("[1, 2]", "UNPARSEABLE"),
+    ],
+)
+async def test_a_reply_with_no_answer_to_read_leaves_the_text_empty_never_json(
+    reply: str, code: str
+) -> None:
+    # a JSON fragment is no answer: empty text is what a graph's validation catches
+    rt = FakeRuntime(models={"small": FakeModel("small", {"answer": reply})})
+    out = await _cascade(rt, models=["small"])
+    assert (out.text, out.readable, out.accepted, out.confidence) == ("", False, False, 0.0)
+    assert rt.events[0].reason_codes == [code]
+
+
+async def test_a_recovered_answer_outranks_a_later_reply_with_none() -> None:
+    models = {
+        "small": FakeModel("small", {"answer": '{"answer": "Paris is the cap'}),
+        "medium": FakeModel("medium", {"answer": '{"confidence": 0.9}'}),
+    }
+    rt = FakeRuntime(models=models)
+    out = await _cascade(rt, models=["small", "medium"])
+    assert (out.model, out.text, out.readable, out.steps) == ("small", "Paris is the cap", False, 2)
+    assert [e.decision for e in rt.events] == ["escalated", "discarded"]
+
+
+async def test_a_readable_answer_after_a_cut_off_one_is_kept_and_readable() -> None:
+    models = {
+        "small": FakeModel("small", {"answer": '{"answer": "Paris is the cap'}),
+        "medium": FakeModel("medium", {"answer": {"answer": "Paris.", "confidence": 0.6}}),
+    }
+    rt = FakeRuntime(models=models)
+    out = await _cascade(rt, models=["small", "medium"], accept_at=0.9)
+    assert (out.model, out.text, out.readable, out.accepted) == ("medium", "Paris.", True, False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(answer=st.text(min_size=1), confidence=st.floats(0, 1), cut=st.integers(0, 10_000))
+def test_a_reply_cut_anywhere_after_its_answer_began_shows_a_prefix_of_the_answer(
+    answer: str, confidence: float, cut: int
+) -> None:
+    # escapes, quotes and characters outside the BMP included: whatever the cut leaves is
+    # shown as the answer's words (never a half escape or a lone surrogate), never as JSON
+    whole = json.dumps({"answer": answer, "confidence": confidence})
+    begun = len('{"answer": "')
+    reply = whole[: begun + cut % (len(whole) - begun)]  # the closing brace never comes
+    rt = FakeRuntime(models={"small": FakeModel("small", {"answer": reply})})
+
+    async def go() -> Any:
+        return await _cascade(rt, models=["small"], accept_at=0.0)
+
+    out = anyio.run(go)
+    assert (out.readable, out.accepted, out.confidence) == (False, False, 0.0)
+    assert answer.startswith(out.text) and (out.text == "" or out.text.strip())
+    out.text.encode("utf-8")

@@ -18,15 +18,21 @@ import pytest
 
 from engine.api import Pipeline
 from engine.graph.loader import check_text
-from tests.support.sched_nodes import graph, mock_trio, registry
+from tests.support.sched_nodes import backends, graph, registry
 
 STOPS = ("LOOP_UNTIL_MET", "LOOP_MAX_CYCLES", "LOOP_STOPPED_SOFT_DEADLINE")
 
 
-async def _stored(text: str, db: Path, input: dict[str, Any] | None = None) -> Any:
-    """Run one request of `text` on a store at `db`; the result and the store's rows."""
+pytestmark = pytest.mark.anyio
+anyio_backend = backends("trio-mock")
+
+
+async def _stored(text: str, tmp_path: Path) -> Any:
+    """Run one request of `text` on a fresh store in `tmp_path`; the result and the store's
+    rows."""
+    db = tmp_path / "moat.db"
     async with Pipeline(graph(text), db=db) as pipe:
-        result = await pipe.run(input or {}, run_id="run")
+        result = await pipe.run({}, run_id="run")
     return result, _Rows(db, result.request_id)
 
 
@@ -112,12 +118,10 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_two_loops_in_sequence_keep_their_cycles_prev_and_records_apart(
-    anyio_backend: Any, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    result, rows = await _stored(SEQUENCE, tmp_path / "moat.db")
+    result, rows = await _stored(SEQUENCE, tmp_path)
     assert result.status.value == "ok"
     assert result.output == {
         "a": 3,
@@ -169,12 +173,10 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_two_loops_demanded_together_run_side_by_side_each_body_once_a_cycle(
-    anyio_backend: Any, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    result, rows = await _stored(SIDE_BY_SIDE, tmp_path / "moat.db")
+    result, rows = await _stored(SIDE_BY_SIDE, tmp_path)
     assert (result.status.value, result.output) == ("ok", {"total": 6 + 20})
     assert result.latency_ms == pytest.approx(max(3 * 10, 2 * 15))  # concurrently
     # both loops' `step` and `hedge` in cycles 1 and 2, only `la`'s in cycle 3
@@ -220,12 +222,8 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
-async def test_a_body_node_named_like_an_outer_node_hides_it_in_the_body(
-    anyio_backend: Any, tmp_path: Path
-) -> None:
-    result, rows = await _stored(SHADOW, tmp_path / "moat.db")
+async def test_a_body_node_named_like_an_outer_node_hides_it_in_the_body(tmp_path: Path) -> None:
+    result, rows = await _stored(SHADOW, tmp_path)
     assert result.output == {"refined": 20, "inner": 2, "outer": "outer"}
     assert rows.of("draft") == [(1, "succeeded"), (2, "succeeded"), (0, "succeeded")]
 
@@ -274,12 +272,8 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
-async def test_nested_loops_each_have_their_own_prev_and_cycles(
-    anyio_backend: Any, tmp_path: Path
-) -> None:
-    result, rows = await _stored(NESTED, tmp_path / "moat.db")
+async def test_nested_loops_each_have_their_own_prev_and_cycles(tmp_path: Path) -> None:
+    result, rows = await _stored(NESTED, tmp_path)
     assert result.output == {"v": [200, 3, 3], "p": [100, 3, 3]}
     # the inner loop ran in each outer cycle, 1..3 each time, and stopped each time
     assert rows.started("inner") == [1, 2, 3, 1, 2, 3]
@@ -323,12 +317,10 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_a_loop_whose_body_fails_stops_there_and_leaves_the_other_loop_whole(
-    anyio_backend: Any, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    result, rows = await _stored(FAILING, tmp_path / "moat.db")
+    result, rows = await _stored(FAILING, tmp_path)
     assert result.status.value == "failed"
     assert result.error == "node 'step': ValueError: step broke on attempt 1"
     assert rows.started("la") == [1, 2]
@@ -373,12 +365,8 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
-async def test_a_deadline_mid_loop_stops_each_loop_in_its_current_cycle(
-    anyio_backend: Any, tmp_path: Path
-) -> None:
-    result, rows = await _stored(DEADLINE, tmp_path / "moat.db")
+async def test_a_deadline_mid_loop_stops_each_loop_in_its_current_cycle(tmp_path: Path) -> None:
+    result, rows = await _stored(DEADLINE, tmp_path)
     assert (result.status.value, result.output) == ("partial", {"c": "kept"})
     assert rows.started("la") == [1, 2, 3, 4, 5]
     assert rows.started("lb") == [1, 2, 3]
@@ -418,12 +406,8 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
-async def test_until_that_never_holds_stops_each_loop_at_its_own_max_cycles(
-    anyio_backend: Any, tmp_path: Path
-) -> None:
-    result, rows = await _stored(NEVER, tmp_path / "moat.db")
+async def test_until_that_never_holds_stops_each_loop_at_its_own_max_cycles(tmp_path: Path) -> None:
+    result, rows = await _stored(NEVER, tmp_path)
     assert result.output == {"a": 2, "b": 4}
     assert rows.stops("la") == [("LOOP_MAX_CYCLES", 2)]
     assert rows.stops("lb") == [("LOOP_MAX_CYCLES", 4)]
@@ -451,14 +435,12 @@ output:
 """
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [mock_trio()])
 async def test_a_body_node_read_only_as_prev_runs_and_is_not_reported_as_never_running(
-    anyio_backend: Any, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     text = PREV_ONLY.replace("CYCLES", "3")
     assert check_text(text, "prev.yaml", registry=registry()).warnings == []
-    result, rows = await _stored(text, tmp_path / "moat.db")
+    result, rows = await _stored(text, tmp_path)
     assert result.output == {"v": 2}
     assert rows.of("seen") == [(1, "succeeded"), (2, "succeeded")]
     # with a single cycle there is no next one to read it: it never runs, as reported

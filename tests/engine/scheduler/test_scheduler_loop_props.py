@@ -16,8 +16,6 @@ nothing runs once the runner has closed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -26,36 +24,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.events import MemorySink, RequestRecord
-from engine.graph.compiled import CompiledLoop, CompiledNode, Graph, Scope
+from engine.graph.compiled import Graph
 from engine.scheduler.runner import RequestResult, Runner
-from tests.support.sched_nodes import Work, graph
+from tests.support.loop_reference import (
+    NodeSpec,
+    graph_yaml,
+    read,
+    read_prev,
+    reference,
+    work_nodes,
+)
+from tests.support.sched_nodes import graph
 
 MS = st.sampled_from([0, 0, 3, 10, 20, 50])
-
-
-@dataclass
-class Spec:
-    """One node of a random graph (a loop when `body` is set)."""
-
-    id: str
-    value: str = "0"
-    when: str | None = None
-    speculative: str | None = None
-    ms: int = 0
-    fail: str | None = None
-    optional: bool = False
-    body: list[Spec] = field(default_factory=list)
-    max_cycles: int = 1
-    until: str | None = None
-    output: str = "0"
-
-
-def read(name: str) -> str:
-    return f"({name}.value if {name} else 0)"
-
-
-def read_prev(name: str) -> str:
-    return f"(prev.{name}.value if prev and prev.{name} else 0)"
 
 
 @st.composite
@@ -78,16 +59,18 @@ def expressions(draw: st.DrawFn, names: list[str], prevs: list[str]) -> str:
 
 
 @st.composite
-def nodes(draw: st.DrawFn, prefix: str, outer: list[str], depth: int, in_loop: bool) -> list[Spec]:
+def nodes(
+    draw: st.DrawFn, prefix: str, outer: list[str], depth: int, in_loop: bool
+) -> list[NodeSpec]:
     """The nodes of one scope; a loop among them while `depth` allows."""
     count = draw(st.integers(1, 4))
     ids = [f"{prefix}{i}" for i in range(count)]
     loop_at = draw(st.integers(0, count - 1)) if depth and draw(st.booleans()) else None
-    specs: list[Spec] = []
+    specs: list[NodeSpec] = []
     for i, node_id in enumerate(ids):
         earlier = outer + ids[:i]
         prevs = ids if in_loop else []
-        spec = Spec(node_id, ms=draw(MS), optional=draw(st.booleans()))
+        spec = NodeSpec(node_id, ms=draw(MS), optional=draw(st.booleans()))
         spec.value = draw(expressions(earlier, prevs))
         guard = draw(st.sampled_from(["none", "none", "node", "prev", "cycle"]))
         if guard == "node" and earlier:
@@ -126,7 +109,7 @@ def graphs(draw: st.DrawFn) -> str:
         body = draw(nodes("n9_", [s.id for s in top], 1, True))
         ids = [b.id for b in body]
         top.append(
-            Spec(
+            NodeSpec(
                 "n9",
                 ms=0,
                 speculative=draw(st.sampled_from([None, "true"])),
@@ -137,134 +120,10 @@ def graphs(draw: st.DrawFn) -> str:
             )
         )
     outputs = draw(st.lists(expressions([s.id for s in top], []), min_size=1, max_size=3))
-    lines = ["moat: 1", "name: random-loops", "nodes:"]
-    _yaml(top, 1, lines)
-    lines.append("output:")
-    lines += [f'  o{i}: "{expr}"' for i, expr in enumerate(outputs)]
-    return "\n".join(lines) + "\n"
-
-
-def _yaml(specs: list[Spec], level: int, lines: list[str]) -> None:
-    pad = "  " * level
-    for spec in specs:
-        lines.append(f"{pad}{spec.id}:")
-        inner = pad + "  "
-        lines.append(f"{inner}type: {'loop' if spec.body else 'work'}")
-        if spec.when:
-            lines.append(f'{inner}when: "{spec.when}"')
-        if spec.speculative == "true":
-            lines.append(f"{inner}speculative: true")
-        elif spec.speculative:
-            lines.append(f'{inner}speculative: "{spec.speculative}"')
-        if spec.optional:
-            lines.append(f"{inner}optional: true")
-        if spec.body:
-            lines.append(f"{inner}max_cycles: {spec.max_cycles}")
-            if spec.until:
-                lines.append(f'{inner}until: "{spec.until}"')
-            lines.append(f"{inner}nodes:")
-            _yaml(spec.body, level + 2, lines)
-            lines.append(f'{inner}output: {{value: "{spec.output}"}}')
-            continue
-        fail = f', fail: "{spec.fail}"' if spec.fail else ""
-        lines.append(f'{inner}with: {{ms: {spec.ms}, value: "{{{{ {spec.value} }}}}"{fail}}}')
-
-
-# -- the reference -------------------------------------------------------------------------
-
-
-class _Failed(Exception):
-    """A node failed in the reference evaluation."""
-
-
-class Reference(Mapping[str, Any]):
-    """One scope instance, evaluated plainly: a node's value is computed once, when read."""
-
-    def __init__(
-        self, scope: Scope, parent: Reference | None, fixed: dict[str, Any], runs: list[str]
-    ) -> None:
-        self.scope = scope
-        self.parent = parent
-        self.fixed = fixed
-        self.memo: dict[str, Any] = {}
-        self.runs = runs
-
-    def __getitem__(self, name: str) -> Any:
-        if name in self.fixed:
-            return self.fixed[name]
-        if name not in self.scope.nodes:
-            if self.parent is None:
-                raise KeyError(name)
-            return self.parent[name]
-        if name not in self.memo:
-            try:
-                self.memo[name] = self._node(self.scope.nodes[name])
-            except _Failed as exc:
-                self.memo[name] = exc
-        value = self.memo[name]
-        if isinstance(value, _Failed):
-            raise value
-        return value
-
-    def _node(self, node: CompiledNode) -> Any:
-        try:
-            if node.when is not None and not node.when.evaluate(self):
-                return None
-            if node.loop is not None:
-                return self._loop(node.loop)
-            config = node.config.evaluate(self)
-            self.runs.append(node.id)
-            if config.get("fail"):
-                raise _Failed(node.id)
-        except _Failed:
-            if node.optional:
-                return None
-            raise
-        return Work.Output(value=config["value"])
-
-    def _loop(self, loop: CompiledLoop) -> dict[str, Any]:
-        prev: dict[str, Any] | None = None
-        cycle = 0
-        while True:
-            cycle += 1
-            fixed = {**self.fixed, "cycle": cycle, "prev": prev}
-            body = Reference(loop.body, self, fixed, self.runs)
-            if (loop.until is not None and loop.until.evaluate(body)) or cycle >= loop.max_cycles:
-                return {name: expr.evaluate(body) for name, expr in loop.output.items()}
-            for node_id in sorted(loop.prev_reads):
-                body[node_id]
-            prev = {node_id: body.value_or_none(node_id) for node_id in loop.body.order}
-
-    def value_or_none(self, node_id: str) -> Any:
-        """What `prev` shows of `node_id`: its value if it was evaluated and did not fail."""
-        value = self.memo.get(node_id)
-        return None if isinstance(value, _Failed) else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.scope.nodes)
-
-    def __len__(self) -> int:
-        return len(self.scope.nodes)
-
-
-def reference(g: Graph) -> dict[str, Any] | None:
-    ref = Reference(g.scope, None, {"input": {}}, [])
-    try:
-        return {name: expr.evaluate(ref) for name, expr in g.output.items()}
-    except _Failed:
-        return None
+    return graph_yaml("random-loops", top, outputs)
 
 
 # -- the property --------------------------------------------------------------------------
-
-
-def _work_nodes(scope: Scope, loop: str | None = None) -> Iterator[tuple[str, str | None, Any]]:
-    """(node id, enclosing loop id, node instance) of every `work` node, nested included."""
-    for node in scope.nodes.values():
-        if node.loop is not None:
-            yield from _work_nodes(node.loop.body, node.id)
-        else:
-            yield node.id, loop, node.impl
 
 
 async def _run(g: Graph) -> tuple[RequestResult, MemorySink]:
@@ -310,7 +169,7 @@ def _assert_once_per_cycle(
         if event.event_type == "LOOP_CYCLE_STARTED":
             key = (event.stage, event.cycle)
             frames[key] = frames.get(key, 0) + 1
-    for node_id, loop, impl in _work_nodes(g.scope):
+    for node_id, loop, impl in work_nodes(g.scope):
         node_runs = [r for (n, _), rs in runs.items() if n == node_id for r in rs]
         for (n, cycle), rs in runs.items():
             if n == node_id:

@@ -7,8 +7,8 @@ store records a body node by its bare id and its cycle, so the invariants are st
 loop through what each loop records of itself (`LOOP_CYCLE_STARTED`, its stop event, its
 `CYCLE_SUMMARY` traces, which name it):
 
-- the answer is the reference's (`Reference`: names resolve innermost scope first,
-  `prev` is the previous cycle's body), unless a loop timed out;
+- the answer is the reference's (`tests.support.loop_reference`: names resolve innermost
+  scope first, `prev` is the previous cycle's body), unless a loop timed out;
 - each loop's `LOOP_CYCLE_STARTED` events run 1..n for every time the loop runs, and
   each run stops once at most (`LOOP_UNTIL_MET`, `LOOP_MAX_CYCLES`) at its last cycle;
 - one `CYCLE_SUMMARY` per cycle of each loop, naming the loop, in the order its cycles ran,
@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from engine.events import MemorySink, RequestRecord
 from engine.graph.compiled import Graph
 from engine.scheduler.runner import RequestResult, Runner
-from tests.support.loop_graphs import graphs, loop_ids, reference, work_nodes
+from tests.support.loop_graphs import graphs
+from tests.support.loop_reference import loop_ids, reference, work_nodes
 from tests.support.sched_nodes import graph
 
 STOPS = ("LOOP_UNTIL_MET", "LOOP_MAX_CYCLES", "LOOP_STOPPED_SOFT_DEADLINE")

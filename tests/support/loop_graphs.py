@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from tests.support.loop_reference import NodeSpec, graph_yaml, read, read_prev
+from tests.support.loop_reference import NodeSpec, expressions, graph_yaml, read, read_prev
 
 __all__ = ["graphs"]
 
@@ -23,23 +23,8 @@ BODY_NAMES = ("step", "check", "draft", "n0", "n1")
 """Body node ids: the same few in every loop, and two the top level uses too."""
 
 
-@st.composite
-def _expression(draw: st.DrawFn, names: list[str], prevs: list[str]) -> str:
-    """An integer expression over `names` (and `prev.X` for X in `prevs`), none-safe."""
-    k = draw(st.integers(0, 9))
-    terms = [read(n) for n in names] + [read_prev(n) for n in prevs]
-    if prevs:
-        terms.append("cycle")
-    if not terms:
-        return str(k)
-    shape = draw(st.sampled_from(["const", "sum", "sum", "cond"]))
-    pick = st.sampled_from(terms)
-    if shape == "const":
-        return str(k)
-    if shape == "sum":
-        return " + ".join([*draw(st.lists(pick, min_size=1, max_size=3)), str(k)])
-    cond, then, other = draw(pick), draw(pick), draw(pick)
-    return f"({then} if {cond} % 2 == {k % 2} else {other} + {k})"
+def _expression(names: list[str], prevs: list[str]) -> st.SearchStrategy[str]:
+    return expressions(names, prevs, shapes=("const", "sum", "sum", "cond"))
 
 
 @st.composite

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import strategies as st
+
 from engine.graph.compiled import CompiledLoop, CompiledNode, Graph, Scope
 from tests.support.sched_nodes import Work
 
@@ -22,6 +24,7 @@ __all__ = [
     "Failed",
     "NodeSpec",
     "Reference",
+    "expressions",
     "graph_yaml",
     "loop_ids",
     "read",
@@ -66,6 +69,34 @@ def read(name: str) -> str:
 def read_prev(name: str) -> str:
     """An expression for `name`'s value in the previous cycle, 0 when there is none."""
     return f"(prev.{name}.value if prev and prev.{name} else 0)"
+
+
+@st.composite
+def expressions(
+    draw: st.DrawFn,
+    names: list[str],
+    prevs: list[str],
+    *,
+    shapes: tuple[str, ...] = ("const", "sum", "cond", "cond"),
+    cycle: bool = True,
+) -> str:
+    """An integer expression over `names` (and `prev.X` for X in `prevs`, and `cycle` when
+    there are some and `cycle` is set), none-safe; `shapes` weighs constants, sums and
+    conditionals (each test draws its own mix)."""
+    k = draw(st.integers(0, 9))
+    terms = [read(n) for n in names] + [read_prev(n) for n in prevs]
+    if prevs and cycle:
+        terms.append("cycle")
+    if not terms:
+        return str(k)
+    shape = draw(st.sampled_from(shapes))
+    pick = st.sampled_from(terms)
+    if shape == "const":
+        return str(k)
+    if shape == "sum":
+        return " + ".join([*draw(st.lists(pick, min_size=1, max_size=3)), str(k)])
+    cond, then, other = draw(pick), draw(pick), draw(pick)
+    return f"({then} if {cond} % 2 == {k % 2} else {other} + {k})"
 
 
 def graph_yaml(

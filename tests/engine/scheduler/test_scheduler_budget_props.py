@@ -34,9 +34,11 @@ from tests.support.loop_reference import (
     NodeSpec,
     graph_yaml,
     read,
-    read_prev,
     reference_outputs,
     work_nodes,
+)
+from tests.support.loop_reference import (
+    expressions as shared_expressions,
 )
 from tests.support.sched_nodes import graph
 
@@ -45,21 +47,8 @@ TIMEOUTS = st.sampled_from([None, None, None, 7, 15, 35])
 """Never equal to a node's `ms`: a run either fits in its timeout or does not."""
 
 
-@st.composite
-def expressions(draw: st.DrawFn, names: list[str], prevs: list[str]) -> str:
-    """An integer expression over `names` (and `prev.X` for X in `prevs`), none-safe."""
-    k = draw(st.integers(0, 9))
-    terms = [read(n) for n in names] + [read_prev(n) for n in prevs]
-    if not terms:
-        return str(k)
-    shape = draw(st.sampled_from(["const", "sum", "cond", "cond"]))
-    pick = st.sampled_from(terms)
-    if shape == "const":
-        return str(k)
-    if shape == "sum":
-        return " + ".join([*draw(st.lists(pick, min_size=1, max_size=3)), str(k)])
-    cond, then, other = draw(pick), draw(pick), draw(pick)
-    return f"({then} if {cond} % 2 == {k % 2} else {other} + {k})"
+def expressions(names: list[str], prevs: list[str]) -> st.SearchStrategy[str]:
+    return shared_expressions(names, prevs, cycle=False)
 
 
 @st.composite

@@ -28,6 +28,7 @@ from engine.graph.compiled import Graph
 from engine.scheduler.runner import RequestResult, Runner
 from tests.support.loop_reference import (
     NodeSpec,
+    expressions,
     graph_yaml,
     read,
     read_prev,
@@ -37,25 +38,6 @@ from tests.support.loop_reference import (
 from tests.support.sched_nodes import graph
 
 MS = st.sampled_from([0, 0, 3, 10, 20, 50])
-
-
-@st.composite
-def expressions(draw: st.DrawFn, names: list[str], prevs: list[str]) -> str:
-    """An integer expression over `names` (and `prev.X` for X in `prevs`), none-safe."""
-    k = draw(st.integers(0, 9))
-    terms = [read(n) for n in names] + [read_prev(n) for n in prevs]
-    if prevs:
-        terms.append("cycle")
-    if not terms:
-        return str(k)
-    shape = draw(st.sampled_from(["const", "sum", "cond", "cond"]))
-    pick = st.sampled_from(terms)
-    if shape == "const":
-        return str(k)
-    if shape == "sum":
-        return " + ".join([*draw(st.lists(pick, min_size=1, max_size=3)), str(k)])
-    cond, then, other = draw(pick), draw(pick), draw(pick)
-    return f"({then} if {cond} % 2 == {k % 2} else {other} + {k})"
 
 
 @st.composite
